@@ -1,0 +1,1 @@
+"""ESP adapters: Mailchimp, HubSpot, Klaviyo on one shared base."""

@@ -1,0 +1,1 @@
+"""Behavioral-segmentation connector: webhooks in, segments out."""

@@ -1,0 +1,30 @@
+"""The ``connector`` command. Each concern adds its commands from ``connector/commands/``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .errors import ConfigError
+
+
+@click.group()
+def cli() -> None:
+    """Behavioral-segmentation connector."""
+
+
+def _register() -> None:
+    from .commands import config_cmd, run_cmd, sign_cmd
+
+    for module in (config_cmd, run_cmd, sign_cmd):
+        module.register(cli)
+
+
+def main() -> None:
+    _register()
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as err:
+        click.echo(f"config error: {err}", err=True)
+        sys.exit(2)

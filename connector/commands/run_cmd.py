@@ -1,0 +1,131 @@
+"""``connector dev`` (everything, locally), ``connector worker``, ``connector scheduler``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from .. import devenv
+from ..embedded_redis import EmbeddedRedis
+from ..settings import Settings
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(dev)
+    cli.add_command(worker)
+    cli.add_command(scheduler)
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+def worker(burst: bool) -> None:
+    """RQ worker for the event and sync queues (no fork per job: each job is a batch)."""
+    from rq import Queue, SimpleWorker
+
+    from .. import redis_conn
+    from ..logs import configure_logging
+
+    configure_logging()
+    settings = Settings.from_env()
+    conn = redis_conn.connection(settings.queue_redis_url)
+    queues = [Queue(name, connection=conn) for name in ("events", "sync")]
+    SimpleWorker(queues, connection=conn).work(burst=burst, with_scheduler=False)
+
+
+@click.command()
+def scheduler() -> None:
+    """Re-arms event drains and fires time-based re-evaluations when they fall due."""
+    from .. import scheduler as sched
+    from ..logs import configure_logging
+
+    configure_logging()
+    sched.run()
+
+
+def _seed_config(data_dir: Path) -> Path:
+    target = data_dir / "accounts"
+    target.mkdir(parents=True, exist_ok=True)
+    sample = resources.files("connector") / "sample" / "demo.yaml"
+    dest = target / "demo.yaml"
+    if not dest.exists():
+        dest.write_text(sample.read_text())
+    return target
+
+
+@click.command()
+@click.option("--port", default=8000, show_default=True, help="Port of the web process.")
+@click.option("--web-workers", default=2, show_default=True)
+def dev(port: int, web_workers: int) -> None:
+    """Run web + worker + scheduler locally, with an embedded Redis unless REDIS_URL is set."""
+    data_dir = devenv.data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    devenv.ensure_dev_env()
+    devenv.apply_dev_env()
+    if not os.environ.get("CONNECTOR_CONFIG_DIR"):
+        os.environ["CONNECTOR_CONFIG_DIR"] = str(_seed_config(data_dir))
+    embedded: EmbeddedRedis | None = None
+    if not os.environ.get("REDIS_URL"):
+        embedded = EmbeddedRedis(data_dir / "redis").start()
+        os.environ["REDIS_URL"] = embedded.url
+        devenv.redis_url_file().write_text(embedded.url)
+        click.echo(f"embedded redis: {embedded.url} (data in {data_dir / 'redis'})")
+    else:
+        click.echo("redis: using REDIS_URL")
+    Settings.from_env()  # fail early on bad settings
+    from ..config import load_accounts
+
+    accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
+    exe = Path(sys.executable).parent
+    gunicorn = (
+        str(exe / "gunicorn") if (exe / "gunicorn").exists() else shutil.which("gunicorn") or "gunicorn"
+    )
+    connector = str(exe / "connector") if (exe / "connector").exists() else "connector"
+    commands = {
+        "web": [
+            gunicorn, "--config", "python:connector.gunicorn_conf",
+            "--bind", f"127.0.0.1:{port}", "--workers", str(web_workers), "connector.app:create_app()",
+        ],
+        "worker": [connector, "worker"],
+        "scheduler": [connector, "scheduler"],
+    }  # fmt: skip
+    children = {name: subprocess.Popen(cmd, env=os.environ.copy()) for name, cmd in commands.items()}
+    click.echo(f"web: http://127.0.0.1:{port}  accounts: {', '.join(a.id for a in accounts)}")
+    click.echo(f"sample secrets: {devenv.dev_env_file()} (send a signed event: see README)")
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    code = 0
+    try:
+        while not stopping:
+            for name, proc in children.items():
+                if proc.poll() is not None:
+                    click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
+                    stopping, code = True, 1
+            time.sleep(0.2)
+    finally:
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in children.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if embedded is not None:
+            embedded.stop()
+            devenv.redis_url_file().unlink(missing_ok=True)
+            click.echo("embedded redis stopped")
+    sys.exit(code)

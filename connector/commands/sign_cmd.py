@@ -1,0 +1,41 @@
+"""``connector sign``: the headers a sender would put on a body, for curl and manual tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+
+from .. import clock, devenv
+from ..config import load_accounts
+from ..receivers import REGISTRY
+from ..settings import Settings
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(sign)
+
+
+@click.command()
+@click.argument("sender", type=click.Choice(sorted(REGISTRY)))
+@click.argument("body", type=click.File("rb"), default="-")
+@click.option("--account", "account_id", default="demo", show_default=True)
+@click.option("--url", default=None, help="URL the body is sent to (signed by HubSpot and Mandrill).")
+@click.option("--curl-args", is_flag=True, help="Print as -H arguments for curl.")
+def sign(sender: str, body: BinaryIO, account_id: str, url: str | None, curl_args: bool) -> None:
+    """Print the signature headers SENDER would send with BODY (a file, or - for stdin)."""
+    devenv.apply_dev_env()
+    settings = Settings.from_env()
+    accounts = load_accounts(Path(settings.config_dir))
+    account = accounts.get(account_id)
+    cfg = account.senders.get(sender) if account else None
+    if cfg is None:
+        click.echo(f"account {account_id!r} has no {sender} sender in {settings.config_dir}", err=True)
+        sys.exit(1)
+    data = body.read()
+    target = url or cfg.options.get("url") or f"http://127.0.0.1:8000/webhooks/{account_id}/{sender}"
+    headers = REGISTRY[sender].sign(cfg.secrets[0].value, data, url=target, now=clock.now())
+    for name, value in headers.items():
+        click.echo(f"-H '{name}: {value}'" if curl_args else f"{name}: {value}")

@@ -1,0 +1,281 @@
+"""Account configuration: one YAML file per account in a config directory.
+
+Validated with marshmallow at load; an invalid file raises :class:`ConfigError` naming the file,
+the path inside it and the reason. Secrets are referenced by environment variable name and are
+held in :class:`Secret`, whose ``repr`` never shows the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from .errors import ConfigError
+
+ACCOUNT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SENDERS = (
+    "segment",
+    "tracking",
+    "rudderstack",
+    "shopify",
+    "klaviyo",
+    "hubspot",
+    "mailchimp",
+    "mandrill",
+    "standard_webhooks",
+)
+HUBSPOT_VERSIONS = ("v1", "v2", "v3")
+
+
+class Secret:
+    """A secret value read from the environment. Never printed."""
+
+    __slots__ = ("env", "value")
+
+    def __init__(self, env: str, value: str) -> None:
+        self.env = env
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env!r}, value='***')"
+
+    __str__ = __repr__
+
+    @property
+    def bytes(self) -> bytes:
+        return self.value.encode()
+
+
+class _StringOrList(fields.Field):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
+            raise ValidationError("must be an environment variable name or a non-empty list of them")
+        for name in items:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValidationError(f"{name!r} is not an environment variable name")
+        return list(items)
+
+
+class SenderSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    secret_env = _StringOrList(required=True)
+    # hubspot: which signature versions this account accepts (v3 by default)
+    signature_versions = fields.List(
+        fields.String(validate=validate.OneOf(HUBSPOT_VERSIONS)), load_default=None
+    )
+    # mandrill and hubspot: the URL exactly as registered with the sender (signed by them)
+    url = fields.Url(load_default=None, require_tld=False)
+    # rudderstack: the static header that carries the shared secret
+    header = fields.String(load_default=None)
+    # shopify: shop domains allowed to send for this account (any when empty)
+    shop_domains = fields.List(fields.String(), load_default=list)
+    # signed senders with a timestamp: accepted clock skew in seconds
+    tolerance_seconds = fields.Integer(load_default=300, validate=validate.Range(min=1, max=3600))
+
+
+class RetentionSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    max_age_days = fields.Integer(load_default=400, validate=validate.Range(min=1))
+    max_events = fields.Integer(load_default=5000, validate=validate.Range(min=1))
+
+
+class IdentitySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    blocked_values = fields.List(
+        fields.String(),
+        load_default=lambda: ["", "null", "undefined", "0", "unknown", "none", "nil", "n/a", "anonymous"],
+    )
+
+
+class AccountSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    account = fields.String(
+        required=True, validate=validate.Regexp(ACCOUNT_ID, error="must match [a-z0-9_-]")
+    )
+    senders = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(SENDERS)),
+        values=fields.Nested(SenderSchema),
+        load_default=dict,
+    )
+    dedupe_ttl_hours = fields.Integer(load_default=72, validate=validate.Range(min=72))
+    retention = fields.Nested(RetentionSchema, load_default=lambda: RetentionSchema().load({}))
+    identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
+    destinations = fields.Raw(load_default=dict)
+    rules = fields.Raw(load_default=dict)
+
+    @validates_schema
+    def _sender_options(self, data: dict[str, Any], **_: Any) -> None:
+        senders = data.get("senders", {})
+        mandrill = senders.get("mandrill")
+        if mandrill is not None and not mandrill.get("url"):
+            raise ValidationError(
+                {"senders": {"mandrill": {"url": ["required: the webhook URL exactly as registered"]}}}
+            )
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    name: str
+    secrets: tuple[Secret, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    file: str
+    senders: Mapping[str, SenderConfig]
+    dedupe_ttl_seconds: int
+    retention_max_age_days: int
+    retention_max_events: int
+    blocked_identity_values: frozenset[str]
+    destinations: Any
+    rules: Any
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if isinstance(key, int):
+                path = f"{prefix}[{key}]"
+            elif key == "_schema":
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "value" and isinstance(value, dict) and prefix:
+                out.extend(_flatten(value, prefix))
+            else:
+                out.extend(_flatten(value, path))
+    elif isinstance(messages, list):
+        for item in messages:
+            out.extend(_flatten(item, prefix))
+    else:
+        out.append((prefix, str(messages)))
+    return out
+
+
+def validation_error(file: str, err: ValidationError) -> ConfigError:
+    problems = _flatten(err.messages)
+    path, reason = problems[0] if problems else ("", "invalid")
+    extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ConfigError(reason + extra, file=file, path=path or None)
+
+
+def _read_secrets(file: str, sender: str, names: list[str], env: Mapping[str, str]) -> tuple[Secret, ...]:
+    secrets = []
+    for name in names:
+        value = env.get(name)
+        if not value:
+            raise ConfigError(
+                f"environment variable {name} is not set", file=file, path=f"senders.{sender}.secret_env"
+            )
+        secrets.append(Secret(name, value))
+    return tuple(secrets)
+
+
+def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Account:
+    env = os.environ if env is None else env
+    file = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        raise ConfigError(f"not valid YAML: {getattr(err, 'problem', err)}", file=file, path=where) from err
+    except OSError as err:
+        raise ConfigError(f"cannot read: {err.strerror}", file=file) from err
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a mapping with an 'account' key", file=file)
+    raw.setdefault("account", path.stem)
+    try:
+        data = AccountSchema().load(raw)
+    except ValidationError as err:
+        raise validation_error(file, err) from err
+    senders = {
+        name: SenderConfig(
+            name=name,
+            secrets=_read_secrets(file, name, cfg.pop("secret_env"), env),
+            options=cfg,
+        )
+        for name, cfg in data["senders"].items()
+    }
+    return Account(
+        id=data["account"],
+        file=file,
+        senders=senders,
+        dedupe_ttl_seconds=data["dedupe_ttl_hours"] * 3600,
+        retention_max_age_days=data["retention"]["max_age_days"],
+        retention_max_events=data["retention"]["max_events"],
+        blocked_identity_values=frozenset(v.strip().lower() for v in data["identity"]["blocked_values"]),
+        destinations=data["destinations"],
+        rules=data["rules"],
+    )
+
+
+class Accounts:
+    """All accounts of a config directory, with the lookups the receivers need."""
+
+    def __init__(self, accounts: list[Account]) -> None:
+        self._by_id: dict[str, Account] = {}
+        self._by_write_key: dict[str, str] = {}
+        for account in accounts:
+            if account.id in self._by_id:
+                raise ConfigError(
+                    f"account {account.id!r} is also defined in {self._by_id[account.id].file}",
+                    file=account.file,
+                    path="account",
+                )
+            self._by_id[account.id] = account
+            tracking = account.senders.get("tracking")
+            for secret in tracking.secrets if tracking else ():
+                digest = _digest(secret.value)
+                if digest in self._by_write_key:
+                    raise ConfigError(
+                        "this write key is already used by another account",
+                        file=account.file,
+                        path="senders.tracking.secret_env",
+                    )
+                self._by_write_key[digest] = account.id
+
+    def get(self, account_id: str) -> Account | None:
+        return self._by_id.get(account_id)
+
+    def by_write_key(self, write_key: str) -> Account | None:
+        account_id = self._by_write_key.get(_digest(write_key))
+        return self._by_id.get(account_id) if account_id else None
+
+    def __iter__(self) -> Iterator[Account]:
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+def _digest(value: str) -> str:
+    # Lookups by digest: the dict access time does not depend on how much of a guessed key matches.
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def load_accounts(config_dir: Path, env: Mapping[str, str] | None = None) -> Accounts:
+    if not config_dir.is_dir():
+        raise ConfigError("config directory does not exist", file=str(config_dir))
+    files = sorted(p for p in config_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return Accounts([load_account_file(p, env) for p in files])

@@ -1,0 +1,64 @@
+"""The product's exception hierarchy.
+
+Everything raised on purpose by the connector derives from :class:`ConnectorError`, except
+:class:`ConfigError`, which stays outside so that no handler for runtime errors can swallow a
+broken configuration.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """An account file or setting is invalid. Carries the file, the path inside it and the reason."""
+
+    def __init__(self, message: str, *, file: str | None = None, path: str | None = None) -> None:
+        self.file = file
+        self.path = path
+        self.reason = message
+        where = ": ".join(part for part in (file, path) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConnectorError(Exception):
+    """Base of every runtime error the connector raises on purpose."""
+
+
+class RequestRejected(ConnectorError):
+    """An inbound request that must not be accepted. ``status`` is the HTTP answer."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(RequestRejected):
+    """Missing, bad or stale signature, or an unknown account. The message never reaches the sender."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class MalformedPayload(RequestRejected):
+    status = 400
+    code = "malformed_payload"
+
+
+class UnsupportedContentType(RequestRejected):
+    status = 415
+    code = "unsupported_content_type"
+
+
+class PayloadTooLarge(RequestRejected):
+    status = 413
+    code = "payload_too_large"
+
+
+class StoreUnavailable(ConnectorError):
+    """Redis could not be reached; nothing was acknowledged."""
+
+
+class UndecodableItem(ConnectorError):
+    """A stored queue item that cannot be decoded into an Event."""

@@ -1,0 +1,40 @@
+"""``/metrics`` in the Prometheus text format.
+
+Counters live in Redis hashes (``metrics:*``) so that every web and worker process adds to the
+same numbers; queue depths are read live.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+
+from .queue import EventQueue
+
+bp = Blueprint("metrics", __name__)
+
+COUNTER_HASHES = {
+    "metrics:ingest": "connector_ingest_events_total",
+    "metrics:worker": "connector_worker_events_total",
+    "metrics:sync": "connector_sync_requests_total",
+}
+
+
+def render(queue: EventQueue) -> str:
+    conn = queue.conn
+    lines: list[str] = []
+    for key, metric in COUNTER_HASHES.items():
+        values = conn.hgetall(key)
+        lines.append(f"# TYPE {metric} counter")
+        for field, value in sorted(values.items()):
+            outcome, _, account = field.decode().partition(":")
+            lines.append(f'{metric}{{outcome="{outcome}",account="{account}"}} {int(value)}')
+    lines.append("# TYPE connector_event_queue_depth gauge")
+    for shard, depth in queue.pending().items():
+        lines.append(f'connector_event_queue_depth{{shard="{shard}"}} {depth}')
+    return "\n".join(lines) + "\n"
+
+
+@bp.route("/metrics")
+def metrics() -> Response:
+    queue: EventQueue = current_app.extensions["connector.queue"]
+    return Response(render(queue), mimetype="text/plain; version=0.0.4")
