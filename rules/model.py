@@ -1,0 +1,66 @@
+"""The shapes rules see and return (DESIGN.md §3): Profile in, Evaluation out.
+
+``connector/`` builds a :class:`Profile` from its store; ``rules/`` never reads Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event in a profile's history: what windowed questions need."""
+
+    name: str
+    occurred_at: datetime  # aware UTC, the sender's time
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A person as rules see them, as of the evaluation's ``now``.
+
+    ``events`` is sorted by (occurred_at, event_id), so evaluation never depends on arrival order.
+    """
+
+    account: str
+    profile_id: str
+    identities: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    events: Sequence[EventRecord] = ()
+
+    def events_named(self, name: str) -> list[EventRecord]:
+        index = self.__dict__.get("_by_name")
+        if index is None:
+            built: dict[str, list[EventRecord]] = {}
+            for record in self.events:
+                built.setdefault(record.name, []).append(record)
+            object.__setattr__(self, "_by_name", built)
+            index = built
+        return index.get(name, [])
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a segment holds or not: one line per condition, plus when it next changes."""
+
+    segment: str
+    member: bool
+    reasons: Sequence[str] = ()
+    next_change: datetime | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluating one profile at ``now`` gives."""
+
+    segments: frozenset[str]
+    traits: Mapping[str, Any]
+    next_due: datetime | None  # earliest future instant at which any result could change without a new event
+    explanations: Mapping[str, Explanation] = field(default_factory=dict)
