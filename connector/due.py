@@ -1,0 +1,92 @@
+"""The due index: when each profile must be re-evaluated because time passes.
+
+After every evaluation the profile's ``next_due`` is written to one sorted set (score = epoch
+seconds, member = ``account \\x1f profile_id``). ZADD replaces the previous instant, so scheduling is
+idempotent; it lives in Redis, so it survives restarts of every process. The scheduler takes the
+entries that are due in batches, enqueues their re-evaluation and only then removes each entry
+whose score did not change meanwhile: a crash between the two re-evaluates twice (harmless), never
+zero times.
+
+Key (queue Redis): ``due:index``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import redis
+
+DUE_KEY = "due:index"
+SEP = "\x1f"
+
+_REMOVE_IF_UNCHANGED = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+def member(account: str, profile_id: str) -> str:
+    return f"{account}{SEP}{profile_id}"
+
+
+def schedule(pipe: redis.Redis, account: str, profile_id: str, next_due: datetime | None) -> None:
+    """Set (or clear) the instant at which this profile must be re-evaluated. Works on a pipeline."""
+    if next_due is None:
+        pipe.zrem(DUE_KEY, member(account, profile_id))
+    else:
+        pipe.zadd(DUE_KEY, {member(account, profile_id): next_due.timestamp()})
+
+
+def unschedule(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> None:
+    members = [member(account, pid) for pid in profile_ids]
+    if members:
+        conn.zrem(DUE_KEY, *members)
+
+
+def due_at(conn: redis.Redis, account: str, profile_id: str) -> datetime | None:
+    score = conn.zscore(DUE_KEY, member(account, profile_id))
+    return None if score is None else datetime.fromtimestamp(float(score), UTC)
+
+
+def earliest(conn: redis.Redis) -> float | None:
+    first = conn.zrange(DUE_KEY, 0, 0, withscores=True)
+    return float(first[0][1]) if first else None
+
+
+def take_due(conn: redis.Redis, now: datetime, limit: int = 1000) -> list[tuple[str, str, float]]:
+    """Entries due at or before ``now`` (not removed yet): (account, profile_id, score)."""
+    rows = conn.zrangebyscore(DUE_KEY, "-inf", now.timestamp(), start=0, num=limit, withscores=True)
+    out = []
+    for raw, score in rows:
+        account, _, profile_id = raw.decode().partition(SEP)
+        out.append((account, profile_id, float(score)))
+    return out
+
+
+def group_by_account(entries: Iterable[tuple[str, str, float]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for account, profile_id, _ in entries:
+        grouped[account].append(profile_id)
+    return dict(grouped)
+
+
+def remove_taken(conn: redis.Redis, entries: list[tuple[str, str, float]]) -> int:
+    if not entries:
+        return 0
+    args: list[str | float] = []
+    for account, profile_id, score in entries:
+        args.extend([member(account, profile_id), repr(score)])
+    return int(conn.eval(_REMOVE_IF_UNCHANGED, 1, DUE_KEY, *args))
+
+
+def pending(conn: redis.Redis) -> int:
+    return int(conn.zcard(DUE_KEY))
