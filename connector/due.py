@@ -90,3 +90,19 @@ def remove_taken(conn: redis.Redis, entries: list[tuple[str, str, float]]) -> in
 
 def pending(conn: redis.Redis) -> int:
     return int(conn.zcard(DUE_KEY))
+
+
+LATENESS_KEY = "metrics:due_lateness"
+LATENESS_SAMPLES = 10_000
+
+
+def observe_lateness(conn: redis.Redis, seconds: list[float]) -> None:
+    """Keep the latest lateness samples (fired - due, seconds) for /metrics and bench/scheduler."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.lpush(LATENESS_KEY, *[f"{s:.6f}" for s in seconds])
+    pipe.ltrim(LATENESS_KEY, 0, LATENESS_SAMPLES - 1)
+    pipe.execute()
+
+
+def lateness_samples(conn: redis.Redis) -> list[float]:
+    return [float(v) for v in conn.lrange(LATENESS_KEY, 0, -1)]

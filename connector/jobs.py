@@ -139,3 +139,21 @@ def _over_delivered(conn: redis.Redis, key: str, ids: list[bytes]) -> set[bytes]
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
+
+
+REEVALUATE_QUEUE = "reevaluate"
+
+
+def reevaluate(account_id: str, profile_ids: list[str], due_scores: list[float] | None = None) -> int:
+    """Re-evaluate profiles whose results change because time passed (from the due index)."""
+    from . import due
+    from .evaluation import evaluate_touched
+
+    now = clock.now()
+    if due_scores:
+        due.observe_lateness(
+            redis_conn.connection(Settings.from_env().queue_redis_url),
+            [now.timestamp() - score for score in due_scores],
+        )
+    evaluate_touched(account_id, set(profile_ids), now)
+    return len(profile_ids)
