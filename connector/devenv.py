@@ -27,6 +27,12 @@ def data_dir() -> Path:
     return Path(os.environ.get("CONNECTOR_DATA_DIR", ".connector"))
 
 
+def config_dir() -> Path:
+    """``CONNECTOR_CONFIG_DIR``, else the sample account that ``connector dev`` seeds in the data dir."""
+    explicit = os.environ.get("CONNECTOR_CONFIG_DIR")
+    return Path(explicit) if explicit else data_dir() / "accounts"
+
+
 def dev_env_file() -> Path:
     return data_dir() / "dev.env"
 

@@ -49,13 +49,13 @@ end
 local pump = 0
 if added > 0 then
   redis.call('HINCRBY', KEYS[3], 'accepted:' .. account, added)
-  if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 120) then pump = 1 end
+  if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV_PUMP_TTL) then pump = 1 end
 end
 local dup = ((#ARGV - 2) / 2) - added
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicate:' .. account, dup) end
 flags[#flags + 1] = pump
 return flags
-"""
+""".replace("ARGV_PUMP_TTL", str(PUMP_TTL_SECONDS))
 
 
 def stream_key(shard: int) -> str:
@@ -100,11 +100,16 @@ class EventQueue:
             args.append(event.to_json())
         try:
             flags = self._script(keys=[stream_key(shard), pump_key(shard), "metrics:ingest"], args=args)
-            pump = bool(flags[-1])
-            if pump:
-                self.enqueue_drain(shard)
         except redis.RedisError as err:
             raise StoreUnavailable(f"queue store unavailable: {type(err).__name__}") from err
+        if flags[-1]:
+            # Only the request that raised the shard's pump flag pays for an RQ enqueue.
+            try:
+                self.enqueue_drain(shard)
+            except redis.RedisError as err:
+                # The events are stored: acknowledge them. The flag expires after PUMP_TTL_SECONDS
+                # and the scheduler re-arms the shard then.
+                log.warning("drain enqueue failed", extra={"shard": shard, "error": type(err).__name__})
         accepted = sum(int(f) for f in flags[:-1])
         return IngestResult(accepted=accepted, duplicates=len(events) - accepted, shard=shard)
 

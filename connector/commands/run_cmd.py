@@ -65,12 +65,18 @@ def _seed_config(data_dir: Path) -> Path:
 @click.option("--web-workers", default=2, show_default=True)
 def dev(port: int, web_workers: int) -> None:
     """Run web + worker + scheduler locally, with an embedded Redis unless REDIS_URL is set."""
+    from ..config import load_accounts
+
     data_dir = devenv.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     devenv.ensure_dev_env()
     devenv.apply_dev_env()
     if not os.environ.get("CONNECTOR_CONFIG_DIR"):
-        os.environ["CONNECTOR_CONFIG_DIR"] = str(_seed_config(data_dir))
+        _seed_config(data_dir)
+        os.environ["CONNECTOR_CONFIG_DIR"] = str(devenv.config_dir())
+    # Invalid settings or account files stop start-up before anything is started.
+    Settings.from_env()
+    accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
     embedded: EmbeddedRedis | None = None
     if not os.environ.get("REDIS_URL"):
         embedded = EmbeddedRedis(data_dir / "redis").start()
@@ -79,10 +85,18 @@ def dev(port: int, web_workers: int) -> None:
         click.echo(f"embedded redis: {embedded.url} (data in {data_dir / 'redis'})")
     else:
         click.echo("redis: using REDIS_URL")
-    Settings.from_env()  # fail early on bad settings
-    from ..config import load_accounts
+    try:
+        code = _supervise(port, web_workers, [a.id for a in accounts])
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            devenv.redis_url_file().unlink(missing_ok=True)
+            click.echo("embedded redis stopped")
+    sys.exit(code)
 
-    accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
+
+def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:
+    """Run the Procfile's three processes until Ctrl-C/SIGTERM or one of them dies; stop them all."""
     exe = Path(sys.executable).parent
     gunicorn = (
         str(exe / "gunicorn") if (exe / "gunicorn").exists() else shutil.which("gunicorn") or "gunicorn"
@@ -96,9 +110,6 @@ def dev(port: int, web_workers: int) -> None:
         "worker": [connector, "worker"],
         "scheduler": [connector, "scheduler"],
     }  # fmt: skip
-    children = {name: subprocess.Popen(cmd, env=os.environ.copy()) for name, cmd in commands.items()}
-    click.echo(f"web: http://127.0.0.1:{port}  accounts: {', '.join(a.id for a in accounts)}")
-    click.echo(f"sample secrets: {devenv.dev_env_file()} (send a signed event: see README)")
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -107,11 +118,16 @@ def dev(port: int, web_workers: int) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    children: dict[str, subprocess.Popen[bytes]] = {}
     code = 0
     try:
+        for name, cmd in commands.items():
+            children[name] = subprocess.Popen(cmd, env=os.environ.copy())
+        click.echo(f"web: http://127.0.0.1:{port}  accounts: {', '.join(account_ids)}")
+        click.echo(f"sample secrets: {devenv.dev_env_file()} (send a signed event: see README)")
         while not stopping:
             for name, proc in children.items():
-                if proc.poll() is not None:
+                if proc.poll() is not None and not stopping:
                     click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
                     stopping, code = True, 1
             time.sleep(0.2)
@@ -124,8 +140,5 @@ def dev(port: int, web_workers: int) -> None:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if embedded is not None:
-            embedded.stop()
-            devenv.redis_url_file().unlink(missing_ok=True)
-            click.echo("embedded redis stopped")
-    sys.exit(code)
+                proc.wait()
+    return code

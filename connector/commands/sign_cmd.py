@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -28,11 +29,14 @@ def sign(sender: str, body: BinaryIO, account_id: str, url: str | None, curl_arg
     """Print the signature headers SENDER would send with BODY (a file, or - for stdin)."""
     devenv.apply_dev_env()
     settings = Settings.from_env()
-    accounts = load_accounts(Path(settings.config_dir))
+    directory = Path(settings.config_dir)
+    if not os.environ.get("CONNECTOR_CONFIG_DIR") and not directory.is_dir():
+        directory = devenv.config_dir()  # the sample account seeded by `connector dev`
+    accounts = load_accounts(directory)
     account = accounts.get(account_id)
     cfg = account.senders.get(sender) if account else None
     if cfg is None:
-        click.echo(f"account {account_id!r} has no {sender} sender in {settings.config_dir}", err=True)
+        click.echo(f"account {account_id!r} has no {sender} sender in {directory}", err=True)
         sys.exit(1)
     data = body.read()
     target = url or cfg.options.get("url") or f"http://127.0.0.1:8000/webhooks/{account_id}/{sender}"

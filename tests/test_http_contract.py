@@ -1,0 +1,195 @@
+"""The receiver's HTTP contract (DESIGN.md §5) outside the signature checks: Redis down → 503 and
+nothing acknowledged, health and readiness, metrics, and JSON errors (never an HTML page)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from connector import redis_conn
+from connector.app import create_app
+from connector.config import Accounts
+from connector.embedded_redis import EmbeddedRedis
+from connector.receivers.segment import sign
+from connector.settings import Settings
+
+from .helpers import stored_events
+
+SECRET = b"segment_shared_secret_123"  # acme's Segment secret in conftest.ACME_ENV
+
+
+def segment_body(message_id: str, user: str = "user-1") -> bytes:
+    return json.dumps(
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "userId": user,
+            "messageId": message_id,
+            "timestamp": "2024-01-01T00:00:00Z",
+            "properties": {"revenue": 12.5, "currency": "EUR"},
+        }
+    ).encode()
+
+
+def post_segment(client, account: str, body: bytes):  # type: ignore[no-untyped-def]
+    return client.post(
+        f"/webhooks/{account}/segment",
+        data=body,
+        headers={"Content-Type": "application/json", "X-Signature": sign(SECRET, body)},
+    )
+
+
+def assert_json_error(res, status: int, error: str) -> None:  # type: ignore[no-untyped-def]
+    assert res.status_code == status
+    assert res.mimetype == "application/json", res.data[:200]
+    assert b"<html" not in res.data.lower()
+    assert res.json["error"] == error
+
+
+# --- Redis unreachable -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """An embedded Redis of this test only, so that it can be stopped and started again."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    redis_conn.reset()
+    try:
+        yield server
+    finally:
+        server.stop()
+        redis_conn.reset()
+
+
+@pytest.fixture
+def own_client(own_redis: EmbeddedRedis, accounts: Accounts, tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = Settings(
+        queue_redis_url=own_redis.url,
+        profile_redis_url=own_redis.url,
+        config_dir=tmp_path / "accounts",
+        max_body_bytes=1024,
+        event_shards=2,
+        public_url=None,
+        data_dir=tmp_path,
+    )
+    app = create_app(settings, accounts)
+    app.config["TESTING"] = True
+    return app.test_client()
+
+
+def test_redis_down_is_503_and_nothing_is_acknowledged_then_accepted(own_redis, own_client) -> None:  # type: ignore[no-untyped-def]
+    body = segment_body("msg-while-down")
+    own_redis.stop()
+
+    res = post_segment(own_client, "acme", body)
+    assert_json_error(res, 503, "unavailable")
+    assert int(res.headers["Retry-After"]) > 0
+    assert "retry" in res.json["message"]
+
+    own_redis.start()  # same port, same data dir
+    conn = redis.Redis.from_url(own_redis.url)
+    assert stored_events(conn) == []
+    assert list(conn.scan_iter("dd:*")) == []  # no dedupe marker: the retry is not a "duplicate"
+
+    res = post_segment(own_client, "acme", body)
+    assert res.status_code == 200
+    assert res.json == {"status": "accepted", "accepted": 1, "duplicates": 0}
+    [event] = stored_events(conn)
+    assert event["source_event_id"] == "msg-while-down"
+    assert post_segment(own_client, "acme", body).json["status"] == "duplicate"
+    conn.close()
+
+
+def test_healthz_without_redis_readyz_follows_redis(own_redis, own_client) -> None:  # type: ignore[no-untyped-def]
+    assert own_client.get("/readyz").status_code == 200
+    own_redis.stop()
+    assert own_client.get("/healthz").status_code == 200
+    assert own_client.get("/healthz").json == {"status": "ok"}
+    res = own_client.get("/readyz")
+    assert_json_error(res, 503, "unavailable")
+    assert "Retry-After" in res.headers
+    own_redis.start()
+    res = own_client.get("/readyz")
+    assert res.status_code == 200
+    assert res.json == {"status": "ready"}
+
+
+def test_acknowledged_events_survive_a_restart(own_redis, own_client) -> None:  # type: ignore[no-untyped-def]
+    assert post_segment(own_client, "acme", segment_body("msg-durable")).status_code == 200
+    own_redis.stop()  # SIGTERM: redis flushes its append-only file
+    own_redis.start()
+    conn = redis.Redis.from_url(own_redis.url)
+    assert [e["source_event_id"] for e in stored_events(conn)] == ["msg-durable"]
+    conn.close()
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_counts_accepted_and_duplicates_per_account_and_queue_depth(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    for message_id in ("m-1", "m-2", "m-1"):
+        assert post_segment(client, "acme", segment_body(message_id)).status_code == 200
+    globex = b"globex_segment_secret_999"
+    body = segment_body("g-1")
+    res = client.post(
+        "/webhooks/globex/segment",
+        data=body,
+        headers={"Content-Type": "application/json", "X-Signature": sign(globex, body)},
+    )
+    assert res.status_code == 200
+
+    res = client.get("/metrics")
+    assert res.status_code == 200
+    assert res.mimetype == "text/plain"
+    text = res.get_data(as_text=True)
+    assert 'connector_ingest_events_total{outcome="accepted",account="acme"} 2' in text
+    assert 'connector_ingest_events_total{outcome="duplicate",account="acme"} 1' in text
+    assert 'connector_ingest_events_total{outcome="accepted",account="globex"} 1' in text
+    depths = [
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("connector_event_queue_depth{")
+    ]
+    assert sum(depths) == 3
+
+
+# --- JSON errors -------------------------------------------------------------------------------
+
+
+def test_unknown_sender_type_is_404_json(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    res = client.post("/webhooks/acme/nosuchsender", data=b"{}")
+    assert_json_error(res, 404, "not_found")
+    assert "nosuchsender" in res.json["message"]
+
+
+def test_unknown_path_is_404_json(client) -> None:  # type: ignore[no-untyped-def]
+    assert_json_error(client.get("/nowhere"), 404, "not_found")
+
+
+def test_wrong_method_is_405_json(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    res = client.get("/webhooks/acme/segment")
+    assert_json_error(res, 405, "method_not_allowed")
+    assert "POST" in res.json["message"]
+    res = client.delete("/webhooks/acme/segment")
+    assert_json_error(res, 405, "method_not_allowed")
+    assert_json_error(client.post("/healthz"), 405, "method_not_allowed")
+
+
+def test_body_over_the_limit_is_413_json(own_client, own_redis) -> None:  # type: ignore[no-untyped-def]
+    body = segment_body("big", user="u" * 2000)  # the limit of own_client's app is 1024 bytes
+    res = post_segment(own_client, "acme", body)
+    assert_json_error(res, 413, "payload_too_large")
+    assert "1024" in res.json["message"]
+    conn = redis.Redis.from_url(own_redis.url)
+    assert stored_events(conn) == []
+    conn.close()
+
+
+def test_default_limit_is_one_mebibyte(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = segment_body("big", user="u" * (1024 * 1024))
+    assert_json_error(post_segment(client, "acme", body), 413, "payload_too_large")
+    assert post_segment(client, "acme", segment_body("small")).status_code == 200
