@@ -1,0 +1,51 @@
+"""RudderStack Webhook destination.
+
+RudderStack does not sign webhook bodies; it sends static headers configured in the destination.
+The account's secret travels in one of them (sender option ``header``, default ``X-Signing-Key``)
+and is compared in constant time against every configured secret. The body is one RudderStack
+(Segment-spec) message, or an array of them; each is normalized by :mod:`.spec` and
+deduplicated on ``messageId``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from ..config import Account, SenderConfig
+from ..errors import MalformedPayload, Unauthorized
+from ..event import Event
+from .base import Inbound, matches_any, require_json
+from .spec import normalize
+
+DEFAULT_HEADER = "X-Signing-Key"
+
+
+def header_name(sender: SenderConfig) -> str:
+    return str(sender.options.get("header") or DEFAULT_HEADER)
+
+
+class RudderStackReceiver:
+    name: ClassVar[str] = "rudderstack"
+    methods: ClassVar[tuple[str, ...]] = ("POST", "PUT", "PATCH")
+    source: ClassVar[str] = "rudderstack"
+
+    def sign(self, secret: str, body: bytes, *, url: str, now: datetime) -> dict[str, str]:
+        del body, url, now
+        return {DEFAULT_HEADER: secret, "Content-Type": "application/json"}
+
+    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
+        provided = inbound.header(header_name(sender))
+        if not provided:
+            raise Unauthorized("secret header missing")
+        if not matches_any([provided.strip()], [s.value for s in sender.secrets]):
+            raise Unauthorized("secret header does not match")
+        payload = require_json(inbound)
+        if isinstance(payload, list):
+            if not payload:
+                raise MalformedPayload("batch body is an empty array")
+            return [
+                normalize(m, account=account.id, source=self.source, received_at=now, where=f"body[{i}]")
+                for i, m in enumerate(payload)
+            ]
+        return [normalize(payload, account=account.id, source=self.source, received_at=now)]
