@@ -30,3 +30,106 @@ class Change:
     consent: str = CONSENT_UNKNOWN
     identities: Mapping[str, str] = field(default_factory=dict)
     erase: bool = False  # the person was erased: ask the ESP to delete them
+    # The account's segment names behind this state (Klaviyo "Segment Entered/Exited" events).
+    segments: frozenset[str] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "destination": self.destination,
+            "profile_id": self.profile_id,
+            "version": self.version,
+            "email": self.email,
+            "tags": sorted(self.tags),
+            "lists": sorted(self.lists),
+            "fields": dict(self.fields),
+            "consent": self.consent,
+            "identities": dict(self.identities),
+            "erase": self.erase,
+            "segments": sorted(self.segments),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Change:
+        return cls(
+            account=str(data["account"]),
+            destination=str(data["destination"]),
+            profile_id=str(data["profile_id"]),
+            version=int(data["version"]),
+            email=data.get("email"),
+            tags=frozenset(data.get("tags", ())),
+            lists=frozenset(str(x) for x in data.get("lists", ())),
+            fields=dict(data.get("fields", {})),
+            consent=str(data.get("consent", CONSENT_UNKNOWN)),
+            identities=dict(data.get("identities", {})),
+            erase=bool(data.get("erase", False)),
+            segments=frozenset(data.get("segments", ())),
+        )
+
+
+@dataclass(frozen=True)
+class OwnedState:
+    """What the connector itself set on one contact of one destination (the ownership ledger).
+
+    Only these tags, lists and fields are ever removed; anything else on the contact is left alone.
+    ``remote_id`` caches the ESP's id of the contact (HubSpot record id, Klaviyo profile id).
+    """
+
+    tags: frozenset[str] = frozenset()
+    lists: frozenset[str] = frozenset()
+    fields: frozenset[str] = frozenset()
+    segments: frozenset[str] = frozenset()
+    remote_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tags": sorted(self.tags),
+            "lists": sorted(self.lists),
+            "fields": sorted(self.fields),
+            "segments": sorted(self.segments),
+            "remote_id": self.remote_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> OwnedState:
+        if not data:
+            return cls()
+        return cls(
+            tags=frozenset(data.get("tags", ())),
+            lists=frozenset(str(x) for x in data.get("lists", ())),
+            fields=frozenset(data.get("fields", ())),
+            segments=frozenset(data.get("segments", ())),
+            remote_id=data.get("remote_id"),
+        )
+
+    @classmethod
+    def of(cls, change: Change, remote_id: str | None = None) -> OwnedState:
+        """The ledger after ``change`` was applied."""
+        return cls(
+            tags=change.tags,
+            lists=change.lists,
+            fields=frozenset(k for k, v in change.fields.items() if v is not None),
+            segments=change.segments,
+            remote_id=remote_id,
+        )
+
+
+APPLIED = "applied"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one Change. ``owned`` is the new ledger entry when applied (None when erased).
+
+    ``error`` is set when failed; its type says what the sync worker does (retry later, dead
+    letter, pause the destination).
+    """
+
+    profile_id: str
+    version: int
+    status: str
+    owned: OwnedState | None = None
+    error: Exception | None = None
+    note: str = ""

@@ -1,0 +1,279 @@
+"""The shared base of every ESP adapter: an httpx client with timeouts, the shared rate limiter,
+error mapping and the tenacity retry policy, built from small composable condition objects.
+
+Time is injected: ``clock`` (epoch seconds) and ``sleep`` come from the caller, so tests never
+sleep and the retry budget runs on simulated time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import tenacity
+from tenacity import RetryCallState
+
+from .change import Change, OwnedState, Result
+from .errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
+from .ratelimit import Limits, RateLimiter
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+ErrorMapper = Callable[[httpx.Response], AdapterError]
+
+
+class Adapter(Protocol):
+    """The one interface of every ESP module."""
+
+    name: str
+    batch_size: int  # how many changes one ``apply`` call handles at most
+
+    def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
+        """Bring each contact to its desired state; one Result per change, in any order.
+
+        Per-contact failures are returned in the Result; :class:`AuthError` and a DAILY
+        :class:`RateLimited` are raised because they concern the whole destination.
+        """
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry conditions (tenacity objects)
+
+
+class retry_if_retryable(tenacity.retry_base):
+    """Retry transient errors whose wait fits in this call; longer waits go back to the worker."""
+
+    def __init__(self, max_inline_wait: float) -> None:
+        self.max_inline_wait = max_inline_wait
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        err = outcome.exception()
+        if not isinstance(err, TransientError):
+            return False
+        if isinstance(err, RateLimited):
+            if err.scope in ("DAILY", "ABUSE"):
+                return False
+            if err.retry_after is not None and err.retry_after > self.max_inline_wait:
+                return False
+        return True
+
+
+class wait_retry_after(tenacity.wait.wait_base):
+    """The ESP's Retry-After when it sent one, else the fallback (exponential with jitter)."""
+
+    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        err = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(err, RateLimited) and err.retry_after is not None:
+            return max(0.0, err.retry_after)
+        return float(self.fallback(retry_state))
+
+
+class stop_after_budget(tenacity.stop.stop_base):
+    """Stop when the next wait would end after ``budget`` seconds of the injected clock."""
+
+    def __init__(self, clock: Clock, budget: float) -> None:
+        self.clock = clock
+        self.budget = budget
+        self.started = clock()
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        upcoming = retry_state.upcoming_sleep or 0.0
+        return self.clock() + upcoming - self.started > self.budget
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """In-call retries: a few quick attempts. Longer outages are the sync worker's business
+    (it re-queues the change with backoff for up to 24 hours)."""
+
+    attempts: int = 5
+    budget_seconds: float = 60.0
+    initial_wait: float = 0.5
+    max_wait: float = 20.0
+    max_inline_wait: float = 30.0
+
+    def retrying(
+        self, clock: Clock, sleep: Sleep, rng: Callable[[], float] = random.random
+    ) -> tenacity.Retrying:
+        fallback = tenacity.wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)
+        return tenacity.Retrying(
+            retry=retry_if_retryable(self.max_inline_wait),
+            wait=wait_retry_after(fallback),
+            stop=tenacity.stop_after_attempt(self.attempts) | stop_after_budget(clock, self.budget_seconds),
+            sleep=sleep,
+            reraise=True,
+            before_sleep=_log_retry,
+        )
+
+
+def _log_retry(retry_state: RetryCallState) -> None:
+    outcome = retry_state.outcome
+    err = outcome.exception() if outcome is not None else None
+    log.info(
+        "retrying ESP request",
+        extra={
+            "attempt": retry_state.attempt_number,
+            "wait": retry_state.upcoming_sleep,
+            "error": type(err).__name__ if err else None,
+            "status": getattr(err, "status", None),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+def credential_key(esp: str, secret: str) -> str:
+    """The rate-limit key of one credential: the ESP and a short digest (never the secret)."""
+    return f"{esp}:{hashlib.sha256(secret.encode()).hexdigest()[:16]}"
+
+
+def json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def status_error(response: httpx.Response, code: str | None, detail: str) -> AdapterError:
+    """The generic mapping by status, once the ESP module has read its own error body."""
+    status = response.status_code
+    message = f"{status} {code or response.reason_phrase}: {detail}".strip()[:500]
+    if status in (401, 403):
+        return AuthError(message, status=status, code=code, detail=detail)
+    if status == 429:
+        return RateLimited(message, retry_after=retry_after_header(response), code=code, detail=detail)
+    if status >= 500 or status in (408,):
+        return TransientError(message, status=status, code=code, detail=detail)
+    return PermanentError(message, status=status, code=code, detail=detail)
+
+
+def retry_after_header(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+@dataclass
+class Transport:
+    """How an adapter talks to its ESP: base URL, auth headers, limits, time seams."""
+
+    base_url: str
+    headers: Mapping[str, str]
+    limiter_key: str
+    error_mapper: ErrorMapper
+    limiter: RateLimiter | None = None
+    buckets: Mapping[str, Limits] = field(default_factory=dict)
+    clock: Clock = lambda: 0.0
+    sleep: Sleep = lambda _s: None
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: httpx.Timeout = field(default_factory=lambda: httpx.Timeout(30.0, connect=5.0))
+    http_transport: httpx.BaseTransport | None = None
+    max_connections: int = 10
+    observe: Callable[[httpx.Response], None] | None = None
+
+
+class EspClient:
+    """One httpx client per adapter instance; ``request`` = limiter + retries + error mapping."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.t = transport
+        self.http = httpx.Client(
+            base_url=transport.base_url.rstrip("/"),
+            headers=dict(transport.headers),
+            timeout=transport.timeout,
+            transport=transport.http_transport,
+            limits=httpx.Limits(max_connections=transport.max_connections),
+        )
+        self.requests = 0  # requests sent by this client (benchmarks, tests)
+
+    def __repr__(self) -> str:
+        return f"EspClient(base_url={self.t.base_url!r}, key={self.t.limiter_key!r})"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        bucket: str = "default",
+    ) -> httpx.Response:
+        """Send with the shared limits; retry transient errors in-call; raise AdapterError."""
+        retrying = self.t.policy.retrying(self.t.clock, self.t.sleep)
+        return retrying(self._once, method, path, json, params, bucket)
+
+    def _once(
+        self, method: str, path: str, body: Any, params: Mapping[str, Any] | None, bucket: str
+    ) -> httpx.Response:
+        limits = self.t.buckets.get(bucket) or self.t.buckets.get("default") or Limits()
+        limiter = self.t.limiter
+        key = self.t.limiter_key
+        try:
+            if limiter is not None:
+                with limiter.slot(key, limits):
+                    response = self._send(method, path, body, params)
+            else:
+                response = self._send(method, path, body, params)
+        except httpx.TimeoutException as err:
+            raise TransientError(f"timeout: {type(err).__name__} on {method} {path}") from err
+        except httpx.TransportError as err:
+            raise TransientError(f"connection error: {type(err).__name__} on {method} {path}") from err
+        if self.t.observe is not None:
+            self.t.observe(response)
+        if response.status_code < 400:
+            if limiter is not None:
+                limiter.reward(key)
+            return response
+        error = self.t.error_mapper(response)
+        if isinstance(error, RateLimited) and limiter is not None:
+            if error.scope == "DAILY" and error.retry_after is not None:
+                limiter.block_until(key, self.t.clock() + error.retry_after)
+            else:
+                limiter.penalize(key, error.retry_after)
+        log.info(
+            "ESP error",
+            extra={
+                "method": method,
+                "path": _redact(path),
+                "status": response.status_code,
+                "code": error.code,
+            },
+        )
+        raise error
+
+    def _send(self, method: str, path: str, body: Any, params: Mapping[str, Any] | None) -> httpx.Response:
+        self.requests += 1
+        return self.http.request(method, path, json=body, params=params)
+
+
+def _redact(path: str) -> str:
+    # paths may hold an email or a subscriber hash: keep only the route shape in logs
+    return "/".join(part if len(part) < 24 and "@" not in part else "…" for part in path.split("/"))
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

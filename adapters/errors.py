@@ -1,0 +1,94 @@
+"""The adapters' own exception hierarchy (adapters never import ``connector``).
+
+The sync worker maps these to its decisions: :class:`TransientError` and :class:`RateLimited`
+are retried later, :class:`PermanentError` goes to the dead letters, :class:`AuthError` pauses
+the destination for the account. Messages never carry credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class AdapterError(Exception):
+    """Base of every error an adapter raises on purpose.
+
+    ``status`` is the HTTP status (None for transport errors), ``code`` the ESP's own error
+    name (Mailchimp ``title``, HubSpot ``category``, Klaviyo ``errors[0].code``), ``detail`` its
+    message. ``retryable`` tells the sync worker whether trying again later can help.
+    """
+
+    retryable = False
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, detail: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for dead letters and logs."""
+        return {
+            "type": type(self).__name__,
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "detail": self.detail,
+        }
+
+
+class TransientError(AdapterError):
+    """5xx, timeouts, connection errors: retry with backoff."""
+
+    retryable = True
+
+
+class RateLimited(TransientError):
+    """429 (or an anti-abuse throttle): retry after ``retry_after`` seconds.
+
+    ``scope`` names the limit: ``BURST`` (per second / ten seconds, or Mailchimp concurrency),
+    ``DAILY`` (HubSpot daily quota: wait until the reset) or ``ABUSE`` (Mailchimp "signed up to a
+    lot of lists very recently": park for hours).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        scope: str = "BURST",
+        status: int | None = 429,
+        code: str | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(message, status=status, code=code, detail=detail)
+        self.retry_after = retry_after
+        self.scope = scope
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out.update(retry_after=self.retry_after, scope=self.scope)
+        return out
+
+
+class PermanentError(AdapterError):
+    """The ESP refused the request for a reason retrying cannot fix (400, 404, 422, compliance...)."""
+
+
+class AuthError(PermanentError):
+    """401/403: bad or insufficient credentials. The destination is paused for the account."""
+
+
+class ItemErrors(AdapterError):
+    """A batch call succeeded for some items and failed for others.
+
+    ``errors`` maps an item key (email or trace id) to the error of that item.
+    """
+
+    def __init__(self, message: str, errors: Mapping[str, AdapterError]) -> None:
+        super().__init__(message)
+        self.errors = dict(errors)

@@ -1,0 +1,387 @@
+"""HubSpot CRM v3: contacts upserted by email, tags in a multi-checkbox property, MANUAL lists.
+
+Requests (see docs/destinations.md):
+
+* tag options: ``GET /crm/v3/properties/contacts/{tags_property}``; created with
+  ``POST /crm/v3/properties/contacts`` when missing; new options added with ``PATCH`` (full option list).
+* hand-set tags kept: ``POST /crm/v3/objects/contacts/batch/read`` (≤100, idProperty email) reads
+  the property before writing, so only tags the connector set are ever removed.
+* upsert: ``POST /crm/v3/objects/contacts/batch/upsert`` (≤100, ``idProperty: email``, one
+  ``objectWriteTraceId`` per profile). 207: only the failed items are re-driven. A whole-batch
+  400 re-drives items one by one (``POST /crm/v3/objects/contacts``; 409 → the existing id →
+  ``PATCH /crm/v3/objects/contacts/{id}``).
+* lists: ``PUT /crm/v3/lists/{listId}/memberships/add`` / ``.../remove`` (bare array of record ids,
+  ≤1,000 per call by local policy). Never the retired v1 lists API.
+* erasure: ``POST /crm/v3/objects/contacts/gdpr-delete`` (``idProperty: email``).
+* limits: ``X-HubSpot-RateLimit-*`` headers are read; a DAILY 429 blocks the key until midnight
+  in the account's time zone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from .base import EspClient, Transport, chunks, credential_key, json_body, retry_after_header, status_error
+from .change import APPLIED, FAILED, SKIPPED, Change, OwnedState, Result
+from .errors import AdapterError, PermanentError, RateLimited, TransientError
+from .ratelimit import Limits, Window
+
+UPSERT_LIMIT = 100
+LIST_CHUNK = 1000
+_EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
+
+
+@dataclass(frozen=True)
+class HubSpotConfig:
+    token: str = field(repr=False)
+    base_url: str = "https://api.hubapi.com"
+    tags_property: str = "esp_tags"
+    tags_label: str = "Tags"
+    tags_group: str = "contactinformation"
+    preserve_unowned_tags: bool = True
+    per_ten_seconds: int = 100
+    timezone: str = "UTC"  # the HubSpot account's time zone: the daily quota resets at its midnight
+
+
+def existing_id(body: Any) -> str | None:
+    """The record id named by a 409 "Contact already exists. Existing ID: 512"."""
+    message = body.get("message", "") if isinstance(body, dict) else ""
+    match = _EXISTING_ID.search(str(message))
+    return match.group(1) if match else None
+
+
+class HubSpotAdapter:
+    name = "hubspot"
+    batch_size = UPSERT_LIMIT
+
+    def __init__(self, config: HubSpotConfig, transport: Transport | None = None, **kw: Any) -> None:
+        self.config = config
+        transport = transport or Transport(
+            base_url=config.base_url,
+            headers={"Authorization": f"Bearer {config.token}", "Accept": "application/json"},
+            limiter_key=credential_key("hubspot", config.token),
+            error_mapper=self.map_error,
+            buckets={"default": Limits(windows=(Window(config.per_ten_seconds, 10.0),))},
+            observe=self.observe,
+            **kw,
+        )
+        transport.error_mapper = self.map_error
+        transport.observe = self.observe
+        self.client = EspClient(transport)
+        self._options: set[str] | None = None
+
+    # -- errors and headers ----------------------------------------------------------------
+    def seconds_until_reset(self) -> float:
+        tz = ZoneInfo(self.config.timezone)
+        now = datetime.fromtimestamp(self.client.t.clock(), tz)
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        return max(1.0, (midnight - now).total_seconds())
+
+    def map_error(self, response: httpx.Response) -> AdapterError:
+        body = json_body(response)
+        body = body if isinstance(body, dict) else {}
+        category = str(body.get("category") or body.get("errorType") or "") or None
+        message = str(body.get("message") or "")
+        if response.status_code == 429:
+            policy = str(body.get("policyName") or "")
+            if policy == "DAILY":
+                return RateLimited(
+                    "429 daily limit reached",
+                    retry_after=self.seconds_until_reset(),
+                    scope="DAILY",
+                    code=policy,
+                    detail=message,
+                )
+            wait = retry_after_header(response)
+            if wait is None:
+                interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+                wait = int(interval) / 1000 if interval and interval.isdigit() else 10.0
+            return RateLimited(
+                f"429 {policy or 'rate limit'}", retry_after=wait, code=policy or None, detail=message
+            )
+        return status_error(response, category, message)
+
+    def observe(self, response: httpx.Response) -> None:
+        limiter = self.client.t.limiter if hasattr(self, "client") else None
+        if limiter is None or response.status_code == 429:
+            return
+        key = self.client.t.limiter_key
+        headers = response.headers
+        if headers.get("X-HubSpot-RateLimit-Daily-Remaining") == "0":
+            limiter.block_until(key, self.client.t.clock() + self.seconds_until_reset())
+        elif headers.get("X-HubSpot-RateLimit-Remaining") == "0":
+            interval = headers.get("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
+            seconds = int(interval) / 1000 if interval.isdigit() else 10.0
+            limiter.block_until(key, self.client.t.clock() + seconds)
+
+    # -- tags property ---------------------------------------------------------------------
+    def ensure_options(self, tags: set[str]) -> None:
+        prop = self.config.tags_property
+        if self._options is not None and tags <= self._options:
+            return
+        try:
+            data = json_body(self.client.request("GET", f"/crm/v3/properties/contacts/{prop}")) or {}
+            known = {str(o.get("value")) for o in data.get("options") or [] if isinstance(o, dict)}
+            options = [o for o in data.get("options") or [] if isinstance(o, dict)]
+        except PermanentError as err:
+            if err.status != 404:
+                raise
+            body = {
+                "name": prop,
+                "label": self.config.tags_label,
+                "type": "enumeration",
+                "fieldType": "checkbox",
+                "groupName": self.config.tags_group,
+                "options": [{"label": t, "value": t} for t in sorted(tags)],
+            }
+            self.client.request("POST", "/crm/v3/properties/contacts", json=body)
+            self._options = set(tags)
+            return
+        missing = sorted(tags - known)
+        if missing:
+            full = [{"label": o.get("label", o.get("value")), "value": o.get("value")} for o in options]
+            full += [{"label": t, "value": t} for t in missing]
+            self.client.request("PATCH", f"/crm/v3/properties/contacts/{prop}", json={"options": full})
+        self._options = known | tags
+
+    def current_tags(self, emails: Sequence[str]) -> dict[str, tuple[str | None, set[str]]]:
+        """email (lower) → (record id, current values of the tags property), for existing contacts."""
+        out: dict[str, tuple[str | None, set[str]]] = {}
+        prop = self.config.tags_property
+        for chunk in chunks(list(emails), UPSERT_LIMIT):
+            body = {
+                "idProperty": "email",
+                "inputs": [{"id": e} for e in chunk],
+                "properties": ["email", prop],
+            }
+            data = (
+                json_body(self.client.request("POST", "/crm/v3/objects/contacts/batch/read", json=body)) or {}
+            )
+            for item in data.get("results") or []:
+                props = item.get("properties") or {}
+                email = str(props.get("email") or "").lower()
+                raw = props.get(prop) or ""
+                out[email] = (
+                    str(item.get("id")) if item.get("id") else None,
+                    {t for t in raw.split(";") if t},
+                )
+        return out
+
+    # -- apply -----------------------------------------------------------------------------
+    def properties(self, change: Change, owned: OwnedState, current: set[str] | None) -> dict[str, Any]:
+        props: dict[str, Any] = {"email": change.email}
+        for name in owned.fields:
+            props[name] = ""
+        for name, value in change.fields.items():
+            props[name] = "" if value is None else (str(value).lower() if isinstance(value, bool) else value)
+        kept = (current or set()) - owned.tags
+        props[self.config.tags_property] = ";".join(sorted(kept | set(change.tags)))
+        return props
+
+    def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
+        results: dict[str, Result] = {}
+        errors: dict[str, AdapterError] = {}
+        ids: dict[str, str] = {}
+        upserts: list[Change] = []
+        for change in changes:
+            if change.erase:
+                results[change.profile_id] = self.erase(change)
+            elif not change.email:
+                results[change.profile_id] = Result(
+                    change.profile_id, change.version, SKIPPED, note="no email"
+                )
+            else:
+                upserts.append(change)
+        if upserts:
+            self._upsert_all(upserts, owned, errors, ids)
+            self._lists([c for c in upserts if c.profile_id not in errors], owned, ids, errors)
+        for change in upserts:
+            err = errors.get(change.profile_id)
+            if err is not None:
+                results[change.profile_id] = Result(change.profile_id, change.version, FAILED, error=err)
+            else:
+                state = OwnedState.of(change, ids.get(change.profile_id))
+                results[change.profile_id] = Result(change.profile_id, change.version, APPLIED, state)
+        return [results[c.profile_id] for c in changes]
+
+    def _upsert_all(
+        self,
+        upserts: list[Change],
+        owned: Mapping[str, OwnedState],
+        errors: dict[str, AdapterError],
+        ids: dict[str, str],
+    ) -> None:
+        tags = set().union(*(c.tags for c in upserts))
+        if tags:
+            self.ensure_options(tags)
+        current: dict[str, tuple[str | None, set[str]]] = {}
+        if self.config.preserve_unowned_tags:
+            current = self.current_tags(sorted({str(c.email).lower() for c in upserts}))
+        # the same email twice in one batch is a 400: later ones go in the next batch
+        waves: list[list[Change]] = []
+        for change in upserts:
+            for wave in waves:
+                if all(str(c.email).lower() != str(change.email).lower() for c in wave):
+                    wave.append(change)
+                    break
+            else:
+                waves.append([change])
+        for wave in waves:
+            for chunk in chunks(wave, UPSERT_LIMIT):
+                self._upsert(list(chunk), owned, current, errors, ids, redrive=True)
+
+    def _upsert(
+        self,
+        chunk: list[Change],
+        owned: Mapping[str, OwnedState],
+        current: Mapping[str, tuple[str | None, set[str]]],
+        errors: dict[str, AdapterError],
+        ids: dict[str, str],
+        redrive: bool,
+    ) -> None:
+        by_trace = {c.profile_id: c for c in chunk}
+        inputs: list[dict[str, Any]] = []
+        for change in chunk:
+            cur = current.get(str(change.email).lower())
+            props = self.properties(
+                change, owned.get(change.profile_id, OwnedState()), cur[1] if cur else None
+            )
+            inputs.append(
+                {
+                    "id": change.email,
+                    "idProperty": "email",
+                    "objectWriteTraceId": change.profile_id,
+                    "properties": props,
+                }
+            )
+        try:
+            response = self.client.request(
+                "POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs}
+            )
+        except RateLimited as err:
+            if err.scope == "DAILY":
+                raise
+            for change in chunk:
+                errors[change.profile_id] = err
+            return
+        except TransientError as err:
+            for change in chunk:
+                errors[change.profile_id] = err
+            return
+        except PermanentError as err:
+            if err.status in (401, 403):
+                raise
+            if redrive and len(chunk) > 1:
+                for change in chunk:
+                    self._single(change, inputs[chunk.index(change)]["properties"], errors, ids)
+            else:
+                for change in chunk:
+                    errors[change.profile_id] = err
+            return
+        data = json_body(response) or {}
+        emails = {str(c.email).lower(): c for c in chunk}
+        for item in data.get("results") or []:
+            trace = item.get("objectWriteTraceId")
+            done = by_trace.get(str(trace)) if trace else None
+            if done is None:
+                done = emails.get(str((item.get("properties") or {}).get("email", "")).lower())
+            if done is not None and item.get("id") is not None:
+                ids[done.profile_id] = str(item["id"])
+        again: list[Change] = []
+        for item in data.get("errors") or []:
+            traces = (item.get("context") or {}).get("objectWriteTraceId") or []
+            category = str(item.get("category") or "")
+            message = str(item.get("message") or "")
+            for trace in traces:
+                failed = by_trace.get(str(trace))
+                if failed is None:
+                    continue
+                if category == "VALIDATION_ERROR" and "INVALID_OPTION" not in message:
+                    errors[failed.profile_id] = PermanentError(
+                        f"207 {category}: {message}"[:500], status=207, code=category, detail=message
+                    )
+                elif redrive:
+                    again.append(failed)
+                else:
+                    errors[failed.profile_id] = TransientError(
+                        f"207 {category}: {message}"[:500], status=207, code=category, detail=message
+                    )
+        if again:
+            self._options = None  # an option may have been removed by hand: read them again
+            self.ensure_options(set().union(*(c.tags for c in again)))
+            self._upsert(again, owned, current, errors, ids, redrive=False)
+
+    def _single(
+        self, change: Change, props: dict[str, Any], errors: dict[str, AdapterError], ids: dict[str, str]
+    ) -> None:
+        try:
+            try:
+                data = json_body(
+                    self.client.request("POST", "/crm/v3/objects/contacts", json={"properties": props})
+                )
+                ids[change.profile_id] = str((data or {}).get("id"))
+                return
+            except PermanentError as err:
+                if err.status != 409:
+                    raise
+                record = existing_id({"message": err.detail})
+                if record is None:
+                    raise
+            self.client.request("PATCH", f"/crm/v3/objects/contacts/{record}", json={"properties": props})
+            ids[change.profile_id] = record
+        except AdapterError as err:
+            if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
+                raise
+            errors[change.profile_id] = err
+
+    def _lists(
+        self,
+        changes: Sequence[Change],
+        owned: Mapping[str, OwnedState],
+        ids: Mapping[str, str],
+        errors: dict[str, AdapterError],
+    ) -> None:
+        plan: dict[tuple[str, str], list[tuple[Change, str]]] = {}
+        for change in changes:
+            before = owned.get(change.profile_id, OwnedState())
+            record = ids.get(change.profile_id) or before.remote_id
+            if record is None:
+                if change.lists != before.lists:
+                    errors[change.profile_id] = TransientError(
+                        "no HubSpot record id yet", code="no_record_id"
+                    )
+                continue
+            for list_id in change.lists - before.lists:
+                plan.setdefault((list_id, "add"), []).append((change, record))
+            for list_id in before.lists - change.lists:
+                plan.setdefault((list_id, "remove"), []).append((change, record))
+        for (list_id, action), members in sorted(plan.items()):
+            for chunk in chunks(members, LIST_CHUNK):
+                body = sorted({record for _, record in chunk})
+                try:
+                    self.client.request("PUT", f"/crm/v3/lists/{list_id}/memberships/{action}", json=body)
+                except AdapterError as err:
+                    if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
+                        raise
+                    for change, _ in chunk:
+                        errors[change.profile_id] = err
+
+    def erase(self, change: Change) -> Result:
+        if not change.email:
+            return Result(change.profile_id, change.version, SKIPPED, note="no email to erase")
+        body = {"objectId": change.email, "idProperty": "email"}
+        try:
+            self.client.request("POST", "/crm/v3/objects/contacts/gdpr-delete", json=body)
+        except AdapterError as err:
+            if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
+                raise
+            if err.status != 404:
+                return Result(change.profile_id, change.version, FAILED, error=err)
+        return Result(change.profile_id, change.version, APPLIED, None, note="GDPR delete")

@@ -1,0 +1,199 @@
+"""A rate limiter shared by every worker through Redis.
+
+Per *limiter key* (one ESP + one credential, e.g. ``hubspot:3f9a...``), so one throttled account
+never slows another:
+
+* **Windows**: sliding-window logs (a sorted set of request instants per window), checked and
+  taken in one Lua script, so N workers on M machines together never exceed ``limit`` requests in
+  any ``seconds``-long interval. Several windows combine (Klaviyo burst 1 s + steady 60 s).
+* **Concurrency**: a semaphore of leases that expire (Mailchimp's 10 concurrent connections per
+  API key); a worker that dies holding a lease frees it after ``lease_seconds``.
+* **Adaptive**: a 429 halves the allowed rate of that key (down to ``min_factor``) and blocks it
+  for the ESP's ``Retry-After``; each success ramps the factor back up by ``ramp``.
+
+Time is injected (``clock`` returns epoch seconds, ``sleep`` waits), so tests never sleep.
+
+Keys: ``rl:{key}`` (hash: factor, blocked_until), ``rl:{key}:w:{limit}/{seconds}`` (zset),
+``rl:{key}:leases`` (zset), ``rl:seq`` (counter for unique members).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+
+_ACQUIRE = """
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local factor = tonumber(redis.call('HGET', KEYS[1], 'factor') or '1')
+local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked_until') or '0')
+if blocked > now then return tostring(blocked - now) end
+local wait = 0
+for i = 1, n do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local secs = tonumber(ARGV[2 + 2 * i])
+  local allowed = math.max(1, math.floor(limit * factor))
+  local key = KEYS[1 + i]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - secs)
+  local count = redis.call('ZCARD', key)
+  if count >= allowed then
+    local oldest = redis.call('ZRANGE', key, count - allowed, count - allowed, 'WITHSCORES')
+    local w = tonumber(oldest[2]) + secs - now
+    if w <= 0 then w = 0.001 end
+    if w > wait then wait = w end
+  end
+end
+if wait > 0 then return tostring(wait) end
+local seq = redis.call('INCR', KEYS[2 + n])
+for i = 1, n do
+  local secs = tonumber(ARGV[2 + 2 * i])
+  redis.call('ZADD', KEYS[1 + i], now, now .. ':' .. seq)
+  redis.call('EXPIRE', KEYS[1 + i], math.ceil(secs) + 60)
+end
+return '0'
+"""
+
+_LEASE = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
+  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 60)
+  return 1
+end
+return 0
+"""
+
+_ADJUST = """
+local factor = tonumber(redis.call('HGET', KEYS[1], 'factor') or '1')
+local mode = ARGV[1]
+if mode == 'penalize' then
+  factor = math.max(tonumber(ARGV[2]), factor / 2)
+else
+  factor = math.min(1, factor + tonumber(ARGV[2]))
+end
+redis.call('HSET', KEYS[1], 'factor', tostring(factor))
+if ARGV[3] ~= '' then
+  local until_ = tonumber(ARGV[3])
+  local cur = tonumber(redis.call('HGET', KEYS[1], 'blocked_until') or '0')
+  if until_ > cur then redis.call('HSET', KEYS[1], 'blocked_until', ARGV[3]) end
+end
+redis.call('EXPIRE', KEYS[1], 2 * 86400)
+return tostring(factor)
+"""
+
+
+@dataclass(frozen=True)
+class Window:
+    """At most ``limit`` requests in any ``seconds``-long interval."""
+
+    limit: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    windows: tuple[Window, ...] = ()
+    concurrency: int | None = None
+
+
+class RateLimiter:
+    """Shared limits per key. ``acquire`` blocks (through the injected ``sleep``) until allowed."""
+
+    def __init__(
+        self,
+        conn: redis.Redis,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        lease_seconds: float = 150.0,
+        lease_poll_seconds: float = 0.05,
+        min_factor: float = 1 / 16,
+        ramp: float = 0.05,
+    ) -> None:
+        self.conn = conn
+        self.clock = clock
+        self.sleep = sleep
+        self.lease_seconds = lease_seconds
+        self.lease_poll_seconds = lease_poll_seconds
+        self.min_factor = min_factor
+        self.ramp = ramp
+        self._acquire = conn.register_script(_ACQUIRE)
+        self._lease = conn.register_script(_LEASE)
+        self._adjust = conn.register_script(_ADJUST)
+
+    # -- windows ---------------------------------------------------------------------------
+    def try_take(self, key: str, limits: Limits) -> float:
+        """Take one request slot now if every window allows it; else the seconds to wait."""
+        keys = [f"rl:{key}"]
+        args: list[float | int] = [self.clock(), len(limits.windows)]
+        for window in limits.windows:
+            keys.append(f"rl:{key}:w:{window.limit}/{window.seconds:g}")
+            args.extend([window.limit, window.seconds])
+        keys.append("rl:seq")
+        return float(self._acquire(keys=keys, args=args))
+
+    def wait_for_slot(self, key: str, limits: Limits) -> float:
+        """Block until a slot is taken; returns the total seconds waited."""
+        waited = 0.0
+        while True:
+            wait = self.try_take(key, limits)
+            if wait <= 0:
+                return waited
+            self.sleep(wait)
+            waited += wait
+
+    # -- concurrency -----------------------------------------------------------------------
+    def try_lease(self, key: str, limit: int) -> str | None:
+        lease = uuid.uuid4().hex
+        ok = self._lease(keys=[f"rl:{key}:leases"], args=[self.clock(), limit, self.lease_seconds, lease])
+        return lease if int(ok) else None
+
+    def release(self, key: str, lease: str) -> None:
+        self.conn.zrem(f"rl:{key}:leases", lease)
+
+    def in_flight(self, key: str) -> int:
+        self.conn.zremrangebyscore(f"rl:{key}:leases", "-inf", self.clock())
+        return int(self.conn.zcard(f"rl:{key}:leases"))
+
+    @contextmanager
+    def slot(self, key: str, limits: Limits) -> Iterator[None]:
+        """One request: a window slot, then (when limited) a concurrency lease held meanwhile."""
+        self.wait_for_slot(key, limits)
+        if limits.concurrency is None:
+            yield
+            return
+        lease = self.try_lease(key, limits.concurrency)
+        while lease is None:
+            self.sleep(self.lease_poll_seconds)
+            lease = self.try_lease(key, limits.concurrency)
+        try:
+            yield
+        finally:
+            self.release(key, lease)
+
+    # -- adaptation ------------------------------------------------------------------------
+    def penalize(self, key: str, retry_after: float | None = None) -> float:
+        """A 429: halve the allowed rate and block the key for ``retry_after`` seconds."""
+        until = "" if retry_after is None else str(self.clock() + max(0.0, retry_after))
+        return float(self._adjust(keys=[f"rl:{key}"], args=["penalize", self.min_factor, until]))
+
+    def reward(self, key: str) -> float:
+        """A success: ramp the allowed rate back up (additive increase)."""
+        return float(self._adjust(keys=[f"rl:{key}"], args=["reward", self.ramp, ""]))
+
+    def block_until(self, key: str, until: float) -> None:
+        """No request on this key before ``until`` (epoch seconds), e.g. a daily quota reset."""
+        self._adjust(keys=[f"rl:{key}"], args=["reward", 0, str(until)])
+
+    def factor(self, key: str) -> float:
+        raw = self.conn.hget(f"rl:{key}", "factor")
+        return float(raw) if raw is not None else 1.0
+
+    def blocked_for(self, key: str) -> float:
+        raw = self.conn.hget(f"rl:{key}", "blocked_until")
+        return max(0.0, float(raw) - self.clock()) if raw is not None else 0.0
