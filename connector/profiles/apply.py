@@ -1,0 +1,179 @@
+"""Applying a batch of events of one account to its profiles.
+
+1. Each event is checked: without a usable identity it is rejected (kept with its reason).
+2. Identities are resolved for the whole batch under the account's identity lock (one pass).
+3. The events are applied per profile, one Lua script per profile, all in one pipeline.
+   A profile merged away meanwhile answers with a redirect; its events go to the survivor.
+4. Erasure (``delete``) and access (``data_request``) events are handled last.
+
+Idempotent: applying the same batch twice changes nothing the second time (event ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis
+
+from ..config import Account
+from ..event import Event
+from . import identity, keys, rejected
+from .erasure import erase_account, erase_profile, store_export
+from .properties import kept_properties
+from .store import APPLY, Prepared, name_codes, prepare
+
+log = logging.getLogger(__name__)
+
+HISTORY_TYPES = ("track", "page", "screen")
+SHOP_REDACT = "shop_redact"
+MAX_REDIRECTS = 8
+
+
+@dataclass
+class Outcome:
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    dropped: int = 0  # events of a profile erased meanwhile
+    erased: int = 0
+    exported: int = 0
+    touched: set[str] = field(default_factory=set)
+
+
+def _retention(account: Account) -> identity.Retention:
+    return identity.Retention(account.retention_max_age_days, account.retention_max_events)
+
+
+def _check(event: Event, blocked: frozenset[str]) -> tuple[dict[str, str], str | None] | str:
+    """Usable identities (and alias' previous id) or the reason the event cannot be stored."""
+    ids = identity.usable_identities(event.identities, blocked)
+    previous = identity.clean_value("previous_id", event.identities.get("previous_id"), blocked)
+    if event.type == "alias" and previous is None:
+        return "alias without a usable previous id"
+    if not ids and previous is None:
+        if event.identities:
+            return "no usable identity (only blocked or unsupported identity values)"
+        return "no identity"
+    return ids, previous
+
+
+def apply_events(
+    conn: redis.Redis, queue_conn: redis.Redis, account: Account, events: Sequence[Event], now: datetime
+) -> Outcome:
+    outcome = Outcome()
+    ordered = sorted(events, key=lambda e: (e.occurred_at, e.event_id))
+    rejects = conn.pipeline(transaction=False)
+    regular: list[tuple[Event, dict[str, str], str | None]] = []
+    requests: list[tuple[Event, dict[str, str]]] = []
+    for event in ordered:
+        checked = _check(event, account.blocked_identity_values)
+        if event.type == "delete" and event.name == SHOP_REDACT:
+            requests.append((event, {}))
+            continue
+        if isinstance(checked, str):
+            rejected.record(rejects, event, checked, now)
+            outcome.rejected += 1
+            continue
+        if event.type in ("delete", "data_request"):
+            requests.append((event, checked[0]))
+        else:
+            regular.append((event, checked[0], checked[1]))
+    prepared: list[Prepared] = []
+    if regular:
+        codes = name_codes(conn).codes(account.id, {e.name for e, _, _ in regular})
+        kept: list[tuple[Event, dict[str, str], str | None]] = []
+        for event, ids, previous in regular:
+            try:
+                props = (
+                    kept_properties(account.id, event.name, event.properties)
+                    if event.type in HISTORY_TYPES
+                    else None
+                )
+                prepared.append(
+                    prepare(event.occurred_at, event.event_id, codes[event.name], props, event.traits)
+                )
+            except (TypeError, ValueError, OverflowError) as err:
+                rejected.record(rejects, event, f"cannot be stored: {err}", now)
+                outcome.rejected += 1
+                continue
+            kept.append((event, ids, previous))
+        regular = kept
+    rejects.execute()
+    if regular:
+        resolution = identity.resolve(
+            conn, account.id, _retention(account), [(i, p) for _, i, p in regular], now
+        )
+        groups: dict[str, list[Prepared]] = {}
+        for pid, item in zip(resolution.targets, prepared, strict=True):
+            groups.setdefault(pid, []).append(item)
+        _apply_groups(conn, account, groups, now, outcome)
+    for event, ids in requests:
+        _request(conn, queue_conn, account, event, ids, now, outcome)
+    return outcome
+
+
+def _apply_groups(
+    conn: redis.Redis, account: Account, groups: dict[str, list[Prepared]], now: datetime, outcome: Outcome
+) -> None:
+    script = conn.register_script(APPLY)
+    retention = _retention(account)
+    head: list[bytes | str | int] = [retention.cutoff_seconds(now), retention.max_events]
+    for _ in range(MAX_REDIRECTS):
+        if not groups:
+            return
+        pipe = conn.pipeline(transaction=False)
+        order = sorted(groups)
+        for pid in order:
+            args = list(head)
+            for item in groups[pid]:
+                args.extend(item.args())
+            script(
+                keys=[keys.profile_key(account.id, pid), keys.history_key(account.id, pid)],
+                args=args,
+                client=pipe,
+            )
+        redirected: dict[str, list[Prepared]] = {}
+        for pid, reply in zip(order, pipe.execute(), strict=True):
+            status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            if status == "ok":
+                outcome.applied += int(reply[1])
+                outcome.duplicates += int(reply[2])
+                outcome.touched.add(pid)
+            elif status == "m":
+                target = reply[1].decode()
+                redirected.setdefault(target, []).extend(groups[pid])
+            else:
+                outcome.dropped += len(groups[pid])
+        groups = redirected
+    log.error("too many merge redirects; events left unapplied", extra={"account": account.id})
+    outcome.dropped += sum(len(v) for v in groups.values())
+
+
+def _request(
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account: Account,
+    event: Event,
+    ids: dict[str, str],
+    now: datetime,
+    outcome: Outcome,
+) -> None:
+    source = f"{event.source}:{event.name}"
+    if event.type == "delete" and event.name == SHOP_REDACT:
+        outcome.erased += erase_account(conn, queue_conn, account.id, now, source)
+        return
+    pids = {pid for kind, value in ids.items() if (pid := identity.lookup(conn, account.id, kind, value))}
+    for pid in sorted(pids):
+        if event.type == "delete":
+            outcome.erased += erase_profile(conn, queue_conn, account.id, pid, now, source)
+            outcome.touched.discard(pid)
+        else:
+            outcome.exported += store_export(conn, account.id, pid, event.event_id, now)
+    if not pids:
+        log.info(
+            "privacy request for an unknown person",
+            extra={"account": account.id, "event_id": event.event_id, "type": event.type},
+        )

@@ -1,0 +1,368 @@
+"""Identity resolution per account (Segment semantics).
+
+A profile is found by any of its identities. Resolution, merges and erasures of one account run
+under the account's identity lock (a short Redis lock held for the resolution of one batch, a few
+milliseconds), so identities are claimed and profiles merged without races; the event history is
+applied afterwards, outside the lock, by per-profile atomic scripts.
+
+A merge first marks the absorbed profile with ``m`` (merged into), then copies its data into the
+surviving profile (idempotent), re-points its identities and deletes it. A worker that applies
+events to the absorbed profile after the mark is redirected by the apply script; a merge cut short
+by a crash is finished by the next resolution that meets the mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+
+import redis
+
+from .. import clock
+from ..errors import ConnectorError
+from . import keys
+from .store import MERGE
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL_MS = 30_000
+LOCK_WAIT_SECONDS = 60.0
+TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
+CONFLICTS_KEPT = 1000
+MAX_IDENTITY_LENGTH = 500
+
+_RANK = {kind: rank for rank, kind in enumerate(keys.KIND_CODES)}
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class LockTimeout(ConnectorError):
+    """The account's identity lock could not be taken in time; the batch is retried."""
+
+
+class AccountLock:
+    def __init__(self, conn: redis.Redis, account: str) -> None:
+        self.conn = conn
+        self.key = keys.lock_key(account)
+        self.token = uuid.uuid4().hex
+
+    def __enter__(self) -> AccountLock:
+        deadline = clock.monotonic() + LOCK_WAIT_SECONDS
+        pause = 0.0005
+        while not self.conn.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
+            if clock.monotonic() > deadline:
+                raise LockTimeout(f"identity lock of {self.key} not acquired")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.conn.eval(_RELEASE, 1, self.key, self.token)
+
+
+def usable_identities(identities: Mapping[str, object], blocked: frozenset[str]) -> dict[str, str]:
+    """The identities that may link: known kinds, trimmed (emails lower-cased), not blocked."""
+    out: dict[str, str] = {}
+    for kind in keys.KIND_CODES:
+        value = clean_value(kind, identities.get(kind), blocked)
+        if value is not None:
+            out[kind] = value
+    return out
+
+
+def clean_value(kind: str, raw: object, blocked: frozenset[str]) -> str | None:
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        return None
+    value = str(raw).strip()
+    if kind == "email":
+        value = value.lower()
+    if not value or value.lower() in blocked or len(value) > MAX_IDENTITY_LENGTH:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class Retention:
+    max_age_days: int
+    max_events: int
+
+    def cutoff_seconds(self, now: datetime) -> int:
+        return int(now.timestamp()) - self.max_age_days * 86400
+
+
+@dataclass
+class _State:
+    uid: str | None = None
+    merged_into: str | None = None
+    erased: bool = False
+    leftovers: bool = False  # a merged profile that still holds data (a merge cut short)
+
+
+@dataclass
+class Resolution:
+    """The result of resolving one batch: a profile id per item, plus what happened."""
+
+    targets: list[str] = field(default_factory=list)
+    merges: int = 0
+    conflicts: int = 0
+    created: int = 0
+
+
+class Resolver:
+    """Resolves a batch of identity sets of one account. Use only under :class:`AccountLock`."""
+
+    def __init__(self, conn: redis.Redis, account: str, retention: Retention, now: datetime) -> None:
+        self.conn = conn
+        self.account = account
+        self.retention = retention
+        self.now = now
+        self.index: dict[tuple[str, str], str | None] = {}
+        self.state: dict[str, _State] = {}
+        self.writes: list[tuple[str, str, str]] = []  # (kind, value, pid)
+        self.uid_writes: dict[str, str] = {}
+        self.result = Resolution()
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self, pairs: set[tuple[str, str]]) -> None:
+        todo = sorted(p for p in pairs if p not in self.index)
+        if not todo:
+            return
+        pipe = self.conn.pipeline(transaction=False)
+        for kind, value in todo:
+            pipe.get(keys.identity_key(self.account, kind, value))
+        found = pipe.execute()
+        pids = set()
+        for pair, pid in zip(todo, found, strict=True):
+            self.index[pair] = pid.decode() if pid else None
+            if pid:
+                pids.add(pid.decode())
+        self._load_states(pids)
+        for pair in todo:
+            self.index[pair] = self._follow(self.index[pair])
+
+    def _load_states(self, pids: set[str]) -> None:
+        todo = [p for p in pids if p not in self.state]
+        while todo:
+            pipe = self.conn.pipeline(transaction=False)
+            for pid in todo:
+                pipe.hmget(keys.profile_key(self.account, pid), "uid", "m", "x")
+                pipe.hlen(keys.profile_key(self.account, pid))
+                pipe.exists(keys.history_key(self.account, pid))
+            replies = pipe.execute()
+            nxt = []
+            for n, pid in enumerate(todo):
+                (uid, merged, erased), length, history = replies[3 * n : 3 * n + 3]
+                st = _State(
+                    uid=uid.decode() if uid else None,
+                    merged_into=merged.decode() if merged else None,
+                    erased=bool(erased),
+                )
+                st.leftovers = bool(merged) and (int(length) > 1 or bool(history))
+                self.state[pid] = st
+                if st.merged_into and st.merged_into not in self.state:
+                    nxt.append(st.merged_into)
+            todo = nxt
+        for pid, st in list(self.state.items()):
+            if st.leftovers and st.merged_into:
+                target = self._follow(st.merged_into)
+                if target is not None:
+                    self._copy_into(pid, target)
+                st.leftovers = False
+
+    def _follow(self, pid: str | None) -> str | None:
+        seen = set()
+        while pid is not None:
+            st = self.state.get(pid)
+            if st is None:
+                return pid
+            if st.erased:
+                return None
+            if st.merged_into is None:
+                return pid
+            if pid in seen:
+                return None
+            seen.add(pid)
+            pid = st.merged_into
+        return None
+
+    # -- assigning --------------------------------------------------------------------------
+    def assign(self, ids: Mapping[str, str], previous: str | None = None) -> str:
+        pairs = set(ids.items())
+        if previous:
+            pairs |= {("anonymous_id", previous), ("user_id", previous)}
+        self.load(pairs)
+        ranks: dict[str, int] = {}
+        for kind, value in ids.items():
+            pid = self.index.get((kind, value))
+            if pid is not None:
+                ranks[pid] = min(ranks.get(pid, 99), _RANK[kind])
+        if previous:
+            for kind in ("user_id", "anonymous_id"):
+                pid = self.index.get((kind, previous))
+                if pid is not None:
+                    ranks[pid] = min(ranks.get(pid, 99), _RANK["anonymous_id"])
+        event_uid = ids.get("user_id")
+        target: str | None
+        if event_uid:
+            target = self.index.get(("user_id", event_uid))
+            if target is None:
+                free = [p for p in ranks if self._uid(p) is None]
+                target = min(free, key=lambda p: (ranks[p], p)) if free else None
+        else:
+            with_uid = [p for p in ranks if self._uid(p) is not None]
+            pool = with_uid or list(ranks)
+            target = min(pool, key=lambda p: (ranks[p], p)) if pool else None
+        if target is None:
+            target = uuid.uuid4().hex[:16]
+            self.state[target] = _State()
+            self.result.created += 1
+        target_uid = event_uid or self._uid(target)
+        conflicted: set[str] = set()
+        for other in sorted(set(ranks) - {target}):
+            other_uid = self._uid(other)
+            if other_uid and target_uid and other_uid != target_uid:
+                conflicted.add(other)
+                self._conflict(other, target)
+                continue
+            self._merge(other, target)
+            target_uid = target_uid or other_uid
+        for kind, value in ids.items():
+            owner = self.index.get((kind, value))
+            if owner is None:
+                self._link(kind, value, target)
+        unknown_previous = previous and self.index.get(("user_id", previous)) is None
+        if previous and unknown_previous and self.index.get(("anonymous_id", previous)) is None:
+            self._link("anonymous_id", previous, target)
+        if event_uid and self._uid(target) is None:
+            self.state[target].uid = event_uid
+            self.uid_writes[target] = event_uid
+        return target
+
+    def _uid(self, pid: str) -> str | None:
+        st = self.state.get(pid)
+        return st.uid if st else None
+
+    def _link(self, kind: str, value: str, pid: str) -> None:
+        self.index[(kind, value)] = pid
+        self.writes.append((kind, value, pid))
+
+    def _conflict(self, other: str, target: str) -> None:
+        self.result.conflicts += 1
+        self.conn.xadd(
+            keys.conflicts_key(self.account),
+            {"profile": target, "other": other, "at": str(int(self.now.timestamp()))},
+            maxlen=CONFLICTS_KEPT,
+            approximate=True,
+        )
+        log.info(
+            "identity conflict not merged", extra={"account": self.account, "profile": target, "other": other}
+        )
+
+    # -- writing ----------------------------------------------------------------------------
+    def flush(self) -> None:
+        if not self.writes and not self.uid_writes:
+            return
+        pipe = self.conn.pipeline(transaction=False)
+        for kind, value, pid in self.writes:
+            pipe.set(keys.identity_key(self.account, kind, value), pid)
+            pipe.hset(keys.profile_key(self.account, pid), keys.identity_field(kind, value), "")
+        for pid, uid in self.uid_writes.items():
+            pipe.hset(keys.profile_key(self.account, pid), "uid", uid)
+        pipe.execute()
+        self.writes.clear()
+        self.uid_writes.clear()
+
+    def _merge(self, loser: str, target: str) -> None:
+        """Merge ``loser`` into ``target`` (both live)."""
+        self.flush()
+        self.conn.hset(keys.profile_key(self.account, loser), "m", target)
+        self._copy_into(loser, target)
+        st = self.state.setdefault(loser, _State())
+        st.merged_into = target
+        tst = self.state.setdefault(target, _State())
+        tst.uid = tst.uid or st.uid
+        for pair, pid in self.index.items():
+            if pid == loser:
+                self.index[pair] = target
+        self.result.merges += 1
+        log.info("profiles merged", extra={"account": self.account, "profile": target, "merged": loser})
+
+    def _copy_into(self, loser: str, target: str) -> None:
+        """Copy a profile marked as merged into its target, re-point its identities, drop its data.
+
+        Idempotent: a merge cut short is finished by running this again."""
+        pkey = keys.profile_key(self.account, loser)
+        hkey = keys.history_key(self.account, loser)
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hgetall(pkey)
+        pipe.zrange(hkey, 0, -1, withscores=True)
+        fields, history = pipe.execute()
+        args: list[bytes | str | int] = [
+            self.retention.cutoff_seconds(self.now),
+            self.retention.max_events,
+            len(history),
+        ]
+        for member, score in history:
+            args.extend((int(score), member))
+        for f, v in fields.items():
+            if f not in (b"m", b"x"):
+                args.extend((f, v))
+        self.conn.eval(
+            MERGE, 2, keys.profile_key(self.account, target), keys.history_key(self.account, target), *args
+        )
+        pipe = self.conn.pipeline(transaction=True)
+        for f in fields:
+            text = f.decode()
+            if text.startswith("i:"):
+                kind, _, value = text[2:].partition(":")
+                if kind in keys.KIND_CODES:
+                    pipe.set(keys.identity_key(self.account, kind, value), target)
+        pipe.delete(hkey, pkey)
+        pipe.hset(pkey, "m", target)
+        pipe.expire(pkey, TOMBSTONE_TTL_SECONDS)
+        pipe.execute()
+
+
+def resolve(
+    conn: redis.Redis,
+    account: str,
+    retention: Retention,
+    items: Sequence[tuple[Mapping[str, str], str | None]],
+    now: datetime,
+) -> Resolution:
+    """Assign a profile id to each (identities, previous id) item, in order, under the lock."""
+    with AccountLock(conn, account):
+        resolver = Resolver(conn, account, retention, now)
+        pairs: set[tuple[str, str]] = set()
+        for ids, previous in items:
+            pairs |= set(ids.items())
+            if previous:
+                pairs |= {("anonymous_id", previous), ("user_id", previous)}
+        resolver.load(pairs)
+        targets = [resolver.assign(ids, previous) for ids, previous in items]
+        resolver.flush()
+        resolver.result.targets = targets
+        return resolver.result
+
+
+def lookup(conn: redis.Redis, account: str, kind: str, value: str) -> str | None:
+    """The live profile id of one identity (following merges), or None."""
+    pid_raw = conn.get(keys.identity_key(account, kind, value))
+    pid = pid_raw.decode() if pid_raw else None
+    for _ in range(16):
+        if pid is None:
+            return None
+        merged, erased = conn.hmget(keys.profile_key(account, pid), "m", "x")
+        if erased:
+            return None
+        if not merged:
+            return pid
+        pid = merged.decode()
+    return None

@@ -1,0 +1,82 @@
+"""Key layout of the profile store (profile Redis).
+
+Every key is namespaced by account. The keys of one profile share the hash tag ``{acct:pid}``
+so that a profile's keys live in one Redis Cluster slot and one Lua script can update them
+atomically. The identity index and the per-account logs are separate keys.
+
+  ``p:{acct:pid}``        hash: identities (``i:<kind>:<value>``), ``uid``, traits (``t:<name>``
+                          with their ordering key ``o:<name>``), lifetime first/last occurrence per
+                          event name (``f:<code>`` / ``l:<code>``), tombstones (``m`` merged into,
+                          ``x`` erased)
+  ``h:{acct:pid}``        sorted set: the event history (score = occurred_at in whole seconds)
+  ``ix:acct:<k>:<digest>`` string: identity → profile id (the value is digested: no personal data
+                          in key names)
+  ``names:acct``          hash: event name ↔ short code used inside the history
+  ``lock:acct``           the account's identity lock (resolution, merges and erasures)
+  ``rej:acct``            stream: latest rejected events with their reason (capped)
+  ``erasures:acct``       stream: erasure log (opaque profile id, time, source; no personal data)
+  ``conflicts:acct``      stream: identity conflicts that were not merged (profile ids only)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# Identity kinds and their one-letter codes in index keys.
+KIND_CODES: dict[str, str] = {
+    "user_id": "u",
+    "email": "e",
+    "shopify_customer_id": "s",
+    "klaviyo_profile_id": "k",
+    "hubspot_contact_id": "h",
+    "mailchimp_member_id": "m",
+    "anonymous_id": "a",
+}
+KNOWN_KINDS = tuple(k for k in KIND_CODES if k != "anonymous_id")
+ANONYMOUS_KINDS = ("anonymous_id",)
+
+
+def profile_key(account: str, pid: str) -> str:
+    return f"p:{{{account}:{pid}}}"
+
+
+def history_key(account: str, pid: str) -> str:
+    return f"h:{{{account}:{pid}}}"
+
+
+def identity_key(account: str, kind: str, value: str) -> str:
+    digest = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+    return f"ix:{account}:{KIND_CODES[kind]}:{digest}"
+
+
+def identity_field(kind: str, value: str) -> str:
+    return f"i:{kind}:{value}"
+
+
+def names_key(account: str) -> str:
+    return f"names:{account}"
+
+
+def lock_key(account: str) -> str:
+    return f"lock:{account}"
+
+
+def rejected_key(account: str) -> str:
+    return f"rej:{account}"
+
+
+def erasures_key(account: str) -> str:
+    return f"erasures:{account}"
+
+
+def conflicts_key(account: str) -> str:
+    return f"conflicts:{account}"
+
+
+def profile_match(account: str) -> str:
+    return f"p:{{{account}:*}}"
+
+
+def pid_from_profile_key(key: bytes | str) -> str:
+    text = key.decode() if isinstance(key, bytes) else key
+    return text[text.index(":", text.index("{")) + 1 : -1]

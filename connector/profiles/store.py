@@ -1,0 +1,354 @@
+"""The profile store: compact per-profile encoding, atomic updates, reading a Profile back.
+
+A profile is two keys sharing the hash tag ``{acct:pid}`` (see :mod:`.keys`): a hash for
+identities, traits and aggregates, and a sorted set for the event history. Every update of a
+profile is one Lua script on those two keys, so concurrent workers never lose an update; the
+scripts of all profiles of a batch go to Redis in one pipeline.
+
+History entries are compact binary members, scored by ``occurred_at`` in whole seconds:
+
+  2 bytes  milliseconds within the second (big endian)
+  8 bytes  the first 8 bytes of the event id (the event id is 32 hex digits)
+  n bytes  the event name's short code (per account, see :class:`NameCodes`)
+  1 byte   NUL
+  rest     the kept properties, compact JSON
+
+Re-applying an event is a no-op: before adding, the script looks for a member with the same
+score and the same event id prefix. Traits keep, per trait, the ordering key
+``(occurred_at ms, event id)`` of the event that set them; a write with an older key never
+replaces a newer one, so late events never roll a trait back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from rules.model import EventRecord, Profile
+
+from . import keys
+
+APPLY = """
+local p, h = KEYS[1], KEYS[2]
+local st = redis.call('HMGET', p, 'm', 'x')
+if st[1] then return {'m', st[1]} end
+if st[2] then return {'x'} end
+local cutoff = tonumber(ARGV[1])
+local maxev = tonumber(ARGV[2])
+local i = 3
+local added, dup = 0, 0
+while i <= #ARGV do
+  local score, member, ord, code = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local nt = tonumber(ARGV[i + 4])
+  i = i + 5
+  if member ~= '' then
+    local eid = string.sub(member, 3, 10)
+    local fresh = true
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, score, score)) do
+      if string.sub(m, 3, 10) == eid then fresh = false; break end
+    end
+    if fresh then
+      if tonumber(score) >= cutoff then redis.call('ZADD', h, score, member); added = added + 1 end
+    else
+      dup = dup + 1
+    end
+    local ms = string.sub(ord, 1, 13)
+    local f = redis.call('HGET', p, 'f:' .. code)
+    if (not f) or ms < f then redis.call('HSET', p, 'f:' .. code, ms) end
+    local l = redis.call('HGET', p, 'l:' .. code)
+    if (not l) or ms > l then redis.call('HSET', p, 'l:' .. code, ms) end
+  end
+  for _ = 1, nt do
+    local name, value = ARGV[i], ARGV[i + 1]
+    i = i + 2
+    local cur = redis.call('HGET', p, 'o:' .. name)
+    if (not cur) or cur < ord then redis.call('HSET', p, 'o:' .. name, ord, 't:' .. name, value) end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
+local n = redis.call('ZCARD', h)
+if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
+return {'ok', added, dup}
+"""
+
+# Copies another profile's data (members, then hash fields as pairs) into this one.
+MERGE = """
+local p, h = KEYS[1], KEYS[2]
+local st = redis.call('HMGET', p, 'm', 'x')
+if st[1] then return {'m', st[1]} end
+if st[2] then return {'x'} end
+local cutoff = tonumber(ARGV[1])
+local maxev = tonumber(ARGV[2])
+local nm = tonumber(ARGV[3])
+local i = 4
+for _ = 1, nm do
+  local score, member = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  local eid = string.sub(member, 3, 10)
+  local fresh = true
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, score, score)) do
+    if string.sub(m, 3, 10) == eid then fresh = false; break end
+  end
+  if fresh then redis.call('ZADD', h, score, member) end
+end
+local src = {}
+while i <= #ARGV do src[ARGV[i]] = ARGV[i + 1]; i = i + 2 end
+for f, v in pairs(src) do
+  local kind = string.sub(f, 1, 2)
+  if kind == 'i:' then
+    redis.call('HSET', p, f, v)
+  elseif f == 'uid' then
+    redis.call('HSETNX', p, f, v)
+  elseif kind == 'o:' then
+    local name = string.sub(f, 3)
+    local cur = redis.call('HGET', p, f)
+    if (not cur) or cur < v then redis.call('HSET', p, f, v, 't:' .. name, src['t:' .. name] or 'null') end
+  elseif kind == 'f:' then
+    local cur = redis.call('HGET', p, f)
+    if (not cur) or v < cur then redis.call('HSET', p, f, v) end
+  elseif kind == 'l:' then
+    local cur = redis.call('HGET', p, f)
+    if (not cur) or v > cur then redis.call('HSET', p, f, v) end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
+local n = redis.call('ZCARD', h)
+if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
+return {'ok'}
+"""
+
+
+def order_key(occurred_at: datetime, event_id: str) -> str:
+    """Fixed-width ``(occurred_at ms, event id)``: compares as text in time order."""
+    return f"{max(0, epoch_ms(occurred_at)):013d}{event_id[:16]}"
+
+
+def epoch_ms(moment: datetime) -> int:
+    return math.floor(moment.timestamp() * 1000)
+
+
+def encode_member(occurred_ms: int, event_id: str, code: str, properties: Mapping[str, Any]) -> bytes:
+    head = (occurred_ms % 1000).to_bytes(2, "big") + bytes.fromhex(event_id[:16].ljust(16, "0"))
+    body = (
+        json.dumps(properties, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        if properties
+        else ""
+    )
+    return head + code.encode() + b"\x00" + body.encode()
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    occurred_at: datetime
+    event_id: str  # the first 16 hex digits of the event id
+    name_code: str
+    properties: dict[str, Any]
+
+
+def decode_member(member: bytes, score: float) -> StoredEvent:
+    ms = int.from_bytes(member[:2], "big")
+    eid = member[2:10].hex()
+    code, _, body = member[10:].partition(b"\x00")
+    props = json.loads(body) if body else {}
+    occurred = datetime.fromtimestamp(int(score), UTC) + timedelta(milliseconds=ms)
+    return StoredEvent(occurred, eid, code.decode(), props)
+
+
+@dataclass
+class Prepared:
+    """One event ready for the apply script."""
+
+    score: int
+    member: bytes  # b"" for events that only carry traits (identify)
+    order: str
+    code: str
+    traits: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self) -> list[bytes | str | int]:
+        out: list[bytes | str | int] = [self.score, self.member, self.order, self.code, len(self.traits)]
+        for name, value in self.traits:
+            out.extend((name, value))
+        return out
+
+
+def prepare(
+    occurred_at: datetime,
+    event_id: str,
+    code: str,
+    properties: Mapping[str, Any] | None,
+    traits: Mapping[str, Any],
+) -> Prepared:
+    ms = max(0, epoch_ms(occurred_at))
+    member = encode_member(ms, event_id, code, properties) if properties is not None else b""
+    encoded = [
+        (name, json.dumps(value, separators=(",", ":"), default=str)) for name, value in traits.items()
+    ]
+    return Prepared(ms // 1000, member, order_key(occurred_at, event_id), code, sorted(encoded))
+
+
+class NameCodes:
+    """Event name ↔ short code, per account (``names:acct``), cached in the process.
+
+    New codes are assigned under the account's identity lock, so two workers never give one name
+    two codes."""
+
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self._codes: dict[tuple[str, str], str] = {}
+        self._names: dict[tuple[str, str], str] = {}
+
+    def codes(self, account: str, names: set[str]) -> dict[str, str]:
+        missing = [n for n in names if (account, n) not in self._codes]
+        if missing:
+            found = self.conn.hmget(keys.names_key(account), [f"n:{n}" for n in missing])
+            for name, code in zip(missing, found, strict=True):
+                if code is None:
+                    seq = int(self.conn.hincrby(keys.names_key(account), "#seq", 1))
+                    new = _base36(seq)
+                    if self.conn.hsetnx(keys.names_key(account), f"n:{name}", new):
+                        self.conn.hset(keys.names_key(account), f"c:{new}", name)
+                    code = self.conn.hget(keys.names_key(account), f"n:{name}")
+                text = code.decode() if isinstance(code, bytes) else str(code)
+                self._codes[(account, name)] = text
+                self._names[(account, text)] = name
+        return {n: self._codes[(account, n)] for n in names}
+
+    def name(self, account: str, code: str) -> str:
+        cached = self._names.get((account, code))
+        if cached is None:
+            for field_name, value in self.conn.hgetall(keys.names_key(account)).items():
+                f = field_name.decode()
+                if f.startswith("c:"):
+                    self._names[(account, f[2:])] = value.decode()
+            cached = self._names.get((account, code), f"unknown_{code}")
+        return cached
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+@dataclass(frozen=True)
+class ProfileData:
+    """Everything stored for one profile, decoded."""
+
+    account: str
+    profile_id: str
+    identities: dict[str, list[str]]
+    traits: dict[str, Any]
+    trait_times: dict[str, datetime]
+    first_seen: dict[str, datetime]
+    last_seen: dict[str, datetime]
+    events: list[tuple[str, StoredEvent]]  # (name, stored event), sorted by (occurred_at, event id)
+
+
+def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) -> ProfileData | None:
+    """The stored profile, or None if it does not exist (or was merged away or erased)."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.hgetall(keys.profile_key(account, pid))
+    pipe.zrange(keys.history_key(account, pid), 0, -1, withscores=True)
+    raw, history = pipe.execute()
+    if not raw or b"m" in raw or b"x" in raw:
+        return None
+    identities: dict[str, list[str]] = {}
+    traits: dict[str, Any] = {}
+    trait_times: dict[str, datetime] = {}
+    first: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
+    for f_raw, v_raw in raw.items():
+        f = f_raw.decode()
+        v = v_raw.decode()
+        if f.startswith("i:"):
+            kind, _, value = f[2:].partition(":")
+            identities.setdefault(kind, []).append(value)
+        elif f.startswith("t:"):
+            traits[f[2:]] = json.loads(v)
+        elif f.startswith("o:"):
+            trait_times[f[2:]] = _from_ms(int(v[:13]))
+        elif f.startswith("f:"):
+            first[names.name(account, f[2:])] = _from_ms(int(v))
+        elif f.startswith("l:"):
+            last[names.name(account, f[2:])] = _from_ms(int(v))
+    events = []
+    for member, score in history:
+        stored = decode_member(member, score)
+        events.append((names.name(account, stored.name_code), stored))
+    events.sort(key=lambda e: (e[1].occurred_at, e[1].event_id))
+    for values in identities.values():
+        values.sort()
+    return ProfileData(account, pid, identities, traits, trait_times, first, last, events)
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
+
+
+def to_rules_profile(data: ProfileData) -> Profile:
+    records = tuple(
+        EventRecord(
+            name=name, occurred_at=stored.occurred_at, properties=stored.properties, event_id=stored.event_id
+        )
+        for name, stored in data.events
+    )
+    identities = {kind: tuple(values) for kind, values in sorted(data.identities.items())}
+    return Profile(
+        account=data.account,
+        profile_id=data.profile_id,
+        identities=identities,
+        traits=dict(sorted(data.traits.items())),
+        events=records,
+    )
+
+
+_NAMES: dict[int, NameCodes] = {}
+
+
+def name_codes(conn: redis.Redis) -> NameCodes:
+    """One name-code cache per connection (process-wide)."""
+    found = _NAMES.get(id(conn))
+    if found is None or found.conn is not conn:
+        found = NameCodes(conn)
+        _NAMES[id(conn)] = found
+    return found
+
+
+def load_profile(conn: redis.Redis, account_id: str, profile_id: str, now: datetime) -> Profile | None:
+    """The profile as rules see it (events sorted by (occurred_at, event_id)); None if absent.
+
+    ``now`` is the instant of the evaluation; the stored history is already within retention."""
+    del now
+    data = read_profile(conn, name_codes(conn), account_id, profile_id)
+    return to_rules_profile(data) if data is not None else None
+
+
+def iter_profile_ids(conn: redis.Redis, account_id: str, batch: int = 1000) -> Iterator[str]:
+    """Every live profile id of an account (merged and erased tombstones are skipped)."""
+    pending: list[str] = []
+    for key in conn.scan_iter(match=keys.profile_match(account_id), count=batch):
+        pending.append(keys.pid_from_profile_key(key))
+        if len(pending) >= batch:
+            yield from _live(conn, account_id, pending)
+            pending = []
+    if pending:
+        yield from _live(conn, account_id, pending)
+
+
+def _live(conn: redis.Redis, account: str, pids: Sequence[str]) -> Iterator[str]:
+    pipe = conn.pipeline(transaction=False)
+    for pid in pids:
+        pipe.hmget(keys.profile_key(account, pid), "m", "x")
+    for pid, (merged, erased) in zip(pids, pipe.execute(), strict=True):
+        if merged is None and erased is None:
+            yield pid
