@@ -15,9 +15,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from .commands import config_cmd, run_cmd, sign_cmd
+    from .commands import config_cmd, dlq_cmd, run_cmd, sign_cmd
 
-    for module in (config_cmd, run_cmd, sign_cmd):
+    for module in (config_cmd, run_cmd, sign_cmd, dlq_cmd):
         module.register(cli)
 
 

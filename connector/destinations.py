@@ -1,0 +1,259 @@
+"""Destination configuration of an account: which ESPs, their credentials (by environment variable
+name), and what each segment and computed trait becomes there.
+
+In the account file (see docs/destinations.md)::
+
+    destinations:
+      mailchimp:                       # the destination's name; `type` defaults to it
+        api_key_env: ACME_MAILCHIMP_KEY
+        list_id: "a1b2c3"
+        status_if_new: transactional   # contacts without marketing consent
+        segments:
+          cart_abandoner: {tags: ["cart abandoner"], lists: ["4411"]}
+        fields: {lifetime_value: LTV}
+
+Invalid configuration raises :class:`ConfigError` naming the file and path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from adapters.base import Adapter
+from adapters.change import CONSENT_UNKNOWN, Change
+from adapters.hubspot import HubSpotAdapter, HubSpotConfig
+from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
+from adapters.mailchimp import STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
+from adapters.ratelimit import RateLimiter
+
+from .config import Account, validation_error
+from .errors import ConfigError
+
+TYPES = ("mailchimp", "hubspot", "klaviyo")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_BATCH = {"mailchimp": 500, "hubspot": 100, "klaviyo": 1000}
+
+
+class MappingSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    tags = fields.List(fields.String(validate=validate.Length(min=1, max=100)), load_default=list)
+    lists = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+
+
+class DestinationSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(validate=validate.OneOf(TYPES), load_default=None)
+    enabled = fields.Boolean(load_default=True)
+    api_key_env = fields.String(
+        required=True, validate=validate.Regexp(ENV_NAME, error="not a variable name")
+    )
+    base_url = fields.Url(load_default=None, require_tld=False)
+    segments = fields.Dict(keys=fields.String(), values=fields.Nested(MappingSchema), load_default=dict)
+    fields_ = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        values=fields.String(validate=validate.Length(min=1)),
+        load_default=dict,
+    )
+    batch_delay_ms = fields.Integer(load_default=500, validate=validate.Range(min=0, max=1000))
+    batch_size = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    retry_hours = fields.Float(load_default=24.0, validate=validate.Range(min=0))
+    # mailchimp
+    list_id = fields.String(load_default=None)
+    status_if_new = fields.String(load_default="transactional", validate=validate.OneOf(STATUSES_IF_NEW))
+    subscribe_with_consent = fields.Boolean(load_default=True)
+    concurrency = fields.Integer(load_default=10, validate=validate.Range(min=1, max=10))
+    # hubspot
+    tags_property = fields.String(load_default="esp_tags")
+    preserve_unowned_tags = fields.Boolean(load_default=True)
+    per_ten_seconds = fields.Integer(load_default=100, validate=validate.Range(min=1))
+    timezone = fields.String(load_default="UTC")
+    # klaviyo
+    revision = fields.String(load_default="2024-10-15", validate=validate.Regexp(r"^\d{4}-\d{2}-\d{2}"))
+    segment_events = fields.Boolean(load_default=False)
+
+
+@dataclass(frozen=True)
+class SegmentMapping:
+    tags: frozenset[str] = frozenset()
+    lists: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Destination:
+    account: str
+    name: str
+    type: str
+    api_key_env: str
+    enabled: bool
+    segments: Mapping[str, SegmentMapping]
+    fields: Mapping[str, str]  # computed trait → ESP field
+    batch_delay_seconds: float
+    batch_size: int
+    retry_seconds: float
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def change(
+        self,
+        profile_id: str,
+        version: int,
+        segments: Iterable[str],
+        traits: Mapping[str, Any],
+        email: str | None,
+        consent: str = CONSENT_UNKNOWN,
+        identities: Mapping[str, str] | None = None,
+    ) -> Change:
+        """The desired state of one contact here, from its segments and computed traits."""
+        members = {s for s in segments if s in self.segments}
+        tags: set[str] = set()
+        lists: set[str] = set()
+        for seg in members:
+            tags |= self.segments[seg].tags
+            lists |= self.segments[seg].lists
+        values = {target: traits.get(trait) for trait, target in self.fields.items()}
+        return Change(
+            account=self.account,
+            destination=self.name,
+            profile_id=profile_id,
+            version=version,
+            email=email,
+            tags=frozenset(tags),
+            lists=frozenset(lists),
+            fields=values,
+            consent=consent,
+            identities=dict(identities or {}),
+            segments=frozenset(members),
+        )
+
+
+def destinations(account: Account) -> dict[str, Destination]:
+    """The account's destinations, validated (ConfigError names file and path)."""
+    raw = account.destinations or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            "must be a mapping of destination name to settings", file=account.file, path="destinations"
+        )
+    out: dict[str, Destination] = {}
+    for name, cfg in raw.items():
+        path = f"destinations.{name}"
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ConfigError("destination names must match [a-z0-9_-]", file=account.file, path=path)
+        if not isinstance(cfg, dict):
+            raise ConfigError("must be a mapping", file=account.file, path=path)
+        try:
+            data = DestinationSchema().load(cfg)
+        except ValidationError as err:
+            problem = validation_error(account.file, err)
+            raise ConfigError(problem.reason, file=account.file, path=f"{path}.{problem.path}") from err
+        kind = data["type"] or name
+        if kind not in TYPES:
+            raise ConfigError(
+                f"type must be one of {', '.join(TYPES)}", file=account.file, path=f"{path}.type"
+            )
+        if kind == "mailchimp" and not data["list_id"]:
+            raise ConfigError(
+                "required for mailchimp (the audience id)", file=account.file, path=f"{path}.list_id"
+            )
+        size = data["batch_size"] or MAX_BATCH[kind]
+        if size > MAX_BATCH[kind]:
+            raise ConfigError(
+                f"at most {MAX_BATCH[kind]} for {kind}", file=account.file, path=f"{path}.batch_size"
+            )
+        options = {
+            k: v
+            for k, v in data.items()
+            if k
+            not in (
+                "type",
+                "enabled",
+                "api_key_env",
+                "segments",
+                "fields_",
+                "batch_delay_ms",
+                "batch_size",
+                "retry_hours",
+            )
+        }
+        out[name] = Destination(
+            account=account.id,
+            name=name,
+            type=kind,
+            api_key_env=data["api_key_env"],
+            enabled=data["enabled"],
+            segments={
+                seg: SegmentMapping(frozenset(m["tags"]), frozenset(m["lists"]))
+                for seg, m in data["segments"].items()
+            },
+            fields=dict(data["fields_"]),
+            batch_delay_seconds=data["batch_delay_ms"] / 1000,
+            batch_size=size,
+            retry_seconds=data["retry_hours"] * 3600,
+            options=options,
+        )
+    return out
+
+
+def build_adapter(
+    destination: Destination,
+    limiter: RateLimiter | None,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    env: Mapping[str, str] | None = None,
+    http_transport: httpx.BaseTransport | None = None,
+) -> Adapter:
+    """The adapter of a destination, with its credential read from the environment."""
+    env = os.environ if env is None else env
+    secret = env.get(destination.api_key_env)
+    if not secret:
+        raise ConfigError(
+            f"environment variable {destination.api_key_env} is not set",
+            path=f"destinations.{destination.name}.api_key_env",
+        )
+    o = destination.options
+    kw: dict[str, Any] = {
+        "limiter": limiter,
+        "clock": clock,
+        "sleep": sleep,
+        "http_transport": http_transport,
+    }
+    if destination.type == "mailchimp":
+        mc = MailchimpConfig(
+            api_key=secret,
+            list_id=o["list_id"],
+            base_url=o.get("base_url"),
+            status_if_new=o["status_if_new"],
+            subscribe_with_consent=o["subscribe_with_consent"],
+            concurrency=o["concurrency"],
+        )
+        return MailchimpAdapter(mc, **kw)
+    if destination.type == "hubspot":
+        hs = HubSpotConfig(
+            token=secret,
+            base_url=o.get("base_url") or "https://api.hubapi.com",
+            tags_property=o["tags_property"],
+            preserve_unowned_tags=o["preserve_unowned_tags"],
+            per_ten_seconds=o["per_ten_seconds"],
+            timezone=o["timezone"],
+        )
+        return HubSpotAdapter(hs, **kw)
+    kl = KlaviyoConfig(
+        api_key=secret,
+        base_url=o.get("base_url") or "https://a.klaviyo.com",
+        revision=o["revision"],
+        tags_property=o["tags_property"],
+        segment_events=o["segment_events"],
+    )
+    return KlaviyoAdapter(kl, **kw)
