@@ -164,7 +164,7 @@ def export_document(data: ProfileData) -> dict[str, Any]:
     return {
         "account": data.account,
         "profile_id": data.profile_id,
-        "identities": data.identities,
+        "identities": dict(sorted(data.identities.items())),
         "traits": data.traits,
         "trait_updated_at": {k: isoformat(v) for k, v in sorted(data.trait_times.items())},
         "first_seen": {k: isoformat(v) for k, v in sorted(data.first_seen.items())},

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -195,25 +196,41 @@ def prepare(
 class NameCodes:
     """Event name ↔ short code, per account (``names:acct``), cached in the process.
 
-    New codes are assigned under the account's identity lock, so two workers never give one name
-    two codes."""
+    Codes are only ever added (``HSETNX``), so two workers never give one name two codes. The hash
+    carries a generation token: if the store is wiped, cached codes are dropped."""
 
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
         self._codes: dict[tuple[str, str], str] = {}
         self._names: dict[tuple[str, str], str] = {}
+        self._gen: dict[str, bytes] = {}
+
+    def check(self, account: str, generation: bytes | None) -> None:
+        """Forget the account's cached codes if the stored generation differs."""
+        if generation is None or self._gen.get(account) != generation:
+            self._codes = {k: v for k, v in self._codes.items() if k[0] != account}
+            self._names = {k: v for k, v in self._names.items() if k[0] != account}
+            if generation is not None:
+                self._gen[account] = generation
+            else:
+                self._gen.pop(account, None)
 
     def codes(self, account: str, names: set[str]) -> dict[str, str]:
-        missing = [n for n in names if (account, n) not in self._codes]
+        key = keys.names_key(account)
+        generation = self.conn.hget(key, "#gen")
+        if generation is None:
+            self.conn.hsetnx(key, "#gen", uuid.uuid4().hex)
+            generation = self.conn.hget(key, "#gen")
+        self.check(account, generation)
+        missing = sorted(n for n in names if (account, n) not in self._codes)
         if missing:
-            found = self.conn.hmget(keys.names_key(account), [f"n:{n}" for n in missing])
+            found = self.conn.hmget(key, [f"n:{n}" for n in missing])
             for name, code in zip(missing, found, strict=True):
                 if code is None:
-                    seq = int(self.conn.hincrby(keys.names_key(account), "#seq", 1))
-                    new = _base36(seq)
-                    if self.conn.hsetnx(keys.names_key(account), f"n:{name}", new):
-                        self.conn.hset(keys.names_key(account), f"c:{new}", name)
-                    code = self.conn.hget(keys.names_key(account), f"n:{name}")
+                    new = _base36(int(self.conn.hincrby(key, "#seq", 1)))
+                    if self.conn.hsetnx(key, f"n:{name}", new):
+                        self.conn.hset(key, f"c:{new}", name)
+                    code = self.conn.hget(key, f"n:{name}")
                 text = code.decode() if isinstance(code, bytes) else str(code)
                 self._codes[(account, name)] = text
                 self._names[(account, text)] = name
@@ -259,7 +276,9 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
     pipe = conn.pipeline(transaction=False)
     pipe.hgetall(keys.profile_key(account, pid))
     pipe.zrange(keys.history_key(account, pid), 0, -1, withscores=True)
-    raw, history = pipe.execute()
+    pipe.hget(keys.names_key(account), "#gen")
+    raw, history, generation = pipe.execute()
+    names.check(account, generation)
     if not raw or b"m" in raw or b"x" in raw:
         return None
     identities: dict[str, list[str]] = {}

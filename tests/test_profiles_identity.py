@@ -1,0 +1,133 @@
+"""Identity resolution: stitching, merges, conflicts, blocked values, rejected events."""
+
+from __future__ import annotations
+
+import redis
+
+from connector.config import Accounts
+from connector.profiles import load_profile, lookup
+from connector.profiles import rejected as rejected_log
+from connector.profiles.identity import usable_identities
+from tests.profile_helpers import NOW, apply, ev
+
+
+def _profile(conn: redis.Redis, kind: str, value: str):  # type: ignore[no-untyped-def]
+    pid = lookup(conn, "acme", kind, value)
+    assert pid is not None, f"no profile for {kind}={value}"
+    profile = load_profile(conn, "acme", pid, NOW)
+    assert profile is not None
+    return profile
+
+
+def test_identify_merges_anonymous_history_into_known_profile(redis_client, accounts: Accounts) -> None:
+    apply(redis_client, accounts, ev("1", anonymous_id="anon-1"), ev("2", at=1, anonymous_id="anon-1"))
+    apply(
+        redis_client,
+        accounts,
+        ev(
+            "3",
+            "identify",
+            type="identify",
+            at=2,
+            anonymous_id="anon-1",
+            user_id="u1",
+            email=" Ann@Example.COM ",
+        ),
+    )
+    apply(redis_client, accounts, ev("4", "order_completed", at=3, user_id="u1"))
+    profile = _profile(redis_client, "email", "ann@example.com")
+    assert [e.name for e in profile.events] == ["product_viewed", "product_viewed", "order_completed"]
+    assert profile.identities == {
+        "anonymous_id": ("anon-1",),
+        "email": ("ann@example.com",),
+        "user_id": ("u1",),
+    }
+    assert lookup(redis_client, "acme", "anonymous_id", "anon-1") == profile.profile_id
+
+
+def test_event_with_anonymous_and_known_identity_merges_two_existing_profiles(redis_client, accounts) -> None:
+    apply(redis_client, accounts, ev("1", anonymous_id="a1"), ev("2", at=1, email="bo@example.com"))
+    assert lookup(redis_client, "acme", "anonymous_id", "a1") != lookup(
+        redis_client, "acme", "email", "bo@example.com"
+    )
+    apply(redis_client, accounts, ev("3", at=2, anonymous_id="a1", email="bo@example.com"))
+    profile = _profile(redis_client, "anonymous_id", "a1")
+    assert profile.profile_id == lookup(redis_client, "acme", "email", "bo@example.com")
+    assert len(profile.events) == 3
+    # merging is idempotent: the same linking event again changes nothing
+    apply(redis_client, accounts, ev("3", at=2, anonymous_id="a1", email="bo@example.com"))
+    assert len(_profile(redis_client, "anonymous_id", "a1").events) == 3
+
+
+def test_profiles_with_different_user_ids_are_never_merged(redis_client, accounts) -> None:
+    apply(redis_client, accounts, ev("1", user_id="u1", email="shared@example.com", anonymous_id="device"))
+    outcome = apply(
+        redis_client, accounts, ev("2", at=1, user_id="u2", email="shared@example.com", anonymous_id="device")
+    )
+    first = _profile(redis_client, "user_id", "u1")
+    second = _profile(redis_client, "user_id", "u2")
+    assert first.profile_id != second.profile_id
+    assert first.identities["email"] == ("shared@example.com",)
+    assert "email" not in second.identities
+    assert len(first.events) == 1 and len(second.events) == 1
+    assert outcome.applied == 1
+    assert redis_client.xlen("conflicts:acme") >= 1
+
+
+def test_blocked_values_never_link(redis_client, accounts) -> None:
+    apply(redis_client, accounts, ev("1", anonymous_id="null", email="c1@example.com"))
+    apply(redis_client, accounts, ev("2", anonymous_id="null", email="c2@example.com"))
+    assert lookup(redis_client, "acme", "email", "c1@example.com") != lookup(
+        redis_client, "acme", "email", "c2@example.com"
+    )
+    assert lookup(redis_client, "acme", "anonymous_id", "null") is None
+    assert usable_identities(
+        {"user_id": " 0 ", "email": "UNKNOWN", "anonymous_id": "x"}, frozenset({"0", "unknown"})
+    ) == {"anonymous_id": "x"}
+
+
+def test_event_without_usable_identity_is_rejected_and_kept_with_reason(redis_client, accounts) -> None:
+    outcome = apply(
+        redis_client, accounts, ev("1", user_id="undefined"), ev("2"), ev("3", at=1, user_id="u9")
+    )
+    assert outcome.rejected == 2 and outcome.applied == 1
+    reasons = sorted(r.reason for r in rejected_log.latest(redis_client, "acme"))
+    assert reasons == ["no identity", "no usable identity (only blocked or unsupported identity values)"]
+    assert int(redis_client.hget("metrics:worker", "rejected:acme")) == 2
+
+
+def test_source_and_esp_ids_find_the_profile(redis_client, accounts) -> None:
+    apply(redis_client, accounts, ev("1", email="d@example.com", shopify_customer_id="777"))
+    apply(
+        redis_client, accounts, ev("2", "email_opened", at=1, klaviyo_profile_id="01K", email="d@example.com")
+    )
+    apply(redis_client, accounts, ev("3", "order_completed", at=2, shopify_customer_id="777"))
+    profile = _profile(redis_client, "klaviyo_profile_id", "01K")
+    assert [e.name for e in profile.events] == ["product_viewed", "email_opened", "order_completed"]
+
+
+def test_alias_links_previous_id(redis_client, accounts) -> None:
+    apply(redis_client, accounts, ev("1", anonymous_id="old-anon"))
+    apply(redis_client, accounts, ev("2", "alias", type="alias", at=1, user_id="u5", previous_id="old-anon"))
+    profile = _profile(redis_client, "user_id", "u5")
+    assert len(profile.events) == 1
+    assert profile.identities["anonymous_id"] == ("old-anon",)
+
+
+def test_unknown_account_and_odd_values_do_not_crash(redis_client, accounts) -> None:
+    outcome = apply(
+        redis_client,
+        accounts,
+        ev(
+            "1",
+            user_id="u1",
+            props={"nested": {"a": 1}, "nan": float("nan"), "ok": True},
+            traits={"set": {1}},
+        ),
+        ev("2", user_id="x" * 600, at=1),
+    )
+    assert outcome.applied == 1 and outcome.rejected == 1
+    profile = _profile(redis_client, "user_id", "u1")
+    assert profile.events[0].properties == {"ok": True}
+    outcome = apply(redis_client, accounts, ev("3", account="nobody", user_id="u1"))
+    assert [r.reason for r in rejected_log.latest(redis_client, "nobody")] == ["unknown account"]

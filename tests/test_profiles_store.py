@@ -1,0 +1,149 @@
+"""Profile store: traits, history, idempotence, retention, order independence, the rules interface."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connector.config import load_accounts
+from connector.profiles import iter_profile_ids, load_profile, lookup
+from connector.profiles.erasure import export_profile
+from tests.conftest import ACME, write_accounts
+from tests.profile_helpers import NOW, T0, apply, ev
+
+
+def test_latest_trait_by_occurred_at_wins(redis_client, accounts) -> None:
+    apply(
+        redis_client,
+        accounts,
+        ev("2", "identify", type="identify", at=10, user_id="u1", traits={"plan": "pro"}),
+    )
+    apply(
+        redis_client,
+        accounts,
+        ev("1", "identify", type="identify", at=5, user_id="u1", traits={"plan": "free", "x": 1}),
+    )
+    profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), NOW)
+    assert profile is not None
+    assert profile.traits == {"plan": "pro", "x": 1}
+
+
+def test_applying_a_batch_twice_has_no_double_effect(redis_client, accounts) -> None:
+    batch = [
+        ev(str(i), "order_completed" if i % 3 else "product_viewed", at=i, user_id="u1") for i in range(20)
+    ]
+    first = apply(redis_client, accounts, *batch)
+    second = apply(redis_client, accounts, *batch)
+    assert (first.applied, first.duplicates) == (20, 0)
+    assert (second.applied, second.duplicates) == (0, 20)
+    profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), NOW)
+    assert profile is not None and len(profile.events) == 20
+    assert [e.occurred_at for e in profile.events] == sorted(e.occurred_at for e in profile.events)
+
+
+def test_retention_by_count_and_age(redis_client, tmp_path: Path, monkeypatch) -> None:
+    for key, value in {
+        "ACME_SEGMENT_SECRET": "s",
+        "ACME_SEGMENT_SECRET_OLD": "t",
+        "ACME_WRITE_KEY": "w",
+    }.items():
+        monkeypatch.setenv(key, value)
+    account = {
+        "account": "acme",
+        "senders": {"segment": ACME["senders"]["segment"]},
+        "retention": {"max_age_days": 30, "max_events": 5},
+    }
+    accounts = load_accounts(write_accounts(tmp_path / "acc", account))
+    now = T0 + timedelta(days=40)
+    old = [ev(f"old{i}", at=i, user_id="u1") for i in range(3)]  # 40 days old: beyond 30 days
+    recent = [ev(f"new{i}", at=T0 + timedelta(days=20, minutes=i), user_id="u1") for i in range(8)]
+    apply(redis_client, accounts, *old, *recent, now=now)
+    profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), now)
+    assert profile is not None
+    assert [e.occurred_at for e in profile.events] == [e.occurred_at for e in recent[-5:]]
+
+
+def _state(conn: redis.Redis) -> list[dict]:
+    docs = []
+    for pid in iter_profile_ids(conn, "acme"):
+        doc = export_profile(conn, "acme", pid)
+        assert doc is not None
+        doc.pop("profile_id")
+        docs.append(doc)
+    return sorted(docs, key=repr)
+
+
+def _stream() -> list:
+    events = []
+    for i in range(12):
+        who = i % 3
+        events.append(
+            ev(f"p{i}", "product_viewed", at=i, anonymous_id=f"anon{who}", props={"sku": f"s{i}", "n": i})
+        )
+    events.append(
+        ev(
+            "id0",
+            "identify",
+            type="identify",
+            at=4,
+            anonymous_id="anon0",
+            user_id="u0",
+            email="e0@example.com",
+            traits={"plan": "a"},
+        )
+    )
+    events.append(ev("id0b", "identify", type="identify", at=9, user_id="u0", traits={"plan": "b"}))
+    events.append(ev("o1", "order_completed", at=7, email="e0@example.com", props={"total": 10.5}))
+    events.append(ev("link1", "cart_viewed", at=8, anonymous_id="anon1", email="e1@example.com"))
+    events.append(ev("u1", "order_completed", at=3, email="e1@example.com", user_id="u1"))
+    return events
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(min_value=0, max_value=10**6), batch=st.integers(min_value=1, max_value=6))
+def test_shuffled_events_give_equal_profiles(redis_client, accounts, seed: int, batch: int) -> None:
+    redis_client.flushdb()
+    ordered = sorted(_stream(), key=lambda e: e.occurred_at)
+    for i in range(0, len(ordered), 4):
+        apply(redis_client, accounts, *ordered[i : i + 4])
+    expected = _state(redis_client)
+    redis_client.flushdb()
+    shuffled = list(ordered)
+    random.Random(seed).shuffle(shuffled)
+    for i in range(0, len(shuffled), batch):
+        apply(redis_client, accounts, *shuffled[i : i + batch])
+    assert _state(redis_client) == expected
+    assert len(expected) == 3
+
+
+def test_load_profile_and_iterate_profile_ids(redis_client, accounts) -> None:
+    apply(
+        redis_client,
+        accounts,
+        *[ev(str(i), at=-i, user_id=f"u{i % 4}", props={"sku": str(i)}) for i in range(12)],
+    )
+    pids = sorted(iter_profile_ids(redis_client, "acme"))
+    assert len(pids) == 4
+    profile = load_profile(redis_client, "acme", pids[0], NOW)
+    assert profile is not None and len(profile.events) == 3
+    keys = [(e.occurred_at, e.event_id) for e in profile.events]
+    assert keys == sorted(keys)
+    assert profile.events_named("product_viewed")[0].properties["sku"]
+    assert load_profile(redis_client, "acme", "missing", NOW) is None
+
+
+def test_profile_keys_share_a_hash_tag(redis_client, accounts) -> None:
+    apply(redis_client, accounts, ev("1", user_id="u1"))
+    pid = lookup(redis_client, "acme", "user_id", "u1")
+    own = sorted(k.decode() for k in redis_client.keys(f"*{{acme:{pid}}}*"))
+    assert own == [f"h:{{acme:{pid}}}", f"p:{{acme:{pid}}}"]
+    assert all(
+        k.decode().split(":")[1] == "acme" or "{acme:" in k.decode()
+        for k in redis_client.keys("*")
+        if not k.startswith(b"metrics")
+    )
