@@ -110,7 +110,7 @@ class RetryPolicy:
     def retrying(
         self, clock: Clock, sleep: Sleep, rng: Callable[[], float] = random.random
     ) -> tenacity.Retrying:
-        fallback = tenacity.wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)
+        fallback = tenacity.wait_exponential_jitter(multiplier=self.initial_wait, max=self.max_wait)
         return tenacity.Retrying(
             retry=retry_if_retryable(self.max_inline_wait),
             wait=wait_retry_after(fallback),

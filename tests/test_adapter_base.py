@@ -1,0 +1,125 @@
+"""The shared base: error mapping, in-call retries with injected sleep, limiter feedback."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import redis
+
+from adapters.base import EspClient, RetryPolicy, Transport, status_error
+from adapters.errors import AuthError, PermanentError, RateLimited, TransientError
+from adapters.ratelimit import Limits, RateLimiter, Window
+
+
+class SimClock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+def client(
+    responses: list[httpx.Response | Exception],
+    clock: SimClock,
+    limiter: RateLimiter | None = None,
+    policy: RetryPolicy | None = None,
+) -> tuple[EspClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = responses.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    transport = Transport(
+        base_url="https://esp.test",
+        headers={"Authorization": "Bearer secret-token"},
+        limiter_key="esp:k",
+        error_mapper=lambda r: status_error(r, None, r.text),
+        limiter=limiter,
+        buckets={"default": Limits(windows=(Window(100, 10.0),))},
+        clock=clock,
+        sleep=clock.sleep,
+        policy=policy or RetryPolicy(),
+        http_transport=httpx.MockTransport(handler),
+    )
+    return EspClient(transport), seen
+
+
+def test_5xx_and_timeouts_are_retried_then_succeed() -> None:
+    clock = SimClock()
+    responses: list[httpx.Response | Exception] = [
+        httpx.Response(502),
+        httpx.ReadTimeout("slow"),
+        httpx.ConnectError("refused"),
+        httpx.Response(200, json={"ok": True}),
+    ]
+    esp, seen = client(responses, clock)
+    assert esp.request("GET", "/x").json() == {"ok": True}
+    assert len(seen) == 4
+    assert len(clock.slept) == 3  # backed off between attempts, on the injected clock
+
+
+def test_permanent_errors_are_not_retried() -> None:
+    clock = SimClock()
+    esp, seen = client([httpx.Response(400, text="bad")], clock)
+    with pytest.raises(PermanentError):
+        esp.request("POST", "/x", json={})
+    assert len(seen) == 1
+    esp, seen = client([httpx.Response(401, text="nope")], clock)
+    with pytest.raises(AuthError) as info:
+        esp.request("POST", "/x", json={})
+    assert "secret-token" not in str(info.value)
+    assert len(seen) == 1
+
+
+def test_retry_after_is_honoured() -> None:
+    clock = SimClock()
+    esp, _ = client([httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(204)], clock)
+    esp.request("GET", "/x")
+    assert clock.slept == [7.0]
+
+
+def test_long_retry_after_goes_back_to_the_worker() -> None:
+    clock = SimClock()
+    esp, seen = client([httpx.Response(429, headers={"Retry-After": "3600"})], clock)
+    with pytest.raises(RateLimited) as info:
+        esp.request("GET", "/x")
+    assert info.value.retry_after == 3600
+    assert len(seen) == 1 and clock.slept == []
+
+
+def test_attempts_are_bounded() -> None:
+    clock = SimClock()
+    esp, seen = client([httpx.Response(500)] * 10, clock, policy=RetryPolicy(attempts=3))
+    with pytest.raises(TransientError):
+        esp.request("GET", "/x")
+    assert len(seen) == 3
+
+
+def test_a_429_slows_the_shared_limiter_down(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    esp, _ = client([httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(200)], clock, limiter)
+    esp.request("GET", "/x")
+    factor = limiter.factor("esp:k")
+    assert 0.5 <= factor < 1.0  # halved by the 429, ramped a little by the success
+
+
+def test_client_repr_and_errors_hide_credentials() -> None:
+    clock = SimClock()
+    esp, _ = client([httpx.Response(403, text="forbidden")], clock)
+    assert "secret-token" not in repr(esp)
+    with pytest.raises(AuthError) as info:
+        esp.request("GET", "/x")
+    assert "secret-token" not in repr(info.value.describe())
+
+
