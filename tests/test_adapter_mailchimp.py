@@ -157,7 +157,7 @@ def test_only_owned_tags_are_removed_and_cleared_fields_are_erased() -> None:
     assert results[0].status == APPLIED
     batch = fake.calls[0][2]["members"][0]
     assert batch["merge_fields"] == {"LTV": ""}
-    method, route, body = fake.calls[1]
+    _, route, body = fake.calls[1]
     assert route == f"/lists/{LIST}/members/{subscriber_hash('p1@example.com')}/tags"
     # only the tag the connector set and no longer wants; nothing else is named
     assert body == {"tags": [{"name": "Cart Abandoner", "status": "inactive"}], "is_syncing": False}

@@ -71,7 +71,7 @@ def test_429_halves_the_rate_and_successes_ramp_it_back(redis_client: redis.Redi
     assert rl.penalize("k") == 0.25
     limits = Limits(windows=(Window(8, 10.0),))
     taken = sum(1 for _ in range(8) if rl.try_take("k", limits) == 0)
-    assert taken == 2  # 8 × 0.25
+    assert taken == 2  # 8 x 0.25
     assert rl.reward("k") == 0.5
     rl.reward("k")
     assert rl.reward("k") == 1.0
