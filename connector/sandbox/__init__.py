@@ -1,0 +1,58 @@
+"""Fake Mailchimp, HubSpot and Klaviyo servers for tests and the local sandbox.
+
+They follow the vendors' contracts (docs/sandbox.md, ``esp-apis.md``) and reject requests that break
+them with the vendor's own error shape. State lives in memory; ``GET /_sandbox/state`` returns it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import FakeESP, Fault, Faults, RequestRecord
+from .fake_hubspot import FakeHubSpot, HubSpotLimits
+from .fake_klaviyo import FakeKlaviyo, Rate
+from .fake_mailchimp import FakeMailchimp, MailchimpLimits, subscriber_hash
+from .server import ServerThread, serving
+
+# Credentials the sandbox fakes accept (they are not secrets: the fakes run on loopback only).
+SANDBOX_MAILCHIMP_KEY = "sandbox-us1"
+SANDBOX_MAILCHIMP_LIST = "sandbox"
+SANDBOX_HUBSPOT_TOKEN = "pat-sandbox"
+SANDBOX_KLAVIYO_KEY = "pk_sandbox"
+DEFAULT_PORTS = {"mailchimp": 8901, "hubspot": 8902, "klaviyo": 8903}
+API_PREFIX = {"mailchimp": "/3.0", "hubspot": "", "klaviyo": ""}
+
+
+def sandbox_fakes(**kwargs: Any) -> dict[str, FakeESP]:
+    """The three fakes configured as the sandbox serves them (documented limits enforced)."""
+    return {
+        "mailchimp": FakeMailchimp(
+            api_keys=[SANDBOX_MAILCHIMP_KEY], lists=[SANDBOX_MAILCHIMP_LIST], auto_merge_fields=True, **kwargs
+        ),
+        "hubspot": FakeHubSpot(tokens=[SANDBOX_HUBSPOT_TOKEN], **kwargs),
+        "klaviyo": FakeKlaviyo(api_keys=[SANDBOX_KLAVIYO_KEY], **kwargs),
+    }
+
+
+__all__ = [
+    "API_PREFIX",
+    "DEFAULT_PORTS",
+    "SANDBOX_HUBSPOT_TOKEN",
+    "SANDBOX_KLAVIYO_KEY",
+    "SANDBOX_MAILCHIMP_KEY",
+    "SANDBOX_MAILCHIMP_LIST",
+    "FakeESP",
+    "FakeHubSpot",
+    "FakeKlaviyo",
+    "FakeMailchimp",
+    "Fault",
+    "Faults",
+    "HubSpotLimits",
+    "MailchimpLimits",
+    "Rate",
+    "RequestRecord",
+    "ServerThread",
+    "sandbox_fakes",
+    "serving",
+    "subscriber_hash",
+]
