@@ -1,0 +1,263 @@
+"""Klaviyo adapter against a transport fake that checks headers, paths and JSON:API bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.change import APPLIED, FAILED, Change, OwnedState
+from adapters.errors import AuthError, PermanentError
+from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig, map_error
+
+KEY = "pk_test_0123456789"
+Handler = Callable[[httpx.Request, Any], httpx.Response | None]
+
+
+class FakeKlaviyo:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.profiles: dict[str, dict[str, Any]] = {}  # email → {"id", "properties"}
+        self.lists: dict[str, set[str]] = {}
+        self.before: Handler | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
+        assert request.headers["revision"] == "2024-10-15"
+        assert request.headers["Accept"] == "application/vnd.api+json"
+        body = json.loads(request.content) if request.content else None
+        if body is not None:
+            assert request.headers["Content-Type"] == "application/vnd.api+json"
+        path = request.url.path
+        self.calls.append((request.method, path, body))
+        if self.before:
+            early = self.before(request, body)
+            if early is not None:
+                return early
+        if path == "/api/profile-import" and request.method == "POST":
+            data = body["data"]
+            assert data["type"] == "profile"
+            attrs = data["attributes"]
+            created = attrs["email"] not in self.profiles
+            prof = self.profiles.setdefault(
+                attrs["email"], {"id": f"01P{len(self.profiles)}", "properties": {}}
+            )
+            prof["properties"].update(attrs.get("properties", {}))
+            patch = (data.get("meta") or {}).get("patch_properties") or {}
+            for name, values in (patch.get("append") or {}).items():
+                prof["properties"].setdefault(name, []).extend(values)
+            for name, values in (patch.get("unappend") or {}).items():
+                prof["properties"][name] = [v for v in prof["properties"].get(name, []) if v not in values]
+            for name in patch.get("unset") or []:
+                prof["properties"].pop(name, None)
+            return httpx.Response(
+                201 if created else 200,
+                json={"data": {"type": "profile", "id": prof["id"], "attributes": attrs}},
+            )
+        if path.startswith("/api/lists/") and path.endswith("/relationships/profiles"):
+            list_id = path.split("/")[3]
+            items = body["data"]
+            assert 1 <= len(items) <= 1000 and all(i["type"] == "profile" and i["id"] for i in items)
+            members = self.lists.setdefault(list_id, set())
+            ids = {i["id"] for i in items}
+            if request.method == "POST":
+                members |= ids
+            else:
+                assert request.method == "DELETE"
+                members -= ids
+            return httpx.Response(204)
+        if path == "/api/events" and request.method == "POST":
+            attrs = body["data"]["attributes"]
+            assert attrs["metric"]["data"]["attributes"]["name"] in ("Segment Entered", "Segment Exited")
+            assert attrs["unique_id"]
+            return httpx.Response(202)
+        if path == "/api/data-privacy-deletion-jobs":
+            assert body["data"]["type"] == "data-privacy-deletion-job"
+            return httpx.Response(202)
+        return httpx.Response(
+            404, json={"errors": [{"status": 404, "code": "not_found", "title": "Not found."}]}
+        )
+
+
+def adapter(fake: FakeKlaviyo, **kw: Any) -> KlaviyoAdapter:
+    slept: list[float] = []
+    ad = KlaviyoAdapter(
+        KlaviyoConfig(api_key=KEY, base_url="https://a.klaviyo.test", **kw),
+        http_transport=httpx.MockTransport(fake),
+        sleep=slept.append,
+    )
+    ad.slept = slept  # type: ignore[attr-defined]
+    return ad
+
+
+def change(pid: str, version: int = 1, **kw: Any) -> Change:
+    kw.setdefault("email", f"{pid}@example.com")
+    return Change(account="acme", destination="klaviyo", profile_id=pid, version=version, **kw)
+
+
+def test_import_appends_tags_and_sets_properties() -> None:
+    fake = FakeKlaviyo()
+    results = adapter(fake).apply([change("p1", tags=frozenset({"vip"}), fields={"ltv": 12})], {})
+    assert results[0].status == APPLIED and results[0].owned
+    assert results[0].owned.remote_id == "01P0"
+    body = fake.calls[0][2]
+    assert body == {
+        "data": {
+            "type": "profile",
+            "attributes": {"email": "p1@example.com", "properties": {"ltv": 12}},
+            "meta": {"patch_properties": {"append": {"esp_tags": ["vip"]}}},
+        }
+    }
+
+
+def test_only_owned_tags_are_unappended_and_hand_values_stay() -> None:
+    fake = FakeKlaviyo()
+    fake.profiles["p1@example.com"] = {"id": "01X", "properties": {"esp_tags": ["hand", "cart"], "ltv": 3}}
+    owned = {"p1": OwnedState(tags=frozenset({"cart"}), fields=frozenset({"ltv"}), remote_id="01X")}
+    adapter(fake).apply([change("p1", tags=frozenset({"vip"}))], owned)
+    props = fake.profiles["p1@example.com"]["properties"]
+    assert props == {"esp_tags": ["hand", "vip"]}
+    patch = fake.calls[0][2]["data"]["meta"]["patch_properties"]
+    assert patch == {"append": {"esp_tags": ["vip"]}, "unappend": {"esp_tags": ["cart"]}, "unset": ["ltv"]}
+
+
+def test_list_relationships_by_profile_id_and_cached_id_skips_import() -> None:
+    fake = FakeKlaviyo()
+    fake.lists["M"] = {"01OLD"}
+    owned = {"old": OwnedState(lists=frozenset({"M"}), remote_id="01OLD")}
+    results = adapter(fake).apply(
+        [change(f"p{i}", lists=frozenset({"L"})) for i in range(3)] + [change("old")], owned
+    )
+    assert all(r.status == APPLIED for r in results)
+    assert fake.lists["L"] == {"01P0", "01P1", "01P2"}
+    assert fake.lists["M"] == set()
+    assert [c[1] for c in fake.calls].count(
+        "/api/profile-import"
+    ) == 3  # "old": id known, nothing else changed
+    list_calls = [(c[0], c[1]) for c in fake.calls if "/lists/" in c[1]]
+    assert list_calls == [
+        ("POST", "/api/lists/L/relationships/profiles"),
+        ("DELETE", "/api/lists/M/relationships/profiles"),
+    ]
+
+
+def test_list_calls_are_chunked_at_1000() -> None:
+    fake = FakeKlaviyo()
+    owned = {f"p{i}": OwnedState(remote_id=f"id{i}") for i in range(2500)}
+    adapter(fake).apply([change(f"p{i}", lists=frozenset({"L"})) for i in range(2500)], owned)
+    sizes = [len(c[2]["data"]) for c in fake.calls if "/lists/" in c[1]]
+    assert sizes == [1000, 1000, 500]
+
+
+def test_segment_events_are_optional() -> None:
+    fake = FakeKlaviyo()
+    owned = {"p1": OwnedState(segments=frozenset({"old"}), remote_id="01X")}
+    adapter(fake, segment_events=True).apply([change("p1", segments=frozenset({"new"}))], owned)
+    events = [c[2]["data"]["attributes"] for c in fake.calls if c[1] == "/api/events"]
+    assert [(e["metric"]["data"]["attributes"]["name"], e["properties"]["segment"]) for e in events] == [
+        ("Segment Entered", "new"),
+        ("Segment Exited", "old"),
+    ]
+    assert events[0]["unique_id"] == "p1:new:1:in"
+    fake = FakeKlaviyo()
+    adapter(fake).apply([change("p1", segments=frozenset({"new"}))], {})
+    assert not [c for c in fake.calls if c[1] == "/api/events"]
+
+
+def test_409_duplicate_profile_uses_the_existing_id() -> None:
+    fake = FakeKlaviyo()
+    state = {"n": 0}
+
+    def conflict(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path == "/api/profile-import" and state["n"] == 0:
+            state["n"] += 1
+            return httpx.Response(
+                409,
+                json={
+                    "errors": [
+                        {
+                            "id": "e1",
+                            "status": 409,
+                            "code": "duplicate_profile",
+                            "title": "Conflict.",
+                            "detail": "A profile already exists with one of these identifiers.",
+                            "source": {"pointer": "/data/attributes"},
+                            "meta": {"duplicate_profile_id": "01DUP"},
+                        }
+                    ]
+                },
+            )
+        return None
+
+    fake.before = conflict
+    adapter(fake).apply([change("p1")], {})
+    second = [c[2] for c in fake.calls if c[1] == "/api/profile-import"][1]
+    assert second["data"]["id"] == "01DUP"
+
+
+def test_retry_after_is_honoured_and_errors_are_mapped() -> None:
+    fake = FakeKlaviyo()
+    state = {"n": 0}
+
+    def throttle(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if state["n"] == 0:
+            state["n"] += 1
+            return httpx.Response(
+                429,
+                headers={"Retry-After": "3"},
+                json={"errors": [{"status": 429, "code": "throttled", "detail": "slow down"}]},
+            )
+        return None
+
+    fake.before = throttle
+    ad = adapter(fake)
+    assert ad.apply([change("p1")], {})[0].status == APPLIED
+    assert ad.slept == [3.0]  # type: ignore[attr-defined]
+    bad = map_error(
+        httpx.Response(
+            400,
+            json={
+                "errors": [
+                    {
+                        "status": 400,
+                        "code": "invalid",
+                        "detail": "bad email",
+                        "source": {"pointer": "/data/attributes/email"},
+                    }
+                ]
+            },
+        )
+    )
+    assert isinstance(bad, PermanentError) and "/data/attributes/email" in bad.detail
+    assert isinstance(map_error(httpx.Response(401, json={"errors": []})), AuthError)
+
+
+def test_permanent_item_error_fails_only_that_contact() -> None:
+    fake = FakeKlaviyo()
+
+    def reject(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if body and body.get("data", {}).get("attributes", {}).get("email") == "bad@example.com":
+            return httpx.Response(400, json={"errors": [{"status": 400, "code": "invalid", "detail": "bad"}]})
+        return None
+
+    fake.before = reject
+    results = {r.profile_id: r for r in adapter(fake).apply([change("ok"), change("bad")], {})}
+    assert results["ok"].status == APPLIED and results["bad"].status == FAILED
+
+
+def test_auth_error_and_erase() -> None:
+    fake = FakeKlaviyo()
+    fake.before = lambda r, b: httpx.Response(
+        403, json={"errors": [{"status": 403, "code": "permission_denied"}]}
+    )
+    with pytest.raises(AuthError):
+        adapter(fake).apply([change("p1")], {})
+    fake = FakeKlaviyo()
+    results = adapter(fake).apply([change("p1", erase=True)], {})
+    assert results[0].status == APPLIED and fake.calls[0][1] == "/api/data-privacy-deletion-jobs"
+    assert (
+        fake.calls[0][2]["data"]["attributes"]["profile"]["data"]["attributes"]["email"] == "p1@example.com"
+    )
