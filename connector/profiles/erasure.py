@@ -82,7 +82,8 @@ def erase_profile(
         pipe.xadd(keys.erasures_key(account), {"profile": pid, "at": isoformat(now), "source": source})
         pipe.execute()
     _drop_exports(conn, account, {pid})
-    removed = _drop_dedupe(queue_conn, account, {stored.event_id for _, stored in data.events})
+    prefixes = {stored.event_id for _, stored in data.events} | set(data.other_event_ids)
+    removed = _drop_dedupe(queue_conn, account, prefixes)
     log.info(
         "profile erased", extra={"account": account, "profile": pid, "source": source, "dedupe": removed}
     )
@@ -169,6 +170,7 @@ def export_document(data: ProfileData) -> dict[str, Any]:
         "trait_updated_at": {k: isoformat(v) for k, v in sorted(data.trait_times.items())},
         "first_seen": {k: isoformat(v) for k, v in sorted(data.first_seen.items())},
         "last_seen": {k: isoformat(v) for k, v in sorted(data.last_seen.items())},
+        "identify_event_id_prefixes": sorted(data.other_event_ids),
         "events": [
             {
                 "name": name,

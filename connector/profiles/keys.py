@@ -7,7 +7,8 @@ atomically. The identity index and the per-account logs are separate keys.
   ``p:{acct:pid}``        hash: identities (``i:<kind>:<value>``), ``uid``, traits (``t:<name>``
                           with their ordering key ``o:<name>``), lifetime first/last occurrence per
                           event name (``f:<code>`` / ``l:<code>``), tombstones (``m`` merged into,
-                          ``x`` erased)
+                          ``x`` erased), ``k`` ids of the latest identify/alias events
+                          (for erasing their dedupe markers)
   ``h:{acct:pid}``        sorted set: the event history (score = occurred_at in whole seconds)
   ``ix:acct:<k>:<digest>`` string: identity → profile id (the value is digested: no personal data
                           in key names)

@@ -64,6 +64,14 @@ while i <= #ARGV do
     if (not f) or ms < f then redis.call('HSET', p, 'f:' .. code, ms) end
     local l = redis.call('HGET', p, 'l:' .. code)
     if (not l) or ms > l then redis.call('HSET', p, 'l:' .. code, ms) end
+  else
+    local seen = redis.call('HGET', p, 'k') or ''
+    local eid = string.sub(ord, 14, 29)
+    if not string.find(seen, eid, 1, true) then
+      seen = seen .. eid
+      if #seen > 512 then seen = string.sub(seen, -512) end
+      redis.call('HSET', p, 'k', seen)
+    end
   end
   for _ = 1, nt do
     local name, value = ARGV[i], ARGV[i + 1]
@@ -110,6 +118,14 @@ for f, v in pairs(src) do
     local name = string.sub(f, 3)
     local cur = redis.call('HGET', p, f)
     if (not cur) or cur < v then redis.call('HSET', p, f, v, 't:' .. name, src['t:' .. name] or 'null') end
+  elseif f == 'k' then
+    local cur = redis.call('HGET', p, 'k') or ''
+    local add = ''
+    for pos = 1, #v, 16 do
+      local id = string.sub(v, pos, pos + 15)
+      if not string.find(cur, id, 1, true) then add = add .. id end
+    end
+    if add ~= '' then redis.call('HSET', p, 'k', string.sub(cur .. add, -512)) end
   elseif kind == 'f:' then
     local cur = redis.call('HGET', p, f)
     if (not cur) or v < cur then redis.call('HSET', p, f, v) end
@@ -269,6 +285,7 @@ class ProfileData:
     first_seen: dict[str, datetime]
     last_seen: dict[str, datetime]
     events: list[tuple[str, StoredEvent]]  # (name, stored event), sorted by (occurred_at, event id)
+    other_event_ids: list[str] = field(default_factory=list)  # recent identify/alias ids (16 hex)
 
 
 def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) -> ProfileData | None:
@@ -286,6 +303,7 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
     trait_times: dict[str, datetime] = {}
     first: dict[str, datetime] = {}
     last: dict[str, datetime] = {}
+    others: list[str] = []
     for f_raw, v_raw in raw.items():
         f = f_raw.decode()
         v = v_raw.decode()
@@ -296,6 +314,8 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
             traits[f[2:]] = json.loads(v)
         elif f.startswith("o:"):
             trait_times[f[2:]] = _from_ms(int(v[:13]))
+        elif f == "k":
+            others = [v[i : i + 16] for i in range(0, len(v), 16)]
         elif f.startswith("f:"):
             first[names.name(account, f[2:])] = _from_ms(int(v))
         elif f.startswith("l:"):
@@ -307,7 +327,7 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
     events.sort(key=lambda e: (e[1].occurred_at, e[1].event_id))
     for values in identities.values():
         values.sort()
-    return ProfileData(account, pid, identities, traits, trait_times, first, last, events)
+    return ProfileData(account, pid, identities, traits, trait_times, first, last, events, others)
 
 
 def _from_ms(ms: int) -> datetime:
