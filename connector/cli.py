@@ -15,9 +15,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from .commands import config_cmd, dlq_cmd, events_cmd, profiles_cmd, run_cmd, sign_cmd
+    from .commands import config_cmd, dlq_cmd, events_cmd, profiles_cmd, rules_cmd, run_cmd, sign_cmd
 
-    for module in (config_cmd, run_cmd, sign_cmd, dlq_cmd, profiles_cmd, events_cmd):
+    for module in (config_cmd, run_cmd, sign_cmd, dlq_cmd, rules_cmd, profiles_cmd, events_cmd):
         module.register(cli)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from rules import EMPTY, RulesError, RuleSet, compile_rules
+
 from .errors import ConfigError
 
 ACCOUNT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -147,7 +149,8 @@ class Account:
     retention_max_events: int
     blocked_identity_values: frozenset[str]
     destinations: Any
-    rules: Any
+    rules: Any  # the raw ``rules:`` mapping, as written
+    ruleset: RuleSet = EMPTY  # compiled at load
 
 
 def _flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -209,6 +212,10 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         data = AccountSchema().load(raw)
     except ValidationError as err:
         raise validation_error(file, err) from err
+    try:
+        ruleset = compile_rules(data["rules"] or None)
+    except RulesError as err:
+        raise ConfigError(err.reason, file=file, path=_rules_path(err.path)) from err
     senders = {
         name: SenderConfig(
             name=name,
@@ -227,7 +234,14 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         blocked_identity_values=frozenset(v.strip().lower() for v in data["identity"]["blocked_values"]),
         destinations=data["destinations"],
         rules=data["rules"],
+        ruleset=ruleset,
     )
+
+
+def _rules_path(path: str) -> str:
+    if not path:
+        return "rules"
+    return f"rules{path}" if path.startswith("[") else f"rules.{path}"
 
 
 class Accounts:

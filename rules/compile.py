@@ -1,0 +1,475 @@
+"""Compile a ``rules:`` section (with its included templates) into a :class:`RuleSet`, once, at load.
+
+Every problem is a :class:`~rules.errors.RulesError` with the path inside the rules; problems inside an
+included template name the ``include[i]`` entry and the template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from marshmallow import ValidationError
+
+from .conditions import Compare, Condition, InSegment, Junction, Not, Sequence_, Unmatched
+from .durations import DurationError, is_duration, parse_duration
+from .errors import RulesError
+from .schema import RulesSchema, TemplateSchema, dumps, flatten
+from .values import (
+    ANY_EVENT,
+    Aggregate,
+    Composite,
+    Computed,
+    Occurrence,
+    Points,
+    ProfileTrait,
+    Ratio,
+    Selector,
+    Value,
+    Window,
+)
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    condition: Condition  # effective: includes "no earlier group segment matched"
+    matched: Condition  # the segment's own condition
+    group: str | None = None
+    description: str = ""
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """An account's compiled rules. Evaluate with :func:`rules.evaluate`."""
+
+    segments: tuple[Segment, ...] = ()
+    traits: tuple[tuple[str, Value], ...] = ()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+    properties: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    lookback: timedelta | None = None
+    unbounded: bool = False
+    templates: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {s.name: s for s in self.segments})
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.segments)
+
+    @property
+    def trait_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.traits)
+
+    def segment(self, name: str) -> Segment:
+        by_name: dict[str, Segment] = self.__dict__["_by_name"]
+        return by_name[name]
+
+    def referenced_properties(self) -> dict[str, frozenset[str]]:
+        """Event name → the property names rules read from it (``*``: any event). Events absent: unused."""
+        return dict(self.properties)
+
+    @property
+    def max_lookback(self) -> timedelta | None:
+        """The longest window rules look back over; None when some rule reads all history (lifetime sums,
+        last order ever ...), in which case only the account's retention bounds the history kept."""
+        return None if self.unbounded else self.lookback
+
+    @property
+    def empty(self) -> bool:
+        return not self.segments and not self.traits
+
+
+EMPTY = RuleSet()
+
+
+class _Origin:
+    def __init__(self, prefix: str = "", template: str | None = None) -> None:
+        self.prefix = prefix
+        self.template = template
+
+    def error(self, path: str, reason: str) -> RulesError:
+        if self.template is None:
+            return RulesError(path, reason)
+        return RulesError(self.prefix, f"template {self.template}: {path}: {reason}")
+
+
+def _load(schema: Any, raw: Any, origin: _Origin) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = schema.load(raw)
+    except ValidationError as err:
+        problems = flatten(err.messages)
+        path, reason = problems[0] if problems else ("", "invalid")
+        more = len(problems) - 1
+        error = origin.error(path, reason)
+        raise RulesError(error.path, error.reason, more) from err
+    return loaded
+
+
+def _substitute(node: Any, params: Mapping[str, Any], path: str, template: str) -> Any:
+    if isinstance(node, str) and node.startswith("$"):
+        name = node[1:]
+        if name not in params:
+            raise RulesError(path, f"template {template}: unknown parameter {node}")
+        return params[name]
+    if isinstance(node, dict):
+        return {
+            k: _substitute(v, params, f"{path}.{k}" if path else str(k), template) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_substitute(v, params, f"{path}[{i}]", template) for i, v in enumerate(node)]
+    return node
+
+
+def _check_param(default: Any, value: Any) -> str | None:
+    if isinstance(default, str) and is_duration(default):
+        try:
+            parse_duration(value)
+        except DurationError as err:
+            return str(err)
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else f"must be a number like {default}"
+    if isinstance(default, list):
+        return None if isinstance(value, list) else "must be a list"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "must be text"
+    return None
+
+
+def _instantiate(
+    template: str, source: Mapping[str, Any], overrides: Mapping[str, Any], prefix: str
+) -> dict[str, Any]:
+    declared = source.get("params") or {}
+    if not isinstance(declared, dict):
+        raise RulesError(prefix, f"template {template}: params must be a mapping")
+    for name, value in overrides.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise RulesError(
+                f"{prefix}.params.{name}", f"unknown parameter of template {template} (known: {known})"
+            )
+        problem = _check_param(declared[name], value)
+        if problem:
+            raise RulesError(f"{prefix}.params.{name}", problem)
+    params = {**declared, **overrides}
+    body = {k: v for k, v in source.items() if k != "params"}
+    substituted = _substitute(body, params, "", template)
+    substituted["params"] = params
+    origin = _Origin(prefix, template)
+    return _load(TemplateSchema(), substituted, origin)
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.selectors: dict[str, Selector] = {}
+        self.values: dict[str, Value] = {}
+        self.conditions: dict[str, Condition] = {}
+        self.properties: dict[str, set[str]] = {}
+        self.lookback = timedelta(0)
+        self.unbounded = False
+        self.computed: dict[str, Computed] = {}
+        self.trait_specs: dict[str, tuple[Any, _Origin, str]] = {}
+        self.segment_names: set[str] = set()
+        self.refs: dict[str, list[tuple[str, str]]] = {}  # segment → [(referenced, path)]
+        self._current_refs: list[tuple[str, str]] = []
+
+    # -- shared pieces -------------------------------------------------------------------------
+    def selector(self, spec: Mapping[str, Any]) -> Selector:
+        made = Selector(spec["event"], spec.get("where"))
+        props = self.properties.setdefault(made.event, set())
+        props.update(made.props)
+        return self.selectors.setdefault(made.key, made)
+
+    def reads(self, event: str, *props: str | None) -> None:
+        self.properties.setdefault(event, set()).update(p for p in props if p)
+
+    def window(self, spec: Mapping[str, Any]) -> Window:
+        within, older = spec.get("within"), spec.get("older_than")
+        if within is None:
+            self.unbounded = True
+        else:
+            self.lookback = max(self.lookback, within)
+        return Window(within, older)
+
+    def intern_value(self, value: Value) -> Value:
+        return self.values.setdefault(value.key, value)
+
+    def intern(self, condition: Condition) -> Condition:
+        return self.conditions.setdefault(condition.key, condition)
+
+    def aggregate(self, kind: str, spec: Mapping[str, Any]) -> Value:
+        sel = self.selector(spec)
+        self.reads(sel.event, spec.get("property"), spec.get("group_by"))
+        made = Aggregate(kind, sel, self.window(spec), spec.get("property"), spec.get("group_by"))
+        return self.intern_value(made)
+
+    # -- computed traits -----------------------------------------------------------------------
+    def trait_ref(self, name: str) -> Value:
+        if name in self.computed:
+            return self.computed[name]
+        return self.intern_value(ProfileTrait(name))
+
+    def value(self, kind: str, spec: Any, origin: _Origin, path: str) -> Value:
+        if kind in ("count", "sum", "avg", "min", "max", "distinct"):
+            return self.aggregate(kind, spec)
+        if kind in ("first_at", "last_at"):
+            self.unbounded = True
+            return self.intern_value(Occurrence(self.selector(spec), last=kind == "last_at"))
+        if kind == "ratio":
+            num = self.value(spec["numerator"][0], spec["numerator"][1], origin, f"{path}.numerator")
+            den = self.value(spec["denominator"][0], spec["denominator"][1], origin, f"{path}.denominator")
+            return self.intern_value(Ratio(num, den))
+        if kind == "points":
+            rules = []
+            for rule in spec["rules"]:
+                rules.append((self.aggregate("count", rule), rule["weight"]))
+            return self.intern_value(Points(rules, spec.get("cap")))  # type: ignore[arg-type]
+        if kind == "composite":
+            parts = []
+            for i, part in enumerate(spec["parts"]):
+                ref = self.trait_ref(part["trait"])
+                if isinstance(ref, ProfileTrait) and part["trait"] not in self.trait_specs:
+                    raise origin.error(
+                        f"{path}.parts[{i}].trait", f"unknown computed trait {part['trait']!r}"
+                    )
+                parts.append((ref, part["weight"], part["max"]))
+            return self.intern_value(Composite(parts, spec["scale"]))
+        if kind == "trait":
+            return self.trait_ref(spec["name"])
+        raise origin.error(path, f"unknown computed trait kind {kind!r}")
+
+    def compile_traits(self) -> list[tuple[str, Value]]:
+        for name in self.trait_specs:
+            self.computed[name] = Computed(name)
+        deps: dict[str, set[str]] = {}
+        for name, (spec, origin, path) in self.trait_specs.items():
+            computed = self.computed[name]
+            computed.expr = self.value(spec[0], spec[1], origin, path)
+            deps[name] = set(_trait_deps(spec)) & set(self.trait_specs)
+        for name in self.trait_specs:
+            cycle = _find_cycle(name, deps)
+            if cycle:
+                _, origin, path = self.trait_specs[name]
+                raise origin.error(path, "reference cycle: " + " → ".join(cycle))
+        return [(name, self.computed[name]) for name in self.trait_specs]
+
+    # -- conditions ----------------------------------------------------------------------------
+    def condition(self, node: tuple[str, Any], origin: _Origin, path: str) -> Condition:
+        op, arg = node
+        here = f"{path}.{op}"
+        made: Condition
+        if op in ("all", "any"):
+            made = Junction(op, [self.condition(c, origin, f"{here}[{i}]") for i, c in enumerate(arg)])
+        elif op == "not":
+            made = Not(self.condition(arg, origin, here))
+        elif op == "trait":
+            ops = [(k, v) for k, v in arg.items() if k != "name"]
+            made = Compare(self.trait_ref(arg["name"]), ops)
+        elif op in ("count", "sum", "avg", "min", "max", "distinct"):
+            window_keys = {"event", "where", "within", "older_than", "group_by", "property"}
+            ops = [(k, v) for k, v in arg.items() if k not in window_keys]
+            made = Compare(self.aggregate(op, arg), ops)
+        elif op in ("first", "last"):
+            self.unbounded = True
+            occurrence = self.intern_value(Occurrence(self.selector(arg), last=op == "last"))
+            ops = [(k, v) for k, v in arg.items() if k in ("older_than", "within")]
+            made = Compare(occurrence, ops)
+        elif op == "sequence":
+            negate = "then_not" in arg
+            follow = arg["then_not"] if negate else arg["then"]
+            first_within = arg.get("first_within")
+            if first_within is None:
+                self.unbounded = True
+            else:
+                self.lookback = max(self.lookback, first_within + arg["within"])
+            made = Sequence_(
+                self.selector(arg["first"]),
+                self.selector(follow),
+                arg["within"],
+                negate,
+                first_within,
+                last_only=arg.get("match", "last" if negate else "any") == "last",
+            )
+        elif op in ("in_segment", "not_in_segment"):
+            if arg not in self.segment_names:
+                raise origin.error(here, f"unknown segment {arg!r}")
+            self._current_refs.append((arg, here))
+            made = InSegment(arg, negate=op == "not_in_segment")
+        else:  # the schema refuses unknown operators first
+            raise origin.error(here, f"unknown condition {op!r}")
+        return self.intern(made)
+
+
+def _trait_deps(spec: tuple[str, Any]) -> list[str]:
+    kind, arg = spec
+    if kind == "trait":
+        return [arg["name"]]
+    if kind == "composite":
+        return [p["trait"] for p in arg["parts"]]
+    if kind == "ratio":
+        return _trait_deps(arg["numerator"]) + _trait_deps(arg["denominator"])
+    return []
+
+
+def _find_cycle(start: str, deps: Mapping[str, set[str] | list[str]]) -> list[str] | None:
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, trail = stack.pop()
+        for nxt in sorted(deps.get(node, ())):
+            if nxt == start:
+                return [*trail, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*trail, nxt]))
+    return None
+
+
+TemplateSource = Callable[[str], Mapping[str, Any] | None]
+
+
+def compile_rules(
+    raw: Mapping[str, Any] | None,
+    *,
+    templates: TemplateSource | Mapping[str, Mapping[str, Any]] | None = None,
+) -> RuleSet:
+    """Validate and compile a ``rules:`` mapping.
+
+    ``templates``: name → parsed template, or a lookup function (default: the built-in templates).
+    """
+    if raw is None or raw == {}:
+        return EMPTY
+    if not isinstance(raw, Mapping):
+        raise RulesError("", "rules must be a mapping with segments, traits, groups and include")
+    lookup = _template_lookup(templates)
+    data = _load(RulesSchema(), dict(raw), _Origin())
+    parts: list[tuple[_Origin, dict[str, Any]]] = []
+    used: list[str] = []
+    for i, include in enumerate(data["include"]):
+        name = include["template"]
+        source = lookup(name)
+        if source is None:
+            raise RulesError(
+                f"include[{i}].template", f"unknown template {name!r} (known: {_known_templates()})"
+            )
+        parts.append(
+            (_Origin(f"include[{i}]", name), _instantiate(name, source, include["params"], f"include[{i}]"))
+        )
+        used.append(name)
+    parts.append((_Origin(), data))
+    return _build(parts, raw, tuple(used))
+
+
+def _known_templates() -> str:
+    from .templates import builtin_templates
+
+    return ", ".join(sorted(builtin_templates()))
+
+
+def _template_lookup(templates: TemplateSource | Mapping[str, Mapping[str, Any]] | None) -> TemplateSource:
+    if templates is None:
+        from .templates import builtin_templates
+
+        return builtin_templates().get
+    if isinstance(templates, Mapping):
+        return templates.get
+    return templates
+
+
+def _build(
+    parts: list[tuple[_Origin, dict[str, Any]]], raw: Mapping[str, Any], used: tuple[str, ...]
+) -> RuleSet:
+    c = _Compiler()
+    trait_defs: dict[str, str] = {}
+    for origin, data in parts:
+        for name, spec in data["traits"].items():
+            path = f"traits.{name}"
+            text = dumps(spec)
+            if name in c.trait_specs:
+                if trait_defs[name] == text:
+                    continue
+                raise origin.error(path, f"computed trait {name!r} is already defined differently")
+            c.trait_specs[name] = (spec, origin, path)
+            trait_defs[name] = text
+    segment_defs: list[tuple[_Origin, str, dict[str, Any]]] = []
+    for origin, data in parts:
+        for i, seg in enumerate(data["segments"]):
+            path = f"segments[{i}]"
+            if seg["name"] in c.segment_names:
+                raise origin.error(f"{path}.name", f"segment {seg['name']!r} is already defined")
+            if seg["name"] in c.trait_specs:
+                raise origin.error(f"{path}.name", f"{seg['name']!r} is already the name of a computed trait")
+            c.segment_names.add(seg["name"])
+            segment_defs.append((origin, path, seg))
+    traits = c.compile_traits()
+    matched: dict[str, Condition] = {}
+    for origin, path, seg in segment_defs:
+        c._current_refs = []
+        matched[seg["name"]] = c.condition(seg["when"], origin, f"{path}.when")
+        c.refs[seg["name"]] = c._current_refs
+    group_of: dict[str, str] = {}
+    groups: dict[str, tuple[str, ...]] = {}
+    effective = dict(matched)
+    deps: dict[str, set[str]] = {name: {r for r, _ in refs} for name, refs in c.refs.items()}
+    for origin, data in parts:
+        for gi, group in enumerate(data["groups"]):
+            gpath = f"groups[{gi}]"
+            if group["name"] in groups:
+                raise origin.error(f"{gpath}.name", f"exclusive group {group['name']!r} is already defined")
+            members: list[str] = []
+            for si, name in enumerate(group["segments"]):
+                spath = f"{gpath}.segments[{si}]"
+                if name not in matched:
+                    raise origin.error(spath, f"unknown segment {name!r}")
+                if name in group_of:
+                    raise origin.error(
+                        spath, f"segment {name!r} is already in exclusive group {group_of[name]!r}"
+                    )
+                group_of[name] = group["name"]
+                earlier = [c.intern(Unmatched(matched[m], m)) for m in members]
+                if earlier:
+                    effective[name] = c.intern(Junction("all", [matched[name], *earlier]))
+                    for m in members:
+                        deps[name] |= {r for r, _ in c.refs[m]}
+                members.append(name)
+            groups[group["name"]] = tuple(members)
+    for origin, path, seg in segment_defs:
+        name = seg["name"]
+        cycle = _find_cycle(name, deps)
+        if cycle:
+            where = next((p for r, p in c.refs[name] if r == cycle[1]), f"{path}.when")
+            raise origin.error(where, "reference cycle: " + " → ".join(cycle))
+    segments = tuple(
+        Segment(
+            name=seg["name"],
+            condition=effective[seg["name"]],
+            matched=matched[seg["name"]],
+            group=group_of.get(seg["name"]),
+            description=seg.get("description", ""),
+            origin=origin.template or "",
+        )
+        for origin, _, seg in segment_defs
+    )
+    properties = {event: frozenset(props) for event, props in c.properties.items()}
+    return RuleSet(
+        segments=segments,
+        traits=tuple(traits),
+        groups=groups,
+        raw=dict(raw),
+        properties=properties,
+        lookback=c.lookback if c.lookback else None,
+        unbounded=c.unbounded,
+        templates=used,
+    )
+
+
+__all__ = ["ANY_EVENT", "EMPTY", "RuleSet", "Segment", "compile_rules"]

@@ -1,0 +1,408 @@
+"""Compiled conditions. Three-valued: True, False, or None (unknown: a missing value, a division by zero).
+
+``evaluate(ctx)`` returns a :data:`Result` ``(value, next, after, exact)``: the value at ``ctx.now``;
+``next``, the earliest instant after now at which the value may change without a new event (None: never);
+``after``, the value from ``next`` on when ``exact`` is true. When ``exact`` is false, ``next`` is only a
+lower bound (nothing changes before it). A segment is a member only when its condition is True.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .durations import format_duration
+from .values import (
+    Index,
+    Missing,
+    Selector,
+    Value,
+    as_datetime,
+    compare,
+    describe_ops,
+    earliest,
+    event_refs,
+    exported,
+    iso,
+)
+
+if TYPE_CHECKING:
+    from .evaluate import Context
+
+Result = tuple[bool | None, datetime | None, bool | None, bool]
+WALK_CAP = 64
+
+
+def show(value: bool | None) -> str:
+    return "unknown" if value is None else ("true" if value else "false")
+
+
+class Condition:
+    key: str = ""
+
+    def evaluate(self, ctx: Context) -> Result:
+        raise NotImplementedError
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def children(self) -> Sequence[Condition]:
+        return ()
+
+    def _node(self, ctx: Context, text: str, **extra: Any) -> dict[str, Any]:
+        value, nxt, _, exact = ctx.result(self)
+        node: dict[str, Any] = {"condition": text, "result": show(value)}
+        if nxt is not None:
+            node["next_change"] = iso(nxt)
+            node["next_change_exact"] = exact
+        node.update({k: v for k, v in extra.items() if v is not None})
+        return node
+
+
+class Compare(Condition):
+    """A value (trait, aggregate, recency, computed trait) against one or more comparisons."""
+
+    __slots__ = ("dates", "exists", "key", "ops", "value")
+
+    def __init__(self, value: Value, ops: Sequence[tuple[str, Any]]) -> None:
+        self.value = value
+        self.exists: bool | None = None
+        self.dates: list[tuple[str, timedelta]] = []
+        plain: list[tuple[str, Any]] = []
+        for op, arg in ops:
+            if op == "exists":
+                self.exists = bool(arg)
+            elif op in ("older_than", "within"):
+                self.dates.append((op, arg))
+            else:
+                plain.append((op, arg))
+        self.ops = tuple(plain)
+        self.key = repr(("cmp", value.key, sorted(map(repr, ops))))
+
+    def truth(self, value: Any, t: datetime) -> bool | None:
+        if isinstance(value, dict):
+            verdicts = [self.truth(v, t) for v in value.values()]
+            if any(v is True for v in verdicts):
+                return True
+            return None if any(v is None for v in verdicts) else False
+        missing = isinstance(value, Missing)
+        if self.exists is not None:
+            if self.exists == missing:
+                return False
+            if missing:
+                return True
+        if missing:
+            return None
+        verdict: bool | None = True
+        for op, arg in self.ops:
+            outcome = compare(op, value, arg)
+            if outcome is False:
+                return False
+            if outcome is None:
+                verdict = None
+        if self.dates:
+            instant = as_datetime(value)
+            if instant is None:
+                return None
+            for op, age in self.dates:
+                old = t >= instant + age
+                if old != (op == "older_than"):
+                    return False
+        return verdict
+
+    def date_edge(self, value: Any, t: datetime) -> datetime | None:
+        if not self.dates:
+            return None
+        instant = as_datetime(value)
+        if instant is None:
+            return None
+        found: datetime | None = None
+        for _, age in self.dates:
+            edge = instant + age
+            if edge > t:
+                found = earliest(found, edge)
+        return found
+
+    def evaluate(self, ctx: Context) -> Result:
+        t = ctx.now
+        ix = ctx.ix
+        current = ctx.value(self.value)
+        verdict = self.truth(current, t)
+        edge = earliest(self.value.edges_after(ix, t), self.date_edge(current, t))
+        steps = 0
+        while edge is not None:
+            later = self.value.value_at(ix, edge)
+            after = self.truth(later, edge)
+            if after != verdict:
+                return (verdict, edge, after, True)
+            steps += 1
+            if steps >= WALK_CAP:
+                return (verdict, edge, None, False)
+            edge = earliest(self.value.edges_after(ix, edge), self.date_edge(later, edge))
+        return (verdict, None, None, True)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        current = ctx.value(self.value)
+        described = self.value.describe(ctx.ix, ctx.now)
+        ops = list(self.ops) + [(op, age) for op, age in self.dates]
+        if self.exists is not None:
+            ops.append(("exists", self.exists))
+        threshold = describe_ops(ops)
+        reason = current.reason if isinstance(current, Missing) else None
+        if reason is None and self.truth(current, ctx.now) is None:
+            reason = f"{exported(current)!r} cannot be compared with {threshold}"
+        return self._node(
+            ctx,
+            f"{self.value.label()} {threshold}",
+            threshold=threshold,
+            reason=reason,
+            **described,
+        )
+
+
+class Sequence_(Condition):
+    """Did A, then B within T (a funnel), or did A, then not B within T (an absence)."""
+
+    __slots__ = ("first", "first_within", "gap", "key", "last_only", "negate", "then")
+
+    def __init__(
+        self,
+        first: Selector,
+        then: Selector,
+        gap: timedelta,
+        negate: bool,
+        first_within: timedelta | None,
+        last_only: bool,
+    ) -> None:
+        self.first = first
+        self.then = then
+        self.gap = gap
+        self.negate = negate
+        self.first_within = first_within
+        self.last_only = last_only
+        self.key = repr(("seq", first.key, then.key, gap, negate, first_within, last_only))
+
+    def _candidates(self, ix: Index, t: datetime) -> range:
+        times = ix.select(self.first)[1]
+        lo = bisect_right(times, t - self.first_within) if self.first_within is not None else 0
+        if self.last_only:
+            return range(max(lo, len(times) - 1), len(times))
+        return range(lo, len(times))
+
+    def _witness(self, ix: Index, t: datetime) -> int | None:
+        """Index of the A event that makes the condition true at ``t``, if any."""
+        a_times = ix.select(self.first)[1]
+        b_times = ix.select(self.then)[1]
+        same = self.first.key == self.then.key
+        for i in reversed(self._candidates(ix, t)):
+            start = a_times[i]
+            end = start + self.gap
+            if same:
+                followed = i + 1 < len(a_times) and a_times[i + 1] < end
+            else:
+                j = bisect_left(b_times, start)
+                followed = j < len(b_times) and b_times[j] < end
+            if self.negate:
+                if t >= end and not followed:
+                    return i
+            elif followed:
+                return i
+        return None
+
+    def _edge(self, ix: Index, t: datetime) -> datetime | None:
+        a_times = ix.select(self.first)[1]
+        found: datetime | None = None
+        for i in self._candidates(ix, t):
+            if self.negate and a_times[i] + self.gap > t:
+                found = earliest(found, a_times[i] + self.gap)
+            if self.first_within is not None:
+                found = earliest(found, a_times[i] + self.first_within)
+        return found
+
+    def evaluate(self, ctx: Context) -> Result:
+        ix, t = ctx.ix, ctx.now
+        verdict = self._witness(ix, t) is not None
+        edge = self._edge(ix, t)
+        steps = 0
+        while edge is not None:
+            after = self._witness(ix, edge) is not None
+            if after != verdict:
+                return (verdict, edge, after, True)
+            steps += 1
+            if steps >= WALK_CAP:
+                return (verdict, edge, None, False)
+            edge = self._edge(ix, edge)
+        return (verdict, None, None, True)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        ix, t = ctx.ix, ctx.now
+        a_records = ix.select(self.first)[0]
+        b_records, b_times = ix.select(self.then)
+        witness = self._witness(ix, t)
+        word = "then no" if self.negate else "then"
+        text = f"{self.first.label()}, {word} {self.then.label()} within {format_duration(self.gap)}"
+        if self.first_within is not None:
+            text += f" (first event within {format_duration(self.first_within)})"
+        candidates = self._candidates(ix, t)
+        shown = witness if witness is not None else (candidates[-1] if len(candidates) else None)
+        events: list[dict[str, str]] = []
+        reason = None
+        if shown is None:
+            reason = f"no {self.first.label()}" + (
+                f" within {format_duration(self.first_within)}" if self.first_within else ""
+            )
+        else:
+            start = a_records[shown].occurred_at
+            events = event_refs([a_records[shown]])
+            j = bisect_left(b_times, start)
+            follow = [
+                r for r in b_records[j:] if r.occurred_at < start + self.gap and r is not a_records[shown]
+            ]
+            events += event_refs(follow[:1])
+            if self.negate and t < start + self.gap and not follow:
+                reason = f"waiting: the window closes at {iso(start + self.gap)}"
+            elif self.negate and follow:
+                reason = f"{self.then.event} followed within {format_duration(self.gap)}"
+            elif not self.negate and not follow:
+                reason = f"no {self.then.label()} within {format_duration(self.gap)} after it"
+        return self._node(ctx, text, events=events, reason=reason)
+
+
+class InSegment(Condition):
+    __slots__ = ("key", "name", "negate")
+
+    def __init__(self, name: str, negate: bool) -> None:
+        self.name = name
+        self.negate = negate
+        self.key = repr(("seg", name, negate))
+
+    def evaluate(self, ctx: Context) -> Result:
+        member, nxt, exact = ctx.segment(self.name)
+        verdict = member != self.negate
+        if nxt is None:
+            return (verdict, None, None, True)
+        return (verdict, nxt, not verdict, exact)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        member = ctx.segment(self.name)[0]
+        word = "not in" if self.negate else "in"
+        return self._node(ctx, f"{word} segment {self.name}", value=member)
+
+
+class Unmatched(Condition):
+    """True while ``inner`` is not True: an earlier segment of an exclusive group did not match."""
+
+    __slots__ = ("inner", "key", "segment")
+
+    def __init__(self, inner: Condition, segment: str) -> None:
+        self.inner = inner
+        self.segment = segment
+        self.key = repr(("unmatched", inner.key))
+
+    def evaluate(self, ctx: Context) -> Result:
+        value, nxt, after, exact = ctx.result(self.inner)
+        verdict = value is not True
+        if nxt is None:
+            return (verdict, None, None, True)
+        if exact and (after is not True) != verdict:
+            return (verdict, nxt, not verdict, True)
+        return (verdict, nxt, None, False)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        return self._node(ctx, f"not matched by earlier group segment {self.segment}")
+
+
+def _combine(kind: str, results: list[Result]) -> Result:
+    """all / any of child results, with the next change computed from the children's."""
+    values = [r[0] for r in results]
+    value = _tri(kind, values)
+    decisive = (kind == "all" and value is False) or (kind == "any" and value is True)
+    if decisive:
+        # it holds until every decisive child has changed at least once
+        deciders = [r for r in results if r[0] is (kind == "any")]
+        if any(r[1] is None for r in deciders):
+            return (value, None, None, True)
+        bound = max(r[1] for r in deciders if r[1] is not None)
+        if len(deciders) > 1:
+            return (value, bound, None, False)
+    nexts = [r[1] for r in results if r[1] is not None]
+    if not nexts:
+        return (value, None, None, True)
+    first = min(nexts)
+    if decisive and first < bound:
+        return (value, bound, None, False)
+    later = []
+    for r in results:
+        if r[1] == first:
+            if not r[3]:
+                return (value, first, None, False)
+            later.append(r[2])
+        else:
+            later.append(r[0])
+    after = _tri(kind, later)
+    if after != value:
+        return (value, first, after, True)
+    return (value, first, None, False)
+
+
+def _tri(kind: str, values: list[bool | None]) -> bool | None:
+    if kind == "all":
+        if any(v is False for v in values):
+            return False
+        return None if any(v is None for v in values) else True
+    if any(v is True for v in values):
+        return True
+    return None if any(v is None for v in values) else False
+
+
+class Junction(Condition):
+    __slots__ = ("items", "key", "kind")
+
+    def __init__(self, kind: str, items: Sequence[Condition]) -> None:
+        self.kind = kind
+        self.items = tuple(items)
+        self.key = repr((kind, [c.key for c in self.items]))
+
+    def children(self) -> Sequence[Condition]:
+        return self.items
+
+    def evaluate(self, ctx: Context) -> Result:
+        stop = self.kind == "any"  # a child forever True (any) or forever False (all) decides alone
+        results = []
+        for item in self.items:
+            r = ctx.result(item)
+            if r[0] is stop and r[1] is None and not ctx.explaining:
+                return r
+            results.append(r)
+        return _combine(self.kind, results)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        node = self._node(ctx, f"{self.kind} of")
+        node["children"] = [ctx.explain(c) for c in self.items]
+        return node
+
+
+class Not(Condition):
+    __slots__ = ("inner", "key")
+
+    def __init__(self, inner: Condition) -> None:
+        self.inner = inner
+        self.key = repr(("not", inner.key))
+
+    def children(self) -> Sequence[Condition]:
+        return (self.inner,)
+
+    def evaluate(self, ctx: Context) -> Result:
+        value, nxt, after, exact = ctx.result(self.inner)
+        return (_negate(value), nxt, _negate(after), exact)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        node = self._node(ctx, "not")
+        node["children"] = [ctx.explain(self.inner)]
+        return node
+
+
+def _negate(value: bool | None) -> bool | None:
+    return None if value is None else not value

@@ -1,0 +1,427 @@
+"""Marshmallow schemas of the rule language. Loading gives plain, checked data; ``compile`` builds objects.
+
+A condition is a mapping with exactly one key, the operator (``count``, ``all``, ``sequence`` ...);
+a computed trait is a mapping with exactly one key, its kind (``sum``, ``points``, ``composite`` ...).
+Both are looked up in :data:`CONDITIONS` / :data:`VALUES`, so an unknown one is refused with its path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from .durations import DurationError, parse_duration
+
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
+EVENT = re.compile(r"^(?:\*|[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127})$")
+COMPARE_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "not_in", "contains", "starts_with")
+NUMERIC_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "not_in")
+WHERE_OPS = (*COMPARE_OPS, "exists")
+
+
+def _known(names: Any) -> str:
+    return ", ".join(sorted(names))
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+    error_messages = {"unknown": "unknown field"}
+
+
+class Duration(fields.Field):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        try:
+            return parse_duration(value)
+        except DurationError as err:
+            raise ValidationError(str(err)) from err
+
+
+class Name(fields.String):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            validate=validate.Regexp(NAME, error="must be a name of letters, digits and _"), **kwargs
+        )
+
+
+class EventName(fields.String):
+    """An event name, or ``*`` for any event."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            validate=validate.Regexp(EVENT, error="must be an event name (letters, digits and _) or *"),
+            **kwargs,
+        )
+
+
+class Pair(fields.Field):
+    """``[low, high]``, both inclusive."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValidationError("must be a list of two values: [low, high]")
+        return (value[0], value[1])
+
+
+class Scalars(fields.Field):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValidationError("must be a non-empty list of values")
+        if any(isinstance(v, dict | list) for v in value):
+            raise ValidationError("must be a list of plain values")
+        return tuple(value)
+
+
+class Scalar(fields.Field):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, dict | list) or value is None:
+            raise ValidationError("must be a plain value (number, text, true/false)")
+        return value
+
+
+def _comparison_fields(names: tuple[str, ...]) -> dict[str, fields.Field]:
+    made: dict[str, fields.Field] = {}
+    for name in names:
+        if name == "between":
+            made[name] = Pair()
+        elif name in ("in", "not_in"):
+            made[name] = Scalars()
+        elif name == "starts_with":
+            made[name] = fields.String()
+        elif name == "exists":
+            made[name] = fields.Boolean()
+        else:
+            made[name] = Scalar()
+    return made
+
+
+def _require_comparison(data: Mapping[str, Any], ops: tuple[str, ...]) -> None:
+    if not any(op in data for op in ops):
+        raise ValidationError(f"needs a comparison: one of {', '.join(ops)}")
+
+
+class WhereField(fields.Field):
+    """Property filters: ``{category: shoes, revenue: {gt: 100}}``; a bare value means ``eq``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValidationError("must be a mapping of property: value or property: {operator: value}")
+        out: dict[str, tuple[tuple[str, Any], ...]] = {}
+        errors: dict[str, Any] = {}
+        for prop, spec in value.items():
+            if not isinstance(prop, str) or not prop:
+                errors[str(prop)] = ["property names must be text"]
+                continue
+            if not isinstance(spec, dict):
+                if isinstance(spec, list):
+                    errors[prop] = ["a list of values needs an operator: {in: [...]}"]
+                    continue
+                out[prop] = (("eq", spec),)
+                continue
+            try:
+                loaded = _WHERE_SCHEMA.load(spec)
+            except ValidationError as err:
+                errors[prop] = err.messages
+                continue
+            if not loaded:
+                errors[prop] = [f"needs an operator: one of {', '.join(WHERE_OPS)}"]
+                continue
+            out[prop] = tuple(sorted(loaded.items()))
+        if errors:
+            raise ValidationError(errors)
+        return out
+
+
+_WHERE_SCHEMA = Strict.from_dict(_comparison_fields(WHERE_OPS))()
+
+
+class EventSpec(Strict):
+    event = EventName(required=True)
+    where = WhereField()
+
+
+class _Window(Strict):
+    event = EventName(required=True)
+    where = WhereField()
+    within = Duration()
+    older_than = Duration()
+
+
+class CountValue(_Window):
+    group_by = Name()
+
+
+class PropertyValue(CountValue):
+    property = Name(required=True)
+
+
+CountCondition = Strict.from_dict(
+    {**CountValue._declared_fields, **_comparison_fields(NUMERIC_OPS)}, name="CountCondition"
+)
+PropertyCondition = Strict.from_dict(
+    {**PropertyValue._declared_fields, **_comparison_fields(NUMERIC_OPS)}, name="PropertyCondition"
+)
+
+
+def _with_check(schema_cls: type[Schema], ops: tuple[str, ...]) -> type[Schema]:
+    class Checked(schema_cls):  # type: ignore[valid-type,misc]
+        @validates_schema
+        def _has_comparison(self, data: dict[str, Any], **_: Any) -> None:
+            _require_comparison(data, ops)
+
+    Checked.__name__ = schema_cls.__name__
+    return Checked
+
+
+CountConditionSchema = _with_check(CountCondition, NUMERIC_OPS)
+PropertyConditionSchema = _with_check(PropertyCondition, NUMERIC_OPS)
+
+_TRAIT_OPS = (*COMPARE_OPS, "exists", "older_than", "within")
+TraitConditionSchema = _with_check(
+    Strict.from_dict(
+        {
+            "name": Name(required=True),
+            **_comparison_fields((*COMPARE_OPS, "exists")),
+            "older_than": Duration(),
+            "within": Duration(),
+        },
+        name="TraitCondition",
+    ),
+    _TRAIT_OPS,
+)
+
+RecencyConditionSchema = _with_check(
+    Strict.from_dict(
+        {
+            "event": EventName(required=True),
+            "where": WhereField(),
+            "older_than": Duration(),
+            "within": Duration(),
+        },
+        name="RecencyCondition",
+    ),
+    ("older_than", "within"),
+)
+
+
+class SequenceConditionSchema(Strict):
+    first = fields.Nested(EventSpec, required=True)
+    then = fields.Nested(EventSpec)
+    then_not = fields.Nested(EventSpec)
+    within = Duration(required=True)
+    first_within = Duration()
+    match = fields.String(validate=validate.OneOf(("any", "last")))
+
+    @validates_schema
+    def _one_follow_up(self, data: dict[str, Any], **_: Any) -> None:
+        if ("then" in data) == ("then_not" in data):
+            raise ValidationError("needs exactly one of then (a funnel) or then_not (an absence)")
+
+
+class ConditionField(fields.Field):
+    """One condition: ``{operator: arguments}``, checked against the registry."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValidationError(
+                f"a condition is a mapping with exactly one operator (one of {_known(CONDITIONS)})"
+            )
+        ((op, arg),) = value.items()
+        loader = CONDITIONS.get(op)
+        if loader is None:
+            raise ValidationError({op: [f"unknown condition {op!r} (known: {_known(CONDITIONS)})"]})
+        try:
+            return (op, loader(arg))
+        except ValidationError as err:
+            raise ValidationError({op: err.messages}) from err
+
+
+class ValueField(fields.Field):
+    """One computed value: ``{kind: arguments}`` (``count``, ``sum``, ``points``, ``ratio`` ...)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValidationError(
+                f"a computed trait is a mapping with exactly one kind (one of {_known(VALUES)})"
+            )
+        ((kind, arg),) = value.items()
+        loader = VALUES.get(kind)
+        if loader is None:
+            raise ValidationError({kind: [f"unknown computed trait kind {kind!r} (known: {_known(VALUES)})"]})
+        try:
+            return (kind, loader(arg))
+        except ValidationError as err:
+            raise ValidationError({kind: err.messages}) from err
+
+
+def _schema_loader(schema: type[Schema]) -> Any:
+    instance = schema()
+
+    def load(arg: Any) -> Any:
+        if not isinstance(arg, dict):
+            raise ValidationError("must be a mapping")
+        return instance.load(arg)
+
+    return load
+
+
+def _list_of_conditions(arg: Any) -> Any:
+    if not isinstance(arg, list) or not arg:
+        raise ValidationError("must be a non-empty list of conditions")
+    return fields.List(ConditionField()).deserialize(arg)
+
+
+def _one_condition(arg: Any) -> Any:
+    return ConditionField().deserialize(arg)
+
+
+def _segment_name(arg: Any) -> Any:
+    if not isinstance(arg, str) or not NAME.match(arg):
+        raise ValidationError("must be a segment name")
+    return arg
+
+
+class PointsRule(Strict):
+    event = EventName(required=True)
+    where = WhereField()
+    within = Duration()
+    weight = fields.Float(required=True, allow_nan=False)
+
+
+class PointsValue(Strict):
+    rules = fields.List(fields.Nested(PointsRule), required=True, validate=validate.Length(min=1))
+    cap = fields.Float(validate=validate.Range(min=0), allow_nan=False)
+
+
+class CompositePart(Strict):
+    trait = Name(required=True)
+    weight = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
+    max = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False))
+
+
+class CompositeValue(Strict):
+    parts = fields.List(fields.Nested(CompositePart), required=True, validate=validate.Length(min=1))
+    scale = fields.Float(load_default=10.0, validate=validate.Range(min=0, min_inclusive=False))
+
+
+class RatioValue(Strict):
+    numerator = ValueField(required=True)
+    denominator = ValueField(required=True)
+
+
+class FirstLastValue(Strict):
+    event = EventName(required=True)
+    where = WhereField()
+
+
+class TraitRefValue(Strict):
+    name = Name(required=True)
+
+
+CONDITIONS: dict[str, Any] = {
+    "all": _list_of_conditions,
+    "any": _list_of_conditions,
+    "not": _one_condition,
+    "trait": _schema_loader(TraitConditionSchema),
+    "count": _schema_loader(CountConditionSchema),
+    "sum": _schema_loader(PropertyConditionSchema),
+    "avg": _schema_loader(PropertyConditionSchema),
+    "min": _schema_loader(PropertyConditionSchema),
+    "max": _schema_loader(PropertyConditionSchema),
+    "distinct": _schema_loader(PropertyConditionSchema),
+    "first": _schema_loader(RecencyConditionSchema),
+    "last": _schema_loader(RecencyConditionSchema),
+    "sequence": _schema_loader(SequenceConditionSchema),
+    "in_segment": _segment_name,
+    "not_in_segment": _segment_name,
+}
+
+VALUES: dict[str, Any] = {
+    "count": _schema_loader(CountValue),
+    "sum": _schema_loader(PropertyValue),
+    "avg": _schema_loader(PropertyValue),
+    "min": _schema_loader(PropertyValue),
+    "max": _schema_loader(PropertyValue),
+    "distinct": _schema_loader(PropertyValue),
+    "first_at": _schema_loader(FirstLastValue),
+    "last_at": _schema_loader(FirstLastValue),
+    "points": _schema_loader(PointsValue),
+    "composite": _schema_loader(CompositeValue),
+    "ratio": _schema_loader(RatioValue),
+    "trait": _schema_loader(TraitRefValue),
+}
+
+
+class SegmentSchema(Strict):
+    name = Name(required=True)
+    description = fields.String()
+    when = ConditionField(required=True)
+
+
+class GroupSchema(Strict):
+    name = Name(required=True)
+    description = fields.String()
+    segments = fields.List(Name(), required=True, validate=validate.Length(min=1))
+
+
+class IncludeField(fields.Field):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            return {"template": value, "params": {}}
+        if not isinstance(value, dict):
+            raise ValidationError("must be a template name or {template: NAME, params: {...}}")
+        unknown = set(value) - {"template", "params"}
+        if unknown:
+            raise ValidationError({k: ["unknown field"] for k in sorted(unknown)})
+        template = value.get("template")
+        if not isinstance(template, str) or not template:
+            raise ValidationError({"template": ["a template name is required"]})
+        params = value.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValidationError({"params": ["must be a mapping of parameter: value"]})
+        return {"template": template, "params": dict(params)}
+
+
+class RulesSchema(Strict):
+    include = fields.List(IncludeField(), load_default=list)
+    traits = fields.Dict(keys=Name(), values=ValueField(), load_default=dict)
+    segments = fields.List(fields.Nested(SegmentSchema), load_default=list)
+    groups = fields.List(fields.Nested(GroupSchema), load_default=list)
+
+
+class TemplateSchema(RulesSchema):
+    template = Name(required=True)
+    description = fields.String()
+    params = fields.Dict(keys=Name(), values=fields.Raw(), load_default=dict)
+
+
+def flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Marshmallow's nested messages as (``a.b[3].c``, reason) pairs, in document order."""
+    out: list[tuple[str, str]] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if isinstance(key, int):
+                path = f"{prefix}[{key}]"
+            elif key == "_schema":
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "value" and isinstance(value, dict) and prefix:
+                out.extend(flatten(value, prefix))
+            else:
+                out.extend(flatten(value, path))
+    elif isinstance(messages, list):
+        for item in messages:
+            out.extend(flatten(item, prefix))
+    else:
+        out.append((prefix, str(messages)))
+    return out
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
