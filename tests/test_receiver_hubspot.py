@@ -153,3 +153,10 @@ def test_malformed_after_signature_is_400(client, redis_client) -> None:  # type
 def test_sign_helper_round_trips(client, redis_client) -> None:  # type: ignore[no-untyped-def]
     body = json.dumps([event(11)]).encode()
     assert post(client, body, REGISTRY["hubspot"].sign(SECRET, body, url=URL, now=NOW)).status_code == 200
+
+
+def test_v3_uri_with_decoded_escapes_verifies(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps([event(21)]).encode()
+    path = "/webhooks/acme/hubspot?next=a%3Ab%40c"
+    hdrs = v3_headers(body, url="http://localhost/webhooks/acme/hubspot?next=a:b@c")
+    assert post(client, body, hdrs, path=path).status_code == 200

@@ -2,7 +2,8 @@
 
 v3 (the default): ``X-HubSpot-Signature-v3`` = base64 HMAC-SHA256(client secret,
 ``METHOD + URI + body + X-HubSpot-Request-Timestamp``), timestamp in epoch milliseconds, rejected
-when more than ``tolerance_seconds`` (default 300) old or ahead. v1 (hex SHA-256 of secret + body)
+when more than ``tolerance_seconds`` (default 300) old or ahead. The URI is tried as received and
+with the escapes HubSpot's docs list (``%3A`` → ``:`` ...) decoded. v1 (hex SHA-256 of secret + body)
 and v2 (hex SHA-256 of secret + METHOD + URI + body) carry no timestamp and are accepted only
 when the account lists them in ``signature_versions``.
 
@@ -75,6 +76,19 @@ def signed_uri(inbound: Inbound, sender: SenderConfig) -> str:
     return configured + (f"?{query}" if query else "")
 
 
+# HubSpot's v3 page asks receivers to decode these escapes in the URI before signing; the raw URI
+# is tried as well, so either reading of the docs verifies.
+_DECODED = {"%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$", "%27": "'",
+            "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";"}  # fmt: skip
+
+
+def uri_variants(uri: str) -> list[str]:
+    decoded = uri
+    for escape, char in _DECODED.items():
+        decoded = decoded.replace(escape, char).replace(escape.lower(), char)
+    return [uri] if decoded == uri else [uri, decoded]
+
+
 def _versions(sender: SenderConfig) -> tuple[str, ...]:
     configured = sender.options.get("signature_versions")
     return tuple(configured) if configured else ("v3",)
@@ -107,7 +121,9 @@ class HubSpotReceiver:
             except (OverflowError, OSError, ValueError) as err:
                 raise Unauthorized("X-HubSpot-Request-Timestamp out of range") from err
             expected = [
-                signature_v3(s.bytes, inbound.method, uri, inbound.body, timestamp) for s in sender.secrets
+                signature_v3(s.bytes, inbound.method, variant, inbound.body, timestamp)
+                for s in sender.secrets
+                for variant in uri_variants(uri)
             ]
             if not matches_any([v3.strip()], expected):
                 raise Unauthorized("signature does not match")

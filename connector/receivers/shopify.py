@@ -208,7 +208,8 @@ def _line_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _occurred_at(payload: dict[str, Any], inbound: Inbound, topic: str, now: datetime) -> datetime:
-    keys = ("updated_at", "created_at") if topic.endswith("/update") else ("created_at", "updated_at")
+    later = topic.endswith("/update") or topic == "orders/paid"
+    keys = ("updated_at", "created_at") if later else ("created_at", "updated_at")
     for key in keys:
         if payload.get(key) not in (None, ""):
             return parse_time(payload[key], f"body.{key}")
