@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -40,6 +41,13 @@ TYPES = ("mailchimp", "hubspot", "klaviyo")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_BATCH = {"mailchimp": 500, "hubspot": 100, "klaviyo": 1000}
+
+
+def _timezone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ValidationError(f"unknown time zone {name!r}") from err
 
 
 class MappingSchema(Schema):
@@ -79,7 +87,7 @@ class DestinationSchema(Schema):
     tags_property = fields.String(load_default="esp_tags")
     preserve_unowned_tags = fields.Boolean(load_default=True)
     per_ten_seconds = fields.Integer(load_default=100, validate=validate.Range(min=1))
-    timezone = fields.String(load_default="UTC")
+    timezone = fields.String(load_default="UTC", validate=_timezone)
     # klaviyo
     revision = fields.String(load_default="2024-10-15", validate=validate.Regexp(r"^\d{4}-\d{2}-\d{2}"))
     segment_events = fields.Boolean(load_default=False)
