@@ -141,7 +141,13 @@ class HubSpotAdapter:
                 "groupName": self.config.tags_group,
                 "options": [{"label": t, "value": t} for t in sorted(tags)],
             }
-            self.client.request("POST", "/crm/v3/properties/contacts", json=body)
+            try:
+                self.client.request("POST", "/crm/v3/properties/contacts", json=body)
+            except PermanentError as conflict:
+                if conflict.status != 409:  # created meanwhile by another worker: read it next time
+                    raise
+                self._options = None
+                return
             self._options = set(tags)
             return
         missing = sorted(tags - known)
@@ -219,11 +225,18 @@ class HubSpotAdapter:
         ids: dict[str, str],
     ) -> None:
         tags = set().union(*(c.tags for c in upserts))
-        if tags:
-            self.ensure_options(tags)
         current: dict[str, tuple[str | None, set[str]]] = {}
-        if self.config.preserve_unowned_tags:
-            current = self.current_tags(sorted({str(c.email).lower() for c in upserts}))
+        try:
+            if tags:
+                self.ensure_options(tags)
+            if self.config.preserve_unowned_tags:
+                current = self.current_tags(sorted({str(c.email).lower() for c in upserts}))
+        except AdapterError as err:
+            if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
+                raise
+            for change in upserts:
+                errors[change.profile_id] = err
+            return
         # the same email twice in one batch is a 400: later ones go in the next batch
         waves: list[list[Change]] = []
         for change in upserts:

@@ -52,7 +52,7 @@ from rq import Queue
 
 from adapters.base import Adapter
 from adapters.change import APPLIED, CONSENT_UNKNOWN, FAILED, Change, OwnedState, Result
-from adapters.errors import AdapterError, AuthError, RateLimited, TransientError
+from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from adapters.ratelimit import RateLimiter
 
 from . import clock, redis_conn
@@ -366,6 +366,10 @@ class Flusher:
         except TransientError as err:
             for change in changes:
                 self._retry(change, err, now, counts)
+            return True
+        except PermanentError as err:
+            for change in changes:
+                self._dead(change, err, now, counts)
             return True
         by_id = {c.profile_id: c for c in changes}
         for result in results:

@@ -121,5 +121,3 @@ def test_client_repr_and_errors_hide_credentials() -> None:
     with pytest.raises(AuthError) as info:
         esp.request("GET", "/x")
     assert "secret-token" not in repr(info.value.describe())
-
-
