@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import redis
 
@@ -23,7 +24,7 @@ from ..event import Event
 from . import identity, keys, rejected
 from .erasure import erase_account, erase_profile, store_export
 from .properties import kept_properties
-from .store import APPLY, Prepared, name_codes, prepare
+from .store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +84,33 @@ def apply_events(
             regular.append((event, checked[0], checked[1]))
     prepared: list[Prepared] = []
     if regular:
-        codes = name_codes(conn).codes(account.id, {e.name for e, _, _ in regular})
         kept: list[tuple[Event, dict[str, str], str | None]] = []
-        for event, ids, previous in regular:
+        props: list[dict[str, Any] | None] = []
+        wanted: set[str] = set()
+        for item in regular:
+            event = item[0]
+            kept_props = (
+                kept_properties(account.id, event.name, event.properties)
+                if event.type in HISTORY_TYPES
+                else None
+            )
+            props.append(kept_props)
+            wanted.add(event.name)
+            wanted.update(PROPERTY_PREFIX + key for key in kept_props or ())
+        codes = name_codes(conn).codes(account.id, wanted)
+        for item, kept_props in zip(regular, props, strict=True):
+            event = item[0]
             try:
-                props = (
-                    kept_properties(account.id, event.name, event.properties)
-                    if event.type in HISTORY_TYPES
-                    else None
-                )
                 prepared.append(
-                    prepare(event.occurred_at, event.event_id, codes[event.name], props, event.traits)
+                    prepare(
+                        event.occurred_at, event.event_id, codes[event.name], kept_props, event.traits, codes
+                    )
                 )
             except (TypeError, ValueError, OverflowError) as err:
                 rejected.record(rejects, event, f"cannot be stored: {err}", now)
                 outcome.rejected += 1
                 continue
-            kept.append((event, ids, previous))
+            kept.append(item)
         regular = kept
     rejects.execute()
     if regular:
@@ -107,8 +118,8 @@ def apply_events(
             conn, account.id, _retention(account), [(i, p) for _, i, p in regular], now
         )
         groups: dict[str, list[Prepared]] = {}
-        for pid, item in zip(resolution.targets, prepared, strict=True):
-            groups.setdefault(pid, []).append(item)
+        for pid, ready in zip(resolution.targets, prepared, strict=True):
+            groups.setdefault(pid, []).append(ready)
         _apply_groups(conn, account, groups, now, outcome)
     for event, ids in requests:
         _request(conn, queue_conn, account, event, ids, now, outcome)

@@ -60,7 +60,7 @@ class AccountLock:
             if clock.monotonic() > deadline:
                 raise LockTimeout(f"identity lock of {self.key} not acquired")
             time.sleep(pause)
-            pause = min(pause * 2, 0.01)
+            pause = min(pause * 2, 0.002)
         return self
 
     def __exit__(self, *exc: object | TracebackType) -> None:
@@ -320,10 +320,9 @@ class Resolver:
         pipe = self.conn.pipeline(transaction=True)
         for f in fields:
             text = f.decode()
-            if text.startswith("i:"):
-                kind, _, value = text[2:].partition(":")
-                if kind in keys.KIND_CODES:
-                    pipe.set(keys.identity_key(self.account, kind, value), target)
+            parsed = keys.parse_identity_field(text)
+            if parsed is not None:
+                pipe.set(keys.identity_key(self.account, *parsed), target)
         pipe.delete(hkey, pkey)
         pipe.hset(pkey, "m", target)
         pipe.expire(pkey, TOMBSTONE_TTL_SECONDS)

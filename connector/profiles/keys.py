@@ -4,7 +4,7 @@ Every key is namespaced by account. The keys of one profile share the hash tag `
 so that a profile's keys live in one Redis Cluster slot and one Lua script can update them
 atomically. The identity index and the per-account logs are separate keys.
 
-  ``p:{acct:pid}``        hash: identities (``i:<kind>:<value>``), ``uid``, traits (``t:<name>``
+  ``p:{acct:pid}``        hash: identities (``i:<kind code>:<value>``), ``uid``, traits (``t:<name>``
                           with their ordering key ``o:<name>``), lifetime first/last occurrence per
                           event name (``f:<code>`` / ``l:<code>``), tombstones (``m`` merged into,
                           ``x`` erased), ``k`` ids of the latest identify/alias events
@@ -50,8 +50,20 @@ def identity_key(account: str, kind: str, value: str) -> str:
     return f"ix:{account}:{KIND_CODES[kind]}:{digest}"
 
 
+_KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
+
+
 def identity_field(kind: str, value: str) -> str:
-    return f"i:{kind}:{value}"
+    return f"i:{KIND_CODES[kind]}:{value}"
+
+
+def parse_identity_field(field: str) -> tuple[str, str] | None:
+    """``i:<code>:<value>`` → (kind, value); None for other fields."""
+    if not field.startswith("i:"):
+        return None
+    code, _, value = field[2:].partition(":")
+    kind = _KINDS_BY_CODE.get(code)
+    return (kind, value) if kind else None
 
 
 def names_key(account: str) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,14 +150,56 @@ def epoch_ms(moment: datetime) -> int:
     return math.floor(moment.timestamp() * 1000)
 
 
-def encode_member(occurred_ms: int, event_id: str, code: str, properties: Mapping[str, Any]) -> bytes:
+PROPERTY_PREFIX = "@"  # property keys share the name-code dictionary, prefixed
+_SEP = "\x1e"
+_TYPES = {"S", "I", "F", "T", "N"}
+
+
+def encode_properties(properties: Mapping[str, Any], codes: Mapping[str, str]) -> str:
+    """Compact form: ``<key code><type><value>`` joined by RS; JSON when a value does not fit it."""
+    parts = []
+    for key in sorted(properties):
+        value = properties[key]
+        code = codes.get(PROPERTY_PREFIX + key)
+        if isinstance(value, bool):
+            part = f"{code}T" if value else f"{code}N"
+        elif isinstance(value, int):
+            part = f"{code}I{value}"
+        elif isinstance(value, float):
+            part = f"{code}F{value!r}"
+        elif isinstance(value, str) and _SEP not in value:
+            part = f"{code}S{value}"
+        else:
+            code = None
+        if code is None:
+            return json.dumps(properties, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        parts.append(part)
+    return _SEP.join(parts)
+
+
+def decode_properties(body: str, name_of: Callable[[str], str]) -> dict[str, Any]:
+    if not body:
+        return {}
+    if body.startswith("{"):
+        return dict(json.loads(body))
+    out: dict[str, Any] = {}
+    for part in body.split(_SEP):
+        at = next(i for i, ch in enumerate(part) if ch in _TYPES)
+        key = name_of(part[:at])[len(PROPERTY_PREFIX) :]
+        kind, raw = part[at], part[at + 1 :]
+        out[key] = {
+            "S": raw,
+            "I": int(raw) if kind == "I" else 0,
+            "F": float(raw) if kind == "F" else 0.0,
+        }.get(kind, kind == "T")
+    return out
+
+
+def encode_member(
+    occurred_ms: int, event_id: str, code: str, properties: Mapping[str, Any], codes: Mapping[str, str]
+) -> bytes:
     head = (occurred_ms % 1000).to_bytes(2, "big") + bytes.fromhex(event_id[:16].ljust(16, "0"))
-    body = (
-        json.dumps(properties, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-        if properties
-        else ""
-    )
-    return head + code.encode() + b"\x00" + body.encode()
+    return head + code.encode() + b"\x00" + encode_properties(properties, codes).encode()
 
 
 @dataclass(frozen=True)
@@ -168,11 +210,11 @@ class StoredEvent:
     properties: dict[str, Any]
 
 
-def decode_member(member: bytes, score: float) -> StoredEvent:
+def decode_member(member: bytes, score: float, name_of: Callable[[str], str]) -> StoredEvent:
     ms = int.from_bytes(member[:2], "big")
     eid = member[2:10].hex()
     code, _, body = member[10:].partition(b"\x00")
-    props = json.loads(body) if body else {}
+    props = decode_properties(body.decode(), name_of)
     occurred = datetime.fromtimestamp(int(score), UTC) + timedelta(milliseconds=ms)
     return StoredEvent(occurred, eid, code.decode(), props)
 
@@ -200,9 +242,10 @@ def prepare(
     code: str,
     properties: Mapping[str, Any] | None,
     traits: Mapping[str, Any],
+    codes: Mapping[str, str],
 ) -> Prepared:
     ms = max(0, epoch_ms(occurred_at))
-    member = encode_member(ms, event_id, code, properties) if properties is not None else b""
+    member = encode_member(ms, event_id, code, properties, codes) if properties is not None else b""
     encoded = [
         (name, json.dumps(value, separators=(",", ":"), default=str)) for name, value in traits.items()
     ]
@@ -308,8 +351,9 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
         f = f_raw.decode()
         v = v_raw.decode()
         if f.startswith("i:"):
-            kind, _, value = f[2:].partition(":")
-            identities.setdefault(kind, []).append(value)
+            parsed = keys.parse_identity_field(f)
+            if parsed is not None:
+                identities.setdefault(parsed[0], []).append(parsed[1])
         elif f.startswith("t:"):
             traits[f[2:]] = json.loads(v)
         elif f.startswith("o:"):
@@ -322,7 +366,7 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
             last[names.name(account, f[2:])] = _from_ms(int(v))
     events = []
     for member, score in history:
-        stored = decode_member(member, score)
+        stored = decode_member(member, score, lambda c: names.name(account, c))
         events.append((names.name(account, stored.name_code), stored))
     events.sort(key=lambda e: (e[1].occurred_at, e[1].event_id))
     for values in identities.values():
