@@ -93,7 +93,7 @@ def pending(conn: redis.Redis) -> int:
 
 
 LATENESS_KEY = "metrics:due_lateness"
-LATENESS_SAMPLES = 10_000
+LATENESS_SAMPLES = 100_000
 
 
 def observe_lateness(conn: redis.Redis, seconds: list[float]) -> None:

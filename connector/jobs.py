@@ -149,11 +149,12 @@ def reevaluate(account_id: str, profile_ids: list[str], due_scores: list[float] 
     from . import due
     from .evaluation import evaluate_touched
 
-    now = clock.now()
+    evaluate_touched(account_id, set(profile_ids), clock.now())
     if due_scores:
+        # measured after the whole chunk was evaluated: the lateness a person's segment really saw
+        done = clock.now().timestamp()
         due.observe_lateness(
             redis_conn.connection(Settings.from_env().queue_redis_url),
-            [now.timestamp() - score for score in due_scores],
+            [done - score for score in due_scores],
         )
-    evaluate_touched(account_id, set(profile_ids), now)
     return len(profile_ids)
