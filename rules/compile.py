@@ -115,7 +115,7 @@ def _substitute(node: Any, params: Mapping[str, Any], path: str, template: str) 
     if isinstance(node, str) and node.startswith("$"):
         name = node[1:]
         if name not in params:
-            raise RulesError(path, f"template {template}: unknown parameter {node}")
+            raise RulesError(path, f"unknown parameter {node}")
         return params[name]
     if isinstance(node, dict):
         return {
@@ -162,9 +162,12 @@ def _instantiate(
             raise RulesError(f"{prefix}.params.{name}", problem)
     params = {**declared, **overrides}
     body = {k: v for k, v in source.items() if k != "params"}
-    substituted = _substitute(body, params, "", template)
-    substituted["params"] = params
     origin = _Origin(prefix, template)
+    try:
+        substituted = _substitute(body, params, "", template)
+    except RulesError as err:
+        raise origin.error(err.path, err.reason) from err
+    substituted["params"] = params
     return _load(TemplateSchema(), substituted, origin)
 
 

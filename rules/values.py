@@ -12,7 +12,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from operator import gt
+from operator import ge
 from typing import Any
 
 from .durations import format_duration
@@ -199,7 +199,7 @@ class Index:
             if sel.where:
                 records = [r for r in records if sel.matches(r.properties)]
             times = [r.occurred_at for r in records]
-            if any(map(gt, times, islice(times, 1, None))):
+            if any(map(ge, times, islice(times, 1, None))):  # out of order, or ties to order by id
                 records = sorted(records, key=_sort_key)
                 times = [r.occurred_at for r in records]
             hit = (records, times)

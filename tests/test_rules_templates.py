@@ -1,0 +1,164 @@
+"""The built-in templates: they compile, cover the promised segments, take parameters, and behave."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from rules import EventRecord, Profile, builtin_templates, compile_rules, evaluate, render
+from rules.templates import all_templates_rules
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def ev(name: str, ago: timedelta, **props: Any) -> EventRecord:
+    return EventRecord(name=name, occurred_at=NOW - ago, properties=props, event_id=f"t{next(_ids)}")
+
+
+def person(*events: EventRecord) -> Profile:
+    return Profile("acme", "p1", events=sorted(events, key=lambda e: (e.occurred_at, e.event_id)))
+
+
+def days(n: float) -> timedelta:
+    return timedelta(days=n)
+
+
+def in_group(rules: Any, profile: Profile, group: str, now: datetime = NOW) -> list[str]:
+    segments = evaluate(profile, rules, now, explain=False).segments
+    return [s for s in rules.groups[group] if s in segments]
+
+
+def test_templates_ship_at_least_twenty_segments() -> None:
+    names = set(builtin_templates())
+    assert names >= {
+        "lifecycle",
+        "engagement",
+        "purchase_behavior",
+        "activity",
+        "cart_abandonment",
+        "browse_abandonment",
+        "high_intent",
+        "re_engagement",
+        "vip",
+    }
+    rules = compile_rules(all_templates_rules())
+    assert len(rules.segment_names) >= 20
+    assert set(rules.groups) == {"lifecycle", "engagement", "activity"}
+
+
+@pytest.mark.parametrize("template", sorted(builtin_templates()))
+def test_each_template_compiles_alone(template: str) -> None:
+    assert compile_rules({"include": [template]}).segment_names
+
+
+LIFECYCLE = compile_rules({"include": ["lifecycle"]})
+
+
+@pytest.mark.parametrize(
+    ("events", "stage"),
+    [
+        ([ev("page_viewed", days(2))], "lifecycle_new"),
+        ([ev("page_viewed", days(60))], None),
+        ([ev("order_completed", days(10))], "lifecycle_first_time"),
+        ([ev("order_completed", days(d)) for d in (10, 20)], "lifecycle_developing"),
+        ([ev("order_completed", days(d)) for d in (5, 10, 20, 30, 40)], "lifecycle_loyal"),
+        ([ev("order_completed", days(d)) for d in (100, 120)], "lifecycle_at_risk"),
+        ([ev("order_completed", days(d)) for d in (200, 300)], "lifecycle_churned"),
+        ([ev("order_completed", days(d)) for d in (5, 200)], "lifecycle_win_back"),
+    ],
+)
+def test_lifecycle_stages_never_overlap(events: list[EventRecord], stage: str | None) -> None:
+    assert in_group(LIFECYCLE, person(*events), "lifecycle") == ([stage] if stage else [])
+
+
+def test_lifecycle_moves_with_time_alone() -> None:
+    profile = person(ev("order_completed", days(10)), ev("order_completed", days(20)))
+    assert in_group(LIFECYCLE, profile, "lifecycle") == ["lifecycle_developing"]
+    evaluation = evaluate(profile, LIFECYCLE, NOW, explain=False)
+    assert evaluation.next_due == NOW + days(80)  # the last order becomes 90 days old
+    assert in_group(LIFECYCLE, profile, "lifecycle", NOW + days(80)) == ["lifecycle_at_risk"]
+    assert in_group(LIFECYCLE, profile, "lifecycle", NOW + days(170)) == ["lifecycle_churned"]
+
+
+def test_lifecycle_thresholds_are_parameters() -> None:
+    rules = compile_rules({"include": [{"template": "lifecycle", "params": {"loyal_orders": 2}}]})
+    profile = person(ev("order_completed", days(10)), ev("order_completed", days(20)))
+    assert in_group(rules, profile, "lifecycle") == ["lifecycle_loyal"]
+
+
+def test_purchase_behavior_and_vip() -> None:
+    rules = compile_rules(
+        {"include": ["purchase_behavior", {"template": "vip", "params": {"threshold": 700}}]}
+    )
+    assert evaluate(person(), rules, NOW).segments == {"non_purchaser"}
+    one = person(ev("order_completed", days(3), revenue=120))
+    assert evaluate(one, rules, NOW).segments == {"first_time_buyer"}
+    big = person(ev("order_completed", days(3), revenue=450), ev("order_completed", days(1), revenue="300"))
+    evaluation = evaluate(big, rules, NOW)
+    assert evaluation.segments == {"repeat_buyer", "high_value_customer", "vip"}
+    assert evaluation.traits == {"order_count": 2, "lifetime_revenue": 750}
+
+
+def test_activity_levels() -> None:
+    rules = compile_rules({"include": ["activity"]})
+    expected = {
+        3: "recently_active",
+        20: "moderately_active",
+        60: "activity_at_risk",
+        120: "activity_churned",
+    }
+    for ago, segment in expected.items():
+        assert in_group(rules, person(ev("page_viewed", days(ago))), "activity") == [segment]
+    assert in_group(rules, person(), "activity") == []
+
+
+def test_cart_abandonment_with_a_shorter_window() -> None:
+    rules = compile_rules({"include": [{"template": "cart_abandonment", "params": {"window": "24h"}}]})
+    cart = person(ev("add_to_cart", timedelta(hours=30)))
+    assert "cart_abandoner" in evaluate(cart, rules, NOW).segments
+    default = compile_rules({"include": ["cart_abandonment"]})
+    evaluation = evaluate(cart, default, NOW)
+    assert "cart_abandoner" not in evaluation.segments
+    assert evaluation.next_due == NOW + timedelta(hours=18)
+
+
+def test_browse_abandonment_and_high_intent() -> None:
+    rules = compile_rules({"include": ["browse_abandonment", "high_intent"]})
+    views = [ev("product_viewed", timedelta(minutes=m), category="shoes", time_on_page=40) for m in (1, 2, 3)]
+    evaluation = evaluate(person(*views), rules, NOW)
+    assert evaluation.segments == {"high_intent_category"}
+    later = evaluate(person(*views), rules, NOW + timedelta(hours=2))
+    assert later.segments == {"browse_abandoner"}
+
+
+def test_re_engagement_candidates() -> None:
+    rules = compile_rules({"include": ["re_engagement"]})
+    delivered = [ev("email_delivered", days(d)) for d in range(1, 21)]
+    low = evaluate(person(*delivered, ev("email_opened", days(2))), rules, NOW)
+    assert low.segments == {"re_engagement_candidate"}
+    assert low.traits == {"email_open_rate_30d": 0.05}
+    high = evaluate(person(*delivered, *(ev("email_opened", days(d)) for d in (1, 2, 3))), rules, NOW)
+    assert high.segments == frozenset()
+    nothing = evaluate(person(), rules, NOW)
+    assert nothing.segments == frozenset()
+    assert "division by zero" in render(nothing.explanations["re_engagement_candidate"])
+
+
+def test_engagement_levels_from_the_composite_score() -> None:
+    rules = compile_rules({"include": ["engagement"]})
+    busy = person(
+        *(ev("email_clicked", days(d)) for d in range(1, 8)),
+        *(ev("add_to_cart", days(d)) for d in range(1, 8)),
+        *(ev("order_completed", days(d)) for d in (5, 30, 60)),
+    )
+    evaluation = evaluate(busy, rules, NOW)
+    assert evaluation.traits["engagement_score"] == 10
+    assert in_group(rules, busy, "engagement") == ["highly_engaged"]
+    assert in_group(rules, person(), "engagement") == ["unengaged"]
+    assert in_group(rules, person(*(ev("email_opened", days(d)) for d in range(1, 11))), "engagement") == [
+        "lightly_engaged"
+    ]
