@@ -46,6 +46,7 @@ class HubSpotConfig:
     tags_label: str = "Tags"
     tags_group: str = "contactinformation"
     preserve_unowned_tags: bool = True
+    create_properties: bool = True  # create missing properties for mapped computed traits
     per_ten_seconds: int = 100
     timezone: str = "UTC"  # the HubSpot account's time zone: the daily quota resets at its midnight
 
@@ -76,6 +77,7 @@ class HubSpotAdapter:
         transport.observe = self.observe
         self.client = EspClient(transport)
         self._options: set[str] | None = None
+        self._fields: set[str] = {"email"}
 
     # -- errors and headers ----------------------------------------------------------------
     def seconds_until_reset(self) -> float:
@@ -157,6 +159,35 @@ class HubSpotAdapter:
             self.client.request("PATCH", f"/crm/v3/properties/contacts/{prop}", json={"options": full})
         self._options = known | tags
 
+    def ensure_fields(self, changes: Sequence[Change]) -> None:
+        """Create the contact properties the computed traits map to when they do not exist yet
+        (``string``/``text``, or ``number`` when the first value is a number)."""
+        samples: dict[str, Any] = {}
+        for change in changes:
+            for name, value in change.fields.items():
+                if name not in self._fields and (name not in samples or samples[name] is None):
+                    samples[name] = value
+        for name, value in sorted(samples.items()):
+            try:
+                self.client.request("GET", f"/crm/v3/properties/contacts/{name}")
+            except PermanentError as err:
+                if err.status != 404:
+                    raise
+                numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                body = {
+                    "name": name,
+                    "label": name.replace("_", " ").capitalize(),
+                    "type": "number" if numeric else "string",
+                    "fieldType": "number" if numeric else "text",
+                    "groupName": self.config.tags_group,
+                }
+                try:
+                    self.client.request("POST", "/crm/v3/properties/contacts", json=body)
+                except PermanentError as conflict:
+                    if conflict.status != 409:
+                        raise
+            self._fields.add(name)
+
     def current_tags(self, emails: Sequence[str]) -> dict[str, tuple[str | None, set[str]]]:
         """email (lower) → (record id, current values of the tags property), for existing contacts."""
         out: dict[str, tuple[str | None, set[str]]] = {}
@@ -229,6 +260,8 @@ class HubSpotAdapter:
         try:
             if tags:
                 self.ensure_options(tags)
+            if self.config.create_properties:
+                self.ensure_fields(upserts)
             if self.config.preserve_unowned_tags:
                 current = self.current_tags(sorted({str(c.email).lower() for c in upserts}))
         except AdapterError as err:

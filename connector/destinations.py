@@ -86,6 +86,7 @@ class DestinationSchema(Schema):
     # hubspot
     tags_property = fields.String(load_default="esp_tags")
     preserve_unowned_tags = fields.Boolean(load_default=True)
+    create_properties = fields.Boolean(load_default=True)
     per_ten_seconds = fields.Integer(load_default=100, validate=validate.Range(min=1))
     timezone = fields.String(load_default="UTC", validate=_timezone)
     # klaviyo
@@ -253,6 +254,7 @@ def build_adapter(
             base_url=o.get("base_url") or "https://api.hubapi.com",
             tags_property=o["tags_property"],
             preserve_unowned_tags=o["preserve_unowned_tags"],
+            create_properties=o["create_properties"],
             per_ten_seconds=o["per_ten_seconds"],
             timezone=o["timezone"],
         )

@@ -28,6 +28,7 @@ class FakeHubSpot:
         self.lists: dict[str, set[str]] = {}
         self.before: Handler | None = None
         self.next_id = 100
+        self.properties: dict[str, Any] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.headers["Authorization"] == f"Bearer {TOKEN}"
@@ -48,9 +49,20 @@ class FakeHubSpot:
                 self.options = body["options"]
             return httpx.Response(200, json={"name": "esp_tags", "options": self.options})
         if path == "/crm/v3/properties/contacts" and request.method == "POST":
+            if body["name"] != "esp_tags":
+                assert (body["type"], body["fieldType"]) in (("string", "text"), ("number", "number"))
+                self.properties[body["name"]] = body
+                return httpx.Response(201, json=body)
             assert body["type"] == "enumeration" and body["fieldType"] == "checkbox"
             self.options = body["options"]
             return httpx.Response(201, json=body)
+        if path.startswith("/crm/v3/properties/contacts/") and request.method == "GET":
+            name = path.rsplit("/", 1)[-1]
+            if name in self.properties:
+                return httpx.Response(200, json=self.properties[name])
+            return httpx.Response(
+                404, json={"status": "error", "category": "OBJECT_NOT_FOUND", "message": "no"}
+            )
         if path == "/crm/v3/objects/contacts/batch/read":
             assert body["idProperty"] == "email" and len(body["inputs"]) <= 100
             results = [
@@ -150,6 +162,7 @@ def test_upsert_creates_the_tags_property_then_writes_by_email() -> None:
     assert results[0].owned.remote_id == fake.contacts["p1@example.com"]["id"]
     assert {o["value"] for o in fake.options or []} == {"vip", "cart"}
     upsert = next(c for c in fake.calls if c[1].endswith("batch/upsert"))[2]["inputs"][0]
+    assert fake.properties["ltv"]["type"] == "number"  # created for the mapped computed trait
     assert upsert == {
         "id": "p1@example.com",
         "idProperty": "email",
