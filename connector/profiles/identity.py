@@ -102,7 +102,6 @@ class _State:
     uid: str | None = None
     merged_into: str | None = None
     erased: bool = False
-    leftovers: bool = False  # a merged profile that still holds data (a merge cut short)
 
 
 @dataclass
@@ -134,10 +133,7 @@ class Resolver:
         todo = sorted(p for p in pairs if p not in self.index)
         if not todo:
             return
-        pipe = self.conn.pipeline(transaction=False)
-        for kind, value in todo:
-            pipe.get(keys.identity_key(self.account, kind, value))
-        found = pipe.execute()
+        found = _mget(self.conn, [keys.identity_key(self.account, kind, value) for kind, value in todo])
         pids = set()
         for pair, pid in zip(todo, found, strict=True):
             self.index[pair] = pid.decode() if pid else None
@@ -149,32 +145,39 @@ class Resolver:
 
     def _load_states(self, pids: set[str]) -> None:
         todo = [p for p in pids if p not in self.state]
+        merged: list[str] = []
         while todo:
             pipe = self.conn.pipeline(transaction=False)
             for pid in todo:
                 pipe.hmget(keys.profile_key(self.account, pid), "uid", "m", "x")
-                pipe.hlen(keys.profile_key(self.account, pid))
-                pipe.exists(keys.history_key(self.account, pid))
-            replies = pipe.execute()
             nxt = []
-            for n, pid in enumerate(todo):
-                (uid, merged, erased), length, history = replies[3 * n : 3 * n + 3]
+            for pid, (uid, into, erased) in zip(todo, pipe.execute(), strict=True):
                 st = _State(
                     uid=uid.decode() if uid else None,
-                    merged_into=merged.decode() if merged else None,
+                    merged_into=into.decode() if into else None,
                     erased=bool(erased),
                 )
-                st.leftovers = bool(merged) and (int(length) > 1 or bool(history))
                 self.state[pid] = st
-                if st.merged_into and st.merged_into not in self.state:
-                    nxt.append(st.merged_into)
+                if st.merged_into:
+                    merged.append(pid)
+                    if st.merged_into not in self.state:
+                        nxt.append(st.merged_into)
             todo = nxt
-        for pid, st in list(self.state.items()):
-            if st.leftovers and st.merged_into:
-                target = self._follow(st.merged_into)
+        if not merged:
+            return
+        # a merged profile that still holds data: a merge was cut short; finish it
+        pipe = self.conn.pipeline(transaction=False)
+        for pid in merged:
+            pipe.hlen(keys.profile_key(self.account, pid))
+            pipe.exists(keys.history_key(self.account, pid))
+        replies = pipe.execute()
+        for n, pid in enumerate(merged):
+            length, history = replies[2 * n], replies[2 * n + 1]
+            into = self.state[pid].merged_into
+            if (int(length) > 1 or history) and into:
+                target = self._follow(into)
                 if target is not None:
                     self._copy_into(pid, target)
-                st.leftovers = False
 
     def _follow(self, pid: str | None) -> str | None:
         seen = set()
@@ -269,12 +272,15 @@ class Resolver:
     def flush(self) -> None:
         if not self.writes and not self.uid_writes:
             return
-        pipe = self.conn.pipeline(transaction=False)
+        fields: dict[str, dict[str, str]] = {}
         for kind, value, pid in self.writes:
-            pipe.set(keys.identity_key(self.account, kind, value), pid)
-            pipe.hset(keys.profile_key(self.account, pid), keys.identity_field(kind, value), "")
+            fields.setdefault(pid, {})[keys.identity_field(kind, value)] = ""
         for pid, uid in self.uid_writes.items():
-            pipe.hset(keys.profile_key(self.account, pid), "uid", uid)
+            fields.setdefault(pid, {})["uid"] = uid
+        _mset(self.conn, {keys.identity_key(self.account, k, v): pid for k, v, pid in self.writes})
+        pipe = self.conn.pipeline(transaction=False)
+        for pid, mapping in fields.items():
+            pipe.hset(keys.profile_key(self.account, pid), mapping=mapping)
         pipe.execute()
         self.writes.clear()
         self.uid_writes.clear()
@@ -327,6 +333,22 @@ class Resolver:
         pipe.hset(pkey, "m", target)
         pipe.expire(pkey, TOMBSTONE_TTL_SECONDS)
         pipe.execute()
+
+
+def _mget(conn: redis.Redis, names: list[str]) -> list[bytes | None]:
+    """MGET; on Redis Cluster the keys span slots, so the client's non-atomic variant is used."""
+    if hasattr(conn, "mget_nonatomic"):
+        return list(conn.mget_nonatomic(names))
+    return list(conn.mget(names))
+
+
+def _mset(conn: redis.Redis, mapping: dict[str, str]) -> None:
+    if not mapping:
+        return
+    if hasattr(conn, "mset_nonatomic"):
+        conn.mset_nonatomic(mapping)
+    else:
+        conn.mset(mapping)
 
 
 def resolve(
