@@ -101,6 +101,8 @@ class FakeHubSpot(FakeESP):
         self.tokens = set(tokens)
         self.limits = limits or HubSpotLimits()
         self.max_membership_ids = max_membership_ids
+        # emails HubSpot refuses as invalid (a per-item VALIDATION_ERROR: 207 in batches, else 400)
+        self.invalid_emails: set[str] = set()
         self.contacts: dict[str, Contact] = {}
         self.by_email: dict[str, str] = {}
         self.properties: dict[str, dict[str, Any]] = {}
@@ -116,6 +118,13 @@ class FakeHubSpot(FakeESP):
     def contact_by_email(self, email: str) -> Contact | None:
         cid = self.by_email.get(email.lower())
         return self.contacts.get(cid) if cid else None
+
+    def add_list(self, name: str, processing_type: str = "MANUAL") -> HubList:
+        with self.lock:
+            self._next_id += 1
+            lst = HubList(id=str(self._next_id), name=name, processing_type=processing_type)
+            self.lists[lst.id] = lst
+        return lst
 
     def list_by_name(self, name: str) -> HubList | None:
         return next((lst for lst in self.lists.values() if lst.name == name), None)
@@ -328,7 +337,8 @@ class FakeHubSpot(FakeESP):
                     }
                 )
                 continue
-            if name == "email" and (not isinstance(value, str) or not EMAIL.match(value)):
+            invalid = not isinstance(value, str) or not EMAIL.match(value)
+            if name == "email" and (invalid or str(value).lower() in self.invalid_emails):
                 errors.append(
                     {
                         "isValid": False,

@@ -142,6 +142,11 @@ class FakeMailchimp(FakeESP):
     def member(self, list_id: str, email: str) -> Member | None:
         return self.audiences[list_id].members.get(email.lower())
 
+    def add_segment(self, list_id: str, name: str) -> Segment:
+        """A static segment (a tag) on the audience; returns it (its ``id`` is the segment id)."""
+        with self.lock:
+            return self.tag_segment(self.audiences[list_id], name)
+
     def tags_of(self, list_id: str, email: str) -> set[str]:
         audience = self.audiences[list_id]
         return {s.name for s in audience.segments.values() if email.lower() in s.members}
@@ -792,9 +797,11 @@ class FakeMailchimp(FakeESP):
                 added.append({"id": subscriber_hash(email), "email_address": m.email, "status": m.status})
             for email in to_remove:
                 m = audience.members.get(email.lower())
-                if m is None or email.lower() not in segment.members:
+                if m is None:
                     missing.append(email)
                     continue
+                if email.lower() not in segment.members:
+                    continue  # not a member of the segment: nothing to do (idempotent)
                 segment.members.discard(email.lower())
                 removed.append({"id": subscriber_hash(email), "email_address": m.email, "status": m.status})
         errors = (

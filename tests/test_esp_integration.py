@@ -1,0 +1,334 @@
+"""The adapters and the sync worker against the fake ESPs over real HTTP, in simulated time.
+
+The fakes, the shared rate limiter and the adapters' retry sleeps all run on one FrozenClock: a
+"sleep" moves the clock, so minutes of outage or throttling take milliseconds and the fakes'
+request logs carry the simulated instants the sender produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from adapters.change import CONSENT_UNKNOWN
+from adapters.ratelimit import RateLimiter
+from connector import sync
+from connector.clock import FrozenClock
+from connector.config import Account, load_accounts
+from connector.deadletters import DeadLetters
+from connector.destinations import build_adapter, destinations
+from connector.sandbox import FakeHubSpot, FakeKlaviyo, FakeMailchimp, HubSpotLimits, serving
+from connector.sandbox.base import RequestRecord
+
+T0 = datetime(2024, 5, 6, 9, 0, 0, tzinfo=UTC)
+ENV = {
+    "ACME_MC_KEY": "0123456789abcdef0123456789abcdef-us6",
+    "ACME_HS_TOKEN": "pat-na1-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+    "ACME_KL_KEY": "pk_integration_0123456789",
+}
+LIST = "aud1"
+
+
+@dataclass
+class Fakes:
+    mailchimp: FakeMailchimp
+    hubspot: FakeHubSpot
+    klaviyo: FakeKlaviyo
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture
+def sim() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def fakes(sim: FrozenClock) -> Iterator[Fakes]:
+    mc = FakeMailchimp(api_keys=[ENV["ACME_MC_KEY"]], lists=[LIST], clock=sim)
+    hs = FakeHubSpot(tokens=[ENV["ACME_HS_TOKEN"]], clock=sim)
+    kl = FakeKlaviyo(api_keys=[ENV["ACME_KL_KEY"]], clock=sim)
+    with serving(mc) as a, serving(hs) as b, serving(kl) as c:
+        yield Fakes(mc, hs, kl, {"mailchimp": a.url + "/3.0", "hubspot": b.url, "klaviyo": c.url})
+
+
+class Harness:
+    """One account with the three destinations, the shared limiter on simulated time, and a loop
+    that flushes every destination and moves the clock to the next instant something is due."""
+
+    def __init__(self, conn: redis.Redis, sim: FrozenClock, account: Account) -> None:
+        self.conn = conn
+        self.sim = sim
+        self.account = account
+        self.limiter = RateLimiter(conn, clock=self.now_ts, sleep=self.sleep, lease_poll_seconds=0.01)
+        self.dests = destinations(account)
+        self.flushers = {
+            name: sync.Flusher(
+                conn,
+                dest,
+                build_adapter(dest, self.limiter, clock=self.now_ts, sleep=self.sleep, env=ENV),
+                rng=lambda: 0.5,
+            )
+            for name, dest in self.dests.items()
+        }
+        self.final: dict[str, tuple[int, frozenset[str]]] = {}  # profile → (version, segments)
+
+    def now_ts(self) -> float:
+        return self.sim().timestamp()
+
+    def sleep(self, seconds: float) -> None:
+        self.sim.advance(timedelta(seconds=max(0.0, seconds)))
+
+    def submit(self, profile: str, version: int, segments: set[str]) -> None:
+        sync.submit(
+            self.conn,
+            self.account,
+            profile,
+            version,
+            sorted(segments),
+            {},
+            email_of(profile),
+            CONSENT_UNKNOWN,
+            self.sim(),
+        )
+        self.final[profile] = (version, frozenset(segments))
+
+    def drive(self, until: datetime | None = None, max_rounds: int = 5000) -> None:
+        """Flush until nothing is pending (or the clock reaches ``until``)."""
+        for _ in range(max_rounds):
+            for flusher in self.flushers.values():
+                flusher.flush(self.sim())
+            upcoming = [t for f in self.flushers.values() if (t := f.next_ready()) is not None]
+            if not upcoming:
+                if until is not None and self.sim() < until:
+                    self.sim.instant = until
+                return
+            target = datetime.fromtimestamp(min(upcoming), UTC)
+            if until is not None and target >= until:
+                self.sim.instant = max(self.sim(), until)
+                return
+            if target > self.sim():
+                self.sim.instant = target
+        raise AssertionError("the sync did not settle")
+
+
+def email_of(profile: str) -> str:
+    return f"{profile}@example.com"
+
+
+def write_account(directory: Path, destinations_cfg: dict[str, Any]) -> Account:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "acme.yaml").write_text(
+        yaml.safe_dump({"account": "acme", "destinations": destinations_cfg})
+    )
+    account = load_accounts(directory).get("acme")
+    assert account is not None
+    return account
+
+
+def standard_account(tmp_path: Path, fakes: Fakes, **overrides: dict[str, Any]) -> Account:
+    mc_cart = fakes.mailchimp.add_segment(LIST, "Cart")
+    hs_cart = fakes.hubspot.add_list("Cart")
+    kl_cart = fakes.klaviyo.add_list("Cart")
+    cfg: dict[str, Any] = {
+        "mailchimp": {
+            "api_key_env": "ACME_MC_KEY",
+            "list_id": LIST,
+            "base_url": fakes.urls["mailchimp"],
+            "segments": {
+                "cart_abandoner": {"tags": ["cart abandoner"], "lists": [str(mc_cart.id)]},
+                "vip": {"tags": ["vip"]},
+            },
+        },
+        "hubspot": {
+            "api_key_env": "ACME_HS_TOKEN",
+            "base_url": fakes.urls["hubspot"],
+            "segments": {
+                "cart_abandoner": {"tags": ["cart abandoner"], "lists": [hs_cart.id]},
+                "vip": {"tags": ["vip"]},
+            },
+        },
+        "klaviyo": {
+            "api_key_env": "ACME_KL_KEY",
+            "base_url": fakes.urls["klaviyo"],
+            "segments": {
+                "cart_abandoner": {"tags": ["cart abandoner"], "lists": [kl_cart.id]},
+                "vip": {"tags": ["vip"]},
+            },
+        },
+    }
+    for name, extra in overrides.items():
+        cfg[name].update(extra)
+    return write_account(tmp_path / "accounts", cfg)
+
+
+def expected_tags(segments: frozenset[str]) -> set[str]:
+    tags = {"cart abandoner"} if "cart_abandoner" in segments else set()
+    return tags | ({"vip"} if "vip" in segments else set())
+
+
+def assert_final_state(h: Harness, fakes: Fakes) -> None:
+    carts = {email_of(p) for p, (_, segs) in h.final.items() if "cart_abandoner" in segs}
+    assert fakes.hubspot.emails_in_list("Cart") == carts
+    assert fakes.klaviyo.emails_in_list("Cart") == carts
+    for profile, (version, segments) in h.final.items():
+        email = email_of(profile)
+        tags = expected_tags(segments)
+        mc_tags = fakes.mailchimp.tags_of(LIST, email)
+        assert mc_tags == tags | ({"Cart"} if "cart_abandoner" in segments else set()), profile
+        contact = fakes.hubspot.contact_by_email(email)
+        hs_tags = set(filter(None, (contact.properties.get("esp_tags", "") if contact else "").split(";")))
+        assert hs_tags == tags, profile
+        kl_profile = fakes.klaviyo.profile_by_email(email)
+        assert set(kl_profile.properties.get("esp_tags", []) if kl_profile else []) == tags, profile
+        for name in h.dests:
+            applied = sync.applied_version(h.conn, "acme", name, profile)
+            assert applied is None or applied <= version
+            assert not sync.pending(h.conn, "acme", name)
+
+
+def segments_for(i: int, phase: int) -> set[str]:
+    out = set()
+    if (i + phase) % 2 == 0:
+        out.add("cart_abandoner")
+    if (i * (phase + 1)) % 3 == 0:
+        out.add("vip")
+    return out
+
+
+def test_outage_of_minutes_ends_at_the_final_desired_state(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    outage_end = T0 + timedelta(minutes=6)
+    for fake in (fakes.mailchimp, fakes.hubspot, fakes.klaviyo):
+        fake.faults.outage(start=T0, end=outage_end, status=503)
+    profiles = [f"p{i:02d}" for i in range(24)]
+    for i, p in enumerate(profiles):
+        h.submit(p, 1, segments_for(i, 0))
+    h.drive(until=T0 + timedelta(minutes=2))
+    for i, p in enumerate(profiles[::2]):  # changes while the ESPs are still down
+        h.submit(p, 2, segments_for(i, 1))
+    h.drive(until=T0 + timedelta(minutes=4))
+    for i, p in enumerate(profiles[::4]):  # enter → exit → enter for some
+        h.submit(p, 3, segments_for(i, 0))
+        h.submit(p, 4, segments_for(i, 1))
+        h.submit(p, 5, segments_for(i, 0))
+    h.drive()
+    assert h.sim() >= outage_end
+    assert_final_state(h, fakes)
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+    assert DeadLetters(redis_client).count("sync:hubspot") == 0
+    assert DeadLetters(redis_client).count("sync:klaviyo") == 0
+    for fake in (fakes.mailchimp, fakes.hubspot, fakes.klaviyo):
+        assert any(r.status == 503 for r in fake.requests)  # the outage was really hit
+        late = [
+            (r.method, r.path, r.status)
+            for r in fake.requests
+            if r.at >= outage_end.timestamp() and r.status >= 400
+        ]
+        # after the outage only the expected lookup miss (the tags property does not exist yet)
+        assert late in ([], [("GET", "/crm/v3/properties/contacts/esp_tags", 404)]), (fake.name, late)
+    for p in profiles:
+        for name in h.dests:
+            assert sync.applied_version(redis_client, "acme", name, p) == h.final[p][0]
+
+
+def _max_in_window(records: list[RequestRecord], seconds: float) -> int:
+    times = sorted(r.at for r in records)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_429_storm_never_pushes_the_sender_above_the_configured_rate(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    fakes.hubspot.limits = HubSpotLimits(per_ten_seconds=5)
+    account = standard_account(tmp_path, fakes, hubspot={"per_ten_seconds": 5})
+    h = Harness(redis_client, sim, account)
+    storm_end = T0 + timedelta(seconds=90)
+    fakes.hubspot.faults.storm(start=T0 + timedelta(seconds=15), end=storm_end)  # no Retry-After
+    fakes.klaviyo.faults.storm(start=T0, end=T0 + timedelta(seconds=20), retry_after=4)
+    profiles = [f"s{i:03d}" for i in range(250)]
+    for i, p in enumerate(profiles):
+        h.submit(p, 1, segments_for(i, 0))
+    h.drive()
+    assert_final_state(h, fakes)
+
+    hs = fakes.hubspot.requests
+    assert any(r.status == 429 and r.fault for r in hs)
+    assert _max_in_window(hs, 10.0) <= 5  # every request sent, 429s included
+    assert not [r for r in hs if r.status == 429 and not r.fault]  # the fake's own limit never hit
+
+    kl = fakes.klaviyo.requests
+    storm = [r for r in kl if r.status == 429 and r.fault]
+    assert storm
+    imports = [r for r in kl if r.path.startswith("/api/profile-import")]
+    assert _max_in_window(imports, 1.0) <= 75
+    assert _max_in_window(imports, 60.0) <= 750
+    assert not [r for r in kl if r.status == 429 and not r.fault]
+    last_storm = max(r.at for r in storm)
+    after = [r.at for r in kl if r.at > last_storm]
+    assert after and min(after) >= last_storm + 4  # Retry-After honoured
+
+
+def test_permanent_error_goes_to_dead_letters_and_replays_after_the_fix(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    fakes.mailchimp.forget(email_of("gone"))  # permanently deleted earlier: cannot be re-imported
+    fakes.hubspot.invalid_emails.add(email_of("blocked"))  # refused as INVALID_EMAIL
+    for i, p in enumerate(["ok1", "gone", "blocked", "ok2"]):
+        h.submit(p, 1, {"cart_abandoner", "vip"} if i % 2 == 0 else {"vip"})
+    h.drive()
+
+    dead = DeadLetters(redis_client)
+    mc_dead = list(dead.list("sync:mailchimp"))
+    hs_dead = list(dead.list("sync:hubspot"))
+    assert [d.payload["change"]["profile_id"] for d in mc_dead] == ["gone"]
+    assert mc_dead[0].payload["error"]["code"] == "Forgotten Email Not Subscribed"
+    assert mc_dead[0].payload["change"]["tags"] == ["vip"]  # the desired state is kept
+    assert [d.payload["change"]["profile_id"] for d in hs_dead] == ["blocked"]
+    assert hs_dead[0].payload["error"]["code"] == "VALIDATION_ERROR"
+    assert "INVALID_EMAIL" in hs_dead[0].payload["error"]["detail"]
+    assert dead.count("sync:klaviyo") == 0
+    # the others went through
+    assert fakes.mailchimp.tags_of(LIST, email_of("ok1")) == {"cart abandoner", "vip", "Cart"}
+    assert fakes.hubspot.contact_by_email(email_of("gone")) is not None
+    assert fakes.hubspot.contact_by_email(email_of("blocked")) is None
+
+    # the cause is fixed: the person re-subscribed through a form; HubSpot accepts the email
+    fakes.mailchimp.unforget(email_of("gone"))
+    fakes.hubspot.invalid_emails.clear()
+    for item in [*mc_dead, *hs_dead]:
+        assert sync.replay(redis_client, item.payload, sim()) == "queued"
+        dead.remove(item)
+    h.drive()
+    assert dead.count("sync:mailchimp") == 0
+    assert dead.count("sync:hubspot") == 0
+    assert_final_state(h, fakes)
+    assert fakes.mailchimp.tags_of(LIST, email_of("gone")) == {"vip"}
+
+
+def test_consent_is_never_changed_and_compliance_state_is_respected(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    fakes.mailchimp.set_status(LIST, email_of("unsub"), "unsubscribed")
+    sync.submit(redis_client, h.account, "unsub", 1, ["vip"], {}, email_of("unsub"), "subscribed", sim())
+    h.final["unsub"] = (1, frozenset({"vip"}))
+    h.drive()
+    member = fakes.mailchimp.member(LIST, email_of("unsub"))
+    assert member is not None and member.status == "unsubscribed"
+    assert fakes.mailchimp.tags_of(LIST, email_of("unsub")) == {"vip"}
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
