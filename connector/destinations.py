@@ -147,8 +147,23 @@ class Destination:
         )
 
 
+_PARSED: dict[int, tuple[Account, dict[str, Destination]]] = {}
+
+
 def destinations(account: Account) -> dict[str, Destination]:
-    """The account's destinations, validated (ConfigError names file and path)."""
+    """The account's destinations, validated (ConfigError names file and path); parsed once per
+    loaded Account object."""
+    cached = _PARSED.get(id(account))
+    if cached is not None and cached[0] is account:
+        return cached[1]
+    parsed = _parse(account)
+    if len(_PARSED) > 1000:
+        _PARSED.clear()
+    _PARSED[id(account)] = (account, parsed)
+    return parsed
+
+
+def _parse(account: Account) -> dict[str, Destination]:
     raw = account.destinations or {}
     if not isinstance(raw, dict):
         raise ConfigError(

@@ -104,6 +104,7 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[4], 'LT', ARGV[4], ARGV[5])
+if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[6]) then return 2 end
 return 1
 """
 
@@ -150,20 +151,39 @@ return 1
 
 
 def enqueue_change(conn: redis.Redis, change: Change, ready_at: float) -> bool:
-    """Queue ``change``; False when a newer version is pending or already applied."""
+    """Queue ``change`` and make sure a flush job is armed for its destination; False when a
+    newer version is pending or already applied."""
     a, d = change.account, change.destination
-    keys = [key(a, d, "pending"), key(a, d, "ready"), key(a, d, "applied"), "sync:due"]
+    keys = [key(a, d, "pending"), key(a, d, "ready"), key(a, d, "applied"), "sync:due", key(a, d, "armed")]
     args = [change.profile_id, change.version, json.dumps(change.to_dict()), ready_at, member(a, d)]
-    return bool(conn.eval(_ENQUEUE, len(keys), *keys, *args))
+    args.append(ARMED_TTL_SECONDS)
+    outcome = int(_script(conn, _ENQUEUE)(keys=keys, args=args))
+    if outcome == 2:
+        _enqueue_job(conn, a, d)
+    return outcome > 0
+
+
+def _script(conn: redis.Redis, source: str) -> Any:
+    scripts = _SCRIPTS.setdefault(id(conn), {})
+    if source not in scripts:
+        scripts[source] = conn.register_script(source)
+    return scripts[source]
+
+
+_SCRIPTS: dict[int, dict[str, Any]] = {}
+
+
+def _enqueue_job(conn: redis.Redis, account: str, destination: str) -> None:
+    Queue(SYNC_QUEUE, connection=conn).enqueue(
+        "connector.sync.flush_job", account, destination, result_ttl=0, failure_ttl=24 * 3600
+    )
 
 
 def arm(conn: redis.Redis, account: str, destination: str) -> bool:
     """Make sure a flush job is queued for this destination (one at a time)."""
     if not conn.set(key(account, destination, "armed"), "1", nx=True, ex=ARMED_TTL_SECONDS):
         return False
-    Queue(SYNC_QUEUE, connection=conn).enqueue(
-        "connector.sync.flush_job", account, destination, result_ttl=0, failure_ttl=24 * 3600
-    )
+    _enqueue_job(conn, account, destination)
     return True
 
 
@@ -194,7 +214,6 @@ def submit(
         )
         if enqueue_change(conn, change, now.timestamp() + dest.batch_delay_seconds):
             queued.append(dest.name)
-            arm(conn, account.id, dest.name)
     return queued
 
 
@@ -219,7 +238,6 @@ def erase(
         )
         if enqueue_change(conn, change, now.timestamp()):
             queued.append(dest.name)
-            arm(conn, account.id, dest.name)
     return queued
 
 
@@ -319,7 +337,12 @@ class Flusher:
             if not ids:
                 break
             batches += 1
-            if not self._batch(ids, now, counts):
+            batch_counts: dict[str, int] = {}
+            go_on = self._batch(ids, now, batch_counts)
+            self._publish(batch_counts)
+            for outcome, n in batch_counts.items():
+                counts[outcome] = counts.get(outcome, 0) + n
+            if not go_on:
                 break
         self._schedule_next()
         return counts
@@ -410,7 +433,7 @@ class Flusher:
         else:
             owned_json = json.dumps((owned or OwnedState()).to_dict())
             digest = state_digest(change)
-        self.conn.eval(_COMMIT, len(keys), *keys, change.profile_id, change.version, owned_json, digest)
+        _script(self.conn, _COMMIT)(keys=keys, args=[change.profile_id, change.version, owned_json, digest])
 
     def _drop(self, change: Change) -> None:
         self.conn.eval(
@@ -495,9 +518,19 @@ class Flusher:
         else:
             self.conn.zrem("sync:due", m)
 
-    def _count(self, counts: dict[str, int], outcome: str) -> None:
+    @staticmethod
+    def _count(counts: dict[str, int], outcome: str) -> None:
         counts[outcome] = counts.get(outcome, 0) + 1
-        self.conn.hincrby("metrics:sync", f"{outcome}:{self.dest.account}", 1)
+
+    def _publish(self, counts: dict[str, int]) -> None:
+        if not counts:
+            return
+        pipe = self.conn.pipeline(transaction=False)
+        for outcome, n in counts.items():
+            if outcome == "paused":  # counted by pause()
+                continue
+            pipe.hincrby("metrics:sync", f"{outcome}:{self.dest.account}", n)
+        pipe.execute()
 
     def next_ready(self) -> float | None:
         first = self.conn.zrange(self.k["ready"], 0, 0, withscores=True)
@@ -641,5 +674,4 @@ def replay(conn: redis.Redis, payload: Mapping[str, Any], now: datetime) -> str:
     conn.hdel(key(a, d, "failing"), change.profile_id)
     if not enqueue_change(conn, change, now.timestamp()):
         return "superseded"
-    arm(conn, a, d)
     return "queued"
