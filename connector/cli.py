@@ -16,9 +16,18 @@ def cli() -> None:
 
 def _register() -> None:
     from . import evaluation  # noqa: F401  (installs the erasure hook: ledger, due index, destinations)
-    from .commands import config_cmd, dlq_cmd, events_cmd, profiles_cmd, rules_cmd, run_cmd, sign_cmd
+    from .commands import (
+        config_cmd,
+        dlq_cmd,
+        events_cmd,
+        profiles_cmd,
+        rules_cmd,
+        run_cmd,
+        sandbox_cmd,
+        sign_cmd,
+    )
 
-    for module in (config_cmd, run_cmd, sign_cmd, dlq_cmd, rules_cmd, profiles_cmd, events_cmd):
+    for module in (config_cmd, run_cmd, sign_cmd, dlq_cmd, rules_cmd, profiles_cmd, events_cmd, sandbox_cmd):
         module.register(cli)
 
 

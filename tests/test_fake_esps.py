@@ -843,3 +843,47 @@ def test_klaviyo_fault_retry_after_storm(kl: tuple[FakeKlaviyo, httpx.Client], s
     assert r.headers["Retry-After"] == "7"
     sim.advance(timedelta(seconds=30))
     assert client.post("/api/profile-import", json=_profile("s@example.com")).status_code == 201
+
+
+# -- sandbox process and CLI --------------------------------------------------------------------
+
+
+def test_sandbox_serve_and_show() -> None:
+    from click.testing import CliRunner
+
+    from connector.cli import _register, cli
+    from connector.sandbox import SANDBOX_MAILCHIMP_KEY, SANDBOX_MAILCHIMP_LIST
+    from connector.sandbox.process import start_sandbox
+
+    running = start_sandbox(ports={"mailchimp": 0, "hubspot": 0, "klaviyo": 0}, lists=["cart_abandoner"])
+    try:
+        ids = running.list_ids["cart_abandoner"]
+        dests = running.destinations()
+        assert dests["hubspot"]["segments"]["cart_abandoner"]["lists"] == [ids["hubspot"]]
+        assert dests["mailchimp"]["list_id"] == SANDBOX_MAILCHIMP_LIST
+        mc_url = running.base_url("mailchimp")
+        with httpx.Client(base_url=mc_url, auth=("u", SANDBOX_MAILCHIMP_KEY)) as client:
+            _put_member_on(client, SANDBOX_MAILCHIMP_LIST, "ann@example.com")
+            client.post(
+                f"/lists/{SANDBOX_MAILCHIMP_LIST}/members/{subscriber_hash('ann@example.com')}/tags",
+                json={"tags": [{"name": "cart_abandoner", "status": "active"}]},
+            )
+        ports = [f"--{esp}-port={server.port}" for esp, server in running.servers.items()]
+        _register()
+        result = CliRunner().invoke(cli, ["sandbox", "show", *ports])
+        assert result.exit_code == 0, result.output
+        assert "ann@example.com  status=transactional  tags: cart_abandoner" in result.output
+        assert "lists: cart_abandoner" in result.output
+        raw = CliRunner().invoke(cli, ["sandbox", "show", "--json", *ports])
+        state = json.loads(raw.output)
+        assert state["klaviyo"]["lists"]["cart_abandoner"]["id"] == ids["klaviyo"]
+    finally:
+        running.stop()
+    down = CliRunner().invoke(cli, ["sandbox", "show", *ports])
+    assert down.exit_code == 1
+    assert "start it with `connector sandbox serve`" in down.output
+
+
+def _put_member_on(client: httpx.Client, list_id: str, email: str) -> None:
+    body = {"email_address": email, "status_if_new": "transactional"}
+    assert client.put(f"/lists/{list_id}/members/{subscriber_hash(email)}", json=body).status_code == 200

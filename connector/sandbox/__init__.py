@@ -1,6 +1,6 @@
 """Fake Mailchimp, HubSpot and Klaviyo servers for tests and the local sandbox.
 
-They follow the vendors' contracts (docs/sandbox.md, ``esp-apis.md``) and reject requests that break
+They follow the vendors' documented contracts (paths, auth, bodies, limits) and reject requests that break
 them with the vendor's own error shape. State lives in memory; ``GET /_sandbox/state`` returns it.
 """
 

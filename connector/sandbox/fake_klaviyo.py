@@ -139,9 +139,9 @@ class FakeKlaviyo(FakeESP):
             return set()
         return {str(self.profiles[p].attributes.get("email")) for p in lst.profiles if p in self.profiles}
 
-    def add_list(self, name: str) -> KList:
+    def add_list(self, name: str, list_id: str | None = None) -> KList:
         with self.lock:
-            lst = KList(id=secrets.token_hex(3).upper(), name=name)
+            lst = KList(id=list_id or secrets.token_hex(3).upper(), name=name)
             self.lists[lst.id] = lst
         return lst
 
