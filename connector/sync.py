@@ -225,7 +225,12 @@ def erase(
     now: datetime,
     version: int = ERASE_VERSION,
 ) -> list[str]:
-    """Ask every destination of the account to delete the person (GDPR fan-out)."""
+    """Ask every destination of the account to delete the person (GDPR fan-out).
+
+    Dead-lettered changes of that person are removed too (they hold personal data and are
+    superseded by the erasure).
+    """
+    purge_dead_letters(conn, account.id, profile_id)
     queued = []
     for dest in destinations(account).values():
         change = Change(
@@ -675,3 +680,22 @@ def replay(conn: redis.Redis, payload: Mapping[str, Any], now: datetime) -> str:
     if not enqueue_change(conn, change, now.timestamp()):
         return "superseded"
     return "queued"
+
+
+def purge_dead_letters(conn: redis.Redis, account: str, profile_id: str) -> int:
+    """Remove the ``sync:*`` dead letters of one person (erasure); returns how many."""
+    dead = DeadLetters(conn)
+    removed = 0
+    for kind in dead.kinds():
+        if not kind.startswith("sync:"):
+            continue
+        for item in list(dead.list(kind, limit=10**9)):
+            change = item.payload.get("change") if isinstance(item.payload, dict) else None
+            if (
+                item.account == account
+                and isinstance(change, dict)
+                and change.get("profile_id") == profile_id
+            ):
+                dead.remove(item)
+                removed += 1
+    return removed

@@ -297,7 +297,13 @@ def test_erasure_fans_out_and_is_recorded_without_personal_data(
     f = flusher(redis_client, acct, esp)
     submit(redis_client, acct, "p1", 1, ["vip"])
     f.flush(NOW + timedelta(seconds=1))
+    esp.fail_items["p1"] = PermanentError("400", status=400)
+    submit(redis_client, acct, "p1", 2, ["vip", "cart_abandoner"], now=NOW + timedelta(seconds=1))
+    f.flush(NOW + timedelta(seconds=2))
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 1
+    esp.fail_items.clear()
     assert sync.erase(redis_client, acct, "p1", "p1@example.com", NOW) == ["mailchimp"]
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0  # personal data purged
     f.flush(NOW + timedelta(seconds=2))
     assert esp.calls[-1][0].erase and "p1" not in esp.tags
     assert sync.owned_state(redis_client, "acme", "mailchimp", "p1") is None
