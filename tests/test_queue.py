@@ -81,7 +81,7 @@ def test_drain_consumes_in_batches_acks_and_deletes(queue: EventQueue, redis_cli
     assert not redis_client.exists(pump_key(0))  # released: the next ingest enqueues a new drain
 
 
-def test_drain_through_rq_worker_empties_the_shard(queue: EventQueue, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_drain_through_rq_worker_empties_the_shard(queue: EventQueue, redis_client, config_dir) -> None:  # type: ignore[no-untyped-def]
     queue.ingest("acme", [make_event(n) for n in range(5)], 3600)
     rq = Queue(EVENTS_QUEUE, connection=redis_client)
     SimpleWorker([rq], connection=redis_client).work(burst=True)

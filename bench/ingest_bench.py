@@ -1,0 +1,260 @@
+"""bench/ingest: the Procfile's web command against a bare Flask endpoint, side by side, in one run.
+
+1. Starts an embedded Redis on its own port (append-only, fsync every second, as in production
+   defaults) unless --redis-url is given, and writes a one-account config with a Segment secret.
+2. Starts ``gunicorn --config python:connector.gunicorn_conf 'connector.app:create_app()'`` and the
+   same gunicorn settings serving ``bench/bare_app.py``.
+3. (a) closed loop: wrk, cycling through pre-generated, distinct, correctly signed Segment bodies;
+   (b) open loop at a fixed rate (bench/openloop.py), latency measured from each request's intended
+   send instant.
+4. Prints a markdown table (requests/s, p50, p99) and checks that every ingest request was accepted
+   as a new event (no duplicates, no errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import redis
+
+from connector.embedded_redis import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+SECRET = "bench-segment-secret-" + uuid.uuid4().hex
+PATH = "/webhooks/bench/segment"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_bodies(path: Path, count: int, run: str) -> None:
+    """Distinct Segment track events (unique messageId), signed like Segment does (HMAC-SHA1 hex)."""
+    key = SECRET.encode()
+    with path.open("w") as fh:
+        for i in range(count):
+            body = json.dumps(
+                {
+                    "type": "track",
+                    "event": "Product Viewed",
+                    "userId": f"user-{i % 5000}",
+                    "anonymousId": f"anon-{i % 7000}",
+                    "messageId": f"{run}-{i}",
+                    "timestamp": "2024-05-01T12:00:00.000Z",
+                    "context": {
+                        "ip": "203.0.113.7",
+                        "library": {"name": "analytics.js", "version": "2.11.1"},
+                    },
+                    "properties": {
+                        "product_id": f"sku-{i % 300}",
+                        "name": "Linen shirt",
+                        "price": 39.0,
+                        "currency": "EUR",
+                        "url": "https://shop.example.com/products/linen-shirt",
+                    },
+                },
+                separators=(",", ":"),
+            )
+            sig = hmac.new(key, body.encode(), hashlib.sha1).hexdigest()
+            fh.write(f"{sig}\t{body}\n")
+
+
+def start_gunicorn(app: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    cmd = [gunicorn, "--config", "python:connector.gunicorn_conf", app]
+    return subprocess.Popen(
+        cmd,
+        env={**env, "CONNECTOR_BIND": f"127.0.0.1:{port}"},
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server for {url} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+WRK_LINE = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$")
+UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, bodies: Path, threads: int, connections: int, seconds: int) -> dict[str, float]:
+    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_THREADS": str(threads)}
+    cmd = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "-s", str(BENCH / "wrk_post.lua"), url,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = {"non_2xx": 0, "socket_errors": 0}
+    for line in out.splitlines():
+        if m := WRK_LINE.match(line):
+            result[f"p{m.group(1)}_ms"] = round(float(m.group(2)) * UNIT[m.group(3)], 2)
+        elif line.startswith("Requests/sec:"):
+            result["rps"] = float(line.split()[1])
+        elif "requests in" in line:
+            result["requests"] = int(line.split()[0])
+        elif "Non-2xx" in line:
+            result["non_2xx"] = int(line.split()[-1])
+        elif "Socket errors" in line:
+            result["socket_errors"] = sum(int(n) for n in re.findall(r"\d+", line))
+    return result
+
+
+def openloop(port: int, bodies: Path, rate: int, seconds: int) -> dict[str, float]:
+    cmd = [sys.executable, str(BENCH / "openloop.py"), "127.0.0.1", str(port), PATH, str(bodies)]
+    out = subprocess.run([*cmd, str(rate), str(seconds)], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout))
+
+
+def stored(conn: redis.Redis) -> tuple[int, int]:
+    counters = conn.hgetall("metrics:ingest")
+    return int(counters.get(b"accepted:bench", 0)), int(counters.get(b"duplicate:bench", 0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench/ingest", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each closed-loop run")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--rate", type=int, default=1000, help="open-loop requests per second")
+    parser.add_argument("--open-seconds", type=int, default=10, help="duration of each open-loop run")
+    parser.add_argument("--redis-url", help="use this Redis (it is FLUSHED) instead of an embedded one")
+    parser.add_argument("--workers", help="WEB_CONCURRENCY for both servers (default: gunicorn_conf's)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: `apt-get install -y wrk` or `brew install wrk`")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    server: EmbeddedRedis | None = None
+    try:
+        if args.redis_url:
+            redis_url = args.redis_url
+        else:
+            server = EmbeddedRedis(tmp / "redis").start()
+            redis_url = server.url
+        conn = redis.Redis.from_url(redis_url)
+        accounts = tmp / "accounts"
+        accounts.mkdir()
+        (accounts / "bench.yaml").write_text(
+            "account: bench\nsenders:\n  segment:\n    secret_env: BENCH_SEGMENT_SECRET\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "REDIS_URL"))}
+        env.update(
+            REDIS_URL=redis_url,
+            CONNECTOR_CONFIG_DIR=str(accounts),
+            CONNECTOR_DATA_DIR=str(tmp),
+            BENCH_SEGMENT_SECRET=SECRET,
+            PYTHONPATH=str(BENCH),
+        )
+        if args.workers:
+            env["WEB_CONCURRENCY"] = str(args.workers)
+        ingest_port, bare_port = free_port(), free_port()
+        procs.append(start_gunicorn("connector.app:create_app()", ingest_port, env, tmp / "ingest.log"))
+        procs.append(start_gunicorn("bare_app:create_app()", bare_port, env, tmp / "bare.log"))
+        wait_http(f"http://127.0.0.1:{ingest_port}/healthz", procs[0])
+        wait_http(f"http://127.0.0.1:{bare_port}/", procs[1])
+
+        def bodies(tag: str, count: int) -> Path:
+            """A fresh file of distinct bodies per run; enough that no run wraps around."""
+            path = tmp / f"bodies-{tag}.tsv"
+            write_bodies(path, count, f"{tag}-{uuid.uuid4().hex[:8]}")
+            return path
+
+        targets = {"bare Flask 200": bare_port, "ingest (signed, deduped, stored)": ingest_port}
+        closed: dict[str, dict[str, float]] = {}
+        opened: dict[str, dict[str, float]] = {}
+        for name, port in targets.items():
+            url = f"http://127.0.0.1:{port}{PATH}"
+            wrk(url, bodies("warmup", 24_000), args.threads, args.connections, 2)
+            conn.flushdb()
+            run_bodies = bodies("closed", args.seconds * 12_000)
+            closed[name] = wrk(url, run_bodies, args.threads, args.connections, args.seconds)
+            if port == ingest_port:
+                closed[name]["stored"], closed[name]["duplicates"] = stored(conn)
+        for name, port in targets.items():
+            run_bodies = bodies("open", args.rate * args.open_seconds)
+            conn.flushdb()
+            opened[name] = openloop(port, run_bodies, args.rate, args.open_seconds)
+            if port == ingest_port:
+                opened[name]["stored"], opened[name]["duplicates"] = stored(conn)
+        report(args, closed, opened)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(15)
+        if server is not None:
+            server.stop()
+        if args.keep:
+            print(f"logs and data kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(
+    args: argparse.Namespace, closed: dict[str, dict[str, float]], opened: dict[str, dict[str, float]]
+) -> None:
+    bare, ingest = list(closed)
+    workers = os.environ.get("WEB_CONCURRENCY") or args.workers or f"{os.cpu_count()} cores x 2"
+    print(f"\ngunicorn workers: {workers}; wrk -t{args.threads} -c{args.connections} -d{args.seconds}s")
+    print("\n| run | endpoint | req/s | p50 ms | p99 ms | notes |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, r in closed.items():
+        notes = f"non-2xx {int(r['non_2xx'])}, socket errors {int(r['socket_errors'])}"
+        if "stored" in r:
+            notes += f"; stored {int(r['stored'])} of {int(r['requests'])}, duplicates {int(r['duplicates'])}"
+        print(
+            f"| (a) max throughput, closed loop | {name} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} "
+            f"| {notes} |"
+        )
+    for name, r in opened.items():
+        notes = (
+            f"ok {r['ok']}/{r['sent']}, errors {r['errors']}; generator send lag p50/p99 "
+            f"{r['send_lag_p50_ms']}/{r['send_lag_p99_ms']} ms"
+        )
+        if "stored" in r:
+            notes += f"; stored {int(r['stored'])}, duplicates {int(r['duplicates'])}"
+        print(
+            f"| (b) fixed {r['target_rate']:.0f} req/s, open loop | {name} | {r['achieved_rate']:.0f} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {notes} |"
+        )
+    ratio = closed[ingest]["rps"] / closed[bare]["rps"]
+    p99 = opened[ingest]["p99_ms"]
+    print(f"\ningest / bare throughput: {ratio:.0%} (target >= 60%)")
+    print(f"ingest p99 at {args.rate} req/s: {p99} ms (target <= 25 ms)")
+
+
+if __name__ == "__main__":
+    main()
