@@ -24,10 +24,21 @@ def _register() -> None:
         rules_cmd,
         run_cmd,
         sandbox_cmd,
+        segments_cmd,
         sign_cmd,
     )
 
-    for module in (config_cmd, run_cmd, sign_cmd, dlq_cmd, rules_cmd, profiles_cmd, events_cmd, sandbox_cmd):
+    for module in (
+        config_cmd,
+        run_cmd,
+        sign_cmd,
+        dlq_cmd,
+        rules_cmd,
+        profiles_cmd,
+        events_cmd,
+        sandbox_cmd,
+        segments_cmd,
+    ):
         module.register(cli)
 
 

@@ -144,12 +144,24 @@ def _text(raw: bytes) -> str:
 REEVALUATE_QUEUE = "reevaluate"
 
 
-def reevaluate(account_id: str, profile_ids: list[str], due_scores: list[float] | None = None) -> int:
-    """Re-evaluate profiles whose results change because time passed (from the due index)."""
+BACKFILL_QUEUE = "backfill"
+
+
+def reevaluate(
+    account_id: str,
+    profile_ids: list[str],
+    due_scores: list[float] | None = None,
+    progress_key: str | None = None,
+) -> int:
+    """Re-evaluate profiles: those whose results change because time passed (from the due index),
+    or every profile of an account after its rules were published (``progress_key`` counts them)."""
     from . import due
     from .evaluation import evaluate_touched
 
     evaluate_touched(account_id, set(profile_ids), clock.now())
+    if progress_key:
+        conn = redis_conn.connection(Settings.from_env().queue_redis_url)
+        conn.hincrby(progress_key, "done", len(profile_ids))
     if due_scores:
         # measured after the whole chunk was evaluated: the lateness a person's segment really saw
         done = clock.now().timestamp()

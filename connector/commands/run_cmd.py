@@ -36,7 +36,7 @@ def worker(burst: bool) -> None:
     configure_logging()
     settings = Settings.from_env()
     conn = redis_conn.connection(settings.queue_redis_url)
-    queues = [Queue(name, connection=conn) for name in ("reevaluate", "events", "sync")]
+    queues = [Queue(name, connection=conn) for name in ("reevaluate", "events", "sync", "backfill")]
     SimpleWorker(queues, connection=conn).work(burst=burst, with_scheduler=False)
 
 
