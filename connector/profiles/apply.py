@@ -112,7 +112,8 @@ def apply_events(
                 continue
             kept.append(item)
         regular = kept
-    rejects.execute()
+    if outcome.rejected:
+        rejects.execute()
     if regular:
         resolution = identity.resolve(
             conn, account.id, _retention(account), [(i, p) for _, i, p in regular], now

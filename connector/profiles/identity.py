@@ -70,10 +70,11 @@ class AccountLock:
 def usable_identities(identities: Mapping[str, object], blocked: frozenset[str]) -> dict[str, str]:
     """The identities that may link: known kinds, trimmed (emails lower-cased), not blocked."""
     out: dict[str, str] = {}
-    for kind in keys.KIND_CODES:
-        value = clean_value(kind, identities.get(kind), blocked)
-        if value is not None:
-            out[kind] = value
+    for kind, raw in identities.items():
+        if kind in keys.KIND_CODES:
+            value = clean_value(kind, raw, blocked)
+            if value is not None:
+                out[kind] = value
     return out
 
 

@@ -60,10 +60,9 @@ while i <= #ARGV do
       dup = dup + 1
     end
     local ms = string.sub(ord, 1, 13)
-    local f = redis.call('HGET', p, 'f:' .. code)
-    if (not f) or ms < f then redis.call('HSET', p, 'f:' .. code, ms) end
-    local l = redis.call('HGET', p, 'l:' .. code)
-    if (not l) or ms > l then redis.call('HSET', p, 'l:' .. code, ms) end
+    local fl = redis.call('HMGET', p, 'f:' .. code, 'l:' .. code)
+    if (not fl[1]) or ms < fl[1] then redis.call('HSET', p, 'f:' .. code, ms) end
+    if (not fl[2]) or ms > fl[2] then redis.call('HSET', p, 'l:' .. code, ms) end
   else
     local seen = redis.call('HGET', p, 'k') or ''
     local eid = string.sub(ord, 14, 29)
