@@ -126,26 +126,35 @@ def require_object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+# Instants outside this range are refused: arithmetic on them (windows, due times) would overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def parse_time(value: Any, what: str) -> datetime:
-    """ISO-8601 string, or epoch seconds / milliseconds as a number; aware UTC."""
+    """ISO-8601 string, or epoch seconds / milliseconds as a number; aware UTC, 1970 to 2200."""
     if isinstance(value, bool):
         raise MalformedPayload(f"{what} is not a timestamp")
-    if isinstance(value, int | float):
-        seconds = value / 1000 if value > 10_000_000_000 else value
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError) as err:
-            raise MalformedPayload(f"{what} is out of range") from err
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("Z"):
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError as err:
-            raise MalformedPayload(f"{what}: {value!r} is not an ISO-8601 timestamp") from err
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    raise MalformedPayload(f"{what} is not a timestamp")
+    try:
+        if isinstance(value, int | float):
+            seconds = value / 1000 if value > 10_000_000_000 else value
+            parsed = datetime.fromtimestamp(seconds, UTC)
+        elif isinstance(value, str):
+            text = value.strip()
+            if text.endswith("Z"):
+                text = text[:-1] + "+00:00"
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError as err:
+                raise MalformedPayload(f"{what}: {value!r} is not an ISO-8601 timestamp") from err
+            parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        else:
+            raise MalformedPayload(f"{what} is not a timestamp")
+    except (OverflowError, OSError, ValueError) as err:
+        raise MalformedPayload(f"{what} is out of range") from err
+    if not EARLIEST <= parsed < LATEST:
+        raise MalformedPayload(f"{what} is out of range (1970 to 2200)")
+    return parsed
 
 
 def clean_identity(value: Any) -> str | None:
