@@ -4,6 +4,7 @@
   that died between storing and enqueueing, a worker that died mid-batch);
 * enqueues the re-evaluation of every profile whose ``next_due`` has come (connector/due.py), and
   sleeps only until the next due instant, so time-based transitions fire when they fall due;
+* arms the flush of every destination whose retry backoff has come due (connector/sync.py);
 * runs every registered periodic task.
 """
 
@@ -75,8 +76,11 @@ def fire_due(conn: redis.Redis, now: datetime, limit: int = DUE_BATCH) -> int:
 
 
 def tick(queue: EventQueue, now: datetime) -> int:
+    from . import sync
+
     done = rearm_pumps(queue)
     done += fire_due(queue.conn, now)
+    done += sync.fire_due(queue.conn, now)
     for task in TASKS:
         done += task(now)
     return done
