@@ -90,7 +90,7 @@ def evaluate_profiles(
             outcomes.append(Outcome(pid, None, None))
             continue
         result = rules.evaluate(profile, ruleset, now, explain=False)
-        diff = ledger.record(account.id, pid, result.segments, result.traits, now)
+        diff = ledger.record(account.id, pid, result.segments, result.traits, now, revision=profile.revision)
         due.schedule(schedule, account.id, pid, result.next_due)
         if diff is not None and push:
             identities = {kind: values[0] for kind, values in profile.identities.items() if values}

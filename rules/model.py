@@ -33,6 +33,7 @@ class Profile:
     identities: Mapping[str, Sequence[str]] = field(default_factory=dict)
     traits: Mapping[str, Any] = field(default_factory=dict)
     events: Sequence[EventRecord] = ()
+    revision: int = 0  # the store's write counter for this profile (orders results in the ledger)
 
     def events_named(self, name: str) -> list[EventRecord]:
         index = self.__dict__.get("_by_name")

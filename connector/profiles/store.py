@@ -82,6 +82,7 @@ end
 redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
 local n = redis.call('ZCARD', h)
 if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
+redis.call('HINCRBY', p, 'rv', 1)
 return {'ok', added, dup}
 """
 
@@ -136,6 +137,7 @@ end
 redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
 local n = redis.call('ZCARD', h)
 if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
+redis.call('HINCRBY', p, 'rv', 1)
 return {'ok'}
 """
 
@@ -328,6 +330,7 @@ class ProfileData:
     last_seen: dict[str, datetime]
     events: list[tuple[str, StoredEvent]]  # (name, stored event), sorted by (occurred_at, event id)
     other_event_ids: list[str] = field(default_factory=list)  # recent identify/alias ids (16 hex)
+    revision: int = 0  # bumped by every write to the profile; orders evaluation results in the ledger
 
 
 def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) -> ProfileData | None:
@@ -346,6 +349,7 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
     first: dict[str, datetime] = {}
     last: dict[str, datetime] = {}
     others: list[str] = []
+    revision = 0
     for f_raw, v_raw in raw.items():
         f = f_raw.decode()
         v = v_raw.decode()
@@ -359,6 +363,8 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
             trait_times[f[2:]] = _from_ms(int(v[:13]))
         elif f == "k":
             others = [v[i : i + 16] for i in range(0, len(v), 16)]
+        elif f == "rv":
+            revision = int(v)
         elif f.startswith("f:"):
             first[names.name(account, f[2:])] = _from_ms(int(v))
         elif f.startswith("l:"):
@@ -370,7 +376,7 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
     events.sort(key=lambda e: (e[1].occurred_at, e[1].event_id))
     for values in identities.values():
         values.sort()
-    return ProfileData(account, pid, identities, traits, trait_times, first, last, events, others)
+    return ProfileData(account, pid, identities, traits, trait_times, first, last, events, others, revision)
 
 
 def _from_ms(ms: int) -> datetime:
@@ -391,6 +397,7 @@ def to_rules_profile(data: ProfileData) -> Profile:
         identities=identities,
         traits=dict(sorted(data.traits.items())),
         events=records,
+        revision=data.revision,
     )
 
 
