@@ -17,6 +17,7 @@ Requests (see docs/destinations.md), every one with ``Authorization: Klaviyo-API
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,15 +26,18 @@ import httpx
 
 from .base import EspClient, Transport, chunks, credential_key, json_body, status_error
 from .change import APPLIED, FAILED, SKIPPED, Change, OwnedState, Result
-from .errors import AdapterError, PermanentError, RateLimited
+from .errors import AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
 
 LIST_LIMIT = 1000
+BULK_LIMIT = 10_000
+BULK_BYTES = 4_500_000  # under the 5 MB request limit
 JSONAPI = "application/vnd.api+json"
 BUCKETS = {
     "profile-import": Limits(windows=(Window(75, 1.0), Window(700, 60.0))),
     "lists": Limits(windows=(Window(10, 1.0), Window(150, 60.0))),
     "events": Limits(windows=(Window(350, 1.0), Window(3500, 60.0))),
+    "bulk": Limits(windows=(Window(10, 1.0), Window(150, 60.0))),
     "default": Limits(windows=(Window(3, 1.0), Window(60, 60.0))),
 }
 
@@ -47,6 +51,16 @@ class KlaviyoConfig:
     segment_events: bool = False
     entered_metric: str = "Segment Entered"
     exited_metric: str = "Segment Exited"
+    bulk_threshold: int = 100  # imports in one batch from which bulk import jobs are used
+    bulk_wait_seconds: float = 60.0
+    bulk_poll_seconds: float = 1.0
+
+
+class _Redrive(PermanentError):
+    """A bulk job did not complete cleanly: its changes go through profile-import one by one."""
+
+    def __init__(self, cause: AdapterError) -> None:
+        super().__init__(cause.message, status=cause.status, code=cause.code, detail=cause.detail)
 
 
 class Conflict(PermanentError):
@@ -118,10 +132,11 @@ class KlaviyoAdapter:
             data["meta"] = {"patch_properties": patch}
         return {"data": data}
 
-    def needs_import(self, change: Change, owned: OwnedState) -> bool:
-        return (
-            owned.remote_id is None or change.tags != owned.tags or bool(change.fields) or bool(owned.fields)
-        )
+    @staticmethod
+    def needs_import(change: Change, owned: OwnedState) -> bool:
+        """Tags or fields to write; a contact whose only change is a list membership is not imported
+        (its id comes from the ledger or a lookup by email)."""
+        return change.tags != owned.tags or bool(change.fields) or bool(owned.fields)
 
     def upsert(self, change: Change, owned: OwnedState) -> str:
         try:
@@ -165,33 +180,46 @@ class KlaviyoAdapter:
         ids: dict[str, str] = {}
         live: list[Change] = []
         for change in changes:
-            before = owned.get(change.profile_id, OwnedState())
             if change.erase:
                 results[change.profile_id] = self.erase(change)
-                continue
-            if not change.email:
+            elif not change.email:
                 results[change.profile_id] = Result(
                     change.profile_id, change.version, SKIPPED, note="no email"
                 )
+            else:
+                live.append(change)
+        before = {c.profile_id: owned.get(c.profile_id, OwnedState()) for c in live}
+        importing = [c for c in live if self.needs_import(c, before[c.profile_id])]
+        bulk: list[Change] = []
+        if len(importing) >= self.config.bulk_threshold:
+            bulk = [c for c in importing if self.bulk_eligible(c, before[c.profile_id])]
+        listed = self._bulk_import(bulk, before, errors) if bulk else {}
+        in_bulk = {c.profile_id for c in bulk}
+        for change in importing:
+            if change.profile_id in in_bulk and change.profile_id not in errors:
                 continue
-            live.append(change)
+            if change.profile_id in errors and not isinstance(errors[change.profile_id], _Redrive):
+                continue
+            errors.pop(change.profile_id, None)
             try:
-                if self.needs_import(change, before):
-                    ids[change.profile_id] = self.upsert(change, before)
-                else:
-                    ids[change.profile_id] = str(before.remote_id)
+                ids[change.profile_id] = self.upsert(change, before[change.profile_id])
             except AdapterError as err:
                 self._fail(errors, change, err)
-        self._lists([c for c in live if c.profile_id not in errors], owned, ids, errors)
+        for change in live:
+            remote = before[change.profile_id].remote_id
+            if change.profile_id not in ids and remote:
+                ids[change.profile_id] = remote
+        self._resolve_missing_ids(live, before, ids, listed, errors)
+        self._lists([c for c in live if c.profile_id not in errors], owned, ids, errors, listed)
         if self.config.segment_events:
             for change in live:
                 if change.profile_id in errors:
                     continue
-                before = owned.get(change.profile_id, OwnedState())
+                was = before[change.profile_id]
                 try:
-                    for seg in sorted(change.segments - before.segments):
+                    for seg in sorted(change.segments - was.segments):
                         self.event(change, seg, True)
-                    for seg in sorted(before.segments - change.segments):
+                    for seg in sorted(was.segments - change.segments):
                         self.event(change, seg, False)
                 except AdapterError as err:
                     self._fail(errors, change, err)
@@ -203,6 +231,136 @@ class KlaviyoAdapter:
                 state = OwnedState.of(change, ids.get(change.profile_id))
                 results[change.profile_id] = Result(change.profile_id, change.version, APPLIED, state)
         return [results[c.profile_id] for c in changes]
+
+    # -- bulk import jobs (backfills) ------------------------------------------------------
+    @staticmethod
+    def bulk_eligible(change: Change, owned: OwnedState) -> bool:
+        """A bulk job sets properties wholesale and adds to at most one list: only changes that
+        touch no tags, clear no field and enter at most one list go that way."""
+        unset = [n for n in owned.fields if change.fields.get(n) is None]
+        return change.tags == owned.tags and not unset and len(change.lists - owned.lists) <= 1
+
+    def _bulk_import(
+        self, bulk: list[Change], before: Mapping[str, OwnedState], errors: dict[str, AdapterError]
+    ) -> dict[str, str]:
+        """Import ``bulk`` in jobs (one per list entered); returns profile → the list the job added
+        it to. Changes of a job that did not complete cleanly are marked for a re-drive."""
+        groups: dict[str | None, list[Change]] = {}
+        for change in bulk:
+            added = sorted(change.lists - before[change.profile_id].lists)
+            groups.setdefault(added[0] if added else None, []).append(change)
+        listed: dict[str, str] = {}
+        for list_id, group in sorted(groups.items(), key=lambda kv: kv[0] or ""):
+            for chunk in self._job_chunks(group):
+                try:
+                    self._run_job(chunk, list_id)
+                except AdapterError as err:
+                    if err.status in (401, 403):
+                        raise
+                    for change in chunk:
+                        errors[change.profile_id] = (
+                            err if err.retryable or err.status != 200 else _Redrive(err)
+                        )
+                    continue
+                if list_id is not None:
+                    for change in chunk:
+                        listed[change.profile_id] = list_id
+        return listed
+
+    @staticmethod
+    def _job_chunks(group: list[Change]) -> list[list[Change]]:
+        out: list[list[Change]] = [[]]
+        size = 0
+        for change in group:
+            item = len(json.dumps(change.fields, default=str)) + len(str(change.email)) + 120
+            if len(out[-1]) >= BULK_LIMIT or size + item > BULK_BYTES:
+                out.append([])
+                size = 0
+            out[-1].append(change)
+            size += item
+        return [chunk for chunk in out if chunk]
+
+    def _run_job(self, chunk: list[Change], list_id: str | None) -> None:
+        profiles = []
+        for change in chunk:
+            attributes: dict[str, Any] = {"email": change.email}
+            properties = {k: v for k, v in change.fields.items() if v is not None}
+            if properties:
+                attributes["properties"] = properties
+            profiles.append({"type": "profile", "attributes": attributes})
+        data: dict[str, Any] = {
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": profiles}},
+        }
+        if list_id is not None:
+            data["relationships"] = {"lists": {"data": [{"type": "list", "id": list_id}]}}
+        response = self.client.request(
+            "POST", "/api/profile-bulk-import-jobs", json={"data": data}, bucket="bulk"
+        )
+        job = (json_body(response) or {}).get("data") or {}
+        job_id = job.get("id")
+        if not job_id:
+            raise PermanentError("bulk import answered without a job id", status=response.status_code)
+        attributes = job.get("attributes") or {}
+        waited = 0.0
+        while attributes.get("status") not in ("complete", "cancelled"):
+            if waited >= self.config.bulk_wait_seconds:
+                raise TransientError(f"bulk import job still {attributes.get('status')}", code="job_pending")
+            self.client.t.sleep(self.config.bulk_poll_seconds)
+            waited += self.config.bulk_poll_seconds
+            polled = self.client.request("GET", f"/api/profile-bulk-import-jobs/{job_id}", bucket="bulk")
+            attributes = ((json_body(polled) or {}).get("data") or {}).get("attributes") or {}
+        if attributes.get("status") == "cancelled" or int(attributes.get("failed_count") or 0) > 0:
+            # which rows failed is not reliably reported: re-drive the whole chunk one by one
+            raise PermanentError(
+                f"bulk import job {attributes.get('status')} with {attributes.get('failed_count')} failed rows",
+                status=200,
+                code="bulk_job_failed",
+            )
+
+    def _resolve_missing_ids(
+        self,
+        live: Sequence[Change],
+        before: Mapping[str, OwnedState],
+        ids: dict[str, str],
+        listed: Mapping[str, str],
+        errors: dict[str, AdapterError],
+    ) -> None:
+        """Profile ids for list calls, by email (``GET /api/profiles?filter=any(email,[...])``),
+        importing a contact that does not exist yet."""
+        missing = []
+        for change in live:
+            if change.profile_id in ids or change.profile_id in errors:
+                continue
+            was = before[change.profile_id]
+            pending = (change.lists - was.lists) - {listed.get(change.profile_id)}
+            if pending or (was.lists - change.lists):
+                missing.append(change)
+        for chunk in chunks(missing, 100):
+            emails = [str(c.email) for c in chunk]
+            try:
+                found = self.find_ids(emails)
+            except AdapterError as err:
+                for change in chunk:
+                    self._fail(errors, change, err)
+                continue
+            for change in chunk:
+                pid = found.get(str(change.email).lower())
+                try:
+                    ids[change.profile_id] = pid or self.upsert(change, before[change.profile_id])
+                except AdapterError as err:
+                    self._fail(errors, change, err)
+
+    def find_ids(self, emails: Sequence[str]) -> dict[str, str]:
+        """email (lower) → profile id, for the profiles that exist."""
+        params = {"filter": f"any(email,{json.dumps(list(emails))})", "page[size]": "100"}
+        response = self.client.request("GET", "/api/profiles", params=params)
+        out = {}
+        for item in (json_body(response) or {}).get("data") or []:
+            email = str((item.get("attributes") or {}).get("email") or "").lower()
+            if email and item.get("id"):
+                out[email] = str(item["id"])
+        return out
 
     @staticmethod
     def _fail(errors: dict[str, AdapterError], change: Change, err: AdapterError) -> None:
@@ -216,14 +374,19 @@ class KlaviyoAdapter:
         owned: Mapping[str, OwnedState],
         ids: Mapping[str, str],
         errors: dict[str, AdapterError],
+        listed: Mapping[str, str],
     ) -> None:
         plan: dict[tuple[str, str], list[tuple[Change, str]]] = {}
         for change in changes:
             before = owned.get(change.profile_id, OwnedState())
+            adds = (change.lists - before.lists) - {listed.get(change.profile_id)}
+            removes = before.lists - change.lists
+            if not adds and not removes:
+                continue
             pid = ids[change.profile_id]
-            for list_id in change.lists - before.lists:
+            for list_id in adds:
                 plan.setdefault((list_id, "POST"), []).append((change, pid))
-            for list_id in before.lists - change.lists:
+            for list_id in removes:
                 plan.setdefault((list_id, "DELETE"), []).append((change, pid))
         for (list_id, method), members in sorted(plan.items()):
             for chunk in chunks(members, LIST_LIMIT):

@@ -23,6 +23,8 @@ class FakeKlaviyo:
         self.profiles: dict[str, dict[str, Any]] = {}  # email → {"id", "properties"}
         self.lists: dict[str, set[str]] = {}
         self.before: Handler | None = None
+        self.jobs = 0
+        self.job_status = "queued"
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         assert request.headers["Authorization"] == f"Klaviyo-API-Key {KEY}"
@@ -56,6 +58,58 @@ class FakeKlaviyo:
             return httpx.Response(
                 201 if created else 200,
                 json={"data": {"type": "profile", "id": prof["id"], "attributes": attrs}},
+            )
+        if path == "/api/profiles" and request.method == "GET":
+            expr = request.url.params["filter"]
+            assert expr.startswith("any(email,") and request.url.params["page[size]"] == "100"
+            wanted = {e.lower() for e in json.loads(expr[len("any(email,") : -1])}
+            assert len(wanted) <= 100
+            data = [
+                {"type": "profile", "id": p["id"], "attributes": {"email": e}}
+                for e, p in self.profiles.items()
+                if e in wanted
+            ]
+            return httpx.Response(200, json={"data": data, "links": {"next": None}})
+        if path == "/api/profile-bulk-import-jobs" and request.method == "POST":
+            data = body["data"]
+            assert data["type"] == "profile-bulk-import-job" and set(data) <= {
+                "type",
+                "attributes",
+                "relationships",
+            }
+            profiles = data["attributes"]["profiles"]["data"]
+            assert 1 <= len(profiles) <= 10_000 and len(request.content) <= 5 * 1024 * 1024
+            lists = [i["id"] for i in (data.get("relationships") or {}).get("lists", {}).get("data", [])]
+            for item in profiles:
+                attrs = item["attributes"]
+                prof = self.profiles.setdefault(
+                    attrs["email"], {"id": f"01B{len(self.profiles)}", "properties": {}}
+                )
+                prof["properties"].update(attrs.get("properties", {}))
+                for list_id in lists:
+                    self.lists.setdefault(list_id, set()).add(prof["id"])
+            self.jobs += 1
+            return httpx.Response(
+                202,
+                json={
+                    "data": {
+                        "type": "profile-bulk-import-job",
+                        "id": f"job{self.jobs}",
+                        "attributes": {"status": self.job_status},
+                    }
+                },
+            )
+        if path.startswith("/api/profile-bulk-import-jobs/") and request.method == "GET":
+            self.job_status = "complete"
+            return httpx.Response(
+                200,
+                json={
+                    "data": {
+                        "type": "profile-bulk-import-job",
+                        "id": path.rsplit("/")[-1],
+                        "attributes": {"status": "complete", "failed_count": 0},
+                    }
+                },
             )
         if path.startswith("/api/lists/") and path.endswith("/relationships/profiles"):
             list_id = path.split("/")[3]
@@ -95,12 +149,15 @@ def adapter(fake: FakeKlaviyo, **kw: Any) -> KlaviyoAdapter:
 
 def change(pid: str, version: int = 1, **kw: Any) -> Change:
     kw.setdefault("email", f"{pid}@example.com")
+    kw.setdefault("fields", {"plan": "gold"})
     return Change(account="acme", destination="klaviyo", profile_id=pid, version=version, **kw)
 
 
 def test_import_appends_tags_and_sets_properties() -> None:
     fake = FakeKlaviyo()
-    results = adapter(fake).apply([change("p1", tags=frozenset({"vip"}), fields={"ltv": 12})], {})
+    results = adapter(fake, bulk_threshold=10).apply(
+        [change("p1", tags=frozenset({"vip"}), fields={"ltv": 12})], {}
+    )
     assert results[0].status == APPLIED and results[0].owned
     assert results[0].owned.remote_id == "01P0"
     body = fake.calls[0][2]
@@ -117,7 +174,7 @@ def test_only_owned_tags_are_unappended_and_hand_values_stay() -> None:
     fake = FakeKlaviyo()
     fake.profiles["p1@example.com"] = {"id": "01X", "properties": {"esp_tags": ["hand", "cart"], "ltv": 3}}
     owned = {"p1": OwnedState(tags=frozenset({"cart"}), fields=frozenset({"ltv"}), remote_id="01X")}
-    adapter(fake).apply([change("p1", tags=frozenset({"vip"}))], owned)
+    adapter(fake).apply([change("p1", tags=frozenset({"vip"}), fields={})], owned)
     props = fake.profiles["p1@example.com"]["properties"]
     assert props == {"esp_tags": ["hand", "vip"]}
     patch = fake.calls[0][2]["data"]["meta"]["patch_properties"]
@@ -129,7 +186,8 @@ def test_list_relationships_by_profile_id_and_cached_id_skips_import() -> None:
     fake.lists["M"] = {"01OLD"}
     owned = {"old": OwnedState(lists=frozenset({"M"}), remote_id="01OLD")}
     results = adapter(fake).apply(
-        [change(f"p{i}", lists=frozenset({"L"})) for i in range(3)] + [change("old")], owned
+        [change(f"p{i}", lists=frozenset({"L"}), fields={}) for i in range(3)] + [change("old", fields={})],
+        owned,
     )
     assert all(r.status == APPLIED for r in results)
     assert fake.lists["L"] == {"01P0", "01P1", "01P2"}
@@ -147,7 +205,7 @@ def test_list_relationships_by_profile_id_and_cached_id_skips_import() -> None:
 def test_list_calls_are_chunked_at_1000() -> None:
     fake = FakeKlaviyo()
     owned = {f"p{i}": OwnedState(remote_id=f"id{i}") for i in range(2500)}
-    adapter(fake).apply([change(f"p{i}", lists=frozenset({"L"})) for i in range(2500)], owned)
+    adapter(fake).apply([change(f"p{i}", lists=frozenset({"L"}), fields={}) for i in range(2500)], owned)
     sizes = [len(c[2]["data"]) for c in fake.calls if "/lists/" in c[1]]
     assert sizes == [1000, 1000, 500]
 
@@ -261,3 +319,45 @@ def test_auth_error_and_erase() -> None:
     assert (
         fake.calls[0][2]["data"]["attributes"]["profile"]["data"]["attributes"]["email"] == "p1@example.com"
     )
+
+
+def test_backfills_use_bulk_import_jobs_with_the_list_relationship() -> None:
+    fake = FakeKlaviyo()
+    changes = [change(f"p{i}", lists=frozenset({"L"}), fields={"ltv": i}) for i in range(250)]
+    changes.append(change("tagged", tags=frozenset({"vip"})))  # tags need patch_properties: one by one
+    results = adapter(fake, bulk_threshold=100).apply(changes, {})
+    assert all(r.status == APPLIED for r in results)
+    jobs = [c for c in fake.calls if c[1] == "/api/profile-bulk-import-jobs"]
+    assert len(jobs) == 1
+    assert jobs[0][2]["data"]["relationships"] == {"lists": {"data": [{"type": "list", "id": "L"}]}}
+    assert len(fake.lists["L"]) == 250
+    assert fake.profiles["p7@example.com"]["properties"] == {"ltv": 7}
+    assert [c[1] for c in fake.calls].count("/api/profile-import") == 1
+    assert not [c for c in fake.calls if c[1] == "/api/lists/L/relationships/profiles"]
+    polls = [c for c in fake.calls if c[1].startswith("/api/profile-bulk-import-jobs/")]
+    assert len(polls) == 1  # queued → one status poll → complete
+
+
+def test_a_failed_bulk_job_is_redriven_one_by_one() -> None:
+    fake = FakeKlaviyo()
+
+    def failing_job(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path.startswith("/api/profile-bulk-import-jobs"):
+            return httpx.Response(
+                202,
+                json={
+                    "data": {
+                        "type": "profile-bulk-import-job",
+                        "id": "j1",
+                        "attributes": {"status": "complete", "failed_count": 2},
+                    }
+                },
+            )
+        return None
+
+    fake.before = failing_job
+    changes = [change(f"p{i}", lists=frozenset({"L"})) for i in range(5)]
+    results = adapter(fake, bulk_threshold=5).apply(changes, {})
+    assert all(r.status == APPLIED for r in results)
+    assert [c[1] for c in fake.calls].count("/api/profile-import") == 5
+    assert len(fake.lists["L"]) == 5
