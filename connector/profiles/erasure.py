@@ -20,7 +20,7 @@ import redis
 
 from ..clock import isoformat
 from . import keys
-from .identity import TOMBSTONE_TTL_SECONDS, AccountLock
+from .identity import TOMBSTONE_TTL_SECONDS, AccountLock, mget_keys
 from .store import ProfileData, name_codes, read_profile
 
 log = logging.getLogger(__name__)
@@ -67,20 +67,22 @@ def erase_profile(
             return False
         for hook in list(_HOOKS):
             hook(conn, account, pid, data.identities, now)
-        pipe = conn.pipeline(transaction=True)
-        for kind, values in data.identities.items():
-            if kind not in keys.KIND_CODES:
-                continue
-            for value in values:
-                ikey = keys.identity_key(account, kind, value)
-                if conn.get(ikey) == pid.encode():
-                    pipe.delete(ikey)
+        index = [
+            keys.identity_key(account, kind, value)
+            for kind, values in data.identities.items()
+            if kind in keys.KIND_CODES
+            for value in values
+        ]
+        owned = [k for k, owner in zip(index, mget_keys(conn, index), strict=True) if owner == pid.encode()]
+        for key in owned:  # separate keys (other cluster slots)
+            conn.delete(key)
         pkey = keys.profile_key(account, pid)
+        pipe = conn.pipeline(transaction=True)  # the profile's own keys share a slot
         pipe.delete(pkey, keys.history_key(account, pid))
         pipe.hset(pkey, "x", "1")
         pipe.expire(pkey, TOMBSTONE_TTL_SECONDS)
-        pipe.xadd(keys.erasures_key(account), {"profile": pid, "at": isoformat(now), "source": source})
         pipe.execute()
+        conn.xadd(keys.erasures_key(account), {"profile": pid, "at": isoformat(now), "source": source})
     _drop_exports(conn, account, {pid})
     prefixes = {stored.event_id for _, stored in data.events} | set(data.other_event_ids)
     removed = _drop_dedupe(queue_conn, account, prefixes)

@@ -134,7 +134,7 @@ class Resolver:
         todo = sorted(p for p in pairs if p not in self.index)
         if not todo:
             return
-        found = _mget(self.conn, [keys.identity_key(self.account, kind, value) for kind, value in todo])
+        found = mget_keys(self.conn, [keys.identity_key(self.account, kind, value) for kind, value in todo])
         pids = set()
         for pair, pid in zip(todo, found, strict=True):
             self.index[pair] = pid.decode() if pid else None
@@ -278,7 +278,7 @@ class Resolver:
             fields.setdefault(pid, {})[keys.identity_field(kind, value)] = ""
         for pid, uid in self.uid_writes.items():
             fields.setdefault(pid, {})["uid"] = uid
-        _mset(self.conn, {keys.identity_key(self.account, k, v): pid for k, v, pid in self.writes})
+        mset_keys(self.conn, {keys.identity_key(self.account, k, v): pid for k, v, pid in self.writes})
         pipe = self.conn.pipeline(transaction=False)
         for pid, mapping in fields.items():
             pipe.hset(keys.profile_key(self.account, pid), mapping=mapping)
@@ -324,26 +324,30 @@ class Resolver:
         self.conn.eval(
             MERGE, 2, keys.profile_key(self.account, target), keys.history_key(self.account, target), *args
         )
-        pipe = self.conn.pipeline(transaction=True)
+        repoint = {}
         for f in fields:
-            text = f.decode()
-            parsed = keys.parse_identity_field(text)
+            parsed = keys.parse_identity_field(f.decode())
             if parsed is not None:
-                pipe.set(keys.identity_key(self.account, *parsed), target)
+                repoint[keys.identity_key(self.account, *parsed)] = target
+        mset_keys(self.conn, repoint)
+        # the profile's own keys share a slot: replace them by the tombstone atomically
+        pipe = self.conn.pipeline(transaction=True)
         pipe.delete(hkey, pkey)
         pipe.hset(pkey, "m", target)
         pipe.expire(pkey, TOMBSTONE_TTL_SECONDS)
         pipe.execute()
 
 
-def _mget(conn: redis.Redis, names: list[str]) -> list[bytes | None]:
+def mget_keys(conn: redis.Redis, names: list[str]) -> list[bytes | None]:
     """MGET; on Redis Cluster the keys span slots, so the client's non-atomic variant is used."""
+    if not names:
+        return []
     if hasattr(conn, "mget_nonatomic"):
         return list(conn.mget_nonatomic(names))
     return list(conn.mget(names))
 
 
-def _mset(conn: redis.Redis, mapping: dict[str, str]) -> None:
+def mset_keys(conn: redis.Redis, mapping: dict[str, str]) -> None:
     if not mapping:
         return
     if hasattr(conn, "mset_nonatomic"):
