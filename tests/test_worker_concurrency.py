@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
 import redis
 
-from connector import clock, jobs
+from connector import clock, jobs, redis_conn
 from connector.config import load_accounts
 from connector.deadletters import DeadLetters
 from connector.event import load_event
@@ -151,3 +153,39 @@ def test_bad_stored_items_go_to_dead_letters_and_do_not_block(
     profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), NOW)
     assert profile is not None and len(profile.events) == 2
     assert int(redis_client.hget("metrics:worker", "rejected:acme")) == 1
+
+
+def _dying_drain(shard: int) -> None:
+    """A worker process that applies half of its batch and is then killed (SIGKILL)."""
+    from connector import pipeline
+
+    def half_then_die(events, now) -> None:  # type: ignore[no-untyped-def]
+        pipeline.process(events[: len(events) // 2], now)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    redis_conn.reset()
+    with clock.frozen(NOW):
+        jobs.drain_events(shard, processor=half_then_die)
+
+
+def test_a_worker_process_killed_mid_batch_loses_no_event(
+    redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONNECTOR_EVENT_SHARDS", "1")
+    events = [ev(f"s{i}", at=i, user_id=f"u{i % 3}", props={"n": i}) for i in range(40)]
+    shard = _ingest(redis_client, config_dir, events)
+    child = multiprocessing.get_context("fork").Process(target=_dying_drain, args=(shard,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert redis_client.xlen(stream_key(shard)) == 40  # nothing acknowledged
+    monkeypatch.setattr(jobs, "CLAIM_IDLE_MS", 0)
+    with clock.frozen(NOW):
+        assert jobs.drain_events(shard, conn=redis_client) == 40
+    counts = []
+    for u in range(3):
+        profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", f"u{u}"), NOW)
+        assert profile is not None
+        counts.append(len(profile.events))
+    assert sum(counts) == 40
+    assert int(redis_client.hget("metrics:worker", "applied:acme")) == 40
