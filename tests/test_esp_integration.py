@@ -7,6 +7,7 @@ request logs carry the simulated instants the sender produced.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -332,3 +333,35 @@ def test_consent_is_never_changed_and_compliance_state_is_respected(
     assert member is not None and member.status == "unsubscribed"
     assert fakes.mailchimp.tags_of(LIST, email_of("unsub")) == {"vip"}
     assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+
+def test_erasure_fans_out_to_each_esp(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    h.submit("gdpr", 1, {"vip", "cart_abandoner"})
+    h.submit("stays", 1, {"vip"})
+    h.drive()
+    email = email_of("gdpr")
+    assert fakes.hubspot.contact_by_email(email) is not None
+    assert fakes.klaviyo.profile_by_email(email) is not None
+
+    assert sorted(sync.erase(redis_client, h.account, "gdpr", email, sim())) == [
+        "hubspot",
+        "klaviyo",
+        "mailchimp",
+    ]
+    h.drive()
+    assert fakes.mailchimp.member(LIST, email) is None
+    assert email in fakes.mailchimp.forgotten  # delete-permanent: cannot be re-imported
+    assert fakes.hubspot.contact_by_email(email) is None
+    assert fakes.klaviyo.profile_by_email(email) is None
+    assert email not in fakes.klaviyo.emails_in_list("Cart")
+    assert fakes.mailchimp.tags_of(LIST, email_of("stays")) == {"vip"}
+    records = sync.erasures(redis_client)
+    assert sorted((r["destination"], r["outcome"]) for r in records) == [
+        ("hubspot", "applied"),
+        ("klaviyo", "applied"),
+        ("mailchimp", "applied"),
+    ]
+    assert "gdpr" not in json.dumps(records)  # recorded without personal data
