@@ -128,6 +128,7 @@ class Resolver:
         self.writes: list[tuple[str, str, str]] = []  # (kind, value, pid)
         self.uid_writes: dict[str, str] = {}
         self.result = Resolution()
+        self._merge_script = conn.register_script(MERGE)
 
     # -- loading ----------------------------------------------------------------------------
     def load(self, pairs: set[tuple[str, str]]) -> None:
@@ -289,8 +290,7 @@ class Resolver:
     def _merge(self, loser: str, target: str) -> None:
         """Merge ``loser`` into ``target`` (both live)."""
         self.flush()
-        self.conn.hset(keys.profile_key(self.account, loser), "m", target)
-        self._copy_into(loser, target)
+        self._copy_into(loser, target, mark=True)
         st = self.state.setdefault(loser, _State())
         st.merged_into = target
         tst = self.state.setdefault(target, _State())
@@ -301,16 +301,19 @@ class Resolver:
         self.result.merges += 1
         log.info("profiles merged", extra={"account": self.account, "profile": target, "merged": loser})
 
-    def _copy_into(self, loser: str, target: str) -> None:
+    def _copy_into(self, loser: str, target: str, mark: bool = False) -> None:
         """Copy a profile marked as merged into its target, re-point its identities, drop its data.
 
-        Idempotent: a merge cut short is finished by running this again."""
+        With ``mark``, first mark it (atomically with reading it). Idempotent: a merge cut short is
+        finished by running this again."""
         pkey = keys.profile_key(self.account, loser)
         hkey = keys.history_key(self.account, loser)
-        pipe = self.conn.pipeline(transaction=False)
+        pipe = self.conn.pipeline(transaction=True)  # one slot: the profile's own keys
+        if mark:
+            pipe.hset(pkey, "m", target)
         pipe.hgetall(pkey)
         pipe.zrange(hkey, 0, -1, withscores=True)
-        fields, history = pipe.execute()
+        fields, history = pipe.execute()[-2:]
         args: list[bytes | str | int] = [
             self.retention.cutoff_seconds(self.now),
             self.retention.max_events,
@@ -321,8 +324,8 @@ class Resolver:
         for f, v in fields.items():
             if f not in (b"m", b"x"):
                 args.extend((f, v))
-        self.conn.eval(
-            MERGE, 2, keys.profile_key(self.account, target), keys.history_key(self.account, target), *args
+        self._merge_script(
+            keys=[keys.profile_key(self.account, target), keys.history_key(self.account, target)], args=args
         )
         repoint = {}
         for f in fields:
