@@ -154,6 +154,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install -y wrk` or `brew install wrk`")
 
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     procs: list[subprocess.Popen[bytes]] = []
     server: EmbeddedRedis | None = None
@@ -208,7 +209,7 @@ def main() -> None:
             opened[name] = openloop(port, run_bodies, args.rate, args.open_seconds)
             if port == ingest_port:
                 opened[name]["stored"], opened[name]["duplicates"] = stored(conn)
-        report(args, closed, opened)
+        report(args, closed, opened, (load_before, os.getloadavg()[0]))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -224,11 +225,15 @@ def main() -> None:
 
 
 def report(
-    args: argparse.Namespace, closed: dict[str, dict[str, float]], opened: dict[str, dict[str, float]]
+    args: argparse.Namespace,
+    closed: dict[str, dict[str, float]],
+    opened: dict[str, dict[str, float]],
+    load: tuple[float, float],
 ) -> None:
     bare, ingest = list(closed)
     workers = os.environ.get("WEB_CONCURRENCY") or args.workers or f"{os.cpu_count()} cores x 2"
     print(f"\ngunicorn workers: {workers}; wrk -t{args.threads} -c{args.connections} -d{args.seconds}s")
+    print(f"machine: {os.cpu_count()} cores; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after")
     print("\n| run | endpoint | req/s | p50 ms | p99 ms | notes |")
     print("|---|---|---:|---:|---:|---|")
     for name, r in closed.items():
