@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import redis
 
 from connector.config import Accounts
@@ -125,8 +127,9 @@ def test_unknown_account_and_odd_values_do_not_crash(redis_client, accounts) -> 
             traits={"set": {1}},
         ),
         ev("2", user_id="x" * 600, at=1),
+        ev("4", user_id="u1", at=datetime(1969, 12, 31, tzinfo=UTC)),
     )
-    assert outcome.applied == 1 and outcome.rejected == 1
+    assert outcome.applied == 1 and outcome.rejected == 2
     profile = _profile(redis_client, "user_id", "u1")
     assert profile.events[0].properties == {"ok": True}
     outcome = apply(redis_client, accounts, ev("3", account="nobody", user_id="u1"))

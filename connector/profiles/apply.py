@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 HISTORY_TYPES = ("track", "page", "screen")
 SHOP_REDACT = "shop_redact"
 MAX_REDIRECTS = 8
+MIN_YEAR, MAX_YEAR = 1970, 2200  # the store's fixed-width time keys hold 13-digit epoch milliseconds
 
 
 @dataclass
@@ -50,6 +51,8 @@ def _retention(account: Account) -> identity.Retention:
 
 def _check(event: Event, blocked: frozenset[str]) -> tuple[dict[str, str], str | None] | str:
     """Usable identities (and alias' previous id) or the reason the event cannot be stored."""
+    if not MIN_YEAR <= event.occurred_at.year <= MAX_YEAR:
+        return f"occurred_at outside {MIN_YEAR}..{MAX_YEAR}"
     ids = identity.usable_identities(event.identities, blocked)
     previous = identity.clean_value("previous_id", event.identities.get("previous_id"), blocked)
     if event.type == "alias" and previous is None:
