@@ -40,6 +40,7 @@ class Segment:
     group: str | None = None
     description: str = ""
     origin: str = ""
+    position: int = 0  # place in its exclusive group
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,13 @@ class RuleSet:
     def trait_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.traits)
 
+    @property
+    def by_name(self) -> dict[str, Segment]:
+        found: dict[str, Segment] = self.__dict__["_by_name"]
+        return found
+
     def segment(self, name: str) -> Segment:
-        by_name: dict[str, Segment] = self.__dict__["_by_name"]
-        return by_name[name]
+        return self.by_name[name]
 
     def referenced_properties(self) -> dict[str, frozenset[str]]:
         """Event name → the property names rules read from it (``*``: any event). Events absent: unused."""
@@ -457,6 +462,7 @@ def _build(
             condition=effective[seg["name"]],
             matched=matched[seg["name"]],
             group=group_of.get(seg["name"]),
+            position=groups[group_of[seg["name"]]].index(seg["name"]) if seg["name"] in group_of else 0,
             description=seg.get("description", ""),
             origin=origin.template or "",
         )

@@ -8,6 +8,7 @@ lower bound (nothing changes before it). A segment is a member only when its con
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -33,6 +34,33 @@ if TYPE_CHECKING:
 
 Result = tuple[bool | None, datetime | None, bool | None, bool]
 WALK_CAP = 64
+
+
+_CHECKS = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _numeric_ops(ops: Sequence[tuple[str, Any]]) -> list[tuple[Any, Any]] | None:
+    """Plain comparisons against numbers, as operator functions (the common case, made fast)."""
+    out: list[tuple[Any, Any]] = []
+    for op, arg in ops:
+        if op in _CHECKS and _is_number(arg):
+            out.append((_CHECKS[op], arg))
+        elif op == "between" and _is_number(arg[0]) and _is_number(arg[1]):
+            out.extend([(operator.ge, arg[0]), (operator.le, arg[1])])
+        else:
+            return None
+    return out or None
 
 
 def show(value: bool | None) -> str:
@@ -64,7 +92,7 @@ class Condition:
 class Compare(Condition):
     """A value (trait, aggregate, recency, computed trait) against one or more comparisons."""
 
-    __slots__ = ("dates", "exists", "key", "ops", "value")
+    __slots__ = ("dates", "exists", "key", "numeric", "ops", "value")
 
     def __init__(self, value: Value, ops: Sequence[tuple[str, Any]]) -> None:
         self.value = value
@@ -80,8 +108,15 @@ class Compare(Condition):
                 plain.append((op, arg))
         self.ops = tuple(plain)
         self.key = repr(("cmp", value.key, sorted(map(repr, ops))))
+        self.numeric = _numeric_ops(self.ops) if self.exists is None and not self.dates else None
 
     def truth(self, value: Any, t: datetime) -> bool | None:
+        numeric = self.numeric
+        if numeric is not None and type(value) in (int, float):
+            for check, arg in numeric:  # noqa: SIM110 (a loop is faster than all() over a generator)
+                if not check(value, arg):
+                    return False
+            return True
         if isinstance(value, dict):
             verdicts = [self.truth(v, t) for v in value.values()]
             if any(v is True for v in verdicts):
@@ -128,9 +163,12 @@ class Compare(Condition):
     def evaluate(self, ctx: Context) -> Result:
         t = ctx.now
         ix = ctx.ix
-        current = ctx.value(self.value)
+        current, edge = ctx.value_edge(self.value)
         verdict = self.truth(current, t)
-        edge = earliest(self.value.edges_after(ix, t), self.date_edge(current, t))
+        if self.dates:
+            edge = earliest(edge, self.date_edge(current, t))
+        if not ctx.thorough:
+            return (verdict, edge, None, edge is None)
         steps = 0
         while edge is not None:
             later = self.value.value_at(ix, edge)
@@ -185,7 +223,7 @@ class Sequence_(Condition):
         self.key = repr(("seq", first.key, then.key, gap, negate, first_within, last_only))
 
     def _candidates(self, ix: Index, t: datetime) -> range:
-        times = ix.select(self.first)[1]
+        times = (ix.cache.get(self.first.key) or ix.select(self.first))[1]
         lo = bisect_right(times, t - self.first_within) if self.first_within is not None else 0
         if self.last_only:
             return range(max(lo, len(times) - 1), len(times))
@@ -193,8 +231,8 @@ class Sequence_(Condition):
 
     def _witness(self, ix: Index, t: datetime) -> int | None:
         """Index of the A event that makes the condition true at ``t``, if any."""
-        a_times = ix.select(self.first)[1]
-        b_times = ix.select(self.then)[1]
+        a_times = (ix.cache.get(self.first.key) or ix.select(self.first))[1]
+        b_times = (ix.cache.get(self.then.key) or ix.select(self.then))[1]
         same = self.first.key == self.then.key
         for i in reversed(self._candidates(ix, t)):
             start = a_times[i]
@@ -225,6 +263,8 @@ class Sequence_(Condition):
         ix, t = ctx.ix, ctx.now
         verdict = self._witness(ix, t) is not None
         edge = self._edge(ix, t)
+        if not ctx.thorough:
+            return (verdict, edge, None, edge is None)
         steps = 0
         while edge is not None:
             after = self._witness(ix, edge) is not None
@@ -369,14 +409,33 @@ class Junction(Condition):
         return self.items
 
     def evaluate(self, ctx: Context) -> Result:
-        stop = self.kind == "any"  # a child forever True (any) or forever False (all) decides alone
-        results = []
+        if not ctx.thorough:
+            return self._quick(ctx)
+        return _combine(self.kind, [ctx.result(item) for item in self.items])
+
+    def _quick(self, ctx: Context) -> Result:
+        """Value and a lower bound of the next change only (no exactness bookkeeping)."""
+        decisive = self.kind == "any"  # True decides an any, False decides an all
+        result = ctx.result
+        undecided: bool | None = not decisive  # the value when nothing decides
+        low: datetime | None = None  # earliest change of any child
+        hold: datetime | None = None  # latest change among deciding children
+        deciders = 0
         for item in self.items:
-            r = ctx.result(item)
-            if r[0] is stop and r[1] is None and not ctx.explaining:
-                return r
-            results.append(r)
-        return _combine(self.kind, results)
+            value, nxt, _, _ = result(item)
+            if value is decisive:
+                if nxt is None:
+                    return (value, None, None, True)  # decided for good
+                deciders += 1
+                if hold is None or nxt > hold:
+                    hold = nxt
+            elif value is None:
+                undecided = None
+            if nxt is not None and (low is None or nxt < low):
+                low = nxt
+        if deciders:
+            return (decisive, hold, None, False)
+        return (undecided, low, None, low is None)
 
     def explain(self, ctx: Context) -> dict[str, Any]:
         node = self._node(ctx, f"{self.kind} of")

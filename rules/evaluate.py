@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -15,31 +16,44 @@ if TYPE_CHECKING:
     from .compile import RuleSet
 
 REFINE_CAP = 32
+NEXT_DUE_CAP = 256
 SegmentResult = tuple[bool, datetime | None, bool]
 
 
 class Context:
-    """One profile at one instant: memoizes values, condition results and segment memberships."""
+    """One profile at one instant: memoizes values, condition results and segment memberships.
 
-    __slots__ = ("_results", "_segments", "_values", "best", "explaining", "ix", "now", "refine", "rules")
+    ``thorough``: conditions walk their window edges and segments are refined until each result's next
+    change is exact (what explanations show). Otherwise results carry only a lower bound of their next
+    change, and :func:`_next_due` finds the exact earliest change of all results together — much less work.
+    """
 
-    def __init__(self, ix: Index, now: datetime, rules: RuleSet, *, refine: bool, explaining: bool) -> None:
+    __slots__ = ("_groups", "_results", "_segments", "_values", "ix", "now", "rules", "thorough")
+
+    def __init__(self, ix: Index, now: datetime, rules: RuleSet, *, thorough: bool) -> None:
         self.ix = ix
         self.now = now
         self.rules = rules
-        self.refine = refine
-        self.explaining = explaining
-        self.best: datetime | None = None
-        self._values: dict[str, Any] = {}
+        self.thorough = thorough
+        self._values: dict[str, tuple[Any, datetime | None]] = {}
         self._results: dict[int, Result] = {}
         self._segments: dict[str, SegmentResult] = {}
+        self._groups: dict[str, tuple[int | None, list[Result], list[datetime | None]]] = {}
+
+    @property
+    def explaining(self) -> bool:
+        return self.thorough
 
     def value(self, value: Value) -> Any:
+        return self.value_edge(value)[0]
+
+    def value_edge(self, value: Value) -> tuple[Any, datetime | None]:
+        """The value at now and the next instant its inputs change (memoized: values are shared)."""
         key = value.key
         try:
             return self._values[key]
         except KeyError:
-            found = self._values[key] = value.value_at(self.ix, self.now)
+            found = self._values[key] = value.value_edge(self.ix, self.now)
             return found
 
     def result(self, condition: Condition) -> Result:
@@ -53,13 +67,18 @@ class Context:
         return condition.explain(self)
 
     def at(self, instant: datetime) -> Context:
-        return Context(self.ix, instant, self.rules, refine=False, explaining=False)
+        return Context(self.ix, instant, self.rules, thorough=False)
 
     def segment(self, name: str) -> SegmentResult:
         hit = self._segments.get(name)
         if hit is not None:
             return hit
-        condition = self.rules.segment(name).condition
+        segment = self.rules.by_name[name]
+        if segment.group is not None and not self.thorough:
+            out = self._group_member(segment.group, segment.position)
+            self._segments[name] = out
+            return out
+        condition = segment.condition
         value, nxt, after, exact = self.result(condition)
         member = value is True
         out: SegmentResult
@@ -67,18 +86,48 @@ class Context:
             out = (member, None, True)
         elif exact and (after is True) != member:
             out = (member, nxt, True)
-        elif not self.refine or self._beyond(nxt):
+        elif not self.thorough:
             out = (member, nxt, False)
         else:
             out = self._refine(condition, member, nxt)
-        if self.refine and out[1] is not None and out[2]:
-            self.best = earliest(self.best, out[1])
         self._segments[name] = out
         return out
 
-    def _beyond(self, instant: datetime) -> bool:
-        """A change at or after the earliest known one does not matter for next_due (unless explaining)."""
-        return not self.explaining and self.best is not None and instant >= self.best
+    def _group(self, group: str) -> tuple[int | None, list[Result], list[datetime | None]]:
+        """The winner of an exclusive group (first member whose condition is True), each member's own
+        result, and the running minimum of their next changes."""
+        hit = self._groups.get(group)
+        if hit is None:
+            results = []
+            prefix: list[datetime | None] = []
+            winner: int | None = None
+            low: datetime | None = None
+            for i, member in enumerate(self.rules.groups[group]):
+                r = self.result(self.rules.by_name[member].matched)
+                results.append(r)
+                if r[1] is not None and (low is None or r[1] < low):
+                    low = r[1]
+                prefix.append(low)
+                if winner is None and r[0] is True:
+                    winner = i
+            hit = self._groups[group] = (winner, results, prefix)
+        return hit
+
+    def _group_member(self, group: str, position: int) -> SegmentResult:
+        """Membership of the group's member at ``position`` and a lower bound of its next change."""
+        winner, results, prefix = self._group(group)
+        own = results[position]
+        if winner is not None and winner < position:
+            # out while the winner stays in; and, when its own condition is not true, until that changes too
+            held = results[winner][1]
+            if own[0] is True or held is None:
+                return (False, held, False)
+            if own[1] is None:
+                return (False, None, True)
+            return (False, max(held, own[1]), False)
+        if own[0] is True:
+            return (True, prefix[position], False)
+        return (False, own[1], own[1] is None)
 
     def _refine(self, condition: Condition, member: bool, start: datetime) -> SegmentResult:
         instant = start
@@ -90,10 +139,51 @@ class Context:
                 return (member, None, True)
             if exact and (after is True) != member:
                 return (member, nxt, True)
-            if self._beyond(nxt):
-                return (member, nxt, False)
             instant = nxt
         return (member, instant, False)
+
+
+def _next_due(
+    ctx: Context,
+    traits: list[tuple[str, Value, Any, datetime | None]],
+    segments: list[tuple[str, bool, datetime | None]],
+) -> datetime | None:
+    """The earliest instant after now at which any trait value or membership changes.
+
+    Every result carries a lower bound of its next change. Take the earliest bound, look at the results
+    bounded there at that instant: if one changed, that is the answer (nothing changed before it); if not,
+    their new bounds go back in the queue.
+    """
+    heap: list[tuple[datetime, int, int]] = []
+    for i, (_, _, _, bound) in enumerate(traits):
+        if bound is not None:
+            heap.append((bound, 0, i))
+    for i, (_, _, bound) in enumerate(segments):
+        if bound is not None:
+            heap.append((bound, 1, i))
+    heapq.heapify(heap)
+    ix = ctx.ix
+    for _ in range(NEXT_DUE_CAP):
+        if not heap:
+            return None
+        instant = heap[0][0]
+        later = ctx.at(instant)
+        while heap and heap[0][0] == instant:
+            _, kind, i = heapq.heappop(heap)
+            bound: datetime | None
+            if kind == 0:
+                _, expr, current, _ = traits[i]
+                if later.value(expr) != current:
+                    return instant
+                bound = expr.edges_after(ix, instant)
+            else:
+                name, member, _ = segments[i]
+                member_then, bound, _ = later.segment(name)
+                if member_then != member:
+                    return instant
+            if bound is not None:
+                heapq.heappush(heap, (bound, kind, i))
+    return heap[0][0] if heap else None
 
 
 def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool = True) -> Evaluation:
@@ -101,30 +191,32 @@ def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool =
 
     Deterministic: depends only on the profile's events and traits, the rules and ``now`` — not on the order
     in which events arrived. Missing values and divisions by zero make a condition unknown (not a member).
+    ``explain=False`` (the worker's path) gives the same segments, traits and next_due, faster.
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    ctx = Context(Index(profile), now, rules, refine=True, explaining=explain)
+    ctx = Context(Index(profile), now, rules, thorough=explain)
     traits: dict[str, Any] = {}
-    trait_next: dict[str, datetime | None] = {}
+    trait_state: list[tuple[str, Value, Any, datetime | None]] = []
     for name, expr in rules.traits:
-        current = ctx.value(expr)
+        current, edge = ctx.value_edge(expr)
         traits[name] = exported(current)
-        change = next_value_change(expr, ctx.ix, now, current)
-        trait_next[name] = change
-        ctx.best = earliest(ctx.best, change)
+        change = next_value_change(expr, ctx.ix, now, current) if explain else edge
+        trait_state.append((name, expr, current, change))
     members = []
-    next_due = ctx.best
     results: dict[str, SegmentResult] = {}
     for segment in rules.segments:
         result = results[segment.name] = ctx.segment(segment.name)
         if result[0]:
             members.append(segment.name)
-        next_due = earliest(next_due, result[1])
     explanations: dict[str, Explanation] = {}
     if explain:
+        next_due: datetime | None = None
+        for _, _, _, change in trait_state:
+            next_due = earliest(next_due, change)
         for segment in rules.segments:
             member, nxt, exact = results[segment.name]
+            next_due = earliest(next_due, nxt)
             tree = ctx.explain(segment.condition)
             detail: dict[str, Any] = {"condition": tree, "next_change_exact": exact}
             if segment.group:
@@ -138,6 +230,9 @@ def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool =
                 next_change=nxt,
                 detail=detail,
             )
+    else:
+        seg_state = [(s.name, results[s.name][0], results[s.name][1]) for s in rules.segments]
+        next_due = _next_due(ctx, trait_state, seg_state)
     return Evaluation(
         segments=frozenset(members), traits=traits, next_due=next_due, explanations=explanations
     )

@@ -185,14 +185,14 @@ def _sort_key(record: EventRecord) -> tuple[datetime, str]:
 class Index:
     """A profile's events per selector, sorted by time, built once per evaluation and shared by conditions."""
 
-    __slots__ = ("_cache", "profile")
+    __slots__ = ("cache", "profile")
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self._cache: dict[str, tuple[Sequence[EventRecord], list[datetime]]] = {}
+        self.cache: dict[str, tuple[Sequence[EventRecord], list[datetime]]] = {}
 
     def select(self, sel: Selector) -> tuple[Sequence[EventRecord], list[datetime]]:
-        hit = self._cache.get(sel.key)
+        hit = self.cache.get(sel.key)
         if hit is None:
             records: Sequence[EventRecord]
             records = self.profile.events if sel.event == ANY_EVENT else self.profile.events_named(sel.event)
@@ -203,7 +203,7 @@ class Index:
                 records = sorted(records, key=_sort_key)
                 times = [r.occurred_at for r in records]
             hit = (records, times)
-            self._cache[sel.key] = hit
+            self.cache[sel.key] = hit
         return hit
 
 
@@ -270,6 +270,10 @@ class Value:
     def edges_after(self, ix: Index, t: datetime) -> datetime | None:
         return None
 
+    def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        """``(value_at(t), edges_after(t))`` in one pass."""
+        return self.value_at(ix, t), self.edges_after(ix, t)
+
     def describe(self, ix: Index, t: datetime) -> dict[str, Any]:
         return {"value": exported(self.value_at(ix, t))}
 
@@ -329,6 +333,29 @@ class Aggregate(Value):
         if self.window.within is None and self.window.older is None:
             return None
         return self.window.edge(ix.select(self.sel)[1], t)
+
+    def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        times = (ix.cache.get(self.sel.key) or ix.select(self.sel))[1]
+        within, older = self.window.within, self.window.older
+        n = len(times)
+        edge: datetime | None = None
+        lo = 0
+        if within is not None:
+            lo = bisect_right(times, t - within)
+            if lo < n:
+                edge = times[lo] + within
+        hi = n
+        if older is not None:
+            hi = bisect_right(times, t - older)
+            if hi < n:
+                entering = times[hi] + older
+                if edge is None or entering < edge:
+                    edge = entering
+            if hi < lo:
+                hi = lo
+        if self.group_by is None and self.kind == "count":
+            return hi - lo, edge
+        return self.value_at(ix, t), edge
 
     def describe(self, ix: Index, t: datetime) -> dict[str, Any]:
         records, times = ix.select(self.sel)
@@ -414,6 +441,10 @@ class Computed(Value):
         assert self.expr is not None
         return self.expr.edges_after(ix, t)
 
+    def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        assert self.expr is not None
+        return self.expr.value_edge(ix, t)
+
     def describe(self, ix: Index, t: datetime) -> dict[str, Any]:
         assert self.expr is not None
         out = self.expr.describe(ix, t)
@@ -483,6 +514,18 @@ class Points(Value):
             found = earliest(found, agg.edges_after(ix, t))
         return found
 
+    def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        total = 0.0
+        found: datetime | None = None
+        for agg, weight in self.rules:
+            count, edge = agg.value_edge(ix, t)
+            total += weight * count
+            if edge is not None and (found is None or edge < found):
+                found = edge
+        if self.cap is not None and total > self.cap:
+            total = self.cap
+        return (int(total) if total == int(total) else round(total, 6)), found
+
     def describe(self, ix: Index, t: datetime) -> dict[str, Any]:
         parts = [
             {"rule": agg.label(), "weight": weight, "count": agg.value_at(ix, t)}
@@ -523,6 +566,30 @@ class Composite(Value):
         for value, _, _ in self.parts:
             found = earliest(found, value.edges_after(ix, t))
         return found
+
+    def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        total_weight = 0.0
+        score = 0.0
+        found: datetime | None = None
+        missing: Missing | None = None
+        for value, weight, top in self.parts:
+            raw, edge = value.value_edge(ix, t)
+            if edge is not None and (found is None or edge < found):
+                found = edge
+            if missing is not None:
+                continue
+            if isinstance(raw, Missing):
+                missing = raw
+                continue
+            n = number(raw)
+            if n is None:
+                missing = Missing(f"{value.label()} is not a number")
+                continue
+            score += weight * min(max(n / top, 0.0), 1.0)
+            total_weight += weight
+        if missing is not None:
+            return missing, found
+        return round(self.scale * score / total_weight, 2), found
 
     def describe(self, ix: Index, t: datetime) -> dict[str, Any]:
         parts = [
