@@ -75,9 +75,8 @@ class Context:
             return hit
         segment = self.rules.by_name[name]
         if segment.group is not None and not self.thorough:
-            out = self._group_member(segment.group, segment.position)
-            self._segments[name] = out
-            return out
+            grouped = self._segments[name] = self._group_member(segment.group, segment.position)
+            return grouped
         condition = segment.condition
         value, nxt, after, exact = self.result(condition)
         member = value is True
@@ -155,12 +154,12 @@ def _next_due(
     their new bounds go back in the queue.
     """
     heap: list[tuple[datetime, int, int]] = []
-    for i, (_, _, _, bound) in enumerate(traits):
-        if bound is not None:
-            heap.append((bound, 0, i))
-    for i, (_, _, bound) in enumerate(segments):
-        if bound is not None:
-            heap.append((bound, 1, i))
+    for i, trait in enumerate(traits):
+        if trait[3] is not None:
+            heap.append((trait[3], 0, i))
+    for i, seg in enumerate(segments):
+        if seg[2] is not None:
+            heap.append((seg[2], 1, i))
     heapq.heapify(heap)
     ix = ctx.ix
     for _ in range(NEXT_DUE_CAP):
