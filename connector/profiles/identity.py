@@ -118,8 +118,11 @@ class Resolution:
 class Resolver:
     """Resolves a batch of identity sets of one account. Use only under :class:`AccountLock`."""
 
-    def __init__(self, conn: redis.Redis, account: str, retention: Retention, now: datetime) -> None:
+    def __init__(
+        self, conn: redis.Redis, account: str, retention: Retention, now: datetime, locked: bool = True
+    ) -> None:
         self.conn = conn
+        self.locked = locked  # without the lock: read only (no merge is finished, nothing written)
         self.account = account
         self.retention = retention
         self.now = now
@@ -165,7 +168,7 @@ class Resolver:
                     if st.merged_into not in self.state:
                         nxt.append(st.merged_into)
             todo = nxt
-        if not merged:
+        if not merged or not self.locked:
             return
         # a merged profile that still holds data: a merge was cut short; finish it
         pipe = self.conn.pipeline(transaction=False)
@@ -198,6 +201,13 @@ class Resolver:
         return None
 
     # -- assigning --------------------------------------------------------------------------
+    def known(self, ids: Mapping[str, str]) -> str | None:
+        """The one live profile all these identities already point to, else None."""
+        found = {self.index.get(pair) for pair in ids.items()}
+        if len(found) != 1:
+            return None
+        return found.pop()
+
     def assign(self, ids: Mapping[str, str], previous: str | None = None) -> str:
         pairs = set(ids.items())
         if previous:
@@ -366,19 +376,34 @@ def resolve(
     items: Sequence[tuple[Mapping[str, str], str | None]],
     now: datetime,
 ) -> Resolution:
-    """Assign a profile id to each (identities, previous id) item, in order, under the lock."""
-    with AccountLock(conn, account):
-        resolver = Resolver(conn, account, retention, now)
-        pairs: set[tuple[str, str]] = set()
-        for ids, previous in items:
-            pairs |= set(ids.items())
-            if previous:
-                pairs |= {("anonymous_id", previous), ("user_id", previous)}
-        resolver.load(pairs)
-        targets = [resolver.assign(ids, previous) for ids, previous in items]
-        resolver.flush()
-        resolver.result.targets = targets
-        return resolver.result
+    """Assign a profile id to each (identities, previous id) item.
+
+    Items whose identities all already point to one live profile (a returning person, the common
+    case) are resolved without the lock; the others, in order, under the account's lock."""
+    pairs: set[tuple[str, str]] = set()
+    for ids, _ in items:
+        pairs |= set(ids.items())
+    reader = Resolver(conn, account, retention, now, locked=False)
+    reader.load(pairs)
+    targets: list[str | None] = [reader.known(ids) if previous is None else None for ids, previous in items]
+    slow = [n for n, target in enumerate(targets) if target is None]
+    result = Resolution()
+    if slow:
+        with AccountLock(conn, account):
+            resolver = Resolver(conn, account, retention, now)
+            wanted: set[tuple[str, str]] = set()
+            for n in slow:
+                ids, previous = items[n]
+                wanted |= set(ids.items())
+                if previous:
+                    wanted |= {("anonymous_id", previous), ("user_id", previous)}
+            resolver.load(wanted)
+            for n in slow:
+                targets[n] = resolver.assign(*items[n])
+            resolver.flush()
+            result = resolver.result
+    result.targets = [t for t in targets if t is not None]
+    return result
 
 
 def lookup(conn: redis.Redis, account: str, kind: str, value: str) -> str | None:
