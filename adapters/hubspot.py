@@ -60,7 +60,7 @@ def existing_id(body: Any) -> str | None:
 
 class HubSpotAdapter:
     name = "hubspot"
-    batch_size = UPSERT_LIMIT
+    batch_size = LIST_CHUNK  # upserts go 100 at a time inside; list calls take up to 1,000 ids
 
     def __init__(self, config: HubSpotConfig, transport: Transport | None = None, **kw: Any) -> None:
         self.config = config
@@ -165,7 +165,7 @@ class HubSpotAdapter:
         samples: dict[str, Any] = {}
         for change in changes:
             for name, value in change.fields.items():
-                if name not in self._fields and (name not in samples or samples[name] is None):
+                if value is not None and name not in self._fields and name not in samples:
                     samples[name] = value
         for name, value in sorted(samples.items()):
             try:
@@ -217,7 +217,9 @@ class HubSpotAdapter:
         for name in owned.fields:
             props[name] = ""
         for name, value in change.fields.items():
-            props[name] = "" if value is None else (str(value).lower() if isinstance(value, bool) else value)
+            if value is None:
+                continue  # cleared above when the connector set it; otherwise left alone
+            props[name] = str(value).lower() if isinstance(value, bool) else value
         kept = (current or set()) - owned.tags
         props[self.config.tags_property] = ";".join(sorted(kept | set(change.tags)))
         return props

@@ -134,9 +134,12 @@ class KlaviyoAdapter:
 
     @staticmethod
     def needs_import(change: Change, owned: OwnedState) -> bool:
-        """Tags or fields to write; a contact whose only change is a list membership is not imported
-        (its id comes from the ledger or a lookup by email)."""
-        return change.tags != owned.tags or bool(change.fields) or bool(owned.fields)
+        """Tags or fields to write, or a list to join without a known profile id (the import creates
+        the profile and returns its id). A contact that only leaves lists is not imported: its id
+        comes from the ledger or a lookup by email."""
+        values = any(v is not None for v in change.fields.values())
+        joins_without_id = owned.remote_id is None and bool(change.lists - owned.lists)
+        return change.tags != owned.tags or values or bool(owned.fields) or joins_without_id
 
     def upsert(self, change: Change, owned: OwnedState) -> str:
         try:
@@ -312,8 +315,9 @@ class KlaviyoAdapter:
             attributes = ((json_body(polled) or {}).get("data") or {}).get("attributes") or {}
         if attributes.get("status") == "cancelled" or int(attributes.get("failed_count") or 0) > 0:
             # which rows failed is not reliably reported: re-drive the whole chunk one by one
+            status, failed = attributes.get("status"), attributes.get("failed_count")
             raise PermanentError(
-                f"bulk import job {attributes.get('status')} with {attributes.get('failed_count')} failed rows",
+                f"bulk import job {status} with {failed} failed rows",
                 status=200,
                 code="bulk_job_failed",
             )
@@ -346,8 +350,11 @@ class KlaviyoAdapter:
                 continue
             for change in chunk:
                 pid = found.get(str(change.email).lower())
+                was = before[change.profile_id]
+                if pid is None and not (change.lists - was.lists):
+                    continue  # no such profile: it is in no list, nothing to remove
                 try:
-                    ids[change.profile_id] = pid or self.upsert(change, before[change.profile_id])
+                    ids[change.profile_id] = pid or self.upsert(change, was)
                 except AdapterError as err:
                     self._fail(errors, change, err)
 
@@ -381,9 +388,9 @@ class KlaviyoAdapter:
             before = owned.get(change.profile_id, OwnedState())
             adds = (change.lists - before.lists) - {listed.get(change.profile_id)}
             removes = before.lists - change.lists
-            if not adds and not removes:
+            pid = ids.get(change.profile_id)
+            if (not adds and not removes) or (pid is None and not adds):
                 continue
-            pid = ids[change.profile_id]
             for list_id in adds:
                 plan.setdefault((list_id, "POST"), []).append((change, pid))
             for list_id in removes:

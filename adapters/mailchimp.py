@@ -52,6 +52,7 @@ class MailchimpConfig:
     subscribe_with_consent: bool = True  # consent "subscribed" → status_if_new "subscribed"
     concurrency: int = 10
     is_syncing: bool = False  # true: automations on these tags do not fire
+    bulk_tag_threshold: int = 20  # contacts dropping one tag in a batch from which its segment is used
 
     def url(self) -> str:
         if self.base_url:
@@ -123,6 +124,7 @@ class MailchimpAdapter:
         )
         self.client = EspClient(transport)
         self.list_id = config.list_id
+        self._tag_ids: dict[str, str] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def status_if_new(self, change: Change) -> str:
@@ -133,7 +135,7 @@ class MailchimpAdapter:
         return self.config.status_if_new
 
     def merge_fields(self, change: Change, owned: OwnedState) -> dict[str, Any]:
-        out = {k: _merge_value(v) for k, v in change.fields.items()}
+        out = {k: _merge_value(v) for k, v in change.fields.items() if v is not None}
         for name in owned.fields:
             out.setdefault(name, "")  # owned field no longer wanted: erase it
         return out
@@ -167,10 +169,7 @@ class MailchimpAdapter:
         for chunk in chunks(upserts, BATCH_LIMIT):
             self._batch_upsert(chunk, owned, errors)
         ok = [c for c in upserts if c.profile_id not in errors]
-        for change in ok:
-            removed = self.removed_tags(change, owned.get(change.profile_id, OwnedState()))
-            if removed:
-                self._capture(errors, change, self._set_tags, change, [], removed)
+        self._remove_tags(ok, owned, errors)
         self._segments([c for c in ok if c.profile_id not in errors], owned, errors)
         for change in upserts:
             err = errors.get(change.profile_id)
@@ -231,6 +230,58 @@ class MailchimpAdapter:
             self._capture(
                 errors, change, self._single_upsert, change, owned.get(change.profile_id, OwnedState())
             )
+
+    def _remove_tags(
+        self, changes: Sequence[Change], owned: Mapping[str, OwnedState], errors: dict[str, AdapterError]
+    ) -> None:
+        """Tags the connector set and no longer wants. A tag dropped by many contacts at once goes
+        through its static segment (``members_to_remove``, 500 per call); the rest one contact at a
+        time through the tags endpoint."""
+        by_tag: dict[str, list[Change]] = {}
+        removals: dict[str, list[str]] = {}
+        for change in changes:
+            removed = self.removed_tags(change, owned.get(change.profile_id, OwnedState()))
+            removals[change.profile_id] = removed
+            for tag in removed:
+                by_tag.setdefault(tag, []).append(change)
+        done: dict[str, set[str]] = {}
+        for tag, group in sorted(by_tag.items()):
+            if len(group) < self.config.bulk_tag_threshold:
+                continue
+            try:
+                seg = self.tag_id(tag)
+            except AdapterError as err:
+                if err.status in (401, 403):
+                    raise
+                continue  # fall back to the tags endpoint
+            if seg is None:
+                for change in group:  # the tag no longer exists: nothing to remove
+                    done.setdefault(change.profile_id, set()).add(tag)
+                continue
+            failed_before = set(errors)
+            for i in range(0, len(group), BATCH_LIMIT):
+                self._segment_call(seg, [], group[i : i + BATCH_LIMIT], errors, redrive=True)
+            for change in group:
+                if change.profile_id not in failed_before and change.profile_id not in errors:
+                    done.setdefault(change.profile_id, set()).add(tag)
+        for change in changes:
+            if change.profile_id in errors:
+                continue
+            rest = [t for t in removals[change.profile_id] if t not in done.get(change.profile_id, set())]
+            if rest:
+                self._capture(errors, change, self._set_tags, change, [], rest)
+
+    def tag_id(self, name: str) -> str | None:
+        """The static segment id of a tag (``GET /lists/{id}/tag-search?name=``), cached."""
+        key = name.casefold()
+        if key not in self._tag_ids:
+            response = self.client.request("GET", f"/lists/{self.list_id}/tag-search", params={"name": name})
+            tags = (json_body(response) or {}).get("tags") or []
+            match = next((t for t in tags if str(t.get("name", "")).casefold() == key), None)
+            if match is None:
+                return None
+            self._tag_ids[key] = str(match["id"])
+        return self._tag_ids[key]
 
     def _single_upsert(self, change: Change, owned: OwnedState) -> None:
         assert change.email

@@ -40,7 +40,7 @@ from .errors import ConfigError
 TYPES = ("mailchimp", "hubspot", "klaviyo")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_BATCH = {"mailchimp": 500, "hubspot": 100, "klaviyo": 1000}
+MAX_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 1000}
 
 
 def _timezone(name: str) -> None:

@@ -361,3 +361,16 @@ def test_a_failed_bulk_job_is_redriven_one_by_one() -> None:
     assert all(r.status == APPLIED for r in results)
     assert [c[1] for c in fake.calls].count("/api/profile-import") == 5
     assert len(fake.lists["L"]) == 5
+
+
+def test_leaving_a_list_without_a_known_id_looks_the_profile_up_by_email() -> None:
+    fake = FakeKlaviyo()
+    fake.profiles["p1@example.com"] = {"id": "01K", "properties": {}}
+    fake.lists["L"] = {"01K"}
+    owned = {"p1": OwnedState(lists=frozenset({"L"})), "p2": OwnedState(lists=frozenset({"L"}))}
+    results = adapter(fake).apply([change("p1", fields={}), change("p2", fields={})], owned)
+    assert all(r.status == APPLIED for r in results)
+    assert fake.lists["L"] == set()
+    assert [c[1] for c in fake.calls].count("/api/profiles") == 1  # both emails in one lookup
+    assert results[0].owned and results[0].owned.remote_id == "01K"
+    assert "p2@example.com" not in fake.profiles  # not created just to leave a list it is not in

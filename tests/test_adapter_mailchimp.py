@@ -283,3 +283,30 @@ def test_contacts_without_email_are_skipped() -> None:
     fake = FakeMailchimp()
     results = adapter(fake).apply([change("p1", email=None)], {})
     assert results[0].status == "skipped" and fake.calls == []
+
+
+def test_a_tag_dropped_by_many_contacts_goes_through_its_segment() -> None:
+    fake = FakeMailchimp()
+
+    def tag_search(request: httpx.Request, body: Any) -> httpx.Response:
+        assert request.url.params["name"] == "Cart Abandoner"
+        return httpx.Response(
+            200,
+            json={
+                "tags": [{"id": 4242, "name": "cart abandoner"}, {"id": 1, "name": "cart abandoner 2"}],
+                "total_items": 2,
+            },
+        )
+
+    fake.overrides[("GET", f"/lists/{LIST}/tag-search")] = tag_search
+    owned = {f"p{i}": OwnedState(tags=frozenset({"Cart Abandoner"})) for i in range(30)}
+    changes = [change(f"p{i}") for i in range(30)]
+    results = adapter(fake).apply(changes, owned)
+    assert all(r.status == APPLIED for r in results)
+    removal = [c for c in fake.calls if c[1] == f"/lists/{LIST}/segments/4242"]
+    assert len(removal) == 1 and len(removal[0][2]["members_to_remove"]) == 30
+    assert not [c for c in fake.calls if c[1].endswith("/tags")]
+    # few contacts: the tags endpoint, one per contact
+    fake = FakeMailchimp()
+    adapter(fake).apply(changes[:2], owned)
+    assert len([c for c in fake.calls if c[1].endswith("/tags")]) == 2

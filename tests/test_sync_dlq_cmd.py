@@ -89,7 +89,7 @@ def test_destination_config_errors_name_file_and_path(tmp_path: Path) -> None:
         destinations(load(tmp_path, {"mailchimp": {"api_key_env": "K"}}))
     assert info.value.path == "destinations.mailchimp.list_id" and info.value.file
     with pytest.raises(ConfigError) as info:
-        destinations(load(tmp_path, {"hubspot": {"api_key_env": "K", "batch_size": 500}}))
+        destinations(load(tmp_path, {"hubspot": {"api_key_env": "K", "batch_size": 5000}}))
     assert info.value.path == "destinations.hubspot.batch_size"
     with pytest.raises(ConfigError) as info:
         destinations(load(tmp_path, {"klaviyo": {"api_key_env": "K", "batch_delay_ms": 5000}}))

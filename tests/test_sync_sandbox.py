@@ -69,12 +69,15 @@ def setup_lists(urls: dict[str, str]) -> dict[str, str]:
     }
 
 
-def account(tmp_path: Path, urls: dict[str, str], lists: dict[str, str]) -> Account:
+def account(
+    tmp_path: Path, urls: dict[str, str], lists: dict[str, str], klaviyo_tags: bool = True
+) -> Account:
     def dest(kind: str, key_env: str, **extra: Any) -> dict[str, Any]:
+        tags = [] if kind == "klaviyo" and not klaviyo_tags else ["cart abandoner"]
         return {
             "api_key_env": key_env,
             "base_url": urls[kind],
-            "segments": {"cart_abandoner": {"tags": ["cart abandoner"], "lists": [lists[kind]]}},
+            "segments": {"cart_abandoner": {"tags": tags, "lists": [lists[kind]]}},
             "fields": {
                 "cart_value": {"mailchimp": "CARTVAL", "hubspot": "cart_value", "klaviyo": "cart_value"}[kind]
             },
@@ -143,3 +146,51 @@ def test_enter_and_exit_reach_all_three_fakes(
     counts = flush_all(redis_client, acct, NOW + timedelta(seconds=4))
     assert all(c == {"applied": 1} for c in counts.values()), counts
     assert emails[0] not in apps["hubspot"].snapshot()["contacts"]
+
+
+def test_a_backfill_uses_few_requests(
+    redis_client: redis.Redis, tmp_path: Path, fakes: dict[str, Any]
+) -> None:
+    urls = fakes["urls"]
+    lists = setup_lists(urls)
+    acct = account(tmp_path, urls, lists, klaviyo_tags=False)
+    apps = fakes["apps"]
+    setup = {name: len(app.requests) for name, app in apps.items()}
+    n = 150
+    for i in range(n):
+        sync.submit(
+            redis_client, acct, f"p{i}", 1, ["cart_abandoner"], {}, f"s{i}@example.com", "unknown", NOW
+        )
+    counts = flush_all(redis_client, acct, NOW + timedelta(seconds=1))
+    assert all(c == {"applied": n} for c in counts.values()), counts
+    for i in range(n):
+        sync.submit(
+            redis_client, acct, f"p{i}", 2, [], {}, f"s{i}@example.com", "unknown", NOW + timedelta(seconds=2)
+        )
+    counts = flush_all(redis_client, acct, NOW + timedelta(seconds=3))
+    assert all(c == {"applied": n} for c in counts.values()), counts
+
+    def vendor_requests(name: str) -> list[str]:
+        return [f"{r.method} {r.path}" for r in apps[name].requests[setup[name] :]]
+
+    mc = vendor_requests("mailchimp")
+    # enter: batch subscribe + static segment; exit: batch subscribe + tag lookup + tag segment + list segment
+    assert len(mc) <= 6, mc
+    members = apps["mailchimp"].snapshot()["lists"][SANDBOX_MAILCHIMP_LIST]["members"]
+    assert len(members) == n and all(m["tags"] == [] for m in members.values())
+    hs = vendor_requests("hubspot")
+    # setup: the tags property (GET + POST); then per phase: read + upsert per 100, one list call
+    assert len(hs) == 2 + 2 * (2 + 2 + 1), "\n".join(hs)
+    kl = vendor_requests("klaviyo")
+    assert kl.count("POST /api/events") == 2 * n  # Segment Entered + Segment Exited
+    kl = [r for r in kl if r != "POST /api/events"]
+    # enter: one bulk import job (polled until complete) that also adds the list;
+    # exit: ids by email (100 per lookup) + 1 removal
+    assert kl[1].startswith("GET /api/profile-bulk-import-jobs/")
+    assert kl[:1] + kl[2:] == [
+        "POST /api/profile-bulk-import-jobs",
+        "GET /api/profiles",
+        "GET /api/profiles",
+        f"DELETE /api/lists/{lists['klaviyo']}/relationships/profiles",
+    ], kl
+    assert all(p["lists"] == [] for p in apps["klaviyo"].snapshot()["profiles"].values())
