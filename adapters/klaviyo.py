@@ -389,7 +389,11 @@ class KlaviyoAdapter:
             adds = (change.lists - before.lists) - {listed.get(change.profile_id)}
             removes = before.lists - change.lists
             pid = ids.get(change.profile_id)
-            if (not adds and not removes) or (pid is None and not adds):
+            if pid is None:
+                if adds:
+                    errors[change.profile_id] = TransientError(
+                        "no Klaviyo profile id yet", code="no_profile_id"
+                    )
                 continue
             for list_id in adds:
                 plan.setdefault((list_id, "POST"), []).append((change, pid))
