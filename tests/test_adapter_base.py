@@ -121,3 +121,35 @@ def test_client_repr_and_errors_hide_credentials() -> None:
     with pytest.raises(AuthError) as info:
         esp.request("GET", "/x")
     assert "secret-token" not in repr(info.value.describe())
+
+
+def test_a_429_storm_never_pushes_the_sender_above_the_configured_rate(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    sent: list[float] = []
+    n = {"i": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.t)
+        n["i"] += 1
+        if n["i"] % 3 == 0:  # every third request is throttled
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        return httpx.Response(200, json={})
+
+    transport = Transport(
+        base_url="https://esp.test",
+        headers={},
+        limiter_key="esp:storm",
+        error_mapper=lambda r: status_error(r, None, r.text),
+        limiter=limiter,
+        buckets={"default": Limits(windows=(Window(10, 10.0),))},
+        clock=clock,
+        sleep=clock.sleep,
+        http_transport=httpx.MockTransport(handler),
+    )
+    esp = EspClient(transport)
+    for _ in range(60):
+        esp.request("GET", "/x")
+    for t in sent:
+        assert len([s for s in sent if t - 10.0 < s <= t]) <= 10
+    assert limiter.factor("esp:storm") < 1.0  # it slowed down

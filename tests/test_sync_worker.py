@@ -416,3 +416,19 @@ def test_fire_due_arms_destinations_with_due_retries(redis_client: redis.Redis, 
     flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=1))
     assert sync.fire_due(redis_client, NOW + timedelta(seconds=1)) == 0  # retry not yet due
     assert sync.fire_due(redis_client, NOW + timedelta(minutes=5)) == 1
+
+
+def test_only_one_flush_runs_per_destination(
+    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "accounts"
+    directory.mkdir()
+    acct = account(directory)
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
+    sync._ACCOUNTS.clear()
+    esp = RecordingEsp()
+    with clock.frozen(NOW):
+        submit(redis_client, acct, "p1", 1, ["vip"])
+        redis_client.set(sync.key("acme", "mailchimp", "lock"), "other-worker")
+        assert sync.flush_job("acme", "mailchimp", conn=redis_client, factory=lambda d: esp) == {}
+    assert esp.calls == [] and "p1" in sync.pending(redis_client, "acme", "mailchimp")
