@@ -38,6 +38,7 @@ BUCKETS = {
     "lists": Limits(windows=(Window(10, 1.0), Window(150, 60.0))),
     "events": Limits(windows=(Window(350, 1.0), Window(3500, 60.0))),
     "bulk": Limits(windows=(Window(10, 1.0), Window(150, 60.0))),
+    "profiles": Limits(windows=(Window(75, 1.0), Window(700, 60.0))),
     "default": Limits(windows=(Window(3, 1.0), Window(60, 60.0))),
 }
 
@@ -89,7 +90,7 @@ def map_error(response: httpx.Response) -> AdapterError:
 
 class KlaviyoAdapter:
     name = "klaviyo"
-    batch_size = LIST_LIMIT
+    batch_size = BULK_LIMIT  # list calls go 1,000 ids at a time inside; bulk jobs take 10,000
 
     def __init__(self, config: KlaviyoConfig, transport: Transport | None = None, **kw: Any) -> None:
         self.config = config
@@ -311,7 +312,7 @@ class KlaviyoAdapter:
                 raise TransientError(f"bulk import job still {attributes.get('status')}", code="job_pending")
             self.client.t.sleep(self.config.bulk_poll_seconds)
             waited += self.config.bulk_poll_seconds
-            polled = self.client.request("GET", f"/api/profile-bulk-import-jobs/{job_id}", bucket="bulk")
+            polled = self.client.request("GET", f"/api/profile-bulk-import-jobs/{job_id}", bucket="profiles")
             attributes = ((json_body(polled) or {}).get("data") or {}).get("attributes") or {}
         if attributes.get("status") == "cancelled" or int(attributes.get("failed_count") or 0) > 0:
             # which rows failed is not reliably reported: re-drive the whole chunk one by one
@@ -361,7 +362,7 @@ class KlaviyoAdapter:
     def find_ids(self, emails: Sequence[str]) -> dict[str, str]:
         """email (lower) → profile id, for the profiles that exist."""
         params = {"filter": f"any(email,{json.dumps(list(emails))})", "page[size]": "100"}
-        response = self.client.request("GET", "/api/profiles", params=params)
+        response = self.client.request("GET", "/api/profiles", params=params, bucket="profiles")
         out = {}
         for item in (json_body(response) or {}).get("data") or []:
             email = str((item.get("attributes") or {}).get("email") or "").lower()

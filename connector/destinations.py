@@ -40,7 +40,8 @@ from .errors import ConfigError
 TYPES = ("mailchimp", "hubspot", "klaviyo")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 1000}
+MAX_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000}
+DEFAULT_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 1000}
 
 
 def _timezone(name: str) -> None:
@@ -190,7 +191,7 @@ def _parse(account: Account) -> dict[str, Destination]:
             raise ConfigError(
                 "required for mailchimp (the audience id)", file=account.file, path=f"{path}.list_id"
             )
-        size = data["batch_size"] or MAX_BATCH[kind]
+        size = data["batch_size"] or DEFAULT_BATCH[kind]
         if size > MAX_BATCH[kind]:
             raise ConfigError(
                 f"at most {MAX_BATCH[kind]} for {kind}", file=account.file, path=f"{path}.batch_size"
