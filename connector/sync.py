@@ -615,8 +615,11 @@ def flush_job(
             nxt = flusher.next_ready()
             now = clock.now().timestamp()
             horizon = now + dest.batch_delay_seconds
-            if is_paused(conn, account_id, destination_name) or nxt is None or nxt > horizon:
-                if conn.eval(_RELEASE, 2, flusher.k["ready"], armed, horizon):
+            if is_paused(conn, account_id, destination_name):
+                conn.delete(armed)  # resume() arms it again; the changes keep waiting
+                break
+            if nxt is None or nxt > horizon:
+                if _script(conn, _RELEASE)(keys=[flusher.k["ready"], armed], args=[horizon]):
                     break
                 continue
             if clock.monotonic() - started > time_budget:

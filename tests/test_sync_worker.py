@@ -432,3 +432,27 @@ def test_only_one_flush_runs_per_destination(
         redis_client.set(sync.key("acme", "mailchimp", "lock"), "other-worker")
         assert sync.flush_job("acme", "mailchimp", conn=redis_client, factory=lambda d: esp) == {}
     assert esp.calls == [] and "p1" in sync.pending(redis_client, "acme", "mailchimp")
+
+
+def test_flush_job_stops_when_the_destination_is_paused(
+    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "accounts"
+    directory.mkdir()
+    acct = account(directory)
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
+    sync._ACCOUNTS.clear()
+    esp = RecordingEsp()
+    esp.fail = AuthError("401", status=401)
+    with clock.frozen(NOW) as frozen:
+        submit(redis_client, acct, "p1", 1, ["vip"])
+        totals = sync.flush_job(
+            "acme",
+            "mailchimp",
+            conn=redis_client,
+            factory=lambda d: esp,
+            sleep=lambda s: frozen.advance(timedelta(seconds=s)),
+        )
+    assert totals == {"paused": 1} and len(esp.calls) == 1
+    assert not redis_client.exists(sync.key("acme", "mailchimp", "armed"))
+    assert "p1" in sync.pending(redis_client, "acme", "mailchimp")
