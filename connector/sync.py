@@ -491,6 +491,7 @@ class Flusher:
         if change.erase:
             self._erased(change, Result(change.profile_id, change.version, FAILED, error=err), now)
         self._drop(change)
+        self.conn.hdel(self.k["failing"], change.profile_id)  # a newer pending change starts afresh
         self._count(counts, "dead")
         log.warning(
             "change dead-lettered",
