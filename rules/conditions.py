@@ -112,7 +112,7 @@ class Compare(Condition):
 
     def truth(self, value: Any, t: datetime) -> bool | None:
         numeric = self.numeric
-        if numeric is not None and type(value) in (int, float):
+        if numeric is not None and type(value) in (int, float) and value == value:  # not NaN
             for check, arg in numeric:  # noqa: SIM110 (a loop is faster than all() over a generator)
                 if not check(value, arg):
                     return False

@@ -608,8 +608,12 @@ def exported(value: Any) -> Any:
         return None
     if isinstance(value, datetime):
         return iso(value)
-    if isinstance(value, float) and value == int(value) and abs(value) < 2**53:
-        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value == int(value) and abs(value) < 2**53:
+            return int(value)
+        return value
     if isinstance(value, dict):
         return {str(k): exported(v) for k, v in value.items()}
     return value

@@ -515,3 +515,40 @@ def test_naive_now_is_taken_as_utc() -> None:
     profile = person(ev("order_completed", timedelta(days=1)))
     rules = rules_for({"count": {"event": "order_completed", "within": "2d", "gte": 1}})
     assert evaluate(profile, rules, NOW.replace(tzinfo=None)).segments == {"s"}
+
+
+JUNK = [None, "", "x", "12", 3, -1.5, float("nan"), True, [], [1, "a"], {"a": 1}, "2024-13-45", "2024-05-01"]
+
+
+@pytest.mark.parametrize("junk", JUNK, ids=repr)
+def test_odd_values_never_raise(junk: Any) -> None:
+    rules = compile_rules(
+        {
+            "include": ["purchase_behavior", "engagement", "browse_abandonment", "high_intent"],
+            "traits": {
+                "avg_rev": {"avg": {"event": "order_completed", "property": "revenue"}},
+                "kinds": {"distinct": {"event": "product_viewed", "property": "category"}},
+            },
+            "segments": [
+                {"name": "t1", "when": {"trait": {"name": "plan", "gt": 3}}},
+                {"name": "t2", "when": {"trait": {"name": "plan", "older_than": "1d"}}},
+                {"name": "t3", "when": {"trait": {"name": "plan", "contains": "a"}}},
+                {"name": "t4", "when": {"trait": {"name": "plan", "between": [1, 5]}}},
+                {"name": "t5", "when": {"not": {"trait": {"name": "plan", "in": ["x", 3]}}}},
+                {"name": "t6", "when": {"trait": {"name": "avg_rev", "gte": 1}}},
+                {"name": "t7", "when": {"max": {"event": "order_completed", "property": "revenue", "lt": 9}}},
+            ],
+        }
+    )
+    profile = person(
+        ev("order_completed", timedelta(days=1), revenue=junk),
+        ev("product_viewed", timedelta(minutes=1), category=junk, time_on_page=junk),
+        ev("product_viewed", timedelta(minutes=2), category=junk, time_on_page=junk),
+        ev("product_viewed", timedelta(minutes=3), category=junk),
+        plan=junk,
+    )
+    full = evaluate(profile, rules, NOW)
+    quick = evaluate(profile, rules, NOW, explain=False)
+    assert (full.segments, full.traits, full.next_due) == (quick.segments, quick.traits, quick.next_due)
+    for explanation in full.explanations.values():
+        assert render(explanation)
