@@ -58,9 +58,19 @@ def exports_key(account: str) -> str:
 
 
 def erase_profile(
-    conn: redis.Redis, queue_conn: redis.Redis, account: str, pid: str, now: datetime, source: str
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account: str,
+    pid: str,
+    now: datetime,
+    source: str,
+    *,
+    dedupe: bool = True,
 ) -> bool:
-    """Erase one profile. Returns False if it did not exist (nothing is logged then)."""
+    """Erase one profile. Returns False if it did not exist (nothing is logged then).
+
+    ``dedupe=False`` leaves the dedupe markers to the caller (erasing a whole account drops them all
+    at once)."""
     with AccountLock(conn, account):
         data = read_profile(conn, name_codes(conn), account, pid)
         if data is None:
@@ -85,7 +95,7 @@ def erase_profile(
         conn.xadd(keys.erasures_key(account), {"profile": pid, "at": isoformat(now), "source": source})
     _drop_exports(conn, account, {pid})
     prefixes = {stored.event_id for _, stored in data.events} | set(data.other_event_ids)
-    removed = _drop_dedupe(queue_conn, account, prefixes)
+    removed = _drop_dedupe(queue_conn, account, prefixes) if dedupe else 0
     log.info(
         "profile erased", extra={"account": account, "profile": pid, "source": source, "dedupe": removed}
     )
@@ -100,9 +110,15 @@ def erase_account(
 
     erased = 0
     for pid in list(iter_profile_ids(conn, account)):
-        erased += erase_profile(conn, queue_conn, account, pid, now, source)
+        erased += erase_profile(conn, queue_conn, account, pid, now, source, dedupe=False)
+    chunk: list[bytes] = []
     for key in queue_conn.scan_iter(match=f"dd:{account}:*", count=1000):
-        queue_conn.delete(key)
+        chunk.append(key)
+        if len(chunk) >= 500:
+            queue_conn.delete(*chunk)
+            chunk = []
+    if chunk:
+        queue_conn.delete(*chunk)
     conn.delete(exports_key(account))
     return erased
 
