@@ -68,7 +68,9 @@ def apply_events(
     conn: redis.Redis, queue_conn: redis.Redis, account: Account, events: Sequence[Event], now: datetime
 ) -> Outcome:
     outcome = Outcome()
-    ordered = sorted(events, key=lambda e: (e.occurred_at, e.event_id))
+    keyed = sorted((e.occurred_at, e.event_id, n) for n, e in enumerate(events))
+    ordered = [events[n] for _, _, n in keyed]
+    event_ids = {id(events[n]): eid for _, eid, n in keyed}
     rejects = conn.pipeline(transaction=False)
     regular: list[tuple[Event, dict[str, str], str | None]] = []
     requests: list[tuple[Event, dict[str, str]]] = []
@@ -106,7 +108,12 @@ def apply_events(
             try:
                 prepared.append(
                     prepare(
-                        event.occurred_at, event.event_id, codes[event.name], kept_props, event.traits, codes
+                        event.occurred_at,
+                        event_ids[id(event)],
+                        codes[event.name],
+                        kept_props,
+                        event.traits,
+                        codes,
                     )
                 )
             except (TypeError, ValueError, OverflowError) as err:
