@@ -19,6 +19,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from rules import EMPTY, RulesError, RuleSet, compile_rules
+from rules.schema import flatten
 
 from .errors import ConfigError
 
@@ -153,30 +154,8 @@ class Account:
     ruleset: RuleSet = EMPTY  # compiled at load
 
 
-def _flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            if isinstance(key, int):
-                path = f"{prefix}[{key}]"
-            elif key == "_schema":
-                path = prefix
-            else:
-                path = f"{prefix}.{key}" if prefix else str(key)
-            if key == "value" and isinstance(value, dict) and prefix:
-                out.extend(_flatten(value, prefix))
-            else:
-                out.extend(_flatten(value, path))
-    elif isinstance(messages, list):
-        for item in messages:
-            out.extend(_flatten(item, prefix))
-    else:
-        out.append((prefix, str(messages)))
-    return out
-
-
 def validation_error(file: str, err: ValidationError) -> ConfigError:
-    problems = _flatten(err.messages)
+    problems = flatten(err.messages)
     path, reason = problems[0] if problems else ("", "invalid")
     extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return ConfigError(reason + extra, file=file, path=path or None)
