@@ -122,6 +122,8 @@ class HubSpotAdapter:
             interval = headers.get("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")
             seconds = int(interval) / 1000 if interval.isdigit() else 10.0
             limiter.block_until(key, self.client.t.clock() + seconds)
+        elif headers.get("X-HubSpot-RateLimit-Secondly-Remaining") == "0":
+            limiter.block_until(key, self.client.t.clock() + 1.0)
 
     # -- tags property ---------------------------------------------------------------------
     def ensure_options(self, tags: set[str]) -> None:

@@ -105,9 +105,20 @@ class KlaviyoAdapter:
             limiter_key=credential_key("klaviyo", config.api_key),
             error_mapper=map_error,
             buckets=BUCKETS,
+            observe=self.observe,
             **kw,
         )
         self.client = EspClient(transport)
+
+    def observe(self, response: httpx.Response) -> None:
+        """``RateLimit-Remaining: 0`` on a success: hold the key until ``RateLimit-Reset``."""
+        client = getattr(self, "client", None)
+        if client is None or client.t.limiter is None or response.status_code == 429:
+            return
+        remaining = response.headers.get("RateLimit-Remaining")
+        reset = response.headers.get("RateLimit-Reset", "")
+        if remaining == "0" and reset.isdigit():
+            client.t.limiter.block_until(client.t.limiter_key, client.t.clock() + int(reset))
 
     # -- requests --------------------------------------------------------------------------
     def import_body(self, change: Change, owned: OwnedState, profile_id: str | None = None) -> dict[str, Any]:

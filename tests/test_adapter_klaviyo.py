@@ -374,3 +374,30 @@ def test_leaving_a_list_without_a_known_id_looks_the_profile_up_by_email() -> No
     assert [c[1] for c in fake.calls].count("/api/profiles") == 1  # both emails in one lookup
     assert results[0].owned and results[0].owned.remote_id == "01K"
     assert "p2@example.com" not in fake.profiles  # not created just to leave a list it is not in
+
+
+def test_ratelimit_remaining_zero_holds_the_key(redis_client: Any) -> None:
+    from adapters.ratelimit import RateLimiter
+
+    clock = {"t": 1_700_000_000.0}
+    limiter = RateLimiter(redis_client, clock=lambda: clock["t"], sleep=lambda s: None)
+    fake = FakeKlaviyo()
+
+    def headers(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path == "/api/profile-import":
+            return httpx.Response(
+                200,
+                headers={"RateLimit-Remaining": "0", "RateLimit-Reset": "42"},
+                json={"data": {"type": "profile", "id": "01R"}},
+            )
+        return None
+
+    fake.before = headers
+    ad = KlaviyoAdapter(
+        KlaviyoConfig(api_key=KEY, base_url="https://a.klaviyo.test"),
+        http_transport=httpx.MockTransport(fake),
+        limiter=limiter,
+        clock=lambda: clock["t"],
+    )
+    ad.apply([change("p1")], {})
+    assert 41 <= limiter.blocked_for(ad.client.t.limiter_key) <= 42
