@@ -401,8 +401,11 @@ class Flusher:
             return True
         by_id = {c.profile_id: c for c in changes}
         for result in results:
-            change = by_id[result.profile_id]
-            self._record(change, result, now, counts)
+            change = by_id.pop(result.profile_id, None)
+            if change is not None:
+                self._record(change, result, now, counts)
+        for change in by_id.values():  # an adapter that forgot a change: try it again later
+            self._retry(change, TransientError("no result from the adapter", code="no_result"), now, counts)
         return True
 
     @staticmethod
