@@ -129,7 +129,7 @@ class Compare(Condition):
             if missing:
                 return True
         if missing:
-            return None
+            return False if value.definite else None
         verdict: bool | None = True
         for op, arg in self.ops:
             outcome = compare(op, value, arg)

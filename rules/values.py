@@ -25,10 +25,11 @@ MAX_LISTED_EVENTS = 20
 class Missing:
     """A value that cannot be computed: a missing property or trait, no values, a division by zero."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("definite", "reason")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, definite: bool = False) -> None:
         self.reason = reason
+        self.definite = definite  # a fact ("never had order_completed"): comparisons are false, not unknown
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Missing) and other.reason == self.reason
@@ -392,7 +393,7 @@ class Occurrence(Value):
     def value_at(self, ix: Index, t: datetime) -> Any:
         times = ix.select(self.sel)[1]
         if not times:
-            return Missing(f"never had {self.sel.label()}")
+            return Missing(f"never had {self.sel.label()}", definite=True)
         return times[-1] if self.last else times[0]
 
     def describe(self, ix: Index, t: datetime) -> dict[str, Any]:

@@ -218,6 +218,8 @@ def test_last_order_older_than_flips_exactly() -> None:
     assert evaluation.next_due == last.occurred_at + timedelta(days=90)
     assert holds(when, profile, evaluation.next_due)
     assert not holds(when, person(), NOW)  # never ordered: not "last order long ago"
+    # and a definite fact, not an unknown: "not ordered in the last 30 days" holds for someone who never did
+    assert holds({"not": {"last": {"event": "order_completed", "within": "30d"}}}, person())
 
 
 def test_first_occurrence_within() -> None:
