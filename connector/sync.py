@@ -157,20 +157,21 @@ def enqueue_change(conn: redis.Redis, change: Change, ready_at: float) -> bool:
     keys = [key(a, d, "pending"), key(a, d, "ready"), key(a, d, "applied"), "sync:due", key(a, d, "armed")]
     args = [change.profile_id, change.version, json.dumps(change.to_dict()), ready_at, member(a, d)]
     args.append(ARMED_TTL_SECONDS)
-    outcome = int(_script(conn, _ENQUEUE)(keys=keys, args=args))
+    outcome = int(_run(conn, _ENQUEUE, keys, args))
     if outcome == 2:
         _enqueue_job(conn, a, d)
     return outcome > 0
 
 
-def _script(conn: redis.Redis, source: str) -> Any:
-    scripts = _SCRIPTS.setdefault(id(conn), {})
-    if source not in scripts:
-        scripts[source] = conn.register_script(source)
-    return scripts[source]
+def _run(conn: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
+    """Run a Lua script by its SHA (loaded on first use on each server)."""
+    script = _SCRIPTS.get(source)
+    if script is None:
+        script = _SCRIPTS[source] = conn.register_script(source)
+    return script(keys=keys, args=args, client=conn)
 
 
-_SCRIPTS: dict[int, dict[str, Any]] = {}
+_SCRIPTS: dict[str, Any] = {}
 
 
 def _enqueue_job(conn: redis.Redis, account: str, destination: str) -> None:
@@ -401,11 +402,11 @@ class Flusher:
             return True
         by_id = {c.profile_id: c for c in changes}
         for result in results:
-            change = by_id.pop(result.profile_id, None)
-            if change is not None:
-                self._record(change, result, now, counts)
-        for change in by_id.values():  # an adapter that forgot a change: try it again later
-            self._retry(change, TransientError("no result from the adapter", code="no_result"), now, counts)
+            done = by_id.pop(result.profile_id, None)
+            if done is not None:
+                self._record(done, result, now, counts)
+        for left in by_id.values():  # an adapter that forgot a change: try it again later
+            self._retry(left, TransientError("no result from the adapter", code="no_result"), now, counts)
         return True
 
     @staticmethod
@@ -441,12 +442,11 @@ class Flusher:
         else:
             owned_json = json.dumps((owned or OwnedState()).to_dict())
             digest = state_digest(change)
-        _script(self.conn, _COMMIT)(keys=keys, args=[change.profile_id, change.version, owned_json, digest])
+        _run(self.conn, _COMMIT, keys, [change.profile_id, change.version, owned_json, digest])
 
     def _drop(self, change: Change) -> None:
-        self.conn.eval(
-            _DROP, 3, self.k["pending"], self.k["ready"], self.k["failing"], change.profile_id, change.version
-        )
+        keys = [self.k["pending"], self.k["ready"], self.k["failing"]]
+        _run(self.conn, _DROP, keys, [change.profile_id, change.version])
 
     def _retry(self, change: Change, err: Exception, now: datetime, counts: dict[str, int]) -> None:
         record = self._failing(change.profile_id)
@@ -623,7 +623,7 @@ def flush_job(
                 conn.delete(armed)  # resume() arms it again; the changes keep waiting
                 break
             if nxt is None or nxt > horizon:
-                if _script(conn, _RELEASE)(keys=[flusher.k["ready"], armed], args=[horizon]):
+                if _run(conn, _RELEASE, [flusher.k["ready"], armed], [horizon]):
                     break
                 continue
             if clock.monotonic() - started > time_budget:

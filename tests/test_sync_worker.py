@@ -456,3 +456,19 @@ def test_flush_job_stops_when_the_destination_is_paused(
     assert totals == {"paused": 1} and len(esp.calls) == 1
     assert not redis_client.exists(sync.key("acme", "mailchimp", "armed"))
     assert "p1" in sync.pending(redis_client, "acme", "mailchimp")
+
+
+def test_a_change_the_adapter_gives_no_result_for_is_retried(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    acct = account(tmp_path)
+
+    class Forgetful(RecordingEsp):
+        def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
+            return super().apply(changes, owned)[:-1]
+
+    esp = Forgetful()
+    submit(redis_client, acct, "p1", 1, ["vip"])
+    submit(redis_client, acct, "p2", 1, ["vip"])
+    counts = flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=1))
+    assert counts == {"applied": 1, "retry": 1}
