@@ -179,7 +179,7 @@ class Transport:
     """How an adapter talks to its ESP: base URL, auth headers, limits, time seams."""
 
     base_url: str
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(repr=False)  # carries the credential
     limiter_key: str
     error_mapper: ErrorMapper
     limiter: RateLimiter | None = None

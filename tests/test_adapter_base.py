@@ -153,3 +153,10 @@ def test_a_429_storm_never_pushes_the_sender_above_the_configured_rate(redis_cli
     for t in sent:
         assert len([s for s in sent if t - 10.0 < s <= t]) <= 10
     assert limiter.factor("esp:storm") < 1.0  # it slowed down
+
+
+def test_transport_repr_hides_the_credential() -> None:
+    from adapters.mailchimp import MailchimpAdapter, MailchimpConfig
+
+    ad = MailchimpAdapter(MailchimpConfig(api_key="topsecret-us1", list_id="l"))
+    assert "topsecret" not in repr(ad.client.t) + repr(ad.config) + repr(ad.client)
