@@ -138,6 +138,24 @@ def openloop(port: int, bodies: Path, rate: int, seconds: int) -> dict[str, floa
     return dict(json.loads(out.stdout))
 
 
+def cpu_ms(pids: list[int]) -> float:
+    """CPU time (user + system) used so far by these processes, in milliseconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(master: subprocess.Popen[bytes]) -> list[int]:
+    """The gunicorn master and its workers."""
+    children = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout
+    return [master.pid, *(int(pid) for pid in children.split())]
+
+
 def stored(conn: redis.Redis) -> tuple[int, int]:
     counters = conn.hgetall("metrics:ingest")
     return int(counters.get(b"accepted:bench", 0)), int(counters.get(b"duplicate:bench", 0))
@@ -203,15 +221,20 @@ def main() -> None:
         # (the machine may be shared).
         closed: list[dict[str, dict[str, float]]] = []
         opened: list[dict[str, dict[str, float]]] = []
+        redis_pids = [server.process.pid] if server is not None and server.process is not None else []
+        masters = {ingest_port: procs[0], bare_port: procs[1]}
         for _ in range(args.rounds):
             closed.append({})
             for name, port in targets.items():
                 run_bodies = bodies("closed", args.seconds * 12_000)
                 conn.flushdb()
-                result = wrk(
-                    f"http://127.0.0.1:{port}{PATH}", run_bodies, args.threads, args.connections, args.seconds
-                )
+                pids = server_pids(masters[port])
+                web0, redis0 = cpu_ms(pids), cpu_ms(redis_pids)
+                url = f"http://127.0.0.1:{port}{PATH}"
+                result = wrk(url, run_bodies, args.threads, args.connections, args.seconds)
+                result["web_cpu_ms"] = (cpu_ms(pids) - web0) / result["requests"]
                 if port == ingest_port:
+                    result["redis_cpu_ms"] = (cpu_ms(redis_pids) - redis0) / result["requests"]
                     result["stored"], result["duplicates"] = stored(conn)
                 closed[-1][name] = result
         for _ in range(args.rounds):
@@ -249,18 +272,19 @@ def report(
     workers = args.workers or f"{os.cpu_count()} cores x 2 (gunicorn_conf)"
     print(f"\ngunicorn workers: {workers}; wrk -t{args.threads} -c{args.connections} -d{args.seconds}s")
     print(f"machine: {os.cpu_count()} cores; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after")
-    print("\n| round | run | endpoint | req/s | p50 ms | p99 ms | notes |")
-    print("|---|---|---|---:|---:|---:|---|")
+    print("\n| round | run | endpoint | req/s | p50 ms | p99 ms | CPU ms/request | notes |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
     for i, results in enumerate(closed, 1):
         for name, r in results.items():
             notes = f"non-2xx {int(r['non_2xx'])}, socket errors {int(r['socket_errors'])}"
+            cpu = f"{r['web_cpu_ms']:.2f}"
             if "stored" in r:
-                notes += (
-                    f"; stored {int(r['stored'])} of {int(r['requests'])}, duplicates {int(r['duplicates'])}"
-                )
+                notes += f"; stored {int(r['stored'])} of {int(r['requests'])}"
+                notes += f", duplicates {int(r['duplicates'])}"
+                cpu += f" + redis {r['redis_cpu_ms']:.2f}"
             print(
                 f"| {i} | (a) closed loop, max throughput | {name} | {r['rps']:.0f} | {r['p50_ms']} "
-                f"| {r['p99_ms']} | {notes} |"
+                f"| {r['p99_ms']} | {cpu} | {notes} |"
             )
     for i, results in enumerate(opened, 1):
         for name, r in results.items():
@@ -272,14 +296,21 @@ def report(
                 notes += f"; stored {int(r['stored'])}, duplicates {int(r['duplicates'])}"
             print(
                 f"| {i} | (b) open loop, {r['target_rate']:.0f} req/s | {name} | {r['achieved_rate']:.0f} "
-                f"| {r['p50_ms']} | {r['p99_ms']} | {notes} |"
+                f"| {r['p50_ms']} | {r['p99_ms']} | | {notes} |"
             )
     ratios = [r[ingest]["rps"] / r[bare]["rps"] for r in closed]
+    cpu_ratios = [
+        r[bare]["web_cpu_ms"] / (r[ingest]["web_cpu_ms"] + r[ingest]["redis_cpu_ms"]) for r in closed
+    ]
     p99s = [r[ingest]["p99_ms"] for r in opened]
     bare_p99s = [r[bare]["p99_ms"] for r in opened]
     print(
         f"\ningest / bare throughput per round: {', '.join(f'{x:.0%}' for x in ratios)}; "
         f"median {statistics.median(ratios):.0%} (target >= 60%)"
+    )
+    print(
+        "bare CPU per request / ingest CPU per request (web + redis): "
+        f"{', '.join(f'{x:.0%}' for x in cpu_ratios)}; median {statistics.median(cpu_ratios):.0%}"
     )
     print(
         f"ingest p99 at {args.rate} req/s per round: {', '.join(f'{x:g}' for x in p99s)} ms; "
