@@ -203,7 +203,7 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         )
         for name, cfg in data["senders"].items()
     }
-    return Account(
+    account = Account(
         id=data["account"],
         file=file,
         senders=senders,
@@ -215,6 +215,10 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         rules=data["rules"],
         ruleset=ruleset,
     )
+    from .destinations import destinations  # validates the section; imports this module
+
+    destinations(account)
+    return account
 
 
 def _rules_path(path: str) -> str:
