@@ -51,7 +51,7 @@ def test_valid_file_loads_with_defaults_and_hides_secrets(tmp_path: Path) -> Non
         ({"retention": {"max_events": 0}}, "retention.max_events", "greater than or equal to 1"),
         ({"colour": "blue"}, "colour", "Unknown field"),
         ({"senders": {"mandrill": {"secret_env": "SEG_SECRET"}}}, "senders.mandrill.url", "required"),
-        ({"destinations": {"crm": {"type": "sendgrid", "api_key_env": "X"}}}, "destinations.crm.type", "one of"),
+        ({"destinations": {"crm": {"type": "sendgrid", "api_key_env": "X"}}}, "destinations.crm.type", "one"),
         ({"rules": {"segments": [{"name": "x", "when": {"count": {"event": "a", "within": "10 minutes"}}}]}},
          "rules.segments[0].when.count.within", "not a duration"),
     ],
