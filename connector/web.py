@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Request, Response, current_app, jsonify, request
 
 from . import clock
 from .config import Account, Accounts, Secret, SenderConfig
@@ -39,30 +39,37 @@ def request_url() -> str:
     Building it is a noticeable share of a request's CPU and senders post to a handful of URLs,
     so it is computed once per distinct set of the request's URL parts.
     """
+    req = _request()
     public = current_app.config.get("CONNECTOR_PUBLIC_URL")
-    env = request.environ
+    env = req.environ
     key = (public, env.get("QUERY_STRING"), *(env.get(part) for part in _URL_PARTS))
     url = _URLS.get(key)
     if url is None:
         if public:
-            query = request.query_string.decode("latin-1")
-            url = public.rstrip("/") + request.path + (f"?{query}" if query else "")
+            query = req.query_string.decode("latin-1")
+            url = public.rstrip("/") + req.path + (f"?{query}" if query else "")
         else:
-            url = request.url
+            url = req.url
         if len(_URLS) >= _URLS_MAX:
             _URLS.clear()
         _URLS[key] = url
     return url
 
 
+def _request() -> Request:
+    """The request object itself (each attribute read through the ``request`` proxy has a cost)."""
+    return request._get_current_object()  # type: ignore[attr-defined]
+
+
 def inbound_request() -> Inbound:
     url = request_url()
+    req = _request()
     return Inbound(
-        method=request.method,
+        method=req.method,
         url=url,
-        args=request.args,
-        headers=request.headers,
-        body=request.get_data(cache=True),
+        args=req.args,
+        headers=req.headers,
+        body=req.get_data(cache=True),
     )
 
 
@@ -98,7 +105,7 @@ def accept(account: Account, events: list[Any]) -> Response:
 def answer(status: str, accepted: int, duplicates: int) -> Response:
     """The small JSON body of a 2xx, written directly (the generic JSON provider costs more)."""
     body = f'{{"status":"{status}","accepted":{accepted},"duplicates":{duplicates}}}\n'
-    return current_app.response_class(body, mimetype="application/json")
+    return Response(body, mimetype="application/json")
 
 
 @bp.route("/webhooks/<account_id>/<sender>", methods=["GET", "HEAD", "POST", "PUT", "PATCH"])
