@@ -18,7 +18,7 @@ import httpx
 import tenacity
 from tenacity import RetryCallState
 
-from .change import Change, OwnedState, Result
+from .change import SKIPPED, Change, OwnedState, Result
 from .errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, RateLimiter
 
@@ -277,3 +277,20 @@ def _redact(path: str) -> str:
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def triage(
+    changes: Sequence[Change], erase: Callable[[Change], Result]
+) -> tuple[dict[str, Result], list[Change]]:
+    """Erasures are carried out at once and changes without an email are skipped with the reason;
+    returns those results by profile id and the changes left to upsert."""
+    results: dict[str, Result] = {}
+    upserts: list[Change] = []
+    for change in changes:
+        if change.erase:
+            results[change.profile_id] = erase(change)
+        elif not change.email:
+            results[change.profile_id] = Result(change.profile_id, change.version, SKIPPED, note="no email")
+        else:
+            upserts.append(change)
+    return results, upserts

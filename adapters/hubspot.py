@@ -28,7 +28,16 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from .base import EspClient, Transport, chunks, credential_key, json_body, retry_after_header, status_error
+from .base import (
+    EspClient,
+    Transport,
+    chunks,
+    credential_key,
+    json_body,
+    retry_after_header,
+    status_error,
+    triage,
+)
 from .change import APPLIED, FAILED, SKIPPED, Change, OwnedState, Result
 from .errors import AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
@@ -227,19 +236,9 @@ class HubSpotAdapter:
         return props
 
     def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
-        results: dict[str, Result] = {}
         errors: dict[str, AdapterError] = {}
         ids: dict[str, str] = {}
-        upserts: list[Change] = []
-        for change in changes:
-            if change.erase:
-                results[change.profile_id] = self.erase(change)
-            elif not change.email:
-                results[change.profile_id] = Result(
-                    change.profile_id, change.version, SKIPPED, note="no email"
-                )
-            else:
-                upserts.append(change)
+        results, upserts = triage(changes, self.erase)
         if upserts:
             self._upsert_all(upserts, owned, errors, ids)
             self._lists([c for c in upserts if c.profile_id not in errors], owned, ids, errors)

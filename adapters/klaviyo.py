@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .base import EspClient, Transport, chunks, credential_key, json_body, status_error
+from .base import EspClient, Transport, chunks, credential_key, json_body, status_error, triage
 from .change import APPLIED, FAILED, SKIPPED, Change, OwnedState, Result
 from .errors import AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
@@ -190,19 +190,9 @@ class KlaviyoAdapter:
 
     # -- apply -----------------------------------------------------------------------------
     def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
-        results: dict[str, Result] = {}
         errors: dict[str, AdapterError] = {}
         ids: dict[str, str] = {}
-        live: list[Change] = []
-        for change in changes:
-            if change.erase:
-                results[change.profile_id] = self.erase(change)
-            elif not change.email:
-                results[change.profile_id] = Result(
-                    change.profile_id, change.version, SKIPPED, note="no email"
-                )
-            else:
-                live.append(change)
+        results, live = triage(changes, self.erase)
         before = {c.profile_id: owned.get(c.profile_id, OwnedState()) for c in live}
         importing = [c for c in live if self.needs_import(c, before[c.profile_id])]
         bulk: list[Change] = []

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .base import EspClient, Transport, chunks, credential_key, json_body, status_error
+from .base import EspClient, Transport, chunks, credential_key, json_body, status_error, triage
 from .change import (
     APPLIED,
     CONSENT_SUBSCRIBED,
@@ -154,18 +154,8 @@ class MailchimpAdapter:
 
     # -- apply -----------------------------------------------------------------------------
     def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
-        results: dict[str, Result] = {}
         errors: dict[str, AdapterError] = {}
-        upserts: list[Change] = []
-        for change in changes:
-            if change.erase:
-                results[change.profile_id] = self.erase(change)
-            elif not change.email:
-                results[change.profile_id] = Result(
-                    change.profile_id, change.version, SKIPPED, note="no email"
-                )
-            else:
-                upserts.append(change)
+        results, upserts = triage(changes, self.erase)
         for chunk in chunks(upserts, BATCH_LIMIT):
             self._batch_upsert(chunk, owned, errors)
         ok = [c for c in upserts if c.profile_id not in errors]
