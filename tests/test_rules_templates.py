@@ -162,3 +162,24 @@ def test_engagement_levels_from_the_composite_score() -> None:
     assert in_group(rules, person(*(ev("email_opened", days(d)) for d in range(1, 11))), "engagement") == [
         "lightly_engaged"
     ]
+
+
+def test_explanations_are_json_and_readable_for_every_template_segment() -> None:
+    import json
+
+    rules = compile_rules(all_templates_rules())
+    profile = person(
+        ev("order_completed", days(100), revenue=120),
+        ev("order_completed", days(3), revenue="80.5"),
+        ev("add_to_cart", timedelta(hours=60), category="hats"),
+        ev("product_viewed", timedelta(minutes=5), category="hats", time_on_page=45),
+        ev("email_delivered", days(2)),
+        ev("email_opened", days(1)),
+    )
+    evaluation = evaluate(profile, rules, NOW)
+    assert set(evaluation.explanations) == set(rules.segment_names)
+    for name, explanation in evaluation.explanations.items():
+        json.dumps(explanation.detail)
+        text = render(explanation)
+        assert text.startswith(f"{name}: {'IN' if explanation.member else 'OUT'}")
+    json.dumps(evaluation.traits)
