@@ -183,27 +183,47 @@ def _sort_key(record: EventRecord) -> tuple[datetime, str]:
     return (record.occurred_at, record.event_id)
 
 
+_NOTHING: tuple[Sequence[EventRecord], list[datetime]] = ((), [])
+
+
 class Index:
     """A profile's events per selector, sorted by time, built once per evaluation and shared by conditions."""
 
-    __slots__ = ("cache", "profile")
+    __slots__ = ("_all", "_names", "cache", "profile")
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.cache: dict[str, tuple[Sequence[EventRecord], list[datetime]]] = {}
+        self._names: dict[str, tuple[list[EventRecord], list[datetime]]] | None = None
+        self._all: tuple[Sequence[EventRecord], list[datetime]] = _NOTHING
+
+    def _build(self) -> dict[str, tuple[list[EventRecord], list[datetime]]]:
+        """Every event name's records and times in one pass, in (occurred_at, event_id) order."""
+        events: Sequence[EventRecord] = self.profile.events
+        times = [r.occurred_at for r in events]
+        if any(map(ge, times, islice(times, 1, None))):  # out of order, or ties to order by id
+            events = sorted(events, key=_sort_key)
+            times = [r.occurred_at for r in events]
+        names: dict[str, tuple[list[EventRecord], list[datetime]]] = {}
+        for record, at in zip(events, times, strict=True):
+            entry = names.get(record.name)
+            if entry is None:
+                names[record.name] = ([record], [at])
+            else:
+                entry[0].append(record)
+                entry[1].append(at)
+        self._all = (events, times)
+        self._names = names
+        return names
 
     def select(self, sel: Selector) -> tuple[Sequence[EventRecord], list[datetime]]:
         hit = self.cache.get(sel.key)
         if hit is None:
-            records: Sequence[EventRecord]
-            records = self.profile.events if sel.event == ANY_EVENT else self.profile.events_named(sel.event)
+            names = self._names if self._names is not None else self._build()
+            hit = self._all if sel.event == ANY_EVENT else names.get(sel.event, _NOTHING)
             if sel.where:
-                records = [r for r in records if sel.matches(r.properties)]
-            times = [r.occurred_at for r in records]
-            if any(map(ge, times, islice(times, 1, None))):  # out of order, or ties to order by id
-                records = sorted(records, key=_sort_key)
-                times = [r.occurred_at for r in records]
-            hit = (records, times)
+                records = [r for r in hit[0] if sel.matches(r.properties)]
+                hit = (records, [r.occurred_at for r in records])
             self.cache[sel.key] = hit
         return hit
 
