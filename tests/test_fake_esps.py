@@ -744,10 +744,14 @@ def test_klaviyo_burst_and_steady_limits(kl: tuple[FakeKlaviyo, httpx.Client], s
     path = f"/api/lists/{list_id}/relationships/profiles"
     pid = client.post("/api/profile-import", json=_profile("r@example.com")).json()["data"]["id"]
     body = {"data": [{"type": "profile", "id": pid}]}
-    for _ in range(10):
+    first = client.post(path, json=body)
+    assert first.headers["RateLimit-Remaining"] == "9"
+    assert first.headers["RateLimit-Reset"] == "1"  # the burst window is the one closest to exhaustion
+    for _ in range(9):
         ok = client.post(path, json=body)
         assert ok.status_code == 204
-    assert "RateLimit-Remaining" in ok.headers
+    assert ok.headers["RateLimit-Remaining"] == "0"
+    assert ok.headers["RateLimit-Reset"] == "1"
     r = client.post(path, json=body)
     error = _kl_error(r, 429, "throttled")
     assert r.headers["Retry-After"] == "1"
@@ -755,11 +759,16 @@ def test_klaviyo_burst_and_steady_limits(kl: tuple[FakeKlaviyo, httpx.Client], s
     assert "throttled" in error["detail"]
     sim.advance(timedelta(seconds=1))
     assert client.post(path, json=body).status_code == 204
-    statuses = []
+    statuses: list[int] = []
+    accepted: list[httpx.Response] = []
     for _ in range(14):  # 11 accepted so far; 139 more reach the steady 150 per minute
         sim.advance(timedelta(seconds=1))
-        statuses += [client.post(path, json=body).status_code for _ in range(10)]
+        responses = [client.post(path, json=body) for _ in range(10)]
+        statuses += [r.status_code for r in responses]
+        accepted = [r for r in responses if r.status_code == 204] or accepted
     assert statuses.count(204) == 139
+    assert accepted[-1].headers["RateLimit-Remaining"] == "0"
+    assert int(accepted[-1].headers["RateLimit-Reset"]) > 1  # the minute window is exhausted now
     sim.advance(timedelta(seconds=1))
     r = client.post(path, json=body)
     assert r.status_code == 429

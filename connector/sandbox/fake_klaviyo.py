@@ -290,10 +290,13 @@ class FakeKlaviyo(FakeESP):
         rate = self.rates[bucket]
         with self.lock:
             windows = self._windows_for(credential, bucket, now)
-            remaining = min(limit - self._windows.get(key, 0) for key, limit, _ in windows)
+            left = [(limit - self._windows.get(key, 0), reset) for key, limit, reset in windows]
+        # the policy closest to exhaustion (IETF RateLimit headers): its remaining and its reset
+        remaining = min(n for n, _ in left)
+        reset = max(r for n, r in left if n == remaining)
         response.headers["RateLimit-Limit"] = f"{rate.burst}, {rate.burst};w=1, {rate.steady};w=60"
         response.headers["RateLimit-Remaining"] = str(max(0, remaining))
-        response.headers["RateLimit-Reset"] = str(max(0, math.ceil(windows[1][2] - now)))
+        response.headers["RateLimit-Reset"] = str(max(0, math.ceil(reset - now)))
 
     def add_routes(self) -> None:
         self.route("POST", "/api/profile-import", self.profile_import)
