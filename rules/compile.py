@@ -173,7 +173,10 @@ def _instantiate(
     except RulesError as err:
         raise origin.error(err.path, err.reason) from err
     substituted["params"] = params
-    return _load(TemplateSchema(), substituted, origin)
+    loaded = _load(TemplateSchema(), substituted, origin)
+    if loaded["include"]:
+        raise origin.error("include", "a template cannot include other templates")
+    return loaded
 
 
 class _Compiler:

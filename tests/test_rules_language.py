@@ -326,3 +326,10 @@ def test_cli_validate_missing_file(tmp_path: Path) -> None:
     result = run_cli("rules", "validate", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 1
     assert "cannot read" in result.output
+
+
+def test_a_template_cannot_include_another() -> None:
+    template = {"template": "mine", "include": ["vip"], "segments": [seg("m", COUNT)]}
+    err = error_of({"include": ["mine"]}, templates={"mine": template})
+    assert err.path == "include[0]"
+    assert "cannot include" in err.reason
