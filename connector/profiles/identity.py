@@ -144,7 +144,10 @@ class Resolver:
             self.index[pair] = pid.decode() if pid else None
             if pid:
                 pids.add(pid.decode())
-        self._load_states(pids)
+        if self.locked:
+            # without the lock only the index is read: a merged or erased profile is caught by the
+            # apply script (redirect / drop), so its state is not needed here
+            self._load_states(pids)
         for pair in todo:
             self.index[pair] = self._follow(self.index[pair])
 
