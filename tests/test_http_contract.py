@@ -125,6 +125,10 @@ def test_acknowledged_events_survive_a_restart(own_redis, own_client) -> None:  
     conn = redis.Redis.from_url(own_redis.url)
     assert [e["source_event_id"] for e in stored_events(conn)] == ["msg-durable"]
     conn.close()
+    # the web process's connection went stale with the restart: it is replaced, not answered with 503
+    res = post_segment(own_client, "acme", segment_body("msg-after-restart"))
+    assert res.status_code == 200, res.json
+    assert post_segment(own_client, "acme", segment_body("msg-durable")).json["status"] == "duplicate"
 
 
 # --- metrics -----------------------------------------------------------------------------------
