@@ -74,7 +74,7 @@ def apply_batch(
             continue
         outcome = apply_events(conn, queue_conn, account, batch, now)
         outcomes[account_id] = outcome
-        for name in ("applied", "duplicates", "rejected", "dropped", "erased", "exported"):
+        for name in ("applied", "duplicates", "rejected", "dropped", "expired", "erased", "exported"):
             value = getattr(outcome, name)
             if value:
                 counters.hincrby("metrics:worker", f"{name}:{account_id}", value)

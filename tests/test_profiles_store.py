@@ -64,7 +64,8 @@ def test_retention_by_count_and_age(redis_client, tmp_path: Path, monkeypatch) -
     now = T0 + timedelta(days=40)
     old = [ev(f"old{i}", at=i, user_id="u1") for i in range(3)]  # 40 days old: beyond 30 days
     recent = [ev(f"new{i}", at=T0 + timedelta(days=20, minutes=i), user_id="u1") for i in range(8)]
-    apply(redis_client, accounts, *old, *recent, now=now)
+    outcome = apply(redis_client, accounts, *old, *recent, now=now)
+    assert (outcome.applied, outcome.expired) == (8, 3)
     profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), now)
     assert profile is not None
     assert [e.occurred_at for e in profile.events] == [e.occurred_at for e in recent[-5:]]

@@ -40,6 +40,7 @@ class Outcome:
     duplicates: int = 0
     rejected: int = 0
     dropped: int = 0  # events of a profile erased meanwhile
+    expired: int = 0  # history events already older than the account's retention window
     erased: int = 0
     exported: int = 0
     touched: set[str] = field(default_factory=set)
@@ -163,6 +164,8 @@ def _apply_groups(
             if status == "ok":
                 outcome.applied += int(reply[1])
                 outcome.duplicates += int(reply[2])
+                stored = sum(1 for item in groups[pid] if item.member)
+                outcome.expired += stored - int(reply[1]) - int(reply[2])
                 outcome.touched.add(pid)
             elif status == "m":
                 target = reply[1].decode()
