@@ -43,6 +43,9 @@ def _register() -> None:
 
 
 def main() -> None:
+    from .devenv import apply_dev_env
+
+    apply_dev_env()  # the sample account's generated secrets, when `connector dev` made them here
     _register()
     try:
         cli(standalone_mode=True)

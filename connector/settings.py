@@ -28,6 +28,18 @@ def _running_dev_redis() -> str | None:
     return running_redis_url()
 
 
+def _config_dir() -> Path:
+    """``CONNECTOR_CONFIG_DIR``; else ``config/accounts``; else the sample account of ``connector dev``."""
+    explicit = os.environ.get("CONNECTOR_CONFIG_DIR")
+    if explicit:
+        return Path(explicit)
+    default = Path("config/accounts")
+    from .devenv import data_dir
+
+    seeded = data_dir() / "accounts"
+    return seeded if not default.is_dir() and seeded.is_dir() else default
+
+
 @dataclass(frozen=True)
 class Settings:
     queue_redis_url: str
@@ -47,7 +59,7 @@ class Settings:
         return cls(
             queue_redis_url=os.environ.get("CONNECTOR_QUEUE_REDIS_URL") or base,
             profile_redis_url=os.environ.get("CONNECTOR_PROFILE_REDIS_URL") or base,
-            config_dir=Path(os.environ.get("CONNECTOR_CONFIG_DIR", "config/accounts")),
+            config_dir=_config_dir(),
             max_body_bytes=_int("CONNECTOR_MAX_BODY_BYTES", 1024 * 1024),
             event_shards=shards,
             public_url=(os.environ.get("CONNECTOR_PUBLIC_URL") or None),

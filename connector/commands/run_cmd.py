@@ -10,8 +10,10 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
+import yaml
 
 from .. import devenv
 from ..embedded_redis import EmbeddedRedis
@@ -50,20 +52,51 @@ def scheduler() -> None:
     sched.run()
 
 
-def _seed_config(data_dir: Path) -> Path:
+# Segments of the sample account that the sandbox mirrors as lists (and tags) in each fake ESP.
+SANDBOX_LISTS = ("cart_abandoner", "checkout_abandoner", "vip")
+
+
+def _seed_config(data_dir: Path, destinations: dict[str, Any] | None = None) -> Path:
+    """Write the sample account once (later runs keep the file, and any edits to it)."""
     target = data_dir / "accounts"
     target.mkdir(parents=True, exist_ok=True)
     sample = resources.files("connector") / "sample" / "demo.yaml"
     dest = target / "demo.yaml"
     if not dest.exists():
-        dest.write_text(sample.read_text())
+        text = sample.read_text()
+        if destinations:
+            text += yaml.safe_dump({"destinations": destinations}, sort_keys=False)
+        dest.write_text(text)
     return target
+
+
+def _start_sandbox() -> Any:
+    from ..sandbox.process import ENV, start_sandbox
+
+    try:
+        sandbox = start_sandbox(lists=SANDBOX_LISTS)
+    except OSError as err:
+        raise click.ClickException(
+            f"cannot start the sandbox ESPs: {err.strerror or err} (another `connector dev` running? "
+            "use --no-sandbox)"
+        ) from err
+    for key, value in ENV.items():
+        os.environ.setdefault(key, value)
+    for esp in ("mailchimp", "hubspot", "klaviyo"):
+        click.echo(f"sandbox {esp:<9} {sandbox.base_url(esp)}")
+    return sandbox
 
 
 @click.command()
 @click.option("--port", default=8000, show_default=True, help="Port of the web process.")
 @click.option("--web-workers", default=2, show_default=True)
-def dev(port: int, web_workers: int) -> None:
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=True,
+    show_default=True,
+    help="Run fake Mailchimp, HubSpot and Klaviyo servers on loopback for the sample account.",
+)
+def dev(port: int, web_workers: int, sandbox: bool) -> None:
     """Run web + worker + scheduler locally, with an embedded Redis unless REDIS_URL is set."""
     from ..config import load_accounts
 
@@ -71,8 +104,9 @@ def dev(port: int, web_workers: int) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     devenv.ensure_dev_env()
     devenv.apply_dev_env()
+    fakes = _start_sandbox() if sandbox else None
     if not os.environ.get("CONNECTOR_CONFIG_DIR"):
-        _seed_config(data_dir)
+        _seed_config(data_dir, fakes.destinations() if fakes else None)
         os.environ["CONNECTOR_CONFIG_DIR"] = str(devenv.config_dir())
     # Invalid settings or account files stop start-up before anything is started.
     Settings.from_env()
@@ -92,6 +126,8 @@ def dev(port: int, web_workers: int) -> None:
             embedded.stop()
             devenv.redis_url_file().unlink(missing_ok=True)
             click.echo("embedded redis stopped")
+        if fakes is not None:
+            fakes.stop()
     sys.exit(code)
 
 
