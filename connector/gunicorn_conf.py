@@ -9,3 +9,6 @@ worker_class = "sync"
 keepalive = 5
 timeout = 30
 accesslog = os.environ.get("CONNECTOR_ACCESS_LOG") or None
+# Path only: the query string can carry a sender's URL token (Mailchimp `?secret=`) and the Basic
+# auth user is the tracking API's write key, so neither is logged.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'

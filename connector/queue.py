@@ -136,7 +136,8 @@ class EventQueue:
 
     def shard_for(self, account: str, events: Sequence[Event]) -> int:
         ids = events[0].identities if events else {}
-        route = ids.get("user_id") or ids.get("anonymous_id") or ids.get("email") or ""
+        route = ids.get("user_id") or ids.get("anonymous_id") or ids.get("email")
+        route = route or min(ids.values(), default="")  # a sender-specific id (Shopify, Klaviyo, ...)
         return zlib.crc32(f"{account}\x1f{route}".encode()) % self.shards
 
     def ingest(self, account: str, events: Sequence[Event], dedupe_ttl_seconds: int) -> IngestResult:
