@@ -1,13 +1,16 @@
 """``/metrics`` in the Prometheus text format.
 
 Counters live in Redis hashes (``metrics:*``) so that every web and worker process adds to the
-same numbers; queue depths are read live.
+same numbers; queue depths, the due index, its lateness (fired - due, the latest samples),
+paused destinations and dead letters are read live.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
 
+from . import due, sync
+from .deadletters import DeadLetters
 from .queue import EventQueue
 
 bp = Blueprint("metrics", __name__)
@@ -31,6 +34,22 @@ def render(queue: EventQueue) -> str:
     lines.append("# TYPE connector_event_queue_depth gauge")
     for shard, depth in queue.pending().items():
         lines.append(f'connector_event_queue_depth{{shard="{shard}"}} {depth}')
+    lines.append("# TYPE connector_due_pending gauge")
+    lines.append(f"connector_due_pending {due.pending(conn)}")
+    samples = sorted(due.lateness_samples(conn))
+    if samples:
+        lines.append("# TYPE connector_due_lateness_seconds summary")
+        for q in (0.5, 0.99):
+            value = samples[min(len(samples) - 1, int(q * len(samples)))]
+            lines.append(f'connector_due_lateness_seconds{{quantile="{q}"}} {value:.6f}')
+        lines.append(f"connector_due_lateness_seconds_count {len(samples)}")
+    lines.append("# TYPE connector_destination_paused gauge")
+    for account, destination in sorted(sync.paused(conn)):
+        lines.append(f'connector_destination_paused{{account="{account}",destination="{destination}"}} 1')
+    lines.append("# TYPE connector_dead_letters gauge")
+    dead = DeadLetters(conn)
+    for kind in dead.kinds():
+        lines.append(f'connector_dead_letters{{kind="{kind}"}} {dead.count(kind)}')
     return "\n".join(lines) + "\n"
 
 
