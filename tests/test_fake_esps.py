@@ -615,6 +615,20 @@ def test_hubspot_daily_limit(sim: FrozenClock) -> None:
         assert client.get("/crm/v3/properties/contacts/email").status_code == 200
 
 
+def test_hubspot_daily_limit_resets_at_midnight_in_the_account_time_zone(sim: FrozenClock) -> None:
+    limits = HubSpotLimits(daily=1, per_ten_seconds=None, timezone="America/New_York")
+    fake = FakeHubSpot(tokens=[HS_TOKEN], clock=sim, limits=limits)  # T0 is 07:00 in New York
+    with (
+        serving(fake) as server,
+        _client(server.url, headers={"Authorization": f"Bearer {HS_TOKEN}"}) as client,
+    ):
+        assert client.get("/crm/v3/properties/contacts/email").status_code == 200
+        sim.advance(timedelta(hours=12, minutes=30))  # 00:30 UTC: 19:30 the same day in New York
+        assert client.get("/crm/v3/properties/contacts/email").json()["policyName"] == "DAILY"
+        sim.advance(timedelta(hours=5))  # 00:30 the next day in New York
+        assert client.get("/crm/v3/properties/contacts/email").status_code == 200
+
+
 def test_hubspot_gdpr_delete(hs: tuple[FakeHubSpot, httpx.Client]) -> None:
     fake, client = hs
     _upsert(client, _input("gone@example.com"))

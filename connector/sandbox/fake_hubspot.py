@@ -16,7 +16,9 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from werkzeug.wrappers import Request, Response
 
@@ -78,12 +80,13 @@ class HubList:
 
 @dataclass
 class HubSpotLimits:
-    """Per token. Defaults: a Free/Starter private app (100 per rolling 10 s, 250,000 a day).
-    ``secondly`` is off unless set; 429s do not count against the limits."""
+    """Per token. Defaults: a Free/Starter private app (100 per rolling 10 s, 250,000 a day, reset at
+    midnight in the account's ``timezone``). ``secondly`` is off unless set; 429s do not count."""
 
     per_ten_seconds: int | None = 100
     daily: int | None = 250_000
     secondly: int | None = None
+    timezone: str = "UTC"
     whole_batch_400_without_trace_id: bool = True
 
 
@@ -217,7 +220,7 @@ class FakeHubSpot(FakeESP):
         return path.rstrip("/") or "/"
 
     def _day(self, now: float) -> int:
-        return int(now // 86400)
+        return datetime.fromtimestamp(now, ZoneInfo(self.limits.timezone)).date().toordinal()
 
     def before(self, request: Request, credential: str, path: str, now: float) -> Callable[[], None]:
         limits = self.limits
