@@ -200,14 +200,23 @@ class KlaviyoAdapter:
             bulk = [c for c in importing if self.bulk_eligible(c, before[c.profile_id])]
         listed = self._bulk_import(bulk, before, errors) if bulk else {}
         in_bulk = {c.profile_id for c in bulk}
+        outage: TransientError | None = None
         for change in importing:
             if change.profile_id in in_bulk and change.profile_id not in errors:
                 continue
             if change.profile_id in errors and not isinstance(errors[change.profile_id], _Redrive):
                 continue
             errors.pop(change.profile_id, None)
+            if outage is not None:
+                # the ESP is down or throttling after the in-call retries: the rest of the batch
+                # waits for the worker's next attempt instead of retrying contact by contact
+                self._fail(errors, change, outage)
+                continue
             try:
                 ids[change.profile_id] = self.upsert(change, before[change.profile_id])
+            except TransientError as err:
+                self._fail(errors, change, err)
+                outage = err
             except AdapterError as err:
                 self._fail(errors, change, err)
         for change in live:

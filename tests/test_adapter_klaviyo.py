@@ -401,3 +401,17 @@ def test_ratelimit_remaining_zero_holds_the_key(redis_client: Any) -> None:
     )
     ad.apply([change("p1")], {})
     assert 41 <= limiter.blocked_for(ad.client.t.limiter_key) <= 42
+
+
+def test_an_outage_defers_the_rest_of_the_batch_instead_of_retrying_each_contact() -> None:
+    fake = FakeKlaviyo()
+    fake.before = lambda request, body: httpx.Response(
+        503, json={"errors": [{"status": 503, "code": "error"}]}
+    )
+    ad = adapter(fake)
+    results = ad.apply([change(f"p{i}") for i in range(20)], {})
+    imports = [c for c in fake.calls if c[1] == "/api/profile-import"]
+    attempts_for_one_contact = len(imports)
+    assert 1 <= attempts_for_one_contact <= 5  # the in-call retries of the first contact only
+    assert {r.status for r in results} == {FAILED}
+    assert all(r.error is not None and r.error.retryable for r in results)
