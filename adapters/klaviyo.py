@@ -371,7 +371,8 @@ class KlaviyoAdapter:
 
     def find_ids(self, emails: Sequence[str]) -> dict[str, str]:
         """email (lower) → profile id, for the profiles that exist."""
-        params = {"filter": f"any(email,{json.dumps(list(emails))})", "page[size]": "100"}
+        listed = json.dumps(list(emails), separators=(",", ":"))
+        params = {"filter": f"any(email,{listed})", "page[size]": "100"}
         response = self.client.request("GET", "/api/profiles", params=params, bucket="profiles")
         out = {}
         for item in (json_body(response) or {}).get("data") or []:
