@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -29,9 +28,7 @@ def sign(sender: str, body: BinaryIO, account_id: str, url: str | None, curl_arg
     """Print the signature headers SENDER would send with BODY (a file, or - for stdin)."""
     devenv.apply_dev_env()
     settings = Settings.from_env()
-    directory = Path(settings.config_dir)
-    if not os.environ.get("CONNECTOR_CONFIG_DIR") and not directory.is_dir():
-        directory = devenv.config_dir()  # the sample account seeded by `connector dev`
+    directory = Path(settings.config_dir)  # falls back to the sample account `connector dev` seeds
     accounts = load_accounts(directory)
     account = accounts.get(account_id)
     cfg = account.senders.get(sender) if account else None
