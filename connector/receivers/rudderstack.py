@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import ClassVar
 
 from ..config import Account, SenderConfig
-from ..errors import MalformedPayload, Unauthorized
+from ..errors import Unauthorized
 from ..event import Event
 from .base import Inbound, matches_any, require_json
-from .spec import normalize
+from .spec import normalize_body
 
 DEFAULT_HEADER = "X-Signing-Key"
 
@@ -40,12 +40,4 @@ class RudderStackReceiver:
             raise Unauthorized("secret header missing")
         if not matches_any([provided.strip()], [s.value for s in sender.secrets]):
             raise Unauthorized("secret header does not match")
-        payload = require_json(inbound)
-        if isinstance(payload, list):
-            if not payload:
-                raise MalformedPayload("batch body is an empty array")
-            return [
-                normalize(m, account=account.id, source=self.source, received_at=now, where=f"body[{i}]")
-                for i, m in enumerate(payload)
-            ]
-        return [normalize(payload, account=account.id, source=self.source, received_at=now)]
+        return normalize_body(require_json(inbound), account=account.id, source=self.source, received_at=now)

@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import ClassVar
 
 from ..config import Account, SenderConfig
-from ..errors import MalformedPayload, Unauthorized
+from ..errors import Unauthorized
 from ..event import Event
 from .base import Inbound, hmac_digest, matches_any, require_json
-from .spec import normalize
+from .spec import normalize_body
 
 
 def first_element_bytes(body: bytes) -> bytes:
@@ -75,12 +75,4 @@ class SegmentReceiver:
 
     def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
         self.verify(inbound, sender)
-        payload = require_json(inbound)
-        if isinstance(payload, list):
-            if not payload:
-                raise MalformedPayload("batch body is an empty array")
-            return [
-                normalize(m, account=account.id, source=self.source, received_at=now, where=f"body[{i}]")
-                for i, m in enumerate(payload)
-            ]
-        return [normalize(payload, account=account.id, source=self.source, received_at=now)]
+        return normalize_body(require_json(inbound), account=account.id, source=self.source, received_at=now)

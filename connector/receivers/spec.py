@@ -90,3 +90,15 @@ def normalize(
         traits=traits,
         raw=message,
     )
+
+
+def normalize_body(payload: Any, *, account: str, source: str, received_at: datetime) -> list[Event]:
+    """A webhook body of Segment-spec messages: one object, or an array of them (a batch)."""
+    if isinstance(payload, list):
+        if not payload:
+            raise MalformedPayload("batch body is an empty array")
+        return [
+            normalize(m, account=account, source=source, received_at=received_at, where=f"body[{i}]")
+            for i, m in enumerate(payload)
+        ]
+    return [normalize(payload, account=account, source=source, received_at=received_at)]
