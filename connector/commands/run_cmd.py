@@ -158,7 +158,9 @@ def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:
     code = 0
     try:
         for name, cmd in commands.items():
-            children[name] = subprocess.Popen(cmd, env=os.environ.copy())
+            # Own sessions: Ctrl-C reaches only this supervisor, which stops them with SIGTERM
+            # (gunicorn's graceful stop finishes requests in flight; SIGINT would cut them off).
+            children[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
         click.echo(f"web: http://127.0.0.1:{port}  accounts: {', '.join(account_ids)}")
         click.echo(f"sample secrets: {devenv.dev_env_file()} (send a signed event: see README)")
         while not stopping:
