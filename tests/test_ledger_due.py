@@ -48,3 +48,15 @@ def test_due_index_takes_only_due_entries_and_keeps_rescheduled_ones(redis_clien
     assert due.pending(redis_client) == 2
     due.schedule(redis_client, "acme", "p2", None)
     assert due.pending(redis_client) == 1
+
+
+def test_scheduler_sleeps_until_the_next_due_instant_at_most_one_tick(redis_client) -> None:  # type: ignore[no-untyped-def]
+    from connector import scheduler
+
+    assert scheduler.sleep_seconds(redis_client, T0) == scheduler.TICK_SECONDS
+    due.schedule(redis_client, "acme", "p1", T0 + timedelta(milliseconds=50))
+    assert abs(scheduler.sleep_seconds(redis_client, T0) - 0.05) < 1e-6
+    due.schedule(redis_client, "acme", "p1", T0 - timedelta(seconds=1))
+    assert scheduler.sleep_seconds(redis_client, T0) == 0.0
+    due.schedule(redis_client, "acme", "p1", T0 + timedelta(hours=1))
+    assert scheduler.sleep_seconds(redis_client, T0) == scheduler.TICK_SECONDS
