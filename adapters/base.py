@@ -294,3 +294,38 @@ def triage(
         else:
             upserts.append(change)
     return results, upserts
+
+
+Memberships = dict[tuple[str, bool], list[tuple[Change, str]]]
+
+
+def membership_plan(
+    changes: Sequence[Change],
+    owned: Mapping[str, OwnedState],
+    ids: Mapping[str, str],
+    errors: dict[str, AdapterError],
+    missing: Callable[[], AdapterError],
+    already_added: Mapping[str, str] | None = None,
+) -> Memberships:
+    """The list calls a batch needs: (list id, True to add / False to remove) → (change, ESP id).
+
+    Only lists that differ from the ownership ledger are named, so a list a marketer manages by hand
+    is never touched. A change that must join a list before the ESP id of its contact is known fails
+    with ``missing()`` (retried later); ``already_added`` holds lists a bulk job already joined.
+    """
+    plan: Memberships = {}
+    for change in changes:
+        before = owned.get(change.profile_id, OwnedState())
+        joined = already_added.get(change.profile_id) if already_added else None
+        adds = (change.lists - before.lists) - {joined}
+        removes = before.lists - change.lists
+        remote = ids.get(change.profile_id) or before.remote_id
+        if remote is None:
+            if adds:
+                errors[change.profile_id] = missing()
+            continue  # without an id the contact joined none of our lists: nothing to remove
+        for list_id in adds:
+            plan.setdefault((list_id, True), []).append((change, remote))
+        for list_id in removes:
+            plan.setdefault((list_id, False), []).append((change, remote))
+    return plan

@@ -34,6 +34,7 @@ from .base import (
     chunks,
     credential_key,
     json_body,
+    membership_plan,
     retry_after_header,
     status_error,
     triage,
@@ -399,21 +400,12 @@ class HubSpotAdapter:
         ids: Mapping[str, str],
         errors: dict[str, AdapterError],
     ) -> None:
-        plan: dict[tuple[str, str], list[tuple[Change, str]]] = {}
-        for change in changes:
-            before = owned.get(change.profile_id, OwnedState())
-            record = ids.get(change.profile_id) or before.remote_id
-            if record is None:
-                if change.lists != before.lists:
-                    errors[change.profile_id] = TransientError(
-                        "no HubSpot record id yet", code="no_record_id"
-                    )
-                continue
-            for list_id in change.lists - before.lists:
-                plan.setdefault((list_id, "add"), []).append((change, record))
-            for list_id in before.lists - change.lists:
-                plan.setdefault((list_id, "remove"), []).append((change, record))
-        for (list_id, action), members in sorted(plan.items()):
+        def missing() -> AdapterError:
+            return TransientError("no HubSpot record id yet", code="no_record_id")
+
+        plan = membership_plan(changes, owned, ids, errors, missing)
+        for (list_id, joining), members in sorted(plan.items()):
+            action = "add" if joining else "remove"
             for chunk in chunks(members, LIST_CHUNK):
                 body = sorted({record for _, record in chunk})
                 try:

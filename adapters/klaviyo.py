@@ -24,7 +24,16 @@ from typing import Any
 
 import httpx
 
-from .base import EspClient, Transport, chunks, credential_key, json_body, status_error, triage
+from .base import (
+    EspClient,
+    Transport,
+    chunks,
+    credential_key,
+    json_body,
+    membership_plan,
+    status_error,
+    triage,
+)
 from .change import APPLIED, FAILED, SKIPPED, Change, OwnedState, Result
 from .errors import AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
@@ -395,23 +404,12 @@ class KlaviyoAdapter:
         errors: dict[str, AdapterError],
         listed: Mapping[str, str],
     ) -> None:
-        plan: dict[tuple[str, str], list[tuple[Change, str]]] = {}
-        for change in changes:
-            before = owned.get(change.profile_id, OwnedState())
-            adds = (change.lists - before.lists) - {listed.get(change.profile_id)}
-            removes = before.lists - change.lists
-            pid = ids.get(change.profile_id)
-            if pid is None:
-                if adds:
-                    errors[change.profile_id] = TransientError(
-                        "no Klaviyo profile id yet", code="no_profile_id"
-                    )
-                continue
-            for list_id in adds:
-                plan.setdefault((list_id, "POST"), []).append((change, pid))
-            for list_id in removes:
-                plan.setdefault((list_id, "DELETE"), []).append((change, pid))
-        for (list_id, method), members in sorted(plan.items()):
+        def missing() -> AdapterError:
+            return TransientError("no Klaviyo profile id yet", code="no_profile_id")
+
+        plan = membership_plan(changes, owned, ids, errors, missing, already_added=listed)
+        for (list_id, joining), members in sorted(plan.items()):
+            method = "POST" if joining else "DELETE"
             for chunk in chunks(members, LIST_LIMIT):
                 body = {"data": [{"type": "profile", "id": pid} for pid in sorted({p for _, p in chunk})]}
                 try:
