@@ -35,13 +35,26 @@ from rules.model import EventRecord, Profile
 
 from . import keys
 
-APPLY = """
+# Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
+# account's retention (age, then count) and bumping the profile's revision.
+_PRELUDE = """
 local p, h = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', p, 'm', 'x')
 if st[1] then return {'m', st[1]} end
 if st[2] then return {'x'} end
 local cutoff = tonumber(ARGV[1])
 local maxev = tonumber(ARGV[2])
+"""
+_RETAIN = """
+redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
+local n = redis.call('ZCARD', h)
+if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
+redis.call('HINCRBY', p, 'rv', 1)
+"""
+
+APPLY = (
+    _PRELUDE
+    + """
 local i = 3
 local added, dup = 0, 0
 while i <= #ARGV do
@@ -79,21 +92,15 @@ while i <= #ARGV do
     if (not cur) or cur < ord then redis.call('HSET', p, 'o:' .. name, ord, 't:' .. name, value) end
   end
 end
-redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
-local n = redis.call('ZCARD', h)
-if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
-redis.call('HINCRBY', p, 'rv', 1)
-return {'ok', added, dup}
 """
+    + _RETAIN
+    + "return {'ok', added, dup}"
+)
 
 # Copies another profile's data (members, then hash fields as pairs) into this one.
-MERGE = """
-local p, h = KEYS[1], KEYS[2]
-local st = redis.call('HMGET', p, 'm', 'x')
-if st[1] then return {'m', st[1]} end
-if st[2] then return {'x'} end
-local cutoff = tonumber(ARGV[1])
-local maxev = tonumber(ARGV[2])
+MERGE = (
+    _PRELUDE
+    + """
 local nm = tonumber(ARGV[3])
 local i = 4
 for _ = 1, nm do
@@ -134,12 +141,10 @@ for f, v in pairs(src) do
     if (not cur) or v > cur then redis.call('HSET', p, f, v) end
   end
 end
-redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
-local n = redis.call('ZCARD', h)
-if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
-redis.call('HINCRBY', p, 'rv', 1)
-return {'ok'}
 """
+    + _RETAIN
+    + "return {'ok'}"
+)
 
 
 def order_key(occurred_at: datetime, event_id: str) -> str:
