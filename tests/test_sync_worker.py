@@ -368,14 +368,19 @@ def test_with_the_mailchimp_adapter_end_to_end(redis_client: redis.Redis, tmp_pa
     assert all(b["tags"] == [{"name": "cart abandoner", "status": "inactive"}] for b in tag_calls)
 
 
-def test_flush_job_drains_and_releases(
-    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def acct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Account:
+    """The test account written to a config directory that the flush job reads."""
     directory = tmp_path / "accounts"
     directory.mkdir()
-    acct = account(directory)
     monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
     sync._ACCOUNTS.clear()
+    return account(directory)
+
+
+def test_flush_job_drains_and_releases(
+    redis_client: redis.Redis, acct: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
     esp = RecordingEsp()
     with clock.frozen(NOW) as frozen:
         submit(redis_client, acct, "p1", 1, ["vip"])
@@ -392,14 +397,9 @@ def test_flush_job_drains_and_releases(
 
 
 def test_flush_job_pauses_when_the_credential_variable_is_missing(
-    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis, acct: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = tmp_path / "accounts"
-    directory.mkdir()
-    acct = account(directory)
-    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
     monkeypatch.delenv("FAKE_KEY", raising=False)
-    sync._ACCOUNTS.clear()
     with clock.frozen(NOW):
         submit(redis_client, acct, "p1", 1, ["vip"])
         assert sync.flush_job("acme", "mailchimp", conn=redis_client) == {"paused": 1}
@@ -419,13 +419,8 @@ def test_fire_due_arms_destinations_with_due_retries(redis_client: redis.Redis, 
 
 
 def test_only_one_flush_runs_per_destination(
-    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis, acct: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = tmp_path / "accounts"
-    directory.mkdir()
-    acct = account(directory)
-    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
-    sync._ACCOUNTS.clear()
     esp = RecordingEsp()
     with clock.frozen(NOW):
         submit(redis_client, acct, "p1", 1, ["vip"])
@@ -435,13 +430,8 @@ def test_only_one_flush_runs_per_destination(
 
 
 def test_flush_job_stops_when_the_destination_is_paused(
-    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis, acct: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = tmp_path / "accounts"
-    directory.mkdir()
-    acct = account(directory)
-    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
-    sync._ACCOUNTS.clear()
     esp = RecordingEsp()
     esp.fail = AuthError("401", status=401)
     with clock.frozen(NOW) as frozen:
