@@ -17,36 +17,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import zlib
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
-
-from . import clock
 from .clock import isoformat
-from .config import Account
+from .config import Account, Accounts
 from .errors import MalformedPayload, PayloadTooLarge, Unauthorized, UnsupportedContentType
 from .event import Event
-from .receivers.base import parse_json, parse_time
+from .receivers.base import Inbound, parse_json, parse_time
 from .receivers.spec import normalize
-from .web import accounts, event_queue
-
-log = logging.getLogger(__name__)
-
-bp = Blueprint("tracking", __name__)
 
 SOURCE = "tracking"
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
 # analytics.js posts to one-letter paths (/v1/t, /v1/p ...) and batches to /v1/b
 SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias", "b": "batch"}
+ROUTES = (*CALLS, "batch")
 CONTENT_TYPES = ("application/json", "text/plain", "")
 
 
-def decoded_body(limit: int) -> bytes:
-    raw = request.get_data(cache=True)
-    encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
+def decoded_body(inbound: Inbound, limit: int) -> bytes:
+    raw = inbound.body
+    encoding = (inbound.header("Content-Encoding") or "").strip().lower()
     if encoding in ("", "identity"):
         return raw
     if encoding not in ("gzip", "x-gzip"):
@@ -61,8 +53,8 @@ def decoded_body(limit: int) -> bytes:
     return out
 
 
-def basic_username() -> str | None:
-    header = request.headers.get("Authorization") or ""
+def basic_username(inbound: Inbound) -> str | None:
+    header = inbound.header("Authorization") or ""
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic" or not value.strip():
         return None
@@ -73,13 +65,12 @@ def basic_username() -> str | None:
     return decoded.partition(":")[0] or None
 
 
-def find_account(payload: Any) -> Account:
-    key = basic_username()
+def find_account(accounts: Accounts, key: str | None, payload: Any) -> Account:
     if key is None and isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
         key = payload["writeKey"] or None
     if key is None:
         raise Unauthorized("write key missing")
-    account = accounts().by_write_key(key)
+    account = accounts.by_write_key(key)
     if account is None:
         raise Unauthorized("unknown write key")
     return account
@@ -123,15 +114,17 @@ def messages_of(call: str, payload: Any, account: str, now: datetime) -> list[Ev
     return events
 
 
-def _ingest(call: str) -> Response:
-    limit = int(current_app.config["MAX_CONTENT_LENGTH"])
-    body = decoded_body(limit)
-    account = find_account(None) if basic_username() is not None else None
-    content_type = (request.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-    if content_type not in CONTENT_TYPES:
+def receive(
+    call: str, inbound: Inbound, accounts: Accounts, limit: int, now: datetime
+) -> tuple[Account, list[Event]]:
+    """One tracking call (``call`` already resolved from the path): its account and its events."""
+    body = decoded_body(inbound, limit)
+    key = basic_username(inbound)
+    account = find_account(accounts, key, None) if key is not None else None
+    if inbound.content_type not in CONTENT_TYPES:
         if account is None:
             raise Unauthorized("write key missing")
-        raise UnsupportedContentType(f"expected application/json, got {content_type}")
+        raise UnsupportedContentType(f"expected application/json, got {inbound.content_type}")
     try:
         payload = parse_json(body)
     except MalformedPayload:
@@ -139,21 +132,5 @@ def _ingest(call: str) -> Response:
             raise Unauthorized("write key missing") from None
         raise
     if account is None:
-        account = find_account(payload)
-    now = clock.now()
-    events = messages_of(call, payload, account.id, now)
-    result = event_queue().ingest(account.id, events, account.dedupe_ttl_seconds)
-    if events:
-        log.info(
-            "accepted",
-            extra={"account": account.id, "accepted": result.accepted, "duplicates": result.duplicates},
-        )
-    return jsonify(success=True, accepted=result.accepted, duplicates=result.duplicates)
-
-
-@bp.route("/v1/<call>", methods=["POST"])
-def tracking_call(call: str) -> Response | tuple[Response, int]:
-    call = SHORT.get(call, call)
-    if call not in (*CALLS, "batch"):
-        return jsonify(error="not_found", message=f"no tracking call {call!r}"), 404
-    return _ingest(call)
+        account = find_account(accounts, None, payload)
+    return account, messages_of(call, payload, account.id, now)
