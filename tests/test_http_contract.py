@@ -197,3 +197,94 @@ def test_default_limit_is_one_mebibyte(client, redis_client) -> None:  # type: i
     body = segment_body("big", user="u" * (1024 * 1024))
     assert_json_error(post_segment(client, "acme", body), 413, "payload_too_large")
     assert post_segment(client, "acme", segment_body("small")).status_code == 200
+
+
+# --- the receiving routes' own request handling (connector.web.Ingress) --------------------------
+
+
+def call_wsgi(app, environ_extra: dict, body: bytes) -> tuple[str, dict[str, str], bytes]:  # type: ignore[no-untyped-def]
+    """Call the app's WSGI callable with a hand-made environ (what a server such as gunicorn passes)."""
+    import io
+
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/webhooks/acme/segment",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "CONTENT_TYPE": "application/json",
+        "HTTP_X_SIGNATURE": sign(SECRET, body),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(),
+        **environ_extra,
+    }
+    seen: dict[str, object] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    out = b"".join(app.wsgi_app(environ, start_response))
+    return str(seen["status"]), dict(seen["headers"]), out  # type: ignore[arg-type]
+
+
+def test_chunked_body_without_content_length_is_read_to_its_end(app, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = segment_body("msg-chunked")
+    status, headers, out = call_wsgi(app, {"wsgi.input_terminated": True}, body)
+    assert status == "200 OK"
+    assert json.loads(out) == {"status": "accepted", "accepted": 1, "duplicates": 0}
+    assert headers["Content-Length"] == str(len(out))
+    assert [e["source_event_id"] for e in stored_events(redis_client)] == ["msg-chunked"]
+
+
+def test_chunked_body_over_the_limit_is_413(own_client, own_redis) -> None:  # type: ignore[no-untyped-def]
+    body = segment_body("msg-big-chunked", user="u" * 2000)  # own_client's limit is 1024 bytes
+    status, _, out = call_wsgi(own_client.application, {"wsgi.input_terminated": True}, body)
+    assert status.startswith("413")
+    assert json.loads(out)["error"] == "payload_too_large"
+    conn = redis.Redis.from_url(own_redis.url)
+    assert stored_events(conn) == []
+    conn.close()
+
+
+def test_body_shorter_than_its_content_length_is_400(app, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = segment_body("msg-cut")
+    status, _, out = call_wsgi(app, {"CONTENT_LENGTH": str(len(body) + 10)}, body)
+    assert status.startswith("400")
+    message = "body is shorter than its Content-Length"
+    assert json.loads(out) == {"error": "malformed_payload", "message": message}
+    status, _, out = call_wsgi(app, {"CONTENT_LENGTH": "ten"}, body)
+    assert status.startswith("400")
+    assert "Content-Length" in json.loads(out)["message"]
+    assert stored_events(redis_client) == []
+
+
+def test_head_answers_without_a_body(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    res = client.head("/webhooks/acme/segment")  # Segment accepts POST, PUT, PATCH
+    assert res.status_code == 405
+    assert res.data == b""
+    assert int(res.headers["Content-Length"]) > 0  # the length of the body a GET would have had
+
+
+def test_an_unexpected_error_is_a_json_500_without_details(client, redis_client, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    from connector.receivers import REGISTRY
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(REGISTRY["segment"], "handle", broken)
+    res = post_segment(client, "acme", segment_body("msg-broken"))
+    assert_json_error(res, 500, "internal")
+    assert b"secret detail" not in res.data
+    assert "secret detail" in caplog.text  # logged for operators, with the traceback
+    assert stored_events(redis_client) == []
+
+
+def test_other_paths_are_served_by_flask(client) -> None:  # type: ignore[no-untyped-def]
+    assert_json_error(client.post("/webhooks/acme"), 404, "not_found")
+    assert_json_error(client.post("/webhooks/acme/segment/extra"), 404, "not_found")
+    assert_json_error(client.post("/v1/track/extra"), 404, "not_found")
+    assert client.get("/healthz").json == {"status": "ok"}

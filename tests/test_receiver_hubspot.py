@@ -160,3 +160,21 @@ def test_v3_uri_with_decoded_escapes_verifies(client, redis_client) -> None:  # 
     path = "/webhooks/acme/hubspot?next=a%3Ab%40c"
     hdrs = v3_headers(body, url="http://localhost/webhooks/acme/hubspot?next=a:b@c")
     assert post(client, body, hdrs, path=path).status_code == 200
+
+
+def test_v3_signs_the_public_url_when_one_is_configured(settings, tmp_path, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Behind a proxy the request arrives at another host: HubSpot signed the public URL."""
+    import dataclasses
+
+    from connector.app import create_app
+
+    public = dataclasses.replace(settings, public_url="https://hooks.example.com/")
+    app = create_app(public, load_accounts(write_accounts(tmp_path / "pub", ACME, GLOBEX)))
+    client = app.test_client()
+    body = json.dumps([event(41)]).encode()
+    path = "/webhooks/acme/hubspot?portal=62515"
+    signed_public = v3_headers(body, url="https://hooks.example.com/webhooks/acme/hubspot?portal=62515")
+    assert post(client, body, v3_headers(body, url="http://localhost" + path), path).status_code == 401
+    res = post(client, body, signed_public, path)
+    assert res.status_code == 200, res.json
+    assert res.json["accepted"] == 1
