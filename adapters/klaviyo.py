@@ -207,8 +207,7 @@ class KlaviyoAdapter:
         bulk: list[Change] = []
         if len(importing) >= self.config.bulk_threshold:
             bulk = [c for c in importing if self.bulk_eligible(c, before[c.profile_id])]
-        listed = self._bulk_import(bulk, before, errors) if bulk else {}
-        in_bulk = {c.profile_id for c in bulk}
+        listed, in_bulk = self._bulk_import(bulk, before, errors, ids) if bulk else ({}, set())
         outage: TransientError | None = None
         for change in importing:
             if change.profile_id in in_bulk and change.profile_id not in errors:
@@ -259,15 +258,28 @@ class KlaviyoAdapter:
     @staticmethod
     def bulk_eligible(change: Change, owned: OwnedState) -> bool:
         """A bulk job sets properties wholesale and adds to at most one list: only changes that
-        touch no tags, clear no field and enter at most one list go that way."""
+        clear no field (a job cannot clear one) and enter at most one list go that way."""
         unset = [n for n in owned.fields if change.fields.get(n) is None]
-        return change.tags == owned.tags and not unset and len(change.lists - owned.lists) <= 1
+        return not unset and len(change.lists - owned.lists) <= 1
 
     def _bulk_import(
-        self, bulk: list[Change], before: Mapping[str, OwnedState], errors: dict[str, AdapterError]
-    ) -> dict[str, str]:
-        """Import ``bulk`` in jobs (one per list entered); returns profile → the list the job added
-        it to. Changes of a job that did not complete cleanly are marked for a re-drive."""
+        self,
+        bulk: list[Change],
+        before: Mapping[str, OwnedState],
+        errors: dict[str, AdapterError],
+        ids: dict[str, str],
+    ) -> tuple[dict[str, str], set[str]]:
+        """Import ``bulk`` in jobs (one per list entered). Returns profile → the list the job added
+        it to, and the profiles that went into a job. Changes of a job that did not complete
+        cleanly are marked for a re-drive.
+
+        A job can only set the tags property whole, so for changes that move tags the profiles'
+        current values are read first (100 per lookup, which also yields their ids) and the job
+        writes them back with the connector's own tags added and removed: values set by hand stay.
+        A change whose lookup failed goes through profile-import (``patch_properties``) instead.
+        """
+        tags = self._tags_to_write(bulk, before, ids)
+        bulk = [c for c in bulk if c.profile_id in tags or c.tags == before[c.profile_id].tags]
         groups: dict[str | None, list[Change]] = {}
         for change in bulk:
             added = sorted(change.lists - before[change.profile_id].lists)
@@ -276,7 +288,7 @@ class KlaviyoAdapter:
         for list_id, group in sorted(groups.items(), key=lambda kv: kv[0] or ""):
             for chunk in self._job_chunks(group):
                 try:
-                    self._run_job(chunk, list_id)
+                    self._run_job(chunk, list_id, tags)
                 except AdapterError as err:
                     if err.status in (401, 403):
                         raise
@@ -288,7 +300,28 @@ class KlaviyoAdapter:
                 if list_id is not None:
                     for change in chunk:
                         listed[change.profile_id] = list_id
-        return listed
+        return listed, {c.profile_id for c in bulk}
+
+    def _tags_to_write(
+        self, bulk: Sequence[Change], before: Mapping[str, OwnedState], ids: dict[str, str]
+    ) -> dict[str, list[str]]:
+        """profile → the whole tags value a job writes, for the changes that move tags."""
+        moving = [c for c in bulk if c.tags != before[c.profile_id].tags]
+        out: dict[str, list[str]] = {}
+        for chunk in chunks(moving, 100):
+            try:
+                found = self.find_profiles([str(c.email) for c in chunk])
+            except AdapterError as err:
+                if err.status in (401, 403):
+                    raise
+                continue
+            for change in chunk:
+                remote_id, remote_tags = found.get(str(change.email).lower(), (None, frozenset()))
+                if remote_id:
+                    ids[change.profile_id] = remote_id
+                dropped = before[change.profile_id].tags - change.tags
+                out[change.profile_id] = sorted((remote_tags - dropped) | change.tags)
+        return out
 
     @staticmethod
     def _job_chunks(group: list[Change]) -> list[list[Change]]:
@@ -303,11 +336,13 @@ class KlaviyoAdapter:
             size += item
         return [chunk for chunk in out if chunk]
 
-    def _run_job(self, chunk: list[Change], list_id: str | None) -> None:
+    def _run_job(self, chunk: list[Change], list_id: str | None, tags: Mapping[str, list[str]]) -> None:
         profiles = []
         for change in chunk:
             attributes: dict[str, Any] = {"email": change.email}
             properties = {k: v for k, v in change.fields.items() if v is not None}
+            if change.profile_id in tags:
+                properties[self.config.tags_property] = tags[change.profile_id]
             if properties:
                 attributes["properties"] = properties
             profiles.append({"type": "profile", "attributes": attributes})
@@ -380,14 +415,21 @@ class KlaviyoAdapter:
 
     def find_ids(self, emails: Sequence[str]) -> dict[str, str]:
         """email (lower) → profile id, for the profiles that exist."""
+        return {email: pid for email, (pid, _) in self.find_profiles(emails).items()}
+
+    def find_profiles(self, emails: Sequence[str]) -> dict[str, tuple[str, frozenset[str]]]:
+        """email (lower) → (profile id, current tags property), for the profiles that exist (≤ 100)."""
         listed = json.dumps(list(emails), separators=(",", ":"))
         params = {"filter": f"any(email,{listed})", "page[size]": "100"}
         response = self.client.request("GET", "/api/profiles", params=params, bucket="profiles")
         out = {}
         for item in (json_body(response) or {}).get("data") or []:
-            email = str((item.get("attributes") or {}).get("email") or "").lower()
+            attributes = item.get("attributes") or {}
+            email = str(attributes.get("email") or "").lower()
             if email and item.get("id"):
-                out[email] = str(item["id"])
+                value = (attributes.get("properties") or {}).get(self.config.tags_property)
+                values = value if isinstance(value, list) else [] if value in (None, "") else [value]
+                out[email] = (str(item["id"]), frozenset(str(v) for v in values))
         return out
 
     @staticmethod

@@ -65,7 +65,7 @@ class FakeKlaviyo:
             wanted = {e.lower() for e in json.loads(expr[len("any(email,") : -1])}
             assert len(wanted) <= 100
             data = [
-                {"type": "profile", "id": p["id"], "attributes": {"email": e}}
+                {"type": "profile", "id": p["id"], "attributes": {"email": e, "properties": p["properties"]}}
                 for e, p in self.profiles.items()
                 if e in wanted
             ]
@@ -324,8 +324,9 @@ def test_auth_error_and_erase() -> None:
 def test_backfills_use_bulk_import_jobs_with_the_list_relationship() -> None:
     fake = FakeKlaviyo()
     changes = [change(f"p{i}", lists=frozenset({"L"}), fields={"ltv": i}) for i in range(250)]
-    changes.append(change("tagged", tags=frozenset({"vip"})))  # tags need patch_properties: one by one
-    results = adapter(fake, bulk_threshold=100).apply(changes, {})
+    changes.append(change("unset", fields={}))  # clears an owned field: a job cannot, so one by one
+    owned = {"unset": OwnedState(fields=frozenset({"plan"}))}
+    results = adapter(fake, bulk_threshold=100).apply(changes, owned)
     assert all(r.status == APPLIED for r in results)
     jobs = [c for c in fake.calls if c[1] == "/api/profile-bulk-import-jobs"]
     assert len(jobs) == 1
@@ -333,6 +334,7 @@ def test_backfills_use_bulk_import_jobs_with_the_list_relationship() -> None:
     assert len(fake.lists["L"]) == 250
     assert fake.profiles["p7@example.com"]["properties"] == {"ltv": 7}
     assert [c[1] for c in fake.calls].count("/api/profile-import") == 1
+    assert [c[1] for c in fake.calls].count("/api/profiles") == 0  # no tags moved: nothing to read
     assert not [c for c in fake.calls if c[1] == "/api/lists/L/relationships/profiles"]
     polls = [c for c in fake.calls if c[1].startswith("/api/profile-bulk-import-jobs/")]
     assert len(polls) == 1  # queued → one status poll → complete
@@ -415,3 +417,42 @@ def test_an_outage_defers_the_rest_of_the_batch_instead_of_retrying_each_contact
     assert 1 <= attempts_for_one_contact <= 5  # the in-call retries of the first contact only
     assert {r.status for r in results} == {FAILED}
     assert all(r.error is not None and r.error.retryable for r in results)
+
+
+def test_bulk_jobs_write_tags_whole_and_keep_the_values_set_by_hand() -> None:
+    fake = FakeKlaviyo()
+    # p3 had "cart" from the connector and "hand" from a marketer; p4 exists with a hand value only
+    fake.profiles["p3@example.com"] = {"id": "01X3", "properties": {"esp_tags": ["cart", "hand"]}}
+    fake.profiles["p4@example.com"] = {"id": "01X4", "properties": {"esp_tags": ["hand"]}}
+    changes = [change(f"p{i}", tags=frozenset({"vip"}), fields={"ltv": i}) for i in range(150)]
+    owned = {"p3": OwnedState(tags=frozenset({"cart"}))}
+    results = adapter(fake, bulk_threshold=100).apply(changes, owned)
+    assert all(r.status == APPLIED for r in results)
+    paths = [c[1] for c in fake.calls]
+    assert paths.count("/api/profiles") == 2  # current values, 100 emails per lookup
+    assert paths.count("/api/profile-bulk-import-jobs") == 1
+    assert "/api/profile-import" not in paths  # no request per contact
+    assert fake.profiles["p3@example.com"]["properties"]["esp_tags"] == ["hand", "vip"]  # cart was ours
+    assert fake.profiles["p4@example.com"]["properties"]["esp_tags"] == ["hand", "vip"]
+    assert fake.profiles["p9@example.com"]["properties"] == {"ltv": 9, "esp_tags": ["vip"]}
+    assert results[3].owned and results[3].owned.remote_id == "01X3"  # the lookup's id is kept
+    assert results[3].owned.tags == frozenset({"vip"})
+
+
+def test_a_failed_tags_lookup_sends_those_changes_one_by_one() -> None:
+    fake = FakeKlaviyo()
+
+    def lookup_down(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path == "/api/profiles":
+            return httpx.Response(400, json={"errors": [{"status": 400, "code": "invalid", "title": "Bad"}]})
+        return None
+
+    fake.before = lookup_down
+    changes = [change(f"p{i}", tags=frozenset({"vip"})) for i in range(120)]
+    changes += [change(f"q{i}", fields={"ltv": i}) for i in range(10)]
+    results = adapter(fake, bulk_threshold=100).apply(changes, {})
+    assert all(r.status == APPLIED for r in results)
+    paths = [c[1] for c in fake.calls]
+    assert paths.count("/api/profile-import") == 120  # append through patch_properties instead
+    assert paths.count("/api/profile-bulk-import-jobs") == 1  # the ten without tags
+    assert fake.profiles["p5@example.com"]["properties"]["esp_tags"] == ["vip"]

@@ -265,7 +265,7 @@ def test_429_storm_never_pushes_the_sender_above_the_configured_rate(
     for i, p in enumerate(profiles):
         h.submit(p, 1, segments_for(i, 0))
     h.drive()  # the backfill (bulk jobs where the adapter uses them)
-    for wave in range(8):  # then waves of single updates: 95 per batch, over the 75/s burst
+    for wave in range(12):  # then waves of single updates: 95 per batch, over the 75/s burst
         for i, p in enumerate(profiles[(wave * 95) % 250 :][:95]):
             h.submit(p, 2 + wave, segments_for(i, wave + 1))
         h.drive()
