@@ -8,6 +8,10 @@ Requests (see docs/destinations.md), every one with ``Authorization: Klaviyo-API
   ``meta.patch_properties.append`` / ``unappend``, so values the connector did not set are never
   removed; owned fields no longer wanted are ``unset``. Skipped when only list memberships changed
   and the profile id is known.
+* backfills: ``POST /api/profile-bulk-import-jobs`` (≤ 10,000 profiles, with the list relationship)
+  when a batch holds at least ``bulk_threshold`` imports. A job writes the tags property whole, so
+  the current values are read first (``GET /api/profiles``, 100 emails per lookup) and written back
+  with only the connector's own tags added and removed.
 * lists: ``POST`` / ``DELETE /api/lists/{id}/relationships/profiles`` (≤1,000 profile ids, 204).
 * events (optional): ``POST /api/events`` "Segment Entered" / "Segment Exited" with a stable
   ``unique_id``, to start flows.
