@@ -20,7 +20,7 @@ from tenacity import RetryCallState
 
 from .change import SKIPPED, Change, OwnedState, Result
 from .errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
-from .ratelimit import Limits, RateLimiter
+from .ratelimit import Limits, RateLimiter, WaitTooLong
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,10 @@ class RetryPolicy:
     initial_wait: float = 0.5
     max_wait: float = 20.0
     max_inline_wait: float = 30.0
+    # the longest wait for a rate-limit slot inside a request: longer than any window (Klaviyo's
+    # minute), shorter than a blocked key (a daily quota spent, a long Retry-After), which defers
+    # the work to the sync worker instead of holding a worker for hours
+    max_slot_wait: float = 65.0
 
     def retrying(
         self, clock: Clock, sleep: Sleep, rng: Callable[[], float] = random.random
@@ -234,10 +238,18 @@ class EspClient:
         key = self.t.limiter_key
         try:
             if limiter is not None:
-                with limiter.slot(key, limits):
+                with limiter.slot(key, limits, self.t.policy.max_slot_wait):
                     response = self._send(method, path, body, params)
             else:
                 response = self._send(method, path, body, params)
+        except WaitTooLong as err:
+            raise RateLimited(
+                f"rate limit: {method} {_redact(path)} can be sent in {err.seconds:.0f} s",
+                retry_after=err.seconds,
+                scope="WAIT",
+                status=None,
+                code="rate_limited_locally",
+            ) from None
         except httpx.TimeoutException as err:
             raise TransientError(f"timeout: {type(err).__name__} on {method} {path}") from err
         except httpx.TransportError as err:
@@ -249,7 +261,8 @@ class EspClient:
                 limiter.reward(key)
             return response
         error = self.t.error_mapper(response)
-        if isinstance(error, RateLimited) and limiter is not None:
+        # an anti-abuse throttle concerns one contact, not the credential: the key stays open
+        if isinstance(error, RateLimited) and limiter is not None and error.scope != "ABUSE":
             if error.scope == "DAILY" and error.retry_after is not None:
                 limiter.block_until(key, self.t.clock() + error.retry_after)
             else:

@@ -51,8 +51,9 @@ class RateLimited(TransientError):
     """429 (or an anti-abuse throttle): retry after ``retry_after`` seconds.
 
     ``scope`` names the limit: ``BURST`` (per second / ten seconds, or Mailchimp concurrency),
-    ``DAILY`` (HubSpot daily quota: wait until the reset) or ``ABUSE`` (Mailchimp "signed up to a
-    lot of lists very recently": park for hours).
+    ``DAILY`` (HubSpot daily quota: wait until the reset), ``ABUSE`` (Mailchimp "signed up to a
+    lot of lists very recently": park that contact for hours) or ``WAIT`` (not sent: the shared
+    limiter's next slot for the credential is further away than a request may wait in-process).
     """
 
     def __init__(

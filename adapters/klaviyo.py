@@ -296,10 +296,10 @@ class KlaviyoAdapter:
                 except AdapterError as err:
                     if err.status in (401, 403):
                         raise
+                    # a job refused for one bad row (400 with its pointer) or that did not complete
+                    # cleanly goes one profile-import at a time, so only the bad row fails
                     for change in chunk:
-                        errors[change.profile_id] = (
-                            err if err.retryable or err.status != 200 else _Redrive(err)
-                        )
+                        errors[change.profile_id] = err if err.retryable else _Redrive(err)
                     continue
                 if list_id is not None:
                     for change in chunk:
@@ -446,7 +446,7 @@ class KlaviyoAdapter:
         self,
         changes: Sequence[Change],
         owned: Mapping[str, OwnedState],
-        ids: Mapping[str, str],
+        ids: dict[str, str],
         errors: dict[str, AdapterError],
         listed: Mapping[str, str],
     ) -> None:
@@ -455,16 +455,58 @@ class KlaviyoAdapter:
 
         plan = membership_plan(changes, owned, ids, errors, missing, already_added=listed)
         for (list_id, joining), members in sorted(plan.items()):
-            method = "POST" if joining else "DELETE"
             for chunk in chunks(members, LIST_LIMIT):
-                body = {"data": [{"type": "profile", "id": pid} for pid in sorted({p for _, p in chunk})]}
                 try:
-                    self.client.request(
-                        method, f"/api/lists/{list_id}/relationships/profiles", json=body, bucket="lists"
-                    )
+                    self._list_call(list_id, joining, chunk)
                 except AdapterError as err:
-                    for change, _ in chunk:
+                    if err.status != 404 or err.retryable:
+                        for change, _ in chunk:
+                            self._fail(errors, change, err)
+                        continue
+                    # a cached profile id no longer exists (the profile was merged or deleted):
+                    # look the contacts up again by email and send the call once more
+                    fresh = self._refresh(chunk, joining, ids, errors)
+                    try:
+                        if fresh:
+                            self._list_call(list_id, joining, fresh)
+                    except AdapterError as again:
+                        for change, _ in fresh:
+                            self._fail(errors, change, again)
+
+    def _list_call(self, list_id: str, joining: bool, members: Sequence[tuple[Change, str]]) -> None:
+        body = {"data": [{"type": "profile", "id": pid} for pid in sorted({p for _, p in members})]}
+        method = "POST" if joining else "DELETE"
+        self.client.request(method, f"/api/lists/{list_id}/relationships/profiles", json=body, bucket="lists")
+
+    def _refresh(
+        self,
+        members: Sequence[tuple[Change, str]],
+        joining: bool,
+        ids: dict[str, str],
+        errors: dict[str, AdapterError],
+    ) -> list[tuple[Change, str]]:
+        """The members with their current profile ids; a contact to add that no longer exists is
+        imported again, one to remove that no longer exists is in no list."""
+        fresh: list[tuple[Change, str]] = []
+        for chunk in chunks(members, 100):
+            try:
+                found = self.find_ids([str(change.email) for change, _ in chunk])
+            except AdapterError as err:
+                for change, _ in chunk:
+                    self._fail(errors, change, err)
+                continue
+            for change, _ in chunk:
+                pid = found.get(str(change.email).lower())
+                if pid is None and joining:
+                    try:
+                        pid = self.upsert(change, OwnedState())  # a new profile: every tag appended
+                    except AdapterError as err:
                         self._fail(errors, change, err)
+                        continue
+                if pid is not None:
+                    ids[change.profile_id] = pid
+                    fresh.append((change, pid))
+        return fresh
 
     def erase(self, change: Change) -> Result:
         if not change.email:

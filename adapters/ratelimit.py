@@ -87,6 +87,15 @@ return tostring(factor)
 """
 
 
+class WaitTooLong(Exception):
+    """The next slot of a key is further away than the caller is willing to wait in-process
+    (a daily quota spent, a long ``Retry-After``): ``seconds`` until it opens."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"next slot in {seconds:.1f} s")
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class Window:
     """At most ``limit`` requests in any ``seconds``-long interval."""
@@ -137,13 +146,16 @@ class RateLimiter:
         keys.append("rl:seq")
         return float(self._acquire(keys=keys, args=args))
 
-    def wait_for_slot(self, key: str, limits: Limits) -> float:
-        """Block until a slot is taken; returns the total seconds waited."""
+    def wait_for_slot(self, key: str, limits: Limits, max_wait: float | None = None) -> float:
+        """Block until a slot is taken; returns the total seconds waited. A single wait longer
+        than ``max_wait`` raises :class:`WaitTooLong` instead (the caller defers the work)."""
         waited = 0.0
         while True:
             wait = self.try_take(key, limits)
             if wait <= 0:
                 return waited
+            if max_wait is not None and wait > max_wait:
+                raise WaitTooLong(wait)
             self.sleep(wait)
             waited += wait
 
@@ -161,9 +173,9 @@ class RateLimiter:
         return int(self.conn.zcard(f"rl:{key}:leases"))
 
     @contextmanager
-    def slot(self, key: str, limits: Limits) -> Iterator[None]:
+    def slot(self, key: str, limits: Limits, max_wait: float | None = None) -> Iterator[None]:
         """One request: a window slot, then (when limited) a concurrency lease held meanwhile."""
-        self.wait_for_slot(key, limits)
+        self.wait_for_slot(key, limits, max_wait)
         if limits.concurrency is None:
             yield
             return

@@ -400,6 +400,13 @@ class Flusher:
             for change in changes:
                 self._dead(change, err, now, counts)
             return True
+        except Exception as err:  # a defect or an answer nobody foresaw: the batch is not lost
+            log.exception("sync batch failed", extra={"account": a, "destination": d})
+            unexpected = TransientError(f"unexpected {type(err).__name__} in the adapter", code="unexpected")
+            for change in changes:
+                # retried with backoff like an outage; after the retry window it is a dead letter
+                self._retry(change, unexpected, now, counts)
+            return True
         by_id = {c.profile_id: c for c in changes}
         for result in results:
             done = by_id.pop(result.profile_id, None)

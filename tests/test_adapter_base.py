@@ -160,3 +160,40 @@ def test_transport_repr_hides_the_credential() -> None:
 
     ad = MailchimpAdapter(MailchimpConfig(api_key="topsecret-us1", list_id="l"))
     assert "topsecret" not in repr(ad.client.t) + repr(ad.config) + repr(ad.client)
+
+
+def test_a_blocked_key_defers_the_request_instead_of_sleeping_for_hours(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    limiter.block_until("esp:k", clock() + 6 * 3600)  # e.g. a daily quota spent
+    esp, seen = client([httpx.Response(200)], clock, limiter)
+    with pytest.raises(RateLimited) as caught:
+        esp.request("GET", "/x")
+    assert caught.value.scope == "WAIT"
+    assert caught.value.retry_after == pytest.approx(6 * 3600)
+    assert caught.value.retryable
+    assert seen == [] and clock.slept == []  # nothing sent, nobody held for six hours
+    # a wait inside a window (here 10 s) is still waited for in-process
+    limiter2 = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    tight, sent = client([httpx.Response(200), httpx.Response(200)], clock, limiter2)
+    tight.t.buckets = {"default": Limits(windows=(Window(1, 10.0),))}
+    tight.t.limiter_key = "esp:tight"
+    tight.request("GET", "/a")
+    tight.request("GET", "/b")
+    assert len(sent) == 2 and clock.slept == [pytest.approx(10.0)]
+
+
+def test_an_anti_abuse_throttle_of_one_contact_leaves_the_key_open(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    esp, _ = client([httpx.Response(400, text="signed up to a lot of lists")], clock, limiter)
+
+    def abuse(response: httpx.Response) -> RateLimited:
+        return RateLimited("400 anti-abuse", retry_after=6 * 3600, scope="ABUSE", status=400)
+
+    esp.t.error_mapper = abuse
+    with pytest.raises(RateLimited):
+        esp.request("POST", "/members")
+    assert limiter.blocked_for("esp:k") == 0.0
+    assert limiter.factor("esp:k") == 1.0
+    assert clock.slept == []

@@ -456,3 +456,54 @@ def test_a_failed_tags_lookup_sends_those_changes_one_by_one() -> None:
     assert paths.count("/api/profile-import") == 120  # append through patch_properties instead
     assert paths.count("/api/profile-bulk-import-jobs") == 1  # the ten without tags
     assert fake.profiles["p5@example.com"]["properties"]["esp_tags"] == ["vip"]
+
+
+def test_a_bulk_job_refused_for_one_row_fails_only_that_row() -> None:
+    fake = FakeKlaviyo()
+
+    def one_bad_row(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path == "/api/profile-bulk-import-jobs":
+            error = {"status": 400, "code": "invalid", "title": "Invalid input.", "detail": "bad email",
+                     "source": {"pointer": "/data/attributes/profiles/data/3/attributes/email"}}  # fmt: skip
+            return httpx.Response(400, json={"errors": [error]})
+        if (
+            request.url.path == "/api/profile-import"
+            and body["data"]["attributes"]["email"] == "p3@example.com"
+        ):
+            return httpx.Response(400, json={"errors": [{"status": 400, "code": "invalid", "title": "Bad."}]})
+        return None
+
+    fake.before = one_bad_row
+    changes = [change(f"p{i}", lists=frozenset({"L"})) for i in range(120)]
+    results = adapter(fake, bulk_threshold=100).apply(changes, {})
+    failed = [r.profile_id for r in results if r.status == FAILED]
+    assert failed == ["p3"]  # not the 119 others
+    assert all(r.status == APPLIED for r in results if r.profile_id != "p3")
+    assert len(fake.lists["L"]) == 119
+
+
+def test_a_stale_profile_id_is_looked_up_again_and_the_list_call_resent() -> None:
+    fake = FakeKlaviyo()
+    fake.profiles["p1@example.com"] = {"id": "01NEW", "properties": {}}
+    fake.lists["L"] = set()
+
+    def unknown_ids(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path == "/api/lists/L/relationships/profiles":
+            known = {p["id"] for p in fake.profiles.values()}
+            if any(item["id"] not in known for item in body["data"]):
+                return httpx.Response(
+                    404, json={"errors": [{"status": 404, "code": "not_found", "title": "Not found."}]}
+                )
+        return None
+
+    fake.before = unknown_ids
+    owned = {"p1": OwnedState(remote_id="01GONE"), "p2": OwnedState(remote_id="01GONE2")}
+    changes = [
+        change("p1", lists=frozenset({"L"}), fields={}),
+        change("p2", lists=frozenset({"L"}), fields={}),
+    ]
+    results = adapter(fake).apply(changes, owned)
+    assert all(r.status == APPLIED for r in results), [r.error for r in results]
+    assert results[0].owned and results[0].owned.remote_id == "01NEW"
+    assert results[1].owned and results[1].owned.remote_id not in (None, "01GONE2")  # p2 was imported again
+    assert fake.lists["L"] == {"01NEW", results[1].owned.remote_id}

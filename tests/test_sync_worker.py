@@ -462,3 +462,32 @@ def test_a_change_the_adapter_gives_no_result_for_is_retried(
     submit(redis_client, acct, "p2", 1, ["vip"])
     counts = flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=1))
     assert counts == {"applied": 1, "retry": 1}
+
+
+def test_an_unexpected_adapter_exception_is_retried_then_dead_lettered(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    acct = account(tmp_path)
+    esp = RecordingEsp()
+    esp.fail = KeyError("results")  # e.g. an ESP answer shape nobody foresaw
+    f = flusher(redis_client, acct, esp)
+    submit(redis_client, acct, "p1", 1, ["vip"])
+    submit(redis_client, acct, "p2", 1, ["cart_abandoner"])
+    now = NOW + timedelta(seconds=1)
+    counts = f.flush(now)
+    assert counts == {"retry": 2}  # the job itself did not fail, and nothing was dropped
+    for _ in range(400):
+        nxt = f.next_ready()
+        if nxt is None:
+            break
+        now = datetime.fromtimestamp(nxt, UTC)
+        f.flush(now)
+    assert now - NOW >= timedelta(hours=24)
+    items = list(DeadLetters(redis_client).list("sync:mailchimp"))
+    assert sorted(i.payload["change"]["profile_id"] for i in items) == ["p1", "p2"]
+    assert items[0].payload["error"]["code"] == "unexpected"
+    esp.fail = None  # the defect is fixed: a replay delivers
+    for item in items:
+        sync.replay(redis_client, item.payload, now)
+    f.flush(now + timedelta(seconds=5))
+    assert esp.tags == {"p1": {"vip"}, "p2": {"cart abandoner"}}
