@@ -8,8 +8,9 @@ never slows another:
   any ``seconds``-long interval. Several windows combine (Klaviyo burst 1 s + steady 60 s).
 * **Concurrency**: a semaphore of leases that expire (Mailchimp's 10 concurrent connections per
   API key); a worker that dies holding a lease frees it after ``lease_seconds``.
-* **Adaptive**: a 429 halves the allowed rate of that key (down to ``min_factor``) and blocks it
-  for the ESP's ``Retry-After``; each success ramps the factor back up by ``ramp``.
+* **Adaptive**: a 429 halves the allowed rate of that key (down to ``min_factor``), and with it the
+  number of concurrent leases, and blocks it for the ESP's ``Retry-After``; each success ramps the
+  factor back up by ``ramp``.
 
 Time is injected (``clock`` returns epoch seconds, ``sleep`` waits), so tests never sleep.
 
@@ -59,8 +60,10 @@ return '0'
 
 _LEASE = """
 local now = tonumber(ARGV[1])
+local factor = tonumber(redis.call('HGET', KEYS[2], 'factor') or '1')
+local allowed = math.max(1, math.floor(tonumber(ARGV[2]) * factor))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+if redis.call('ZCARD', KEYS[1]) < allowed then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
   redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 60)
   return 1
@@ -162,7 +165,8 @@ class RateLimiter:
     # -- concurrency -----------------------------------------------------------------------
     def try_lease(self, key: str, limit: int) -> str | None:
         lease = uuid.uuid4().hex
-        ok = self._lease(keys=[f"rl:{key}:leases"], args=[self.clock(), limit, self.lease_seconds, lease])
+        keys = [f"rl:{key}:leases", f"rl:{key}"]
+        ok = self._lease(keys=keys, args=[self.clock(), limit, self.lease_seconds, lease])
         return lease if int(ok) else None
 
     def release(self, key: str, lease: str) -> None:

@@ -108,3 +108,14 @@ def test_block_until_holds_every_request_of_the_key(redis_client: redis.Redis) -
     rl.block_until("hubspot:daily", clock.t + 3600)
     waited = rl.wait_for_slot("hubspot:daily", Limits())
     assert 3599 <= waited <= 3600.5
+
+
+def test_a_429_also_lowers_the_concurrency_of_a_connection_limited_key(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    rl = limiter(redis_client, clock)
+    rl.penalize("mailchimp:slow")  # a 429 without Retry-After: half the connections
+    leases = [rl.try_lease("mailchimp:slow", 10) for _ in range(6)]
+    assert sum(1 for lease in leases if lease) == 5
+    for _ in range(10):  # successes ramp the factor back up
+        rl.reward("mailchimp:slow")
+    assert rl.try_lease("mailchimp:slow", 10) is not None  # a sixth connection again
