@@ -78,14 +78,16 @@ def dev_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def dev(dev_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
+    sandbox = ",".join(str(free_port()) for _ in range(3))
     proc = subprocess.Popen(
-        [CONNECTOR, "dev", "--port", str(port)],
+        [CONNECTOR, "dev", "--port", str(port), "--sandbox-ports", sandbox],
         env=dev_env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, like a terminal's foreground job
     )
+    dev_env["TEST_SANDBOX_PORTS"] = sandbox  # for the test to read the fakes
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
@@ -158,3 +160,119 @@ def test_dev_refuses_to_start_on_an_invalid_account_file(dev_env, tmp_path: Path
     assert b"broken.yaml" in done.stderr
     assert b"Traceback" not in done.stderr
     assert not (Path(dev_env["CONNECTOR_DATA_DIR"]) / "redis.url").exists()
+
+
+def _post_signed(base: str, body: dict[str, object], dev_env: dict[str, str], tmp_path: Path) -> None:
+    """Sign with ``connector sign`` and post, as the README's walk-through does."""
+    raw = json.dumps(body).encode()
+    (tmp_path / "body.json").write_bytes(raw)
+    signed = subprocess.run(
+        [CONNECTOR, "sign", "segment", "body.json"],
+        env=dev_env,
+        cwd=tmp_path,
+        capture_output=True,
+        check=True,
+    )
+    headers = dict(line.split(": ", 1) for line in signed.stdout.decode().splitlines())
+    res = httpx.post(f"{base}/webhooks/demo/segment", content=raw, headers=headers)
+    assert res.status_code == 200, res.text
+    assert res.json()["accepted"] == 1
+
+
+def _sandbox(dev_env: dict[str, str], tmp_path: Path) -> dict[str, dict[str, object]]:
+    mc, hs, kl = dev_env["TEST_SANDBOX_PORTS"].split(",")
+    shown = subprocess.run(
+        [
+            CONNECTOR,
+            "sandbox",
+            "show",
+            "--json",
+            "--mailchimp-port",
+            mc,
+            "--hubspot-port",
+            hs,
+            "--klaviyo-port",
+            kl,
+        ],
+        env=dev_env,
+        cwd=tmp_path,
+        capture_output=True,
+        check=True,
+    )
+    state: dict[str, dict[str, object]] = json.loads(shown.stdout)
+    return state
+
+
+def _memberships(state: dict[str, dict[str, object]], email: str) -> dict[str, object]:
+    """What each fake holds for one person: Mailchimp tags, HubSpot and Klaviyo list names."""
+    [audience] = state["mailchimp"]["lists"].values()  # type: ignore[attr-defined]
+    member = audience["members"].get(email, {})
+    contact = state["hubspot"]["contacts"].get(email, {})  # type: ignore[attr-defined]
+    profile = state["klaviyo"]["profiles"].get(email, {})  # type: ignore[attr-defined]
+    return {
+        "mailchimp_tags": sorted(member.get("tags", [])),
+        "hubspot_lists": sorted(contact.get("lists", [])),
+        "klaviyo_lists": sorted(profile.get("lists", [])),
+    }
+
+
+def _until(check, proc: subprocess.Popen[bytes], timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    """Poll the running service until ``check()`` returns a truthy value (the work is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "connector dev exited"
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"not reached within {timeout}s; last: {last}")
+
+
+def test_dev_walkthrough_cart_abandoner_reaches_the_sandbox_esps_and_leaves_them(
+    dev, dev_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The README's sandbox walk-through against the running service (web, worker, scheduler, sync,
+    fake ESPs). The add-to-cart is sent 48 hours and one minute after it happened, so its window
+    has already closed: the person enters at once instead of a minute later."""
+    from datetime import UTC, datetime, timedelta
+
+    proc, base = dev
+    wait_ready(base, proc)
+    email = "sam.lee@example.com"
+    added = datetime.now(UTC) - timedelta(hours=48, minutes=1)
+    traits = {"traits": {"email": email}}
+    cart = {
+        "type": "track",
+        "event": "Product Added",
+        "userId": "user-2002",
+        "messageId": "cart-2002-1",
+        "timestamp": added.isoformat(),
+        "context": traits,
+        "properties": {"product_id": "sku-1", "price": 25.0},
+    }
+    _post_signed(base, cart, dev_env, tmp_path)
+    inside = {
+        "mailchimp_tags": ["cart_abandoner"],
+        "hubspot_lists": ["cart_abandoner"],
+        "klaviyo_lists": ["cart_abandoner"],
+    }
+    _until(lambda: _memberships(_sandbox(dev_env, tmp_path), email) == inside, proc)
+
+    order = {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": "user-2002",
+        "messageId": "order-2002-1",
+        "context": traits,
+        "properties": {"order_id": "A-2002", "revenue": 25.0, "currency": "EUR"},
+    }
+    _post_signed(base, order, dev_env, tmp_path)
+    outside = {"mailchimp_tags": [], "hubspot_lists": [], "klaviyo_lists": []}
+    _until(lambda: _memberships(_sandbox(dev_env, tmp_path), email) == outside, proc)
+    state = _sandbox(dev_env, tmp_path)
+    [audience] = state["mailchimp"]["lists"].values()  # type: ignore[attr-defined]
+    assert audience["members"][email]["status"] != "subscribed"  # no marketing consent was given
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in output, output.decode()

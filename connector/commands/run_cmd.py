@@ -70,11 +70,11 @@ def _seed_config(data_dir: Path, destinations: dict[str, Any] | None = None) -> 
     return target
 
 
-def _start_sandbox() -> Any:
+def _start_sandbox(ports: dict[str, int]) -> Any:
     from ..sandbox.process import ENV, start_sandbox
 
     try:
-        sandbox = start_sandbox(lists=SANDBOX_LISTS)
+        sandbox = start_sandbox(ports=ports, lists=SANDBOX_LISTS)
     except OSError as err:
         raise click.ClickException(
             f"cannot start the sandbox ESPs: {err.strerror or err} (another `connector dev` running? "
@@ -96,15 +96,22 @@ def _start_sandbox() -> Any:
     show_default=True,
     help="Run fake Mailchimp, HubSpot and Klaviyo servers on loopback for the sample account.",
 )
-def dev(port: int, web_workers: int, sandbox: bool) -> None:
+@click.option("--sandbox-ports", default="8901,8902,8903", show_default=True, metavar="MC,HS,KL",
+              help="Ports of the fake Mailchimp, HubSpot and Klaviyo.")  # fmt: skip
+def dev(port: int, web_workers: int, sandbox: bool, sandbox_ports: str) -> None:
     """Run web + worker + scheduler locally, with an embedded Redis unless REDIS_URL is set."""
     from ..config import load_accounts
 
+    try:
+        mc, hs, kl = (int(p) for p in sandbox_ports.split(","))
+    except ValueError:
+        hint = "--sandbox-ports"
+        raise click.BadParameter("three port numbers, e.g. 8901,8902,8903", param_hint=hint) from None
     data_dir = devenv.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     devenv.ensure_dev_env()
     devenv.apply_dev_env()
-    fakes = _start_sandbox() if sandbox else None
+    fakes = _start_sandbox({"mailchimp": mc, "hubspot": hs, "klaviyo": kl}) if sandbox else None
     if not os.environ.get("CONNECTOR_CONFIG_DIR"):
         _seed_config(data_dir, fakes.destinations() if fakes else None)
         os.environ["CONNECTOR_CONFIG_DIR"] = str(devenv.config_dir())
