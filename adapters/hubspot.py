@@ -14,13 +14,16 @@ Requests (see docs/destinations.md):
   ≤1,000 per call by local policy). Never the retired v1 lists API.
 * erasure: ``POST /crm/v3/objects/contacts/gdpr-delete`` (``idProperty: email``).
 * limits: ``X-HubSpot-RateLimit-*`` headers are read; a DAILY 429 blocks the key until midnight
-  in the account's time zone.
+  in the account's time zone; at most ``per_day`` requests per day of that time zone.
+* answers: an input counts as written only when a result names it (trace id or email) with a
+  record id; a 207 error is matched by trace id, context ids or the email in its message; anything
+  else fails transiently. A record id in ``recordIdsMissing`` fails that contact (retried by email).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,7 +61,50 @@ class HubSpotConfig:
     preserve_unowned_tags: bool = True
     create_properties: bool = True  # create missing properties for mapped computed traits
     per_ten_seconds: int = 100
+    # the account tier's daily quota (Free/Starter 250,000; Professional 650,000; Enterprise 1M),
+    # counted per day of ``timezone``
+    per_day: int = 250_000
     timezone: str = "UTC"  # the HubSpot account's time zone: the daily quota resets at its midnight
+
+
+def _values(value: Any) -> list[str]:
+    """A context value as strings: HubSpot sends lists (``{"ids": [..]}``), sometimes scalars."""
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if v is not None]
+    return [] if value is None or isinstance(value, dict) else [str(value)]
+
+
+def _mentions(text: str, email: str) -> bool:
+    """``email`` appears in ``text`` as a whole address (not inside a longer one)."""
+    pattern = r"(?<![A-Za-z0-9._%+-])" + re.escape(email) + r"(?![A-Za-z0-9_%+-]|\.[A-Za-z0-9])"
+    return re.search(pattern, text, re.IGNORECASE) is not None
+
+
+def error_targets(
+    item: Mapping[str, Any], by_trace: Mapping[str, Change], by_email: Mapping[str, Change]
+) -> list[Change]:
+    """The inputs one 207 ``errors[]`` entry is about: by ``objectWriteTraceId`` (in ``context``
+    or on the entry), by the ids in ``context`` (the emails sent as ``id``), else by an input's
+    email in the message. Nested ``errors[].context`` (the StandardError shape) count as well."""
+    nodes = [item, *(e for e in item.get("errors") or [] if isinstance(e, dict))]
+    found: dict[str, Change] = {}
+    for node in nodes:
+        context = node.get("context")
+        context = context if isinstance(context, dict) else {}
+        for trace in _values(node.get("objectWriteTraceId")) + _values(context.get("objectWriteTraceId")):
+            if trace in by_trace:
+                found[by_trace[trace].profile_id] = by_trace[trace]
+        for key in ("ids", "id", "email", "emails"):
+            for value in _values(context.get(key)):
+                change = by_email.get(value.lower())
+                if change is not None:
+                    found[change.profile_id] = change
+    if not found:
+        text = " ".join(str(node.get("message") or "") for node in nodes)
+        for email, change in by_email.items():
+            if _mentions(text, email):
+                found[change.profile_id] = change
+    return list(found.values())
 
 
 def existing_id(body: Any) -> str | None:
@@ -66,6 +112,33 @@ def existing_id(body: Any) -> str | None:
     message = body.get("message", "") if isinstance(body, dict) else ""
     match = _EXISTING_ID.search(str(message))
     return match.group(1) if match else None
+
+
+class DailyQuotaClient(EspClient):
+    """The shared client plus HubSpot's daily quota: ``per_day`` requests per calendar day in the
+    account's time zone (the quota resets at its midnight), counted by every worker in one Redis
+    counter per day. A spent quota raises a DAILY :class:`RateLimited` at once (never waited
+    in-process): the sync worker defers the destination until midnight.
+    """
+
+    def __init__(self, transport: Transport, per_day: int, day: Callable[[], tuple[str, float]]) -> None:
+        super().__init__(transport)
+        self.per_day = per_day
+        self.day = day  # → (the account's date, seconds until its midnight)
+
+    def _send(self, method: str, path: str, body: Any, params: Mapping[str, Any] | None) -> httpx.Response:
+        limiter = self.t.limiter
+        if limiter is not None:
+            today, left = self.day()
+            if not limiter.take_quota(self.t.limiter_key, today, self.per_day, keep_seconds=left + 3600):
+                raise RateLimited(
+                    f"daily quota of {self.per_day} requests spent: resets in {left:.0f} s",
+                    retry_after=left,
+                    scope="DAILY",
+                    status=None,
+                    code="DAILY_LOCAL",
+                )
+        return super()._send(method, path, body, params)
 
 
 class HubSpotAdapter:
@@ -87,16 +160,20 @@ class HubSpotAdapter:
         )
         transport.error_mapper = self.map_error
         transport.observe = self.observe
-        self.client = EspClient(transport)
+        self.client: EspClient = DailyQuotaClient(transport, config.per_day, self.account_day)
         self._options: set[str] | None = None
         self._fields: set[str] = {"email"}
 
     # -- errors and headers ----------------------------------------------------------------
     def seconds_until_reset(self) -> float:
+        return self.account_day()[1]
+
+    def account_day(self) -> tuple[str, float]:
+        """The account's current date and the seconds until its midnight (the daily reset)."""
         tz = ZoneInfo(self.config.timezone)
         now = datetime.fromtimestamp(self.client.t.clock(), tz)
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        return max(1.0, (midnight - now).total_seconds())
+        return now.date().isoformat(), max(1.0, (midnight - now).total_seconds())
 
     def map_error(self, response: httpx.Response) -> AdapterError:
         body = json_body(response)
@@ -167,6 +244,9 @@ class HubSpotAdapter:
             self._options = set(tags)
             return
         missing = sorted(tags - known)
+        # what exists now, even when adding the missing options fails below: a caller can still
+        # write the contacts whose tags are all known
+        self._options = known
         if missing:
             full = [{"label": o.get("label", o.get("value")), "value": o.get("value")} for o in options]
             full += [{"label": t, "value": t} for t in missing]
@@ -234,8 +314,9 @@ class HubSpotAdapter:
             if value is None:
                 continue  # cleared above when the connector set it; otherwise left alone
             props[name] = str(value).lower() if isinstance(value, bool) else value
-        kept = (current or set()) - owned.tags
-        props[self.config.tags_property] = ";".join(sorted(kept | set(change.tags)))
+        if change.tags or owned.tags:  # a contact the connector never tagged: the property is left alone
+            kept = (current or set()) - owned.tags
+            props[self.config.tags_property] = ";".join(sorted(kept | set(change.tags)))
         return props
 
     def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
@@ -268,8 +349,9 @@ class HubSpotAdapter:
                 self.ensure_options(tags)
             if self.config.create_properties:
                 self.ensure_fields(upserts)
-            if self.config.preserve_unowned_tags:
-                current = self.current_tags(sorted({str(c.email).lower() for c in upserts}))
+            tagging = [c for c in upserts if c.tags or owned.get(c.profile_id, OwnedState()).tags]
+            if self.config.preserve_unowned_tags and tagging:
+                current = self.current_tags(sorted({str(c.email).lower() for c in tagging}))
         except AdapterError as err:
             if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
                 raise
@@ -337,37 +419,70 @@ class HubSpotAdapter:
                 for change in chunk:
                     errors[change.profile_id] = err
             return
-        data = json_body(response) or {}
-        emails = {str(c.email).lower(): c for c in chunk}
+        data = json_body(response)
+        data = data if isinstance(data, dict) else {}
+        by_email = {str(c.email).lower(): c for c in chunk}
+        confirmed: set[str] = set()
         for item in data.get("results") or []:
+            if not isinstance(item, dict) or item.get("id") is None:
+                continue
             trace = item.get("objectWriteTraceId")
-            done = by_trace.get(str(trace)) if trace else None
+            done = by_trace.get(str(trace)) if trace is not None else None
             if done is None:
-                done = emails.get(str((item.get("properties") or {}).get("email", "")).lower())
-            if done is not None and item.get("id") is not None:
+                done = by_email.get(str((item.get("properties") or {}).get("email", "")).lower())
+            if done is not None:
                 ids[done.profile_id] = str(item["id"])
-        again: list[Change] = []
+                confirmed.add(done.profile_id)
+        # only inputs HubSpot did not confirm: an error entry never undoes a confirmed write
+        unconfirmed = {k: c for k, c in by_trace.items() if k not in confirmed}
+        unconfirmed_emails = {str(c.email).lower(): c for c in unconfirmed.values()}
+        reported: dict[str, Mapping[str, Any]] = {}
         for item in data.get("errors") or []:
-            traces = (item.get("context") or {}).get("objectWriteTraceId") or []
+            if isinstance(item, dict):
+                for failed in error_targets(item, unconfirmed, unconfirmed_emails):
+                    reported.setdefault(failed.profile_id, item)
+        options: list[Change] = []  # refused for an unknown tag option: re-read the options first
+        again: list[Change] = []
+        for change in chunk:
+            if change.profile_id in confirmed:
+                continue
+            item = reported.get(change.profile_id)
+            if item is None:  # neither a result nor an error: never count it as written
+                errors[change.profile_id] = TransientError(
+                    f"HubSpot answered {response.status_code} without a result or an error for this contact",
+                    status=response.status_code,
+                    code="unconfirmed",
+                )
+                continue
             category = str(item.get("category") or "")
             message = str(item.get("message") or "")
-            for trace in traces:
-                failed = by_trace.get(str(trace))
-                if failed is None:
-                    continue
-                if category == "VALIDATION_ERROR" and "INVALID_OPTION" not in message:
-                    errors[failed.profile_id] = PermanentError(
-                        f"207 {category}: {message}"[:500], status=207, code=category, detail=message
-                    )
-                elif redrive:
-                    again.append(failed)
-                else:
-                    errors[failed.profile_id] = TransientError(
-                        f"207 {category}: {message}"[:500], status=207, code=category, detail=message
-                    )
-        if again:
+            if category == "VALIDATION_ERROR" and "INVALID_OPTION" not in message:
+                errors[change.profile_id] = PermanentError(
+                    f"207 {category}: {message}"[:500], status=207, code=category, detail=message
+                )
+            elif redrive:
+                (options if "INVALID_OPTION" in message else again).append(change)
+            else:
+                errors[change.profile_id] = TransientError(
+                    f"207 {category}: {message}"[:500], status=207, code=category, detail=message
+                )
+        if options:
             self._options = None  # an option may have been removed by hand: read them again
-            self.ensure_options(set().union(*(c.tags for c in again)))
+            try:
+                self.ensure_options(set().union(*(c.tags for c in options)))
+            except AdapterError as err:
+                if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
+                    raise
+                # only the contacts that need an option that could not be added fail
+                known: set[str] = self._options or set()
+                for change in options:
+                    if change.tags <= known:
+                        again.append(change)
+                    else:
+                        errors[change.profile_id] = err
+            else:
+                again.extend(options)
+        if again:
             self._upsert(again, owned, current, errors, ids, redrive=False)
 
     def _single(
@@ -378,7 +493,10 @@ class HubSpotAdapter:
                 data = json_body(
                     self.client.request("POST", "/crm/v3/objects/contacts", json={"properties": props})
                 )
-                ids[change.profile_id] = str((data or {}).get("id"))
+                record = data.get("id") if isinstance(data, dict) else None
+                if record is None:
+                    raise TransientError("HubSpot created the contact without answering its id")
+                ids[change.profile_id] = str(record)
                 return
             except PermanentError as err:
                 if err.status != 409:
@@ -397,7 +515,7 @@ class HubSpotAdapter:
         self,
         changes: Sequence[Change],
         owned: Mapping[str, OwnedState],
-        ids: Mapping[str, str],
+        ids: dict[str, str],
         errors: dict[str, AdapterError],
     ) -> None:
         def missing() -> AdapterError:
@@ -409,12 +527,29 @@ class HubSpotAdapter:
             for chunk in chunks(members, LIST_CHUNK):
                 body = sorted({record for _, record in chunk})
                 try:
-                    self.client.request("PUT", f"/crm/v3/lists/{list_id}/memberships/{action}", json=body)
+                    response = self.client.request(
+                        "PUT", f"/crm/v3/lists/{list_id}/memberships/{action}", json=body
+                    )
                 except AdapterError as err:
                     if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
                         raise
                     for change, _ in chunk:
                         errors[change.profile_id] = err
+                    continue
+                answer = json_body(response)
+                gone = answer.get("recordIdsMissing") if isinstance(answer, dict) else None
+                absent = set(_values(gone))
+                for change, record in chunk:
+                    if record not in absent:
+                        continue
+                    # a merged or deleted record (or one the lists service does not see yet): the
+                    # cached id is not trusted; the retry upserts by email and gets the current id
+                    ids.pop(change.profile_id, None)
+                    errors[change.profile_id] = TransientError(
+                        f"HubSpot reports record {record} missing on list {list_id} {action}",
+                        status=response.status_code,
+                        code="record_missing",
+                    )
 
     def erase(self, change: Change) -> Result:
         if not change.email:

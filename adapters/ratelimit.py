@@ -15,7 +15,8 @@ never slows another:
 Time is injected (``clock`` returns epoch seconds, ``sleep`` waits), so tests never sleep.
 
 Keys: ``rl:{key}`` (hash: factor, blocked_until), ``rl:{key}:w:{limit}/{seconds}`` (zset),
-``rl:{key}:leases`` (zset), ``rl:seq`` (counter for unique members).
+``rl:{key}:leases`` (zset), ``rl:{key}:quota:{period}`` (counter, e.g. HubSpot's daily quota),
+``rl:seq`` (counter for unique members).
 """
 
 from __future__ import annotations
@@ -161,6 +162,25 @@ class RateLimiter:
                 raise WaitTooLong(wait)
             self.sleep(wait)
             waited += wait
+
+    # -- quotas per calendar period -------------------------------------------------------
+    def take_quota(self, key: str, period: str, limit: int, keep_seconds: float) -> bool:
+        """Count one request against a quota that resets with each ``period`` (e.g. a calendar day
+        in the account's time zone); False, and nothing counted, when the quota is spent. One
+        counter per period, kept ``keep_seconds``: memory does not grow with the quota."""
+        counter = f"rl:{key}:quota:{period}"
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.incr(counter)
+        pipe.expire(counter, int(keep_seconds) + 1)
+        used, _ = pipe.execute()
+        if int(used) > limit:
+            self.conn.decr(counter)
+            return False
+        return True
+
+    def quota_used(self, key: str, period: str) -> int:
+        raw = self.conn.get(f"rl:{key}:quota:{period}")
+        return int(raw) if raw is not None else 0
 
     # -- concurrency -----------------------------------------------------------------------
     def try_lease(self, key: str, limit: int) -> str | None:

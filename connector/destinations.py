@@ -89,6 +89,9 @@ class DestinationSchema(Schema):
     preserve_unowned_tags = fields.Boolean(load_default=True)
     create_properties = fields.Boolean(load_default=True)
     per_ten_seconds = fields.Integer(load_default=100, validate=validate.Range(min=1))
+    # the daily quota of the account's tier (Free/Starter 250,000; Professional 650,000; Enterprise
+    # 1,000,000; +1,000,000 per API Limit Increase pack)
+    per_day = fields.Integer(load_default=250_000, validate=validate.Range(min=1, max=10_000_000))
     timezone = fields.String(load_default="UTC", validate=_timezone)
     # klaviyo
     revision = fields.String(load_default="2024-10-15", validate=validate.Regexp(r"^\d{4}-\d{2}-\d{2}"))
@@ -272,6 +275,7 @@ def build_adapter(
             preserve_unowned_tags=o["preserve_unowned_tags"],
             create_properties=o["create_properties"],
             per_ten_seconds=o["per_ten_seconds"],
+            per_day=o["per_day"],
             timezone=o["timezone"],
         )
         return HubSpotAdapter(hs, **kw)

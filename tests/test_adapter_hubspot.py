@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+import yaml
 
 from adapters.change import APPLIED, FAILED, Change, OwnedState
-from adapters.errors import AuthError, PermanentError, RateLimited
-from adapters.hubspot import HubSpotAdapter, HubSpotConfig, existing_id
+from adapters.errors import AuthError, PermanentError, RateLimited, TransientError
+from adapters.hubspot import DailyQuotaClient, HubSpotAdapter, HubSpotConfig, existing_id
 from adapters.ratelimit import RateLimiter
+from connector.config import load_account_file
+from connector.destinations import build_adapter, destinations
+from connector.errors import ConfigError
+from connector.sandbox import FakeHubSpot as SandboxHubSpot
+from connector.sandbox import serving
 
 TOKEN = "pat-na1-test-token"
 Handler = Callable[[httpx.Request, Any], httpx.Response | None]
@@ -338,7 +345,7 @@ def test_ten_secondly_429_waits_the_interval_and_retries() -> None:
         return None
 
     fake.before = once
-    results = adapter(fake, clock).apply([change("p1")], {})
+    results = adapter(fake, clock).apply([change("p1", tags=frozenset({"vip"}))], {})
     assert results[0].status == APPLIED
     assert clock.slept == [10.0]
 
@@ -354,3 +361,248 @@ def test_auth_errors_raise_and_erase_uses_gdpr_delete() -> None:
     fake.contacts["p1@example.com"] = {"id": "1", "properties": {}}
     results = adapter(fake).apply([change("p1", erase=True)], {})
     assert results[0].status == APPLIED and "p1@example.com" not in fake.contacts
+
+
+# -- every input confirmed or failed (207 / 200 answers) -------------------------------------------
+
+
+def _answer(results: list[dict[str, Any]], errors: list[dict[str, Any]]) -> Handler:
+    def route(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path.endswith("batch/upsert"):
+            out: dict[str, Any] = {"status": "COMPLETE", "results": results}
+            if errors:
+                out.update(errors=errors, numErrors=len(errors))
+            return httpx.Response(207 if errors else 200, json=out)
+        return None
+
+    return route
+
+
+def test_207_errors_without_trace_ids_and_unreported_inputs_are_never_applied() -> None:
+    fake = FakeHubSpot()
+    fake.before = _answer(
+        # "ok" confirmed by its email only (no trace id on the result)
+        [{"id": "1", "properties": {"email": "OK@example.com"}}],
+        [
+            {  # named by context ids (the email sent as id), the fake's own untraced shape
+                "status": "error",
+                "category": "VALIDATION_ERROR",
+                "message": "Property values were not valid: INVALID_EMAIL",
+                "context": {"ids": ["bad@example.com"]},
+            },
+            {  # no context at all: only the message names the input
+                "status": "error",
+                "category": "VALIDATION_ERROR",
+                "message": 'Property values were not valid: "Email address joann@example.com is invalid"',
+            },
+        ],
+    )
+    changes = [change(p) for p in ("ok", "bad", "joann", "ann", "lost")]
+    results = {r.profile_id: r for r in adapter(fake, preserve_unowned_tags=False).apply(changes, {})}
+    assert results["ok"].status == APPLIED and results["ok"].owned is not None
+    assert results["ok"].owned.remote_id == "1"
+    for pid in ("bad", "joann"):  # HubSpot's own error for that input
+        assert results[pid].status == FAILED and isinstance(results[pid].error, PermanentError), pid
+    # "ann@example.com" is only part of "joann@example.com"; "lost" is in neither list: both are
+    # retried later (transient), never reported as applied
+    for pid in ("ann", "lost"):
+        err = results[pid].error
+        assert results[pid].status == FAILED and isinstance(err, TransientError), pid
+        assert not isinstance(err, PermanentError) and err.code == "unconfirmed"
+
+
+def test_a_200_answer_missing_an_input_or_its_id_does_not_confirm_it() -> None:
+    fake = FakeHubSpot()
+    fake.before = _answer(
+        [
+            {"id": "7", "objectWriteTraceId": "p1", "properties": {}},
+            {"objectWriteTraceId": "p2", "properties": {"email": "p2@example.com"}},  # no id
+        ],
+        [],
+    )
+    results = adapter(fake, preserve_unowned_tags=False).apply([change("p1"), change("p2"), change("p3")], {})
+    assert [r.status for r in results] == [APPLIED, FAILED, FAILED]
+    assert all(isinstance(r.error, TransientError) for r in results[1:])
+
+
+# -- recordIdsMissing --------------------------------------------------------------------------------
+
+
+def test_record_ids_missing_from_a_membership_call_fail_that_contact() -> None:
+    fake = FakeHubSpot()
+    fake.lists["L"] = set()
+    missing: set[str] = set()
+
+    def lists_miss(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.method == "PUT" and "/memberships/" in request.url.path:
+            gone = sorted(set(body) & missing)
+            fake.lists["L"].update(set(body) - missing)
+            added = sorted(set(body) - missing)
+            return httpx.Response(
+                200, json={"recordIdsMissing": gone, "recordIdsRemoved": [], "recordsIdsAdded": added}
+            )
+        return None
+
+    fake.before = lists_miss
+    ad = adapter(fake)
+    ad.apply([change("warm", lists=frozenset({"L"}))], {})  # p1's record id is 101 from here on
+    missing.add("101")  # merged away / not yet seen by the lists service
+    stale = {"p1": OwnedState(remote_id="55")}
+    results = ad.apply([change("p1", lists=frozenset({"L"})), change("p2", lists=frozenset({"L"}))], stale)
+    by = {r.profile_id: r for r in results}
+    assert by["p1"].status == FAILED and by["p1"].owned is None
+    assert isinstance(by["p1"].error, TransientError) and by["p1"].error.code == "record_missing"
+    assert by["p2"].status == APPLIED and by["p2"].owned and by["p2"].owned.lists == {"L"}
+    # the next attempt upserts by email again and takes the id HubSpot answers, not a cached one
+    missing.clear()
+    again = ad.apply([change("p1", lists=frozenset({"L"}))], stale)
+    assert again[0].status == APPLIED and again[0].owned and again[0].owned.remote_id == "101"
+    assert "101" in fake.lists["L"] and "55" not in fake.lists["L"]
+
+
+# -- an option that cannot be added during a 207 re-drive --------------------------------------------
+
+
+def test_option_patch_failure_in_a_redrive_fails_only_the_contacts_that_need_it() -> None:
+    fake = FakeHubSpot()
+    fake.options = [{"label": "a", "value": "a"}]
+    state = {"upserts": 0}
+
+    def route(request: httpx.Request, body: Any) -> httpx.Response | None:
+        path = request.url.path
+        if path.endswith("batch/upsert"):
+            state["upserts"] += 1
+            if state["upserts"] == 1:
+                fake.options = []  # "a" removed by hand between our read and the write...
+        elif path.endswith("/esp_tags") and request.method == "GET":
+            fake.options = [{"label": "a", "value": "a"}]  # ...and put back before the re-read
+        elif path.endswith("/esp_tags") and request.method == "PATCH":
+            return httpx.Response(
+                400, json={"status": "error", "category": "VALIDATION_ERROR", "message": "too many options"}
+            )
+        return None
+
+    ad = adapter(fake, preserve_unowned_tags=False)
+    ad._options = {"a", "b"}  # cached from an earlier batch; "b" has been deleted since
+    fake.before = route
+    changes = [
+        change("needs_b", tags=frozenset({"b"})),
+        change("a_only", tags=frozenset({"a"})),
+        change("plain"),
+    ]
+    results = {r.profile_id: r for r in ad.apply(changes, {})}
+    assert results["needs_b"].status == FAILED and isinstance(results["needs_b"].error, PermanentError)
+    assert results["a_only"].status == APPLIED  # re-driven: its option exists again
+    assert results["plain"].status == APPLIED  # written in the first call, never dead-lettered
+    assert fake.contacts["a_only@example.com"]["properties"]["esp_tags"] == "a"
+
+
+# -- the daily quota ---------------------------------------------------------------------------------
+
+
+def test_per_day_counts_the_account_day_and_the_adaptive_factor_does_not_shrink_it(
+    redis_client: redis.Redis,
+) -> None:
+    fake = FakeHubSpot()
+    clock = SimClock()  # 22:00 UTC, the account's time zone
+    limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    ad = adapter(fake, clock, limiter=limiter, per_day=6)
+    assert ad.apply([change("p1", tags=frozenset({"vip"}))], {})[0].status == APPLIED  # tags property lookup + creation, batch/read + batch/upsert
+    for _ in range(4):  # 429s from another app on the same token: the burst rate drops to 1/16
+        limiter.penalize(ad.client.t.limiter_key)
+    clock.t += 20
+    assert ad.apply([change("p2", tags=frozenset({"vip"}))], {})[0].status == APPLIED  # 6 of 6 today
+    clock.t += 3600
+    with pytest.raises(RateLimited) as info:
+        ad.apply([change("p3", tags=frozenset({"vip"}))], {})
+    assert info.value.scope == "DAILY"
+    assert info.value.retry_after == pytest.approx(3580, abs=1)  # until the account's midnight
+    assert clock.slept == []  # deferred to the sync worker, never waited in the call
+    assert len([c for c in fake.calls if c[1].endswith("batch/upsert")]) == 2
+    clock.t += 3600  # the next day: a fresh quota
+    assert ad.apply([change("p3", tags=frozenset({"vip"}))], {})[0].status == APPLIED
+    assert len([c for c in fake.calls if c[1].endswith("batch/upsert")]) == 3
+
+
+def _account_file(tmp_path: Path, hubspot: dict[str, Any]) -> Path:
+    path = tmp_path / "acme.yaml"
+    cfg = {"account": "acme", "destinations": {"hubspot": {"api_key_env": "HS_TOKEN", **hubspot}}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_per_day_setting_is_validated_and_reaches_the_limiter(tmp_path: Path) -> None:
+    env = {"HS_TOKEN": TOKEN}
+    for setting, limit in (({}, 250_000), ({"per_day": 650_000}, 650_000)):
+        dest = destinations(load_account_file(_account_file(tmp_path, setting), env))["hubspot"]
+        built = build_adapter(dest, None, clock=lambda: 0.0, sleep=lambda s: None, env=env)
+        assert isinstance(built, HubSpotAdapter) and isinstance(built.client, DailyQuotaClient)
+        assert built.config.per_day == limit
+        assert built.client.per_day == limit
+    for bad in (0, "lots"):
+        with pytest.raises(ConfigError) as info:
+            destinations(load_account_file(_account_file(tmp_path, {"per_day": bad}), env))
+        assert info.value.path == "destinations.hubspot.per_day"
+
+
+# -- against the loopback fake -------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox() -> Iterator[tuple[SandboxHubSpot, HubSpotAdapter]]:
+    fake = SandboxHubSpot(tokens=[TOKEN])
+    # the tags property exists already (a batch without tags does not create it)
+    fake.properties["esp_tags"] = {"type": "enumeration", "fieldType": "checkbox", "options": []}
+    with serving(fake) as server:
+        cfg = HubSpotConfig(token=TOKEN, base_url=server.url)
+        clock = SimClock()
+        ad = HubSpotAdapter(cfg, clock=clock, sleep=clock.sleep)
+        yield fake, ad
+        ad.client.close()
+
+
+@pytest.mark.parametrize("context", ["ids", "none"])
+def test_loopback_untraced_207_errors_and_unreported_inputs_fail(
+    sandbox: tuple[SandboxHubSpot, HubSpotAdapter], context: str
+) -> None:
+    fake, ad = sandbox
+    fake.error_context = context  # the error names the input by its email, or only in its message
+    fake.invalid_emails.add("bad@example.com")
+    fake.unreported_emails.add("quiet@example.com")
+    results = {r.profile_id: r for r in ad.apply([change("ok"), change("bad"), change("quiet")], {})}
+    assert results["ok"].status == APPLIED
+    assert results["bad"].status == FAILED and isinstance(results["bad"].error, PermanentError)
+    quiet = results["quiet"]
+    assert quiet.status == FAILED and isinstance(quiet.error, TransientError)
+    assert not isinstance(quiet.error, PermanentError)
+    assert fake.contact_by_email("quiet@example.com") is not None  # written, just not confirmed
+    fake.unreported_emails.clear()
+    assert ad.apply([change("quiet")], {})[0].status == APPLIED
+
+
+def test_loopback_record_ids_missing_are_not_recorded_as_memberships(
+    sandbox: tuple[SandboxHubSpot, HubSpotAdapter],
+) -> None:
+    fake, ad = sandbox
+    cart = fake.add_list("Cart")
+    fake.lists_missing_emails.add("late@example.com")
+    changes = [change("late", lists=frozenset({cart.id})), change("on_time", lists=frozenset({cart.id}))]
+    results = {r.profile_id: r for r in ad.apply(changes, {})}
+    assert results["late"].status == FAILED and isinstance(results["late"].error, TransientError)
+    assert results["on_time"].status == APPLIED
+    assert fake.emails_in_list("Cart") == {"on_time@example.com"}
+    fake.lists_missing_emails.clear()
+    assert ad.apply([change("late", lists=frozenset({cart.id}))], {})[0].status == APPLIED
+    assert fake.emails_in_list("Cart") == {"on_time@example.com", "late@example.com"}
+
+
+def test_a_contact_never_tagged_leaves_the_tags_property_alone() -> None:
+    """A destination mapped to lists and fields only works on a portal without the tags property."""
+    fake = FakeHubSpot()
+    clock = SimClock()
+    ad = adapter(fake, clock)
+    results = ad.apply([change("p1", tags=frozenset(), fields={"ltv": 5})], {})
+    assert results[0].status == APPLIED
+    upserts = [c for c in fake.calls if c[1].endswith("batch/upsert")]
+    assert upserts and all("esp_tags" not in i["properties"] for i in upserts[0][2]["inputs"])
+    assert not [c for c in fake.calls if c[1].endswith("batch/read") or "properties/contacts/esp_tags" in c[1]]

@@ -4,9 +4,10 @@ Contract enforced: ``Authorization: Bearer <token>``, JSON bodies (``Content-Typ
 contacts batch upsert/read by email with at most 100 inputs and unique ids, properties that exist
 (custom ones created through the properties API, enumeration options checked), 207 with
 ``objectWriteTraceId`` for partial failures, 409 "Contact already exists. Existing ID: n" on create,
-v3 lists (MANUAL only for membership writes, bare arrays of record id strings), the retired v1 lists
-API answering 404, and per-token rate limits (rolling 10 seconds, optional per second, daily reset
-at midnight UTC) with ``X-HubSpot-RateLimit-*`` headers and ``policyName`` in 429 bodies.
+v3 lists (MANUAL only for membership writes, bare arrays of record id strings, ``recordIdsMissing``
+for unknown records), the retired v1 lists API answering 404, and per-token rate limits (rolling
+10 seconds, optional per second, daily reset at midnight UTC) with ``X-HubSpot-RateLimit-*`` headers
+and ``policyName`` in 429 bodies.
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ class FakeHubSpot(FakeESP):
         self.max_membership_ids = max_membership_ids
         # emails HubSpot refuses as invalid (a per-item VALIDATION_ERROR: 207 in batches, else 400)
         self.invalid_emails: set[str] = set()
+        # how a 207 error names its input (unconfirmed, esp-apis.md §2a/§5): "trace" (context
+        # objectWriteTraceId when the input had one, else context ids), "ids" (context ids: the
+        # email sent as id) or "none" (no context: only the message names it, when it does)
+        self.error_context = "trace"
+        # written, but left out of both results and errors of the batch upsert answer
+        self.unreported_emails: set[str] = set()
+        # membership calls report these contacts' record ids in recordIdsMissing (a record merged
+        # away, or one the lists service does not see yet) and leave the list unchanged
+        self.lists_missing_emails: set[str] = set()
         self.contacts: dict[str, Contact] = {}
         self.by_email: dict[str, str] = {}
         self.properties: dict[str, dict[str, Any]] = {}
@@ -449,6 +459,7 @@ class FakeHubSpot(FakeESP):
                 f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique", ids=duplicates
             )
         results, errors = [], []
+        unreported = {e.lower() for e in self.unreported_emails}
         with self.lock:
             for item in inputs:
                 props = dict(item["properties"])
@@ -457,18 +468,21 @@ class FakeHubSpot(FakeESP):
                 if problems:
                     if trace is None and self.limits.whole_batch_400_without_trace_id:
                         raise self.props_invalid(problems)
-                    errors.append(
-                        {
-                            "status": "error",
-                            "category": "VALIDATION_ERROR",
-                            "message": f"Property values were not valid: {json.dumps(problems)}",
-                            "context": {"objectWriteTraceId": [trace]} if trace else {"ids": [item["id"]]},
-                        }
-                    )
+                    error: dict[str, Any] = {
+                        "status": "error",
+                        "category": "VALIDATION_ERROR",
+                        "message": f"Property values were not valid: {json.dumps(problems)}",
+                    }
+                    if trace and self.error_context == "trace":
+                        error["context"] = {"objectWriteTraceId": [trace]}
+                    elif self.error_context != "none":
+                        error["context"] = {"ids": [item["id"]]}
+                    errors.append(error)
                     continue
                 props.pop("email", None)
                 contact, new = self.write(item["id"], props)
-                results.append(self.contact_json(contact, new=new, trace=trace))
+                if item["id"].lower() not in unreported:
+                    results.append(self.contact_json(contact, new=new, trace=trace))
         body: dict[str, Any] = {"status": "COMPLETE", "results": results, **self.batch_times()}
         if errors:
             body.update(errors=errors, numErrors=len(errors))
@@ -711,14 +725,15 @@ class FakeHubSpot(FakeESP):
 
     def change(self, lst: HubList, add: list[str], remove: list[str]) -> dict[str, Any]:
         added, removed, missing = [], [], []
+        hidden = {self.by_email[e.lower()] for e in self.lists_missing_emails if e.lower() in self.by_email}
         for rid in add:
-            if rid not in self.contacts:
+            if rid not in self.contacts or rid in hidden:
                 missing.append(rid)
             elif rid not in lst.members:
                 lst.members.add(rid)
                 added.append(rid)
         for rid in remove:
-            if rid not in self.contacts:
+            if rid not in self.contacts or rid in hidden:
                 missing.append(rid)
             elif rid in lst.members:
                 lst.members.discard(rid)
