@@ -2,22 +2,35 @@
 
 Requests (see docs/destinations.md):
 
-* upsert: ``POST /lists/{list_id}`` (batch subscribe, ≤500 members, ``update_existing: true``,
-  ``sync_tags: false``), each member with ``status_if_new`` only, never ``status``: an existing
-  contact's consent is never changed, an unsubscribed or cleaned contact is never re-subscribed.
-  Members the batch reports in ``errors[]`` are re-driven one by one (``PUT`` member + tags call), which
-  gives each its exact error.
+* merge fields: ``GET /lists/{id}/merge-fields?count=1000`` once per adapter (cached), and
+  ``POST /lists/{id}/merge-fields`` ``{tag, name, type: number|text}`` for a written tag the audience
+  lacks (Mailchimp refuses a member write naming an unknown merge field). A configured name that
+  cannot be a merge tag (1-10 characters: A-Z, 0-9, ``_``, a letter first) fails the change.
+* upsert: ``POST /lists/{list_id}`` (batch subscribe, ≤500 members, ``sync_tags: false``) in a way
+  that cannot change an existing member's status, whatever Mailchimp does with ``status_if_new``
+  on an update (unconfirmed): contacts the ledger does not know go in a create-only batch
+  (``update_existing: false``, ``status_if_new``), so an existing member is reported
+  ``ERROR_CONTACT_EXISTS`` and left untouched; those and the contacts the connector wrote before
+  go in an update batch (``update_existing: true``) with **no** ``status`` and no ``status_if_new``.
+  Members a batch reports in ``errors[]`` are re-driven one by one (``PUT`` member with
+  ``status_if_new`` only, which leaves an existing member's status alone, + tags call), which gives
+  each its exact error. A change that only takes things away writes no member at all.
 * tag removals: ``POST /lists/{id}/members/{hash}/tags`` with ``inactive`` for the tags the
-  connector set earlier and no longer wants (never any other tag).
+  connector set earlier and no longer wants (never any other tag); 404 (not in the audience) =
+  nothing to remove.
 * static segments: ``POST /lists/{id}/segments/{seg_id}`` with ``members_to_add`` /
-  ``members_to_remove`` (≤500 each).
+  ``members_to_remove`` (≤500 each); emails not in the audience are ignored by Mailchimp.
 * erasure: ``POST /lists/{id}/members/{hash}/actions/delete-permanent`` (404 = already gone).
+
+A 429 (10 concurrent connections per key) reaches the shared limiter through ``EspClient``: the
+key's factor halves and with it the number of concurrent leases; a ``Retry-After`` blocks the key.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +54,8 @@ from .ratelimit import Limits
 BATCH_LIMIT = 500
 ABUSE_PARK_SECONDS = 6 * 3600
 STATUSES_IF_NEW = ("transactional", "pending", "unsubscribed")
+MERGE_TAG = re.compile(r"[A-Z][A-Z0-9_]{0,9}")
+MERGE_FIELDS_PAGE = 1000  # the largest ``count`` Mailchimp accepts
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,35 @@ def _merge_value(value: Any) -> Any:
     return str(value)
 
 
+def merge_type(value: Any) -> str:
+    """The type of a merge field created for ``value``: numbers are ``number``, the rest ``text``
+    (booleans are sent as the strings ``"true"``/``"false"``)."""
+    return "number" if isinstance(value, int | float) and not isinstance(value, bool) else "text"
+
+
+def invalid_merge_tags(names: Any) -> PermanentError | None:
+    """A permanent error naming the configured fields that cannot be Mailchimp merge tags."""
+    bad = sorted(str(n) for n in names if not MERGE_TAG.fullmatch(str(n)))
+    if not bad:
+        return None
+    detail = (
+        f"{', '.join(bad)}: a Mailchimp merge tag has 1-10 characters, uppercase letters A-Z, digits "
+        "or _, starting with a letter (e.g. CARTVAL); fix the destination's `fields` mapping"
+    )
+    return PermanentError(f"invalid merge tag: {detail}", code="invalid_merge_tag", detail=detail)
+
+
+def _already_member(item: Mapping[str, Any]) -> bool:
+    return item.get("error_code") == "ERROR_CONTACT_EXISTS" or "already a list member" in str(
+        item.get("error", "")
+    )
+
+
+def _merge_problem(item: Mapping[str, Any]) -> bool:
+    text = f"{item.get('error', '')} {item.get('field_message', '')}".lower()
+    return "merge field" in text
+
+
 class MailchimpAdapter:
     name = "mailchimp"
     batch_size = BATCH_LIMIT
@@ -125,6 +169,8 @@ class MailchimpAdapter:
         self.client = EspClient(transport)
         self.list_id = config.list_id
         self._tag_ids: dict[str, str] = {}
+        self._merge_tags: dict[str, str] | None = None  # merge tag → type, read once per adapter
+        self._merge_read_now = False  # the cache was (re)read during the current apply
 
     # -- helpers ---------------------------------------------------------------------------
     def status_if_new(self, change: Change) -> str:
@@ -134,18 +180,46 @@ class MailchimpAdapter:
             return "unsubscribed"
         return self.config.status_if_new
 
+    @staticmethod
+    def written_fields(change: Change) -> dict[str, Any]:
+        return {k: v for k, v in change.fields.items() if v is not None}
+
+    @classmethod
+    def erased_fields(cls, change: Change, owned: OwnedState) -> set[str]:
+        """Fields the connector set earlier and no longer has a value for: written as ``""``."""
+        return set(owned.fields) - set(cls.written_fields(change))
+
     def merge_fields(self, change: Change, owned: OwnedState) -> dict[str, Any]:
-        out = {k: _merge_value(v) for k, v in change.fields.items() if v is not None}
-        for name in owned.fields:
-            out.setdefault(name, "")  # owned field no longer wanted: erase it
+        out = {k: _merge_value(v) for k, v in self.written_fields(change).items()}
+        known = self._merge_tags
+        for name in sorted(self.erased_fields(change, owned)):
+            if known is None or name in known:  # a field that no longer exists has nothing to erase
+                out[name] = ""
         return out
 
-    def member(self, change: Change, owned: OwnedState) -> dict[str, Any]:
-        body: dict[str, Any] = {"email_address": change.email, "status_if_new": self.status_if_new(change)}
+    def member(self, change: Change, owned: OwnedState, *, status_if_new: bool = True) -> dict[str, Any]:
+        """The member object of a write. Without ``status_if_new`` it carries no status of any kind
+        (the update batch), so no reading of ``update_existing`` can change a member's status."""
+        body: dict[str, Any] = {"email_address": change.email}
+        if status_if_new:
+            body["status_if_new"] = self.status_if_new(change)
         merge = self.merge_fields(change, owned)
         if merge:
             body["merge_fields"] = merge
         return body
+
+    def needs_write(self, change: Change, owned: OwnedState) -> bool:
+        """False for a change that only takes tags or lists away from a contact the connector wrote
+        before: no member is written, so one archived or deleted in Mailchimp meanwhile is not
+        added back to the audience just to leave a segment."""
+        if change.tags or change.lists or self.written_fields(change):
+            return True
+        return bool(self.erased_fields(change, owned)) or not self.known(owned)
+
+    @staticmethod
+    def known(owned: OwnedState) -> bool:
+        """The ledger says the connector wrote this contact before: it is most likely a member."""
+        return bool(owned.tags or owned.lists or owned.fields)
 
     @staticmethod
     def removed_tags(change: Change, owned: OwnedState) -> list[str]:
@@ -156,7 +230,19 @@ class MailchimpAdapter:
     def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
         errors: dict[str, AdapterError] = {}
         results, upserts = triage(changes, self.erase)
-        for chunk in chunks(upserts, BATCH_LIMIT):
+        self._merge_read_now = False
+        for change in upserts:
+            invalid = invalid_merge_tags(self.written_fields(change))
+            if invalid is not None:
+                errors[change.profile_id] = invalid
+        writes = [
+            c
+            for c in upserts
+            if c.profile_id not in errors and self.needs_write(c, owned.get(c.profile_id, OwnedState()))
+        ]
+        self._ensure_merge_fields(writes, owned, errors)
+        writes = [c for c in writes if c.profile_id not in errors]
+        for chunk in chunks(writes, BATCH_LIMIT):
             self._batch_upsert(chunk, owned, errors)
         ok = [c for c in upserts if c.profile_id not in errors]
         self._remove_tags(ok, owned, errors)
@@ -183,6 +269,87 @@ class MailchimpAdapter:
                 raise
             errors[change.profile_id] = err
 
+    # -- merge fields ----------------------------------------------------------------------
+    def merge_tags(self, refresh: bool = False) -> dict[str, str]:
+        """The audience's merge tags and their types (``GET …/merge-fields``, paged by 1,000), cached."""
+        if self._merge_tags is None or refresh:
+            tags: dict[str, str] = {}
+            offset = 0
+            while True:
+                response = self.client.request(
+                    "GET",
+                    f"/lists/{self.list_id}/merge-fields",
+                    params={"count": MERGE_FIELDS_PAGE, "offset": offset},
+                )
+                data = json_body(response) or {}
+                page = data.get("merge_fields") or []
+                for item in page:
+                    if isinstance(item, dict) and item.get("tag"):
+                        tags[str(item["tag"])] = str(item.get("type") or "")
+                offset += len(page)
+                if not page or offset >= int(data.get("total_items") or 0):
+                    break
+            self._merge_tags = tags
+            self._merge_read_now = True
+        return self._merge_tags
+
+    def _create_merge_field(self, tag: str, value: Any) -> None:
+        body = {"tag": tag, "name": tag, "type": merge_type(value)}
+        try:
+            response = self.client.request("POST", f"/lists/{self.list_id}/merge-fields", json=body)
+        except PermanentError as err:
+            # another worker created it meanwhile ("A Merge Field with the tag … already exists")
+            if err.status == 400 and tag in self.merge_tags(refresh=True):
+                return
+            raise
+        data = json_body(response) or {}
+        assert self._merge_tags is not None
+        self._merge_tags[str(data.get("tag") or tag)] = str(data.get("type") or body["type"])
+
+    def _ensure_merge_fields(
+        self,
+        changes: Sequence[Change],
+        owned: Mapping[str, OwnedState],
+        errors: dict[str, AdapterError],
+        refresh: bool = False,
+    ) -> None:
+        """Every merge tag these changes write exists in the audience (created when missing)."""
+        touching = [
+            c
+            for c in changes
+            if self.written_fields(c) or self.erased_fields(c, owned.get(c.profile_id, OwnedState()))
+        ]
+        if not touching:
+            return
+        try:
+            existing = self.merge_tags(refresh)
+        except AdapterError as err:
+            if err.status in (401, 403):
+                raise
+            for change in touching:
+                errors[change.profile_id] = err
+            return
+        wanted: dict[str, Any] = {}
+        for change in touching:
+            for name, value in self.written_fields(change).items():
+                wanted.setdefault(name, value)
+        failed: dict[str, AdapterError] = {}
+        for tag, value in sorted(wanted.items()):
+            if tag in existing:
+                continue
+            try:
+                self._create_merge_field(tag, value)
+            except AdapterError as err:
+                if err.status in (401, 403):
+                    raise
+                failed[tag] = err
+        if failed:
+            for change in touching:
+                cause = next((failed[n] for n in sorted(self.written_fields(change)) if n in failed), None)
+                if cause is not None:
+                    errors[change.profile_id] = cause
+
+    # -- member writes ---------------------------------------------------------------------
     def _batch_upsert(
         self, chunk: Sequence[Change], owned: Mapping[str, OwnedState], errors: dict[str, AdapterError]
     ) -> None:
@@ -194,32 +361,73 @@ class MailchimpAdapter:
                 single.append(change)  # the same email twice in one batch: send it on its own
             else:
                 by_email[key] = change
-        members = []
-        for change in by_email.values():
-            member = self.member(change, owned.get(change.profile_id, OwnedState()))
-            if change.tags:
-                member["tags"] = sorted(change.tags)
-            members.append(member)
+        fresh = [c for c in by_email.values() if not self.known(owned.get(c.profile_id, OwnedState()))]
+        update = [c for c in by_email.values() if self.known(owned.get(c.profile_id, OwnedState()))]
         redrive: list[Change] = list(single)
-        if members:
-            body = {"members": members, "update_existing": True, "sync_tags": False}
-            try:
-                response = self.client.request("POST", f"/lists/{self.list_id}", json=body)
-            except AdapterError as err:
-                if err.status in (401, 403):
-                    raise
-                for change in by_email.values():
-                    errors[change.profile_id] = err
-                return
-            data = json_body(response) or {}
-            for item in data.get("errors") or []:
-                failed = by_email.get(str(item.get("email_address", "")).lower())
-                if failed is not None:
-                    redrive.append(failed)
+        merge_trouble = False
+        # create-only: new members get status_if_new; existing ones are reported and left untouched
+        exists, failed, trouble = self._batch_call(fresh, owned, errors, update_existing=False)
+        redrive += failed
+        merge_trouble |= trouble
+        # update: no status and no status_if_new, so no member's status can change
+        _, failed, trouble = self._batch_call([*update, *exists], owned, errors, update_existing=True)
+        redrive += failed
+        merge_trouble |= trouble
+        if merge_trouble and not self._merge_read_now:
+            # the cached merge fields may be stale (one deleted in Mailchimp): read them again
+            self._ensure_merge_fields(redrive, owned, errors, refresh=True)
         for change in redrive:
+            if change.profile_id in errors:
+                continue
             self._capture(
                 errors, change, self._single_upsert, change, owned.get(change.profile_id, OwnedState())
             )
+
+    def _batch_call(
+        self,
+        changes: Sequence[Change],
+        owned: Mapping[str, OwnedState],
+        errors: dict[str, AdapterError],
+        *,
+        update_existing: bool,
+    ) -> tuple[list[Change], list[Change], bool]:
+        """One batch subscribe; returns (already members, failed items to re-drive, whether an
+        item failed on its merge fields)."""
+        if not changes:
+            return [], [], False
+        by_email = {str(c.email).lower(): c for c in changes}
+        members = []
+        for change in changes:
+            state = owned.get(change.profile_id, OwnedState())
+            member = self.member(change, state, status_if_new=not update_existing)
+            if change.tags:
+                member["tags"] = sorted(change.tags)
+            members.append(member)
+        body = {"members": members, "update_existing": update_existing, "sync_tags": False}
+        try:
+            response = self.client.request("POST", f"/lists/{self.list_id}", json=body)
+        except AdapterError as err:
+            if err.status in (401, 403):
+                raise
+            for change in changes:
+                errors[change.profile_id] = err
+            return [], [], False
+        data = json_body(response) or {}
+        exists: list[Change] = []
+        failed: list[Change] = []
+        trouble = False
+        for item in data.get("errors") or []:
+            if not isinstance(item, dict):
+                continue
+            named = by_email.get(str(item.get("email_address", "")).lower())
+            if named is None:
+                continue
+            if not update_existing and _already_member(item):
+                exists.append(named)
+            else:
+                failed.append(named)
+                trouble |= _merge_problem(item)
+        return exists, failed, trouble
 
     def _remove_tags(
         self, changes: Sequence[Change], owned: Mapping[str, OwnedState], errors: dict[str, AdapterError]
@@ -259,7 +467,7 @@ class MailchimpAdapter:
                 continue
             rest = [t for t in removals[change.profile_id] if t not in done.get(change.profile_id, set())]
             if rest:
-                self._capture(errors, change, self._set_tags, change, [], rest)
+                self._capture(errors, change, self._drop_tags, change, rest)
 
     def tag_id(self, name: str) -> str | None:
         """The static segment id of a tag (``GET /lists/{id}/tag-search?name=``), cached."""
@@ -281,6 +489,14 @@ class MailchimpAdapter:
         )
         if change.tags:
             self._set_tags(change, sorted(change.tags), [])
+
+    def _drop_tags(self, change: Change, tags: list[str]) -> None:
+        try:
+            self._set_tags(change, [], tags)
+        except PermanentError as err:
+            if err.status != 404:
+                raise
+            # 404: not in the audience (never added, archived or deleted): nothing to remove
 
     def _set_tags(self, change: Change, active: list[str], inactive: list[str]) -> None:
         assert change.email

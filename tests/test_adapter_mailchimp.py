@@ -9,10 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from adapters.base import credential_key
 from adapters.change import APPLIED, CONSENT_SUBSCRIBED, CONSENT_UNSUBSCRIBED, FAILED, Change, OwnedState
 from adapters.errors import AuthError, PermanentError, RateLimited
 from adapters.mailchimp import MailchimpAdapter, MailchimpConfig, map_error, subscriber_hash
+from adapters.ratelimit import RateLimiter
 
 KEY = "0123456789abcdef0123456789abcdef-us6"
 LIST = "aud1"
@@ -34,6 +37,8 @@ class FakeMailchimp:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, Any]] = []
         self.overrides: dict[tuple[str, str], Handler] = {}
+        self.merge_fields: dict[str, str] = {"FNAME": "text", "LNAME": "text"}
+        self.members: set[str] = set()  # lower-cased emails already in the audience
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         expected = "Basic " + base64.b64encode(f"connector:{KEY}".encode()).decode()
@@ -46,22 +51,51 @@ class FakeMailchimp:
         override = self.overrides.get((request.method, route))
         if override:
             return override(request, body)
+        if request.method == "GET" and route == f"/lists/{LIST}/merge-fields":
+            assert request.url.params["count"] == "1000"
+            fields = [{"tag": t, "name": t, "type": k} for t, k in self.merge_fields.items()]
+            offset = int(request.url.params.get("offset", "0"))
+            return httpx.Response(
+                200, json={"merge_fields": fields[offset:], "total_items": len(fields), "list_id": LIST}
+            )
+        if request.method == "POST" and route == f"/lists/{LIST}/merge-fields":
+            assert set(body) == {"tag", "name", "type"} and body["type"] in ("text", "number")
+            assert body["tag"] not in self.merge_fields
+            self.merge_fields[body["tag"]] = body["type"]
+            return httpx.Response(200, json={"merge_id": len(self.merge_fields), **body, "list_id": LIST})
         if request.method == "POST" and route == f"/lists/{LIST}":
             assert set(body) == {"members", "update_existing", "sync_tags"}
-            assert len(body["members"]) <= 500
+            assert len(body["members"]) <= 500 and body["sync_tags"] is False
+            new, updated, errors = [], [], []
             for m in body["members"]:
                 assert "status" not in m  # consent of existing members is never changed
-                assert m["status_if_new"] in ("subscribed", "transactional", "pending", "unsubscribed")
+                if body["update_existing"]:  # nothing that any reading could apply to a status
+                    assert "status_if_new" not in m
+                else:
+                    assert m["status_if_new"] in ("subscribed", "transactional", "pending", "unsubscribed")
                 assert set(m) <= {"email_address", "status_if_new", "merge_fields", "tags"}
+                assert set(m.get("merge_fields", {})) <= set(self.merge_fields)  # only existing fields
+                email = m["email_address"].lower()
+                if email in self.members and not body["update_existing"]:
+                    errors.append(
+                        {
+                            "email_address": m["email_address"],
+                            "error": f"{m['email_address']} is already a list member.",
+                            "error_code": "ERROR_CONTACT_EXISTS",
+                        }
+                    )
+                else:
+                    (updated if email in self.members else new).append(m)
+                    self.members.add(email)
             return httpx.Response(
                 200,
                 json={
-                    "new_members": body["members"],
-                    "updated_members": [],
-                    "errors": [],
-                    "total_created": len(body["members"]),
-                    "total_updated": 0,
-                    "error_count": 0,
+                    "new_members": new,
+                    "updated_members": updated,
+                    "errors": errors,
+                    "total_created": len(new),
+                    "total_updated": len(updated),
+                    "error_count": len(errors),
                 },
             )
         if request.method == "PUT" and route.startswith(f"/lists/{LIST}/members/"):
@@ -100,9 +134,9 @@ class FakeMailchimp:
         return problem(404, "Resource Not Found", "The requested resource could not be found.")
 
 
-def adapter(fake: FakeMailchimp, **config: Any) -> MailchimpAdapter:
+def adapter(fake: FakeMailchimp, transport: dict[str, Any] | None = None, **config: Any) -> MailchimpAdapter:
     cfg = MailchimpConfig(api_key=KEY, list_id=LIST, base_url="https://us6.api.mailchimp.test/3.0", **config)
-    return MailchimpAdapter(cfg, http_transport=httpx.MockTransport(fake))
+    return MailchimpAdapter(cfg, http_transport=httpx.MockTransport(fake), **(transport or {}))
 
 
 def change(pid: str, version: int = 1, **kw: Any) -> Change:
@@ -126,7 +160,15 @@ def test_upsert_batch_without_consent_is_transactional_with_tags_and_fields() ->
         {},
     )
     assert [r.status for r in results] == [APPLIED, APPLIED, APPLIED]
-    method, route, body = fake.calls[0]
+    # the merge fields it writes are created first (Mailchimp refuses unknown ones), typed by value
+    assert [c[:2] for c in fake.calls[:3]] == [
+        ("GET", f"/lists/{LIST}/merge-fields"),
+        ("POST", f"/lists/{LIST}/merge-fields"),
+        ("POST", f"/lists/{LIST}/merge-fields"),
+    ]
+    assert fake.calls[1][2] == {"tag": "ACTIVE", "name": "ACTIVE", "type": "text"}
+    assert fake.calls[2][2] == {"tag": "LTV", "name": "LTV", "type": "number"}
+    method, route, body = fake.calls[3]
     assert (method, route) == ("POST", f"/lists/{LIST}")
     members = {m["email_address"]: m for m in body["members"]}
     assert members["p1@example.com"] == {
@@ -137,8 +179,9 @@ def test_upsert_batch_without_consent_is_transactional_with_tags_and_fields() ->
     }
     assert members["p2@example.com"]["status_if_new"] == "subscribed"
     assert members["p3@example.com"]["status_if_new"] == "unsubscribed"
-    assert body["update_existing"] is True and body["sync_tags"] is False
-    assert len(fake.calls) == 1
+    # contacts the ledger does not know: a create-only batch, which cannot touch an existing member
+    assert body["update_existing"] is False and body["sync_tags"] is False
+    assert len(fake.calls) == 4
     assert results[0].owned == OwnedState(tags=frozenset({"vip"}), fields=frozenset({"LTV", "ACTIVE"}))
 
 
@@ -152,12 +195,20 @@ def test_consent_can_be_required_for_subscribing() -> None:
 
 def test_only_owned_tags_are_removed_and_cleared_fields_are_erased() -> None:
     fake = FakeMailchimp()
-    before = OwnedState(tags=frozenset({"vip", "Cart Abandoner"}), fields=frozenset({"LTV"}))
+    fake.merge_fields["LTV"] = "number"
+    before = OwnedState(tags=frozenset({"vip", "Cart Abandoner"}), fields=frozenset({"LTV", "GONE"}))
     results = adapter(fake).apply([change("p1", tags=frozenset({"vip"}))], {"p1": before})
     assert results[0].status == APPLIED
-    batch = fake.calls[0][2]["members"][0]
-    assert batch["merge_fields"] == {"LTV": ""}
-    _, route, body = fake.calls[1]
+    assert fake.calls[0][:2] == ("GET", f"/lists/{LIST}/merge-fields")
+    update = fake.calls[1][2]
+    assert update["update_existing"] is True  # written before: the update batch, without any status
+    # a field deleted from the audience meanwhile has nothing to erase (and would be refused)
+    assert update["members"][0] == {
+        "email_address": "p1@example.com",
+        "merge_fields": {"LTV": ""},
+        "tags": ["vip"],
+    }
+    _, route, body = fake.calls[2]
     assert route == f"/lists/{LIST}/members/{subscriber_hash('p1@example.com')}/tags"
     # only the tag the connector set and no longer wants; nothing else is named
     assert body == {"tags": [{"name": "Cart Abandoner", "status": "inactive"}], "is_syncing": False}
@@ -310,3 +361,220 @@ def test_a_tag_dropped_by_many_contacts_goes_through_its_segment() -> None:
     fake = FakeMailchimp()
     adapter(fake).apply(changes[:2], owned)
     assert len([c for c in fake.calls if c[1].endswith("/tags")]) == 2
+
+
+# -- merge fields -------------------------------------------------------------------------------
+
+
+def test_merge_fields_are_read_once_per_adapter_and_created_when_missing() -> None:
+    fake = FakeMailchimp()
+    mc = adapter(fake)
+    first = mc.apply([change("p1", fields={"CARTVAL": 40.5, "FNAME": "Ann", "SKU": None})], {})
+    assert first[0].status == APPLIED
+    reads = [c for c in fake.calls if c[:2] == ("GET", f"/lists/{LIST}/merge-fields")]
+    created = [c[2] for c in fake.calls if c[:2] == ("POST", f"/lists/{LIST}/merge-fields")]
+    assert len(reads) == 1
+    assert created == [{"tag": "CARTVAL", "name": "CARTVAL", "type": "number"}]  # FNAME exists
+    fake.calls.clear()
+    second = mc.apply([change("p2", fields={"CARTVAL": 3, "PLAN": "gold"})], {})
+    assert second[0].status == APPLIED
+    assert [c[:2] for c in fake.calls] == [
+        ("POST", f"/lists/{LIST}/merge-fields"),  # only the new one; the list is cached
+        ("POST", f"/lists/{LIST}"),
+    ]
+    assert fake.calls[0][2] == {"tag": "PLAN", "name": "PLAN", "type": "text"}
+
+
+def test_changes_without_field_values_do_not_read_the_merge_fields() -> None:
+    fake = FakeMailchimp()
+    adapter(fake).apply([change("p1", tags=frozenset({"vip"}), fields={"CARTVAL": None})], {})
+    assert [c[:2] for c in fake.calls] == [("POST", f"/lists/{LIST}")]
+
+
+def test_a_name_that_cannot_be_a_merge_tag_fails_the_change_permanently() -> None:
+    fake = FakeMailchimp()
+    results = adapter(fake).apply(
+        [
+            change("lower", fields={"cart_value": 3}),
+            change("long", fields={"LIFETIMEVAL1": 3}),
+            change("fine", tags=frozenset({"vip"})),
+        ],
+        {},
+    )
+    status = {r.profile_id: r for r in results}
+    assert status["fine"].status == APPLIED
+    for pid, name in (("lower", "cart_value"), ("long", "LIFETIMEVAL1")):
+        err = status[pid].error
+        assert status[pid].status == FAILED and isinstance(err, PermanentError) and not err.retryable
+        assert err.code == "invalid_merge_tag" and name in err.message and "1-10 characters" in err.message
+    assert [c[:2] for c in fake.calls] == [("POST", f"/lists/{LIST}")]  # nothing created, nothing read
+    assert [m["email_address"] for m in fake.calls[0][2]["members"]] == ["fine@example.com"]
+
+
+def test_a_merge_field_created_meanwhile_by_another_worker_is_used() -> None:
+    fake = FakeMailchimp()
+
+    def race(request: httpx.Request, body: Any) -> httpx.Response:
+        fake.merge_fields[body["tag"]] = body["type"]  # the other worker's request landed first
+        return problem(400, "Invalid Resource", f'A Merge Field with the tag "{body["tag"]}" already exists.')
+
+    fake.overrides[("POST", f"/lists/{LIST}/merge-fields")] = race
+    results = adapter(fake).apply([change("p1", fields={"CARTVAL": 1})], {})
+    assert results[0].status == APPLIED
+    assert len([c for c in fake.calls if c[:2] == ("GET", f"/lists/{LIST}/merge-fields")]) == 2
+    assert fake.calls[-1][2]["members"][0]["merge_fields"] == {"CARTVAL": 1}
+
+
+def test_a_merge_field_that_cannot_be_created_fails_only_the_changes_writing_it() -> None:
+    fake = FakeMailchimp()
+    fake.overrides[("POST", f"/lists/{LIST}/merge-fields")] = lambda r, b: problem(
+        400, "Invalid Resource", "This list has reached its limit of merge fields."
+    )
+    results = adapter(fake).apply(
+        [change("p1", fields={"CARTVAL": 1}), change("p2", fields={"FNAME": "A"})], {}
+    )
+    status = {r.profile_id: r for r in results}
+    assert status["p1"].status == FAILED and isinstance(status["p1"].error, PermanentError)
+    assert status["p2"].status == APPLIED
+
+
+# -- consent ------------------------------------------------------------------------------------
+
+
+def test_existing_members_are_written_without_any_status() -> None:
+    """Contacts the ledger does not know go in a create-only batch; an existing member is reported
+    there untouched and written again in the update batch with no status and no status_if_new."""
+    fake = FakeMailchimp()
+    fake.members = {"old@example.com", "known@example.com"}
+    results = adapter(fake).apply(
+        [
+            change("new", consent=CONSENT_SUBSCRIBED, tags=frozenset({"vip"})),
+            change("old", email="old@example.com", consent=CONSENT_SUBSCRIBED, tags=frozenset({"vip"})),
+            change("known", email="known@example.com", tags=frozenset({"vip"})),
+        ],
+        {"known": OwnedState(tags=frozenset({"vip"}))},
+    )
+    assert [r.status for r in results] == [APPLIED, APPLIED, APPLIED]
+    batches = [c[2] for c in fake.calls if c[:2] == ("POST", f"/lists/{LIST}")]
+    assert [b["update_existing"] for b in batches] == [False, True]
+    assert [(m["email_address"], m["status_if_new"]) for m in batches[0]["members"]] == [
+        ("new@example.com", "subscribed"),
+        ("old@example.com", "subscribed"),
+    ]
+    assert batches[1]["members"] == [
+        {"email_address": "known@example.com", "tags": ["vip"]},
+        {"email_address": "old@example.com", "tags": ["vip"]},
+    ]
+    assert not [c for c in fake.calls if c[0] == "PUT"]
+
+
+def test_a_change_that_only_takes_away_writes_no_member_and_404_means_nothing_to_remove() -> None:
+    fake = FakeMailchimp()
+    tags = f"/lists/{LIST}/members/{subscriber_hash('p1@example.com')}/tags"
+    fake.overrides[("POST", tags)] = lambda r, b: problem(
+        404, "Resource Not Found", "The requested resource could not be found."
+    )  # archived or deleted in Mailchimp meanwhile
+    owned = {"p1": OwnedState(tags=frozenset({"vip"}), lists=frozenset({"77"}))}
+    results = adapter(fake).apply([change("p1")], owned)
+    assert results[0].status == APPLIED and results[0].owned == OwnedState()
+    assert [c[:2] for c in fake.calls] == [("POST", tags), ("POST", f"/lists/{LIST}/segments/77")]
+    assert fake.calls[1][2] == {"members_to_add": [], "members_to_remove": ["p1@example.com"]}
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+class SimClock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+        self.slept: list[float] = []
+        self.before_sleep: Callable[[], None] | None = None
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        if self.before_sleep is not None:
+            self.before_sleep()
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+def _limited(fake: FakeMailchimp, conn: redis.Redis) -> tuple[MailchimpAdapter, RateLimiter, SimClock]:
+    clock = SimClock()
+    limiter = RateLimiter(conn, clock=clock, sleep=clock.sleep)
+    mc = adapter(fake, transport={"limiter": limiter, "clock": clock, "sleep": clock.sleep})
+    return mc, limiter, clock
+
+
+def test_a_429_halves_the_concurrent_connections_of_the_key(redis_client: redis.Redis) -> None:
+    fake = FakeMailchimp()
+    busy = [True]
+
+    def batch(request: httpx.Request, body: Any) -> httpx.Response:
+        if busy.pop() if busy else False:
+            return problem(
+                429, "Too Many Requests", "You have exceeded the limit of 10 simultaneous connections."
+            )
+        del fake.overrides[("POST", f"/lists/{LIST}")]
+        return fake(request)
+
+    fake.overrides[("POST", f"/lists/{LIST}")] = batch
+    mc, limiter, clock = _limited(fake, redis_client)
+    key = credential_key("mailchimp", KEY)
+    assert mc.apply([change("p1", tags=frozenset({"vip"}))], {})[0].status == APPLIED
+    assert len(clock.slept) == 1  # retried in the call after a backoff (no Retry-After)
+    assert limiter.factor(key) < 1.0  # the shared limiter heard of the 429 ...
+    leases = [limiter.try_lease(key, 10) for _ in range(10)]
+    assert sum(1 for lease in leases if lease) == 5  # ... and allows half the connections
+
+
+def test_a_429_with_retry_after_blocks_the_key_for_every_worker(redis_client: redis.Redis) -> None:
+    fake = FakeMailchimp()
+    busy = [True]
+
+    def batch(request: httpx.Request, body: Any) -> httpx.Response:
+        if busy.pop() if busy else False:
+            response = problem(
+                429, "Too Many Requests", "You have exceeded the limit of 10 simultaneous connections."
+            )
+            response.headers["Retry-After"] = "3"
+            return response
+        del fake.overrides[("POST", f"/lists/{LIST}")]
+        return fake(request)
+
+    fake.overrides[("POST", f"/lists/{LIST}")] = batch
+    mc, limiter, clock = _limited(fake, redis_client)
+    key = credential_key("mailchimp", KEY)
+    blocked: list[float] = []  # what another worker sees while this one waits
+    clock.before_sleep = lambda: blocked.append(limiter.blocked_for(key))
+    assert mc.apply([change("p1", tags=frozenset({"vip"}))], {})[0].status == APPLIED
+    assert blocked and blocked[0] == pytest.approx(3.0)
+    assert clock.slept[0] == pytest.approx(3.0)  # Retry-After honoured in the call
+
+
+def test_the_anti_abuse_throttle_parks_one_contact_and_leaves_the_key_open(redis_client: redis.Redis) -> None:
+    fake = FakeMailchimp()
+    abusive = f"/lists/{LIST}/members/{subscriber_hash('busy@example.com')}"
+
+    def batch(request: httpx.Request, body: Any) -> httpx.Response:
+        errors = [{"email_address": "busy@example.com", "error": "signed up", "error_code": "ERROR_GENERIC"}]
+        ok = [m for m in body["members"] if m["email_address"] != "busy@example.com"]
+        return httpx.Response(200, json={"new_members": ok, "updated_members": [], "errors": errors})
+
+    fake.overrides[("POST", f"/lists/{LIST}")] = batch
+    fake.overrides[("PUT", abusive)] = lambda r, b: problem(
+        400,
+        "Invalid Resource",
+        "busy@example.com has signed up to a lot of lists very recently; "
+        "we're not allowing more signups for now",
+    )
+    mc, limiter, _ = _limited(fake, redis_client)
+    results = {
+        r.profile_id: r for r in mc.apply([change("busy", email="busy@example.com"), change("p1")], {})
+    }
+    assert results["p1"].status == APPLIED
+    err = results["busy"].error
+    assert isinstance(err, RateLimited) and err.scope == "ABUSE" and err.retry_after == 6 * 3600
+    key = credential_key("mailchimp", KEY)
+    assert limiter.blocked_for(key) == 0 and limiter.factor(key) == 1.0

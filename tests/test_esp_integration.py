@@ -25,7 +25,7 @@ from connector.clock import FrozenClock
 from connector.config import Account, load_accounts
 from connector.deadletters import DeadLetters
 from connector.destinations import build_adapter, destinations
-from connector.sandbox import FakeHubSpot, FakeKlaviyo, FakeMailchimp, HubSpotLimits, serving
+from connector.sandbox import FakeHubSpot, FakeKlaviyo, FakeMailchimp, HubSpotLimits, MailchimpLimits, serving
 from connector.sandbox.base import RequestRecord
 
 T0 = datetime(2024, 5, 6, 9, 0, 0, tzinfo=UTC)
@@ -370,3 +370,126 @@ def test_erasure_fans_out_to_each_esp(
         ("mailchimp", "applied"),
     ]
     assert "gdpr" not in json.dumps(records)  # recorded without personal data
+
+
+# -- Mailchimp: merge fields, consent, members that left the audience ------------------------------
+
+
+def _submit(
+    h: Harness,
+    profile: str,
+    version: int,
+    segments: set[str],
+    traits: dict[str, Any] | None = None,
+    consent: str = CONSENT_UNKNOWN,
+) -> None:
+    email = email_of(profile)
+    sync.submit(h.conn, h.account, profile, version, sorted(segments), traits or {}, email, consent, h.sim())
+    h.final[profile] = (version, frozenset(segments))
+
+
+def test_mailchimp_merge_fields_are_created_before_members_are_written(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    mapping = {"fields": {"cart_value": "CARTVAL", "plan": "PLAN", "bad": "cart_value"}}
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes, mailchimp=mapping))
+    mc = fakes.mailchimp
+    _submit(h, "ann", 1, {"vip"}, traits={"cart_value": 42.5, "plan": "gold"})
+    _submit(h, "bob", 1, {"vip"}, traits={"cart_value": 7})
+    h.drive()
+    audience = mc.audiences[LIST]
+    assert audience.merge_fields["CARTVAL"] == "number" and audience.merge_fields["PLAN"] == "text"
+    assert mc.member(LIST, email_of("ann")).merge_fields == {"CARTVAL": 42.5, "PLAN": "gold"}  # type: ignore[union-attr]
+    assert mc.member(LIST, email_of("bob")).merge_fields == {"CARTVAL": 7}  # type: ignore[union-attr]
+    reads = [r for r in mc.requests if r.method == "GET" and r.path.endswith("/merge-fields")]
+    assert len(reads) == 1
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+    # someone deletes PLAN in Mailchimp: the refused write re-reads the fields and creates it again
+    del audience.merge_fields["PLAN"]
+    _submit(h, "ann", 2, {"vip"}, traits={"cart_value": 42.5, "plan": "silver"})
+    h.drive()
+    assert mc.member(LIST, email_of("ann")).merge_fields["PLAN"] == "silver"  # type: ignore[union-attr]
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+    # a mapped name that cannot be a merge tag: a dead letter that says why, nothing sent for it
+    _submit(h, "cy", 1, {"vip"}, traits={"bad": 3})
+    h.drive()
+    dead = list(DeadLetters(redis_client).list("sync:mailchimp"))
+    assert [d.payload["change"]["profile_id"] for d in dead] == ["cy"]
+    assert dead[0].payload["error"]["code"] == "invalid_merge_tag"
+    assert "cart_value" in dead[0].payload["error"]["message"]
+    assert mc.member(LIST, email_of("cy")) is None and "cart_value" not in audience.merge_fields
+
+
+@pytest.mark.parametrize(
+    ("applies", "requires_status"),
+    [(False, False), (True, False), (True, True)],
+    ids=["status_if_new-ignored", "status_if_new-applied", "status_if_new-applied-status-required"],
+)
+def test_mailchimp_never_changes_an_existing_members_status(
+    redis_client: redis.Redis,
+    sim: FrozenClock,
+    fakes: Fakes,
+    tmp_path: Path,
+    applies: bool,
+    requires_status: bool,
+) -> None:
+    """Whatever batch subscribe does with ``status_if_new`` on an existing member (unconfirmed), the
+    connector subscribes no existing member and no contact without marketing consent."""
+    mc = fakes.mailchimp
+    mc.limits = MailchimpLimits(
+        batch_update_applies_status_if_new=applies, batch_requires_status=requires_status
+    )
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    before = {
+        "unsub": "unsubscribed",
+        "cleaned": "cleaned",
+        "pending": "pending",
+        "trans": "transactional",
+        "subbed": "subscribed",
+    }
+    for profile, status in before.items():
+        mc.set_status(LIST, email_of(profile), status)
+    for version, segments in ((1, {"vip"}), (2, {"vip", "cart_abandoner"})):  # unknown, then in the ledger
+        for profile in before:
+            _submit(h, profile, version, segments, consent="subscribed")
+        _submit(h, "subbed_noconsent", version, segments)  # existing, subscribed: not downgraded
+        _submit(h, "new_noconsent", version, segments)
+        _submit(h, "new_consent", version, segments, consent="subscribed")
+        if version == 1:
+            mc.set_status(LIST, email_of("subbed_noconsent"), "subscribed")
+        h.drive()
+        status = {p: mc.member(LIST, email_of(p)).status for p in h.final}  # type: ignore[union-attr]
+        assert status == {
+            **before,
+            "subbed_noconsent": "subscribed",
+            "new_noconsent": "transactional",
+            "new_consent": "subscribed",
+        }, version
+        for profile in h.final:
+            assert mc.tags_of(LIST, email_of(profile)) == expected_tags(frozenset(segments)) | (
+                {"Cart"} if "cart_abandoner" in segments else set()
+            ), profile
+        assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+
+def test_mailchimp_leaving_segments_after_archive_or_deletion_is_not_a_dead_letter(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    mc = fakes.mailchimp
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    for profile in ("archived", "deleted", "stays"):
+        _submit(h, profile, 1, {"cart_abandoner", "vip"})
+    h.drive()
+    mc.set_status(LIST, email_of("archived"), "archived")  # archived by a marketer
+    mc.forget(email_of("deleted"))  # permanently deleted in Mailchimp
+    for profile in ("archived", "deleted", "stays"):
+        _submit(h, profile, 2, set())
+    h.drive()
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+    for profile in ("archived", "deleted", "stays"):
+        assert sync.applied_version(redis_client, "acme", "mailchimp", profile) == 2
+    assert mc.member(LIST, email_of("archived")).status == "archived"  # type: ignore[union-attr]  # not re-added
+    assert mc.member(LIST, email_of("deleted")) is None
+    assert mc.tags_of(LIST, email_of("stays")) == set()

@@ -268,10 +268,15 @@ def test_mailchimp_static_segment_batch(mc: tuple[FakeMailchimp, httpx.Client]) 
     )
     assert r.status_code == 200
     assert r.json()["total_added"] == 2
-    assert r.json()["errors"][0]["email_addresses"] == ["stranger@example.com"]
-    r = client.post(f"/lists/aud1/segments/{seg['id']}", json={"members_to_remove": ["s2@example.com"]})
-    assert r.json()["total_removed"] == 1
-    assert fake.tags_of("aud1", "s1@example.com") == {"Cart"}
+    # emails that are not in the audience are ignored (esp-apis.md §1 (c)), not reported as errors
+    assert r.json()["errors"] == [] and r.json()["error_count"] == 0
+    assert client.delete(f"/lists/aud1/members/{subscriber_hash('s1@example.com')}").status_code == 204
+    r = client.post(
+        f"/lists/aud1/segments/{seg['id']}",
+        json={"members_to_remove": ["s2@example.com", "stranger@example.com", "s1@example.com"]},
+    )
+    assert r.json()["total_removed"] == 1  # s2; the unknown and the archived member are ignored
+    assert r.json()["errors"] == [] and r.json()["error_count"] == 0
     assert fake.tags_of("aud1", "s2@example.com") == set()
 
     emails = [f"e{i}@example.com" for i in range(501)]
@@ -279,6 +284,93 @@ def test_mailchimp_static_segment_batch(mc: tuple[FakeMailchimp, httpx.Client]) 
     assert _problem(r, 400, "Invalid Resource")["errors"][0]["field"] == "members_to_add"
     r = client.post(f"/lists/aud1/segments/{seg['id']}", json={"add": ["s1@example.com"]})
     _problem(r, 400, "Invalid Resource")
+
+
+def test_mailchimp_merge_fields_contract(mc: tuple[FakeMailchimp, httpx.Client]) -> None:
+    fake, client = mc
+    # a member write naming a merge field the audience lacks is refused, as by Mailchimp
+    r = _put_member(client, "m@example.com", merge_fields={"CARTVAL": 4})
+    problem = _problem(r, 400, "Invalid Resource")
+    assert problem["detail"] == "Your merge fields were invalid."
+    assert problem["errors"] == [{"field": "CARTVAL", "message": "This merge field does not exist"}]
+    member = {"email_address": "m@example.com", "status_if_new": "pending", "merge_fields": {"CARTVAL": 4}}
+    r = client.post("/lists/aud1", json={"members": [member]})
+    assert r.json()["errors"][0]["error"] == "Your merge fields were invalid."
+    assert fake.member("aud1", "m@example.com") is None
+
+    # creation: name and type are required, type from the vendor's list, tag optional (≤ 10)
+    for body, field in [
+        ({"tag": "CARTVAL", "type": "number"}, "name"),
+        ({"tag": "CARTVAL", "name": "Cart value"}, "type"),
+        ({"tag": "CARTVAL", "name": "Cart value", "type": "decimal"}, "type"),
+        ({"tag": "CARTVALUE_11", "name": "Cart value", "type": "number"}, "tag"),
+        ({"tag": "CART VAL", "name": "Cart value", "type": "number"}, "tag"),
+        ({"tag": "CARTVAL", "name": "Cart value", "type": "number", "label": "x"}, "label"),
+    ]:
+        problem = _problem(client.post("/lists/aud1/merge-fields", json=body), 400, "Invalid Resource")
+        assert [e["field"] for e in problem["errors"]] == [field], body
+    r = client.post(
+        "/lists/aud1/merge-fields", json={"tag": "CARTVAL", "name": "Cart value", "type": "number"}
+    )
+    assert r.status_code == 200 and r.json()["tag"] == "CARTVAL" and r.json()["type"] == "number"
+    again = client.post("/lists/aud1/merge-fields", json={"tag": "CARTVAL", "name": "x", "type": "text"})
+    assert "already exists" in _problem(again, 400, "Invalid Resource")["detail"]
+    r = client.post("/lists/aud1/merge-fields", json={"name": "Notes", "type": "text"})
+    assert r.json()["tag"] == "MMERGE7"  # Mailchimp names an untagged field MMERGE<n>
+
+    # a number field takes numbers (or "" to erase it)
+    r = _put_member(client, "m@example.com", merge_fields={"CARTVAL": "lots"})
+    problem = _problem(r, 400, "Invalid Resource")
+    assert problem["errors"] == [{"field": "CARTVAL", "message": "Please enter a number"}]
+    assert _put_member(client, "m@example.com", merge_fields={"CARTVAL": 4.5}).status_code == 200
+    assert _put_member(client, "m@example.com", merge_fields={"CARTVAL": ""}).status_code == 200
+
+    # the collection is paged: count (default 10, at most 1,000) and offset
+    page = client.get("/lists/aud1/merge-fields", params={"count": 3, "offset": 5}).json()
+    assert [f["tag"] for f in page["merge_fields"]] == ["CARTVAL", "MMERGE7"] and page["total_items"] == 7
+    assert len(client.get("/lists/aud1/merge-fields").json()["merge_fields"]) == 7
+    _problem(client.get("/lists/aud1/merge-fields", params={"count": 1001}), 400, "Invalid Resource")
+
+
+@pytest.mark.parametrize("applies", [False, True])
+def test_mailchimp_batch_status_if_new_on_existing_members_is_configurable(
+    sim: FrozenClock, applies: bool
+) -> None:
+    limits = MailchimpLimits(batch_update_applies_status_if_new=applies)
+    fake = FakeMailchimp(api_keys=[MC_KEY], lists=["aud1"], clock=sim, limits=limits)
+    for email, status in [("t@example.com", "transactional"), ("u@example.com", "unsubscribed")]:
+        fake.set_status("aud1", email, status)
+    members = [
+        {"email_address": "t@example.com", "status_if_new": "subscribed"},
+        {"email_address": "u@example.com", "status_if_new": "subscribed"},
+        {"email_address": "n@example.com", "status_if_new": "pending"},
+    ]
+    with serving(fake) as server, _client(server.url + "/3.0", auth=("u", MC_KEY)) as client:
+        body = client.post("/lists/aud1", json={"members": members, "update_existing": True}).json()
+        # without any status, nothing can change (and an existing member is accepted)
+        plain = {"members": [{"email_address": "t@example.com"}], "update_existing": True}
+        bare = client.post("/lists/aud1", json=plain).json()
+    status = {e: m.status for e, m in fake.audiences["aud1"].members.items()}
+    assert status["n@example.com"] == "pending"  # new members: status_if_new either way
+    if applies:  # status_if_new read as status: subscribes, or trips over the compliance rule
+        assert status["t@example.com"] == "subscribed"
+        assert status["u@example.com"] == "unsubscribed"
+        assert [e["email_address"] for e in body["errors"]] == ["u@example.com"]
+        assert "compliance state" in body["errors"][0]["error"]
+    else:
+        assert status["t@example.com"] == "transactional" and status["u@example.com"] == "unsubscribed"
+        assert body["errors"] == []
+    assert bare["errors"] == [] and bare["total_updated"] == 1
+
+
+def test_mailchimp_batch_can_require_a_status_for_existing_members(sim: FrozenClock) -> None:
+    limits = MailchimpLimits(batch_requires_status=True)
+    fake = FakeMailchimp(api_keys=[MC_KEY], lists=["aud1"], clock=sim, limits=limits)
+    fake.set_status("aud1", "t@example.com", "transactional")
+    with serving(fake) as server, _client(server.url + "/3.0", auth=("u", MC_KEY)) as client:
+        bare = {"members": [{"email_address": "t@example.com"}], "update_existing": True}
+        body = client.post("/lists/aud1", json=bare).json()
+    assert [(e["email_address"], e["field"]) for e in body["errors"]] == [("t@example.com", "status")]
 
 
 def test_mailchimp_concurrency_limit(sim: FrozenClock) -> None:
@@ -492,6 +584,32 @@ def test_hubspot_207_with_trace_ids(hs: tuple[FakeHubSpot, httpx.Client]) -> Non
     assert body["results"][0]["objectWriteTraceId"] == "row-1"
     assert fake.contact_by_email("ok@example.com") is not None
     assert fake.contact_by_email("bad@example.com") is None
+
+
+def test_hubspot_207_error_shapes_and_unreported_inputs(hs: tuple[FakeHubSpot, httpx.Client]) -> None:
+    fake, client = hs
+    fake.invalid_emails.add("bad@example.com")
+    bad = {**_input("bad@example.com"), "objectWriteTraceId": "row-2"}
+    fake.error_context = "ids"  # named by the email sent as id, not by the trace id
+    assert _upsert(client, bad).json()["errors"][0]["context"] == {"ids": ["bad@example.com"]}
+    fake.error_context = "none"  # no context: only the message names the input
+    error = _upsert(client, bad).json()["errors"][0]
+    assert "context" not in error and "bad@example.com" in error["message"]
+    fake.unreported_emails.add("quiet@example.com")
+    r = _upsert(client, {**_input("quiet@example.com"), "objectWriteTraceId": "row-3"})
+    assert r.status_code == 200 and r.json()["results"] == [] and "errors" not in r.json()
+    assert fake.contact_by_email("quiet@example.com") is not None  # written all the same
+
+
+def test_hubspot_memberships_report_hidden_records_missing(hs: tuple[FakeHubSpot, httpx.Client]) -> None:
+    fake, client = hs
+    written = _upsert(client, _input("a@example.com"), _input("b@example.com")).json()["results"]
+    ids = [x["id"] for x in written]
+    cart = fake.add_list("Cart")
+    fake.lists_missing_emails.add("B@example.com")
+    r = client.put(f"/crm/v3/lists/{cart.id}/memberships/add", json=ids)
+    assert r.json() == {"recordIdsMissing": [ids[1]], "recordIdsRemoved": [], "recordsIdsAdded": [ids[0]]}
+    assert fake.emails_in_list("Cart") == {"a@example.com"}
 
 
 def test_hubspot_tags_property_and_options(hs: tuple[FakeHubSpot, httpx.Client]) -> None:

@@ -26,8 +26,9 @@ API_PREFIX = {"mailchimp": "/3.0", "hubspot": "", "klaviyo": ""}
 def sandbox_fakes(**kwargs: Any) -> dict[str, FakeESP]:
     """The three fakes configured as the sandbox serves them (documented limits enforced)."""
     return {
+        # unknown merge fields are refused, as by Mailchimp: the adapter creates the ones it writes
         "mailchimp": FakeMailchimp(
-            api_keys=[SANDBOX_MAILCHIMP_KEY], lists=[SANDBOX_MAILCHIMP_LIST], auto_merge_fields=True, **kwargs
+            api_keys=[SANDBOX_MAILCHIMP_KEY], lists=[SANDBOX_MAILCHIMP_LIST], **kwargs
         ),
         "hubspot": FakeHubSpot(tokens=[SANDBOX_HUBSPOT_TOKEN], **kwargs),
         "klaviyo": FakeKlaviyo(api_keys=[SANDBOX_KLAVIYO_KEY], **kwargs),

@@ -2,11 +2,14 @@
 
 Contract enforced: HTTP Basic auth with any user and the API key as password (or an OAuth bearer
 token), paths under ``/3.0``, member bodies with no unknown fields, ``status_if_new`` for new members,
-the subscriber hash matching ``md5(email.lower())``, merge fields that exist on the audience and are
-not booleans, 500 members per batch subscribe and per ``members_to_add``/``members_to_remove``, tags
-as static segments, 204 on the tags endpoint, compliance errors ("Member In Compliance State",
-"Forgotten Email Not Subscribed"), and 10 concurrent connections per API key (429 without
-``Retry-After`` unless configured). Errors are ``application/problem+json`` with an ``X-Request-Id``.
+the subscriber hash matching ``md5(email.lower())``, merge fields that exist on the audience (a
+member write naming an unknown one is refused: "Your merge fields were invalid.") and are not
+booleans (numbers for ``number`` fields), merge fields created with ``name`` and ``type``, 500 members
+per batch subscribe and per ``members_to_add``/``members_to_remove`` (emails not in the audience are
+ignored there), tags as static segments, 204 on the tags endpoint, compliance errors ("Member In
+Compliance State", "Forgotten Email Not Subscribed"), and 10 concurrent connections per API key (429
+without ``Retry-After`` unless configured). Errors are ``application/problem+json`` with an
+``X-Request-Id``. Unconfirmed behaviours are options of :class:`MailchimpLimits`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import tarfile
 import threading
 import uuid
@@ -42,6 +46,16 @@ DEFAULT_MERGE_FIELDS = {
     "PHONE": "phone",
     "BIRTHDAY": "birthday",
 }
+MERGE_TYPES = frozenset(
+    {
+        "text", "number", "address", "phone", "date", "url", "imageurl", "radio", "dropdown",
+        "birthday", "zip",
+    }
+)  # fmt: skip
+MERGE_FIELD_PROPERTIES = frozenset(
+    {"tag", "name", "type", "required", "default_value", "public", "display_order", "options", "help_text"}
+)
+MERGE_TAG = re.compile(r"[A-Z][A-Z0-9_]{0,9}")
 BATCH_LIMIT = 500
 TITLES = {
     400: "Invalid Resource",
@@ -59,6 +73,21 @@ TITLES = {
 
 def subscriber_hash(email: str) -> str:
     return hashlib.md5(email.lower().encode()).hexdigest()
+
+
+def _is_number(value: Any) -> bool:
+    """A ``number`` merge field takes a number, a numeric string, or ``""`` (erases it)."""
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, str):
+        if value == "":
+            return True
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
 
 
 @dataclass
@@ -94,11 +123,22 @@ class Audience:
 class MailchimpLimits:
     """``concurrent`` connections per API key (documented: 10). ``retry_after`` adds the header to 429s
     (undocumented, off by default). ``put_tags_existing``: whether PUT member adds ``tags`` to an
-    existing member (unconfirmed; off by default, so only the tags endpoint changes them)."""
+    existing member (unconfirmed; off by default, so only the tags endpoint changes them).
+
+    Batch subscribe (``POST /lists/{id}``), unconfirmed behaviours:
+
+    * ``batch_update_applies_status_if_new``: with ``update_existing: true``, an existing member's
+      status is changed to its ``status_if_new`` as if it were ``status`` (compliance rules apply).
+      Off by default: ``status_if_new`` concerns new members only, as on PUT.
+    * ``batch_requires_status``: a batch member with neither ``status`` nor ``status_if_new`` is
+      refused (a per-item error) even when it exists. Off by default: accepted for existing members.
+    """
 
     concurrent: int | None = 10
     retry_after: int | None = None
     put_tags_existing: bool = False
+    batch_update_applies_status_if_new: bool = False
+    batch_requires_status: bool = False
 
 
 class FakeMailchimp(FakeESP):
@@ -111,14 +151,12 @@ class FakeMailchimp(FakeESP):
         oauth_tokens: Iterable[str] = (),
         lists: Iterable[str] = (),
         limits: MailchimpLimits | None = None,
-        auto_merge_fields: bool = False,
         clock: Clock | None = None,
         hold: Callable[[], None] | None = None,
     ) -> None:
         self.api_keys = set(api_keys)
         self.oauth_tokens = set(oauth_tokens)
         self.limits = limits or MailchimpLimits()
-        self.auto_merge_fields = auto_merge_fields
         self.hold = hold  # called while a request counts as in flight (tests of concurrency)
         self._initial_lists = list(lists)
         self.audiences: dict[str, Audience] = {}
@@ -374,14 +412,13 @@ class FakeMailchimp(FakeESP):
                 )
             errors = []
             for tag, value in merge.items():
-                if tag not in audience.merge_fields:
-                    if self.auto_merge_fields and isinstance(tag, str) and tag.isupper():
-                        audience.merge_fields[tag] = "text"
-                    else:
-                        errors.append({"field": tag, "message": "This merge field does not exist"})
-                        continue
-                if isinstance(value, bool) or not isinstance(value, str | int | float | dict):
+                kind = audience.merge_fields.get(tag)
+                if kind is None:
+                    errors.append({"field": tag, "message": "This merge field does not exist"})
+                elif isinstance(value, bool) or not isinstance(value, str | int | float | dict):
                     errors.append({"field": tag, "message": "Please enter a value (booleans as strings)"})
+                elif kind == "number" and not _is_number(value):
+                    errors.append({"field": tag, "message": "Please enter a number"})
             if errors:
                 raise self.invalid("Your merge fields were invalid.", errors)
         tags = data.get("tags")
@@ -451,6 +488,15 @@ class FakeMailchimp(FakeESP):
             existing = None
             audience.members.pop(lower)
         status = data.get("status")
+        if existing is not None and batch and status is None:
+            if "status_if_new" not in data and self.limits.batch_requires_status:
+                raise self.invalid(
+                    "The resource submitted could not be validated. For field-specific details, see "
+                    "the 'errors' array.",
+                    [{"field": "status", "message": "This value should not be blank."}],
+                )
+            if self.limits.batch_update_applies_status_if_new:
+                status = data.get("status_if_new")  # the unconfirmed reading of update_existing
         if existing is not None:
             if create_only:
                 raise VendorError(
@@ -515,41 +561,48 @@ class FakeMailchimp(FakeESP):
             )
 
     def list_merge_fields(self, request: Request, list_id: str) -> Response:
+        count, offset = self.paging(request)
         with self.lock:
             audience = self.audience(list_id)
             fields = [
                 {"merge_id": i + 1, "tag": tag, "name": tag.title(), "type": kind, "list_id": list_id}
                 for i, (tag, kind) in enumerate(audience.merge_fields.items())
             ]
-        return self.json({"merge_fields": fields, "list_id": list_id, "total_items": len(fields)})
+        return self.json(
+            {"merge_fields": fields[offset : offset + count], "list_id": list_id, "total_items": len(fields)}
+        )
 
     def create_merge_field(self, request: Request, list_id: str) -> Response:
         data = self.body(request)
+        problems = [
+            {"field": f, "message": "Schema describes object with no such property"}
+            for f in sorted(set(data) - MERGE_FIELD_PROPERTIES)
+        ]
+        if not isinstance(data.get("name"), str) or not data["name"].strip():
+            problems.append({"field": "name", "message": "This value should not be blank."})
+        if data.get("type") not in MERGE_TYPES:
+            problems.append(
+                {"field": "type", "message": f"Value is not one of the enum values: {sorted(MERGE_TYPES)}"}
+            )
+        tag = data.get("tag")
+        if tag is not None and (not isinstance(tag, str) or not MERGE_TAG.fullmatch(tag.upper())):
+            problems.append(
+                {"field": "tag", "message": "1-10 characters: letters, digits or _, starting with a letter"}
+            )
+        if problems:
+            raise self.invalid(
+                "The resource submitted could not be validated. For field-specific details, see the "
+                "'errors' array.",
+                problems,
+            )
         with self.lock:
             audience = self.audience(list_id)
-            unknown = sorted(
-                set(data)
-                - {
-                    "tag",
-                    "name",
-                    "type",
-                    "required",
-                    "default_value",
-                    "public",
-                    "display_order",
-                    "options",
-                    "help_text",
-                }
-            )
-            if unknown or not data.get("name") or data.get("type") not in (
-                "text", "number", "address", "phone", "date", "url", "imageurl", "radio",
-                "dropdown", "birthday", "zip",
-            ):  # fmt: skip
-                raise self.invalid(
-                    "The resource submitted could not be validated.",
-                    [{"field": f, "message": "invalid"} for f in unknown or ["name/type"]],
-                )
-            tag = str(data.get("tag") or data["name"]).upper()[:10]
+            if tag is None:  # Mailchimp names it MMERGE<n>
+                n = len(audience.merge_fields) + 1
+                while f"MMERGE{n}" in audience.merge_fields:
+                    n += 1
+                tag = f"MMERGE{n}"
+            tag = tag.upper()
             if tag in audience.merge_fields:
                 raise self.invalid(f'A Merge Field with the tag "{tag}" already exists for this list.')
             audience.merge_fields[tag] = data["type"]
@@ -713,14 +766,19 @@ class FakeMailchimp(FakeESP):
             "list_id": audience.id,
         }
 
-    def list_segments(self, request: Request, list_id: str) -> Response:
+    def paging(self, request: Request) -> tuple[int, int]:
+        """``count`` (default 10, at most 1,000) and ``offset`` of a collection."""
         try:
             count = int(request.args.get("count", "10"))
             offset = int(request.args.get("offset", "0"))
         except ValueError as err:
             raise self.invalid(f"Invalid paging parameter: {err}") from err
-        if count > 1000:
-            raise self.invalid("count must be at most 1000.")
+        if count > 1000 or count < 0 or offset < 0:
+            raise self.invalid("count must be between 0 and 1000 and offset at least 0.")
+        return count, offset
+
+    def list_segments(self, request: Request, list_id: str) -> Response:
+        count, offset = self.paging(request)
         with self.lock:
             audience = self.audience(list_id)
             segments = [self.segment_json(audience, s) for s in audience.segments.values()]
@@ -787,36 +845,30 @@ class FakeMailchimp(FakeESP):
         with self.lock:
             audience = self.audience(list_id)
             segment = self.segment(audience, seg_id)
-            added, removed, missing = [], [], []
+            added, removed = [], []
+            # emails that are not in the audience (never added, archived, deleted) are ignored
             for email in to_add:
                 m = audience.members.get(email.lower())
                 if m is None or m.status == "archived":
-                    missing.append(email)
                     continue
                 segment.members.add(email.lower())
                 added.append({"id": subscriber_hash(email), "email_address": m.email, "status": m.status})
             for email in to_remove:
                 m = audience.members.get(email.lower())
-                if m is None:
-                    missing.append(email)
+                if m is None or m.status == "archived":
                     continue
                 if email.lower() not in segment.members:
                     continue  # not a member of the segment: nothing to do (idempotent)
                 segment.members.discard(email.lower())
                 removed.append({"id": subscriber_hash(email), "email_address": m.email, "status": m.status})
-        errors = (
-            [{"email_addresses": missing, "error": "Email addresses are not part of the audience."}]
-            if missing
-            else []
-        )
         return self.json(
             {
                 "members_added": added,
                 "members_removed": removed,
-                "errors": errors,
+                "errors": [],
                 "total_added": len(added),
                 "total_removed": len(removed),
-                "error_count": len(missing),
+                "error_count": 0,
             }
         )
 
