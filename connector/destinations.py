@@ -31,7 +31,7 @@ from adapters.base import Adapter
 from adapters.change import CONSENT_UNKNOWN, Change
 from adapters.hubspot import HubSpotAdapter, HubSpotConfig
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
-from adapters.mailchimp import STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
+from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
 from adapters.ratelimit import RateLimiter
 
 from .config import Account, validation_error
@@ -194,6 +194,15 @@ def _parse(account: Account) -> dict[str, Destination]:
             raise ConfigError(
                 "required for mailchimp (the audience id)", file=account.file, path=f"{path}.list_id"
             )
+        if kind == "mailchimp":
+            for trait, field_name in data["fields_"].items():
+                if not MERGE_TAG.fullmatch(str(field_name)):
+                    raise ConfigError(
+                        f"{field_name!r} is not a Mailchimp merge tag (1-10 characters A-Z, 0-9 or _, "
+                        "starting with a letter, e.g. CARTVAL)",
+                        file=account.file,
+                        path=f"{path}.fields.{trait}",
+                    )
         size = data["batch_size"] or DEFAULT_BATCH[kind]
         if size > MAX_BATCH[kind]:
             raise ConfigError(

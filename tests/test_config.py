@@ -92,3 +92,24 @@ def test_config_validate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         f"{tmp_path / 'bad.yaml'}: senders.segment.secret_env: environment variable UNSET_VAR is not set"
         in bad.output
     )
+
+
+def test_a_mailchimp_field_that_cannot_be_a_merge_tag_is_refused_with_its_path(tmp_path: Path) -> None:
+    from connector.destinations import destinations
+
+    dest = {
+        "api_key_env": "SEG_SECRET",
+        "list_id": "aud1",
+        "fields": {"ltv": "LTV", "cart_value": "cart value"},
+    }
+    path = write(tmp_path, "shop", {"destinations": {"mailchimp": dest}})
+    with pytest.raises(ConfigError) as info:
+        destinations(load_account_file(path, ENV))
+    assert info.value.path == "destinations.mailchimp.fields.cart_value"
+    assert "merge tag" in info.value.reason and "CARTVAL" in info.value.reason
+    dest["fields"] = {"ltv": "LTV", "cart_value": "CARTVAL"}
+    path = write(tmp_path, "shop", {"destinations": {"mailchimp": dest}})
+    assert destinations(load_account_file(path, ENV))["mailchimp"].fields == {
+        "ltv": "LTV",
+        "cart_value": "CARTVAL",
+    }
