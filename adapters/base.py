@@ -11,14 +11,14 @@ import hashlib
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
 import tenacity
 from tenacity import RetryCallState
 
-from .change import SKIPPED, Change, OwnedState, Result
+from .change import FAILED, SKIPPED, Change, OwnedState, Result
 from .errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, RateLimiter, WaitTooLong
 
@@ -301,12 +301,27 @@ def triage(
     upserts: list[Change] = []
     for change in changes:
         if change.erase:
-            results[change.profile_id] = erase(change)
+            results[change.profile_id] = erase_every_address(change, erase)
         elif not change.email:
             results[change.profile_id] = Result(change.profile_id, change.version, SKIPPED, note="no email")
         else:
             upserts.append(change)
     return results, upserts
+
+
+def erase_every_address(change: Change, erase: Callable[[Change], Result]) -> Result:
+    """Erase the contact under each of the person's addresses; the first failure is the result
+    (the whole erasure is retried: deleting an address already gone is a no-op at every ESP)."""
+    addresses = list(dict.fromkeys(a for a in (change.email, *change.erase_emails) if a))
+    if len(addresses) <= 1:
+        return erase(change)
+    results = [erase(replace(change, email=address, erase_emails=())) for address in addresses]
+    failed = [r for r in results if r.status == FAILED]
+    if failed:
+        return failed[0]
+    done = [r for r in results if r.status != SKIPPED]
+    note = f"{done[0].note} ({len(addresses)} addresses)" if done else results[0].note
+    return Result(change.profile_id, change.version, done[0].status if done else SKIPPED, None, note=note)
 
 
 Memberships = dict[tuple[str, bool], list[tuple[Change, str]]]

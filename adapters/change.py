@@ -30,6 +30,8 @@ class Change:
     consent: str = CONSENT_UNKNOWN
     identities: Mapping[str, str] = field(default_factory=dict)
     erase: bool = False  # the person was erased: ask the ESP to delete them
+    # the person's other addresses, deleted too on erasure (a profile may have had several)
+    erase_emails: tuple[str, ...] = ()
     # The account's segment names behind this state (Klaviyo "Segment Entered/Exited" events).
     segments: frozenset[str] = frozenset()
 
@@ -47,6 +49,7 @@ class Change:
             "identities": dict(self.identities),
             "erase": self.erase,
             "segments": sorted(self.segments),
+            **({"erase_emails": list(self.erase_emails)} if self.erase_emails else {}),
         }
 
     @classmethod
@@ -64,6 +67,7 @@ class Change:
             identities=dict(data.get("identities", {})),
             erase=bool(data.get("erase", False)),
             segments=frozenset(data.get("segments", ())),
+            erase_emails=tuple(str(e) for e in data.get("erase_emails", ())),
         )
 
 

@@ -151,9 +151,8 @@ def _erase_hook(
     Ledger(conn).delete(account_id, profile_id)
     due.unschedule(queue_conn, account_id, [profile_id])
     account = accounts_for(settings.config_dir).get(account_id)
-    emails = identities.get("email") or []
     if account is not None:
-        sync.erase(queue_conn, account, profile_id, emails[0] if emails else None, now)
+        sync.erase(queue_conn, account, profile_id, identities.get("email") or [], now)
 
 
 register_erasure_hook(_erase_hook)

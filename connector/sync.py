@@ -43,7 +43,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -222,16 +222,18 @@ def erase(
     conn: redis.Redis,
     account: Account,
     profile_id: str,
-    email: str | None,
+    emails: Sequence[str] | str | None,
     now: datetime,
     version: int = ERASE_VERSION,
 ) -> list[str]:
-    """Ask every destination of the account to delete the person (GDPR fan-out).
+    """Ask every destination of the account to delete the person (GDPR fan-out), under each of
+    their addresses.
 
     Dead-lettered changes of that person are removed too (they hold personal data and are
     superseded by the erasure).
     """
     purge_dead_letters(conn, account.id, profile_id)
+    addresses = [emails] if isinstance(emails, str) else list(dict.fromkeys(emails or ()))
     queued = []
     for dest in destinations(account).values():
         change = Change(
@@ -239,8 +241,9 @@ def erase(
             destination=dest.name,
             profile_id=profile_id,
             version=version,
-            email=email,
+            email=addresses[0] if addresses else None,
             erase=True,
+            erase_emails=tuple(addresses[1:]),
         )
         if enqueue_change(conn, change, now.timestamp()):
             queued.append(dest.name)

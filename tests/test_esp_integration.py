@@ -372,6 +372,28 @@ def test_erasure_fans_out_to_each_esp(
     assert "gdpr" not in json.dumps(records)  # recorded without personal data
 
 
+def test_erasure_deletes_every_address_of_the_person(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    """A person who changed address was synced under both: the erasure deletes both everywhere."""
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    h.submit("old-address", 1, {"vip"})
+    h.submit("new-address", 1, {"vip", "cart_abandoner"})
+    h.drive()
+    addresses = [email_of("new-address"), email_of("old-address")]
+    assert all(fakes.hubspot.contact_by_email(a) is not None for a in addresses)
+
+    sync.erase(redis_client, h.account, "new-address", addresses, sim())
+    h.drive()
+    for address in addresses:
+        assert fakes.mailchimp.member(LIST, address) is None and address in fakes.mailchimp.forgotten
+        assert fakes.hubspot.contact_by_email(address) is None
+        assert fakes.klaviyo.profile_by_email(address) is None
+    outcomes = sorted((r["destination"], r["outcome"]) for r in sync.erasures(redis_client))
+    assert outcomes == [("hubspot", "applied"), ("klaviyo", "applied"), ("mailchimp", "applied")]
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+
 # -- Mailchimp: merge fields, consent, members that left the audience ------------------------------
 
 
