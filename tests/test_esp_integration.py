@@ -508,3 +508,56 @@ def test_mailchimp_leaving_segments_after_archive_or_deletion_is_not_a_dead_lett
     assert mc.member(LIST, email_of("archived")).status == "archived"  # type: ignore[union-attr]  # not re-added
     assert mc.member(LIST, email_of("deleted")) is None
     assert mc.tags_of(LIST, email_of("stays")) == set()
+
+
+def test_mailchimp_workers_share_ten_connections_per_api_key(redis_client: redis.Redis) -> None:
+    """Fourteen workers (threads, each with its own adapter and HTTP client) write to one audience
+    with one API key: the shared leases let ten requests in at a time, and none gets a 429."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adapters.change import Change
+    from adapters.mailchimp import MailchimpAdapter, MailchimpConfig
+
+    key = "workers0123456789-us1"
+    opened = threading.Condition()
+    seen = {"held": 0, "waiting": 0}
+
+    def hold() -> None:
+        # requests wait inside the fake until ten are in flight together and another worker is
+        # waiting for a connection: an eleventh request would be answered 429 by the fake
+        with opened:
+            seen["held"] += 1
+            opened.notify_all()
+            opened.wait_for(lambda: seen["held"] >= 10 and seen["waiting"] > 0, timeout=10)
+
+    sim = FrozenClock(datetime(2024, 5, 6, 9, 0, tzinfo=UTC))
+    fake = FakeMailchimp(api_keys=[key], lists=[LIST], clock=sim, hold=hold)
+    limiter = RateLimiter(redis_client, clock=lambda: sim().timestamp(), sleep=lambda s: opened_wait(s))
+
+    def opened_wait(seconds: float) -> None:
+        with opened:  # a worker waiting (for a lease): wakes the held requests, then waits a little
+            seen["waiting"] += 1
+            opened.notify_all()
+            opened.wait(timeout=min(seconds, 0.05))
+
+    def worker(n: int) -> list[str]:
+        adapter = MailchimpAdapter(
+            MailchimpConfig(api_key=key, list_id=LIST, base_url=server.url + "/3.0"),
+            limiter=limiter,
+            clock=lambda: sim().timestamp(),
+            sleep=opened_wait,
+        )
+        changes = [
+            Change(account=f"acct{n}", destination="mailchimp", profile_id=f"w{n}p{i}", version=1,
+                   email=f"worker{n}.person{i}@example.com", tags=frozenset({"vip"}))
+            for i in range(3)
+        ]  # fmt: skip
+        return [r.status for r in adapter.apply(changes, {})]
+
+    with serving(fake) as server, ThreadPoolExecutor(14) as pool:
+        statuses = [s for result in pool.map(worker, range(14)) for s in result]
+    assert statuses == ["applied"] * 42
+    assert fake.max_inflight[key] == 10
+    assert not [r for r in fake.requests if r.status == 429]
+    assert len(fake.audiences[LIST].members) == 42
