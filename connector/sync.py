@@ -176,7 +176,14 @@ _SCRIPTS: dict[str, Any] = {}
 
 def _enqueue_job(conn: redis.Redis, account: str, destination: str) -> None:
     Queue(SYNC_QUEUE, connection=conn).enqueue(
-        "connector.sync.flush_job", account, destination, result_ttl=0, failure_ttl=24 * 3600
+        "connector.sync.flush_job",
+        account,
+        destination,
+        result_ttl=0,
+        failure_ttl=24 * 3600,
+        # a batch can wait for rate-limit slots (up to a minute each): RQ's default 180 s would cut
+        # a job short while it still holds the destination's lock, which lasts as long as this
+        job_timeout=LOCK_TTL_MS // 1000,
     )
 
 
@@ -624,7 +631,8 @@ def flush_job(
         flusher = Flusher(conn, dest, adapter)
         while True:
             conn.expire(armed, ARMED_TTL_SECONDS)
-            for outcome, n in flusher.flush(clock.now()).items():
+            # one batch at a time, so the time budget is checked between batches
+            for outcome, n in flusher.flush(clock.now(), max_batches=1).items():
                 totals[outcome] = totals.get(outcome, 0) + n
             nxt = flusher.next_ready()
             now = clock.now().timestamp()

@@ -396,6 +396,33 @@ def test_flush_job_drains_and_releases(
     assert not redis_client.exists(sync.key("acme", "mailchimp", "lock"))
 
 
+def test_flush_job_stops_between_batches_when_its_time_is_spent_and_queues_the_rest(
+    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "accounts"
+    directory.mkdir()
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
+    sync._ACCOUNTS.clear()
+    small = account(directory, batch_size=2)
+    esp = RecordingEsp()
+    with clock.frozen(NOW) as frozen:
+        for i in range(5):
+            submit(redis_client, small, f"p{i}", 1, ["vip"])
+        frozen.advance(timedelta(seconds=1))  # all five are ready: three batches of at most two
+        totals = sync.flush_job(
+            "acme",
+            "mailchimp",
+            conn=redis_client,
+            factory=lambda d: esp,
+            sleep=lambda s: None,
+            time_budget=0.0,
+        )
+    assert totals == {"applied": 2} and len(esp.calls) == 1  # one batch, then the budget was spent
+    assert redis_client.exists(sync.key("acme", "mailchimp", "armed"))  # the rest has a job queued
+    assert not redis_client.exists(sync.key("acme", "mailchimp", "lock"))
+    assert len(sync.pending(redis_client, "acme", "mailchimp")) == 3
+
+
 def test_flush_job_pauses_when_the_credential_variable_is_missing(
     redis_client: redis.Redis, acct: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:
