@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app
 from . import due, sync
 from .deadletters import DeadLetters
 from .queue import EventQueue
+from .web import REJECTED_KEY
 
 bp = Blueprint("metrics", __name__)
 
@@ -31,6 +32,10 @@ def render(queue: EventQueue) -> str:
         for field, value in sorted(values.items()):
             outcome, _, account = field.decode().partition(":")
             lines.append(f'{metric}{{outcome="{outcome}",account="{account}"}} {int(value)}')
+    lines.append("# TYPE connector_ingest_rejected_total counter")
+    for field, value in sorted(conn.hgetall(REJECTED_KEY).items()):
+        sender, _, status = field.decode().partition(":")
+        lines.append(f'connector_ingest_rejected_total{{sender="{sender}",status="{status}"}} {int(value)}')
     lines.append("# TYPE connector_event_queue_depth gauge")
     for shard, depth in queue.pending().items():
         lines.append(f'connector_event_queue_depth{{shard="{shard}"}} {depth}')

@@ -42,6 +42,7 @@ from .receivers import REGISTRY, Inbound
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
+REJECTED_KEY = "metrics:rejected"
 
 StartResponse = Callable[..., Any]
 Headers = list[tuple[str, str]]
@@ -139,6 +140,8 @@ class Ingress:
             answer = handler(environ, *(_wsgi_text(part) for part in route))
         except Exception as err:  # every error becomes the contract's JSON answer, never a traceback
             answer = error_answer(err)
+        if 400 <= answer.status < 500:
+            self.count_rejection(route[-1] if handler == self._webhook else "tracking", answer.status)
         status = _STATUS_LINES.get(answer.status) or _status_line(answer.status)
         start_response(
             status,
@@ -149,6 +152,16 @@ class Ingress:
             ],
         )
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [answer.body]
+
+    def count_rejection(self, sender: str, status: int) -> None:
+        """``metrics:rejected`` counts refused requests by sender type and status, so that a wrong
+        secret (every delivery a 401) shows on ``/metrics``. Sender types only, never the path's
+        account: a label set an anonymous caller could grow without bound is not kept."""
+        kind = sender if sender in REGISTRY or sender == "tracking" else "unknown"
+        try:
+            self.queue.conn.hincrby(REJECTED_KEY, f"{kind}:{status}", 1)
+        except redis.RedisError:
+            log.debug("rejection not counted: redis unavailable")  # the answer stands as it is
 
     # --- the request ----------------------------------------------------------------------
 

@@ -161,6 +161,24 @@ def test_metrics_counts_accepted_and_duplicates_per_account_and_queue_depth(clie
     assert sum(depths) == 3
 
 
+def test_metrics_count_rejected_requests_by_sender_type_and_status(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = segment_body("m-wrong-secret")
+    wrong = {"Content-Type": "application/json", "X-Signature": sign(b"not-the-secret", body)}
+    for account in ("acme", "acme", "no-such-account"):
+        assert client.post(f"/webhooks/{account}/segment", data=body, headers=wrong).status_code == 401
+    assert (
+        client.post("/v1/track", data=b"{}", headers={"Content-Type": "application/json"}).status_code == 401
+    )
+    assert client.post("/webhooks/acme/no-such-sender", data=b"{}").status_code == 404
+    assert post_segment(client, "acme", b"{not json").status_code == 400
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'connector_ingest_rejected_total{sender="segment",status="401"} 3' in text
+    assert 'connector_ingest_rejected_total{sender="segment",status="400"} 1' in text
+    assert 'connector_ingest_rejected_total{sender="tracking",status="401"} 1' in text
+    assert 'connector_ingest_rejected_total{sender="unknown",status="404"} 1' in text
+    assert "no-such" not in text  # what a caller puts in the path never becomes a label
+
+
 # --- JSON errors -------------------------------------------------------------------------------
 
 
