@@ -60,3 +60,25 @@ def test_invalid_message_is_400_naming_the_field(client, redis_client) -> None: 
     assert res.status_code == 400
     assert "body[1].event" in res.json["message"]
     assert stored_events(redis_client) == []
+
+
+def test_connector_sign_uses_the_header_the_account_configured(
+    tmp_path, monkeypatch, client, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    """`connector sign rudderstack` prints the header the destination in RudderStack must send."""
+    from click.testing import CliRunner
+
+    from connector.commands.sign_cmd import sign
+
+    accounts = tmp_path / "signing"
+    accounts.mkdir()
+    (accounts / "shop.yaml").write_text(
+        "account: shop\nsenders:\n  rudderstack:\n    secret_env: SHOP_RS_KEY\n    header: X-RS-Key\n"
+    )
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(accounts))
+    monkeypatch.setenv("SHOP_RS_KEY", KEY)
+    (tmp_path / "body.json").write_text(json.dumps(MESSAGE))
+    result = CliRunner().invoke(sign, ["rudderstack", str(tmp_path / "body.json"), "--account", "shop"])
+    assert result.exit_code == 0, result.output
+    headers = dict(line.split(": ", 1) for line in result.output.splitlines())
+    assert headers == {"X-RS-Key": KEY, "Content-Type": "application/json"}

@@ -37,6 +37,10 @@ def sign(sender: str, body: BinaryIO, account_id: str, url: str | None, curl_arg
         sys.exit(1)
     data = body.read()
     target = url or cfg.options.get("url") or f"http://127.0.0.1:8000/webhooks/{account_id}/{sender}"
-    headers = REGISTRY[sender].sign(cfg.secrets[0].value, data, url=target, now=clock.now())
+    receiver = REGISTRY[sender]
+    headers = receiver.sign(cfg.secrets[0].value, data, url=target, now=clock.now())
+    configured = getattr(receiver, "headers_for", None)  # a sender whose header name is configurable
+    if configured is not None:
+        headers = configured(cfg, headers)
     for name, value in headers.items():
         click.echo(f"-H '{name}: {value}'" if curl_args else f"{name}: {value}")

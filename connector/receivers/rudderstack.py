@@ -34,6 +34,10 @@ class RudderStackReceiver:
         del body, url, now
         return {DEFAULT_HEADER: secret, "Content-Type": "application/json"}
 
+    def headers_for(self, sender: SenderConfig, signed: dict[str, str]) -> dict[str, str]:
+        """``signed`` with the secret under the header this account configured (option ``header``)."""
+        return {(header_name(sender) if k == DEFAULT_HEADER else k): v for k, v in signed.items()}
+
     def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
         provided = inbound.header(header_name(sender))
         if not provided:
