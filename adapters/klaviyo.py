@@ -311,20 +311,16 @@ class KlaviyoAdapter:
     ) -> dict[str, list[str]]:
         """profile → the whole tags value a job writes, for the changes that move tags."""
         moving = [c for c in bulk if c.tags != before[c.profile_id].tags]
+        found, failed = self.lookup(moving)
         out: dict[str, list[str]] = {}
-        for chunk in chunks(moving, 100):
-            try:
-                found = self.find_profiles([str(c.email) for c in chunk])
-            except AdapterError as err:
-                if err.status in (401, 403):
-                    raise
+        for change in moving:
+            if change.profile_id in failed:
                 continue
-            for change in chunk:
-                remote_id, remote_tags = found.get(str(change.email).lower(), (None, frozenset()))
-                if remote_id:
-                    ids[change.profile_id] = remote_id
-                dropped = before[change.profile_id].tags - change.tags
-                out[change.profile_id] = sorted((remote_tags - dropped) | change.tags)
+            remote_id, remote_tags = found.get(change.profile_id, (None, frozenset()))
+            if remote_id:
+                ids[change.profile_id] = remote_id
+            dropped = before[change.profile_id].tags - change.tags
+            out[change.profile_id] = sorted((remote_tags - dropped) | change.tags)
         return out
 
     @staticmethod
@@ -399,27 +395,41 @@ class KlaviyoAdapter:
             pending = (change.lists - was.lists) - {listed.get(change.profile_id)}
             if pending or (was.lists - change.lists):
                 missing.append(change)
-        for chunk in chunks(missing, 100):
-            emails = [str(c.email) for c in chunk]
+        found, failed = self.lookup(missing)
+        errors.update(failed)
+        for change in missing:
+            if change.profile_id in failed:
+                continue
+            pid = found[change.profile_id][0] if change.profile_id in found else None
+            was = before[change.profile_id]
+            if pid is None and not (change.lists - was.lists):
+                continue  # no such profile: it is in no list, nothing to remove
             try:
-                found = self.find_ids(emails)
+                ids[change.profile_id] = pid or self.upsert(change, was)
             except AdapterError as err:
-                for change in chunk:
-                    self._fail(errors, change, err)
+                self._fail(errors, change, err)
+
+    def lookup(
+        self, changes: Sequence[Change]
+    ) -> tuple[dict[str, tuple[str, frozenset[str]]], dict[str, AdapterError]]:
+        """The current profile (id, tags) of each change's email, 100 emails per request: by profile
+        id for those that exist, and the lookup's error by profile id for those whose request
+        failed (bad credentials are raised)."""
+        found: dict[str, tuple[str, frozenset[str]]] = {}
+        failed: dict[str, AdapterError] = {}
+        for chunk in chunks(changes, 100):
+            try:
+                remote = self.find_profiles([str(c.email) for c in chunk])
+            except AdapterError as err:
+                if err.status in (401, 403):
+                    raise
+                failed.update((c.profile_id, err) for c in chunk)
                 continue
             for change in chunk:
-                pid = found.get(str(change.email).lower())
-                was = before[change.profile_id]
-                if pid is None and not (change.lists - was.lists):
-                    continue  # no such profile: it is in no list, nothing to remove
-                try:
-                    ids[change.profile_id] = pid or self.upsert(change, was)
-                except AdapterError as err:
-                    self._fail(errors, change, err)
-
-    def find_ids(self, emails: Sequence[str]) -> dict[str, str]:
-        """email (lower) → profile id, for the profiles that exist."""
-        return {email: pid for email, (pid, _) in self.find_profiles(emails).items()}
+                hit = remote.get(str(change.email).lower())
+                if hit is not None:
+                    found[change.profile_id] = hit
+        return found, failed
 
     def find_profiles(self, emails: Sequence[str]) -> dict[str, tuple[str, frozenset[str]]]:
         """email (lower) → (profile id, current tags property), for the profiles that exist (≤ 100)."""
@@ -487,25 +497,22 @@ class KlaviyoAdapter:
     ) -> list[tuple[Change, str]]:
         """The members with their current profile ids; a contact to add that no longer exists is
         imported again, one to remove that no longer exists is in no list."""
+        found, failed = self.lookup([change for change, _ in members])
+        errors.update(failed)
         fresh: list[tuple[Change, str]] = []
-        for chunk in chunks(members, 100):
-            try:
-                found = self.find_ids([str(change.email) for change, _ in chunk])
-            except AdapterError as err:
-                for change, _ in chunk:
-                    self._fail(errors, change, err)
+        for change, _ in members:
+            if change.profile_id in failed:
                 continue
-            for change, _ in chunk:
-                pid = found.get(str(change.email).lower())
-                if pid is None and joining:
-                    try:
-                        pid = self.upsert(change, OwnedState())  # a new profile: every tag appended
-                    except AdapterError as err:
-                        self._fail(errors, change, err)
-                        continue
-                if pid is not None:
-                    ids[change.profile_id] = pid
-                    fresh.append((change, pid))
+            pid = found[change.profile_id][0] if change.profile_id in found else None
+            if pid is None and joining:
+                try:
+                    pid = self.upsert(change, OwnedState())  # a new profile: every tag appended
+                except AdapterError as err:
+                    self._fail(errors, change, err)
+                    continue
+            if pid is not None:
+                ids[change.profile_id] = pid
+                fresh.append((change, pid))
         return fresh
 
     def erase(self, change: Change) -> Result:
