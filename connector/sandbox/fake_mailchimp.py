@@ -90,6 +90,11 @@ def _is_number(value: Any) -> bool:
     return False
 
 
+FIELD_DETAILS = (
+    "The resource submitted could not be validated. For field-specific details, see the 'errors' array."
+)
+
+
 @dataclass
 class Member:
     email: str
@@ -362,8 +367,7 @@ class FakeMailchimp(FakeESP):
         if not isinstance(data, dict):
             found = "NULL" if data is None else type(data).__name__
             raise self.invalid(
-                "The resource submitted could not be validated. For field-specific details, see the "
-                "'errors' array.",
+                FIELD_DETAILS,
                 [{"field": "", "message": f"Schema describes object, {found} found instead"}],
             )
         return data
@@ -386,8 +390,7 @@ class FakeMailchimp(FakeESP):
         unknown = sorted(set(data) - MEMBER_FIELDS)
         if unknown:
             raise self.invalid(
-                "The resource submitted could not be validated. For field-specific details, see the "
-                "'errors' array.",
+                FIELD_DETAILS,
                 [
                     {"field": name, "message": "Schema describes object with no such property"}
                     for name in unknown
@@ -396,8 +399,7 @@ class FakeMailchimp(FakeESP):
         for key in ("status", "status_if_new"):
             if key in data and data[key] not in STATUSES:
                 raise self.invalid(
-                    "The resource submitted could not be validated. For field-specific details, see "
-                    "the 'errors' array.",
+                    FIELD_DETAILS,
                     [{"field": key, "message": f"Value is not one of the enum values: {sorted(STATUSES)}"}],
                 )
         email = data.get("email_address")
@@ -491,8 +493,7 @@ class FakeMailchimp(FakeESP):
         if existing is not None and batch and status is None:
             if "status_if_new" not in data and self.limits.batch_requires_status:
                 raise self.invalid(
-                    "The resource submitted could not be validated. For field-specific details, see "
-                    "the 'errors' array.",
+                    FIELD_DETAILS,
                     [{"field": "status", "message": "This value should not be blank."}],
                 )
             if self.limits.batch_update_applies_status_if_new:
@@ -521,8 +522,7 @@ class FakeMailchimp(FakeESP):
             initial = status or data.get("status_if_new")
             if initial is None:
                 raise self.invalid(
-                    "The resource submitted could not be validated. For field-specific details, see "
-                    "the 'errors' array.",
+                    FIELD_DETAILS,
                     [
                         {
                             "field": "status_if_new",
@@ -591,8 +591,7 @@ class FakeMailchimp(FakeESP):
             )
         if problems:
             raise self.invalid(
-                "The resource submitted could not be validated. For field-specific details, see the "
-                "'errors' array.",
+                FIELD_DETAILS,
                 problems,
             )
         with self.lock:
@@ -633,8 +632,7 @@ class FakeMailchimp(FakeESP):
                             404, "Resource Not Found", "The requested resource could not be found."
                         )
                     raise self.invalid(
-                        "The resource submitted could not be validated. For field-specific details, "
-                        "see the 'errors' array.",
+                        FIELD_DETAILS,
                         [{"field": "email_address", "message": "This value should not be blank."}],
                     )
                 email = existing.email
@@ -726,8 +724,7 @@ class FakeMailchimp(FakeESP):
             problems.append({"field": "is_syncing", "message": "must be a boolean"})
         if problems:
             raise self.invalid(
-                "The resource submitted could not be validated. For field-specific details, see the "
-                "'errors' array.",
+                FIELD_DETAILS,
                 problems,
             )
         with self.lock:
@@ -836,8 +833,7 @@ class FakeMailchimp(FakeESP):
                 )
         if problems:
             raise self.invalid(
-                "The resource submitted could not be validated. For field-specific details, see the "
-                "'errors' array.",
+                FIELD_DETAILS,
                 problems,
             )
         to_add, to_remove = data.get("members_to_add", []), data.get("members_to_remove", [])
@@ -923,8 +919,7 @@ class FakeMailchimp(FakeESP):
                 problems.append({"field": key, "message": "must be a boolean"})
         if problems:
             raise self.invalid(
-                "The resource submitted could not be validated. For field-specific details, see the "
-                "'errors' array.",
+                FIELD_DETAILS,
                 problems,
             )
         assert isinstance(members, list)
