@@ -370,12 +370,16 @@ def test_with_the_mailchimp_adapter_end_to_end(redis_client: redis.Redis, tmp_pa
 
 @pytest.fixture
 def acct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Account:
+    return job_account(tmp_path, monkeypatch)
+
+
+def job_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **dest: Any) -> Account:
     """The test account written to a config directory that the flush job reads."""
     directory = tmp_path / "accounts"
     directory.mkdir()
     monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
     sync._ACCOUNTS.clear()
-    return account(directory)
+    return account(directory, **dest)
 
 
 def test_flush_job_drains_and_releases(
@@ -399,11 +403,7 @@ def test_flush_job_drains_and_releases(
 def test_flush_job_stops_between_batches_when_its_time_is_spent_and_queues_the_rest(
     redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = tmp_path / "accounts"
-    directory.mkdir()
-    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
-    sync._ACCOUNTS.clear()
-    small = account(directory, batch_size=2)
+    small = job_account(tmp_path, monkeypatch, batch_size=2)
     esp = RecordingEsp()
     with clock.frozen(NOW) as frozen:
         for i in range(5):
