@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import redis
 
 from connector.config import Accounts
-from connector.profiles import load_profile, lookup
+from connector.profiles import keys, load_profile, lookup
 from connector.profiles import rejected as rejected_log
 from connector.profiles.identity import usable_identities
 from tests.profile_helpers import NOW, apply, ev
@@ -134,3 +134,20 @@ def test_unknown_account_and_odd_values_do_not_crash(redis_client, accounts) -> 
     assert profile.events[0].properties == {"ok": True}
     outcome = apply(redis_client, accounts, ev("3", account="nobody", user_id="u1"))
     assert [r.reason for r in rejected_log.latest(redis_client, "nobody")] == ["unknown account"]
+
+
+def test_an_event_redirected_by_an_unfinished_merge_is_counted_once(redis_client, accounts) -> None:
+    """A worker meets a profile marked as merged whose data is not yet in the survivor (the merging
+    worker is between its mark and its copy, or died there): it waits for the merge, so an event
+    already in the absorbed profile counts as a duplicate, not as applied a second time."""
+    apply(redis_client, accounts, ev("1", anonymous_id="a9"), ev("2", at=1, email="eve@example.com"))
+    absorbed = lookup(redis_client, "acme", "anonymous_id", "a9")
+    survivor = lookup(redis_client, "acme", "email", "eve@example.com")
+    assert absorbed and survivor and absorbed != survivor
+    redis_client.hset(keys.profile_key("acme", absorbed), "m", survivor)  # marked, data not copied yet
+    outcome = apply(redis_client, accounts, ev("1", anonymous_id="a9"))
+    assert (outcome.applied, outcome.duplicates) == (0, 1)
+    profile = _profile(redis_client, "anonymous_id", "a9")
+    assert profile.profile_id == survivor
+    assert [e.name for e in profile.events] == ["product_viewed", "product_viewed"]
+    assert not redis_client.exists(keys.history_key("acme", absorbed))

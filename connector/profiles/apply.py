@@ -159,6 +159,7 @@ def _apply_groups(
                 client=pipe,
             )
         redirected: dict[str, list[Prepared]] = {}
+        moved: set[str] = set()
         for pid, reply in zip(order, pipe.execute(), strict=True):
             status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
             if status == "ok":
@@ -170,8 +171,11 @@ def _apply_groups(
             elif status == "m":
                 target = reply[1].decode()
                 redirected.setdefault(target, []).extend(groups[pid])
+                moved.add(pid)
             else:
                 outcome.dropped += len(groups[pid])
+        if redirected:
+            identity.settle(conn, account.id, retention, now, moved)
         groups = redirected
     log.error("too many merge redirects; events left unapplied", extra={"account": account.id})
     outcome.dropped += sum(len(v) for v in groups.values())

@@ -409,6 +409,17 @@ def resolve(
     return result
 
 
+def settle(conn: redis.Redis, account: str, retention: Retention, now: datetime, pids: set[str]) -> None:
+    """Wait for the merges of these (marked) profiles to finish, finishing any that was cut short.
+
+    A merge marks the absorbed profile before it copies its data into the survivor. Events applied
+    to the survivor in between and also found in the copied data would be counted twice (the copy
+    deduplicates the history, not the count), so a worker redirected by the mark waits here: every
+    merge runs under the account's lock, and a locked resolver finishes a merge it finds undone."""
+    with AccountLock(conn, account):
+        Resolver(conn, account, retention, now)._load_states(pids)
+
+
 def lookup(conn: redis.Redis, account: str, kind: str, value: str) -> str | None:
     """The live profile id of one identity (following merges), or None."""
     pid_raw = conn.get(keys.identity_key(account, kind, value))
