@@ -42,7 +42,7 @@ from .base import (
     status_error,
     triage,
 )
-from .change import APPLIED, FAILED, SKIPPED, Change, OwnedState, Result
+from .change import APPLIED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
 from .errors import AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
 
@@ -322,14 +322,21 @@ class HubSpotAdapter:
     def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
         errors: dict[str, AdapterError] = {}
         ids: dict[str, str] = {}
+        moved = Moves()
         results, upserts = triage(changes, self.erase)
+        written: set[str] = set()
         if upserts:
             self._upsert_all(upserts, owned, errors, ids)
-            self._lists([c for c in upserts if c.profile_id not in errors], owned, ids, errors)
+            written = set(ids)
+            self._lists([c for c in upserts if c.profile_id not in errors], owned, ids, errors, moved)
         for change in upserts:
             err = errors.get(change.profile_id)
             if err is not None:
-                results[change.profile_id] = Result(change.profile_id, change.version, FAILED, error=err)
+                pid = change.profile_id
+                state = moved.partial(
+                    owned.get(pid, OwnedState()), change, written=pid in written, remote_id=ids.get(pid)
+                )
+                results[pid] = Result(pid, change.version, FAILED, state, error=err)
             else:
                 state = OwnedState.of(change, ids.get(change.profile_id))
                 results[change.profile_id] = Result(change.profile_id, change.version, APPLIED, state)
@@ -517,6 +524,7 @@ class HubSpotAdapter:
         owned: Mapping[str, OwnedState],
         ids: dict[str, str],
         errors: dict[str, AdapterError],
+        moved: Moves,
     ) -> None:
         def missing() -> AdapterError:
             return TransientError("no HubSpot record id yet", code="no_record_id")
@@ -541,6 +549,7 @@ class HubSpotAdapter:
                 absent = set(_values(gone))
                 for change, record in chunk:
                     if record not in absent:
+                        moved.record(change, list_id, joining)
                         continue
                     # a merged or deleted record (or one the lists service does not see yet): the
                     # cached id is not trusted; the retry upserts by email and gets the current id

@@ -38,7 +38,7 @@ from .base import (
     status_error,
     triage,
 )
-from .change import APPLIED, FAILED, SKIPPED, Change, OwnedState, Result
+from .change import APPLIED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
 from .errors import AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
 
@@ -212,6 +212,11 @@ class KlaviyoAdapter:
         if len(importing) >= self.config.bulk_threshold:
             bulk = [c for c in importing if self.bulk_eligible(c, before[c.profile_id])]
         listed, in_bulk = self._bulk_import(bulk, before, errors, ids) if bulk else ({}, set())
+        moved = Moves()
+        written = {pid for pid in in_bulk if pid not in errors}
+        for change in bulk:
+            if change.profile_id in listed:
+                moved.record(change, listed[change.profile_id], True)
         outage: TransientError | None = None
         for change in importing:
             if change.profile_id in in_bulk and change.profile_id not in errors:
@@ -226,6 +231,7 @@ class KlaviyoAdapter:
                 continue
             try:
                 ids[change.profile_id] = self.upsert(change, before[change.profile_id])
+                written.add(change.profile_id)
             except TransientError as err:
                 self._fail(errors, change, err)
                 outage = err
@@ -236,7 +242,7 @@ class KlaviyoAdapter:
             if change.profile_id not in ids and remote:
                 ids[change.profile_id] = remote
         self._resolve_missing_ids(live, before, ids, listed, errors)
-        self._lists([c for c in live if c.profile_id not in errors], owned, ids, errors, listed)
+        self._lists([c for c in live if c.profile_id not in errors], owned, ids, errors, listed, moved)
         if self.config.segment_events:
             for change in live:
                 if change.profile_id in errors:
@@ -250,9 +256,11 @@ class KlaviyoAdapter:
                 except AdapterError as err:
                     self._fail(errors, change, err)
         for change in live:
-            failure = errors.get(change.profile_id)
+            pid = change.profile_id
+            failure = errors.get(pid)
             if failure is not None:
-                results[change.profile_id] = Result(change.profile_id, change.version, FAILED, error=failure)
+                state = moved.partial(before[pid], change, written=pid in written, remote_id=ids.get(pid))
+                results[pid] = Result(pid, change.version, FAILED, state, error=failure)
             else:
                 state = OwnedState.of(change, ids.get(change.profile_id))
                 results[change.profile_id] = Result(change.profile_id, change.version, APPLIED, state)
@@ -459,6 +467,7 @@ class KlaviyoAdapter:
         ids: dict[str, str],
         errors: dict[str, AdapterError],
         listed: Mapping[str, str],
+        moved: Moves,
     ) -> None:
         def missing() -> AdapterError:
             return TransientError("no Klaviyo profile id yet", code="no_profile_id")
@@ -468,6 +477,8 @@ class KlaviyoAdapter:
             for chunk in chunks(members, LIST_LIMIT):
                 try:
                     self._list_call(list_id, joining, chunk)
+                    for change, _ in chunk:
+                        moved.record(change, list_id, joining)
                 except AdapterError as err:
                     if err.status != 404 or err.retryable:
                         for change, _ in chunk:
@@ -479,6 +490,8 @@ class KlaviyoAdapter:
                     try:
                         if fresh:
                             self._list_call(list_id, joining, fresh)
+                            for change, _ in fresh:
+                                moved.record(change, list_id, joining)
                     except AdapterError as again:
                         for change, _ in fresh:
                             self._fail(errors, change, again)

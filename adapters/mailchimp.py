@@ -45,6 +45,7 @@ from .change import (
     FAILED,
     SKIPPED,
     Change,
+    Moves,
     OwnedState,
     Result,
 )
@@ -244,13 +245,20 @@ class MailchimpAdapter:
         writes = [c for c in writes if c.profile_id not in errors]
         for chunk in chunks(writes, BATCH_LIMIT):
             self._batch_upsert(chunk, owned, errors)
+        written = {c.profile_id for c in writes if c.profile_id not in errors}
         ok = [c for c in upserts if c.profile_id not in errors]
         self._remove_tags(ok, owned, errors)
-        self._segments([c for c in ok if c.profile_id not in errors], owned, errors)
+        untagged = {c.profile_id for c in ok if c.profile_id in errors}  # their removals may not have run
+        moved = Moves()
+        self._segments([c for c in ok if c.profile_id not in errors], owned, errors, moved)
         for change in upserts:
-            err = errors.get(change.profile_id)
+            pid = change.profile_id
+            err = errors.get(pid)
             if err is not None:
-                results[change.profile_id] = Result(change.profile_id, change.version, FAILED, error=err)
+                before = owned.get(pid, OwnedState())
+                kept = self.removed_tags(change, before) if pid in untagged else ()
+                state = moved.partial(before, change, written=pid in written, tags_kept=kept)
+                results[pid] = Result(pid, change.version, FAILED, state, error=err)
             else:
                 results[change.profile_id] = Result(
                     change.profile_id, change.version, APPLIED, OwnedState.of(change)
@@ -506,7 +514,11 @@ class MailchimpAdapter:
         self.client.request("POST", path, json={"tags": tags, "is_syncing": self.config.is_syncing})
 
     def _segments(
-        self, changes: Sequence[Change], owned: Mapping[str, OwnedState], errors: dict[str, AdapterError]
+        self,
+        changes: Sequence[Change],
+        owned: Mapping[str, OwnedState],
+        errors: dict[str, AdapterError],
+        moved: Moves,
     ) -> None:
         adds: dict[str, list[Change]] = {}
         removes: dict[str, list[Change]] = {}
@@ -519,9 +531,12 @@ class MailchimpAdapter:
         for seg in sorted(set(adds) | set(removes)):
             add, remove = adds.get(seg, []), removes.get(seg, [])
             for i in range(0, max(len(add), len(remove)), BATCH_LIMIT):
-                self._segment_call(
-                    seg, add[i : i + BATCH_LIMIT], remove[i : i + BATCH_LIMIT], errors, redrive=True
-                )
+                part_add, part_remove = add[i : i + BATCH_LIMIT], remove[i : i + BATCH_LIMIT]
+                failed = self._segment_call(seg, part_add, part_remove, errors, redrive=True)
+                for joining, group in ((True, part_add), (False, part_remove)):
+                    for change in group:
+                        if change.profile_id not in failed:
+                            moved.record(change, seg, joining)
 
     def _segment_call(
         self,
@@ -530,7 +545,8 @@ class MailchimpAdapter:
         remove: Sequence[Change],
         errors: dict[str, AdapterError],
         redrive: bool,
-    ) -> None:
+    ) -> set[str]:
+        """One static-segment call; returns the profiles it failed for (their errors are set)."""
         body = {
             "members_to_add": [c.email for c in add],
             "members_to_remove": [c.email for c in remove],
@@ -543,28 +559,30 @@ class MailchimpAdapter:
                 raise
             for change in everyone.values():
                 errors[change.profile_id] = err
-            return
+            return {c.profile_id for c in everyone.values()}
         data = json_body(response) or {}
         failed: dict[str, str] = {}
         for item in data.get("errors") or []:
             for email in item.get("email_addresses") or []:
                 failed[str(email).lower()] = str(item.get("error", ""))
         if not failed:
-            return
+            return set()
         if redrive:
             again_add = [c for c in add if str(c.email).lower() in failed]
             again_remove = [c for c in remove if str(c.email).lower() in failed]
-            self._segment_call(seg, again_add, again_remove, errors, redrive=False)
-            return
+            return self._segment_call(seg, again_add, again_remove, errors, redrive=False)
+        refused: set[str] = set()
         for email, message in failed.items():
             who = everyone.get(email)
             if who is not None:
+                refused.add(who.profile_id)
                 errors[who.profile_id] = PermanentError(
                     f"static segment {seg}: {message}",
                     status=200,
                     code="segment_member_error",
                     detail=message,
                 )
+        return refused
 
     def erase(self, change: Change) -> Result:
         if not change.email:

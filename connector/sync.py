@@ -436,6 +436,13 @@ class Flusher:
     def _record(self, change: Change, result: Result, now: datetime, counts: dict[str, int]) -> None:
         if result.status == FAILED and result.error is not None:
             err = result.error
+            if result.owned is not None and not change.erase:
+                # part of the change took effect: what it set is the connector's own from now on,
+                # and the contact no longer matches the digest of the last applied state
+                pipe = self.conn.pipeline(transaction=True)
+                pipe.hset(self.k["owned"], change.profile_id, json.dumps(result.owned.to_dict()))
+                pipe.hdel(self.k["digest"], change.profile_id)
+                pipe.execute()
             if isinstance(err, AdapterError) and err.retryable:
                 self._retry(change, err, now, counts)
             else:

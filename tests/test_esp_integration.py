@@ -561,3 +561,56 @@ def test_mailchimp_workers_share_ten_connections_per_api_key(redis_client: redis
     assert fake.max_inflight[key] == 10
     assert not [r for r in fake.requests if r.status == 429]
     assert len(fake.audiences[LIST].members) == 42
+
+
+def test_a_change_that_failed_after_its_tags_were_written_still_owns_them(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    """The tags reach each ESP, then the list call is refused and the change is dead-lettered. The
+    tags it wrote are the connector's: when the person leaves the segment they are removed."""
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    list_paths = {
+        fakes.mailchimp: r"/segments/\d+$",
+        fakes.hubspot: r"/memberships/add$",
+        fakes.klaviyo: r"^/api/lists/[^/]+/relationships/profiles",
+    }
+    for fake, path in list_paths.items():
+        fake.faults.add(400, code="invalid_request", message="refused by the test", method="POST", path=path)
+        fake.faults.add(400, code="invalid_request", message="refused by the test", method="PUT", path=path)
+    for p in ("half1", "half2"):
+        h.submit(p, 1, {"cart_abandoner"})
+    h.drive()
+    dead = DeadLetters(redis_client)
+    for name in ("mailchimp", "hubspot", "klaviyo"):
+        assert dead.count(f"sync:{name}") == 2, name
+    email = email_of("half1")
+    assert "cart abandoner" in fakes.mailchimp.tags_of(LIST, email)
+    contact = fakes.hubspot.contact_by_email(email)
+    assert contact is not None and contact.properties.get("esp_tags") == "cart abandoner"
+    kl_profile = fakes.klaviyo.profile_by_email(email)
+    assert kl_profile is not None and kl_profile.properties.get("esp_tags") == ["cart abandoner"]
+
+    for fake in list_paths:
+        fake.faults.clear()
+    for p in ("half1", "half2"):
+        h.submit(p, 2, set())
+    h.drive()
+    assert_final_state(h, fakes)
+
+
+def test_a_retry_after_the_list_call_failed_does_not_write_the_tags_again(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    """Klaviyo appends tags (not idempotent): once the import is confirmed, the retry of a change
+    whose list call failed sends the list call only."""
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    outage_end = T0 + timedelta(minutes=3)
+    fakes.klaviyo.faults.outage(start=T0, end=outage_end, path="^/api/lists/")
+    h.submit("retry1", 1, {"cart_abandoner"})
+    h.drive()
+    assert h.sim() >= outage_end
+    assert_final_state(h, fakes)
+    imports = [r for r in fakes.klaviyo.requests if r.path == "/api/profile-import"]
+    assert [r.status for r in imports] == [201]
+    list_calls = [r for r in fakes.klaviyo.requests if r.path.startswith("/api/lists/")]
+    assert list_calls[-1].status == 204 and any(r.status == 503 for r in list_calls)
