@@ -4,8 +4,10 @@ Requests (see docs/destinations.md):
 
 * tag options: ``GET /crm/v3/properties/contacts/{tags_property}``; created with
   ``POST /crm/v3/properties/contacts`` when missing; new options added with ``PATCH`` (full option list).
-* hand-set tags kept: ``POST /crm/v3/objects/contacts/batch/read`` (≤100, idProperty email) reads
-  the property before writing, so only tags the connector set are ever removed.
+* the tags property created by the connector is marked as managed (its description and each
+  option's); while it holds only the connector's options the connector's tags are written whole.
+* hand-set tags kept in any other case: ``POST /crm/v3/objects/contacts/batch/read`` (≤100,
+  idProperty email) reads the property before writing, so only tags the connector set are removed.
 * upsert: ``POST /crm/v3/objects/contacts/batch/upsert`` (≤100, ``idProperty: email``, one
   ``objectWriteTraceId`` per profile). 207: only the failed items are re-driven. A whole-batch
   400 re-drives items one by one (``POST /crm/v3/objects/contacts``; 409 → the existing id →
@@ -48,6 +50,13 @@ from .ratelimit import Limits, Window
 
 UPSERT_LIMIT = 100
 LIST_CHUNK = 1000
+OPTION_KEYS = ("label", "value", "description", "displayOrder", "hidden")
+# how the connector marks the tags property and the options it creates, in HubSpot's own UI
+MANAGED = "Managed by segment-connector"
+PROPERTY_DESCRIPTION = (
+    f"{MANAGED}: the tags of the segments each contact is in. Values ticked here by hand are replaced "
+    "at the contact's next sync; keep tags of your own in a property of your own."
+)
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 
 
@@ -58,7 +67,11 @@ class HubSpotConfig:
     tags_property: str = "esp_tags"
     tags_label: str = "Tags"
     tags_group: str = "contactinformation"
-    preserve_unowned_tags: bool = True
+    # True: read the tags property before writing it, so values set by hand or by other tools stay.
+    # False: write the connector's tags whole. None (auto): write whole only while the property is
+    # the connector's own (created by it, every option added by it), else read first.
+    preserve_unowned_tags: bool | None = None
+    property_refresh_seconds: float = 300.0  # how long the tags property's options are trusted
     create_properties: bool = True  # create missing properties for mapped computed traits
     per_ten_seconds: int = 100
     # the account tier's daily quota (Free/Starter 250,000; Professional 650,000; Enterprise 1M),
@@ -162,6 +175,10 @@ class HubSpotAdapter:
         transport.observe = self.observe
         self.client: EspClient = DailyQuotaClient(transport, config.per_day, self.account_day)
         self._options: set[str] | None = None
+        self._options_read_at = 0.0
+        self._own_property = (
+            False  # the tags property was created by the connector and holds only its options
+        )
         self._fields: set[str] = {"email"}
 
     # -- errors and headers ----------------------------------------------------------------
@@ -215,24 +232,33 @@ class HubSpotAdapter:
             limiter.block_until(key, self.client.t.clock() + 1.0)
 
     # -- tags property ---------------------------------------------------------------------
+    @staticmethod
+    def new_option(tag: str) -> dict[str, str]:
+        return {"label": tag, "value": tag, "description": MANAGED}
+
     def ensure_options(self, tags: set[str]) -> None:
+        """The tags property exists with an option for each of ``tags``. Its options are re-read
+        after ``property_refresh_seconds``, so an option someone added by hand is noticed."""
         prop = self.config.tags_property
-        if self._options is not None and tags <= self._options:
+        now = self.client.t.clock()
+        fresh = now - self._options_read_at < self.config.property_refresh_seconds
+        if self._options is not None and fresh and tags <= self._options:
             return
         try:
             data = json_body(self.client.request("GET", f"/crm/v3/properties/contacts/{prop}")) or {}
-            known = {str(o.get("value")) for o in data.get("options") or [] if isinstance(o, dict)}
             options = [o for o in data.get("options") or [] if isinstance(o, dict)]
+            known = {str(o.get("value")) for o in options}
         except PermanentError as err:
             if err.status != 404:
                 raise
             body = {
                 "name": prop,
                 "label": self.config.tags_label,
+                "description": PROPERTY_DESCRIPTION,
                 "type": "enumeration",
                 "fieldType": "checkbox",
                 "groupName": self.config.tags_group,
-                "options": [{"label": t, "value": t} for t in sorted(tags)],
+                "options": [self.new_option(t) for t in sorted(tags)],
             }
             try:
                 self.client.request("POST", "/crm/v3/properties/contacts", json=body)
@@ -240,18 +266,28 @@ class HubSpotAdapter:
                 if conflict.status != 409:  # created meanwhile by another worker: read it next time
                     raise
                 self._options = None
+                self._own_property = False
                 return
-            self._options = set(tags)
+            self._options, self._options_read_at, self._own_property = set(tags), now, True
             return
+        self._own_property = MANAGED in str(data.get("description") or "") and all(
+            MANAGED in str(o.get("description") or "") for o in options
+        )
         missing = sorted(tags - known)
         # what exists now, even when adding the missing options fails below: a caller can still
         # write the contacts whose tags are all known
-        self._options = known
+        self._options, self._options_read_at = known, now
         if missing:
-            full = [{"label": o.get("label", o.get("value")), "value": o.get("value")} for o in options]
-            full += [{"label": t, "value": t} for t in missing]
+            full = [{k: o[k] for k in OPTION_KEYS if o.get(k) is not None} for o in options]
+            full += [self.new_option(t) for t in missing]
             self.client.request("PATCH", f"/crm/v3/properties/contacts/{prop}", json={"options": full})
         self._options = known | tags
+
+    def reads_tags_first(self) -> bool:
+        """Whether the tags property is read before it is written (see ``preserve_unowned_tags``)."""
+        if self.config.preserve_unowned_tags is not None:
+            return self.config.preserve_unowned_tags
+        return not self._own_property
 
     def ensure_fields(self, changes: Sequence[Change]) -> None:
         """Create the contact properties the computed traits map to when they do not exist yet
@@ -352,12 +388,12 @@ class HubSpotAdapter:
         tags = set().union(*(c.tags for c in upserts))
         current: dict[str, tuple[str | None, set[str]]] = {}
         try:
-            if tags:
+            tagging = [c for c in upserts if c.tags or owned.get(c.profile_id, OwnedState()).tags]
+            if tagging:
                 self.ensure_options(tags)
             if self.config.create_properties:
                 self.ensure_fields(upserts)
-            tagging = [c for c in upserts if c.tags or owned.get(c.profile_id, OwnedState()).tags]
-            if self.config.preserve_unowned_tags and tagging:
+            if tagging and self.reads_tags_first():
                 current = self.current_tags(sorted({str(c.email).lower() for c in tagging}))
         except AdapterError as err:
             if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):

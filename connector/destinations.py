@@ -51,6 +51,11 @@ def _timezone(name: str) -> None:
         raise ValidationError(f"unknown time zone {name!r}") from err
 
 
+def _tri_state(value: object) -> None:
+    if value not in (True, False, "auto"):
+        raise ValidationError(f"must be true, false or auto, not {value!r}")
+
+
 class MappingSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -86,7 +91,8 @@ class DestinationSchema(Schema):
     concurrency = fields.Integer(load_default=10, validate=validate.Range(min=1, max=10))
     # hubspot
     tags_property = fields.String(load_default="esp_tags")
-    preserve_unowned_tags = fields.Boolean(load_default=True)
+    # true | false | auto: read the tags property before writing it (see docs/destinations.md)
+    preserve_unowned_tags = fields.Raw(load_default="auto", validate=_tri_state)
     create_properties = fields.Boolean(load_default=True)
     per_ten_seconds = fields.Integer(load_default=100, validate=validate.Range(min=1))
     # the daily quota of the account's tier (Free/Starter 250,000; Professional 650,000; Enterprise
@@ -281,7 +287,9 @@ def build_adapter(
             token=secret,
             base_url=o.get("base_url") or "https://api.hubapi.com",
             tags_property=o["tags_property"],
-            preserve_unowned_tags=o["preserve_unowned_tags"],
+            preserve_unowned_tags=None
+            if o["preserve_unowned_tags"] == "auto"
+            else o["preserve_unowned_tags"],
             create_properties=o["create_properties"],
             per_ten_seconds=o["per_ten_seconds"],
             per_day=o["per_day"],

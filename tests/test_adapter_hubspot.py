@@ -345,7 +345,9 @@ def test_ten_secondly_429_waits_the_interval_and_retries() -> None:
         return None
 
     fake.before = once
-    results = adapter(fake, clock).apply([change("p1", tags=frozenset({"vip"}))], {})
+    results = adapter(fake, clock, preserve_unowned_tags=True).apply(
+        [change("p1", tags=frozenset({"vip"}))], {}
+    )
     assert results[0].status == APPLIED
     assert clock.slept == [10.0]
 
@@ -484,6 +486,7 @@ def test_option_patch_failure_in_a_redrive_fails_only_the_contacts_that_need_it(
 
     ad = adapter(fake, preserve_unowned_tags=False)
     ad._options = {"a", "b"}  # cached from an earlier batch; "b" has been deleted since
+    ad._options_read_at = ad.client.t.clock()
     fake.before = route
     changes = [
         change("needs_b", tags=frozenset({"b"})),
@@ -608,3 +611,110 @@ def test_a_contact_never_tagged_leaves_the_tags_property_alone() -> None:
     assert upserts and all("esp_tags" not in i["properties"] for i in upserts[0][2]["inputs"])
     touched = [c for c in fake.calls if c[1].endswith("batch/read") or "properties/contacts/esp_tags" in c[1]]
     assert touched == []
+
+
+# -- whose tags property: written whole or read first -------------------------------------------
+
+
+@pytest.fixture
+def loopback() -> Iterator[tuple[SandboxHubSpot, str]]:
+    fake = SandboxHubSpot(tokens=[TOKEN])
+    with serving(fake) as server:
+        yield fake, server.url
+
+
+def loopback_adapter(url: str, clock: SimClock, **kw: Any) -> HubSpotAdapter:
+    return HubSpotAdapter(HubSpotConfig(token=TOKEN, base_url=url, **kw), clock=clock, sleep=clock.sleep)
+
+
+def reads(fake: SandboxHubSpot) -> int:
+    return sum(1 for r in fake.requests if r.path.endswith("/batch/read"))
+
+
+def tags_of(fake: SandboxHubSpot, email: str) -> set[str]:
+    contact = fake.contact_by_email(email)
+    assert contact is not None
+    return set(filter(None, contact.properties.get("esp_tags", "").split(";")))
+
+
+def test_the_connectors_own_property_is_written_whole_without_reading_it(
+    loopback: tuple[SandboxHubSpot, str],
+) -> None:
+    fake, url = loopback
+    ad = loopback_adapter(url, SimClock())
+    owned = {}
+    for pid in ("p1", "p2"):
+        result = ad.apply([change(pid, tags=frozenset({"vip"}))], {})[0]
+        assert result.status == APPLIED and result.owned is not None
+        owned[pid] = result.owned
+    ad.apply([change("p1", 2, tags=frozenset({"cart"}))], owned)
+    assert reads(fake) == 0
+    assert tags_of(fake, "p1@example.com") == {"cart"}
+    prop = fake.properties["esp_tags"]
+    assert "Managed by segment-connector" in prop["description"]  # what a marketer sees in HubSpot
+    assert [o["value"] for o in prop["options"]] == ["vip", "cart"]
+    assert all("segment-connector" in o["description"] for o in prop["options"])
+
+
+def test_an_option_added_by_hand_makes_the_connector_read_first_and_keep_hand_set_values(
+    loopback: tuple[SandboxHubSpot, str],
+) -> None:
+    fake, url = loopback
+    clock = SimClock()
+    ad = loopback_adapter(url, clock)
+    first = ad.apply([change("p1", tags=frozenset({"vip"}))], {})[0]
+    assert first.owned is not None
+    # a marketer adds an option of their own to the property and ticks it on the contact
+    fake.properties["esp_tags"]["options"].append({"label": "Trade fair", "value": "fair"})
+    fake.write("p1@example.com", {"esp_tags": "vip;fair"})
+    clock.t += 301  # the adapter reads the property's options again after property_refresh_seconds
+    ad.apply([change("p1", 2, tags=frozenset({"cart"}))], {"p1": first.owned})
+    assert reads(fake) == 1
+    assert tags_of(fake, "p1@example.com") == {"fair", "cart"}
+
+
+def test_a_property_the_team_made_is_read_first(loopback: tuple[SandboxHubSpot, str]) -> None:
+    fake, url = loopback
+    fake.properties["esp_tags"] = {
+        "label": "Tags",
+        "type": "enumeration",
+        "fieldType": "checkbox",
+        "groupName": "contactinformation",
+        "description": "",
+        "options": [{"label": "hand", "value": "hand"}],
+    }
+    fake.write("p1@example.com", {"esp_tags": "hand"})
+    ad = loopback_adapter(url, SimClock())
+    ad.apply([change("p1", tags=frozenset({"vip"}))], {})
+    assert reads(fake) == 1
+    assert tags_of(fake, "p1@example.com") == {"hand", "vip"}
+    # the option the connector added to the team's property is marked, the team's own is kept as it was
+    options = {o["value"]: o for o in fake.properties["esp_tags"]["options"]}
+    assert options["hand"] == {"label": "hand", "value": "hand"}
+    assert "segment-connector" in options["vip"]["description"]
+
+
+@pytest.mark.parametrize(("setting", "expected_reads"), [(True, 1), (False, 0)])
+def test_preserve_unowned_tags_set_explicitly_wins(
+    loopback: tuple[SandboxHubSpot, str], setting: bool, expected_reads: int
+) -> None:
+    fake, url = loopback
+    ad = loopback_adapter(url, SimClock(), preserve_unowned_tags=setting)
+    ad.apply([change("p1", tags=frozenset({"vip"}))], {})
+    assert reads(fake) == expected_reads
+
+
+def test_preserve_unowned_tags_must_be_true_false_or_auto(tmp_path: Path) -> None:
+    path = tmp_path / "acme.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "account": "acme",
+                "destinations": {
+                    "hubspot": {"api_key_env": "HS_TOKEN", "preserve_unowned_tags": "sometimes"}
+                },
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match=r"destinations\.hubspot\.preserve_unowned_tags: must be true"):
+        destinations(load_account_file(path))

@@ -630,6 +630,7 @@ class FakeHubSpot(FakeESP):
                 "type": data["type"],
                 "fieldType": data["fieldType"],
                 "groupName": data["groupName"],
+                "description": str(data.get("description") or ""),
                 "options": options,
             }
             return self.json(self.property_json(data["name"]), 201)
@@ -647,7 +648,7 @@ class FakeHubSpot(FakeESP):
                 raise VendorError(404, "OBJECT_NOT_FOUND", f"Unable to find property {name}")
             if "options" in data:  # replaces the whole option list
                 self.properties[name]["options"] = self.check_options(data["options"])
-            for key in ("label", "type", "fieldType", "groupName"):
+            for key in ("label", "type", "fieldType", "groupName", "description"):
                 if key in data:
                     self.properties[name][key] = data[key]
             return self.json(self.property_json(name))
