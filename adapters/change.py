@@ -179,6 +179,9 @@ class Moves:
 APPLIED = "applied"
 SKIPPED = "skipped"
 FAILED = "failed"
+# not attempted: the batch's budget of per-contact requests was spent; it goes with the next batch
+# (not a failure: no backoff, no retry window)
+DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from .base import (
     status_error,
     triage,
 )
-from .change import APPLIED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
+from .change import APPLIED, DEFERRED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
 from .errors import AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
 
@@ -68,6 +68,10 @@ class KlaviyoConfig:
     bulk_threshold: int = 100  # imports in one batch from which bulk import jobs are used
     bulk_wait_seconds: float = 60.0
     bulk_poll_seconds: float = 1.0
+    # requests to per-contact endpoints (profile-import, events) one batch may make; contacts past
+    # it are deferred to the next batch, so a large batch without bulk jobs never holds a worker for
+    # long (1,000 imports take 80 s at 750/min)
+    per_contact_budget: int = 1000
 
 
 class _Redrive(PermanentError):
@@ -211,6 +215,17 @@ class KlaviyoAdapter:
         bulk: list[Change] = []
         if len(importing) >= self.config.bulk_threshold:
             bulk = [c for c in importing if self.bulk_eligible(c, before[c.profile_id])]
+        live, later = self.within_budget(live, importing, bulk, before)
+        for change in later:
+            results[change.profile_id] = Result(
+                change.profile_id,
+                change.version,
+                DEFERRED,
+                note="over the batch's per-contact request budget",
+            )
+        kept = {c.profile_id for c in live}
+        importing = [c for c in importing if c.profile_id in kept]
+        bulk = [c for c in bulk if c.profile_id in kept]
         listed, in_bulk = self._bulk_import(bulk, before, errors, ids) if bulk else ({}, set())
         moved = Moves()
         written = {pid for pid in in_bulk if pid not in errors}
@@ -265,6 +280,31 @@ class KlaviyoAdapter:
                 state = OwnedState.of(change, ids.get(change.profile_id))
                 results[change.profile_id] = Result(change.profile_id, change.version, APPLIED, state)
         return [results[c.profile_id] for c in changes]
+
+    def within_budget(
+        self,
+        live: list[Change],
+        importing: Sequence[Change],
+        bulk: Sequence[Change],
+        before: Mapping[str, OwnedState],
+    ) -> tuple[list[Change], list[Change]]:
+        """(the changes this batch carries out, the ones deferred): per-contact requests (an import
+        outside bulk jobs, one event per segment entered or left) within ``per_contact_budget``.
+        The first change that costs any is always taken, so every batch makes progress."""
+        singles = {c.profile_id for c in importing} - {c.profile_id for c in bulk}
+        budget = left = self.config.per_contact_budget
+        now: list[Change] = []
+        later: list[Change] = []
+        for change in live:
+            cost = 1 if change.profile_id in singles else 0
+            if self.config.segment_events:
+                cost += len(change.segments ^ before[change.profile_id].segments)
+            if cost > left and left < budget:
+                later.append(change)
+                continue
+            left -= cost
+            now.append(change)
+        return now, later
 
     # -- bulk import jobs (backfills) ------------------------------------------------------
     @staticmethod

@@ -41,7 +41,7 @@ TYPES = ("mailchimp", "hubspot", "klaviyo")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000}
-DEFAULT_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 1000}
+DEFAULT_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000}
 
 
 def _timezone(name: str) -> None:

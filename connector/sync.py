@@ -51,7 +51,7 @@ import redis
 from rq import Queue
 
 from adapters.base import Adapter
-from adapters.change import APPLIED, CONSENT_UNKNOWN, FAILED, Change, OwnedState, Result
+from adapters.change import APPLIED, CONSENT_UNKNOWN, DEFERRED, FAILED, Change, OwnedState, Result
 from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from adapters.ratelimit import RateLimiter
 
@@ -434,6 +434,9 @@ class Flusher:
         return digest is not None and digest.decode() == state_digest(change)
 
     def _record(self, change: Change, result: Result, now: datetime, counts: dict[str, int]) -> None:
+        if result.status == DEFERRED:  # still pending and ready: the next batch takes it
+            self._count(counts, DEFERRED)
+            return
         if result.status == FAILED and result.error is not None:
             err = result.error
             if result.owned is not None and not change.erase:

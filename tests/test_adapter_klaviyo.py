@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.change import APPLIED, FAILED, Change, OwnedState
+from adapters.change import APPLIED, DEFERRED, FAILED, Change, OwnedState
 from adapters.errors import AuthError, PermanentError
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig, map_error
 
@@ -507,3 +507,26 @@ def test_a_stale_profile_id_is_looked_up_again_and_the_list_call_resent() -> Non
     assert results[0].owned and results[0].owned.remote_id == "01NEW"
     assert results[1].owned and results[1].owned.remote_id not in (None, "01GONE2")  # p2 was imported again
     assert fake.lists["L"] == {"01NEW", results[1].owned.remote_id}
+
+
+def test_changes_past_the_per_contact_budget_are_deferred_untouched() -> None:
+    fake = FakeKlaviyo()
+    owned = {f"p{i}": OwnedState(segments=frozenset({"old"})) for i in range(6)}
+    changes = [change(f"p{i}", segments=frozenset({"old", "new"})) for i in range(6)]
+    results = adapter(fake, segment_events=True, per_contact_budget=5).apply(changes, owned)
+    # each change costs an import and one "Segment Entered" event: two fit in a budget of 5
+    assert [r.status for r in results] == [APPLIED, APPLIED, DEFERRED, DEFERRED, DEFERRED, DEFERRED]
+    sent = [c[2] for c in fake.calls if c[1] in ("/api/profile-import", "/api/events")]
+    assert len(sent) == 4
+    assert not any(f"p{i}@example.com" in json.dumps(body) for body in sent for i in range(2, 6))
+    # one change that alone costs more than the budget still goes, so every batch makes progress
+    lone = adapter(FakeKlaviyo(), segment_events=True, per_contact_budget=1).apply(changes[:2], owned)
+    assert [r.status for r in lone] == [APPLIED, DEFERRED]
+
+
+def test_bulk_jobs_cost_no_per_contact_budget() -> None:
+    fake = FakeKlaviyo()
+    changes = [change(f"b{i}", lists=frozenset({"L1"})) for i in range(150)]
+    results = adapter(fake, bulk_threshold=100, per_contact_budget=10).apply(changes, {})
+    assert {r.status for r in results} == {APPLIED}
+    assert not [c for c in fake.calls if c[1] == "/api/profile-import"]

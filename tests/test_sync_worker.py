@@ -13,7 +13,7 @@ import pytest
 import redis
 import yaml
 
-from adapters.change import APPLIED, FAILED, Change, OwnedState, Result
+from adapters.change import APPLIED, DEFERRED, FAILED, Change, OwnedState, Result
 from adapters.errors import AuthError, PermanentError, RateLimited, TransientError
 from adapters.mailchimp import MailchimpAdapter, MailchimpConfig
 from connector import clock, sync
@@ -518,3 +518,33 @@ def test_an_unexpected_adapter_exception_is_retried_then_dead_lettered(
         sync.replay(redis_client, item.payload, now)
     f.flush(now + timedelta(seconds=5))
     assert esp.tags == {"p1": {"vip"}, "p2": {"cart abandoner"}}
+
+
+class BudgetedEsp(RecordingEsp):
+    """Carries out at most ``per_batch`` changes of each batch and defers the others."""
+
+    def __init__(self, per_batch: int) -> None:
+        super().__init__()
+        self.per_batch = per_batch
+        self.offered: list[int] = []
+
+    def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
+        self.offered.append(len(changes))
+        now, later = changes[: self.per_batch], changes[self.per_batch :]
+        done = super().apply(now, owned)
+        return done + [Result(c.profile_id, c.version, DEFERRED, note="budget") for c in later]
+
+
+def test_deferred_changes_go_with_the_next_batch_and_are_not_failures(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    acct = account(tmp_path)
+    esp = BudgetedEsp(per_batch=4)
+    for i in range(10):
+        submit(redis_client, acct, f"p{i}", 1, ["vip"])
+    counts = flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=1))
+    assert counts == {"applied": 10, "deferred": 6 + 2}
+    assert esp.offered == [10, 6, 2]
+    assert all(esp.tags[f"p{i}"] == {"vip"} for i in range(10))
+    assert not redis_client.hlen(sync.key("acme", "mailchimp", "failing"))
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
