@@ -614,3 +614,24 @@ def test_a_retry_after_the_list_call_failed_does_not_write_the_tags_again(
     assert [r.status for r in imports] == [201]
     list_calls = [r for r in fakes.klaviyo.requests if r.path.startswith("/api/lists/")]
     assert list_calls[-1].status == 204 and any(r.status == 503 for r in list_calls)
+
+
+def test_mailchimp_a_tag_written_by_a_change_whose_tag_removal_failed_is_still_removed_later(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    """v2 adds "vip" (confirmed) but removing "cart abandoner" is refused: both stay the
+    connector's, so v3 (no segment) removes both."""
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    email = email_of("mc1")
+    h.submit("mc1", 1, {"cart_abandoner"})
+    h.drive()
+    fakes.mailchimp.faults.add(400, code="Invalid Resource", message="refused", method="POST", path=r"/tags$")
+    h.submit("mc1", 2, {"vip"})
+    h.drive()
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 1
+    # the list (static segment "Cart") is left for the retry too: nothing after the failure ran
+    assert fakes.mailchimp.tags_of(LIST, email) == {"cart abandoner", "vip", "Cart"}
+    fakes.mailchimp.faults.clear()
+    h.submit("mc1", 3, set())
+    h.drive()
+    assert fakes.mailchimp.tags_of(LIST, email) == set()
