@@ -176,9 +176,8 @@ class HubSpotAdapter:
         self.client: EspClient = DailyQuotaClient(transport, config.per_day, self.account_day)
         self._options: set[str] | None = None
         self._options_read_at = 0.0
-        self._own_property = (
-            False  # the tags property was created by the connector and holds only its options
-        )
+        # the tags property was created by the connector and holds only options it added
+        self._own_property = False
         self._fields: set[str] = {"email"}
 
     # -- errors and headers ----------------------------------------------------------------

@@ -215,14 +215,7 @@ class KlaviyoAdapter:
         bulk: list[Change] = []
         if len(importing) >= self.config.bulk_threshold:
             bulk = [c for c in importing if self.bulk_eligible(c, before[c.profile_id])]
-        live, later = self.within_budget(live, importing, bulk, before)
-        for change in later:
-            results[change.profile_id] = Result(
-                change.profile_id,
-                change.version,
-                DEFERRED,
-                note="over the batch's per-contact request budget",
-            )
+        live, later, left = self.within_budget(live, importing, bulk, before)
         kept = {c.profile_id for c in live}
         importing = [c for c in importing if c.profile_id in kept]
         bulk = [c for c in bulk if c.profile_id in kept]
@@ -238,6 +231,11 @@ class KlaviyoAdapter:
                 continue
             if change.profile_id in errors and not isinstance(errors[change.profile_id], _Redrive):
                 continue
+            if change.profile_id in in_bulk:  # a job's change re-driven on its own: from the budget
+                if left <= 0:
+                    later.append(change)
+                    continue
+                left -= 1
             errors.pop(change.profile_id, None)
             if outage is not None:
                 # the ESP is down or throttling after the in-call retries: the rest of the batch
@@ -252,6 +250,12 @@ class KlaviyoAdapter:
                 outage = err
             except AdapterError as err:
                 self._fail(errors, change, err)
+        for change in later:
+            errors.pop(change.profile_id, None)
+            note = "over the batch's per-contact request budget"
+            results[change.profile_id] = Result(change.profile_id, change.version, DEFERRED, note=note)
+        deferred = {c.profile_id for c in later}
+        live = [c for c in live if c.profile_id not in deferred]
         for change in live:
             remote = before[change.profile_id].remote_id
             if change.profile_id not in ids and remote:
@@ -287,9 +291,10 @@ class KlaviyoAdapter:
         importing: Sequence[Change],
         bulk: Sequence[Change],
         before: Mapping[str, OwnedState],
-    ) -> tuple[list[Change], list[Change]]:
-        """(the changes this batch carries out, the ones deferred): per-contact requests (an import
-        outside bulk jobs, one event per segment entered or left) within ``per_contact_budget``.
+    ) -> tuple[list[Change], list[Change], int]:
+        """(the changes this batch carries out, the ones deferred, the budget left): per-contact
+        requests (an import outside bulk jobs, one event per segment entered or left) within
+        ``per_contact_budget``; what is left pays for re-driving a failed job's changes one by one.
         The first change that costs any is always taken, so every batch makes progress."""
         singles = {c.profile_id for c in importing} - {c.profile_id for c in bulk}
         budget = left = self.config.per_contact_budget
@@ -304,7 +309,7 @@ class KlaviyoAdapter:
                 continue
             left -= cost
             now.append(change)
-        return now, later
+        return now, later, left
 
     # -- bulk import jobs (backfills) ------------------------------------------------------
     @staticmethod

@@ -364,6 +364,14 @@ def test_a_failed_bulk_job_is_redriven_one_by_one() -> None:
     assert [c[1] for c in fake.calls].count("/api/profile-import") == 5
     assert len(fake.lists["L"]) == 5
 
+    # the re-drive is paid from the batch's per-contact budget; the rest waits for the next batch
+    fake = FakeKlaviyo()
+    fake.before = failing_job
+    results = adapter(fake, bulk_threshold=5, per_contact_budget=3).apply(changes, {})
+    assert [r.status for r in results] == [APPLIED] * 3 + [DEFERRED] * 2
+    assert [c[1] for c in fake.calls].count("/api/profile-import") == 3
+    assert len(fake.lists["L"]) == 3
+
 
 def test_leaving_a_list_without_a_known_id_looks_the_profile_up_by_email() -> None:
     fake = FakeKlaviyo()
