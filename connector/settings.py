@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .redis_conn import CLUSTER_SCHEMES
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -56,8 +57,14 @@ class Settings:
         shards = _int("CONNECTOR_EVENT_SHARDS", 4)
         if shards < 1:
             raise ConfigError("CONNECTOR_EVENT_SHARDS must be at least 1")
+        queue_url = os.environ.get("CONNECTOR_QUEUE_REDIS_URL") or base
+        if queue_url.startswith(CLUSTER_SCHEMES):
+            raise ConfigError(
+                "the queues (RQ) do not run on Redis Cluster: give CONNECTOR_PROFILE_REDIS_URL the "
+                "cluster and REDIS_URL or CONNECTOR_QUEUE_REDIS_URL a plain Redis"
+            )
         return cls(
-            queue_redis_url=os.environ.get("CONNECTOR_QUEUE_REDIS_URL") or base,
+            queue_redis_url=queue_url,
             profile_redis_url=os.environ.get("CONNECTOR_PROFILE_REDIS_URL") or base,
             config_dir=_config_dir(),
             max_body_bytes=_int("CONNECTOR_MAX_BODY_BYTES", 1024 * 1024),

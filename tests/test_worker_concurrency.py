@@ -24,13 +24,17 @@ from tests.profile_helpers import NOW, ev
 WORKERS = 4
 
 
-def _worker(redis_url: str, config_dir: str, batches: list[list[str]], start, results) -> None:  # type: ignore[no-untyped-def]
+def _worker(  # type: ignore[no-untyped-def]
+    redis_url: str, config_dir: str, batches: list[list[str]], start, results, profile_url: str | None = None
+) -> None:
+    redis_conn.reset()  # a forked process makes its own connections
     conn = redis.Redis.from_url(redis_url)
+    profiles = redis_conn.connection(profile_url) if profile_url else conn
     accounts = load_accounts(Path(config_dir))
     start.wait()
     applied = duplicates = 0
     for batch in batches:
-        outcome = apply_batch([load_event(e) for e in batch], NOW, accounts, conn, conn)["acme"]
+        outcome = apply_batch([load_event(e) for e in batch], NOW, accounts, profiles, conn)["acme"]
         applied += outcome.applied
         duplicates += outcome.duplicates
     results.put((applied, duplicates))
@@ -64,6 +68,14 @@ def _events() -> list:
 def test_four_worker_processes_on_one_profile_lose_nothing_and_count_nothing_twice(
     redis_client: redis.Redis, redis_url: str, config_dir: Path
 ) -> None:
+    four_workers_on_one_profile(redis_url, config_dir, redis_client)
+
+
+def four_workers_on_one_profile(
+    redis_url: str, config_dir: Path, profiles: redis.Redis, profile_url: str | None = None
+) -> None:
+    """Every event goes to two of four worker processes, in different orders and batch sizes; the
+    one profile ends with every event once, every identity linked, each event counted once."""
     events = _events()
     payloads = [e.to_json() for e in events]
     rng = random.Random(7)
@@ -82,7 +94,7 @@ def test_four_worker_processes_on_one_profile_lose_nothing_and_count_nothing_twi
     start = ctx.Barrier(WORKERS)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(redis_url, str(config_dir), plans[w], start, results))
+        ctx.Process(target=_worker, args=(redis_url, str(config_dir), plans[w], start, results, profile_url))
         for w in range(WORKERS)
     ]
     for p in procs:
@@ -93,15 +105,15 @@ def test_four_worker_processes_on_one_profile_lose_nothing_and_count_nothing_twi
     totals = [results.get(timeout=5) for _ in procs]
     assert sum(a for a, _ in totals) == len(events)
     assert sum(d for _, d in totals) == len(events)  # each event delivered twice
-    pid = lookup(redis_client, "acme", "user_id", "u1")
+    pid = lookup(profiles, "acme", "user_id", "u1")
     assert pid is not None
-    profile = load_profile(redis_client, "acme", pid, NOW)
+    profile = load_profile(profiles, "acme", pid, NOW)
     assert profile is not None
     assert len(profile.events) == len(events)
     assert sorted(int(e.properties["n"]) for e in profile.events) == list(range(len(events)))
     assert profile.traits["last"] == 238  # the latest by occurred_at, whatever the arrival order
     for k in range(12):
-        assert lookup(redis_client, "acme", "anonymous_id", f"anon{k}") == pid
+        assert lookup(profiles, "acme", "anonymous_id", f"anon{k}") == pid
 
 
 def _ingest(conn: redis.Redis, accounts_dir: Path, events: list) -> int:

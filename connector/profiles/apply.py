@@ -24,7 +24,7 @@ from ..event import Event
 from . import identity, keys, rejected
 from .erasure import erase_account, erase_profile, store_export
 from .properties import kept_properties
-from .store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare
+from .store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare, run_script
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,12 @@ def _apply_groups(
             args = list(head)
             for item in groups[pid]:
                 args.extend(item.args())
-            script(
-                keys=[keys.profile_key(account.id, pid), keys.history_key(account.id, pid)],
-                args=args,
-                client=pipe,
+            run_script(
+                conn,
+                pipe,
+                script,
+                [keys.profile_key(account.id, pid), keys.history_key(account.id, pid)],
+                args,
             )
         redirected: dict[str, list[Prepared]] = {}
         moved: set[str] = set()

@@ -33,6 +33,7 @@ import redis
 
 from rules.model import EventRecord, Profile
 
+from ..redis_conn import is_cluster
 from . import keys
 
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
@@ -145,6 +146,19 @@ end
     + _RETAIN
     + "return {'ok'}"
 )
+
+
+def run_script(conn: redis.Redis, pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+    """Queue a registered script on ``pipe`` (a pipeline of ``conn``).
+
+    redis-py refuses scripts in a Redis Cluster pipeline, so there the script is queued as a plain
+    ``EVAL`` command, routed to the node of its keys (the keys of one call share a hash tag, hence
+    a slot). ``EVAL`` carries the script's text, so a node that lost its script cache (a restart, a
+    failover) never answers NOSCRIPT."""
+    if is_cluster(conn):
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    else:
+        script(keys=keys, args=args, client=pipe)
 
 
 def order_key(occurred_at: datetime, event_id: str) -> str:
