@@ -24,6 +24,7 @@ from connector.errors import ConfigError
 from connector.ledger import Ledger
 from connector.pipeline import apply_batch
 from connector.profiles import load_profile, lookup
+from connector.profiles.erasure import stored_exports
 from connector.profiles.store import iter_profile_ids
 from connector.settings import Settings
 from tests.conftest import ACME, write_accounts
@@ -141,12 +142,23 @@ def test_events_merges_and_erasure_on_a_cluster(
     assert pid is not None and lookup(cluster, "acme", "anonymous_id", "a1") == pid
     profile = load_profile(cluster, "acme", pid, NOW)
     assert profile is not None and len(profile.events) == 3
+    asked = apply_batch(
+        [ev("r", "data_request", type="data_request", at=3, email="bo@example.com")],
+        NOW,
+        accounts,
+        cluster,
+        redis_client,
+    )["acme"]
+    assert asked.exported == 1
+    [export] = stored_exports(cluster, "acme")
+    assert export["profile"] == pid and len(export["data"]["events"]) == 3
     erased = apply_batch(
         [ev("4", "delete", type="delete", at=3, email="bo@example.com")], NOW, accounts, cluster, redis_client
     )["acme"]
     assert erased.erased == 1
     assert lookup(cluster, "acme", "email", "bo@example.com") is None
     assert load_profile(cluster, "acme", pid, NOW) is None
+    assert stored_exports(cluster, "acme") == []  # erasure drops the exports that name the person
 
 
 def test_rules_and_the_membership_ledger_on_a_cluster(
