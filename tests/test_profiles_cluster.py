@@ -6,9 +6,6 @@ membership ledger go to the cluster, as with ``CONNECTOR_PROFILE_REDIS_URL=redis
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,99 +16,25 @@ from redis.cluster import RedisCluster
 
 from connector import clock, due, evaluation, redis_conn
 from connector.config import Accounts, load_accounts
-from connector.embedded_redis import redis_binary
+from connector.embedded_redis import EmbeddedCluster
 from connector.errors import ConfigError
 from connector.ledger import Ledger
 from connector.pipeline import apply_batch
 from connector.profiles import load_profile, lookup
 from connector.profiles.erasure import stored_exports
-from connector.profiles.store import iter_profile_ids
+from connector.profiles.store import iter_profile_ids, run_scripts
 from connector.settings import Settings
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import NOW, ev
 from tests.test_worker_concurrency import four_workers_on_one_profile
 
-NODES = 3
-SLOTS = 16384
 T0 = datetime(2024, 5, 6, 9, 0, tzinfo=UTC)
-
-
-def _port_with_bus() -> int:
-    """A free port below 55536 whose cluster bus port (port + 10000) is free too."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port > 55535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ports = [_port_with_bus() for _ in range(NODES)]
-    procs = []
-    for port in ports:
-        data = tmp_path_factory.mktemp(f"node{port}")
-        procs.append(
-            subprocess.Popen(
-                [
-                    redis_binary(),
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(data),
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(data / "nodes.conf"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    nodes = [redis.Redis(host="127.0.0.1", port=p) for p in ports]
-    try:
-        deadline = time.monotonic() + 15
-        for node in nodes:
-            while True:
-                try:
-                    node.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        share = SLOTS // NODES
-        for i, node in enumerate(nodes):
-            last = SLOTS - 1 if i == NODES - 1 else (i + 1) * share - 1
-            node.execute_command("CLUSTER", "ADDSLOTS", *range(i * share, last + 1))
-        for node in nodes[1:]:
-            node.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0])
-        while not all(b"cluster_state:ok" in n.execute_command("CLUSTER", "INFO") for n in nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not form")
-            time.sleep(0.05)
-        yield f"redis+cluster://127.0.0.1:{ports[0]}/0"
-    finally:
-        for node in nodes:
-            node.close()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+    with EmbeddedCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture
@@ -206,3 +129,26 @@ def test_the_queues_refuse_a_cluster_url(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CONNECTOR_QUEUE_REDIS_URL", "redis://127.0.0.1:6379/0")
     settings = Settings.from_env()
     assert settings.profile_redis_url == "redis+cluster://127.0.0.1:7000/0"
+
+
+def test_scripts_follow_a_slot_that_moved_to_another_node(cluster: RedisCluster) -> None:
+    """run_scripts sends each node its calls in a plain pipeline, by the client's slot map; when a
+    slot has moved meanwhile, that node answers MOVED and the call goes through the cluster client."""
+    script = cluster.register_script("return redis.call('INCR', KEYS[1])")
+    key = "{moving}:n"
+    assert run_scripts(cluster, script, [([key], [])]) == [1]
+    slot = cluster.keyslot(key)
+    source = cluster.get_node_from_key(key)
+    target = next(n for n in cluster.get_primaries() if n.name != source.name)
+    src, dst = source.redis_connection, target.redis_connection
+    assert src is not None and dst is not None
+    src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", key)
+    for node in cluster.get_primaries():
+        assert node.redis_connection is not None
+        node.redis_connection.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    assert cluster.get_node_from_key(key).name == source.name  # the client's map is stale
+    assert run_scripts(cluster, script, [([key], []), (["{other}:n"], [])]) == [2, 1]
+    assert dst.get(key) == b"2"

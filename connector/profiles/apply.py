@@ -24,7 +24,7 @@ from ..event import Event
 from . import identity, keys, rejected
 from .erasure import erase_account, erase_profile, store_export
 from .properties import kept_properties
-from .store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare, run_script
+from .store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare, run_scripts
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +147,17 @@ def _apply_groups(
     for _ in range(MAX_REDIRECTS):
         if not groups:
             return
-        pipe = conn.pipeline(transaction=False)
         order = sorted(groups)
+        calls = []
         for pid in order:
             args = list(head)
             for item in groups[pid]:
                 args.extend(item.args())
-            run_script(
-                conn,
-                pipe,
-                script,
-                [keys.profile_key(account.id, pid), keys.history_key(account.id, pid)],
-                args,
-            )
+            calls.append(([keys.profile_key(account.id, pid), keys.history_key(account.id, pid)], args))
+        replies = run_scripts(conn, script, calls)
         redirected: dict[str, list[Prepared]] = {}
         moved: set[str] = set()
-        for pid, reply in zip(order, pipe.execute(), strict=True):
+        for pid, reply in zip(order, replies, strict=True):
             status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
             if status == "ok":
                 outcome.applied += int(reply[1])

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from rules.model import EventRecord, Profile
 
@@ -148,17 +149,40 @@ end
 )
 
 
-def run_script(conn: redis.Redis, pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
-    """Queue a registered script on ``pipe`` (a pipeline of ``conn``).
+def run_scripts(conn: redis.Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    """Run a registered script once per ``(keys, args)`` and return the replies in order, in one
+    round trip per Redis server.
 
-    redis-py refuses scripts in a Redis Cluster pipeline, so there the script is queued as a plain
-    ``EVAL`` command, routed to the node of its keys (the keys of one call share a hash tag, hence
-    a slot). ``EVAL`` carries the script's text, so a node that lost its script cache (a restart, a
-    failover) never answers NOSCRIPT."""
-    if is_cluster(conn):
-        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
-    else:
-        script(keys=keys, args=args, client=pipe)
+    On a Redis Cluster the calls are grouped by the node that holds their keys (the keys of one
+    call share a hash tag, hence a slot) and each group goes in a plain pipeline to that node:
+    redis-py refuses scripts in a cluster pipeline. A group that meets a moved slot (resharding,
+    failover) is sent again through the cluster client, which follows redirects (the scripts are
+    idempotent)."""
+    if not is_cluster(conn):
+        pipe = conn.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return list(pipe.execute())
+    cluster: Any = conn
+    groups: dict[str, list[int]] = {}
+    for n, (keys, _) in enumerate(calls):
+        groups.setdefault(cluster.get_node_from_key(keys[0]).name, []).append(n)
+    replies: list[Any] = [None] * len(calls)
+    for name, members in groups.items():
+        pipe = cluster.get_node(node_name=name).redis_connection.pipeline(transaction=False)
+        for n in members:
+            script(keys=calls[n][0], args=calls[n][1], client=pipe)
+        try:
+            answers = list(pipe.execute(raise_on_error=False))
+        except redis.ConnectionError:  # the node is gone (failover): the cluster client finds the new one
+            answers = [TryAgainError("node unreachable")] * len(members)
+        for n, answer in zip(members, answers, strict=True):
+            if isinstance(answer, AskError | TryAgainError | ClusterDownError):
+                answer = script(keys=calls[n][0], args=calls[n][1], client=cluster)
+            elif isinstance(answer, Exception):
+                raise answer
+            replies[n] = answer
+    return replies
 
 
 def order_key(occurred_at: datetime, event_id: str) -> str:
