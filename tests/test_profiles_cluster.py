@@ -23,6 +23,7 @@ from connector.pipeline import apply_batch
 from connector.profiles import load_profile, lookup
 from connector.profiles.erasure import stored_exports
 from connector.profiles.store import iter_profile_ids, run_scripts
+from connector.redis_conn import per_node
 from connector.settings import Settings
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import NOW, ev
@@ -131,24 +132,32 @@ def test_the_queues_refuse_a_cluster_url(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.profile_redis_url == "redis+cluster://127.0.0.1:7000/0"
 
 
-def test_scripts_follow_a_slot_that_moved_to_another_node(cluster: RedisCluster) -> None:
+def test_scripts_follow_a_slot_that_moved_to_another_node(cluster: RedisCluster, cluster_url: str) -> None:
     """run_scripts sends each node its calls in a plain pipeline, by the client's slot map; when a
     slot has moved meanwhile, that node answers MOVED and the call goes through the cluster client."""
-    script = cluster.register_script("return redis.call('INCR', KEYS[1])")
     key = "{moving}:n"
-    assert run_scripts(cluster, script, [([key], [])]) == [1]
+    # clients of their own, whose slot maps nothing refreshes before the move
+    stale, stale_too = redis_conn._connect(cluster_url), redis_conn._connect(cluster_url)
+    script = stale.register_script("return redis.call('INCR', KEYS[1])")
+    assert run_scripts(stale, script, [([key], [])]) == [1]
+    assert per_node(stale_too, [("GET", key, ())]) == [b"1"]
     slot = cluster.keyslot(key)
-    source = cluster.get_node_from_key(key)
-    target = next(n for n in cluster.get_primaries() if n.name != source.name)
-    src, dst = source.redis_connection, target.redis_connection
-    assert src is not None and dst is not None
+    source = stale.get_node_from_key(key)
+    target = next(n for n in stale.get_primaries() if n.name != source.name)
+    src = redis.Redis(host=source.host, port=source.port)
+    dst = redis.Redis(host=target.host, port=target.port)
     src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
     dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
     src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
     src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", key)
-    for node in cluster.get_primaries():
-        assert node.redis_connection is not None
-        node.redis_connection.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-    assert cluster.get_node_from_key(key).name == source.name  # the client's map is stale
-    assert run_scripts(cluster, script, [([key], []), (["{other}:n"], [])]) == [2, 1]
+    for node in stale.get_primaries():
+        client = redis.Redis(host=node.host, port=node.port)
+        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        client.close()
+    assert stale.get_node_from_key(key).name == source.name  # the clients' maps are stale
+    assert stale_too.get_node_from_key(key).name == source.name
+    assert run_scripts(stale, script, [([key], []), (["{other}:n"], [])]) == [2, 1]
+    assert per_node(stale_too, [("GET", key, ()), ("GET", "{other}:n", ())]) == [b"2", b"1"]
     assert dst.get(key) == b"2"
+    for client in (src, dst, stale, stale_too):
+        client.close()

@@ -25,6 +25,7 @@ import redis
 
 from .. import clock
 from ..errors import ConnectorError
+from ..redis_conn import is_cluster, per_node
 from . import keys
 from .store import MERGE
 
@@ -293,10 +294,13 @@ class Resolver:
         for pid, uid in self.uid_writes.items():
             fields.setdefault(pid, {})["uid"] = uid
         mset_keys(self.conn, {keys.identity_key(self.account, k, v): pid for k, v, pid in self.writes})
-        pipe = self.conn.pipeline(transaction=False)
-        for pid, mapping in fields.items():
-            pipe.hset(keys.profile_key(self.account, pid), mapping=mapping)
-        pipe.execute()
+        per_node(
+            self.conn,
+            [
+                ("HSET", keys.profile_key(self.account, pid), [x for pair in mapping.items() for x in pair])
+                for pid, mapping in fields.items()
+            ],
+        )
         self.writes.clear()
         self.uid_writes.clear()
 
@@ -355,19 +359,20 @@ class Resolver:
 
 
 def mget_keys(conn: redis.Redis, names: list[str]) -> list[bytes | None]:
-    """MGET; on Redis Cluster the keys span slots, so the client's non-atomic variant is used."""
+    """MGET; on Redis Cluster the keys span nodes: one pipeline of GETs per node."""
     if not names:
         return []
-    if hasattr(conn, "mget_nonatomic"):
-        return list(conn.mget_nonatomic(names))
+    if is_cluster(conn):
+        return per_node(conn, [("GET", name, ()) for name in names])
     return list(conn.mget(names))
 
 
 def mset_keys(conn: redis.Redis, mapping: dict[str, str]) -> None:
+    """MSET; on Redis Cluster one pipeline of SETs per node (not atomic: written under the lock)."""
     if not mapping:
         return
-    if hasattr(conn, "mset_nonatomic"):
-        conn.mset_nonatomic(mapping)
+    if is_cluster(conn):
+        per_node(conn, [("SET", key, (value,)) for key, value in mapping.items()])
     else:
         conn.mset(mapping)
 
