@@ -8,7 +8,7 @@ profile store may use one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -27,40 +27,51 @@ def is_cluster(conn: Any) -> bool:
 _REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # MovedError is an AskError
 
 
-def per_node(conn: Any, calls: Sequence[tuple[str, str, Sequence[Any]]]) -> list[Any]:
-    """Run commands ``(name, key, other args)`` and return their replies in order, in one round trip
-    per Redis server.
+def grouped_by_node(
+    conn: Any, keys: Sequence[str], queue: Callable[[Any, int], object], again: Callable[[int], Any]
+) -> list[Any]:
+    """Run call ``n`` (whose key is ``keys[n]``) for every n and return the replies in order, in one
+    round trip per Redis server: ``queue(pipe, n)`` adds it to a plain pipeline, ``again(n)`` runs it
+    through the cluster client.
 
     On a cluster the calls are grouped by the node that holds their key and each group goes in a
-    plain pipeline to that node (redis-py's cluster pipeline costs a slot lookup per command and
-    splits MGET/MSET by slot). A call that meets a moved slot is sent again through the cluster
-    client, which follows the redirect; the callers only read, or write idempotently."""
+    plain pipeline to that node: redis-py's cluster pipeline refuses scripts and costs a slot lookup
+    per command. A call that meets a moved slot (resharding, failover) runs ``again``, which follows
+    the redirect; callers only read, or write idempotently."""
     if not is_cluster(conn):
         pipe = conn.pipeline(transaction=False)
-        for name, key, args in calls:
-            pipe.execute_command(name, key, *args)
+        for n in range(len(keys)):
+            queue(pipe, n)
         return list(pipe.execute())
     groups: dict[str, list[int]] = {}
-    for n, (_, key, _) in enumerate(calls):
+    for n, key in enumerate(keys):
         groups.setdefault(conn.get_node_from_key(key).name, []).append(n)
-    replies: list[Any] = [None] * len(calls)
+    replies: list[Any] = [None] * len(keys)
     for node, members in groups.items():
         pipe = conn.get_node(node_name=node).redis_connection.pipeline(transaction=False)
         for n in members:
-            name, key, args = calls[n]
-            pipe.execute_command(name, key, *args)
+            queue(pipe, n)
         try:
             answers = list(pipe.execute(raise_on_error=False))
         except redis.ConnectionError:  # the node is gone (failover): the cluster client finds the new one
             answers = [TryAgainError("node unreachable")] * len(members)
         for n, answer in zip(members, answers, strict=True):
             if isinstance(answer, _REDIRECTS):
-                name, key, args = calls[n]
-                answer = conn.execute_command(name, key, *args)
+                answer = again(n)
             elif isinstance(answer, Exception):
                 raise answer
             replies[n] = answer
     return replies
+
+
+def per_node(conn: Any, calls: Sequence[tuple[str, str, Sequence[Any]]]) -> list[Any]:
+    """Commands ``(name, key, other args)``, in one round trip per server (:func:`grouped_by_node`)."""
+    return grouped_by_node(
+        conn,
+        [key for _, key, _ in calls],
+        lambda pipe, n: pipe.execute_command(calls[n][0], calls[n][1], *calls[n][2]),
+        lambda n: conn.execute_command(calls[n][0], calls[n][1], *calls[n][2]),
+    )
 
 
 def _connect(url: str) -> redis.Redis:

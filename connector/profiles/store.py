@@ -30,11 +30,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from rules.model import EventRecord, Profile
 
-from ..redis_conn import is_cluster
+from ..redis_conn import grouped_by_node
 from . import keys
 
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
@@ -150,39 +149,14 @@ end
 
 
 def run_scripts(conn: redis.Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-    """Run a registered script once per ``(keys, args)`` and return the replies in order, in one
-    round trip per Redis server.
-
-    On a Redis Cluster the calls are grouped by the node that holds their keys (the keys of one
-    call share a hash tag, hence a slot) and each group goes in a plain pipeline to that node:
-    redis-py refuses scripts in a cluster pipeline. A group that meets a moved slot (resharding,
-    failover) is sent again through the cluster client, which follows redirects (the scripts are
-    idempotent)."""
-    if not is_cluster(conn):
-        pipe = conn.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return list(pipe.execute())
-    cluster: Any = conn
-    groups: dict[str, list[int]] = {}
-    for n, (keys, _) in enumerate(calls):
-        groups.setdefault(cluster.get_node_from_key(keys[0]).name, []).append(n)
-    replies: list[Any] = [None] * len(calls)
-    for name, members in groups.items():
-        pipe = cluster.get_node(node_name=name).redis_connection.pipeline(transaction=False)
-        for n in members:
-            script(keys=calls[n][0], args=calls[n][1], client=pipe)
-        try:
-            answers = list(pipe.execute(raise_on_error=False))
-        except redis.ConnectionError:  # the node is gone (failover): the cluster client finds the new one
-            answers = [TryAgainError("node unreachable")] * len(members)
-        for n, answer in zip(members, answers, strict=True):
-            if isinstance(answer, AskError | TryAgainError | ClusterDownError):
-                answer = script(keys=calls[n][0], args=calls[n][1], client=cluster)
-            elif isinstance(answer, Exception):
-                raise answer
-            replies[n] = answer
-    return replies
+    """Run a registered script once per ``(keys, args)`` (the keys of one call share a hash tag,
+    hence a slot) and return the replies in order, in one round trip per Redis server."""
+    return grouped_by_node(
+        conn,
+        [keys[0] for keys, _ in calls],
+        lambda pipe, n: script(keys=calls[n][0], args=calls[n][1], client=pipe),
+        lambda n: script(keys=calls[n][0], args=calls[n][1], client=conn),
+    )
 
 
 def order_key(occurred_at: datetime, event_id: str) -> str:
