@@ -118,35 +118,9 @@ class OwnedState:
         )
 
 
-def partial_state(
-    before: OwnedState,
-    change: Change,
-    *,
-    written: bool,
-    joined: Iterable[str] = (),
-    left: Iterable[str] = (),
-    tags_kept: Iterable[str] = (),
-    remote_id: str | None = None,
-) -> OwnedState | None:
-    """The ledger after ``change`` failed part way, or None when nothing of it took effect.
-
-    ``written``: the ESP confirmed the contact's write (its tags and fields now are the change's,
-    plus ``tags_kept``, owned tags whose removal did not go through). ``joined`` / ``left``: the
-    list calls the ESP confirmed. Segments stay as they were, so the entry and exit events of a
-    destination that sends them are still due. Recording this keeps what the connector did set
-    as its own: a later change removes it instead of leaving it behind as if set by hand."""
-    after = OwnedState(
-        tags=(change.tags | frozenset(tags_kept)) if written else before.tags,
-        lists=(before.lists | frozenset(joined)) - frozenset(left),
-        fields=frozenset(k for k, v in change.fields.items() if v is not None) if written else before.fields,
-        segments=before.segments,
-        remote_id=remote_id or before.remote_id,
-    )
-    return None if after == before else after
-
-
 class Moves:
-    """The list calls the ESP confirmed in one batch, per contact (for :func:`partial_state`)."""
+    """What one batch's calls confirmed per contact, to tell the sync worker how far a failed change
+    got (:meth:`partial`): the list calls the ESP confirmed."""
 
     def __init__(self) -> None:
         self.joined: dict[str, set[str]] = {}
@@ -164,16 +138,23 @@ class Moves:
         tags_kept: Iterable[str] = (),
         remote_id: str | None = None,
     ) -> OwnedState | None:
+        """The ledger after ``change`` failed part way, or None when nothing of it took effect.
+
+        ``written``: the ESP confirmed the contact's write (its tags and fields now are the
+        change's, plus ``tags_kept``, owned tags whose removal did not go through); lists: the
+        recorded confirmed calls. Segments stay as they were, so the entry and exit events of a
+        destination that sends them are still due. Recording this keeps what the connector did set
+        as its own: a later change removes it instead of leaving it behind as if set by hand."""
         pid = change.profile_id
-        return partial_state(
-            before,
-            change,
-            written=written,
-            joined=self.joined.get(pid, ()),
-            left=self.left.get(pid, ()),
-            tags_kept=tags_kept,
-            remote_id=remote_id,
+        write = OwnedState.of(change) if written else before
+        after = OwnedState(
+            tags=write.tags | frozenset(tags_kept),
+            lists=(before.lists | self.joined.get(pid, set())) - self.left.get(pid, set()),
+            fields=write.fields,
+            segments=before.segments,
+            remote_id=remote_id or before.remote_id,
         )
+        return None if after == before else after
 
 
 APPLIED = "applied"
@@ -187,7 +168,7 @@ DEFERRED = "deferred"
 @dataclass(frozen=True)
 class Result:
     """The outcome of one Change. ``owned`` is the new ledger entry when applied (None when erased);
-    on a failure, what the change did take effect (:func:`partial_state`), or None.
+    on a failure, what the change did take effect (:meth:`Moves.partial`), or None.
 
     ``error`` is set when failed; its type says what the sync worker does (retry later, dead
     letter, pause the destination).

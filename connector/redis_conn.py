@@ -20,8 +20,7 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 def is_cluster(conn: Any) -> bool:
-    """A cluster client, or a pipeline of one."""
-    return isinstance(conn, RedisCluster) or type(conn).__name__ == "ClusterPipeline"
+    return isinstance(conn, RedisCluster)
 
 
 _REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # MovedError is an AskError
@@ -78,7 +77,7 @@ def _connect(url: str) -> redis.Redis:
     if url.startswith(CLUSTER_SCHEMES):
         plain = url.replace("+cluster", "", 1)
         cluster: Any = RedisCluster.from_url(plain, socket_connect_timeout=1.0, socket_timeout=5.0)
-        return cluster  # the same commands; scripts in pipelines go through profiles.store.run_script
+        return cluster  # the same commands; pipelines of scripts go through grouped_by_node
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=1.0,
