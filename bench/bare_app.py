@@ -1,5 +1,5 @@
 """The baseline of bench/ingest: a bare Flask endpoint that answers 200, served by the same gunicorn
-settings (connector.gunicorn_conf) as the connector's web process."""
+settings (connector.ops.gunicorn_conf) as the connector's web process."""
 
 from __future__ import annotations
 

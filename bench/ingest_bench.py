@@ -2,7 +2,7 @@
 
 1. Starts an embedded Redis on its own port (append-only, fsync every second, as in production
    defaults) unless --redis-url is given, and writes a one-account config with a Segment secret.
-2. Starts ``gunicorn --config python:connector.gunicorn_conf 'connector.app:create_app()'`` and the
+2. Starts ``gunicorn --config python:connector.ops.gunicorn_conf 'connector.app:create_app()'`` and the
    same gunicorn settings serving ``bench/bare_app.py``.
 3. (a) closed loop: wrk, cycling through pre-generated, distinct, correctly signed Segment bodies;
    (b) open loop at a fixed rate (bench/openloop.py), latency measured from each request's intended
@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from connector.embedded_redis import EmbeddedRedis
+from connector.dev.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -82,7 +82,7 @@ def write_bodies(path: Path, count: int, run: str) -> None:
 
 def start_gunicorn(app: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    cmd = [gunicorn, "--config", "python:connector.gunicorn_conf", app]
+    cmd = [gunicorn, "--config", "python:connector.ops.gunicorn_conf", app]
     return subprocess.Popen(
         cmd,
         env={**env, "CONNECTOR_BIND": f"127.0.0.1:{port}"},

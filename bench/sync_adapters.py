@@ -23,7 +23,7 @@ from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
 from adapters.mailchimp import MailchimpAdapter, MailchimpConfig
 from adapters.ratelimit import RateLimiter
 from connector import clock
-from connector.sandbox import (
+from connector.dev.sandbox import (
     SANDBOX_HUBSPOT_TOKEN,
     SANDBOX_KLAVIYO_KEY,
     SANDBOX_MAILCHIMP_KEY,

@@ -1,6 +1,6 @@
 """The Flask app factory.
 
-The receiving routes (``/webhooks/...`` and ``/v1/...``) are served by :class:`connector.web.Ingress`,
+The receiving routes (``/webhooks/...`` and ``/v1/...``) are served by :class:`connector.ingest.web.Ingress`,
 which the factory installs in front of Flask; Flask serves health, metrics and everything else.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from . import redis_conn, web
-from .config import Accounts, load_accounts
-from .logs import configure_logging
-from .queue import EventQueue
-from .settings import Settings
+from connector import redis_conn
+from connector.config import Accounts, load_accounts
+from connector.ingest import web
+from connector.ingest.queue import EventQueue
+from connector.ops.logs import configure_logging
+from connector.settings import Settings
 
 
 def create_app(settings: Settings | None = None, accounts: Accounts | None = None) -> Flask:
@@ -26,15 +27,15 @@ def create_app(settings: Settings | None = None, accounts: Accounts | None = Non
     app.config["CONNECTOR_SETTINGS"] = settings
     queue_conn = redis_conn.connection(settings.queue_redis_url)
     app.extensions["connector.accounts"] = accounts
-    app.extensions["connector.queue"] = EventQueue(queue_conn, settings.event_shards)
+    app.extensions["connector.ingest.queue"] = EventQueue(queue_conn, settings.event_shards)
     app.extensions["connector.profile_redis"] = redis_conn.connection(settings.profile_redis_url)
 
-    from .metrics import bp as metrics_bp
+    from connector.ops.metrics import bp as metrics_bp
 
     app.register_blueprint(web.health)
     app.register_blueprint(metrics_bp)
     _error_handlers(app)
-    web.install(app, accounts, app.extensions["connector.queue"])
+    web.install(app, accounts, app.extensions["connector.ingest.queue"])
     return app
 
 

@@ -18,10 +18,9 @@ from typing import Any
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from connector.errors import ConfigError
 from rules import EMPTY, RulesError, RuleSet, compile_rules
 from rules.schema import flatten
-
-from .errors import ConfigError
 
 ACCOUNT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SENDERS = (
@@ -215,7 +214,7 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         rules=data["rules"],
         ruleset=ruleset,
     )
-    from .destinations import destinations  # validates the section; imports this module
+    from connector.destinations import destinations  # validates the section; imports this module
 
     destinations(account)
     return account

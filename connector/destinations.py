@@ -33,9 +33,8 @@ from adapters.hubspot import HubSpotAdapter, HubSpotConfig
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
 from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
 from adapters.ratelimit import RateLimiter
-
-from .config import Account, validation_error
-from .errors import ConfigError
+from connector.config import Account, validation_error
+from connector.errors import ConfigError
 
 TYPES = ("mailchimp", "hubspot", "klaviyo")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -15,8 +15,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
-from .clock import isoformat, to_utc
-from .errors import UndecodableItem
+from connector.clock import isoformat, to_utc
+from connector.errors import UndecodableItem
 
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias", "delete", "data_request")
 

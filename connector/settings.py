@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .redis_conn import CLUSTER_SCHEMES
+from connector.errors import ConfigError
+from connector.redis_conn import CLUSTER_SCHEMES
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -24,7 +24,7 @@ def _int(name: str, default: int) -> int:
 
 def _running_dev_redis() -> str | None:
     """The embedded Redis of a running ``connector dev`` in this directory, if any."""
-    from .devenv import running_redis_url
+    from connector.dev.devenv import running_redis_url
 
     return running_redis_url()
 
@@ -35,7 +35,7 @@ def _config_dir() -> Path:
     if explicit:
         return Path(explicit)
     default = Path("config/accounts")
-    from .devenv import data_dir
+    from connector.dev.devenv import data_dir
 
     seeded = data_dir() / "accounts"
     return seeded if not default.is_dir() and seeded.is_dir() else default

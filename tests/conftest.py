@@ -35,7 +35,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if base:
         yield _with_db(base, TEST_DB)
         return
-    from connector.embedded_redis import EmbeddedRedis
+    from connector.dev.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False).start()
     os.environ["REDIS_URL"] = server.url

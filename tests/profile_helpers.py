@@ -9,8 +9,8 @@ import redis
 
 from connector.config import Accounts
 from connector.event import Event
-from connector.pipeline import apply_batch
 from connector.profiles.apply import Outcome
+from connector.worker.pipeline import apply_batch
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NOW = datetime(2024, 3, 1, tzinfo=UTC)

@@ -18,10 +18,8 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
-from connector import clock, scheduler
-from connector.jobs import REEVALUATE_QUEUE, drain_events
-from connector.receivers.segment import sign
-from connector.sandbox import (
+from connector import clock
+from connector.dev.sandbox import (
     SANDBOX_HUBSPOT_TOKEN,
     SANDBOX_KLAVIYO_KEY,
     SANDBOX_MAILCHIMP_KEY,
@@ -29,9 +27,11 @@ from connector.sandbox import (
     sandbox_fakes,
     serving,
 )
-
-from .conftest import ACME, GLOBEX, write_accounts
-from .test_sync_sandbox import setup_lists
+from connector.ingest.receivers.segment import sign
+from connector.worker import scheduler
+from connector.worker.jobs import REEVALUATE_QUEUE, drain_events
+from tests.conftest import ACME, GLOBEX, write_accounts
+from tests.sync.test_sync_sandbox import setup_lists
 
 T0 = datetime(2024, 6, 3, 10, 0, tzinfo=UTC)
 SECRET = b"segment_shared_secret_123"

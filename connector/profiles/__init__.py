@@ -12,10 +12,16 @@ The interface other parts use (see docs/profiles.md):
 
 from __future__ import annotations
 
-from .erasure import Erasure, erase_profile, erasures_since, export_profile, register_erasure_hook
-from .identity import lookup
-from .properties import set_property_filter
-from .store import iter_profile_ids, load_profile
+from connector.profiles.erasure import (
+    Erasure,
+    erase_profile,
+    erasures_since,
+    export_profile,
+    register_erasure_hook,
+)
+from connector.profiles.identity import lookup
+from connector.profiles.properties import set_property_filter
+from connector.profiles.store import iter_profile_ids, load_profile
 
 __all__ = [
     "Erasure",

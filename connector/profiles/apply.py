@@ -19,12 +19,12 @@ from typing import Any
 
 import redis
 
-from ..config import Account
-from ..event import Event
-from . import identity, keys, rejected
-from .erasure import erase_account, erase_profile, store_export
-from .properties import kept_properties
-from .store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare, run_scripts
+from connector.config import Account
+from connector.event import Event
+from connector.profiles import identity, keys, rejected
+from connector.profiles.erasure import erase_account, erase_profile, store_export
+from connector.profiles.properties import kept_properties
+from connector.profiles.store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare, run_scripts
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import redis
 
-from ..clock import isoformat
-from . import keys
-from .identity import TOMBSTONE_TTL_SECONDS, AccountLock, mget_keys
-from .store import ProfileData, name_codes, read_profile
+from connector.clock import isoformat
+from connector.profiles import keys
+from connector.profiles.identity import TOMBSTONE_TTL_SECONDS, AccountLock, mget_keys
+from connector.profiles.store import ProfileData, name_codes, read_profile
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def erase_account(
     conn: redis.Redis, queue_conn: redis.Redis, account: str, now: datetime, source: str
 ) -> int:
     """Erase every profile of an account (Shopify shop/redact), and all its dedupe markers."""
-    from .store import iter_profile_ids
+    from connector.profiles.store import iter_profile_ids
 
     erased = 0
     for pid in list(iter_profile_ids(conn, account)):

@@ -23,11 +23,11 @@ from types import TracebackType
 
 import redis
 
-from .. import clock
-from ..errors import ConnectorError
-from ..redis_conn import is_cluster, per_node
-from . import keys
-from .store import MERGE
+from connector import clock
+from connector.errors import ConnectorError
+from connector.profiles import keys
+from connector.profiles.store import MERGE
+from connector.redis_conn import is_cluster, per_node
 
 log = logging.getLogger(__name__)
 

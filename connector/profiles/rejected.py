@@ -9,9 +9,9 @@ from typing import Any
 
 import redis
 
-from ..clock import isoformat
-from ..event import Event
-from . import keys
+from connector.clock import isoformat
+from connector.event import Event
+from connector.profiles import keys
 
 KEPT = 1000
 

@@ -31,10 +31,9 @@ from typing import Any
 
 import redis
 
+from connector.profiles import keys
+from connector.redis_conn import grouped_by_node
 from rules.model import EventRecord, Profile
-
-from ..redis_conn import grouped_by_node
-from . import keys
 
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
 # account's retention (age, then count) and bumping the profile's revision.

@@ -1,0 +1,2 @@
+"""The ``connector`` command. ``main`` builds the click group; each ``*_cmd`` module adds one command
+group with ``register(cli)``."""

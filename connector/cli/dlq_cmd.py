@@ -1,0 +1,106 @@
+"""``connector dlq list | show ID | replay [--kind K] [--account A] [--filter TEXT] | resume A D``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+
+import click
+import redis
+
+from connector import clock, redis_conn
+from connector.settings import Settings
+from connector.sync import engine as sync
+from connector.sync.deadletters import DeadLetter, DeadLetters
+
+ALL = 10**9
+
+
+def _conn() -> redis.Redis:
+    return redis_conn.connection(Settings.from_env().queue_redis_url)
+
+
+def _select(
+    dead: DeadLetters, kind: str | None, account: str | None, text: str | None, limit: int = ALL
+) -> Iterator[DeadLetter]:
+    kinds = [k for k in dead.kinds() if kind is None or k == kind or k.startswith(f"{kind}:")]
+    shown = 0
+    for k in kinds:
+        for item in dead.list(k, limit=ALL):
+            if account and item.account != account:
+                continue
+            if text and text.lower() not in item.to_json().lower():
+                continue
+            yield item
+            shown += 1
+            if shown >= limit:
+                return
+
+
+def register(cli: click.Group) -> None:
+    @cli.group()
+    def dlq() -> None:
+        """Dead letters: list, show, replay; paused destinations."""
+
+    @dlq.command("list")
+    @click.option("--kind", help="events, sync, sync:<destination> ...")
+    @click.option("--account")
+    @click.option("--filter", "text", help="only items whose JSON contains this text")
+    @click.option("--limit", default=100, show_default=True)
+    def list_(kind: str | None, account: str | None, text: str | None, limit: int) -> None:
+        """Dead letters, oldest first, and destinations paused for bad credentials."""
+        conn = _conn()
+        for (a, d), info in sorted(sync.paused(conn).items()):
+            if account and a != account:
+                continue
+            click.echo(
+                f"PAUSED {a}/{d} since {info.get('at')}: {info.get('reason')} (status {info.get('status')})"
+            )
+        dead = DeadLetters(conn)
+        count = 0
+        for item in _select(dead, kind, account, text, limit):
+            click.echo(f"{item.id}  {item.kind:<20} {item.account or '-':<16} {item.at}  {item.reason}")
+            count += 1
+        totals = ", ".join(f"{k}: {dead.count(k)}" for k in dead.kinds()) or "none"
+        click.echo(f"{count} shown; stored per kind: {totals}")
+
+    @dlq.command("show")
+    @click.argument("item_id")
+    def show(item_id: str) -> None:
+        """One dead letter with its error and payload."""
+        item = DeadLetters(_conn()).get(item_id)
+        if item is None:
+            click.echo(f"no dead letter {item_id}", err=True)
+            sys.exit(1)
+        click.echo(json.dumps(item.__dict__, indent=2, default=str))
+
+    @dlq.command("replay")
+    @click.option("--kind", help="sync or sync:<destination> (other kinds cannot be replayed)")
+    @click.option("--account")
+    @click.option("--filter", "text", help="only items whose JSON contains this text")
+    def replay(kind: str | None, account: str | None, text: str | None) -> None:
+        """Put matching dead-lettered changes back in the sync queue."""
+        conn = _conn()
+        dead = DeadLetters(conn)
+        items = list(_select(dead, kind, account, text))
+        outcomes: dict[str, int] = {}
+        now = clock.now()
+        with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
+            for item in bar:
+                if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
+                    outcomes["not replayable"] = outcomes.get("not replayable", 0) + 1
+                    continue
+                outcome = sync.replay(conn, item.payload, now)
+                dead.remove(item)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing matched"
+        click.echo(f"replay done: {summary}")
+
+    @dlq.command("resume")
+    @click.argument("account")
+    @click.argument("destination")
+    def resume(account: str, destination: str) -> None:
+        """Lift the pause of a destination (after fixing its credentials) and flush it."""
+        removed = sync.resume(_conn(), account, destination, clock.now())
+        click.echo(f"{account}/{destination}: {'resumed' if removed else 'was not paused; flush armed'}")

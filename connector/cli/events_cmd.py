@@ -1,0 +1,42 @@
+"""``connector events rejected``: the latest events that were not stored, with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import redis
+
+from connector import redis_conn
+from connector.profiles import rejected
+from connector.settings import Settings
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(events)
+
+
+@click.group()
+def events() -> None:
+    """Stored events."""
+
+
+@events.command("rejected")
+@click.option("--account", "account_id", required=True)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one document).")
+def rejected_cmd(account_id: str, limit: int, as_json: bool) -> None:
+    """Events that had no usable identity (or could not be stored), newest first."""
+    conn = redis_conn.connection(Settings.from_env().profile_redis_url)
+    try:
+        items = rejected.latest(conn, account_id, limit)
+        total = rejected.count(conn, account_id)
+    except redis.RedisError as err:
+        raise click.ClickException(f"profile store unavailable: {type(err).__name__}") from err
+    if as_json:
+        click.echo(json.dumps([item.__dict__ for item in items], indent=2, sort_keys=True))
+        return
+    click.echo(f"{total} rejected events kept for {account_id}; latest {len(items)}:")
+    for item in items:
+        event = item.event
+        click.echo(f"  {item.at}  {event.get('source')}  {event.get('name')}  {item.reason}")

@@ -1,0 +1,54 @@
+"""The ``connector`` command. Each concern adds its commands from ``connector/commands/``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from connector.errors import ConfigError
+
+
+@click.group()
+def cli() -> None:
+    """Behavioral-segmentation connector."""
+
+
+def _register() -> None:
+    from connector.cli import (
+        config_cmd,
+        dlq_cmd,
+        events_cmd,
+        profiles_cmd,
+        rules_cmd,
+        run_cmd,
+        sandbox_cmd,
+        segments_cmd,
+        sign_cmd,
+    )
+    from connector.worker import evaluation  # noqa: F401  (installs the erasure hook: ledger, due index, destinations)
+
+    for module in (
+        config_cmd,
+        run_cmd,
+        sign_cmd,
+        dlq_cmd,
+        rules_cmd,
+        profiles_cmd,
+        events_cmd,
+        sandbox_cmd,
+        segments_cmd,
+    ):
+        module.register(cli)
+
+
+def main() -> None:
+    from connector.dev.devenv import apply_dev_env
+
+    apply_dev_env()  # the sample account's generated secrets, when `connector dev` made them here
+    _register()
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as err:
+        click.echo(f"config error: {err}", err=True)
+        sys.exit(2)

@@ -1,0 +1,167 @@
+"""``connector profiles show|export|delete|exports``: inspect, export and erase a person's profile."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+import redis
+
+from connector import clock, redis_conn
+from connector.clock import isoformat
+from connector.config import load_accounts
+from connector.profiles import erasure, identity
+from connector.settings import Settings
+
+RECENT_EVENTS = 20
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(profiles)
+
+
+def _person_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--account", "account_id", required=True, help="Account id."),
+            click.option("--email", default=None),
+            click.option("--user-id", default=None),
+            click.option("--anonymous-id", default=None),
+            click.option("--profile-id", default=None, help="The profile id itself."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _connections(account_id: str) -> tuple[redis.Redis, redis.Redis]:
+    settings = Settings.from_env()
+    if load_accounts(settings.config_dir).get(account_id) is None:
+        raise click.ClickException(f"unknown account {account_id!r} (not in {settings.config_dir})")
+    return (
+        redis_conn.connection(settings.profile_redis_url),
+        redis_conn.connection(settings.queue_redis_url),
+    )
+
+
+def _find(
+    conn: redis.Redis,
+    account_id: str,
+    email: str | None,
+    user_id: str | None,
+    anonymous_id: str | None,
+    profile_id: str | None,
+) -> str:
+    given = [(k, v) for k, v in (("email", email), ("user_id", user_id), ("anonymous_id", anonymous_id)) if v]
+    if profile_id:
+        return profile_id
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --email, --user-id, --anonymous-id, --profile-id")
+    kind, raw = given[0]
+    value = identity.clean_value(kind, raw, frozenset())
+    pid = identity.lookup(conn, account_id, kind, value) if value else None
+    if pid is None:
+        raise click.ClickException(f"no profile with that {kind.replace('_', ' ')} in account {account_id}")
+    return pid
+
+
+def _redis_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as err:
+            raise click.ClickException(f"profile store unavailable: {type(err).__name__}") from err
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@click.group()
+def profiles() -> None:
+    """Behavioral profiles: show, export, erase."""
+
+
+@profiles.command("show")
+@_person_options
+@click.option("--events", "recent", default=RECENT_EVENTS, show_default=True, help="How many recent events.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_redis_errors
+def show(
+    account_id: str,
+    email: str | None,
+    user_id: str | None,
+    anonymous_id: str | None,
+    profile_id: str | None,
+    recent: int,
+    as_json: bool,
+) -> None:
+    """The profile, its identities and its recent events."""
+    conn, _ = _connections(account_id)
+    pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
+    document = erasure.export_profile(conn, account_id, pid)
+    if document is None:
+        raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
+    total = len(document["events"])
+    document["events"] = document["events"][-recent:] if recent > 0 else []
+    document["event_count"] = total
+    if as_json:
+        click.echo(json.dumps(document, indent=2, sort_keys=True))
+        return
+    click.echo(f"profile {pid} (account {account_id})")
+    click.echo("identities:")
+    for kind, values in document["identities"].items():
+        click.echo(f"  {kind}: {', '.join(values)}")
+    click.echo("traits:" if document["traits"] else "traits: none")
+    for name, value in sorted(document["traits"].items()):
+        click.echo(f"  {name} = {json.dumps(value)}  (set {document['trait_updated_at'].get(name, '?')})")
+    click.echo("first / last seen:" if document["first_seen"] else "first / last seen: none")
+    for name in sorted(document["first_seen"]):
+        click.echo(f"  {name}: {document['first_seen'][name]} / {document['last_seen'].get(name, '?')}")
+    shown = len(document["events"])
+    click.echo(f"events: {total} stored, latest {shown}:")
+    for item in reversed(document["events"]):
+        props = json.dumps(item["properties"], sort_keys=True) if item["properties"] else ""
+        click.echo(f"  {item['occurred_at']}  {item['name']}  {props}".rstrip())
+
+
+@profiles.command("export")
+@_person_options
+@_redis_errors
+def export(
+    account_id: str, email: str | None, user_id: str | None, anonymous_id: str | None, profile_id: str | None
+) -> None:
+    """Everything stored about the person, as JSON (an access request)."""
+    conn, _ = _connections(account_id)
+    pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
+    document = erasure.export_profile(conn, account_id, pid)
+    if document is None:
+        raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@profiles.command("delete")
+@_person_options
+@_redis_errors
+def delete(
+    account_id: str, email: str | None, user_id: str | None, anonymous_id: str | None, profile_id: str | None
+) -> None:
+    """Erase the person: profile, history, identity links, dedupe markers; logged without personal data."""
+    conn, queue_conn = _connections(account_id)
+    pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
+    now = clock.now()
+    if not erasure.erase_profile(conn, queue_conn, account_id, pid, now, "cli"):
+        raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
+    click.echo(f"erased profile {pid} at {isoformat(now)}")
+
+
+@profiles.command("exports")
+@click.option("--account", "account_id", required=True)
+@click.option("--limit", default=20, show_default=True)
+@_redis_errors
+def exports(account_id: str, limit: int) -> None:
+    """Exports produced for data requests (customers/data_request), newest first, as JSON."""
+    conn, _ = _connections(account_id)
+    click.echo(json.dumps(erasure.stored_exports(conn, account_id, limit), indent=2, sort_keys=True))

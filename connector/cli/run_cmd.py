@@ -1,0 +1,189 @@
+"""``connector dev`` (everything, locally), ``connector worker``, ``connector scheduler``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from connector.dev import devenv
+from connector.dev.embedded_redis import EmbeddedRedis
+from connector.settings import Settings
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(dev)
+    cli.add_command(worker)
+    cli.add_command(scheduler)
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+def worker(burst: bool) -> None:
+    """RQ worker for the event and sync queues (no fork per job: each job is a batch)."""
+    from rq import Queue, SimpleWorker
+
+    from connector import redis_conn
+    from connector.ops.logs import configure_logging
+
+    configure_logging()
+    settings = Settings.from_env()
+    conn = redis_conn.connection(settings.queue_redis_url)
+    queues = [Queue(name, connection=conn) for name in ("reevaluate", "events", "sync", "backfill")]
+    SimpleWorker(queues, connection=conn).work(burst=burst, with_scheduler=False)
+
+
+@click.command()
+def scheduler() -> None:
+    """Re-arms event drains and fires time-based re-evaluations when they fall due."""
+    from connector.ops.logs import configure_logging
+    from connector.worker import scheduler as sched
+
+    configure_logging()
+    sched.run()
+
+
+# Segments of the sample account that the sandbox mirrors as lists (and tags) in each fake ESP.
+SANDBOX_LISTS = ("cart_abandoner", "checkout_abandoner", "vip")
+
+
+def _seed_config(data_dir: Path, destinations: dict[str, Any] | None = None) -> Path:
+    """Write the sample account once (later runs keep the file, and any edits to it)."""
+    target = data_dir / "accounts"
+    target.mkdir(parents=True, exist_ok=True)
+    sample = resources.files("connector.dev") / "sample" / "demo.yaml"
+    dest = target / "demo.yaml"
+    if not dest.exists():
+        text = sample.read_text()
+        if destinations:
+            text += yaml.safe_dump({"destinations": destinations}, sort_keys=False)
+        dest.write_text(text)
+    return target
+
+
+def _start_sandbox(ports: dict[str, int]) -> Any:
+    from connector.dev.sandbox.process import ENV, start_sandbox
+
+    try:
+        sandbox = start_sandbox(ports=ports, lists=SANDBOX_LISTS)
+    except OSError as err:
+        raise click.ClickException(
+            f"cannot start the sandbox ESPs: {err.strerror or err} (another `connector dev` running? "
+            "use --no-sandbox)"
+        ) from err
+    for key, value in ENV.items():
+        os.environ.setdefault(key, value)
+    for esp in ("mailchimp", "hubspot", "klaviyo"):
+        click.echo(f"sandbox {esp:<9} {sandbox.base_url(esp)}")
+    return sandbox
+
+
+@click.command()
+@click.option("--port", default=8000, show_default=True, help="Port of the web process.")
+@click.option("--web-workers", default=2, show_default=True)
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=True,
+    show_default=True,
+    help="Run fake Mailchimp, HubSpot and Klaviyo servers on loopback for the sample account.",
+)
+@click.option("--sandbox-ports", default="8901,8902,8903", show_default=True, metavar="MC,HS,KL",
+              help="Ports of the fake Mailchimp, HubSpot and Klaviyo.")  # fmt: skip
+def dev(port: int, web_workers: int, sandbox: bool, sandbox_ports: str) -> None:
+    """Run web + worker + scheduler locally, with an embedded Redis unless REDIS_URL is set."""
+    from connector.config import load_accounts
+
+    try:
+        mc, hs, kl = (int(p) for p in sandbox_ports.split(","))
+    except ValueError:
+        hint = "--sandbox-ports"
+        raise click.BadParameter("three port numbers, e.g. 8901,8902,8903", param_hint=hint) from None
+    data_dir = devenv.data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    devenv.ensure_dev_env()
+    devenv.apply_dev_env()
+    fakes = _start_sandbox({"mailchimp": mc, "hubspot": hs, "klaviyo": kl}) if sandbox else None
+    if not os.environ.get("CONNECTOR_CONFIG_DIR"):
+        _seed_config(data_dir, fakes.destinations() if fakes else None)
+        os.environ["CONNECTOR_CONFIG_DIR"] = str(devenv.config_dir())
+    # Invalid settings or account files stop start-up before anything is started.
+    Settings.from_env()
+    accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
+    embedded: EmbeddedRedis | None = None
+    if not os.environ.get("REDIS_URL"):
+        embedded = EmbeddedRedis(data_dir / "redis").start()
+        os.environ["REDIS_URL"] = embedded.url
+        devenv.redis_url_file().write_text(embedded.url)
+        click.echo(f"embedded redis: {embedded.url} (data in {data_dir / 'redis'})")
+    else:
+        click.echo("redis: using REDIS_URL")
+    try:
+        code = _supervise(port, web_workers, [a.id for a in accounts])
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            devenv.redis_url_file().unlink(missing_ok=True)
+            click.echo("embedded redis stopped")
+        if fakes is not None:
+            fakes.stop()
+    sys.exit(code)
+
+
+def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:
+    """Run the Procfile's three processes until Ctrl-C/SIGTERM or one of them dies; stop them all."""
+    exe = Path(sys.executable).parent
+    gunicorn = (
+        str(exe / "gunicorn") if (exe / "gunicorn").exists() else shutil.which("gunicorn") or "gunicorn"
+    )
+    connector = str(exe / "connector") if (exe / "connector").exists() else "connector"
+    commands = {
+        "web": [
+            gunicorn, "--config", "python:connector.ops.gunicorn_conf",
+            "--bind", f"127.0.0.1:{port}", "--workers", str(web_workers), "connector.app:create_app()",
+        ],
+        "worker": [connector, "worker"],
+        "scheduler": [connector, "scheduler"],
+    }  # fmt: skip
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    try:
+        for name, cmd in commands.items():
+            # Own sessions: Ctrl-C reaches only this supervisor, which stops them with SIGTERM
+            # (gunicorn's graceful stop finishes requests in flight; SIGINT would cut them off).
+            children[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+        click.echo(f"web: http://127.0.0.1:{port}  accounts: {', '.join(account_ids)}")
+        click.echo(f"sample secrets: {devenv.dev_env_file()} (send a signed event: see README)")
+        while not stopping:
+            for name, proc in children.items():
+                if proc.poll() is not None and not stopping:
+                    click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
+                    stopping, code = True, 1
+            time.sleep(0.2)
+    finally:
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in children.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return code

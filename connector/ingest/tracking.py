@@ -1,0 +1,136 @@
+"""Segment-compatible HTTP tracking API (``/v1/track`` ...).
+
+Segment's and RudderStack's analytics SDKs send here after changing their host. The write key is
+the HTTP Basic username (password empty) or ``writeKey`` in the body; it selects the account
+(``senders.tracking.secret_env``). An unknown or missing key is answered like a bad signature.
+
+Bodies may be gzip-compressed (``Content-Encoding: gzip``); the decompressed size is bounded by
+the same limit as any body (413 above it). Single calls take their type from the path; a batch
+is ``{"batch": [...]}`` with a ``type`` per message, and an invalid element is a 400 naming
+``batch[i].field``. ``timestamp`` is taken as sent; without it, ``originalTimestamp`` is
+corrected for the device's clock skew like Segment does (``now - (sentAt - originalTimestamp)``).
+Messages are deduplicated per account on ``messageId``. ``writeKey`` is removed from stored
+messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from datetime import datetime
+from typing import Any
+
+from connector.clock import isoformat
+from connector.config import Account, Accounts
+from connector.errors import MalformedPayload, PayloadTooLarge, Unauthorized, UnsupportedContentType
+from connector.event import Event
+from connector.ingest.receivers.base import Inbound, parse_json, parse_time
+from connector.ingest.receivers.spec import normalize
+
+SOURCE = "tracking"
+CALLS = ("track", "identify", "page", "screen", "group", "alias")
+# analytics.js posts to one-letter paths (/v1/t, /v1/p ...) and batches to /v1/b
+SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias", "b": "batch"}
+ROUTES = (*CALLS, "batch")
+CONTENT_TYPES = ("application/json", "text/plain", "")
+
+
+def decoded_body(inbound: Inbound, limit: int) -> bytes:
+    raw = inbound.body
+    encoding = (inbound.header("Content-Encoding") or "").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "x-gzip"):
+        raise UnsupportedContentType(f"Content-Encoding {encoding!r} is not supported (use gzip)")
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error as err:
+        raise MalformedPayload("body is not valid gzip") from err
+    if len(out) > limit:
+        raise PayloadTooLarge(f"decompressed body is larger than the limit of {limit} bytes")
+    return out
+
+
+def basic_username(inbound: Inbound) -> str | None:
+    header = inbound.header("Authorization") or ""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError) as err:
+        raise Unauthorized("malformed Basic credentials") from err
+    return decoded.partition(":")[0] or None
+
+
+def find_account(accounts: Accounts, key: str | None, payload: Any) -> Account:
+    if key is None and isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
+        key = payload["writeKey"] or None
+    if key is None:
+        raise Unauthorized("write key missing")
+    account = accounts.by_write_key(key)
+    if account is None:
+        raise Unauthorized("unknown write key")
+    return account
+
+
+def _with_timestamp(message: dict[str, Any], sent_at: Any, now: datetime, where: str) -> dict[str, Any]:
+    """Segment's clock-skew correction when the SDK sent no ``timestamp``."""
+    message = {k: v for k, v in message.items() if k != "writeKey"}
+    message.setdefault("receivedAt", isoformat(now))
+    if message.get("timestamp") in (None, ""):
+        original = message.get("originalTimestamp")
+        sent = message.get("sentAt", sent_at)
+        if original not in (None, "") and sent not in (None, ""):
+            skew = parse_time(sent, f"{where}.sentAt") - parse_time(original, f"{where}.originalTimestamp")
+            try:
+                message["timestamp"] = isoformat(now - skew)
+            except OverflowError as err:
+                raise MalformedPayload(f"{where}.sentAt is out of range") from err
+    return message
+
+
+def messages_of(call: str, payload: Any, account: str, now: datetime) -> list[Event]:
+    if not isinstance(payload, dict):
+        raise MalformedPayload("body must be a JSON object")
+    if call != "batch":
+        message = _with_timestamp({**payload, "type": call}, None, now, "body")
+        return [normalize(message, account=account, source=SOURCE, received_at=now, where="body")]
+    batch = payload.get("batch")
+    if not isinstance(batch, list):
+        raise MalformedPayload("body.batch must be an array")
+    context = payload.get("context") if isinstance(payload.get("context"), dict) else None
+    events = []
+    for i, item in enumerate(batch):
+        where = f"batch[{i}]"
+        if not isinstance(item, dict):
+            raise MalformedPayload(f"{where} must be a JSON object")
+        if context is not None and "context" not in item:
+            item = {**item, "context": context}
+        message = _with_timestamp(item, payload.get("sentAt"), now, where)
+        events.append(normalize(message, account=account, source=SOURCE, received_at=now, where=where))
+    return events
+
+
+def receive(
+    call: str, inbound: Inbound, accounts: Accounts, limit: int, now: datetime
+) -> tuple[Account, list[Event]]:
+    """One tracking call (``call`` already resolved from the path): its account and its events."""
+    body = decoded_body(inbound, limit)
+    key = basic_username(inbound)
+    account = find_account(accounts, key, None) if key is not None else None
+    if inbound.content_type not in CONTENT_TYPES:
+        if account is None:
+            raise Unauthorized("write key missing")
+        raise UnsupportedContentType(f"expected application/json, got {inbound.content_type}")
+    try:
+        payload = parse_json(body)
+    except MalformedPayload:
+        if account is None:
+            raise Unauthorized("write key missing") from None
+        raise
+    if account is None:
+        account = find_account(accounts, None, payload)
+    return account, messages_of(call, payload, account.id, now)

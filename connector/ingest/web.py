@@ -1,0 +1,332 @@
+"""The receiving routes, ``/webhooks/<account>/<sender>`` and ``/v1/<call>``, and the health checks.
+
+The two receiving families carry nearly all of the traffic, so they are served by
+:class:`Ingress`, a small WSGI callable that the app factory puts in front of the Flask app
+(``app.wsgi_app``). It reads the raw body once, hands it to the sender's receiver or to the
+tracking API, and answers with the contract's JSON bodies; everything else (health, metrics, any
+other path) goes on to Flask. Flask's per-request machinery (request and app contexts, URL
+map, signals, response objects) costs about as much CPU as the whole ingest work does, which is
+why the hot path does without it: ``bench/ingest`` measures both.
+
+The JSON error bodies are written by :func:`error_answer`, which Flask's error handlers use
+too, so a route answers the same whichever side serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+import redis
+from flask import Blueprint, Flask, Response, current_app, jsonify
+from werkzeug.datastructures import EnvironHeaders, MultiDict
+from werkzeug.wsgi import get_current_url
+
+from connector import clock
+from connector.config import Account, Accounts, Secret, SenderConfig
+from connector.errors import (
+    MalformedPayload,
+    PayloadTooLarge,
+    RequestRejected,
+    StoreUnavailable,
+    Unauthorized,
+)
+from connector.ingest import tracking
+from connector.ingest.queue import EventQueue
+from connector.ingest.receivers import REGISTRY, Inbound
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+REJECTED_KEY = "metrics:rejected"
+
+StartResponse = Callable[..., Any]
+Headers = list[tuple[str, str]]
+
+
+class Answer:
+    """One HTTP answer: status, JSON body (already encoded) and extra headers."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: Headers | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+    @classmethod
+    def json(cls, status: int, payload: dict[str, Any], headers: Headers | None = None) -> Answer:
+        return cls(status, (json.dumps(payload, separators=(",", ":")) + "\n").encode(), headers)
+
+
+def accepted_answer(status: str, accepted: int, duplicates: int) -> Answer:
+    """The small JSON body of a 2xx, written directly (a generic JSON encoder costs more)."""
+    body = f'{{"status":"{status}","accepted":{accepted},"duplicates":{duplicates}}}\n'
+    return Answer(200, body.encode())
+
+
+def error_answer(err: Exception) -> Answer:
+    """The contract's answer to an error raised while serving a request (DESIGN.md §5)."""
+    if isinstance(err, Unauthorized):
+        # The reason is logged for operators; the sender learns nothing that helps an attacker.
+        log.info("rejected: %s", err.message)
+        return Answer.json(401, {"error": "unauthorized"})
+    if isinstance(err, RequestRejected):
+        return Answer.json(err.status, {"error": err.code, "message": err.message})
+    if isinstance(err, StoreUnavailable | redis.RedisError):
+        log.warning("store unavailable: %s", err if isinstance(err, StoreUnavailable) else type(err).__name__)
+        message = "storage is unavailable; nothing was accepted, retry later"
+        retry = [("Retry-After", RETRY_AFTER_SECONDS)]
+        return Answer.json(503, {"error": "unavailable", "message": message}, retry)
+    log.exception("internal error", exc_info=err)
+    return Answer.json(500, {"error": "internal", "message": "internal error"})
+
+
+def _status_line(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase.upper()}"
+    except ValueError:
+        return f"{code} UNKNOWN"
+
+
+_STATUS_LINES = {code: _status_line(code) for code in (200, 400, 401, 404, 405, 413, 415, 500, 503)}
+
+
+def _wsgi_text(value: str) -> str:
+    """A WSGI environ string (latin-1 code points of the raw bytes) as the UTF-8 text it encodes."""
+    return value if value.isascii() else value.encode("latin-1").decode("utf-8", "replace")
+
+
+class Ingress:
+    """WSGI entry point of the receiving routes; any other request goes on to ``fallback``."""
+
+    def __init__(
+        self,
+        fallback: Callable[[dict[str, Any], StartResponse], Iterable[bytes]],
+        accounts: Accounts,
+        queue: EventQueue,
+        *,
+        max_body_bytes: int,
+        public_url: str | None,
+    ) -> None:
+        self.fallback = fallback
+        self.accounts = accounts
+        self.queue = queue
+        self.max_body_bytes = max_body_bytes
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self._urls: dict[tuple[str | None, ...], str] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or ""
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "webhooks" and parts[2] and parts[3]:
+            return self._serve(environ, start_response, self._webhook, parts[2], parts[3])
+        if len(parts) == 3 and parts[1] == "v1" and parts[2]:
+            return self._serve(environ, start_response, self._tracking, parts[2])
+        return self.fallback(environ, start_response)
+
+    def _serve(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        handler: Callable[..., Answer],
+        *route: str,
+    ) -> Iterable[bytes]:
+        try:
+            answer = handler(environ, *(_wsgi_text(part) for part in route))
+        except Exception as err:  # every error becomes the contract's JSON answer, never a traceback
+            answer = error_answer(err)
+        if 400 <= answer.status < 500:
+            self.count_rejection(route[-1] if handler == self._webhook else "tracking", answer.status)
+        status = _STATUS_LINES.get(answer.status) or _status_line(answer.status)
+        start_response(
+            status,
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(answer.body))),
+                *answer.headers,
+            ],
+        )
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [answer.body]
+
+    def count_rejection(self, sender: str, status: int) -> None:
+        """``metrics:rejected`` counts refused requests by sender type and status, so that a wrong
+        secret (every delivery a 401) shows on ``/metrics``. Sender types only, never the path's
+        account: a label set an anonymous caller could grow without bound is not kept."""
+        kind = sender if sender in REGISTRY or sender == "tracking" else "unknown"
+        try:
+            self.queue.conn.hincrby(REJECTED_KEY, f"{kind}:{status}", 1)
+        except redis.RedisError:
+            log.debug("rejection not counted: redis unavailable")  # the answer stands as it is
+
+    # --- the request ----------------------------------------------------------------------
+
+    def read_body(self, environ: dict[str, Any]) -> bytes:
+        """The raw body, at most ``max_body_bytes`` (413 above it, before reading it)."""
+        stream = environ.get("wsgi.input")
+        length = environ.get("CONTENT_LENGTH")
+        limit = self.max_body_bytes
+        if stream is None:
+            return b""
+        if length:
+            try:
+                size = int(length)
+            except ValueError:
+                raise MalformedPayload("Content-Length is not a number") from None
+            if size < 0:
+                raise MalformedPayload("Content-Length is negative")
+            if size > limit:
+                raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
+            body = bytes(stream.read(size)) if size else b""
+            if len(body) < size:
+                raise MalformedPayload("body is shorter than its Content-Length")
+            return body
+        if environ.get("wsgi.input_terminated"):  # chunked: the server marks the end
+            body = bytes(stream.read(limit + 1))
+            if len(body) > limit:
+                raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
+            return body
+        return b""
+
+    def url(self, environ: dict[str, Any]) -> str:
+        """The URL as the sender addressed it (HubSpot and Mandrill sign it).
+
+        Senders post to a handful of URLs and building one is a noticeable share of a request's
+        CPU, so it is computed once per distinct set of the request's URL parts.
+        """
+        query = environ.get("QUERY_STRING") or ""
+        key = (query, *(environ.get(part) for part in _URL_PARTS))
+        url = self._urls.get(key)
+        if url is None:
+            if self.public_url:
+                path = _wsgi_text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+                url = self.public_url + path + (f"?{query}" if query else "")
+            else:
+                url = get_current_url(environ)
+            if len(self._urls) >= _URLS_MAX:
+                self._urls.clear()
+            self._urls[key] = url
+        return url
+
+    def inbound(self, environ: dict[str, Any], method: str) -> Inbound:
+        query = environ.get("QUERY_STRING")
+        args: MultiDict[str, str] = (
+            MultiDict(parse_qsl(query, keep_blank_values=True)) if query else MultiDict()
+        )
+        return Inbound(
+            method=method,
+            url=self.url(environ),
+            args=args,
+            headers=EnvironHeaders(environ),
+            body=self.read_body(environ),
+        )
+
+    # --- the routes -----------------------------------------------------------------------
+
+    def _webhook(self, environ: dict[str, Any], account_id: str, sender: str) -> Answer:
+        receiver = REGISTRY.get(sender)
+        if receiver is None:
+            return Answer.json(404, {"error": "not_found", "message": f"no sender type {sender!r}"})
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in receiver.methods:
+            message = f"{sender} accepts {', '.join(receiver.methods)}"
+            return Answer.json(405, {"error": "method_not_allowed", "message": message})
+        account = self.accounts.get(account_id)
+        cfg = account.senders.get(sender) if account else None
+        if account is None or cfg is None:
+            decoy_account, decoy_cfg = _decoy(account_id, sender)
+            try:
+                receiver.handle(self.inbound(environ, method), decoy_account, decoy_cfg, clock.now())
+            except Unauthorized:
+                pass
+            else:
+                # e.g. a validation probe, answered the same whether or not the account exists
+                return accepted_answer("ok", 0, 0)
+            raise Unauthorized("unknown account or sender")
+        events = receiver.handle(self.inbound(environ, method), account, cfg, clock.now())
+        return self.accept(account, events, accepted_answer)
+
+    def _tracking(self, environ: dict[str, Any], call: str) -> Answer:
+        call = tracking.SHORT.get(call, call)
+        if call not in tracking.ROUTES:
+            return Answer.json(404, {"error": "not_found", "message": f"no tracking call {call!r}"})
+        if environ.get("REQUEST_METHOD") != "POST":
+            return Answer.json(405, {"error": "method_not_allowed", "message": "tracking calls accept POST"})
+        inbound = self.inbound(environ, "POST")
+        account, events = tracking.receive(call, inbound, self.accounts, self.max_body_bytes, clock.now())
+        return self.accept(account, events, tracking_answer)
+
+    def accept(
+        self, account: Account, events: list[Any], render: Callable[[str, int, int], Answer]
+    ) -> Answer:
+        result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds)
+        if events and log.isEnabledFor(logging.INFO):
+            log.info(
+                "accepted",
+                extra={"account": account.id, "accepted": result.accepted, "duplicates": result.duplicates},
+            )
+        status = "duplicate" if events and result.accepted == 0 else "accepted"
+        return render(status, result.accepted, result.duplicates)
+
+
+def tracking_answer(status: str, accepted: int, duplicates: int) -> Answer:
+    """Segment's API answers ``{"success": true}``; the counts are the connector's own."""
+    del status
+    return Answer(200, f'{{"success":true,"accepted":{accepted},"duplicates":{duplicates}}}\n'.encode())
+
+
+_URL_PARTS = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME", "PATH_INFO")
+_URLS_MAX = 1024
+
+
+def _decoy(account_id: str, sender: str) -> tuple[Account, SenderConfig]:
+    """A throwaway account so that an unknown account costs the same work as a bad signature."""
+    secret = Secret("DECOY", os.urandom(24).hex())
+    cfg = SenderConfig(name=sender, secrets=(secret,), options={"url": "https://decoy.invalid/"})
+    account = Account(
+        id=account_id,
+        file="",
+        senders={sender: cfg},
+        dedupe_ttl_seconds=72 * 3600,
+        retention_max_age_days=1,
+        retention_max_events=1,
+        blocked_identity_values=frozenset(),
+        destinations={},
+        rules={},
+    )
+    return account, cfg
+
+
+def install(app: Flask, accounts: Accounts, queue: EventQueue) -> None:
+    """Put :class:`Ingress` in front of the app's own WSGI callable."""
+    settings = app.config["CONNECTOR_SETTINGS"]
+    app.wsgi_app = Ingress(  # type: ignore[method-assign]
+        app.wsgi_app,
+        accounts,
+        queue,
+        max_body_bytes=settings.max_body_bytes,
+        public_url=settings.public_url,
+    )
+
+
+health = Blueprint("health", __name__)
+
+
+@health.route("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@health.route("/readyz")
+def readyz() -> Response | tuple[Response, int]:
+    try:
+        current_app.extensions["connector.ingest.queue"].conn.ping()
+        current_app.extensions["connector.profile_redis"].ping()
+    except redis.RedisError as err:
+        raise StoreUnavailable("redis unreachable") from err
+    return jsonify(status="ready")

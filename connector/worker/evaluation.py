@@ -1,0 +1,159 @@
+"""The one hand-off from the event worker (and the scheduler) to rule evaluation.
+
+For each touched profile: load it, evaluate the account's rules at ``now``, record the result in
+the ledger (a diff only when something changed), put ``next_due`` into the due index, and queue
+the desired state for the destinations when the ledger changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+
+import rules
+from connector import redis_conn
+from connector.config import Account
+from connector.profiles import load_profile, register_erasure_hook
+from connector.settings import Settings
+from connector.sync import engine as sync
+from connector.worker import due
+from connector.worker.ledger import Diff, Ledger
+from rules import Evaluation, Profile, RuleSet
+
+log = logging.getLogger(__name__)
+
+# Events that state a person's marketing consent, latest wins.
+CONSENT_EVENTS = {
+    "subscribed": "subscribed",
+    "unsubscribed": "unsubscribed",
+    "email_cleaned": "unsubscribed",
+    "email_marked_spam": "unsubscribed",
+}
+# Traits that state it when no consent event is known (Segment/Shopify/Klaviyo conventions).
+CONSENT_TRAITS = ("email_consent", "marketing_consent", "accepts_marketing", "subscribed")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    profile_id: str
+    evaluation: Evaluation | None
+    diff: Diff | None
+
+
+def consent_of(profile: Profile) -> str:
+    latest: tuple[datetime, str] | None = None
+    for name, state in CONSENT_EVENTS.items():
+        events = profile.events_named(name)
+        if events and (latest is None or events[-1].occurred_at >= latest[0]):
+            latest = (events[-1].occurred_at, state)
+    if latest is not None:
+        return latest[1]
+    for trait in CONSENT_TRAITS:
+        value = profile.traits.get(trait)
+        if isinstance(value, bool):
+            return "subscribed" if value else "unsubscribed"
+        if isinstance(value, str) and value.lower() in ("subscribed", "unsubscribed"):
+            return value.lower()
+    return "unknown"
+
+
+def email_of(profile: Profile) -> str | None:
+    emails = list(profile.identities.get("email", ()))
+    trait = profile.traits.get("email")
+    if isinstance(trait, str) and trait.strip().lower() in emails:
+        return trait.strip().lower()
+    return emails[0] if emails else None
+
+
+def evaluate_profiles(
+    account: Account,
+    profile_ids: Iterable[str],
+    now: datetime,
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    *,
+    ruleset: RuleSet | None = None,
+    push: bool = True,
+) -> list[Outcome]:
+    """Evaluate, record, schedule and (when ``push``) queue changes for the destinations."""
+    ruleset = account.ruleset if ruleset is None else ruleset
+    ledger = Ledger(conn)
+    schedule = queue_conn.pipeline(transaction=False)
+    outcomes = []
+    for pid in sorted(profile_ids):
+        profile = load_profile(conn, account.id, pid, now)
+        if profile is None:
+            due.schedule(schedule, account.id, pid, None)
+            outcomes.append(Outcome(pid, None, None))
+            continue
+        result = rules.evaluate(profile, ruleset, now, explain=False)
+        diff = ledger.record(account.id, pid, result.segments, result.traits, now, revision=profile.revision)
+        due.schedule(schedule, account.id, pid, result.next_due)
+        if diff is not None and push:
+            identities = {kind: values[0] for kind, values in profile.identities.items() if values}
+            sync.submit(
+                queue_conn,
+                account,
+                pid,
+                diff.version,
+                diff.segments,
+                diff.traits,
+                email_of(profile),
+                consent_of(profile),
+                now,
+                identities=identities,
+            )
+        if diff is not None:
+            log.info(
+                "segments changed",
+                extra={
+                    "account": account.id,
+                    "profile": pid,
+                    "version": diff.version,
+                    "entered": sorted(diff.entered),
+                    "exited": sorted(diff.exited),
+                },
+            )
+        outcomes.append(Outcome(pid, result, diff))
+    schedule.execute()
+    return outcomes
+
+
+def evaluate_touched(account_id: str, profile_ids: set[str], now: datetime) -> None:
+    """Evaluate the rules of ``account_id`` for ``profile_ids`` as of ``now``."""
+    from connector.worker.pipeline import accounts_for
+
+    settings = Settings.from_env()
+    account = accounts_for(settings.config_dir).get(account_id)
+    if account is None:
+        log.warning("evaluation skipped: unknown account", extra={"account": account_id})
+        return
+    evaluate_profiles(
+        account,
+        profile_ids,
+        now,
+        redis_conn.connection(settings.profile_redis_url),
+        redis_conn.connection(settings.queue_redis_url),
+    )
+
+
+def _erase_hook(
+    conn: redis.Redis, account_id: str, profile_id: str, identities: dict[str, list[str]], now: datetime
+) -> None:
+    """On erasure: drop the person's ledger and due entry, and ask every destination to erase them."""
+    from connector.worker.pipeline import accounts_for
+
+    settings = Settings.from_env()
+    queue_conn = redis_conn.connection(settings.queue_redis_url)
+    Ledger(conn).delete(account_id, profile_id)
+    due.unschedule(queue_conn, account_id, [profile_id])
+    account = accounts_for(settings.config_dir).get(account_id)
+    if account is not None:
+        sync.erase(queue_conn, account, profile_id, identities.get("email") or [], now)
+
+
+register_erasure_hook(_erase_hook)

@@ -1,0 +1,144 @@
+"""The membership ledger: each profile's current segments and computed traits, with a version.
+
+Evaluation results are recorded here; only a result that differs from the stored one bumps the
+version and yields a :class:`Diff` (entered / exited segments, changed traits), which feeds the
+destinations and the audit trail (``connector segments history``).
+
+Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``v`` version,
+``s`` segments JSON, ``t`` traits JSON, ``r`` profile revision and ``e`` instant evaluated) and
+``lhist:{acct:pid}`` (stream of changes, capped).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from connector.clock import isoformat
+
+HISTORY_MAXLEN = 500
+
+# KEYS: ledger, history. ARGV: segments json, traits json, revision, at (iso), maxlen, at (epoch).
+# A result computed from an older profile revision than the one already recorded is ignored, so
+# two workers evaluating the same profile concurrently can never roll the ledger back.
+_RECORD = """
+local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e')
+local rev = tonumber(ARGV[3])
+local at = tonumber(ARGV[6])
+if cur[4] then
+  local crev = tonumber(cur[4])
+  if crev > rev or (crev == rev and tonumber(cur[5] or '0') > at) then return {-1} end
+end
+if cur[2] == ARGV[1] and cur[3] == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'r', rev, 'e', at)
+  return {0}
+end
+local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+  'v', v, 'at', ARGV[4], 'old_s', cur[2] or '[]', 'new_s', ARGV[1], 'old_t', cur[3] or '{}', 'new_t', ARGV[2])
+return {v, cur[2] or '[]', cur[3] or '{}'}
+"""
+
+
+def ledger_key(account: str, profile_id: str) -> str:
+    return f"ledger:{{{account}:{profile_id}}}"
+
+
+def history_key(account: str, profile_id: str) -> str:
+    return f"lhist:{{{account}:{profile_id}}}"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class Diff:
+    version: int
+    segments: frozenset[str]
+    traits: Mapping[str, Any]
+    entered: frozenset[str] = frozenset()
+    exited: frozenset[str] = frozenset()
+    changed_traits: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    version: int
+    segments: frozenset[str]
+    traits: Mapping[str, Any]
+
+
+class Ledger:
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self._record = conn.register_script(_RECORD)
+
+    def record(
+        self,
+        account: str,
+        profile_id: str,
+        segments: frozenset[str],
+        traits: Mapping[str, Any],
+        now: datetime,
+        revision: int = 0,
+    ) -> Diff | None:
+        """Store the result; return what changed, or None when nothing did."""
+        new_s = _canonical(sorted(segments))
+        new_t = _canonical(dict(traits))
+        reply = self._record(
+            keys=[ledger_key(account, profile_id), history_key(account, profile_id)],
+            args=[new_s, new_t, revision, isoformat(now), HISTORY_MAXLEN, repr(now.timestamp())],
+        )
+        version = int(reply[0])
+        if version <= 0:
+            return None
+        old_segments = frozenset(json.loads(reply[1]))
+        old_traits: dict[str, Any] = json.loads(reply[2])
+        new_traits = json.loads(new_t)
+        changed = {k: v for k, v in new_traits.items() if old_traits.get(k, _MISSING) != v}
+        changed.update({k: None for k in old_traits if k not in new_traits})
+        return Diff(
+            version=version,
+            segments=frozenset(segments),
+            traits=new_traits,
+            entered=frozenset(segments) - old_segments,
+            exited=old_segments - frozenset(segments),
+            changed_traits=changed,
+        )
+
+    def state(self, account: str, profile_id: str) -> LedgerState | None:
+        raw = self.conn.hmget(ledger_key(account, profile_id), "v", "s", "t")
+        if raw[0] is None:
+            return None
+        return LedgerState(int(raw[0]), frozenset(json.loads(raw[1] or b"[]")), json.loads(raw[2] or b"{}"))
+
+    def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
+        rows = self.conn.xrevrange(history_key(account, profile_id), count=count)
+        out = []
+        for _, fields in reversed(rows):
+            item = {k.decode(): v.decode() for k, v in fields.items()}
+            old_s, new_s = set(json.loads(item["old_s"])), set(json.loads(item["new_s"]))
+            old_t, new_t = json.loads(item["old_t"]), json.loads(item["new_t"])
+            out.append(
+                {
+                    "version": int(item["v"]),
+                    "at": item["at"],
+                    "entered": sorted(new_s - old_s),
+                    "exited": sorted(old_s - new_s),
+                    "traits": {k: v for k, v in new_t.items() if old_t.get(k, _MISSING) != v},
+                }
+            )
+        return out
+
+    def delete(self, account: str, profile_id: str) -> None:
+        self.conn.delete(ledger_key(account, profile_id), history_key(account, profile_id))
+
+
+_MISSING = object()

@@ -1,0 +1,97 @@
+"""What the event worker does with a decoded batch: apply it to the profiles, then hand every
+touched profile to rule evaluation (:mod:`connector.worker.evaluation`).
+
+Idempotent: a batch may be delivered twice (a worker killed before acknowledging); the second
+application changes nothing. A bad event is rejected with its reason, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import redis
+
+from connector import redis_conn
+from connector.config import Accounts, load_accounts
+from connector.event import Event
+from connector.profiles import rejected
+from connector.profiles.apply import Outcome, apply_events
+from connector.settings import Settings
+from connector.worker import evaluation
+
+log = logging.getLogger(__name__)
+
+_accounts_cache: dict[Path, tuple[tuple[tuple[str, int], ...], Accounts]] = {}
+
+
+def _signature(config_dir: Path) -> tuple[tuple[str, int], ...]:
+    if not config_dir.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in config_dir.iterdir() if p.is_file()))
+
+
+def accounts_for(config_dir: Path) -> Accounts:
+    """The accounts of a config directory, reloaded when one of its files changes."""
+    signature = _signature(config_dir)
+    cached = _accounts_cache.get(config_dir)
+    if cached is None or cached[0] != signature:
+        cached = (signature, load_accounts(config_dir))
+        _accounts_cache[config_dir] = cached
+    return cached[1]
+
+
+def process(events: Sequence[Event], now: datetime) -> None:
+    """Apply a batch of stored events. Must be idempotent: a batch may be delivered twice."""
+    settings = Settings.from_env()
+    apply_batch(
+        events,
+        now,
+        accounts_for(settings.config_dir),
+        redis_conn.connection(settings.profile_redis_url),
+        redis_conn.connection(settings.queue_redis_url),
+    )
+
+
+def apply_batch(
+    events: Sequence[Event], now: datetime, accounts: Accounts, conn: redis.Redis, queue_conn: redis.Redis
+) -> dict[str, Outcome]:
+    """Apply events (of any accounts) with explicit connections; the outcome per account."""
+    by_account: dict[str, list[Event]] = {}
+    for event in events:
+        by_account.setdefault(event.account, []).append(event)
+    outcomes: dict[str, Outcome] = {}
+    counters = queue_conn.pipeline(transaction=False)
+    for account_id, batch in sorted(by_account.items()):
+        account = accounts.get(account_id)
+        if account is None:
+            pipe = conn.pipeline(transaction=False)
+            for event in batch:
+                rejected.record(pipe, event, "unknown account", now)
+            pipe.execute()
+            counters.hincrby("metrics:worker", f"rejected:{account_id}", len(batch))
+            continue
+        outcome = apply_events(conn, queue_conn, account, batch, now)
+        outcomes[account_id] = outcome
+        for name in ("applied", "duplicates", "rejected", "dropped", "expired", "erased", "exported"):
+            value = getattr(outcome, name)
+            if value:
+                counters.hincrby("metrics:worker", f"{name}:{account_id}", value)
+        log.info(
+            "batch applied",
+            extra={
+                "account": account_id,
+                "events": len(batch),
+                "applied": outcome.applied,
+                "duplicates": outcome.duplicates,
+                "rejected": outcome.rejected,
+                "profiles": len(outcome.touched),
+            },
+        )
+    counters.execute()
+    for account_id, outcome in outcomes.items():
+        if outcome.touched:
+            evaluation.evaluate_touched(account_id, set(outcome.touched), now)
+    return outcomes

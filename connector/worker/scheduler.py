@@ -1,0 +1,118 @@
+"""The scheduler process: wakes every ``TICK_SECONDS`` and
+
+* re-arms the drain of any event shard that holds events but has no drain job (a web process
+  that died between storing and enqueueing, a worker that died mid-batch);
+* enqueues the re-evaluation of every profile whose ``next_due`` has come (connector/due.py), and
+  sleeps only until the next due instant, so time-based transitions fire when they fall due;
+* arms the flush of every destination whose retry backoff has come due (connector/sync.py);
+* runs every registered periodic task.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime
+from types import FrameType
+
+import redis
+from rq import Queue
+
+from connector import clock, redis_conn
+from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key
+from connector.settings import Settings
+from connector.worker import due
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2
+
+Task = Callable[[datetime], int]
+TASKS: list[Task] = []
+
+
+def rearm_pumps(queue: EventQueue) -> int:
+    rearmed = 0
+    for shard, depth in queue.pending().items():
+        if depth and queue.conn.set(pump_key(shard), "1", nx=True, ex=PUMP_TTL_SECONDS):
+            queue.enqueue_drain(shard)
+            rearmed += 1
+    return rearmed
+
+
+DUE_BATCH = 1000
+REEVALUATE_CHUNK = 200
+
+
+def fire_due(conn: redis.Redis, now: datetime, limit: int = DUE_BATCH) -> int:
+    """Enqueue re-evaluation of every profile due at or before ``now``; returns how many."""
+    from connector.worker.jobs import REEVALUATE_QUEUE
+
+    fired = 0
+    rq = Queue(REEVALUATE_QUEUE, connection=conn)
+    while True:
+        entries = due.take_due(conn, now, limit)
+        if not entries:
+            return fired
+        by_account: dict[str, list[tuple[str, float]]] = {}
+        for account, profile_id, score in entries:
+            by_account.setdefault(account, []).append((profile_id, score))
+        for account, items in by_account.items():
+            for start in range(0, len(items), REEVALUATE_CHUNK):
+                chunk = items[start : start + REEVALUATE_CHUNK]
+                rq.enqueue(
+                    "connector.worker.jobs.reevaluate",
+                    account,
+                    [pid for pid, _ in chunk],
+                    [score for _, score in chunk],
+                    result_ttl=0,
+                    failure_ttl=24 * 3600,
+                )
+        due.remove_taken(conn, entries)
+        fired += len(entries)
+        if len(entries) < limit:
+            return fired
+
+
+def tick(queue: EventQueue, now: datetime) -> int:
+    from connector.sync import engine as sync
+
+    done = rearm_pumps(queue)
+    done += fire_due(queue.conn, now)
+    done += sync.fire_due(queue.conn, now)
+    for task in TASKS:
+        done += task(now)
+    return done
+
+
+def sleep_seconds(conn: redis.Redis, now: datetime) -> float:
+    """Until the next due instant, at most one tick: due profiles fire at their instant, not later."""
+    nxt = due.earliest(conn)
+    if nxt is None:
+        return TICK_SECONDS
+    return max(0.0, min(TICK_SECONDS, nxt - now.timestamp()))
+
+
+def run(settings: Settings | None = None, max_ticks: int | None = None) -> None:
+    settings = settings or Settings.from_env()
+    queue = EventQueue(redis_conn.connection(settings.queue_redis_url), settings.event_shards)
+    stopping = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    ticks = 0
+    while not stopping and (max_ticks is None or ticks < max_ticks):
+        pause = TICK_SECONDS
+        try:
+            tick(queue, clock.now())
+            pause = sleep_seconds(queue.conn, clock.now())
+        except redis.RedisError as err:
+            log.warning("scheduler tick failed: %s", err)
+        ticks += 1
+        time.sleep(pause)

@@ -1,0 +1,244 @@
+"""Property tests: arbitrary bodies, headers, content types and methods on every route → never a 500.
+
+Two kinds of request per route: unsigned noise (exercises verification and the 401 paths), and
+correctly signed near-valid payloads with arbitrary values swapped in (exercises parsing and
+normalization behind a valid signature, where a 500 would hide).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connector import clock
+from connector.errors import Unauthorized
+from connector.ingest.receivers import REGISTRY
+from connector.ingest.receivers.shopify import TOPICS
+from tests.conftest import ACME_ENV, FIXED_NOW
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+METHODS = st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+HEADER_NAMES = st.sampled_from(
+    [
+        "Content-Type", "Content-Encoding", "Authorization", "X-Signature", "X-Segment-Signature",
+        "X-Shopify-Hmac-Sha256", "X-Shopify-Topic", "X-Shopify-Webhook-Id", "X-Shopify-Shop-Domain",
+        "X-Shopify-Triggered-At", "Klaviyo-Signature", "Klaviyo-Timestamp", "Klaviyo-Webhook-Id",
+        "X-HubSpot-Signature", "X-HubSpot-Signature-Version", "X-HubSpot-Signature-v3",
+        "X-HubSpot-Request-Timestamp", "X-Mandrill-Signature", "webhook-id", "webhook-timestamp",
+        "webhook-signature", "svix-id", "svix-timestamp", "svix-signature", "X-Signing-Key",
+    ]
+)  # fmt: skip
+CONTENT_TYPES = st.sampled_from(
+    ["application/json", "text/plain", "application/x-www-form-urlencoded", "application/xml",
+     "multipart/form-data; boundary=x", "", "application/json; charset=utf-8"]
+)  # fmt: skip
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+NOISE_BODY = st.one_of(
+    st.binary(max_size=300),
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=5).map(
+        lambda d: urlencode(d).encode()
+    ),
+)
+
+SENDER_ROUTES = [f"/webhooks/acme/{name}" for name in sorted(REGISTRY)]
+OTHER_ROUTES = [
+    "/webhooks/nosuch/segment",
+    "/webhooks/nosuch/mailchimp",
+    "/webhooks/globex/shopify",
+    "/webhooks/acme/unknown_sender",
+]
+TRACKING_ROUTES = [
+    f"/v1/{c}" for c in ("track", "identify", "page", "screen", "group", "alias", "batch", "t", "b")
+]
+
+
+def send(client, method: str, path: str, body: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    with clock.frozen(FIXED_NOW):
+        return client.open(path, method=method, data=body, headers=headers)
+
+
+@pytest.mark.parametrize("path", SENDER_ROUTES + OTHER_ROUTES + TRACKING_ROUTES)
+def test_noise_never_500(client, redis_client, path) -> None:  # type: ignore[no-untyped-def]
+    @FUZZ
+    @given(
+        method=METHODS,
+        body=NOISE_BODY,
+        headers=st.dictionaries(HEADER_NAMES, HEADER_TEXT, max_size=6),
+        content_type=CONTENT_TYPES,
+        query=st.sampled_from(["", "?secret=", "?secret=mc_url_secret_9f8e7d", "?a=%FF&b"]),
+    )
+    def run(method: str, body: bytes, headers: dict[str, str], content_type: str, query: str) -> None:
+        res = send(client, method, path + query, body, {"Content-Type": content_type, **headers})
+        assert res.status_code < 500, (res.status_code, res.get_data()[:300])
+
+    run()
+
+
+# --- signed, near-valid payloads ------------------------------------------------------------
+
+
+def fuzzed(template: Any) -> st.SearchStrategy[Any]:
+    """The template with any value possibly replaced by arbitrary JSON, at any depth."""
+    if isinstance(template, dict):
+        return st.fixed_dictionaries({k: st.one_of(fuzzed(v), JSON) for k, v in template.items()})
+    if isinstance(template, list) and template:
+        return st.lists(st.one_of(fuzzed(template[0]), JSON), max_size=4)
+    return st.one_of(st.just(template), JSON)
+
+
+SEGMENT_MESSAGE = {
+    "type": "track", "event": "Order Completed", "messageId": "m1", "userId": "u1", "anonymousId": "a1",
+    "timestamp": "2024-01-01T00:00:00Z", "originalTimestamp": "2024-01-01T00:00:00Z",
+    "sentAt": "2024-01-01T00:00:00Z", "properties": {"revenue": 1.5}, "traits": {"email": "a@example.com"},
+    "context": {"traits": {"email": "a@example.com"}}, "previousId": "p", "groupId": "g", "name": "n",
+}  # fmt: skip
+TEMPLATES: dict[str, Any] = {
+    "segment": [SEGMENT_MESSAGE],
+    "rudderstack": [SEGMENT_MESSAGE],
+    "shopify": {
+        "id": 1, "email": "a@example.com", "created_at": "2024-01-01T00:00:00Z", "updated_at": 1704067200,
+        "total_price": "1.00", "currency": "USD", "token": "t",
+        "customer": {"id": 2, "email": "b@example.com"},
+        "line_items": [{"id": 1, "price": "1.00", "quantity": 1}], "shop_domain": "s", "first_name": "F",
+    },
+    "klaviyo": {
+        "data": [{"external_id": "e1", "topic": "event:klaviyo.opened_email", "payload": {"data": {
+            "id": "e1", "attributes": {"timestamp": 1704067200, "datetime": "2024-01-01T00:00:00+00:00",
+                                       "event_properties": {"$email": "a@example.com"}},
+            "relationships": {"profile": {"data": {"id": "p1"}}, "metric": {"data": {"id": "m"}}}}}}],
+        "meta": {"klaviyo_webhook_id": "W1", "klaviyo_account_id": "A"},
+    },
+    "hubspot": [{"eventId": 1, "subscriptionId": 2, "portalId": 3, "occurredAt": 1704067200000,
+                 "subscriptionType": "contact.propertyChange", "objectId": 4, "propertyName": "x",
+                 "propertyValue": "y", "attemptNumber": 0}],
+    "standard_webhooks": {"type": "contact.created", "timestamp": "2024-01-01T00:00:00Z",
+                          "data": {"email": "a@example.com", "userId": "u", "anonymous_id": "a"}},
+    "mandrill": [{"event": "open", "_id": "i", "ts": 1704067200, "msg": {"email": "a@example.com"},
+                  "type": "blacklist", "action": "add", "reject": {"email": "b@example.com"}, "url": "u"}],
+    "mailchimp": {"type": "subscribe", "fired_at": "2024-01-01 00:00:00", "data[id]": "m1",
+                  "data[email]": "a@example.com", "data[list_id]": "L", "data[merges][FNAME]": "F",
+                  "data[new_email]": "c@example.com"},
+}  # fmt: skip
+SECRETS = {
+    "segment": ACME_ENV["ACME_SEGMENT_SECRET"],
+    "rudderstack": ACME_ENV["ACME_RUDDER_KEY"],
+    "shopify": ACME_ENV["ACME_SHOPIFY_SECRET"],
+    "klaviyo": ACME_ENV["ACME_KLAVIYO_SECRET"],
+    "hubspot": ACME_ENV["ACME_HUBSPOT_SECRET"],
+    "standard_webhooks": ACME_ENV["ACME_SW_SECRET"],
+    "mandrill": ACME_ENV["ACME_MANDRILL_KEY"],
+    "mailchimp": ACME_ENV["ACME_MAILCHIMP_TOKEN"],
+}
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def encode(sender: str, value: Any, as_object: bool) -> bytes:
+    if sender == "mailchimp":
+        if not isinstance(value, dict):
+            value = {"type": value}
+        return urlencode(
+            {str(k): json.dumps(v) if not isinstance(v, str) else v for k, v in value.items()}
+        ).encode()
+    if sender == "mandrill":
+        return urlencode({"mandrill_events": json.dumps(value)}).encode()
+    if as_object and isinstance(value, list) and value:
+        value = value[0]
+    return json.dumps(value).encode()
+
+
+@pytest.mark.parametrize("sender", sorted(TEMPLATES))
+def test_signed_payloads_never_500(client, redis_client, sender) -> None:  # type: ignore[no-untyped-def]
+    receiver = REGISTRY[sender]
+    path = f"/webhooks/acme/{sender}"
+
+    @FUZZ
+    @given(
+        value=fuzzed(TEMPLATES[sender]),
+        as_object=st.booleans(),
+        topic=st.one_of(st.sampled_from(sorted(TOPICS)), HEADER_TEXT),
+        content_type=CONTENT_TYPES,
+    )
+    def run(value: Any, as_object: bool, topic: str, content_type: str) -> None:
+        body = encode(sender, value, as_object)
+        url = (
+            "https://hooks.example.com/webhooks/mandrill"
+            if sender == "mandrill"
+            else f"http://localhost{path}"
+        )
+        try:
+            headers = receiver.sign(SECRETS[sender], body, url=url, now=FIXED_NOW)
+        except Unauthorized:
+            return  # nothing a sender could sign (e.g. Segment's empty batch)
+        target = path
+        if sender == "mailchimp":
+            target += "?" + urlencode({"secret": SECRETS[sender]})
+        if sender == "shopify":
+            headers.update({"X-Shopify-Topic": topic or "orders/create", "X-Shopify-Webhook-Id": "w1"})
+        if sender == "klaviyo":
+            headers["Klaviyo-Webhook-Id"] = "W1"
+        if content_type and not content_type.startswith(("application/json", "application/x-www")):
+            headers["Content-Type"] = content_type
+        res = send(client, "POST", target, body, headers)
+        assert res.status_code < 500, (res.status_code, res.get_data()[:300])
+        if sender == "klaviyo" and _dict(_dict(value).get("meta")).get("klaviyo_webhook_id") != "W1":
+            return  # meta.klaviyo_webhook_id must equal the header: refusing is right
+        assert res.status_code != 401, "a correctly signed request was refused"
+
+    run()
+
+
+@FUZZ
+@given(
+    value=fuzzed({"batch": [SEGMENT_MESSAGE], "sentAt": "2024-01-01T00:00:00Z", "context": {}}),
+    path=st.sampled_from(TRACKING_ROUTES),
+    compress=st.booleans(),
+)
+def test_tracking_payloads_never_500(client, redis_client, value: Any, path: str, compress: bool) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps(value).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(b"acme-write-key-7f3a:").decode(),
+    }
+    if compress:
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    res = send(client, "POST", path, body, headers)
+    assert res.status_code < 500, (res.status_code, res.get_data()[:300])
+    assert res.status_code != 401
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "9999-12-31T23:59:59-05:00",
+        "0001-01-01T00:00:00+05:00",
+        "1969-12-31T00:00:00Z",
+        "2999-01-01T00:00:00Z",
+    ],
+)
+def test_edge_of_range_timestamps_are_400(client, redis_client, stamp: str) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps({"id": 1, "created_at": stamp}).encode()
+    headers = REGISTRY["shopify"].sign(SECRETS["shopify"], body, url="", now=FIXED_NOW)
+    headers.update({"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "w-edge"})
+    res = send(client, "POST", "/webhooks/acme/shopify", body, headers)
+    assert res.status_code == 400

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import copy
+import json
+
+from connector.config import load_accounts
+from connector.ingest.receivers.shopify import signature
+from tests.conftest import ACME, GLOBEX, vector, write_accounts
+from tests.helpers import stored_events
+
+SECRET = b"hush_shopify_client_secret"
+SHOP = "example-shop.myshopify.com"
+
+
+def headers(body: bytes, topic: str, webhook_id: str = "wh-1", secret: bytes = SECRET, **extra: str):
+    out = {
+        "Content-Type": "application/json",
+        "X-Shopify-Hmac-Sha256": signature(secret, body),
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Shop-Domain": SHOP,
+        "X-Shopify-API-Version": "2024-07",
+        "X-Shopify-Event-Id": "ev-1",
+        "X-Shopify-Triggered-At": "2024-01-01T17:00:00.000Z",
+    }
+    out.update(extra)
+    return out
+
+
+def post(client, body: bytes, hdrs: dict[str, str], account: str = "acme"):  # type: ignore[no-untyped-def]
+    return client.post(f"/webhooks/{account}/shopify", data=body, headers=hdrs)
+
+
+def test_orders_create_vector_normalized(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    v = vector("shopify_orders_create")
+    body = v["body"].encode()
+    hdrs = headers(body, "orders/create")
+    assert hdrs["X-Shopify-Hmac-Sha256"] == v["expected"]["X-Shopify-Hmac-Sha256"]
+    res = post(client, body, hdrs)
+    assert res.status_code == 200, res.json
+    [event] = stored_events(redis_client)
+    assert event["name"] == "order_completed"
+    assert event["type"] == "track"
+    assert event["source_event_id"] == f"{SHOP}:orders/create:wh-1"
+    assert event["identities"] == {"email": "jon@example.com", "shopify_customer_id": "115310627314723954"}
+    props = event["properties"]
+    assert props["revenue"] == 199.0 and props["currency"] == "USD"
+    assert props["line_items"][0]["price"] == 199.0 and props["line_items"][0]["quantity"] == 1
+    assert props["shopify_event_id"] == "ev-1"
+    assert event["occurred_at"] == "2024-01-01T17:00:00Z"
+    assert event["raw"] == json.loads(body)
+
+
+def test_topics_mapping(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    cases = {
+        "orders/paid": ({"id": 1, "email": "a@example.com", "total_price": "5.50", "currency": "eur"},
+                        "order_paid", "track"),
+        "checkouts/create": ({"token": "ck1", "email": "a@example.com", "created_at": "2024-01-01T00:00:00Z"},
+                             "checkout_started", "track"),
+        "checkouts/update": ({"token": "ck1", "email": "a@example.com", "updated_at": "2024-01-02T00:00:00Z"},
+                             "checkout_updated", "track"),
+        "carts/create": ({"id": "c1", "token": "cart-tok", "line_items": []}, "cart_updated", "track"),
+        "carts/update": ({"id": "c1", "token": "cart-tok", "line_items": []}, "cart_updated", "track"),
+        "customers/create": ({"id": 77, "email": "B@Example.com", "first_name": "B"}, "identify", "identify"),
+        "customers/update": ({"id": 77, "email": "b@example.com", "tags": "vip"}, "identify", "identify"),
+        "customers/data_request": ({"shop_id": 1, "shop_domain": SHOP, "customer": {"id": 191167},
+                                    "data_request": {"id": 9999}}, "data_request", "data_request"),
+        "customers/redact": ({"shop_id": 1, "customer": {"id": 191167, "email": "john@example.com"},
+                              "orders_to_redact": [1]}, "delete", "delete"),
+        "shop/redact": ({"shop_id": 1, "shop_domain": SHOP}, "shop_redact", "delete"),
+        "products/update": ({"id": 5}, "products_update", "track"),
+    }  # fmt: skip
+    for i, (topic, (payload, _name, _kind)) in enumerate(cases.items()):
+        body = json.dumps(payload).encode()
+        res = post(client, body, headers(body, topic, webhook_id=f"wh-{i}"))
+        assert res.status_code == 200, (topic, res.json)
+    events = {e["original_name"]: e for e in stored_events(redis_client)}
+    for topic, (_, name, kind) in cases.items():
+        assert (events[topic]["name"], events[topic]["type"]) == (name, kind), topic
+    assert events["orders/paid"]["properties"]["revenue"] == 5.5
+    assert events["orders/paid"]["properties"]["currency"] == "EUR"
+    assert events["carts/update"]["identities"] == {"shopify_cart_token": "cart-tok"}
+    assert events["customers/create"]["identities"] == {"email": "b@example.com", "shopify_customer_id": "77"}
+    assert events["customers/create"]["traits"]["first_name"] == "B"
+    assert events["customers/redact"]["identities"]["shopify_customer_id"] == "191167"
+    assert events["checkouts/update"]["occurred_at"] == "2024-01-02T00:00:00Z"
+
+
+def test_rotated_sdk_secret_accepted(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    v = vector("shopify_sdk")
+    body = v["body"].encode()
+    hdrs = headers(body, "orders/create", secret=b"test_secret_key")
+    assert hdrs["X-Shopify-Hmac-Sha256"] == v["expected"]["X-Shopify-Hmac-Sha256"]
+    assert post(client, body, hdrs).status_code == 200
+
+
+def test_rejections_are_401_and_store_nothing(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    v = vector("shopify_customers_redact")
+    body = v["body"].encode()
+    good = headers(body, "customers/redact")
+    answers = [
+        post(client, body.replace(b"191167", b"191168"), good),
+        post(client, body, headers(body, "customers/redact", secret=b"wrong")),
+        post(client, body, {k: v for k, v in good.items() if k != "X-Shopify-Hmac-Sha256"}),
+        post(client, body, {k: v for k, v in good.items() if k != "X-Shopify-Topic"}),
+        post(client, body, {k: v for k, v in good.items() if k != "X-Shopify-Webhook-Id"}),
+        post(client, body, good, account="globex"),
+        post(client, body, good, account="nosuch"),
+    ]
+    assert [a.status_code for a in answers] == [401] * len(answers)
+    assert all(a.json == {"error": "unauthorized"} for a in answers)
+    assert stored_events(redis_client) == []
+
+
+def test_shop_domain_allow_list(settings, tmp_path, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from connector.app import create_app
+
+    acme = copy.deepcopy(ACME)
+    acme["senders"]["shopify"]["shop_domains"] = [SHOP]
+    app = create_app(settings, load_accounts(write_accounts(tmp_path / "a", acme, GLOBEX)))
+    client = app.test_client()
+    body = b'{"id": 1}'
+    assert post(client, body, headers(body, "orders/create")).status_code == 200
+    other = {
+        **headers(body, "orders/create", webhook_id="wh-2"),
+        "X-Shopify-Shop-Domain": "evil.myshopify.com",
+    }
+    assert post(client, body, other).status_code == 401
+    assert len(stored_events(redis_client)) == 1
+
+
+def test_same_delivery_five_times_stored_once(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = vector("shopify_orders_create")["body"].encode()
+    answers = [post(client, body, headers(body, "orders/create")) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert [a.json["accepted"] for a in answers] == [1, 0, 0, 0, 0]
+    assert len(stored_events(redis_client)) == 1
+    # another subscription's delivery of the same merchant action is its own event
+    assert post(client, body, headers(body, "orders/paid", webhook_id="wh-9")).json["accepted"] == 1
+
+
+def test_malformed_after_signature_is_400(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    for body in (b"{nope", b"[1, 2]", b'{"created_at": "yesterday"}'):
+        res = post(client, body, headers(body, "orders/create"))
+        assert res.status_code == 400, body
+        assert res.json["error"] == "malformed_payload"

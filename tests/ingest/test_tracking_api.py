@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+
+import pytest
+
+from connector import clock
+from tests.conftest import FIXED_NOW
+from tests.helpers import stored_events
+
+KEY = "acme-write-key-7f3a"
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def post(client, path: str, payload: object, key: str | None = KEY, **headers: str):  # type: ignore[no-untyped-def]
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    hdrs = {"Content-Type": "application/json", **(basic(key) if key else {}), **headers}
+    with clock.frozen(FIXED_NOW):
+        return client.post(path, data=body, headers=hdrs)
+
+
+@pytest.mark.parametrize(
+    ("call", "payload", "name"),
+    [
+        ("track", {"event": "Product Viewed", "userId": "u1", "properties": {"sku": "s"}}, "product_viewed"),
+        ("identify", {"userId": "u1", "traits": {"email": "A@Example.com"}}, "identify"),
+        ("page", {"anonymousId": "a1", "name": "Home"}, "page_viewed"),
+        ("screen", {"userId": "u1", "name": "Cart"}, "screen_viewed"),
+        ("group", {"userId": "u1", "groupId": "g1", "traits": {"plan": "pro"}}, "group"),
+        ("alias", {"userId": "u1", "previousId": "a1"}, "alias"),
+    ],
+)
+def test_single_calls(client, redis_client, call, payload, name) -> None:  # type: ignore[no-untyped-def]
+    res = post(client, f"/v1/{call}", {**payload, "messageId": f"m-{call}"})
+    assert res.status_code == 200, res.json
+    assert res.json == {"success": True, "accepted": 1, "duplicates": 0}
+    [event] = stored_events(redis_client)
+    assert event["name"] == name
+    assert event["account"] == "acme"
+    assert event["source"] == "tracking"
+    assert event["type"] == ("track" if call == "track" else call)
+
+
+def test_batch_with_write_key_in_body_and_skew_correction(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    payload = {
+        "writeKey": KEY,
+        "sentAt": "2024-01-01T00:10:00Z",  # device clock 10 minutes ahead
+        "batch": [
+            {"type": "track", "event": "Order Completed", "userId": "u2", "messageId": "b1",
+             "originalTimestamp": "2024-01-01T00:09:00Z", "properties": {"revenue": 3}},
+            {"type": "identify", "userId": "u2", "messageId": "b2", "traits": {"plan": "pro"},
+             "timestamp": "2023-12-31T00:00:00Z"},
+        ],
+    }  # fmt: skip
+    res = post(client, "/v1/batch", payload, key=None)
+    assert res.json == {"success": True, "accepted": 2, "duplicates": 0}
+    events = {e["source_event_id"]: e for e in stored_events(redis_client)}
+    # 00:00:30 (now) - (00:10:00 - 00:09:00)
+    assert events["b1"]["occurred_at"] == "2023-12-31T23:59:30Z"
+    assert events["b2"]["occurred_at"] == "2023-12-31T00:00:00Z"
+    assert "writeKey" not in json.dumps(events["b1"]["raw"])
+
+
+def test_gzip_body_and_duplicates(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    batch = {
+        "batch": [{"type": "track", "event": "E", "userId": "u", "messageId": f"g{i}"} for i in range(3)]
+    }
+    body = gzip.compress(json.dumps(batch).encode())
+    res = post(client, "/v1/batch", body, **{"Content-Encoding": "gzip"})
+    assert res.json == {"success": True, "accepted": 3, "duplicates": 0}
+    again = {
+        "batch": [*batch["batch"][1:], {"type": "track", "event": "E", "userId": "u", "messageId": "g3"}]
+    }
+    assert post(client, "/v1/batch", again).json == {"success": True, "accepted": 1, "duplicates": 2}
+    assert [post(client, "/v1/track", batch["batch"][0]).json["duplicates"] for _ in range(5)] == [1] * 5
+    assert len(stored_events(redis_client)) == 4
+
+
+def test_short_paths_used_by_analytics_js(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    assert post(client, "/v1/t", {"event": "E", "userId": "u", "messageId": "s1"}).status_code == 200
+    assert (
+        post(client, "/v1/b", {"batch": [{"type": "page", "userId": "u", "messageId": "s2"}]}).status_code
+        == 200
+    )
+    assert len(stored_events(redis_client)) == 2
+
+
+def test_unknown_or_missing_write_key_is_401(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    msg = {"event": "E", "userId": "u", "messageId": "k1"}
+    answers = [
+        post(client, "/v1/track", msg, key=None),
+        post(client, "/v1/track", msg, key="nope"),
+        post(client, "/v1/track", {**msg, "writeKey": "nope"}, key=None),
+        post(client, "/v1/track", msg, key=None, Authorization="Basic !!!"),
+        post(client, "/v1/track", msg, key=None, Authorization="Bearer " + KEY),
+        post(client, "/v1/track", b"{broken", key=None),
+    ]
+    assert [a.status_code for a in answers] == [401] * len(answers)
+    assert all(a.json == {"error": "unauthorized"} for a in answers)
+    assert stored_events(redis_client) == []
+
+
+def test_write_keys_select_their_account(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    post(client, "/v1/track", {"event": "E", "userId": "u", "messageId": "x"}, key="globex-write-key-1b2c")
+    assert stored_events(redis_client)[0]["account"] == "globex"
+
+
+def test_invalid_batch_element_is_400_naming_it(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    batch = {"batch": [{"type": "track", "event": "E", "userId": "u"}, {"type": "track", "userId": "u"}]}
+    res = post(client, "/v1/batch", batch)
+    assert res.status_code == 400
+    assert "batch[1].event" in res.json["message"]
+    res = post(client, "/v1/batch", {"batch": [{"type": "bogus"}]})
+    assert res.status_code == 400 and "batch[0].type" in res.json["message"]
+    res = post(client, "/v1/batch", {"batch": "x"})
+    assert res.status_code == 400 and "body.batch" in res.json["message"]
+    res = post(client, "/v1/track", {"event": "E", "userId": "u", "timestamp": "someday"})
+    assert res.status_code == 400 and "body.timestamp" in res.json["message"]
+    assert stored_events(redis_client) == []
+
+
+def test_content_type_encoding_and_size(client, app, redis_client) -> None:  # type: ignore[no-untyped-def]
+    msg = json.dumps({"event": "E", "userId": "u"}).encode()
+    assert post(client, "/v1/track", msg, **{"Content-Type": "application/xml"}).status_code == 415
+    assert post(client, "/v1/track", msg, **{"Content-Encoding": "br"}).status_code == 415
+    assert post(client, "/v1/track", b"not gzip", **{"Content-Encoding": "gzip"}).status_code == 400
+    assert post(client, "/v1/track", msg, **{"Content-Type": "text/plain"}).status_code == 200
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    bomb = gzip.compress(b" " * (limit * 8))  # small on the wire, 8x the limit inflated
+    assert len(bomb) < limit
+    res = post(client, "/v1/batch", bomb, **{"Content-Encoding": "gzip"})
+    assert res.status_code == 413 and res.json["error"] == "payload_too_large"
+    assert post(client, "/v1/unknown", msg).status_code == 404
+    assert client.get("/v1/track").status_code == 405
