@@ -1,0 +1,176 @@
+"""The runtime: what a process needs, built once from its settings at the entry point.
+
+``connector web`` (the app factory), ``connector worker``, ``connector scheduler`` and the CLI each
+build one :class:`Runtime` from :class:`~connector.settings.Settings` and hand it down: the Redis
+connections, the one accounts provider (one cache and one reload rule for every process), and the
+adapters of each destination. Nothing below an entry point reads the environment or opens its own
+connection. RQ jobs are entry points of a kind: the worker process installs its runtime before it
+serves jobs and :func:`current` returns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from connector import clock, redis_conn
+from connector.config import Account, Accounts, load_account_file
+from connector.errors import ConfigError
+from connector.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RELOAD_CHECK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class FileError:
+    """An account file that failed to load: the last valid version of its account keeps serving."""
+
+    file: str
+    reason: str
+    path: str | None = None
+
+
+def _signature(config_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    if not config_dir.is_dir():
+        return ()
+    return tuple(
+        sorted(
+            (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in config_dir.iterdir()
+            if p.suffix in (".yaml", ".yml") and p.is_file()
+        )
+    )
+
+
+class AccountsProvider:
+    """The accounts of one config directory, re-read when one of its files changes.
+
+    The directory is looked at no more than once per ``check_seconds`` (a ``stat`` of each file).
+    A file that fails to load keeps its last valid version serving, and the failure (file, path,
+    reason) is reported by :attr:`errors` until the file loads again; a file that never loaded
+    serves nothing. So a broken edit never stalls the events of any account.
+    """
+
+    def __init__(
+        self,
+        config_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        check_seconds: float = RELOAD_CHECK_SECONDS,
+        monotonic: Callable[[], float] = clock.monotonic,
+    ) -> None:
+        self.config_dir = config_dir
+        self._env = env
+        self._check_seconds = check_seconds
+        self._monotonic = monotonic
+        self._checked_at: float | None = None
+        self._signature: tuple[tuple[str, int, int], ...] | None = None
+        self._by_file: dict[str, Account] = {}
+        self._errors: dict[str, FileError] = {}
+        self._accounts = Accounts([])
+        self.generation = 0
+
+    @property
+    def errors(self) -> list[FileError]:
+        self.refresh()
+        return sorted(self._errors.values(), key=lambda e: e.file)
+
+    def current(self) -> Accounts:
+        self.refresh()
+        return self._accounts
+
+    def get(self, account_id: str) -> Account | None:
+        return self.current().get(account_id)
+
+    def __iter__(self) -> Iterator[Account]:
+        return iter(self.current())
+
+    def refresh(self, *, force: bool = False) -> None:
+        now = self._monotonic()
+        if not force and self._checked_at is not None and now - self._checked_at < self._check_seconds:
+            return
+        self._checked_at = now
+        signature = _signature(self.config_dir)
+        if signature == self._signature and not force:
+            return
+        self._signature = signature
+        self._reload()
+
+    def _reload(self) -> None:
+        env = os.environ if self._env is None else self._env
+        present = {str(self.config_dir / name) for name, _, _ in self._signature or ()}
+        by_file = {f: a for f, a in self._by_file.items() if f in present}
+        errors: dict[str, FileError] = {}
+        for file in sorted(present):
+            try:
+                by_file[file] = load_account_file(Path(file), env)
+            except ConfigError as err:
+                errors[file] = FileError(file=file, reason=err.reason, path=err.path)
+                log.error(
+                    "account file refused; its last valid version keeps serving",
+                    extra={"file": file, "path": err.path, "reason": err.reason},
+                )
+        accounts = self._combine(by_file, errors)
+        self._by_file, self._errors, self._accounts = by_file, errors, accounts
+        self.generation += 1
+
+    def _combine(self, by_file: dict[str, Account], errors: dict[str, FileError]) -> Accounts:
+        """All accounts; a file whose account clashes with another file's is refused, the others serve."""
+        while True:
+            try:
+                return Accounts(list(by_file.values()))
+            except ConfigError as err:
+                file = err.file or ""
+                errors[file] = FileError(file=file, reason=err.reason, path=err.path)
+                if by_file.pop(file, None) is None:
+                    raise
+
+
+@dataclass
+class Runtime:
+    """One per process: settings, connections, accounts, adapters."""
+
+    settings: Settings
+    queue_redis: redis.Redis
+    profile_redis: redis.Redis
+    accounts: AccountsProvider
+    adapters: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
+        return cls(
+            settings=settings,
+            queue_redis=redis_conn.connection(settings.queue_redis_url),
+            profile_redis=redis_conn.connection(settings.profile_redis_url),
+            accounts=AccountsProvider(settings.config_dir, env),
+        )
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime) -> Runtime:
+    """Make ``runtime`` the process's runtime (entry points and test fixtures call this)."""
+    global _current
+    _current = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    """The process's runtime; an entry point that did not build one is a programming error."""
+    if _current is None:
+        raise RuntimeError("no runtime installed: the process entry point builds one (runtime.install)")
+    return _current
+
+
+def uninstall() -> None:
+    global _current
+    _current = None
