@@ -7,7 +7,6 @@ included template name the ``include[i]`` entry and the template.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +15,9 @@ from marshmallow import ValidationError
 from .conditions import Compare, Condition, InSegment, Junction, Not, Sequence_, Unmatched
 from .durations import DurationError, is_duration, parse_duration
 from .errors import RulesError
+from .ruleset import EMPTY, RuleSet, Segment
 from .schema import RulesSchema, TemplateSchema, dumps, flatten
+from .templates import builtin_templates
 from .values import (
     ANY_EVENT,
     Aggregate,
@@ -30,67 +31,6 @@ from .values import (
     Value,
     Window,
 )
-
-
-@dataclass(frozen=True)
-class Segment:
-    name: str
-    condition: Condition  # effective: includes "no earlier group segment matched"
-    matched: Condition  # the segment's own condition
-    group: str | None = None
-    description: str = ""
-    origin: str = ""
-    position: int = 0  # place in its exclusive group
-
-
-@dataclass(frozen=True)
-class RuleSet:
-    """An account's compiled rules. Evaluate with :func:`rules.evaluate`."""
-
-    segments: tuple[Segment, ...] = ()
-    traits: tuple[tuple[str, Value], ...] = ()
-    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    raw: Mapping[str, Any] = field(default_factory=dict)
-    properties: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    lookback: timedelta | None = None
-    unbounded: bool = False
-    templates: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {s.name: s for s in self.segments})
-
-    @property
-    def segment_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.segments)
-
-    @property
-    def trait_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.traits)
-
-    @property
-    def by_name(self) -> dict[str, Segment]:
-        found: dict[str, Segment] = self.__dict__["_by_name"]
-        return found
-
-    def segment(self, name: str) -> Segment:
-        return self.by_name[name]
-
-    def referenced_properties(self) -> dict[str, frozenset[str]]:
-        """Event name → the property names rules read from it (``*``: any event). Events absent: unused."""
-        return dict(self.properties)
-
-    @property
-    def max_lookback(self) -> timedelta | None:
-        """The longest window rules look back over; None when some rule reads all history (lifetime sums,
-        last order ever ...), in which case only the account's retention bounds the history kept."""
-        return None if self.unbounded else self.lookback
-
-    @property
-    def empty(self) -> bool:
-        return not self.segments and not self.traits
-
-
-EMPTY = RuleSet()
 
 
 class _Origin:
@@ -381,25 +321,23 @@ def compile_rules(
 
 
 def _known_templates() -> str:
-    from .templates import builtin_templates
-
     return ", ".join(sorted(builtin_templates()))
 
 
 def _template_lookup(templates: TemplateSource | Mapping[str, Mapping[str, Any]] | None) -> TemplateSource:
     if templates is None:
-        from .templates import builtin_templates
-
         return builtin_templates().get
     if isinstance(templates, Mapping):
         return templates.get
     return templates
 
 
-def _build(
-    parts: list[tuple[_Origin, dict[str, Any]]], raw: Mapping[str, Any], used: tuple[str, ...]
-) -> RuleSet:
-    c = _Compiler()
+Parts = list[tuple[_Origin, dict[str, Any]]]
+SegmentDef = tuple[_Origin, str, dict[str, Any]]
+
+
+def _declare_traits(c: _Compiler, parts: Parts) -> None:
+    """Every part's computed traits; one defined identically by two parts (two templates) is one trait."""
     trait_defs: dict[str, str] = {}
     for origin, data in parts:
         for name, spec in data["traits"].items():
@@ -411,7 +349,11 @@ def _build(
                 raise origin.error(path, f"computed trait {name!r} is already defined differently")
             c.trait_specs[name] = (spec, origin, path)
             trait_defs[name] = text
-    segment_defs: list[tuple[_Origin, str, dict[str, Any]]] = []
+
+
+def _declare_segments(c: _Compiler, parts: Parts) -> list[SegmentDef]:
+    """Every part's segments, in order; names are unique among segments and computed traits."""
+    segment_defs: list[SegmentDef] = []
     for origin, data in parts:
         for i, seg in enumerate(data["segments"]):
             path = f"segments[{i}]"
@@ -421,51 +363,76 @@ def _build(
                 raise origin.error(f"{path}.name", f"{seg['name']!r} is already the name of a computed trait")
             c.segment_names.add(seg["name"])
             segment_defs.append((origin, path, seg))
+    return segment_defs
+
+
+class _Groups:
+    """Exclusive groups: a member holds only when its own condition does and no earlier member's does."""
+
+    def __init__(self, c: _Compiler, matched: Mapping[str, Condition]) -> None:
+        self.c = c
+        self.matched = matched
+        self.group_of: dict[str, str] = {}
+        self.groups: dict[str, tuple[str, ...]] = {}
+        self.effective = dict(matched)
+        self.deps: dict[str, set[str]] = {name: {r for r, _ in refs} for name, refs in c.refs.items()}
+
+    def add(self, origin: _Origin, gpath: str, group: Mapping[str, Any]) -> None:
+        if group["name"] in self.groups:
+            raise origin.error(f"{gpath}.name", f"exclusive group {group['name']!r} is already defined")
+        members: list[str] = []
+        for si, name in enumerate(group["segments"]):
+            spath = f"{gpath}.segments[{si}]"
+            if name not in self.matched:
+                raise origin.error(spath, f"unknown segment {name!r}")
+            if name in self.group_of:
+                raise origin.error(
+                    spath, f"segment {name!r} is already in exclusive group {self.group_of[name]!r}"
+                )
+            self.group_of[name] = group["name"]
+            if members:
+                self._after(name, members)
+            members.append(name)
+        self.groups[group["name"]] = tuple(members)
+
+    def _after(self, name: str, members: list[str]) -> None:
+        c = self.c
+        earlier = [c.intern(Unmatched(self.matched[m], m)) for m in members]
+        self.effective[name] = c.intern(Junction("all", [self.matched[name], *earlier]))
+        for m in members:
+            self.deps[name] |= {r for r, _ in c.refs[m]}
+
+    def position(self, name: str) -> int:
+        return self.groups[self.group_of[name]].index(name) if name in self.group_of else 0
+
+
+def _build(parts: Parts, raw: Mapping[str, Any], used: tuple[str, ...]) -> RuleSet:
+    c = _Compiler()
+    _declare_traits(c, parts)
+    segment_defs = _declare_segments(c, parts)
     traits = c.compile_traits()
     matched: dict[str, Condition] = {}
     for origin, path, seg in segment_defs:
         c._current_refs = []
         matched[seg["name"]] = c.condition(seg["when"], origin, f"{path}.when")
         c.refs[seg["name"]] = c._current_refs
-    group_of: dict[str, str] = {}
-    groups: dict[str, tuple[str, ...]] = {}
-    effective = dict(matched)
-    deps: dict[str, set[str]] = {name: {r for r, _ in refs} for name, refs in c.refs.items()}
+    groups = _Groups(c, matched)
     for origin, data in parts:
         for gi, group in enumerate(data["groups"]):
-            gpath = f"groups[{gi}]"
-            if group["name"] in groups:
-                raise origin.error(f"{gpath}.name", f"exclusive group {group['name']!r} is already defined")
-            members: list[str] = []
-            for si, name in enumerate(group["segments"]):
-                spath = f"{gpath}.segments[{si}]"
-                if name not in matched:
-                    raise origin.error(spath, f"unknown segment {name!r}")
-                if name in group_of:
-                    raise origin.error(
-                        spath, f"segment {name!r} is already in exclusive group {group_of[name]!r}"
-                    )
-                group_of[name] = group["name"]
-                earlier = [c.intern(Unmatched(matched[m], m)) for m in members]
-                if earlier:
-                    effective[name] = c.intern(Junction("all", [matched[name], *earlier]))
-                    for m in members:
-                        deps[name] |= {r for r, _ in c.refs[m]}
-                members.append(name)
-            groups[group["name"]] = tuple(members)
+            groups.add(origin, f"groups[{gi}]", group)
     for origin, path, seg in segment_defs:
         name = seg["name"]
-        cycle = _find_cycle(name, deps)
+        cycle = _find_cycle(name, groups.deps)
         if cycle:
             where = next((p for r, p in c.refs[name] if r == cycle[1]), f"{path}.when")
             raise origin.error(where, "reference cycle: " + " → ".join(cycle))
     segments = tuple(
         Segment(
             name=seg["name"],
-            condition=effective[seg["name"]],
+            condition=groups.effective[seg["name"]],
             matched=matched[seg["name"]],
-            group=group_of.get(seg["name"]),
-            position=groups[group_of[seg["name"]]].index(seg["name"]) if seg["name"] in group_of else 0,
+            group=groups.group_of.get(seg["name"]),
+            position=groups.position(seg["name"]),
             description=seg.get("description", ""),
             origin=origin.template or "",
         )
@@ -475,7 +442,7 @@ def _build(
     return RuleSet(
         segments=segments,
         traits=tuple(traits),
-        groups=groups,
+        groups=groups.groups,
         raw=dict(raw),
         properties=properties,
         lookback=c.lookback if c.lookback else None,

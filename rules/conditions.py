@@ -12,7 +12,7 @@ import operator
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .durations import format_duration
 from .values import (
@@ -29,10 +29,33 @@ from .values import (
     iso,
 )
 
-if TYPE_CHECKING:
-    from .evaluate import Context
-
 Result = tuple[bool | None, datetime | None, bool | None, bool]
+SegmentResult = tuple[bool, datetime | None, bool]  # (member, next change, exact)
+
+
+class Context(Protocol):
+    """What conditions read while evaluating: one profile at one instant (``rules.evaluate.Context``)."""
+
+    @property
+    def ix(self) -> Index: ...
+
+    @property
+    def now(self) -> datetime: ...
+
+    @property
+    def thorough(self) -> bool: ...
+
+    def value(self, value: Value) -> Any: ...
+
+    def value_edge(self, value: Value) -> tuple[Any, datetime | None]: ...
+
+    def result(self, condition: Condition) -> Result: ...
+
+    def segment(self, name: str) -> SegmentResult: ...
+
+    def explain(self, condition: Condition) -> dict[str, Any]: ...
+
+
 WALK_CAP = 64
 
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .conditions import Condition, Result, show
+from .conditions import Condition, Result, SegmentResult, show
 from .explain import reasons
 from .model import Evaluation, Explanation, Profile
+from .ruleset import RuleSet
 from .values import Index, Value, earliest, exported, iso, next_value_change
-
-if TYPE_CHECKING:
-    from .compile import RuleSet
 
 REFINE_CAP = 32
 NEXT_DUE_CAP = 256
-SegmentResult = tuple[bool, datetime | None, bool]
 
 
 class Context:
