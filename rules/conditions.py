@@ -141,18 +141,13 @@ class Compare(Condition):
                     return False
             return True
         if isinstance(value, dict):
-            verdicts = [self.truth(v, t) for v in value.values()]
-            if any(v is True for v in verdicts):
-                return True
-            return None if any(v is None for v in verdicts) else False
-        missing = isinstance(value, Missing)
-        if self.exists is not None:
-            if self.exists == missing:
-                return False
-            if missing:
-                return True
-        if missing:
+            return self._any_group(value, t)
+        if isinstance(value, Missing):
+            if self.exists is not None:
+                return not self.exists
             return False if value.definite else None
+        if self.exists is False:
+            return False
         verdict: bool | None = True
         for op, arg in self.ops:
             outcome = compare(op, value, arg)
@@ -161,13 +156,26 @@ class Compare(Condition):
             if outcome is None:
                 verdict = None
         if self.dates:
-            instant = as_datetime(value)
-            if instant is None:
-                return None
-            for op, age in self.dates:
-                old = t >= instant + age
-                if old != (op == "older_than"):
-                    return False
+            return self._dated(value, t, verdict)
+        return verdict
+
+    def _any_group(self, value: dict[Any, Any], t: datetime) -> bool | None:
+        """A per-group value (group_by): true when some group's value is."""
+        verdicts = [self.truth(v, t) for v in value.values()]
+        if any(v is True for v in verdicts):
+            return True
+        return None if any(v is None for v in verdicts) else False
+
+    def _dated(self, value: Any, t: datetime, verdict: bool | None) -> bool | None:
+        """``verdict`` when the instant ``value`` is old enough / recent enough at ``t``; False when it is
+        not; None when ``value`` is not an instant."""
+        instant = as_datetime(value)
+        if instant is None:
+            return None
+        for op, age in self.dates:
+            old = t >= instant + age
+            if old != (op == "older_than"):
+                return False
         return verdict
 
     def date_edge(self, value: Any, t: datetime) -> datetime | None:

@@ -95,41 +95,78 @@ def _equal(a: Any, b: Any) -> bool:
     return pair is not None and not isinstance(a, str) and pair[0] == pair[1]
 
 
-def compare(op: str, actual: Any, arg: Any) -> bool | None:
-    """One comparison; None when the two sides cannot be compared (text against number ...)."""
-    if op == "eq":
-        return _equal(actual, arg)
-    if op == "ne":
-        return not _equal(actual, arg)
-    if op in ("in", "not_in"):
-        found = any(_equal(actual, item) for item in arg)
-        return found if op == "in" else not found
-    if op == "contains":
-        if isinstance(actual, str):
-            return isinstance(arg, str) and arg in actual
-        if isinstance(actual, list | tuple | set | frozenset):
-            return any(_equal(item, arg) for item in actual)
+def _not_equal(actual: Any, arg: Any) -> bool:
+    return not _equal(actual, arg)
+
+
+def _in(actual: Any, arg: Any) -> bool:
+    return any(_equal(actual, item) for item in arg)
+
+
+def _not_in(actual: Any, arg: Any) -> bool:
+    return not any(_equal(actual, item) for item in arg)
+
+
+def _contains(actual: Any, arg: Any) -> bool | None:
+    if isinstance(actual, str):
+        return isinstance(arg, str) and arg in actual
+    if isinstance(actual, list | tuple | set | frozenset):
+        return any(_equal(item, arg) for item in actual)
+    return None
+
+
+def _starts_with(actual: Any, arg: Any) -> bool | None:
+    return actual.startswith(arg) if isinstance(actual, str) else None
+
+
+def _between(actual: Any, arg: Any) -> bool | None:
+    low, high = _ordered(actual, arg[0]), _ordered(actual, arg[1])
+    if low is None or high is None:
         return None
-    if op == "starts_with":
-        return actual.startswith(arg) if isinstance(actual, str) else None
-    if op == "between":
-        low, high = _ordered(actual, arg[0]), _ordered(actual, arg[1])
-        if low is None or high is None:
-            return None
-        return bool(low[1] <= low[0] and high[0] <= high[1])
+    return bool(low[1] <= low[0] and high[0] <= high[1])
+
+
+def _gt(actual: Any, arg: Any) -> bool | None:
     pair = _ordered(actual, arg)
-    if pair is None:
-        return None
-    x, y = pair
-    if op == "gt":
-        return bool(x > y)
-    if op == "gte":
-        return bool(x >= y)
-    if op == "lt":
-        return bool(x < y)
-    if op == "lte":
-        return bool(x <= y)
-    raise KeyError(op)
+    return None if pair is None else bool(pair[0] > pair[1])
+
+
+def _gte(actual: Any, arg: Any) -> bool | None:
+    pair = _ordered(actual, arg)
+    return None if pair is None else bool(pair[0] >= pair[1])
+
+
+def _lt(actual: Any, arg: Any) -> bool | None:
+    pair = _ordered(actual, arg)
+    return None if pair is None else bool(pair[0] < pair[1])
+
+
+def _lte(actual: Any, arg: Any) -> bool | None:
+    pair = _ordered(actual, arg)
+    return None if pair is None else bool(pair[0] <= pair[1])
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool | None]] = {
+    "eq": _equal,
+    "ne": _not_equal,
+    "in": _in,
+    "not_in": _not_in,
+    "contains": _contains,
+    "starts_with": _starts_with,
+    "between": _between,
+    "gt": _gt,
+    "gte": _gte,
+    "lt": _lt,
+    "lte": _lte,
+}
+
+
+def compare(op: str, actual: Any, arg: Any) -> bool | None:
+    """One comparison; None when the two sides cannot be compared (text against number ...).
+
+    An operator the schema does not know raises KeyError.
+    """
+    return _COMPARISONS[op](actual, arg)
 
 
 def describe_ops(ops: Iterable[tuple[str, Any]]) -> str:
