@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -34,8 +35,8 @@ class Strict(Schema):
     error_messages = {"unknown": "unknown field"}
 
 
-class Duration(fields.Field):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+class Duration(fields.Field[timedelta]):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> timedelta:
         try:
             return parse_duration(value)
         except DurationError as err:
@@ -59,17 +60,17 @@ class EventName(fields.String):
         )
 
 
-class Pair(fields.Field):
+class Pair(fields.Field[tuple[Any, Any]]):
     """``[low, high]``, both inclusive."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[Any, Any]:
         if not isinstance(value, list) or len(value) != 2:
             raise ValidationError("must be a list of two values: [low, high]")
         return (value[0], value[1])
 
 
-class Scalars(fields.Field):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+class Scalars(fields.Field[tuple[Any, ...]]):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[Any, ...]:
         if not isinstance(value, list) or not value:
             raise ValidationError("must be a non-empty list of values")
         if any(isinstance(v, dict | list) for v in value):
@@ -77,15 +78,15 @@ class Scalars(fields.Field):
         return tuple(value)
 
 
-class Scalar(fields.Field):
+class Scalar(fields.Field[Any]):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, dict | list) or value is None:
             raise ValidationError("must be a plain value (number, text, true/false)")
         return value
 
 
-def _comparison_fields(names: tuple[str, ...]) -> dict[str, fields.Field]:
-    made: dict[str, fields.Field] = {}
+def _comparison_fields(names: tuple[str, ...]) -> dict[str, fields.Field[Any]]:
+    made: dict[str, fields.Field[Any]] = {}
     for name in names:
         if name == "between":
             made[name] = Pair()
@@ -105,10 +106,12 @@ def _require_comparison(data: Mapping[str, Any], ops: tuple[str, ...]) -> None:
         raise ValidationError(f"needs a comparison: one of {', '.join(ops)}")
 
 
-class WhereField(fields.Field):
+class WhereField(fields.Field[dict[str, tuple[tuple[str, Any], ...]]]):
     """Property filters: ``{category: shoes, revenue: {gt: 100}}``; a bare value means ``eq``."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> dict[str, tuple[tuple[str, Any], ...]]:
         if not isinstance(value, dict) or not value:
             raise ValidationError("must be a mapping of property: value or property: {operator: value}")
         out: dict[str, tuple[tuple[str, Any], ...]] = {}
@@ -223,10 +226,10 @@ class SequenceConditionSchema(Strict):
             raise ValidationError("needs exactly one of then (a funnel) or then_not (an absence)")
 
 
-class ConditionField(fields.Field):
+class ConditionField(fields.Field[tuple[str, Any]]):
     """One condition: ``{operator: arguments}``, checked against the registry."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[str, Any]:
         if not isinstance(value, dict) or len(value) != 1:
             raise ValidationError(
                 f"a condition is a mapping with exactly one operator (one of {_known(CONDITIONS)})"
@@ -241,10 +244,10 @@ class ConditionField(fields.Field):
             raise ValidationError({op: err.messages}) from err
 
 
-class ValueField(fields.Field):
+class ValueField(fields.Field[tuple[str, Any]]):
     """One computed value: ``{kind: arguments}`` (``count``, ``sum``, ``points``, ``ratio`` ...)."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[str, Any]:
         if not isinstance(value, dict) or len(value) != 1:
             raise ValidationError(
                 f"a computed trait is a mapping with exactly one kind (one of {_known(VALUES)})"
@@ -369,8 +372,8 @@ class GroupSchema(Strict):
     segments = fields.List(Name(), required=True, validate=validate.Length(min=1))
 
 
-class IncludeField(fields.Field):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+class IncludeField(fields.Field[dict[str, Any]]):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
         if isinstance(value, str):
             return {"template": value, "params": {}}
         if not isinstance(value, dict):
