@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from marshmallow import ValidationError
 
@@ -31,6 +31,8 @@ from .values import (
     Value,
     Window,
 )
+
+V = TypeVar("V", bound=Value)
 
 
 class _Origin:
@@ -151,13 +153,14 @@ class _Compiler:
             self.lookback = max(self.lookback, within)
         return Window(within, older)
 
-    def intern_value(self, value: Value) -> Value:
-        return self.values.setdefault(value.key, value)
+    def intern_value(self, value: V) -> V:
+        """The first value compiled with this key (a key names the kind of value, so the same type)."""
+        return cast(V, self.values.setdefault(value.key, value))
 
     def intern(self, condition: Condition) -> Condition:
         return self.conditions.setdefault(condition.key, condition)
 
-    def aggregate(self, kind: str, spec: Mapping[str, Any]) -> Value:
+    def aggregate(self, kind: str, spec: Mapping[str, Any]) -> Aggregate:
         sel = self.selector(spec)
         self.reads(sel.event, spec.get("property"), spec.get("group_by"))
         made = Aggregate(kind, sel, self.window(spec), spec.get("property"), spec.get("group_by"))
@@ -183,7 +186,7 @@ class _Compiler:
             rules = []
             for rule in spec["rules"]:
                 rules.append((self.aggregate("count", rule), rule["weight"]))
-            return self.intern_value(Points(rules, spec.get("cap")))  # type: ignore[arg-type]
+            return self.intern_value(Points(rules, spec.get("cap")))
         if kind == "composite":
             parts = []
             for i, part in enumerate(spec["parts"]):
