@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -18,8 +18,8 @@ import httpx
 import tenacity
 from tenacity import RetryCallState
 
-from .change import FAILED, SKIPPED, Change, OwnedState, Result
-from .errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
+from .change import APPLIED, DEFERRED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
+from .errors import WAIT, AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, RateLimiter, WaitTooLong
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ class Adapter(Protocol):
     def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
         """Bring each contact to its desired state; one Result per change, in any order.
 
-        Per-contact failures are returned in the Result; :class:`AuthError` and a DAILY
-        :class:`RateLimited` are raised because they concern the whole destination.
+        Per-contact failures are returned in the Result; an error whose
+        :attr:`~adapters.errors.AdapterError.stops_destination` is true (bad credentials, a spent
+        daily quota) is raised because it concerns the whole destination.
         """
         ...
 
@@ -62,7 +63,7 @@ class retry_if_retryable(tenacity.retry_base):
         if not isinstance(err, TransientError):
             return False
         if isinstance(err, RateLimited):
-            if err.scope in ("DAILY", "ABUSE"):
+            if not err.waits_in_call:
                 return False
             if err.retry_after is not None and err.retry_after > self.max_inline_wait:
                 return False
@@ -246,7 +247,7 @@ class EspClient:
             raise RateLimited(
                 f"rate limit: {method} {_redact(path)} can be sent in {err.seconds:.0f} s",
                 retry_after=err.seconds,
-                scope="WAIT",
+                scope=WAIT,
                 status=None,
                 code="rate_limited_locally",
             ) from None
@@ -261,9 +262,8 @@ class EspClient:
                 limiter.reward(key)
             return response
         error = self.t.error_mapper(response)
-        # an anti-abuse throttle concerns one contact, not the credential: the key stays open
-        if isinstance(error, RateLimited) and limiter is not None and error.scope != "ABUSE":
-            if error.scope == "DAILY" and error.retry_after is not None:
+        if isinstance(error, RateLimited) and limiter is not None and not error.per_contact:
+            if error.stops_destination and error.retry_after is not None:
                 limiter.block_until(key, self.t.clock() + error.retry_after)
             else:
                 limiter.penalize(key, error.retry_after)
@@ -292,23 +292,6 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def triage(
-    changes: Sequence[Change], erase: Callable[[Change], Result]
-) -> tuple[dict[str, Result], list[Change]]:
-    """Erasures are carried out at once and changes without an email are skipped with the reason;
-    returns those results by profile id and the changes left to upsert."""
-    results: dict[str, Result] = {}
-    upserts: list[Change] = []
-    for change in changes:
-        if change.erase:
-            results[change.profile_id] = erase_every_address(change, erase)
-        elif not change.email:
-            results[change.profile_id] = Result(change.profile_id, change.version, SKIPPED, note="no email")
-        else:
-            upserts.append(change)
-    return results, upserts
-
-
 def erase_every_address(change: Change, erase: Callable[[Change], Result]) -> Result:
     """Erase the contact under each of the person's addresses; the first failure is the result
     (the whole erasure is retried: deleting an address already gone is a no-op at every ESP)."""
@@ -328,32 +311,184 @@ Memberships = dict[tuple[str, bool], list[tuple[Change, str]]]
 
 
 def membership_plan(
-    changes: Sequence[Change],
-    owned: Mapping[str, OwnedState],
-    ids: Mapping[str, str],
-    errors: dict[str, AdapterError],
-    missing: Callable[[], AdapterError],
-    already_added: Mapping[str, str] | None = None,
+    batch: BatchState, changes: Sequence[Change], missing: Callable[[], AdapterError]
 ) -> Memberships:
     """The list calls a batch needs: (list id, True to add / False to remove) → (change, ESP id).
 
     Only lists that differ from the ownership ledger are named, so a list a marketer manages by hand
     is never touched. A change that must join a list before the ESP id of its contact is known fails
-    with ``missing()`` (retried later); ``already_added`` holds lists a bulk job already joined.
+    with ``missing()`` (retried later); ``batch.joined`` holds lists a contact write already joined.
     """
     plan: Memberships = {}
     for change in changes:
-        before = owned.get(change.profile_id, OwnedState())
-        joined = already_added.get(change.profile_id) if already_added else None
-        adds = (change.lists - before.lists) - {joined}
+        before = batch.before(change)
+        adds = (change.lists - before.lists) - {batch.joined.get(change.profile_id)}
         removes = before.lists - change.lists
-        remote = ids.get(change.profile_id) or before.remote_id
+        remote = batch.ids.get(change.profile_id) or before.remote_id
         if remote is None:
             if adds:
-                errors[change.profile_id] = missing()
+                batch.fail(change, missing())
             continue  # without an id the contact joined none of our lists: nothing to remove
         for list_id in adds:
             plan.setdefault((list_id, True), []).append((change, remote))
         for list_id in removes:
             plan.setdefault((list_id, False), []).append((change, remote))
     return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch: its state and the apply skeleton
+
+
+@dataclass
+class BatchState:
+    """What one ``apply`` carries through its calls, for every ESP.
+
+    ``results`` holds the outcomes already settled (erased, skipped, deferred); ``live`` the changes
+    still being carried out, whose outcome :meth:`finish` derives from ``errors`` (the first error
+    met by each contact), ``ids`` (the ESP's id of each contact), ``written`` (contacts whose write
+    the ESP confirmed), ``moved`` (confirmed list calls) and ``tags_kept`` (owned tags whose
+    removal did not go through). ``remote_tags`` holds the contacts' current tags when a write
+    replaces the tags value whole; ``joined`` the list a contact write already joined;
+    ``budget`` the per-contact requests the batch may still make.
+    """
+
+    changes: Sequence[Change]
+    owned: Mapping[str, OwnedState]
+    results: dict[str, Result] = field(default_factory=dict)
+    live: list[Change] = field(default_factory=list)
+    errors: dict[str, AdapterError] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+    written: set[str] = field(default_factory=set)
+    moved: Moves = field(default_factory=Moves)
+    tags_kept: dict[str, Sequence[str]] = field(default_factory=dict)
+    remote_tags: dict[str, set[str]] = field(default_factory=dict)
+    joined: dict[str, str] = field(default_factory=dict)
+    budget: int = 0
+
+    @classmethod
+    def start(
+        cls,
+        changes: Sequence[Change],
+        owned: Mapping[str, OwnedState],
+        erase: Callable[[Change], Result],
+    ) -> BatchState:
+        """Erasures are carried out at once and changes without an email are skipped with the
+        reason; the others are ``live``."""
+        batch = cls(changes, owned)
+        for change in changes:
+            if change.erase:
+                batch.results[change.profile_id] = erase_every_address(change, erase)
+            elif not change.email:
+                batch.settle(change, SKIPPED, "no email")
+            else:
+                batch.live.append(change)
+        return batch
+
+    def before(self, change: Change) -> OwnedState:
+        """The ledger entry of the contact before this batch."""
+        return self.owned.get(change.profile_id, OwnedState())
+
+    def pending(self, changes: Sequence[Change] | None = None) -> list[Change]:
+        """Those of ``changes`` (default: the live ones) that have not failed."""
+        return [c for c in (self.live if changes is None else changes) if c.profile_id not in self.errors]
+
+    def fail(self, change: Change, err: AdapterError) -> None:
+        """The contact failed with ``err``; an error that stops the destination is raised."""
+        if err.stops_destination:
+            raise err
+        self.errors[change.profile_id] = err
+
+    def fail_all(self, changes: Iterable[Change], err: AdapterError) -> None:
+        if err.stops_destination:
+            raise err
+        for change in changes:
+            self.errors[change.profile_id] = err
+
+    def attempt(self, change: Change, call: Callable[[], object]) -> bool:
+        """Run one call for one contact; on an error the contact fails (see :meth:`fail`)."""
+        try:
+            call()
+        except AdapterError as err:
+            self.fail(change, err)
+            return False
+        return True
+
+    def settle(self, change: Change, status: str, note: str) -> None:
+        self.results[change.profile_id] = Result(change.profile_id, change.version, status, note=note)
+
+    def defer(self, changes: Sequence[Change], note: str) -> None:
+        """Not attempted in this batch: the next batch takes them (see ``DEFERRED``)."""
+        later = {c.profile_id for c in changes}
+        for change in changes:
+            self.errors.pop(change.profile_id, None)
+            self.settle(change, DEFERRED, note)
+        self.live = [c for c in self.live if c.profile_id not in later]
+
+    def finish(self) -> list[Result]:
+        """One Result per change, in the order received."""
+        for change in self.live:
+            pid = change.profile_id
+            err = self.errors.get(pid)
+            if err is None:
+                state = OwnedState.of(change, self.ids.get(pid))
+                self.results[pid] = Result(pid, change.version, APPLIED, state)
+                continue
+            partial = self.moved.partial(
+                self.before(change),
+                change,
+                written=pid in self.written,
+                tags_kept=self.tags_kept.get(pid, ()),
+                remote_id=self.ids.get(pid),
+            )
+            self.results[pid] = Result(pid, change.version, FAILED, partial, error=err)
+        return [self.results[c.profile_id] for c in self.changes]
+
+
+class EspAdapter:
+    """The one ``apply`` of every ESP module (one module per ESP on this base), filled in with
+    hooks: :meth:`check` (local checks before any call), :meth:`write` (the contacts' writes),
+    :meth:`memberships` (list calls for the contacts that have not failed), :meth:`follow_up`
+    (calls after those, e.g. events). Erasure is :meth:`delete_contact`; 404 means already gone.
+    """
+
+    name: str
+    batch_size: int  # how many changes one ``apply`` call handles at most
+    client: EspClient
+    erased_note = "deleted"
+
+    def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
+        batch = BatchState.start(changes, owned, self.erase)
+        if batch.live:
+            self.check(batch)
+            self.write(batch)
+            self.memberships(batch)
+            self.follow_up(batch)
+        return batch.finish()
+
+    def check(self, batch: BatchState) -> None:
+        """Fail the changes that cannot be sent as they are, before any call."""
+
+    def write(self, batch: BatchState) -> None:
+        raise NotImplementedError
+
+    def memberships(self, batch: BatchState) -> None:
+        """List calls for ``batch.pending()``."""
+
+    def follow_up(self, batch: BatchState) -> None:
+        """Calls after the memberships (e.g. events)."""
+
+    def delete_contact(self, email: str) -> None:
+        raise NotImplementedError
+
+    def erase(self, change: Change) -> Result:
+        if not change.email:
+            return Result(change.profile_id, change.version, SKIPPED, note="no email to erase")
+        try:
+            self.delete_contact(change.email)
+        except AdapterError as err:
+            if err.stops_destination:
+                raise
+            if err.status != 404:  # 404: not (or no longer) there
+                return Result(change.profile_id, change.version, FAILED, error=err)
+        return Result(change.profile_id, change.version, APPLIED, None, note=self.erased_note)

@@ -3,12 +3,23 @@
 The sync worker maps these to its decisions: :class:`TransientError` and :class:`RateLimited`
 are retried later, :class:`PermanentError` goes to the dead letters, :class:`AuthError` pauses
 the destination for the account. Messages never carry credentials.
+
+The error policy lives here and nowhere else: :attr:`AdapterError.stops_destination` says whether
+an error concerns the whole destination (bad credentials, a spent daily quota) rather than the
+contacts of one call. Such an error is raised out of ``apply`` (the sync worker pauses or defers the
+destination); any other error fails only the contacts of the call that met it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+# RateLimited scopes
+BURST = "BURST"
+DAILY = "DAILY"
+ABUSE = "ABUSE"
+WAIT = "WAIT"
 
 
 class AdapterError(Exception):
@@ -29,6 +40,12 @@ class AdapterError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+
+    @property
+    def stops_destination(self) -> bool:
+        """True when no other contact of the destination can succeed either (bad credentials, a
+        spent daily quota): ``apply`` raises it instead of failing the contacts of one call."""
+        return False
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for dead letters and logs."""
@@ -61,7 +78,7 @@ class RateLimited(TransientError):
         message: str,
         *,
         retry_after: float | None,
-        scope: str = "BURST",
+        scope: str = BURST,
         status: int | None = 429,
         code: str | None = None,
         detail: str = "",
@@ -69,6 +86,21 @@ class RateLimited(TransientError):
         super().__init__(message, status=status, code=code, detail=detail)
         self.retry_after = retry_after
         self.scope = scope
+
+    @property
+    def stops_destination(self) -> bool:
+        """A spent daily quota: every request of the credential waits for the reset."""
+        return self.scope == DAILY
+
+    @property
+    def per_contact(self) -> bool:
+        """An anti-abuse throttle concerns one contact, not the credential: the key stays open."""
+        return self.scope == ABUSE
+
+    @property
+    def waits_in_call(self) -> bool:
+        """Whether the wait may be spent inside the request (not a quota reset or an hours-long park)."""
+        return not (self.stops_destination or self.per_contact)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -82,6 +114,10 @@ class PermanentError(AdapterError):
 
 class AuthError(PermanentError):
     """401/403: bad or insufficient credentials. The destination is paused for the account."""
+
+    @property
+    def stops_destination(self) -> bool:
+        return True
 
 
 class ItemErrors(AdapterError):

@@ -34,6 +34,8 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from .base import (
+    BatchState,
+    EspAdapter,
     EspClient,
     Transport,
     chunks,
@@ -42,10 +44,9 @@ from .base import (
     membership_plan,
     retry_after_header,
     status_error,
-    triage,
 )
-from .change import APPLIED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
-from .errors import AdapterError, PermanentError, RateLimited, TransientError
+from .change import Change, OwnedState
+from .errors import DAILY, AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
 
 UPSERT_LIMIT = 100
@@ -147,16 +148,17 @@ class DailyQuotaClient(EspClient):
                 raise RateLimited(
                     f"daily quota of {self.per_day} requests spent: resets in {left:.0f} s",
                     retry_after=left,
-                    scope="DAILY",
+                    scope=DAILY,
                     status=None,
                     code="DAILY_LOCAL",
                 )
         return super()._send(method, path, body, params)
 
 
-class HubSpotAdapter:
+class HubSpotAdapter(EspAdapter):
     name = "hubspot"
     batch_size = LIST_CHUNK  # upserts go 100 at a time inside; list calls take up to 1,000 ids
+    erased_note = "GDPR delete"
 
     def __init__(self, config: HubSpotConfig, transport: Transport | None = None, **kw: Any) -> None:
         self.config = config
@@ -198,11 +200,11 @@ class HubSpotAdapter:
         message = str(body.get("message") or "")
         if response.status_code == 429:
             policy = str(body.get("policyName") or "")
-            if policy == "DAILY":
+            if policy == DAILY:
                 return RateLimited(
                     "429 daily limit reached",
                     retry_after=self.seconds_until_reset(),
-                    scope="DAILY",
+                    scope=DAILY,
                     code=policy,
                     detail=message,
                 )
@@ -354,115 +356,82 @@ class HubSpotAdapter:
             props[self.config.tags_property] = ";".join(sorted(kept | set(change.tags)))
         return props
 
-    def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
-        errors: dict[str, AdapterError] = {}
-        ids: dict[str, str] = {}
-        moved = Moves()
-        results, upserts = triage(changes, self.erase)
-        written: set[str] = set()
-        if upserts:
-            self._upsert_all(upserts, owned, errors, ids)
-            written = set(ids)
-            self._lists([c for c in upserts if c.profile_id not in errors], owned, ids, errors, moved)
-        for change in upserts:
-            err = errors.get(change.profile_id)
-            if err is not None:
-                pid = change.profile_id
-                state = moved.partial(
-                    owned.get(pid, OwnedState()), change, written=pid in written, remote_id=ids.get(pid)
-                )
-                results[pid] = Result(pid, change.version, FAILED, state, error=err)
-            else:
-                state = OwnedState.of(change, ids.get(change.profile_id))
-                results[change.profile_id] = Result(change.profile_id, change.version, APPLIED, state)
-        return [results[c.profile_id] for c in changes]
+    def write(self, batch: BatchState) -> None:
+        self._upsert_all(batch)
+        batch.written = set(batch.ids)
 
-    def _upsert_all(
-        self,
-        upserts: list[Change],
-        owned: Mapping[str, OwnedState],
-        errors: dict[str, AdapterError],
-        ids: dict[str, str],
-    ) -> None:
-        tags = set().union(*(c.tags for c in upserts))
-        current: dict[str, tuple[str | None, set[str]]] = {}
+    def memberships(self, batch: BatchState) -> None:
+        self._lists(batch)
+
+    def delete_contact(self, email: str) -> None:
+        body = {"objectId": email, "idProperty": "email"}
+        self.client.request("POST", "/crm/v3/objects/contacts/gdpr-delete", json=body)
+
+    def _upsert_all(self, batch: BatchState) -> None:
         try:
-            tagging = [c for c in upserts if c.tags or owned.get(c.profile_id, OwnedState()).tags]
-            if tagging:
-                self.ensure_options(tags)
-            if self.config.create_properties:
-                self.ensure_fields(upserts)
-            if tagging and self.reads_tags_first():
-                current = self.current_tags(sorted({str(c.email).lower() for c in tagging}))
+            self._prepare(batch)
         except AdapterError as err:
-            if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
-                raise
-            for change in upserts:
-                errors[change.profile_id] = err
+            batch.fail_all(batch.live, err)
             return
-        # the same email twice in one batch is a 400: later ones go in the next batch
-        waves: list[list[Change]] = []
-        for change in upserts:
-            for wave in waves:
-                if all(str(c.email).lower() != str(change.email).lower() for c in wave):
-                    wave.append(change)
-                    break
-            else:
-                waves.append([change])
-        for wave in waves:
+        for wave in waves(batch.live):
             for chunk in chunks(wave, UPSERT_LIMIT):
-                self._upsert(list(chunk), owned, current, errors, ids, redrive=True)
+                self._upsert(list(chunk), batch, redrive=True)
 
-    def _upsert(
-        self,
-        chunk: list[Change],
-        owned: Mapping[str, OwnedState],
-        current: Mapping[str, tuple[str | None, set[str]]],
-        errors: dict[str, AdapterError],
-        ids: dict[str, str],
-        redrive: bool,
-    ) -> None:
-        by_trace = {c.profile_id: c for c in chunk}
-        inputs: list[dict[str, Any]] = []
-        for change in chunk:
-            cur = current.get(str(change.email).lower())
-            props = self.properties(
-                change, owned.get(change.profile_id, OwnedState()), cur[1] if cur else None
-            )
-            inputs.append(
-                {
-                    "id": change.email,
-                    "idProperty": "email",
-                    "objectWriteTraceId": change.profile_id,
-                    "properties": props,
-                }
-            )
+    def _prepare(self, batch: BatchState) -> None:
+        """The tags property's options and the mapped properties exist; the current tags are read
+        when hand-set values must be kept."""
+        upserts = batch.live
+        tagging = [c for c in upserts if c.tags or batch.before(c).tags]
+        if tagging:
+            self.ensure_options(set().union(*(c.tags for c in upserts)))
+        if self.config.create_properties:
+            self.ensure_fields(upserts)
+        if tagging and self.reads_tags_first():
+            current = self.current_tags(sorted({str(c.email).lower() for c in tagging}))
+            for change in upserts:
+                found = current.get(str(change.email).lower())
+                if found is not None:
+                    batch.remote_tags[change.profile_id] = found[1]
+
+    def _input(self, change: Change, batch: BatchState) -> dict[str, Any]:
+        props = self.properties(change, batch.before(change), batch.remote_tags.get(change.profile_id))
+        return {
+            "id": change.email,
+            "idProperty": "email",
+            "objectWriteTraceId": change.profile_id,
+            "properties": props,
+        }
+
+    def _upsert(self, chunk: list[Change], batch: BatchState, redrive: bool) -> None:
+        """One batch upsert. A whole-batch refusal re-drives the contacts one by one; 207 errors
+        are re-driven once (after re-reading the tags options when one was unknown)."""
+        inputs = [self._input(change, batch) for change in chunk]
         try:
             response = self.client.request(
                 "POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs}
             )
-        except RateLimited as err:
-            if err.scope == "DAILY":
-                raise
-            for change in chunk:
-                errors[change.profile_id] = err
-            return
-        except TransientError as err:
-            for change in chunk:
-                errors[change.profile_id] = err
-            return
-        except PermanentError as err:
-            if err.status in (401, 403):
-                raise
-            if redrive and len(chunk) > 1:
-                for change in chunk:
-                    self._single(change, inputs[chunk.index(change)]["properties"], errors, ids)
+        except AdapterError as err:
+            if redrive and len(chunk) > 1 and isinstance(err, PermanentError) and not err.stops_destination:
+                for change, item in zip(chunk, inputs, strict=True):
+                    self._single(change, item["properties"], batch)
             else:
-                for change in chunk:
-                    errors[change.profile_id] = err
+                batch.fail_all(chunk, err)
             return
         data = json_body(response)
         data = data if isinstance(data, dict) else {}
+        confirmed = self._confirmed(data, chunk, batch)
+        reported = self._reported(data, [c for c in chunk if c.profile_id not in confirmed])
+        unconfirmed = [c for c in chunk if c.profile_id not in confirmed]
+        options, again = self._refusals(unconfirmed, reported, response.status_code, redrive, batch)
+        if options:
+            again += self._with_options(options, batch)
+        if again:
+            self._upsert(again, batch, redrive=False)
+
+    @staticmethod
+    def _confirmed(data: Mapping[str, Any], chunk: Sequence[Change], batch: BatchState) -> set[str]:
+        """The contacts a result names (trace id, else email) with a record id; their ids are kept."""
+        by_trace = {c.profile_id: c for c in chunk}
         by_email = {str(c.email).lower(): c for c in chunk}
         confirmed: set[str] = set()
         for item in data.get("results") or []:
@@ -473,98 +442,99 @@ class HubSpotAdapter:
             if done is None:
                 done = by_email.get(str((item.get("properties") or {}).get("email", "")).lower())
             if done is not None:
-                ids[done.profile_id] = str(item["id"])
+                batch.ids[done.profile_id] = str(item["id"])
                 confirmed.add(done.profile_id)
-        # only inputs HubSpot did not confirm: an error entry never undoes a confirmed write
-        unconfirmed = {k: c for k, c in by_trace.items() if k not in confirmed}
-        unconfirmed_emails = {str(c.email).lower(): c for c in unconfirmed.values()}
+        return confirmed
+
+    @staticmethod
+    def _reported(data: Mapping[str, Any], unconfirmed: Sequence[Change]) -> dict[str, Mapping[str, Any]]:
+        """profile → the 207 error entry about it, among the inputs HubSpot did not confirm (an
+        error entry never undoes a confirmed write)."""
+        by_trace = {c.profile_id: c for c in unconfirmed}
+        by_email = {str(c.email).lower(): c for c in unconfirmed}
         reported: dict[str, Mapping[str, Any]] = {}
         for item in data.get("errors") or []:
             if isinstance(item, dict):
-                for failed in error_targets(item, unconfirmed, unconfirmed_emails):
+                for failed in error_targets(item, by_trace, by_email):
                     reported.setdefault(failed.profile_id, item)
-        options: list[Change] = []  # refused for an unknown tag option: re-read the options first
+        return reported
+
+    @staticmethod
+    def _refusals(
+        unconfirmed: Sequence[Change],
+        reported: Mapping[str, Mapping[str, Any]],
+        status: int,
+        redrive: bool,
+        batch: BatchState,
+    ) -> tuple[list[Change], list[Change]]:
+        """Fail the refused contacts that a second try cannot help; returns (those refused for an
+        unknown tag option, the others to send again)."""
+        options: list[Change] = []
         again: list[Change] = []
-        for change in chunk:
-            if change.profile_id in confirmed:
-                continue
+        for change in unconfirmed:
             item = reported.get(change.profile_id)
             if item is None:  # neither a result nor an error: never count it as written
-                errors[change.profile_id] = TransientError(
-                    f"HubSpot answered {response.status_code} without a result or an error for this contact",
-                    status=response.status_code,
-                    code="unconfirmed",
+                batch.fail(
+                    change,
+                    TransientError(
+                        f"HubSpot answered {status} without a result or an error for this contact",
+                        status=status,
+                        code="unconfirmed",
+                    ),
                 )
                 continue
             category = str(item.get("category") or "")
             message = str(item.get("message") or "")
+            text = f"207 {category}: {message}"[:500]
             if category == "VALIDATION_ERROR" and "INVALID_OPTION" not in message:
-                errors[change.profile_id] = PermanentError(
-                    f"207 {category}: {message}"[:500], status=207, code=category, detail=message
-                )
+                batch.fail(change, PermanentError(text, status=207, code=category, detail=message))
             elif redrive:
                 (options if "INVALID_OPTION" in message else again).append(change)
             else:
-                errors[change.profile_id] = TransientError(
-                    f"207 {category}: {message}"[:500], status=207, code=category, detail=message
-                )
-        if options:
-            self._options = None  # an option may have been removed by hand: read them again
-            try:
-                self.ensure_options(set().union(*(c.tags for c in options)))
-            except AdapterError as err:
-                if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
-                    raise
-                # only the contacts that need an option that could not be added fail
-                known: set[str] = self._options or set()
-                for change in options:
-                    if change.tags <= known:
-                        again.append(change)
-                    else:
-                        errors[change.profile_id] = err
-            else:
-                again.extend(options)
-        if again:
-            self._upsert(again, owned, current, errors, ids, redrive=False)
+                batch.fail(change, TransientError(text, status=207, code=category, detail=message))
+        return options, again
 
-    def _single(
-        self, change: Change, props: dict[str, Any], errors: dict[str, AdapterError], ids: dict[str, str]
-    ) -> None:
+    def _with_options(self, options: list[Change], batch: BatchState) -> list[Change]:
+        """The options are read again (one may have been removed by hand) and added; returns the
+        contacts whose tags all have an option now (the others fail)."""
+        self._options = None
         try:
-            try:
-                data = json_body(
-                    self.client.request("POST", "/crm/v3/objects/contacts", json={"properties": props})
-                )
-                record = data.get("id") if isinstance(data, dict) else None
-                if record is None:
-                    raise TransientError("HubSpot created the contact without answering its id")
-                ids[change.profile_id] = str(record)
-                return
-            except PermanentError as err:
-                if err.status != 409:
-                    raise
-                record = existing_id({"message": err.detail})
-                if record is None:
-                    raise
-            self.client.request("PATCH", f"/crm/v3/objects/contacts/{record}", json={"properties": props})
-            ids[change.profile_id] = record
+            self.ensure_options(set().union(*(c.tags for c in options)))
         except AdapterError as err:
-            if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
+            if err.stops_destination:
                 raise
-            errors[change.profile_id] = err
+            known: set[str] = self._options or set()
+            batch.fail_all([c for c in options if not c.tags <= known], err)
+            return [c for c in options if c.tags <= known]
+        return options
 
-    def _lists(
-        self,
-        changes: Sequence[Change],
-        owned: Mapping[str, OwnedState],
-        ids: dict[str, str],
-        errors: dict[str, AdapterError],
-        moved: Moves,
-    ) -> None:
+    def _single(self, change: Change, props: dict[str, Any], batch: BatchState) -> None:
+        batch.attempt(change, lambda: self._create_or_update(change, props, batch))
+
+    def _create_or_update(self, change: Change, props: dict[str, Any], batch: BatchState) -> None:
+        try:
+            data = json_body(
+                self.client.request("POST", "/crm/v3/objects/contacts", json={"properties": props})
+            )
+            record = data.get("id") if isinstance(data, dict) else None
+            if record is None:
+                raise TransientError("HubSpot created the contact without answering its id")
+            batch.ids[change.profile_id] = str(record)
+            return
+        except PermanentError as err:
+            if err.status != 409:
+                raise
+            record = existing_id({"message": err.detail})
+            if record is None:
+                raise
+        self.client.request("PATCH", f"/crm/v3/objects/contacts/{record}", json={"properties": props})
+        batch.ids[change.profile_id] = record
+
+    def _lists(self, batch: BatchState) -> None:
         def missing() -> AdapterError:
             return TransientError("no HubSpot record id yet", code="no_record_id")
 
-        plan = membership_plan(changes, owned, ids, errors, missing)
+        plan = membership_plan(batch, batch.pending(), missing)
         for (list_id, joining), members in sorted(plan.items()):
             action = "add" if joining else "remove"
             for chunk in chunks(members, LIST_CHUNK):
@@ -574,36 +544,48 @@ class HubSpotAdapter:
                         "PUT", f"/crm/v3/lists/{list_id}/memberships/{action}", json=body
                     )
                 except AdapterError as err:
-                    if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
-                        raise
-                    for change, _ in chunk:
-                        errors[change.profile_id] = err
+                    batch.fail_all((change for change, _ in chunk), err)
                     continue
-                answer = json_body(response)
-                gone = answer.get("recordIdsMissing") if isinstance(answer, dict) else None
-                absent = set(_values(gone))
-                for change, record in chunk:
-                    if record not in absent:
-                        moved.record(change, list_id, joining)
-                        continue
-                    # a merged or deleted record (or one the lists service does not see yet): the
-                    # cached id is not trusted; the retry upserts by email and gets the current id
-                    ids.pop(change.profile_id, None)
-                    errors[change.profile_id] = TransientError(
-                        f"HubSpot reports record {record} missing on list {list_id} {action}",
-                        status=response.status_code,
-                        code="record_missing",
-                    )
+                self._members_moved(batch, chunk, list_id, joining, response)
 
-    def erase(self, change: Change) -> Result:
-        if not change.email:
-            return Result(change.profile_id, change.version, SKIPPED, note="no email to erase")
-        body = {"objectId": change.email, "idProperty": "email"}
-        try:
-            self.client.request("POST", "/crm/v3/objects/contacts/gdpr-delete", json=body)
-        except AdapterError as err:
-            if err.status in (401, 403) or (isinstance(err, RateLimited) and err.scope == "DAILY"):
-                raise
-            if err.status != 404:
-                return Result(change.profile_id, change.version, FAILED, error=err)
-        return Result(change.profile_id, change.version, APPLIED, None, note="GDPR delete")
+    @staticmethod
+    def _members_moved(
+        batch: BatchState,
+        chunk: Sequence[tuple[Change, str]],
+        list_id: str,
+        joining: bool,
+        response: httpx.Response,
+    ) -> None:
+        """Record the confirmed moves; a record id in ``recordIdsMissing`` fails its contact."""
+        answer = json_body(response)
+        gone = answer.get("recordIdsMissing") if isinstance(answer, dict) else None
+        absent = set(_values(gone))
+        action = "add" if joining else "remove"
+        for change, record in chunk:
+            if record not in absent:
+                batch.moved.record(change, list_id, joining)
+                continue
+            # a merged or deleted record (or one the lists service does not see yet): the
+            # cached id is not trusted; the retry upserts by email and gets the current id
+            batch.ids.pop(change.profile_id, None)
+            batch.fail(
+                change,
+                TransientError(
+                    f"HubSpot reports record {record} missing on list {list_id} {action}",
+                    status=response.status_code,
+                    code="record_missing",
+                ),
+            )
+
+
+def waves(upserts: Sequence[Change]) -> list[list[Change]]:
+    """The same email twice in one batch is a 400: later ones go in the next wave."""
+    out: list[list[Change]] = []
+    for change in upserts:
+        for wave in out:
+            if all(str(c.email).lower() != str(change.email).lower() for c in wave):
+                wave.append(change)
+                break
+        else:
+            out.append([change])
+    return out

@@ -24,11 +24,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
 
 from .base import (
+    BatchState,
+    EspAdapter,
     EspClient,
     Transport,
     chunks,
@@ -36,16 +39,16 @@ from .base import (
     json_body,
     membership_plan,
     status_error,
-    triage,
 )
-from .change import APPLIED, DEFERRED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
-from .errors import AdapterError, PermanentError, RateLimited, TransientError
+from .change import Change, OwnedState
+from .errors import AdapterError, PermanentError, TransientError
 from .ratelimit import Limits, Window
 
 LIST_LIMIT = 1000
 BULK_LIMIT = 10_000
 BULK_BYTES = 4_500_000  # under the 5 MB request limit
 JSONAPI = "application/vnd.api+json"
+OVER_BUDGET = "over the batch's per-contact request budget"
 BUCKETS = {
     "profile-import": Limits(windows=(Window(75, 1.0), Window(750, 60.0))),  # its own page: 750/m
     "lists": Limits(windows=(Window(10, 1.0), Window(150, 60.0))),
@@ -105,9 +108,10 @@ def map_error(response: httpx.Response) -> AdapterError:
     return status_error(response, code, detail)
 
 
-class KlaviyoAdapter:
+class KlaviyoAdapter(EspAdapter):
     name = "klaviyo"
     batch_size = BULK_LIMIT  # list calls go 1,000 ids at a time inside; bulk jobs take 10,000
+    erased_note = "data-privacy deletion requested"
 
     def __init__(self, config: KlaviyoConfig, transport: Transport | None = None, **kw: Any) -> None:
         self.config = config
@@ -206,110 +210,113 @@ class KlaviyoAdapter:
         self.client.request("POST", "/api/events", json=body, bucket="events")
 
     # -- apply -----------------------------------------------------------------------------
-    def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
-        errors: dict[str, AdapterError] = {}
-        ids: dict[str, str] = {}
-        results, live = triage(changes, self.erase)
-        before = {c.profile_id: owned.get(c.profile_id, OwnedState()) for c in live}
-        importing = [c for c in live if self.needs_import(c, before[c.profile_id])]
+    def write(self, batch: BatchState) -> None:
+        importing, bulk = self._plan(batch)
+        in_bulk = self._bulk_import(bulk, batch) if bulk else set()
+        self._import_one_by_one(importing, in_bulk, batch)
+        for change in batch.live:
+            remote = batch.before(change).remote_id
+            if change.profile_id not in batch.ids and remote:
+                batch.ids[change.profile_id] = remote
+
+    def memberships(self, batch: BatchState) -> None:
+        self._resolve_missing_ids(batch)
+        self._lists(batch)
+
+    def follow_up(self, batch: BatchState) -> None:
+        if not self.config.segment_events:
+            return
+        for change in batch.pending():
+            batch.attempt(change, partial(self._events, change, batch.before(change)))
+
+    def delete_contact(self, email: str) -> None:
+        body = {
+            "data": {
+                "type": "data-privacy-deletion-job",
+                "attributes": {"profile": {"data": {"type": "profile", "attributes": {"email": email}}}},
+            }
+        }
+        self.client.request("POST", "/api/data-privacy-deletion-jobs", json=body)
+
+    def _events(self, change: Change, was: OwnedState) -> None:
+        for seg in sorted(change.segments - was.segments):
+            self.event(change, seg, True)
+        for seg in sorted(was.segments - change.segments):
+            self.event(change, seg, False)
+
+    def _plan(self, batch: BatchState) -> tuple[list[Change], list[Change]]:
+        """(the changes to import, those of them that go in bulk jobs); the changes past the
+        batch's per-contact budget are deferred."""
+        importing = [c for c in batch.live if self.needs_import(c, batch.before(c))]
         bulk: list[Change] = []
         if len(importing) >= self.config.bulk_threshold:
-            bulk = [c for c in importing if self.bulk_eligible(c, before[c.profile_id])]
-        live, later, left = self.within_budget(live, importing, bulk, before)
-        kept = {c.profile_id for c in live}
-        importing = [c for c in importing if c.profile_id in kept]
-        bulk = [c for c in bulk if c.profile_id in kept]
-        listed, in_bulk = self._bulk_import(bulk, before, errors, ids) if bulk else ({}, set())
-        moved = Moves()
-        written = {pid for pid in in_bulk if pid not in errors}
-        for change in bulk:
-            if change.profile_id in listed:
-                moved.record(change, listed[change.profile_id], True)
-        outage: TransientError | None = None
+            bulk = [c for c in importing if self.bulk_eligible(c, batch.before(c))]
+        later, batch.budget = self.within_budget(batch, importing, bulk)
+        batch.defer(later, OVER_BUDGET)
+        kept = {c.profile_id for c in batch.live}
+        return [c for c in importing if c.profile_id in kept], [c for c in bulk if c.profile_id in kept]
+
+    def _import_one_by_one(self, importing: Sequence[Change], in_bulk: set[str], batch: BatchState) -> None:
+        """profile-import for the changes outside bulk jobs and those of a job to re-drive (paid
+        from what is left of the budget). After a transient error (the ESP down or throttling
+        after the in-call retries) the rest waits for the worker's next attempt instead of
+        retrying contact by contact."""
+        outage: AdapterError | None = None
+        later: list[Change] = []
         for change in importing:
-            if change.profile_id in in_bulk and change.profile_id not in errors:
+            pid = change.profile_id
+            if not self._to_import(pid, in_bulk, batch):
                 continue
-            if change.profile_id in errors and not isinstance(errors[change.profile_id], _Redrive):
-                continue
-            if change.profile_id in in_bulk:  # a job's change re-driven on its own: from the budget
-                if left <= 0:
+            if pid in in_bulk:  # a job's change re-driven on its own: from the budget
+                if batch.budget <= 0:
                     later.append(change)
                     continue
-                left -= 1
-            errors.pop(change.profile_id, None)
+                batch.budget -= 1
+            batch.errors.pop(pid, None)
             if outage is not None:
-                # the ESP is down or throttling after the in-call retries: the rest of the batch
-                # waits for the worker's next attempt instead of retrying contact by contact
-                self._fail(errors, change, outage)
-                continue
-            try:
-                ids[change.profile_id] = self.upsert(change, before[change.profile_id])
-                written.add(change.profile_id)
-            except TransientError as err:
-                self._fail(errors, change, err)
-                outage = err
-            except AdapterError as err:
-                self._fail(errors, change, err)
-        for change in later:
-            errors.pop(change.profile_id, None)
-            note = "over the batch's per-contact request budget"
-            results[change.profile_id] = Result(change.profile_id, change.version, DEFERRED, note=note)
-        deferred = {c.profile_id for c in later}
-        live = [c for c in live if c.profile_id not in deferred]
-        for change in live:
-            remote = before[change.profile_id].remote_id
-            if change.profile_id not in ids and remote:
-                ids[change.profile_id] = remote
-        self._resolve_missing_ids(live, before, ids, listed, errors)
-        self._lists([c for c in live if c.profile_id not in errors], owned, ids, errors, listed, moved)
-        if self.config.segment_events:
-            for change in live:
-                if change.profile_id in errors:
-                    continue
-                was = before[change.profile_id]
-                try:
-                    for seg in sorted(change.segments - was.segments):
-                        self.event(change, seg, True)
-                    for seg in sorted(was.segments - change.segments):
-                        self.event(change, seg, False)
-                except AdapterError as err:
-                    self._fail(errors, change, err)
-        for change in live:
-            pid = change.profile_id
-            failure = errors.get(pid)
-            if failure is not None:
-                state = moved.partial(before[pid], change, written=pid in written, remote_id=ids.get(pid))
-                results[pid] = Result(pid, change.version, FAILED, state, error=failure)
+                batch.fail(change, outage)
             else:
-                state = OwnedState.of(change, ids.get(change.profile_id))
-                results[change.profile_id] = Result(change.profile_id, change.version, APPLIED, state)
-        return [results[c.profile_id] for c in changes]
+                outage = self._import_one(change, batch)
+        batch.defer(later, OVER_BUDGET)
+
+    @staticmethod
+    def _to_import(pid: str, in_bulk: set[str], batch: BatchState) -> bool:
+        """Outside bulk jobs, or in a job that did not complete cleanly for it."""
+        if pid not in batch.errors:
+            return pid not in in_bulk
+        return isinstance(batch.errors[pid], _Redrive)
+
+    def _import_one(self, change: Change, batch: BatchState) -> TransientError | None:
+        """One profile-import; returns a transient error it met (the others fail the change)."""
+        try:
+            batch.ids[change.profile_id] = self.upsert(change, batch.before(change))
+            batch.written.add(change.profile_id)
+        except TransientError as err:
+            batch.fail(change, err)
+            return err
+        except AdapterError as err:
+            batch.fail(change, err)
+        return None
 
     def within_budget(
-        self,
-        live: list[Change],
-        importing: Sequence[Change],
-        bulk: Sequence[Change],
-        before: Mapping[str, OwnedState],
-    ) -> tuple[list[Change], list[Change], int]:
-        """(the changes this batch carries out, the ones deferred, the budget left): per-contact
-        requests (an import outside bulk jobs, one event per segment entered or left) within
-        ``per_contact_budget``; what is left pays for re-driving a failed job's changes one by one.
-        The first change that costs any is always taken, so every batch makes progress."""
+        self, batch: BatchState, importing: Sequence[Change], bulk: Sequence[Change]
+    ) -> tuple[list[Change], int]:
+        """(the live changes deferred, the budget left): per-contact requests (an import outside
+        bulk jobs, one event per segment entered or left) within ``per_contact_budget``; what is
+        left pays for re-driving a failed job's changes one by one. The first change that costs
+        any is always taken, so every batch makes progress."""
         singles = {c.profile_id for c in importing} - {c.profile_id for c in bulk}
         budget = left = self.config.per_contact_budget
-        now: list[Change] = []
         later: list[Change] = []
-        for change in live:
+        for change in batch.live:
             cost = 1 if change.profile_id in singles else 0
             if self.config.segment_events:
-                cost += len(change.segments ^ before[change.profile_id].segments)
+                cost += len(change.segments ^ batch.before(change).segments)
             if cost > left and left < budget:
                 later.append(change)
                 continue
             left -= cost
-            now.append(change)
-        return now, later, left
+        return later, left
 
     # -- bulk import jobs (backfills) ------------------------------------------------------
     @staticmethod
@@ -319,51 +326,50 @@ class KlaviyoAdapter:
         unset = [n for n in owned.fields if change.fields.get(n) is None]
         return not unset and len(change.lists - owned.lists) <= 1
 
-    def _bulk_import(
-        self,
-        bulk: list[Change],
-        before: Mapping[str, OwnedState],
-        errors: dict[str, AdapterError],
-        ids: dict[str, str],
-    ) -> tuple[dict[str, str], set[str]]:
-        """Import ``bulk`` in jobs (one per list entered). Returns profile → the list the job added
-        it to, and the profiles that went into a job. Changes of a job that did not complete
-        cleanly are marked for a re-drive.
+    def _bulk_import(self, bulk: list[Change], batch: BatchState) -> set[str]:
+        """Import ``bulk`` in jobs (one per list entered). Returns the profiles that went into a
+        job; ``batch.joined`` names the list a job added each to. Changes of a job that did not
+        complete cleanly are marked for a re-drive.
 
         A job can only set the tags property whole, so for changes that move tags the profiles'
         current values are read first (100 per lookup, which also yields their ids) and the job
         writes them back with the connector's own tags added and removed: values set by hand stay.
         A change whose lookup failed goes through profile-import (``patch_properties``) instead.
         """
-        tags = self._tags_to_write(bulk, before, ids)
-        bulk = [c for c in bulk if c.profile_id in tags or c.tags == before[c.profile_id].tags]
+        tags = self._tags_to_write(bulk, batch)
+        bulk = [c for c in bulk if c.profile_id in tags or c.tags == batch.before(c).tags]
         groups: dict[str | None, list[Change]] = {}
         for change in bulk:
-            added = sorted(change.lists - before[change.profile_id].lists)
+            added = sorted(change.lists - batch.before(change).lists)
             groups.setdefault(added[0] if added else None, []).append(change)
-        listed: dict[str, str] = {}
         for list_id, group in sorted(groups.items(), key=lambda kv: kv[0] or ""):
             for chunk in self._job_chunks(group):
-                try:
-                    self._run_job(chunk, list_id, tags)
-                except AdapterError as err:
-                    if err.status in (401, 403):
-                        raise
-                    # a job refused for one bad row (400 with its pointer) or that did not complete
-                    # cleanly goes one profile-import at a time, so only the bad row fails
-                    for change in chunk:
-                        errors[change.profile_id] = err if err.retryable else _Redrive(err)
-                    continue
-                if list_id is not None:
-                    for change in chunk:
-                        listed[change.profile_id] = list_id
-        return listed, {c.profile_id for c in bulk}
+                self._job(chunk, list_id, tags, batch)
+        in_bulk = {c.profile_id for c in bulk}
+        batch.written |= {pid for pid in in_bulk if pid not in batch.errors}
+        return in_bulk
 
-    def _tags_to_write(
-        self, bulk: Sequence[Change], before: Mapping[str, OwnedState], ids: dict[str, str]
-    ) -> dict[str, list[str]]:
+    def _job(
+        self, chunk: list[Change], list_id: str | None, tags: Mapping[str, list[str]], batch: BatchState
+    ) -> None:
+        try:
+            self._run_job(chunk, list_id, tags)
+        except AdapterError as err:
+            if err.stops_destination:
+                raise
+            # a job refused for one bad row (400 with its pointer) or that did not complete
+            # cleanly goes one profile-import at a time, so only the bad row fails
+            for change in chunk:
+                batch.errors[change.profile_id] = err if err.retryable else _Redrive(err)
+            return
+        if list_id is not None:
+            for change in chunk:
+                batch.joined[change.profile_id] = list_id
+                batch.moved.record(change, list_id, True)
+
+    def _tags_to_write(self, bulk: Sequence[Change], batch: BatchState) -> dict[str, list[str]]:
         """profile → the whole tags value a job writes, for the changes that move tags."""
-        moving = [c for c in bulk if c.tags != before[c.profile_id].tags]
+        moving = [c for c in bulk if c.tags != batch.before(c).tags]
         found, failed = self.lookup(moving)
         out: dict[str, list[str]] = {}
         for change in moving:
@@ -371,8 +377,8 @@ class KlaviyoAdapter:
                 continue
             remote_id, remote_tags = found.get(change.profile_id, (None, frozenset()))
             if remote_id:
-                ids[change.profile_id] = remote_id
-            dropped = before[change.profile_id].tags - change.tags
+                batch.ids[change.profile_id] = remote_id
+            dropped = batch.before(change).tags - change.tags
             out[change.profile_id] = sorted((remote_tags - dropped) | change.tags)
         return out
 
@@ -430,37 +436,37 @@ class KlaviyoAdapter:
                 code="bulk_job_failed",
             )
 
-    def _resolve_missing_ids(
-        self,
-        live: Sequence[Change],
-        before: Mapping[str, OwnedState],
-        ids: dict[str, str],
-        listed: Mapping[str, str],
-        errors: dict[str, AdapterError],
-    ) -> None:
+    def _resolve_missing_ids(self, batch: BatchState) -> None:
         """Profile ids for list calls, by email (``GET /api/profiles?filter=any(email,[...])``),
         importing a contact that does not exist yet."""
         missing = []
-        for change in live:
-            if change.profile_id in ids or change.profile_id in errors:
+        for change in batch.pending():
+            if change.profile_id in batch.ids:
                 continue
-            was = before[change.profile_id]
-            pending = (change.lists - was.lists) - {listed.get(change.profile_id)}
+            was = batch.before(change)
+            pending = (change.lists - was.lists) - {batch.joined.get(change.profile_id)}
             if pending or (was.lists - change.lists):
                 missing.append(change)
         found, failed = self.lookup(missing)
-        errors.update(failed)
+        batch.errors.update(failed)
         for change in missing:
             if change.profile_id in failed:
                 continue
             pid = found[change.profile_id][0] if change.profile_id in found else None
-            was = before[change.profile_id]
+            was = batch.before(change)
             if pid is None and not (change.lists - was.lists):
                 continue  # no such profile: it is in no list, nothing to remove
-            try:
-                ids[change.profile_id] = pid or self.upsert(change, was)
-            except AdapterError as err:
-                self._fail(errors, change, err)
+            pid = pid or self._import_for_id(change, was, batch)
+            if pid is not None:
+                batch.ids[change.profile_id] = pid
+
+    def _import_for_id(self, change: Change, owned: OwnedState, batch: BatchState) -> str | None:
+        """The profile id of an import of ``change``, or None when it failed (the change fails)."""
+        try:
+            return self.upsert(change, owned)
+        except AdapterError as err:
+            batch.fail(change, err)
+            return None
 
     def lookup(
         self, changes: Sequence[Change]
@@ -474,7 +480,7 @@ class KlaviyoAdapter:
             try:
                 remote = self.find_profiles([str(c.email) for c in chunk])
             except AdapterError as err:
-                if err.status in (401, 403):
+                if err.stops_destination:
                     raise
                 failed.update((c.profile_id, err) for c in chunk)
                 continue
@@ -499,47 +505,35 @@ class KlaviyoAdapter:
                 out[email] = (str(item["id"]), frozenset(str(v) for v in values))
         return out
 
-    @staticmethod
-    def _fail(errors: dict[str, AdapterError], change: Change, err: AdapterError) -> None:
-        if err.status in (401, 403):
-            raise err
-        errors[change.profile_id] = err
-
-    def _lists(
-        self,
-        changes: Sequence[Change],
-        owned: Mapping[str, OwnedState],
-        ids: dict[str, str],
-        errors: dict[str, AdapterError],
-        listed: Mapping[str, str],
-        moved: Moves,
-    ) -> None:
+    def _lists(self, batch: BatchState) -> None:
         def missing() -> AdapterError:
             return TransientError("no Klaviyo profile id yet", code="no_profile_id")
 
-        plan = membership_plan(changes, owned, ids, errors, missing, already_added=listed)
+        plan = membership_plan(batch, batch.pending(), missing)
         for (list_id, joining), members in sorted(plan.items()):
             for chunk in chunks(members, LIST_LIMIT):
-                try:
+                self._list_chunk(list_id, joining, chunk, batch)
+
+    def _list_chunk(
+        self, list_id: str, joining: bool, chunk: Sequence[tuple[Change, str]], batch: BatchState
+    ) -> None:
+        try:
+            self._list_call(list_id, joining, chunk)
+        except AdapterError as err:
+            if err.status != 404 or err.retryable:
+                batch.fail_all((change for change, _ in chunk), err)
+                return
+            # a cached profile id no longer exists (the profile was merged or deleted):
+            # look the contacts up again by email and send the call once more
+            chunk = self._refresh(chunk, joining, batch)
+            try:
+                if chunk:
                     self._list_call(list_id, joining, chunk)
-                    for change, _ in chunk:
-                        moved.record(change, list_id, joining)
-                except AdapterError as err:
-                    if err.status != 404 or err.retryable:
-                        for change, _ in chunk:
-                            self._fail(errors, change, err)
-                        continue
-                    # a cached profile id no longer exists (the profile was merged or deleted):
-                    # look the contacts up again by email and send the call once more
-                    fresh = self._refresh(chunk, joining, ids, errors)
-                    try:
-                        if fresh:
-                            self._list_call(list_id, joining, fresh)
-                            for change, _ in fresh:
-                                moved.record(change, list_id, joining)
-                    except AdapterError as again:
-                        for change, _ in fresh:
-                            self._fail(errors, change, again)
+            except AdapterError as again:
+                batch.fail_all((change for change, _ in chunk), again)
+                return
+        for change, _ in chunk:
+            batch.moved.record(change, list_id, joining)
 
     def _list_call(self, list_id: str, joining: bool, members: Sequence[tuple[Change, str]]) -> None:
         body = {"data": [{"type": "profile", "id": pid} for pid in sorted({p for _, p in members})]}
@@ -547,50 +541,23 @@ class KlaviyoAdapter:
         self.client.request(method, f"/api/lists/{list_id}/relationships/profiles", json=body, bucket="lists")
 
     def _refresh(
-        self,
-        members: Sequence[tuple[Change, str]],
-        joining: bool,
-        ids: dict[str, str],
-        errors: dict[str, AdapterError],
+        self, members: Sequence[tuple[Change, str]], joining: bool, batch: BatchState
     ) -> list[tuple[Change, str]]:
         """The members with their current profile ids; a contact to add that no longer exists is
         imported again, one to remove that no longer exists is in no list."""
         found, failed = self.lookup([change for change, _ in members])
-        errors.update(failed)
+        batch.errors.update(failed)
         fresh: list[tuple[Change, str]] = []
         for change, _ in members:
             if change.profile_id in failed:
                 continue
             pid = found[change.profile_id][0] if change.profile_id in found else None
             if pid is None and joining:
-                try:
-                    pid = self.upsert(change, OwnedState())  # a new profile: every tag appended
-                except AdapterError as err:
-                    self._fail(errors, change, err)
+                # a new profile: every tag appended
+                pid = self._import_for_id(change, OwnedState(), batch)
+                if pid is None:
                     continue
             if pid is not None:
-                ids[change.profile_id] = pid
+                batch.ids[change.profile_id] = pid
                 fresh.append((change, pid))
         return fresh
-
-    def erase(self, change: Change) -> Result:
-        if not change.email:
-            return Result(change.profile_id, change.version, SKIPPED, note="no email to erase")
-        body = {
-            "data": {
-                "type": "data-privacy-deletion-job",
-                "attributes": {
-                    "profile": {"data": {"type": "profile", "attributes": {"email": change.email}}}
-                },
-            }
-        }
-        try:
-            self.client.request("POST", "/api/data-privacy-deletion-jobs", json=body)
-        except AdapterError as err:
-            if err.status in (401, 403):
-                raise
-            if isinstance(err, RateLimited) or err.status != 404:
-                return Result(change.profile_id, change.version, FAILED, error=err)
-        return Result(
-            change.profile_id, change.version, APPLIED, None, note="data-privacy deletion requested"
-        )

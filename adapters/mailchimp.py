@@ -33,23 +33,23 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
 
-from .base import EspClient, Transport, chunks, credential_key, json_body, status_error, triage
-from .change import (
-    APPLIED,
-    CONSENT_SUBSCRIBED,
-    CONSENT_UNSUBSCRIBED,
-    FAILED,
-    SKIPPED,
-    Change,
-    Moves,
-    OwnedState,
-    Result,
+from .base import (
+    BatchState,
+    EspAdapter,
+    EspClient,
+    Transport,
+    chunks,
+    credential_key,
+    json_body,
+    status_error,
 )
-from .errors import AdapterError, PermanentError, RateLimited
+from .change import CONSENT_SUBSCRIBED, CONSENT_UNSUBSCRIBED, Change, OwnedState
+from .errors import ABUSE, AdapterError, PermanentError, RateLimited
 from .ratelimit import Limits
 
 BATCH_LIMIT = 500
@@ -101,7 +101,7 @@ def map_error(response: httpx.Response) -> AdapterError:
         return RateLimited(
             f"400 {title}: anti-abuse throttle",
             retry_after=ABUSE_PARK_SECONDS,
-            scope="ABUSE",
+            scope=ABUSE,
             status=400,
             code=title,
             detail=detail,
@@ -148,9 +148,10 @@ def _merge_problem(item: Mapping[str, Any]) -> bool:
     return "merge field" in text
 
 
-class MailchimpAdapter:
+class MailchimpAdapter(EspAdapter):
     name = "mailchimp"
     batch_size = BATCH_LIMIT
+    erased_note = "deleted permanently"
 
     def __init__(self, config: MailchimpConfig, transport: Transport | None = None, **kw: Any) -> None:
         if config.status_if_new not in STATUSES_IF_NEW:
@@ -228,54 +229,33 @@ class MailchimpAdapter:
         return sorted(t for t in owned.tags if t.casefold() not in wanted)
 
     # -- apply -----------------------------------------------------------------------------
-    def apply(self, changes: Sequence[Change], owned: Mapping[str, OwnedState]) -> list[Result]:
-        errors: dict[str, AdapterError] = {}
-        results, upserts = triage(changes, self.erase)
+    def check(self, batch: BatchState) -> None:
         self._merge_read_now = False
-        for change in upserts:
+        for change in batch.live:
             invalid = invalid_merge_tags(self.written_fields(change))
             if invalid is not None:
-                errors[change.profile_id] = invalid
-        writes = [
-            c
-            for c in upserts
-            if c.profile_id not in errors and self.needs_write(c, owned.get(c.profile_id, OwnedState()))
-        ]
-        self._ensure_merge_fields(writes, owned, errors)
-        writes = [c for c in writes if c.profile_id not in errors]
-        for chunk in chunks(writes, BATCH_LIMIT):
-            self._batch_upsert(chunk, owned, errors)
-        written = {c.profile_id for c in writes if c.profile_id not in errors}
-        ok = [c for c in upserts if c.profile_id not in errors]
-        self._remove_tags(ok, owned, errors)
-        untagged = {c.profile_id for c in ok if c.profile_id in errors}  # their removals may not have run
-        moved = Moves()
-        self._segments([c for c in ok if c.profile_id not in errors], owned, errors, moved)
-        for change in upserts:
-            pid = change.profile_id
-            err = errors.get(pid)
-            if err is not None:
-                before = owned.get(pid, OwnedState())
-                kept = self.removed_tags(change, before) if pid in untagged else ()
-                state = moved.partial(before, change, written=pid in written, tags_kept=kept)
-                results[pid] = Result(pid, change.version, FAILED, state, error=err)
-            else:
-                results[change.profile_id] = Result(
-                    change.profile_id, change.version, APPLIED, OwnedState.of(change)
-                )
-        return [results[c.profile_id] for c in changes]
+                batch.fail(change, invalid)
 
-    def _capture(self, errors: dict[str, AdapterError], change: Change, fn: Any, *args: Any) -> None:
-        try:
-            fn(*args)
-        except RateLimited as err:
-            if err.scope == "DAILY":
-                raise
-            errors[change.profile_id] = err
-        except AdapterError as err:
-            if err.status in (401, 403):
-                raise
-            errors[change.profile_id] = err
+    def write(self, batch: BatchState) -> None:
+        writes = [c for c in batch.pending() if self.needs_write(c, batch.before(c))]
+        self._ensure_merge_fields(writes, batch)
+        writes = batch.pending(writes)
+        for chunk in chunks(writes, BATCH_LIMIT):
+            self._batch_upsert(chunk, batch)
+        batch.written = {c.profile_id for c in batch.pending(writes)}
+        ok = batch.pending()
+        self._remove_tags(ok, batch)
+        for change in ok:
+            if change.profile_id in batch.errors:  # its removals may not have run
+                batch.tags_kept[change.profile_id] = self.removed_tags(change, batch.before(change))
+
+    def memberships(self, batch: BatchState) -> None:
+        self._segments(batch.pending(), batch)
+
+    def delete_contact(self, email: str) -> None:
+        self.client.request(
+            "POST", f"/lists/{self.list_id}/members/{subscriber_hash(email)}/actions/delete-permanent"
+        )
 
     # -- merge fields ----------------------------------------------------------------------
     def merge_tags(self, refresh: bool = False) -> dict[str, str]:
@@ -315,30 +295,32 @@ class MailchimpAdapter:
         self._merge_tags[str(data.get("tag") or tag)] = str(data.get("type") or body["type"])
 
     def _ensure_merge_fields(
-        self,
-        changes: Sequence[Change],
-        owned: Mapping[str, OwnedState],
-        errors: dict[str, AdapterError],
-        refresh: bool = False,
+        self, changes: Sequence[Change], batch: BatchState, refresh: bool = False
     ) -> None:
         """Every merge tag these changes write exists in the audience (created when missing)."""
-        touching = [
-            c
-            for c in changes
-            if self.written_fields(c) or self.erased_fields(c, owned.get(c.profile_id, OwnedState()))
-        ]
+        touching = [c for c in changes if self.written_fields(c) or self.erased_fields(c, batch.before(c))]
         if not touching:
             return
         try:
             existing = self.merge_tags(refresh)
         except AdapterError as err:
-            if err.status in (401, 403):
-                raise
-            for change in touching:
-                errors[change.profile_id] = err
+            batch.fail_all(touching, err)
             return
-        wanted: dict[str, Any] = {}
+        failed = self._create_missing(touching, existing)
+        if not failed:
+            return
         for change in touching:
+            cause = next((failed[n] for n in sorted(self.written_fields(change)) if n in failed), None)
+            if cause is not None:
+                batch.fail(change, cause)
+
+    def _create_missing(
+        self, changes: Sequence[Change], existing: Mapping[str, str]
+    ) -> dict[str, AdapterError]:
+        """Create the merge fields the changes write that the audience lacks; returns the tags that
+        could not be created and why."""
+        wanted: dict[str, Any] = {}
+        for change in changes:
             for name, value in self.written_fields(change).items():
                 wanted.setdefault(name, value)
         failed: dict[str, AdapterError] = {}
@@ -348,19 +330,13 @@ class MailchimpAdapter:
             try:
                 self._create_merge_field(tag, value)
             except AdapterError as err:
-                if err.status in (401, 403):
+                if err.stops_destination:
                     raise
                 failed[tag] = err
-        if failed:
-            for change in touching:
-                cause = next((failed[n] for n in sorted(self.written_fields(change)) if n in failed), None)
-                if cause is not None:
-                    errors[change.profile_id] = cause
+        return failed
 
     # -- member writes ---------------------------------------------------------------------
-    def _batch_upsert(
-        self, chunk: Sequence[Change], owned: Mapping[str, OwnedState], errors: dict[str, AdapterError]
-    ) -> None:
+    def _batch_upsert(self, chunk: Sequence[Change], batch: BatchState) -> None:
         by_email: dict[str, Change] = {}
         single: list[Change] = []
         for change in chunk:
@@ -369,35 +345,23 @@ class MailchimpAdapter:
                 single.append(change)  # the same email twice in one batch: send it on its own
             else:
                 by_email[key] = change
-        fresh = [c for c in by_email.values() if not self.known(owned.get(c.profile_id, OwnedState()))]
-        update = [c for c in by_email.values() if self.known(owned.get(c.profile_id, OwnedState()))]
+        fresh = [c for c in by_email.values() if not self.known(batch.before(c))]
+        update = [c for c in by_email.values() if self.known(batch.before(c))]
         redrive: list[Change] = list(single)
-        merge_trouble = False
         # create-only: new members get status_if_new; existing ones are reported and left untouched
-        exists, failed, trouble = self._batch_call(fresh, owned, errors, update_existing=False)
+        exists, failed, merge_trouble = self._batch_call(fresh, batch, update_existing=False)
         redrive += failed
-        merge_trouble |= trouble
         # update: no status and no status_if_new, so no member's status can change
-        _, failed, trouble = self._batch_call([*update, *exists], owned, errors, update_existing=True)
+        _, failed, trouble = self._batch_call([*update, *exists], batch, update_existing=True)
         redrive += failed
-        merge_trouble |= trouble
-        if merge_trouble and not self._merge_read_now:
+        if (merge_trouble or trouble) and not self._merge_read_now:
             # the cached merge fields may be stale (one deleted in Mailchimp): read them again
-            self._ensure_merge_fields(redrive, owned, errors, refresh=True)
-        for change in redrive:
-            if change.profile_id in errors:
-                continue
-            self._capture(
-                errors, change, self._single_upsert, change, owned.get(change.profile_id, OwnedState())
-            )
+            self._ensure_merge_fields(redrive, batch, refresh=True)
+        for change in batch.pending(redrive):
+            batch.attempt(change, partial(self._single_upsert, change, batch.before(change)))
 
     def _batch_call(
-        self,
-        changes: Sequence[Change],
-        owned: Mapping[str, OwnedState],
-        errors: dict[str, AdapterError],
-        *,
-        update_existing: bool,
+        self, changes: Sequence[Change], batch: BatchState, *, update_existing: bool
     ) -> tuple[list[Change], list[Change], bool]:
         """One batch subscribe; returns (already members, failed items to re-drive, whether an
         item failed on its merge fields)."""
@@ -406,8 +370,7 @@ class MailchimpAdapter:
         by_email = {str(c.email).lower(): c for c in changes}
         members = []
         for change in changes:
-            state = owned.get(change.profile_id, OwnedState())
-            member = self.member(change, state, status_if_new=not update_existing)
+            member = self.member(change, batch.before(change), status_if_new=not update_existing)
             if change.tags:
                 member["tags"] = sorted(change.tags)
             members.append(member)
@@ -415,10 +378,7 @@ class MailchimpAdapter:
         try:
             response = self.client.request("POST", f"/lists/{self.list_id}", json=body)
         except AdapterError as err:
-            if err.status in (401, 403):
-                raise
-            for change in changes:
-                errors[change.profile_id] = err
+            batch.fail_all(changes, err)
             return [], [], False
         data = json_body(response) or {}
         exists: list[Change] = []
@@ -437,45 +397,41 @@ class MailchimpAdapter:
                 trouble |= _merge_problem(item)
         return exists, failed, trouble
 
-    def _remove_tags(
-        self, changes: Sequence[Change], owned: Mapping[str, OwnedState], errors: dict[str, AdapterError]
-    ) -> None:
+    def _remove_tags(self, changes: Sequence[Change], batch: BatchState) -> None:
         """Tags the connector set and no longer wants. A tag dropped by many contacts at once goes
         through its static segment (``members_to_remove``, 500 per call); the rest one contact at a
         time through the tags endpoint."""
         by_tag: dict[str, list[Change]] = {}
         removals: dict[str, list[str]] = {}
         for change in changes:
-            removed = self.removed_tags(change, owned.get(change.profile_id, OwnedState()))
+            removed = self.removed_tags(change, batch.before(change))
             removals[change.profile_id] = removed
             for tag in removed:
                 by_tag.setdefault(tag, []).append(change)
         done: dict[str, set[str]] = {}
         for tag, group in sorted(by_tag.items()):
-            if len(group) < self.config.bulk_tag_threshold:
-                continue
-            try:
-                seg = self.tag_id(tag)
-            except AdapterError as err:
-                if err.status in (401, 403):
-                    raise
-                continue  # fall back to the tags endpoint
-            if seg is None:
-                for change in group:  # the tag no longer exists: nothing to remove
-                    done.setdefault(change.profile_id, set()).add(tag)
-                continue
-            failed_before = set(errors)
-            for i in range(0, len(group), BATCH_LIMIT):
-                self._segment_call(seg, [], group[i : i + BATCH_LIMIT], errors, redrive=True)
-            for change in group:
-                if change.profile_id not in failed_before and change.profile_id not in errors:
-                    done.setdefault(change.profile_id, set()).add(tag)
-        for change in changes:
-            if change.profile_id in errors:
-                continue
+            if len(group) >= self.config.bulk_tag_threshold:
+                for pid in self._remove_by_segment(tag, group, batch):
+                    done.setdefault(pid, set()).add(tag)
+        for change in batch.pending(changes):
             rest = [t for t in removals[change.profile_id] if t not in done.get(change.profile_id, set())]
             if rest:
-                self._capture(errors, change, self._drop_tags, change, rest)
+                batch.attempt(change, partial(self._drop_tags, change, rest))
+
+    def _remove_by_segment(self, tag: str, group: Sequence[Change], batch: BatchState) -> list[str]:
+        """Remove ``tag`` from the group through its static segment; returns the profiles it is
+        gone from (none when the segment cannot be found: the tags endpoint is used instead)."""
+        try:
+            seg = self.tag_id(tag)
+        except AdapterError as err:
+            if err.stops_destination:
+                raise
+            return []  # fall back to the tags endpoint
+        if seg is None:  # the tag no longer exists: nothing to remove
+            return [c.profile_id for c in group]
+        for i in range(0, len(group), BATCH_LIMIT):
+            self._segment_call(seg, [], group[i : i + BATCH_LIMIT], batch, redrive=True)
+        return [c.profile_id for c in batch.pending(group)]
 
     def tag_id(self, name: str) -> str | None:
         """The static segment id of a tag (``GET /lists/{id}/tag-search?name=``), cached."""
@@ -513,17 +469,11 @@ class MailchimpAdapter:
         path = f"/lists/{self.list_id}/members/{subscriber_hash(change.email)}/tags"
         self.client.request("POST", path, json={"tags": tags, "is_syncing": self.config.is_syncing})
 
-    def _segments(
-        self,
-        changes: Sequence[Change],
-        owned: Mapping[str, OwnedState],
-        errors: dict[str, AdapterError],
-        moved: Moves,
-    ) -> None:
+    def _segments(self, changes: Sequence[Change], batch: BatchState) -> None:
         adds: dict[str, list[Change]] = {}
         removes: dict[str, list[Change]] = {}
         for change in changes:
-            before = owned.get(change.profile_id, OwnedState()).lists
+            before = batch.before(change).lists
             for seg in sorted(change.lists - before):
                 adds.setdefault(seg, []).append(change)
             for seg in sorted(before - change.lists):
@@ -532,18 +482,18 @@ class MailchimpAdapter:
             add, remove = adds.get(seg, []), removes.get(seg, [])
             for i in range(0, max(len(add), len(remove)), BATCH_LIMIT):
                 part_add, part_remove = add[i : i + BATCH_LIMIT], remove[i : i + BATCH_LIMIT]
-                failed = self._segment_call(seg, part_add, part_remove, errors, redrive=True)
+                failed = self._segment_call(seg, part_add, part_remove, batch, redrive=True)
                 for joining, group in ((True, part_add), (False, part_remove)):
                     for change in group:
                         if change.profile_id not in failed:
-                            moved.record(change, seg, joining)
+                            batch.moved.record(change, seg, joining)
 
     def _segment_call(
         self,
         seg: str,
         add: Sequence[Change],
         remove: Sequence[Change],
-        errors: dict[str, AdapterError],
+        batch: BatchState,
         redrive: bool,
     ) -> set[str]:
         """One static-segment call; returns the profiles it failed for (their errors are set)."""
@@ -555,10 +505,7 @@ class MailchimpAdapter:
         try:
             response = self.client.request("POST", f"/lists/{self.list_id}/segments/{seg}", json=body)
         except AdapterError as err:
-            if err.status in (401, 403):
-                raise
-            for change in everyone.values():
-                errors[change.profile_id] = err
+            batch.fail_all(everyone.values(), err)
             return {c.profile_id for c in everyone.values()}
         data = json_body(response) or {}
         failed: dict[str, str] = {}
@@ -570,29 +517,19 @@ class MailchimpAdapter:
         if redrive:
             again_add = [c for c in add if str(c.email).lower() in failed]
             again_remove = [c for c in remove if str(c.email).lower() in failed]
-            return self._segment_call(seg, again_add, again_remove, errors, redrive=False)
+            return self._segment_call(seg, again_add, again_remove, batch, redrive=False)
         refused: set[str] = set()
         for email, message in failed.items():
             who = everyone.get(email)
             if who is not None:
                 refused.add(who.profile_id)
-                errors[who.profile_id] = PermanentError(
-                    f"static segment {seg}: {message}",
-                    status=200,
-                    code="segment_member_error",
-                    detail=message,
+                batch.fail(
+                    who,
+                    PermanentError(
+                        f"static segment {seg}: {message}",
+                        status=200,
+                        code="segment_member_error",
+                        detail=message,
+                    ),
                 )
         return refused
-
-    def erase(self, change: Change) -> Result:
-        if not change.email:
-            return Result(change.profile_id, change.version, SKIPPED, note="no email to erase")
-        path = f"/lists/{self.list_id}/members/{subscriber_hash(change.email)}/actions/delete-permanent"
-        try:
-            self.client.request("POST", path)
-        except AdapterError as err:
-            if err.status in (401, 403):
-                raise
-            if err.status != 404:  # 404: not (or no longer) in the audience
-                return Result(change.profile_id, change.version, FAILED, error=err)
-        return Result(change.profile_id, change.version, APPLIED, None, note="deleted permanently")
