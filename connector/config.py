@@ -35,6 +35,17 @@ SENDERS = (
     "standard_webhooks",
 )
 HUBSPOT_VERSIONS = ("v1", "v2", "v3")
+PRIVILEGED_TYPES = ("delete", "data_request")
+# The privileged event types each sender can deliver (its receiver's ``privileged``); the tracking
+# API (a public write key) and the ESPs' event webhooks deliver none. Shopify's compliance topics
+# are accepted without listing them (mandatory for Shopify apps) once ``shop_domain`` is set.
+PRIVILEGED_BY_SENDER: dict[str, tuple[str, ...]] = {
+    "segment": ("delete",),
+    "rudderstack": ("delete",),
+    "hubspot": ("delete",),
+    "shopify": ("delete", "data_request"),
+}
+SHOP_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2,}$")
 
 
 class Secret:
@@ -82,6 +93,17 @@ class SenderSchema(Schema):
     header = fields.String(load_default=None)
     # shopify: shop domains allowed to send for this account (any when empty)
     shop_domains = fields.List(fields.String(), load_default=list)
+    # shopify: the shop this account serves; compliance requests (redact, data_request) must name it
+    shop_domain = fields.String(
+        load_default=None,
+        validate=validate.Regexp(SHOP_DOMAIN, error="must be a shop domain like acme.myshopify.com"),
+    )
+    # privileged event types this account accepts from this sender (see PRIVILEGED_BY_SENDER)
+    privileged = fields.List(fields.String(validate=validate.OneOf(PRIVILEGED_TYPES)), load_default=list)
+    # segment: batch elements the signature does not cover (Actions signs the first one only)
+    unsigned_batch_elements = fields.String(
+        load_default="refuse", validate=validate.OneOf(("refuse", "accept"))
+    )
     # signed senders with a timestamp: accepted clock skew in seconds
     tolerance_seconds = fields.Integer(load_default=300, validate=validate.Range(min=1, max=3600))
 
@@ -130,6 +152,29 @@ class AccountSchema(Schema):
             raise ValidationError(
                 {"senders": {"mandrill": {"url": ["required: the webhook URL exactly as registered"]}}}
             )
+
+    @validates_schema
+    def _sender_only(self, data: dict[str, Any], **_: Any) -> None:
+        errors = _sender_only_options(data.get("senders", {}))
+        if errors:
+            raise ValidationError({"senders": errors})
+
+
+def _sender_only_options(senders: Mapping[str, Any]) -> dict[str, Any]:
+    """Options that only some senders take: ``privileged`` (types the sender can deliver),
+    ``unsigned_batch_elements`` (segment), ``shop_domain`` (shopify)."""
+    errors: dict[str, Any] = {}
+    for name, cfg in senders.items():
+        deliverable = PRIVILEGED_BY_SENDER.get(name, ())
+        wrong = [t for t in cfg.get("privileged") or () if t not in deliverable]
+        if wrong:
+            can = f"only {', '.join(deliverable)}" if deliverable else "none"
+            errors[name] = {"privileged": [f"{name} cannot deliver {', '.join(wrong)} (it delivers {can})"]}
+        elif name != "segment" and cfg.get("unsigned_batch_elements") not in (None, "refuse"):
+            errors[name] = {"unsigned_batch_elements": ["only the segment sender takes this option"]}
+        elif name != "shopify" and cfg.get("shop_domain"):
+            errors[name] = {"shop_domain": ["only the shopify sender takes this option"]}
+    return errors
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,15 @@ class MalformedPayload(RequestRejected):
     code = "malformed_payload"
 
 
+class EventNotAllowed(RequestRejected):
+    """A verified request carrying an event this sender may not deliver for this account: a
+    privileged type (erasure, access request) the account's file does not allow, one outside the
+    signed part of a batch, or a type the route never takes."""
+
+    status = 400
+    code = "event_not_allowed"
+
+
 class UnsupportedContentType(RequestRejected):
     status = 415
     code = "unsupported_content_type"

@@ -11,6 +11,10 @@ is ``{"batch": [...]}`` with a ``type`` per message, and an invalid element is a
 corrected for the device's clock skew like Segment does (``now - (sentAt - originalTimestamp)``).
 Messages are deduplicated per account on ``messageId``. ``writeKey`` is removed from stored
 messages.
+
+The write key is public (it ships in every web page that loads analytics.js), so the tracking API
+never erases nor exports: a ``delete`` message (in a batch too) is refused with 400 naming it.
+A truncated gzip stream is refused (400), not read as the prefix it inflates to.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ from typing import Any
 
 from connector.clock import isoformat
 from connector.config import Account, Accounts
-from connector.errors import MalformedPayload, PayloadTooLarge, Unauthorized, UnsupportedContentType
+from connector.errors import (
+    MalformedPayload,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedContentType,
+)
 from connector.event import Event
+from connector.ingest.admission import admit_tracking
 from connector.ingest.receivers.base import Inbound, parse_json, parse_time
 from connector.ingest.receivers.spec import normalize
 
@@ -50,6 +60,9 @@ def decoded_body(inbound: Inbound, limit: int) -> bytes:
         raise MalformedPayload("body is not valid gzip") from err
     if len(out) > limit:
         raise PayloadTooLarge(f"decompressed body is larger than the limit of {limit} bytes")
+    if not inflater.eof:
+        # a cut-off stream inflates to a prefix of the body without an error: refuse it
+        raise MalformedPayload("gzip body is truncated (the stream does not end)")
     return out
 
 
@@ -133,4 +146,6 @@ def receive(
         raise
     if account is None:
         account = find_account(accounts, None, payload)
-    return account, messages_of(call, payload, account.id, now)
+    events = messages_of(call, payload, account.id, now)
+    admit_tracking(events, account, (lambda i: f"batch[{i}]") if call == "batch" else (lambda i: "body"))
+    return account, events

@@ -20,12 +20,19 @@ ALL = json.loads(VECTORS.read_text())["vectors"]
 # Bodies of these official vectors are not JSON (the vendor's test signs a Python repr): the
 # signature must verify (no 401) and the body is then refused as malformed.
 NOT_JSON = {"hubspot_v1_sdk", "hubspot_v2_sdk", "hubspot_v3_sdk"}
+# The topic each Shopify vector's body is a delivery of (the body must have its topic's shape);
+# the SDK's vector body is no resource, so it goes as a topic whose shape is not checked.
+SHOPIFY_TOPICS = {"shopify_customers_redact": "customers/redact", "shopify_sdk": "app/uninstalled"}
 
 
 def make_client(settings, tmp_path: Path, hubspot_url: str | None = None):  # type: ignore[no-untyped-def]
     from connector.app import create_app
 
     acme = copy.deepcopy(ACME)
+    # The Actions batch vector is signed over its first element only: an account opts in to its
+    # unsigned elements. The compliance vector names this shop.
+    acme["senders"]["segment"]["unsigned_batch_elements"] = "accept"
+    acme["senders"]["shopify"]["shop_domain"] = "example-shop.myshopify.com"
     if hubspot_url:
         acme["senders"]["hubspot"]["url"] = hubspot_url
     directory = write_accounts(tmp_path / "vector-accounts", acme, GLOBEX)
@@ -64,7 +71,8 @@ def request_for(vector: dict[str, Any]) -> tuple[str, str, dict[str, str], str |
         path = "/webhooks/acme/segment"
     elif scheme == "shopify":
         path = "/webhooks/acme/shopify"
-        headers.update({"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": f"wh-{vector['name']}"})
+        topic = SHOPIFY_TOPICS.get(vector["name"], "orders/create")
+        headers.update({"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": f"wh-{vector['name']}"})
         headers["X-Shopify-Shop-Domain"] = "example-shop.myshopify.com"
     elif scheme == "klaviyo":
         path = "/webhooks/acme/klaviyo"

@@ -1,7 +1,11 @@
-"""What every receiver shares: the inbound request, the interface, and the verification helpers.
+"""What every receiver shares: the inbound request, the :class:`Receiver` base class, and the
+verification and parsing helpers.
 
-A receiver verifies the raw bytes first and parses second: nothing from an unverified body is
-read, logged or stored.
+Every sender's receiver derives from :class:`Receiver`, whose :meth:`Receiver.handle` cannot be
+overridden: it verifies the raw bytes (the subclass's ``verify``), then parses (``parse``), then
+admits the events in one place for every route: the event types this sender may deliver, the
+privileged ones (erasure, access requests) only where the signature covers them and the account's
+file allows them, and nothing the workers would refuse later (see :mod:`.admission`).
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, final
 
 from connector.config import Account, Secret, SenderConfig
 from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentType
+from connector.event import EVENT_TYPES, Event
+from connector.ingest import admission
 
 
 @dataclass(frozen=True)
@@ -38,19 +46,84 @@ class Inbound:
         return value if value else None
 
 
-class Receiver(Protocol):
-    """One sender. ``handle`` verifies, then normalizes; it returns the events to store."""
+@dataclass(frozen=True)
+class Proof:
+    """What a successful verification proved.
+
+    ``covered``: how many leading elements of a batch body the signature covers (``None``: the
+    whole body). ``probe``: a validation request (Mailchimp's GET, Mandrill's HEAD) that stores
+    nothing. ``detail``: a sender-specific value verification produced (e.g. a signed message id).
+    """
+
+    covered: int | None = None
+    probe: bool = False
+    detail: str = ""
+
+
+WHOLE_BODY = Proof()
+PROBE = Proof(probe=True)
+
+
+class Receiver:
+    """One sender. Subclasses implement ``verify`` and ``parse``; :meth:`handle` is final.
+
+    Class attributes every receiver declares: ``name`` (the route's sender name), ``methods``,
+    ``source`` (the events' source), ``event_types`` (the event types it may deliver),
+    ``privileged`` (those among them that erase or export a person: delete, data_request) and
+    ``element`` (how a batch element is named in a 400, ``{i}`` its index).
+    """
 
     name: ClassVar[str]
     methods: ClassVar[tuple[str, ...]]
+    source: ClassVar[str]
+    event_types: ClassVar[frozenset[str]]
+    privileged: ClassVar[frozenset[str]] = frozenset()
+    # privileged types allowed without ``privileged:`` in the account's file, because the sender's
+    # protocol makes them mandatory and the receiver proves them itself (Shopify compliance topics)
+    privileged_by_default: ClassVar[frozenset[str]] = frozenset()
+    # Segment-spec senders: a message without a usable identity is refused (the spec requires one)
+    identity_required: ClassVar[bool] = False
+    element: ClassVar[str] = "body[{i}]"
 
-    def handle(
-        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime
-    ) -> list[Any]: ...
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "handle" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must not override handle(): implement verify() and parse()")
+        for attr in ("name", "methods", "source", "event_types"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"{cls.__name__} must declare {attr}")
+        if not cls.event_types <= set(EVENT_TYPES) or not cls.privileged <= cls.event_types:
+            raise TypeError(f"{cls.__name__}: privileged types must be among its event types")
+
+    @final
+    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
+        """Verify, then parse, then admit. The only entry point of a receiver."""
+        proof = self.verify(inbound, sender, now)
+        if not isinstance(proof, Proof):
+            raise TypeError(f"{type(self).__name__}.verify must return a Proof")
+        if proof.probe:
+            return []
+        events = self.parse(inbound, account, sender, now, proof)
+        admission.admit(self, events, account, sender, proof)
+        return events
+
+    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
+        """Check the request's signature or token; raise :class:`Unauthorized` when it fails."""
+        raise NotImplementedError
+
+    def parse(
+        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime, proof: Proof
+    ) -> list[Event]:
+        """The verified request's events (raise :class:`MalformedPayload` naming the field)."""
+        raise NotImplementedError
+
+    def where(self, index: int) -> str:
+        """How the ``index``-th event of a request is named in an answer."""
+        return self.element.format(i=index)
 
     def sign(self, secret: str, body: bytes, *, url: str, now: datetime) -> dict[str, str]:
         """The headers a genuine delivery of ``body`` to ``url`` would carry (for tests and curl)."""
-        ...
+        raise NotImplementedError
 
 
 # --- verification helpers ------------------------------------------------------------------
@@ -111,13 +184,92 @@ def require_json(inbound: Inbound) -> Any:
     return parse_json(inbound.body)
 
 
-def parse_json(body: bytes) -> Any:
+# JSON deeper than this is refused (400) before it is parsed: nothing the senders deliver comes
+# near it, and the parser, the queue's encoder and the worker all recurse per level.
+MAX_JSON_DEPTH = 64
+_OPENERS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def nested_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether the JSON text nests arrays/objects more than ``limit`` levels (strings ignored)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(_OPENERS, _NOT_BRACKETS)
+    for _ in range(limit):  # each pass removes the innermost level
+        inner = brackets.replace(b"[]", b"")
+        if not inner:
+            return False
+        if inner == brackets:
+            break  # unbalanced: the parser will say where
+        brackets = inner
+    return bool(brackets)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise MalformedPayload(f"body has a number out of range: {text[:40]}")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise MalformedPayload(f"body has {text}, which is not a JSON number")
+
+
+def unstorable_text(value: Any, path: str, depth: int = 0) -> str | None:
+    """The path of the first string (or key) that is not valid Unicode text (a lone surrogate)."""
+    if isinstance(value, str):
+        return None if value.isascii() or _encodes(value) else path
+    if depth > MAX_JSON_DEPTH:
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _encodes(key):
+                return f"{path} (a key)"
+            found = unstorable_text(item, f"{path}.{key}", depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = unstorable_text(item, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _encodes(text: str) -> bool:
     try:
-        return json.loads(body)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_json(body: bytes, what: str = "body") -> Any:
+    """JSON from raw bytes; every way it can be unusable is a :class:`MalformedPayload` naming it:
+    not UTF-8, not JSON, nested deeper than :data:`MAX_JSON_DEPTH`, an integer too long to parse,
+    a number out of range (``1e999``, ``NaN``), or a string with a lone surrogate (``"\\ud800"``),
+    which no store can hold as text."""
+    if nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise MalformedPayload(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        value = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
     except UnicodeDecodeError as err:
-        raise MalformedPayload("body is not UTF-8") from err
+        raise MalformedPayload(f"{what} is not UTF-8") from err
     except json.JSONDecodeError as err:
-        raise MalformedPayload(f"body is not valid JSON: {err.msg} at position {err.pos}") from err
+        raise MalformedPayload(f"{what} is not valid JSON: {err.msg} at position {err.pos}") from err
+    except RecursionError as err:
+        raise MalformedPayload(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels") from err
+    except ValueError as err:  # int() refuses more than sys.get_int_max_str_digits() digits
+        raise MalformedPayload(f"{what} has an integer too long to parse") from err
+    if _SURROGATE_ESCAPE.search(body):
+        found = unstorable_text(value, what)
+        if found:
+            raise MalformedPayload(f"{found} has a lone surrogate escape (e.g. \\ud800): not text")
+    return value
 
 
 def require_object(value: Any, what: str) -> dict[str, Any]:

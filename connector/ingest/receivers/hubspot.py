@@ -27,7 +27,10 @@ from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentT
 from connector.event import Event
 from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
+    WHOLE_BODY,
     Inbound,
+    Proof,
+    Receiver,
     b64,
     check_timestamp,
     hmac_digest,
@@ -94,10 +97,12 @@ def _versions(sender: SenderConfig) -> tuple[str, ...]:
     return tuple(configured) if configured else ("v3",)
 
 
-class HubSpotReceiver:
+class HubSpotReceiver(Receiver):
     name: ClassVar[str] = "hubspot"
     methods: ClassVar[tuple[str, ...]] = ("POST", "GET", "PUT")
     source: ClassVar[str] = "hubspot"
+    event_types: ClassVar[frozenset[str]] = frozenset({"track", "identify", "delete"})
+    privileged: ClassVar[frozenset[str]] = frozenset({"delete"})
 
     def sign(self, secret: str, body: bytes, *, url: str, now: datetime) -> dict[str, str]:
         timestamp = str(int(now.timestamp() * 1000))
@@ -107,7 +112,7 @@ class HubSpotReceiver:
             "Content-Type": "application/json",
         }
 
-    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> None:
+    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
         versions = _versions(sender)
         uri = signed_uri(inbound, sender)
         v3 = inbound.header("X-HubSpot-Signature-v3")
@@ -128,7 +133,7 @@ class HubSpotReceiver:
             if not matches_any([v3.strip()], expected):
                 raise Unauthorized("signature does not match")
             check_timestamp(when, now, int(sender.options.get("tolerance_seconds") or 300))
-            return
+            return WHOLE_BODY
         if legacy:
             stated = (inbound.header("X-HubSpot-Signature-Version") or "").strip().lower()
             allowed = [v for v in ("v1", "v2") if v in versions and (not stated or stated == v)]
@@ -139,12 +144,13 @@ class HubSpotReceiver:
                 if "v2" in allowed:
                     expected.append(signature_v2(secret.bytes, inbound.method, uri, inbound.body))
             if allowed and matches_any([legacy.strip().lower()], expected):
-                return
+                return WHOLE_BODY
             raise Unauthorized("signature does not match or version not enabled")
         raise Unauthorized("signature header missing")
 
-    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
-        self.verify(inbound, sender, now)
+    def parse(
+        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime, proof: Proof
+    ) -> list[Event]:
         if not inbound.body.strip():
             return []  # e.g. a signed v2 GET from a workflow: nothing to store
         if inbound.content_type not in ("application/json", "text/plain", ""):
@@ -169,6 +175,8 @@ class HubSpotReceiver:
         if kind == "identify":
             properties.pop("propertyValue", None)
         is_contact = subscription.lower().startswith("contact.")
+        # a contact's email property changed: the new address identifies the contact from now on
+        new_email = item.get("propertyValue") if kind == "identify" and prop == "email" else None
         occurred = item.get("occurredAt")
         return Event(
             account=account,
@@ -179,7 +187,10 @@ class HubSpotReceiver:
             original_name=subscription,
             occurred_at=parse_time(occurred, f"{where}.occurredAt") if occurred not in (None, "") else now,
             received_at=now,
-            identities=identities(hubspot_contact_id=item.get("objectId") if is_contact else None),
+            identities=identities(
+                hubspot_contact_id=item.get("objectId") if is_contact else None,
+                email=new_email if isinstance(new_email, str) and is_contact else None,
+            ),
             properties=properties,
             traits=traits,
             raw=item,

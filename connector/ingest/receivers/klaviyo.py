@@ -19,7 +19,10 @@ from connector.errors import MalformedPayload, Unauthorized
 from connector.event import Event
 from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
+    WHOLE_BODY,
     Inbound,
+    Proof,
+    Receiver,
     check_timestamp,
     hmac_digest,
     identities,
@@ -72,10 +75,12 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-class KlaviyoReceiver:
+class KlaviyoReceiver(Receiver):
     name: ClassVar[str] = "klaviyo"
     methods: ClassVar[tuple[str, ...]] = ("POST",)
     source: ClassVar[str] = "klaviyo"
+    event_types: ClassVar[frozenset[str]] = frozenset({"track"})
+    element: ClassVar[str] = "body.data[{i}]"
 
     def sign(self, secret: str, body: bytes, *, url: str, now: datetime) -> dict[str, str]:
         del url
@@ -93,7 +98,7 @@ class KlaviyoReceiver:
             headers["Klaviyo-Webhook-Id"] = meta["klaviyo_webhook_id"]
         return headers
 
-    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> None:
+    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
         timestamp = inbound.header("Klaviyo-Timestamp")
         if not timestamp:
             raise Unauthorized("Klaviyo-Timestamp header missing")
@@ -106,9 +111,11 @@ class KlaviyoReceiver:
         )
         tolerance = int(sender.options.get("tolerance_seconds") or 300)
         check_timestamp(parse_header_time(timestamp), now, tolerance)
+        return WHOLE_BODY
 
-    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
-        self.verify(inbound, sender, now)
+    def parse(
+        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime, proof: Proof
+    ) -> list[Event]:
         payload = require_object(require_json(inbound), "body")
         meta = _dict(payload.get("meta"))
         webhook_id = meta.get("klaviyo_webhook_id")

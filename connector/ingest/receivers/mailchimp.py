@@ -25,7 +25,17 @@ from connector.config import Account, SenderConfig
 from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentType
 from connector.event import Event
 from connector.ingest.names import snake_case
-from connector.ingest.receivers.base import Inbound, identities, matches_any, parse_time
+from connector.ingest.receivers.base import (
+    MAX_JSON_DEPTH,
+    PROBE,
+    WHOLE_BODY,
+    Inbound,
+    Proof,
+    Receiver,
+    identities,
+    matches_any,
+    parse_time,
+)
 
 TYPES: dict[str, tuple[str, str]] = {
     "subscribe": ("track", "subscribed"),
@@ -55,6 +65,8 @@ def parse_form(body: bytes) -> dict[str, Any]:
     for key, value in pairs:
         match = _KEY.match(key)
         path = [match.group(1), *_PART.findall(match.group(2))] if match else [key]
+        if len(path) > MAX_JSON_DEPTH:
+            raise MalformedPayload(f"form key {key[:40]!r}... is nested deeper than {MAX_JSON_DEPTH} levels")
         node = out
         for part in path[:-1]:
             child = node.get(part)
@@ -93,10 +105,12 @@ def token_from(inbound: Inbound) -> str | None:
     return value if value else None
 
 
-class MailchimpReceiver:
+class MailchimpReceiver(Receiver):
     name: ClassVar[str] = "mailchimp"
     methods: ClassVar[tuple[str, ...]] = ("GET", "HEAD", "POST")
     source: ClassVar[str] = "mailchimp"
+    event_types: ClassVar[frozenset[str]] = frozenset({"track", "identify"})
+    element: ClassVar[str] = "body"
 
     def sign(self, secret: str, body: bytes, *, url: str, now: datetime) -> dict[str, str]:
         """Mailchimp signs nothing: the secret goes in the URL (``?secret=``), see :func:`signed_url`."""
@@ -107,18 +121,26 @@ class MailchimpReceiver:
     def signed_url(secret: str, url: str) -> str:
         return url + ("&" if urlsplit(url).query else "?") + urlencode({"secret": secret})
 
-    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
+    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
+        del now
         if inbound.method in ("GET", "HEAD") or not inbound.body.strip():
-            return []  # Mailchimp's URL validation probe
+            return PROBE  # Mailchimp's URL validation probe
         token = token_from(inbound)
         if token is None:
             raise Unauthorized("secret token missing from the URL")
         if not matches_any([token], [s.value for s in sender.secrets]):
             raise Unauthorized("secret token does not match")
+        return WHOLE_BODY
+
+    def parse(
+        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime, proof: Proof
+    ) -> list[Event]:
         if inbound.content_type not in (FORM, ""):
             raise UnsupportedContentType(f"expected {FORM}, got {inbound.content_type}")
         form = parse_form(inbound.body)
-        return [self.normalize(form, account.id, now)]
+        event = self.normalize(form, account.id, now)
+        link = email_link(event, form)
+        return [event] if link is None else [link, event]
 
     def normalize(self, form: dict[str, Any], account: str, now: datetime) -> Event:
         kind_raw = form.get("type")
@@ -154,3 +176,33 @@ class MailchimpReceiver:
             traits=traits,
             raw=form,
         )
+
+
+def email_link(event: Event, form: dict[str, Any]) -> Event | None:
+    """For ``upemail``: an identify that ties the new member id to the person's old address, so
+    that the person's profile (found by the old address) takes the new address as an identity.
+
+    Mailchimp sends ``old_email``, ``new_email`` and ``new_id`` (not the old member id): the change
+    event itself carries the new address and id, this one the old address and the new id; the
+    worker resolves both to one profile."""
+    if event.name != "email_changed":
+        return None
+    data = _dict(form.get("data"))
+    old = identities(email=data.get("old_email"), mailchimp_member_id=data.get("new_id"))
+    if "email" not in old or "mailchimp_member_id" not in old:
+        return None
+    new_email = event.identities.get("email")
+    return Event(
+        account=event.account,
+        source=event.source,
+        source_event_id=f"{event.source_event_id}:link",
+        type="identify",
+        name="identify",
+        original_name=event.original_name,
+        occurred_at=event.occurred_at,
+        received_at=event.received_at,
+        identities=old,
+        properties={},
+        traits={"email": new_email} if new_email else {},
+        raw=event.raw,
+    )

@@ -22,7 +22,11 @@ from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentT
 from connector.event import Event
 from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
+    PROBE,
+    WHOLE_BODY,
     Inbound,
+    Proof,
+    Receiver,
     b64,
     hmac_digest,
     identities,
@@ -46,26 +50,31 @@ FORM = "application/x-www-form-urlencoded"
 MESSAGE_FIELDS = ("subject", "sender", "tags", "metadata", "state", "template", "bounce_description", "diag")
 
 
-def form_pairs(body: bytes) -> dict[str, str]:
+def form_pairs(body: bytes, errors: str = "surrogateescape") -> dict[str, str]:
+    """The form's fields. With ``errors="surrogateescape"`` (verification) bytes that are not
+    UTF-8 are carried through unchanged, so such a body still verifies and is then refused with a
+    400 by the strict reading (``errors="strict"``)."""
     try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
+        return dict(parse_qsl(body.decode("utf-8", errors), keep_blank_values=True, errors=errors))
     except (UnicodeDecodeError, ValueError) as err:
-        raise Unauthorized("form body is not valid URL-encoded UTF-8") from err
+        raise MalformedPayload("form body is not valid URL-encoded UTF-8") from err
 
 
 def signature(secret: bytes, url: str, params: dict[str, str]) -> str:
     message = url + "".join(key + params[key] for key in sorted(params))
-    return b64(hmac_digest("sha1", secret, message.encode("utf-8")))
+    return b64(hmac_digest("sha1", secret, message.encode("utf-8", "surrogateescape")))
 
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-class MandrillReceiver:
+class MandrillReceiver(Receiver):
     name: ClassVar[str] = "mandrill"
     methods: ClassVar[tuple[str, ...]] = ("HEAD", "POST")
     source: ClassVar[str] = "mandrill"
+    event_types: ClassVar[frozenset[str]] = frozenset({"track"})
+    element: ClassVar[str] = "mandrill_events[{i}]"
 
     def sign(self, secret: str, body: bytes, *, url: str, now: datetime) -> dict[str, str]:
         """``body`` is the form body (``mandrill_events=...``); ``url`` the URL as registered."""
@@ -79,20 +88,30 @@ class MandrillReceiver:
     def form_body(events: list[dict[str, Any]]) -> bytes:
         return urlencode({"mandrill_events": json.dumps(events)}).encode()
 
-    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
+    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
+        del now
         if inbound.method == "HEAD":
-            return []  # Mandrill's URL check
+            return PROBE  # Mandrill's URL check
         url = sender.options.get("url") or inbound.url.partition("?")[0]
         provided = inbound.header("X-Mandrill-Signature")
         if not provided:
             raise Unauthorized("signature header missing")
-        params = form_pairs(inbound.body)
+        try:
+            params = form_pairs(inbound.body)
+        except MalformedPayload as err:
+            raise Unauthorized("form body cannot be read to verify it") from err
         verify_with_secrets(provided, sender.secrets, lambda key: signature(key, url, params))
+        return WHOLE_BODY
+
+    def parse(
+        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime, proof: Proof
+    ) -> list[Event]:
         if inbound.content_type not in (FORM, ""):
             raise UnsupportedContentType(f"expected {FORM}, got {inbound.content_type}")
+        params = form_pairs(inbound.body, "strict")
         if "mandrill_events" not in params:
             raise MalformedPayload("form field 'mandrill_events' is required")
-        events = parse_json(params["mandrill_events"].encode("utf-8"))
+        events = parse_json(params["mandrill_events"].encode("utf-8"), "mandrill_events")
         if not isinstance(events, list):
             raise MalformedPayload("mandrill_events must be a JSON array")
         return [self.normalize(e, account.id, now, f"mandrill_events[{i}]") for i, e in enumerate(events)]

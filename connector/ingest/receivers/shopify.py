@@ -1,22 +1,30 @@
 """Shopify webhook subscriptions (HTTPS).
 
 ``X-Shopify-Hmac-Sha256`` is base64 HMAC-SHA256 of the raw body with the app's client secret.
-There is no timestamp in the signature; the dedupe id is ``shop + topic + X-Shopify-Webhook-Id``
-(stable across retries of one delivery). ``X-Shopify-Event-Id`` (shared by every delivery of one
-merchant action) is kept in the properties for correlation.
+There is no timestamp in the signature, and the signature covers the body only: ``X-Shopify-Topic``,
+``X-Shopify-Webhook-Id`` and ``X-Shopify-Shop-Domain`` are unsigned. So the body must have the
+shape of its topic (:func:`check_shape`; an order sent as ``customers/redact`` is refused), a
+compliance request must name the account's configured shop (``shop_domain``), and the dedupe id is
+taken from the body (:func:`dedupe_id`), never from the webhook id header. ``X-Shopify-Event-Id``
+and ``X-Shopify-Webhook-Id`` are kept in the properties for correlation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any, ClassVar
 
 from connector.config import Account, SenderConfig
-from connector.errors import Unauthorized
+from connector.errors import EventNotAllowed, MalformedPayload, Unauthorized
 from connector.event import Event
 from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
+    WHOLE_BODY,
     Inbound,
+    Proof,
+    Receiver,
     b64,
     clean_identity,
     hmac_digest,
@@ -83,10 +91,15 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-class ShopifyReceiver:
+class ShopifyReceiver(Receiver):
     name: ClassVar[str] = "shopify"
     methods: ClassVar[tuple[str, ...]] = ("POST",)
     source: ClassVar[str] = "shopify"
+    event_types: ClassVar[frozenset[str]] = frozenset({"track", "identify", "delete", "data_request"})
+    privileged: ClassVar[frozenset[str]] = frozenset({"delete", "data_request"})
+    # mandatory for every Shopify app; proven by the body's shape and the configured shop_domain
+    privileged_by_default: ClassVar[frozenset[str]] = frozenset({"delete", "data_request"})
+    element: ClassVar[str] = "body"
 
     def sign(self, secret: str, body: bytes, *, url: str, now: datetime) -> dict[str, str]:
         del url, now
@@ -95,7 +108,8 @@ class ShopifyReceiver:
             "Content-Type": "application/json",
         }
 
-    def verify(self, inbound: Inbound, sender: SenderConfig) -> None:
+    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
+        del now
         verify_with_secrets(
             inbound.header("X-Shopify-Hmac-Sha256"),
             sender.secrets,
@@ -109,19 +123,24 @@ class ShopifyReceiver:
             shop = (inbound.header("X-Shopify-Shop-Domain") or "").strip().lower()
             if shop not in allowed:
                 raise Unauthorized("shop domain not allowed for this account")
+        return WHOLE_BODY  # the body only: topic, webhook id and shop domain are unsigned headers
 
-    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
-        self.verify(inbound, sender)
+    def parse(
+        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime, proof: Proof
+    ) -> list[Event]:
         payload = require_object(require_json(inbound), "body")
         topic = (inbound.header("X-Shopify-Topic") or "").strip().lower()
+        check_shape(topic, payload)
+        if topic in COMPLIANCE:
+            check_compliance_shop(topic, payload, sender)
         shop = (inbound.header("X-Shopify-Shop-Domain") or "").strip().lower()
-        webhook_id = (inbound.header("X-Shopify-Webhook-Id") or "").strip()
         kind, name = TOPICS.get(topic, ("track", _unknown_name(topic)))
         properties: dict[str, Any] = {"topic": topic}
         if shop:
             properties["shop_domain"] = shop
         for header, key in (
             ("X-Shopify-Event-Id", "shopify_event_id"),
+            ("X-Shopify-Webhook-Id", "webhook_id"),
             ("X-Shopify-API-Version", "api_version"),
             ("X-Shopify-Triggered-At", "triggered_at"),
         ):
@@ -129,42 +148,127 @@ class ShopifyReceiver:
                 properties[key] = inbound.header(header)
         traits: dict[str, Any] = {}
         customer = _dict(payload.get("customer"))
-        if topic.startswith("customers/") and topic not in ("customers/data_request", "customers/redact"):
+        if _family(topic) == "customer":
             customer = payload
             traits = {k: payload[k] for k in TRAIT_FIELDS if k in payload and k != "created_at"}
         elif topic.startswith(("orders/", "checkouts/", "carts/")):
             properties.update(_commerce_properties(payload))
-        elif topic in ("customers/data_request", "customers/redact", "shop/redact"):
-            for key in ("shop_id", "orders_requested", "orders_to_redact", "data_request"):
+        elif topic in COMPLIANCE:
+            for key in ("shop_id", "orders_requested", "orders_to_redact", "data_request", "shop_domain"):
                 if key in payload:
                     properties[key] = payload[key]
-            if payload.get("shop_domain") and "shop_domain" not in properties:
-                properties["shop_domain"] = payload["shop_domain"]
-        email = payload.get("email") or customer.get("email")
-        ids = identities(
-            email=email if isinstance(email, str) else None,
-            shopify_customer_id=customer.get("id") if customer else None,
-        )
-        if topic.startswith("carts/") and "shopify_customer_id" not in ids:
-            token = clean_identity(payload.get("token") or payload.get("id"))
-            if token:
-                ids["shopify_cart_token"] = token
         return [
             Event(
                 account=account.id,
                 source=self.source,
-                source_event_id=f"{shop}:{topic}:{webhook_id}"[:500],
+                source_event_id=dedupe_id(topic, payload, inbound.body),
                 type=kind,
                 name=name,
                 original_name=topic or None,
                 occurred_at=_occurred_at(payload, inbound, topic, now),
                 received_at=now,
-                identities=ids,
+                identities=_identities(topic, payload, customer),
                 properties=properties,
                 traits=traits,
                 raw=payload,
             )
         ]
+
+
+def _identities(topic: str, payload: dict[str, Any], customer: dict[str, Any]) -> dict[str, str]:
+    email = payload.get("email") or customer.get("email")
+    ids = identities(
+        email=email if isinstance(email, str) else None,
+        shopify_customer_id=customer.get("id") if customer else None,
+    )
+    if topic.startswith("carts/") and "shopify_customer_id" not in ids:
+        token = clean_identity(payload.get("token") or payload.get("id"))
+        if token:
+            ids["shopify_cart_token"] = token
+    return ids
+
+
+# --- shapes: the topic header is unsigned, so the signed body must look like its topic ----------
+
+COMPLIANCE = ("customers/data_request", "customers/redact", "shop/redact")
+_ORDER_LIKE = ("id", "line_items")
+# topic family → (keys the body must have, keys it must not have)
+SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "order": (("id", "line_items"), ("orders_to_redact", "orders_requested", "data_request")),
+    "checkout": (("token", "line_items"), ("orders_to_redact", "orders_requested", "data_request")),
+    "cart": (("id", "line_items"), ("orders_to_redact", "orders_requested", "data_request")),
+    "customer": (("id",), ("customer", "orders_to_redact", "orders_requested", "data_request")),
+    "customers/redact": (
+        ("shop_id", "shop_domain", "customer", "orders_to_redact"),
+        (*_ORDER_LIKE, "orders_requested", "data_request"),
+    ),
+    "customers/data_request": (
+        ("shop_id", "shop_domain", "customer", "orders_requested", "data_request"),
+        (*_ORDER_LIKE, "orders_to_redact"),
+    ),
+    "shop/redact": (
+        ("shop_id", "shop_domain"),
+        (*_ORDER_LIKE, "customer", "orders_to_redact", "orders_requested", "data_request"),
+    ),
+}
+
+
+def _family(topic: str) -> str | None:
+    if topic in COMPLIANCE:
+        return topic
+    prefix = topic.partition("/")[0]
+    return {"orders": "order", "checkouts": "checkout", "carts": "cart", "customers": "customer"}.get(prefix)
+
+
+def check_shape(topic: str, payload: dict[str, Any]) -> None:
+    """Refuse a body whose shape is not its topic's (e.g. an order sent as ``customers/redact``)."""
+    family = _family(topic)
+    if family is None:
+        return  # other topics (products/update ...) are kept as track events of their own name
+    required, forbidden = SHAPES[family]
+    missing = [key for key in required if payload.get(key) in (None, "")]
+    extra = [key for key in forbidden if key in payload]
+    if missing or extra:
+        what = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(extra)}"
+        raise MalformedPayload(f"body does not have the shape of a {topic} delivery: it {what}")
+    if family in ("order", "checkout", "cart") and not isinstance(payload["line_items"], list):
+        raise MalformedPayload("body.line_items must be an array")
+    if family in ("customers/redact", "customers/data_request"):
+        if not isinstance(payload["customer"], dict) or payload["customer"].get("id") in (None, ""):
+            raise MalformedPayload("body.customer.id is required")
+        orders = "orders_to_redact" if family == "customers/redact" else "orders_requested"
+        if not isinstance(payload[orders], list):
+            raise MalformedPayload(f"body.{orders} must be an array")
+
+
+def check_compliance_shop(topic: str, payload: dict[str, Any], sender: SenderConfig) -> None:
+    """A compliance request erases or exports: it must name the shop this account serves."""
+    configured = sender.options.get("shop_domain")
+    if not configured:
+        raise EventNotAllowed(
+            f"{topic} is refused: this account has no senders.shopify.shop_domain, so the shop the "
+            "request names cannot be checked"
+        )
+    named = payload.get("shop_domain")
+    if not isinstance(named, str) or named.strip().lower() != str(configured).strip().lower():
+        raise EventNotAllowed(f"body.shop_domain of this {topic} is not this account's shop")
+
+
+def dedupe_id(topic: str, payload: dict[str, Any], body: bytes) -> str:
+    """What is signed, never an unsigned header: the topic (checked against the body's shape), the
+    resource's id and its ``updated_at``; a digest of the body when there is no such pair. A signed
+    body replayed with a new ``X-Shopify-Webhook-Id`` is therefore a duplicate."""
+    resource = payload.get("id") if payload.get("id") not in (None, "") else payload.get("token")
+    stamp = payload.get("updated_at")
+    if _family(topic) not in COMPLIANCE and resource not in (None, "") and stamp not in (None, ""):
+        key = f"{topic}:{_text(resource)}@{_text(stamp)}"
+    else:
+        key = f"{topic}:sha256:{hashlib.sha256(body).hexdigest()}"
+    return key[:500]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
 def _unknown_name(topic: str) -> str:

@@ -27,6 +27,8 @@ from connector.event import Event
 from connector.ingest.names import canonical
 from connector.ingest.receivers.base import (
     Inbound,
+    Proof,
+    Receiver,
     b64,
     check_timestamp,
     epoch_seconds,
@@ -62,10 +64,12 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-class StandardWebhooksReceiver:
+class StandardWebhooksReceiver(Receiver):
     name: ClassVar[str] = "standard_webhooks"
     methods: ClassVar[tuple[str, ...]] = ("POST",)
     source: ClassVar[str] = "standard_webhooks"
+    event_types: ClassVar[frozenset[str]] = frozenset({"track"})
+    element: ClassVar[str] = "body"
 
     def sign(
         self, secret: str, body: bytes, *, url: str, now: datetime, msg_id: str | None = None
@@ -80,7 +84,7 @@ class StandardWebhooksReceiver:
             "Content-Type": "application/json",
         }
 
-    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> str:
+    def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
         msg_id, timestamp, header = (_header(inbound, n) for n in ("id", "timestamp", "signature"))
         if not msg_id or not timestamp or not header:
             raise Unauthorized("webhook-id, webhook-timestamp or webhook-signature header missing")
@@ -95,10 +99,12 @@ class StandardWebhooksReceiver:
         if not matches_any(candidates, expected):
             raise Unauthorized("signature does not match")
         check_timestamp(when, now, int(sender.options.get("tolerance_seconds") or 300))
-        return msg_id.strip()
+        return Proof(detail=msg_id.strip())  # webhook-id is signed: a sound dedupe id
 
-    def handle(self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime) -> list[Event]:
-        msg_id = self.verify(inbound, sender, now)
+    def parse(
+        self, inbound: Inbound, account: Account, sender: SenderConfig, now: datetime, proof: Proof
+    ) -> list[Event]:
+        msg_id = proof.detail
         payload = require_object(require_json(inbound), "body")
         kind = payload.get("type")
         if not isinstance(kind, str) or not kind.strip():

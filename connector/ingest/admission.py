@@ -1,0 +1,110 @@
+"""Admission: the one place that decides, after verification and parsing, whether a request's
+events may be stored. :meth:`Receiver.handle` calls :func:`admit` for every webhook route; the
+tracking API calls :func:`admit_tracking`.
+
+1. Each event's type must be one the sender declares (``Receiver.event_types``).
+2. Privileged types (:data:`PRIVILEGED`: ``delete`` erases a person, ``data_request`` exports one)
+   need proof: the signature must cover the element, and the account's file must allow the type
+   for this sender (``senders.<name>.privileged: [delete]``), unless the sender's own protocol
+   makes them mandatory and the receiver proved them otherwise (Shopify's compliance topics:
+   body shape and configured shop domain, see :mod:`.receivers.shopify`).
+3. Elements of a batch the signature does not cover (Segment Actions signs the first element
+   only) are refused unless the account opted in (``unsigned_batch_elements: accept``), and are
+   never privileged.
+4. Nothing the workers would refuse for a reason known now is acknowledged (:func:`storable`):
+   an event name longer than the store keeps, or, on the Segment-spec routes where the spec
+   makes an identity mandatory, a message without a usable ``userId``/``anonymousId``/email.
+
+Every refusal is a 400 naming the element and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from connector.config import Account, SenderConfig
+from connector.errors import EventNotAllowed, MalformedPayload
+from connector.event import Event
+
+if TYPE_CHECKING:
+    from connector.ingest.receivers.base import Proof, Receiver
+
+PRIVILEGED = frozenset({"delete", "data_request"})
+MAX_NAME = 200  # EventSchema's limit: a longer name is a dead letter in the worker
+ACCEPT = "accept"
+
+
+def allowed_privileged(receiver: Receiver, sender: SenderConfig) -> frozenset[str]:
+    configured = frozenset(sender.options.get("privileged") or ())
+    return (configured | receiver.privileged_by_default) & receiver.privileged
+
+
+def admit(
+    receiver: Receiver, events: Sequence[Event], account: Account, sender: SenderConfig, proof: Proof
+) -> None:
+    allowed = allowed_privileged(receiver, sender)
+    accept_unsigned = sender.options.get("unsigned_batch_elements") == ACCEPT
+    for i, event in enumerate(events):
+        where = receiver.where(i)
+        if event.type not in receiver.event_types:
+            raise EventNotAllowed(f"{where}: {receiver.name} does not deliver {event.type!r} events")
+        if proof.covered is not None and i >= proof.covered:
+            if event.type in PRIVILEGED:
+                raise EventNotAllowed(
+                    f"{where} is a {event.type!r} event outside the signed part of the body; "
+                    "privileged events must be signed"
+                )
+            if not accept_unsigned:
+                raise EventNotAllowed(
+                    f"{where} is not covered by the signature ({receiver.name} signs only the first "
+                    "element of a batch); send X-Segment-Signature over the whole body, or set "
+                    f"senders.{receiver.name}.unsigned_batch_elements: accept"
+                )
+        if event.type in PRIVILEGED and event.type not in allowed:
+            raise EventNotAllowed(
+                f"{where} is a {event.type!r} event, which this account does not allow from "
+                f"{receiver.name} (senders.{receiver.name}.privileged)"
+            )
+    storable(events, account, receiver.where, identity_required=receiver.identity_required)
+
+
+def admit_tracking(events: Sequence[Event], account: Account, where: Callable[[int], str]) -> None:
+    """The Segment-compatible tracking API never erases nor exports: an SDK's write key is public."""
+    for i, event in enumerate(events):
+        if event.type in PRIVILEGED:
+            raise EventNotAllowed(
+                f"{where(i)}.type {event.type!r} is not accepted by the tracking API "
+                "(erasure and access requests come from a signed sender)"
+            )
+    storable(events, account, where, identity_required=True)
+
+
+def storable(
+    events: Sequence[Event], account: Account, where: Callable[[int], str], *, identity_required: bool
+) -> None:
+    """Refuse what the workers would refuse for a reason the sender can be told now."""
+    for i, event in enumerate(events):
+        if len(event.name) > MAX_NAME:
+            raise MalformedPayload(
+                f"{where(i)}: the event name is {len(event.name)} characters, more than the {MAX_NAME} kept"
+            )
+        if identity_required:
+            reason = _identity_problem(event, account)
+            if reason:
+                raise MalformedPayload(f"{where(i)}: {reason}")
+
+
+def _identity_problem(event: Event, account: Account) -> str | None:
+    from connector.profiles.identity import clean_value, usable_identities  # the worker's own rules
+
+    blocked = account.blocked_identity_values
+    if event.type == "alias":
+        if clean_value("user_id", event.identities.get("previous_id"), blocked) is None:
+            return "previousId is required for an alias call (and must not be a blocked value)"
+        return None
+    if usable_identities(event.identities, blocked):
+        return None
+    if event.identities:
+        return "userId, anonymousId and email are all missing, blocked or too long"
+    return "userId or anonymousId is required"
