@@ -9,7 +9,10 @@ RQ job per webhook.
 Keys (queue Redis):
   ``dd:{account}:{event_id}``   dedupe marker, TTL = the account's dedupe window
   ``q:events:{shard}``          stream of stored events (field ``e`` = Event JSON)
-  ``q:pump:{shard}``            flag: a drain job for this shard is queued or running
+  ``q:pump:{shard}``            flag: a drain job for this shard is queued or running; the value is
+                                the instant (epoch seconds) it was raised or last heard from, and the
+                                running drain refreshes it every ``HEARTBEAT_SECONDS``, so a killed
+                                worker's flag is stale after ``PUMP_TTL_SECONDS``
   ``metrics:ingest``            hash of counters (``accepted:{account}``, ``duplicate:{account}``)
 """
 
@@ -19,6 +22,7 @@ import hashlib
 import logging
 import os
 import threading
+import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,21 +31,24 @@ from typing import Any
 import redis
 from rq import Queue
 
+from connector import clock
 from connector.errors import StoreUnavailable
 from connector.event import Event
 
 log = logging.getLogger(__name__)
 
 EVENTS_QUEUE = "events"
-PUMP_TTL_SECONDS = 120
+PUMP_TTL_SECONDS = 5
+HEARTBEAT_SECONDS = 1.0
 STREAM_FIELD = "e"
 
 _INGEST = """
 local ttl = ARGV[1]
 local account = ARGV[2]
+local raised_at = ARGV[3]
 local added = 0
 local flags = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('SET', ARGV[i], '1', 'NX', 'PX', ttl) then
     redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
     added = added + 1
@@ -53,9 +60,9 @@ end
 local pump = 0
 if added > 0 then
   redis.call('HINCRBY', KEYS[3], 'accepted:' .. account, added)
-  if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV_PUMP_TTL) then pump = 1 end
+  if redis.call('SET', KEYS[2], raised_at, 'NX', 'EX', ARGV_PUMP_TTL) then pump = 1 end
 end
-local dup = ((#ARGV - 2) / 2) - added
+local dup = ((#ARGV - 3) / 2) - added
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicate:' .. account, dup) end
 flags[#flags + 1] = pump
 return flags
@@ -145,7 +152,7 @@ class EventQueue:
         if not events:
             return IngestResult(0, 0, 0)
         shard = self.shard_for(account, events)
-        args: list[str | int] = [dedupe_ttl_seconds * 1000, account]
+        args: list[str | int] = [dedupe_ttl_seconds * 1000, account, repr(clock.now().timestamp())]
         for event in events:
             args.append(dedupe_key(account, event.event_id))
             args.append(event.to_json())
@@ -158,20 +165,28 @@ class EventQueue:
             try:
                 self.enqueue_drain(shard)
             except redis.RedisError as err:
-                # The events are stored: acknowledge them. The flag expires after PUMP_TTL_SECONDS
+                # The events are stored: acknowledge them. The flag is stale after PUMP_TTL_SECONDS
                 # and the scheduler re-arms the shard then.
                 log.warning("drain enqueue failed", extra={"shard": shard, "error": type(err).__name__})
         accepted = sum(int(f) for f in flags[:-1])
         return IngestResult(accepted=accepted, duplicates=len(events) - accepted, shard=shard)
 
-    def enqueue_drain(self, shard: int) -> None:
+    def enqueue_drain(self, shard: int) -> str:
+        """Enqueue a drain of ``shard``; returns its job id.
+
+        Every drain has its own job id: RQ deletes a finished job's hash (``result_ttl=0``) when it
+        has finished the job, after the drain released the pump flag, so a drain enqueued in that
+        gap under a shared id would be deleted with it and the shard would wait for the flag to go
+        stale."""
+        job_id = f"drain-events-{shard}-{uuid.uuid4().hex}"
         self._rq.enqueue(
             "connector.worker.jobs.drain_events",
             shard,
-            job_id=f"drain-events-{shard}",
+            job_id=job_id,
             result_ttl=0,
             failure_ttl=24 * 3600,
         )
+        return job_id
 
     def pending(self) -> dict[int, int]:
         pipe = self.conn.pipeline(transaction=False)

@@ -1,8 +1,12 @@
 """RQ jobs. ``drain_events`` consumes one shard's stream in batches (hundreds of events per job).
 
-Consumption uses a Redis consumer group, so a job that dies mid-batch leaves its entries pending;
-the next drain of that shard claims them back (XAUTOCLAIM) after ``CLAIM_IDLE_MS``. Entries
-delivered more than ``MAX_DELIVERIES`` times go to the dead letters instead of blocking the shard.
+Consumption uses a Redis consumer group. While a drain runs, a heartbeat (a thread, every
+``HEARTBEAT_SECONDS``) refreshes the shard's pump flag and the consumer's liveness key with the
+current instant, so a killed worker is known dead after ``PUMP_TTL_SECONDS``: the scheduler re-arms
+its shard and the next drain claims the entries it left pending at once. A batch whose processing
+raised is handed to the ``backoff`` consumer and claimed back (XAUTOCLAIM) after ``CLAIM_IDLE_MS``.
+Entries delivered more than ``MAX_DELIVERIES`` times go to the dead letters instead of blocking the
+shard.
 """
 
 from __future__ import annotations
@@ -10,15 +14,24 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from types import TracebackType
 
 import redis
 
 from connector import clock, redis_conn
 from connector.errors import UndecodableItem
 from connector.event import Event, load_event
-from connector.ingest.queue import PUMP_TTL_SECONDS, STREAM_FIELD, EventQueue, pump_key, stream_key
+from connector.ingest.queue import (
+    HEARTBEAT_SECONDS,
+    PUMP_TTL_SECONDS,
+    STREAM_FIELD,
+    EventQueue,
+    pump_key,
+    stream_key,
+)
 from connector.settings import Settings
 from connector.sync.deadletters import DeadLetters
 
@@ -29,13 +42,27 @@ BATCH_SIZE = 500
 TIME_BUDGET_SECONDS = 10.0
 CLAIM_IDLE_MS = 60_000
 MAX_DELIVERIES = 5
+BACKOFF_CONSUMER = "backoff"
 
+# Releases the shard's pump flag when the group has read every entry of the stream (entries still
+# pending belong to other consumers: live ones acknowledge them, dead ones are the scheduler's).
+# Atomic with the ingest script: an entry stored before the release keeps the flag up (and this
+# drain reads it); one stored after it finds the flag down and enqueues a new drain.
 _RELEASE = """
-if redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-  return 1
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, delivered
+    for i = 1, #group, 2 do
+      if group[i] == 'name' then name = group[i + 1] end
+      if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+    end
+    if name == ARGV[1] and #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then
+      return 0
+    end
+  end
 end
-return 0
+redis.call('DEL', KEYS[2])
+return 1
 """
 
 Processor = Callable[[Sequence[Event], datetime], None]
@@ -43,6 +70,10 @@ Processor = Callable[[Sequence[Event], datetime], None]
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def live_key(consumer: str) -> str:
+    return f"q:live:{consumer}"
 
 
 def ensure_group(conn: redis.Redis, shard: int) -> None:
@@ -59,6 +90,53 @@ def _default_processor() -> Processor:
     return process
 
 
+def fresh(value: bytes | str | None, now: datetime) -> bool:
+    """Whether a pump flag or liveness value (epoch seconds) was written within PUMP_TTL_SECONDS."""
+    if value is None:
+        return False
+    try:
+        return float(value) > now.timestamp() - PUMP_TTL_SECONDS
+    except ValueError:
+        return False
+
+
+class Heartbeat:
+    """While a drain runs: the shard's pump flag (if still up) and the consumer's liveness key carry
+    the current instant, refreshed every HEARTBEAT_SECONDS from a thread, however long a batch takes."""
+
+    def __init__(self, conn: redis.Redis, shard: int, consumer: str) -> None:
+        self.conn, self.shard, self.consumer = conn, shard, consumer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"drain-heartbeat-{shard}", daemon=True)
+
+    def beat(self) -> None:
+        stamp = repr(clock.now().timestamp())
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.set(pump_key(self.shard), stamp, xx=True, ex=PUMP_TTL_SECONDS)
+        pipe.set(live_key(self.consumer), stamp, ex=PUMP_TTL_SECONDS)
+        pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.beat()
+            except redis.RedisError as err:
+                log.warning(
+                    "drain heartbeat failed", extra={"shard": self.shard, "error": type(err).__name__}
+                )
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def drain_events(
     shard: int,
     *,
@@ -73,26 +151,103 @@ def drain_events(
     processor = processor or _default_processor()
     ensure_group(conn, shard)
     consumer = consumer_name()
+    with Heartbeat(conn, shard, consumer):
+        total, spent = _drain(conn, shard, consumer, batch_size, time_budget, processor)
+        if spent:
+            EventQueue(conn, settings.event_shards).enqueue_drain(shard)
+    return total
+
+
+def _drain(
+    conn: redis.Redis, shard: int, consumer: str, batch_size: int, time_budget: float, processor: Processor
+) -> tuple[int, bool]:
+    """(events applied, whether the time budget ran out with the flag still up)."""
     dead = DeadLetters(conn)
     started = clock.monotonic()
     total = 0
     key = stream_key(shard)
     while True:
-        conn.expire(pump_key(shard), PUMP_TTL_SECONDS)
-        entries = _claim_stale(conn, key, consumer, batch_size)
+        entries = _next_entries(conn, key, consumer, batch_size)
         if not entries:
-            reply = conn.xreadgroup(GROUP, consumer, {key: ">"}, count=batch_size)
-            entries = reply[0][1] if reply else []
-        if not entries:
-            released = conn.eval(_RELEASE, 2, key, pump_key(shard))
-            if released or clock.monotonic() - started > time_budget:
-                break
-            continue
-        total += _apply(conn, dead, key, entries, processor)
+            if conn.eval(_RELEASE, 2, key, pump_key(shard), GROUP):
+                return total, False
+            # entries were stored since the read: read them (within the budget)
+        else:
+            total += _apply(conn, dead, key, entries, processor)
         if clock.monotonic() - started > time_budget:
-            EventQueue(conn, settings.event_shards).enqueue_drain(shard)
-            break
-    return total
+            return total, True
+
+
+def _next_entries(conn: redis.Redis, key: str, consumer: str, count: int) -> list[tuple[bytes, dict]]:
+    """Entries a dead consumer left pending, then entries idle past CLAIM_IDLE_MS, then new ones."""
+    entries = claim_orphans(conn, key, consumer, count, clock.now())
+    if not entries:
+        entries = _claim_stale(conn, key, consumer, count)
+    if not entries:
+        reply = conn.xreadgroup(GROUP, consumer, {key: ">"}, count=count)
+        entries = reply[0][1] if reply else []
+    return entries
+
+
+def dead_consumers(conn: redis.Redis, key: str, now: datetime) -> list[str]:
+    """Consumers holding pending entries of ``key`` whose heartbeat is older than PUMP_TTL_SECONDS."""
+    summary = conn.xpending(key, GROUP)
+    names = [
+        c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+        for c in summary.get("consumers") or []
+    ]
+    names = [name for name in names if name != BACKOFF_CONSUMER]
+    if not names:
+        return []
+    beats = conn.mget([live_key(name) for name in names])
+    return [name for name, beat in zip(names, beats, strict=True) if not fresh(beat, now)]
+
+
+def claim_orphans(
+    conn: redis.Redis, key: str, consumer: str, count: int, now: datetime
+) -> list[tuple[bytes, dict]]:
+    for name in dead_consumers(conn, key, now):
+        if name == consumer:
+            continue
+        rows = conn.xpending_range(key, GROUP, min="-", max="+", count=count, consumername=name)
+        ids = [row["message_id"] for row in rows]
+        claimed = conn.xclaim(key, GROUP, consumer, min_idle_time=0, message_ids=ids) if ids else []
+        entries = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
+        if entries:
+            log.info("claimed entries of a dead consumer", extra={"consumer": name, "entries": len(entries)})
+            return entries
+    return []
+
+
+def undelivered(conn: redis.Redis, key: str) -> bool:
+    """Whether the stream holds an entry the consumer group has not read yet."""
+    try:
+        groups = conn.xinfo_groups(key)
+    except redis.ResponseError:  # no stream yet
+        return False
+    for group in groups:
+        if group["name"] in (GROUP, GROUP.encode()):
+            delivered = group["last-delivered-id"]
+            delivered = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
+            return bool(conn.xrange(key, min=f"({delivered}", max="+", count=1))
+    return bool(conn.xlen(key))
+
+
+def needs_drain(conn: redis.Redis, key: str, now: datetime) -> bool:
+    """Whether a shard's stream holds work for a drain: unread entries, entries a dead consumer
+    left pending, or entries whose backoff (CLAIM_IDLE_MS) is over. Entries a live consumer is
+    applying are not: that drain acknowledges them."""
+    if undelivered(conn, key):
+        return True
+    try:
+        return bool(dead_consumers(conn, key, now)) or stale_entries(conn, key)
+    except redis.ResponseError:  # no group yet
+        return False
+
+
+def stale_entries(conn: redis.Redis, key: str) -> bool:
+    """Whether some pending entry has been idle for CLAIM_IDLE_MS (a failed batch's backoff is over)."""
+    return bool(conn.xpending_range(key, GROUP, min="-", max="+", count=1, idle=CLAIM_IDLE_MS))
 
 
 def _claim_stale(conn: redis.Redis, key: str, consumer: str, count: int) -> list[tuple[bytes, dict]]:
@@ -122,7 +277,12 @@ def _apply(
             log.warning("undecodable queue item", extra={"entry": entry_id.decode(), "reason": str(err)})
             dead.put("events", str(err), _text(raw), now)
     if events:
-        processor(events, now)
+        try:
+            processor(events, now)
+        except Exception:
+            # retried after CLAIM_IDLE_MS, not at once by the next drain (the worker is alive)
+            conn.xclaim(key, GROUP, BACKOFF_CONSUMER, min_idle_time=0, message_ids=ids, justid=True)
+            raise
     pipe = conn.pipeline(transaction=False)
     pipe.xack(key, GROUP, *ids)
     pipe.xdel(key, *ids)

@@ -1,7 +1,9 @@
 """The scheduler process: wakes every ``TICK_SECONDS`` and
 
-* re-arms the drain of any event shard that holds events but has no drain job (a web process
-  that died between storing and enqueueing, a worker that died mid-batch);
+* re-arms the drain of any event shard that holds work (unread entries, entries a dead worker left
+  pending, a failed batch whose backoff is over) and has no live pump: no pump flag, or one whose
+  heartbeat is older than ``PUMP_TTL_SECONDS`` (a web process that died between storing and
+  enqueueing, a worker killed mid-batch);
 * enqueues the re-evaluation of every profile whose ``next_due`` has come (connector/due.py), and
   sleeps only until the next due instant, so time-based transitions fire when they fall due;
 * arms the flush of every destination whose retry backoff has come due (connector/sync.py);
@@ -21,9 +23,9 @@ import redis
 from rq import Queue
 
 from connector import clock, redis_conn
-from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key
+from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key, stream_key
 from connector.settings import Settings
-from connector.worker import due
+from connector.worker import due, jobs
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,35 @@ Task = Callable[[datetime], int]
 TASKS: list[Task] = []
 
 
-def rearm_pumps(queue: EventQueue) -> int:
+# Takes the pump of a shard whose flag is down or stale (compare-and-set, so that two schedulers
+# re-arm a shard once): ARGV[1] = the oldest fresh heartbeat, ARGV[2] = now.
+_TAKE_PUMP = """
+local beat = tonumber(redis.call('GET', KEYS[1]) or '')
+if beat and beat > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+def rearm_pumps(queue: EventQueue, now: datetime) -> int:
+    """Enqueue a drain for every shard that holds work and has no live pump; returns how many."""
+    conn = queue.conn
+    pipe = conn.pipeline(transaction=False)
+    for shard in range(queue.shards):
+        pipe.xlen(stream_key(shard))
+        pipe.get(pump_key(shard))
+    replies = pipe.execute()
     rearmed = 0
-    for shard, depth in queue.pending().items():
-        if depth and queue.conn.set(pump_key(shard), "1", nx=True, ex=PUMP_TTL_SECONDS):
+    for shard in range(queue.shards):
+        depth, beat = replies[2 * shard], replies[2 * shard + 1]
+        if not depth or jobs.fresh(beat, now) or not jobs.needs_drain(conn, stream_key(shard), now):
+            continue
+        stamp = now.timestamp()
+        if conn.eval(
+            _TAKE_PUMP, 1, pump_key(shard), repr(stamp - PUMP_TTL_SECONDS), repr(stamp), PUMP_TTL_SECONDS
+        ):
             queue.enqueue_drain(shard)
+            log.info("re-armed the drain of a shard", extra={"shard": shard, "stale_flag": beat is not None})
             rearmed += 1
     return rearmed
 
@@ -79,7 +105,7 @@ def fire_due(conn: redis.Redis, now: datetime, limit: int = DUE_BATCH) -> int:
 def tick(queue: EventQueue, now: datetime) -> int:
     from connector.sync import engine as sync
 
-    done = rearm_pumps(queue)
+    done = rearm_pumps(queue, now)
     done += fire_due(queue.conn, now)
     done += sync.fire_due(queue.conn, now)
     for task in TASKS:

@@ -10,6 +10,7 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 
+from connector import clock
 from connector.event import Event
 from connector.ingest.queue import EVENTS_QUEUE, EventQueue, pump_key, stream_key
 from connector.sync.deadletters import DeadLetters
@@ -59,7 +60,7 @@ def test_ingest_stores_once_and_raises_the_pump_once(queue: EventQueue, redis_cl
     assert redis_client.exists(pump_key(0))
     # one drain job for the shard, not one per request
     rq = Queue(EVENTS_QUEUE, connection=redis_client)
-    assert rq.job_ids == ["drain-events-0"]
+    assert len(rq.job_ids) == 1 and rq.job_ids[0].startswith("drain-events-0-")
     ttl = redis_client.pttl("dd:acme:" + make_event(1).event_id)
     assert 3_500_000 < ttl <= 3_600_000
 
@@ -88,21 +89,23 @@ def test_drain_through_rq_worker_empties_the_shard(queue: EventQueue, redis_clie
     assert queue.pending() == {0: 0}
     assert not redis_client.exists(pump_key(0))
     assert queue.ingest("acme", [make_event(9)], 3600).accepted == 1
-    assert rq.job_ids == ["drain-events-0"]  # re-armed by the next ingest
+    [job_id] = rq.job_ids  # re-armed by the next ingest
+    assert job_id.startswith("drain-events-0-")
 
 
-def _crash_mid_batch(conn: redis.Redis, count: int) -> list[bytes]:
-    """A consumer reads entries and dies before acknowledging them."""
+def _stuck_mid_batch(conn: redis.Redis, count: int) -> list[bytes]:
+    """A consumer reads entries and keeps them pending; its heartbeat is recent (it is alive)."""
     jobs.ensure_group(conn, 0)
-    reply = conn.xreadgroup(jobs.GROUP, "crashed-consumer", {stream_key(0): ">"}, count=count)
+    conn.set(jobs.live_key("stuck-consumer"), repr(clock.now().timestamp()))
+    reply = conn.xreadgroup(jobs.GROUP, "stuck-consumer", {stream_key(0): ">"}, count=count)
     return [entry_id for entry_id, _ in reply[0][1]]
 
 
-def test_entries_left_pending_by_a_crash_are_reclaimed_after_the_idle_time(
+def test_entries_left_pending_by_a_live_consumer_are_reclaimed_after_the_idle_time(
     queue: EventQueue, redis_client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue.ingest("acme", [make_event(n) for n in range(4)], 3600)
-    taken = _crash_mid_batch(redis_client, 2)
+    taken = _stuck_mid_batch(redis_client, 2)
     assert len(taken) == 2
 
     # Not idle long enough yet (default CLAIM_IDLE_MS is a minute): only the unread entries are applied.
@@ -165,11 +168,12 @@ def test_rearm_pumps_enqueues_a_shard_with_events_and_no_pump_flag(redis_client)
     queue = EventQueue(redis_client, shards=3)
     redis_client.xadd(stream_key(1), {"e": make_event(1).to_json()})
     redis_client.xadd(stream_key(2), {"e": make_event(2).to_json()})
-    redis_client.set(pump_key(2), "1")  # shard 2 already has a drain queued
+    redis_client.set(pump_key(2), repr(T0.timestamp()))  # shard 2 already has a drain queued
     rq = Queue(EVENTS_QUEUE, connection=redis_client)
 
-    assert rearm_pumps(queue) == 1
-    assert rq.job_ids == ["drain-events-1"]
-    assert redis_client.exists(pump_key(1))
-    assert rearm_pumps(queue) == 0  # flag up now: nothing more to do
-    assert rq.job_ids == ["drain-events-1"]
+    assert rearm_pumps(queue, T0) == 1
+    [job_id] = rq.job_ids
+    assert job_id.startswith("drain-events-1-")
+    assert float(redis_client.get(pump_key(1))) == T0.timestamp()
+    assert rearm_pumps(queue, T0 + timedelta(seconds=1)) == 0  # flag up and fresh: nothing more to do
+    assert rq.job_ids == [job_id]
