@@ -26,7 +26,6 @@ def _register() -> None:
         segments_cmd,
         sign_cmd,
     )
-    from connector.worker import evaluation  # noqa: F401  (installs the erasure hook: ledger, due index, destinations)
 
     for module in (
         config_cmd,

@@ -11,9 +11,10 @@ import redis
 
 from connector import clock, redis_conn
 from connector.clock import isoformat
-from connector.config import load_accounts
+from connector.config import Account, load_accounts
 from connector.profiles import erasure, identity
 from connector.settings import Settings
+from connector.worker.erasure import erase_person
 
 RECENT_EVENTS = 20
 
@@ -36,10 +37,17 @@ def _person_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _account(account_id: str) -> Account:
+    settings = Settings.from_env()
+    account = load_accounts(settings.config_dir).get(account_id)
+    if account is None:
+        raise click.ClickException(f"unknown account {account_id!r} (not in {settings.config_dir})")
+    return account
+
+
 def _connections(account_id: str) -> tuple[redis.Redis, redis.Redis]:
     settings = Settings.from_env()
-    if load_accounts(settings.config_dir).get(account_id) is None:
-        raise click.ClickException(f"unknown account {account_id!r} (not in {settings.config_dir})")
+    _account(account_id)
     return (
         redis_conn.connection(settings.profile_redis_url),
         redis_conn.connection(settings.queue_redis_url),
@@ -148,11 +156,13 @@ def export(
 def delete(
     account_id: str, email: str | None, user_id: str | None, anonymous_id: str | None, profile_id: str | None
 ) -> None:
-    """Erase the person: profile, history, identity links, dedupe markers; logged without personal data."""
+    """Erase the person from everything the connector keeps, and from every destination; the
+    erasure is logged with a digest, no identifier."""
     conn, queue_conn = _connections(account_id)
+    account = _account(account_id)
     pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
     now = clock.now()
-    if not erasure.erase_profile(conn, queue_conn, account_id, pid, now, "cli"):
+    if not erase_person(conn, queue_conn, account, pid, now, "cli"):
         raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
     click.echo(f"erased profile {pid} at {isoformat(now)}")
 

@@ -6,7 +6,8 @@ The interface other parts use (see docs/profiles.md):
 * :func:`iter_profile_ids` ``(conn, account_id)``: every live profile id of an account
 * :func:`lookup` ``(conn, account_id, kind, value)``: profile id of an identity
 * :func:`erasures_since` ``(conn, account_id, since=..., after=...)``: the erasure log
-* :func:`register_erasure_hook`: remove your own entries that name an erased person
+* :func:`erase_profile`: the profile store's part of an erasure (the whole erasure is
+  :func:`connector.worker.erasure.erase_person`)
 * :func:`set_property_filter`: narrow the event properties kept in the history
 """
 
@@ -17,7 +18,6 @@ from connector.profiles.erasure import (
     erase_profile,
     erasures_since,
     export_profile,
-    register_erasure_hook,
 )
 from connector.profiles.identity import lookup
 from connector.profiles.properties import set_property_filter
@@ -31,6 +31,5 @@ __all__ = [
     "iter_profile_ids",
     "load_profile",
     "lookup",
-    "register_erasure_hook",
     "set_property_filter",
 ]

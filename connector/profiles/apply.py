@@ -4,7 +4,10 @@
 2. Identities are resolved for the whole batch under the account's identity lock (one pass).
 3. The events are applied per profile, one Lua script per profile, all in one pipeline.
    A profile merged away meanwhile answers with a redirect; its events go to the survivor.
-4. Erasure (``delete``) and access (``data_request``) events are handled last.
+4. Access requests (``data_request``) are answered last. Erasure requests (``delete``) are not
+   carried out here: they are returned in :attr:`Outcome.erasures` for the caller's erasure
+   service (:mod:`connector.worker.erasure`), which removes the person from everything the
+   connector keeps, the profile store being one part.
 
 Idempotent: applying the same batch twice changes nothing the second time (event ids).
 """
@@ -22,7 +25,7 @@ import redis
 from connector.config import Account
 from connector.event import Event
 from connector.profiles import identity, keys, rejected
-from connector.profiles.erasure import erase_account, erase_profile, store_export
+from connector.profiles.erasure import store_export
 from connector.profiles.properties import kept_properties
 from connector.profiles.store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare, run_scripts
 
@@ -44,6 +47,10 @@ class Outcome:
     erased: int = 0
     exported: int = 0
     touched: set[str] = field(default_factory=set)
+    absorbed: dict[str, str] = field(default_factory=dict)  # merged-away profile -> survivor
+    history_dropped: int = 0  # history events removed by the retention bounds (age, count)
+    # erasures asked for: (profile id, source); a profile id of None erases the whole account
+    erasures: list[tuple[str | None, str]] = field(default_factory=list)
 
 
 def _retention(account: Account) -> identity.Retention:
@@ -125,6 +132,7 @@ def apply_events(
         regular = kept
     if outcome.rejected:
         rejects.execute()
+        rejected.trim(conn, queue_conn, account.id)
     if regular:
         resolution = identity.resolve(
             conn, account.id, _retention(account), [(i, p) for _, i, p in regular], now
@@ -132,6 +140,7 @@ def apply_events(
         groups: dict[str, list[Prepared]] = {}
         for pid, ready in zip(resolution.targets, prepared, strict=True):
             groups.setdefault(pid, []).append(ready)
+        outcome.absorbed.update(resolution.absorbed)
         _apply_groups(conn, account, groups, now, outcome)
     for event, ids in requests:
         _request(conn, queue_conn, account, event, ids, now, outcome)
@@ -164,6 +173,7 @@ def _apply_groups(
                 outcome.duplicates += int(reply[2])
                 stored = sum(1 for item in groups[pid] if item.member)
                 outcome.expired += stored - int(reply[1]) - int(reply[2])
+                outcome.history_dropped += int(reply[3])
                 outcome.touched.add(pid)
             elif status == "m":
                 target = reply[1].decode()
@@ -189,15 +199,15 @@ def _request(
 ) -> None:
     source = f"{event.source}:{event.name}"
     if event.type == "delete" and event.name == SHOP_REDACT:
-        outcome.erased += erase_account(conn, queue_conn, account.id, now, source)
+        outcome.erasures.append((None, source))
         return
     pids = {pid for kind, value in ids.items() if (pid := identity.lookup(conn, account.id, kind, value))}
     for pid in sorted(pids):
         if event.type == "delete":
-            outcome.erased += erase_profile(conn, queue_conn, account.id, pid, now, source)
+            outcome.erasures.append((pid, source))
             outcome.touched.discard(pid)
         else:
-            outcome.exported += store_export(conn, account.id, pid, event.event_id, now)
+            outcome.exported += store_export(conn, queue_conn, account.id, pid, event.event_id, now)
     if not pids:
         log.info(
             "privacy request for an unknown person",

@@ -1,60 +1,80 @@
-"""Erasure (GDPR / CCPA) and access requests.
+"""Erasure (GDPR / CCPA) and access requests: the profile store's part.
 
-Erasing a person removes their profile, history and identity links, the dedupe markers of their
-events in the queue Redis (``dd:{account}:{event_id}``), their pending data exports, and whatever
-the registered erasure hooks remove (the destinations' ledgers register one). What remains is one
-entry in the account's erasure log with an opaque id and the time: no personal data. Destinations
-read the log with :func:`erasures_since` to ask the ESPs to erase too.
+:func:`erase_profile` removes a person from the profile store: their profile and history, the
+tombstones of the profiles merged into theirs, their identity links, the identity conflicts,
+rejected events and data exports that name them, and the dedupe markers of their events in the
+queue Redis (``dd:{account}:{event_id}``). It returns what it removed (:class:`Erased`: the
+identities and profile ids) so that the erasure service (:mod:`connector.worker.erasure`, the
+one entry point) removes the rest: ledgers, due index, pending sync changes, dead letters, and the
+ESPs' copies. What remains is one entry in the account's erasure log with a digest of the profile
+id and the time: no identifier.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import redis
 
 from connector.clock import isoformat
-from connector.profiles import keys
-from connector.profiles.identity import TOMBSTONE_TTL_SECONDS, AccountLock, mget_keys
+from connector.profiles import keys, rejected
+from connector.profiles.bounds import count_dropped
+from connector.profiles.identity import AccountLock, mget_keys
 from connector.profiles.store import ProfileData, name_codes, read_profile
 
 log = logging.getLogger(__name__)
 
 EXPORTS_KEPT = 1000
-EXPORTS_TTL_SECONDS = 30 * 24 * 3600
-
-# Called under the account lock, before the profile is deleted, with (profile conn, account, profile id,
-# identities, now). Hooks remove their own entries that name the person (e.g. membership ledgers).
-ErasureHook = Callable[[redis.Redis, str, str, dict[str, list[str]], datetime], None]
-_HOOKS: list[ErasureHook] = []
-
-
-def register_erasure_hook(hook: ErasureHook) -> None:
-    if hook not in _HOOKS:
-        _HOOKS.append(hook)
-
-
-def unregister_erasure_hook(hook: ErasureHook) -> None:
-    if hook in _HOOKS:
-        _HOOKS.remove(hook)
+EXPORTS_MAX_AGE_SECONDS = 30 * 24 * 3600
+ERASURE_LOG_KEPT = 100_000
 
 
 @dataclass(frozen=True)
 class Erasure:
     entry_id: str  # the log's stream id; pass it back as ``after`` to read on
     account: str
-    profile_id: str  # opaque: a random id, not derived from any identity
+    profile_digest: str  # a digest of the erased profile id: no identifier is kept
     at: datetime
     source: str
 
 
+@dataclass(frozen=True)
+class Erased:
+    """What one erasure removed from the profile store, for the erasure service to finish."""
+
+    account: str
+    profile_id: str
+    absorbed: tuple[str, ...]  # profiles merged into it earlier (their tombstones are gone too)
+    identities: dict[str, list[str]] = field(default_factory=dict)
+    event_ids: frozenset[str] = frozenset()  # 16-hex prefixes of its events' ids
+
+    @property
+    def profile_ids(self) -> tuple[str, ...]:
+        return (self.profile_id, *self.absorbed)
+
+    @property
+    def emails(self) -> list[str]:
+        return list(self.identities.get("email", []))
+
+    @property
+    def needles(self) -> frozenset[str]:
+        """Every identifier of the person, lower-cased: identity values and profile ids."""
+        values = {v.lower() for vs in self.identities.values() for v in vs}
+        return frozenset(values | {pid.lower() for pid in self.profile_ids})
+
+
 def exports_key(account: str) -> str:
     return f"exports:{account}"
+
+
+def profile_digest(account: str, profile_id: str) -> str:
+    """The digest the erasure logs keep instead of a profile id (same as the sync erasure log)."""
+    return hashlib.sha256(f"{account}\x1f{profile_id}".encode()).hexdigest()[:24]
 
 
 def erase_profile(
@@ -66,51 +86,70 @@ def erase_profile(
     source: str,
     *,
     dedupe: bool = True,
-) -> bool:
-    """Erase one profile. Returns False if it did not exist (nothing is logged then).
+) -> Erased | None:
+    """Erase one profile from the profile store. None if it did not exist (nothing is logged then).
 
-    ``dedupe=False`` leaves the dedupe markers to the caller (erasing a whole account drops them all
-    at once)."""
+    Callers go through :func:`connector.worker.erasure.erase_person`, which also removes the
+    person from the worker's and the sync's keys. ``dedupe=False`` leaves the dedupe markers to
+    the caller (erasing a whole account drops them all at once)."""
     with AccountLock(conn, account):
         data = read_profile(conn, name_codes(conn), account, pid)
         if data is None:
-            return False
-        for hook in list(_HOOKS):
-            hook(conn, account, pid, data.identities, now)
+            return None
+        absorbed = tuple(
+            sorted(f.decode()[2:] for f in conn.hkeys(keys.profile_key(account, pid)) if f.startswith(b"g:"))
+        )
         index = [
             keys.identity_key(account, kind, value)
             for kind, values in data.identities.items()
             if kind in keys.KIND_CODES
             for value in values
         ]
-        owned = [k for k, owner in zip(index, mget_keys(conn, index), strict=True) if owner == pid.encode()]
+        mine = {pid.encode(), *(p.encode() for p in absorbed)}
+        owned = [k for k, owner in zip(index, mget_keys(conn, index), strict=True) if owner in mine]
         for key in owned:  # separate keys (other cluster slots)
             conn.delete(key)
-        pkey = keys.profile_key(account, pid)
-        pipe = conn.pipeline(transaction=True)  # the profile's own keys share a slot
-        pipe.delete(pkey, keys.history_key(account, pid))
-        pipe.hset(pkey, "x", "1")
-        pipe.expire(pkey, TOMBSTONE_TTL_SECONDS)
-        pipe.execute()
-        conn.xadd(keys.erasures_key(account), {"profile": pid, "at": isoformat(now), "source": source})
-    _drop_exports(conn, account, {pid})
-    prefixes = {stored.event_id for _, stored in data.events} | set(data.other_event_ids)
-    removed = _drop_dedupe(queue_conn, account, prefixes) if dedupe else 0
+        for gone in (pid, *absorbed):
+            # the profile's own keys share a slot. No tombstone: the apply script refuses a
+            # profile that does not exist, so a batch resolved before this erasure stores nothing
+            conn.delete(keys.profile_key(account, gone), keys.history_key(account, gone))
+        _log_erasure(conn, queue_conn, account, pid, now, source)
+    erased = Erased(
+        account,
+        pid,
+        absorbed,
+        {k: list(v) for k, v in data.identities.items()},
+        frozenset({stored.event_id for _, stored in data.events} | set(data.other_event_ids)),
+    )
+    _drop_exports(conn, account, set(erased.profile_ids))
+    _drop_conflicts(conn, account, set(erased.profile_ids))
+    rejected.purge(conn, account, erased.needles)
+    removed = _drop_dedupe(queue_conn, account, set(erased.event_ids)) if dedupe else 0
     log.info(
         "profile erased", extra={"account": account, "profile": pid, "source": source, "dedupe": removed}
     )
-    return True
+    return erased
+
+
+def _log_erasure(
+    conn: redis.Redis, queue_conn: redis.Redis, account: str, pid: str, now: datetime, source: str
+) -> None:
+    key = keys.erasures_key(account)
+    conn.xadd(key, {"profile": profile_digest(account, pid), "at": isoformat(now), "source": source})
+    count_dropped(queue_conn, "erasure_log", int(conn.xtrim(key, maxlen=ERASURE_LOG_KEPT, approximate=True)))
 
 
 def erase_account(
     conn: redis.Redis, queue_conn: redis.Redis, account: str, now: datetime, source: str
-) -> int:
+) -> list[Erased]:
     """Erase every profile of an account (Shopify shop/redact), and all its dedupe markers."""
     from connector.profiles.store import iter_profile_ids
 
-    erased = 0
+    erased = []
     for pid in list(iter_profile_ids(conn, account)):
-        erased += erase_profile(conn, queue_conn, account, pid, now, source, dedupe=False)
+        done = erase_profile(conn, queue_conn, account, pid, now, source, dedupe=False)
+        if done is not None:
+            erased.append(done)
     chunk: list[bytes] = []
     for key in queue_conn.scan_iter(match=f"dd:{account}:*", count=1000):
         chunk.append(key)
@@ -119,14 +158,15 @@ def erase_account(
             chunk = []
     if chunk:
         queue_conn.delete(*chunk)
-    conn.delete(exports_key(account))
+    conn.delete(exports_key(account), keys.rejected_key(account), keys.conflicts_key(account))
     return erased
 
 
 def _drop_dedupe(queue_conn: redis.Redis, account: str, prefixes: set[str]) -> int:
     """Delete dedupe markers of the person's events. The history keeps 16 of the event id's 32
-    hex digits, so the markers are found by one scan of the account's markers (erasure is rare;
-    keeping full ids would cost 8 bytes per stored event)."""
+    hex digits (and the profile the ids of its latest identify/alias events), so the markers are
+    found by one scan of the account's markers, which live at most the dedupe window (erasure is
+    rare; keeping full ids would cost 8 bytes per stored event)."""
     if not prefixes:
         return 0
     start = len(f"dd:{account}:")
@@ -150,6 +190,16 @@ def _drop_exports(conn: redis.Redis, account: str, pids: set[str]) -> None:
         conn.xdel(exports_key(account), *doomed)
 
 
+def _drop_conflicts(conn: redis.Redis, account: str, pids: set[str]) -> None:
+    doomed = [
+        entry_id
+        for entry_id, fields in conn.xrange(keys.conflicts_key(account))
+        if fields.get(b"profile", b"").decode() in pids or fields.get(b"other", b"").decode() in pids
+    ]
+    if doomed:
+        conn.xdel(keys.conflicts_key(account), *doomed)
+
+
 def erasures_since(
     conn: redis.Redis,
     account: str,
@@ -170,7 +220,7 @@ def erasures_since(
             Erasure(
                 entry_id=entry_id.decode(),
                 account=account,
-                profile_id=fields[b"profile"].decode(),
+                profile_digest=fields[b"profile"].decode(),
                 at=datetime.fromisoformat(fields[b"at"].decode().replace("Z", "+00:00")),
                 source=fields[b"source"].decode(),
             )
@@ -206,20 +256,21 @@ def export_profile(conn: redis.Redis, account: str, pid: str) -> dict[str, Any] 
     return export_document(data) if data is not None else None
 
 
-def store_export(conn: redis.Redis, account: str, pid: str, request_id: str, now: datetime) -> bool:
-    """Answer a data request: keep the export for an operator to hand over (30 days, capped)."""
+def store_export(
+    conn: redis.Redis, queue_conn: redis.Redis, account: str, pid: str, request_id: str, now: datetime
+) -> bool:
+    """Answer a data request: keep the export for an operator to hand over (30 days, at most
+    ``EXPORTS_KEPT``; what either bound drops is counted as ``exports``)."""
     document = export_profile(conn, account, pid)
     if document is None:
         return False
-    pipe = conn.pipeline(transaction=True)
-    pipe.xadd(
-        exports_key(account),
-        {"profile": pid, "request": request_id, "at": isoformat(now), "data": json.dumps(document)},
-        maxlen=EXPORTS_KEPT,
-        approximate=True,
+    key = exports_key(account)
+    conn.xadd(
+        key, {"profile": pid, "request": request_id, "at": isoformat(now), "data": json.dumps(document)}
     )
-    pipe.expire(exports_key(account), EXPORTS_TTL_SECONDS)
-    pipe.execute()
+    oldest = int((now.timestamp() - EXPORTS_MAX_AGE_SECONDS) * 1000)
+    dropped = int(conn.xtrim(key, minid=oldest)) + int(conn.xtrim(key, maxlen=EXPORTS_KEPT, approximate=True))
+    count_dropped(queue_conn, "exports", dropped)
     return True
 
 

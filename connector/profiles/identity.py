@@ -26,6 +26,7 @@ import redis
 from connector import clock
 from connector.errors import ConnectorError
 from connector.profiles import keys
+from connector.profiles.bounds import count_dropped
 from connector.profiles.store import MERGE
 from connector.redis_conn import is_cluster, per_node
 
@@ -114,6 +115,7 @@ class Resolution:
     merges: int = 0
     conflicts: int = 0
     created: int = 0
+    absorbed: dict[str, str] = field(default_factory=dict)  # merged-away profile -> survivor
 
 
 class Resolver:
@@ -274,11 +276,11 @@ class Resolver:
 
     def _conflict(self, other: str, target: str) -> None:
         self.result.conflicts += 1
-        self.conn.xadd(
-            keys.conflicts_key(self.account),
-            {"profile": target, "other": other, "at": str(int(self.now.timestamp()))},
-            maxlen=CONFLICTS_KEPT,
-            approximate=True,
+        key = keys.conflicts_key(self.account)
+        self.conn.xadd(key, {"profile": target, "other": other, "at": str(int(self.now.timestamp()))})
+        # counted in the profile Redis (the same server as the queue's unless they are split)
+        count_dropped(
+            self.conn, "conflicts", int(self.conn.xtrim(key, maxlen=CONFLICTS_KEPT, approximate=True))
         )
         log.info(
             "identity conflict not merged", extra={"account": self.account, "profile": target, "other": other}
@@ -316,6 +318,7 @@ class Resolver:
             if pid == loser:
                 self.index[pair] = target
         self.result.merges += 1
+        self.result.absorbed[loser] = target
         log.info("profiles merged", extra={"account": self.account, "profile": target, "merged": loser})
 
     def _copy_into(self, loser: str, target: str, mark: bool = False) -> None:
@@ -350,6 +353,9 @@ class Resolver:
             if parsed is not None:
                 repoint[keys.identity_key(self.account, *parsed)] = target
         mset_keys(self.conn, repoint)
+        # the survivor names what it absorbed (``g:<pid>``), so that erasing it finds the tombstones
+        self.conn.hset(keys.profile_key(self.account, target), f"g:{loser}", "")
+        self.result.absorbed[loser] = target
         # the profile's own keys share a slot: replace them by the tombstone atomically
         pipe = self.conn.pipeline(transaction=True)
         pipe.delete(hkey, pkey)

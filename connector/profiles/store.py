@@ -36,7 +36,8 @@ from connector.redis_conn import grouped_by_node
 from rules.model import EventRecord, Profile
 
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
-# account's retention (age, then count) and bumping the profile's revision.
+# account's retention (age, then count; ``dropped`` counts what it removed) and bumping the
+# profile's revision.
 _PRELUDE = """
 local p, h = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', p, 'm', 'x')
@@ -46,15 +47,18 @@ local cutoff = tonumber(ARGV[1])
 local maxev = tonumber(ARGV[2])
 """
 _RETAIN = """
-redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
+local dropped = redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
 local n = redis.call('ZCARD', h)
-if n > maxev then redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
+if n > maxev then dropped = dropped + redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
 redis.call('HINCRBY', p, 'rv', 1)
 """
 
 APPLY = (
     _PRELUDE
     + """
+-- a profile is created by the identity links written before its events; a missing one was erased
+-- after this batch was resolved: its events are dropped, never stored under a bare profile id
+if redis.call('EXISTS', p) == 0 then return {'x'} end
 local i = 3
 local added, dup = 0, 0
 while i <= #ARGV do
@@ -94,7 +98,7 @@ while i <= #ARGV do
 end
 """
     + _RETAIN
-    + "return {'ok', added, dup}"
+    + "return {'ok', added, dup, dropped}"
 )
 
 # Copies another profile's data (members, then hash fields as pairs) into this one.
@@ -133,6 +137,8 @@ for f, v in pairs(src) do
       if not string.find(cur, id, 1, true) then add = add .. id end
     end
     if add ~= '' then redis.call('HSET', p, 'k', string.sub(cur .. add, -512)) end
+  elseif kind == 'g:' then
+    redis.call('HSET', p, f, v)
   elseif kind == 'f:' then
     local cur = redis.call('HGET', p, f)
     if (not cur) or v < cur then redis.call('HSET', p, f, v) end

@@ -1,17 +1,24 @@
-"""Dead letters: items the connector could not process, kept with the reason, never dropped.
+"""Dead letters: items the connector could not process, kept with the reason.
 
 One store for every kind (``events`` for undecodable queue items, ``sync:<destination>`` for
 changes an ESP refused...). Each item is a JSON document with ``kind``, ``reason``, ``at`` and
 ``payload``; an index per kind keeps them in arrival order.
 
-Keys: ``dlq:item:{id}`` (string), ``dlq:index:{kind}`` (sorted set by time), ``dlq:kinds`` (set).
+Bounded: at most ``CONNECTOR_DEADLETTER_MAX`` items (default 100,000) per account and kind (items
+without an account, such as undecodable queue items, count as one account ``-``). Past the cap the
+oldest item of that account and kind is dropped, and counted in ``metrics:dropped`` (field
+``deadletters``), in the same script that stores the new one.
+
+Keys: ``dlq:item:{id}`` (string), ``dlq:index:{kind}`` (sorted set by time),
+``dlq:acct:{account}:{kind}`` (sorted set by time, the cap's index), ``dlq:kinds`` (set).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +26,42 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
+from connector.errors import ConfigError
+from connector.profiles.bounds import DROPPED_KEY
+
+DEFAULT_MAX = 100_000
+MAX_ENV = "CONNECTOR_DEADLETTER_MAX"
+NO_ACCOUNT = "-"
+
+# KEYS: item, index, per-account index, kinds, dropped counter. ARGV: id, json, score, kind, max.
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[4])
+local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[5])
+if over <= 0 then return 0 end
+local oldest = redis.call('ZPOPMIN', KEYS[3], over)
+for i = 1, #oldest, 2 do
+  redis.call('DEL', 'dlq:item:' .. oldest[i])
+  redis.call('ZREM', KEYS[2], oldest[i])
+end
+redis.call('HINCRBY', KEYS[5], 'deadletters', over)
+return over
+"""
+
+
+def max_items() -> int:
+    raw = os.environ.get(MAX_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_ENV} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{MAX_ENV} must be at least 1, got {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -34,17 +77,29 @@ class DeadLetter:
         return json.dumps(self.__dict__, default=str)
 
 
+def account_index(account: str | None, kind: str) -> str:
+    return f"dlq:acct:{account or NO_ACCOUNT}:{kind}"
+
+
 class DeadLetters:
-    def __init__(self, conn: redis.Redis) -> None:
+    def __init__(self, conn: redis.Redis, max_per_account: int | None = None) -> None:
         self.conn = conn
+        self.max_per_account = max_per_account or max_items()
+        self._put = conn.register_script(_PUT)
 
     def put(self, kind: str, reason: str, payload: Any, now: datetime, account: str | None = None) -> str:
+        """Store an item; past the cap the oldest of its account and kind is dropped (counted)."""
         item = DeadLetter(uuid.uuid4().hex, kind, reason, isoformat(now), payload, account)
-        pipe = self.conn.pipeline(transaction=True)
-        pipe.set(f"dlq:item:{item.id}", item.to_json())
-        pipe.zadd(f"dlq:index:{kind}", {item.id: now.timestamp()})
-        pipe.sadd("dlq:kinds", kind)
-        pipe.execute()
+        self._put(
+            keys=[
+                f"dlq:item:{item.id}",
+                f"dlq:index:{kind}",
+                account_index(account, kind),
+                "dlq:kinds",
+                DROPPED_KEY,
+            ],
+            args=[item.id, item.to_json(), now.timestamp(), kind, self.max_per_account],
+        )
         return item.id
 
     def get(self, item_id: str) -> DeadLetter | None:
@@ -68,4 +123,21 @@ class DeadLetters:
         pipe = self.conn.pipeline(transaction=True)
         pipe.delete(f"dlq:item:{item.id}")
         pipe.zrem(f"dlq:index:{item.kind}", item.id)
+        pipe.zrem(account_index(item.account, item.kind), item.id)
         pipe.execute()
+
+    def purge(self, doomed: Callable[[DeadLetter], bool], chunk: int = 500) -> int:
+        """Remove every item for which ``doomed`` is true (erasure); returns how many."""
+        removed = 0
+        for kind in self.kinds():
+            ids = [i.decode() for i in self.conn.zrange(f"dlq:index:{kind}", 0, -1)]
+            for start in range(0, len(ids), chunk):
+                part = ids[start : start + chunk]
+                for raw in self.conn.mget([f"dlq:item:{i}" for i in part]):
+                    if raw is None:
+                        continue
+                    item = DeadLetter(**json.loads(raw))
+                    if doomed(item):
+                        self.remove(item)
+                        removed += 1
+        return removed

@@ -18,7 +18,8 @@ Flow (docs/destinations.md):
 * Bad credentials (401/403, or a missing environment variable) pause the destination for the
   account; its changes keep waiting; ``connector dlq resume`` lifts the pause.
 * Erasure: :func:`erase` queues a deletion per destination; the outcome is recorded in
-  ``sync:erasures`` with a digest of the profile id, no personal data.
+  ``sync:erasures`` with a digest of the profile id, no personal data, and :func:`forget` drops
+  the person's entries from every key below.
 
 Keys (queue Redis), ``{a}`` = account, ``{d}`` = destination:
   ``sync:{a}:{d}:pending``  hash profile → Change JSON (newest version only)
@@ -31,7 +32,8 @@ Keys (queue Redis), ``{a}`` = account, ``{d}`` = destination:
   ``sync:{a}:{d}:lock``     one flush at a time per destination
   ``sync:due``              zset ``a \\x1f d`` → next instant a flush is needed (scheduler)
   ``sync:paused``           hash ``a \\x1f d`` → pause reason JSON
-  ``sync:erasures``         list of erasure records (no personal data)
+  ``sync:erasures``         list of erasure records (no personal data), capped (counted)
+  ``sync:{a}:erased:{digest}`` flag for 7 days: an erased profile; none of its changes is queued
   ``metrics:sync``          counters ``{outcome}:{account}``
 """
 
@@ -58,6 +60,7 @@ from connector import clock, redis_conn
 from connector.config import Account, load_accounts
 from connector.destinations import Destination, build_adapter, destinations
 from connector.errors import ConfigError
+from connector.profiles.bounds import count_dropped
 from connector.settings import Settings
 from connector.sync.deadletters import DeadLetters
 
@@ -72,6 +75,8 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 15 * 60.0
 ERASE_VERSION = 2**62  # nothing queued after an erasure may recreate the contact
 ERASURE_LOG_MAX = 100_000
+ERASED_TTL_SECONDS = 7 * 24 * 3600  # longer than any evaluation in flight
+SYNC_STATE = ("pending", "applied", "owned", "digest", "failing")
 
 AdapterFactory = Callable[[Destination], Adapter]
 
@@ -88,10 +93,17 @@ def profile_digest(account: str, profile_id: str) -> str:
     return hashlib.sha256(f"{account}{SEP}{profile_id}".encode()).hexdigest()[:24]
 
 
+def erased_key(account: str, profile_id: str) -> str:
+    """Flag (TTL ``ERASED_TTL_SECONDS``): the profile was erased; no change of it is queued again.
+    Named by a digest: no identifier is kept."""
+    return f"sync:{account}:erased:{profile_digest(account, profile_id)}"
+
+
 # -----------------------------------------------------------------------------------------------
 # queueing
 
 _ENQUEUE = """
+if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
 local applied = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '-1')
 local version = tonumber(ARGV[2])
 if version <= applied then return 0 end
@@ -154,6 +166,8 @@ def enqueue_change(conn: redis.Redis, change: Change, ready_at: float) -> bool:
     newer version is pending or already applied."""
     a, d = change.account, change.destination
     keys = [key(a, d, "pending"), key(a, d, "ready"), key(a, d, "applied"), "sync:due", key(a, d, "armed")]
+    # an erasure itself is never held back by the flag (it is set once the erasure was applied)
+    keys.append(erased_key(a, "" if change.erase else change.profile_id))
     args = [change.profile_id, change.version, json.dumps(change.to_dict()), ready_at, member(a, d)]
     args.append(ARMED_TTL_SECONDS)
     outcome = int(_run(conn, _ENQUEUE, keys, args))
@@ -209,16 +223,19 @@ def submit(
     """Queue the desired state of one profile on every enabled destination of the account.
 
     Returns the destinations that took the change (an older version than the pending or applied
-    one is ignored).
+    one is ignored). Without an email nothing is queued: destinations never receive a contact for
+    an anonymous id; when the profile gains an email the ledger bumps its version and the whole
+    current state is submitted then. Anonymous ids are not passed on.
     """
+    if not email:
+        return []  # a contact is addressed by email: an anonymous profile reaches no destination
     segments = list(segments)
+    known = {kind: value for kind, value in (identities or {}).items() if kind != "anonymous_id"}
     queued = []
     for dest in destinations(account).values():
         if not dest.enabled:
             continue
-        change = dest.change(
-            profile_id, version, segments, traits, email, consent or CONSENT_UNKNOWN, identities
-        )
+        change = dest.change(profile_id, version, segments, traits, email, consent or CONSENT_UNKNOWN, known)
         if enqueue_change(conn, change, now.timestamp() + dest.batch_delay_seconds):
             queued.append(dest.name)
     return queued
@@ -231,15 +248,22 @@ def erase(
     emails: Sequence[str] | str | None,
     now: datetime,
     version: int = ERASE_VERSION,
+    absorbed: Sequence[str] = (),
 ) -> list[str]:
     """Ask every destination of the account to delete the person (GDPR fan-out), under each of
-    their addresses.
+    their addresses, and forget what the sync keeps about them and the profiles merged into them.
 
-    Dead-lettered changes of that person are removed too (they hold personal data and are
-    superseded by the erasure).
+    Without an address the person never reached a destination: their sync state is dropped at
+    once. Otherwise the deletion waits in the queue (it holds the addresses) and, once the ESPs
+    answered, the sync state is dropped (:func:`forget`). Dead letters are purged by the erasure
+    service (:mod:`connector.worker.erasure`).
     """
-    purge_dead_letters(conn, account.id, profile_id)
     addresses = [emails] if isinstance(emails, str) else list(dict.fromkeys(emails or ()))
+    names = list(destinations(account))
+    forget(conn, account.id, names, absorbed)
+    if not addresses:
+        forget(conn, account.id, names, [profile_id])
+        return []
     queued = []
     for dest in destinations(account).values():
         change = Change(
@@ -247,13 +271,31 @@ def erase(
             destination=dest.name,
             profile_id=profile_id,
             version=version,
-            email=addresses[0] if addresses else None,
+            email=addresses[0],
             erase=True,
             erase_emails=tuple(addresses[1:]),
         )
         if enqueue_change(conn, change, now.timestamp()):
             queued.append(dest.name)
     return queued
+
+
+def forget(
+    conn: redis.Redis, account: str, destination_names: Iterable[str], profile_ids: Iterable[str]
+) -> None:
+    """Drop every sync key entry of these profiles, and flag them erased (no later change of theirs
+    is queued)."""
+    pids = list(profile_ids)
+    if not pids:
+        return
+    pipe = conn.pipeline(transaction=False)
+    for name in destination_names:
+        for what in SYNC_STATE:
+            pipe.hdel(key(account, name, what), *pids)
+        pipe.zrem(key(account, name, "ready"), *pids)
+    for pid in pids:
+        pipe.set(erased_key(account, pid), "1", ex=ERASED_TTL_SECONDS)
+    pipe.execute()
 
 
 # -----------------------------------------------------------------------------------------------
@@ -469,6 +511,8 @@ class Flusher:
             owned_json = json.dumps((owned or OwnedState()).to_dict())
             digest = state_digest(change)
         _run(self.conn, _COMMIT, keys, [change.profile_id, change.version, owned_json, digest])
+        if change.erase:  # the ESP erased the contact: nothing of the person stays here
+            forget(self.conn, self.dest.account, [self.dest.name], [change.profile_id])
 
     def _drop(self, change: Change) -> None:
         keys = [self.k["pending"], self.k["ready"], self.k["failing"]]
@@ -543,7 +587,8 @@ class Flusher:
         pipe = self.conn.pipeline(transaction=False)
         pipe.lpush("sync:erasures", json.dumps(record))
         pipe.ltrim("sync:erasures", 0, ERASURE_LOG_MAX - 1)
-        pipe.execute()
+        length, _ = pipe.execute()
+        count_dropped(self.conn, "sync_erasure_log", int(length) - ERASURE_LOG_MAX)
 
     def _schedule_next(self) -> None:
         first = self.conn.zrange(self.k["ready"], 0, 0, withscores=True)
@@ -714,22 +759,3 @@ def replay(conn: redis.Redis, payload: Mapping[str, Any], now: datetime) -> str:
     if not enqueue_change(conn, change, now.timestamp()):
         return "superseded"
     return "queued"
-
-
-def purge_dead_letters(conn: redis.Redis, account: str, profile_id: str) -> int:
-    """Remove the ``sync:*`` dead letters of one person (erasure); returns how many."""
-    dead = DeadLetters(conn)
-    removed = 0
-    for kind in dead.kinds():
-        if not kind.startswith("sync:"):
-            continue
-        for item in list(dead.list(kind, limit=10**9)):
-            change = item.payload.get("change") if isinstance(item.payload, dict) else None
-            if (
-                item.account == account
-                and isinstance(change, dict)
-                and change.get("profile_id") == profile_id
-            ):
-                dead.remove(item)
-                removed += 1
-    return removed

@@ -7,8 +7,9 @@ the desired state for the destinations when the ledger changed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,7 +18,8 @@ import redis
 import rules
 from connector import redis_conn
 from connector.config import Account
-from connector.profiles import load_profile, register_erasure_hook
+from connector.profiles import load_profile
+from connector.profiles.bounds import count_dropped
 from connector.settings import Settings
 from connector.sync import engine as sync
 from connector.worker import due
@@ -69,6 +71,11 @@ def email_of(profile: Profile) -> str | None:
     return emails[0] if emails else None
 
 
+def contact_of(email: str | None) -> str:
+    """What the ledger keeps of whom the destinations address: a digest of the email, "" for none."""
+    return hashlib.sha256(email.encode()).hexdigest()[:16] if email else ""
+
+
 def evaluate_profiles(
     account: Account,
     profile_ids: Iterable[str],
@@ -78,12 +85,18 @@ def evaluate_profiles(
     *,
     ruleset: RuleSet | None = None,
     push: bool = True,
+    restate: Collection[str] = (),
 ) -> list[Outcome]:
-    """Evaluate, record, schedule and (when ``push``) queue changes for the destinations."""
+    """Evaluate, record, schedule and (when ``push``) queue changes for the destinations.
+
+    The desired state goes to the destinations when the ledger changed: segments or traits, the
+    email the destinations address (an anonymous profile that gains one), or a profile in
+    ``restate`` (it absorbed another in a merge)."""
     ruleset = account.ruleset if ruleset is None else ruleset
     ledger = Ledger(conn)
     schedule = queue_conn.pipeline(transaction=False)
     outcomes = []
+    trimmed = 0
     for pid in sorted(profile_ids):
         profile = load_profile(conn, account.id, pid, now)
         if profile is None:
@@ -91,23 +104,22 @@ def evaluate_profiles(
             outcomes.append(Outcome(pid, None, None))
             continue
         result = rules.evaluate(profile, ruleset, now, explain=False)
-        diff = ledger.record(account.id, pid, result.segments, result.traits, now, revision=profile.revision)
+        email = email_of(profile)
+        diff = ledger.record(
+            account.id,
+            pid,
+            result.segments,
+            result.traits,
+            now,
+            revision=profile.revision,
+            contact=contact_of(email),
+            force=pid in restate,
+        )
         due.schedule(schedule, account.id, pid, result.next_due)
-        if diff is not None and push:
-            identities = {kind: values[0] for kind, values in profile.identities.items() if values}
-            sync.submit(
-                queue_conn,
-                account,
-                pid,
-                diff.version,
-                diff.segments,
-                diff.traits,
-                email_of(profile),
-                consent_of(profile),
-                now,
-                identities=identities,
-            )
         if diff is not None:
+            trimmed += diff.trimmed
+            if push:
+                _submit(queue_conn, account, profile, diff, email, now)
             log.info(
                 "segments changed",
                 extra={
@@ -119,11 +131,42 @@ def evaluate_profiles(
                 },
             )
         outcomes.append(Outcome(pid, result, diff))
+    count_dropped(schedule, "ledger_history", trimmed)
     schedule.execute()
     return outcomes
 
 
-def evaluate_touched(account_id: str, profile_ids: set[str], now: datetime) -> None:
+def _submit(
+    queue_conn: redis.Redis, account: Account, profile: Profile, diff: Diff, email: str | None, now: datetime
+) -> None:
+    identities = {kind: values[0] for kind, values in profile.identities.items() if values}
+    sync.submit(
+        queue_conn,
+        account,
+        profile.profile_id,
+        diff.version,
+        diff.segments,
+        diff.traits,
+        email,
+        consent_of(profile),
+        now,
+        identities=identities,
+    )
+
+
+def forget_absorbed(
+    conn: redis.Redis, queue_conn: redis.Redis, account_id: str, absorbed: Iterable[str]
+) -> None:
+    """Profiles merged away keep no ledger, history or due entry: the survivor carries them on."""
+    pids = list(absorbed)
+    if pids:
+        Ledger(conn).delete_many(account_id, pids)
+        due.unschedule(queue_conn, account_id, pids)
+
+
+def evaluate_touched(
+    account_id: str, profile_ids: set[str], now: datetime, restate: Collection[str] = ()
+) -> None:
     """Evaluate the rules of ``account_id`` for ``profile_ids`` as of ``now``."""
     from connector.worker.pipeline import accounts_for
 
@@ -138,22 +181,5 @@ def evaluate_touched(account_id: str, profile_ids: set[str], now: datetime) -> N
         now,
         redis_conn.connection(settings.profile_redis_url),
         redis_conn.connection(settings.queue_redis_url),
+        restate=restate,
     )
-
-
-def _erase_hook(
-    conn: redis.Redis, account_id: str, profile_id: str, identities: dict[str, list[str]], now: datetime
-) -> None:
-    """On erasure: drop the person's ledger and due entry, and ask every destination to erase them."""
-    from connector.worker.pipeline import accounts_for
-
-    settings = Settings.from_env()
-    queue_conn = redis_conn.connection(settings.queue_redis_url)
-    Ledger(conn).delete(account_id, profile_id)
-    due.unschedule(queue_conn, account_id, [profile_id])
-    account = accounts_for(settings.config_dir).get(account_id)
-    if account is not None:
-        sync.erase(queue_conn, account, profile_id, identities.get("email") or [], now)
-
-
-register_erasure_hook(_erase_hook)

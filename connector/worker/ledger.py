@@ -6,13 +6,13 @@ destinations and the audit trail (``connector segments history``).
 
 Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``v`` version,
 ``s`` segments JSON, ``t`` traits JSON, ``r`` profile revision and ``e`` instant evaluated) and
-``lhist:{acct:pid}`` (stream of changes, capped).
+``lhist:{acct:pid}`` (stream of changes, capped at ``HISTORY_MAXLEN``; what the cap drops is counted).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,26 +23,43 @@ from connector.clock import isoformat
 
 HISTORY_MAXLEN = 500
 
-# KEYS: ledger, history. ARGV: segments json, traits json, revision, at (iso), maxlen, at (epoch).
-# A result computed from an older profile revision than the one already recorded is ignored, so
-# two workers evaluating the same profile concurrently can never roll the ledger back.
+# KEYS: ledger, history. ARGV: segments json, traits json, revision, at (iso), maxlen, at (epoch),
+# contact, force. A result computed from an older profile revision than the one already recorded is
+# ignored, so two workers evaluating the same profile concurrently can never roll the ledger back.
+# The version is bumped when the segments or traits changed, when the contact the destinations
+# address (``c``: a digest of the email) changed, or when ``force`` is set (a merge); the history
+# gets an entry only when segments or traits changed, and never for a first evaluation without
+# any segment. Reply: {version, old segments, old traits, entries trimmed from the history}, or
+# {0} (nothing changed) / {-1} (stale).
 _RECORD = """
-local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e')
+local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c')
 local rev = tonumber(ARGV[3])
 local at = tonumber(ARGV[6])
 if cur[4] then
   local crev = tonumber(cur[4])
   if crev > rev or (crev == rev and tonumber(cur[5] or '0') > at) then return {-1} end
 end
-if cur[2] == ARGV[1] and cur[3] == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'r', rev, 'e', at)
+local same = cur[2] == ARGV[1] and cur[3] == ARGV[2]
+local first = not cur[2]
+if first and ARGV[1] == '[]' and ARGV[2] == '{}' then
+  same = true
+  cur[2], cur[3] = '[]', '{}'
+  redis.call('HSET', KEYS[1], 'v', 0, 's', '[]', 't', '{}')
+end
+if same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1' then
+  redis.call('HSET', KEYS[1], 'r', rev, 'e', at, 'c', ARGV[7])
   return {0}
 end
 local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-  'v', v, 'at', ARGV[4], 'old_s', cur[2] or '[]', 'new_s', ARGV[1], 'old_t', cur[3] or '{}', 'new_t', ARGV[2])
-return {v, cur[2] or '[]', cur[3] or '{}'}
+redis.call('HSET', KEYS[1], 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
+local trimmed = 0
+if not same and not (first and ARGV[1] == '[]') then
+  redis.call('XADD', KEYS[2], '*',
+    'v', v, 'at', ARGV[4], 'old_s', cur[2] or '[]', 'new_s', ARGV[1],
+    'old_t', cur[3] or '{}', 'new_t', ARGV[2])
+  trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5])
+end
+return {v, cur[2] or '[]', cur[3] or '{}', trimmed}
 """
 
 
@@ -66,6 +83,7 @@ class Diff:
     entered: frozenset[str] = frozenset()
     exited: frozenset[str] = frozenset()
     changed_traits: Mapping[str, Any] = field(default_factory=dict)
+    trimmed: int = 0  # history entries dropped at the cap by this record
 
 
 @dataclass(frozen=True)
@@ -88,13 +106,29 @@ class Ledger:
         traits: Mapping[str, Any],
         now: datetime,
         revision: int = 0,
+        *,
+        contact: str = "",
+        force: bool = False,
     ) -> Diff | None:
-        """Store the result; return what changed, or None when nothing did."""
+        """Store the result; return what changed, or None when nothing did.
+
+        ``contact`` identifies whom the destinations address (a digest of the email, "" for none):
+        when it changes, the version is bumped with the same segments, so the current state goes
+        to the destinations again. ``force`` bumps it regardless (the profile absorbed another)."""
         new_s = _canonical(sorted(segments))
         new_t = _canonical(dict(traits))
         reply = self._record(
             keys=[ledger_key(account, profile_id), history_key(account, profile_id)],
-            args=[new_s, new_t, revision, isoformat(now), HISTORY_MAXLEN, repr(now.timestamp())],
+            args=[
+                new_s,
+                new_t,
+                revision,
+                isoformat(now),
+                HISTORY_MAXLEN,
+                repr(now.timestamp()),
+                contact,
+                "1" if force else "0",
+            ],
         )
         version = int(reply[0])
         if version <= 0:
@@ -111,6 +145,7 @@ class Ledger:
             entered=frozenset(segments) - old_segments,
             exited=old_segments - frozenset(segments),
             changed_traits=changed,
+            trimmed=int(reply[3]),
         )
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
@@ -139,6 +174,10 @@ class Ledger:
 
     def delete(self, account: str, profile_id: str) -> None:
         self.conn.delete(ledger_key(account, profile_id), history_key(account, profile_id))
+
+    def delete_many(self, account: str, profile_ids: Iterable[str]) -> None:
+        for pid in profile_ids:  # each profile's keys share a slot, not the others'
+            self.delete(account, pid)
 
 
 _MISSING = object()

@@ -1,5 +1,7 @@
-"""What the event worker does with a decoded batch: apply it to the profiles, then hand every
-touched profile to rule evaluation (:mod:`connector.worker.evaluation`).
+"""What the event worker does with a decoded batch: apply it to the profiles, carry out the
+erasures it asks for (:mod:`connector.worker.erasure`), then hand every touched profile to rule
+evaluation (:mod:`connector.worker.evaluation`). A profile that absorbed another in a merge sends
+its current state to the destinations again.
 
 Idempotent: a batch may be delivered twice (a worker killed before acknowledging); the second
 application changes nothing. A bad event is rejected with its reason, never raised.
@@ -15,12 +17,13 @@ from pathlib import Path
 import redis
 
 from connector import redis_conn
-from connector.config import Accounts, load_accounts
+from connector.config import Account, Accounts, load_accounts
 from connector.event import Event
 from connector.profiles import rejected
 from connector.profiles.apply import Outcome, apply_events
+from connector.profiles.bounds import count_dropped
 from connector.settings import Settings
-from connector.worker import evaluation
+from connector.worker import erasure, evaluation
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,14 @@ def apply_batch(
             for event in batch:
                 rejected.record(pipe, event, "unknown account", now)
             pipe.execute()
+            rejected.trim(conn, queue_conn, account_id)
             counters.hincrby("metrics:worker", f"rejected:{account_id}", len(batch))
             continue
         outcome = apply_events(conn, queue_conn, account, batch, now)
         outcomes[account_id] = outcome
+        _erase(conn, queue_conn, account, outcome, now)
+        evaluation.forget_absorbed(conn, queue_conn, account_id, outcome.absorbed)
+        count_dropped(counters, "profile_history", outcome.history_dropped)
         for name in ("applied", "duplicates", "rejected", "dropped", "expired", "erased", "exported"):
             value = getattr(outcome, name)
             if value:
@@ -93,5 +100,19 @@ def apply_batch(
     counters.execute()
     for account_id, outcome in outcomes.items():
         if outcome.touched:
-            evaluation.evaluate_touched(account_id, set(outcome.touched), now)
+            restate = set(outcome.absorbed.values()) & outcome.touched
+            evaluation.evaluate_touched(account_id, set(outcome.touched), now, restate=restate)
     return outcomes
+
+
+def _erase(
+    conn: redis.Redis, queue_conn: redis.Redis, account: Account, outcome: Outcome, now: datetime
+) -> None:
+    """The erasures the batch asked for, through the erasure service."""
+    for pid, source in outcome.erasures:
+        if pid is None:
+            outcome.erased += erasure.erase_account(conn, queue_conn, account, now, source)
+            outcome.touched.clear()
+        else:
+            outcome.erased += erasure.erase_person(conn, queue_conn, account, pid, now, source)
+            outcome.touched.discard(pid)

@@ -8,12 +8,12 @@ progress counter; the ledger passes on only the differences to the destinations.
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import redis
 from rq import Queue
@@ -21,12 +21,15 @@ from rq import Queue
 import rules
 from connector.clock import isoformat
 from connector.config import Account
+from connector.dev.embedded_redis import EmbeddedRedis
 from connector.errors import MalformedPayload, UndecodableItem
-from connector.event import load_event
+from connector.event import Event, load_event
 from connector.ingest.receivers.spec import normalize
 from connector.profiles import iter_profile_ids, load_profile
+from connector.profiles.apply import apply_events
+from connector.profiles.erasure import erase_account, erase_profile
 from connector.worker.jobs import BACKFILL_QUEUE
-from rules import EventRecord, Profile, RuleSet
+from rules import Profile, RuleSet
 
 PUBLISH_CHUNK = 500
 PROGRESS_TTL_SECONDS = 7 * 24 * 3600
@@ -76,13 +79,49 @@ def stored_profiles(conn: redis.Redis, account_id: str, now: datetime) -> Iterat
             yield profile
 
 
-def profiles_from_events(path: Path, account_id: str, now: datetime) -> list[Profile]:
+def profiles_from_events(
+    path: Path, account_id: str, now: datetime, account: Account | None = None
+) -> list[Profile]:
     """Profiles built from a JSON-lines file of events (Segment-spec messages or stored Events).
 
-    People are keyed by user id, else email, else anonymous id; no further identity stitching.
-    Raises MalformedPayload naming the file and line of a bad entry.
+    The events go through the worker's own code (identity resolution and merges, the kept
+    properties, retention, erasure requests) against a throwaway Redis started for the purpose, so
+    a dry run stitches identities exactly as production does: an anonymous visitor who later
+    identifies is one person. Raises MalformedPayload naming the file and line of a bad entry.
     """
-    people: dict[str, dict[str, Any]] = {}
+    events = read_events(path, account_id, now)
+    if account is None:
+        from connector.settings import Settings
+        from connector.worker.pipeline import accounts_for
+
+        config_dir = Settings.from_env().config_dir
+        account = accounts_for(config_dir).get(account_id)
+        if account is None:
+            raise MalformedPayload(f"unknown account {account_id!r} (not in {config_dir})")
+    with (
+        tempfile.TemporaryDirectory(prefix="connector-dry-run-") as tmp,
+        EmbeddedRedis(Path(tmp), appendonly=False) as server,
+    ):
+        conn = redis.Redis.from_url(server.url)
+        try:
+            return _stitched(conn, account, events, now)
+        finally:
+            conn.close()
+
+
+def _stitched(conn: redis.Redis, account: Account, events: list[Event], now: datetime) -> list[Profile]:
+    outcome = apply_events(conn, conn, account, events, now)
+    for pid, source in outcome.erasures:
+        if pid is None:
+            erase_account(conn, conn, account.id, now, source)
+        else:
+            erase_profile(conn, conn, account.id, pid, now, source)
+    return sorted(stored_profiles(conn, account.id, now), key=lambda p: (person(p), p.profile_id))
+
+
+def read_events(path: Path, account_id: str, now: datetime) -> list[Event]:
+    """The events of a JSON-lines file; MalformedPayload names the file and line of a bad one."""
+    events = []
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -94,35 +133,14 @@ def profiles_from_events(path: Path, account_id: str, now: datetime) -> list[Pro
                 raise MalformedPayload(f"{where}: not JSON: {err.msg}") from err
             if isinstance(data, dict) and "occurred_at" in data and "source" in data:
                 try:
-                    event = load_event({**data, "account": account_id})
+                    events.append(load_event({**data, "account": account_id}))
                 except UndecodableItem as err:
                     raise MalformedPayload(f"{where}: {err}") from err
             else:
-                event = normalize(data, account=account_id, source="file", received_at=now, where=where)
-            ids = event.identities
-            key = ids.get("user_id") or ids.get("email") or ids.get("anonymous_id")
-            if key is None:
-                continue
-            entry = people.setdefault(key, {"identities": {}, "traits": {}, "events": []})
-            for kind, value in ids.items():
-                entry["identities"].setdefault(kind, [])
-                if value not in entry["identities"][kind]:
-                    entry["identities"][kind].append(value)
-            entry["traits"].update(event.traits)
-            if event.type in ("track", "page", "screen"):
-                entry["events"].append(
-                    EventRecord(event.name, event.occurred_at, dict(event.properties), event.event_id)
+                events.append(
+                    normalize(data, account=account_id, source="file", received_at=now, where=where)
                 )
-    return [
-        Profile(
-            account=account_id,
-            profile_id=key,
-            identities={k: tuple(v) for k, v in entry["identities"].items()},
-            traits=entry["traits"],
-            events=tuple(sorted(entry["events"], key=lambda r: (r.occurred_at, r.event_id))),
-        )
-        for key, entry in sorted(people.items())
-    ]
+    return events
 
 
 def publish(account: Account, conn: redis.Redis, queue_conn: redis.Redis, now: datetime) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from connector.cli.main import _register, cli
 from connector.config import Accounts
 from connector.ingest.queue import dedupe_key
 from connector.profiles import erasures_since, lookup
-from connector.profiles.erasure import register_erasure_hook, stored_exports, unregister_erasure_hook
+from connector.profiles.erasure import profile_digest, stored_exports
 from tests.profile_helpers import NOW, T0, apply, ev
 
 _register()
@@ -44,7 +44,7 @@ def _assert_gone(conn: redis.Redis, pid: str) -> None:
     assert lookup(conn, "acme", "email", "erin@example.com") is None
     assert lookup(conn, "acme", "anonymous_id", "anon-e") is None
     assert conn.exists(f"h:{{acme:{pid}}}") == 0
-    assert conn.hgetall(f"p:{{acme:{pid}}}") == {b"x": b"1"}
+    assert conn.exists(f"p:{{acme:{pid}}}") == 0  # no tombstone naming the profile either
     assert not list(conn.scan_iter("ix:*"))
     assert [k.decode() for k in conn.scan_iter("dd:*")] == [dedupe_key("acme", "f" * 32)]
     # nothing personal is left anywhere in the store
@@ -55,23 +55,30 @@ def _assert_gone(conn: redis.Redis, pid: str) -> None:
 
 def test_delete_event_erases_everything_and_logs_without_personal_data(redis_client, accounts) -> None:
     pid = _person(redis_client, accounts)
-    seen: list[str] = []
-
-    def hook(conn, account, profile_id, identities, now):  # type: ignore[no-untyped-def]
-        seen.append(profile_id)
-
-    register_erasure_hook(hook)
-    try:
-        outcome = apply(
-            redis_client, accounts, ev("del", "delete", type="delete", at=T0, email="Erin@example.com ")
-        )
-    finally:
-        unregister_erasure_hook(hook)
-    assert outcome.erased == 1 and seen == [pid]
+    outcome = apply(
+        redis_client, accounts, ev("del", "delete", type="delete", at=T0, email="Erin@example.com ")
+    )
+    assert outcome.erased == 1
     _assert_gone(redis_client, pid)
     log = erasures_since(redis_client, "acme", since=T0)
-    assert [(e.profile_id, e.at, e.source) for e in log] == [(pid, NOW, "segment:delete")]
+    assert [(e.profile_digest, e.at, e.source) for e in log] == [
+        (profile_digest("acme", pid), NOW, "segment:delete")
+    ]
+    assert pid not in profile_digest("acme", pid)
     assert erasures_since(redis_client, "acme", after=log[0].entry_id) == []
+
+
+def test_events_of_a_batch_resolved_before_an_erasure_are_not_stored(redis_client, accounts) -> None:
+    """The apply script refuses a profile that no longer exists: no bare profile is recreated."""
+    from connector.profiles import keys
+    from connector.profiles.store import APPLY
+
+    pid = _person(redis_client, accounts)
+    apply(redis_client, accounts, ev("del", "delete", type="delete", email="erin@example.com"))
+    script = redis_client.register_script(APPLY)
+    reply = script(keys=[keys.profile_key("acme", pid), keys.history_key("acme", pid)], args=[0, 100])
+    assert reply == [b"x"]
+    assert redis_client.exists(keys.profile_key("acme", pid), keys.history_key("acme", pid)) == 0
 
 
 def test_shop_redact_erases_every_profile_of_the_account(redis_client, accounts) -> None:

@@ -20,7 +20,9 @@ from connector import clock
 from connector.config import Account, load_account_file
 from connector.destinations import destinations
 from connector.sync import engine as sync
+from connector.profiles.erasure import Erased
 from connector.sync.deadletters import DeadLetters
+from connector.worker.erasure import purge_dead_letters
 
 NOW = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -303,11 +305,16 @@ def test_erasure_fans_out_and_is_recorded_without_personal_data(
     f.flush(NOW + timedelta(seconds=2))
     assert DeadLetters(redis_client).count("sync:mailchimp") == 1
     esp.fail_items.clear()
-    assert sync.erase(redis_client, acct, "p1", "p1@example.com", NOW) == ["mailchimp"]
+    erased = Erased("acme", "p1", (), {"email": ["p1@example.com"]})
+    assert purge_dead_letters(redis_client, "acme", erased) == 1  # the erasure service's part
     assert DeadLetters(redis_client).count("sync:mailchimp") == 0  # personal data purged
+    assert sync.erase(redis_client, acct, "p1", "p1@example.com", NOW) == ["mailchimp"]
     f.flush(NOW + timedelta(seconds=2))
     assert esp.calls[-1][0].erase and "p1" not in esp.tags
     assert sync.owned_state(redis_client, "acme", "mailchimp", "p1") is None
+    # once the ESP erased the contact, the sync keeps nothing that names the profile
+    for what in ("pending", "applied", "owned", "digest", "failing"):
+        assert not redis_client.hexists(sync.key("acme", "mailchimp", what), "p1")
     [record] = sync.erasures(redis_client)
     assert record["outcome"] == APPLIED and record["destination"] == "mailchimp"
     assert "p1" not in json.dumps(record) and "example.com" not in json.dumps(record)
