@@ -433,6 +433,24 @@ class FakeHubSpot(FakeESP):
         if not isinstance(inputs, list) or not inputs:
             raise self.invalid("inputs is required and must be a non-empty array")
         self.record_items(request, len(inputs))
+        self.check_upsert_inputs(inputs)
+        results, errors = [], []
+        unreported = {e.lower() for e in self.unreported_emails}
+        with self.lock:
+            for item in inputs:
+                result, error = self.upsert_item(item, unreported)
+                if error is not None:
+                    errors.append(error)
+                elif result is not None:
+                    results.append(result)
+        body: dict[str, Any] = {"status": "COMPLETE", "results": results, **self.batch_times()}
+        if errors:
+            body.update(errors=errors, numErrors=len(errors))
+            return self.json(body, 207)
+        return self.json(body)
+
+    def check_upsert_inputs(self, inputs: list[Any]) -> None:
+        """The whole-batch 400s: too many inputs, a malformed one, the same email twice."""
         if len(inputs) > BATCH_LIMIT:
             raise self.invalid(f"Batch input size {len(inputs)} exceeds the limit of {BATCH_LIMIT}")
         for i, item in enumerate(inputs):
@@ -458,36 +476,32 @@ class FakeHubSpot(FakeESP):
             raise self.invalid(
                 f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique", ids=duplicates
             )
-        results, errors = [], []
-        unreported = {e.lower() for e in self.unreported_emails}
-        with self.lock:
-            for item in inputs:
-                props = dict(item["properties"])
-                problems = self.property_errors({"email": item["id"], **props})
-                trace = item.get("objectWriteTraceId")
-                if problems:
-                    if trace is None and self.limits.whole_batch_400_without_trace_id:
-                        raise self.props_invalid(problems)
-                    error: dict[str, Any] = {
-                        "status": "error",
-                        "category": "VALIDATION_ERROR",
-                        "message": f"Property values were not valid: {json.dumps(problems)}",
-                    }
-                    if trace and self.error_context == "trace":
-                        error["context"] = {"objectWriteTraceId": [trace]}
-                    elif self.error_context != "none":
-                        error["context"] = {"ids": [item["id"]]}
-                    errors.append(error)
-                    continue
-                props.pop("email", None)
-                contact, new = self.write(item["id"], props)
-                if item["id"].lower() not in unreported:
-                    results.append(self.contact_json(contact, new=new, trace=trace))
-        body: dict[str, Any] = {"status": "COMPLETE", "results": results, **self.batch_times()}
-        if errors:
-            body.update(errors=errors, numErrors=len(errors))
-            return self.json(body, 207)
-        return self.json(body)
+
+    def upsert_item(
+        self, item: dict[str, Any], unreported: set[str]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """One input of a batch upsert: (its result, or None when not reported; its error entry)."""
+        props = dict(item["properties"])
+        problems = self.property_errors({"email": item["id"], **props})
+        trace = item.get("objectWriteTraceId")
+        if problems:
+            if trace is None and self.limits.whole_batch_400_without_trace_id:
+                raise self.props_invalid(problems)
+            error: dict[str, Any] = {
+                "status": "error",
+                "category": "VALIDATION_ERROR",
+                "message": f"Property values were not valid: {json.dumps(problems)}",
+            }
+            if trace and self.error_context == "trace":
+                error["context"] = {"objectWriteTraceId": [trace]}
+            elif self.error_context != "none":
+                error["context"] = {"ids": [item["id"]]}
+            return None, error
+        props.pop("email", None)
+        contact, new = self.write(item["id"], props)
+        if item["id"].lower() in unreported:
+            return None, None
+        return self.contact_json(contact, new=new, trace=trace), None
 
     def batch_read(self, request: Request) -> Response:
         data = self.object_body(request, {"idProperty", "inputs", "properties", "propertiesWithHistory"})

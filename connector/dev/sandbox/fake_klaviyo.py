@@ -423,6 +423,19 @@ class FakeKlaviyo(FakeESP):
         data = self.resource(request, "profile", top=("data",), keys=("type", "attributes", "id", "meta"))
         attrs = data["attributes"]
         self.check_profile_attributes(attrs, "/data/attributes")
+        patch = self.patch_properties(data, attrs)
+        with self.lock:
+            profile = self.import_target(data, attrs)
+            created = profile is None
+            if profile is None:
+                profile = Profile(id=_ulid(), attributes={})
+                self.profiles[profile.id] = profile
+            self.apply(profile, attrs)
+            self.apply_patch(profile, patch)
+            return self.json({"data": self.profile_json(profile)}, 201 if created else 200, JSONAPI)
+
+    def patch_properties(self, data: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
+        """``meta.patch_properties`` of an import, checked (never the same property set and patched)."""
         meta = data.get("meta") or {}
         if set(meta) - {"patch_properties"}:
             raise self.invalid("Unexpected member in meta.", "/data/meta")
@@ -438,46 +451,44 @@ class FakeKlaviyo(FakeESP):
                 f"Do not set and patch the same properties: {sorted(full & patched)}",
                 "/data/meta/patch_properties",
             )
-        with self.lock:
-            if data.get("id"):
-                profile = self.profiles.get(data["id"])
-                if profile is None:
-                    raise VendorError(
-                        404,
-                        "not_found",
-                        f"A profile with id {data['id']} does not exist.",
-                        extra={"pointer": "/data/id"},
-                    )
-            else:
-                if not any(attrs.get(k) for k in IDENTIFIERS):
-                    raise self.invalid(
-                        "One of email, phone_number, external_id or anonymous_id is required.",
-                        "/data/attributes",
-                    )
-                profile = self.find_profile(attrs)
-            created = profile is None
+        return patch
+
+    def import_target(self, data: dict[str, Any], attrs: dict[str, Any]) -> Profile | None:
+        """The profile an import updates (by ``id``, else by its identifiers), None to create one."""
+        if data.get("id"):
+            profile = self.profiles.get(data["id"])
             if profile is None:
-                profile = Profile(id=_ulid(), attributes={})
-                self.profiles[profile.id] = profile
-            self.apply(profile, attrs)
-            for key, value in (patch.get("append") or {}).items():
-                current = profile.properties.get(key)
-                current = (
-                    list(current) if isinstance(current, list) else ([] if current is None else [current])
+                raise VendorError(
+                    404,
+                    "not_found",
+                    f"A profile with id {data['id']} does not exist.",
+                    extra={"pointer": "/data/id"},
                 )
-                for v in value if isinstance(value, list) else [value]:
-                    if v not in current:
-                        current.append(v)
-                profile.properties[key] = current
-            for key, value in (patch.get("unappend") or {}).items():
-                current = profile.properties.get(key)
-                if isinstance(current, list):
-                    drop = value if isinstance(value, list) else [value]
-                    profile.properties[key] = [v for v in current if v not in drop]
-            unset = patch.get("unset") or []
-            for key in [unset] if isinstance(unset, str) else unset:
-                profile.properties.pop(key, None)
-            return self.json({"data": self.profile_json(profile)}, 201 if created else 200, JSONAPI)
+            return profile
+        if not any(attrs.get(k) for k in IDENTIFIERS):
+            raise self.invalid(
+                "One of email, phone_number, external_id or anonymous_id is required.",
+                "/data/attributes",
+            )
+        return self.find_profile(attrs)
+
+    @staticmethod
+    def apply_patch(profile: Profile, patch: dict[str, Any]) -> None:
+        for key, value in (patch.get("append") or {}).items():
+            current = profile.properties.get(key)
+            current = list(current) if isinstance(current, list) else ([] if current is None else [current])
+            for v in value if isinstance(value, list) else [value]:
+                if v not in current:
+                    current.append(v)
+            profile.properties[key] = current
+        for key, value in (patch.get("unappend") or {}).items():
+            current = profile.properties.get(key)
+            if isinstance(current, list):
+                drop = value if isinstance(value, list) else [value]
+                profile.properties[key] = [v for v in current if v not in drop]
+        unset = patch.get("unset") or []
+        for key in [unset] if isinstance(unset, str) else unset:
+            profile.properties.pop(key, None)
 
     def create_profile(self, request: Request) -> Response:
         data = self.resource(request, "profile", keys=("type", "attributes", "meta"))
@@ -640,6 +651,35 @@ class FakeKlaviyo(FakeESP):
             lst.profiles.difference_update(self.relationship_ids(request))
         return Response(status=204)
 
+    def job_lists(self, rel: Any) -> list[str]:
+        """The list ids of a bulk import job's ``relationships`` (none without them)."""
+        if rel is None:
+            return []
+        items = rel.get("lists", {}).get("data") if isinstance(rel, dict) and set(rel) == {"lists"} else None
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and i.get("type") == "list" for i in items
+        ):
+            raise self.invalid(
+                "relationships.lists.data must be an array of {type: 'list', id}.", "/data/relationships"
+            )
+        return [str(i.get("id")) for i in items]
+
+    def check_job_profiles(self, profiles: list[Any]) -> None:
+        for i, item in enumerate(profiles):
+            pointer = f"/data/attributes/profiles/data/{i}/attributes"
+            if (
+                not isinstance(item, dict)
+                or item.get("type") != "profile"
+                or not isinstance(item.get("attributes"), dict)
+            ):
+                raise self.invalid(
+                    "Each profile must be {type: 'profile', attributes}.",
+                    f"/data/attributes/profiles/data/{i}",
+                )
+            self.check_profile_attributes(item["attributes"], pointer, allow_null=False)
+            if not any(item["attributes"].get(k) for k in IDENTIFIERS):
+                raise self.invalid("An identifier (email, phone_number, external_id) is required.", pointer)
+
     def bulk_import(self, request: Request) -> Response:
         if len(request.get_data(cache=True)) > BULK_IMPORT_BYTES:
             raise VendorError(413, "invalid", "The payload is larger than 5 MB.")
@@ -657,33 +697,8 @@ class FakeKlaviyo(FakeESP):
             raise self.invalid(
                 f"At most {BULK_IMPORT_LIMIT} profiles per job.", "/data/attributes/profiles/data"
             )
-        lists: list[str] = []
-        rel = data.get("relationships")
-        if rel is not None:
-            items = (
-                rel.get("lists", {}).get("data") if isinstance(rel, dict) and set(rel) == {"lists"} else None
-            )
-            if not isinstance(items, list) or not all(
-                isinstance(i, dict) and i.get("type") == "list" for i in items
-            ):
-                raise self.invalid(
-                    "relationships.lists.data must be an array of {type: 'list', id}.", "/data/relationships"
-                )
-            lists = [str(i.get("id")) for i in items]
-        for i, item in enumerate(profiles):
-            pointer = f"/data/attributes/profiles/data/{i}/attributes"
-            if (
-                not isinstance(item, dict)
-                or item.get("type") != "profile"
-                or not isinstance(item.get("attributes"), dict)
-            ):
-                raise self.invalid(
-                    "Each profile must be {type: 'profile', attributes}.",
-                    f"/data/attributes/profiles/data/{i}",
-                )
-            self.check_profile_attributes(item["attributes"], pointer, allow_null=False)
-            if not any(item["attributes"].get(k) for k in IDENTIFIERS):
-                raise self.invalid("An identifier (email, phone_number, external_id) is required.", pointer)
+        lists = self.job_lists(data.get("relationships"))
+        self.check_job_profiles(profiles)
         with self.lock:
             for list_id in lists:
                 self.the_list(list_id)

@@ -407,22 +407,29 @@ class FakeMailchimp(FakeESP):
             raise self.invalid("Please provide a valid email address.")
         merge = data.get("merge_fields")
         if merge is not None:
-            if not isinstance(merge, dict):
-                raise self.invalid(
-                    "Your merge fields were invalid.",
-                    [{"field": "merge_fields", "message": "must be an object"}],
-                )
-            errors = []
-            for tag, value in merge.items():
-                kind = audience.merge_fields.get(tag)
-                if kind is None:
-                    errors.append({"field": tag, "message": "This merge field does not exist"})
-                elif isinstance(value, bool) or not isinstance(value, str | int | float | dict):
-                    errors.append({"field": tag, "message": "Please enter a value (booleans as strings)"})
-                elif kind == "number" and not _is_number(value):
-                    errors.append({"field": tag, "message": "Please enter a number"})
-            if errors:
-                raise self.invalid("Your merge fields were invalid.", errors)
+            self.check_merge_fields(audience, merge)
+        self.check_member_extras(data)
+
+    def check_merge_fields(self, audience: Audience, merge: Any) -> None:
+        if not isinstance(merge, dict):
+            raise self.invalid(
+                "Your merge fields were invalid.",
+                [{"field": "merge_fields", "message": "must be an object"}],
+            )
+        errors = []
+        for tag, value in merge.items():
+            kind = audience.merge_fields.get(tag)
+            if kind is None:
+                errors.append({"field": tag, "message": "This merge field does not exist"})
+            elif isinstance(value, bool) or not isinstance(value, str | int | float | dict):
+                errors.append({"field": tag, "message": "Please enter a value (booleans as strings)"})
+            elif kind == "number" and not _is_number(value):
+                errors.append({"field": tag, "message": "Please enter a number"})
+        if errors:
+            raise self.invalid("Your merge fields were invalid.", errors)
+
+    def check_member_extras(self, data: dict[str, Any]) -> None:
+        """tags, interests and vip of a member write."""
         tags = data.get("tags")
         if tags is not None and (
             not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags)
@@ -489,50 +496,81 @@ class FakeMailchimp(FakeESP):
         if existing is not None and existing.status == "archived":
             existing = None
             audience.members.pop(lower)
-        status = data.get("status")
-        if existing is not None and batch and status is None:
-            if "status_if_new" not in data and self.limits.batch_requires_status:
-                raise self.invalid(
-                    FIELD_DETAILS,
-                    [{"field": "status", "message": "This value should not be blank."}],
-                )
-            if self.limits.batch_update_applies_status_if_new:
-                status = data.get("status_if_new")  # the unconfirmed reading of update_existing
         if existing is not None:
-            if create_only:
-                raise VendorError(
-                    400,
-                    "Member Exists",
-                    f"{email} is already a list member. Use PUT to insert or update list members.",
-                )
-            if not update_existing:
-                raise VendorError(400, "Member Exists", f"{email} is already a list member.")
-            if status == "subscribed" and existing.status in ("unsubscribed", "cleaned"):
-                raise VendorError(
-                    400,
-                    "Member In Compliance State",
-                    f"{email} is in a compliance state due to unsubscribe, bounce, or compliance "
-                    "review and cannot be subscribed.",
-                )
-            member = existing
-            if status is not None:
-                member.status = status
-            created = False
+            status = self.batch_status(data) if batch and data.get("status") is None else data.get("status")
+            self.update_member(
+                existing, status, email, create_only=create_only, update_existing=update_existing
+            )
+            member, created = existing, False
         else:
-            initial = status or data.get("status_if_new")
-            if initial is None:
-                raise self.invalid(
-                    FIELD_DETAILS,
-                    [
-                        {
-                            "field": "status_if_new",
-                            "message": "This value should not be blank for a new member.",
-                        }
-                    ],
-                )
-            member = Member(email=email, status=initial)
-            audience.members[lower] = member
-            created = True
+            member, created = self.new_member(audience, data, email), True
+        self.write_member_data(
+            audience, member, data, email, created=created, sync_tags=sync_tags, batch=batch
+        )
+        return member, created
+
+    def batch_status(self, data: dict[str, Any]) -> str | None:
+        """The status a batch write without ``status`` gives an existing member."""
+        if "status_if_new" not in data and self.limits.batch_requires_status:
+            raise self.invalid(
+                FIELD_DETAILS,
+                [{"field": "status", "message": "This value should not be blank."}],
+            )
+        if self.limits.batch_update_applies_status_if_new:
+            return data.get("status_if_new")  # the unconfirmed reading of update_existing
+        return None
+
+    @staticmethod
+    def update_member(
+        member: Member, status: str | None, email: str, *, create_only: bool, update_existing: bool
+    ) -> None:
+        if create_only:
+            raise VendorError(
+                400,
+                "Member Exists",
+                f"{email} is already a list member. Use PUT to insert or update list members.",
+            )
+        if not update_existing:
+            raise VendorError(400, "Member Exists", f"{email} is already a list member.")
+        if status == "subscribed" and member.status in ("unsubscribed", "cleaned"):
+            raise VendorError(
+                400,
+                "Member In Compliance State",
+                f"{email} is in a compliance state due to unsubscribe, bounce, or compliance "
+                "review and cannot be subscribed.",
+            )
+        if status is not None:
+            member.status = status
+
+    def new_member(self, audience: Audience, data: dict[str, Any], email: str) -> Member:
+        initial = data.get("status") or data.get("status_if_new")
+        if initial is None:
+            raise self.invalid(
+                FIELD_DETAILS,
+                [
+                    {
+                        "field": "status_if_new",
+                        "message": "This value should not be blank for a new member.",
+                    }
+                ],
+            )
+        member = Member(email=email, status=initial)
+        audience.members[email.lower()] = member
+        return member
+
+    def write_member_data(
+        self,
+        audience: Audience,
+        member: Member,
+        data: dict[str, Any],
+        email: str,
+        *,
+        created: bool,
+        sync_tags: bool,
+        batch: bool,
+    ) -> None:
+        """Merge fields, interests, language, vip and tags of a member write."""
+        lower = email.lower()
         member.merge_fields.update(data.get("merge_fields") or {})
         member.interests.update(data.get("interests") or {})
         if "language" in data:
@@ -546,7 +584,6 @@ class FakeMailchimp(FakeESP):
                     segment.members.discard(lower)
             for name in tags:
                 self.tag_segment(audience, name).members.add(lower)
-        return member, created
 
     # -- handlers --------------------------------------------------------------------------------
 
