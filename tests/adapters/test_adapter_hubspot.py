@@ -25,6 +25,7 @@ from connector.errors import ConfigError
 
 TOKEN = "pat-na1-test-token"
 Handler = Callable[[httpx.Request, Any], httpx.Response | None]
+Route = Callable[[httpx.Request, Any], httpx.Response]
 
 
 class FakeHubSpot:
@@ -47,88 +48,110 @@ class FakeHubSpot:
             if early is not None:
                 return early
         assert "/contacts/v1/" not in path  # the retired v1 lists API is never used
-        if path == "/crm/v3/properties/contacts/esp_tags":
-            if self.options is None:
-                return httpx.Response(
-                    404, json={"status": "error", "category": "OBJECT_NOT_FOUND", "message": "no"}
-                )
-            if request.method == "PATCH":
-                self.options = body["options"]
-            return httpx.Response(200, json={"name": "esp_tags", "options": self.options})
-        if path == "/crm/v3/properties/contacts" and request.method == "POST":
-            if body["name"] != "esp_tags":
-                assert (body["type"], body["fieldType"]) in (("string", "text"), ("number", "number"))
-                self.properties[body["name"]] = body
-                return httpx.Response(201, json=body)
-            assert body["type"] == "enumeration" and body["fieldType"] == "checkbox"
+        for method, matches, handle in self.routes():
+            if method in (None, request.method) and matches(path):
+                return handle(request, body)
+        return not_found(path)
+
+    def routes(self) -> list[tuple[str | None, Callable[[str], bool], Route]]:
+        return [
+            (None, "/crm/v3/properties/contacts/esp_tags".__eq__, self.tags_property),
+            ("POST", "/crm/v3/properties/contacts".__eq__, self.create_property),
+            ("GET", lambda p: p.startswith("/crm/v3/properties/contacts/"), self.read_property),
+            (None, "/crm/v3/objects/contacts/batch/read".__eq__, self.batch_read),
+            (None, "/crm/v3/objects/contacts/batch/upsert".__eq__, self.batch_upsert),
+            ("PUT", lambda p: p.startswith("/crm/v3/lists/"), self.list_members),
+            (None, "/crm/v3/objects/contacts/gdpr-delete".__eq__, self.gdpr_delete),
+        ]
+
+    def tags_property(self, request: httpx.Request, body: Any) -> httpx.Response:
+        if self.options is None:
+            return not_found("no")
+        if request.method == "PATCH":
             self.options = body["options"]
+        return httpx.Response(200, json={"name": "esp_tags", "options": self.options})
+
+    def create_property(self, request: httpx.Request, body: Any) -> httpx.Response:
+        if body["name"] != "esp_tags":
+            assert (body["type"], body["fieldType"]) in (("string", "text"), ("number", "number"))
+            self.properties[body["name"]] = body
             return httpx.Response(201, json=body)
-        if path.startswith("/crm/v3/properties/contacts/") and request.method == "GET":
-            name = path.rsplit("/", 1)[-1]
-            if name in self.properties:
-                return httpx.Response(200, json=self.properties[name])
-            return httpx.Response(
-                404, json={"status": "error", "category": "OBJECT_NOT_FOUND", "message": "no"}
-            )
-        if path == "/crm/v3/objects/contacts/batch/read":
-            assert body["idProperty"] == "email" and len(body["inputs"]) <= 100
-            results = [
-                {"id": c["id"], "properties": {k: c["properties"].get(k) for k in body["properties"]}}
-                for i in body["inputs"]
-                if (c := self.contacts.get(i["id"]))
-            ]
-            return httpx.Response(200, json={"status": "COMPLETE", "results": results})
-        if path == "/crm/v3/objects/contacts/batch/upsert":
-            inputs = body["inputs"]
-            assert 1 <= len(inputs) <= 100
-            ids = [i["id"] for i in inputs]
-            assert len(set(ids)) == len(ids), "Duplicate IDs found in batch input"
-            allowed = {o["value"] for o in self.options or []}
-            results, errors = [], []
-            for item in inputs:
-                assert item["idProperty"] == "email"
-                tags = [t for t in item["properties"].get("esp_tags", "").split(";") if t]
-                if any(t not in allowed for t in tags):
-                    errors.append(
-                        {
-                            "status": "error",
-                            "category": "VALIDATION_ERROR",
-                            "message": "INVALID_OPTION",
-                            "context": {"objectWriteTraceId": [item["objectWriteTraceId"]]},
-                        }
-                    )
-                    continue
-                contact = self.contacts.setdefault(item["id"], {"id": str(self.next_id), "properties": {}})
-                self.next_id += 1
-                contact["properties"].update(item["properties"])
-                results.append(
+        assert body["type"] == "enumeration" and body["fieldType"] == "checkbox"
+        self.options = body["options"]
+        return httpx.Response(201, json=body)
+
+    def read_property(self, request: httpx.Request, body: Any) -> httpx.Response:
+        name = request.url.path.rsplit("/", 1)[-1]
+        if name in self.properties:
+            return httpx.Response(200, json=self.properties[name])
+        return not_found("no")
+
+    def batch_read(self, request: httpx.Request, body: Any) -> httpx.Response:
+        assert body["idProperty"] == "email" and len(body["inputs"]) <= 100
+        results = [
+            {"id": c["id"], "properties": {k: c["properties"].get(k) for k in body["properties"]}}
+            for i in body["inputs"]
+            if (c := self.contacts.get(i["id"]))
+        ]
+        return httpx.Response(200, json={"status": "COMPLETE", "results": results})
+
+    def batch_upsert(self, request: httpx.Request, body: Any) -> httpx.Response:
+        inputs = body["inputs"]
+        assert 1 <= len(inputs) <= 100
+        ids = [i["id"] for i in inputs]
+        assert len(set(ids)) == len(ids), "Duplicate IDs found in batch input"
+        allowed = {o["value"] for o in self.options or []}
+        results, errors = [], []
+        for item in inputs:
+            assert item["idProperty"] == "email"
+            tags = [t for t in item["properties"].get("esp_tags", "").split(";") if t]
+            if any(t not in allowed for t in tags):
+                errors.append(
                     {
-                        "id": contact["id"],
-                        "new": False,
-                        "properties": contact["properties"],
-                        "objectWriteTraceId": item["objectWriteTraceId"],
+                        "status": "error",
+                        "category": "VALIDATION_ERROR",
+                        "message": "INVALID_OPTION",
+                        "context": {"objectWriteTraceId": [item["objectWriteTraceId"]]},
                     }
                 )
-            out: dict[str, Any] = {"status": "COMPLETE", "results": results}
-            if errors:
-                out.update(errors=errors, numErrors=len(errors))
-            return httpx.Response(207 if errors else 200, json=out)
-        if path.startswith("/crm/v3/lists/") and request.method == "PUT":
-            _, _, _, list_id, _, action = path.strip("/").split("/")
-            assert isinstance(body, list) and all(isinstance(x, str) for x in body)
-            members = self.lists.setdefault(list_id, set())
-            if action == "add":
-                members.update(body)
-            else:
-                members.difference_update(body)
-            return httpx.Response(
-                200, json={"recordIdsMissing": [], "recordIdsRemoved": [], "recordsIdsAdded": body}
-            )
-        if path == "/crm/v3/objects/contacts/gdpr-delete":
-            assert body == {"objectId": body["objectId"], "idProperty": "email"}
-            self.contacts.pop(body["objectId"], None)
-            return httpx.Response(204)
-        return httpx.Response(404, json={"status": "error", "category": "OBJECT_NOT_FOUND", "message": path})
+                continue
+            results.append(self.upsert_one(item))
+        out: dict[str, Any] = {"status": "COMPLETE", "results": results}
+        if errors:
+            out.update(errors=errors, numErrors=len(errors))
+        return httpx.Response(207 if errors else 200, json=out)
+
+    def upsert_one(self, item: dict[str, Any]) -> dict[str, Any]:
+        contact = self.contacts.setdefault(item["id"], {"id": str(self.next_id), "properties": {}})
+        self.next_id += 1
+        contact["properties"].update(item["properties"])
+        return {
+            "id": contact["id"],
+            "new": False,
+            "properties": contact["properties"],
+            "objectWriteTraceId": item["objectWriteTraceId"],
+        }
+
+    def list_members(self, request: httpx.Request, body: Any) -> httpx.Response:
+        _, _, _, list_id, _, action = request.url.path.strip("/").split("/")
+        assert isinstance(body, list) and all(isinstance(x, str) for x in body)
+        members = self.lists.setdefault(list_id, set())
+        if action == "add":
+            members.update(body)
+        else:
+            members.difference_update(body)
+        return httpx.Response(
+            200, json={"recordIdsMissing": [], "recordIdsRemoved": [], "recordsIdsAdded": body}
+        )
+
+    def gdpr_delete(self, request: httpx.Request, body: Any) -> httpx.Response:
+        assert body == {"objectId": body["objectId"], "idProperty": "email"}
+        self.contacts.pop(body["objectId"], None)
+        return httpx.Response(204)
+
+
+def not_found(message: str) -> httpx.Response:
+    return httpx.Response(404, json={"status": "error", "category": "OBJECT_NOT_FOUND", "message": message})
 
 
 class SimClock:

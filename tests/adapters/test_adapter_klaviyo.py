@@ -15,6 +15,7 @@ from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig, map_error
 
 KEY = "pk_test_0123456789"
 Handler = Callable[[httpx.Request, Any], httpx.Response | None]
+Route = Callable[[httpx.Request, Any], httpx.Response]
 
 
 class FakeKlaviyo:
@@ -39,101 +40,124 @@ class FakeKlaviyo:
             early = self.before(request, body)
             if early is not None:
                 return early
-        if path == "/api/profile-import" and request.method == "POST":
-            data = body["data"]
-            assert data["type"] == "profile"
-            attrs = data["attributes"]
-            created = attrs["email"] not in self.profiles
-            prof = self.profiles.setdefault(
-                attrs["email"], {"id": f"01P{len(self.profiles)}", "properties": {}}
-            )
-            prof["properties"].update(attrs.get("properties", {}))
-            patch = (data.get("meta") or {}).get("patch_properties") or {}
-            for name, values in (patch.get("append") or {}).items():
-                prof["properties"].setdefault(name, []).extend(values)
-            for name, values in (patch.get("unappend") or {}).items():
-                prof["properties"][name] = [v for v in prof["properties"].get(name, []) if v not in values]
-            for name in patch.get("unset") or []:
-                prof["properties"].pop(name, None)
-            return httpx.Response(
-                201 if created else 200,
-                json={"data": {"type": "profile", "id": prof["id"], "attributes": attrs}},
-            )
-        if path == "/api/profiles" and request.method == "GET":
-            expr = request.url.params["filter"]
-            assert expr.startswith("any(email,") and request.url.params["page[size]"] == "100"
-            wanted = {e.lower() for e in json.loads(expr[len("any(email,") : -1])}
-            assert len(wanted) <= 100
-            data = [
-                {"type": "profile", "id": p["id"], "attributes": {"email": e, "properties": p["properties"]}}
-                for e, p in self.profiles.items()
-                if e in wanted
-            ]
-            return httpx.Response(200, json={"data": data, "links": {"next": None}})
-        if path == "/api/profile-bulk-import-jobs" and request.method == "POST":
-            data = body["data"]
-            assert data["type"] == "profile-bulk-import-job" and set(data) <= {
-                "type",
-                "attributes",
-                "relationships",
-            }
-            profiles = data["attributes"]["profiles"]["data"]
-            assert 1 <= len(profiles) <= 10_000 and len(request.content) <= 5 * 1024 * 1024
-            lists = [i["id"] for i in (data.get("relationships") or {}).get("lists", {}).get("data", [])]
-            for item in profiles:
-                attrs = item["attributes"]
-                prof = self.profiles.setdefault(
-                    attrs["email"], {"id": f"01B{len(self.profiles)}", "properties": {}}
-                )
-                prof["properties"].update(attrs.get("properties", {}))
-                for list_id in lists:
-                    self.lists.setdefault(list_id, set()).add(prof["id"])
-            self.jobs += 1
-            return httpx.Response(
-                202,
-                json={
-                    "data": {
-                        "type": "profile-bulk-import-job",
-                        "id": f"job{self.jobs}",
-                        "attributes": {"status": self.job_status},
-                    }
-                },
-            )
-        if path.startswith("/api/profile-bulk-import-jobs/") and request.method == "GET":
-            self.job_status = "complete"
-            return httpx.Response(
-                200,
-                json={
-                    "data": {
-                        "type": "profile-bulk-import-job",
-                        "id": path.rsplit("/")[-1],
-                        "attributes": {"status": "complete", "failed_count": 0},
-                    }
-                },
-            )
-        if path.startswith("/api/lists/") and path.endswith("/relationships/profiles"):
-            list_id = path.split("/")[3]
-            items = body["data"]
-            assert 1 <= len(items) <= 1000 and all(i["type"] == "profile" and i["id"] for i in items)
-            members = self.lists.setdefault(list_id, set())
-            ids = {i["id"] for i in items}
-            if request.method == "POST":
-                members |= ids
-            else:
-                assert request.method == "DELETE"
-                members -= ids
-            return httpx.Response(204)
-        if path == "/api/events" and request.method == "POST":
-            attrs = body["data"]["attributes"]
-            assert attrs["metric"]["data"]["attributes"]["name"] in ("Segment Entered", "Segment Exited")
-            assert attrs["unique_id"]
-            return httpx.Response(202)
-        if path == "/api/data-privacy-deletion-jobs":
-            assert body["data"]["type"] == "data-privacy-deletion-job"
-            return httpx.Response(202)
+        for method, matches, handle in self.routes():
+            if method in (None, request.method) and matches(path):
+                return handle(request, body)
         return httpx.Response(
             404, json={"errors": [{"status": 404, "code": "not_found", "title": "Not found."}]}
         )
+
+    def routes(self) -> list[tuple[str | None, Callable[[str], bool], Route]]:
+        return [
+            ("POST", "/api/profile-import".__eq__, self.profile_import),
+            ("GET", "/api/profiles".__eq__, self.profiles_by_email),
+            ("POST", "/api/profile-bulk-import-jobs".__eq__, self.bulk_job),
+            ("GET", lambda p: p.startswith("/api/profile-bulk-import-jobs/"), self.poll_job),
+            (
+                None,
+                lambda p: p.startswith("/api/lists/") and p.endswith("/relationships/profiles"),
+                self.list_members,
+            ),
+            ("POST", "/api/events".__eq__, self.event),
+            (None, "/api/data-privacy-deletion-jobs".__eq__, self.deletion_job),
+        ]
+
+    def profile_import(self, request: httpx.Request, body: Any) -> httpx.Response:
+        data = body["data"]
+        assert data["type"] == "profile"
+        attrs = data["attributes"]
+        created = attrs["email"] not in self.profiles
+        prof = self.profiles.setdefault(attrs["email"], {"id": f"01P{len(self.profiles)}", "properties": {}})
+        prof["properties"].update(attrs.get("properties", {}))
+        patch = (data.get("meta") or {}).get("patch_properties") or {}
+        for name, values in (patch.get("append") or {}).items():
+            prof["properties"].setdefault(name, []).extend(values)
+        for name, values in (patch.get("unappend") or {}).items():
+            prof["properties"][name] = [v for v in prof["properties"].get(name, []) if v not in values]
+        for name in patch.get("unset") or []:
+            prof["properties"].pop(name, None)
+        return httpx.Response(
+            201 if created else 200,
+            json={"data": {"type": "profile", "id": prof["id"], "attributes": attrs}},
+        )
+
+    def profiles_by_email(self, request: httpx.Request, body: Any) -> httpx.Response:
+        expr = request.url.params["filter"]
+        assert expr.startswith("any(email,") and request.url.params["page[size]"] == "100"
+        wanted = {e.lower() for e in json.loads(expr[len("any(email,") : -1])}
+        assert len(wanted) <= 100
+        data = [
+            {"type": "profile", "id": p["id"], "attributes": {"email": e, "properties": p["properties"]}}
+            for e, p in self.profiles.items()
+            if e in wanted
+        ]
+        return httpx.Response(200, json={"data": data, "links": {"next": None}})
+
+    def bulk_job(self, request: httpx.Request, body: Any) -> httpx.Response:
+        data = body["data"]
+        assert data["type"] == "profile-bulk-import-job" and set(data) <= {
+            "type",
+            "attributes",
+            "relationships",
+        }
+        profiles = data["attributes"]["profiles"]["data"]
+        assert 1 <= len(profiles) <= 10_000 and len(request.content) <= 5 * 1024 * 1024
+        lists = [i["id"] for i in (data.get("relationships") or {}).get("lists", {}).get("data", [])]
+        for item in profiles:
+            attrs = item["attributes"]
+            prof = self.profiles.setdefault(
+                attrs["email"], {"id": f"01B{len(self.profiles)}", "properties": {}}
+            )
+            prof["properties"].update(attrs.get("properties", {}))
+            for list_id in lists:
+                self.lists.setdefault(list_id, set()).add(prof["id"])
+        self.jobs += 1
+        return httpx.Response(
+            202,
+            json={
+                "data": {
+                    "type": "profile-bulk-import-job",
+                    "id": f"job{self.jobs}",
+                    "attributes": {"status": self.job_status},
+                }
+            },
+        )
+
+    def poll_job(self, request: httpx.Request, body: Any) -> httpx.Response:
+        self.job_status = "complete"
+        return httpx.Response(
+            200,
+            json={
+                "data": {
+                    "type": "profile-bulk-import-job",
+                    "id": request.url.path.rsplit("/")[-1],
+                    "attributes": {"status": "complete", "failed_count": 0},
+                }
+            },
+        )
+
+    def list_members(self, request: httpx.Request, body: Any) -> httpx.Response:
+        list_id = request.url.path.split("/")[3]
+        items = body["data"]
+        assert 1 <= len(items) <= 1000 and all(i["type"] == "profile" and i["id"] for i in items)
+        members = self.lists.setdefault(list_id, set())
+        ids = {i["id"] for i in items}
+        if request.method == "POST":
+            members |= ids
+        else:
+            assert request.method == "DELETE"
+            members -= ids
+        return httpx.Response(204)
+
+    def event(self, request: httpx.Request, body: Any) -> httpx.Response:
+        attrs = body["data"]["attributes"]
+        assert attrs["metric"]["data"]["attributes"]["name"] in ("Segment Entered", "Segment Exited")
+        assert attrs["unique_id"]
+        return httpx.Response(202)
+
+    def deletion_job(self, request: httpx.Request, body: Any) -> httpx.Response:
+        assert body["data"]["type"] == "data-privacy-deletion-job"
+        return httpx.Response(202)
 
 
 def adapter(fake: FakeKlaviyo, **kw: Any) -> KlaviyoAdapter:
