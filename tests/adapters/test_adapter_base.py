@@ -6,8 +6,9 @@ import httpx
 import pytest
 import redis
 
-from adapters.base import EspClient, RetryPolicy, Transport, status_error
-from adapters.errors import AuthError, PermanentError, RateLimited, TransientError
+from adapters.base import BatchState, EspAdapter, EspClient, RetryPolicy, Transport, status_error
+from adapters.change import APPLIED, FAILED, SKIPPED, Change, OwnedState
+from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from adapters.ratelimit import Limits, RateLimiter, Window
 
 
@@ -197,3 +198,106 @@ def test_an_anti_abuse_throttle_of_one_contact_leaves_the_key_open(redis_client:
     assert limiter.blocked_for("esp:k") == 0.0
     assert limiter.factor("esp:k") == 1.0
     assert clock.slept == []
+
+
+@pytest.mark.parametrize(
+    ("error", "stops"),
+    [
+        (AuthError("401", status=401), True),
+        (RateLimited("429 daily", retry_after=3600, scope="DAILY"), True),
+        (RateLimited("429", retry_after=1.0), False),
+        (RateLimited("400 anti-abuse", retry_after=6 * 3600, scope="ABUSE", status=400), False),
+        (RateLimited("slot far away", retry_after=900, scope="WAIT", status=None), False),
+        (TransientError("503", status=503), False),
+        (PermanentError("400", status=400), False),
+    ],
+)
+def test_which_errors_stop_the_whole_destination(error: AdapterError, stops: bool) -> None:
+    assert error.stops_destination is stops
+
+
+def contact(pid: str, **kw: object) -> Change:
+    return Change(
+        account="acme", destination="esp", profile_id=pid, version=1, email=f"{pid}@example.com", **kw
+    )  # type: ignore[arg-type]
+
+
+def test_a_batch_fails_one_contact_but_raises_what_stops_the_destination() -> None:
+    batch = BatchState.start([contact("p1"), contact("p2")], {}, lambda c: pytest.fail("no erasure"))
+    p1, p2 = batch.live
+    batch.fail(p1, TransientError("503", status=503))
+    assert set(batch.errors) == {"p1"} and [c.profile_id for c in batch.pending()] == ["p2"]
+    with pytest.raises(RateLimited):
+        batch.fail_all([p2], RateLimited("429 daily", retry_after=60, scope="DAILY"))
+
+    def refused() -> None:
+        raise AuthError("403", status=403)
+
+    with pytest.raises(AuthError):
+        batch.attempt(p2, refused)
+    assert set(batch.errors) == {"p1"}  # an error that stops the destination fails no single contact
+
+
+class OneCallPerContact(EspAdapter):
+    """An ESP module of the smallest kind: one POST per contact, one DELETE per erasure."""
+
+    name = "esp"
+    batch_size = 10
+    erased_note = "deleted"
+
+    def __init__(self, esp: EspClient) -> None:
+        self.client = esp
+        self.steps: list[str] = []
+
+    def check(self, batch: BatchState) -> None:
+        self.steps.append("check")
+
+    def write(self, batch: BatchState) -> None:
+        self.steps.append("write")
+        for change in batch.pending():
+            if batch.attempt(change, lambda c=change: self.client.request("POST", f"/contacts/{c.email}")):
+                batch.ids[change.profile_id] = f"id-{change.profile_id}"
+                batch.written.add(change.profile_id)
+
+    def memberships(self, batch: BatchState) -> None:
+        self.steps.append(f"memberships {sorted(c.profile_id for c in batch.pending())}")
+
+    def delete_contact(self, email: str) -> None:
+        self.client.request("DELETE", f"/contacts/{email}")
+
+
+def test_the_apply_skeleton_runs_the_hooks_and_builds_one_result_per_change() -> None:
+    clock = SimClock()
+    esp, seen = client(
+        [
+            httpx.Response(404, text="gone already"),  # erasure of p0: nothing left to delete
+            httpx.Response(200, json={}),  # p1 written
+            httpx.Response(400, text="bad field"),  # p2 refused
+        ],
+        clock,
+    )
+    adapter = OneCallPerContact(esp)
+    changes = [
+        contact("p0", erase=True),
+        contact("p1", tags=frozenset({"vip"})),
+        contact("p2", tags=frozenset({"vip"})),
+        Change(account="acme", destination="esp", profile_id="p3", version=1, email=None),
+    ]
+    results = adapter.apply(changes, {"p2": OwnedState(tags=frozenset({"old"}))})
+    assert [r.profile_id for r in results] == ["p0", "p1", "p2", "p3"]
+    assert [r.status for r in results] == [APPLIED, APPLIED, FAILED, SKIPPED]
+    assert results[0].note == "deleted" and results[3].note == "no email"
+    assert results[1].owned == OwnedState(tags=frozenset({"vip"}), remote_id="id-p1")
+    assert isinstance(results[2].error, PermanentError) and results[2].owned is None  # nothing took effect
+    assert adapter.steps == ["check", "write", "memberships ['p1']"]
+    assert [(r.method, r.url.path) for r in seen] == [
+        ("DELETE", "/contacts/p0@example.com"),
+        ("POST", "/contacts/p1@example.com"),
+        ("POST", "/contacts/p2@example.com"),
+    ]
+
+
+def test_an_erasure_refused_for_bad_credentials_stops_the_batch() -> None:
+    esp, _ = client([httpx.Response(401, text="API key invalid")], SimClock())
+    with pytest.raises(AuthError):
+        OneCallPerContact(esp).apply([contact("p0", erase=True), contact("p1")], {})
