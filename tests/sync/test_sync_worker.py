@@ -19,8 +19,8 @@ from adapters.mailchimp import MailchimpAdapter, MailchimpConfig
 from connector import clock
 from connector.config import Account, load_account_file
 from connector.destinations import destinations
-from connector.sync import engine as sync
 from connector.profiles.erasure import Erased
+from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 from connector.worker.erasure import purge_dead_letters
 

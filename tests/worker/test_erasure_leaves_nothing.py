@@ -5,7 +5,7 @@ for any of their identifiers: none is found, the erasure records hold digests on
 
 from __future__ import annotations
 
-import json
+import contextlib
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,10 +57,8 @@ def every_value(conn: redis.Redis, key: bytes) -> list[bytes]:
     for raw in out:
         expanded.append(raw)
         if raw[:1] == b"x":
-            try:
+            with contextlib.suppress(zlib.error):
                 expanded.append(zlib.decompress(raw))
-            except zlib.error:
-                pass
     return expanded
 
 
