@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from collections import Counter
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_from_bytes, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,7 @@ from connector.errors import Unauthorized
 from connector.ingest.receivers import REGISTRY
 from connector.ingest.receivers.shopify import TOPICS
 from tests.conftest import ACME_ENV, FIXED_NOW
+from tests.ingest.signing import signed, tracking_headers
 
 FUZZ = settings(
     max_examples=150,
@@ -69,9 +71,19 @@ TRACKING_ROUTES = [
 ]
 
 
+# requests sent and 5xx answers seen, per route (printed by test_zz_counts at the end of the module)
+SENT: Counter[str] = Counter()
+SERVER_ERRORS: Counter[str] = Counter()
+
+
 def send(client, method: str, path: str, body: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
     with clock.frozen(FIXED_NOW):
-        return client.open(path, method=method, data=body, headers=headers)
+        res = client.open(path, method=method, data=body, headers=headers)
+    route = path.partition("?")[0]
+    SENT[route] += 1
+    if res.status_code >= 500:
+        SERVER_ERRORS[route] += 1
+    return res
 
 
 @pytest.mark.parametrize("path", SENDER_ROUTES + OTHER_ROUTES + TRACKING_ROUTES)
@@ -242,3 +254,167 @@ def test_edge_of_range_timestamps_are_400(client, redis_client, stamp: str) -> N
     headers.update({"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "w-edge"})
     res = send(client, "POST", "/webhooks/acme/shopify", body, headers)
     assert res.status_code == 400
+
+
+# --- hostile inputs, generated: deep nesting, huge integers, lone surrogates, invalid UTF-8 -------
+
+HOSTILE_FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,  # the same requests on every run, so the counts below are reproducible
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@st.composite
+def deep(draw: st.DrawFn) -> bytes:
+    depth = draw(st.integers(min_value=65, max_value=5000))
+    opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}"), (b'[{"b":', b"}]")]))
+    return opener * depth + b"1" + closer * depth
+
+
+@st.composite
+def huge_int(draw: st.DrawFn) -> bytes:
+    digits = draw(st.integers(min_value=4301, max_value=30000))
+    sign = draw(st.sampled_from([b"", b"-"]))
+    return sign + b"1" + b"7" * (digits - 1)
+
+
+@st.composite
+def lone_surrogate(draw: st.DrawFn) -> bytes:
+    code = draw(st.integers(min_value=0xD800, max_value=0xDFFF))
+    prefix = draw(st.text(alphabet="abc ", max_size=5)).encode()
+    escape = b"\\u%04x" % code if draw(st.booleans()) else b"\\u%04X" % code
+    return b'"' + prefix + escape + b'"'
+
+
+@st.composite
+def invalid_utf8(draw: st.DrawFn) -> bytes:
+    bad = draw(
+        st.sampled_from([b"\xff", b"\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"])
+    )
+    return b'"' + draw(st.text(alphabet="xyz", max_size=4)).encode() + bad + b'"'
+
+
+HOSTILE_VALUE = st.one_of(deep(), huge_int(), lone_surrogate(), invalid_utf8())
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out.extend(_paths(item, (*path, key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out.extend(_paths(item, (*path, i)))
+    return out
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {k: _replaced(v, rest, new) if k == head else v for k, v in value.items()}
+    return [_replaced(v, rest, new) if i == head else v for i, v in enumerate(value)]
+
+
+MARKER = "__HOSTILE__"
+
+
+@st.composite
+def hostile_document(draw: st.DrawFn, template: Any) -> bytes:
+    """The template as JSON with one value, at any depth, replaced by a hostile one."""
+    path = draw(st.sampled_from(_paths(template)[1:]))
+    text = json.dumps(_replaced(template, path, MARKER)).encode()
+    return text.replace(json.dumps(MARKER).encode(), draw(HOSTILE_VALUE), 1)
+
+
+def _json_of(sender: str, document: bytes) -> bytes:
+    if sender == "mandrill":
+        return b"mandrill_events=" + quote_from_bytes(document).encode()
+    return document
+
+
+JSON_SENDERS = sorted(s for s in TEMPLATES if s != "mailchimp")
+
+
+@pytest.mark.parametrize("sender", JSON_SENDERS)
+def test_hostile_signed_bodies_are_400(client, redis_client, sender) -> None:  # type: ignore[no-untyped-def]
+    """Correctly signed, so the hostile value reaches the parser: always a 400 naming the problem."""
+    template = TEMPLATES[sender][0] if sender in ("segment", "rudderstack") else TEMPLATES[sender]
+
+    @HOSTILE_FUZZ
+    @given(document=hostile_document(template))
+    def run(document: bytes) -> None:
+        body = _json_of(sender, document)
+        path, headers = signed(sender, body)
+        res = send(client, "POST", path, body, headers)
+        assert res.status_code < 500, (res.status_code, res.get_data()[:300])
+        assert res.status_code == 400, (res.status_code, res.get_data()[:300], document[:120])
+        assert res.json["message"], res.json
+
+    run()
+
+
+def test_hostile_mailchimp_forms_are_400(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    @HOSTILE_FUZZ
+    @given(
+        depth=st.integers(min_value=65, max_value=3000),
+        bad=st.sampled_from([b"%FF", b"%ED%A0%80", b"\xff", b"%C0%AF"]),
+        deep_key=st.booleans(),
+    )
+    def run(depth: int, bad: bytes, deep_key: bool) -> None:
+        form = b"type=subscribe&data"
+        body = form + b"[a]" * depth + b"=1" if deep_key else form + b"[email]=" + bad
+        path, headers = signed("mailchimp", body)
+        res = send(client, "POST", path, body, headers)
+        assert res.status_code == 400, (res.status_code, res.get_data()[:300])
+
+    run()
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+def test_hostile_tracking_bodies_are_400(client, redis_client, path: str) -> None:  # type: ignore[no-untyped-def]
+    template = {"batch": [SEGMENT_MESSAGE]} if path.endswith("batch") else SEGMENT_MESSAGE
+
+    @HOSTILE_FUZZ
+    @given(document=hostile_document(template), compress=st.booleans())
+    def run(document: bytes, compress: bool) -> None:
+        headers = tracking_headers()
+        body = document
+        if compress:
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        res = send(client, "POST", path, body, headers)
+        assert res.status_code == 400, (res.status_code, res.get_data()[:300], document[:120])
+
+    run()
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+def test_truncated_gzip_is_400(client, redis_client, path: str) -> None:  # type: ignore[no-untyped-def]
+    payload = {"batch": [SEGMENT_MESSAGE]} if path.endswith("batch") else SEGMENT_MESSAGE
+    whole = gzip.compress(json.dumps(payload).encode())
+
+    @HOSTILE_FUZZ
+    @given(cut=st.integers(min_value=0, max_value=len(whole) - 1), key_in_header=st.booleans())
+    def run(cut: int, key_in_header: bool) -> None:
+        headers = tracking_headers(**{"Content-Encoding": "gzip"})
+        if not key_in_header:
+            headers.pop("Authorization")
+        res = send(client, "POST", path, whole[:cut], headers)
+        assert res.status_code == 400 if key_in_header or cut > 0 else res.status_code in (400, 401)
+        assert res.json["error"] in ("malformed_payload", "unauthorized")
+        assert redis_client.keys("q:events:*") == []
+
+    run()
+
+
+def test_zz_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    """One line per route: requests sent and 5xx answers (runs last in this module)."""
+    with capsys.disabled():
+        for route in sorted(SENT):
+            print(f"\nfuzz {route}: {SENT[route]} requests, {SERVER_ERRORS[route]} 5xx", end="")
+        print(f"\nfuzz total: {sum(SENT.values())} requests, {sum(SERVER_ERRORS.values())} 5xx")
+    assert sum(SERVER_ERRORS.values()) == 0

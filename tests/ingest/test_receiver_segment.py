@@ -4,8 +4,8 @@ import json
 
 from connector.ingest.receivers.segment import sign, sign_whole
 from tests.conftest import vector
-from tests.ingest.accounts import client_with
 from tests.helpers import stored_events
+from tests.ingest.accounts import client_with
 
 
 def post(client, account: str, body: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -37,7 +37,9 @@ def test_actions_batch_signed_on_first_element_refused_by_default(client, redis_
     assert stored_events(redis_client) == []
 
 
-def test_actions_batch_accepted_when_the_account_opts_in(settings, tmp_path, redis_client, frozen_clock) -> None:  # type: ignore[no-untyped-def]
+def test_actions_batch_accepted_when_the_account_opts_in(
+    settings, tmp_path, redis_client, frozen_clock
+) -> None:  # type: ignore[no-untyped-def]
     client = client_with(settings, tmp_path / "a", segment={"unsigned_batch_elements": "accept"})
     v = vector("segment_actions_batch")
     res = post(client, "acme", v["body"].encode(), {"X-Signature": v["expected"]["X-Signature"]})
@@ -103,10 +105,14 @@ def test_batch_resent_with_different_split_dedupes_per_event(client, redis_clien
         for i in range(5)
     ]  # fmt: skip
     first = json.dumps(events[:3]).encode()
-    assert post(client, "acme", first, {"X-Segment-Signature": sign_whole(secret, first)}).json["accepted"] == 3
+    assert (
+        post(client, "acme", first, {"X-Segment-Signature": sign_whole(secret, first)}).json["accepted"] == 3
+    )
     for chunk in (events[2:4], events[3:], events[:1]):
         body = json.dumps(chunk).encode()
-        assert post(client, "acme", body, {"X-Segment-Signature": sign_whole(secret, body)}).status_code == 200
+        assert (
+            post(client, "acme", body, {"X-Segment-Signature": sign_whole(secret, body)}).status_code == 200
+        )
     ids = sorted(e["source_event_id"] for e in stored_events(redis_client))
     assert ids == [f"m-{i}" for i in range(5)]
 

@@ -256,9 +256,12 @@ def parse_json(body: bytes, what: str = "body") -> Any:
     if nested_deeper_than(body, MAX_JSON_DEPTH):
         raise MalformedPayload(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        value = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+        # decoded strictly here: json.loads(bytes) would let UTF-8-encoded surrogates through
+        text = body.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise MalformedPayload(f"{what} is not UTF-8") from err
+        raise MalformedPayload(f"{what} is not UTF-8 (byte {err.start})") from err
+    try:
+        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise MalformedPayload(f"{what} is not valid JSON: {err.msg} at position {err.pos}") from err
     except RecursionError as err:
