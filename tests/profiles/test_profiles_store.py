@@ -48,9 +48,9 @@ def test_applying_a_batch_twice_has_no_double_effect(redis_client, accounts) -> 
 
 def test_retention_by_count_and_age(redis_client, tmp_path: Path, monkeypatch) -> None:
     for key, value in {
-        "ACME_SEGMENT_SECRET": "s",
-        "ACME_SEGMENT_SECRET_OLD": "t",
-        "ACME_WRITE_KEY": "w",
+        "ACME_SEGMENT_SECRET": "s" * 24,
+        "ACME_SEGMENT_SECRET_OLD": "t" * 24,
+        "ACME_WRITE_KEY": "w" * 24,
     }.items():
         monkeypatch.setenv(key, value)
     account = {
@@ -66,6 +66,8 @@ def test_retention_by_count_and_age(redis_client, tmp_path: Path, monkeypatch) -
     recent = [ev(f"new{i}", at=T0 + timedelta(days=20, minutes=i), user_id="u1") for i in range(8)]
     outcome = apply(redis_client, accounts, *old, *recent, now=now)
     assert (outcome.applied, outcome.expired) == (8, 3)
+    assert outcome.history_dropped == 3  # over max_events: removed, and counted
+    assert redis_client.hget("metrics:dropped", "profile_history") == b"3"
     profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), now)
     assert profile is not None
     assert [e.occurred_at for e in profile.events] == [e.occurred_at for e in recent[-5:]]
