@@ -324,9 +324,17 @@ def healthz() -> Response:
 
 @health.route("/readyz")
 def readyz() -> Response | tuple[Response, int]:
+    from connector.worker.accounts import config_errors
+
     try:
-        current_app.extensions["connector.ingest.queue"].conn.ping()
+        queue_conn = current_app.extensions["connector.ingest.queue"].conn
+        queue_conn.ping()
         current_app.extensions["connector.profile_redis"].ping()
+        problems = config_errors(queue_conn)
     except redis.RedisError as err:
         raise StoreUnavailable("redis unreachable") from err
+    if problems:
+        # still 200: the last valid accounts keep serving; a failing readiness would take every
+        # web pod out of rotation for a file the workers are coping with
+        return jsonify(status="degraded", config_errors=[p.as_dict() for p in problems])
     return jsonify(status="ready")

@@ -57,7 +57,7 @@ from adapters.change import APPLIED, CONSENT_UNKNOWN, DEFERRED, FAILED, Change, 
 from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from adapters.ratelimit import RateLimiter
 from connector import clock, redis_conn
-from connector.config import Account, load_accounts
+from connector.config import Account
 from connector.destinations import Destination, build_adapter, destinations
 from connector.errors import ConfigError
 from connector.profiles.bounds import count_dropped
@@ -626,13 +626,11 @@ _ACCOUNTS: dict[str, tuple[float, Any]] = {}
 
 
 def _account(settings: Settings, account_id: str) -> Account | None:
-    # account files are re-read at most every 30 s by each worker process
-    cached = _ACCOUNTS.get(str(settings.config_dir))
-    stamp = clock.monotonic()
-    if cached is None or stamp - cached[0] > 30:
-        cached = (stamp, load_accounts(settings.config_dir))
-        _ACCOUNTS[str(settings.config_dir)] = cached
-    return cached[1].get(account_id)
+    # the worker's accounts: a file that became invalid keeps serving its last valid version
+    from connector.worker import accounts
+
+    conn = redis_conn.connection(settings.queue_redis_url)
+    return accounts.CACHE.get(settings.config_dir, lambda: conn).get(account_id)
 
 
 def default_adapter(conn: redis.Redis, destination: Destination) -> Adapter:

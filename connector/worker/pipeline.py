@@ -17,33 +17,25 @@ from pathlib import Path
 import redis
 
 from connector import redis_conn
-from connector.config import Account, Accounts, load_accounts
+from connector.config import Account, Accounts
 from connector.event import Event
 from connector.profiles import rejected
 from connector.profiles.apply import Outcome, apply_events
 from connector.profiles.bounds import count_dropped
 from connector.settings import Settings
+from connector.worker import accounts as account_cache
 from connector.worker import erasure, evaluation
 
 log = logging.getLogger(__name__)
 
-_accounts_cache: dict[Path, tuple[tuple[tuple[str, int], ...], Accounts]] = {}
-
-
-def _signature(config_dir: Path) -> tuple[tuple[str, int], ...]:
-    if not config_dir.is_dir():
-        return ()
-    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in config_dir.iterdir() if p.is_file()))
-
-
 def accounts_for(config_dir: Path) -> Accounts:
-    """The accounts of a config directory, reloaded when one of its files changes."""
-    signature = _signature(config_dir)
-    cached = _accounts_cache.get(config_dir)
-    if cached is None or cached[0] != signature:
-        cached = (signature, load_accounts(config_dir))
-        _accounts_cache[config_dir] = cached
-    return cached[1]
+    """The accounts of a config directory, reloaded when one of its files changes; a file that
+    became invalid keeps its last valid version serving, reported in ``config:errors``."""
+    return account_cache.CACHE.get(config_dir, _queue_conn)
+
+
+def _queue_conn() -> redis.Redis:
+    return redis_conn.connection(Settings.from_env().queue_redis_url)
 
 
 def process(events: Sequence[Event], now: datetime) -> None:

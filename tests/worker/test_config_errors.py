@@ -1,0 +1,97 @@
+"""An account file that becomes invalid while the worker runs: the last valid version keeps
+serving, and the file and reason are reported (Redis ``config:errors``, ``/readyz``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from connector import clock
+from connector.event import Event
+from connector.ingest.queue import EventQueue, stream_key
+from connector.worker import accounts, jobs
+from tests.conftest import ACME
+
+NOW = datetime(2024, 1, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache() -> Iterator[None]:
+    accounts.CACHE.forget()
+    yield
+    accounts.CACHE.forget()
+
+
+def make_event(n: int) -> Event:
+    at = NOW - timedelta(minutes=5)
+    return Event(
+        account="acme",
+        source="segment",
+        source_event_id=f"cfg-{n}",
+        type="track",
+        name="product_viewed",
+        occurred_at=at,
+        received_at=at,
+        identities={"user_id": f"u{n}"},
+        properties={"n": n},
+    )
+
+
+def drain(conn: redis.Redis, first: int, count: int) -> None:
+    queue = EventQueue(conn, shards=1)
+    with clock.frozen(NOW):
+        queue.ingest("acme", [make_event(n) for n in range(first, first + count)], 3600)
+        jobs.drain_events(0, conn=conn)
+    assert conn.xlen(stream_key(0)) == 0
+
+
+def applied(conn: redis.Redis) -> int:
+    return int(conn.hget("metrics:worker", "applied:acme") or 0)
+
+
+def test_an_account_file_broken_while_running_keeps_its_last_valid_version_serving(
+    redis_client: redis.Redis, config_dir: Path
+) -> None:
+    drain(redis_client, 0, 3)
+    assert applied(redis_client) == 3
+    assert accounts.config_errors(redis_client) == []
+
+    acme_file = config_dir / "acme.yaml"
+    acme_file.write_text("account: acme\nsenders: [unclosed\n")
+    drain(redis_client, 3, 3)
+    assert applied(redis_client) == 6  # still applied for acme, not rejected as an unknown account
+    [problem] = accounts.config_errors(redis_client)
+    assert problem.file == str(acme_file)
+    assert "not valid YAML" in problem.reason
+
+    acme_file.write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
+    drain(redis_client, 6, 2)
+    assert applied(redis_client) == 8
+    assert accounts.config_errors(redis_client) == []
+    served = accounts.CACHE.get(config_dir)
+    acme = served.get("acme")
+    assert acme is not None and acme.dedupe_ttl_seconds == 96 * 3600  # the repaired file serves
+
+
+def test_readyz_stays_ready_and_reports_the_invalid_file(
+    client, redis_client: redis.Redis, config_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    answer = client.get("/readyz")
+    assert answer.status_code == 200 and answer.get_json() == {"status": "ready"}
+
+    accounts.CACHE.get(config_dir, lambda: redis_client)
+    (config_dir / "globex.yaml").write_text(yaml.safe_dump({"account": "globex", "senders": {"nope": {}}}))
+    accounts.CACHE.get(config_dir, lambda: redis_client)
+
+    answer = client.get("/readyz")
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body["status"] == "degraded"
+    [problem] = body["config_errors"]
+    assert problem["file"] == str(config_dir / "globex.yaml")
+    assert problem["reason"].startswith("senders")  # the path inside the file, then the reason
