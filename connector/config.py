@@ -3,6 +3,11 @@
 Validated with marshmallow at load; an invalid file raises :class:`ConfigError` naming the file,
 the path inside it and the reason. Secrets are referenced by environment variable name and are
 held in :class:`Secret`, whose ``repr`` never shows the value.
+
+A secret the account owner chooses (see :data:`OWNER_CHOSEN`) must be at least
+:data:`MIN_SECRET_LENGTH` characters, or the file is refused; secrets the sender issues (Shopify's
+and HubSpot's app client secrets, Mandrill's webhook key, a Standard Webhooks ``whsec_`` secret) are
+taken as issued. See docs/senders.md, "Secret strength".
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from connector.destinations import destinations as parse_destinations
 from connector.errors import ConfigError
 from rules import EMPTY, RulesError, RuleSet, compile_rules
 from rules.schema import flatten
@@ -46,6 +52,10 @@ PRIVILEGED_BY_SENDER: dict[str, tuple[str, ...]] = {
     "shopify": ("delete", "data_request"),
 }
 SHOP_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2,}$")
+# Senders whose secret the account owner makes up (and can make weak); the others' are issued by the
+# sender itself. At least MIN_SECRET_LENGTH characters each.
+OWNER_CHOSEN = frozenset({"segment", "tracking", "rudderstack", "mailchimp", "klaviyo"})
+MIN_SECRET_LENGTH = 16
 
 
 class Secret:
@@ -213,6 +223,13 @@ def _read_secrets(file: str, sender: str, names: list[str], env: Mapping[str, st
             raise ConfigError(
                 f"environment variable {name} is not set", file=file, path=f"senders.{sender}.secret_env"
             )
+        if sender in OWNER_CHOSEN and len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"the secret in environment variable {name} is shorter than {MIN_SECRET_LENGTH} "
+                "characters; use a random one (e.g. `openssl rand -hex 24`)",
+                file=file,
+                path=f"senders.{sender}.secret_env",
+            )
         secrets.append(Secret(name, value))
     return tuple(secrets)
 
@@ -259,9 +276,7 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         rules=data["rules"],
         ruleset=ruleset,
     )
-    from connector.destinations import destinations  # validates the section; imports this module
-
-    destinations(account)
+    parse_destinations(account)  # validates the section (ConfigError with file and path)
     return account
 
 

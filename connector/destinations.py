@@ -13,6 +13,13 @@ In the account file (see docs/destinations.md)::
         fields: {lifetime_value: LTV}
 
 Invalid configuration raises :class:`ConfigError` naming the file and path.
+
+The API key goes wherever ``base_url`` points, so ``base_url`` must be the vendor's own HTTPS host
+(``https://<dc>.api.mailchimp.com``, ``https://api.hubapi.com`` or ``https://api.hubspot.com``,
+``https://a.klaviyo.com``) unless the destination sets ``sandbox: true`` (loopback fakes, tests).
+
+This module does not import :mod:`connector.config`: it takes any object with the account's
+``id``, ``file`` and raw ``destinations`` section; :mod:`connector.config` calls it at load.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
@@ -33,14 +41,38 @@ from adapters.hubspot import HubSpotAdapter, HubSpotConfig
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
 from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
 from adapters.ratelimit import RateLimiter
-from connector.config import Account, validation_error
 from connector.errors import ConfigError
+from rules.schema import flatten
 
 TYPES = ("mailchimp", "hubspot", "klaviyo")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000}
 DEFAULT_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000}
+# The hosts each ESP's API key may be sent to (without ``sandbox: true``).
+VENDOR_HOSTS: dict[str, re.Pattern[str]] = {
+    "mailchimp": re.compile(r"^[a-z]+[0-9]+\.api\.mailchimp\.com$"),
+    "hubspot": re.compile(r"^api\.(hubapi|hubspot)\.com$"),
+    "klaviyo": re.compile(r"^a\.klaviyo\.com$"),
+}
+VENDOR_URLS = {
+    "mailchimp": "https://<dc>.api.mailchimp.com",
+    "hubspot": "https://api.hubapi.com or https://api.hubspot.com",
+    "klaviyo": "https://a.klaviyo.com",
+}
+
+
+class AccountFile(Protocol):
+    """What this module needs of a loaded account (``connector.config.Account`` has it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def destinations(self) -> Any: ...
 
 
 def _timezone(name: str) -> None:
@@ -72,7 +104,9 @@ class DestinationSchema(Schema):
     api_key_env = fields.String(
         required=True, validate=validate.Regexp(ENV_NAME, error="not a variable name")
     )
-    base_url = fields.Url(load_default=None, require_tld=False)
+    base_url = fields.Url(load_default=None, require_tld=False, schemes={"http", "https"})
+    # true: base_url may be any http(s) URL (loopback fakes); the API key is sent there
+    sandbox = fields.Boolean(load_default=False)
     segments = fields.Dict(keys=fields.String(), values=fields.Nested(MappingSchema), load_default=dict)
     fields_ = fields.Dict(
         data_key="fields",
@@ -156,10 +190,10 @@ class Destination:
         )
 
 
-_PARSED: dict[int, tuple[Account, dict[str, Destination]]] = {}
+_PARSED: dict[int, tuple[AccountFile, dict[str, Destination]]] = {}
 
 
-def destinations(account: Account) -> dict[str, Destination]:
+def destinations(account: AccountFile) -> dict[str, Destination]:
     """The account's destinations, validated (ConfigError names file and path); parsed once per
     loaded Account object."""
     cached = _PARSED.get(id(account))
@@ -172,7 +206,56 @@ def destinations(account: Account) -> dict[str, Destination]:
     return parsed
 
 
-def _parse(account: Account) -> dict[str, Destination]:
+def _schema_error(file: str, path: str, err: ValidationError) -> ConfigError:
+    problems = flatten(err.messages)
+    where, reason = problems[0] if problems else ("", "invalid")
+    extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ConfigError(reason + extra, file=file, path=f"{path}.{where}" if where else path)
+
+
+def check_base_url(kind: str, url: str | None, sandbox: bool) -> str | None:
+    """Why ``url`` may not receive ``kind``'s API key, or None when it may. Vendor hosts over HTTPS
+    only (default port, no credentials in the URL); with ``sandbox`` any http(s) URL."""
+    if url is None or sandbox:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        return "must be https (the API key is sent there); set sandbox: true for a local fake"
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    host = (parts.hostname or "").lower()
+    if parts.username is not None or port not in (None, 443) or not VENDOR_HOSTS[kind].match(host):
+        return (
+            f"must be {VENDOR_URLS[kind]} (the API key is sent there); "
+            "set sandbox: true to send it to a local fake"
+        )
+    return None
+
+
+def _check(file: str, path: str, kind: str, data: Mapping[str, Any]) -> None:
+    """The checks across keys of one destination: its type, where its key may go, Mailchimp's ids."""
+    if kind not in TYPES:
+        raise ConfigError(f"type must be one of {', '.join(TYPES)}", file=file, path=f"{path}.type")
+    refused = check_base_url(kind, data["base_url"], data["sandbox"])
+    if refused:
+        raise ConfigError(refused, file=file, path=f"{path}.base_url")
+    if kind != "mailchimp":
+        return
+    if not data["list_id"]:
+        raise ConfigError("required for mailchimp (the audience id)", file=file, path=f"{path}.list_id")
+    for trait, field_name in data["fields_"].items():
+        if not MERGE_TAG.fullmatch(str(field_name)):
+            raise ConfigError(
+                f"{field_name!r} is not a Mailchimp merge tag (1-10 characters A-Z, 0-9 or _, "
+                "starting with a letter, e.g. CARTVAL)",
+                file=file,
+                path=f"{path}.fields.{trait}",
+            )
+
+
+def _parse(account: AccountFile) -> dict[str, Destination]:
     raw = account.destinations or {}
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -188,26 +271,9 @@ def _parse(account: Account) -> dict[str, Destination]:
         try:
             data = DestinationSchema().load(cfg)
         except ValidationError as err:
-            problem = validation_error(account.file, err)
-            raise ConfigError(problem.reason, file=account.file, path=f"{path}.{problem.path}") from err
+            raise _schema_error(account.file, path, err) from err
         kind = data["type"] or name
-        if kind not in TYPES:
-            raise ConfigError(
-                f"type must be one of {', '.join(TYPES)}", file=account.file, path=f"{path}.type"
-            )
-        if kind == "mailchimp" and not data["list_id"]:
-            raise ConfigError(
-                "required for mailchimp (the audience id)", file=account.file, path=f"{path}.list_id"
-            )
-        if kind == "mailchimp":
-            for trait, field_name in data["fields_"].items():
-                if not MERGE_TAG.fullmatch(str(field_name)):
-                    raise ConfigError(
-                        f"{field_name!r} is not a Mailchimp merge tag (1-10 characters A-Z, 0-9 or _, "
-                        "starting with a letter, e.g. CARTVAL)",
-                        file=account.file,
-                        path=f"{path}.fields.{trait}",
-                    )
+        _check(account.file, path, kind, data)
         size = data["batch_size"] or DEFAULT_BATCH[kind]
         if size > MAX_BATCH[kind]:
             raise ConfigError(

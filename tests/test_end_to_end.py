@@ -55,7 +55,7 @@ def wired(config_dir: Path, fakes: dict[str, Any], monkeypatch: pytest.MonkeyPat
 
     def dest(kind: str, key_env: str, **extra: Any) -> dict[str, Any]:
         mapping = {"tags": ["cart abandoner"], "lists": [lists[kind]]}
-        return {"api_key_env": key_env, "base_url": urls[kind], "batch_delay_ms": 0,
+        return {"api_key_env": key_env, "base_url": urls[kind], "sandbox": True, "batch_delay_ms": 0,
                 "segments": {"cart_abandoner": mapping}, **extra}  # fmt: skip
 
     acme = {

@@ -57,7 +57,8 @@ SANDBOX_LISTS = ("cart_abandoner", "checkout_abandoner", "vip")
 
 
 def _seed_config(data_dir: Path, destinations: dict[str, Any] | None = None) -> Path:
-    """Write the sample account once (later runs keep the file, and any edits to it)."""
+    """Write the sample account once (later runs keep the file, and any edits to it, except that
+    destinations pointing at this sandbox get ``sandbox: true`` when they lack it)."""
     target = data_dir / "accounts"
     target.mkdir(parents=True, exist_ok=True)
     sample = resources.files("connector.dev") / "sample" / "demo.yaml"
@@ -67,6 +68,12 @@ def _seed_config(data_dir: Path, destinations: dict[str, Any] | None = None) -> 
         if destinations:
             text += yaml.safe_dump({"destinations": destinations}, sort_keys=False)
         dest.write_text(text)
+    elif destinations:
+        text = dest.read_text()
+        urls = {cfg["base_url"] for cfg in destinations.values() if cfg.get("base_url")}
+        marked = devenv.mark_sandbox_destinations(text, urls)
+        if marked != text:
+            dest.write_text(marked)
     return target
 
 

@@ -3,14 +3,22 @@
 ``connector dev`` writes ``<data dir>/dev.env`` (mode 0600) with random values for the sample
 account's secrets and ``<data dir>/redis.url`` while its embedded Redis runs, so that other
 ``connector`` commands in another terminal reach the same instance.
+
+A sample account seeded before destinations needed ``sandbox: true`` to point at a non-vendor URL
+gets the flag added to the destinations that point at the running sandbox
+(:func:`mark_sandbox_destinations`); nothing else in the file changes.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
+from collections.abc import Collection
 from pathlib import Path
+
+import yaml
 
 SAMPLE_SECRETS = {
     "DEMO_SEGMENT_SECRET": lambda: secrets.token_hex(24),
@@ -76,3 +84,32 @@ def apply_dev_env() -> None:
 def running_redis_url() -> str | None:
     path = redis_url_file()
     return path.read_text().strip() or None if path.is_file() else None
+
+
+_BASE_URL_LINE = re.compile(
+    r"""^(?P<indent>[ \t]+)base_url:[ \t]*(?P<q>['"]?)(?P<url>[^'"\s#]+)(?P=q)[ \t]*$"""
+)
+
+
+def mark_sandbox_destinations(text: str, sandbox_urls: Collection[str]) -> str:
+    """``text`` (an account file) with ``sandbox: true`` added to each destination whose base_url is
+    one of ``sandbox_urls`` and that does not set ``sandbox`` itself; comments and order are kept."""
+    data = yaml.safe_load(text)
+    dests = data.get("destinations") if isinstance(data, dict) else None
+    if not isinstance(dests, dict):
+        return text
+    unmarked = {
+        cfg["base_url"]
+        for cfg in dests.values()
+        if isinstance(cfg, dict) and "sandbox" not in cfg and cfg.get("base_url") in sandbox_urls
+    }
+    if not unmarked:
+        return text
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        out.append(line)
+        match = _BASE_URL_LINE.match(line.rstrip("\r\n"))
+        if match and match["url"] in unmarked:
+            out[-1] = line if line.endswith("\n") else line + "\n"
+            out.append(f"{match['indent']}sandbox: true\n")
+    return "".join(out)

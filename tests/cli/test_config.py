@@ -13,7 +13,8 @@ from connector.config import load_account_file, load_accounts
 from connector.errors import ConfigError
 
 SEG_ENV = "senders.segment.secret_env"
-ENV = {"SEG_SECRET": "s3cr3t-value-for-tests", "WRITE_KEY": "wk-1", "OTHER_KEY": "wk-1"}
+WK = "write-key-0123456789"
+ENV = {"SEG_SECRET": "s3cr3t-value-for-tests", "WRITE_KEY": WK, "OTHER_KEY": WK, "SHORT": "fifteen-chars-x"}
 
 
 def write(tmp_path: Path, name: str, data: object) -> Path:
@@ -74,7 +75,7 @@ def test_duplicate_write_keys_across_accounts_are_refused(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_accounts(tmp_path, ENV)
     assert "already used by another account" in str(info.value)
-    assert "wk-1" not in str(info.value)
+    assert WK not in str(info.value)
 
 
 def test_config_validate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,3 +114,123 @@ def test_a_mailchimp_field_that_cannot_be_a_merge_tag_is_refused_with_its_path(t
         "ltv": "LTV",
         "cart_value": "CARTVAL",
     }
+
+
+# -- weak configuration refused at load ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender", ["segment", "tracking", "rudderstack", "mailchimp", "klaviyo"])
+def test_an_owner_chosen_secret_shorter_than_16_characters_is_refused(tmp_path: Path, sender: str) -> None:
+    assert len(ENV["SHORT"]) == 15
+    err = error(write(tmp_path, "shop", {"senders": {sender: {"secret_env": ["SEG_SECRET", "SHORT"]}}}))
+    assert err.file == str(tmp_path / "shop.yaml")
+    assert err.path == f"senders.{sender}.secret_env"
+    assert "SHORT" in err.reason and "shorter than 16 characters" in err.reason
+    assert ENV["SHORT"] not in str(err) and ENV["SHORT"] not in repr(err)
+
+
+def test_a_16_character_secret_is_accepted(tmp_path: Path) -> None:
+    env = {**ENV, "SIXTEEN": "sixteen-chars-xy"}
+    path = write(tmp_path, "shop", {"senders": {"segment": {"secret_env": "SIXTEEN"}}})
+    assert load_account_file(path, env).senders["segment"].secrets[0].value == "sixteen-chars-xy"
+
+
+def test_a_secret_issued_by_the_sender_is_taken_as_issued(tmp_path: Path) -> None:
+    # Shopify's own SDK vector signs with a 15-character app secret; the vendor issues those secrets.
+    env = {**ENV, "SHOPIFY": "test_secret_key"}
+    path = write(tmp_path, "shop", {"senders": {"shopify": {"secret_env": "SHOPIFY"}}})
+    assert load_account_file(path, env).senders["shopify"].secrets[0].value == "test_secret_key"
+
+
+def _dest(kind: str, **extra: object) -> dict[str, object]:
+    cfg: dict[str, object] = {"type": kind, "api_key_env": "SEG_SECRET", **extra}
+    if kind == "mailchimp":
+        cfg["list_id"] = "aud1"
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("kind", "url"),
+    [
+        ("mailchimp", "https://us6.api.mailchimp.com/3.0"),
+        ("hubspot", "https://api.hubapi.com"),
+        ("hubspot", "https://api.hubspot.com"),
+        ("klaviyo", "https://a.klaviyo.com/api"),
+    ],
+)
+def test_a_base_url_on_the_vendors_own_host_is_accepted(tmp_path: Path, kind: str, url: str) -> None:
+    from connector.destinations import destinations
+
+    path = write(tmp_path, "shop", {"destinations": {"crm": _dest(kind, base_url=url)}})
+    assert destinations(load_account_file(path, ENV))["crm"].options["base_url"] == url
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "reason"),
+    [
+        ("mailchimp", "https://mailchimp.example.com/3.0", "https://<dc>.api.mailchimp.com"),
+        ("mailchimp", "https://us6.api.mailchimp.com.evil.example/3.0", "https://<dc>.api.mailchimp.com"),
+        ("hubspot", "https://api.hubapi.com@evil.example", "https://api.hubapi.com"),
+        ("hubspot", "https://api.hubapi.com:8443", "https://api.hubapi.com"),
+        ("klaviyo", "https://b.klaviyo.com", "https://a.klaviyo.com"),
+        ("klaviyo", "http://a.klaviyo.com", "must be https"),
+        ("hubspot", "http://127.0.0.1:8902", "must be https"),
+    ],
+)
+def test_a_base_url_outside_the_vendors_hosts_is_refused(
+    tmp_path: Path, kind: str, url: str, reason: str
+) -> None:
+    err = error(write(tmp_path, "shop", {"destinations": {"crm": _dest(kind, base_url=url)}}))
+    assert err.file == str(tmp_path / "shop.yaml")
+    assert err.path == "destinations.crm.base_url"
+    assert reason in err.reason and "sandbox: true" in err.reason
+    assert ENV["SEG_SECRET"] not in str(err)
+
+
+def test_a_sandbox_destination_may_point_at_a_loopback_fake(tmp_path: Path) -> None:
+    from connector.destinations import destinations
+
+    cfg = _dest("hubspot", base_url="http://127.0.0.1:8902", sandbox=True)
+    path = write(tmp_path, "shop", {"destinations": {"crm": cfg}})
+    assert destinations(load_account_file(path, ENV))["crm"].options["base_url"] == "http://127.0.0.1:8902"
+    cfg = _dest("hubspot", base_url="ftp://127.0.0.1:8902", sandbox=True)
+    err = error(write(tmp_path, "shop", {"destinations": {"crm": cfg}}))
+    assert err.path == "destinations.crm.base_url"
+
+
+def test_config_imports_destinations_and_not_the_other_way_round() -> None:
+    from tests.test_import_cycles import import_graph
+
+    graph = import_graph("connector")
+    assert "connector.destinations" in graph["connector.config"]
+    assert "connector.config" not in graph["connector.destinations"]
+    assert "connector" not in graph["connector.destinations"]
+
+
+def test_the_sandbox_block_marks_its_destinations_and_old_sample_files_get_the_flag(tmp_path: Path) -> None:
+    from connector.cli.run_cmd import _seed_config
+    from connector.dev.sandbox.process import ENV as SANDBOX_ENV
+    from connector.dev.sandbox.process import start_sandbox
+
+    running = start_sandbox(ports={"mailchimp": 0, "hubspot": 0, "klaviyo": 0}, lists=["vip"])
+    try:
+        block = running.destinations()
+    finally:
+        running.stop()
+    assert all(cfg["sandbox"] is True for cfg in block.values())
+    # a sample account seeded before the flag existed: same block without it, plus a user comment
+    old = {name: {k: v for k, v in cfg.items() if k != "sandbox"} for name, cfg in block.items()}
+    accounts = tmp_path / "accounts"
+    accounts.mkdir()
+    seeded = accounts / "demo.yaml"
+    seeded.write_text("# my notes\naccount: demo\n" + yaml.safe_dump({"destinations": old}, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        load_account_file(seeded, SANDBOX_ENV)
+    assert info.value.path == "destinations.mailchimp.base_url"
+    _seed_config(tmp_path, block)
+    text = seeded.read_text()
+    assert text.startswith("# my notes\n") and text.count("sandbox: true") == 3
+    account = load_account_file(seeded, SANDBOX_ENV)
+    assert {name: cfg["sandbox"] for name, cfg in account.destinations.items()} == dict.fromkeys(block, True)
+    _seed_config(tmp_path, block)
+    assert seeded.read_text() == text

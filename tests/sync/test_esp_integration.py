@@ -149,6 +149,7 @@ def standard_account(tmp_path: Path, fakes: Fakes, **overrides: dict[str, Any]) 
             "api_key_env": "ACME_MC_KEY",
             "list_id": LIST,
             "base_url": fakes.urls["mailchimp"],
+            "sandbox": True,
             "segments": {
                 "cart_abandoner": {"tags": ["cart abandoner"], "lists": [str(mc_cart.id)]},
                 "vip": {"tags": ["vip"]},
@@ -157,6 +158,7 @@ def standard_account(tmp_path: Path, fakes: Fakes, **overrides: dict[str, Any]) 
         "hubspot": {
             "api_key_env": "ACME_HS_TOKEN",
             "base_url": fakes.urls["hubspot"],
+            "sandbox": True,
             "segments": {
                 "cart_abandoner": {"tags": ["cart abandoner"], "lists": [hs_cart.id]},
                 "vip": {"tags": ["vip"]},
@@ -165,6 +167,7 @@ def standard_account(tmp_path: Path, fakes: Fakes, **overrides: dict[str, Any]) 
         "klaviyo": {
             "api_key_env": "ACME_KL_KEY",
             "base_url": fakes.urls["klaviyo"],
+            "sandbox": True,
             "segments": {
                 "cart_abandoner": {"tags": ["cart abandoner"], "lists": [kl_cart.id]},
                 "vip": {"tags": ["vip"]},

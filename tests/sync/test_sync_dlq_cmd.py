@@ -106,7 +106,12 @@ def test_adapters_are_built_with_env_credentials_and_base_url(tmp_path: Path) ->
     acct = load(
         tmp_path,
         {
-            "mailchimp": {"api_key_env": "MC", "list_id": "a1", "base_url": "http://127.0.0.1:9/3.0"},
+            "mailchimp": {
+                "api_key_env": "MC",
+                "list_id": "a1",
+                "base_url": "http://127.0.0.1:9/3.0",
+                "sandbox": True,
+            },
             "crm": {"type": "hubspot", "api_key_env": "HS"},
             "klaviyo": {"api_key_env": "KL", "segment_events": True},
         },

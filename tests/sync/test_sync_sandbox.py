@@ -77,6 +77,7 @@ def account(
         return {
             "api_key_env": key_env,
             "base_url": urls[kind],
+            "sandbox": True,
             "segments": {"cart_abandoner": {"tags": tags, "lists": [lists[kind]]}},
             "fields": {
                 "cart_value": {"mailchimp": "CARTVAL", "hubspot": "cart_value", "klaviyo": "cart_value"}[kind]

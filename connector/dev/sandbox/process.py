@@ -54,7 +54,8 @@ class Sandbox:
             server.stop()
 
     def destinations(self) -> dict[str, Any]:
-        """The ``destinations:`` block of an account file that uses this sandbox (lists as tags too)."""
+        """The ``destinations:`` block of an account file that uses this sandbox (lists as tags too).
+        Each destination says ``sandbox: true``: its base_url is a loopback fake, not the vendor."""
         segments: dict[str, dict[str, dict[str, list[str]]]] = {"mailchimp": {}, "hubspot": {}, "klaviyo": {}}
         for name, ids in self.list_ids.items():
             for esp, list_id in ids.items():
@@ -63,17 +64,20 @@ class Sandbox:
             "mailchimp": {
                 "api_key_env": "SANDBOX_MAILCHIMP_KEY",
                 "base_url": self.base_url("mailchimp"),
+                "sandbox": True,
                 "list_id": SANDBOX_MAILCHIMP_LIST,
                 "segments": segments["mailchimp"],
             },
             "hubspot": {
                 "api_key_env": "SANDBOX_HUBSPOT_TOKEN",
                 "base_url": self.base_url("hubspot"),
+                "sandbox": True,
                 "segments": segments["hubspot"],
             },
             "klaviyo": {
                 "api_key_env": "SANDBOX_KLAVIYO_KEY",
                 "base_url": self.base_url("klaviyo"),
+                "sandbox": True,
                 "segments": segments["klaviyo"],
             },
         }
