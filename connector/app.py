@@ -30,10 +30,10 @@ def create_app(settings: Settings | None = None, accounts: Accounts | None = Non
     app.extensions["connector.ingest.queue"] = EventQueue(queue_conn, settings.event_shards)
     app.extensions["connector.profile_redis"] = redis_conn.connection(settings.profile_redis_url)
 
-    from connector.ops.metrics import bp as metrics_bp
+    from connector.ops import metrics
 
     app.register_blueprint(web.health)
-    app.register_blueprint(metrics_bp)
+    metrics.install(app, app.extensions["connector.ingest.queue"])
     _error_handlers(app)
     web.install(app, accounts, app.extensions["connector.ingest.queue"])
     return app

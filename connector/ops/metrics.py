@@ -1,65 +1,175 @@
-"""``/metrics`` in the Prometheus text format.
+"""``/metrics`` in the Prometheus text format, written by ``prometheus_client``.
 
 Counters live in Redis hashes (``metrics:*``) so that every web and worker process adds to the
 same numbers; queue depths, the due index, its lateness (fired - due, the latest samples),
-paused destinations and dead letters are read live.
+paused destinations and dead letters are read live. :class:`RedisCollector` turns that state into
+metric families at each scrape (no per-process counters, so gunicorn's several workers need no
+multiprocess mode); ``prometheus_client`` writes the HELP and TYPE lines and escapes label values.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, current_app, request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from connector.ingest.queue import EventQueue
 from connector.ingest.web import REJECTED_KEY
+from connector.profiles.bounds import dropped
 from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
 
 bp = Blueprint("metrics", __name__)
+REGISTRY_KEY = "connector.ops.metrics.registry"
 
+# Redis hash → (metric name, help); fields are ``outcome:account``.
 COUNTER_HASHES = {
-    "metrics:ingest": "connector_ingest_events_total",
-    "metrics:worker": "connector_worker_events_total",
-    "metrics:sync": "connector_sync_requests_total",
+    "metrics:ingest": (
+        "connector_ingest_events_total",
+        "Events received per account: accepted (stored for the workers) or duplicate (seen before).",
+    ),
+    "metrics:worker": (
+        "connector_worker_events_total",
+        "Events the workers handled per account, by outcome (applied, duplicates, ...).",
+    ),
+    "metrics:sync": (
+        "connector_sync_requests_total",
+        "Changes the sync workers sent to the ESPs per account, by outcome.",
+    ),
 }
+LATENESS_QUANTILES = (0.5, 0.99)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisCollector(Collector):
+    """The connector's metrics, read from Redis at each collection."""
+
+    def __init__(self, queue: EventQueue) -> None:
+        self.queue = queue
+
+    def describe(self) -> list[Metric]:
+        # Nothing to check up front: the families depend on what Redis holds at scrape time.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._counters()
+        yield self._rejected()
+        yield self._dropped()
+        yield self._queue_depth()
+        yield GaugeMetricFamily(
+            "connector_due_pending",
+            "Profiles waiting in the due index for a time-based re-evaluation.",
+            value=due.pending(self.queue.conn),
+        )
+        lateness = self._lateness()
+        if lateness is not None:
+            yield lateness
+        yield self._paused()
+        yield self._dead_letters()
+
+    def _counters(self) -> Iterator[Metric]:
+        conn = self.queue.conn
+        for key, (name, doc) in COUNTER_HASHES.items():
+            family = CounterMetricFamily(name, doc, labels=["outcome", "account"])
+            for field, value in sorted(conn.hgetall(key).items()):
+                outcome, _, account = _text(field).partition(":")
+                family.add_metric([outcome, account], int(value))
+            yield family
+
+    def _rejected(self) -> Metric:
+        family = CounterMetricFamily(
+            "connector_ingest_rejected_total",
+            "Refused requests by sender type and HTTP status (a wrong secret shows as growing 401s).",
+            labels=["sender", "status"],
+        )
+        for field, value in sorted(self.queue.conn.hgetall(REJECTED_KEY).items()):
+            sender, _, status = _text(field).partition(":")
+            family.add_metric([sender, status], int(value))
+        return family
+
+    def _dropped(self) -> Metric:
+        family = CounterMetricFamily(
+            "connector_dropped_total",
+            "Entries dropped at the bound of a capped key family (dead letters, histories, logs).",
+            labels=["family"],
+        )
+        for name, value in sorted(dropped(self.queue.conn).items()):
+            family.add_metric([name], value)
+        return family
+
+    def _queue_depth(self) -> Metric:
+        family = GaugeMetricFamily(
+            "connector_event_queue_depth",
+            "Events stored in each stream shard and not yet applied by a worker.",
+            labels=["shard"],
+        )
+        for shard, depth in self.queue.pending().items():
+            family.add_metric([str(shard)], depth)
+        return family
+
+    def _lateness(self) -> Metric | None:
+        samples = sorted(due.lateness_samples(self.queue.conn))
+        if not samples:
+            return None
+        name = "connector_due_lateness_seconds"
+        family = Metric(
+            name, "Seconds between a profile's due instant and its re-evaluation (latest samples).", "summary"
+        )
+        for q in LATENESS_QUANTILES:
+            value = samples[min(len(samples) - 1, int(q * len(samples)))]
+            family.add_sample(name, {"quantile": str(q)}, value)
+        family.add_sample(f"{name}_count", {}, len(samples))
+        return family
+
+    def _paused(self) -> Metric:
+        family = GaugeMetricFamily(
+            "connector_destination_paused",
+            "1 for each destination paused after its ESP refused the credentials (401/403).",
+            labels=["account", "destination"],
+        )
+        for account, destination in sorted(sync.paused(self.queue.conn)):
+            family.add_metric([account, destination], 1)
+        return family
+
+    def _dead_letters(self) -> Metric:
+        family = GaugeMetricFamily(
+            "connector_dead_letters",
+            "Dead letters waiting for a replay, by kind.",
+            labels=["kind"],
+        )
+        dead = DeadLetters(self.queue.conn)
+        for kind in dead.kinds():
+            family.add_metric([kind], dead.count(kind))
+        return family
+
+
+def registry_for(queue: EventQueue) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(queue))
+    return registry
 
 
 def render(queue: EventQueue) -> str:
-    conn = queue.conn
-    lines: list[str] = []
-    for key, metric in COUNTER_HASHES.items():
-        values = conn.hgetall(key)
-        lines.append(f"# TYPE {metric} counter")
-        for field, value in sorted(values.items()):
-            outcome, _, account = field.decode().partition(":")
-            lines.append(f'{metric}{{outcome="{outcome}",account="{account}"}} {int(value)}')
-    lines.append("# TYPE connector_ingest_rejected_total counter")
-    for field, value in sorted(conn.hgetall(REJECTED_KEY).items()):
-        sender, _, status = field.decode().partition(":")
-        lines.append(f'connector_ingest_rejected_total{{sender="{sender}",status="{status}"}} {int(value)}')
-    lines.append("# TYPE connector_event_queue_depth gauge")
-    for shard, depth in queue.pending().items():
-        lines.append(f'connector_event_queue_depth{{shard="{shard}"}} {depth}')
-    lines.append("# TYPE connector_due_pending gauge")
-    lines.append(f"connector_due_pending {due.pending(conn)}")
-    samples = sorted(due.lateness_samples(conn))
-    if samples:
-        lines.append("# TYPE connector_due_lateness_seconds summary")
-        for q in (0.5, 0.99):
-            value = samples[min(len(samples) - 1, int(q * len(samples)))]
-            lines.append(f'connector_due_lateness_seconds{{quantile="{q}"}} {value:.6f}')
-        lines.append(f"connector_due_lateness_seconds_count {len(samples)}")
-    lines.append("# TYPE connector_destination_paused gauge")
-    for account, destination in sorted(sync.paused(conn)):
-        lines.append(f'connector_destination_paused{{account="{account}",destination="{destination}"}} 1')
-    lines.append("# TYPE connector_dead_letters gauge")
-    dead = DeadLetters(conn)
-    for kind in dead.kinds():
-        lines.append(f'connector_dead_letters{{kind="{kind}"}} {dead.count(kind)}')
-    return "\n".join(lines) + "\n"
+    return generate_latest(registry_for(queue)).decode()
+
+
+def install(app: Flask, queue: EventQueue) -> None:
+    """Serve ``/metrics`` on ``app`` from the Redis behind ``queue``."""
+    app.extensions[REGISTRY_KEY] = registry_for(queue)
+    app.register_blueprint(bp)
 
 
 @bp.route("/metrics")
 def metrics() -> Response:
-    queue: EventQueue = current_app.extensions["connector.ingest.queue"]
-    return Response(render(queue), mimetype="text/plain; version=0.0.4")
+    """The text format (0.0.4) by default; OpenMetrics when the scraper asks for it (``Accept``)."""
+    registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(registry), content_type=content_type)

@@ -123,8 +123,8 @@ def test_dev_runs_accepts_a_signed_event_and_stops_cleanly(dev, dev_env, tmp_pat
     res = httpx.post(f"{base}/webhooks/demo/segment", content=BODY, headers=headers)
     assert res.json()["status"] == "duplicate"
     metrics = httpx.get(f"{base}/metrics").text
-    assert 'connector_ingest_events_total{outcome="accepted",account="demo"} 1' in metrics
-    assert 'connector_ingest_events_total{outcome="duplicate",account="demo"} 1' in metrics
+    assert 'connector_ingest_events_total{account="demo",outcome="accepted"} 1' in metrics
+    assert 'connector_ingest_events_total{account="demo",outcome="duplicate"} 1' in metrics
 
     # Ctrl-C: the terminal sends SIGINT to the whole foreground process group
     os.killpg(proc.pid, signal.SIGINT)

@@ -1,11 +1,14 @@
-"""/metrics reports the due index, its lateness, paused destinations and dead letters."""
+"""/metrics reports the due index, its lateness, paused destinations and dead letters, in the
+Prometheus text format written by prometheus_client (HELP and TYPE lines, escaped label values)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
+from connector.profiles.bounds import count_dropped
 from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
@@ -21,7 +24,65 @@ def test_metrics_show_due_index_lateness_pauses_and_dead_letters(client, redis_c
     DeadLetters(redis_client).put("sync:mailchimp", "400 Member In Compliance State", {"profile": "p1"}, NOW)
     text = client.get("/metrics").get_data(as_text=True)
     assert "connector_due_pending 2" in text
-    assert 'connector_due_lateness_seconds{quantile="0.99"} 0.900000' in text
+    assert 'connector_due_lateness_seconds{quantile="0.99"} 0.9\n' in text
     assert "connector_due_lateness_seconds_count 3" in text
     assert 'connector_destination_paused{account="acme",destination="mailchimp"} 1' in text
     assert 'connector_dead_letters{kind="sync:mailchimp"} 1' in text
+
+
+def test_every_metric_has_help_and_type_lines_and_the_text_parses(client, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    redis_client.hincrby("metrics:ingest", "accepted:acme", 2)
+    redis_client.hincrby("metrics:worker", "applied:acme", 2)
+    redis_client.hincrby("metrics:sync", "applied:acme", 1)
+    redis_client.hincrby("metrics:rejected", "segment:401", 3)
+    count_dropped(redis_client, "deadletters", 5)
+    due.observe_lateness(redis_client, [0.5])
+    res = client.get("/metrics")
+    assert res.status_code == 200
+    assert res.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = res.get_data(as_text=True)
+    names = {
+        "connector_ingest_events_total": "counter",
+        "connector_worker_events_total": "counter",
+        "connector_sync_requests_total": "counter",
+        "connector_ingest_rejected_total": "counter",
+        "connector_dropped_total": "counter",
+        "connector_event_queue_depth": "gauge",
+        "connector_due_pending": "gauge",
+        "connector_due_lateness_seconds": "summary",
+        "connector_destination_paused": "gauge",
+        "connector_dead_letters": "gauge",
+    }
+    for name, kind in names.items():
+        assert f"# TYPE {name} {kind}\n" in text
+        help_line = next(line for line in text.splitlines() if line.startswith(f"# HELP {name} "))
+        assert len(help_line) > len(f"# HELP {name} ") + 10
+    assert 'connector_ingest_events_total{account="acme",outcome="accepted"} 2.0' in text
+    assert 'connector_ingest_rejected_total{sender="segment",status="401"} 3.0' in text
+    assert 'connector_dropped_total{family="deadletters"} 5.0' in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    accepted = [s for s in families["connector_ingest_events"].samples if s.name.endswith("_total")]
+    assert [(s.labels, s.value) for s in accepted] == [({"outcome": "accepted", "account": "acme"}, 2.0)]
+
+
+def test_label_values_are_escaped(client, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    # a dead-letter kind and a counter field holding a quote, a backslash and a newline
+    odd = 'we"ird\\kind\nx'
+    DeadLetters(redis_client).put(odd, "reason", {"profile": "p1"}, NOW)
+    redis_client.hincrby("metrics:sync", f"failed:{odd}", 4)
+    text = client.get("/metrics").get_data(as_text=True)
+    escaped = 'we\\"ird\\\\kind\\nx'
+    assert f'connector_dead_letters{{kind="{escaped}"}} 1.0\n' in text
+    assert f'connector_sync_requests_total{{account="{escaped}",outcome="failed"}} 4.0\n' in text
+    assert odd not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [s.labels["kind"] for s in families["connector_dead_letters"].samples] == [odd]
+
+
+def test_a_scraper_asking_for_openmetrics_gets_it(client, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    redis_client.hincrby("metrics:ingest", "accepted:acme", 1)
+    res = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert res.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = res.get_data(as_text=True)
+    assert text.endswith("# EOF\n")
+    assert 'connector_ingest_events_total{account="acme",outcome="accepted"} 1.0' in text
