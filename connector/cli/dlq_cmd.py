@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import click
 import redis
 
-from connector import clock, redis_conn
+from connector import clock, redis_conn, sync
 from connector.settings import Settings
-from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetter, DeadLetters
 
 ALL = 10**9

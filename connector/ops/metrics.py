@@ -17,10 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from connector import sync
 from connector.ingest.queue import EventQueue
 from connector.ingest.web import REJECTED_KEY
 from connector.profiles.bounds import dropped
-from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
 

@@ -23,11 +23,11 @@ from datetime import datetime
 
 import redis
 
+from connector import sync
 from connector.config import Account
 from connector.profiles import erasure as store_erasure
 from connector.profiles.erasure import Erased
 from connector.profiles.rejected import mentions
-from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetter, DeadLetters
 from connector.worker import due
 from connector.worker.ledger import Ledger

@@ -16,12 +16,11 @@ from datetime import datetime
 import redis
 
 import rules
-from connector import redis_conn
+from connector import redis_conn, sync
 from connector.config import Account
 from connector.profiles import load_profile
 from connector.profiles.bounds import count_dropped
 from connector.settings import Settings
-from connector.sync import engine as sync
 from connector.worker import due
 from connector.worker.ledger import Diff, Ledger
 from rules import Evaluation, Profile, RuleSet

@@ -28,6 +28,7 @@ from connector.worker import erasure, evaluation
 
 log = logging.getLogger(__name__)
 
+
 def accounts_for(config_dir: Path) -> Accounts:
     """The accounts of a config directory, reloaded when one of its files changes; a file that
     became invalid keeps its last valid version serving, reported in ``config:errors``."""

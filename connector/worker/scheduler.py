@@ -103,7 +103,7 @@ def fire_due(conn: redis.Redis, now: datetime, limit: int = DUE_BATCH) -> int:
 
 
 def tick(queue: EventQueue, now: datetime) -> int:
-    from connector.sync import engine as sync
+    from connector import sync
 
     done = rearm_pumps(queue, now)
     done += fire_due(queue.conn, now)

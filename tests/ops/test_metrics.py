@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from connector import sync
 from connector.profiles.bounds import count_dropped
-from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
 

@@ -20,6 +20,7 @@ import yaml
 
 from adapters.change import CONSENT_UNKNOWN
 from adapters.ratelimit import RateLimiter
+from connector import sync
 from connector.clock import FrozenClock
 from connector.config import Account, load_accounts
 from connector.destinations import build_adapter, destinations
@@ -32,7 +33,6 @@ from connector.dev.sandbox import (
     serving,
 )
 from connector.dev.sandbox.base import RequestRecord
-from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 
 T0 = datetime(2024, 5, 6, 9, 0, 0, tzinfo=UTC)

@@ -12,11 +12,11 @@ import yaml
 from click.testing import CliRunner
 
 from adapters.change import Change
+from connector import sync
 from connector.cli.main import _register, cli
 from connector.config import load_account_file
 from connector.destinations import build_adapter, destinations
 from connector.errors import ConfigError
-from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 
 NOW = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)

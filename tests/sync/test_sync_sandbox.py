@@ -14,6 +14,7 @@ import redis
 import yaml
 
 from adapters.ratelimit import RateLimiter
+from connector import sync
 from connector.config import Account, load_account_file
 from connector.destinations import build_adapter, destinations
 from connector.dev.sandbox import (
@@ -24,7 +25,6 @@ from connector.dev.sandbox import (
     sandbox_fakes,
     serving,
 )
-from connector.sync import engine as sync
 
 NOW = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 ENV = {"MC_KEY": SANDBOX_MAILCHIMP_KEY, "HS_TOKEN": SANDBOX_HUBSPOT_TOKEN, "KL_KEY": SANDBOX_KLAVIYO_KEY}

@@ -16,11 +16,10 @@ import yaml
 from adapters.change import APPLIED, DEFERRED, FAILED, Change, OwnedState, Result
 from adapters.errors import AuthError, PermanentError, RateLimited, TransientError
 from adapters.mailchimp import MailchimpAdapter, MailchimpConfig
-from connector import clock
+from connector import clock, sync
 from connector.config import Account, load_account_file
 from connector.destinations import destinations
 from connector.profiles.erasure import Erased
-from connector.sync import engine as sync
 from connector.sync.deadletters import DeadLetters
 from connector.worker.erasure import purge_dead_letters
 
@@ -386,7 +385,6 @@ def job_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **dest: Any) ->
     directory = tmp_path / "accounts"
     directory.mkdir()
     monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
-    sync._ACCOUNTS.clear()
     return account(directory, **dest)
 
 

@@ -1,0 +1,344 @@
+"""The flusher: sends the ready changes of one (account, destination) in batches through its adapter,
+records what was applied (version guard, ownership ledger, digest), retries with backoff, and parks
+what cannot succeed in the dead letters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from adapters.base import Adapter
+from adapters.change import APPLIED, DEFERRED, FAILED, Change, OwnedState, Result
+from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
+from connector import clock
+from connector.destinations import Destination
+from connector.errors import ConfigError
+from connector.profiles.bounds import count_dropped
+from connector.sync.control import is_paused, pause
+from connector.sync.deadletters import DeadLetters
+from connector.sync.keys import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    ERASURE_LOG_MAX,
+    key,
+    member,
+    profile_digest,
+    run_script,
+    state_digest,
+)
+from connector.sync.submit import forget
+
+log = logging.getLogger(__name__)
+
+_COMMIT = """
+-- applied: KEYS pending, ready, applied, owned, digest, failing; ARGV pid, version, owned|'' , digest
+local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
+for i = 3, 4 do
+  if ARGV[i] == '' then
+    redis.call('HDEL', KEYS[i + 1], ARGV[1])
+  else
+    redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[i])
+  end
+end
+redis.call('HDEL', KEYS[6], ARGV[1])
+local pending = redis.call('HGET', KEYS[1], ARGV[1])
+if pending and tonumber(cjson.decode(pending)['version']) <= tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_DROP = """
+-- remove a pending change only if it is still the given version
+local pending = redis.call('HGET', KEYS[1], ARGV[1])
+if pending and tonumber(cjson.decode(pending)['version']) <= tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def backoff(attempts: int, rng: Callable[[], float] = random.random) -> float:
+    """Exponential with full jitter on the upper half: 1 s, 2 s, 4 s ... capped at 15 min."""
+    base = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** max(0, attempts - 1))
+    return base / 2 + rng() * base / 2
+
+
+class Flusher:
+    """Sends the ready changes of one (account, destination)."""
+
+    def __init__(
+        self,
+        conn: redis.Redis,
+        destination: Destination,
+        adapter: Adapter | None,
+        dead: DeadLetters | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.conn = conn
+        self.dest = destination
+        self.adapter = adapter
+        self.dead = dead or DeadLetters(conn)
+        self.rng = rng
+        a, d = destination.account, destination.name
+        self.k = {
+            what: key(a, d, what) for what in ("pending", "ready", "applied", "owned", "digest", "failing")
+        }
+
+    def take(self, now: float) -> list[str]:
+        size = self.dest.batch_size
+        ready = self.conn.zrangebyscore(self.k["ready"], "-inf", now, start=0, num=size)
+        if len(ready) < size:
+            # a full batch waiting for its delay goes now
+            soon = self.conn.zrangebyscore(
+                self.k["ready"], "-inf", now + self.dest.batch_delay_seconds, start=0, num=size
+            )
+            if len(soon) >= size:
+                ready = soon
+        return [r.decode() for r in ready]
+
+    def flush(self, now: datetime, max_batches: int | None = None) -> dict[str, int]:
+        """Send ready changes until none is ready (or ``max_batches``); returns outcome counts."""
+        counts: dict[str, int] = {}
+        a, d = self.dest.account, self.dest.name
+        if is_paused(self.conn, a, d):
+            return counts
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            ids = self.take(now.timestamp())
+            if not ids:
+                break
+            batches += 1
+            batch_counts: dict[str, int] = {}
+            go_on = self._batch(ids, now, batch_counts)
+            self._publish(batch_counts)
+            for outcome, n in batch_counts.items():
+                counts[outcome] = counts.get(outcome, 0) + n
+            if not go_on:
+                break
+        self._schedule_next()
+        return counts
+
+    def _batch(self, ids: list[str], now: datetime, counts: dict[str, int]) -> bool:
+        """One batch. False when the destination must stop (paused, daily limit)."""
+        a, d = self.dest.account, self.dest.name
+        raw = self.conn.hmget(self.k["pending"], ids)
+        applied = self.conn.hmget(self.k["applied"], ids)
+        digests = self.conn.hmget(self.k["digest"], ids)
+        owned_raw = self.conn.hmget(self.k["owned"], ids)
+        changes: list[Change] = []
+        owned: dict[str, OwnedState] = {}
+        for pid, item, done, digest, own in zip(ids, raw, applied, digests, owned_raw, strict=True):
+            if item is None:
+                self.conn.zrem(self.k["ready"], pid)
+                continue
+            change = Change.from_dict(json.loads(item))
+            if done is not None and change.version <= int(done):
+                self._drop(change)
+                self._count(counts, "superseded")
+                continue
+            ledger = OwnedState.from_dict(json.loads(own)) if own else None
+            if not change.erase and self._unchanged(change, ledger, digest):
+                self._commit(change, ledger)
+                self._count(counts, "unchanged")
+                continue
+            changes.append(change)
+            owned[change.profile_id] = ledger or OwnedState()
+        if not changes:
+            return True
+        if self.adapter is None:
+            raise ConfigError(f"no adapter for destination {d}")
+        try:
+            results = self.adapter.apply(changes, owned)
+        except AuthError as err:
+            pause(self.conn, a, d, err.message, err.status, now)
+            self._count(counts, "paused")
+            return False
+        except RateLimited as err:
+            for change in changes:
+                self._retry(change, err, now, counts)
+            return False
+        except TransientError as err:
+            for change in changes:
+                self._retry(change, err, now, counts)
+            return True
+        except PermanentError as err:
+            for change in changes:
+                self._dead(change, err, now, counts)
+            return True
+        except Exception as err:  # a defect or an answer nobody foresaw: the batch is not lost
+            log.exception("sync batch failed", extra={"account": a, "destination": d})
+            unexpected = TransientError(f"unexpected {type(err).__name__} in the adapter", code="unexpected")
+            for change in changes:
+                # retried with backoff like an outage; after the retry window it is a dead letter
+                self._retry(change, unexpected, now, counts)
+            return True
+        by_id = {c.profile_id: c for c in changes}
+        for result in results:
+            done = by_id.pop(result.profile_id, None)
+            if done is not None:
+                self._record(done, result, now, counts)
+        for left in by_id.values():  # an adapter that forgot a change: try it again later
+            self._retry(left, TransientError("no result from the adapter", code="no_result"), now, counts)
+        return True
+
+    @staticmethod
+    def _unchanged(change: Change, ledger: OwnedState | None, digest: bytes | None) -> bool:
+        if ledger is None:
+            # never sent, and nothing to send: enter → exit inside one batch window
+            return not change.tags and not change.lists and all(v is None for v in change.fields.values())
+        return digest is not None and digest.decode() == state_digest(change)
+
+    def _record(self, change: Change, result: Result, now: datetime, counts: dict[str, int]) -> None:
+        if result.status == DEFERRED:  # still pending and ready: the next batch takes it
+            self._count(counts, DEFERRED)
+            return
+        if result.status == FAILED and result.error is not None:
+            err = result.error
+            if result.owned is not None and not change.erase:
+                # part of the change took effect: what it set is the connector's own from now on,
+                # and the contact no longer matches the digest of the last applied state
+                pipe = self.conn.pipeline(transaction=True)
+                pipe.hset(self.k["owned"], change.profile_id, json.dumps(result.owned.to_dict()))
+                pipe.hdel(self.k["digest"], change.profile_id)
+                pipe.execute()
+            if isinstance(err, AdapterError) and err.retryable:
+                self._retry(change, err, now, counts)
+            else:
+                self._dead(change, err, now, counts)
+            return
+        if change.erase:
+            self._erased(change, result, now)
+        self._commit(
+            change, result.owned if result.status == APPLIED else None, keep_owned=result.status != APPLIED
+        )
+        self._count(counts, result.status)
+
+    def _commit(self, change: Change, owned: OwnedState | None, keep_owned: bool = False) -> None:
+        keys = list(self.k.values())
+        if change.erase:
+            owned_json, digest = "", ""
+        elif keep_owned:
+            current = self.conn.hget(self.k["owned"], change.profile_id)
+            owned_json = current.decode() if current else ""
+            digest = ""
+        else:
+            owned_json = json.dumps((owned or OwnedState()).to_dict())
+            digest = state_digest(change)
+        run_script(self.conn, _COMMIT, keys, [change.profile_id, change.version, owned_json, digest])
+        if change.erase:  # the ESP erased the contact: nothing of the person stays here
+            forget(self.conn, self.dest.account, [self.dest.name], [change.profile_id])
+
+    def _drop(self, change: Change) -> None:
+        keys = [self.k["pending"], self.k["ready"], self.k["failing"]]
+        run_script(self.conn, _DROP, keys, [change.profile_id, change.version])
+
+    def _retry(self, change: Change, err: Exception, now: datetime, counts: dict[str, int]) -> None:
+        record = self._failing(change.profile_id)
+        first = record.get("first_failed_at", now.timestamp())
+        attempts = int(record.get("attempts", 0)) + 1
+        describe = err.describe() if isinstance(err, AdapterError) else {"type": type(err).__name__}
+        if now.timestamp() - first >= self.dest.retry_seconds:
+            self._dead(change, err, now, counts, attempts=attempts, first=first)
+            return
+        wait = backoff(attempts, self.rng)
+        if isinstance(err, RateLimited) and err.retry_after is not None:
+            wait = max(wait, err.retry_after)
+        at = now.timestamp() + wait
+        record = {"first_failed_at": first, "attempts": attempts, "error": describe, "next_at": at}
+        pipe = self.conn.pipeline(transaction=True)
+        pipe.hset(self.k["failing"], change.profile_id, json.dumps(record))
+        pipe.zadd(self.k["ready"], {change.profile_id: at}, xx=True)
+        pipe.execute()
+        self._count(counts, "retry")
+
+    def _failing(self, profile_id: str) -> dict[str, Any]:
+        raw = self.conn.hget(self.k["failing"], profile_id)
+        return dict(json.loads(raw)) if raw else {}
+
+    def _dead(
+        self,
+        change: Change,
+        err: Exception,
+        now: datetime,
+        counts: dict[str, int],
+        attempts: int | None = None,
+        first: float | None = None,
+    ) -> None:
+        describe = err.describe() if isinstance(err, AdapterError) else {"type": type(err).__name__}
+        payload = {
+            "account": change.account,
+            "destination": change.destination,
+            "change": change.to_dict(),
+            "error": describe,
+            "attempts": attempts or 1,
+            "first_failed_at": first,
+        }
+        reason = f"{describe.get('type')}: {describe.get('message') or ''}"[:300]
+        self.dead.put(f"sync:{change.destination}", reason, payload, now, account=change.account)
+        if change.erase:
+            self._erased(change, Result(change.profile_id, change.version, FAILED, error=err), now)
+        self._drop(change)
+        self.conn.hdel(self.k["failing"], change.profile_id)  # a newer pending change starts afresh
+        self._count(counts, "dead")
+        log.warning(
+            "change dead-lettered",
+            extra={
+                "account": change.account,
+                "destination": change.destination,
+                "error": describe.get("type"),
+            },
+        )
+
+    def _erased(self, change: Change, result: Result, now: datetime) -> None:
+        record = {
+            "account": change.account,
+            "destination": change.destination,
+            "profile": profile_digest(change.account, change.profile_id),
+            "at": clock.isoformat(now),
+            "outcome": result.status,
+            "note": result.note,
+        }
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.lpush("sync:erasures", json.dumps(record))
+        pipe.ltrim("sync:erasures", 0, ERASURE_LOG_MAX - 1)
+        length, _ = pipe.execute()
+        count_dropped(self.conn, "sync_erasure_log", int(length) - ERASURE_LOG_MAX)
+
+    def _schedule_next(self) -> None:
+        first = self.conn.zrange(self.k["ready"], 0, 0, withscores=True)
+        m = member(self.dest.account, self.dest.name)
+        if first:
+            self.conn.zadd("sync:due", {m: first[0][1]})
+        else:
+            self.conn.zrem("sync:due", m)
+
+    @staticmethod
+    def _count(counts: dict[str, int], outcome: str) -> None:
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    def _publish(self, counts: dict[str, int]) -> None:
+        if not counts:
+            return
+        pipe = self.conn.pipeline(transaction=False)
+        for outcome, n in counts.items():
+            if outcome == "paused":  # counted by pause()
+                continue
+            pipe.hincrby("metrics:sync", f"{outcome}:{self.dest.account}", n)
+        pipe.execute()
+
+    def next_ready(self) -> float | None:
+        first = self.conn.zrange(self.k["ready"], 0, 0, withscores=True)
+        return float(first[0][1]) if first else None

@@ -1,0 +1,135 @@
+"""Sync jobs: ``flush_job`` (RQ, one per destination at a time) flushes until nothing is ready within
+the batch delay or its time budget is spent; ``fire_due`` (scheduler) arms the destinations whose
+retries or delays have come due."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+import redis
+
+from adapters.base import Adapter
+from adapters.ratelimit import RateLimiter
+from connector import clock, redis_conn
+from connector.config import Account
+from connector.destinations import Destination, build_adapter, destinations
+from connector.errors import ConfigError
+from connector.settings import Settings
+from connector.sync.control import is_paused, pause
+from connector.sync.flusher import Flusher
+from connector.sync.keys import ARMED_TTL_SECONDS, JOB_TIME_BUDGET_SECONDS, LOCK_TTL_MS, SEP, key, run_script
+from connector.sync.submit import arm
+
+log = logging.getLogger(__name__)
+
+AdapterFactory = Callable[[Destination], Adapter]
+
+_RELEASE = """
+-- clear the armed flag unless a change became ready meanwhile (then the job keeps going)
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] and tonumber(first[2]) <= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
+_ADAPTERS: dict[tuple[str, str, str], Adapter] = {}
+
+
+def _account(settings: Settings, account_id: str) -> Account | None:
+    # the worker's accounts: a file that became invalid keeps serving its last valid version
+    from connector.worker import accounts
+
+    conn = redis_conn.connection(settings.queue_redis_url)
+    return accounts.CACHE.get(settings.config_dir, lambda: conn).get(account_id)
+
+
+def default_adapter(conn: redis.Redis, destination: Destination) -> Adapter:
+    fingerprint = json.dumps(
+        [destination.type, destination.api_key_env, dict(destination.options)], default=str
+    )
+    cache_key = (destination.account, destination.name, fingerprint)
+    adapter = _ADAPTERS.get(cache_key)
+    if adapter is None:
+        limiter = RateLimiter(conn, clock=lambda: clock.now().timestamp(), sleep=time.sleep)
+        adapter = build_adapter(destination, limiter, clock=lambda: clock.now().timestamp(), sleep=time.sleep)
+        _ADAPTERS[cache_key] = adapter
+    return adapter
+
+
+def flush_job(
+    account_id: str,
+    destination_name: str,
+    *,
+    conn: redis.Redis | None = None,
+    factory: AdapterFactory | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    time_budget: float = JOB_TIME_BUDGET_SECONDS,
+) -> dict[str, int]:
+    """RQ job: flush one destination until nothing is ready within its batch delay."""
+    settings = Settings.from_env()
+    conn = conn or redis_conn.connection(settings.queue_redis_url)
+    armed = key(account_id, destination_name, "armed")
+    account = _account(settings, account_id)
+    dest = destinations(account).get(destination_name) if account else None
+    if dest is None:
+        conn.delete(armed)
+        log.warning(
+            "sync for an unknown destination", extra={"account": account_id, "destination": destination_name}
+        )
+        return {}
+    lock = key(account_id, destination_name, "lock")
+    token = uuid.uuid4().hex
+    if not conn.set(lock, token, nx=True, px=LOCK_TTL_MS):
+        return {}  # another worker is flushing this destination; it picks these up
+    totals: dict[str, int] = {}
+    started = clock.monotonic()
+    try:
+        try:
+            adapter = factory(dest) if factory else default_adapter(conn, dest)
+        except ConfigError as err:
+            pause(conn, account_id, destination_name, err.reason, None, clock.now())
+            conn.delete(armed)
+            return {"paused": 1}
+        flusher = Flusher(conn, dest, adapter)
+        while True:
+            conn.expire(armed, ARMED_TTL_SECONDS)
+            # one batch at a time, so the time budget is checked between batches
+            for outcome, n in flusher.flush(clock.now(), max_batches=1).items():
+                totals[outcome] = totals.get(outcome, 0) + n
+            nxt = flusher.next_ready()
+            now = clock.now().timestamp()
+            horizon = now + dest.batch_delay_seconds
+            if is_paused(conn, account_id, destination_name):
+                conn.delete(armed)  # resume() arms it again; the changes keep waiting
+                break
+            if nxt is None or nxt > horizon:
+                if run_script(conn, _RELEASE, [flusher.k["ready"], armed], [horizon]):
+                    break
+                continue
+            if clock.monotonic() - started > time_budget:
+                conn.delete(armed)
+                arm(conn, account_id, destination_name)
+                break
+            sleep(max(0.0, nxt - now))
+    finally:
+        if conn.get(lock) == token.encode():
+            conn.delete(lock)
+    return totals
+
+
+def fire_due(conn: redis.Redis, now: datetime) -> int:
+    """Scheduler task: arm a flush for every destination whose retries or delays have come due."""
+    fired = 0
+    for raw in conn.zrangebyscore("sync:due", "-inf", now.timestamp()):
+        a, _, d = raw.decode().partition(SEP)
+        if is_paused(conn, a, d):
+            continue
+        if arm(conn, a, d):
+            fired += 1
+    return fired
