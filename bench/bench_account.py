@@ -1,0 +1,140 @@
+"""The benchmark account (bench/accounts/bench.yaml) and the sandbox ESPs it is pointed at.
+
+``write_account`` copies the account file into a config directory with each destination's
+``base_url`` set to a running fake and each ``lists:`` entry (a list name in the file) replaced by the
+id the fake gave that list. The stripped modes of the benches drop parts of it: ``rules`` (no
+``rules:`` section) and ``destinations`` (no ``destinations:`` section).
+
+Also: Redis helpers shared by the benches (sync settled, per key family memory, commands per event).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ACCOUNT_FILE = BENCH / "accounts" / "bench.yaml"
+ACCOUNT = "bench"
+ESPS = ("mailchimp", "hubspot", "klaviyo")
+SEGMENT_SECRET = "bench-segment-secret-0123456789abcdef"
+
+
+def account_data() -> dict[str, Any]:
+    data = yaml.safe_load(ACCOUNT_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def list_names(data: Mapping[str, Any] | None = None) -> list[str]:
+    """Every list name the account's destinations use (the bench creates them in the fakes)."""
+    data = data or account_data()
+    names: set[str] = set()
+    for dest in (data.get("destinations") or {}).values():
+        for mapping in (dest.get("segments") or {}).values():
+            names.update(mapping.get("lists") or [])
+    return sorted(names)
+
+
+def write_account(
+    config_dir: Path,
+    base_urls: Mapping[str, str] | None,
+    list_ids: Mapping[str, Mapping[str, str]] | None,
+    strip: Iterable[str] = (),
+) -> Path:
+    """Write the bench account into ``config_dir`` (``strip``: "rules", "destinations")."""
+    data = copy.deepcopy(account_data())
+    stripped = set(strip)
+    if "rules" in stripped:
+        data.pop("rules", None)
+    if "destinations" in stripped or base_urls is None:
+        data.pop("destinations", None)
+    for name, dest in (data.get("destinations") or {}).items():
+        dest["base_url"] = base_urls[name] if base_urls else dest["base_url"]
+        for mapping in (dest.get("segments") or {}).values():
+            if mapping.get("lists"):
+                mapping["lists"] = [(list_ids or {})[n][name] for n in mapping["lists"]]
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / f"{ACCOUNT}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def environment() -> dict[str, str]:
+    """The secrets the account file names (the sandbox fakes' credentials, not secrets)."""
+    from connector.dev.sandbox.process import ENV
+
+    return {**ENV, "BENCH_SEGMENT_SECRET": SEGMENT_SECRET}
+
+
+# -- Redis measures -------------------------------------------------------------------------------
+
+
+def sync_backlog(conn: redis.Redis, account: str = ACCOUNT) -> int:
+    """Changes still waiting for an ESP (pending hashes) plus queued RQ sync jobs."""
+    waiting = 0
+    for esp in ESPS:
+        waiting += int(conn.hlen(f"sync:{account}:{esp}:pending"))
+    return waiting + int(conn.llen("rq:queue:sync"))
+
+
+def wait_sync_settled(conn: redis.Redis, timeout: float, quiet: float = 2.0) -> float:
+    """Wait until nothing is waiting for an ESP for ``quiet`` seconds; the seconds it took."""
+    t0 = time.monotonic()
+    empty_since: float | None = None
+    while time.monotonic() - t0 < timeout:
+        if sync_backlog(conn) == 0 and not conn.exists("rq:wip:sync"):
+            empty_since = empty_since or time.monotonic()
+            if time.monotonic() - empty_since >= quiet:
+                return time.monotonic() - t0
+        else:
+            empty_since = None
+        time.sleep(0.2)
+    raise TimeoutError(f"sync still has {sync_backlog(conn)} changes waiting after {timeout:.0f}s")
+
+
+_ID = re.compile(r"(?<=[:{])[^:{}]*[0-9@][^:{}]*(?=[:}]|$)")
+
+
+def family(key: bytes) -> str:
+    """A key's family: its name with the per-person / per-item parts replaced by ``*``."""
+    text = key.decode(errors="replace")
+    return _ID.sub("*", text)
+
+
+def memory_by_family(conn: redis.Redis, sample: int = 200) -> list[tuple[str, int, int]]:
+    """(family, keys, estimated bytes) by MEMORY USAGE of up to ``sample`` keys per family, scaled
+    to the family's key count; largest first."""
+    keys: dict[str, list[bytes]] = {}
+    counts: dict[str, int] = {}
+    for key in conn.scan_iter(count=5000):
+        fam = family(key)
+        counts[fam] = counts.get(fam, 0) + 1
+        bucket = keys.setdefault(fam, [])
+        if len(bucket) < sample:
+            bucket.append(key)
+    rows = []
+    for fam, n in counts.items():
+        pipe = conn.pipeline(transaction=False)
+        for key in keys[fam]:
+            pipe.memory_usage(key, samples=0)
+        sizes = [s for s in pipe.execute() if s is not None]
+        mean = sum(sizes) / len(sizes) if sizes else 0
+        rows.append((fam, n, int(mean * n)))
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def commandstats(conn: redis.Redis) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT (scripts' inner calls included)."""
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in conn.info("commandstats").items()}
+
+
+def script_calls(stats: Mapping[str, int]) -> int:
+    return sum(stats.get(c, 0) for c in ("eval", "evalsha", "fcall", "eval_ro", "evalsha_ro"))
