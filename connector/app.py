@@ -9,33 +9,31 @@ from __future__ import annotations
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from connector import redis_conn
-from connector.config import Accounts, load_accounts
+from connector import runtime as process_runtime
 from connector.ingest import web
 from connector.ingest.queue import EventQueue
+from connector.ops import health, metrics
 from connector.ops.logs import configure_logging
+from connector.runtime import Runtime
 from connector.settings import Settings
 
 
-def create_app(settings: Settings | None = None, accounts: Accounts | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """The web process's entry point: builds its runtime (unless given one) and the app on it."""
     configure_logging()
-    settings = settings or Settings.from_env()
-    if accounts is None:
-        accounts = load_accounts(settings.config_dir)
+    if runtime is None:
+        runtime = process_runtime.install(Runtime.from_settings(settings or Settings.from_env()))
+    settings = runtime.settings
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["CONNECTOR_SETTINGS"] = settings
-    queue_conn = redis_conn.connection(settings.queue_redis_url)
-    app.extensions["connector.accounts"] = accounts
-    app.extensions["connector.ingest.queue"] = EventQueue(queue_conn, settings.event_shards)
-    app.extensions["connector.profile_redis"] = redis_conn.connection(settings.profile_redis_url)
-
-    from connector.ops import metrics
-
-    app.register_blueprint(web.health)
-    metrics.install(app, app.extensions["connector.ingest.queue"])
+    app.extensions["connector.runtime"] = runtime
+    queue = EventQueue(runtime.queue_redis, settings.event_shards)
+    app.extensions["connector.ingest.queue"] = queue
+    app.register_blueprint(health.health)
+    metrics.install(app, queue)
     _error_handlers(app)
-    web.install(app, accounts, app.extensions["connector.ingest.queue"])
+    web.install(app, lambda: runtime.accounts, queue)
     return app
 
 

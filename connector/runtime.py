@@ -10,23 +10,29 @@ serves jobs and :func:`current` returns it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import redis
 
+from adapters.base import Adapter
+from adapters.ratelimit import RateLimiter
 from connector import clock, redis_conn
 from connector.config import Account, Accounts, load_account_file
+from connector.destinations import Destination, build_adapter
 from connector.errors import ConfigError
 from connector.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RELOAD_CHECK_SECONDS = 1.0
+CONFIG_ERRORS_KEY = "config:errors"  # hash: file -> JSON {"file", "reason", "at"}, one per invalid file
 
 
 @dataclass(frozen=True)
@@ -136,25 +142,69 @@ class AccountsProvider:
 
 @dataclass
 class Runtime:
-    """One per process: settings, connections, accounts, adapters."""
+    """One per process: settings, connections, the accounts provider, the destinations' adapters."""
 
     settings: Settings
     queue_redis: redis.Redis
     profile_redis: redis.Redis
-    accounts: AccountsProvider
-    adapters: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    provider: AccountsProvider
+    _adapters: dict[str, Adapter] = field(default_factory=dict)
+    _published: int = -1
 
     @classmethod
-    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
+    def from_settings(
+        cls,
+        settings: Settings,
+        env: Mapping[str, str] | None = None,
+        *,
+        check_seconds: float = RELOAD_CHECK_SECONDS,
+    ) -> Runtime:
         return cls(
             settings=settings,
             queue_redis=redis_conn.connection(settings.queue_redis_url),
             profile_redis=redis_conn.connection(settings.profile_redis_url),
-            accounts=AccountsProvider(settings.config_dir, env),
+            provider=AccountsProvider(settings.config_dir, env, check_seconds=check_seconds),
         )
+
+    @property
+    def accounts(self) -> Accounts:
+        """The accounts now (reloaded when a file changed); file errors are published to Redis
+        (``config:errors``) whenever they change, for ``/readyz`` and the metrics."""
+        accounts = self.provider.current()
+        if self._published != self.provider.generation and publish_errors(
+            self.queue_redis, self.provider.config_dir, self.provider.errors, clock.now()
+        ):
+            self._published = self.provider.generation
+        return accounts
+
+    def account(self, account_id: str) -> Account | None:
+        return self.accounts.get(account_id)
+
+    def adapter(self, destination: Destination) -> Adapter:
+        """The destination's adapter, built once per configuration (a changed file builds a new one);
+        it shares the Redis rate limiter with every other process."""
+        fingerprint = json.dumps(
+            [
+                destination.account,
+                destination.name,
+                destination.type,
+                destination.api_key_env,
+                dict(destination.options),
+            ],
+            default=str,
+        )
+        adapter = self._adapters.get(fingerprint)
+        if adapter is None:
+            now = lambda: clock.now().timestamp()  # noqa: E731
+            limiter = RateLimiter(self.queue_redis, clock=now, sleep=time.sleep)
+            adapter = self._adapters[fingerprint] = build_adapter(
+                destination, limiter, clock=now, sleep=time.sleep
+            )
+        return adapter
 
 
 _current: Runtime | None = None
+_factory: Callable[[], Runtime] | None = None
 
 
 def install(runtime: Runtime) -> Runtime:
@@ -166,11 +216,62 @@ def install(runtime: Runtime) -> Runtime:
 
 def current() -> Runtime:
     """The process's runtime; an entry point that did not build one is a programming error."""
+    if _current is None and _factory is not None:
+        install(_factory())
     if _current is None:
         raise RuntimeError("no runtime installed: the process entry point builds one (runtime.install)")
     return _current
 
 
+def install_lazily(factory: Callable[[], Runtime]) -> None:
+    """Build the runtime on first use (test fixtures, whose environment is set per test)."""
+    global _factory
+    _factory = factory
+
+
 def uninstall() -> None:
-    global _current
+    global _current, _factory
     _current = None
+    _factory = None
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    reason: str
+    at: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "reason": self.reason, "at": self.at}
+
+
+def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError], now: datetime) -> bool:
+    """Make ``config:errors`` hold exactly ``errors`` for the files of ``config_dir``; False when
+    Redis could not be written (tried again with the next batch)."""
+    prefix = str(config_dir).rstrip("/") + "/"
+    current = {error.file: error for error in errors}
+    try:
+        recorded = {f.decode() if isinstance(f, bytes) else str(f) for f in conn.hkeys(CONFIG_ERRORS_KEY)}
+        pipe = conn.pipeline(transaction=False)
+        for file in recorded:
+            if file.startswith(prefix) and file not in current:
+                pipe.hdel(CONFIG_ERRORS_KEY, file)
+        for file, error in current.items():
+            reason = ": ".join(part for part in (error.path, error.reason) if part)
+            problem = ConfigProblem(file=file, reason=reason, at=clock.isoformat(now))
+            pipe.hset(CONFIG_ERRORS_KEY, file, json.dumps(problem.as_dict()))
+        pipe.execute()
+    except redis.RedisError as failure:
+        log.warning("could not record the config errors", extra={"error": type(failure).__name__})
+        return False
+    return True
+
+
+def config_errors(conn: redis.Redis) -> list[ConfigProblem]:
+    """The account files that are invalid now (the workers serve their last valid version), by
+    file. What ``/readyz`` reports and the metric ``connector_config_errors{file}`` counts."""
+    problems = []
+    for raw in conn.hvals(CONFIG_ERRORS_KEY):
+        data = json.loads(raw)
+        problems.append(ConfigProblem(file=str(data["file"]), reason=str(data["reason"]), at=str(data["at"])))
+    return sorted(problems, key=lambda p: p.file)

@@ -15,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from connector import clock, redis_conn
+from connector import clock, redis_conn, runtime
 from connector.config import Accounts, load_accounts
 from connector.settings import Settings
 
@@ -44,6 +44,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         os.environ.pop("REDIS_URL", None)
         server.stop()
+
+
+def fresh_runtime() -> None:
+    """Forget the process runtime: the next use builds one from the environment as it is now (the
+    entry points build theirs from settings); account files are looked at on every use."""
+    runtime.uninstall()
+    runtime.install_lazily(lambda: runtime.Runtime.from_settings(Settings.from_env(), check_seconds=0))
+
+
+@pytest.fixture(autouse=True)
+def process_runtime() -> Iterator[None]:
+    """Each test's process runtime, built on first use from the environment the test set up."""
+    fresh_runtime()
+    yield
+    runtime.uninstall()
 
 
 @pytest.fixture
@@ -142,7 +157,7 @@ def settings(redis_client: redis.Redis, redis_url: str, config_dir: Path) -> Set
 def app(settings: Settings, accounts: Accounts):  # type: ignore[no-untyped-def]
     from connector.app import create_app
 
-    application = create_app(settings, accounts)
+    application = create_app(runtime=runtime.current())
     application.config["TESTING"] = True
     return application
 

@@ -130,9 +130,7 @@ def test_the_checker_sees_function_level_type_checking_and_relative_imports(tmp_
     [
         "rules",
         "adapters",
-        pytest.param(
-            "connector", marks=pytest.mark.xfail(strict=False, reason="connector cycles being removed")
-        ),
+        "connector",
     ],
 )
 def test_no_import_cycles(package: str) -> None:

@@ -9,15 +9,15 @@ from collections.abc import Iterator
 import click
 import redis
 
-from connector import clock, redis_conn, sync
-from connector.settings import Settings
+from connector import clock, sync
+from connector import runtime as process_runtime
 from connector.sync.deadletters import DeadLetter, DeadLetters
 
 ALL = 10**9
 
 
 def _conn() -> redis.Redis:
-    return redis_conn.connection(Settings.from_env().queue_redis_url)
+    return process_runtime.current().queue_redis
 
 
 def _select(

@@ -7,9 +7,8 @@ import json
 import click
 import redis
 
-from connector import redis_conn
+from connector import runtime as process_runtime
 from connector.profiles import rejected
-from connector.settings import Settings
 
 
 def register(cli: click.Group) -> None:
@@ -27,7 +26,7 @@ def events() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one document).")
 def rejected_cmd(account_id: str, limit: int, as_json: bool) -> None:
     """Events that had no usable identity (or could not be stored), newest first."""
-    conn = redis_conn.connection(Settings.from_env().profile_redis_url)
+    conn = process_runtime.current().profile_redis
     try:
         items = rejected.latest(conn, account_id, limit)
         total = rejected.count(conn, account_id)

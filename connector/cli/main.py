@@ -6,7 +6,10 @@ import sys
 
 import click
 
+from connector import runtime as process_runtime
 from connector.errors import ConfigError
+from connector.runtime import Runtime
+from connector.settings import Settings
 
 
 @click.group()
@@ -45,6 +48,9 @@ def main() -> None:
     from connector.dev.devenv import apply_dev_env
 
     apply_dev_env()  # the sample account's generated secrets, when `connector dev` made them here
+    # the process's runtime, built on first use from the environment (commands that need no Redis
+    # or accounts never build it)
+    process_runtime.install_lazily(lambda: Runtime.from_settings(Settings.from_env()))
     _register()
     try:
         cli(standalone_mode=True)

@@ -9,11 +9,11 @@ from typing import Any
 import click
 import redis
 
-from connector import clock, redis_conn
+from connector import clock
+from connector import runtime as process_runtime
 from connector.clock import isoformat
-from connector.config import Account, load_accounts
+from connector.config import Account
 from connector.profiles import erasure, identity
-from connector.settings import Settings
 from connector.worker.erasure import erase_person
 
 RECENT_EVENTS = 20
@@ -38,20 +38,21 @@ def _person_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _account(account_id: str) -> Account:
-    settings = Settings.from_env()
-    account = load_accounts(settings.config_dir).get(account_id)
+    rt = process_runtime.current()
+    account = rt.account(account_id)
     if account is None:
-        raise click.ClickException(f"unknown account {account_id!r} (not in {settings.config_dir})")
+        broken = "".join(
+            f"\n  {e.file}: {e.path + ': ' if e.path else ''}{e.reason}" for e in rt.provider.errors
+        )
+        where = f"not in {rt.settings.config_dir}" + (f"; files that do not load:{broken}" if broken else "")
+        raise click.ClickException(f"unknown account {account_id!r} ({where})")
     return account
 
 
 def _connections(account_id: str) -> tuple[redis.Redis, redis.Redis]:
-    settings = Settings.from_env()
     _account(account_id)
-    return (
-        redis_conn.connection(settings.profile_redis_url),
-        redis_conn.connection(settings.queue_redis_url),
-    )
+    rt = process_runtime.current()
+    return rt.profile_redis, rt.queue_redis
 
 
 def _find(

@@ -15,6 +15,7 @@ from typing import Any
 import click
 import yaml
 
+from connector import runtime as process_runtime
 from connector.dev import devenv
 from connector.dev.embedded_redis import EmbeddedRedis
 from connector.settings import Settings
@@ -32,12 +33,10 @@ def worker(burst: bool) -> None:
     """RQ worker for the event and sync queues (no fork per job: each job is a batch)."""
     from rq import Queue, SimpleWorker
 
-    from connector import redis_conn
     from connector.ops.logs import configure_logging
 
     configure_logging()
-    settings = Settings.from_env()
-    conn = redis_conn.connection(settings.queue_redis_url)
+    conn = process_runtime.current().queue_redis  # RQ jobs run on this process's runtime
     queues = [Queue(name, connection=conn) for name in ("reevaluate", "events", "sync", "backfill")]
     SimpleWorker(queues, connection=conn).work(burst=burst, with_scheduler=False)
 
@@ -49,7 +48,7 @@ def scheduler() -> None:
     from connector.worker import scheduler as sched
 
     configure_logging()
-    sched.run()
+    sched.run(process_runtime.current())
 
 
 # Segments of the sample account that the sandbox mirrors as lists (and tags) in each fake ESP.

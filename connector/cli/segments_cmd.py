@@ -11,14 +11,14 @@ from typing import Any
 import click
 
 import rules
-from connector import clock, redis_conn
+from connector import clock
+from connector import runtime as process_runtime
 from connector.cli.profiles_cmd import _find, _person_options, _redis_errors
 from connector.cli.rules_cmd import check_rules_file
 from connector.clock import isoformat
-from connector.config import Account, load_accounts
+from connector.config import Account
 from connector.errors import MalformedPayload
 from connector.profiles import load_profile
-from connector.settings import Settings
 from connector.worker import due
 from connector.worker.ledger import Ledger
 from connector.worker.publish import DryRun, dry_run, profiles_from_events, progress, publish, stored_profiles
@@ -36,10 +36,14 @@ def register(cli: click.Group) -> None:
 
 
 def _account(account_id: str) -> Account:
-    settings = Settings.from_env()
-    account = load_accounts(settings.config_dir).get(account_id)
+    rt = process_runtime.current()
+    account = rt.account(account_id)
     if account is None:
-        raise click.ClickException(f"unknown account {account_id!r} (not in {settings.config_dir})")
+        broken = "".join(
+            f"\n  {e.file}: {e.path + ': ' if e.path else ''}{e.reason}" for e in rt.provider.errors
+        )
+        where = f"not in {rt.settings.config_dir}" + (f"; files that do not load:{broken}" if broken else "")
+        raise click.ClickException(f"unknown account {account_id!r} ({where})")
     return account
 
 
@@ -59,8 +63,8 @@ def explain(
 ) -> None:
     """Per segment: in or out and why, the events that counted, and when it next changes."""
     account = _account(account_id)
-    settings = Settings.from_env()
-    conn = redis_conn.connection(settings.profile_redis_url)
+    rt = process_runtime.current()
+    conn = rt.profile_redis
     pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
     now = clock.now()
     profile = load_profile(conn, account_id, pid, now)
@@ -94,7 +98,7 @@ def explain(
         return
     click.echo(f"profile {pid} at {isoformat(now)}")
     click.echo(rules.render_evaluation(evaluation, wanted))
-    scheduled = due.due_at(redis_conn.connection(settings.queue_redis_url), account_id, pid)
+    scheduled = due.due_at(rt.queue_redis, account_id, pid)
     click.echo(f"next re-evaluation scheduled: {isoformat(scheduled) if scheduled else 'none'}")
 
 
@@ -121,7 +125,7 @@ def history(
 ) -> None:
     """The audit trail of a person's segment entries, exits and computed-trait changes."""
     _account(account_id)
-    conn = redis_conn.connection(Settings.from_env().profile_redis_url)
+    conn = process_runtime.current().profile_redis
     pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
     ledger = Ledger(conn)
     entries = ledger.history(account_id, pid)
@@ -185,13 +189,13 @@ def rules_test(account_id: str, rules_file: Path, events_file: Path | None, show
     now = clock.now()
     if events_file is not None:
         try:
-            profiles = profiles_from_events(events_file, account_id, now)
+            profiles = profiles_from_events(events_file, account, now)
         except MalformedPayload as err:
             click.echo(str(err), err=True)
             sys.exit(1)
         report = dry_run(account.ruleset, candidate, profiles, now)
     else:
-        conn = redis_conn.connection(Settings.from_env().profile_redis_url)
+        conn = process_runtime.current().profile_redis
         report = dry_run(account.ruleset, candidate, stored_profiles(conn, account_id, now), now)
     _print_dry_run(report, show)
 
@@ -203,9 +207,8 @@ def rules_test(account_id: str, rules_file: Path, events_file: Path | None, show
 def rules_publish(account_id: str, wait: bool) -> None:
     """Re-evaluate every profile of ACCOUNT with the rules now in its file; push only differences."""
     account = _account(account_id)
-    settings = Settings.from_env()
-    conn = redis_conn.connection(settings.profile_redis_url)
-    queue_conn = redis_conn.connection(settings.queue_redis_url)
+    rt = process_runtime.current()
+    conn, queue_conn = rt.profile_redis, rt.queue_redis
     key, total = publish(account, conn, queue_conn, clock.now())
     click.echo(f"re-evaluating {total} profiles of {account_id} in the background ({key})")
     if not wait or total == 0:

@@ -9,10 +9,10 @@ from typing import BinaryIO
 import click
 
 from connector import clock
+from connector import runtime as process_runtime
 from connector.config import load_accounts
 from connector.dev import devenv
 from connector.ingest.receivers import REGISTRY
-from connector.settings import Settings
 
 
 def register(cli: click.Group) -> None:
@@ -28,8 +28,9 @@ def register(cli: click.Group) -> None:
 def sign(sender: str, body: BinaryIO, account_id: str, url: str | None, curl_args: bool) -> None:
     """Print the signature headers SENDER would send with BODY (a file, or - for stdin)."""
     devenv.apply_dev_env()
-    settings = Settings.from_env()
-    directory = Path(settings.config_dir)  # falls back to the sample account `connector dev` seeds
+    directory = Path(
+        process_runtime.current().settings.config_dir
+    )  # falls back to the sample account `connector dev` seeds
     accounts = load_accounts(directory)
     account = accounts.get(account_id)
     cfg = account.senders.get(sender) if account else None

@@ -21,14 +21,39 @@ Every refusal is a 400 naming the element and the reason.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 from connector.config import Account, SenderConfig
 from connector.errors import EventNotAllowed, MalformedPayload
 from connector.event import Event
 
-if TYPE_CHECKING:
-    from connector.ingest.receivers.base import Proof, Receiver
+
+class Receiver(Protocol):
+    """What admission reads of a receiver (:class:`connector.ingest.receivers.base.Receiver`)."""
+
+    name: ClassVar[str]
+    event_types: ClassVar[frozenset[str]]
+    privileged: ClassVar[frozenset[str]]
+    privileged_by_default: ClassVar[frozenset[str]]
+    identity_required: ClassVar[bool]
+
+    def where(self, index: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What a successful verification proved.
+
+    ``covered``: how many leading elements of a batch body the signature covers (``None``: the
+    whole body). ``probe``: a validation request (Mailchimp's GET, Mandrill's HEAD) that stores
+    nothing. ``detail``: a sender-specific value verification produced (e.g. a signed message id).
+    """
+
+    covered: int | None = None
+    probe: bool = False
+    detail: str = ""
+
 
 PRIVILEGED = frozenset({"delete", "data_request"})
 MAX_NAME = 200  # EventSchema's limit: a longer name is a dead letter in the worker

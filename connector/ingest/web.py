@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import redis
-from flask import Blueprint, Flask, Response, current_app, jsonify
+from flask import Flask
 from werkzeug.datastructures import EnvironHeaders, MultiDict
 from werkzeug.wsgi import get_current_url
 
@@ -108,7 +108,7 @@ class Ingress:
     def __init__(
         self,
         fallback: Callable[[dict[str, Any], StartResponse], Iterable[bytes]],
-        accounts: Accounts,
+        accounts: Callable[[], Accounts],
         queue: EventQueue,
         *,
         max_body_bytes: int,
@@ -236,7 +236,7 @@ class Ingress:
         if method not in receiver.methods:
             message = f"{sender} accepts {', '.join(receiver.methods)}"
             return Answer.json(405, {"error": "method_not_allowed", "message": message})
-        account = self.accounts.get(account_id)
+        account = self.accounts().get(account_id)
         cfg = account.senders.get(sender) if account else None
         if account is None or cfg is None:
             decoy_account, decoy_cfg = _decoy(account_id, sender)
@@ -258,7 +258,7 @@ class Ingress:
         if environ.get("REQUEST_METHOD") != "POST":
             return Answer.json(405, {"error": "method_not_allowed", "message": "tracking calls accept POST"})
         inbound = self.inbound(environ, "POST")
-        account, events = tracking.receive(call, inbound, self.accounts, self.max_body_bytes, clock.now())
+        account, events = tracking.receive(call, inbound, self.accounts(), self.max_body_bytes, clock.now())
         return self.accept(account, events, tracking_answer)
 
     def accept(
@@ -302,8 +302,9 @@ def _decoy(account_id: str, sender: str) -> tuple[Account, SenderConfig]:
     return account, cfg
 
 
-def install(app: Flask, accounts: Accounts, queue: EventQueue) -> None:
-    """Put :class:`Ingress` in front of the app's own WSGI callable."""
+def install(app: Flask, accounts: Callable[[], Accounts], queue: EventQueue) -> None:
+    """Put :class:`Ingress` in front of the app's own WSGI callable; ``accounts`` gives the accounts
+    now (the runtime reloads changed files, so a rotated secret needs no restart)."""
     settings = app.config["CONNECTOR_SETTINGS"]
     app.wsgi_app = Ingress(  # type: ignore[method-assign]
         app.wsgi_app,
@@ -312,29 +313,3 @@ def install(app: Flask, accounts: Accounts, queue: EventQueue) -> None:
         max_body_bytes=settings.max_body_bytes,
         public_url=settings.public_url,
     )
-
-
-health = Blueprint("health", __name__)
-
-
-@health.route("/healthz")
-def healthz() -> Response:
-    return jsonify(status="ok")
-
-
-@health.route("/readyz")
-def readyz() -> Response | tuple[Response, int]:
-    from connector.worker.accounts import config_errors
-
-    try:
-        queue_conn = current_app.extensions["connector.ingest.queue"].conn
-        queue_conn.ping()
-        current_app.extensions["connector.profile_redis"].ping()
-        problems = config_errors(queue_conn)
-    except redis.RedisError as err:
-        raise StoreUnavailable("redis unreachable") from err
-    if problems:
-        # still 200: the last valid accounts keep serving; a failing readiness would take every
-        # web pod out of rotation for a file the workers are coping with
-        return jsonify(status="degraded", config_errors=[p.as_dict() for p in problems])
-    return jsonify(status="ready")

@@ -4,7 +4,6 @@ retries or delays have come due."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -14,12 +13,10 @@ from datetime import datetime
 import redis
 
 from adapters.base import Adapter
-from adapters.ratelimit import RateLimiter
-from connector import clock, redis_conn
-from connector.config import Account
-from connector.destinations import Destination, build_adapter, destinations
+from connector import clock
+from connector import runtime as process_runtime
+from connector.destinations import Destination, destinations
 from connector.errors import ConfigError
-from connector.settings import Settings
 from connector.sync.control import is_paused, pause
 from connector.sync.flusher import Flusher
 from connector.sync.keys import ARMED_TTL_SECONDS, JOB_TIME_BUDGET_SECONDS, LOCK_TTL_MS, SEP, key, run_script
@@ -38,30 +35,6 @@ return 1
 """
 
 
-_ADAPTERS: dict[tuple[str, str, str], Adapter] = {}
-
-
-def _account(settings: Settings, account_id: str) -> Account | None:
-    # the worker's accounts: a file that became invalid keeps serving its last valid version
-    from connector.worker import accounts
-
-    conn = redis_conn.connection(settings.queue_redis_url)
-    return accounts.CACHE.get(settings.config_dir, lambda: conn).get(account_id)
-
-
-def default_adapter(conn: redis.Redis, destination: Destination) -> Adapter:
-    fingerprint = json.dumps(
-        [destination.type, destination.api_key_env, dict(destination.options)], default=str
-    )
-    cache_key = (destination.account, destination.name, fingerprint)
-    adapter = _ADAPTERS.get(cache_key)
-    if adapter is None:
-        limiter = RateLimiter(conn, clock=lambda: clock.now().timestamp(), sleep=time.sleep)
-        adapter = build_adapter(destination, limiter, clock=lambda: clock.now().timestamp(), sleep=time.sleep)
-        _ADAPTERS[cache_key] = adapter
-    return adapter
-
-
 def flush_job(
     account_id: str,
     destination_name: str,
@@ -72,10 +45,10 @@ def flush_job(
     time_budget: float = JOB_TIME_BUDGET_SECONDS,
 ) -> dict[str, int]:
     """RQ job: flush one destination until nothing is ready within its batch delay."""
-    settings = Settings.from_env()
-    conn = conn or redis_conn.connection(settings.queue_redis_url)
+    rt = process_runtime.current()
+    conn = conn or rt.queue_redis
     armed = key(account_id, destination_name, "armed")
-    account = _account(settings, account_id)
+    account = rt.account(account_id)
     dest = destinations(account).get(destination_name) if account else None
     if dest is None:
         conn.delete(armed)
@@ -91,7 +64,7 @@ def flush_job(
     started = clock.monotonic()
     try:
         try:
-            adapter = factory(dest) if factory else default_adapter(conn, dest)
+            adapter = factory(dest) if factory else rt.adapter(dest)
         except ConfigError as err:
             pause(conn, account_id, destination_name, err.reason, None, clock.now())
             conn.delete(armed)

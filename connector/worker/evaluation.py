@@ -16,11 +16,11 @@ from datetime import datetime
 import redis
 
 import rules
-from connector import redis_conn, sync
+from connector import sync
 from connector.config import Account
 from connector.profiles import load_profile
 from connector.profiles.bounds import count_dropped
-from connector.settings import Settings
+from connector.runtime import Runtime
 from connector.worker import due
 from connector.worker.ledger import Diff, Ledger
 from rules import Evaluation, Profile, RuleSet
@@ -164,13 +164,10 @@ def forget_absorbed(
 
 
 def evaluate_touched(
-    account_id: str, profile_ids: set[str], now: datetime, restate: Collection[str] = ()
+    runtime: Runtime, account_id: str, profile_ids: set[str], now: datetime, restate: Collection[str] = ()
 ) -> None:
     """Evaluate the rules of ``account_id`` for ``profile_ids`` as of ``now``."""
-    from connector.worker.pipeline import accounts_for
-
-    settings = Settings.from_env()
-    account = accounts_for(settings.config_dir).get(account_id)
+    account = runtime.account(account_id)
     if account is None:
         log.warning("evaluation skipped: unknown account", extra={"account": account_id})
         return
@@ -178,7 +175,7 @@ def evaluate_touched(
         account,
         profile_ids,
         now,
-        redis_conn.connection(settings.profile_redis_url),
-        redis_conn.connection(settings.queue_redis_url),
+        runtime.profile_redis,
+        runtime.queue_redis,
         restate=restate,
     )

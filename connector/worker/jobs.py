@@ -11,6 +11,7 @@ shard.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -21,7 +22,8 @@ from types import TracebackType
 
 import redis
 
-from connector import clock, redis_conn
+from connector import clock
+from connector import runtime as process_runtime
 from connector.errors import UndecodableItem
 from connector.event import Event, load_event
 from connector.ingest.queue import (
@@ -32,8 +34,9 @@ from connector.ingest.queue import (
     pump_key,
     stream_key,
 )
-from connector.settings import Settings
+from connector.runtime import Runtime
 from connector.sync.deadletters import DeadLetters
+from connector.worker import due, evaluation, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +87,8 @@ def ensure_group(conn: redis.Redis, shard: int) -> None:
             raise
 
 
-def _default_processor() -> Processor:
-    from connector.worker.pipeline import process
-
-    return process
+def _default_processor(runtime: Runtime) -> Processor:
+    return functools.partial(pipeline.process, runtime)
 
 
 def fresh(value: bytes | str | None, now: datetime) -> bool:
@@ -146,15 +147,15 @@ def drain_events(
     conn: redis.Redis | None = None,
 ) -> int:
     """Apply stored events of one shard until it is empty or the time budget is spent."""
-    settings = Settings.from_env()
-    conn = conn or redis_conn.connection(settings.queue_redis_url)
-    processor = processor or _default_processor()
+    rt = process_runtime.current()
+    conn = conn or rt.queue_redis
+    processor = processor or _default_processor(rt)
     ensure_group(conn, shard)
     consumer = consumer_name()
     with Heartbeat(conn, shard, consumer):
         total, spent = _drain(conn, shard, consumer, batch_size, time_budget, processor)
         if spent:
-            EventQueue(conn, settings.event_shards).enqueue_drain(shard)
+            EventQueue(conn, rt.settings.event_shards).enqueue_drain(shard)
     return total
 
 
@@ -315,18 +316,12 @@ def reevaluate(
 ) -> int:
     """Re-evaluate profiles: those whose results change because time passed (from the due index),
     or every profile of an account after its rules were published (``progress_key`` counts them)."""
-    from connector.worker import due
-    from connector.worker.evaluation import evaluate_touched
-
-    evaluate_touched(account_id, set(profile_ids), clock.now())
+    rt = process_runtime.current()
+    evaluation.evaluate_touched(rt, account_id, set(profile_ids), clock.now())
     if progress_key:
-        conn = redis_conn.connection(Settings.from_env().queue_redis_url)
-        conn.hincrby(progress_key, "done", len(profile_ids))
+        rt.queue_redis.hincrby(progress_key, "done", len(profile_ids))
     if due_scores:
         # measured after the whole chunk was evaluated: the lateness a person's segment really saw
         done = clock.now().timestamp()
-        due.observe_lateness(
-            redis_conn.connection(Settings.from_env().queue_redis_url),
-            [done - score for score in due_scores],
-        )
+        due.observe_lateness(rt.queue_redis, [done - score for score in due_scores])
     return len(profile_ids)

@@ -12,43 +12,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 import redis
 
-from connector import redis_conn
 from connector.config import Account, Accounts
 from connector.event import Event
 from connector.profiles import rejected
 from connector.profiles.apply import Outcome, apply_events
 from connector.profiles.bounds import count_dropped
-from connector.settings import Settings
-from connector.worker import accounts as account_cache
+from connector.runtime import Runtime
 from connector.worker import erasure, evaluation
 
 log = logging.getLogger(__name__)
 
 
-def accounts_for(config_dir: Path) -> Accounts:
-    """The accounts of a config directory, reloaded when one of its files changes; a file that
-    became invalid keeps its last valid version serving, reported in ``config:errors``."""
-    return account_cache.CACHE.get(config_dir, _queue_conn)
-
-
-def _queue_conn() -> redis.Redis:
-    return redis_conn.connection(Settings.from_env().queue_redis_url)
-
-
-def process(events: Sequence[Event], now: datetime) -> None:
+def process(runtime: Runtime, events: Sequence[Event], now: datetime) -> None:
     """Apply a batch of stored events. Must be idempotent: a batch may be delivered twice."""
-    settings = Settings.from_env()
-    apply_batch(
-        events,
-        now,
-        accounts_for(settings.config_dir),
-        redis_conn.connection(settings.profile_redis_url),
-        redis_conn.connection(settings.queue_redis_url),
-    )
+    apply_batch(events, now, runtime.accounts, runtime.profile_redis, runtime.queue_redis)
 
 
 def apply_batch(
@@ -94,7 +74,11 @@ def apply_batch(
     for account_id, outcome in outcomes.items():
         if outcome.touched:
             restate = set(outcome.absorbed.values()) & outcome.touched
-            evaluation.evaluate_touched(account_id, set(outcome.touched), now, restate=restate)
+            account = accounts.get(account_id)
+            if account is not None:
+                evaluation.evaluate_profiles(
+                    account, set(outcome.touched), now, conn, queue_conn, restate=restate
+                )
     return outcomes
 
 

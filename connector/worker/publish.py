@@ -79,9 +79,7 @@ def stored_profiles(conn: redis.Redis, account_id: str, now: datetime) -> Iterat
             yield profile
 
 
-def profiles_from_events(
-    path: Path, account_id: str, now: datetime, account: Account | None = None
-) -> list[Profile]:
+def profiles_from_events(path: Path, account: Account, now: datetime) -> list[Profile]:
     """Profiles built from a JSON-lines file of events (Segment-spec messages or stored Events).
 
     The events go through the worker's own code (identity resolution and merges, the kept
@@ -89,15 +87,7 @@ def profiles_from_events(
     a dry run stitches identities exactly as production does: an anonymous visitor who later
     identifies is one person. Raises MalformedPayload naming the file and line of a bad entry.
     """
-    events = read_events(path, account_id, now)
-    if account is None:
-        from connector.settings import Settings
-        from connector.worker.pipeline import accounts_for
-
-        config_dir = Settings.from_env().config_dir
-        account = accounts_for(config_dir).get(account_id)
-        if account is None:
-            raise MalformedPayload(f"unknown account {account_id!r} (not in {config_dir})")
+    events = read_events(path, account.id, now)
     with (
         tempfile.TemporaryDirectory(prefix="connector-dry-run-") as tmp,
         EmbeddedRedis(Path(tmp), appendonly=False) as server,

@@ -22,9 +22,9 @@ from types import FrameType
 import redis
 from rq import Queue
 
-from connector import clock, redis_conn
+from connector import clock
 from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key, stream_key
-from connector.settings import Settings
+from connector.runtime import Runtime
 from connector.worker import due, jobs
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,8 @@ def sleep_seconds(conn: redis.Redis, now: datetime) -> float:
     return max(0.0, min(TICK_SECONDS, nxt - now.timestamp()))
 
 
-def run(settings: Settings | None = None, max_ticks: int | None = None) -> None:
-    settings = settings or Settings.from_env()
-    queue = EventQueue(redis_conn.connection(settings.queue_redis_url), settings.event_shards)
+def run(runtime: Runtime, max_ticks: int | None = None) -> None:
+    queue = EventQueue(runtime.queue_redis, runtime.settings.event_shards)
     stopping = False
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from connector.config import load_accounts
 from tests.conftest import ACME, GLOBEX, write_accounts
 
 SHOP = "example-shop.myshopify.com"
@@ -19,6 +19,6 @@ def client_with(settings: Any, directory: Path, **senders: dict[str, Any]) -> An
     acme = copy.deepcopy(ACME)
     for name, options in senders.items():
         acme["senders"][name] = {**acme["senders"][name], **options}
-    app = create_app(settings, load_accounts(write_accounts(directory, acme, GLOBEX)))
+    app = create_app(dataclasses.replace(settings, config_dir=write_accounts(directory, acme, GLOBEX)))
     app.config["TESTING"] = True
     return app.test_client()

@@ -75,7 +75,7 @@ def own_client(own_redis: EmbeddedRedis, accounts: Accounts, tmp_path: Path):  #
         public_url=None,
         data_dir=tmp_path,
     )
-    app = create_app(settings, accounts)
+    app = create_app(settings)
     app.config["TESTING"] = True
     return app.test_client()
 

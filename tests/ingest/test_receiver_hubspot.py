@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
 from connector import clock
-from connector.config import load_accounts
 from connector.ingest.receivers import REGISTRY
 from connector.ingest.receivers.hubspot import signature_v1, signature_v2, signature_v3
 from tests.conftest import ACME, GLOBEX, write_accounts
@@ -41,7 +41,7 @@ def client_for(settings, tmp_path, **options):  # type: ignore[no-untyped-def]
 
     acme = copy.deepcopy(ACME)
     acme["senders"]["hubspot"] = {"secret_env": "ACME_HUBSPOT_SECRET", **options}
-    app = create_app(settings, load_accounts(write_accounts(tmp_path / "hs", acme, GLOBEX)))
+    app = create_app(dataclasses.replace(settings, config_dir=write_accounts(tmp_path / "hs", acme, GLOBEX)))
     return app.test_client()
 
 
@@ -168,7 +168,7 @@ def test_v3_signs_the_public_url_when_one_is_configured(settings, tmp_path, redi
     from connector.app import create_app
 
     public = dataclasses.replace(settings, public_url="https://hooks.example.com/")
-    app = create_app(public, load_accounts(write_accounts(tmp_path / "pub", ACME, GLOBEX)))
+    app = create_app(dataclasses.replace(public, config_dir=write_accounts(tmp_path / "pub", ACME, GLOBEX)))
     client = app.test_client()
     body = json.dumps([event(41)]).encode()
     path = "/webhooks/acme/hubspot?portal=62515"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+from tests.conftest import fresh_runtime
 from tests.helpers import stored_events
 
 KEY = "rudder-static-key-42"
@@ -77,6 +78,7 @@ def test_connector_sign_uses_the_header_the_account_configured(
     )
     monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(accounts))
     monkeypatch.setenv("SHOP_RS_KEY", KEY)
+    fresh_runtime()  # a CLI invocation of its own: its runtime reads this environment
     (tmp_path / "body.json").write_text(json.dumps(MESSAGE))
     result = CliRunner().invoke(sign, ["rudderstack", str(tmp_path / "body.json"), "--account", "shop"])
     assert result.exit_code == 0, result.output

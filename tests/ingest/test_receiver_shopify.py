@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 
-from connector.config import load_accounts
 from connector.ingest.receivers.shopify import signature
 from tests.conftest import ACME, GLOBEX, vector, write_accounts
 from tests.helpers import stored_events
@@ -122,7 +122,7 @@ def test_shop_domain_allow_list(settings, tmp_path, redis_client) -> None:  # ty
 
     acme = copy.deepcopy(ACME)
     acme["senders"]["shopify"]["shop_domains"] = [SHOP]
-    app = create_app(settings, load_accounts(write_accounts(tmp_path / "a", acme, GLOBEX)))
+    app = create_app(dataclasses.replace(settings, config_dir=write_accounts(tmp_path / "a", acme, GLOBEX)))
     client = app.test_client()
     body = b'{"id": 1, "line_items": []}'
     assert post(client, body, headers(body, "orders/create")).status_code == 200

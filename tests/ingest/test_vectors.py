@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from connector import clock
-from connector.config import load_accounts
 from tests.conftest import ACME, GLOBEX, VECTORS, write_accounts
 from tests.helpers import stored_events
 
@@ -36,7 +36,7 @@ def make_client(settings, tmp_path: Path, hubspot_url: str | None = None):  # ty
     if hubspot_url:
         acme["senders"]["hubspot"]["url"] = hubspot_url
     directory = write_accounts(tmp_path / "vector-accounts", acme, GLOBEX)
-    app = create_app(settings, load_accounts(directory))
+    app = create_app(dataclasses.replace(settings, config_dir=directory))
     app.config["TESTING"] = True
     return app.test_client()
 

@@ -114,7 +114,7 @@ def test_rules_test_events_stitch_identities_like_the_worker(tmp_path: Path, acc
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines))
     account = accounts.get("acme")
-    [person] = profiles_from_events(path, "acme", NOW, account)
+    [person] = profiles_from_events(path, account, NOW)
     assert person.identities["email"] == ("jo@example.com",)
     assert set(person.identities["anonymous_id"]) == {"anon-1", "anon-2"}
     assert [e.name for e in person.events] == ["add_to_cart", "product_viewed"]

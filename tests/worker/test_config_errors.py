@@ -3,28 +3,19 @@ serving, and the file and reason are reported (Redis ``config:errors``, ``/ready
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 import redis
 import yaml
 
-from connector import clock
+from connector import clock, runtime
 from connector.event import Event
 from connector.ingest.queue import EventQueue, stream_key
-from connector.worker import accounts, jobs
+from connector.worker import jobs
 from tests.conftest import ACME
 
 NOW = datetime(2024, 1, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache() -> Iterator[None]:
-    accounts.CACHE.forget()
-    yield
-    accounts.CACHE.forget()
 
 
 def make_event(n: int) -> Event:
@@ -59,22 +50,21 @@ def test_an_account_file_broken_while_running_keeps_its_last_valid_version_servi
 ) -> None:
     drain(redis_client, 0, 3)
     assert applied(redis_client) == 3
-    assert accounts.config_errors(redis_client) == []
+    assert runtime.config_errors(redis_client) == []
 
     acme_file = config_dir / "acme.yaml"
     acme_file.write_text("account: acme\nsenders: [unclosed\n")
     drain(redis_client, 3, 3)
     assert applied(redis_client) == 6  # still applied for acme, not rejected as an unknown account
-    [problem] = accounts.config_errors(redis_client)
+    [problem] = runtime.config_errors(redis_client)
     assert problem.file == str(acme_file)
     assert "not valid YAML" in problem.reason
 
     acme_file.write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
     drain(redis_client, 6, 2)
     assert applied(redis_client) == 8
-    assert accounts.config_errors(redis_client) == []
-    served = accounts.CACHE.get(config_dir)
-    acme = served.get("acme")
+    assert runtime.config_errors(redis_client) == []
+    acme = runtime.current().account("acme")
     assert acme is not None and acme.dedupe_ttl_seconds == 96 * 3600  # the repaired file serves
 
 
@@ -84,9 +74,9 @@ def test_readyz_stays_ready_and_reports_the_invalid_file(
     answer = client.get("/readyz")
     assert answer.status_code == 200 and answer.get_json() == {"status": "ready"}
 
-    accounts.CACHE.get(config_dir, lambda: redis_client)
+    assert runtime.current().account("globex") is not None
     (config_dir / "globex.yaml").write_text(yaml.safe_dump({"account": "globex", "senders": {"nope": {}}}))
-    accounts.CACHE.get(config_dir, lambda: redis_client)
+    assert runtime.current().account("globex") is not None  # its last valid version
 
     answer = client.get("/readyz")
     assert answer.status_code == 200

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from connector import clock, redis_conn
+from connector import clock, redis_conn, runtime
 from connector.config import load_accounts
 from connector.event import load_event
 from connector.ingest.queue import EventQueue, stream_key
@@ -173,7 +173,7 @@ def _dying_drain(shard: int) -> None:
     from connector.worker import pipeline
 
     def half_then_die(events, now) -> None:  # type: ignore[no-untyped-def]
-        pipeline.process(events[: len(events) // 2], now)
+        pipeline.process(runtime.current(), events[: len(events) // 2], now)
         os.kill(os.getpid(), signal.SIGKILL)
 
     redis_conn.reset()

@@ -25,6 +25,7 @@ from connector.config import Account, Secret, SenderConfig
 from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentType
 from connector.event import EVENT_TYPES, Event
 from connector.ingest import admission
+from connector.ingest.admission import Proof
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,6 @@ class Inbound:
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
         return value if value else None
-
-
-@dataclass(frozen=True)
-class Proof:
-    """What a successful verification proved.
-
-    ``covered``: how many leading elements of a batch body the signature covers (``None``: the
-    whole body). ``probe``: a validation request (Mailchimp's GET, Mandrill's HEAD) that stores
-    nothing. ``detail``: a sender-specific value verification produced (e.g. a signed message id).
-    """
-
-    covered: int | None = None
-    probe: bool = False
-    detail: str = ""
 
 
 WHOLE_BODY = Proof()

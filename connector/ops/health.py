@@ -1,0 +1,33 @@
+"""Health: ``/healthz`` answers while the process is up; ``/readyz`` while Redis is reachable, and
+reports the account files that are invalid now (their last valid version keeps serving)."""
+
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify
+
+from connector.errors import StoreUnavailable
+from connector.runtime import config_errors
+
+health = Blueprint("health", __name__)
+
+
+@health.route("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@health.route("/readyz")
+def readyz() -> Response | tuple[Response, int]:
+    try:
+        queue_conn = current_app.extensions["connector.runtime"].queue_redis
+        queue_conn.ping()
+        current_app.extensions["connector.runtime"].profile_redis.ping()
+        problems = config_errors(queue_conn)
+    except redis.RedisError as err:
+        raise StoreUnavailable("redis unreachable") from err
+    if problems:
+        # still 200: the last valid accounts keep serving; a failing readiness would take every
+        # web pod out of rotation for a file the workers are coping with
+        return jsonify(status="degraded", config_errors=[p.as_dict() for p in problems])
+    return jsonify(status="ready")
