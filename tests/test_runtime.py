@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import json
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from connector import runtime
 from connector.runtime import AccountsProvider
+from connector.settings import Settings
 from tests.conftest import ACME, ACME_ENV, GLOBEX, write_accounts
 
 
@@ -80,3 +84,74 @@ def test_current_without_an_installed_runtime_is_an_error() -> None:
     runtime.uninstall()
     with pytest.raises(RuntimeError, match="no runtime installed"):
         runtime.current()
+
+
+# Where the process's settings, connections and accounts may come from: the entry points only.
+ENTRY_POINTS = {"connector/app.py", "connector/cli/main.py", "connector/cli/run_cmd.py"}
+BUILDERS = {"from_env", "connection", "load_accounts"}  # Settings.from_env, redis_conn.connection
+
+
+def _calls(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in BUILDERS:
+                found.add(name)
+    return found
+
+
+def test_nothing_below_the_entry_points_reads_settings_or_opens_connections() -> None:
+    root = Path(__file__).resolve().parents[1]
+    allowed = ENTRY_POINTS | {
+        "connector/runtime.py",  # builds the runtime from the settings it is given
+        "connector/redis_conn.py",  # defines connection()
+        "connector/settings.py",  # defines from_env()
+        "connector/config.py",  # defines load_accounts()
+        "connector/cli/config_cmd.py",  # `config validate DIR` loads the directory it is given
+        "connector/cli/sign_cmd.py",  # signs with the directory's secrets, strictly loaded
+    }
+    offenders = {
+        str(path.relative_to(root)): sorted(calls)
+        for path in sorted((root / "connector").rglob("*.py"))
+        if str(path.relative_to(root)) not in allowed and "dev/" not in str(path.relative_to(root))
+        for calls in [_calls(path)]
+        if calls
+    }
+    assert offenders == {}
+
+
+def test_the_checker_sees_a_settings_read(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from connector.settings import Settings\n\ndef f():\n    return Settings.from_env()\n")
+    assert _calls(module) == {"from_env"}
+
+
+def test_the_web_process_takes_a_rotated_secret_without_a_restart(
+    settings: Settings, redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.app import create_app
+    from connector.ingest.receivers.segment import sign
+
+    app = create_app(runtime=runtime.Runtime.from_settings(settings, check_seconds=0))
+    client = app.test_client()
+    body = json.dumps(
+        {"type": "track", "event": "Product Viewed", "userId": "u-rot", "messageId": "rot-1"}
+    ).encode()
+
+    def post(secret: str) -> int:
+        headers = {"X-Signature": sign(secret.encode(), body), "Content-Type": "application/json"}
+        return int(client.post("/webhooks/globex/segment", data=body, headers=headers).status_code)
+
+    rotated = "globex-rotated-segment-secret-0042"
+    assert post(rotated) == 401
+    monkeypatch.setenv("GLOBEX_SEGMENT_SECRET_NEW", rotated)
+    globex = {
+        **GLOBEX,
+        "senders": {**GLOBEX["senders"], "segment": {"secret_env": "GLOBEX_SEGMENT_SECRET_NEW"}},
+    }
+    (config_dir / "globex.yaml").write_text(yaml.safe_dump(globex))
+    assert post(rotated) == 200
+    assert post(ACME_ENV["GLOBEX_SEGMENT_SECRET"]) == 401  # the old one is gone
