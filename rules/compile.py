@@ -12,8 +12,18 @@ from typing import Any, TypeVar, cast
 
 from marshmallow import ValidationError
 
-from .conditions import Compare, Condition, InSegment, Junction, Not, Sequence_, Unmatched
-from .durations import DurationError, is_duration, parse_duration
+from .conditions import (
+    Always,
+    Compare,
+    Condition,
+    ForSome,
+    InSegment,
+    Junction,
+    Not,
+    Sequence_,
+    Unmatched,
+)
+from .durations import DurationError, is_duration, longest, parse_duration
 from .errors import RulesError
 from .ruleset import EMPTY, RuleSet, Segment
 from .schema import RulesSchema, TemplateSchema, dumps, flatten
@@ -134,6 +144,7 @@ class _Compiler:
         self.segment_names: set[str] = set()
         self.refs: dict[str, list[tuple[str, str]]] = {}  # segment → [(referenced, path)]
         self._current_refs: list[tuple[str, str]] = []
+        self._grouping = 0  # depth of for_some around the condition being compiled
 
     # -- shared pieces -------------------------------------------------------------------------
     def selector(self, spec: Mapping[str, Any]) -> Selector:
@@ -150,7 +161,7 @@ class _Compiler:
         if within is None:
             self.unbounded = True
         else:
-            self.lookback = max(self.lookback, within)
+            self.lookback = max(self.lookback, longest(within))
         return Window(within, older)
 
     def intern_value(self, value: V) -> V:
@@ -238,29 +249,54 @@ class _Compiler:
             ops = [(k, v) for k, v in arg.items() if k in ("older_than", "within")]
             made = Compare(occurrence, ops)
         elif op == "sequence":
-            negate = "then_not" in arg
-            follow = arg["then_not"] if negate else arg["then"]
-            first_within = arg.get("first_within")
-            if first_within is None:
-                self.unbounded = True
-            else:
-                self.lookback = max(self.lookback, first_within + arg["within"])
-            made = Sequence_(
-                self.selector(arg["first"]),
-                self.selector(follow),
-                arg["within"],
-                negate,
-                first_within,
-                last_only=arg.get("match", "last" if negate else "any") == "last",
-            )
+            made = self.sequence(arg)
         elif op in ("in_segment", "not_in_segment"):
-            if arg not in self.segment_names:
-                raise origin.error(here, f"unknown segment {arg!r}")
-            self._current_refs.append((arg, here))
-            made = InSegment(arg, negate=op == "not_in_segment")
+            made = self.reference(op, arg, origin, here)
+        elif op == "for_some":
+            made = self.for_some(arg, origin, here)
+        elif op == "always":
+            made = Always()
         else:  # the schema refuses unknown operators first
             raise origin.error(here, f"unknown condition {op!r}")
         return self.intern(made)
+
+    def sequence(self, arg: Mapping[str, Any]) -> Condition:
+        negate = "then_not" in arg
+        follow = arg["then_not"] if negate else arg["then"]
+        first_within = arg.get("first_within")
+        if first_within is None:
+            self.unbounded = True
+        else:
+            self.lookback = max(self.lookback, longest(first_within) + longest(arg["within"]))
+        return Sequence_(
+            self.selector(arg["first"]),
+            self.selector(follow),
+            arg["within"],
+            negate,
+            first_within,
+            last_only=arg.get("match", "last" if negate else "any") == "last",
+        )
+
+    def reference(self, op: str, arg: str, origin: _Origin, here: str) -> Condition:
+        if self._grouping:
+            raise origin.error(
+                here, f"{op} cannot be used inside for_some (a segment is about the whole person)"
+            )
+        if arg not in self.segment_names:
+            raise origin.error(here, f"unknown segment {arg!r}")
+        self._current_refs.append((arg, here))
+        return InSegment(arg, negate=op == "not_in_segment")
+
+    def for_some(self, arg: Mapping[str, Any], origin: _Origin, here: str) -> Condition:
+        sel = self.selector(arg)
+        self.reads(sel.event, arg["group_by"])
+        self.reads(ANY_EVENT, arg["group_by"])
+        self._grouping += 1
+        try:
+            inner = self.condition(arg["when"], origin, f"{here}.when")
+        finally:
+            self._grouping -= 1
+        return ForSome(sel, arg["group_by"], inner)
 
 
 def _trait_deps(spec: tuple[str, Any]) -> list[str]:

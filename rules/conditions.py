@@ -9,12 +9,12 @@ lower bound (nothing changes before it). A segment is a member only when its con
 from __future__ import annotations
 
 import operator
-from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
-from .durations import format_duration
+from .durations import Span, format_duration, passed
 from .values import (
     Index,
     Missing,
@@ -54,6 +54,10 @@ class Context(Protocol):
     def segment(self, name: str) -> SegmentResult: ...
 
     def explain(self, condition: Condition) -> dict[str, Any]: ...
+
+    def over(self, ix: Index) -> Context:
+        """The same instant and rules over another index (a ``for_some`` group's events)."""
+        ...
 
 
 WALK_CAP = 64
@@ -120,7 +124,7 @@ class Compare(Condition):
     def __init__(self, value: Value, ops: Sequence[tuple[str, Any]]) -> None:
         self.value = value
         self.exists: bool | None = None
-        self.dates: list[tuple[str, timedelta]] = []
+        self.dates: list[tuple[str, Span]] = []
         plain: list[tuple[str, Any]] = []
         for op, arg in ops:
             if op == "exists":
@@ -240,9 +244,9 @@ class Sequence_(Condition):
         self,
         first: Selector,
         then: Selector,
-        gap: timedelta,
+        gap: Span,
         negate: bool,
-        first_within: timedelta | None,
+        first_within: Span | None,
         last_only: bool,
     ) -> None:
         self.first = first
@@ -255,7 +259,7 @@ class Sequence_(Condition):
 
     def _candidates(self, ix: Index, t: datetime) -> range:
         times = (ix.cache.get(self.first.key) or ix.select(self.first))[1]
-        lo = bisect_right(times, t - self.first_within) if self.first_within is not None else 0
+        lo = passed(times, t, self.first_within) if self.first_within is not None else 0
         if self.last_only:
             return range(max(lo, len(times) - 1), len(times))
         return range(lo, len(times))
@@ -445,32 +449,101 @@ class Junction(Condition):
         return _combine(self.kind, [ctx.result(item) for item in self.items])
 
     def _quick(self, ctx: Context) -> Result:
-        """Value and a lower bound of the next change only (no exactness bookkeeping)."""
-        decisive = self.kind == "any"  # True decides an any, False decides an all
-        result = ctx.result
-        undecided: bool | None = not decisive  # the value when nothing decides
-        low: datetime | None = None  # earliest change of any child
-        hold: datetime | None = None  # latest change among deciding children
-        deciders = 0
-        for item in self.items:
-            value, nxt, _, _ = result(item)
-            if value is decisive:
-                if nxt is None:
-                    return (value, None, None, True)  # decided for good
-                deciders += 1
-                if hold is None or nxt > hold:
-                    hold = nxt
-            elif value is None:
-                undecided = None
-            if nxt is not None and (low is None or nxt < low):
-                low = nxt
-        if deciders:
-            return (decisive, hold, None, False)
-        return (undecided, low, None, low is None)
+        return _quick(self.kind, map(ctx.result, self.items))
 
     def explain(self, ctx: Context) -> dict[str, Any]:
         node = self._node(ctx, f"{self.kind} of")
         node["children"] = [ctx.explain(c) for c in self.items]
+        return node
+
+
+def _quick(kind: str, results: Iterable[Result]) -> Result:
+    """all / any: the value and a lower bound of the next change only (no exactness bookkeeping)."""
+    decisive = kind == "any"  # True decides an any, False decides an all
+    undecided: bool | None = not decisive  # the value when nothing decides
+    low: datetime | None = None  # earliest change of any child
+    hold: datetime | None = None  # latest change among deciding children
+    deciders = 0
+    for value, nxt, _, _ in results:
+        if value is decisive:
+            if nxt is None:
+                return (value, None, None, True)  # decided for good
+            deciders += 1
+            if hold is None or nxt > hold:
+                hold = nxt
+        elif value is None:
+            undecided = None
+        if nxt is not None and (low is None or nxt < low):
+            low = nxt
+    if deciders:
+        return (decisive, hold, None, False)
+    return (undecided, low, None, low is None)
+
+
+class Always(Condition):
+    """Holds for everyone, always: the last segment of an exclusive group ("everyone else")."""
+
+    __slots__ = ("key",)
+
+    def __init__(self) -> None:
+        self.key = "always"
+
+    def evaluate(self, ctx: Context) -> Result:
+        return (True, None, None, True)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        return self._node(ctx, "always")
+
+
+MAX_LISTED_GROUPS = 20
+
+
+class ForSome(Condition):
+    """True when, for some value of a property among the selected events, ``inner`` holds over the events
+    carrying that value. Groups only appear with new events, so the next change is the groups' earliest."""
+
+    __slots__ = ("by", "inner", "key", "sel")
+
+    def __init__(self, sel: Selector, by: str, inner: Condition) -> None:
+        self.sel = sel
+        self.by = by
+        self.inner = inner
+        self.key = repr(("for_some", sel.key, by, inner.key))
+
+    def children(self) -> Sequence[Condition]:
+        return (self.inner,)
+
+    def _groups(self, ctx: Context) -> list[tuple[Any, Context]]:
+        split = ctx.ix.split(self.by)
+        records = ctx.ix.select(self.sel)[0]
+        values: dict[Any, None] = {}
+        for record in records:
+            group = record.properties.get(self.by)
+            if group in split:
+                values[group] = None
+        return [(group, ctx.over(split[group])) for group in values]
+
+    def evaluate(self, ctx: Context) -> Result:
+        results = [sub.result(self.inner) for _, sub in self._groups(ctx)]
+        if not results:
+            return (False, None, None, True)
+        if not ctx.thorough:
+            return _quick("any", results)
+        return _combine("any", results)
+
+    def explain(self, ctx: Context) -> dict[str, Any]:
+        groups = self._groups(ctx)
+        holding = [g for g, sub in groups if sub.result(self.inner)[0] is True]
+        text = f"for some {self.by} of {self.sel.label()}"
+        node = self._node(ctx, text, value=[exported(g) for g in holding[:MAX_LISTED_GROUPS]] or None)
+        if not groups:
+            node["reason"] = f"no {self.sel.label()} with a {self.by}"
+            return node
+        shown = next((sub for g, sub in groups if g in holding), groups[-1][1])
+        shown_group = next(g for g, sub in groups if sub is shown)
+        child = shown.explain(self.inner)
+        child["condition"] = f"{self.by} = {exported(shown_group)!r}: {child['condition']}"
+        node["children"] = [child]
         return node
 
 

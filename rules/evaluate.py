@@ -63,6 +63,9 @@ class Context:
     def explain(self, condition: Condition) -> dict[str, Any]:
         return condition.explain(self)
 
+    def over(self, ix: Index) -> Context:
+        return Context(ix, self.now, self.rules, thorough=self.thorough)
+
     def at(self, instant: datetime) -> Context:
         return Context(self.ix, instant, self.rules, thorough=False)
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from .durations import DurationError, parse_duration
+from .durations import DurationError, Span, parse_duration
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 EVENT = re.compile(r"^(?:\*|[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127})$")
@@ -35,8 +34,8 @@ class Strict(Schema):
     error_messages = {"unknown": "unknown field"}
 
 
-class Duration(fields.Field[timedelta]):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> timedelta:
+class Duration(fields.Field[Span]):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Span:
         try:
             return parse_duration(value)
         except DurationError as err:
@@ -227,9 +226,11 @@ class SequenceConditionSchema(Strict):
 
 
 class ConditionField(fields.Field[tuple[str, Any]]):
-    """One condition: ``{operator: arguments}``, checked against the registry."""
+    """One condition: ``{operator: arguments}``, checked against the registry; or the word ``always``."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[str, Any]:
+        if value == "always":
+            return ("always", True)
         if not isinstance(value, dict) or len(value) != 1:
             raise ValidationError(
                 f"a condition is a mapping with exactly one operator (one of {_known(CONDITIONS)})"
@@ -281,6 +282,22 @@ def _list_of_conditions(arg: Any) -> Any:
 
 def _one_condition(arg: Any) -> Any:
     return ConditionField().deserialize(arg)
+
+
+def _always(arg: Any) -> Any:
+    if arg is not True:
+        raise ValidationError("must be true (a condition that always holds), or write when: always")
+    return True
+
+
+class ForSomeSchema(Strict):
+    """``for_some``: the events are split by a property's value; holds when, for some value, the condition
+    holds over the events with that value (``group_by: category``: "in one category, ...")."""
+
+    group_by = Name(required=True)
+    event = EventName(load_default="*")
+    where = WhereField()
+    when = ConditionField(required=True)
 
 
 def _segment_name(arg: Any) -> Any:
@@ -342,6 +359,8 @@ CONDITIONS: dict[str, Any] = {
     "sequence": _schema_loader(SequenceConditionSchema),
     "in_segment": _segment_name,
     "not_in_segment": _segment_name,
+    "for_some": _schema_loader(ForSomeSchema),
+    "always": _always,
 }
 
 VALUES: dict[str, Any] = {

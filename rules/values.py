@@ -8,14 +8,14 @@ window); walking those edges is how the next change of a result is found exactly
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from operator import ge
 from typing import Any
 
-from .durations import format_duration
+from .durations import Span, format_duration, longest, passed
 from .model import EventRecord, Profile
 
 ANY_EVENT = "*"
@@ -173,7 +173,7 @@ def describe_ops(ops: Iterable[tuple[str, Any]]) -> str:
     symbols = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
     parts = []
     for op, arg in ops:
-        if isinstance(arg, timedelta):
+        if isinstance(arg, Span):
             parts.append(f"{op.replace('_', ' ')} {format_duration(arg)}")
         elif op in symbols:
             parts.append(f"{symbols[op]} {arg!r}")
@@ -226,13 +226,29 @@ _NOTHING: tuple[Sequence[EventRecord], list[datetime]] = ((), [])
 class Index:
     """A profile's events per selector, sorted by time, built once per evaluation and shared by conditions."""
 
-    __slots__ = ("_all", "_names", "cache", "profile")
+    __slots__ = ("_all", "_names", "_split", "cache", "profile")
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.cache: dict[str, tuple[Sequence[EventRecord], list[datetime]]] = {}
         self._names: dict[str, tuple[list[EventRecord], list[datetime]]] | None = None
         self._all: tuple[Sequence[EventRecord], list[datetime]] = _NOTHING
+        self._split: dict[str, dict[Any, Index]] = {}
+
+    def split(self, prop: str) -> dict[Any, Index]:
+        """One index per value of ``prop``, over the events that carry that value (any event name)."""
+        hit = self._split.get(prop)
+        if hit is None:
+            buckets: dict[Any, list[EventRecord]] = {}
+            for record in self.profile.events:
+                group = record.properties.get(prop)
+                if group is None or isinstance(group, dict | list):
+                    continue
+                buckets.setdefault(group, []).append(record)
+            hit = self._split[prop] = {
+                group: Index(replace(self.profile, events=records)) for group, records in buckets.items()
+            }
+        return hit
 
     def _build(self) -> dict[str, tuple[list[EventRecord], list[datetime]]]:
         """Every event name's records and times in one pass, in (occurred_at, event_id) order."""
@@ -270,23 +286,23 @@ class Window:
 
     __slots__ = ("older", "within")
 
-    def __init__(self, within: timedelta | None = None, older: timedelta | None = None) -> None:
+    def __init__(self, within: Span | None = None, older: Span | None = None) -> None:
         self.within = within
         self.older = older
 
     def bounds(self, times: list[datetime], t: datetime) -> tuple[int, int]:
-        lo = bisect_right(times, t - self.within) if self.within is not None else 0
-        hi = bisect_right(times, t - self.older) if self.older is not None else len(times)
+        lo = passed(times, t, self.within) if self.within is not None else 0
+        hi = passed(times, t, self.older) if self.older is not None else len(times)
         return lo, max(lo, hi)
 
     def edge(self, times: list[datetime], t: datetime) -> datetime | None:
         found: datetime | None = None
         if self.within is not None:
-            lo = bisect_right(times, t - self.within)
+            lo = passed(times, t, self.within)
             if lo < len(times):
                 found = times[lo] + self.within
         if self.older is not None:
-            hi = bisect_right(times, t - self.older)
+            hi = passed(times, t, self.older)
             if hi < len(times):
                 found = earliest(found, times[hi] + self.older)
         return found
@@ -295,7 +311,7 @@ class Window:
     def lookback(self) -> timedelta | None:
         if self.within is None:
             return None
-        return self.within
+        return longest(self.within)
 
     def label(self) -> str:
         parts = []
@@ -399,12 +415,12 @@ class Aggregate(Value):
         edge: datetime | None = None
         lo = 0
         if within is not None:
-            lo = bisect_right(times, t - within)
+            lo = passed(times, t, within)
             if lo < n:
                 edge = times[lo] + within
         hi = n
         if older is not None:
-            hi = bisect_right(times, t - older)
+            hi = passed(times, t, older)
             if hi < n:
                 entering = times[hi] + older
                 if edge is None or entering < edge:
