@@ -357,12 +357,28 @@ class ProfileData:
 
 def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) -> ProfileData | None:
     """The stored profile, or None if it does not exist (or was merged away or erased)."""
+    return read_profiles(conn, names, account, [pid])[pid]
+
+
+def read_profiles(
+    conn: redis.Redis, names: NameCodes, account: str, pids: Sequence[str]
+) -> dict[str, ProfileData | None]:
+    """:func:`read_profile` for many profiles of one account, in one pipeline."""
     pipe = conn.pipeline(transaction=False)
-    pipe.hgetall(keys.profile_key(account, pid))
-    pipe.zrange(keys.history_key(account, pid), 0, -1, withscores=True)
+    for pid in pids:
+        pipe.hgetall(keys.profile_key(account, pid))
+        pipe.zrange(keys.history_key(account, pid), 0, -1, withscores=True)
     pipe.hget(keys.names_key(account), "#gen")
-    raw, history, generation = pipe.execute()
-    names.check(account, generation)
+    replies = pipe.execute()
+    names.check(account, replies[-1])
+    return {
+        pid: _decode(names, account, pid, replies[2 * n], replies[2 * n + 1]) for n, pid in enumerate(pids)
+    }
+
+
+def _decode(
+    names: NameCodes, account: str, pid: str, raw: dict[bytes, bytes], history: list[tuple[bytes, float]]
+) -> ProfileData | None:
     if not raw or b"m" in raw or b"x" in raw:
         return None
     identities: dict[str, list[str]] = {}
@@ -442,6 +458,15 @@ def load_profile(conn: redis.Redis, account_id: str, profile_id: str, now: datet
     del now
     data = read_profile(conn, name_codes(conn), account_id, profile_id)
     return to_rules_profile(data) if data is not None else None
+
+
+def load_profiles(
+    conn: redis.Redis, account_id: str, profile_ids: Sequence[str], now: datetime
+) -> dict[str, Profile | None]:
+    """:func:`load_profile` for many profiles of one account, in one round trip."""
+    del now
+    found = read_profiles(conn, name_codes(conn), account_id, profile_ids)
+    return {pid: to_rules_profile(data) if data is not None else None for pid, data in found.items()}
 
 
 def iter_profile_ids(conn: redis.Redis, account_id: str, batch: int = 1000) -> Iterator[str]:
