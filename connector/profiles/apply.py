@@ -80,56 +80,10 @@ def apply_events(
     ordered = [events[n] for _, _, n in keyed]
     event_ids = {id(events[n]): eid for _, eid, n in keyed}
     rejects = conn.pipeline(transaction=False)
-    regular: list[tuple[Event, dict[str, str], str | None]] = []
-    requests: list[tuple[Event, dict[str, str]]] = []
-    for event in ordered:
-        checked = _check(event, account.blocked_identity_values)
-        if event.type == "delete" and event.name == SHOP_REDACT:
-            requests.append((event, {}))
-            continue
-        if isinstance(checked, str):
-            rejected.record(rejects, event, checked, now)
-            outcome.rejected += 1
-            continue
-        if event.type in ("delete", "data_request"):
-            requests.append((event, checked[0]))
-        else:
-            regular.append((event, checked[0], checked[1]))
+    regular, requests = _sort_out(ordered, account, rejects, now, outcome)
     prepared: list[Prepared] = []
     if regular:
-        kept: list[tuple[Event, dict[str, str], str | None]] = []
-        props: list[dict[str, Any] | None] = []
-        wanted: set[str] = set()
-        for item in regular:
-            event = item[0]
-            kept_props = (
-                kept_properties(account.id, event.name, event.properties)
-                if event.type in HISTORY_TYPES
-                else None
-            )
-            props.append(kept_props)
-            wanted.add(event.name)
-            wanted.update(PROPERTY_PREFIX + key for key in kept_props or ())
-        codes = name_codes(conn).codes(account.id, wanted)
-        for item, kept_props in zip(regular, props, strict=True):
-            event = item[0]
-            try:
-                prepared.append(
-                    prepare(
-                        event.occurred_at,
-                        event_ids[id(event)],
-                        codes[event.name],
-                        kept_props,
-                        event.traits,
-                        codes,
-                    )
-                )
-            except (TypeError, ValueError, OverflowError) as err:
-                rejected.record(rejects, event, f"cannot be stored: {err}", now)
-                outcome.rejected += 1
-                continue
-            kept.append(item)
-        regular = kept
+        regular, prepared = _prepare_all(conn, account, regular, event_ids, rejects, now, outcome)
     if outcome.rejected:
         rejects.execute()
         rejected.trim(conn, queue_conn, account.id)
@@ -145,6 +99,66 @@ def apply_events(
     for event, ids in requests:
         _request(conn, queue_conn, account, event, ids, now, outcome)
     return outcome
+
+
+_Regular = tuple[Event, dict[str, str], str | None]
+
+
+def _sort_out(
+    ordered: Sequence[Event], account: Account, rejects: Any, now: datetime, outcome: Outcome
+) -> tuple[list[_Regular], list[tuple[Event, dict[str, str]]]]:
+    """Split the events into regular ones and privacy requests; reject the unusable ones."""
+    regular: list[_Regular] = []
+    requests: list[tuple[Event, dict[str, str]]] = []
+    for event in ordered:
+        checked = _check(event, account.blocked_identity_values)
+        if event.type == "delete" and event.name == SHOP_REDACT:
+            requests.append((event, {}))
+        elif isinstance(checked, str):
+            rejected.record(rejects, event, checked, now)
+            outcome.rejected += 1
+        elif event.type in ("delete", "data_request"):
+            requests.append((event, checked[0]))
+        else:
+            regular.append((event, checked[0], checked[1]))
+    return regular, requests
+
+
+def _prepare_all(
+    conn: redis.Redis,
+    account: Account,
+    regular: list[_Regular],
+    event_ids: dict[int, str],
+    rejects: Any,
+    now: datetime,
+    outcome: Outcome,
+) -> tuple[list[_Regular], list[Prepared]]:
+    """The regular events that can be stored, each with its prepared form; the others are rejected."""
+    props: list[dict[str, Any] | None] = []
+    wanted: set[str] = set()
+    for event, _, _ in regular:
+        kept_props = (
+            kept_properties(account.id, event.name, event.properties) if event.type in HISTORY_TYPES else None
+        )
+        props.append(kept_props)
+        wanted.add(event.name)
+        wanted.update(PROPERTY_PREFIX + key for key in kept_props or ())
+    codes = name_codes(conn).codes(account.id, wanted)
+    kept: list[_Regular] = []
+    prepared: list[Prepared] = []
+    for item, kept_props in zip(regular, props, strict=True):
+        event = item[0]
+        try:
+            ready = prepare(
+                event.occurred_at, event_ids[id(event)], codes[event.name], kept_props, event.traits, codes
+            )
+        except (TypeError, ValueError, OverflowError) as err:
+            rejected.record(rejects, event, f"cannot be stored: {err}", now)
+            outcome.rejected += 1
+            continue
+        prepared.append(ready)
+        kept.append(item)
+    return kept, prepared
 
 
 def _apply_groups(

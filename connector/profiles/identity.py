@@ -219,44 +219,16 @@ class Resolver:
         if previous:
             pairs |= {("anonymous_id", previous), ("user_id", previous)}
         self.load(pairs)
-        ranks: dict[str, int] = {}
-        for kind, value in ids.items():
-            pid = self.index.get((kind, value))
-            if pid is not None:
-                ranks[pid] = min(ranks.get(pid, 99), _RANK[kind])
-        if previous:
-            for kind in ("user_id", "anonymous_id"):
-                pid = self.index.get((kind, previous))
-                if pid is not None:
-                    ranks[pid] = min(ranks.get(pid, 99), _RANK["anonymous_id"])
+        ranks = self._ranks(ids, previous)
         event_uid = ids.get("user_id")
-        target: str | None
-        if event_uid:
-            target = self.index.get(("user_id", event_uid))
-            if target is None:
-                free = [p for p in ranks if self._uid(p) is None]
-                target = min(free, key=lambda p: (ranks[p], p)) if free else None
-        else:
-            with_uid = [p for p in ranks if self._uid(p) is not None]
-            pool = with_uid or list(ranks)
-            target = min(pool, key=lambda p: (ranks[p], p)) if pool else None
+        target = self._choose(ranks, event_uid)
         if target is None:
             target = uuid.uuid4().hex[:16]
             self.state[target] = _State()
             self.result.created += 1
-        target_uid = event_uid or self._uid(target)
-        conflicted: set[str] = set()
-        for other in sorted(set(ranks) - {target}):
-            other_uid = self._uid(other)
-            if other_uid and target_uid and other_uid != target_uid:
-                conflicted.add(other)
-                self._conflict(other, target)
-                continue
-            self._merge(other, target)
-            target_uid = target_uid or other_uid
+        self._absorb(ranks, target, event_uid or self._uid(target))
         for kind, value in ids.items():
-            owner = self.index.get((kind, value))
-            if owner is None:
+            if self.index.get((kind, value)) is None:
                 self._link(kind, value, target)
         unknown_previous = previous and self.index.get(("user_id", previous)) is None
         if previous and unknown_previous and self.index.get(("anonymous_id", previous)) is None:
@@ -265,6 +237,41 @@ class Resolver:
             self.state[target].uid = event_uid
             self.uid_writes[target] = event_uid
         return target
+
+    def _ranks(self, ids: Mapping[str, str], previous: str | None) -> dict[str, int]:
+        """The profiles these identities point to, each with the best rank of the kinds naming it
+        (a previous id ranks as an anonymous id)."""
+        named = list(ids.items())
+        if previous:
+            named += [("user_id", previous), ("anonymous_id", previous)]
+        ranks: dict[str, int] = {}
+        for n, (kind, value) in enumerate(named):
+            pid = self.index.get((kind, value))
+            if pid is not None:
+                rank = _RANK[kind] if n < len(ids) else _RANK["anonymous_id"]
+                ranks[pid] = min(ranks.get(pid, 99), rank)
+        return ranks
+
+    def _choose(self, ranks: Mapping[str, int], event_uid: str | None) -> str | None:
+        """The surviving profile: the user id's own, else the best ranked one that may take it."""
+        if event_uid:
+            target = self.index.get(("user_id", event_uid))
+            if target is not None:
+                return target
+            pool = [p for p in ranks if self._uid(p) is None]
+        else:
+            pool = [p for p in ranks if self._uid(p) is not None] or list(ranks)
+        return min(pool, key=lambda p: (ranks[p], p)) if pool else None
+
+    def _absorb(self, ranks: Mapping[str, int], target: str, target_uid: str | None) -> None:
+        """Merge the other profiles into ``target``; one with another user id is a conflict."""
+        for other in sorted(set(ranks) - {target}):
+            other_uid = self._uid(other)
+            if other_uid and target_uid and other_uid != target_uid:
+                self._conflict(other, target)
+                continue
+            self._merge(other, target)
+            target_uid = target_uid or other_uid
 
     def _uid(self, pid: str) -> str | None:
         st = self.state.get(pid)

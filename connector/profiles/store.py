@@ -381,40 +381,34 @@ def _decode(
 ) -> ProfileData | None:
     if not raw or b"m" in raw or b"x" in raw:
         return None
-    identities: dict[str, list[str]] = {}
-    traits: dict[str, Any] = {}
-    trait_times: dict[str, datetime] = {}
-    first: dict[str, datetime] = {}
-    last: dict[str, datetime] = {}
-    others: list[str] = []
-    revision = 0
+    data = ProfileData(account, pid, {}, {}, {}, {}, {}, [], revision=int(raw.get(b"rv", b"0")))
     for f_raw, v_raw in raw.items():
-        f = f_raw.decode()
-        v = v_raw.decode()
-        if f.startswith("i:"):
-            parsed = keys.parse_identity_field(f)
-            if parsed is not None:
-                identities.setdefault(parsed[0], []).append(parsed[1])
-        elif f.startswith("t:"):
-            traits[f[2:]] = json.loads(v)
-        elif f.startswith("o:"):
-            trait_times[f[2:]] = _from_ms(int(v[:13]))
-        elif f == "k":
-            others = [v[i : i + 16] for i in range(0, len(v), 16)]
-        elif f == "rv":
-            revision = int(v)
-        elif f.startswith("f:"):
-            first[names.name(account, f[2:])] = _from_ms(int(v))
-        elif f.startswith("l:"):
-            last[names.name(account, f[2:])] = _from_ms(int(v))
-    events = []
+        _decode_field(data, names, f_raw.decode(), v_raw.decode())
     for member, score in history:
         stored = decode_member(member, score, lambda c: names.name(account, c))
-        events.append((names.name(account, stored.name_code), stored))
-    events.sort(key=lambda e: (e[1].occurred_at, e[1].event_id))
-    for values in identities.values():
+        data.events.append((names.name(account, stored.name_code), stored))
+    data.events.sort(key=lambda e: (e[1].occurred_at, e[1].event_id))
+    for values in data.identities.values():
         values.sort()
-    return ProfileData(account, pid, identities, traits, trait_times, first, last, events, others, revision)
+    return data
+
+
+def _decode_field(data: ProfileData, names: NameCodes, f: str, v: str) -> None:
+    """One field of the profile hash into ``data``."""
+    kind, rest = f[:2], f[2:]
+    if kind == "i:":
+        parsed = keys.parse_identity_field(f)
+        if parsed is not None:
+            data.identities.setdefault(parsed[0], []).append(parsed[1])
+    elif kind == "t:":
+        data.traits[rest] = json.loads(v)
+    elif kind == "o:":
+        data.trait_times[rest] = _from_ms(int(v[:13]))
+    elif kind in ("f:", "l:"):
+        seen = data.first_seen if kind == "f:" else data.last_seen
+        seen[names.name(data.account, rest)] = _from_ms(int(v))
+    elif f == "k":
+        data.other_event_ids.extend(v[i : i + 16] for i in range(0, len(v), 16))
 
 
 def _from_ms(ms: int) -> datetime:
