@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from connector import runtime as process_runtime
 from connector.ingest import web
 from connector.ingest.queue import EventQueue
-from connector.ops import health, metrics
+from connector.ops import api, health, metrics
 from connector.ops.logs import configure_logging
 from connector.runtime import Runtime
 from connector.settings import Settings
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(health.health)
     metrics.install(app, queue)
     _error_handlers(app)
+    api.install(app)
     web.install(app, lambda: runtime.accounts, queue)
     return app
 

@@ -22,12 +22,14 @@ def _register() -> None:
         config_cmd,
         dlq_cmd,
         events_cmd,
+        import_cmd,
         profiles_cmd,
         rules_cmd,
         run_cmd,
         sandbox_cmd,
         segments_cmd,
         sign_cmd,
+        tokens_cmd,
     )
 
     for module in (
@@ -38,8 +40,10 @@ def _register() -> None:
         rules_cmd,
         profiles_cmd,
         events_cmd,
+        import_cmd,
         sandbox_cmd,
         segments_cmd,
+        tokens_cmd,
     ):
         module.register(cli)
 

@@ -1,0 +1,77 @@
+"""Errors of the admin API: always JSON ``{"error", "message"}`` (and ``errors`` per field for
+invalid input), never a 500 for bad input; Redis out of reach is a 503."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import redis
+from flask import Response, jsonify
+from flask_smorest import Blueprint, abort
+from werkzeug.exceptions import HTTPException
+
+NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+def _first(messages: Any, path: str = "") -> str:
+    """The first field error as ``where.field: reason``."""
+    if isinstance(messages, dict) and messages:
+        key, value = next(iter(messages.items()))
+        where = f"{path}.{key}" if path else str(key)
+        return _first(value, where)
+    if isinstance(messages, list) and messages:
+        return _first(messages[0], path)
+    return f"{path}: {messages}" if path else str(messages)
+
+
+def error_body(code: int, message: str, errors: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": NAMES.get(code, "error"), "message": message}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def answer(code: int, message: str, errors: Any = None, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(error_body(code, message, errors))
+    response.status_code = code
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def http_error(err: HTTPException) -> Response:
+    data = getattr(err, "data", None) or {}
+    code = err.code or 400
+    errors = data.get("errors") or data.get("messages")
+    if isinstance(errors, dict) and set(errors) <= {"query", "json", "path", "headers", "view_args"}:
+        errors = {k: v for k, v in errors.items() if v}  # webargs nests by location
+    message = data.get("message")
+    if not message:
+        message = f"invalid {_first(errors)}" if errors else (err.description or err.name)
+    return answer(code, message, errors, data.get("headers"))
+
+
+def redis_error(err: redis.RedisError) -> Response:
+    return answer(503, f"state store unavailable ({type(err).__name__}); try again")
+
+
+def install(blp: Blueprint) -> None:
+    blp.register_error_handler(HTTPException, http_error)
+    blp.register_error_handler(redis.RedisError, redis_error)
+
+
+def fail(code: int, message: str, **extra: Any) -> NoReturn:
+    """Stop the request with a JSON error (``errors=``, ``headers=`` as flask-smorest's abort)."""
+    abort(code, message=message, **extra)
+    raise AssertionError("abort returned")  # abort always raises

@@ -1,0 +1,335 @@
+"""Request and response shapes of the admin API (marshmallow; the OpenAPI document is built from
+them). Every response is declared, so the document is the contract."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from connector.ops import tokens
+
+MAX_PAGE = 500
+
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "machine-readable kind"})
+    message = fields.String(required=True, metadata={"description": "what is wrong"})
+    errors = fields.Dict(metadata={"description": "per location and field, for invalid input"})
+
+
+class Query(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class PageQuery(Query):
+    cursor = fields.String(validate=validate.Length(max=200), metadata={"description": "from next_cursor"})
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE))
+
+
+def _page(item: type[Schema] | Schema, name: str) -> type[Schema]:
+    return Schema.from_dict(
+        {
+            "items": fields.List(fields.Nested(item), required=True),
+            "next_cursor": fields.String(
+                required=True, allow_none=True, metadata={"description": "null on the last page"}
+            ),
+        },
+        name=name,
+    )
+
+
+# accounts
+
+
+class AccountSummarySchema(Schema):
+    id = fields.String(required=True)
+    senders = fields.List(fields.String(), required=True)
+    destinations = fields.List(fields.String(), required=True)
+    segments = fields.List(fields.String(), required=True)
+
+
+AccountPageSchema = _page(AccountSummarySchema, "AccountPage")
+
+
+class SenderSchema(Schema):
+    name = fields.String(required=True)
+    type = fields.String(required=True)
+    options = fields.Dict(required=True, metadata={"description": "without secrets or their variables"})
+    refusals = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "refused requests by HTTP status for this sender type, counted across every "
+            "account (the ingest side does not attribute refusals): shown to tokens of every account only"
+        },
+    )
+
+
+class PauseSchema(Schema):
+    reason = fields.String(required=True, allow_none=True)
+    status = fields.Integer(required=True, allow_none=True)
+    at = fields.String(required=True, allow_none=True)
+
+
+class DestinationHealthSchema(Schema):
+    paused = fields.Boolean(required=True)
+    pause = fields.Nested(PauseSchema, required=True, allow_none=True)
+    pending = fields.Integer(required=True, metadata={"description": "changes waiting to be sent"})
+    dead_letters = fields.Integer(required=True)
+
+
+class MappingSchema(Schema):
+    tags = fields.List(fields.String(), required=True)
+    lists = fields.List(fields.String(), required=True)
+
+
+class DestinationSchema(Schema):
+    name = fields.String(required=True)
+    type = fields.String(required=True)
+    enabled = fields.Boolean(required=True)
+    segments = fields.Dict(keys=fields.String(), values=fields.Nested(MappingSchema), required=True)
+    fields_ = fields.Dict(keys=fields.String(), values=fields.String(), required=True, data_key="fields")
+    health = fields.Nested(DestinationHealthSchema, required=True)
+
+
+class CountersSchema(Schema):
+    ingest = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    worker = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    sync = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+class AccountSchema(Schema):
+    id = fields.String(required=True)
+    senders = fields.List(fields.Nested(SenderSchema), required=True)
+    destinations = fields.List(fields.Nested(DestinationSchema), required=True)
+    segments = fields.List(fields.String(), required=True)
+    traits = fields.List(fields.String(), required=True)
+    counters = fields.Nested(CountersSchema, required=True)
+
+
+# segments
+
+
+class SegmentSchema(Schema):
+    name = fields.String(required=True)
+    description = fields.String(required=True)
+    group = fields.String(required=True, allow_none=True)
+    template = fields.String(required=True, allow_none=True)
+    definition = fields.Raw(required=True, metadata={"description": "the rule as written"})
+    size = fields.Integer(required=True)
+
+
+SegmentPageSchema = _page(SegmentSchema, "SegmentPage")
+
+
+class PeriodSchema(Schema):
+    start = fields.String(required=True)
+    size = fields.Integer(required=True, metadata={"description": "at the end of the period"})
+    entered = fields.Integer(required=True)
+    exited = fields.Integer(required=True)
+
+
+class SegmentDetailSchema(SegmentSchema):
+    hourly = fields.List(fields.Nested(PeriodSchema), required=True)
+    daily = fields.List(fields.Nested(PeriodSchema), required=True)
+
+
+class SegmentQuery(Query):
+    hours = fields.Integer(load_default=24, validate=validate.Range(min=1, max=336))
+    days = fields.Integer(load_default=30, validate=validate.Range(min=1, max=396))
+
+
+class MembersQuery(PageQuery):
+    q = fields.String(
+        validate=validate.Length(min=1, max=254), metadata={"description": "email prefix (case-insensitive)"}
+    )
+
+
+class MemberSchema(Schema):
+    profile_id = fields.String(required=True)
+    email = fields.String(required=True, allow_none=True)
+
+
+MemberPageSchema = _page(MemberSchema, "MemberPage")
+
+
+class MembershipSchema(Schema):
+    segment = fields.String(required=True)
+    profile_id = fields.String(required=True)
+    member = fields.Boolean(required=True)
+
+
+# people
+
+
+class PeopleQuery(Query):
+    email = fields.String(validate=validate.Length(min=1, max=320))
+    user_id = fields.String(validate=validate.Length(min=1, max=320))
+    anonymous_id = fields.String(validate=validate.Length(min=1, max=320))
+
+
+class PersonRefSchema(Schema):
+    profile_id = fields.String(required=True)
+
+
+class PersonSchema(Schema):
+    profile_id = fields.String(required=True)
+    identities = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), required=True)
+    traits = fields.Dict(required=True)
+    segments = fields.List(fields.String(), required=True, metadata={"description": "current memberships"})
+    computed_traits = fields.Dict(required=True)
+    version = fields.Integer(required=True, allow_none=True, metadata={"description": "ledger version"})
+    event_count = fields.Integer(required=True)
+
+
+class TimelineQuery(Query):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_PAGE))
+
+
+class EventSchema(Schema):
+    name = fields.String(required=True)
+    at = fields.String(required=True)
+    properties = fields.Dict(required=True)
+
+
+class TransitionSchema(Schema):
+    version = fields.Integer(required=True)
+    at = fields.String(required=True)
+    entered = fields.List(fields.String(), required=True)
+    exited = fields.List(fields.String(), required=True)
+    traits = fields.Dict(required=True)
+
+
+class EspStateSchema(Schema):
+    destination = fields.String(required=True)
+    type = fields.String(required=True)
+    paused = fields.Boolean(required=True)
+    pending = fields.Boolean(required=True, metadata={"description": "a change waits to be sent"})
+    applied_version = fields.Integer(required=True, allow_none=True)
+    owned = fields.Dict(
+        required=True, allow_none=True, metadata={"description": "what the connector set there"}
+    )
+
+
+class TimelineSchema(Schema):
+    profile_id = fields.String(required=True)
+    events = fields.List(fields.Nested(EventSchema), required=True)
+    transitions = fields.List(fields.Nested(TransitionSchema), required=True)
+    destinations = fields.List(fields.Nested(EspStateSchema), required=True)
+
+
+class ExplanationSchema(Schema):
+    member = fields.Boolean(required=True)
+    reasons = fields.List(fields.String(), required=True)
+    next_change = fields.String(required=True, allow_none=True)
+    detail = fields.Dict(required=True)
+
+
+class ExplainSchema(Schema):
+    profile_id = fields.String(required=True)
+    now = fields.String(required=True)
+    next_due = fields.String(required=True, allow_none=True)
+    traits = fields.Dict(required=True)
+    segments = fields.Dict(keys=fields.String(), values=fields.Nested(ExplanationSchema), required=True)
+    text = fields.String(required=True, metadata={"description": "the same, readable"})
+
+
+class ExportSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    profile_id = fields.String(required=True)
+    document = fields.Dict(required=True, metadata={"description": "everything stored about the person"})
+
+
+class EraseSchema(Schema):
+    confirm = fields.String(required=True, metadata={"description": "the profile id, again"})
+
+
+class ErasedSchema(Schema):
+    profile_id = fields.String(required=True)
+    erased = fields.Boolean(required=True)
+    at = fields.String(required=True)
+
+
+# dead letters
+
+
+class DeadLetterQuery(PageQuery):
+    kind = fields.String(
+        validate=validate.Length(min=1, max=200), metadata={"description": "sync, sync:<dest>"}
+    )
+    filter = fields.String(
+        validate=validate.Length(min=1, max=200), metadata={"description": "text in the item"}
+    )
+
+
+class DeadLetterSchema(Schema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    reason = fields.String(required=True)
+    at = fields.String(required=True)
+    account = fields.String(required=True, allow_none=True)
+
+
+DeadLetterPageSchema = _page(DeadLetterSchema, "DeadLetterPage")
+
+
+class DeadLetterDetailSchema(DeadLetterSchema):
+    payload = fields.Raw(required=True, allow_none=True)
+
+
+class DeadLetterSelectSchema(Schema):
+    kind = fields.String(validate=validate.Length(min=1, max=200))
+    filter = fields.String(validate=validate.Length(min=1, max=200))
+    ids = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=1000)
+    )
+
+
+class DeadLetterOutcomeSchema(Schema):
+    matched = fields.Integer(required=True)
+    outcomes = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+# tokens and audit
+
+
+class TokenSchema(Schema):
+    id = fields.String(required=True)
+    role = fields.String(required=True)
+    accounts = fields.List(fields.String(), required=True)
+    created_at = fields.String(required=True)
+    expires_at = fields.String(required=True)
+    note = fields.String(required=True)
+
+
+TokenPageSchema = _page(TokenSchema, "TokenPage")
+
+
+class TokenCreateSchema(Schema):
+    accounts = fields.List(fields.String(validate=validate.Length(min=1, max=64)), required=True)
+    role = fields.String(required=True, validate=validate.OneOf(tokens.ROLES))
+    expires = fields.String(load_default=tokens.DEFAULT_EXPIRY, validate=validate.Length(min=2, max=10))
+    note = fields.String(load_default="", validate=validate.Length(max=200))
+
+
+class TokenCreatedSchema(Schema):
+    token = fields.Nested(TokenSchema, required=True)
+    secret = fields.String(required=True, metadata={"description": "shown once: keep it now"})
+
+
+class AuditEntrySchema(Schema):
+    id = fields.String(required=True)
+    at = fields.String(required=True)
+    token = fields.String(required=True)
+    action = fields.String(required=True)
+    target = fields.String(required=True)
+    accounts = fields.List(fields.String(), required=True)
+    before = fields.Raw(required=True, allow_none=True)
+    after = fields.Raw(required=True, allow_none=True)
+
+
+AuditPageSchema = _page(AuditEntrySchema, "AuditPage")

@@ -1,0 +1,179 @@
+"""``/api/v1/accounts/{id}/segments``: definitions, sizes now and over time, members.
+
+Sizes, counts per hour and day, and members come from :mod:`connector.worker.sizes`, kept as
+memberships change: a request reads a few hashes, never the profiles.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+import rules
+from connector import clock
+from connector.clock import isoformat
+from connector.config import Account
+from connector.ops.api import auth, errors
+from connector.ops.api.accounts import page
+from connector.ops.api.schemas import (
+    MemberPageSchema,
+    MembershipSchema,
+    MembersQuery,
+    PageQuery,
+    SegmentDetailSchema,
+    SegmentPageSchema,
+    SegmentQuery,
+)
+from connector.profiles import load_profile
+from connector.worker import sizes
+
+blp = Blueprint(
+    "api_segments",
+    __name__,
+    url_prefix="/api/v1/accounts/<string:account_id>/segments",
+    description="Segments",
+)
+errors.install(blp)
+SCAN_PER_PAGE = 10  # SSCAN COUNT multiplier when searching by email prefix
+
+
+@functools.cache
+def _templates() -> dict[str, dict[str, Any]]:
+    return rules.builtin_templates()
+
+
+def _included_params(account: Account, template: str) -> dict[str, Any]:
+    for item in (account.rules or {}).get("include") or ():
+        if isinstance(item, dict) and item.get("template") == template:
+            return dict(item.get("params") or {})
+    return {}
+
+
+def _definition(account: Account, segment: rules.Segment) -> Any:
+    if segment.origin:
+        written = next(
+            (
+                s
+                for s in _templates().get(segment.origin, {}).get("segments", ())
+                if s.get("name") == segment.name
+            ),
+            None,
+        )
+        return {
+            "template": segment.origin,
+            "params": _included_params(account, segment.origin),
+            "segment": written,
+        }
+    return next(
+        (s for s in (account.rules or {}).get("segments") or () if s.get("name") == segment.name), None
+    )
+
+
+def segment_or_404(account: Account, name: str) -> rules.Segment:
+    found = account.ruleset.by_name.get(name)
+    if found is None:
+        errors.fail(404, f"no segment {name!r} in account {account.id!r}")
+    return found
+
+
+def describe(account: Account, segment: rules.Segment, size: int) -> dict[str, Any]:
+    return {
+        "name": segment.name,
+        "description": segment.description,
+        "group": segment.group,
+        "template": segment.origin or None,
+        "definition": _definition(account, segment),
+        "size": size,
+    }
+
+
+def _period(p: sizes.Period) -> dict[str, Any]:
+    return {"start": isoformat(p.start), "size": p.size, "entered": p.entered, "exited": p.exited}
+
+
+@blp.route("")
+class Segments(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.arguments(PageQuery, location="query")
+    @blp.response(200, SegmentPageSchema)
+    def get(self, query: dict[str, Any], account_id: str) -> dict[str, Any]:
+        """Every segment with its definition and its size now."""
+        account = auth.account(account_id)
+        now_sizes = sizes.sizes(auth.runtime().profile_redis, account_id)
+        items = [describe(account, s, now_sizes.get(s.name, 0)) for s in account.ruleset.segments]
+        return page(items, query.get("cursor"), query["limit"])
+
+
+@blp.route("/<string:name>")
+class SegmentOne(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.arguments(SegmentQuery, location="query")
+    @blp.response(200, SegmentDetailSchema)
+    def get(self, query: dict[str, Any], account_id: str, name: str) -> dict[str, Any]:
+        """Definition, size now, size with entries and exits per hour (14 days) and per day (13 months)."""
+        account = auth.account(account_id)
+        segment = segment_or_404(account, name)
+        conn, now = auth.runtime().profile_redis, clock.now()
+        hourly = sizes.hourly(conn, account_id, name, now, query["hours"])
+        daily = sizes.daily(conn, account_id, name, now, query["days"])
+        out = describe(account, segment, hourly[-1].size if hourly else 0)
+        out["size"] = int(sizes.sizes(conn, account_id).get(name, 0))
+        out["hourly"] = [_period(p) for p in hourly]
+        out["daily"] = [_period(p) for p in daily]
+        return out
+
+
+def _cursor(text: str | None) -> int:
+    if text is None:
+        return 0
+    if not text.isdigit() or len(text) > 20:
+        errors.fail(422, f"invalid cursor {text!r}: pass the next_cursor of the previous page")
+    return int(text)
+
+
+def _emails(account_id: str, pids: list[str]) -> dict[str, str | None]:
+    conn, now = auth.runtime().profile_redis, clock.now()
+    out: dict[str, str | None] = {}
+    for pid in pids:
+        profile = load_profile(conn, account_id, pid, now)
+        emails = list(profile.identities.get("email", ())) if profile else []
+        out[pid] = emails[0] if emails else None
+    return out
+
+
+@blp.route("/<string:name>/members")
+class Members(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.arguments(MembersQuery, location="query")
+    @blp.response(200, MemberPageSchema)
+    def get(self, query: dict[str, Any], account_id: str, name: str) -> dict[str, Any]:
+        """One page of the segment's members. With ``q``, only those whose email starts with it: each
+        page looks at a bounded slice of the members, so a page may be short or empty while
+        next_cursor is not null; follow it until null."""
+        segment_or_404(auth.account(account_id), name)
+        limit, prefix = query["limit"], (query.get("q") or "").strip().lower()
+        count = limit * SCAN_PER_PAGE if prefix else limit
+        cursor, pids = sizes.members(
+            auth.runtime().profile_redis, account_id, name, _cursor(query.get("cursor")), count
+        )
+        emails = _emails(account_id, pids)
+        items = [
+            {"profile_id": pid, "email": email}
+            for pid, email in emails.items()
+            if not prefix or (email is not None and email.startswith(prefix))
+        ]
+        return {"items": items, "next_cursor": str(cursor) if cursor else None}
+
+
+@blp.route("/<string:name>/members/<string:profile_id>")
+class Member(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.response(200, MembershipSchema)
+    def get(self, account_id: str, name: str, profile_id: str) -> dict[str, Any]:
+        """Is this person in the segment now."""
+        segment_or_404(auth.account(account_id), name)
+        member = sizes.is_member(auth.runtime().profile_redis, account_id, name, profile_id)
+        return {"segment": name, "profile_id": profile_id, "member": member}

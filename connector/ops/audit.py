@@ -1,0 +1,120 @@
+"""The audit log of changes made through the admin API and ``connector tokens``.
+
+One entry per change, in the queue Redis stream ``api:audit``: who (``token``: the token id, or
+``cli`` for the command line), when (``at``), what (``action``, ``target``), on which accounts
+(``accounts``), and the state ``before`` and ``after`` (JSON). Capped at ``AUDIT_MAX`` entries;
+what the cap drops is counted as ``audit`` in ``metrics:dropped``.
+
+No secret and no personal identifier is written here: a token is named by its id, an erased
+person by a digest of the profile id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from connector.clock import isoformat
+from connector.profiles.bounds import count_dropped
+
+AUDIT_KEY = "api:audit"
+AUDIT_MAX = 100_000
+ALL = "*"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    at: str
+    token: str
+    action: str
+    target: str
+    accounts: tuple[str, ...]
+    before: Any
+    after: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "token": self.token,
+            "action": self.action,
+            "target": self.target,
+            "accounts": list(self.accounts),
+            "before": self.before,
+            "after": self.after,
+        }
+
+
+def record(
+    conn: redis.Redis,
+    token: str,
+    action: str,
+    target: str,
+    accounts: Iterable[str],
+    before: Any,
+    after: Any,
+    now: datetime,
+) -> str:
+    """Append one change; returns its entry id."""
+    fields: Mapping[str, str] = {
+        "at": isoformat(now),
+        "token": token,
+        "action": action,
+        "target": target,
+        "accounts": json.dumps(sorted(set(accounts))),
+        "before": json.dumps(before, default=str, sort_keys=True),
+        "after": json.dumps(after, default=str, sort_keys=True),
+    }
+    entry_id = conn.xadd(AUDIT_KEY, dict(fields))
+    count_dropped(conn, "audit", int(conn.xtrim(AUDIT_KEY, maxlen=AUDIT_MAX, approximate=False)))
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def _entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> Entry:
+    text = {k.decode(): v.decode() for k, v in fields.items()}
+    return Entry(
+        id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        at=text["at"],
+        token=text["token"],
+        action=text["action"],
+        target=text["target"],
+        accounts=tuple(json.loads(text["accounts"])),
+        before=json.loads(text["before"]),
+        after=json.loads(text["after"]),
+    )
+
+
+def visible(entry: Entry, scope: tuple[str, ...]) -> bool:
+    """A token sees the entries of its accounts; one for every account sees all of them."""
+    if ALL in scope:
+        return True
+    return bool(entry.accounts) and ALL not in entry.accounts and set(entry.accounts) <= set(scope)
+
+
+def read(
+    conn: redis.Redis, scope: tuple[str, ...], before: str | None = None, limit: int = 50
+) -> tuple[list[Entry], str | None]:
+    """Newest first, entries visible to ``scope``, older than the entry id ``before``; with the
+    cursor of the next page (None at the end). Reads at most ``20 * limit`` entries per call."""
+    out: list[Entry] = []
+    top = f"({before}" if before else "+"
+    budget = 20 * limit
+    while len(out) < limit and budget > 0:
+        rows = conn.xrevrange(AUDIT_KEY, max=top, min="-", count=min(budget, 500))
+        if not rows:
+            return out, None
+        budget -= len(rows)
+        for entry_id, fields in rows:
+            entry = _entry(entry_id, fields)
+            top = f"({entry.id}"
+            if visible(entry, scope):
+                out.append(entry)
+                if len(out) == limit:
+                    return out, entry.id
+    return out, top[1:] if top != "+" else None

@@ -1,0 +1,163 @@
+"""API tokens: created for some accounts with a role and an expiry, shown once, stored hashed.
+
+A token reads ``sc_<id>_<secret>``: ``id`` (12 hex characters) names it in lists, the audit log
+and ``connector tokens revoke``; ``secret`` is 32 random bytes (URL-safe base64). Only the SHA-256
+of the whole token is stored, in the queue Redis hash ``api:tokens`` (field = id, value = JSON
+``{id, sha256, role, accounts, created_at, expires_at, note}``). Checking a token is one HGET and
+a constant-time comparison. Revoking deletes the field.
+
+Roles, each including the one before: ``viewer`` reads; ``editor`` also replays and discards dead
+letters; ``admin`` also erases people and manages tokens. ``accounts`` is a list of account ids,
+or ``["*"]``: every account, now and later (admin tokens only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+import redis
+
+from connector.clock import isoformat
+
+TOKENS_KEY = "api:tokens"
+ROLES = ("viewer", "editor", "admin")
+ALL_ACCOUNTS = "*"
+PREFIX = "sc_"
+DEFAULT_EXPIRY = "90d"
+MAX_EXPIRY = timedelta(days=3650)
+_TOKEN = re.compile(r"^sc_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_DURATION = re.compile(r"^(\d+)([hdw])$")
+_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+class TokenError(ValueError):
+    """A token request that cannot be honoured (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    role: str
+    accounts: tuple[str, ...]
+    created_at: str
+    expires_at: str
+    note: str = ""
+
+    @property
+    def all_accounts(self) -> bool:
+        return ALL_ACCOUNTS in self.accounts
+
+    def covers(self, account_id: str) -> bool:
+        return self.all_accounts or account_id in self.accounts
+
+    def allows(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    def expired(self, now: datetime) -> bool:
+        return datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")) <= now
+
+    def public(self) -> dict[str, object]:
+        """What lists and the audit log show: everything but the secret (which is not kept)."""
+        out = asdict(self)
+        out["accounts"] = list(self.accounts)
+        return out
+
+
+def parse_expiry(text: str) -> timedelta:
+    """``90d``, ``12h``, ``2w``: how long a token lives (at most ten years)."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise TokenError(f"expiry {text!r} is not a duration like 90d, 12h or 2w")
+    span = int(match.group(1)) * _UNITS[match.group(2)]
+    if span > MAX_EXPIRY:
+        raise TokenError(f"expiry {text!r} is longer than ten years")
+    return span
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _accounts(accounts: Iterable[str], role: str) -> tuple[str, ...]:
+    chosen = tuple(sorted({a.strip() for a in accounts if a.strip()}))
+    if not chosen:
+        raise TokenError("a token needs at least one account (or '*' for every account)")
+    if ALL_ACCOUNTS in chosen and (len(chosen) > 1 or role != "admin"):
+        raise TokenError("'*' (every account) is for admin tokens only, and alone")
+    if len(chosen) > 1 and role != "admin":
+        raise TokenError("only an admin token may span several accounts")
+    return chosen
+
+
+def create(
+    conn: redis.Redis,
+    accounts: Iterable[str],
+    role: str,
+    expires_in: timedelta,
+    now: datetime,
+    note: str = "",
+) -> tuple[Token, str]:
+    """A new token and its secret form, which is shown once and never stored."""
+    if role not in ROLES:
+        raise TokenError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    chosen = _accounts(accounts, role)
+    token_id = secrets.token_hex(6)
+    secret = f"{PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+    token = Token(token_id, role, chosen, isoformat(now), isoformat(now + expires_in), note[:200])
+    record = {**token.public(), "sha256": _digest(secret)}
+    if not conn.hsetnx(TOKENS_KEY, token_id, json.dumps(record)):
+        raise TokenError("token id clash; try again")
+    return token, secret
+
+
+def _load(raw: bytes | str) -> tuple[Token, str]:
+    data = json.loads(raw)
+    token = Token(
+        id=data["id"],
+        role=data["role"],
+        accounts=tuple(data["accounts"]),
+        created_at=data["created_at"],
+        expires_at=data["expires_at"],
+        note=data.get("note", ""),
+    )
+    return token, str(data["sha256"])
+
+
+def get(conn: redis.Redis, token_id: str) -> Token | None:
+    raw = conn.hget(TOKENS_KEY, token_id)
+    return _load(raw)[0] if raw else None
+
+
+def authenticate(conn: redis.Redis, presented: str, now: datetime) -> Token | None:
+    """The live token ``presented`` is, or None (malformed, unknown, revoked or expired)."""
+    match = _TOKEN.match(presented)
+    if match is None:
+        return None
+    raw = conn.hget(TOKENS_KEY, match.group(1))
+    if raw is None:
+        return None
+    token, digest = _load(raw)
+    if not hmac.compare_digest(digest, _digest(presented)) or token.expired(now):
+        return None
+    return token
+
+
+def tokens(conn: redis.Redis) -> list[Token]:
+    """Every stored token (expired ones too, until revoked), oldest first."""
+    found = [_load(raw)[0] for raw in conn.hvals(TOKENS_KEY)]
+    return sorted(found, key=lambda t: (t.created_at, t.id))
+
+
+def revoke(conn: redis.Redis, token_id: str) -> Token | None:
+    """Delete the token; the token it was, or None when there was none."""
+    raw = conn.hget(TOKENS_KEY, token_id)
+    if raw is None or not conn.hdel(TOKENS_KEY, token_id):
+        return None
+    return _load(raw)[0]
