@@ -1,0 +1,287 @@
+"""``connector import``: Segment and RudderStack JSON lines, Shopify customers and orders CSV exports,
+through the live normalization, identity stitching and dedupe; idempotent; rejected lines reported with
+their line numbers; --dry-run stores nothing; segment changes reach the destinations only with --push."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from connector import clock
+from connector.cli.main import _register, cli
+from connector.dev.sandbox import SANDBOX_MAILCHIMP_KEY, SANDBOX_MAILCHIMP_LIST
+from connector.profiles import load_profile, lookup
+from connector.sync import pending
+from connector.worker.ledger import Ledger
+from tests.conftest import ACME, GLOBEX, write_accounts
+
+T0 = datetime(2024, 6, 3, 10, 0, tzinfo=UTC)
+RULES = {
+    "segments": [
+        {"name": "buyers", "when": {"count": {"event": "order_completed", "gte": 1}}},
+        {"name": "repeat_buyers", "when": {"count": {"event": "order_completed", "gte": 2}}},
+        {"name": "browsers", "when": {"count": {"event": "product_viewed", "gte": 1}}},
+        {"name": "subscribed", "when": {"trait": {"name": "accepts_marketing", "eq": True}}},
+    ]
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def commands() -> None:
+    _register()
+
+
+@pytest.fixture
+def account(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("IMPORT_MC_KEY", SANDBOX_MAILCHIMP_KEY)
+    mailchimp = {
+        "api_key_env": "IMPORT_MC_KEY",
+        "base_url": "http://127.0.0.1:9/3.0",
+        "sandbox": True,
+        "list_id": SANDBOX_MAILCHIMP_LIST,
+        "segments": {"buyers": {"tags": ["buyer"]}},
+    }
+    write_accounts(config_dir, {**ACME, "rules": RULES, "destinations": {"mailchimp": mailchimp}}, GLOBEX)
+    return "acme"
+
+
+def run(*args: str) -> tuple[int, str]:
+    with clock.frozen(T0):
+        result = CliRunner().invoke(cli, ["import", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def write_lines(path: Path, messages: list[Any]) -> Path:
+    path.write_text("".join((m if isinstance(m, str) else json.dumps(m)) + "\n" for m in messages))
+    return path
+
+
+def track(mid: str, event: str, user: str, email: str | None = None, **props: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": "track",
+        "event": event,
+        "userId": user,
+        "messageId": mid,
+        "timestamp": "2024-05-01T12:00:00Z",
+        "properties": props,
+    }
+    if email:
+        message["context"] = {"traits": {"email": email}}
+    return message
+
+
+def segments_of(conn: redis.Redis, pid: str | None) -> frozenset[str]:
+    assert pid is not None
+    state = Ledger(conn).state("acme", pid)
+    assert state is not None
+    return state.segments
+
+
+def profile_of(conn: redis.Redis, kind: str, value: str) -> Any:
+    pid = lookup(conn, "acme", kind, value)
+    assert pid is not None, f"no profile for {kind}={value}"
+    profile = load_profile(conn, "acme", pid, T0)
+    assert profile is not None
+    return profile
+
+
+def test_segment_jsonl_applies_stitches_and_evaluates_once(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = write_lines(
+        tmp_path / "segment.jsonl",
+        [
+            {"type": "page", "anonymousId": "anon-1", "messageId": "p1", "timestamp": "2024-05-01T10:00:00Z",
+             "name": "Home"},
+            {"type": "alias", "previousId": "anon-1", "userId": "u-1", "messageId": "a1",
+             "timestamp": "2024-05-01T10:01:00Z"},
+            {"type": "identify", "userId": "u-1", "messageId": "i1", "timestamp": "2024-05-01T10:02:00Z",
+             "traits": {"email": "Jane@Example.com", "accepts_marketing": True}},
+            track("t1", "Product Viewed", "u-1", sku="A"),
+            track("t2", "Order Completed", "u-1", revenue=40),
+        ],
+    )  # fmt: skip
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0, out
+    assert "segment: 5 records read, 5 valid events (imported)" in out
+    assert "history events stored 3, already there 0; 1 profiles evaluated, 1 changed" in out
+    profile = profile_of(redis_client, "email", "jane@example.com")
+    assert profile.identities["anonymous_id"] == ("anon-1",)  # stitched through the alias
+    assert sorted(e.name for e in profile.events) == ["order_completed", "page_viewed", "product_viewed"]
+    state = Ledger(redis_client).state("acme", profile.profile_id)
+    assert state is not None and set(state.segments) == {"buyers", "browsers", "subscribed"}
+
+
+def test_rudderstack_jsonl_is_detected_and_deduped_against_itself(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    rudder = {
+        "context": {"library": {"name": "RudderLabs JavaScript SDK"}, "traits": {"email": "r@example.com"}}
+    }
+    first = {**track("r1", "Order Completed", "u-r"), **rudder, "rudderId": "x"}
+    path = write_lines(
+        tmp_path / "rudder.jsonl", [first, {**track("r2", "Order Completed", "u-r"), **rudder}, first]
+    )
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0, out
+    assert out.startswith("rudderstack: 3 records read, 3 valid events")
+    assert "stored 2, already there 1" in out
+    profile = profile_of(redis_client, "user_id", "u-r")
+    assert len(profile.events) == 2
+    assert segments_of(redis_client, profile.profile_id) == frozenset({"buyers", "repeat_buyers"})
+
+
+def test_importing_twice_changes_nothing(account: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "s.jsonl", [track(f"m{i}", "Order Completed", "u-2", "two@example.com")
+                                             for i in range(3)])  # fmt: skip
+    assert run("--account", account, "--no-progress", str(path))[0] == 0
+    pid = lookup(redis_client, "acme", "email", "two@example.com")
+    assert pid is not None
+    before = Ledger(redis_client).state("acme", pid)
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0
+    assert "stored 0, already there 3; 1 profiles evaluated, 0 changed" in out
+    after = Ledger(redis_client).state("acme", pid)
+    assert after is not None and before is not None and after.version == before.version
+    assert len(profile_of(redis_client, "email", "two@example.com").events) == 3
+
+
+def test_rejected_lines_are_reported_with_their_line_numbers(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = write_lines(
+        tmp_path / "bad.jsonl",
+        [
+            track("ok1", "Order Completed", "u-3"),
+            "{not json",
+            {"type": "track", "userId": "u-3", "messageId": "x"},  # no event name
+            "",
+            {"type": "delete", "userId": "u-3", "messageId": "d"},
+            {"type": "track", "event": "Viewed", "messageId": "anon"},  # no identity
+            {"type": "track", "event": "Viewed", "userId": "u-3", "timestamp": "yesterday"},
+        ],
+    )
+    code, out = run("--account", account, "--no-progress", "--format", "segment", str(path))
+    assert code == 0, out
+    assert "rejected: 5" in out
+    lines = [line.strip() for line in out.splitlines() if line.strip().startswith("line ")]
+    assert lines[0].startswith("line 2: line is not valid JSON")
+    assert lines[1] == "line 3: message.event is required for a track call"
+    assert lines[2].startswith("line 5: type delete is not imported")
+    assert lines[3].startswith("line 6: no identity")
+    assert lines[4].startswith("line 7: message.timestamp")
+    assert "stored 1," in out
+    code, out = run("--account", account, "--no-progress", "--json", str(path))
+    report = json.loads(out)
+    assert [r["line"] for r in report["rejected"]] == [2, 3, 5, 6, 7]
+
+
+def test_dry_run_stores_nothing(account: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "s.jsonl", [track("d1", "Order Completed", "u-4"), "[]"])
+    code, out = run("--account", account, "--no-progress", "--dry-run", str(path))
+    assert code == 0, out
+    assert "2 records read, 1 valid events (would import)" in out
+    assert "order_completed: 1" in out and "line 2: message must be a JSON object" in out
+    assert lookup(redis_client, "acme", "user_id", "u-4") is None
+    assert not redis_client.keys("*acme*")
+
+
+CUSTOMERS = (
+    "Customer ID,First Name,Last Name,Email,Accepts Email Marketing,Default Address Company,"
+    "Default Address Address1,Default Address Address2,Default Address City,Default Address Province Code,"
+    "Default Address Country Code,Default Address Zip,Default Address Phone,Phone,Accepts SMS Marketing,"
+    "Total Spent,Total Orders,Note,Tax Exempt,Tags\n"
+    '\'7001,Ada,Lovelace,Ada@Example.com,yes,,1 Main St,,London,,GB,N1,,+441234,no,"1,250.50",7,,no,'
+    '"vip, newsletter"\n'
+    "7002,Alan,Turing,alan@example.com,no,,,,,,,,,,no,0.00,0,,no,\n"
+    "7003,No,Email,,no,,,,,,,,,,no,0.00,0,,no,\n"
+)
+
+
+def test_shopify_customers_csv(account: str, redis_client: redis.Redis, tmp_path: Path) -> None:
+    path = tmp_path / "customers_export.csv"
+    path.write_text(CUSTOMERS)
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0, out
+    assert out.startswith("shopify-customers: 3 records read, 3 valid events")
+    ada = profile_of(redis_client, "email", "ada@example.com")
+    assert ada.identities["shopify_customer_id"] == ("7001",)
+    assert ada.traits["total_spent"] == 1250.5
+    assert ada.traits["orders_count"] == 7
+    assert ada.traits["accepts_marketing"] is True
+    assert ada.traits["tags"] == ["vip", "newsletter"]
+    assert ada.traits["first_name"] == "Ada"
+    assert segments_of(redis_client, ada.profile_id) == frozenset({"subscribed"})
+    alan = profile_of(redis_client, "shopify_customer_id", "7002")
+    assert alan.traits["accepts_marketing"] is False
+    assert lookup(redis_client, "acme", "shopify_customer_id", "7003") is not None
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert "0 changed" in out
+
+
+ORDERS_HEADER = (
+    "Name,Email,Financial Status,Paid at,Fulfillment Status,Fulfilled at,Accepts Marketing,Currency,Subtotal,"
+    "Shipping,Taxes,Total,Discount Code,Discount Amount,Shipping Method,Created at,Lineitem quantity,"
+    "Lineitem name,Lineitem price,Lineitem compare at price,Lineitem sku,Lineitem requires shipping,"
+    "Lineitem taxable,Lineitem fulfillment status,Id,Vendor\n"
+)
+ORDERS = ORDERS_HEADER + (
+    "#1001,buyer@example.com,paid,2024-04-02 10:05:00 +0200,fulfilled,,yes,EUR,90.00,5.00,15.00,110.00,,0.00,"
+    "Standard,2024-04-02 10:00:00 +0200,2,Red Shoes,30.00,,SH-RED,true,true,fulfilled,5550001,Acme\n"
+    "#1001,,,,,,,,,,,,,,,,1,Blue Hat,30.00,,HAT-BLU,true,true,fulfilled,5550001,Acme\n"
+    "#1002,buyer@example.com,refunded,,,,yes,EUR,20.00,0.00,0.00,20.00,,0.00,Standard,"
+    "2024-05-02 09:00:00 +0200,1,Socks,20.00,,SO-1,true,true,,5550002,Acme\n"
+    "#1003,,paid,,,,no,EUR,20.00,0.00,0.00,20.00,,0.00,Standard,2024-05-03 09:00:00 +0200,1,Socks,20.00,,"
+    "SO-1,true,true,,5550003,Acme\n"
+)
+
+
+def test_shopify_orders_csv_groups_line_items_by_order(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = tmp_path / "orders_export_1.csv"
+    path.write_text(ORDERS)
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0, out
+    assert out.startswith("shopify-orders: 3 records read, 2 valid events")
+    assert "line 5: no Email" in out  # #1003 starts on line 5
+    profile = profile_of(redis_client, "email", "buyer@example.com")
+    orders = profile.events_named("order_completed")
+    assert len(orders) == 2
+    assert orders[0].occurred_at == datetime(2024, 4, 2, 8, 0, tzinfo=UTC)
+    assert segments_of(redis_client, profile.profile_id) == frozenset({"buyers", "repeat_buyers"})
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert "stored 0, already there 2" in out
+
+
+def test_csv_without_the_needed_columns_is_refused(account: str, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("Name,Email,Lineitem name\n#1,a@example.com,Shoe\n")
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 1
+    assert "missing column(s) Created at" in out
+
+
+def test_segment_changes_reach_the_destinations_only_with_push(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    quiet = write_lines(
+        tmp_path / "quiet.jsonl", [track("q1", "Order Completed", "u-q", "quiet@example.com")]
+    )
+    assert run("--account", account, "--no-progress", str(quiet))[0] == 0
+    pid = lookup(redis_client, "acme", "email", "quiet@example.com")
+    assert segments_of(redis_client, pid) == frozenset({"buyers"})  # recorded
+    assert pending(redis_client, "acme", "mailchimp") == {}  # not sent
+    loud = write_lines(tmp_path / "loud.jsonl", [track("l1", "Order Completed", "u-l", "loud@example.com")])
+    code, out = run("--account", account, "--no-progress", "--push", str(loud))
+    assert code == 0, out
+    assert "queued for the destinations" in out
+    loud_pid = lookup(redis_client, "acme", "email", "loud@example.com")
+    queued = pending(redis_client, "acme", "mailchimp")
+    assert set(queued) == {loud_pid}
