@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ from connector.sync.keys import (
 
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
-local applied = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '-1')
+local applied = tonumber(string.match(redis.call('HGET', KEYS[3], ARGV[1]) or '-1', '^%-?%d+'))
 local version = tonumber(ARGV[2])
 if version <= applied then return 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -49,16 +50,32 @@ return 1
 def enqueue_change(conn: redis.Redis, change: Change, ready_at: float) -> bool:
     """Queue ``change`` and make sure a flush job is armed for its destination; False when a
     newer version is pending or already applied."""
+    return enqueue_changes(conn, [(change, ready_at)])[0]
+
+
+def enqueue_changes(conn: redis.Redis, changes: Sequence[tuple[Change, float]]) -> list[bool]:
+    """:func:`enqueue_change` for many ``(change, ready_at)``, in one round trip (plus one RQ
+    enqueue per destination whose flush job was not armed yet)."""
+    if not changes:
+        return []
+    pipe = conn.pipeline(transaction=False)
+    for change, ready_at in changes:
+        run_script(pipe, _ENQUEUE, *_enqueue_call(change, ready_at))
+    outcomes = [int(outcome) for outcome in pipe.execute()]
+    for (change, _), outcome in zip(changes, outcomes, strict=True):
+        if outcome == 2:
+            enqueue_job(conn, change.account, change.destination)
+    return [outcome > 0 for outcome in outcomes]
+
+
+def _enqueue_call(change: Change, ready_at: float) -> tuple[list[str], list[Any]]:
     a, d = change.account, change.destination
     keys = [key(a, d, "pending"), key(a, d, "ready"), key(a, d, "applied"), "sync:due", key(a, d, "armed")]
     # an erasure itself is never held back by the flag (it is set once the erasure was applied)
     keys.append(erased_key(a, "" if change.erase else change.profile_id))
     args = [change.profile_id, change.version, json.dumps(change.to_dict()), ready_at, member(a, d)]
     args.append(ARMED_TTL_SECONDS)
-    outcome = int(run_script(conn, _ENQUEUE, keys, args))
-    if outcome == 2:
-        enqueue_job(conn, a, d)
-    return outcome > 0
+    return keys, args
 
 
 def enqueue_job(conn: redis.Redis, account: str, destination: str) -> None:
@@ -82,6 +99,19 @@ def arm(conn: redis.Redis, account: str, destination: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Submission:
+    """The desired state of one profile, for every destination of its account."""
+
+    profile_id: str
+    version: int
+    segments: Iterable[str]
+    traits: Mapping[str, Any]
+    email: str | None
+    consent: str
+    identities: Mapping[str, str] | None = None
+
+
 def submit(
     conn: redis.Redis,
     account: Account,
@@ -101,17 +131,34 @@ def submit(
     an anonymous id; when the profile gains an email the ledger bumps its version and the whole
     current state is submitted then. Anonymous ids are not passed on.
     """
-    if not email:
-        return []  # a contact is addressed by email: an anonymous profile reaches no destination
-    segments = list(segments)
-    known = {kind: value for kind, value in (identities or {}).items() if kind != "anonymous_id"}
-    queued = []
-    for dest in destinations(account).values():
-        if not dest.enabled:
-            continue
-        change = dest.change(profile_id, version, segments, traits, email, consent or CONSENT_UNKNOWN, known)
-        if enqueue_change(conn, change, now.timestamp() + dest.batch_delay_seconds):
-            queued.append(dest.name)
+    item = Submission(profile_id, version, segments, traits, email, consent, identities)
+    return submit_many(conn, account, [item], now)[0]
+
+
+def submit_many(
+    conn: redis.Redis, account: Account, submissions: Sequence[Submission], now: datetime
+) -> list[list[str]]:
+    """:func:`submit` for many profiles of one account, in one round trip; per submission, the
+    destinations that took it."""
+    enabled = [dest for dest in destinations(account).values() if dest.enabled]
+    changes: list[tuple[Change, float]] = []
+    owners: list[int] = []
+    for n, item in enumerate(submissions):
+        if not item.email:
+            continue  # a contact is addressed by email: an anonymous profile reaches no destination
+        segments = list(item.segments)
+        known = {kind: value for kind, value in (item.identities or {}).items() if kind != "anonymous_id"}
+        consent = item.consent or CONSENT_UNKNOWN
+        for dest in enabled:
+            change = dest.change(
+                item.profile_id, item.version, segments, item.traits, item.email, consent, known
+            )
+            changes.append((change, now.timestamp() + dest.batch_delay_seconds))
+            owners.append(n)
+    queued: list[list[str]] = [[] for _ in submissions]
+    for (change, _), n, took in zip(changes, owners, enqueue_changes(conn, changes), strict=True):
+        if took:
+            queued[n].append(change.destination)
     return queued
 
 

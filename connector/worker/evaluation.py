@@ -16,13 +16,13 @@ from datetime import datetime
 import redis
 
 import rules
-from connector import sync
 from connector.config import Account
-from connector.profiles import load_profile
 from connector.profiles.bounds import count_dropped
+from connector.profiles.store import load_profiles
 from connector.runtime import Runtime
+from connector.sync.submit import Submission, submit_many
 from connector.worker import due
-from connector.worker.ledger import Diff, Ledger
+from connector.worker.ledger import Diff, Entry, Ledger
 from rules import Evaluation, Profile, RuleSet
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ def contact_of(email: str | None) -> str:
     return hashlib.sha256(email.encode()).hexdigest()[:16] if email else ""
 
 
+CHUNK = 1000  # profiles per round of reads and writes: bounds the size of each pipeline
+
+
 def evaluate_profiles(
     account: Account,
     profile_ids: Iterable[str],
@@ -90,65 +93,92 @@ def evaluate_profiles(
 
     The desired state goes to the destinations when the ledger changed: segments or traits, the
     email the destinations address (an anonymous profile that gains one), or a profile in
-    ``restate`` (it absorbed another in a merge)."""
+    ``restate`` (it absorbed another in a merge).
+
+    Batched: per chunk of profiles, one round trip loads them, one records every result in the
+    ledger, one queues the desired states for the destinations and one writes the due index."""
     ruleset = account.ruleset if ruleset is None else ruleset
-    ledger = Ledger(conn)
-    schedule = queue_conn.pipeline(transaction=False)
-    outcomes = []
-    trimmed = 0
-    for pid in sorted(profile_ids):
-        profile = load_profile(conn, account.id, pid, now)
-        if profile is None:
-            due.schedule(schedule, account.id, pid, None)
-            outcomes.append(Outcome(pid, None, None))
-            continue
-        result = rules.evaluate(profile, ruleset, now, explain=False)
-        email = email_of(profile)
-        diff = ledger.record(
-            account.id,
-            pid,
-            result.segments,
-            result.traits,
-            now,
-            revision=profile.revision,
-            contact=contact_of(email),
-            force=pid in restate,
-        )
-        due.schedule(schedule, account.id, pid, result.next_due)
-        if diff is not None:
-            trimmed += diff.trimmed
-            if push:
-                _submit(queue_conn, account, profile, diff, email, now)
-            log.info(
-                "segments changed",
-                extra={
-                    "account": account.id,
-                    "profile": pid,
-                    "version": diff.version,
-                    "entered": sorted(diff.entered),
-                    "exited": sorted(diff.exited),
-                },
-            )
-        outcomes.append(Outcome(pid, result, diff))
-    count_dropped(schedule, "ledger_history", trimmed)
-    schedule.execute()
+    pids = sorted(profile_ids)
+    outcomes: list[Outcome] = []
+    for start in range(0, len(pids), CHUNK):
+        chunk = pids[start : start + CHUNK]
+        outcomes.extend(_evaluate_chunk(account, chunk, now, conn, queue_conn, ruleset, push, restate))
     return outcomes
 
 
-def _submit(
-    queue_conn: redis.Redis, account: Account, profile: Profile, diff: Diff, email: str | None, now: datetime
-) -> None:
+def _evaluate_chunk(
+    account: Account,
+    pids: list[str],
+    now: datetime,
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    ruleset: RuleSet,
+    push: bool,
+    restate: Collection[str],
+) -> list[Outcome]:
+    profiles = load_profiles(conn, account.id, pids, now)
+    live = [profile for pid in pids if (profile := profiles[pid]) is not None]
+    results = {p.profile_id: rules.evaluate(p, ruleset, now, explain=False) for p in live}
+    emails = {p.profile_id: email_of(p) for p in live}
+    entries = [
+        Entry(
+            p.profile_id,
+            results[p.profile_id].segments,
+            results[p.profile_id].traits,
+            p.revision,
+            contact_of(emails[p.profile_id]),
+            p.profile_id in restate,
+        )
+        for p in live
+    ]
+    diffs = dict(
+        zip([p.profile_id for p in live], Ledger(conn).record_many(account.id, entries, now), strict=True)
+    )
+    changed = [p for p in live if diffs[p.profile_id] is not None]
+    if push and changed:
+        submit_many(
+            queue_conn,
+            account,
+            [_submission(p, diffs[p.profile_id], emails[p.profile_id]) for p in changed],
+            now,
+        )
+    schedule = queue_conn.pipeline(transaction=False)
+    for pid in pids:
+        result = results.get(pid)
+        due.schedule(schedule, account.id, pid, result.next_due if result is not None else None)
+    count_dropped(
+        schedule, "ledger_history", sum(diff.trimmed for diff in diffs.values() if diff is not None)
+    )
+    schedule.execute()
+    for p in changed:
+        _log_change(account.id, p.profile_id, diffs[p.profile_id])
+    return [Outcome(pid, results.get(pid), diffs.get(pid)) for pid in pids]
+
+
+def _log_change(account_id: str, pid: str, diff: Diff | None) -> None:
+    if diff is not None:
+        log.info(
+            "segments changed",
+            extra={
+                "account": account_id,
+                "profile": pid,
+                "version": diff.version,
+                "entered": sorted(diff.entered),
+                "exited": sorted(diff.exited),
+            },
+        )
+
+
+def _submission(profile: Profile, diff: Diff | None, email: str | None) -> Submission:
+    assert diff is not None
     identities = {kind: values[0] for kind, values in profile.identities.items() if values}
-    sync.submit(
-        queue_conn,
-        account,
+    return Submission(
         profile.profile_id,
         diff.version,
         diff.segments,
         diff.traits,
         email,
         consent_of(profile),
-        now,
         identities=identities,
     )
 

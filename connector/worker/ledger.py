@@ -12,7 +12,7 @@ Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
+from connector.redis_conn import grouped_by_node
 
 HISTORY_MAXLEN = 500
 
@@ -93,6 +94,39 @@ class LedgerState:
     traits: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One profile's evaluation result, as the ledger records it."""
+
+    profile_id: str
+    segments: frozenset[str]
+    traits: Mapping[str, Any]
+    revision: int = 0
+    contact: str = ""
+    force: bool = False
+
+
+def _diff(reply: Sequence[Any], entry: Entry, new_t: str) -> Diff | None:
+    version = int(reply[0])
+    if version <= 0:
+        return None
+    old_segments = frozenset(json.loads(reply[1]))
+    old_traits: dict[str, Any] = json.loads(reply[2])
+    new_traits = json.loads(new_t)
+    changed = {k: v for k, v in new_traits.items() if old_traits.get(k, _MISSING) != v}
+    changed.update({k: None for k in old_traits if k not in new_traits})
+    segments = frozenset(entry.segments)
+    return Diff(
+        version=version,
+        segments=segments,
+        traits=new_traits,
+        entered=segments - old_segments,
+        exited=old_segments - segments,
+        changed_traits=changed,
+        trimmed=int(reply[3]),
+    )
+
+
 class Ledger:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
@@ -115,38 +149,37 @@ class Ledger:
         ``contact`` identifies whom the destinations address (a digest of the email, "" for none):
         when it changes, the version is bumped with the same segments, so the current state goes
         to the destinations again. ``force`` bumps it regardless (the profile absorbed another)."""
-        new_s = _canonical(sorted(segments))
-        new_t = _canonical(dict(traits))
-        reply = self._record(
-            keys=[ledger_key(account, profile_id), history_key(account, profile_id)],
-            args=[
-                new_s,
-                new_t,
-                revision,
-                isoformat(now),
-                HISTORY_MAXLEN,
-                repr(now.timestamp()),
-                contact,
-                "1" if force else "0",
-            ],
+        entry = Entry(profile_id, segments, traits, revision, contact, force)
+        return self.record_many(account, [entry], now)[0]
+
+    def record_many(self, account: str, entries: Sequence[Entry], now: datetime) -> list[Diff | None]:
+        """:meth:`record` for many profiles of one account, in one round trip per Redis server; the
+        diffs in the order of ``entries``."""
+        calls = [self._call(account, entry, now) for entry in entries]
+        replies = grouped_by_node(
+            self.conn,
+            [keys[0] for keys, _ in calls],
+            lambda pipe, n: self._record(keys=calls[n][0], args=calls[n][1], client=pipe),
+            lambda n: self._record(keys=calls[n][0], args=calls[n][1], client=self.conn),
         )
-        version = int(reply[0])
-        if version <= 0:
-            return None
-        old_segments = frozenset(json.loads(reply[1]))
-        old_traits: dict[str, Any] = json.loads(reply[2])
-        new_traits = json.loads(new_t)
-        changed = {k: v for k, v in new_traits.items() if old_traits.get(k, _MISSING) != v}
-        changed.update({k: None for k in old_traits if k not in new_traits})
-        return Diff(
-            version=version,
-            segments=frozenset(segments),
-            traits=new_traits,
-            entered=frozenset(segments) - old_segments,
-            exited=old_segments - frozenset(segments),
-            changed_traits=changed,
-            trimmed=int(reply[3]),
-        )
+        return [
+            _diff(reply, entry, call[1][1])
+            for reply, entry, call in zip(replies, entries, calls, strict=True)
+        ]
+
+    @staticmethod
+    def _call(account: str, entry: Entry, now: datetime) -> tuple[list[str], list[Any]]:
+        args = [
+            _canonical(sorted(entry.segments)),
+            _canonical(dict(entry.traits)),
+            entry.revision,
+            isoformat(now),
+            HISTORY_MAXLEN,
+            repr(now.timestamp()),
+            entry.contact,
+            "1" if entry.force else "0",
+        ]
+        return [ledger_key(account, entry.profile_id), history_key(account, entry.profile_id)], args
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
         raw = self.conn.hmget(ledger_key(account, profile_id), "v", "s", "t")
