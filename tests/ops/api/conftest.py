@@ -112,7 +112,7 @@ def people(api_accounts: Path, redis_client: redis.Redis) -> dict[str, str]:
     """Three acme people (two VIPs by revenue, one not) and one globex person, applied through
     the worker's pipeline; profile ids by email."""
     from connector.profiles import lookup
-    from tests.profile_helpers import NOW, apply, ev
+    from tests.profile_helpers import apply, ev
 
     accounts = load_accounts(api_accounts)
     order = "order_completed"
@@ -138,5 +138,4 @@ def people(api_accounts: Path, redis_client: redis.Redis) -> dict[str, str]:
         pid = lookup(redis_client, account, "email", email)
         assert pid is not None
         out[email] = pid
-    out["now"] = NOW.isoformat()
     return out

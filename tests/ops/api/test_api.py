@@ -1,0 +1,344 @@
+"""The admin API: bearer tokens, roles, account scope (404 for other accounts), resources, the
+audit log, and no secret in any answer."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import redis
+
+from connector import clock
+from connector.ops import audit, tokens
+from connector.sync.deadletters import DeadLetters
+from connector.worker import sizes
+from tests.ops.api.conftest import SECRETS, Mint, bearer
+
+V1 = "/api/v1"
+
+
+def get(api: Any, secret: str, path: str, **kw: Any) -> Any:
+    return api.get(V1 + path, headers=bearer(secret), **kw)
+
+
+def post(api: Any, secret: str, path: str, body: Any) -> Any:
+    return api.post(V1 + path, headers=bearer(secret), json=body)
+
+
+# auth
+
+
+def test_no_token_a_bad_one_a_revoked_one_and_an_expired_one_answer_401(
+    api: Any, mint: Mint, redis_client: redis.Redis, api_clock: clock.FrozenClock
+) -> None:
+    assert api.get(V1 + "/accounts").status_code == 401
+    assert api.get(V1 + "/accounts").headers["WWW-Authenticate"].startswith("Bearer")
+    assert get(api, "sc_0123456789ab_" + "x" * 43, "/accounts").status_code == 401
+    live = mint("viewer", "acme")
+    assert get(api, live, "/accounts").status_code == 200
+    assert get(api, live[:-1] + ("A" if live[-1] != "A" else "B"), "/accounts").status_code == 401
+    tokens.revoke(redis_client, live.split("_")[1])
+    assert get(api, live, "/accounts").status_code == 401
+    short = mint("viewer", "acme", expires=timedelta(hours=1))
+    assert get(api, short, "/accounts").status_code == 200
+    api_clock.advance(timedelta(hours=1, seconds=1))
+    answer = get(api, short, "/accounts")
+    assert answer.status_code == 401 and answer.get_json()["error"] == "unauthorized"
+
+
+def test_tokens_are_stored_hashed(redis_client: redis.Redis, mint: Mint) -> None:
+    secret = mint("admin", "acme")
+    stored = b"".join(redis_client.hvals(tokens.TOKENS_KEY))
+    assert secret.encode() not in stored
+    assert secret.split("_")[2].encode() not in stored
+
+
+def test_another_accounts_data_answers_404_like_a_missing_account(
+    api: Any, mint: Mint, people: dict[str, str]
+) -> None:
+    viewer = mint("viewer", "acme")
+    listed = get(api, viewer, "/accounts").get_json()
+    assert [a["id"] for a in listed["items"]] == ["acme"]
+    gus = people["gus@globex.test"]
+    for path in (
+        "/accounts/globex",
+        "/accounts/globex/segments",
+        f"/accounts/globex/people/{gus}",
+        "/accounts/nope",
+    ):
+        answer = get(api, viewer, path)
+        assert answer.status_code == 404, path
+        assert answer.get_json()["error"] == "not_found"
+    everyone = mint("admin", "*")
+    assert [a["id"] for a in get(api, everyone, "/accounts").get_json()["items"]] == ["acme", "globex"]
+    assert get(api, everyone, f"/accounts/globex/people/{gus}").status_code == 200
+
+
+def test_roles_viewer_reads_editor_replays_admin_erases(api: Any, mint: Mint, people: dict[str, str]) -> None:
+    ann = people["ann@example.com"]
+    viewer, editor = mint("viewer", "acme"), mint("editor", "acme")
+    assert post(api, viewer, "/accounts/acme/deadletters/discard", {"kind": "sync"}).status_code == 403
+    assert post(api, editor, "/accounts/acme/deadletters/discard", {"kind": "sync"}).status_code == 200
+    for secret in (viewer, editor):
+        answer = post(api, secret, f"/accounts/acme/people/{ann}/erase", {"confirm": ann})
+        assert answer.status_code == 403
+        assert "admin" in answer.get_json()["message"]
+    assert get(api, editor, "/tokens").status_code == 403
+
+
+def test_only_admin_tokens_span_accounts(redis_client: redis.Redis) -> None:
+    for accounts, role in (
+        (("acme", "globex"), "editor"),
+        (("*",), "viewer"),
+        (("*", "acme"), "admin"),
+        ((), "admin"),
+    ):
+        try:
+            tokens.create(redis_client, accounts, role, timedelta(days=1), clock.now())
+        except tokens.TokenError:
+            continue
+        raise AssertionError(f"{accounts} {role} was accepted")
+
+
+# accounts and health
+
+
+def test_account_shows_configuration_and_health_without_secrets(
+    api: Any, mint: Mint, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(
+        "metrics:ingest", mapping={"accepted:acme": 7, "duplicate:acme": 2, "accepted:globex": 99}
+    )
+    redis_client.hset("metrics:rejected", mapping={"segment:401": 3})
+    redis_client.hset("sync:pending", "x", "y")  # unrelated key
+    redis_client.hset("sync:acme:mailchimp:pending", mapping={"p1": "{}", "p2": "{}"})
+    redis_client.hset(
+        "sync:paused",
+        "acme\x1fmailchimp",
+        json.dumps({"reason": "401 from the ESP", "status": 401, "at": "2024-03-01T00:00:00Z"}),
+    )
+    DeadLetters(redis_client).put("sync:mailchimp", "refused", {"change": {}}, clock.now(), account="acme")
+    account = get(api, mint("viewer", "acme"), "/accounts/acme").get_json()
+    assert account["counters"]["ingest"] == {"accepted": 7, "duplicate": 2}
+    assert [s["name"] for s in account["senders"]][:2] == ["hubspot", "klaviyo"]
+    assert all(s["refusals"] is None for s in account["senders"])  # counted across accounts
+    (dest,) = account["destinations"]
+    assert dest["segments"]["vip"] == {"tags": ["VIP"], "lists": []}
+    assert dest["health"] == {
+        "paused": True,
+        "pause": {"reason": "401 from the ESP", "status": 401, "at": "2024-03-01T00:00:00Z"},
+        "pending": 2,
+        "dead_letters": 1,
+    }
+    assert account["segments"] == ["cart_abandoner", "checkout_abandoner", "vip"]
+    assert "lifetime_revenue" in account["traits"]
+    everyone = get(api, mint("admin", "*"), "/accounts/acme").get_json()
+    segment = next(s for s in everyone["senders"] if s["name"] == "segment")
+    assert segment["refusals"] == {"401": 3}
+
+
+# segments
+
+
+def test_segments_list_sizes_from_the_counters(api: Any, mint: Mint, redis_client: redis.Redis) -> None:
+    pipe = redis_client.pipeline()
+    for n in range(3):
+        sizes.record_transitions(pipe, "acme", ["vip"], [], clock.now(), profile_id=f"p{n}")
+    pipe.execute()
+    listed = get(api, mint("viewer", "acme"), "/accounts/acme/segments").get_json()
+    by_name = {s["name"]: s for s in listed["items"]}
+    assert by_name["vip"]["size"] == 3 and by_name["cart_abandoner"]["size"] == 0
+    assert by_name["vip"]["template"] == "vip"
+    assert by_name["vip"]["definition"]["params"] == {"threshold": 100}
+    one = get(api, mint("viewer", "acme"), "/accounts/acme/segments/vip?hours=3&days=2").get_json()
+    assert one["size"] == 3
+    assert [(h["size"], h["entered"]) for h in one["hourly"]] == [(0, 0), (0, 0), (3, 3)]
+    assert len(one["daily"]) == 2
+    assert get(api, mint("viewer", "acme"), "/accounts/acme/segments/nope").status_code == 404
+
+
+def test_members_paged_searchable_and_checked(
+    api: Any, mint: Mint, people: dict[str, str], redis_client: redis.Redis
+) -> None:
+    viewer = mint("viewer", "acme")
+    ann, bob, cid = people["ann@example.com"], people["bob@example.com"], people["cid@example.com"]
+    pipe = redis_client.pipeline()
+    for pid in (ann, bob):  # until the worker reports its diffs here (wired in evaluation)
+        sizes.record_transitions(pipe, "acme", ["vip"], [], clock.now(), profile_id=pid)
+    pipe.execute()
+    seen, cursor = [], None
+    while True:
+        query = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = get(api, viewer, "/accounts/acme/segments/vip/members", query_string=query).get_json()
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(m["email"] for m in seen) == ["ann@example.com", "bob@example.com"]
+    found = get(api, viewer, "/accounts/acme/segments/vip/members", query_string={"q": "BO"}).get_json()
+    assert [m["profile_id"] for m in found["items"]] == [bob]
+    assert get(api, viewer, f"/accounts/acme/segments/vip/members/{ann}").get_json()["member"] is True
+    assert get(api, viewer, f"/accounts/acme/segments/vip/members/{cid}").get_json()["member"] is False
+    bad = get(api, viewer, "/accounts/acme/segments/vip/members?cursor=abc")
+    assert bad.status_code == 422 and "cursor" in bad.get_json()["message"]
+
+
+# people
+
+
+def test_people_lookup_profile_timeline_explain_export(api: Any, mint: Mint, people: dict[str, str]) -> None:
+    viewer = mint("viewer", "acme")
+    bob = people["bob@example.com"]
+    assert get(api, viewer, "/accounts/acme/people?email=BOB@example.com").get_json() == {"profile_id": bob}
+    assert get(api, viewer, "/accounts/acme/people?user_id=u-bob").get_json() == {"profile_id": bob}
+    assert get(api, viewer, "/accounts/acme/people?email=nobody@example.com").status_code == 404
+    both = get(api, viewer, "/accounts/acme/people?email=a@b.c&user_id=x")
+    assert both.status_code == 422 and "exactly one" in both.get_json()["message"]
+    person = get(api, viewer, f"/accounts/acme/people/{bob}").get_json()
+    assert person["identities"]["email"] == ["bob@example.com"]
+    assert person["segments"] == ["vip"] and person["computed_traits"]["lifetime_revenue"] == 400.0
+    timeline = get(api, viewer, f"/accounts/acme/people/{bob}/timeline").get_json()
+    assert [e["name"] for e in timeline["events"]] == ["order_completed"]
+    assert timeline["transitions"][0]["entered"] == ["vip"]
+    (esp,) = timeline["destinations"]
+    assert esp["destination"] == "mailchimp" and esp["pending"] is True
+    explained = get(api, viewer, f"/accounts/acme/people/{bob}/explain").get_json()
+    assert explained["segments"]["vip"]["member"] is True
+    assert "vip: IN" in explained["text"]
+    export = get(api, viewer, f"/accounts/acme/people/{bob}/export").get_json()
+    assert export["document"]["profile_id"] == bob
+    assert get(api, viewer, "/accounts/acme/people/0000000000000000").status_code == 404
+
+
+def test_erasure_needs_admin_and_confirmation_and_is_audited(
+    api: Any, mint: Mint, people: dict[str, str], redis_client: redis.Redis
+) -> None:
+    admin = mint("admin", "acme")
+    bob = people["bob@example.com"]
+    pipe = redis_client.pipeline()
+    sizes.record_transitions(pipe, "acme", ["vip"], [], clock.now(), profile_id=bob)
+    pipe.execute()
+    wrong = post(api, admin, f"/accounts/acme/people/{bob}/erase", {"confirm": "someone-else"})
+    assert wrong.status_code == 422 and "confirm" in wrong.get_json()["message"]
+    assert post(api, admin, f"/accounts/acme/people/{bob}/erase", {}).status_code == 422
+    done = post(api, admin, f"/accounts/acme/people/{bob}/erase", {"confirm": bob})
+    assert done.status_code == 200 and done.get_json()["erased"] is True
+    assert get(api, admin, f"/accounts/acme/people/{bob}").status_code == 404
+    assert not sizes.is_member(redis_client, "acme", "vip", bob)
+    assert sizes.sizes(redis_client, "acme").get("vip", 0) == 0
+    (entry,) = get(api, admin, "/audit").get_json()["items"]
+    assert entry["action"] == "person.erase" and entry["accounts"] == ["acme"]
+    assert bob not in json.dumps(entry)  # a digest, not the profile id
+    assert post(api, admin, f"/accounts/acme/people/{bob}/erase", {"confirm": bob}).status_code == 404
+
+
+# dead letters
+
+
+def _dead(redis_client: redis.Redis, account: str, pid: str, n: int) -> str:
+    change = {
+        "account": account,
+        "destination": "mailchimp",
+        "profile_id": pid,
+        "version": n,
+        "email": f"{pid}@x.test",
+    }
+    return DeadLetters(redis_client).put(
+        "sync:mailchimp", f"400 bad {n}", {"change": change}, clock.now(), account=account
+    )
+
+
+def test_dead_letters_list_show_replay_discard(api: Any, mint: Mint, redis_client: redis.Redis) -> None:
+    ids = [_dead(redis_client, "acme", f"p{n}", n + 1) for n in range(3)]
+    other = _dead(redis_client, "globex", "g1", 1)
+    viewer, editor = mint("viewer", "acme"), mint("editor", "acme")
+    listed = get(api, viewer, "/accounts/acme/deadletters?limit=2").get_json()
+    assert len(listed["items"]) == 2 and listed["next_cursor"]
+    rest = get(api, viewer, f"/accounts/acme/deadletters?limit=2&cursor={listed['next_cursor']}").get_json()
+    assert sorted(i["id"] for i in listed["items"] + rest["items"]) == sorted(ids)
+    assert rest["next_cursor"] is None
+    shown = get(api, viewer, f"/accounts/acme/deadletters/sync:mailchimp/{ids[0]}").get_json()
+    assert shown["payload"]["change"]["profile_id"] == "p0"
+    assert get(api, viewer, f"/accounts/acme/deadletters/sync:mailchimp/{other}").status_code == 404
+    assert post(api, editor, "/accounts/acme/deadletters/replay", {}).status_code == 422
+    replayed = post(api, editor, "/accounts/acme/deadletters/replay", {"filter": "bad 1"}).get_json()
+    assert replayed == {"matched": 1, "outcomes": {"queued": 1}}
+    discarded = post(api, editor, "/accounts/acme/deadletters/discard", {"ids": [ids[1]]}).get_json()
+    assert discarded == {"matched": 1, "outcomes": {"discarded": 1}}
+    left = get(api, viewer, "/accounts/acme/deadletters").get_json()["items"]
+    assert [i["id"] for i in left] == [ids[2]]
+    assert DeadLetters(redis_client).get(other) is not None  # globex untouched
+    actions = [e["action"] for e in get(api, viewer, "/audit").get_json()["items"]]
+    assert actions == ["deadletters.discard", "deadletters.replay"]
+
+
+# tokens and audit
+
+
+def test_tokens_through_the_api_are_audited_and_scoped(
+    api: Any, mint: Mint, redis_client: redis.Redis
+) -> None:
+    admin = mint("admin", "acme")
+    made = api.post(
+        V1 + "/tokens", headers=bearer(admin), json={"accounts": ["acme"], "role": "viewer", "expires": "2d"}
+    )
+    assert made.status_code == 201
+    created = made.get_json()
+    assert get(api, created["secret"], "/accounts/acme").status_code == 200
+    assert (
+        api.post(
+            V1 + "/tokens", headers=bearer(admin), json={"accounts": ["globex"], "role": "viewer"}
+        ).status_code
+        == 404
+    )
+    assert (
+        api.post(
+            V1 + "/tokens",
+            headers=bearer(admin),
+            json={"accounts": ["acme"], "role": "viewer", "expires": "soon"},
+        ).status_code
+        == 422
+    )
+    listed = get(api, admin, "/tokens").get_json()["items"]
+    assert created["token"]["id"] in [t["id"] for t in listed]
+    assert "secret" not in json.dumps(listed) and "sha256" not in json.dumps(listed)
+    assert api.delete(V1 + f"/tokens/{created['token']['id']}", headers=bearer(admin)).status_code == 200
+    assert get(api, created["secret"], "/accounts/acme").status_code == 401
+    entries = get(api, admin, "/audit").get_json()["items"]
+    assert [e["action"] for e in entries] == ["token.revoke", "token.create"]
+    assert created["secret"] not in json.dumps(entries)
+    # a token of another account does not see acme's entries
+    assert get(api, mint("admin", "globex"), "/audit").get_json()["items"] == []
+
+
+def test_audit_log_is_capped_and_paged(redis_client: redis.Redis) -> None:
+    for n in range(5):
+        audit.record(redis_client, "t1", "x", str(n), ["acme"], None, n, clock.now())
+    first, cursor = audit.read(redis_client, ("acme",), None, 2)
+    second, _ = audit.read(redis_client, ("acme",), cursor, 2)
+    assert [e.after for e in first + second] == [4, 3, 2, 1]
+
+
+# no secret anywhere
+
+
+def test_no_answer_holds_a_secret_or_its_variable_name(
+    api: Any, mint: Mint, people: dict[str, str], redis_client: redis.Redis
+) -> None:
+    _dead(redis_client, "acme", people["ann@example.com"], 1)
+    redis_client.hset("metrics:rejected", "segment:401", 1)
+    admin = mint("admin", "*")
+    paths = [
+        *("/accounts", "/accounts/acme", "/accounts/globex", "/accounts/acme/segments"),
+        *("/accounts/acme/segments/vip", "/accounts/acme/segments/vip/members", "/accounts/acme/deadletters"),
+        *("/tokens", "/audit", "/openapi.json"),
+    ]
+    for pid in people.values():
+        for suffix in ("", "/timeline", "/explain", "/export"):
+            paths.append(f"/accounts/acme/people/{pid}{suffix}")
+    bodies = [get(api, admin, path).get_data(as_text=True) for path in paths]
+    assert all(bodies)
+    for path, body in zip(paths, bodies, strict=True):
+        for secret in SECRETS:
+            assert secret not in body, f"{path} shows {secret}"
