@@ -14,6 +14,7 @@ from connector.ops.api import auth, errors
 from connector.ops.api.accounts import page
 from connector.ops.api.schemas import (
     AuditPageSchema,
+    AuditQuery,
     PageQuery,
     TokenCreatedSchema,
     TokenCreateSchema,
@@ -103,7 +104,7 @@ class TokenOne(MethodView):
 @blp.route("/audit")
 class Audit(MethodView):
     @auth.access(blp, "viewer")
-    @blp.arguments(PageQuery, location="query")
+    @blp.arguments(AuditQuery, location="query")
     @blp.response(200, AuditPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """Changes made through the API and ``connector tokens``, newest first, of the token's accounts."""

@@ -21,8 +21,15 @@ class Query(Schema):
         unknown = EXCLUDE
 
 
+def cursor(pattern: str, example: str) -> fields.String:
+    return fields.String(
+        validate=validate.Regexp(pattern, error="not a cursor: pass the next_cursor of the previous page"),
+        metadata={"description": f"the next_cursor of the previous page (like {example})"},
+    )
+
+
 class PageQuery(Query):
-    cursor = fields.String(validate=validate.Length(max=200), metadata={"description": "from next_cursor"})
+    cursor = cursor(r"^[0-9]{1,9}$", "50")
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE))
 
 
@@ -142,6 +149,7 @@ class SegmentQuery(Query):
 
 
 class MembersQuery(PageQuery):
+    cursor = cursor(r"^[0-9]{1,20}$", "1536")
     q = fields.String(
         validate=validate.Length(min=1, max=254), metadata={"description": "email prefix (case-insensitive)"}
     )
@@ -258,6 +266,7 @@ class ErasedSchema(Schema):
 
 
 class DeadLetterQuery(PageQuery):
+    cursor = cursor(r"^[0-9]{1,4}[.][0-9]{1,9}$", "0.50")
     kind = fields.String(
         validate=validate.Length(min=1, max=200), metadata={"description": "sync, sync:<dest>"}
     )
@@ -312,7 +321,10 @@ TokenPageSchema = _page(TokenSchema, "TokenPage")
 class TokenCreateSchema(Schema):
     accounts = fields.List(fields.String(validate=validate.Length(min=1, max=64)), required=True)
     role = fields.String(required=True, validate=validate.OneOf(tokens.ROLES))
-    expires = fields.String(load_default=tokens.DEFAULT_EXPIRY, validate=validate.Length(min=2, max=10))
+    expires = fields.String(
+        load_default=tokens.DEFAULT_EXPIRY,
+        validate=validate.Regexp(r"^[0-9]{1,6}[hdw]$", error="a duration like 90d, 12h or 2w"),
+    )
     note = fields.String(load_default="", validate=validate.Length(max=200))
 
 
@@ -330,6 +342,10 @@ class AuditEntrySchema(Schema):
     accounts = fields.List(fields.String(), required=True)
     before = fields.Raw(required=True, allow_none=True)
     after = fields.Raw(required=True, allow_none=True)
+
+
+class AuditQuery(PageQuery):
+    cursor = cursor(r"^[0-9]{1,15}-[0-9]{1,10}$", "1709294400000-0")
 
 
 AuditPageSchema = _page(AuditEntrySchema, "AuditPage")
