@@ -279,10 +279,13 @@ class NameCodes:
     """Event name ↔ short code, per account (``names:acct``), cached in the process.
 
     Codes are only ever added (``HSETNX``), so two workers never give one name two codes. The hash
-    carries a generation token: if the store is wiped, cached codes are dropped."""
+    carries a generation token: if the store is wiped, cached codes are dropped. ``key`` names the
+    dictionary of a scope (by default the account's ``names:acct``); other parts keep their own
+    dictionaries with it (the sync's ownership ledgers)."""
 
-    def __init__(self, conn: redis.Redis) -> None:
+    def __init__(self, conn: redis.Redis, key: Callable[[str], str] = keys.names_key) -> None:
         self.conn = conn
+        self._key = key
         self._codes: dict[tuple[str, str], str] = {}
         self._names: dict[tuple[str, str], str] = {}
         self._gen: dict[str, bytes] = {}
@@ -298,7 +301,7 @@ class NameCodes:
                 self._gen.pop(account, None)
 
     def codes(self, account: str, names: set[str]) -> dict[str, str]:
-        key = keys.names_key(account)
+        key = self._key(account)
         generation = self.conn.hget(key, "#gen")
         if generation is None:
             self.conn.hsetnx(key, "#gen", uuid.uuid4().hex)
@@ -321,7 +324,7 @@ class NameCodes:
     def name(self, account: str, code: str) -> str:
         cached = self._names.get((account, code))
         if cached is None:
-            for field_name, value in self.conn.hgetall(keys.names_key(account)).items():
+            for field_name, value in self.conn.hgetall(self._key(account)).items():
                 f = field_name.decode()
                 if f.startswith("c:"):
                     self._names[(account, f[2:])] = value.decode()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ import redis
 
 from adapters.change import Change, OwnedState
 from connector import clock
-from connector.sync.keys import SEP, key, member
+from connector.sync.keys import SEP, Applied, decode_applied, key, legacy_applied, member, sync_names
 from connector.sync.submit import arm, enqueue_change
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,46 @@ def resume(conn: redis.Redis, account: str, destination: str, now: datetime) -> 
     return removed
 
 
+def applied_states(
+    conn: redis.Redis, account: str, destination: str, profile_ids: Sequence[str]
+) -> dict[str, Applied]:
+    """The applied state of these contacts (absent ones have none), in one or two round trips."""
+    if not profile_ids:
+        return {}
+    scope = f"{account}:{destination}"
+    pipe = conn.pipeline(transaction=False)
+    pipe.hmget(key(account, destination, "applied"), profile_ids)
+    pipe.hget(key(account, destination, "names"), "#gen")
+    raw, generation = pipe.execute()
+    names = sync_names(conn)
+    names.check(scope, generation)
+    out: dict[str, Applied] = {}
+    legacy: list[str] = []
+    for pid, value in zip(profile_ids, raw, strict=True):
+        if value is None or value.isdigit():
+            legacy.append(pid)  # nothing or the version alone: maybe stored before the compact form
+        if value is not None:
+            out[pid] = decode_applied(value, lambda code: names.name(scope, code))
+    if legacy:
+        pipe = conn.pipeline(transaction=False)
+        pipe.hmget(key(account, destination, "owned"), legacy)
+        pipe.hmget(key(account, destination, "digest"), legacy)
+        owned, digests = pipe.execute()
+        for pid, own, digest in zip(legacy, owned, digests, strict=True):
+            if own is not None or digest is not None:
+                version = out[pid].version if pid in out else None
+                out[pid] = legacy_applied(str(version).encode() if version is not None else None, own, digest)
+    return out
+
+
 def owned_state(conn: redis.Redis, account: str, destination: str, profile_id: str) -> OwnedState | None:
-    raw = conn.hget(key(account, destination, "owned"), profile_id)
-    return OwnedState.from_dict(json.loads(raw)) if raw else None
+    found = applied_states(conn, account, destination, [profile_id]).get(profile_id)
+    return found.owned if found else None
 
 
 def applied_version(conn: redis.Redis, account: str, destination: str, profile_id: str) -> int | None:
-    raw = conn.hget(key(account, destination, "applied"), profile_id)
-    return int(raw) if raw is not None else None
+    found = applied_states(conn, account, destination, [profile_id]).get(profile_id)
+    return found.version if found else None
 
 
 def pending(conn: redis.Redis, account: str, destination: str) -> dict[str, Change]:

@@ -20,33 +20,36 @@ from connector import clock
 from connector.destinations import Destination
 from connector.errors import ConfigError
 from connector.profiles.bounds import count_dropped
-from connector.sync.control import is_paused, pause
+from connector.sync.control import applied_states, is_paused, pause
 from connector.sync.deadletters import DeadLetters
 from connector.sync.keys import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
     ERASURE_LOG_MAX,
+    Applied,
     key,
     member,
     profile_digest,
     run_script,
-    state_digest,
+    short_digest,
+    sync_names,
 )
 from connector.sync.submit import forget
 
 log = logging.getLogger(__name__)
 
 _COMMIT = """
--- applied: KEYS pending, ready, applied, owned, digest, failing; ARGV pid, version, owned|'' , digest
-local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '-1')
-if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
-for i = 3, 4 do
-  if ARGV[i] == '' then
-    redis.call('HDEL', KEYS[i + 1], ARGV[1])
-  else
-    redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[i])
-  end
+-- applied: KEYS pending, ready, applied, owned, digest, failing; ARGV pid, version, state tail
+-- (see keys.Applied); the stored version never goes back; the ledger and digest are replaced
+local cur = redis.call('HGET', KEYS[3], ARGV[1])
+local version = ARGV[2]
+if cur then
+  local was = string.match(cur, '^%-?%d+')
+  if was and tonumber(was) > tonumber(version) then version = was end
 end
+redis.call('HSET', KEYS[3], ARGV[1], version .. ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
 local pending = redis.call('HGET', KEYS[1], ARGV[1])
 if pending and tonumber(cjson.decode(pending)['version']) <= tonumber(ARGV[2]) then
@@ -55,6 +58,15 @@ if pending and tonumber(cjson.decode(pending)['version']) <= tonumber(ARGV[2]) t
   return 1
 end
 return 0
+"""
+
+_OWN = """
+-- part of a change took effect: KEYS applied, owned, digest; ARGV pid, state tail (no digest)
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local version = cur and string.match(cur, '^%-?%d+') or '-1'
+redis.call('HSET', KEYS[1], ARGV[1], version .. ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 """
 
 _DROP = """
@@ -133,58 +145,15 @@ class Flusher:
 
     def _batch(self, ids: list[str], now: datetime, counts: dict[str, int]) -> bool:
         """One batch. False when the destination must stop (paused, daily limit)."""
-        a, d = self.dest.account, self.dest.name
-        raw = self.conn.hmget(self.k["pending"], ids)
-        applied = self.conn.hmget(self.k["applied"], ids)
-        digests = self.conn.hmget(self.k["digest"], ids)
-        owned_raw = self.conn.hmget(self.k["owned"], ids)
-        changes: list[Change] = []
-        owned: dict[str, OwnedState] = {}
-        for pid, item, done, digest, own in zip(ids, raw, applied, digests, owned_raw, strict=True):
-            if item is None:
-                self.conn.zrem(self.k["ready"], pid)
-                continue
-            change = Change.from_dict(json.loads(item))
-            if done is not None and change.version <= int(done):
-                self._drop(change)
-                self._count(counts, "superseded")
-                continue
-            ledger = OwnedState.from_dict(json.loads(own)) if own else None
-            if not change.erase and self._unchanged(change, ledger, digest):
-                self._commit(change, ledger)
-                self._count(counts, "unchanged")
-                continue
-            changes.append(change)
-            owned[change.profile_id] = ledger or OwnedState()
+        changes, owned = self._sendable(ids, counts)
         if not changes:
             return True
         if self.adapter is None:
-            raise ConfigError(f"no adapter for destination {d}")
+            raise ConfigError(f"no adapter for destination {self.dest.name}")
         try:
             results = self.adapter.apply(changes, owned)
-        except AuthError as err:
-            pause(self.conn, a, d, err.message, err.status, now)
-            self._count(counts, "paused")
-            return False
-        except RateLimited as err:
-            for change in changes:
-                self._retry(change, err, now, counts)
-            return False
-        except TransientError as err:
-            for change in changes:
-                self._retry(change, err, now, counts)
-            return True
-        except PermanentError as err:
-            for change in changes:
-                self._dead(change, err, now, counts)
-            return True
-        except Exception as err:  # a defect or an answer nobody foresaw: the batch is not lost
-            log.exception("sync batch failed", extra={"account": a, "destination": d})
-            unexpected = TransientError(f"unexpected {type(err).__name__} in the adapter", code="unexpected")
-            for change in changes:
-                # retried with backoff like an outage; after the retry window it is a dead letter
-                self._retry(change, unexpected, now, counts)
-            return True
+        except Exception as err:  # sorted out by _failed: nothing of the batch is lost
+            return self._failed(changes, err, now, counts)
         by_id = {c.profile_id: c for c in changes}
         for result in results:
             done = by_id.pop(result.profile_id, None)
@@ -194,12 +163,56 @@ class Flusher:
             self._retry(left, TransientError("no result from the adapter", code="no_result"), now, counts)
         return True
 
+    def _sendable(self, ids: list[str], counts: dict[str, int]) -> tuple[list[Change], dict[str, OwnedState]]:
+        """The pending changes of these contacts that need the ESP, with their ownership ledgers;
+        superseded ones are dropped and unchanged ones recorded as applied."""
+        raw = self.conn.hmget(self.k["pending"], ids)
+        states = applied_states(self.conn, self.dest.account, self.dest.name, ids)
+        changes: list[Change] = []
+        owned: dict[str, OwnedState] = {}
+        for pid, item in zip(ids, raw, strict=True):
+            if item is None:
+                self.conn.zrem(self.k["ready"], pid)
+                continue
+            change = Change.from_dict(json.loads(item))
+            state = states.get(pid, Applied())
+            if state.version is not None and change.version <= state.version:
+                self._drop(change)
+                self._count(counts, "superseded")
+            elif not change.erase and self._unchanged(change, state):
+                self._commit(change, state.owned)
+                self._count(counts, "unchanged")
+            else:
+                changes.append(change)
+                owned[change.profile_id] = state.owned or OwnedState()
+        return changes, owned
+
+    def _failed(self, changes: list[Change], err: Exception, now: datetime, counts: dict[str, int]) -> bool:
+        """The whole batch failed; False when the destination must stop."""
+        if isinstance(err, AuthError):
+            pause(self.conn, self.dest.account, self.dest.name, err.message, err.status, now)
+            self._count(counts, "paused")
+            return False
+        if isinstance(err, PermanentError):
+            for change in changes:
+                self._dead(change, err, now, counts)
+            return True
+        if not isinstance(err, TransientError):  # a defect or an answer nobody foresaw
+            log.exception(
+                "sync batch failed", extra={"account": self.dest.account, "destination": self.dest.name}
+            )
+            # retried with backoff like an outage; after the retry window it is a dead letter
+            err = TransientError(f"unexpected {type(err).__name__} in the adapter", code="unexpected")
+        for change in changes:
+            self._retry(change, err, now, counts)
+        return not isinstance(err, RateLimited)
+
     @staticmethod
-    def _unchanged(change: Change, ledger: OwnedState | None, digest: bytes | None) -> bool:
-        if ledger is None:
+    def _unchanged(change: Change, state: Applied) -> bool:
+        if state.owned is None:
             # never sent, and nothing to send: enter → exit inside one batch window
             return not change.tags and not change.lists and all(v is None for v in change.fields.values())
-        return digest is not None and digest.decode() == state_digest(change)
+        return state.digest is not None and state.digest == short_digest(change)
 
     def _record(self, change: Change, result: Result, now: datetime, counts: dict[str, int]) -> None:
         if result.status == DEFERRED:  # still pending and ready: the next batch takes it
@@ -210,10 +223,10 @@ class Flusher:
             if result.owned is not None and not change.erase:
                 # part of the change took effect: what it set is the connector's own from now on,
                 # and the contact no longer matches the digest of the last applied state
-                pipe = self.conn.pipeline(transaction=True)
-                pipe.hset(self.k["owned"], change.profile_id, json.dumps(result.owned.to_dict()))
-                pipe.hdel(self.k["digest"], change.profile_id)
-                pipe.execute()
+                keys = [self.k["applied"], self.k["owned"], self.k["digest"]]
+                run_script(
+                    self.conn, _OWN, keys, [change.profile_id, self._tail(Applied(owned=result.owned))]
+                )
             if isinstance(err, AdapterError) and err.retryable:
                 self._retry(change, err, now, counts)
             else:
@@ -226,18 +239,20 @@ class Flusher:
         )
         self._count(counts, result.status)
 
+    def _tail(self, state: Applied) -> bytes:
+        scope = f"{self.dest.account}:{self.dest.name}"
+        return state.tail(sync_names(self.conn).codes(scope, state.names()))
+
     def _commit(self, change: Change, owned: OwnedState | None, keep_owned: bool = False) -> None:
         keys = list(self.k.values())
         if change.erase:
-            owned_json, digest = "", ""
+            state = Applied()
         elif keep_owned:
-            current = self.conn.hget(self.k["owned"], change.profile_id)
-            owned_json = current.decode() if current else ""
-            digest = ""
+            current = applied_states(self.conn, self.dest.account, self.dest.name, [change.profile_id])
+            state = Applied(owned=current.get(change.profile_id, Applied()).owned)
         else:
-            owned_json = json.dumps((owned or OwnedState()).to_dict())
-            digest = state_digest(change)
-        run_script(self.conn, _COMMIT, keys, [change.profile_id, change.version, owned_json, digest])
+            state = Applied(digest=short_digest(change), owned=owned or OwnedState())
+        run_script(self.conn, _COMMIT, keys, [change.profile_id, change.version, self._tail(state)])
         if change.erase:  # the ESP erased the contact: nothing of the person stays here
             forget(self.conn, self.dest.account, [self.dest.name], [change.profile_id])
 

@@ -3,9 +3,12 @@
 Keys (queue Redis), ``{a}`` = account, ``{d}`` = destination:
   ``sync:{a}:{d}:pending``  hash profile → Change JSON (newest version only)
   ``sync:{a}:{d}:ready``    zset profile → instant it may be sent (delay or retry backoff)
-  ``sync:{a}:{d}:applied``  hash profile → last applied version
-  ``sync:{a}:{d}:owned``    hash profile → OwnedState JSON (the ownership ledger)
-  ``sync:{a}:{d}:digest``   hash profile → digest of the last applied desired state
+  ``sync:{a}:{d}:applied``  hash profile → the applied state, one compact value (:class:`Applied`):
+                            last applied version, digest of the last applied desired state
+                            (8 bytes), ownership ledger (names as codes of ``names``)
+  ``sync:{a}:{d}:names``    hash: tag, list, field and segment name ↔ short code (only grows)
+  ``sync:{a}:{d}:owned``    hash profile → OwnedState JSON: written before the compact form only;
+  ``sync:{a}:{d}:digest``   hash profile → hex digest: read as a fallback, dropped on the next write
   ``sync:{a}:{d}:failing``  hash profile → {first_failed_at, attempts, error}
   ``sync:{a}:{d}:armed``    flag: a flush job is queued or running
   ``sync:{a}:{d}:lock``     one flush at a time per destination
@@ -21,11 +24,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from adapters.change import Change
+from adapters.change import Change, OwnedState
+from connector.profiles.store import NameCodes
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +83,92 @@ def state_digest(change: Change) -> str:
     for volatile in ("version", "identities"):
         body.pop(volatile, None)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+DIGEST_BYTES = 8
+_VERSION = re.compile(rb"-?\d+")
+_OWNED_PARTS = (("t", "tags"), ("l", "lists"), ("f", "fields"), ("s", "segments"))
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the sync holds for one contact of one destination once changes were applied.
+
+    Stored as one hash field (``sync:{a}:{d}:applied``): ``<version>`` then ``#`` and the first
+    8 bytes of the state digest (when the contact matches the last applied state), then ``|`` and
+    the ownership ledger (when the connector set anything): ``;``-separated parts ``t`` tags,
+    ``l`` lists, ``f`` fields, ``s`` segments (each a ``,``-separated list of name codes), ``r``
+    the ESP's contact id (last, verbatim). A version of -1 means none was applied yet (a partly
+    applied first change). Scripts read the version as the leading integer."""
+
+    version: int | None = None
+    digest: bytes | None = None
+    owned: OwnedState | None = None
+
+    def names(self) -> set[str]:
+        owned = self.owned or OwnedState()
+        return {name for _, attr in _OWNED_PARTS for name in getattr(owned, attr)}
+
+    def tail(self, codes: Mapping[str, str]) -> bytes:
+        """Everything after the version."""
+        out = b"#" + self.digest if self.digest else b""
+        if self.owned is None:
+            return out
+        parts = [
+            letter + ",".join(sorted(codes[n] for n in getattr(self.owned, attr)))
+            for letter, attr in _OWNED_PARTS
+            if getattr(self.owned, attr)
+        ]
+        if self.owned.remote_id is not None:
+            parts.append("r" + self.owned.remote_id)
+        return out + b"|" + ";".join(parts).encode()
+
+
+def short_digest(change: Change) -> bytes:
+    return bytes.fromhex(state_digest(change)[: 2 * DIGEST_BYTES])
+
+
+def decode_applied(raw: bytes, name_of: Any) -> Applied:
+    """One stored value (``name_of(code)`` gives a name back). Values written before the compact
+    form hold the version only: their ledger and digest are in the ``owned`` and ``digest`` hashes."""
+    found = _VERSION.match(raw)
+    version = int(found.group()) if found else -1
+    rest = raw[found.end() if found else 0 :]
+    digest = None
+    if rest[:1] == b"#":
+        digest, rest = rest[1 : 1 + DIGEST_BYTES], rest[1 + DIGEST_BYTES :]
+    owned = _decode_owned(rest[1:].decode(), name_of) if rest[:1] == b"|" else None
+    return Applied(version if version >= 0 else None, digest, owned)
+
+
+def _decode_owned(text: str, name_of: Any) -> OwnedState:
+    found: dict[str, Any] = {}
+    letters = dict(_OWNED_PARTS)
+    while text:
+        if text[0] == "r":
+            found["remote_id"] = text[1:]
+            break
+        part, _, text = text.partition(";")
+        found[letters[part[0]]] = frozenset(name_of(code) for code in part[1:].split(",") if code)
+    return OwnedState(**found)
+
+
+def legacy_applied(version: bytes | None, owned: bytes | None, digest: bytes | None) -> Applied:
+    """The applied state as stored before the compact form (three hashes)."""
+    return Applied(
+        int(version) if version is not None else None,
+        bytes.fromhex(digest.decode()[: 2 * DIGEST_BYTES]) if digest else None,
+        OwnedState.from_dict(json.loads(owned)) if owned else None,
+    )
+
+
+_CODES: dict[int, NameCodes] = {}
+
+
+def sync_names(conn: redis.Redis) -> NameCodes:
+    """The name codes of the ownership ledgers, per destination (scope ``account:destination``),
+    cached per connection."""
+    found = _CODES.get(id(conn))
+    if found is None or found.conn is not conn:
+        found = _CODES[id(conn)] = NameCodes(conn, key=lambda scope: f"sync:{scope}:names")
+    return found
