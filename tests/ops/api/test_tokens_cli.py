@@ -1,0 +1,90 @@
+"""``connector tokens create|list|revoke`` and the worker path feeding segment sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from connector.cli import tokens_cmd
+from connector.cli.main import cli
+from connector.config import load_accounts
+from connector.ops import audit, tokens
+from connector.worker import sizes
+from tests.ops.api.conftest import bearer
+from tests.profile_helpers import apply, ev
+
+
+@pytest.fixture
+def runner(api_accounts: Path, redis_client: redis.Redis) -> CliRunner:
+    if "tokens" not in cli.commands:
+        tokens_cmd.register(cli)
+    return CliRunner()
+
+
+def test_create_shows_the_token_once_list_hides_it_revoke_stops_it(
+    runner: CliRunner, redis_client: redis.Redis, api: Any
+) -> None:
+    made = runner.invoke(
+        cli, ["tokens", "create", "--account", "acme", "--role", "viewer", "--expires", "7d"]
+    )
+    assert made.exit_code == 0, made.output
+    secret = made.output.strip().splitlines()[-1]
+    assert secret.startswith("sc_")
+    assert api.get("/api/v1/accounts/acme", headers=bearer(secret)).status_code == 200
+    listed = runner.invoke(cli, ["tokens", "list"])
+    token_id = secret.split("_")[1]
+    assert token_id in listed.output and secret.split("_")[2] not in listed.output
+    assert runner.invoke(cli, ["tokens", "revoke", token_id]).exit_code == 0
+    assert api.get("/api/v1/accounts/acme", headers=bearer(secret)).status_code == 401
+    assert runner.invoke(cli, ["tokens", "revoke", token_id]).exit_code != 0
+    entries, _ = audit.read(redis_client, ("*",))
+    assert [(e.token, e.action) for e in entries] == [("cli", "token.revoke"), ("cli", "token.create")]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--account", "acme", "--account", "globex", "--role", "viewer"],
+        ["--account", "*", "--role", "editor"],
+        ["--account", "nope", "--role", "viewer"],
+        ["--account", "acme", "--role", "viewer", "--expires", "forever"],
+    ],
+)
+def test_refused_requests_say_why(runner: CliRunner, redis_client: redis.Redis, args: list[str]) -> None:
+    answer = runner.invoke(cli, ["tokens", "create", *args])
+    assert answer.exit_code == 2 and "Error" in answer.output
+    assert tokens.tokens(redis_client) == []
+
+
+def test_admin_token_for_several_accounts(runner: CliRunner, redis_client: redis.Redis) -> None:
+    answer = runner.invoke(
+        cli, ["tokens", "create", "--account", "acme", "--account", "globex", "--role", "admin"]
+    )
+    assert answer.exit_code == 0, answer.output
+    (token,) = tokens.tokens(redis_client)
+    assert token.accounts == ("acme", "globex") and token.role == "admin"
+
+
+@pytest.mark.xfail(strict=False, reason="wired after the batched path lands")
+def test_the_worker_pipeline_keeps_segment_sizes(api_accounts: Path, redis_client: redis.Redis) -> None:
+    accounts = load_accounts(api_accounts)
+    apply(
+        redis_client, accounts, ev("w1", "order_completed", props={"revenue": 500.0}, email="w@example.com")
+    )
+    assert sizes.sizes(redis_client, "acme").get("vip") == 1
+    apply(
+        redis_client,
+        accounts,
+        ev("w2", "order_refunded", at=5, props={"revenue": 500.0}, email="w@example.com"),
+    )
+    assert sizes.hourly(redis_client, "acme", "vip", sizes_now(), hours=1)[-1].entered >= 1
+
+
+def sizes_now() -> Any:
+    from connector import clock
+
+    return clock.now()
