@@ -27,7 +27,7 @@ from connector import clock
 from connector.errors import ConnectorError
 from connector.profiles import keys
 from connector.profiles.bounds import count_dropped
-from connector.profiles.store import MERGE
+from connector.profiles.store import MERGE, history_entries
 from connector.redis_conn import is_cluster, per_node
 
 log = logging.getLogger(__name__)
@@ -339,15 +339,17 @@ class Resolver:
         if mark:
             pipe.hset(pkey, "m", target)
         pipe.hgetall(pkey)
-        pipe.zrange(hkey, 0, -1, withscores=True)
-        fields, history = pipe.execute()[-2:]
+        pipe.get(hkey)
+        fields, packed = pipe.execute(raise_on_error=False)[-2:]
+        if isinstance(fields, Exception):
+            raise fields
+        history = history_entries(self.conn, self.account, loser, packed)
         args: list[bytes | str | int] = [
             self.retention.cutoff_seconds(self.now),
             self.retention.max_events,
             len(history),
+            *history,
         ]
-        for member, score in history:
-            args.extend((int(score), member))
         for f, v in fields.items():
             if f not in (b"m", b"x"):
                 args.extend((f, v))

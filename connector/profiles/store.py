@@ -1,22 +1,27 @@
 """The profile store: compact per-profile encoding, atomic updates, reading a Profile back.
 
 A profile is two keys sharing the hash tag ``{acct:pid}`` (see :mod:`.keys`): a hash for
-identities, traits and aggregates, and a sorted set for the event history. Every update of a
+identities, traits and aggregates, and one string for the event history. Every update of a
 profile is one Lua script on those two keys, so concurrent workers never lose an update; the
 scripts of all profiles of a batch go to Redis in one pipeline.
 
-History entries are compact binary members, scored by ``occurred_at`` in whole seconds:
+The history is one packed string: its entries in ``(occurred_at, event id)`` order, each a length
+(1 byte below 128, else 2 or 3 bytes, see ``_LUA_HISTORY``) then:
 
-  2 bytes  milliseconds within the second (big endian)
+  6 bytes  occurred_at in epoch milliseconds (big endian)
   8 bytes  the first 8 bytes of the event id (the event id is 32 hex digits)
   n bytes  the event name's short code (per account, see :class:`NameCodes`)
   1 byte   NUL
-  rest     the kept properties, compact JSON
+  rest     the kept properties (:func:`encode_properties`)
 
-Re-applying an event is a no-op: before adding, the script looks for a member with the same
-score and the same event id prefix. Traits keep, per trait, the ordering key
-``(occurred_at ms, event id)`` of the event that set them; a write with an older key never
-replaces a newer one, so late events never roll a trait back.
+A history stored before the packed form (a sorted set: score = occurred_at in whole seconds,
+member = 2 bytes of milliseconds then the rest as above) is read as it is and rewritten in the
+packed form by the next script that writes the profile.
+
+Re-applying an event is a no-op: the script keeps an entry per ``(occurred_at ms, event id
+prefix)``. Traits keep, per trait, the ordering key ``(occurred_at ms, event id)`` of the event
+that set them; a write with an older key never replaces a newer one, so late events never roll a
+trait back.
 """
 
 from __future__ import annotations
@@ -35,10 +40,99 @@ from connector.profiles import keys
 from connector.redis_conn import grouped_by_node
 from rules.model import EventRecord, Profile
 
+# The packed history in Lua: reading it (converting a sorted set stored before the packed form),
+# adding entries once per (ms, event id) key, and writing it back with the account's retention
+# (age, then count). Entries compare by their time as a number, then their id bytes one by one
+# (never by Lua's string comparison, which follows the server's collation locale).
+_LUA_HISTORY = """
+local function ms_of(b)
+  local x = 0
+  for j = 1, 6 do x = x * 256 + string.byte(b, j) end
+  return x
+end
+local function be6(x)
+  local t = {}
+  for j = 6, 1, -1 do t[j] = string.char(x % 256); x = math.floor(x / 256) end
+  return table.concat(t)
+end
+local function head(n)
+  if n < 128 then return string.char(n) end
+  if n < 16384 then return string.char(128 + math.floor(n / 256), n % 256) end
+  return string.char(192 + math.floor(n / 65536), math.floor(n / 256) % 256, n % 256)
+end
+local function load_history(h)
+  local out = {}
+  if redis.call('TYPE', h)['ok'] == 'zset' then
+    local raw = redis.call('ZRANGE', h, 0, -1, 'WITHSCORES')
+    for j = 1, #raw, 2 do
+      local m = raw[j]
+      local ms = tonumber(raw[j + 1]) * 1000 + string.byte(m, 1) * 256 + string.byte(m, 2)
+      out[#out + 1] = be6(ms) .. string.sub(m, 3)
+    end
+    redis.call('DEL', h)
+    return out, #out > 0
+  end
+  local s = redis.call('GET', h)
+  if not s then return out, false end
+  local pos = 1
+  while pos <= #s do
+    local b0, n, w = string.byte(s, pos), 0, 1
+    if b0 < 128 then n = b0
+    elseif b0 < 192 then n, w = (b0 - 128) * 256 + string.byte(s, pos + 1), 2
+    else n, w = ((b0 - 192) * 256 + string.byte(s, pos + 1)) * 256 + string.byte(s, pos + 2), 3 end
+    out[#out + 1] = string.sub(s, pos + w, pos + w + n - 1)
+    pos = pos + w + n
+  end
+  return out, false
+end
+local History = {}
+History.__index = History
+function History.open(h, cutoff)
+  local list, dirty = load_history(h)
+  local self = setmetatable({h = h, list = list, dirty = dirty, seen = {}}, History)
+  self.cutms = math.max(cutoff, 0) * 1000
+  for _, b in ipairs(list) do self.seen[string.sub(b, 1, 14)] = true end
+  return self
+end
+-- 'dup' (already there), 'old' (before the retention window) or 'added'
+function History:add(b)
+  local k = string.sub(b, 1, 14)
+  if self.seen[k] then return 'dup' end
+  if ms_of(b) < self.cutms then return 'old' end
+  self.seen[k] = true
+  self.list[#self.list + 1] = b
+  self.dirty = true
+  return 'added'
+end
+local function before(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  for j = 7, 14 do
+    local x, y = string.byte(a[2], j) or -1, string.byte(b[2], j) or -1
+    if x ~= y then return x < y end
+  end
+  return false
+end
+function History:store(maxev)
+  local keyed = {}
+  for j, b in ipairs(self.list) do keyed[j] = {ms_of(b), b} end
+  if self.dirty then table.sort(keyed, before) end
+  local first = 1
+  while first <= #keyed and keyed[first][1] < self.cutms do first = first + 1 end
+  if #keyed - first + 1 > maxev then first = #keyed - maxev + 1 end
+  local dropped = first - 1
+  if dropped == 0 and not self.dirty then return 0 end
+  local parts = {}
+  for j = first, #keyed do parts[#parts + 1] = head(#keyed[j][2]) .. keyed[j][2] end
+  if #parts == 0 then redis.call('DEL', self.h) else redis.call('SET', self.h, table.concat(parts)) end
+  return dropped
+end
+"""
+
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
-# account's retention (age, then count; ``dropped`` counts what it removed) and bumping the
-# profile's revision.
-_PRELUDE = """
+# account's retention (``dropped`` counts what it removed) and bumping the profile's revision.
+_PRELUDE = (
+    _LUA_HISTORY
+    + """
 local p, h = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', p, 'm', 'x')
 if st[1] then return {'m', st[1]} end
@@ -46,10 +140,9 @@ if st[2] then return {'x'} end
 local cutoff = tonumber(ARGV[1])
 local maxev = tonumber(ARGV[2])
 """
+)
 _RETAIN = """
-local dropped = redis.call('ZREMRANGEBYSCORE', h, '-inf', '(' .. cutoff)
-local n = redis.call('ZCARD', h)
-if n > maxev then dropped = dropped + redis.call('ZREMRANGEBYRANK', h, 0, n - maxev - 1) end
+local dropped = hist:store(maxev)
 redis.call('HINCRBY', p, 'rv', 1)
 """
 
@@ -59,23 +152,16 @@ APPLY = (
 -- a profile is created by the identity links written before its events; a missing one was erased
 -- after this batch was resolved: its events are dropped, never stored under a bare profile id
 if redis.call('EXISTS', p) == 0 then return {'x'} end
+local hist = History.open(h, cutoff)
 local i = 3
 local added, dup = 0, 0
 while i <= #ARGV do
-  local score, member, ord, code = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local nt = tonumber(ARGV[i + 4])
-  i = i + 5
+  local member, ord, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local nt = tonumber(ARGV[i + 3])
+  i = i + 4
   if member ~= '' then
-    local eid = string.sub(member, 3, 10)
-    local fresh = true
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, score, score)) do
-      if string.sub(m, 3, 10) == eid then fresh = false; break end
-    end
-    if fresh then
-      if tonumber(score) >= cutoff then redis.call('ZADD', h, score, member); added = added + 1 end
-    else
-      dup = dup + 1
-    end
+    local outcome = hist:add(member)
+    if outcome == 'added' then added = added + 1 elseif outcome == 'dup' then dup = dup + 1 end
     local ms = string.sub(ord, 1, 13)
     local fl = redis.call('HMGET', p, 'f:' .. code, 'l:' .. code)
     if (not fl[1]) or ms < fl[1] then redis.call('HSET', p, 'f:' .. code, ms) end
@@ -101,21 +187,16 @@ end
     + "return {'ok', added, dup, dropped}"
 )
 
-# Copies another profile's data (members, then hash fields as pairs) into this one.
+# Copies another profile's data (history entries, then hash fields as pairs) into this one.
 MERGE = (
     _PRELUDE
     + """
+local hist = History.open(h, cutoff)
 local nm = tonumber(ARGV[3])
 local i = 4
 for _ = 1, nm do
-  local score, member = ARGV[i], ARGV[i + 1]
-  i = i + 2
-  local eid = string.sub(member, 3, 10)
-  local fresh = true
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', h, score, score)) do
-    if string.sub(m, 3, 10) == eid then fresh = false; break end
-  end
-  if fresh then redis.call('ZADD', h, score, member) end
+  hist:add(ARGV[i])
+  i = i + 1
 end
 local src = {}
 while i <= #ARGV do src[ARGV[i]] = ARGV[i + 1]; i = i + 2 end
@@ -221,7 +302,8 @@ def decode_properties(body: str, name_of: Callable[[str], str]) -> dict[str, Any
 def encode_member(
     occurred_ms: int, event_id: str, code: str, properties: Mapping[str, Any], codes: Mapping[str, str]
 ) -> bytes:
-    head = (occurred_ms % 1000).to_bytes(2, "big") + bytes.fromhex(event_id[:16].ljust(16, "0"))
+    """One history entry (without its length)."""
+    head = occurred_ms.to_bytes(6, "big") + bytes.fromhex(event_id[:16].ljust(16, "0"))
     return head + code.encode() + b"\x00" + encode_properties(properties, codes).encode()
 
 
@@ -233,27 +315,63 @@ class StoredEvent:
     properties: dict[str, Any]
 
 
-def decode_member(member: bytes, score: float, name_of: Callable[[str], str]) -> StoredEvent:
-    ms = int.from_bytes(member[:2], "big")
-    eid = member[2:10].hex()
-    code, _, body = member[10:].partition(b"\x00")
+def decode_member(member: bytes, name_of: Callable[[str], str]) -> StoredEvent:
+    code, _, body = member[14:].partition(b"\x00")
     props = decode_properties(body.decode(), name_of)
-    occurred = datetime.fromtimestamp(int(score), UTC) + timedelta(milliseconds=ms)
-    return StoredEvent(occurred, eid, code.decode(), props)
+    occurred = _from_ms(int.from_bytes(member[:6], "big"))
+    return StoredEvent(occurred, member[6:14].hex(), code.decode(), props)
+
+
+def unpack_history(packed: bytes | None) -> list[bytes]:
+    """The entries of a packed history (see the module docstring)."""
+    out: list[bytes] = []
+    pos, data = 0, packed or b""
+    while pos < len(data):
+        b0 = data[pos]
+        if b0 < 0x80:
+            n, w = b0, 1
+        elif b0 < 0xC0:
+            n, w = ((b0 - 0x80) << 8) | data[pos + 1], 2
+        else:
+            n, w = ((b0 - 0xC0) << 16) | (data[pos + 1] << 8) | data[pos + 2], 3
+        out.append(data[pos + w : pos + w + n])
+        pos += w + n
+    return out
+
+
+def from_sorted_set(history: Sequence[tuple[bytes, float]]) -> list[bytes]:
+    """Entries of a history stored before the packed form (a sorted set), in the packed form."""
+    out = []
+    for member, score in history:
+        ms = int(score) * 1000 + int.from_bytes(member[:2], "big")
+        out.append(ms.to_bytes(6, "big") + member[2:])
+    return out
+
+
+def history_entries(conn: Any, account: str, pid: str, reply: object) -> list[bytes]:
+    """The entries of a profile's history from a GET reply; a WRONGTYPE error means the history
+    is still a sorted set (stored before the packed form): it is read as such."""
+    if isinstance(reply, redis.ResponseError):
+        if "WRONGTYPE" not in str(reply):
+            raise reply
+        return from_sorted_set(conn.zrange(keys.history_key(account, pid), 0, -1, withscores=True))
+    return unpack_history(reply if isinstance(reply, bytes) else None)
+
+
+MAX_ENTRY_BYTES = (1 << 22) - 1  # the longest entry the 3-byte length holds
 
 
 @dataclass
 class Prepared:
     """One event ready for the apply script."""
 
-    score: int
     member: bytes  # b"" for events that only carry traits (identify)
     order: str
     code: str
     traits: list[tuple[str, str]] = field(default_factory=list)
 
     def args(self) -> list[bytes | str | int]:
-        out: list[bytes | str | int] = [self.score, self.member, self.order, self.code, len(self.traits)]
+        out: list[bytes | str | int] = [self.member, self.order, self.code, len(self.traits)]
         for name, value in self.traits:
             out.extend((name, value))
         return out
@@ -269,10 +387,12 @@ def prepare(
 ) -> Prepared:
     ms = max(0, epoch_ms(occurred_at))
     member = encode_member(ms, event_id, code, properties, codes) if properties is not None else b""
+    if len(member) > MAX_ENTRY_BYTES:
+        raise ValueError(f"properties over {MAX_ENTRY_BYTES} bytes")
     encoded = [
         (name, json.dumps(value, separators=(",", ":"), default=str)) for name, value in traits.items()
     ]
-    return Prepared(ms // 1000, member, order_key(occurred_at, event_id), code, sorted(encoded))
+    return Prepared(member, order_key(occurred_at, event_id), code, sorted(encoded))
 
 
 class NameCodes:
@@ -300,7 +420,11 @@ class NameCodes:
             else:
                 self._gen.pop(account, None)
 
-    def codes(self, account: str, names: set[str]) -> dict[str, str]:
+    def codes(self, account: str, names: set[str], checked: bool = False) -> dict[str, str]:
+        """Codes of these names (new ones are added). ``checked``: the caller compared the
+        generation already (:meth:`check`), so cached codes are answered without a round trip."""
+        if checked and account in self._gen and all((account, n) in self._codes for n in names):
+            return {n: self._codes[(account, n)] for n in names}
         key = self._key(account)
         generation = self.conn.hget(key, "#gen")
         if generation is None:
@@ -370,25 +494,31 @@ def read_profiles(
     pipe = conn.pipeline(transaction=False)
     for pid in pids:
         pipe.hgetall(keys.profile_key(account, pid))
-        pipe.zrange(keys.history_key(account, pid), 0, -1, withscores=True)
+        pipe.get(keys.history_key(account, pid))
     pipe.hget(keys.names_key(account), "#gen")
-    replies = pipe.execute()
+    replies = pipe.execute(raise_on_error=False)
+    for reply in replies[::2]:
+        if isinstance(reply, Exception):
+            raise reply
     names.check(account, replies[-1])
     return {
-        pid: _decode(names, account, pid, replies[2 * n], replies[2 * n + 1]) for n, pid in enumerate(pids)
+        pid: _decode(
+            names, account, pid, replies[2 * n], history_entries(conn, account, pid, replies[2 * n + 1])
+        )
+        for n, pid in enumerate(pids)
     }
 
 
 def _decode(
-    names: NameCodes, account: str, pid: str, raw: dict[bytes, bytes], history: list[tuple[bytes, float]]
+    names: NameCodes, account: str, pid: str, raw: dict[bytes, bytes], history: list[bytes]
 ) -> ProfileData | None:
     if not raw or b"m" in raw or b"x" in raw:
         return None
     data = ProfileData(account, pid, {}, {}, {}, {}, {}, [], revision=int(raw.get(b"rv", b"0")))
     for f_raw, v_raw in raw.items():
         _decode_field(data, names, f_raw.decode(), v_raw.decode())
-    for member, score in history:
-        stored = decode_member(member, score, lambda c: names.name(account, c))
+    for member in history:
+        stored = decode_member(member, lambda c: names.name(account, c))
         data.events.append((names.name(account, stored.name_code), stored))
     data.events.sort(key=lambda e: (e[1].occurred_at, e[1].event_id))
     for values in data.identities.values():

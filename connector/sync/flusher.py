@@ -241,7 +241,8 @@ class Flusher:
 
     def _tail(self, state: Applied) -> bytes:
         scope = f"{self.dest.account}:{self.dest.name}"
-        return state.tail(sync_names(self.conn).codes(scope, state.names()))
+        # the batch read the applied states first, which compared the dictionary's generation
+        return state.tail(sync_names(self.conn).codes(scope, state.names(), checked=True))
 
     def _commit(self, change: Change, owned: OwnedState | None, keep_owned: bool = False) -> None:
         keys = list(self.k.values())

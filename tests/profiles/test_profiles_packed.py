@@ -1,0 +1,90 @@
+"""The packed history: one string per profile, entries of any length, the history stored before
+the packed form (a sorted set) still read, merged and rewritten, and the order independent of the
+server's collation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import redis
+
+from connector.profiles import keys, load_profile, lookup
+from connector.profiles.store import name_codes, order_key, unpack_history
+from tests.profile_helpers import NOW, T0, apply, ev
+
+
+def _pid(conn: redis.Redis, kind: str, value: str) -> str:
+    pid = lookup(conn, "acme", kind, value)
+    assert pid is not None
+    return pid
+
+
+def test_history_is_one_string_holding_entries_of_any_length(redis_client, accounts) -> None:
+    props = [{"k": "x"}, {"k": "y" * 200}, {"k": "z" * 256, **{f"p{i}": "w" * 256 for i in range(70)}}]
+    apply(redis_client, accounts, *[ev(str(i), at=i, user_id="u1", props=p) for i, p in enumerate(props)])
+    pid = _pid(redis_client, "user_id", "u1")
+    key = keys.history_key("acme", pid)
+    assert redis_client.type(key) == b"string"
+    assert 16_384 < redis_client.strlen(key) < 20_000  # the last entry takes a 3-byte length
+    profile = load_profile(redis_client, "acme", pid, NOW)
+    assert profile is not None
+    assert [e.properties for e in profile.events] == props
+    # 50 small events cost about 30 bytes each
+    apply(
+        redis_client,
+        accounts,
+        *[ev(f"s{i}", at=10 + i, user_id="u2", props={"sku": "A1"}) for i in range(50)],
+    )
+    small = redis_client.strlen(keys.history_key("acme", _pid(redis_client, "user_id", "u2")))
+    assert small <= 50 * 30, small
+
+
+def test_a_sorted_set_history_from_before_is_read_merged_and_rewritten(redis_client, accounts) -> None:
+    apply(redis_client, accounts, ev("first", at=1, user_id="u1", props={"sku": "A"}))
+    pid = _pid(redis_client, "user_id", "u1")
+    key = keys.history_key("acme", pid)
+    codes = name_codes(redis_client).codes("acme", {"product_viewed", "@sku"})
+    # the same event as stored before: score = seconds, member = 2 bytes of ms + id + code + NUL + props
+    redis_client.delete(key)
+    old = [(ev("first", at=1, user_id="u1"), "A"), (ev("second", at=2, user_id="u1"), "B")]
+    for event, sku in old:
+        ms = int(order_key(event.occurred_at, event.event_id)[:13]) + 250
+        member = (
+            (ms % 1000).to_bytes(2, "big")
+            + bytes.fromhex(event.event_id[:16])
+            + codes["product_viewed"].encode()
+            + b"\x00"
+            + f"{codes['@sku']}S{sku}".encode()
+        )
+        redis_client.zadd(key, {member: ms // 1000})
+    profile = load_profile(redis_client, "acme", pid, NOW)
+    assert profile is not None and [e.properties["sku"] for e in profile.events] == ["A", "B"]
+    assert profile.events[0].occurred_at == T0 + timedelta(minutes=1, milliseconds=250)
+    # applying again: the old entries are kept once, the new one added, the key is rewritten packed
+    outcome = apply(redis_client, accounts, ev("third", at=3, user_id="u1", props={"sku": "C"}))
+    assert (outcome.applied, outcome.duplicates) == (1, 0)
+    assert redis_client.type(key) == b"string"
+    profile = load_profile(redis_client, "acme", pid, NOW)
+    assert profile is not None and [e.properties["sku"] for e in profile.events] == ["A", "B", "C"]
+    # a profile with a sorted-set history merged into another one brings its events along
+    redis_client.delete(key)
+    for event, _ in old:
+        ms = int(order_key(event.occurred_at, event.event_id)[:13])
+        member = (ms % 1000).to_bytes(2, "big") + bytes.fromhex(event.event_id[:16])
+        redis_client.zadd(key, {member + codes["product_viewed"].encode() + b"\x00": ms // 1000})
+    apply(redis_client, accounts, ev("anon", at=4, anonymous_id="a1"))
+    apply(redis_client, accounts, ev("link", at=5, type="identify", user_id="u1", anonymous_id="a1"))
+    survivor = _pid(redis_client, "anonymous_id", "a1")
+    profile = load_profile(redis_client, "acme", survivor, NOW)
+    assert profile is not None and len(profile.events) == 3  # first, second (from the set) and anon
+
+
+def test_entries_are_stored_in_time_then_id_byte_order(redis_client, accounts) -> None:
+    # the same millisecond, ids with bytes above 0x7f: ordered bytewise whatever the server's locale
+    events = [ev(f"e{i}", at=7, user_id="u1") for i in range(12)]
+    apply(redis_client, accounts, *reversed(events))
+    apply(redis_client, accounts, ev("early", at=6, user_id="u1"), ev("late", at=8, user_id="u1"))
+    pid = _pid(redis_client, "user_id", "u1")
+    stored = unpack_history(redis_client.get(keys.history_key("acme", pid)))
+    assert [entry[:14] for entry in stored] == sorted(entry[:14] for entry in stored)
+    assert len(stored) == 14 and any(entry[6] >= 0x80 for entry in stored)
