@@ -23,8 +23,10 @@ from typing import Any
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from connector.destinations import Destination
 from connector.destinations import destinations as parse_destinations
 from connector.errors import ConfigError
+from connector.suggest import did_you_mean, schema_problems
 from rules import EMPTY, RulesError, RuleSet, compile_rules
 from rules.schema import flatten
 
@@ -208,8 +210,10 @@ class Account:
     ruleset: RuleSet = EMPTY  # compiled at load
 
 
-def validation_error(file: str, err: ValidationError) -> ConfigError:
+def validation_error(file: str, err: ValidationError, schema: Schema | None = None) -> ConfigError:
     problems = flatten(err.messages)
+    if schema is not None:
+        problems = schema_problems(schema, problems)
     path, reason = problems[0] if problems else ("", "invalid")
     extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return ConfigError(reason + extra, file=file, path=path or None)
@@ -251,7 +255,7 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
     try:
         data = AccountSchema().load(raw)
     except ValidationError as err:
-        raise validation_error(file, err) from err
+        raise validation_error(file, err, AccountSchema()) from err
     try:
         ruleset = compile_rules(data["rules"] or None)
     except RulesError as err:
@@ -276,8 +280,27 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         rules=data["rules"],
         ruleset=ruleset,
     )
-    parse_destinations(account)  # validates the section (ConfigError with file and path)
+    # validates the section (ConfigError with file and path), and what it maps against the rules
+    _check_mapped_segments(account, parse_destinations(account))
     return account
+
+
+def _check_mapped_segments(account: Account, dests: Mapping[str, Destination]) -> None:
+    """Every segment a destination maps is one the account's rules define (when it has rules: a
+    file without rules maps segments it has not written yet, and nothing reaches the ESPs)."""
+    known = account.ruleset.segment_names
+    if not known:
+        return
+    for name, dest in dests.items():
+        for segment in dest.segments:
+            if segment not in known:
+                defined = ", ".join(sorted(known)) or "none"
+                raise ConfigError(
+                    f"no segment `{segment}` in this account's rules{did_you_mean(segment, known)}; "
+                    f"segments defined: {defined}",
+                    file=account.file,
+                    path=f"destinations.{name}.segments.{segment}",
+                )
 
 
 def _rules_path(path: str) -> str:

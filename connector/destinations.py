@@ -42,6 +42,7 @@ from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
 from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
 from adapters.ratelimit import RateLimiter
 from connector.errors import ConfigError
+from connector.suggest import schema_problems
 from rules.schema import flatten
 
 TYPES = ("mailchimp", "hubspot", "klaviyo")
@@ -207,7 +208,7 @@ def destinations(account: AccountFile) -> dict[str, Destination]:
 
 
 def _schema_error(file: str, path: str, err: ValidationError) -> ConfigError:
-    problems = flatten(err.messages)
+    problems = schema_problems(DestinationSchema(), flatten(err.messages))
     where, reason = problems[0] if problems else ("", "invalid")
     extra = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return ConfigError(reason + extra, file=file, path=f"{path}.{where}" if where else path)

@@ -84,6 +84,45 @@ class Scalar(fields.Field[Any]):
         return value
 
 
+class Number(fields.Field[Any]):
+    """A number to compare a count with (``gte: 3``); text such as ``three`` is refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"must be a number, not {value!r}")
+        return value
+
+
+class Numbers(fields.Field[tuple[Any, ...]]):
+    """A list of numbers (``between: [2, 5]``, ``in: [1, 3]``)."""
+
+    def __init__(self, size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = size
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list) or not value or (self.size is not None and len(value) != self.size):
+            shape = "a list of two numbers: [low, high]" if self.size == 2 else "a non-empty list of numbers"
+            raise ValidationError(f"must be {shape}")
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int | float)]
+        if bad:
+            raise ValidationError(f"must be numbers, not {bad[0]!r}")
+        return tuple(value)
+
+
+def _count_comparison_fields() -> dict[str, fields.Field[Any]]:
+    """A count is a number: every comparison with it takes numbers."""
+    made: dict[str, fields.Field[Any]] = {}
+    for name in NUMERIC_OPS:
+        if name == "between":
+            made[name] = Numbers(size=2)
+        elif name in ("in", "not_in"):
+            made[name] = Numbers()
+        else:
+            made[name] = Number()
+    return made
+
+
 def _comparison_fields(names: tuple[str, ...]) -> dict[str, fields.Field[Any]]:
     made: dict[str, fields.Field[Any]] = {}
     for name in names:
@@ -163,7 +202,7 @@ class PropertyValue(CountValue):
 
 
 CountCondition = Strict.from_dict(
-    {**CountValue._declared_fields, **_comparison_fields(NUMERIC_OPS)}, name="CountCondition"
+    {**CountValue._declared_fields, **_count_comparison_fields()}, name="CountCondition"
 )
 PropertyCondition = Strict.from_dict(
     {**PropertyValue._declared_fields, **_comparison_fields(NUMERIC_OPS)}, name="PropertyCondition"

@@ -50,7 +50,7 @@ def test_valid_file_loads_with_defaults_and_hides_secrets(tmp_path: Path) -> Non
         ({"senders": {"segment": {"secret_env": "UNSET_VAR"}}}, SEG_ENV, "UNSET_VAR is not set"),
         ({"dedupe_ttl_hours": 24}, "dedupe_ttl_hours", "greater than or equal to 72"),
         ({"retention": {"max_events": 0}}, "retention.max_events", "greater than or equal to 1"),
-        ({"colour": "blue"}, "colour", "Unknown field"),
+        ({"colour": "blue"}, "colour", "unknown field `colour`"),
         ({"senders": {"mandrill": {"secret_env": "SEG_SECRET"}}}, "senders.mandrill.url", "required"),
         ({"destinations": {"crm": {"type": "sendgrid", "api_key_env": "X"}}}, "destinations.crm.type", "one"),
         ({"rules": {"segments": [{"name": "x", "when": {"count": {"event": "a", "within": "10 minutes"}}}]}},
@@ -234,3 +234,31 @@ def test_the_sandbox_block_marks_its_destinations_and_old_sample_files_get_the_f
     assert {name: cfg["sandbox"] for name, cfg in account.destinations.items()} == dict.fromkeys(block, True)
     _seed_config(tmp_path, block)
     assert seeded.read_text() == text
+
+
+SHOES = {"name": "shoe_browsers", "when": {"count": {"event": "product_viewed", "within": "10m", "gte": 3}}}
+
+
+def test_a_destination_mapping_a_missing_segment_names_it_with_did_you_mean(tmp_path: Path) -> None:
+    mc = {"api_key_env": "MC_KEY", "list_id": "a1", "segments": {"shoe_browser": {"tags": ["Shoes"]}}}
+    err = error(write(tmp_path, "shop", {"rules": {"segments": [SHOES]}, "destinations": {"mailchimp": mc}}))
+    assert err.file == str(tmp_path / "shop.yaml")
+    assert err.path == "destinations.mailchimp.segments.shoe_browser"
+    assert "no segment `shoe_browser`" in err.reason and "did you mean `shoe_browsers`?" in err.reason
+
+
+def test_a_non_numeric_threshold_is_refused_with_its_path(tmp_path: Path) -> None:
+    three = {**SHOES, "when": {"count": {"event": "product_viewed", "within": "10m", "gte": "three"}}}
+    err = error(write(tmp_path, "shop", {"rules": {"segments": [three]}}))
+    assert err.path == "rules.segments[0].when.count.gte"
+    assert "must be a number, not 'three'" in err.reason
+
+
+def test_a_typo_in_a_nested_key_is_reported_as_the_unknown_field(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "shop", {"senders": {"segment": {"secret_evn": "SEG_SECRET"}}}))
+    assert err.path == "senders.segment.secret_evn"
+    assert err.reason == "unknown field `secret_evn` (did you mean `secret_env`?)"
+    mc = {"api_key_evn": "MC_KEY", "list_id": "a1"}
+    err = error(write(tmp_path, "shop", {"destinations": {"mailchimp": mc}}))
+    assert err.path == "destinations.mailchimp.api_key_evn"
+    assert err.reason == "unknown field `api_key_evn` (did you mean `api_key_env`?)"
