@@ -5,8 +5,19 @@ version and yields a :class:`Diff` (entered / exited segments, changed traits), 
 destinations and the audit trail (``connector segments history``).
 
 Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``v`` version,
-``s`` segments JSON, ``t`` traits JSON, ``r`` profile revision and ``e`` instant evaluated) and
-``lhist:{acct:pid}`` (stream of changes, capped at ``HISTORY_MAXLEN``; what the cap drops is counted).
+``s`` segments JSON, ``t`` traits JSON, ``r`` profile revision, ``e`` instant evaluated and ``c``
+contact digest) and ``lhist:{acct:pid}`` (stream of changes, capped at ``HISTORY_MAXLEN``; what the
+cap drops is counted).
+
+A history entry holds only what changed, in three short fields: ``v`` the version, ``at`` the
+instant evaluated (microseconds since the epoch) and ``d`` the segment moves and trait changes:
+``+name`` entered, ``-name`` exited (comma-separated), then, after a record separator, the changed
+computed traits as compact JSON (omitted when none changed). Entries written before this form
+(``old_s``/``new_s``/``old_t``/``new_t`` with the whole state) are still read.
+
+Recording many profiles is one round trip per Redis server: the stored states are read in one
+pipeline, the diffs computed here, and one script per profile compares the state it finds with the
+one the diff was computed from before it writes (a state changed in between is read again).
 """
 
 from __future__ import annotations
@@ -14,24 +25,29 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 
 from connector.clock import isoformat
-from connector.redis_conn import grouped_by_node
+from connector.redis_conn import grouped_by_node, per_node
 
 HISTORY_MAXLEN = 500
+ATTEMPTS = 5  # reads of a profile's stored state before a concurrently changing ledger is an error
+TRAITS_SEP = "\x1e"
 
-# KEYS: ledger, history. ARGV: segments json, traits json, revision, at (iso), maxlen, at (epoch),
-# contact, force. A result computed from an older profile revision than the one already recorded is
-# ignored, so two workers evaluating the same profile concurrently can never roll the ledger back.
+# KEYS: ledger, history. ARGV: segments json, traits json, revision, at (epoch µs), maxlen,
+# at (epoch seconds), contact, force, expected segments json, expected traits json, history entry.
+# A result computed from an older profile revision (or an earlier instant) than the one already
+# recorded is ignored, so two workers evaluating the same profile concurrently can never roll the
+# ledger back. The expected segments and traits are the stored ones the caller computed its diff
+# from ("" for none): when they changed meanwhile the reply is {-2} and the caller reads them again.
 # The version is bumped when the segments or traits changed, when the contact the destinations
 # address (``c``: a digest of the email) changed, or when ``force`` is set (a merge); the history
 # gets an entry only when segments or traits changed, and never for a first evaluation without
-# any segment. Reply: {version, old segments, old traits, entries trimmed from the history}, or
-# {0} (nothing changed) / {-1} (stale).
+# any segment. Reply: {version, entries trimmed from the history}, or {0} (nothing changed) /
+# {-1} (stale) / {-2} (the stored state is not the expected one).
 _RECORD = """
 local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c')
 local rev = tonumber(ARGV[3])
@@ -40,11 +56,11 @@ if cur[4] then
   local crev = tonumber(cur[4])
   if crev > rev or (crev == rev and tonumber(cur[5] or '0') > at) then return {-1} end
 end
+if (cur[2] or '') ~= ARGV[9] or (cur[3] or '') ~= ARGV[10] then return {-2} end
 local same = cur[2] == ARGV[1] and cur[3] == ARGV[2]
 local first = not cur[2]
 if first and ARGV[1] == '[]' and ARGV[2] == '{}' then
   same = true
-  cur[2], cur[3] = '[]', '{}'
   redis.call('HSET', KEYS[1], 'v', 0, 's', '[]', 't', '{}')
 end
 if same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1' then
@@ -55,13 +71,14 @@ local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
 redis.call('HSET', KEYS[1], 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
 local trimmed = 0
 if not same and not (first and ARGV[1] == '[]') then
-  redis.call('XADD', KEYS[2], '*',
-    'v', v, 'at', ARGV[4], 'old_s', cur[2] or '[]', 'new_s', ARGV[1],
-    'old_t', cur[3] or '{}', 'new_t', ARGV[2])
+  redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
   trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5])
 end
-return {v, cur[2] or '[]', cur[3] or '{}', trimmed}
+return {v, trimmed}
 """
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def ledger_key(account: str, profile_id: str) -> str:
@@ -106,25 +123,71 @@ class Entry:
     force: bool = False
 
 
-def _diff(reply: Sequence[Any], entry: Entry, new_t: str) -> Diff | None:
-    version = int(reply[0])
-    if version <= 0:
-        return None
-    old_segments = frozenset(json.loads(reply[1]))
-    old_traits: dict[str, Any] = json.loads(reply[2])
-    new_traits = json.loads(new_t)
-    changed = {k: v for k, v in new_traits.items() if old_traits.get(k, _MISSING) != v}
-    changed.update({k: None for k in old_traits if k not in new_traits})
-    segments = frozenset(entry.segments)
-    return Diff(
-        version=version,
-        segments=segments,
-        traits=new_traits,
-        entered=segments - old_segments,
-        exited=old_segments - segments,
-        changed_traits=changed,
-        trimmed=int(reply[3]),
-    )
+@dataclass(frozen=True)
+class _Change:
+    """A result against the stored state it was compared with (b"" for none)."""
+
+    entry: Entry
+    new_s: str
+    new_t: str
+    old_s: bytes
+    old_t: bytes
+    entered: frozenset[str]
+    exited: frozenset[str]
+    changed: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: Entry, old_s: bytes | None, old_t: bytes | None) -> _Change:
+        segments = frozenset(entry.segments)
+        new_traits = json.loads(_canonical(dict(entry.traits)))
+        old_segments = frozenset(json.loads(old_s)) if old_s else frozenset()
+        old_traits: dict[str, Any] = json.loads(old_t) if old_t else {}
+        changed = {k: v for k, v in new_traits.items() if old_traits.get(k, _MISSING) != v}
+        changed.update({k: None for k in old_traits if k not in new_traits})
+        return cls(
+            entry,
+            _canonical(sorted(segments)),
+            _canonical(new_traits),
+            old_s or b"",
+            old_t or b"",
+            segments - old_segments,
+            old_segments - segments,
+            changed,
+        )
+
+    def history_entry(self) -> str:
+        """``+entered,-exited`` and, after TRAITS_SEP, the changed traits with their new values (a
+        removed trait is not listed)."""
+        moves = [f"+{name}" for name in sorted(self.entered)] + [f"-{name}" for name in sorted(self.exited)]
+        new_traits = json.loads(self.new_t)
+        traits = {k: v for k, v in self.changed.items() if k in new_traits}
+        return ",".join(moves) + (TRAITS_SEP + _canonical(traits) if traits else "")
+
+    def args(self, now: datetime) -> list[Any]:
+        return [
+            self.new_s,
+            self.new_t,
+            self.entry.revision,
+            (now - _EPOCH) // _MICROSECOND,
+            HISTORY_MAXLEN,
+            repr(now.timestamp()),
+            self.entry.contact,
+            "1" if self.entry.force else "0",
+            self.old_s,
+            self.old_t,
+            self.history_entry(),
+        ]
+
+    def diff(self, reply: Sequence[Any]) -> Diff:
+        return Diff(
+            version=int(reply[0]),
+            segments=frozenset(self.entry.segments),
+            traits=json.loads(self.new_t),
+            entered=self.entered,
+            exited=self.exited,
+            changed_traits=self.changed,
+            trimmed=int(reply[1]),
+        )
 
 
 class Ledger:
@@ -153,33 +216,46 @@ class Ledger:
         return self.record_many(account, [entry], now)[0]
 
     def record_many(self, account: str, entries: Sequence[Entry], now: datetime) -> list[Diff | None]:
-        """:meth:`record` for many profiles of one account, in one round trip per Redis server; the
-        diffs in the order of ``entries``."""
-        calls = [self._call(account, entry, now) for entry in entries]
+        """:meth:`record` for many profiles of one account, in two round trips per Redis server
+        (read the stored states, record); the diffs in the order of ``entries``."""
+        out: list[Diff | None] = [None] * len(entries)
+        todo = list(range(len(entries)))
+        for _ in range(ATTEMPTS):
+            if not todo:
+                return out
+            todo = self._attempt(account, entries, todo, now, out)
+        if todo:
+            raise RuntimeError(f"ledger of {len(todo)} profiles kept changing while being recorded")
+        return out
+
+    def _attempt(
+        self, account: str, entries: Sequence[Entry], todo: list[int], now: datetime, out: list[Diff | None]
+    ) -> list[int]:
+        """Record entries ``todo`` against the states read now; the ones whose state moved meanwhile."""
+        stored = self._stored(account, [entries[n].profile_id for n in todo])
+        changes = [_Change.of(entries[n], *state) for n, state in zip(todo, stored, strict=True)]
+        calls = [
+            ([ledger_key(account, c.entry.profile_id), history_key(account, c.entry.profile_id)], c.args(now))
+            for c in changes
+        ]
         replies = grouped_by_node(
             self.conn,
             [keys[0] for keys, _ in calls],
             lambda pipe, n: self._record(keys=calls[n][0], args=calls[n][1], client=pipe),
             lambda n: self._record(keys=calls[n][0], args=calls[n][1], client=self.conn),
         )
-        return [
-            _diff(reply, entry, call[1][1])
-            for reply, entry, call in zip(replies, entries, calls, strict=True)
-        ]
+        again = []
+        for n, change, reply in zip(todo, changes, replies, strict=True):
+            version = int(reply[0])
+            if version == -2:
+                again.append(n)
+            elif version > 0:
+                out[n] = change.diff(reply)
+        return again
 
-    @staticmethod
-    def _call(account: str, entry: Entry, now: datetime) -> tuple[list[str], list[Any]]:
-        args = [
-            _canonical(sorted(entry.segments)),
-            _canonical(dict(entry.traits)),
-            entry.revision,
-            isoformat(now),
-            HISTORY_MAXLEN,
-            repr(now.timestamp()),
-            entry.contact,
-            "1" if entry.force else "0",
-        ]
-        return [ledger_key(account, entry.profile_id), history_key(account, entry.profile_id)], args
+    def _stored(self, account: str, pids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
+        replies = per_node(self.conn, [("hmget", ledger_key(account, pid), ("s", "t")) for pid in pids])
+        return [(reply[0], reply[1]) for reply in replies]
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
         raw = self.conn.hmget(ledger_key(account, profile_id), "v", "s", "t")
@@ -188,21 +264,13 @@ class Ledger:
         return LedgerState(int(raw[0]), frozenset(json.loads(raw[1] or b"[]")), json.loads(raw[2] or b"{}"))
 
     def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
+        """The latest ``count`` changes, oldest first: version, instant, segments entered and exited,
+        computed traits changed (with their new values)."""
         rows = self.conn.xrevrange(history_key(account, profile_id), count=count)
         out = []
         for _, fields in reversed(rows):
             item = {k.decode(): v.decode() for k, v in fields.items()}
-            old_s, new_s = set(json.loads(item["old_s"])), set(json.loads(item["new_s"]))
-            old_t, new_t = json.loads(item["old_t"]), json.loads(item["new_t"])
-            out.append(
-                {
-                    "version": int(item["v"]),
-                    "at": item["at"],
-                    "entered": sorted(new_s - old_s),
-                    "exited": sorted(old_s - new_s),
-                    "traits": {k: v for k, v in new_t.items() if old_t.get(k, _MISSING) != v},
-                }
-            )
+            out.append({"version": int(item["v"]), **(_read(item) if "d" in item else _read_legacy(item))})
         return out
 
     def delete(self, account: str, profile_id: str) -> None:
@@ -211,6 +279,29 @@ class Ledger:
     def delete_many(self, account: str, profile_ids: Iterable[str]) -> None:
         for pid in profile_ids:  # each profile's keys share a slot, not the others'
             self.delete(account, pid)
+
+
+def _read(item: Mapping[str, str]) -> dict[str, Any]:
+    moves, _, traits = item["d"].partition(TRAITS_SEP)
+    names = [move for move in moves.split(",") if move]
+    return {
+        "at": isoformat(_EPOCH + int(item["at"]) * _MICROSECOND),
+        "entered": sorted(move[1:] for move in names if move[0] == "+"),
+        "exited": sorted(move[1:] for move in names if move[0] == "-"),
+        "traits": json.loads(traits) if traits else {},
+    }
+
+
+def _read_legacy(item: Mapping[str, str]) -> dict[str, Any]:
+    """An entry written with the whole old and new state."""
+    old_s, new_s = set(json.loads(item["old_s"])), set(json.loads(item["new_s"]))
+    old_t, new_t = json.loads(item["old_t"]), json.loads(item["new_t"])
+    return {
+        "at": item["at"],
+        "entered": sorted(new_s - old_s),
+        "exited": sorted(old_s - new_s),
+        "traits": {k: v for k, v in new_t.items() if old_t.get(k, _MISSING) != v},
+    }
 
 
 _MISSING = object()
