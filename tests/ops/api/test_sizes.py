@@ -54,7 +54,13 @@ def test_size_over_time_hourly_and_daily(redis_client: redis.Redis) -> None:
     record(redis_client, "b0", entered=["vip"], at=T)
     record(redis_client, "b1", entered=["vip"], at=T)  # now: two in
     hours = sizes.hourly(redis_client, "acme", "vip", T, hours=5)
-    assert [(p.size, p.entered, p.exited) for p in hours] == [(0, 0, 0), (4, 4, 0), (4, 0, 0), (3, 0, 1), (5, 2, 0)]
+    assert [(p.size, p.entered, p.exited) for p in hours] == [
+        (0, 0, 0),
+        (4, 4, 0),
+        (4, 0, 0),
+        (3, 0, 1),
+        (5, 2, 0),
+    ]
     assert hours[-1].start == datetime(2024, 3, 1, 10, tzinfo=UTC)
     days = sizes.daily(redis_client, "acme", "vip", T, days=2)
     assert [(p.size, p.entered, p.exited) for p in days] == [(0, 0, 0), (5, 6, 1)]
