@@ -7,7 +7,10 @@ flag was not already up, the web process enqueues one RQ job that drains that sh
 RQ job per webhook.
 
 Keys (queue Redis):
-  ``dd:{account}:{event_id}``   dedupe marker, TTL = the account's dedupe window
+  ``dd:{account}:{event_id}``   dedupe marker (the event id is a digest: no identifier), TTL = the
+                                account's dedupe window; for privileged events (erasure and access
+                                requests) ``PRIVILEGED_DEDUPE_SECONDS``, so a replayed request stays
+                                a duplicate; erasures keep the markers
   ``q:events:{shard}``          stream of stored events (field ``e`` = Event JSON)
   ``q:pump:{shard}``            flag: a drain job for this shard is queued or running; the value is
                                 the instant (epoch seconds) it was raised or last heard from, and the
@@ -41,16 +44,20 @@ EVENTS_QUEUE = "events"
 PUMP_TTL_SECONDS = 5
 HEARTBEAT_SECONDS = 1.0
 STREAM_FIELD = "e"
+# Erasure and access requests are remembered for a year: the same signed request replayed later
+# (a ``shop/redact`` wiping the people who came after it) is a duplicate, not a new request.
+PRIVILEGED_TYPES = frozenset({"delete", "data_request"})
+PRIVILEGED_DEDUPE_SECONDS = 365 * 24 * 3600
 
 _INGEST = """
-local ttl = ARGV[1]
+-- ARGV[1] is the account's dedupe window; each event carries its marker's own (key, ms, event)
 local account = ARGV[2]
 local raised_at = ARGV[3]
 local added = 0
 local flags = {}
-for i = 4, #ARGV, 2 do
-  if redis.call('SET', ARGV[i], '1', 'NX', 'PX', ttl) then
-    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+for i = 4, #ARGV, 3 do
+  if redis.call('SET', ARGV[i], '1', 'NX', 'PX', ARGV[i + 1]) then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2])
     added = added + 1
     flags[#flags + 1] = 1
   else
@@ -62,7 +69,7 @@ if added > 0 then
   redis.call('HINCRBY', KEYS[3], 'accepted:' .. account, added)
   if redis.call('SET', KEYS[2], raised_at, 'NX', 'EX', ARGV_PUMP_TTL) then pump = 1 end
 end
-local dup = ((#ARGV - 3) / 2) - added
+local dup = ((#ARGV - 3) / 3) - added
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicate:' .. account, dup) end
 flags[#flags + 1] = pump
 return flags
@@ -79,6 +86,13 @@ def pump_key(shard: int) -> str:
 
 def dedupe_key(account: str, event_id: str) -> str:
     return f"dd:{account}:{event_id}"
+
+
+def dedupe_seconds(event: Event, dedupe_ttl_seconds: int) -> int:
+    """How long an event's dedupe marker lives: the account's window, a year for privileged events."""
+    if event.type in PRIVILEGED_TYPES:
+        return max(dedupe_ttl_seconds, PRIVILEGED_DEDUPE_SECONDS)
+    return dedupe_ttl_seconds
 
 
 class OwnConnectionScript:
@@ -155,6 +169,7 @@ class EventQueue:
         args: list[str | int] = [dedupe_ttl_seconds * 1000, account, repr(clock.now().timestamp())]
         for event in events:
             args.append(dedupe_key(account, event.event_id))
+            args.append(dedupe_seconds(event, dedupe_ttl_seconds) * 1000)
             args.append(event.to_json())
         try:
             flags = self._script([stream_key(shard), pump_key(shard), "metrics:ingest"], args)

@@ -2,12 +2,15 @@
 
 :func:`erase_profile` removes a person from the profile store: their profile and history, the
 tombstones of the profiles merged into theirs, their identity links, the identity conflicts,
-rejected events and data exports that name them, and the dedupe markers of their events in the
-queue Redis (``dd:{account}:{event_id}``). It returns what it removed (:class:`Erased`: the
+rejected events and data exports that name them. It returns what it removed (:class:`Erased`: the
 identities and profile ids) so that the erasure service (:mod:`connector.worker.erasure`, the
 one entry point) removes the rest: ledgers, due index, pending sync changes, dead letters, and the
 ESPs' copies. What remains is one entry in the account's erasure log with a digest of the profile
 id and the time: no identifier.
+
+The dedupe markers of the person's events (``dd:{account}:{event_id}``, queue Redis) are kept: their
+names are digests of the sender's event id, they hold no identifier, and deleting them would let
+the person's earlier signed events, replayed within the dedupe window, be accepted as new.
 """
 
 from __future__ import annotations
@@ -84,14 +87,11 @@ def erase_profile(
     pid: str,
     now: datetime,
     source: str,
-    *,
-    dedupe: bool = True,
 ) -> Erased | None:
     """Erase one profile from the profile store. None if it did not exist (nothing is logged then).
 
     Callers go through :func:`connector.worker.erasure.erase_person`, which also removes the
-    person from the worker's and the sync's keys. ``dedupe=False`` leaves the dedupe markers to
-    the caller (erasing a whole account drops them all at once)."""
+    person from the worker's and the sync's keys."""
     with AccountLock(conn, account):
         data = read_profile(conn, name_codes(conn), account, pid)
         if data is None:
@@ -124,10 +124,7 @@ def erase_profile(
     _drop_exports(conn, account, set(erased.profile_ids))
     _drop_conflicts(conn, account, set(erased.profile_ids))
     rejected.purge(conn, account, erased.needles)
-    removed = _drop_dedupe(queue_conn, account, set(erased.event_ids)) if dedupe else 0
-    log.info(
-        "profile erased", extra={"account": account, "profile": pid, "source": source, "dedupe": removed}
-    )
+    log.info("profile erased", extra={"account": account, "profile": pid, "source": source})
     return erased
 
 
@@ -142,42 +139,17 @@ def _log_erasure(
 def erase_account(
     conn: redis.Redis, queue_conn: redis.Redis, account: str, now: datetime, source: str
 ) -> list[Erased]:
-    """Erase every profile of an account (Shopify shop/redact), and all its dedupe markers."""
+    """Erase every profile of an account (Shopify shop/redact). The dedupe markers are kept (the
+    redact's own among them: the same signed request replayed later is a duplicate)."""
     from connector.profiles.store import iter_profile_ids
 
     erased = []
     for pid in list(iter_profile_ids(conn, account)):
-        done = erase_profile(conn, queue_conn, account, pid, now, source, dedupe=False)
+        done = erase_profile(conn, queue_conn, account, pid, now, source)
         if done is not None:
             erased.append(done)
-    chunk: list[bytes] = []
-    for key in queue_conn.scan_iter(match=f"dd:{account}:*", count=1000):
-        chunk.append(key)
-        if len(chunk) >= 500:
-            queue_conn.delete(*chunk)
-            chunk = []
-    if chunk:
-        queue_conn.delete(*chunk)
     conn.delete(exports_key(account), keys.rejected_key(account), keys.conflicts_key(account))
     return erased
-
-
-def _drop_dedupe(queue_conn: redis.Redis, account: str, prefixes: set[str]) -> int:
-    """Delete dedupe markers of the person's events. The history keeps 16 of the event id's 32
-    hex digits (and the profile the ids of its latest identify/alias events), so the markers are
-    found by one scan of the account's markers, which live at most the dedupe window (erasure is
-    rare; keeping full ids would cost 8 bytes per stored event)."""
-    if not prefixes:
-        return 0
-    start = len(f"dd:{account}:")
-    doomed = [
-        key
-        for key in queue_conn.scan_iter(match=f"dd:{account}:*", count=1000)
-        if key.decode()[start : start + 16] in prefixes
-    ]
-    if doomed:
-        queue_conn.delete(*doomed)
-    return len(doomed)
 
 
 def _drop_exports(conn: redis.Redis, account: str, pids: set[str]) -> None:

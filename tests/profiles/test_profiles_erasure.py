@@ -46,7 +46,7 @@ def _assert_gone(conn: redis.Redis, pid: str) -> None:
     assert conn.exists(f"h:{{acme:{pid}}}") == 0
     assert conn.exists(f"p:{{acme:{pid}}}") == 0  # no tombstone naming the profile either
     assert not list(conn.scan_iter("ix:*"))
-    assert [k.decode() for k in conn.scan_iter("dd:*")] == [dedupe_key("acme", "f" * 32)]
+    assert len(list(conn.scan_iter("dd:*"))) == 4  # dedupe markers stay: digests, no identifier
     # nothing personal is left anywhere in the store
     for key in conn.scan_iter("*"):
         dumped = repr(conn.dump(key))

@@ -1,0 +1,121 @@
+"""An erased person stays erased: not by their events still waiting on another stream shard, not
+by a replay of their earlier signed events, not by a replayed erasure request wiping the people
+who came after it; and no event name of the account keeps one of their identifiers."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from connector import clock
+from connector.ingest.queue import PRIVILEGED_DEDUPE_SECONDS, EventQueue, dedupe_key
+from connector.ingest.receivers.segment import sign
+from connector.ingest.receivers.shopify import signature as shopify_signature
+from connector.profiles import lookup
+from connector.worker.jobs import drain_events
+from tests.conftest import ACME_ENV
+from tests.ingest.accounts import SHOP, client_with
+from tests.profile_helpers import ev
+from tests.test_end_to_end import T0
+
+SEGMENT_SECRET = ACME_ENV["ACME_SEGMENT_SECRET"].encode()
+SHOPIFY_SECRET = ACME_ENV["ACME_SHOPIFY_SECRET"].encode()
+EMAIL = "victim.person@example.com"
+USER = "u-victim-7"
+
+
+def segment(client: Any, message: dict[str, Any]) -> str:
+    body = json.dumps({"timestamp": T0.isoformat(), **message}).encode()
+    headers = {"Content-Type": "application/json", "X-Signature": sign(SEGMENT_SECRET, body)}
+    answer = client.post("/webhooks/acme/segment", data=body, headers=headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    return str(answer.get_json()["status"])
+
+
+def shopify(client: Any, body: bytes, topic: str, webhook_id: str) -> str:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Shopify-Hmac-Sha256": shopify_signature(SHOPIFY_SECRET, body),
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Shop-Domain": SHOP,
+    }
+    answer = client.post("/webhooks/acme/shopify", data=body, headers=headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    return str(answer.get_json()["status"])
+
+
+def drain_all(conn: redis.Redis, shards: int) -> None:
+    for shard in range(shards):
+        drain_events(shard, conn=conn)
+
+
+def shard_of(conn: redis.Redis, shards: int, **identities: str) -> int:
+    return EventQueue(conn, shards).shard_for("acme", [ev("x", **identities)])
+
+
+def test_a_replay_of_an_erased_persons_earlier_event_is_a_duplicate(
+    settings: Any, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    conn, shards = redis_client, settings.event_shards
+    client = client_with(settings, tmp_path / "a", segment={"privileged": ["delete"]})
+    earlier = {"type": "track", "event": "Page Read", "userId": USER, "messageId": "r1",
+               "context": {"traits": {"email": EMAIL}}}  # fmt: skip
+    with clock.frozen(T0) as frozen:
+        assert segment(client, earlier) == "accepted"
+        drain_all(conn, shards)
+        assert segment(client, {"type": "delete", "userId": USER, "messageId": "r2"}) == "accepted"
+        drain_all(conn, shards)
+        assert lookup(conn, "acme", "user_id", USER) is None
+        frozen.advance(timedelta(hours=71))  # within the dedupe window
+        assert segment(client, earlier) == "duplicate"
+        drain_all(conn, shards)
+        assert lookup(conn, "acme", "user_id", USER) is None
+
+
+def test_a_replayed_shop_redact_is_a_duplicate_for_a_year(
+    settings: Any, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    conn, shards = redis_client, settings.event_shards
+    client = client_with(settings, tmp_path / "a", shopify={"shop_domain": SHOP})
+    redact = json.dumps({"shop_id": 1, "shop_domain": SHOP}).encode()
+
+    def order(n: int) -> bytes:
+        stamp = clock.now().isoformat()
+        customer = {"id": 1000 + n, "email": f"buyer{n}@example.com"}
+        return json.dumps({"id": n, "email": customer["email"], "updated_at": stamp, "created_at": stamp,
+                           "line_items": [], "customer": customer}).encode()  # fmt: skip
+
+    with clock.frozen(T0) as frozen:
+        assert shopify(client, order(1), "orders/create", "w1") == "accepted"
+        drain_all(conn, shards)
+        assert shopify(client, redact, "shop/redact", "w2") == "accepted"
+        drain_all(conn, shards)
+        assert lookup(conn, "acme", "email", "buyer1@example.com") is None
+        markers = list(conn.scan_iter("dd:acme:*"))
+        assert len(markers) == 2  # the order's and the redact's own are kept
+        assert max(conn.ttl(k) for k in markers) >= PRIVILEGED_DEDUPE_SECONDS - 5
+        assert shopify(client, redact, "shop/redact", "w3") == "duplicate"
+        frozen.advance(timedelta(days=30))
+        assert shopify(client, order(2), "orders/create", "w4") == "accepted"
+        drain_all(conn, shards)
+        buyer = lookup(conn, "acme", "email", "buyer2@example.com")
+        assert buyer is not None
+        assert shopify(client, redact, "shop/redact", "w5") == "duplicate"
+        drain_all(conn, shards)
+        assert lookup(conn, "acme", "email", "buyer2@example.com") == buyer
+
+
+def test_privileged_events_keep_their_dedupe_marker_for_a_year(redis_client: redis.Redis) -> None:
+    queue = EventQueue(redis_client, 4)
+    with clock.frozen(T0):
+        result = queue.ingest(
+            "acme", [ev("t", user_id="u1"), ev("d", "delete", type="delete", user_id="u1")], 72 * 3600
+        )
+    assert result.accepted == 2
+    assert 72 * 3600 - 5 <= redis_client.ttl(dedupe_key("acme", ev("t").event_id)) <= 72 * 3600
+    assert redis_client.ttl(dedupe_key("acme", ev("d").event_id)) >= PRIVILEGED_DEDUPE_SECONDS - 5
