@@ -2,11 +2,12 @@
 
 :func:`erase_profile` removes a person from the profile store: their profile and history, the
 tombstones of the profiles merged into theirs, their identity links, the identity conflicts,
-rejected events and data exports that name them. It returns what it removed (:class:`Erased`: the
-identities and profile ids) so that the erasure service (:mod:`connector.worker.erasure`, the
-one entry point) removes the rest: ledgers, due index, pending sync changes, dead letters, and the
-ESPs' copies. What remains is one entry in the account's erasure log with a digest of the profile
-id and the time: no identifier.
+rejected events and data exports that name them, and the event names (and property keys) of the
+account's name index that contain one of their identifiers. It returns what it removed
+(:class:`Erased`: the identities and profile ids) so that the erasure service
+(:mod:`connector.worker.erasure`, the one entry point) removes the rest: ledgers, due index,
+pending sync changes, dead letters, and the ESPs' copies. What remains is one entry in the
+account's erasure log with a digest of the profile id and the time: no identifier.
 
 The dedupe markers of the person's events (``dd:{account}:{event_id}``, queue Redis) are kept: their
 names are digests of the sender's event id, they hold no identifier, and deleting them would let
@@ -18,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 EXPORTS_KEPT = 1000
 EXPORTS_MAX_AGE_SECONDS = 30 * 24 * 3600
 ERASURE_LOG_KEPT = 100_000
+MIN_NAME_NEEDLE = 5  # letters and digits an identifier needs to be looked for in event names
+_NON_WORD = re.compile(r"[^0-9a-z]+")
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ def erase_profile(
     _drop_exports(conn, account, set(erased.profile_ids))
     _drop_conflicts(conn, account, set(erased.profile_ids))
     rejected.purge(conn, account, erased.needles)
-    log.info("profile erased", extra={"account": account, "profile": pid, "source": source})
+    names = drop_names(conn, account, erased.needles)
+    log.info("profile erased", extra={"account": account, "profile": pid, "source": source, "names": names})
     return erased
 
 
@@ -150,6 +156,39 @@ def erase_account(
             erased.append(done)
     conn.delete(exports_key(account), keys.rejected_key(account), keys.conflicts_key(account))
     return erased
+
+
+def _letters(text: str) -> str:
+    return _NON_WORD.sub("", text.lower())
+
+
+def drop_names(conn: redis.Redis, account: str, needles: frozenset[str]) -> int:
+    """Remove from the account's name index (``names:acct``) every event name and property key
+    that contains one of the identifiers; returns how many.
+
+    Names are stored snake_cased (``Invited Ann.Lee@example.com`` becomes
+    ``invited_ann_lee_example_com``), so names and identifiers are compared by their letters and
+    digits only; identifiers of fewer than ``MIN_NAME_NEEDLE`` of them are not looked for (a user
+    id ``42`` would match unrelated names). A removed name's code is never given again, and the
+    stored events of other profiles that used it read back as ``erased_<code>``. The index's
+    generation changes, so every process drops its cached codes of the account."""
+    wanted = {w for w in map(_letters, needles) if len(w) >= MIN_NAME_NEEDLE}
+    if not wanted:
+        return 0
+    key = keys.names_key(account)
+    doomed: list[bytes] = []
+    renamed: dict[str, str] = {}
+    for field_name, code in conn.hscan_iter(key, match="n:*", count=1000):
+        letters = _letters(field_name.decode()[2:])
+        if any(w in letters for w in wanted):
+            doomed.append(field_name)
+            renamed[f"c:{code.decode()}"] = f"erased_{code.decode()}"
+    if doomed:
+        pipe = conn.pipeline(transaction=False)  # one key: one node, in this order
+        pipe.hset(key, mapping={**renamed, "#gen": uuid.uuid4().hex})
+        pipe.hdel(key, *doomed)
+        pipe.execute()
+    return len(doomed)
 
 
 def _drop_exports(conn: redis.Redis, account: str, pids: set[str]) -> None:

@@ -12,15 +12,18 @@ from typing import Any
 import redis
 
 from connector import clock
+from connector.config import Accounts
 from connector.ingest.queue import PRIVILEGED_DEDUPE_SECONDS, EventQueue, dedupe_key
 from connector.ingest.receivers.segment import sign
 from connector.ingest.receivers.shopify import signature as shopify_signature
-from connector.profiles import lookup
+from connector.profiles import load_profile, lookup
+from connector.profiles.keys import names_key
 from connector.worker.jobs import drain_events
 from tests.conftest import ACME_ENV
 from tests.ingest.accounts import SHOP, client_with
-from tests.profile_helpers import ev
+from tests.profile_helpers import NOW, apply, ev
 from tests.test_end_to_end import T0
+from tests.worker.test_erasure_leaves_nothing import hits
 
 SEGMENT_SECRET = ACME_ENV["ACME_SEGMENT_SECRET"].encode()
 SHOPIFY_SECRET = ACME_ENV["ACME_SHOPIFY_SECRET"].encode()
@@ -119,3 +122,29 @@ def test_privileged_events_keep_their_dedupe_marker_for_a_year(redis_client: red
     assert result.accepted == 2
     assert 72 * 3600 - 5 <= redis_client.ttl(dedupe_key("acme", ev("t").event_id)) <= 72 * 3600
     assert redis_client.ttl(dedupe_key("acme", ev("d").event_id)) >= PRIVILEGED_DEDUPE_SECONDS - 5
+
+
+def test_event_names_holding_an_identifier_leave_the_name_index(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    conn = redis_client
+    invited = "invited_victim_person_example_com"  # how ``Invited Victim.Person@example.com`` is stored
+    apply(
+        conn, accounts, ev("1", invited, user_id=USER, email=EMAIL), ev("2", "order_completed", user_id=USER)
+    )
+    apply(conn, accounts, ev("3", invited, user_id="u-inviter"), ev("4", "page_viewed", user_id="u-inviter"))
+    code = conn.hget(names_key("acme"), f"n:{invited}")
+    assert code is not None
+    apply(conn, accounts, ev("del", "delete", type="delete", email=EMAIL))
+    fields = {f.decode(): v.decode() for f, v in conn.hgetall(names_key("acme")).items()}
+    assert "n:order_completed" in fields and "n:page_viewed" in fields
+    assert not [f for f in fields if "victim" in f or "victim" in fields[f]]
+    assert hits(conn, [EMAIL, "victim_person", USER]) == []
+    inviter = lookup(conn, "acme", "user_id", "u-inviter")
+    assert inviter is not None
+    profile = load_profile(conn, "acme", inviter, NOW)
+    assert profile is not None
+    assert sorted(e.name for e in profile.events) == [f"erased_{code.decode()}", "page_viewed"]
+    # the name comes back (with a new code) when someone else's event carries it
+    apply(conn, accounts, ev("5", invited, user_id="u-other"))
+    assert conn.hget(names_key("acme"), f"n:{invited}") not in (None, code)
