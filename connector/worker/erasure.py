@@ -3,9 +3,16 @@
 Called explicitly by the event pipeline when a ``delete`` event (or Shopify's ``shop/redact``) is
 applied, and by ``connector profiles delete``. In order:
 
+0. a tombstone per identifier of the person (:func:`tombstone_key`: a digest of account, identity
+   kind and value, holding the erasure instant; for ``shop/redact`` one for the whole account),
+   so that their events received before the erasure but still waiting elsewhere (another stream
+   shard, a drain that is being retried) do not recreate them: the pipeline drops those
+   (:func:`drop_erased`, counted as ``before_erasure``);
 1. the profile store (:func:`connector.profiles.erasure.erase_profile`): profile, history, the
    tombstones of profiles merged into it, identity links, identity conflicts, rejected events,
-   data exports and the dedupe markers of the person's events;
+   data exports and the event names containing one of their identifiers (the dedupe markers
+   stay: digests of the senders' event ids, so a replay of the person's earlier events remains a
+   duplicate);
 2. the membership ledger and its history, and the due index, of the profile and of every profile
    merged into it;
 3. dead letters of every kind (queue items and sync changes) that name the person;
@@ -13,26 +20,111 @@ applied, and by ``connector profiles delete``. In order:
    deletion queued for every destination under each of the person's addresses (when they have
    one), whose outcome is recorded with a digest of the profile id only.
 
-What remains is the erasure logs' entries, which hold digests, no identifier.
+What remains is the erasure logs' entries and the tombstones, which hold digests, no identifier.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 import redis
 
 from connector import sync
 from connector.config import Account
+from connector.event import Event
 from connector.profiles import erasure as store_erasure
 from connector.profiles.erasure import Erased
+from connector.profiles.identity import usable_identities
 from connector.profiles.rejected import mentions
+from connector.profiles.store import name_codes, read_profile
 from connector.sync.deadletters import DeadLetter, DeadLetters
 from connector.worker import due
 from connector.worker.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+# How long an event can wait between being received and being applied and still be checked
+# against the tombstones: a stream's backlog while no worker drains it, a batch retried and then
+# dead-lettered and replayed. A tombstone lives this plus the account's dedupe window.
+EVENT_WAIT_MAX_SECONDS = 30 * 24 * 3600
+DROPPED_OUTCOME = "before_erasure"  # metrics:worker field, connector_worker_events_total{outcome}
+_PREVIOUS_ID_KINDS = ("user_id", "anonymous_id")
+
+
+def tombstone_key(account: str, kind: str | None = None, value: str = "") -> str:
+    """``erased:{account}:{digest of account, kind, value}``; without a kind, the whole account's."""
+    if kind is None:
+        return f"erased:{account}"
+    digest = hashlib.sha256(f"{account}\x1f{kind}\x1f{value}".encode()).hexdigest()[:32]
+    return f"erased:{account}:{digest}"
+
+
+def tombstone_seconds(account: Account) -> int:
+    return EVENT_WAIT_MAX_SECONDS + account.dedupe_ttl_seconds
+
+
+def record_tombstones(
+    queue_conn: redis.Redis, account: Account, identities: dict[str, list[str]] | None, now: datetime
+) -> None:
+    """Tombstones for these identities (``None``: the whole account), holding the erasure instant."""
+    if identities is None:
+        names = [tombstone_key(account.id)]
+    else:
+        names = [tombstone_key(account.id, k, v) for k, values in identities.items() for v in values]
+    pipe = queue_conn.pipeline(transaction=False)
+    for name in names:
+        pipe.set(name, repr(now.timestamp()), ex=tombstone_seconds(account))
+    pipe.execute()
+
+
+def _tombstone_keys(event: Event) -> Iterator[str]:
+    """Every tombstone that could name this event's person, the account's first."""
+    yield tombstone_key(event.account)
+    for kind, value in usable_identities(event.identities, frozenset()).items():
+        yield tombstone_key(event.account, kind, value)
+    previous = event.identities.get("previous_id")
+    if isinstance(previous, str) and previous.strip():
+        for kind in _PREVIOUS_ID_KINDS:
+            yield tombstone_key(event.account, kind, previous.strip())
+
+
+def drop_erased(queue_conn: redis.Redis, events: Sequence[Event]) -> list[Event]:
+    """The events without those of an erased person (or account) received at or before the
+    erasure; one MGET for the batch. Events received after the erasure are a new relationship and
+    are kept. What is dropped is counted (``metrics:worker``, ``before_erasure:{account}``)."""
+    per_event = [list(_tombstone_keys(event)) for event in events]
+    names = sorted({name for names in per_event for name in names})
+    if not names:
+        return list(events)
+    erased_at = {
+        name: float(value) for name, value in zip(names, queue_conn.mget(names), strict=True) if value
+    }
+    if not erased_at:
+        return list(events)
+    kept: list[Event] = []
+    dropped: dict[str, int] = {}
+    for event, candidates in zip(events, per_event, strict=True):
+        received = event.received_at.timestamp()
+        if any(received <= erased_at.get(name, float("-inf")) for name in candidates):
+            dropped[event.account] = dropped.get(event.account, 0) + 1
+        else:
+            kept.append(event)
+    _count_dropped(queue_conn, dropped.items())
+    return kept
+
+
+def _count_dropped(queue_conn: redis.Redis, dropped: Iterable[tuple[str, int]]) -> None:
+    pipe = queue_conn.pipeline(transaction=False)
+    for account_id, count in dropped:
+        pipe.hincrby("metrics:worker", f"{DROPPED_OUTCOME}:{account_id}", count)
+        log.info(
+            "events of an erased person dropped",
+            extra={"account": account_id, "events": count, "outcome": DROPPED_OUTCOME},
+        )
+    pipe.execute()
 
 
 def erase_person(
@@ -44,6 +136,12 @@ def erase_person(
     source: str,
 ) -> bool:
     """Erase one person (found by their live profile id). False if the profile does not exist."""
+    before = read_profile(conn, name_codes(conn), account.id, profile_id)
+    if before is None:
+        return False
+    # first, so that a batch of another shard checking the tombstones while the profile store
+    # erases the person already drops their earlier events
+    record_tombstones(queue_conn, account, before.identities, now)
     erased = store_erasure.erase_profile(conn, queue_conn, account.id, profile_id, now, source)
     if erased is None:
         return False
@@ -55,16 +153,25 @@ def erase_account(
     conn: redis.Redis, queue_conn: redis.Redis, account: Account, now: datetime, source: str
 ) -> int:
     """Erase every person of an account (Shopify ``shop/redact``); returns how many."""
+    record_tombstones(queue_conn, account, None, now)
     everyone = store_erasure.erase_account(conn, queue_conn, account.id, now, source)
-    for erased in everyone:
-        _finish(conn, queue_conn, account, erased, now)
+    for erased in everyone:  # the account's tombstone covers each of them
+        _finish(conn, queue_conn, account, erased, now, tombstones=False)
     return len(everyone)
 
 
 def _finish(
-    conn: redis.Redis, queue_conn: redis.Redis, account: Account, erased: Erased, now: datetime
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account: Account,
+    erased: Erased,
+    now: datetime,
+    *,
+    tombstones: bool = True,
 ) -> None:
     pids = erased.profile_ids
+    if tombstones:  # again: identities linked between the first tombstones and the erasure
+        record_tombstones(queue_conn, account, erased.identities, now)
     Ledger(conn).delete_many(account.id, pids)
     due.unschedule(queue_conn, account.id, pids)
     removed = purge_dead_letters(queue_conn, account.id, erased)

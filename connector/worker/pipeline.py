@@ -35,6 +35,7 @@ def apply_batch(
     events: Sequence[Event], now: datetime, accounts: Accounts, conn: redis.Redis, queue_conn: redis.Redis
 ) -> dict[str, Outcome]:
     """Apply events (of any accounts) with explicit connections; the outcome per account."""
+    events = erasure.drop_erased(queue_conn, events)
     by_account: dict[str, list[Event]] = {}
     for event in events:
         by_account.setdefault(event.account, []).append(event)

@@ -1,9 +1,9 @@
 """Erasure leaves nothing: a person who went through every path (anonymous then merged, a segment
 with history, a pending sync change, an export, a rejected event, dead letters of both kinds,
 dedupe markers, the due index) is erased, and then every key of Redis, of every type, is read
-for any of their identifiers: none is found. The erasure records hold digests only; the dedupe
-markers of their events stay (named by digests of the senders' event ids, no identifier), so a replay of
-one of those events is still a duplicate."""
+for any of their identifiers: none is found. The erasure records and the tombstones hold digests
+only; the dedupe markers of their events stay (named by digests of the senders' event ids, no
+identifier), so a replay of one of those events is still a duplicate."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from connector.ingest.receivers.segment import sign
 from connector.ingest.receivers.shopify import signature as shopify_signature
 from connector.profiles import load_profile, lookup
 from connector.profiles.keys import names_key
+from connector.worker.erasure import EVENT_WAIT_MAX_SECONDS, tombstone_key
 from connector.worker.jobs import drain_events
 from tests.conftest import ACME_ENV
 from tests.ingest.accounts import SHOP, client_with
@@ -59,6 +60,83 @@ def drain_all(conn: redis.Redis, shards: int) -> None:
 
 def shard_of(conn: redis.Redis, shards: int, **identities: str) -> int:
     return EventQueue(conn, shards).shard_for("acme", [ev("x", **identities)])
+
+
+def test_an_event_waiting_on_another_shard_does_not_recreate_an_erased_person(
+    settings: Any, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    conn, shards = redis_client, settings.event_shards
+    client = client_with(settings, tmp_path / "a", segment={"privileged": ["delete"]})
+    delete_shard = shard_of(conn, shards, user_id=USER)
+    anon = next(
+        a for i in range(100) if shard_of(conn, shards, anonymous_id=(a := f"anon-{i}")) != delete_shard
+    )
+    other_shard = shard_of(conn, shards, anonymous_id=anon)
+    with clock.frozen(T0) as frozen:
+        segment(client, {"type": "identify", "userId": USER, "messageId": "x1", "traits": {"email": EMAIL}})
+        drain_all(conn, shards)
+        assert lookup(conn, "acme", "email", EMAIL) is not None
+        # sent before the deletion, routed by its anonymous id to another shard
+        segment(client, {"type": "track", "event": "Page Read", "anonymousId": anon, "messageId": "x2",
+                         "context": {"traits": {"email": EMAIL.upper()}}})  # fmt: skip
+        segment(client, {"type": "delete", "userId": USER, "messageId": "x3"})
+        drain_events(delete_shard, conn=conn)
+        assert lookup(conn, "acme", "email", EMAIL) is None
+        drain_events(other_shard, conn=conn)
+        assert lookup(conn, "acme", "email", EMAIL) is None
+        assert lookup(conn, "acme", "anonymous_id", anon) is None
+        assert conn.hget("metrics:worker", "before_erasure:acme") == b"1"  # counted, not silent
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'connector_worker_events_total{account="acme",outcome="before_erasure"} 1.0' in metrics
+        assert hits(conn, [EMAIL, USER, anon]) == []  # the tombstones are digests
+        # the same person coming back later is a new relationship
+        frozen.advance(timedelta(minutes=5))
+        segment(client, {"type": "track", "event": "Page Read", "anonymousId": anon, "messageId": "x4",
+                         "context": {"traits": {"email": EMAIL}}})  # fmt: skip
+        drain_all(conn, shards)
+        assert lookup(conn, "acme", "email", EMAIL) is not None
+        assert conn.hget("metrics:worker", "before_erasure:acme") == b"1"
+
+
+def test_tombstones_drop_events_received_up_to_the_erasure_and_expire(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    conn = redis_client
+    apply(conn, accounts, ev("1", user_id=USER, email=EMAIL, anonymous_id="anon-tomb"))
+    apply(conn, accounts, ev("del", "delete", type="delete", user_id=USER), now=NOW)
+    key = tombstone_key("acme", "email", EMAIL)
+    acme = accounts.get("acme")
+    assert acme is not None
+    assert float(conn.get(key) or 0) == NOW.timestamp()
+    assert conn.ttl(key) >= EVENT_WAIT_MAX_SECONDS + acme.dedupe_ttl_seconds - 5
+    early = ev("2", "order_completed", at=NOW - timedelta(seconds=1), anonymous_id="anon-tomb")
+    at_erasure = ev("3", "order_completed", at=NOW, email=" Victim.Person@Example.com")
+    alias = ev("4", "alias", type="alias", at=NOW - timedelta(hours=1), user_id="u-new", previous_id=USER)
+    someone_else = ev("5", at=NOW - timedelta(hours=1), user_id="u-someone-else")
+    outcome = apply(conn, accounts, early, at_erasure, alias, someone_else, now=NOW + timedelta(minutes=1))
+    assert outcome.applied == 1
+    assert lookup(conn, "acme", "user_id", "u-someone-else") is not None
+    for kind, value in (("anonymous_id", "anon-tomb"), ("email", EMAIL), ("user_id", "u-new")):
+        assert lookup(conn, "acme", kind, value) is None
+    assert conn.hget("metrics:worker", "before_erasure:acme") == b"3"
+    later = ev("6", at=NOW + timedelta(seconds=1), email=EMAIL)
+    assert apply(conn, accounts, later, now=NOW + timedelta(minutes=1)).applied == 1
+
+
+def test_shop_redact_drops_every_event_of_the_account_received_before_it(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    conn = redis_client
+    apply(conn, accounts, ev("1", user_id="u1"), ev("2", user_id="u2"))
+    assert apply(conn, accounts, ev("redact", "shop_redact", type="delete", at=NOW), now=NOW).erased == 2
+    assert conn.exists(tombstone_key("acme"))
+    assert not list(conn.scan_iter(tombstone_key("acme", "user_id", "u1")))  # the account's covers them
+    queued = ev("3", at=NOW - timedelta(seconds=5), user_id="u3")
+    assert apply(conn, accounts, queued, now=NOW + timedelta(seconds=1)).applied == 0
+    assert lookup(conn, "acme", "user_id", "u3") is None
+    globex = ev("4", account="globex", at=NOW - timedelta(seconds=5), user_id="u3")
+    assert apply(conn, accounts, globex, now=NOW + timedelta(seconds=1)).applied == 1
+    assert apply(conn, accounts, ev("5", at=NOW + timedelta(seconds=1), user_id="u3")).applied == 1
 
 
 def test_a_replay_of_an_erased_persons_earlier_event_is_a_duplicate(
