@@ -106,10 +106,35 @@ def test_noise_never_500(client, redis_client, path) -> None:  # type: ignore[no
 # --- signed, near-valid payloads ------------------------------------------------------------
 
 
+# Fields an identity is read from, in every sender's template: besides arbitrary JSON they get
+# huge integers (beyond a float's range too), big and fractional floats, and nested values.
+IDENTITY_KEYS = frozenset(
+    {"userId", "anonymousId", "previousId", "groupId", "user_id", "anonymous_id", "id", "objectId",
+     "external_id", "_id", "data[id]", "data[new_id]", "data[email]", "email"}
+)  # fmt: skip
+IDENTITY_HOSTILE = st.one_of(
+    st.integers(min_value=10**18, max_value=10**4000),
+    st.integers(min_value=-(10**400), max_value=-(10**18)),
+    st.sampled_from([10**64, 10**64 - 1, -(10**64), 2**63, 2**64, 10**308, 10**309]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([1e308, -1e308, 1.5, 5e-324, 1e19, 0.0]),
+    st.dictionaries(st.text(max_size=5), JSON, max_size=3),
+    st.lists(JSON, max_size=3),
+)
+
+
 def fuzzed(template: Any) -> st.SearchStrategy[Any]:
-    """The template with any value possibly replaced by arbitrary JSON, at any depth."""
+    """The template with any value possibly replaced by arbitrary JSON, at any depth (identity
+    fields: by :data:`IDENTITY_HOSTILE` values too)."""
     if isinstance(template, dict):
-        return st.fixed_dictionaries({k: st.one_of(fuzzed(v), JSON) for k, v in template.items()})
+        return st.fixed_dictionaries(
+            {
+                k: st.one_of(fuzzed(v), JSON, IDENTITY_HOSTILE)
+                if k in IDENTITY_KEYS
+                else st.one_of(fuzzed(v), JSON)
+                for k, v in template.items()
+            }
+        )
     if isinstance(template, list) and template:
         return st.lists(st.one_of(fuzzed(template[0]), JSON), max_size=4)
     return st.one_of(st.just(template), JSON)

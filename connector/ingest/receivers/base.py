@@ -299,22 +299,46 @@ def parse_time(value: Any, what: str) -> datetime:
     return parsed
 
 
-def clean_identity(value: Any) -> str | None:
-    """Identity values as strings; numbers are kept, empty values dropped (blocking is the worker's job)."""
+# An identity sent as a number is kept as its decimal text; real ids are at most 20 digits (64-bit),
+# a longer number is a mistake or an attack, and is refused rather than stored.
+MAX_IDENTITY_DIGITS = 64
+_IDENTITY_NUMBER_LIMIT = 10**MAX_IDENTITY_DIGITS
+
+
+def clean_identity(value: Any, what: str = "identity") -> str | None:
+    """Identity values as strings; numbers are kept, empty values dropped (blocking is the worker's job).
+
+    Raises :class:`MalformedPayload` naming ``what`` for a value no identity can be: an object or
+    an array, a number that is not finite, or one of more than :data:`MAX_IDENTITY_DIGITS` digits."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return str(int(value)) if float(value).is_integer() else str(value)
     if isinstance(value, str):
         text = value.strip()
         return text or None
-    return None
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        return repr(value)
+    if isinstance(value, float) and math.isfinite(value):
+        value = int(value)
+    if isinstance(value, int):
+        if abs(value) >= _IDENTITY_NUMBER_LIMIT:
+            raise MalformedPayload(
+                f"{what} is a number of more than {MAX_IDENTITY_DIGITS} digits, which no identity has"
+            )
+        return str(value)
+    raise MalformedPayload(f"{what} must be a string or a number")
 
 
-def identities(**values: Any) -> dict[str, str]:
+def identities(
+    where: str = "body", fields: Mapping[str, str] | None = None, /, **values: Any
+) -> dict[str, str]:
+    """The identities of ``values`` (kind → raw value), cleaned by :func:`clean_identity`; a value
+    that cannot be one is refused naming ``{where}.{field}`` (``fields`` maps a kind to the field
+    it came from; the kind itself by default; with an empty ``where`` the field is the whole name)."""
     out: dict[str, str] = {}
+    names = fields or {}
     for key, value in values.items():
-        cleaned = clean_identity(value)
+        field = names.get(key, key)
+        cleaned = clean_identity(value, f"{where}.{field}" if where else field)
         if cleaned is not None:
             out[key] = cleaned.lower() if key == "email" else cleaned
     return out

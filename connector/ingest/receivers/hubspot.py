@@ -188,6 +188,8 @@ class HubSpotReceiver(Receiver):
             occurred_at=parse_time(occurred, f"{where}.occurredAt") if occurred not in (None, "") else now,
             received_at=now,
             identities=identities(
+                where,
+                {"hubspot_contact_id": "objectId", "email": "propertyValue"},
                 hubspot_contact_id=item.get("objectId") if is_contact else None,
                 email=new_email if isinstance(new_email, str) and is_contact else None,
             ),

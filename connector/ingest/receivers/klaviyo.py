@@ -163,6 +163,8 @@ class KlaviyoReceiver(Receiver):
             occurred_at=_occurred_at(attributes, now, where),
             received_at=now,
             identities=identities(
+                where,
+                {"klaviyo_profile_id": "payload.data.relationships.profile.data.id"},
                 klaviyo_profile_id=profile.get("id"),
                 email=email if isinstance(email, str) else None,
             ),

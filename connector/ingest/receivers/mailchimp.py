@@ -79,6 +79,12 @@ def parse_form(body: bytes) -> dict[str, Any]:
     return out
 
 
+# the form fields identities come from, as an answer names them
+_FIELDS = {"email": "form field data[email]", "mailchimp_member_id": "form field data[id]"}
+_NEW_FIELDS = {"email": "form field data[new_email]", "mailchimp_member_id": "form field data[new_id]"}
+_OLD_FIELDS = {"email": "form field data[old_email]", "mailchimp_member_id": "form field data[new_id]"}
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -159,9 +165,11 @@ class MailchimpReceiver(Receiver):
         if name == "campaign_status":
             ids = {}
         elif name == "email_changed":
-            ids = identities(email=data.get("new_email"), mailchimp_member_id=data.get("new_id"))
+            ids = identities(
+                "", _NEW_FIELDS, email=data.get("new_email"), mailchimp_member_id=data.get("new_id")
+            )
         else:
-            ids = identities(email=data.get("email"), mailchimp_member_id=data.get("id"))
+            ids = identities("", _FIELDS, email=data.get("email"), mailchimp_member_id=data.get("id"))
         return Event(
             account=account,
             source=self.source,
@@ -188,7 +196,7 @@ def email_link(event: Event, form: dict[str, Any]) -> Event | None:
     if event.name != "email_changed":
         return None
     data = _dict(form.get("data"))
-    old = identities(email=data.get("old_email"), mailchimp_member_id=data.get("new_id"))
+    old = identities("", _OLD_FIELDS, email=data.get("old_email"), mailchimp_member_id=data.get("new_id"))
     if "email" not in old or "mailchimp_member_id" not in old:
         return None
     new_email = event.identities.get("email")

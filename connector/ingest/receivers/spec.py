@@ -23,6 +23,15 @@ _FIXED_NAMES = {
 }
 
 
+SPEC_FIELDS = {
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "previous_id": "previousId",
+    "group_id": "groupId",
+    "email": "traits.email",
+}
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -70,6 +79,8 @@ def normalize(
             properties = {**properties, "name": original}
     email = traits.get("email") or _dict(context.get("traits")).get("email") or properties.get("email")
     ids = identities(
+        where,
+        SPEC_FIELDS,
         user_id=message.get("userId"),
         anonymous_id=message.get("anonymousId"),
         email=email if isinstance(email, str) else None,

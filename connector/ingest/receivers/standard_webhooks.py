@@ -124,6 +124,11 @@ class StandardWebhooksReceiver(Receiver):
                 occurred_at=parse_time(stamp, "body.timestamp") if stamp not in (None, "") else header_time,
                 received_at=now,
                 identities=identities(
+                    "body.data",
+                    {
+                        "user_id": "user_id" if "user_id" in data else "userId",
+                        "anonymous_id": "anonymous_id" if "anonymous_id" in data else "anonymousId",
+                    },
                     email=email if isinstance(email, str) else None,
                     user_id=data.get("user_id", data.get("userId")),
                     anonymous_id=data.get("anonymous_id", data.get("anonymousId")),
