@@ -43,8 +43,8 @@ def test_orders_create_vector_normalized(client, redis_client) -> None:  # type:
     [event] = stored_events(redis_client)
     assert event["name"] == "order_completed"
     assert event["type"] == "track"
-    # the body has no updated_at: the dedupe id is the topic and a digest of the signed body
-    assert event["source_event_id"] == f"orders/create:sha256:{hashlib.sha256(body).hexdigest()}"
+    # the body has no updated_at: the dedupe id is the resource kind and a digest of the signed body
+    assert event["source_event_id"] == f"order:sha256:{hashlib.sha256(body).hexdigest()}"
     assert event["identities"] == {"email": "jon@example.com", "shopify_customer_id": "115310627314723954"}
     props = event["properties"]
     assert props["revenue"] == 199.0 and props["currency"] == "USD"
@@ -64,7 +64,8 @@ def test_topics_mapping(settings, tmp_path, redis_client) -> None:  # type: igno
         "checkouts/update": ({"token": "ck1", "email": "a@example.com", "updated_at": "2024-01-02T00:00:00Z",
                               "line_items": []}, "checkout_updated", "track"),
         "carts/create": ({"id": "c1", "token": "cart-tok", "line_items": []}, "cart_updated", "track"),
-        "carts/update": ({"id": "c1", "token": "cart-tok", "line_items": []}, "cart_updated", "track"),
+        "carts/update": ({"id": "c1", "token": "cart-tok", "line_items": [],
+                          "updated_at": "2024-01-02T00:00:00Z"}, "cart_updated", "track"),
         "customers/create": ({"id": 77, "email": "B@Example.com", "first_name": "B"}, "identify", "identify"),
         "customers/update": ({"id": 77, "email": "b@example.com", "tags": "vip"}, "identify", "identify"),
         "customers/data_request": ({"shop_id": 1, "shop_domain": SHOP, "customer": {"id": 191167},
@@ -73,7 +74,6 @@ def test_topics_mapping(settings, tmp_path, redis_client) -> None:  # type: igno
         "customers/redact": ({"shop_id": 1, "shop_domain": SHOP, "orders_to_redact": [1],
                               "customer": {"id": 191167, "email": "john@example.com"}}, "delete", "delete"),
         "shop/redact": ({"shop_id": 1, "shop_domain": SHOP}, "shop_redact", "delete"),
-        "products/update": ({"id": 5}, "products_update", "track"),
     }  # fmt: skip
     for i, (topic, (payload, _name, _kind)) in enumerate(cases.items()):
         body = json.dumps(payload).encode()
@@ -96,7 +96,10 @@ def test_rotated_sdk_secret_accepted(client, redis_client) -> None:  # type: ign
     body = v["body"].encode()
     hdrs = headers(body, "app/uninstalled", secret=b"test_secret_key")
     assert hdrs["X-Shopify-Hmac-Sha256"] == v["expected"]["X-Shopify-Hmac-Sha256"]
-    assert post(client, body, hdrs).status_code == 200
+    res = post(client, body, hdrs)
+    # verified (a bad signature is a 401); then refused: app/uninstalled is not a topic it accepts
+    assert res.status_code == 400, res.json
+    assert "app/uninstalled" in res.json["message"]
 
 
 def test_rejections_are_401_and_store_nothing(client, redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -140,8 +143,10 @@ def test_same_delivery_five_times_stored_once(client, redis_client) -> None:  # 
     assert [a.status_code for a in answers] == [200] * 5
     assert [a.json["accepted"] for a in answers] == [1, 0, 0, 0, 0]
     assert len(stored_events(redis_client)) == 1
-    # another subscription's delivery of the same merchant action is its own event
-    assert post(client, body, headers(body, "orders/paid", webhook_id="wh-9")).json["accepted"] == 1
+    # the topic header is unsigned: the same signed order under another order topic is the same
+    # resource at the same instant, so a duplicate
+    assert post(client, body, headers(body, "orders/paid", webhook_id="wh-9")).json["duplicates"] == 1
+    assert len(stored_events(redis_client)) == 1
 
 
 def test_malformed_after_signature_is_400(client, redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -149,3 +154,89 @@ def test_malformed_after_signature_is_400(client, redis_client) -> None:  # type
         res = post(client, body, headers(body, "orders/create"))
         assert res.status_code == 400, body
         assert res.json["error"] == "malformed_payload"
+
+
+ORDER = {
+    "id": 820982911946154508,
+    "email": "jon@example.com",
+    "token": "tok123",
+    "cart_token": "ct1",
+    "checkout_token": "ck1",
+    "order_number": 1001,
+    "financial_status": "paid",
+    "updated_at": "2024-01-01T00:00:00Z",
+    "created_at": "2024-01-01T00:00:00Z",
+    "total_price": "199.00",
+    "currency": "USD",
+    "line_items": [{"id": 1, "price": "199.00", "quantity": 1}],
+    "customer": {"id": 115310627314723954, "email": "jon@example.com"},
+}
+
+
+def test_unknown_topics_refused_naming_the_topic(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps(ORDER).encode()
+    for i, topic in enumerate(
+        ["order_completed", "Order Completed", "orders/updated", "refunds/create", "app/uninstalled",
+         "orders/create/", "orders//create", "products/update"]
+    ):  # fmt: skip
+        res = post(client, body, headers(body, topic, webhook_id=f"wh-{i}"))
+        assert res.status_code == 400, (topic, res.json)
+        assert topic.strip().lower() in res.json["message"] and "orders/create" in res.json["message"]
+    assert stored_events(redis_client) == []
+
+
+def test_order_body_is_not_a_checkout_cart_or_customer(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps(ORDER).encode()
+    for i, topic in enumerate(["checkouts/create", "checkouts/update", "carts/create", "carts/update",
+                               "customers/create", "customers/update"]):  # fmt: skip
+        res = post(client, body, headers(body, topic, webhook_id=f"wh-{i}"))
+        assert res.status_code == 400, (topic, res.json)
+        assert f"shape of a {topic} delivery" in res.json["message"]
+    # an order trimmed of its own fields still has an int id, not a cart's token
+    trimmed = json.dumps({"id": 1, "email": "a@example.com", "token": "t", "line_items": []}).encode()
+    res = post(client, trimmed, headers(trimmed, "carts/update", webhook_id="wh-t"))
+    assert res.status_code == 400 and "cart token" in res.json["message"]
+    # a checkout is not an order either
+    checkout = json.dumps({"id": 5, "token": "ck", "abandoned_checkout_url": "https://x", "line_items": []})
+    res = post(client, checkout.encode(), headers(checkout.encode(), "orders/create", webhook_id="wh-c"))
+    assert res.status_code == 400 and "abandoned_checkout_url" in res.json["message"]
+    assert stored_events(redis_client) == []
+
+
+def test_same_order_under_every_order_topic_stored_once(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps(ORDER).encode()
+    answers = [
+        post(client, body, headers(body, topic, webhook_id=f"wh-{i}"))
+        for i, topic in enumerate(["orders/create", "orders/paid", " ORDERS/CREATE ", "Orders/Paid"])
+    ]
+    assert [a.status_code for a in answers] == [200] * 4
+    assert [a.json["accepted"] for a in answers] == [1, 0, 0, 0]
+    [event] = stored_events(redis_client)
+    assert event["source_event_id"] == "order:820982911946154508@2024-01-01T00:00:00Z"
+    # a later update of the order (a new updated_at) is a new event
+    later = json.dumps({**ORDER, "updated_at": "2024-01-01T00:05:00Z"}).encode()
+    assert post(client, later, headers(later, "orders/paid", webhook_id="wh-9")).json["accepted"] == 1
+
+
+def test_money_strings_must_be_decimals(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    cases = [("total_price", "inf"), ("total_price", "nan"), ("total_price", "1e999"),
+             ("total_price", "-inf"), ("total_tax", "Infinity"), ("subtotal_price", "1_000"),
+             ("total_price", 10**400)]  # fmt: skip
+    for i, (field, value) in enumerate(cases):
+        body = json.dumps({"id": i + 1, "line_items": [], field: value}).encode()
+        res = post(client, body, headers(body, "orders/create", webhook_id=f"wh-{i}"))
+        assert res.status_code == 400, (field, value, res.json)
+        assert f"body.{field}" in res.json["message"]
+    body = json.dumps({"id": 99, "line_items": [{"id": 1, "price": "nan"}]}).encode()
+    res = post(client, body, headers(body, "orders/create", webhook_id="wh-li"))
+    assert res.status_code == 400 and "body.line_items[0].price" in res.json["message"]
+    assert stored_events(redis_client) == []
+
+
+def test_huge_customer_id_is_400(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps({**ORDER, "customer": {"id": 10**400}}).encode()
+    res = post(client, body, headers(body, "orders/create"))
+    assert res.status_code == 400 and "body.customer.id" in res.json["message"]
+    body = json.dumps({"id": 10**70, "email": "a@example.com"}).encode()
+    res = post(client, body, headers(body, "customers/update", webhook_id="wh-2"))
+    assert res.status_code == 400 and "body.id" in res.json["message"]

@@ -3,9 +3,12 @@
 ``X-Shopify-Hmac-Sha256`` is base64 HMAC-SHA256 of the raw body with the app's client secret.
 There is no timestamp in the signature, and the signature covers the body only: ``X-Shopify-Topic``,
 ``X-Shopify-Webhook-Id`` and ``X-Shopify-Shop-Domain`` are unsigned. So the body must have the
-shape of its topic (:func:`check_shape`; an order sent as ``customers/redact`` is refused), a
-compliance request must name the account's configured shop (``shop_domain``), and the dedupe id is
-taken from the body (:func:`dedupe_id`), never from the webhook id header. ``X-Shopify-Event-Id``
+shape of its topic (:func:`check_shape`: an order sent as ``customers/redact``, ``checkouts/create``
+or ``carts/update`` is refused), only the topics in :data:`TOPICS` are accepted (any other is a
+400 naming it), a compliance request must name the account's configured shop (``shop_domain``),
+and the dedupe id is taken from the body (:func:`dedupe_id`: the resource's kind, id and
+``updated_at``), never from the topic or webhook id headers: the same signed order delivered under
+``orders/create`` and ``orders/paid`` with one ``updated_at`` is stored once. ``X-Shopify-Event-Id``
 and ``X-Shopify-Webhook-Id`` are kept in the properties for correlation.
 """
 
@@ -13,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from datetime import datetime
 from typing import Any, ClassVar
 
 from connector.config import Account, SenderConfig
 from connector.errors import EventNotAllowed, MalformedPayload, Unauthorized
 from connector.event import Event
-from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
     WHOLE_BODY,
     Inbound,
@@ -73,18 +77,29 @@ def signature(secret: bytes, body: bytes) -> str:
     return b64(hmac_digest("sha256", secret, body))
 
 
-def _number(value: Any) -> float | int | None:
-    """Shopify money fields are strings ("199.00"); revenue is a number."""
-    if isinstance(value, bool):
+_DECIMAL = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?")
+
+
+def _number(value: Any, what: str) -> float | int | None:
+    """Shopify money fields are strings ("199.00"); revenue is a number. Absent or empty: ``None``.
+
+    Only a plain decimal is a number: ``"inf"``, ``"nan"``, ``"1e999"`` or a number beyond a
+    float's range is refused naming ``what`` (it would reach the queue as ``Infinity``)."""
+    if value is None or value == "" or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return value
     if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value.strip()):
+            raise MalformedPayload(f"{what} is not a decimal amount: {value[:40]!r}")
+        return float(value)
+    if isinstance(value, int | float):
         try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+            finite = math.isfinite(float(value))
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise MalformedPayload(f"{what} is out of range")
+        return value
+    raise MalformedPayload(f"{what} must be a decimal amount")
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -130,11 +145,16 @@ class ShopifyReceiver(Receiver):
     ) -> list[Event]:
         payload = require_object(require_json(inbound), "body")
         topic = (inbound.header("X-Shopify-Topic") or "").strip().lower()
+        if topic not in TOPICS:
+            raise MalformedPayload(
+                f"X-Shopify-Topic {topic[:100]!r} is not a topic this receiver accepts "
+                f"(known: {', '.join(TOPICS)})"
+            )
         check_shape(topic, payload)
         if topic in COMPLIANCE:
             check_compliance_shop(topic, payload, sender)
         shop = (inbound.header("X-Shopify-Shop-Domain") or "").strip().lower()
-        kind, name = TOPICS.get(topic, ("track", _unknown_name(topic)))
+        kind, name = TOPICS[topic]
         properties: dict[str, Any] = {"topic": topic}
         if shop:
             properties["shop_domain"] = shop
@@ -164,7 +184,7 @@ class ShopifyReceiver(Receiver):
                 source_event_id=dedupe_id(topic, payload, inbound.body),
                 type=kind,
                 name=name,
-                original_name=topic or None,
+                original_name=topic,
                 occurred_at=_occurred_at(payload, inbound, topic, now),
                 received_at=now,
                 identities=_identities(topic, payload, customer),
@@ -178,11 +198,13 @@ class ShopifyReceiver(Receiver):
 def _identities(topic: str, payload: dict[str, Any], customer: dict[str, Any]) -> dict[str, str]:
     email = payload.get("email") or customer.get("email")
     ids = identities(
+        "body",
+        {"shopify_customer_id": "id" if _family(topic) == "customer" else "customer.id"},
         email=email if isinstance(email, str) else None,
         shopify_customer_id=customer.get("id") if customer else None,
     )
     if topic.startswith("carts/") and "shopify_customer_id" not in ids:
-        token = clean_identity(payload.get("token") or payload.get("id"))
+        token = clean_identity(payload.get("token") or payload.get("id"), "body.token")
         if token:
             ids["shopify_cart_token"] = token
     return ids
@@ -191,13 +213,35 @@ def _identities(topic: str, payload: dict[str, Any], customer: dict[str, Any]) -
 # --- shapes: the topic header is unsigned, so the signed body must look like its topic ----------
 
 COMPLIANCE = ("customers/data_request", "customers/redact", "shop/redact")
+_COMPLIANCE_KEYS = ("orders_to_redact", "orders_requested", "data_request", "shop_id")
+# Fields only one REST resource has (Shopify's webhook payloads): an order has its number and
+# financial status, a checkout its recovery URL, a refund its refunded lines; a cart's id is its
+# token (a string) and it has no cart_token, which orders and checkouts carry.
+ORDER_ONLY = (
+    "order_number",
+    "financial_status",
+    "fulfillment_status",
+    "checkout_token",
+    "checkout_id",
+    "confirmation_number",
+    "processed_at",
+    "order_status_url",
+)
+CHECKOUT_ONLY = ("abandoned_checkout_url",)
+REFUND_ONLY = ("refund_line_items", "order_adjustments", "order_id")
 _ORDER_LIKE = ("id", "line_items")
-# topic family → (keys the body must have, keys it must not have)
+# resource kind → (keys the body must have, keys it must not have)
 SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "order": (("id", "line_items"), ("orders_to_redact", "orders_requested", "data_request")),
-    "checkout": (("token", "line_items"), ("orders_to_redact", "orders_requested", "data_request")),
-    "cart": (("id", "line_items"), ("orders_to_redact", "orders_requested", "data_request")),
-    "customer": (("id",), ("customer", "orders_to_redact", "orders_requested", "data_request")),
+    "order": (("id", "line_items"), (*CHECKOUT_ONLY, *REFUND_ONLY, *_COMPLIANCE_KEYS)),
+    "checkout": (("token", "line_items"), (*ORDER_ONLY, *REFUND_ONLY, *_COMPLIANCE_KEYS)),
+    "cart": (
+        ("id", "token", "line_items"),
+        ("cart_token", *ORDER_ONLY, *CHECKOUT_ONLY, *REFUND_ONLY, *_COMPLIANCE_KEYS),
+    ),
+    "customer": (
+        ("id",),
+        ("customer", "line_items", "token", *ORDER_ONLY, *CHECKOUT_ONLY, *REFUND_ONLY, *_COMPLIANCE_KEYS),
+    ),
     "customers/redact": (
         ("shop_id", "shop_domain", "customer", "orders_to_redact"),
         (*_ORDER_LIKE, "orders_requested", "data_request"),
@@ -211,26 +255,32 @@ SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (*_ORDER_LIKE, "customer", "orders_to_redact", "orders_requested", "data_request"),
     ),
 }
+# the id type of each resource in Shopify's REST payloads: numbers, except a cart's (its token)
+_ID_TYPES: dict[str, type | tuple[type, ...]] = {"order": int, "customer": int, "cart": str}
 
 
-def _family(topic: str) -> str | None:
+def _family(topic: str) -> str:
+    """The resource a known topic delivers: order, checkout, cart, customer, or the compliance topic."""
     if topic in COMPLIANCE:
         return topic
     prefix = topic.partition("/")[0]
-    return {"orders": "order", "checkouts": "checkout", "carts": "cart", "customers": "customer"}.get(prefix)
+    return {"orders": "order", "checkouts": "checkout", "carts": "cart", "customers": "customer"}[prefix]
 
 
 def check_shape(topic: str, payload: dict[str, Any]) -> None:
-    """Refuse a body whose shape is not its topic's (e.g. an order sent as ``customers/redact``)."""
+    """Refuse a body whose shape is not its topic's (e.g. an order sent as ``customers/redact`` or
+    as ``checkouts/create``): the required keys, none of another resource's own keys, the id's type."""
     family = _family(topic)
-    if family is None:
-        return  # other topics (products/update ...) are kept as track events of their own name
     required, forbidden = SHAPES[family]
     missing = [key for key in required if payload.get(key) in (None, "")]
     extra = [key for key in forbidden if key in payload]
     if missing or extra:
         what = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(extra)}"
         raise MalformedPayload(f"body does not have the shape of a {topic} delivery: it {what}")
+    id_type = _ID_TYPES.get(family)
+    if id_type is not None and (isinstance(payload["id"], bool) or not isinstance(payload["id"], id_type)):
+        kind = "a string (the cart token)" if id_type is str else "a number"
+        raise MalformedPayload(f"body.id of a {topic} delivery must be {kind}")
     if family in ("order", "checkout", "cart") and not isinstance(payload["line_items"], list):
         raise MalformedPayload("body.line_items must be an array")
     if family in ("customers/redact", "customers/data_request"):
@@ -255,15 +305,17 @@ def check_compliance_shop(topic: str, payload: dict[str, Any], sender: SenderCon
 
 
 def dedupe_id(topic: str, payload: dict[str, Any], body: bytes) -> str:
-    """What is signed, never an unsigned header: the topic (checked against the body's shape), the
-    resource's id and its ``updated_at``; a digest of the body when there is no such pair. A signed
-    body replayed with a new ``X-Shopify-Webhook-Id`` is therefore a duplicate."""
+    """What is signed, never an unsigned header: the resource's kind (checked against the body's
+    shape), its id and its ``updated_at``; a digest of the body when there is no such pair. A signed
+    body replayed with a new ``X-Shopify-Webhook-Id``, or under another topic of the same resource
+    (``orders/paid`` for an ``orders/create`` body), is therefore a duplicate."""
+    kind = _family(topic)
     resource = payload.get("id") if payload.get("id") not in (None, "") else payload.get("token")
     stamp = payload.get("updated_at")
-    if _family(topic) not in COMPLIANCE and resource not in (None, "") and stamp not in (None, ""):
-        key = f"{topic}:{_text(resource)}@{_text(stamp)}"
+    if kind not in COMPLIANCE and resource not in (None, "") and stamp not in (None, ""):
+        key = f"{kind}:{_text(resource)}@{_text(stamp)}"
     else:
-        key = f"{topic}:sha256:{hashlib.sha256(body).hexdigest()}"
+        key = f"{kind}:sha256:{hashlib.sha256(body).hexdigest()}"
     return key[:500]
 
 
@@ -271,21 +323,17 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-def _unknown_name(topic: str) -> str:
-    return snake_case(topic) if topic else "shopify_webhook"
-
-
 def _commerce_properties(payload: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, target in (("id", "order_id"), ("name", "order_name"), ("token", "token")):
         if payload.get(key) is not None:
             out[target] = payload[key]
-    total = _number(payload.get("total_price"))
+    total = _number(payload.get("total_price"), "body.total_price")
     if total is not None:
         out["revenue"] = total
         out["total"] = total
     for key in ("subtotal_price", "total_discounts", "total_tax"):
-        value = _number(payload.get(key))
+        value = _number(payload.get(key), f"body.{key}")
         if value is not None:
             out[key.replace("_price", "")] = value
     currency = payload.get("currency") or payload.get("presentment_currency")
@@ -296,16 +344,20 @@ def _commerce_properties(payload: dict[str, Any]) -> dict[str, Any]:
             out[key] = payload[key]
     items = payload.get("line_items")
     if isinstance(items, list):
-        out["line_items"] = [_line_item(item) for item in items if isinstance(item, dict)]
+        out["line_items"] = [
+            _line_item(item, f"body.line_items[{i}]")
+            for i, item in enumerate(items)
+            if isinstance(item, dict)
+        ]
     return out
 
 
-def _line_item(item: dict[str, Any]) -> dict[str, Any]:
+def _line_item(item: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("id", "product_id", "variant_id", "sku", "title", "name", "vendor", "quantity"):
         if item.get(key) is not None:
             out[key] = item[key]
-    price = _number(item.get("price"))
+    price = _number(item.get("price"), f"{where}.price")
     if price is not None:
         out["price"] = price
     return out
