@@ -63,7 +63,8 @@ class Event:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        """Strict JSON: a NaN or an infinity anywhere raises ``ValueError`` (JSON has neither)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str, allow_nan=False)
 
 
 def event_id(source: str, source_event_id: str) -> str:

@@ -120,6 +120,9 @@ class Ingress:
         self.max_body_bytes = max_body_bytes
         self.public_url = public_url.rstrip("/") if public_url else None
         self._urls: dict[tuple[str | None, ...], str] = {}
+        # Told of each delivery to a known account: ``delivered(account, events, result)`` and
+        # ``refused(account, sender, err)`` (the live events, connector.ops.live); None: nobody.
+        self.observer: Any = None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or ""
@@ -182,12 +185,12 @@ class Ingress:
                 raise MalformedPayload("Content-Length is negative")
             if size > limit:
                 raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
-            body = bytes(stream.read(size)) if size else b""
+            body = _read(stream, size) if size else b""
             if len(body) < size:
                 raise MalformedPayload("body is shorter than its Content-Length")
             return body
         if environ.get("wsgi.input_terminated"):  # chunked: the server marks the end
-            body = bytes(stream.read(limit + 1))
+            body = _read(stream, limit + 1)
             if len(body) > limit:
                 raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
             return body
@@ -248,7 +251,12 @@ class Ingress:
                 # e.g. a validation probe, answered the same whether or not the account exists
                 return accepted_answer("ok", 0, 0)
             raise Unauthorized("unknown account or sender")
-        events = receiver.handle(self.inbound(environ, method), account, cfg, clock.now())
+        try:
+            events = receiver.handle(self.inbound(environ, method), account, cfg, clock.now())
+        except RequestRejected as err:
+            if self.observer is not None:
+                self.observer.refused(account, sender, err)
+            raise
         return self.accept(account, events, accepted_answer)
 
     def _tracking(self, environ: dict[str, Any], call: str) -> Answer:
@@ -264,7 +272,12 @@ class Ingress:
     def accept(
         self, account: Account, events: list[Any], render: Callable[[str, int, int], Answer]
     ) -> Answer:
-        result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds)
+        try:
+            result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds)
+        except ValueError as err:  # Event.to_json: NaN and infinities are not JSON, never stored
+            raise MalformedPayload("an event holds a number that is not finite (NaN or Infinity)") from err
+        if self.observer is not None:
+            self.observer.delivered(account, events, result)
         if events and log.isEnabledFor(logging.INFO):
             log.info(
                 "accepted",
@@ -272,6 +285,22 @@ class Ingress:
             )
         status = "duplicate" if events and result.accepted == 0 else "accepted"
         return render(status, result.accepted, result.duplicates)
+
+
+def _read(stream: Any, size: int) -> bytes:
+    """``size`` bytes of the request body, or fewer at its end.
+
+    The server decodes the framing while the body is read (chunk sizes, terminators): a body it
+    cannot decode (an invalid chunk size, a connection closed mid-body) raises whatever the server
+    raises (gunicorn's ``InvalidChunkSize``, ``NoMoreData`` ...), which is the client's fault: a 400
+    naming the framing problem, never a 500."""
+    try:
+        return bytes(stream.read(size))
+    except Exception as err:  # the server's own parse errors have no common base class
+        log.info("request body unreadable: %s", type(err).__name__)
+        raise MalformedPayload(
+            f"the request body could not be read: invalid HTTP framing ({type(err).__name__})"
+        ) from err
 
 
 def tracking_answer(status: str, accepted: int, duplicates: int) -> Answer:
