@@ -6,6 +6,9 @@ which the factory installs in front of Flask; Flask serves health, metrics and e
 
 from __future__ import annotations
 
+import os
+import sys
+
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
@@ -22,7 +25,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     """The web process's entry point: builds its runtime (unless given one) and the app on it."""
     configure_logging()
     if runtime is None:
-        runtime = process_runtime.install(Runtime.from_settings(settings or Settings.from_env()))
+        settings = settings or Settings.from_env()
+        print(f"connector web (pid {os.getpid()}): {settings.describe()}", file=sys.stderr, flush=True)
+        runtime = process_runtime.install(Runtime.from_settings(settings))
     settings = runtime.settings
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

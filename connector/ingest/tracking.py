@@ -14,7 +14,8 @@ messages.
 
 The write key is public (it ships in every web page that loads analytics.js), so the tracking API
 never erases nor exports: a ``delete`` message (in a batch too) is refused with 400 naming it.
-A truncated gzip stream is refused (400), not read as the prefix it inflates to.
+A truncated gzip stream is refused (400), not read as the prefix it inflates to, and so is a body
+with anything after its gzip stream: a second gzip member or trailing bytes (400; SDKs send one).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def decoded_body(inbound: Inbound, limit: int) -> bytes:
     if not inflater.eof:
         # a cut-off stream inflates to a prefix of the body without an error: refuse it
         raise MalformedPayload("gzip body is truncated (the stream does not end)")
+    if inflater.unused_data:
+        # zlib stops at the end of the first member: whatever follows would be dropped unseen
+        if inflater.unused_data.startswith(b"\x1f\x8b"):
+            raise MalformedPayload("gzip body has more than one gzip member (send one)")
+        raise MalformedPayload("gzip body has trailing data after the gzip stream")
     return out
 
 

@@ -136,3 +136,14 @@ def test_sign_helper_round_trips(client, redis_client) -> None:  # type: ignore[
     hdrs = REGISTRY["klaviyo"].sign(SECRET, body, url="", now=NOW)
     assert hdrs["Klaviyo-Webhook-Id"] == WEBHOOK_ID
     assert post(client, body, hdrs).status_code == 200
+
+
+def test_signed_timestamp_that_is_no_number_is_401(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Digits int() takes but a timestamp is not ("²", Arabic-Indic digits) and numbers too long
+    to parse are a bad timestamp (401), like any other, after a matching signature."""
+    body = body_of([item("ts1", "event:klaviyo.opened_email")])
+    for ts in ("\u00b2", "\u00b9\u00b2", "9" * 5000, "1" * 4000, "1" * 21):
+        res = post(client, body, headers(body, ts=ts))
+        assert res.status_code == 401, (ts[:10], res.json)
+        assert res.json == {"error": "unauthorized"}
+    assert stored_events(redis_client) == []

@@ -137,3 +137,19 @@ def test_content_type_encoding_and_size(client, app, redis_client) -> None:  # t
     assert res.status_code == 413 and res.json["error"] == "payload_too_large"
     assert post(client, "/v1/unknown", msg).status_code == 404
     assert client.get("/v1/track").status_code == 405
+
+
+def test_gzip_with_a_second_member_or_trailing_data_is_400(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    first = gzip.compress(json.dumps({"batch": [{"type": "track", "event": "A", "userId": "u1"}]}).encode())
+    second = gzip.compress(json.dumps({"batch": [{"type": "track", "event": "B", "userId": "u2"}]}).encode())
+    cases = {
+        first + second: "more than one gzip member",
+        first + b"garbage": "trailing data after the gzip stream",
+        first + b"\x00": "trailing data after the gzip stream",
+    }
+    for body, reason in cases.items():
+        res = post(client, "/v1/batch", body, **{"Content-Encoding": "gzip"})
+        assert res.status_code == 400, res.json
+        assert reason in res.json["message"]
+    assert stored_events(redis_client) == []
+    assert post(client, "/v1/batch", first, **{"Content-Encoding": "gzip"}).json["accepted"] == 1

@@ -65,8 +65,10 @@ def parse_header_time(value: str) -> datetime:
         return to_utc(parsedate_to_datetime(text))
     except (TypeError, ValueError, IndexError, OverflowError):
         pass
+    # ASCII digits only, and few: int() also takes "²" or "٣" and refuses over 4,300 digits
+    epoch = text.isascii() and text.isdigit() and len(text) <= 20
     try:
-        return parse_time(int(text) if text.isdigit() else text, "Klaviyo-Timestamp")
+        return parse_time(int(text) if epoch else text, "Klaviyo-Timestamp")
     except (MalformedPayload, OverflowError) as err:
         raise Unauthorized("Klaviyo-Timestamp is not a timestamp") from err
 
