@@ -5,7 +5,8 @@ identities, traits and aggregates, and one string for the event history. Every u
 profile is one Lua script on those two keys, so concurrent workers never lose an update; the
 scripts of all profiles of a batch go to Redis in one pipeline.
 
-The history is one packed string: its entries in ``(occurred_at, event id)`` order, each a length
+The history is one packed string: a header (the entry count in 3 bytes, then the time and id of
+the newest entry, 14 bytes), then the entries in ``(occurred_at, event id)`` order, each a length
 (1 byte below 128, else 2 or 3 bytes, see ``_LUA_HISTORY``) then:
 
   6 bytes  occurred_at in epoch milliseconds (big endian)
@@ -19,9 +20,12 @@ member = 2 bytes of milliseconds then the rest as above) is read as it is and re
 packed form by the next script that writes the profile.
 
 Re-applying an event is a no-op: the script keeps an entry per ``(occurred_at ms, event id
-prefix)``. Traits keep, per trait, the ordering key ``(occurred_at ms, event id)`` of the event
-that set them; a write with an older key never replaces a newer one, so late events never roll a
-trait back.
+prefix)``. Entries newer than the newest stored one (events arriving in time order, the common
+case) are appended without decoding the others; a late event, a merge or a retention drop decodes
+and sorts the whole history once.
+
+Traits keep, per trait, the ordering key ``(occurred_at ms, event id)`` of the event that set them;
+a write with an older key never replaces a newer one, so late events never roll a trait back.
 """
 
 from __future__ import annotations
@@ -60,71 +64,108 @@ local function head(n)
   if n < 16384 then return string.char(128 + math.floor(n / 256), n % 256) end
   return string.char(192 + math.floor(n / 65536), math.floor(n / 256) % 256, n % 256)
 end
-local function load_history(h)
-  local out = {}
-  if redis.call('TYPE', h)['ok'] == 'zset' then
-    local raw = redis.call('ZRANGE', h, 0, -1, 'WITHSCORES')
-    for j = 1, #raw, 2 do
-      local m = raw[j]
-      local ms = tonumber(raw[j + 1]) * 1000 + string.byte(m, 1) * 256 + string.byte(m, 2)
-      out[#out + 1] = be6(ms) .. string.sub(m, 3)
-    end
-    redis.call('DEL', h)
-    return out, #out > 0
-  end
-  local s = redis.call('GET', h)
-  if not s then return out, false end
-  local pos = 1
-  while pos <= #s do
-    local b0, n, w = string.byte(s, pos), 0, 1
-    if b0 < 128 then n = b0
-    elseif b0 < 192 then n, w = (b0 - 128) * 256 + string.byte(s, pos + 1), 2
-    else n, w = ((b0 - 192) * 256 + string.byte(s, pos + 1)) * 256 + string.byte(s, pos + 2), 3 end
-    out[#out + 1] = string.sub(s, pos + w, pos + w + n - 1)
-    pos = pos + w + n
-  end
-  return out, false
-end
-local History = {}
-History.__index = History
-function History.open(h, cutoff)
-  local list, dirty = load_history(h)
-  local self = setmetatable({h = h, list = list, dirty = dirty, seen = {}}, History)
-  self.cutms = math.max(cutoff, 0) * 1000
-  for _, b in ipairs(list) do self.seen[string.sub(b, 1, 14)] = true end
-  return self
-end
--- 'dup' (already there), 'old' (before the retention window) or 'added'
-function History:add(b)
-  local k = string.sub(b, 1, 14)
-  if self.seen[k] then return 'dup' end
-  if ms_of(b) < self.cutms then return 'old' end
-  self.seen[k] = true
-  self.list[#self.list + 1] = b
-  self.dirty = true
-  return 'added'
+local function entry_at(s, pos)
+  local b0 = string.byte(s, pos)
+  if b0 < 128 then return pos + 1, b0 end
+  if b0 < 192 then return pos + 2, (b0 - 128) * 256 + string.byte(s, pos + 1) end
+  return pos + 3, ((b0 - 192) * 256 + string.byte(s, pos + 1)) * 256 + string.byte(s, pos + 2)
 end
 local function before(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] end
+  local x, y = ms_of(a), ms_of(b)
+  if x ~= y then return x < y end
   for j = 7, 14 do
-    local x, y = string.byte(a[2], j) or -1, string.byte(b[2], j) or -1
+    x, y = string.byte(a, j), string.byte(b, j)
     if x ~= y then return x < y end
   end
   return false
 end
+local History = {}
+History.__index = History
+function History.open(h, cutoff)
+  local self = setmetatable({h = h, cutms = math.max(cutoff, 0) * 1000, new = {}, count = 0}, History)
+  local raw = redis.pcall('GET', h)
+  if type(raw) == 'table' and raw.err then
+    -- a sorted set stored before the packed form: score = seconds, member = 2 bytes ms + rest
+    local list = {}
+    local members = redis.call('ZRANGE', h, 0, -1, 'WITHSCORES')
+    for j = 1, #members, 2 do
+      local m = members[j]
+      local ms = tonumber(members[j + 1]) * 1000 + string.byte(m, 1) * 256 + string.byte(m, 2)
+      list[#list + 1] = be6(ms) .. string.sub(m, 3)
+    end
+    redis.call('DEL', h)
+    self:index(list)
+  elseif raw then
+    self.s, self.count, self.last = raw, string.byte(raw, 1) * 65536 + string.byte(raw, 2) * 256
+      + string.byte(raw, 3), string.sub(raw, 4, 17)
+    if #raw > 17 then
+      local at = entry_at(raw, 18)
+      self.first = ms_of(string.sub(raw, at, at + 5))
+    end
+  end
+  return self
+end
+function History:index(list)
+  self.list, self.seen, self.dirty = list, {}, true
+  for _, b in ipairs(list) do self.seen[string.sub(b, 1, 14)] = true end
+end
+-- every entry in a table (entries added in append mode last, they are the newest)
+function History:load()
+  if self.list then return end
+  local list, s, pos = {}, self.s or '', 18
+  while pos <= #s do
+    local at, n = entry_at(s, pos)
+    list[#list + 1] = string.sub(s, at, at + n - 1)
+    pos = at + n
+  end
+  for _, b in ipairs(self.new) do list[#list + 1] = b end
+  self:index(list)
+end
+-- 'added', 'dup' (already there) or 'old' (before the retention window). An entry after the
+-- newest is appended without reading the others.
+function History:add(b)
+  local k = string.sub(b, 1, 14)
+  if not self.list and ms_of(b) >= self.cutms and (not self.last or before(self.last, k)) then
+    self.new[#self.new + 1] = b
+    self.last, self.count = k, self.count + 1
+    self.first = self.first or ms_of(b)
+    return 'added'
+  end
+  self:load()
+  if self.seen[k] then return 'dup' end
+  if ms_of(b) < self.cutms then return 'old' end
+  self.seen[k] = true
+  self.list[#self.list + 1] = b
+  return 'added'
+end
+-- write back with the retention (age, then count); returns how many entries it dropped
 function History:store(maxev)
-  local keyed = {}
-  for j, b in ipairs(self.list) do keyed[j] = {ms_of(b), b} end
-  if self.dirty then table.sort(keyed, before) end
+  if not self.list then
+    if (self.first or self.cutms) >= self.cutms and self.count <= maxev then
+      if #self.new == 0 then return 0 end
+      local parts = {string.char(math.floor(self.count / 65536), math.floor(self.count / 256) % 256,
+        self.count % 256), self.last, string.sub(self.s or '', 18)}
+      for _, b in ipairs(self.new) do parts[#parts + 1] = head(#b) .. b end
+      redis.call('SET', self.h, table.concat(parts))
+      return 0
+    end
+    self:load()
+  end
+  local list = self.list
+  table.sort(list, before)
   local first = 1
-  while first <= #keyed and keyed[first][1] < self.cutms do first = first + 1 end
-  if #keyed - first + 1 > maxev then first = #keyed - maxev + 1 end
-  local dropped = first - 1
-  if dropped == 0 and not self.dirty then return 0 end
-  local parts = {}
-  for j = first, #keyed do parts[#parts + 1] = head(#keyed[j][2]) .. keyed[j][2] end
-  if #parts == 0 then redis.call('DEL', self.h) else redis.call('SET', self.h, table.concat(parts)) end
-  return dropped
+  while first <= #list and ms_of(list[first]) < self.cutms do first = first + 1 end
+  if #list - first + 1 > maxev then first = #list - maxev + 1 end
+  local kept = #list - first + 1
+  if kept <= 0 then
+    redis.call('DEL', self.h)
+    return #list
+  end
+  local parts = {string.char(math.floor(kept / 65536), math.floor(kept / 256) % 256, kept % 256),
+    string.sub(list[#list], 1, 14)}
+  for j = first, #list do parts[#parts + 1] = head(#list[j]) .. list[j] end
+  redis.call('SET', self.h, table.concat(parts))
+  return first - 1
 end
 """
 
@@ -322,10 +363,13 @@ def decode_member(member: bytes, name_of: Callable[[str], str]) -> StoredEvent:
     return StoredEvent(occurred, member[6:14].hex(), code.decode(), props)
 
 
+HEADER_BYTES = 17  # entry count (3 bytes) and the newest entry's time and id (14 bytes)
+
+
 def unpack_history(packed: bytes | None) -> list[bytes]:
     """The entries of a packed history (see the module docstring)."""
     out: list[bytes] = []
-    pos, data = 0, packed or b""
+    pos, data = HEADER_BYTES, packed or b""
     while pos < len(data):
         b0 = data[pos]
         if b0 < 0x80:

@@ -88,3 +88,23 @@ def test_entries_are_stored_in_time_then_id_byte_order(redis_client, accounts) -
     stored = unpack_history(redis_client.get(keys.history_key("acme", pid)))
     assert [entry[:14] for entry in stored] == sorted(entry[:14] for entry in stored)
     assert len(stored) == 14 and any(entry[6] >= 0x80 for entry in stored)
+
+
+def test_newer_events_are_appended_and_a_late_one_is_sorted_in(redis_client, accounts) -> None:
+    for i in (1, 2, 5):  # one batch each, in time order: appended
+        apply(redis_client, accounts, ev(f"t{i}", at=i, user_id="u1", props={"n": i}))
+    late = apply(
+        redis_client, accounts, ev("t3", at=3, user_id="u1", props={"n": 3}), ev("t5", at=5, user_id="u1")
+    )
+    assert (late.applied, late.duplicates) == (1, 1)
+    again = apply(
+        redis_client, accounts, ev("t1", at=1, user_id="u1"), ev("t6", at=6, user_id="u1", props={"n": 6})
+    )
+    assert (again.applied, again.duplicates) == (1, 1)
+    pid = _pid(redis_client, "user_id", "u1")
+    packed = redis_client.get(keys.history_key("acme", pid))
+    assert packed is not None and int.from_bytes(packed[:3], "big") == 5  # the header's count
+    profile = load_profile(redis_client, "acme", pid, NOW)
+    assert profile is not None and [e.properties["n"] for e in profile.events] == [1, 2, 3, 5, 6]
+    stored = unpack_history(packed)
+    assert packed[3:17] == stored[-1][:14]  # the header names the newest entry
