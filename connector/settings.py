@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+from connector.dev import devenv
 from connector.errors import ConfigError
 from connector.redis_conn import CLUSTER_SCHEMES
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CONFIG_DIR = Path("config/accounts")
 
 
 def _int(name: str, default: int) -> int:
@@ -22,23 +24,43 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer") from err
 
 
-def _running_dev_redis() -> str | None:
-    """The embedded Redis of a running ``connector dev`` in this directory, if any."""
-    from connector.dev.devenv import running_redis_url
+def redact(url: str) -> str:
+    """A Redis URL without its password (for start-up lines and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit((parts.scheme, f"{user}***@{netloc}", parts.path, parts.query, parts.fragment))
 
-    return running_redis_url()
 
-
-def _config_dir() -> Path:
-    """``CONNECTOR_CONFIG_DIR``; else ``config/accounts``; else the sample account of ``connector dev``."""
+def config_source() -> tuple[Path, str]:
+    """The config directory and where it comes from: ``CONNECTOR_CONFIG_DIR``; else the running
+    ``connector dev``'s (so creating ``config/accounts`` never switches a command away from the
+    accounts ``scripts/dev`` runs); else ``config/accounts``."""
     explicit = os.environ.get("CONNECTOR_CONFIG_DIR")
     if explicit:
-        return Path(explicit)
-    default = Path("config/accounts")
-    from connector.dev.devenv import data_dir
+        return Path(explicit), "CONNECTOR_CONFIG_DIR"
+    dev = devenv.running_dev()
+    if dev is not None:
+        return dev.config_dir, f"the running connector dev ({dev.state_file})"
+    return DEFAULT_CONFIG_DIR, "default (CONNECTOR_CONFIG_DIR unset, no connector dev running)"
 
-    seeded = data_dir() / "accounts"
-    return seeded if not default.is_dir() and seeded.is_dir() else default
+
+def redis_source() -> tuple[str, str]:
+    """The Redis URL and where it comes from: ``REDIS_URL``; else the running ``connector dev``'s.
+    Neither: a ConfigError naming REDIS_URL (no silent guess at a local Redis)."""
+    explicit = os.environ.get("REDIS_URL")
+    if explicit:
+        return explicit, "REDIS_URL"
+    dev = devenv.running_dev()
+    if dev is not None:
+        return dev.redis_url, f"the running connector dev ({dev.state_file})"
+    raise ConfigError(
+        "no Redis: REDIS_URL is not set and no `connector dev` is running from the data directory "
+        f"{devenv.data_dir().resolve()} (set REDIS_URL, e.g. redis://127.0.0.1:6379/0, or start "
+        "scripts/dev; CONNECTOR_DATA_DIR names the data directory of a `connector dev` run elsewhere)"
+    )
 
 
 @dataclass(frozen=True)
@@ -50,14 +72,32 @@ class Settings:
     event_shards: int
     public_url: str | None
     data_dir: Path
+    config_from: str = ""
+    redis_from: str = ""
+
+    def describe(self) -> str:
+        """Which config directory and which Redis this process uses, and why (passwords hidden)."""
+        redis = redact(self.queue_redis_url)
+        if self.profile_redis_url != self.queue_redis_url:
+            redis = f"queues {redis}, profiles {redact(self.profile_redis_url)}"
+        return (
+            f"config {self.config_dir.resolve()} (from {self.config_from}); "
+            f"redis {redis} (from {self.redis_from})"
+        )
 
     @classmethod
     def from_env(cls) -> Settings:
-        base = os.environ.get("REDIS_URL") or _running_dev_redis() or DEFAULT_REDIS_URL
+        queue_env = os.environ.get("CONNECTOR_QUEUE_REDIS_URL")
+        profile_env = os.environ.get("CONNECTOR_PROFILE_REDIS_URL")
+        if queue_env and profile_env:
+            base, redis_from = queue_env, "CONNECTOR_QUEUE_REDIS_URL and CONNECTOR_PROFILE_REDIS_URL"
+        else:
+            base, redis_from = redis_source()
+        config_dir, config_from = config_source()
         shards = _int("CONNECTOR_EVENT_SHARDS", 4)
         if shards < 1:
             raise ConfigError("CONNECTOR_EVENT_SHARDS must be at least 1")
-        queue_url = os.environ.get("CONNECTOR_QUEUE_REDIS_URL") or base
+        queue_url = queue_env or base
         if queue_url.startswith(CLUSTER_SCHEMES):
             raise ConfigError(
                 "the queues (RQ) do not run on Redis Cluster: give CONNECTOR_PROFILE_REDIS_URL the "
@@ -65,10 +105,12 @@ class Settings:
             )
         return cls(
             queue_redis_url=queue_url,
-            profile_redis_url=os.environ.get("CONNECTOR_PROFILE_REDIS_URL") or base,
-            config_dir=_config_dir(),
+            profile_redis_url=profile_env or base,
+            config_dir=config_dir,
             max_body_bytes=_int("CONNECTOR_MAX_BODY_BYTES", 1024 * 1024),
             event_shards=shards,
             public_url=(os.environ.get("CONNECTOR_PUBLIC_URL") or None),
-            data_dir=Path(os.environ.get("CONNECTOR_DATA_DIR", ".connector")),
+            data_dir=devenv.data_dir(),
+            config_from=config_from,
+            redis_from=redis_from,
         )

@@ -29,6 +29,19 @@ def _with_db(url: str, db: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A data directory of the tests' own: a `connector dev` running from the repository (its
+    ``.connector/dev.json``) is never picked up by a test."""
+    before = os.environ.get("CONNECTOR_DATA_DIR")
+    os.environ["CONNECTOR_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    yield
+    if before is None:
+        os.environ.pop("CONNECTOR_DATA_DIR", None)
+    else:
+        os.environ["CONNECTOR_DATA_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = os.environ.get("REDIS_URL")

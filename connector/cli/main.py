@@ -13,6 +13,7 @@ from connector.settings import Settings
 
 
 @click.group()
+@click.version_option(package_name="segment-connector", prog_name="connector")
 def cli() -> None:
     """Behavioral-segmentation connector."""
 
@@ -48,13 +49,20 @@ def _register() -> None:
         module.register(cli)
 
 
+def _build_runtime() -> Runtime:
+    """The CLI's runtime; it says on stderr which config directory and which Redis it uses."""
+    settings = Settings.from_env()
+    click.echo(f"connector: {settings.describe()}", err=True)
+    return Runtime.from_settings(settings)
+
+
 def main() -> None:
     from connector.dev.devenv import apply_dev_env
 
     apply_dev_env()  # the sample account's generated secrets, when `connector dev` made them here
     # the process's runtime, built on first use from the environment (commands that need no Redis
     # or accounts never build it)
-    process_runtime.install_lazily(lambda: Runtime.from_settings(Settings.from_env()))
+    process_runtime.install_lazily(_build_runtime)
     _register()
     try:
         cli(standalone_mode=True)

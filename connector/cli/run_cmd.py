@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,8 +84,9 @@ def _start_sandbox(ports: dict[str, int]) -> Any:
         sandbox = start_sandbox(ports=ports, lists=SANDBOX_LISTS)
     except OSError as err:
         raise click.ClickException(
-            f"cannot start the sandbox ESPs: {err.strerror or err} (another `connector dev` running? "
-            "use --no-sandbox)"
+            f"cannot start the sandbox ESPs on ports {ports['mailchimp']},{ports['hubspot']},"
+            f"{ports['klaviyo']}: {err.strerror or err} (another `connector dev` running? pick other "
+            "ports with --sandbox-ports, or turn them off with --no-sandbox)"
         ) from err
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
@@ -115,33 +117,61 @@ def dev(port: int, web_workers: int, sandbox: bool, sandbox_ports: str) -> None:
         raise click.BadParameter("three port numbers, e.g. 8901,8902,8903", param_hint=hint) from None
     data_dir = devenv.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
+    running = devenv.running_dev()
+    if running is not None:
+        raise click.ClickException(
+            f"a connector dev (pid {running.pid}) is already running from {data_dir.resolve()}; stop it, "
+            "or give this one its own CONNECTOR_DATA_DIR, --port and --sandbox-ports"
+        )
+    _check_port(port, "--port")
     devenv.ensure_dev_env()
     devenv.apply_dev_env()
     fakes = _start_sandbox({"mailchimp": mc, "hubspot": hs, "klaviyo": kl}) if sandbox else None
-    if not os.environ.get("CONNECTOR_CONFIG_DIR"):
-        _seed_config(data_dir, fakes.destinations() if fakes else None)
-        os.environ["CONNECTOR_CONFIG_DIR"] = str(devenv.config_dir())
-    # Invalid settings or account files stop start-up before anything is started.
-    Settings.from_env()
-    accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
+    try:
+        if not os.environ.get("CONNECTOR_CONFIG_DIR"):
+            _seed_config(data_dir, fakes.destinations() if fakes else None)
+            os.environ["CONNECTOR_CONFIG_DIR"] = str(devenv.config_dir().resolve())
+        # Invalid account files stop start-up before anything else is started.
+        accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
+        code = _run_with_redis(data_dir, port, web_workers, [a.id for a in accounts])
+    finally:
+        if fakes is not None:
+            fakes.stop()
+    sys.exit(code)
+
+
+def _check_port(port: int, flag: str) -> None:
+    """Refuse a port something already listens on, naming the flag that picks another."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise click.ClickException(
+                f"port {port} is in use ({err.strerror or err}): pick another with {flag}"
+            ) from None
+
+
+def _run_with_redis(data_dir: Path, port: int, web_workers: int, account_ids: list[str]) -> int:
+    """Start the embedded Redis unless REDIS_URL is set, record this run in ``dev.json`` for the
+    other commands, supervise the processes, and clean up."""
     embedded: EmbeddedRedis | None = None
     if not os.environ.get("REDIS_URL"):
         embedded = EmbeddedRedis(data_dir / "redis").start()
         os.environ["REDIS_URL"] = embedded.url
-        devenv.redis_url_file().write_text(embedded.url)
         click.echo(f"embedded redis: {embedded.url} (data in {data_dir / 'redis'})")
-    else:
-        click.echo("redis: using REDIS_URL")
     try:
-        code = _supervise(port, web_workers, [a.id for a in accounts])
+        settings = Settings.from_env()  # invalid settings stop start-up here
+        click.echo(f"connector dev: {settings.describe()}")
+        web = f"http://127.0.0.1:{port}"
+        state = devenv.write_state(os.environ["REDIS_URL"], settings.config_dir, web)
+        click.echo(f"other commands find this run through {state.resolve()}")
+        return _supervise(port, web_workers, account_ids)
     finally:
+        devenv.clear_state()
         if embedded is not None:
             embedded.stop()
-            devenv.redis_url_file().unlink(missing_ok=True)
             click.echo("embedded redis stopped")
-        if fakes is not None:
-            fakes.stop()
-    sys.exit(code)
 
 
 def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:

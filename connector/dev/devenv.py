@@ -1,8 +1,15 @@
-"""Local development environment: the data directory, generated sample secrets, the embedded Redis URL.
+"""Local development environment: the data directory, generated sample secrets, the running
+``connector dev``.
+
+The data directory is ``CONNECTOR_DATA_DIR`` when it is set; otherwise the nearest ``.connector``
+directory in the working directory or one of its parents (so every command run anywhere inside the
+repository finds the one ``scripts/dev`` uses), else ``./.connector``.
 
 ``connector dev`` writes ``<data dir>/dev.env`` (mode 0600) with random values for the sample
-account's secrets and ``<data dir>/redis.url`` while its embedded Redis runs, so that other
-``connector`` commands in another terminal reach the same instance.
+account's secrets, and ``<data dir>/dev.json`` (mode 0600) while it runs: its process id, the Redis
+it uses and its config directory. The other processes (CLI, worker, scheduler, web) started without
+``REDIS_URL`` / ``CONNECTOR_CONFIG_DIR`` use those of the running ``connector dev``
+(:func:`running_dev`); with neither set nor a ``connector dev`` running they refuse to start.
 
 A sample account seeded before destinations needed ``sandbox: true`` to point at a non-vendor URL
 gets the flag added to the destinations that point at the running sandbox
@@ -12,10 +19,12 @@ gets the flag added to the destinations that point at the running sandbox
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import secrets
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -31,8 +40,19 @@ SAMPLE_SECRETS = {
 }
 
 
+DATA_DIR_NAME = ".connector"
+
+
 def data_dir() -> Path:
-    return Path(os.environ.get("CONNECTOR_DATA_DIR", ".connector"))
+    """``CONNECTOR_DATA_DIR``; else the nearest ``.connector`` here or in a parent; else ``./.connector``."""
+    explicit = os.environ.get("CONNECTOR_DATA_DIR")
+    if explicit:
+        return Path(explicit)
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / DATA_DIR_NAME).is_dir():
+            return folder / DATA_DIR_NAME
+    return Path(DATA_DIR_NAME)
 
 
 def config_dir() -> Path:
@@ -45,8 +65,8 @@ def dev_env_file() -> Path:
     return data_dir() / "dev.env"
 
 
-def redis_url_file() -> Path:
-    return data_dir() / "redis.url"
+def state_file() -> Path:
+    return data_dir() / "dev.json"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -81,9 +101,66 @@ def apply_dev_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def running_redis_url() -> str | None:
-    path = redis_url_file()
-    return path.read_text().strip() or None if path.is_file() else None
+@dataclass(frozen=True)
+class RunningDev:
+    """A ``connector dev`` that is running: where it keeps its state, its Redis and its accounts."""
+
+    pid: int
+    redis_url: str
+    config_dir: Path
+    state_file: Path
+    web_url: str | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_dev() -> RunningDev | None:
+    """The ``connector dev`` running from the data directory, if any (a state file left behind by
+    one that was killed is ignored)."""
+    path = state_file()
+    try:
+        data = json.loads(path.read_text())
+        web = data.get("web_url")
+        dev = RunningDev(
+            int(data["pid"]),
+            str(data["redis_url"]),
+            Path(data["config_dir"]),
+            path,
+            str(web) if web else None,
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dev if _alive(dev.pid) else None
+
+
+def write_state(redis_url: str, config_dir: Path, web_url: str | None = None) -> Path:
+    """Record this process as the running ``connector dev`` (owner-only: the URL may hold a password)."""
+    path = state_file()
+    record = {
+        "pid": os.getpid(),
+        "redis_url": redis_url,
+        "config_dir": str(config_dir.resolve()),
+        "web_url": web_url,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh)
+    return path
+
+
+def clear_state() -> None:
+    path = state_file()
+    dev = running_dev()
+    if dev is None or dev.pid == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 _BASE_URL_LINE = re.compile(

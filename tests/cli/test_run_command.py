@@ -101,7 +101,8 @@ def test_dev_runs_accepts_a_signed_event_and_stops_cleanly(dev, dev_env, tmp_pat
     data = Path(dev_env["CONNECTOR_DATA_DIR"])
     wait_ready(base, proc)
 
-    redis_url = (data / "redis.url").read_text().strip()
+    redis_url = json.loads((data / "dev.json").read_text())["redis_url"]
+    assert (data / "dev.json").stat().st_mode & 0o077 == 0  # may hold a Redis password
     assert (data / "dev.env").stat().st_mode & 0o077 == 0  # secrets file readable by its owner only
     redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
 
@@ -133,7 +134,7 @@ def test_dev_runs_accepts_a_signed_event_and_stops_cleanly(dev, dev_env, tmp_pat
     assert b"embedded redis stopped" in output
     assert b"Traceback" not in output, output.decode()
     assert not pid_alive(redis_pid)
-    assert not (data / "redis.url").exists()
+    assert not (data / "dev.json").exists()
     assert (data / "redis" / "appendonlydir").is_dir() or (data / "redis" / "appendonly.aof").is_file()
 
     # durability: the same data dir, a new embedded Redis, the acknowledged event is still there
@@ -159,7 +160,7 @@ def test_dev_refuses_to_start_on_an_invalid_account_file(dev_env, tmp_path: Path
     assert done.returncode == 2
     assert b"broken.yaml" in done.stderr
     assert b"Traceback" not in done.stderr
-    assert not (Path(dev_env["CONNECTOR_DATA_DIR"]) / "redis.url").exists()
+    assert not (Path(dev_env["CONNECTOR_DATA_DIR"]) / "dev.json").exists()
 
 
 def _post_signed(base: str, body: dict[str, object], dev_env: dict[str, str], tmp_path: Path) -> None:
