@@ -13,7 +13,7 @@ Key (queue Redis): ``due:index``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 import redis
@@ -44,6 +44,16 @@ def schedule(pipe: redis.Redis, account: str, profile_id: str, next_due: datetim
         pipe.zrem(DUE_KEY, member(account, profile_id))
     else:
         pipe.zadd(DUE_KEY, {member(account, profile_id): next_due.timestamp()})
+
+
+def schedule_many(pipe: redis.Redis, account: str, next_due: Mapping[str, datetime | None]) -> None:
+    """:func:`schedule` for many profiles of one account: one ZADD and one ZREM at most."""
+    later = {member(account, pid): at.timestamp() for pid, at in next_due.items() if at is not None}
+    never = [member(account, pid) for pid, at in next_due.items() if at is None]
+    if later:
+        pipe.zadd(DUE_KEY, later)
+    if never:
+        pipe.zrem(DUE_KEY, *never)
 
 
 def unschedule(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> None:

@@ -143,9 +143,7 @@ def _evaluate_chunk(
             now,
         )
     schedule = queue_conn.pipeline(transaction=False)
-    for pid in pids:
-        result = results.get(pid)
-        due.schedule(schedule, account.id, pid, result.next_due if result is not None else None)
+    due.schedule_many(schedule, account.id, {pid: _next_due(results.get(pid)) for pid in pids})
     count_dropped(
         schedule, "ledger_history", sum(diff.trimmed for diff in diffs.values() if diff is not None)
     )
@@ -153,6 +151,10 @@ def _evaluate_chunk(
     for p in changed:
         _log_change(account.id, p.profile_id, diffs[p.profile_id])
     return [Outcome(pid, results.get(pid), diffs.get(pid)) for pid in pids]
+
+
+def _next_due(result: Evaluation | None) -> datetime | None:
+    return result.next_due if result is not None else None
 
 
 def _log_change(account_id: str, pid: str, diff: Diff | None) -> None:

@@ -59,20 +59,19 @@ end
 if (cur[2] or '') ~= ARGV[9] or (cur[3] or '') ~= ARGV[10] then return {-2} end
 local same = cur[2] == ARGV[1] and cur[3] == ARGV[2]
 local first = not cur[2]
-if first and ARGV[1] == '[]' and ARGV[2] == '{}' then
-  same = true
-  redis.call('HSET', KEYS[1], 'v', 0, 's', '[]', 't', '{}')
-end
+local v = tonumber(cur[1] or '0')
+if first and ARGV[1] == '[]' and ARGV[2] == '{}' then same = true end
 if same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1' then
-  redis.call('HSET', KEYS[1], 'r', rev, 'e', at, 'c', ARGV[7])
+  redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
   return {0}
 end
-local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
+v = v + 1
+redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
 local trimmed = 0
 if not same and not (first and ARGV[1] == '[]') then
   redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
-  trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5])
+  -- one entry per version at most: a stream can only be over the cap once the version is
+  if v > tonumber(ARGV[5]) then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5]) end
 end
 return {v, trimmed}
 """
@@ -130,6 +129,7 @@ class _Change:
     entry: Entry
     new_s: str
     new_t: str
+    traits: dict[str, Any]
     old_s: bytes
     old_t: bytes
     entered: frozenset[str]
@@ -139,28 +139,24 @@ class _Change:
     @classmethod
     def of(cls, entry: Entry, old_s: bytes | None, old_t: bytes | None) -> _Change:
         segments = frozenset(entry.segments)
-        new_traits = json.loads(_canonical(dict(entry.traits)))
+        new_s = _canonical(sorted(segments))
+        new_t = _canonical(dict(entry.traits))
+        if new_s.encode() == old_s and new_t.encode() == old_t:  # the usual case: nothing moved
+            traits = dict(entry.traits) if _plain(entry.traits) else json.loads(new_t)
+            return cls(entry, new_s, new_t, traits, old_s, old_t, frozenset(), frozenset(), {})
+        traits = json.loads(new_t)
         old_segments = frozenset(json.loads(old_s)) if old_s else frozenset()
         old_traits: dict[str, Any] = json.loads(old_t) if old_t else {}
-        changed = {k: v for k, v in new_traits.items() if old_traits.get(k, _MISSING) != v}
-        changed.update({k: None for k in old_traits if k not in new_traits})
-        return cls(
-            entry,
-            _canonical(sorted(segments)),
-            _canonical(new_traits),
-            old_s or b"",
-            old_t or b"",
-            segments - old_segments,
-            old_segments - segments,
-            changed,
-        )
+        changed = {k: v for k, v in traits.items() if old_traits.get(k, _MISSING) != v}
+        changed.update({k: None for k in old_traits if k not in traits})
+        entered, exited = segments - old_segments, old_segments - segments
+        return cls(entry, new_s, new_t, traits, old_s or b"", old_t or b"", entered, exited, changed)
 
     def history_entry(self) -> str:
         """``+entered,-exited`` and, after TRAITS_SEP, the changed traits with their new values (a
         removed trait is not listed)."""
         moves = [f"+{name}" for name in sorted(self.entered)] + [f"-{name}" for name in sorted(self.exited)]
-        new_traits = json.loads(self.new_t)
-        traits = {k: v for k, v in self.changed.items() if k in new_traits}
+        traits = {k: v for k, v in self.changed.items() if k in self.traits}
         return ",".join(moves) + (TRAITS_SEP + _canonical(traits) if traits else "")
 
     def args(self, now: datetime) -> list[Any]:
@@ -182,12 +178,17 @@ class _Change:
         return Diff(
             version=int(reply[0]),
             segments=frozenset(self.entry.segments),
-            traits=json.loads(self.new_t),
+            traits=self.traits,
             entered=self.entered,
             exited=self.exited,
             changed_traits=self.changed,
             trimmed=int(reply[1]),
         )
+
+
+def _plain(traits: Mapping[str, Any]) -> bool:
+    """Whether the values are what JSON gives back as they are (no conversion on the way)."""
+    return all(value is None or type(value) in (str, int, float, bool) for value in traits.values())
 
 
 class Ledger:

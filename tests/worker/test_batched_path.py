@@ -158,3 +158,12 @@ def test_a_state_recorded_between_read_and_write_is_read_again(redis_client: red
     assert (diff.entered, diff.exited) == ({"c"}, {"b"})
     assert [h["exited"] for h in Ledger(redis_client).history("acme", "p1")] == [[], ["a"], ["b"]]
     assert json.loads(redis_client.hget(ledger_key("acme", "p1"), "s") or b"") == ["c"]
+
+
+def test_due_entries_of_a_batch_are_set_and_cleared_together(redis_client: redis.Redis) -> None:
+    due.schedule_many(redis_client, "acme", {"p1": T0, "p2": T0 + timedelta(hours=1)})
+    pipe = redis_client.pipeline(transaction=False)
+    due.schedule_many(pipe, "acme", {"p1": None, "p2": T0, "p3": None})
+    assert len(pipe.command_stack) == 2  # one ZADD, one ZREM
+    pipe.execute()
+    assert [due.due_at(redis_client, "acme", p) for p in ("p1", "p2", "p3")] == [None, T0, None]
