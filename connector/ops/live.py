@@ -1,0 +1,269 @@
+"""Live events: each delivery to a known account, as it happens, over Server-Sent Events.
+
+The ingest side (:class:`Publisher`, installed on :class:`connector.ingest.web.Ingress` as its
+``observer``) appends one entry per delivery to a capped Redis stream per account,
+``live:{account}`` (``XADD MAXLEN ~ 1000``, queue Redis): the sender, the outcome (``accepted``,
+``duplicate``, ``refused``), the HTTP status, the refusal's real reason (the sender itself only
+gets a bare 401), how many events were stored and how many were duplicates, and per event its
+type, name and masked identities (``j***@example.com``). Refusals on a route whose account or
+sender is unknown are not published anywhere: the stream would confirm which accounts exist.
+
+Publishing costs the request no round trip: each web thread keeps its own connection on which it
+has sent ``CLIENT REPLY OFF``, so an ``XADD`` is one socket write and no wait. A lost entry (the
+connection broke) is not retried: the live view is an aid, the counters and the queue are the
+record.
+
+``GET /api/v1/accounts/{id}/live`` (viewer; bearer token as the rest of the API) streams the
+entries as ``text/event-stream``: first the latest ``backlog`` entries (default 50), then each new
+one as it is added (``XREAD BLOCK``). Each answer lasts ``window`` seconds at most (default 20, under
+gunicorn's 30 s worker timeout: a sync worker serves one stream at a time); the browser's
+EventSource reconnects by itself and sends ``Last-Event-ID``, from which the next answer resumes,
+so nothing is missed between two answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from connector import clock
+from connector.clock import isoformat
+from connector.config import Account
+from connector.ops.api import auth, errors
+
+log = logging.getLogger(__name__)
+
+MAXLEN = 1000
+MAX_EVENTS_SHOWN = 5  # per delivery; a batch of 500 shows its first five and the count
+DEFAULT_BACKLOG = 50
+DEFAULT_WINDOW_SECONDS = 20.0
+BLOCK_MS = 1000
+FIELD = "d"
+_STREAM_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
+
+
+def key(account_id: str) -> str:
+    return f"live:{account_id}"
+
+
+# --- masking ------------------------------------------------------------------------------
+
+
+def mask(kind: str, value: str) -> str:
+    """An identity as the live view shows it: ``jane@example.com`` → ``j***@example.com``; other
+    ids keep two characters at each end when long enough (``user_1234`` → ``us***34``)."""
+    if kind == "email" or ("@" in value and kind not in ("user_id", "anonymous_id")):
+        local, at, domain = value.partition("@")
+        return f"{local[:1]}***{at}{domain}" if at else f"{value[:1]}***"
+    if len(value) >= 8:
+        return f"{value[:2]}***{value[-2:]}"
+    return f"{value[:1]}***"
+
+
+def masked_identities(identities: dict[str, str]) -> dict[str, str]:
+    return {kind: mask(kind, str(value)) for kind, value in identities.items()}
+
+
+# --- entries ------------------------------------------------------------------------------
+
+
+def delivered_entry(events: Sequence[Any], accepted: int, duplicates: int) -> dict[str, Any]:
+    """What a stored delivery shows: its sender, outcome, counts and (the first few) events."""
+    first = events[0]
+    outcome = "duplicate" if accepted == 0 else "accepted"
+    return {
+        "at": isoformat(clock.now()),
+        "sender": first.source,
+        "outcome": outcome,
+        "status": 200,
+        "reason": None,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "events": [
+            {"type": e.type, "name": e.name, "identities": masked_identities(e.identities)}
+            for e in events[:MAX_EVENTS_SHOWN]
+        ],
+        "event_count": len(events),
+    }
+
+
+def refused_entry(sender: str, status: int, reason: str) -> dict[str, Any]:
+    return {
+        "at": isoformat(clock.now()),
+        "sender": sender,
+        "outcome": "refused",
+        "status": status,
+        "reason": reason,
+        "accepted": 0,
+        "duplicates": 0,
+        "events": [],
+        "event_count": 0,
+    }
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+class Publisher:
+    """The ingest side: ``Ingress.observer``. Never raises into the request."""
+
+    def __init__(self, client: redis.Redis, maxlen: int = MAXLEN) -> None:
+        self.pool = client.connection_pool
+        self.maxlen = maxlen
+        self._local = threading.local()
+
+    def delivered(self, account: Account, events: Sequence[Any], result: Any) -> None:
+        """A delivery whose events were stored (or all found duplicates); empty ones are not shown."""
+        if events:
+            self.publish(account.id, delivered_entry(events, result.accepted, result.duplicates))
+
+    def refused(self, account: Account, sender: str, err: Any) -> None:
+        """A delivery to a known account and sender that was refused, with the real reason."""
+        self.publish(account.id, refused_entry(sender, int(err.status), str(err.message)))
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = self.pool.connection_class(**self.pool.connection_kwargs)
+            conn.connect()
+            conn.send_packed_command(conn.pack_command("CLIENT", "REPLY", "OFF"), check_health=False)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def publish(self, account_id: str, entry: dict[str, Any]) -> None:
+        data = json.dumps(entry, separators=(",", ":"))
+        command = ("XADD", key(account_id), "MAXLEN", "~", self.maxlen, "*", FIELD, data)
+        try:
+            conn = self._connection()
+            conn.send_packed_command(conn.pack_command(*command), check_health=False)
+        except (redis.RedisError, OSError) as err:
+            self._local.conn = None  # a new connection next time; this entry is lost
+            log.debug("live entry not published: %s", type(err).__name__)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(rows: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for entry_id, fields in rows:
+        raw = fields.get(FIELD.encode()) or fields.get(FIELD)
+        if raw is not None:
+            out.append((_text(entry_id), json.loads(raw)))
+    return out
+
+
+def latest(conn: redis.Redis, account_id: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+    """The account's latest ``count`` entries, oldest first."""
+    if count <= 0:
+        return []
+    return list(reversed(_decode(conn.xrevrange(key(account_id), count=count))))
+
+
+def after(
+    conn: redis.Redis, account_id: str, last_id: str, block_ms: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """Entries added after ``last_id``, waiting up to ``block_ms`` for the first one."""
+    found = conn.xread({key(account_id): last_id}, count=100, block=block_ms)
+    return _decode(found[0][1]) if found else []
+
+
+def _frame(entry_id: str, entry: dict[str, Any]) -> str:
+    return f"id: {entry_id}\nevent: delivery\ndata: {json.dumps(entry, separators=(',', ':'))}\n\n"
+
+
+def sse(
+    conn: redis.Redis,
+    account_id: str,
+    last_id: str | None,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+) -> Iterator[str]:
+    """The ``text/event-stream`` body: the backlog (or what followed ``last_id``), then new entries
+    until the window closes; a comment line every second keeps proxies from closing it."""
+    yield "retry: 500\n\n"
+    if last_id is None:
+        rows = latest(conn, account_id, backlog)
+        for entry_id, entry in rows:
+            yield _frame(entry_id, entry)
+        last_id = rows[-1][0] if rows else _last_id(conn, account_id)
+    deadline = clock.monotonic() + window_seconds
+    while clock.monotonic() < deadline:
+        rows = after(conn, account_id, last_id, BLOCK_MS)
+        for entry_id, entry in rows:
+            yield _frame(entry_id, entry)
+            last_id = entry_id
+        if not rows:
+            yield ": waiting\n\n"
+
+
+def _last_id(conn: redis.Redis, account_id: str) -> str:
+    rows = conn.xrevrange(key(account_id), count=1)
+    return _text(rows[0][0]) if rows else "0-0"
+
+
+def last_event_id(value: str | None) -> str | None:
+    """``Last-Event-ID`` (or ``?last_id=``) as a stream id; 422 when it is not one."""
+    if value is None or value == "":
+        return None
+    if not _STREAM_ID.match(value):
+        errors.fail(422, f"invalid Last-Event-ID {value!r}: pass the id of the last event received")
+    return value
+
+
+def number_arg(name: str, default: float, low: float, high: float) -> float:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        errors.fail(422, f"invalid query.{name}: {raw!r} is not a number")
+    if not low <= value <= high:
+        errors.fail(422, f"invalid query.{name}: must be between {low:g} and {high:g}")
+    return value
+
+
+def stream_response(
+    conn: redis.Redis, account_id: str, window_seconds: float = DEFAULT_WINDOW_SECONDS
+) -> Response:
+    """The SSE answer for ``account_id`` (already authorised): reads ``Last-Event-ID``/``last_id``,
+    ``backlog`` (0-1000) and ``window`` (1-25 s) from the request."""
+    last_id = last_event_id(request.headers.get("Last-Event-ID") or request.args.get("last_id"))
+    backlog = int(number_arg("backlog", DEFAULT_BACKLOG, 0, MAXLEN))
+    window = number_arg("window", window_seconds, 1, 25)
+    body = sse(conn, account_id, last_id, backlog=backlog, window_seconds=window)
+    return Response(
+        body,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# --- the API endpoint ---------------------------------------------------------------------
+
+blp = Blueprint("api_live", __name__, url_prefix="/api/v1/accounts", description="Live events")
+errors.install(blp)
+
+
+@blp.route("/<string:account_id>/live")
+class Live(MethodView):
+    @auth.access(blp, "viewer")
+    def get(self, account_id: str) -> Response:
+        """The account's deliveries as Server-Sent Events (``text/event-stream``)."""
+        return stream_response(auth.runtime().queue_redis, account_id)
