@@ -69,6 +69,8 @@ class MailchimpConfig:
     concurrency: int = 10
     is_syncing: bool = False  # true: automations on these tags do not fire
     bulk_tag_threshold: int = 20  # contacts dropping one tag in a batch from which its segment is used
+    # segment -> (journey id, step id): a Customer Journey step started when a contact enters it
+    journeys: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def url(self) -> str:
         if self.base_url:
@@ -251,6 +253,20 @@ class MailchimpAdapter(EspAdapter):
 
     def memberships(self, batch: BatchState) -> None:
         self._segments(batch.pending(), batch)
+
+    def follow_up(self, batch: BatchState) -> None:
+        """Start the Customer Journey step of each segment a contact entered (``POST
+        /customer-journeys/journeys/{id}/steps/{id}/actions/trigger``); a failure fails the contact,
+        whose segments then stay as they were, so the trigger is due again on the retry."""
+        journeys = self.config.journeys
+        for change in batch.pending() if journeys else ():
+            for segment in sorted(change.segments - batch.before(change).segments):
+                if segment in journeys:
+                    journey_id, step_id = journeys[segment]
+                    path = f"/customer-journeys/journeys/{journey_id}/steps/{step_id}/actions/trigger"
+                    call = partial(self.client.request, "POST", path, json={"email_address": change.email})
+                    if not batch.attempt(change, call):
+                        break
 
     def delete_contact(self, email: str) -> None:
         self.client.request(

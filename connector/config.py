@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from connector.analytics import settings as analytics_settings
 from connector.destinations import Destination
 from connector.destinations import destinations as parse_destinations
 from connector.errors import ConfigError
@@ -155,6 +156,7 @@ class AccountSchema(Schema):
     identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
     destinations = fields.Raw(load_default=dict)
     rules = fields.Raw(load_default=dict)
+    analytics = fields.Raw(load_default=dict)  # connector/analytics/settings.py
 
     @validates_schema
     def _sender_options(self, data: dict[str, Any], **_: Any) -> None:
@@ -208,6 +210,7 @@ class Account:
     destinations: Any
     rules: Any  # the raw ``rules:`` mapping, as written
     ruleset: RuleSet = EMPTY  # compiled at load
+    analytics: Any = None  # the raw ``analytics:`` mapping (docs/analytics.md)
 
 
 def validation_error(file: str, err: ValidationError, schema: Schema | None = None) -> ConfigError:
@@ -279,6 +282,7 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         destinations=data["destinations"],
         rules=data["rules"],
         ruleset=ruleset,
+        analytics=analytics_settings.load(data["analytics"], file),
     )
     # validates the section (ConfigError with file and path), and what it maps against the rules
     _check_mapped_segments(account, parse_destinations(account))

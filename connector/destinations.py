@@ -41,15 +41,17 @@ from adapters.hubspot import HubSpotAdapter, HubSpotConfig
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
 from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
 from adapters.ratelimit import RateLimiter
+from adapters.webhook import WebhookAdapter, WebhookConfig
+from connector.analytics.assign import CONTROL, TREATED, VARIANT_NAMES, is_control, variant_index
 from connector.errors import ConfigError
 from connector.suggest import schema_problems
 from rules.schema import flatten
 
-TYPES = ("mailchimp", "hubspot", "klaviyo")
+TYPES = ("mailchimp", "hubspot", "klaviyo", "webhook")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000}
-DEFAULT_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000}
+MAX_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000, "webhook": 100}
+DEFAULT_BATCH = {"mailchimp": 500, "hubspot": 1000, "klaviyo": 10_000, "webhook": 50}
 # The hosts each ESP's API key may be sent to (without ``sandbox: true``).
 VENDOR_HOSTS: dict[str, re.Pattern[str]] = {
     "mailchimp": re.compile(r"^[a-z]+[0-9]+\.api\.mailchimp\.com$"),
@@ -88,12 +90,57 @@ def _tri_state(value: object) -> None:
         raise ValidationError(f"must be true, false or auto, not {value!r}")
 
 
+def _percent(value: object) -> None:
+    if percent_of(value) is None:
+        raise ValidationError(f'must be a percentage from 0 to 50 (10 or "10%"), not {value!r}')
+
+
+def percent_of(value: object) -> float | None:
+    """``10``, ``10.5`` or ``"10%"`` as a number of percent (0-50), None when it is not one."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        value = value.strip()[:-1]
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if 0 <= number <= 50 else None
+
+
+class VariantSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    tags = fields.List(fields.String(validate=validate.Length(min=1, max=100)), load_default=list)
+    lists = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+
+
+class JourneySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    journey_id = fields.String(required=True, validate=validate.Regexp(r"^[0-9]+$", error="digits only"))
+    step_id = fields.String(required=True, validate=validate.Regexp(r"^[0-9]+$", error="digits only"))
+
+
 class MappingSchema(Schema):
     class Meta:
         unknown = RAISE
 
     tags = fields.List(fields.String(validate=validate.Length(min=1, max=100)), load_default=list)
     lists = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    # analytics (docs/analytics.md): a control group kept out of the destination, A/B variants
+    holdout = fields.Raw(load_default=0, validate=_percent)
+    holdout_salt = fields.String(load_default="", validate=validate.Length(max=64))
+    control_tag = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
+    variants = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(VARIANT_NAMES[:8], error="variants are named a to h")),
+        values=fields.Nested(VariantSchema),
+        load_default=dict,
+    )
+    # mailchimp: start a Customer Journey step when a person enters the segment
+    journey = fields.Nested(JourneySchema, load_default=None)
 
 
 class DestinationSchema(Schema):
@@ -136,12 +183,32 @@ class DestinationSchema(Schema):
     # klaviyo
     revision = fields.String(load_default="2024-10-15", validate=validate.Regexp(r"^\d{4}-\d{2}-\d{2}"))
     segment_events = fields.Boolean(load_default=False)
+    # webhook: where the signed entry and exit notifications go (api_key_env holds its whsec_ secret)
+    url = fields.Url(load_default=None, require_tld=False, schemes={"http", "https"})
+    triggers = fields.List(
+        fields.String(validate=validate.OneOf(("entered", "exited"))),
+        load_default=lambda: ["entered", "exited"],
+    )
 
 
 @dataclass(frozen=True)
 class SegmentMapping:
     tags: frozenset[str] = frozenset()
     lists: frozenset[str] = frozenset()
+    holdout: float = 0.0  # percent of members kept out of the destination (the control group)
+    holdout_salt: str = ""
+    control_tag: str | None = None  # what control members get instead (None: nothing)
+    variants: Mapping[str, SegmentMapping] = field(default_factory=dict)  # "a", "b", ...
+    journey: tuple[str, str] | None = None  # mailchimp (journey id, step id) started on entry
+
+    def arm(self, account: str, segment: str, profile_id: str) -> str:
+        """The person's arm: ``c`` (control), a variant name, or ``t`` (treated, no variants)."""
+        if is_control(account, segment, profile_id, self.holdout, self.holdout_salt):
+            return CONTROL
+        if self.variants:
+            names = sorted(self.variants)
+            return names[variant_index(account, segment, profile_id, len(names), self.holdout_salt)]
+        return TREATED
 
 
 @dataclass(frozen=True)
@@ -172,9 +239,16 @@ class Destination:
         members = {s for s in segments if s in self.segments}
         tags: set[str] = set()
         lists: set[str] = set()
-        for seg in members:
-            tags |= self.segments[seg].tags
-            lists |= self.segments[seg].lists
+        for seg in sorted(members):
+            mapping = self.segments[seg]
+            arm = mapping.arm(self.account, seg, profile_id)
+            if arm == CONTROL:  # in the segment, kept out of the destination (docs/analytics.md)
+                members.discard(seg)
+                tags |= {mapping.control_tag} if mapping.control_tag else set()
+                continue
+            variant = mapping.variants.get(arm, SegmentMapping())
+            tags |= mapping.tags | variant.tags
+            lists |= mapping.lists | variant.lists
         values = {target: traits.get(trait) for trait, target in self.fields.items()}
         return Change(
             account=self.account,
@@ -239,6 +313,9 @@ def _check(file: str, path: str, kind: str, data: Mapping[str, Any]) -> None:
     """The checks across keys of one destination: its type, where its key may go, Mailchimp's ids."""
     if kind not in TYPES:
         raise ConfigError(f"type must be one of {', '.join(TYPES)}", file=file, path=f"{path}.type")
+    if kind == "webhook":
+        _check_webhook(file, path, data)
+        return
     refused = check_base_url(kind, data["base_url"], data["sandbox"])
     if refused:
         raise ConfigError(refused, file=file, path=f"{path}.base_url")
@@ -254,6 +331,24 @@ def _check(file: str, path: str, kind: str, data: Mapping[str, Any]) -> None:
                 file=file,
                 path=f"{path}.fields.{trait}",
             )
+
+
+def _check_webhook(file: str, path: str, data: Mapping[str, Any]) -> None:
+    """A webhook destination: the URL it posts to (https unless ``sandbox``), no journeys."""
+    url = data["url"]
+    if not url:
+        raise ConfigError(
+            "required for webhook (where the notifications are posted)", file=file, path=f"{path}.url"
+        )
+    if urlsplit(url).scheme != "https" and not data["sandbox"]:
+        raise ConfigError(
+            "must be https (the requests are signed); set sandbox: true for a local receiver",
+            file=file,
+            path=f"{path}.url",
+        )
+    for seg, mapping in data["segments"].items():
+        if mapping.get("journey"):
+            raise ConfigError("journeys are Mailchimp's", file=file, path=f"{path}.segments.{seg}.journey")
 
 
 def _parse(account: AccountFile) -> dict[str, Destination]:
@@ -301,17 +396,50 @@ def _parse(account: AccountFile) -> dict[str, Destination]:
             type=kind,
             api_key_env=data["api_key_env"],
             enabled=data["enabled"],
-            segments={
-                seg: SegmentMapping(frozenset(m["tags"]), frozenset(m["lists"]))
-                for seg, m in data["segments"].items()
-            },
+            segments={seg: _mapping(m) for seg, m in data["segments"].items()},
             fields=dict(data["fields_"]),
             batch_delay_seconds=data["batch_delay_ms"] / 1000,
             batch_size=size,
             retry_seconds=data["retry_hours"] * 3600,
             options=options,
         )
+    _check_holdouts(account.file, out)
     return out
+
+
+def _mapping(m: Mapping[str, Any]) -> SegmentMapping:
+    journey = m.get("journey")
+    return SegmentMapping(
+        frozenset(m["tags"]),
+        frozenset(m["lists"]),
+        holdout=percent_of(m["holdout"]) or 0.0,
+        holdout_salt=m["holdout_salt"],
+        control_tag=m["control_tag"],
+        variants={
+            name: SegmentMapping(frozenset(v["tags"]), frozenset(v["lists"]))
+            for name, v in m["variants"].items()
+        },
+        journey=(journey["journey_id"], journey["step_id"]) if journey else None,
+    )
+
+
+def _check_holdouts(file: str, out: Mapping[str, Destination]) -> None:
+    """A segment's holdout and variants are the account's, not one destination's: every destination
+    that maps the segment with a holdout or variants states the same ones."""
+    seen: dict[str, tuple[str, tuple[float, str, tuple[str, ...]]]] = {}
+    for name, dest in out.items():
+        for seg, m in dest.segments.items():
+            if not m.holdout and not m.variants:
+                continue
+            shape = (m.holdout, m.holdout_salt, tuple(sorted(m.variants)))
+            first = seen.setdefault(seg, (name, shape))
+            if first[1] != shape:
+                raise ConfigError(
+                    f"holdout and variants of `{seg}` differ from those of destination {first[0]!r}: "
+                    "a segment has one control group and one set of variants",
+                    file=file,
+                    path=f"destinations.{name}.segments.{seg}",
+                )
 
 
 def build_adapter(
@@ -338,6 +466,9 @@ def build_adapter(
         "sleep": sleep,
         "http_transport": http_transport,
     }
+    if destination.type == "webhook":
+        triggers = tuple(o["triggers"])
+        return WebhookAdapter(WebhookConfig(secret=secret, url=o["url"], triggers=triggers), **kw)
     if destination.type == "mailchimp":
         mc = MailchimpConfig(
             api_key=secret,
@@ -346,6 +477,7 @@ def build_adapter(
             status_if_new=o["status_if_new"],
             subscribe_with_consent=o["subscribe_with_consent"],
             concurrency=o["concurrency"],
+            journeys={seg: m.journey for seg, m in destination.segments.items() if m.journey},
         )
         return MailchimpAdapter(mc, **kw)
     if destination.type == "hubspot":

@@ -167,6 +167,7 @@ class FakeMailchimp(FakeESP):
         self.audiences: dict[str, Audience] = {}
         self.forgotten: set[str] = set()
         self.batches: dict[str, dict[str, Any]] = {}
+        self.journey_triggers: list[tuple[str, str, str]] = []  # (journey id, step id, email)
         self._batch_results: dict[str, list[dict[str, Any]]] = {}
         self._next_segment = 1000
         self._inflight: dict[str, int] = {}
@@ -220,6 +221,7 @@ class FakeMailchimp(FakeESP):
         self.audiences = {}
         self.forgotten = set()
         self.batches = {}
+        self.journey_triggers = []
         self._batch_results = {}
         self.max_inflight = {}
         for list_id in self._initial_lists:
@@ -349,6 +351,8 @@ class FakeMailchimp(FakeESP):
         self.route("POST", segment + r"/members", self.add_segment_member)
         self.route("DELETE", segment + r"/members/(?P<key>[^/]+)", self.remove_segment_member)
         self.route("POST", r"/batches", self.create_batch)
+        journey_step = r"/customer-journeys/journeys/(?P<journey_id>[0-9]+)/steps/(?P<step_id>[0-9]+)"
+        self.route("POST", journey_step + r"/actions/trigger", self.trigger_journey)
         self.route("GET", r"/batches/(?P<batch_id>[^/]+)", self.get_batch)
 
     # -- validation helpers ----------------------------------------------------------------------
@@ -586,6 +590,15 @@ class FakeMailchimp(FakeESP):
                 self.tag_segment(audience, name).members.add(lower)
 
     # -- handlers --------------------------------------------------------------------------------
+
+    def trigger_journey(self, request: Request, journey_id: str, step_id: str) -> Response:
+        """Customer Journeys API trigger: 204; 400 when the contact is in no audience."""
+        email = str(self.body(request).get("email_address") or "").strip().lower()
+        with self.lock:
+            if not email or not any(self.find_member(a, email) for a in self.audiences.values()):
+                raise self.invalid("The contact must be in the journey's audience")
+            self.journey_triggers.append((journey_id, step_id, email))
+        return Response(status=204)
 
     def ping(self, request: Request) -> Response:
         return self.json({"health_status": "Everything's Chimpy!"})

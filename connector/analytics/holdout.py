@@ -1,0 +1,46 @@
+"""Holdouts and variants as the account configures them (per segment, in the destinations' segment
+mappings: ``holdout``, ``holdout_salt``, ``control_tag``, ``variants``; one setting per segment for
+the whole account, checked at load). See :mod:`connector.analytics.assign` for the draw.
+
+The destinations leave control members out by themselves (:meth:`connector.destinations.Destination.change`);
+:func:`filter_desired` gives the same split to any other caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from connector.analytics.assign import CONTROL, TREATED
+from connector.destinations import SegmentMapping, destinations
+
+
+def settings(account: Any) -> dict[str, SegmentMapping]:
+    """Segment → the mapping that declares its holdout or variants (segments without are absent)."""
+    out: dict[str, SegmentMapping] = {}
+    for dest in destinations(account).values():
+        for segment, mapping in dest.segments.items():
+            if (mapping.holdout or mapping.variants) and segment not in out:
+                out[segment] = mapping
+    return out
+
+
+def arms_of(account: Any, profile_id: str, segments: Iterable[str]) -> dict[str, str]:
+    """Segment → the person's arm (``c``, a variant name) for those of ``segments`` that have a
+    holdout or variants; the others are ``t`` and left out."""
+    found = settings(account)
+    return {s: found[s].arm(account.id, s, profile_id) for s in segments if s in found}
+
+
+def filter_desired(
+    account: Any, segments: Iterable[str], profile_id: str
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(treated segments, control segments) of a person: the control ones are not pushed."""
+    names = frozenset(segments)
+    control = frozenset(s for s, arm in arms_of(account, profile_id, names).items() if arm == CONTROL)
+    return names - control, control
+
+
+def arms_text(arms: Mapping[str, str]) -> str:
+    """``seg=arm,...`` for the attribution script (treated segments omitted)."""
+    return ",".join(f"{s}={a}" for s, a in sorted(arms.items()) if a != TREATED)

@@ -1,0 +1,118 @@
+"""Size and movement of segments: sizes, entries and exits over time (read from
+:mod:`connector.worker.sizes`) and the migration matrix of each exclusive group.
+
+:func:`record_diff` is called with each profile's ledger diff (where the worker records
+:func:`connector.worker.sizes.record_transitions`): for every exclusive group of the rules (one
+segment at most per person: lifecycle stages, engagement tiers) it counts the move ``from > to``
+on the day of the change (``-`` for none: a person entering the group or leaving it), and it keeps
+the person's last entry and exit instant per segment (used by :mod:`attribution`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from connector.analytics.assign import TREATED
+from connector.analytics.keys import (
+    DAILY_RETENTION,
+    PERSON_RETENTION,
+    day_key,
+    day_starts,
+    messages_key,
+    migration_key,
+    person_key,
+)
+from connector.worker import sizes
+
+NONE = "-"
+
+
+def moves(
+    groups: Mapping[str, Iterable[str]], entered: Iterable[str], exited: Iterable[str]
+) -> dict[str, str]:
+    """Group → ``from>to`` for each exclusive group the diff moved a person in."""
+    came, left = set(entered), set(exited)
+    out: dict[str, str] = {}
+    for group, members in groups.items():
+        names = set(members)
+        to, frm = sorted(came & names), sorted(left & names)
+        if to or frm:
+            out[group] = f"{frm[0] if frm else NONE}>{to[0] if to else NONE}"
+    return out
+
+
+def record_diff(
+    pipe: redis.Redis | Any,
+    account: str,
+    groups: Mapping[str, Iterable[str]],
+    profile_id: str,
+    entered: Iterable[str],
+    exited: Iterable[str],
+    now: datetime,
+    arms: Mapping[str, str] | None = None,
+) -> None:
+    """Queue on ``pipe`` (profile Redis) the migration counts, the entries of the day per arm
+    (``arms``: segment → the person's arm, :func:`connector.analytics.holdout.arms_of`; ``t`` when
+    absent) and the person's entry and exit instants, for one ledger diff. Call once per diff (the
+    ledger yields each diff once)."""
+    came, left = sorted(set(entered)), sorted(set(exited))
+    if not came and not left:
+        return
+    ttl = int(DAILY_RETENTION.total_seconds()) + 86400
+    for group, move in moves(groups, came, left).items():
+        key = migration_key(account, group, now)
+        pipe.hincrby(key, move, 1)
+        pipe.expire(key, ttl)
+    if came:
+        day = day_key(account, now)
+        for segment in came:
+            pipe.hincrby(day, f"en:{segment}:{(arms or {}).get(segment, TREATED)}", 1)
+        pipe.expire(day, ttl)
+    stamp = int(now.timestamp())
+    person = person_key(account, profile_id)
+    mapping: dict[str, Any] = {f"e:{s}": stamp for s in came} | {f"x:{s}": stamp for s in left}
+    pipe.hset(person, mapping=mapping)
+    if came:
+        pipe.hdel(person, *[f"r:{s}" for s in came])  # a new entry starts with no revenue credited
+    pipe.expire(person, int(PERSON_RETENTION.total_seconds()))
+
+
+def migration(
+    conn: redis.Redis, account: str, group: str, now: datetime, days: int
+) -> dict[tuple[str, str], int]:
+    """(from, to) → moves over the last ``days`` days (``-``: outside the group)."""
+    pipe = conn.pipeline(transaction=False)
+    for start in day_starts(now, min(days, DAILY_RETENTION.days)):
+        pipe.hgetall(migration_key(account, group, start))
+    out: dict[tuple[str, str], int] = {}
+    for row in pipe.execute():
+        for field, value in row.items():
+            frm, _, to = _text(field).partition(">")
+            out[(frm, to)] = out.get((frm, to), 0) + int(value)
+    return out
+
+
+def series(
+    conn: redis.Redis, account: str, segment: str, now: datetime, *, hours: int = 0, days: int = 0
+) -> list[dict[str, Any]]:
+    """Size, entries and exits per hour (``hours``, at most 14 days) or per day (``days``, at most
+    13 months), oldest first."""
+    periods = (
+        sizes.hourly(conn, account, segment, now, hours)
+        if hours
+        else sizes.daily(conn, account, segment, now, days or 30)
+    )
+    return [{"start": p.start, "size": p.size, "entered": p.entered, "exited": p.exited} for p in periods]
+
+
+def forget(pipe: redis.Redis | Any, account: str, profile_id: str) -> None:
+    """Erasure: the person's analytics state (the counters hold no identifier)."""
+    pipe.delete(person_key(account, profile_id), messages_key(account, profile_id))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
