@@ -50,7 +50,9 @@ def test_the_draw_depends_on_account_segment_and_salt() -> None:
 
 
 def test_a_control_member_is_not_pushed_and_gets_the_control_tag_when_configured() -> None:
-    account = _account({"mailchimp": _mailchimp({"tags": ["cart"], "holdout": "10%", "control_tag": "cart holdout"})})
+    account = _account(
+        {"mailchimp": _mailchimp({"tags": ["cart"], "holdout": "10%", "control_tag": "cart holdout"})}
+    )
     dest = destinations(account)["mailchimp"]
     people = [f"p{n}" for n in range(500)]
     control = [p for p in people if assign.is_control("acme", "cart_abandoner", p, 10)]
@@ -75,10 +77,16 @@ def test_without_a_control_tag_a_control_member_gets_nothing() -> None:
 
 def test_variants_map_to_their_own_tags() -> None:
     account = _account(
-        {"mailchimp": _mailchimp({"tags": ["cart"], "variants": {"a": {"tags": ["cart 24h"]}, "b": {"tags": ["cart 48h"]}}})}
+        {
+            "mailchimp": _mailchimp(
+                {"tags": ["cart"], "variants": {"a": {"tags": ["cart 24h"]}, "b": {"tags": ["cart 48h"]}}}
+            )
+        }
     )
     dest = destinations(account)["mailchimp"]
-    seen = {frozenset(dest.change(f"p{n}", 1, ["cart_abandoner"], {}, "x@example.com").tags) for n in range(50)}
+    seen = {
+        frozenset(dest.change(f"p{n}", 1, ["cart_abandoner"], {}, "x@example.com").tags) for n in range(50)
+    }
     assert seen == {frozenset({"cart", "cart 24h"}), frozenset({"cart", "cart 48h"})}
 
 

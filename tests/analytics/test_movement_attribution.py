@@ -1,0 +1,129 @@
+"""Migration counters, overlap, and attribution independent of arrival order (real Redis)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from connector.analytics import attribution, movement, overlap
+from connector.analytics.keys import day_key
+from connector.event import Event
+from connector.worker import sizes
+
+T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
+GROUPS = {"lifecycle": ("new", "active", "lapsed")}
+
+
+def test_migration_matrix_counts_moves_per_group(redis_client: redis.Redis) -> None:
+    pipe = redis_client.pipeline()
+    movement.record_diff(pipe, "acme", GROUPS, "p1", ["new"], [], T0)
+    movement.record_diff(pipe, "acme", GROUPS, "p1", ["active"], ["new"], T0 + timedelta(days=1))
+    movement.record_diff(pipe, "acme", GROUPS, "p2", ["active"], ["new"], T0 + timedelta(days=2))
+    movement.record_diff(pipe, "acme", GROUPS, "p2", ["lapsed", "vip"], ["active"], T0 + timedelta(days=3))
+    pipe.execute()
+    matrix = movement.migration(redis_client, "acme", "lifecycle", T0 + timedelta(days=3), days=30)
+    assert matrix == {("-", "new"): 1, ("new", "active"): 2, ("active", "lapsed"): 1}
+    # a chosen period: only the last two days
+    assert movement.migration(redis_client, "acme", "lifecycle", T0 + timedelta(days=3), days=2) == {
+        ("new", "active"): 1,
+        ("active", "lapsed"): 1,
+    }
+
+
+def test_overlap_is_computed_by_the_job_and_shows_its_freshness(redis_client: redis.Redis) -> None:
+    for n in range(30):
+        entered = ["a"] + (["b"] if n % 3 == 0 else [])
+        sizes.record_transitions(redis_client, "acme", entered, [], T0, profile_id=f"p{n}")
+    assert overlap.read(redis_client, "acme", "a", "b").computed_at is None
+    assert overlap.refresh(redis_client, "acme", ["a", "b"], T0) == 1
+    found = overlap.read(redis_client, "acme", "b", "a")
+    assert (found.both, found.computed_at) == (10, T0)
+
+
+def _event(name: str, n: int, at: datetime, **props: object) -> Event:
+    return Event("acme", "test", f"e{n}", "track", name, at, at, {"email": "x@example.com"}, dict(props))
+
+
+def _counters(conn: redis.Redis) -> dict[str, dict[str, str]]:
+    out = {}
+    for key in conn.scan_iter("an:{acme}:d:*"):
+        row = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
+        out[key.decode()] = {
+            k: (str(round(float(v), 6)) if k.startswith("rq:") else v) for k, v in row.items()
+        }
+    return out
+
+
+def _history(conn: redis.Redis) -> None:
+    pipe = conn.pipeline()
+    movement.record_diff(pipe, "acme", GROUPS, "p1", ["cart"], [], T0)
+    movement.record_diff(pipe, "acme", GROUPS, "p1", ["vip"], ["cart"], T0 + timedelta(days=2))
+    pipe.execute()
+
+
+EVENTS = [
+    _event("email_delivered", 1, T0 + timedelta(hours=1), message_id="m1"),
+    _event("email_opened", 2, T0 + timedelta(hours=2), message_id="m1"),
+    _event("email_clicked", 3, T0 + timedelta(hours=3), message_id="m1"),
+    _event("email_opened", 4, T0 + timedelta(hours=4), message_id="m1"),  # a second open of m1
+    _event("email_delivered", 5, T0 + timedelta(days=3), message_id="m2"),  # after leaving cart
+    _event("order_completed", 6, T0 + timedelta(days=1), revenue=40.0),
+    _event("order_completed", 7, T0 + timedelta(days=2, hours=1), revenue=25.5),
+    _event("order_completed", 8, T0 + timedelta(days=30), revenue=99.0),  # outside the window
+    _event("unsubscribed", 9, T0 + timedelta(days=3)),
+]
+
+
+def _apply(conn: redis.Redis, events: list[Event]) -> None:
+    for event in events:  # one event per call: the worst case for ordering
+        pipe = conn.pipeline()
+        attribution.record(pipe, "acme", "p1", [event], ["vip"], {})
+        pipe.execute()
+
+
+def test_credit_follows_the_rule(redis_client: redis.Redis) -> None:
+    _history(redis_client)
+    _apply(redis_client, EVENTS)
+    day0 = redis_client.hgetall(day_key("acme", T0))
+    entry = {k.decode(): v.decode() for k, v in day0.items()}
+    assert entry["en:cart:t"] == "1"
+    assert (entry["dl:cart:t"], entry["op:cart:t"], entry["ck:cart:t"]) == ("1", "1", "1")
+    assert entry["cv:cart:t"] == "1" and entry["rv:cart:t"] == "6550"
+    assert float(entry["rq:cart:t"]) == pytest.approx(65.5**2)
+    day3 = {
+        k.decode(): v.decode()
+        for k, v in redis_client.hgetall(day_key("acme", T0 + timedelta(days=3))).items()
+    }
+    assert day3 == {"dl:vip:t": "1", "un:vip:t": "1"}
+
+
+def test_shuffled_arrival_gives_the_same_counters(redis_client: redis.Redis) -> None:
+    _history(redis_client)
+    _apply(redis_client, EVENTS)
+    expected = _counters(redis_client)
+    for seed in range(5):
+        redis_client.flushdb()
+        _history(redis_client)
+        shuffled = EVENTS[:]
+        random.Random(seed).shuffle(shuffled)
+        _apply(redis_client, shuffled + shuffled[:3])  # and some delivered twice
+        assert _counters(redis_client) == expected
+
+
+def test_control_members_are_counted_in_their_arm(redis_client: redis.Redis) -> None:
+    pipe = redis_client.pipeline()
+    movement.record_diff(pipe, "acme", {}, "p9", ["cart"], [], T0, arms={"cart": "c"})
+    attribution.record(
+        pipe,
+        "acme",
+        "p9",
+        [_event("order_completed", 1, T0 + timedelta(hours=5), revenue=10)],
+        [],
+        {"cart": "c"},
+    )
+    pipe.execute()
+    row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
+    assert row["en:cart:c"] == "1" and row["cv:cart:c"] == "1" and row["rv:cart:c"] == "1000"
