@@ -127,3 +127,27 @@ def test_control_members_are_counted_in_their_arm(redis_client: redis.Redis) -> 
     pipe.execute()
     row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
     assert row["en:cart:c"] == "1" and row["cv:cart:c"] == "1" and row["rv:cart:c"] == "1000"
+
+
+def test_the_report_compares_treated_and_control(redis_client: redis.Redis) -> None:
+    from connector.analytics import report
+
+    pipe = redis_client.pipeline()
+    for n in range(300):
+        arm = "c" if n % 10 == 0 else "t"
+        pid = f"p{n}"
+        sizes.record_transitions(pipe, "acme", ["cart"], [], T0, profile_id=pid)
+        movement.record_diff(pipe, "acme", {}, pid, ["cart"], [], T0, arms={"cart": arm})
+        if n % 4 == 0:
+            order = _event("order_completed", n, T0 + timedelta(days=1), revenue=20.0 + n % 7)
+            order = Event("acme", "test", f"o{n}", "track", order.name, order.occurred_at, order.received_at, {}, order.properties)
+            attribution.record(pipe, "acme", pid, [order], [], {"cart": arm})
+    pipe.execute()
+    got = report.segment_report(redis_client, "acme", "cart", T0 + timedelta(days=2), 30)
+    assert got["size"] == 300 and got["members"] == 300 and got["conversions"] == 75
+    assert got["arms"]["c"]["members"] == 30 and got["arms"]["t"]["members"] == 270
+    comparison = got["comparisons"]["t"]
+    assert got["baseline"] == "c"
+    assert comparison["warning"] is not None and "too few members" in comparison["warning"]
+    diff = comparison["conversion_difference"]
+    assert diff["low"] < diff["estimate"] < diff["high"]
