@@ -131,6 +131,9 @@ def _instantiate(
     return loaded
 
 
+RANK_PREFIX = "predicted.rank."
+
+
 class _Compiler:
     def __init__(self) -> None:
         self.selectors: dict[str, Selector] = {}
@@ -256,9 +259,25 @@ class _Compiler:
             made = self.for_some(arg, origin, here)
         elif op == "always":
             made = Always()
+        elif op == "rank":
+            made = self.rank(arg)
         else:  # the schema refuses unknown operators first
             raise origin.error(here, f"unknown condition {op!r}")
         return self.intern(made)
+
+    def rank(self, arg: Mapping[str, Any]) -> Condition:
+        """The profile's share from the top of the account's distribution of a predicted trait, as of the
+        last training (the trait ``predicted.rank.<trait>``, see docs/predict.md): ``top: p`` is share <= p,
+        ``bottom: p`` share > 1 - p, ``between: [a, b]`` a < share <= b, so adjacent ranges never overlap."""
+        trait = str(arg["trait"]).removeprefix(RANK_PREFIX).removeprefix("predicted.")
+        share = self.intern_value(ProfileTrait(RANK_PREFIX + trait))
+        if "top" in arg:
+            ops: list[tuple[str, Any]] = [("lte", arg["top"])]
+        elif "bottom" in arg:
+            ops = [("gt", 1.0 - arg["bottom"])]
+        else:
+            ops = [("gt", arg["between"][0]), ("lte", arg["between"][1])]
+        return Compare(share, ops)
 
     def sequence(self, arg: Mapping[str, Any]) -> Condition:
         negate = "then_not" in arg

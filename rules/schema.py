@@ -382,6 +382,45 @@ class TraitRefValue(Strict):
     name = Name(required=True)
 
 
+def _share(arg: Any) -> float:
+    """``10%`` or a fraction ``0.1`` → 0.1 (a share of the account's scored profiles)."""
+    if isinstance(arg, str) and arg.strip().endswith("%"):
+        try:
+            value = float(arg.strip()[:-1]) / 100
+        except ValueError:
+            raise ValidationError(f"{arg!r} is not a percentage like 10%") from None
+    elif isinstance(arg, int | float) and not isinstance(arg, bool):
+        value = float(arg)
+    else:
+        raise ValidationError(f"{arg!r} must be a percentage like 10% or a fraction like 0.1")
+    if not 0 <= value <= 1:
+        raise ValidationError(f"{arg!r} must be between 0% and 100%")
+    return value
+
+
+class Share(fields.Field[float]):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        return _share(value)
+
+
+class RankSchema(Strict):
+    """``rank``: the profile's position in the account's distribution of a predicted trait as of the last
+    training; exactly one of ``top``, ``bottom`` and ``between: [from, to]`` (shares from the top)."""
+
+    trait = Name(required=True)
+    top = Share()
+    bottom = Share()
+    between = fields.List(Share(), validate=validate.Length(equal=2))
+
+    @validates_schema
+    def _one_range(self, data: dict[str, Any], **_: Any) -> None:
+        given = [k for k in ("top", "bottom", "between") if k in data]
+        if len(given) != 1:
+            raise ValidationError("give exactly one of top, bottom, between")
+        if "between" in data and data["between"][0] >= data["between"][1]:
+            raise ValidationError({"between": ["the first share must be below the second"]})
+
+
 CONDITIONS: dict[str, Any] = {
     "all": _list_of_conditions,
     "any": _list_of_conditions,
@@ -400,6 +439,7 @@ CONDITIONS: dict[str, Any] = {
     "not_in_segment": _segment_name,
     "for_some": _schema_loader(ForSomeSchema),
     "always": _always,
+    "rank": _schema_loader(RankSchema),
 }
 
 VALUES: dict[str, Any] = {
