@@ -20,6 +20,7 @@ def cli() -> None:
 
 def _register() -> None:
     from connector.cli import (
+        analytics_cmd,
         config_cmd,
         dlq_cmd,
         events_cmd,
@@ -44,6 +45,7 @@ def _register() -> None:
         import_cmd,
         sandbox_cmd,
         segments_cmd,
+        analytics_cmd,
         tokens_cmd,
     ):
         module.register(cli)
