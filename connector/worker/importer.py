@@ -277,7 +277,9 @@ _RECEIVER = ShopifyReceiver()
 
 def _order_payload(rows: list[dict[str, str]]) -> dict[str, Any]:
     head = rows[0]
-    order_id = head.get("Id") or head["Name"]
+    raw_id = (head.get("Id") or "").strip()
+    # Shopify's order id is a number; an export without the Id column is keyed on the order's Name
+    order_id: int | str = int(raw_id) if raw_id.isdigit() else head["Name"]
     payload: dict[str, Any] = {"id": order_id, "name": head["Name"]}
     for column, key in _ORDER_FIELDS.items():
         value = head.get(column)
@@ -301,6 +303,9 @@ def _order(account: Account, rows: list[dict[str, str]], now: datetime) -> Event
     payload = _order_payload(rows)
     if not payload.get("created_at"):
         return "no Created at"
+    source_id = payload["id"]
+    if not isinstance(source_id, int):
+        payload["id"] = 0  # the body's shape wants a number; the event keeps the Name as its id
     inbound = Inbound(
         method="POST",
         url="import",
@@ -315,9 +320,11 @@ def _order(account: Account, rows: list[dict[str, str]], now: datetime) -> Event
     if not event.identities:
         return "no Email"
     properties = {**event.properties, "topic": "orders/import"}
+    if not isinstance(source_id, int):
+        properties.pop("order_id", None)  # only the Name identifies this order
     if "paid_at" in payload:
         properties["paid_at"] = payload["paid_at"]
-    return replace(event, source_event_id=f"orders/create:{payload['id']}", properties=properties)
+    return replace(event, source_event_id=f"orders/create:{source_id}", properties=properties)
 
 
 def parse_orders(
