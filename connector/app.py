@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from connector import runtime as process_runtime
 from connector.ingest import web
 from connector.ingest.queue import EventQueue
-from connector.ops import api, health, live, metrics
+from connector.ops import api, console, health, live, metrics
 from connector.ops.logs import configure_logging
 from connector.runtime import Runtime
 from connector.settings import Settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     _error_handlers(app)
     api.install(app)
     app.register_blueprint(live.blp)
+    console.install(app)
     web.install(app, lambda: runtime.accounts, queue)
     app.wsgi_app.observer = live.Publisher(runtime.queue_redis)  # type: ignore[attr-defined]
     return app

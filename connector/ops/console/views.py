@@ -1,0 +1,353 @@
+"""The console's pages: overview, segments, people, live events and dead letters (docs/console.md)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from connector import clock
+from connector.ops import live, tokens
+from connector.ops.console import session
+from connector.ops.console.charts import sparkline
+from connector.ops.console.client import ApiError, get, post
+from connector.runtime import Runtime
+
+bp = Blueprint(
+    "console",
+    __name__,
+    url_prefix="/console",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+PENDING_WARNING = 1000
+RECENT_DELIVERIES = 100
+CSV_PAGE = 500
+
+
+def runtime() -> Runtime:
+    found: Runtime = current_app.extensions["connector.runtime"]
+    return found
+
+
+# --- session and errors -------------------------------------------------------------------
+
+
+@bp.before_request
+def _session() -> BaseResponse | None:
+    if request.endpoint in ("console.login", "console.static"):
+        return None
+    conn = runtime().queue_redis
+    data = session.load(conn)
+    token = tokens.authenticate(conn, data["token"], clock.now()) if data else None
+    if data is None or token is None:
+        return redirect(url_for("console.login", next=request.full_path.rstrip("?")))
+    g.console, g.console_token = data, token
+    if request.method == "POST":
+        session.check_csrf()
+    return None
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _api_error(err: ApiError) -> Any:
+    if err.status == 401:
+        response = redirect(url_for("console.login"))
+        session.end(response)
+        return response
+    return render_template("console/error.html", status=err.status, message=err.message), err.status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(err: HTTPException) -> Any:
+    code = err.code or 500
+    return render_template("console/error.html", status=code, message=err.description), code
+
+
+@bp.app_context_processor
+def _context() -> dict[str, Any]:
+    return {"sparkline": sparkline, "quote": quote}
+
+
+def render(template: str, **values: Any) -> str:
+    token = getattr(g, "console_token", None)
+    return render_template(
+        f"console/{template}",
+        token=token,
+        csrf=g.console["csrf"] if token else None,
+        may_edit=bool(token and token.allows("editor")),
+        may_erase=bool(token and token.allows("admin")),
+        **values,
+    )
+
+
+# --- login --------------------------------------------------------------------------------
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/console") and not target.startswith("//"):
+        return target
+    return url_for("console.home")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    error, status = None, 200
+    if request.method == "POST":
+        session.check_login_csrf()
+        presented = request.form.get("token", "").strip()
+        conn = runtime().queue_redis
+        if tokens.authenticate(conn, presented, clock.now()) is not None:
+            response = redirect(_safe_next(request.form.get("next")))
+            session.start(conn, response, presented)
+            return response
+        error, status = "That token is not valid (unknown, revoked or expired).", 401
+    response = make_response("", status)
+    csrf = session.login_csrf(response)
+    response.set_data(
+        render_template(
+            "console/login.html", token=None, csrf=csrf, error=error, next=request.args.get("next", "")
+        )
+    )
+    return response
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Any:
+    response = redirect(url_for("console.login"))
+    session.end(response)
+    return response
+
+
+# --- overview -----------------------------------------------------------------------------
+
+
+@bp.route("/")
+def home() -> Any:
+    accounts = get("/accounts", limit=500)["items"]
+    if len(accounts) == 1:
+        return redirect(url_for("console.overview", account=accounts[0]["id"]))
+    return render("accounts.html", accounts=accounts, account=None)
+
+
+def _recent_refusals(account_id: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for _, entry in live.latest(runtime().queue_redis, account_id, RECENT_DELIVERIES):
+        if entry.get("outcome") == "refused":
+            out.setdefault(entry["sender"], []).append(entry)
+    return out
+
+
+def attention(detail: dict[str, Any], refusals: dict[str, list[dict[str, Any]]]) -> list[dict[str, str]]:
+    """What needs looking at, most urgent first: paused destinations, dead letters, refused
+    deliveries among the latest ones, long pending queues."""
+    items: list[tuple[int, str, str]] = []
+    for dest in detail["destinations"]:
+        health = dest["health"]
+        if health["paused"]:
+            reason = (health.get("pause") or {}).get("reason") or "no reason recorded"
+            items.append((0, "critical", f"Destination {dest['name']} is paused: {reason}"))
+        if health["dead_letters"]:
+            items.append(
+                (1, "warning", f"Destination {dest['name']} has {health['dead_letters']} dead letters")
+            )
+        if health["pending"] >= PENDING_WARNING:
+            items.append(
+                (2, "warning", f"Destination {dest['name']} has {health['pending']} changes pending")
+            )
+    for sender, refused in sorted(refusals.items()):
+        latest = refused[-1]
+        text = (
+            f"Sender {sender}: {len(refused)} of the latest {RECENT_DELIVERIES} deliveries refused "
+            f"(latest: {latest['status']} {latest['reason']})"
+        )
+        items.append((1, "warning", text))
+    return [{"level": level, "text": text} for _, level, text in sorted(items, key=lambda i: i[0])]
+
+
+@bp.route("/a/<account>/")
+def overview(account: str) -> Any:
+    detail = get(f"/accounts/{quote(account)}")
+    refusals = _recent_refusals(account)
+    queue = current_app.extensions["connector.ingest.queue"]
+    return render(
+        "overview.html",
+        account=account,
+        detail=detail,
+        attention=attention(detail, refusals),
+        refusals={sender: len(found) for sender, found in refusals.items()},
+        waiting=sum(queue.pending().values()),
+    )
+
+
+# --- segments -----------------------------------------------------------------------------
+
+
+@bp.route("/a/<account>/segments")
+def segments(account: str) -> Any:
+    rows = []
+    for segment in get(f"/accounts/{quote(account)}/segments", limit=500)["items"]:
+        one = get(f"/accounts/{quote(account)}/segments/{quote(segment['name'])}", hours=48, days=1)
+        hourly = one["hourly"]
+        rows.append(
+            {
+                **segment,
+                "trend": [p["size"] for p in hourly],
+                "entered": sum(p["entered"] for p in hourly),
+                "exited": sum(p["exited"] for p in hourly),
+            }
+        )
+    return render("segments.html", account=account, segments=rows)
+
+
+@bp.route("/a/<account>/segments/<name>")
+def segment(account: str, name: str) -> Any:
+    base = f"/accounts/{quote(account)}/segments/{quote(name)}"
+    one = get(base, hours=48, days=30)
+    q, cursor = request.args.get("q", ""), request.args.get("cursor")
+    members = get(f"{base}/members", q=q, cursor=cursor, limit=50)
+    return render("segment.html", account=account, segment=one, members=members, q=q)
+
+
+def _csv_rows(account: str, name: str) -> Iterator[str]:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["profile_id", "email"])
+    cursor: str | None = None
+    while True:
+        page = get(
+            f"/accounts/{quote(account)}/segments/{quote(name)}/members", cursor=cursor, limit=CSV_PAGE
+        )
+        for member in page["items"]:
+            writer.writerow([member["profile_id"], member["email"] or ""])
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return
+
+
+@bp.route("/a/<account>/segments/<name>/members.csv")
+def members_csv(account: str, name: str) -> Any:
+    get(f"/accounts/{quote(account)}/segments/{quote(name)}", hours=1, days=1)  # 404 before streaming
+    filename = f"{account}-{name}-members.csv".replace('"', "")
+    return Response(
+        stream_with_context(_csv_rows(account, name)),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+# --- people -------------------------------------------------------------------------------
+
+
+@bp.route("/a/<account>/people")
+def people(account: str) -> Any:
+    email = request.args.get("email", "").strip()
+    if not email:
+        return render("find.html", account=account, email="", error=None)
+    try:
+        found = get(f"/accounts/{quote(account)}/people", email=email)
+    except ApiError as err:
+        if err.status not in (404, 422):
+            raise
+        return render("find.html", account=account, email=email, error=err.message), err.status
+    return redirect(url_for("console.person", account=account, pid=found["profile_id"]))
+
+
+@bp.route("/a/<account>/people/<pid>")
+def person(account: str, pid: str) -> Any:
+    base = f"/accounts/{quote(account)}/people/{quote(pid)}"
+    return render(
+        "person.html",
+        account=account,
+        person=get(base),
+        timeline=get(f"{base}/timeline", limit=100),
+        explain=get(f"{base}/explain"),
+    )
+
+
+@bp.route("/a/<account>/people/<pid>/erase", methods=["POST"])
+def erase(account: str, pid: str) -> Any:
+    post(
+        f"/accounts/{quote(account)}/people/{quote(pid)}/erase", {"confirm": request.form.get("confirm", "")}
+    )
+    return render("done.html", account=account, title="Erased", message=f"Profile {pid} was erased.")
+
+
+# --- live events --------------------------------------------------------------------------
+
+
+@bp.route("/a/<account>/live")
+def live_page(account: str) -> Any:
+    detail = get(f"/accounts/{quote(account)}")
+    senders = [s["name"] for s in detail["senders"]]
+    return render("live.html", account=account, senders=senders)
+
+
+@bp.route("/a/<account>/live/stream")
+def live_stream(account: str) -> Any:
+    get(f"/accounts/{quote(account)}")  # the token must cover the account (404 otherwise)
+    return live.stream_response(runtime().queue_redis, account)
+
+
+# --- dead letters -------------------------------------------------------------------------
+
+
+@bp.route("/a/<account>/deadletters")
+def deadletters(account: str) -> Any:
+    kind, text = request.args.get("kind", ""), request.args.get("filter", "")
+    page = get(
+        f"/accounts/{quote(account)}/deadletters",
+        kind=kind,
+        filter=text,
+        cursor=request.args.get("cursor"),
+        limit=50,
+    )
+    return render("deadletters.html", account=account, page=page, kind=kind, filter=text)
+
+
+@bp.route("/a/<account>/deadletters/<kind>/<item_id>")
+def deadletter(account: str, kind: str, item_id: str) -> Any:
+    item = get(f"/accounts/{quote(account)}/deadletters/{quote(kind)}/{quote(item_id)}")
+    return render("deadletter.html", account=account, item=item)
+
+
+@bp.route("/a/<account>/deadletters/<action>", methods=["POST"])
+def deadletters_act(account: str, action: str) -> Any:
+    if action not in ("replay", "discard"):
+        abort(404)
+    ids = request.form.getlist("ids")
+    if not ids:
+        abort(422, "choose at least one dead letter")
+    result = post(f"/accounts/{quote(account)}/deadletters/{action}", {"ids": ids})
+    outcomes = ", ".join(f"{n} {what}" for what, n in sorted(result["outcomes"].items())) or "nothing"
+    message = f"{action.capitalize()}: {result['matched']} selected; {outcomes}."
+    return render("done.html", account=account, title=action.capitalize(), message=message)

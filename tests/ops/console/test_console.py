@@ -1,0 +1,137 @@
+"""The console's pages over the admin API (Flask test client, real Redis): login and CSRF, roles,
+every page, the CSV export, dead letter replay, the live stream behind the session."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import redis
+
+from connector import clock
+from connector.sync.deadletters import DeadLetters
+from connector.worker import sizes
+from tests.ops.api.conftest import Mint
+
+
+def login(api: Any, secret: str) -> Any:
+    page = api.get("/console/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    return api.post("/console/login", data={"token": secret, "csrf": csrf, "next": ""})
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF field in the page"
+    return found.group(1)
+
+
+def test_pages_need_a_session_and_a_live_token(api: Any, mint: Mint, redis_client: redis.Redis) -> None:
+    res = api.get("/console/a/acme/")
+    assert res.status_code == 302 and "/console/login" in res.headers["Location"]
+    res = login(api, "sc_000000000000_" + "x" * 43)
+    assert res.status_code == 401
+    assert "not valid" in res.get_data(as_text=True)
+    res = login(api, mint("viewer", "acme"))
+    assert res.status_code == 302
+    cookie = res.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/console" in cookie
+    assert api.get("/console/").headers["Location"].endswith("/console/a/acme/")
+    # revoking the token ends the session at once
+    from connector.ops import tokens
+
+    for token in tokens.tokens(redis_client):
+        tokens.revoke(redis_client, token.id)
+    assert api.get("/console/a/acme/").status_code == 302
+
+
+def test_login_without_its_csrf_token_is_refused(api: Any, mint: Mint) -> None:
+    res = api.post("/console/login", data={"token": mint("viewer", "acme"), "csrf": "forged"})
+    assert res.status_code == 400
+    assert "sc_console=" not in res.headers.get("Set-Cookie", "")
+
+
+def test_another_accounts_pages_are_not_found(api: Any, mint: Mint) -> None:
+    login(api, mint("viewer", "acme"))
+    res = api.get("/console/a/globex/")
+    assert res.status_code == 404
+    assert "no account" in res.get_data(as_text=True)
+    assert api.get("/console/a/globex/live/stream").status_code == 404
+
+
+def test_overview_segments_segment_and_person(
+    api: Any, mint: Mint, people: dict[str, str], redis_client: redis.Redis
+) -> None:
+    for email in ("ann@example.com", "bob@example.com"):  # the sizes kept for the API (docs/api.md)
+        pipe = redis_client.pipeline()
+        sizes.record_transitions(pipe, "acme", ["vip"], [], clock.now(), profile_id=people[email])
+        pipe.execute()
+    login(api, mint("viewer", "acme"))
+    overview = api.get("/console/a/acme/").get_data(as_text=True)
+    assert "mailchimp" in overview and "Needs attention" in overview
+    segments = api.get("/console/a/acme/segments").get_data(as_text=True)
+    assert re.search(r'data-segment="vip">.*?class="num size">2<', segments, re.S)
+    assert "<svg" in segments
+    vip = api.get("/console/a/acme/segments/vip").get_data(as_text=True)
+    assert "ann@example.com" in vip and "bob@example.com" in vip and "cid@example.com" not in vip
+    searched = api.get("/console/a/acme/segments/vip?q=bo").get_data(as_text=True)
+    assert "bob@example.com" in searched and "ann@example.com" not in searched
+    csv_text = api.get("/console/a/acme/segments/vip/members.csv").get_data(as_text=True)
+    lines = csv_text.strip().splitlines()
+    assert lines[0] == "profile_id,email" and len(lines) == 3
+    found = api.get("/console/a/acme/people?email=bob@example.com")
+    assert found.headers["Location"].endswith(f"/people/{people['bob@example.com']}")
+    page = api.get(found.headers["Location"]).get_data(as_text=True)
+    assert "order_completed" in page and "In vip" in page and "entered vip" in page
+    assert "Erase this person" not in page  # a viewer may not erase
+    assert api.get("/console/a/acme/people?email=nobody@example.com").status_code == 404
+
+
+def test_a_viewer_cannot_replay_and_an_editor_can(
+    api: Any, api_app: Any, mint: Mint, redis_client: redis.Redis
+) -> None:
+    dead = DeadLetters(redis_client)
+    change = {
+        "account": "acme",
+        "destination": "mailchimp",
+        "profile_id": "p1",
+        "version": 1,
+        "email": "p1@x.test",
+    }
+    item_id = dead.put(
+        "sync:mailchimp", "429 too many requests", {"change": change}, clock.now(), account="acme"
+    )
+    login(api, mint("viewer", "acme"))
+    page = api.get("/console/a/acme/deadletters").get_data(as_text=True)
+    assert "429 too many requests" in page and "Replay selected" not in page
+    res = api.post("/console/a/acme/deadletters/replay", data={"csrf": csrf_of(page), "ids": [item_id]})
+    assert res.status_code == 403
+    assert dead.get(item_id) is not None
+
+    editor = api_app.test_client()
+    login(editor, mint("editor", "acme"))
+    page = editor.get("/console/a/acme/deadletters").get_data(as_text=True)
+    assert "Replay selected" in page
+    res = editor.post("/console/a/acme/deadletters/replay", data={"ids": [item_id], "csrf": "wrong"})
+    assert res.status_code == 400  # CSRF
+    res = editor.post("/console/a/acme/deadletters/replay", data={"ids": [item_id], "csrf": csrf_of(page)})
+    assert res.status_code == 200, res.get_data(as_text=True)
+    assert "1 selected" in res.get_data(as_text=True)
+    assert dead.get(item_id) is None
+
+
+def test_the_live_stream_behind_the_session(api: Any, mint: Mint, redis_client: redis.Redis) -> None:
+    from connector.ops import live
+
+    live.Publisher(redis_client).publish(
+        "acme", live.refused_entry("shopify", 401, "X-Shopify-Topic header missing")
+    )
+    login(api, mint("viewer", "acme"))
+    page = api.get("/console/a/acme/live").get_data(as_text=True)
+    assert 'data-stream="/console/a/acme/live/stream"' in page
+    deadline = time.monotonic() + 2
+    while not live.latest(redis_client, "acme", 1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    body = api.get("/console/a/acme/live/stream?window=1").get_data(as_text=True)
+    assert "X-Shopify-Topic header missing" in body
