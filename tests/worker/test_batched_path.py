@@ -81,7 +81,7 @@ def round_trips(conn: redis.Redis, account: Account, pids: list[str], now: datet
     return CountingConnection.sent - before
 
 
-def test_evaluating_a_batch_costs_the_same_round_trips_for_3_or_60_profiles(
+def test_evaluating_a_batch_costs_the_same_round_trips_for_6_or_120_profiles(
     counted: redis.Redis, shop: Accounts
 ) -> None:
     few = apply_batch(orders(3), NOW, shop, counted, counted)["acme"].touched
