@@ -1,4 +1,10 @@
-"""``connector dlq list | show ID | replay [--kind K] [--account A] [--filter TEXT] | resume A D``."""
+"""``connector dlq list | show ID | replay | discard [--kind K] [--account A] [--filter TEXT] | resume A D``.
+
+Names are checked before anything is done: an account filter must be a configured account or one
+that has dead letters, a kind one that has dead letters (or ``sync`` / ``events``), and ``resume``
+takes a configured destination of a configured account (or a pair that is paused now); an unknown
+name is refused with the closest known one.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import redis
 
 from connector import clock, sync
 from connector import runtime as process_runtime
+from connector.destinations import destinations
+from connector.suggest import unknown
 from connector.sync.deadletters import DeadLetter, DeadLetters
 
 ALL = 10**9
@@ -37,69 +45,133 @@ def _select(
                 return
 
 
-def register(cli: click.Group) -> None:
-    @cli.group()
-    def dlq() -> None:
-        """Dead letters: list, show, replay; paused destinations."""
-
-    @dlq.command("list")
-    @click.option("--kind", help="events, sync, sync:<destination> ...")
-    @click.option("--account")
-    @click.option("--filter", "text", help="only items whose JSON contains this text")
-    @click.option("--limit", default=100, show_default=True)
-    def list_(kind: str | None, account: str | None, text: str | None, limit: int) -> None:
-        """Dead letters, oldest first, and destinations paused for bad credentials."""
-        conn = _conn()
-        for (a, d), info in sorted(sync.paused(conn).items()):
-            if account and a != account:
-                continue
-            click.echo(
-                f"PAUSED {a}/{d} since {info.get('at')}: {info.get('reason')} (status {info.get('status')})"
+def _check_filters(dead: DeadLetters, kind: str | None, account: str | None) -> None:
+    """Refuse a kind or account filter that matches nothing anyone could mean (a typo)."""
+    if account is not None:
+        configured = [a.id for a in process_runtime.current().accounts]
+        stored = {item.account for item in dead.list(limit=ALL) if item.account}
+        if account not in configured and account not in stored:
+            raise click.BadParameter(
+                unknown("account", account, [*configured, *stored]), param_hint="--account"
             )
-        dead = DeadLetters(conn)
-        count = 0
-        for item in _select(dead, kind, account, text, limit):
-            click.echo(f"{item.id}  {item.kind:<20} {item.account or '-':<16} {item.at}  {item.reason}")
-            count += 1
-        totals = ", ".join(f"{k}: {dead.count(k)}" for k in dead.kinds()) or "none"
-        click.echo(f"{count} shown; stored per kind: {totals}")
+    if kind is not None:
+        kinds = set(dead.kinds()) | {k.partition(":")[0] for k in dead.kinds()} | {"sync", "events"}
+        if kind not in kinds:
+            raise click.BadParameter(unknown("kind", kind, kinds), param_hint="--kind")
 
-    @dlq.command("show")
-    @click.argument("item_id")
-    def show(item_id: str) -> None:
-        """One dead letter with its error and payload."""
-        item = DeadLetters(_conn()).get(item_id)
-        if item is None:
-            click.echo(f"no dead letter {item_id}", err=True)
-            sys.exit(1)
-        click.echo(json.dumps(item.__dict__, indent=2, default=str))
 
-    @dlq.command("replay")
-    @click.option("--kind", help="sync or sync:<destination> (other kinds cannot be replayed)")
-    @click.option("--account")
-    @click.option("--filter", "text", help="only items whose JSON contains this text")
-    def replay(kind: str | None, account: str | None, text: str | None) -> None:
-        """Put matching dead-lettered changes back in the sync queue."""
-        conn = _conn()
-        dead = DeadLetters(conn)
-        items = list(_select(dead, kind, account, text))
-        outcomes: dict[str, int] = {}
-        now = clock.now()
-        with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
-            for item in bar:
-                if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
-                    outcomes["not replayable"] = outcomes.get("not replayable", 0) + 1
-                    continue
-                outcome = sync.replay(conn, item.payload, now)
-                dead.remove(item)
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing matched"
-        click.echo(f"replay done: {summary}")
+def _check_destination(conn: redis.Redis, account_id: str, destination: str) -> None:
+    """``resume`` takes a configured destination, or a pair paused now (e.g. one since removed)."""
+    if (account_id, destination) in sync.paused(conn):
+        return
+    rt = process_runtime.current()
+    account = rt.account(account_id)
+    if account is None:
+        raise click.BadParameter(
+            unknown("account", account_id, [a.id for a in rt.accounts]), param_hint="ACCOUNT"
+        )
+    configured = destinations(account)
+    if destination not in configured:
+        raise click.BadParameter(
+            unknown(f"destination of {account_id}", destination, configured), param_hint="DESTINATION"
+        )
 
-    @dlq.command("resume")
-    @click.argument("account")
-    @click.argument("destination")
-    def resume(account: str, destination: str) -> None:
-        """Lift the pause of a destination (after fixing its credentials) and flush it."""
-        removed = sync.resume(_conn(), account, destination, clock.now())
-        click.echo(f"{account}/{destination}: {'resumed' if removed else 'was not paused; flush armed'}")
+
+def register(cli: click.Group) -> None:
+    cli.add_command(dlq)
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: list, show, replay, discard; paused destinations (resume)."""
+
+
+@dlq.command("list")
+@click.option("--kind", help="events, sync, sync:<destination> ...")
+@click.option("--account")
+@click.option("--filter", "text", help="only items whose JSON contains this text")
+@click.option("--limit", default=100, show_default=True)
+def list_(kind: str | None, account: str | None, text: str | None, limit: int) -> None:
+    """Dead letters, oldest first, and destinations paused for bad credentials."""
+    conn = _conn()
+    _check_filters(DeadLetters(conn), kind, account)
+    for (a, d), info in sorted(sync.paused(conn).items()):
+        if account and a != account:
+            continue
+        click.echo(
+            f"PAUSED {a}/{d} since {info.get('at')}: {info.get('reason')} (status {info.get('status')})"
+        )
+    dead = DeadLetters(conn)
+    count = 0
+    for item in _select(dead, kind, account, text, limit):
+        click.echo(f"{item.id}  {item.kind:<20} {item.account or '-':<16} {item.at}  {item.reason}")
+        count += 1
+    totals = ", ".join(f"{k}: {dead.count(k)}" for k in dead.kinds()) or "none"
+    click.echo(f"{count} shown; stored per kind: {totals}")
+
+
+@dlq.command("show")
+@click.argument("item_id")
+def show(item_id: str) -> None:
+    """One dead letter with its error and payload."""
+    item = DeadLetters(_conn()).get(item_id)
+    if item is None:
+        click.echo(f"no dead letter {item_id}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(item.__dict__, indent=2, default=str))
+
+
+@dlq.command("replay")
+@click.option("--kind", help="sync or sync:<destination> (other kinds cannot be replayed)")
+@click.option("--account")
+@click.option("--filter", "text", help="only items whose JSON contains this text")
+def replay(kind: str | None, account: str | None, text: str | None) -> None:
+    """Put matching dead-lettered changes back in the sync queue."""
+    conn = _conn()
+    dead = DeadLetters(conn)
+    _check_filters(dead, kind, account)
+    items = list(_select(dead, kind, account, text))
+    outcomes: dict[str, int] = {}
+    now = clock.now()
+    with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
+        for item in bar:
+            if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
+                outcomes["not replayable"] = outcomes.get("not replayable", 0) + 1
+                continue
+            outcome = sync.replay(conn, item.payload, now)
+            dead.remove(item)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing matched"
+    click.echo(f"replay done: {summary}")
+
+
+@dlq.command("resume")
+@click.argument("account")
+@click.argument("destination")
+def resume(account: str, destination: str) -> None:
+    """Lift the pause of a destination (after fixing its credentials) and flush it."""
+    conn = _conn()
+    _check_destination(conn, account, destination)
+    removed = sync.resume(conn, account, destination, clock.now())
+    click.echo(f"{account}/{destination}: {'resumed' if removed else 'was not paused; flush armed'}")
+
+
+@dlq.command("discard")
+@click.option("--kind", help="events, sync, sync:<destination> ...")
+@click.option("--account")
+@click.option("--filter", "text", help="only items whose JSON contains this text")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def discard(kind: str | None, account: str | None, text: str | None, yes: bool) -> None:
+    """Delete matching dead letters for good (the same filters as replay)."""
+    dead = DeadLetters(_conn())
+    _check_filters(dead, kind, account)
+    items = list(_select(dead, kind, account, text))
+    if not items:
+        click.echo("discard done: nothing matched")
+        return
+    if not yes:
+        click.confirm(f"discard {len(items)} dead letters for good?", abort=True, err=True)
+    with click.progressbar(items, label=f"discarding {len(items)}", file=sys.stderr) as bar:
+        for item in bar:
+            dead.remove(item)
+    click.echo(f"discard done: {len(items)} removed")

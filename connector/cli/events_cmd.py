@@ -8,6 +8,7 @@ import click
 import redis
 
 from connector import runtime as process_runtime
+from connector.cli.accounts import known_account
 from connector.profiles import rejected
 
 
@@ -26,6 +27,7 @@ def events() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one document).")
 def rejected_cmd(account_id: str, limit: int, as_json: bool) -> None:
     """Events that had no usable identity (or could not be stored), newest first."""
+    known_account(account_id)
     conn = process_runtime.current().profile_redis
     try:
         items = rejected.latest(conn, account_id, limit)

@@ -9,12 +9,15 @@ from typing import Any
 import click
 import redis
 
-from connector import clock
+from connector import clock, sync
 from connector import runtime as process_runtime
+from connector.cli.accounts import known_account
 from connector.clock import isoformat
 from connector.config import Account
+from connector.destinations import destinations
 from connector.profiles import erasure, identity
 from connector.worker.erasure import erase_person
+from connector.worker.ledger import Ledger
 
 RECENT_EVENTS = 20
 
@@ -38,15 +41,7 @@ def _person_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _account(account_id: str) -> Account:
-    rt = process_runtime.current()
-    account = rt.account(account_id)
-    if account is None:
-        broken = "".join(
-            f"\n  {e.file}: {e.path + ': ' if e.path else ''}{e.reason}" for e in rt.provider.errors
-        )
-        where = f"not in {rt.settings.config_dir}" + (f"; files that do not load:{broken}" if broken else "")
-        raise click.ClickException(f"unknown account {account_id!r} ({where})")
-    return account
+    return known_account(account_id)
 
 
 def _connections(account_id: str) -> tuple[redis.Redis, redis.Redis]:
@@ -142,30 +137,79 @@ def show(
 def export(
     account_id: str, email: str | None, user_id: str | None, anonymous_id: str | None, profile_id: str | None
 ) -> None:
-    """Everything stored about the person, as JSON (an access request)."""
-    conn, _ = _connections(account_id)
+    """Everything kept about the person, as JSON (an access request): the profile (identities,
+    traits, events), segment memberships and computed traits, the segment history, and per
+    destination what was sent there (applied version; tags, lists and fields the connector owns)."""
+    conn, queue_conn = _connections(account_id)
+    account = _account(account_id)
     pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
     document = erasure.export_profile(conn, account_id, pid)
     if document is None:
         raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
-    click.echo(json.dumps(document, indent=2, sort_keys=True))
+    document.update(kept_beyond_profile(conn, queue_conn, account, pid))
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def kept_beyond_profile(
+    conn: redis.Redis, queue_conn: redis.Redis, account: Account, pid: str
+) -> dict[str, Any]:
+    """Memberships, computed traits and segment history (the ledger), and the sync state per destination."""
+    ledger = Ledger(conn)
+    state = ledger.state(account.id, pid)
+    per_destination = {}
+    for name in sorted(destinations(account)):
+        owned = sync.owned_state(queue_conn, account.id, name, pid)
+        per_destination[name] = {
+            "applied_version": sync.applied_version(queue_conn, account.id, name, pid),
+            "owned": owned.to_dict() if owned is not None else None,
+        }
+    return {
+        "memberships": {
+            "version": state.version if state else None,
+            "segments": sorted(state.segments) if state else [],
+        },
+        "computed_traits": dict(state.traits) if state else {},
+        "segment_history": ledger.history(account.id, pid),
+        "destinations": per_destination,
+    }
 
 
 @profiles.command("delete")
 @_person_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_redis_errors
 def delete(
-    account_id: str, email: str | None, user_id: str | None, anonymous_id: str | None, profile_id: str | None
+    account_id: str,
+    email: str | None,
+    user_id: str | None,
+    anonymous_id: str | None,
+    profile_id: str | None,
+    yes: bool,
 ) -> None:
-    """Erase the person from everything the connector keeps, and from every destination; the
-    erasure is logged with a digest, no identifier."""
+    """Erase the person from everything the connector keeps, and from every destination (asks
+    first unless --yes); reports the ESP erasures it queued. The erasure is logged with a digest,
+    no identifier."""
     conn, queue_conn = _connections(account_id)
     account = _account(account_id)
     pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
+    targets = sorted(destinations(account))
+    if not yes:
+        where = f" and ask {', '.join(targets)} to erase them" if targets else ""
+        click.confirm(f"erase profile {pid} of account {account_id}{where}?", abort=True, err=True)
     now = clock.now()
     if not erase_person(conn, queue_conn, account, pid, now, "cli"):
         raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
     click.echo(f"erased profile {pid} at {isoformat(now)}")
+    queued = [name for name in targets if _erasure_waits(queue_conn, account_id, name, pid)]
+    if queued:
+        click.echo(f"ESP erasures queued: {', '.join(queued)} (outcome: `connector dlq list`, sync:erasures)")
+    else:
+        click.echo("ESP erasures queued: none (no destination, or the person had no email address)")
+
+
+def _erasure_waits(queue_conn: redis.Redis, account_id: str, destination: str, pid: str) -> bool:
+    change = sync.pending(queue_conn, account_id, destination).get(pid)
+    return change is not None and change.erase
 
 
 @profiles.command("exports")

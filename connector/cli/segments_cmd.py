@@ -13,12 +13,14 @@ import click
 import rules
 from connector import clock
 from connector import runtime as process_runtime
+from connector.cli.accounts import known_account
 from connector.cli.profiles_cmd import _find, _person_options, _redis_errors
 from connector.cli.rules_cmd import check_rules_file
 from connector.clock import isoformat
 from connector.config import Account
 from connector.errors import MalformedPayload
 from connector.profiles import load_profile
+from connector.suggest import did_you_mean
 from connector.worker import due
 from connector.worker.ledger import Ledger
 from connector.worker.publish import DryRun, dry_run, profiles_from_events, progress, publish, stored_profiles
@@ -36,15 +38,7 @@ def register(cli: click.Group) -> None:
 
 
 def _account(account_id: str) -> Account:
-    rt = process_runtime.current()
-    account = rt.account(account_id)
-    if account is None:
-        broken = "".join(
-            f"\n  {e.file}: {e.path + ': ' if e.path else ''}{e.reason}" for e in rt.provider.errors
-        )
-        where = f"not in {rt.settings.config_dir}" + (f"; files that do not load:{broken}" if broken else "")
-        raise click.ClickException(f"unknown account {account_id!r} ({where})")
-    return account
+    return known_account(account_id)
 
 
 @click.command()
@@ -73,7 +67,8 @@ def explain(
     unknown = [s for s in segment_names if s not in account.ruleset.segment_names]
     if unknown:
         raise click.UsageError(
-            f"unknown segment {unknown[0]!r} (known: {', '.join(account.ruleset.segment_names)})"
+            f"unknown segment `{unknown[0]}`{did_you_mean(unknown[0], account.ruleset.segment_names)}; "
+            f"known: {', '.join(account.ruleset.segment_names)}"
         )
     evaluation = rules.evaluate(profile, account.ruleset, now, explain=True)
     wanted = list(segment_names) or list(account.ruleset.segment_names)

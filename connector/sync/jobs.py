@@ -19,7 +19,15 @@ from connector.destinations import Destination, destinations
 from connector.errors import ConfigError
 from connector.sync.control import is_paused, pause
 from connector.sync.flusher import Flusher
-from connector.sync.keys import ARMED_TTL_SECONDS, JOB_TIME_BUDGET_SECONDS, LOCK_TTL_MS, SEP, key, run_script
+from connector.sync.keys import (
+    ARMED_TTL_SECONDS,
+    JOB_TIME_BUDGET_SECONDS,
+    LOCK_TTL_MS,
+    SEP,
+    key,
+    member,
+    run_script,
+)
 from connector.sync.submit import arm
 
 log = logging.getLogger(__name__)
@@ -51,7 +59,10 @@ def flush_job(
     account = rt.account(account_id)
     dest = destinations(account).get(destination_name) if account else None
     if dest is None:
+        # unknown or removed: the job ends here and nothing arms it again (its waiting changes stay
+        # until the destination is configured again, whose next change arms it)
         conn.delete(armed)
+        conn.zrem("sync:due", member(account_id, destination_name))
         log.warning(
             "sync for an unknown destination", extra={"account": account_id, "destination": destination_name}
         )

@@ -120,7 +120,9 @@ def test_cli_show_export_delete(redis_client, accounts, settings) -> None:
     assert missing.exit_code == 1 and "no profile" in missing.output
     unknown = runner.invoke(cli, ["profiles", "show", "--account", "nope", "--email", "erin@example.com"])
     assert unknown.exit_code == 1 and "unknown account" in unknown.output
-    deleted = runner.invoke(cli, ["profiles", "delete", "--account", "acme", "--email", "erin@example.com"])
+    deleted = runner.invoke(
+        cli, ["profiles", "delete", "--account", "acme", "--email", "erin@example.com", "--yes"]
+    )
     assert deleted.exit_code == 0 and f"erased profile {pid}" in deleted.output
     _assert_gone(redis_client, pid)
 
