@@ -255,8 +255,21 @@ SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (*_ORDER_LIKE, "customer", "orders_to_redact", "orders_requested", "data_request"),
     ),
 }
-# the id type of each resource in Shopify's REST payloads: numbers, except a cart's (its token)
-_ID_TYPES: dict[str, type | tuple[type, ...]] = {"order": int, "customer": int, "cart": str}
+
+
+def _numeric_id(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.isascii() and value.isdigit()
+    )
+
+
+# The id of each resource in Shopify's payloads: a number (or its digits, as in CSV exports), except
+# a cart's, which is its token (hex letters and digits).
+_ID_CHECKS: dict[str, tuple[Any, str]] = {
+    "order": (_numeric_id, "a number"),
+    "customer": (_numeric_id, "a number"),
+    "cart": (lambda value: isinstance(value, str) and not _numeric_id(value), "a string (the cart token)"),
+}
 
 
 def _family(topic: str) -> str:
@@ -277,10 +290,9 @@ def check_shape(topic: str, payload: dict[str, Any]) -> None:
     if missing or extra:
         what = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(extra)}"
         raise MalformedPayload(f"body does not have the shape of a {topic} delivery: it {what}")
-    id_type = _ID_TYPES.get(family)
-    if id_type is not None and (isinstance(payload["id"], bool) or not isinstance(payload["id"], id_type)):
-        kind = "a string (the cart token)" if id_type is str else "a number"
-        raise MalformedPayload(f"body.id of a {topic} delivery must be {kind}")
+    id_check = _ID_CHECKS.get(family)
+    if id_check is not None and not id_check[0](payload["id"]):
+        raise MalformedPayload(f"body.id of a {topic} delivery must be {id_check[1]}")
     if family in ("order", "checkout", "cart") and not isinstance(payload["line_items"], list):
         raise MalformedPayload("body.line_items must be an array")
     if family in ("customers/redact", "customers/data_request"):
