@@ -75,8 +75,21 @@ class MailchimpConfig:
     def url(self) -> str:
         if self.base_url:
             return self.base_url.rstrip("/")
-        dc = self.api_key.rsplit("-", 1)[-1] if "-" in self.api_key else "us1"
-        return f"https://{dc}.api.mailchimp.com/3.0"
+        return f"https://{data_centre(self.api_key)}.api.mailchimp.com/3.0"
+
+
+# A Mailchimp API key ends in ``-<data centre>`` (``-us6``); the suffix becomes the API's host name,
+# so anything else (``-evil.example/x?``) would send the key elsewhere.
+DATA_CENTRE = re.compile(r"^[a-z]+[0-9]+$")
+
+
+def data_centre(api_key: str) -> str:
+    """The data centre an API key belongs to (``us1`` without a suffix); ``ValueError`` when the
+    suffix is not one (the message never quotes the key)."""
+    dc = api_key.rsplit("-", 1)[-1] if "-" in api_key else "us1"
+    if not DATA_CENTRE.fullmatch(dc):
+        raise ValueError("the API key does not end in a Mailchimp data centre (like -us6)")
+    return dc
 
 
 def subscriber_hash(email: str) -> str:

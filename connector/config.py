@@ -5,13 +5,17 @@ the path inside it and the reason. Secrets are referenced by environment variabl
 held in :class:`Secret`, whose ``repr`` never shows the value.
 
 A secret the account owner chooses (see :data:`OWNER_CHOSEN`) must be at least
-:data:`MIN_SECRET_LENGTH` characters, or the file is refused; secrets the sender issues (Shopify's
-and HubSpot's app client secrets, Mandrill's webhook key, a Standard Webhooks ``whsec_`` secret) are
-taken as issued. See docs/senders.md, "Secret strength".
+:data:`MIN_SECRET_LENGTH` characters with at least :data:`MIN_DISTINCT_CHARACTERS` different ones,
+or the file is refused; secrets the sender issues (Shopify's and HubSpot's app client secrets,
+Mandrill's webhook key) are taken as issued. A Standard Webhooks ``whsec_`` secret must be base64
+of at least :data:`MIN_SECRET_BYTES` bytes (Svix issues 24); one without the prefix is owner-chosen.
+No secret may start or end with whitespace. See docs/senders.md, "Secret strength".
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -24,7 +28,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from connector.analytics import settings as analytics_settings
-from connector.destinations import Destination
+from connector.destinations import Destination, check_data_centre
 from connector.destinations import destinations as parse_destinations
 from connector.errors import ConfigError
 from connector.suggest import did_you_mean, schema_problems
@@ -59,6 +63,9 @@ SHOP_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2,}$")
 # sender itself. At least MIN_SECRET_LENGTH characters each.
 OWNER_CHOSEN = frozenset({"segment", "tracking", "rudderstack", "mailchimp", "klaviyo"})
 MIN_SECRET_LENGTH = 16
+MIN_DISTINCT_CHARACTERS = 8  # "x" * 16 or sixteen spaces are no secret
+MIN_SECRET_BYTES = 16  # a Standard Webhooks whsec_ key, decoded
+WHSEC = "whsec_"
 
 
 class Secret:
@@ -230,15 +237,41 @@ def _read_secrets(file: str, sender: str, names: list[str], env: Mapping[str, st
             raise ConfigError(
                 f"environment variable {name} is not set", file=file, path=f"senders.{sender}.secret_env"
             )
-        if sender in OWNER_CHOSEN and len(value) < MIN_SECRET_LENGTH:
+        problem = secret_problem(sender, value)
+        if problem:
             raise ConfigError(
-                f"the secret in environment variable {name} is shorter than {MIN_SECRET_LENGTH} "
-                "characters; use a random one (e.g. `openssl rand -hex 24`)",
+                f"the secret in environment variable {name} {problem}",
                 file=file,
                 path=f"senders.{sender}.secret_env",
             )
         secrets.append(Secret(name, value))
     return tuple(secrets)
+
+
+_RANDOM_ONE = "use a random one (e.g. `openssl rand -hex 24`)"
+
+
+def secret_problem(sender: str, value: str) -> str | None:
+    """Why ``value`` is too weak a secret for ``sender`` (never quoting it), or None."""
+    if value != value.strip():
+        return "starts or ends with whitespace; remove it (a stray newline or space is a different secret)"
+    if sender == "standard_webhooks" and value.startswith(WHSEC):
+        try:
+            key = base64.b64decode(value[len(WHSEC) :], validate=True)
+        except (binascii.Error, ValueError):
+            return f"is not base64 after {WHSEC}; copy the signing secret exactly as the sender shows it"
+        if len(key) < MIN_SECRET_BYTES:
+            return (
+                f"decodes to {len(key)} bytes, fewer than {MIN_SECRET_BYTES}; use the sender's signing "
+                "secret, or a random one (e.g. `echo whsec_$(openssl rand -base64 24)`)"
+            )
+        return None
+    if sender in OWNER_CHOSEN or sender == "standard_webhooks":
+        if len(value) < MIN_SECRET_LENGTH:
+            return f"is shorter than {MIN_SECRET_LENGTH} characters; {_RANDOM_ONE}"
+        if len(set(value)) < MIN_DISTINCT_CHARACTERS:
+            return f"has fewer than {MIN_DISTINCT_CHARACTERS} different characters; {_RANDOM_ONE}"
+    return None
 
 
 def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Account:
@@ -285,8 +318,21 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         analytics=analytics_settings.load(data["analytics"], file),
     )
     # validates the section (ConfigError with file and path), and what it maps against the rules
-    _check_mapped_segments(account, parse_destinations(account))
+    dests = parse_destinations(account)
+    _check_mapped_segments(account, dests)
+    _check_destination_keys(file, dests, env)
     return account
+
+
+def _check_destination_keys(file: str, dests: Mapping[str, Destination], env: Mapping[str, str]) -> None:
+    """A Mailchimp key that is set must end in a data centre (it names the API host)."""
+    for dest in dests.values():
+        key = env.get(dest.api_key_env) if dest.type == "mailchimp" else None
+        if key:
+            try:
+                check_data_centre(dest, key)
+            except ConfigError as err:
+                raise ConfigError(err.reason, file=file, path=err.path) from None
 
 
 def _check_mapped_segments(account: Account, dests: Mapping[str, Destination]) -> None:

@@ -39,7 +39,7 @@ from adapters.base import Adapter
 from adapters.change import CONSENT_UNKNOWN, Change
 from adapters.hubspot import HubSpotAdapter, HubSpotConfig
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
-from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig
+from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, MailchimpConfig, data_centre
 from adapters.ratelimit import RateLimiter
 from adapters.webhook import WebhookAdapter, WebhookConfig
 from connector.analytics.assign import CONTROL, TREATED, VARIANT_NAMES, is_control, variant_index
@@ -442,6 +442,21 @@ def _check_holdouts(file: str, out: Mapping[str, Destination]) -> None:
                 )
 
 
+def check_data_centre(destination: Destination, api_key: str) -> None:
+    """A Mailchimp key's ``-<dc>`` suffix names the API host: refuse one that is no data centre
+    (naming the destination, never the key) unless ``base_url`` replaces the host."""
+    if destination.options.get("base_url"):
+        return
+    try:
+        data_centre(api_key)
+    except ValueError as err:
+        raise ConfigError(
+            f"the key in environment variable {destination.api_key_env} does not end in a Mailchimp "
+            "data centre (like -us6), which names the API host; set base_url to use another host",
+            path=f"destinations.{destination.name}.api_key_env",
+        ) from err
+
+
 def build_adapter(
     destination: Destination,
     limiter: RateLimiter | None,
@@ -470,6 +485,7 @@ def build_adapter(
         triggers = tuple(o["triggers"])
         return WebhookAdapter(WebhookConfig(secret=secret, url=o["url"], triggers=triggers), **kw)
     if destination.type == "mailchimp":
+        check_data_centre(destination, secret)
         mc = MailchimpConfig(
             api_key=secret,
             list_id=o["list_id"],

@@ -14,7 +14,13 @@ from connector.errors import ConfigError
 
 SEG_ENV = "senders.segment.secret_env"
 WK = "write-key-0123456789"
-ENV = {"SEG_SECRET": "s3cr3t-value-for-tests", "WRITE_KEY": WK, "OTHER_KEY": WK, "SHORT": "fifteen-chars-x"}
+ENV = {
+    "SEG_SECRET": "s3cr3t-value-for-tests",
+    "WRITE_KEY": WK,
+    "OTHER_KEY": WK,
+    "SHORT": "fifteen-chars-x",
+    "MC_KEY": "0123456789abcdef0123456789abcdef-us6",
+}
 
 
 def write(tmp_path: Path, name: str, data: object) -> Path:
@@ -99,7 +105,7 @@ def test_a_mailchimp_field_that_cannot_be_a_merge_tag_is_refused_with_its_path(t
     from connector.destinations import destinations
 
     dest = {
-        "api_key_env": "SEG_SECRET",
+        "api_key_env": "MC_KEY",
         "list_id": "aud1",
         "fields": {"ltv": "LTV", "cart_value": "cart value"},
     }
@@ -262,3 +268,92 @@ def test_a_typo_in_a_nested_key_is_reported_as_the_unknown_field(tmp_path: Path)
     err = error(write(tmp_path, "shop", {"destinations": {"mailchimp": mc}}))
     assert err.path == "destinations.mailchimp.api_key_evn"
     assert err.reason == "unknown field `api_key_evn` (did you mean `api_key_env`?)"
+
+
+# -- secrets too weak, whatever their length; Standard Webhooks keys ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(" " * 16, "whitespace"), ("x" * 16, "fewer than 8 different characters"),
+     ("abababababababab", "fewer than 8 different characters"),
+     ("s3cr3t-value-for-tests\n", "whitespace"), (" s3cr3t-value-for-tests", "whitespace")],
+)  # fmt: skip
+def test_owner_chosen_secrets_with_whitespace_or_few_characters_are_refused(
+    tmp_path: Path, value: str, reason: str
+) -> None:
+    for sender in ("segment", "tracking", "mailchimp"):
+        env = {**ENV, "WEAK": value}
+        err = error(write(tmp_path, "shop", {"senders": {sender: {"secret_env": "WEAK"}}}), env)
+        assert err.path == f"senders.{sender}.secret_env"
+        assert "WEAK" in err.reason and reason in err.reason
+        assert not value.strip() or value.strip() not in str(err)
+
+
+def test_issued_secrets_with_whitespace_are_refused(tmp_path: Path) -> None:
+    env = {**ENV, "SHOPIFY": "shpss_0123456789abcdef\n"}
+    err = error(write(tmp_path, "shop", {"senders": {"shopify": {"secret_env": "SHOPIFY"}}}), env)
+    assert err.path == "senders.shopify.secret_env" and "whitespace" in err.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("whsec_", "decodes to 0 bytes"), ("whsec_YQ==", "decodes to 1 bytes"),
+     ("whsec_" + "QUFB" * 5, "decodes to 15 bytes"), ("whsec_x", "not base64"), ("whsec_!!!!", "not base64"),
+     ("abc", "shorter than 16"), ("x" * 20, "fewer than 8 different")],
+)  # fmt: skip
+def test_weak_standard_webhooks_secrets_are_refused(tmp_path: Path, value: str, reason: str) -> None:
+    env = {**ENV, "SW": value}
+    err = error(write(tmp_path, "shop", {"senders": {"standard_webhooks": {"secret_env": "SW"}}}), env)
+    assert err.path == "senders.standard_webhooks.secret_env"
+    assert reason in err.reason
+    assert len(value) < 8 or value not in str(err)
+
+
+def test_standard_webhooks_secrets_of_16_bytes_and_more_load(tmp_path: Path) -> None:
+    import base64
+
+    for value in ("whsec_" + base64.b64encode(b"k" * 16).decode(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                  "owner-chosen-secret-0123"):  # fmt: skip
+        env = {**ENV, "SW": value}
+        path = write(tmp_path, "shop", {"senders": {"standard_webhooks": {"secret_env": "SW"}}})
+        assert load_account_file(path, env).senders["standard_webhooks"].secrets[0].value == value
+
+
+# -- a Mailchimp key's data centre names the API host ------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["evil.example/x?", "us6.evil.example", "US6", "us", "6", "us6 ", "us6#"])
+def test_mailchimp_key_without_a_data_centre_is_refused_at_load(tmp_path: Path, suffix: str) -> None:
+    key = "0123456789abcdef0123456789abcdef-" + suffix
+    env = {**ENV, "MC_KEY": key}
+    dest = {"api_key_env": "MC_KEY", "list_id": "aud1"}
+    err = error(write(tmp_path, "shop", {"destinations": {"mailchimp": dest}}), env)
+    assert err.file == str(tmp_path / "shop.yaml")
+    assert err.path == "destinations.mailchimp.api_key_env"
+    assert "data centre" in err.reason and "MC_KEY" in err.reason
+    assert key not in str(err) and "0123456789abcdef" not in str(err)
+    # the adapter refuses it too, naming no key
+    from adapters.mailchimp import MailchimpConfig
+
+    with pytest.raises(ValueError, match="data centre") as info:
+        MailchimpConfig(api_key=key, list_id="aud1").url()
+    assert key not in str(info.value)
+
+
+def test_mailchimp_key_with_a_data_centre_or_a_base_url_loads(tmp_path: Path) -> None:
+    env = {**ENV, "MC_KEY": "0123456789abcdef0123456789abcdef-us21", "BAD": "k-evil.example"}
+    dests = {
+        "mailchimp": {"api_key_env": "MC_KEY", "list_id": "aud1"},
+        "sandboxed": {"type": "mailchimp", "api_key_env": "BAD", "list_id": "aud1",
+                      "base_url": "http://127.0.0.1:8901/3.0", "sandbox": True},
+    }  # fmt: skip
+    from connector.destinations import destinations
+
+    account = load_account_file(write(tmp_path, "shop", {"destinations": dests}), env)
+    assert set(destinations(account)) == {"mailchimp", "sandboxed"}
+    from adapters.mailchimp import MailchimpConfig
+
+    assert (
+        MailchimpConfig(api_key=env["MC_KEY"], list_id="aud1").url() == "https://us21.api.mailchimp.com/3.0"
+    )
