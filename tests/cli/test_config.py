@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -357,3 +358,57 @@ def test_mailchimp_key_with_a_data_centre_or_a_base_url_loads(tmp_path: Path) ->
     assert (
         MailchimpConfig(api_key=env["MC_KEY"], list_id="aud1").url() == "https://us21.api.mailchimp.com/3.0"
     )
+
+
+def _validate(directory: Path) -> Any:
+    _register()
+    return CliRunner().invoke(cli, ["config", "validate", str(directory)])
+
+
+def test_validate_says_an_empty_directory_holds_no_accounts(tmp_path: Path) -> None:
+    result = _validate(tmp_path)
+    assert result.exit_code == 1
+    assert "holds no accounts" in result.output
+
+
+def test_validate_reports_a_destination_whose_key_variable_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEG_SECRET", ENV["SEG_SECRET"])
+    monkeypatch.delenv("SHOP_MC_KEY_UNSET", raising=False)
+    mc = {"api_key_env": "SHOP_MC_KEY_UNSET", "list_id": "a1"}
+    write(
+        tmp_path,
+        "shop",
+        {"senders": {"segment": {"secret_env": "SEG_SECRET"}}, "destinations": {"mailchimp": mc}},
+    )
+    result = _validate(tmp_path)
+    assert result.exit_code == 1
+    assert (
+        "destinations.mailchimp.api_key_env: environment variable SHOP_MC_KEY_UNSET is not set"
+        in result.output
+    )
+    assert "ok: shop" not in result.output
+
+
+def test_validate_warns_about_an_event_never_received_with_did_you_mean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: Any
+) -> None:
+    from connector.profiles.store import NameCodes
+
+    NameCodes(redis_client).codes("shop", {"product_viewed", "order_completed"})  # what the workers record
+    typo = {
+        "name": "shoe_browsers",
+        "when": {"count": {"event": "prodcut_viewed", "within": "10m", "gte": 3}},
+    }
+    write(tmp_path, "shop", {"rules": {"segments": [typo]}})
+    result = _validate(tmp_path)
+    assert result.exit_code == 0, result.output  # a warning, not an error
+    assert "ok: shop" in result.output
+    assert (
+        "WARNING "
+        + str(tmp_path / "shop.yaml")
+        + ": rules.segments[0].when.count.event: event `prodcut_viewed` "
+        "was never received by shop and no template uses it (did you mean `product_viewed`?); "
+        "names seen: order_completed, product_viewed"
+    ) in result.output
