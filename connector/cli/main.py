@@ -25,6 +25,7 @@ def _register() -> None:
         dlq_cmd,
         events_cmd,
         import_cmd,
+        predict_cmd,
         profiles_cmd,
         rules_cmd,
         run_cmd,
@@ -47,6 +48,7 @@ def _register() -> None:
         segments_cmd,
         analytics_cmd,
         tokens_cmd,
+        predict_cmd,
     ):
         module.register(cli)
 

@@ -38,7 +38,8 @@ def worker(burst: bool) -> None:
 
     configure_logging()
     conn = process_runtime.current().queue_redis  # RQ jobs run on this process's runtime
-    queues = [Queue(name, connection=conn) for name in ("reevaluate", "events", "sync", "backfill")]
+    names = ("reevaluate", "events", "sync", "backfill", "predict")  # served in this order; predict last
+    queues = [Queue(name, connection=conn) for name in names]
     SimpleWorker(queues, connection=conn).work(burst=burst, with_scheduler=False)
 
 

@@ -24,6 +24,7 @@ from rq import Queue
 
 from connector import clock
 from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key, stream_key
+from connector.predict import jobs as predict_jobs
 from connector.runtime import Runtime
 from connector.worker import due, jobs
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 
 Task = Callable[[datetime], int]
-TASKS: list[Task] = []
+TASKS: list[Task] = [predict_jobs.daily]  # each account's predictions, trained once a day
 
 
 # Takes the pump of a shard whose flag is down or stale (compare-and-set, so that two schedulers

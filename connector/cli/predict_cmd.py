@@ -1,0 +1,122 @@
+"""``connector predict train|report|explain``: predictive traits of an account (docs/predict.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from connector import clock
+from connector import runtime as process_runtime
+
+
+def _minimum(repeat_customers: int, history_days: int) -> Any:
+    from connector.predict.train import Minimum
+
+    return Minimum(repeat_customers=repeat_customers, history_days=history_days)
+
+
+def _account(account: str) -> None:
+    if process_runtime.current().account(account) is None:
+        raise click.BadParameter(f"unknown account {account!r}", param_hint="--account")
+
+
+MIN_OPTIONS = [
+    click.option(
+        "--min-repeat-customers", default=100, show_default=True, help="Customers with a repeat order."
+    ),
+    click.option("--min-days", default=180, show_default=True, help="Days of order history."),
+]
+
+
+def _with_minimum(f: Any) -> Any:
+    for option in reversed(MIN_OPTIONS):
+        f = option(f)
+    return f
+
+
+@click.group()
+def predict() -> None:
+    """Predictive traits: churn risk, expected orders, next order date, CLV, RFM."""
+
+
+@predict.command("train")
+@click.option("--account", required=True)
+@_with_minimum
+def train_cmd(account: str, min_repeat_customers: int, min_days: int) -> None:
+    """Fit the account's models on its stored history now and store every customer's traits."""
+    from connector.predict.train import train_account
+
+    _account(account)
+    rt = process_runtime.current()
+    from connector.profiles import iter_profile_ids
+
+    total = sum(1 for _ in iter_profile_ids(rt.profile_redis, account))
+    with click.progressbar(length=max(total, 1), label="profiles") as bar:
+        result = train_account(
+            rt.profile_redis, account, clock.now(), bar.update, _minimum(min_repeat_customers, min_days)
+        )
+    if not result.trained:
+        click.echo(f"no predictions for {account}: " + "; ".join(result.missing))
+        raise SystemExit(1)
+    meta = result.meta or {}
+    click.echo(f"trained {meta['model_version']} on {result.customers} customers")
+    click.echo(json.dumps(meta["params"], indent=2))
+
+
+@predict.command("report")
+@click.option("--account", required=True)
+@click.option("--holdout-days", default=90.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_with_minimum
+def report_cmd(
+    account: str, holdout_days: float, as_json: bool, min_repeat_customers: int, min_days: int
+) -> None:
+    """Backtest: fit before the last ``--holdout-days`` and measure the predictions on them."""
+    from connector.predict.backtest import report
+
+    _account(account)
+    rt = process_runtime.current()
+    found = report(
+        rt.profile_redis, account, clock.now(), holdout_days, _minimum(min_repeat_customers, min_days)
+    )
+    if as_json:
+        click.echo(json.dumps({"account": account, "missing": found.missing, **found.metrics}, indent=2))
+    elif found.missing:
+        click.echo(
+            f"no prediction for {account} as of {found.cutoff:%Y-%m-%d}; missing: " + "; ".join(found.missing)
+        )
+    else:
+        click.echo(
+            f"{account}: fitted before {found.cutoff:%Y-%m-%d}, {found.customers} customers, "
+            f"holdout {holdout_days:g} days"
+        )
+        for key, value in found.metrics.items():
+            if key not in ("value_deciles", "params"):
+                click.echo(f"  {key}: {value}")
+        click.echo("  value by decile of prediction (predicted / actual):")
+        for row in found.metrics["value_deciles"]:
+            click.echo(f"    {row['decile']:>2}  {row['predicted']:>10}  {row['actual']:>10}")
+    if found.missing:
+        raise SystemExit(1)
+
+
+@predict.command("explain")
+@click.option("--account", required=True)
+@click.option("--profile", "profile_id", required=True, help="Profile id.")
+def explain_cmd(account: str, profile_id: str) -> None:
+    """A profile's predicted values with their inputs and the model version."""
+    from connector.predict import explain, render_explain
+
+    _account(account)
+    found = explain(process_runtime.current().profile_redis, account, profile_id, clock.now())
+    if found is None:
+        click.echo(f"no prediction for profile {profile_id} (no order, or no training yet)")
+        raise SystemExit(1)
+    for line in render_explain(found):
+        click.echo(line)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(predict)
