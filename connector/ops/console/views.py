@@ -132,7 +132,11 @@ def login() -> Any:
     csrf = session.login_csrf(response)
     response.set_data(
         render_template(
-            "console/login.html", token=None, csrf=csrf, error=error, next=request.args.get("next", "")
+            "console/login.html",
+            token=None,
+            csrf=csrf,
+            error=error,
+            next=request.form.get("next") or request.args.get("next", ""),
         )
     )
     return response

@@ -1,0 +1,225 @@
+"""The console in a real browser: Debian's Chromium driven by Playwright, against the real app
+(werkzeug server in a thread on an ephemeral port) and real Redis; the worker drains in-process.
+
+Screenshots of each page go to the test's temporary directory, or to ``CONSOLE_SCREENSHOTS_DIR``
+when set (``CONSOLE_SCREENSHOTS_DIR=docs pytest tests/ops/console/test_browser.py`` refreshes the
+README's images). Skipped, with the reason, only when Chromium or Playwright is missing; CI
+installs both (.ci/run, the dev extras).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from werkzeug.serving import make_server
+
+from connector import clock
+from connector.ingest.queue import EventQueue
+from connector.ingest.receivers.segment import sign
+from connector.sync.deadletters import DeadLetters
+from connector.worker.jobs import drain_events
+from tests.conftest import ACME_ENV
+from tests.ingest.signing import signed
+from tests.ops.api.conftest import Mint
+
+CHROMIUM = os.environ.get("CONNECTOR_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+)
+if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+    pytest.skip(
+        f"chromium not found at {CHROMIUM}: apt-get install -y chromium (CI installs it in .ci/run)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def server(api_app: Any) -> Iterator[str]:
+    http = make_server("127.0.0.1", 0, api_app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_port}"
+    http.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture
+def page(browser: Any, tmp_path: Path) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(5000)
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def shot(page: Any, name: str, tmp_path: Path) -> None:
+    directory = Path(os.environ.get("CONSOLE_SCREENSHOTS_DIR") or tmp_path)
+    path = directory / f"console-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 5000
+
+
+def log_in(page: Any, base: str, secret: str) -> None:
+    page.goto(f"{base}/console/")
+    page.fill("#token", secret)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/console/a/acme/$"))
+
+
+def order(base: str, n: int, revenue: float) -> None:
+    body = json.dumps(
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "messageId": f"order-{n}",
+            "userId": f"buyer-{n}",
+            "context": {"traits": {"email": f"buyer{n}@example.com"}},
+            "properties": {"revenue": revenue},
+            "timestamp": "2024-03-01T11:00:00Z",
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Signature": sign(ACME_ENV["ACME_SEGMENT_SECRET"].encode(), body),
+    }
+    import httpx
+
+    answer = httpx.post(f"{base}/webhooks/acme/segment", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+
+
+def drain(redis_client: redis.Redis) -> None:
+    for shard in range(EventQueue(redis_client, 4).shards):
+        drain_events(shard, conn=redis_client)
+
+
+def size_cell(page: Any) -> str:
+    return str(page.inner_text('tr[data-segment="vip"] td.size')).strip()
+
+
+def test_a_walk_through_the_console(
+    browser: Any, page: Any, server: str, mint: Mint, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    log_in(page, server, mint("editor", "acme"))
+
+    # two signed orders arrive and the worker applies them; find one of the buyers
+    page.click("text=Segments")
+    before = int(size_cell(page))
+    for n in (1, 2):
+        order(server, n, 150.0 * n)
+    drain(redis_client)
+    page.click("nav >> text=People")
+    page.fill("input[name=email]", "buyer2@example.com")
+    page.click("text=Find")
+
+    # the person: timeline with the order and the entry, and the explanation in words
+    page.wait_for_url(re.compile(r".*/people/.*"))
+    timeline = page.inner_text("#timeline")
+    assert "order_completed" in timeline and "entered vip" in timeline
+    assert "In vip" in page.inner_text("ul.explain")
+    shot(page, "person", tmp_path)
+
+    # live events: a refused delivery shows with its real reason
+    page.click("text=Live events")
+    page.wait_for_selector("#live tbody tr")  # the backlog: the two orders
+    path, headers = signed("shopify", b'{"id": 7}')
+    del headers["X-Shopify-Topic"]
+    import httpx
+
+    assert httpx.post(server + path, content=b'{"id": 7}', headers=headers).status_code == 401
+    page.select_option("#f-outcome", "refused")
+    refused = page.wait_for_selector("#live tbody tr.refused:not([hidden])", timeout=3000)
+    assert "X-Shopify-Topic" in refused.inner_text()
+    assert page.locator("#live tbody tr.accepted:not([hidden])").count() == 0
+    page.select_option("#f-outcome", "")
+    shot(page, "live", tmp_path)
+
+    # dead letters: inspect one, replay it
+    change = {
+        "account": "acme",
+        "destination": "mailchimp",
+        "profile_id": "p1",
+        "version": 1,
+        "email": "a@x.test",
+    }
+    dead = DeadLetters(redis_client)
+    item = dead.put(
+        "sync:mailchimp", "429 too many requests", {"change": change}, clock.now(), account="acme"
+    )
+    page.click("text=Overview")
+    assert "1 dead letters" in page.inner_text("ul.attention")
+    assert "shopify: 1 of the latest" in page.inner_text("ul.attention")
+    shot(page, "overview", tmp_path)
+    page.click("text=Dead letters")
+    shot(page, "deadletters", tmp_path)
+    page.check(f'input[value="{item}"]')
+    page.click("text=Replay selected")
+    assert "1 selected; 1 queued" in page.inner_text("main")
+    assert dead.get(item) is None
+    page.click("text=Segments")
+    assert int(size_cell(page)) >= before
+    shot(page, "segments", tmp_path)
+    page.click('tr[data-segment="vip"] a')
+    assert '"threshold": 100' in page.inner_text("pre.definition")
+    shot(page, "segment", tmp_path)
+
+
+def test_a_viewer_sees_no_replay_and_login_screens(
+    page: Any, server: str, mint: Mint, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    page.goto(f"{server}/console/a/acme/segments")
+    assert "/console/login" in page.url
+    page.fill("#token", "sc_000000000000_" + "x" * 43)
+    page.click("button[type=submit]")
+    assert "not valid" in page.inner_text(".alert")
+    shot(page, "login", tmp_path)
+    page.fill("#token", mint("viewer", "acme"))
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/console/a/acme/segments$"))  # back where it was going
+    DeadLetters(redis_client).put("sync:mailchimp", "400 bad", {"change": {}}, clock.now(), account="acme")
+    page.click("text=Dead letters")
+    assert page.locator("text=Replay selected").count() == 0
+    assert "need an editor token" in page.inner_text("main")
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the worker does not keep segment sizes yet (docs/api.md, 'Not wired yet'); the members show it",
+)
+def test_a_segments_size_grows_as_signed_webhooks_arrive(
+    page: Any, server: str, mint: Mint, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    log_in(page, server, mint("viewer", "acme"))
+    page.click("text=Segments")
+    assert size_cell(page) == "0"
+    order(server, 10, 500.0)
+    drain(redis_client)
+    page.reload()
+    assert size_cell(page) == "1"
+    page.click('tr[data-segment="vip"] a')
+    assert "buyer10@example.com" in page.inner_text("#members")
