@@ -81,6 +81,9 @@ def _seed_config(data_dir: Path, destinations: dict[str, Any] | None = None) -> 
 def _start_sandbox(ports: dict[str, int]) -> Any:
     from connector.dev.sandbox.process import ENV, start_sandbox
 
+    for port in ports.values():
+        if port:
+            _check_port(port, "--sandbox-ports (or --no-sandbox)")
     try:
         sandbox = start_sandbox(ports=ports, lists=SANDBOX_LISTS)
     except OSError as err:

@@ -1,0 +1,124 @@
+"""One way to find configuration and Redis: explicit settings, else the running ``connector dev``
+(found through the data directory, the nearest ``.connector`` up from the working directory), else
+an error naming REDIS_URL; port conflicts name the flag that fixes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.dev import devenv
+from connector.errors import ConfigError
+from connector.settings import Settings
+
+CONNECTOR = str(Path(sys.executable).parent / "connector")
+
+
+@pytest.fixture
+def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No REDIS_URL, no config dir, a working directory of its own inside a repository-like tree."""
+    for name in ("REDIS_URL", "CONNECTOR_CONFIG_DIR", "CONNECTOR_DATA_DIR", "CONNECTOR_QUEUE_REDIS_URL",
+                 "CONNECTOR_PROFILE_REDIS_URL"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    repo = tmp_path / "repo"
+    (repo / "sub" / "dir").mkdir(parents=True)
+    monkeypatch.chdir(repo / "sub" / "dir")
+    return repo
+
+
+def _running(repo: Path, pid: int) -> Path:
+    data = repo / ".connector"
+    (data / "accounts").mkdir(parents=True)
+    state = {"pid": pid, "redis_url": "redis://:pw@127.0.0.1:6390/0", "config_dir": str(data / "accounts")}
+    (data / "dev.json").write_text(json.dumps(state))
+    return data
+
+
+def test_without_redis_url_or_a_running_dev_the_settings_name_redis_url(bare: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env()
+    assert "REDIS_URL is not set" in str(info.value) and "connector dev" in str(info.value)
+
+
+def test_the_running_dev_is_found_from_anywhere_in_the_repository(bare: Path) -> None:
+    data = _running(bare, os.getpid())
+    assert devenv.data_dir().resolve() == data.resolve()
+    settings = Settings.from_env()
+    assert settings.queue_redis_url == "redis://:pw@127.0.0.1:6390/0"
+    assert settings.config_dir == (data / "accounts").resolve()
+    described = settings.describe()
+    assert "pw" not in described and "redis://:***@127.0.0.1:6390/0" in described
+    assert "the running connector dev" in described
+    # creating config/accounts does not switch a command away from the accounts the dev runs
+    (Path.cwd() / "config" / "accounts").mkdir(parents=True)
+    assert Settings.from_env().config_dir == (data / "accounts").resolve()
+
+
+def test_explicit_settings_win_and_a_dead_dev_is_ignored(bare: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _running(bare, dead.pid)
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        Settings.from_env()
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6391/0")
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", "/etc/connector/accounts")
+    settings = Settings.from_env()
+    assert settings.queue_redis_url == "redis://127.0.0.1:6391/0"
+    assert settings.config_dir == Path("/etc/connector/accounts")
+    assert "(from REDIS_URL)" in settings.describe() and "(from CONNECTOR_CONFIG_DIR)" in settings.describe()
+
+
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "CONNECTOR_"))}
+    env["CONNECTOR_DATA_DIR"] = str(tmp_path / "data")
+    return env
+
+
+@pytest.mark.parametrize("command", [["worker", "--burst"], ["scheduler"], ["dlq", "list"]])
+def test_processes_without_redis_say_so_and_exit_non_zero(tmp_path: Path, command: list[str]) -> None:
+    done = subprocess.run([CONNECTOR, *command], env=_clean_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0
+    assert b"REDIS_URL is not set" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+def test_a_process_states_its_config_and_redis_at_start(tmp_path: Path, redis_url: str) -> None:
+    env = {**_clean_env(tmp_path), "REDIS_URL": redis_url, "CONNECTOR_CONFIG_DIR": str(tmp_path)}
+    done = subprocess.run([CONNECTOR, "dlq", "list"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first = done.stderr.decode().splitlines()[0]
+    assert first.startswith(f"connector: config {tmp_path.resolve()} (from CONNECTOR_CONFIG_DIR); redis ")
+    assert "(from REDIS_URL)" in first
+
+
+def _taken() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_port_conflicts_name_the_flag_that_fixes_them(tmp_path: Path) -> None:
+    env = _clean_env(tmp_path)
+    with _taken() as web:
+        port = web.getsockname()[1]
+        done = subprocess.run([CONNECTOR, "dev", "--no-sandbox", "--port", str(port)], env=env, cwd=tmp_path,
+                              capture_output=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and b"--port" in done.stderr, done.stderr
+    with _taken() as fake:
+        taken = fake.getsockname()[1]
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            web_port = free.getsockname()[1]
+        ports = f"{taken},0,0"
+        done = subprocess.run([CONNECTOR, "dev", "--port", str(web_port), "--sandbox-ports", ports], env=env,
+                              cwd=tmp_path, capture_output=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and b"--sandbox-ports" in done.stderr, done.stderr
+    assert not (tmp_path / "data" / "dev.json").exists()
