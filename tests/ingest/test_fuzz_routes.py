@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector import clock
-from connector.errors import Unauthorized
+from connector.errors import MalformedPayload, Unauthorized
 from connector.ingest.receivers import REGISTRY
 from connector.ingest.receivers.shopify import TOPICS
 from tests.conftest import ACME_ENV, FIXED_NOW
@@ -224,7 +224,7 @@ def test_signed_payloads_never_500(client, redis_client, sender) -> None:  # typ
         )
         try:
             headers = receiver.sign(SECRETS[sender], body, url=url, now=FIXED_NOW)
-        except Unauthorized:
+        except (Unauthorized, MalformedPayload):
             return  # nothing a sender could sign (e.g. Segment's empty batch)
         target = path
         if sender == "mailchimp":

@@ -145,3 +145,23 @@ def test_body_over_limit_is_413(client, redis_client) -> None:  # type: ignore[n
     res = post(client, "acme", body, {"X-Signature": "00"})
     assert res.status_code == 413
     assert res.json["error"] == "payload_too_large"
+
+
+def test_batch_without_a_first_element_to_verify_is_400_not_401(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Nested deeper than the parser's limit, not JSON, or empty: the body alone decides, so the answer
+    is the same 400 whatever the signature and the account (nothing about either is told)."""
+    secret = b"segment_shared_secret_123"
+    deep = b"[" + b'{"a":' * 70 + b"1" + b"}" * 70 + b"]"
+    bodies = {deep: "nested deeper than 64 levels", b"[" * 200_000: "nested deeper than 64 levels",
+              b"[nope, 1]": "no first element", b"[]": "no first element"}  # fmt: skip
+    for body, reason in bodies.items():
+        for signature, account in (
+            ("0" * 40, "acme"),
+            (sign_whole(secret, body), "acme"),
+            ("0" * 40, "nosuch"),
+        ):
+            headers = {"Content-Type": "application/json", "X-Signature": signature}
+            res = post(client, account, body, headers)
+            assert res.status_code == 400, (body[:20], account, res.json)
+            assert reason in res.json["message"] and "signature" not in res.json["message"]
+    assert stored_events(redis_client) == []

@@ -16,15 +16,17 @@ from datetime import datetime
 from typing import ClassVar
 
 from connector.config import Account, SenderConfig
-from connector.errors import Unauthorized
+from connector.errors import MalformedPayload, Unauthorized
 from connector.event import Event
 from connector.ingest.receivers.base import (
+    MAX_JSON_DEPTH,
     WHOLE_BODY,
     Inbound,
     Proof,
     Receiver,
     hmac_digest,
     matches_any,
+    nested_deeper_than,
     require_json,
 )
 from connector.ingest.receivers.spec import SPEC_TYPES, normalize_body
@@ -36,7 +38,14 @@ def first_element_bytes(body: bytes) -> bytes:
     """The raw bytes of the first element of a JSON array body (what Segment Actions signs).
 
     Bytes that are not UTF-8 are carried through unchanged (``surrogateescape``), so such a body
-    still verifies and is then refused by the parser with a 400 that says so."""
+    still verifies and is then refused by the parser with a 400 that says so.
+
+    A body with no first element to cut (nested deeper than the parser's limit, not JSON, an empty
+    array) is a 400 saying so, before verification: it is a property of the body alone, the same
+    whatever the secret or the account, so it tells nothing about either; answering 401 would
+    blame a signature for what the parser refuses."""
+    if nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise MalformedPayload(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     text = body.decode("utf-8", "surrogateescape")
     start = 1
     while start < len(text) and text[start] in " \t\r\n":
@@ -44,7 +53,9 @@ def first_element_bytes(body: bytes) -> bytes:
     try:
         _, end = json.JSONDecoder().raw_decode(text, start)
     except (ValueError, RecursionError) as err:
-        raise Unauthorized("batch body has no signable first element") from err
+        raise MalformedPayload(
+            "batch body has no first element that is JSON (Segment signs the first)"
+        ) from err
     return text[start:end].encode("utf-8", "surrogateescape")
 
 
