@@ -31,8 +31,15 @@ def main() -> None:
     now = 1_700_000_000.0
     first = now - sim.T * DAY
     summary = Summary(
-        [f"p{i}" for i in range(n)], first, first + sim.t_x * DAY, sim.x, sim.t_x, sim.T, mbar,
-        mbar * (sim.x + 1), sim.x + 1,
+        [f"p{i}" for i in range(n)],
+        first,
+        first + sim.t_x * DAY,
+        sim.x,
+        sim.t_x,
+        sim.T,
+        mbar,
+        mbar * (sim.x + 1),
+        sim.x + 1,
     )
     t0 = time.perf_counter()
     fitted = train.fit(summary)
@@ -43,12 +50,16 @@ def main() -> None:
     churned = ~sim.alive
     model_auc = models.auc(1.0 - scores.p_active, churned)
     base_auc = models.auc(sim.T - sim.t_x, churned)
-    print(f"customers: {n}, distinct (x, t_x, T) rows: {len(np.unique(np.column_stack([sim.x, sim.t_x, sim.T]), axis=0))}")
+    distinct = len(np.unique(np.column_stack([sim.x, sim.t_x, sim.T]), axis=0))
+    print(f"customers: {n}, distinct (x, t_x, T) rows: {distinct}")
     print(f"fitted: {fitted.params()}")
     print(f"training (fit on sufficient statistics): {t1 - t0:.2f} s")
-    print(f"scoring + packing {len(records)} records: {t2 - t1:.2f} s -> 1,000,000 profiles ~ {(t2 - t1) * 1e6 / n:.0f} s")
-    print(f"churn AUC: model {model_auc:.3f}, baseline days since last order {base_auc:.3f}, "
-          f"difference {model_auc - base_auc:+.3f} (true churn rate {churned.mean():.3f})")
+    per_million = (t2 - t1) * 1e6 / n
+    print(f"scoring + packing {len(records)} records: {t2 - t1:.2f} s -> 1,000,000 ~ {per_million:.0f} s")
+    print(
+        f"churn AUC: model {model_auc:.3f}, baseline days since last order {base_auc:.3f}, "
+        f"difference {model_auc - base_auc:+.3f} (true churn rate {churned.mean():.3f})"
+    )
 
 
 if __name__ == "__main__":
