@@ -103,6 +103,8 @@ def read(
     """Newest first, entries visible to ``scope``, older than the entry id ``before``; with the
     cursor of the next page (None at the end). Reads at most ``20 * limit`` entries per call."""
     out: list[Entry] = []
+    if before is not None and all(part.strip("0") == "" for part in before.split("-")):
+        return out, None  # nothing is older than the stream's first possible id (0-0)
     top = f"({before}" if before else "+"
     budget = 20 * limit
     while len(out) < limit and budget > 0:
