@@ -82,5 +82,5 @@ def test_connector_sign_uses_the_header_the_account_configured(
     (tmp_path / "body.json").write_text(json.dumps(MESSAGE))
     result = CliRunner().invoke(sign, ["rudderstack", str(tmp_path / "body.json"), "--account", "shop"])
     assert result.exit_code == 0, result.output
-    headers = dict(line.split(": ", 1) for line in result.output.splitlines())
+    headers = dict(line.split(": ", 1) for line in result.stdout.splitlines())
     assert headers == {"X-RS-Key": KEY, "Content-Type": "application/json"}
