@@ -6,14 +6,16 @@ destinations and the audit trail (``connector segments history``).
 
 Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``v`` version,
 ``s`` segments JSON, ``t`` traits JSON, ``r`` profile revision, ``e`` instant evaluated and ``c``
-contact digest) and ``lhist:{acct:pid}`` (stream of changes, capped at ``HISTORY_MAXLEN``; what the
-cap drops is counted).
+contact digest) and ``lhist:{acct:pid}`` (list of changes, oldest first, capped at
+``HISTORY_MAXLEN``; what the cap drops is counted).
 
-A history entry holds only what changed, in three short fields: ``v`` the version, ``at`` the
-instant evaluated (microseconds since the epoch) and ``d`` the segment moves and trait changes:
+A history entry holds only what changed, in one string: the version, the instant evaluated
+(microseconds since the epoch) and the segment moves and trait changes, separated by spaces:
 ``+name`` entered, ``-name`` exited (comma-separated), then, after a record separator, the changed
-computed traits as compact JSON (omitted when none changed). Entries written before this form
-(``old_s``/``new_s``/``old_t``/``new_t`` with the whole state) are still read.
+computed traits as compact JSON (omitted when none changed). A small list is stored as one packed
+block sized to its entries (a stream preallocates 4 KB per profile). Histories written earlier are
+streams (entries with ``old_s``/``new_s``/``old_t``/``new_t``, the whole state); they are still read
+and take the new entries as stream entries ``v``, ``at``, ``d``.
 
 Recording many profiles is one round trip per Redis server: the stored states are read in one
 pipeline, the diffs computed here, and one script per profile compares the state it finds with the
@@ -69,9 +71,18 @@ v = v + 1
 redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
 local trimmed = 0
 if not same and not (first and ARGV[1] == '[]') then
-  redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
-  -- one entry per version at most: a stream can only be over the cap once the version is
-  if v > tonumber(ARGV[5]) then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5]) end
+  local cap = tonumber(ARGV[5])
+  local n = redis.pcall('RPUSH', KEYS[2], v .. ' ' .. ARGV[4] .. ' ' .. ARGV[11])
+  if type(n) == 'number' then
+    if n > cap then
+      redis.call('LTRIM', KEYS[2], n - cap, -1)
+      trimmed = n - cap
+    end
+  else
+    -- a history kept as a stream (the earlier form) goes on as one
+    redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
+    if v > cap then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5]) end
+  end
 end
 return {v, trimmed}
 """
@@ -267,12 +278,22 @@ class Ledger:
     def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
         """The latest ``count`` changes, oldest first: version, instant, segments entered and exited,
         computed traits changed (with their new values)."""
-        rows = self.conn.xrevrange(history_key(account, profile_id), count=count)
+        key = history_key(account, profile_id)
+        if self.conn.type(key) in (b"stream", "stream"):
+            rows = self.conn.xrevrange(key, count=count)
+            items = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in reversed(rows)]
+            return [{"version": int(i["v"]), **(_read(i) if "d" in i else _read_legacy(i))} for i in items]
         out = []
-        for _, fields in reversed(rows):
-            item = {k.decode(): v.decode() for k, v in fields.items()}
-            out.append({"version": int(item["v"]), **(_read(item) if "d" in item else _read_legacy(item))})
+        for raw in self.conn.lrange(key, -count, -1):
+            version, at, change = raw.decode().split(" ", 2)
+            out.append({"version": int(version), **_read({"at": at, "d": change})})
         return out
+
+    def history_length(self, account: str, profile_id: str) -> int:
+        key = history_key(account, profile_id)
+        return int(
+            self.conn.xlen(key) if self.conn.type(key) in (b"stream", "stream") else self.conn.llen(key)
+        )
 
     def delete(self, account: str, profile_id: str) -> None:
         self.conn.delete(ledger_key(account, profile_id), history_key(account, profile_id))

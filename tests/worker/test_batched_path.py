@@ -117,9 +117,10 @@ def test_history_entries_are_compact_and_read_back_in_the_same_shape(redis_clien
     ledger.record("acme", "p1", frozenset({"vip", "active"}), {"ltv": 120.0, "n": 1}, T0, revision=1)
     later = T0 + timedelta(hours=1, microseconds=7)
     ledger.record("acme", "p1", frozenset({"vip", "new"}), {"ltv": 150.0, "n": 1}, later, revision=2)
-    rows = redis_client.xrange(history_key("acme", "p1"))
-    assert [sorted(fields) for _, fields in rows] == [[b"at", b"d", b"v"]] * 2
-    assert rows[1][1][b"d"] == b'+new,-active\x1e{"ltv":150.0}'
+    rows = redis_client.lrange(history_key("acme", "p1"), 0, -1)
+    assert rows == [b'1 1709290800000000 +active,+vip\x1e{"ltv":120.0,"n":1}',
+                    b'2 1709294400000007 +new,-active\x1e{"ltv":150.0}']  # fmt: skip
+    assert redis_client.memory_usage(history_key("acme", "p1")) < 400  # a stream starts at about 4.7 KB
     assert ledger.history("acme", "p1") == [
         {"version": 1, "at": "2024-03-01T11:00:00Z", "entered": ["active", "vip"], "exited": [],
          "traits": {"ltv": 120.0, "n": 1}},
@@ -132,9 +133,14 @@ def test_history_entries_written_with_the_whole_state_are_still_read(redis_clien
     old = {"v": 3, "at": "2024-03-01T11:00:00Z", "old_s": '["a"]', "new_s": '["b"]',
            "old_t": '{"x":1}', "new_t": '{"x":2}'}  # fmt: skip
     redis_client.xadd(history_key("acme", "p1"), old)
-    assert Ledger(redis_client).history("acme", "p1") == [
-        {"version": 3, "at": "2024-03-01T11:00:00Z", "entered": ["b"], "exited": ["a"], "traits": {"x": 2}}
+    redis_client.hset(ledger_key("acme", "p1"), mapping={"v": 3, "s": '["b"]', "t": '{"x":2}', "r": 1})
+    ledger = Ledger(redis_client)
+    ledger.record("acme", "p1", frozenset({"c"}), {"x": 2}, T0, revision=2)
+    assert ledger.history("acme", "p1") == [
+        {"version": 3, "at": "2024-03-01T11:00:00Z", "entered": ["b"], "exited": ["a"], "traits": {"x": 2}},
+        {"version": 4, "at": "2024-03-01T11:00:00Z", "entered": ["c"], "exited": ["b"], "traits": {}},
     ]
+    assert ledger.history_length("acme", "p1") == 2
 
 
 class RacedLedger(Ledger):
