@@ -48,9 +48,9 @@ def test_applying_a_batch_twice_has_no_double_effect(redis_client, accounts) -> 
 
 def test_retention_by_count_and_age(redis_client, tmp_path: Path, monkeypatch) -> None:
     for key, value in {
-        "ACME_SEGMENT_SECRET": "s" * 24,
-        "ACME_SEGMENT_SECRET_OLD": "t" * 24,
-        "ACME_WRITE_KEY": "w" * 24,
+        "ACME_SEGMENT_SECRET": "segment_shared_secret_123",
+        "ACME_SEGMENT_SECRET_OLD": "segment_previous_secret_456",
+        "ACME_WRITE_KEY": "acme-write-key-7f3a",
     }.items():
         monkeypatch.setenv(key, value)
     account = {
