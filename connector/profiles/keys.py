@@ -9,7 +9,8 @@ atomically. The identity index and the per-account logs are separate keys.
                           event name (``f:<code>`` / ``l:<code>``), tombstones (``m`` merged into,
                           ``x`` erased), ``k`` ids of the latest identify/alias events
                           (for erasing their dedupe markers)
-  ``h:{acct:pid}``        sorted set: the event history (score = occurred_at in whole seconds)
+  ``h:{acct:pid}``        string: the packed event history (see :mod:`.store`; a sorted set, score =
+                          occurred_at in whole seconds, before the packed form)
   ``ix:acct:<k>:<digest>`` string: identity → profile id (the value is digested: no personal data
                           in key names)
   ``names:acct``          hash: event name ↔ short code used inside the history
