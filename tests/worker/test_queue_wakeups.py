@@ -20,7 +20,7 @@ from connector import clock
 from connector.event import Event
 from connector.ingest.queue import EVENTS_QUEUE, PUMP_TTL_SECONDS, EventQueue, pump_key, stream_key
 from connector.worker import jobs
-from connector.worker.scheduler import rearm_pumps, tick
+from connector.worker.scheduler import rearm_pumps
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
@@ -152,7 +152,7 @@ def test_a_shard_whose_worker_was_killed_drains_again_within_ten_seconds(
         assert queue.ingest("acme", [make_event(n) for n in range(20, 25)], 3600).accepted == 5
     assert runnable_drains(redis_client, 0) == []
     # while its heartbeat is recent, the worker may be alive: nothing is re-armed
-    assert tick(queue, NOW + timedelta(seconds=PUMP_TTL_SECONDS - 1)) == 0
+    assert rearm_pumps(queue, NOW + timedelta(seconds=PUMP_TTL_SECONDS - 1)) == 0
     # once it is stale (at most PUMP_TTL_SECONDS after the kill), the scheduler re-arms the shard
     later = NOW + timedelta(seconds=PUMP_TTL_SECONDS + 0.2)
     assert later - NOW < timedelta(seconds=10)
