@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 PREDICT_QUEUE = "predict"
 DAILY_SECONDS = 24 * 3600
 JOB_TIMEOUT = 3600
-CHECK_SECONDS = 60.0  # the scheduler ticks 5 times a second; the daily claim is checked once a minute
-_last_check: list[float] = [float("-inf")]
+CHECK_SECONDS = 60.0  # the scheduler ticks 5 times a second; the daily claim is checked once a minute,
+_last_check: list[float | None] = [None]  # the first time a minute after the process's first tick
 
 
 def train(account: str) -> dict[str, object]:
@@ -43,7 +43,11 @@ def enqueue_training(account: str) -> None:
 def daily(now: datetime) -> int:
     """Scheduler task: once a day per account (a Redis key with a day's expiry claims the day, so two
     schedulers enqueue once), enqueue the account's training. Returns how many were enqueued."""
-    if now.timestamp() - _last_check[0] < CHECK_SECONDS:
+    last = _last_check[0]
+    if last is None:
+        _last_check[0] = now.timestamp()
+        return 0
+    if now.timestamp() - last < CHECK_SECONDS:
         return 0
     _last_check[0] = now.timestamp()
     rt = process_runtime.current()

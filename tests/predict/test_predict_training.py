@@ -153,3 +153,20 @@ def test_cli_train_and_report(redis_client: redis.Redis, accounts: Accounts) -> 
         assert "churn_auc_baseline_days_since_last_order" in report.output
         unknown = runner.invoke(cli, ["predict", "train", "--account", "nope"])
         assert unknown.exit_code == 2 and "unknown account" in unknown.output
+
+
+def test_the_daily_task_enqueues_each_account_once_a_day(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    from rq import Queue
+
+    from connector.predict import jobs
+
+    jobs._last_check[0] = None
+    start = NOW
+    assert jobs.daily(start) == 0  # the first check comes a minute after the scheduler starts
+    first = jobs.daily(start + timedelta(seconds=61))
+    assert first == len(list(accounts)) >= 1
+    assert jobs.daily(start + timedelta(seconds=130)) == 0  # the day is claimed
+    queued = Queue(jobs.PREDICT_QUEUE, connection=redis_client).jobs
+    assert sorted(j.args[0] for j in queued) == sorted(a.id for a in accounts)
