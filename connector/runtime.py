@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,11 +23,12 @@ import redis
 
 from adapters.base import Adapter
 from adapters.ratelimit import RateLimiter
-from connector import clock, redis_conn
+from connector import clock, redis_conn, rules_store
 from connector.config import Account, Accounts, load_account_file
 from connector.destinations import Destination, build_adapter
 from connector.errors import ConfigError
 from connector.settings import Settings
+from rules import RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,108 @@ def _signature(config_dir: Path) -> tuple[tuple[str, int, int], ...]:
     )
 
 
+@dataclass(frozen=True)
+class RulesInForce:
+    """Where an account's rules come from now: its file, or a version published through the API."""
+
+    source: str  # "file" or "api"
+    file_digest: str
+    version: int | None = None  # the API version in force
+    superseded_version: int | None = None  # an API version the file's changed rules replaced
+    problem: str | None = None  # why the pointed API version is not in force (other than superseded)
+
+
+class RulesOverlay:
+    """Rules published through the admin API (:mod:`connector.rules_store`), laid over the
+    accounts loaded from their files.
+
+    One ``MGET`` of the accounts' pointers per check; a version is read and compiled once per
+    process. The pointed version is in force while the file's ``rules:`` section is the one it was
+    based on; once the file's rules change, the pointer is marked superseded (for every process) and
+    the file's rules are in force again. Redis out of reach keeps the last state.
+    """
+
+    def __init__(self, conn: redis.Redis, *, now: Callable[[], datetime] = clock.now) -> None:
+        self._conn = conn
+        self._now = now
+        self._raw: dict[str, bytes | None] = {}
+        self._compiled: dict[tuple[str, int], tuple[dict, RuleSet] | str] = {}
+        self.states: dict[str, RulesInForce] = {}
+        self._failing = False
+
+    def check(self, accounts: Accounts) -> bool:
+        """Look at the pointers; True when what is in force changed for some account."""
+        try:
+            raw = rules_store.pointers(self._conn, (a.id for a in accounts))
+            states = {a.id: self._state(a, raw.get(a.id)) for a in accounts}
+        except redis.RedisError as failure:
+            if not self._failing:
+                log.warning(
+                    "could not read the API rule versions; the rules in force stay",
+                    extra={"error": type(failure).__name__},
+                )
+            self._failing = True
+            return False
+        self._failing = False
+        changed = states != self.states
+        for account_id, state in states.items():
+            if state != self.states.get(account_id):
+                _log_state(account_id, state)
+        self.states = states
+        return changed
+
+    def _state(self, account: Account, raw: bytes | None) -> RulesInForce:
+        file_digest = rules_store.digest(account.rules)
+        pointer = rules_store.Pointer.parse(raw)
+        if pointer is None:
+            return RulesInForce("file", file_digest)
+        if pointer.superseded is None and pointer.based_on != file_digest and raw is not None:
+            pointer = rules_store.mark_superseded(self._conn, account.id, raw, file_digest, self._now())
+        if pointer.superseded is not None:
+            return RulesInForce("file", file_digest, superseded_version=pointer.version)
+        compiled = self._compile(account, pointer.version)
+        if isinstance(compiled, str):
+            return RulesInForce("file", file_digest, problem=compiled)
+        return RulesInForce("api", file_digest, version=pointer.version)
+
+    def _compile(self, account: Account, number: int) -> tuple[dict, RuleSet] | str:
+        key = (account.id, number)
+        if key not in self._compiled:
+            version = rules_store.get(self._conn, account.id, number)
+            if version is None:
+                self._compiled[key] = f"API rules version {number} is not stored"
+            else:
+                try:
+                    self._compiled[key] = (version.rules, rules_store.compile_for(account, version.rules))
+                except rules_store.InvalidRules as err:
+                    self._compiled[key] = f"API rules version {number} does not compile here: {err}"
+        return self._compiled[key]
+
+    def apply(self, account: Account) -> Account:
+        state = self.states.get(account.id)
+        if state is None or state.version is None:
+            return account
+        compiled = self._compiled.get((account.id, state.version))
+        if not isinstance(compiled, tuple):
+            return account
+        raw, ruleset = compiled
+        return replace(account, rules=raw, ruleset=ruleset)
+
+
+def _log_state(account_id: str, state: RulesInForce) -> None:
+    extra = {"account": account_id, "version": state.version, "superseded_version": state.superseded_version}
+    if state.superseded_version is not None:
+        log.warning(
+            "the account file's rules changed: they are in force, API rules version superseded", extra=extra
+        )
+    elif state.problem is not None:
+        log.error(
+            "API rules version not in force; the file's rules are", extra={**extra, "reason": state.problem}
+        )
+    elif state.source == "api":
+        log.info("API rules version in force", extra=extra)
+
+
 class AccountsProvider:
     """The accounts of one config directory, re-read when one of its files changes.
 
@@ -63,6 +166,9 @@ class AccountsProvider:
     A file that fails to load keeps its last valid version serving, and the failure (file, path,
     reason) is reported by :attr:`errors` until the file loads again; a file that never loaded
     serves nothing. So a broken edit never stalls the events of any account.
+
+    With an ``overlay`` (:class:`RulesOverlay`), rules published through the admin API replace the
+    file's rules of their account, looked at on the same check.
     """
 
     def __init__(
@@ -72,8 +178,11 @@ class AccountsProvider:
         *,
         check_seconds: float = RELOAD_CHECK_SECONDS,
         monotonic: Callable[[], float] = clock.monotonic,
+        overlay: RulesOverlay | None = None,
     ) -> None:
         self.config_dir = config_dir
+        self.overlay = overlay
+        self._served = Accounts([])
         self._env = env
         self._check_seconds = check_seconds
         self._monotonic = monotonic
@@ -91,7 +200,17 @@ class AccountsProvider:
 
     def current(self) -> Accounts:
         self.refresh()
-        return self._accounts
+        return self._served
+
+    def rules_in_force(self, account_id: str) -> RulesInForce | None:
+        """Where the account's rules come from now (None without an overlay or account)."""
+        self.refresh()
+        return self.overlay.states.get(account_id) if self.overlay is not None else None
+
+    def refresh_rules(self) -> None:
+        """Look at the API rule versions now (a re-evaluation after a publish does, before it starts)."""
+        self.refresh()
+        self._overlay_check()
 
     def get(self, account_id: str) -> Account | None:
         return self.current().get(account_id)
@@ -105,10 +224,17 @@ class AccountsProvider:
             return
         self._checked_at = now
         signature = _signature(self.config_dir)
-        if signature == self._signature and not force:
-            return
-        self._signature = signature
-        self._reload()
+        if signature != self._signature or force:
+            self._signature = signature
+            self._reload()
+            self._served = self._accounts
+        self._overlay_check()
+
+    def _overlay_check(self) -> None:
+        if self.overlay is not None and (
+            self.overlay.check(self._accounts) or self._served is self._accounts
+        ):
+            self._served = Accounts([self.overlay.apply(a) for a in self._accounts])
 
     def _reload(self) -> None:
         env = os.environ if self._env is None else self._env
@@ -159,11 +285,14 @@ class Runtime:
         *,
         check_seconds: float = RELOAD_CHECK_SECONDS,
     ) -> Runtime:
+        queue_redis = redis_conn.connection(settings.queue_redis_url)
         return cls(
             settings=settings,
-            queue_redis=redis_conn.connection(settings.queue_redis_url),
+            queue_redis=queue_redis,
             profile_redis=redis_conn.connection(settings.profile_redis_url),
-            provider=AccountsProvider(settings.config_dir, env, check_seconds=check_seconds),
+            provider=AccountsProvider(
+                settings.config_dir, env, check_seconds=check_seconds, overlay=RulesOverlay(queue_redis)
+            ),
         )
 
     @property
@@ -179,6 +308,16 @@ class Runtime:
 
     def account(self, account_id: str) -> Account | None:
         return self.accounts.get(account_id)
+
+    def rules_superseded(self) -> list[dict[str, object]]:
+        """Accounts whose API rules version the file's changed rules replaced (``/readyz``)."""
+        self.provider.refresh()
+        states = self.provider.overlay.states if self.provider.overlay is not None else {}
+        return [
+            {"account": account_id, "version": state.superseded_version}
+            for account_id, state in sorted(states.items())
+            if state.superseded_version is not None
+        ]
 
     def adapter(self, destination: Destination) -> Adapter:
         """The destination's adapter, built once per configuration (a changed file builds a new one);

@@ -24,8 +24,13 @@ def readyz() -> Response | tuple[Response, int]:
         queue_conn.ping()
         current_app.extensions["connector.runtime"].profile_redis.ping()
         problems = config_errors(queue_conn)
+        superseded = current_app.extensions["connector.runtime"].rules_superseded()
     except redis.RedisError as err:
         raise StoreUnavailable("redis unreachable") from err
+    if superseded:  # the file's changed rules replaced a version published through the API
+        return jsonify(
+            status="degraded", config_errors=[p.as_dict() for p in problems], rules_superseded=superseded
+        )
     if problems:
         # still 200: the last valid accounts keep serving; a failing readiness would take every
         # web pod out of rotation for a file the workers are coping with

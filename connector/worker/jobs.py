@@ -317,6 +317,8 @@ def reevaluate(
     """Re-evaluate profiles: those whose results change because time passed (from the due index),
     or every profile of an account after its rules were published (``progress_key`` counts them)."""
     rt = process_runtime.current()
+    if progress_key:  # a publish: see the rules just published, whatever the last check was
+        rt.provider.refresh_rules()
     evaluation.evaluate_touched(rt, account_id, set(profile_ids), clock.now())
     if progress_key:
         rt.queue_redis.hincrby(progress_key, "done", len(profile_ids))

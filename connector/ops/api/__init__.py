@@ -12,10 +12,10 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api as SmorestApi
 
-from connector.ops.api import accounts, admin, deadletters, people, segments
+from connector.ops.api import accounts, admin, deadletters, people, rules, segments
 from connector.ops.api.schemas import ErrorSchema
 
-BLUEPRINTS = (accounts.blp, segments.blp, people.blp, deadletters.blp, admin.blp)
+BLUEPRINTS = (accounts.blp, segments.blp, rules.blp, people.blp, deadletters.blp, admin.blp)
 
 
 class Api(SmorestApi):

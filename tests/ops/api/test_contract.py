@@ -37,7 +37,13 @@ CHECKS = [
 def test_every_operation_answers_as_its_schema_says(api_app: Any, mint: Mint, people: dict[str, str]) -> None:
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", api_app)
     headers = bearer(mint("admin", "*"))
+    rules_text = "include: [cart_abandonment, {template: vip, params: {threshold: 300}}]"
+    stored = api_app.test_client().put(
+        "/api/v1/accounts/acme/rules", json={"text": rules_text}, headers=headers
+    )
+    assert stored.status_code == 201  # a rules version, so the version operations answer 200 too
     real = {
+        "version": stored.get_json()["version"],
         "account_id": "acme",
         "profile_id": people["ann@example.com"],
         "name": "vip",

@@ -1,0 +1,417 @@
+"""``/api/v1/accounts/{id}/rules``: the rules in force, versions, validation, dry runs, publishing.
+
+A version written here is a draft (:mod:`connector.rules_store`) until it is published: then it is
+the account's rules in every process (each one's accounts provider looks at the pointer once a
+second) and every profile is re-evaluated (:func:`connector.worker.publish.publish`), with a
+progress key. Every change is in the audit log, with the rules in force before and after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from connector import clock, rules_store
+from connector.config import Account
+from connector.ops import audit
+from connector.ops.api import auth, errors
+from connector.ops.api.schemas import ErrorSchema
+from connector.runtime import RulesInForce
+from connector.worker import publish
+from rules import RuleSet
+
+blp = Blueprint(
+    "api_rules",
+    __name__,
+    url_prefix="/api/v1/accounts/<string:account_id>/rules",
+    description="Rules: versions, validation, dry runs, publishing",
+)
+errors.install(blp)
+
+DRY_RUN_DEFAULT = 1000
+DRY_RUN_MAX = 10_000
+SAMPLE_PEOPLE = 20
+PROGRESS_KEY = re.compile(r"^[0-9a-f]{12}$")
+
+
+# shapes
+
+
+class RulesTextSchema(Schema):
+    text = fields.String(
+        required=True,
+        validate=validate.Length(max=rules_store.MAX_TEXT),
+        metadata={"description": "the rules: section as YAML or JSON (segments, traits, include ...)"},
+    )
+
+
+class NewVersionSchema(RulesTextSchema):
+    note = fields.String(load_default="", validate=validate.Length(max=500))
+
+
+class DryRunBodySchema(Schema):
+    text = fields.String(
+        validate=validate.Length(max=rules_store.MAX_TEXT),
+        metadata={"description": "candidate rules (YAML or JSON); or give version"},
+    )
+    version = fields.Integer(validate=validate.Range(min=1), metadata={"description": "a stored version"})
+    limit = fields.Integer(
+        load_default=DRY_RUN_DEFAULT,
+        validate=validate.Range(min=1, max=DRY_RUN_MAX),
+        metadata={"description": "evaluate at most this many stored profiles"},
+    )
+
+
+class RulesInForceSchema(Schema):
+    account = fields.String(required=True)
+    source = fields.String(required=True, metadata={"description": "file or api"})
+    version = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "the API version in force"}
+    )
+    file = fields.String(required=True)
+    file_digest = fields.String(required=True)
+    superseded_api_version = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "an API version the file's changed rules replaced"},
+    )
+    problem = fields.String(required=True, allow_none=True)
+    text = fields.String(required=True)
+    rules = fields.Dict(required=True)
+    segments = fields.List(fields.String(), required=True)
+    traits = fields.List(fields.String(), required=True)
+
+
+class ValidationSchema(Schema):
+    valid = fields.Boolean(required=True)
+    path = fields.String(required=True, allow_none=True)
+    reason = fields.String(required=True, allow_none=True)
+    segments = fields.List(fields.String(), required=True)
+    traits = fields.List(fields.String(), required=True)
+
+
+class PublishedSchema(Schema):
+    at = fields.String(required=True)
+    by = fields.String(required=True)
+
+
+class VersionSchema(Schema):
+    version = fields.Integer(required=True)
+    created_at = fields.String(required=True)
+    created_by = fields.String(required=True)
+    note = fields.String(required=True)
+    based_on = fields.String(
+        required=True, metadata={"description": "digest of the file's rules it was written against"}
+    )
+    status = fields.String(required=True, metadata={"description": "in_force, superseded, draft or earlier"})
+    published = fields.List(fields.Nested(PublishedSchema), required=True)
+    text = fields.String(required=True)
+
+
+class VersionListSchema(Schema):
+    items = fields.List(fields.Nested(VersionSchema), required=True)
+    in_force = fields.Integer(required=True, allow_none=True)
+
+
+class SegmentChangeSchema(Schema):
+    name = fields.String(required=True)
+    entering = fields.Integer(required=True)
+    exiting = fields.Integer(required=True)
+    entering_sample = fields.List(fields.String(), required=True)
+    exiting_sample = fields.List(fields.String(), required=True)
+
+
+class DryRunSchema(Schema):
+    profiles = fields.Integer(required=True, metadata={"description": "profiles evaluated"})
+    limit = fields.Integer(required=True)
+    sampled = fields.Boolean(
+        required=True, metadata={"description": "true: the account has more profiles than evaluated"}
+    )
+    segments = fields.List(fields.Nested(SegmentChangeSchema), required=True)
+
+
+class PublishStartedSchema(Schema):
+    version = fields.Integer(required=True)
+    key = fields.String(required=True, metadata={"description": "GET .../rules/publish/{key} for progress"})
+    total = fields.Integer(required=True)
+
+
+class ProgressSchema(Schema):
+    key = fields.String(required=True)
+    done = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+    percent = fields.Integer(required=True)
+    finished = fields.Boolean(required=True)
+
+
+# helpers
+
+
+def _state(account: Account) -> RulesInForce:
+    state = auth.runtime().provider.rules_in_force(account.id)
+    return state if state is not None else RulesInForce("file", rules_store.digest(account.rules))
+
+
+def _compile(account: Account, text: str) -> tuple[dict[str, Any], RuleSet]:
+    """The parsed and compiled rules, or a 422 naming the path inside the rules and the reason."""
+    try:
+        raw = rules_store.parse_text(text)
+        return raw, rules_store.compile_for(account, raw)
+    except rules_store.InvalidRules as err:
+        errors.fail(
+            422, f"{err.path}: {err.reason}", errors={"rules": {"path": err.path, "reason": err.reason}}
+        )
+
+
+def _version_or_404(account_id: str, number: int) -> rules_store.Version:
+    found = rules_store.get(auth.runtime().queue_redis, account_id, number)
+    if found is None:
+        errors.fail(404, f"no rules version {number} in account {account_id!r}")
+    return found
+
+
+def _status(version: rules_store.Version, pointer: rules_store.Pointer | None) -> str:
+    if pointer is not None and pointer.version == version.number:
+        return "superseded" if pointer.superseded else "in_force"
+    return "earlier" if version.published else "draft"
+
+
+def _describe(version: rules_store.Version, pointer: rules_store.Pointer | None) -> dict[str, Any]:
+    return {
+        "version": version.number,
+        "created_at": version.created_at,
+        "created_by": version.created_by,
+        "note": version.note,
+        "based_on": version.based_on,
+        "status": _status(version, pointer),
+        "published": list(version.published),
+        "text": version.text,
+    }
+
+
+def _in_force(account: Account) -> dict[str, Any]:
+    state = _state(account)
+    return {
+        "source": state.source,
+        "version": state.version,
+        "rules_digest": rules_store.digest(account.rules),
+    }
+
+
+def _record(action: str, account_id: str, before: Any, after: Any) -> None:
+    audit.record(
+        auth.runtime().queue_redis,
+        auth.token().id,
+        action,
+        f"rules:{account_id}",
+        [account_id],
+        before,
+        after,
+        clock.now(),
+    )
+
+
+# resources
+
+
+@blp.route("")
+class Rules(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.response(200, RulesInForceSchema)
+    def get(self, account_id: str) -> dict[str, Any]:
+        """The rules in force: from the account file or an API version, with its text."""
+        account = auth.account(account_id)
+        state = _state(account)
+        return {
+            "account": account.id,
+            "source": state.source,
+            "version": state.version,
+            "file": account.file,
+            "file_digest": state.file_digest,
+            "superseded_api_version": state.superseded_version,
+            "problem": state.problem,
+            "text": rules_store.to_text(account.rules),
+            "rules": dict(account.rules or {}),
+            "segments": list(account.ruleset.segment_names),
+            "traits": list(account.ruleset.trait_names),
+        }
+
+    @auth.access(blp, "editor")
+    @blp.arguments(NewVersionSchema)
+    @blp.response(201, VersionSchema)
+    @blp.alt_response(
+        422, schema=ErrorSchema, description="Invalid rules: the path inside them and the reason."
+    )
+    def put(self, body: dict[str, Any], account_id: str) -> dict[str, Any]:
+        """A new version of the rules, validated and stored as a draft (not in force until published)."""
+        account = auth.account(account_id)
+        raw, _ = _compile(account, body["text"])
+        conn = auth.runtime().queue_redis
+        version = rules_store.create(
+            conn,
+            account.id,
+            body["text"],
+            raw,
+            _state(account).file_digest,
+            auth.token().id,
+            clock.now(),
+            body["note"],
+        )
+        _record(
+            "rules.draft", account.id, _in_force(account), {"version": version.number, "text": version.text}
+        )
+        return _describe(version, rules_store.pointer(conn, account.id))
+
+
+@blp.route("/validate")
+class Validate(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.arguments(RulesTextSchema)
+    @blp.response(200, ValidationSchema)
+    def post(self, body: dict[str, Any], account_id: str) -> dict[str, Any]:
+        """Check rules without storing them: valid, or the path inside them and the reason."""
+        account = auth.account(account_id)
+        try:
+            ruleset = rules_store.compile_for(account, rules_store.parse_text(body["text"]))
+        except rules_store.InvalidRules as err:
+            return {"valid": False, "path": err.path, "reason": err.reason, "segments": [], "traits": []}
+        return {
+            "valid": True,
+            "path": None,
+            "reason": None,
+            "segments": list(ruleset.segment_names),
+            "traits": list(ruleset.trait_names),
+        }
+
+
+@blp.route("/dry-run")
+class DryRun(MethodView):
+    @auth.access(blp, "editor")
+    @blp.arguments(DryRunBodySchema)
+    @blp.response(200, DryRunSchema)
+    @blp.alt_response(422, schema=ErrorSchema, description="Invalid rules, or neither text nor version.")
+    def post(self, body: dict[str, Any], account_id: str) -> dict[str, Any]:
+        """Who would enter and exit each segment with these rules, over at most ``limit`` stored
+        profiles (``sampled`` says when the account has more). Changes nothing."""
+        account = auth.account(account_id)
+        if ("text" in body) == ("version" in body):
+            errors.fail(422, "give exactly one of text (rules) and version (a stored version)")
+        text = body["text"] if "text" in body else _version_or_404(account.id, body["version"]).text
+        _, candidate = _compile(account, text)
+        now, limit = clock.now(), body["limit"]
+        profiles = list(
+            itertools.islice(
+                publish.stored_profiles(auth.runtime().profile_redis, account.id, now), limit + 1
+            )
+        )
+        report = publish.dry_run(account.ruleset, candidate, profiles[:limit], now)
+        return {
+            "profiles": report.profiles,
+            "limit": limit,
+            "sampled": len(profiles) > limit,
+            "segments": [
+                {
+                    "name": name,
+                    "entering": len(delta.entering),
+                    "exiting": len(delta.exiting),
+                    "entering_sample": delta.entering[:SAMPLE_PEOPLE],
+                    "exiting_sample": delta.exiting[:SAMPLE_PEOPLE],
+                }
+                for name, delta in sorted(report.segments.items())
+            ],
+        }
+
+
+@blp.route("/versions")
+class Versions(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.response(200, VersionListSchema)
+    def get(self, account_id: str) -> dict[str, Any]:
+        """Every version, newest first, with who wrote and published it and when."""
+        account = auth.account(account_id)
+        conn = auth.runtime().queue_redis
+        pointer = rules_store.pointer(conn, account.id)
+        return {
+            "items": [_describe(v, pointer) for v in rules_store.listing(conn, account.id)],
+            "in_force": _state(account).version,
+        }
+
+
+@blp.route("/versions/<int:version>")
+class VersionOne(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.response(200, VersionSchema)
+    def get(self, account_id: str, version: int) -> dict[str, Any]:
+        """One version with its text."""
+        auth.account(account_id)
+        found = _version_or_404(account_id, version)
+        return _describe(found, rules_store.pointer(auth.runtime().queue_redis, account_id))
+
+
+def _publish(account: Account, version: rules_store.Version, action: str) -> dict[str, Any]:
+    state = _state(account)
+    if version.based_on != state.file_digest:
+        errors.fail(
+            409,
+            f"version {version.number} was written against other file rules than the account file's now "
+            "(the file changed since): write a new version from the rules in force",
+        )
+    before = _in_force(account)
+    rt = auth.runtime()
+    rules_store.publish(rt.queue_redis, version, auth.token().id, clock.now())
+    rt.provider.refresh_rules()
+    now_account = auth.account(account.id)
+    key, total = publish.publish(now_account, rt.profile_redis, rt.queue_redis, clock.now())
+    short = key.rsplit(":", 1)[-1]
+    _record(action, account.id, before, {**_in_force(now_account), "progress": short, "profiles": total})
+    return {"version": version.number, "key": short, "total": total}
+
+
+@blp.route("/versions/<int:version>/publish")
+class Publish(MethodView):
+    @auth.access(blp, "editor")
+    @blp.response(202, PublishStartedSchema)
+    @blp.alt_response(409, schema=ErrorSchema, description="The version's base is not the file's rules now.")
+    def post(self, account_id: str, version: int) -> dict[str, Any]:
+        """Make the version the rules in force everywhere and re-evaluate every profile."""
+        account = auth.account(account_id)
+        return _publish(account, _version_or_404(account_id, version), "rules.publish")
+
+
+@blp.route("/versions/<int:version>/rollback")
+class Rollback(MethodView):
+    @auth.access(blp, "editor")
+    @blp.response(202, PublishStartedSchema)
+    @blp.alt_response(
+        409, schema=ErrorSchema, description="Not an earlier published version, or its base changed."
+    )
+    def post(self, account_id: str, version: int) -> dict[str, Any]:
+        """Publish an earlier, once published version again."""
+        account = auth.account(account_id)
+        found = _version_or_404(account_id, version)
+        current = _state(account).version
+        if not found.published or (current is not None and found.number >= current):
+            errors.fail(409, f"version {version} is not an earlier published version; publish it instead")
+        return _publish(account, found, "rules.rollback")
+
+
+@blp.route("/publish/<string:key>")
+class Progress(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.response(200, ProgressSchema)
+    def get(self, account_id: str, key: str) -> dict[str, Any]:
+        """How far the re-evaluation started by a publish is."""
+        auth.account(account_id)
+        conn = auth.runtime().queue_redis
+        full = f"publish:{account_id}:{key}"
+        if not PROGRESS_KEY.match(key) or not conn.exists(full):
+            errors.fail(404, f"no publish {key!r} in account {account_id!r}")
+        done, total = publish.progress(conn, full)
+        done = min(done, total)
+        percent = 100 if total == 0 else done * 100 // total
+        return {"key": key, "done": done, "total": total, "percent": percent, "finished": done >= total}

@@ -1,0 +1,240 @@
+"""Rules through the admin API: versions validated and stored in Redis, dry runs over stored
+profiles, publishing (the rules in force in every process, every profile re-evaluated with
+progress), rollback, the audit log; and the account file winning again once its rules change."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from rq import Queue, SimpleWorker
+
+from connector import runtime
+from connector.runtime import AccountsProvider, RulesOverlay
+from connector.worker.jobs import BACKFILL_QUEUE
+from connector.worker.ledger import Ledger
+from tests.conftest import ACME_ENV
+from tests.ops.api.conftest import DEST_ENV, Mint, acme_file, bearer
+from tests.profile_helpers import apply, ev
+
+URL = "/api/v1/accounts/acme/rules"
+# the VIP threshold raised from 100 to 300: ann (150) leaves vip, bob (400) stays
+RAISED = "include:\n  - cart_abandonment\n  - template: vip\n    params: {threshold: 300}\n"
+SELF_WRITTEN = (
+    "traits:\n  lifetime_revenue:\n    sum: {event: order_completed, property: revenue}\n"
+    "segments:\n"
+    "  - name: vip\n    when: {trait: {name: lifetime_revenue, gte: 100}}\n"
+    "  - name: cart_abandoner\n    when: {count: {event: checkout_started, gte: 1}}\n"
+)
+
+
+@pytest.fixture
+def editor(mint: Mint) -> dict[str, str]:
+    return bearer(mint("editor", "acme"))
+
+
+def draft(api: Any, headers: dict[str, str], text: str = RAISED) -> int:
+    answer = api.put(URL, json={"text": text, "note": "raise the bar"}, headers=headers)
+    assert answer.status_code == 201, answer.get_json()
+    return int(answer.get_json()["version"])
+
+
+def run_backfill(conn: redis.Redis) -> None:
+    SimpleWorker([Queue(BACKFILL_QUEUE, connection=conn)], connection=conn).work(burst=True)
+
+
+def test_the_rules_in_force_come_from_the_file_at_first(api: Any, mint: Mint) -> None:
+    body = api.get(URL, headers=bearer(mint("viewer", "acme"))).get_json()
+    assert body["source"] == "file" and body["version"] is None and body["superseded_api_version"] is None
+    assert yaml.safe_load(body["text"]) == acme_file()["rules"]
+    assert "vip" in body["segments"] and body["file"].endswith("acme.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "segments:\n  - name: a\n    when: {count: {event: x, gte: lots}}\n",
+            "rules.segments[0].when.count.gte: must be a number",
+        ),
+        (
+            "segments:\n  - name: a\n    when: {bogus: 1}\n",
+            "rules.segments[0].when.bogus: unknown condition 'bogus'",
+        ),
+        ("segmentz: []\n", "rules.segmentz: unknown field"),
+        ("segments: [\n", "rules: not valid YAML or JSON: line 2"),
+        ('{"segments": [}', "rules: not valid YAML or JSON"),
+        ("- just\n- a list\n", "rules: must be a mapping"),
+        (
+            "segments:\n  - name: other\n    when: {always: true}\n",
+            "rules.segments: destination mailchimp maps segment `cart_abandoner`",
+        ),
+    ],
+)
+def test_invalid_rules_answer_422_with_the_path_and_the_reason(
+    api: Any, editor: dict[str, str], text: str, message: str
+) -> None:
+    answer = api.put(URL, json={"text": text}, headers=editor)
+    assert answer.status_code == 422
+    body = answer.get_json()
+    assert body["error"] == "invalid_request" and body["message"].startswith(message), body
+    assert body["errors"]["rules"]["path"] == message.split(":")[0]
+    checked = api.post(f"{URL}/validate", json={"text": text}, headers=editor).get_json()
+    assert checked["valid"] is False and f"{checked['path']}: {checked['reason']}".startswith(message)
+
+
+def test_a_viewer_reads_and_validates_but_cannot_write_dry_run_or_publish(
+    api: Any, mint: Mint, editor: dict[str, str]
+) -> None:
+    viewer = bearer(mint("viewer", "acme"))
+    number = draft(api, editor)
+    assert api.post(f"{URL}/validate", json={"text": RAISED}, headers=viewer).get_json()["valid"] is True
+    assert api.put(URL, json={"text": RAISED}, headers=viewer).status_code == 403
+    assert api.post(f"{URL}/dry-run", json={"text": RAISED}, headers=viewer).status_code == 403
+    assert api.post(f"{URL}/versions/{number}/publish", headers=viewer).status_code == 403
+    assert api.post(f"{URL}/versions/{number}/rollback", headers=viewer).status_code == 403
+    assert api.get(URL, headers=viewer).get_json()["source"] == "file"
+
+
+def test_a_new_version_is_a_draft_until_published(api: Any, editor: dict[str, str]) -> None:
+    number = draft(api, editor)
+    assert number == 1
+    assert api.get(URL, headers=editor).get_json()["source"] == "file"
+    [item] = api.get(f"{URL}/versions", headers=editor).get_json()["items"]
+    assert item["status"] == "draft" and item["text"] == RAISED and item["note"] == "raise the bar"
+
+
+def test_dry_run_shows_who_enters_and_exits_over_a_bounded_sample(
+    api: Any, editor: dict[str, str], people: dict[str, str]
+) -> None:
+    body = api.post(f"{URL}/dry-run", json={"text": RAISED}, headers=editor).get_json()
+    assert body["profiles"] == 3 and body["sampled"] is False
+    [vip] = body["segments"]
+    assert vip["name"] == "vip" and vip["exiting"] == 1 and vip["exiting_sample"] == ["ann@example.com"]
+    assert vip["entering"] == 0
+    number = draft(api, editor)
+    by_version = api.post(f"{URL}/dry-run", json={"version": number}, headers=editor).get_json()
+    assert by_version["segments"] == body["segments"]
+    bounded = api.post(f"{URL}/dry-run", json={"text": RAISED, "limit": 1}, headers=editor).get_json()
+    assert bounded["profiles"] == 1 and bounded["limit"] == 1 and bounded["sampled"] is True
+    both = api.post(f"{URL}/dry-run", json={"text": RAISED, "version": number}, headers=editor)
+    assert both.status_code == 422
+    assert api.post(f"{URL}/dry-run", json={"version": 99}, headers=editor).status_code == 404
+
+
+def test_a_published_version_is_what_the_worker_evaluates_with_progress_to_the_end(
+    api: Any, editor: dict[str, str], people: dict[str, str], redis_client: redis.Redis
+) -> None:
+    ledger = Ledger(redis_client)
+    assert ledger.state("acme", people["ann@example.com"]).segments >= {"vip"}  # type: ignore[union-attr]
+    number = draft(api, editor)
+    started = api.post(f"{URL}/versions/{number}/publish", headers=editor)
+    assert started.status_code == 202
+    key, total = started.get_json()["key"], started.get_json()["total"]
+    assert total == 3
+    progress = api.get(f"{URL}/publish/{key}", headers=editor).get_json()
+    assert progress == {"key": key, "done": 0, "total": 3, "percent": 0, "finished": False}
+    body = api.get(URL, headers=editor).get_json()
+    assert (
+        body["source"] == "api"
+        and body["version"] == number
+        and yaml.safe_load(body["text"]) == yaml.safe_load(RAISED)
+    )
+
+    run_backfill(redis_client)  # the re-evaluation of every profile, in-process
+    progress = api.get(f"{URL}/publish/{key}", headers=editor).get_json()
+    assert progress["done"] == 3 and progress["percent"] == 100 and progress["finished"] is True
+    assert "vip" not in ledger.state("acme", people["ann@example.com"]).segments  # type: ignore[union-attr]
+    assert "vip" in ledger.state("acme", people["bob@example.com"]).segments  # type: ignore[union-attr]
+
+    # a new event through the worker pipeline is evaluated with the published rules too
+    rt = runtime.current()
+    apply(
+        redis_client,
+        rt.accounts,
+        ev("a9", "order_completed", at=5, props={"revenue": 250.0}, email="dee@example.com"),
+    )
+    from connector.profiles import lookup
+
+    dee = lookup(redis_client, "acme", "email", "dee@example.com")
+    assert dee is not None and "vip" not in ledger.state("acme", dee).segments  # type: ignore[union-attr]
+    assert api.get(f"{URL}/publish/0123456789ab", headers=editor).status_code == 404
+
+
+def test_another_process_sees_the_published_version_after_its_next_check_and_the_file_wins_once_changed(
+    api: Any,
+    editor: dict[str, str],
+    api_accounts: Path,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ticks = [0.0]
+    other = AccountsProvider(
+        api_accounts,
+        {**ACME_ENV, **DEST_ENV},
+        check_seconds=1.0,
+        monotonic=lambda: ticks[0],
+        overlay=RulesOverlay(redis_client),
+    )
+    assert other.get("acme").ruleset.by_name["vip"]  # type: ignore[union-attr]
+    before = other.get("acme")
+    number = draft(api, editor, SELF_WRITTEN)
+    assert api.post(f"{URL}/versions/{number}/publish", headers=editor).status_code == 202
+    ticks[0] = 0.5
+    assert other.get("acme") is before  # not looked at yet
+    ticks[0] = 1.5
+    seen = other.get("acme")
+    assert seen is not None and seen.rules == yaml.safe_load(SELF_WRITTEN)
+    assert other.rules_in_force("acme").source == "api"  # type: ignore[union-attr]
+
+    # a deploy from git changes the file's rules: the file wins again, everywhere, and says so
+    changed = acme_file()
+    changed["rules"] = {"include": ["cart_abandonment", {"template": "vip", "params": {"threshold": 50}}]}
+    (api_accounts / "acme.yaml").write_text(yaml.safe_dump(changed))
+    ticks[0] = 3.0
+    with caplog.at_level(logging.WARNING, logger="connector.runtime"):
+        assert other.get("acme").rules == changed["rules"]  # type: ignore[union-attr]
+    assert any("API rules version superseded" in r.getMessage() for r in caplog.records)
+    body = api.get(URL, headers=editor).get_json()
+    assert body["source"] == "file" and body["superseded_api_version"] == number
+    assert yaml.safe_load(body["text"]) == changed["rules"]
+    [item] = api.get(f"{URL}/versions", headers=editor).get_json()["items"]
+    assert item["status"] == "superseded"
+    ready = api.get("/readyz").get_json()
+    assert ready["rules_superseded"] == [{"account": "acme", "version": number}]
+    # a version written against the old file's rules cannot be published again
+    assert api.post(f"{URL}/versions/{number}/publish", headers=editor).status_code == 409
+
+
+def test_rollback_publishes_an_earlier_version_and_every_change_is_audited(
+    api: Any, editor: dict[str, str], redis_client: redis.Redis, mint: Mint
+) -> None:
+    first = draft(api, editor, RAISED)
+    second = draft(api, editor, SELF_WRITTEN)
+    assert api.post(f"{URL}/versions/{second}/rollback", headers=editor).status_code == 409  # never published
+    assert api.post(f"{URL}/versions/{first}/publish", headers=editor).status_code == 202
+    assert api.post(f"{URL}/versions/{second}/publish", headers=editor).status_code == 202
+    assert api.post(f"{URL}/versions/{second}/rollback", headers=editor).status_code == 409  # in force
+    assert api.post(f"{URL}/versions/{first}/rollback", headers=editor).status_code == 202
+    assert api.get(URL, headers=editor).get_json()["version"] == first
+    items = api.get(f"{URL}/versions", headers=editor).get_json()["items"]
+    assert [(i["version"], i["status"], len(i["published"])) for i in items] == [
+        (second, "earlier", 1),
+        (first, "in_force", 2),
+    ]
+    entries = api.get("/api/v1/audit", headers=bearer(mint("viewer", "acme"))).get_json()["items"]
+    actions = [e["action"] for e in entries if e["target"] == "rules:acme"]
+    assert actions == ["rules.rollback", "rules.publish", "rules.publish", "rules.draft", "rules.draft"]
+    rollback = entries[0]
+    assert rollback["before"]["version"] == second and rollback["after"]["version"] == first
+    assert json.dumps(entries).count("sc_") == 0  # no token secret
+
+
+def test_another_accounts_rules_are_not_found(api: Any, editor: dict[str, str]) -> None:
+    assert api.get("/api/v1/accounts/globex/rules", headers=editor).status_code == 404
+    assert api.put("/api/v1/accounts/globex/rules", json={"text": RAISED}, headers=editor).status_code == 404
