@@ -1,4 +1,4 @@
-"""The console's pages: overview, segments, people, live events and dead letters (docs/console.md)."""
+"""The console's pages: overview, segments, rules, people, live events and dead letters (docs/console.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from flask import (
     abort,
     current_app,
     g,
+    jsonify,
     make_response,
     redirect,
     render_template,
@@ -28,7 +29,7 @@ from connector import clock
 from connector.ops import live, tokens
 from connector.ops.console import session
 from connector.ops.console.charts import sparkline
-from connector.ops.console.client import ApiError, get, post
+from connector.ops.console.client import ApiError, call, get, post
 from connector.runtime import Runtime
 
 bp = Blueprint(
@@ -42,6 +43,7 @@ bp = Blueprint(
 PENDING_WARNING = 1000
 RECENT_DELIVERIES = 100
 CSV_PAGE = 500
+RULE_VERSIONS_SHOWN = 20
 
 
 def runtime() -> Runtime:
@@ -355,3 +357,51 @@ def deadletters_act(account: str, action: str) -> Any:
     outcomes = ", ".join(f"{n} {what}" for what, n in sorted(result["outcomes"].items())) or "nothing"
     message = f"{action.capitalize()}: {result['matched']} selected; {outcomes}."
     return render("done.html", account=account, title=action.capitalize(), message=message)
+
+
+# --- rules --------------------------------------------------------------------------------
+
+
+@bp.route("/a/<account>/rules")
+def rules_page(account: str) -> Any:
+    base = f"/accounts/{quote(account)}/rules"
+    versions = get(f"{base}/versions")["items"][:RULE_VERSIONS_SHOWN]
+    return render("rules.html", account=account, rules=get(base), versions=versions)
+
+
+def _json_answer(method: str, path: str, body: Any = None) -> Any:
+    """The API's answer as JSON for the editor's script, errors included (but a lost session)."""
+    try:
+        return jsonify(call(method, path, body=body))
+    except ApiError as err:
+        if err.status == 401:
+            raise
+        return jsonify(error=err.message, status=err.status), err.status
+
+
+def _save_and_publish(base: str, text: str) -> Any:
+    try:
+        version = call("PUT", base, body={"text": text, "note": request.form.get("note", "")})
+    except ApiError as err:
+        if err.status == 401:
+            raise
+        return jsonify(error=err.message, status=err.status), err.status
+    return _json_answer("POST", f"{base}/versions/{version['version']}/publish")
+
+
+@bp.route("/a/<account>/rules/<action>", methods=["POST"])
+def rules_act(account: str, action: str) -> Any:
+    base = f"/accounts/{quote(account)}/rules"
+    text = request.form.get("text", "")
+    if action == "validate":
+        return _json_answer("POST", f"{base}/validate", {"text": text})
+    if action == "dry-run":
+        return _json_answer("POST", f"{base}/dry-run", {"text": text})
+    if action == "publish":
+        return _save_and_publish(base, text)
+    abort(404)
+
+
+@bp.route("/a/<account>/rules/progress/<key>")
+def rules_progress(account: str, key: str) -> Any:
+    return _json_answer("GET", f"/accounts/{quote(account)}/rules/publish/{quote(key)}")
