@@ -223,3 +223,49 @@ def test_a_segments_size_grows_as_signed_webhooks_arrive(
     assert size_cell(page) == "1"
     page.click('tr[data-segment="vip"] a')
     assert "buyer10@example.com" in page.inner_text("#members")
+
+
+def test_the_rule_editor_dry_runs_and_publishes_with_progress(
+    page: Any, server: str, mint: Mint, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    from rq import Queue, SimpleWorker
+
+    from connector.worker.jobs import BACKFILL_QUEUE
+
+    for n, revenue in ((21, 150.0), (22, 400.0)):
+        order(server, n, revenue)
+    drain(redis_client)
+    log_in(page, server, mint("editor", "acme"))
+    page.click("nav >> text=Rules")
+    page.wait_for_url(re.compile(r".*/console/a/acme/rules$"))
+    assert "the account file" in page.inner_text("#rules-source")
+
+    # a typo is named with its path as you type
+    page.fill("#rules-text", "segments:\n  - name: a\n    when: {count: {event: x, gte: lots}}\n")
+    page.wait_for_selector("#rules-status.bad")
+    assert "rules.segments[0].when.count.gte: must be a number" in page.inner_text("#rules-status")
+
+    # raise the VIP threshold: the dry run shows the 150 buyer leaving, before anything is published
+    page.fill(
+        "#rules-text", "include:\n  - cart_abandonment\n  - template: vip\n    params: {threshold: 300}\n"
+    )
+    page.wait_for_selector("#rules-status.good")
+    assert page.is_disabled("#publish")
+    page.click("#dry-run")
+    exit_cell = page.wait_for_selector('#diff-table tr[data-segment="vip"] td.exit')
+    assert "buyer21@example.com" in exit_cell.inner_text()
+    assert "buyer22@example.com" not in page.inner_text("#diff-table")
+
+    # publish: the progress bar follows the re-evaluation to 100 %
+    page.click("#publish")
+    page.wait_for_selector("#publish-progress:not([hidden])")
+    page.wait_for_function("document.getElementById('progress-text').textContent.includes('profiles')")
+    with clock.frozen(clock.now()):
+        SimpleWorker([Queue(BACKFILL_QUEUE, connection=redis_client)], connection=redis_client).work(
+            burst=True
+        )
+    page.wait_for_function("document.getElementById('progress-text').textContent.includes('(100 %)')")
+    assert page.eval_on_selector("#progress-bar", "el => el.value") == 100
+    shot(page, "rules", tmp_path)
+    page.reload()
+    assert "API version 1" in page.inner_text("#rules-source")

@@ -86,6 +86,18 @@
       });
   }
 
+  function announce(version) {
+    // the page was rendered before the publish: say what is in force now
+    var source = document.getElementById("rules-source");
+    source.textContent = "";
+    var line = document.createElement("p");
+    line.innerHTML = 'In force: <span class="pill good"></span> published just now; every process takes it at its next check (within a second or two).';
+    line.querySelector(".pill").textContent = "API version " + version;
+    source.appendChild(line);
+    var empty = document.querySelector("#versions td[colspan]");
+    if (empty) empty.textContent = "Version " + version + " published just now: reload the page for the list.";
+  }
+
   text.addEventListener("input", function () {
     if (publish) { publish.disabled = checked === null || checked !== text.value; }
     clearTimeout(timer);
@@ -112,6 +124,7 @@
       send("publish", { text: text.value }).then(function (answer) {
         if (!answer.ok) { show(answer.data.error, false); return; }
         progress.hidden = false;
+        announce(answer.data.version);
         poll(answer.data.key, answer.data.version);
       });
     });
