@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -161,7 +162,7 @@ def stored(conn: redis.Redis) -> tuple[int, int]:
     return int(counters.get(b"accepted:bench", 0)), int(counters.get(b"duplicate:bench", 0))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/ingest", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="duration of each closed-loop run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each measurement")
@@ -172,7 +173,73 @@ def main() -> None:
     parser.add_argument("--redis-url", help="use this Redis (it is FLUSHED) instead of an embedded one")
     parser.add_argument("--workers", help="WEB_CONCURRENCY for both servers (default: gunicorn_conf's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def server_env(tmp: Path, redis_url: str, workers: str | None) -> dict[str, str]:
+    accounts = tmp / "accounts"
+    accounts.mkdir()
+    (accounts / "bench.yaml").write_text(
+        "account: bench\nsenders:\n  segment:\n    secret_env: BENCH_SEGMENT_SECRET\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "REDIS_URL"))}
+    env.update(
+        REDIS_URL=redis_url,
+        CONNECTOR_CONFIG_DIR=str(accounts),
+        CONNECTOR_DATA_DIR=str(tmp),
+        BENCH_SEGMENT_SECRET=SECRET,
+        PYTHONPATH=str(BENCH),
+    )
+    if workers:
+        env["WEB_CONCURRENCY"] = str(workers)
+    return env
+
+
+def closed_round(
+    args: argparse.Namespace,
+    conn: redis.Redis,
+    targets: dict[str, int],
+    masters: dict[int, subprocess.Popen[bytes]],
+    redis_pids: list[int],
+    bodies: Callable[[str, int], Path],
+) -> dict[str, dict[str, float]]:
+    """One closed-loop run of each server; the ingest one also counts Redis CPU and what was stored."""
+    out: dict[str, dict[str, float]] = {}
+    ingest_port = targets["ingest (signed, deduped, stored)"]
+    for name, port in targets.items():
+        run_bodies = bodies("closed", args.seconds * 12_000)
+        conn.flushdb()
+        pids = server_pids(masters[port])
+        web0, redis0 = cpu_ms(pids), cpu_ms(redis_pids)
+        result = wrk(
+            f"http://127.0.0.1:{port}{PATH}", run_bodies, args.threads, args.connections, args.seconds
+        )
+        result["web_cpu_ms"] = (cpu_ms(pids) - web0) / result["requests"]
+        if port == ingest_port:
+            result["redis_cpu_ms"] = (cpu_ms(redis_pids) - redis0) / result["requests"]
+            result["stored"], result["duplicates"] = stored(conn)
+        out[name] = result
+    return out
+
+
+def open_round(
+    args: argparse.Namespace, conn: redis.Redis, targets: dict[str, int], bodies: Callable[[str, int], Path]
+) -> dict[str, dict[str, float]]:
+    """One open-loop run of each server at the fixed rate."""
+    out: dict[str, dict[str, float]] = {}
+    ingest_port = targets["ingest (signed, deduped, stored)"]
+    for name, port in targets.items():
+        run_bodies = bodies("open", args.rate * args.open_seconds)
+        conn.flushdb()
+        result = openloop(port, run_bodies, args.rate, args.open_seconds)
+        if port == ingest_port:
+            result["stored"], result["duplicates"] = stored(conn)
+        out[name] = result
+    return out
+
+
+def main() -> None:
+    args = parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install -y wrk` or `brew install wrk`")
 
@@ -187,21 +254,7 @@ def main() -> None:
             server = EmbeddedRedis(tmp / "redis").start()
             redis_url = server.url
         conn = redis.Redis.from_url(redis_url)
-        accounts = tmp / "accounts"
-        accounts.mkdir()
-        (accounts / "bench.yaml").write_text(
-            "account: bench\nsenders:\n  segment:\n    secret_env: BENCH_SEGMENT_SECRET\n"
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "REDIS_URL"))}
-        env.update(
-            REDIS_URL=redis_url,
-            CONNECTOR_CONFIG_DIR=str(accounts),
-            CONNECTOR_DATA_DIR=str(tmp),
-            BENCH_SEGMENT_SECRET=SECRET,
-            PYTHONPATH=str(BENCH),
-        )
-        if args.workers:
-            env["WEB_CONCURRENCY"] = str(args.workers)
+        env = server_env(tmp, redis_url, args.workers)
         ingest_port, bare_port = free_port(), free_port()
         procs.append(start_gunicorn("connector.app:create_app()", ingest_port, env, tmp / "ingest.log"))
         procs.append(start_gunicorn("bare_app:create_app()", bare_port, env, tmp / "bare.log"))
@@ -219,33 +272,10 @@ def main() -> None:
             wrk(f"http://127.0.0.1:{port}{PATH}", bodies("warmup", 24_000), args.threads, args.connections, 2)
         # Rounds alternate the two servers, so that each ratio compares runs close in time
         # (the machine may be shared).
-        closed: list[dict[str, dict[str, float]]] = []
-        opened: list[dict[str, dict[str, float]]] = []
         redis_pids = [server.process.pid] if server is not None and server.process is not None else []
         masters = {ingest_port: procs[0], bare_port: procs[1]}
-        for _ in range(args.rounds):
-            closed.append({})
-            for name, port in targets.items():
-                run_bodies = bodies("closed", args.seconds * 12_000)
-                conn.flushdb()
-                pids = server_pids(masters[port])
-                web0, redis0 = cpu_ms(pids), cpu_ms(redis_pids)
-                url = f"http://127.0.0.1:{port}{PATH}"
-                result = wrk(url, run_bodies, args.threads, args.connections, args.seconds)
-                result["web_cpu_ms"] = (cpu_ms(pids) - web0) / result["requests"]
-                if port == ingest_port:
-                    result["redis_cpu_ms"] = (cpu_ms(redis_pids) - redis0) / result["requests"]
-                    result["stored"], result["duplicates"] = stored(conn)
-                closed[-1][name] = result
-        for _ in range(args.rounds):
-            opened.append({})
-            for name, port in targets.items():
-                run_bodies = bodies("open", args.rate * args.open_seconds)
-                conn.flushdb()
-                result = openloop(port, run_bodies, args.rate, args.open_seconds)
-                if port == ingest_port:
-                    result["stored"], result["duplicates"] = stored(conn)
-                opened[-1][name] = result
+        closed = [closed_round(args, conn, targets, masters, redis_pids, bodies) for _ in range(args.rounds)]
+        opened = [open_round(args, conn, targets, bodies) for _ in range(args.rounds)]
         report(args, list(targets), closed, opened, (load_before, os.getloadavg()[0]))
     finally:
         for proc in procs:
