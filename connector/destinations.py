@@ -207,7 +207,7 @@ class SegmentMapping:
             return CONTROL
         if self.variants:
             names = sorted(self.variants)
-            return names[variant_index(account, segment, profile_id, len(names), self.holdout_salt)]
+            return names[variant_index(account, segment, profile_id, len(names))]
         return TREATED
 
 
@@ -404,6 +404,7 @@ def _parse(account: AccountFile) -> dict[str, Destination]:
             options=options,
         )
     _check_holdouts(account.file, out)
+    _check_variants(account, out)
     return out
 
 
@@ -439,6 +440,23 @@ def _check_holdouts(file: str, out: Mapping[str, Destination]) -> None:
                     "a segment has one control group and one set of variants",
                     file=file,
                     path=f"destinations.{name}.segments.{seg}",
+                )
+
+
+def _check_variants(account: Any, out: Mapping[str, Destination]) -> None:
+    """A segment whose rules declare ``n`` variants (``within: [24h, 48h]``) is mapped with the
+    variants ``a`` .. the ``n``-th name, or with none (every variant gets the segment's tags)."""
+    ruleset = getattr(account, "ruleset", None)
+    by_name = getattr(ruleset, "by_name", {}) or {}
+    for name, dest in out.items():
+        for seg, m in dest.segments.items():
+            count = len(getattr(by_name.get(seg), "variants", ()))
+            if count > 1 and m.variants and sorted(m.variants) != list(VARIANT_NAMES[:count]):
+                raise ConfigError(
+                    f"the rules of `{seg}` declare {count} variants: map "
+                    f"{', '.join(VARIANT_NAMES[:count])} (or no variants)",
+                    file=account.file,
+                    path=f"destinations.{name}.segments.{seg}.variants",
                 )
 
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 
 from marshmallow import ValidationError
 
+from . import variants as variant_lists
 from .conditions import (
     Always,
     Compare,
@@ -26,7 +27,7 @@ from .conditions import (
 from .durations import DurationError, is_duration, longest, parse_duration
 from .errors import RulesError
 from .ruleset import EMPTY, RuleSet, Segment
-from .schema import RulesSchema, TemplateSchema, dumps, flatten
+from .schema import RulesSchema, SegmentSchema, TemplateSchema, dumps, flatten
 from .templates import builtin_templates
 from .values import (
     ANY_EVENT,
@@ -102,6 +103,53 @@ def _check_param(default: Any, value: Any) -> str | None:
     return None
 
 
+def _check_param_values(default: Any, value: Any) -> str | None:
+    """A parameter's value, or (a list where one value goes) each variant's value."""
+    if isinstance(value, list) and not isinstance(default, list):
+        for i, item in enumerate(value):
+            problem = _check_param(default, item)
+            if problem:
+                return f"variant {i}: {problem}"
+        return None
+    return _check_param(default, value)
+
+
+def _split_variants(doc: Any, origin: _Origin) -> tuple[Any, dict[int, list[Any]]]:
+    """The document with each segment's ``when`` as its first variant, and segment index → the raw
+    ``when`` of every variant (segments declaring variants only)."""
+    segments = doc.get("segments") if isinstance(doc, dict) else None
+    if not isinstance(segments, list):
+        return doc, {}
+    found: dict[int, list[Any]] = {}
+    out = []
+    for i, seg in enumerate(segments):
+        when = seg.get("when") if isinstance(seg, dict) else None
+        try:
+            n = variant_lists.count(when, f"segments[{i}].when")
+        except RulesError as err:
+            raise origin.error(err.path, err.reason) from err
+        if n > 1:
+            found[i] = [variant_lists.pick(when, k) for k in range(n)]
+            seg = {**seg, "when": found[i][0]}
+        out.append(seg)
+    return {**doc, "segments": out}, found
+
+
+def _load_variants(loaded: dict[str, Any], raw: Mapping[int, list[Any]], origin: _Origin) -> None:
+    """Validate every variant's ``when`` and keep them on the loaded segment (``variants``)."""
+    for i, whens in raw.items():
+        seg = loaded["segments"][i]
+        out = []
+        for k, when in enumerate(whens):
+            try:
+                out.append(SegmentSchema().load({"name": seg["name"], "when": when})["when"])
+            except ValidationError as err:
+                problems = flatten(err.messages)
+                path, reason = problems[0] if problems else ("when", "invalid")
+                raise origin.error(f"segments[{i}].{path}", f"variant {k}: {reason}") from err
+        seg["variants"] = out
+
+
 def _instantiate(
     template: str, source: Mapping[str, Any], overrides: Mapping[str, Any], prefix: str
 ) -> dict[str, Any]:
@@ -114,7 +162,7 @@ def _instantiate(
             raise RulesError(
                 f"{prefix}.params.{name}", f"unknown parameter of template {template} (known: {known})"
             )
-        problem = _check_param(declared[name], value)
+        problem = _check_param_values(declared[name], value)
         if problem:
             raise RulesError(f"{prefix}.params.{name}", problem)
     params = {**declared, **overrides}
@@ -125,7 +173,9 @@ def _instantiate(
     except RulesError as err:
         raise origin.error(err.path, err.reason) from err
     substituted["params"] = params
+    substituted, raw_variants = _split_variants(substituted, origin)
     loaded = _load(TemplateSchema(), substituted, origin)
+    _load_variants(loaded, raw_variants, origin)
     if loaded["include"]:
         raise origin.error("include", "a template cannot include other templates")
     return loaded
@@ -360,7 +410,9 @@ def compile_rules(
     if not isinstance(raw, Mapping):
         raise RulesError("", "rules must be a mapping with segments, traits, groups and include")
     lookup = _template_lookup(templates)
-    data = _load(RulesSchema(), dict(raw), _Origin())
+    split, raw_variants = _split_variants(dict(raw), _Origin())
+    data = _load(RulesSchema(), split, _Origin())
+    _load_variants(data, raw_variants, _Origin())
     parts: list[tuple[_Origin, dict[str, Any]]] = []
     used: list[str] = []
     for i, include in enumerate(data["include"]):
@@ -464,20 +516,39 @@ class _Groups:
         return self.groups[self.group_of[name]].index(name) if name in self.group_of else 0
 
 
+def _check_grouped_variants(
+    segment_defs: list[SegmentDef], variants: Mapping[str, Any], group_of: Mapping[str, str]
+) -> None:
+    """A member of an exclusive group has one condition: the group's order decides on it."""
+    for origin, path, seg in segment_defs:
+        if seg["name"] in variants and seg["name"] in group_of:
+            raise origin.error(
+                f"{path}.when",
+                f"variants: segment {seg['name']!r} is in exclusive group {group_of[seg['name']]!r}, "
+                "whose members have one condition each",
+            )
+
+
 def _build(parts: Parts, raw: Mapping[str, Any], used: tuple[str, ...]) -> RuleSet:
     c = _Compiler()
     _declare_traits(c, parts)
     segment_defs = _declare_segments(c, parts)
     traits = c.compile_traits()
     matched: dict[str, Condition] = {}
+    variants: dict[str, tuple[Condition, ...]] = {}
     for origin, path, seg in segment_defs:
         c._current_refs = []
         matched[seg["name"]] = c.condition(seg["when"], origin, f"{path}.when")
+        if seg.get("variants"):
+            variants[seg["name"]] = tuple(
+                c.condition(when, origin, f"{path}.when") for when in seg["variants"]
+            )
         c.refs[seg["name"]] = c._current_refs
     groups = _Groups(c, matched)
     for origin, data in parts:
         for gi, group in enumerate(data["groups"]):
             groups.add(origin, f"groups[{gi}]", group)
+    _check_grouped_variants(segment_defs, variants, groups.group_of)
     for origin, path, seg in segment_defs:
         name = seg["name"]
         cycle = _find_cycle(name, groups.deps)
@@ -493,6 +564,7 @@ def _build(parts: Parts, raw: Mapping[str, Any], used: tuple[str, ...]) -> RuleS
             position=groups.position(seg["name"]),
             description=seg.get("description", ""),
             origin=origin.template or "",
+            variants=variants.get(seg["name"], ()),
         )
         for origin, _, seg in segment_defs
     )

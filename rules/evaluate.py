@@ -12,6 +12,7 @@ from .explain import reasons
 from .model import Evaluation, Explanation, Profile
 from .ruleset import RuleSet
 from .values import Index, Value, earliest, exported, iso, next_value_change
+from .variants import NAMES
 
 REFINE_CAP = 32
 NEXT_DUE_CAP = 256
@@ -77,7 +78,8 @@ class Context:
         if segment.group is not None and not self.thorough:
             grouped = self._segments[name] = self._group_member(segment.group, segment.position)
             return grouped
-        condition = segment.condition
+        profile = self.ix.profile
+        condition = segment.condition_for(profile.account, profile.profile_id)
         value, nxt, after, exact = self.result(condition)
         member = value is True
         out: SegmentResult
@@ -185,6 +187,10 @@ def _next_due(
     return heap[0][0] if heap else None
 
 
+def variant_name(index: int) -> str:
+    return NAMES[index]
+
+
 def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool = True) -> Evaluation:
     """Memberships, computed traits, next_due and (when ``explain``) an explanation per segment.
 
@@ -216,8 +222,10 @@ def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool =
         for segment in rules.segments:
             member, nxt, exact = results[segment.name]
             next_due = earliest(next_due, nxt)
-            tree = ctx.explain(segment.condition)
+            tree = ctx.explain(segment.condition_for(profile.account, profile.profile_id))
             detail: dict[str, Any] = {"condition": tree, "next_change_exact": exact}
+            if segment.variants:
+                detail["variant"] = variant_name(segment.variant_of(profile.account, profile.profile_id))
             if segment.group:
                 detail["group"] = segment.group
             if segment.description:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .conditions import Condition
 from .values import Value
+from .variants import variant_index
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,18 @@ class Segment:
     description: str = ""
     origin: str = ""
     position: int = 0  # place in its exclusive group
+    # A/B variants (rules.variants): one condition per variant; a person is evaluated with theirs
+    variants: tuple[Condition, ...] = ()
+
+    def variant_of(self, account: str, profile_id: str) -> int:
+        """The person's variant (0 without variants)."""
+        return variant_index(account, self.name, profile_id, len(self.variants))
+
+    def condition_for(self, account: str, profile_id: str) -> Condition:
+        """The condition the person is evaluated with: their variant's, or the segment's."""
+        if not self.variants:
+            return self.condition
+        return self.variants[self.variant_of(account, profile_id)]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from connector.analytics.assign import CONTROL, TREATED
+from connector.analytics.assign import CONTROL, TREATED, variant_name
 from connector.destinations import SegmentMapping, destinations
 
 
@@ -27,9 +27,19 @@ def settings(account: Any) -> dict[str, SegmentMapping]:
 
 def arms_of(account: Any, profile_id: str, segments: Iterable[str]) -> dict[str, str]:
     """Segment → the person's arm (``c``, a variant name) for those of ``segments`` that have a
-    holdout or variants; the others are ``t`` and left out."""
+    holdout or variants (in a destination mapping or in the rules: the same draw); the others are
+    ``t`` and left out."""
     found = settings(account)
-    return {s: found[s].arm(account.id, s, profile_id) for s in segments if s in found}
+    by_name = getattr(getattr(account, "ruleset", None), "by_name", None) or {}
+    out: dict[str, str] = {}
+    for s in segments:
+        arm = found[s].arm(account.id, s, profile_id) if s in found else TREATED
+        rule = by_name.get(s)
+        if arm == TREATED and rule is not None and rule.variants:
+            arm = variant_name(rule.variant_of(account.id, profile_id))
+        if s in found or arm != TREATED:
+            out[s] = arm
+    return out
 
 
 def filter_desired(
