@@ -12,10 +12,18 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api as SmorestApi
 
-from connector.ops.api import accounts, admin, deadletters, people, rules, segments
+from connector.ops.api import accounts, admin, analytics, deadletters, people, rules, segments
 from connector.ops.api.schemas import ErrorSchema
 
-BLUEPRINTS = (accounts.blp, segments.blp, rules.blp, people.blp, deadletters.blp, admin.blp)
+BLUEPRINTS = (
+    accounts.blp,
+    segments.blp,
+    analytics.blp,
+    rules.blp,
+    people.blp,
+    deadletters.blp,
+    admin.blp,
+)
 
 
 class Api(SmorestApi):
