@@ -9,6 +9,12 @@ Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash:
 contact digest) and ``lhist:{acct:pid}`` (list of changes, oldest first, capped at
 ``HISTORY_MAXLEN``; what the cap drops is counted).
 
+The traits JSON is stored in pieces of at most ``PIECE`` bytes: ``t`` holds the first, ``t1``,
+``t2`` ... the rest, in order. Every field then stays within Redis' ``hash-max-listpack-value``
+(64 bytes), so the hash keeps its compact listpack encoding (about a third of the size of the hash
+table Redis switches to for a longer value). A hash written with the whole JSON in ``t`` (the
+earlier form) is read as it is and rewritten in pieces the next time the profile is recorded.
+
 A history entry holds only what changed, in one string: the version, the instant evaluated
 (microseconds since the epoch) and the segment moves and trait changes, separated by spaces:
 ``+name`` entered, ``-name`` exited (comma-separated), then, after a record separator, the changed
@@ -38,6 +44,7 @@ from connector.redis_conn import grouped_by_node, per_node
 HISTORY_MAXLEN = 500
 ATTEMPTS = 5  # reads of a profile's stored state before a concurrently changing ledger is an error
 TRAITS_SEP = "\x1e"
+PIECE = 64  # bytes of traits JSON per hash field: Redis' default hash-max-listpack-value
 
 # KEYS: ledger, history. ARGV: segments json, traits json, revision, at (epoch µs), maxlen,
 # at (epoch seconds), contact, force, expected segments json, expected traits json, history entry.
@@ -52,6 +59,32 @@ TRAITS_SEP = "\x1e"
 # {-1} (stale) / {-2} (the stored state is not the expected one).
 _RECORD = """
 local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c')
+local pieces = 0
+if cur[3] then
+  local rest = {cur[3]}
+  while true do
+    local piece = redis.call('HGET', KEYS[1], 't' .. (pieces + 1))
+    if not piece then break end
+    pieces = pieces + 1
+    rest[pieces + 1] = piece
+  end
+  cur[3] = table.concat(rest)
+end
+local function store(v, rev, at)
+  local t = ARGV[2]
+  local fields = {'v', v, 's', ARGV[1], 'r', rev, 'e', at, 'c', ARGV[7], 't', string.sub(t, 1, PIECE)}
+  local n = 0
+  while n * PIECE + PIECE < #t do
+    n = n + 1
+    fields[#fields + 1] = 't' .. n
+    fields[#fields + 1] = string.sub(t, n * PIECE + 1, n * PIECE + PIECE)
+  end
+  if pieces == 0 and cur[3] and #cur[3] > PIECE then
+    redis.call('DEL', KEYS[1])  -- the earlier form (whole JSON in t): rewritten compact
+  end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  for i = n + 1, pieces do redis.call('HDEL', KEYS[1], 't' .. i) end
+end
 local rev = tonumber(ARGV[3])
 local at = tonumber(ARGV[6])
 if cur[4] then
@@ -64,11 +97,11 @@ local first = not cur[2]
 local v = tonumber(cur[1] or '0')
 if first and ARGV[1] == '[]' and ARGV[2] == '{}' then same = true end
 if same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1' then
-  redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
+  store(v, rev, at)
   return {0}
 end
 v = v + 1
-redis.call('HSET', KEYS[1], 'v', v, 's', ARGV[1], 't', ARGV[2], 'r', rev, 'e', at, 'c', ARGV[7])
+store(v, rev, at)
 local trimmed = 0
 if not same and not (first and ARGV[1] == '[]') then
   local cap = tonumber(ARGV[5])
@@ -85,7 +118,7 @@ if not same and not (first and ARGV[1] == '[]') then
   end
 end
 return {v, trimmed}
-"""
+""".replace("PIECE", str(PIECE))
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -266,14 +299,18 @@ class Ledger:
         return again
 
     def _stored(self, account: str, pids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
-        replies = per_node(self.conn, [("hmget", ledger_key(account, pid), ("s", "t")) for pid in pids])
-        return [(reply[0], reply[1]) for reply in replies]
+        replies = per_node(self.conn, [("hgetall", ledger_key(account, pid), ()) for pid in pids])
+        return [(fields.get(b"s"), _traits_json(fields)) for fields in map(_fields, replies)]
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
-        raw = self.conn.hmget(ledger_key(account, profile_id), "v", "s", "t")
-        if raw[0] is None:
+        fields = _fields(self.conn.hgetall(ledger_key(account, profile_id)))
+        if b"v" not in fields:
             return None
-        return LedgerState(int(raw[0]), frozenset(json.loads(raw[1] or b"[]")), json.loads(raw[2] or b"{}"))
+        return LedgerState(
+            int(fields[b"v"]),
+            frozenset(json.loads(fields.get(b"s") or b"[]")),
+            json.loads(_traits_json(fields) or b"{}"),
+        )
 
     def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
         """The latest ``count`` changes, oldest first: version, instant, segments entered and exited,
@@ -301,6 +338,25 @@ class Ledger:
     def delete_many(self, account: str, profile_ids: Iterable[str]) -> None:
         for pid in profile_ids:  # each profile's keys share a slot, not the others'
             self.delete(account, pid)
+
+
+def _fields(reply: Any) -> dict[bytes, bytes]:
+    """A HGETALL reply (a mapping, or a flat list from a pipeline without its callback)."""
+    if isinstance(reply, dict):
+        return reply
+    items = list(reply or [])
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _traits_json(fields: Mapping[bytes, bytes]) -> bytes | None:
+    """The traits JSON from its pieces ``t``, ``t1``, ``t2`` ... (None when none is stored)."""
+    first = fields.get(b"t")
+    if first is None:
+        return None
+    pieces = [first]
+    while (piece := fields.get(b"t%d" % len(pieces))) is not None:
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _read(item: Mapping[str, str]) -> dict[str, Any]:
