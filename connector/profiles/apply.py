@@ -51,6 +51,7 @@ class Outcome:
     history_dropped: int = 0  # history events removed by the retention bounds (age, count)
     # erasures asked for: (profile id, source); a profile id of None erases the whole account
     erasures: list[tuple[str | None, str]] = field(default_factory=list)
+    applied_to: dict[str, str] = field(default_factory=dict)  # event id -> the profile it went to
 
 
 def _retention(account: Account) -> identity.Retention:
@@ -95,7 +96,8 @@ def apply_events(
         for pid, ready in zip(resolution.targets, prepared, strict=True):
             groups.setdefault(pid, []).append(ready)
         outcome.absorbed.update(resolution.absorbed)
-        _apply_groups(conn, account, groups, now, outcome)
+        event_of = {id(ready): item[0].event_id for item, ready in zip(regular, prepared, strict=True)}
+        _apply_groups(conn, account, groups, now, outcome, event_of)
     for event, ids in requests:
         _request(conn, queue_conn, account, event, ids, now, outcome)
     return outcome
@@ -162,7 +164,12 @@ def _prepare_all(
 
 
 def _apply_groups(
-    conn: redis.Redis, account: Account, groups: dict[str, list[Prepared]], now: datetime, outcome: Outcome
+    conn: redis.Redis,
+    account: Account,
+    groups: dict[str, list[Prepared]],
+    now: datetime,
+    outcome: Outcome,
+    event_of: dict[int, str],
 ) -> None:
     script = conn.register_script(APPLY)
     retention = _retention(account)
@@ -189,6 +196,7 @@ def _apply_groups(
                 outcome.expired += stored - int(reply[1]) - int(reply[2])
                 outcome.history_dropped += int(reply[3])
                 outcome.touched.add(pid)
+                outcome.applied_to.update((event_of[id(item)], pid) for item in groups[pid])
             elif status == "m":
                 target = reply[1].decode()
                 redirected.setdefault(target, []).extend(groups[pid])

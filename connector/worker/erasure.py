@@ -13,12 +13,15 @@ applied, and by ``connector profiles delete``. In order:
    data exports and the event names containing one of their identifiers (the dedupe markers
    stay: digests of the senders' event ids, so a replay of the person's earlier events remains a
    duplicate);
-2. the membership ledger and its history, and the due index, of the profile and of every profile
-   merged into it;
+2. the segment member sets (counted as exits) and the person's analytics state
+   (:func:`connector.worker.evaluation.forget_movements`), the membership ledger and its history,
+   and the due index, of the profile and of every profile merged into it;
 3. dead letters of every kind (queue items and sync changes) that name the person;
 4. the sync state: pending changes, applied versions, ownership ledgers, digests, retries; and a
    deletion queued for every destination under each of the person's addresses (when they have
-   one), whose outcome is recorded with a digest of the profile id only.
+   one), whose outcome is recorded with a digest of the profile id only;
+5. the deliveries of the account's live stream (``live:{account}``) that show one of their
+   identities, masked (:func:`forget_live`); ``shop/redact`` drops the whole stream.
 
 What remains is the erasure logs' entries and the tombstones, which hold digests, no identifier.
 """
@@ -26,9 +29,11 @@ What remains is the erasure logs' entries and the tombstones, which hold digests
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import redis
 
@@ -41,7 +46,7 @@ from connector.profiles.identity import usable_identities
 from connector.profiles.rejected import mentions
 from connector.profiles.store import name_codes, read_profile
 from connector.sync.deadletters import DeadLetter, DeadLetters
-from connector.worker import due
+from connector.worker import due, evaluation
 from connector.worker.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -154,6 +159,7 @@ def erase_account(
 ) -> int:
     """Erase every person of an account (Shopify ``shop/redact``); returns how many."""
     record_tombstones(queue_conn, account, None, now)
+    queue_conn.delete(live_key(account.id))
     everyone = store_erasure.erase_account(conn, queue_conn, account.id, now, source)
     for erased in everyone:  # the account's tombstone covers each of them
         _finish(conn, queue_conn, account, erased, now, tombstones=False)
@@ -172,6 +178,8 @@ def _finish(
     pids = erased.profile_ids
     if tombstones:  # again: identities linked between the first tombstones and the erasure
         record_tombstones(queue_conn, account, erased.identities, now)
+        forget_live(queue_conn, account.id, erased.identities)
+    evaluation.forget_movements(conn, account, evaluation.ledger_segments(conn, account.id, pids), now)
     Ledger(conn).delete_many(account.id, pids)
     due.unschedule(queue_conn, account.id, pids)
     removed = purge_dead_letters(queue_conn, account.id, erased)
@@ -180,6 +188,57 @@ def _finish(
         "person erased",
         extra={"account": account.id, "profile": erased.profile_id, "dead_letters": removed},
     )
+
+
+def live_key(account_id: str) -> str:
+    """The account's live stream of deliveries (:mod:`connector.ops.live`, queue Redis)."""
+    from connector.ops import live
+
+    return live.key(account_id)
+
+
+def _masks(identities: Mapping[str, Iterable[str]]) -> set[tuple[str, str]]:
+    from connector.ops.live import mask
+
+    out = set()
+    for kind, values in identities.items():
+        for value in values:
+            out.add((kind, mask(kind, value)))
+            if kind == "email":  # other kinds holding an address are masked the same way
+                out.update((other, mask(other, value)) for other in ("email", "anonymous_id", "user_id"))
+    return out
+
+
+def _concerns(entry: Mapping[str, Any], masks: set[tuple[str, str]], needles: frozenset[str]) -> bool:
+    for event in entry.get("events") or ():
+        shown = event.get("identities") if isinstance(event, dict) else None
+        if isinstance(shown, dict) and any((k, str(v)) in masks for k, v in shown.items()):
+            return True
+    reason = str(entry.get("reason") or "").lower()
+    return any(needle in reason for needle in needles)
+
+
+def forget_live(queue_conn: redis.Redis, account_id: str, identities: Mapping[str, Iterable[str]]) -> int:
+    """Remove from the account's live stream every delivery that shows one of the person's
+    identities (masked as the stream shows them: ``j***@example.com``; another person whose
+    identity masks the same way loses that entry too, the live view being only an aid) or names
+    one in its refusal reason; returns how many. The stream is capped (about 1,000 entries)."""
+    masks = _masks(identities)
+    needles = frozenset(v.lower() for values in identities.values() for v in values)
+    if not masks:
+        return 0
+    doomed = []
+    for entry_id, fields in queue_conn.xrange(live_key(account_id)):
+        raw = fields.get(b"d") or fields.get("d")
+        try:
+            entry = json.loads(raw) if raw is not None else {}
+        except ValueError:  # not an entry the live view wrote: nothing to judge it by
+            continue
+        if isinstance(entry, dict) and _concerns(entry, masks, needles):
+            doomed.append(entry_id)
+    if doomed:
+        queue_conn.xdel(live_key(account_id), *doomed)
+    return len(doomed)
 
 
 def purge_dead_letters(queue_conn: redis.Redis, account_id: str, erased: Erased) -> int:

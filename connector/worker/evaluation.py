@@ -1,28 +1,36 @@
 """The one hand-off from the event worker (and the scheduler) to rule evaluation.
 
-For each touched profile: load it, evaluate the account's rules at ``now``, record the result in
-the ledger (a diff only when something changed), put ``next_due`` into the due index, and queue
-the desired state for the destinations when the ledger changed.
+For each touched profile: load it (with its predicted traits, :mod:`connector.predict`), evaluate
+the account's rules at ``now``, record the result in the ledger (a diff only when something
+changed), put ``next_due`` into the due index, queue the desired state for the destinations when
+the ledger changed, and count the segment entries and exits (sizes, :mod:`connector.worker.sizes`;
+migrations between the members of exclusive groups and each person's entry and exit instants,
+:mod:`connector.analytics.movement`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import redis
 
 import rules
+from connector import predict
+from connector.analytics import holdout, movement
 from connector.config import Account
 from connector.profiles.bounds import count_dropped
 from connector.profiles.store import load_profiles
+from connector.redis_conn import is_cluster, per_node
 from connector.runtime import Runtime
 from connector.sync.submit import Submission, submit_many
-from connector.worker import due
-from connector.worker.ledger import Diff, Entry, Ledger
+from connector.worker import due, sizes
+from connector.worker.ledger import Diff, Entry, Ledger, ledger_key
 from rules import Evaluation, Profile, RuleSet
 
 log = logging.getLogger(__name__)
@@ -116,8 +124,7 @@ def _evaluate_chunk(
     push: bool,
     restate: Collection[str],
 ) -> list[Outcome]:
-    profiles = load_profiles(conn, account.id, pids, now)
-    live = [profile for pid in pids if (profile := profiles[pid]) is not None]
+    live = load_with_predictions(conn, account.id, pids, now)
     results = {p.profile_id: rules.evaluate(p, ruleset, now, explain=False) for p in live}
     emails = {p.profile_id: email_of(p) for p in live}
     entries = [
@@ -148,9 +155,82 @@ def _evaluate_chunk(
         schedule, "ledger_history", sum(diff.trimmed for diff in diffs.values() if diff is not None)
     )
     schedule.execute()
+    record_movements(conn, account, ruleset, {p.profile_id: diffs[p.profile_id] for p in changed}, now)
     for p in changed:
         _log_change(account.id, p.profile_id, diffs[p.profile_id])
     return [Outcome(pid, results.get(pid), diffs.get(pid)) for pid in pids]
+
+
+def load_with_predictions(
+    conn: redis.Redis, account_id: str, pids: list[str], now: datetime
+) -> list[Profile]:
+    """The live profiles among ``pids`` (in that order), each with its predicted traits merged
+    (stored traits of the same name win); two round trips for the lot."""
+    profiles = load_profiles(conn, account_id, pids, now)
+    live = [profile for pid in pids if (profile := profiles[pid]) is not None]
+    if not live:
+        return live
+    predicted = predict.predicted_traits(conn, account_id, [p.profile_id for p in live], now)
+    if not predicted:
+        return live
+    return [predict.with_predictions(p, predicted.get(p.profile_id)) for p in live]
+
+
+def account_pipeline(conn: redis.Redis, account_id: str) -> Any:
+    """A plain pipeline to the server holding the account's counters (every key of
+    :mod:`connector.worker.sizes` and :mod:`connector.analytics` shares the hash tag ``{<account>}``):
+    on a cluster, the node that serves that slot (the cluster pipeline refuses scripts)."""
+    if not is_cluster(conn):
+        return conn.pipeline(transaction=False)
+    cluster: Any = conn
+    node = cluster.get_node_from_key(sizes.size_key(account_id))
+    return node.redis_connection.pipeline(transaction=False)
+
+
+def record_movements(
+    conn: redis.Redis, account: Account, ruleset: RuleSet, diffs: Mapping[str, Diff | None], now: datetime
+) -> None:
+    """Count the segment entries and exits of the ledger's diffs: sizes and member sets, the
+    migrations of the exclusive groups, the entries of the day per holdout arm and each person's
+    entry and exit instants; one round trip for the lot (the counting is idempotent per profile
+    and segment, and the ledger yields each diff once)."""
+    moved = [(pid, diff) for pid, diff in diffs.items() if diff is not None and (diff.entered or diff.exited)]
+    if not moved:
+        return
+    held = holdout.settings(account)
+    pipe = account_pipeline(conn, account.id)
+    for pid, diff in moved:
+        sizes.record_transitions(pipe, account.id, diff.entered, diff.exited, now, profile_id=pid)
+        arms = {s: held[s].arm(account.id, s, pid) for s in diff.entered if s in held}
+        movement.record_diff(pipe, account.id, ruleset.groups, pid, diff.entered, diff.exited, now, arms=arms)
+    pipe.execute()
+
+
+def forget_movements(
+    conn: redis.Redis, account: Account, memberships: Mapping[str, Iterable[str]], now: datetime
+) -> None:
+    """Profiles that are gone (erased, merged into another): out of every member set (counted as
+    exits: the segments they held and, in case the sets hold more, every segment of the rules) and
+    their analytics state dropped."""
+    if not memberships:
+        return
+    everyone = set(account.ruleset.segment_names)
+    pipe = account_pipeline(conn, account.id)
+    for pid, segments in memberships.items():
+        sizes.forget(pipe, account.id, pid, everyone | set(segments), now)
+        movement.forget(pipe, account.id, pid)
+    pipe.execute()
+
+
+def ledger_segments(conn: redis.Redis, account_id: str, pids: Iterable[str]) -> dict[str, frozenset[str]]:
+    """The segments the ledger holds for each profile (none for a profile it has no entry for);
+    one round trip per server."""
+    order = list(pids)
+    replies = per_node(conn, [("hget", ledger_key(account_id, pid), ("s",)) for pid in order])
+    return {
+        pid: frozenset(json.loads(raw)) if raw else frozenset()
+        for pid, raw in zip(order, replies, strict=True)
+    }
 
 
 def _next_due(result: Evaluation | None) -> datetime | None:
@@ -186,13 +266,15 @@ def _submission(profile: Profile, diff: Diff | None, email: str | None) -> Submi
 
 
 def forget_absorbed(
-    conn: redis.Redis, queue_conn: redis.Redis, account_id: str, absorbed: Iterable[str]
+    conn: redis.Redis, queue_conn: redis.Redis, account: Account, absorbed: Iterable[str], now: datetime
 ) -> None:
-    """Profiles merged away keep no ledger, history or due entry: the survivor carries them on."""
+    """Profiles merged away keep no ledger, history, due entry, segment membership or analytics
+    state: the survivor carries them on (its evaluation counts its own entries)."""
     pids = list(absorbed)
     if pids:
-        Ledger(conn).delete_many(account_id, pids)
-        due.unschedule(queue_conn, account_id, pids)
+        forget_movements(conn, account, ledger_segments(conn, account.id, pids), now)
+        Ledger(conn).delete_many(account.id, pids)
+        due.unschedule(queue_conn, account.id, pids)
 
 
 def evaluate_touched(

@@ -417,7 +417,7 @@ def import_file(
         report.applied += outcome.applied
         report.duplicates += outcome.duplicates
         report.rejected_by_store += outcome.rejected
-        evaluation.forget_absorbed(conn, queue_conn, account.id, outcome.absorbed)
+        evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
         touched.profiles -= set(outcome.absorbed)
         touched.restate -= set(outcome.absorbed)
         touched.profiles |= outcome.touched

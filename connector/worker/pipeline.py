@@ -1,7 +1,9 @@
 """What the event worker does with a decoded batch: apply it to the profiles, carry out the
 erasures it asks for (:mod:`connector.worker.erasure`), then hand every touched profile to rule
 evaluation (:mod:`connector.worker.evaluation`). A profile that absorbed another in a merge sends
-its current state to the destinations again.
+its current state to the destinations again. Last, the batch's deliveries, opens, clicks,
+unsubscribes and orders are credited to the segments of the profiles they were applied to
+(:mod:`connector.analytics.attribution`; each event once, so a batch delivered twice counts once).
 
 Idempotent: a batch may be delivered twice (a worker killed before acknowledging); the second
 application changes nothing. A bad event is rejected with its reason, never raised.
@@ -15,6 +17,7 @@ from datetime import datetime
 
 import redis
 
+from connector.analytics import attribution
 from connector.config import Account, Accounts
 from connector.event import Event
 from connector.profiles import rejected
@@ -54,7 +57,7 @@ def apply_batch(
         outcome = apply_events(conn, queue_conn, account, batch, now)
         outcomes[account_id] = outcome
         _erase(conn, queue_conn, account, outcome, now)
-        evaluation.forget_absorbed(conn, queue_conn, account_id, outcome.absorbed)
+        evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
         count_dropped(counters, "profile_history", outcome.history_dropped)
         for name in ("applied", "duplicates", "rejected", "dropped", "expired", "erased", "exported"):
             value = getattr(outcome, name)
@@ -73,14 +76,32 @@ def apply_batch(
         )
     counters.execute()
     for account_id, outcome in outcomes.items():
-        if outcome.touched:
-            restate = set(outcome.absorbed.values()) & outcome.touched
-            account = accounts.get(account_id)
-            if account is not None:
-                evaluation.evaluate_profiles(
-                    account, set(outcome.touched), now, conn, queue_conn, restate=restate
-                )
+        account = accounts.get(account_id)
+        if outcome.touched and account is not None:
+            _evaluate(conn, queue_conn, account, by_account[account_id], outcome, now)
     return outcomes
+
+
+def _evaluate(
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account: Account,
+    batch: Sequence[Event],
+    outcome: Outcome,
+    now: datetime,
+) -> None:
+    """Evaluate the touched profiles, then credit the batch's engagement and orders to the segments
+    (:func:`connector.analytics.attribution.record_batch`) of the profiles they were applied to."""
+    restate = set(outcome.absorbed.values()) & outcome.touched
+    results = evaluation.evaluate_profiles(
+        account, set(outcome.touched), now, conn, queue_conn, restate=restate
+    )
+    credited = [e for e in batch if attribution.kind_of(e) is not None and e.event_id in outcome.applied_to]
+    if not credited:
+        return
+    memberships = {r.profile_id: r.evaluation.segments for r in results if r.evaluation is not None}
+    profile_of = {e.event_id: pid for e in credited if (pid := outcome.applied_to[e.event_id]) in memberships}
+    attribution.record_batch(conn, account, credited, memberships, profile_of, now)
 
 
 def _erase(

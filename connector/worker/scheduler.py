@@ -7,7 +7,8 @@
 * enqueues the re-evaluation of every profile whose ``next_due`` has come (connector/due.py), and
   sleeps only until the next due instant, so time-based transitions fire when they fall due;
 * arms the flush of every destination whose retry backoff has come due (connector/sync.py);
-* runs every registered periodic task.
+* runs every registered periodic task (``TASKS``: the daily training of the predictions, the
+  overlaps of the segments every ten minutes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import redis
 from rq import Queue
 
 from connector import clock
+from connector import runtime as process_runtime
 from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key, stream_key
 from connector.predict import jobs as predict_jobs
 from connector.runtime import Runtime
@@ -33,11 +35,60 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 
 Task = Callable[[datetime], int]
-TASKS: list[Task] = [predict_jobs.daily]  # each account's predictions, trained once a day
+
+# The overlap of every pair of an account's segments (:mod:`connector.analytics.overlap`), counted
+# again every OVERLAP_SECONDS by a job on the background queue served last (after events, sync and
+# backfill work). Each scheduler looks at the clock once a tick; a Redis key claims each account's
+# interval, so two schedulers enqueue it once.
+OVERLAP_SECONDS = 600.0
+OVERLAP_QUEUE = predict_jobs.PREDICT_QUEUE
+_overlap_check: list[float | None] = [None]  # the first refresh comes one interval after the start
+
+
+def overlap_job(account_id: str) -> int:
+    """RQ job: count the overlaps of the account's segments now; the number of pairs."""
+    from connector.analytics import overlap
+
+    rt = process_runtime.current()
+    account = rt.account(account_id)
+    if account is None:
+        return 0
+    return overlap.refresh(rt.profile_redis, account_id, account.ruleset.segment_names, clock.now())
+
+
+def refresh_overlaps(now: datetime) -> int:
+    """Scheduler task: every OVERLAP_SECONDS, enqueue each account's overlap job (claimed per
+    account and interval); returns how many were enqueued."""
+    last = _overlap_check[0]
+    if last is None or now.timestamp() < last:
+        _overlap_check[0] = now.timestamp()
+        return 0
+    if now.timestamp() - last < OVERLAP_SECONDS:
+        return 0
+    _overlap_check[0] = now.timestamp()
+    rt = process_runtime.current()
+    queue = Queue(OVERLAP_QUEUE, connection=rt.queue_redis)
+    stamp = now.timestamp()
+    enqueued = 0
+    for account in (a.id for a in rt.accounts):
+        claim = f"overlap:claim:{account}"  # holds the instant of the last enqueue
+        if rt.queue_redis.eval(
+            _TAKE_PUMP, 1, claim, repr(stamp - OVERLAP_SECONDS + 1), repr(stamp), int(OVERLAP_SECONDS) * 2
+        ):
+            queue.enqueue(overlap_job, account, result_ttl=0, failure_ttl=24 * 3600)
+            enqueued += 1
+    return enqueued
+
+
+TASKS: list[Task] = [
+    predict_jobs.daily,  # each account's predictions, trained once a day
+    refresh_overlaps,  # the overlaps of each account's segments, every ten minutes
+]
 
 
 # Takes the pump of a shard whose flag is down or stale (compare-and-set, so that two schedulers
-# re-arm a shard once): ARGV[1] = the oldest fresh heartbeat, ARGV[2] = now.
+# re-arm a shard once): ARGV[1] = the oldest fresh heartbeat, ARGV[2] = now, ARGV[3] = expiry (s).
+# Also claims an account's overlap interval (the key then holds the last enqueue instant).
 _TAKE_PUMP = """
 local beat = tonumber(redis.call('GET', KEYS[1]) or '')
 if beat and beat > tonumber(ARGV[1]) then return 0 end

@@ -1,9 +1,10 @@
 """Erasure leaves nothing: a person who went through every path (anonymous then merged, a segment
 with history, a pending sync change, an export, a rejected event, dead letters of both kinds,
-dedupe markers, the due index) is erased, and then every key of Redis, of every type, is read
-for any of their identifiers: none is found. The erasure records and the tombstones hold digests
-only; the dedupe markers of their events stay (named by digests of the senders' event ids, no
-identifier), so a replay of one of those events is still a duplicate."""
+dedupe markers, the due index, segment sizes and analytics, the live stream of deliveries) is
+erased, and then every key of Redis, of every type, is read for any of their identifiers (and
+their masked forms, as the live stream shows them): none is found. The erasure records and the
+tombstones hold digests only; the dedupe markers of their events stay (named by digests of the
+senders' event ids, no identifier), so a replay of one of those events is still a duplicate."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import redis
 from connector import clock
 from connector.config import load_accounts
 from connector.dev.sandbox import SANDBOX_MAILCHIMP_LIST
+from connector.ops import live
 from connector.profiles import erasures_since, lookup
 from connector.profiles.erasure import profile_digest, stored_exports
 from connector.sync.deadletters import DeadLetters
@@ -123,9 +125,12 @@ def test_erasure_leaves_no_identifier_in_any_key(
     conn = redis_client
     with clock.frozen(T0) as frozen:
         survivor, absorbed = _go_through_everything(client, conn, config_dir, frozen)
-        needles = [EMAIL, USER, ANON, survivor, absorbed]
+        # the live stream shows their identities masked (j***@example.com)
+        masked = [live.mask("email", EMAIL), live.mask("user_id", USER), live.mask("anonymous_id", ANON)]
+        needles = [EMAIL, USER, ANON, survivor, absorbed, *masked]
         before = {n for _, n in hits(conn, needles)}
         assert before == set(needles)  # every path left its traces
+        assert {n for key, n in hits(conn, masked) if key == live.key("acme")} == set(masked)
         markers = set(conn.scan_iter("dd:acme:*"))
         assert markers
         assert conn.exists(f"lhist:{{acme:{survivor}}}")

@@ -70,7 +70,6 @@ def test_admin_token_for_several_accounts(runner: CliRunner, redis_client: redis
     assert token.accounts == ("acme", "globex") and token.role == "admin"
 
 
-@pytest.mark.xfail(strict=False, reason="wired after the batched path lands")
 def test_the_worker_pipeline_keeps_segment_sizes(api_accounts: Path, redis_client: redis.Redis) -> None:
     accounts = load_accounts(api_accounts)
     apply(

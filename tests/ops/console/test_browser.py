@@ -207,10 +207,6 @@ def test_a_viewer_sees_no_replay_and_login_screens(
     assert "need an editor token" in page.inner_text("main")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the worker does not keep segment sizes yet (docs/api.md, 'Not wired yet'); the members show it",
-)
 def test_a_segments_size_grows_as_signed_webhooks_arrive(
     page: Any, server: str, mint: Mint, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

@@ -1,0 +1,192 @@
+"""The worker's batched path keeps the segment analytics (real Redis, the real pipeline in-process):
+sizes and member sets, the migrations of exclusive groups, attribution of engagement and orders,
+the overlap job from the scheduler; merges and erasures take the person out of all of it, and out
+of the live stream of deliveries."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+
+from connector.analytics import movement, overlap, report
+from connector.analytics.keys import messages_key, person_key
+from connector.config import Account, Accounts, load_accounts
+from connector.event import Event
+from connector.ops import live
+from connector.profiles import lookup
+from connector.worker import scheduler, sizes
+from connector.worker.erasure import forget_live
+from connector.worker.pipeline import apply_batch
+from tests.conftest import ACME, write_accounts
+from tests.profile_helpers import ev
+from tests.worker.test_batched_path import CountingConnection, counted  # noqa: F401  (fixture)
+
+NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def shop(config_dir: Path) -> Accounts:
+    acme = {**ACME, "rules": {"include": ["vip", "lifecycle", "purchase_behavior"]}}
+    write_accounts(config_dir, acme)
+    return load_accounts(config_dir)
+
+
+def apply(conn: redis.Redis, accounts: Accounts, events: list[Event], now: datetime = NOW) -> Any:
+    return apply_batch(events, now, accounts, conn, conn)["acme"]
+
+
+def order(sid: str, revenue: float, at: datetime, **ids: str) -> Event:
+    return ev(sid, "order_completed", at=at, props={"revenue": revenue, "order_id": sid}, **ids)
+
+
+def test_sizes_and_member_sets_follow_the_ledger_and_a_replay_counts_once(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    events = [order(f"o{i}", 1500.0 if i < 3 else 20.0, NOW - timedelta(hours=1), email=f"c{i}@example.com")
+              for i in range(5)]  # fmt: skip
+    apply(redis_client, shop, events)
+    apply(redis_client, shop, events)  # delivered twice
+    assert sizes.sizes(redis_client, "acme")["vip"] == 3
+    assert sizes.sizes(redis_client, "acme")["lifecycle_first_time"] == 5
+    vip = lookup(redis_client, "acme", "email", "c0@example.com")
+    small = lookup(redis_client, "acme", "email", "c4@example.com")
+    assert vip and small
+    assert sizes.is_member(redis_client, "acme", "vip", vip)
+    assert not sizes.is_member(redis_client, "acme", "vip", small)
+    [today] = sizes.hourly(redis_client, "acme", "vip", NOW, hours=1)
+    assert (today.size, today.entered, today.exited) == (3, 3, 0)
+
+
+def test_a_batch_counts_its_movements_in_the_same_round_trips_for_4_or_80_people(
+    counted: redis.Redis,  # noqa: F811
+    shop: Accounts,
+) -> None:
+    def trips(first: int, n: int) -> int:
+        events = [order(f"o{i}", 1500.0, NOW - timedelta(hours=1), email=f"c{i}@example.com")
+                  for i in range(first, first + n)]  # fmt: skip
+        before = CountingConnection.sent
+        apply(counted, shop, events)
+        return CountingConnection.sent - before
+
+    trips(1000, 2)  # scripts loaded, name codes cached
+    assert trips(0, 4) == trips(100, 80)
+    assert sizes.sizes(counted, "acme")["vip"] == 86
+
+
+def test_the_migration_matrix_counts_moves_between_lifecycle_stages(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    day1, day2 = NOW - timedelta(days=1), NOW
+    apply(redis_client, shop, [order("a1", 10.0, day1 - timedelta(hours=1), email="m@example.com")], day1)
+    apply(redis_client, shop, [order("a2", 10.0, day2 - timedelta(hours=1), email="m@example.com")], day2)
+    moves = movement.migration(redis_client, "acme", "lifecycle", NOW, 7)
+    assert moves == {("-", "lifecycle_first_time"): 1, ("lifecycle_first_time", "lifecycle_developing"): 1}
+
+
+def test_merging_takes_the_absorbed_profile_out_of_the_member_sets(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    at = NOW - timedelta(hours=1)
+    apply(
+        redis_client,
+        shop,
+        [order("m1", 1500.0, at, user_id="u-7"), order("m2", 1500.0, at, email="x@example.com")],
+    )
+    by_user = lookup(redis_client, "acme", "user_id", "u-7")
+    by_email = lookup(redis_client, "acme", "email", "x@example.com")
+    assert by_user and by_email and by_user != by_email
+    assert sizes.sizes(redis_client, "acme")["vip"] == 2
+    outcome = apply(
+        redis_client,
+        shop,
+        [ev("link", "identify", type="identify", at=at, user_id="u-7", email="x@example.com")],
+    )
+    [(absorbed, survivor)] = outcome.absorbed.items()
+    assert sizes.sizes(redis_client, "acme")["vip"] == 1
+    assert sizes.is_member(redis_client, "acme", "vip", survivor)
+    assert not sizes.is_member(redis_client, "acme", "vip", absorbed)
+    assert not redis_client.exists(person_key("acme", absorbed))
+
+
+def test_engagement_and_orders_are_credited_to_the_segments_the_person_was_in(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    at = NOW - timedelta(hours=3)
+    apply(redis_client, shop, [order("v1", 1500.0, at, email="e@example.com")], at + timedelta(minutes=1))
+    later = NOW - timedelta(hours=1)
+    mail = {"message_id": "msg-1"}
+    batch = [
+        ev("d1", "email_delivered", at=later, props=mail, email="e@example.com"),
+        ev("op1", "email_opened", at=later + timedelta(minutes=5), props=mail, email="e@example.com"),
+        order("v2", 80.0, later + timedelta(minutes=10), email="e@example.com"),
+    ]
+    apply(redis_client, shop, batch)
+    apply(redis_client, shop, batch)  # delivered twice: credited once
+    vip = report.counters(redis_client, "acme", "vip", NOW, 7)["t"]
+    assert (vip["en"], vip["dl"], vip["op"]) == (1, 1, 1)
+    # the order after the entry (within 7 days of it); the one that made them VIP came before it
+    assert vip["cv"] == 1 and vip["rv"] == 80 * 100
+    assert report.counters(redis_client, "acme", "lifecycle_new", NOW, 7) == {}
+
+
+def test_erasure_takes_the_person_out_of_sizes_and_analytics(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    at = NOW - timedelta(hours=1)
+    apply(redis_client, shop, [order("z1", 1500.0, at, email="gone@example.com"),
+                               order("z2", 1500.0, at, email="stays@example.com")])  # fmt: skip
+    pid = lookup(redis_client, "acme", "email", "gone@example.com")
+    assert pid and redis_client.exists(person_key("acme", pid))
+    outcome = apply(
+        redis_client, shop, [ev("del", "delete", type="delete", at=NOW, email="gone@example.com")]
+    )
+    assert outcome.erased == 1
+    assert sizes.sizes(redis_client, "acme")["vip"] == 1
+    assert not sizes.is_member(redis_client, "acme", "vip", pid)
+    assert not redis_client.exists(person_key("acme", pid), messages_key("acme", pid))
+
+
+def _deliver(conn: redis.Redis, account: Account, *identities: dict[str, str]) -> None:
+    for n, ids in enumerate(identities):
+        events = [ev(f"l{n}", "page_viewed", **ids)]
+        entry = live.delivered_entry(events, 1, 0)
+        conn.xadd(live.key(account.id), {live.FIELD: json.dumps(entry)})
+
+
+def test_erasure_removes_the_persons_deliveries_from_the_live_stream(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    account = shop.get("acme")
+    assert account is not None
+    _deliver(redis_client, account, {"email": "jane@example.com"}, {"user_id": "user_8812"},
+             {"email": "bob@example.com"}, {"anonymous_id": "jane@example.com"})  # fmt: skip
+    removed = forget_live(redis_client, "acme", {"email": ["jane@example.com"], "user_id": ["user_8812"]})
+    assert removed == 3
+    [(_, left)] = live.latest(redis_client, "acme", 10)
+    assert left["events"][0]["identities"] == {"email": "b***@example.com"}
+    apply(redis_client, shop, [order("r1", 5.0, NOW - timedelta(hours=1), email="bob@example.com")])
+    apply(redis_client, shop, [ev("redact", "shop_redact", type="delete", at=NOW)])
+    assert not redis_client.exists(live.key("acme"))
+
+
+def test_the_scheduler_refreshes_the_overlaps_every_ten_minutes(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    at = NOW - timedelta(hours=1)
+    apply(redis_client, shop, [order(f"p{i}", 1500.0 if i % 2 else 10.0, at, email=f"p{i}@example.com")
+                               for i in range(6)])  # fmt: skip
+    scheduler._overlap_check[0] = None
+    assert scheduler.refresh_overlaps(NOW) == 0  # the first check comes after the interval
+    assert scheduler.refresh_overlaps(NOW + timedelta(minutes=10, seconds=1)) == len(list(shop))
+    assert scheduler.refresh_overlaps(NOW + timedelta(minutes=11)) == 0  # not due yet
+    queue = Queue(scheduler.OVERLAP_QUEUE, connection=redis_client)
+    SimpleWorker([queue], connection=redis_client).work(burst=True)
+    both = overlap.read(redis_client, "acme", "vip", "lifecycle_first_time")
+    assert both.both == 3 and both.computed_at is not None
+    assert scheduler.refresh_overlaps(NOW + timedelta(minutes=20, seconds=2)) == len(list(shop))
