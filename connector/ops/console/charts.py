@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 
 def sparkline(values: Sequence[int], width: int = 120, height: int = 28) -> Markup:
@@ -25,3 +26,53 @@ def sparkline(values: Sequence[int], width: int = 120, height: int = 28) -> Mark
         f'role="img" aria-label="{title}"><title>{title}</title>'
         f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{points}"/></svg>'
     )
+
+
+def day_bars(entered: Sequence[int], exited: Sequence[int], width: int = 360, height: int = 60) -> Markup:
+    """Entries (up, green) and exits (down, red) per day around a middle line."""
+    if not entered:
+        return Markup("")
+    top = max([*entered, *exited, 1])
+    middle, step = height / 2, width / len(entered)
+    bars = []
+    for i, (came, left) in enumerate(zip(entered, exited, strict=False)):
+        x, up, down = i * step, (middle - 1) * came / top, (middle - 1) * left / top
+        box = f'x="{x:.1f}" width="{max(step - 1, 1):.1f}"'
+        bars.append(
+            f'<rect class="good" {box} y="{middle - up:.1f}" height="{up:.1f}"/>'
+            f'<rect class="bad" {box} y="{middle:.1f}" height="{down:.1f}"/>'
+        )
+    title = f"entered {sum(entered)}, exited {sum(exited)} over {len(entered)} days (peak {top} a day)"
+    return Markup(
+        f'<svg class="bars" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{title}"><title>{title}</title>'
+        f'<line x1="0" x2="{width}" y1="{middle}" y2="{middle}" stroke="currentColor" stroke-width="0.5"/>'
+        f"{''.join(bars)}</svg>"
+    )
+
+
+def arm_bars(arms: Mapping[str, Mapping[str, Any]], width: int = 360) -> Markup:
+    """Conversion rate of each arm (control ``c``, treated ``t``, variants ``a``, ``b`` ...) as
+    horizontal bars, the rate written beside each."""
+    rates = {arm: perf.get("conversion_rate") or 0.0 for arm, perf in arms.items()}
+    if not rates:
+        return Markup("")
+    top, row, label = max([*rates.values(), 1e-9]), 18, 40
+    rows = []
+    for i, (arm, rate) in enumerate(sorted(rates.items())):
+        length = (width - label - 60) * rate / top
+        name = escape(ARM_NAMES.get(arm, f"variant {arm}"))
+        rows.append(
+            f'<text x="0" y="{i * row + 13}">{name}</text>'
+            f'<rect x="{label + 30}" y="{i * row + 3}" width="{length:.1f}" height="{row - 6}" class="arm"/>'
+            f'<text x="{label + 34 + length:.1f}" y="{i * row + 13}">{rate * 100:.1f}%</text>'
+        )
+    height = row * len(rates)
+    title = "conversion rate: " + ", ".join(f"{escape(a)} {r * 100:.1f}%" for a, r in sorted(rates.items()))
+    return Markup(
+        f'<svg class="arms" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{title}"><title>{title}</title>{"".join(rows)}</svg>'
+    )
+
+
+ARM_NAMES = {"c": "control", "t": "treated"}

@@ -28,7 +28,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from connector import clock
 from connector.ops import live, tokens
 from connector.ops.console import session
-from connector.ops.console.charts import sparkline
+from connector.ops.console.charts import arm_bars, day_bars, sparkline
 from connector.ops.console.client import ApiError, call, get, post
 from connector.runtime import Runtime
 
@@ -94,7 +94,7 @@ def _http_error(err: HTTPException) -> Any:
 
 @bp.app_context_processor
 def _context() -> dict[str, Any]:
-    return {"sparkline": sparkline, "quote": quote}
+    return {"sparkline": sparkline, "day_bars": day_bars, "arm_bars": arm_bars, "quote": quote}
 
 
 def render(template: str, **values: Any) -> str:
@@ -229,7 +229,9 @@ def segments(account: str) -> Any:
                 "exited": sum(p["exited"] for p in hourly),
             }
         )
-    return render("segments.html", account=account, segments=rows)
+    groups = sorted({s["group"] for s in rows if s.get("group")})
+    migrations = [get(f"/accounts/{quote(account)}/groups/{quote(g)}/migration", since="30d") for g in groups]
+    return render("segments.html", account=account, segments=rows, migrations=migrations)
 
 
 @bp.route("/a/<account>/segments/<name>")
@@ -238,7 +240,8 @@ def segment(account: str, name: str) -> Any:
     one = get(base, hours=48, days=30)
     q, cursor = request.args.get("q", ""), request.args.get("cursor")
     members = get(f"{base}/members", q=q, cursor=cursor, limit=50)
-    return render("segment.html", account=account, segment=one, members=members, q=q)
+    report = get(f"{base}/report", since="30d")
+    return render("segment.html", account=account, segment=one, members=members, q=q, report=report)
 
 
 def _csv_rows(account: str, name: str) -> Iterator[str]:
