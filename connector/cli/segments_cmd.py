@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import rules
-from connector import clock
+from connector import clock, predict
 from connector import runtime as process_runtime
 from connector.cli.accounts import known_account
 from connector.cli.profiles_cmd import _find, _person_options, _redis_errors
@@ -64,6 +64,11 @@ def explain(
     profile = load_profile(conn, account_id, pid, now)
     if profile is None:
         raise click.ClickException("that profile no longer exists (erased or merged)")
+    # as the worker sees it: with its predicted traits
+    profile = predict.with_predictions(
+        profile, predict.predicted_traits(conn, account_id, [pid], now).get(pid)
+    )
+    predicted = predict.explain(conn, account_id, pid, now)
     unknown = [s for s in segment_names if s not in account.ruleset.segment_names]
     if unknown:
         raise click.UsageError(
@@ -88,11 +93,14 @@ def explain(
                 for name in wanted
                 if name in evaluation.explanations
             },
+            "predictions": predicted,
         }
         click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(f"profile {pid} at {isoformat(now)}")
     click.echo(rules.render_evaluation(evaluation, wanted))
+    if predicted is not None:
+        click.echo("\n".join(predict.render_explain(predicted)))
     scheduled = due.due_at(rt.queue_redis, account_id, pid)
     click.echo(f"next re-evaluation scheduled: {isoformat(scheduled) if scheduled else 'none'}")
 

@@ -190,3 +190,37 @@ def test_the_scheduler_refreshes_the_overlaps_every_ten_minutes(
     both = overlap.read(redis_client, "acme", "vip", "lifecycle_first_time")
     assert both.both == 3 and both.computed_at is not None
     assert scheduler.refresh_overlaps(NOW + timedelta(minutes=20, seconds=2)) == len(list(shop))
+
+
+def test_a_rank_condition_matches_in_the_worker_after_predict_train(
+    config_dir: Path, redis_client: redis.Redis
+) -> None:
+    from click.testing import CliRunner
+
+    from connector import clock
+    from connector.cli.main import _register, cli
+    from connector.worker.ledger import Ledger
+    from tests.predict.test_predict_training import NOW as TRAINED
+    from tests.predict.test_predict_training import _store_customers
+
+    write_accounts(config_dir, {**ACME, "rules": {"include": ["value_tiers", "churn_risk"]}})
+    accounts = load_accounts(config_dir)
+    _store_customers(redis_client, accounts, 120, seed=33)
+    pid = lookup(redis_client, "acme", "user_id", "user-0")
+    assert pid and Ledger(redis_client).state("acme", pid).segments == frozenset()  # type: ignore[union-attr]
+    _register()
+    with clock.frozen(TRAINED):
+        done = CliRunner().invoke(
+            cli, ["predict", "train", "--account", "acme", "--min-repeat-customers", "10"]
+        )
+        assert done.exit_code == 0, done.output
+        explained = CliRunner().invoke(cli, ["explain", "--account", "acme", "--profile-id", pid])
+    assert explained.exit_code == 0, explained.output
+    assert "predicted by bgnbd-gg/1@" in explained.output and "predicted_clv = " in explained.output
+    later = TRAINED + timedelta(minutes=1)
+    apply(redis_client, accounts, [ev("seen", "page_viewed", at=later, user_id="user-0")], later)
+    state = Ledger(redis_client).state("acme", pid)
+    assert state is not None
+    tiers = {s for s in state.segments if s.startswith("value_tier_")}
+    assert len(tiers) == 1  # exactly one tier, from the rank of its predicted CLV
+    assert sum(sizes.sizes(redis_client, "acme").get(t, 0) for t in tiers) == 1
