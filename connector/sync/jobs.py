@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import redis
+from rq import Queue
 
 from adapters.base import Adapter
 from connector import clock
@@ -100,11 +101,30 @@ def flush_job(
                 conn.delete(armed)
                 arm(conn, account_id, destination_name)
                 break
+            if nxt > now and others_waiting(conn):
+                # rather than hold the worker through the batch delay while jobs the same worker serves
+                # wait: the next change or the scheduler (``sync:due``) arms this destination again
+                conn.delete(armed)
+                break
             sleep(max(0.0, nxt - now))
     finally:
         if conn.get(lock) == token.encode():
             conn.delete(lock)
     return totals
+
+
+# The queues ``connector worker`` serves besides the sync's (connector/worker/jobs.py and
+# connector/ingest/queue.py name them): a flush job does not sleep through a batch delay while one of
+# them holds a job.
+OTHER_WORKER_QUEUES = ("reevaluate", "events")
+
+
+def others_waiting(conn: redis.Redis) -> bool:
+    """Whether a re-evaluation or an event drain waits for the worker."""
+    pipe = conn.pipeline(transaction=False)
+    for name in OTHER_WORKER_QUEUES:
+        pipe.llen(Queue(name, connection=conn).key)
+    return any(pipe.execute())
 
 
 def fire_due(conn: redis.Redis, now: datetime) -> int:

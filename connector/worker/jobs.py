@@ -21,6 +21,7 @@ from datetime import datetime
 from types import TracebackType
 
 import redis
+from rq import Queue
 
 from connector import clock
 from connector import runtime as process_runtime
@@ -36,6 +37,7 @@ from connector.ingest.queue import (
 )
 from connector.runtime import Runtime
 from connector.sync.deadletters import DeadLetters
+from connector.sync.keys import SYNC_QUEUE
 from connector.worker import due, evaluation, pipeline
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 GROUP = "workers"
 BATCH_SIZE = 500
 TIME_BUDGET_SECONDS = 10.0
+TURN_SECONDS = 0.5  # a drain runs at least this long before it gives the worker up to waiting flushes
 CLAIM_IDLE_MS = 60_000
 MAX_DELIVERIES = 5
 BACKOFF_CONSUMER = "backoff"
@@ -175,8 +178,19 @@ def _drain(
             # entries were stored since the read: read them (within the budget)
         else:
             total += _apply(conn, dead, key, entries, processor)
-        if clock.monotonic() - started > time_budget:
+        elapsed = clock.monotonic() - started
+        if elapsed > time_budget or (elapsed > TURN_SECONDS and _sync_waiting(conn)):
             return total, True
+
+
+def _sync_waiting(conn: redis.Redis) -> bool:
+    """Whether a flush or a re-evaluation waits for this worker: a drain gives the worker up to it
+    after ``TURN_SECONDS`` (and is enqueued again), so that changes reach the destinations within
+    their batch delay and about one turn while events keep arriving."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.llen(Queue(SYNC_QUEUE, connection=conn).key)
+    pipe.llen(Queue(REEVALUATE_QUEUE, connection=conn).key)
+    return any(pipe.execute())
 
 
 def _next_entries(conn: redis.Redis, key: str, consumer: str, count: int) -> list[tuple[bytes, dict]]:

@@ -165,12 +165,18 @@ def tick(queue: EventQueue, now: datetime) -> int:
     return done
 
 
+FIRE_GAP_SECONDS = 0.1
+
+
 def sleep_seconds(conn: redis.Redis, now: datetime) -> float:
-    """Until the next due instant, at most one tick: due profiles fire at their instant, not later."""
+    """Until the next due instant, at most one tick and at least ``FIRE_GAP_SECONDS``: due profiles
+    fire at most that long after their instant, and profiles falling due close together fire in one
+    re-evaluation job (waking for each instant made one job per profile, whose RQ overhead outgrew
+    the worker at 100 due times per second)."""
     nxt = due.earliest(conn)
     if nxt is None:
         return TICK_SECONDS
-    return max(0.0, min(TICK_SECONDS, nxt - now.timestamp()))
+    return max(FIRE_GAP_SECONDS, min(TICK_SECONDS, nxt - now.timestamp()))
 
 
 def run(runtime: Runtime, max_ticks: int | None = None) -> None:

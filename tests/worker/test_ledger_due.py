@@ -54,9 +54,12 @@ def test_scheduler_sleeps_until_the_next_due_instant_at_most_one_tick(redis_clie
     from connector.worker import scheduler
 
     assert scheduler.sleep_seconds(redis_client, T0) == scheduler.TICK_SECONDS
-    due.schedule(redis_client, "acme", "p1", T0 + timedelta(milliseconds=50))
-    assert abs(scheduler.sleep_seconds(redis_client, T0) - 0.05) < 1e-6
+    due.schedule(redis_client, "acme", "p1", T0 + timedelta(milliseconds=150))
+    assert abs(scheduler.sleep_seconds(redis_client, T0) - 0.15) < 1e-6
+    # entries due sooner (or already due) wait for the gap, so that close ones fire in one job
+    due.schedule(redis_client, "acme", "p1", T0 + timedelta(milliseconds=10))
+    assert scheduler.sleep_seconds(redis_client, T0) == scheduler.FIRE_GAP_SECONDS
     due.schedule(redis_client, "acme", "p1", T0 - timedelta(seconds=1))
-    assert scheduler.sleep_seconds(redis_client, T0) == 0.0
+    assert scheduler.sleep_seconds(redis_client, T0) == scheduler.FIRE_GAP_SECONDS
     due.schedule(redis_client, "acme", "p1", T0 + timedelta(hours=1))
     assert scheduler.sleep_seconds(redis_client, T0) == scheduler.TICK_SECONDS
