@@ -103,8 +103,9 @@ def flush_job(
                 break
             if nxt > now and others_waiting(conn):
                 # rather than hold the worker through the batch delay while jobs the same worker serves
-                # wait: the next change or the scheduler (``sync:due``) arms this destination again
-                conn.delete(armed)
+                # wait: the flag stays up until the next change is ready (changes queued meanwhile
+                # enqueue no job of their own), then the scheduler (``sync:due``) arms it again
+                conn.set(armed, "1", px=max(1, int((nxt - now) * 1000) - REARM_EARLY_MS))
                 break
             sleep(max(0.0, nxt - now))
     finally:
@@ -117,6 +118,7 @@ def flush_job(
 # connector/ingest/queue.py name them): a flush job does not sleep through a batch delay while one of
 # them holds a job.
 OTHER_WORKER_QUEUES = ("reevaluate", "events")
+REARM_EARLY_MS = 50  # the flag of a flush that gave way expires this much before its next change is ready
 
 
 def others_waiting(conn: redis.Redis) -> bool:
