@@ -11,11 +11,18 @@
    runs made close in time (the machine may be shared with other work).
 4. Prints a markdown table (requests/s, p50, p99) with, for ingest, how many events were stored
    and how many were duplicates (expected: every request stored, no duplicate).
+
+With ``--live-client`` every round also runs the ingest server with a console client connected to
+the account's live stream (``GET /api/v1/accounts/bench/live`` with an admin token made by
+``connector tokens create``; it reconnects with ``Last-Event-ID`` when an answer's window closes, as
+the browser does) and reports ingest with / without it, both ways, with the entries the client
+received (proof it was connected).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,10 +35,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -173,7 +182,62 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--redis-url", help="use this Redis (it is FLUSHED) instead of an embedded one")
     parser.add_argument("--workers", help="WEB_CONCURRENCY for both servers (default: gunicorn_conf's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    parser.add_argument(
+        "--live-client",
+        action="store_true",
+        help="also run ingest with a console client on the account's live stream, side by side",
+    )
     return parser.parse_args()
+
+
+LIVE = "ingest + live client"
+
+
+def admin_token(env: dict[str, str]) -> str:
+    """A bearer token for the bench account, made as an operator would (``connector tokens create``)."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "connector"), "tokens", "create", "--account", "bench",
+         "--role", "admin", "--expires", "1d", "--note", "bench/ingest live client"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip().splitlines()[-1]
+
+
+class LiveClient:
+    """A console client on ``/api/v1/accounts/bench/live``: reads the event stream and reconnects
+    with ``Last-Event-ID`` when an answer ends, until stopped; counts the entries it received."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.url = f"http://127.0.0.1:{port}/api/v1/accounts/bench/live"
+        self.headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        self.entries = 0
+        self.answers = 0
+        self.last_id = ""
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LiveClient:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=httpx.Timeout(10.0, read=30.0)) as client:
+            while not self.stopping.is_set():
+                headers = {**self.headers, **({"Last-Event-ID": self.last_id} if self.last_id else {})}
+                with client.stream("GET", self.url, params={"backlog": 0}, headers=headers) as answer:
+                    if answer.status_code != 200:
+                        raise RuntimeError(f"live stream answered {answer.status_code}: {answer.read()[:300]!r}")
+                    self.answers += 1
+                    for line in answer.iter_lines():
+                        if line.startswith("id:"):
+                            self.last_id = line[3:].strip()
+                            self.entries += 1
+                        if self.stopping.is_set():
+                            break
 
 
 def server_env(tmp: Path, redis_url: str, workers: str | None) -> dict[str, str]:
@@ -210,16 +274,25 @@ def closed_round(
         run_bodies = bodies("closed", args.seconds * 12_000)
         conn.flushdb()
         pids = server_pids(masters[port])
-        web0, redis0 = cpu_ms(pids), cpu_ms(redis_pids)
-        result = wrk(
-            f"http://127.0.0.1:{port}{PATH}", run_bodies, args.threads, args.connections, args.seconds
-        )
-        result["web_cpu_ms"] = (cpu_ms(pids) - web0) / result["requests"]
+        with live_client(name, port, args) as live:
+            web0, redis0 = cpu_ms(pids), cpu_ms(redis_pids)
+            result = wrk(
+                f"http://127.0.0.1:{port}{PATH}", run_bodies, args.threads, args.connections, args.seconds
+            )
+            result["web_cpu_ms"] = (cpu_ms(pids) - web0) / result["requests"]
         if port == ingest_port:
             result["redis_cpu_ms"] = (cpu_ms(redis_pids) - redis0) / result["requests"]
             result["stored"], result["duplicates"] = stored(conn)
+        if live is not None:
+            result["live_entries"], result["live_answers"] = live.entries, live.answers
         out[name] = result
     return out
+
+
+def live_client(name: str, port: int, args: argparse.Namespace) -> Any:
+    """The console client for the LIVE runs, nothing otherwise. Its token is made after the run's
+    FLUSHDB (which drops tokens too)."""
+    return LiveClient(port, admin_token(args.env)) if name == LIVE else contextlib.nullcontext()
 
 
 def open_round(
@@ -231,9 +304,12 @@ def open_round(
     for name, port in targets.items():
         run_bodies = bodies("open", args.rate * args.open_seconds)
         conn.flushdb()
-        result = openloop(port, run_bodies, args.rate, args.open_seconds)
+        with live_client(name, port, args) as live:
+            result = openloop(port, run_bodies, args.rate, args.open_seconds)
         if port == ingest_port:
             result["stored"], result["duplicates"] = stored(conn)
+        if live is not None:
+            result["live_entries"], result["live_answers"] = live.entries, live.answers
         out[name] = result
     return out
 
@@ -268,6 +344,9 @@ def main() -> None:
             return path
 
         targets = {"bare Flask 200": bare_port, "ingest (signed, deduped, stored)": ingest_port}
+        if args.live_client:
+            args.env = env
+            targets[LIVE] = ingest_port
         for port in targets.values():
             wrk(f"http://127.0.0.1:{port}{PATH}", bodies("warmup", 24_000), args.threads, args.connections, 2)
         # Rounds alternate the two servers, so that each ratio compares runs close in time
@@ -298,7 +377,7 @@ def report(
     opened: list[dict[str, dict[str, float]]],
     load: tuple[float, float],
 ) -> None:
-    bare, ingest = names
+    bare, ingest = names[0], names[1]
     workers = args.workers or f"{os.cpu_count()} cores x 2 (gunicorn_conf)"
     print(f"\ngunicorn workers: {workers}; wrk -t{args.threads} -c{args.connections} -d{args.seconds}s")
     print(f"machine: {os.cpu_count()} cores; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after")
@@ -308,6 +387,10 @@ def report(
         for name, r in results.items():
             notes = f"non-2xx {int(r['non_2xx'])}, socket errors {int(r['socket_errors'])}"
             cpu = f"{r['web_cpu_ms']:.2f}"
+            if "live_entries" in r:
+                notes += (
+                    f"; live client got {int(r['live_entries'])} entries ({int(r['live_answers'])} answers)"
+                )
             if "stored" in r:
                 notes += f"; stored {int(r['stored'])} of {int(r['requests'])}"
                 notes += f", duplicates {int(r['duplicates'])}"
@@ -322,6 +405,8 @@ def report(
                 f"ok {r['ok']}/{r['sent']}, errors {r['errors']}; generator send lag p50/p99 "
                 f"{r['send_lag_p50_ms']}/{r['send_lag_p99_ms']} ms"
             )
+            if "live_entries" in r:
+                notes += f"; live client got {int(r['live_entries'])} entries"
             if "stored" in r:
                 notes += f"; stored {int(r['stored'])}, duplicates {int(r['duplicates'])}"
             print(
@@ -346,6 +431,36 @@ def report(
         f"ingest p99 at {args.rate} req/s per round: {', '.join(f'{x:g}' for x in p99s)} ms; "
         f"median {statistics.median(p99s):g} ms (target <= 25 ms; bare endpoint: "
         f"{', '.join(f'{x:g}' for x in bare_p99s)} ms)"
+    )
+    if LIVE in names:
+        report_live(ingest, closed, opened)
+
+
+def report_live(
+    ingest: str, closed: list[dict[str, dict[str, float]]], opened: list[dict[str, dict[str, float]]]
+) -> None:
+    """Ingest with the live client against ingest without it, per round, both ways."""
+    with_live = [r[LIVE]["rps"] / r[ingest]["rps"] for r in closed]
+    cpu = [
+        (r[LIVE]["web_cpu_ms"] + r[LIVE]["redis_cpu_ms"])
+        / (r[ingest]["web_cpu_ms"] + r[ingest]["redis_cpu_ms"])
+        for r in closed
+    ]
+    p99 = [r[LIVE]["p99_ms"] / r[ingest]["p99_ms"] for r in opened]
+    back = [1 / x for x in with_live]
+    print(
+        f"\nthroughput with / without the live client per round: {', '.join(f'{x:.1%}' for x in with_live)}; "
+        f"median {statistics.median(with_live):.1%} (without / with: {', '.join(f'{x:.1%}' for x in back)}; "
+        f"median {statistics.median(back):.1%})"
+    )
+    print(
+        f"CPU per request (web + redis) with / without: {', '.join(f'{x:.1%}' for x in cpu)}; "
+        f"median {statistics.median(cpu):.1%}"
+    )
+    print(
+        f"p99 at the fixed rate with / without: {', '.join(f'{x:.2f}x' for x in p99)}; "
+        f"median {statistics.median(p99):.2f}x (without / with: median "
+        f"{statistics.median([1 / x for x in p99]):.2f}x)"
     )
 
 
