@@ -81,6 +81,88 @@ def record_diff(
     pipe.expire(person, int(PERSON_RETENTION.total_seconds()))
 
 
+# record_diff for many profiles in one call. KEYS: the day's counters, the migration hash of each
+# group named in ARGV, then each profile's person hash. ARGV: counters ttl, person ttl, instant
+# (epoch s), number of groups G, number of counters C, C triples (key position: 1 the day's, 1 + g
+# group g's; field; increment), then per profile: number entered, the segments entered, number
+# exited, the segments exited.
+_RECORD_MANY = """
+local ttl, pttl, stamp = ARGV[1], ARGV[2], ARGV[3]
+local ngroups, i = tonumber(ARGV[4]), 6
+local touched = {}
+for _ = 1, tonumber(ARGV[5]) do
+  local k = tonumber(ARGV[i])
+  redis.call('HINCRBY', KEYS[k], ARGV[i + 1], ARGV[i + 2])
+  touched[k] = true
+  i = i + 3
+end
+for k in pairs(touched) do redis.call('EXPIRE', KEYS[k], ttl) end
+local p = 0
+while i <= #ARGV do
+  p = p + 1
+  local person, fields, gone = KEYS[1 + ngroups + p], {}, {}
+  local n = tonumber(ARGV[i])
+  for j = i + 1, i + n do
+    fields[#fields + 1] = 'e:' .. ARGV[j]
+    fields[#fields + 1] = stamp
+    gone[#gone + 1] = 'r:' .. ARGV[j]
+  end
+  i = i + n + 1
+  n = tonumber(ARGV[i])
+  for j = i + 1, i + n do
+    fields[#fields + 1] = 'x:' .. ARGV[j]
+    fields[#fields + 1] = stamp
+  end
+  i = i + n + 1
+  redis.call('HSET', person, unpack(fields))
+  if #gone > 0 then redis.call('HDEL', person, unpack(gone)) end
+  redis.call('EXPIRE', person, pttl)
+end
+return 0
+"""
+
+
+def record_many(
+    pipe: redis.Redis | Any,
+    account: str,
+    groups: Mapping[str, Iterable[str]],
+    diffs: Iterable[tuple[str, Iterable[str], Iterable[str], Mapping[str, str]]],
+    now: datetime,
+) -> None:
+    """:func:`record_diff` for many profiles ``(profile id, entered, exited, arms)`` in one script
+    call (queued on ``pipe``): the worker's path, one command per batch instead of several per
+    profile, each counter incremented once. The same counts and instants as :func:`record_diff`
+    for each."""
+    rows = [(pid, sorted(set(came)), sorted(set(left)), arms) for pid, came, left, arms in diffs]
+    rows = [row for row in rows if row[1] or row[2]]
+    if not rows:
+        return
+    counts: dict[tuple[str, str], int] = {}  # (group, or "" for the day's entries; field) -> count
+    for _, came, left, arms in rows:
+        for group, move in moves(groups, came, left).items():
+            counts[(group, move)] = counts.get((group, move), 0) + 1
+        for segment in came:
+            field = f"en:{segment}:{arms.get(segment, TREATED)}"
+            counts[("", field)] = counts.get(("", field), 0) + 1
+    names = sorted({group for group, _ in counts if group})
+    position = {"": 1} | {name: n for n, name in enumerate(names, start=2)}
+    keys = [day_key(account, now), *(migration_key(account, g, now) for g in names)]
+    keys += [person_key(account, pid) for pid, _, _, _ in rows]
+    ttl = int(DAILY_RETENTION.total_seconds()) + 86400
+    args: list[Any] = [
+        ttl,
+        int(PERSON_RETENTION.total_seconds()),
+        int(now.timestamp()),
+        len(names),
+        len(counts),
+    ]
+    for (group, field), count in sorted(counts.items()):
+        args += [position[group], field, count]
+    for _, came, left, _ in rows:
+        args += [len(came), *came, len(left), *left]
+    pipe.register_script(_RECORD_MANY)(keys=keys, args=args, client=pipe)
+
+
 def migration(
     conn: redis.Redis, account: str, group: str, now: datetime, days: int
 ) -> dict[tuple[str, str], int]:

@@ -192,17 +192,24 @@ def record_movements(
 ) -> None:
     """Count the segment entries and exits of the ledger's diffs: sizes and member sets, the
     migrations of the exclusive groups, the entries of the day per holdout arm and each person's
-    entry and exit instants; one round trip for the lot (the counting is idempotent per profile
-    and segment, and the ledger yields each diff once)."""
+    entry and exit instants; two script calls in one round trip for the lot (the counting is
+    idempotent per profile and segment, and the ledger yields each diff once)."""
     moved = [(pid, diff) for pid, diff in diffs.items() if diff is not None and (diff.entered or diff.exited)]
     if not moved:
         return
     held = holdout.settings(account)
     pipe = account_pipeline(conn, account.id)
-    for pid, diff in moved:
-        sizes.record_transitions(pipe, account.id, diff.entered, diff.exited, now, profile_id=pid)
-        arms = {s: held[s].arm(account.id, s, pid) for s in diff.entered if s in held}
-        movement.record_diff(pipe, account.id, ruleset.groups, pid, diff.entered, diff.exited, now, arms=arms)
+    sizes.record_many(pipe, account.id, [(pid, diff.entered, diff.exited) for pid, diff in moved], now)
+    rows = [
+        (
+            pid,
+            diff.entered,
+            diff.exited,
+            {s: held[s].arm(account.id, s, pid) for s in diff.entered if s in held},
+        )
+        for pid, diff in moved
+    ]
+    movement.record_many(pipe, account.id, ruleset.groups, rows, now)
     pipe.execute()
 
 

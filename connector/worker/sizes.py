@@ -104,6 +104,87 @@ def record_transitions(
     pipe.register_script(_RECORD)(keys=keys, args=args, client=pipe)
 
 
+# The same for many profiles in one call, each segment's set and counters written once. KEYS: size
+# hash, hour hash, day hash, then the member set of each segment. ARGV: hour ttl, day ttl, then
+# per segment (in KEYS' order): its name, the number of profiles entering it, their ids, the number
+# leaving it, their ids. A profile is named at most once per segment and call.
+_RECORD_MANY = """
+local function each(cmd, key, first, n)
+  local done = 0
+  for from = first, first + n - 1, 1000 do
+    done = done + redis.call(cmd, key, unpack(ARGV, from, math.min(from + 999, first + n - 1)))
+  end
+  return done
+end
+local i, s = 3, 0
+while i <= #ARGV do
+  s = s + 1
+  local segment, n = ARGV[i], tonumber(ARGV[i + 1])
+  local e = n > 0 and each('SADD', KEYS[3 + s], i + 2, n) or 0
+  i = i + 2 + n
+  n = tonumber(ARGV[i])
+  local x = n > 0 and each('SREM', KEYS[3 + s], i + 1, n) or 0
+  i = i + 1 + n
+  if e > 0 or x > 0 then
+    local size = redis.call('HINCRBY', KEYS[1], segment, e - x)
+    if size <= 0 then redis.call('HDEL', KEYS[1], segment); size = 0 end
+    for _, period in ipairs({KEYS[2], KEYS[3]}) do
+      if e > 0 then redis.call('HINCRBY', period, 'e:' .. segment, e) end
+      if x > 0 then redis.call('HINCRBY', period, 'x:' .. segment, x) end
+      redis.call('HSET', period, 's:' .. segment, size)
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 0
+"""
+
+
+def record_many(
+    pipe: redis.Redis | Any,
+    account_id: str,
+    transitions: Iterable[tuple[str, Iterable[str], Iterable[str]]],
+    now: datetime,
+) -> None:
+    """:func:`record_transitions` for many profiles ``(profile id, entered, exited)`` (queued on
+    ``pipe``): the worker's path, one script call per batch (one more for each time a profile
+    comes again in ``transitions``) instead of one per profile, each segment's set and counters
+    written once. The same state as :func:`record_transitions` for each (from consistent counters:
+    a size is clamped at 0 once per call, not per change)."""
+    layers: list[dict[str, tuple[set[str], set[str]]]] = [{}]
+    for pid, came, left in transitions:
+        if pid in layers[-1]:
+            layers.append({})
+        layers[-1][pid] = (set(came), set(left))
+    for layer in layers:
+        _record_layer(pipe, account_id, layer, now)
+
+
+def _record_layer(
+    pipe: redis.Redis | Any, account_id: str, layer: dict[str, tuple[set[str], set[str]]], now: datetime
+) -> None:
+    moves: dict[str, tuple[list[str], list[str]]] = {}
+    for pid, (came, left) in layer.items():
+        for segment in came:
+            moves.setdefault(segment, ([], []))[0].append(pid)
+        for segment in left:
+            moves.setdefault(segment, ([], []))[1].append(pid)
+    if not moves:
+        return
+    names = sorted(moves)
+    keys = [size_key(account_id), hour_key(account_id, now), day_key(account_id, now)]
+    keys += [members_key(account_id, s) for s in names]
+    args: list[Any] = [
+        int(HOURLY_RETENTION.total_seconds()) + 3600,
+        int(DAILY_RETENTION.total_seconds()) + 86400,
+    ]
+    for name in names:
+        entering, leaving = moves[name]
+        args += [name, len(entering), *entering, len(leaving), *leaving]
+    pipe.register_script(_RECORD_MANY)(keys=keys, args=args, client=pipe)
+
+
 def forget(
     pipe: redis.Redis | Any, account_id: str, profile_id: str, segments: Iterable[str], now: datetime
 ) -> None:

@@ -224,3 +224,45 @@ def test_a_rank_condition_matches_in_the_worker_after_predict_train(
     tiers = {s for s in state.segments if s.startswith("value_tier_")}
     assert len(tiers) == 1  # exactly one tier, from the rank of its predicted CLV
     assert sum(sizes.sizes(redis_client, "acme").get(t, 0) for t in tiers) == 1
+
+
+def _dump(conn: redis.Redis, account: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in conn.scan_iter(f"*{{{account}}}*"):
+        name = key.decode().replace(account, "A")
+        kind = conn.type(key).decode()
+        out[name] = conn.hgetall(key) if kind == "hash" else sorted(conn.smembers(key))
+        out[name + "#ttl"] = conn.ttl(key) > 0
+    return out
+
+
+def test_the_batched_counting_matches_counting_each_profile(redis_client: redis.Redis) -> None:
+    groups = {"stage": ("s1", "s2", "s3"), "tier": ("t1", "t2")}
+    diffs = [
+        ("p1", {"s1", "t1", "x"}, set(), {"x": "c"}),
+        ("p2", {"s2"}, {"s1", "t2"}, {}),
+        ("p3", set(), {"x", "s3"}, {}),
+        ("p4", set(), set(), {}),
+        ("p1", {"s2"}, {"s1"}, {"s2": "v_b"}),  # the same profile again in the batch
+    ]
+    pipe = redis_client.pipeline(transaction=False)
+    for pid, came, left, arms in diffs:
+        sizes.record_transitions(pipe, "one", came, left, NOW, profile_id=pid)
+        movement.record_diff(pipe, "one", groups, pid, came, left, NOW, arms=arms)
+    pipe.execute()
+    pipe = redis_client.pipeline(transaction=False)
+    sizes.record_many(pipe, "many", [(pid, came, left) for pid, came, left, _ in diffs], NOW)
+    movement.record_many(pipe, "many", groups, diffs, NOW)
+    assert len(pipe.execute()) == 3  # sizes: a second call for p1's second transition
+    one, many = _dump(redis_client, "one"), _dump(redis_client, "many")
+    assert one == many and len(one) > 10
+
+
+def test_the_batched_counting_takes_thousands_of_profiles_per_segment(redis_client: redis.Redis) -> None:
+    pids = [f"p{n}" for n in range(2500)]
+    sizes.record_many(redis_client, "big", [(pid, {"a"}, ()) for pid in pids], NOW)
+    sizes.record_many(redis_client, "big", [(pid, {"b"}, {"a"}) for pid in pids[:1200]], NOW)
+    assert sizes.sizes(redis_client, "big") == {"a": 1300, "b": 1200}
+    assert redis_client.scard(sizes.members_key("big", "a")) == 1300
+    [hour] = sizes.hourly(redis_client, "big", "a", NOW, hours=1)
+    assert (hour.size, hour.entered, hour.exited) == (1300, 2500, 1200)
