@@ -137,9 +137,10 @@ def record_many(
     rows = [row for row in rows if row[1] or row[2]]
     if not rows:
         return
+    group_of = {segment: group for group, members in groups.items() for segment in members}
     counts: dict[tuple[str, str], int] = {}  # (group, or "" for the day's entries; field) -> count
     for _, came, left, arms in rows:
-        for group, move in moves(groups, came, left).items():
+        for group, move in _moves(group_of, came, left).items():
             counts[(group, move)] = counts.get((group, move), 0) + 1
         for segment in came:
             field = f"en:{segment}:{arms.get(segment, TREATED)}"
@@ -161,6 +162,21 @@ def record_many(
     for _, came, left, _ in rows:
         args += [len(came), *came, len(left), *left]
     pipe.register_script(_RECORD_MANY)(keys=keys, args=args, client=pipe)
+
+
+def _moves(group_of: Mapping[str, str], came: list[str], left: list[str]) -> dict[str, str]:
+    """:func:`moves` from segment -> group, for sorted ``came`` and ``left``."""
+    to: dict[str, str] = {}
+    frm: dict[str, str] = {}
+    for segment in came:
+        group = group_of.get(segment)
+        if group is not None:
+            to.setdefault(group, segment)
+    for segment in left:
+        group = group_of.get(segment)
+        if group is not None:
+            frm.setdefault(group, segment)
+    return {group: f"{frm.get(group, NONE)}>{to.get(group, NONE)}" for group in to.keys() | frm.keys()}
 
 
 def migration(
