@@ -9,11 +9,13 @@ Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash:
 contact digest) and ``lhist:{acct:pid}`` (list of changes, oldest first, capped at
 ``HISTORY_MAXLEN``; what the cap drops is counted).
 
-The traits JSON is stored in pieces of at most ``PIECE`` bytes: ``t`` holds the first, ``t1``,
-``t2`` ... the rest, in order. Every field then stays within Redis' ``hash-max-listpack-value``
-(64 bytes), so the hash keeps its compact listpack encoding (about a third of the size of the hash
-table Redis switches to for a longer value). A hash written with the whole JSON in ``t`` (the
-earlier form) is read as it is and rewritten in pieces the next time the profile is recorded.
+When the segments JSON fits in ``PIECE`` bytes, the traits JSON is stored in pieces of at most
+``PIECE`` bytes: ``t`` holds the first, ``t1``, ``t2`` ... the rest, in order. Every field then
+stays within Redis' ``hash-max-listpack-value`` (64 bytes), so the hash keeps its compact listpack
+encoding (about half the size of the hash table Redis switches to for a longer value). Longer
+segments JSON makes the hash a hash table whatever the traits do; there the traits stay whole in
+``t`` (extra fields would cost more). A hash written with the whole JSON in ``t`` is read as it is
+and rewritten in pieces the next time the profile is recorded with short segments JSON.
 
 A history entry holds only what changed, in one string: the version, the instant evaluated
 (microseconds since the epoch) and the segment moves and trait changes, separated by spaces:
@@ -72,15 +74,19 @@ if cur[3] then
 end
 local function store(v, rev, at)
   local t = ARGV[2]
-  local fields = {'v', v, 's', ARGV[1], 'r', rev, 'e', at, 'c', ARGV[7], 't', string.sub(t, 1, PIECE)}
+  -- pieces only when the hash can be compact: segments JSON longer than a piece make it a hash
+  -- table anyway, where every extra field costs more than it saves
+  local compact = #ARGV[1] <= PIECE
+  local size = compact and PIECE or math.max(#t, 1)
+  local fields = {'v', v, 's', ARGV[1], 'r', rev, 'e', at, 'c', ARGV[7], 't', string.sub(t, 1, size)}
   local n = 0
-  while n * PIECE + PIECE < #t do
+  while n * size + size < #t do
     n = n + 1
     fields[#fields + 1] = 't' .. n
-    fields[#fields + 1] = string.sub(t, n * PIECE + 1, n * PIECE + PIECE)
+    fields[#fields + 1] = string.sub(t, n * size + 1, n * size + size)
   end
-  if pieces == 0 and cur[3] and #cur[3] > PIECE then
-    redis.call('DEL', KEYS[1])  -- the earlier form (whole JSON in t): rewritten compact
+  if compact and (#(cur[2] or '') > PIECE or (pieces == 0 and cur[3] and #cur[3] > PIECE)) then
+    redis.call('DEL', KEYS[1])  -- a hash table (long segments, or traits whole in t): rewritten compact
   end
   redis.call('HSET', KEYS[1], unpack(fields))
   for i = n + 1, pieces do redis.call('HDEL', KEYS[1], 't' .. i) end

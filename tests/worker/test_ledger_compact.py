@@ -60,3 +60,17 @@ def test_a_hash_with_the_whole_traits_json_is_read_and_rewritten_compact(redis_c
     assert diffs[0] is not None and (diffs[0].version, diffs[0].exited) == (5, {"vip"})
     state = ledger.state("acme", "p1")
     assert state is not None and (state.version, state.traits, state.segments) == (5, TRAITS, frozenset())
+
+
+def test_with_long_segments_json_the_traits_stay_in_one_field(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    many = frozenset(f"segment_with_a_long_name_{n}" for n in range(4))
+    ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=1)
+    diff = ledger.record("acme", "p1", many, TRAITS, T0, revision=2)
+    assert diff is not None and diff.entered == many
+    fields = redis_client.hgetall(ledger_key("acme", "p1"))
+    assert sorted(name for name in fields if name.startswith(b"t")) == [b"t"]  # the pieces are gone
+    state = ledger.state("acme", "p1")
+    assert state is not None and (state.segments, state.traits) == (many, TRAITS)
+    ledger.record("acme", "p1", frozenset(), TRAITS, T0, revision=3)  # short again: pieces, compact
+    assert encoding(redis_client, ledger_key("acme", "p1")) in COMPACT
