@@ -230,7 +230,9 @@ class LiveClient:
                 headers = {**self.headers, **({"Last-Event-ID": self.last_id} if self.last_id else {})}
                 with client.stream("GET", self.url, params={"backlog": 0}, headers=headers) as answer:
                     if answer.status_code != 200:
-                        raise RuntimeError(f"live stream answered {answer.status_code}: {answer.read()[:300]!r}")
+                        raise RuntimeError(
+                            f"live stream answered {answer.status_code}: {answer.read()[:300]!r}"
+                        )
                     self.answers += 1
                     for line in answer.iter_lines():
                         if line.startswith("id:"):
