@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from connector.analytics.holdout import arms_of, arms_text
+from connector.analytics.holdout import arms_of, arms_text, settings
 from connector.analytics.keys import (
     DAILY_RETENTION,
     MESSAGE_RETENTION,
@@ -211,9 +211,11 @@ def record_batch(
     pipe = conn.pipeline(transaction=False)
     queued = 0
     days = conversion_days(account)
+    found = settings(account)
+    split = tuple(s for s in _all_segments(account) if s in found)  # with a holdout or variants
     for pid, batch in by_profile.items():
         held = list(memberships.get(pid, ()))
-        arms = arms_of(account, pid, _all_segments(account))
+        arms = arms_of(account, pid, split) if split else {}
         queued += record(pipe, account.id, pid, batch, held, arms, conversion_days=days)
     pipe.execute()
     return queued

@@ -179,7 +179,8 @@ def _finish(
     if tombstones:  # again: identities linked between the first tombstones and the erasure
         record_tombstones(queue_conn, account, erased.identities, now)
         forget_live(queue_conn, account.id, erased.identities)
-    evaluation.forget_movements(conn, account, evaluation.ledger_segments(conn, account.id, pids), now)
+    held = evaluation.ledger_segments(conn, account.id, pids)
+    evaluation.forget_movements(conn, account, held, now, everywhere=True)
     Ledger(conn).delete_many(account.id, pids)
     due.unschedule(queue_conn, account.id, pids)
     removed = purge_dead_letters(queue_conn, account.id, erased)

@@ -214,17 +214,24 @@ def record_movements(
 
 
 def forget_movements(
-    conn: redis.Redis, account: Account, memberships: Mapping[str, Iterable[str]], now: datetime
+    conn: redis.Redis,
+    account: Account,
+    memberships: Mapping[str, Iterable[str]],
+    now: datetime,
+    *,
+    everywhere: bool = False,
 ) -> None:
-    """Profiles that are gone (erased, merged into another): out of every member set (counted as
-    exits: the segments they held and, in case the sets hold more, every segment of the rules) and
-    their analytics state dropped."""
+    """Profiles that are gone (erased, merged into another): out of the member sets of the segments
+    they held (counted as exits; ``everywhere``: of every segment of the rules too, in case a set
+    holds them anyway) and their analytics state dropped; one round trip."""
     if not memberships:
         return
-    everyone = set(account.ruleset.segment_names)
+    extra = set(account.ruleset.segment_names) if everywhere else set()
     pipe = account_pipeline(conn, account.id)
-    for pid, segments in memberships.items():
-        sizes.forget(pipe, account.id, pid, everyone | set(segments), now)
+    sizes.record_many(
+        pipe, account.id, [(pid, (), extra | set(held)) for pid, held in memberships.items()], now
+    )
+    for pid in memberships:
         movement.forget(pipe, account.id, pid)
     pipe.execute()
 
