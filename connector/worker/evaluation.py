@@ -176,15 +176,19 @@ def load_with_predictions(
     return [predict.with_predictions(p, predicted.get(p.profile_id)) for p in live]
 
 
-def account_pipeline(conn: redis.Redis, account_id: str) -> Any:
-    """A plain pipeline to the server holding the account's counters (every key of
+def account_connection(conn: redis.Redis, account_id: str) -> Any:
+    """A plain client of the server holding the account's counters (every key of
     :mod:`connector.worker.sizes` and :mod:`connector.analytics` shares the hash tag ``{<account>}``):
     on a cluster, the node that serves that slot (the cluster pipeline refuses scripts)."""
     if not is_cluster(conn):
-        return conn.pipeline(transaction=False)
+        return conn
     cluster: Any = conn
-    node = cluster.get_node_from_key(sizes.size_key(account_id))
-    return node.redis_connection.pipeline(transaction=False)
+    return cluster.get_node_from_key(sizes.size_key(account_id)).redis_connection
+
+
+def account_pipeline(conn: redis.Redis, account_id: str) -> Any:
+    """A plain pipeline to the server holding the account's counters (:func:`account_connection`)."""
+    return account_connection(conn, account_id).pipeline(transaction=False)
 
 
 def record_movements(

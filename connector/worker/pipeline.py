@@ -101,7 +101,8 @@ def _evaluate(
         return
     memberships = {r.profile_id: r.evaluation.segments for r in results if r.evaluation is not None}
     profile_of = {e.event_id: pid for e in credited if (pid := outcome.applied_to[e.event_id]) in memberships}
-    attribution.record_batch(conn, account, credited, memberships, profile_of, now)
+    counters = evaluation.account_connection(conn, account.id)
+    attribution.record_batch(counters, account, credited, memberships, profile_of, now)
 
 
 def _erase(

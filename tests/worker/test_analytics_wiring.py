@@ -25,6 +25,7 @@ from connector.worker.erasure import forget_live
 from connector.worker.pipeline import apply_batch
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import ev
+from tests.profiles.test_profiles_cluster import cluster, cluster_url  # noqa: F401  (fixtures)
 from tests.worker.test_batched_path import CountingConnection, counted  # noqa: F401  (fixture)
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -266,3 +267,27 @@ def test_the_batched_counting_takes_thousands_of_profiles_per_segment(redis_clie
     assert redis_client.scard(sizes.members_key("big", "a")) == 1300
     [hour] = sizes.hourly(redis_client, "big", "a", NOW, hours=1)
     assert (hour.size, hour.entered, hour.exited) == (1300, 2500, 1200)
+
+
+def test_the_analytics_are_kept_on_a_cluster_profile_store(
+    cluster: Any,  # noqa: F811
+    redis_client: redis.Redis,
+    shop: Accounts,
+) -> None:
+    at = NOW - timedelta(hours=3)
+    apply_batch([order("k1", 1500.0, at, email="k@example.com")], at, shop, cluster, redis_client)
+    mail = {"message_id": "m-9"}
+    later = NOW - timedelta(hours=1)
+    opened = [ev("kd", "email_delivered", at=later, props=mail, email="k@example.com"),
+              ev("ko", "email_opened", at=later, props=mail, email="k@example.com")]  # fmt: skip
+    apply_batch(opened, NOW, shop, cluster, redis_client)
+    pid = lookup(cluster, "acme", "email", "k@example.com")
+    assert pid and sizes.is_member(cluster, "acme", "vip", pid)
+    assert sizes.sizes(cluster, "acme")["vip"] == 1
+    vip = report.counters(cluster, "acme", "vip", NOW, 7)["t"]
+    assert (vip["en"], vip["dl"], vip["op"]) == (1, 1, 1)
+    apply_batch(
+        [ev("kx", "delete", type="delete", at=NOW, email="k@example.com")], NOW, shop, cluster, redis_client
+    )
+    assert sizes.sizes(cluster, "acme").get("vip", 0) == 0
+    assert not cluster.exists(person_key("acme", pid))
