@@ -219,6 +219,7 @@ def test_erasure_needs_admin_and_confirmation_and_is_audited(
     pipe = redis_client.pipeline()
     sizes.record_transitions(pipe, "acme", ["vip"], [], clock.now(), profile_id=bob)
     pipe.execute()
+    vip = sizes.sizes(redis_client, "acme")["vip"]  # the worker counts the other VIPs too
     wrong = post(api, admin, f"/accounts/acme/people/{bob}/erase", {"confirm": "someone-else"})
     assert wrong.status_code == 422 and "confirm" in wrong.get_json()["message"]
     assert post(api, admin, f"/accounts/acme/people/{bob}/erase", {}).status_code == 422
@@ -226,7 +227,7 @@ def test_erasure_needs_admin_and_confirmation_and_is_audited(
     assert done.status_code == 200 and done.get_json()["erased"] is True
     assert get(api, admin, f"/accounts/acme/people/{bob}").status_code == 404
     assert not sizes.is_member(redis_client, "acme", "vip", bob)
-    assert sizes.sizes(redis_client, "acme").get("vip", 0) == 0
+    assert sizes.sizes(redis_client, "acme").get("vip", 0) == vip - 1
     (entry,) = get(api, admin, "/audit").get_json()["items"]
     assert entry["action"] == "person.erase" and entry["accounts"] == ["acme"]
     assert bob not in json.dumps(entry)  # a digest, not the profile id
