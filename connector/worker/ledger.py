@@ -4,18 +4,18 @@ Evaluation results are recorded here; only a result that differs from the stored
 version and yields a :class:`Diff` (entered / exited segments, changed traits), which feeds the
 destinations and the audit trail (``connector segments history``).
 
-Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``v`` version,
-``s`` segments JSON, ``t`` traits JSON, ``r`` profile revision, ``e`` instant evaluated and ``c``
-contact digest) and ``lhist:{acct:pid}`` (list of changes, oldest first, capped at
-``HISTORY_MAXLEN``; what the cap drops is counted).
+Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``s`` the segments
+JSON, ``x`` the rest packed in one string: version, profile revision, instant evaluated (epoch
+seconds), contact digest and the traits JSON, separated by spaces) and ``lhist:{acct:pid}`` (list
+of changes, oldest first, capped at ``HISTORY_MAXLEN``; what the cap drops is counted).
 
-When the segments JSON fits in ``PIECE`` bytes, the traits JSON is stored in pieces of at most
-``PIECE`` bytes: ``t`` holds the first, ``t1``, ``t2`` ... the rest, in order. Every field then
-stays within Redis' ``hash-max-listpack-value`` (64 bytes), so the hash keeps its compact listpack
-encoding (about half the size of the hash table Redis switches to for a longer value). Longer
-segments JSON makes the hash a hash table whatever the traits do; there the traits stay whole in
-``t`` (extra fields would cost more). A hash written with the whole JSON in ``t`` is read as it is
-and rewritten in pieces the next time the profile is recorded with short segments JSON.
+Two fields instead of six keep the hash small: when the segments JSON fits in ``PIECE`` bytes,
+``x`` is cut into pieces of at most ``PIECE`` bytes (``x``, ``x1``, ``x2`` ..., in order), every
+field stays within Redis' ``hash-max-listpack-value`` (64 bytes) and the hash keeps its compact
+encoding; with longer segments JSON the hash is a hash table whatever the rest does, and ``x``
+stays whole (one entry costs less there than pieces). ``s`` stays whole and readable with ``HGET``.
+Hashes of the earlier layout (``v``, ``s``, ``t`` or ``t`` in pieces, ``r``, ``e``, ``c``) are read
+as they are and rewritten in this one the next time the profile is recorded.
 
 A history entry holds only what changed, in one string: the version, the instant evaluated
 (microseconds since the epoch) and the segment moves and trait changes, separated by spaces:
@@ -60,36 +60,44 @@ PIECE = 64  # bytes of traits JSON per hash field: Redis' default hash-max-listp
 # any segment. Reply: {version, entries trimmed from the history}, or {0} (nothing changed) /
 # {-1} (stale) / {-2} (the stored state is not the expected one).
 _RECORD = """
-local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c')
-local pieces = 0
-if cur[3] then
-  local rest = {cur[3]}
+local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c', 'x')
+local function joined(name, first)
+  local parts, n = {first}, 0
   while true do
-    local piece = redis.call('HGET', KEYS[1], 't' .. (pieces + 1))
+    local piece = redis.call('HGET', KEYS[1], name .. (n + 1))
     if not piece then break end
-    pieces = pieces + 1
-    rest[pieces + 1] = piece
+    n = n + 1
+    parts[n + 1] = piece
   end
-  cur[3] = table.concat(rest)
+  return table.concat(parts), n
 end
-local function store(v, rev, at)
-  local t = ARGV[2]
+local pieces, legacy = 0, cur[1] and true or false
+if cur[7] then
+  local x
+  x, pieces = joined('x', cur[7])
+  cur[1], cur[4], cur[5], cur[6], cur[3] = string.match(x, '^(%d+) (%-?%d+) (%S+) (%S*) (.*)$')
+elseif cur[3] then
+  cur[3] = joined('t', cur[3])
+end
+local function store(v)
+  local x = v .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
   -- pieces only when the hash can be compact: segments JSON longer than a piece make it a hash
   -- table anyway, where every extra field costs more than it saves
   local compact = #ARGV[1] <= PIECE
-  local size = compact and PIECE or math.max(#t, 1)
-  local fields = {'v', v, 's', ARGV[1], 'r', rev, 'e', at, 'c', ARGV[7], 't', string.sub(t, 1, size)}
+  local size = compact and PIECE or #x
+  local fields = {'s', ARGV[1], 'x', string.sub(x, 1, size)}
   local n = 0
-  while n * size + size < #t do
+  while n * size + size < #x do
     n = n + 1
-    fields[#fields + 1] = 't' .. n
-    fields[#fields + 1] = string.sub(t, n * size + 1, n * size + size)
+    fields[#fields + 1] = 'x' .. n
+    fields[#fields + 1] = string.sub(x, n * size + 1, n * size + size)
   end
-  if compact and (#(cur[2] or '') > PIECE or (pieces == 0 and cur[3] and #cur[3] > PIECE)) then
-    redis.call('DEL', KEYS[1])  -- a hash table (long segments, or traits whole in t): rewritten compact
+  if legacy or (compact and #(cur[2] or '') > PIECE) then
+    redis.call('DEL', KEYS[1])  -- the earlier layout, or a hash table that can be compact now
+    pieces = 0
   end
   redis.call('HSET', KEYS[1], unpack(fields))
-  for i = n + 1, pieces do redis.call('HDEL', KEYS[1], 't' .. i) end
+  for i = n + 1, pieces do redis.call('HDEL', KEYS[1], 'x' .. i) end
 end
 local rev = tonumber(ARGV[3])
 local at = tonumber(ARGV[6])
@@ -103,11 +111,11 @@ local first = not cur[2]
 local v = tonumber(cur[1] or '0')
 if first and ARGV[1] == '[]' and ARGV[2] == '{}' then same = true end
 if same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1' then
-  store(v, rev, at)
+  store(v)
   return {0}
 end
 v = v + 1
-store(v, rev, at)
+store(v)
 local trimmed = 0
 if not same and not (first and ARGV[1] == '[]') then
   local cap = tonumber(ARGV[5])
@@ -306,16 +314,15 @@ class Ledger:
 
     def _stored(self, account: str, pids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
         replies = per_node(self.conn, [("hgetall", ledger_key(account, pid), ()) for pid in pids])
-        return [(fields.get(b"s"), _traits_json(fields)) for fields in map(_fields, replies)]
+        return [(fields.get(b"s"), _version_and_traits(fields)[1]) for fields in map(_fields, replies)]
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
         fields = _fields(self.conn.hgetall(ledger_key(account, profile_id)))
-        if b"v" not in fields:
+        version, traits = _version_and_traits(fields)
+        if version is None:
             return None
         return LedgerState(
-            int(fields[b"v"]),
-            frozenset(json.loads(fields.get(b"s") or b"[]")),
-            json.loads(_traits_json(fields) or b"{}"),
+            int(version), frozenset(json.loads(fields.get(b"s") or b"[]")), json.loads(traits or b"{}")
         )
 
     def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
@@ -354,15 +361,24 @@ def _fields(reply: Any) -> dict[bytes, bytes]:
     return dict(zip(items[::2], items[1::2], strict=True))
 
 
-def _traits_json(fields: Mapping[bytes, bytes]) -> bytes | None:
-    """The traits JSON from its pieces ``t``, ``t1``, ``t2`` ... (None when none is stored)."""
-    first = fields.get(b"t")
+def _joined(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
+    """A value from its pieces ``name``, ``name1``, ``name2`` ... (None when none is stored)."""
+    first = fields.get(name)
     if first is None:
         return None
     pieces = [first]
-    while (piece := fields.get(b"t%d" % len(pieces))) is not None:
+    while (piece := fields.get(b"%s%d" % (name, len(pieces)))) is not None:
         pieces.append(piece)
     return b"".join(pieces)
+
+
+def _version_and_traits(fields: Mapping[bytes, bytes]) -> tuple[bytes | None, bytes | None]:
+    """(version, traits JSON) of a stored ledger hash, either layout; (None, None) when empty."""
+    packed = _joined(fields, b"x")
+    if packed is not None:
+        version, _revision, _at, _contact, traits = packed.split(b" ", 4)
+        return version, traits
+    return fields.get(b"v"), _joined(fields, b"t")
 
 
 def _read(item: Mapping[str, str]) -> dict[str, Any]:

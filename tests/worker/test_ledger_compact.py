@@ -1,5 +1,6 @@
-"""The ledger hash keeps Redis' compact (listpack) encoding: the traits JSON is stored in pieces of at
-most 64 bytes; a hash written with the whole JSON in one field is still read and is rewritten compact."""
+"""The ledger hash is two fields, the segments JSON and the rest packed, and keeps Redis' compact
+(listpack) encoding when the segments JSON is short (the rest then in pieces of at most 64 bytes);
+hashes of the earlier layouts are still read and are rewritten in this one."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_long_traits_are_stored_in_pieces_and_read_back_whole(redis_client: redi
     assert diff is not None and diff.version == 1
     key = ledger_key("acme", "p1")
     fields = redis_client.hgetall(key)
-    assert len(json.dumps(TRAITS)) > 3 * PIECE and b"t3" in fields
+    assert len(json.dumps(TRAITS)) > 3 * PIECE and b"x3" in fields and b"t" not in fields
     assert max(len(value) for value in fields.values()) <= PIECE
     assert encoding(redis_client, key) in COMPACT
     state = ledger.state("acme", "p1")
@@ -41,7 +42,7 @@ def test_fewer_pieces_leave_no_stale_piece_behind(redis_client: redis.Redis) -> 
     diff = ledger.record("acme", "p1", frozenset(), {"n": 1}, T0, revision=2)
     assert diff is not None and diff.changed_traits["n"] == 1
     fields = redis_client.hgetall(ledger_key("acme", "p1"))
-    assert not [name for name in fields if name.startswith(b"t") and name != b"t"]
+    assert sorted(fields) == [b"s", b"x"]
     state = ledger.state("acme", "p1")
     assert state is not None and state.traits == {"n": 1}
 
@@ -69,8 +70,27 @@ def test_with_long_segments_json_the_traits_stay_in_one_field(redis_client: redi
     diff = ledger.record("acme", "p1", many, TRAITS, T0, revision=2)
     assert diff is not None and diff.entered == many
     fields = redis_client.hgetall(ledger_key("acme", "p1"))
-    assert sorted(name for name in fields if name.startswith(b"t")) == [b"t"]  # the pieces are gone
+    assert sorted(fields) == [b"s", b"x"]  # the pieces are gone: x whole
     state = ledger.state("acme", "p1")
     assert state is not None and (state.segments, state.traits) == (many, TRAITS)
     ledger.record("acme", "p1", frozenset(), TRAITS, T0, revision=3)  # short again: pieces, compact
     assert encoding(redis_client, ledger_key("acme", "p1")) in COMPACT
+
+
+def test_a_hash_with_the_traits_in_pieces_of_the_first_compact_layout_is_read(
+    redis_client: redis.Redis,
+) -> None:
+    key = ledger_key("acme", "p1")
+    whole = json.dumps(TRAITS, sort_keys=True, separators=(",", ":"))
+    pieces = {
+        ("t" if n == 0 else f"t{n}"): whole[n * PIECE : (n + 1) * PIECE]
+        for n in range(len(whole) // PIECE + 1)
+    }
+    redis_client.hset(key, mapping={"v": 2, "s": "[]", "r": 1, "e": "1.0", "c": "", **pieces})
+    ledger = Ledger(redis_client)
+    state = ledger.state("acme", "p1")
+    assert state is not None and (state.version, state.traits) == (2, TRAITS)
+    assert ledger.record("acme", "p1", frozenset(), TRAITS, T0, revision=2) is None
+    assert not [name for name in redis_client.hgetall(key) if name.startswith(b"t")]
+    state = ledger.state("acme", "p1")
+    assert state is not None and (state.version, state.traits) == (2, TRAITS)
