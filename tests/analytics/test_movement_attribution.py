@@ -140,7 +140,17 @@ def test_the_report_compares_treated_and_control(redis_client: redis.Redis) -> N
         movement.record_diff(pipe, "acme", {}, pid, ["cart"], [], T0, arms={"cart": arm})
         if n % 4 == 0:
             order = _event("order_completed", n, T0 + timedelta(days=1), revenue=20.0 + n % 7)
-            order = Event("acme", "test", f"o{n}", "track", order.name, order.occurred_at, order.received_at, {}, order.properties)
+            order = Event(
+                "acme",
+                "test",
+                f"o{n}",
+                "track",
+                order.name,
+                order.occurred_at,
+                order.received_at,
+                {},
+                order.properties,
+            )
             attribution.record(pipe, "acme", pid, [order], [], {"cart": arm})
     pipe.execute()
     got = report.segment_report(redis_client, "acme", "cart", T0 + timedelta(days=2), 30)
