@@ -135,11 +135,7 @@ def replay(kind: str | None, account: str | None, text: str | None) -> None:
     now = clock.now()
     with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
         for item in bar:
-            if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
-                outcomes["not replayable"] = outcomes.get("not replayable", 0) + 1
-                continue
-            outcome = sync.replay(conn, item.payload, now)
-            dead.remove(item)
+            outcome = sync.replay_dead_letter(conn, dead, item, now)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing matched"
     click.echo(f"replay done: {summary}")

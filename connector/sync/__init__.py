@@ -36,6 +36,7 @@ from connector.sync.control import (
     paused,
     pending,
     replay,
+    replay_dead_letter,
     resume,
 )
 from connector.sync.flusher import Flusher, backoff
@@ -64,6 +65,7 @@ __all__ = [
     "pending",
     "profile_digest",
     "replay",
+    "replay_dead_letter",
     "resume",
     "state_digest",
     "submit",

@@ -13,6 +13,7 @@ import redis
 
 from adapters.change import Change, OwnedState
 from connector import clock
+from connector.sync.deadletters import DeadLetter, DeadLetters
 from connector.sync.keys import SEP, Applied, decode_applied, key, legacy_applied, member, sync_names
 from connector.sync.submit import arm, enqueue_change
 
@@ -111,3 +112,14 @@ def replay(conn: redis.Redis, payload: Mapping[str, Any], now: datetime) -> str:
     if not enqueue_change(conn, change, now.timestamp()):
         return "superseded"
     return "queued"
+
+
+def replay_dead_letter(conn: redis.Redis, dead: DeadLetters, item: DeadLetter, now: datetime) -> str:
+    """Replay one dead letter: a sync change goes back in the queue (``queued``, or ``superseded``
+    when a newer version is pending or applied) and leaves the dead letters; anything else is
+    ``not replayable`` and stays."""
+    if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
+        return "not replayable"
+    outcome = replay(conn, item.payload, now)
+    dead.remove(item)
+    return outcome

@@ -123,11 +123,7 @@ class Replay(MethodView):
         outcomes: dict[str, int] = {}
         now = clock.now()
         for item in items:
-            if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
-                outcomes["not replayable"] = outcomes.get("not replayable", 0) + 1
-                continue
-            outcome = sync.replay(conn, item.payload, now)
-            dead.remove(item)
+            outcome = sync.replay_dead_letter(conn, dead, item, now)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         _record("deadletters.replay", account_id, body, outcomes)
         return {"matched": len(items), "outcomes": outcomes}
