@@ -129,7 +129,7 @@ class SegmentOne(MethodView):
 def _cursor(text: str | None) -> int:
     if text is None:
         return 0
-    if not text.isdigit() or len(text) > 20:
+    if not text.isdigit() or len(text) > 20 or int(text) >= 2**64:  # SSCAN's cursor is unsigned 64-bit
         errors.fail(422, f"invalid cursor {text!r}: pass the next_cursor of the previous page")
     return int(text)
 

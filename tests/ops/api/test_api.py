@@ -182,6 +182,8 @@ def test_members_paged_searchable_and_checked(
     assert get(api, viewer, f"/accounts/acme/segments/vip/members/{cid}").get_json()["member"] is False
     bad = get(api, viewer, "/accounts/acme/segments/vip/members?cursor=abc")
     assert bad.status_code == 422 and "cursor" in bad.get_json()["message"]
+    beyond = get(api, viewer, f"/accounts/acme/segments/vip/members?cursor={2**64}")  # over SSCAN's range
+    assert beyond.status_code == 422 and "cursor" in beyond.get_json()["message"]
 
 
 # people
