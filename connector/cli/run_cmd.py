@@ -28,21 +28,37 @@ def register(cli: click.Group) -> None:
     cli.add_command(scheduler)
 
 
+# Served in this order: a flush (short: it does not wait through a batch delay while other jobs
+# wait) before the next turn of an event drain, which gives the worker up after half a second;
+# predictions (a training holds its worker for its whole run) last.
+WORKER_QUEUES = ("reevaluate", "sync", "events", "backfill", "predict")
+
+
 @click.command()
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
-def worker(burst: bool) -> None:
+@click.option(
+    "--queues",
+    default=",".join(WORKER_QUEUES),
+    show_default=True,
+    help="The queues this worker serves, in order (e.g. a dedicated worker: --queues predict).",
+)
+def worker(burst: bool, queues: str) -> None:
     """RQ worker for the event and sync queues (no fork per job: each job is a batch)."""
     from rq import Queue, SimpleWorker
 
     from connector.ops.logs import configure_logging
 
+    names = [name.strip() for name in queues.split(",") if name.strip()]
+    unknown = [name for name in names if name not in WORKER_QUEUES]
+    if unknown or not names:
+        hint = f"known queues: {', '.join(WORKER_QUEUES)}"
+        raise click.BadParameter(
+            f"unknown queue {', '.join(unknown) or '(none given)'}; {hint}", param_hint="--queues"
+        )
     configure_logging()
     conn = process_runtime.current().queue_redis  # RQ jobs run on this process's runtime
-    # served in this order: a flush (short: it does not wait through a batch delay while other jobs
-    # wait) before the next turn of an event drain, which gives the worker up after half a second
-    names = ("reevaluate", "sync", "events", "backfill", "predict")
-    queues = [Queue(name, connection=conn) for name in names]
-    SimpleWorker(queues, connection=conn).work(burst=burst, with_scheduler=False)
+    served = [Queue(name, connection=conn) for name in names]
+    SimpleWorker(served, connection=conn).work(burst=burst, with_scheduler=False)
 
 
 @click.command()

@@ -182,3 +182,25 @@ def test_delete_asks_first_and_reports_the_esp_erasures_it_queued(
     assert f"erased profile {pid}" in confirmed.output
     assert "ESP erasures queued: klaviyo, mailchimp" in confirmed.output
     assert lookup(redis_client, "shop", "email", "bo@example.com") is None
+
+
+def test_a_worker_serves_only_the_queues_it_is_given(redis_client: redis.Redis) -> None:
+    """A dedicated prediction worker (--queues predict) leaves event work to the others, and a
+    worker started without predict never takes a training."""
+    from connector.cli.run_cmd import worker
+
+    Queue("predict", connection=redis_client).enqueue("connector.predict.jobs.train", "nobody")
+    Queue("events", connection=redis_client).enqueue("connector.worker.jobs.drain_events", 0)
+    runner = CliRunner()
+    result = runner.invoke(worker, ["--burst", "--queues", "reevaluate,sync,events,backfill"])
+    assert result.exit_code == 0, result.output
+    assert Queue("events", connection=redis_client).count == 0
+    assert Queue("predict", connection=redis_client).count == 1  # left for the prediction worker
+
+
+def test_an_unknown_queue_is_refused_naming_the_known_ones(redis_client: redis.Redis) -> None:
+    from connector.cli.run_cmd import worker
+
+    result = CliRunner().invoke(worker, ["--burst", "--queues", "events,predictions"])
+    assert result.exit_code == 2
+    assert "unknown queue predictions" in result.output and "predict" in result.output
