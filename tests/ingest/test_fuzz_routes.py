@@ -22,8 +22,8 @@ from connector import clock
 from connector.errors import MalformedPayload, Unauthorized
 from connector.ingest.receivers import REGISTRY
 from connector.ingest.receivers.shopify import TOPICS
-from tests.conftest import ACME_ENV, FIXED_NOW
-from tests.ingest.signing import signed, tracking_headers
+from tests.conftest import FIXED_NOW
+from tests.ingest.signing import SECRETS, signed, tracking_headers
 
 FUZZ = settings(
     max_examples=150,
@@ -173,16 +173,6 @@ TEMPLATES: dict[str, Any] = {
                   "data[email]": "a@example.com", "data[list_id]": "L", "data[merges][FNAME]": "F",
                   "data[new_email]": "c@example.com"},
 }  # fmt: skip
-SECRETS = {
-    "segment": ACME_ENV["ACME_SEGMENT_SECRET"],
-    "rudderstack": ACME_ENV["ACME_RUDDER_KEY"],
-    "shopify": ACME_ENV["ACME_SHOPIFY_SECRET"],
-    "klaviyo": ACME_ENV["ACME_KLAVIYO_SECRET"],
-    "hubspot": ACME_ENV["ACME_HUBSPOT_SECRET"],
-    "standard_webhooks": ACME_ENV["ACME_SW_SECRET"],
-    "mandrill": ACME_ENV["ACME_MANDRILL_KEY"],
-    "mailchimp": ACME_ENV["ACME_MAILCHIMP_TOKEN"],
-}
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -727,21 +727,23 @@ class FakeMailchimp(FakeESP):
             m.status = "archived"
         return Response(status=204)
 
+    def existing_member(self, audience: Audience, key: str) -> Member:
+        """The member, or Mailchimp's 404."""
+        m = self.find_member(audience, key)
+        if m is None:
+            raise VendorError(404, "Resource Not Found", "The requested resource could not be found.")
+        return m
+
     def delete_permanent(self, request: Request, list_id: str, key: str) -> Response:
         with self.lock:
-            audience = self.audience(list_id)
-            m = self.find_member(audience, key)
-            if m is None:
-                raise VendorError(404, "Resource Not Found", "The requested resource could not be found.")
+            m = self.existing_member(self.audience(list_id), key)
             self.forget(m.email)
         return Response(status=204)
 
     def get_member_tags(self, request: Request, list_id: str, key: str) -> Response:
         with self.lock:
             audience = self.audience(list_id)
-            m = self.find_member(audience, key)
-            if m is None:
-                raise VendorError(404, "Resource Not Found", "The requested resource could not be found.")
+            m = self.existing_member(audience, key)
             tags = [
                 {"id": s.id, "name": s.name, "date_added": self.now_iso()}
                 for s in audience.segments.values()
