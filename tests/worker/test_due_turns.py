@@ -84,7 +84,6 @@ def test_a_flush_does_not_sleep_through_the_batch_delay_while_a_drain_waits(
 
 
 def test_the_worker_takes_flushes_before_the_next_turn_of_a_drain() -> None:
-    source = Path(run_cmd.__file__).read_text()
-    order = source[source.index("names = (") : source.index(")", source.index("names = ("))]
-    assert order.index('"reevaluate"') < order.index('"sync"') < order.index('"events"')
+    order = run_cmd.WORKER_QUEUES  # what `connector worker` serves by default, in this order
+    assert order.index("reevaluate") < order.index("sync") < order.index("events") < order.index("predict")
     assert set(sync_jobs.OTHER_WORKER_QUEUES) == {jobs.REEVALUATE_QUEUE, EVENTS_QUEUE}
