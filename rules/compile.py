@@ -69,7 +69,8 @@ def _load(schema: Any, raw: Any, origin: _Origin) -> dict[str, Any]:
     return loaded
 
 
-def _substitute(node: Any, params: Mapping[str, Any], path: str, template: str) -> Any:
+def substitute(node: Any, params: Mapping[str, Any], path: str = "", template: str = "") -> Any:
+    """A template's ``$name`` values replaced by its parameters (``RulesError`` for an unknown one)."""
     if isinstance(node, str) and node.startswith("$"):
         name = node[1:]
         if name not in params:
@@ -77,10 +78,10 @@ def _substitute(node: Any, params: Mapping[str, Any], path: str, template: str) 
         return params[name]
     if isinstance(node, dict):
         return {
-            k: _substitute(v, params, f"{path}.{k}" if path else str(k), template) for k, v in node.items()
+            k: substitute(v, params, f"{path}.{k}" if path else str(k), template) for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_substitute(v, params, f"{path}[{i}]", template) for i, v in enumerate(node)]
+        return [substitute(v, params, f"{path}[{i}]", template) for i, v in enumerate(node)]
     return node
 
 
@@ -169,7 +170,7 @@ def _instantiate(
     body = {k: v for k, v in source.items() if k != "params"}
     origin = _Origin(prefix, template)
     try:
-        substituted = _substitute(body, params, "", template)
+        substituted = substitute(body, params, "", template)
     except RulesError as err:
         raise origin.error(err.path, err.reason) from err
     substituted["params"] = params

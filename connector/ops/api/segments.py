@@ -29,6 +29,7 @@ from connector.ops.api.schemas import (
 )
 from connector.profiles import load_profile
 from connector.worker import sizes
+from rules.compile import substitute
 
 blp = Blueprint(
     "api_segments",
@@ -62,11 +63,13 @@ def _definition(account: Account, segment: rules.Segment) -> Any:
             ),
             None,
         )
-        return {
-            "template": segment.origin,
-            "params": _included_params(account, segment.origin),
-            "segment": written,
-        }
+        template = _templates().get(segment.origin, {})
+        params = _included_params(account, segment.origin)
+        try:  # the segment as it is evaluated: the template's defaults and the account's parameters in
+            in_force = substitute(written, {**(template.get("params") or {}), **params})
+        except rules.RulesError:
+            in_force = None
+        return {"template": segment.origin, "params": params, "segment": written, "in_force": in_force}
     return next(
         (s for s in (account.rules or {}).get("segments") or () if s.get("name") == segment.name), None
     )

@@ -8,11 +8,12 @@ from typing import Any
 from markupsafe import Markup, escape
 
 
-def sparkline(values: Sequence[int], width: int = 120, height: int = 28) -> Markup:
-    """A polyline of ``values`` scaled to the box; a flat line when they are all equal."""
+def sparkline(values: Sequence[int], width: int = 120, height: int = 28, from_zero: bool = False) -> Markup:
+    """A polyline of ``values`` scaled to the box (from 0 with ``from_zero``, so a change of 2 in 100 looks
+    like one); a flat line when they are all equal."""
     if not values:
         return Markup("")
-    low, high = min(values), max(values)
+    low, high = (0 if from_zero else min(values)), max(values)
     span = (high - low) or 1
     step = width / max(len(values) - 1, 1)
     pad = 2

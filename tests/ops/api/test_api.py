@@ -151,6 +151,8 @@ def test_segments_list_sizes_from_the_counters(api: Any, mint: Mint, redis_clien
     assert by_name["vip"]["size"] == 3 and by_name["cart_abandoner"]["size"] == 0
     assert by_name["vip"]["template"] == "vip"
     assert by_name["vip"]["definition"]["params"] == {"threshold": 100}
+    in_force = by_name["vip"]["definition"]["in_force"]  # the template's $threshold replaced
+    assert in_force["when"]["trait"]["gte"] == 100 and "$threshold" not in json.dumps(in_force)
     one = get(api, mint("viewer", "acme"), "/accounts/acme/segments/vip?hours=3&days=2").get_json()
     assert one["size"] == 3
     assert [(h["size"], h["entered"]) for h in one["hourly"]] == [(0, 0), (0, 0), (3, 3)]

@@ -185,7 +185,8 @@ def test_a_walk_through_the_console(
     assert int(size_cell(page)) >= before
     shot(page, "segments", tmp_path)
     page.click('tr[data-segment="vip"] a')
-    assert '"threshold": 100' in page.inner_text("pre.definition")
+    assert '"gte": 100' in page.inner_text("pre.definition")  # the rule in force, $threshold replaced
+    assert "threshold = 100" in page.inner_text("main")
     shot(page, "segment", tmp_path)
 
 
