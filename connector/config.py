@@ -31,6 +31,7 @@ from connector.analytics import settings as analytics_settings
 from connector.destinations import Destination, check_data_centre
 from connector.destinations import destinations as parse_destinations
 from connector.errors import ConfigError
+from connector.event import PRIVILEGED_TYPES
 from connector.suggest import did_you_mean, schema_problems
 from rules import EMPTY, RulesError, RuleSet, compile_rules
 from rules.schema import flatten
@@ -48,7 +49,6 @@ SENDERS = (
     "standard_webhooks",
 )
 HUBSPOT_VERSIONS = ("v1", "v2", "v3")
-PRIVILEGED_TYPES = ("delete", "data_request")
 # The privileged event types each sender can deliver (its receiver's ``privileged``); the tracking
 # API (a public write key) and the ESPs' event webhooks deliver none. Shopify's compliance topics
 # are accepted without listing them (mandatory for Shopify apps) once ``shop_domain`` is set.

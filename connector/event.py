@@ -19,6 +19,8 @@ from connector.clock import isoformat, to_utc
 from connector.errors import UndecodableItem
 
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias", "delete", "data_request")
+# Types that erase a person or export them: only with proof (connector/ingest/admission.py).
+PRIVILEGED_TYPES = ("delete", "data_request")
 
 # Identity kinds a profile can be found by. Receivers may add source-specific ids
 # (``shopify_customer_id``, ``klaviyo_profile_id``, ``hubspot_contact_id``, ``mailchimp_member_id``...).

@@ -11,6 +11,7 @@ from connector import clock
 from connector import runtime as process_runtime
 from connector.analytics import period
 from connector.analytics.report import segment_report
+from connector.cli.accounts import known_account
 
 
 def register(cli: click.Group) -> None:
@@ -62,9 +63,7 @@ def report(account_id: str, segment_name: str | None, since: str, as_json: bool)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--since") from err
     rt = process_runtime.current()
-    account = rt.account(account_id)
-    if account is None:
-        raise click.ClickException(f"unknown account {account_id!r}")
+    account = known_account(account_id)
     names = account.ruleset.segment_names
     if segment_name is not None and segment_name not in names:
         raise click.ClickException(f"no segment {segment_name!r} in account {account_id!r}")

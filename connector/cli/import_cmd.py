@@ -12,6 +12,7 @@ import redis
 
 from connector import clock
 from connector import runtime as process_runtime
+from connector.cli.accounts import known_account
 from connector.worker.importer import FORMATS, ImportFileError, Report, detect_format, import_file
 
 
@@ -44,9 +45,7 @@ def import_cmd(
     or a Shopify customers or orders CSV export. Importing a file twice changes nothing.
     """
     rt = process_runtime.current()
-    account = rt.account(account_id)
-    if account is None:
-        raise click.ClickException(f"unknown account {account_id!r}")
+    account = known_account(account_id)
     now = clock.now()
     try:
         fmt = fmt or detect_format(path)

@@ -9,6 +9,7 @@ import click
 
 from connector import clock
 from connector import runtime as process_runtime
+from connector.cli.accounts import known_account
 
 
 def _minimum(repeat_customers: int, history_days: int) -> Any:
@@ -18,8 +19,7 @@ def _minimum(repeat_customers: int, history_days: int) -> Any:
 
 
 def _account(account: str) -> None:
-    if process_runtime.current().account(account) is None:
-        raise click.BadParameter(f"unknown account {account!r}", param_hint="--account")
+    known_account(account)
 
 
 MIN_OPTIONS = [

@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol
 
 from connector.config import Account, SenderConfig
 from connector.errors import EventNotAllowed, MalformedPayload
-from connector.event import Event
+from connector.event import PRIVILEGED_TYPES, Event
 
 
 class Receiver(Protocol):
@@ -55,7 +55,7 @@ class Proof:
     detail: str = ""
 
 
-PRIVILEGED = frozenset({"delete", "data_request"})
+PRIVILEGED = frozenset(PRIVILEGED_TYPES)
 MAX_NAME = 200  # EventSchema's limit: a longer name is a dead letter in the worker
 ACCEPT = "accept"
 

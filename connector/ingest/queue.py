@@ -36,7 +36,7 @@ from rq import Queue
 
 from connector import clock
 from connector.errors import StoreUnavailable
-from connector.event import Event
+from connector.event import PRIVILEGED_TYPES, Event
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ HEARTBEAT_SECONDS = 1.0
 STREAM_FIELD = "e"
 # Erasure and access requests are remembered for a year: the same signed request replayed later
 # (a ``shop/redact`` wiping the people who came after it) is a duplicate, not a new request.
-PRIVILEGED_TYPES = frozenset({"delete", "data_request"})
 PRIVILEGED_DEDUPE_SECONDS = 365 * 24 * 3600
 
 _INGEST = """

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from connector.config import Account
-from connector.event import Event
+from connector.event import PRIVILEGED_TYPES, Event
 from connector.profiles import identity, keys, rejected
 from connector.profiles.erasure import store_export
 from connector.profiles.properties import kept_properties
@@ -119,7 +119,7 @@ def _sort_out(
         elif isinstance(checked, str):
             rejected.record(rejects, event, checked, now)
             outcome.rejected += 1
-        elif event.type in ("delete", "data_request"):
+        elif event.type in PRIVILEGED_TYPES:
             requests.append((event, checked[0]))
         else:
             regular.append((event, checked[0], checked[1]))

@@ -152,7 +152,7 @@ def test_cli_train_and_report(redis_client: redis.Redis, accounts: Accounts) -> 
         assert report.exit_code == 0, report.output
         assert "churn_auc_baseline_days_since_last_order" in report.output
         unknown = runner.invoke(cli, ["predict", "train", "--account", "nope"])
-        assert unknown.exit_code == 2 and "unknown account" in unknown.output
+        assert unknown.exit_code == 1 and "unknown account" in unknown.output
 
 
 def test_the_daily_task_enqueues_each_account_once_a_day(

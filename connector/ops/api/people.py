@@ -27,7 +27,6 @@ from connector.ops.api.schemas import (
 from connector.profiles import export_profile, identity, load_profile, lookup
 from connector.sync.keys import key as sync_key
 from connector.sync.keys import profile_digest
-from connector.worker import sizes
 from connector.worker.erasure import erase_person
 from connector.worker.ledger import Ledger
 
@@ -194,8 +193,6 @@ class Erase(MethodView):
                 404,
                 f"no profile {profile_id!r} in account {account_id!r} (erased, merged or never seen)",
             )
-        if state is not None:
-            sizes.forget(rt.profile_redis, account_id, profile_id, state.segments, now)
         digest = profile_digest(account_id, profile_id)
         audit.record(
             rt.queue_redis,
