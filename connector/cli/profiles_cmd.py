@@ -16,8 +16,8 @@ from connector.clock import isoformat
 from connector.config import Account
 from connector.destinations import destinations
 from connector.profiles import erasure, identity
+from connector.worker.access import kept_beyond_profile
 from connector.worker.erasure import erase_person
-from connector.worker.ledger import Ledger
 
 RECENT_EVENTS = 20
 
@@ -148,30 +148,6 @@ def export(
         raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
     document.update(kept_beyond_profile(conn, queue_conn, account, pid))
     click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
-
-
-def kept_beyond_profile(
-    conn: redis.Redis, queue_conn: redis.Redis, account: Account, pid: str
-) -> dict[str, Any]:
-    """Memberships, computed traits and segment history (the ledger), and the sync state per destination."""
-    ledger = Ledger(conn)
-    state = ledger.state(account.id, pid)
-    per_destination = {}
-    for name in sorted(destinations(account)):
-        owned = sync.owned_state(queue_conn, account.id, name, pid)
-        per_destination[name] = {
-            "applied_version": sync.applied_version(queue_conn, account.id, name, pid),
-            "owned": owned.to_dict() if owned is not None else None,
-        }
-    return {
-        "memberships": {
-            "version": state.version if state else None,
-            "segments": sorted(state.segments) if state else [],
-        },
-        "computed_traits": dict(state.traits) if state else {},
-        "segment_history": ledger.history(account.id, pid),
-        "destinations": per_destination,
-    }
 
 
 @profiles.command("delete")

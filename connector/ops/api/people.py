@@ -27,6 +27,7 @@ from connector.ops.api.schemas import (
 from connector.profiles import export_profile, identity, load_profile, lookup
 from connector.sync.keys import key as sync_key
 from connector.sync.keys import profile_digest
+from connector.worker.access import kept_beyond_profile
 from connector.worker.erasure import erase_person
 from connector.worker.ledger import Ledger
 
@@ -166,8 +167,14 @@ class Export(MethodView):
     @auth.access(blp, "viewer")
     @blp.response(200, ExportSchema)
     def get(self, account_id: str, profile_id: str) -> dict[str, Any]:
-        """Everything stored about the person (an access request)."""
-        return {"profile_id": profile_id, "document": _find_profile(account_id, profile_id)}
+        """Everything stored about the person (an access request): the profile, and what the worker and
+        the sync keep about them (memberships, computed traits, segment history, destinations)."""
+        document = _find_profile(account_id, profile_id)
+        rt = auth.runtime()
+        document.update(
+            kept_beyond_profile(rt.profile_redis, rt.queue_redis, auth.account(account_id), profile_id)
+        )
+        return {"profile_id": profile_id, "document": document}
 
 
 @blp.route("/<string:profile_id>/erase")

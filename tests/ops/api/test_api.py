@@ -212,6 +212,10 @@ def test_people_lookup_profile_timeline_explain_export(api: Any, mint: Mint, peo
     assert "vip: IN" in explained["text"]
     export = get(api, viewer, f"/accounts/acme/people/{bob}/export").get_json()
     assert export["document"]["profile_id"] == bob
+    # an access request's answer holds what the worker and the sync keep too, as the CLI's does
+    assert export["document"]["memberships"]["segments"] == ["vip"]
+    assert export["document"]["computed_traits"]["lifetime_revenue"] == 400.0
+    assert export["document"]["segment_history"] and "destinations" in export["document"]
     assert get(api, viewer, "/accounts/acme/people/0000000000000000").status_code == 404
 
 
