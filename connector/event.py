@@ -41,11 +41,16 @@ class Event:
     traits: dict[str, Any] = field(default_factory=dict)
     original_name: str | None = None
     raw: Any = None
+    # computed once: ingest, the worker's dedupe, erasure and attribution all ask for it
+    _event_id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_event_id", event_id(self.source, self.source_event_id))
 
     @property
     def event_id(self) -> str:
         """Stable id of this event within its account: the same delivery always has the same id."""
-        return event_id(self.source, self.source_event_id)
+        return self._event_id
 
     def to_dict(self) -> dict[str, Any]:
         return {
