@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     queue = EventQueue(runtime.queue_redis, settings.event_shards)
     app.extensions["connector.ingest.queue"] = queue
     app.register_blueprint(health.health)
-    metrics.install(app, queue)
+    metrics.install(app, queue, runtime.profile_redis)
     _error_handlers(app)
     api.install(app)
     app.register_blueprint(live.blp)

@@ -10,6 +10,7 @@ multiprocess mode); ``prometheus_client`` writes the HELP and TYPE lines and esc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry, generate_latest
@@ -52,8 +53,10 @@ def _text(value: bytes | str) -> str:
 class RedisCollector(Collector):
     """The connector's metrics, read from Redis at each collection."""
 
-    def __init__(self, queue: EventQueue) -> None:
+    def __init__(self, queue: EventQueue, profile_conn: Any = None) -> None:
         self.queue = queue
+        # the profile store counts what its own families drop (identity conflicts) on its server
+        self.profile_conn = profile_conn if profile_conn is not queue.conn else None
 
     def describe(self) -> list[Metric]:
         # Nothing to check up front: the families depend on what Redis holds at scrape time.
@@ -101,7 +104,10 @@ class RedisCollector(Collector):
             "Entries dropped at the bound of a capped key family (dead letters, histories, logs).",
             labels=["family"],
         )
-        for name, value in sorted(dropped(self.queue.conn).items()):
+        counts = dropped(self.queue.conn)
+        for name, value in (dropped(self.profile_conn) if self.profile_conn is not None else {}).items():
+            counts[name] = counts.get(name, 0) + value
+        for name, value in sorted(counts.items()):
             family.add_metric([name], value)
         return family
 
@@ -151,19 +157,20 @@ class RedisCollector(Collector):
         return family
 
 
-def registry_for(queue: EventQueue) -> CollectorRegistry:
+def registry_for(queue: EventQueue, profile_conn: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(queue))
+    registry.register(RedisCollector(queue, profile_conn))
     return registry
 
 
-def render(queue: EventQueue) -> str:
-    return generate_latest(registry_for(queue)).decode()
+def render(queue: EventQueue, profile_conn: Any = None) -> str:
+    return generate_latest(registry_for(queue, profile_conn)).decode()
 
 
-def install(app: Flask, queue: EventQueue) -> None:
-    """Serve ``/metrics`` on ``app`` from the Redis behind ``queue``."""
-    app.extensions[REGISTRY_KEY] = registry_for(queue)
+def install(app: Flask, queue: EventQueue, profile_conn: Any = None) -> None:
+    """Serve ``/metrics`` on ``app`` from the Redis behind ``queue`` (and the profile store's, when it
+    is another server)."""
+    app.extensions[REGISTRY_KEY] = registry_for(queue, profile_conn)
     app.register_blueprint(bp)
 
 

@@ -285,7 +285,7 @@ class Resolver:
         self.result.conflicts += 1
         key = keys.conflicts_key(self.account)
         self.conn.xadd(key, {"profile": target, "other": other, "at": str(int(self.now.timestamp()))})
-        # counted in the profile Redis (the same server as the queue's unless they are split)
+        # counted in the profile Redis; /metrics reads it there too when the two are split
         count_dropped(
             self.conn, "conflicts", int(self.conn.xtrim(key, maxlen=CONFLICTS_KEPT, approximate=True))
         )

@@ -86,3 +86,30 @@ def test_a_scraper_asking_for_openmetrics_gets_it(client, redis_client: redis.Re
     text = res.get_data(as_text=True)
     assert text.endswith("# EOF\n")
     assert 'connector_ingest_events_total{account="acme",outcome="accepted"} 1.0' in text
+
+
+def test_drops_counted_on_a_separate_profile_redis_are_shown(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The profile store counts identity conflicts on its own server: with the queues on another
+    database (another server in production), /metrics still adds them in."""
+    from connector.ingest.queue import EventQueue
+    from connector.ops.metrics import render
+
+    profile = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/8")
+    profile.flushdb()
+    try:
+        count_dropped(redis_client, "deadletters", 2)
+        count_dropped(profile, "conflicts", 3)
+        count_dropped(profile, "deadletters", 1)
+        text = render(EventQueue(redis_client, 1), profile)
+        found = {
+            s.labels["family"]: s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "connector_dropped"
+            for s in f.samples
+        }
+        assert found == {"conflicts": 3.0, "deadletters": 3.0}
+    finally:
+        profile.flushdb()
+        profile.close()
