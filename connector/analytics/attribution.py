@@ -46,12 +46,14 @@ KINDS = (*ENGAGEMENT, "unsubscribed", "order_completed")
 DEFAULT_CONVERSION_DAYS = 7
 MESSAGE_PROPERTIES = ("message_id", "campaign_id", "flow_message_id")
 
-# KEYS: person hash, messages hash. ARGV: kind (dl/op/ck/un/order), event id, at (epoch s),
-# message id, revenue (cents), window (s), day key prefix, arms "seg=arm,...", current segments
-# "seg,...", message ttl, day ttl.
+# KEYS: person hash, messages hash. ARGV: kind (dl/op/ck/un/order), the event's credit mark
+# (:func:`credit_mark`), at (epoch s), message id, revenue (cents), window (s), day key prefix, arms
+# "seg=arm,...", current segments "seg,...", message ttl, day ttl, the event id in full (the mark
+# written before the short form; read only, see :func:`credit_mark`).
 _CREDIT = """
 local person, msg = KEYS[1], KEYS[2]
 local kind, at, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4]
+if redis.call('HEXISTS', msg, '#' .. ARGV[12]) == 1 then return 0 end
 if redis.call('HSETNX', msg, '#' .. ARGV[2], 1) == 0 then return 0 end
 redis.call('EXPIRE', msg, ARGV[10])
 local arms = {}
@@ -126,6 +128,14 @@ return 1
 """
 
 
+def credit_mark(event_id: str) -> bytes:
+    """The field suffix that marks an event as credited: the first 8 bytes of its id, raw (9-byte
+    fields instead of 33 in the person's messages hash; 64 bits keep two events of one person apart).
+    Marks written before this form (``#`` and the 32 hex digits) are still honoured: the script looks
+    for both, and they expire with the hash (30 days, :data:`MESSAGE_RETENTION`)."""
+    return bytes.fromhex(event_id[:16].ljust(16, "0"))
+
+
 def kind_of(event: Event) -> str | None:
     if event.name in ENGAGEMENT:
         return ENGAGEMENT[event.name]
@@ -176,7 +186,7 @@ def record(
             continue
         args = [
             kind,
-            event.event_id,
+            credit_mark(event.event_id),
             int(event.occurred_at.timestamp()),
             message_of(event),
             cents(event) if kind == "order" else 0,
@@ -186,6 +196,7 @@ def record(
             held,
             int(MESSAGE_RETENTION.total_seconds()),
             int(DAILY_RETENTION.total_seconds()) + 86400,
+            event.event_id,
         ]
         script(keys=keys, args=args, client=pipe)
         queued += 1

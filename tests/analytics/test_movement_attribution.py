@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from connector.analytics import attribution, movement, overlap
-from connector.analytics.keys import day_key
+from connector.analytics.keys import day_key, messages_key
 from connector.event import Event
 from connector.worker import sizes
 
@@ -161,3 +161,17 @@ def test_the_report_compares_treated_and_control(redis_client: redis.Redis) -> N
     assert comparison["warning"] is not None and "too few members" in comparison["warning"]
     diff = comparison["conversion_difference"]
     assert diff["low"] < diff["estimate"] < diff["high"]
+
+
+def test_events_credited_under_the_long_mark_are_not_credited_again(redis_client: redis.Redis) -> None:
+    """A messages hash written before the short credit marks (``#`` + the 32 hex digits of the
+    event id) still stops a redelivered event; new marks are 9 bytes."""
+    _history(redis_client)
+    order = EVENTS[5]
+    messages = messages_key("acme", "p1")
+    redis_client.hset(messages, f"#{order.event_id}", 1)  # credited before the short marks
+    _apply(redis_client, [order, EVENTS[0]])
+    assert "cv:cart:t" not in {k.decode() for k in redis_client.hgetall(day_key("acme", T0))}
+    fields = [f for f in redis_client.hkeys(messages) if f.startswith(b"#")]
+    assert sorted(len(f) for f in fields) == [9, 33]
+    assert b"#" + attribution.credit_mark(EVENTS[0].event_id) in fields
