@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .conditions import Condition, Result, SegmentResult, show
+from .dependencies import dependencies
 from .explain import reasons
 from .model import Evaluation, Explanation, Profile
 from .ruleset import RuleSet
@@ -28,14 +30,23 @@ class Context:
 
     __slots__ = ("_groups", "_results", "_segments", "_values", "ix", "now", "rules", "thorough")
 
-    def __init__(self, ix: Index, now: datetime, rules: RuleSet, *, thorough: bool) -> None:
+    def __init__(
+        self,
+        ix: Index,
+        now: datetime,
+        rules: RuleSet,
+        *,
+        thorough: bool,
+        known: dict[str, SegmentResult] | None = None,
+    ) -> None:
         self.ix = ix
         self.now = now
         self.rules = rules
         self.thorough = thorough
         self._values: dict[str, tuple[Any, datetime | None]] = {}
         self._results: dict[int, Result] = {}
-        self._segments: dict[str, SegmentResult] = {}
+        # segments whose result is known without evaluating them (incremental evaluation)
+        self._segments: dict[str, SegmentResult] = known if known is not None else {}
         self._groups: dict[str, tuple[int | None, list[Result], list[datetime | None]]] = {}
 
     @property
@@ -191,6 +202,34 @@ def variant_name(index: int) -> str:
     return NAMES[index]
 
 
+def evaluate_changed(
+    profile: Profile,
+    rules: RuleSet,
+    now: datetime,
+    *,
+    members: frozenset[str],
+    due: datetime | None,
+    names: Iterable[str],
+) -> Evaluation:
+    """:func:`evaluate` (``explain=False``) of a profile whose events changed only by new events
+    of ``names``, given its previous result: ``members``, its segments when evaluated earlier with
+    the same rules, and ``due``, that evaluation's ``next_due`` (nothing changes before it; None:
+    nothing changes with time), later than ``now``. Only the segments those events can affect are
+    evaluated (:mod:`rules.dependencies`); the others keep their membership, with ``due`` as the
+    lower bound of their next change, which :func:`_next_due` checks like any other: the result
+    equals :func:`evaluate`'s.
+
+    The caller guarantees the preconditions: no event removed, no profile trait changed, the same
+    rules, ``now < due``."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    affected = dependencies(rules).affected(rules, names)
+    known: dict[str, SegmentResult] = {
+        s.name: (s.name in members, due, False) for s in rules.segments if s.name not in affected
+    }
+    return _evaluate(profile, rules, now, known)
+
+
 def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool = True) -> Evaluation:
     """Memberships, computed traits, next_due and (when ``explain``) an explanation per segment.
 
@@ -200,13 +239,15 @@ def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool =
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    ctx = Context(Index(profile), now, rules, thorough=explain)
+    if not explain:
+        return _evaluate(profile, rules, now, None)
+    ctx = Context(Index(profile), now, rules, thorough=True)
     traits: dict[str, Any] = {}
     trait_state: list[tuple[str, Value, Any, datetime | None]] = []
     for name, expr in rules.traits:
-        current, edge = ctx.value_edge(expr)
+        current = ctx.value(expr)
         traits[name] = exported(current)
-        change = next_value_change(expr, ctx.ix, now, current) if explain else edge
+        change = next_value_change(expr, ctx.ix, now, current)
         trait_state.append((name, expr, current, change))
     members = []
     results: dict[str, SegmentResult] = {}
@@ -215,34 +256,52 @@ def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool =
         if result[0]:
             members.append(segment.name)
     explanations: dict[str, Explanation] = {}
-    if explain:
-        next_due: datetime | None = None
-        for _, _, _, change in trait_state:
-            next_due = earliest(next_due, change)
-        for segment in rules.segments:
-            member, nxt, exact = results[segment.name]
-            next_due = earliest(next_due, nxt)
-            tree = ctx.explain(segment.condition_for(profile.account, profile.profile_id))
-            detail: dict[str, Any] = {"condition": tree, "next_change_exact": exact}
-            if segment.variants:
-                detail["variant"] = variant_name(segment.variant_of(profile.account, profile.profile_id))
-            if segment.group:
-                detail["group"] = segment.group
-            if segment.description:
-                detail["description"] = segment.description
-            explanations[segment.name] = Explanation(
-                segment=segment.name,
-                member=member,
-                reasons=tuple(reasons(tree)),
-                next_change=nxt,
-                detail=detail,
-            )
-    else:
-        seg_state = [(s.name, results[s.name][0], results[s.name][1]) for s in rules.segments]
-        next_due = _next_due(ctx, trait_state, seg_state)
+    next_due: datetime | None = None
+    for _, _, _, change in trait_state:
+        next_due = earliest(next_due, change)
+    for segment in rules.segments:
+        member, nxt, exact = results[segment.name]
+        next_due = earliest(next_due, nxt)
+        tree = ctx.explain(segment.condition_for(profile.account, profile.profile_id))
+        detail: dict[str, Any] = {"condition": tree, "next_change_exact": exact}
+        if segment.variants:
+            detail["variant"] = variant_name(segment.variant_of(profile.account, profile.profile_id))
+        if segment.group:
+            detail["group"] = segment.group
+        if segment.description:
+            detail["description"] = segment.description
+        explanations[segment.name] = Explanation(
+            segment=segment.name,
+            member=member,
+            reasons=tuple(reasons(tree)),
+            next_change=nxt,
+            detail=detail,
+        )
     return Evaluation(
         segments=frozenset(members), traits=traits, next_due=next_due, explanations=explanations
     )
+
+
+def _evaluate(
+    profile: Profile, rules: RuleSet, now: datetime, known: dict[str, SegmentResult] | None
+) -> Evaluation:
+    """The worker's path: memberships, computed traits and the exact next_due, no explanations."""
+    ctx = Context(Index(profile), now, rules, thorough=False, known=known)
+    traits: dict[str, Any] = {}
+    trait_state: list[tuple[str, Value, Any, datetime | None]] = []
+    for name, expr in rules.traits:
+        current, edge = ctx.value_edge(expr)
+        traits[name] = exported(current)
+        trait_state.append((name, expr, current, edge))
+    seg_state = []
+    members = []
+    for segment in rules.segments:
+        member, nxt, _ = ctx.segment(segment.name)
+        seg_state.append((segment.name, member, nxt))
+        if member:
+            members.append(segment.name)
+    next_due = _next_due(ctx, trait_state, seg_state)
+    return Evaluation(segments=frozenset(members), traits=traits, next_due=next_due, explanations={})
 
 
 @dataclass(frozen=True)
@@ -277,4 +336,4 @@ def diff(before: Evaluation | None, after: Evaluation) -> EvaluationDiff:
     )
 
 
-__all__ = ["Context", "EvaluationDiff", "diff", "evaluate", "iso", "show"]
+__all__ = ["Context", "EvaluationDiff", "diff", "evaluate", "evaluate_changed", "iso", "show"]
