@@ -27,7 +27,16 @@ from connector.event import PRIVILEGED_TYPES, Event
 from connector.profiles import identity, keys, rejected
 from connector.profiles.erasure import store_export
 from connector.profiles.properties import kept_properties
-from connector.profiles.store import APPLY, PROPERTY_PREFIX, Prepared, name_codes, prepare, run_scripts
+from connector.profiles.store import (
+    APPLY,
+    COMPRESS_AT,
+    PROPERTY_PREFIX,
+    Prepared,
+    name_codes,
+    prepare,
+    rewrite_histories,
+    run_scripts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +196,16 @@ def _apply_groups(
         replies = run_scripts(conn, script, calls)
         redirected: dict[str, list[Prepared]] = {}
         moved: set[str] = set()
+        opened: list[str] = []
+        grown: list[str] = []
         for pid, reply in zip(order, replies, strict=True):
             status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            if status == "ok":
+            if status == "z":  # a compressed history that must be opened for these events
+                opened.append(pid)
+                redirected.setdefault(pid, []).extend(groups[pid])
+            elif status == "ok":
+                if int(reply[4]) >= COMPRESS_AT:
+                    grown.append(pid)
                 outcome.applied += int(reply[1])
                 outcome.duplicates += int(reply[2])
                 stored = sum(1 for item in groups[pid] if item.member)
@@ -203,7 +219,9 @@ def _apply_groups(
                 moved.add(pid)
             else:
                 outcome.dropped += len(groups[pid])
-        if redirected:
+        rewrite_histories(conn, account.id, grown, compress=True)
+        rewrite_histories(conn, account.id, opened, compress=False)
+        if moved:
             identity.settle(conn, account.id, retention, now, moved)
         groups = redirected
     log.error("too many merge redirects; events left unapplied", extra={"account": account.id})

@@ -27,7 +27,7 @@ from connector import clock
 from connector.errors import ConnectorError
 from connector.profiles import keys
 from connector.profiles.bounds import count_dropped
-from connector.profiles.store import MERGE, history_entries
+from connector.profiles.store import MERGE, history_entries, rewrite_histories
 from connector.redis_conn import is_cluster, per_node
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ LOCK_WAIT_SECONDS = 60.0
 TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
 CONFLICTS_KEPT = 1000
 MAX_IDENTITY_LENGTH = 500
+MERGE_TRIES = 8
 
 _RANK = {kind: rank for rank, kind in enumerate(keys.KIND_CODES)}
 _RELEASE = """
@@ -353,9 +354,15 @@ class Resolver:
         for f, v in fields.items():
             if f not in (b"m", b"x"):
                 args.extend((f, v))
-        self._merge_script(
-            keys=[keys.profile_key(self.account, target), keys.history_key(self.account, target)], args=args
-        )
+        target_keys = [keys.profile_key(self.account, target), keys.history_key(self.account, target)]
+        for _ in range(MERGE_TRIES):
+            reply = self._merge_script(keys=target_keys, args=args)
+            if not (isinstance(reply, list) and reply and reply[0] == b"z"):
+                break
+            # the survivor's history is compressed: it is opened (rewritten plain) and merged into
+            rewrite_histories(self.conn, self.account, [target], compress=False)
+        else:
+            raise ConnectorError(f"merge into {target}: its history changed under every attempt")
         repoint = {}
         for f in fields:
             parsed = keys.parse_identity_field(f.decode())

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import connector.profiles.apply as apply_module
 from connector.config import load_accounts
 from connector.profiles import iter_profile_ids, load_profile, lookup
 from connector.profiles.erasure import export_profile
@@ -71,6 +73,16 @@ def test_retention_by_count_and_age(redis_client, tmp_path: Path, monkeypatch) -
     profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), now)
     assert profile is not None
     assert [e.occurred_at for e in profile.events] == [e.occurred_at for e in recent[-5:]]
+    # a compressed history is opened to apply the retention, then compressed again
+    with mock.patch.object(apply_module, "COMPRESS_AT", 1):
+        apply(redis_client, accounts, ev("newer", at=T0 + timedelta(days=21), user_id="u1"), now=now)
+        outcome = apply(
+            redis_client, accounts, ev("newest", at=T0 + timedelta(days=22), user_id="u1"), now=now
+        )
+    assert (outcome.applied, outcome.history_dropped) == (1, 1)
+    profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), now)
+    assert profile is not None and len(profile.events) == 5
+    assert profile.events[-1].occurred_at == T0 + timedelta(days=22)
 
 
 def _state(conn: redis.Redis) -> list[dict]:
@@ -112,6 +124,23 @@ def _stream() -> list:
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(min_value=0, max_value=10**6), batch=st.integers(min_value=1, max_value=6))
 def test_shuffled_events_give_equal_profiles(redis_client, accounts, seed: int, batch: int) -> None:
+    _shuffled_give_equal_profiles(redis_client, accounts, seed, batch)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(min_value=0, max_value=10**6), batch=st.integers(min_value=1, max_value=6))
+def test_shuffled_events_give_equal_profiles_with_every_history_compressed(
+    redis_client, accounts, seed: int, batch: int
+) -> None:
+    """Every write compresses the history it leaves: late events, duplicates and merges all go
+    through opening a compressed history."""
+    with mock.patch.object(apply_module, "COMPRESS_AT", 1):
+        _shuffled_give_equal_profiles(redis_client, accounts, seed, batch)
+    compressed = [k for k in redis_client.scan_iter("h:*") if redis_client.getrange(k, 0, 0) == b"\xff"]
+    assert len(compressed) == 3
+
+
+def _shuffled_give_equal_profiles(redis_client, accounts, seed: int, batch: int) -> None:
     redis_client.flushdb()
     ordered = sorted(_stream(), key=lambda e: e.occurred_at)
     for i in range(0, len(ordered), 4):
