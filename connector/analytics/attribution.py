@@ -30,10 +30,11 @@ from typing import Any
 
 import redis
 
+from connector import clock
 from connector.analytics.holdout import arms_of, arms_text, settings
 from connector.analytics.keys import (
     DAILY_RETENTION,
-    MESSAGE_RETENTION,
+    PERSON_RETENTION,
     day_prefix,
     messages_key,
     person_key,
@@ -45,28 +46,45 @@ ENGAGEMENT = {"email_delivered": "dl", "email_opened": "op", "email_clicked": "c
 KINDS = (*ENGAGEMENT, "unsubscribed", "order_completed")
 DEFAULT_CONVERSION_DAYS = 7
 MESSAGE_PROPERTIES = ("message_id", "campaign_id", "flow_message_id")
+PERIOD_DAYS = 8
+PERIODS = 12
 
-# KEYS: person hash, messages hash. ARGV: kind (dl/op/ck/un/order), the event's credit mark
-# (:func:`credit_mark`), at (epoch s), message id, revenue (cents), window (s), day key prefix, arms
-# "seg=arm,...", current segments "seg,...", message ttl, day ttl, the event id in full (the mark
-# written before the short form; read only, see :func:`credit_mark`).
+# KEYS: person hash, the messages hash of before (read only). ARGV: kind (dl/op/ck/un/order), the
+# event's credit mark (:func:`credit_mark`), at (epoch s), message id, revenue (cents), window (s),
+# day key prefix, arms "seg=arm,...", current segments "seg,...", :data:`PERIODS`, day ttl, the event id
+# in full (marks written before the short form), the current period (:func:`period`), the person
+# hash's ttl.
+#
+# The person hash holds, besides the entry and exit instants (e:, x:, r:), the message state: the
+# credit marks (#<8 bytes>), the deliveries (d:<message> = "<period>|<at>|<segments>") and the
+# opens and clicks counted (op:<message>, ck:<message>), each valued with (or starting with) the
+# period it was written in; each run of the script drops those of 5 or more periods ago.
 _CREDIT = """
-local person, msg = KEYS[1], KEYS[2]
+local PERIODS = tonumber(ARGV[10])
+local person, old = KEYS[1], KEYS[2]
 local kind, at, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4]
-if redis.call('HEXISTS', msg, '#' .. ARGV[12]) == 1 then return 0 end
-if redis.call('HSETNX', msg, '#' .. ARGV[2], 1) == 0 then return 0 end
-redis.call('EXPIRE', msg, ARGV[10])
-local arms = {}
-for s, a in string.gmatch(ARGV[8], '([^,=]+)=([^,]+)') do arms[s] = a end
+local period = tonumber(ARGV[13])
+local function before(field) return redis.call('HEXISTS', old, field) == 1 end
+local mark = '#' .. ARGV[2]
+if redis.call('HEXISTS', person, mark) == 1 or before(mark) or before('#' .. ARGV[12]) then return 0 end
 local state = redis.call('HGETALL', person)
-local e, x, r = {}, {}, {}
+local e, x, r, stale = {}, {}, {}, {}
 for i = 1, #state, 2 do
   local f, v = state[i], state[i + 1]
   local p, s = string.sub(f, 1, 2), string.sub(f, 3)
   if p == 'e:' then e[s] = tonumber(v)
   elseif p == 'x:' then x[s] = tonumber(v)
-  elseif p == 'r:' then r[s] = tonumber(v) end
+  elseif p == 'r:' then r[s] = tonumber(v)
+  else
+    local written = tonumber(string.match(v, '^%d+'))
+    if written and (period - written) % PERIODS >= 5 then stale[#stale + 1] = f end
+  end
 end
+if #stale > 0 then redis.call('HDEL', person, unpack(stale)) end
+redis.call('HSET', person, mark, period)
+redis.call('EXPIRE', person, ARGV[14])
+local arms = {}
+for s, a in string.gmatch(ARGV[8], '([^,=]+)=([^,]+)') do arms[s] = a end
 local function credit(t, metric, segs, by, float)
   local key = ARGV[7] .. math.floor(t / 86400)
   for _, s in ipairs(segs) do
@@ -87,25 +105,33 @@ local function members_at(t)
   table.sort(out)
   return out
 end
+local function seen(field) return redis.call('HEXISTS', person, field) == 1 or before(field) end
 if kind == 'un' or ((kind == 'dl' or kind == 'op' or kind == 'ck') and mid == '') then
   credit(at, kind, members_at(at), 1)
   return 1
 end
 if kind == 'dl' then
-  if redis.call('HEXISTS', msg, 'd:' .. mid) == 1 then return 0 end
+  if seen('d:' .. mid) then return 0 end
   local segs = members_at(at)
-  redis.call('HSET', msg, 'd:' .. mid, at .. '|' .. table.concat(segs, ','))
+  redis.call('HSET', person, 'd:' .. mid, period .. '|' .. at .. '|' .. table.concat(segs, ','))
   credit(at, 'dl', segs, 1)
   for _, flag in ipairs({'op', 'ck'}) do
-    if redis.call('HEXISTS', msg, flag .. ':' .. mid) == 1 then credit(at, flag, segs, 1) end
+    if seen(flag .. ':' .. mid) then credit(at, flag, segs, 1) end
   end
   return 1
 end
 if kind == 'op' or kind == 'ck' then
-  if redis.call('HSETNX', msg, kind .. ':' .. mid, 1) == 0 then return 0 end
-  local d = redis.call('HGET', msg, 'd:' .. mid)
+  if seen(kind .. ':' .. mid) then return 0 end
+  redis.call('HSET', person, kind .. ':' .. mid, period)
+  local dat, list
+  local d = redis.call('HGET', person, 'd:' .. mid)
   if d then
-    local dat, list = string.match(d, '^([^|]*)|(.*)$')
+    dat, list = string.match(d, '^%d+|([^|]*)|(.*)$')
+  else
+    d = redis.call('HGET', old, 'd:' .. mid)
+    if d then dat, list = string.match(d, '^([^|]*)|(.*)$') end
+  end
+  if d then
     local segs = {}
     for s in string.gmatch(list, '[^,]+') do table.insert(segs, s) end
     credit(tonumber(dat), kind, segs, 1)
@@ -128,11 +154,20 @@ return 1
 """
 
 
+def period(moment: datetime) -> int:
+    """The 8-day period of ``moment``, counted modulo :data:`PERIODS`: the value of the message
+    state written then (0 to 11, which Redis stores in an entry's header byte). State of 5 or more
+    periods back is dropped, so it is kept 33 to 47 days (``keys.MESSAGE_RETENTION``: at least 30);
+    a person without any credit for 96 days or more keeps theirs up to one more cycle."""
+    return int(moment.timestamp()) // 86400 // PERIOD_DAYS % PERIODS
+
+
 def credit_mark(event_id: str) -> bytes:
     """The field suffix that marks an event as credited: the first 8 bytes of its id, raw (9-byte
-    fields instead of 33 in the person's messages hash; 64 bits keep two events of one person apart).
-    Marks written before this form (``#`` and the 32 hex digits) are still honoured: the script looks
-    for both, and they expire with the hash (30 days, :data:`MESSAGE_RETENTION`)."""
+    fields instead of 33; 64 bits keep two events of one person apart). Marks and message state
+    written before they moved into the person's hash (``an:{a}:msg:<pid>``, marks ``#`` and the 32
+    hex digits) are still honoured: the script reads that hash too, and it expires 30 days after its
+    last write (``keys.MESSAGE_RETENTION``)."""
     return bytes.fromhex(event_id[:16].ljust(16, "0"))
 
 
@@ -172,11 +207,14 @@ def record(
     arms: Mapping[str, str],
     *,
     conversion_days: int = DEFAULT_CONVERSION_DAYS,
+    now: datetime | None = None,
 ) -> int:
     """Queue on ``pipe`` (profile Redis) the credit of one person's applied events (the others are
     ignored); ``current``: the segments the ledger holds for them now; ``arms``: their arm per
-    segment with a holdout or variants. The number of events queued."""
+    segment with a holdout or variants; ``now``: when (the message state written then is kept at
+    least 30 days, see :func:`period`; the clock's instant by default). The number of events queued."""
     keys = [person_key(account, profile_id), messages_key(account, profile_id)]
+    written = period(now or clock.now())
     held = ",".join(sorted(current))
     script = pipe.register_script(_CREDIT) if hasattr(pipe, "register_script") else None
     queued = 0
@@ -194,9 +232,11 @@ def record(
             day_prefix(account),
             arms_text(arms),
             held,
-            int(MESSAGE_RETENTION.total_seconds()),
+            PERIODS,
             int(DAILY_RETENTION.total_seconds()) + 86400,
             event.event_id,
+            written,
+            int(PERSON_RETENTION.total_seconds()),
         ]
         script(keys=keys, args=args, client=pipe)
         queued += 1
@@ -213,7 +253,6 @@ def record_batch(
 ) -> int:
     """The worker's hook: credit a batch of applied events of one account (``profile_of``: event id
     → the profile it was applied to; ``memberships``: profile → segments in the ledger now)."""
-    del now
     by_profile: dict[str, list[Event]] = {}
     for event in events:
         pid = profile_of.get(event.event_id)
@@ -227,7 +266,7 @@ def record_batch(
     for pid, batch in by_profile.items():
         held = list(memberships.get(pid, ()))
         arms = arms_of(account, pid, split) if split else {}
-        queued += record(pipe, account.id, pid, batch, held, arms, conversion_days=days)
+        queued += record(pipe, account.id, pid, batch, held, arms, conversion_days=days, now=now)
     pipe.execute()
     return queued
 

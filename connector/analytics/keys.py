@@ -3,10 +3,16 @@
 account's counters atomically, also in Redis Cluster.
 
   ``an:{a}:p:<pid>``        hash: the person's last entry (``e:<segment>``) and exit
-                            (``x:<segment>``) instants (epoch seconds) per segment, and the revenue
-                            credited to the current entry (``r:<segment>``)
-  ``an:{a}:msg:<pid>``      hash: per message id the segments at its delivery and which engagement
-                            was counted; ``#<event id>`` for every event already credited (30 days)
+                            (``x:<segment>``) instants (epoch seconds) per segment, the revenue
+                            credited to the current entry (``r:<segment>``), and the message state:
+                            ``#<8 bytes of the event id>`` for every event already credited,
+                            ``d:<message>`` = ``<day>|<at>|<segments at delivery>``, ``op:<message>``
+                            and ``ck:<message>`` for the engagement counted, each valued with (or
+                            starting with) the day it was written; dropped after 30 days by the
+                            credit script
+  ``an:{a}:msg:<pid>``      hash written before the message state moved into the person's hash:
+                            the same fields without the day (``#<event id in 32 hex digits>``); read
+                            by the credit script, never written, gone 30 days after its last write
   ``an:{a}:d:<day>``        hash: the day's counters ``<metric>:<segment>:<arm>``, the day being
                             days since 1970-01-01 UTC (13 months)
   ``an:{a}:mig:<group>:<YYYYMMDD>``  hash ``<from>><to>`` → moves that day (13 months)

@@ -9,12 +9,13 @@ import pytest
 import redis
 
 from connector.analytics import attribution, movement, overlap
-from connector.analytics.keys import day_key, messages_key
+from connector.analytics.keys import day_key, messages_key, person_key
 from connector.event import Event
 from connector.worker import sizes
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
 GROUPS = {"lifecycle": ("new", "active", "lapsed")}
+NOW = T0 + timedelta(days=40)
 
 
 def test_migration_matrix_counts_moves_per_group(redis_client: redis.Redis) -> None:
@@ -80,7 +81,7 @@ EVENTS = [
 def _apply(conn: redis.Redis, events: list[Event]) -> None:
     for event in events:  # one event per call: the worst case for ordering
         pipe = conn.pipeline()
-        attribution.record(pipe, "acme", "p1", [event], ["vip"], {})
+        attribution.record(pipe, "acme", "p1", [event], ["vip"], {}, now=NOW)
         pipe.execute()
 
 
@@ -163,15 +164,46 @@ def test_the_report_compares_treated_and_control(redis_client: redis.Redis) -> N
     assert diff["low"] < diff["estimate"] < diff["high"]
 
 
-def test_events_credited_under_the_long_mark_are_not_credited_again(redis_client: redis.Redis) -> None:
-    """A messages hash written before the short credit marks (``#`` + the 32 hex digits of the
-    event id) still stops a redelivered event; new marks are 9 bytes."""
+def test_message_state_written_before_is_still_honoured(redis_client: redis.Redis) -> None:
+    """The messages hash of before (``an:{a}:msg:<pid>``, marks ``#`` + the 32 hex digits of the
+    event id, deliveries ``<at>|<segments>``) still stops a redelivered event and still gives a
+    delivery's segments to its opens; new state goes into the person's hash, marks of 9 bytes."""
     _history(redis_client)
-    order = EVENTS[5]
+    order, delivered, opened = EVENTS[5], EVENTS[0], EVENTS[1]
     messages = messages_key("acme", "p1")
-    redis_client.hset(messages, f"#{order.event_id}", 1)  # credited before the short marks
-    _apply(redis_client, [order, EVENTS[0]])
-    assert "cv:cart:t" not in {k.decode() for k in redis_client.hgetall(day_key("acme", T0))}
-    fields = [f for f in redis_client.hkeys(messages) if f.startswith(b"#")]
-    assert sorted(len(f) for f in fields) == [9, 33]
-    assert b"#" + attribution.credit_mark(EVENTS[0].event_id) in fields
+    redis_client.hset(messages, f"#{order.event_id}", 1)  # credited before
+    redis_client.hset(messages, f"#{delivered.event_id}", 1)
+    redis_client.hset(messages, "d:m1", f"{int(delivered.occurred_at.timestamp())}|cart")
+    _apply(redis_client, [order, delivered, opened])
+    day0 = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
+    assert "cv:cart:t" not in day0 and "dl:cart:t" not in day0
+    assert day0["op:cart:t"] == "1"  # the open found the delivery stored before
+    person = redis_client.hgetall(person_key("acme", "p1"))
+    marks = [f for f in person if f.startswith(b"#")]
+    assert marks == [b"#" + attribution.credit_mark(opened.event_id)]
+    assert person[b"op:m1"] == str(attribution.period(NOW)).encode()
+    assert redis_client.hlen(messages) == 3  # read, never written
+
+
+def test_message_state_is_kept_30_days_then_dropped(redis_client: redis.Redis) -> None:
+    _history(redis_client)
+    pipe = redis_client.pipeline()
+    attribution.record(pipe, "acme", "p1", [EVENTS[0], EVENTS[1]], ["vip"], {}, now=NOW)
+    pipe.execute()
+    person = person_key("acme", "p1")
+    assert {b"d:m1", b"op:m1"} <= set(redis_client.hkeys(person))
+    pipe = redis_client.pipeline()
+    attribution.record(pipe, "acme", "p1", [EVENTS[6]], ["vip"], {}, now=NOW + timedelta(days=30))
+    pipe.execute()
+    assert {b"d:m1", b"op:m1"} <= set(redis_client.hkeys(person))  # 30 days: still there
+    later = NOW + timedelta(days=48)
+    pipe = redis_client.pipeline()
+    attribution.record(pipe, "acme", "p1", [EVENTS[8]], ["vip"], {}, now=later)
+    pipe.execute()
+    fields = set(redis_client.hkeys(person))
+    assert not fields & {b"d:m1", b"op:m1"}
+    marks = {f for f in fields if f.startswith(b"#")}
+    assert marks == {b"#" + attribution.credit_mark(e.event_id) for e in (EVENTS[6], EVENTS[8])}
+    assert {attribution.period(NOW + timedelta(days=d)) for d in range(0, 96, 8)} == set(range(12))
+    assert {b"e:cart", b"x:cart", b"e:vip"} <= fields  # the instants are kept
+    assert 0 < redis_client.ttl(person) <= 396 * 86400
