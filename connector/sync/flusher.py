@@ -110,16 +110,17 @@ class Flusher:
         }
 
     def take(self, now: float) -> list[str]:
+        """The next batch: nothing until the first change is ready (it has waited its batch delay),
+        then every change due within one batch delay goes with it, up to the batch size; a full
+        batch goes at once. So while changes keep coming a destination gets one batch per batch
+        delay rather than one per round trip: a small batch costs as many requests as a large one."""
         size = self.dest.batch_size
-        ready = self.conn.zrangebyscore(self.k["ready"], "-inf", now, start=0, num=size)
-        if len(ready) < size:
-            # a full batch waiting for its delay goes now
-            soon = self.conn.zrangebyscore(
-                self.k["ready"], "-inf", now + self.dest.batch_delay_seconds, start=0, num=size
-            )
-            if len(soon) >= size:
-                ready = soon
-        return [r.decode() for r in ready]
+        soon = self.conn.zrangebyscore(
+            self.k["ready"], "-inf", now + self.dest.batch_delay_seconds, start=0, num=size, withscores=True
+        )
+        if not soon or (soon[0][1] > now and len(soon) < size):
+            return []
+        return [member.decode() for member, _ in soon]
 
     def flush(self, now: datetime, max_batches: int | None = None) -> dict[str, int]:
         """Send ready changes until none is ready (or ``max_batches``); returns outcome counts."""

@@ -65,12 +65,18 @@ def test_a_flush_does_not_sleep_through_the_batch_delay_while_a_drain_waits(
     redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     acct = job_account(tmp_path, monkeypatch)
-    esp = RecordingEsp()
     slept: list[float] = []
     with clock.frozen(NOW) as frozen:
+
+        class ChangingMeanwhile(RecordingEsp):
+            def apply(self, changes, owned):  # type: ignore[no-untyped-def]
+                if not self.calls:  # p2 changes while p1's batch is on its way: ready 0.5 s later
+                    submit(redis_client, acct, "p2", 1, ["vip"], now=frozen())
+                return super().apply(changes, owned)
+
+        esp = ChangingMeanwhile()
         submit(redis_client, acct, "p1", 1, ["vip"])
         frozen.advance(timedelta(seconds=1))
-        submit(redis_client, acct, "p2", 1, ["vip"], now=frozen())  # ready half a second later
         EventQueue(redis_client, shards=1).enqueue_drain(0)
         totals = sync.flush_job(
             "acme", "mailchimp", conn=redis_client, factory=lambda d: esp, sleep=slept.append
