@@ -8,8 +8,9 @@ Requests (see docs/destinations.md), every one with ``Authorization: Klaviyo-API
   ``meta.patch_properties.append`` / ``unappend``, so values the connector did not set are never
   removed; owned fields no longer wanted are ``unset``. Skipped when only list memberships changed
   and the profile id is known.
-* backfills: ``POST /api/profile-bulk-import-jobs`` (≤ 10,000 profiles, with the list relationship)
-  when a batch holds at least ``bulk_threshold`` imports. A job writes the tags property whole, so
+* bulk: ``POST /api/profile-bulk-import-jobs`` (≤ 10,000 profiles, with the list relationship)
+  when a batch holds at least ``bulk_threshold`` imports (5: a steady flow of changes, a backfill),
+  polled after 0.2 s, then 0.4, 0.8, 1 s …. A job writes the tags property whole, so
   the current values are read first (``GET /api/profiles``, 100 emails per lookup) and written back
   with only the connector's own tags added and removed.
 * lists: ``POST`` / ``DELETE /api/lists/{id}/relationships/profiles`` (≤1,000 profile ids, 204).
@@ -68,8 +69,13 @@ class KlaviyoConfig:
     segment_events: bool = False
     entered_metric: str = "Segment Entered"
     exited_metric: str = "Segment Exited"
-    bulk_threshold: int = 100  # imports in one batch from which bulk import jobs are used
+    # imports in one batch from which bulk import jobs are used. profile-import allows 750/min
+    # (12.5/s) and a destination sends at most one batch per batch delay (0.5 s by default): below
+    # 5 per batch (≤ 8 imports/s) each contact is its own import, above it one job per batch keeps a
+    # steady flow within the endpoints' limits (bulk jobs 150/min: ≤ 2 per second of batches)
+    bulk_threshold: int = 5
     bulk_wait_seconds: float = 60.0
+    bulk_first_poll_seconds: float = 0.2  # then doubling up to bulk_poll_seconds
     bulk_poll_seconds: float = 1.0
     # requests to per-contact endpoints (profile-import, events) one batch may make; contacts past
     # it are deferred to the next batch, so a large batch without bulk jobs never holds a worker for
@@ -419,12 +425,13 @@ class KlaviyoAdapter(EspAdapter):
         if not job_id:
             raise PermanentError("bulk import answered without a job id", status=response.status_code)
         attributes = job.get("attributes") or {}
-        waited = 0.0
+        waited, pause = 0.0, min(self.config.bulk_first_poll_seconds, self.config.bulk_poll_seconds)
         while attributes.get("status") not in ("complete", "cancelled"):
             if waited >= self.config.bulk_wait_seconds:
                 raise TransientError(f"bulk import job still {attributes.get('status')}", code="job_pending")
-            self.client.t.sleep(self.config.bulk_poll_seconds)
-            waited += self.config.bulk_poll_seconds
+            self.client.t.sleep(pause)
+            waited += pause
+            pause = min(2 * pause, self.config.bulk_poll_seconds)
             polled = self.client.request("GET", f"/api/profile-bulk-import-jobs/{job_id}", bucket="profiles")
             attributes = ((json_body(polled) or {}).get("data") or {}).get("attributes") or {}
         if attributes.get("status") == "cancelled" or int(attributes.get("failed_count") or 0) > 0:

@@ -442,7 +442,7 @@ def test_an_outage_defers_the_rest_of_the_batch_instead_of_retrying_each_contact
     fake.before = lambda request, body: httpx.Response(
         503, json={"errors": [{"status": 503, "code": "error"}]}
     )
-    ad = adapter(fake)
+    ad = adapter(fake, bulk_threshold=100)  # the per-contact path
     results = ad.apply([change(f"p{i}") for i in range(20)], {})
     imports = [c for c in fake.calls if c[1] == "/api/profile-import"]
     attempts_for_one_contact = len(imports)
@@ -545,7 +545,9 @@ def test_changes_past_the_per_contact_budget_are_deferred_untouched() -> None:
     fake = FakeKlaviyo()
     owned = {f"p{i}": OwnedState(segments=frozenset({"old"})) for i in range(6)}
     changes = [change(f"p{i}", segments=frozenset({"old", "new"})) for i in range(6)]
-    results = adapter(fake, segment_events=True, per_contact_budget=5).apply(changes, owned)
+    results = adapter(fake, segment_events=True, per_contact_budget=5, bulk_threshold=100).apply(
+        changes, owned
+    )
     # each change costs an import and one "Segment Entered" event: two fit in a budget of 5
     assert [r.status for r in results] == [APPLIED, APPLIED, DEFERRED, DEFERRED, DEFERRED, DEFERRED]
     sent = [c[2] for c in fake.calls if c[1] in ("/api/profile-import", "/api/events")]
@@ -562,3 +564,48 @@ def test_bulk_jobs_cost_no_per_contact_budget() -> None:
     results = adapter(fake, bulk_threshold=100, per_contact_budget=10).apply(changes, {})
     assert {r.status for r in results} == {APPLIED}
     assert not [c for c in fake.calls if c[1] == "/api/profile-import"]
+
+
+def test_a_steady_flow_goes_in_one_bulk_job_per_batch_from_five_imports() -> None:
+    """profile-import allows 750/min: a batch of five or more new contacts (two batches a second
+    at the default batch delay would be 600/min and more) is one job carrying tags, fields and the
+    list; fewer keep the per-contact import (no read-before-write of the tags)."""
+    fake = FakeKlaviyo()
+    five = [change(f"p{i}", tags=frozenset({"vip"}), lists=frozenset({"L"})) for i in range(5)]
+    ad = adapter(fake)
+    assert {r.status for r in ad.apply(five, {})} == {APPLIED}
+    paths = [c[1] for c in fake.calls]
+    assert paths.count("/api/profile-bulk-import-jobs") == 1 and "/api/profile-import" not in paths
+    assert paths.count("/api/profiles") == 1  # the tags' current values, 100 emails per read
+    assert fake.profiles["p3@example.com"]["properties"]["esp_tags"] == ["vip"]
+    assert len(fake.lists["L"]) == 5
+    assert ad.slept == [0.2]  # the job is polled after 0.2 s, not a whole second
+
+    fake = FakeKlaviyo()
+    four = [change(f"q{i}", tags=frozenset({"vip"}), lists=frozenset({"L"})) for i in range(4)]
+    assert {r.status for r in adapter(fake).apply(four, {})} == {APPLIED}
+    paths = [c[1] for c in fake.calls]
+    assert paths.count("/api/profile-import") == 4 and "/api/profile-bulk-import-jobs" not in paths
+
+
+def test_a_slow_bulk_job_is_polled_ever_less_often_up_to_the_poll_interval() -> None:
+    fake = FakeKlaviyo()
+    polls = [0]
+
+    def slow(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.startswith("/api/profile-bulk-import-jobs/"):
+            polls[0] += 1
+            status = "complete" if polls[0] >= 5 else "processing"
+            return httpx.Response(
+                200,
+                json={
+                    "data": {"type": "profile-bulk-import-job", "id": "j", "attributes": {"status": status}}
+                },
+            )
+        return None
+
+    fake.before = slow
+    ad = adapter(fake)
+    results = ad.apply([change(f"p{i}", lists=frozenset({"L"})) for i in range(5)], {})
+    assert {r.status for r in results} == {APPLIED}
+    assert ad.slept == [0.2, 0.4, 0.8, 1.0, 1.0]

@@ -7,6 +7,7 @@ request logs carry the simulated instants the sender produced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import redis
 import yaml
 
 from adapters.change import CONSENT_UNKNOWN
+from adapters.klaviyo import KlaviyoAdapter
 from adapters.ratelimit import RateLimiter
 from connector import sync
 from connector.clock import FrozenClock
@@ -267,6 +269,10 @@ def test_429_storm_never_pushes_the_sender_above_the_configured_rate(
     fakes.hubspot.limits = HubSpotLimits(per_ten_seconds=5)
     account = standard_account(tmp_path, fakes, hubspot={"per_ten_seconds": 5})
     h = Harness(redis_client, sim, account)
+    klaviyo = h.flushers["klaviyo"].adapter
+    assert isinstance(klaviyo, KlaviyoAdapter)
+    # the per-contact imports under a storm: waves of 95 stay below the bulk threshold here
+    klaviyo.config = dataclasses.replace(klaviyo.config, bulk_threshold=100)
     storm_end = T0 + timedelta(seconds=90)
     fakes.hubspot.faults.storm(start=T0 + timedelta(seconds=5), end=storm_end)  # no Retry-After
     # Klaviyo: the first 40 single profile imports get 429 with Retry-After: 4
