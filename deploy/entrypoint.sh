@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Container entrypoint: `web`, `worker` and `scheduler` run the Procfile's command of that process
+# Container entrypoint: `web`, `worker`, `scheduler` and `sync` run the Procfile's command of that process
 # (extra arguments are appended); anything else is run as given, e.g.
 # `connector config validate /config/accounts`. The command replaces this shell (exec), so
 # SIGTERM from the container runtime reaches gunicorn or the worker directly and they stop
@@ -7,7 +7,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: entrypoint.sh web|worker|scheduler [ARGS...]   or   entrypoint.sh COMMAND [ARGS...]" >&2
+    echo "usage: entrypoint.sh web|worker|scheduler|sync [ARGS...]   or   entrypoint.sh COMMAND [ARGS...]" >&2
 }
 
 require_redis() {
@@ -44,6 +44,10 @@ case "$process" in
     scheduler)
         require_redis
         exec connector scheduler "$@"
+        ;;
+    sync)
+        require_redis
+        exec connector sync "$@"
         ;;
     -h | --help | help)
         usage

@@ -1,4 +1,5 @@
-"""``connector dev`` (everything, locally), ``connector worker``, ``connector scheduler``."""
+"""``connector dev`` (everything, locally), ``connector worker``, ``connector scheduler``,
+``connector sync``."""
 
 from __future__ import annotations
 
@@ -26,27 +27,35 @@ def register(cli: click.Group) -> None:
     cli.add_command(dev)
     cli.add_command(worker)
     cli.add_command(scheduler)
+    cli.add_command(sync)
 
 
-# Served in this order: a flush (short: it does not wait through a batch delay while other jobs
-# wait) before the next turn of an event drain, which gives the worker up after half a second;
-# predictions (a training holds its worker for its whole run) last.
+# The queues a worker can serve, in the order to serve them: a flush (short: it does not wait
+# through a batch delay while other jobs wait) before the next turn of an event drain, which gives
+# the worker up after half a second; predictions (a training holds its worker for its whole run) last.
 WORKER_QUEUES = ("reevaluate", "sync", "events", "backfill", "predict")
+# What `connector worker` serves by default: the flushes are the `connector sync` process's (a thread
+# per destination), so they never wait behind a drain or a re-evaluation. A deployment without that
+# process adds `sync` (--queues reevaluate,sync,events,backfill,predict).
+DEFAULT_WORKER_QUEUES = tuple(name for name in WORKER_QUEUES if name != "sync")
 
 
 @click.command()
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option(
     "--queues",
-    default=",".join(WORKER_QUEUES),
+    default=",".join(DEFAULT_WORKER_QUEUES),
     show_default=True,
-    help="The queues this worker serves, in order (e.g. a dedicated worker: --queues predict).",
+    help="The queues this worker serves, in order (e.g. a dedicated worker: --queues predict; "
+    "without a `connector sync` process: reevaluate,sync,events,backfill,predict).",
 )
 def worker(burst: bool, queues: str) -> None:
-    """RQ worker for the event and sync queues (no fork per job: each job is a batch)."""
+    """RQ worker for stored events, re-evaluations, backfills and predictions (no fork per job: each
+    job is a batch)."""
     from rq import Queue, SimpleWorker
 
     from connector.ops.logs import configure_logging
+    from connector.worker import jobs
 
     names = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = [name for name in names if name not in WORKER_QUEUES]
@@ -56,9 +65,27 @@ def worker(burst: bool, queues: str) -> None:
             f"unknown queue {', '.join(unknown) or '(none given)'}; {hint}", param_hint="--queues"
         )
     configure_logging()
+    jobs.serve_queues(names)  # a drain gives its turn up only to work this worker would take
     conn = process_runtime.current().queue_redis  # RQ jobs run on this process's runtime
     served = [Queue(name, connection=conn) for name in names]
     SimpleWorker(served, connection=conn).work(burst=burst, with_scheduler=False)
+
+
+@click.command()
+@click.option(
+    "--threads",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Destinations flushed at once (one thread each; the others wait their turn).",
+)
+def sync(threads: int) -> None:
+    """Pushes changes to the ESPs: every destination in a thread of its own, batch by batch."""
+    from connector.ops.logs import configure_logging
+    from connector.sync import runner
+
+    configure_logging()
+    runner.run(threads=threads)
 
 
 @click.command()
@@ -129,7 +156,7 @@ def _start_sandbox(ports: dict[str, int]) -> Any:
 @click.option("--sandbox-ports", default="8901,8902,8903", show_default=True, metavar="MC,HS,KL",
               help="Ports of the fake Mailchimp, HubSpot and Klaviyo.")  # fmt: skip
 def dev(port: int, web_workers: int, sandbox: bool, sandbox_ports: str) -> None:
-    """Run web + worker + scheduler locally, with an embedded Redis unless REDIS_URL is set."""
+    """Run web + worker + scheduler + sync locally, with an embedded Redis unless REDIS_URL is set."""
     from connector.config import load_accounts
 
     try:
@@ -197,7 +224,7 @@ def _run_with_redis(data_dir: Path, port: int, web_workers: int, account_ids: li
 
 
 def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:
-    """Run the Procfile's three processes until Ctrl-C/SIGTERM or one of them dies; stop them all."""
+    """Run the Procfile's processes until Ctrl-C/SIGTERM or one of them dies; stop them all."""
     exe = Path(sys.executable).parent
     gunicorn = (
         str(exe / "gunicorn") if (exe / "gunicorn").exists() else shutil.which("gunicorn") or "gunicorn"
@@ -210,6 +237,7 @@ def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:
         ],
         "worker": [connector, "worker"],
         "scheduler": [connector, "scheduler"],
+        "sync": [connector, "sync"],
     }  # fmt: skip
     stopping = False
 

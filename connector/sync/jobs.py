@@ -1,14 +1,17 @@
-"""Sync jobs: ``flush_job`` (RQ, one per destination at a time) flushes until nothing is ready within
-the batch delay or its time budget is spent; ``fire_due`` (scheduler) arms the destinations whose
-retries or delays have come due."""
+"""Sync jobs: the loop that flushes one destination (:func:`serve`), run by the ``connector sync``
+process (connector/sync/runner.py, a thread per destination) or as the RQ job :func:`flush_job` by a
+``connector worker`` that serves the ``sync`` queue; ``fire_due`` (scheduler) arms the destinations
+whose retries or delays have come due."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from types import TracebackType
 
 import redis
 from rq import Queue
@@ -23,7 +26,6 @@ from connector.sync.flusher import Flusher
 from connector.sync.keys import (
     ARMED_TTL_SECONDS,
     JOB_TIME_BUDGET_SECONDS,
-    LOCK_TTL_MS,
     SEP,
     key,
     member,
@@ -43,6 +45,95 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# A held destination lock lives this long and is renewed every third of it (see DestinationLock).
+HELD_LOCK_TTL_MS = 10_000
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class DestinationLock:
+    """One flush at a time per destination, across processes. The lock lives ``ttl_ms`` and is
+    renewed every third of that from a thread while held, however long a batch waits on the ESP:
+    a process killed with -9 frees its destinations within ``ttl_ms``."""
+
+    def __init__(self, conn: redis.Redis, account: str, destination: str, ttl_ms: int = HELD_LOCK_TTL_MS):
+        self.conn = conn
+        self.key = key(account, destination, "lock")
+        self.ttl_ms = ttl_ms
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self.conn.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return False
+        self._thread = threading.Thread(target=self._renew, name=f"sync-lock-{self.key}", daemon=True)
+        self._thread.start()
+        return True
+
+    def renew(self) -> bool:
+        """Another ``ttl_ms`` for the lock, unless it is no longer this holder's (it expired and was
+        taken over)."""
+        return bool(run_script(self.conn, _RENEW, [self.key], [self.token, self.ttl_ms]))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                if not self.renew():
+                    log.warning("sync lock lost", extra={"lock": self.key})
+                    return
+            except redis.RedisError as err:
+                log.warning("sync lock renewal failed", extra={"lock": self.key, "error": type(err).__name__})
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        run_script(self.conn, _UNLOCK, [self.key], [self.token])
+
+    def __enter__(self) -> DestinationLock:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def resolve(
+    conn: redis.Redis, account_id: str, destination_name: str, factory: AdapterFactory | None = None
+) -> tuple[Destination, Adapter] | dict[str, int]:
+    """The destination and its adapter, or the outcome when there is nothing to flush: an unknown
+    or removed destination (``{}``: its flag is dropped and nothing arms it again; its waiting
+    changes stay until it is configured again, whose next change arms it) or one whose credential
+    is missing (``{"paused": 1}``)."""
+    rt = process_runtime.current()
+    armed = key(account_id, destination_name, "armed")
+    account = rt.account(account_id)
+    dest = destinations(account).get(destination_name) if account else None
+    if dest is None:
+        conn.delete(armed)
+        conn.zrem("sync:due", member(account_id, destination_name))
+        log.warning(
+            "sync for an unknown destination", extra={"account": account_id, "destination": destination_name}
+        )
+        return {}
+    try:
+        adapter = factory(dest) if factory else rt.adapter(dest)
+    except ConfigError as err:
+        pause(conn, account_id, destination_name, err.reason, None, clock.now())
+        conn.delete(armed)
+        return {"paused": 1}
+    return dest, adapter
+
 
 def flush_job(
     account_id: str,
@@ -53,64 +144,64 @@ def flush_job(
     sleep: Callable[[float], None] = time.sleep,
     time_budget: float = JOB_TIME_BUDGET_SECONDS,
 ) -> dict[str, int]:
-    """RQ job: flush one destination until nothing is ready within its batch delay."""
-    rt = process_runtime.current()
-    conn = conn or rt.queue_redis
-    armed = key(account_id, destination_name, "armed")
-    account = rt.account(account_id)
-    dest = destinations(account).get(destination_name) if account else None
-    if dest is None:
-        # unknown or removed: the job ends here and nothing arms it again (its waiting changes stay
-        # until the destination is configured again, whose next change arms it)
-        conn.delete(armed)
-        conn.zrem("sync:due", member(account_id, destination_name))
-        log.warning(
-            "sync for an unknown destination", extra={"account": account_id, "destination": destination_name}
-        )
-        return {}
-    lock = key(account_id, destination_name, "lock")
-    token = uuid.uuid4().hex
-    if not conn.set(lock, token, nx=True, px=LOCK_TTL_MS):
+    """RQ job: flush one destination until nothing is ready within its batch delay. Served by a
+    ``connector worker`` that takes the ``sync`` queue; it gives the worker up to a waiting drain or
+    re-evaluation rather than sleep through a batch delay."""
+    conn = conn or process_runtime.current().queue_redis
+    found = resolve(conn, account_id, destination_name, factory)
+    if isinstance(found, dict):
+        return found
+    dest, adapter = found
+    lock = DestinationLock(conn, account_id, destination_name)
+    if not lock.acquire():
         return {}  # another worker is flushing this destination; it picks these up
+    with lock:
+        return serve(conn, dest, adapter, sleep=sleep, time_budget=time_budget, give_way=others_waiting)
+
+
+def serve(
+    conn: redis.Redis,
+    dest: Destination,
+    adapter: Adapter,
+    *,
+    sleep: Callable[[float], object],
+    time_budget: float,
+    give_way: Callable[[redis.Redis], bool] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Flush one destination (its lock held) batch by batch until nothing is ready within the batch
+    delay, the time budget is spent (the flush is armed again) or ``stopping()``. Between batches it
+    sleeps until the next change is ready, unless ``give_way`` says other jobs wait for this process:
+    then the armed flag stays up until that change is ready and the scheduler (``sync:due``) or the
+    sync process takes it then."""
+    a, d = dest.account, dest.name
+    armed = key(a, d, "armed")
     totals: dict[str, int] = {}
     started = clock.monotonic()
-    try:
-        try:
-            adapter = factory(dest) if factory else rt.adapter(dest)
-        except ConfigError as err:
-            pause(conn, account_id, destination_name, err.reason, None, clock.now())
+    flusher = Flusher(conn, dest, adapter)
+    while True:
+        conn.expire(armed, ARMED_TTL_SECONDS)
+        # one batch at a time, so the time budget is checked between batches
+        for outcome, n in flusher.flush(clock.now(), max_batches=1).items():
+            totals[outcome] = totals.get(outcome, 0) + n
+        nxt = flusher.next_ready()
+        now = clock.now().timestamp()
+        horizon = now + dest.batch_delay_seconds
+        if is_paused(conn, a, d):
+            conn.delete(armed)  # resume() arms it again; the changes keep waiting
+            break
+        if nxt is None or nxt > horizon:
+            if run_script(conn, _RELEASE, [flusher.k["ready"], armed], [horizon]):
+                break
+            continue
+        if clock.monotonic() - started > time_budget or stopping():
             conn.delete(armed)
-            return {"paused": 1}
-        flusher = Flusher(conn, dest, adapter)
-        while True:
-            conn.expire(armed, ARMED_TTL_SECONDS)
-            # one batch at a time, so the time budget is checked between batches
-            for outcome, n in flusher.flush(clock.now(), max_batches=1).items():
-                totals[outcome] = totals.get(outcome, 0) + n
-            nxt = flusher.next_ready()
-            now = clock.now().timestamp()
-            horizon = now + dest.batch_delay_seconds
-            if is_paused(conn, account_id, destination_name):
-                conn.delete(armed)  # resume() arms it again; the changes keep waiting
-                break
-            if nxt is None or nxt > horizon:
-                if run_script(conn, _RELEASE, [flusher.k["ready"], armed], [horizon]):
-                    break
-                continue
-            if clock.monotonic() - started > time_budget:
-                conn.delete(armed)
-                arm(conn, account_id, destination_name)
-                break
-            if nxt > now and others_waiting(conn):
-                # rather than hold the worker through the batch delay while jobs the same worker serves
-                # wait: the flag stays up until the next change is ready (changes queued meanwhile
-                # enqueue no job of their own), then the scheduler (``sync:due``) arms it again
-                conn.set(armed, "1", px=max(1, int((nxt - now) * 1000) - REARM_EARLY_MS))
-                break
-            sleep(max(0.0, nxt - now))
-    finally:
-        if conn.get(lock) == token.encode():
-            conn.delete(lock)
+            arm(conn, a, d)
+            break
+        if nxt > now and give_way is not None and give_way(conn):
+            conn.set(armed, "1", px=max(1, int((nxt - now) * 1000) - REARM_EARLY_MS))
+            break
+        sleep(max(0.0, nxt - now))
     return totals
 
 

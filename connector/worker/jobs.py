@@ -183,13 +183,29 @@ def _drain(
             return total, True
 
 
+# The queues of this process's worker (``connector worker --queues``); None: every queue (a job run
+# outside a worker, e.g. in tests).
+_served: frozenset[str] | None = None
+
+
+def serve_queues(names: Sequence[str] | None) -> None:
+    """Name the queues this process's worker serves: a drain gives its turn up only to jobs that
+    this worker would take (the flushes are the ``connector sync`` process's unless the worker
+    serves ``sync`` too)."""
+    global _served
+    _served = frozenset(names) if names is not None else None
+
+
 def _sync_waiting(conn: redis.Redis) -> bool:
     """Whether a flush or a re-evaluation waits for this worker: a drain gives the worker up to it
     after ``TURN_SECONDS`` (and is enqueued again), so that changes reach the destinations within
     their batch delay and about one turn while events keep arriving."""
+    names = [q for q in (SYNC_QUEUE, REEVALUATE_QUEUE) if _served is None or q in _served]
+    if not names:
+        return False
     pipe = conn.pipeline(transaction=False)
-    pipe.llen(Queue(SYNC_QUEUE, connection=conn).key)
-    pipe.llen(Queue(REEVALUATE_QUEUE, connection=conn).key)
+    for name in names:
+        pipe.llen(Queue(name, connection=conn).key)
     return any(pipe.execute())
 
 

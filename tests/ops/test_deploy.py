@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "deploy.md"
 ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 SOURCE_ROOMS = ("connector", "adapters", "rules")
-PROCESSES = ("web", "worker", "scheduler")
+PROCESSES = ("web", "worker", "scheduler", "sync")
 # read by the test suite only (tests/conftest.py), never by a deployed process
 TEST_ONLY_PREFIX = "CONNECTOR_TEST_"
 _READ_METHODS = {"get", "pop"}
@@ -273,7 +273,7 @@ def procfile() -> dict[str, list[str]]:
     return commands
 
 
-def test_the_procfile_has_the_three_processes() -> None:
+def test_the_procfile_has_the_four_processes() -> None:
     assert set(procfile()) == set(PROCESSES)
 
 
@@ -452,6 +452,7 @@ UNITS = {
     "web": "connector-web.service",
     "worker": "connector-worker@.service",
     "scheduler": "connector-scheduler.service",
+    "sync": "connector-sync.service",
 }
 
 
