@@ -176,6 +176,26 @@ def test_batch_delay_and_size(redis_client: redis.Redis, tmp_path: Path) -> None
     assert [len(c) for c in esp.calls[1:]] == [500, 500, 200]
 
 
+def test_once_the_first_change_is_ready_the_batch_takes_those_due_within_the_delay(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A steady flow makes one batch per batch delay, not one small batch per round trip."""
+    acct = account(tmp_path)
+    esp = RecordingEsp()
+    submit(redis_client, acct, "p1", 1, ["vip"], now=NOW)  # ready at +0.5 s
+    submit(redis_client, acct, "p2", 1, ["vip"], now=NOW + timedelta(milliseconds=300))  # +0.8 s
+    submit(redis_client, acct, "p3", 1, ["vip"], now=NOW + timedelta(milliseconds=1200))  # +1.7 s
+    f = flusher(redis_client, acct, esp)
+    f.flush(NOW + timedelta(milliseconds=400))
+    assert esp.calls == []  # nobody has waited the batch delay yet
+    f.flush(NOW + timedelta(milliseconds=500))
+    assert [[c.profile_id for c in call] for call in esp.calls] == [["p1", "p2"]]
+    f.flush(NOW + timedelta(milliseconds=900))
+    assert len(esp.calls) == 1  # p3 is more than a batch delay away: it waits for its own turn
+    f.flush(NOW + timedelta(milliseconds=1700))
+    assert [[c.profile_id for c in call] for call in esp.calls][1:] == [["p3"]]
+
+
 def test_the_ledger_reaches_the_adapter(redis_client: redis.Redis, tmp_path: Path) -> None:
     acct = account(tmp_path)
     esp = RecordingEsp()
