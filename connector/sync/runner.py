@@ -68,6 +68,9 @@ class SyncRunner:
     _held_off: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _woken_by: list[bytes] = field(default_factory=list)  # a job id the dispatcher's wait took
+    # one client per destination (sharing the pool): what the sync caches per client, such as the
+    # ownership ledgers' name codes, is then never touched by two threads at once
+    _clients: dict[str, redis.Redis] = field(default_factory=dict)
 
     def run(self, max_rounds: int | None = None) -> None:
         rounds = 0
@@ -148,6 +151,7 @@ class SyncRunner:
             thread = threading.Thread(
                 target=self._flush, args=(name, *found), name=f"sync-{name}", daemon=True
             )
+            self.client(name)  # made here, in the dispatcher's thread
             with self._lock:
                 self._running[name] = _Slot(thread)
             thread.start()
@@ -177,8 +181,15 @@ class SyncRunner:
             self._woken_by.append(found[1])
 
     # -- one destination ----------------------------------------------------------------------
+    def client(self, name: str) -> redis.Redis:
+        found = self._clients.get(name)
+        if found is None:
+            found = self._clients[name] = redis.Redis(connection_pool=self.conn.connection_pool)
+        return found
+
     def _flush(self, name: str, dest: Destination, adapter: Adapter) -> None:
-        lock = DestinationLock(self.conn, dest.account, dest.name)
+        conn = self.client(name)
+        lock = DestinationLock(conn, dest.account, dest.name)
         try:
             if not lock.acquire():
                 self._held_off[name] = time.monotonic() + BUSY_RETRY_SECONDS
@@ -186,7 +197,7 @@ class SyncRunner:
             with lock:
                 while True:
                     serve(
-                        self.conn,
+                        conn,
                         dest,
                         adapter,
                         sleep=self.sleep or self.stop.wait,
