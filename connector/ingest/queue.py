@@ -17,6 +17,17 @@ Keys (queue Redis):
                                 running drain refreshes it every ``HEARTBEAT_SECONDS``, so a killed
                                 worker's flag is stale after ``PUMP_TTL_SECONDS``
   ``metrics:ingest``            hash of counters (``accepted:{account}``, ``duplicate:{account}``)
+  ``live:watch:{account}``      present while someone watches the account's live events (the stream
+                                endpoint, connector.ops.live, keeps it alive with a short TTL)
+  ``live:{account}``            the account's live events (capped stream, field ``d`` = entry JSON)
+
+The live entry of a delivery is written by the same script, and only while the account is watched:
+with nobody watching, the live view costs the request one ``EXISTS`` inside the script. The caller
+passes the entry's start (sender, instant, events shown) when it believes someone watches (it
+learns it from the previous reply, :attr:`IngestResult.watched`); the script closes it with the
+dedupe result. A delivery stored while watched without an entry start (the first one after a
+watcher came) comes back with ``watched`` set and ``live_written`` unset, and the caller publishes
+it itself.
 """
 
 from __future__ import annotations
@@ -47,14 +58,19 @@ STREAM_FIELD = "e"
 # Erasure and access requests are remembered for a year: the same signed request replayed later
 # (a ``shop/redact`` wiping the people who came after it) is a duplicate, not a new request.
 PRIVILEGED_DEDUPE_SECONDS = 365 * 24 * 3600
+# The live stream of each account keeps about this many entries (XADD MAXLEN ~).
+LIVE_MAXLEN = 1000
 
 _INGEST = """
--- ARGV[1] is the account's dedupe window; each event carries its marker's own (key, ms, event)
+-- ARGV[1] is the account's dedupe window; each event carries its marker's own (key, ms, event).
+-- ARGV[4] is the start of the delivery's live entry ('' when the caller did not make one): while
+-- KEYS[5] (the account's watcher key) exists, the entry, closed with the dedupe result, is
+-- appended to KEYS[4] (the account's live stream).
 local account = ARGV[2]
 local raised_at = ARGV[3]
 local added = 0
 local flags = {}
-for i = 4, #ARGV, 3 do
+for i = FIRST_EVENT_ARG, #ARGV, 3 do
   if redis.call('SET', ARGV[i], '1', 'NX', 'PX', ARGV[i + 1]) then
     redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 2])
     added = added + 1
@@ -68,11 +84,25 @@ if added > 0 then
   redis.call('HINCRBY', KEYS[3], 'accepted:' .. account, added)
   if redis.call('SET', KEYS[2], raised_at, 'NX', 'EX', ARGV_PUMP_TTL) then pump = 1 end
 end
-local dup = ((#ARGV - 3) / 3) - added
+local dup = ((#ARGV - FIRST_EVENT_ARG + 1) / 3) - added
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicate:' .. account, dup) end
+local live = 0
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  live = 1
+  if ARGV[4] ~= '' then
+    local outcome = 'accepted'
+    if added == 0 then outcome = 'duplicate' end
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', LIVE_MAXLEN, '*', 'd', ARGV[4] ..
+      ',"outcome":"' .. outcome .. '","status":200,"reason":null,"accepted":' .. added ..
+      ',"duplicates":' .. dup .. '}')
+    live = 2
+  end
+end
+flags[#flags + 1] = live
 flags[#flags + 1] = pump
 return flags
 """.replace("ARGV_PUMP_TTL", str(PUMP_TTL_SECONDS))
+_INGEST = _INGEST.replace("FIRST_EVENT_ARG", "5").replace("LIVE_MAXLEN", str(LIVE_MAXLEN))
 
 
 def stream_key(shard: int) -> str:
@@ -81,6 +111,16 @@ def stream_key(shard: int) -> str:
 
 def pump_key(shard: int) -> str:
     return f"q:pump:{shard}"
+
+
+def live_key(account: str) -> str:
+    """The account's live events (connector.ops.live reads them)."""
+    return f"live:{account}"
+
+
+def live_watch_key(account: str) -> str:
+    """Present while someone watches the account's live events; its TTL is kept short."""
+    return f"live:watch:{account}"
 
 
 def dedupe_key(account: str, event_id: str) -> str:
@@ -145,6 +185,10 @@ class IngestResult:
     accepted: int
     duplicates: int
     shard: int
+    # someone watches the account's live events (the watcher key was there when the events were stored)
+    watched: bool = False
+    # the script appended the delivery's live entry (it was watched and given an entry start)
+    live_written: bool = False
 
 
 class EventQueue:
@@ -160,18 +204,36 @@ class EventQueue:
         route = route or min(ids.values(), default="")  # a sender-specific id (Shopify, Klaviyo, ...)
         return zlib.crc32(f"{account}\x1f{route}".encode()) % self.shards
 
-    def ingest(self, account: str, events: Sequence[Event], dedupe_ttl_seconds: int) -> IngestResult:
-        """Store new events durably; duplicates (by event id, per account) are skipped."""
+    def ingest(
+        self, account: str, events: Sequence[Event], dedupe_ttl_seconds: int, live_entry: str = ""
+    ) -> IngestResult:
+        """Store new events durably; duplicates (by event id, per account) are skipped.
+
+        ``live_entry`` is the start of the delivery's live entry (a JSON object without its closing
+        brace, see connector.ops.live); the script appends it, closed with the dedupe result, to the
+        account's live stream if someone watches the account, and drops it otherwise."""
         if not events:
             return IngestResult(0, 0, 0)
         shard = self.shard_for(account, events)
-        args: list[str | int] = [dedupe_ttl_seconds * 1000, account, repr(clock.now().timestamp())]
+        args: list[str | int] = [
+            dedupe_ttl_seconds * 1000,
+            account,
+            repr(clock.now().timestamp()),
+            live_entry,
+        ]
         for event in events:
             args.append(dedupe_key(account, event.event_id))
             args.append(dedupe_seconds(event, dedupe_ttl_seconds) * 1000)
             args.append(event.to_json())
+        keys = [
+            stream_key(shard),
+            pump_key(shard),
+            "metrics:ingest",
+            live_key(account),
+            live_watch_key(account),
+        ]
         try:
-            flags = self._script([stream_key(shard), pump_key(shard), "metrics:ingest"], args)
+            flags = self._script(keys, args)
         except redis.RedisError as err:
             raise StoreUnavailable(f"queue store unavailable: {type(err).__name__}") from err
         if flags[-1]:
@@ -182,8 +244,15 @@ class EventQueue:
                 # The events are stored: acknowledge them. The flag is stale after PUMP_TTL_SECONDS
                 # and the scheduler re-arms the shard then.
                 log.warning("drain enqueue failed", extra={"shard": shard, "error": type(err).__name__})
-        accepted = sum(int(f) for f in flags[:-1])
-        return IngestResult(accepted=accepted, duplicates=len(events) - accepted, shard=shard)
+        accepted = sum(int(f) for f in flags[:-2])
+        live = int(flags[-2])
+        return IngestResult(
+            accepted=accepted,
+            duplicates=len(events) - accepted,
+            shard=shard,
+            watched=live > 0,
+            live_written=live == 2,
+        )
 
     def enqueue_drain(self, shard: int) -> str:
         """Enqueue a drain of ``shard``; returns its job id.

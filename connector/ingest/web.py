@@ -120,8 +120,10 @@ class Ingress:
         self.max_body_bytes = max_body_bytes
         self.public_url = public_url.rstrip("/") if public_url else None
         self._urls: dict[tuple[str | None, ...], str] = {}
-        # Told of each delivery to a known account: ``delivered(account, events, result)`` and
-        # ``refused(account, sender, err)`` (the live events, connector.ops.live); None: nobody.
+        # The live events (connector.ops.live), told of each delivery to a known account:
+        # ``entry_start(account, events)`` (the start of its live entry, which the ingest script
+        # writes while the account is watched; "" otherwise), ``delivered(account, events, result)``
+        # after storing, and ``refused(account, sender, err)``. None: nobody.
         self.observer: Any = None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -272,12 +274,14 @@ class Ingress:
     def accept(
         self, account: Account, events: list[Any], render: Callable[[str, int, int], Answer]
     ) -> Answer:
+        observer = self.observer
+        live_entry = observer.entry_start(account, events) if observer is not None else ""
         try:
-            result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds)
+            result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds, live_entry)
         except ValueError as err:  # Event.to_json: NaN and infinities are not JSON, never stored
             raise MalformedPayload("an event holds a number that is not finite (NaN or Infinity)") from err
-        if self.observer is not None:
-            self.observer.delivered(account, events, result)
+        if observer is not None:
+            observer.delivered(account, events, result)
         if events and log.isEnabledFor(logging.INFO):
             log.info(
                 "accepted",

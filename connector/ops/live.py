@@ -1,24 +1,30 @@
 """Live events: each delivery to a known account, as it happens, over Server-Sent Events.
 
-The ingest side (:class:`Publisher`, installed on :class:`connector.ingest.web.Ingress` as its
-``observer``) appends one entry per delivery to a capped Redis stream per account,
-``live:{account}`` (``XADD MAXLEN ~ 1000``, queue Redis): the sender, the outcome (``accepted``,
-``duplicate``, ``refused``), the HTTP status, the refusal's real reason (the sender itself only
-gets a bare 401), how many events were stored and how many were duplicates, and per event its
-type, name and masked identities (``j***@example.com``). Refusals on a route whose account or
-sender is unknown are not published anywhere: the stream would confirm which accounts exist.
+Entries go to a capped Redis stream per account, ``live:{account}`` (``XADD MAXLEN ~ 1000``, queue
+Redis): the sender, the outcome (``accepted``, ``duplicate``, ``refused``), the HTTP status, the
+refusal's real reason (the sender itself only gets a bare 401), how many events were stored and
+how many were duplicates, and per event its type, name and masked identities
+(``j***@example.com``). Refusals on a route whose account or sender is unknown are not published
+anywhere: the stream would confirm which accounts exist.
 
-Publishing costs the request no round trip: each web thread keeps its own connection on which it
-has sent ``CLIENT REPLY OFF``, so an ``XADD`` is one socket write and no wait. A lost entry (the
-connection broke) is not retried: the live view is an aid, the counters and the queue are the
-record.
+Stored deliveries are published only while someone watches the account: the stream endpoint keeps
+a watcher key, ``live:watch:{account}``, alive (TTL ``WATCH_TTL_SECONDS``, refreshed every
+``WATCH_REFRESH_SECONDS`` while a stream is open), and the ingest script (connector.ingest.queue)
+appends the entry in the same round trip that stores the events, only when that key exists. The
+web process builds the entry's start (:meth:`Publisher.entry_start`) only for accounts the
+previous reply said were watched; the first delivery after a watcher came, stored without it, is
+published right after (:meth:`Publisher.delivered`). With nobody watching, a delivery costs one
+``EXISTS`` inside the script and nothing in Python. Refusals are always published (one write on a
+connection with ``CLIENT REPLY OFF``, no reply awaited): the overview's attention list reads them.
 
 ``GET /api/v1/accounts/{id}/live`` (viewer; bearer token as the rest of the API) streams the
-entries as ``text/event-stream``: first the latest ``backlog`` entries (default 50), then each new
-one as it is added (``XREAD BLOCK``). Each answer lasts ``window`` seconds at most (default 20, under
-gunicorn's 30 s worker timeout: a sync worker serves one stream at a time); the browser's
-EventSource reconnects by itself and sends ``Last-Event-ID``, from which the next answer resumes,
-so nothing is missed between two answers.
+entries as ``text/event-stream``: first the latest ``backlog`` entries (default 50), then the new
+ones, read in batches (``XREAD COUNT``): a read waits for the first new entry and, after a read
+that found some, the stream waits ``COALESCE_SECONDS`` before reading again, so a busy account
+costs a few reads a second rather than one per delivery, and an entry reaches the client within
+about ``COALESCE_SECONDS`` of being stored. Each answer lasts ``window`` seconds at most (default
+20); the browser's EventSource reconnects by itself and sends ``Last-Event-ID``, from which the next
+answer resumes, so nothing is missed between two answers.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 import redis
@@ -39,21 +47,30 @@ from flask_smorest import Blueprint
 from connector import clock
 from connector.clock import isoformat
 from connector.config import Account
+from connector.ingest import queue
 from connector.ops.api import auth, errors
 
 log = logging.getLogger(__name__)
 
-MAXLEN = 1000
+MAXLEN = queue.LIVE_MAXLEN
 MAX_EVENTS_SHOWN = 5  # per delivery; a batch of 500 shows its first five and the count
 DEFAULT_BACKLOG = 50
 DEFAULT_WINDOW_SECONDS = 20.0
-BLOCK_MS = 1000
+BLOCK_MS = 1000  # a read waits this long for a new entry before the stream sends a keep-alive line
+READ_COUNT = 1000  # entries per read
+COALESCE_SECONDS = 0.25  # after a read that found entries, the stream waits this long before the next
+WATCH_TTL_SECONDS = 10  # a watcher key outlives a reconnect between two answers
+WATCH_REFRESH_SECONDS = 2.0
 FIELD = "d"
 _STREAM_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
 
 
 def key(account_id: str) -> str:
-    return f"live:{account_id}"
+    return queue.live_key(account_id)
+
+
+def watch_key(account_id: str) -> str:
+    return queue.live_watch_key(account_id)
 
 
 # --- masking ------------------------------------------------------------------------------
@@ -114,17 +131,44 @@ def refused_entry(sender: str, status: int, reason: str) -> dict[str, Any]:
 # --- publishing ---------------------------------------------------------------------------
 
 
+def entry_start(events: Sequence[Any]) -> str:
+    """The start of a stored delivery's entry, as :func:`delivered_entry` would write it but
+    without the dedupe result, which the ingest script appends (``,"outcome":...}``)."""
+    shown = []
+    for e in events[:MAX_EVENTS_SHOWN]:
+        ids = ",".join([f"{_quote(k)}:{_quote(mask(k, str(v)))}" for k, v in e.identities.items()])
+        shown.append(f'{{"type":{_quote(e.type)},"name":{_quote(e.name)},"identities":{{{ids}}}}}')
+    at = _quote(isoformat(clock.now()))
+    sender = _quote(events[0].source)
+    return f'{{"at":{at},"sender":{sender},"events":[{",".join(shown)}],"event_count":{len(events)}'
+
+
 class Publisher:
-    """The ingest side: ``Ingress.observer``. Never raises into the request."""
+    """The ingest side: ``Ingress.observer``. Never raises into the request.
+
+    Remembers, per account, whether the last delivery's reply said the account was watched, and
+    makes entry starts only for those accounts (:meth:`entry_start`)."""
 
     def __init__(self, client: redis.Redis, maxlen: int = MAXLEN) -> None:
         self.pool = client.connection_pool
         self.maxlen = maxlen
         self._local = threading.local()
+        self._watched: dict[str, bool] = {}
+
+    def entry_start(self, account: Account, events: Sequence[Any]) -> str:
+        """The start of the delivery's live entry for the ingest script, or ``""`` while the
+        account is not known to be watched."""
+        if events and self._watched.get(account.id):
+            return entry_start(events)
+        return ""
 
     def delivered(self, account: Account, events: Sequence[Any], result: Any) -> None:
-        """A delivery whose events were stored (or all found duplicates); empty ones are not shown."""
-        if events:
+        """After the events were stored: note whether the account is watched, and publish the
+        delivery here if it is and the script had no entry to write (empty deliveries are not shown)."""
+        watched = bool(result.watched)
+        if self._watched.get(account.id) != watched:
+            self._watched[account.id] = watched
+        if watched and not result.live_written and events:
             self.publish(account.id, delivered_entry(events, result.accepted, result.duplicates))
 
     def refused(self, account: Account, sender: str, err: Any) -> None:
@@ -174,16 +218,43 @@ def latest(conn: redis.Redis, account_id: str, count: int) -> list[tuple[str, di
     return list(reversed(_decode(conn.xrevrange(key(account_id), count=count))))
 
 
-def after(
-    conn: redis.Redis, account_id: str, last_id: str, block_ms: int
-) -> list[tuple[str, dict[str, Any]]]:
-    """Entries added after ``last_id``, waiting up to ``block_ms`` for the first one."""
-    found = conn.xread({key(account_id): last_id}, count=100, block=block_ms)
-    return _decode(found[0][1]) if found else []
+def _raw(rows: Sequence[Any]) -> list[tuple[str, str]]:
+    """``(id, entry JSON)`` of the rows, as stored (the stream passes them through undecoded)."""
+    out = []
+    for entry_id, fields in rows:
+        raw = fields.get(FIELD.encode()) or fields.get(FIELD)
+        if raw is not None:
+            data = _text(raw)
+            if "\n" not in data:  # one SSE data line
+                out.append((_text(entry_id), data))
+    return out
 
 
-def _frame(entry_id: str, entry: dict[str, Any]) -> str:
-    return f"id: {entry_id}\nevent: delivery\ndata: {json.dumps(entry, separators=(',', ':'))}\n\n"
+def after(conn: redis.Redis, account_id: str, last_id: str, block_ms: int) -> list[tuple[str, str]]:
+    """Entries added after ``last_id`` (at most ``READ_COUNT``), waiting up to ``block_ms`` for the
+    first one."""
+    found = conn.xread({key(account_id): last_id}, count=READ_COUNT, block=block_ms)
+    return _raw(found[0][1]) if found else []
+
+
+def watch(conn: redis.Redis, account_id: str) -> None:
+    """Say that someone watches the account: its deliveries are published for ``WATCH_TTL_SECONDS``."""
+    conn.set(watch_key(account_id), "1", ex=WATCH_TTL_SECONDS)
+
+
+def start(conn: redis.Redis, account_id: str, backlog: int) -> tuple[list[tuple[str, str]], str]:
+    """Begin watching: the latest ``backlog`` entries (oldest first) and the id to read on from,
+    taken in one transaction with the watcher key, so every delivery stored afterwards is read."""
+    pipe = conn.pipeline(transaction=True)
+    pipe.xrevrange(key(account_id), count=max(backlog, 1))
+    pipe.set(watch_key(account_id), "1", ex=WATCH_TTL_SECONDS)
+    rows, _ = pipe.execute()
+    last_id = _text(rows[0][0]) if rows else "0-0"
+    return (list(reversed(_raw(rows[:backlog]))) if backlog > 0 else []), last_id
+
+
+def _frames(rows: Sequence[tuple[str, str]]) -> str:
+    return "".join([f"id: {entry_id}\nevent: delivery\ndata: {data}\n\n" for entry_id, data in rows])
 
 
 def sse(
@@ -195,26 +266,28 @@ def sse(
     window_seconds: float = DEFAULT_WINDOW_SECONDS,
 ) -> Iterator[str]:
     """The ``text/event-stream`` body: the backlog (or what followed ``last_id``), then new entries
-    until the window closes; a comment line every second keeps proxies from closing it."""
+    in batches until the window closes; a comment line every second without entries keeps proxies
+    from closing it. Keeps the account watched while it runs."""
+    rows, newest = start(conn, account_id, 0 if last_id is not None else backlog)
     yield "retry: 500\n\n"
     if last_id is None:
-        rows = latest(conn, account_id, backlog)
-        for entry_id, entry in rows:
-            yield _frame(entry_id, entry)
-        last_id = rows[-1][0] if rows else _last_id(conn, account_id)
-    deadline = clock.monotonic() + window_seconds
-    while clock.monotonic() < deadline:
-        rows = after(conn, account_id, last_id, BLOCK_MS)
-        for entry_id, entry in rows:
-            yield _frame(entry_id, entry)
-            last_id = entry_id
+        if rows:
+            yield _frames(rows)
+        last_id = newest
+    refreshed = clock.monotonic()
+    deadline = refreshed + window_seconds
+    while (now := clock.monotonic()) < deadline:
+        if now - refreshed >= WATCH_REFRESH_SECONDS:
+            watch(conn, account_id)
+            refreshed = now
+        rows = after(conn, account_id, last_id, max(1, min(BLOCK_MS, int((deadline - now) * 1000))))
         if not rows:
             yield ": waiting\n\n"
-
-
-def _last_id(conn: redis.Redis, account_id: str) -> str:
-    rows = conn.xrevrange(key(account_id), count=1)
-    return _text(rows[0][0]) if rows else "0-0"
+            continue
+        yield _frames(rows)
+        last_id = rows[-1][0]
+        if len(rows) < READ_COUNT:
+            time.sleep(COALESCE_SECONDS)  # let the next entries gather: one read and one write per batch
 
 
 def last_event_id(value: str | None) -> str | None:

@@ -77,6 +77,7 @@ def hits(conn: redis.Redis, needles: list[str]) -> list[tuple[str, str]]:
 
 def _go_through_everything(client, conn: redis.Redis, config_dir: Path, frozen) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     accounts = load_accounts(config_dir)
+    live.watch(conn, "acme")  # someone watches the live events: the deliveries are shown there
     post(client, {"type": "track", "event": "Product Added", "anonymousId": ANON, "messageId": "er-1",
                   "timestamp": T0.isoformat(), "properties": {"sku": "A1"}})  # fmt: skip
     post(client, {"type": "identify", "userId": USER, "messageId": "er-2", "timestamp": T0.isoformat(),

@@ -172,7 +172,8 @@ def _recent_refusals(account_id: str) -> dict[str, list[dict[str, Any]]]:
 
 def attention(detail: dict[str, Any], refusals: dict[str, list[dict[str, Any]]]) -> list[dict[str, str]]:
     """What needs looking at, most urgent first: paused destinations, dead letters, refused
-    deliveries among the latest ones, long pending queues."""
+    deliveries among the latest live entries (refusals are always recorded there, stored
+    deliveries only while someone watches), long pending queues."""
     items: list[tuple[int, str, str]] = []
     for dest in detail["destinations"]:
         health = dest["health"]
@@ -190,7 +191,7 @@ def attention(detail: dict[str, Any], refusals: dict[str, list[dict[str, Any]]])
     for sender, refused in sorted(refusals.items()):
         latest = refused[-1]
         text = (
-            f"Sender {sender}: {len(refused)} of the latest {RECENT_DELIVERIES} deliveries refused "
+            f"Sender {sender}: {len(refused)} refused among the latest {RECENT_DELIVERIES} live entries "
             f"(latest: {latest['status']} {latest['reason']})"
         )
         items.append((1, "warning", text))
