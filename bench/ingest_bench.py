@@ -15,8 +15,14 @@
 With ``--live-client`` every round also runs the ingest server with a console client connected to
 the account's live stream (``GET /api/v1/accounts/bench/live`` with an admin token made by
 ``connector tokens create``; it reconnects with ``Last-Event-ID`` when an answer's window closes, as
-the browser does) and reports ingest with / without it, both ways, with the entries the client
-received (proof it was connected).
+the browser does) and reports ingest with / without it, both ways, how many of the run's deliveries
+the client received, and how long after its instant (taken before the events were stored, so before
+the answer) each entry reached the client.
+
+``--baseline DIR`` also serves, side by side in the same rounds, the connector from another
+checkout (``git worktree add /tmp/before <rev>``) with that checkout's gunicorn settings: before /
+after in one run. ``--compare-gunicorn-args ARGS`` also serves the bare app and the connector with
+``GUNICORN_CMD_ARGS=ARGS`` (e.g. ``--worker-class gthread --threads 4``), to compare server settings.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +98,17 @@ def write_bodies(path: Path, count: int, run: str) -> None:
             fh.write(f"{sig}\t{body}\n")
 
 
-def start_gunicorn(app: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_gunicorn(
+    app: str, port: int, env: dict[str, str], log: Path, root: Path = ROOT
+) -> subprocess.Popen[bytes]:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     cmd = [gunicorn, "--config", "python:connector.ops.gunicorn_conf", app]
+    if root != ROOT:  # another checkout's connector, ahead of the one installed in the venv
+        env = {**env, "PYTHONPATH": f"{root}{os.pathsep}{env['PYTHONPATH']}"}
     return subprocess.Popen(
         cmd,
         env={**env, "CONNECTOR_BIND": f"127.0.0.1:{port}"},
-        cwd=ROOT,
+        cwd=root,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -187,10 +199,35 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="also run ingest with a console client on the account's live stream, side by side",
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="also serve the connector from this checkout (before / after)"
+    )
+    parser.add_argument(
+        "--compare-gunicorn-args",
+        help="also serve bare and ingest with GUNICORN_CMD_ARGS set to this (other server settings)",
+    )
+    parser.add_argument("--no-open-loop", action="store_true", help="closed-loop runs only")
     return parser.parse_args()
 
 
+BARE = "bare Flask 200"
+INGEST = "ingest (signed, deduped, stored)"
 LIVE = "ingest + live client"
+BEFORE = "before: ingest"
+BEFORE_LIVE = "before: ingest + live client"
+ALT_BARE = "bare, other gunicorn args"
+ALT_INGEST = "ingest, other gunicorn args"
+ALT_LIVE = "ingest + live client, other gunicorn args"
+LIVE_CATCH_UP_SECONDS = 10.0  # after a run, how long the client may take to receive the last entries
+SETTLE_SECONDS = 1.5  # after the client left: its stream notices and stops keeping the account watched
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    port: int
+    ingest: bool  # a connector (counts what it stored, Redis CPU) rather than the bare app
+    live: bool  # with a console client on the live stream
 
 
 def admin_token(env: dict[str, str]) -> str:
@@ -205,26 +242,44 @@ def admin_token(env: dict[str, str]) -> str:
 
 class LiveClient:
     """A console client on ``/api/v1/accounts/bench/live``: reads the event stream and reconnects
-    with ``Last-Event-ID`` when an answer ends, until stopped; counts the entries it received."""
+    with ``Last-Event-ID`` when an answer ends, until stopped; counts the deliveries it received
+    and, per entry, the time from the entry's instant to its arrival here."""
 
     def __init__(self, port: int, token: str) -> None:
         self.url = f"http://127.0.0.1:{port}/api/v1/accounts/bench/live"
         self.headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-        self.entries = 0
+        self.entries = 0  # stored deliveries (accepted or duplicate)
         self.answers = 0
         self.last_id = ""
+        self.delays_ms: list[float] = []
+        self.connected = threading.Event()
         self.stopping = threading.Event()
+        self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> LiveClient:
         self.thread.start()
+        if not self.connected.wait(30):
+            raise RuntimeError(f"live client not connected: {self.failed!r}")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
         self.thread.join(30)
 
+    def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.entries < count and time.monotonic() < deadline and self.thread.is_alive():
+            time.sleep(0.05)
+
     def _run(self) -> None:
+        try:
+            self._stream()
+        except BaseException as err:  # reported by __enter__ or in the results
+            self.failed = err
+            self.connected.set()
+
+    def _stream(self) -> None:
         with httpx.Client(timeout=httpx.Timeout(10.0, read=30.0)) as client:
             while not self.stopping.is_set():
                 headers = {**self.headers, **({"Last-Event-ID": self.last_id} if self.last_id else {})}
@@ -235,11 +290,21 @@ class LiveClient:
                         )
                     self.answers += 1
                     for line in answer.iter_lines():
+                        self.connected.set()  # the stream watches the account from its first line
                         if line.startswith("id:"):
                             self.last_id = line[3:].strip()
-                            self.entries += 1
+                        elif line.startswith("data:"):
+                            self._entry(line[5:])
                         if self.stopping.is_set():
                             break
+
+    def _entry(self, data: str) -> None:
+        arrived = time.time()
+        entry = json.loads(data)
+        if entry.get("outcome") in ("accepted", "duplicate"):
+            self.entries += 1
+            at = datetime.fromisoformat(entry["at"]).timestamp()
+            self.delays_ms.append((arrived - at) * 1000)
 
 
 def server_env(tmp: Path, redis_url: str, workers: str | None) -> dict[str, str]:
@@ -249,6 +314,7 @@ def server_env(tmp: Path, redis_url: str, workers: str | None) -> dict[str, str]
         "account: bench\nsenders:\n  segment:\n    secret_env: BENCH_SEGMENT_SECRET\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOR_", "REDIS_URL"))}
+    env.pop("GUNICORN_CMD_ARGS", None)
     env.update(
         REDIS_URL=redis_url,
         CONNECTOR_CONFIG_DIR=str(accounts),
@@ -261,59 +327,121 @@ def server_env(tmp: Path, redis_url: str, workers: str | None) -> dict[str, str]
     return env
 
 
+@contextlib.contextmanager
+def live_client(target: Target, args: argparse.Namespace) -> Iterator[LiveClient | None]:
+    """The console client for the live runs, nothing otherwise. Its token is made after the run's
+    FLUSHDB (which drops tokens too). After it leaves, the bench waits for its stream to stop (the
+    next run must not find the account still watched)."""
+    if not target.live:
+        yield None
+        return
+    with LiveClient(target.port, admin_token(args.env)) as client:
+        yield client
+    time.sleep(SETTLE_SECONDS)
+
+
+def measure_live(conn: redis.Redis, result: dict[str, Any], live: LiveClient | None) -> None:
+    """Once the load stopped: wait for the client to receive every stored delivery (the requests
+    still in flight when the load generator stopped included), note what it got."""
+    if live is None:
+        return
+    time.sleep(0.5)  # the requests in flight are served
+    result["stored"], result["duplicates"] = stored(conn)
+    expected = int(result["stored"] + result["duplicates"])
+    live.wait_for(expected, LIVE_CATCH_UP_SECONDS)
+    result["live_entries"], result["live_answers"] = live.entries, live.answers
+    result["live_expected"] = expected
+    delays = sorted(live.delays_ms) or [float("nan")]
+    result["live_p50_ms"] = delays[len(delays) // 2]
+    result["live_p99_ms"] = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
+    result["live_max_ms"] = delays[-1]
+    if live.failed is not None:
+        result["live_failed"] = repr(live.failed)
+
+
 def closed_round(
     args: argparse.Namespace,
     conn: redis.Redis,
-    targets: dict[str, int],
+    targets: list[Target],
     masters: dict[int, subprocess.Popen[bytes]],
     redis_pids: list[int],
     bodies: Callable[[str, int], Path],
-) -> dict[str, dict[str, float]]:
-    """One closed-loop run of each server; the ingest one also counts Redis CPU and what was stored."""
-    out: dict[str, dict[str, float]] = {}
-    ingest_port = targets["ingest (signed, deduped, stored)"]
-    for name, port in targets.items():
+) -> dict[str, dict[str, Any]]:
+    """One closed-loop run of each target; a connector's also counts Redis CPU and what was stored."""
+    out: dict[str, dict[str, Any]] = {}
+    for target in targets:
         run_bodies = bodies("closed", args.seconds * 12_000)
         conn.flushdb()
-        pids = server_pids(masters[port])
-        with live_client(name, port, args) as live:
+        pids = server_pids(masters[target.port])
+        with live_client(target, args) as live:
             web0, redis0 = cpu_ms(pids), cpu_ms(redis_pids)
-            result = wrk(
-                f"http://127.0.0.1:{port}{PATH}", run_bodies, args.threads, args.connections, args.seconds
+            result: dict[str, Any] = dict(
+                wrk(
+                    f"http://127.0.0.1:{target.port}{PATH}",
+                    run_bodies,
+                    args.threads,
+                    args.connections,
+                    args.seconds,
+                )
             )
             result["web_cpu_ms"] = (cpu_ms(pids) - web0) / result["requests"]
-        if port == ingest_port:
-            result["redis_cpu_ms"] = (cpu_ms(redis_pids) - redis0) / result["requests"]
-            result["stored"], result["duplicates"] = stored(conn)
-        if live is not None:
-            result["live_entries"], result["live_answers"] = live.entries, live.answers
-        out[name] = result
+            if target.ingest:
+                result["redis_cpu_ms"] = (cpu_ms(redis_pids) - redis0) / result["requests"]
+                result["stored"], result["duplicates"] = stored(conn)
+            measure_live(conn, result, live)
+        out[target.name] = result
     return out
-
-
-def live_client(name: str, port: int, args: argparse.Namespace) -> Any:
-    """The console client for the LIVE runs, nothing otherwise. Its token is made after the run's
-    FLUSHDB (which drops tokens too)."""
-    return LiveClient(port, admin_token(args.env)) if name == LIVE else contextlib.nullcontext()
 
 
 def open_round(
-    args: argparse.Namespace, conn: redis.Redis, targets: dict[str, int], bodies: Callable[[str, int], Path]
-) -> dict[str, dict[str, float]]:
-    """One open-loop run of each server at the fixed rate."""
-    out: dict[str, dict[str, float]] = {}
-    ingest_port = targets["ingest (signed, deduped, stored)"]
-    for name, port in targets.items():
+    args: argparse.Namespace, conn: redis.Redis, targets: list[Target], bodies: Callable[[str, int], Path]
+) -> dict[str, dict[str, Any]]:
+    """One open-loop run of each target at the fixed rate."""
+    out: dict[str, dict[str, Any]] = {}
+    for target in targets:
         run_bodies = bodies("open", args.rate * args.open_seconds)
         conn.flushdb()
-        with live_client(name, port, args) as live:
-            result = openloop(port, run_bodies, args.rate, args.open_seconds)
-        if port == ingest_port:
-            result["stored"], result["duplicates"] = stored(conn)
-        if live is not None:
-            result["live_entries"], result["live_answers"] = live.entries, live.answers
-        out[name] = result
+        with live_client(target, args) as live:
+            result: dict[str, Any] = dict(openloop(target.port, run_bodies, args.rate, args.open_seconds))
+            if target.ingest:
+                result["stored"], result["duplicates"] = stored(conn)
+            measure_live(conn, result, live)
+        out[target.name] = result
     return out
+
+
+def start_servers(
+    args: argparse.Namespace, env: dict[str, str], tmp: Path
+) -> tuple[list[Target], dict[int, subprocess.Popen[bytes]]]:
+    """The servers the run compares, each on its own port, and the targets (server + live or not)."""
+    masters: dict[int, subprocess.Popen[bytes]] = {}
+    targets: list[Target] = []
+
+    def serve(app: str, log: str, server_env: dict[str, str], root: Path = ROOT) -> int:
+        port = free_port()
+        masters[port] = start_gunicorn(app, port, server_env, tmp / log, root)
+        probe = "/healthz" if app.startswith("connector") else "/"
+        wait_http(f"http://127.0.0.1:{port}{probe}", masters[port])
+        return port
+
+    connector = "connector.app:create_app()"
+    bare, ingest = serve("bare_app:create_app()", "bare.log", env), serve(connector, "ingest.log", env)
+    targets += [Target(BARE, bare, False, False), Target(INGEST, ingest, True, False)]
+    if args.live_client:
+        targets.append(Target(LIVE, ingest, True, True))
+    if args.baseline:
+        before = serve(connector, "before.log", env, args.baseline.resolve())
+        targets.append(Target(BEFORE, before, True, False))
+        if args.live_client:
+            targets.append(Target(BEFORE_LIVE, before, True, True))
+    if args.compare_gunicorn_args:
+        alt_env = {**env, "GUNICORN_CMD_ARGS": args.compare_gunicorn_args}
+        alt_bare = serve("bare_app:create_app()", "alt-bare.log", alt_env)
+        alt_ingest = serve(connector, "alt-ingest.log", alt_env)
+        targets += [Target(ALT_BARE, alt_bare, False, False), Target(ALT_INGEST, alt_ingest, True, False)]
+        if args.live_client:
+            targets.append(Target(ALT_LIVE, alt_ingest, True, True))
+    return targets, masters
 
 
 def main() -> None:
@@ -321,9 +449,10 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install -y wrk` or `brew install wrk`")
 
-    load_before = os.getloadavg()[0]
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    procs: list[subprocess.Popen[bytes]] = []
+    masters: dict[int, subprocess.Popen[bytes]] = {}
     server: EmbeddedRedis | None = None
     try:
         if args.redis_url:
@@ -333,11 +462,8 @@ def main() -> None:
             redis_url = server.url
         conn = redis.Redis.from_url(redis_url)
         env = server_env(tmp, redis_url, args.workers)
-        ingest_port, bare_port = free_port(), free_port()
-        procs.append(start_gunicorn("connector.app:create_app()", ingest_port, env, tmp / "ingest.log"))
-        procs.append(start_gunicorn("bare_app:create_app()", bare_port, env, tmp / "bare.log"))
-        wait_http(f"http://127.0.0.1:{ingest_port}/healthz", procs[0])
-        wait_http(f"http://127.0.0.1:{bare_port}/", procs[1])
+        args.env = env
+        targets, masters = start_servers(args, env, tmp)
 
         def bodies(tag: str, count: int) -> Path:
             """A fresh file of distinct bodies per run; enough that no run wraps around."""
@@ -345,24 +471,20 @@ def main() -> None:
             write_bodies(path, count, f"{tag}-{uuid.uuid4().hex[:8]}")
             return path
 
-        targets = {"bare Flask 200": bare_port, "ingest (signed, deduped, stored)": ingest_port}
-        if args.live_client:
-            args.env = env
-            targets[LIVE] = ingest_port
-        for port in targets.values():
+        for port in masters:
             wrk(f"http://127.0.0.1:{port}{PATH}", bodies("warmup", 24_000), args.threads, args.connections, 2)
-        # Rounds alternate the two servers, so that each ratio compares runs close in time
-        # (the machine may be shared).
+        # Rounds alternate the servers, so that each ratio compares runs close in time (the
+        # machine may be shared).
         redis_pids = [server.process.pid] if server is not None and server.process is not None else []
-        masters = {ingest_port: procs[0], bare_port: procs[1]}
         closed = [closed_round(args, conn, targets, masters, redis_pids, bodies) for _ in range(args.rounds)]
-        opened = [open_round(args, conn, targets, bodies) for _ in range(args.rounds)]
-        report(args, list(targets), closed, opened, (load_before, os.getloadavg()[0]))
+        open_rounds = 0 if args.no_open_loop else args.rounds
+        opened = [open_round(args, conn, targets, bodies) for _ in range(open_rounds)]
+        report(args, [t.name for t in targets], closed, opened, (started, load_before, os.getloadavg()))
     finally:
-        for proc in procs:
+        for proc in masters.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
+        for proc in masters.values():
             proc.wait(15)
         if server is not None:
             server.stop()
@@ -372,97 +494,125 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _cpu(r: dict[str, Any]) -> float:
+    """CPU per request, web + Redis (the bare app has no Redis)."""
+    return float(r["web_cpu_ms"] + r.get("redis_cpu_ms", 0.0))
+
+
+def _notes(r: dict[str, Any]) -> str:
+    notes = []
+    if "live_entries" in r:
+        notes.append(
+            f"live client got {int(r['live_entries'])} of {int(r['live_expected'])} deliveries "
+            f"({int(r['live_answers'])} answers), after p50/p99/max "
+            f"{r['live_p50_ms']:.0f}/{r['live_p99_ms']:.0f}/{r['live_max_ms']:.0f} ms"
+        )
+        if "live_failed" in r:
+            notes.append(f"live client failed: {r['live_failed']}")
+    if "stored" in r:
+        notes.append(f"stored {int(r['stored'])}, duplicates {int(r['duplicates'])}")
+    return "; ".join(notes)
+
+
 def report(
     args: argparse.Namespace,
     names: list[str],
-    closed: list[dict[str, dict[str, float]]],
-    opened: list[dict[str, dict[str, float]]],
-    load: tuple[float, float],
+    closed: list[dict[str, dict[str, Any]]],
+    opened: list[dict[str, dict[str, Any]]],
+    when: tuple[str, tuple[float, float, float], tuple[float, float, float]],
 ) -> None:
-    bare, ingest = names[0], names[1]
     workers = args.workers or f"{os.cpu_count()} cores x 2 (gunicorn_conf)"
-    print(f"\ngunicorn workers: {workers}; wrk -t{args.threads} -c{args.connections} -d{args.seconds}s")
-    print(f"machine: {os.cpu_count()} cores; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after")
+    started, before, after = when
+    print(
+        f"\nstarted {started}; gunicorn workers: {workers}; "
+        f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s"
+    )
+    print(
+        f"machine: {os.cpu_count()} cores; load average {before[0]:.2f}, {before[1]:.2f}, {before[2]:.2f} "
+        f"before, {after[0]:.2f}, {after[1]:.2f}, {after[2]:.2f} after"
+    )
+    if args.compare_gunicorn_args:
+        print(f"other gunicorn args: GUNICORN_CMD_ARGS={args.compare_gunicorn_args!r}")
+    if args.baseline:
+        print(f"before: the connector of {args.baseline}")
     print("\n| round | run | endpoint | req/s | p50 ms | p99 ms | CPU ms/request | notes |")
     print("|---|---|---|---:|---:|---:|---:|---|")
     for i, results in enumerate(closed, 1):
         for name, r in results.items():
-            notes = f"non-2xx {int(r['non_2xx'])}, socket errors {int(r['socket_errors'])}"
             cpu = f"{r['web_cpu_ms']:.2f}"
-            if "live_entries" in r:
-                notes += (
-                    f"; live client got {int(r['live_entries'])} entries ({int(r['live_answers'])} answers)"
-                )
-            if "stored" in r:
-                notes += f"; stored {int(r['stored'])} of {int(r['requests'])}"
-                notes += f", duplicates {int(r['duplicates'])}"
+            if "redis_cpu_ms" in r:
                 cpu += f" + redis {r['redis_cpu_ms']:.2f}"
+            notes = f"requests {int(r['requests'])}, non-2xx {int(r['non_2xx'])}"
+            notes += f", socket errors {int(r['socket_errors'])}"
+            extra = _notes(r)
             print(
-                f"| {i} | (a) closed loop, max throughput | {name} | {r['rps']:.0f} | {r['p50_ms']} "
-                f"| {r['p99_ms']} | {cpu} | {notes} |"
+                f"| {i} | (a) closed loop | {name} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} "
+                f"| {cpu} | {notes}{'; ' + extra if extra else ''} |"
             )
     for i, results in enumerate(opened, 1):
         for name, r in results.items():
             notes = (
-                f"ok {r['ok']}/{r['sent']}, errors {r['errors']}; generator send lag p50/p99 "
+                f"ok {r['ok']}/{r['sent']}, errors {r['errors']}; send lag p50/p99 "
                 f"{r['send_lag_p50_ms']}/{r['send_lag_p99_ms']} ms"
             )
-            if "live_entries" in r:
-                notes += f"; live client got {int(r['live_entries'])} entries"
-            if "stored" in r:
-                notes += f"; stored {int(r['stored'])}, duplicates {int(r['duplicates'])}"
+            extra = _notes(r)
             print(
                 f"| {i} | (b) open loop, {r['target_rate']:.0f} req/s | {name} | {r['achieved_rate']:.0f} "
-                f"| {r['p50_ms']} | {r['p99_ms']} | | {notes} |"
+                f"| {r['p50_ms']} | {r['p99_ms']} | | {notes}{'; ' + extra if extra else ''} |"
             )
-    ratios = [r[ingest]["rps"] / r[bare]["rps"] for r in closed]
-    cpu_ratios = [
-        r[bare]["web_cpu_ms"] / (r[ingest]["web_cpu_ms"] + r[ingest]["redis_cpu_ms"]) for r in closed
-    ]
-    p99s = [r[ingest]["p99_ms"] for r in opened]
-    bare_p99s = [r[bare]["p99_ms"] for r in opened]
-    print(
-        f"\ningest / bare throughput per round: {', '.join(f'{x:.0%}' for x in ratios)}; "
-        f"median {statistics.median(ratios):.0%} (target >= 60%)"
-    )
-    print(
-        "bare CPU per request / ingest CPU per request (web + redis): "
-        f"{', '.join(f'{x:.0%}' for x in cpu_ratios)}; median {statistics.median(cpu_ratios):.0%}"
-    )
-    print(
-        f"ingest p99 at {args.rate} req/s per round: {', '.join(f'{x:g}' for x in p99s)} ms; "
-        f"median {statistics.median(p99s):g} ms (target <= 25 ms; bare endpoint: "
-        f"{', '.join(f'{x:g}' for x in bare_p99s)} ms)"
-    )
-    if LIVE in names:
-        report_live(ingest, closed, opened)
+    print()
+    report_ratios(args, names, closed, opened)
 
 
-def report_live(
-    ingest: str, closed: list[dict[str, dict[str, float]]], opened: list[dict[str, dict[str, float]]]
+def report_ratios(
+    args: argparse.Namespace,
+    names: list[str],
+    closed: list[dict[str, dict[str, Any]]],
+    opened: list[dict[str, dict[str, Any]]],
 ) -> None:
-    """Ingest with the live client against ingest without it, per round, both ways."""
-    with_live = [r[LIVE]["rps"] / r[ingest]["rps"] for r in closed]
-    cpu = [
-        (r[LIVE]["web_cpu_ms"] + r[LIVE]["redis_cpu_ms"])
-        / (r[ingest]["web_cpu_ms"] + r[ingest]["redis_cpu_ms"])
-        for r in closed
-    ]
-    p99 = [r[LIVE]["p99_ms"] / r[ingest]["p99_ms"] for r in opened]
-    back = [1 / x for x in with_live]
+    ratio(closed, INGEST, BARE, "ingest / bare")
+    if opened:
+        p99s = [r[INGEST]["p99_ms"] for r in opened]
+        print(
+            f"ingest p99 at {args.rate} req/s per round: {', '.join(f'{x:g}' for x in p99s)} ms; "
+            f"median {statistics.median(p99s):g} ms (target <= 25 ms; bare endpoint: "
+            f"{', '.join(format(r[BARE]['p99_ms'], 'g') for r in opened)} ms)"
+        )
+    if LIVE in names:
+        ratio(closed, LIVE, INGEST, "with / without the live client")
+        ratio(closed, LIVE, BARE, "ingest with the live client / bare")
+    if BEFORE in names:
+        ratio(closed, BEFORE, BARE, "before: ingest / bare")
+        ratio(closed, INGEST, BEFORE, "after / before, ingest")
+    if BEFORE_LIVE in names:
+        ratio(closed, BEFORE_LIVE, BEFORE, "before: with / without the live client")
+        ratio(closed, BEFORE_LIVE, BARE, "before: ingest with the live client / bare")
+        ratio(closed, LIVE, BEFORE_LIVE, "after / before, ingest with the live client")
+    if ALT_INGEST in names:
+        ratio(closed, ALT_INGEST, ALT_BARE, "other gunicorn args: ingest / bare")
+        ratio(closed, ALT_INGEST, INGEST, "ingest, other gunicorn args / gunicorn_conf")
+        ratio(closed, ALT_BARE, BARE, "bare, other gunicorn args / gunicorn_conf")
+    if ALT_LIVE in names:
+        ratio(closed, ALT_LIVE, ALT_INGEST, "other gunicorn args: with / without the live client")
+        ratio(closed, ALT_LIVE, ALT_BARE, "other gunicorn args: ingest with the live client / bare")
+    live_runs = [r for results in closed + opened for r in results.values() if "live_entries" in r]
+    if live_runs:
+        complete = sum(1 for r in live_runs if r["live_entries"] >= r["live_expected"])
+        worst = max(r["live_max_ms"] for r in live_runs)
+        print(
+            f"live client: every delivery received in {complete} of {len(live_runs)} runs; "
+            f"entry instant -> client, per run p99 "
+            f"{', '.join(format(r['live_p99_ms'], '.0f') for r in live_runs)} ms, max {worst:.0f} ms"
+        )
+
+
+def ratio(results: list[dict[str, dict[str, Any]]], top: str, bottom: str, label: str) -> None:
+    """``top`` against ``bottom`` per round: requests/s and CPU per request (web + Redis)."""
+    rps = [r[top]["rps"] / r[bottom]["rps"] for r in results]
+    cpu = [_cpu(r[top]) / _cpu(r[bottom]) for r in results]
     print(
-        f"\nthroughput with / without the live client per round: {', '.join(f'{x:.1%}' for x in with_live)}; "
-        f"median {statistics.median(with_live):.1%} (without / with: {', '.join(f'{x:.1%}' for x in back)}; "
-        f"median {statistics.median(back):.1%})"
-    )
-    print(
-        f"CPU per request (web + redis) with / without: {', '.join(f'{x:.1%}' for x in cpu)}; "
-        f"median {statistics.median(cpu):.1%}"
-    )
-    print(
-        f"p99 at the fixed rate with / without: {', '.join(f'{x:.2f}x' for x in p99)}; "
-        f"median {statistics.median(p99):.2f}x (without / with: median "
-        f"{statistics.median([1 / x for x in p99]):.2f}x)"
+        f"{label}: throughput {', '.join(f'{x:.0%}' for x in rps)} (median {statistics.median(rps):.0%}); "
+        f"CPU per request {', '.join(f'{x:.0%}' for x in cpu)} (median {statistics.median(cpu):.0%})"
     )
 
 
