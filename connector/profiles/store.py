@@ -54,8 +54,8 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from typing import Any
 
 import redis
