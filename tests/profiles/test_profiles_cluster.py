@@ -162,3 +162,31 @@ def test_scripts_follow_a_slot_that_moved_to_another_node(cluster: RedisCluster,
     assert dst.get(key) == b"2"
     for client in (src, dst, stale, stale_too):
         client.close()
+
+
+def test_histories_are_compressed_and_opened_on_a_cluster(
+    cluster: RedisCluster, redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    """Compare-and-set rewrites of histories spread over the nodes: compressed after a batch, opened
+    for a late event and for a merge, every event still there."""
+    people = [f"u{n}" for n in range(6)]
+    batch = [
+        ev(f"{u}-{i}", at=10 * i, user_id=u, props={"sku": f"S{i}", "n": i})
+        for u in people
+        for i in range(20)
+    ]
+    assert apply_batch(batch, NOW, accounts, cluster, redis_client)["acme"].applied == 120
+    pids = [lookup(cluster, "acme", "user_id", u) for u in people]
+    assert all(cluster.getrange(f"h:{{acme:{pid}}}", 0, 0) == b"\xff" for pid in pids)
+    late = [ev(f"{u}-late", at=5, user_id=u, props={"n": 0.5}) for u in people]
+    assert apply_batch(late, NOW, accounts, cluster, redis_client)["acme"].applied == 6
+    apply_batch([ev("anon", at=7, anonymous_id="a1", props={"n": 0.7})], NOW, accounts, cluster, redis_client)
+    link = ev("link", at=300, type="identify", user_id="u0", anonymous_id="a1")
+    apply_batch([link], NOW, accounts, cluster, redis_client)
+    for u in people:
+        pid = lookup(cluster, "acme", "user_id", u)
+        profile = load_profile(cluster, "acme", pid, NOW)
+        assert profile is not None
+        expected = [0, 0.5, *([0.7] if u == "u0" else []), *range(1, 20)]
+        assert [e.properties["n"] for e in profile.events] == expected
+        assert cluster.getrange(f"h:{{acme:{pid}}}", 0, 0) == b"\xff"
