@@ -64,9 +64,11 @@ local PERIODS = tonumber(ARGV[10])
 local person, old = KEYS[1], KEYS[2]
 local kind, at, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4]
 local period = tonumber(ARGV[13])
-local function before(field) return redis.call('HEXISTS', old, field) == 1 end
+local legacy = redis.call('EXISTS', old) == 1
+local function before(field) return legacy and redis.call('HEXISTS', old, field) == 1 end
 local mark = '#' .. ARGV[2]
-if redis.call('HEXISTS', person, mark) == 1 or before(mark) or before('#' .. ARGV[12]) then return 0 end
+if before(mark) or before('#' .. ARGV[12]) then return 0 end
+if redis.call('HSETNX', person, mark, period) == 0 then return 0 end
 local state = redis.call('HGETALL', person)
 local e, x, r, stale = {}, {}, {}, {}
 for i = 1, #state, 2 do
@@ -81,7 +83,6 @@ for i = 1, #state, 2 do
   end
 end
 if #stale > 0 then redis.call('HDEL', person, unpack(stale)) end
-redis.call('HSET', person, mark, period)
 redis.call('EXPIRE', person, ARGV[14])
 local arms = {}
 for s, a in string.gmatch(ARGV[8], '([^,=]+)=([^,]+)') do arms[s] = a end
