@@ -10,8 +10,9 @@ when one of its members is affected, and a segment that refers to an affected se
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .conditions import Condition, ForSome, InSegment
@@ -74,32 +75,77 @@ def reads(node: Condition | Value) -> Reads:
 
 
 @dataclass(frozen=True)
+class Affected:
+    """What new events of some names can change.
+
+    ``own``: segments whose own condition reads those events, a profile trait, or a segment that can
+    change (these are evaluated). ``changed``: those and every member of an exclusive group with one
+    of them (a group's other members keep their own condition's truth, but may win or lose the group).
+    Segments outside ``changed`` keep their membership."""
+
+    own: frozenset[str]
+    changed: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Dependencies:
-    """Per segment: what it reads (its own condition, every variant, its group's earlier members)."""
+    """Per segment: what its own condition reads (every variant included; for a member of an
+    exclusive group, its own condition without the group's order)."""
 
     by_segment: dict[str, Reads]
     always: frozenset[str]  # segments that read a profile trait
+    _memo: dict[frozenset[str], Affected] = field(default_factory=dict)
 
-    def affected(self, rules: RuleSet, names: Iterable[str]) -> frozenset[str]:
-        """The segments events of ``names`` can change, closed over references and groups."""
-        names = set(names)
-        out = set(self.always)
+    def affected(self, rules: RuleSet, names: Iterable[str]) -> Affected:
+        """The segments events of ``names`` can change (memoized per set of names)."""
+        key = frozenset(names)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._affected(rules, key)
+        return hit
+
+    def _affected(self, rules: RuleSet, names: frozenset[str]) -> Affected:
+        own = set(self.always)
         if names:
             for segment, read in self.by_segment.items():
                 if ANY_EVENT in read.events or not read.events.isdisjoint(names):
-                    out.add(segment)
-        grew = True
-        while grew:
-            grew = False
-            for segment, read in self.by_segment.items():
-                if segment not in out and not read.segments.isdisjoint(out):
-                    out.add(segment)
-                    grew = True
+                    own.add(segment)
+        while True:
+            changed = set(own)
             for members in rules.groups.values():
-                if not out.isdisjoint(members) and not out.issuperset(members):
-                    out.update(members)
-                    grew = True
-        return frozenset(out)
+                if not own.isdisjoint(members):
+                    changed.update(members)
+            more = {
+                s
+                for s, read in self.by_segment.items()
+                if s not in own and not read.segments.isdisjoint(changed)
+            }
+            if not more:
+                return Affected(frozenset(own), frozenset(changed))
+            own |= more
+
+
+def fingerprint(rules: RuleSet) -> str:
+    """A short digest of what the rules compute (every segment's conditions, variants and group, every
+    computed trait's definition): equal fingerprints, equal results. A result recorded under another
+    fingerprint is not reused by incremental evaluation."""
+    cached: str | None = rules.__dict__.get("_fingerprint")
+    if cached is None:
+        parts = [
+            f"{s.name}|{s.group}|{s.condition.key}|{s.matched.key}|{'|'.join(v.key for v in s.variants)}"
+            for s in rules.segments
+        ]
+        parts.extend(f"{name}={_definition(value)}" for name, value in rules.traits)
+        cached = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+        object.__setattr__(rules, "_fingerprint", cached)
+    return cached
+
+
+def _definition(value: Value) -> str:
+    """A computed trait's own definition (a reference's key is only its name)."""
+    if isinstance(value, Computed) and value.expr is not None:
+        return value.expr.key
+    return value.key
 
 
 def dependencies(rules: RuleSet) -> Dependencies:
@@ -109,7 +155,11 @@ def dependencies(rules: RuleSet) -> Dependencies:
         return cached
     by_segment: dict[str, Reads] = {}
     for segment in rules.segments:
-        parts = [reads(segment.condition), reads(segment.matched), *(reads(v) for v in segment.variants)]
+        # a group member's effective condition holds the group's earlier members: its own is `matched`
+        parts = [
+            reads(segment.matched if segment.group else segment.condition),
+            *(reads(v) for v in segment.variants),
+        ]
         by_segment[segment.name] = Reads(
             frozenset().union(*(p.events for p in parts)),
             any(p.traits for p in parts),
@@ -120,4 +170,4 @@ def dependencies(rules: RuleSet) -> Dependencies:
     return found
 
 
-__all__ = ["Dependencies", "Reads", "dependencies", "reads"]
+__all__ = ["Affected", "Dependencies", "Reads", "dependencies", "fingerprint", "reads"]

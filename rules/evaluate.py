@@ -20,6 +20,35 @@ REFINE_CAP = 32
 NEXT_DUE_CAP = 256
 
 
+class Prior:
+    """A profile's previous result, for incremental evaluation: ``members`` (its segments) held
+    until ``due`` at least; ``own``, the segments whose own condition may have changed since."""
+
+    __slots__ = ("due", "members", "own")
+
+    def __init__(self, members: frozenset[str], due: datetime | None, own: frozenset[str]) -> None:
+        self.members = members
+        self.due = due
+        self.own = own
+
+    def winner(self, group: tuple[str, ...]) -> int | None:
+        """The position of the group's previous winner (None: nobody was in the group)."""
+        for i, name in enumerate(group):
+            if name in self.members:
+                return i
+        return None
+
+    def own_result(self, i: int, winner: int | None, held: int | None) -> Result | None:
+        """The own condition of the group's member at ``i``, unchanged since the previous result, as far
+        as the group needs it: true for the previous winner, not true before it; after this group's
+        winner only a bound matters (true gives the right one); None when it must be evaluated."""
+        if winner is not None or i == held:
+            return (True, self.due, None, False)
+        if held is None or i < held:
+            return (False, self.due, None, False)
+        return None
+
+
 class Context:
     """One profile at one instant: memoizes values, condition results and segment memberships.
 
@@ -28,7 +57,7 @@ class Context:
     change, and :func:`_next_due` finds the exact earliest change of all results together — much less work.
     """
 
-    __slots__ = ("_groups", "_results", "_segments", "_values", "ix", "now", "rules", "thorough")
+    __slots__ = ("_groups", "_prior", "_results", "_segments", "_values", "ix", "now", "rules", "thorough")
 
     def __init__(
         self,
@@ -38,6 +67,7 @@ class Context:
         *,
         thorough: bool,
         known: dict[str, SegmentResult] | None = None,
+        prior: Prior | None = None,
     ) -> None:
         self.ix = ix
         self.now = now
@@ -47,6 +77,7 @@ class Context:
         self._results: dict[int, Result] = {}
         # segments whose result is known without evaluating them (incremental evaluation)
         self._segments: dict[str, SegmentResult] = known if known is not None else {}
+        self._prior = prior
         self._groups: dict[str, tuple[int | None, list[Result], list[datetime | None]]] = {}
 
     @property
@@ -114,8 +145,15 @@ class Context:
             prefix: list[datetime | None] = []
             winner: int | None = None
             low: datetime | None = None
-            for i, member in enumerate(self.rules.groups[group]):
-                r = self.result(self.rules.by_name[member].matched)
+            names = self.rules.groups[group]
+            prior = self._prior
+            held = prior.winner(names) if prior is not None else None
+            for i, member in enumerate(names):
+                r = None
+                if prior is not None and member not in prior.own:
+                    r = prior.own_result(i, winner, held)
+                if r is None:
+                    r = self.result(self.rules.by_name[member].matched)
                 results.append(r)
                 if r[1] is not None and (low is None or r[1] < low):
                     low = r[1]
@@ -225,9 +263,9 @@ def evaluate_changed(
         now = now.replace(tzinfo=UTC)
     affected = dependencies(rules).affected(rules, names)
     known: dict[str, SegmentResult] = {
-        s.name: (s.name in members, due, False) for s in rules.segments if s.name not in affected
+        s.name: (s.name in members, due, False) for s in rules.segments if s.name not in affected.changed
     }
-    return _evaluate(profile, rules, now, known)
+    return _evaluate(profile, rules, now, known, Prior(members, due, affected.own))
 
 
 def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool = True) -> Evaluation:
@@ -283,10 +321,14 @@ def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool =
 
 
 def _evaluate(
-    profile: Profile, rules: RuleSet, now: datetime, known: dict[str, SegmentResult] | None
+    profile: Profile,
+    rules: RuleSet,
+    now: datetime,
+    known: dict[str, SegmentResult] | None,
+    prior: Prior | None = None,
 ) -> Evaluation:
     """The worker's path: memberships, computed traits and the exact next_due, no explanations."""
-    ctx = Context(Index(profile), now, rules, thorough=False, known=known)
+    ctx = Context(Index(profile), now, rules, thorough=False, known=known, prior=prior)
     traits: dict[str, Any] = {}
     trait_state: list[tuple[str, Value, Any, datetime | None]] = []
     for name, expr in rules.traits:

@@ -38,6 +38,10 @@ COUNTER_HASHES = {
         "connector_worker_events_total",
         "Events the workers handled per account, by outcome (applied, duplicates, ...).",
     ),
+    "metrics:evaluations": (
+        "connector_evaluations_total",
+        "Rule evaluations per account: full, or incremental (only the segments new events can affect).",
+    ),
     "metrics:sync": (
         "connector_sync_requests_total",
         "Changes the sync workers sent to the ESPs per account, by outcome.",

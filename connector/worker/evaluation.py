@@ -30,8 +30,9 @@ from connector.redis_conn import is_cluster, per_node
 from connector.runtime import Runtime
 from connector.sync.submit import Submission, submit_many
 from connector.worker import due, sizes
-from connector.worker.ledger import Diff, Entry, Ledger, ledger_key
-from rules import Evaluation, Profile, RuleSet
+from connector.worker.ledger import Diff, Entry, Ledger, Stored, ledger_key
+from rules import Evaluation, Profile, RuleSet, dependencies
+from rules.evaluate import evaluate_changed
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def contact_of(email: str | None) -> str:
 
 
 CHUNK = 1000  # profiles per round of reads and writes: bounds the size of each pipeline
+EVALUATIONS_KEY = "metrics:evaluations"  # fields "full:<account>", "incremental:<account>"
 
 
 def evaluate_profiles(
@@ -96,8 +98,15 @@ def evaluate_profiles(
     ruleset: RuleSet | None = None,
     push: bool = True,
     restate: Collection[str] = (),
+    changes: Mapping[str, frozenset[str] | None] | None = None,
 ) -> list[Outcome]:
     """Evaluate, record, schedule and (when ``push``) queue changes for the destinations.
+
+    ``changes``: per profile, the names of the events just added to its history (None: something
+    else changed too, a trait, an identity, events removed). A profile whose recorded result came
+    from the same rules and is not due yet is evaluated incrementally from it
+    (:func:`rules.evaluate.evaluate_changed`: only the segments those events can affect); the
+    others, and every profile when ``changes`` is None (time passed, rules changed), in full.
 
     The desired state goes to the destinations when the ledger changed: segments or traits, the
     email the destinations address (an anonymous profile that gains one), or a profile in
@@ -110,7 +119,9 @@ def evaluate_profiles(
     outcomes: list[Outcome] = []
     for start in range(0, len(pids), CHUNK):
         chunk = pids[start : start + CHUNK]
-        outcomes.extend(_evaluate_chunk(account, chunk, now, conn, queue_conn, ruleset, push, restate))
+        outcomes.extend(
+            _evaluate_chunk(account, chunk, now, conn, queue_conn, ruleset, push, restate, changes or {})
+        )
     return outcomes
 
 
@@ -123,9 +134,20 @@ def _evaluate_chunk(
     ruleset: RuleSet,
     push: bool,
     restate: Collection[str],
+    changes: Mapping[str, frozenset[str] | None],
 ) -> list[Outcome]:
     live = load_with_predictions(conn, account.id, pids, now)
-    results = {p.profile_id: rules.evaluate(p, ruleset, now, explain=False) for p in live}
+    ledger = Ledger(conn)
+    stored = ledger.stored_many(account.id, [p.profile_id for p in live])
+    fingerprint = dependencies.fingerprint(ruleset)
+    evaluated = {
+        p.profile_id: _evaluate(
+            p, ruleset, now, was, None if p.profile_id in restate else changes.get(p.profile_id), fingerprint
+        )
+        for p, was in zip(live, stored, strict=True)
+    }
+    results = {pid: result for pid, (result, _) in evaluated.items()}
+    incremental = sum(1 for _, partly in evaluated.values() if partly)
     emails = {p.profile_id: email_of(p) for p in live}
     entries = [
         Entry(
@@ -135,11 +157,13 @@ def _evaluate_chunk(
             p.revision,
             contact_of(emails[p.profile_id]),
             p.profile_id in restate,
+            results[p.profile_id].next_due,
+            fingerprint,
         )
         for p in live
     ]
     diffs = dict(
-        zip([p.profile_id for p in live], Ledger(conn).record_many(account.id, entries, now), strict=True)
+        zip([p.profile_id for p in live], ledger.record_many(account.id, entries, now, stored), strict=True)
     )
     changed = [p for p in live if diffs[p.profile_id] is not None]
     if push and changed:
@@ -151,6 +175,9 @@ def _evaluate_chunk(
         )
     schedule = queue_conn.pipeline(transaction=False)
     due.schedule_many(schedule, account.id, {pid: _next_due(results.get(pid)) for pid in pids})
+    for mode, n in (("incremental", incremental), ("full", len(live) - incremental)):
+        if n:
+            schedule.hincrby(EVALUATIONS_KEY, f"{mode}:{account.id}", n)
     count_dropped(
         schedule, "ledger_history", sum(diff.trimmed for diff in diffs.values() if diff is not None)
     )
@@ -159,6 +186,28 @@ def _evaluate_chunk(
     for p in changed:
         _log_change(account.id, p.profile_id, diffs[p.profile_id])
     return [Outcome(pid, results.get(pid), diffs.get(pid)) for pid in pids]
+
+
+def _evaluate(
+    profile: Profile,
+    ruleset: RuleSet,
+    now: datetime,
+    was: Stored,
+    names: frozenset[str] | None,
+    fingerprint: str,
+) -> tuple[Evaluation, bool]:
+    """Incrementally from the recorded result when it is reusable (same rules, not due yet, only
+    new events of ``names``), else in full; and whether it was incremental."""
+    reusable = (
+        names is not None
+        and was.rules == fingerprint
+        and was.segments is not None
+        and (was.due is None or was.due > now)
+    )
+    if not reusable:
+        return rules.evaluate(profile, ruleset, now, explain=False), False
+    assert names is not None
+    return evaluate_changed(profile, ruleset, now, members=was.members(), due=was.due, names=names), True
 
 
 def load_with_predictions(

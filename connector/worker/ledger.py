@@ -6,7 +6,9 @@ destinations and the audit trail (``connector segments history``).
 
 Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``s`` the segments
 JSON, ``x`` the rest packed in one string: version, profile revision, instant evaluated (epoch
-seconds), contact digest and the traits JSON, separated by spaces) and ``lhist:{acct:pid}`` (list
+seconds, followed by ``,<next due>,<rules fingerprint>`` when the result came from the worker's
+evaluation: what incremental evaluation needs to reuse it), contact digest and the traits JSON,
+separated by spaces) and ``lhist:{acct:pid}`` (list
 of changes, oldest first, capped at ``HISTORY_MAXLEN``; what the cap drops is counted).
 
 Two fields instead of six keep the hash small: when the segments JSON fits in ``PIECE`` bytes,
@@ -49,7 +51,8 @@ TRAITS_SEP = "\x1e"
 PIECE = 64  # bytes of traits JSON per hash field: Redis' default hash-max-listpack-value
 
 # KEYS: ledger, history. ARGV: segments json, traits json, revision, at (epoch µs), maxlen,
-# at (epoch seconds), contact, force, expected segments json, expected traits json, history entry.
+# at (epoch seconds), contact, force, expected segments json, expected traits json, history entry,
+# ",<next due epoch seconds or empty>,<rules fingerprint>" (stored after the instant; "" for none).
 # A result computed from an older profile revision (or an earlier instant) than the one already
 # recorded is ignored, so two workers evaluating the same profile concurrently can never roll the
 # ledger back. The expected segments and traits are the stored ones the caller computed its diff
@@ -76,11 +79,12 @@ if cur[7] then
   local x
   x, pieces = joined('x', cur[7])
   cur[1], cur[4], cur[5], cur[6], cur[3] = string.match(x, '^(%d+) (%-?%d+) (%S+) (%S*) (.*)$')
+  cur[5] = string.match(cur[5], '^[^,]+')  -- the instant; after it, the result's next due and rules
 elseif cur[3] then
   cur[3] = joined('t', cur[3])
 end
 local function store(v)
-  local x = v .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
+  local x = v .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ARGV[12] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
   -- pieces only when the hash can be compact: segments JSON longer than a piece make it a hash
   -- table anyway, where every extra field costs more than it saves
   local compact = #ARGV[1] <= PIECE
@@ -178,6 +182,21 @@ class Entry:
     revision: int = 0
     contact: str = ""
     force: bool = False
+    due: datetime | None = None  # the result's next_due
+    rules: str = ""  # fingerprint of the rules that computed it ("": not reusable)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A profile's recorded result as read before recording a new one (None/"" when none)."""
+
+    segments: bytes | None = None  # the segments JSON
+    traits: bytes | None = None  # the traits JSON
+    due: datetime | None = None
+    rules: str = ""  # fingerprint of the rules that computed it; "" when it cannot be reused
+
+    def members(self) -> frozenset[str]:
+        return frozenset(json.loads(self.segments)) if self.segments else frozenset()
 
 
 @dataclass(frozen=True)
@@ -230,6 +249,7 @@ class _Change:
             self.old_s,
             self.old_t,
             self.history_entry(),
+            _suffix(self.entry),
         ]
 
     def diff(self, reply: Sequence[Any]) -> Diff:
@@ -242,6 +262,12 @@ class _Change:
             changed_traits=self.changed,
             trimmed=int(reply[1]),
         )
+
+
+def _suffix(entry: Entry) -> str:
+    if not entry.rules:
+        return ""
+    return f",{repr(entry.due.timestamp()) if entry.due is not None else ''},{entry.rules}"
 
 
 def _plain(traits: Mapping[str, Any]) -> bool:
@@ -274,25 +300,42 @@ class Ledger:
         entry = Entry(profile_id, segments, traits, revision, contact, force)
         return self.record_many(account, [entry], now)[0]
 
-    def record_many(self, account: str, entries: Sequence[Entry], now: datetime) -> list[Diff | None]:
+    def record_many(
+        self, account: str, entries: Sequence[Entry], now: datetime, stored: Sequence[Stored] | None = None
+    ) -> list[Diff | None]:
         """:meth:`record` for many profiles of one account, in two round trips per Redis server
-        (read the stored states, record); the diffs in the order of ``entries``."""
+        (read the stored states, record; one when ``stored`` holds what :meth:`stored_many` read for
+        these entries); the diffs in the order of ``entries``."""
         out: list[Diff | None] = [None] * len(entries)
         todo = list(range(len(entries)))
+        known = list(stored) if stored is not None else None
         for _ in range(ATTEMPTS):
             if not todo:
                 return out
-            todo = self._attempt(account, entries, todo, now, out)
+            todo = self._attempt(account, entries, todo, now, out, known)
+            known = None
         if todo:
             raise RuntimeError(f"ledger of {len(todo)} profiles kept changing while being recorded")
         return out
 
     def _attempt(
-        self, account: str, entries: Sequence[Entry], todo: list[int], now: datetime, out: list[Diff | None]
+        self,
+        account: str,
+        entries: Sequence[Entry],
+        todo: list[int],
+        now: datetime,
+        out: list[Diff | None],
+        known: list[Stored] | None,
     ) -> list[int]:
-        """Record entries ``todo`` against the states read now; the ones whose state moved meanwhile."""
-        stored = self._stored(account, [entries[n].profile_id for n in todo])
-        changes = [_Change.of(entries[n], *state) for n, state in zip(todo, stored, strict=True)]
+        """Record entries ``todo`` against the states read now (or ``known``, read for all entries
+        just before); the ones whose state moved meanwhile."""
+        stored = (
+            known if known is not None else self.stored_many(account, [entries[n].profile_id for n in todo])
+        )
+        changes = [
+            _Change.of(entries[n], state.segments, state.traits)
+            for n, state in zip(todo, stored, strict=True)
+        ]
         calls = [
             ([ledger_key(account, c.entry.profile_id), history_key(account, c.entry.profile_id)], c.args(now))
             for c in changes
@@ -312,9 +355,10 @@ class Ledger:
                 out[n] = change.diff(reply)
         return again
 
-    def _stored(self, account: str, pids: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
+    def stored_many(self, account: str, pids: Sequence[str]) -> list[Stored]:
+        """What is recorded for each profile, in the order of ``pids``; one round trip per server."""
         replies = per_node(self.conn, [("hgetall", ledger_key(account, pid), ()) for pid in pids])
-        return [(fields.get(b"s"), _version_and_traits(fields)[1]) for fields in map(_fields, replies)]
+        return [_stored(fields) for fields in map(_fields, replies)]
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
         fields = _fields(self.conn.hgetall(ledger_key(account, profile_id)))
@@ -370,6 +414,20 @@ def _joined(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
     while (piece := fields.get(b"%s%d" % (name, len(pieces)))) is not None:
         pieces.append(piece)
     return b"".join(pieces)
+
+
+def _stored(fields: Mapping[bytes, bytes]) -> Stored:
+    packed = _joined(fields, b"x")
+    if packed is None:
+        return Stored(fields.get(b"s"), _joined(fields, b"t"))
+    _version, _revision, at, _contact, traits = packed.split(b" ", 4)
+    _, due, rules = [*at.decode().split(","), "", ""][:3]
+    return Stored(
+        fields.get(b"s"),
+        traits,
+        datetime.fromtimestamp(float(due), UTC) if due else None,
+        rules,
+    )
 
 
 def _version_and_traits(fields: Mapping[bytes, bytes]) -> tuple[bytes | None, bytes | None]:

@@ -21,7 +21,7 @@ from connector.analytics import attribution
 from connector.config import Account, Accounts
 from connector.event import Event
 from connector.profiles import rejected
-from connector.profiles.apply import Outcome, apply_events
+from connector.profiles.apply import HISTORY_TYPES, Outcome, apply_events
 from connector.profiles.bounds import count_dropped
 from connector.runtime import Runtime
 from connector.worker import erasure, evaluation
@@ -94,7 +94,13 @@ def _evaluate(
     (:func:`connector.analytics.attribution.record_batch`) of the profiles they were applied to."""
     restate = set(outcome.absorbed.values()) & outcome.touched
     results = evaluation.evaluate_profiles(
-        account, set(outcome.touched), now, conn, queue_conn, restate=restate
+        account,
+        set(outcome.touched),
+        now,
+        conn,
+        queue_conn,
+        restate=restate,
+        changes=None if outcome.history_dropped else added_events(batch, outcome),
     )
     credited = [e for e in batch if attribution.kind_of(e) is not None and e.event_id in outcome.applied_to]
     if not credited:
@@ -103,6 +109,23 @@ def _evaluate(
     profile_of = {e.event_id: pid for e in credited if (pid := outcome.applied_to[e.event_id]) in memberships}
     counters = evaluation.account_connection(conn, account.id)
     attribution.record_batch(counters, account, credited, memberships, profile_of, now)
+
+
+def added_events(batch: Sequence[Event], outcome: Outcome) -> dict[str, frozenset[str] | None]:
+    """Per profile the batch touched, the names of the events it added to the history; None when
+    it changed something else as well (an identify, traits, an alias), which takes a full
+    evaluation."""
+    names: dict[str, set[str] | None] = {}
+    for event in batch:
+        pid = outcome.applied_to.get(event.event_id)
+        if pid is None:
+            continue
+        held = names.setdefault(pid, set())
+        if event.type not in HISTORY_TYPES or event.traits:
+            names[pid] = None
+        elif held is not None:
+            held.add(event.name)
+    return {pid: frozenset(found) if found is not None else None for pid, found in names.items()}
 
 
 def _erase(

@@ -45,6 +45,7 @@ def test_every_metric_has_help_and_type_lines_and_the_text_parses(client, redis_
         "connector_ingest_events_total": "counter",
         "connector_worker_events_total": "counter",
         "connector_sync_requests_total": "counter",
+        "connector_evaluations_total": "counter",
         "connector_ingest_rejected_total": "counter",
         "connector_dropped_total": "counter",
         "connector_event_queue_depth": "gauge",

@@ -17,7 +17,7 @@ from connector.profiles import load_profile
 from connector.sync.control import pending
 from connector.worker import due
 from connector.worker.evaluation import evaluate_profiles
-from connector.worker.ledger import Entry, Ledger, history_key, ledger_key
+from connector.worker.ledger import Entry, Ledger, Stored, history_key, ledger_key
 from connector.worker.pipeline import apply_batch
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import ev
@@ -148,8 +148,8 @@ class RacedLedger(Ledger):
 
     raced = False
 
-    def _stored(self, account: str, pids: Any) -> list[tuple[bytes | None, bytes | None]]:
-        found = super()._stored(account, pids)
+    def stored_many(self, account: str, pids: Any) -> list[Stored]:
+        found = super().stored_many(account, pids)
         if not self.raced:
             self.raced = True
             Ledger(self.conn).record(account, "p1", frozenset({"b"}), {}, T0, revision=2)
