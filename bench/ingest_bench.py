@@ -14,10 +14,10 @@
 
 With ``--live-client`` every round also runs the ingest server with a console client connected to
 the account's live stream (``GET /api/v1/accounts/bench/live`` with an admin token made by
-``connector tokens create``; it reconnects with ``Last-Event-ID`` when an answer's window closes, as
-the browser does) and reports ingest with / without it, both ways, how many of the run's deliveries
-the client received, and how long after its instant (taken before the events were stored, so before
-the answer) each entry reached the client.
+``connector tokens create``; after each answer it waits the answer's ``retry`` and asks again with
+``Last-Event-ID``, as the browser's EventSource does) and reports ingest with / without it, both
+ways, how many of the run's deliveries the client received, and how long after its instant (taken
+before the events were stored, so before the answer) each entry reached the client.
 
 ``--baseline DIR`` also serves, side by side in the same rounds, the connector from another
 checkout (``git worktree add /tmp/before <rev>``) with that checkout's gunicorn settings: before /
@@ -251,6 +251,7 @@ class LiveClient:
         self.entries = 0  # stored deliveries (accepted or duplicate)
         self.answers = 0
         self.last_id = ""
+        self.retry_seconds = 0.0
         self.delays_ms: list[float] = []
         self.connected = threading.Event()
         self.stopping = threading.Event()
@@ -295,8 +296,11 @@ class LiveClient:
                             self.last_id = line[3:].strip()
                         elif line.startswith("data:"):
                             self._entry(line[5:])
+                        elif line.startswith("retry:"):
+                            self.retry_seconds = int(line[6:]) / 1000
                         if self.stopping.is_set():
                             break
+                self.stopping.wait(self.retry_seconds)  # as EventSource does between two answers
 
     def _entry(self, data: str) -> None:
         arrived = time.time()

@@ -17,14 +17,16 @@ published right after (:meth:`Publisher.delivered`). With nobody watching, a del
 ``EXISTS`` inside the script and nothing in Python. Refusals are always published (one write on a
 connection with ``CLIENT REPLY OFF``, no reply awaited): the overview's attention list reads them.
 
-``GET /api/v1/accounts/{id}/live`` (viewer; bearer token as the rest of the API) streams the
-entries as ``text/event-stream``: first the latest ``backlog`` entries (default 50), then the new
-ones, read in batches (``XREAD COUNT``): a read waits for the first new entry and, after a read
-that found some, the stream waits ``COALESCE_SECONDS`` before reading again, so a busy account
-costs a few reads a second rather than one per delivery, and an entry reaches the client within
-about ``COALESCE_SECONDS`` of being stored. Each answer lasts ``window`` seconds at most (default
-20); the browser's EventSource reconnects by itself and sends ``Last-Event-ID``, from which the next
-answer resumes, so nothing is missed between two answers.
+``GET /api/v1/accounts/{id}/live`` (viewer; bearer token as the rest of the API) answers
+``text/event-stream``: the latest ``backlog`` entries (default 50) or, with ``Last-Event-ID``, the
+entries after that one, and ends, telling the client to ask again in ``RETRY_MS`` (the browser's
+EventSource does so by itself, with ``Last-Event-ID``). An answer takes one Redis round trip (the
+read and the watcher key in one transaction) and a few milliseconds of a web worker, so a console
+never holds one of the few sync workers that serve webhooks, and an entry reaches the page within
+about ``RETRY_MS`` of being stored. A client that wants a held answer passes ``window`` (up to 25 s,
+under gunicorn's worker timeout): new entries are then read in batches (``XREAD COUNT``: the read
+waits for the first new entry and, after a read that found some, the stream waits
+``COALESCE_SECONDS`` before reading again), holding a web worker for the window.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ log = logging.getLogger(__name__)
 MAXLEN = queue.LIVE_MAXLEN
 MAX_EVENTS_SHOWN = 5  # per delivery; a batch of 500 shows its first five and the count
 DEFAULT_BACKLOG = 50
-DEFAULT_WINDOW_SECONDS = 20.0
+DEFAULT_WINDOW_SECONDS = 0.0  # an answer sends what is new and ends; the client asks again
+MAX_WINDOW_SECONDS = 25.0  # a held answer (``window``) stays under gunicorn's 30 s worker timeout
+RETRY_MS = 500  # how long the browser's EventSource waits before asking again
 BLOCK_MS = 1000  # a read waits this long for a new entry before the stream sends a keep-alive line
 READ_COUNT = 1000  # entries per read
 COALESCE_SECONDS = 0.25  # after a read that found entries, the stream waits this long before the next
@@ -232,8 +236,8 @@ def _raw(rows: Sequence[Any]) -> list[tuple[str, str]]:
 
 def after(conn: redis.Redis, account_id: str, last_id: str, block_ms: int) -> list[tuple[str, str]]:
     """Entries added after ``last_id`` (at most ``READ_COUNT``), waiting up to ``block_ms`` for the
-    first one."""
-    found = conn.xread({key(account_id): last_id}, count=READ_COUNT, block=block_ms)
+    first one (0: not waiting)."""
+    found = conn.xread({key(account_id): last_id}, count=READ_COUNT, block=block_ms or None)
     return _raw(found[0][1]) if found else []
 
 
@@ -242,15 +246,24 @@ def watch(conn: redis.Redis, account_id: str) -> None:
     conn.set(watch_key(account_id), "1", ex=WATCH_TTL_SECONDS)
 
 
-def start(conn: redis.Redis, account_id: str, backlog: int) -> tuple[list[tuple[str, str]], str]:
-    """Begin watching: the latest ``backlog`` entries (oldest first) and the id to read on from,
-    taken in one transaction with the watcher key, so every delivery stored afterwards is read."""
+def start(
+    conn: redis.Redis, account_id: str, last_id: str | None, backlog: int
+) -> tuple[list[tuple[str, str]], str]:
+    """One round trip, in one transaction with (re)setting the watcher key, so that every delivery
+    stored afterwards is read next: the entries after ``last_id`` (at most ``READ_COUNT``), or
+    without it the latest ``backlog`` ones; oldest first, and the id to read on from."""
     pipe = conn.pipeline(transaction=True)
-    pipe.xrevrange(key(account_id), count=max(backlog, 1))
+    if last_id is not None:
+        pipe.xread({key(account_id): last_id}, count=READ_COUNT)
+    else:
+        pipe.xrevrange(key(account_id), count=max(backlog, 1))
     pipe.set(watch_key(account_id), "1", ex=WATCH_TTL_SECONDS)
-    rows, _ = pipe.execute()
-    last_id = _text(rows[0][0]) if rows else "0-0"
-    return (list(reversed(_raw(rows[:backlog]))) if backlog > 0 else []), last_id
+    found, _ = pipe.execute()
+    if last_id is not None:
+        rows = _raw(found[0][1]) if found else []
+        return rows, rows[-1][0] if rows else last_id
+    newest = _text(found[0][0]) if found else "0-0"
+    return (list(reversed(_raw(found[:backlog]))) if backlog > 0 else []), newest
 
 
 def _frames(rows: Sequence[tuple[str, str]]) -> str:
@@ -265,15 +278,22 @@ def sse(
     backlog: int = DEFAULT_BACKLOG,
     window_seconds: float = DEFAULT_WINDOW_SECONDS,
 ) -> Iterator[str]:
-    """The ``text/event-stream`` body: the backlog (or what followed ``last_id``), then new entries
-    in batches until the window closes; a comment line every second without entries keeps proxies
-    from closing it. Keeps the account watched while it runs."""
-    rows, newest = start(conn, account_id, 0 if last_id is not None else backlog)
-    yield "retry: 500\n\n"
-    if last_id is None:
+    """The ``text/event-stream`` body: the backlog (or what followed ``last_id``), then, with a
+    ``window_seconds`` above 0, new entries in batches until the window closes (a comment line
+    every second without entries keeps proxies from closing it). Keeps the account watched."""
+    asked_from = last_id
+    rows, last_id = start(conn, account_id, last_id, backlog)
+    yield f"retry: {RETRY_MS}\n\n"
+    if rows:
+        yield _frames(rows)
+    elif last_id != asked_from:
+        # nothing to show yet: tell the client where to read on from (its Last-Event-ID next time)
+        yield f"id: {last_id}\nevent: position\ndata: {{}}\n\n"
+    while len(rows) == READ_COUNT:  # more than one read's worth is waiting: read it all now
+        rows = after(conn, account_id, last_id, 0)
         if rows:
             yield _frames(rows)
-        last_id = newest
+            last_id = rows[-1][0]
     refreshed = clock.monotonic()
     deadline = refreshed + window_seconds
     while (now := clock.monotonic()) < deadline:
@@ -316,10 +336,10 @@ def stream_response(
     conn: redis.Redis, account_id: str, window_seconds: float = DEFAULT_WINDOW_SECONDS
 ) -> Response:
     """The SSE answer for ``account_id`` (already authorised): reads ``Last-Event-ID``/``last_id``,
-    ``backlog`` (0-1000) and ``window`` (1-25 s) from the request."""
+    ``backlog`` (0-1000) and ``window`` (0-25 s) from the request."""
     last_id = last_event_id(request.headers.get("Last-Event-ID") or request.args.get("last_id"))
     backlog = int(number_arg("backlog", DEFAULT_BACKLOG, 0, MAXLEN))
-    window = number_arg("window", window_seconds, 1, 25)
+    window = number_arg("window", window_seconds, 0, MAX_WINDOW_SECONDS)
     body = sse(conn, account_id, last_id, backlog=backlog, window_seconds=window)
     return Response(
         body,

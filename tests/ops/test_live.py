@@ -183,7 +183,7 @@ def frames(text: str) -> list[dict[str, Any]]:
     out = []
     for block in text.split("\n\n"):
         lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":")
-        if "data" in lines:
+        if lines.get("event") == "delivery":
             out.append({"id": lines["id"], **json.loads(lines["data"])})
     return out
 
@@ -248,6 +248,29 @@ def test_deliveries_made_after_a_stream_opened_reach_it(
     thread.join(10)
     assert [f["outcome"] for f in seen] == ["accepted", "accepted", "refused"]
     assert [f["events"][0]["identities"]["user_id"] for f in seen[:2]] == ["us***56"] * 2
+
+
+def test_by_default_an_answer_sends_what_is_new_and_ends_and_the_next_resumes_from_it(
+    client: Any, redis_client: redis.Redis
+) -> None:
+    auth = bearer(redis_client)
+    first = client.get("/api/v1/accounts/acme/live?backlog=0", headers=auth)  # nothing shown yet
+    assert first.status_code == 200
+    # where to read on from, as an event the page does not show (EventSource keeps its id)
+    assert first.get_data(as_text=True) == "retry: 500\n\nid: 0-0\nevent: position\ndata: {}\n\n"
+    assert 0 < redis_client.ttl(live.watch_key("acme")) <= live.WATCH_TTL_SECONDS
+    for n in range(2):
+        assert post_segment(client, segment_body(f"poll-{n}")).status_code == 200
+    resumed = {**auth, "Last-Event-ID": "0-0"}
+    got = frames(client.get("/api/v1/accounts/acme/live?backlog=0", headers=resumed).get_data(as_text=True))
+    assert [f["outcome"] for f in got] == ["accepted", "accepted"]
+    nothing = client.get("/api/v1/accounts/acme/live", headers={**auth, "Last-Event-ID": got[-1]["id"]})
+    assert nothing.get_data(as_text=True) == "retry: 500\n\n"
+    assert post_segment(client, segment_body("poll-0")).status_code == 200
+    after = client.get("/api/v1/accounts/acme/live", headers={**auth, "Last-Event-ID": got[-1]["id"]})
+    assert [f["outcome"] for f in frames(after.get_data(as_text=True))] == ["duplicate"]
+    again = client.get("/api/v1/accounts/acme/live", headers={**auth, "Last-Event-ID": got[-1]["id"]})
+    assert len(frames(again.get_data(as_text=True))) == 1
 
 
 @pytest.mark.parametrize("role", ["viewer", "editor", "admin"])

@@ -324,7 +324,9 @@ def live_page(account: str) -> Any:
 
 @bp.route("/a/<account>/live/stream")
 def live_stream(account: str) -> Any:
-    get(f"/accounts/{quote(account)}")  # the token must cover the account (404 otherwise)
+    """Asked again every half second by the page's EventSource: a scope check and one read."""
+    if not g.console_token.covers(account) or runtime().account(account) is None:
+        abort(404, f"no account {account!r}")  # the token must cover the account
     return live.stream_response(runtime().queue_redis, account)
 
 

@@ -56,8 +56,15 @@
   sender.addEventListener("change", refilter);
   outcome.addEventListener("change", refilter);
 
+  // Each answer sends what is new and ends; EventSource asks again after the answer's "retry"
+  // (half a second) with Last-Event-ID, so an "error" between two answers is the normal case.
   var source = new EventSource(table.dataset.stream);
+  var failures = 0;
   source.addEventListener("delivery", function (msg) { add(JSON.parse(msg.data)); });
-  source.onopen = function () { state.textContent = "live"; };
-  source.onerror = function () { state.textContent = "reconnecting…"; };
+  source.onopen = function () { failures = 0; state.textContent = "live"; };
+  source.onerror = function () {
+    if (source.readyState === EventSource.CLOSED) { state.textContent = "disconnected (reload the page)"; return; }
+    failures += 1;
+    if (failures > 3) state.textContent = "reconnecting…";
+  };
 })();
