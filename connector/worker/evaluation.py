@@ -11,7 +11,6 @@ migrations between the members of exclusive groups and each person's entry and e
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,11 +25,11 @@ from connector.analytics import holdout, movement
 from connector.config import Account
 from connector.profiles.bounds import count_dropped
 from connector.profiles.store import load_profiles
-from connector.redis_conn import is_cluster, per_node
+from connector.redis_conn import is_cluster
 from connector.runtime import Runtime
 from connector.sync.submit import Submission, submit_many
 from connector.worker import due, sizes
-from connector.worker.ledger import Diff, Entry, Ledger, Stored, ledger_key
+from connector.worker.ledger import Diff, Entry, Ledger, Stored
 from rules import Evaluation, Profile, RuleSet, dependencies
 from rules.evaluate import evaluate_changed
 
@@ -293,11 +292,8 @@ def ledger_segments(conn: redis.Redis, account_id: str, pids: Iterable[str]) -> 
     """The segments the ledger holds for each profile (none for a profile it has no entry for);
     one round trip per server."""
     order = list(pids)
-    replies = per_node(conn, [("hget", ledger_key(account_id, pid), ("s",)) for pid in order])
-    return {
-        pid: frozenset(json.loads(raw)) if raw else frozenset()
-        for pid, raw in zip(order, replies, strict=True)
-    }
+    stored = Ledger(conn).stored_many(account_id, order)
+    return {pid: state.members() for pid, state in zip(order, stored, strict=True)}
 
 
 def _next_due(result: Evaluation | None) -> datetime | None:

@@ -4,28 +4,26 @@ Evaluation results are recorded here; only a result that differs from the stored
 version and yields a :class:`Diff` (entered / exited segments, changed traits), which feeds the
 destinations and the audit trail (``connector segments history``).
 
-Keys (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}`` (hash: ``s`` the segments
-JSON, ``x`` the rest packed in one string: version, profile revision, instant evaluated (epoch
-seconds, followed by ``,<next due>,<rules fingerprint>`` when the result came from the worker's
-evaluation: what incremental evaluation needs to reuse it), contact digest and the traits JSON,
-separated by spaces) and ``lhist:{acct:pid}`` (list
-of changes, oldest first, capped at ``HISTORY_MAXLEN``; what the cap drops is counted).
+Key (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}``, one string of lines:
 
-Two fields instead of six keep the hash small: when the segments JSON fits in ``PIECE`` bytes,
-``x`` is cut into pieces of at most ``PIECE`` bytes (``x``, ``x1``, ``x2`` ..., in order), every
-field stays within Redis' ``hash-max-listpack-value`` (64 bytes) and the hash keeps its compact
-encoding; with longer segments JSON the hash is a hash table whatever the rest does, and ``x``
-stays whole (one entry costs less there than pieces). ``s`` stays whole and readable with ``HGET``.
-Hashes of the earlier layout (``v``, ``s``, ``t`` or ``t`` in pieces, ``r``, ``e``, ``c``) are read
-as they are and rewritten in this one the next time the profile is recorded.
+1. the segments JSON (sorted names);
+2. the rest of the state, separated by spaces: version, profile revision, the instant evaluated
+   (epoch seconds, followed by ``,<next due>,<rules fingerprint>`` when the result came from the
+   worker's evaluation: what incremental evaluation needs to reuse it), contact digest, traits JSON;
+3. the history, one change per line, oldest first, capped at ``HISTORY_MAXLEN`` (what the cap drops
+   is counted). An entry holds only what changed: the version, the instant evaluated (microseconds
+   since the epoch) and the segment moves, separated by spaces: ``+name`` entered, ``-name`` exited
+   (comma-separated), then, after a record separator, the changed computed traits as compact JSON
+   (omitted when none changed).
 
-A history entry holds only what changed, in one string: the version, the instant evaluated
-(microseconds since the epoch) and the segment moves and trait changes, separated by spaces:
-``+name`` entered, ``-name`` exited (comma-separated), then, after a record separator, the changed
-computed traits as compact JSON (omitted when none changed). A small list is stored as one packed
-block sized to its entries (a stream preallocates 4 KB per profile). Histories written earlier are
-streams (entries with ``old_s``/``new_s``/``old_t``/``new_t``, the whole state); they are still read
-and take the new entries as stream entries ``v``, ``at``, ``d``.
+One string per person is the smallest form Redis keeps: a hash of two fields or a list of a few
+entries costs about twice the bytes it holds (hash table or quicklist overhead, a second key).
+JSON never holds a raw newline, so lines are safe separators.
+
+Earlier layouts are read as they are and rewritten in this one the next time the profile is
+recorded: a hash (``s`` and ``x`` in pieces, or ``v``, ``s``, ``t``, ``r``, ``e``, ``c``) with its
+history in ``lhist:{acct:pid}`` as a list (moved into the string then) or as a stream (entries
+``v``, ``at``, ``d``, or the whole old and new state; kept and read as the older part).
 
 Recording many profiles is one round trip per Redis server: the stored states are read in one
 pipeline, the diffs computed here, and one script per profile compares the state it finds with the
@@ -43,12 +41,11 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
-from connector.redis_conn import grouped_by_node, per_node
+from connector.redis_conn import grouped_by_node
 
 HISTORY_MAXLEN = 500
 ATTEMPTS = 5  # reads of a profile's stored state before a concurrently changing ledger is an error
 TRAITS_SEP = "\x1e"
-PIECE = 64  # bytes of traits JSON per hash field: Redis' default hash-max-listpack-value
 
 # KEYS: ledger, history. ARGV: segments json, traits json, revision, at (epoch µs), maxlen,
 # at (epoch seconds), contact, force, expected segments json, expected traits json, history entry,
@@ -63,45 +60,38 @@ PIECE = 64  # bytes of traits JSON per hash field: Redis' default hash-max-listp
 # any segment. Reply: {version, entries trimmed from the history}, or {0} (nothing changed) /
 # {-1} (stale) / {-2} (the stored state is not the expected one).
 _RECORD = """
-local cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c', 'x')
-local function joined(name, first)
-  local parts, n = {first}, 0
-  while true do
-    local piece = redis.call('HGET', KEYS[1], name .. (n + 1))
-    if not piece then break end
-    n = n + 1
-    parts[n + 1] = piece
+local kind = redis.call('TYPE', KEYS[1]).ok
+local cur, hist, count, fold = {}, '', 0, false
+if kind == 'string' then
+  local raw = redis.call('GET', KEYS[1])
+  local one = string.find(raw, '\\n', 1, true)
+  local two = string.find(raw, '\\n', one + 1, true)
+  cur[2] = string.sub(raw, 1, one - 1)
+  cur[7] = string.sub(raw, one + 1, (two or (#raw + 1)) - 1)
+  if two then
+    hist = string.sub(raw, two + 1)
+    count = 1
+    for _ in string.gmatch(hist, '\\n') do count = count + 1 end
   end
-  return table.concat(parts), n
+elseif kind == 'hash' then
+  -- an earlier layout: fields, the rest in pieces; its history list moves into the string
+  cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c', 'x')
+  local function joined(name, first)
+    local parts, n = {first}, 0
+    while true do
+      local piece = redis.call('HGET', KEYS[1], name .. (n + 1))
+      if not piece then break end
+      n = n + 1
+      parts[n + 1] = piece
+    end
+    return table.concat(parts)
+  end
+  if cur[7] then cur[7] = joined('x', cur[7]) elseif cur[3] then cur[3] = joined('t', cur[3]) end
+  fold = true
 end
-local pieces, legacy = 0, cur[1] and true or false
 if cur[7] then
-  local x
-  x, pieces = joined('x', cur[7])
-  cur[1], cur[4], cur[5], cur[6], cur[3] = string.match(x, '^(%d+) (%-?%d+) (%S+) (%S*) (.*)$')
+  cur[1], cur[4], cur[5], cur[6], cur[3] = string.match(cur[7], '^(%d+) (%-?%d+) (%S+) (%S*) (.*)$')
   cur[5] = string.match(cur[5], '^[^,]+')  -- the instant; after it, the result's next due and rules
-elseif cur[3] then
-  cur[3] = joined('t', cur[3])
-end
-local function store(v)
-  local x = v .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ARGV[12] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
-  -- pieces only when the hash can be compact: segments JSON longer than a piece make it a hash
-  -- table anyway, where every extra field costs more than it saves
-  local compact = #ARGV[1] <= PIECE
-  local size = compact and PIECE or #x
-  local fields = {'s', ARGV[1], 'x', string.sub(x, 1, size)}
-  local n = 0
-  while n * size + size < #x do
-    n = n + 1
-    fields[#fields + 1] = 'x' .. n
-    fields[#fields + 1] = string.sub(x, n * size + 1, n * size + size)
-  end
-  if legacy or (compact and #(cur[2] or '') > PIECE) then
-    redis.call('DEL', KEYS[1])  -- the earlier layout, or a hash table that can be compact now
-    pieces = 0
-  end
-  redis.call('HSET', KEYS[1], unpack(fields))
-  for i = n + 1, pieces do redis.call('HDEL', KEYS[1], 'x' .. i) end
 end
 local rev = tonumber(ARGV[3])
 local at = tonumber(ARGV[6])
@@ -110,33 +100,55 @@ if cur[4] then
   if crev > rev or (crev == rev and tonumber(cur[5] or '0') > at) then return {-1} end
 end
 if (cur[2] or '') ~= ARGV[9] or (cur[3] or '') ~= ARGV[10] then return {-2} end
+local stream = false
+if fold then
+  if redis.call('TYPE', KEYS[2]).ok == 'list' then
+    local old = redis.call('LRANGE', KEYS[2], 0, -1)
+    if #old > 0 then hist, count = table.concat(old, '\\n'), #old end
+    redis.call('DEL', KEYS[2])
+  else
+    stream = redis.call('EXISTS', KEYS[2]) == 1
+  end
+end
 local same = cur[2] == ARGV[1] and cur[3] == ARGV[2]
 local first = not cur[2]
 local v = tonumber(cur[1] or '0')
 if first and ARGV[1] == '[]' and ARGV[2] == '{}' then same = true end
-if same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1' then
-  store(v)
-  return {0}
-end
-v = v + 1
-store(v)
 local trimmed = 0
-if not same and not (first and ARGV[1] == '[]') then
-  local cap = tonumber(ARGV[5])
-  local n = redis.pcall('RPUSH', KEYS[2], v .. ' ' .. ARGV[4] .. ' ' .. ARGV[11])
-  if type(n) == 'number' then
-    if n > cap then
-      redis.call('LTRIM', KEYS[2], n - cap, -1)
-      trimmed = n - cap
+if not (same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1') then
+  v = v + 1
+  if not same and not (first and ARGV[1] == '[]') then
+    local entry = v .. ' ' .. ARGV[4] .. ' ' .. ARGV[11]
+    if stream then
+      -- a history kept as a stream (an earlier form) goes on as one
+      redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
+      if v > tonumber(ARGV[5]) then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5]) end
+    else
+      hist = count > 0 and (hist .. '\\n' .. entry) or entry
+      count = count + 1
+      local cap = tonumber(ARGV[5])
+      if count > cap then
+        local cut = 0
+        for _ = 1, count - cap do cut = string.find(hist, '\\n', cut + 1, true) end
+        hist = string.sub(hist, cut + 1)
+        trimmed = count - cap
+      end
     end
-  else
-    -- a history kept as a stream (the earlier form) goes on as one
-    redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
-    if v > cap then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5]) end
   end
 end
+local x = v .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ARGV[12] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. x .. (hist ~= '' and ('\\n' .. hist) or ''))
+if v == tonumber(cur[1] or '0') then return {0} end
 return {v, trimmed}
-""".replace("PIECE", str(PIECE))
+"""
+
+# The stored state, whichever layout: {"s", string} or {"h", HGETALL as a flat list} or {}.
+_READ = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' then return {'s', redis.call('GET', KEYS[1])} end
+if kind == 'hash' then return {'h', redis.call('HGETALL', KEYS[1])} end
+return {}
+"""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -279,6 +291,7 @@ class Ledger:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
         self._record = conn.register_script(_RECORD)
+        self._read = conn.register_script(_READ)
 
     def record(
         self,
@@ -357,37 +370,65 @@ class Ledger:
 
     def stored_many(self, account: str, pids: Sequence[str]) -> list[Stored]:
         """What is recorded for each profile, in the order of ``pids``; one round trip per server."""
-        replies = per_node(self.conn, [("hgetall", ledger_key(account, pid), ()) for pid in pids])
-        return [_stored(fields) for fields in map(_fields, replies)]
+        return [_stored(raw) for raw in self._raw(account, pids)]
+
+    def _raw(self, account: str, pids: Sequence[str]) -> list[_Raw]:
+        keys = [ledger_key(account, pid) for pid in pids]
+        replies = grouped_by_node(
+            self.conn,
+            keys,
+            lambda pipe, n: self._read(keys=[keys[n]], client=pipe),
+            lambda n: self._read(keys=[keys[n]], client=self.conn),
+        )
+        return [_Raw.of(reply) for reply in replies]
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
-        fields = _fields(self.conn.hgetall(ledger_key(account, profile_id)))
-        version, traits = _version_and_traits(fields)
-        if version is None:
+        raw = self._raw(account, [profile_id])[0]
+        if raw.version is None:
             return None
         return LedgerState(
-            int(version), frozenset(json.loads(fields.get(b"s") or b"[]")), json.loads(traits or b"{}")
+            int(raw.version), frozenset(json.loads(raw.segments or b"[]")), json.loads(raw.traits or b"{}")
         )
 
     def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
         """The latest ``count`` changes, oldest first: version, instant, segments entered and exited,
         computed traits changed (with their new values)."""
-        key = history_key(account, profile_id)
-        if self.conn.type(key) in (b"stream", "stream"):
-            rows = self.conn.xrevrange(key, count=count)
-            items = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in reversed(rows)]
-            return [{"version": int(i["v"]), **(_read(i) if "d" in i else _read_legacy(i))} for i in items]
         out = []
-        for raw in self.conn.lrange(key, -count, -1):
-            version, at, change = raw.decode().split(" ", 2)
+        for line in self._history(account, profile_id, count):
+            if isinstance(line, dict):
+                out.append(
+                    {"version": int(line["v"]), **(_read(line) if "d" in line else _read_legacy(line))}
+                )
+                continue
+            version, at, change = line.split(" ", 2)
             out.append({"version": int(version), **_read({"at": at, "d": change})})
         return out
 
+    def _history(self, account: str, profile_id: str, count: int) -> list[str | dict[str, str]]:
+        """The latest ``count`` entries: lines, and before them an earlier layout's stream entries."""
+        raw = self._raw(account, [profile_id])[0]
+        lines: list[str | dict[str, str]] = [line.decode() for line in raw.history]
+        key = history_key(account, profile_id)
+        kind = self.conn.type(key)
+        older: list[str | dict[str, str]] = []
+        if kind in (b"list", "list"):  # an earlier layout, not recorded since
+            older.extend(item.decode() for item in self.conn.lrange(key, 0, -1))
+        elif kind in (b"stream", "stream") and len(lines) < count:
+            rows = self.conn.xrevrange(key, count=count - len(lines))
+            older.extend({k.decode(): v.decode() for k, v in f.items()} for _, f in reversed(rows))
+        return (older + lines)[-count:] if count > 0 else []
+
     def history_length(self, account: str, profile_id: str) -> int:
         key = history_key(account, profile_id)
-        return int(
-            self.conn.xlen(key) if self.conn.type(key) in (b"stream", "stream") else self.conn.llen(key)
+        kind = self.conn.type(key)
+        older = int(
+            self.conn.xlen(key)
+            if kind in (b"stream", "stream")
+            else self.conn.llen(key)
+            if kind in (b"list", "list")
+            else 0
         )
+        return older + len(self._raw(account, [profile_id])[0].history)
 
     def delete(self, account: str, profile_id: str) -> None:
         self.conn.delete(ledger_key(account, profile_id), history_key(account, profile_id))
@@ -397,12 +438,36 @@ class Ledger:
             self.delete(account, pid)
 
 
-def _fields(reply: Any) -> dict[bytes, bytes]:
-    """A HGETALL reply (a mapping, or a flat list from a pipeline without its callback)."""
-    if isinstance(reply, dict):
-        return reply
-    items = list(reply or [])
-    return dict(zip(items[::2], items[1::2], strict=True))
+@dataclass(frozen=True)
+class _Raw:
+    """A recorded state as read, either layout: segments JSON, the packed rest, the history lines
+    (none for an earlier layout: its history is the separate key)."""
+
+    segments: bytes | None = None
+    packed: bytes | None = None  # "version revision at[,due,rules] contact traits"
+    history: tuple[bytes, ...] = ()
+    legacy_traits: bytes | None = None  # the traits JSON of the oldest hash layout
+    legacy_version: bytes | None = None
+
+    @classmethod
+    def of(cls, reply: Any) -> _Raw:
+        if not reply:
+            return cls()
+        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if kind == "s":
+            lines = bytes(reply[1]).split(b"\n")
+            return cls(lines[0], lines[1], tuple(lines[2:]))
+        flat = list(reply[1])
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return cls(fields.get(b"s"), _joined(fields, b"x"), (), _joined(fields, b"t"), fields.get(b"v"))
+
+    @property
+    def version(self) -> bytes | None:
+        return self.packed.split(b" ", 1)[0] if self.packed is not None else self.legacy_version
+
+    @property
+    def traits(self) -> bytes | None:
+        return self.packed.split(b" ", 4)[4] if self.packed is not None else self.legacy_traits
 
 
 def _joined(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
@@ -416,27 +481,12 @@ def _joined(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
     return b"".join(pieces)
 
 
-def _stored(fields: Mapping[bytes, bytes]) -> Stored:
-    packed = _joined(fields, b"x")
-    if packed is None:
-        return Stored(fields.get(b"s"), _joined(fields, b"t"))
-    _version, _revision, at, _contact, traits = packed.split(b" ", 4)
+def _stored(raw: _Raw) -> Stored:
+    if raw.packed is None:
+        return Stored(raw.segments, raw.traits)
+    at = raw.packed.split(b" ", 3)[2]
     _, due, rules = [*at.decode().split(","), "", ""][:3]
-    return Stored(
-        fields.get(b"s"),
-        traits,
-        datetime.fromtimestamp(float(due), UTC) if due else None,
-        rules,
-    )
-
-
-def _version_and_traits(fields: Mapping[bytes, bytes]) -> tuple[bytes | None, bytes | None]:
-    """(version, traits JSON) of a stored ledger hash, either layout; (None, None) when empty."""
-    packed = _joined(fields, b"x")
-    if packed is not None:
-        version, _revision, _at, _contact, traits = packed.split(b" ", 4)
-        return version, traits
-    return fields.get(b"v"), _joined(fields, b"t")
+    return Stored(raw.segments, raw.traits, datetime.fromtimestamp(float(due), UTC) if due else None, rules)
 
 
 def _read(item: Mapping[str, str]) -> dict[str, Any]:

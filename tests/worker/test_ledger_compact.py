@@ -1,6 +1,5 @@
-"""The ledger hash is two fields, the segments JSON and the rest packed, and keeps Redis' compact
-(listpack) encoding when the segments JSON is short (the rest then in pieces of at most 64 bytes);
-hashes of the earlier layouts are still read and are rewritten in this one."""
+"""The ledger is one string per person (segments, state, history lines); hashes of the earlier
+layouts, and their separate histories, are still read and are rewritten in this one."""
 
 from __future__ import annotations
 
@@ -9,88 +8,89 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
-from connector.worker.ledger import PIECE, Entry, Ledger, ledger_key
+from connector.worker.ledger import Entry, Ledger, history_key, ledger_key
 
 T0 = datetime(2024, 3, 1, 11, 0, tzinfo=UTC)
-COMPACT = {"listpack", "ziplist"}  # the compact hash encoding (ziplist before Redis 7)
 TRAITS = {f"trait_{n}": f"value number {n} of this profile" for n in range(7)}
+PIECE = 64  # the earlier hash layout cut the packed state into pieces of this size
 
 
-def encoding(conn: redis.Redis, key: str) -> str:
-    raw = conn.object("encoding", key)
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def test_long_traits_are_stored_in_pieces_and_read_back_whole(redis_client: redis.Redis) -> None:
+def test_one_string_holds_state_and_history(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
-    diff = ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=1)
-    assert diff is not None and diff.version == 1
+    assert ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=1) is not None
+    assert ledger.record("acme", "p1", frozenset({"new"}), TRAITS, T0 + timedelta(seconds=1), 2) is not None
     key = ledger_key("acme", "p1")
-    fields = redis_client.hgetall(key)
-    assert len(json.dumps(TRAITS)) > 3 * PIECE and b"x3" in fields and b"t" not in fields
-    assert max(len(value) for value in fields.values()) <= PIECE
-    assert encoding(redis_client, key) in COMPACT
+    assert redis_client.type(key) == b"string" and not redis_client.exists(history_key("acme", "p1"))
+    lines = redis_client.get(key).split(b"\n")  # type: ignore[union-attr]
+    assert json.loads(lines[0]) == ["new"] and len(lines) == 4  # segments, state, two changes
     state = ledger.state("acme", "p1")
-    assert state is not None and state.traits == TRAITS and state.segments == {"vip"}
-    # the same result again is no change: the pieces compare equal to the JSON the caller computed
-    assert ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0 + timedelta(seconds=1), 2) is None
+    assert state is not None and (state.version, state.segments, state.traits) == (2, {"new"}, TRAITS)
+    assert [(h["entered"], h["exited"]) for h in ledger.history("acme", "p1")] == [
+        (["vip"], []),
+        (["new"], ["vip"]),
+    ]
+    # the same result again is no change, and leaves the history as it was
+    assert ledger.record("acme", "p1", frozenset({"new"}), TRAITS, T0 + timedelta(seconds=2), 3) is None
+    assert ledger.history_length("acme", "p1") == 2
 
 
-def test_fewer_pieces_leave_no_stale_piece_behind(redis_client: redis.Redis) -> None:
-    ledger = Ledger(redis_client)
-    ledger.record("acme", "p1", frozenset(), TRAITS, T0, revision=1)
-    diff = ledger.record("acme", "p1", frozenset(), {"n": 1}, T0, revision=2)
-    assert diff is not None and diff.changed_traits["n"] == 1
-    fields = redis_client.hgetall(ledger_key("acme", "p1"))
-    assert sorted(fields) == [b"s", b"x"]
-    state = ledger.state("acme", "p1")
-    assert state is not None and state.traits == {"n": 1}
-
-
-def test_a_hash_with_the_whole_traits_json_is_read_and_rewritten_compact(redis_client: redis.Redis) -> None:
+def test_a_hash_with_its_history_list_is_read_and_rewritten_as_one_string(redis_client: redis.Redis) -> None:
     key = ledger_key("acme", "p1")
-    whole = json.dumps(TRAITS, sort_keys=True, separators=(",", ":"))
-    redis_client.hset(key, mapping={"v": 4, "s": '["vip"]', "t": whole, "r": 1, "e": "1.0", "c": ""})
-    assert encoding(redis_client, key) == "hashtable"
+    packed = f"4 1 1709290800.0 abc {json.dumps(TRAITS, sort_keys=True, separators=(',', ':'))}"
+    pieces = {
+        ("x" if n == 0 else f"x{n}"): packed[n * PIECE : (n + 1) * PIECE]
+        for n in range(len(packed) // PIECE + 1)
+    }
+    redis_client.hset(key, mapping={"s": '["vip"]', **pieces})
+    redis_client.rpush(history_key("acme", "p1"), "4 1709290800000000 +vip")
     ledger = Ledger(redis_client)
     state = ledger.state("acme", "p1")
-    assert state is not None and (state.version, state.traits) == (4, TRAITS)
-    assert ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=2) is None
-    assert encoding(redis_client, key) in COMPACT
-    diffs = ledger.record_many("acme", [Entry("p1", frozenset(), TRAITS, 3)], T0)
+    assert state is not None and (state.version, state.traits, state.segments) == (4, TRAITS, {"vip"})
+    assert [h["entered"] for h in ledger.history("acme", "p1")] == [["vip"]]
+    diffs = ledger.record_many("acme", [Entry("p1", frozenset(), TRAITS, 3, "abc")], T0)
     assert diffs[0] is not None and (diffs[0].version, diffs[0].exited) == (5, {"vip"})
-    state = ledger.state("acme", "p1")
-    assert state is not None and (state.version, state.traits, state.segments) == (5, TRAITS, frozenset())
+    assert redis_client.type(key) == b"string" and not redis_client.exists(history_key("acme", "p1"))
+    assert [(h["version"], h["exited"]) for h in ledger.history("acme", "p1")] == [(4, []), (5, ["vip"])]
+    assert ledger.history_length("acme", "p1") == 2
 
 
-def test_with_long_segments_json_the_traits_stay_in_one_field(redis_client: redis.Redis) -> None:
-    ledger = Ledger(redis_client)
-    many = frozenset(f"segment_with_a_long_name_{n}" for n in range(4))
-    ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=1)
-    diff = ledger.record("acme", "p1", many, TRAITS, T0, revision=2)
-    assert diff is not None and diff.entered == many
-    fields = redis_client.hgetall(ledger_key("acme", "p1"))
-    assert sorted(fields) == [b"s", b"x"]  # the pieces are gone: x whole
-    state = ledger.state("acme", "p1")
-    assert state is not None and (state.segments, state.traits) == (many, TRAITS)
-    ledger.record("acme", "p1", frozenset(), TRAITS, T0, revision=3)  # short again: pieces, compact
-    assert encoding(redis_client, ledger_key("acme", "p1")) in COMPACT
-
-
-def test_a_hash_with_the_traits_in_pieces_of_the_first_compact_layout_is_read(
+def test_the_oldest_hash_layout_with_a_stream_history_is_read_and_continued(
     redis_client: redis.Redis,
 ) -> None:
     key = ledger_key("acme", "p1")
     whole = json.dumps(TRAITS, sort_keys=True, separators=(",", ":"))
-    pieces = {
-        ("t" if n == 0 else f"t{n}"): whole[n * PIECE : (n + 1) * PIECE]
-        for n in range(len(whole) // PIECE + 1)
+    redis_client.hset(key, mapping={"v": 2, "s": '["vip"]', "t": whole, "r": 1, "e": "1.0", "c": ""})
+    old = {
+        "v": 2,
+        "at": "2024-03-01T10:00:00Z",
+        "old_s": "[]",
+        "new_s": '["vip"]',
+        "old_t": "{}",
+        "new_t": whole,
     }
-    redis_client.hset(key, mapping={"v": 2, "s": "[]", "r": 1, "e": "1.0", "c": "", **pieces})
+    redis_client.xadd(history_key("acme", "p1"), old)
     ledger = Ledger(redis_client)
     state = ledger.state("acme", "p1")
     assert state is not None and (state.version, state.traits) == (2, TRAITS)
-    assert ledger.record("acme", "p1", frozenset(), TRAITS, T0, revision=2) is None
-    assert not [name for name in redis_client.hgetall(key) if name.startswith(b"t")]
-    state = ledger.state("acme", "p1")
-    assert state is not None and (state.version, state.traits) == (2, TRAITS)
+    assert ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=2) is None
+    assert redis_client.type(key) == b"string"
+    ledger.record("acme", "p1", frozenset(), TRAITS, T0, revision=3)
+    history = ledger.history("acme", "p1")
+    assert [(h["version"], h["entered"], h["exited"]) for h in history] == [
+        (2, ["vip"], []),
+        (3, [], ["vip"]),
+    ]
+    assert ledger.history_length("acme", "p1") == 2
+
+
+def test_the_recorded_next_due_and_rules_are_read_back(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    due = T0 + timedelta(hours=48)
+    ledger.record_many("acme", [Entry("p1", frozenset({"vip"}), {}, 1, "", False, due, "abcd1234")], T0)
+    ledger.record_many("acme", [Entry("p2", frozenset(), {"n": 1}, 1, "", False, None, "abcd1234")], T0)
+    ledger.record("acme", "p3", frozenset({"vip"}), {}, T0, revision=1)
+    one, two, three, none = ledger.stored_many("acme", ["p1", "p2", "p3", "p4"])
+    assert (one.members(), one.due, one.rules) == ({"vip"}, due, "abcd1234")
+    assert (two.members(), two.due, two.rules) == (frozenset(), None, "abcd1234")
+    assert (three.members(), three.rules) == ({"vip"}, "")  # not from the worker: not reusable
+    assert none.segments is None and none.rules == ""
