@@ -50,6 +50,7 @@ from connector import clock
 from connector.clock import isoformat
 from connector.config import Account
 from connector.ingest import queue
+from connector.livefeed import mask, masked_identities
 from connector.ops.api import auth, errors
 
 log = logging.getLogger(__name__)
@@ -77,22 +78,7 @@ def watch_key(account_id: str) -> str:
     return queue.live_watch_key(account_id)
 
 
-# --- masking ------------------------------------------------------------------------------
-
-
-def mask(kind: str, value: str) -> str:
-    """An identity as the live view shows it: ``jane@example.com`` → ``j***@example.com``; other
-    ids keep two characters at each end when long enough (``user_1234`` → ``us***34``)."""
-    if kind == "email" or ("@" in value and kind not in ("user_id", "anonymous_id")):
-        local, at, domain = value.partition("@")
-        return f"{local[:1]}***{at}{domain}" if at else f"{value[:1]}***"
-    if len(value) >= 8:
-        return f"{value[:2]}***{value[-2:]}"
-    return f"{value[:1]}***"
-
-
-def masked_identities(identities: dict[str, str]) -> dict[str, str]:
-    return {kind: mask(kind, str(value)) for kind, value in identities.items()}
+# masking: connector.livefeed (the worker and the sync mask the same way)
 
 
 # --- entries ------------------------------------------------------------------------------
@@ -111,7 +97,7 @@ def delivered_entry(events: Sequence[Any], accepted: int, duplicates: int) -> di
         "accepted": accepted,
         "duplicates": duplicates,
         "events": [
-            {"type": e.type, "name": e.name, "identities": masked_identities(e.identities)}
+            {"id": e.event_id, "type": e.type, "name": e.name, "identities": masked_identities(e.identities)}
             for e in events[:MAX_EVENTS_SHOWN]
         ],
         "event_count": len(events),
@@ -141,7 +127,9 @@ def entry_start(events: Sequence[Any]) -> str:
     shown = []
     for e in events[:MAX_EVENTS_SHOWN]:
         ids = ",".join([f"{_quote(k)}:{_quote(mask(k, str(v)))}" for k, v in e.identities.items()])
-        shown.append(f'{{"type":{_quote(e.type)},"name":{_quote(e.name)},"identities":{{{ids}}}}}')
+        shown.append(
+            f'{{"id":{_quote(e.event_id)},"type":{_quote(e.type)},"name":{_quote(e.name)},"identities":{{{ids}}}}}'
+        )
     at = _quote(isoformat(clock.now()))
     sender = _quote(events[0].source)
     return f'{{"at":{at},"sender":{sender},"events":[{",".join(shown)}],"event_count":{len(events)}'

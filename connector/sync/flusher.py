@@ -16,7 +16,7 @@ import redis
 from adapters.base import Adapter
 from adapters.change import APPLIED, DEFERRED, FAILED, Change, OwnedState, Result
 from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
-from connector import clock
+from connector import clock, livefeed
 from connector.destinations import Destination
 from connector.errors import ConfigError
 from connector.profiles.bounds import count_dropped
@@ -104,6 +104,7 @@ class Flusher:
         self.adapter = adapter
         self.dead = dead or DeadLetters(conn)
         self.rng = rng
+        self.live: livefeed.SyncFeed | None = None  # set per flush while the account is watched
         a, d = destination.account, destination.name
         self.k = {
             what: key(a, d, what) for what in ("pending", "ready", "applied", "owned", "digest", "failing")
@@ -133,10 +134,14 @@ class Flusher:
             ids = self.take(now.timestamp())
             if not ids:
                 break
+            if not batches:  # one EXISTS per flush: its batches' outcomes go to the live view
+                self.live = livefeed.SyncFeed.open(self.conn, a, d)
             batches += 1
             batch_counts: dict[str, int] = {}
             go_on = self._batch(ids, now, batch_counts)
             self._publish(batch_counts)
+            if self.live is not None:
+                self.live.publish(now)
             for outcome, n in batch_counts.items():
                 counts[outcome] = counts.get(outcome, 0) + n
             if not go_on:
@@ -193,6 +198,9 @@ class Flusher:
         if isinstance(err, AuthError):
             pause(self.conn, self.dest.account, self.dest.name, err.message, err.status, now)
             self._count(counts, "paused")
+            if self.live is not None:
+                for change in changes:
+                    self.live.note(change, "failed", f"destination paused: {err.message}")
             return False
         if isinstance(err, PermanentError):
             for change in changes:
@@ -239,6 +247,8 @@ class Flusher:
             change, result.owned if result.status == APPLIED else None, keep_owned=result.status != APPLIED
         )
         self._count(counts, result.status)
+        if self.live is not None:
+            self.live.note(change, result.status, result.note)
 
     def _tail(self, state: Applied) -> bytes:
         scope = f"{self.dest.account}:{self.dest.name}"
@@ -280,6 +290,8 @@ class Flusher:
         pipe.zadd(self.k["ready"], {change.profile_id: at}, xx=True)
         pipe.execute()
         self._count(counts, "retry")
+        if self.live is not None:
+            self.live.note(change, "failed", describe, retry_at=at)
 
     def _failing(self, profile_id: str) -> dict[str, Any]:
         raw = self.conn.hget(self.k["failing"], profile_id)
@@ -310,6 +322,8 @@ class Flusher:
         self._drop(change)
         self.conn.hdel(self.k["failing"], change.profile_id)  # a newer pending change starts afresh
         self._count(counts, "dead")
+        if self.live is not None:
+            self.live.note(change, "dead_lettered", describe)
         log.warning(
             "change dead-lettered",
             extra={

@@ -178,7 +178,7 @@ def _finish(
     pids = erased.profile_ids
     if tombstones:  # again: identities linked between the first tombstones and the erasure
         record_tombstones(queue_conn, account, erased.identities, now)
-        forget_live(queue_conn, account.id, erased.identities)
+        forget_live(queue_conn, account.id, erased.identities, erased.profile_ids)
     held = evaluation.ledger_segments(conn, account.id, pids)
     evaluation.forget_movements(conn, account, held, now, everywhere=True)
     Ledger(conn).delete_many(account.id, pids)
@@ -215,18 +215,27 @@ def _concerns(entry: Mapping[str, Any], masks: set[tuple[str, str]], needles: fr
         shown = event.get("identities") if isinstance(event, dict) else None
         if isinstance(shown, dict) and any((k, str(v)) in masks for k, v in shown.items()):
             return True
+    for item in [*(entry.get("profiles") or ()), *(entry.get("results") or ())]:  # worker and sync entries
+        if isinstance(item, dict) and str(item.get("profile") or "").lower() in needles:
+            return True
     reason = str(entry.get("reason") or "").lower()
     return any(needle in reason for needle in needles)
 
 
-def forget_live(queue_conn: redis.Redis, account_id: str, identities: Mapping[str, Iterable[str]]) -> int:
+def forget_live(
+    queue_conn: redis.Redis,
+    account_id: str,
+    identities: Mapping[str, Iterable[str]],
+    profile_ids: Iterable[str] = (),
+) -> int:
     """Remove from the account's live stream every delivery that shows one of the person's
     identities (masked as the stream shows them: ``j***@example.com``; another person whose
     identity masks the same way loses that entry too, the live view being only an aid) or names
-    one in its refusal reason; returns how many. The stream is capped (about 1,000 entries)."""
+    one in its refusal reason, and every worker or sync entry naming one of ``profile_ids``
+    (:mod:`connector.livefeed`); returns how many. The stream is capped (about 1,000 entries)."""
     masks = _masks(identities)
-    needles = frozenset(v.lower() for values in identities.values() for v in values)
-    if not masks:
+    needles = frozenset(v.lower() for values in [*identities.values(), profile_ids] for v in values)
+    if not needles:
         return 0
     doomed = []
     for entry_id, fields in queue_conn.xrange(live_key(account_id)):

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import redis
 
+from connector import livefeed
 from connector.analytics import attribution
 from connector.config import Account, Accounts
 from connector.event import Event
@@ -102,6 +103,7 @@ def _evaluate(
         restate=restate,
         changes=None if outcome.history_dropped else added_events(batch, outcome),
     )
+    livefeed.landed(queue_conn, account.id, batch, outcome.applied_to, results, now)  # while watched
     credited = [e for e in batch if attribution.kind_of(e) is not None and e.event_id in outcome.applied_to]
     if not credited:
         return
