@@ -147,9 +147,14 @@ def test_a_walk_through_the_console(
     # live events: deliveries are recorded while the page is open; a refused one shows its reason
     page.click("text=Live events")
     page.wait_for_function("document.getElementById('live-state').textContent === 'live'")
-    order(server, 3, 20.0)
+    order(server, 3, 400.0)
     page.wait_for_selector("#live tbody tr.accepted")
     assert "b***@example.com" in page.inner_text("#live") and "buyer3@" not in page.inner_text("#live")
+    # the worker applies it: the profile it landed on and its transition show under the delivery
+    drain(redis_client)
+    landed = page.wait_for_selector("#live tbody tr.accepted .sub.landed")
+    assert "entered vip" in landed.inner_text() and "profile" in landed.inner_text()
+    assert page.locator("#live tbody tr.landed").count() == 0  # matched to its delivery, no row of its own
     path, headers = signed("shopify", b'{"id": 7}')
     del headers["X-Shopify-Topic"]
     import httpx

@@ -1,4 +1,9 @@
 // The live events page: one EventSource on the console's stream, rows newest first, filters.
+// Three kinds of entries (docs/api.md): deliveries (ingest), "landed" (the event worker: the
+// profile each event landed on and the transitions it caused) and "esp" (the sync: what each ESP
+// request came to). A worker line goes under the delivery that carried its events (matched by event
+// id), an ESP line under the row where that profile last landed; what matches nothing gets a row of
+// its own, so the filters (sender, outcome) keep working on rows.
 (function () {
   "use strict";
   var table = document.getElementById("live");
@@ -6,13 +11,17 @@
   var state = document.getElementById("live-state");
   var sender = document.getElementById("f-sender");
   var outcome = document.getElementById("f-outcome");
+  var personUrl = table.dataset.person || "";
   var MAX_ROWS = 500;
+  var rowOfEvent = {};    // event id -> the delivery's row
+  var rowOfProfile = {};  // profile id -> the row where it last landed
 
   function cell(row, text, cls) {
     var td = document.createElement("td");
     td.textContent = text;
     if (cls) td.className = cls;
     row.appendChild(td);
+    return td;
   }
 
   function identities(events) {
@@ -35,19 +44,103 @@
            (!outcome.value || row.dataset.outcome === outcome.value);
   }
 
-  function add(d) {
+  function newRow(d, sent, what, idText) {
     var row = document.createElement("tr");
     row.className = d.outcome;
-    row.dataset.sender = d.sender;
+    row.dataset.sender = sent;
     row.dataset.outcome = d.outcome;
     cell(row, d.at, "nowrap");
-    cell(row, d.sender);
+    cell(row, sent);
     cell(row, d.outcome, "outcome");
-    cell(row, detail(d), "detail");
-    cell(row, identities(d.events), "small");
+    var td = cell(row, what, "detail");
+    cell(row, idText, "small");
     row.hidden = !visible(row);
     body.insertBefore(row, body.firstChild);
     while (body.children.length > MAX_ROWS) body.removeChild(body.lastChild);
+    return td;
+  }
+
+  function line(td, cls, parts) {
+    var div = document.createElement("div");
+    div.className = "sub " + cls;
+    parts.forEach(function (p) {
+      if (p && p.href) {
+        var a = document.createElement("a");
+        a.href = p.href;
+        a.textContent = p.text;
+        div.appendChild(a);
+      } else if (p) {
+        div.appendChild(document.createTextNode(p));
+      }
+    });
+    td.appendChild(div);
+  }
+
+  function profileLink(pid) {
+    if (!pid) return "(erased)";
+    var text = pid.length > 12 ? pid.slice(0, 8) + "…" : pid;
+    return personUrl ? { href: personUrl.replace("__PID__", encodeURIComponent(pid)), text: text } : text;
+  }
+
+  function delivery(d) {
+    var td = newRow(d, d.sender, detail(d), identities(d.events));
+    (d.events || []).forEach(function (e) { if (e.id) rowOfEvent[e.id] = td; });
+  }
+
+  function landedText(p) {
+    var out = [];
+    if (p.entered.length) out.push("entered " + p.entered.join(", "));
+    if (p.exited.length) out.push("exited " + p.exited.join(", "));
+    var traits = Object.keys(p.traits || {});
+    if (traits.length) out.push("traits " + traits.map(function (k) { return k + "=" + p.traits[k]; }).join(", "));
+    if (!out.length) out.push("no segment change");
+    return out.join("; ");
+  }
+
+  function landed(d) {
+    var loose = [];
+    d.profiles.forEach(function (p) {
+      var td = null;
+      (p.events || []).forEach(function (id) { td = td || rowOfEvent[id]; });
+      if (!td) { loose.push(p); return; }
+      line(td, "landed", ["→ profile ", profileLink(p.profile), ": " + landedText(p)]);
+      rowOfProfile[p.profile] = td;
+    });
+    if (!loose.length) return;
+    var more = d.profile_count > d.profiles.length ? " (+" + (d.profile_count - d.profiles.length) + " more)" : "";
+    var td = newRow(d, d.sender || "", loose.length + " profile(s) updated" + more, "");
+    loose.forEach(function (p) {
+      line(td, "landed", ["profile ", profileLink(p.profile), ": " + landedText(p)]);
+      rowOfProfile[p.profile] = td;
+    });
+  }
+
+  function espText(d, r) {
+    var text = d.destination + ": " + r.status.replace("_", " ");
+    if (r.reason) text += " (" + r.reason + ")";
+    if (r.retry_at) text += ", retry at " + r.retry_at;
+    return text;
+  }
+
+  function esp(d) {
+    var loose = [];
+    d.results.forEach(function (r) {
+      var td = r.profile && rowOfProfile[r.profile];
+      if (!td) { loose.push(r); return; }
+      line(td, "esp " + r.status, ["→ ESP ", espText(d, r)]);
+    });
+    if (!loose.length) return;
+    var counts = Object.keys(d.counts).map(function (k) { return d.counts[k] + " " + k.replace("_", " "); });
+    var td = newRow(d, "", "→ " + d.destination + ": " + counts.join(", "), "");
+    loose.forEach(function (r) {
+      line(td, "esp " + r.status, ["profile ", profileLink(r.profile), ": " + espText(d, r)]);
+    });
+  }
+
+  function add(d) {
+    if (d.kind === "landed") landed(d);
+    else if (d.kind === "esp") esp(d);
+    else delivery(d);
   }
 
   function refilter() {
