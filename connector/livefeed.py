@@ -9,8 +9,8 @@ stream endpoint with a short TTL) two more kinds of entries go to its live strea
   it applied there (their ids, as the delivery's entry shows them), the segments it entered and
   exited and the computed traits that changed;
 - ``esp`` (sync, one per batch sent to a destination): per person, what the ESP request came to,
-  ``applied``, ``skipped``, ``deferred``, ``failed`` (retried later, with the reason) or
-  ``dead_lettered`` (with the reason).
+  ``applied``, ``skipped``, ``failed`` (retried later, with the reason) or ``dead_lettered`` (with
+  the reason); a change the adapter deferred to the next batch shows there.
 
 Each costs one ``EXISTS`` of the watcher key per batch (never per event) and nothing else while
 nobody watches. Identities appear masked only (:func:`mask`); a reason has the email addresses in

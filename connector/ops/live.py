@@ -1,9 +1,12 @@
 """Live events: each delivery to a known account, as it happens, over Server-Sent Events.
 
+(While the account is watched the event worker and the sync add where each delivery's events landed
+and what the ESPs answered to the same stream: :mod:`connector.livefeed`.)
+
 Entries go to a capped Redis stream per account, ``live:{account}`` (``XADD MAXLEN ~ 1000``, queue
 Redis): the sender, the outcome (``accepted``, ``duplicate``, ``refused``), the HTTP status, the
 refusal's real reason (the sender itself only gets a bare 401), how many events were stored and
-how many were duplicates, and per event its type, name and masked identities
+how many were duplicates, and per event its id, type, name and masked identities
 (``j***@example.com``). Refusals on a route whose account or sender is unknown are not published
 anywhere: the stream would confirm which accounts exist.
 
