@@ -94,11 +94,14 @@ class Dependencies:
 
     by_segment: dict[str, Reads]
     always: frozenset[str]  # segments that read a profile trait
+    read: frozenset[str] = frozenset()  # every event name some segment reads
     _memo: dict[frozenset[str], Affected] = field(default_factory=dict)
 
     def affected(self, rules: RuleSet, names: Iterable[str]) -> Affected:
-        """The segments events of ``names`` can change (memoized per set of names)."""
-        key = frozenset(names)
+        """The segments events of ``names`` can change (memoized per set of the names rules read,
+        and whether there were others: senders' free-form names never grow the memo)."""
+        given = set(names)
+        key = frozenset(given & self.read) | (frozenset([ANY_EVENT]) if given - self.read else frozenset())
         hit = self._memo.get(key)
         if hit is None:
             hit = self._memo[key] = self._affected(rules, key)
@@ -125,6 +128,11 @@ class Dependencies:
             own |= more
 
 
+# Bumped whenever a release changes what evaluation computes for the same rules: results recorded by
+# the earlier code are then not reused.
+EVALUATION_VERSION = 1
+
+
 def fingerprint(rules: RuleSet) -> str:
     """A short digest of what the rules compute (every segment's conditions, variants and group, every
     computed trait's definition): equal fingerprints, equal results. A result recorded under another
@@ -136,7 +144,8 @@ def fingerprint(rules: RuleSet) -> str:
             for s in rules.segments
         ]
         parts.extend(f"{name}={_definition(value)}" for name, value in rules.traits)
-        cached = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+        parts.append(f"evaluation {EVALUATION_VERSION}")
+        cached = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
         object.__setattr__(rules, "_fingerprint", cached)
     return cached
 
@@ -165,7 +174,11 @@ def dependencies(rules: RuleSet) -> Dependencies:
             any(p.traits for p in parts),
             frozenset().union(*(p.segments for p in parts)),
         )
-    found = Dependencies(by_segment, frozenset(name for name, r in by_segment.items() if r.traits))
+    found = Dependencies(
+        by_segment,
+        frozenset(name for name, r in by_segment.items() if r.traits),
+        frozenset().union(*(r.events for r in by_segment.values())) - {ANY_EVENT},
+    )
     object.__setattr__(rules, "_dependencies", found)
     return found
 

@@ -61,6 +61,8 @@ class Outcome:
     # erasures asked for: (profile id, source); a profile id of None erases the whole account
     erasures: list[tuple[str | None, str]] = field(default_factory=list)
     applied_to: dict[str, str] = field(default_factory=dict)  # event id -> the profile it went to
+    # profile -> (its revision before this batch's first write, after its last)
+    revisions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _retention(account: Account) -> identity.Retention:
@@ -212,6 +214,8 @@ def _apply_groups(
                 outcome.expired += stored - int(reply[1]) - int(reply[2])
                 outcome.history_dropped += int(reply[3])
                 outcome.touched.add(pid)
+                after = int(reply[5])
+                outcome.revisions[pid] = (outcome.revisions.get(pid, (after - 1, 0))[0], after)
                 outcome.applied_to.update((event_of[id(item)], pid) for item in groups[pid])
             elif status == "m":
                 target = reply[1].decode()

@@ -233,7 +233,7 @@ local maxev = tonumber(ARGV[2])
 )
 _RETAIN = """
 local dropped = hist:store(maxev)
-redis.call('HINCRBY', p, 'rv', 1)
+local rv = redis.call('HINCRBY', p, 'rv', 1)
 """
 
 APPLY = (
@@ -282,7 +282,7 @@ while i <= #ARGV do
 end
 """
     + _RETAIN
-    + "return {'ok', added, dup, dropped, hist:plain()}"
+    + "return {'ok', added, dup, dropped, hist:plain(), rv}"
 )
 
 # Copies another profile's data (history entries, then hash fields as pairs) into this one.

@@ -47,6 +47,16 @@ CONSENT_TRAITS = ("email_consent", "marketing_consent", "accepts_marketing", "su
 
 
 @dataclass(frozen=True)
+class Added:
+    """What a batch did to a profile: it only added events of ``names``, taking the profile's
+    revision from ``before`` to ``after``."""
+
+    names: frozenset[str]
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
 class Outcome:
     profile_id: str
     evaluation: Evaluation | None
@@ -97,15 +107,16 @@ def evaluate_profiles(
     ruleset: RuleSet | None = None,
     push: bool = True,
     restate: Collection[str] = (),
-    changes: Mapping[str, frozenset[str] | None] | None = None,
+    changes: Mapping[str, Added | None] | None = None,
 ) -> list[Outcome]:
     """Evaluate, record, schedule and (when ``push``) queue changes for the destinations.
 
-    ``changes``: per profile, the names of the events just added to its history (None: something
-    else changed too, a trait, an identity, events removed). A profile whose recorded result came
-    from the same rules and is not due yet is evaluated incrementally from it
-    (:func:`rules.evaluate.evaluate_changed`: only the segments those events can affect); the
-    others, and every profile when ``changes`` is None (time passed, rules changed), in full.
+    ``changes``: per profile, what the batch just did to it (:class:`Added`; None: something else
+    changed too, a trait, an identity, events removed). A profile whose recorded result came from
+    the same rules, from the revision the batch started from, and is not due yet is evaluated
+    incrementally from it (:func:`rules.evaluate.evaluate_changed`: only the segments those events
+    can affect); the others, and every profile when ``changes`` is None (time passed, rules
+    changed), in full.
 
     The desired state goes to the destinations when the ledger changed: segments or traits, the
     email the destinations address (an anonymous profile that gains one), or a profile in
@@ -133,7 +144,7 @@ def _evaluate_chunk(
     ruleset: RuleSet,
     push: bool,
     restate: Collection[str],
-    changes: Mapping[str, frozenset[str] | None],
+    changes: Mapping[str, Added | None],
 ) -> list[Outcome]:
     live = load_with_predictions(conn, account.id, pids, now)
     ledger = Ledger(conn)
@@ -148,21 +159,33 @@ def _evaluate_chunk(
     results = {pid: result for pid, (result, _) in evaluated.items()}
     incremental = sum(1 for _, partly in evaluated.values() if partly)
     emails = {p.profile_id: email_of(p) for p in live}
-    entries = [
-        Entry(
+
+    def entry(p: Profile) -> Entry:
+        result = results[p.profile_id]
+        contact = contact_of(emails[p.profile_id])
+        restated = p.profile_id in restate
+        return Entry(
             p.profile_id,
-            results[p.profile_id].segments,
-            results[p.profile_id].traits,
+            result.segments,
+            result.traits,
             p.revision,
-            contact_of(emails[p.profile_id]),
-            p.profile_id in restate,
-            results[p.profile_id].next_due,
+            contact,
+            restated,
+            result.next_due,
             fingerprint,
         )
-        for p in live
-    ]
+
+    def again(n: int) -> Entry:
+        """The ledger moved between read and write (another worker): evaluate in full."""
+        results[live[n].profile_id] = rules.evaluate(live[n], ruleset, now, explain=False)
+        return entry(live[n])
+
     diffs = dict(
-        zip([p.profile_id for p in live], ledger.record_many(account.id, entries, now, stored), strict=True)
+        zip(
+            [p.profile_id for p in live],
+            ledger.record_many(account.id, [entry(p) for p in live], now, stored, again=again),
+            strict=True,
+        )
     )
     changed = [p for p in live if diffs[p.profile_id] is not None]
     if push and changed:
@@ -192,21 +215,23 @@ def _evaluate(
     ruleset: RuleSet,
     now: datetime,
     was: Stored,
-    names: frozenset[str] | None,
+    added: Added | None,
     fingerprint: str,
 ) -> tuple[Evaluation, bool]:
-    """Incrementally from the recorded result when it is reusable (same rules, not due yet, only
-    new events of ``names``), else in full; and whether it was incremental."""
-    reusable = (
-        names is not None
-        and was.rules == fingerprint
-        and was.segments is not None
-        and (was.due is None or was.due > now)
-    )
-    if not reusable:
+    """Incrementally from the recorded result when it is reusable (same rules, computed from the
+    revision this batch started from, which the profile has not left since but by this batch's
+    events, not due yet), else in full; and whether it was incremental."""
+    if (
+        added is None
+        or was.rules != fingerprint
+        or was.segments is None
+        or was.revision != added.before
+        or profile.revision != added.after
+        or (was.due is not None and was.due <= now)
+    ):
         return rules.evaluate(profile, ruleset, now, explain=False), False
-    assert names is not None
-    return evaluate_changed(profile, ruleset, now, members=was.members(), due=was.due, names=names), True
+    changed = evaluate_changed(profile, ruleset, now, members=was.members(), due=was.due, names=added.names)
+    return changed, True
 
 
 def load_with_predictions(

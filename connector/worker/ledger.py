@@ -4,26 +4,23 @@ Evaluation results are recorded here; only a result that differs from the stored
 version and yields a :class:`Diff` (entered / exited segments, changed traits), which feeds the
 destinations and the audit trail (``connector segments history``).
 
-Key (profile Redis, hash-tagged with the profile): ``ledger:{acct:pid}``, one string of lines:
+Keys (profile Redis, hash-tagged with the profile):
 
-1. the segments JSON (sorted names);
-2. the rest of the state, separated by spaces: version, profile revision, the instant evaluated
-   (epoch seconds, followed by ``,<next due>,<rules fingerprint>`` when the result came from the
-   worker's evaluation: what incremental evaluation needs to reuse it), contact digest, traits JSON;
-3. the history, one change per line, oldest first, capped at ``HISTORY_MAXLEN`` (what the cap drops
-   is counted). An entry holds only what changed: the version, the instant evaluated (microseconds
-   since the epoch) and the segment moves, separated by spaces: ``+name`` entered, ``-name`` exited
-   (comma-separated), then, after a record separator, the changed computed traits as compact JSON
-   (omitted when none changed).
+- ``ledger:{acct:pid}``, a string of two lines: the segments JSON (sorted names); then the rest of
+  the state, separated by spaces: version, profile revision, the instant evaluated (epoch seconds,
+  followed by ``,<next due>,<rules fingerprint>`` when the result came from the worker's evaluation:
+  what incremental evaluation needs to reuse it), contact digest, traits JSON. A string costs about
+  half of the hash it replaces (a hash whose segments JSON passes 64 bytes is a hash table).
+- ``lhist:{acct:pid}``, the history: a list of changes, oldest first, capped at ``HISTORY_MAXLEN``
+  (what the cap drops is counted). An entry holds only what changed, in one string: the version,
+  the instant evaluated (microseconds since the epoch) and the segment moves, separated by spaces:
+  ``+name`` entered, ``-name`` exited (comma-separated), then, after a record separator, the changed
+  computed traits as compact JSON (omitted when none changed).
 
-One string per person is the smallest form Redis keeps: a hash of two fields or a list of a few
-entries costs about twice the bytes it holds (hash table or quicklist overhead, a second key).
-JSON never holds a raw newline, so lines are safe separators.
-
-Earlier layouts are read as they are and rewritten in this one the next time the profile is
-recorded: a hash (``s`` and ``x`` in pieces, or ``v``, ``s``, ``t``, ``r``, ``e``, ``c``) with its
-history in ``lhist:{acct:pid}`` as a list (moved into the string then) or as a stream (entries
-``v``, ``at``, ``d``, or the whole old and new state; kept and read as the older part).
+Ledgers of the earlier layouts, hashes (``s`` and ``x`` in pieces, or ``v``, ``s``, ``t``, ``r``,
+``e``, ``c``), are read as they are and rewritten as the string the next time the profile is
+recorded. Histories written earlier as streams (entries ``v``, ``at``, ``d``, or the whole old and
+new state) are still read and take the new entries as stream entries.
 
 Recording many profiles is one round trip per Redis server: the stored states are read in one
 pipeline, the diffs computed here, and one script per profile compares the state it finds with the
@@ -33,7 +30,7 @@ one the diff was computed from before it writes (a state changed in between is r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,20 +58,14 @@ TRAITS_SEP = "\x1e"
 # {-1} (stale) / {-2} (the stored state is not the expected one).
 _RECORD = """
 local kind = redis.call('TYPE', KEYS[1]).ok
-local cur, hist, count, fold = {}, '', 0, false
+local cur = {}
 if kind == 'string' then
   local raw = redis.call('GET', KEYS[1])
   local one = string.find(raw, '\\n', 1, true)
-  local two = string.find(raw, '\\n', one + 1, true)
   cur[2] = string.sub(raw, 1, one - 1)
-  cur[7] = string.sub(raw, one + 1, (two or (#raw + 1)) - 1)
-  if two then
-    hist = string.sub(raw, two + 1)
-    count = 1
-    for _ in string.gmatch(hist, '\\n') do count = count + 1 end
-  end
+  cur[7] = string.sub(raw, one + 1)
 elseif kind == 'hash' then
-  -- an earlier layout: fields, the rest in pieces; its history list moves into the string
+  -- an earlier layout: fields, the rest in pieces; rewritten as the string below
   cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c', 'x')
   local function joined(name, first)
     local parts, n = {first}, 0
@@ -87,7 +78,6 @@ elseif kind == 'hash' then
     return table.concat(parts)
   end
   if cur[7] then cur[7] = joined('x', cur[7]) elseif cur[3] then cur[3] = joined('t', cur[3]) end
-  fold = true
 end
 if cur[7] then
   cur[1], cur[4], cur[5], cur[6], cur[3] = string.match(cur[7], '^(%d+) (%-?%d+) (%S+) (%S*) (.*)$')
@@ -100,16 +90,6 @@ if cur[4] then
   if crev > rev or (crev == rev and tonumber(cur[5] or '0') > at) then return {-1} end
 end
 if (cur[2] or '') ~= ARGV[9] or (cur[3] or '') ~= ARGV[10] then return {-2} end
-local stream = false
-if fold then
-  if redis.call('TYPE', KEYS[2]).ok == 'list' then
-    local old = redis.call('LRANGE', KEYS[2], 0, -1)
-    if #old > 0 then hist, count = table.concat(old, '\\n'), #old end
-    redis.call('DEL', KEYS[2])
-  else
-    stream = redis.call('EXISTS', KEYS[2]) == 1
-  end
-end
 local same = cur[2] == ARGV[1] and cur[3] == ARGV[2]
 local first = not cur[2]
 local v = tonumber(cur[1] or '0')
@@ -118,26 +98,22 @@ local trimmed = 0
 if not (same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1') then
   v = v + 1
   if not same and not (first and ARGV[1] == '[]') then
-    local entry = v .. ' ' .. ARGV[4] .. ' ' .. ARGV[11]
-    if stream then
+    local cap = tonumber(ARGV[5])
+    local n = redis.pcall('RPUSH', KEYS[2], v .. ' ' .. ARGV[4] .. ' ' .. ARGV[11])
+    if type(n) == 'number' then
+      if n > cap then
+        redis.call('LTRIM', KEYS[2], n - cap, -1)
+        trimmed = n - cap
+      end
+    else
       -- a history kept as a stream (an earlier form) goes on as one
       redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
-      if v > tonumber(ARGV[5]) then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5]) end
-    else
-      hist = count > 0 and (hist .. '\\n' .. entry) or entry
-      count = count + 1
-      local cap = tonumber(ARGV[5])
-      if count > cap then
-        local cut = 0
-        for _ = 1, count - cap do cut = string.find(hist, '\\n', cut + 1, true) end
-        hist = string.sub(hist, cut + 1)
-        trimmed = count - cap
-      end
+      if v > cap then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', cap) end
     end
   end
 end
 local x = v .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ARGV[12] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
-redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. x .. (hist ~= '' and ('\\n' .. hist) or ''))
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. x)
 if v == tonumber(cur[1] or '0') then return {0} end
 return {v, trimmed}
 """
@@ -206,6 +182,7 @@ class Stored:
     traits: bytes | None = None  # the traits JSON
     due: datetime | None = None
     rules: str = ""  # fingerprint of the rules that computed it; "" when it cannot be reused
+    revision: int | None = None  # the profile revision it was computed from
 
     def members(self) -> frozenset[str]:
         return frozenset(json.loads(self.segments)) if self.segments else frozenset()
@@ -277,6 +254,7 @@ class _Change:
 
 
 def _suffix(entry: Entry) -> str:
+    """``,<next due>,<rules fingerprint>`` after the instant ("" when the result is not reusable)."""
     if not entry.rules:
         return ""
     return f",{repr(entry.due.timestamp()) if entry.due is not None else ''},{entry.rules}"
@@ -314,11 +292,20 @@ class Ledger:
         return self.record_many(account, [entry], now)[0]
 
     def record_many(
-        self, account: str, entries: Sequence[Entry], now: datetime, stored: Sequence[Stored] | None = None
+        self,
+        account: str,
+        entries: Sequence[Entry],
+        now: datetime,
+        stored: Sequence[Stored] | None = None,
+        *,
+        again: Callable[[int], Entry] | None = None,
     ) -> list[Diff | None]:
         """:meth:`record` for many profiles of one account, in two round trips per Redis server
         (read the stored states, record; one when ``stored`` holds what :meth:`stored_many` read for
-        these entries); the diffs in the order of ``entries``."""
+        these entries); the diffs in the order of ``entries``. An entry whose stored state moved
+        meanwhile is recorded again against the new one; ``again(n)`` gives the entry to record
+        then (a result computed from the state it read must be computed anew)."""
+        entries = list(entries)
         out: list[Diff | None] = [None] * len(entries)
         todo = list(range(len(entries)))
         known = list(stored) if stored is not None else None
@@ -327,6 +314,9 @@ class Ledger:
                 return out
             todo = self._attempt(account, entries, todo, now, out, known)
             known = None
+            if again is not None:
+                for n in todo:
+                    entries[n] = again(n)
         if todo:
             raise RuntimeError(f"ledger of {len(todo)} profiles kept changing while being recorded")
         return out
@@ -405,30 +395,24 @@ class Ledger:
         return out
 
     def _history(self, account: str, profile_id: str, count: int) -> list[str | dict[str, str]]:
-        """The latest ``count`` entries: lines, and before them an earlier layout's stream entries."""
-        raw = self._raw(account, [profile_id])[0]
-        lines: list[str | dict[str, str]] = [line.decode() for line in raw.history]
+        """The latest ``count`` entries: the history list's items, or an earlier layout's stream
+        entries."""
         key = history_key(account, profile_id)
         kind = self.conn.type(key)
-        older: list[str | dict[str, str]] = []
-        if kind in (b"list", "list"):  # an earlier layout, not recorded since
-            older.extend(item.decode() for item in self.conn.lrange(key, 0, -1))
-        elif kind in (b"stream", "stream") and len(lines) < count:
-            rows = self.conn.xrevrange(key, count=count - len(lines))
-            older.extend({k.decode(): v.decode() for k, v in f.items()} for _, f in reversed(rows))
-        return (older + lines)[-count:] if count > 0 else []
+        found: list[str | dict[str, str]] = []
+        if kind in (b"list", "list"):
+            found.extend(item.decode() for item in self.conn.lrange(key, -count, -1))
+        elif kind in (b"stream", "stream"):
+            rows = self.conn.xrevrange(key, count=count)
+            found.extend({k.decode(): v.decode() for k, v in f.items()} for _, f in reversed(rows))
+        return found[-count:] if count > 0 else []
 
     def history_length(self, account: str, profile_id: str) -> int:
         key = history_key(account, profile_id)
         kind = self.conn.type(key)
-        older = int(
-            self.conn.xlen(key)
-            if kind in (b"stream", "stream")
-            else self.conn.llen(key)
-            if kind in (b"list", "list")
-            else 0
-        )
-        return older + len(self._raw(account, [profile_id])[0].history)
+        if kind in (b"stream", "stream"):
+            return int(self.conn.xlen(key))
+        return int(self.conn.llen(key)) if kind in (b"list", "list") else 0
 
     def delete(self, account: str, profile_id: str) -> None:
         self.conn.delete(ledger_key(account, profile_id), history_key(account, profile_id))
@@ -440,12 +424,10 @@ class Ledger:
 
 @dataclass(frozen=True)
 class _Raw:
-    """A recorded state as read, either layout: segments JSON, the packed rest, the history lines
-    (none for an earlier layout: its history is the separate key)."""
+    """A recorded state as read, either layout: segments JSON, the packed rest."""
 
     segments: bytes | None = None
     packed: bytes | None = None  # "version revision at[,due,rules] contact traits"
-    history: tuple[bytes, ...] = ()
     legacy_traits: bytes | None = None  # the traits JSON of the oldest hash layout
     legacy_version: bytes | None = None
 
@@ -455,11 +437,11 @@ class _Raw:
             return cls()
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if kind == "s":
-            lines = bytes(reply[1]).split(b"\n")
-            return cls(lines[0], lines[1], tuple(lines[2:]))
+            segments, _, packed = bytes(reply[1]).partition(b"\n")
+            return cls(segments, packed)
         flat = list(reply[1])
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return cls(fields.get(b"s"), _joined(fields, b"x"), (), _joined(fields, b"t"), fields.get(b"v"))
+        return cls(fields.get(b"s"), _joined(fields, b"x"), _joined(fields, b"t"), fields.get(b"v"))
 
     @property
     def version(self) -> bytes | None:
@@ -484,9 +466,15 @@ def _joined(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
 def _stored(raw: _Raw) -> Stored:
     if raw.packed is None:
         return Stored(raw.segments, raw.traits)
-    at = raw.packed.split(b" ", 3)[2]
+    _version, revision, at, _ = raw.packed.split(b" ", 3)
     _, due, rules = [*at.decode().split(","), "", ""][:3]
-    return Stored(raw.segments, raw.traits, datetime.fromtimestamp(float(due), UTC) if due else None, rules)
+    return Stored(
+        raw.segments,
+        raw.traits,
+        datetime.fromtimestamp(float(due), UTC) if due else None,
+        rules,
+        int(revision),
+    )
 
 
 def _read(item: Mapping[str, str]) -> dict[str, Any]:

@@ -113,10 +113,10 @@ def _evaluate(
     attribution.record_batch(counters, account, credited, memberships, profile_of, now)
 
 
-def added_events(batch: Sequence[Event], outcome: Outcome) -> dict[str, frozenset[str] | None]:
-    """Per profile the batch touched, the names of the events it added to the history; None when
-    it changed something else as well (an identify, traits, an alias), which takes a full
-    evaluation."""
+def added_events(batch: Sequence[Event], outcome: Outcome) -> dict[str, evaluation.Added | None]:
+    """Per profile the batch touched, the names of the events it added to the history and the
+    revisions it took the profile through; None when it changed something else as well (an
+    identify, traits, an alias), which takes a full evaluation."""
     names: dict[str, set[str] | None] = {}
     for event in batch:
         pid = outcome.applied_to.get(event.event_id)
@@ -127,7 +127,11 @@ def added_events(batch: Sequence[Event], outcome: Outcome) -> dict[str, frozense
             names[pid] = None
         elif held is not None:
             held.add(event.name)
-    return {pid: frozenset(found) if found is not None else None for pid, found in names.items()}
+    out: dict[str, evaluation.Added | None] = {}
+    for pid, found in names.items():
+        revisions = outcome.revisions.get(pid)
+        out[pid] = evaluation.Added(frozenset(found), *revisions) if found is not None and revisions else None
+    return out
 
 
 def _erase(

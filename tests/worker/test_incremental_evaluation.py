@@ -14,10 +14,11 @@ import redis
 import rules
 from connector.config import Account, Accounts, load_accounts
 from connector.event import Event
+from connector.profiles.apply import apply_events
 from connector.profiles.store import load_profiles
-from connector.worker import due
+from connector.worker import due, pipeline
 from connector.worker.evaluation import EVALUATIONS_KEY
-from connector.worker.ledger import Ledger
+from connector.worker.ledger import Entry, Ledger
 from connector.worker.pipeline import apply_batch
 from rules import builtin_templates
 from tests.conftest import ACME, write_accounts
@@ -126,3 +127,56 @@ def _only(conn: redis.Redis) -> str:
 
 def _none() -> Any:
     raise AssertionError("no ledger state")
+
+
+TWO = {
+    "segments": [
+        {"name": "did_a", "when": {"count": {"event": "a_done", "gte": 1}}},
+        {"name": "did_b", "when": {"count": {"event": "b_done", "gte": 1}}},
+    ]
+}
+
+
+def test_a_batch_evaluated_after_a_later_one_leaves_what_a_full_evaluation_gives(
+    redis_client: redis.Redis, config_dir: Path, tmp_path: Path
+) -> None:
+    """Worker 1 applies a batch; worker 2 applies and evaluates a later batch of the same person
+    before worker 1 evaluates: worker 2's recorded result was not computed from the revision its
+    batch started from, so it evaluates in full (incrementally it would miss worker 1's event)."""
+    accounts = _accounts(tmp_path / "two", TWO)
+    account = accounts.get(ACCOUNT)
+    assert account is not None
+    apply_batch([_event(1, "b_done", T0)], T0, accounts, redis_client, redis_client)
+    t1, t2 = T0 + timedelta(seconds=10), T0 + timedelta(seconds=11)
+    first = [_event(2, "a_done", t1)]
+    applied = apply_events(redis_client, redis_client, account, first, t1)
+    apply_batch([_event(3, "b_done", t2)], t2, accounts, redis_client, redis_client)
+    assert _counts(redis_client) == {f"full:{ACCOUNT}": 2}  # the second batch: not incremental
+    pipeline._evaluate(redis_client, redis_client, account, first, applied, t1)  # stale: ignored
+    _agrees_with_full(redis_client, account, t2)
+    assert (Ledger(redis_client).state(ACCOUNT, _only(redis_client)) or _none()).segments == {
+        "did_a",
+        "did_b",
+    }
+
+
+def test_an_incremental_result_whose_ledger_moved_is_evaluated_again_in_full(
+    redis_client: redis.Redis, config_dir: Path, tmp_path: Path
+) -> None:
+    accounts = _accounts(tmp_path / "two", TWO)
+    account = accounts.get(ACCOUNT)
+    assert account is not None
+    apply_batch([_event(1, "b_done", T0)], T0, accounts, redis_client, redis_client)
+    pid = _only(redis_client)
+    entries: list[Entry] = []
+
+    def again(n: int) -> Entry:
+        entries.append(Entry(pid, frozenset({"did_b", "recomputed"}), {}, 9))
+        return entries[-1]
+
+    stale = Ledger(redis_client).stored_many(ACCOUNT, [pid])
+    Ledger(redis_client).record(ACCOUNT, pid, frozenset({"moved"}), {}, T0, revision=5)
+    diffs = Ledger(redis_client).record_many(
+        ACCOUNT, [Entry(pid, frozenset({"x"}), {}, 6)], T0, stale, again=again
+    )
+    assert len(entries) == 1 and diffs[0] is not None and diffs[0].segments == {"did_b", "recomputed"}

@@ -1,5 +1,5 @@
-"""The ledger is one string per person (segments, state, history lines); hashes of the earlier
-layouts, and their separate histories, are still read and are rewritten in this one."""
+"""The ledger is a string per person (segments and state) beside its history list; hashes of the
+earlier layouts are still read and are rewritten in this one, and history streams go on."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ TRAITS = {f"trait_{n}": f"value number {n} of this profile" for n in range(7)}
 PIECE = 64  # the earlier hash layout cut the packed state into pieces of this size
 
 
-def test_one_string_holds_state_and_history(redis_client: redis.Redis) -> None:
+def test_a_string_holds_the_state_beside_the_history(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
     assert ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=1) is not None
     assert ledger.record("acme", "p1", frozenset({"new"}), TRAITS, T0 + timedelta(seconds=1), 2) is not None
-    key = ledger_key("acme", "p1")
-    assert redis_client.type(key) == b"string" and not redis_client.exists(history_key("acme", "p1"))
+    key, history = ledger_key("acme", "p1"), history_key("acme", "p1")
+    assert redis_client.type(key) == b"string" and redis_client.llen(history) == 2  # two changes
     lines = redis_client.get(key).split(b"\n")  # type: ignore[union-attr]
-    assert json.loads(lines[0]) == ["new"] and len(lines) == 4  # segments, state, two changes
+    assert json.loads(lines[0]) == ["new"] and len(lines) == 2  # segments, state
     state = ledger.state("acme", "p1")
     assert state is not None and (state.version, state.segments, state.traits) == (2, {"new"}, TRAITS)
     assert [(h["entered"], h["exited"]) for h in ledger.history("acme", "p1")] == [
@@ -34,7 +34,7 @@ def test_one_string_holds_state_and_history(redis_client: redis.Redis) -> None:
     assert ledger.history_length("acme", "p1") == 2
 
 
-def test_a_hash_with_its_history_list_is_read_and_rewritten_as_one_string(redis_client: redis.Redis) -> None:
+def test_a_hash_with_its_history_list_is_read_and_rewritten_as_a_string(redis_client: redis.Redis) -> None:
     key = ledger_key("acme", "p1")
     packed = f"4 1 1709290800.0 abc {json.dumps(TRAITS, sort_keys=True, separators=(',', ':'))}"
     pieces = {
@@ -49,7 +49,7 @@ def test_a_hash_with_its_history_list_is_read_and_rewritten_as_one_string(redis_
     assert [h["entered"] for h in ledger.history("acme", "p1")] == [["vip"]]
     diffs = ledger.record_many("acme", [Entry("p1", frozenset(), TRAITS, 3, "abc")], T0)
     assert diffs[0] is not None and (diffs[0].version, diffs[0].exited) == (5, {"vip"})
-    assert redis_client.type(key) == b"string" and not redis_client.exists(history_key("acme", "p1"))
+    assert redis_client.type(key) == b"string"
     assert [(h["version"], h["exited"]) for h in ledger.history("acme", "p1")] == [(4, []), (5, ["vip"])]
     assert ledger.history_length("acme", "p1") == 2
 
@@ -92,5 +92,5 @@ def test_the_recorded_next_due_and_rules_are_read_back(redis_client: redis.Redis
     one, two, three, none = ledger.stored_many("acme", ["p1", "p2", "p3", "p4"])
     assert (one.members(), one.due, one.rules) == ({"vip"}, due, "abcd1234")
     assert (two.members(), two.due, two.rules) == (frozenset(), None, "abcd1234")
-    assert (three.members(), three.rules) == ({"vip"}, "")  # not from the worker: not reusable
+    assert (three.members(), three.rules, three.revision) == ({"vip"}, "", 1)  # not from the worker
     assert none.segments is None and none.rules == ""
