@@ -38,7 +38,7 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
-from connector.redis_conn import grouped_by_node
+from connector.redis_conn import grouped_by_node, is_cluster
 
 HISTORY_MAXLEN = 500
 ATTEMPTS = 5  # reads of a profile's stored state before a concurrently changing ledger is an error
@@ -57,14 +57,13 @@ TRAITS_SEP = "\x1e"
 # any segment. Reply: {version, entries trimmed from the history}, or {0} (nothing changed) /
 # {-1} (stale) / {-2} (the stored state is not the expected one).
 _RECORD = """
-local kind = redis.call('TYPE', KEYS[1]).ok
+local raw = redis.pcall('GET', KEYS[1])
 local cur = {}
-if kind == 'string' then
-  local raw = redis.call('GET', KEYS[1])
+if type(raw) == 'string' then
   local one = string.find(raw, '\\n', 1, true)
   cur[2] = string.sub(raw, 1, one - 1)
   cur[7] = string.sub(raw, one + 1)
-elseif kind == 'hash' then
+elseif type(raw) == 'table' and raw.err then
   -- an earlier layout: fields, the rest in pieces; rewritten as the string below
   cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c', 'x')
   local function joined(name, first)
@@ -364,6 +363,20 @@ class Ledger:
 
     def _raw(self, account: str, pids: Sequence[str]) -> list[_Raw]:
         keys = [ledger_key(account, pid) for pid in pids]
+        if not is_cluster(self.conn):
+            # one GET each; a ledger of the earlier layout (a hash) answers WRONGTYPE and is read again
+            pipe = self.conn.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+            got = pipe.execute(raise_on_error=False)
+            legacy = [n for n, reply in enumerate(got) if isinstance(reply, redis.ResponseError)]
+            if legacy:
+                again = self.conn.pipeline(transaction=False)
+                for n in legacy:
+                    again.hgetall(keys[n])
+                for n, fields in zip(legacy, again.execute(), strict=True):
+                    got[n] = ("h", [item for pair in fields.items() for item in pair])
+            return [_Raw.of(("s", reply) if isinstance(reply, bytes) else reply) for reply in got]
         replies = grouped_by_node(
             self.conn,
             keys,
