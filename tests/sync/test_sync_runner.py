@@ -21,11 +21,11 @@ from connector import clock, sync
 from connector.cli import run_cmd
 from connector.config import Account, load_account_file
 from connector.destinations import Destination
-from connector.event import Event
 from connector.ingest.queue import EventQueue, stream_key
 from connector.sync import jobs as sync_jobs
 from connector.sync.runner import SyncRunner
 from connector.worker import jobs as worker_jobs
+from tests.profile_helpers import ev
 from tests.sync.test_sync_worker import NOW, RecordingEsp, submit
 
 WAIT = 30.0  # the longest a test waits for a thread to get somewhere (a bound, not a timing)
@@ -198,20 +198,8 @@ def test_the_worker_leaves_the_flushes_to_the_sync_process_by_default() -> None:
 def test_a_drain_gives_its_turn_up_only_to_work_its_worker_takes(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def event(n: int) -> Event:
-        return Event(
-            account="acme",
-            source="segment",
-            source_event_id=f"e{n}",
-            type="track",
-            name="product_viewed",
-            occurred_at=NOW,
-            received_at=NOW,
-            identities={"user_id": f"u{n}"},
-            properties={},
-        )
-
-    EventQueue(redis_client, shards=1).ingest("acme", [event(n) for n in range(3)], 3600)
+    events = [ev(f"e{n}", at=NOW, user_id=f"u{n}") for n in range(3)]
+    EventQueue(redis_client, shards=1).ingest("acme", events, 3600)
     Queue(sync.SYNC_QUEUE, connection=redis_client).enqueue("connector.sync.jobs.flush_job", "acme", "esp")
     monkeypatch.setattr(worker_jobs, "TURN_SECONDS", 0.0)
     applied: list[int] = []

@@ -22,24 +22,15 @@ from connector.worker.ledger import Entry, Ledger
 from connector.worker.pipeline import apply_batch
 from rules import builtin_templates
 from tests.conftest import ACME, write_accounts
+from tests.profile_helpers import ev
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 ACCOUNT = "acme"
 
 
 def _event(n: int, name: str, at: datetime, kind: str = "track", **traits: Any) -> Event:
-    return Event(
-        account=ACCOUNT,
-        source="segment",
-        source_event_id=f"inc-{n}",
-        type=kind,
-        name=name,
-        occurred_at=at,
-        received_at=at,
-        identities={"user_id": "u-inc-1"},
-        properties={"revenue": 120.0, "category": "shoes", "time_on_page": 40},
-        traits=traits,
-    )
+    props = {"revenue": 120.0, "category": "shoes", "time_on_page": 40}
+    return ev(f"inc-{n}", name, at=at, type=kind, props=props, traits=traits, user_id="u-inc-1")
 
 
 def _accounts(directory: Path, rules_section: dict[str, Any]) -> Accounts:
