@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 import redis
 
 from connector.ops.console.charts import arm_bars, day_bars
@@ -35,14 +36,17 @@ def test_arm_bars_name_each_arm_and_its_rate() -> None:
     assert ">25.0%<" in svg and ">10.0%<" in svg and ">0.0%<" in svg
 
 
-def test_the_segment_page_shows_movement_and_the_holdout(
-    app: Any,
-    mint: Any,
-    redis_client: redis.Redis,
-) -> None:
+@pytest.fixture
+def viewer(app: Any, mint: Any, redis_client: redis.Redis) -> Any:
+    """A console client logged in as a viewer of acme, with a month of segment analytics."""
     _fill(redis_client)
     client = app.test_client()
     login(client, mint("viewer", "acme"))
+    return client
+
+
+def test_the_segment_page_shows_movement_and_the_holdout(viewer: Any) -> None:
+    client = viewer
     page = client.get("/console/a/acme/segments/cart_abandoner").get_data(as_text=True)
     holdout = page[page.index('id="holdout"') :]
     assert "control" in holdout and "treated" in holdout and "too few members" in holdout
@@ -51,14 +55,8 @@ def test_the_segment_page_shows_movement_and_the_holdout(
     assert "entered 300, exited 0 over 30 days" in movement_part
 
 
-def test_the_segments_page_shows_the_migration_matrix(
-    app: Any,
-    mint: Any,
-    redis_client: redis.Redis,
-) -> None:
-    _fill(redis_client)
-    client = app.test_client()
-    login(client, mint("viewer", "acme"))
+def test_the_segments_page_shows_the_migration_matrix(viewer: Any) -> None:
+    client = viewer
     page = client.get("/console/a/acme/segments").get_data(as_text=True)
     table = page[page.index('data-group="lifecycle"') :]
     rows = re.findall(r"<tr><th>(.*?)</th>(.*?)</tr>", table, re.S)

@@ -20,30 +20,17 @@ from connector.event import Event
 from connector.ingest.queue import EVENTS_QUEUE, EventQueue, stream_key
 from connector.sync import jobs as sync_jobs
 from connector.worker import jobs
+from tests.profile_helpers import ev
 from tests.sync.test_sync_worker import RecordingEsp, job_account, submit
 
 NOW = datetime(2024, 1, 1, 12, tzinfo=UTC)
-
-
-def event(n: int) -> Event:
-    return Event(
-        account="acme",
-        source="segment",
-        source_event_id=f"turn-{n}",
-        type="track",
-        name="product_viewed",
-        occurred_at=NOW,
-        received_at=NOW,
-        identities={"user_id": f"u{n}"},
-        properties={},
-    )
 
 
 def test_a_drain_gives_the_worker_up_to_a_waiting_flush_after_its_turn(
     redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = EventQueue(redis_client, shards=1)
-    queue.ingest("acme", [event(n) for n in range(3)], 3600)
+    queue.ingest("acme", [ev(f"turn-{n}", at=NOW, user_id=f"u{n}") for n in range(3)], 3600)
     Queue(sync.SYNC_QUEUE, connection=redis_client).enqueue("connector.sync.jobs.flush_job", "acme", "esp")
     monkeypatch.setattr(jobs, "TURN_SECONDS", 0.0)  # the turn is over after the first batch
     applied: list[int] = []
