@@ -85,6 +85,7 @@ class Affected:
 
     own: frozenset[str]
     changed: frozenset[str]
+    unchanged: tuple[str, ...] = ()  # the rule set's other segments, in order
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class Dependencies:
                 if s not in own and not read.segments.isdisjoint(changed)
             }
             if not more:
-                return Affected(frozenset(own), frozenset(changed))
+                kept = tuple(s.name for s in rules.segments if s.name not in changed)
+                return Affected(frozenset(own), frozenset(changed), kept)
             own |= more
 
 

@@ -262,9 +262,7 @@ def evaluate_changed(
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     affected = dependencies(rules).affected(rules, names)
-    known: dict[str, SegmentResult] = {
-        s.name: (s.name in members, due, False) for s in rules.segments if s.name not in affected.changed
-    }
+    known: dict[str, SegmentResult] = {name: (name in members, due, False) for name in affected.unchanged}
     return _evaluate(profile, rules, now, known, Prior(members, due, affected.own))
 
 
