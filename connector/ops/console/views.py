@@ -181,9 +181,9 @@ def attention(detail: dict[str, Any], refusals: dict[str, list[dict[str, Any]]])
             reason = (health.get("pause") or {}).get("reason") or "no reason recorded"
             items.append((0, "critical", f"Destination {dest['name']} is paused: {reason}"))
         if health["dead_letters"]:
-            items.append(
-                (1, "warning", f"Destination {dest['name']} has {health['dead_letters']} dead letters")
-            )
+            count = health["dead_letters"]
+            letters = "dead letter" if count == 1 else "dead letters"
+            items.append((1, "warning", f"Destination {dest['name']} has {count} {letters}"))
         if health["pending"] >= PENDING_WARNING:
             items.append(
                 (2, "warning", f"Destination {dest['name']} has {health['pending']} changes pending")

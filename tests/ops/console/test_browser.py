@@ -180,7 +180,8 @@ def test_a_walk_through_the_console(
         "sync:mailchimp", "429 too many requests", {"change": change}, clock.now(), account="acme"
     )
     page.click("text=Overview")
-    assert "1 dead letters" in page.inner_text("ul.attention")
+    attention = page.inner_text("ul.attention")
+    assert "has 1 dead letter" in attention and "1 dead letters" not in attention
     assert "shopify: 1 refused" in page.inner_text("ul.attention")
     shot(page, "overview", tmp_path)
     page.click("text=Dead letters")
