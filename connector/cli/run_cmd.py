@@ -67,6 +67,7 @@ def worker(burst: bool, queues: str) -> None:
     configure_logging()
     jobs.serve_queues(names)  # a drain gives its turn up only to work this worker would take
     conn = process_runtime.current().queue_redis  # RQ jobs run on this process's runtime
+    jobs.settle_heap()
     served = [Queue(name, connection=conn) for name in names]
     SimpleWorker(served, connection=conn).work(burst=burst, with_scheduler=False)
 

@@ -173,3 +173,19 @@ def test_due_entries_of_a_batch_are_set_and_cleared_together(redis_client: redis
     assert len(pipe.command_stack) == 2  # one ZADD, one ZREM
     pipe.execute()
     assert [due.due_at(redis_client, "acme", p) for p in ("p1", "p2", "p3")] == [None, T0, None]
+
+
+def test_a_settled_worker_heap_is_frozen_and_collected_less_often() -> None:
+    import gc
+
+    from connector.worker import jobs
+
+    before = gc.get_threshold()
+    try:
+        jobs.settle_heap()
+        assert gc.get_threshold()[0] == jobs.GC_YOUNG_THRESHOLD
+        assert gc.get_threshold()[1:] == before[1:]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
