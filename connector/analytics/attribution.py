@@ -16,14 +16,17 @@ The rule (docs/analytics.md):
 
 Membership at an instant uses the person's last entry and exit per segment
 (:func:`connector.analytics.movement.record_diff`); segments the ledger holds now without a
-recorded entry count as held since before. Every event is credited once (its id is remembered 30
-days), so a batch delivered twice changes nothing. Counters per day, metric, segment and arm
-(``dl`` deliveries, ``op`` opens, ``ck`` clicks, ``un`` unsubscribes, ``cv`` conversions, ``rv``
-revenue in cents, ``rq`` the sum of squares of the revenue per entry, for Welch's interval).
+recorded entry count as held since before. Every event is credited once (a message's delivery, open
+and click by the message's own field, other events by a mark of their id once they credited
+something; both kept at least 30 days), so a batch delivered twice changes nothing. Counters per
+day, metric, segment and arm (``dl`` deliveries, ``op`` opens, ``ck`` clicks, ``un`` unsubscribes,
+``cv`` conversions, ``rv`` revenue in cents, ``rq`` the sum of squares of the revenue per entry, for
+Welch's interval).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +38,7 @@ from connector.analytics.holdout import arms_of, arms_text, settings
 from connector.analytics.keys import (
     DAILY_RETENTION,
     PERSON_RETENTION,
+    codes_key,
     day_prefix,
     messages_key,
     person_key,
@@ -49,41 +53,119 @@ MESSAGE_PROPERTIES = ("message_id", "campaign_id", "flow_message_id")
 PERIOD_DAYS = 8
 PERIODS = 12
 
-# KEYS: person hash, the messages hash of before (read only). ARGV: kind (dl/op/ck/un/order), the
-# event's credit mark (:func:`credit_mark`), at (epoch s), message id, revenue (cents), window (s),
-# day key prefix, arms "seg=arm,...", current segments "seg,...", :data:`PERIODS`, day ttl, the event id
-# in full (marks written before the short form), the current period (:func:`period`), the person
-# hash's ttl.
+# KEYS: person hash, the messages hash of before (read only), the account's segment codes
+# (:func:`connector.analytics.keys.codes_key`). ARGV: kind (dl/op/ck/un/order), the event's credit
+# mark (:func:`credit_mark`), at (epoch s), the message's key (:func:`message_key`; "" for an order,
+# an unsubscribe or engagement without a message id), revenue (cents), window (s), day key prefix,
+# arms "seg=arm,...", current segments "seg,...", :data:`PERIODS`, day ttl, the event id in full
+# (marks of the messages hash of before), the current period (:func:`period`), the person hash's
+# ttl, the message id verbatim (the fields of before).
 #
-# The person hash holds, besides the entry and exit instants (e:, x:, r:), the message state: the
-# credit marks (#<8 bytes>), the deliveries (d:<message> = "<period>|<at>|<segments>") and the
-# opens and clicks counted (op:<message>, ck:<message>), each valued with (or starting with) the
-# period it was written in; each run of the script drops those of 5 or more periods ago.
+# The person hash (docs/analytics.md, "What is kept per person"): E<code>, X<code>, R<code> the
+# last entry and exit instants and the revenue credited to the entry, per segment code; the
+# message state: D<message key> = "<period>|<at>|<segment codes at delivery>", O<message key> and
+# C<message key> = <period> (the open and the click counted), and the credit marks of the events
+# that carry no message (orders, unsubscribes, engagement without a message id) and credited
+# something: 8 bytes each,
+# packed in "*<period>" (7 a field at most, then "*<period>+" ...). Each run drops the message
+# state of 5 or more periods ago. Fields of the layout of before (e:/x:/r:<name>, d:/op:/ck:<id>,
+# #<8 bytes>) are read; the segment ones are rewritten with codes by the first run that finds them,
+# the message ones are dropped with their period.
 _CREDIT = """
 local PERIODS = tonumber(ARGV[10])
-local person, old = KEYS[1], KEYS[2]
-local kind, at, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4]
-local period = tonumber(ARGV[13])
+local person, old, dict = KEYS[1], KEYS[2], KEYS[3]
+local kind, at, mk, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[15]
+local mark, period = ARGV[2], tonumber(ARGV[13])
 local legacy = redis.call('EXISTS', old) == 1
 local function before(field) return legacy and redis.call('HEXISTS', old, field) == 1 end
-local mark = '#' .. ARGV[2]
-if before(mark) or before('#' .. ARGV[12]) then return 0 end
-if redis.call('HSETNX', person, mark, period) == 0 then return 0 end
+if before('#' .. mark) or before('#' .. ARGV[12]) then return 0 end
 local state = redis.call('HGETALL', person)
-local e, x, r, stale = {}, {}, {}, {}
+local h, e, x, r, packs, stale, earlier = {}, {}, {}, {}, {}, {}, {}
+local onemark = '#' .. mark
 for i = 1, #state, 2 do
   local f, v = state[i], state[i + 1]
-  local p, s = string.sub(f, 1, 2), string.sub(f, 3)
-  if p == 'e:' then e[s] = tonumber(v)
-  elseif p == 'x:' then x[s] = tonumber(v)
-  elseif p == 'r:' then r[s] = tonumber(v)
+  if f == onemark then return 0 end
+  h[f] = v
+  local c = string.sub(f, 1, 1)
+  if c == 'E' then e[string.sub(f, 2)] = tonumber(v)
+  elseif c == 'X' then x[string.sub(f, 2)] = tonumber(v)
+  elseif c == 'R' then r[string.sub(f, 2)] = tonumber(v)
+  elseif c == '*' then
+    if (period - tonumber(string.match(f, '^%*(%d+)'))) % PERIODS >= 5 then
+      stale[#stale + 1] = f
+    else
+      for j = 1, #v, 8 do if string.sub(v, j, j + 7) == mark then return 0 end end
+      packs[f] = v
+    end
   else
-    local written = tonumber(string.match(v, '^%d+'))
-    if written and (period - written) % PERIODS >= 5 then stale[#stale + 1] = f end
+    local p = string.sub(f, 1, 2)
+    if p == 'e:' or p == 'x:' or p == 'r:' then
+      earlier[#earlier + 1] = f
+    else
+      local written = tonumber(string.match(v, '^%d+'))
+      if written and (period - written) % PERIODS >= 5 then stale[#stale + 1] = f end
+    end
   end
+end
+local function seen(flag, short)
+  return h[short .. mk] ~= nil or h[flag .. ':' .. mid] ~= nil or before(flag .. ':' .. mid)
+end
+if mk ~= '' then
+  if kind == 'dl' and seen('d', 'D') then return 0 end
+  if (kind == 'op' or kind == 'ck') and seen(kind, kind == 'op' and 'O' or 'C') then return 0 end
+end
+-- segment codes (an:{a}:seg: name -> code, '#<code>' -> name, '#' the last code given)
+local code, name = {}, {}
+local function code_of(s)
+  local c = code[s]
+  if c then return c end
+  c = redis.call('HGET', dict, s)
+  if not c then
+    local n, digits, out = redis.call('HINCRBY', dict, '#', 1), '0123456789abcdefghijklmnopqrstuvwxyz', ''
+    repeat out = string.sub(digits, n % 36 + 1, n % 36 + 1) .. out; n = math.floor(n / 36) until n == 0
+    c = out
+    redis.call('HSET', dict, s, c, '#' .. c, s)
+  end
+  code[s], name[c] = c, s
+  return c
+end
+local function names_of(codes)
+  local ask = {}
+  for _, c in ipairs(codes) do if not name[c] then ask[#ask + 1] = '#' .. c end end
+  if #ask > 0 then
+    local got = redis.call('HMGET', dict, unpack(ask))
+    for k, f in ipairs(ask) do
+      if got[k] then name[string.sub(f, 2)] = got[k]; code[got[k]] = string.sub(f, 2) end
+    end
+  end
+  local out = {}
+  for _, c in ipairs(codes) do if name[c] then out[#out + 1] = name[c] end end
+  return out
+end
+-- the layout of before: e:<name>, x:<name>, r:<name> move to E/X/R<code> (a newer one is kept)
+if #earlier > 0 then
+  local maps, moved = {e = e, x = x, r = r}, {}
+  for _, f in ipairs(earlier) do
+    local c = code_of(string.sub(f, 3))
+    local into = maps[string.sub(f, 1, 1)]
+    if into[c] == nil then
+      into[c] = tonumber(h[f])
+      moved[#moved + 1] = string.upper(string.sub(f, 1, 1)) .. c
+      moved[#moved + 1] = h[f]
+    end
+  end
+  if #moved > 0 then redis.call('HSET', person, unpack(moved)) end
+  redis.call('HDEL', person, unpack(earlier))
 end
 if #stale > 0 then redis.call('HDEL', person, unpack(stale)) end
 redis.call('EXPIRE', person, ARGV[14])
+-- an event without a message is marked once it credited something (one that credited nothing
+-- cannot be credited twice): 8 bytes in its period's field, at most 7 a field
+local function remember()
+  local f = '*' .. period
+  while packs[f] and #packs[f] > 48 do f = f .. '+' end
+  redis.call('HSET', person, f, (packs[f] or '') .. mark)
+end
 local arms = {}
 for s, a in string.gmatch(ARGV[8], '([^,=]+)=([^,]+)') do arms[s] = a end
 local function credit(t, metric, segs, by, float)
@@ -95,60 +177,78 @@ local function credit(t, metric, segs, by, float)
   redis.call('EXPIRE', key, ARGV[11])
 end
 local function members_at(t)
-  local out = {}
-  for s, entered in pairs(e) do
-    local left = x[s]
-    if entered <= t and (left == nil or left < entered or left > t) then table.insert(out, s) end
+  local codes = {}
+  for c, entered in pairs(e) do
+    local left = x[c]
+    if entered <= t and (left == nil or left < entered or left > t) then codes[#codes + 1] = c end
   end
-  for s in string.gmatch(ARGV[9], '[^,]+') do
-    if e[s] == nil then table.insert(out, s) end
+  local out = names_of(codes)
+  local held = {}
+  for s in string.gmatch(ARGV[9], '[^,]+') do held[#held + 1] = s end
+  if #held > 0 then
+    local got = redis.call('HMGET', dict, unpack(held))
+    for k, s in ipairs(held) do
+      if got[k] then code[s], name[got[k]] = got[k], s end
+      if not (got[k] and e[got[k]]) then out[#out + 1] = s end
+    end
   end
   table.sort(out)
   return out
 end
-local function seen(field) return redis.call('HEXISTS', person, field) == 1 or before(field) end
-if kind == 'un' or ((kind == 'dl' or kind == 'op' or kind == 'ck') and mid == '') then
-  credit(at, kind, members_at(at), 1)
+if kind == 'un' or (kind ~= 'order' and mk == '') then
+  local segs = members_at(at)
+  if #segs > 0 then remember() end
+  credit(at, kind, segs, 1)
   return 1
 end
 if kind == 'dl' then
-  if seen('d:' .. mid) then return 0 end
   local segs = members_at(at)
-  redis.call('HSET', person, 'd:' .. mid, period .. '|' .. at .. '|' .. table.concat(segs, ','))
+  local codes = {}
+  for k, s in ipairs(segs) do codes[k] = code_of(s) end
+  redis.call('HSET', person, 'D' .. mk, period .. '|' .. at .. '|' .. table.concat(codes, ','))
   credit(at, 'dl', segs, 1)
-  for _, flag in ipairs({'op', 'ck'}) do
-    if seen(flag .. ':' .. mid) then credit(at, flag, segs, 1) end
-  end
+  if seen('op', 'O') then credit(at, 'op', segs, 1) end
+  if seen('ck', 'C') then credit(at, 'ck', segs, 1) end
   return 1
 end
 if kind == 'op' or kind == 'ck' then
-  if seen(kind .. ':' .. mid) then return 0 end
-  redis.call('HSET', person, kind .. ':' .. mid, period)
+  redis.call('HSET', person, (kind == 'op' and 'O' or 'C') .. mk, period)
+  local d, segs = h['D' .. mk], {}
+  if d then
+    local dat, list = string.match(d, '^%d+|([^|]*)|(.*)$')
+    local codes = {}
+    for c in string.gmatch(list, '[^,]+') do codes[#codes + 1] = c end
+    credit(tonumber(dat), kind, names_of(codes), 1)
+    return 1
+  end
   local dat, list
-  local d = redis.call('HGET', person, 'd:' .. mid)
+  d = h['d:' .. mid]
   if d then
     dat, list = string.match(d, '^%d+|([^|]*)|(.*)$')
-  else
+  elseif legacy then
     d = redis.call('HGET', old, 'd:' .. mid)
     if d then dat, list = string.match(d, '^([^|]*)|(.*)$') end
   end
   if d then
-    local segs = {}
-    for s in string.gmatch(list, '[^,]+') do table.insert(segs, s) end
+    for s in string.gmatch(list, '[^,]+') do segs[#segs + 1] = s end
     credit(tonumber(dat), kind, segs, 1)
   end
   return 1
 end
 -- an order: every segment entered within the window before it
-local revenue, window = tonumber(ARGV[5]), tonumber(ARGV[6])
-for s, entered in pairs(e) do
+local revenue, window, marked = tonumber(ARGV[5]), tonumber(ARGV[6]), false
+for c, entered in pairs(e) do
   if entered <= at and at - entered <= window then
-    local prev = r[s]
-    if prev == nil then credit(entered, 'cv', {s}, 1); prev = 0 end
-    local now = prev + revenue
-    redis.call('HSET', person, 'r:' .. s, now)
-    credit(entered, 'rv', {s}, revenue)
-    credit(entered, 'rq', {s}, (now * now - prev * prev) / 10000, true)
+    local s = names_of({c})[1]
+    if s then
+      if not marked then remember(); marked = true end
+      local prev = r[c]
+      if prev == nil then credit(entered, 'cv', {s}, 1); prev = 0 end
+      local now = prev + revenue
+      redis.call('HSET', person, 'R' .. c, now)
+      credit(entered, 'rv', {s}, revenue)
+      credit(entered, 'rq', {s}, (now * now - prev * prev) / 10000, true)
+    end
   end
 end
 return 1
@@ -164,12 +264,23 @@ def period(moment: datetime) -> int:
 
 
 def credit_mark(event_id: str) -> bytes:
-    """The field suffix that marks an event as credited: the first 8 bytes of its id, raw (9-byte
-    fields instead of 33; 64 bits keep two events of one person apart). Marks and message state
-    written before they moved into the person's hash (``an:{a}:msg:<pid>``, marks ``#`` and the 32
-    hex digits) are still honoured: the script reads that hash too, and it expires 30 days after its
-    last write (``keys.MESSAGE_RETENTION``)."""
+    """The credit mark of an event: the first 8 bytes of its id, raw (64 bits keep two events of
+    one person apart). Only events that carry no message are marked (orders, unsubscribes,
+    engagement without a message id; 8 bytes each in the period's field): a delivery, an open or a
+    click is counted once per message by the message's own field, which also stops it being
+    counted twice. Marks written before are honoured: one field per event (``#`` and the 8 bytes)
+    in the person's hash, and ``#`` and the 32 hex digits in the messages hash of before
+    (``an:{a}:msg:<pid>``, read by the script, never written, gone 30 days after its last write:
+    ``keys.MESSAGE_RETENTION``)."""
     return bytes.fromhex(event_id[:16].ljust(16, "0"))
+
+
+def message_key(message: str) -> bytes:
+    """How the person's hash names a message: its id when it is 7 bytes or shorter, else the first
+    8 bytes of its SHA-1 (the lengths keep the two forms apart; 64 bits keep the messages of one
+    person apart). Fields stay short whatever the ESP's ids look like."""
+    raw = message.encode()
+    return raw if len(raw) <= 7 else hashlib.sha1(raw).digest()[:8]
 
 
 def kind_of(event: Event) -> str | None:
@@ -214,7 +325,7 @@ def record(
     ignored); ``current``: the segments the ledger holds for them now; ``arms``: their arm per
     segment with a holdout or variants; ``now``: when (the message state written then is kept at
     least 30 days, see :func:`period`; the clock's instant by default). The number of events queued."""
-    keys = [person_key(account, profile_id), messages_key(account, profile_id)]
+    keys = [person_key(account, profile_id), messages_key(account, profile_id), codes_key(account)]
     written = period(now or clock.now())
     held = ",".join(sorted(current))
     script = pipe.register_script(_CREDIT) if hasattr(pipe, "register_script") else None
@@ -223,11 +334,12 @@ def record(
         kind = kind_of(event)
         if kind is None or script is None:
             continue
+        message = message_of(event) if kind in ENGAGEMENT.values() else ""
         args = [
             kind,
             credit_mark(event.event_id),
             int(event.occurred_at.timestamp()),
-            message_of(event),
+            message_key(message) if message else b"",
             cents(event) if kind == "order" else 0,
             int(timedelta(days=conversion_days).total_seconds()),
             day_prefix(account),
@@ -238,6 +350,7 @@ def record(
             event.event_id,
             written,
             int(PERSON_RETENTION.total_seconds()),
+            message,
         ]
         script(keys=keys, args=args, client=pipe)
         queued += 1

@@ -2,14 +2,18 @@
 ``{<account>}`` with :mod:`connector.worker.sizes`, so one script updates a person's state and the
 account's counters atomically, also in Redis Cluster.
 
-  ``an:{a}:p:<pid>``        hash: the person's last entry (``e:<segment>``) and exit
-                            (``x:<segment>``) instants (epoch seconds) per segment, the revenue
-                            credited to the current entry (``r:<segment>``), and the message state:
-                            ``#<8 bytes of the event id>`` for every event already credited,
-                            ``d:<message>`` = ``<day>|<at>|<segments at delivery>``, ``op:<message>``
-                            and ``ck:<message>`` for the engagement counted, each valued with (or
-                            starting with) the day it was written; dropped after 30 days by the
-                            credit script
+  ``an:{a}:p:<pid>``        hash: per segment (by its code in ``an:{a}:seg``) the person's last
+                            entry (``E<code>``) and exit (``X<code>``) instants (epoch seconds) and
+                            the revenue credited to the current entry (``R<code>``); the message
+                            state: ``D<message>`` = ``<period>|<at>|<segment codes at delivery>``,
+                            ``O<message>`` and ``C<message>`` (the open and the click counted) =
+                            ``<period>``, and the credit marks of events without a message (8
+                            bytes each, packed per period in ``*<period>``); message state is
+                            dropped 5 periods of 8 days after it was written (the credit script).
+                            Fields of before (``e:``/``x:``/``r:<segment>``, ``d:``/``op:``/
+                            ``ck:<message>``, ``#<8 bytes>``) are read and replaced on the next write
+  ``an:{a}:seg``            hash: segment name → short code (base 36), ``#<code>`` → name, ``#``
+                            the last code given; only grows (no personal data)
   ``an:{a}:msg:<pid>``      hash written before the message state moved into the person's hash:
                             the same fields without the day (``#<event id in 32 hex digits>``); read
                             by the credit script, never written, gone 30 days after its last write
@@ -31,6 +35,10 @@ PERSON_RETENTION = timedelta(days=396)
 
 def person_key(account: str, profile_id: str) -> str:
     return f"an:{{{account}}}:p:{profile_id}"
+
+
+def codes_key(account: str) -> str:
+    return f"an:{{{account}}}:seg"
 
 
 def messages_key(account: str, profile_id: str) -> str:

@@ -20,6 +20,7 @@ from connector.analytics.assign import TREATED
 from connector.analytics.keys import (
     DAILY_RETENTION,
     PERSON_RETENTION,
+    codes_key,
     day_key,
     day_starts,
     messages_key,
@@ -58,34 +59,20 @@ def record_diff(
     """Queue on ``pipe`` (profile Redis) the migration counts, the entries of the day per arm
     (``arms``: segment → the person's arm, :func:`connector.analytics.holdout.arms_of`; ``t`` when
     absent) and the person's entry and exit instants, for one ledger diff. Call once per diff (the
-    ledger yields each diff once)."""
-    came, left = sorted(set(entered)), sorted(set(exited))
-    if not came and not left:
-        return
-    ttl = int(DAILY_RETENTION.total_seconds()) + 86400
-    for group, move in moves(groups, came, left).items():
-        key = migration_key(account, group, now)
-        pipe.hincrby(key, move, 1)
-        pipe.expire(key, ttl)
-    if came:
-        day = day_key(account, now)
-        for segment in came:
-            pipe.hincrby(day, f"en:{segment}:{(arms or {}).get(segment, TREATED)}", 1)
-        pipe.expire(day, ttl)
-    stamp = int(now.timestamp())
-    person = person_key(account, profile_id)
-    mapping: dict[str, Any] = {f"e:{s}": stamp for s in came} | {f"x:{s}": stamp for s in left}
-    pipe.hset(person, mapping=mapping)
-    if came:
-        pipe.hdel(person, *[f"r:{s}" for s in came])  # a new entry starts with no revenue credited
-    pipe.expire(person, int(PERSON_RETENTION.total_seconds()))
+    ledger yields each diff once). :func:`record_many` with one profile."""
+    record_many(pipe, account, groups, [(profile_id, entered, exited, arms or {})], now)
 
 
-# record_diff for many profiles in one call. KEYS: the day's counters, the migration hash of each
-# group named in ARGV, then each profile's person hash. ARGV: counters ttl, person ttl, instant
-# (epoch s), number of groups G, number of counters C, C triples (key position: 1 the day's, 1 + g
-# group g's; field; increment), then per profile: number entered, the segments entered, number
-# exited, the segments exited.
+# record_diff for many profiles in one call. KEYS: the day's counters, the account's segment codes
+# (keys.codes_key), the migration hash of each group named in ARGV, then each profile's person
+# hash. ARGV: counters ttl, person ttl, instant (epoch s), number of groups G, number of counters C,
+# C triples (key position: 1 the day's, 2 + g group g's; field; increment), then per profile:
+# number entered, the segments entered, number exited, the segments exited.
+#
+# Per segment the person hash holds E<code> (last entry), X<code> (last exit) and R<code> (revenue
+# credited to the entry; attribution.py). An entry drops the exit and the revenue (an exit before
+# the last entry says nothing a missing one does not) and the fields of the layout of before
+# (e:/x:/r:<name>); an exit moves the entry and revenue of before to E/R<code>.
 _RECORD_MANY = """
 local ttl, pttl, stamp = ARGV[1], ARGV[2], ARGV[3]
 local ngroups, i = tonumber(ARGV[4]), 6
@@ -97,23 +84,59 @@ for _ = 1, tonumber(ARGV[5]) do
   i = i + 3
 end
 for k in pairs(touched) do redis.call('EXPIRE', KEYS[k], ttl) end
+local dict, codes = KEYS[2], {}
+local function code_of(s)
+  local c = codes[s]
+  if c then return c end
+  c = redis.call('HGET', dict, s)
+  if not c then
+    local n, digits, out = redis.call('HINCRBY', dict, '#', 1), '0123456789abcdefghijklmnopqrstuvwxyz', ''
+    repeat out = string.sub(digits, n % 36 + 1, n % 36 + 1) .. out; n = math.floor(n / 36) until n == 0
+    c = out
+    redis.call('HSET', dict, s, c, '#' .. c, s)
+  end
+  codes[s] = c
+  return c
+end
 local p = 0
 while i <= #ARGV do
   p = p + 1
-  local person, fields, gone = KEYS[1 + ngroups + p], {}, {}
+  local person, fields, gone, left = KEYS[2 + ngroups + p], {}, {}, {}
   local n = tonumber(ARGV[i])
   for j = i + 1, i + n do
-    fields[#fields + 1] = 'e:' .. ARGV[j]
+    local s = ARGV[j]
+    local c = code_of(s)
+    fields[#fields + 1] = 'E' .. c
     fields[#fields + 1] = stamp
-    gone[#gone + 1] = 'r:' .. ARGV[j]
+    for _, f in ipairs({'X' .. c, 'R' .. c, 'e:' .. s, 'x:' .. s, 'r:' .. s}) do gone[#gone + 1] = f end
   end
   i = i + n + 1
   n = tonumber(ARGV[i])
   for j = i + 1, i + n do
-    fields[#fields + 1] = 'x:' .. ARGV[j]
+    local c = code_of(ARGV[j])
+    fields[#fields + 1] = 'X' .. c
     fields[#fields + 1] = stamp
+    left[#left + 1] = ARGV[j]
   end
   i = i + n + 1
+  if #left > 0 then
+    local ask = {}
+    for _, s in ipairs(left) do
+      ask[#ask + 1] = 'e:' .. s
+      ask[#ask + 1] = 'r:' .. s
+    end
+    local got = redis.call('HMGET', person, unpack(ask))
+    for k, s in ipairs(left) do
+      local c = codes[s]
+      if got[2 * k - 1] then redis.call('HSETNX', person, 'E' .. c, got[2 * k - 1]) end
+      if got[2 * k] then redis.call('HSETNX', person, 'R' .. c, got[2 * k]) end
+      if got[2 * k - 1] or got[2 * k] then
+        gone[#gone + 1] = 'e:' .. s
+        gone[#gone + 1] = 'r:' .. s
+      end
+      gone[#gone + 1] = 'x:' .. s
+    end
+  end
   redis.call('HSET', person, unpack(fields))
   if #gone > 0 then redis.call('HDEL', person, unpack(gone)) end
   redis.call('EXPIRE', person, pttl)
@@ -140,14 +163,15 @@ def record_many(
     group_of = {segment: group for group, members in groups.items() for segment in members}
     counts: dict[tuple[str, str], int] = {}  # (group, or "" for the day's entries; field) -> count
     for _, came, left, arms in rows:
+        arms = arms or {}
         for group, move in _moves(group_of, came, left).items():
             counts[(group, move)] = counts.get((group, move), 0) + 1
         for segment in came:
             field = f"en:{segment}:{arms.get(segment, TREATED)}"
             counts[("", field)] = counts.get(("", field), 0) + 1
     names = sorted({group for group, _ in counts if group})
-    position = {"": 1} | {name: n for n, name in enumerate(names, start=2)}
-    keys = [day_key(account, now), *(migration_key(account, g, now) for g in names)]
+    position = {"": 1} | {name: n for n, name in enumerate(names, start=3)}
+    keys = [day_key(account, now), codes_key(account), *(migration_key(account, g, now) for g in names)]
     keys += [person_key(account, pid) for pid, _, _, _ in rows]
     ttl = int(DAILY_RETENTION.total_seconds()) + 86400
     args: list[Any] = [

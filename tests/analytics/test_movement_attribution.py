@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from connector.analytics import attribution, movement, overlap
-from connector.analytics.keys import day_key, messages_key, person_key
+from connector.analytics.keys import codes_key, day_key, messages_key, person_key
 from connector.event import Event
 from connector.worker import sizes
 
@@ -164,10 +164,21 @@ def test_the_report_compares_treated_and_control(redis_client: redis.Redis) -> N
     assert diff["low"] < diff["estimate"] < diff["high"]
 
 
+def _fields(conn: redis.Redis, pid: str = "p1") -> dict[bytes, bytes]:
+    return dict(conn.hgetall(person_key("acme", pid)))
+
+
+def _code(conn: redis.Redis, segment: str) -> bytes:
+    found = conn.hget(codes_key("acme"), segment)
+    assert found is not None
+    return bytes(found)
+
+
 def test_message_state_written_before_is_still_honoured(redis_client: redis.Redis) -> None:
     """The messages hash of before (``an:{a}:msg:<pid>``, marks ``#`` + the 32 hex digits of the
     event id, deliveries ``<at>|<segments>``) still stops a redelivered event and still gives a
-    delivery's segments to its opens; new state goes into the person's hash, marks of 9 bytes."""
+    delivery's segments to its opens; new state goes into the person's hash (an open is counted
+    by its message's field, without a mark)."""
     _history(redis_client)
     order, delivered, opened = EVENTS[5], EVENTS[0], EVENTS[1]
     messages = messages_key("acme", "p1")
@@ -178,11 +189,96 @@ def test_message_state_written_before_is_still_honoured(redis_client: redis.Redi
     day0 = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
     assert "cv:cart:t" not in day0 and "dl:cart:t" not in day0
     assert day0["op:cart:t"] == "1"  # the open found the delivery stored before
-    person = redis_client.hgetall(person_key("acme", "p1"))
-    marks = [f for f in person if f.startswith(b"#")]
-    assert marks == [b"#" + attribution.credit_mark(opened.event_id)]
-    assert person[b"op:m1"] == str(attribution.period(NOW)).encode()
+    person = _fields(redis_client)
+    assert not [f for f in person if f[:1] in (b"#", b"*")]
+    assert person[b"Om1"] == str(attribution.period(NOW)).encode()
     assert redis_client.hlen(messages) == 3  # read, never written
+
+
+def test_the_person_hash_of_before_is_read_and_rewritten(redis_client: redis.Redis) -> None:
+    """A person hash of the layout of before (``e:``/``x:``/``r:<segment>``, ``d:``/``op:``/
+    ``ck:<message>`` valued with the period, ``#<8 bytes>`` marks) gives the same counters as the
+    history recorded now, and the first credit rewrites its segment fields with codes."""
+    _history(redis_client)
+    _apply(redis_client, EVENTS)
+    expected = _counters(redis_client)
+    for row in expected.values():  # the entries' counters: not written again below
+        for name in [k for k in row if k.startswith("en:") and k != "en:cart:t"]:
+            del row[name]
+    expected_day0 = redis_client.hgetall(day_key("acme", T0))
+    redis_client.flushdb()
+    at = str(attribution.period(NOW))
+    old = {
+        "e:cart": int(T0.timestamp()),
+        "x:cart": int((T0 + timedelta(days=2)).timestamp()),
+        "e:vip": int((T0 + timedelta(days=2)).timestamp()),
+    }
+    person = person_key("acme", "p1")
+    redis_client.hset(person, mapping=old)
+    # the first two engagement events and the first order, credited by the layout of before
+    dl = EVENTS[0]
+    cart = old["e:cart"]
+    redis_client.hset(person, "d:m1", f"{at}|{int(dl.occurred_at.timestamp())}|cart")
+    redis_client.hset(person, "op:m1", at)
+    redis_client.hset(person, b"#" + attribution.credit_mark(EVENTS[5].event_id), at)
+    redis_client.hset(person, "r:cart", 4000)
+    day0 = day_key("acme", T0)
+    redis_client.hset(day0, mapping={"en:cart:t": 1, "dl:cart:t": 1, "op:cart:t": 1})
+    redis_client.hset(day0, mapping={"cv:cart:t": 1, "rv:cart:t": 4000, "rq:cart:t": 1600})
+    redis_client.expire(day0, 400 * 86400)
+    _apply(redis_client, EVENTS + EVENTS[:2] + EVENTS[5:6])  # the ones credited before come again
+    assert _counters(redis_client) == expected
+    assert redis_client.hgetall(day0) == expected_day0
+    fields = _fields(redis_client)
+    assert not [f for f in fields if f[:2] in (b"e:", b"x:", b"r:")]
+    c, v = _code(redis_client, "cart"), _code(redis_client, "vip")
+    assert fields[b"E" + c] == str(cart).encode() and fields[b"E" + v] == str(old["e:vip"]).encode()
+    assert fields[b"R" + c] == b"6550"
+    assert b"op:m1" in fields and b"Om1" not in fields  # message state of before: left to expire
+
+
+def test_an_exit_moves_the_entry_of_before(redis_client: redis.Redis) -> None:
+    person = person_key("acme", "p1")
+    redis_client.hset(person, mapping={"e:cart": 100, "r:cart": 700, "x:cart": 50, "e:vip": 90})
+    movement.record_diff(redis_client, "acme", GROUPS, "p1", ["new"], ["cart"], T0)
+    c, n = _code(redis_client, "cart"), _code(redis_client, "new")
+    stamp = str(int(T0.timestamp())).encode()
+    assert _fields(redis_client) == {
+        b"E" + c: b"100",
+        b"R" + c: b"700",
+        b"X" + c: stamp,
+        b"E" + n: stamp,
+        b"e:vip": b"90",  # untouched until the next credit
+    }
+    movement.record_diff(redis_client, "acme", GROUPS, "p1", ["cart"], [], T0 + timedelta(days=1))
+    later = str(int((T0 + timedelta(days=1)).timestamp())).encode()
+    assert _fields(redis_client) == {b"E" + c: later, b"E" + n: stamp, b"e:vip": b"90"}
+    assert redis_client.hget(codes_key("acme"), b"#" + c) == b"cart"
+
+
+def test_marks_are_kept_for_events_without_a_message_only_packed_per_period(
+    redis_client: redis.Redis,
+) -> None:
+    _history(redis_client)
+    orders = [_event("order_completed", 100 + n, T0 + timedelta(days=1), revenue=1.0) for n in range(20)]
+    orders.append(_event("order_completed", 99, T0 - timedelta(days=1), revenue=5.0))  # credits nothing
+    mail = [_event("email_opened", 200 + n, T0, message_id=f"campaign-{n:04d}-long-id") for n in range(5)]
+    _apply(redis_client, orders + mail + orders)
+    fields = _fields(redis_client)
+    packed = {f: v for f, v in fields.items() if f.startswith(b"*")}
+    now = str(attribution.period(NOW)).encode()
+    assert sorted(packed) == [b"*" + now + b"+" * n for n in range(3)]
+    assert sorted(len(v) for v in packed.values()) == [48, 56, 56]  # 20 marks, at most 7 a field
+    marks = b"".join(packed.values())
+    assert {marks[n : n + 8] for n in range(0, len(marks), 8)} == {
+        attribution.credit_mark(o.event_id) for o in orders[:20]
+    }
+    opened = [f for f in fields if f.startswith(b"O")]
+    assert sorted(opened) == sorted(b"O" + attribution.message_key(e.properties["message_id"]) for e in mail)
+    assert all(len(f) == 9 for f in opened)
+    assert redis_client.object("encoding", person_key("acme", "p1")) in (b"listpack", b"ziplist")
+    row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
+    assert row["cv:cart:t"] == "1" and row["rv:cart:t"] == "2000"
 
 
 def test_message_state_is_kept_30_days_then_dropped(redis_client: redis.Redis) -> None:
@@ -191,19 +287,23 @@ def test_message_state_is_kept_30_days_then_dropped(redis_client: redis.Redis) -
     attribution.record(pipe, "acme", "p1", [EVENTS[0], EVENTS[1]], ["vip"], {}, now=NOW)
     pipe.execute()
     person = person_key("acme", "p1")
-    assert {b"d:m1", b"op:m1"} <= set(redis_client.hkeys(person))
+    assert {b"Dm1", b"Om1"} <= set(redis_client.hkeys(person))
     pipe = redis_client.pipeline()
     attribution.record(pipe, "acme", "p1", [EVENTS[6]], ["vip"], {}, now=NOW + timedelta(days=30))
     pipe.execute()
-    assert {b"d:m1", b"op:m1"} <= set(redis_client.hkeys(person))  # 30 days: still there
+    assert {b"Dm1", b"Om1"} <= set(redis_client.hkeys(person))  # 30 days: still there
     later = NOW + timedelta(days=48)
     pipe = redis_client.pipeline()
     attribution.record(pipe, "acme", "p1", [EVENTS[8]], ["vip"], {}, now=later)
     pipe.execute()
-    fields = set(redis_client.hkeys(person))
-    assert not fields & {b"d:m1", b"op:m1"}
-    marks = {f for f in fields if f.startswith(b"#")}
-    assert marks == {b"#" + attribution.credit_mark(e.event_id) for e in (EVENTS[6], EVENTS[8])}
+    fields = _fields(redis_client)
+    assert not set(fields) & {b"Dm1", b"Om1"}
+    marks = {f: v for f, v in fields.items() if f.startswith(b"*")}
+    assert marks == {
+        f"*{attribution.period(NOW + timedelta(days=d))}".encode(): attribution.credit_mark(e.event_id)
+        for d, e in ((30, EVENTS[6]), (48, EVENTS[8]))
+    }
     assert {attribution.period(NOW + timedelta(days=d)) for d in range(0, 96, 8)} == set(range(12))
-    assert {b"e:cart", b"x:cart", b"e:vip"} <= fields  # the instants are kept
+    c, v = _code(redis_client, "cart"), _code(redis_client, "vip")
+    assert {b"E" + c, b"X" + c, b"E" + v} <= set(fields)  # the instants are kept
     assert 0 < redis_client.ttl(person) <= 396 * 86400
