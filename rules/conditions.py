@@ -197,13 +197,21 @@ class Compare(Condition):
 
     def evaluate(self, ctx: Context) -> Result:
         t = ctx.now
-        ix = ctx.ix
         current, edge = ctx.value_edge(self.value)
-        verdict = self.truth(current, t)
+        numeric = self.numeric
+        if numeric is not None and type(current) in (int, float) and current == current:  # truth(), inlined
+            verdict: bool | None = True
+            for check, arg in numeric:
+                if not check(current, arg):
+                    verdict = False
+                    break
+        else:
+            verdict = self.truth(current, t)
         if self.dates:
             edge = earliest(edge, self.date_edge(current, t))
         if not ctx.thorough:
             return (verdict, edge, None, edge is None)
+        ix = ctx.ix
         steps = 0
         while edge is not None:
             later = self.value.value_at(ix, edge)

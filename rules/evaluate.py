@@ -57,7 +57,18 @@ class Context:
     change, and :func:`_next_due` finds the exact earliest change of all results together — much less work.
     """
 
-    __slots__ = ("_groups", "_prior", "_results", "_segments", "_values", "ix", "now", "rules", "thorough")
+    __slots__ = (
+        "_by_name",
+        "_groups",
+        "_prior",
+        "_results",
+        "_segments",
+        "_values",
+        "ix",
+        "now",
+        "rules",
+        "thorough",
+    )
 
     def __init__(
         self,
@@ -78,6 +89,7 @@ class Context:
         # segments whose result is known without evaluating them (incremental evaluation)
         self._segments: dict[str, SegmentResult] = known if known is not None else {}
         self._prior = prior
+        self._by_name = rules.by_name
         self._groups: dict[str, tuple[int | None, list[Result], list[datetime | None]]] = {}
 
     @property
@@ -90,11 +102,10 @@ class Context:
     def value_edge(self, value: Value) -> tuple[Any, datetime | None]:
         """The value at now and the next instant its inputs change (memoized: values are shared)."""
         key = value.key
-        try:
-            return self._values[key]
-        except KeyError:
+        found = self._values.get(key)
+        if found is None:  # a miss is common (each value is computed once): no exception for it
             found = self._values[key] = value.value_edge(self.ix, self.now)
-            return found
+        return found
 
     def result(self, condition: Condition) -> Result:
         key = id(condition)
@@ -116,12 +127,15 @@ class Context:
         hit = self._segments.get(name)
         if hit is not None:
             return hit
-        segment = self.rules.by_name[name]
+        segment = self._by_name[name]
         if segment.group is not None and not self.thorough:
             grouped = self._segments[name] = self._group_member(segment.group, segment.position)
             return grouped
-        profile = self.ix.profile
-        condition = segment.condition_for(profile.account, profile.profile_id)
+        if segment.variants:
+            profile = self.ix.profile
+            condition = segment.condition_for(profile.account, profile.profile_id)
+        else:
+            condition = segment.condition
         value, nxt, after, exact = self.result(condition)
         member = value is True
         out: SegmentResult
@@ -153,7 +167,7 @@ class Context:
                 if prior is not None and member not in prior.own:
                     r = prior.own_result(i, winner, held)
                 if r is None:
-                    r = self.result(self.rules.by_name[member].matched)
+                    r = self.result(self._by_name[member].matched)
                 results.append(r)
                 if r[1] is not None and (low is None or r[1] < low):
                     low = r[1]

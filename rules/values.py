@@ -410,8 +410,10 @@ class Aggregate(Value):
 
     def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
         times = (ix.cache.get(self.sel.key) or ix.select(self.sel))[1]
-        within, older = self.window.within, self.window.older
         n = len(times)
+        if not n and self.kind == "count" and self.group_by is None:
+            return 0, None  # no such event: nothing to count, nothing enters or leaves the window
+        within, older = self.window.within, self.window.older
         edge: datetime | None = None
         lo = 0
         if within is not None:
