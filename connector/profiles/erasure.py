@@ -30,7 +30,7 @@ import redis
 from connector.clock import isoformat
 from connector.profiles import keys, rejected
 from connector.profiles.bounds import count_dropped
-from connector.profiles.identity import AccountLock, mget_keys
+from connector.profiles.identity import AccountLock, delete_index
 from connector.profiles.store import ProfileData, name_codes, read_profile
 
 log = logging.getLogger(__name__)
@@ -104,16 +104,13 @@ def erase_profile(
         absorbed = tuple(
             sorted(f.decode()[2:] for f in conn.hkeys(keys.profile_key(account, pid)) if f.startswith(b"g:"))
         )
-        index = [
-            keys.identity_key(account, kind, value)
+        pairs = [
+            (kind, value)
             for kind, values in data.identities.items()
             if kind in keys.KIND_CODES
             for value in values
         ]
-        mine = {pid.encode(), *(p.encode() for p in absorbed)}
-        owned = [k for k, owner in zip(index, mget_keys(conn, index), strict=True) if owner in mine]
-        for key in owned:  # separate keys (other cluster slots)
-            conn.delete(key)
+        delete_index(conn, account, pairs, (pid, *absorbed))  # the links to these profiles only
         for gone in (pid, *absorbed):
             # the profile's own keys share a slot. No tombstone: the apply script refuses a
             # profile that does not exist, so a batch resolved before this erasure stores nothing

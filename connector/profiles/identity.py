@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 import redis
 
-from connector import clock
+from connector import buckets, clock
 from connector.errors import ConnectorError
 from connector.profiles import keys
 from connector.profiles.bounds import count_dropped
@@ -38,6 +39,8 @@ TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
 CONFLICTS_KEPT = 1000
 MAX_IDENTITY_LENGTH = 500
 MERGE_TRIES = 8
+
+INDEX_CAP = 40  # mean entries a bucket of the index is split at (a listpack holds 128)
 
 _RANK = {kind: rank for rank, kind in enumerate(keys.KIND_CODES)}
 _RELEASE = """
@@ -134,6 +137,7 @@ class Resolver:
         self.state: dict[str, _State] = {}
         self.writes: list[tuple[str, str, str]] = []  # (kind, value, pid)
         self.uid_writes: dict[str, str] = {}
+        self.legacy: str | None = None  # the index's ``o`` (None: no index yet)
         self.result = Resolution()
         self._merge_script = conn.register_script(MERGE)
 
@@ -142,12 +146,12 @@ class Resolver:
         todo = sorted(p for p in pairs if p not in self.index)
         if not todo:
             return
-        found = mget_keys(self.conn, [keys.identity_key(self.account, kind, value) for kind, value in todo])
+        found, self.legacy = read_index(self.conn, self.account, todo, move=self.locked)
         pids = set()
         for pair, pid in zip(todo, found, strict=True):
-            self.index[pair] = pid.decode() if pid else None
+            self.index[pair] = pid
             if pid:
-                pids.add(pid.decode())
+                pids.add(pid)
         if self.locked:
             # without the lock only the index is read: a merged or erased profile is caught by the
             # apply script (redirect / drop), so its state is not needed here
@@ -303,7 +307,7 @@ class Resolver:
             fields.setdefault(pid, {})[keys.identity_field(kind, value)] = ""
         for pid, uid in self.uid_writes.items():
             fields.setdefault(pid, {})["uid"] = uid
-        mset_keys(self.conn, {keys.identity_key(self.account, k, v): pid for k, v, pid in self.writes})
+        write_index(self.conn, self.account, {(k, v): pid for k, v, pid in self.writes}, legacy=self.legacy)
         per_node(
             self.conn,
             [
@@ -367,8 +371,10 @@ class Resolver:
         for f in fields:
             parsed = keys.parse_identity_field(f.decode())
             if parsed is not None:
-                repoint[keys.identity_key(self.account, *parsed)] = target
-        mset_keys(self.conn, repoint)
+                repoint[parsed] = target
+        write_index(self.conn, self.account, repoint, legacy=self.legacy)
+        if self.legacy != "0":  # the earlier layout's keys of these identities are replaced
+            delete_keys(self.conn, [keys.identity_key(self.account, *pair) for pair in repoint])
         # the survivor names what it absorbed (``g:<pid>``), so that erasing it finds the tombstones
         self.conn.hset(keys.profile_key(self.account, target), f"g:{loser}", "")
         self.result.absorbed[loser] = target
@@ -380,6 +386,181 @@ class Resolver:
         pipe.execute()
 
 
+# -- the identity index: hashes of up to ~2 x INDEX_CAP identities (see connector.buckets) --------
+# KEYS: the index's state. ARGV: the buckets' key prefix, then fields. Reply: the state's ``o``
+# ('-' when there is no index yet), then each field's packed profile id (nil when absent).
+_INDEX_GET = (
+    buckets.LUA
+    + """
+local L, s = lh_unpack(redis.call('HGET', KEYS[1], 'b'))
+local out = {redis.call('HGET', KEYS[1], 'o') or '-'}
+for i = 2, #ARGV do
+  out[i] = redis.call('HGET', lh_name(ARGV[1], lh_bucket(lh_hash(ARGV[i]), L, s)), ARGV[i])
+end
+return out
+"""
+)
+# KEYS: the index's state. ARGV: the buckets' key prefix, cap, the ``o`` of an index created now,
+# '1' to keep a field that is already there (else overwritten), then field, packed id pairs.
+_INDEX_SET = (
+    buckets.LUA
+    + """
+local packed = redis.call('HGET', KEYS[1], 'b')
+local L, s, n = lh_unpack(packed)
+if not packed and redis.call('HEXISTS', KEYS[1], 'o') == 0 then redis.call('HSET', KEYS[1], 'o', ARGV[3]) end
+local keep = ARGV[4] == '1'
+for i = 5, #ARGV, 2 do
+  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash(ARGV[i]), L, s))
+  if keep then
+    n = n + redis.call('HSETNX', bucket, ARGV[i], ARGV[i + 1])
+  else
+    n = n + redis.call('HSET', bucket, ARGV[i], ARGV[i + 1])
+  end
+end
+L, s = lh_grow(ARGV[1], 'h', tonumber(ARGV[2]), L, s, n)
+redis.call('HSET', KEYS[1], 'b', lh_pack(L, s, n))
+return n
+"""
+)
+# KEYS: the index's state. ARGV: the buckets' key prefix, the number of owners, the owners (packed
+# ids), then fields: each removed when it names one of the owners. Reply: how many were removed.
+_INDEX_DEL = (
+    buckets.LUA
+    + """
+local packed = redis.call('HGET', KEYS[1], 'b')
+if not packed then return 0 end
+local L, s, n = lh_unpack(packed)
+local owners, k = {}, tonumber(ARGV[2])
+for i = 3, 2 + k do owners[ARGV[i]] = true end
+local gone = 0
+for i = 3 + k, #ARGV do
+  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash(ARGV[i]), L, s))
+  local owner = redis.call('HGET', bucket, ARGV[i])
+  if owner and owners[owner] then gone = gone + redis.call('HDEL', bucket, ARGV[i]) end
+end
+n = n - gone
+if n <= 0 then  -- an empty index is no index: the state goes once every bucket is gone
+  local left = 0
+  for b = 0, 2 ^ L + s - 1 do left = left + redis.call('EXISTS', lh_name(ARGV[1], b)) end
+  if left == 0 then redis.call('DEL', KEYS[1]); return gone end
+end
+redis.call('HSET', KEYS[1], 'b', lh_pack(L, s, n))
+return gone
+"""
+)
+
+
+def _script(conn: redis.Redis, source: str) -> Any:
+    return conn.register_script(source)
+
+
+def read_index(
+    conn: redis.Redis, account: str, pairs: Sequence[tuple[str, str]], move: bool = False
+) -> tuple[list[str | None], str | None]:
+    """The profile id each (kind, value) points to (not following merges), and the index's ``o``
+    (None: no index yet). Identities not in the buckets are looked for in the earlier layout unless
+    ``o`` says none is left; with ``move`` (under the account's lock) those found are moved."""
+    if not pairs:
+        return [], None
+    state = keys.index_key(account)
+    fields = [keys.index_field(kind, value) for kind, value in pairs]
+    legacy_raw, *found = _script(conn, _INDEX_GET)(keys=[state], args=[f"{state}:", *fields])
+    text = legacy_raw.decode() if isinstance(legacy_raw, bytes) else str(legacy_raw)
+    legacy = None if text == "-" else text
+    out = [buckets.unpack_pid(pid) if pid is not None else None for pid in found]
+    missing = [n for n, pid in enumerate(out) if pid is None]
+    if legacy != "0" and missing:
+        old = [keys.identity_key(account, *pairs[n]) for n in missing]
+        moved: dict[tuple[str, str], str] = {}
+        for n, pid in zip(missing, mget_keys(conn, old), strict=True):
+            if pid is not None:
+                out[n] = moved[pairs[n]] = pid.decode()
+        if move and moved:
+            write_index(conn, account, moved, legacy=legacy, keep=True)
+            delete_keys(conn, [keys.identity_key(account, *pair) for pair in moved])
+    return out, legacy
+
+
+def write_index(
+    conn: redis.Redis,
+    account: str,
+    mapping: Mapping[tuple[str, str], str],
+    legacy: str | None = None,
+    keep: bool = False,
+) -> None:
+    """Point each (kind, value) at its profile id (``keep``: only those not in the index yet). Under
+    the account's lock. ``legacy`` is the index's ``o`` as read (None: no index yet; an index made
+    now for an account that had events before may have keys of the earlier layout)."""
+    if not mapping:
+        return
+    fresh = "1" if legacy is None and conn.exists(keys.names_key(account)) else (legacy or "0")
+    fields = {keys.index_field(kind, value): pid for (kind, value), pid in mapping.items()}
+    _write_fields(conn, account, fields, fresh, keep)
+
+
+def delete_index(
+    conn: redis.Redis, account: str, pairs: Sequence[tuple[str, str]], owners: Sequence[str]
+) -> int:
+    """Remove the identities that point to one of ``owners`` (both layouts); how many of the
+    current layout. Under the account's lock."""
+    if not pairs:
+        return 0
+    state = keys.index_key(account)
+    packed = [buckets.pack_pid(pid) for pid in owners]
+    fields = [keys.index_field(kind, value) for kind, value in pairs]
+    gone = int(_script(conn, _INDEX_DEL)(keys=[state], args=[f"{state}:", len(packed), *packed, *fields]))
+    old = [keys.identity_key(account, kind, value) for kind, value in pairs]
+    mine = {pid.encode() for pid in owners}
+    delete_keys(conn, [name for name, owner in zip(old, mget_keys(conn, old), strict=True) if owner in mine])
+    return gone
+
+
+def migrate_index(conn: redis.Redis, account: str, batch: int = 1000) -> int:
+    """Move every identity of the earlier layout (one key each) into the buckets, a batch at a time
+    under the account's lock, then record that none is left (lookups stop looking there). Returns
+    how many were moved. Safe to run while the workers run, and again."""
+    moved = 0
+    names = list(conn.scan_iter(match=keys.legacy_identity_match(account), count=1000))
+    for start in range(0, len(names), batch):
+        chunk = names[start : start + batch]
+        with AccountLock(conn, account):
+            pids = mget_keys(conn, [k.decode() for k in chunk])
+            mapping: dict[bytes, str] = {}
+            for name, pid in zip(chunk, pids, strict=True):
+                field_name = keys.index_field_of_legacy_key(name)
+                if field_name is not None and pid is not None:
+                    mapping[field_name] = pid.decode()
+            _write_fields(conn, account, mapping, "1", keep=True)
+            delete_keys(conn, [k.decode() for k in chunk if keys.index_field_of_legacy_key(k) is not None])
+            moved += len(mapping)
+    # only processes of the earlier version write such keys, and none runs any more (docs/deploy.md)
+    if not any(True for _ in conn.scan_iter(match=keys.legacy_identity_match(account), count=1000)):
+        conn.hset(keys.index_key(account), "o", "0")
+    return moved
+
+
+def _write_fields(
+    conn: redis.Redis, account: str, mapping: Mapping[bytes, str], fresh: str, keep: bool
+) -> None:
+    if not mapping:
+        return
+    state = keys.index_key(account)
+    args: list[Any] = [f"{state}:", INDEX_CAP, fresh, "1" if keep else "0"]
+    for field_name, pid in mapping.items():
+        args += [field_name, buckets.pack_pid(pid)]
+    _script(conn, _INDEX_SET)(keys=[state], args=args)
+
+
+def delete_keys(conn: redis.Redis, names: list[str]) -> None:
+    """DEL of keys in many slots: one pipeline of DELs per node on a cluster."""
+    if not names:
+        return
+    if is_cluster(conn):
+        per_node(conn, [("DEL", name, ()) for name in names])
+    else:
+        conn.delete(*names)
+
+
 def mget_keys(conn: redis.Redis, names: list[str]) -> list[bytes | None]:
     """MGET; on Redis Cluster the keys span nodes: one pipeline of GETs per node."""
     if not names:
@@ -387,16 +568,6 @@ def mget_keys(conn: redis.Redis, names: list[str]) -> list[bytes | None]:
     if is_cluster(conn):
         return per_node(conn, [("GET", name, ()) for name in names])
     return list(conn.mget(names))
-
-
-def mset_keys(conn: redis.Redis, mapping: dict[str, str]) -> None:
-    """MSET; on Redis Cluster one pipeline of SETs per node (not atomic: written under the lock)."""
-    if not mapping:
-        return
-    if is_cluster(conn):
-        per_node(conn, [("SET", key, (value,)) for key, value in mapping.items()])
-    else:
-        conn.mset(mapping)
 
 
 def resolve(
@@ -449,8 +620,9 @@ def settle(conn: redis.Redis, account: str, retention: Retention, now: datetime,
 
 def lookup(conn: redis.Redis, account: str, kind: str, value: str) -> str | None:
     """The live profile id of one identity (following merges), or None."""
-    pid_raw = conn.get(keys.identity_key(account, kind, value))
-    pid = pid_raw.decode() if pid_raw else None
+    [pid], legacy = read_index(conn, account, [(kind, value)])
+    if pid is None and legacy != "0":  # moved from the earlier layout between the two reads
+        [pid], _ = read_index(conn, account, [(kind, value)])
     for _ in range(16):
         if pid is None:
             return None

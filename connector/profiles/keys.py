@@ -11,8 +11,12 @@ atomically. The identity index and the per-account logs are separate keys.
                           (for erasing their dedupe markers)
   ``h:{acct:pid}``        string: the packed event history (see :mod:`.store`; a sorted set, score =
                           occurred_at in whole seconds, before the packed form)
-  ``ix:acct:<k>:<digest>`` string: identity → profile id (the value is digested: no personal data
-                          in key names)
+  ``ix:{acct:ix}``        hash: the identity index's state (``b`` its buckets' level, split
+                          pointer and size; ``o`` 0 once no key of the earlier layout is left)
+  ``ix:{acct:ix}:<n>``    hash, bucket ``n`` of the identity index: ``<kind code><digest>`` (13
+                          bytes: no personal data) → packed profile id (:mod:`connector.buckets`)
+  ``ix:acct:<k>:<digest>`` string: identity → profile id, the earlier layout (read while ``o`` is
+                          not 0, moved into the buckets when met)
   ``names:acct``          hash: event name ↔ short code used inside the history
   ``lock:acct``           the account's identity lock (resolution, merges and erasures)
   ``rej:acct``            stream: latest rejected events with their reason (capped)
@@ -46,9 +50,42 @@ def history_key(account: str, pid: str) -> str:
     return f"h:{{{account}:{pid}}}"
 
 
+def identity_digest(value: str) -> bytes:
+    return hashlib.blake2b(value.encode(), digest_size=12).digest()
+
+
 def identity_key(account: str, kind: str, value: str) -> str:
-    digest = hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
-    return f"ix:{account}:{KIND_CODES[kind]}:{digest}"
+    """The identity's key in the earlier layout of the index (one string key per identity)."""
+    return f"ix:{account}:{KIND_CODES[kind]}:{identity_digest(value).hex()}"
+
+
+def legacy_identity_match(account: str) -> str:
+    return f"ix:{account}:*"
+
+
+def index_key(account: str) -> str:
+    """The identity index's state; its buckets are ``<this>:<n>`` (one hash tag, one slot)."""
+    return f"ix:{{{account}:ix}}"
+
+
+def index_field(kind: str, value: str) -> bytes:
+    """An identity's field in its index bucket: the kind's code and the value's digest."""
+    return KIND_CODES[kind].encode() + identity_digest(value)
+
+
+def index_field_of_legacy_key(key: bytes | str) -> bytes | None:
+    """The bucket field of a key of the earlier layout (``ix:acct:<code>:<hex digest>``)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    code, digest = parts[1], parts[2]
+    if code not in _KINDS_BY_CODE or len(digest) != 24:
+        return None
+    try:
+        return code.encode() + bytes.fromhex(digest)
+    except ValueError:
+        return None
 
 
 _KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}

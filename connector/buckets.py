@@ -1,0 +1,142 @@
+"""Many small entries kept in few compact Redis keys: linear hashing over buckets.
+
+Redis stores a small hash as a listpack (up to ``hash-max-listpack-entries``, 128 by default, each
+field and value at most 64 bytes) and a small set of integers as an intset (up to
+``set-max-intset-entries``, 512): a dozen bytes an entry instead of the ~70-100 bytes of a key or
+of a hashtable member of its own. A structure (the identity index of an account, the members of a
+segment) is therefore spread over buckets, each one key, and grows one bucket at a time so that a
+bucket stays well under those limits at any size (linear hashing):
+
+* an entry's hash ``h`` is the first 32 bits of the SHA-1 of its stored field or member (computed
+  in Lua with ``redis.sha1hex`` and here with :mod:`hashlib`, so both agree);
+* the structure's state is its level ``L``, split pointer ``s`` and entry count ``n``; it has
+  ``2^L + s`` buckets, numbered from 0, and an entry is in bucket ``h mod 2^L``, or
+  ``h mod 2^(L+1)`` when that is below ``s`` (the buckets already split at this level);
+* when ``n`` passes ``cap`` entries per bucket, bucket ``s`` is split: its entries whose
+  ``h mod 2^(L+1)`` is ``s + 2^L`` move to that new bucket, and ``s`` moves on (at ``2^L``, the
+  level goes up and ``s`` back to 0). Each split moves about ``cap`` entries, in the script that
+  wrote the entry that passed the threshold, atomically with it.
+
+Buckets are never merged back when entries go (they are emptied, and an empty key is gone). A
+bucket holds on average between ``cap`` and ``2 cap`` entries (the unsplit ones twice as many as
+the split ones), so ``cap`` leaves room for chance: a bucket past the server's limits becomes a
+hashtable (correct, just less compact) and is rebuilt compact when it is next split.
+
+The scripts name their bucket keys themselves (``prefix .. n``): every bucket shares the hash tag of
+the declared state key, i.e. one Redis Cluster slot, which Redis 7 allows for scripts without
+flags.
+
+Profile ids are stored packed (:func:`pack_pid`): the usual 16-hex-digit id as the decimal signed
+64-bit integer of the same bits, which Redis keeps as an 8-byte integer in a listpack or intset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# The Lua helpers the bucketed scripts start with. ``kind`` is 'h' (hash buckets) or 's' (sets).
+LUA = """
+local function lh_hash(m) return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16) end
+local function lh_bucket(h, L, s)
+  local b = h % (2 ^ L)
+  if b < s then b = h % (2 ^ (L + 1)) end
+  return b
+end
+local function lh_name(prefix, b) return prefix .. string.format('%d', b) end
+local function lh_unpack(packed)
+  if not packed then return 0, 0, 0 end
+  local L, s, n = string.match(packed, '^(%d+) (%d+) (%-?%d+)$')
+  return tonumber(L), tonumber(s), tonumber(n)
+end
+local function lh_pack(L, s, n)
+  return string.format('%d %d %d', L, s, math.max(n, 0))
+end
+local function lh_chunks(cmd, key, list)
+  for from = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, from, math.min(from + 999, #list)))
+  end
+end
+local function lh_split(prefix, kind, L, s)
+  local src, dst = lh_name(prefix, s), lh_name(prefix, s + 2 ^ L)
+  local mod = 2 ^ (L + 1)
+  local stay, go = {}, {}
+  if kind == 'h' then
+    local all = redis.call('HGETALL', src)
+    for i = 1, #all, 2 do
+      local into = (lh_hash(all[i]) % mod == s) and stay or go
+      into[#into + 1] = all[i]
+      into[#into + 1] = all[i + 1]
+    end
+  else
+    for _, m in ipairs(redis.call('SMEMBERS', src)) do
+      local into = (lh_hash(m) % mod == s) and stay or go
+      into[#into + 1] = m
+    end
+  end
+  -- rewritten whole: a bucket that had grown past the compact encoding is compact again
+  redis.call('DEL', src)
+  local add = kind == 'h' and 'HSET' or 'SADD'
+  if #stay > 0 then lh_chunks(add, src, stay) end
+  if #go > 0 then lh_chunks(add, dst, go) end
+  s = s + 1
+  if s == 2 ^ L then L, s = L + 1, 0 end
+  return L, s
+end
+local function lh_grow(prefix, kind, cap, L, s, n)
+  while n > cap * (2 ^ L + s) do L, s = lh_split(prefix, kind, L, s) end
+  return L, s
+end
+"""
+
+
+def entry_hash(stored: bytes | str) -> int:
+    """The 32-bit hash of a stored field or member (the same as the scripts' ``lh_hash``)."""
+    data = stored.encode() if isinstance(stored, str) else stored
+    return int(hashlib.sha1(data).hexdigest()[:8], 16)  # a bucket hash, not a secret
+
+
+def bucket_of(h: int, level: int, split: int) -> int:
+    b = h % (1 << level)
+    return h % (1 << (level + 1)) if b < split else b
+
+
+def unpack_state(packed: bytes | str | None) -> tuple[int, int, int]:
+    """(level, split pointer, entries) of a packed state (``"L s n"``); a missing one is empty."""
+    if not packed:
+        return 0, 0, 0
+    text = packed.decode() if isinstance(packed, bytes) else packed
+    level, split, count = (int(x) for x in text.split())
+    return level, split, count
+
+
+def bucket_count(level: int, split: int) -> int:
+    return (1 << level) + split
+
+
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_INTLIKE = re.compile(r"-?[0-9]+")
+_SIGN = 1 << 63
+_WRAP = 1 << 64
+
+
+def pack_pid(pid: str) -> str:
+    """A profile id as stored in index values and member buckets: a 16-hex-digit id (the ids the
+    connector makes) as the decimal signed 64-bit integer of its bits (8 bytes in a listpack or an
+    intset); any other id as it is, behind ``=`` when it would read as such an integer or starts
+    with ``=``. Exact both ways (:func:`unpack_pid`)."""
+    if len(pid) == 16 and _HEX16.fullmatch(pid):
+        bits = int(pid, 16)
+        return str(bits - _WRAP if bits >= _SIGN else bits)
+    if pid.startswith("=") or _INTLIKE.fullmatch(pid):
+        return "=" + pid
+    return pid
+
+
+def unpack_pid(stored: bytes | str) -> str:
+    text = stored.decode() if isinstance(stored, bytes) else stored
+    if text.startswith("="):
+        return text[1:]
+    if _INTLIKE.fullmatch(text):
+        return f"{int(text) % _WRAP:016x}"
+    return text
