@@ -13,6 +13,7 @@ import redis
 
 from adapters.change import Change, OwnedState
 from connector import clock
+from connector.sync import applied
 from connector.sync.deadletters import DeadLetter, DeadLetters
 from connector.sync.keys import SEP, Applied, decode_applied, key, legacy_applied, member, sync_names
 from connector.sync.submit import arm, enqueue_change
@@ -58,7 +59,7 @@ def applied_states(
         return {}
     scope = f"{account}:{destination}"
     pipe = conn.pipeline(transaction=False)
-    pipe.hmget(key(account, destination, "applied"), profile_ids)
+    applied.read(pipe, key(account, destination, "applied"), profile_ids)
     pipe.hget(key(account, destination, "names"), "#gen")
     raw, generation = pipe.execute()
     names = sync_names(conn)

@@ -20,11 +20,14 @@ from connector import clock, livefeed
 from connector.destinations import Destination
 from connector.errors import ConfigError
 from connector.profiles.bounds import count_dropped
+from connector.sync import applied
+from connector.sync.applied import pack_pid
 from connector.sync.control import applied_states, is_paused, pause
 from connector.sync.deadletters import DeadLetters
 from connector.sync.keys import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
+    DIGEST_BYTES,
     ERASURE_LOG_MAX,
     Applied,
     key,
@@ -38,16 +41,19 @@ from connector.sync.submit import forget
 
 log = logging.getLogger(__name__)
 
-_COMMIT = """
+_COMMIT = (
+    applied.LUA
+    + """
 -- applied: KEYS pending, ready, applied, owned, digest, failing; ARGV pid, version, state tail
--- (see keys.Applied); the stored version never goes back; the ledger and digest are replaced
-local cur = redis.call('HGET', KEYS[3], ARGV[1])
+-- (see keys.Applied), packed pid; the stored version never goes back; the ledger and digest are
+-- replaced
+local found = ap_find(KEYS[3], ARGV[1], ARGV[4])
 local version = ARGV[2]
-if cur then
-  local was = string.match(cur, '^%-?%d+')
+if found.v then
+  local was = string.match(found.v, '^%-?%d+')
   if was and tonumber(was) > tonumber(version) then version = was end
 end
-redis.call('HSET', KEYS[3], ARGV[1], version .. ARGV[3])
+ap_put(KEYS[3], ARGV[1], ARGV[4], found, version .. ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
@@ -59,15 +65,20 @@ if pending and tonumber(cjson.decode(pending)['version']) <= tonumber(ARGV[2]) t
 end
 return 0
 """
+)
 
-_OWN = """
--- part of a change took effect: KEYS applied, owned, digest; ARGV pid, state tail (no digest)
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local version = cur and string.match(cur, '^%-?%d+') or '-1'
-redis.call('HSET', KEYS[1], ARGV[1], version .. ARGV[2])
+_OWN = (
+    applied.LUA
+    + """
+-- part of a change took effect: KEYS applied, owned, digest; ARGV pid, state tail (no digest),
+-- packed pid
+local found = ap_find(KEYS[1], ARGV[1], ARGV[3])
+local version = found.v and string.match(found.v, '^%-?%d+') or '-1'
+ap_put(KEYS[1], ARGV[1], ARGV[3], found, version .. ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 """
+)
 
 _DROP = """
 -- remove a pending change only if it is still the given version
@@ -221,7 +232,7 @@ class Flusher:
         if state.owned is None:
             # never sent, and nothing to send: enter → exit inside one batch window
             return not change.tags and not change.lists and all(v is None for v in change.fields.values())
-        return state.digest is not None and state.digest == short_digest(change)
+        return state.digest is not None and state.digest[:DIGEST_BYTES] == short_digest(change)
 
     def _record(self, change: Change, result: Result, now: datetime, counts: dict[str, int]) -> None:
         if result.status == DEFERRED:  # still pending and ready: the next batch takes it
@@ -233,9 +244,8 @@ class Flusher:
                 # part of the change took effect: what it set is the connector's own from now on,
                 # and the contact no longer matches the digest of the last applied state
                 keys = [self.k["applied"], self.k["owned"], self.k["digest"]]
-                run_script(
-                    self.conn, _OWN, keys, [change.profile_id, self._tail(Applied(owned=result.owned))]
-                )
+                tail = self._tail(Applied(owned=result.owned))
+                run_script(self.conn, _OWN, keys, [change.profile_id, tail, pack_pid(change.profile_id)])
             if isinstance(err, AdapterError) and err.retryable:
                 self._retry(change, err, now, counts)
             else:
@@ -264,7 +274,8 @@ class Flusher:
             state = Applied(owned=current.get(change.profile_id, Applied()).owned)
         else:
             state = Applied(digest=short_digest(change), owned=owned or OwnedState())
-        run_script(self.conn, _COMMIT, keys, [change.profile_id, change.version, self._tail(state)])
+        args = [change.profile_id, change.version, self._tail(state), pack_pid(change.profile_id)]
+        run_script(self.conn, _COMMIT, keys, args)
         if change.erase:  # the ESP erased the contact: nothing of the person stays here
             forget(self.conn, self.dest.account, [self.dest.name], [change.profile_id])
 

@@ -16,6 +16,7 @@ from rq import Queue
 from adapters.change import CONSENT_UNKNOWN, Change
 from connector.config import Account
 from connector.destinations import destinations
+from connector.sync import applied
 from connector.sync.keys import (
     ARMED_TTL_SECONDS,
     ERASE_VERSION,
@@ -29,9 +30,13 @@ from connector.sync.keys import (
     run_script,
 )
 
-_ENQUEUE = """
+# KEYS: pending, ready, applied (the hash of before; the buckets are named from it), sync:due,
+# armed, erased flag. ARGV: pid, version, change JSON, ready at, due member, armed ttl, packed pid.
+_ENQUEUE = (
+    applied.LUA
+    + """
 if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
-local applied = tonumber(string.match(redis.call('HGET', KEYS[3], ARGV[1]) or '-1', '^%-?%d+'))
+local applied = tonumber(string.match(ap_get(KEYS[3], ARGV[1], ARGV[7]) or '-1', '^%-?%d+'))
 local version = tonumber(ARGV[2])
 if version <= applied then return 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -45,6 +50,7 @@ redis.call('ZADD', KEYS[4], 'LT', ARGV[4], ARGV[5])
 if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[6]) then return 2 end
 return 1
 """
+)
 
 
 def enqueue_change(conn: redis.Redis, change: Change, ready_at: float) -> bool:
@@ -74,7 +80,7 @@ def _enqueue_call(change: Change, ready_at: float) -> tuple[list[str], list[Any]
     # an erasure itself is never held back by the flag (it is set once the erasure was applied)
     keys.append(erased_key(a, "" if change.erase else change.profile_id))
     args = [change.profile_id, change.version, json.dumps(change.to_dict()), ready_at, member(a, d)]
-    args.append(ARMED_TTL_SECONDS)
+    args += [ARMED_TTL_SECONDS, applied.pack_pid(change.profile_id)]
     return keys, args
 
 
@@ -209,11 +215,13 @@ def forget(
     pids = list(profile_ids)
     if not pids:
         return
+    names = list(destination_names)
     pipe = conn.pipeline(transaction=False)
-    for name in destination_names:
+    for name in names:
         for what in SYNC_STATE:
             pipe.hdel(key(account, name, what), *pids)
         pipe.zrem(key(account, name, "ready"), *pids)
+    applied.forget(pipe, [key(account, name, "applied") for name in names], pids)
     for pid in pids:
         pipe.set(erased_key(account, pid), "1", ex=ERASED_TTL_SECONDS)
     pipe.execute()

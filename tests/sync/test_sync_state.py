@@ -1,5 +1,6 @@
-"""The applied state per contact and destination: one compact hash field (version, 8-byte digest,
-ownership ledger with coded names), and the state stored before the compact form still read."""
+"""The applied state per contact and destination: one compact field (version, 6-byte digest,
+ownership ledger with coded names) in listpack buckets that grow with the destination, and the
+state stored before (one hash per destination, or three) still read and moved on the next write."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import redis
 
 from adapters.change import OwnedState
 from connector import sync
-from connector.sync.keys import Applied, decode_applied, state_digest
+from connector.sync import applied
+from connector.sync.keys import Applied, decode_applied, run_script, short_digest, state_digest
 from tests.sync.test_sync_worker import NOW, RecordingEsp, account, flusher, submit
 
 
@@ -20,8 +22,9 @@ def test_applied_state_is_one_small_field_with_coded_names(redis_client: redis.R
     submit(redis_client, acct, "p1", 1, ["cart_abandoner", "vip"], traits={"ltv": 42})
     esp = RecordingEsp()
     assert flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=1)) == {"applied": 1}
-    raw = redis_client.hget(sync.key("acme", "mailchimp", "applied"), "p1")
-    assert raw is not None and raw.startswith(b"1#") and len(raw) < 40, raw
+    [raw] = applied.read(redis_client, sync.key("acme", "mailchimp", "applied"), ["p1"])
+    assert raw is not None and raw.startswith(b"1~") and len(raw) < 40, raw
+    assert not redis_client.exists(sync.key("acme", "mailchimp", "applied"))  # in a bucket
     assert b"cart abandoner" not in raw  # names are codes of the destination's dictionary
     for legacy in ("owned", "digest"):
         assert not redis_client.exists(sync.key("acme", "mailchimp", legacy))
@@ -77,3 +80,54 @@ def test_state_stored_before_the_compact_form_is_read_and_rewritten(
         assert not redis_client.exists(sync.key("acme", "mailchimp", legacy))
     assert sync.owned_state(redis_client, "acme", "mailchimp", "p1") == OwnedState.from_dict(old_owned)
     assert sync.applied_version(redis_client, "acme", "mailchimp", "p1") == 2
+
+
+_SET = applied.LUA + "ap_put(KEYS[1], ARGV[1], ARGV[2], ap_find(KEYS[1], ARGV[1], ARGV[2]), ARGV[3]) return 0"
+BASE = sync.key("acme", "mailchimp", "applied")
+
+
+def _buckets(conn: redis.Redis) -> list[bytes]:
+    return [k for k in conn.scan_iter(f"{BASE}:*") if not k.endswith(applied.STATE_SUFFIX.encode())]
+
+
+def test_buckets_grow_with_the_destination_and_stay_compact(redis_client: redis.Redis) -> None:
+    pids = [f"{n:016x}" for n in range(0, 2000 * 7919, 7919)] + ["p-odd", "12", "=x"]
+    for n, pid in enumerate(pids):
+        run_script(redis_client, _SET, [BASE], [pid, applied.pack_pid(pid), f"{n}~abcdef|t1"])
+    buckets = _buckets(redis_client)
+    assert 2003 / 80 <= len(buckets) <= 2003 / 40 + 1
+    assert all(redis_client.object("encoding", k) in (b"listpack", b"ziplist") for k in buckets)
+    assert sum(redis_client.hlen(k) for k in buckets) == 2003
+    assert redis_client.get(BASE + applied.STATE_SUFFIX).split()[-2:] == [b"2003", b"0"]
+    values = applied.read(redis_client, BASE, pids)
+    assert values == [f"{n}~abcdef|t1".encode() for n in range(len(pids))]
+    assert redis_client.hget(buckets[0], applied.pack_pid(pids[0])) in (None, values[0])
+    # erasure (sync.forget) leaves nothing of them
+    pipe = redis_client.pipeline()
+    applied.forget(pipe, [BASE], pids)
+    pipe.execute()
+    assert _buckets(redis_client) == [] and applied.read(redis_client, BASE, pids[:3]) == [None] * 3
+    assert redis_client.get(BASE + applied.STATE_SUFFIX).split()[-2:] == [b"0", b"0"]
+
+
+def test_a_value_of_before_is_read_and_moved_to_its_bucket(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """A compact value written before the buckets (``sync:{a}:{d}:applied``, 8 bytes of digest
+    behind ``#``) is read as it is (the digest still recognises the same state) and moved into a
+    bucket by the next write; a value over 64 bytes stays in that hash (a bucket stays compact)."""
+    acct = account(tmp_path)
+    submit(redis_client, acct, "p1", 2, ["vip"])
+    change = sync.pending(redis_client, "acme", "mailchimp")["p1"]
+    digest = bytes.fromhex(state_digest(change)[:16])
+    assert short_digest(change) == digest[:6]
+    redis_client.hset(BASE, "p1", b"1#" + digest + b"|rr9")
+    assert sync.owned_state(redis_client, "acme", "mailchimp", "p1") == OwnedState(remote_id="r9")
+    esp = RecordingEsp()
+    assert flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=1)) == {"unchanged": 1}
+    assert not redis_client.exists(BASE)
+    [raw] = applied.read(redis_client, BASE, ["p1"])
+    assert raw == b"2~" + digest[:6] + b"|rr9"
+    long = b"3~abcdef|t" + b",".join(str(n).encode() for n in range(40))
+    run_script(redis_client, _SET, [BASE], ["p1", applied.pack_pid("p1"), long])
+    assert redis_client.hget(BASE, "p1") == long and _buckets(redis_client) == []
+    assert redis_client.get(BASE + applied.STATE_SUFFIX) == b"0 0 0 1"  # the hash of before is read again
+    assert sync.applied_version(redis_client, "acme", "mailchimp", "p1") == 3

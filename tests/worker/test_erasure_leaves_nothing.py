@@ -16,12 +16,13 @@ from typing import Any
 
 import redis
 
-from connector import clock
+from connector import clock, sync
 from connector.config import load_accounts
 from connector.dev.sandbox import SANDBOX_MAILCHIMP_LIST
 from connector.ops import live
 from connector.profiles import erasures_since, lookup
 from connector.profiles.erasure import profile_digest, stored_exports
+from connector.sync.applied import pack_pid
 from connector.sync.deadletters import DeadLetters
 from connector.worker import scheduler
 from connector.worker.jobs import drain_events
@@ -94,7 +95,7 @@ def _go_through_everything(client, conn: redis.Redis, config_dir: Path, frozen) 
     run_workers(conn)  # merged, and sent to the three ESPs
     survivor = lookup(conn, "acme", "email", EMAIL)
     assert survivor in (anonymous, known)
-    assert conn.hexists("sync:acme:hubspot:applied", survivor)
+    assert sync.applied_version(conn, "acme", "hubspot", survivor) is not None
     # a segment exit whose sync is still pending (the sync worker does not run)
     post(client, {"type": "track", "event": "Order Completed", "userId": USER, "messageId": "er-4",
                   "timestamp": clock.now().isoformat()})  # fmt: skip
@@ -129,7 +130,7 @@ def test_erasure_leaves_no_identifier_in_any_key(
         survivor, absorbed = _go_through_everything(client, conn, config_dir, frozen)
         # the live stream shows their identities masked (j***@example.com)
         masked = [live.mask("email", EMAIL), live.mask("user_id", USER), live.mask("anonymous_id", ANON)]
-        needles = [EMAIL, USER, ANON, survivor, absorbed, *masked]
+        needles = [EMAIL, USER, ANON, survivor, absorbed, *masked, pack_pid(survivor)]  # sync buckets
         before = {n for _, n in hits(conn, needles)}
         assert before == set(needles)  # every path left its traces
         assert {n for key, n in hits(conn, masked) if key == live.key("acme")} == set(masked)
