@@ -40,6 +40,7 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -206,20 +207,26 @@ class EventQueue:
         return zlib.crc32(f"{account}\x1f{route}".encode()) % self.shards
 
     def ingest(
-        self, account: str, events: Sequence[Event], dedupe_ttl_seconds: int, live_entry: str = ""
+        self,
+        account: str,
+        events: Sequence[Event],
+        dedupe_ttl_seconds: int,
+        live_entry: str = "",
+        now: datetime | None = None,
     ) -> IngestResult:
         """Store new events durably; duplicates (by event id, per account) are skipped.
 
         ``live_entry`` is the start of the delivery's live entry (a JSON object without its closing
         brace, see connector.ops.live); the script appends it, closed with the dedupe result, to the
-        account's live stream if someone watches the account, and drops it otherwise."""
+        account's live stream if someone watches the account, and drops it otherwise. ``now``: the
+        instant the request was received (the clock's when not given), the pump flag's value."""
         if not events:
             return IngestResult(0, 0, 0)
         shard = self.shard_for(account, events)
         args: list[str | int] = [
             dedupe_ttl_seconds * 1000,
             account,
-            repr(clock.now().timestamp()),
+            repr((clock.now() if now is None else now).timestamp()),
             live_entry,
         ]
         for event in events:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
@@ -121,8 +122,8 @@ class Ingress:
         self.public_url = public_url.rstrip("/") if public_url else None
         self._urls: dict[tuple[str | None, ...], str] = {}
         # The live events (connector.ops.live), told of each delivery to a known account:
-        # ``entry_start(account, events)`` (the start of its live entry, which the ingest script
-        # writes while the account is watched; "" otherwise), ``delivered(account, events, result)``
+        # ``entry_start(account, events, now)`` (the start of its live entry, which the ingest
+        # script writes while the account is watched; "" otherwise), ``delivered(account, events, result)``
         # after storing, and ``refused(account, sender, err)``. None: nobody.
         self.observer: Any = None
 
@@ -253,13 +254,14 @@ class Ingress:
                 # e.g. a validation probe, answered the same whether or not the account exists
                 return accepted_answer("ok", 0, 0)
             raise Unauthorized("unknown account or sender")
+        now = clock.now()
         try:
-            events = receiver.handle(self.inbound(environ, method), account, cfg, clock.now())
+            events = receiver.handle(self.inbound(environ, method), account, cfg, now)
         except RequestRejected as err:
             if self.observer is not None:
                 self.observer.refused(account, sender, err)
             raise
-        return self.accept(account, events, accepted_answer)
+        return self.accept(account, events, accepted_answer, now)
 
     def _tracking(self, environ: dict[str, Any], call: str) -> Answer:
         call = tracking.SHORT.get(call, call)
@@ -268,16 +270,25 @@ class Ingress:
         if environ.get("REQUEST_METHOD") != "POST":
             return Answer.json(405, {"error": "method_not_allowed", "message": "tracking calls accept POST"})
         inbound = self.inbound(environ, "POST")
-        account, events = tracking.receive(call, inbound, self.accounts(), self.max_body_bytes, clock.now())
-        return self.accept(account, events, tracking_answer)
+        now = clock.now()
+        account, events = tracking.receive(call, inbound, self.accounts(), self.max_body_bytes, now)
+        return self.accept(account, events, tracking_answer, now)
 
     def accept(
-        self, account: Account, events: list[Any], render: Callable[[str, int, int], Answer]
+        self,
+        account: Account,
+        events: list[Any],
+        render: Callable[[str, int, int], Answer],
+        now: datetime | None = None,
     ) -> Answer:
+        """Store the request's events (received at ``now``, the one instant the request reads: the
+        clock's when not given) and render the answer."""
+        if now is None:
+            now = clock.now()
         observer = self.observer
-        live_entry = observer.entry_start(account, events) if observer is not None else ""
+        live_entry = observer.entry_start(account, events, now) if observer is not None else ""
         try:
-            result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds, live_entry)
+            result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds, live_entry, now)
         except ValueError as err:  # Event.to_json: NaN and infinities are not JSON, never stored
             raise MalformedPayload("an event holds a number that is not finite (NaN or Infinity)") from err
         if observer is not None:

@@ -41,6 +41,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
@@ -124,18 +125,58 @@ def refused_entry(sender: str, status: int, reason: str) -> dict[str, Any]:
 # --- publishing ---------------------------------------------------------------------------
 
 
-def entry_start(events: Sequence[Any]) -> str:
+def entry_start(events: Sequence[Any], now: datetime | None = None) -> str:
     """The start of a stored delivery's entry, as :func:`delivered_entry` would write it but
-    without the dedupe result, which the ingest script appends (``,"outcome":...}``)."""
+    without the dedupe result, which the ingest script appends (``,"outcome":...}``). ``now``: the
+    instant the request was received (read from the clock when not given).
+
+    This runs on every request to a watched account, so it is kept to string formatting with the
+    quoted forms of the few repeating strings (identity kinds, event types, senders) remembered;
+    event ids are hex digests, which JSON needs no escaping for."""
+    known = _QUOTED
     shown = []
     for e in events[:MAX_EVENTS_SHOWN]:
-        ids = ",".join([f"{_quote(k)}:{_quote(mask(k, str(v)))}" for k, v in e.identities.items()])
-        shown.append(
-            f'{{"id":{_quote(e.event_id)},"type":{_quote(e.type)},"name":{_quote(e.name)},"identities":{{{ids}}}}}'
+        ids = ",".join(
+            [f"{known.get(k) or _quoted(k)}:{_quote(mask(k, str(v)))}" for k, v in e.identities.items()]
         )
-    at = _quote(isoformat(clock.now()))
-    sender = _quote(events[0].source)
-    return f'{{"at":{at},"sender":{sender},"events":[{",".join(shown)}],"event_count":{len(events)}'
+        kind = known.get(e.type) or _quoted(e.type)
+        shown.append(f'{{"id":"{e.event_id}","type":{kind},"name":{_quote(e.name)},"identities":{{{ids}}}}}')
+    at = _instant(clock.now() if now is None else now)
+    sender = known.get(events[0].source) or _quoted(events[0].source)
+    return f'{{"at":"{at}","sender":{sender},"events":[{",".join(shown)}],"event_count":{len(events)}'
+
+
+_QUOTED: dict[str, str] = {}
+_QUOTED_MAX = 256  # identity kinds, event types and senders: a handful each
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a JSON string, for the few strings that repeat on every delivery."""
+    quoted = _QUOTED.get(value)
+    if quoted is None:
+        quoted = _quote(value)
+        if len(_QUOTED) < _QUOTED_MAX:
+            _QUOTED[value] = quoted
+    return quoted
+
+
+_second: tuple[tuple[int, ...], str] = ((), "")  # the last second formatted, and its text
+
+
+def _instant(now: datetime) -> str:
+    """:func:`connector.clock.isoformat` (ASCII, nothing to escape), for an instant in UTC (the
+    clock's) with the text up to the second remembered: ``datetime.isoformat`` is a third of an
+    entry start's cost."""
+    global _second
+    if now.tzinfo is not UTC:
+        return isoformat(now)
+    second = (now.year, now.month, now.day, now.hour, now.minute, now.second)
+    seen, text = _second
+    if second != seen:
+        text = now.isoformat(timespec="seconds")[:-6]
+        _second = (second, text)
+    us = now.microsecond
+    return f"{text}.{us:06d}Z" if us else f"{text}Z"
 
 
 class Publisher:
@@ -150,11 +191,11 @@ class Publisher:
         self._local = threading.local()
         self._watched: dict[str, bool] = {}
 
-    def entry_start(self, account: Account, events: Sequence[Any]) -> str:
-        """The start of the delivery's live entry for the ingest script, or ``""`` while the
-        account is not known to be watched."""
+    def entry_start(self, account: Account, events: Sequence[Any], now: datetime | None = None) -> str:
+        """The start of the delivery's live entry for the ingest script (``now``: the instant the
+        request was received), or ``""`` while the account is not known to be watched."""
         if events and self._watched.get(account.id):
-            return entry_start(events)
+            return entry_start(events, now)
         return ""
 
     def delivered(self, account: Account, events: Sequence[Any], result: Any) -> None:
@@ -213,23 +254,58 @@ def latest(conn: redis.Redis, account_id: str, count: int) -> list[tuple[str, di
     return list(reversed(_decode(conn.xrevrange(key(account_id), count=count))))
 
 
-def _raw(rows: Sequence[Any]) -> list[tuple[str, str]]:
-    """``(id, entry JSON)`` of the rows, as stored (the stream passes them through undecoded)."""
-    out = []
-    for entry_id, fields in rows:
-        raw = fields.get(FIELD.encode()) or fields.get(FIELD)
-        if raw is not None:
-            data = _text(raw)
-            if "\n" not in data:  # one SSE data line
-                out.append((_text(entry_id), data))
-    return out
+def _call(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
+    """The replies to ``commands``, sent in one write on a pooled connection and read as the server
+    sent them: a stream read stays nested lists of bytes, which the stream passes through, without
+    the client's per-entry conversion into dicts (most of an answer's CPU when entries pile up)."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        return [conn.read_response() for _ in commands]
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never hand this connection out again as is
+        raise
+    finally:
+        pool.release(conn)
 
 
-def after(conn: redis.Redis, account_id: str, last_id: str, block_ms: int) -> list[tuple[str, str]]:
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+Row = tuple[bytes, bytes]  # (entry id, entry JSON) as stored
+
+
+def _raw(rows: Sequence[Any] | None) -> list[Row]:
+    """``(id, entry JSON)`` of a stream reply's rows (``[id, [field, value, ...]]``; every writer
+    writes the one field ``d``), as stored: the stream passes them through undecoded."""
+    if not rows:
+        return []
+    if not isinstance(rows[0][0], bytes):  # a client that decodes replies
+        rows = [(_bytes(i), [_bytes(x) for x in fields]) for i, fields in rows]
+    field = _FIELD
+    # an entry with a line break would not be one SSE data line (JSON writers escape them)
+    return [(i, f[1]) for i, f in rows if f[0] == field and b"\n" not in f[1]]
+
+
+_FIELD = FIELD.encode()
+
+
+def _read_reply(reply: Any) -> list[Row]:
+    """The rows of an ``XREAD`` reply for one stream: a map (RESP3) or pairs (RESP2) of stream and
+    rows, or nil when nothing came."""
+    if not reply:
+        return []
+    return _raw(next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1])
+
+
+def after(conn: redis.Redis, account_id: str, last_id: bytes | str, block_ms: int) -> list[Row]:
     """Entries added after ``last_id`` (at most ``READ_COUNT``), waiting up to ``block_ms`` for the
     first one (0: not waiting)."""
-    found = conn.xread({key(account_id): last_id}, count=READ_COUNT, block=block_ms or None)
-    return _raw(found[0][1]) if found else []
+    block = ("BLOCK", block_ms) if block_ms else ()
+    command = ("XREAD", "COUNT", READ_COUNT, *block, "STREAMS", key(account_id), last_id)
+    return _read_reply(_call(conn, command)[0])
 
 
 def watch(conn: redis.Redis, account_id: str) -> None:
@@ -237,28 +313,25 @@ def watch(conn: redis.Redis, account_id: str) -> None:
     conn.set(watch_key(account_id), "1", ex=WATCH_TTL_SECONDS)
 
 
-def start(
-    conn: redis.Redis, account_id: str, last_id: str | None, backlog: int
-) -> tuple[list[tuple[str, str]], str]:
+def start(conn: redis.Redis, account_id: str, last_id: str | None, backlog: int) -> tuple[list[Row], bytes]:
     """One round trip, in one transaction with (re)setting the watcher key, so that every delivery
     stored afterwards is read next: the entries after ``last_id`` (at most ``READ_COUNT``), or
     without it the latest ``backlog`` ones; oldest first, and the id to read on from."""
-    pipe = conn.pipeline(transaction=True)
     if last_id is not None:
-        pipe.xread({key(account_id): last_id}, count=READ_COUNT)
+        read: tuple[Any, ...] = ("XREAD", "COUNT", READ_COUNT, "STREAMS", key(account_id), last_id)
     else:
-        pipe.xrevrange(key(account_id), count=max(backlog, 1))
-    pipe.set(watch_key(account_id), "1", ex=WATCH_TTL_SECONDS)
-    found, _ = pipe.execute()
+        read = ("XREVRANGE", key(account_id), "+", "-", "COUNT", max(backlog, 1))
+    watching = ("SET", watch_key(account_id), "1", "EX", WATCH_TTL_SECONDS)
+    found = _call(conn, ("MULTI",), read, watching, ("EXEC",))[-1][0]
     if last_id is not None:
-        rows = _raw(found[0][1]) if found else []
-        return rows, rows[-1][0] if rows else last_id
-    newest = _text(found[0][0]) if found else "0-0"
+        rows = _read_reply(found)
+        return rows, rows[-1][0] if rows else last_id.encode()
+    newest = _bytes(found[0][0]) if found else b"0-0"
     return (list(reversed(_raw(found[:backlog]))) if backlog > 0 else []), newest
 
 
-def _frames(rows: Sequence[tuple[str, str]]) -> str:
-    return "".join([f"id: {entry_id}\nevent: delivery\ndata: {data}\n\n" for entry_id, data in rows])
+def _frames(rows: Sequence[Row]) -> bytes:
+    return b"".join([b"id: %s\nevent: delivery\ndata: %s\n\n" % row for row in rows])
 
 
 def sse(
@@ -268,35 +341,35 @@ def sse(
     *,
     backlog: int = DEFAULT_BACKLOG,
     window_seconds: float = DEFAULT_WINDOW_SECONDS,
-) -> Iterator[str]:
+) -> Iterator[bytes]:
     """The ``text/event-stream`` body: the backlog (or what followed ``last_id``), then, with a
     ``window_seconds`` above 0, new entries in batches until the window closes (a comment line
     every second without entries keeps proxies from closing it). Keeps the account watched."""
-    asked_from = last_id
-    rows, last_id = start(conn, account_id, last_id, backlog)
-    yield f"retry: {RETRY_MS}\n\n"
+    asked_from = None if last_id is None else last_id.encode()
+    rows, position = start(conn, account_id, last_id, backlog)
+    yield b"retry: %d\n\n" % RETRY_MS
     if rows:
         yield _frames(rows)
-    elif last_id != asked_from:
+    elif position != asked_from:
         # nothing to show yet: tell the client where to read on from (its Last-Event-ID next time)
-        yield f"id: {last_id}\nevent: position\ndata: {{}}\n\n"
+        yield b"id: %s\nevent: position\ndata: {}\n\n" % position
     while len(rows) == READ_COUNT:  # more than one read's worth is waiting: read it all now
-        rows = after(conn, account_id, last_id, 0)
+        rows = after(conn, account_id, position, 0)
         if rows:
             yield _frames(rows)
-            last_id = rows[-1][0]
+            position = rows[-1][0]
     refreshed = clock.monotonic()
     deadline = refreshed + window_seconds
     while (now := clock.monotonic()) < deadline:
         if now - refreshed >= WATCH_REFRESH_SECONDS:
             watch(conn, account_id)
             refreshed = now
-        rows = after(conn, account_id, last_id, max(1, min(BLOCK_MS, int((deadline - now) * 1000))))
+        rows = after(conn, account_id, position, max(1, min(BLOCK_MS, int((deadline - now) * 1000))))
         if not rows:
-            yield ": waiting\n\n"
+            yield b": waiting\n\n"
             continue
         yield _frames(rows)
-        last_id = rows[-1][0]
+        position = rows[-1][0]
         if len(rows) < READ_COUNT:
             time.sleep(COALESCE_SECONDS)  # let the next entries gather: one read and one write per batch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -145,6 +145,38 @@ def test_an_entry_start_is_the_entry_json_would_write_with_any_characters() -> N
         )
         assert built == live.delivered_entry([odd], 1, 0)
     assert built["events"][0]["identities"]["email"] == "\u00e9***@\u00e9cole.fr"
+
+
+@pytest.mark.parametrize(
+    "instant",
+    [
+        datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC),  # no fraction: ISO writes none
+        datetime(2026, 12, 2, 3, 4, 5, 999999, tzinfo=UTC),
+        datetime(2026, 12, 2, 3, 4, 6, 1, tzinfo=UTC),  # the next second, after the one remembered
+        datetime(2026, 12, 2, 5, 4, 6, 120, tzinfo=timezone(timedelta(hours=2))),  # not in UTC
+    ],
+)
+def test_an_entry_start_shows_the_instant_it_is_given_as_the_clock_would(instant: datetime) -> None:
+    event = Event(**EVENT)
+    built = json.loads(live.entry_start([event], instant) + ',"outcome":"accepted"}')
+    assert built["at"] == clock.isoformat(instant)
+    with clock.frozen(instant):
+        assert json.loads(live.entry_start([event]) + "}")["at"] == clock.isoformat(instant)
+
+
+def test_the_stream_reads_the_same_with_a_client_that_decodes_replies(
+    client: Any, redis_client: redis.Redis, redis_url: str
+) -> None:
+    live.watch(redis_client, "acme")
+    for n in range(2):
+        assert post_segment(client, segment_body(f"text-{n}")).status_code == 200
+    entries(redis_client, "acme", 2)
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    text = b"".join(live.sse(decoding, "acme", None, backlog=5)).decode()
+    got = frames(text)
+    assert [f["outcome"] for f in got] == ["accepted", "accepted"]
+    again = b"".join(live.sse(decoding, "acme", got[0]["id"])).decode()
+    assert [f["id"] for f in frames(again)] == [got[1]["id"]]
 
 
 def test_refusals_for_unknown_accounts_or_senders_are_published_nowhere(
