@@ -103,8 +103,8 @@ def start_gunicorn(
 ) -> subprocess.Popen[bytes]:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     cmd = [gunicorn, "--config", "python:connector.ops.gunicorn_conf", app]
-    if root != ROOT:  # another checkout's connector, ahead of the one installed in the venv
-        env = {**env, "PYTHONPATH": f"{root}{os.pathsep}{env['PYTHONPATH']}"}
+    # this checkout's connector (or --baseline's), ahead of the one installed in the venv
+    env = {**env, "PYTHONPATH": f"{root}{os.pathsep}{env['PYTHONPATH']}"}
     return subprocess.Popen(
         cmd,
         env={**env, "CONNECTOR_BIND": f"127.0.0.1:{port}"},
