@@ -9,23 +9,26 @@ bytes), where an entry costs its bytes plus two or three.
 * ``sync:{a}:{d}:applied:<n>`` the buckets: field the packed profile id (:func:`pack_pid`: the
   usual 16 hex digits as the signed 64-bit integer of the same bits, 8 bytes in a listpack), value
   the compact applied state (:class:`connector.sync.keys.Applied`);
-* ``sync:{a}:{d}:applied:lh`` the state ``"<level> <split> <entries>"``: there are ``2^level +
-  split`` buckets; a contact is in bucket ``h mod 2^level``, or ``h mod 2^(level+1)`` when that is
-  below ``split``, ``h`` being the first 32 bits of the SHA-1 of its packed id (``redis.sha1hex``
-  in the scripts); when the entries pass :data:`CAP` per bucket, bucket ``split`` is split (its
-  entries of ``h mod 2^(level+1) = split + 2^level`` move to that new bucket) in the script that
-  wrote the entry, and ``split`` moves on (at ``2^level`` the level goes up, ``split`` back to 0);
+* ``sync:{a}:{d}:applied:lh`` the state ``"<level> <split> <entries> <o>"``: there are
+  ``2^level + split`` buckets; a contact is in bucket ``h mod 2^level``, or ``h mod 2^(level+1)``
+  when that is below ``split``, ``h`` being the packed id's last 9 decimal digits (the id's bits
+  are random: uniform enough for up to 2^29 buckets) or, for an id of another form, the first 32
+  bits of the SHA-1 of the packed id (:func:`entry_hash`); when the entries pass :data:`CAP` per
+  bucket, bucket ``split`` is split (its entries of ``h mod 2^(level+1) = split + 2^level`` move to
+  that new bucket) in the script that wrote the entry, and ``split`` moves on (at ``2^level`` the
+  level goes up, ``split`` back to 0); ``o`` is 1 while the hash of before may hold entries;
 * ``sync:{a}:{d}:applied`` the hash of before (field the profile id as it is): still read; a
   contact's next write moves it into its bucket. It also keeps the rare value longer than 64 bytes
   (a ledger of many tags), which would turn a whole bucket into a hashtable.
 
-The scripts compute the bucket themselves (a split in between cannot misplace a write); every
-script of the sync runs on the queue Redis, which is one server (its scripts already touch keys of
-several slots).
+The scripts compute the bucket themselves, so a split in between cannot misplace a write (cheaply:
+string operations, no SHA-1 for the usual ids); every script of the sync runs on the queue Redis,
+which is one server (its scripts already touch keys of several slots).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -41,15 +44,18 @@ STATE_SUFFIX = ":lh"
 # of the hash of before (``sync:{a}:{d}:applied``), ``pid`` the profile id, ``m`` its packed form.
 # The state ``"<level> <split> <entries> <o>"``: ``o`` is 1 while the hash of before may hold
 # entries (it is looked in only then; 0 once it is gone).
-LUA = f"""
-local AP_CAP = {CAP}
+_LOOKUP = f"""
 local function ap_state(base)
   local v = redis.call('GET', base .. '{STATE_SUFFIX}')
   if not v then return 0, 0, 0, 1, true end
   local L, s, n, o = string.match(v, '^(%d+) (%d+) (%d+) (%d)$')
   return tonumber(L), tonumber(s), tonumber(n), tonumber(o), false
 end
-local function ap_hash(m) return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16) end
+local function ap_hash(m)
+  local digits = string.match(m, '^%-?(%d+)$')
+  if digits then return tonumber(string.sub(digits, -9)) end
+  return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16)
+end
 local function ap_bucket(base, m, L, s)
   local h = ap_hash(m)
   local b = h % (2 ^ L)
@@ -71,6 +77,21 @@ local function ap_find(base, pid, m)
   return f
 end
 local function ap_get(base, pid, m) return ap_find(base, pid, m).v end
+"""
+
+_SAVE = f"""
+local function ap_save(base, L, s, n, o)
+  redis.call('SET', base .. '{STATE_SUFFIX}', string.format('%d %d %d %d', L, s, math.max(n, 0), o))
+end
+"""
+
+# LOOKUP: ap_find, ap_get; WRITE: and ap_put (which splits); DELETE: ap_del.
+LOOKUP = _LOOKUP
+WRITE = (
+    _LOOKUP
+    + _SAVE
+    + f"""
+local AP_CAP = {CAP}
 local function ap_split(base, L, s)
   local src, dst = base .. ':' .. string.format('%d', s), base .. ':' .. string.format('%d', s + 2 ^ L)
   local mod, stay, go = 2 ^ (L + 1), {{}}, {{}}
@@ -86,9 +107,6 @@ local function ap_split(base, L, s)
   s = s + 1
   if s == 2 ^ L then L, s = L + 1, 0 end
   return L, s
-end
-local function ap_save(base, L, s, n, o)
-  redis.call('SET', base .. '{STATE_SUFFIX}', string.format('%d %d %d %d', L, s, math.max(n, 0), o))
 end
 -- write the value of the contact found by ap_find
 local function ap_put(base, pid, m, f, value)
@@ -115,6 +133,12 @@ local function ap_put(base, pid, m, f, value)
   end
   if n ~= f.n or o ~= f.o or f.fresh then ap_save(base, L, s, n, o) end
 end
+"""
+)
+DELETE = (
+    _LOOKUP
+    + _SAVE
+    + """
 local function ap_del(base, pid, m)
   local L, s, n, o, fresh = ap_state(base)
   local gone = redis.call('HDEL', ap_bucket(base, m, L, s), m)
@@ -122,10 +146,11 @@ local function ap_del(base, pid, m)
   if gone > 0 then ap_save(base, L, s, n - gone, o) end
 end
 """
+)
 
 # KEYS: the hash of before. ARGV: pairs of profile id and packed id. The stored values (false: none).
 _READ = (
-    LUA
+    LOOKUP
     + """
 local L, s, _, o = ap_state(KEYS[1])
 local out = {}
@@ -140,7 +165,7 @@ return out
 
 # KEYS: the hash of before of each destination. ARGV: pairs of profile id and packed id.
 _FORGET = (
-    LUA
+    DELETE
     + """
 for _, base in ipairs(KEYS) do
   for i = 1, #ARGV, 2 do ap_del(base, ARGV[i], ARGV[i + 1]) end
@@ -165,6 +190,14 @@ def pack_pid(pid: str) -> str:
     if pid.startswith("=") or _INTLIKE.fullmatch(pid):
         return "=" + pid
     return pid
+
+
+def entry_hash(packed: str) -> int:
+    """The bucket hash of a packed id (the scripts' ``ap_hash``)."""
+    digits = packed.lstrip("-")
+    if _INTLIKE.fullmatch(packed):
+        return int(digits[-9:])
+    return int(hashlib.sha1(packed.encode()).hexdigest()[:8], 16)  # a bucket hash, not a secret
 
 
 def read(conn: redis.Redis | Any, base: str, profile_ids: Sequence[str]) -> Any:

@@ -42,7 +42,7 @@ from connector.sync.submit import forget
 log = logging.getLogger(__name__)
 
 _COMMIT = (
-    applied.LUA
+    applied.WRITE
     + """
 -- applied: KEYS pending, ready, applied, owned, digest, failing; ARGV pid, version, state tail
 -- (see keys.Applied), packed pid; the stored version never goes back; the ledger and digest are
@@ -68,7 +68,7 @@ return 0
 )
 
 _OWN = (
-    applied.LUA
+    applied.WRITE
     + """
 -- part of a change took effect: KEYS applied, owned, digest; ARGV pid, state tail (no digest),
 -- packed pid

@@ -33,7 +33,7 @@ from connector.sync.keys import (
 # KEYS: pending, ready, applied (the hash of before; the buckets are named from it), sync:due,
 # armed, erased flag. ARGV: pid, version, change JSON, ready at, due member, armed ttl, packed pid.
 _ENQUEUE = (
-    applied.LUA
+    applied.LOOKUP
     + """
 if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
 local applied = tonumber(string.match(ap_get(KEYS[3], ARGV[1], ARGV[7]) or '-1', '^%-?%d+'))
