@@ -4,23 +4,31 @@ Evaluation results are recorded here; only a result that differs from the stored
 version and yields a :class:`Diff` (entered / exited segments, changed traits), which feeds the
 destinations and the audit trail (``connector segments history``).
 
-Keys (profile Redis, hash-tagged with the profile):
+One key per profile (profile Redis, hash-tagged with the profile), ``ledger:{acct:pid}``, a string
+whose first line is the state and each further line a change, oldest first:
 
-- ``ledger:{acct:pid}``, a string of two lines: the segments JSON (sorted names); then the rest of
-  the state, separated by spaces: version, profile revision, the instant evaluated (epoch seconds,
-  followed by ``,<next due>,<rules fingerprint>`` when the result came from the worker's evaluation:
-  what incremental evaluation needs to reuse it), contact digest, traits JSON. A string costs about
-  half of the hash it replaces (a hash whose segments JSON passes 64 bytes is a hash table).
-- ``lhist:{acct:pid}``, the history: a list of changes, oldest first, capped at ``HISTORY_MAXLEN``
-  (what the cap drops is counted). An entry holds only what changed, in one string: the version,
-  the instant evaluated (microseconds since the epoch) and the segment moves, separated by spaces:
-  ``+name`` entered, ``-name`` exited (comma-separated), then, after a record separator, the changed
-  computed traits as compact JSON (omitted when none changed).
+- the state, separated by spaces: version, profile revision, the instant evaluated (microseconds
+  since the epoch in base 36, followed by ``,<next due>,<rules fingerprint>`` when the result came
+  from the worker's evaluation: what incremental evaluation needs to reuse it; the due instant in
+  the same base-36 microseconds, the fingerprint by its code), contact digest, the number of changes
+  below, the segments (codes, comma-separated), the computed traits (``<codes>=<JSON array of their
+  values>``, by name order; empty when none).
+- the history, capped at ``HISTORY_MAXLEN`` changes (what the cap drops is counted): version,
+  instant (as in the state), segment moves (``+<code>`` entered, ``-<code>`` exited) and the traits
+  that changed, *as they were before* (``<codes absent before>/<codes>=<JSON array of the earlier
+  values>``; ``*`` when there was no state before): the traits after each change are those of the
+  state with the later changes undone, so a change costs only what it changed.
 
-Ledgers of the earlier layouts, hashes (``s`` and ``x`` in pieces, or ``v``, ``s``, ``t``, ``r``,
-``e``, ``c``), are read as they are and rewritten as the string the next time the profile is
-recorded. Histories written earlier as streams (entries ``v``, ``at``, ``d``, or the whole old and
-new state) are still read and take the new entries as stream entries.
+Segment names, computed trait names and rules fingerprints are short codes of a per-account
+dictionary, ``lnames:acct`` (:class:`connector.profiles.store.NameCodes`, as the event names have;
+a dictionary of its own, which an erasure's scrub of event names never renames).
+
+Earlier layouts are read as they are and rewritten in this one the next time the profile is
+recorded: a string of two lines (segments JSON; version, revision, instant in seconds, contact,
+traits JSON) or a hash (``s`` and ``x`` in pieces, or ``v``, ``s``, ``t``, ``r``, ``e``, ``c``), with
+the history beside it in ``lhist:{acct:pid}`` (a list of ``<version> <µs> <+name,-name>\\x1e<traits>``
+entries, or a stream of those or of whole old and new states), whose entries move into the ledger
+as they are (read as before) and whose key is then deleted.
 
 Recording many profiles is one round trip per Redis server: the stored states are read in one
 pipeline, the diffs computed here, and one script per profile compares the state it finds with the
@@ -38,83 +46,120 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
+from connector.profiles.store import NameCodes
 from connector.redis_conn import grouped_by_node, is_cluster
 
 HISTORY_MAXLEN = 500
 ATTEMPTS = 5  # reads of a profile's stored state before a concurrently changing ledger is an error
-TRAITS_SEP = "\x1e"
+TRAITS_SEP = "\x1e"  # in the history entries of the earlier layout: moves, then the traits JSON
+OLD_FIELDS = "\x1f"  # between the fields of a migrated stream entry written with whole states
 
-# KEYS: ledger, history. ARGV: segments json, traits json, revision, at (epoch µs), maxlen,
-# at (epoch seconds), contact, force, expected segments json, expected traits json, history entry,
-# ",<next due epoch seconds or empty>,<rules fingerprint>" (stored after the instant; "" for none).
+# KEYS: ledger, history of the earlier layouts. ARGV: 1 segments, 2 traits, 3 revision, 4 instant
+# (epoch µs in base 36), 5 ",<next due>,<rules fingerprint>" after the instant ("" for none),
+# 6 contact, 7 the stored segments and traits the caller read ("<segments>\n<traits>" as stored,
+# "" for none), 8 "1" when the result's segments and traits are the stored ones, 9 force, 10 the
+# history entry after its version ("" for none), 11 maxlen.
 # A result computed from an older profile revision (or an earlier instant) than the one already
 # recorded is ignored, so two workers evaluating the same profile concurrently can never roll the
-# ledger back. The expected segments and traits are the stored ones the caller computed its diff
-# from ("" for none): when they changed meanwhile the reply is {-2} and the caller reads them again.
-# The version is bumped when the segments or traits changed, when the contact the destinations
-# address (``c``: a digest of the email) changed, or when ``force`` is set (a merge); the history
-# gets an entry only when segments or traits changed, and never for a first evaluation without
-# any segment. Reply: {version, entries trimmed from the history}, or {0} (nothing changed) /
-# {-1} (stale) / {-2} (the stored state is not the expected one).
+# ledger back. When the stored segments and traits are not the ones the caller read the reply is
+# {-2} and the caller reads them again. The version is bumped when the segments or traits changed,
+# when the contact the destinations address (a digest of the email) changed, or when ``force`` is
+# set (a merge). A ledger of an earlier layout is rewritten in this one, its history list or stream
+# moved into it (entries prefixed ``L``, or ``W`` for whole states). Reply: {version, changes
+# trimmed from the history}, or {0} (nothing changed) / {-1} (stale) / {-2} (not the expected state).
 _RECORD = """
 local raw = redis.pcall('GET', KEYS[1])
-local cur = {}
+local v, r, at, c, n, s, t
+local src, from, seconds = '', nil, false  -- the history: src from index from (at a newline)
+local function split(packed)
+  return string.match(packed, '^(%d+) (%-?%d+) (%S+) (%S*) (.*)$')
+end
 if type(raw) == 'string' then
   local one = string.find(raw, '\\n', 1, true)
-  cur[2] = string.sub(raw, 1, one - 1)
-  cur[7] = string.sub(raw, one + 1)
+  if string.byte(raw, 1) == 91 then  -- '[': the string of the earlier layout
+    s = string.sub(raw, 1, one - 1)
+    v, r, at, c, t = split(string.sub(raw, one + 1))
+    seconds = true
+  else
+    local line = raw
+    if one then line, src, from = string.sub(raw, 1, one - 1), raw, one end
+    v, r, at, c, n, s, t = string.match(line, '^(%d+) (%-?%d+) (%S+) (%S*) (%d+) (%S*) (.*)$')
+  end
 elseif type(raw) == 'table' and raw.err then
-  -- an earlier layout: fields, the rest in pieces; rewritten as the string below
-  cur = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c', 'x')
+  -- a hash of the earlier layouts: fields, the rest in pieces
+  local f = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r', 'e', 'c', 'x')
   local function joined(name, first)
-    local parts, n = {first}, 0
+    local parts, k = {first}, 0
     while true do
-      local piece = redis.call('HGET', KEYS[1], name .. (n + 1))
+      local piece = redis.call('HGET', KEYS[1], name .. (k + 1))
       if not piece then break end
-      n = n + 1
-      parts[n + 1] = piece
+      k = k + 1
+      parts[k + 1] = piece
     end
     return table.concat(parts)
   end
-  if cur[7] then cur[7] = joined('x', cur[7]) elseif cur[3] then cur[3] = joined('t', cur[3]) end
+  s = f[2]
+  if f[7] then
+    v, r, at, c, t = split(joined('x', f[7]))
+  else
+    v, r, at, c = f[1], f[4], f[5], f[6]
+    if f[3] then t = joined('t', f[3]) end
+  end
+  seconds = true
 end
-if cur[7] then
-  cur[1], cur[4], cur[5], cur[6], cur[3] = string.match(cur[7], '^(%d+) (%-?%d+) (%S+) (%S*) (.*)$')
-  cur[5] = string.match(cur[5], '^[^,]+')  -- the instant; after it, the result's next due and rules
-end
-local rev = tonumber(ARGV[3])
-local at = tonumber(ARGV[6])
-if cur[4] then
-  local crev = tonumber(cur[4])
-  if crev > rev or (crev == rev and tonumber(cur[5] or '0') > at) then return {-1} end
-end
-if (cur[2] or '') ~= ARGV[9] or (cur[3] or '') ~= ARGV[10] then return {-2} end
-local same = cur[2] == ARGV[1] and cur[3] == ARGV[2]
-local first = not cur[2]
-local v = tonumber(cur[1] or '0')
-if first and ARGV[1] == '[]' and ARGV[2] == '{}' then same = true end
-local trimmed = 0
-if not (same and (cur[6] or '') == ARGV[7] and ARGV[8] ~= '1') then
-  v = v + 1
-  if not same and not (first and ARGV[1] == '[]') then
-    local cap = tonumber(ARGV[5])
-    local n = redis.pcall('RPUSH', KEYS[2], v .. ' ' .. ARGV[4] .. ' ' .. ARGV[11])
-    if type(n) == 'number' then
-      if n > cap then
-        redis.call('LTRIM', KEYS[2], n - cap, -1)
-        trimmed = n - cap
-      end
-    else
-      -- a history kept as a stream (an earlier form) goes on as one
-      redis.call('XADD', KEYS[2], '*', 'v', v, 'at', ARGV[4], 'd', ARGV[11])
-      if v > cap then trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', cap) end
-    end
+if r then
+  local crev, rev = tonumber(r), tonumber(ARGV[3])
+  if crev > rev then return {-1} end
+  if crev == rev and at then
+    local instant = string.match(at, '^[^,]*')
+    local cur = seconds and math.floor((tonumber(instant) or 0) * 1000000 + 0.5) or tonumber(instant, 36)
+    if (cur or 0) > tonumber(ARGV[4], 36) then return {-1} end
   end
 end
-local x = v .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ARGV[12] .. ' ' .. ARGV[7] .. ' ' .. ARGV[2]
-redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. x)
-if v == tonumber(cur[1] or '0') then return {0} end
-return {v, trimmed}
+local found = ''
+if s then found = s .. '\\n' .. (t or '') end
+if found ~= ARGV[7] then return {-2} end
+if seconds then
+  -- the history beside an earlier ledger moves into it
+  local kind, moved = redis.call('TYPE', KEYS[2]).ok, {}
+  if kind == 'list' then
+    for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do moved[#moved + 1] = 'L' .. item end
+  elseif kind == 'stream' then
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+      local e = {}
+      for i = 1, #entry[2], 2 do e[entry[2][i]] = entry[2][i + 1] end
+      if e.d then
+        moved[#moved + 1] = 'L' .. (e.v or '0') .. ' ' .. (e.at or '0') .. ' ' .. e.d
+      else
+        moved[#moved + 1] = 'W' .. table.concat({e.v or '0', e.at or '', e.old_s or '[]', e.new_s or '[]',
+          e.old_t or '{}', e.new_t or '{}'}, '\\31')
+      end
+    end
+  end
+  if kind ~= 'none' then redis.call('DEL', KEYS[2]) end
+  if #moved > 0 then src, from = '\\n' .. table.concat(moved, '\\n'), 1 end
+  n = #moved
+end
+local old = tonumber(v or '0')
+local version = old
+if ARGV[8] ~= '1' or (c or '') ~= ARGV[6] or ARGV[9] == '1' then version = old + 1 end
+n = tonumber(n or '0')
+local add = ''
+if ARGV[10] ~= '' then
+  add = '\\n' .. version .. ' ' .. ARGV[10]
+  n = n + 1
+end
+local trimmed, cap = 0, tonumber(ARGV[11])
+if n > cap then  -- the oldest changes go
+  trimmed, n = n - cap, cap
+  for _ = 1, trimmed do
+    if from then from = string.find(src, '\\n', from + 1, true) end
+  end
+end
+redis.call('SET', KEYS[1], version .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' ..
+  n .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. (from and string.sub(src, from) or '') .. add)
+if version == old then return {0} end
+return {version, trimmed}
 """
 
 # The stored state, whichever layout: {"s", string} or {"h", HGETALL as a flat list} or {}.
@@ -127,6 +172,7 @@ return {}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def ledger_key(account: str, profile_id: str) -> str:
@@ -134,11 +180,47 @@ def ledger_key(account: str, profile_id: str) -> str:
 
 
 def history_key(account: str, profile_id: str) -> str:
+    """The history of the earlier layouts (moved into the ledger when the profile is recorded)."""
     return f"lhist:{{{account}:{profile_id}}}"
+
+
+def names_key(account: str) -> str:
+    """The account's codes of segment names, computed trait names and rules fingerprints."""
+    return f"lnames:{account}"
+
+
+_NAMES: dict[int, NameCodes] = {}
+
+
+def ledger_names(conn: redis.Redis) -> NameCodes:
+    """The ledger's name codes, cached per connection (process-wide)."""
+    found = _NAMES.get(id(conn))
+    if found is None or found.conn is not conn:
+        found = _NAMES[id(conn)] = NameCodes(conn, key=names_key)
+    return found
 
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _b36(n: int) -> str:
+    if n < 0:
+        raise ValueError("instants before 1970 are not recorded")
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _DIGITS[r] + out
+        if n == 0:
+            return out
+
+
+def _micros(instant: datetime) -> str:
+    return _b36((instant - _EPOCH) // _MICROSECOND)
+
+
+def _instant(text: str) -> datetime:
+    return _EPOCH + int(text, 36) * _MICROSECOND
 
 
 @dataclass(frozen=True)
@@ -177,67 +259,127 @@ class Entry:
 class Stored:
     """A profile's recorded result as read before recording a new one (None/"" when none)."""
 
-    segments: bytes | None = None  # the segments JSON
-    traits: bytes | None = None  # the traits JSON
+    segments: bytes | None = None  # the segments as stored (codes; JSON in the earlier layouts)
+    traits: bytes | None = None  # the traits as stored (codes and values; JSON earlier)
     due: datetime | None = None
     rules: str = ""  # fingerprint of the rules that computed it; "" when it cannot be reused
     revision: int | None = None  # the profile revision it was computed from
+    held: frozenset[str] = frozenset()  # the segments' names
+    coded: bool = True  # False: an earlier layout (JSON)
 
     def members(self) -> frozenset[str]:
-        return frozenset(json.loads(self.segments)) if self.segments else frozenset()
+        return self.held
+
+
+class _Codes:
+    """Names ↔ codes of one account while recording or reading (:func:`ledger_names`)."""
+
+    def __init__(self, names: NameCodes, account: str) -> None:
+        self.names = names
+        self.account = account
+        self.code: dict[str, str] = {}
+        self._names: dict[str, str] = {}
+
+    def need(self, wanted: Iterable[str]) -> None:
+        missing = {name for name in wanted if name not in self.code}
+        if missing:
+            self.code.update(self.names.codes(self.account, missing, checked=True))
+
+    def name(self, code: str) -> str:
+        name = self._names.get(code)
+        if name is None:
+            name = self._names[code] = self.names.name(self.account, code)
+            self.code.setdefault(name, code)
+        return name
+
+    def segments(self, names: Iterable[str]) -> str:
+        return ",".join(self.code[name] for name in sorted(names))
+
+    def traits(self, traits: Mapping[str, Any]) -> tuple[str, str]:
+        """``<codes>=<values>`` and the values' JSON ("" for no traits)."""
+        names = sorted(traits)
+        if not names:
+            return "", ""
+        values = _canonical([traits[name] for name in names])
+        return ",".join(self.code[name] for name in names) + "=" + values, values
+
+    def members(self, raw: bytes | None) -> frozenset[str]:
+        return frozenset(self.name(code) for code in raw.decode().split(",")) if raw else frozenset()
+
+    def traits_of(self, raw: bytes | None) -> dict[str, Any]:
+        """The stored traits by name, in name order."""
+        found = _by_code(raw.decode()) if raw else {}
+        return dict(sorted((self.name(code), value) for code, value in found.items()))
+
+
+def _by_code(text: str) -> dict[str, Any]:
+    """``<codes>=<JSON array>`` → {code: value}."""
+    if not text:
+        return {}
+    codes, _, values = text.partition("=")
+    return dict(zip(codes.split(","), json.loads(values), strict=True))
 
 
 @dataclass(frozen=True)
 class _Change:
-    """A result against the stored state it was compared with (b"" for none)."""
+    """A result against the stored state it was compared with."""
 
     entry: Entry
     new_s: str
     new_t: str
     traits: dict[str, Any]
-    old_s: bytes
-    old_t: bytes
+    expected: bytes  # the stored segments and traits as read ("" for none)
+    same: bool  # segments and traits as stored
+    history: str  # the history entry after its version and instant ("" for none)
     entered: frozenset[str]
     exited: frozenset[str]
     changed: dict[str, Any]
 
     @classmethod
-    def of(cls, entry: Entry, old_s: bytes | None, old_t: bytes | None) -> _Change:
+    def of(cls, entry: Entry, stored: Stored, codes: _Codes) -> _Change:
         segments = frozenset(entry.segments)
-        new_s = _canonical(sorted(segments))
-        new_t = _canonical(dict(entry.traits))
-        if new_s.encode() == old_s and new_t.encode() == old_t:  # the usual case: nothing moved
-            traits = dict(entry.traits) if _plain(entry.traits) else json.loads(new_t)
-            return cls(entry, new_s, new_t, traits, old_s, old_t, frozenset(), frozenset(), {})
-        traits = json.loads(new_t)
-        old_segments = frozenset(json.loads(old_s)) if old_s else frozenset()
-        old_traits: dict[str, Any] = json.loads(old_t) if old_t else {}
+        new_s = codes.segments(segments)
+        new_t, values = codes.traits(entry.traits)
+        expected = b"" if stored.segments is None else stored.segments + b"\n" + (stored.traits or b"")
+        if stored.coded and new_s.encode() == stored.segments and new_t.encode() == (stored.traits or b""):
+            traits = dict(entry.traits) if _plain(entry.traits) else _decoded(entry.traits, values)
+            return cls(entry, new_s, new_t, traits, expected, True, "", frozenset(), frozenset(), {})
+        traits = _decoded(entry.traits, values)
+        if stored.segments is None:
+            old_segments: frozenset[str] = frozenset()
+            old_traits: dict[str, Any] = {}
+            same = not segments and not traits
+        elif stored.coded:  # decoded again: the codes of what it held are then known here
+            old_segments, old_traits = codes.members(stored.segments), codes.traits_of(stored.traits)
+            same = False
+        else:
+            old_segments = stored.held
+            old_traits = json.loads(stored.traits) if stored.traits else {}
+            same = _canonical(sorted(segments)) == stored.segments.decode() and _canonical(traits) == (
+                (stored.traits or b"").decode()
+            )
         changed = {k: v for k, v in traits.items() if old_traits.get(k, _MISSING) != v}
         changed.update({k: None for k in old_traits if k not in traits})
         entered, exited = segments - old_segments, old_segments - segments
-        return cls(entry, new_s, new_t, traits, old_s or b"", old_t or b"", entered, exited, changed)
+        history = ""
+        if not same and not (stored.segments is None and not segments):
+            codes.need(set(exited) | set(old_traits))
+            history = _moves(codes, entered, exited) + " " + _before(codes, stored, old_traits, traits)
+        return cls(entry, new_s, new_t, traits, expected, same, history, entered, exited, changed)
 
-    def history_entry(self) -> str:
-        """``+entered,-exited`` and, after TRAITS_SEP, the changed traits with their new values (a
-        removed trait is not listed)."""
-        moves = [f"+{name}" for name in sorted(self.entered)] + [f"-{name}" for name in sorted(self.exited)]
-        traits = {k: v for k, v in self.changed.items() if k in self.traits}
-        return ",".join(moves) + (TRAITS_SEP + _canonical(traits) if traits else "")
-
-    def args(self, now: datetime) -> list[Any]:
+    def args(self, at: str, codes: _Codes) -> list[Any]:
         return [
             self.new_s,
             self.new_t,
             self.entry.revision,
-            (now - _EPOCH) // _MICROSECOND,
-            HISTORY_MAXLEN,
-            repr(now.timestamp()),
+            at,
+            _suffix(self.entry, codes),
             self.entry.contact,
+            self.expected,
+            "1" if self.same else "0",
             "1" if self.entry.force else "0",
-            self.old_s,
-            self.old_t,
-            self.history_entry(),
-            _suffix(self.entry),
+            f"{at} {self.history}" if self.history else "",
+            HISTORY_MAXLEN,
         ]
 
     def diff(self, reply: Sequence[Any]) -> Diff:
@@ -252,11 +394,52 @@ class _Change:
         )
 
 
-def _suffix(entry: Entry) -> str:
-    """``,<next due>,<rules fingerprint>`` after the instant ("" when the result is not reusable)."""
+def _decoded(traits: Mapping[str, Any], values: str) -> dict[str, Any]:
+    """The traits as JSON gives them back (``values``: their JSON array, in name order)."""
+    return dict(zip(sorted(traits), json.loads(values), strict=True)) if values else {}
+
+
+def _moves(codes: _Codes, entered: Iterable[str], exited: Iterable[str]) -> str:
+    return "".join(f"+{codes.code[name]}" for name in sorted(entered)) + "".join(
+        f"-{codes.code[name]}" for name in sorted(exited)
+    )
+
+
+def _before(codes: _Codes, stored: Stored, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The traits that changed as they were before: ``<codes absent before>/<codes>=<values>``
+    (every trait whose value or JSON differs); ``*`` when nothing was stored."""
+    if stored.segments is None:
+        return "*"
+    absent, earlier = [], []
+    for name in sorted(old.keys() | new.keys()):
+        was, now = old.get(name, _MISSING), new.get(name, _MISSING)
+        if was is _MISSING:
+            absent.append(codes.code[name])
+        elif now is _MISSING or was != now or not _same_json(was, now):
+            earlier.append(name)
+    text = ",".join(absent)
+    if earlier:
+        values = _canonical([old[name] for name in earlier])
+        text += "/" + ",".join(codes.code[name] for name in earlier) + "=" + values
+    return text
+
+
+def _same_json(was: Any, now: Any) -> bool:
+    """Whether two equal values have the same JSON (``1`` and ``1.0``, ``0.0`` and ``-0.0`` do not)."""
+    kind = type(was)
+    if kind is not type(now):
+        return False
+    if kind in (str, int, bool, type(None)):
+        return True
+    return repr(was) == repr(now) if kind is float else _canonical(was) == _canonical(now)
+
+
+def _suffix(entry: Entry, codes: _Codes) -> str:
+    """``,<next due>,<rules fingerprint code>`` after the instant ("" when the result is not
+    reusable)."""
     if not entry.rules:
         return ""
-    return f",{repr(entry.due.timestamp()) if entry.due is not None else ''},{entry.rules}"
+    return f",{_micros(entry.due) if entry.due is not None else ''},{codes.code[entry.rules]}"
 
 
 def _plain(traits: Mapping[str, Any]) -> bool:
@@ -267,6 +450,7 @@ def _plain(traits: Mapping[str, Any]) -> bool:
 class Ledger:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
+        self.names = ledger_names(conn)
         self._record = conn.register_script(_RECORD)
         self._read = conn.register_script(_READ)
 
@@ -334,12 +518,20 @@ class Ledger:
         stored = (
             known if known is not None else self.stored_many(account, [entries[n].profile_id for n in todo])
         )
-        changes = [
-            _Change.of(entries[n], state.segments, state.traits)
-            for n, state in zip(todo, stored, strict=True)
-        ]
+        codes = _Codes(self.names, account)
+        wanted: set[str] = set()
+        for n in todo:
+            wanted.update(entries[n].segments, entries[n].traits)
+            if entries[n].rules:
+                wanted.add(entries[n].rules)
+        codes.need(wanted)
+        changes = [_Change.of(entries[n], state, codes) for n, state in zip(todo, stored, strict=True)]
+        at = _micros(now)
         calls = [
-            ([ledger_key(account, c.entry.profile_id), history_key(account, c.entry.profile_id)], c.args(now))
+            (
+                [ledger_key(account, c.entry.profile_id), history_key(account, c.entry.profile_id)],
+                c.args(at, codes),
+            )
             for c in changes
         ]
         replies = grouped_by_node(
@@ -358,17 +550,24 @@ class Ledger:
         return again
 
     def stored_many(self, account: str, pids: Sequence[str]) -> list[Stored]:
-        """What is recorded for each profile, in the order of ``pids``; one round trip per server."""
-        return [_stored(raw) for raw in self._raw(account, pids)]
+        """What is recorded for each profile, in the order of ``pids``; one round trip per server
+        (the name codes' generation is checked in it)."""
+        codes = _Codes(self.names, account)
+        return [_stored(raw, codes) for raw in self._raw(account, pids, check=True)]
 
-    def _raw(self, account: str, pids: Sequence[str]) -> list[_Raw]:
+    def _raw(self, account: str, pids: Sequence[str], check: bool = False) -> list[_Raw]:
+        """The stored values; with ``check``, the name codes' generation is read alongside."""
         keys = [ledger_key(account, pid) for pid in pids]
         if not is_cluster(self.conn):
-            # one GET each; a ledger of the earlier layout (a hash) answers WRONGTYPE and is read again
+            # one GET each; a ledger of an earlier layout (a hash) answers WRONGTYPE and is read again
             pipe = self.conn.pipeline(transaction=False)
             for key in keys:
                 pipe.get(key)
+            if check:
+                pipe.hget(names_key(account), "#gen")
             got = pipe.execute(raise_on_error=False)
+            if check:
+                self.names.check(account, _generation(got.pop()))
             legacy = [n for n, reply in enumerate(got) if isinstance(reply, redis.ResponseError)]
             if legacy:
                 again = self.conn.pipeline(transaction=False)
@@ -377,39 +576,56 @@ class Ledger:
                 for n, fields in zip(legacy, again.execute(), strict=True):
                     got[n] = ("h", [item for pair in fields.items() for item in pair])
             return [_Raw.of(("s", reply) if isinstance(reply, bytes) else reply) for reply in got]
+        targets = [*keys, names_key(account)] if check else keys
         replies = grouped_by_node(
             self.conn,
-            keys,
-            lambda pipe, n: self._read(keys=[keys[n]], client=pipe),
-            lambda n: self._read(keys=[keys[n]], client=self.conn),
+            targets,
+            lambda pipe, n: self._cluster_read(pipe, targets[n], n == len(keys)),
+            lambda n: self._cluster_read(self.conn, targets[n], n == len(keys)),
         )
+        if check:
+            self.names.check(account, _generation(replies.pop()))
         return [_Raw.of(reply) for reply in replies]
+
+    def _cluster_read(self, client: Any, key: str, generation: bool) -> Any:
+        return client.hget(key, "#gen") if generation else self._read(keys=[key], client=client)
+
+    def _value(self, account: str, profile_id: str) -> bytes | None:
+        """The ledger as stored when it is a string of this layout; None otherwise."""
+        try:
+            value = self.conn.get(ledger_key(account, profile_id))
+        except redis.ResponseError:  # a hash of an earlier layout
+            return None
+        return value if value and not value.startswith(b"[") else None
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
         raw = self._raw(account, [profile_id])[0]
         if raw.version is None:
             return None
+        codes = _Codes(self.names, account)
+        if raw.coded:
+            return LedgerState(raw.version, codes.members(raw.segments), codes.traits_of(raw.traits))
         return LedgerState(
-            int(raw.version), frozenset(json.loads(raw.segments or b"[]")), json.loads(raw.traits or b"{}")
+            raw.version, frozenset(json.loads(raw.segments or b"[]")), json.loads(raw.traits or b"{}")
         )
 
     def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
         """The latest ``count`` changes, oldest first: version, instant, segments entered and exited,
         computed traits changed (with their new values)."""
-        out = []
-        for line in self._history(account, profile_id, count):
-            if isinstance(line, dict):
-                out.append(
-                    {"version": int(line["v"]), **(_read(line) if "d" in line else _read_legacy(line))}
-                )
-                continue
-            version, at, change = line.split(" ", 2)
-            out.append({"version": int(version), **_read({"at": at, "d": change})})
-        return out
+        value = self._value(account, profile_id)
+        if value is None:
+            return [_entry(line) for line in self._history(account, profile_id, count)]
+        lines = value.split(b"\n")
+        state, changes = lines[0], lines[1:]
+        return _changes(
+            _Codes(self.names, account),
+            state.split(b" ", 6)[6].decode(),
+            changes[-count:] if count > 0 else [],
+        )
 
     def _history(self, account: str, profile_id: str, count: int) -> list[str | dict[str, str]]:
-        """The latest ``count`` entries: the history list's items, or an earlier layout's stream
-        entries."""
+        """The latest ``count`` entries of an earlier layout's history: its list's items, or its
+        stream's entries."""
         key = history_key(account, profile_id)
         kind = self.conn.type(key)
         found: list[str | dict[str, str]] = []
@@ -421,6 +637,9 @@ class Ledger:
         return found[-count:] if count > 0 else []
 
     def history_length(self, account: str, profile_id: str) -> int:
+        value = self._value(account, profile_id)
+        if value is not None:
+            return int(_state_line(value).split(b" ", 5)[4])
         key = history_key(account, profile_id)
         kind = self.conn.type(key)
         if kind in (b"stream", "stream"):
@@ -435,14 +654,26 @@ class Ledger:
             self.delete(account, pid)
 
 
+def _state_line(value: bytes) -> bytes:
+    """The first line of a ledger of this layout (its history, possibly long, is not copied)."""
+    end = value.find(b"\n")
+    return value if end < 0 else value[:end]
+
+
+def _generation(reply: Any) -> bytes | None:
+    return reply if isinstance(reply, bytes) else None
+
+
 @dataclass(frozen=True)
 class _Raw:
-    """A recorded state as read, either layout: segments JSON, the packed rest."""
+    """A recorded state as read, any layout."""
 
     segments: bytes | None = None
-    packed: bytes | None = None  # "version revision at[,due,rules] contact traits"
-    legacy_traits: bytes | None = None  # the traits JSON of the oldest hash layout
-    legacy_version: bytes | None = None
+    traits: bytes | None = None
+    version: int | None = None
+    revision: int | None = None
+    at: bytes = b""  # the instant, followed by ",<due>,<rules>" when reusable
+    coded: bool = True  # this layout (codes, base-36 instants); False: an earlier one
 
     @classmethod
     def of(cls, reply: Any) -> _Raw:
@@ -450,19 +681,25 @@ class _Raw:
             return cls()
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if kind == "s":
-            segments, _, packed = bytes(reply[1]).partition(b"\n")
-            return cls(segments, packed)
+            value = bytes(reply[1])
+            if value.startswith(b"["):  # the string of the earlier layout
+                segments, _, packed = value.partition(b"\n")
+                return cls._packed(segments, packed)
+            version, revision, at, _contact, _n, segments, traits = _state_line(value).split(b" ", 6)
+            return cls(segments, traits, int(version), int(revision), at)
         flat = list(reply[1])
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return cls(fields.get(b"s"), _joined(fields, b"x"), _joined(fields, b"t"), fields.get(b"v"))
+        pieces = _joined(fields, b"x")
+        if pieces is not None:
+            return cls._packed(fields.get(b"s"), pieces)
+        v = fields.get(b"v")
+        return cls(fields.get(b"s"), _joined(fields, b"t"), int(v) if v else None, coded=False)
 
-    @property
-    def version(self) -> bytes | None:
-        return self.packed.split(b" ", 1)[0] if self.packed is not None else self.legacy_version
-
-    @property
-    def traits(self) -> bytes | None:
-        return self.packed.split(b" ", 4)[4] if self.packed is not None else self.legacy_traits
+    @classmethod
+    def _packed(cls, segments: bytes | None, packed: bytes) -> _Raw:
+        """``version revision at[,due,rules] contact traits`` of the earlier layouts."""
+        version, revision, at, _contact, traits = packed.split(b" ", 4)
+        return cls(segments, traits, int(version), int(revision), at, coded=False)
 
 
 def _joined(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
@@ -476,18 +713,93 @@ def _joined(fields: Mapping[bytes, bytes], name: bytes) -> bytes | None:
     return b"".join(pieces)
 
 
-def _stored(raw: _Raw) -> Stored:
-    if raw.packed is None:
-        return Stored(raw.segments, raw.traits)
-    _version, revision, at, _ = raw.packed.split(b" ", 3)
-    _, due, rules = [*at.decode().split(","), "", ""][:3]
+def _stored(raw: _Raw, codes: _Codes) -> Stored:
+    if raw.segments is None:
+        return Stored()
+    if not raw.coded:
+        held = frozenset(json.loads(raw.segments))
+        if not raw.at:  # the oldest hash layout: nothing to reuse
+            return Stored(raw.segments, raw.traits, held=held, coded=False)
+        _, due, rules = [*raw.at.decode().split(","), "", ""][:3]
+        when = datetime.fromtimestamp(float(due), UTC) if due else None
+        return Stored(raw.segments, raw.traits, when, rules, raw.revision, held, coded=False)
+    _, due, rules = [*raw.at.decode().split(","), "", ""][:3]
     return Stored(
         raw.segments,
         raw.traits,
-        datetime.fromtimestamp(float(due), UTC) if due else None,
-        rules,
-        int(revision),
+        _instant(due) if due else None,
+        codes.name(rules) if rules else "",
+        raw.revision,
+        codes.members(raw.segments),
     )
+
+
+def _changes(codes: _Codes, traits: str, lines: Sequence[bytes]) -> list[dict[str, Any]]:
+    """The history entries ``lines`` (the latest ones) read back, oldest first: each change's traits
+    are the state's (``traits``) with the later changes undone."""
+    after = _by_code(traits)  # the traits after the change being read, by code
+    out = []
+    for line in reversed(lines):
+        text = line.decode()
+        if text[0] in "LW":  # moved from an earlier layout's history, as written then
+            out.append(_entry(text[1:] if text[0] == "L" else _whole(text[1:])))
+            continue
+        version, at, moves, before = text.split(" ", 3)
+        changed, earlier = _undone(after, before)
+        out.append(
+            {
+                "version": int(version),
+                "at": isoformat(_instant(at)),
+                "entered": sorted(codes.name(code) for code in _moved(moves, "+")),
+                "exited": sorted(codes.name(code) for code in _moved(moves, "-")),
+                "traits": dict(sorted((codes.name(code), after[code]) for code in changed)),
+            }
+        )
+        after = earlier
+    return out[::-1]
+
+
+def _moved(moves: str, sign: str) -> list[str]:
+    """The codes after ``sign`` in ``+a+b-c``."""
+    out, code, kind = [], "", ""
+    for char in moves + "+":
+        if char in "+-":
+            if kind == sign and code:
+                out.append(code)
+            code, kind = "", char
+        else:
+            code += char
+    return out
+
+
+def _undone(after: Mapping[str, Any], before: str) -> tuple[list[str], dict[str, Any]]:
+    """The codes a change changed (with a value after it) and the traits before it, by code."""
+    if before == "*":  # nothing was stored before
+        return list(after), {}
+    head, _, values = before.partition("=")
+    absent, _, valued = head.partition("/")
+    earlier = dict(zip(valued.split(","), json.loads(values), strict=True)) if values else {}
+    gone = [code for code in absent.split(",") if code]
+    changed = [code for code in gone if code in after]
+    changed += [code for code, was in earlier.items() if code in after and was != after[code]]
+    restored = {code: value for code, value in after.items() if code not in gone}
+    restored.update(earlier)
+    return changed, restored
+
+
+def _whole(text: str) -> dict[str, str]:
+    """A moved stream entry written with the whole old and new state."""
+    version, at, old_s, new_s, old_t, new_t = text.split(OLD_FIELDS)
+    return {"v": version, "at": at, "old_s": old_s, "new_s": new_s, "old_t": old_t, "new_t": new_t}
+
+
+def _entry(item: str | dict[str, str]) -> dict[str, Any]:
+    """An entry of the earlier layouts: ``<version> <µs> <moves>[\\x1e<traits>]`` or a stream
+    entry's fields."""
+    if isinstance(item, dict):
+        return {"version": int(item["v"]), **(_read(item) if "d" in item else _read_legacy(item))}
+    version, at, change = item.split(" ", 2)
+    return {"version": int(version), **_read({"at": at, "d": change})}
 
 
 def _read(item: Mapping[str, str]) -> dict[str, Any]:

@@ -1,40 +1,161 @@
-"""The ledger is a string per person (segments and state) beside its history list; hashes of the
-earlier layouts are still read and are rewritten in this one, and history streams go on."""
+"""The ledger is one string per person: the state, then the history, names as codes; the layouts
+of before (a string or a hash beside a history list or stream) are still read and are rewritten in
+this one, their history moved into it, the next time the profile is recorded."""
 
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 import redis
 
-from connector.worker.ledger import Entry, Ledger, history_key, ledger_key
+from connector.profiles.erasure import drop_names
+from connector.profiles.store import name_codes
+from connector.worker import ledger as ledger_module
+from connector.worker.ledger import Entry, Ledger, history_key, ledger_key, names_key
 
 T0 = datetime(2024, 3, 1, 11, 0, tzinfo=UTC)
 TRAITS = {f"trait_{n}": f"value number {n} of this profile" for n in range(7)}
 PIECE = 64  # the earlier hash layout cut the packed state into pieces of this size
+MISSING = object()
 
 
-def test_a_string_holds_the_state_beside_the_history(redis_client: redis.Redis) -> None:
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def test_one_string_holds_the_state_and_the_history(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
     assert ledger.record("acme", "p1", frozenset({"vip"}), TRAITS, T0, revision=1) is not None
     assert ledger.record("acme", "p1", frozenset({"new"}), TRAITS, T0 + timedelta(seconds=1), 2) is not None
-    key, history = ledger_key("acme", "p1"), history_key("acme", "p1")
-    assert redis_client.type(key) == b"string" and redis_client.llen(history) == 2  # two changes
-    lines = redis_client.get(key).split(b"\n")  # type: ignore[union-attr]
-    assert json.loads(lines[0]) == ["new"] and len(lines) == 2  # segments, state
+    key = ledger_key("acme", "p1")
+    assert redis_client.type(key) == b"string" and not redis_client.exists(history_key("acme", "p1"))
+    lines = (redis_client.get(key) or b"").split(b"\n")
+    assert len(lines) == 3  # the state, two changes
+    assert b"trait_" not in b"".join(lines) and lines[1].endswith(b" *")  # codes; no copy of the traits
     state = ledger.state("acme", "p1")
     assert state is not None and (state.version, state.segments, state.traits) == (2, {"new"}, TRAITS)
-    assert [(h["entered"], h["exited"]) for h in ledger.history("acme", "p1")] == [
-        (["vip"], []),
-        (["new"], ["vip"]),
+    assert [(h["entered"], h["exited"], h["traits"]) for h in ledger.history("acme", "p1")] == [
+        (["vip"], [], TRAITS),
+        (["new"], ["vip"], {}),
     ]
     # the same result again is no change, and leaves the history as it was
     assert ledger.record("acme", "p1", frozenset({"new"}), TRAITS, T0 + timedelta(seconds=2), 3) is None
     assert ledger.history_length("acme", "p1") == 2
 
 
-def test_a_hash_with_its_history_list_is_read_and_rewritten_as_a_string(redis_client: redis.Redis) -> None:
+def _reference(steps: list[tuple[frozenset[str], dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The history as the ledger has always answered it: per change, the segments entered and
+    exited and the traits whose value changed (with the new value; removed ones not listed)."""
+    out: list[dict[str, Any]] = []
+    state: tuple[frozenset[str], dict[str, Any]] | None = None
+    version = 0
+    for segments, traits in steps:
+        old_s, old_t = state if state is not None else (frozenset(), {})
+        same = state is not None and old_s == segments and _json(old_t) == _json(traits)
+        if state is None and not segments and not traits:
+            same = True
+        if not same:
+            version += 1
+            if not (state is None and not segments):
+                changed = {k: v for k, v in sorted(traits.items()) if old_t.get(k, MISSING) != v}
+                out.append({"version": version, "entered": sorted(segments - old_s),
+                            "exited": sorted(old_s - segments), "traits": changed})  # fmt: skip
+        state = (segments, traits)
+    return out
+
+
+VALUES: list[Any] = [None, 0, 1, 1.0, True, False, "x", "", 2.5, [1, 2], {"k": 1}, "a b=c,d/e"]
+
+
+def _steps(seed: int, n: int) -> list[tuple[frozenset[str], dict[str, Any]]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        segments = frozenset(s for s in ("a", "b", "c-d", "e.f") if rng.random() < 0.4)
+        traits = {k: rng.choice(VALUES) for k in ("x", "y", "z_1") if rng.random() < 0.7}
+        if rng.random() < 0.3 and out:
+            segments, traits = out[-1][0], dict(out[-1][1])  # nothing changed
+        out.append((segments, traits))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_history_answers_what_each_change_changed(redis_client: redis.Redis, seed: int) -> None:
+    ledger = Ledger(redis_client)
+    steps = _steps(seed, 60)
+    for n, (segments, traits) in enumerate(steps):
+        ledger.record("acme", "p1", segments, traits, T0 + timedelta(seconds=n), revision=n + 1)
+    expected = _reference(steps)
+    got = [{k: v for k, v in h.items() if k != "at"} for h in ledger.history("acme", "p1", count=1000)]
+    assert _json(got) == _json(expected)
+    assert _json(ledger.history("acme", "p1", count=5)) == _json(ledger.history("acme", "p1", 1000)[-5:])
+    assert ledger.history("acme", "p1", count=0) == []
+
+
+def test_the_cap_keeps_the_latest_changes_answered_the_same(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "HISTORY_MAXLEN", 7)
+    ledger = Ledger(redis_client)
+    steps = _steps(99, 40)
+    trimmed = 0
+    for n, (segments, traits) in enumerate(steps):
+        diff = ledger.record("acme", "p1", segments, traits, T0 + timedelta(seconds=n), revision=n + 1)
+        trimmed += diff.trimmed if diff is not None else 0
+    expected = _reference(steps)
+    assert trimmed == len(expected) - 7 and ledger.history_length("acme", "p1") == 7
+    got = [{k: v for k, v in h.items() if k != "at"} for h in ledger.history("acme", "p1")]
+    assert _json(got) == _json(expected[-7:])
+
+
+def test_the_names_have_a_dictionary_an_erasure_of_event_names_leaves_alone(
+    redis_client: redis.Redis,
+) -> None:
+    ledger = Ledger(redis_client)
+    ledger.record("acme", "p1", frozenset({"lifetime_customers"}), {"customers_seen": 1}, T0, revision=1)
+    name_codes(redis_client).codes("acme", {"viewed_customers"})  # an event name
+    assert drop_names(redis_client, "acme", frozenset({"customers"})) == 1  # scrubs event names only
+    fields = {f.decode() for f in redis_client.hkeys(names_key("acme"))}
+    assert {"n:lifetime_customers", "n:customers_seen"} <= fields
+    other = Ledger(redis.Redis(connection_pool=redis_client.connection_pool))  # no cached codes
+    state = other.state("acme", "p1")
+    assert state is not None and state.segments == {"lifetime_customers"}
+    assert state.traits == {"customers_seen": 1}
+
+
+def test_the_layout_of_before_is_read_then_rewritten_with_its_history(redis_client: redis.Redis) -> None:
+    key, hist = ledger_key("acme", "p1"), history_key("acme", "p1")
+    traits = _json({"ltv": 120.0, "n": 1})
+    redis_client.set(key, f'["active","vip"]\n2 1 1709290800.0,1709463600.0,abcd1234 abc {traits}')
+    redis_client.rpush(hist, f"1 1709287200000000 +active,+vip\x1e{traits}", "2 1709290800000000 +vip")
+    ledger = Ledger(redis_client)
+    before = ledger.history("acme", "p1")
+    assert [h["entered"] for h in before] == [["active", "vip"], ["vip"]]
+    (stored,) = ledger.stored_many("acme", ["p1"])
+    assert (stored.members(), stored.rules, stored.revision) == ({"active", "vip"}, "abcd1234", 1)
+    assert stored.due == datetime(2024, 3, 3, 11, 0, tzinfo=UTC)
+    # the same result at the same revision and instant: no change, rewritten in this layout
+    same = Entry("p1", frozenset({"active", "vip"}), {"ltv": 120.0, "n": 1}, 1, "abc")
+    assert ledger.record_many("acme", [same], T0) == [None]
+    assert (redis_client.get(key) or b"").startswith(b"2 1 ") and not redis_client.exists(hist)
+    assert ledger.history("acme", "p1") == before and ledger.history_length("acme", "p1") == 2
+    state = ledger.state("acme", "p1")
+    assert state is not None and (state.version, state.segments) == (2, {"active", "vip"})
+    diff = ledger.record("acme", "p1", frozenset({"vip"}), {"ltv": 150.0, "n": 1}, T0, 2, contact="abc")
+    assert diff is not None and (diff.version, diff.exited) == (3, {"active"})
+    assert diff.changed_traits == {"ltv": 150.0}
+    assert ledger.history("acme", "p1") == [
+        *before,
+        {"version": 3, "at": "2024-03-01T11:00:00Z", "entered": [], "exited": ["active"],
+         "traits": {"ltv": 150.0}},
+    ]  # fmt: skip
+
+
+def test_a_hash_with_its_history_list_is_read_and_rewritten_in_this_layout(redis_client: redis.Redis) -> None:
     key = ledger_key("acme", "p1")
     packed = f"4 1 1709290800.0 abc {json.dumps(TRAITS, sort_keys=True, separators=(',', ':'))}"
     pieces = {
@@ -51,10 +172,10 @@ def test_a_hash_with_its_history_list_is_read_and_rewritten_as_a_string(redis_cl
     assert diffs[0] is not None and (diffs[0].version, diffs[0].exited) == (5, {"vip"})
     assert redis_client.type(key) == b"string"
     assert [(h["version"], h["exited"]) for h in ledger.history("acme", "p1")] == [(4, []), (5, ["vip"])]
-    assert ledger.history_length("acme", "p1") == 2
+    assert ledger.history_length("acme", "p1") == 2 and not redis_client.exists(history_key("acme", "p1"))
 
 
-def test_the_oldest_hash_layout_with_a_stream_history_is_read_and_continued(
+def test_the_oldest_hash_layout_with_a_stream_history_is_read_and_rewritten(
     redis_client: redis.Redis,
 ) -> None:
     key = ledger_key("acme", "p1")
@@ -80,7 +201,7 @@ def test_the_oldest_hash_layout_with_a_stream_history_is_read_and_continued(
         (2, ["vip"], []),
         (3, [], ["vip"]),
     ]
-    assert ledger.history_length("acme", "p1") == 2
+    assert ledger.history_length("acme", "p1") == 2 and not redis_client.exists(history_key("acme", "p1"))
 
 
 def test_the_recorded_next_due_and_rules_are_read_back(redis_client: redis.Redis) -> None:
