@@ -63,11 +63,12 @@ PERIODS = 12
 #
 # The person hash (docs/analytics.md, "What is kept per person"): E<code>, X<code>, R<code> the
 # last entry and exit instants and the revenue credited to the entry, per segment code; the
-# message state: D<message key> = "<period>|<at>|<segment codes at delivery>", O<message key> and
-# C<message key> = <period> (the open and the click counted), and the credit marks of the events
-# that carry no message (orders, unsubscribes, engagement without a message id) and credited
-# something: 8 bytes each,
-# packed in "*<period>" (7 a field at most, then "*<period>+" ...). Each run drops the message
+# message state: D<message key> = "<period>|<at>|<segment codes at delivery>", the opens and
+# clicks counted, packed per period in "^<period>" (a byte: the key's length, +16 for a click; then
+# the message key; 64 bytes a field at most, then "^<period>+" ...), and the credit marks of the
+# events that carry no message (orders, unsubscribes, engagement without a message id) and
+# credited something: 8 bytes each, packed in "*<period>" (7 a field at most, then "*<period>+"
+# ...). Each run drops the message
 # state of 5 or more periods ago. Fields of the layout of before (e:/x:/r:<name>, d:/op:/ck:<id>,
 # #<8 bytes>) are read; the segment ones are rewritten with codes by the first run that finds them,
 # the message ones are dropped with their period.
@@ -80,7 +81,7 @@ local legacy = redis.call('EXISTS', old) == 1
 local function before(field) return legacy and redis.call('HEXISTS', old, field) == 1 end
 if before('#' .. mark) or before('#' .. ARGV[12]) then return 0 end
 local state = redis.call('HGETALL', person)
-local h, e, x, r, packs, stale, earlier = {}, {}, {}, {}, {}, {}, {}
+local h, e, x, r, packs, flags, counted, stale, earlier = {}, {}, {}, {}, {}, {}, {}, {}, {}
 local onemark = '#' .. mark
 for i = 1, #state, 2 do
   local f, v = state[i], state[i + 1]
@@ -97,6 +98,18 @@ for i = 1, #state, 2 do
       for j = 1, #v, 8 do if string.sub(v, j, j + 7) == mark then return 0 end end
       packs[f] = v
     end
+  elseif c == '^' then
+    if (period - tonumber(string.match(f, '^%^(%d+)'))) % PERIODS >= 5 then
+      stale[#stale + 1] = f
+    else
+      flags[f] = v
+      local j = 1
+      while j <= #v do
+        local b = string.byte(v, j)
+        counted[(b >= 16 and 'C' or 'O') .. string.sub(v, j + 1, j + b % 16)] = true
+        j = j + 1 + b % 16
+      end
+    end
   else
     local p = string.sub(f, 1, 2)
     if p == 'e:' or p == 'x:' or p == 'r:' then
@@ -108,7 +121,8 @@ for i = 1, #state, 2 do
   end
 end
 local function seen(flag, short)
-  return h[short .. mk] ~= nil or h[flag .. ':' .. mid] ~= nil or before(flag .. ':' .. mid)
+  local found = short == 'D' and h['D' .. mk] ~= nil or counted[short .. mk]
+  return found or h[flag .. ':' .. mid] ~= nil or before(flag .. ':' .. mid)
 end
 if mk ~= '' then
   if kind == 'dl' and seen('d', 'D') then return 0 end
@@ -212,7 +226,11 @@ if kind == 'dl' then
   return 1
 end
 if kind == 'op' or kind == 'ck' then
-  redis.call('HSET', person, (kind == 'op' and 'O' or 'C') .. mk, period)
+  -- the opens and clicks of a period in one field: a byte (the key's length, +16 for a click),
+  -- then the message key; at most 64 bytes a field, then "^<period>+" ...
+  local f = '^' .. period
+  while flags[f] and #flags[f] + 1 + #mk > 64 do f = f .. '+' end
+  redis.call('HSET', person, f, (flags[f] or '') .. string.char(#mk + (kind == 'ck' and 16 or 0)) .. mk)
   local d, segs = h['D' .. mk], {}
   if d then
     local dat, list = string.match(d, '^%d+|([^|]*)|(.*)$')

@@ -6,9 +6,9 @@ account's counters atomically, also in Redis Cluster.
                             entry (``E<code>``) and exit (``X<code>``) instants (epoch seconds) and
                             the revenue credited to the current entry (``R<code>``); the message
                             state: ``D<message>`` = ``<period>|<at>|<segment codes at delivery>``,
-                            ``O<message>`` and ``C<message>`` (the open and the click counted) =
-                            ``<period>``, and the credit marks of events without a message (8
-                            bytes each, packed per period in ``*<period>``); message state is
+                            the opens and clicks counted (packed per period in ``^<period>``),
+                            and the credit marks of events without a message (8 bytes each,
+                            packed per period in ``*<period>``); message state is
                             dropped 5 periods of 8 days after it was written (the credit script).
                             Fields of before (``e:``/``x:``/``r:<segment>``, ``d:``/``op:``/
                             ``ck:<message>``, ``#<8 bytes>``) are read and replaced on the next write

@@ -191,7 +191,7 @@ def test_message_state_written_before_is_still_honoured(redis_client: redis.Redi
     assert day0["op:cart:t"] == "1"  # the open found the delivery stored before
     person = _fields(redis_client)
     assert not [f for f in person if f[:1] in (b"#", b"*")]
-    assert person[b"Om1"] == str(attribution.period(NOW)).encode()
+    assert person[b"^" + str(attribution.period(NOW)).encode()] == b"\x02m1"  # the open of m1
     assert redis_client.hlen(messages) == 3  # read, never written
 
 
@@ -234,7 +234,8 @@ def test_the_person_hash_of_before_is_read_and_rewritten(redis_client: redis.Red
     c, v = _code(redis_client, "cart"), _code(redis_client, "vip")
     assert fields[b"E" + c] == str(cart).encode() and fields[b"E" + v] == str(old["e:vip"]).encode()
     assert fields[b"R" + c] == b"6550"
-    assert b"op:m1" in fields and b"Om1" not in fields  # message state of before: left to expire
+    assert b"op:m1" in fields  # message state of before: left to expire; the click of m1 is new
+    assert [v for f, v in fields.items() if f[:1] == b"^"] == [b"\x12m1"]
 
 
 def test_an_exit_moves_the_entry_of_before(redis_client: redis.Redis) -> None:
@@ -273,9 +274,9 @@ def test_marks_are_kept_for_events_without_a_message_only_packed_per_period(
     assert {marks[n : n + 8] for n in range(0, len(marks), 8)} == {
         attribution.credit_mark(o.event_id) for o in orders[:20]
     }
-    opened = [f for f in fields if f.startswith(b"O")]
-    assert sorted(opened) == sorted(b"O" + attribution.message_key(e.properties["message_id"]) for e in mail)
-    assert all(len(f) == 9 for f in opened)
+    keys = [attribution.message_key(str(e.properties["message_id"])) for e in mail]
+    assert all(len(k) == 8 for k in keys)
+    assert fields[b"^" + now] == b"".join(b"\x08" + k for k in keys)  # the opens, in one field
     assert redis_client.object("encoding", person_key("acme", "p1")) in (b"listpack", b"ziplist")
     row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
     assert row["cv:cart:t"] == "1" and row["rv:cart:t"] == "2000"
@@ -287,17 +288,18 @@ def test_message_state_is_kept_30_days_then_dropped(redis_client: redis.Redis) -
     attribution.record(pipe, "acme", "p1", [EVENTS[0], EVENTS[1]], ["vip"], {}, now=NOW)
     pipe.execute()
     person = person_key("acme", "p1")
-    assert {b"Dm1", b"Om1"} <= set(redis_client.hkeys(person))
+    flags = b"^" + str(attribution.period(NOW)).encode()
+    assert {b"Dm1", flags} <= set(redis_client.hkeys(person))
     pipe = redis_client.pipeline()
     attribution.record(pipe, "acme", "p1", [EVENTS[6]], ["vip"], {}, now=NOW + timedelta(days=30))
     pipe.execute()
-    assert {b"Dm1", b"Om1"} <= set(redis_client.hkeys(person))  # 30 days: still there
+    assert {b"Dm1", flags} <= set(redis_client.hkeys(person))  # 30 days: still there
     later = NOW + timedelta(days=48)
     pipe = redis_client.pipeline()
     attribution.record(pipe, "acme", "p1", [EVENTS[8]], ["vip"], {}, now=later)
     pipe.execute()
     fields = _fields(redis_client)
-    assert not set(fields) & {b"Dm1", b"Om1"}
+    assert not set(fields) & {b"Dm1", flags}
     marks = {f: v for f, v in fields.items() if f.startswith(b"*")}
     assert marks == {
         f"*{attribution.period(NOW + timedelta(days=d))}".encode(): attribution.credit_mark(e.event_id)
@@ -307,3 +309,21 @@ def test_message_state_is_kept_30_days_then_dropped(redis_client: redis.Redis) -
     c, v = _code(redis_client, "cart"), _code(redis_client, "vip")
     assert {b"E" + c, b"X" + c, b"E" + v} <= set(fields)  # the instants are kept
     assert 0 < redis_client.ttl(person) <= 396 * 86400
+
+
+def test_opens_and_clicks_of_a_period_share_fields_of_at_most_64_bytes(redis_client: redis.Redis) -> None:
+    _history(redis_client)
+    at = T0 + timedelta(hours=1)
+    events = []
+    for n in range(30):
+        mail = {"message_id": f"m{n}"}
+        events += [_event("email_opened", 300 + n, at, **mail), _event("email_clicked", 400 + n, at, **mail)]
+    events += [_event("email_delivered", 500 + n, at, message_id=f"m{n}") for n in range(0, 30, 3)]
+    _apply(redis_client, events + events[:7])
+    fields = _fields(redis_client)
+    flags = {f: v for f, v in fields.items() if f.startswith(b"^")}
+    assert len(flags) > 1 and all(len(v) <= 64 for v in flags.values())
+    assert sum(len(v) for v in flags.values()) == 60 * 3 + 10 * 4  # m0-m9: 2 bytes; m10-m29: 3
+    row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
+    assert (row["dl:cart:t"], row["op:cart:t"], row["ck:cart:t"]) == ("10", "10", "10")
+    assert redis_client.object("encoding", person_key("acme", "p1")) in (b"listpack", b"ziplist")
