@@ -53,9 +53,11 @@ local function lh_pack(L, s, n)
   return string.format('%d %d %d', L, s, math.max(n, 0))
 end
 local function lh_chunks(cmd, key, list)
+  local done = 0
   for from = 1, #list, 1000 do
-    redis.call(cmd, key, unpack(list, from, math.min(from + 999, #list)))
+    done = done + redis.call(cmd, key, unpack(list, from, math.min(from + 999, #list)))
   end
+  return done
 end
 local function lh_split(prefix, kind, L, s)
   local src, dst = lh_name(prefix, s), lh_name(prefix, s + 2 ^ L)
@@ -82,6 +84,43 @@ local function lh_split(prefix, kind, L, s)
   s = s + 1
   if s == 2 ^ L then L, s = L + 1, 0 end
   return L, s
+end
+-- profile ids packed as pack_pid / unpack_pid do, exact in Lua's doubles: the 64 bits in two
+-- 32-bit halves, 2^32 = 429496 * 10^4 + 7296 for the decimal digits
+local function lh_decimal(hi, lo)
+  local t = hi * 7296 + lo
+  local top = hi * 429496 + math.floor(t / 10000)
+  local low = t % 10000
+  if top == 0 then return string.format('%d', low) end
+  return string.format('%.0f', top) .. string.format('%04d', low)
+end
+local function lh_pack_pid(pid)
+  if #pid == 16 and not string.find(pid, '[^0-9a-f]') then
+    local hi, lo = tonumber(string.sub(pid, 1, 8), 16), tonumber(string.sub(pid, 9, 16), 16)
+    if hi < 2147483648 then return lh_decimal(hi, lo) end
+    hi, lo = 4294967295 - hi, 4294967296 - lo  -- the magnitude of the negative: 2^64 - bits
+    if lo == 4294967296 then hi, lo = hi + 1, 0 end
+    return '-' .. lh_decimal(hi, lo)
+  end
+  if string.sub(pid, 1, 1) == '=' or string.find(pid, '^%-?%d+$') then return '=' .. pid end
+  return pid
+end
+local function lh_unpack_pid(m)
+  if string.sub(m, 1, 1) == '=' then return string.sub(m, 2) end
+  if not string.find(m, '^%-?%d+$') then return m end
+  local neg = string.sub(m, 1, 1) == '-'
+  local digits = neg and string.sub(m, 2) or m
+  local head = #digits > 4 and tonumber(string.sub(digits, 1, #digits - 4)) or 0
+  local tail = tonumber(string.sub(digits, -4))
+  local hh = math.floor(head / 4294967296)
+  local part = (head - hh * 4294967296) * 10000 + tail
+  local carry = math.floor(part / 4294967296)
+  local hi, lo = (hh * 10000 + carry) % 4294967296, part - carry * 4294967296
+  if neg and (hi > 0 or lo > 0) then
+    hi, lo = 4294967295 - hi, 4294967296 - lo
+    if lo == 4294967296 then hi, lo = hi + 1, 0 end
+  end
+  return string.format('%08x%08x', hi, lo)
 end
 local function lh_grow(prefix, kind, cap, L, s, n)
   while n > cap * (2 ^ L + s) do L, s = lh_split(prefix, kind, L, s) end

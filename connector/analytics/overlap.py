@@ -1,6 +1,6 @@
 """The overlap of two segments: the number of people in both, counted exactly by a background job
-over the member sets kept by :mod:`connector.worker.sizes` (SINTERCARD on Redis 7, a server-side
-count of the intersection on older servers), stored with the instant it was computed so every
+over the member buckets kept by :mod:`connector.worker.sizes` (a server-side count, O(the smaller
+segment)), stored with the instant it was computed so every
 answer shows its freshness. A request reads one hash field; it never intersects sets itself.
 """
 
@@ -15,19 +15,6 @@ import redis
 
 from connector.analytics.keys import overlap_key
 from connector.worker import sizes
-
-# KEYS: the two member sets. Redis < 7 has no SINTERCARD: walk the smaller set on the server.
-_COUNT = """
-local a, b = KEYS[1], KEYS[2]
-if redis.call('SCARD', a) > redis.call('SCARD', b) then a, b = b, a end
-local n, cursor = 0, '0'
-repeat
-  local page = redis.call('SSCAN', a, cursor, 'COUNT', 1000)
-  cursor = page[1]
-  for _, m in ipairs(page[2]) do n = n + redis.call('SISMEMBER', b, m) end
-until cursor == '0'
-return n
-"""
 
 
 @dataclass(frozen=True)
@@ -52,11 +39,7 @@ def _field(a: str, b: str) -> str:
 
 
 def count(conn: redis.Redis, account: str, a: str, b: str) -> int:
-    keys = [sizes.members_key(account, a), sizes.members_key(account, b)]
-    try:
-        return int(conn.execute_command("SINTERCARD", 2, *keys))
-    except redis.ResponseError:
-        return int(conn.eval(_COUNT, 2, *keys))
+    return sizes.overlap(conn, account, a, b)
 
 
 def refresh(conn: redis.Redis, account: str, segments: Iterable[str], now: datetime) -> int:

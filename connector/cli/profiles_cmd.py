@@ -196,3 +196,14 @@ def exports(account_id: str, limit: int) -> None:
     """Exports produced for data requests (customers/data_request), newest first, as JSON."""
     conn, _ = _connections(account_id)
     click.echo(json.dumps(erasure.stored_exports(conn, account_id, limit), indent=2, sort_keys=True))
+
+
+@profiles.command("migrate-index")
+@click.option("--account", "account_id", required=True)
+@_redis_errors
+def migrate_index(account_id: str) -> None:
+    """Move the account's identity index of the earlier layout (one key per identity) into its
+    buckets; safe while the workers run, and to run again (docs/deploy.md, upgrades)."""
+    conn, _ = _connections(account_id)
+    moved = identity.migrate_index(conn, account_id)
+    click.echo(f"identity index of {account_id}: {moved} identities moved; none of the earlier layout left")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import redis
+from click.testing import CliRunner
 
 from connector import buckets
+from connector.cli.main import _register, cli
 from connector.config import Accounts
 from connector.profiles import identity, keys, lookup
 from connector.profiles.identity import (
@@ -16,6 +18,8 @@ from connector.profiles.identity import (
 )
 from tests.profile_helpers import apply, ev
 from tests.profiles.test_profiles_cluster import cluster, cluster_url  # noqa: F401
+
+_register()
 
 
 def _state(conn: redis.Redis, account: str = "acme") -> tuple[int, int, int]:
@@ -98,9 +102,11 @@ def test_the_earlier_layout_is_read_moved_when_met_and_migrated(
     assert lookup(redis_client, "acme", "anonymous_id", "fresh-anon") == pid
     assert lookup(redis_client, "acme", "anonymous_id", "old-anon") == pid  # still the earlier layout
     assert redis_client.hget(keys.index_key("acme"), "o") == b"1"
-    assert migrate_index(redis_client, "acme") == 2
+    moved = CliRunner().invoke(cli, ["profiles", "migrate-index", "--account", "acme"])
+    assert moved.exit_code == 0 and "2 identities moved" in moved.output, moved.output
     assert redis_client.keys("ix:acme:*") == []
     assert redis_client.hget(keys.index_key("acme"), "o") == b"0"
+    assert migrate_index(redis_client, "acme") == 0  # again: nothing left
     assert lookup(redis_client, "acme", "anonymous_id", "old-anon") == pid
     assert lookup(redis_client, "acme", "user_id", "old-user") == "00000000000000bb"
 

@@ -149,7 +149,7 @@ class SegmentQuery(Query):
 
 
 class MembersQuery(PageQuery):
-    cursor = cursor(r"^[0-9]{1,20}$", "1536")
+    cursor = cursor(r"^[A-Za-z0-9_-]{1,200}$", "WzAsIiJd")
     q = fields.String(
         validate=validate.Length(min=1, max=254), metadata={"description": "email prefix (case-insensitive)"}
     )

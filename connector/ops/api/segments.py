@@ -6,7 +6,10 @@ memberships change: a request reads a few hashes, never the profiles.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import json
 from typing import Any
 
 from flask.views import MethodView
@@ -38,7 +41,7 @@ blp = Blueprint(
     description="Segments",
 )
 errors.install(blp)
-SCAN_PER_PAGE = 10  # SSCAN COUNT multiplier when searching by email prefix
+SCAN_PER_PAGE = 10  # members looked at per result asked for when searching by email prefix
 
 
 @functools.cache
@@ -129,12 +132,26 @@ class SegmentOne(MethodView):
         return out
 
 
-def _cursor(text: str | None) -> int:
+def _cursor(text: str | None) -> sizes.Position | None:
+    """The position an opaque cursor names (``next_cursor`` of a page: base64 of ``[bucket, after]``)."""
     if text is None:
-        return 0
-    if not text.isdigit() or len(text) > 20 or int(text) >= 2**64:  # SSCAN's cursor is unsigned 64-bit
-        errors.fail(422, f"invalid cursor {text!r}: pass the next_cursor of the previous page")
-    return int(text)
+        return None
+    try:
+        if len(text) > 200:
+            raise ValueError(text)
+        bucket, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode())
+        if type(bucket) is not int or not isinstance(after, str) or not sizes.Position(bucket, after).valid():
+            raise ValueError(text)
+    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
+        errors.fail(422, f"invalid cursor {text[:40]!r}: pass the next_cursor of the previous page")
+    return sizes.Position(bucket, after)
+
+
+def _cursor_text(position: sizes.Position | None) -> str | None:
+    if position is None:
+        return None
+    raw = json.dumps([position.bucket, position.after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _emails(account_id: str, pids: list[str]) -> dict[str, str | None]:
@@ -168,7 +185,7 @@ class Members(MethodView):
             for pid, email in emails.items()
             if not prefix or (email is not None and email.startswith(prefix))
         ]
-        return {"items": items, "next_cursor": str(cursor) if cursor else None}
+        return {"items": items, "next_cursor": _cursor_text(cursor)}
 
 
 @blp.route("/<string:name>/members/<string:profile_id>")

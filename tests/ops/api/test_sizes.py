@@ -27,12 +27,12 @@ def test_sizes_and_members_follow_entries_and_exits(redis_client: redis.Redis) -
     assert sizes.is_member(redis_client, "acme", "vip", "p1")
     assert not sizes.is_member(redis_client, "acme", "vip", "p0")
     seen: set[str] = set()
-    cursor = 0
-    while True:
+    cursor, page = sizes.members(redis_client, "acme", "buyers", None, 2)
+    seen |= set(page)
+    while cursor is not None:
+        assert len(page) == 2
         cursor, page = sizes.members(redis_client, "acme", "buyers", cursor, 2)
         seen |= set(page)
-        if cursor == 0:
-            break
     assert seen == {f"p{n}" for n in range(5)}
 
 
