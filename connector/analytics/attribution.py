@@ -156,13 +156,14 @@ local function names_of(codes)
   for _, c in ipairs(codes) do if name[c] then out[#out + 1] = name[c] end end
   return out
 end
--- the layout of before: e:<name>, x:<name>, r:<name> move to E/X/R<code> (a newer one is kept)
+-- the layout of before: e:<name>, x:<name>, r:<name> move to E/X/R<code>. One written since
+-- (by an entry or an exit) is newer and kept; an entry since also ends the revenue of before.
 if #earlier > 0 then
   local maps, moved = {e = e, x = x, r = r}, {}
   for _, f in ipairs(earlier) do
     local c = code_of(string.sub(f, 3))
     local into = maps[string.sub(f, 1, 1)]
-    if into[c] == nil then
+    if into[c] == nil and not (into == r and h['E' .. c]) then
       into[c] = tonumber(h[f])
       moved[#moved + 1] = string.upper(string.sub(f, 1, 1)) .. c
       moved[#moved + 1] = h[f]

@@ -71,8 +71,8 @@ def record_diff(
 #
 # Per segment the person hash holds E<code> (last entry), X<code> (last exit) and R<code> (revenue
 # credited to the entry; attribution.py). An entry drops the exit and the revenue (an exit before
-# the last entry says nothing a missing one does not) and the fields of the layout of before
-# (e:/x:/r:<name>); an exit moves the entry and revenue of before to E/R<code>.
+# the last entry says nothing a missing one does not). Fields of the layout of before
+# (e:/x:/r:<name>) are left to the credit script, which reads them under the ones written here.
 _RECORD_MANY = """
 local ttl, pttl, stamp = ARGV[1], ARGV[2], ARGV[3]
 local ngroups, i = tonumber(ARGV[4]), 6
@@ -101,42 +101,22 @@ end
 local p = 0
 while i <= #ARGV do
   p = p + 1
-  local person, fields, gone, left = KEYS[2 + ngroups + p], {}, {}, {}
+  local person, fields, gone = KEYS[2 + ngroups + p], {}, {}
   local n = tonumber(ARGV[i])
   for j = i + 1, i + n do
-    local s = ARGV[j]
-    local c = code_of(s)
+    local c = code_of(ARGV[j])
     fields[#fields + 1] = 'E' .. c
     fields[#fields + 1] = stamp
-    for _, f in ipairs({'X' .. c, 'R' .. c, 'e:' .. s, 'x:' .. s, 'r:' .. s}) do gone[#gone + 1] = f end
+    gone[#gone + 1] = 'X' .. c
+    gone[#gone + 1] = 'R' .. c
   end
   i = i + n + 1
   n = tonumber(ARGV[i])
   for j = i + 1, i + n do
-    local c = code_of(ARGV[j])
-    fields[#fields + 1] = 'X' .. c
+    fields[#fields + 1] = 'X' .. code_of(ARGV[j])
     fields[#fields + 1] = stamp
-    left[#left + 1] = ARGV[j]
   end
   i = i + n + 1
-  if #left > 0 then
-    local ask = {}
-    for _, s in ipairs(left) do
-      ask[#ask + 1] = 'e:' .. s
-      ask[#ask + 1] = 'r:' .. s
-    end
-    local got = redis.call('HMGET', person, unpack(ask))
-    for k, s in ipairs(left) do
-      local c = codes[s]
-      if got[2 * k - 1] then redis.call('HSETNX', person, 'E' .. c, got[2 * k - 1]) end
-      if got[2 * k] then redis.call('HSETNX', person, 'R' .. c, got[2 * k]) end
-      if got[2 * k - 1] or got[2 * k] then
-        gone[#gone + 1] = 'e:' .. s
-        gone[#gone + 1] = 'r:' .. s
-      end
-      gone[#gone + 1] = 'x:' .. s
-    end
-  end
   redis.call('HSET', person, unpack(fields))
   if #gone > 0 then redis.call('HDEL', person, unpack(gone)) end
   redis.call('EXPIRE', person, pttl)

@@ -238,22 +238,46 @@ def test_the_person_hash_of_before_is_read_and_rewritten(redis_client: redis.Red
     assert [v for f, v in fields.items() if f[:1] == b"^"] == [b"\x12m1"]
 
 
-def test_an_exit_moves_the_entry_of_before(redis_client: redis.Redis) -> None:
+def test_entries_and_exits_over_the_layout_of_before(redis_client: redis.Redis) -> None:
+    """Entries and exits write codes and leave the fields of before to the next credit, which reads
+    them under the newer ones: an entry since replaces the entry and ends the revenue of before,
+    an exit since closes the entry of before."""
     person = person_key("acme", "p1")
-    redis_client.hset(person, mapping={"e:cart": 100, "r:cart": 700, "x:cart": 50, "e:vip": 90})
-    movement.record_diff(redis_client, "acme", GROUPS, "p1", ["new"], ["cart"], T0)
-    c, n = _code(redis_client, "cart"), _code(redis_client, "new")
-    stamp = str(int(T0.timestamp())).encode()
-    assert _fields(redis_client) == {
-        b"E" + c: b"100",
-        b"R" + c: b"700",
-        b"X" + c: stamp,
-        b"E" + n: stamp,
-        b"e:vip": b"90",  # untouched until the next credit
+    t0 = int(T0.timestamp())
+    old = {
+        "e:cart": t0 - 50,
+        "r:cart": 700,
+        "e:vip": t0 - 40,
+        "r:vip": 300,
+        "e:new": t0 - 30,
+        "x:new": t0 - 35,
     }
-    movement.record_diff(redis_client, "acme", GROUPS, "p1", ["cart"], [], T0 + timedelta(days=1))
-    later = str(int((T0 + timedelta(days=1)).timestamp())).encode()
-    assert _fields(redis_client) == {b"E" + c: later, b"E" + n: stamp, b"e:vip": b"90"}
+    redis_client.hset(person, mapping=old)
+    movement.record_diff(redis_client, "acme", GROUPS, "p1", ["cart"], ["vip"], T0)  # cart again, vip left
+    c, v = _code(redis_client, "cart"), _code(redis_client, "vip")
+    stamp = str(t0).encode()
+    assert _fields(redis_client) == {
+        **{k.encode(): str(x).encode() for k, x in old.items()},
+        b"E" + c: stamp,
+        b"X" + v: stamp,
+    }
+    order = _event("order_completed", 1, T0 + timedelta(hours=1), revenue=10.0)
+    attribution.record(redis_client, "acme", "p1", [order], ["cart", "new"], {}, now=NOW)
+    n = _code(redis_client, "new")
+    assert _fields(redis_client) == {
+        b"E" + c: stamp,
+        b"R" + c: b"1000",  # a new entry: its own revenue, not the 700 of the entry before
+        b"E" + v: str(t0 - 40).encode(),
+        b"R" + v: b"1300",  # the same entry as before (left since): its revenue goes on
+        b"X" + v: stamp,
+        b"E" + n: str(t0 - 30).encode(),
+        b"X" + n: str(t0 - 35).encode(),
+        b"R" + n: b"1000",
+        b"*" + str(attribution.period(NOW)).encode(): attribution.credit_mark(order.event_id),
+    }
+    row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
+    assert (row["cv:cart:t"], row["rv:cart:t"], row["cv:new:t"]) == ("1", "1000", "1")
+    assert "cv:vip:t" not in row and row["rv:vip:t"] == "1000"  # its conversion was counted before
     assert redis_client.hget(codes_key("acme"), b"#" + c) == b"cart"
 
 
