@@ -7,8 +7,9 @@ of a hashtable member of its own. A structure (the identity index of an account,
 segment) is therefore spread over buckets, each one key, and grows one bucket at a time so that a
 bucket stays well under those limits at any size (linear hashing):
 
-* an entry's hash ``h`` is the first 32 bits of the SHA-1 of its stored field or member (computed
-  in Lua with ``redis.sha1hex`` and here with :mod:`hashlib`, so both agree);
+* an entry's hash ``h`` is 32 bits of its stored field's digest (identity index), or a member's
+  last 9 decimal digits (a packed profile id; the first 32 bits of its SHA-1 for other forms),
+  computed alike in the scripts and here (:func:`field_hash`, :func:`member_hash`);
 * the structure's state is its level ``L``, split pointer ``s`` and entry count ``n``; it has
   ``2^L + s`` buckets, numbered from 0, and an entry is in bucket ``h mod 2^L``, or
   ``h mod 2^(L+1)`` when that is below ``s`` (the buckets already split at this level);
@@ -37,7 +38,17 @@ import re
 
 # The Lua helpers the bucketed scripts start with. ``kind`` is 'h' (hash buckets) or 's' (sets).
 LUA = """
-local function lh_hash(m) return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16) end
+-- an identity field (a kind code and a digest): 32 bits of the digest
+local function lh_hash_field(f)
+  local a, b, c, d = string.byte(f, 2, 5)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+-- a member (a packed profile id): its last 9 decimal digits when it has 10 or more, else the first
+-- 32 bits of its SHA-1
+local function lh_hash_member(m)
+  if #m >= 10 and string.find(m, '^%-?%d+$') then return tonumber(string.sub(m, -9)) end
+  return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16)
+end
 local function lh_bucket(h, L, s)
   local b = h % (2 ^ L)
   if b < s then b = h % (2 ^ (L + 1)) end
@@ -60,19 +71,20 @@ local function lh_chunks(cmd, key, list)
   return done
 end
 local function lh_split(prefix, kind, L, s)
+  local hash = kind == 'h' and lh_hash_field or lh_hash_member
   local src, dst = lh_name(prefix, s), lh_name(prefix, s + 2 ^ L)
   local mod = 2 ^ (L + 1)
   local stay, go = {}, {}
   if kind == 'h' then
     local all = redis.call('HGETALL', src)
     for i = 1, #all, 2 do
-      local into = (lh_hash(all[i]) % mod == s) and stay or go
+      local into = (hash(all[i]) % mod == s) and stay or go
       into[#into + 1] = all[i]
       into[#into + 1] = all[i + 1]
     end
   else
     for _, m in ipairs(redis.call('SMEMBERS', src)) do
-      local into = (lh_hash(m) % mod == s) and stay or go
+      local into = (hash(m) % mod == s) and stay or go
       into[#into + 1] = m
     end
   end
@@ -129,10 +141,17 @@ end
 """
 
 
-def entry_hash(stored: bytes | str) -> int:
-    """The 32-bit hash of a stored field or member (the same as the scripts' ``lh_hash``)."""
-    data = stored.encode() if isinstance(stored, str) else stored
-    return int(hashlib.sha1(data).hexdigest()[:8], 16)  # a bucket hash, not a secret
+def field_hash(field_name: bytes) -> int:
+    """The bucket hash of an identity field (the scripts' ``lh_hash_field``): 32 bits of its digest."""
+    return int.from_bytes(field_name[1:5], "big")
+
+
+def member_hash(member: str) -> int:
+    """The bucket hash of a member, a packed profile id (the scripts' ``lh_hash_member``): its last
+    9 decimal digits (the usual ids: no SHA-1 per change), else 32 bits of its SHA-1."""
+    if len(member) >= 10 and _INTLIKE.fullmatch(member):
+        return int(member[-9:])
+    return int(hashlib.sha1(member.encode()).hexdigest()[:8], 16)  # a bucket hash, not a secret
 
 
 def bucket_of(h: int, level: int, split: int) -> int:

@@ -395,7 +395,7 @@ _INDEX_GET = (
 local L, s = lh_unpack(redis.call('HGET', KEYS[1], 'b'))
 local out = {redis.call('HGET', KEYS[1], 'o') or '-'}
 for i = 2, #ARGV do
-  out[i] = redis.call('HGET', lh_name(ARGV[1], lh_bucket(lh_hash(ARGV[i]), L, s)), ARGV[i])
+  out[i] = redis.call('HGET', lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s)), ARGV[i])
 end
 return out
 """
@@ -410,7 +410,7 @@ local L, s, n = lh_unpack(packed)
 if not packed and redis.call('HEXISTS', KEYS[1], 'o') == 0 then redis.call('HSET', KEYS[1], 'o', ARGV[3]) end
 local keep = ARGV[4] == '1'
 for i = 5, #ARGV, 2 do
-  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash(ARGV[i]), L, s))
+  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s))
   if keep then
     n = n + redis.call('HSETNX', bucket, ARGV[i], ARGV[i + 1])
   else
@@ -434,7 +434,7 @@ local owners, k = {}, tonumber(ARGV[2])
 for i = 3, 2 + k do owners[ARGV[i]] = true end
 local gone = 0
 for i = 3 + k, #ARGV do
-  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash(ARGV[i]), L, s))
+  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s))
   local owner = redis.call('HGET', bucket, ARGV[i])
   if owner and owners[owner] then gone = gone + redis.call('HDEL', bucket, ARGV[i]) end
 end

@@ -107,7 +107,7 @@ local function sz_adopt(st, old, segment, base, cap, most)
   local groups = {}
   for _, m in ipairs(moving) do
     local p = lh_pack_pid(m)
-    local b = lh_bucket(lh_hash(p), L, s)
+    local b = lh_bucket(lh_hash_member(p), L, s)
     local t = groups[b]
     if not t then t = {}; groups[b] = t end
     t[#t + 1] = p
@@ -118,7 +118,7 @@ local function sz_adopt(st, old, segment, base, cap, most)
 end
 local function sz_where(st, segment, base, m)
   local L, s = lh_unpack(redis.call('HGET', st, segment))
-  return lh_name(base .. segment .. ':', lh_bucket(lh_hash(m), L, s))
+  return lh_name(base .. segment .. ':', lh_bucket(lh_hash_member(m), L, s))
 end
 local function sz_has(st, old, segment, base, m)
   if redis.call('SISMEMBER', sz_where(st, segment, base, m), m) == 1 then return 1 end
@@ -140,7 +140,7 @@ local function grouped(old, L, s, first, n, entering)
   for i = first, first + n - 1 do
     local m = ARGV[i]
     if not (entering and old and redis.call('SISMEMBER', old, lh_unpack_pid(m)) == 1) then
-      local b = lh_bucket(lh_hash(m), L, s)
+      local b = lh_bucket(lh_hash_member(m), L, s)
       local t = g[b]
       if not t then t = {}; g[b] = t end
       t[#t + 1] = m

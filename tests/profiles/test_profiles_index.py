@@ -52,7 +52,7 @@ def test_the_index_grows_one_bucket_at_a_time_and_stays_exact(redis_client: redi
     assert read_index(redis_client, "acme", [("email", "nobody@example.com")])[0] == [None]
     # an entry is where the hash says (the Python mirror of the scripts' bucket function)
     field_name = keys.index_field("email", "p7@example.com")
-    bucket = buckets.bucket_of(buckets.entry_hash(field_name), level, split)
+    bucket = buckets.bucket_of(buckets.field_hash(field_name), level, split)
     assert redis_client.hget(f"{keys.index_key('acme')}:{bucket}", field_name) == b"7"
 
 
