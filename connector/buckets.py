@@ -54,7 +54,7 @@ local function lh_bucket(h, L, s)
   if b < s then b = h % (2 ^ (L + 1)) end
   return b
 end
-local function lh_name(prefix, b) return prefix .. string.format('%d', b) end
+local function lh_name(prefix, b) return prefix .. b end  -- integral numbers print as integers
 local function lh_unpack(packed)
   if not packed then return 0, 0, 0 end
   local L, s, n = string.match(packed, '^(%d+) (%d+) (%-?%d+)$')

@@ -392,10 +392,15 @@ class Resolver:
 _INDEX_GET = (
     buckets.LUA
     + """
-local L, s = lh_unpack(redis.call('HGET', KEYS[1], 'b'))
-local out = {redis.call('HGET', KEYS[1], 'o') or '-'}
+local st = redis.call('HMGET', KEYS[1], 'b', 'o')
+local L, s = lh_unpack(st[1])
+local low, high, prefix = 2 ^ L, 2 ^ (L + 1), ARGV[1]
+local out = {st[2] or '-'}
 for i = 2, #ARGV do
-  out[i] = redis.call('HGET', lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s)), ARGV[i])
+  local h = lh_hash_field(ARGV[i])
+  local b = h % low
+  if b < s then b = h % high end
+  out[i] = redis.call('HGET', prefix .. b, ARGV[i])
 end
 return out
 """
