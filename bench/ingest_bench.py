@@ -7,8 +7,10 @@
 3. (a) closed loop: wrk, cycling through pre-generated, distinct, correctly signed Segment bodies;
    (b) open loop at a fixed rate (bench/openloop.py), latency measured from each request's intended
    send instant.
-   Each measurement runs --rounds times, alternating the two servers, so that every ratio compares
-   runs made close in time (the machine may be shared with other work).
+   Each measurement runs --rounds times, alternating the two servers (every other round in the
+   reverse order), so that every ratio compares runs made close in time (the machine may be shared
+   with other work). Both count the servers' CPU per request (web processes + Redis); at the open
+   loop's fixed rate that compares the work done for the same load.
 4. Prints a markdown table (requests/s, p50, p99) with, for ingest, how many events were stored
    and how many were duplicates (expected: every request stored, no duplicate).
 
@@ -17,7 +19,10 @@ the account's live stream (``GET /api/v1/accounts/bench/live`` with an admin tok
 ``connector tokens create``; after each answer it waits the answer's ``retry`` and asks again with
 ``Last-Event-ID``, as the browser's EventSource does) and reports ingest with / without it, both
 ways, how many of the run's deliveries the client received, and how long after its instant (taken
-before the events were stored, so before the answer) each entry reached the client.
+before the events were stored, so before the answer) each entry reached the client. The client
+stands for a browser on another machine: it reads each answer whole with regular expressions (the
+instants and outcomes of stored deliveries) and reports its own CPU per delivery, which it takes
+from the same cores as the server here.
 
 ``--baseline DIR`` also serves, side by side in the same rounds, the connector from another
 checkout (``git worktree add /tmp/before <rev>``) with that checkout's gunicorn settings: before /
@@ -409,17 +414,26 @@ def open_round(
     args: argparse.Namespace,
     conn: redis.Redis,
     targets: list[Target],
+    masters: dict[int, subprocess.Popen[bytes]],
+    redis_pids: list[int],
     bodies: Callable[[str, int], Path],
     reverse: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """One open-loop run of each target at the fixed rate."""
+    """One open-loop run of each target at the fixed rate. CPU per request is counted here too: at
+    the same rate for every target it compares work done for the same load, where a closed loop's
+    also moves with the throughput each run reached."""
     out: dict[str, dict[str, Any]] = {}
     for target in targets[:: -1 if reverse else 1]:
         run_bodies = bodies("open", args.rate * args.open_seconds)
         conn.flushdb()
+        pids = server_pids(masters[target.port])
         with live_client(target, args) as live:
+            web0, redis0 = cpu_ms(pids), cpu_ms(redis_pids)
             result: dict[str, Any] = dict(openloop(target.port, run_bodies, args.rate, args.open_seconds))
+            sent = max(int(result["sent"]), 1)
+            result["web_cpu_ms"] = (cpu_ms(pids) - web0) / sent
             if target.ingest:
+                result["redis_cpu_ms"] = (cpu_ms(redis_pids) - redis0) / sent
                 result["stored"], result["duplicates"] = stored(conn)
             measure_live(conn, result, live)
         out[target.name] = result
@@ -498,7 +512,10 @@ def main() -> None:
             for n in range(args.rounds)
         ]
         open_rounds = 0 if args.no_open_loop else args.rounds
-        opened = [open_round(args, conn, targets, bodies, n % 2 == 1) for n in range(open_rounds)]
+        opened = [
+            open_round(args, conn, targets, masters, redis_pids, bodies, n % 2 == 1)
+            for n in range(open_rounds)
+        ]
         report(args, [t.name for t in targets], closed, opened, (started, load_before, os.getloadavg()))
     finally:
         for proc in masters.values():
@@ -560,9 +577,7 @@ def report(
     print("|---|---|---|---:|---:|---:|---:|---|")
     for i, results in enumerate(closed, 1):
         for name, r in ((n, results[n]) for n in names):
-            cpu = f"{r['web_cpu_ms']:.2f}"
-            if "redis_cpu_ms" in r:
-                cpu += f" + redis {r['redis_cpu_ms']:.2f}"
+            cpu = _cpu_cell(r)
             notes = f"requests {int(r['requests'])}, non-2xx {int(r['non_2xx'])}"
             notes += f", socket errors {int(r['socket_errors'])}"
             extra = _notes(r)
@@ -579,10 +594,17 @@ def report(
             extra = _notes(r)
             print(
                 f"| {i} | (b) open loop, {r['target_rate']:.0f} req/s | {name} | {r['achieved_rate']:.0f} "
-                f"| {r['p50_ms']} | {r['p99_ms']} | | {notes}{'; ' + extra if extra else ''} |"
+                f"| {r['p50_ms']} | {r['p99_ms']} | {_cpu_cell(r)} | {notes}{'; ' + extra if extra else ''} |"
             )
     print()
     report_ratios(args, names, closed, opened)
+
+
+def _cpu_cell(r: dict[str, Any]) -> str:
+    cpu = f"{r['web_cpu_ms']:.2f}"
+    if "redis_cpu_ms" in r:
+        cpu += f" + redis {r['redis_cpu_ms']:.2f}"
+    return cpu
 
 
 def report_ratios(
@@ -602,6 +624,7 @@ def report_ratios(
     if LIVE in names:
         ratio(closed, LIVE, INGEST, "with / without the live client")
         ratio(closed, LIVE, BARE, "ingest with the live client / bare")
+        cpu_ratio(opened, LIVE, INGEST, f"open loop at {args.rate} req/s, with / without the live client")
     if BEFORE in names:
         ratio(closed, BEFORE, BARE, "before: ingest / bare")
         ratio(closed, INGEST, BEFORE, "after / before, ingest")
@@ -609,6 +632,12 @@ def report_ratios(
         ratio(closed, BEFORE_LIVE, BEFORE, "before: with / without the live client")
         ratio(closed, BEFORE_LIVE, BARE, "before: ingest with the live client / bare")
         ratio(closed, LIVE, BEFORE_LIVE, "after / before, ingest with the live client")
+        cpu_ratio(
+            opened,
+            BEFORE_LIVE,
+            BEFORE,
+            f"before: open loop at {args.rate} req/s, with / without the live client",
+        )
     if ALT_INGEST in names:
         ratio(closed, ALT_INGEST, ALT_BARE, "other gunicorn args: ingest / bare")
         ratio(closed, ALT_INGEST, INGEST, "ingest, other gunicorn args / gunicorn_conf")
@@ -625,6 +654,16 @@ def report_ratios(
             f"entry instant -> client, per run p99 "
             f"{', '.join(format(r['live_p99_ms'], '.0f') for r in live_runs)} ms, max {worst:.0f} ms"
         )
+
+
+def cpu_ratio(results: list[dict[str, dict[str, Any]]], top: str, bottom: str, label: str) -> None:
+    """``top`` against ``bottom`` per open-loop round (same rate): CPU per request (web + Redis)."""
+    if not results:
+        return
+    cpu = [_cpu(r[top]) / _cpu(r[bottom]) for r in results]
+    print(
+        f"{label}: CPU per request {', '.join(f'{x:.0%}' for x in cpu)} (median {statistics.median(cpu):.0%})"
+    )
 
 
 def ratio(results: list[dict[str, dict[str, Any]]], top: str, bottom: str, label: str) -> None:
