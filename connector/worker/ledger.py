@@ -11,13 +11,25 @@ whose first line is the state and each further line a change, oldest first:
   since the epoch in base 36, followed by ``,<next due>,<rules fingerprint>`` when the result came
   from the worker's evaluation: what incremental evaluation needs to reuse it; the due instant in
   the same base-36 microseconds, the fingerprint by its code), contact digest, the number of changes
-  below, the segments (codes, comma-separated), the computed traits (``<codes>=<JSON array of their
-  values>``, by name order; empty when none).
-- the history, capped at ``HISTORY_MAXLEN`` changes (what the cap drops is counted): version,
-  instant (as in the state), segment moves (``+<code>`` entered, ``-<code>`` exited) and the traits
-  that changed, *as they were before* (``<codes absent before>/<codes>=<JSON array of the earlier
-  values>``; ``*`` when there was no state before): the traits after each change are those of the
-  state with the later changes undone, so a change costs only what it changed.
+  below it in the string, the segments (codes, comma-separated), the computed traits
+  (``<codes>=<JSON array of their values>``, by name order; empty when none).
+- the latest changes (at most ``INLINE``): version, instant (as in the state), segment moves
+  (``+<code>`` entered, ``-<code>`` exited) and the traits that changed, *as they were before*
+  (``<codes absent before>/<codes>=<JSON array of the earlier values>``; ``*`` when there was no
+  state before): the traits after each change are those of the state with the later changes undone,
+  so a change costs only what it changed.
+
+The older changes, in the same form, are in a list beside it, ``lold:{acct:pid}`` (oldest first;
+no key until a profile has had more than ``INLINE`` changes): when a record would leave more than
+``INLINE`` changes in the string, all but the newest ``KEEP`` move to the list (17 at a time with
+32 and 16), so an evaluation reads and writes a string of bounded size whatever the history holds,
+and the list is written once every 17 changes. The history as a whole (list and string) is capped
+at ``HISTORY_MAXLEN`` changes: the list's oldest are dropped when changes move in (between
+``HISTORY_MAXLEN - INLINE + KEEP`` and ``HISTORY_MAXLEN`` are kept), and what the cap drops is
+counted (``ledger_history``). Reading the history reads the string and as much of the list as the
+changes asked for need, in one script, and undoes the traits across both as one sequence.
+Evaluation reads only the first ``STATE_PREFIX`` bytes of each ledger (the state line; a longer one
+is read whole in a second round trip).
 
 Segment names, computed trait names and rules fingerprints are short codes of a per-account
 dictionary, ``lnames:acct`` (:class:`connector.profiles.store.NameCodes`, as the event names have;
@@ -28,7 +40,10 @@ recorded: a string of two lines (segments JSON; version, revision, instant in se
 traits JSON) or a hash (``s`` and ``x`` in pieces, or ``v``, ``s``, ``t``, ``r``, ``e``, ``c``), with
 the history beside it in ``lhist:{acct:pid}`` (a list of ``<version> <µs> <+name,-name>\\x1e<traits>``
 entries, or a stream of those or of whole old and new states), whose entries move into the ledger
-as they are (read as before) and whose key is then deleted.
+as they are (read as before; the older ones on to ``lold``) and whose key is then deleted. A string
+holding more than ``INLINE`` changes (written before the list existed, up to ``HISTORY_MAXLEN``) is
+read as it is and moves its older changes to the list at its next record (one without a change
+moves only what the list has room for: nothing is dropped uncounted).
 
 Recording many profiles is one round trip per Redis server: the stored states are read in one
 pipeline, the diffs computed here, and one script per profile compares the state it finds with the
@@ -50,23 +65,30 @@ from connector.profiles.store import NameCodes
 from connector.redis_conn import grouped_by_node, is_cluster
 
 HISTORY_MAXLEN = 500
+INLINE = 32  # the most changes the ledger string holds; the older ones are in the list beside it
+KEEP = 16  # the changes the string keeps when its oldest move to that list (17 at a time)
+STATE_PREFIX = 1024  # bytes read of each ledger for an evaluation (the state line; read whole if longer)
 ATTEMPTS = 5  # reads of a profile's stored state before a concurrently changing ledger is an error
 TRAITS_SEP = "\x1e"  # in the history entries of the earlier layout: moves, then the traits JSON
 OLD_FIELDS = "\x1f"  # between the fields of a migrated stream entry written with whole states
 
-# KEYS: ledger, history of the earlier layouts. ARGV: 1 segments, 2 traits, 3 revision, 4 instant
-# (epoch µs in base 36), 5 ",<next due>,<rules fingerprint>" after the instant ("" for none),
-# 6 contact, 7 the stored segments and traits the caller read ("<segments>\n<traits>" as stored,
-# "" for none), 8 "1" when the result's segments and traits are the stored ones, 9 force, 10 the
-# history entry after its version ("" for none), 11 maxlen.
+# KEYS: ledger, history of the earlier layouts, older changes. ARGV: 1 segments, 2 traits,
+# 3 revision, 4 instant (epoch µs in base 36), 5 ",<next due>,<rules fingerprint>" after the
+# instant ("" for none), 6 contact, 7 the stored segments and traits the caller read
+# ("<segments>\n<traits>" as stored, "" for none), 8 "1" when the result's segments and traits are
+# the stored ones, 9 force, 10 the history entry after its version ("" for none), 11 maxlen, 12 the
+# most changes the string holds, 13 the changes it keeps when its oldest move to the list beside.
 # A result computed from an older profile revision (or an earlier instant) than the one already
 # recorded is ignored, so two workers evaluating the same profile concurrently can never roll the
 # ledger back. When the stored segments and traits are not the ones the caller read the reply is
 # {-2} and the caller reads them again. The version is bumped when the segments or traits changed,
 # when the contact the destinations address (a digest of the email) changed, or when ``force`` is
 # set (a merge). A ledger of an earlier layout is rewritten in this one, its history list or stream
-# moved into it (entries prefixed ``L``, or ``W`` for whole states). Reply: {version, changes
-# trimmed from the history}, or {0} (nothing changed) / {-1} (stale) / {-2} (not the expected state).
+# moved into it (entries prefixed ``L``, or ``W`` for whole states). When the string would hold
+# more than its most changes, all but the newest ``keep`` move to the list of older ones, whose
+# oldest go beyond the cap (counted); a record without a change moves only as many as the list
+# has room for (its reply carries no count). Reply: {version, changes trimmed from the history}, or
+# {0} (nothing changed) / {-1} (stale) / {-2} (not the expected state).
 _RECORD = """
 local raw = redis.pcall('GET', KEYS[1])
 local v, r, at, c, n, s, t
@@ -149,11 +171,32 @@ if ARGV[10] ~= '' then
   add = '\\n' .. version .. ' ' .. ARGV[10]
   n = n + 1
 end
-local trimmed, cap = 0, tonumber(ARGV[11])
-if n > cap then  -- the oldest changes go
-  trimmed, n = n - cap, cap
-  for _ = 1, trimmed do
-    if from then from = string.find(src, '\\n', from + 1, true) end
+local trimmed, cap, most, keep = 0, tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local function take()  -- the oldest change left in the string, which leaves it
+  local nxt = string.find(src, '\\n', from + 1, true)
+  local line = string.sub(src, from + 1, (nxt or 0) - 1)
+  from = nxt
+  return line
+end
+if n > cap then  -- a history of before longer than the cap: its oldest changes go
+  trimmed = n - cap
+  for _ = 1, trimmed do take() end
+  n = cap
+end
+if n > most then  -- the oldest changes of the string move to the list of older ones, but the newest keep
+  local held = redis.call('LLEN', KEYS[3])
+  local room = cap - most - held
+  local out = n - keep
+  if add == '' then out = math.min(out, math.max(room, 0)) end  -- no change: nothing dropped
+  if out > 0 then
+    local over = math.max(out - room, 0)  -- beyond the list's bound: the oldest go, counted
+    local gone = math.min(over, held)
+    if gone > 0 then redis.call('LTRIM', KEYS[3], gone, -1) end
+    for _ = 1, over - gone do take() end
+    local lines = {}
+    for i = 1, out - (over - gone) do lines[i] = take() end
+    for i = 1, #lines, 200 do redis.call('RPUSH', KEYS[3], unpack(lines, i, math.min(i + 199, #lines))) end
+    trimmed, n = trimmed + over, n - out
   end
 end
 redis.call('SET', KEYS[1], version .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' ..
@@ -162,12 +205,29 @@ if version == old then return {0} end
 return {version, trimmed}
 """
 
-# The stored state, whichever layout: {"s", string} or {"h", HGETALL as a flat list} or {}.
+# The stored state, whichever layout: {"s", string (the state line only in this layout)} or
+# {"h", HGETALL as a flat list} or {}.
 _READ = """
 local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'string' then return {'s', redis.call('GET', KEYS[1])} end
+if kind == 'string' then
+  local value = redis.call('GET', KEYS[1])
+  local one = string.find(value, '\\n', 1, true)
+  if one and string.byte(value, 1) ~= 91 then value = string.sub(value, 1, one - 1) end
+  return {'s', value}
+end
 if kind == 'hash' then return {'h', redis.call('HGETALL', KEYS[1])} end
 return {}
+"""
+
+# KEYS: ledger, older changes. ARGV: count. Reply: {the ledger string, the latest of the older
+# changes that the latest ``count`` changes need}, or {} when the ledger is not a string.
+_TAIL = """
+local value = redis.pcall('GET', KEYS[1])
+if type(value) ~= 'string' then return {} end
+local inline = tonumber(string.match(value, '^%d+ %-?%d+ %S+ %S* (%d+) ') or '0')
+local need = tonumber(ARGV[1]) - inline
+if need <= 0 then return {value, {}} end
+return {value, redis.call('LRANGE', KEYS[2], -need, -1)}
 """
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -182,6 +242,11 @@ def ledger_key(account: str, profile_id: str) -> str:
 def history_key(account: str, profile_id: str) -> str:
     """The history of the earlier layouts (moved into the ledger when the profile is recorded)."""
     return f"lhist:{{{account}:{profile_id}}}"
+
+
+def older_key(account: str, profile_id: str) -> str:
+    """The ledger's changes older than the ones its string holds (a list, oldest first)."""
+    return f"lold:{{{account}:{profile_id}}}"
 
 
 def names_key(account: str) -> str:
@@ -379,7 +444,7 @@ class _Change:
             "1" if self.same else "0",
             "1" if self.entry.force else "0",
             f"{at} {self.history}" if self.history else "",
-            HISTORY_MAXLEN,
+            *_bounds(),
         ]
 
     def diff(self, reply: Sequence[Any]) -> Diff:
@@ -392,6 +457,12 @@ class _Change:
             changed_traits=self.changed,
             trimmed=int(reply[1]),
         )
+
+
+def _bounds() -> tuple[int, int, int]:
+    """The cap of the history, the most changes the string holds and the ones it keeps."""
+    most = max(1, min(INLINE, HISTORY_MAXLEN))
+    return HISTORY_MAXLEN, most, max(1, min(KEEP, most))
 
 
 def _decoded(traits: Mapping[str, Any], values: str) -> dict[str, Any]:
@@ -453,6 +524,7 @@ class Ledger:
         self.names = ledger_names(conn)
         self._record = conn.register_script(_RECORD)
         self._read = conn.register_script(_READ)
+        self._tail = conn.register_script(_TAIL)
 
     def record(
         self,
@@ -529,7 +601,11 @@ class Ledger:
         at = _micros(now)
         calls = [
             (
-                [ledger_key(account, c.entry.profile_id), history_key(account, c.entry.profile_id)],
+                [
+                    ledger_key(account, c.entry.profile_id),
+                    history_key(account, c.entry.profile_id),
+                    older_key(account, c.entry.profile_id),
+                ],
                 c.args(at, codes),
             )
             for c in changes
@@ -559,23 +635,31 @@ class Ledger:
         """The stored values; with ``check``, the name codes' generation is read alongside."""
         keys = [ledger_key(account, pid) for pid in pids]
         if not is_cluster(self.conn):
-            # one GET each; a ledger of an earlier layout (a hash) answers WRONGTYPE and is read again
+            # the first bytes of each (the state line, not the changes after it); a longer state
+            # line is read whole, and a ledger of an earlier layout (a hash) answers WRONGTYPE and
+            # is read again
             pipe = self.conn.pipeline(transaction=False)
             for key in keys:
-                pipe.get(key)
+                pipe.getrange(key, 0, STATE_PREFIX - 1)
             if check:
                 pipe.hget(names_key(account), "#gen")
             got = pipe.execute(raise_on_error=False)
             if check:
                 self.names.check(account, _generation(got.pop()))
-            legacy = [n for n, reply in enumerate(got) if isinstance(reply, redis.ResponseError)]
-            if legacy:
-                again = self.conn.pipeline(transaction=False)
-                for n in legacy:
-                    again.hgetall(keys[n])
-                for n, fields in zip(legacy, again.execute(), strict=True):
-                    got[n] = ("h", [item for pair in fields.items() for item in pair])
-            return [_Raw.of(("s", reply) if isinstance(reply, bytes) else reply) for reply in got]
+            again = [n for n, reply in enumerate(got) if not isinstance(reply, bytes) or _cut(reply)]
+            if again:
+                pipe = self.conn.pipeline(transaction=False)
+                for n in again:
+                    if isinstance(got[n], bytes):
+                        pipe.get(keys[n])
+                    else:
+                        pipe.hgetall(keys[n])
+                for n, reply in zip(again, pipe.execute(), strict=True):
+                    got[n] = reply if not isinstance(reply, dict) else ("h", [*_flat(reply)])
+            return [
+                _Raw.of(("s", reply) if isinstance(reply, bytes) else reply) if reply else _Raw()
+                for reply in got
+            ]
         targets = [*keys, names_key(account)] if check else keys
         replies = grouped_by_node(
             self.conn,
@@ -612,11 +696,14 @@ class Ledger:
     def history(self, account: str, profile_id: str, count: int = 100) -> list[dict[str, Any]]:
         """The latest ``count`` changes, oldest first: version, instant, segments entered and exited,
         computed traits changed (with their new values)."""
-        value = self._value(account, profile_id)
-        if value is None:
+        count = max(count, 0)
+        reply = self._tail(
+            keys=[ledger_key(account, profile_id), older_key(account, profile_id)], args=[count]
+        )
+        if not reply or not reply[0] or reply[0].startswith(b"["):  # none, or an earlier layout
             return [_entry(line) for line in self._history(account, profile_id, count)]
-        lines = value.split(b"\n")
-        state, changes = lines[0], lines[1:]
+        lines = reply[0].split(b"\n")
+        state, changes = lines[0], [*reply[1], *lines[1:]]  # the older changes, then the string's
         return _changes(
             _Codes(self.names, account),
             state.split(b" ", 6)[6].decode(),
@@ -639,7 +726,9 @@ class Ledger:
     def history_length(self, account: str, profile_id: str) -> int:
         value = self._value(account, profile_id)
         if value is not None:
-            return int(_state_line(value).split(b" ", 5)[4])
+            return int(_state_line(value).split(b" ", 5)[4]) + int(
+                self.conn.llen(older_key(account, profile_id))
+            )
         key = history_key(account, profile_id)
         kind = self.conn.type(key)
         if kind in (b"stream", "stream"):
@@ -647,11 +736,24 @@ class Ledger:
         return int(self.conn.llen(key)) if kind in (b"list", "list") else 0
 
     def delete(self, account: str, profile_id: str) -> None:
-        self.conn.delete(ledger_key(account, profile_id), history_key(account, profile_id))
+        self.conn.delete(
+            ledger_key(account, profile_id), history_key(account, profile_id), older_key(account, profile_id)
+        )
 
     def delete_many(self, account: str, profile_ids: Iterable[str]) -> None:
         for pid in profile_ids:  # each profile's keys share a slot, not the others'
             self.delete(account, pid)
+
+
+def _flat(fields: Mapping[bytes, bytes]) -> Iterable[bytes]:
+    for pair in fields.items():
+        yield from pair
+
+
+def _cut(head: bytes) -> bool:
+    """Whether the first bytes of a ledger read miss some of its state (the state line, or the
+    two lines of the earlier string layout)."""
+    return len(head) == STATE_PREFIX and (head[:1] == b"[" or b"\n" not in head)
 
 
 def _state_line(value: bytes) -> bytes:

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from connector.profiles.erasure import drop_names
 from connector.profiles.store import name_codes
 from connector.worker import ledger as ledger_module
-from connector.worker.ledger import Entry, Ledger, history_key, ledger_key, names_key
+from connector.worker.ledger import Entry, Ledger, history_key, ledger_key, names_key, older_key
+from tests.profiles.test_profiles_cluster import cluster, cluster_url  # noqa: F401  (fixtures)
 
 T0 = datetime(2024, 3, 1, 11, 0, tzinfo=UTC)
 TRAITS = {f"trait_{n}": f"value number {n} of this profile" for n in range(7)}
@@ -215,3 +217,155 @@ def test_the_recorded_next_due_and_rules_are_read_back(redis_client: redis.Redis
     assert (two.members(), two.due, two.rules) == (frozenset(), None, "abcd1234")
     assert (three.members(), three.rules, three.revision) == ({"vip"}, "", 1)  # not from the worker
     assert none.segments is None and none.rules == ""
+
+
+def _changes_held(redis_client: redis.Redis | RedisCluster, pid: str = "p1") -> int:
+    """The changes the ledger string itself holds."""
+    return len((redis_client.get(ledger_key("acme", pid)) or b"").split(b"\n")) - 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_older_changes_move_to_a_list_and_are_answered_the_same(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    monkeypatch.setattr(ledger_module, "STATE_PREFIX", 24)  # state lines longer and shorter than it
+    ledger = Ledger(redis_client)
+    steps = _steps(seed, 160)
+    for n, (segments, traits) in enumerate(steps):
+        ledger.record("acme", "p1", segments, traits, T0 + timedelta(seconds=n), revision=n + 1)
+        assert _changes_held(redis_client) <= ledger_module.INLINE
+    expected = _reference(steps)
+    assert len(expected) > ledger_module.INLINE + ledger_module.KEEP  # some moved, more than once
+    assert redis_client.type(older_key("acme", "p1")) == b"list"
+    assert ledger.history_length("acme", "p1") == len(expected)
+    whole = ledger.history("acme", "p1", count=1000)
+    assert _json([{k: v for k, v in h.items() if k != "at"} for h in whole]) == _json(expected)
+    for count in (1, 5, 16, 17, 32, 33, 50, len(expected) - 1, len(expected)):
+        # the traits of each change are undone across the string and the list alike
+        assert _json(ledger.history("acme", "p1", count=count)) == _json(whole[-count:])
+    (stored,) = ledger.stored_many("acme", ["p1"])
+    state = ledger.state("acme", "p1")
+    assert state is not None and stored.members() == state.segments == steps[-1][0]
+
+
+def test_the_cap_counts_what_the_list_drops(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "HISTORY_MAXLEN", 40)
+    monkeypatch.setattr(ledger_module, "INLINE", 8)
+    monkeypatch.setattr(ledger_module, "KEEP", 3)
+    ledger = Ledger(redis_client)
+    steps = _steps(5, 300)
+    trimmed = 0
+    for n, (segments, traits) in enumerate(steps):
+        diff = ledger.record("acme", "p1", segments, traits, T0 + timedelta(seconds=n), revision=n + 1)
+        trimmed += diff.trimmed if diff is not None else 0
+        assert ledger.history_length("acme", "p1") <= 40 and _changes_held(redis_client) <= 8
+    expected = _reference(steps)
+    length = ledger.history_length("acme", "p1")
+    assert trimmed + length == len(expected) and length >= 40 - 8
+    got = [{k: v for k, v in h.items() if k != "at"} for h in ledger.history("acme", "p1", count=1000)]
+    assert _json(got) == _json(expected[-length:])
+
+
+def test_a_ledger_holding_its_whole_history_moves_the_older_changes_out_at_its_next_record(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the first layout of one string kept every change in it (up to the cap)
+    monkeypatch.setattr(ledger_module, "INLINE", 10_000)
+    ledger = Ledger(redis_client)
+    steps = [(frozenset({f"s{n % 3}"}), {"score": n}) for n in range(503)]
+    for n, (segments, traits) in enumerate(steps):
+        ledger.record("acme", "p1", segments, traits, T0 + timedelta(seconds=n), revision=n + 1)
+    assert _changes_held(redis_client) == 500 and not redis_client.exists(older_key("acme", "p1"))
+    before = ledger.history("acme", "p1", count=1000)
+    monkeypatch.setattr(ledger_module, "INLINE", 32)
+    # the same result again: the string keeps its newest changes, nothing is dropped
+    last = steps[-1]
+    assert ledger.record("acme", "p1", last[0], last[1], T0 + timedelta(seconds=600), revision=600) is None
+    assert _changes_held(redis_client) == 32 and redis_client.llen(older_key("acme", "p1")) == 468
+    assert ledger.history("acme", "p1", count=1000) == before
+    # the next change moves 17 more, and the list drops its oldest 17 (counted)
+    diff = ledger.record("acme", "p1", frozenset({"new"}), {"score": -1}, T0 + timedelta(seconds=601), 601)
+    assert diff is not None and diff.trimmed == 17
+    assert _changes_held(redis_client) == 16 and ledger.history_length("acme", "p1") == 484
+    after = ledger.history("acme", "p1", count=1000)
+    assert after[:-1] == before[17:] and after[-1]["entered"] == ["new"]
+    assert after[-1]["traits"] == {"score": -1}
+
+
+def test_a_long_history_of_before_moves_in_and_out_to_the_list(redis_client: redis.Redis) -> None:
+    key, hist = ledger_key("acme", "p1"), history_key("acme", "p1")
+    traits = _json({"n": 99})
+    redis_client.set(key, f'["vip"]\n99 1 1709290800.0 abc {traits}')
+    items = [
+        f"{v} {1709287200000000 + v} {'+vip' if v % 2 else '-vip'}\x1e{_json({'n': v})}"
+        for v in range(1, 100)
+    ]
+    redis_client.rpush(hist, *items)
+    ledger = Ledger(redis_client)
+    before = ledger.history("acme", "p1", count=1000)
+    assert len(before) == 99
+    diff = ledger.record("acme", "p1", frozenset(), {"n": 100}, T0, revision=2, contact="abc")
+    assert diff is not None and (diff.version, diff.trimmed) == (100, 0)
+    assert not redis_client.exists(hist) and _changes_held(redis_client) == ledger_module.KEEP
+    after = ledger.history("acme", "p1", count=1000)
+    assert after[:-1] == before and after[-1]["exited"] == ["vip"]
+    assert ledger.history("acme", "p1", count=3) == after[-3:]
+
+
+def test_a_state_longer_than_what_is_read_first_is_read_whole(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    long = {f"trait_{n}": "x" * 300 for n in range(5)}
+    for n in range(40):
+        ledger.record("acme", "p1", frozenset({"vip"}), {**long, "n": n}, T0 + timedelta(seconds=n), n + 1)
+    ledger.record("acme", "p2", frozenset({"vip"}), {"n": 1}, T0, 1)
+    one, two, none = ledger.stored_many("acme", ["p1", "p2", "p3"])
+    assert json.loads(one.traits.split(b"=", 1)[1]) == [39, *long.values()]  # type: ignore[union-attr]
+    assert two.members() == one.members() == {"vip"} and none.segments is None
+    # the string layout of before, longer than the first bytes read
+    redis_client.set(ledger_key("acme", "p4"), f'["vip"]\n2 1 1709290800.0 abc {_json(long)}')
+    (old,) = ledger.stored_many("acme", ["p4"])
+    assert old.members() == {"vip"} and json.loads(old.traits or b"") == long
+
+
+def test_deleting_a_profile_removes_its_older_changes(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "INLINE", 2)
+    monkeypatch.setattr(ledger_module, "KEEP", 1)
+    ledger = Ledger(redis_client)
+    for pid in ("p1", "p2"):
+        for n in range(5):
+            ledger.record("acme", pid, frozenset({f"s{n}"}), {}, T0 + timedelta(seconds=n), n + 1)
+        assert redis_client.exists(older_key("acme", pid))
+    ledger.delete_many("acme", ["p1", "p2"])
+    assert redis_client.keys("*p1*") == [] and redis_client.keys("*p2*") == []
+
+
+def test_the_older_changes_on_a_cluster(
+    cluster: RedisCluster,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ledger_module, "INLINE", 4)
+    monkeypatch.setattr(ledger_module, "KEEP", 2)
+    ledger = Ledger(cluster)
+    pids = [f"p{n}" for n in range(8)]  # on every node
+    steps = _steps(7, 40)
+    for n, (segments, traits) in enumerate(steps):
+        entries = [Entry(pid, segments, traits, n + 1) for pid in pids]
+        ledger.record_many("acme", entries, T0 + timedelta(seconds=n))
+    expected = _reference(steps)
+    for pid in pids:
+        assert cluster.exists(older_key("acme", pid)) and _changes_held(cluster, pid) <= 4
+        got = [{k: v for k, v in h.items() if k != "at"} for h in ledger.history("acme", pid, count=1000)]
+        assert _json(got) == _json(expected) and ledger.history_length("acme", pid) == len(expected)
+    stored = ledger.stored_many("acme", pids)
+    assert {s.members() for s in stored} == {steps[-1][0]}
+    assert {s.traits for s in stored} == {
+        (cluster.get(ledger_key("acme", "p0")) or b"").split(b"\n")[0].split(b" ", 6)[6]
+    }
+    state = ledger.state("acme", "p0")
+    assert state is not None and _json(state.traits) == _json(steps[-1][1])
+    ledger.delete_many("acme", pids)
+    assert not cluster.exists(*[older_key("acme", pid) for pid in pids])
