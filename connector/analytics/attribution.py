@@ -68,10 +68,11 @@ PERIODS = 12
 # the message key; 64 bytes a field at most, then "^<period>+" ...), and the credit marks of the
 # events that carry no message (orders, unsubscribes, engagement without a message id) and
 # credited something: 8 bytes each, packed in "*<period>" (7 a field at most, then "*<period>+"
-# ...). Each run drops the message
-# state of 5 or more periods ago. Fields of the layout of before (e:/x:/r:<name>, d:/op:/ck:<id>,
-# #<8 bytes>) are read; the segment ones are rewritten with codes by the first run that finds them,
-# the message ones are dropped with their period.
+# ...). Message state (D, ^, *, and d:/op:/ck:<id>, #<8 bytes> of before) of 5 or more periods
+# ago is gone for every purpose (docs/analytics.md, "When message state is gone"): no run reads it,
+# and every run deletes it first, also one that then refuses its event. Fields of the layout of
+# before (e:/x:/r:<name>, d:/op:/ck:<id>, #<8 bytes>) are read; the segment ones are rewritten with
+# codes by the first run that finds them, the message ones age out with their period.
 _CREDIT = """
 local PERIODS = tonumber(ARGV[10])
 local person, old, dict = KEYS[1], KEYS[2], KEYS[3]
@@ -79,29 +80,26 @@ local kind, at, mk, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[15]
 local mark, period = ARGV[2], tonumber(ARGV[13])
 local legacy = redis.call('EXISTS', old) == 1
 local function before(field) return legacy and redis.call('HEXISTS', old, field) == 1 end
-if before('#' .. mark) or before('#' .. ARGV[12]) then return 0 end
+-- state written 5 or more periods ago is gone for every purpose: not read, and deleted below
+local function aged(written) return (period - written) % PERIODS >= 5 end
 local state = redis.call('HGETALL', person)
 local h, e, x, r, packs, flags, counted, stale, earlier = {}, {}, {}, {}, {}, {}, {}, {}, {}
-local onemark = '#' .. mark
+local dup = false
 for i = 1, #state, 2 do
   local f, v = state[i], state[i + 1]
-  if f == onemark then return 0 end
-  h[f] = v
-  local c = string.sub(f, 1, 1)
+  local c, gone = string.sub(f, 1, 1), false
   if c == 'E' then e[string.sub(f, 2)] = tonumber(v)
   elseif c == 'X' then x[string.sub(f, 2)] = tonumber(v)
   elseif c == 'R' then r[string.sub(f, 2)] = tonumber(v)
   elseif c == '*' then
-    if (period - tonumber(string.match(f, '^%*(%d+)'))) % PERIODS >= 5 then
-      stale[#stale + 1] = f
-    else
-      for j = 1, #v, 8 do if string.sub(v, j, j + 7) == mark then return 0 end end
+    gone = aged(tonumber(string.match(f, '^%*(%d+)')))
+    if not gone then
+      for j = 1, #v, 8 do if string.sub(v, j, j + 7) == mark then dup = true end end
       packs[f] = v
     end
   elseif c == '^' then
-    if (period - tonumber(string.match(f, '^%^(%d+)'))) % PERIODS >= 5 then
-      stale[#stale + 1] = f
-    else
+    gone = aged(tonumber(string.match(f, '^%^(%d+)')))
+    if not gone then
       flags[f] = v
       local j = 1
       while j <= #v do
@@ -115,11 +113,15 @@ for i = 1, #state, 2 do
     if p == 'e:' or p == 'x:' or p == 'r:' then
       earlier[#earlier + 1] = f
     else
+      -- D<message>, and the message fields and marks of before (d:/op:/ck:<id>, #<8 bytes>)
       local written = tonumber(string.match(v, '^%d+'))
-      if written and (period - written) % PERIODS >= 5 then stale[#stale + 1] = f end
+      gone = written ~= nil and aged(written)
     end
   end
+  if gone then stale[#stale + 1] = f else h[f] = v end
 end
+if #stale > 0 then redis.call('HDEL', person, unpack(stale)) end
+if dup or h['#' .. mark] or before('#' .. mark) or before('#' .. ARGV[12]) then return 0 end
 local function seen(flag, short)
   local found = short == 'D' and h['D' .. mk] ~= nil or counted[short .. mk]
   return found or h[flag .. ':' .. mid] ~= nil or before(flag .. ':' .. mid)
@@ -172,7 +174,6 @@ if #earlier > 0 then
   if #moved > 0 then redis.call('HSET', person, unpack(moved)) end
   redis.call('HDEL', person, unpack(earlier))
 end
-if #stale > 0 then redis.call('HDEL', person, unpack(stale)) end
 redis.call('EXPIRE', person, ARGV[14])
 -- an event without a message is marked once it credited something (one that credited nothing
 -- cannot be credited twice): 8 bytes in its period's field, at most 7 a field
@@ -277,8 +278,10 @@ return 1
 def period(moment: datetime) -> int:
     """The 8-day period of ``moment``, counted modulo :data:`PERIODS`: the value of the message
     state written then (0 to 11, which Redis stores in an entry's header byte). State of 5 or more
-    periods back is dropped, so it is kept 33 to 47 days (``keys.MESSAGE_RETENTION``: at least 30);
-    a person without any credit for 96 days or more keeps theirs up to one more cycle."""
+    periods back is gone for every purpose (not read, and deleted by the person's next credit), so
+    it counts for more than 32 and at most 40 days (``keys.MESSAGE_RETENTION``: at least 30); state
+    no credit met 5 to 11 periods after it was written reads as current again 12 to 16 periods
+    after (the count wraps), until a credit finds it 5 or more periods back."""
     return int(moment.timestamp()) // 86400 // PERIOD_DAYS % PERIODS
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from connector import clock
 from connector.analytics import attribution, movement, overlap
 from connector.analytics.keys import codes_key, day_key, messages_key, person_key
 from connector.event import Event
@@ -351,3 +352,121 @@ def test_opens_and_clicks_of_a_period_share_fields_of_at_most_64_bytes(redis_cli
     row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
     assert (row["dl:cart:t"], row["op:cart:t"], row["ck:cart:t"]) == ("10", "10", "10")
     assert redis_client.object("encoding", person_key("acme", "p1")) in (b"listpack", b"ziplist")
+
+
+# The period boundary: message state written in the last second of a period is still counted in
+# the last second of the 4th period after (32 days on) and gone for every purpose from the first
+# second of the 5th. The credits read the instant from the clock seam, pinned here.
+def _period_end(moment: datetime) -> datetime:
+    days = attribution.PERIOD_DAYS
+    start = int(moment.timestamp()) // 86400 // days * days
+    return datetime.fromtimestamp((start + days) * 86400 - 1, UTC)
+
+
+WRITTEN = _period_end(T0 + timedelta(days=3))
+LIVE = WRITTEN + timedelta(days=4 * attribution.PERIOD_DAYS)
+AGED = LIVE + timedelta(seconds=1)
+
+
+def _credit_at(conn: redis.Redis, instant: datetime, events: list[Event]) -> None:
+    with clock.frozen(instant):
+        attribution.record(conn, "acme", "p1", events, ["vip"], {})
+
+
+def _day(conn: redis.Redis, moment: datetime) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in conn.hgetall(day_key("acme", moment)).items()}
+
+
+def _in_vip(conn: redis.Redis) -> None:
+    movement.record_diff(conn, "acme", GROUPS, "p1", ["vip"], [], WRITTEN - timedelta(days=1))
+
+
+def test_the_period_boundary_is_32_days_after_the_last_second_of_a_period() -> None:
+    p = attribution.period(WRITTEN)
+    assert attribution.period(WRITTEN + timedelta(seconds=1)) == (p + 1) % attribution.PERIODS
+    assert attribution.period(LIVE) == (p + 4) % attribution.PERIODS
+    assert attribution.period(AGED) == (p + 5) % attribution.PERIODS
+
+
+def test_a_delivery_whose_earlier_delivery_aged_out_is_credited(redis_client: redis.Redis) -> None:
+    _in_vip(redis_client)
+    first = _event("email_delivered", 1, WRITTEN, message_id="m1")
+    _credit_at(redis_client, WRITTEN, [first])
+    # 4 periods on: the message is still counted, by whichever event names it
+    _credit_at(redis_client, LIVE, [first, _event("email_delivered", 2, LIVE, message_id="m1")])
+    assert _day(redis_client, WRITTEN) == {"dl:vip:t": "1"}
+    assert _day(redis_client, LIVE) == {}
+    # 5 periods on: the delivery state of before is gone, a delivery of the message is credited
+    _credit_at(redis_client, AGED, [_event("email_delivered", 3, AGED, message_id="m1")])
+    assert _day(redis_client, WRITTEN) == {"dl:vip:t": "1"}
+    assert _day(redis_client, AGED) == {"dl:vip:t": "1"}
+    stored = _fields(redis_client)[b"Dm1"]
+    assert stored == f"{attribution.period(AGED)}|{int(AGED.timestamp())}|".encode() + _code(
+        redis_client, "vip"
+    )
+
+
+def test_an_open_or_click_is_not_credited_to_an_aged_out_delivery(redis_client: redis.Redis) -> None:
+    _in_vip(redis_client)
+    _credit_at(redis_client, WRITTEN, [_event("email_delivered", 1, WRITTEN, message_id="m1")])
+    _credit_at(redis_client, LIVE, [_event("email_opened", 2, LIVE, message_id="m1")])
+    assert _day(redis_client, WRITTEN) == {"dl:vip:t": "1", "op:vip:t": "1"}  # 4 periods: its delivery's
+    _credit_at(redis_client, AGED, [_event("email_clicked", 3, AGED, message_id="m1")])
+    assert _day(redis_client, WRITTEN) == {"dl:vip:t": "1", "op:vip:t": "1"}  # 5: not the delivery's
+    assert _day(redis_client, AGED) == {}
+    assert b"Dm1" not in _fields(redis_client)
+
+
+def test_aged_out_state_is_deleted_also_when_the_event_is_refused(redis_client: redis.Redis) -> None:
+    _in_vip(redis_client)
+    order = _event("order_completed", 1, WRITTEN, revenue=5.0)
+    _credit_at(redis_client, WRITTEN, [_event("email_delivered", 2, WRITTEN, message_id="m1"), order])
+    unsubscribed = _event("unsubscribed", 3, LIVE)
+    delivered = _event("email_delivered", 4, LIVE, message_id="m2")
+    _credit_at(redis_client, LIVE, [unsubscribed, delivered])
+    p, q = (str(attribution.period(t)).encode() for t in (WRITTEN, LIVE))
+    assert {b"Dm1", b"*" + p, b"Dm2", b"*" + q} <= set(_fields(redis_client))
+    before = _day(redis_client, LIVE)
+    _credit_at(redis_client, AGED, [unsubscribed])  # refused: its mark is 1 period back
+    assert not {b"Dm1", b"*" + p} & set(_fields(redis_client))
+    _credit_at(redis_client, AGED, [delivered])  # refused: its message's delivery is counted
+    assert _day(redis_client, LIVE) == before and _day(redis_client, AGED) == {}
+    assert {b"Dm2", b"*" + q} <= set(_fields(redis_client))
+
+
+def test_message_state_of_the_layout_before_ages_out_by_the_same_rule(redis_client: redis.Redis) -> None:
+    """The fields of before (``d:``/``op:``/``ck:<message>``, ``#<8 bytes>`` marks, valued with
+    their period) count 4 periods back and are gone 5 periods back, as the fields of now."""
+    _in_vip(redis_client)
+    aged, live = attribution.period(WRITTEN), (attribution.period(WRITTEN) + 1) % attribution.PERIODS
+    at = int(WRITTEN.timestamp())
+    again, refused = _event("unsubscribed", 1, WRITTEN), _event("unsubscribed", 2, WRITTEN)
+    aged_fields: dict[str | bytes, str] = {
+        "d:m1": f"{aged}|{at}|vip",
+        "op:m1": str(aged),
+        "ck:m1": str(aged),
+        b"#" + attribution.credit_mark(again.event_id): str(aged),
+    }
+    live_fields: dict[str | bytes, str] = {
+        "d:m2": f"{live}|{at}|vip",
+        "ck:m2": str(live),
+        b"#" + attribution.credit_mark(refused.event_id): str(live),
+    }
+    redis_client.hset(person_key("acme", "p1"), mapping={**aged_fields, **live_fields})
+    _credit_at(
+        redis_client,
+        AGED,
+        [
+            _event("email_opened", 3, AGED, message_id="m1"),  # not counted before, no delivery
+            _event("email_clicked", 4, AGED, message_id="m2"),  # counted 4 periods back: refused
+            again,  # its mark is 5 periods back: credited
+            refused,  # its mark is 4 periods back
+            _event("email_delivered", 5, AGED, message_id="m1"),  # a new delivery, with its open
+            _event("email_clicked", 6, AGED, message_id="m1"),  # not counted before: credited with it
+        ],
+    )
+    assert _day(redis_client, WRITTEN) == {"un:vip:t": "1"}
+    assert _day(redis_client, AGED) == {"dl:vip:t": "1", "op:vip:t": "1", "ck:vip:t": "1"}
+    fields = _fields(redis_client)
+    assert not {(k.encode() if isinstance(k, str) else k) for k in aged_fields} & set(fields)
+    assert {(k.encode() if isinstance(k, str) else k) for k in live_fields} <= set(fields)
