@@ -404,7 +404,9 @@ def stream_response(
     last_id = last_event_id(request.headers.get("Last-Event-ID") or request.args.get("last_id"))
     backlog = int(number_arg("backlog", DEFAULT_BACKLOG, 0, MAXLEN))
     window = number_arg("window", window_seconds, 0, MAX_WINDOW_SECONDS)
-    body = sse(conn, account_id, last_id, backlog=backlog, window_seconds=window)
+    frames = sse(conn, account_id, last_id, backlog=backlog, window_seconds=window)
+    # an answer that ends at once goes out whole, with its length: one write, no chunked framing
+    body: Iterator[bytes] | bytes = frames if window else b"".join(frames)
     return Response(
         body,
         mimetype="text/event-stream",
