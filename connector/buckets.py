@@ -23,9 +23,17 @@ bucket holds on average between ``cap`` and ``2 cap`` entries (the unsplit ones 
 the split ones), so ``cap`` leaves room for chance: a bucket past the server's limits becomes a
 hashtable (correct, just less compact) and is rebuilt compact when it is next split.
 
-The scripts name their bucket keys themselves (``prefix .. n``): every bucket shares the hash tag of
-the declared state key, i.e. one Redis Cluster slot, which Redis 7 allows for scripts without
-flags.
+Every key a script touches is declared (Redis Cluster: while the slot is being moved to another
+node, Redis checks the declared keys and answers ASK or TRYAGAIN; a key a script only named itself
+would be read as absent on the node that imports the slot, or written on the wrong node). So the
+caller computes the bucket names from the state ``(L, s)`` it last saw (cached per process per
+structure: :func:`known`), declares the state key and those buckets, and passes the ``L s`` it
+assumed; the script checks them (not ``n``) and that every bucket it computes was declared, and
+otherwise changes nothing and replies ``retry`` with the current ``L s``; :func:`run` then tries
+again (a bounded number of times, else :class:`StateMoving`, a TRYAGAIN: retryable). A write that
+passes the threshold replies ``split``; :func:`grow` then splits, one bucket per call, each call
+declaring the state, the bucket split and the new one (:data:`SPLIT`). All of a structure's keys
+share one hash tag: one Redis Cluster slot.
 
 Profile ids are stored packed (:func:`pack_pid`): the usual 16-hex-digit id as the decimal signed
 64-bit integer of the same bits, which Redis keeps as an 8-byte integer in a listpack or intset.
@@ -35,6 +43,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
 
 # The Lua helpers the bucketed scripts start with. ``kind`` is 'h' (hash buckets) or 's' (sets).
 LUA = """
@@ -138,7 +150,112 @@ local function lh_grow(prefix, kind, cap, L, s, n)
   while n > cap * (2 ^ L + s) do L, s = lh_split(prefix, kind, L, s) end
   return L, s
 end
+-- the keys the call declared from KEYS[first] on: a script touches no other key
+local function lh_declared(first)
+  local d = {}
+  for i = first, #KEYS do d[KEYS[i]] = true end
+  return d
+end
+local function lh_due(cap, L, s, n) return n > cap * (2 ^ L + s) end
 """
+
+# KEYS: a structure's state (a hash), its bucket ``s``, its bucket ``s + 2^L``. ARGV: the state's
+# field, kind, cap, the buckets' key prefix, the L and s assumed. One split when one is due.
+# Reply: 'retry' / 'split' (another is due) / 'ok', then the state's L and s.
+SPLIT = (
+    LUA
+    + """
+local packed = redis.call('HGET', KEYS[1], ARGV[1])
+local L, s, n = lh_unpack(packed)
+if not packed or L ~= tonumber(ARGV[5]) or s ~= tonumber(ARGV[6]) then return {'retry', L, s} end
+local cap = tonumber(ARGV[3])
+if not lh_due(cap, L, s, n) then return {'ok', L, s} end
+if KEYS[2] ~= lh_name(ARGV[4], s) or KEYS[3] ~= lh_name(ARGV[4], s + 2 ^ L) then return {'retry', L, s} end
+L, s = lh_split(ARGV[4], ARGV[2], L, s)
+redis.call('HSET', KEYS[1], ARGV[1], lh_pack(L, s, n))
+return {lh_due(cap, L, s, n) and 'split' or 'ok', L, s}
+"""
+)
+
+
+TRIES = 8  # script calls per operation while the state keeps changing under it
+SPLITS_PER_WRITE = 64  # splits one write goes on with (the next write goes on with the rest)
+_KNOWN: dict[tuple[str, str], tuple[int, int]] = {}
+_KNOWN_MOST = 100_000
+
+
+class StateMoving(redis.exceptions.TryAgainError):
+    """A structure's state changed under every attempt (or its slot is being moved): try again."""
+
+
+def known(key: str, field: str) -> tuple[int, int]:
+    """The (L, s) of the structure ``field`` of state hash ``key`` last seen by this process
+    ((0, 0) before any: the script corrects it)."""
+    return _KNOWN.get((key, field), (0, 0))
+
+
+def learn(key: str, field: str, level: int, split: int) -> None:
+    if len(_KNOWN) >= _KNOWN_MOST:
+        _KNOWN.clear()
+    _KNOWN[(key, field)] = (level, split)
+
+
+def forget_known() -> None:
+    _KNOWN.clear()
+
+
+def name(prefix: str, number: int) -> str:
+    return f"{prefix}{number}"
+
+
+def names(prefix: str, hashes: Iterable[int], level: int, split: int) -> list[str]:
+    """The bucket keys of these entry hashes under (L, s), each once, in a stable order."""
+    return [name(prefix, b) for b in sorted({bucket_of(h, level, split) for h in hashes})]
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def run(
+    script: Any, key: str, field: str, make: Callable[[int, int], tuple[list[str], list[Any]]]
+) -> tuple[str, int, int, list[Any]]:
+    """Call a bucket script with the keys and arguments ``make(L, s)`` builds from the state last
+    seen, again with the current one while the script answers ``retry`` (bounded). Returns the tag
+    ('ok' or 'split'), the state's L and s, and the rest of the reply."""
+    level, split = known(key, field)
+    for _ in range(TRIES):
+        keys, args = make(level, split)
+        tag, level, split, *rest = script(keys=keys, args=args)
+        level, split = int(level), int(split)
+        learn(key, field, level, split)
+        if text(tag) != "retry":
+            return text(tag), level, split, rest
+    raise StateMoving(f"the buckets of {key} {field} changed under every attempt")
+
+
+def grow(conn: Any, key: str, field: str, prefix: str, kind: str, cap: int, level: int, split: int) -> None:
+    """Split the structure's buckets while a split is due (after a write replied ``split``)."""
+    script = conn.register_script(SPLIT)
+    for _ in range(SPLITS_PER_WRITE):
+        src, dst = name(prefix, split), name(prefix, split + (1 << level))
+        tag, level, split = script(keys=[key, src, dst], args=[field, kind, cap, prefix, level, split])
+        level, split = int(level), int(split)
+        learn(key, field, level, split)
+        if text(tag) == "ok":
+            return
+
+
+def images(numbers: Iterable[int], level_a: int, split_a: int, level_b: int, split_b: int) -> set[int]:
+    """The buckets of a structure at (level_b, split_b) that may hold entries of these buckets of
+    one at (level_a, split_a), both over the same entry hashes."""
+    out: set[int] = set()
+    mod_b = 1 << (level_b + 1)
+    for i in numbers:
+        mod_a = 1 << (level_a + 1) if i < split_a or i >= (1 << level_a) else 1 << level_a
+        residues = [i % mod_b] if mod_a >= mod_b else range(i, mod_b, mod_a)
+        out.update(bucket_of(r, level_b, split_b) for r in residues)
+    return out
 
 
 def field_hash(field_name: bytes) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -387,72 +387,105 @@ class Resolver:
 
 
 # -- the identity index: hashes of up to ~2 x INDEX_CAP identities (see connector.buckets) --------
-# KEYS: the index's state. ARGV: the buckets' key prefix, then fields. Reply: the state's ``o``
-# ('-' when there is no index yet), then each field's packed profile id (nil when absent).
+# Every script declares the state and every bucket it touches, computed from the L s assumed (ARGV);
+# it replies 'retry' and the current L s when they differ (connector.buckets.run).
+# KEYS: the index's state, the buckets of the fields. ARGV: the buckets' key prefix, L, s, then
+# fields. Reply: 'ok', L, s, the state's ``o`` ('-' when there is no index yet), then each field's
+# packed profile id (nil when absent).
 _INDEX_GET = (
     buckets.LUA
     + """
 local st = redis.call('HMGET', KEYS[1], 'b', 'o')
 local L, s = lh_unpack(st[1])
+if L ~= tonumber(ARGV[2]) or s ~= tonumber(ARGV[3]) then return {'retry', L, s} end
+local d = lh_declared(2)
 local low, high, prefix = 2 ^ L, 2 ^ (L + 1), ARGV[1]
-local out = {st[2] or '-'}
-for i = 2, #ARGV do
+local out = {'ok', L, s, st[2] or '-'}
+for i = 4, #ARGV do
   local h = lh_hash_field(ARGV[i])
   local b = h % low
   if b < s then b = h % high end
-  out[i] = redis.call('HGET', prefix .. b, ARGV[i])
+  local bucket = prefix .. b
+  if not d[bucket] then return {'retry', L, s} end
+  out[i + 1] = redis.call('HGET', bucket, ARGV[i])
 end
 return out
 """
 )
-# KEYS: the index's state. ARGV: the buckets' key prefix, cap, the ``o`` of an index created now,
-# '1' to keep a field that is already there (else overwritten), then field, packed id pairs.
+# KEYS: the index's state, the buckets of the fields. ARGV: the buckets' key prefix, cap, the ``o``
+# of an index created now, '1' to keep a field that is already there (else overwritten), L, s, then
+# field, packed id pairs. Reply: 'ok' or 'split' (one is due: connector.buckets.grow), L, s, n.
 _INDEX_SET = (
     buckets.LUA
     + """
 local packed = redis.call('HGET', KEYS[1], 'b')
 local L, s, n = lh_unpack(packed)
+if L ~= tonumber(ARGV[5]) or s ~= tonumber(ARGV[6]) then return {'retry', L, s} end
+local d, into = lh_declared(2), {}
+for i = 7, #ARGV, 2 do
+  into[i] = lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s))
+  if not d[into[i]] then return {'retry', L, s} end
+end
 if not packed and redis.call('HEXISTS', KEYS[1], 'o') == 0 then redis.call('HSET', KEYS[1], 'o', ARGV[3]) end
 local keep = ARGV[4] == '1'
-for i = 5, #ARGV, 2 do
-  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s))
+for i = 7, #ARGV, 2 do
   if keep then
-    n = n + redis.call('HSETNX', bucket, ARGV[i], ARGV[i + 1])
+    n = n + redis.call('HSETNX', into[i], ARGV[i], ARGV[i + 1])
   else
-    n = n + redis.call('HSET', bucket, ARGV[i], ARGV[i + 1])
+    n = n + redis.call('HSET', into[i], ARGV[i], ARGV[i + 1])
   end
 end
-L, s = lh_grow(ARGV[1], 'h', tonumber(ARGV[2]), L, s, n)
 redis.call('HSET', KEYS[1], 'b', lh_pack(L, s, n))
-return n
+return {lh_due(tonumber(ARGV[2]), L, s, n) and 'split' or 'ok', L, s, n}
 """
 )
-# KEYS: the index's state. ARGV: the buckets' key prefix, the number of owners, the owners (packed
-# ids), then fields: each removed when it names one of the owners. Reply: how many were removed.
+# KEYS: the index's state, the buckets of the fields. ARGV: the buckets' key prefix, L, s, the
+# number of owners, the owners (packed ids), then fields: each removed when it names one of the
+# owners. Reply: 'ok', L, s, how many were removed. The state stays when the index empties (its
+# ``o`` still holds).
 _INDEX_DEL = (
     buckets.LUA
     + """
 local packed = redis.call('HGET', KEYS[1], 'b')
-if not packed then return 0 end
+if not packed then return {'ok', 0, 0, 0} end
 local L, s, n = lh_unpack(packed)
-local owners, k = {}, tonumber(ARGV[2])
-for i = 3, 2 + k do owners[ARGV[i]] = true end
+if L ~= tonumber(ARGV[2]) or s ~= tonumber(ARGV[3]) then return {'retry', L, s} end
+local owners, k = {}, tonumber(ARGV[4])
+for i = 5, 4 + k do owners[ARGV[i]] = true end
+local d, into = lh_declared(2), {}
+for i = 5 + k, #ARGV do
+  into[i] = lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s))
+  if not d[into[i]] then return {'retry', L, s} end
+end
 local gone = 0
-for i = 3 + k, #ARGV do
-  local bucket = lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s))
-  local owner = redis.call('HGET', bucket, ARGV[i])
-  if owner and owners[owner] then gone = gone + redis.call('HDEL', bucket, ARGV[i]) end
+for i = 5 + k, #ARGV do
+  local owner = redis.call('HGET', into[i], ARGV[i])
+  if owner and owners[owner] then gone = gone + redis.call('HDEL', into[i], ARGV[i]) end
 end
-n = n - gone
-if n <= 0 then  -- an empty index is no index: the state goes once every bucket is gone
-  local left = 0
-  for b = 0, 2 ^ L + s - 1 do left = left + redis.call('EXISTS', lh_name(ARGV[1], b)) end
-  if left == 0 then redis.call('DEL', KEYS[1]); return gone end
-end
-redis.call('HSET', KEYS[1], 'b', lh_pack(L, s, n))
-return gone
+if gone > 0 then redis.call('HSET', KEYS[1], 'b', lh_pack(L, s, n - gone)) end
+return {'ok', L, s, gone}
 """
 )
+
+
+def _index_call(
+    conn: redis.Redis,
+    account: str,
+    source: str,
+    fields: Sequence[bytes],
+    head: Sequence[Any],
+    tail: Sequence[Any],
+) -> tuple[str, int, int, list[Any]]:
+    """Run an index script: KEYS the state and the fields' buckets, ARGV the prefix, ``head``, the
+    L and s assumed, ``tail`` (connector.buckets.run)."""
+    state = keys.index_key(account)
+    prefix = f"{state}:"
+    hashes = [buckets.field_hash(f) for f in fields]
+
+    def make(level: int, split: int) -> tuple[list[str], list[Any]]:
+        return [state, *buckets.names(prefix, hashes, level, split)], [prefix, *head, level, split, *tail]
+
+    return buckets.run(_script(conn, source), state, "b", make)
 
 
 def _script(conn: redis.Redis, source: str) -> Any:
@@ -467,9 +500,8 @@ def read_index(
     ``o`` says none is left; with ``move`` (under the account's lock) those found are moved."""
     if not pairs:
         return [], None
-    state = keys.index_key(account)
     fields = [keys.index_field(kind, value) for kind, value in pairs]
-    legacy_raw, *found = _script(conn, _INDEX_GET)(keys=[state], args=[f"{state}:", *fields])
+    _, _, _, (legacy_raw, *found) = _index_call(conn, account, _INDEX_GET, fields, (), fields)
     text = legacy_raw.decode() if isinstance(legacy_raw, bytes) else str(legacy_raw)
     legacy = None if text == "-" else text
     out = [buckets.unpack_pid(pid) if pid is not None else None for pid in found]
@@ -510,10 +542,10 @@ def delete_index(
     current layout. Under the account's lock."""
     if not pairs:
         return 0
-    state = keys.index_key(account)
     packed = [buckets.pack_pid(pid) for pid in owners]
     fields = [keys.index_field(kind, value) for kind, value in pairs]
-    gone = int(_script(conn, _INDEX_DEL)(keys=[state], args=[f"{state}:", len(packed), *packed, *fields]))
+    _, _, _, (gone,) = _index_call(conn, account, _INDEX_DEL, fields, (), [len(packed), *packed, *fields])
+    gone = int(gone)
     old = [keys.identity_key(account, kind, value) for kind, value in pairs]
     mine = {pid.encode() for pid in owners}
     delete_keys(conn, [name for name, owner in zip(old, mget_keys(conn, old), strict=True) if owner in mine])
@@ -525,9 +557,7 @@ def migrate_index(conn: redis.Redis, account: str, batch: int = 1000) -> int:
     under the account's lock, then record that none is left (lookups stop looking there). Returns
     how many were moved. Safe to run while the workers run, and again."""
     moved = 0
-    names = list(conn.scan_iter(match=keys.legacy_identity_match(account), count=1000))
-    for start in range(0, len(names), batch):
-        chunk = names[start : start + batch]
+    for chunk in _chunks(conn.scan_iter(match=keys.legacy_identity_match(account), count=1000), batch):
         with AccountLock(conn, account):
             pids = mget_keys(conn, [k.decode() for k in chunk])
             mapping: dict[bytes, str] = {}
@@ -544,16 +574,31 @@ def migrate_index(conn: redis.Redis, account: str, batch: int = 1000) -> int:
     return moved
 
 
+def _chunks(names: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    """The key names SCAN gives, ``size`` at a time (never all of them in memory)."""
+    chunk: list[bytes] = []
+    for name in names:
+        chunk.append(name)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _write_fields(
     conn: redis.Redis, account: str, mapping: Mapping[bytes, str], fresh: str, keep: bool
 ) -> None:
     if not mapping:
         return
-    state = keys.index_key(account)
-    args: list[Any] = [f"{state}:", INDEX_CAP, fresh, "1" if keep else "0"]
+    pairs: list[Any] = []
     for field_name, pid in mapping.items():
-        args += [field_name, buckets.pack_pid(pid)]
-    _script(conn, _INDEX_SET)(keys=[state], args=args)
+        pairs += [field_name, buckets.pack_pid(pid)]
+    head = (INDEX_CAP, fresh, "1" if keep else "0")
+    tag, level, split, _ = _index_call(conn, account, _INDEX_SET, list(mapping), head, pairs)
+    if tag == "split":
+        state = keys.index_key(account)
+        buckets.grow(conn, state, "b", f"{state}:", "h", INDEX_CAP, level, split)
 
 
 def delete_keys(conn: redis.Redis, names: list[str]) -> None:
