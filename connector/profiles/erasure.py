@@ -181,8 +181,12 @@ def drop_names(conn: redis.Redis, account: str, needles: frozenset[str]) -> int:
             doomed.append(field_name)
             renamed[f"c:{code.decode()}"] = f"erased_{code.decode()}"
     if doomed:
+        made = conn.hget(key, "#gen")  # a new generation of the same kind (keys.made_with_buckets)
+        generation = (
+            keys.GENERATION_PREFIX if made and keys.made_with_buckets(made) else ""
+        ) + uuid.uuid4().hex
         pipe = conn.pipeline(transaction=False)  # one key: one node, in this order
-        pipe.hset(key, mapping={**renamed, "#gen": uuid.uuid4().hex})
+        pipe.hset(key, mapping={**renamed, "#gen": generation})
         pipe.hdel(key, *doomed)
         pipe.execute()
     return len(doomed)

@@ -527,10 +527,14 @@ def write_index(
 ) -> None:
     """Point each (kind, value) at its profile id (``keep``: only those not in the index yet). Under
     the account's lock. ``legacy`` is the index's ``o`` as read (None: no index yet; an index made
-    now for an account that had events before may have keys of the earlier layout)."""
+    now for an account whose names dictionary an earlier version made may have keys of the earlier
+    layout)."""
     if not mapping:
         return
-    fresh = "1" if legacy is None and conn.exists(keys.names_key(account)) else (legacy or "0")
+    if legacy is None:  # a new index: keys of the earlier layout only if the account is older
+        fresh = "0" if keys.made_with_buckets(conn.hget(keys.names_key(account), "#gen")) else "1"
+    else:
+        fresh = legacy
     fields = {keys.index_field(kind, value): pid for (kind, value), pid in mapping.items()}
     _write_fields(conn, account, fields, fresh, keep)
 

@@ -108,6 +108,21 @@ def names_key(account: str) -> str:
     return f"names:{account}"
 
 
+# How the generation (``#gen``) of a names dictionary made by a version that keeps the identity index
+# in buckets begins (those of before are 32 hex digits): such an account never had keys of the
+# index's earlier layout, so an index made for it starts with ``o`` 0.
+GENERATION_PREFIX = "b:"
+
+
+def made_with_buckets(generation: bytes | str | None) -> bool:
+    """Whether a names dictionary's generation (None: no dictionary) rules out the index's earlier
+    layout for the account."""
+    if generation is None:
+        return True
+    text = generation.decode() if isinstance(generation, bytes) else generation
+    return text.startswith(GENERATION_PREFIX)
+
+
 def lock_key(account: str) -> str:
     return f"lock:{account}"
 

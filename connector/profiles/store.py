@@ -658,7 +658,7 @@ class NameCodes:
         key = self._key(account)
         generation = self.conn.hget(key, "#gen")
         if generation is None:
-            self.conn.hsetnx(key, "#gen", uuid.uuid4().hex)
+            self.conn.hsetnx(key, "#gen", keys.GENERATION_PREFIX + uuid.uuid4().hex)
             generation = self.conn.hget(key, "#gen")
         self.check(account, generation)
         missing = sorted(n for n in names if (account, n) not in self._codes)

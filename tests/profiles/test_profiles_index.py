@@ -89,6 +89,7 @@ def test_the_earlier_layout_is_read_moved_when_met_and_migrated(
     redis_client: redis.Redis, accounts: Accounts
 ) -> None:
     apply(redis_client, accounts, ev("0", user_id="someone"))  # the account has events: names exist
+    _made_before(redis_client)
     redis_client.delete(keys.index_key("acme"), *redis_client.keys("ix:{acme:ix}:*"))
     pid = "00000000000000aa"
     redis_client.hset(keys.profile_key("acme", pid), mapping={"i:e:old@example.com": "", "i:a:old-anon": ""})
@@ -113,7 +114,36 @@ def test_the_earlier_layout_is_read_moved_when_met_and_migrated(
     assert lookup(redis_client, "acme", "user_id", "old-user") == "00000000000000bb"
 
 
+def _made_before(conn: redis.Redis) -> None:
+    """The account's names dictionary as the version before the buckets made it (32 hex digits)."""
+    conn.hset(keys.names_key("acme"), "#gen", "0123456789abcdef" * 2)
+
+
+def test_an_account_of_this_version_never_looks_for_the_earlier_layout(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    apply(redis_client, accounts, ev("1", email="new@example.com"))  # names made first, then the index
+    assert redis_client.hget(keys.index_key("acme"), "o") == b"0"
+    pid = lookup(redis_client, "acme", "email", "new@example.com")
+    apply(redis_client, accounts, ev("2", "delete", type="delete", email="new@example.com"))
+    assert pid is not None and lookup(redis_client, "acme", "email", "new@example.com") is None
+    assert redis_client.hget(keys.index_key("acme"), "o") == b"0"  # kept when the index empties
+    apply(redis_client, accounts, ev("3", email="again@example.com"))
+    assert redis_client.hget(keys.index_key("acme"), "o") == b"0"
+
+
+def test_an_account_of_the_earlier_version_looks_until_migrated(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    _made_before(redis_client)
+    apply(redis_client, accounts, ev("1", email="old@example.com"))
+    assert redis_client.hget(keys.index_key("acme"), "o") == b"1"
+    assert migrate_index(redis_client, "acme") == 0
+    assert redis_client.hget(keys.index_key("acme"), "o") == b"0"
+
+
 def test_erasure_removes_links_of_both_layouts(redis_client: redis.Redis, accounts: Accounts) -> None:
+    _made_before(redis_client)
     apply(redis_client, accounts, ev("1", email="both@example.com", anonymous_id="a-both"))
     pid = lookup(redis_client, "acme", "email", "both@example.com")
     assert pid is not None
