@@ -23,6 +23,7 @@ from connector.dev.sandbox import SANDBOX_MAILCHIMP_LIST
 from connector.ops import live
 from connector.profiles import erasures_since, lookup
 from connector.profiles.erasure import profile_digest, stored_exports
+from connector.profiles.keys import index_field
 from connector.sync.applied import pack_pid
 from connector.sync.deadletters import DeadLetters
 from connector.worker import ledger as ledger_module
@@ -76,6 +77,15 @@ def hits(conn: redis.Redis, needles: list[str]) -> list[tuple[str, str]]:
         for raw in every_value(conn, key):
             low = raw.lower()
             found += [(key.decode(), n) for n in needles if n.lower().encode() in low]
+    return found
+
+
+def byte_hits(conn: redis.Redis, needles: list[bytes]) -> list[tuple[str, bytes]]:
+    """Binary needles (the identity index's fields: a kind code and a digest), exactly."""
+    found = []
+    for key in conn.scan_iter("*", count=1000):
+        for raw in every_value(conn, key):
+            found += [(key.decode(), n) for n in needles if n in raw]
     return found
 
 
@@ -138,6 +148,12 @@ def test_erasure_leaves_no_identifier_in_any_key(
         needles = [EMAIL, USER, ANON, survivor, absorbed, *masked, pack_pid(survivor)]  # sync buckets
         before = {n for _, n in hits(conn, needles)}
         assert before == set(needles)  # every path left its traces
+        fields = [
+            index_field("email", EMAIL.lower()),
+            index_field("user_id", USER),
+            index_field("anonymous_id", ANON),
+        ]
+        assert {n for _, n in byte_hits(conn, fields)} == set(fields)  # the identity index's buckets
         assert {n for key, n in hits(conn, masked) if key == live.key("acme")} == set(masked)
         markers = set(conn.scan_iter("dd:acme:*"))
         assert markers
@@ -148,7 +164,8 @@ def test_erasure_leaves_no_identifier_in_any_key(
         assert outcome["acme"].erased == 1
         assert hits(conn, [EMAIL, USER, ANON]) != []  # the ESPs' deletion waits in the queue
         run_workers(conn)  # the sync worker asks the three ESPs to delete the contact
-    assert hits(conn, needles) == []
+    assert hits(conn, [*needles, pack_pid(absorbed)]) == []  # the absorbed profile's packed id too
+    assert byte_hits(conn, fields) == []
     assert markers <= set(conn.scan_iter("dd:acme:*"))  # kept: they hold no identifier
     assert DeadLetters(conn).count("events") == 1  # someone else's stays
     [record] = erasures_since(conn, "acme")
