@@ -25,7 +25,8 @@ updates them atomically, also in Redis Cluster):
 A membership costs about 8 bytes (an intset member; about 70 as one member of a set per segment,
 the earlier layout). Counting is idempotent: an entry is counted only when the profile was not yet
 a member, an exit only when it was, so a batch delivered twice changes nothing. The bucket scripts
-name their bucket keys themselves (same hash tag as the declared state key).
+declare every bucket they touch, computed from the segment's state as last seen and checked by the
+script (:mod:`connector.buckets`), so a slot being moved to another node answers TRYAGAIN / ASK.
 """
 
 from __future__ import annotations
