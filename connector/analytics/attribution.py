@@ -38,6 +38,7 @@ from connector.analytics.holdout import arms_of, arms_text, settings
 from connector.analytics.keys import (
     DAILY_RETENTION,
     PERSON_RETENTION,
+    SEGMENT_CODE_LUA,
     codes_key,
     day_prefix,
     messages_key,
@@ -73,7 +74,9 @@ PERIODS = 12
 # and every run deletes it first, also one that then refuses its event. Fields of the layout of
 # before (e:/x:/r:<name>, d:/op:/ck:<id>, #<8 bytes>) are read; the segment ones are rewritten with
 # codes by the first run that finds them, the message ones age out with their period.
-_CREDIT = """
+_CREDIT = (
+    SEGMENT_CODE_LUA
+    + """
 local PERIODS = tonumber(ARGV[10])
 local person, old, dict = KEYS[1], KEYS[2], KEYS[3]
 local kind, at, mk, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[15]
@@ -133,16 +136,8 @@ end
 -- segment codes (an:{a}:seg: name -> code, '#<code>' -> name, '#' the last code given)
 local code, name = {}, {}
 local function code_of(s)
-  local c = code[s]
-  if c then return c end
-  c = redis.call('HGET', dict, s)
-  if not c then
-    local n, digits, out = redis.call('HINCRBY', dict, '#', 1), '0123456789abcdefghijklmnopqrstuvwxyz', ''
-    repeat out = string.sub(digits, n % 36 + 1, n % 36 + 1) .. out; n = math.floor(n / 36) until n == 0
-    c = out
-    redis.call('HSET', dict, s, c, '#' .. c, s)
-  end
-  code[s], name[c] = c, s
+  local c = segment_code(dict, code, s)
+  name[c] = s
   return c
 end
 local function names_of(codes)
@@ -273,6 +268,7 @@ for c, entered in pairs(e) do
 end
 return 1
 """
+)
 
 
 def period(moment: datetime) -> int:

@@ -65,3 +65,23 @@ def day_starts(now: datetime, days: int) -> list[datetime]:
     """The starts of the last ``days`` days (oldest first, today last)."""
     top = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return [top - timedelta(days=n) for n in reversed(range(max(1, days)))]
+
+
+# Lua: the code of a segment name in the account's dictionary (``codes_key``: name -> code,
+# ``#<code>`` -> name, ``#`` the last code given), given on first use; ``cache`` maps name -> code
+# within one script run. The scripts that write segment codes start with it.
+SEGMENT_CODE_LUA = """
+local function segment_code(dict, cache, s)
+  local c = cache[s]
+  if c then return c end
+  c = redis.call('HGET', dict, s)
+  if not c then
+    local n, digits, out = redis.call('HINCRBY', dict, '#', 1), '0123456789abcdefghijklmnopqrstuvwxyz', ''
+    repeat out = string.sub(digits, n % 36 + 1, n % 36 + 1) .. out; n = math.floor(n / 36) until n == 0
+    c = out
+    redis.call('HSET', dict, s, c, '#' .. c, s)
+  end
+  cache[s] = c
+  return c
+end
+"""

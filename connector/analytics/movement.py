@@ -20,6 +20,7 @@ from connector.analytics.assign import TREATED
 from connector.analytics.keys import (
     DAILY_RETENTION,
     PERSON_RETENTION,
+    SEGMENT_CODE_LUA,
     codes_key,
     day_key,
     day_starts,
@@ -73,7 +74,9 @@ def record_diff(
 # credited to the entry; attribution.py). An entry drops the exit and the revenue (an exit before
 # the last entry says nothing a missing one does not). Fields of the layout of before
 # (e:/x:/r:<name>) are left to the credit script, which reads them under the ones written here.
-_RECORD_MANY = """
+_RECORD_MANY = (
+    SEGMENT_CODE_LUA
+    + """
 local ttl, pttl, stamp = ARGV[1], ARGV[2], ARGV[3]
 local ngroups, i = tonumber(ARGV[4]), 6
 local touched = {}
@@ -85,19 +88,7 @@ for _ = 1, tonumber(ARGV[5]) do
 end
 for k in pairs(touched) do redis.call('EXPIRE', KEYS[k], ttl) end
 local dict, codes = KEYS[2], {}
-local function code_of(s)
-  local c = codes[s]
-  if c then return c end
-  c = redis.call('HGET', dict, s)
-  if not c then
-    local n, digits, out = redis.call('HINCRBY', dict, '#', 1), '0123456789abcdefghijklmnopqrstuvwxyz', ''
-    repeat out = string.sub(digits, n % 36 + 1, n % 36 + 1) .. out; n = math.floor(n / 36) until n == 0
-    c = out
-    redis.call('HSET', dict, s, c, '#' .. c, s)
-  end
-  codes[s] = c
-  return c
-end
+local function code_of(s) return segment_code(dict, codes, s) end
 local p = 0
 while i <= #ARGV do
   p = p + 1
@@ -123,6 +114,7 @@ while i <= #ARGV do
 end
 return 0
 """
+)
 
 
 def record_many(

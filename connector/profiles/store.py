@@ -666,7 +666,7 @@ class NameCodes:
             found = self.conn.hmget(key, [f"n:{n}" for n in missing])
             for name, code in zip(missing, found, strict=True):
                 if code is None:
-                    new = _base36(int(self.conn.hincrby(key, "#seq", 1)))
+                    new = base36(int(self.conn.hincrby(key, "#seq", 1)))
                     if self.conn.hsetnx(key, f"n:{name}", new):
                         self.conn.hset(key, f"c:{new}", name)
                     code = self.conn.hget(key, f"n:{name}")
@@ -686,7 +686,8 @@ class NameCodes:
         return cached
 
 
-def _base36(n: int) -> str:
+def base36(n: int) -> str:
+    """A non-negative integer in base 36 (lower case): the short codes and the ledger's instants."""
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""
     while True:

@@ -61,7 +61,7 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
-from connector.profiles.store import NameCodes
+from connector.profiles.store import NameCodes, base36
 from connector.redis_conn import grouped_by_node, is_cluster
 
 HISTORY_MAXLEN = 500
@@ -232,7 +232,6 @@ return {value, redis.call('LRANGE', KEYS[2], -need, -1)}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def ledger_key(account: str, profile_id: str) -> str:
@@ -272,12 +271,7 @@ def _canonical(value: Any) -> str:
 def _b36(n: int) -> str:
     if n < 0:
         raise ValueError("instants before 1970 are not recorded")
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = _DIGITS[r] + out
-        if n == 0:
-            return out
+    return base36(n)
 
 
 def _micros(instant: datetime) -> str:
