@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from connector.config import Account
+from connector.errors import ConnectorError
 from connector.event import PRIVILEGED_TYPES, Event
 from connector.profiles import identity, keys, rejected
 from connector.profiles.erasure import store_export
@@ -228,8 +229,10 @@ def _apply_groups(
         if moved:
             identity.settle(conn, account.id, retention, now, moved)
         groups = redirected
-    log.error("too many merge redirects; events left unapplied", extra={"account": account.id})
-    outcome.dropped += sum(len(v) for v in groups.values())
+    # never acknowledged as if applied: the drain leaves the batch pending and retries it (the
+    # apply is idempotent), instead of losing events whose profile was contended or merged on
+    log.error("too many redirects; the batch is retried", extra={"account": account.id})
+    raise ConnectorError(f"events of {len(groups)} profile(s) not applied after {MAX_REDIRECTS} redirects")
 
 
 def _request(
