@@ -199,11 +199,16 @@ def exports(account_id: str, limit: int) -> None:
 
 
 @profiles.command("migrate-index")
-@click.option("--account", "account_id", required=True)
+@click.option("--account", "account_id", help="One account (or --all).")
+@click.option("--all", "every", is_flag=True, help="Every account of the configuration, one after another.")
 @_redis_errors
-def migrate_index(account_id: str) -> None:
-    """Move the account's identity index of the earlier layout (one key per identity) into its
-    buckets; safe while the workers run, and to run again (docs/deploy.md, upgrades)."""
-    conn, _ = _connections(account_id)
-    moved = identity.migrate_index(conn, account_id)
-    click.echo(f"identity index of {account_id}: {moved} identities moved; none of the earlier layout left")
+def migrate_index(account_id: str | None, every: bool) -> None:
+    """Move the identity index of the earlier layout (one key per identity) into its buckets; safe
+    while the workers run, and to run again (docs/deploy.md, upgrades)."""
+    if bool(account_id) == every:
+        raise click.UsageError("give exactly one of --account A and --all")
+    ids = [account_id] if account_id else [a.id for a in process_runtime.current().accounts]
+    for one in ids:
+        conn, _ = _connections(one)
+        moved = identity.migrate_index(conn, one)
+        click.echo(f"identity index of {one}: {moved} identities moved; none of the earlier layout left")

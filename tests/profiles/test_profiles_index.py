@@ -110,6 +110,10 @@ def test_the_earlier_layout_is_read_moved_when_met_and_migrated(
     assert redis_client.keys("ix:acme:*") == []
     assert redis_client.hget(keys.index_key("acme"), "o") == b"0"
     assert migrate_index(redis_client, "acme") == 0  # again: nothing left
+    again = CliRunner().invoke(cli, ["profiles", "migrate-index", "--all"])
+    assert again.exit_code == 0 and "identity index of acme: 0 identities moved" in again.output, again.output
+    both = CliRunner().invoke(cli, ["profiles", "migrate-index", "--all", "--account", "acme"])
+    assert both.exit_code == 2 and "exactly one of --account A and --all" in both.output
     assert lookup(redis_client, "acme", "anonymous_id", "old-anon") == pid
     assert lookup(redis_client, "acme", "user_id", "old-user") == "00000000000000bb"
 
