@@ -1028,3 +1028,21 @@ def test_sandbox_serve_and_show() -> None:
 def _put_member_on(client: httpx.Client, list_id: str, email: str) -> None:
     body = {"email_address": email, "status_if_new": "transactional"}
     assert client.put(f"/lists/{list_id}/members/{subscriber_hash(email)}", json=body).status_code == 200
+
+
+def test_klaviyo_finds_profiles_by_identifier_after_changes() -> None:
+    from connector.dev.sandbox.fake_klaviyo import Profile
+
+    fake = FakeKlaviyo()
+    moved = Profile(id="p-moved", attributes={})
+    fake.profiles[moved.id] = moved
+    fake.apply(moved, {"email": "first@example.com", "external_id": "u-1"})
+    fake.apply(moved, {"email": "Second@Example.com"})
+    direct = Profile(id="p-direct", attributes={"email": "direct@example.com"})
+    fake.profiles[direct.id] = direct  # added without apply(): indexed at the next lookup
+    assert fake.find_profile({"email": "second@example.com"}) is moved
+    assert fake.find_profile({"email": "first@example.com"}) is None
+    assert fake.find_profile({"email": "nobody@example.com", "external_id": "u-1"}) is moved
+    assert fake.find_profile({"email": "DIRECT@example.com"}) is direct
+    del fake.profiles[direct.id]
+    assert fake.find_profile({"email": "direct@example.com"}) is None

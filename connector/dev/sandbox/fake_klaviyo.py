@@ -115,6 +115,10 @@ class FakeKlaviyo(FakeESP):
         self.events: list[dict[str, Any]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         self._windows: dict[tuple[str, str, str, int], int] = {}
+        # (identifier, lower-cased value) -> profile id, checked against the profile when read; and the
+        # profiles indexed so far (a lookup indexes any profile added without apply() first)
+        self._by_identifier: dict[tuple[str, str], str] = {}
+        self._indexed: set[str] = set()
         super().__init__(clock=clock)
         self.reset_state()
 
@@ -147,6 +151,8 @@ class FakeKlaviyo(FakeESP):
 
     def reset_state(self) -> None:
         self.profiles = {}
+        self._by_identifier = {}
+        self._indexed = set()
         self.lists = {}
         self.events = []
         self.jobs = {}
@@ -380,20 +386,32 @@ class FakeKlaviyo(FakeESP):
             raise self.invalid("'properties' must be an object.", f"{pointer}/properties")
 
     def find_profile(self, attrs: dict[str, Any]) -> Profile | None:
+        """The profile with the first identifier of ``attrs`` that one has (case-insensitive), through
+        an index: a bulk import of 10,000 profiles into 100,000 was a scan per profile."""
+        if len(self._indexed) != len(self.profiles):
+            self._reindex()
         for key in IDENTIFIERS:
             value = attrs.get(key)
             if value:
-                found = next(
-                    (
-                        p
-                        for p in self.profiles.values()
-                        if str(p.attributes.get(key, "")).lower() == str(value).lower()
-                    ),
-                    None,
-                )
-                if found is not None:
+                wanted = str(value).lower()
+                found = self.profiles.get(self._by_identifier.get((key, wanted), ""))
+                if found is not None and str(found.attributes.get(key, "")).lower() == wanted:
                     return found
         return None
+
+    def _index(self, profile: Profile) -> None:
+        self._indexed.add(profile.id)
+        for key in IDENTIFIERS:
+            value = profile.attributes.get(key)
+            if value:
+                self._by_identifier[(key, str(value).lower())] = profile.id
+
+    def _reindex(self) -> None:
+        """Index profiles added without apply() and forget deleted ones."""
+        self._indexed &= self.profiles.keys()
+        for profile in self.profiles.values():
+            if profile.id not in self._indexed:
+                self._index(profile)
 
     def apply(self, profile: Profile, attrs: dict[str, Any], *, clear_nulls: bool = True) -> None:
         for name, value in attrs.items():
@@ -408,6 +426,7 @@ class FakeKlaviyo(FakeESP):
                     profile.attributes.pop(name, None)
             else:
                 profile.attributes[name] = value
+        self._index(profile)
 
     def profile_json(self, p: Profile) -> dict[str, Any]:
         return {
@@ -867,6 +886,7 @@ class FakeKlaviyo(FakeESP):
             )
             if found is not None:
                 del self.profiles[found.id]
+                self._indexed.discard(found.id)
                 for lst in self.lists.values():
                     lst.profiles.discard(found.id)
         return Response(status=202)
