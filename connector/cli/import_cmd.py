@@ -13,6 +13,7 @@ import redis
 from connector import clock
 from connector import runtime as process_runtime
 from connector.cli.accounts import known_account
+from connector.errors import ConnectorError
 from connector.worker.importer import FORMATS, ImportFileError, Report, detect_format, import_file
 
 
@@ -68,6 +69,8 @@ def import_cmd(
             )
     except ImportFileError as err:
         raise click.ClickException(str(err)) from err
+    except ConnectorError as err:  # a batch not applied after the redirects: safe to rerun
+        raise click.ClickException(f"{err}; run the import again (it is idempotent)") from err
     except redis.RedisError as err:
         raise click.ClickException(f"profile store unavailable: {type(err).__name__}") from err
     if as_json:

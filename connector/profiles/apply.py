@@ -229,6 +229,8 @@ def _apply_groups(
         if moved:
             identity.settle(conn, account.id, retention, now, moved)
         groups = redirected
+    if not groups:  # the last round applied everything
+        return
     # never acknowledged as if applied: the drain leaves the batch pending and retries it (the
     # apply is idempotent), instead of losing events whose profile was contended or merged on
     log.error("too many redirects; the batch is retried", extra={"account": account.id})
