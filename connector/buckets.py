@@ -48,33 +48,16 @@ from typing import Any
 
 import redis
 
-# The Lua helpers the bucketed scripts start with. ``kind`` is 'h' (hash buckets) or 's' (sets).
-LUA = """
--- an identity field (a kind code and a digest): 32 bits of the digest
-local function lh_hash_field(f)
-  local a, b, c, d = string.byte(f, 2, 5)
-  return ((a * 256 + b) * 256 + c) * 256 + d
-end
--- a member (a packed profile id): its last 9 decimal digits when it has 10 or more, else the first
--- 32 bits of its SHA-1
-local function lh_hash_member(m)
-  if #m >= 10 and string.find(m, '^%-?%d+$') then return tonumber(string.sub(m, -9)) end
-  return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16)
-end
+# Linear hashing itself, whatever the entries' hash: an entry's bucket, a bucket's name, and one
+# split (``hash``: the structure's hash of a field or member). The sync's applied state
+# (connector/sync/applied.py) starts its scripts with it too, with a hash of its own.
+SPLITTING = """
 local function lh_bucket(h, L, s)
   local b = h % (2 ^ L)
   if b < s then b = h % (2 ^ (L + 1)) end
   return b
 end
 local function lh_name(prefix, b) return prefix .. b end  -- integral numbers print as integers
-local function lh_unpack(packed)
-  if not packed then return 0, 0, 0 end
-  local L, s, n = string.match(packed, '^(%d+) (%d+) (%-?%d+)$')
-  return tonumber(L), tonumber(s), tonumber(n)
-end
-local function lh_pack(L, s, n)
-  return string.format('%d %d %d', L, s, math.max(n, 0))
-end
 local function lh_chunks(cmd, key, list)
   local done = 0
   for from = 1, #list, 1000 do
@@ -82,8 +65,7 @@ local function lh_chunks(cmd, key, list)
   end
   return done
 end
-local function lh_split(prefix, kind, L, s)
-  local hash = kind == 'h' and lh_hash_field or lh_hash_member
+local function lh_split(prefix, kind, L, s, hash)
   local src, dst = lh_name(prefix, s), lh_name(prefix, s + 2 ^ L)
   local mod = 2 ^ (L + 1)
   local stay, go = {}, {}
@@ -108,6 +90,34 @@ local function lh_split(prefix, kind, L, s)
   s = s + 1
   if s == 2 ^ L then L, s = L + 1, 0 end
   return L, s
+end
+"""
+
+# The Lua helpers the bucketed scripts start with. ``kind`` is 'h' (hash buckets) or 's' (sets).
+LUA = (
+    """
+-- an identity field (a kind code and a digest): 32 bits of the digest
+local function lh_hash_field(f)
+  local a, b, c, d = string.byte(f, 2, 5)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+-- a member (a packed profile id): its last 9 decimal digits when it has 10 or more, else the first
+-- 32 bits of its SHA-1
+local function lh_hash_member(m)
+  if #m >= 10 and string.find(m, '^%-?%d+$') then return tonumber(string.sub(m, -9)) end
+  return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16)
+end
+local function lh_hash_of(kind) return kind == 'h' and lh_hash_field or lh_hash_member end
+"""
+    + SPLITTING
+    + """
+local function lh_unpack(packed)
+  if not packed then return 0, 0, 0 end
+  local L, s, n = string.match(packed, '^(%d+) (%d+) (%-?%d+)$')
+  return tonumber(L), tonumber(s), tonumber(n)
+end
+local function lh_pack(L, s, n)
+  return string.format('%d %d %d', L, s, math.max(n, 0))
 end
 -- profile ids packed as pack_pid / unpack_pid do, exact in Lua's doubles: the 64 bits in two
 -- 32-bit halves, 2^32 = 429496 * 10^4 + 7296 for the decimal digits
@@ -147,7 +157,7 @@ local function lh_unpack_pid(m)
   return string.format('%08x%08x', hi, lo)
 end
 local function lh_grow(prefix, kind, cap, L, s, n)
-  while n > cap * (2 ^ L + s) do L, s = lh_split(prefix, kind, L, s) end
+  while n > cap * (2 ^ L + s) do L, s = lh_split(prefix, kind, L, s, lh_hash_of(kind)) end
   return L, s
 end
 -- the keys the call declared from KEYS[first] on: a script touches no other key
@@ -158,6 +168,7 @@ local function lh_declared(first)
 end
 local function lh_due(cap, L, s, n) return n > cap * (2 ^ L + s) end
 """
+)
 
 # KEYS: a structure's state (a hash), its bucket ``s``, its bucket ``s + 2^L``. ARGV: the state's
 # field, kind, cap, the buckets' key prefix, the L and s assumed. One split when one is due.
@@ -171,7 +182,7 @@ if not packed or L ~= tonumber(ARGV[5]) or s ~= tonumber(ARGV[6]) then return {'
 local cap = tonumber(ARGV[3])
 if not lh_due(cap, L, s, n) then return {'ok', L, s} end
 if KEYS[2] ~= lh_name(ARGV[4], s) or KEYS[3] ~= lh_name(ARGV[4], s + 2 ^ L) then return {'retry', L, s} end
-L, s = lh_split(ARGV[4], ARGV[2], L, s)
+L, s = lh_split(ARGV[4], ARGV[2], L, s, lh_hash_of(ARGV[2]))
 redis.call('HSET', KEYS[1], ARGV[1], lh_pack(L, s, n))
 return {lh_due(cap, L, s, n) and 'split' or 'ok', L, s}
 """

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from connector.buckets import SPLITTING, pack_pid
 from connector.sync.keys import run_script
 
 CAP = 40  # entries per bucket on average before a split: buckets hold 40 to 80, under 128
@@ -44,7 +45,9 @@ STATE_SUFFIX = ":lh"
 # of the hash of before (``sync:{a}:{d}:applied``), ``pid`` the profile id, ``m`` its packed form.
 # The state ``"<level> <split> <entries> <o>"``: ``o`` is 1 while the hash of before may hold
 # entries (it is looked in only then; 0 once it is gone).
-_LOOKUP = f"""
+_LOOKUP = (
+    SPLITTING
+    + f"""
 local function ap_state(base)
   local v = redis.call('GET', base .. '{STATE_SUFFIX}')
   if not v then return 0, 0, 0, 1, true end
@@ -56,12 +59,7 @@ local function ap_hash(m)
   if digits then return tonumber(string.sub(digits, -9)) end
   return tonumber(string.sub(redis.sha1hex(m), 1, 8), 16)
 end
-local function ap_bucket(base, m, L, s)
-  local h = ap_hash(m)
-  local b = h % (2 ^ L)
-  if b < s then b = h % (2 ^ (L + 1)) end
-  return base .. ':' .. string.format('%d', b)
-end
+local function ap_bucket(base, m, L, s) return lh_name(base .. ':', lh_bucket(ap_hash(m), L, s)) end
 -- the contact's value (false: none) and where: f.inside (its bucket), f.before (the hash of before)
 local function ap_find(base, pid, m)
   local f = {{}}
@@ -78,6 +76,7 @@ local function ap_find(base, pid, m)
 end
 local function ap_get(base, pid, m) return ap_find(base, pid, m).v end
 """
+)
 
 _SAVE = f"""
 local function ap_save(base, L, s, n, o)
@@ -92,22 +91,6 @@ WRITE = (
     + _SAVE
     + f"""
 local AP_CAP = {CAP}
-local function ap_split(base, L, s)
-  local src, dst = base .. ':' .. string.format('%d', s), base .. ':' .. string.format('%d', s + 2 ^ L)
-  local mod, stay, go = 2 ^ (L + 1), {{}}, {{}}
-  local all = redis.call('HGETALL', src)
-  for i = 1, #all, 2 do
-    local into = (ap_hash(all[i]) % mod == s) and stay or go
-    into[#into + 1] = all[i]
-    into[#into + 1] = all[i + 1]
-  end
-  redis.call('DEL', src)  -- written again whole: a bucket that had become a hashtable is compact again
-  if #stay > 0 then redis.call('HSET', src, unpack(stay)) end
-  if #go > 0 then redis.call('HSET', dst, unpack(go)) end
-  s = s + 1
-  if s == 2 ^ L then L, s = L + 1, 0 end
-  return L, s
-end
 -- write the value of the contact found by ap_find
 local function ap_put(base, pid, m, f, value)
   local L, s, n, o = f.L, f.s, f.n, f.o
@@ -129,7 +112,7 @@ local function ap_put(base, pid, m, f, value)
   end
   if not f.inside then
     n = n + 1
-    while n > AP_CAP * (2 ^ L + s) do L, s = ap_split(base, L, s) end
+    while n > AP_CAP * (2 ^ L + s) do L, s = lh_split(base .. ':', 'h', L, s, ap_hash) end
   end
   if n ~= f.n or o ~= f.o or f.fresh then ap_save(base, L, s, n, o) end
 end
@@ -174,22 +157,7 @@ return 0
 """
 )
 
-_HEX16 = re.compile(r"[0-9a-f]{16}")
 _INTLIKE = re.compile(r"-?[0-9]+")
-_SIGN = 1 << 63
-_WRAP = 1 << 64
-
-
-def pack_pid(pid: str) -> str:
-    """A profile id as a bucket's field: a 16-hex-digit id (the ids the connector makes) as the
-    decimal signed 64-bit integer of its bits (an 8-byte integer in a listpack); any other id as it
-    is, behind ``=`` when it would read as such an integer or starts with ``=``."""
-    if len(pid) == 16 and _HEX16.fullmatch(pid):
-        bits = int(pid, 16)
-        return str(bits - _WRAP if bits >= _SIGN else bits)
-    if pid.startswith("=") or _INTLIKE.fullmatch(pid):
-        return "=" + pid
-    return pid
 
 
 def entry_hash(packed: str) -> int:
