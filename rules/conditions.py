@@ -302,12 +302,17 @@ class Sequence_(Condition):
                 found = earliest(found, a_times[i] + self.first_within)
         return found
 
+    def quick(self, ix: Index, t: datetime) -> Result:
+        """The value at ``t`` and a lower bound of its next change (``evaluate`` when not thorough)."""
+        edge = self._edge(ix, t)
+        return (self._witness(ix, t) is not None, edge, None, edge is None)
+
     def evaluate(self, ctx: Context) -> Result:
         ix, t = ctx.ix, ctx.now
+        if not ctx.thorough:
+            return self.quick(ix, t)
         verdict = self._witness(ix, t) is not None
         edge = self._edge(ix, t)
-        if not ctx.thorough:
-            return (verdict, edge, None, edge is None)
         steps = 0
         while edge is not None:
             after = self._witness(ix, edge) is not None

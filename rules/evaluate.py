@@ -12,6 +12,8 @@ from .conditions import Condition, Result, SegmentResult, show
 from .dependencies import dependencies
 from .explain import reasons
 from .model import Evaluation, Explanation, Profile
+from .plan import Quick, plan_of
+from .plan import next_due as plan_next_due
 from .ruleset import RuleSet
 from .values import Index, Value, earliest, exported, iso, next_value_change
 from .variants import NAMES
@@ -275,9 +277,18 @@ def evaluate_changed(
     rules, ``now < due``."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
+    known, prior = changed_inputs(rules, members, due, names)
+    return _evaluate(profile, rules, now, known, prior)
+
+
+def changed_inputs(
+    rules: RuleSet, members: frozenset[str], due: datetime | None, names: Iterable[str]
+) -> tuple[dict[str, SegmentResult], Prior]:
+    """What :func:`evaluate_changed` starts from: the segments new events of ``names`` cannot change,
+    with their previous membership held until ``due``, and the previous result."""
     affected = dependencies(rules).affected(rules, names)
     known: dict[str, SegmentResult] = {name: (name in members, due, False) for name in affected.unchanged}
-    return _evaluate(profile, rules, now, known, Prior(members, due, affected.own))
+    return known, Prior(members, due, affected.own)
 
 
 def evaluate(profile: Profile, rules: RuleSet, now: datetime, *, explain: bool = True) -> Evaluation:
@@ -339,7 +350,46 @@ def _evaluate(
     known: dict[str, SegmentResult] | None,
     prior: Prior | None = None,
 ) -> Evaluation:
-    """The worker's path: memberships, computed traits and the exact next_due, no explanations."""
+    """The worker's path: memberships, computed traits and the exact next_due, no explanations.
+
+    Computes what a :class:`Context` with ``thorough=False`` computes, on the rule set's prepared
+    :class:`~rules.plan.Plan`."""
+    plan = plan_of(rules)
+    q = Quick(plan, Index(profile), now, prior)
+    if known:
+        position = plan.position
+        for name, result in known.items():
+            q.segs[position[name]] = result
+    traits: dict[str, Any] = {}
+    trait_state: list[tuple[int, Any, datetime | None]] = []
+    for name, slot, _ in plan.traits:
+        found = q.vals[slot]
+        if found is None:
+            found = q.ix_value(slot)
+        current, edge = found
+        traits[name] = exported(current)
+        trait_state.append((slot, current, edge))
+    seg_state = []
+    members = []
+    names = plan.names
+    for i in range(len(names)):
+        member, nxt, _ = q.segment(i)
+        seg_state.append((i, member, nxt))
+        if member:
+            members.append(names[i])
+    next_due = plan_next_due(q, trait_state, seg_state)
+    return Evaluation(segments=frozenset(members), traits=traits, next_due=next_due, explanations={})
+
+
+def walk_evaluate(
+    profile: Profile,
+    rules: RuleSet,
+    now: datetime,
+    known: dict[str, SegmentResult] | None = None,
+    prior: Prior | None = None,
+) -> Evaluation:
+    """:func:`_evaluate` by the generic walk of the condition trees (a :class:`Context` with
+    ``thorough=False``): the definition the prepared plan is checked against."""
     ctx = Context(Index(profile), now, rules, thorough=False, known=known, prior=prior)
     traits: dict[str, Any] = {}
     trait_state: list[tuple[str, Value, Any, datetime | None]] = []

@@ -1,0 +1,403 @@
+"""The worker's evaluation (``explain=False``) of a rule set, prepared once per rule set.
+
+:class:`~rules.evaluate.Context` walks condition trees generically: every condition result and value
+goes through a memo keyed by the object, every node dispatches on its class. Here each condition is
+turned once into a Python closure that calls its children's closures directly, values and shared
+conditions are memoized in lists by position, and segments are addressed by position. It computes
+exactly what ``Context`` computes with ``thorough=False`` (the same results, the same lower bounds of
+next changes), so :func:`rules.evaluate._next_due`'s search and its answer are the same.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .conditions import (
+    Always,
+    Compare,
+    Condition,
+    ForSome,
+    InSegment,
+    Junction,
+    Not,
+    Result,
+    SegmentResult,
+    Sequence_,
+    Unmatched,
+    _negate,
+    _quick,
+)
+from .ruleset import RuleSet
+from .values import Index, Value, earliest
+
+NEXT_DUE_CAP = 256
+
+Fn = Callable[["Quick"], Result]
+
+_NEVER: Result = (True, None, None, True)
+
+
+class Group:
+    """An exclusive group: its members' positions among the segments and their own conditions."""
+
+    __slots__ = ("matched", "members", "names")
+
+    def __init__(self, names: tuple[str, ...], members: tuple[int, ...], matched: tuple[Fn, ...]) -> None:
+        self.names = names
+        self.members = members
+        self.matched = matched
+
+
+class Plan:
+    """A rule set's segments, traits and groups as closures over positions (built by :func:`plan_of`)."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.values: list[Value] = []
+        self._value_slots: dict[str, int] = {}
+        self._refs: dict[int, int] = {}
+        self._fns: dict[int, Fn] = {}
+        self.shared = 0  # memo slots for conditions read from more than one place
+        self.position = {s.name: i for i, s in enumerate(rules.segments)}
+        self.names = tuple(s.name for s in rules.segments)
+        for segment in rules.segments:
+            self._count(segment.matched if segment.group is not None else segment.condition)
+            for variant in segment.variants:
+                self._count(variant)
+        self.groups: list[Group] = []
+        group_slots: dict[str, int] = {}
+        for name, members in rules.groups.items():
+            group_slots[name] = len(self.groups)
+            self.groups.append(
+                Group(
+                    tuple(members),
+                    tuple(self.position[m] for m in members),
+                    tuple(self.fn(rules.by_name[m].matched) for m in members),
+                )
+            )
+        # per segment: (group slot, position in it) for a group member, else its condition(s)
+        self.grouped: list[tuple[int, int] | None] = []
+        self.plain: list[Fn | None] = []
+        self.variants: list[tuple[Fn, ...]] = []
+        for segment in rules.segments:
+            if segment.group is not None:
+                self.grouped.append((group_slots[segment.group], segment.position))
+            else:
+                self.grouped.append(None)
+            self.plain.append(None if segment.variants else self.fn(segment.condition))
+            self.variants.append(tuple(self.fn(v) for v in segment.variants))
+        self.traits = [(name, self.value_slot(expr), expr) for name, expr in rules.traits]
+
+    def _count(self, condition: Condition) -> None:
+        """How many places read each condition (those read more than once get a memo slot)."""
+        key = id(condition)
+        self._refs[key] = self._refs.get(key, 0) + 1
+        if self._refs[key] > 1:
+            return
+        for child in _inner(condition):
+            self._count(child)
+
+    def value_slot(self, value: Value) -> int:
+        slot = self._value_slots.get(value.key)
+        if slot is None:
+            slot = self._value_slots[value.key] = len(self.values)
+            self.values.append(value)
+        return slot
+
+    def fn(self, condition: Condition) -> Fn:
+        """The condition's closure (one per condition; memoized per evaluation when read twice)."""
+        key = id(condition)
+        found = self._fns.get(key)
+        if found is None:
+            found = self._build(condition)
+            if self._refs.get(key, 0) > 1:
+                found = self._memo(found)
+            self._fns[key] = found
+        return found
+
+    def _memo(self, inner: Fn) -> Fn:
+        slot = self.shared
+        self.shared += 1
+
+        def memo(q: Quick) -> Result:
+            hit = q.conds[slot]
+            if hit is None:
+                hit = q.conds[slot] = inner(q)
+            return hit
+
+        return memo
+
+    def _build(self, c: Condition) -> Fn:
+        if isinstance(c, Compare):
+            return _compare(c, self.value_slot(c.value))
+        if isinstance(c, Junction):
+            return _junction(c.kind, tuple(self.fn(item) for item in c.items))
+        if isinstance(c, Not):
+            return _not(self.fn(c.inner))
+        if isinstance(c, Unmatched):
+            return _unmatched(self.fn(c.inner))
+        if isinstance(c, InSegment):
+            return _in_segment(self.position[c.name], c.negate)
+        if isinstance(c, Sequence_):
+            quick = c.quick
+            return lambda q: quick(q.ix, q.now)
+        if isinstance(c, Always):
+            return lambda q: _NEVER
+        if isinstance(c, ForSome):
+            return _for_some(c, self.fn(c.inner))
+        raise TypeError(f"no plan for {type(c).__name__}")
+
+
+def _inner(c: Condition) -> tuple[Condition, ...]:
+    if isinstance(c, Junction):
+        return c.items
+    if isinstance(c, Not | Unmatched | ForSome):
+        return (c.inner,)
+    return ()
+
+
+def _compare(c: Compare, slot: int) -> Fn:
+    """A comparison: the value's memo slot, then the checks (one plain numeric check inlined)."""
+    numeric = c.numeric
+    truth = c.truth
+    dated = c.date_edge if c.dates else None
+    if numeric is not None and len(numeric) == 1 and dated is None:
+        check, arg = numeric[0]
+
+        def one(q: Quick) -> Result:
+            found = q.vals[slot]
+            if found is None:
+                found = q.ix_value(slot)
+            current, edge = found
+            if type(current) in (int, float) and current == current:
+                return (check(current, arg), edge, None, edge is None)
+            return (truth(current, q.now), edge, None, edge is None)
+
+        return one
+
+    def general(q: Quick) -> Result:
+        found = q.vals[slot]
+        if found is None:
+            found = q.ix_value(slot)
+        current, edge = found
+        t = q.now
+        verdict: bool | None
+        if numeric is not None and type(current) in (int, float) and current == current:
+            verdict = True
+            for check, arg in numeric:
+                if not check(current, arg):
+                    verdict = False
+                    break
+        else:
+            verdict = truth(current, t)
+        if dated is not None:
+            edge = earliest(edge, dated(current, t))
+        return (verdict, edge, None, edge is None)
+
+    return general
+
+
+def _junction(kind: str, items: tuple[Fn, ...]) -> Fn:
+    if len(items) == 2:
+        first, second = items
+        return lambda q: _quick(kind, (first(q), second(q)))
+    return lambda q: _quick(kind, [item(q) for item in items])
+
+
+def _not(inner: Fn) -> Fn:
+    def negated(q: Quick) -> Result:
+        value, nxt, after, exact = inner(q)
+        return (_negate(value), nxt, _negate(after), exact)
+
+    return negated
+
+
+def _unmatched(inner: Fn) -> Fn:
+    def unmatched(q: Quick) -> Result:
+        value, nxt, after, exact = inner(q)
+        verdict = value is not True
+        if nxt is None:
+            return (verdict, None, None, True)
+        if exact and (after is not True) != verdict:
+            return (verdict, nxt, not verdict, True)
+        return (verdict, nxt, None, False)
+
+    return unmatched
+
+
+def _in_segment(position: int, negate: bool) -> Fn:
+    def in_segment(q: Quick) -> Result:
+        member, nxt, exact = q.segment(position)
+        verdict = member != negate
+        if nxt is None:
+            return (verdict, None, None, True)
+        return (verdict, nxt, not verdict, exact)
+
+    return in_segment
+
+
+def _for_some(c: ForSome, inner: Fn) -> Fn:
+    sel, by = c.sel, c.by
+
+    def for_some(q: Quick) -> Result:
+        split = q.ix.split(by)
+        values: dict[Any, None] = {}
+        for record in q.ix.select(sel)[0]:
+            group = record.properties.get(by)
+            if group in split:
+                values[group] = None
+        if not values:
+            return (False, None, None, True)
+        return _quick("any", [inner(Quick(q.plan, split[group], q.now)) for group in values])
+
+    return for_some
+
+
+class Quick:
+    """One profile at one instant, on a :class:`Plan`: memo lists for values, shared conditions,
+    segments and groups. ``known``/``prior``: as for :class:`rules.evaluate.Context`."""
+
+    __slots__ = ("conds", "groups", "ix", "now", "plan", "prior", "segs", "vals")
+
+    def __init__(self, plan: Plan, ix: Index, now: datetime, prior: Any = None) -> None:
+        self.plan = plan
+        self.ix = ix
+        self.now = now
+        self.vals: list[tuple[Any, datetime | None] | None] = [None] * len(plan.values)
+        self.conds: list[Result | None] = [None] * plan.shared
+        self.segs: list[SegmentResult | None] = [None] * len(plan.names)
+        self.groups: list[tuple[int | None, list[Result], list[datetime | None]] | None] = [None] * len(
+            plan.groups
+        )
+        self.prior = prior
+
+    def ix_value(self, slot: int) -> tuple[Any, datetime | None]:
+        found = self.vals[slot] = self.plan.values[slot].value_edge(self.ix, self.now)
+        return found
+
+    def value(self, slot: int) -> Any:
+        found = self.vals[slot]
+        if found is None:
+            found = self.ix_value(slot)
+        return found[0]
+
+    def segment(self, i: int) -> SegmentResult:
+        hit = self.segs[i]
+        if hit is not None:
+            return hit
+        plan = self.plan
+        grouped = plan.grouped[i]
+        if grouped is not None:
+            out = self.segs[i] = self._group_member(grouped[0], grouped[1])
+            return out
+        fn = plan.plain[i]
+        if fn is None:
+            profile = self.ix.profile
+            segment = plan.rules.segments[i]
+            fn = plan.variants[i][segment.variant_of(profile.account, profile.profile_id)]
+        value, nxt, after, exact = fn(self)
+        member = value is True
+        if nxt is None:
+            out = (member, None, True)
+        elif exact and (after is True) != member:
+            out = (member, nxt, True)
+        else:
+            out = (member, nxt, False)
+        self.segs[i] = out
+        return out
+
+    def _group(self, g: int) -> tuple[int | None, list[Result], list[datetime | None]]:
+        hit = self.groups[g]
+        if hit is not None:
+            return hit
+        group = self.plan.groups[g]
+        results: list[Result] = []
+        prefix: list[datetime | None] = []
+        winner: int | None = None
+        low: datetime | None = None
+        prior = self.prior
+        held = prior.winner(group.names) if prior is not None else None
+        for i, fn in enumerate(group.matched):
+            r = None
+            if prior is not None and group.names[i] not in prior.own:
+                r = prior.own_result(i, winner, held)
+            if r is None:
+                r = fn(self)
+            results.append(r)
+            nxt = r[1]
+            if nxt is not None and (low is None or nxt < low):
+                low = nxt
+            prefix.append(low)
+            if winner is None and r[0] is True:
+                winner = i
+        hit = self.groups[g] = (winner, results, prefix)
+        return hit
+
+    def _group_member(self, g: int, position: int) -> SegmentResult:
+        winner, results, prefix = self._group(g)
+        own = results[position]
+        if winner is not None and winner < position:
+            held = results[winner][1]
+            if own[0] is True or held is None:
+                return (False, held, False)
+            if own[1] is None:
+                return (False, None, True)
+            return (False, max(held, own[1]), False)
+        if own[0] is True:
+            return (True, prefix[position], False)
+        return (False, own[1], own[1] is None)
+
+
+def plan_of(rules: RuleSet) -> Plan:
+    """The rule set's plan (built once per rule set)."""
+    cached: Plan | None = rules.__dict__.get("_plan")
+    if cached is None:
+        cached = Plan(rules)
+        object.__setattr__(rules, "_plan", cached)
+    return cached
+
+
+def next_due(
+    q: Quick,
+    traits: list[tuple[int, Any, datetime | None]],
+    segments: list[tuple[int, bool, datetime | None]],
+) -> datetime | None:
+    """:func:`rules.evaluate._next_due` on a plan: the earliest instant after now at which any trait
+    value (``(slot, current, bound)``) or membership (``(position, member, bound)``) changes."""
+    heap: list[tuple[datetime, int, int]] = []
+    for i, trait in enumerate(traits):
+        if trait[2] is not None:
+            heap.append((trait[2], 0, i))
+    for i, seg in enumerate(segments):
+        if seg[2] is not None:
+            heap.append((seg[2], 1, i))
+    heapq.heapify(heap)
+    plan, ix = q.plan, q.ix
+    values = plan.values
+    for _ in range(NEXT_DUE_CAP):
+        if not heap:
+            return None
+        instant = heap[0][0]
+        later = Quick(plan, ix, instant)
+        while heap and heap[0][0] == instant:
+            _, kind, i = heapq.heappop(heap)
+            bound: datetime | None
+            if kind == 0:
+                slot, current, _ = traits[i]
+                if later.value(slot) != current:
+                    return instant
+                bound = values[slot].edges_after(ix, instant)
+            else:
+                position, member, _ = segments[i]
+                member_then, bound, _ = later.segment(position)
+                if member_then != member:
+                    return instant
+            if bound is not None:
+                heapq.heappush(heap, (bound, kind, i))
+    return heap[0][0] if heap else None
+
+
+__all__ = ["Plan", "Quick", "next_due", "plan_of"]
