@@ -355,7 +355,8 @@ def _evaluate(
     Computes what a :class:`Context` with ``thorough=False`` computes, on the rule set's prepared
     :class:`~rules.plan.Plan`."""
     plan = plan_of(rules)
-    q = Quick(plan, Index(profile), now, prior)
+    ix = Index(profile)
+    q = Quick(plan, ix, now, prior, plan.constants(ix, now))
     if known:
         position = plan.position
         for name, result in known.items():

@@ -30,8 +30,10 @@ from .conditions import (
     _negate,
     _quick,
 )
+from .dependencies import dependencies, reads
+from .model import Profile
 from .ruleset import RuleSet
-from .values import Index, Value, earliest
+from .values import ANY_EVENT, Index, Value, earliest
 
 NEXT_DUE_CAP = 256
 
@@ -90,6 +92,71 @@ class Plan:
             self.plain.append(None if segment.variants else self.fn(segment.condition))
             self.variants.append(tuple(self.fn(v) for v in segment.variants))
         self.traits = [(name, self.value_slot(expr), expr) for name, expr in rules.traits]
+        self._reads(rules)
+        self._constants: dict[tuple[frozenset[str], bool], Constants] = {}
+
+    def _reads(self, rules: RuleSet) -> None:
+        """The event names (``*``: any) each value, plain segment and group member's own condition
+        reads; None for those that read a profile trait or another segment, or have variants."""
+        deps = dependencies(rules)
+        read = set(deps.read)
+        self.value_reads: list[frozenset[str] | None] = []
+        for value in self.values:
+            found = reads(value)
+            read.update(found.events)
+            self.value_reads.append(None if found.traits else found.events)
+        read.discard(ANY_EVENT)
+        self.read = frozenset(read)  # every event name segments or computed traits read
+        self.segment_reads: list[frozenset[str] | None] = []
+        for segment in rules.segments:
+            found = deps.by_segment[segment.name]
+            plain = segment.group is None and not segment.variants
+            self.segment_reads.append(
+                found.events if plain and not (found.traits or found.segments) else None
+            )
+        self.own_reads: list[tuple[frozenset[str] | None, ...]] = []
+        for group in self.groups:
+            owns = [deps.by_segment[name] for name in group.names]
+            self.own_reads.append(tuple(None if r.traits or r.segments else r.events for r in owns))
+        self.no_owns: tuple[tuple[Result | None, ...], ...] = tuple(
+            (None,) * len(group.names) for group in self.groups
+        )
+
+    def constants(self, ix: Index, now: datetime) -> Constants:
+        """The results that the profile's events cannot change: those of the values, segments and
+        group members' own conditions that read none of the event names it has (memoized per set of
+        the names rules read that it has)."""
+        names = ix.names()
+        key = (frozenset(names.keys() & self.read), bool(names))
+        found = self._constants.get(key)
+        if found is None:
+            found = self._constants[key] = self._absent(key[0] | {ANY_EVENT} if key[1] else key[0], now)
+        return found
+
+    def _absent(self, present: frozenset[str], now: datetime) -> Constants:
+        """Results over events none of which is present: those of an empty history, which never
+        change (kept only when they say so: no next change)."""
+        empty = Quick(self, Index(Profile("", "")), now)
+        vals: list[tuple[Any, datetime | None] | None] = [None] * len(self.values)
+        for slot, read in enumerate(self.value_reads):
+            if read is not None and read.isdisjoint(present):
+                found = empty.ix_value(slot)
+                if found[1] is None:
+                    vals[slot] = found
+        segs: list[SegmentResult | None] = [None] * len(self.names)
+        for i, read in enumerate(self.segment_reads):
+            if read is not None and read.isdisjoint(present):
+                out = empty.segment(i)
+                if out[1] is None:
+                    segs[i] = out
+        owns = []
+        for group, own_reads in zip(self.groups, self.own_reads, strict=True):
+            row: list[Result | None] = []
+            for fn, read in zip(group.matched, own_reads, strict=True):
+                result = fn(empty) if read is not None and read.isdisjoint(present) else None
+                row.append(result if result is not None and result[1] is None else None)
+            owns.append(tuple(row))
+        return Constants(vals, segs, tuple(owns))
 
     def _count(self, condition: Condition) -> None:
         """How many places read each condition (those read more than once get a memo slot)."""
@@ -256,19 +323,46 @@ def _for_some(c: ForSome, inner: Fn) -> Fn:
     return for_some
 
 
+class Constants:
+    """Results known before evaluating a profile (per value slot, segment, group member; None: not
+    known), the starting point of its memo lists."""
+
+    __slots__ = ("owns", "segs", "vals")
+
+    def __init__(
+        self,
+        vals: list[tuple[Any, datetime | None] | None],
+        segs: list[SegmentResult | None],
+        owns: tuple[tuple[Result | None, ...], ...],
+    ) -> None:
+        self.vals = vals
+        self.segs = segs
+        self.owns = owns
+
+
 class Quick:
     """One profile at one instant, on a :class:`Plan`: memo lists for values, shared conditions,
-    segments and groups. ``known``/``prior``: as for :class:`rules.evaluate.Context`."""
+    segments and groups, starting from ``constants`` (by default nothing known).
+    ``prior``: as for :class:`rules.evaluate.Context`."""
 
-    __slots__ = ("conds", "groups", "ix", "now", "plan", "prior", "segs", "vals")
+    __slots__ = ("conds", "constants", "groups", "ix", "now", "owns", "plan", "prior", "segs", "vals")
 
-    def __init__(self, plan: Plan, ix: Index, now: datetime, prior: Any = None) -> None:
+    def __init__(
+        self, plan: Plan, ix: Index, now: datetime, prior: Any = None, constants: Constants | None = None
+    ) -> None:
         self.plan = plan
         self.ix = ix
         self.now = now
-        self.vals: list[tuple[Any, datetime | None] | None] = [None] * len(plan.values)
+        if constants is None:
+            self.vals: list[tuple[Any, datetime | None] | None] = [None] * len(plan.values)
+            self.segs: list[SegmentResult | None] = [None] * len(plan.names)
+            self.owns = plan.no_owns
+        else:
+            self.vals = constants.vals.copy()
+            self.segs = constants.segs.copy()
+            self.owns = constants.owns
+        self.constants = constants
         self.conds: list[Result | None] = [None] * plan.shared
-        self.segs: list[SegmentResult | None] = [None] * len(plan.names)
         self.groups: list[tuple[int | None, list[Result], list[datetime | None]] | None] = [None] * len(
             plan.groups
         )
@@ -320,12 +414,15 @@ class Quick:
         low: datetime | None = None
         prior = self.prior
         held = prior.winner(group.names) if prior is not None else None
+        owns = self.owns[g]
         for i, fn in enumerate(group.matched):
             r = None
             if prior is not None and group.names[i] not in prior.own:
                 r = prior.own_result(i, winner, held)
             if r is None:
-                r = fn(self)
+                r = owns[i]
+                if r is None:
+                    r = fn(self)
             results.append(r)
             nxt = r[1]
             if nxt is not None and (low is None or nxt < low):
@@ -381,7 +478,7 @@ def next_due(
         if not heap:
             return None
         instant = heap[0][0]
-        later = Quick(plan, ix, instant)
+        later = Quick(plan, ix, instant, None, q.constants)
         while heap and heap[0][0] == instant:
             _, kind, i = heapq.heappop(heap)
             bound: datetime | None

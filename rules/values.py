@@ -269,6 +269,10 @@ class Index:
         self._names = names
         return names
 
+    def names(self) -> dict[str, tuple[list[EventRecord], list[datetime]]]:
+        """Every event name in the profile: its records and times, in (occurred_at, event_id) order."""
+        return self._names if self._names is not None else self._build()
+
     def select(self, sel: Selector) -> tuple[Sequence[EventRecord], list[datetime]]:
         hit = self.cache.get(sel.key)
         if hit is None:

@@ -40,6 +40,11 @@ VARIANTS: list[dict[str, Any]] = [
 def _rules() -> Any:
     base = all_templates_rules()
     merged = dict(base)
+    # a computed trait over events no segment reads
+    merged["traits"] = {
+        **base.get("traits", {}),
+        "refunds_1mo": {"count": {"event": "refund_issued", "within": "1mo"}},
+    }
     merged["segments"] = list(base.get("segments", [])) + EXTRA["segments"] + VARIANTS
     merged["groups"] = list(base.get("groups", [])) + EXTRA["groups"]
     return compile_rules(merged)
@@ -56,6 +61,7 @@ NAMES = [
     "email_opened",
     "email_clicked",
     "newsletter_signup",  # read by no rule
+    "refund_issued",  # read by a computed trait only
 ]
 TRAITS = st.fixed_dictionaries(
     {},
