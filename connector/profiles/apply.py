@@ -2,7 +2,8 @@
 
 1. Each event is checked: without a usable identity it is rejected (kept with its reason).
 2. Identities are resolved for the whole batch under the account's identity lock (one pass).
-3. The events are applied per profile, one Lua script per profile, all in one pipeline.
+3. The events are applied per profile, one Lua script body per profile, many profiles per script
+   call (:mod:`.batched`), all in one round trip.
    A profile merged away meanwhile answers with a redirect; its events go to the survivor.
 4. Access requests (``data_request``) are answered last. Erasure requests (``delete``) are not
    carried out here: they are returned in :attr:`Outcome.erasures` for the caller's erasure
@@ -29,7 +30,7 @@ from connector.profiles import identity, keys, rejected
 from connector.profiles.erasure import store_export
 from connector.profiles.properties import kept_properties
 from connector.profiles.store import (
-    APPLY,
+    APPLY_MANY,
     COMPRESS_AT,
     PROPERTY_PREFIX,
     Prepared,
@@ -183,7 +184,7 @@ def _apply_groups(
     outcome: Outcome,
     event_of: dict[int, str],
 ) -> None:
-    script = conn.register_script(APPLY)
+    script = APPLY_MANY
     retention = _retention(account)
     head: list[bytes | str | int] = [retention.cutoff_seconds(now), retention.max_events]
     for _ in range(MAX_REDIRECTS):

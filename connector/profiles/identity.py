@@ -27,6 +27,7 @@ import redis
 from connector import buckets, clock
 from connector.errors import ConnectorError
 from connector.profiles import keys
+from connector.profiles.batched import Batched
 from connector.profiles.bounds import count_dropped
 from connector.profiles.store import MERGE, history_entries, rewrite_histories
 from connector.redis_conn import is_cluster, per_node
@@ -120,6 +121,10 @@ class Resolution:
     conflicts: int = 0
     created: int = 0
     absorbed: dict[str, str] = field(default_factory=dict)  # merged-away profile -> survivor
+
+
+# HSET of one profile's fields (KEYS: the profile; ARGV: field, value pairs), many per script call
+_HSET_MANY = Batched("return redis.call('HSET', KEYS[1], unpack(ARGV))")
 
 
 class Resolver:
@@ -308,13 +313,14 @@ class Resolver:
         for pid, uid in self.uid_writes.items():
             fields.setdefault(pid, {})["uid"] = uid
         write_index(self.conn, self.account, {(k, v): pid for k, v, pid in self.writes}, legacy=self.legacy)
-        per_node(
-            self.conn,
-            [
-                ("HSET", keys.profile_key(self.account, pid), [x for pair in mapping.items() for x in pair])
-                for pid, mapping in fields.items()
-            ],
-        )
+        calls = [
+            ("HSET", keys.profile_key(self.account, pid), [x for pair in mapping.items() for x in pair])
+            for pid, mapping in fields.items()
+        ]
+        if is_cluster(self.conn):
+            per_node(self.conn, calls)
+        else:  # one script call per hundred profiles
+            _HSET_MANY.run(self.conn, [([key], args) for _, key, args in calls])
         self.writes.clear()
         self.uid_writes.clear()
 

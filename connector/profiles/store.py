@@ -61,7 +61,8 @@ from typing import Any
 import redis
 
 from connector.profiles import keys
-from connector.redis_conn import grouped_by_node
+from connector.profiles.batched import Batched, pipelined
+from connector.redis_conn import grouped_by_node, is_cluster
 from rules.model import EventRecord, Profile
 
 # The packed history in Lua: reading it (converting a sorted set stored before the packed form),
@@ -220,9 +221,7 @@ end
 
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
 # account's retention (``dropped`` counts what it removed) and bumping the profile's revision.
-_PRELUDE = (
-    _LUA_HISTORY
-    + """
+_PRELUDE_BODY = """
 local p, h = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', p, 'm', 'x')
 if st[1] then return {'m', st[1]} end
@@ -230,14 +229,14 @@ if st[2] then return {'x'} end
 local cutoff = tonumber(ARGV[1])
 local maxev = tonumber(ARGV[2])
 """
-)
+_PRELUDE = _LUA_HISTORY + _PRELUDE_BODY
 _RETAIN = """
 local dropped = hist:store(maxev)
 local rv = redis.call('HINCRBY', p, 'rv', 1)
 """
 
-APPLY = (
-    _PRELUDE
+_APPLY_BODY = (
+    _PRELUDE_BODY
     + """
 -- a profile is created by the identity links written before its events; a missing one was erased
 -- after this batch was resolved: its events are dropped, never stored under a bare profile id
@@ -284,6 +283,9 @@ end
     + _RETAIN
     + "return {'ok', added, dup, dropped, hist:plain(), rv}"
 )
+APPLY = _LUA_HISTORY + _APPLY_BODY
+# APPLY for many profiles in one script call (per slot on a cluster): what a batch's apply runs
+APPLY_MANY = Batched(_APPLY_BODY, _LUA_HISTORY)
 
 # Copies another profile's data (history entries, then hash fields as pairs) into this one.
 MERGE = (
@@ -335,7 +337,10 @@ end
 
 def run_scripts(conn: redis.Redis, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
     """Run a registered script once per ``(keys, args)`` (the keys of one call share a hash tag,
-    hence a slot) and return the replies in order, in one round trip per Redis server."""
+    hence a slot) and return the replies in order, in one round trip per Redis server; a
+    :class:`~connector.profiles.batched.Batched` script runs them in a few script calls."""
+    if isinstance(script, Batched):
+        return script.run(conn, calls)
     return grouped_by_node(
         conn,
         [keys[0] for keys, _ in calls],
@@ -721,7 +726,10 @@ def read_profile(conn: redis.Redis, names: NameCodes, account: str, pid: str) ->
 def read_profiles(
     conn: redis.Redis, names: NameCodes, account: str, pids: Sequence[str]
 ) -> dict[str, ProfileData | None]:
-    """:func:`read_profile` for many profiles of one account, in one pipeline."""
+    """:func:`read_profile` for many profiles of one account, in one round trip (per server):
+    on a single server, without redis-py's cost per command (:func:`.batched.pipelined`)."""
+    if not is_cluster(conn):
+        return _read_many(conn, names, account, pids)
     pipe = conn.pipeline(transaction=False)
     for pid in pids:
         pipe.hgetall(keys.profile_key(account, pid))
@@ -738,6 +746,27 @@ def read_profiles(
         )
         for n, pid in enumerate(pids)
     }
+
+
+def _read_many(
+    conn: redis.Redis, names: NameCodes, account: str, pids: Sequence[str]
+) -> dict[str, ProfileData | None]:
+    commands: list[tuple[str, ...]] = []
+    for pid in pids:
+        commands.append(("HGETALL", keys.profile_key(account, pid)))
+        commands.append(("GET", keys.history_key(account, pid)))
+    commands.append(("HGET", keys.names_key(account), "#gen"))
+    replies = pipelined(conn, commands)
+    generation = replies.pop()
+    names.check(account, generation if isinstance(generation, bytes) else None)
+    out: dict[str, ProfileData | None] = {}
+    for n, pid in enumerate(pids):
+        fields, history = replies[2 * n], replies[2 * n + 1]
+        if isinstance(fields, Exception):
+            raise fields
+        raw = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+        out[pid] = _decode(names, account, pid, raw, history_entries(conn, account, pid, history))
+    return out
 
 
 def _decode(

@@ -16,6 +16,7 @@ from rq import Queue
 from adapters.change import CONSENT_UNKNOWN, Change
 from connector.config import Account
 from connector.destinations import destinations
+from connector.profiles.batched import Batched
 from connector.sync import applied
 from connector.sync.keys import (
     ARMED_TTL_SECONDS,
@@ -27,14 +28,11 @@ from connector.sync.keys import (
     erased_key,
     key,
     member,
-    run_script,
 )
 
 # KEYS: pending, ready, applied (the hash of before; the buckets are named from it), sync:due,
 # armed, erased flag. ARGV: pid, version, change JSON, ready at, due member, armed ttl, packed pid.
-_ENQUEUE = (
-    applied.LOOKUP
-    + """
+_ENQUEUE_BODY = """
 if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
 local applied = tonumber(string.match(ap_get(KEYS[3], ARGV[1], ARGV[7]) or '-1', '^%-?%d+'))
 local version = tonumber(ARGV[2])
@@ -50,7 +48,8 @@ redis.call('ZADD', KEYS[4], 'LT', ARGV[4], ARGV[5])
 if redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[6]) then return 2 end
 return 1
 """
-)
+# _ENQUEUE for many changes in one script call
+_ENQUEUE_MANY = Batched(_ENQUEUE_BODY, applied.LOOKUP)
 
 
 def enqueue_change(conn: redis.Redis, change: Change, ready_at: float) -> bool:
@@ -64,10 +63,8 @@ def enqueue_changes(conn: redis.Redis, changes: Sequence[tuple[Change, float]]) 
     enqueue per destination whose flush job was not armed yet)."""
     if not changes:
         return []
-    pipe = conn.pipeline(transaction=False)
-    for change, ready_at in changes:
-        run_script(pipe, _ENQUEUE, *_enqueue_call(change, ready_at))
-    outcomes = [int(outcome) for outcome in pipe.execute()]
+    calls = [_enqueue_call(change, ready_at) for change, ready_at in changes]
+    outcomes = [int(outcome) for outcome in _ENQUEUE_MANY.run(conn, calls)]
     for (change, _), outcome in zip(changes, outcomes, strict=True):
         if outcome == 2:
             enqueue_job(conn, change.account, change.destination)

@@ -46,8 +46,9 @@ read as it is and moves its older changes to the list at its next record (one wi
 moves only what the list has room for: nothing is dropped uncounted).
 
 Recording many profiles is one round trip per Redis server: the stored states are read in one
-pipeline, the diffs computed here, and one script per profile compares the state it finds with the
-one the diff was computed from before it writes (a state changed in between is read again).
+pipeline, the diffs computed here, and one script body per profile (many profiles per script call,
+:mod:`connector.profiles.batched`) compares the state it finds with the one the diff was computed
+from before it writes (a state changed in between is read again).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
+from connector.profiles.batched import Batched, pipelined
 from connector.profiles.store import NameCodes, base36
 from connector.redis_conn import grouped_by_node, is_cluster
 
@@ -204,6 +206,9 @@ redis.call('SET', KEYS[1], version .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ARGV[5
 if version == old then return {0} end
 return {version, trimmed}
 """
+
+# _RECORD for many profiles in one script call (per slot on a cluster)
+_RECORD_MANY = Batched(_RECORD)
 
 # The stored state, whichever layout: {"s", string (the state line only in this layout)} or
 # {"h", HGETALL as a flat list} or {}.
@@ -516,7 +521,6 @@ class Ledger:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
         self.names = ledger_names(conn)
-        self._record = conn.register_script(_RECORD)
         self._read = conn.register_script(_READ)
         self._tail = conn.register_script(_TAIL)
 
@@ -604,12 +608,7 @@ class Ledger:
             )
             for c in changes
         ]
-        replies = grouped_by_node(
-            self.conn,
-            [keys[0] for keys, _ in calls],
-            lambda pipe, n: self._record(keys=calls[n][0], args=calls[n][1], client=pipe),
-            lambda n: self._record(keys=calls[n][0], args=calls[n][1], client=self.conn),
-        )
+        replies = _RECORD_MANY.run(self.conn, calls)
         again = []
         for n, change, reply in zip(todo, changes, replies, strict=True):
             version = int(reply[0])
@@ -632,12 +631,11 @@ class Ledger:
             # the first bytes of each (the state line, not the changes after it); a longer state
             # line is read whole, and a ledger of an earlier layout (a hash) answers WRONGTYPE and
             # is read again
-            pipe = self.conn.pipeline(transaction=False)
-            for key in keys:
-                pipe.getrange(key, 0, STATE_PREFIX - 1)
+            # (without redis-py's cost per command: :func:`connector.profiles.batched.pipelined`)
+            commands: list[tuple[Any, ...]] = [("GETRANGE", key, 0, STATE_PREFIX - 1) for key in keys]
             if check:
-                pipe.hget(names_key(account), "#gen")
-            got = pipe.execute(raise_on_error=False)
+                commands.append(("HGET", names_key(account), "#gen"))
+            got = pipelined(self.conn, commands)
             if check:
                 self.names.check(account, _generation(got.pop()))
             again = [n for n, reply in enumerate(got) if not isinstance(reply, bytes) or _cut(reply)]

@@ -19,6 +19,7 @@ from connector.config import Accounts, load_accounts
 from connector.dev.embedded_redis import EmbeddedCluster
 from connector.errors import ConfigError
 from connector.profiles import load_profile, lookup
+from connector.profiles.batched import Batched
 from connector.profiles.erasure import stored_exports
 from connector.profiles.store import iter_profile_ids, run_scripts
 from connector.redis_conn import per_node
@@ -162,6 +163,23 @@ def test_scripts_follow_a_slot_that_moved_to_another_node(cluster: RedisCluster,
     assert dst.get(key) == b"2"
     for client in (src, dst, stale, stale_too):
         client.close()
+
+
+def test_batched_scripts_group_their_calls_by_slot_on_a_cluster(cluster: RedisCluster) -> None:
+    """Calls whose keys share a slot go in one script call, the others to their own nodes; the
+    replies come back in the order of the calls."""
+    bump = Batched("return {KEYS[1], redis.call('INCRBY', KEYS[1], ARGV[1]), redis.call('INCR', KEYS[2])}")
+    calls = [([f"n:{{p{n % 5}}}", f"m:{{p{n % 5}}}"], [n]) for n in range(12)]
+    replies = bump.run(cluster, calls)
+    totals: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for n, reply in enumerate(replies):
+        key = f"n:{{p{n % 5}}}"
+        totals[key] = totals.get(key, 0) + n
+        seen[key] = seen.get(key, 0) + 1
+        assert reply == [key.encode(), totals[key], seen[key]]
+    assert {k: int(cluster.get(k) or 0) for k in totals} == totals
+    assert len({cluster.get_node_from_key(k).name for k in totals}) > 1  # more than one node served
 
 
 def test_histories_are_compressed_and_opened_on_a_cluster(

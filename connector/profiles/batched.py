@@ -1,0 +1,176 @@
+"""Many calls of a per-key Lua script in a few script calls; many reads in one round trip.
+
+A script written for one call (its ``KEYS`` and ``ARGV``) runs here for many calls at once: the
+calls are packed into one ``EVALSHA`` per group (every key of every call of a call group, then per
+call its key and argument counts and its arguments), and the script runs its body once per call,
+in order, answering the list of the bodies' replies. The client packs and parses one command per
+group instead of one per call, and Redis dispatches one.
+
+The keys of one call share a slot (a profile's hash tag); on Redis Cluster the calls are grouped by
+slot as well (a script's keys must share one), and the groups go to their nodes in one pipeline
+per node (:func:`connector.redis_conn.grouped_by_node`). A group holds at most ``per_call`` calls,
+which bounds how long one script holds the server.
+
+Each call is applied as it would be alone (the body is the same); a group is not one transaction
+beyond that: a body that raises ends its script after the calls before it were applied, as a
+pipeline of single calls would have. Callers only use it for calls that are safe to run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from connector.redis_conn import grouped_by_node, is_cluster
+
+_pack_command: Any
+try:
+    import hiredis
+
+    _pack_command = hiredis.pack_command
+except ImportError:  # the pure Python packer of redis-py does it as well, slower
+    _pack_command = None
+
+PER_CALL = 100  # calls per script call: a few milliseconds of the server at most
+
+# ARGV[1]: the number of calls; then per call its key count, its argument count and its arguments.
+# KEYS: every call's keys, in order.
+_LOOP = """
+local function one(KEYS, ARGV)
+%s
+end
+local out, k, a = {}, 0, 2
+for c = 1, tonumber(ARGV[1]) do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local ks, as = {}, {}
+  for j = 1, nk do ks[j] = KEYS[k + j] end
+  for j = 1, na do as[j] = ARGV[a + 1 + j] end
+  k, a = k + nk, a + 2 + na
+  local reply = one(ks, as)
+  if reply == nil then reply = false end
+  out[c] = reply
+end
+return out
+"""
+
+
+class Batched:
+    """A script whose ``body`` (a script for one call; ``helpers`` are definitions it uses) runs
+    for many calls in one script call per group."""
+
+    def __init__(self, body: str, helpers: str = "", per_call: int = PER_CALL) -> None:
+        self.source = helpers + _LOOP % body
+        self.per_call = per_call
+        self._scripts: dict[int, Any] = {}
+
+    def _script(self, conn: Any) -> Any:
+        found = self._scripts.get(id(conn))
+        if found is None or found.registered_client is not conn:
+            found = self._scripts[id(conn)] = conn.register_script(self.source)
+        return found
+
+    def run(self, conn: redis.Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """The reply of each call ``(keys, args)``, in order: one script call per group of calls
+        (per slot on a cluster), in one round trip per server."""
+        if not calls:
+            return []
+        groups = self._groups(conn, calls)
+        packed = [_pack([calls[n] for n in members]) for members in groups]
+        script = self._script(conn)
+        if is_cluster(conn):
+            answers = grouped_by_node(
+                conn,
+                [keys[0] for keys, _ in packed],
+                lambda pipe, n: script(keys=packed[n][0], args=packed[n][1], client=pipe),
+                lambda n: script(keys=packed[n][0], args=packed[n][1], client=conn),
+            )
+        else:
+            answers = _one_server(conn, script, packed)
+        replies: list[Any] = [None] * len(calls)
+        for members, answer in zip(groups, answers, strict=True):
+            for n, reply in zip(members, answer, strict=True):
+                replies[n] = reply
+        return replies
+
+    def _groups(self, conn: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[list[int]]:
+        """Indexes of the calls, grouped (by slot on a cluster) and cut at ``per_call``."""
+        if is_cluster(conn):
+            by_slot: dict[int, list[int]] = {}
+            for n, (keys, _) in enumerate(calls):
+                by_slot.setdefault(conn.keyslot(keys[0]), []).append(n)
+            lists = list(by_slot.values())
+        else:
+            lists = [list(range(len(calls)))]
+        size = self.per_call
+        return [members[i : i + size] for members in lists for i in range(0, len(members), size)]
+
+
+def _pack(calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> tuple[list[str], list[Any]]:
+    keys: list[str] = []
+    args: list[Any] = [len(calls)]
+    for call_keys, call_args in calls:
+        keys.extend(call_keys)
+        args.append(len(call_keys))
+        args.append(len(call_args))
+        args.extend(call_args)
+    return keys, args
+
+
+def _one_server(conn: redis.Redis, script: Any, packed: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    """The script calls in one pipeline by the script's digest; a server that does not hold the
+    script yet (a restart, a flush) answers NOSCRIPT without running the call, which then runs
+    again once the script is loaded."""
+    pipe = conn.pipeline(transaction=False)
+    for keys, args in packed:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    answers = list(pipe.execute(raise_on_error=False))
+    for n, answer in enumerate(answers):
+        if isinstance(answer, NoScriptError):
+            answers[n] = script(keys=packed[n][0], args=packed[n][1], client=conn)
+        elif isinstance(answer, Exception):
+            raise answer
+    return answers
+
+
+READ_ATTEMPTS = 2  # a read pipeline that lost its connection is sent again once
+
+
+def pipelined(conn: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """The replies of read commands (each a command name and its arguments; str, bytes or int) on
+    a single server, in one round trip; an error reply is answered as its exception.
+
+    What a pipeline of redis-py does for them without its cost per command in Python (the command
+    stack, the response callbacks): the commands are packed at once, sent in one write and their
+    replies read off the connection as the server sent them (a hash is a dict with RESP3, a flat
+    list with RESP2). Only for reads: a connection lost on the way sends them all again."""
+    if not commands:
+        return []
+    for attempt in range(READ_ATTEMPTS):
+        pool = conn.connection_pool
+        connection = pool.get_connection()
+        try:
+            if _pack_command is not None:
+                packed = [b"".join([_pack_command(tuple(command)) for command in commands])]
+            else:
+                packed = connection.pack_commands(commands)
+            connection.send_packed_command(packed)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as err:  # read whole: the connection stays in step
+                    replies.append(err)
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()
+            if attempt + 1 == READ_ATTEMPTS:
+                raise
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: never reused as it is
+            raise
+        finally:
+            pool.release(connection)
+    raise AssertionError("unreachable")
