@@ -34,7 +34,10 @@ from connector.clock import isoformat
 
 log = logging.getLogger(__name__)
 
-MAXLEN = 5000  # as connector.ingest.queue.LIVE_MAXLEN (a test keeps them equal)
+# The live stream of each account keeps about this many entries (XADD MAXLEN ~; an entry of
+# stored deliveries holds up to connector.ops.live.LINES_PER_ENTRY of them, one per line): more
+# than a watching client's half-second between two reads brings at 10,000 deliveries/s.
+MAXLEN = 1000
 MAX_PROFILES = 50  # per ``landed`` entry: those with a transition or a trait change first
 MAX_RESULTS = 50  # per ``esp`` entry
 MAX_EVENT_IDS = 5  # per profile, as a delivery shows its first five events

@@ -19,15 +19,11 @@ Keys (queue Redis):
   ``metrics:ingest``            hash of counters (``accepted:{account}``, ``duplicate:{account}``)
   ``live:watch:{account}``      present while someone watches the account's live events (the stream
                                 endpoint, connector.ops.live, keeps it alive with a short TTL)
-  ``live:{account}``            the account's live events (capped stream, field ``d`` = entry JSON)
 
-The live entry of a delivery is written by the same script, and only while the account is watched:
-with nobody watching, the live view costs the request one ``EXISTS`` inside the script. The caller
-passes the entry's start (sender, instant, events shown) when it believes someone watches (it
-learns it from the previous reply, :attr:`IngestResult.watched`); the script closes it with the
-dedupe result. A delivery stored while watched without an entry start (the first one after a
-watcher came) comes back with ``watched`` set and ``live_written`` unset, and the caller publishes
-it itself.
+The script also says whether someone watches the account (one ``EXISTS``):
+:attr:`IngestResult.watched`. Only then does the web process publish the delivery on the live
+stream (connector.ops.live, which gathers a moment's deliveries into one write); with nobody
+watching, the live view costs the request that ``EXISTS`` and nothing else.
 """
 
 from __future__ import annotations
@@ -59,15 +55,10 @@ STREAM_FIELD = "e"
 # Erasure and access requests are remembered for a year: the same signed request replayed later
 # (a ``shop/redact`` wiping the people who came after it) is a duplicate, not a new request.
 PRIVILEGED_DEDUPE_SECONDS = 365 * 24 * 3600
-# The live stream of each account keeps about this many entries (XADD MAXLEN ~): more than a
-# watching client's half-second between two reads brings at 10,000 deliveries/s.
-LIVE_MAXLEN = 5000
 
 _INGEST = """
 -- ARGV[1] is the account's dedupe window; each event carries its marker's own (key, ms, event).
--- ARGV[4] is the start of the delivery's live entry ('' when the caller did not make one): while
--- KEYS[5] (the account's watcher key) exists, the entry, closed with the dedupe result, is
--- appended to KEYS[4] (the account's live stream).
+-- The reply ends with whether KEYS[4] (the account's live watcher key) exists, and the pump flag.
 local account = ARGV[2]
 local raised_at = ARGV[3]
 local added = 0
@@ -88,23 +79,11 @@ if added > 0 then
 end
 local dup = ((#ARGV - FIRST_EVENT_ARG + 1) / 3) - added
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicate:' .. account, dup) end
-local live = 0
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  live = 1
-  if ARGV[4] ~= '' then
-    local outcome = 'accepted'
-    if added == 0 then outcome = 'duplicate' end
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', LIVE_MAXLEN, '*', 'd', ARGV[4] ..
-      ',"outcome":"' .. outcome .. '","status":200,"reason":null,"accepted":' .. added ..
-      ',"duplicates":' .. dup .. '}')
-    live = 2
-  end
-end
-flags[#flags + 1] = live
+flags[#flags + 1] = redis.call('EXISTS', KEYS[4])
 flags[#flags + 1] = pump
 return flags
 """.replace("ARGV_PUMP_TTL", str(PUMP_TTL_SECONDS))
-_INGEST = _INGEST.replace("FIRST_EVENT_ARG", "5").replace("LIVE_MAXLEN", str(LIVE_MAXLEN))
+_INGEST = _INGEST.replace("FIRST_EVENT_ARG", "4")
 
 
 def stream_key(shard: int) -> str:
@@ -113,11 +92,6 @@ def stream_key(shard: int) -> str:
 
 def pump_key(shard: int) -> str:
     return f"q:pump:{shard}"
-
-
-def live_key(account: str) -> str:
-    """The account's live events (connector.ops.live reads them)."""
-    return f"live:{account}"
 
 
 def live_watch_key(account: str) -> str:
@@ -189,8 +163,6 @@ class IngestResult:
     shard: int
     # someone watches the account's live events (the watcher key was there when the events were stored)
     watched: bool = False
-    # the script appended the delivery's live entry (it was watched and given an entry start)
-    live_written: bool = False
 
 
 class EventQueue:
@@ -211,15 +183,10 @@ class EventQueue:
         account: str,
         events: Sequence[Event],
         dedupe_ttl_seconds: int,
-        live_entry: str = "",
         now: datetime | None = None,
     ) -> IngestResult:
-        """Store new events durably; duplicates (by event id, per account) are skipped.
-
-        ``live_entry`` is the start of the delivery's live entry (a JSON object without its closing
-        brace, see connector.ops.live); the script appends it, closed with the dedupe result, to the
-        account's live stream if someone watches the account, and drops it otherwise. ``now``: the
-        instant the request was received (the clock's when not given), the pump flag's value."""
+        """Store new events durably; duplicates (by event id, per account) are skipped. ``now``:
+        the instant the request was received (the clock's when not given), the pump flag's value."""
         if not events:
             return IngestResult(0, 0, 0)
         shard = self.shard_for(account, events)
@@ -227,7 +194,6 @@ class EventQueue:
             dedupe_ttl_seconds * 1000,
             account,
             repr((clock.now() if now is None else now).timestamp()),
-            live_entry,
         ]
         for event in events:
             args.append(dedupe_key(account, event.event_id))
@@ -237,7 +203,6 @@ class EventQueue:
             stream_key(shard),
             pump_key(shard),
             "metrics:ingest",
-            live_key(account),
             live_watch_key(account),
         ]
         try:
@@ -253,13 +218,8 @@ class EventQueue:
                 # and the scheduler re-arms the shard then.
                 log.warning("drain enqueue failed", extra={"shard": shard, "error": type(err).__name__})
         accepted = sum(int(f) for f in flags[:-2])
-        live = int(flags[-2])
         return IngestResult(
-            accepted=accepted,
-            duplicates=len(events) - accepted,
-            shard=shard,
-            watched=live > 0,
-            live_written=live == 2,
+            accepted=accepted, duplicates=len(events) - accepted, shard=shard, watched=bool(flags[-2])
         )
 
     def enqueue_drain(self, shard: int) -> str:

@@ -122,9 +122,8 @@ class Ingress:
         self.public_url = public_url.rstrip("/") if public_url else None
         self._urls: dict[tuple[str | None, ...], str] = {}
         # The live events (connector.ops.live), told of each delivery to a known account:
-        # ``entry_start(account, events, now)`` (the start of its live entry, which the ingest
-        # script writes while the account is watched; "" otherwise), ``delivered(account, events, result)``
-        # after storing, and ``refused(account, sender, err)``. None: nobody.
+        # ``delivered(account, events, result, now)`` after storing (published while the account
+        # is watched, as the result says), and ``refused(account, sender, err)``. None: nobody.
         self.observer: Any = None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -285,14 +284,13 @@ class Ingress:
         clock's when not given) and render the answer."""
         if now is None:
             now = clock.now()
-        observer = self.observer
-        live_entry = observer.entry_start(account, events, now) if observer is not None else ""
         try:
-            result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds, live_entry, now)
+            result = self.queue.ingest(account.id, events, account.dedupe_ttl_seconds, now)
         except ValueError as err:  # Event.to_json: NaN and infinities are not JSON, never stored
             raise MalformedPayload("an event holds a number that is not finite (NaN or Infinity)") from err
+        observer = self.observer
         if observer is not None:
-            observer.delivered(account, events, result)
+            observer.delivered(account, events, result, now)
         if events and log.isEnabledFor(logging.INFO):
             log.info(
                 "accepted",

@@ -3,7 +3,7 @@
 (While the account is watched the event worker and the sync add where each delivery's events landed
 and what the ESPs answered to the same stream: :mod:`connector.livefeed`.)
 
-Entries go to a capped Redis stream per account, ``live:{account}`` (``XADD MAXLEN ~ 1000``, queue
+Entries go to a capped Redis stream per account, ``live:{account}`` (``XADD MAXLEN ~``, queue
 Redis): the sender, the outcome (``accepted``, ``duplicate``, ``refused``), the HTTP status, the
 refusal's real reason (the sender itself only gets a bare 401), how many events were stored and
 how many were duplicates, and per event its id, type, name and masked identities
@@ -13,12 +13,14 @@ anywhere: the stream would confirm which accounts exist.
 Stored deliveries are published only while someone watches the account: the stream endpoint keeps
 a watcher key, ``live:watch:{account}``, alive (TTL ``WATCH_TTL_SECONDS``, refreshed every
 ``WATCH_REFRESH_SECONDS`` while a stream is open), and the ingest script (connector.ingest.queue)
-appends the entry in the same round trip that stores the events, only when that key exists. The
-web process builds the entry's start (:meth:`Publisher.entry_start`) only for accounts the
-previous reply said were watched; the first delivery after a watcher came, stored without it, is
-published right after (:meth:`Publisher.delivered`). With nobody watching, a delivery costs one
-``EXISTS`` inside the script and nothing in Python. Refusals are always published (one write on a
-connection with ``CLIENT REPLY OFF``, no reply awaited): the overview's attention list reads them.
+says, in the reply that stores the events, whether that key exists. While it does, the request
+queues the delivery in its web process, and the process's flushing thread writes the deliveries
+of each ``FLUSH_SECONDS`` as one stream entry per account, one delivery per line
+(:class:`Publisher`): building the entries and the Redis write are paid once per flush, not once
+per request. With nobody watching, a delivery costs the ``EXISTS`` and nothing in Python.
+Refusals are always published, one entry each (one write on a connection with ``CLIENT REPLY
+OFF``, no reply awaited): the overview's attention list reads them. Readers see entries, never
+rows: the stream endpoint sends one SSE message per delivery, the last of a row with the row's id.
 
 ``GET /api/v1/accounts/{id}/live`` (viewer; bearer token as the rest of the API) answers
 ``text/event-stream``: the latest ``backlog`` entries (default 50) or, with ``Last-Event-ID``, the
@@ -26,10 +28,10 @@ entries after that one, and ends, telling the client to ask again in ``RETRY_MS`
 EventSource does so by itself, with ``Last-Event-ID``). An answer takes one Redis round trip (the
 read and the watcher key in one transaction) and a few milliseconds of a web worker, so a console
 never holds one of the few sync workers that serve webhooks, and an entry reaches the page within
-about ``RETRY_MS`` of being stored. A client that wants a held answer passes ``window`` (up to 25 s,
-under gunicorn's worker timeout): new entries are then read in batches (``XREAD COUNT``: the read
-waits for the first new entry and, after a read that found some, the stream waits
-``COALESCE_SECONDS`` before reading again), holding a web worker for the window.
+about ``FLUSH_SECONDS`` + ``RETRY_MS`` of being stored. A client that wants a held answer passes
+``window`` (up to 25 s, under gunicorn's worker timeout): new entries are then read in batches
+(``XREAD COUNT``: the read waits for the first new entry and, after a read that found some, the
+stream waits ``COALESCE_SECONDS`` before reading again), holding a web worker for the window.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
@@ -50,7 +53,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from connector import clock
+from connector import clock, livefeed
 from connector.clock import isoformat
 from connector.config import Account
 from connector.ingest import queue
@@ -59,7 +62,7 @@ from connector.ops.api import auth, errors
 
 log = logging.getLogger(__name__)
 
-MAXLEN = queue.LIVE_MAXLEN
+MAXLEN = livefeed.MAXLEN
 MAX_EVENTS_SHOWN = 5  # per delivery; a batch of 500 shows its first five and the count
 DEFAULT_BACKLOG = 50
 DEFAULT_WINDOW_SECONDS = 0.0  # an answer sends what is new and ends; the client asks again
@@ -71,11 +74,13 @@ COALESCE_SECONDS = 0.25  # after a read that found entries, the stream waits thi
 WATCH_TTL_SECONDS = 10  # a watcher key outlives a reconnect between two answers
 WATCH_REFRESH_SECONDS = 2.0
 FIELD = "d"
+FLUSH_SECONDS = 0.1  # the deliveries of this long go out in one write
+LINES_PER_ENTRY = 200  # a stream entry holds at most this many deliveries (one line each)
 _STREAM_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
 
 
 def key(account_id: str) -> str:
-    return queue.live_key(account_id)
+    return livefeed.live_key(account_id)
 
 
 def watch_key(account_id: str) -> str:
@@ -127,10 +132,10 @@ def refused_entry(sender: str, status: int, reason: str) -> dict[str, Any]:
 
 def entry_start(events: Sequence[Any], now: datetime | None = None) -> str:
     """The start of a stored delivery's entry, as :func:`delivered_entry` would write it but
-    without the dedupe result, which the ingest script appends (``,"outcome":...}``). ``now``: the
-    instant the request was received (read from the clock when not given).
+    without the dedupe result (``,"outcome":...}``, :func:`_closing`). ``now``: the instant the
+    request was received (read from the clock when not given).
 
-    This runs on every request to a watched account, so it is kept to string formatting with the
+    This runs for every delivery to a watched account, so it is kept to string formatting with the
     quoted forms of the few repeating strings (identity kinds, event types, senders) remembered;
     event ids are hex digests, which JSON needs no escaping for."""
     known = _QUOTED
@@ -182,30 +187,69 @@ def _instant(now: datetime) -> str:
 class Publisher:
     """The ingest side: ``Ingress.observer``. Never raises into the request.
 
-    Remembers, per account, whether the last delivery's reply said the account was watched, and
-    makes entry starts only for those accounts (:meth:`entry_start`)."""
+    A stored delivery to a watched account (the ingest script's reply says so) is queued in this
+    process, as it came, and a flushing thread, woken by the first one, gathers what arrives in
+    ``flush_seconds`` and writes it: the entries (:func:`entry_start` closed with the dedupe result)
+    of each account as one stream entry, one line each (``XADD`` on a connection with replies off,
+    no reply awaited). The request itself only appends to a queue; the entries are built and
+    written once per flush, not once per request. :meth:`flush` writes what is queued now (tests,
+    and a process that stops)."""
 
-    def __init__(self, client: redis.Redis, maxlen: int = MAXLEN) -> None:
+    def __init__(
+        self, client: redis.Redis, maxlen: int = MAXLEN, flush_seconds: float = FLUSH_SECONDS
+    ) -> None:
         self.pool = client.connection_pool
         self.maxlen = maxlen
+        self.flush_seconds = flush_seconds
         self._local = threading.local()
-        self._watched: dict[str, bool] = {}
+        self._pending: deque[tuple[str, Sequence[Any], datetime, int, int]] = deque()
+        self._wake = threading.Event()
+        self._flusher_pid = 0
+        self._flushing = threading.Lock()
 
-    def entry_start(self, account: Account, events: Sequence[Any], now: datetime | None = None) -> str:
-        """The start of the delivery's live entry for the ingest script (``now``: the instant the
-        request was received), or ``""`` while the account is not known to be watched."""
-        if events and self._watched.get(account.id):
-            return entry_start(events, now)
-        return ""
+    def delivered(self, account: Account, events: Sequence[Any], result: Any, now: datetime) -> None:
+        """After the events were stored (received at ``now``): while the account is watched,
+        queue the delivery for the next flush (empty deliveries are not shown)."""
+        if result.watched and events:
+            self._pending.append((account.id, events, now, result.accepted, result.duplicates))
+            if self._flusher_pid != os.getpid():
+                self._start_flusher()
+            wake = self._wake
+            if not wake.is_set():  # set: the flusher has not cleared it yet, and will flush this one
+                wake.set()
 
-    def delivered(self, account: Account, events: Sequence[Any], result: Any) -> None:
-        """After the events were stored: note whether the account is watched, and publish the
-        delivery here if it is and the script had no entry to write (empty deliveries are not shown)."""
-        watched = bool(result.watched)
-        if self._watched.get(account.id) != watched:
-            self._watched[account.id] = watched
-        if watched and not result.live_written and events:
-            self.publish(account.id, delivered_entry(events, result.accepted, result.duplicates))
+    def _start_flusher(self) -> None:
+        with self._flushing:  # one flushing thread per process (a forked worker starts its own)
+            if self._flusher_pid != os.getpid():
+                self._wake = threading.Event()
+                threading.Thread(target=self._flush_forever, name="live-flush", daemon=True).start()
+                self._flusher_pid = os.getpid()
+
+    def _flush_forever(self) -> None:
+        wake = self._wake
+        while True:
+            wake.wait()
+            time.sleep(self.flush_seconds)  # let the deliveries of the next moments gather
+            wake.clear()  # a delivery queued from here on wakes the next round
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the queued deliveries now; returns how many."""
+        by_account: dict[str, list[str]] = {}
+        pending = self._pending
+        count = 0
+        while pending:
+            try:
+                account_id, events, now, accepted, duplicates = pending.popleft()
+            except IndexError:
+                break
+            line = entry_start(events, now) + _closing(accepted, duplicates)
+            by_account.setdefault(account_id, []).append(line)
+            count += 1
+        for account_id, lines in by_account.items():
+            for i in range(0, len(lines), LINES_PER_ENTRY):
+                self._send(account_id, "\n".join(lines[i : i + LINES_PER_ENTRY]))
+        return count
 
     def refused(self, account: Account, sender: str, err: Any) -> None:
         """A delivery to a known account and sender that was refused, with the real reason."""
@@ -221,7 +265,9 @@ class Publisher:
         return conn
 
     def publish(self, account_id: str, entry: dict[str, Any]) -> None:
-        data = json.dumps(entry, separators=(",", ":"))
+        self._send(account_id, json.dumps(entry, separators=(",", ":")))
+
+    def _send(self, account_id: str, data: str) -> None:
         command = ("XADD", key(account_id), "MAXLEN", "~", self.maxlen, "*", FIELD, data)
         try:
             conn = self._connection()
@@ -229,6 +275,13 @@ class Publisher:
         except (redis.RedisError, OSError) as err:
             self._local.conn = None  # a new connection next time; this entry is lost
             log.debug("live entry not published: %s", type(err).__name__)
+
+
+def _closing(accepted: int, duplicates: int) -> str:
+    """The end of a stored delivery's entry: its dedupe result (as :func:`delivered_entry`)."""
+    outcome = "duplicate" if accepted == 0 else "accepted"
+    counts = f'"accepted":{accepted},"duplicates":{duplicates}}}'
+    return f',"outcome":"{outcome}","status":200,"reason":null,{counts}'
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -239,11 +292,13 @@ def _text(value: bytes | str) -> str:
 
 
 def _decode(rows: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
-    out = []
+    """``(stream id, entry)`` per entry of the rows, oldest first (a stream entry of stored
+    deliveries holds several, one per line: each is returned with its row's id)."""
+    out: list[tuple[str, dict[str, Any]]] = []
     for entry_id, fields in rows:
         raw = fields.get(FIELD.encode()) or fields.get(FIELD)
         if raw is not None:
-            out.append((_text(entry_id), json.loads(raw)))
+            out.extend((_text(entry_id), json.loads(line)) for line in _bytes(raw).split(b"\n"))
     return out
 
 
@@ -251,7 +306,7 @@ def latest(conn: redis.Redis, account_id: str, count: int) -> list[tuple[str, di
     """The account's latest ``count`` entries, oldest first."""
     if count <= 0:
         return []
-    return list(reversed(_decode(conn.xrevrange(key(account_id), count=count))))
+    return _decode(list(reversed(conn.xrevrange(key(account_id), count=count))))[-count:]
 
 
 def _call(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
@@ -278,15 +333,15 @@ Row = tuple[bytes, bytes]  # (entry id, entry JSON) as stored
 
 
 def _raw(rows: Sequence[Any] | None) -> list[Row]:
-    """``(id, entry JSON)`` of a stream reply's rows (``[id, [field, value, ...]]``; every writer
-    writes the one field ``d``), as stored: the stream passes them through undecoded."""
+    """``(id, entries)`` of a stream reply's rows (``[id, [field, value, ...]]``; every writer
+    writes the one field ``d``: one entry's JSON, or several, one per line), as stored: the stream
+    passes them through undecoded."""
     if not rows:
         return []
     if not isinstance(rows[0][0], bytes):  # a client that decodes replies
         rows = [(_bytes(i), [_bytes(x) for x in fields]) for i, fields in rows]
     field = _FIELD
-    # an entry with a line break would not be one SSE data line (JSON writers escape them)
-    return [(i, f[1]) for i, f in rows if f[0] == field and b"\n" not in f[1]]
+    return [(i, f[1]) for i, f in rows if f[0] == field]
 
 
 _FIELD = FIELD.encode()
@@ -327,11 +382,32 @@ def start(conn: redis.Redis, account_id: str, last_id: str | None, backlog: int)
         rows = _read_reply(found)
         return rows, rows[-1][0] if rows else last_id.encode()
     newest = _bytes(found[0][0]) if found else b"0-0"
-    return (list(reversed(_raw(found[:backlog]))) if backlog > 0 else []), newest
+    return (_last_entries(list(reversed(_raw(found[:backlog]))), backlog) if backlog > 0 else []), newest
+
+
+def _last_entries(rows: list[Row], count: int) -> list[Row]:
+    """The rows holding the last ``count`` entries (the oldest row cut to what is needed)."""
+    lines = 0
+    for i in range(len(rows) - 1, -1, -1):
+        lines += rows[i][1].count(b"\n") + 1
+        if lines >= count:
+            if lines > count:
+                rows[i] = (rows[i][0], b"\n".join(rows[i][1].split(b"\n")[lines - count :]))
+            return rows[i:]
+    return rows
 
 
 def _frames(rows: Sequence[Row]) -> bytes:
-    return b"".join([b"id: %s\nevent: delivery\ndata: %s\n\n" % row for row in rows])
+    """One SSE message per entry; the last of a row's entries carries the row's id (where to
+    resume), the others none (EventSource keeps the last id it was given)."""
+    out = []
+    for entry_id, data in rows:
+        if b"\n" in data:
+            *first, last = data.split(b"\n")
+            out.extend([b"event: delivery\ndata: %s\n\n" % line for line in first])
+            data = last
+        out.append(b"id: %s\nevent: delivery\ndata: %s\n\n" % (entry_id, data))
+    return b"".join(out)
 
 
 def sse(

@@ -232,7 +232,8 @@ def forget_live(
     identities (masked as the stream shows them: ``j***@example.com``; another person whose
     identity masks the same way loses that entry too, the live view being only an aid) or names
     one in its refusal reason, and every worker or sync entry naming one of ``profile_ids``
-    (:mod:`connector.livefeed`); returns how many. The stream is capped (about 1,000 entries)."""
+    (:mod:`connector.livefeed`); returns how many stream entries went (one holding several
+    deliveries goes whole, the others with it). The stream is capped (about 1,000 entries)."""
     masks = _masks(identities)
     needles = frozenset(v.lower() for values in [*identities.values(), profile_ids] for v in values)
     if not needles:
@@ -240,12 +241,15 @@ def forget_live(
     doomed = []
     for entry_id, fields in queue_conn.xrange(live_key(account_id)):
         raw = fields.get(b"d") or fields.get("d")
-        try:
-            entry = json.loads(raw) if raw is not None else {}
-        except ValueError:  # not an entry the live view wrote: nothing to judge it by
-            continue
-        if isinstance(entry, dict) and _concerns(entry, masks, needles):
-            doomed.append(entry_id)
+        # a stream entry of stored deliveries holds several, one per line: it goes if one of them does
+        for line in (raw if isinstance(raw, bytes) else str(raw or "").encode()).split(b"\n"):
+            try:
+                entry = json.loads(line) if line else {}
+            except ValueError:  # not an entry the live view wrote: nothing to judge it by
+                continue
+            if isinstance(entry, dict) and _concerns(entry, masks, needles):
+                doomed.append(entry_id)
+                break
     if doomed:
         queue_conn.xdel(live_key(account_id), *doomed)
     return len(doomed)

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -46,9 +47,16 @@ def segment_body(message_id: str, email: str = "jane.doe@example.com") -> bytes:
     ).encode()
 
 
-def post_segment(client: Any, body: bytes, account: str = "acme", secret: str = SEGMENT_SECRET) -> Any:
+def post_segment(
+    client: Any, body: bytes, account: str = "acme", secret: str = SEGMENT_SECRET, *, flushed: bool = True
+) -> Any:
+    """Deliver ``body``; ``flushed``: then write what the web process queued for the live stream
+    (its flushing thread would within ``live.FLUSH_SECONDS``), each delivery its own stream entry."""
     headers = {"Content-Type": "application/json", "X-Signature": sign(secret.encode(), body)}
-    return client.post(f"/webhooks/{account}/segment", data=body, headers=headers)
+    answer = client.post(f"/webhooks/{account}/segment", data=body, headers=headers)
+    if flushed:
+        flush(client)
+    return answer
 
 
 def entries(conn: redis.Redis, account: str, count: int = 1, wait: float = 2.0) -> list[dict[str, Any]]:
@@ -81,15 +89,22 @@ def test_nothing_is_published_for_a_stored_delivery_while_nobody_watches(
     assert [e["outcome"] for e in entries(redis_client, "acme", 1)] == ["refused"]
 
 
+def flush(client: Any) -> int:
+    """Write what the app's publisher has queued now (its thread would, within FLUSH_SECONDS)."""
+    return int(client.application.wsgi_app.observer.flush())
+
+
 def test_while_watched_each_delivery_and_its_duplicate_are_published_with_masked_identities(
     client: Any, redis_client: redis.Redis
 ) -> None:
     live.watch(redis_client, "acme")
     body = segment_body("m-1")
-    for _ in range(2):  # the first one after the watcher came is published by the web process
-        assert post_segment(client, body).status_code == 200
-    assert post_segment(client, segment_body("m-2")).status_code == 200  # by the ingest script
+    for _ in range(2):
+        assert post_segment(client, body, flushed=False).status_code == 200
+    assert post_segment(client, segment_body("m-2"), flushed=False).status_code == 200
+    assert flush(client) == 3
     first, second, third = entries(redis_client, "acme", 3)
+    assert redis_client.xlen("live:acme") == 1  # one write for the three
     assert first["sender"] == "segment"
     assert first["outcome"] == "accepted"
     assert (first["accepted"], first["duplicates"], first["event_count"]) == (1, 0, 1)
@@ -97,33 +112,54 @@ def test_while_watched_each_delivery_and_its_duplicate_are_published_with_masked
     assert first["events"][0]["identities"] == {"user_id": "us***56", "email": "j***@example.com"}
     assert second["outcome"] == "duplicate"
     assert (second["accepted"], second["duplicates"]) == (0, 1)
-    # the script's entry has the web process's shape; each shows the ids of its events
     assert first["events"][0]["id"] == second["events"][0]["id"] != third["events"][0]["id"]
     assert {k: v for k, v in third.items() if k not in ("at", "events")} == {
         k: v for k, v in first.items() if k not in ("at", "events")
     }
-    assert [{**e, "id": ""} for e in third["events"]] == [{**e, "id": ""} for e in first["events"]]
     raw = json.dumps([first, second, third])
     assert "jane.doe" not in raw and "user-123456" not in raw
 
 
-def test_the_ingest_script_writes_the_entry_only_while_watched(redis_client: redis.Redis) -> None:
+def test_the_ingest_script_says_whether_the_account_is_watched_and_writes_no_entry(
+    redis_client: redis.Redis,
+) -> None:
     queue = EventQueue(redis_client, shards=1)
     events = [Event(**{**EVENT, "source_event_id": f"s-{n}"}) for n in range(7)]
-    start = live.entry_start(events)
-    quiet = queue.ingest("acme", events[:1], 3600, start)
-    assert (quiet.watched, quiet.live_written) == (False, False)
-    assert not redis_client.exists(live.key("acme"))
+    assert queue.ingest("acme", events[:1], 3600).watched is False
     live.watch(redis_client, "acme")
-    told = queue.ingest("acme", events[1:2], 3600, "")
-    assert (told.watched, told.live_written) == (True, False)
+    batch = queue.ingest("acme", events, 3600)  # the first one again: a duplicate
+    assert (batch.accepted, batch.duplicates, batch.watched) == (6, 1, True)
     assert not redis_client.exists(live.key("acme"))
-    batch = queue.ingest("acme", events, 3600, start)  # the first two again: duplicates
-    assert (batch.accepted, batch.duplicates, batch.watched, batch.live_written) == (5, 2, True, True)
-    [(_, entry)] = live.latest(redis_client, "acme", 10)
+
+
+def test_the_publisher_writes_each_account_s_deliveries_as_one_entry_a_line_each(
+    redis_client: redis.Redis,
+) -> None:
+    queue = EventQueue(redis_client, shards=1)
+    publisher = live.Publisher(redis_client)
+    events = [Event(**{**EVENT, "source_event_id": f"s-{n}"}) for n in range(7)]
+    live.watch(redis_client, "acme")
+    at = datetime(2026, 12, 2, 9, 30, 1, 250000, tzinfo=UTC)
+    acme: Any = SimpleNamespace(id="acme")
+    for batch in (events[:2], events):  # the first two again: duplicates
+        publisher.delivered(acme, batch, queue.ingest("acme", batch, 3600), at)
+    unwatched: Any = SimpleNamespace(id="globex")
+    publisher.delivered(unwatched, events[:1], queue.ingest("globex", events[:1], 3600), at)
+    assert publisher.flush() == 2 and publisher.flush() == 0
+    found = entries(redis_client, "acme", 2)
+    assert [(e["accepted"], e["duplicates"], e["event_count"]) for e in found] == [(2, 0, 2), (5, 2, 7)]
     expected = live.delivered_entry(events, 5, 2)
-    assert {k: v for k, v in entry.items() if k != "at"} == {k: v for k, v in expected.items() if k != "at"}
-    assert len(entry["events"]) == live.MAX_EVENTS_SHOWN and entry["event_count"] == 7
+    assert found[1] == {**expected, "at": "2026-12-02T09:30:01.250000Z"}
+    assert len(found[1]["events"]) == live.MAX_EVENTS_SHOWN
+    assert redis_client.xlen(live.key("acme")) == 1 and not redis_client.exists(live.key("globex"))
+
+
+def test_the_flushing_thread_writes_what_was_queued_without_being_asked(redis_client: redis.Redis) -> None:
+    publisher = live.Publisher(redis_client, flush_seconds=0)
+    live.watch(redis_client, "acme")
+    result = EventQueue(redis_client, shards=1).ingest("acme", [Event(**EVENT)], 3600)
+    publisher.delivered(SimpleNamespace(id="acme"), [Event(**EVENT)], result, clock.now())  # type: ignore[arg-type]
+    assert [e["outcome"] for e in entries(redis_client, "acme", 1)] == ["accepted"]
 
 
 def test_an_entry_start_is_the_entry_json_would_write_with_any_characters() -> None:
@@ -217,11 +253,15 @@ def bearer(conn: redis.Redis, role: str = "viewer", account: str = "acme") -> di
 
 
 def frames(text: str) -> list[dict[str, Any]]:
+    """The deliveries of an SSE text, each with the last event id EventSource would report for it
+    (a message without ``id`` keeps the one before)."""
     out = []
+    last = ""
     for block in text.split("\n\n"):
         lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":")
+        last = lines.get("id", last)
         if lines.get("event") == "delivery":
-            out.append({"id": lines["id"], **json.loads(lines["data"])})
+            out.append({"id": last, **json.loads(lines["data"])})
     return out
 
 
@@ -315,3 +355,28 @@ def test_every_role_may_watch(client: Any, redis_client: redis.Redis, role: str)
     res = client.get("/api/v1/accounts/acme/live?window=1&backlog=0", headers=bearer(redis_client, role))
     assert res.status_code == 200
     assert res.get_data(as_text=True).startswith("retry: 500")
+
+
+def test_an_entry_holding_several_deliveries_streams_one_message_each_and_resumes_after_it(
+    client: Any, redis_client: redis.Redis
+) -> None:
+    live.watch(redis_client, "acme")
+    for n in range(3):
+        post_segment(client, segment_body(f"row-{n}", email=f"r{n}@example.com"), flushed=False)
+    assert flush(client) == 3
+    post_segment(client, segment_body("row-3", email="r3@example.com"))
+    first_row, second_row = [i.decode() for i, _ in redis_client.xrange(live.key("acme"))]
+    auth = bearer(redis_client)
+    text = client.get("/api/v1/accounts/acme/live?backlog=10", headers=auth).get_data(as_text=True)
+    # one message per delivery; only the last of an entry says where to resume
+    assert text.count("event: delivery") == 4 and text.count("\nid: ") + text.startswith("id: ") == 2
+    got = frames(text)
+    assert [f["events"][0]["identities"]["email"] for f in got] == ["r***@example.com"] * 4
+    assert [f["id"] for f in got] == ["", "", first_row, second_row]
+    resumed = client.get("/api/v1/accounts/acme/live", headers={**auth, "Last-Event-ID": first_row})
+    assert [f["id"] for f in frames(resumed.get_data(as_text=True))] == [second_row]
+    # a backlog counts deliveries: the last two are the row's last and the next row
+    two = frames(client.get("/api/v1/accounts/acme/live?backlog=2", headers=auth).get_data(as_text=True))
+    assert [f["accepted"] for f in two] == [1, 1] and [f["id"] for f in two] == [first_row, second_row]
+    assert [f["at"] for f in two] == [f["at"] for f in got[2:]]
+    assert [e["at"] for _, e in live.latest(redis_client, "acme", 3)] == [f["at"] for f in got[1:]]

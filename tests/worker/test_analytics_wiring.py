@@ -185,6 +185,29 @@ def test_erasure_removes_the_persons_deliveries_from_the_live_stream(
     assert not redis_client.exists(live.key("acme"))
 
 
+def test_erasure_removes_a_live_entry_holding_several_deliveries_when_one_is_the_persons(
+    redis_client: redis.Redis,
+) -> None:
+    def line(n: int, **ids: str) -> str:
+        return json.dumps(live.delivered_entry([ev(f"m{n}", "page_viewed", **ids)], 1, 0))
+
+    key = live.key("acme")
+    kept = redis_client.xadd(key, {live.FIELD: line(0, email="bob@example.com")})
+    redis_client.xadd(
+        key, {live.FIELD: "\n".join([line(1, email="ann@example.com"), line(2, email="jane@example.com")])}
+    )
+    redis_client.xadd(
+        key, {live.FIELD: "\n".join([line(3, email="ann@example.com"), line(4, email="bob@example.com")])}
+    )
+    assert forget_live(redis_client, "acme", {"email": ["jane@example.com"]}) == 1
+    assert redis_client.xlen(key) == 2 and redis_client.xrange(key, count=1)[0][0] == kept
+    assert [e["events"][0]["identities"]["email"] for _, e in live.latest(redis_client, "acme", 10)] == [
+        "b***@example.com",
+        "a***@example.com",
+        "b***@example.com",
+    ]
+
+
 def test_the_scheduler_refreshes_the_overlaps_every_ten_minutes(
     redis_client: redis.Redis, shop: Accounts
 ) -> None:

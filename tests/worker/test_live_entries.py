@@ -85,9 +85,9 @@ def test_one_watcher_check_per_batch_not_per_event(
 
 
 def test_the_keys_match_the_ingest_script_and_reasons_are_masked() -> None:
-    assert livefeed.live_key("acme") == queue.live_key("acme") == live.key("acme")
+    assert livefeed.live_key("acme") == live.key("acme") == "live:acme"
     assert livefeed.watch_key("acme") == queue.live_watch_key("acme") == live.watch_key("acme")
-    assert livefeed.MAXLEN == queue.LIVE_MAXLEN
+    assert livefeed.MAXLEN == live.MAXLEN
     assert livefeed.describe({"type": "PermanentError", "message": "jane.doe@example.com is invalid"}) == (
         "PermanentError: j***@example.com is invalid"
     )
