@@ -172,13 +172,15 @@ local function lh_due(cap, L, s, n) return n > cap * (2 ^ L + s) end
 
 # KEYS: a structure's state (a hash), its bucket ``s``, its bucket ``s + 2^L``. ARGV: the state's
 # field, kind, cap, the buckets' key prefix, the L and s assumed. One split when one is due.
-# Reply: 'retry' / 'split' (another is due) / 'ok', then the state's L and s.
+# Reply: 'retry' / 'split' (another is due) / 'ok' (none is due, or the structure is gone: an
+# erasure deleted it), then the state's L and s.
 SPLIT = (
     LUA
     + """
 local packed = redis.call('HGET', KEYS[1], ARGV[1])
 local L, s, n = lh_unpack(packed)
-if not packed or L ~= tonumber(ARGV[5]) or s ~= tonumber(ARGV[6]) then return {'retry', L, s} end
+if not packed then return {'ok', L, s} end
+if L ~= tonumber(ARGV[5]) or s ~= tonumber(ARGV[6]) then return {'retry', L, s} end
 local cap = tonumber(ARGV[3])
 if not lh_due(cap, L, s, n) then return {'ok', L, s} end
 if KEYS[2] ~= lh_name(ARGV[4], s) or KEYS[3] ~= lh_name(ARGV[4], s + 2 ^ L) then return {'retry', L, s} end
