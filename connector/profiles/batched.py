@@ -123,10 +123,8 @@ def _one_server(conn: redis.Redis, script: Any, packed: Sequence[tuple[list[str]
     """The script calls in one pipeline by the script's digest; a server that does not hold the
     script yet (a restart, a flush) answers NOSCRIPT without running the call, which then runs
     again once the script is loaded."""
-    pipe = conn.pipeline(transaction=False)
-    for keys, args in packed:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-    answers = list(pipe.execute(raise_on_error=False))
+    commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in packed]
+    answers = pipelined(conn, commands, attempts=1)
     for n, answer in enumerate(answers):
         if isinstance(answer, NoScriptError):
             answers[n] = script(keys=packed[n][0], args=packed[n][1], client=conn)
@@ -138,17 +136,20 @@ def _one_server(conn: redis.Redis, script: Any, packed: Sequence[tuple[list[str]
 READ_ATTEMPTS = 2  # a read pipeline that lost its connection is sent again once
 
 
-def pipelined(conn: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """The replies of read commands (each a command name and its arguments; str, bytes or int) on
-    a single server, in one round trip; an error reply is answered as its exception.
+def pipelined(
+    conn: redis.Redis, commands: Sequence[Sequence[Any]], attempts: int = READ_ATTEMPTS
+) -> list[Any]:
+    """The replies of commands (each a command name and its arguments; str, bytes or int) on a
+    single server, in one round trip; an error reply is answered as its exception.
 
     What a pipeline of redis-py does for them without its cost per command in Python (the command
-    stack, the response callbacks): the commands are packed at once, sent in one write and their
-    replies read off the connection as the server sent them (a hash is a dict with RESP3, a flat
-    list with RESP2). Only for reads: a connection lost on the way sends them all again."""
+    stack, the packing argument by argument, the response callbacks): the commands are packed at
+    once, sent in one write and their replies read off the connection as the server sent them (a
+    hash is a dict with RESP3, a flat list with RESP2). A connection lost on the way sends them all
+    again, up to ``attempts`` sends in all (reads; 1 for writes)."""
     if not commands:
         return []
-    for attempt in range(READ_ATTEMPTS):
+    for attempt in range(attempts):
         pool = conn.connection_pool
         connection = pool.get_connection()
         try:
@@ -166,11 +167,11 @@ def pipelined(conn: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]
             return replies
         except (redis.ConnectionError, redis.TimeoutError):
             connection.disconnect()
-            if attempt + 1 == READ_ATTEMPTS:
+            if attempt + 1 == attempts:
                 raise
         except BaseException:
             connection.disconnect()  # replies may be left unread: never reused as it is
             raise
         finally:
             pool.release(connection)
-    raise AssertionError("unreachable")
+    raise ValueError("no attempt")

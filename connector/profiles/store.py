@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -729,7 +729,7 @@ def read_profiles(
     """:func:`read_profile` for many profiles of one account, in one round trip (per server):
     on a single server, without redis-py's cost per command (:func:`.batched.pipelined`)."""
     if not is_cluster(conn):
-        return _read_many(conn, names, account, pids)
+        return _read_many(conn, names, account, pids, _decode)
     pipe = conn.pipeline(transaction=False)
     for pid in pids:
         pipe.hgetall(keys.profile_key(account, pid))
@@ -746,27 +746,6 @@ def read_profiles(
         )
         for n, pid in enumerate(pids)
     }
-
-
-def _read_many(
-    conn: redis.Redis, names: NameCodes, account: str, pids: Sequence[str]
-) -> dict[str, ProfileData | None]:
-    commands: list[tuple[str, ...]] = []
-    for pid in pids:
-        commands.append(("HGETALL", keys.profile_key(account, pid)))
-        commands.append(("GET", keys.history_key(account, pid)))
-    commands.append(("HGET", keys.names_key(account), "#gen"))
-    replies = pipelined(conn, commands)
-    generation = replies.pop()
-    names.check(account, generation if isinstance(generation, bytes) else None)
-    out: dict[str, ProfileData | None] = {}
-    for n, pid in enumerate(pids):
-        fields, history = replies[2 * n], replies[2 * n + 1]
-        if isinstance(fields, Exception):
-            raise fields
-        raw = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-        out[pid] = _decode(names, account, pid, raw, history_entries(conn, account, pid, history))
-    return out
 
 
 def _decode(
@@ -829,6 +808,77 @@ def to_rules_profile(data: ProfileData) -> Profile:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _read_many(
+    conn: redis.Redis,
+    names: NameCodes,
+    account: str,
+    pids: Sequence[str],
+    decode: Callable[[NameCodes, str, str, dict[bytes, bytes], list[bytes]], _T],
+) -> dict[str, _T | None]:
+    commands: list[tuple[str, ...]] = []
+    for pid in pids:
+        commands.append(("HGETALL", keys.profile_key(account, pid)))
+        commands.append(("GET", keys.history_key(account, pid)))
+    commands.append(("HGET", keys.names_key(account), "#gen"))
+    replies = pipelined(conn, commands)
+    generation = replies.pop()
+    names.check(account, generation if isinstance(generation, bytes) else None)
+    out: dict[str, _T | None] = {}
+    for n, pid in enumerate(pids):
+        fields, history = replies[2 * n], replies[2 * n + 1]
+        if isinstance(fields, Exception):
+            raise fields
+        raw = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+        out[pid] = decode(names, account, pid, raw, history_entries(conn, account, pid, history))
+    return out
+
+
+def _rules_profile(
+    names: NameCodes, account: str, pid: str, raw: dict[bytes, bytes], history: list[bytes]
+) -> Profile | None:
+    """``to_rules_profile(_decode(...))`` without what rules never read (trait instants, first and
+    last occurrences, identify ids): the profiles an evaluation loads."""
+    if not raw or b"m" in raw or b"x" in raw:
+        return None
+    identities: dict[str, list[str]] = {}
+    traits: dict[str, Any] = {}
+    for f_raw, v_raw in raw.items():
+        kind = f_raw[:2]
+        if kind == b"t:":
+            traits[f_raw[2:].decode()] = json.loads(v_raw.decode())
+        elif kind == b"i:":
+            parsed = keys.parse_identity_field(f_raw.decode())
+            if parsed is not None:
+                identities.setdefault(parsed[0], []).append(parsed[1])
+
+    def name_of(code: str) -> str:
+        return names.name(account, code)
+
+    records = []
+    for member in history:
+        code, _, body = member[14:].partition(b"\x00")
+        records.append(
+            EventRecord(
+                name=name_of(code.decode()),
+                occurred_at=_from_ms(int.from_bytes(member[:6], "big")),
+                properties=decode_properties(body.decode(), name_of),
+                event_id=member[6:14].hex(),
+            )
+        )
+    records.sort(key=lambda e: (e.occurred_at, e.event_id))
+    return Profile(
+        account=account,
+        profile_id=pid,
+        identities={kind: tuple(sorted(values)) for kind, values in sorted(identities.items())},
+        traits=dict(sorted(traits.items())),
+        events=tuple(records),
+        revision=int(raw.get(b"rv", b"0")),
+    )
+
+
 _NAMES: dict[int, NameCodes] = {}
 
 
@@ -855,6 +905,8 @@ def load_profiles(
 ) -> dict[str, Profile | None]:
     """:func:`load_profile` for many profiles of one account, in one round trip."""
     del now
+    if not is_cluster(conn):
+        return _read_many(conn, name_codes(conn), account_id, profile_ids, _rules_profile)
     found = read_profiles(conn, name_codes(conn), account_id, profile_ids)
     return {pid: to_rules_profile(data) if data is not None else None for pid, data in found.items()}
 
