@@ -303,8 +303,24 @@ class Sequence_(Condition):
         return found
 
     def quick(self, ix: Index, t: datetime) -> Result:
-        """The value at ``t`` and a lower bound of its next change (``evaluate`` when not thorough)."""
-        edge = self._edge(ix, t)
+        """The value at ``t`` and a lower bound of its next change (``evaluate`` when not thorough):
+        ``_witness`` and ``_edge`` over the candidates found once."""
+        a_times = (ix.cache.get(self.first.key) or ix.select(self.first))[1]
+        n = len(a_times)
+        within = self.first_within
+        lo = passed(a_times, t, within) if within is not None else 0
+        if self.last_only and lo < n - 1:
+            lo = n - 1
+        if lo >= n:
+            return (False, None, None, True)
+        gap, negate = self.gap, self.negate
+        edge: datetime | None = None
+        for i in range(lo, n):
+            start = a_times[i]
+            if negate and start + gap > t and (edge is None or start + gap < edge):
+                edge = start + gap
+            if within is not None and (edge is None or start + within < edge):
+                edge = start + within
         return (self._witness(ix, t) is not None, edge, None, edge is None)
 
     def evaluate(self, ctx: Context) -> Result:

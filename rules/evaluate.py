@@ -12,8 +12,8 @@ from .conditions import Condition, Result, SegmentResult, show
 from .dependencies import dependencies
 from .explain import reasons
 from .model import Evaluation, Explanation, Profile
-from .plan import Quick, plan_of
-from .plan import next_due as plan_next_due
+from .plan import evaluate as plan_evaluate
+from .plan import plan_of
 from .ruleset import RuleSet
 from .values import Index, Value, earliest, exported, iso, next_value_change
 from .variants import NAMES
@@ -354,31 +354,7 @@ def _evaluate(
 
     Computes what a :class:`Context` with ``thorough=False`` computes, on the rule set's prepared
     :class:`~rules.plan.Plan`."""
-    plan = plan_of(rules)
-    ix = Index(profile)
-    q = Quick(plan, ix, now, prior, plan.constants(ix, now))
-    if known:
-        position = plan.position
-        for name, result in known.items():
-            q.segs[position[name]] = result
-    traits: dict[str, Any] = {}
-    trait_state: list[tuple[int, Any, datetime | None]] = []
-    for name, slot, _ in plan.traits:
-        found = q.vals[slot]
-        if found is None:
-            found = q.ix_value(slot)
-        current, edge = found
-        traits[name] = exported(current)
-        trait_state.append((slot, current, edge))
-    seg_state = []
-    members = []
-    names = plan.names
-    for i in range(len(names)):
-        member, nxt, _ = q.segment(i)
-        seg_state.append((i, member, nxt))
-        if member:
-            members.append(names[i])
-    next_due = plan_next_due(q, trait_state, seg_state)
+    members, traits, next_due = plan_evaluate(plan_of(rules), profile, now, known, prior)
     return Evaluation(segments=frozenset(members), traits=traits, next_due=next_due, explanations={})
 
 

@@ -33,7 +33,7 @@ from .conditions import (
 from .dependencies import dependencies, reads
 from .model import Profile
 from .ruleset import RuleSet
-from .values import ANY_EVENT, Index, Value, earliest
+from .values import ANY_EVENT, Index, Value, earliest, exported
 
 NEXT_DUE_CAP = 256
 
@@ -80,13 +80,13 @@ class Plan:
                     tuple(self.fn(rules.by_name[m].matched) for m in members),
                 )
             )
-        # per segment: (group slot, position in it) for a group member, else its condition(s)
-        self.grouped: list[tuple[int, int] | None] = []
+        # per segment: its group's slot for a group member, else its condition(s)
+        self.grouped: list[int | None] = []
         self.plain: list[Fn | None] = []
         self.variants: list[tuple[Fn, ...]] = []
         for segment in rules.segments:
             if segment.group is not None:
-                self.grouped.append((group_slots[segment.group], segment.position))
+                self.grouped.append(group_slots[segment.group])
             else:
                 self.grouped.append(None)
             self.plain.append(None if segment.variants else self.fn(segment.condition))
@@ -245,6 +245,9 @@ def _compare(c: Compare, slot: int) -> Fn:
 
         return one
 
+    if c.dates and not c.ops and c.exists is not False:
+        return _dated(c, slot)
+
     def general(q: Quick) -> Result:
         found = q.vals[slot]
         if found is None:
@@ -265,6 +268,33 @@ def _compare(c: Compare, slot: int) -> Fn:
         return (verdict, edge, None, edge is None)
 
     return general
+
+
+def _dated(c: Compare, slot: int) -> Fn:
+    """An instant old enough and/or recent enough (``older_than``, ``within``), the rest general."""
+    truth = c.truth
+    dated = c.date_edge
+    spans = tuple((op == "older_than", age) for op, age in c.dates)
+
+    def instant(q: Quick) -> Result:
+        found = q.vals[slot]
+        if found is None:
+            found = q.ix_value(slot)
+        current, edge = found
+        t = q.now
+        if type(current) is datetime and current.tzinfo is not None:
+            verdict = True
+            for older, age in spans:
+                at = current + age
+                if (t >= at) != older:
+                    verdict = False
+                if at > t and (edge is None or at < edge):
+                    edge = at
+            return (verdict, edge, None, edge is None)
+        edge = earliest(edge, dated(current, t))
+        return (truth(current, t), edge, None, edge is None)
+
+    return instant
 
 
 def _junction(kind: str, items: tuple[Fn, ...]) -> Fn:
@@ -345,7 +375,7 @@ class Quick:
     segments and groups, starting from ``constants`` (by default nothing known).
     ``prior``: as for :class:`rules.evaluate.Context`."""
 
-    __slots__ = ("conds", "constants", "groups", "ix", "now", "owns", "plan", "prior", "segs", "vals")
+    __slots__ = ("conds", "constants", "ix", "now", "owns", "plan", "prior", "segs", "vals")
 
     def __init__(
         self, plan: Plan, ix: Index, now: datetime, prior: Any = None, constants: Constants | None = None
@@ -363,9 +393,6 @@ class Quick:
             self.owns = constants.owns
         self.constants = constants
         self.conds: list[Result | None] = [None] * plan.shared
-        self.groups: list[tuple[int | None, list[Result], list[datetime | None]] | None] = [None] * len(
-            plan.groups
-        )
         self.prior = prior
 
     def ix_value(self, slot: int) -> tuple[Any, datetime | None]:
@@ -385,8 +412,10 @@ class Quick:
         plan = self.plan
         grouped = plan.grouped[i]
         if grouped is not None:
-            out = self.segs[i] = self._group_member(grouped[0], grouped[1])
-            return out
+            self._group(grouped)
+            found = self.segs[i]
+            assert found is not None
+            return found
         fn = plan.plain[i]
         if fn is None:
             profile = self.ix.profile
@@ -394,6 +423,7 @@ class Quick:
             fn = plan.variants[i][segment.variant_of(profile.account, profile.profile_id)]
         value, nxt, after, exact = fn(self)
         member = value is True
+        out: SegmentResult
         if nxt is None:
             out = (member, None, True)
         elif exact and (after is True) != member:
@@ -403,10 +433,10 @@ class Quick:
         self.segs[i] = out
         return out
 
-    def _group(self, g: int) -> tuple[int | None, list[Result], list[datetime | None]]:
-        hit = self.groups[g]
-        if hit is not None:
-            return hit
+    def _group(self, g: int) -> None:
+        """An exclusive group's members' memberships, all at once: the winner is the first member
+        whose own condition is True; each member's own result and the running minimum of their next
+        changes give the bounds (members already known keep theirs)."""
         group = self.plan.groups[g]
         results: list[Result] = []
         prefix: list[datetime | None] = []
@@ -430,22 +460,28 @@ class Quick:
             prefix.append(low)
             if winner is None and r[0] is True:
                 winner = i
-        hit = self.groups[g] = (winner, results, prefix)
-        return hit
+        segs = self.segs
+        for position, i in enumerate(group.members):
+            if segs[i] is None:
+                segs[i] = _member(winner, results, prefix, position)
 
-    def _group_member(self, g: int, position: int) -> SegmentResult:
-        winner, results, prefix = self._group(g)
-        own = results[position]
-        if winner is not None and winner < position:
-            held = results[winner][1]
-            if own[0] is True or held is None:
-                return (False, held, False)
-            if own[1] is None:
-                return (False, None, True)
-            return (False, max(held, own[1]), False)
-        if own[0] is True:
-            return (True, prefix[position], False)
-        return (False, own[1], own[1] is None)
+
+def _member(
+    winner: int | None, results: list[Result], prefix: list[datetime | None], position: int
+) -> SegmentResult:
+    """Membership of the group's member at ``position`` and a lower bound of its next change."""
+    own = results[position]
+    if winner is not None and winner < position:
+        # out while the winner stays in; and, when its own condition is not true, until that changes too
+        held = results[winner][1]
+        if own[0] is True or held is None:
+            return (False, held, False)
+        if own[1] is None:
+            return (False, None, True)
+        return (False, max(held, own[1]), False)
+    if own[0] is True:
+        return (True, prefix[position], False)
+    return (False, own[1], own[1] is None)
 
 
 def plan_of(rules: RuleSet) -> Plan:
@@ -457,23 +493,47 @@ def plan_of(rules: RuleSet) -> Plan:
     return cached
 
 
-def next_due(
-    q: Quick,
-    traits: list[tuple[int, Any, datetime | None]],
-    segments: list[tuple[int, bool, datetime | None]],
-) -> datetime | None:
-    """:func:`rules.evaluate._next_due` on a plan: the earliest instant after now at which any trait
-    value (``(slot, current, bound)``) or membership (``(position, member, bound)``) changes."""
+def evaluate(
+    plan: Plan, profile: Profile, now: datetime, known: dict[str, SegmentResult] | None, prior: Any
+) -> tuple[list[str], dict[str, Any], datetime | None]:
+    """A profile's memberships, computed traits and next_due at ``now`` (``known``: segments whose
+    result is given; ``prior``: the previous result, as for :class:`rules.evaluate.Context`)."""
+    ix = Index(profile)
+    q = Quick(plan, ix, now, prior, plan.constants(ix, now))
+    segs = q.segs
+    if known:
+        position = plan.position
+        for name, result in known.items():
+            segs[position[name]] = result
+    # every result's lower bound of its next change: (bound, 0, trait) and (bound, 1, segment)
     heap: list[tuple[datetime, int, int]] = []
-    for i, trait in enumerate(traits):
-        if trait[2] is not None:
-            heap.append((trait[2], 0, i))
-    for i, seg in enumerate(segments):
-        if seg[2] is not None:
-            heap.append((seg[2], 1, i))
+    traits: dict[str, Any] = {}
+    current: list[Any] = []
+    vals = q.vals
+    for k, (name, slot, _) in enumerate(plan.traits):
+        value, edge = vals[slot] or q.ix_value(slot)
+        traits[name] = value if type(value) is int else exported(value)
+        current.append(value)
+        if edge is not None:
+            heap.append((edge, 0, k))
+    members = []
+    segment = q.segment
+    for i, name in enumerate(plan.names):
+        member, nxt, _ = segs[i] or segment(i)
+        if member:
+            members.append(name)
+        if nxt is not None:
+            heap.append((nxt, 1, i))
+    return members, traits, next_due(q, heap, current) if heap else None
+
+
+def next_due(q: Quick, heap: list[tuple[datetime, int, int]], current: list[Any]) -> datetime | None:
+    """:func:`rules.evaluate._next_due` on a plan: the earliest instant after now at which a computed
+    trait's value (``current``, by trait) or a membership (``q``'s) changes, from ``heap``, each
+    result's lower bound of its next change."""
     heapq.heapify(heap)
-    plan, ix = q.plan, q.ix
-    values = plan.values
+    plan, ix, segs = q.plan, q.ix, q.segs
+    traits, values = plan.traits, plan.values
     for _ in range(NEXT_DUE_CAP):
         if not heap:
             return None
@@ -483,18 +543,17 @@ def next_due(
             _, kind, i = heapq.heappop(heap)
             bound: datetime | None
             if kind == 0:
-                slot, current, _ = traits[i]
-                if later.value(slot) != current:
+                slot = traits[i][1]
+                if later.value(slot) != current[i]:
                     return instant
                 bound = values[slot].edges_after(ix, instant)
             else:
-                position, member, _ = segments[i]
-                member_then, bound, _ = later.segment(position)
-                if member_then != member:
+                member_then, bound, _ = later.segment(i)
+                if member_then != segs[i][0]:  # type: ignore[index]
                     return instant
             if bound is not None:
                 heapq.heappush(heap, (bound, kind, i))
     return heap[0][0] if heap else None
 
 
-__all__ = ["Plan", "Quick", "next_due", "plan_of"]
+__all__ = ["Plan", "Quick", "evaluate", "next_due", "plan_of"]

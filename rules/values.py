@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from operator import ge
+from operator import eq, ge, gt, le, lt, ne
 from typing import Any
 
 from .durations import Span, format_duration, longest, passed
@@ -186,18 +186,47 @@ def describe_ops(ops: Iterable[tuple[str, Any]]) -> str:
     return " and ".join(parts)
 
 
+_FILTERS = {"eq": eq, "ne": ne, "gt": gt, "gte": ge, "lt": lt, "lte": le}
+_OPS = {check: op for op, check in _FILTERS.items()}
+
+
+def _numeric_filters(
+    where: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
+) -> tuple[tuple[str, Callable[[Any, Any], Any], Any], ...] | None:
+    """Property filters that are all plain comparisons against numbers, as operator functions."""
+    out = []
+    for prop, ops in where:
+        for op, arg in ops:
+            if op not in _FILTERS or type(arg) not in (int, float) or arg != arg:
+                return None
+            out.append((prop, _FILTERS[op], arg))
+    return tuple(out) or None
+
+
 class Selector:
     """An event name (or ``*`` for any event) with property filters."""
 
-    __slots__ = ("event", "key", "props", "where")
+    __slots__ = ("event", "key", "numeric", "props", "where")
 
     def __init__(self, event: str, where: Mapping[str, tuple[tuple[str, Any], ...]] | None) -> None:
         self.event = event
         self.where = tuple(sorted((where or {}).items()))
         self.key = repr((event, self.where))
         self.props = frozenset(prop for prop, _ in self.where)
+        self.numeric = _numeric_filters(self.where)
 
     def matches(self, properties: Mapping[str, Any]) -> bool:
+        numeric = self.numeric
+        if numeric is not None:
+            # numbers against numbers: the comparison itself (compare() gives the same for them)
+            for prop, check, arg in numeric:
+                value = properties.get(prop)
+                if type(value) is int or type(value) is float:
+                    if not check(value, arg):
+                        return False
+                elif value is None or compare(_OPS[check], value, arg) is not True:
+                    return False
+            return True
         for prop, ops in self.where:
             present = prop in properties and properties[prop] is not None
             value = properties.get(prop)
@@ -257,14 +286,14 @@ class Index:
         if any(map(ge, times, islice(times, 1, None))):  # out of order, or ties to order by id
             events = sorted(events, key=_sort_key)
             times = [r.occurred_at for r in events]
-        names: dict[str, tuple[list[EventRecord], list[datetime]]] = {}
-        for record, at in zip(events, times, strict=True):
-            entry = names.get(record.name)
+        by_name: dict[str, list[EventRecord]] = {}
+        for record in events:
+            entry = by_name.get(record.name)
             if entry is None:
-                names[record.name] = ([record], [at])
+                by_name[record.name] = [record]
             else:
-                entry[0].append(record)
-                entry[1].append(at)
+                entry.append(record)
+        names = {name: (records, [r.occurred_at for r in records]) for name, records in by_name.items()}
         self._all = (events, times)
         self._names = names
         return names
@@ -398,7 +427,14 @@ class Aggregate(Value):
         if self.kind == "distinct":
             seen = {repr(r.properties[prop]) for r in records if r.properties.get(prop) is not None}
             return len(seen)
-        values = [v for v in (number(r.properties.get(prop)) for r in records) if v is not None]
+        values = []
+        for r in records:
+            v = r.properties.get(prop)
+            if type(v) is not int and (type(v) is not float or v != v):  # number(), inlined for numbers
+                v = number(v)
+                if v is None:
+                    continue
+            values.append(v)
         if self.kind == "sum":
             return sum(values)
         if not values:
@@ -474,6 +510,12 @@ class Occurrence(Value):
         if not times:
             return Missing(f"never had {self.sel.label()}", definite=True)
         return times[-1] if self.last else times[0]
+
+    def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        times = (ix.cache.get(self.sel.key) or ix.select(self.sel))[1]
+        if not times:
+            return Missing(f"never had {self.sel.label()}", definite=True), None
+        return (times[-1] if self.last else times[0]), None
 
     def describe(self, ix: Index, t: datetime) -> dict[str, Any]:
         records = ix.select(self.sel)[0]
