@@ -250,8 +250,12 @@ if hist.z then
   end
   if not hist:fits(members, maxev) then return {'z'} end
 end
+-- the first and last occurrence of each event name, the ids of identify events and each trait's
+-- newest value are gathered over the events, then read and written once per profile
 local i = 3
 local added, dup = 0, 0
+local codes, lo, hi, names, best = {}, {}, {}, {}, {}
+local seen, seen0
 while i <= #ARGV do
   local member, ord, code = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local nt = tonumber(ARGV[i + 3])
@@ -260,24 +264,77 @@ while i <= #ARGV do
     local outcome = hist:add(member)
     if outcome == 'added' then added = added + 1 elseif outcome == 'dup' then dup = dup + 1 end
     local ms = string.sub(ord, 1, 13)
-    local fl = redis.call('HMGET', p, 'f:' .. code, 'l:' .. code)
-    if (not fl[1]) or ms < fl[1] then redis.call('HSET', p, 'f:' .. code, ms) end
-    if (not fl[2]) or ms > fl[2] then redis.call('HSET', p, 'l:' .. code, ms) end
+    if not lo[code] then
+      codes[#codes + 1] = code
+      lo[code], hi[code] = ms, ms
+    else
+      if ms < lo[code] then lo[code] = ms end
+      if ms > hi[code] then hi[code] = ms end
+    end
   else
-    local seen = redis.call('HGET', p, 'k') or ''
+    if not seen then
+      seen = redis.call('HGET', p, 'k') or ''
+      seen0 = seen
+    end
     local eid = string.sub(ord, 14, 29)
     if not string.find(seen, eid, 1, true) then
       seen = seen .. eid
       if #seen > 512 then seen = string.sub(seen, -512) end
-      redis.call('HSET', p, 'k', seen)
     end
   end
   for _ = 1, nt do
     local name, value = ARGV[i], ARGV[i + 1]
     i = i + 2
-    local cur = redis.call('HGET', p, 'o:' .. name)
-    if (not cur) or cur < ord then redis.call('HSET', p, 'o:' .. name, ord, 't:' .. name, value) end
+    local b = best[name]
+    if not b then
+      names[#names + 1] = name
+      best[name] = {ord, value}
+    elseif b[1] < ord then
+      b[1], b[2] = ord, value
+    end
   end
+end
+if seen and seen ~= seen0 then redis.call('HSET', p, 'k', seen) end
+local function fetch(fields)  -- HMGET in slices (unpack's bound)
+  local out = {}
+  for j = 1, #fields, 200 do
+    local last = math.min(j + 199, #fields)
+    local got = redis.call('HMGET', p, unpack(fields, j, last))
+    for k = j, last do out[k] = got[k - j + 1] end
+  end
+  return out
+end
+local function put(kv)  -- HSET in slices of whole pairs
+  for j = 1, #kv, 200 do redis.call('HSET', p, unpack(kv, j, math.min(j + 199, #kv))) end
+end
+if #codes > 0 then
+  local fields, out = {}, {}
+  for _, c in ipairs(codes) do
+    fields[#fields + 1] = 'f:' .. c
+    fields[#fields + 1] = 'l:' .. c
+  end
+  local cur = fetch(fields)
+  for j, c in ipairs(codes) do
+    local f, l = cur[2 * j - 1], cur[2 * j]
+    if (not f) or lo[c] < f then out[#out + 1] = 'f:' .. c; out[#out + 1] = lo[c] end
+    if (not l) or hi[c] > l then out[#out + 1] = 'l:' .. c; out[#out + 1] = hi[c] end
+  end
+  if #out > 0 then put(out) end
+end
+if #names > 0 then
+  local fields, out = {}, {}
+  for j, name in ipairs(names) do fields[j] = 'o:' .. name end
+  local cur = fetch(fields)
+  for j, name in ipairs(names) do
+    local b = best[name]
+    if (not cur[j]) or cur[j] < b[1] then
+      out[#out + 1] = 'o:' .. name
+      out[#out + 1] = b[1]
+      out[#out + 1] = 't:' .. name
+      out[#out + 1] = b[2]
+    end
+  end
+  if #out > 0 then put(out) end
 end
 """
     + _RETAIN

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import redis
 
 from connector.config import Accounts
 from connector.profiles import lookup
 from connector.profiles.store import load_profiles, name_codes, read_profiles, to_rules_profile
-from tests.profile_helpers import NOW, apply, ev
+from tests.profile_helpers import NOW, T0, apply, ev
 
 
 def test_the_profiles_an_evaluation_loads_are_the_full_decode(
@@ -58,3 +60,44 @@ def test_the_profiles_an_evaluation_loads_are_the_full_decode(
     assert person.traits == {"age": 41, "plan": "max", "x": None}
     assert [e.name for e in person.events][:2] == ["product_viewed", "page"]
     assert len(person.events) == 4 and person.revision > 0
+
+
+def test_a_batch_of_one_person_keeps_the_first_and_last_occurrences_and_the_newest_traits(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    """Many events of one profile in one script call: each name's first and last occurrence, each
+    trait's value from the newest event (whatever the order they come in) and every identify id
+    once, as event by event."""
+    apply(
+        redis_client,
+        accounts,
+        ev("a", "product_viewed", at=5, user_id="u1", traits={"plan": "b"}),
+        ev("b", "product_viewed", at=1, user_id="u1", traits={"plan": "a", "tier": 1}),
+        ev("c", "product_viewed", at=9, user_id="u1"),
+        ev("d", "order_completed", at=7, user_id="u1", traits={"plan": "c"}),
+        ev("e", "identify", type="identify", at=2, user_id="u1", traits={"tier": 2}),
+        ev("f", "identify", type="identify", at=3, user_id="u1"),
+    )
+    apply(
+        redis_client,
+        accounts,
+        ev("g", "product_viewed", at=-5, user_id="u1", traits={"plan": "old", "tier": 0}),
+        ev("e", "identify", type="identify", at=2, user_id="u1", traits={"tier": 2}),  # again
+        ev("h", "order_completed", at=8, user_id="u1", traits={"tier": 3}),
+    )
+    pid = lookup(redis_client, "acme", "user_id", "u1")
+    assert pid is not None
+    data = read_profiles(redis_client, name_codes(redis_client), "acme", [pid])[pid]
+    assert data is not None
+    start = T0
+    assert data.first_seen == {
+        "product_viewed": start + timedelta(minutes=-5),
+        "order_completed": start + timedelta(minutes=7),
+    }
+    assert data.last_seen == {
+        "product_viewed": start + timedelta(minutes=9),
+        "order_completed": start + timedelta(minutes=8),
+    }
+    assert data.traits == {"plan": "c", "tier": 3}
+    assert data.trait_times["plan"] == start + timedelta(minutes=7)
+    assert len(data.other_event_ids) == 2 and len(set(data.other_event_ids)) == 2
