@@ -33,13 +33,19 @@ from .conditions import (
 from .dependencies import dependencies, reads
 from .model import Profile
 from .ruleset import RuleSet
-from .values import ANY_EVENT, Index, Value, earliest, exported
+from .values import ANY_EVENT, Composite, Computed, Index, Points, Ratio, Value, earliest, exported
 
 NEXT_DUE_CAP = 256
 
 Fn = Callable[["Quick"], Result]
 
 _NEVER: Result = (True, None, None, True)
+
+VFn = Callable[["Quick"], tuple[Any, datetime | None]]
+
+
+def _computed(q: Quick) -> tuple[Any, datetime | None]:
+    raise RuntimeError("a value read while its plan is built")
 
 
 class Group:
@@ -59,6 +65,7 @@ class Plan:
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
         self.values: list[Value] = []
+        self.value_fns: list[VFn] = []
         self._value_slots: dict[str, int] = {}
         self._refs: dict[int, int] = {}
         self._fns: dict[int, Fn] = {}
@@ -172,7 +179,27 @@ class Plan:
         if slot is None:
             slot = self._value_slots[value.key] = len(self.values)
             self.values.append(value)
+            self.value_fns.append(_computed)
+            self.value_fns[slot] = self._value_fn(value)
         return slot
+
+    def _value_fn(self, value: Value) -> VFn:
+        """``value_edge`` at the evaluation's instant, reading the values it is made of from the memo
+        (a computed trait used by another is computed once)."""
+        if isinstance(value, Computed) and value.expr is not None:
+            inner = self.value_slot(value.expr)
+            return lambda q: q.vals[inner] or q.ix_value(inner)
+        if isinstance(value, Points | Composite | Ratio):
+            slots = tuple(self.value_slot(v) for v in value.inputs())
+            combine = value.combine
+
+            def combined(q: Quick) -> tuple[Any, datetime | None]:
+                vals = q.vals
+                return combine([vals[s] or q.ix_value(s) for s in slots])
+
+            return combined
+        value_edge = value.value_edge
+        return lambda q: value_edge(q.ix, q.now)
 
     def fn(self, condition: Condition) -> Fn:
         """The condition's closure (one per condition; memoized per evaluation when read twice)."""
@@ -396,7 +423,7 @@ class Quick:
         self.prior = prior
 
     def ix_value(self, slot: int) -> tuple[Any, datetime | None]:
-        found = self.vals[slot] = self.plan.values[slot].value_edge(self.ix, self.now)
+        found = self.vals[slot] = self.plan.value_fns[slot](self)
         return found
 
     def value(self, slot: int) -> Any:
@@ -449,10 +476,7 @@ class Quick:
             r = None
             if prior is not None and group.names[i] not in prior.own:
                 r = prior.own_result(i, winner, held)
-            if r is None:
-                r = owns[i]
-                if r is None:
-                    r = fn(self)
+            r = r or owns[i] or fn(self)
             results.append(r)
             nxt = r[1]
             if nxt is not None and (low is None or nxt < low):
@@ -460,28 +484,35 @@ class Quick:
             prefix.append(low)
             if winner is None and r[0] is True:
                 winner = i
-        segs = self.segs
-        for position, i in enumerate(group.members):
-            if segs[i] is None:
-                segs[i] = _member(winner, results, prefix, position)
+        _settle(self.segs, group.members, winner, results, prefix)
 
 
-def _member(
-    winner: int | None, results: list[Result], prefix: list[datetime | None], position: int
-) -> SegmentResult:
-    """Membership of the group's member at ``position`` and a lower bound of its next change."""
-    own = results[position]
-    if winner is not None and winner < position:
-        # out while the winner stays in; and, when its own condition is not true, until that changes too
-        held = results[winner][1]
-        if own[0] is True or held is None:
-            return (False, held, False)
-        if own[1] is None:
-            return (False, None, True)
-        return (False, max(held, own[1]), False)
-    if own[0] is True:
-        return (True, prefix[position], False)
-    return (False, own[1], own[1] is None)
+def _settle(
+    segs: list[SegmentResult | None],
+    members: tuple[int, ...],
+    winner: int | None,
+    results: list[Result],
+    prefix: list[datetime | None],
+) -> None:
+    """Each group member's membership and a lower bound of its next change (those already known
+    keep theirs)."""
+    for position, i in enumerate(members):
+        if segs[i] is not None:
+            continue
+        own, nxt = results[position][0], results[position][1]
+        if winner is not None and winner < position:
+            # out while the winner stays in; and, when its own condition is not true, until that changes too
+            held = results[winner][1]
+            if own is True or held is None:
+                segs[i] = (False, held, False)
+            elif nxt is None:
+                segs[i] = (False, None, True)
+            else:
+                segs[i] = (False, max(held, nxt), False)
+        elif own is True:
+            segs[i] = (True, prefix[position], False)
+        else:
+            segs[i] = (False, nxt, nxt is None)
 
 
 def plan_of(rules: RuleSet) -> Plan:

@@ -8,6 +8,7 @@ window); walking those edges is how the next change of a result is found exactly
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -457,12 +458,12 @@ class Aggregate(Value):
         edge: datetime | None = None
         lo = 0
         if within is not None:
-            lo = passed(times, t, within)
+            lo = bisect_right(times, t - within) if type(within) is timedelta else passed(times, t, within)
             if lo < n:
                 edge = times[lo] + within
         hi = n
         if older is not None:
-            hi = passed(times, t, older)
+            hi = bisect_right(times, t - older) if type(older) is timedelta else passed(times, t, older)
             if hi < n:
                 entering = times[hi] + older
                 if edge is None or entering < edge:
@@ -585,8 +586,18 @@ class Ratio(Value):
         self.den = den
         self.key = repr(("ratio", num.key, den.key))
 
+    def inputs(self) -> tuple[Value, ...]:
+        return (self.num, self.den)
+
+    def combine(self, results: Sequence[tuple[Any, datetime | None]]) -> tuple[Any, datetime | None]:
+        """``value_edge`` from its inputs' ``value_edge`` (numerator, denominator)."""
+        (num, num_edge), (den, den_edge) = results
+        return self._ratio(num, den), earliest(num_edge, den_edge)
+
     def value_at(self, ix: Index, t: datetime) -> Any:
-        num, den = self.num.value_at(ix, t), self.den.value_at(ix, t)
+        return self._ratio(self.num.value_at(ix, t), self.den.value_at(ix, t))
+
+    def _ratio(self, num: Any, den: Any) -> Any:
         if isinstance(den, Missing):
             return den
         if isinstance(num, Missing):
@@ -636,11 +647,17 @@ class Points(Value):
             found = earliest(found, agg.edges_after(ix, t))
         return found
 
+    def inputs(self) -> tuple[Value, ...]:
+        return tuple(agg for agg, _ in self.rules)
+
     def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        return self.combine([agg.value_edge(ix, t) for agg, _ in self.rules])
+
+    def combine(self, results: Sequence[tuple[Any, datetime | None]]) -> tuple[Any, datetime | None]:
+        """``value_edge`` from its rules' counts' ``value_edge``."""
         total = 0.0
         found: datetime | None = None
-        for agg, weight in self.rules:
-            count, edge = agg.value_edge(ix, t)
+        for (count, edge), (_, weight) in zip(results, self.rules, strict=True):
             total += weight * count
             if edge is not None and (found is None or edge < found):
                 found = edge
@@ -689,13 +706,19 @@ class Composite(Value):
             found = earliest(found, value.edges_after(ix, t))
         return found
 
+    def inputs(self) -> tuple[Value, ...]:
+        return tuple(value for value, _, _ in self.parts)
+
     def value_edge(self, ix: Index, t: datetime) -> tuple[Any, datetime | None]:
+        return self.combine([value.value_edge(ix, t) for value, _, _ in self.parts])
+
+    def combine(self, results: Sequence[tuple[Any, datetime | None]]) -> tuple[Any, datetime | None]:
+        """``value_edge`` from its parts' ``value_edge``."""
         total_weight = 0.0
         score = 0.0
         found: datetime | None = None
         missing: Missing | None = None
-        for value, weight, top in self.parts:
-            raw, edge = value.value_edge(ix, t)
+        for (raw, edge), (value, weight, top) in zip(results, self.parts, strict=True):
             if edge is not None and (found is None or edge < found):
                 found = edge
             if missing is not None:
