@@ -74,6 +74,23 @@ def reads(node: Condition | Value) -> Reads:
     return Reads(frozenset(events), traits, frozenset(segments))
 
 
+def traits_read(node: Condition | Value) -> frozenset[str]:
+    """The names of the profile traits ``node`` reads."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack: list[Any] = [node]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ProfileTrait):
+            found.add(item.name)
+        else:
+            stack.extend(_children(item))
+    return frozenset(found)
+
+
 @dataclass(frozen=True)
 class Affected:
     """What new events of some names can change.
@@ -185,4 +202,4 @@ def dependencies(rules: RuleSet) -> Dependencies:
     return found
 
 
-__all__ = ["Affected", "Dependencies", "Reads", "dependencies", "fingerprint", "reads"]
+__all__ = ["Affected", "Dependencies", "Reads", "dependencies", "fingerprint", "reads", "traits_read"]

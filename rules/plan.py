@@ -30,7 +30,7 @@ from .conditions import (
     _negate,
     _quick,
 )
-from .dependencies import dependencies, reads
+from .dependencies import dependencies, reads, traits_read
 from .model import Profile
 from .ruleset import RuleSet
 from .values import ANY_EVENT, Composite, Computed, Index, Points, Ratio, Value, earliest, exported
@@ -40,6 +40,8 @@ NEXT_DUE_CAP = 256
 Fn = Callable[["Quick"], Result]
 
 _NEVER: Result = (True, None, None, True)
+
+TRAIT = "\0trait "  # a profile trait among the names a result reads (no event is named so)
 
 VFn = Callable[["Quick"], tuple[Any, datetime | None]]
 
@@ -100,44 +102,60 @@ class Plan:
             self.variants.append(tuple(self.fn(v) for v in segment.variants))
         self.traits = [(name, self.value_slot(expr), expr) for name, expr in rules.traits]
         self._reads(rules)
-        self._constants: dict[tuple[frozenset[str], bool], Constants] = {}
+        self._constants: dict[tuple[frozenset[str], bool, tuple[str, ...]], Constants] = {}
 
     def _reads(self, rules: RuleSet) -> None:
-        """The event names (``*``: any) each value, plain segment and group member's own condition
-        reads; None for those that read a profile trait or another segment, or have variants."""
+        """What each value, plain segment and group member's own condition reads: event names
+        (``*``: any) and profile traits (``TRAIT`` + name); None for those that read another segment
+        or have variants."""
         deps = dependencies(rules)
         read = set(deps.read)
+        traits: set[str] = set()
         self.value_reads: list[frozenset[str] | None] = []
         for value in self.values:
             found = reads(value)
             read.update(found.events)
-            self.value_reads.append(None if found.traits else found.events)
+            names = traits_read(value)
+            traits |= names
+            self.value_reads.append(found.events | {TRAIT + name for name in names})
         read.discard(ANY_EVENT)
         self.read = frozenset(read)  # every event name segments or computed traits read
         self.segment_reads: list[frozenset[str] | None] = []
         for segment in rules.segments:
             found = deps.by_segment[segment.name]
-            plain = segment.group is None and not segment.variants
-            self.segment_reads.append(
-                found.events if plain and not (found.traits or found.segments) else None
-            )
+            names = traits_read(segment.condition)
+            traits |= names
+            plain = segment.group is None and not segment.variants and not found.segments
+            self.segment_reads.append(found.events | {TRAIT + n for n in names} if plain else None)
         self.own_reads: list[tuple[frozenset[str] | None, ...]] = []
         for group in self.groups:
-            owns = [deps.by_segment[name] for name in group.names]
-            self.own_reads.append(tuple(None if r.traits or r.segments else r.events for r in owns))
+            owns: list[frozenset[str] | None] = []
+            for name in group.names:
+                found = deps.by_segment[name]
+                names = traits_read(rules.by_name[name].matched)
+                traits |= names
+                owns.append(None if found.segments else found.events | {TRAIT + n for n in names})
+            self.own_reads.append(tuple(owns))
+        self.traits_read = tuple(sorted(traits))  # every profile trait rules read
         self.no_owns: tuple[tuple[Result | None, ...], ...] = tuple(
             (None,) * len(group.names) for group in self.groups
         )
 
     def constants(self, ix: Index, now: datetime) -> Constants:
-        """The results that the profile's events cannot change: those of the values, segments and
-        group members' own conditions that read none of the event names it has (memoized per set of
-        the names rules read that it has)."""
+        """The results that the profile's events and traits cannot change: those of the values,
+        segments and group members' own conditions that read none of the event names it has and
+        none of the profile traits it has (memoized per set of the names rules read that it has)."""
         names = ix.names()
-        key = (frozenset(names.keys() & self.read), bool(names))
+        traits = ix.profile.traits
+        key = (
+            frozenset(names.keys() & self.read),
+            bool(names),
+            tuple(name for name in self.traits_read if traits.get(name) is not None),
+        )
         found = self._constants.get(key)
         if found is None:
-            found = self._constants[key] = self._absent(key[0] | {ANY_EVENT} if key[1] else key[0], now)
+            present = key[0] | {TRAIT + name for name in key[2]}
+            found = self._constants[key] = self._absent(present | {ANY_EVENT} if key[1] else present, now)
         return found
 
     def _absent(self, present: frozenset[str], now: datetime) -> Constants:
