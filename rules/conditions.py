@@ -272,12 +272,15 @@ class Sequence_(Condition):
             return range(max(lo, len(times) - 1), len(times))
         return range(lo, len(times))
 
-    def _witness(self, ix: Index, t: datetime) -> int | None:
-        """Index of the A event that makes the condition true at ``t``, if any."""
+    def _witness(self, ix: Index, t: datetime, candidates: range | None = None) -> int | None:
+        """Index of the A event that makes the condition true at ``t``, if any (among ``candidates``,
+        by default ``_candidates(ix, t)``)."""
         a_times = (ix.cache.get(self.first.key) or ix.select(self.first))[1]
         b_times = (ix.cache.get(self.then.key) or ix.select(self.then))[1]
         same = self.first.key == self.then.key
-        for i in reversed(self._candidates(ix, t)):
+        if candidates is None:
+            candidates = self._candidates(ix, t)
+        for i in reversed(candidates):
             start = a_times[i]
             end = start + self.gap
             if same:
@@ -321,7 +324,7 @@ class Sequence_(Condition):
                 edge = start + gap
             if within is not None and (edge is None or start + within < edge):
                 edge = start + within
-        return (self._witness(ix, t) is not None, edge, None, edge is None)
+        return (self._witness(ix, t, range(lo, n)) is not None, edge, None, edge is None)
 
     def evaluate(self, ctx: Context) -> Result:
         ix, t = ctx.ix, ctx.now

@@ -287,14 +287,14 @@ class Index:
         if any(map(ge, times, islice(times, 1, None))):  # out of order, or ties to order by id
             events = sorted(events, key=_sort_key)
             times = [r.occurred_at for r in events]
-        by_name: dict[str, list[EventRecord]] = {}
-        for record in events:
-            entry = by_name.get(record.name)
+        names: dict[str, tuple[list[EventRecord], list[datetime]]] = {}
+        for record, at in zip(events, times, strict=True):
+            entry = names.get(record.name)
             if entry is None:
-                by_name[record.name] = [record]
+                names[record.name] = ([record], [at])
             else:
-                entry.append(record)
-        names = {name: (records, [r.occurred_at for r in records]) for name, records in by_name.items()}
+                entry[0].append(record)
+                entry[1].append(at)
         self._all = (events, times)
         self._names = names
         return names
