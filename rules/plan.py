@@ -46,10 +46,6 @@ TRAIT = "\0trait "  # a profile trait among the names a result reads (no event i
 VFn = Callable[["Quick"], tuple[Any, datetime | None]]
 
 
-def _computed(q: Quick) -> tuple[Any, datetime | None]:
-    raise RuntimeError("a value read while its plan is built")
-
-
 class Group:
     """An exclusive group: its members' positions among the segments and their own conditions."""
 
@@ -67,7 +63,9 @@ class Plan:
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
         self.values: list[Value] = []
-        self.value_fns: list[VFn] = []
+        # per value slot: value_edge(ix, t) itself, or a function of the evaluation reading the memo
+        self.value_edges: list[Callable[[Index, datetime], tuple[Any, datetime | None]] | None] = []
+        self.value_fns: list[VFn | None] = []
         self._value_slots: dict[str, int] = {}
         self._refs: dict[int, int] = {}
         self._fns: dict[int, Fn] = {}
@@ -193,31 +191,33 @@ class Plan:
             self._count(child)
 
     def value_slot(self, value: Value) -> int:
+        """The value's memo slot (a computed trait shares its definition's)."""
         slot = self._value_slots.get(value.key)
         if slot is None:
+            if isinstance(value, Computed) and value.expr is not None:
+                slot = self._value_slots[value.key] = self.value_slot(value.expr)
+                return slot
             slot = self._value_slots[value.key] = len(self.values)
             self.values.append(value)
-            self.value_fns.append(_computed)
-            self.value_fns[slot] = self._value_fn(value)
+            self.value_fns.append(None)
+            self.value_edges.append(None)
+            if isinstance(value, Points | Composite | Ratio):
+                self.value_fns[slot] = self._combined(value)
+            else:
+                self.value_edges[slot] = value.value_edge
         return slot
 
-    def _value_fn(self, value: Value) -> VFn:
-        """``value_edge`` at the evaluation's instant, reading the values it is made of from the memo
-        (a computed trait used by another is computed once)."""
-        if isinstance(value, Computed) and value.expr is not None:
-            inner = self.value_slot(value.expr)
-            return lambda q: q.vals[inner] or q.ix_value(inner)
-        if isinstance(value, Points | Composite | Ratio):
-            slots = tuple(self.value_slot(v) for v in value.inputs())
-            combine = value.combine
+    def _combined(self, value: Points | Composite | Ratio) -> VFn:
+        """``value_edge`` at the evaluation's instant from its inputs' in the memo (a computed trait
+        used by another is computed once)."""
+        slots = tuple(self.value_slot(v) for v in value.inputs())
+        combine = value.combine
 
-            def combined(q: Quick) -> tuple[Any, datetime | None]:
-                vals = q.vals
-                return combine([vals[s] or q.ix_value(s) for s in slots])
+        def combined(q: Quick) -> tuple[Any, datetime | None]:
+            vals = q.vals
+            return combine([vals[s] or q.ix_value(s) for s in slots])
 
-            return combined
-        value_edge = value.value_edge
-        return lambda q: value_edge(q.ix, q.now)
+        return combined
 
     def fn(self, condition: Condition) -> Fn:
         """The condition's closure (one per condition; memoized per evaluation when read twice)."""
@@ -441,7 +441,15 @@ class Quick:
         self.prior = prior
 
     def ix_value(self, slot: int) -> tuple[Any, datetime | None]:
-        found = self.vals[slot] = self.plan.value_fns[slot](self)
+        plan = self.plan
+        direct = plan.value_edges[slot]
+        if direct is not None:
+            found = direct(self.ix, self.now)
+        else:
+            combined = plan.value_fns[slot]
+            assert combined is not None
+            found = combined(self)
+        self.vals[slot] = found
         return found
 
     def value(self, slot: int) -> Any:
