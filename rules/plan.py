@@ -36,6 +36,9 @@ from .ruleset import RuleSet
 from .values import ANY_EVENT, Composite, Computed, Index, Points, Ratio, Value, earliest, exported
 
 NEXT_DUE_CAP = 256
+# sets of present event names and traits whose known results a plan keeps (each a few hundred bytes;
+# a rule set reading many event names could otherwise see very many combinations)
+CONSTANTS_CAP = 4096
 
 Fn = Callable[["Quick"], Result]
 
@@ -138,6 +141,7 @@ class Plan:
         self.no_owns: tuple[tuple[Result | None, ...], ...] = tuple(
             (None,) * len(group.names) for group in self.groups
         )
+        self.blank = Constants([None] * len(self.values), [None] * len(self.names), self.no_owns)
 
     def constants(self, ix: Index, now: datetime) -> Constants:
         """The results that the profile's events and traits cannot change: those of the values,
@@ -152,6 +156,8 @@ class Plan:
         )
         found = self._constants.get(key)
         if found is None:
+            if len(self._constants) >= CONSTANTS_CAP:
+                return self.blank  # nothing known beforehand: everything is evaluated
             present = key[0] | {TRAIT + name for name in key[2]}
             found = self._constants[key] = self._absent(present | {ANY_EVENT} if key[1] else present, now)
         return found

@@ -168,3 +168,19 @@ def test_every_segment_kind_is_in_the_rule_set_checked() -> None:
     assert {Compare, ForSome, InSegment, Junction, Not, Sequence_} <= kinds
     assert any(s.variants for s in RULESET.segments)
     assert RULESET.groups
+
+
+def test_past_the_cap_of_known_results_everything_is_evaluated(monkeypatch: Any) -> None:
+    from rules import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "CONSTANTS_CAP", 0)
+    rules = _rules()  # a rule set of its own: its plan keeps nothing
+    records = [
+        EventRecord("page_viewed", T0 - timedelta(days=2), {}, "a"),
+        EventRecord("order_completed", T0 - timedelta(days=40), {"revenue": 600}, "b"),
+    ]
+    for traits in ({}, {"predicted.churn_risk": 0.9}):
+        profile = _profile(records, traits)
+        _same(evaluate(profile, rules, T0, explain=False), walk_evaluate(profile, rules, T0))
+    assert plan_module.plan_of(rules)._constants == {}
+    assert evaluate(_profile(records, {}), rules, T0, explain=False).segments >= {"high_value_customer"}
