@@ -40,7 +40,7 @@ class SlotMove:
         self.dst = redis.Redis(host=dst.host, port=dst.port)
         self.dst_addr = (dst.host, dst.port)
         self.dst_id = self.dst.execute_command("CLUSTER MYID")
-        src_id = self.src.execute_command("CLUSTER MYID")
+        self.src_id = src_id = self.src.execute_command("CLUSTER MYID")
         self.dst.execute_command("CLUSTER SETSLOT", self.slot, "IMPORTING", src_id)
         self.src.execute_command("CLUSTER SETSLOT", self.slot, "MIGRATING", self.dst_id)
 
@@ -54,8 +54,11 @@ class SlotMove:
     def finish(self) -> None:
         """Move the keys left (fails with BUSYKEY if the target already holds one) and the slot."""
         self.move(*sorted(self.keys_on(self.src)))
-        for node in self.cluster.get_primaries():
-            client = redis.Redis(host=node.host, port=node.port)
+        # the target first, then the source, then the others (as `redis-cli --cluster reshard`
+        # does): the source never sends a client to a target that does not own the slot yet
+        others = [redis.Redis(host=n.host, port=n.port) for n in self.cluster.get_primaries()]
+        others = [c for c in others if c.execute_command("CLUSTER MYID") not in (self.dst_id, self.src_id)]
+        for client in (self.dst, self.src, *others):
             client.execute_command("CLUSTER SETSLOT", self.slot, "NODE", self.dst_id)
 
 
