@@ -2,14 +2,15 @@
 
 Generates PROFILES synthetic profiles (0-50 events each over up to 240 days: page and product views,
 carts, checkouts, orders with revenue, email deliveries, opens and clicks), compiles every built-in
-template (25 segments, 7 computed traits) and measures, in one run:
+template (the run prints how many segments and computed traits) and measures, in one run:
 
 1. the rules engine: a full re-evaluation of every profile (memberships, computed traits, next_due),
    as the worker does it (explain=False); and with explanations on a sample;
-2. json-logic (panzi-json-logic, an interpreted rule engine) on a sample, with the same 25 segments
-   written as json-logic rules over the profile's event list (group_by expanded over the known
-   categories; json-logic has no next_due), memberships checked against the engine's;
-3. DuckDB: one SQL query computing all 25 memberships for all profiles from an events table
+2. json-logic (panzi-json-logic, an interpreted rule engine) on a sample, with 25 of those segments
+   (all but the six of the churn_risk and value_tiers templates, over predicted traits) written as
+   json-logic rules over the profile's event list (group_by expanded over the known categories;
+   json-logic has no next_due), memberships checked against the engine's;
+3. DuckDB: one SQL query computing those 25 memberships for all profiles from an events table
    (the columnar ceiling; no next_due), membership counts checked against the engine's.
 
 Numbers are indicative: the machine is shared. CPU time of this process is printed next to wall time.
