@@ -409,13 +409,7 @@ class Unmatched(Condition):
         self.key = repr(("unmatched", inner.key))
 
     def evaluate(self, ctx: Context) -> Result:
-        value, nxt, after, exact = ctx.result(self.inner)
-        verdict = value is not True
-        if nxt is None:
-            return (verdict, None, None, True)
-        if exact and (after is not True) != verdict:
-            return (verdict, nxt, not verdict, True)
-        return (verdict, nxt, None, False)
+        return unmatched(ctx.result(self.inner))
 
     def explain(self, ctx: Context) -> dict[str, Any]:
         return self._node(ctx, f"not matched by earlier group segment {self.segment}")
@@ -597,6 +591,27 @@ class Not(Condition):
         node = self._node(ctx, "not")
         node["children"] = [ctx.explain(self.inner)]
         return node
+
+
+def unmatched(inner: Result) -> Result:
+    """True while ``inner`` is not True (:class:`Unmatched`), with its next change."""
+    value, nxt, after, exact = inner
+    verdict = value is not True
+    if nxt is None:
+        return (verdict, None, None, True)
+    if exact and (after is not True) != verdict:
+        return (verdict, nxt, not verdict, True)
+    return (verdict, nxt, None, False)
+
+
+def membership(result: Result) -> SegmentResult:
+    """A segment's membership from its condition's result: a member while True; its next change is
+    exact when nothing changes or the result says the change flips it, else a lower bound."""
+    value, nxt, after, exact = result
+    member = value is True
+    if nxt is None:
+        return (member, None, True)
+    return (member, nxt, exact and (after is True) != member)
 
 
 def _negate(value: bool | None) -> bool | None:

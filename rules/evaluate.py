@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .conditions import Condition, Result, SegmentResult, show
+from .conditions import Condition, Result, SegmentResult, membership, show
 from .dependencies import dependencies
 from .explain import reasons
 from .model import Evaluation, Explanation, Profile
@@ -138,17 +138,10 @@ class Context:
             condition = segment.condition_for(profile.account, profile.profile_id)
         else:
             condition = segment.condition
-        value, nxt, after, exact = self.result(condition)
-        member = value is True
-        out: SegmentResult
-        if nxt is None:
-            out = (member, None, True)
-        elif exact and (after is True) != member:
-            out = (member, nxt, True)
-        elif not self.thorough:
-            out = (member, nxt, False)
-        else:
-            out = self._refine(condition, member, nxt)
+        out = membership(self.result(condition))
+        if self.thorough and not out[2]:
+            assert out[1] is not None  # an inexact change is a bound
+            out = self._refine(condition, out[0], out[1])
         self._segments[name] = out
         return out
 

@@ -29,6 +29,8 @@ from .conditions import (
     Unmatched,
     _negate,
     _quick,
+    membership,
+    unmatched,
 )
 from .dependencies import dependencies, reads, traits_read
 from .model import Profile
@@ -364,16 +366,10 @@ def _not(inner: Fn) -> Fn:
 
 
 def _unmatched(inner: Fn) -> Fn:
-    def unmatched(q: Quick) -> Result:
-        value, nxt, after, exact = inner(q)
-        verdict = value is not True
-        if nxt is None:
-            return (verdict, None, None, True)
-        if exact and (after is not True) != verdict:
-            return (verdict, nxt, not verdict, True)
-        return (verdict, nxt, None, False)
+    def not_matched(q: Quick) -> Result:
+        return unmatched(inner(q))
 
-    return unmatched
+    return not_matched
 
 
 def _in_segment(position: int, negate: bool) -> Fn:
@@ -480,16 +476,7 @@ class Quick:
             profile = self.ix.profile
             segment = plan.rules.segments[i]
             fn = plan.variants[i][segment.variant_of(profile.account, profile.profile_id)]
-        value, nxt, after, exact = fn(self)
-        member = value is True
-        out: SegmentResult
-        if nxt is None:
-            out = (member, None, True)
-        elif exact and (after is True) != member:
-            out = (member, nxt, True)
-        else:
-            out = (member, nxt, False)
-        self.segs[i] = out
+        out = self.segs[i] = membership(fn(self))
         return out
 
     def _group(self, g: int) -> None:
