@@ -35,8 +35,9 @@ from connector.clock import isoformat
 log = logging.getLogger(__name__)
 
 # The live stream of each account keeps about this many entries (XADD MAXLEN ~; an entry of
-# stored deliveries holds up to connector.ops.live.LINES_PER_ENTRY of them, one per line): more
-# than a watching client's half-second between two reads brings at 10,000 deliveries/s.
+# stored deliveries holds up to connector.ops.live.LINES_PER_ENTRY = 20 of them, one per line, so
+# at most about 20,000 deliveries, 6 MB): more than a watching client's half-second between two
+# reads brings at 10,000 deliveries/s (500 entries).
 MAXLEN = 1000
 MAX_PROFILES = 50  # per ``landed`` entry: those with a transition or a trait change first
 MAX_RESULTS = 50  # per ``esp`` entry

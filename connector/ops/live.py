@@ -36,6 +36,7 @@ stream waits ``COALESCE_SECONDS`` before reading again), holding a web worker fo
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -75,7 +76,8 @@ WATCH_TTL_SECONDS = 10  # a watcher key outlives a reconnect between two answers
 WATCH_REFRESH_SECONDS = 2.0
 FIELD = "d"
 FLUSH_SECONDS = 0.1  # the deliveries of this long go out in one write
-LINES_PER_ENTRY = 200  # a stream entry holds at most this many deliveries (one line each)
+LINES_PER_ENTRY = 20  # a stream entry holds at most this many deliveries (one line each)
+IDLE_SECONDS = 5.0  # a publishing connection idle this long is replaced before the next write
 _STREAM_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
 
 
@@ -226,12 +228,16 @@ class Publisher:
                 self._flusher_pid = os.getpid()
 
     def _flush_forever(self) -> None:
+        atexit.register(self.flush)  # a process that stops (gunicorn's graceful exit) writes the rest
         wake = self._wake
         while True:
             wake.wait()
             time.sleep(self.flush_seconds)  # let the deliveries of the next moments gather
             wake.clear()  # a delivery queued from here on wakes the next round
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a delivery it could not show: logged, and the thread goes on
+                log.exception("live entries not published")
 
     def flush(self) -> int:
         """Write the queued deliveries now; returns how many."""
@@ -255,13 +261,21 @@ class Publisher:
         """A delivery to a known account and sender that was refused, with the real reason."""
         self.publish(account.id, refused_entry(sender, int(err.status), str(err.message)))
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
+    def _connection(self, fresh: bool = False) -> Any:
+        """This thread's connection with replies off. Nothing is read from it, so a socket the
+        server or the network closed while idle would swallow the next write unnoticed: one idle
+        for ``IDLE_SECONDS`` is replaced before writing (``fresh``: replaced now)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        now = time.monotonic()
+        if fresh or conn is None or local.pid != os.getpid() or now - local.used > IDLE_SECONDS:
+            if conn is not None and local.pid == os.getpid():
+                conn.disconnect()
             conn = self.pool.connection_class(**self.pool.connection_kwargs)
             conn.connect()
             conn.send_packed_command(conn.pack_command("CLIENT", "REPLY", "OFF"), check_health=False)
-            self._local.conn, self._local.pid = conn, os.getpid()
+            local.conn, local.pid = conn, os.getpid()
+        local.used = now
         return conn
 
     def publish(self, account_id: str, entry: dict[str, Any]) -> None:
@@ -269,12 +283,15 @@ class Publisher:
 
     def _send(self, account_id: str, data: str) -> None:
         command = ("XADD", key(account_id), "MAXLEN", "~", self.maxlen, "*", FIELD, data)
-        try:
-            conn = self._connection()
-            conn.send_packed_command(conn.pack_command(*command), check_health=False)
-        except (redis.RedisError, OSError) as err:
-            self._local.conn = None  # a new connection next time; this entry is lost
-            log.debug("live entry not published: %s", type(err).__name__)
+        for fresh in (False, True):  # once more on a new connection when the one in hand failed
+            try:
+                conn = self._connection(fresh)
+                conn.send_packed_command(conn.pack_command(*command), check_health=False)
+                return
+            except (redis.RedisError, OSError) as err:
+                self._local.conn = None
+                failed = err
+        log.debug("live entry not published: %s", type(failed).__name__)
 
 
 def _closing(accepted: int, duplicates: int) -> str:

@@ -380,3 +380,32 @@ def test_an_entry_holding_several_deliveries_streams_one_message_each_and_resume
     assert [f["accepted"] for f in two] == [1, 1] and [f["id"] for f in two] == [first_row, second_row]
     assert [f["at"] for f in two] == [f["at"] for f in got[2:]]
     assert [e["at"] for _, e in live.latest(redis_client, "acme", 3)] == [f["at"] for f in got[1:]]
+
+
+def test_a_publishing_connection_idle_too_long_is_replaced_before_writing(redis_client: redis.Redis) -> None:
+    """Nothing is read from the connection (replies off): one the server closed while idle would
+    swallow the next write unnoticed, so an idle one is replaced first."""
+    publisher = live.Publisher(redis_client)
+    publisher.publish("acme", live.refused_entry("segment", 401, "first"))
+    assert [e["reason"] for e in entries(redis_client, "acme", 1)] == ["first"]
+    redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # the server drops it
+    publisher._local.used -= live.IDLE_SECONDS + 1  # as if it had been idle since
+    publisher.publish("acme", live.refused_entry("segment", 401, "after the idle time"))
+    assert [e["reason"] for e in entries(redis_client, "acme", 2)] == ["first", "after the idle time"]
+
+
+def test_the_flushing_thread_goes_on_after_a_delivery_it_cannot_show(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = live.Publisher(redis_client, flush_seconds=0)
+    live.watch(redis_client, "acme")
+    queue = EventQueue(redis_client, shards=1)
+    acme: Any = SimpleNamespace(id="acme")
+    broken = SimpleNamespace(**{**EVENT, "name": None, "event_id": "e" * 32})  # not a string: no entry
+    publisher.delivered(acme, [broken], SimpleNamespace(watched=True, accepted=1, duplicates=0), clock.now())
+    deadline = time.monotonic() + 2
+    while publisher._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    publisher.delivered(acme, [Event(**EVENT)], queue.ingest("acme", [Event(**EVENT)], 3600), clock.now())
+    assert [e["outcome"] for e in entries(redis_client, "acme", 1)] == ["accepted"]
+    assert "live entries not published" in caplog.text
