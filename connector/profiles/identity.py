@@ -123,8 +123,17 @@ class Resolution:
     absorbed: dict[str, str] = field(default_factory=dict)  # merged-away profile -> survivor
 
 
-# HSET of one profile's fields (KEYS: the profile; ARGV: field, value pairs), many per script call
-_HSET_MANY = Batched("return redis.call('HSET', KEYS[1], unpack(ARGV))")
+# HSET of one profile's fields (KEYS: the profile; ARGV: field, value pairs), many per script call;
+# 500 pairs per HSET (Lua's unpack stops at a few thousand values)
+_HSET_MANY = Batched(
+    """
+local n = 0
+for from = 1, #ARGV, 1000 do
+  n = n + redis.call('HSET', KEYS[1], unpack(ARGV, from, math.min(from + 999, #ARGV)))
+end
+return n
+"""
+)
 
 
 class Resolver:

@@ -61,3 +61,13 @@ def test_reads_in_one_round_trip_answer_each_reply_and_errors_in_place(redis_url
         assert conn.get("s") == b"hello"
         conn.flushdb()
         conn.close()
+
+
+def test_a_profile_s_identity_fields_are_written_however_many_there_are(redis_client: redis.Redis) -> None:
+    """Lua's unpack stops at a few thousand values: the fields go in slices of 500 pairs."""
+    from connector.profiles.identity import _HSET_MANY
+
+    many = [x for n in range(4500) for x in (f"i:{n}", str(n))]
+    replies = _HSET_MANY.run(redis_client, [(["p:{acme:a}"], many), (["p:{acme:b}"], ["i:x", "1"])])
+    assert replies == [4500, 1]
+    assert redis_client.hlen("p:{acme:a}") == 4500 and redis_client.hget("p:{acme:b}", "i:x") == b"1"
