@@ -7,8 +7,9 @@ in order, answering the list of the bodies' replies. The client packs and parses
 group instead of one per call, and Redis dispatches one.
 
 The keys of one call share a slot (a profile's hash tag); on Redis Cluster the calls are grouped by
-slot as well (a script's keys must share one), and the groups go to their nodes in one pipeline
-per node (:func:`connector.redis_conn.grouped_by_node`). A group holds at most ``per_call`` calls,
+hash tag as well (a script's keys must share a slot, and a slot being moved must not hold a group
+back: :meth:`Batched._groups`), and the groups go to their nodes in one pipeline per node
+(:func:`connector.redis_conn.grouped_by_node`). A group holds at most ``per_call`` calls,
 which bounds how long one script holds the server.
 
 Each call is applied as it would be alone (the body is the same); a group is not one transaction
@@ -96,16 +97,31 @@ class Batched:
         return replies
 
     def _groups(self, conn: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[list[int]]:
-        """Indexes of the calls, grouped (by slot on a cluster) and cut at ``per_call``."""
+        """Indexes of the calls, grouped (by hash tag on a cluster) and cut at ``per_call``.
+
+        On a cluster a group holds the calls of one hash tag only (one profile), not of one slot:
+        while a slot moves key by key, a script naming the keys of two profiles of that slot, one
+        moved and one not yet, would be refused (``TRYAGAIN``) until the whole slot had moved, where
+        each profile's own call is sent on (``ASK``) or refused only while its own keys move."""
         if is_cluster(conn):
-            by_slot: dict[int, list[int]] = {}
+            by_tag: dict[str, list[int]] = {}
             for n, (keys, _) in enumerate(calls):
-                by_slot.setdefault(conn.keyslot(keys[0]), []).append(n)
-            lists = list(by_slot.values())
+                by_tag.setdefault(_hash_tag(keys[0]), []).append(n)
+            lists = list(by_tag.values())
         else:
             lists = [list(range(len(calls)))]
         size = self.per_call
         return [members[i : i + size] for members in lists for i in range(0, len(members), size)]
+
+
+def _hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: the text of its first ``{...}`` when not empty."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def _pack(calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> tuple[list[str], list[Any]]:
