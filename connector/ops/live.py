@@ -60,6 +60,7 @@ from connector.config import Account
 from connector.ingest import queue
 from connector.livefeed import mask, masked_identities
 from connector.ops.api import auth, errors
+from connector.redis_conn import pipelined
 
 log = logging.getLogger(__name__)
 
@@ -327,19 +328,15 @@ def latest(conn: redis.Redis, account_id: str, count: int) -> list[tuple[str, di
 
 
 def _call(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
-    """The replies to ``commands``, sent in one write on a pooled connection and read as the server
-    sent them: a stream read stays nested lists of bytes, which the stream passes through, without
-    the client's per-entry conversion into dicts (most of an answer's CPU when entries pile up)."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands(commands))
-        return [conn.read_response() for _ in commands]
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: never hand this connection out again as is
-        raise
-    finally:
-        pool.release(conn)
+    """The replies to ``commands`` in one round trip (:func:`connector.redis_conn.pipelined`), read
+    as the server sent them: a stream read stays nested lists of bytes, which the stream passes
+    through, without the client's per-entry conversion into dicts (most of an answer's CPU when
+    entries pile up). An error reply raises."""
+    replies = pipelined(client, commands)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _bytes(value: bytes | str) -> bytes:

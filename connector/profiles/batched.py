@@ -25,15 +25,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from connector.redis_conn import grouped_by_node, is_cluster
-
-_pack_command: Any
-try:
-    import hiredis
-
-    _pack_command = hiredis.pack_command
-except ImportError:  # the pure Python packer of redis-py does it as well, slower
-    _pack_command = None
+from connector.redis_conn import grouped_by_node, is_cluster, pipelined
 
 PER_CALL = 100  # calls per script call: a few milliseconds of the server at most
 
@@ -147,47 +139,3 @@ def _one_server(conn: redis.Redis, script: Any, packed: Sequence[tuple[list[str]
         elif isinstance(answer, Exception):
             raise answer
     return answers
-
-
-READ_ATTEMPTS = 2  # a read pipeline that lost its connection is sent again once
-
-
-def pipelined(
-    conn: redis.Redis, commands: Sequence[Sequence[Any]], attempts: int = READ_ATTEMPTS
-) -> list[Any]:
-    """The replies of commands (each a command name and its arguments; str, bytes or int) on a
-    single server, in one round trip; an error reply is answered as its exception.
-
-    What a pipeline of redis-py does for them without its cost per command in Python (the command
-    stack, the packing argument by argument, the response callbacks): the commands are packed at
-    once, sent in one write and their replies read off the connection as the server sent them (a
-    hash is a dict with RESP3, a flat list with RESP2). A connection lost on the way sends them all
-    again, up to ``attempts`` sends in all (reads; 1 for writes)."""
-    if not commands:
-        return []
-    for attempt in range(attempts):
-        pool = conn.connection_pool
-        connection = pool.get_connection()
-        try:
-            if _pack_command is not None:
-                packed = [b"".join([_pack_command(tuple(command)) for command in commands])]
-            else:
-                packed = connection.pack_commands(commands)
-            connection.send_packed_command(packed)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response())
-                except redis.ResponseError as err:  # read whole: the connection stays in step
-                    replies.append(err)
-            return replies
-        except (redis.ConnectionError, redis.TimeoutError):
-            connection.disconnect()
-            if attempt + 1 == attempts:
-                raise
-        except BaseException:
-            connection.disconnect()  # replies may be left unread: never reused as it is
-            raise
-        finally:
-            pool.release(connection)
-    raise ValueError("no attempt")

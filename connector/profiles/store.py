@@ -61,8 +61,8 @@ from typing import Any, TypeVar
 import redis
 
 from connector.profiles import keys
-from connector.profiles.batched import Batched, pipelined
-from connector.redis_conn import grouped_by_node, is_cluster
+from connector.profiles.batched import Batched
+from connector.redis_conn import grouped_by_node, is_cluster, pipelined
 from rules.model import EventRecord, Profile
 
 # The packed history in Lua: reading it (converting a sorted set stored before the packed form),
@@ -784,7 +784,7 @@ def read_profiles(
     conn: redis.Redis, names: NameCodes, account: str, pids: Sequence[str]
 ) -> dict[str, ProfileData | None]:
     """:func:`read_profile` for many profiles of one account, in one round trip (per server):
-    on a single server, without redis-py's cost per command (:func:`.batched.pipelined`)."""
+    on a single server, without redis-py's cost per command (:func:`connector.redis_conn.pipelined`)."""
     if not is_cluster(conn):
         return _read_many(conn, names, account, pids, _decode)
     pipe = conn.pipeline(transaction=False)

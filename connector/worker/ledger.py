@@ -62,9 +62,9 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
-from connector.profiles.batched import Batched, pipelined
+from connector.profiles.batched import Batched
 from connector.profiles.store import NameCodes, base36
-from connector.redis_conn import grouped_by_node, is_cluster
+from connector.redis_conn import grouped_by_node, is_cluster, pipelined
 
 HISTORY_MAXLEN = 500
 INLINE = 32  # the most changes the ledger string holds; the older ones are in the list beside it
@@ -631,7 +631,7 @@ class Ledger:
             # the first bytes of each (the state line, not the changes after it); a longer state
             # line is read whole, and a ledger of an earlier layout (a hash) answers WRONGTYPE and
             # is read again
-            # (without redis-py's cost per command: :func:`connector.profiles.batched.pipelined`)
+            # (without redis-py's cost per command: :func:`connector.redis_conn.pipelined`)
             commands: list[tuple[Any, ...]] = [("GETRANGE", key, 0, STATE_PREFIX - 1) for key in keys]
             if check:
                 commands.append(("HGET", names_key(account), "#gen"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis
 
-from connector.profiles.batched import Batched, pipelined
+from connector.profiles.batched import Batched
+from connector.redis_conn import pipelined
 
 # KEYS: a counter. ARGV: the amount, then names whose count is returned with it.
 _BUMP = Batched(
