@@ -18,7 +18,8 @@ With ``--live-client`` every round also runs the ingest server with a console cl
 the account's live stream (``GET /api/v1/accounts/bench/live`` with an admin token made by
 ``connector tokens create``; after each answer it waits the answer's ``retry`` and asks again with
 ``Last-Event-ID``, as the browser's EventSource does) and reports ingest with / without it, both
-ways, how many of the run's deliveries the client received, and how long after its instant (taken
+ways, how many of the run's deliveries the client received (one by one, or counted in the
+``not_shown`` lines past the deliveries shown a second), and how long after its instant (taken
 before the events were stored, so before the answer) each entry reached the client. The client
 stands for a browser on another machine: it reads each answer whole with regular expressions (the
 instants and outcomes of stored deliveries) and reports its own CPU per delivery, which it takes
@@ -253,7 +254,8 @@ class LiveClient:
     def __init__(self, port: int, token: str) -> None:
         self.url = f"http://127.0.0.1:{port}/api/v1/accounts/bench/live"
         self.headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-        self.entries = 0  # stored deliveries (accepted or duplicate)
+        self.entries = 0  # stored deliveries (accepted or duplicate), shown or counted
+        self.counted = 0  # of which counted in "not_shown" lines rather than shown one by one
         self.answers = 0
         self.last_id = ""
         self.retry_seconds = 0.0
@@ -313,11 +315,18 @@ class LiveClient:
         for at in _SSE_DELIVERY.findall(body):
             self.entries += 1
             self.delays_ms.append((arrived - datetime.fromisoformat(at.decode()).timestamp()) * 1000)
+        for at, count in _SSE_NOT_SHOWN.findall(body):  # past the deliveries shown a second: counts
+            self.entries += int(count)
+            self.counted += int(count)
+            self.delays_ms.append((arrived - datetime.fromisoformat(at.decode()).timestamp()) * 1000)
 
 
 # An ingest entry starts with its instant; landed/esp entries start with their kind, refusals are not
 # counted. A JSON string cannot hold an unescaped quote, so '"outcome":"' matches the field only.
 _SSE_DELIVERY = re.compile(rb'^data: \{"at":"([^"]+)"[^\n]*?"outcome":"(?:accepted|duplicate)"', re.M)
+_SSE_NOT_SHOWN = re.compile(
+    rb'^data: \{"at":"([^"]+)"[^\n]*?"outcome":"not_shown"[^\n]*?"deliveries":(\d+)', re.M
+)
 _SSE_ID = re.compile(rb"^id: ?([^\n]*)$", re.M)
 _SSE_RETRY = re.compile(rb"^retry: ?(\d+)$", re.M)
 
@@ -365,6 +374,7 @@ def measure_live(conn: redis.Redis, result: dict[str, Any], live: LiveClient | N
     expected = int(result["stored"] + result["duplicates"])
     live.wait_for(expected, LIVE_CATCH_UP_SECONDS)
     result["live_entries"], result["live_answers"] = live.entries, live.answers
+    result["live_counted"] = live.counted
     result["live_client_cpu_ms"] = live.cpu_s * 1000 / max(expected, 1)
     result["live_expected"] = expected
     delays = sorted(live.delays_ms) or [float("nan")]
@@ -541,6 +551,7 @@ def _notes(r: dict[str, Any]) -> str:
     if "live_entries" in r:
         notes.append(
             f"live client got {int(r['live_entries'])} of {int(r['live_expected'])} deliveries "
+            f"({int(r.get('live_counted', 0))} of them counted in not_shown lines) "
             f"({int(r['live_answers'])} answers), after p50/p99/max "
             f"{r['live_p50_ms']:.0f}/{r['live_p99_ms']:.0f}/{r['live_max_ms']:.0f} ms; "
             f"the client's own CPU {r['live_client_cpu_ms']:.3f} ms per delivery"

@@ -18,9 +18,12 @@ queues the delivery in its web process, and the process's flushing thread writes
 of each ``FLUSH_SECONDS`` as one stream entry per account, one delivery per line
 (:class:`Publisher`): building the entries and the Redis write are paid once per flush, not once
 per request. With nobody watching, a delivery costs the ``EXISTS`` and nothing in Python.
-Refusals are always published, one entry each (one write on a connection with ``CLIENT REPLY
-OFF``, no reply awaited): the overview's attention list reads them. Readers see entries, never
-rows: the stream endpoint sends one SSE message per delivery, the last of a row with the row's id.
+Past ``SHOWN_PER_SECOND`` stored deliveries of an account in a second, a web process counts the
+rest per sender and shows them as one ``not_shown`` line per flush (their number, events stored and
+duplicates), as Segment's debugger shows a sample. Refusals are always published, one entry each
+(one write on a connection with ``CLIENT REPLY OFF``, no reply awaited): the overview's attention
+list reads them. Readers see entries, never rows: the stream endpoint sends one SSE message per
+delivery, the last of a row with the row's id.
 
 ``GET /api/v1/accounts/{id}/live`` (viewer; bearer token as the rest of the API) answers
 ``text/event-stream``: the latest ``backlog`` entries (default 50) or, with ``Last-Event-ID``, the
@@ -77,6 +80,10 @@ WATCH_TTL_SECONDS = 10  # a watcher key outlives a reconnect between two answers
 WATCH_REFRESH_SECONDS = 2.0
 FIELD = "d"
 FLUSH_SECONDS = 0.1  # the deliveries of this long go out in one write
+# Stored deliveries shown one by one per account, second and web process; past it they are counted
+# and shown as one "not shown" line per sender and flush (as Segment's debugger shows a sample): a
+# person reads a few a second, and a watched account at thousands a second costs ingest nothing.
+SHOWN_PER_SECOND = 20
 LINES_PER_ENTRY = 20  # a stream entry holds at most this many deliveries (one line each)
 IDLE_SECONDS = 5.0  # a publishing connection idle this long is replaced before the next write
 _STREAM_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
@@ -113,6 +120,25 @@ def delivered_entry(events: Sequence[Any], accepted: int, duplicates: int) -> di
             for e in events[:MAX_EVENTS_SHOWN]
         ],
         "event_count": len(events),
+    }
+
+
+def not_shown_entry(
+    sender: str, deliveries: int, accepted: int, duplicates: int, event_count: int, limit: int
+) -> dict[str, Any]:
+    """The deliveries of a sender that a web process stored past its ``limit`` a second and did not
+    show one by one: how many, and their counts."""
+    return {
+        "at": isoformat(clock.now()),
+        "sender": sender,
+        "outcome": "not_shown",
+        "status": 200,
+        "reason": f"over {limit} deliveries a second in a web process: counted, not shown one by one",
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "events": [],
+        "event_count": event_count,
+        "deliveries": deliveries,
     }
 
 
@@ -195,15 +221,25 @@ class Publisher:
     ``flush_seconds`` and writes it: the entries (:func:`entry_start` closed with the dedupe result)
     of each account as one stream entry, one line each (``XADD`` on a connection with replies off,
     no reply awaited). The request itself only appends to a queue; the entries are built and
-    written once per flush, not once per request. :meth:`flush` writes what is queued now (tests,
-    and a process that stops)."""
+    written once per flush, not once per request. Past ``shown_per_second`` deliveries of an
+    account in a second (of their ``now``), the request only adds the delivery to its sender's
+    counts, which the flush writes as one ``not_shown`` line. :meth:`flush` writes what is queued
+    now (tests, and a process that stops)."""
 
     def __init__(
-        self, client: redis.Redis, maxlen: int = MAXLEN, flush_seconds: float = FLUSH_SECONDS
+        self,
+        client: redis.Redis,
+        maxlen: int = MAXLEN,
+        flush_seconds: float = FLUSH_SECONDS,
+        shown_per_second: int = SHOWN_PER_SECOND,
     ) -> None:
         self.pool = client.connection_pool
         self.maxlen = maxlen
         self.flush_seconds = flush_seconds
+        self.shown_per_second = shown_per_second
+        self._second = 0
+        self._shown: dict[str, int] = {}  # deliveries queued this second, per account
+        self._skipped: dict[tuple[str, str], list[int]] = {}  # (account, sender): the counts not shown
         self._local = threading.local()
         self._pending: deque[tuple[str, Sequence[Any], datetime, int, int]] = deque()
         self._wake = threading.Event()
@@ -212,14 +248,32 @@ class Publisher:
 
     def delivered(self, account: Account, events: Sequence[Any], result: Any, now: datetime) -> None:
         """After the events were stored (received at ``now``): while the account is watched,
-        queue the delivery for the next flush (empty deliveries are not shown)."""
-        if result.watched and events:
+        queue the delivery for the next flush (empty deliveries are not shown), or, past the
+        account's ``shown_per_second`` deliveries of that second in this process, count it for
+        the flush's "not shown" line."""
+        if not (result.watched and events):
+            return
+        second = int(now.timestamp())
+        if second != self._second:
+            self._second, self._shown = second, {}
+        shown = self._shown.get(account.id, 0)
+        if shown < self.shown_per_second:
+            self._shown[account.id] = shown + 1
             self._pending.append((account.id, events, now, result.accepted, result.duplicates))
-            if self._flusher_pid != os.getpid():
-                self._start_flusher()
-            wake = self._wake
-            if not wake.is_set():  # set: the flusher has not cleared it yet, and will flush this one
-                wake.set()
+        else:
+            at = (account.id, events[0].source)
+            counts = self._skipped.get(at)
+            if counts is None:
+                counts = self._skipped[at] = [0, 0, 0, 0]
+            counts[0] += 1
+            counts[1] += result.accepted
+            counts[2] += result.duplicates
+            counts[3] += len(events)
+        if self._flusher_pid != os.getpid():
+            self._start_flusher()
+        wake = self._wake
+        if not wake.is_set():  # set: the flusher has not cleared it yet, and will flush this one
+            wake.set()
 
     def _start_flusher(self) -> None:
         with self._flushing:  # one flushing thread per process (a forked worker starts its own)
@@ -253,6 +307,14 @@ class Publisher:
             line = entry_start(events, now) + _closing(accepted, duplicates)
             by_account.setdefault(account_id, []).append(line)
             count += 1
+        skipped, self._skipped = self._skipped, {}
+        for (account_id, sender), (deliveries, accepted, duplicates, events_count) in skipped.items():
+            entry = not_shown_entry(
+                sender, deliveries, accepted, duplicates, events_count, self.shown_per_second
+            )
+            line = json.dumps(entry, separators=(",", ":"))
+            by_account.setdefault(account_id, []).append(line)
+            count += deliveries
         for account_id, lines in by_account.items():
             for i in range(0, len(lines), LINES_PER_ENTRY):
                 self._send(account_id, "\n".join(lines[i : i + LINES_PER_ENTRY]))

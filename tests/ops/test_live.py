@@ -409,3 +409,42 @@ def test_the_flushing_thread_goes_on_after_a_delivery_it_cannot_show(
     publisher.delivered(acme, [Event(**EVENT)], queue.ingest("acme", [Event(**EVENT)], 3600), clock.now())
     assert [e["outcome"] for e in entries(redis_client, "acme", 1)] == ["accepted"]
     assert "live entries not published" in caplog.text
+
+
+def test_past_the_deliveries_shown_a_second_the_rest_are_counted_in_one_not_shown_line_per_sender(
+    redis_client: redis.Redis,
+) -> None:
+    publisher = live.Publisher(redis_client, shown_per_second=3)
+    queue = EventQueue(redis_client, shards=1)
+    live.watch(redis_client, "acme")
+    acme: Any = SimpleNamespace(id="acme")
+    second = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
+    stored = []
+    for n in range(8):  # eight deliveries within one second; the last two repeat the first event
+        event = Event(**{**EVENT, "source_event_id": f"s-{n % 6}"})
+        stored.append(queue.ingest("acme", [event], 3600))
+        publisher.delivered(acme, [event], stored[-1], second + timedelta(milliseconds=100 * n))
+    shopify = Event(**{**EVENT, "source": "shopify", "source_event_id": "shop-1"})
+    publisher.delivered(
+        acme, [shopify], queue.ingest("acme", [shopify], 3600), second + timedelta(seconds=0.9)
+    )
+    later = Event(**{**EVENT, "source_event_id": "s-later"})
+    publisher.delivered(acme, [later], queue.ingest("acme", [later], 3600), second + timedelta(seconds=1))
+    assert publisher.flush() == 10
+    found = entries(redis_client, "acme", 6)
+    assert [e["outcome"] for e in found] == ["accepted"] * 4 + ["not_shown"] * 2
+    assert [e["events"][0]["id"] for e in found[:3]] == [
+        e.event_id for e in [Event(**{**EVENT, "source_event_id": f"s-{n}"}) for n in range(3)]
+    ]
+    assert found[3]["events"][0]["id"] == later.event_id  # the next second shows again
+    segment, shop = found[4], found[5]
+    assert (segment["sender"], segment["deliveries"], segment["accepted"], segment["duplicates"]) == (
+        "segment",
+        5,
+        3,
+        2,
+    )
+    assert segment["event_count"] == 5 and segment["events"] == []
+    assert "3 deliveries a second" in segment["reason"]
+    assert (shop["sender"], shop["deliveries"], shop["accepted"]) == ("shopify", 1, 1)
+    assert publisher.flush() == 0  # the counts went out with the flush

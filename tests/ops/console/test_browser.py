@@ -275,3 +275,21 @@ def test_the_rule_editor_dry_runs_and_publishes_with_progress(
     shot(page, "rules", tmp_path)
     page.reload()
     assert "API version 1" in page.inner_text("#rules-source")
+
+
+def test_past_the_deliveries_shown_a_second_the_live_page_shows_a_counted_row(
+    browser: Any, page: Any, server: str, api_app: Any, mint: Mint
+) -> None:
+    api_app.wsgi_app.observer.shown_per_second = 2
+    log_in(page, server, mint("viewer", "acme"))
+    page.click("text=Live events")
+    page.wait_for_function("document.getElementById('live-state').textContent === 'live'")
+    for n in range(5):  # within two seconds at most: at least one past the two shown a second
+        order(server, 100 + n, 20.0)
+    page.select_option("#f-outcome", "not_shown")
+    row = page.wait_for_selector("#live tbody tr.not_shown:not([hidden])")
+    assert re.search(
+        r"\d+ more deliveries \(\d+ events stored, 0 duplicate\), over 2 deliveries", row.inner_text()
+    )
+    shown = page.locator("#live tbody tr.accepted").count()
+    assert 2 <= shown <= 4

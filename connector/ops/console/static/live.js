@@ -34,6 +34,10 @@
 
   function detail(d) {
     if (d.outcome === "refused") return d.status + " " + (d.reason || "");
+    if (d.outcome === "not_shown") {
+      return d.deliveries + " more deliveries (" + d.accepted + " events stored, " + d.duplicates +
+             " duplicate), " + d.reason;
+    }
     var names = d.events.map(function (e) { return e.name; }).join(", ");
     var more = d.event_count > d.events.length ? " (+" + (d.event_count - d.events.length) + " more)" : "";
     return d.accepted + " stored, " + d.duplicates + " duplicate · " + names + more;
