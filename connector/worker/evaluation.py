@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -108,8 +108,13 @@ def evaluate_profiles(
     push: bool = True,
     restate: Collection[str] = (),
     changes: Mapping[str, Added | None] | None = None,
+    reconcile: bool = False,
 ) -> list[Outcome]:
     """Evaluate, record, schedule and (when ``push``) queue changes for the destinations.
+
+    ``reconcile``: this work ran before and may have stopped after recording the ledger (a batch
+    delivered again, a re-evaluation job retried): for the profiles whose result the ledger already
+    holds, what follows the ledger is done again (:func:`_reconcile`).
 
     ``changes``: per profile, what the batch just did to it (:class:`Added`; None: something else
     changed too, a trait, an identity, events removed). A profile whose recorded result came from
@@ -130,7 +135,9 @@ def evaluate_profiles(
     for start in range(0, len(pids), CHUNK):
         chunk = pids[start : start + CHUNK]
         outcomes.extend(
-            _evaluate_chunk(account, chunk, now, conn, queue_conn, ruleset, push, restate, changes or {})
+            _evaluate_chunk(
+                account, chunk, now, conn, queue_conn, ruleset, push, restate, changes or {}, reconcile
+            )
         )
     return outcomes
 
@@ -145,6 +152,7 @@ def _evaluate_chunk(
     push: bool,
     restate: Collection[str],
     changes: Mapping[str, Added | None],
+    reconcile: bool = False,
 ) -> list[Outcome]:
     live = load_with_predictions(conn, account.id, pids, now)
     ledger = Ledger(conn)
@@ -195,6 +203,9 @@ def _evaluate_chunk(
             [_submission(p, diffs[p.profile_id], emails[p.profile_id]) for p in changed],
             now,
         )
+    if reconcile:
+        held = {p.profile_id: (s.version, results[p.profile_id]) for p, s in zip(live, stored, strict=True)}
+        _reconcile(conn, queue_conn, account, ruleset, live, held, diffs, emails, push, now)
     schedule = queue_conn.pipeline(transaction=False)
     due.schedule_many(schedule, account.id, {pid: _next_due(results.get(pid)) for pid in pids})
     for mode, n in (("incremental", incremental), ("full", len(live) - incremental)):
@@ -341,16 +352,67 @@ def _log_change(account_id: str, pid: str, diff: Diff | None) -> None:
 
 def _submission(profile: Profile, diff: Diff | None, email: str | None) -> Submission:
     assert diff is not None
+    return _state(profile, diff.version, diff.segments, diff.traits, email)
+
+
+def _state(
+    profile: Profile, version: int, segments: Collection[str], traits: Mapping[str, Any], email: str | None
+) -> Submission:
     identities = {kind: values[0] for kind, values in profile.identities.items() if values}
     return Submission(
         profile.profile_id,
-        diff.version,
-        diff.segments,
-        diff.traits,
+        version,
+        segments,
+        traits,
         email,
         consent_of(profile),
         identities=identities,
     )
+
+
+def _reconcile(
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account: Account,
+    ruleset: RuleSet,
+    live: Sequence[Profile],
+    held: Mapping[str, tuple[int | None, Evaluation]],
+    diffs: Mapping[str, Diff | None],
+    emails: Mapping[str, str | None],
+    push: bool,
+    now: datetime,
+) -> None:
+    """What follows the ledger, done again for the profiles whose result the ledger already held
+    (``held``: the version read before recording, and the result), in case an earlier run of this
+    work recorded it and stopped before the rest (killed, or a write that failed: the batch is
+    delivered again, the job retried). Both writes are idempotent:
+
+    * the current state is submitted under the ledger's version: a destination that applied that
+      version, or holds a newer one, takes nothing (:func:`connector.sync.submit.submit_many`);
+    * the segment member sets are set to what the profile holds (in those, out of every other
+      segment of the rules), counted only where a set changes (:mod:`connector.worker.sizes`).
+
+    Not done again: the exclusive groups' migration counts and the entries of the day per holdout
+    arm (:mod:`connector.analytics.movement`), which are counters; an interrupted run can leave those
+    one short."""
+    same = [p for p in live if diffs[p.profile_id] is None and held[p.profile_id][0]]
+    if not same:
+        return
+    if push:
+        states = []
+        for p in same:
+            version, result = held[p.profile_id]
+            assert version is not None
+            states.append(_state(p, version, result.segments, result.traits, emails[p.profile_id]))
+        submit_many(queue_conn, account, states, now)
+    every = set(ruleset.segment_names)
+    pipe = account_pipeline(conn, account.id)
+    moves = []
+    for p in same:
+        segments = set(held[p.profile_id][1].segments)
+        moves.append((p.profile_id, segments, every - segments))
+    sizes.record_many(pipe, account.id, moves, now)
+    pipe.execute()
 
 
 def forget_absorbed(
@@ -366,9 +428,15 @@ def forget_absorbed(
 
 
 def evaluate_touched(
-    runtime: Runtime, account_id: str, profile_ids: set[str], now: datetime, restate: Collection[str] = ()
+    runtime: Runtime,
+    account_id: str,
+    profile_ids: set[str],
+    now: datetime,
+    restate: Collection[str] = (),
+    reconcile: bool = False,
 ) -> None:
-    """Evaluate the rules of ``account_id`` for ``profile_ids`` as of ``now``."""
+    """Evaluate the rules of ``account_id`` for ``profile_ids`` as of ``now`` (``reconcile``: see
+    :func:`evaluate_profiles`)."""
     account = runtime.account(account_id)
     if account is None:
         log.warning("evaluation skipped: unknown account", extra={"account": account_id})
@@ -380,4 +448,5 @@ def evaluate_touched(
         runtime.profile_redis,
         runtime.queue_redis,
         restate=restate,
+        reconcile=reconcile,
     )

@@ -22,7 +22,7 @@ from datetime import datetime
 from types import TracebackType
 
 import redis
-from rq import Queue
+from rq import Queue, Retry, get_current_job
 
 from connector import clock
 from connector import runtime as process_runtime
@@ -312,7 +312,7 @@ def _apply(
     now = clock.now()
     events: list[Event] = []
     ids = [entry_id for entry_id, _ in entries]
-    poisoned = _over_delivered(conn, key, ids)
+    poisoned, redelivered = _deliveries(conn, key, ids)
     for entry_id, fields in entries:
         raw = fields.get(STREAM_FIELD.encode(), b"")
         if entry_id in poisoned:
@@ -325,7 +325,8 @@ def _apply(
             dead.put("events", str(err), _text(raw), now)
     if events:
         try:
-            processor(events, now)
+            with pipeline.redelivery(redelivered):
+                processor(events, now)
         except Exception:
             # retried after CLAIM_IDLE_MS, not at once by the next drain (the worker is alive)
             conn.xclaim(key, GROUP, BACKOFF_CONSUMER, min_idle_time=0, message_ids=ids, justid=True)
@@ -337,11 +338,14 @@ def _apply(
     return len(events)
 
 
-def _over_delivered(conn: redis.Redis, key: str, ids: list[bytes]) -> set[bytes]:
+def _deliveries(conn: redis.Redis, key: str, ids: list[bytes]) -> tuple[set[bytes], bool]:
+    """The entries delivered more than ``MAX_DELIVERIES`` times, and whether any was delivered
+    before (a batch that failed or whose worker died: applied again with ``reconcile``)."""
     if not ids:
-        return set()
+        return set(), False
     pending = conn.xpending_range(key, GROUP, min=ids[0], max=ids[-1], count=len(ids))
-    return {p["message_id"] for p in pending if int(p["times_delivered"]) > MAX_DELIVERIES}
+    times = [(p["message_id"], int(p["times_delivered"])) for p in pending]
+    return {entry_id for entry_id, n in times if n > MAX_DELIVERIES}, any(n > 1 for _, n in times)
 
 
 def _text(raw: bytes) -> str:
@@ -349,6 +353,22 @@ def _text(raw: bytes) -> str:
 
 
 REEVALUATE_QUEUE = "reevaluate"
+# A re-evaluation job that raised, or whose worker died (RQ's cleanup of abandoned jobs), is run
+# again at once, up to this many times (then it stays in RQ's failed jobs for a day): the scheduler
+# removed its profiles' due entries when it enqueued it, so a job dropped would leave their
+# time-based transitions undone until their next event.
+REEVALUATE_RETRIES = 3
+
+
+def reevaluate_retry() -> Retry:
+    return Retry(max=REEVALUATE_RETRIES)
+
+
+def _retried() -> bool:
+    """Whether the running job is a retry (an earlier run may have recorded the ledger and stopped
+    before the rest: the evaluation then reconciles)."""
+    job = get_current_job()
+    return job is not None and job.retries_left is not None and job.retries_left < REEVALUATE_RETRIES
 
 
 BACKFILL_QUEUE = "backfill"
@@ -365,7 +385,7 @@ def reevaluate(
     rt = process_runtime.current()
     if progress_key:  # a publish: see the rules just published, whatever the last check was
         rt.provider.refresh_rules()
-    evaluation.evaluate_touched(rt, account_id, set(profile_ids), clock.now())
+    evaluation.evaluate_touched(rt, account_id, set(profile_ids), clock.now(), reconcile=_retried())
     if progress_key:
         rt.queue_redis.hincrby(progress_key, "done", len(profile_ids))
     if due_scores:

@@ -330,6 +330,7 @@ class Stored:
     revision: int | None = None  # the profile revision it was computed from
     held: frozenset[str] = frozenset()  # the segments' names
     coded: bool = True  # False: an earlier layout (JSON)
+    version: int | None = None  # the ledger version it holds
 
     def members(self) -> frozenset[str]:
         return self.held
@@ -813,10 +814,12 @@ def _stored(raw: _Raw, codes: _Codes) -> Stored:
     if not raw.coded:
         held = frozenset(json.loads(raw.segments))
         if not raw.at:  # the oldest hash layout: nothing to reuse
-            return Stored(raw.segments, raw.traits, held=held, coded=False)
+            return Stored(raw.segments, raw.traits, held=held, coded=False, version=raw.version)
         _, due, rules = [*raw.at.decode().split(","), "", ""][:3]
         when = datetime.fromtimestamp(float(due), UTC) if due else None
-        return Stored(raw.segments, raw.traits, when, rules, raw.revision, held, coded=False)
+        return Stored(
+            raw.segments, raw.traits, when, rules, raw.revision, held, coded=False, version=raw.version
+        )
     _, due, rules = [*raw.at.decode().split(","), "", ""][:3]
     return Stored(
         raw.segments,
@@ -825,6 +828,7 @@ def _stored(raw: _Raw, codes: _Codes) -> Stored:
         codes.name(rules) if rules else "",
         raw.revision,
         codes.members(raw.segments),
+        version=raw.version,
     )
 
 

@@ -12,7 +12,9 @@ application changes nothing. A bad event is rejected with its reason, never rais
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 
 import redis
@@ -30,15 +32,38 @@ from connector.worker import erasure, evaluation
 log = logging.getLogger(__name__)
 
 
+_redelivered: ContextVar[bool] = ContextVar("redelivered", default=False)
+
+
+@contextmanager
+def redelivery(again: bool) -> Iterator[None]:
+    """While in it, the batches applied are ones delivered before (``again``): an earlier attempt
+    may have recorded results in the ledger and stopped before what follows, which
+    :func:`apply_batch` then does again (``reconcile``)."""
+    token = _redelivered.set(again)
+    try:
+        yield
+    finally:
+        _redelivered.reset(token)
+
+
 def process(runtime: Runtime, events: Sequence[Event], now: datetime) -> None:
     """Apply a batch of stored events. Must be idempotent: a batch may be delivered twice."""
     apply_batch(events, now, runtime.accounts, runtime.profile_redis, runtime.queue_redis)
 
 
 def apply_batch(
-    events: Sequence[Event], now: datetime, accounts: Accounts, conn: redis.Redis, queue_conn: redis.Redis
+    events: Sequence[Event],
+    now: datetime,
+    accounts: Accounts,
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    reconcile: bool | None = None,
 ) -> dict[str, Outcome]:
-    """Apply events (of any accounts) with explicit connections; the outcome per account."""
+    """Apply events (of any accounts) with explicit connections; the outcome per account.
+    ``reconcile`` (default: inside :func:`redelivery` of a batch delivered before): see
+    :func:`connector.worker.evaluation.evaluate_profiles`."""
+    again = _redelivered.get() if reconcile is None else reconcile
     events = erasure.drop_erased(queue_conn, events)
     by_account: dict[str, list[Event]] = {}
     for event in events:
@@ -79,7 +104,7 @@ def apply_batch(
     for account_id, outcome in outcomes.items():
         account = accounts.get(account_id)
         if outcome.touched and account is not None:
-            _evaluate(conn, queue_conn, account, by_account[account_id], outcome, now)
+            _evaluate(conn, queue_conn, account, by_account[account_id], outcome, now, again)
     return outcomes
 
 
@@ -90,6 +115,7 @@ def _evaluate(
     batch: Sequence[Event],
     outcome: Outcome,
     now: datetime,
+    reconcile: bool = False,
 ) -> None:
     """Evaluate the touched profiles, then credit the batch's engagement and orders to the segments
     (:func:`connector.analytics.attribution.record_batch`) of the profiles they were applied to."""
@@ -102,6 +128,7 @@ def _evaluate(
         queue_conn,
         restate=restate,
         changes=None if outcome.history_dropped else added_events(batch, outcome),
+        reconcile=reconcile,
     )
     livefeed.landed(queue_conn, account.id, batch, outcome.applied_to, results, now)  # while watched
     credited = [e for e in batch if attribution.kind_of(e) is not None and e.event_id in outcome.applied_to]

@@ -28,6 +28,7 @@ from connector.ingest.receivers.spec import normalize
 from connector.profiles import iter_profile_ids, load_profile
 from connector.profiles.apply import apply_events
 from connector.profiles.erasure import erase_account, erase_profile
+from connector.worker import jobs
 from connector.worker.jobs import BACKFILL_QUEUE
 from rules import Profile, RuleSet
 
@@ -161,6 +162,7 @@ def _enqueue(queue: Queue, account_id: str, chunk: list[str], key: str) -> int:
         key,
         result_ttl=0,
         failure_ttl=24 * 3600,
+        retry=jobs.reevaluate_retry(),
     )
     return len(chunk)
 

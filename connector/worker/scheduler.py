@@ -147,6 +147,7 @@ def fire_due(conn: redis.Redis, now: datetime, limit: int = DUE_BATCH) -> int:
                     [score for _, score in chunk],
                     result_ttl=0,
                     failure_ttl=24 * 3600,
+                    retry=jobs.reevaluate_retry(),
                 )
         due.remove_taken(conn, entries)
         fired += len(entries)
