@@ -19,11 +19,11 @@ of each ``FLUSH_SECONDS`` as one stream entry per account, one delivery per line
 (:class:`Publisher`): building the entries and the Redis write are paid once per flush, not once
 per request. With nobody watching, a delivery costs the ``EXISTS`` and nothing in Python.
 Past ``SHOWN_PER_SECOND`` stored deliveries of an account in a second, a web process counts the
-rest per sender and shows them as one ``not_shown`` line per flush (their number, events stored and
-duplicates), as Segment's debugger shows a sample. Refusals are always published, one entry each
-(one write on a connection with ``CLIENT REPLY OFF``, no reply awaited): the overview's attention
-list reads them. Readers see entries, never rows: the stream endpoint sends one SSE message per
-delivery, the last of a row with the row's id.
+rest per sender and shows them as one ``not_shown`` line per sender and second (their number,
+events stored and duplicates), as Segment's debugger shows a sample. Refusals are always
+published, one entry each (one write on a connection with ``CLIENT REPLY OFF``, no reply awaited):
+the overview's attention list reads them. Readers see entries, never rows: the stream endpoint
+sends one SSE message per delivery, the last of a row with the row's id.
 
 ``GET /api/v1/accounts/{id}/live`` (viewer; bearer token as the rest of the API) answers
 ``text/event-stream``: the latest ``backlog`` entries (default 50) or, with ``Last-Event-ID``, the
@@ -84,6 +84,7 @@ FLUSH_SECONDS = 0.1  # the deliveries of this long go out in one write
 # and shown as one "not shown" line per sender and flush (as Segment's debugger shows a sample): a
 # person reads a few a second, and a watched account at thousands a second costs ingest nothing.
 SHOWN_PER_SECOND = 20
+COUNTED_SECONDS = 1.0  # the "not shown" counts of a web process go out at most once this often
 LINES_PER_ENTRY = 20  # a stream entry holds at most this many deliveries (one line each)
 IDLE_SECONDS = 5.0  # a publishing connection idle this long is replaced before the next write
 _STREAM_ID = re.compile(r"^\d{1,15}-\d{1,10}$")
@@ -223,8 +224,8 @@ class Publisher:
     no reply awaited). The request itself only appends to a queue; the entries are built and
     written once per flush, not once per request. Past ``shown_per_second`` deliveries of an
     account in a second (of their ``now``), the request only adds the delivery to its sender's
-    counts, which the flush writes as one ``not_shown`` line. :meth:`flush` writes what is queued
-    now (tests, and a process that stops)."""
+    counts, which a flush writes as one ``not_shown`` line per sender, once a second.
+    :meth:`flush` writes what is queued now (tests, and a process that stops)."""
 
     def __init__(
         self,
@@ -245,6 +246,8 @@ class Publisher:
         self._wake = threading.Event()
         self._flusher_pid = 0
         self._flushing = threading.Lock()
+        self._counting = threading.Lock()
+        self._counted_at = 0.0  # when the last "not shown" lines were written (clock.monotonic)
 
     def delivered(self, account: Account, events: Sequence[Any], result: Any, now: datetime) -> None:
         """After the events were stored (received at ``now``): while the account is watched,
@@ -254,21 +257,24 @@ class Publisher:
         if not (result.watched and events):
             return
         second = int(now.timestamp())
-        if second != self._second:
-            self._second, self._shown = second, {}
-        shown = self._shown.get(account.id, 0)
-        if shown < self.shown_per_second:
-            self._shown[account.id] = shown + 1
+        with self._counting:  # request threads (gthread) and the flush share the counts
+            if second > self._second:  # only forward: a request of the second before counts here
+                self._second, self._shown = second, {}
+            shown = self._shown.get(account.id, 0)
+            show = shown < self.shown_per_second
+            if show:
+                self._shown[account.id] = shown + 1
+            else:
+                at = (account.id, events[0].source)
+                counts = self._skipped.get(at)
+                if counts is None:
+                    counts = self._skipped[at] = [0, 0, 0, 0]
+                counts[0] += 1
+                counts[1] += result.accepted
+                counts[2] += result.duplicates
+                counts[3] += len(events)
+        if show:
             self._pending.append((account.id, events, now, result.accepted, result.duplicates))
-        else:
-            at = (account.id, events[0].source)
-            counts = self._skipped.get(at)
-            if counts is None:
-                counts = self._skipped[at] = [0, 0, 0, 0]
-            counts[0] += 1
-            counts[1] += result.accepted
-            counts[2] += result.duplicates
-            counts[3] += len(events)
         if self._flusher_pid != os.getpid():
             self._start_flusher()
         wake = self._wake
@@ -286,16 +292,18 @@ class Publisher:
         atexit.register(self.flush)  # a process that stops (gunicorn's graceful exit) writes the rest
         wake = self._wake
         while True:
-            wake.wait()
+            wake.wait(COUNTED_SECONDS if self._skipped else None)  # counts held back: written in time
             time.sleep(self.flush_seconds)  # let the deliveries of the next moments gather
             wake.clear()  # a delivery queued from here on wakes the next round
             try:
-                self.flush()
+                self.flush(final=False)
             except Exception:  # a delivery it could not show: logged, and the thread goes on
                 log.exception("live entries not published")
 
-    def flush(self) -> int:
-        """Write the queued deliveries now; returns how many."""
+    def flush(self, final: bool = True) -> int:
+        """Write the queued deliveries now; returns how many. The counts of the deliveries not
+        shown go out once per ``COUNTED_SECONDS`` (one line per sender, not one per flush), or now
+        when ``final`` (a process that stops, tests)."""
         by_account: dict[str, list[str]] = {}
         pending = self._pending
         count = 0
@@ -307,7 +315,11 @@ class Publisher:
             line = entry_start(events, now) + _closing(accepted, duplicates)
             by_account.setdefault(account_id, []).append(line)
             count += 1
-        skipped, self._skipped = self._skipped, {}
+        skipped: dict[tuple[str, str], list[int]] = {}
+        with self._counting:
+            moment = clock.monotonic()
+            if final or moment - self._counted_at >= COUNTED_SECONDS:
+                skipped, self._skipped, self._counted_at = self._skipped, {}, moment
         for (account_id, sender), (deliveries, accepted, duplicates, events_count) in skipped.items():
             entry = not_shown_entry(
                 sender, deliveries, accepted, duplicates, events_count, self.shown_per_second

@@ -448,3 +448,79 @@ def test_past_the_deliveries_shown_a_second_the_rest_are_counted_in_one_not_show
     assert "3 deliveries a second" in segment["reason"]
     assert (shop["sender"], shop["deliveries"], shop["accepted"]) == ("shopify", 1, 1)
     assert publisher.flush() == 0  # the counts went out with the flush
+
+
+def test_counts_not_shown_go_out_once_a_second_and_none_is_lost_to_concurrent_requests(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request threads (gthread) count while the flushing thread writes: every delivery ends up
+    shown or counted exactly once, and the counts go out once per COUNTED_SECONDS."""
+    import sys
+
+    publisher = live.Publisher(redis_client, shown_per_second=20)
+    lines: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        publisher, "_send", lambda account, data: lines.extend(json.loads(x) for x in data.split("\n"))
+    )
+    moment = [1000.0]
+    monkeypatch.setattr(live.clock, "monotonic", lambda: moment[0])
+    acme: Any = SimpleNamespace(id="acme")
+    result = SimpleNamespace(watched=True, accepted=1, duplicates=0)
+    event = Event(**EVENT)
+    at = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
+    threads, each = 4, 5000
+    stop = threading.Event()
+
+    def deliver() -> None:
+        for n in range(each):
+            publisher.delivered(acme, [event], result, at + timedelta(milliseconds=n // 10))
+
+    def flushing() -> None:
+        while not stop.is_set():
+            publisher.flush(final=True)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show at once
+    try:
+        flusher = threading.Thread(target=flushing)
+        flusher.start()
+        workers = [threading.Thread(target=deliver) for _ in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        stop.set()
+        flusher.join()
+    finally:
+        sys.setswitchinterval(interval)
+    publisher.flush()
+    shown = sum(1 for line in lines if line["outcome"] == "accepted")
+    counted = sum(line["deliveries"] for line in lines if line["outcome"] == "not_shown")
+    assert shown == 20  # every instant is within one second
+    assert shown + counted == threads * each
+
+
+def test_the_flushing_thread_writes_the_counts_not_shown_at_most_once_a_second(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher = live.Publisher(redis_client, shown_per_second=1)
+    moment = [1000.0]
+    monkeypatch.setattr(live.clock, "monotonic", lambda: moment[0])
+    live.watch(redis_client, "acme")
+    acme: Any = SimpleNamespace(id="acme")
+    result = SimpleNamespace(watched=True, accepted=1, duplicates=0)
+    at = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
+    for _ in range(3):
+        publisher.delivered(acme, [Event(**EVENT)], result, at)
+    assert publisher.flush(final=False) == 3  # one shown, two counted: the first counts go out
+    publisher.delivered(acme, [Event(**EVENT)], result, at)
+    moment[0] += live.COUNTED_SECONDS / 2
+    assert publisher.flush(final=False) == 0  # held back: within the second of the last ones
+    moment[0] += live.COUNTED_SECONDS / 2
+    assert publisher.flush(final=False) == 1
+    found = entries(redis_client, "acme", 3)
+    assert [(e["outcome"], e.get("deliveries")) for e in found] == [
+        ("accepted", None),
+        ("not_shown", 2),
+        ("not_shown", 1),
+    ]
