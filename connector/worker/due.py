@@ -7,7 +7,12 @@ entries that are due in batches, enqueues their re-evaluation and only then remo
 whose score did not change meanwhile: a crash between the two re-evaluates twice (harmless), never
 zero times.
 
-Key (queue Redis): ``due:index``.
+A re-evaluation job that fails puts its profiles back (:func:`restore`), due again
+``RETRY_SECONDS`` later, and flags them in ``due:reconcile``: the job that re-evaluates them then
+reconciles (the failed one may have recorded the ledger and stopped before the rest; see
+:func:`connector.worker.evaluation.evaluate_profiles`) and clears the flags.
+
+Keys (queue Redis): ``due:index``, ``due:reconcile``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from datetime import UTC, datetime
 import redis
 
 DUE_KEY = "due:index"
+RECONCILE_KEY = "due:reconcile"  # set of members whose last re-evaluation failed
+RETRY_SECONDS = 10.0  # a failed re-evaluation's profiles are due again this much later
 SEP = "\x1f"
 
 _REMOVE_IF_UNCHANGED = """
@@ -60,6 +67,32 @@ def unschedule(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> N
     members = [member(account, pid) for pid in profile_ids]
     if members:
         conn.zrem(DUE_KEY, *members)
+
+
+def restore(conn: redis.Redis, account: str, profile_ids: Iterable[str], at: datetime) -> None:
+    """Profiles whose re-evaluation failed: due again at ``at`` (or earlier, if an evaluation
+    scheduled them so meanwhile) and flagged for reconciling."""
+    members = [member(account, pid) for pid in profile_ids]
+    if members:
+        pipe = conn.pipeline(transaction=False)
+        pipe.zadd(DUE_KEY, dict.fromkeys(members, at.timestamp()), lt=True)
+        pipe.sadd(RECONCILE_KEY, *members)
+        pipe.execute()
+
+
+def flagged(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> list[str]:
+    """The profiles among ``profile_ids`` whose last re-evaluation failed."""
+    pids = list(profile_ids)
+    if not pids:
+        return []
+    found = conn.smismember(RECONCILE_KEY, [member(account, pid) for pid in pids])
+    return [pid for pid, hit in zip(pids, found, strict=True) if hit]
+
+
+def unflag(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> None:
+    members = [member(account, pid) for pid in profile_ids]
+    if members:
+        conn.srem(RECONCILE_KEY, *members)
 
 
 def due_at(conn: redis.Redis, account: str, profile_id: str) -> datetime | None:

@@ -188,10 +188,13 @@ def _evaluate_chunk(
         results[live[n].profile_id] = rules.evaluate(live[n], ruleset, now, explain=False)
         return entry(live[n])
 
+    held: dict[int, int] = {}  # index in live -> the version the ledger already held this result at
     diffs = dict(
         zip(
             [p.profile_id for p in live],
-            ledger.record_many(account.id, [entry(p) for p in live], now, stored, again=again),
+            ledger.record_many(
+                account.id, [entry(p) for p in live], now, stored, again=again, unchanged=held
+            ),
             strict=True,
         )
     )
@@ -204,8 +207,7 @@ def _evaluate_chunk(
             now,
         )
     if reconcile:
-        held = {p.profile_id: (s.version, results[p.profile_id]) for p, s in zip(live, stored, strict=True)}
-        _reconcile(conn, queue_conn, account, ruleset, live, held, diffs, emails, push, now)
+        _reconcile(conn, queue_conn, account, ruleset, live, held, results, diffs, emails, push, now)
     schedule = queue_conn.pipeline(transaction=False)
     due.schedule_many(schedule, account.id, {pid: _next_due(results.get(pid)) for pid in pids})
     for mode, n in (("incremental", incremental), ("full", len(live) - incremental)):
@@ -376,41 +378,47 @@ def _reconcile(
     account: Account,
     ruleset: RuleSet,
     live: Sequence[Profile],
-    held: Mapping[str, tuple[int | None, Evaluation]],
+    held: Mapping[int, int],
+    results: Mapping[str, Evaluation],
     diffs: Mapping[str, Diff | None],
     emails: Mapping[str, str | None],
     push: bool,
     now: datetime,
 ) -> None:
-    """What follows the ledger, done again for the profiles whose result the ledger already held
-    (``held``: the version read before recording, and the result), in case an earlier run of this
-    work recorded it and stopped before the rest (killed, or a write that failed: the batch is
-    delivered again, the job retried). Both writes are idempotent:
+    """What follows the ledger, done again, in case an earlier run of this work recorded results
+    and stopped before the rest (killed, or a write that failed: the batch is delivered again, the
+    job retried). ``held``: per index in ``live``, the version at which the ledger already held
+    that profile's result (a result the ledger ignored as stale is not there). Both writes are
+    idempotent:
 
-    * the current state is submitted under the ledger's version: a destination that applied that
-      version, or holds a newer one, takes nothing (:func:`connector.sync.submit.submit_many`);
-    * the segment member sets are set to what the profile holds (in those, out of every other
-      segment of the rules), counted only where a set changes (:mod:`connector.worker.sizes`).
+    * the state of each profile the ledger already held is submitted under that version: a
+      destination that applied it, or holds a newer one, takes nothing
+      (:func:`connector.sync.submit.submit_many`);
+    * the segment member sets of every profile whose result the ledger now holds (held, or just
+      changed) are set to its segments (in those, out of every other segment of the rules),
+      counted only where a set changes (:mod:`connector.worker.sizes`): a change the earlier run
+      recorded is then in the sets even when this run records a further one.
 
     Not done again: the exclusive groups' migration counts and the entries of the day per holdout
     arm (:mod:`connector.analytics.movement`), which are counters; an interrupted run can leave those
     one short."""
-    same = [p for p in live if diffs[p.profile_id] is None and held[p.profile_id][0]]
-    if not same:
-        return
-    if push:
-        states = []
-        for p in same:
-            version, result = held[p.profile_id]
-            assert version is not None
-            states.append(_state(p, version, result.segments, result.traits, emails[p.profile_id]))
+    same = [(live[n], version) for n, version in sorted(held.items())]  # version 0: never recorded
+    if push and same:
+        states: list[Submission] = []
+        for p, version in same:
+            result = results[p.profile_id]
+            if version > 0:
+                states.append(_state(p, version, result.segments, result.traits, emails[p.profile_id]))
         submit_many(queue_conn, account, states, now)
+    recorded = [p for p, _ in same] + [p for p in live if diffs[p.profile_id] is not None]
+    if not recorded:
+        return
     every = set(ruleset.segment_names)
-    pipe = account_pipeline(conn, account.id)
     moves = []
-    for p in same:
-        segments = set(held[p.profile_id][1].segments)
+    for p in recorded:
+        segments = set(results[p.profile_id].segments)
         moves.append((p.profile_id, segments, every - segments))
+    pipe = account_pipeline(conn, account.id)
     sizes.record_many(pipe, account.id, moves, now)
     pipe.execute()
 

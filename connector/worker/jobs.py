@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 
 import redis
@@ -354,9 +354,10 @@ def _text(raw: bytes) -> str:
 
 REEVALUATE_QUEUE = "reevaluate"
 # A re-evaluation job that raised, or whose worker died (RQ's cleanup of abandoned jobs), is run
-# again at once, up to this many times (then it stays in RQ's failed jobs for a day): the scheduler
-# removed its profiles' due entries when it enqueued it, so a job dropped would leave their
-# time-based transitions undone until their next event.
+# again at once, up to this many times (then it stays in RQ's failed jobs for a day). The scheduler
+# removed its profiles' due entries when it enqueued it: a due job that raises also puts them back
+# (due again ``due.RETRY_SECONDS`` later, flagged for reconciling), so an outage longer than the
+# retries delays its time-based transitions, never drops them.
 REEVALUATE_RETRIES = 3
 
 
@@ -385,7 +386,17 @@ def reevaluate(
     rt = process_runtime.current()
     if progress_key:  # a publish: see the rules just published, whatever the last check was
         rt.provider.refresh_rules()
-    evaluation.evaluate_touched(rt, account_id, set(profile_ids), clock.now(), reconcile=_retried())
+    flags = due.flagged(rt.queue_redis, account_id, profile_ids) if due_scores else []
+    try:
+        evaluation.evaluate_touched(
+            rt, account_id, set(profile_ids), clock.now(), reconcile=bool(flags) or _retried()
+        )
+    except Exception:
+        if due_scores:  # due again shortly, whatever becomes of this job's retries
+            at = clock.now() + timedelta(seconds=due.RETRY_SECONDS)
+            due.restore(rt.queue_redis, account_id, profile_ids, at)
+        raise
+    due.unflag(rt.queue_redis, account_id, flags)
     if progress_key:
         rt.queue_redis.hincrby(progress_key, "done", len(profile_ids))
     if due_scores:

@@ -90,7 +90,8 @@ OLD_FIELDS = "\x1f"  # between the fields of a migrated stream entry written wit
 # more than its most changes, all but the newest ``keep`` move to the list of older ones, whose
 # oldest go beyond the cap (counted); a record without a change moves only as many as the list
 # has room for (its reply carries no count). Reply: {version, changes trimmed from the history}, or
-# {0} (nothing changed) / {-1} (stale) / {-2} (not the expected state).
+# {0, version} (nothing changed: the ledger holds this result at that version) / {-1} (stale) / {-2}
+# (not the expected state).
 _RECORD = """
 local raw = redis.pcall('GET', KEYS[1])
 local v, r, at, c, n, s, t
@@ -203,7 +204,7 @@ if n > most then  -- the oldest changes of the string move to the list of older 
 end
 redis.call('SET', KEYS[1], version .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' ..
   n .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. (from and string.sub(src, from) or '') .. add)
-if version == old then return {0} end
+if version == old then return {0, old} end
 return {version, trimmed}
 """
 
@@ -330,7 +331,6 @@ class Stored:
     revision: int | None = None  # the profile revision it was computed from
     held: frozenset[str] = frozenset()  # the segments' names
     coded: bool = True  # False: an earlier layout (JSON)
-    version: int | None = None  # the ledger version it holds
 
     def members(self) -> frozenset[str]:
         return self.held
@@ -553,12 +553,15 @@ class Ledger:
         stored: Sequence[Stored] | None = None,
         *,
         again: Callable[[int], Entry] | None = None,
+        unchanged: dict[int, int] | None = None,
     ) -> list[Diff | None]:
         """:meth:`record` for many profiles of one account, in two round trips per Redis server
         (read the stored states, record; one when ``stored`` holds what :meth:`stored_many` read for
         these entries); the diffs in the order of ``entries``. An entry whose stored state moved
         meanwhile is recorded again against the new one; ``again(n)`` gives the entry to record
-        then (a result computed from the state it read must be computed anew)."""
+        then (a result computed from the state it read must be computed anew). ``unchanged``
+        receives, per index of an entry the ledger already held (no diff, and not a stale result
+        that was ignored), the ledger's version."""
         entries = list(entries)
         out: list[Diff | None] = [None] * len(entries)
         todo = list(range(len(entries)))
@@ -566,7 +569,7 @@ class Ledger:
         for _ in range(ATTEMPTS):
             if not todo:
                 return out
-            todo = self._attempt(account, entries, todo, now, out, known)
+            todo = self._attempt(account, entries, todo, now, out, known, unchanged)
             known = None
             if again is not None:
                 for n in todo:
@@ -583,6 +586,7 @@ class Ledger:
         now: datetime,
         out: list[Diff | None],
         known: list[Stored] | None,
+        unchanged: dict[int, int] | None = None,
     ) -> list[int]:
         """Record entries ``todo`` against the states read now (or ``known``, read for all entries
         just before); the ones whose state moved meanwhile."""
@@ -617,6 +621,8 @@ class Ledger:
                 again.append(n)
             elif version > 0:
                 out[n] = change.diff(reply)
+            elif version == 0 and unchanged is not None and len(reply) > 1:
+                unchanged[n] = int(reply[1])
         return again
 
     def stored_many(self, account: str, pids: Sequence[str]) -> list[Stored]:
@@ -814,12 +820,10 @@ def _stored(raw: _Raw, codes: _Codes) -> Stored:
     if not raw.coded:
         held = frozenset(json.loads(raw.segments))
         if not raw.at:  # the oldest hash layout: nothing to reuse
-            return Stored(raw.segments, raw.traits, held=held, coded=False, version=raw.version)
+            return Stored(raw.segments, raw.traits, held=held, coded=False)
         _, due, rules = [*raw.at.decode().split(","), "", ""][:3]
         when = datetime.fromtimestamp(float(due), UTC) if due else None
-        return Stored(
-            raw.segments, raw.traits, when, rules, raw.revision, held, coded=False, version=raw.version
-        )
+        return Stored(raw.segments, raw.traits, when, rules, raw.revision, held, coded=False)
     _, due, rules = [*raw.at.decode().split(","), "", ""][:3]
     return Stored(
         raw.segments,
@@ -828,7 +832,6 @@ def _stored(raw: _Raw, codes: _Codes) -> Stored:
         codes.name(rules) if rules else "",
         raw.revision,
         codes.members(raw.segments),
-        version=raw.version,
     )
 
 

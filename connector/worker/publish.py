@@ -169,4 +169,5 @@ def _enqueue(queue: Queue, account_id: str, chunk: list[str], key: str) -> int:
 
 def progress(queue_conn: redis.Redis, key: str) -> tuple[int, int]:
     done, total = queue_conn.hmget(key, "done", "total")
-    return int(done or 0), int(total or 0)
+    # a chunk whose worker died after counting is run again (RQ's retry) and counted twice
+    return min(int(done or 0), int(total or 0)) if total else int(done or 0), int(total or 0)

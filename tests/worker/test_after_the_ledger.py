@@ -8,6 +8,7 @@ there."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -16,10 +17,12 @@ import pytest
 import redis
 from rq import Queue
 
-from connector import clock
+from connector import clock, runtime
 from connector.profiles import lookup
-from connector.worker import evaluation, jobs, scheduler, sizes
+from connector.sync.keys import key as sync_key
+from connector.worker import due, evaluation, jobs, scheduler, sizes
 from connector.worker.jobs import REEVALUATE_QUEUE, drain_events
+from connector.worker.ledger import Ledger
 from tests.test_end_to_end import T0, fakes, held, run_workers, send, wired  # noqa: F401  (fixtures)
 
 ON_ESPS = {
@@ -34,15 +37,15 @@ class Interrupted(RuntimeError):
     pass
 
 
-def fail_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The first submission to the destinations after the ledger was recorded fails; returns the
-    calls made, failed one included."""
+def fail_once(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> list[int]:
+    """The first submission(s) to the destinations after the ledger was recorded fail; returns the
+    calls made, failed ones included."""
     calls: list[int] = []
     real: Callable[..., Any] = evaluation.submit_many
 
     def submit_many(*args: Any, **kwargs: Any) -> Any:
         calls.append(len(args[2]))
-        if len(calls) == 1:
+        if len(calls) <= times:
             raise Interrupted("the queue Redis went away right after the ledger")
         return real(*args, **kwargs)
 
@@ -118,3 +121,108 @@ def test_a_re_evaluation_interrupted_after_the_ledger_is_retried_and_reaches_the
         assert held(apps) == ON_ESPS
         assert in_segment(redis_client) == (True, 1)
         assert calls == [1, 1]
+
+
+def ledger_segments(conn: redis.Redis, pid: str) -> frozenset[str]:
+    state = Ledger(conn).state("acme", pid)
+    assert state is not None
+    return frozenset(state.segments)
+
+
+def drain_failing(conn: redis.Redis) -> int:
+    failed = 0
+    for shard in range(4):
+        try:
+            drain_events(shard, conn=conn)
+        except Interrupted:
+            failed += 1
+    return failed
+
+
+def test_a_redelivered_batch_that_finds_a_further_change_keeps_the_first_in_the_member_sets(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first attempt records "entered cart_abandoner" and stops; by the second, time made the
+    profile enter checkout_abandoner as well, a change of its own: both are in the member sets."""
+    with clock.frozen(T0) as frozen:
+        send(client, "Product Added", T0 - timedelta(hours=49), "further-cart")
+        send(client, "Checkout Started", T0 - timedelta(hours=10), "further-checkout")
+        fail_once(monkeypatch)
+        assert drain_failing(redis_client) == 1
+        pid = lookup(redis_client, "acme", "user_id", "u-cart")
+        assert pid is not None
+        assert ledger_segments(redis_client, pid) == frozenset({"cart_abandoner"})
+        frozen.advance(timedelta(hours=15))
+        monkeypatch.setattr(jobs, "CLAIM_IDLE_MS", 0)
+        run_workers(redis_client)
+        both = frozenset({"cart_abandoner", "checkout_abandoner"})
+        assert ledger_segments(redis_client, pid) == both
+        assert {s for s in both if sizes.is_member(redis_client, "acme", s, pid)} == both
+        assert {s: sizes.sizes(redis_client, "acme").get(s) for s in both} == dict.fromkeys(both, 1)
+
+
+def test_a_stale_result_is_never_reconciled_over_a_newer_one(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second run loaded the profile before another worker recorded a newer revision: the ledger
+    ignores the stale result, and reconciling submits and counts nothing of it."""
+    with clock.frozen(T0):
+        send(client, "Product Added", T0 - timedelta(hours=49), "stale-cart")
+        run_workers(redis_client)
+        pid = lookup(redis_client, "acme", "user_id", "u-cart")
+        assert pid is not None
+        account = runtime.current().account("acme")
+        assert account is not None
+        before_order = evaluation.load_with_predictions(redis_client, "acme", [pid], clock.now())
+        send(client, "Order Completed", clock.now(), "stale-order")
+        for shard in range(4):
+            drain_events(shard, conn=redis_client)  # another worker: exits, a newer version
+        pending = redis_client.hget(sync_key("acme", "klaviyo", "pending"), pid)
+        assert pending is not None and json.loads(pending)["segments"] == []
+        monkeypatch.setattr(evaluation, "load_with_predictions", lambda *args, **kwargs: before_order)
+        evaluation.evaluate_profiles(account, {pid}, clock.now(), redis_client, redis_client, reconcile=True)
+        assert redis_client.hget(sync_key("acme", "klaviyo", "pending"), pid) == pending
+        assert not sizes.is_member(redis_client, "acme", "cart_abandoner", pid)
+        monkeypatch.undo()
+        run_workers(redis_client)
+        assert held(fakes["apps"]) == NONE_ON_ESPS
+
+
+def test_a_re_evaluation_failing_past_its_retries_is_due_again_and_then_reconciled(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    apps = fakes["apps"]
+    with clock.frozen(T0) as frozen:
+        send(client, "Product Added", T0, "retries-cart")
+        run_workers(redis_client)
+        pid = lookup(redis_client, "acme", "user_id", "u-cart")
+        assert pid is not None
+        frozen.advance(timedelta(hours=48))
+        calls = fail_once(monkeypatch, times=1 + jobs.REEVALUATE_RETRIES)  # an outage outlasting them
+        assert scheduler.fire_due(redis_client, clock.now()) == 1
+        run_workers(redis_client)
+        assert len(calls) == 1 + jobs.REEVALUATE_RETRIES
+        assert held(apps) == NONE_ON_ESPS
+        at = clock.now() + timedelta(seconds=due.RETRY_SECONDS)
+        assert due.due_at(redis_client, "acme", pid) == at
+        assert due.flagged(redis_client, "acme", [pid]) == [pid]
+        # the ledger holds the entry since the first attempt; the next run finds no change in it
+        assert ledger_segments(redis_client, pid) == frozenset({"cart_abandoner"})
+        frozen.advance(timedelta(seconds=due.RETRY_SECONDS))
+        assert scheduler.fire_due(redis_client, clock.now()) == 1
+        run_workers(redis_client)
+        assert held(apps) == ON_ESPS
+        assert sizes.is_member(redis_client, "acme", "cart_abandoner", pid)
+        assert due.flagged(redis_client, "acme", [pid]) == []
