@@ -122,11 +122,11 @@ def show(item_id: str) -> None:
 
 
 @dlq.command("replay")
-@click.option("--kind", help="sync or sync:<destination> (other kinds cannot be replayed)")
+@click.option("--kind", help="sync, sync:<destination> or events (other kinds cannot be replayed)")
 @click.option("--account")
 @click.option("--filter", "text", help="only items whose JSON contains this text")
 def replay(kind: str | None, account: str | None, text: str | None) -> None:
-    """Put matching dead-lettered changes back in the sync queue."""
+    """Put matching dead-lettered changes back in the sync queue, and events on their stream."""
     conn = _conn()
     dead = DeadLetters(conn)
     _check_filters(dead, kind, account)

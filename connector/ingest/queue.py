@@ -222,6 +222,15 @@ class EventQueue:
             accepted=accepted, duplicates=len(events) - accepted, shard=shard, watched=bool(flags[-2])
         )
 
+    def restore(self, event: Event) -> int:
+        """Put a stored event back on its shard's stream as it is, without the dedupe check (its
+        marker is there: it was accepted once), and make sure a drain follows; returns the shard.
+        A dead-lettered event replayed (``connector dlq replay --kind events``)."""
+        shard = self.shard_for(event.account, [event])
+        self.conn.xadd(stream_key(shard), {STREAM_FIELD: event.to_json()})
+        self.enqueue_drain(shard)
+        return shard
+
     def enqueue_drain(self, shard: int) -> str:
         """Enqueue a drain of ``shard``; returns its job id.
 

@@ -117,10 +117,27 @@ def replay(conn: redis.Redis, payload: Mapping[str, Any], now: datetime) -> str:
 
 def replay_dead_letter(conn: redis.Redis, dead: DeadLetters, item: DeadLetter, now: datetime) -> str:
     """Replay one dead letter: a sync change goes back in the queue (``queued``, or ``superseded``
-    when a newer version is pending or applied) and leaves the dead letters; anything else is
-    ``not replayable`` and stays."""
+    when a newer version is pending or applied), a stored event back on its shard's stream
+    (``queued``), and either leaves the dead letters; an event that cannot be read, and any other
+    kind, is ``not replayable`` and stays."""
+    if item.kind == "events" and isinstance(item.payload, str):
+        return _replay_event(conn, dead, item)
     if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
         return "not replayable"
     outcome = replay(conn, item.payload, now)
     dead.remove(item)
     return outcome
+
+
+def _replay_event(conn: redis.Redis, dead: DeadLetters, item: DeadLetter) -> str:
+    from connector import runtime
+    from connector.event import UndecodableItem, load_event
+    from connector.ingest.queue import EventQueue
+
+    try:
+        event = load_event(item.payload)
+    except UndecodableItem:
+        return "not replayable"
+    EventQueue(conn, runtime.current().settings.event_shards).restore(event)
+    dead.remove(item)
+    return "queued"

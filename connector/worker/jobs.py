@@ -316,7 +316,8 @@ def _apply(
     for entry_id, fields in entries:
         raw = fields.get(STREAM_FIELD.encode(), b"")
         if entry_id in poisoned:
-            dead.put("events", f"delivered more than {MAX_DELIVERIES} times without success", _text(raw), now)
+            reason = f"delivered more than {MAX_DELIVERIES} times without success"
+            dead.put("events", reason, _text(raw), now, account=_account_of(raw))
             continue
         try:
             events.append(load_event(raw))
@@ -350,6 +351,15 @@ def _deliveries(conn: redis.Redis, key: str, ids: list[bytes]) -> tuple[set[byte
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
+
+
+def _account_of(raw: bytes) -> str | None:
+    """The account a stored event names, if it can be read (its dead letter is then the account's:
+    the console and the API show and replay it)."""
+    try:
+        return load_event(raw).account
+    except UndecodableItem:
+        return None
 
 
 REEVALUATE_QUEUE = "reevaluate"

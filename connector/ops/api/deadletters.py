@@ -116,7 +116,8 @@ class Replay(MethodView):
     @blp.arguments(DeadLetterSelectSchema)
     @blp.response(200, DeadLetterOutcomeSchema)
     def post(self, body: dict[str, Any], account_id: str) -> dict[str, Any]:
-        """Put the selected sync dead letters back in the sync queue (others are not replayable)."""
+        """Put the selected sync dead letters back in the sync queue and events on their stream
+        (others are not replayable)."""
         conn = auth.runtime().queue_redis
         dead = DeadLetters(conn)
         items = _selected(dead, account_id, body)
