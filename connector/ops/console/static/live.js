@@ -32,11 +32,13 @@
     return out.join(", ");
   }
 
+  function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
+
   function detail(d) {
     if (d.outcome === "refused") return d.status + " " + (d.reason || "");
     if (d.outcome === "not_shown") {
-      return d.deliveries + " more deliveries (" + d.accepted + " events stored, " + d.duplicates +
-             " duplicate), " + d.reason;
+      return plural(d.deliveries, "more delivery", "more deliveries") + " (" +
+             plural(d.accepted, "event", "events") + " stored, " + d.duplicates + " duplicate), " + d.reason;
     }
     var names = d.events.map(function (e) { return e.name; }).join(", ");
     var more = d.event_count > d.events.length ? " (+" + (d.event_count - d.events.length) + " more)" : "";
@@ -55,7 +57,7 @@
     row.dataset.outcome = d.outcome;
     cell(row, d.at, "nowrap");
     cell(row, sent);
-    cell(row, d.outcome, "outcome");
+    cell(row, d.outcome.replace("_", " "), "outcome");
     var td = cell(row, what, "detail");
     cell(row, idText, "small");
     row.hidden = !visible(row);
