@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -37,6 +37,26 @@ class Interrupted(RuntimeError):
     pass
 
 
+class World(NamedTuple):
+    """The account with rules and the three ESPs on fakes (tests/test_end_to_end.py)."""
+
+    apps: dict[str, Any]
+    client: Any
+    conn: redis.Redis
+    monkeypatch: pytest.MonkeyPatch
+
+
+@pytest.fixture
+def world(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> World:
+    return World(fakes["apps"], client, redis_client, monkeypatch)
+
+
 def fail_once(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> list[int]:
     """The first submission(s) to the destinations after the ledger was recorded fail; returns the
     calls made, failed ones included."""
@@ -53,6 +73,13 @@ def fail_once(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> list[int]:
     return calls
 
 
+def cart_48_hours_ago(world: World, frozen: clock.FrozenClock, message_id: str) -> None:
+    """A cart, applied, then the clock at the instant it makes an abandoner (not fired yet)."""
+    send(world.client, "Product Added", clock.now(), message_id)
+    run_workers(world.conn)
+    frozen.advance(timedelta(hours=48))
+
+
 def in_segment(conn: redis.Redis) -> tuple[bool, int]:
     pid = lookup(conn, "acme", "user_id", "u-cart")
     assert pid is not None
@@ -61,18 +88,10 @@ def in_segment(conn: redis.Redis) -> tuple[bool, int]:
     )
 
 
-def test_a_batch_interrupted_after_the_ledger_reaches_the_esps_and_the_member_sets_when_delivered_again(
-    wired: dict[str, str],  # noqa: F811
-    client: Any,
-    redis_client: redis.Redis,
-    fakes: dict[str, Any],  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    apps = fakes["apps"]
+def test_a_batch_stopped_after_the_ledger_reaches_esps_and_member_sets_on_redelivery(world: World) -> None:
+    apps, client, redis_client, monkeypatch = world
     with clock.frozen(T0) as frozen:
-        send(client, "Product Added", T0, "after-ledger-cart")
-        run_workers(redis_client)
-        frozen.advance(timedelta(hours=48))
+        cart_48_hours_ago(world, frozen, "after-ledger-cart")
         scheduler.fire_due(redis_client, clock.now())
         run_workers(redis_client)
         assert held(apps) == ON_ESPS and in_segment(redis_client) == (True, 1)
@@ -81,13 +100,7 @@ def test_a_batch_interrupted_after_the_ledger_reaches_the_esps_and_the_member_se
         frozen.advance(timedelta(hours=3))
         send(client, "Order Completed", clock.now(), "after-ledger-order")
         calls = fail_once(monkeypatch)
-        failed = 0
-        for shard in range(4):
-            try:
-                drain_events(shard, conn=redis_client)
-            except Interrupted:
-                failed += 1
-        assert failed == 1 and calls == [1]
+        assert drain_failing(redis_client) == 1 and calls == [1]
         run_workers(redis_client)
         assert held(apps) == ON_ESPS  # nothing went out: the batch waits for its backoff
 
@@ -99,18 +112,10 @@ def test_a_batch_interrupted_after_the_ledger_reaches_the_esps_and_the_member_se
         assert calls == [1, 1]
 
 
-def test_a_re_evaluation_interrupted_after_the_ledger_is_retried_and_reaches_the_esps(
-    wired: dict[str, str],  # noqa: F811
-    client: Any,
-    redis_client: redis.Redis,
-    fakes: dict[str, Any],  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    apps = fakes["apps"]
+def test_a_re_evaluation_interrupted_after_the_ledger_is_retried_and_reaches_the_esps(world: World) -> None:
+    apps, _, redis_client, monkeypatch = world
     with clock.frozen(T0) as frozen:
-        send(client, "Product Added", T0, "after-ledger-due")
-        run_workers(redis_client)
-        frozen.advance(timedelta(hours=48))
+        cart_48_hours_ago(world, frozen, "after-ledger-due")
         calls = fail_once(monkeypatch)
         assert scheduler.fire_due(redis_client, clock.now()) == 1
         (job,) = Queue(REEVALUATE_QUEUE, connection=redis_client).jobs
@@ -139,15 +144,10 @@ def drain_failing(conn: redis.Redis) -> int:
     return failed
 
 
-def test_a_redelivered_batch_that_finds_a_further_change_keeps_the_first_in_the_member_sets(
-    wired: dict[str, str],  # noqa: F811
-    client: Any,
-    redis_client: redis.Redis,
-    fakes: dict[str, Any],  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_redelivered_batch_with_a_further_change_keeps_the_first_in_the_member_sets(world: World) -> None:
     """The first attempt records "entered cart_abandoner" and stops; by the second, time made the
     profile enter checkout_abandoner as well, a change of its own: both are in the member sets."""
+    _, client, redis_client, monkeypatch = world
     with clock.frozen(T0) as frozen:
         send(client, "Product Added", T0 - timedelta(hours=49), "further-cart")
         send(client, "Checkout Started", T0 - timedelta(hours=10), "further-checkout")
@@ -165,15 +165,10 @@ def test_a_redelivered_batch_that_finds_a_further_change_keeps_the_first_in_the_
         assert {s: sizes.sizes(redis_client, "acme").get(s) for s in both} == dict.fromkeys(both, 1)
 
 
-def test_a_stale_result_is_never_reconciled_over_a_newer_one(
-    wired: dict[str, str],  # noqa: F811
-    client: Any,
-    redis_client: redis.Redis,
-    fakes: dict[str, Any],  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_stale_result_is_never_reconciled_over_a_newer_one(world: World) -> None:
     """A second run loaded the profile before another worker recorded a newer revision: the ledger
     ignores the stale result, and reconciling submits and counts nothing of it."""
+    apps, client, redis_client, monkeypatch = world
     with clock.frozen(T0):
         send(client, "Product Added", T0 - timedelta(hours=49), "stale-cart")
         run_workers(redis_client)
@@ -193,17 +188,11 @@ def test_a_stale_result_is_never_reconciled_over_a_newer_one(
         assert not sizes.is_member(redis_client, "acme", "cart_abandoner", pid)
         monkeypatch.undo()
         run_workers(redis_client)
-        assert held(fakes["apps"]) == NONE_ON_ESPS
+        assert held(apps) == NONE_ON_ESPS
 
 
-def test_a_re_evaluation_failing_past_its_retries_is_due_again_and_then_reconciled(
-    wired: dict[str, str],  # noqa: F811
-    client: Any,
-    redis_client: redis.Redis,
-    fakes: dict[str, Any],  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    apps = fakes["apps"]
+def test_a_re_evaluation_failing_past_its_retries_is_due_again_and_then_reconciled(world: World) -> None:
+    apps, client, redis_client, monkeypatch = world
     with clock.frozen(T0) as frozen:
         send(client, "Product Added", T0, "retries-cart")
         run_workers(redis_client)
