@@ -83,8 +83,12 @@ local kind, at, mk, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[15]
 local mark, period = ARGV[2], tonumber(ARGV[13])
 local legacy = redis.call('EXISTS', old) == 1
 local function before(field) return legacy and redis.call('HEXISTS', old, field) == 1 end
--- state written 5 or more periods ago is gone for every purpose: not read, and deleted below
-local function aged(written) return (period - written) % PERIODS >= 5 end
+-- state written 5 or more periods ago is gone for every purpose: not read, and deleted below; state
+-- one period ahead is current (a worker whose clock passed a period's end first wrote it)
+local function aged(written)
+  local age = (period - written) % PERIODS
+  return age >= 5 and age < PERIODS - 1
+end
 local state = redis.call('HGETALL', person)
 local h, e, x, r, packs, flags, counted, stale, earlier = {}, {}, {}, {}, {}, {}, {}, {}, {}
 local dup = false
@@ -275,9 +279,10 @@ def period(moment: datetime) -> int:
     """The 8-day period of ``moment``, counted modulo :data:`PERIODS`: the value of the message
     state written then (0 to 11, which Redis stores in an entry's header byte). State of 5 or more
     periods back is gone for every purpose (not read, and deleted by the person's next credit), so
-    it counts for more than 32 and at most 40 days (``keys.MESSAGE_RETENTION``: at least 30); state
-    no credit met 5 to 11 periods after it was written reads as current again 12 to 16 periods
-    after (the count wraps), until a credit finds it 5 or more periods back."""
+    it counts for more than 32 and at most 40 days (``keys.MESSAGE_RETENTION``: at least 30). State
+    written one period ahead of a credit's (two workers' clocks either side of a period's end) is
+    current for it; so state no credit met 5 to 10 periods after it was written reads as current
+    again 11 to 16 periods after (the count wraps), until a credit finds it 5 to 10 periods back."""
     return int(moment.timestamp()) // 86400 // PERIOD_DAYS % PERIODS
 
 

@@ -434,6 +434,17 @@ def test_aged_out_state_is_deleted_also_when_the_event_is_refused(redis_client: 
     assert {b"Dm2", b"*" + q} <= set(_fields(redis_client))
 
 
+def test_state_written_one_period_ahead_by_another_worker_is_current(redis_client: redis.Redis) -> None:
+    """Two workers either side of a period's end: the one already past it writes the delivery, the
+    other credits an open of it a moment later, in the period before: counted to that delivery."""
+    _in_vip(redis_client)
+    ahead = WRITTEN + timedelta(seconds=1)  # the first second of the next period
+    _credit_at(redis_client, ahead, [_event("email_delivered", 1, WRITTEN, message_id="m1")])
+    _credit_at(redis_client, WRITTEN, [_event("email_opened", 2, WRITTEN, message_id="m1")])
+    assert b"Dm1" in _fields(redis_client)
+    assert {**_day(redis_client, WRITTEN), **_day(redis_client, ahead)} == {"dl:vip:t": "1", "op:vip:t": "1"}
+
+
 def test_message_state_of_the_layout_before_ages_out_by_the_same_rule(redis_client: redis.Redis) -> None:
     """The fields of before (``d:``/``op:``/``ck:<message>``, ``#<8 bytes>`` marks, valued with
     their period) count 4 periods back and are gone 5 periods back, as the fields of now."""
