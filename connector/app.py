@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, redirect, url_for
 from werkzeug.exceptions import HTTPException
 
 from connector import runtime as process_runtime
@@ -43,6 +44,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     console.install(app)
     web.install(app, lambda: runtime.accounts, queue)
     app.wsgi_app.observer = live.Publisher(runtime.queue_redis)  # type: ignore[attr-defined]
+
+    @app.get("/")
+    def _root() -> Any:
+        """A person who opens the server's address lands on the console (its login)."""
+        return redirect(url_for("console.home"))
+
     return app
 
 

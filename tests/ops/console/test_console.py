@@ -27,6 +27,12 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
+def test_the_server_s_address_leads_to_the_console(api: Any) -> None:
+    res = api.get("/")
+    assert res.status_code == 302 and res.headers["Location"].endswith("/console/")
+    assert "/console/login" in api.get("/console/").headers["Location"]
+
+
 def test_pages_need_a_session_and_a_live_token(api: Any, mint: Mint, redis_client: redis.Redis) -> None:
     res = api.get("/console/a/acme/")
     assert res.status_code == 302 and "/console/login" in res.headers["Location"]
