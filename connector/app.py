@@ -43,7 +43,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(live.blp)
     console.install(app)
     web.install(app, lambda: runtime.accounts, queue)
-    app.wsgi_app.observer = live.Publisher(runtime.queue_redis)  # type: ignore[attr-defined]
+    shown = settings.live_shown_per_second or live.EVERY_DELIVERY
+    app.wsgi_app.observer = live.Publisher(runtime.queue_redis, shown_per_second=shown)  # type: ignore[attr-defined]
 
     @app.get("/")
     def _root() -> Any:

@@ -74,6 +74,7 @@ class Settings:
     data_dir: Path
     config_from: str = ""
     redis_from: str = ""
+    live_shown_per_second: int = 20  # 0: every stored delivery on the live stream (connector.ops.live)
 
     def describe(self) -> str:
         """Which config directory and which Redis this process uses, and why (passwords hidden)."""
@@ -97,6 +98,9 @@ class Settings:
         shards = _int("CONNECTOR_EVENT_SHARDS", 4)
         if shards < 1:
             raise ConfigError("CONNECTOR_EVENT_SHARDS must be at least 1")
+        shown = _int("CONNECTOR_LIVE_SHOWN_PER_SECOND", 20)
+        if shown < 0:
+            raise ConfigError("CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0 (every delivery) or more")
         queue_url = queue_env or base
         if queue_url.startswith(CLUSTER_SCHEMES):
             raise ConfigError(
@@ -113,4 +117,5 @@ class Settings:
             data_dir=devenv.data_dir(),
             config_from=config_from,
             redis_from=redis_from,
+            live_shown_per_second=shown,
         )

@@ -83,7 +83,8 @@ FLUSH_SECONDS = 0.1  # the deliveries of this long go out in one write
 # Stored deliveries shown one by one per account, second and web process; past it they are counted
 # and shown as one "not shown" line per sender and flush (as Segment's debugger shows a sample): a
 # person reads a few a second, and a watched account at thousands a second costs ingest nothing.
-SHOWN_PER_SECOND = 20
+SHOWN_PER_SECOND = 20  # CONNECTOR_LIVE_SHOWN_PER_SECOND; 0 there: every delivery (EVERY_DELIVERY)
+EVERY_DELIVERY = 2**62
 COUNTED_SECONDS = 1.0  # the "not shown" counts of a web process go out at most once this often
 LINES_PER_ENTRY = 20  # a stream entry holds at most this many deliveries (one line each)
 IDLE_SECONDS = 5.0  # a publishing connection idle this long is replaced before the next write

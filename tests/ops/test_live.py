@@ -524,3 +524,29 @@ def test_the_flushing_thread_writes_the_counts_not_shown_at_most_once_a_second(
         ("not_shown", 2),
         ("not_shown", 1),
     ]
+
+
+def test_every_delivery_is_shown_when_the_setting_says_0_and_a_negative_one_is_refused(
+    config_dir: Any, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector import runtime
+    from connector.app import create_app
+    from connector.errors import ConfigError
+    from connector.settings import Settings
+    from tests.conftest import fresh_runtime
+
+    monkeypatch.setenv("CONNECTOR_LIVE_SHOWN_PER_SECOND", "0")
+    fresh_runtime()
+    publisher = create_app(runtime=runtime.current()).wsgi_app.observer  # type: ignore[attr-defined]
+    assert publisher.shown_per_second == live.EVERY_DELIVERY
+    live.watch(redis_client, "acme")
+    acme: Any = SimpleNamespace(id="acme")
+    result = SimpleNamespace(watched=True, accepted=1, duplicates=0)
+    at = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
+    for n in range(60):
+        publisher.delivered(acme, [Event(**{**EVENT, "source_event_id": f"all-{n}"})], result, at)
+    assert publisher.flush() == 60
+    assert [e["outcome"] for e in entries(redis_client, "acme", 60)] == ["accepted"] * 60
+    monkeypatch.setenv("CONNECTOR_LIVE_SHOWN_PER_SECOND", "-1")
+    with pytest.raises(ConfigError, match="CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0"):
+        Settings.from_env()
