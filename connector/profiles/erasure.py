@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -92,8 +93,10 @@ def erase_profile(
     pid: str,
     now: datetime,
     source: str,
+    on_erase: Callable[[Erased], None] | None = None,
 ) -> Erased | None:
     """Erase one profile from the profile store. None if it did not exist (nothing is logged then).
+    ``on_erase`` is given what will be removed before anything is (the erasure journal).
 
     Callers go through :func:`connector.worker.erasure.erase_person`, which also removes the
     person from the worker's and the sync's keys."""
@@ -101,9 +104,16 @@ def erase_profile(
         data = read_profile(conn, name_codes(conn), account, pid)
         if data is None:
             return None
-        absorbed = tuple(
-            sorted(f.decode()[2:] for f in conn.hkeys(keys.profile_key(account, pid)) if f.startswith(b"g:"))
+        absorbed = absorbed_of(conn, account, pid)
+        erased = Erased(
+            account,
+            pid,
+            absorbed,
+            {k: list(v) for k, v in data.identities.items()},
+            frozenset({stored.event_id for _, stored in data.events} | set(data.other_event_ids)),
         )
+        if on_erase is not None:
+            on_erase(erased)
         pairs = [
             (kind, value)
             for kind, values in data.identities.items()
@@ -116,19 +126,26 @@ def erase_profile(
             # profile that does not exist, so a batch resolved before this erasure stores nothing
             conn.delete(keys.profile_key(account, gone), keys.history_key(account, gone))
         _log_erasure(conn, queue_conn, account, pid, now, source)
-    erased = Erased(
-        account,
-        pid,
-        absorbed,
-        {k: list(v) for k, v in data.identities.items()},
-        frozenset({stored.event_id for _, stored in data.events} | set(data.other_event_ids)),
-    )
+    names = scrub(conn, erased)
+    log.info("profile erased", extra={"account": account, "profile": pid, "source": source, "names": names})
+    return erased
+
+
+def absorbed_of(conn: redis.Redis, account: str, pid: str) -> tuple[str, ...]:
+    """The profiles merged into this one earlier."""
+    fields = conn.hkeys(keys.profile_key(account, pid))
+    return tuple(sorted(f.decode()[2:] for f in fields if f.startswith(b"g:")))
+
+
+def scrub(conn: redis.Redis, erased: Erased) -> int:
+    """The rest of the profile store's part, once the profile is gone: the data exports, identity
+    conflicts, rejected events and event names that name the person; returns how many names went.
+    Safe to run again (an interrupted erasure is finished by running it again)."""
+    account = erased.account
     _drop_exports(conn, account, set(erased.profile_ids))
     _drop_conflicts(conn, account, set(erased.profile_ids))
     rejected.purge(conn, account, erased.needles)
-    names = drop_names(conn, account, erased.needles)
-    log.info("profile erased", extra={"account": account, "profile": pid, "source": source, "names": names})
-    return erased
+    return drop_names(conn, account, erased.needles)
 
 
 def _log_erasure(
@@ -140,7 +157,12 @@ def _log_erasure(
 
 
 def erase_account(
-    conn: redis.Redis, queue_conn: redis.Redis, account: str, now: datetime, source: str
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account: str,
+    now: datetime,
+    source: str,
+    on_erase: Callable[[Erased], None] | None = None,
 ) -> list[Erased]:
     """Erase every profile of an account (Shopify shop/redact). The dedupe markers are kept (the
     redact's own among them: the same signed request replayed later is a duplicate)."""
@@ -148,7 +170,7 @@ def erase_account(
 
     erased = []
     for pid in list(iter_profile_ids(conn, account)):
-        done = erase_profile(conn, queue_conn, account, pid, now, source)
+        done = erase_profile(conn, queue_conn, account, pid, now, source, on_erase)
         if done is not None:
             erased.append(done)
     conn.delete(exports_key(account), keys.rejected_key(account), keys.conflicts_key(account))
