@@ -31,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from connector import sync
+from connector import clock, sync
 from connector.config import Account
 from connector.event import Event
 from connector.profiles import erasure as store_erasure
@@ -132,6 +133,127 @@ def _count_dropped(queue_conn: redis.Redis, dropped: Iterable[tuple[str, int]]) 
     pipe.execute()
 
 
+# The erasure journal (queue Redis): one record per erasure in progress, written before anything is
+# erased and deleted once everything is, so that an erasure interrupted anywhere (a process killed,
+# a Redis write failing) is finished: by the scheduler (:func:`finish_unfinished`) once the record
+# is FINISH_AFTER_SECONDS old, or at once by ``connector profiles delete`` run again. It holds what
+# finishing needs and nothing more: the profile ids, the identities (tombstones, dead letters, the
+# live stream and the ESPs' deletions are found by them), the erasure instant and its source. It
+# expires after JOURNAL_SECONDS even if never finished (the scheduler down that long, the account
+# removed from the configuration).
+JOURNAL_INDEX = "erasing"  # zset: record key -> the instant from which the scheduler finishes it
+JOURNAL_PREFIX = "erasing:"
+JOURNAL_SECONDS = 30 * 24 * 3600
+FINISH_AFTER_SECONDS = 30  # an erasure in progress takes less; finishing it twice is harmless anyway
+RETRY_SECONDS = 60  # a record the scheduler took is taken again this long after (if still there)
+FINISH_BATCH = 20  # records finished per scheduler tick, at most
+
+# Takes a record whose instant has come (compare-and-set, so that two schedulers take it once):
+# KEYS[1] = the index; ARGV: record key, now, the instant it is due again.
+_TAKE = """
+local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '')
+if not due or due > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A journaled erasure: of one person (``erased``), or of a whole account (None)."""
+
+    account: str
+    at: datetime  # the erasure instant: the tombstones hold it (later events are a new relationship)
+    source: str
+    erased: Erased | None
+    tombstones: bool = True  # False: one person of an account's erasure (its tombstone covers them)
+
+
+def journal_key(account_id: str, profile_id: str | None = None) -> str:
+    """``erasing:{account}:{digest of the profile id}``, or ``erasing:{account}:account``."""
+    if profile_id is None:
+        return f"{JOURNAL_PREFIX}{account_id}:account"
+    return f"{JOURNAL_PREFIX}{account_id}:{store_erasure.profile_digest(account_id, profile_id)}"
+
+
+def write_journal(queue_conn: redis.Redis, unfinished: Unfinished) -> None:
+    erased = unfinished.erased
+    name = journal_key(unfinished.account, erased.profile_id if erased is not None else None)
+    body: dict[str, Any] = {
+        "account": unfinished.account,
+        "at": unfinished.at.timestamp(),
+        "source": unfinished.source,
+        "tombstones": unfinished.tombstones,
+    }
+    if erased is not None:
+        body |= {"profile": erased.profile_id, "absorbed": erased.absorbed, "identities": erased.identities}
+    pipe = queue_conn.pipeline(transaction=False)
+    pipe.set(name, json.dumps(body, sort_keys=True), ex=JOURNAL_SECONDS)
+    pipe.zadd(JOURNAL_INDEX, {name: clock.now().timestamp() + FINISH_AFTER_SECONDS})
+    pipe.execute()
+
+
+def read_journal(queue_conn: redis.Redis, name: str) -> Unfinished | None:
+    raw = queue_conn.get(name)
+    if raw is None:
+        return None
+    body = json.loads(raw)
+    erased = None
+    if body.get("profile") is not None:
+        identities = {str(k): [str(v) for v in vs] for k, vs in body["identities"].items()}
+        erased = Erased(body["account"], body["profile"], tuple(body["absorbed"]), identities)
+    at = datetime.fromtimestamp(float(body["at"]), tz=UTC)
+    return Unfinished(body["account"], at, body["source"], erased, bool(body["tombstones"]))
+
+
+def forget_journal(queue_conn: redis.Redis, name: str) -> None:
+    pipe = queue_conn.pipeline(transaction=False)
+    pipe.delete(name)
+    pipe.zrem(JOURNAL_INDEX, name)
+    pipe.execute()
+
+
+def finish_unfinished(now: datetime) -> int:
+    """Scheduler task: finish the erasures journaled at least FINISH_AFTER_SECONDS ago."""
+    from connector import runtime
+
+    rt = runtime.current()
+    return finish_due(rt.profile_redis, rt.queue_redis, rt.account, now)
+
+
+def finish_due(
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account_of: Callable[[str], Account | None],
+    now: datetime,
+    limit: int = FINISH_BATCH,
+) -> int:
+    """Finish the journaled erasures whose instant has come (at most ``limit``); returns how many.
+    One that fails is tried again RETRY_SECONDS later."""
+    stamp = now.timestamp()
+    finished = 0
+    for member in queue_conn.zrangebyscore(JOURNAL_INDEX, "-inf", stamp, start=0, num=limit):
+        name = member.decode()
+        if not queue_conn.eval(_TAKE, 1, JOURNAL_INDEX, name, repr(stamp), repr(stamp + RETRY_SECONDS)):
+            continue  # another scheduler took it
+        unfinished = read_journal(queue_conn, name)
+        if unfinished is None:  # finished meanwhile, or expired
+            queue_conn.zrem(JOURNAL_INDEX, name)
+            continue
+        account = account_of(unfinished.account)
+        if account is None:
+            log.warning("unfinished erasure of an unknown account", extra={"account": unfinished.account})
+            continue
+        try:
+            _resume(conn, queue_conn, account, unfinished)
+        except Exception:  # the others are finished all the same; this one is tried again
+            log.exception("finishing an erasure failed", extra={"account": account.id})
+            continue
+        log.info("unfinished erasure finished", extra={"account": account.id, "source": unfinished.source})
+        finished += 1
+    return finished
+
+
 def erase_person(
     conn: redis.Redis,
     queue_conn: redis.Redis,
@@ -140,17 +262,23 @@ def erase_person(
     now: datetime,
     source: str,
 ) -> bool:
-    """Erase one person (found by their live profile id). False if the profile does not exist."""
+    """Erase one person (found by their live profile id). False if the profile does not exist and
+    no erasure of theirs is unfinished (one that is, is finished now)."""
     before = read_profile(conn, name_codes(conn), account.id, profile_id)
     if before is None:
-        return False
+        unfinished = read_journal(queue_conn, journal_key(account.id, profile_id))
+        if unfinished is None or unfinished.erased is None:
+            return False
+        _resume(conn, queue_conn, account, unfinished)
+        return True
+    absorbed = store_erasure.absorbed_of(conn, account.id, profile_id)
+    erased = Erased(account.id, profile_id, absorbed, {k: list(v) for k, v in before.identities.items()})
+    unfinished = Unfinished(account.id, now, source, erased)
+    write_journal(queue_conn, unfinished)  # before anything is erased: whatever stops it, it is finished
     # first, so that a batch of another shard checking the tombstones while the profile store
     # erases the person already drops their earlier events
     record_tombstones(queue_conn, account, before.identities, now)
-    erased = store_erasure.erase_profile(conn, queue_conn, account.id, profile_id, now, source)
-    if erased is None:
-        return False
-    _finish(conn, queue_conn, account, erased, now)
+    _resume(conn, queue_conn, account, unfinished)
     return True
 
 
@@ -158,12 +286,57 @@ def erase_account(
     conn: redis.Redis, queue_conn: redis.Redis, account: Account, now: datetime, source: str
 ) -> int:
     """Erase every person of an account (Shopify ``shop/redact``); returns how many."""
+    unfinished = Unfinished(account.id, now, source, None)
+    write_journal(queue_conn, unfinished)
     record_tombstones(queue_conn, account, None, now)
+    return _erase_everyone(conn, queue_conn, account, unfinished)
+
+
+def _erase_everyone(conn: redis.Redis, queue_conn: redis.Redis, account: Account, whole: Unfinished) -> int:
     queue_conn.delete(live_key(account.id))
-    everyone = store_erasure.erase_account(conn, queue_conn, account.id, now, source)
-    for erased in everyone:  # the account's tombstone covers each of them
-        _finish(conn, queue_conn, account, erased, now, tombstones=False)
+
+    def journal(erased: Erased) -> None:  # the account's tombstone covers each of them
+        write_journal(queue_conn, Unfinished(account.id, whole.at, whole.source, erased, tombstones=False))
+
+    everyone = store_erasure.erase_account(conn, queue_conn, account.id, whole.at, whole.source, journal)
+    for erased in everyone:
+        _finish(conn, queue_conn, account, erased, whole.at, tombstones=False)
+        forget_journal(queue_conn, journal_key(account.id, erased.profile_id))
+    forget_journal(queue_conn, journal_key(account.id))
     return len(everyone)
+
+
+def _resume(conn: redis.Redis, queue_conn: redis.Redis, account: Account, unfinished: Unfinished) -> None:
+    """Carry out (or finish) a journaled erasure: each step is safe to run again, so an erasure
+    interrupted anywhere, or finished by the scheduler while the worker that began it still runs,
+    ends in the same state. The journal record goes last."""
+    if unfinished.erased is None:
+        _erase_everyone(conn, queue_conn, account, unfinished)
+        return
+    known = unfinished.erased
+
+    def journal(erased: Erased) -> None:  # the store's own view, before it removes anything
+        write_journal(queue_conn, replace(unfinished, erased=_union(known, erased)))
+
+    found = store_erasure.erase_profile(
+        conn, queue_conn, account.id, known.profile_id, unfinished.at, unfinished.source, journal
+    )
+    if found is None:  # erased from the store by an earlier attempt: its remains may be left
+        store_erasure.scrub(conn, known)
+    erased = _union(known, found)
+    _finish(conn, queue_conn, account, erased, unfinished.at, tombstones=unfinished.tombstones)
+    forget_journal(queue_conn, journal_key(account.id, erased.profile_id))
+
+
+def _union(known: Erased, found: Erased | None) -> Erased:
+    if found is None:
+        return known
+    identities = {k: list(v) for k, v in known.identities.items()}
+    for kind, values in found.identities.items():
+        held = identities.setdefault(kind, [])
+        held.extend(v for v in values if v not in held)
+    absorbed = tuple(sorted({*known.absorbed, *found.absorbed}))
+    return Erased(known.account, known.profile_id, absorbed, identities, found.event_ids)
 
 
 def _finish(

@@ -1,0 +1,177 @@
+"""An erasure interrupted after the profile store erased the person is finished anyway: the
+journal written before the store is touched lets the scheduler finish it (segment member sets,
+ledger, due index, dead letters, the ESPs' deletions), even though the redelivered ``delete`` event
+is dropped (the person's tombstone) and ``connector profiles delete`` no longer finds the profile."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from connector import clock, sync
+from connector.config import load_accounts
+from connector.dev.sandbox import SANDBOX_MAILCHIMP_LIST
+from connector.ingest.queue import EventQueue
+from connector.profiles import lookup
+from connector.sync.keys import key as sync_key
+from connector.worker import erasure, jobs, scheduler
+from connector.worker.ledger import Ledger, ledger_key
+from connector.worker.sizes import is_member
+from tests.profile_helpers import ev
+from tests.test_end_to_end import EMAIL, T0, fakes, run_workers, send, wired  # noqa: F401  (fixtures)
+
+USER = "u-cart"  # the user id tests.test_end_to_end.send uses
+DESTINATIONS = ("hubspot", "klaviyo", "mailchimp")
+
+
+def _a_cart_abandoner_at_every_esp(client: Any, conn: redis.Redis, frozen: Any, apps: dict[str, Any]) -> str:
+    send(client, "Product Added", T0, "journal-cart")
+    run_workers(conn)
+    frozen.advance(timedelta(hours=48, minutes=1))
+    scheduler.fire_due(conn, clock.now())
+    run_workers(conn)
+    pid = lookup(conn, "acme", "email", EMAIL)
+    assert pid is not None and is_member(conn, "acme", "cart_abandoner", pid)
+    assert EMAIL in apps["hubspot"].snapshot()["contacts"]
+    return pid
+
+
+def _fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    real, calls = getattr(owner, name), []
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("lost the connection")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+    return calls
+
+
+def _deletions_queued(conn: redis.Redis, pid: str) -> list[str]:
+    out = []
+    for dest in DESTINATIONS:
+        raw = conn.hget(sync_key("acme", dest, "pending"), pid)
+        if raw is not None and json.loads(raw).get("erase"):
+            out.append(dest)
+    return out
+
+
+def _assert_finished(conn: redis.Redis, pid: str) -> None:
+    assert not conn.exists(ledger_key("acme", pid)), "the ledger of the erased person is left"
+    assert not is_member(conn, "acme", "cart_abandoner", pid), "the erased person is still a member"
+    assert _deletions_queued(conn, pid) == list(DESTINATIONS), "no deletion queued at the destinations"
+    assert not list(conn.scan_iter(f"{erasure.JOURNAL_PREFIX}*")), "the journal record is left"
+
+
+def test_a_delete_event_interrupted_after_the_profile_store_is_finished_by_the_scheduler(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn, apps = redis_client, fakes["apps"]
+    with clock.frozen(T0) as frozen:
+        pid = _a_cart_abandoner_at_every_esp(client, conn, frozen, apps)
+        calls = _fail_once(monkeypatch, sync, "erase")
+        queue = EventQueue(conn, settings.event_shards)
+        delete = ev("journal-del", "delete", type="delete", at=clock.now(), user_id=USER)
+        shard = queue.ingest("acme", [delete], 3600).shard
+        with pytest.raises(redis.ConnectionError):
+            jobs.drain_events(shard, conn=conn)
+        assert lookup(conn, "acme", "email", EMAIL) is None  # the profile store's part is done
+        monkeypatch.setattr(jobs, "CLAIM_IDLE_MS", 0)
+        jobs.drain_events(shard, conn=conn)  # redelivered: the delete event is dropped (tombstone)
+        assert conn.hget("metrics:worker", f"{erasure.DROPPED_OUTCOME}:acme") == b"1"
+        frozen.advance(timedelta(seconds=erasure.FINISH_AFTER_SECONDS + 1))
+        scheduler.tick(queue, clock.now())
+        _assert_finished(conn, pid)
+        assert len(calls) == 2
+        run_workers(conn)  # the sync worker asks the three ESPs to delete the contact
+    assert EMAIL not in apps["mailchimp"].snapshot()["lists"][SANDBOX_MAILCHIMP_LIST]["members"]
+    assert EMAIL not in apps["hubspot"].snapshot()["contacts"]
+    assert EMAIL not in apps["klaviyo"].snapshot()["profiles"]
+
+
+def test_an_erasure_by_the_command_line_interrupted_before_the_ledger_is_finished_by_running_it_again(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = redis_client
+    account = load_accounts(config_dir).get("acme")
+    assert account is not None
+    with clock.frozen(T0) as frozen:
+        pid = _a_cart_abandoner_at_every_esp(client, conn, frozen, fakes["apps"])
+        _fail_once(monkeypatch, Ledger, "delete_many")
+        with pytest.raises(redis.ConnectionError):
+            erasure.erase_person(conn, conn, account, pid, clock.now(), "cli")
+        assert conn.exists(ledger_key("acme", pid))
+        # run again, the command finds no profile but the unfinished erasure, and finishes it
+        assert erasure.erase_person(conn, conn, account, pid, clock.now(), "cli")
+        _assert_finished(conn, pid)
+        assert not erasure.erase_person(conn, conn, account, pid, clock.now(), "cli")
+
+
+def test_the_scheduler_leaves_an_erasure_in_progress_to_its_worker_for_a_while(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    settings: Any,
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = redis_client
+    account = load_accounts(config_dir).get("acme")
+    assert account is not None
+    with clock.frozen(T0) as frozen:
+        pid = _a_cart_abandoner_at_every_esp(client, conn, frozen, fakes["apps"])
+        _fail_once(monkeypatch, erasure, "purge_dead_letters")
+        with pytest.raises(redis.ConnectionError):
+            erasure.erase_person(conn, conn, account, pid, clock.now(), "api")
+        [name] = conn.scan_iter(f"{erasure.JOURNAL_PREFIX}acme:*")
+        assert EMAIL.encode() in conn.get(name)  # what finishing needs, until it is finished
+        assert 0 < conn.ttl(name) <= erasure.JOURNAL_SECONDS
+        queue = EventQueue(conn, settings.event_shards)
+        frozen.advance(timedelta(seconds=erasure.FINISH_AFTER_SECONDS - 1))
+        scheduler.tick(queue, clock.now())  # too early: the erasure may still be running elsewhere
+        assert conn.exists(name)
+        assert _deletions_queued(conn, pid) == []
+        frozen.advance(timedelta(seconds=2))
+        scheduler.tick(queue, clock.now())
+        _assert_finished(conn, pid)
+        assert not conn.exists(erasure.JOURNAL_INDEX)
+
+
+def test_an_account_erasure_interrupted_midway_is_finished_by_the_scheduler(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    settings: Any,
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = redis_client
+    account = load_accounts(config_dir).get("acme")
+    assert account is not None
+    with clock.frozen(T0) as frozen:
+        pid = _a_cart_abandoner_at_every_esp(client, conn, frozen, fakes["apps"])
+        _fail_once(monkeypatch, sync, "erase")
+        with pytest.raises(redis.ConnectionError):
+            erasure.erase_account(conn, conn, account, clock.now(), "shopify")
+        frozen.advance(timedelta(seconds=erasure.FINISH_AFTER_SECONDS + 1))
+        scheduler.tick(EventQueue(conn, settings.event_shards), clock.now())
+        _assert_finished(conn, pid)
