@@ -1,7 +1,10 @@
 """The erasure service: the one place that removes a person from everything the connector keeps.
 
 Called explicitly by the event pipeline when a ``delete`` event (or Shopify's ``shop/redact``) is
-applied, and by ``connector profiles delete``. In order:
+applied, and by ``connector profiles delete``. First a journal record (:func:`journal_key`, queue
+Redis) of what finishing the erasure needs, deleted as the last step: an erasure interrupted
+anywhere is finished from it by the scheduler (:func:`finish_unfinished`) or by the erasure run
+again. Then, in order:
 
 0. a tombstone per identifier of the person (:func:`tombstone_key`: a digest of account, identity
    kind and value, holding the erasure instant; for ``shop/redact`` one for the whole account),
@@ -24,6 +27,8 @@ applied, and by ``connector profiles delete``. In order:
    identities, masked (:func:`forget_live`); ``shop/redact`` drops the whole stream.
 
 What remains is the erasure logs' entries and the tombstones, which hold digests, no identifier.
+Every step is safe to run twice, so an erasure finished by the scheduler while the worker that
+began it still runs ends in the same state.
 """
 
 from __future__ import annotations
