@@ -175,3 +175,33 @@ def test_an_account_erasure_interrupted_midway_is_finished_by_the_scheduler(
         frozen.advance(timedelta(seconds=erasure.FINISH_AFTER_SECONDS + 1))
         scheduler.tick(EventQueue(conn, settings.event_shards), clock.now())
         _assert_finished(conn, pid)
+
+
+def test_finishing_that_fails_is_tried_again_later(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    settings: Any,
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = redis_client
+    account = load_accounts(config_dir).get("acme")
+    assert account is not None
+    with clock.frozen(T0) as frozen:
+        pid = _a_cart_abandoner_at_every_esp(client, conn, frozen, fakes["apps"])
+        calls = _fail_once(monkeypatch, sync, "erase")
+        with pytest.raises(redis.ConnectionError):
+            erasure.erase_person(conn, conn, account, pid, clock.now(), "api")
+        calls.clear()  # and once more: the scheduler's first attempt fails too
+        queue = EventQueue(conn, settings.event_shards)
+        frozen.advance(timedelta(seconds=erasure.FINISH_AFTER_SECONDS))
+        scheduler.tick(queue, clock.now())  # logged, the other tasks run all the same
+        assert len(calls) == 1 and _deletions_queued(conn, pid) == []
+        frozen.advance(timedelta(seconds=erasure.RETRY_SECONDS - 1))
+        scheduler.tick(queue, clock.now())
+        assert len(calls) == 1
+        frozen.advance(timedelta(seconds=1))
+        scheduler.tick(queue, clock.now())
+        _assert_finished(conn, pid)
