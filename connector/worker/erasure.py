@@ -151,6 +151,10 @@ JOURNAL_PREFIX = "erasing:"
 JOURNAL_SECONDS = 30 * 24 * 3600
 FINISH_AFTER_SECONDS = 30  # an erasure in progress takes less; finishing it twice is harmless anyway
 RETRY_SECONDS = 60  # a record the scheduler took is taken again this long after (if still there)
+# A whole account's erasure (Shopify ``shop/redact``) can run for many minutes: its record is taken
+# an hour after it was written (and again an hour after each take), and finished by a job on the
+# ``reevaluate`` queue, never in the scheduler's own tick (which fires the due instants).
+ACCOUNT_FINISH_AFTER_SECONDS = 3600
 FINISH_BATCH = 20  # records finished per scheduler tick, at most
 
 # Takes a record whose instant has come (compare-and-set, so that two schedulers take it once):
@@ -194,7 +198,8 @@ def write_journal(queue_conn: redis.Redis, unfinished: Unfinished) -> None:
         body |= {"profile": erased.profile_id, "absorbed": erased.absorbed, "identities": erased.identities}
     pipe = queue_conn.pipeline(transaction=False)
     pipe.set(name, json.dumps(body, sort_keys=True), ex=JOURNAL_SECONDS)
-    pipe.zadd(JOURNAL_INDEX, {name: clock.now().timestamp() + FINISH_AFTER_SECONDS})
+    after = FINISH_AFTER_SECONDS if erased is not None else ACCOUNT_FINISH_AFTER_SECONDS
+    pipe.zadd(JOURNAL_INDEX, {name: clock.now().timestamp() + after})
     pipe.execute()
 
 
@@ -234,16 +239,23 @@ def finish_due(
     limit: int = FINISH_BATCH,
 ) -> int:
     """Finish the journaled erasures whose instant has come (at most ``limit``); returns how many.
-    One that fails is tried again RETRY_SECONDS later."""
+    One that fails is tried again RETRY_SECONDS later; a whole account's is handed to a job
+    (:func:`finish_account`)."""
     stamp = now.timestamp()
     finished = 0
     for member in queue_conn.zrangebyscore(JOURNAL_INDEX, "-inf", stamp, start=0, num=limit):
         name = member.decode()
-        if not queue_conn.eval(_TAKE, 1, JOURNAL_INDEX, name, repr(stamp), repr(stamp + RETRY_SECONDS)):
+        whole = name.endswith(":account")
+        again = stamp + (ACCOUNT_FINISH_AFTER_SECONDS if whole else RETRY_SECONDS)
+        if not queue_conn.eval(_TAKE, 1, JOURNAL_INDEX, name, repr(stamp), repr(again)):
             continue  # another scheduler took it
         unfinished = read_journal(queue_conn, name)
         if unfinished is None:  # finished meanwhile, or expired
             queue_conn.zrem(JOURNAL_INDEX, name)
+            continue
+        if whole:
+            _enqueue_account(queue_conn, unfinished.account)
+            finished += 1
             continue
         account = account_of(unfinished.account)
         if account is None:
@@ -257,6 +269,31 @@ def finish_due(
         log.info("unfinished erasure finished", extra={"account": account.id, "source": unfinished.source})
         finished += 1
     return finished
+
+
+def _enqueue_account(queue_conn: redis.Redis, account_id: str) -> None:
+    from rq import Queue
+
+    from connector.worker.jobs import REEVALUATE_QUEUE
+
+    Queue(REEVALUATE_QUEUE, connection=queue_conn).enqueue(
+        "connector.worker.erasure.finish_account", account_id, result_ttl=0, failure_ttl=24 * 3600
+    )
+
+
+def finish_account(account_id: str) -> bool:
+    """Job: finish a whole account's journaled erasure; False when there is none (finished
+    meanwhile) or the account is no longer configured."""
+    from connector import runtime
+
+    rt = runtime.current()
+    unfinished = read_journal(rt.queue_redis, journal_key(account_id))
+    account = rt.account(account_id)
+    if unfinished is None or account is None:
+        return False
+    _resume(rt.profile_redis, rt.queue_redis, account, unfinished)
+    log.info("unfinished erasure finished", extra={"account": account_id, "source": unfinished.source})
+    return True
 
 
 def erase_person(

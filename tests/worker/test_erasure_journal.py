@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from rq import Queue, SimpleWorker
 
 from connector import clock, sync
 from connector.config import load_accounts
@@ -20,6 +21,7 @@ from connector.ingest.queue import EventQueue
 from connector.profiles import lookup
 from connector.sync.keys import key as sync_key
 from connector.worker import erasure, jobs, scheduler
+from connector.worker.jobs import REEVALUATE_QUEUE
 from connector.worker.ledger import Ledger, ledger_key
 from connector.worker.sizes import is_member
 from tests.profile_helpers import ev
@@ -172,9 +174,18 @@ def test_an_account_erasure_interrupted_midway_is_finished_by_the_scheduler(
         _fail_once(monkeypatch, sync, "erase")
         with pytest.raises(redis.ConnectionError):
             erasure.erase_account(conn, conn, account, clock.now(), "shopify")
+        queue = EventQueue(conn, settings.event_shards)
         frozen.advance(timedelta(seconds=erasure.FINISH_AFTER_SECONDS + 1))
-        scheduler.tick(EventQueue(conn, settings.event_shards), clock.now())
+        scheduler.tick(queue, clock.now())  # the people's records: none left; the account's waits
+        assert conn.exists(erasure.journal_key("acme"))
+        frozen.advance(timedelta(seconds=erasure.ACCOUNT_FINISH_AFTER_SECONDS))
+        scheduler.tick(queue, clock.now())  # hands it to a worker's job, not run in the tick
+        assert conn.exists(erasure.journal_key("acme"))
+        SimpleWorker([Queue(REEVALUATE_QUEUE, connection=conn)], connection=conn).work(burst=True)
         _assert_finished(conn, pid)
+        assert not conn.exists(erasure.journal_key("acme"))
+        run_workers(conn)
+        assert EMAIL not in fakes["apps"]["hubspot"].snapshot()["contacts"]
 
 
 def test_finishing_that_fails_is_tried_again_later(
