@@ -271,12 +271,13 @@ def finish_due(
     return finished
 
 
+FINISH_QUEUE = "reevaluate"  # connector.worker.jobs.REEVALUATE_QUEUE (jobs imports this module)
+
+
 def _enqueue_account(queue_conn: redis.Redis, account_id: str) -> None:
     from rq import Queue
 
-    from connector.worker.jobs import REEVALUATE_QUEUE
-
-    Queue(REEVALUATE_QUEUE, connection=queue_conn).enqueue(
+    Queue(FINISH_QUEUE, connection=queue_conn).enqueue(
         "connector.worker.erasure.finish_account", account_id, result_ttl=0, failure_ttl=24 * 3600
     )
 

@@ -181,6 +181,7 @@ def test_an_account_erasure_interrupted_midway_is_finished_by_the_scheduler(
         frozen.advance(timedelta(seconds=erasure.ACCOUNT_FINISH_AFTER_SECONDS))
         scheduler.tick(queue, clock.now())  # hands it to a worker's job, not run in the tick
         assert conn.exists(erasure.journal_key("acme"))
+        assert erasure.FINISH_QUEUE == REEVALUATE_QUEUE  # a queue every worker serves
         SimpleWorker([Queue(REEVALUATE_QUEUE, connection=conn)], connection=conn).work(burst=True)
         _assert_finished(conn, pid)
         assert not conn.exists(erasure.journal_key("acme"))
