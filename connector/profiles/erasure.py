@@ -173,8 +173,14 @@ def erase_account(
         done = erase_profile(conn, queue_conn, account, pid, now, source, on_erase)
         if done is not None:
             erased.append(done)
-    conn.delete(exports_key(account), keys.rejected_key(account), keys.conflicts_key(account))
+    forget_account_remains(conn, account)
     return erased
+
+
+def forget_account_remains(conn: redis.Redis, account: str) -> None:
+    """What an account's erasure removes once its people are erased: the account's exports,
+    rejected events and identity conflicts."""
+    conn.delete(exports_key(account), keys.rejected_key(account), keys.conflicts_key(account))
 
 
 def _letters(text: str) -> str:

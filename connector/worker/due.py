@@ -64,9 +64,13 @@ def schedule_many(pipe: redis.Redis, account: str, next_due: Mapping[str, dateti
 
 
 def unschedule(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> None:
+    """Gone (erased, merged away): out of the due index and of the reconcile flags."""
     members = [member(account, pid) for pid in profile_ids]
     if members:
-        conn.zrem(DUE_KEY, *members)
+        pipe = conn.pipeline(transaction=False)
+        pipe.zrem(DUE_KEY, *members)
+        pipe.srem(RECONCILE_KEY, *members)
+        pipe.execute()
 
 
 def restore(conn: redis.Redis, account: str, profile_ids: Iterable[str], at: datetime) -> None:

@@ -278,7 +278,11 @@ def _enqueue_account(queue_conn: redis.Redis, account_id: str) -> None:
     from rq import Queue
 
     Queue(FINISH_QUEUE, connection=queue_conn).enqueue(
-        "connector.worker.erasure.finish_account", account_id, result_ttl=0, failure_ttl=24 * 3600
+        "connector.worker.erasure.finish_account",
+        account_id,
+        result_ttl=0,
+        failure_ttl=24 * 3600,
+        job_timeout=ACCOUNT_FINISH_AFTER_SECONDS,  # RQ's default 180 s would cut a large account short
     )
 
 
@@ -328,25 +332,69 @@ def erase_person(
 def erase_account(
     conn: redis.Redis, queue_conn: redis.Redis, account: Account, now: datetime, source: str
 ) -> int:
-    """Erase every person of an account (Shopify ``shop/redact``); returns how many."""
+    """Erase every person of an account (Shopify ``shop/redact``); returns how many. The people
+    are those of the account when it starts (after its tombstone): their ids go to
+    ``erasing:{account}:todo`` first, and finishing an interrupted pass erases only those left in
+    it, not a person who came after the redact (a new relationship); only a pass stopped before
+    its list was whole takes the list again when it is finished."""
     unfinished = Unfinished(account.id, now, source, None)
     write_journal(queue_conn, unfinished)
     record_tombstones(queue_conn, account, None, now)
+    _snapshot(conn, queue_conn, account.id)
     return _erase_everyone(conn, queue_conn, account, unfinished)
 
 
+SNAPSHOT_DONE = ""  # the member that ends a complete snapshot of an account's people
+
+
+def _snapshot(conn: redis.Redis, queue_conn: redis.Redis, account_id: str) -> None:
+    """The account's profile ids into ``todo_key``, then :data:`SNAPSHOT_DONE`; one already
+    complete is kept (an interrupted pass goes on from it)."""
+    from connector.profiles.store import iter_profile_ids
+
+    todo = todo_key(account_id)
+    if queue_conn.sismember(todo, SNAPSHOT_DONE):
+        return
+    pids = list(iter_profile_ids(conn, account_id))
+    pipe = queue_conn.pipeline(transaction=False)
+    for start in range(0, len(pids), 1000):
+        pipe.sadd(todo, *pids[start : start + 1000])
+    pipe.sadd(todo, SNAPSHOT_DONE)
+    pipe.expire(todo, JOURNAL_SECONDS)
+    pipe.execute()
+
+
+def todo_key(account_id: str) -> str:
+    """The profile ids an account's erasure has still to erase (queue Redis)."""
+    return f"{JOURNAL_PREFIX}{account_id}:todo"
+
+
 def _erase_everyone(conn: redis.Redis, queue_conn: redis.Redis, account: Account, whole: Unfinished) -> int:
+    """The people of ``todo_key`` one by one, each finished (and its record gone) before the
+    next, then the account's own remains."""
     queue_conn.delete(live_key(account.id))
+    todo = todo_key(account.id)
 
     def journal(erased: Erased) -> None:  # the account's tombstone covers each of them
         write_journal(queue_conn, Unfinished(account.id, whole.at, whole.source, erased, tombstones=False))
 
-    everyone = store_erasure.erase_account(conn, queue_conn, account.id, whole.at, whole.source, journal)
-    for erased in everyone:
-        _finish(conn, queue_conn, account, erased, whole.at, tombstones=False)
-        forget_journal(queue_conn, journal_key(account.id, erased.profile_id))
+    count = 0
+    for raw in queue_conn.sscan_iter(todo, count=500):
+        pid = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if pid == SNAPSHOT_DONE:
+            continue
+        erased = store_erasure.erase_profile(
+            conn, queue_conn, account.id, pid, whole.at, whole.source, journal
+        )
+        if erased is not None:
+            _finish(conn, queue_conn, account, erased, whole.at, tombstones=False)
+            forget_journal(queue_conn, journal_key(account.id, erased.profile_id))
+            count += 1
+        queue_conn.srem(todo, pid)
+    store_erasure.forget_account_remains(conn, account.id)
     forget_journal(queue_conn, journal_key(account.id))
-    return len(everyone)
+    queue_conn.delete(todo)  # after the record: a record left always finds its snapshot
+    return count
 
 
 def _resume(conn: redis.Redis, queue_conn: redis.Redis, account: Account, unfinished: Unfinished) -> None:
@@ -354,6 +402,8 @@ def _resume(conn: redis.Redis, queue_conn: redis.Redis, account: Account, unfini
     interrupted anywhere, or finished by the scheduler while the worker that began it still runs,
     ends in the same state. The journal record goes last."""
     if unfinished.erased is None:
+        record_tombstones(queue_conn, account, None, unfinished.at)  # again: it may not have been
+        _snapshot(conn, queue_conn, account.id)  # taken now if the pass stopped before it was whole
         _erase_everyone(conn, queue_conn, account, unfinished)
         return
     known = unfinished.erased
@@ -366,9 +416,24 @@ def _resume(conn: redis.Redis, queue_conn: redis.Redis, account: Account, unfini
     )
     if found is None:  # erased from the store by an earlier attempt: its remains may be left
         store_erasure.scrub(conn, known)
+        known = _not_back(conn, account.id, known)
     erased = _union(known, found)
     _finish(conn, queue_conn, account, erased, unfinished.at, tombstones=unfinished.tombstones)
     forget_journal(queue_conn, journal_key(account.id, erased.profile_id))
+
+
+def _not_back(conn: redis.Redis, account_id: str, erased: Erased) -> Erased:
+    """``erased`` without the addresses that belong to a live profile again (the person came back
+    after the erasure, a new relationship, before it was finished): the ESPs' deletions go out
+    under the others only, so the new contact is not deleted."""
+    from connector.profiles import lookup
+
+    emails = erased.emails
+    back = {e for e in emails if lookup(conn, account_id, "email", e) not in (None, *erased.profile_ids)}
+    if not back:
+        return erased
+    identities = {k: [v for v in vs if k != "email" or v not in back] for k, vs in erased.identities.items()}
+    return replace(erased, identities=identities)
 
 
 def _union(known: Erased, found: Erased | None) -> Erased:

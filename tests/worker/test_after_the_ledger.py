@@ -215,3 +215,12 @@ def test_a_re_evaluation_failing_past_its_retries_is_due_again_and_then_reconcil
         assert held(apps) == ON_ESPS
         assert sizes.is_member(redis_client, "acme", "cart_abandoner", pid)
         assert due.flagged(redis_client, "acme", [pid]) == []
+
+
+def test_a_profile_gone_leaves_no_flag_for_reconciling(redis_client: redis.Redis) -> None:
+    """An erased or merged-away profile whose last re-evaluation failed keeps no entry behind."""
+    due.restore(redis_client, "acme", ["p-gone", "p-kept"], T0)
+    assert due.flagged(redis_client, "acme", ["p-gone", "p-kept"]) == ["p-gone", "p-kept"]
+    due.unschedule(redis_client, "acme", ["p-gone"])
+    assert due.flagged(redis_client, "acme", ["p-gone", "p-kept"]) == ["p-kept"]
+    assert due.due_at(redis_client, "acme", "p-gone") is None

@@ -217,3 +217,110 @@ def test_finishing_that_fails_is_tried_again_later(
         frozen.advance(timedelta(seconds=1))
         scheduler.tick(queue, clock.now())
         _assert_finished(conn, pid)
+
+
+def test_finishing_spares_a_person_who_came_back_after_the_erasure(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    settings: Any,
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events received after an erasure are a new relationship: the profile they make, and its
+    address at the ESPs, are not the erased person's, whenever the erasure is finished."""
+    conn = redis_client
+    account = load_accounts(config_dir).get("acme")
+    assert account is not None
+    with clock.frozen(T0) as frozen:
+        pid = _a_cart_abandoner_at_every_esp(client, conn, frozen, fakes["apps"])
+        _fail_once(monkeypatch, sync, "erase")
+        with pytest.raises(redis.ConnectionError):
+            erasure.erase_person(conn, conn, account, pid, clock.now(), "api")
+        frozen.advance(timedelta(seconds=5))
+        send(client, "Product Added", clock.now(), "journal-back")  # the same person, again
+        run_workers(conn)
+        again = lookup(conn, "acme", "email", EMAIL)
+        assert again is not None and again != pid
+        frozen.advance(timedelta(seconds=erasure.FINISH_AFTER_SECONDS))
+        scheduler.tick(EventQueue(conn, settings.event_shards), clock.now())
+        assert not conn.exists(ledger_key("acme", pid)) and not list(conn.scan_iter("erasing*"))
+        assert _deletions_queued(conn, pid) == []  # not under the address the new profile holds
+        assert lookup(conn, "acme", "email", EMAIL) == again
+
+
+def _account_erasure_interrupted(
+    conn: redis.Redis,
+    client: Any,
+    apps: dict[str, Any],
+    config_dir: Path,
+    monkeypatch: Any,
+    step: tuple[Any, str],
+) -> tuple[Any, str]:
+    account = load_accounts(config_dir).get("acme")
+    assert account is not None
+    frozen = clock.frozen(T0)
+    moment = frozen.__enter__()
+    pid = _a_cart_abandoner_at_every_esp(client, conn, moment, apps)
+    _fail_once(monkeypatch, *step)
+    with pytest.raises(redis.ConnectionError):
+        erasure.erase_account(conn, conn, account, clock.now(), "shopify")
+    return (frozen, moment), pid
+
+
+def _finish_account_erasure(conn: redis.Redis, settings: Any, moment: Any) -> None:
+    moment.advance(timedelta(seconds=erasure.ACCOUNT_FINISH_AFTER_SECONDS))
+    scheduler.tick(EventQueue(conn, settings.event_shards), clock.now())
+    SimpleWorker([Queue(REEVALUATE_QUEUE, connection=conn)], connection=conn).work(burst=True)
+
+
+def test_finishing_an_account_erasure_erases_only_the_people_it_began_with(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    settings: Any,
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = redis_client
+    (frozen, moment), pid = _account_erasure_interrupted(
+        conn, client, fakes["apps"], config_dir, monkeypatch, (sync, "erase")
+    )
+    try:
+        moment.advance(timedelta(minutes=5))  # a new customer of the shop, after the redact
+        newcomer = ev("journal-new", "product_added", at=clock.now(), user_id="u-new")
+        EventQueue(conn, settings.event_shards).ingest("acme", [newcomer], 3600)
+        run_workers(conn)
+        new_pid = lookup(conn, "acme", "user_id", "u-new")
+        assert new_pid is not None
+        _finish_account_erasure(conn, settings, moment)
+        assert not conn.exists(ledger_key("acme", pid)) and lookup(conn, "acme", "email", EMAIL) is None
+        assert lookup(conn, "acme", "user_id", "u-new") == new_pid  # not one of the people it began with
+        assert not list(conn.scan_iter("erasing*"))
+    finally:
+        frozen.__exit__(None, None, None)
+
+
+def test_finishing_an_account_erasure_writes_its_tombstone_if_it_was_not(
+    wired: dict[str, str],  # noqa: F811
+    client: Any,
+    redis_client: redis.Redis,
+    fakes: dict[str, Any],  # noqa: F811
+    settings: Any,
+    config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = redis_client
+    (frozen, moment), pid = _account_erasure_interrupted(
+        conn, client, fakes["apps"], config_dir, monkeypatch, (erasure, "record_tombstones")
+    )
+    try:
+        assert conn.get(erasure.tombstone_key("acme")) is None and lookup(conn, "acme", "email", EMAIL) == pid
+        _finish_account_erasure(conn, settings, moment)
+        assert conn.get(erasure.tombstone_key("acme")) is not None
+        assert lookup(conn, "acme", "email", EMAIL) is None and not conn.exists(ledger_key("acme", pid))
+        assert not list(conn.scan_iter("erasing*"))
+    finally:
+        frozen.__exit__(None, None, None)
