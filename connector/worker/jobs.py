@@ -375,11 +375,19 @@ def reevaluate_retry() -> Retry:
     return Retry(max=REEVALUATE_RETRIES)
 
 
+def reevaluate_meta() -> dict[str, int]:
+    """The job's own retry budget, kept with it (a retry compares with it, whatever the constant
+    says by then)."""
+    return {"retries": REEVALUATE_RETRIES}
+
+
 def _retried() -> bool:
     """Whether the running job is a retry (an earlier run may have recorded the ledger and stopped
     before the rest: the evaluation then reconciles)."""
     job = get_current_job()
-    return job is not None and job.retries_left is not None and job.retries_left < REEVALUATE_RETRIES
+    if job is None or job.retries_left is None:
+        return False
+    return job.retries_left < int(job.meta.get("retries", REEVALUATE_RETRIES))
 
 
 BACKFILL_QUEUE = "backfill"

@@ -163,6 +163,7 @@ def _enqueue(queue: Queue, account_id: str, chunk: list[str], key: str) -> int:
         result_ttl=0,
         failure_ttl=24 * 3600,
         retry=jobs.reevaluate_retry(),
+        meta=jobs.reevaluate_meta(),
     )
     return len(chunk)
 

@@ -149,6 +149,7 @@ def fire_due(conn: redis.Redis, now: datetime, limit: int = DUE_BATCH) -> int:
                     result_ttl=0,
                     failure_ttl=24 * 3600,
                     retry=jobs.reevaluate_retry(),
+                    meta=jobs.reevaluate_meta(),
                 )
         due.remove_taken(conn, entries)
         fired += len(entries)

@@ -119,7 +119,7 @@ def test_a_re_evaluation_interrupted_after_the_ledger_is_retried_and_reaches_the
         calls = fail_once(monkeypatch)
         assert scheduler.fire_due(redis_client, clock.now()) == 1
         (job,) = Queue(REEVALUATE_QUEUE, connection=redis_client).jobs
-        assert job.retries_left == jobs.REEVALUATE_RETRIES
+        assert job.retries_left == jobs.REEVALUATE_RETRIES == job.meta["retries"]
         # the first run enters the segment in the ledger and fails; RQ runs it again at once, and
         # the retry, finding the ledger up to date, submits and counts the entry all the same
         run_workers(redis_client)
