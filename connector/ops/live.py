@@ -130,31 +130,34 @@ def not_shown_entry(
 ) -> dict[str, Any]:
     """The deliveries of a sender that a web process stored past its ``limit`` a second and did not
     show one by one: how many, and their counts."""
+    reason = f"over {limit} deliveries a second in a web process: counted, not shown one by one"
+    entry = _entry_without_events(sender, "not_shown", 200, reason, accepted, duplicates, event_count)
+    return {**entry, "deliveries": deliveries}
+
+
+def refused_entry(sender: str, status: int, reason: str) -> dict[str, Any]:
+    return _entry_without_events(sender, "refused", status, reason)
+
+
+def _entry_without_events(
+    sender: str,
+    outcome: str,
+    status: int,
+    reason: str,
+    accepted: int = 0,
+    duplicates: int = 0,
+    event_count: int = 0,
+) -> dict[str, Any]:
     return {
         "at": isoformat(clock.now()),
         "sender": sender,
-        "outcome": "not_shown",
-        "status": 200,
-        "reason": f"over {limit} deliveries a second in a web process: counted, not shown one by one",
+        "outcome": outcome,
+        "status": status,
+        "reason": reason,
         "accepted": accepted,
         "duplicates": duplicates,
         "events": [],
         "event_count": event_count,
-        "deliveries": deliveries,
-    }
-
-
-def refused_entry(sender: str, status: int, reason: str) -> dict[str, Any]:
-    return {
-        "at": isoformat(clock.now()),
-        "sender": sender,
-        "outcome": "refused",
-        "status": status,
-        "reason": reason,
-        "accepted": 0,
-        "duplicates": 0,
-        "events": [],
-        "event_count": 0,
     }
 
 

@@ -162,15 +162,16 @@ def erase_account(
     account: str,
     now: datetime,
     source: str,
-    on_erase: Callable[[Erased], None] | None = None,
 ) -> list[Erased]:
-    """Erase every profile of an account (Shopify shop/redact). The dedupe markers are kept (the
-    redact's own among them: the same signed request replayed later is a duplicate)."""
+    """Erase every profile of an account (Shopify shop/redact) from the profile store alone (the
+    rules dry run's throwaway copy; the service, :func:`connector.worker.erasure.erase_account`,
+    erases person by person with its journal). The dedupe markers are kept (the redact's own among
+    them: the same signed request replayed later is a duplicate)."""
     from connector.profiles.store import iter_profile_ids
 
     erased = []
     for pid in list(iter_profile_ids(conn, account)):
-        done = erase_profile(conn, queue_conn, account, pid, now, source, on_erase)
+        done = erase_profile(conn, queue_conn, account, pid, now, source)
         if done is not None:
             erased.append(done)
     forget_account_remains(conn, account)

@@ -193,7 +193,12 @@ def _evaluate_chunk(
         zip(
             [p.profile_id for p in live],
             ledger.record_many(
-                account.id, [entry(p) for p in live], now, stored, again=again, unchanged=held
+                account.id,
+                [entry(p) for p in live],
+                now,
+                stored,
+                again=again,
+                unchanged=held if reconcile else None,  # only a second run needs them
             ),
             strict=True,
         )

@@ -58,12 +58,11 @@ def apply_batch(
     accounts: Accounts,
     conn: redis.Redis,
     queue_conn: redis.Redis,
-    reconcile: bool | None = None,
 ) -> dict[str, Outcome]:
-    """Apply events (of any accounts) with explicit connections; the outcome per account.
-    ``reconcile`` (default: inside :func:`redelivery` of a batch delivered before): see
-    :func:`connector.worker.evaluation.evaluate_profiles`."""
-    again = _redelivered.get() if reconcile is None else reconcile
+    """Apply events (of any accounts) with explicit connections; the outcome per account. Inside
+    :func:`redelivery` of a batch delivered before, the evaluation reconciles (see
+    :func:`connector.worker.evaluation.evaluate_profiles`)."""
+    again = _redelivered.get()
     events = erasure.drop_erased(queue_conn, events)
     by_account: dict[str, list[Event]] = {}
     for event in events:
