@@ -48,6 +48,8 @@ from typing import Any
 
 import redis
 
+from connector.redis_conn import cached_script
+
 # Linear hashing itself, whatever the entries' hash: an entry's bucket, a bucket's name, and one
 # split (``hash``: the structure's hash of a field or member). The sync's applied state
 # (connector/sync/applied.py) starts its scripts with it too, with a hash of its own.
@@ -249,7 +251,7 @@ def run(
 
 def grow(conn: Any, key: str, field: str, prefix: str, kind: str, cap: int, level: int, split: int) -> None:
     """Split the structure's buckets while a split is due (after a write replied ``split``)."""
-    script = conn.register_script(SPLIT)
+    script = cached_script(conn, SPLIT)
     for _ in range(SPLITS_PER_WRITE):
         src, dst = name(prefix, split), name(prefix, split + (1 << level))
         tag, level, split = script(keys=[key, src, dst], args=[field, kind, cap, prefix, level, split])

@@ -15,6 +15,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
+from connector import jsonload
 from connector.clock import isoformat, to_utc
 from connector.errors import UndecodableItem
 
@@ -165,7 +166,7 @@ def _fast(data: dict[str, Any]) -> Event | None:
 def load_event(payload: str | bytes | dict[str, Any]) -> Event:
     """Decode and validate one stored event. Raises :class:`UndecodableItem` with the reason."""
     try:
-        data = json.loads(payload) if isinstance(payload, str | bytes) else payload
+        data = jsonload.loads(payload) if isinstance(payload, str | bytes) else payload
     except (ValueError, UnicodeDecodeError) as err:
         raise UndecodableItem(f"not JSON: {err}") from err
     if not isinstance(data, dict):

@@ -25,6 +25,21 @@ def is_cluster(conn: Any) -> bool:
 
 _REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # MovedError is an AskError
 
+_SCRIPTS: dict[tuple[int, str], Any] = {}
+_SCRIPTS_MOST = 1000
+
+
+def cached_script(conn: Any, source: str) -> Any:
+    """``conn.register_script(source)``, made once per connection and script: registering hashes
+    the script's text (SHA-1), which a batch's dozen script calls would otherwise pay each time."""
+    key = (id(conn), source)
+    found = _SCRIPTS.get(key)
+    if found is None or found.registered_client is not conn:
+        if len(_SCRIPTS) >= _SCRIPTS_MOST:
+            _SCRIPTS.clear()
+        found = _SCRIPTS[key] = conn.register_script(source)
+    return found
+
 
 def grouped_by_node(
     conn: Any, keys: Sequence[str], queue: Callable[[Any, int], object], again: Callable[[int], Any]

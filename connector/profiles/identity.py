@@ -30,7 +30,7 @@ from connector.profiles import keys
 from connector.profiles.batched import Batched
 from connector.profiles.bounds import count_dropped
 from connector.profiles.store import MERGE, history_entries, rewrite_histories
-from connector.redis_conn import is_cluster, per_node
+from connector.redis_conn import cached_script, is_cluster, per_node
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Resolver:
         self.uid_writes: dict[str, str] = {}
         self.legacy: str | None = None  # the index's ``o`` (None: no index yet)
         self.result = Resolution()
-        self._merge_script = conn.register_script(MERGE)
+        self._merge_script = cached_script(conn, MERGE)
 
     # -- loading ----------------------------------------------------------------------------
     def load(self, pairs: set[tuple[str, str]]) -> None:
@@ -504,7 +504,7 @@ def _index_call(
 
 
 def _script(conn: redis.Redis, source: str) -> Any:
-    return conn.register_script(source)
+    return cached_script(conn, source)
 
 
 def read_index(

@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from connector import jsonload
 from connector.profiles import keys
 from connector.profiles.batched import Batched
 from connector.redis_conn import grouped_by_node, is_cluster, pipelined
@@ -446,7 +447,7 @@ def decode_properties(body: str, name_of: Callable[[str], str]) -> dict[str, Any
     if not body:
         return {}
     if body.startswith("{"):
-        return dict(json.loads(body))
+        return dict(jsonload.loads(body))
     out: dict[str, Any] = {}
     for part in body.split(_SEP):
         found = _TYPE.search(part)  # codes are lower-case base 36: the first type letter ends it
@@ -830,7 +831,7 @@ def _decode_field(data: ProfileData, names: NameCodes, f: str, v: str) -> None:
         if parsed is not None:
             data.identities.setdefault(parsed[0], []).append(parsed[1])
     elif kind == "t:":
-        data.traits[rest] = json.loads(v)
+        data.traits[rest] = jsonload.loads(v)
     elif kind == "o:":
         data.trait_times[rest] = _from_ms(int(v[:13]))
     elif kind in ("f:", "l:"):
@@ -905,7 +906,7 @@ def _rules_profile(
     for f_raw, v_raw in raw.items():
         kind = f_raw[:2]
         if kind == b"t:":
-            traits[f_raw[2:].decode()] = json.loads(v_raw.decode())
+            traits[f_raw[2:].decode()] = jsonload.loads(v_raw.decode())
         elif kind == b"i:":
             parsed = keys.parse_identity_field(f_raw.decode())
             if parsed is not None:

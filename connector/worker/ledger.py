@@ -61,10 +61,11 @@ from typing import Any
 
 import redis
 
+from connector import jsonload
 from connector.clock import isoformat
 from connector.profiles.batched import Batched
 from connector.profiles.store import NameCodes, base36
-from connector.redis_conn import grouped_by_node, is_cluster, pipelined
+from connector.redis_conn import cached_script, grouped_by_node, is_cluster, pipelined
 
 HISTORY_MAXLEN = 500
 INLINE = 32  # the most changes the ledger string holds; the older ones are in the list beside it
@@ -270,8 +271,13 @@ def ledger_names(conn: redis.Redis) -> NameCodes:
     return found
 
 
+# what ``json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)`` makes, without
+# building an encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return _CANONICAL.encode(value)
 
 
 def _b36(n: int) -> str:
@@ -382,7 +388,7 @@ def _by_code(text: str) -> dict[str, Any]:
     if not text:
         return {}
     codes, _, values = text.partition("=")
-    return dict(zip(codes.split(","), json.loads(values), strict=True))
+    return dict(zip(codes.split(","), jsonload.loads(values), strict=True))
 
 
 @dataclass(frozen=True)
@@ -419,7 +425,7 @@ class _Change:
             same = False
         else:
             old_segments = stored.held
-            old_traits = json.loads(stored.traits) if stored.traits else {}
+            old_traits = jsonload.loads(stored.traits) if stored.traits else {}
             same = _canonical(sorted(segments)) == stored.segments.decode() and _canonical(traits) == (
                 (stored.traits or b"").decode()
             )
@@ -467,7 +473,7 @@ def _bounds() -> tuple[int, int, int]:
 
 def _decoded(traits: Mapping[str, Any], values: str) -> dict[str, Any]:
     """The traits as JSON gives them back (``values``: their JSON array, in name order)."""
-    return dict(zip(sorted(traits), json.loads(values), strict=True)) if values else {}
+    return dict(zip(sorted(traits), jsonload.loads(values), strict=True)) if values else {}
 
 
 def _moves(codes: _Codes, entered: Iterable[str], exited: Iterable[str]) -> str:
@@ -522,8 +528,8 @@ class Ledger:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
         self.names = ledger_names(conn)
-        self._read = conn.register_script(_READ)
-        self._tail = conn.register_script(_TAIL)
+        self._read = cached_script(conn, _READ)
+        self._tail = cached_script(conn, _TAIL)
 
     def record(
         self,

@@ -39,6 +39,7 @@ from typing import Any
 import redis
 
 from connector import buckets
+from connector.redis_conn import cached_script
 
 HOURLY_RETENTION = timedelta(days=14)
 DAILY_RETENTION = timedelta(days=396)  # 13 months
@@ -257,7 +258,7 @@ def _record_layer(
     state = buckets_key(account_id)
     head = [size_key(account_id), hour_key(account_id, now), day_key(account_id, now), state]
     head += [members_key(account_id, s) for s in names]
-    script = conn.register_script(_RECORD_MANY)
+    script = cached_script(conn, _RECORD_MANY)
     for _ in range(buckets.TRIES):
         keys, args = list(head), list[Any]([_HOUR_TTL, _DAY_TTL, MEMBERS_CAP, len(names)])
         for name in names:

@@ -1,0 +1,91 @@
+"""Where a worker process's time goes, stage by stage: wall and CPU time of each stage of the
+event worker's full path (``BENCH_STAGES=1 bench/worker ...``). A stage's wall time minus its CPU
+time is, on this path, the time spent waiting for Redis's replies.
+
+Each stage is a function of the path wrapped in a timer in the worker process (after the fork);
+stages nest (the rule evaluation runs inside the evaluation chunk), so a stage's time is counted
+once, in the innermost stage running, and "other" is what no listed stage covers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+_STAGES: list[tuple[str, str, str]] = [  # (label, module, attribute: "name" or "Class.name")
+    ("read the stream", "connector.worker.jobs", "_next_entries"),
+    ("delivery counts", "connector.worker.jobs", "_deliveries"),
+    ("decode events", "connector.worker.jobs", "load_event"),
+    ("erased-people check", "connector.worker.erasure", "drop_erased"),
+    ("identity resolution", "connector.profiles.identity", "resolve"),
+    ("event apply", "connector.worker.pipeline", "apply_events"),
+    ("merges' leftovers", "connector.worker.evaluation", "forget_absorbed"),
+    ("profile load", "connector.worker.evaluation", "load_with_predictions"),
+    ("ledger read", "connector.worker.ledger", "Ledger.stored_many"),
+    ("rule evaluation", "connector.worker.evaluation", "_evaluate"),
+    ("ledger record", "connector.worker.ledger", "Ledger.record_many"),
+    ("desired state submit", "connector.worker.evaluation", "submit_many"),
+    ("due index", "connector.worker.due", "schedule_many"),
+    ("member sets, movements", "connector.worker.evaluation", "record_movements"),
+    ("live feed", "connector.livefeed", "landed"),
+    ("credits", "connector.analytics.attribution", "record_batch"),
+    ("acknowledge", "redis.client", "Pipeline.execute"),  # counted only outside every other stage
+]
+
+_totals: dict[str, list[float]] = {}
+_stack: list[list[float]] = []
+
+
+def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if label == "acknowledge" and _stack:
+            return fn(*args, **kwargs)
+        frame = [time.perf_counter(), time.process_time(), 0.0, 0.0]  # wall, CPU, inner wall, inner CPU
+        _stack.append(frame)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _stack.pop()
+            wall = time.perf_counter() - frame[0]
+            cpu = time.process_time() - frame[1]
+            total = _totals.setdefault(label, [0.0, 0.0])
+            total[0] += wall - frame[2]
+            total[1] += cpu - frame[3]
+            if _stack:
+                _stack[-1][2] += wall
+                _stack[-1][3] += cpu
+
+    return wrapper
+
+
+def install() -> None:
+    """Wrap every stage (in this process: call it in the worker after the fork)."""
+    import importlib
+
+    for label, module_name, attribute in _STAGES:
+        module = importlib.import_module(module_name)
+        owner: Any = module
+        name = attribute
+        if "." in attribute:
+            cls, name = attribute.split(".")
+            owner = getattr(module, cls)
+        setattr(owner, name, _timed(label, getattr(owner, name)))
+
+
+def totals() -> dict[str, tuple[float, float]]:
+    return {label: (wall, cpu) for label, (wall, cpu) in _totals.items()}
+
+
+def report(per_stage: dict[str, tuple[float, float]], events: int, elapsed: float) -> list[str]:
+    """Lines of µs per event per stage (wall, CPU, wait), largest first, with "other"."""
+    lines = [f"  {'stage':<26} {'wall µs/ev':>10} {'CPU µs/ev':>10} {'wait µs/ev':>10}"]
+    covered = 0.0
+    for label, (wall, cpu) in sorted(per_stage.items(), key=lambda kv: -kv[1][0]):
+        covered += wall
+        lines.append(
+            f"  {label:<26} {1e6 * wall / events:>10.1f} {1e6 * cpu / events:>10.1f} "
+            f"{1e6 * max(0.0, wall - cpu) / events:>10.1f}"
+        )
+    lines.append(f"  {'other':<26} {1e6 * (elapsed - covered) / events:>10.1f}")
+    return lines
