@@ -53,7 +53,7 @@ from connector.redis_conn import cached_script
 # Linear hashing itself, whatever the entries' hash: an entry's bucket, a bucket's name, and one
 # split (``hash``: the structure's hash of a field or member). The sync's applied state
 # (connector/sync/applied.py) starts its scripts with it too, with a hash of its own.
-SPLITTING = """
+SPLITTING: str = """
 local function lh_bucket(h, L, s)
   local b = h % (2 ^ L)
   if b < s then b = h % (2 ^ (L + 1)) end
@@ -96,7 +96,7 @@ end
 """
 
 # The Lua helpers the bucketed scripts start with. ``kind`` is 'h' (hash buckets) or 's' (sets).
-LUA = (
+LUA: str = (
     """
 -- an identity field (a kind code and a digest): 32 bits of the digest
 local function lh_hash_field(f)
@@ -176,7 +176,7 @@ local function lh_due(cap, L, s, n) return n > cap * (2 ^ L + s) end
 # field, kind, cap, the buckets' key prefix, the L and s assumed. One split when one is due.
 # Reply: 'retry' / 'split' (another is due) / 'ok' (none is due, or the structure is gone: an
 # erasure deleted it), then the state's L and s.
-SPLIT = (
+SPLIT: str = (
     LUA
     + """
 local packed = redis.call('HGET', KEYS[1], ARGV[1])

@@ -5,6 +5,10 @@ Entry points: :func:`compile_rules` (at load, raises :class:`RulesError` with th
 :func:`render` (a readable explanation).
 """
 
+from . import compiled
+
+compiled.activate()  # before any module it may load compiled (rules/compiled.py)
+
 from .compile import EMPTY, RuleSet, Segment, compile_rules
 from .durations import format_duration, parse_duration
 from .errors import RulesError

@@ -63,8 +63,10 @@ def _children(node: Any) -> Iterable[Any]:
 
 
 def _slots(cls: type) -> Iterable[str]:
+    """A node's attributes: its classes' ``__slots__``, or, compiled (``connector compile``), the
+    attribute list mypyc gives a native class."""
     for klass in cls.__mro__:
-        yield from getattr(klass, "__slots__", ())
+        yield from getattr(klass, "__slots__", ()) or getattr(klass, "__mypyc_attrs__", ())
 
 
 def reads(node: Condition | Value) -> Reads:

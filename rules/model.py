@@ -34,9 +34,11 @@ class Profile:
     traits: Mapping[str, Any] = field(default_factory=dict)
     events: Sequence[EventRecord] = ()
     revision: int = 0  # the store's write counter for this profile (orders results in the ledger)
+    # the events by name, built on first use
+    _by_name: dict[str, list[EventRecord]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def events_named(self, name: str) -> list[EventRecord]:
-        index = self.__dict__.get("_by_name")
+        index = getattr(self, "_by_name", None)  # compiled, a copy by dataclasses.replace lacks it
         if index is None:
             built: dict[str, list[EventRecord]] = {}
             for record in self.events:

@@ -21,6 +21,7 @@ def cli() -> None:
 def _register() -> None:
     from connector.cli import (
         analytics_cmd,
+        compile_cmd,
         config_cmd,
         dlq_cmd,
         events_cmd,
@@ -49,6 +50,7 @@ def _register() -> None:
         analytics_cmd,
         tokens_cmd,
         predict_cmd,
+        compile_cmd,
     ):
         module.register(cli)
 

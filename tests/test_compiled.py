@@ -1,0 +1,83 @@
+"""The compiled hot modules (rules/compiled.py): used only while a build matches the sources and
+this interpreter, plain Python otherwise; and, where ``scripts/test`` built them, the suite runs on
+them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rules import compiled
+
+
+def _manifest() -> dict[str, object]:
+    """What a build of the sources as they are would record (no compiler involved)."""
+    return {
+        "interpreter": compiled.interpreter(),
+        "modules": {
+            m: {
+                "file": str(Path(*m.split(".")).with_suffix(compiled.interpreter())),
+                "sha256": compiled.digest(compiled.source_of(m)),
+            }
+            for m in compiled.MODULES
+        },
+    }
+
+
+def test_a_build_of_the_sources_as_they_are_is_used() -> None:
+    assert compiled.stale(_manifest()) is None
+
+
+def test_a_source_changed_since_the_build_sends_every_module_to_plain_python() -> None:
+    manifest = _manifest()
+    modules = manifest["modules"]
+    assert isinstance(modules, dict)
+    modules["rules.plan"] = {**modules["rules.plan"], "sha256": "0" * 64}
+    assert compiled.stale(manifest) == "rules/plan.py changed since the build"
+
+
+def test_a_build_for_another_python_or_other_modules_is_not_used() -> None:
+    other = {**_manifest(), "interpreter": ".cpython-312-x86_64-linux-gnu.so"}
+    assert "built for .cpython-312" in (compiled.stale(other) or "")
+    fewer = _manifest()
+    modules = fewer["modules"]
+    assert isinstance(modules, dict)
+    del modules["rules.values"]
+    assert compiled.stale(fewer) == "built for another list of modules"
+
+
+def _where(env: dict[str, str]) -> dict[str, object]:
+    code = (
+        "import json, rules.plan, connector.profiles.store as s\n"
+        "from rules import compiled\n"
+        "print(json.dumps({**compiled.status(), 'plan': rules.plan.__file__, 'store': s.__file__}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    found: dict[str, object] = json.loads(done.stdout)
+    return found
+
+
+def test_switched_off_every_module_is_plain_python() -> None:
+    found = _where({**os.environ, compiled.ENV: "0"})
+    assert found["active"] is False and found["reason"] == f"{compiled.ENV}=0"
+    assert str(found["plan"]).endswith("rules/plan.py") and str(found["store"]).endswith("profiles/store.py")
+
+
+@pytest.mark.skipif(
+    os.environ.get("CONNECTOR_EXPECT_COMPILED") != "1",
+    reason="no compiled build here (scripts/test makes one)",
+)
+def test_the_suite_runs_on_the_compiled_modules_when_they_were_built() -> None:
+    status = compiled.status()
+    assert status["active"], status["reason"]
+    found = _where(dict(os.environ))
+    assert str(found["plan"]).startswith(str(compiled.BUILD_DIR))
+    assert str(found["store"]).endswith("store" + compiled.interpreter())
+    import rules.plan
+
+    assert rules.plan.__file__ is not None and rules.plan.__file__.startswith(str(compiled.BUILD_DIR))
