@@ -48,6 +48,7 @@ MODULES = (
     "connector.profiles.keys",
     "connector.profiles.properties",
     "connector.profiles.store",
+    "connector.worker.ledger_codec",
     "connector.worker.sizes",
 )
 
@@ -152,7 +153,7 @@ def build(verbose: bool = False) -> dict[str, Any]:
     import subprocess
     import tempfile
 
-    sources = [str(source_of(m).relative_to(ROOT)) for m in MODULES]
+    sources = [str(source_of(m)) for m in MODULES]
     with tempfile.TemporaryDirectory(prefix="connector-compile-") as tmp:
         out, work = Path(tmp) / "out", Path(tmp) / "work"
         config = Path(tmp) / "mypy.ini"  # as in pyproject.toml, also for an install (no pyproject.toml)
@@ -166,8 +167,10 @@ def build(verbose: bool = False) -> dict[str, Any]:
             f"target_dir={str(work)!r}), script_args=['build_ext', '--build-lib', {str(out)!r}, "
             f"'--build-temp', {str(work / 'temp')!r}] + ([] if {verbose!r} else ['-q']))\n"
         )
+        # run apart from the checkout: setuptools would read its pyproject.toml (and an older one
+        # refuses it) though the build needs none of it
         done = subprocess.run(
-            [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False
+            [sys.executable, "-c", script], cwd=tmp, capture_output=True, text=True, check=False
         )
         if done.returncode:
             raise RuntimeError("mypyc could not compile the modules:\n" + (done.stdout + done.stderr)[-4000:])
