@@ -49,6 +49,10 @@ MODULES = (
     "connector.profiles.properties",
     "connector.profiles.store",
     "connector.worker.ledger_codec",
+    "connector.worker.due",
+    "connector.sync.submit",
+    "connector.analytics.movement",
+    "connector.analytics.attribution",
     "connector.worker.sizes",
 )
 
