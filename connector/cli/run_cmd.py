@@ -75,7 +75,7 @@ def worker(burst: bool, queues: str) -> None:
 
 def _say_compiled() -> None:
     """Whether the worker runs on the compiled hot modules (rules/compiled.py); a warning when not,
-    since it is then about a third slower."""
+    since its CPU per event is then higher (16 to 30 % lower compiled)."""
     import logging
 
     from rules import compiled
