@@ -1,5 +1,5 @@
-"""JSON decoding on the hot paths (stored events, profiles, the ledger): orjson, about three times
-faster than the standard library on the connector's small documents, with :func:`json.loads` for
+"""JSON decoding on the hot paths (stored events, profiles, the ledger): orjson, about twice as
+fast as the standard library on the connector's small documents, with :func:`json.loads` for
 what orjson refuses and the standard library accepts (``NaN`` and ``Infinity``, lone surrogates)
 and for documents with a run of 19 digits or more (orjson reads an integer past 64 bits as a
 float, the standard library exactly), so that what decodes, and what it decodes to, stay as they

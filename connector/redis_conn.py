@@ -30,11 +30,16 @@ _SCRIPTS_MOST = 1000
 
 
 def cached_script(conn: Any, source: str) -> Any:
-    """``conn.register_script(source)``, made once per connection and script: registering hashes
-    the script's text (SHA-1), which a batch's dozen script calls would otherwise pay each time."""
-    key = (id(conn), source)
+    """``conn.register_script(source)``, made once per connection pool and script: registering
+    hashes the script's text (SHA-1), which a batch's dozen script calls would otherwise pay each
+    time (a client made per batch over the same pool shares it)."""
+    pool = getattr(conn, "connection_pool", conn)
+    key = (id(pool), source)
     found = _SCRIPTS.get(key)
-    if found is None or found.registered_client is not conn:
+    if (
+        found is None
+        or getattr(found.registered_client, "connection_pool", found.registered_client) is not pool
+    ):
         if len(_SCRIPTS) >= _SCRIPTS_MOST:
             _SCRIPTS.clear()
         found = _SCRIPTS[key] = conn.register_script(source)

@@ -24,7 +24,7 @@ def register(cli: click.Group) -> None:
         if check:
             click.echo(f"compiled modules {'in use' if found['active'] else 'not in use'}: {found['reason']}")
             return
-        if if_stale and found["active"]:
+        if if_stale and compiled.fresh():
             return
         try:
             import mypyc  # noqa: F401
@@ -39,7 +39,7 @@ def register(cli: click.Group) -> None:
             click.echo(f"compiling {len(compiled.MODULES)} modules with mypyc (about a minute)...", err=True)
         try:
             manifest = compiled.build()
-        except RuntimeError as err:
+        except (RuntimeError, OSError) as err:
             click.echo(f"connector compile failed, plain Python is used meanwhile: {err}", err=True)
             sys.exit(1)
         if not quiet:

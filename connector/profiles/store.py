@@ -632,7 +632,7 @@ def _plain_bytes(raw: bytes) -> int:
     return len(raw) - HEADER_BYTES
 
 
-def from_sorted_set(history: Sequence[tuple[bytes, float]]) -> list[bytes]:
+def from_sorted_set(history: Sequence[Sequence[Any]]) -> list[bytes]:
     """Entries of a history stored before the packed form (a sorted set), in the packed form."""
     out = []
     for member, score in history:
