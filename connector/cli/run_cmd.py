@@ -75,7 +75,7 @@ def worker(burst: bool, queues: str) -> None:
 
 def _say_compiled() -> None:
     """Whether the worker runs on the compiled hot modules (rules/compiled.py); a warning when not,
-    since its CPU per event is then higher (16 to 30 % lower compiled)."""
+    since its CPU per event is then higher (a median 16 % lower compiled)."""
     import logging
 
     from rules import compiled
