@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from connector.redis_conn import grouped_by_node, is_cluster, pipelined
+from connector.redis_conn import cached_script, grouped_by_node, is_cluster, pipelined
 
 PER_CALL = 100  # calls per script call: a few milliseconds of the server at most
 
@@ -57,13 +57,6 @@ class Batched:
     def __init__(self, body: str, helpers: str = "", per_call: int = PER_CALL) -> None:
         self.source = helpers + _LOOP % body
         self.per_call = per_call
-        self._scripts: dict[int, Any] = {}
-
-    def _script(self, conn: Any) -> Any:
-        found = self._scripts.get(id(conn))
-        if found is None or found.registered_client is not conn:
-            found = self._scripts[id(conn)] = conn.register_script(self.source)
-        return found
 
     def run(self, conn: redis.Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         """The reply of each call ``(keys, args)``, in order: one script call per group of calls
@@ -72,7 +65,7 @@ class Batched:
             return []
         groups = self._groups(conn, calls)
         packed = [_pack([calls[n] for n in members]) for members in groups]
-        script = self._script(conn)
+        script = cached_script(conn, self.source)
         if is_cluster(conn):
             answers = grouped_by_node(
                 conn,
