@@ -319,7 +319,14 @@ def erase(account: str, pid: str) -> Any:
 def live_page(account: str) -> Any:
     detail = get(f"/accounts/{quote(account)}")
     senders = [s["name"] for s in detail["senders"]]
-    return render("live.html", account=account, senders=senders)
+    return render("live.html", account=account, senders=senders, shown_per_second=_shown_per_second())
+
+
+def _shown_per_second() -> int:
+    """The deliveries a second this web process shows one by one (its live publisher's limit);
+    0 when it shows every one."""
+    shown = int(getattr(getattr(current_app.wsgi_app, "observer", None), "shown_per_second", 0))
+    return 0 if shown >= live.EVERY_DELIVERY else shown
 
 
 @bp.route("/a/<account>/live/stream")

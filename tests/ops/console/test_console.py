@@ -141,3 +141,20 @@ def test_the_live_stream_behind_the_session(api: Any, mint: Mint, redis_client: 
         time.sleep(0.01)
     body = api.get("/console/a/acme/live/stream?window=1").get_data(as_text=True)
     assert "X-Shopify-Topic header missing" in body
+
+
+def test_the_live_page_states_the_servers_own_limit_of_deliveries_shown(api: Any, mint: Mint) -> None:
+    from connector.ops import live
+
+    login(api, mint("viewer", "acme"))
+    publisher = api.application.wsgi_app.observer
+    default = publisher.shown_per_second
+    assert "Past 20 deliveries a second" in api.get("/console/a/acme/live").get_data(as_text=True)
+    try:
+        publisher.shown_per_second = 5
+        assert "Past 5 deliveries a second" in api.get("/console/a/acme/live").get_data(as_text=True)
+        publisher.shown_per_second = live.EVERY_DELIVERY  # CONNECTOR_LIVE_SHOWN_PER_SECOND=0
+        page = api.get("/console/a/acme/live").get_data(as_text=True)
+        assert "Every delivery is shown" in page and "Past " not in page
+    finally:
+        publisher.shown_per_second = default
