@@ -46,8 +46,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import redis
-
+from connector.errors import StateMoving
 from connector.redis_conn import cached_script
 
 # Linear hashing itself, whatever the entries' hash: an entry's bucket, a bucket's name, and one
@@ -197,10 +196,6 @@ TRIES = 8  # script calls per operation while the state keeps changing under it
 SPLITS_PER_WRITE = 64  # splits one write goes on with (the next write goes on with the rest)
 _KNOWN: dict[tuple[str, str], tuple[int, int]] = {}
 _KNOWN_MOST = 100_000
-
-
-class StateMoving(redis.exceptions.TryAgainError):
-    """A structure's state changed under every attempt (or its slot is being moved): try again."""
 
 
 def known(key: str, field: str) -> tuple[int, int]:

@@ -7,6 +7,8 @@ broken configuration.
 
 from __future__ import annotations
 
+import redis
+
 
 class ConfigError(Exception):
     """An account file or setting is invalid. Carries the file, the path inside it and the reason."""
@@ -71,3 +73,11 @@ class StoreUnavailable(ConnectorError):
 
 class UndecodableItem(ConnectorError):
     """A stored queue item that cannot be decoded into an Event."""
+
+
+class StateMoving(redis.exceptions.TryAgainError):
+    """A bucketed structure's state changed under every attempt (or its slot is being moved): try
+    again (:mod:`connector.buckets`).
+
+    Defined here, in a module that is never compiled: a class of a compiled module deriving from
+    redis-py's exceptions, whose ``__init__`` sets attributes, is laid out without room for them."""
