@@ -402,8 +402,10 @@ class Resolver:
 
 
 # -- the identity index: hashes of up to ~2 x INDEX_CAP identities (see connector.buckets) --------
-# Every script declares the state and every bucket it touches, computed from the L s assumed (ARGV);
-# it replies 'retry' and the current L s when they differ (connector.buckets.run).
+# Every script declares the state and every bucket it touches, computed from the L s assumed (ARGV),
+# finds each field's bucket under the current L s and replies 'retry' with them when one of those
+# was not declared (connector.buckets.run). A split elsewhere in the index meanwhile (another
+# worker's) does not send a call round again: only one that moved a bucket the call needs.
 # KEYS: the index's state, the buckets of the fields. ARGV: the buckets' key prefix, L, s, then
 # fields. Reply: 'ok', L, s, the state's ``o`` ('-' when there is no index yet), then each field's
 # packed profile id (nil when absent).
@@ -412,7 +414,6 @@ _INDEX_GET = (
     + """
 local st = redis.call('HMGET', KEYS[1], 'b', 'o')
 local L, s = lh_unpack(st[1])
-if L ~= tonumber(ARGV[2]) or s ~= tonumber(ARGV[3]) then return {'retry', L, s} end
 local d = lh_declared(2)
 local low, high, prefix = 2 ^ L, 2 ^ (L + 1), ARGV[1]
 local out = {'ok', L, s, st[2] or '-'}
@@ -435,7 +436,6 @@ _INDEX_SET = (
     + """
 local packed = redis.call('HGET', KEYS[1], 'b')
 local L, s, n = lh_unpack(packed)
-if L ~= tonumber(ARGV[5]) or s ~= tonumber(ARGV[6]) then return {'retry', L, s} end
 local d, into = lh_declared(2), {}
 for i = 7, #ARGV, 2 do
   into[i] = lh_name(ARGV[1], lh_bucket(lh_hash_field(ARGV[i]), L, s))
@@ -464,7 +464,6 @@ _INDEX_DEL = (
 local packed = redis.call('HGET', KEYS[1], 'b')
 if not packed then return {'ok', 0, 0, 0} end
 local L, s, n = lh_unpack(packed)
-if L ~= tonumber(ARGV[2]) or s ~= tonumber(ARGV[3]) then return {'retry', L, s} end
 local owners, k = {}, tonumber(ARGV[4])
 for i = 5, 4 + k do owners[ARGV[i]] = true end
 local d, into = lh_declared(2), {}
