@@ -449,7 +449,7 @@ class Ledger:
         return value if value and not value.startswith(b"[") else None
 
     def state(self, account: str, profile_id: str) -> LedgerState | None:
-        raw = self._raw(account, [profile_id])[0]
+        raw = self._raw(account, [profile_id], check=True)[0]  # codes cached before a wipe are dropped
         if raw.version is None:
             return None
         codes = _Codes(self.names, account)
@@ -468,6 +468,7 @@ class Ledger:
         )
         if not reply or not reply[0] or reply[0].startswith(b"["):  # none, or an earlier layout
             return [_entry(line) for line in self._history(account, profile_id, count)]
+        self.names.check(account, _generation(self.conn.hget(names_key(account), "#gen")))
         lines = reply[0].split(b"\n")
         state, changes = lines[0], [*reply[1], *lines[1:]]  # the older changes, then the string's
         return _changes(

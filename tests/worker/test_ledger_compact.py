@@ -369,3 +369,18 @@ def test_the_older_changes_on_a_cluster(
     assert state is not None and _json(state.traits) == _json(steps[-1][1])
     ledger.delete_many("acme", pids)
     assert not cluster.exists(*[older_key("acme", pid) for pid in pids])
+
+
+def test_a_wiped_store_recoded_by_another_process_is_read_with_its_new_codes(
+    redis_client: redis.Redis,
+) -> None:
+    """This process cached the codes of a store that was wiped; another process coded the names
+    again, in another order: the state and the history read here name the segments it recorded."""
+    ledger = Ledger(redis_client)
+    ledger.record_many("acme", [Entry("p1", frozenset({"vip"}), {}, 1, "")], T0)
+    assert ledger.state("acme", "p1").segments == frozenset({"vip"})  # type: ignore[union-attr]
+    redis_client.flushdb()
+    elsewhere = Ledger(redis.Redis(connection_pool=redis_client.connection_pool))
+    elsewhere.record_many("acme", [Entry("p1", frozenset({"churned"}), {}, 1, "")], T0)  # vip's code before
+    assert ledger.state("acme", "p1").segments == frozenset({"churned"})  # type: ignore[union-attr]
+    assert [(c["entered"], c["exited"]) for c in ledger.history("acme", "p1")] == [(["churned"], [])]
