@@ -5,10 +5,16 @@ time is, on this path, the time spent waiting for Redis's replies.
 Each stage is a function of the path wrapped in a timer in the worker process (after the fork);
 stages nest (the rule evaluation runs inside the evaluation chunk), so a stage's time is counted
 once, in the innermost stage running, and "other" is what no listed stage covers.
+
+CPU is each thread's own. With more than one drain lane (``CONNECTOR_DRAIN_LANES``, default 2) the
+stages of every lane are summed, and a stage's wall time also holds the time its lane waited for
+another lane to let go of the interpreter: run ``BENCH_STAGES=1 CONNECTOR_DRAIN_LANES=1 ...`` for a
+breakdown whose waits are Redis's.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,27 +40,37 @@ _STAGES: list[tuple[str, str, str]] = [  # (label, module, attribute: "name" or 
 ]
 
 _totals: dict[str, list[float]] = {}
-_stack: list[list[float]] = []
+_local = threading.local()  # each drain lane's own stack of running stages
+_lock = threading.Lock()
+
+
+def _stack() -> list[list[float]]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
 
 
 def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if label == "acknowledge" and _stack:
+        stack = _stack()
+        if label == "acknowledge" and stack:
             return fn(*args, **kwargs)
-        frame = [time.perf_counter(), time.process_time(), 0.0, 0.0]  # wall, CPU, inner wall, inner CPU
-        _stack.append(frame)
+        frame = [time.perf_counter(), time.thread_time(), 0.0, 0.0]  # wall, CPU, inner wall, inner CPU
+        stack.append(frame)
         try:
             return fn(*args, **kwargs)
         finally:
-            _stack.pop()
+            stack.pop()
             wall = time.perf_counter() - frame[0]
-            cpu = time.process_time() - frame[1]
-            total = _totals.setdefault(label, [0.0, 0.0])
-            total[0] += wall - frame[2]
-            total[1] += cpu - frame[3]
-            if _stack:
-                _stack[-1][2] += wall
-                _stack[-1][3] += cpu
+            cpu = time.thread_time() - frame[1]
+            with _lock:
+                total = _totals.setdefault(label, [0.0, 0.0])
+                total[0] += wall - frame[2]
+                total[1] += cpu - frame[3]
+            if stack:
+                stack[-1][2] += wall
+                stack[-1][3] += cpu
 
     return wrapper
 

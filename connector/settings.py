@@ -75,6 +75,7 @@ class Settings:
     config_from: str = ""
     redis_from: str = ""
     live_shown_per_second: int = 20  # 0: every stored delivery on the live stream (connector.ops.live)
+    drain_lanes: int = 2  # threads a drain applies its shard's batches on (connector.worker.jobs)
 
     def describe(self) -> str:
         """Which config directory and which Redis this process uses, and why (passwords hidden)."""
@@ -98,6 +99,9 @@ class Settings:
         shards = _int("CONNECTOR_EVENT_SHARDS", 4)
         if shards < 1:
             raise ConfigError("CONNECTOR_EVENT_SHARDS must be at least 1")
+        lanes = _int("CONNECTOR_DRAIN_LANES", 2)
+        if lanes < 1:
+            raise ConfigError("CONNECTOR_DRAIN_LANES must be at least 1")
         shown = _int("CONNECTOR_LIVE_SHOWN_PER_SECOND", 20)
         if shown < 0:
             raise ConfigError("CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0 (every delivery) or more")
@@ -118,4 +122,5 @@ class Settings:
             config_from=config_from,
             redis_from=redis_from,
             live_shown_per_second=shown,
+            drain_lanes=lanes,
         )

@@ -16,8 +16,9 @@ import gc
 import logging
 import os
 import socket
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from datetime import datetime, timedelta
 from types import TracebackType
 
@@ -149,39 +150,151 @@ def drain_events(
     time_budget: float = TIME_BUDGET_SECONDS,
     processor: Processor | None = None,
     conn: redis.Redis | None = None,
+    lanes: int | None = None,
 ) -> int:
-    """Apply stored events of one shard until it is empty or the time budget is spent."""
+    """Apply stored events of one shard until it is empty or the time budget is spent, on ``lanes``
+    threads (default: the settings' ``drain_lanes``), each applying batches of its own."""
     rt = process_runtime.current()
     conn = conn or rt.queue_redis
     processor = processor or _default_processor(rt)
+    lanes = lanes or rt.settings.drain_lanes
     ensure_group(conn, shard)
     consumer = consumer_name()
     with Heartbeat(conn, shard, consumer):
-        total, spent = _drain(conn, shard, consumer, batch_size, time_budget, processor)
+        drain = _Drain(conn, shard, consumer, batch_size, time_budget, processor)
+        total, spent = drain.run(lanes)
         if spent:
             EventQueue(conn, rt.settings.event_shards).enqueue_drain(shard)
     return total
 
 
-def _drain(
-    conn: redis.Redis, shard: int, consumer: str, batch_size: int, time_budget: float, processor: Processor
-) -> tuple[int, bool]:
-    """(events applied, whether the time budget ran out with the flag still up)."""
-    dead = DeadLetters(conn)
-    started = clock.monotonic()
-    total = 0
-    key = stream_key(shard)
-    while True:
-        entries = _next_entries(conn, key, consumer, batch_size)
-        if not entries:
-            if conn.eval(_RELEASE, 2, key, pump_key(shard), GROUP):
-                return total, False
-            # entries were stored since the read: read them (within the budget)
+LANE_SWITCH_SECONDS = 0.001  # the interpreter's switch interval while lanes run (Python's default: 5 ms)
+
+
+class _Drain:
+    """One drain of a shard on one or more lanes: threads that each read a batch, apply it and
+    acknowledge it, so that one lane's Python work overlaps another's wait for Redis. Batches of one
+    shard may then be applied concurrently, as two worker processes would: the profile store, the
+    ledger and the desired state are atomic per profile and order-independent (see
+    docs/architecture.md, "Drain lanes").
+
+    A lane that finds the stream empty stops; the last lane running releases the pump flag (atomic
+    with the ingest script, as with a single lane) or, when entries came in meanwhile, reads them.
+    A lane that spends the time budget (or the turn, when flushes wait) stops every lane after
+    its batch; an error in one stops the others after theirs and is raised by the drain."""
+
+    def __init__(
+        self,
+        conn: redis.Redis,
+        shard: int,
+        consumer: str,
+        batch_size: int,
+        time_budget: float,
+        processor: Processor,
+    ) -> None:
+        self.conn, self.shard, self.consumer = conn, shard, consumer
+        self.batch_size, self.time_budget, self.processor = batch_size, time_budget, processor
+        self.dead = DeadLetters(conn)
+        self.key = stream_key(shard)
+        self.started = clock.monotonic()
+        self.lock = threading.Lock()
+        self.reading = threading.Lock()
+        self.held: set[bytes] = set()  # entries a lane is applying
+        self.total = 0
+        self.running = 0
+        self.stop = False
+        self.spent = False
+        self.errors: list[BaseException] = []
+
+    def run(self, lanes: int) -> tuple[int, bool]:
+        """(events applied, whether the time budget ran out with the flag still up)."""
+        self.running = lanes
+        if lanes == 1:
+            self._lane()
         else:
-            total += _apply(conn, dead, key, entries, processor)
-        elapsed = clock.monotonic() - started
-        if elapsed > time_budget or (elapsed > TURN_SECONDS and _sync_waiting(conn)):
-            return total, True
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(min(switch, LANE_SWITCH_SECONDS))
+            try:
+                threads = [
+                    threading.Thread(target=self._lane, name=f"drain-{self.shard}-lane-{n}", daemon=True)
+                    for n in range(1, lanes)
+                ]
+                for thread in threads:
+                    thread.start()
+                self._lane()
+                for thread in threads:
+                    thread.join()
+            finally:
+                sys.setswitchinterval(switch)
+        if self.errors:
+            raise self.errors[0]
+        return self.total, self.spent
+
+    def _lane(self) -> None:
+        """Read, apply and acknowledge batches until the stream is empty or the drain stops; an
+        error is kept for :meth:`run` to raise once every lane has stopped."""
+        counted = True  # this lane is in ``running``
+        try:
+            while True:
+                entries = self._read()
+                if entries is None:  # the drain stops
+                    return
+                if not entries:
+                    if self._leave():
+                        counted = False
+                        return
+                    if self._released():
+                        return
+                    continue  # entries were stored since the read: read them (within the budget)
+                try:
+                    applied = _apply(self.conn, self.dead, self.key, entries, self.processor)
+                except BaseException:
+                    with self.lock:
+                        self.stop = True  # before the batch is let go: no other lane takes it up
+                    raise
+                finally:
+                    with self.lock:
+                        self.held.difference_update(entry_id for entry_id, _ in entries)
+                elapsed = clock.monotonic() - self.started
+                spent = elapsed > self.time_budget or (elapsed > TURN_SECONDS and _sync_waiting(self.conn))
+                with self.lock:
+                    self.total += applied
+                    if spent:
+                        self.stop = self.spent = True
+        except BaseException as err:
+            with self.lock:
+                self.errors.append(err)
+                self.stop = True
+        finally:
+            if counted:
+                with self.lock:
+                    self.running -= 1
+
+    def _read(self) -> list[tuple[bytes, dict]] | None:
+        """The lane's next batch; None once the drain stops. One lane reads at a time, and a claim
+        of idle entries skips those another lane holds, so no entry is applied by two lanes at once."""
+        with self.reading:
+            with self.lock:
+                if self.stop:
+                    return None
+                held = frozenset(self.held)
+            entries = _next_entries(self.conn, self.key, self.consumer, self.batch_size, held)
+            with self.lock:
+                self.held.update(entry_id for entry_id, _ in entries)
+        return entries
+
+    def _leave(self) -> bool:
+        """On an empty read: whether another lane is still applying a batch (it reads again after
+        it, so this one stops and leaves the flag to it)."""
+        with self.lock:
+            if self.running > 1:
+                self.running -= 1
+                return True
+            return False
+
+    def _released(self) -> bool:
+        """The last lane's empty read: release the flag, unless entries were stored since."""
+        return bool(self.conn.eval(_RELEASE, 2, self.key, pump_key(self.shard), GROUP))
 
 
 # The queues of this process's worker (``connector worker --queues``); None: every queue (a job run
@@ -225,11 +338,14 @@ def _sync_waiting(conn: redis.Redis) -> bool:
     return any(pipe.execute())
 
 
-def _next_entries(conn: redis.Redis, key: str, consumer: str, count: int) -> list[tuple[bytes, dict]]:
-    """Entries a dead consumer left pending, then entries idle past CLAIM_IDLE_MS, then new ones."""
+def _next_entries(
+    conn: redis.Redis, key: str, consumer: str, count: int, held: Set[bytes] = frozenset()
+) -> list[tuple[bytes, dict]]:
+    """Entries a dead consumer left pending, then entries idle past CLAIM_IDLE_MS (but those in
+    ``held``, which another lane of this drain is applying), then new ones."""
     entries = claim_orphans(conn, key, consumer, count, clock.now())
     if not entries:
-        entries = _claim_stale(conn, key, consumer, count)
+        entries = _claim_stale(conn, key, consumer, count, held)
     if not entries:
         reply = conn.xreadgroup(GROUP, consumer, {key: ">"}, count=count)
         entries = reply[0][1] if reply else []
@@ -297,9 +413,18 @@ def stale_entries(conn: redis.Redis, key: str) -> bool:
     return bool(conn.xpending_range(key, GROUP, min="-", max="+", count=1, idle=CLAIM_IDLE_MS))
 
 
-def _claim_stale(conn: redis.Redis, key: str, consumer: str, count: int) -> list[tuple[bytes, dict]]:
-    reply = conn.xautoclaim(key, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)
-    return list(reply[1]) if reply and len(reply) > 1 else []
+def _claim_stale(
+    conn: redis.Redis, key: str, consumer: str, count: int, held: Set[bytes] = frozenset()
+) -> list[tuple[bytes, dict]]:
+    """Pending entries idle past CLAIM_IDLE_MS (a failed batch's backoff is over), but those in
+    ``held``: listed first and claimed by id, so an entry another lane is applying is neither
+    taken nor counted as delivered again."""
+    rows = conn.xpending_range(key, GROUP, min="-", max="+", count=count, idle=CLAIM_IDLE_MS)
+    ids = [row["message_id"] for row in rows if row["message_id"] not in held]
+    if not ids:
+        return []
+    claimed = conn.xclaim(key, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, message_ids=ids)
+    return [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
 
 
 def _apply(
