@@ -93,8 +93,10 @@ def record_transitions(
 # the scripts that record or page a segment are followed by a call that moves up to ADOPT_PER_CALL
 # of the set's members into the buckets (a member is in one of the two, never both), and membership
 # is the union. Every script declares the state hash and every bucket it touches, computed from the
-# segment's (L, s) as last seen (connector.buckets.known), and answers 'retry' with the current ones
-# when they differ, having changed nothing.
+# segment's (L, s) as last seen (connector.buckets.known), and answers 'retry' with the current ones,
+# having changed nothing, when they differ (the recording of a batch's moves: only when a bucket it
+# needs under the current ones was not declared, so that another worker's split of other buckets
+# meanwhile does not send it round again).
 _MEMBERS_LUA = buckets.LUA
 
 # KEYS: size hash, hour hash, day hash, bucket states, the earlier layout's set of each segment (in
@@ -112,7 +114,6 @@ local plans, ok, i = {}, true, 5
 for j = 1, k do
   local p = {segment = ARGV[i], prefix = ARGV[i + 1], old = KEYS[4 + j], enter = {}, leave = {}, where = {}}
   p.L, p.s, p.count = lh_unpack(redis.call('HGET', KEYS[4], p.segment))
-  if p.L ~= tonumber(ARGV[i + 2]) or p.s ~= tonumber(ARGV[i + 3]) then ok = false end
   local n = tonumber(ARGV[i + 4])
   for x = i + 5, i + 4 + n do p.enter[#p.enter + 1] = ARGV[x] end
   i = i + 5 + n
