@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -192,7 +193,9 @@ return {lh_due(cap, L, s, n) and 'split' or 'ok', L, s}
 )
 
 
-TRIES = 8  # script calls per operation while the state keeps changing under it
+TRIES = 12  # script calls per operation while the state keeps changing under it
+BACKOFF_SECONDS = 0.0005  # the pause after the second call answered retry, doubled after each next
+BACKOFF_MOST = 0.02  # the longest pause: the calls ride out another worker's splits (about 0.13 s)
 SPLITS_PER_WRITE = 64  # splits one write goes on with (the next write goes on with the rest)
 _KNOWN: dict[tuple[str, str], tuple[int, int]] = {}
 _KNOWN_MOST = 100_000
@@ -234,14 +237,24 @@ def run(
     seen, again with the current one while the script answers ``retry`` (bounded). Returns the tag
     ('ok' or 'split'), the state's L and s, and the rest of the reply."""
     level, split = known(key, field)
-    for _ in range(TRIES):
+    for attempt in range(TRIES):
         keys, args = make(level, split)
         tag, level, split, *rest = script(keys=keys, args=args)
         level, split = int(level), int(split)
         learn(key, field, level, split)
         if text(tag) != "retry":
             return text(tag), level, split, rest
+        back_off(attempt)
     raise StateMoving(f"the buckets of {key} {field} changed under every attempt")
+
+
+def back_off(attempt: int) -> None:
+    """After the ``attempt``-th call (from 0) answered retry: the first goes again at once (it
+    assumed a stale state, and the reply carried the current one); later ones pause, doubling from
+    :data:`BACKOFF_SECONDS` up to :data:`BACKOFF_MOST`, so that another worker's run of splits
+    (:func:`grow`, up to :data:`SPLITS_PER_WRITE` calls) ends before the next try."""
+    if attempt > 0:
+        time.sleep(min(BACKOFF_SECONDS * (1 << (attempt - 1)), BACKOFF_MOST))
 
 
 def grow(conn: Any, key: str, field: str, prefix: str, kind: str, cap: int, level: int, split: int) -> None:

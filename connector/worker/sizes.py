@@ -260,7 +260,7 @@ def _record_layer(
     head = [size_key(account_id), hour_key(account_id, now), day_key(account_id, now), state]
     head += [members_key(account_id, s) for s in names]
     script = cached_script(conn, _RECORD_MANY)
-    for _ in range(buckets.TRIES):
+    for attempt in range(buckets.TRIES):
         keys, args = list(head), list[Any]([_HOUR_TTL, _DAY_TTL, MEMBERS_CAP, len(names)])
         for name in names:
             entering, leaving = moves[name]
@@ -274,6 +274,7 @@ def _record_layer(
             buckets.learn(state, name, int(rest[4 * n]), int(rest[4 * n + 1]))
         if buckets.text(tag) == "ok":
             break
+        buckets.back_off(attempt)
     else:
         raise buckets.StateMoving(f"the member buckets of {account_id} changed under every attempt")
     for n, name in enumerate(names):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
+import pytest
 import redis
 
 from connector import buckets
@@ -42,3 +44,25 @@ def test_growing_goes_on_from_the_state_it_finds(redis_client: redis.Redis) -> N
     assert _script_calls(redis_client) == 2
     assert buckets.known(state, "a") == (level, split)
     assert sizes.member_ids(redis_client, "acme", "a") == set(pids)
+
+
+def test_a_call_answered_retry_every_time_backs_off_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first retry goes at once (the reply carried the current state); the next ones pause,
+    doubling up to the most, so that another worker's run of splits ends; then StateMoving."""
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
+    calls: list[tuple[int, int]] = []
+
+    def script(keys: list[str], args: list[int]) -> list[object]:
+        calls.append((args[0], args[1]))
+        return [b"retry", 1, len(calls)]  # split once more since the last call, every time
+
+    with pytest.raises(buckets.StateMoving):
+        buckets.run(
+            script, "state-of-a-test", "f", lambda level, split: (["state-of-a-test"], [level, split])
+        )
+    assert len(calls) == buckets.TRIES
+    assert calls[1:3] == [(1, 1), (1, 2)]  # each call with the state the one before answered
+    assert pauses[0] == buckets.BACKOFF_SECONDS and pauses[1] == 2 * buckets.BACKOFF_SECONDS
+    assert len(pauses) == buckets.TRIES - 1 and max(pauses) == buckets.BACKOFF_MOST
+    assert sum(pauses) < 0.2
