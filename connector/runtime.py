@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -192,6 +193,7 @@ class AccountsProvider:
         self._errors: dict[str, FileError] = {}
         self._accounts = Accounts([])
         self.generation = 0
+        self._lock = threading.RLock()  # refresh: one thread looks at the directory at a time
 
     @property
     def errors(self) -> list[FileError]:
@@ -219,16 +221,26 @@ class AccountsProvider:
         return iter(self.current())
 
     def refresh(self, *, force: bool = False) -> None:
-        now = self._monotonic()
-        if not force and self._checked_at is not None and now - self._checked_at < self._check_seconds:
+        """Look at the directory if ``check_seconds`` passed since the last look. One thread looks at
+        a time, and the instant of the look is recorded once it is done: a thread that comes while
+        another loads waits for what it loads (the first load included) instead of being answered
+        the accounts from before it, or none."""
+        if not force and self._fresh():
             return
-        self._checked_at = now
-        signature = _signature(self.config_dir)
-        if signature != self._signature or force:
-            self._signature = signature
-            self._reload()
-            self._served = self._accounts
-        self._overlay_check()
+        with self._lock:
+            if not force and self._fresh():
+                return  # another thread looked meanwhile
+            signature = _signature(self.config_dir)
+            if signature != self._signature or force:
+                self._signature = signature
+                self._reload()
+                self._served = self._accounts
+            self._overlay_check()
+            self._checked_at = self._monotonic()
+
+    def _fresh(self) -> bool:
+        checked = self._checked_at
+        return checked is not None and self._monotonic() - checked < self._check_seconds
 
     def _overlay_check(self) -> None:
         if self.overlay is not None and (

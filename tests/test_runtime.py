@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -155,3 +157,58 @@ def test_the_web_process_takes_a_rotated_secret_without_a_restart(
     (config_dir / "globex.yaml").write_text(yaml.safe_dump(globex))
     assert post(rotated) == 200
     assert post(ACME_ENV["GLOBEX_SEGMENT_SECRET"]) == 401  # the old one is gone
+
+
+class _TellingLock:
+    """The provider's lock, telling when a thread other than the loading one waits for it."""
+
+    def __init__(self, waiting: threading.Event) -> None:
+        self._lock = threading.RLock()
+        self._waiting = waiting
+        self.loader: int | None = None
+
+    def __enter__(self) -> _TellingLock:
+        if self.loader is not None and threading.get_ident() != self.loader:
+            self._waiting.set()
+        self._lock.acquire()
+        self.loader = self.loader or threading.get_ident()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_thread_asking_while_another_loads_the_accounts_waits_for_them(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain lane (or a threaded web worker) asking for an account while another thread is loading
+    the files for the first time got the empty set of before the load: its events were rejected as
+    of an unknown account."""
+    provider = AccountsProvider(directory, ACME_ENV, check_seconds=1.0, monotonic=lambda: 5.0)
+    loading, go_on, answered_or_waiting = threading.Event(), threading.Event(), threading.Event()
+    real = runtime.load_account_file
+
+    def slow_load(path: Path, env: Any) -> Any:
+        loading.set()
+        assert go_on.wait(10)
+        return real(path, env)
+
+    monkeypatch.setattr(runtime, "load_account_file", slow_load)
+    provider._lock = _TellingLock(answered_or_waiting)  # type: ignore[assignment]
+    found: dict[str, Any] = {}
+
+    def ask(name: str) -> None:
+        found[name] = provider.get("acme")
+        answered_or_waiting.set()
+
+    first = threading.Thread(target=ask, args=("first",))
+    first.start()
+    assert loading.wait(10)
+    second = threading.Thread(target=ask, args=("second",))
+    second.start()
+    assert answered_or_waiting.wait(10)  # the second thread answered, or waits for the load
+    go_on.set()
+    first.join(10)
+    second.join(10)
+    assert found["first"] is not None and found["second"] is not None
+    assert found["second"].id == "acme"
