@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import redis
 from click.testing import CliRunner
-from redis.commands.core import Script
 
 from connector import buckets
 from connector.cli.main import _register, cli
@@ -20,6 +17,7 @@ from connector.profiles.identity import (
     read_index,
     write_index,
 )
+from tests.bucket_helpers import split_before_each_call, states_after
 from tests.profile_helpers import apply, ev
 from tests.profiles.test_profiles_cluster import cluster, cluster_url  # noqa: F401
 
@@ -170,11 +168,6 @@ def test_the_index_answers_on_a_cluster(cluster) -> None:  # type: ignore[no-unt
     assert set(cluster.scan_iter("ix:*")) <= {b"ix:{acme:ix}"}  # the index state stays
 
 
-def _next(level: int, split: int) -> tuple[int, int]:
-    split += 1
-    return (level + 1, 0) if split == 1 << level else (level, split)
-
-
 def test_a_read_while_another_worker_keeps_splitting_the_index_goes_through(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,9 +176,7 @@ def test_a_read_while_another_worker_keeps_splitting_the_index_goes_through(
     mapping = {("user_id", f"u{n}"): f"{n:016x}" for n in range(600)}
     write_index(redis_client, "acme", mapping)
     level, split, _ = _state(redis_client)
-    states = [(level, split)]
-    for _ in range(2 * buckets.TRIES):
-        states.append(_next(*states[-1]))
+    states = states_after(level, split, 2 * buckets.TRIES)
     steady = [
         pair
         for pair in mapping
@@ -193,22 +184,9 @@ def test_a_read_while_another_worker_keeps_splitting_the_index_goes_through(
     ][:20]
     assert len(steady) == 20
     state_key = keys.index_key("acme")
-    split_script = redis_client.register_script(buckets.SPLIT)
-    read_sha = redis_client.register_script(identity._INDEX_GET).sha
-    real = Script.__call__
-    calls: list[int] = []
-
-    def with_a_split_first(self: Script, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        if self.sha == read_sha:
-            now_level, now_split, _ = _state(redis_client)
-            src, dst = f"{state_key}:{now_split}", f"{state_key}:{now_split + (1 << now_level)}"
-            # cap 1: a split is due whatever the count (another worker's, just before this call)
-            split_args = ["b", "h", 1, f"{state_key}:", now_level, now_split]
-            real(split_script, keys=[state_key, src, dst], args=split_args)
-            calls.append(1)
-        return real(self, keys=keys, args=args, client=client)
-
-    monkeypatch.setattr(Script, "__call__", with_a_split_first)
+    calls = split_before_each_call(
+        monkeypatch, redis_client, identity._INDEX_GET, state_key, "b", "h", f"{state_key}:"
+    )
     found, _ = read_index(redis_client, "acme", steady)
     assert found == [mapping[pair] for pair in steady]
     assert len(calls) <= 2  # the first call, or a second with the state the first one answered

@@ -15,30 +15,22 @@ import redis
 
 from connector import clock
 from connector.event import Event
-from connector.ingest.queue import EventQueue, pump_key, stream_key
+from connector.ingest.queue import pump_key, stream_key
 from connector.profiles import load_profile, lookup
 from connector.settings import Settings
 from connector.worker import jobs
 from connector.worker.ledger import Ledger
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import NOW, ev
-
-
-class Broken(RuntimeError):
-    pass
-
-
-def _ingest(conn: redis.Redis, events: list[Event]) -> int:
-    result = EventQueue(conn, 1).ingest("acme", events, 3600)
-    assert result.accepted == len(events)
-    return result.shard
+from tests.worker.test_dead_letter_events import Broken
+from tests.worker.test_worker_concurrency import _ingest
 
 
 def test_two_lanes_apply_every_entry_once_at_the_same_time_and_release_the_flag(
     redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONNECTOR_EVENT_SHARDS", "1")
-    shard = _ingest(redis_client, [ev(f"lane-{i}", at=i, user_id=f"u{i % 7}") for i in range(60)])
+    shard = _ingest(redis_client, config_dir, [ev(f"lane-{i}", at=i, user_id=f"u{i % 7}") for i in range(60)])
     assert redis_client.exists(pump_key(shard))
     both_inside = threading.Barrier(2, timeout=30)
     lanes_seen: set[str] = set()
@@ -67,7 +59,7 @@ def test_an_error_in_one_lane_stops_the_drain_and_leaves_its_batch_to_the_backof
     redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONNECTOR_EVENT_SHARDS", "1")
-    shard = _ingest(redis_client, [ev(f"err-{i}", at=i, user_id=f"u{i}") for i in range(40)])
+    shard = _ingest(redis_client, config_dir, [ev(f"err-{i}", at=i, user_id=f"u{i}") for i in range(40)])
     monkeypatch.setattr(jobs, "CLAIM_IDLE_MS", 0)  # the backoff is over at once: still not this drain's
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -91,7 +83,7 @@ def test_a_claim_of_idle_entries_skips_those_another_lane_holds(
     redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONNECTOR_EVENT_SHARDS", "1")
-    shard = _ingest(redis_client, [ev(f"held-{i}", at=i, user_id="u1") for i in range(6)])
+    shard = _ingest(redis_client, config_dir, [ev(f"held-{i}", at=i, user_id="u1") for i in range(6)])
     key = stream_key(shard)
     jobs.ensure_group(redis_client, shard)
     monkeypatch.setattr(jobs, "CLAIM_IDLE_MS", 0)
@@ -150,7 +142,7 @@ def test_two_lanes_leave_the_profiles_and_segments_one_lane_leaves(
     states = []
     for lanes in (1, 2):
         redis_client.flushdb()
-        shard = _ingest(redis_client, _people())
+        shard = _ingest(redis_client, config_dir, _people())
         with clock.frozen(NOW):
             assert jobs.drain_events(shard, batch_size=7, conn=redis_client, lanes=lanes) == 240
         states.append(_state(redis_client))

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import redis
-from redis.commands.core import Script
 
 from connector import buckets
 from connector.analytics import overlap
 from connector.worker import sizes
+from tests.bucket_helpers import split_before_each_call, states_after
 from tests.profiles.test_profiles_cluster import cluster, cluster_url  # noqa: F401  (fixtures)
 
 NOW = datetime(2024, 3, 1, tzinfo=UTC)
@@ -161,32 +161,16 @@ def test_recording_while_another_worker_keeps_splitting_a_segment_goes_through(
     sizes.record_many(redis_client, "acme", [(p, {"a"}, ()) for p in pids[:500]], NOW)
     state = sizes.buckets_key("acme")
     level, split, _ = buckets.unpack_state(redis_client.hget(state, "a"))
-    states = [(level, split)]
-    for _ in range(2 * buckets.TRIES):
-        nxt = states[-1][1] + 1
-        states.append((states[-1][0] + 1, 0) if nxt == 1 << states[-1][0] else (states[-1][0], nxt))
+    states = states_after(level, split, 2 * buckets.TRIES)
     steady = [
         p
         for p in pids[500:]
         if len({buckets.bucket_of(buckets.member_hash(buckets.pack_pid(p)), *st) for st in states}) == 1
     ][:10]
     assert len(steady) == 10
-    prefix = f"{state}:a:"
-    split_script = redis_client.register_script(buckets.SPLIT)
-    record_sha = redis_client.register_script(sizes._RECORD_MANY).sha
-    real = Script.__call__
-    calls: list[int] = []
-
-    def with_a_split_first(self: Script, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        if self.sha == record_sha:
-            now_level, now_split, _ = buckets.unpack_state(redis_client.hget(state, "a"))
-            src, dst = f"{prefix}{now_split}", f"{prefix}{now_split + (1 << now_level)}"
-            # cap 1: a split is due whatever the count (another worker's, just before this call)
-            real(split_script, keys=[state, src, dst], args=["a", "s", 1, prefix, now_level, now_split])
-            calls.append(1)
-        return real(self, keys=keys, args=args, client=client)
-
-    monkeypatch.setattr(Script, "__call__", with_a_split_first)
+    calls = split_before_each_call(
+        monkeypatch, redis_client, sizes._RECORD_MANY, state, "a", "s", f"{state}:a:"
+    )
     sizes.record_many(redis_client, "acme", [(p, {"a"}, ()) for p in steady], NOW)
     monkeypatch.undo()
     assert len(calls) <= 2  # the first call, or a second with the state the first one answered

@@ -1,0 +1,48 @@
+"""Another worker growing a bucketed structure while a call is made (connector.buckets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from redis.commands.core import Script
+
+from connector import buckets
+
+
+def states_after(level: int, split: int, splits: int) -> list[tuple[int, int]]:
+    """(L, s) now and after each of the next ``splits`` splits."""
+    states = [(level, split)]
+    for _ in range(splits):
+        at_level, at = states[-1]
+        states.append((at_level + 1, 0) if at + 1 == 1 << at_level else (at_level, at + 1))
+    return states
+
+
+def split_before_each_call(
+    monkeypatch: pytest.MonkeyPatch,
+    conn: redis.Redis,
+    source: str,
+    state: str,
+    field: str,
+    kind: str,
+    prefix: str,
+) -> list[int]:
+    """Before every call of the script ``source``, one more split of ``field``'s buckets (as another
+    worker's, with cap 1: due whatever the count); returns the list the calls are counted in."""
+    split_script = conn.register_script(buckets.SPLIT)
+    sha = conn.register_script(source).sha
+    real = Script.__call__
+    calls: list[int] = []
+
+    def with_a_split_first(self: Script, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if self.sha == sha:
+            level, split, _ = buckets.unpack_state(conn.hget(state, field))
+            src, dst = f"{prefix}{split}", f"{prefix}{split + (1 << level)}"
+            real(split_script, keys=[state, src, dst], args=[field, kind, 1, prefix, level, split])
+            calls.append(1)
+        return real(self, keys=keys, args=args, client=client)
+
+    monkeypatch.setattr(Script, "__call__", with_a_split_first)
+    return calls
