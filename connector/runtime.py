@@ -212,7 +212,8 @@ class AccountsProvider:
     def refresh_rules(self) -> None:
         """Look at the API rule versions now (a re-evaluation after a publish does, before it starts)."""
         self.refresh()
-        self._overlay_check()
+        with self._lock:
+            self._overlay_check()
 
     def get(self, account_id: str) -> Account | None:
         return self.current().get(account_id)

@@ -373,9 +373,7 @@ def claim_orphans(
         if name == consumer:
             continue
         rows = conn.xpending_range(key, GROUP, min="-", max="+", count=count, consumername=name)
-        ids = [row["message_id"] for row in rows]
-        claimed = conn.xclaim(key, GROUP, consumer, min_idle_time=0, message_ids=ids) if ids else []
-        entries = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
+        entries = _claim(conn, key, consumer, [row["message_id"] for row in rows], 0)
         if entries:
             log.info("claimed entries of a dead consumer", extra={"consumer": name, "entries": len(entries)})
             return entries
@@ -421,9 +419,17 @@ def _claim_stale(
     taken nor counted as delivered again."""
     rows = conn.xpending_range(key, GROUP, min="-", max="+", count=count, idle=CLAIM_IDLE_MS)
     ids = [row["message_id"] for row in rows if row["message_id"] not in held]
+    return _claim(conn, key, consumer, ids, CLAIM_IDLE_MS)
+
+
+def _claim(
+    conn: redis.Redis, key: str, consumer: str, ids: list[bytes], min_idle: int
+) -> list[tuple[bytes, dict]]:
+    """Claim these pending entries for ``consumer`` (those still idle ``min_idle`` ms); the ones
+    whose stream entry is still there."""
     if not ids:
         return []
-    claimed = conn.xclaim(key, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, message_ids=ids)
+    claimed = conn.xclaim(key, GROUP, consumer, min_idle_time=min_idle, message_ids=ids)
     return [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
 
 

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from connector import clock
+from connector.errors import ConfigError
 from connector.event import Event
 from connector.ingest.queue import pump_key, stream_key
 from connector.profiles import load_profile, lookup
@@ -156,5 +157,5 @@ def test_a_lane_count_below_one_or_not_a_number_stops_start_up(
     raw: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONNECTOR_DRAIN_LANES", raw)
-    with pytest.raises(Exception, match="CONNECTOR_DRAIN_LANES"):
+    with pytest.raises(ConfigError, match="CONNECTOR_DRAIN_LANES"):
         Settings.from_env()
