@@ -8,13 +8,15 @@ profile store may use one.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _HiredisParser
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, ClusterDownError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
@@ -29,10 +31,54 @@ _SCRIPTS: dict[tuple[int, str], Any] = {}
 _SCRIPTS_MOST = 1000
 
 
+class DirectScript:
+    """A Lua script of one Redis server, called as redis-py's registered scripts are
+    (``script(keys=..., args=...)``, ``.sha``, ``.script``) but sent by :func:`pipelined`: the
+    EVALSHA packed at once and its reply read off the connection, without the client's command
+    stack (its retry wrapper, argument checks and response callbacks cost more CPU than many of
+    the worker's scripts take to run). A server that does not hold the script yet gets it loaded
+    and the call sent again; any other error reply is raised. A call given another ``client`` (a
+    pipeline) goes through redis-py's own script object."""
+
+    def __init__(self, conn: redis.Redis, source: str) -> None:
+        self.registered_client = conn
+        self.script = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._queued: Any = None
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
+        if client is not None and client is not self.registered_client:
+            if self._queued is None:
+                self._queued = self.registered_client.register_script(self.script)
+            return self._queued(keys=keys, args=args, client=client)
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        reply = pipelined(self.registered_client, [command], attempts=1)[0]
+        if isinstance(reply, NoScriptError):
+            load = ("SCRIPT", "LOAD", self.script)
+            reply = pipelined(self.registered_client, [load, command], attempts=1)[1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+_QUEUED: dict[str, Any] = {}
+
+
+def queued_script(pipe: Any, source: str) -> Any:
+    """redis-py's script object of ``source`` for calls queued on pipelines (``client=pipe``), made
+    once per script: the pipeline loads it on NOSCRIPT when it runs."""
+    found = _QUEUED.get(source)
+    if found is None:
+        if len(_QUEUED) >= _SCRIPTS_MOST:
+            _QUEUED.clear()
+        found = _QUEUED[source] = pipe.register_script(source)
+    return found
+
+
 def cached_script(conn: Any, source: str) -> Any:
-    """``conn.register_script(source)``, made once per connection pool and script: registering
-    hashes the script's text (SHA-1), which a batch's dozen script calls would otherwise pay each
-    time (a client made per batch over the same pool shares it)."""
+    """The script object of ``source`` for ``conn``, made once per connection pool and script
+    (making one hashes the script's text): a :class:`DirectScript` on a single server, redis-py's
+    ``register_script`` on a cluster (whose client finds the node of the keys)."""
     pool = getattr(conn, "connection_pool", conn)
     key = (id(pool), source)
     found = _SCRIPTS.get(key)
@@ -42,7 +88,8 @@ def cached_script(conn: Any, source: str) -> Any:
     ):
         if len(_SCRIPTS) >= _SCRIPTS_MOST:
             _SCRIPTS.clear()
-        found = _SCRIPTS[key] = conn.register_script(source)
+        found = conn.register_script(source) if is_cluster(conn) else DirectScript(conn, source)
+        _SCRIPTS[key] = found
     return found
 
 
@@ -116,13 +163,65 @@ def reset() -> None:
     connection.cache_clear()
 
 
-_pack_command: Any
-try:
-    import hiredis
+_HEADS = [b"$%d\r\n" % n for n in range(1024)]  # the bulk string headers of short arguments
 
-    _pack_command = hiredis.pack_command
-except ImportError:  # the pure Python packer of redis-py does it as well, slower
-    _pack_command = None
+
+def _arg(value: object) -> bytes:
+    """One argument as Redis receives it (redis-py's encoding: text as UTF-8, numbers by repr)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bool) or not isinstance(value, (int, float, bytearray, memoryview)):
+        raise redis.DataError(f"Invalid input of type: {type(value).__name__!r}")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return repr(value).encode()
+
+
+def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
+    """Commands in the Redis protocol, in one buffer. What hiredis's ``pack_command`` writes,
+    without its ``sprintf`` per argument (a tenth of the worker's instructions went there)."""
+    parts: list[bytes] = []
+    heads = _HEADS
+    for command in commands:
+        parts.append(b"*%d\r\n" % len(command))
+        for value in command:
+            data = value if isinstance(value, bytes) else _arg(value)
+            size = len(data)
+            parts.append(heads[size] if size < 1024 else b"$%d\r\n" % size)
+            parts.append(data)
+            parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _read_replies(connection: Any, count: int) -> list[Any]:
+    """``count`` replies off the connection, an error reply as its exception (read whole: the
+    connection stays in step). With hiredis the replies are taken from its reader as they are
+    parsed (what ``read_response`` does per reply, without its layers per reply)."""
+    replies: list[Any] = []
+    parser = connection._parser
+    if type(parser) is not _HiredisParser or str(getattr(connection, "protocol", 2)) == "3":
+        for _ in range(count):
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as err:
+                replies.append(err)
+        return replies
+    reader = parser._reader
+    if reader is None:
+        raise redis.ConnectionError("the connection closed before its replies were read")
+    while len(replies) < count:
+        reply = reader.gets()
+        if reply is NOT_ENOUGH_DATA:  # not a whole reply yet
+            parser.read_from_socket()
+            continue
+        if isinstance(reply, redis.ConnectionError):
+            raise reply
+        if isinstance(reply, list) and reply and isinstance(reply[0], redis.ConnectionError):
+            raise reply[0]
+        replies.append(reply)
+    return replies
 
 
 READ_ATTEMPTS = 2  # a read pipeline that lost its connection is sent again once
@@ -145,18 +244,8 @@ def pipelined(
         pool = conn.connection_pool
         connection = pool.get_connection()
         try:
-            if _pack_command is not None:
-                packed = [b"".join([_pack_command(tuple(command)) for command in commands])]
-            else:
-                packed = connection.pack_commands(commands)
-            connection.send_packed_command(packed)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response())
-                except redis.ResponseError as err:  # read whole: the connection stays in step
-                    replies.append(err)
-            return replies
+            connection.send_packed_command([pack_commands(commands)])
+            return _read_replies(connection, len(commands))
         except (redis.ConnectionError, redis.TimeoutError):
             connection.disconnect()
             if attempt + 1 == attempts:

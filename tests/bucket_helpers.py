@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import redis
-from redis.commands.core import Script
+from redis.connection import AbstractConnection
 
 from connector import buckets
 
@@ -29,20 +29,22 @@ def split_before_each_call(
     kind: str,
     prefix: str,
 ) -> list[int]:
-    """Before every call of the script ``source``, one more split of ``field``'s buckets (as another
-    worker's, with cap 1: due whatever the count); returns the list the calls are counted in."""
+    """Before every call of the script ``source`` is sent, one more split of ``field``'s buckets (as
+    another worker's, with cap 1: due whatever the count); returns the list the calls are counted
+    in. The hook is on the connection's send, which every way of calling a script goes through."""
     split_script = conn.register_script(buckets.SPLIT)
-    sha = conn.register_script(source).sha
-    real = Script.__call__
+    sha = conn.script_load(source).encode()  # loaded: each call is one send
+    real = AbstractConnection.send_packed_command
     calls: list[int] = []
 
-    def with_a_split_first(self: Script, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        if self.sha == sha:
+    def with_a_split_first(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        if sha in packed:
             level, split, _ = buckets.unpack_state(conn.hget(state, field))
             src, dst = f"{prefix}{split}", f"{prefix}{split + (1 << level)}"
-            real(split_script, keys=[state, src, dst], args=[field, kind, 1, prefix, level, split])
+            split_script(keys=[state, src, dst], args=[field, kind, 1, prefix, level, split])
             calls.append(1)
-        return real(self, keys=keys, args=args, client=client)
+        real(self, command, check_health)
 
-    monkeypatch.setattr(Script, "__call__", with_a_split_first)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", with_a_split_first)
     return calls

@@ -46,6 +46,7 @@ from connector.analytics.keys import (
 )
 from connector.analytics.settings import conversion_days
 from connector.event import Event
+from connector.redis_conn import queued_script
 
 ENGAGEMENT = {"email_delivered": "dl", "email_opened": "op", "email_clicked": "ck"}
 KINDS = (*ENGAGEMENT, "unsubscribed", "order_completed")
@@ -351,7 +352,7 @@ def record(
     keys = [person_key(account, profile_id), messages_key(account, profile_id), codes_key(account)]
     written = period(now or clock.now())
     held = ",".join(sorted(current))
-    script = pipe.register_script(_CREDIT) if hasattr(pipe, "register_script") else None
+    script = queued_script(pipe, _CREDIT) if hasattr(pipe, "register_script") else None
     queued = 0
     for event in events:
         kind = kind_of(event)

@@ -28,6 +28,7 @@ from connector.analytics.keys import (
     migration_key,
     person_key,
 )
+from connector.redis_conn import queued_script
 from connector.worker import sizes
 
 NONE = "-"
@@ -157,7 +158,7 @@ def record_many(
         args += [position[group], field, count]
     for _, came, left, _ in rows:
         args += [len(came), *came, len(left), *left]
-    pipe.register_script(_RECORD_MANY)(keys=keys, args=args, client=pipe)
+    queued_script(pipe, _RECORD_MANY)(keys=keys, args=args, client=pipe)
 
 
 def _moves(group_of: Mapping[str, str], came: list[str], left: list[str]) -> dict[str, str]:

@@ -1,0 +1,68 @@
+"""The worker's direct Redis path (connector.redis_conn): the packer, the replies and the scripts."""
+
+from __future__ import annotations
+
+import hiredis
+import pytest
+import redis
+
+from connector.redis_conn import DirectScript, cached_script, pack_commands, pipelined
+
+ECHO_KEYS_AND_ARGS = "return {KEYS[1], ARGV[1], ARGV[2], #ARGV}"
+
+
+def test_the_packer_writes_what_hiredis_writes_for_every_kind_of_argument() -> None:
+    commands = [
+        ("EVALSHA", "f" * 40, 2, "k:{a}1", "k:{a}2", b"\x00\xff\r\n", 3.25, -7, 0, "é" * 600, "x" * 5000),
+        ("GET", ""),
+        ("HSET", "h", "field", 12345678901234567890),
+    ]
+    expected = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
+    assert pack_commands(commands) == expected
+    assert pack_commands([]) == b""
+
+
+@pytest.mark.parametrize("bad", [True, None, object(), [1]])
+def test_the_packer_refuses_what_redis_py_refuses(bad: object) -> None:
+    with pytest.raises(redis.DataError, match="Invalid input of type"):
+        pack_commands([("SET", "k", bad)])
+
+
+def test_replies_come_in_order_with_errors_in_place_and_long_ones_whole(redis_url: str) -> None:
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    big = "v" * 300_000  # read off the socket in many pieces
+    replies = pipelined(conn, [("SET", "s", big), ("INCR", "s"), ("GET", "s"), ("LPUSH", "l", 1, 2)])
+    assert replies[0] == b"OK"
+    assert isinstance(replies[1], redis.ResponseError)
+    assert replies[2] == big.encode()
+    assert replies[3] == 2
+    assert conn.ping()  # the pooled connection is still in step
+
+
+def test_a_script_the_server_does_not_hold_is_loaded_and_run_once(redis_url: str) -> None:
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    conn.script_flush()
+    counter = cached_script(conn, "return redis.call('INCR', KEYS[1])")
+    assert isinstance(counter, DirectScript)
+    assert counter(keys=["n"]) == 1
+    conn.script_flush()  # a restart or a flush between calls
+    assert counter(keys=["n"]) == 2
+    assert conn.get("n") == b"2"
+    echo = cached_script(conn, ECHO_KEYS_AND_ARGS)
+    assert echo(keys=["a"], args=[b"x", 5]) == [b"a", b"x", b"5", 2]
+    assert cached_script(conn, ECHO_KEYS_AND_ARGS) is echo
+
+
+def test_a_script_error_is_raised_and_a_pipeline_call_is_queued_on_the_pipeline(redis_url: str) -> None:
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    failing = cached_script(conn, "return redis.error_reply('WRONG the reason')")
+    with pytest.raises(redis.ResponseError, match="the reason"):
+        failing()
+    echo = cached_script(conn, ECHO_KEYS_AND_ARGS)
+    pipe = conn.pipeline(transaction=False)
+    pipe.set("before", 1)
+    echo(keys=["b"], args=["y", "z"], client=pipe)
+    assert pipe.execute() == [True, [b"b", b"y", b"z", 2]]
