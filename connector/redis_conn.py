@@ -140,6 +140,19 @@ def per_node(conn: Any, calls: Sequence[tuple[str, str, Sequence[Any]]]) -> list
     )
 
 
+class RespPacker:
+    """redis-py's ``command_packer`` for the product's clients: every command they send (pipelines,
+    scripts queued on them, RQ's own) is packed by :func:`pack_commands` instead of hiredis's
+    ``pack_command``. As redis-py's packers do, a first argument naming two words ("SCRIPT LOAD")
+    is sent as two."""
+
+    def pack(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if (isinstance(first, str) and " " in first) or (isinstance(first, bytes) and b" " in first):
+            args = (*first.split(), *args[1:])
+        return [pack_commands([args])]
+
+
 def _connect(url: str) -> redis.Redis:
     if url.startswith(CLUSTER_SCHEMES):
         plain = url.replace("+cluster", "", 1)
@@ -150,6 +163,7 @@ def _connect(url: str) -> redis.Redis:
         socket_connect_timeout=1.0,
         socket_timeout=5.0,
         health_check_interval=30,
+        command_packer=RespPacker(),
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hiredis
 import pytest
 import redis
+from redis.connection import HiredisRespSerializer
 
-from connector.redis_conn import DirectScript, cached_script, pack_commands, pipelined
+from connector import redis_conn
+from connector.redis_conn import DirectScript, RespPacker, cached_script, pack_commands, pipelined
 
 ECHO_KEYS_AND_ARGS = "return {KEYS[1], ARGV[1], ARGV[2], #ARGV}"
 
@@ -20,6 +22,29 @@ def test_the_packer_writes_what_hiredis_writes_for_every_kind_of_argument() -> N
     expected = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
     assert pack_commands(commands) == expected
     assert pack_commands([]) == b""
+
+
+def test_the_clients_packer_splits_a_two_word_command_as_redis_py_does() -> None:
+    for command in [("SCRIPT LOAD", "return 1"), (b"CONFIG SET", "maxmemory", 0), ("GET", "a b")]:
+        assert RespPacker().pack(*command) == [b"".join(HiredisRespSerializer().pack(*command))]
+
+
+def test_the_products_clients_send_through_the_packer(redis_url: str) -> None:
+    redis_conn.reset()
+    try:
+        conn = redis_conn.connection(redis_url)
+        conn.flushdb()
+        connection = conn.connection_pool.get_connection()
+        assert isinstance(connection._command_packer, RespPacker)
+        conn.connection_pool.release(connection)
+        sha = conn.script_load("return ARGV[1]")
+        pipe = conn.pipeline(transaction=True)
+        pipe.hset("h", mapping={"a": 1, "b": "é"})
+        pipe.evalsha(sha, 0, 2.5)
+        pipe.hgetall("h")
+        assert pipe.execute() == [2, b"2.5", {b"a": b"1", b"b": "é".encode()}]
+    finally:
+        redis_conn.reset()
 
 
 @pytest.mark.parametrize("bad", [True, None, object(), [1]])
