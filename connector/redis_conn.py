@@ -212,10 +212,11 @@ def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
 def _read_replies(connection: Any, count: int) -> list[Any]:
     """``count`` replies off the connection, an error reply as its exception (read whole: the
     connection stays in step). With hiredis the replies are taken from its reader as they are
-    parsed (what ``read_response`` does per reply, without its layers per reply)."""
+    parsed (what ``read_response`` does per reply, without its layers per reply); a RESP3 push
+    message on the way goes to redis-py's handler, as ``read_response`` sends it."""
     replies: list[Any] = []
     parser = connection._parser
-    if type(parser) is not _HiredisParser or str(getattr(connection, "protocol", 2)) == "3":
+    if type(parser) is not _HiredisParser:
         for _ in range(count):
             try:
                 replies.append(connection.read_response())
@@ -225,10 +226,14 @@ def _read_replies(connection: Any, count: int) -> list[Any]:
     reader = parser._reader
     if reader is None:
         raise redis.ConnectionError("the connection closed before its replies were read")
+    push = getattr(parser, "_hiredis_PushNotificationType", None)
     while len(replies) < count:
         reply = reader.gets()
         if reply is NOT_ENOUGH_DATA:  # not a whole reply yet
             parser.read_from_socket()
+            continue
+        if push is not None and isinstance(reply, push):
+            parser.handle_push_response(reply)
             continue
         if isinstance(reply, redis.ConnectionError):
             raise reply

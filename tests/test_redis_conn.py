@@ -53,15 +53,19 @@ def test_the_packer_refuses_what_redis_py_refuses(bad: object) -> None:
         pack_commands([("SET", "k", bad)])
 
 
-def test_replies_come_in_order_with_errors_in_place_and_long_ones_whole(redis_url: str) -> None:
-    conn = redis.Redis.from_url(redis_url)
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_replies_come_in_order_with_errors_in_place_and_long_ones_whole(
+    redis_url: str, protocol: int
+) -> None:
+    conn = redis.Redis.from_url(redis_url, protocol=protocol)
     conn.flushdb()
     big = "v" * 300_000  # read off the socket in many pieces
-    replies = pipelined(conn, [("SET", "s", big), ("INCR", "s"), ("GET", "s"), ("LPUSH", "l", 1, 2)])
+    commands = [("SET", "s", big), ("INCR", "s"), ("GET", "s"), ("LPUSH", "l", 1, 2), ("EXISTS", "none")]
+    replies = pipelined(conn, commands)
     assert replies[0] == b"OK"
     assert isinstance(replies[1], redis.ResponseError)
     assert replies[2] == big.encode()
-    assert replies[3] == 2
+    assert replies[3:] == [2, 0]
     assert conn.ping()  # the pooled connection is still in step
 
 
