@@ -46,32 +46,40 @@ class DirectScript:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._queued: Any = None
 
-    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
+    def __call__(
+        self, keys: Sequence[Any] | None = (), args: Sequence[Any] | None = (), client: Any = None
+    ) -> Any:
         if client is not None and client is not self.registered_client:
             if self._queued is None:
                 self._queued = self.registered_client.register_script(self.script)
             return self._queued(keys=keys, args=args, client=client)
+        keys, args = keys or (), args or ()
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         reply = pipelined(self.registered_client, [command], attempts=1)[0]
         if isinstance(reply, NoScriptError):
             load = ("SCRIPT", "LOAD", self.script)
-            reply = pipelined(self.registered_client, [load, command], attempts=1)[1]
+            loaded, reply = pipelined(self.registered_client, [load, command], attempts=1)
+            if isinstance(loaded, Exception):  # the script's own error (it does not compile, OOM)
+                raise loaded
         if isinstance(reply, Exception):
             raise reply
         return reply
 
 
-_QUEUED: dict[str, Any] = {}
+_QUEUED: dict[tuple[int, str], Any] = {}
 
 
 def queued_script(pipe: Any, source: str) -> Any:
-    """redis-py's script object of ``source`` for calls queued on pipelines (``client=pipe``), made
-    once per script: the pipeline loads it on NOSCRIPT when it runs."""
-    found = _QUEUED.get(source)
-    if found is None:
+    """redis-py's script object of ``source`` for calls queued on pipelines of one connection pool
+    (``script(keys=..., args=..., client=pipe)``), made once per pool and script and registered on
+    a client of the pool, not on the pipeline: the pipeline loads it on NOSCRIPT when it runs."""
+    pool = pipe.connection_pool
+    key = (id(pool), source)
+    found = _QUEUED.get(key)
+    if found is None or found.registered_client.connection_pool is not pool:
         if len(_QUEUED) >= _SCRIPTS_MOST:
             _QUEUED.clear()
-        found = _QUEUED[source] = pipe.register_script(source)
+        found = _QUEUED[key] = redis.Redis(connection_pool=pool).register_script(source)
     return found
 
 
@@ -230,7 +238,10 @@ def _read_replies(connection: Any, count: int) -> list[Any]:
     while len(replies) < count:
         reply = reader.gets()
         if reply is NOT_ENOUGH_DATA:  # not a whole reply yet
-            parser.read_from_socket()
+            try:
+                parser.read_from_socket()  # converts a timeout; other socket errors are ours to
+            except OSError as err:  # convert, as redis-py's read_response does
+                raise redis.ConnectionError(f"Error while reading from the connection: {err}") from err
             continue
         if push is not None and isinstance(reply, push):
             parser.handle_push_response(reply)

@@ -29,9 +29,10 @@ def split_before_each_call(
     kind: str,
     prefix: str,
 ) -> list[int]:
-    """Before every call of the script ``source`` is sent, one more split of ``field``'s buckets (as
-    another worker's, with cap 1: due whatever the count); returns the list the calls are counted
-    in. The hook is on the connection's send, which every way of calling a script goes through."""
+    """Before every send of a call of the script ``source``, one more split of ``field``'s buckets
+    (as another worker's, with cap 1: due whatever the count); returns the list the sends are
+    counted in. The hook is on the connection's send, which every way of calling a script goes
+    through; the calls it is used for go one per send."""
     split_script = conn.register_script(buckets.SPLIT)
     sha = conn.script_load(source).encode()  # loaded: each call is one send
     real = AbstractConnection.send_packed_command
@@ -39,7 +40,7 @@ def split_before_each_call(
 
     def with_a_split_first(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         packed = command if isinstance(command, bytes) else b"".join(command)
-        if sha in packed:
+        if b"EVALSHA\r\n$40\r\n" + sha in packed:
             level, split, _ = buckets.unpack_state(conn.hget(state, field))
             src, dst = f"{prefix}{split}", f"{prefix}{split + (1 << level)}"
             split_script(keys=[state, src, dst], args=[field, kind, 1, prefix, level, split])

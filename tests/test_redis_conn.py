@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import hiredis
 import pytest
 import redis
@@ -66,7 +68,50 @@ def test_replies_come_in_order_with_errors_in_place_and_long_ones_whole(
     assert isinstance(replies[1], redis.ResponseError)
     assert replies[2] == big.encode()
     assert replies[3:] == [2, 0]
-    assert conn.ping()  # the pooled connection is still in step
+    for connection in conn.connection_pool._available_connections:
+        assert not connection.can_read()  # nothing left unread: the pooled connection is in step
+
+
+class _ResetWhileReading:
+    """A socket whose peer resets the connection once the command is sent."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+    def recv_into(self, *args: Any) -> int:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def _pooled_connection_reset_on_read(conn: redis.Redis) -> None:
+    connection = conn.connection_pool.get_connection()
+    connection._sock = connection._parser._sock = _ResetWhileReading(connection._sock)
+    conn.connection_pool.release(connection)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_connection_reset_while_reading_is_redis_py_s_connection_error_and_reads_go_again(
+    redis_url: str, protocol: int
+) -> None:
+    conn = redis.Redis.from_url(redis_url, protocol=protocol)
+    conn.set("k", "v")
+    _pooled_connection_reset_on_read(conn)
+    with pytest.raises(redis.ConnectionError, match="reset by peer"):
+        pipelined(conn, [("GET", "k")], attempts=1)
+    _pooled_connection_reset_on_read(conn)
+    assert pipelined(conn, [("GET", "k")]) == [b"v"]  # a read is sent again on a new connection
+
+
+def test_a_push_message_between_replies_goes_to_redis_py_and_the_replies_stay_in_step(redis_url: str) -> None:
+    conn = redis.Redis.from_url(redis_url, protocol=3, max_connections=1)  # the same connection
+    other = redis.Redis.from_url(redis_url)
+    other.set("tracked", "1")
+    assert pipelined(conn, [("CLIENT", "TRACKING", "ON"), ("GET", "tracked")]) == [b"OK", b"1"]
+    other.set("tracked", "2")  # the server pushes an invalidation to the tracking connection first
+    assert pipelined(conn, [("GET", "tracked"), ("PING",)]) == [b"2", b"PONG"]
+    pipelined(conn, [("CLIENT", "TRACKING", "OFF")])
 
 
 def test_a_script_the_server_does_not_hold_is_loaded_and_run_once(redis_url: str) -> None:
@@ -90,6 +135,10 @@ def test_a_script_error_is_raised_and_a_pipeline_call_is_queued_on_the_pipeline(
     failing = cached_script(conn, "return redis.error_reply('WRONG the reason')")
     with pytest.raises(redis.ResponseError, match="the reason"):
         failing()
+    broken = cached_script(conn, "return (")
+    with pytest.raises(redis.ResponseError, match=r"(?i)compiling") as raised:
+        broken(keys=None, args=None)  # the load's own error, not NOSCRIPT
+    assert not isinstance(raised.value, redis.exceptions.NoScriptError)
     echo = cached_script(conn, ECHO_KEYS_AND_ARGS)
     pipe = conn.pipeline(transaction=False)
     pipe.set("before", 1)
