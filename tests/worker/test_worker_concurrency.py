@@ -35,6 +35,7 @@ def _worker(  # type: ignore[no-untyped-def]
     accounts = load_accounts(Path(config_dir))
     start.wait()
     applied = duplicates = retried = 0
+    other: dict[str, int] = {}
     for batch in batches:
         for _ in range(5):  # as the drain does: a batch that raised (contended) is delivered again
             try:
@@ -46,7 +47,9 @@ def _worker(  # type: ignore[no-untyped-def]
             raise AssertionError("a batch failed 5 times")
         applied += outcome.applied
         duplicates += outcome.duplicates
-    results.put((applied, duplicates, retried))
+        for name in ("rejected", "dropped", "expired"):
+            other[name] = other.get(name, 0) + getattr(outcome, name)
+    results.put((applied, duplicates, retried, other))
 
 
 def _events() -> list:
@@ -113,10 +116,10 @@ def four_workers_on_one_profile(
         assert p.exitcode == 0
     totals = [results.get(timeout=5) for _ in procs]
     # every delivery is counted once, applied or duplicate, by the attempt that went through
-    assert sum(a + d for a, d, _ in totals) == 2 * len(events)  # each event delivered twice
-    if not any(r for _, _, r in totals):
+    assert sum(a + d for a, d, _, _ in totals) == 2 * len(events), totals  # each event delivered twice
+    if not any(r for _, _, r, _ in totals):
         # (a retried batch's first attempt may have applied some of its events: then duplicates)
-        assert sum(a for a, _, _ in totals) == len(events)
+        assert sum(a for a, _, _, _ in totals) == len(events)
     pid = lookup(profiles, "acme", "user_id", "u1")
     assert pid is not None
     profile = load_profile(profiles, "acme", pid, NOW)
