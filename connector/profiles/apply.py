@@ -176,6 +176,74 @@ def _prepare_all(
     return kept, prepared
 
 
+def _created_meanwhile(conn: redis.Redis, account: str, absent: list[str]) -> list[str]:
+    """Of the profiles the apply found missing, those that exist once the account's identity lock is
+    free: another worker had written the identity index (which this batch read without the lock) and
+    not yet the profile's own links. The others were erased after the batch was resolved (erasure
+    takes the same lock)."""
+    if not absent:
+        return []
+    with identity.AccountLock(conn, account):
+        pipe = conn.pipeline(transaction=False)
+        for pid in absent:
+            pipe.exists(keys.profile_key(account, pid))
+        return [pid for pid, there in zip(absent, pipe.execute(), strict=True) if there]
+
+
+@dataclass
+class _Round:
+    """What one round of apply replies leaves to do: the events to send again per profile (merged
+    away, a history to open first, a profile whose links were being written), and the profiles to
+    open, compress, settle or look for again."""
+
+    again: dict[str, list[Prepared]] = field(default_factory=dict)
+    moved: set[str] = field(default_factory=set)
+    opened: list[str] = field(default_factory=list)
+    grown: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+
+
+def _count_applied(
+    outcome: Outcome, pid: str, items: list[Prepared], reply: Any, event_of: dict[int, str]
+) -> None:
+    outcome.applied += int(reply[1])
+    outcome.duplicates += int(reply[2])
+    stored = sum(1 for item in items if item.member)
+    outcome.expired += stored - int(reply[1]) - int(reply[2])
+    outcome.history_dropped += int(reply[3])
+    outcome.touched.add(pid)
+    after = int(reply[5])
+    outcome.revisions[pid] = (outcome.revisions.get(pid, (after - 1, 0))[0], after)
+    outcome.applied_to.update((event_of[id(item)], pid) for item in items)
+
+
+def _sort_replies(
+    order: list[str],
+    replies: list[Any],
+    groups: dict[str, list[Prepared]],
+    outcome: Outcome,
+    event_of: dict[int, str],
+) -> _Round:
+    done = _Round()
+    for pid, reply in zip(order, replies, strict=True):
+        status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if status == "ok":
+            if int(reply[4]) >= COMPRESS_AT:
+                done.grown.append(pid)
+            _count_applied(outcome, pid, groups[pid], reply, event_of)
+        elif status == "z":  # a compressed history that must be opened for these events
+            done.opened.append(pid)
+            done.again.setdefault(pid, []).extend(groups[pid])
+        elif status == "m":
+            done.again.setdefault(reply[1].decode(), []).extend(groups[pid])
+            done.moved.add(pid)
+        elif status == "n":
+            done.absent.append(pid)
+        else:  # erased
+            outcome.dropped += len(groups[pid])
+    return done
+
+
 def _apply_groups(
     conn: redis.Redis,
     account: Account,
@@ -197,39 +265,16 @@ def _apply_groups(
             for item in groups[pid]:
                 args.extend(item.args())
             calls.append(([keys.profile_key(account.id, pid), keys.history_key(account.id, pid)], args))
-        replies = run_scripts(conn, script, calls)
-        redirected: dict[str, list[Prepared]] = {}
-        moved: set[str] = set()
-        opened: list[str] = []
-        grown: list[str] = []
-        for pid, reply in zip(order, replies, strict=True):
-            status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-            if status == "z":  # a compressed history that must be opened for these events
-                opened.append(pid)
-                redirected.setdefault(pid, []).extend(groups[pid])
-            elif status == "ok":
-                if int(reply[4]) >= COMPRESS_AT:
-                    grown.append(pid)
-                outcome.applied += int(reply[1])
-                outcome.duplicates += int(reply[2])
-                stored = sum(1 for item in groups[pid] if item.member)
-                outcome.expired += stored - int(reply[1]) - int(reply[2])
-                outcome.history_dropped += int(reply[3])
-                outcome.touched.add(pid)
-                after = int(reply[5])
-                outcome.revisions[pid] = (outcome.revisions.get(pid, (after - 1, 0))[0], after)
-                outcome.applied_to.update((event_of[id(item)], pid) for item in groups[pid])
-            elif status == "m":
-                target = reply[1].decode()
-                redirected.setdefault(target, []).extend(groups[pid])
-                moved.add(pid)
-            else:
-                outcome.dropped += len(groups[pid])
-        rewrite_histories(conn, account.id, grown, compress=True)
-        rewrite_histories(conn, account.id, opened, compress=False)
-        if moved:
-            identity.settle(conn, account.id, retention, now, moved)
-        groups = redirected
+        done = _sort_replies(order, run_scripts(conn, script, calls), groups, outcome, event_of)
+        for pid in _created_meanwhile(conn, account.id, done.absent):
+            done.again.setdefault(pid, []).extend(groups.pop(pid))
+        for pid in done.absent:
+            outcome.dropped += len(groups.get(pid, ()))
+        rewrite_histories(conn, account.id, done.grown, compress=True)
+        rewrite_histories(conn, account.id, done.opened, compress=False)
+        if done.moved:
+            identity.settle(conn, account.id, retention, now, done.moved)
+        groups = done.again
     if not groups:  # the last round applied everything
         return
     # never acknowledged as if applied: the drain leaves the batch pending and retries it (the

@@ -240,8 +240,9 @@ _APPLY_BODY = (
     _PRELUDE_BODY
     + """
 -- a profile is created by the identity links written before its events; a missing one was erased
--- after this batch was resolved: its events are dropped, never stored under a bare profile id
-if redis.call('EXISTS', p) == 0 then return {'x'} end
+-- after this batch was resolved, or another worker is writing its links ('n': the caller waits for
+-- the account's identity lock and looks again); events are never stored under a bare profile id
+if redis.call('EXISTS', p) == 0 then return {'n'} end
 local hist = History.open(h, cutoff)
 if hist.z then
   local members, j = {}, 3
