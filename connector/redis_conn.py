@@ -44,15 +44,12 @@ class DirectScript:
         self.registered_client = conn
         self.script = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self._queued: Any = None
 
     def __call__(
         self, keys: Sequence[Any] | None = (), args: Sequence[Any] | None = (), client: Any = None
     ) -> Any:
         if client is not None and client is not self.registered_client:
-            if self._queued is None:
-                self._queued = self.registered_client.register_script(self.script)
-            return self._queued(keys=keys, args=args, client=client)
+            return queued_script(client, self.script)(keys=keys, args=args, client=client)
         keys, args = keys or (), args or ()
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         reply = pipelined(self.registered_client, [command], attempts=1)[0]
@@ -69,36 +66,41 @@ class DirectScript:
 _QUEUED: dict[tuple[int, str], Any] = {}
 
 
-def queued_script(pipe: Any, source: str) -> Any:
-    """redis-py's script object of ``source`` for calls queued on pipelines of one connection pool
-    (``script(keys=..., args=..., client=pipe)``), made once per pool and script and registered on
-    a client of the pool, not on the pipeline: the pipeline loads it on NOSCRIPT when it runs."""
-    pool = pipe.connection_pool
+def _made_once(cache: dict[tuple[int, str], Any], pool: Any, source: str, make: Callable[[], Any]) -> Any:
+    """The script object of ``source`` for a connection pool, made once (making one hashes the
+    script's text); one made for an earlier pool at the same address is made again."""
     key = (id(pool), source)
-    found = _QUEUED.get(key)
-    if found is None or found.registered_client.connection_pool is not pool:
-        if len(_QUEUED) >= _SCRIPTS_MOST:
-            _QUEUED.clear()
-        found = _QUEUED[key] = redis.Redis(connection_pool=pool).register_script(source)
-    return found
-
-
-def cached_script(conn: Any, source: str) -> Any:
-    """The script object of ``source`` for ``conn``, made once per connection pool and script
-    (making one hashes the script's text): a :class:`DirectScript` on a single server, redis-py's
-    ``register_script`` on a cluster (whose client finds the node of the keys)."""
-    pool = getattr(conn, "connection_pool", conn)
-    key = (id(pool), source)
-    found = _SCRIPTS.get(key)
+    found = cache.get(key)
     if (
         found is None
         or getattr(found.registered_client, "connection_pool", found.registered_client) is not pool
     ):
-        if len(_SCRIPTS) >= _SCRIPTS_MOST:
-            _SCRIPTS.clear()
-        found = conn.register_script(source) if is_cluster(conn) else DirectScript(conn, source)
-        _SCRIPTS[key] = found
+        if len(cache) >= _SCRIPTS_MOST:
+            cache.clear()
+        found = cache[key] = make()
     return found
+
+
+def queued_script(pipe: Any, source: str) -> Any:
+    """redis-py's script object of ``source`` for calls queued on pipelines of one connection pool
+    (``script(keys=..., args=..., client=pipe)``), registered on a client of the pool, not on the
+    pipeline: the pipeline loads it on NOSCRIPT when it runs."""
+    pool = pipe.connection_pool
+    return _made_once(
+        _QUEUED, pool, source, lambda: redis.Redis(connection_pool=pool).register_script(source)
+    )
+
+
+def cached_script(conn: Any, source: str) -> Any:
+    """The script object of ``source`` for ``conn``: a :class:`DirectScript` on a single server,
+    redis-py's ``register_script`` on a cluster (whose client finds the node of the keys)."""
+    pool = getattr(conn, "connection_pool", conn)
+    return _made_once(
+        _SCRIPTS,
+        pool,
+        source,
+        lambda: conn.register_script(source) if is_cluster(conn) else DirectScript(conn, source),
+    )
 
 
 def grouped_by_node(

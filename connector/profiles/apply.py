@@ -266,10 +266,12 @@ def _apply_groups(
                 args.extend(item.args())
             calls.append(([keys.profile_key(account.id, pid), keys.history_key(account.id, pid)], args))
         done = _sort_replies(order, run_scripts(conn, script, calls), groups, outcome, event_of)
-        for pid in _created_meanwhile(conn, account.id, done.absent):
-            done.again.setdefault(pid, []).extend(groups.pop(pid))
+        created = set(_created_meanwhile(conn, account.id, done.absent))
         for pid in done.absent:
-            outcome.dropped += len(groups.get(pid, ()))
+            if pid in created:
+                done.again.setdefault(pid, []).extend(groups[pid])
+            else:  # erased after the batch was resolved
+                outcome.dropped += len(groups[pid])
         rewrite_histories(conn, account.id, done.grown, compress=True)
         rewrite_histories(conn, account.id, done.opened, compress=False)
         if done.moved:
