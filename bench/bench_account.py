@@ -136,5 +136,68 @@ def commandstats(conn: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in conn.info("commandstats").items()}
 
 
+def commandtimes(conn: redis.Redis) -> dict[str, int]:
+    """Microseconds Redis spent in each command since the last CONFIG RESETSTAT (a script's time
+    counts both under EVALSHA and under the commands its body calls)."""
+    return {name.removeprefix("cmdstat_"): int(v["usec"]) for name, v in conn.info("commandstats").items()}
+
+
+TRACED = 10_000_000  # SLOWLOG entries kept while tracing
+
+
+def trace_commands(conn: redis.Redis) -> None:
+    """Log every command with its time from now on (SLOWLOG; Redis 7 logs a script's own calls
+    too), for :func:`script_times`."""
+    conn.config_set("slowlog-max-len", TRACED)
+    conn.config_set("slowlog-log-slower-than", 0)
+    conn.slowlog_reset()
+
+
+def script_times(conn: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Calls and microseconds per script (its calls included) since :func:`trace_commands`, by the
+    name of the constant that holds its source; tracing stops."""
+    conn.config_set("slowlog-log-slower-than", 10_000)
+    entries = conn.slowlog_get(TRACED)
+    conn.slowlog_reset()
+    names = script_names()
+    out: dict[str, tuple[int, int]] = {}
+    for entry in entries:
+        words = entry["command"].split(b" ", 2)
+        if words[0].lower() not in (b"evalsha", b"evalsha_ro") or len(words) < 2:
+            continue
+        name = names.get(words[1].decode(), words[1].decode()[:12])
+        calls, usec = out.get(name, (0, 0))
+        out[name] = (calls + 1, usec + int(entry["duration"]))
+    return out
+
+
+def script_names() -> dict[str, str]:
+    """SHA-1 of each Lua script the product's modules hold -> ``module.NAME`` (a string constant,
+    or an object with a ``source``: a batched script)."""
+    import hashlib
+    import importlib
+    import pkgutil
+    import sys
+
+    import adapters
+    import connector
+    import rules
+    from connector.profiles.batched import Batched
+
+    for package in (connector, rules, adapters):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if ".dev." not in info.name and ".cli" not in info.name:
+                importlib.import_module(info.name)
+    names: dict[str, str] = {}
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split(".")[0] not in ("connector", "rules", "adapters"):
+            continue
+        for attr, value in list(vars(module).items()):
+            source = value.source if isinstance(value, Batched) else value
+            if isinstance(source, str) and "redis.call" in source:
+                names[hashlib.sha1(source.encode()).hexdigest()] = f"{module_name}.{attr}"
+    return names
+
+
 def script_calls(stats: Mapping[str, int]) -> int:
     return sum(stats.get(c, 0) for c in ("eval", "evalsha", "fcall", "eval_ro", "evalsha_ro"))
