@@ -21,7 +21,9 @@ def keep_scalars(account: str, name: str, properties: Mapping[str, Any]) -> dict
     del account, name
     kept: dict[str, Any] = {}
     for key, value in properties.items():
-        if isinstance(value, bool | int):
+        if isinstance(value, bool):  # apart from int: compiled, an int is unboxed and a bool
+            kept[key] = value  # would come back as 1 or 0
+        elif isinstance(value, int):
             kept[key] = value
         elif isinstance(value, float):
             if math.isfinite(value):

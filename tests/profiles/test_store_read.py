@@ -101,3 +101,21 @@ def test_a_batch_of_one_person_keeps_the_first_and_last_occurrences_and_the_newe
     assert data.traits == {"plan": "c", "tier": 3}
     assert data.trait_times["plan"] == start + timedelta(minutes=7)
     assert len(data.other_event_ids) == 2 and len(set(data.other_event_ids)) == 2
+
+
+def test_events_of_one_instant_load_in_event_id_order_with_every_kind_of_property(
+    redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    """The loaded history is in (occurred_at, event id) order whatever order the events came in,
+    at millisecond precision, and each compact property type reads back as it was sent."""
+    at = T0 + timedelta(milliseconds=1234)
+    props = {"s": "text", "i": 0, "f": 2.5, "t": True, "n": False, "neg": -7}
+    apply(redis_client, accounts, *[ev(sid, at=at, user_id="u1", props=props) for sid in "qwertyuiop"])
+    pid = lookup(redis_client, "acme", "user_id", "u1") or ""
+    person = load_profiles(redis_client, "acme", [pid], NOW)[pid]
+    assert person is not None and len(person.events) == 10
+    assert [e.event_id for e in person.events] == sorted(e.event_id for e in person.events)
+    assert {e.occurred_at for e in person.events} == {at}
+    for record in person.events:
+        assert dict(record.properties) == props
+        assert [type(v) for v in record.properties.values()] == [type(props[k]) for k in record.properties]
