@@ -188,6 +188,7 @@ def reset() -> None:
 
 
 _HEADS = [b"$%d\r\n" % n for n in range(1024)]  # the bulk string headers of short arguments
+_SMALL = [b"%d" % n for n in range(1024)]  # small integers (counts, most often) as sent
 
 
 def _arg(value: object) -> bytes:
@@ -196,6 +197,8 @@ def _arg(value: object) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
+    if type(value) is int and 0 <= value < 1024:
+        return _SMALL[value]
     if isinstance(value, bool) or not isinstance(value, (int, float, bytearray, memoryview)):
         raise redis.DataError(f"Invalid input of type: {type(value).__name__!r}")
     if isinstance(value, (bytearray, memoryview)):

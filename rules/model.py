@@ -8,17 +8,45 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 
-@dataclass(frozen=True, slots=True)
 class EventRecord:
-    """One event in a profile's history: what windowed questions need."""
+    """One event in a profile's history: what windowed questions need. Read-only (``Final``).
 
-    name: str
-    occurred_at: datetime  # aware UTC, the sender's time
-    properties: Mapping[str, Any] = field(default_factory=dict)
-    event_id: str = ""
+    A plain class rather than a frozen dataclass: compiled, its constructor is native, where a
+    dataclass's generated ``__init__`` runs as Python and sets each field through
+    ``object.__setattr__`` (a profile load builds one per event of the history)."""
+
+    __slots__ = ("event_id", "name", "occurred_at", "properties")
+
+    def __init__(
+        self,
+        name: str,
+        occurred_at: datetime,
+        properties: Mapping[str, Any] | None = None,
+        event_id: str = "",
+    ) -> None:
+        self.name: Final = name
+        self.occurred_at: Final = occurred_at  # aware UTC, the sender's time
+        self.properties: Final[Mapping[str, Any]] = {} if properties is None else properties
+        self.event_id: Final = event_id
+
+    def _fields(self) -> tuple[str, datetime, Mapping[str, Any], str]:
+        return (self.name, self.occurred_at, self.properties, self.event_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and its properties are a dict
+
+    def __repr__(self) -> str:
+        return (
+            f"EventRecord(name={self.name!r}, occurred_at={self.occurred_at!r}, "
+            f"properties={self.properties!r}, event_id={self.event_id!r})"
+        )
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 import uuid
 import zlib
@@ -419,7 +418,7 @@ def epoch_ms(moment: datetime) -> int:
 
 PROPERTY_PREFIX = "@"  # property keys share the name-code dictionary, prefixed
 _SEP = "\x1e"
-_TYPE = re.compile("[SIFTN]")
+_TYPES = "SIFTN"  # a property's type letter: str, int, float, true, false
 
 
 def encode_properties(properties: Mapping[str, Any], codes: Mapping[str, str]) -> str:
@@ -451,8 +450,7 @@ def decode_properties(body: str, name_of: Callable[[str], str]) -> dict[str, Any
         return dict(jsonload.loads(body))
     out: dict[str, Any] = {}
     for part in body.split(_SEP):
-        found = _TYPE.search(part)  # codes are lower-case base 36: the first type letter ends it
-        at = found.start() if found else len(part)
+        at = _type_at(part)
         key = name_of(part[:at])[len(PROPERTY_PREFIX) :]
         kind, raw = part[at : at + 1], part[at + 1 :]
         if kind == "S":
@@ -464,6 +462,15 @@ def decode_properties(body: str, name_of: Callable[[str], str]) -> dict[str, Any
         else:
             out[key] = kind == "T"
     return out
+
+
+def _type_at(part: str) -> int:
+    """Where a property's type letter is: its code is lower-case base 36, so the first of
+    ``SIFTN`` ends it (the length when there is none)."""
+    for at, char in enumerate(part):
+        if char in _TYPES:
+            return at
+    return len(part)
 
 
 def encode_member(
@@ -846,7 +853,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _from_ms(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
+    return _EPOCH + timedelta(0, ms // 1000, ms % 1000 * 1000)  # positional: keywords cost more
 
 
 def to_rules_profile(data: ProfileData) -> Profile:
@@ -895,6 +902,26 @@ def _read_many(
     return out
 
 
+def _entry_head(member: bytes) -> bytes:
+    return member[:14]
+
+
+class _NameMemo:
+    """The names of one account's codes as one profile load meets them (each asked of the
+    :class:`NameCodes` once)."""
+
+    def __init__(self, names: NameCodes, account: str) -> None:
+        self.names = names
+        self.account = account
+        self.found: dict[str, str] = {}
+
+    def __call__(self, code: str) -> str:
+        name = self.found.get(code)
+        if name is None:
+            name = self.found[code] = self.names.name(self.account, code)
+        return name
+
+
 def _rules_profile(
     names: NameCodes, account: str, pid: str, raw: dict[bytes, bytes], history: list[bytes]
 ) -> Profile | None:
@@ -913,21 +940,20 @@ def _rules_profile(
             if parsed is not None:
                 identities.setdefault(parsed[0], []).append(parsed[1])
 
-    def name_of(code: str) -> str:
-        return names.name(account, code)
-
+    name_of = _NameMemo(names, account)
     records = []
-    for member in history:
+    # (occurred_at, event_id) order is the order of an entry's first 14 bytes (its milliseconds and
+    # the id's bytes, big-endian), and a stable sort on them keeps equal ones as they were
+    for member in sorted(history, key=_entry_head):
         code, _, body = member[14:].partition(b"\x00")
         records.append(
             EventRecord(
-                name=name_of(code.decode()),
-                occurred_at=_from_ms(int.from_bytes(member[:6], "big")),
-                properties=decode_properties(body.decode(), name_of),
-                event_id=member[6:14].hex(),
+                name_of(code.decode()),
+                _from_ms(int.from_bytes(member[:6], "big")),
+                decode_properties(body.decode(), name_of),
+                member[6:14].hex(),
             )
         )
-    records.sort(key=lambda e: (e.occurred_at, e.event_id))
     return Profile(
         account=account,
         profile_id=pid,
