@@ -25,7 +25,7 @@ from types import TracebackType
 import redis
 from rq import Queue, Retry, get_current_job
 
-from connector import clock
+from connector import clock, redis_conn
 from connector import runtime as process_runtime
 from connector.errors import UndecodableItem
 from connector.event import Event, load_event
@@ -475,8 +475,12 @@ def _deliveries(conn: redis.Redis, key: str, ids: list[bytes]) -> tuple[set[byte
     before (a batch that failed or whose worker died: applied again with ``reconcile``)."""
     if not ids:
         return set(), False
-    pending = conn.xpending_range(key, GROUP, min=ids[0], max=ids[-1], count=len(ids))
-    times = [(p["message_id"], int(p["times_delivered"])) for p in pending]
+    # each row [id, consumer, idle ms, deliveries], read raw: redis-py's dict per row is a
+    # batch's worth of work for four numbers each
+    [rows] = redis_conn.pipelined(conn, [("XPENDING", key, GROUP, ids[0], ids[-1], len(ids))])
+    if isinstance(rows, Exception):
+        raise rows
+    times = [(row[0], int(row[3])) for row in rows]
     return {entry_id for entry_id, n in times if n > MAX_DELIVERIES}, any(n > 1 for _, n in times)
 
 

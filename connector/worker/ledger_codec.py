@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from connector import jsonload
 from connector.clock import isoformat
@@ -47,15 +47,33 @@ def _instant(text: str) -> datetime:
     return _EPOCH + int(text, 36) * _MICROSECOND
 
 
-@dataclass(frozen=True)
 class Diff:
-    version: int
-    segments: frozenset[str]
-    traits: Mapping[str, Any]
-    entered: frozenset[str] = frozenset()
-    exited: frozenset[str] = frozenset()
-    changed_traits: Mapping[str, Any] = field(default_factory=dict)
-    trimmed: int = 0  # history entries dropped at the cap by this record
+    """What a record changed. Read-only; a plain class (as the others built per profile here) so
+    that, compiled, its constructor is native (a frozen dataclass's runs as Python)."""
+
+    def __init__(
+        self,
+        version: int,
+        segments: frozenset[str],
+        traits: Mapping[str, Any],
+        entered: frozenset[str] = frozenset(),
+        exited: frozenset[str] = frozenset(),
+        changed_traits: Mapping[str, Any] | None = None,
+        trimmed: int = 0,  # history entries dropped at the cap by this record
+    ) -> None:
+        self.version: Final = version
+        self.segments: Final = segments
+        self.traits: Final = traits
+        self.entered: Final = entered
+        self.exited: Final = exited
+        self.changed_traits: Final[Mapping[str, Any]] = {} if changed_traits is None else changed_traits
+        self.trimmed: Final = trimmed
+
+    def __repr__(self) -> str:
+        return (
+            f"Diff(version={self.version}, entered={sorted(self.entered)}, exited={sorted(self.exited)}, "
+            f"changed_traits={dict(self.changed_traits)}, trimmed={self.trimmed})"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,31 +83,51 @@ class LedgerState:
     traits: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
 class Entry:
-    """One profile's evaluation result, as the ledger records it."""
+    """One profile's evaluation result, as the ledger records it (read-only)."""
 
-    profile_id: str
-    segments: frozenset[str]
-    traits: Mapping[str, Any]
-    revision: int = 0
-    contact: str = ""
-    force: bool = False
-    due: datetime | None = None  # the result's next_due
-    rules: str = ""  # fingerprint of the rules that computed it ("": not reusable)
+    def __init__(
+        self,
+        profile_id: str,
+        segments: frozenset[str],
+        traits: Mapping[str, Any],
+        revision: int = 0,
+        contact: str = "",
+        force: bool = False,
+        due: datetime | None = None,  # the result's next_due
+        rules: str = "",  # fingerprint of the rules that computed it ("": not reusable)
+    ) -> None:
+        self.profile_id: Final = profile_id
+        self.segments: Final = segments
+        self.traits: Final = traits
+        self.revision: Final = revision
+        self.contact: Final = contact
+        self.force: Final = force
+        self.due: Final = due
+        self.rules: Final = rules
 
 
-@dataclass(frozen=True)
 class Stored:
-    """A profile's recorded result as read before recording a new one (None/"" when none)."""
+    """A profile's recorded result as read before recording a new one (None/"" when none);
+    read-only."""
 
-    segments: bytes | None = None  # the segments as stored (codes; JSON in the earlier layouts)
-    traits: bytes | None = None  # the traits as stored (codes and values; JSON earlier)
-    due: datetime | None = None
-    rules: str = ""  # fingerprint of the rules that computed it; "" when it cannot be reused
-    revision: int | None = None  # the profile revision it was computed from
-    held: frozenset[str] = frozenset()  # the segments' names
-    coded: bool = True  # False: an earlier layout (JSON)
+    def __init__(
+        self,
+        segments: bytes | None = None,  # the segments as stored (codes; JSON in the earlier layouts)
+        traits: bytes | None = None,  # the traits as stored (codes and values; JSON earlier)
+        due: datetime | None = None,
+        rules: str = "",  # fingerprint of the rules that computed it; "" when it cannot be reused
+        revision: int | None = None,  # the profile revision it was computed from
+        held: frozenset[str] = frozenset(),  # the segments' names
+        coded: bool = True,  # False: an earlier layout (JSON)
+    ) -> None:
+        self.segments: Final = segments
+        self.traits: Final = traits
+        self.due: Final = due
+        self.rules: Final = rules
+        self.revision: Final = revision
+        self.held: Final = held
+        self.coded: Final = coded
 
     def members(self) -> frozenset[str]:
         return self.held
@@ -144,20 +182,32 @@ def _by_code(text: str) -> dict[str, Any]:
     return dict(zip(codes.split(","), jsonload.loads(values), strict=True))
 
 
-@dataclass(frozen=True)
 class _Change:
     """A result against the stored state it was compared with."""
 
-    entry: Entry
-    new_s: str
-    new_t: str
-    traits: dict[str, Any]
-    expected: bytes  # the stored segments and traits as read ("" for none)
-    same: bool  # segments and traits as stored
-    history: str  # the history entry after its version and instant ("" for none)
-    entered: frozenset[str]
-    exited: frozenset[str]
-    changed: dict[str, Any]
+    def __init__(
+        self,
+        entry: Entry,
+        new_s: str,
+        new_t: str,
+        traits: dict[str, Any],
+        expected: bytes,  # the stored segments and traits as read ("" for none)
+        same: bool,  # segments and traits as stored
+        history: str,  # the history entry after its version and instant ("" for none)
+        entered: frozenset[str],
+        exited: frozenset[str],
+        changed: dict[str, Any],
+    ) -> None:
+        self.entry: Final = entry
+        self.new_s: Final = new_s
+        self.new_t: Final = new_t
+        self.traits: Final = traits
+        self.expected: Final = expected
+        self.same: Final = same
+        self.history: Final = history
+        self.entered: Final = entered
+        self.exited: Final = exited
+        self.changed: Final = changed
 
     @classmethod
     def of(cls, entry: Entry, stored: Stored, codes: _Codes) -> _Change:
@@ -167,7 +217,7 @@ class _Change:
         expected = b"" if stored.segments is None else stored.segments + b"\n" + (stored.traits or b"")
         if stored.coded and new_s.encode() == stored.segments and new_t.encode() == (stored.traits or b""):
             traits = dict(entry.traits) if _plain(entry.traits) else _decoded(entry.traits, values)
-            return cls(entry, new_s, new_t, traits, expected, True, "", frozenset(), frozenset(), {})
+            return _Change(entry, new_s, new_t, traits, expected, True, "", frozenset(), frozenset(), {})
         traits = _decoded(entry.traits, values)
         if stored.segments is None:
             old_segments: frozenset[str] = frozenset()
@@ -189,7 +239,7 @@ class _Change:
         if not same and not (stored.segments is None and not segments):
             codes.need(set(exited) | set(old_traits))
             history = _moves(codes, entered, exited) + " " + _before(codes, stored, old_traits, traits)
-        return cls(entry, new_s, new_t, traits, expected, same, history, entered, exited, changed)
+        return _Change(entry, new_s, new_t, traits, expected, same, history, entered, exited, changed)
 
     def args(self, at: str, codes: _Codes, bounds: tuple[int, int, int]) -> list[Any]:
         """The record script's arguments (``bounds``: the history's cap, the most changes the
