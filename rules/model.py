@@ -49,31 +49,67 @@ class EventRecord:
         )
 
 
-@dataclass(frozen=True)
 class Profile:
     """A person as rules see them, as of the evaluation's ``now``.
 
     ``events`` is sorted by (occurred_at, event_id), so evaluation never depends on arrival order.
     """
 
-    account: str
-    profile_id: str
-    identities: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    traits: Mapping[str, Any] = field(default_factory=dict)
-    events: Sequence[EventRecord] = ()
-    revision: int = 0  # the store's write counter for this profile (orders results in the ledger)
-    # the events by name, built on first use
-    _by_name: dict[str, list[EventRecord]] | None = field(default=None, init=False, repr=False, compare=False)
+    def __init__(
+        self,
+        account: str,
+        profile_id: str,
+        identities: Mapping[str, Sequence[str]] | None = None,
+        traits: Mapping[str, Any] | None = None,
+        events: Sequence[EventRecord] = (),
+        revision: int = 0,  # the store's write counter for this profile (orders results in the ledger)
+    ) -> None:
+        self.account: Final = account
+        self.profile_id: Final = profile_id
+        self.identities: Final[Mapping[str, Sequence[str]]] = {} if identities is None else identities
+        self.traits: Final[Mapping[str, Any]] = {} if traits is None else traits
+        self.events: Final = events
+        self.revision: Final = revision
+        self._by_name: dict[str, list[EventRecord]] | None = None  # the events by name, on first use
+
+    def replace(
+        self, *, traits: Mapping[str, Any] | None = None, events: Sequence[EventRecord] | None = None
+    ) -> Profile:
+        """A copy with other traits or events (and its own index of events by name)."""
+        return Profile(
+            self.account,
+            self.profile_id,
+            self.identities,
+            self.traits if traits is None else traits,
+            self.events if events is None else events,
+            self.revision,
+        )
 
     def events_named(self, name: str) -> list[EventRecord]:
-        index = getattr(self, "_by_name", None)  # compiled, a copy by dataclasses.replace lacks it
+        index = self._by_name
         if index is None:
-            built: dict[str, list[EventRecord]] = {}
+            index = {}
             for record in self.events:
-                built.setdefault(record.name, []).append(record)
-            object.__setattr__(self, "_by_name", built)
-            index = built
+                index.setdefault(record.name, []).append(record)
+            self._by_name = index
         return index.get(name, [])
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.account, self.profile_id, self.identities, self.traits, self.events, self.revision)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Profile):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Profile(account={self.account!r}, profile_id={self.profile_id!r}, "
+            f"identities={self.identities!r}, traits={self.traits!r}, events={self.events!r}, "
+            f"revision={self.revision!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -87,11 +123,33 @@ class Explanation:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
 class Evaluation:
-    """What evaluating one profile at ``now`` gives."""
+    """What evaluating one profile at ``now`` gives (read-only)."""
 
-    segments: frozenset[str]
-    traits: Mapping[str, Any]
-    next_due: datetime | None  # earliest future instant at which any result could change without a new event
-    explanations: Mapping[str, Explanation] = field(default_factory=dict)
+    def __init__(
+        self,
+        segments: frozenset[str],
+        traits: Mapping[str, Any],
+        next_due: datetime | None,  # the earliest instant a result could change without a new event
+        explanations: Mapping[str, Explanation] | None = None,
+    ) -> None:
+        self.segments: Final = segments
+        self.traits: Final = traits
+        self.next_due: Final = next_due
+        self.explanations: Final[Mapping[str, Explanation]] = {} if explanations is None else explanations
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.segments, self.traits, self.next_due, self.explanations)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Evaluation):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Evaluation(segments={self.segments!r}, traits={self.traits!r}, next_due={self.next_due!r}, "
+            f"explanations={self.explanations!r})"
+        )

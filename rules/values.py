@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from operator import eq, ge, gt, le, lt, ne
@@ -276,7 +275,7 @@ class Index:
                     continue
                 buckets.setdefault(group, []).append(record)
             hit = self._split[prop] = {
-                group: Index(replace(self.profile, events=records)) for group, records in buckets.items()
+                group: Index(self.profile.replace(events=records)) for group, records in buckets.items()
             }
         return hit
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -50,7 +49,7 @@ def with_predictions(profile: Profile, traits: Mapping[str, Any] | None) -> Prof
         if orders and orders[-1].occurred_at.timestamp() >= last_trained.timestamp() + DAY:
             del merged[NEXT_ORDER]  # ordered since the prediction: no longer expected then
     merged.update(profile.traits)
-    return dataclasses.replace(profile, traits=merged)
+    return profile.replace(traits=merged)
 
 
 def explain(conn: redis.Redis, account: str, profile_id: str, now: datetime) -> dict[str, Any] | None:
