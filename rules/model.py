@@ -8,10 +8,34 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 
-class EventRecord:
+class _Record:
+    """A read-only record: equal to another of its class whose fields (``_shown``, in order) are
+    equal, shown with them, and not hashable (its fields hold dicts)."""
+
+    __slots__ = ()
+    _shown: ClassVar[tuple[str, ...]] = ()
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._shown)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Record) or type(other) is not type(self):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={value!r}" for name, value in zip(self._shown, self._fields(), strict=True)
+        )
+        return f"{type(self).__name__}({shown})"
+
+
+class EventRecord(_Record):
     """One event in a profile's history: what windowed questions need. Read-only (``Final``).
 
     A plain class rather than a frozen dataclass: compiled, its constructor is native, where a
@@ -19,6 +43,7 @@ class EventRecord:
     ``object.__setattr__`` (a profile load builds one per event of the history)."""
 
     __slots__ = ("event_id", "name", "occurred_at", "properties")
+    _shown = ("name", "occurred_at", "properties", "event_id")
 
     def __init__(
         self,
@@ -32,28 +57,14 @@ class EventRecord:
         self.properties: Final[Mapping[str, Any]] = {} if properties is None else properties
         self.event_id: Final = event_id
 
-    def _fields(self) -> tuple[str, datetime, Mapping[str, Any], str]:
-        return (self.name, self.occurred_at, self.properties, self.event_id)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, EventRecord):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]  # equal by value, and its properties are a dict
-
-    def __repr__(self) -> str:
-        return (
-            f"EventRecord(name={self.name!r}, occurred_at={self.occurred_at!r}, "
-            f"properties={self.properties!r}, event_id={self.event_id!r})"
-        )
-
-
-class Profile:
+class Profile(_Record):
     """A person as rules see them, as of the evaluation's ``now``.
 
     ``events`` is sorted by (occurred_at, event_id), so evaluation never depends on arrival order.
     """
+
+    _shown = ("account", "profile_id", "identities", "traits", "events", "revision")
 
     def __init__(
         self,
@@ -94,23 +105,6 @@ class Profile:
             self._by_name = index
         return index.get(name, [])
 
-    def _fields(self) -> tuple[Any, ...]:
-        return (self.account, self.profile_id, self.identities, self.traits, self.events, self.revision)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Profile):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (
-            f"Profile(account={self.account!r}, profile_id={self.profile_id!r}, "
-            f"identities={self.identities!r}, traits={self.traits!r}, events={self.events!r}, "
-            f"revision={self.revision!r})"
-        )
-
 
 @dataclass(frozen=True)
 class Explanation:
@@ -123,8 +117,10 @@ class Explanation:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Evaluation:
+class Evaluation(_Record):
     """What evaluating one profile at ``now`` gives (read-only)."""
+
+    _shown = ("segments", "traits", "next_due", "explanations")
 
     def __init__(
         self,
@@ -137,19 +133,3 @@ class Evaluation:
         self.traits: Final = traits
         self.next_due: Final = next_due
         self.explanations: Final[Mapping[str, Explanation]] = {} if explanations is None else explanations
-
-    def _fields(self) -> tuple[Any, ...]:
-        return (self.segments, self.traits, self.next_due, self.explanations)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Evaluation):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (
-            f"Evaluation(segments={self.segments!r}, traits={self.traits!r}, next_due={self.next_due!r}, "
-            f"explanations={self.explanations!r})"
-        )
