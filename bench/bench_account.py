@@ -145,9 +145,16 @@ def commandtimes(conn: redis.Redis) -> dict[str, int]:
 TRACED = 10_000_000  # SLOWLOG entries kept while tracing
 
 
+_TRACE_SETTINGS = ("slowlog-max-len", "slowlog-log-slower-than")
+_untraced: dict[str, str] = {}
+
+
 def trace_commands(conn: redis.Redis) -> None:
     """Log every command with its time from now on (SLOWLOG; Redis 7 logs a script's own calls
-    too), for :func:`script_times`."""
+    too), for :func:`script_times`. Logging every command adds to Redis's CPU: a traced run's
+    Redis CPU is not comparable with an untraced one's."""
+    for name in _TRACE_SETTINGS:
+        _untraced[name] = str(conn.config_get(name)[name])
     conn.config_set("slowlog-max-len", TRACED)
     conn.config_set("slowlog-log-slower-than", 0)
     conn.slowlog_reset()
@@ -156,9 +163,11 @@ def trace_commands(conn: redis.Redis) -> None:
 def script_times(conn: redis.Redis) -> dict[str, tuple[int, int]]:
     """Calls and microseconds per script (its calls included) since :func:`trace_commands`, by the
     name of the constant that holds its source; tracing stops."""
-    conn.config_set("slowlog-log-slower-than", 10_000)
+    conn.config_set("slowlog-log-slower-than", -1)  # nothing more is logged while it is read
     entries = conn.slowlog_get(TRACED)
     conn.slowlog_reset()
+    for name, value in _untraced.items():
+        conn.config_set(name, value)
     names = script_names()
     out: dict[str, tuple[int, int]] = {}
     for entry in entries:

@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any, ClassVar, Final
 
 
-class _Record:
-    """A read-only record: equal to another of its class whose fields (``_shown``, in order) are
-    equal, shown with them, and not hashable (its fields hold dicts)."""
+class Record:
+    """A record built once and then only read: equal to another of its class whose fields
+    (``_shown``, in order) are equal, shown with them, and not hashable (fields may hold dicts).
+    Its fields are ``Final``: mypy refuses an assignment, and compiled, so does the run time
+    (plain Python does not check)."""
 
     __slots__ = ()
     _shown: ClassVar[tuple[str, ...]] = ()
@@ -22,7 +24,7 @@ class _Record:
         return tuple(getattr(self, name) for name in self._shown)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Record) or type(other) is not type(self):
+        if not isinstance(other, Record) or type(other) is not type(self):
             return NotImplemented
         return self._fields() == other._fields()
 
@@ -35,7 +37,7 @@ class _Record:
         return f"{type(self).__name__}({shown})"
 
 
-class EventRecord(_Record):
+class EventRecord(Record):
     """One event in a profile's history: what windowed questions need. Read-only (``Final``).
 
     A plain class rather than a frozen dataclass: compiled, its constructor is native, where a
@@ -58,7 +60,7 @@ class EventRecord(_Record):
         self.event_id: Final = event_id
 
 
-class Profile(_Record):
+class Profile(Record):
     """A person as rules see them, as of the evaluation's ``now``.
 
     ``events`` is sorted by (occurred_at, event_id), so evaluation never depends on arrival order.
@@ -117,7 +119,7 @@ class Explanation:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Evaluation(_Record):
+class Evaluation(Record):
     """What evaluating one profile at ``now`` gives (read-only)."""
 
     _shown = ("segments", "traits", "next_due", "explanations")

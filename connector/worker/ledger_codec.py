@@ -16,6 +16,7 @@ from typing import Any, Final
 from connector import jsonload
 from connector.clock import isoformat
 from connector.profiles.store import NameCodes, base36
+from rules.model import Record
 
 TRAITS_SEP = "\x1e"  # in the history entries of the earlier layout: moves, then the traits JSON
 OLD_FIELDS = "\x1f"  # between the fields of a migrated stream entry written with whole states
@@ -47,9 +48,11 @@ def _instant(text: str) -> datetime:
     return _EPOCH + int(text, 36) * _MICROSECOND
 
 
-class Diff:
+class Diff(Record):
     """What a record changed. Read-only; a plain class (as the others built per profile here) so
     that, compiled, its constructor is native (a frozen dataclass's runs as Python)."""
+
+    _shown = ("version", "segments", "traits", "entered", "exited", "changed_traits", "trimmed")
 
     def __init__(
         self,
@@ -69,12 +72,6 @@ class Diff:
         self.changed_traits: Final[Mapping[str, Any]] = {} if changed_traits is None else changed_traits
         self.trimmed: Final = trimmed
 
-    def __repr__(self) -> str:
-        return (
-            f"Diff(version={self.version}, entered={sorted(self.entered)}, exited={sorted(self.exited)}, "
-            f"changed_traits={dict(self.changed_traits)}, trimmed={self.trimmed})"
-        )
-
 
 @dataclass(frozen=True)
 class LedgerState:
@@ -83,8 +80,10 @@ class LedgerState:
     traits: Mapping[str, Any]
 
 
-class Entry:
+class Entry(Record):
     """One profile's evaluation result, as the ledger records it (read-only)."""
+
+    _shown = ("profile_id", "segments", "traits", "revision", "contact", "force", "due", "rules")
 
     def __init__(
         self,
@@ -107,9 +106,11 @@ class Entry:
         self.rules: Final = rules
 
 
-class Stored:
+class Stored(Record):
     """A profile's recorded result as read before recording a new one (None/"" when none);
     read-only."""
+
+    _shown = ("segments", "traits", "due", "rules", "revision", "held", "coded")
 
     def __init__(
         self,
@@ -182,8 +183,21 @@ def _by_code(text: str) -> dict[str, Any]:
     return dict(zip(codes.split(","), jsonload.loads(values), strict=True))
 
 
-class _Change:
+class _Change(Record):
     """A result against the stored state it was compared with."""
+
+    _shown = (
+        "entry",
+        "new_s",
+        "new_t",
+        "traits",
+        "expected",
+        "same",
+        "history",
+        "entered",
+        "exited",
+        "changed",
+    )
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The event record rules read: a value, compared by its fields, never changed once made."""
+"""The records rules read and return: values, compared and shown by their fields."""
 
 from __future__ import annotations
 
