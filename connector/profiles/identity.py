@@ -14,6 +14,7 @@ by a crash is finished by the next resolution that meets the mark.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -154,6 +155,16 @@ class Resolver:
         self.legacy: str | None = None  # the index's ``o`` (None: no index yet)
         self.result = Resolution()
         self._merge_script = cached_script(conn, MERGE)
+        self._fresh = b""  # random bytes for new profile ids, drawn from the OS 64 ids at a time
+
+    def _new_pid(self) -> str:
+        """A new profile id: 16 random hex digits. The random bytes are drawn from the OS for 64 ids
+        at once: a call to the OS per id would also let another drain lane take the interpreter
+        once per new person (and wait for it back)."""
+        if not self._fresh:
+            self._fresh = os.urandom(8 * 64)
+        pid, self._fresh = self._fresh[:8].hex(), self._fresh[8:]
+        return pid
 
     # -- loading ----------------------------------------------------------------------------
     def load(self, pairs: set[tuple[str, str]]) -> None:
@@ -242,7 +253,7 @@ class Resolver:
         event_uid = ids.get("user_id")
         target = self._choose(ranks, event_uid)
         if target is None:
-            target = uuid.uuid4().hex[:16]
+            target = self._new_pid()
             self.state[target] = _State()
             self.result.created += 1
         self._absorb(ranks, target, event_uid or self._uid(target))

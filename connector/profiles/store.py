@@ -732,7 +732,11 @@ class NameCodes:
             self.conn.hsetnx(key, "#gen", keys.GENERATION_PREFIX + uuid.uuid4().hex)
             generation = self.conn.hget(key, "#gen")
         self.check(account, generation)
-        missing = sorted(n for n in names if (account, n) not in self._codes)
+        # answered from this dictionary: another thread's check may replace the cache while this
+        # one waits for Redis below (the codes it read stay right: codes are only ever added)
+        cache = self._codes
+        out = {n: cache[(account, n)] for n in names if (account, n) in cache}
+        missing = sorted(n for n in names if n not in out)
         if missing:
             found = self.conn.hmget(key, [f"n:{n}" for n in missing])
             for name, code in zip(missing, found, strict=True):
@@ -742,9 +746,10 @@ class NameCodes:
                         self.conn.hset(key, f"c:{new}", name)
                     code = self.conn.hget(key, f"n:{name}")
                 text = code.decode() if isinstance(code, bytes) else str(code)
+                out[name] = text
                 self._codes[(account, name)] = text
                 self._names[(account, text)] = name
-        return {n: self._codes[(account, n)] for n in names}
+        return out
 
     def name(self, account: str, code: str) -> str:
         cached = self._names.get((account, code))

@@ -60,6 +60,12 @@ class SlotMove:
         others = [c for c in others if c.execute_command("CLUSTER MYID") not in (self.dst_id, self.src_id)]
         for client in (self.dst, self.src, *others):
             client.execute_command("CLUSTER SETSLOT", self.slot, "NODE", self.dst_id)
+        for client in (self.dst, self.src, *others):  # every node now sends the slot's keys to dst
+            owner = next(r for r in client.execute_command("CLUSTER SLOTS") if r[0] <= self.slot <= r[1])
+            assert owner[2][2] == self.dst_id
+        # the client's map of slots as a client reads it after a MOVED: asked afresh of the
+        # cluster, not followed one redirect at a time from the map it had while the slot moved
+        self.cluster.nodes_manager.initialize()
 
 
 def right_or_retryable(call: Callable[[], T], expected: T | None = None) -> T | None:

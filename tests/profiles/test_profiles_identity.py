@@ -151,3 +151,11 @@ def test_an_event_redirected_by_an_unfinished_merge_is_counted_once(redis_client
     assert profile.profile_id == survivor
     assert [e.name for e in profile.events] == ["product_viewed", "product_viewed"]
     assert not redis_client.exists(keys.history_key("acme", absorbed))
+
+
+def test_new_people_of_one_batch_get_distinct_random_ids(redis_client, accounts) -> None:
+    # more new people than one draw of random bytes covers (64 ids)
+    apply(redis_client, accounts, *[ev(str(n), anonymous_id=f"visitor-{n}") for n in range(150)])
+    pids = [lookup(redis_client, "acme", "anonymous_id", f"visitor-{n}") for n in range(150)]
+    assert len(set(pids)) == 150
+    assert all(pid is not None and len(pid) == 16 and int(pid, 16) >= 0 for pid in pids)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import pytest
 import redis
 
 from connector.config import Accounts
-from connector.profiles import lookup
-from connector.profiles.store import load_profiles, name_codes, read_profiles, to_rules_profile
+from connector.profiles import keys, lookup
+from connector.profiles.store import NameCodes, load_profiles, name_codes, read_profiles, to_rules_profile
 from tests.profile_helpers import NOW, T0, apply, ev
 
 
@@ -119,3 +121,23 @@ def test_events_of_one_instant_load_in_event_id_order_with_every_kind_of_propert
     for record in person.events:
         assert dict(record.properties) == props
         assert [type(v) for v in record.properties.values()] == [type(props[k]) for k in record.properties]
+
+
+def test_codes_answered_while_another_thread_drops_the_cache(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another drain lane that finds the dictionary's generation changed (the store was wiped)
+    replaces the cache while this lane waits for Redis: the codes this lane read are answered."""
+    names = NameCodes(redis_client)
+    before = names.codes("acme", {"order_completed"})
+    real = redis_client.hmget
+
+    def other_lane_checks_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        names.check("acme", b"another generation")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(redis_client, "hmget", other_lane_checks_meanwhile)
+    both = names.codes("acme", {"order_completed", "cart_viewed"}, checked=True)
+    assert both["order_completed"] == before["order_completed"]
+    assert both["cart_viewed"] == redis_client.hget(keys.names_key("acme"), "n:cart_viewed").decode()
+    assert both["cart_viewed"] != both["order_completed"]
