@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 import redis
 
 from connector import jsonload
+from connector.errors import StateMoving
 from connector.profiles import keys
 from connector.profiles.batched import Batched
 from connector.redis_conn import grouped_by_node, is_cluster, pipelined
@@ -696,6 +697,9 @@ def prepare(
     return Prepared(member, order_key(occurred_at, event_id), code, sorted(encoded))
 
 
+CODES_TRIES = 3  # reads of a names dictionary replaced while being read (the store wiped)
+
+
 class NameCodes:
     """Event name ↔ short code, per account (``names:acct``), cached in the process.
 
@@ -724,31 +728,47 @@ class NameCodes:
     def codes(self, account: str, names: set[str], checked: bool = False) -> dict[str, str]:
         """Codes of these names (new ones are added). ``checked``: the caller compared the
         generation already (:meth:`check`), so cached codes are answered without a round trip."""
-        if checked and account in self._gen and all((account, n) in self._codes for n in names):
-            return {n: self._codes[(account, n)] for n in names}
+        cache = self._codes  # read once: another thread's check may replace it meanwhile
+        if checked and account in self._gen and all((account, n) in cache for n in names):
+            return {n: cache[(account, n)] for n in names}
+        for _ in range(CODES_TRIES):
+            found = self._read_codes(account, names)
+            if found is not None:
+                return found
+        raise StateMoving(f"the names dictionary of {account} was replaced under every attempt")
+
+    def _read_codes(self, account: str, names: set[str]) -> dict[str, str] | None:
+        """The codes of these names in one generation of the dictionary (new ones added); None
+        when the dictionary was replaced (the store wiped) while they were read."""
         key = self._key(account)
         generation = self.conn.hget(key, "#gen")
         if generation is None:
             self.conn.hsetnx(key, "#gen", keys.GENERATION_PREFIX + uuid.uuid4().hex)
             generation = self.conn.hget(key, "#gen")
         self.check(account, generation)
-        # answered from this dictionary: another thread's check may replace the cache while this
-        # one waits for Redis below (the codes it read stay right: codes are only ever added)
         cache = self._codes
         out = {n: cache[(account, n)] for n in names if (account, n) in cache}
         missing = sorted(n for n in names if n not in out)
-        if missing:
-            found = self.conn.hmget(key, [f"n:{n}" for n in missing])
-            for name, code in zip(missing, found, strict=True):
-                if code is None:
-                    new = base36(int(self.conn.hincrby(key, "#seq", 1)))
-                    if self.conn.hsetnx(key, f"n:{name}", new):
-                        self.conn.hset(key, f"c:{new}", name)
-                    code = self.conn.hget(key, f"n:{name}")
-                text = code.decode() if isinstance(code, bytes) else str(code)
-                out[name] = text
-                self._codes[(account, name)] = text
-                self._names[(account, text)] = name
+        if not missing:
+            return out
+        replies = self.conn.hmget(key, ["#gen", *[f"n:{n}" for n in missing]])
+        gen_then, found = replies[0], replies[1:]
+        added = False
+        for name, code in zip(missing, found, strict=True):
+            if code is None:
+                new = base36(int(self.conn.hincrby(key, "#seq", 1)))
+                if self.conn.hsetnx(key, f"n:{name}", new):
+                    self.conn.hset(key, f"c:{new}", name)
+                code = self.conn.hget(key, f"n:{name}")
+                added = True
+            out[name] = code.decode() if isinstance(code, bytes) else str(code)
+        if added:
+            gen_then = self.conn.hget(key, "#gen")
+        if gen_then != generation:  # codes of two dictionaries would be mixed
+            return None
+        for name in missing:
+            self._codes[(account, name)] = out[name]
+            self._names[(account, out[name])] = name
         return out
 
     def name(self, account: str, code: str) -> str:

@@ -60,12 +60,20 @@ class SlotMove:
         others = [c for c in others if c.execute_command("CLUSTER MYID") not in (self.dst_id, self.src_id)]
         for client in (self.dst, self.src, *others):
             client.execute_command("CLUSTER SETSLOT", self.slot, "NODE", self.dst_id)
-        for client in (self.dst, self.src, *others):  # every node now sends the slot's keys to dst
-            owner = next(r for r in client.execute_command("CLUSTER SLOTS") if r[0] <= self.slot <= r[1])
-            assert owner[2][2] == self.dst_id
-        # the client's map of slots as a client reads it after a MOVED: asked afresh of the
-        # cluster, not followed one redirect at a time from the map it had while the slot moved
-        self.cluster.nodes_manager.initialize()
+
+
+def after_the_move(call: Callable[[], T], tries: int = 3) -> T:
+    """The answer of ``call`` once the slot has moved, from a client whose map of slots still names
+    the source (as every other process's does): redirected, which redis-py follows and learns one
+    slot at a time; should it give up meanwhile (``ClusterError``: TTL exhausted, seen once in
+    about 100 runs), a worker retries the batch, and so does this, a bounded number of times."""
+    for attempt in range(tries):
+        try:
+            return call()
+        except ClusterError:
+            if attempt + 1 == tries:
+                raise
+    raise AssertionError("no attempt")
 
 
 def right_or_retryable(call: Callable[[], T], expected: T | None = None) -> T | None:
@@ -107,7 +115,7 @@ def test_the_identity_index_while_its_slot_moves(cluster: Any) -> None:  # noqa:
     assert move.keys_on(move.dst) <= {state, *bucket_names}
 
     move.finish()  # no BUSYKEY: nothing was written where it did not belong
-    found, _ = identity.read_index(cluster, "acme", [*pairs, ("user_id", "new")])
+    found, _ = after_the_move(lambda: identity.read_index(cluster, "acme", [*pairs, ("user_id", "new")]))
     assert found[:7] == truth[:7] and found[8:500] == truth[8:]
     assert found[7] in (None, truth[7])  # deleted, unless the deletion was refused (retryable)
     assert found[500] == "00000000000000ff" if wrote else found[500] in (None, "00000000000000ff")
@@ -135,5 +143,5 @@ def test_the_members_of_a_segment_while_their_slot_moves(cluster: Any) -> None: 
     right_or_retryable(lambda: sizes.record_many(cluster, "acme", [(pids[0], (), {"a"})], NOW))
 
     move.finish()
-    members = sizes.member_ids(cluster, "acme", "a")
+    members = after_the_move(lambda: sizes.member_ids(cluster, "acme", "a"))
     assert set(pids[1:]) <= members <= set(pids) | {"00000000000000ff"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import redis
@@ -158,4 +159,4 @@ def test_new_people_of_one_batch_get_distinct_random_ids(redis_client, accounts)
     apply(redis_client, accounts, *[ev(str(n), anonymous_id=f"visitor-{n}") for n in range(150)])
     pids = [lookup(redis_client, "acme", "anonymous_id", f"visitor-{n}") for n in range(150)]
     assert len(set(pids)) == 150
-    assert all(pid is not None and len(pid) == 16 and int(pid, 16) >= 0 for pid in pids)
+    assert all(pid is not None and re.fullmatch(r"[0-9a-f]{16}", pid) for pid in pids)

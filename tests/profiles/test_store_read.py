@@ -141,3 +141,28 @@ def test_codes_answered_while_another_thread_drops_the_cache(
     assert both["order_completed"] == before["order_completed"]
     assert both["cart_viewed"] == redis_client.hget(keys.names_key("acme"), "n:cart_viewed").decode()
     assert both["cart_viewed"] != both["order_completed"]
+
+
+def test_codes_of_a_dictionary_replaced_while_read_are_read_again(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is wiped while this lane reads its codes, and another process codes a name in the
+    new dictionary first: the codes answered all come from the new dictionary (none of the old
+    cache mixed in, which could give two names one code)."""
+    names = NameCodes(redis_client)
+    names.codes("acme", {"order_completed"})
+    real = redis_client.hmget
+    wiped: list[bool] = []
+
+    def wiped_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not wiped:
+            wiped.append(True)
+            redis_client.delete(keys.names_key("acme"))
+            NameCodes(redis_client).codes("acme", {"cart_viewed"})  # another process, first
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(redis_client, "hmget", wiped_meanwhile)
+    both = names.codes("acme", {"order_completed", "cart_viewed"})
+    stored = {n: redis_client.hget(keys.names_key("acme"), f"n:{n}") for n in both}
+    assert both == {n: code.decode() for n, code in stored.items() if code is not None}
+    assert both["order_completed"] != both["cart_viewed"]
