@@ -10,9 +10,12 @@ zero times.
 A re-evaluation job that fails puts its profiles back (:func:`restore`), due again
 ``RETRY_SECONDS`` later, and flags them in ``due:reconcile``: the job that re-evaluates them then
 reconciles (the failed one may have recorded the ledger and stopped before the rest; see
-:func:`connector.worker.evaluation.evaluate_profiles`) and clears the flags.
+:func:`connector.worker.evaluation.evaluate_profiles`) and clears the flags. Each flag counts the
+failures that raised it (``due:reconcile:n``), and a job clears a flag only if no failure raised
+it again after the job read it (:func:`flags`, :func:`unflag`): a job of the same profile failing
+meanwhile leaves its flag for the next run.
 
-Keys (queue Redis): ``due:index``, ``due:reconcile``.
+Keys (queue Redis): ``due:index``, ``due:reconcile``, ``due:reconcile:n``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import redis
 
 DUE_KEY = "due:index"
 RECONCILE_KEY = "due:reconcile"  # set of members whose last re-evaluation failed
+RAISED_KEY = "due:reconcile:n"  # per flagged member: how many failures raised its flag
 RETRY_SECONDS = 10.0  # a failed re-evaluation's profiles are due again this much later
 SEP = "\x1f"
 
@@ -38,6 +42,18 @@ for i = 1, #ARGV, 2 do
   end
 end
 return removed
+"""
+
+
+# Clears the flags of members (ARGV: member, failures seen, ...) that no failure raised since.
+_UNFLAG_IF_UNCHANGED = """
+for i = 1, #ARGV, 2 do
+  if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') <= tonumber(ARGV[i + 1]) then
+    redis.call('SREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+return 0
 """
 
 
@@ -70,6 +86,7 @@ def unschedule(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> N
         pipe = conn.pipeline(transaction=False)
         pipe.zrem(DUE_KEY, *members)
         pipe.srem(RECONCILE_KEY, *members)
+        pipe.hdel(RAISED_KEY, *members)
         pipe.execute()
 
 
@@ -78,25 +95,39 @@ def restore(conn: redis.Redis, account: str, profile_ids: Iterable[str], at: dat
     scheduled them so meanwhile) and flagged for reconciling."""
     members = [member(account, pid) for pid in profile_ids]
     if members:
-        pipe = conn.pipeline(transaction=False)
+        pipe = conn.pipeline(transaction=True)  # a flag and its count together
         pipe.zadd(DUE_KEY, dict.fromkeys(members, at.timestamp()), lt=True)
         pipe.sadd(RECONCILE_KEY, *members)
+        for name in members:
+            pipe.hincrby(RAISED_KEY, name, 1)
         pipe.execute()
+
+
+def flags(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> dict[str, int]:
+    """The profiles among ``profile_ids`` whose last re-evaluation failed, each with the number of
+    failures that raised its flag (what :func:`unflag` is given back)."""
+    pids = list(profile_ids)
+    if not pids:
+        return {}
+    members = [member(account, pid) for pid in pids]
+    pipe = conn.pipeline(transaction=True)
+    pipe.smismember(RECONCILE_KEY, members)
+    pipe.hmget(RAISED_KEY, members)
+    hits, raised = pipe.execute()
+    return {pid: int(n or 0) for pid, hit, n in zip(pids, hits, raised, strict=True) if hit}
 
 
 def flagged(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> list[str]:
     """The profiles among ``profile_ids`` whose last re-evaluation failed."""
-    pids = list(profile_ids)
-    if not pids:
-        return []
-    found = conn.smismember(RECONCILE_KEY, [member(account, pid) for pid in pids])
-    return [pid for pid, hit in zip(pids, found, strict=True) if hit]
+    return list(flags(conn, account, profile_ids))
 
 
-def unflag(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> None:
-    members = [member(account, pid) for pid in profile_ids]
-    if members:
-        conn.srem(RECONCILE_KEY, *members)
+def unflag(conn: redis.Redis, account: str, seen: Mapping[str, int]) -> None:
+    """Clear the flags read by :func:`flags` (``seen``) after the re-evaluation that reconciled;
+    a flag raised again since (another job of the profile failed meanwhile) stays."""
+    if seen:
+        args = [x for pid, n in seen.items() for x in (member(account, pid), n)]
+        conn.eval(_UNFLAG_IF_UNCHANGED, 2, RECONCILE_KEY, RAISED_KEY, *args)
 
 
 def due_at(conn: redis.Redis, account: str, profile_id: str) -> datetime | None:

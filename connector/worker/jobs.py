@@ -539,7 +539,7 @@ def reevaluate(
     rt = process_runtime.current()
     if progress_key:  # a publish: see the rules just published, whatever the last check was
         rt.provider.refresh_rules()
-    flags = due.flagged(rt.queue_redis, account_id, profile_ids) if due_scores else []
+    flags = due.flags(rt.queue_redis, account_id, profile_ids) if due_scores else {}
     try:
         evaluation.evaluate_touched(
             rt, account_id, set(profile_ids), clock.now(), reconcile=bool(flags) or _retried()

@@ -224,3 +224,19 @@ def test_a_profile_gone_leaves_no_flag_for_reconciling(redis_client: redis.Redis
     due.unschedule(redis_client, "acme", ["p-gone"])
     assert due.flagged(redis_client, "acme", ["p-gone", "p-kept"]) == ["p-kept"]
     assert due.due_at(redis_client, "acme", "p-gone") is None
+
+
+def test_a_flag_raised_again_while_a_job_reconciles_stays(redis_client: redis.Redis) -> None:
+    """A re-evaluation reads the flags, reconciles and clears them; another job of one of those
+    profiles fails meanwhile (its ledger record may be half done): that profile's flag stays for
+    the next run. A flag stored before flags were counted is cleared as before."""
+    due.restore(redis_client, "acme", ["p-1", "p-2"], T0)
+    redis_client.sadd(due.RECONCILE_KEY, due.member("acme", "p-old"))  # raised before the counts
+    seen = due.flags(redis_client, "acme", ["p-1", "p-2", "p-old"])
+    assert seen == {"p-1": 1, "p-2": 1, "p-old": 0}
+    due.restore(redis_client, "acme", ["p-1"], T0)  # the other job fails
+    due.unflag(redis_client, "acme", seen)
+    assert due.flagged(redis_client, "acme", ["p-1", "p-2", "p-old"]) == ["p-1"]
+    due.unflag(redis_client, "acme", due.flags(redis_client, "acme", ["p-1"]))
+    assert due.flagged(redis_client, "acme", ["p-1"]) == []
+    assert redis_client.exists(due.RAISED_KEY) == 0
