@@ -63,7 +63,7 @@ from connector import jsonload
 from connector.errors import StateMoving
 from connector.profiles import keys
 from connector.profiles.batched import Batched
-from connector.redis_conn import grouped_by_node, is_cluster, pipelined
+from connector.redis_conn import cached_script, grouped_by_node, is_cluster, pipelined
 from rules.model import EventRecord, Profile
 
 # The packed history in Lua: reading it (converting a sorted set stored before the packed form),
@@ -698,6 +698,29 @@ def prepare(
 
 
 CODES_TRIES = 3  # reads of a names dictionary replaced while being read (the store wiped)
+# The codes of names (ARGV[2..]) in the dictionary KEYS[1] of generation ARGV[1], a new name given
+# the next code (base 36, as :func:`base36`); false when the dictionary is of another generation.
+_CODES = """
+if redis.call('HGET', KEYS[1], '#gen') ~= ARGV[1] then return false end
+local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+local out = {}
+for i = 2, #ARGV do
+  local field = 'n:' .. ARGV[i]
+  local code = redis.call('HGET', KEYS[1], field)
+  if not code then
+    local n = redis.call('HINCRBY', KEYS[1], '#seq', 1)
+    code = ''
+    repeat
+      local r = n % 36
+      code = string.sub(digits, r + 1, r + 1) .. code
+      n = (n - r) / 36
+    until n == 0
+    redis.call('HSET', KEYS[1], field, code, 'c:' .. code, ARGV[i])
+  end
+  out[#out + 1] = code
+end
+return out
+"""
 
 
 class NameCodes:
@@ -739,36 +762,30 @@ class NameCodes:
 
     def _read_codes(self, account: str, names: set[str]) -> dict[str, str] | None:
         """The codes of these names in one generation of the dictionary (new ones added); None
-        when the dictionary was replaced (the store wiped) while they were read."""
+        when the dictionary was replaced (the store wiped) meanwhile."""
         key = self._key(account)
         generation = self.conn.hget(key, "#gen")
         if generation is None:
             self.conn.hsetnx(key, "#gen", keys.GENERATION_PREFIX + uuid.uuid4().hex)
             generation = self.conn.hget(key, "#gen")
+            if generation is None:  # wiped again at once
+                return None
         self.check(account, generation)
-        cache = self._codes
+        # this generation's cache: another thread's check may put a new one in its place, and
+        # what is learnt here then goes with this one
+        cache, names_of = self._codes, self._names
         out = {n: cache[(account, n)] for n in names if (account, n) in cache}
         missing = sorted(n for n in names if n not in out)
         if not missing:
             return out
-        replies = self.conn.hmget(key, ["#gen", *[f"n:{n}" for n in missing]])
-        gen_then, found = replies[0], replies[1:]
-        added = False
-        for name, code in zip(missing, found, strict=True):
-            if code is None:
-                new = base36(int(self.conn.hincrby(key, "#seq", 1)))
-                if self.conn.hsetnx(key, f"n:{name}", new):
-                    self.conn.hset(key, f"c:{new}", name)
-                code = self.conn.hget(key, f"n:{name}")
-                added = True
-            out[name] = code.decode() if isinstance(code, bytes) else str(code)
-        if added:
-            gen_then = self.conn.hget(key, "#gen")
-        if gen_then != generation:  # codes of two dictionaries would be mixed
+        found = cached_script(self.conn, _CODES)(keys=[key], args=[generation, *missing])
+        if not found:  # no longer this generation
             return None
-        for name in missing:
-            self._codes[(account, name)] = out[name]
-            self._names[(account, out[name])] = name
+        for name, code in zip(missing, found, strict=True):
+            text = code.decode() if isinstance(code, bytes) else str(code)
+            out[name] = text
+            cache[(account, name)] = text
+            names_of[(account, text)] = name
         return out
 
     def name(self, account: str, code: str) -> str:

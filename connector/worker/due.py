@@ -10,16 +10,17 @@ zero times.
 A re-evaluation job that fails puts its profiles back (:func:`restore`), due again
 ``RETRY_SECONDS`` later, and flags them in ``due:reconcile``: the job that re-evaluates them then
 reconciles (the failed one may have recorded the ledger and stopped before the rest; see
-:func:`connector.worker.evaluation.evaluate_profiles`) and clears the flags. Each flag counts the
-failures that raised it (``due:reconcile:n``), and a job clears a flag only if no failure raised
-it again after the job read it (:func:`flags`, :func:`unflag`): a job of the same profile failing
-meanwhile leaves its flag for the next run.
+:func:`connector.worker.evaluation.evaluate_profiles`) and clears the flags. Each failure marks
+the flags it raises with a token of its own (``due:reconcile:n``), and a job clears a flag only
+if it still holds the token the job read (:func:`flags`, :func:`unflag`): a job of the same
+profile failing meanwhile leaves its flag for the next run.
 
 Keys (queue Redis): ``due:index``, ``due:reconcile``, ``due:reconcile:n``.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ import redis
 
 DUE_KEY = "due:index"
 RECONCILE_KEY = "due:reconcile"  # set of members whose last re-evaluation failed
-RAISED_KEY = "due:reconcile:n"  # per flagged member: how many failures raised its flag
+RAISED_KEY = "due:reconcile:n"  # per flagged member: the token of the failure that raised it last
 RETRY_SECONDS = 10.0  # a failed re-evaluation's profiles are due again this much later
 SEP = "\x1f"
 
@@ -45,10 +46,10 @@ return removed
 """
 
 
-# Clears the flags of members (ARGV: member, failures seen, ...) that no failure raised since.
+# Clears the flags of members (ARGV: member, token seen, ...) that no failure raised since.
 _UNFLAG_IF_UNCHANGED = """
 for i = 1, #ARGV, 2 do
-  if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') <= tonumber(ARGV[i + 1]) then
+  if (redis.call('HGET', KEYS[2], ARGV[i]) or '') == ARGV[i + 1] then
     redis.call('SREM', KEYS[1], ARGV[i])
     redis.call('HDEL', KEYS[2], ARGV[i])
   end
@@ -95,17 +96,17 @@ def restore(conn: redis.Redis, account: str, profile_ids: Iterable[str], at: dat
     scheduled them so meanwhile) and flagged for reconciling."""
     members = [member(account, pid) for pid in profile_ids]
     if members:
-        pipe = conn.pipeline(transaction=True)  # a flag and its count together
+        pipe = conn.pipeline(transaction=True)  # a flag and its token together
         pipe.zadd(DUE_KEY, dict.fromkeys(members, at.timestamp()), lt=True)
         pipe.sadd(RECONCILE_KEY, *members)
-        for name in members:
-            pipe.hincrby(RAISED_KEY, name, 1)
+        pipe.hset(RAISED_KEY, mapping=dict.fromkeys(members, uuid.uuid4().hex))
         pipe.execute()
 
 
-def flags(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> dict[str, int]:
-    """The profiles among ``profile_ids`` whose last re-evaluation failed, each with the number of
-    failures that raised its flag (what :func:`unflag` is given back)."""
+def flags(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> dict[str, str]:
+    """The profiles among ``profile_ids`` whose last re-evaluation failed, each with the token of
+    the failure that raised its flag ("" for a flag raised before tokens; what :func:`unflag` is
+    given back)."""
     pids = list(profile_ids)
     if not pids:
         return {}
@@ -114,7 +115,7 @@ def flags(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> dict[s
     pipe.smismember(RECONCILE_KEY, members)
     pipe.hmget(RAISED_KEY, members)
     hits, raised = pipe.execute()
-    return {pid: int(n or 0) for pid, hit, n in zip(pids, hits, raised, strict=True) if hit}
+    return {pid: (t or b"").decode() for pid, hit, t in zip(pids, hits, raised, strict=True) if hit}
 
 
 def flagged(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> list[str]:
@@ -122,11 +123,11 @@ def flagged(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> list
     return list(flags(conn, account, profile_ids))
 
 
-def unflag(conn: redis.Redis, account: str, seen: Mapping[str, int]) -> None:
+def unflag(conn: redis.Redis, account: str, seen: Mapping[str, str]) -> None:
     """Clear the flags read by :func:`flags` (``seen``) after the re-evaluation that reconciled;
     a flag raised again since (another job of the profile failed meanwhile) stays."""
     if seen:
-        args = [x for pid, n in seen.items() for x in (member(account, pid), n)]
+        args = [x for pid, token in seen.items() for x in (member(account, pid), token)]
         conn.eval(_UNFLAG_IF_UNCHANGED, 2, RECONCILE_KEY, RAISED_KEY, *args)
 
 

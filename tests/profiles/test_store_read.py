@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 import redis
+from redis.connection import AbstractConnection
 
 from connector.config import Accounts
-from connector.profiles import keys, lookup
+from connector.profiles import keys, lookup, store
 from connector.profiles.store import NameCodes, load_profiles, name_codes, read_profiles, to_rules_profile
 from tests.profile_helpers import NOW, T0, apply, ev
 
@@ -123,24 +124,36 @@ def test_events_of_one_instant_load_in_event_id_order_with_every_kind_of_propert
         assert [type(v) for v in record.properties.values()] == [type(props[k]) for k in record.properties]
 
 
+def _before_the_codes_script(monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, meanwhile: Any) -> None:
+    """Run ``meanwhile()`` once, just before the names dictionary's script is next sent (what
+    another lane or process does while this one waits for Redis)."""
+    sha = conn.script_load(store._CODES).encode()
+    real = AbstractConnection.send_packed_command
+    done: list[bool] = []
+
+    def hooked(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        if not done and b"EVALSHA\r\n$40\r\n" + sha in packed:
+            done.append(True)
+            meanwhile()
+        real(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", hooked)
+
+
 def test_codes_answered_while_another_thread_drops_the_cache(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another drain lane that finds the dictionary's generation changed (the store was wiped)
-    replaces the cache while this lane waits for Redis: the codes this lane read are answered."""
+    """Another drain lane that finds the dictionary's generation changed replaces the cache while
+    this lane waits for Redis: the codes this lane read are answered, and go to the cache it had."""
     names = NameCodes(redis_client)
     before = names.codes("acme", {"order_completed"})
-    real = redis_client.hmget
-
-    def other_lane_checks_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        names.check("acme", b"another generation")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(redis_client, "hmget", other_lane_checks_meanwhile)
+    _before_the_codes_script(monkeypatch, redis_client, lambda: names.check("acme", b"another generation"))
     both = names.codes("acme", {"order_completed", "cart_viewed"}, checked=True)
     assert both["order_completed"] == before["order_completed"]
     assert both["cart_viewed"] == redis_client.hget(keys.names_key("acme"), "n:cart_viewed").decode()
     assert both["cart_viewed"] != both["order_completed"]
+    assert ("acme", "cart_viewed") not in names._codes  # not kept as another generation's code
 
 
 def test_codes_of_a_dictionary_replaced_while_read_are_read_again(
@@ -151,18 +164,24 @@ def test_codes_of_a_dictionary_replaced_while_read_are_read_again(
     cache mixed in, which could give two names one code)."""
     names = NameCodes(redis_client)
     names.codes("acme", {"order_completed"})
-    real = redis_client.hmget
-    wiped: list[bool] = []
 
-    def wiped_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        if not wiped:
-            wiped.append(True)
-            redis_client.delete(keys.names_key("acme"))
-            NameCodes(redis_client).codes("acme", {"cart_viewed"})  # another process, first
-        return real(*args, **kwargs)
+    def wiped_and_coded_by_another() -> None:
+        redis_client.delete(keys.names_key("acme"))
+        NameCodes(redis_client).codes("acme", {"cart_viewed"})
 
-    monkeypatch.setattr(redis_client, "hmget", wiped_meanwhile)
+    _before_the_codes_script(monkeypatch, redis_client, wiped_and_coded_by_another)
     both = names.codes("acme", {"order_completed", "cart_viewed"})
     stored = {n: redis_client.hget(keys.names_key("acme"), f"n:{n}") for n in both}
     assert both == {n: code.decode() for n, code in stored.items() if code is not None}
     assert both["order_completed"] != both["cart_viewed"]
+    assert names.codes("acme", {"order_completed", "cart_viewed"}, checked=True) == both
+
+
+def test_new_codes_count_in_base_36(redis_client: redis.Redis) -> None:
+    names = NameCodes(redis_client)
+    wanted = [f"event_{n:02d}" for n in range(40)]
+    for name in wanted:  # one at a time: the codes follow the order asked
+        names.codes("acme", {name})
+    codes = names.codes("acme", set(wanted), checked=True)
+    assert [codes[name] for name in wanted] == [store.base36(n) for n in range(1, 41)]
+    assert all(names.name("acme", codes[name]) == name for name in wanted)
