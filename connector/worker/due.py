@@ -115,7 +115,11 @@ def flags(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> dict[s
     pipe.smismember(RECONCILE_KEY, members)
     pipe.hmget(RAISED_KEY, members)
     hits, raised = pipe.execute()
-    return {pid: (t or b"").decode() for pid, hit, t in zip(pids, hits, raised, strict=True) if hit}
+    return {pid: _text(t) for pid, hit, t in zip(pids, hits, raised, strict=True) if hit}
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else value or ""
 
 
 def flagged(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> list[str]:
