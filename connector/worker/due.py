@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 
 import redis
 
+from connector.buckets import text
+
 DUE_KEY = "due:index"
 RECONCILE_KEY = "due:reconcile"  # set of members whose last re-evaluation failed
 RAISED_KEY = "due:reconcile:n"  # per flagged member: the token of the failure that raised it last
@@ -115,16 +117,7 @@ def flags(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> dict[s
     pipe.smismember(RECONCILE_KEY, members)
     pipe.hmget(RAISED_KEY, members)
     hits, raised = pipe.execute()
-    return {pid: _text(t) for pid, hit, t in zip(pids, hits, raised, strict=True) if hit}
-
-
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else value or ""
-
-
-def flagged(conn: redis.Redis, account: str, profile_ids: Iterable[str]) -> list[str]:
-    """The profiles among ``profile_ids`` whose last re-evaluation failed."""
-    return list(flags(conn, account, profile_ids))
+    return {pid: text(t or b"") for pid, hit, t in zip(pids, hits, raised, strict=True) if hit}
 
 
 def unflag(conn: redis.Redis, account: str, seen: Mapping[str, str]) -> None:

@@ -206,7 +206,7 @@ def test_a_re_evaluation_failing_past_its_retries_is_due_again_and_then_reconcil
         assert held(apps) == NONE_ON_ESPS
         at = clock.now() + timedelta(seconds=due.RETRY_SECONDS)
         assert due.due_at(redis_client, "acme", pid) == at
-        assert due.flagged(redis_client, "acme", [pid]) == [pid]
+        assert list(due.flags(redis_client, "acme", [pid])) == [pid]
         # the ledger holds the entry since the first attempt; the next run finds no change in it
         assert ledger_segments(redis_client, pid) == frozenset({"cart_abandoner"})
         frozen.advance(timedelta(seconds=due.RETRY_SECONDS))
@@ -214,15 +214,15 @@ def test_a_re_evaluation_failing_past_its_retries_is_due_again_and_then_reconcil
         run_workers(redis_client)
         assert held(apps) == ON_ESPS
         assert sizes.is_member(redis_client, "acme", "cart_abandoner", pid)
-        assert due.flagged(redis_client, "acme", [pid]) == []
+        assert list(due.flags(redis_client, "acme", [pid])) == []
 
 
 def test_a_profile_gone_leaves_no_flag_for_reconciling(redis_client: redis.Redis) -> None:
     """An erased or merged-away profile whose last re-evaluation failed keeps no entry behind."""
     due.restore(redis_client, "acme", ["p-gone", "p-kept"], T0)
-    assert due.flagged(redis_client, "acme", ["p-gone", "p-kept"]) == ["p-gone", "p-kept"]
+    assert list(due.flags(redis_client, "acme", ["p-gone", "p-kept"])) == ["p-gone", "p-kept"]
     due.unschedule(redis_client, "acme", ["p-gone"])
-    assert due.flagged(redis_client, "acme", ["p-gone", "p-kept"]) == ["p-kept"]
+    assert list(due.flags(redis_client, "acme", ["p-gone", "p-kept"])) == ["p-kept"]
     assert due.due_at(redis_client, "acme", "p-gone") is None
 
 
@@ -236,9 +236,9 @@ def test_a_flag_raised_again_while_a_job_reconciles_stays(redis_client: redis.Re
     assert set(seen) == {"p-1", "p-2", "p-old"} and seen["p-old"] == ""
     due.restore(redis_client, "acme", ["p-1"], T0)  # the other job fails
     due.unflag(redis_client, "acme", seen)
-    assert due.flagged(redis_client, "acme", ["p-1", "p-2", "p-old"]) == ["p-1"]
+    assert list(due.flags(redis_client, "acme", ["p-1", "p-2", "p-old"])) == ["p-1"]
     due.unflag(redis_client, "acme", due.flags(redis_client, "acme", ["p-1"]))
-    assert due.flagged(redis_client, "acme", ["p-1"]) == []
+    assert list(due.flags(redis_client, "acme", ["p-1"])) == []
     assert redis_client.exists(due.RAISED_KEY) == 0
 
 
@@ -251,4 +251,4 @@ def test_a_flag_raised_again_after_another_job_cleared_it_stays(redis_client: re
     due.unflag(redis_client, "acme", first)
     due.restore(redis_client, "acme", ["p-1"], T0)  # the third job fails
     due.unflag(redis_client, "acme", second)
-    assert due.flagged(redis_client, "acme", ["p-1"]) == ["p-1"]
+    assert list(due.flags(redis_client, "acme", ["p-1"])) == ["p-1"]
