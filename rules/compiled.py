@@ -12,7 +12,8 @@ behave alike but for what docs/architecture.md lists: the test suite runs on eit
 
 Compiled modules call each other's functions directly: a module attribute replaced at run time
 (a test's monkeypatch) is not seen by them. The modules tests replace functions of (the event
-apply, the evaluation hand-off, the ledger) stay plain Python.
+apply, the evaluation hand-off) stay plain Python; a module constant that is not ``Final`` is read
+from the module at each use, so tests may change those (the ledger's bounds).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ MODULES = (
     "connector.analytics.movement",
     "connector.analytics.attribution",
     "connector.worker.sizes",
+    "connector.worker.ledger",
 )
 
 _state: dict[str, Any] = {"checked": False, "active": False, "reason": "not checked"}

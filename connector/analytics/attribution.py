@@ -46,6 +46,7 @@ from connector.analytics.keys import (
 )
 from connector.analytics.settings import conversion_days
 from connector.event import Event
+from connector.profiles.batched import Batched
 from connector.redis_conn import queued_script
 
 ENGAGEMENT = {"email_delivered": "dl", "email_opened": "op", "email_clicked": "ck"}
@@ -75,9 +76,7 @@ PERIODS = 12
 # and every run deletes it first, also one that then refuses its event. Fields of the layout of
 # before (e:/x:/r:<name>, d:/op:/ck:<id>, #<8 bytes>) are read; the segment ones are rewritten with
 # codes by the first run that finds them, the message ones age out with their period.
-_CREDIT = (
-    SEGMENT_CODE_LUA
-    + """
+_CREDIT_BODY = """
 local PERIODS = tonumber(ARGV[10])
 local person, old, dict = KEYS[1], KEYS[2], KEYS[3]
 local kind, at, mk, mid = ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[15]
@@ -273,7 +272,9 @@ for c, entered in pairs(e) do
 end
 return 1
 """
-)
+_CREDIT = SEGMENT_CODE_LUA + _CREDIT_BODY
+# the worker's path: the credits of a batch, many per script call (:func:`record_batch`)
+_CREDIT_MANY = Batched(_CREDIT_BODY, SEGMENT_CODE_LUA)
 
 
 def period(moment: datetime) -> int:
@@ -349,14 +350,32 @@ def record(
     ignored); ``current``: the segments the ledger holds for them now; ``arms``: their arm per
     segment with a holdout or variants; ``now``: when (the message state written then is kept at
     least 30 days, see :func:`period`; the clock's instant by default). The number of events queued."""
+    if not hasattr(pipe, "register_script"):
+        return 0
+    calls = _calls(account, profile_id, events, current, arms, conversion_days, period(now or clock.now()))
+    script = queued_script(pipe, _CREDIT)
+    for keys, args in calls:
+        script(keys=keys, args=args, client=pipe)
+    return len(calls)
+
+
+def _calls(
+    account: str,
+    profile_id: str,
+    events: Sequence[Event],
+    current: Iterable[str],
+    arms: Mapping[str, str],
+    conversion_days: int,
+    written: int,
+) -> list[tuple[list[str], list[Any]]]:
+    """The credit script's keys and arguments for each of one person's events that credits
+    something (:func:`kind_of`), in order; ``written``: the current :func:`period`."""
     keys = [person_key(account, profile_id), messages_key(account, profile_id), codes_key(account)]
-    written = period(now or clock.now())
     held = ",".join(sorted(current))
-    script = queued_script(pipe, _CREDIT) if hasattr(pipe, "register_script") else None
-    queued = 0
+    calls: list[tuple[list[str], list[Any]]] = []
     for event in events:
         kind = kind_of(event)
-        if kind is None or script is None:
+        if kind is None:
             continue
         message = message_of(event) if kind in ENGAGEMENT.values() else ""
         args = [
@@ -376,9 +395,8 @@ def record(
             int(PERSON_RETENTION.total_seconds()),
             message,
         ]
-        script(keys=keys, args=args, client=pipe)
-        queued += 1
-    return queued
+        calls.append((keys, args))
+    return calls
 
 
 def record_batch(
@@ -390,23 +408,25 @@ def record_batch(
     now: datetime,
 ) -> int:
     """The worker's hook: credit a batch of applied events of one account (``profile_of``: event id
-    → the profile it was applied to; ``memberships``: profile → segments in the ledger now)."""
+    → the profile it was applied to; ``memberships``: profile → segments in the ledger now); the
+    credits of the whole batch in one round trip, many per script call (each as :func:`record`
+    would run it, in the same order)."""
     by_profile: dict[str, list[Event]] = {}
     for event in events:
         pid = profile_of.get(event.event_id)
         if pid is not None and kind_of(event) is not None:
             by_profile.setdefault(pid, []).append(event)
-    pipe = conn.pipeline(transaction=False)
-    queued = 0
     days = conversion_days(account)
     found = settings(account)
     split = tuple(s for s in _all_segments(account) if s in found)  # with a holdout or variants
+    written = period(now)
+    calls: list[tuple[list[str], list[Any]]] = []
     for pid, batch in by_profile.items():
         held = list(memberships.get(pid, ()))
         arms = arms_of(account, pid, split) if split else {}
-        queued += record(pipe, account.id, pid, batch, held, arms, conversion_days=days, now=now)
-    pipe.execute()
-    return queued
+        calls.extend(_calls(account.id, pid, batch, held, arms, days, written))
+    _CREDIT_MANY.run(conn, calls)
+    return len(calls)
 
 
 def _all_segments(account: Any) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from connector import buckets
-from connector.analytics import movement, overlap, report
+from connector.analytics import attribution, movement, overlap, report
 from connector.analytics.keys import messages_key, person_key
 from connector.config import Account, Accounts, load_accounts
 from connector.event import Event
@@ -267,6 +267,61 @@ def _dump(conn: redis.Redis, account: str) -> dict[str, Any]:
         out[name] = conn.hgetall(key) if kind == "hash" else sorted(conn.smembers(key))
         out[name + "#ttl"] = conn.ttl(key) > 0
     return out
+
+
+def _analytics(conn: redis.Redis) -> dict[bytes, Any]:
+    """Every analytics key of acme with its content (day counters' floats rounded)."""
+    out: dict[bytes, Any] = {}
+    for key in sorted(conn.scan_iter("an:{acme}:*")):
+        kind = conn.type(key)
+        if kind == b"hash":
+            row = conn.hgetall(key)
+            out[key] = {k: round(float(v), 6) if k.startswith(b"rq:") else v for k, v in row.items()}
+        else:
+            out[key] = (kind, conn.dump(key))
+    return out
+
+
+def test_a_batch_is_credited_as_each_person_alone_many_per_script_call(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    account = shop.get("acme")
+    assert account is not None
+    at = NOW - timedelta(days=2)
+    people = [f"p{n:02d}" for n in range(30)]
+    batch, profile_of, held = [], {}, {}
+    for n, pid in enumerate(people):
+        mail = {"message_id": f"m-{n % 4}"} if n % 5 else {}  # every fifth without a message id
+        for k, name in enumerate(("email_delivered", "email_opened", "email_clicked", "unsubscribed")):
+            batch.append(ev(f"{pid}-{k}", name, at=at + timedelta(hours=k), props=mail, user_id=pid))
+        batch.append(order(f"{pid}-o", 10.0 + n, at + timedelta(hours=5), user_id=pid))
+        for e in batch[-5:]:
+            profile_of[e.event_id] = pid
+        held[pid] = ["vip"] if n % 2 else ["vip", "lifecycle_new"]
+
+    def entries() -> None:
+        pipe = redis_client.pipeline()
+        for n, pid in enumerate(people):
+            movement.record_diff(pipe, "acme", {}, pid, held[pid], [], at - timedelta(days=n % 3))
+        pipe.execute()
+
+    entries()
+    for pid in people:
+        mine = [e for e in batch if profile_of[e.event_id] == pid]
+        pipe = redis_client.pipeline(transaction=False)
+        assert attribution.record(pipe, "acme", pid, mine, held[pid], {}, now=NOW) == 5
+        pipe.execute()
+    alone = _analytics(redis_client)
+    redis_client.flushdb()
+    redis_client.script_load(attribution._CREDIT_MANY.source)  # counted below without a NOSCRIPT
+    entries()
+    redis_client.config_resetstat()
+    assert attribution.record_batch(redis_client, account, batch, held, profile_of, NOW) == 150
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 2  # 150 credits, 100 per script call
+    together = _analytics(redis_client)
+    assert together == alone
+    assert sum(1 for key in together if b":d:" in key) >= 1  # day counters were written
 
 
 def test_the_batched_counting_matches_counting_each_profile(redis_client: redis.Redis) -> None:

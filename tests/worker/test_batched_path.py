@@ -9,14 +9,16 @@ from typing import Any
 
 import pytest
 import redis
+from redis.connection import AbstractConnection
 
 import rules
 from connector.config import Account, Accounts, load_accounts
 from connector.profiles import load_profile
 from connector.sync.control import pending
 from connector.worker import due
+from connector.worker import ledger as ledger_module
 from connector.worker.evaluation import evaluate_profiles
-from connector.worker.ledger import Entry, Ledger, Stored, history_key, ledger_key
+from connector.worker.ledger import Entry, Ledger, history_key, ledger_key
 from connector.worker.pipeline import apply_batch
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import ev
@@ -145,22 +147,29 @@ def test_history_entries_written_with_the_whole_state_are_still_read(redis_clien
     assert ledger.history_length("acme", "p1") == 2
 
 
-class RacedLedger(Ledger):
-    """Another worker records the profile between this ledger's read and its write, once."""
+def _another_worker_records_before_the_write(monkeypatch: pytest.MonkeyPatch, conn: redis.Redis) -> None:
+    """Another worker records p1 once, after this ledger read it and before its record script is
+    sent."""
+    sha = conn.script_load(ledger_module._RECORD_MANY.source).encode()
+    real = AbstractConnection.send_packed_command
+    done: list[bool] = []
 
-    raced = False
+    def hooked(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        if not done and b"EVALSHA\r\n$40\r\n" + sha in packed:
+            done.append(True)
+            Ledger(conn).record("acme", "p1", frozenset({"b"}), {}, T0, revision=2)
+        real(self, command, check_health)
 
-    def stored_many(self, account: str, pids: Any) -> list[Stored]:
-        found = super().stored_many(account, pids)
-        if not self.raced:
-            self.raced = True
-            Ledger(self.conn).record(account, "p1", frozenset({"b"}), {}, T0, revision=2)
-        return found
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", hooked)
 
 
-def test_a_state_recorded_between_read_and_write_is_read_again(redis_client: redis.Redis) -> None:
+def test_a_state_recorded_between_read_and_write_is_read_again(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     Ledger(redis_client).record("acme", "p1", frozenset({"a"}), {}, T0, revision=1)
-    diffs = RacedLedger(redis_client).record_many("acme", [Entry("p1", frozenset({"c"}), {}, 3)], T0)
+    _another_worker_records_before_the_write(monkeypatch, redis_client)
+    diffs = Ledger(redis_client).record_many("acme", [Entry("p1", frozenset({"c"}), {}, 3)], T0)
     diff = diffs[0]
     assert diff is not None and diff.version == 3
     assert (diff.entered, diff.exited) == ({"c"}, {"b"})
