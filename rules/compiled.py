@@ -11,8 +11,8 @@ loads from its source, as plain Python. A build never runs code older than its s
 behave alike but for what docs/architecture.md lists: the test suite runs on either.
 
 Compiled modules call each other's functions directly: a module attribute replaced at run time
-(a test's monkeypatch) is not seen by them. The modules tests replace functions of (the event
-apply, the evaluation hand-off) stay plain Python; a module constant that is not ``Final`` is read
+(a test's monkeypatch) is not seen by them. The modules tests replace functions of (the evaluation
+hand-off, the batch pipeline) stay plain Python; a module constant that is not ``Final`` is read
 from the module at each use, so tests may change those (the ledger's bounds).
 """
 
@@ -61,6 +61,7 @@ MODULES = (
     "connector.analytics.attribution",
     "connector.worker.sizes",
     "connector.worker.ledger",
+    "connector.profiles.apply",
 )
 
 _state: dict[str, Any] = {"checked": False, "active": False, "reason": "not checked"}

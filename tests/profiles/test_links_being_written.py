@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 import redis
+from redis.connection import AbstractConnection
 
 from connector.config import Accounts
-from connector.profiles import identity, keys, load_profile, lookup
+from connector.profiles import keys, load_profile, lookup
 from tests.profile_helpers import NOW, apply, ev
 
 
@@ -30,28 +31,27 @@ def test_events_for_a_profile_whose_links_are_being_written_wait_for_them_and_ar
     redis_client: redis.Redis, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pid, fields, packed = _links_not_written_yet(redis_client, accounts)
-    real = identity.AccountLock
+    lock = keys.lock_key("acme").encode()
+    real = AbstractConnection.send_packed_command
+    done: list[bool] = []
 
-    class WriterFinishesFirst:
-        """The account's lock, held until the other worker has written the profile's links."""
-
-        def __init__(self, conn: redis.Redis, account: str) -> None:
-            self.lock = real(conn, account)
-
-        def __enter__(self) -> Any:
+    def writer_finishes_first(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        """The other worker writes the profile's links while it holds the account's lock: they are
+        there once this worker's attempt to take the lock (SET NX) goes through."""
+        sent = command if isinstance(command, bytes) else b"".join(command)
+        if not done and b"\r\nSET\r\n" in sent and lock in sent:
+            done.append(True)
             redis_client.hset(keys.profile_key("acme", pid), mapping=fields)
             redis_client.set(keys.history_key("acme", pid), packed)
-            return self.lock.__enter__()
+        real(self, command, check_health)
 
-        def __exit__(self, *exc: object) -> None:
-            self.lock.__exit__(*exc)
-
-    monkeypatch.setattr(identity, "AccountLock", WriterFinishesFirst)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", writer_finishes_first)
     outcome = apply(redis_client, accounts, ev("2", anonymous_id="anon-w", at=2, props={"n": 2}))
     assert (outcome.applied, outcome.dropped) == (1, 0)
     profile = load_profile(redis_client, "acme", pid, NOW)
     assert profile is not None
     assert sorted(e.properties["n"] for e in profile.events) == [1, 2]
+    assert done  # the links came while the lock was being taken
 
 
 def test_events_for_a_profile_still_missing_under_the_lock_are_dropped_not_stored_bare(
