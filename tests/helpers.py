@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 import redis
+from redis.connection import AbstractConnection
 
 
 def stored_events(conn: redis.Redis) -> list[dict[str, Any]]:
@@ -15,3 +18,31 @@ def stored_events(conn: redis.Redis) -> list[dict[str, Any]]:
         for _, fields in conn.xrange(key):
             out.append(json.loads(fields[b"e"]))
     return out
+
+
+def before_sent(
+    monkeypatch: pytest.MonkeyPatch,
+    needles: Sequence[bytes],
+    meanwhile: Callable[[], object],
+    *,
+    once: bool = True,
+) -> None:
+    """Run ``meanwhile()`` just before a request holding every one of ``needles`` is sent on any
+    Redis connection (once, or before each such request): what another worker or drain lane does
+    while this one waits for Redis. Code under test meets it through Redis, compiled or not."""
+    real = AbstractConnection.send_packed_command
+    done: list[bool] = []
+
+    def hooked(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        if not (once and done) and all(needle in packed for needle in needles):
+            done.append(True)
+            meanwhile()
+        real(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", hooked)
+
+
+def script_call(conn: redis.Redis, source: str) -> bytes:
+    """What a request that calls this script holds: ``EVALSHA`` and the script's digest (loaded now)."""
+    return b"EVALSHA\r\n$40\r\n" + conn.script_load(source).encode()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from redis.connection import AbstractConnection
 
 from connector.config import Accounts, load_accounts
 from connector.errors import ConnectorError
 from connector.profiles import apply, keys, load_profile, lookup, store
 from connector.worker.pipeline import apply_batch
+from tests.helpers import before_sent, script_call
 from tests.profile_helpers import NOW, ev
 
 
@@ -22,16 +21,7 @@ def _before_each_apply(
 ) -> None:
     """Run ``meanwhile()`` just before each call of the event apply script is sent (what another
     worker does while this one reads the replies of the round before)."""
-    sha = conn.script_load(store.APPLY_MANY.source).encode()
-    real = AbstractConnection.send_packed_command
-
-    def hooked(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        packed = command if isinstance(command, bytes) else b"".join(command)
-        if b"EVALSHA\r\n$40\r\n" + sha in packed:
-            meanwhile()
-        real(self, command, check_health)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", hooked)
+    before_sent(monkeypatch, [script_call(conn, store.APPLY_MANY.source)], meanwhile, once=False)
 
 
 def _compressed_history(conn: redis.Redis, accounts: Accounts, user: str) -> str:

@@ -3,14 +3,12 @@ identity index (read without the lock) names it before the profile's own links a
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import redis
-from redis.connection import AbstractConnection
 
 from connector.config import Accounts
 from connector.profiles import keys, load_profile, lookup
+from tests.helpers import before_sent
 from tests.profile_helpers import NOW, apply, ev
 
 
@@ -31,21 +29,16 @@ def test_events_for_a_profile_whose_links_are_being_written_wait_for_them_and_ar
     redis_client: redis.Redis, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pid, fields, packed = _links_not_written_yet(redis_client, accounts)
-    lock = keys.lock_key("acme").encode()
-    real = AbstractConnection.send_packed_command
     done: list[bool] = []
 
-    def writer_finishes_first(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+    def writer_finishes_first() -> None:
         """The other worker writes the profile's links while it holds the account's lock: they are
         there once this worker's attempt to take the lock (SET NX) goes through."""
-        sent = command if isinstance(command, bytes) else b"".join(command)
-        if not done and b"\r\nSET\r\n" in sent and lock in sent:
-            done.append(True)
-            redis_client.hset(keys.profile_key("acme", pid), mapping=fields)
-            redis_client.set(keys.history_key("acme", pid), packed)
-        real(self, command, check_health)
+        done.append(True)
+        redis_client.hset(keys.profile_key("acme", pid), mapping=fields)
+        redis_client.set(keys.history_key("acme", pid), packed)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", writer_finishes_first)
+    before_sent(monkeypatch, [b"\r\nSET\r\n", keys.lock_key("acme").encode()], writer_finishes_first)
     outcome = apply(redis_client, accounts, ev("2", anonymous_id="anon-w", at=2, props={"n": 2}))
     assert (outcome.applied, outcome.dropped) == (1, 0)
     profile = load_profile(redis_client, "acme", pid, NOW)

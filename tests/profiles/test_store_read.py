@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import redis
-from redis.connection import AbstractConnection
 
 from connector.config import Accounts
 from connector.profiles import keys, lookup, store
 from connector.profiles.store import NameCodes, load_profiles, name_codes, read_profiles, to_rules_profile
+from tests.helpers import before_sent, script_call
 from tests.profile_helpers import NOW, T0, apply, ev
 
 
@@ -127,18 +127,7 @@ def test_events_of_one_instant_load_in_event_id_order_with_every_kind_of_propert
 def _before_the_codes_script(monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, meanwhile: Any) -> None:
     """Run ``meanwhile()`` once, just before the names dictionary's script is next sent (what
     another lane or process does while this one waits for Redis)."""
-    sha = conn.script_load(store._CODES).encode()
-    real = AbstractConnection.send_packed_command
-    done: list[bool] = []
-
-    def hooked(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        packed = command if isinstance(command, bytes) else b"".join(command)
-        if not done and b"EVALSHA\r\n$40\r\n" + sha in packed:
-            done.append(True)
-            meanwhile()
-        real(self, command, check_health)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", hooked)
+    before_sent(monkeypatch, [script_call(conn, store._CODES)], meanwhile)
 
 
 def test_codes_answered_while_another_thread_drops_the_cache(

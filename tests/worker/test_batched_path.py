@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import redis
-from redis.connection import AbstractConnection
 
 import rules
 from connector.config import Account, Accounts, load_accounts
@@ -21,6 +20,7 @@ from connector.worker.evaluation import evaluate_profiles
 from connector.worker.ledger import Entry, Ledger, history_key, ledger_key
 from connector.worker.pipeline import apply_batch
 from tests.conftest import ACME, write_accounts
+from tests.helpers import before_sent, script_call
 from tests.profile_helpers import ev
 
 NOW = datetime(2024, 3, 1, tzinfo=UTC)
@@ -150,18 +150,11 @@ def test_history_entries_written_with_the_whole_state_are_still_read(redis_clien
 def _another_worker_records_before_the_write(monkeypatch: pytest.MonkeyPatch, conn: redis.Redis) -> None:
     """Another worker records p1 once, after this ledger read it and before its record script is
     sent."""
-    sha = conn.script_load(ledger_module._RECORD_MANY.source).encode()
-    real = AbstractConnection.send_packed_command
-    done: list[bool] = []
 
-    def hooked(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        packed = command if isinstance(command, bytes) else b"".join(command)
-        if not done and b"EVALSHA\r\n$40\r\n" + sha in packed:
-            done.append(True)
-            Ledger(conn).record("acme", "p1", frozenset({"b"}), {}, T0, revision=2)
-        real(self, command, check_health)
+    def other_worker() -> None:
+        Ledger(conn).record("acme", "p1", frozenset({"b"}), {}, T0, revision=2)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", hooked)
+    before_sent(monkeypatch, [script_call(conn, ledger_module._RECORD_MANY.source)], other_worker)
 
 
 def test_a_state_recorded_between_read_and_write_is_read_again(
