@@ -24,6 +24,7 @@ _STAGES: list[tuple[str, str, str]] = [  # (label, module, attribute: "name" or 
     ("delivery counts", "connector.worker.jobs", "_deliveries"),
     ("decode events", "connector.worker.jobs", "load_event"),
     ("erased-people check", "connector.worker.erasure", "drop_erased"),
+    # plain Python only: compiled, the event apply calls it directly (its time is in "event apply")
     ("identity resolution", "connector.profiles.identity", "resolve"),
     ("event apply", "connector.worker.pipeline", "apply_events"),
     ("merges' leftovers", "connector.worker.evaluation", "forget_absorbed"),

@@ -13,7 +13,8 @@ behave alike but for what docs/architecture.md lists: the test suite runs on eit
 Compiled modules call each other's functions directly: a module attribute replaced at run time
 (a test's monkeypatch) is not seen by them. The modules tests replace functions of (the evaluation
 hand-off, the batch pipeline) stay plain Python; a module constant that is not ``Final`` is read
-from the module at each use, so tests may change those (the ledger's bounds).
+from the module at each use, so tests may change those (the ledger's bounds). A method replaced on
+a compiled class is seen by plain callers only.
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import redis
-from redis.connection import AbstractConnection
 
 from connector import buckets
+from tests.helpers import before_sent, script_call
 
 
 def states_after(level: int, split: int, splits: int) -> list[tuple[int, int]]:
@@ -34,18 +32,13 @@ def split_before_each_call(
     counted in. The hook is on the connection's send, which every way of calling a script goes
     through; the calls it is used for go one per send."""
     split_script = conn.register_script(buckets.SPLIT)
-    sha = conn.script_load(source).encode()  # loaded: each call is one send
-    real = AbstractConnection.send_packed_command
     calls: list[int] = []
 
-    def with_a_split_first(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        packed = command if isinstance(command, bytes) else b"".join(command)
-        if b"EVALSHA\r\n$40\r\n" + sha in packed:
-            level, split, _ = buckets.unpack_state(conn.hget(state, field))
-            src, dst = f"{prefix}{split}", f"{prefix}{split + (1 << level)}"
-            split_script(keys=[state, src, dst], args=[field, kind, 1, prefix, level, split])
-            calls.append(1)
-        real(self, command, check_health)
+    def a_split_first() -> None:
+        level, split, _ = buckets.unpack_state(conn.hget(state, field))
+        src, dst = f"{prefix}{split}", f"{prefix}{split + (1 << level)}"
+        split_script(keys=[state, src, dst], args=[field, kind, 1, prefix, level, split])
+        calls.append(1)
 
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", with_a_split_first)
+    before_sent(monkeypatch, [script_call(conn, source)], a_split_first, once=False)
     return calls

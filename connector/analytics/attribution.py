@@ -274,7 +274,7 @@ return 1
 """
 _CREDIT = SEGMENT_CODE_LUA + _CREDIT_BODY
 # the worker's path: the credits of a batch, many per script call (:func:`record_batch`)
-_CREDIT_MANY = Batched(_CREDIT_BODY, SEGMENT_CODE_LUA)
+_CREDIT_MANY = Batched(_CREDIT_BODY, SEGMENT_CODE_LUA, isolated=True)  # a bad person holds no one back
 
 
 def period(moment: datetime) -> int:
@@ -410,7 +410,9 @@ def record_batch(
     """The worker's hook: credit a batch of applied events of one account (``profile_of``: event id
     → the profile it was applied to; ``memberships``: profile → segments in the ledger now); the
     credits of the whole batch in one round trip, many per script call (each as :func:`record`
-    would run it, in the same order)."""
+    would run it, in the same order). A credit that fails (a person's analytics state it cannot
+    read) does not stop the others; the first error is raised once all have run, and the batch is
+    retried: the credits already made are not made twice (their marks and message fields)."""
     by_profile: dict[str, list[Event]] = {}
     for event in events:
         pid = profile_of.get(event.event_id)

@@ -13,8 +13,10 @@ back: :meth:`Batched._groups`), and the groups go to their nodes in one pipeline
 which bounds how long one script holds the server.
 
 Each call is applied as it would be alone (the body is the same); a group is not one transaction
-beyond that: a body that raises ends its script after the calls before it were applied, as a
-pipeline of single calls would have. Callers only use it for calls that are safe to run again.
+beyond that: a body that raises ends its script after the calls before it were applied. With
+``isolated``, a call that raises does not stop the others (each body runs under ``pcall``): every
+call runs, as in a pipeline of single calls, and :meth:`Batched.run` then raises the first error.
+Callers only use it for calls that are safe to run again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from redis.exceptions import NoScriptError
 from connector.redis_conn import cached_script, grouped_by_node, is_cluster, pipelined
 
 PER_CALL = 100  # calls per script call: a few milliseconds of the server at most
+FAILED = b"!failed"  # an isolated call that raised answers [FAILED, its error]
+_CALL = "local reply = one(ks, as)"
+# an isolated call: its error is its reply, and the calls after it run
+_ISOLATED_CALL = """local ok, reply = pcall(one, ks, as)
+  if not ok then
+    reply = {'!failed', type(reply) == 'table' and reply.err or tostring(reply)}
+  end"""
 
 # ARGV[1]: the number of calls; then per call its key count, its argument count and its arguments.
 # KEYS: every call's keys, in order.
@@ -42,7 +51,7 @@ for c = 1, tonumber(ARGV[1]) do
   for j = 1, nk do ks[j] = KEYS[k + j] end
   for j = 1, na do as[j] = ARGV[a + 1 + j] end
   k, a = k + nk, a + 2 + na
-  local reply = one(ks, as)
+  %s
   if reply == nil then reply = false end
   out[c] = reply
 end
@@ -54,9 +63,12 @@ class Batched:
     """A script whose ``body`` (a script for one call; ``helpers`` are definitions it uses) runs
     for many calls in one script call per group."""
 
-    def __init__(self, body: str, helpers: str = "", per_call: int = PER_CALL) -> None:
-        self.source = helpers + _LOOP % body
+    def __init__(
+        self, body: str, helpers: str = "", per_call: int = PER_CALL, isolated: bool = False
+    ) -> None:
+        self.source = helpers + _LOOP % (body, _ISOLATED_CALL if isolated else _CALL)
         self.per_call = per_call
+        self.isolated = isolated
 
     def run(self, conn: redis.Redis, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         """The reply of each call ``(keys, args)``, in order: one script call per group of calls
@@ -79,6 +91,8 @@ class Batched:
         for members, answer in zip(groups, answers, strict=True):
             for n, reply in zip(members, answer, strict=True):
                 replies[n] = reply
+        if self.isolated:
+            _raise_failed(replies)
         return replies
 
     def _groups(self, conn: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[list[int]]:
@@ -97,6 +111,16 @@ class Batched:
             lists = [list(range(len(calls)))]
         size = self.per_call
         return [members[i : i + size] for members in lists for i in range(0, len(members), size)]
+
+
+def _raise_failed(replies: Sequence[Any]) -> None:
+    """After every call of an isolated script ran: the first failed call's error, with how many
+    failed (the others were applied)."""
+    failed = [r for r in replies if isinstance(r, list) and len(r) == 2 and r[0] in (FAILED, FAILED.decode())]
+    if failed:
+        error = failed[0][1]
+        text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+        raise redis.ResponseError(f"{len(failed)} of {len(replies)} calls failed, the first: {text}")
 
 
 def _hash_tag(key: str) -> str:

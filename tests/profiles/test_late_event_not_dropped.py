@@ -44,13 +44,17 @@ def test_a_late_event_on_a_contended_compressed_history_is_retried_not_dropped(
     pid = _compressed_history(redis_client, accounts, "u1")
     late = ev("late", at=1, user_id="u1")  # before every stored event
 
+    rounds: list[bool] = []
+
     def compress() -> None:  # another worker's apply compresses the history the apply opened
+        rounds.append(True)
         store.rewrite_histories(redis_client, "acme", [pid], True)
 
     with monkeypatch.context() as m:
         _before_each_apply(m, redis_client, compress)
-        with pytest.raises(ConnectorError):
+        with pytest.raises(ConnectorError, match="redirects"):
             apply_batch([late], NOW, accounts, redis_client, redis_client)
+    assert len(rounds) == apply.MAX_REDIRECTS  # every round found the history compressed again
     # the drain leaves the batch pending and delivers it again: applied then
     outcome = apply_batch([late], NOW, accounts, redis_client, redis_client)["acme"]
     assert (outcome.applied, outcome.dropped) == (1, 0)

@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from connector.config import Accounts
-from connector.profiles import keys, load_profile, lookup
-from tests.helpers import before_sent
+from connector.profiles import keys, load_profile, lookup, store
+from tests.helpers import before_sent, script_call
 from tests.profile_helpers import NOW, apply, ev
 
 
@@ -39,12 +39,19 @@ def test_events_for_a_profile_whose_links_are_being_written_wait_for_them_and_ar
         redis_client.set(keys.history_key("acme", pid), packed)
 
     before_sent(monkeypatch, [b"\r\nSET\r\n", keys.lock_key("acme").encode()], writer_finishes_first)
+    applies: list[bool] = []  # the apply script's calls: the first finds no profile, the second applies
+    before_sent(
+        monkeypatch,
+        [script_call(redis_client, store.APPLY_MANY.source)],
+        lambda: applies.append(True),
+        once=False,
+    )
     outcome = apply(redis_client, accounts, ev("2", anonymous_id="anon-w", at=2, props={"n": 2}))
     assert (outcome.applied, outcome.dropped) == (1, 0)
     profile = load_profile(redis_client, "acme", pid, NOW)
     assert profile is not None
     assert sorted(e.properties["n"] for e in profile.events) == [1, 2]
-    assert done  # the links came while the lock was being taken
+    assert done and len(applies) == 2  # the links came while the lock was being taken, after the first apply
 
 
 def test_events_for_a_profile_still_missing_under_the_lock_are_dropped_not_stored_bare(

@@ -324,6 +324,28 @@ def test_a_batch_is_credited_as_each_person_alone_many_per_script_call(
     assert sum(1 for key in together if b":d:" in key) >= 1  # day counters were written
 
 
+def test_a_credit_that_fails_holds_back_no_other_persons_credits(
+    redis_client: redis.Redis, shop: Accounts
+) -> None:
+    account = shop.get("acme")
+    assert account is not None
+    at = NOW - timedelta(days=1)
+    batch = [
+        ev(f"{pid}-o", "order_completed", at=at, props={"revenue": 30.0}, user_id=pid) for pid in ("p0", "p1")
+    ]
+    profile_of = {e.event_id: e.identities["user_id"] for e in batch}
+    held = {"p0": ["vip"], "p1": ["vip"]}
+    pipe = redis_client.pipeline()
+    for pid in held:
+        movement.record_diff(pipe, "acme", {}, pid, ["vip"], [], at - timedelta(hours=1))
+    pipe.execute()
+    redis_client.hset(person_key("acme", "p0"), "*x", "unreadable")  # no period in the field's name
+    with pytest.raises(redis.ResponseError, match="1 of 2 calls failed"):
+        attribution.record_batch(redis_client, account, batch, held, profile_of, NOW)
+    vip = report.counters(redis_client, "acme", "vip", NOW, 7)["t"]
+    assert (vip["cv"], vip["rv"]) == (1, 30 * 100)  # p1's order, credited after p0's failed
+
+
 def test_the_batched_counting_matches_counting_each_profile(redis_client: redis.Redis) -> None:
     groups = {"stage": ("s1", "s2", "s3"), "tier": ("t1", "t2")}
     diffs = [
