@@ -27,7 +27,7 @@ from connector.worker.pipeline import apply_batch
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import ev
 from tests.profiles.test_profiles_cluster import cluster, cluster_url  # noqa: F401  (fixtures)
-from tests.worker.test_batched_path import CountingConnection, counted  # noqa: F401  (fixture)
+from tests.worker.test_batched_path import CountingConnection, acme, counted  # noqa: F401  (fixture)
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -285,8 +285,7 @@ def _analytics(conn: redis.Redis) -> dict[bytes, Any]:
 def test_a_batch_is_credited_as_each_person_alone_many_per_script_call(
     redis_client: redis.Redis, shop: Accounts
 ) -> None:
-    account = shop.get("acme")
-    assert account is not None
+    account = acme(shop)
     at = NOW - timedelta(days=2)
     people = [f"p{n:02d}" for n in range(30)]
     batch, profile_of, held = [], {}, {}
@@ -327,8 +326,7 @@ def test_a_batch_is_credited_as_each_person_alone_many_per_script_call(
 def test_a_credit_that_fails_holds_back_no_other_persons_credits(
     redis_client: redis.Redis, shop: Accounts
 ) -> None:
-    account = shop.get("acme")
-    assert account is not None
+    account = acme(shop)
     at = NOW - timedelta(days=1)
     batch = [
         ev(f"{pid}-o", "order_completed", at=at, props={"revenue": 30.0}, user_id=pid) for pid in ("p0", "p1")
