@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from connector.profiles.store import BASE36_LUA
+
 DAY_FORMAT = "%Y%m%d"
 DAILY_RETENTION = timedelta(days=396)  # 13 months, like the daily sizes
 MESSAGE_RETENTION = timedelta(days=30)
@@ -70,18 +72,19 @@ def day_starts(now: datetime, days: int) -> list[datetime]:
 # Lua: the code of a segment name in the account's dictionary (``codes_key``: name -> code,
 # ``#<code>`` -> name, ``#`` the last code given), given on first use; ``cache`` maps name -> code
 # within one script run. The scripts that write segment codes start with it.
-SEGMENT_CODE_LUA = """
+SEGMENT_CODE_LUA = (
+    BASE36_LUA
+    + """
 local function segment_code(dict, cache, s)
   local c = cache[s]
   if c then return c end
   c = redis.call('HGET', dict, s)
   if not c then
-    local n, digits, out = redis.call('HINCRBY', dict, '#', 1), '0123456789abcdefghijklmnopqrstuvwxyz', ''
-    repeat out = string.sub(digits, n % 36 + 1, n % 36 + 1) .. out; n = math.floor(n / 36) until n == 0
-    c = out
+    c = base36(redis.call('HINCRBY', dict, '#', 1))
     redis.call('HSET', dict, s, c, '#' .. c, s)
   end
   cache[s] = c
   return c
 end
 """
+)

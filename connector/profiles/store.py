@@ -698,29 +698,37 @@ def prepare(
 
 
 CODES_TRIES = 3  # reads of a names dictionary replaced while being read (the store wiped)
+# :func:`base36` in Lua, for the scripts that give codes atomically in Redis
+BASE36_LUA = """
+local function base36(n)
+  local digits, out = '0123456789abcdefghijklmnopqrstuvwxyz', ''
+  repeat
+    local r = n % 36
+    out = string.sub(digits, r + 1, r + 1) .. out
+    n = (n - r) / 36
+  until n == 0
+  return out
+end
+"""
 # The codes of names (ARGV[2..]) in the dictionary KEYS[1] of generation ARGV[1], a new name given
-# the next code (base 36, as :func:`base36`); false when the dictionary is of another generation.
-_CODES = """
+# the next code; false when the dictionary is of another generation.
+_CODES = (
+    BASE36_LUA
+    + """
 if redis.call('HGET', KEYS[1], '#gen') ~= ARGV[1] then return false end
-local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
 local out = {}
 for i = 2, #ARGV do
   local field = 'n:' .. ARGV[i]
   local code = redis.call('HGET', KEYS[1], field)
   if not code then
-    local n = redis.call('HINCRBY', KEYS[1], '#seq', 1)
-    code = ''
-    repeat
-      local r = n % 36
-      code = string.sub(digits, r + 1, r + 1) .. code
-      n = (n - r) / 36
-    until n == 0
+    code = base36(redis.call('HINCRBY', KEYS[1], '#seq', 1))
     redis.call('HSET', KEYS[1], field, code, 'c:' .. code, ARGV[i])
   end
   out[#out + 1] = code
 end
 return out
 """
+)
 
 
 class NameCodes:
