@@ -305,10 +305,17 @@ class Publisher:
                 log.exception("live entries not published")
 
     def flush(self, final: bool = True) -> int:
-        """Write the queued deliveries now; returns how many. The counts of the deliveries not
+        """Write the queued deliveries now; returns how many it took. The counts of the deliveries not
         shown go out once per ``COUNTED_SECONDS`` (one line per sender, not one per flush), or now
-        when ``final`` (a process that stops, tests)."""
-        by_account: dict[str, list[str]] = {}
+        when ``final`` (a process that stops, tests).
+
+        A delivery whose shown events name a person erased at or after it was received is not
+        written (:data:`_FLUSH`): an erasure removes from the stream what was written before it
+        (:func:`connector.worker.erasure.forget_live`, after the tombstones), and a delivery still
+        queued here then would otherwise bring the person's masked identities back."""
+        from connector.worker.erasure import tombstone_keys  # the worker's side imports this module
+
+        by_account: dict[str, list[tuple[str, float, list[str]]]] = {}
         pending = self._pending
         count = 0
         while pending:
@@ -317,7 +324,8 @@ class Publisher:
             except IndexError:
                 break
             line = entry_start(events, now) + _closing(accepted, duplicates)
-            by_account.setdefault(account_id, []).append(line)
+            names = {name for e in events[:MAX_EVENTS_SHOWN] for name in tombstone_keys(e)}
+            by_account.setdefault(account_id, []).append((line, now.timestamp(), sorted(names)))
             count += 1
         skipped: dict[tuple[str, str], list[int]] = {}
         with self._counting:
@@ -329,11 +337,10 @@ class Publisher:
                 sender, deliveries, accepted, duplicates, events_count, self.shown_per_second
             )
             line = json.dumps(entry, separators=(",", ":"))
-            by_account.setdefault(account_id, []).append(line)
+            by_account.setdefault(account_id, []).append((line, 0.0, []))  # no identity shown
             count += deliveries
         for account_id, lines in by_account.items():
-            for i in range(0, len(lines), LINES_PER_ENTRY):
-                self._send(account_id, "\n".join(lines[i : i + LINES_PER_ENTRY]))
+            self._send(_flush_command(key(account_id), self.maxlen, lines))
         return count
 
     def refused(self, account: Account, sender: str, err: Any) -> None:
@@ -358,10 +365,10 @@ class Publisher:
         return conn
 
     def publish(self, account_id: str, entry: dict[str, Any]) -> None:
-        self._send(account_id, json.dumps(entry, separators=(",", ":")))
+        data = json.dumps(entry, separators=(",", ":"))
+        self._send(("XADD", key(account_id), "MAXLEN", "~", self.maxlen, "*", FIELD, data))
 
-    def _send(self, account_id: str, data: str) -> None:
-        command = ("XADD", key(account_id), "MAXLEN", "~", self.maxlen, "*", FIELD, data)
+    def _send(self, command: tuple[Any, ...]) -> None:
         for fresh in (False, True):  # once more on a new connection when the one in hand failed
             try:
                 conn = self._connection(fresh)
@@ -371,6 +378,52 @@ class Publisher:
                 self._local.conn = None
                 failed = err
         log.debug("live entry not published: %s", type(failed).__name__)
+
+
+# One account's flush: its lines (stored deliveries, "not shown" counts) as stream entries of
+# ARGV[2] lines each, without the deliveries a tombstone (connector.worker.erasure) names with an
+# erasure instant at or after their receipt. Atomic, so a delivery is either in the stream when the
+# erasure's forget_live reads it (the tombstones are written before) or checked against them.
+# KEYS[1]: the stream; KEYS[2..]: tombstones. ARGV[1]: MAXLEN; ARGV[2]: lines per entry; then per
+# line: its text, its receipt instant (epoch seconds), n, and the n indices into KEYS of its tombstones.
+# Sent with EVAL (the connection has replies off: a NOSCRIPT could not be seen); a few hundred bytes
+# once per flush and account.
+_FLUSH = """
+local erased = {}
+for i = 2, #KEYS do
+  local at = redis.call('GET', KEYS[i])
+  if at then erased[i] = tonumber(at) end
+end
+local lines, i = {}, 3
+while i <= #ARGV do
+  local received, n = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local keep = true
+  for j = 1, n do
+    local at = erased[tonumber(ARGV[i + 2 + j])]
+    if at and received <= at then keep = false end
+  end
+  if keep then lines[#lines + 1] = ARGV[i] end
+  i = i + 3 + n
+end
+local per = tonumber(ARGV[2])
+for first = 1, #lines, per do
+  local text = table.concat(lines, '\\n', first, math.min(first + per - 1, #lines))
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'd', text)
+end
+return #lines
+"""
+
+
+def _flush_command(
+    stream: str, maxlen: int, lines: Sequence[tuple[str, float, Sequence[str]]]
+) -> tuple[Any, ...]:
+    """The ``EVAL`` of :data:`_FLUSH` for one account's ``(line, received, tombstones)``."""
+    index: dict[str, int] = {}
+    args: list[Any] = [maxlen, LINES_PER_ENTRY]
+    for line, received, names in lines:
+        args += [line, repr(received), len(names)]
+        args += [index.setdefault(name, len(index) + 2) for name in names]
+    return ("EVAL", _FLUSH, 1 + len(index), stream, *index, *args)
 
 
 def _closing(accepted: int, duplicates: int) -> str:

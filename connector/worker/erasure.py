@@ -91,8 +91,9 @@ def record_tombstones(
     pipe.execute()
 
 
-def _tombstone_keys(event: Event) -> Iterator[str]:
-    """Every tombstone that could name this event's person, the account's first."""
+def tombstone_keys(event: Event) -> Iterator[str]:
+    """Every tombstone that could name this event's person, the account's first (the live view's
+    flush checks the same ones: :class:`connector.ops.live.Publisher`)."""
     yield tombstone_key(event.account)
     for kind, value in usable_identities(event.identities, frozenset()).items():
         yield tombstone_key(event.account, kind, value)
@@ -106,7 +107,7 @@ def drop_erased(queue_conn: redis.Redis, events: Sequence[Event]) -> list[Event]
     """The events without those of an erased person (or account) received at or before the
     erasure; one MGET for the batch. Events received after the erasure are a new relationship and
     are kept. What is dropped is counted (``metrics:worker``, ``before_erasure:{account}``)."""
-    per_event = [list(_tombstone_keys(event)) for event in events]
+    per_event = [list(tombstone_keys(event)) for event in events]
     names = sorted({name for names in per_event for name in names})
     if not names:
         return list(events)

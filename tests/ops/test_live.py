@@ -154,6 +154,34 @@ def test_the_publisher_writes_each_account_s_deliveries_as_one_entry_a_line_each
     assert redis_client.xlen(live.key("acme")) == 1 and not redis_client.exists(live.key("globex"))
 
 
+def test_a_delivery_still_queued_when_its_person_is_erased_is_not_written(redis_client: redis.Redis) -> None:
+    """The erasure removes the person's deliveries from the stream (forget_live, after the
+    tombstones); one the web process queued before and flushes after must not bring their masked
+    identities back. Another person's delivery of the same flush, and the person's own delivery
+    received after the erasure (a new relationship, as the worker keeps it), are written."""
+    from connector.worker.erasure import forget_live, record_tombstones
+
+    queue = EventQueue(redis_client, shards=1)
+    publisher = live.Publisher(redis_client)
+    live.watch(redis_client, "acme")
+    acme: Any = SimpleNamespace(id="acme", dedupe_ttl_seconds=3600)
+    received = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
+    theirs = Event(**{**EVENT, "source_event_id": "theirs", "received_at": received})
+    other = {"user_id": "someone-else-77", "email": "other.person@example.org"}
+    another = Event(**{**EVENT, "source_event_id": "another", "identities": other, "received_at": received})
+    for event in (theirs, another):
+        publisher.delivered(acme, [event], queue.ingest("acme", [event], 3600), received)
+    erased_at = received + timedelta(seconds=2)
+    record_tombstones(redis_client, acme, {"email": ["jane.doe@example.com"]}, erased_at)
+    assert forget_live(redis_client, "acme", {"email": ["jane.doe@example.com"]}) == 0  # not written yet
+    later = Event(**{**EVENT, "source_event_id": "later", "received_at": erased_at + timedelta(seconds=1)})
+    publisher.delivered(acme, [later], queue.ingest("acme", [later], 3600), later.received_at)
+    assert publisher.flush() == 3
+    shown = [e["events"][0]["id"] for e in entries(redis_client, "acme", 2)]
+    assert shown == [another.event_id, later.event_id]
+    assert theirs.event_id not in json.dumps([entry for _, entry in live.latest(redis_client, "acme", 100)])
+
+
 def test_the_flushing_thread_writes_what_was_queued_without_being_asked(redis_client: redis.Redis) -> None:
     publisher = live.Publisher(redis_client, flush_seconds=0)
     live.watch(redis_client, "acme")
@@ -459,9 +487,12 @@ def test_counts_not_shown_go_out_once_a_second_and_none_is_lost_to_concurrent_re
 
     publisher = live.Publisher(redis_client, shown_per_second=20)
     lines: list[dict[str, Any]] = []
-    monkeypatch.setattr(
-        publisher, "_send", lambda account, data: lines.extend(json.loads(x) for x in data.split("\n"))
-    )
+
+    def written(stream: str, maxlen: int, flushed: list[tuple[str, float, list[str]]]) -> tuple[str]:
+        lines.extend(json.loads(line) for line, _, _ in flushed)
+        return ("PING",)
+
+    monkeypatch.setattr(live, "_flush_command", written)
     moment = [1000.0]
     monkeypatch.setattr(live.clock, "monotonic", lambda: moment[0])
     acme: Any = SimpleNamespace(id="acme")
