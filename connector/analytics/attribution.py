@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from connector import clock
-from connector.analytics.holdout import arms_of, arms_text, settings
+from connector.analytics.holdout import arms_of, arms_text, split_segments
 from connector.analytics.keys import (
     DAILY_RETENTION,
     PERSON_RETENTION,
@@ -419,8 +419,7 @@ def record_batch(
         if pid is not None and kind_of(event) is not None:
             by_profile.setdefault(pid, []).append(event)
     days = conversion_days(account)
-    found = settings(account)
-    split = tuple(s for s in _all_segments(account) if s in found)  # with a holdout or variants
+    split = split_segments(account)
     written = period(now)
     calls: list[tuple[list[str], list[Any]]] = []
     for pid, batch in by_profile.items():
@@ -429,7 +428,3 @@ def record_batch(
         calls.extend(_calls(account.id, pid, batch, held, arms, days, written))
     _CREDIT_MANY.run(conn, calls)
     return len(calls)
-
-
-def _all_segments(account: Any) -> tuple[str, ...]:
-    return tuple(account.ruleset.segment_names)

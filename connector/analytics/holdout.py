@@ -25,6 +25,13 @@ def settings(account: Any) -> dict[str, SegmentMapping]:
     return out
 
 
+def split_segments(account: Any) -> frozenset[str]:
+    """The segments a person has an arm in: a holdout or variants in a destination mapping, or
+    variants in the rule (:func:`arms_of` answers for these only)."""
+    rules = getattr(getattr(account, "ruleset", None), "segments", ()) or ()
+    return frozenset(settings(account)) | {s.name for s in rules if s.variants}
+
+
 def arms_of(account: Any, profile_id: str, segments: Iterable[str]) -> dict[str, str]:
     """Segment → the person's arm (``c``, a variant name) for those of ``segments`` that have a
     holdout or variants (in a destination mapping or in the rules: the same draw); the others are

@@ -15,7 +15,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from connector import buckets
-from connector.analytics import attribution, movement, overlap, report
+from connector.analytics import attribution, holdout, movement, overlap, report
 from connector.analytics.keys import messages_key, person_key
 from connector.config import Account, Accounts, load_accounts
 from connector.event import Event
@@ -23,6 +23,8 @@ from connector.ops import live
 from connector.profiles import keys, lookup
 from connector.worker import scheduler, sizes
 from connector.worker.erasure import forget_live
+from connector.worker.evaluation import record_movements
+from connector.worker.ledger_codec import Diff
 from connector.worker.pipeline import apply_batch
 from tests.conftest import ACME, write_accounts
 from tests.profile_helpers import ev
@@ -321,6 +323,96 @@ def test_a_batch_is_credited_as_each_person_alone_many_per_script_call(
     together = _analytics(redis_client)
     assert together == alone
     assert sum(1 for key in together if b":d:" in key) >= 1  # day counters were written
+
+
+@pytest.fixture
+def split(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Account:
+    """acme with arms: ``vip`` with a holdout (the destination's), ``cart_abandoner`` with the
+    variants of its rule only (a 24h, b 48h; the destination maps no variants), and
+    ``checkout_abandoner`` with neither."""
+    monkeypatch.setenv("ACME_MC_KEY", "mc-key-us21")
+    mailchimp = {
+        "api_key_env": "ACME_MC_KEY",
+        "base_url": "http://127.0.0.1:9/3.0",
+        "sandbox": True,
+        "list_id": "list-1",
+        "segments": {"vip": {"tags": ["VIP"], "holdout": 20}, "cart_abandoner": {"tags": ["cart"]}},
+    }
+    window = {"template": "cart_abandonment", "params": {"window": ["24h", "48h"]}}
+    write_accounts(
+        config_dir, {**ACME, "rules": {"include": [window, "vip"]}, "destinations": {"mailchimp": mailchimp}}
+    )
+    return acme(load_accounts(config_dir))
+
+
+def test_a_batch_credits_each_segment_to_the_persons_arm_as_each_person_alone(
+    redis_client: redis.Redis, split: Account
+) -> None:
+    at = NOW - timedelta(days=2)
+    people = [f"p{n:02d}" for n in range(40)]
+    names = split.ruleset.segment_names
+    shapes = [["vip", "cart_abandoner"], ["cart_abandoner"], ["vip", "checkout_abandoner"], ["vip"]]
+    batch, profile_of, held = [], {}, {}
+    for n, pid in enumerate(people):
+        mail = {"message_id": f"m-{n % 4}"} if n % 5 else {}  # every fifth without a message id
+        for k, name in enumerate(("email_delivered", "email_opened", "email_clicked", "unsubscribed")):
+            batch.append(ev(f"{pid}-{k}", name, at=at + timedelta(hours=k), props=mail, user_id=pid))
+        batch.append(order(f"{pid}-o", 10.0 + n, at + timedelta(hours=5), user_id=pid))
+        for e in batch[-5:]:
+            profile_of[e.event_id] = pid
+        held[pid] = shapes[n % 4]
+
+    def entries() -> None:
+        pipe = redis_client.pipeline()
+        for n, pid in enumerate(people):
+            arms = holdout.arms_of(split, pid, held[pid])
+            movement.record_diff(pipe, "acme", {}, pid, held[pid], [], at - timedelta(days=n % 3), arms=arms)
+        pipe.execute()
+
+    entries()
+    for pid in people:
+        mine = [e for e in batch if profile_of[e.event_id] == pid]
+        pipe = redis_client.pipeline(transaction=False)
+        arms = holdout.arms_of(split, pid, names)
+        assert attribution.record(pipe, "acme", pid, mine, held[pid], arms, now=NOW) == 5
+        pipe.execute()
+    alone = _analytics(redis_client)
+    cart = report.counters(redis_client, "acme", "cart_abandoner", NOW, 7)
+    vip = report.counters(redis_client, "acme", "vip", NOW, 7)
+    assert set(cart) == {"a", "b"} and set(vip) == {"c", "t"}  # every arm credited
+    assert set(report.counters(redis_client, "acme", "checkout_abandoner", NOW, 7)) == {"t"}
+    redis_client.flushdb()
+    entries()
+    assert attribution.record_batch(redis_client, split, batch, held, profile_of, NOW) == 200
+    assert report.counters(redis_client, "acme", "cart_abandoner", NOW, 7) == cart
+    assert report.counters(redis_client, "acme", "vip", NOW, 7) == vip
+    assert _analytics(redis_client) == alone
+
+
+def test_the_worker_counts_each_entry_under_the_persons_arm_as_each_person_alone(
+    redis_client: redis.Redis, split: Account
+) -> None:
+    """Entries of a segment with variants only in its rule count under the person's variant, those
+    of a holdout's segment under its arm, the others under ``t``: the worker's batched counting
+    (``record_movements``) gives what counting each person with ``holdout.arms_of`` gives."""
+    people = [f"p{n:02d}" for n in range(40)]
+    shapes = [{"vip", "cart_abandoner"}, {"cart_abandoner"}, {"vip", "checkout_abandoner"}]
+    entered = {pid: frozenset(shapes[n % 3]) for n, pid in enumerate(people)}
+    pipe = redis_client.pipeline(transaction=False)
+    for pid in people:
+        arms = holdout.arms_of(split, pid, entered[pid])
+        sizes.record_transitions(pipe, "acme", entered[pid], (), NOW, profile_id=pid)
+        movement.record_diff(pipe, "acme", split.ruleset.groups, pid, entered[pid], (), NOW, arms=arms)
+    pipe.execute()
+    alone = _dump(redis_client, "acme")
+    cart = report.counters(redis_client, "acme", "cart_abandoner", NOW, 1)
+    assert set(cart) == {"a", "b"} and sum(arm["en"] for arm in cart.values()) == 27
+    assert set(report.counters(redis_client, "acme", "vip", NOW, 1)) == {"c", "t"}
+    redis_client.flushdb()
+    diffs = {pid: Diff(1, entered[pid], {}, entered=entered[pid]) for pid in people}
+    record_movements(redis_client, split, split.ruleset, diffs, NOW)
+    assert report.counters(redis_client, "acme", "cart_abandoner", NOW, 1) == cart
+    assert _dump(redis_client, "acme") == alone
 
 
 def test_a_credit_that_fails_holds_back_no_other_persons_credits(
