@@ -63,6 +63,7 @@ from connector.config import Account
 from connector.ingest import queue
 from connector.livefeed import mask, masked_identities
 from connector.ops.api import auth, errors
+from connector.profiles.erasure import tombstone_keys
 from connector.redis_conn import pipelined
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,6 @@ class Publisher:
         written (:data:`_FLUSH`): an erasure removes from the stream what was written before it
         (:func:`connector.worker.erasure.forget_live`, after the tombstones), and a delivery still
         queued here then would otherwise bring the person's masked identities back."""
-        from connector.worker.erasure import tombstone_keys  # the worker's side imports this module
-
         by_account: dict[str, list[tuple[str, float, list[str]]]] = {}
         pending = self._pending
         count = 0

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,9 +29,10 @@ from typing import Any
 import redis
 
 from connector.clock import isoformat
+from connector.event import Event
 from connector.profiles import keys, rejected
 from connector.profiles.bounds import count_dropped
-from connector.profiles.identity import AccountLock, delete_index
+from connector.profiles.identity import AccountLock, delete_index, usable_identities
 from connector.profiles.store import ProfileData, name_codes, read_profile
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,32 @@ class Erased:
         """Every identifier of the person, lower-cased: identity values and profile ids."""
         values = {v.lower() for vs in self.identities.values() for v in vs}
         return frozenset(values | {pid.lower() for pid in self.profile_ids})
+
+
+# Tombstones (queue Redis): one per identifier of an erased person, holding the erasure instant
+# (written by connector.worker.erasure.record_tombstones).
+_PREVIOUS_ID_KINDS = ("user_id", "anonymous_id")
+
+
+def tombstone_key(account: str, kind: str | None = None, value: str = "") -> str:
+    """``erased:{account}:{digest of account, kind, value}``; without a kind, the whole account's."""
+    if kind is None:
+        return f"erased:{account}"
+    digest = hashlib.sha256(f"{account}\x1f{kind}\x1f{value}".encode()).hexdigest()[:32]
+    return f"erased:{account}:{digest}"
+
+
+def tombstone_keys(event: Event) -> Iterator[str]:
+    """Every tombstone that could name this event's person, the account's first (the worker drops
+    the events they name, :func:`connector.worker.erasure.drop_erased`; the live view's flush
+    leaves out the deliveries: :class:`connector.ops.live.Publisher`)."""
+    yield tombstone_key(event.account)
+    for kind, value in usable_identities(event.identities, frozenset()).items():
+        yield tombstone_key(event.account, kind, value)
+    previous = event.identities.get("previous_id")
+    if isinstance(previous, str) and previous.strip():
+        for kind in _PREVIOUS_ID_KINDS:
+            yield tombstone_key(event.account, kind, previous.strip())
 
 
 def exports_key(account: str) -> str:

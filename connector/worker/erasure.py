@@ -33,10 +33,9 @@ began it still runs ends in the same state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -47,8 +46,7 @@ from connector import clock, sync
 from connector.config import Account
 from connector.event import Event
 from connector.profiles import erasure as store_erasure
-from connector.profiles.erasure import Erased
-from connector.profiles.identity import usable_identities
+from connector.profiles.erasure import Erased, tombstone_key, tombstone_keys
 from connector.profiles.rejected import mentions
 from connector.profiles.store import name_codes, read_profile
 from connector.sync.deadletters import DeadLetter, DeadLetters
@@ -62,15 +60,6 @@ log = logging.getLogger(__name__)
 # dead-lettered and replayed. A tombstone lives this plus the account's dedupe window.
 EVENT_WAIT_MAX_SECONDS = 30 * 24 * 3600
 DROPPED_OUTCOME = "before_erasure"  # metrics:worker field, connector_worker_events_total{outcome}
-_PREVIOUS_ID_KINDS = ("user_id", "anonymous_id")
-
-
-def tombstone_key(account: str, kind: str | None = None, value: str = "") -> str:
-    """``erased:{account}:{digest of account, kind, value}``; without a kind, the whole account's."""
-    if kind is None:
-        return f"erased:{account}"
-    digest = hashlib.sha256(f"{account}\x1f{kind}\x1f{value}".encode()).hexdigest()[:32]
-    return f"erased:{account}:{digest}"
 
 
 def tombstone_seconds(account: Account) -> int:
@@ -89,18 +78,6 @@ def record_tombstones(
     for name in names:
         pipe.set(name, repr(now.timestamp()), ex=tombstone_seconds(account))
     pipe.execute()
-
-
-def tombstone_keys(event: Event) -> Iterator[str]:
-    """Every tombstone that could name this event's person, the account's first (the live view's
-    flush checks the same ones: :class:`connector.ops.live.Publisher`)."""
-    yield tombstone_key(event.account)
-    for kind, value in usable_identities(event.identities, frozenset()).items():
-        yield tombstone_key(event.account, kind, value)
-    previous = event.identities.get("previous_id")
-    if isinstance(previous, str) and previous.strip():
-        for kind in _PREVIOUS_ID_KINDS:
-            yield tombstone_key(event.account, kind, previous.strip())
 
 
 def drop_erased(queue_conn: redis.Redis, events: Sequence[Event]) -> list[Event]:
