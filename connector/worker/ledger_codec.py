@@ -229,9 +229,10 @@ class _Change(Record):
         new_s = codes.segments(segments)
         new_t, values = codes.traits(entry.traits)
         expected = b"" if stored.segments is None else stored.segments + b"\n" + (stored.traits or b"")
-        traits = _decoded(entry.traits, values)
         if stored.coded and new_s.encode() == stored.segments and new_t.encode() == (stored.traits or b""):
+            traits = dict(entry.traits) if _plain(entry.traits) else _decoded(entry.traits, values)
             return _Change(entry, new_s, new_t, traits, expected, True, "", frozenset(), frozenset(), {})
+        traits = _decoded(entry.traits, values)
         if stored.segments is None:
             old_segments: frozenset[str] = frozenset()
             old_traits: dict[str, Any] = {}
@@ -284,10 +285,7 @@ class _Change(Record):
 
 
 def _decoded(traits: Mapping[str, Any], values: str) -> dict[str, Any]:
-    """The traits as JSON gives them back (``values``: their JSON array, in name order), by name in
-    name order. Values :func:`_plain` come back as they are: those are taken without decoding."""
-    if _plain(traits):
-        return dict(sorted(traits.items()))
+    """The traits as JSON gives them back (``values``: their JSON array, in name order)."""
     return dict(zip(sorted(traits), jsonload.loads(values), strict=True)) if values else {}
 
 
