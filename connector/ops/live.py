@@ -15,9 +15,10 @@ a watcher key, ``live:watch:{account}``, alive (TTL ``WATCH_TTL_SECONDS``, refre
 ``WATCH_REFRESH_SECONDS`` while a stream is open), and the ingest script (connector.ingest.queue)
 says, in the reply that stores the events, whether that key exists. While it does, the request
 queues the delivery in its web process, and the process's flushing thread writes the deliveries
-of each ``FLUSH_SECONDS`` as one stream entry per account, one delivery per line
-(:class:`Publisher`): building the entries and the Redis write are paid once per flush, not once
-per request. With nobody watching, a delivery costs the ``EXISTS`` and nothing in Python.
+of each ``FLUSH_SECONDS`` as stream entries of up to ``LINES_PER_ENTRY`` deliveries, one per line,
+in one script call per account that leaves out the deliveries of a person erased since they were
+received (:class:`Publisher`): building the entries and the Redis write are paid once per flush,
+not once per request. With nobody watching, a delivery costs the ``EXISTS`` and nothing in Python.
 Past ``SHOWN_PER_SECOND`` stored deliveries of an account in a second, a web process counts the
 rest per sender and shows them as one ``not_shown`` line per sender and second (their number,
 events stored and duplicates), as Segment's debugger shows a sample. Refusals are always
@@ -225,11 +226,13 @@ class Publisher:
     A stored delivery to a watched account (the ingest script's reply says so) is queued in this
     process, as it came, and a flushing thread, woken by the first one, gathers what arrives in
     ``flush_seconds`` and writes it: the entries (:func:`entry_start` closed with the dedupe result)
-    of each account as one stream entry, one line each (``XADD`` on a connection with replies off,
-    no reply awaited). The request itself only appends to a queue; the entries are built and
-    written once per flush, not once per request. Past ``shown_per_second`` deliveries of an
-    account in a second (of their ``now``), the request only adds the delivery to its sender's
-    counts, which a flush writes as one ``not_shown`` line per sender, once a second.
+    of each account as stream entries of up to ``LINES_PER_ENTRY`` lines, one per delivery, in one
+    script call (:data:`_FLUSH`, on a connection with replies off, no reply awaited) that leaves out
+    a delivery whose person was erased at or after its receipt. The request itself only appends
+    to a queue; the entries are built and written once per flush, not once per request. Past
+    ``shown_per_second`` deliveries of an account in a second (of their ``now``), the request only
+    adds the delivery to its sender's counts, which a flush writes as one ``not_shown`` line per
+    sender, once a second.
     :meth:`flush` writes what is queued now (tests, and a process that stops)."""
 
     def __init__(
@@ -306,9 +309,10 @@ class Publisher:
                 log.exception("live entries not published")
 
     def flush(self, final: bool = True) -> int:
-        """Write the queued deliveries now; returns how many it took. The counts of the deliveries not
-        shown go out once per ``COUNTED_SECONDS`` (one line per sender, not one per flush), or now
-        when ``final`` (a process that stops, tests).
+        """Write the queued deliveries now; returns how many it took from the queue (one left out
+        because its person was erased counts too: the write is not awaited). The counts of the
+        deliveries not shown go out once per ``COUNTED_SECONDS`` (one line per sender, not one per
+        flush), or now when ``final`` (a process that stops, tests).
 
         A delivery whose shown events name a person erased at or after it was received is not
         written (:data:`_FLUSH`): an erasure removes from the stream what was written before it
@@ -324,7 +328,7 @@ class Publisher:
                 break
             line = entry_start(events, now) + _closing(accepted, duplicates)
             names = {name for e in events[:MAX_EVENTS_SHOWN] for name in tombstone_keys(e)}
-            by_account.setdefault(account_id, []).append((line, now.timestamp(), sorted(names)))
+            by_account.setdefault(account_id, []).append((line, now.timestamp(), list(names)))
             count += 1
         skipped: dict[tuple[str, str], list[int]] = {}
         with self._counting:
@@ -380,11 +384,12 @@ class Publisher:
 
 
 # One account's flush: its lines (stored deliveries, "not shown" counts) as stream entries of
-# ARGV[2] lines each, without the deliveries a tombstone (connector.worker.erasure) names with an
+# ARGV[2] lines each, without the deliveries a tombstone (connector.profiles.erasure) names with an
 # erasure instant at or after their receipt. Atomic, so a delivery is either in the stream when the
 # erasure's forget_live reads it (the tombstones are written before) or checked against them.
-# KEYS[1]: the stream; KEYS[2..]: tombstones. ARGV[1]: MAXLEN; ARGV[2]: lines per entry; then per
-# line: its text, its receipt instant (epoch seconds), n, and the n indices into KEYS of its tombstones.
+# KEYS[1]: the stream; KEYS[2..]: tombstones. ARGV[1]: MAXLEN; ARGV[2]: lines per entry; ARGV[3]: the
+# entry's field; then per line: its text, its receipt instant (epoch seconds, as the tombstones hold
+# the erasure's), n, and the n indices into KEYS of its tombstones.
 # Sent with EVAL (the connection has replies off: a NOSCRIPT could not be seen); a few hundred bytes
 # once per flush and account.
 _FLUSH = """
@@ -393,7 +398,7 @@ for i = 2, #KEYS do
   local at = redis.call('GET', KEYS[i])
   if at then erased[i] = tonumber(at) end
 end
-local lines, i = {}, 3
+local lines, i = {}, 4
 while i <= #ARGV do
   local received, n = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local keep = true
@@ -407,7 +412,7 @@ end
 local per = tonumber(ARGV[2])
 for first = 1, #lines, per do
   local text = table.concat(lines, '\\n', first, math.min(first + per - 1, #lines))
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'd', text)
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[3], text)
 end
 return #lines
 """
@@ -418,7 +423,7 @@ def _flush_command(
 ) -> tuple[Any, ...]:
     """The ``EVAL`` of :data:`_FLUSH` for one account's ``(line, received, tombstones)``."""
     index: dict[str, int] = {}
-    args: list[Any] = [maxlen, LINES_PER_ENTRY]
+    args: list[Any] = [maxlen, LINES_PER_ENTRY, FIELD]
     for line, received, names in lines:
         args += [line, repr(received), len(names)]
         args += [index.setdefault(name, len(index) + 2) for name in names]

@@ -157,29 +157,51 @@ def test_the_publisher_writes_each_account_s_deliveries_as_one_entry_a_line_each
 def test_a_delivery_still_queued_when_its_person_is_erased_is_not_written(redis_client: redis.Redis) -> None:
     """The erasure removes the person's deliveries from the stream (forget_live, after the
     tombstones); one the web process queued before and flushes after must not bring their masked
-    identities back. Another person's delivery of the same flush, and the person's own delivery
-    received after the erasure (a new relationship, as the worker keeps it), are written."""
+    identities back, down to a delivery received at the erasure instant itself. Another person's
+    delivery of the same flush, the "not shown" counts, and the person's own delivery received
+    after the erasure (a new relationship, as the worker keeps it) are written."""
     from connector.worker.erasure import forget_live, record_tombstones
 
     queue = EventQueue(redis_client, shards=1)
-    publisher = live.Publisher(redis_client)
+    publisher = live.Publisher(redis_client, flush_seconds=3600, shown_per_second=2)  # flushed below only
     live.watch(redis_client, "acme")
     acme: Any = SimpleNamespace(id="acme", dedupe_ttl_seconds=3600)
     received = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
     theirs = Event(**{**EVENT, "source_event_id": "theirs", "received_at": received})
     other = {"user_id": "someone-else-77", "email": "other.person@example.org"}
     another = Event(**{**EVENT, "source_event_id": "another", "identities": other, "received_at": received})
-    for event in (theirs, another):
+    counted = Event(**{**EVENT, "source_event_id": "counted", "received_at": received})  # the third
+    for event in (theirs, another, counted):
         publisher.delivered(acme, [event], queue.ingest("acme", [event], 3600), received)
-    erased_at = received + timedelta(seconds=2)
-    record_tombstones(redis_client, acme, {"email": ["jane.doe@example.com"]}, erased_at)
+    record_tombstones(redis_client, acme, {"email": ["jane.doe@example.com"]}, received)  # the same instant
     assert forget_live(redis_client, "acme", {"email": ["jane.doe@example.com"]}) == 0  # not written yet
-    later = Event(**{**EVENT, "source_event_id": "later", "received_at": erased_at + timedelta(seconds=1)})
+    later = Event(**{**EVENT, "source_event_id": "later", "received_at": received + timedelta(seconds=1)})
     publisher.delivered(acme, [later], queue.ingest("acme", [later], 3600), later.received_at)
-    assert publisher.flush() == 3
-    shown = [e["events"][0]["id"] for e in entries(redis_client, "acme", 2)]
-    assert shown == [another.event_id, later.event_id]
+    assert publisher.flush() == 4
+    found = entries(redis_client, "acme", 3)
+    assert [e["events"][0]["id"] for e in found[:2]] == [another.event_id, later.event_id]
+    assert [(e["outcome"], e["deliveries"]) for e in found[2:]] == [("not_shown", 1)]
     assert theirs.event_id not in json.dumps([entry for _, entry in live.latest(redis_client, "acme", 100)])
+
+
+def test_after_an_account_is_erased_none_of_its_queued_deliveries_is_written(
+    redis_client: redis.Redis,
+) -> None:
+    """Shopify's shop/redact: the account's tombstone leaves out every delivery received before it."""
+    from connector.worker.erasure import record_tombstones
+
+    queue = EventQueue(redis_client, shards=1)
+    publisher = live.Publisher(redis_client, flush_seconds=3600)
+    live.watch(redis_client, "acme")
+    acme: Any = SimpleNamespace(id="acme", dedupe_ttl_seconds=3600)
+    received = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
+    events = [Event(**{**EVENT, "source_event_id": f"shop-{n}", "received_at": received}) for n in range(3)]
+    for event in events:
+        publisher.delivered(acme, [event], queue.ingest("acme", [event], 3600), received)
+    record_tombstones(redis_client, acme, None, received + timedelta(seconds=5))
+    assert publisher.flush() == 3
+    publisher.publish("acme", live.refused_entry("segment", 401, "a marker written after the flush"))
+    assert [e["outcome"] for e in entries(redis_client, "acme", 1)] == ["refused"]
 
 
 def test_the_flushing_thread_writes_what_was_queued_without_being_asked(redis_client: redis.Redis) -> None:
