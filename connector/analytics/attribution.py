@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from connector import clock
-from connector.analytics.holdout import arms_of, arms_text, split_segments
+from connector.analytics.holdout import arms_of, arms_text, settings, split_segments
 from connector.analytics.keys import (
     DAILY_RETENTION,
     PERSON_RETENTION,
@@ -419,12 +419,12 @@ def record_batch(
         if pid is not None and kind_of(event) is not None:
             by_profile.setdefault(pid, []).append(event)
     days = conversion_days(account)
-    split = split_segments(account)
+    found, split = settings(account), split_segments(account)
     written = period(now)
     calls: list[tuple[list[str], list[Any]]] = []
     for pid, batch in by_profile.items():
         held = list(memberships.get(pid, ()))
-        arms = arms_of(account, pid, split) if split else {}
+        arms = arms_of(account, pid, split, found) if split else {}
         calls.extend(_calls(account.id, pid, batch, held, arms, days, written))
     _CREDIT_MANY.run(conn, calls)
     return len(calls)

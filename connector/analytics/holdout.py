@@ -32,11 +32,17 @@ def split_segments(account: Any) -> frozenset[str]:
     return frozenset(settings(account)) | {s.name for s in rules if s.variants}
 
 
-def arms_of(account: Any, profile_id: str, segments: Iterable[str]) -> dict[str, str]:
+def arms_of(
+    account: Any,
+    profile_id: str,
+    segments: Iterable[str],
+    found: Mapping[str, SegmentMapping] | None = None,
+) -> dict[str, str]:
     """Segment → the person's arm (``c``, a variant name) for those of ``segments`` that have a
     holdout or variants (in a destination mapping or in the rules: the same draw); the others are
-    ``t`` and left out."""
-    found = settings(account)
+    ``t`` and left out. ``found``: :func:`settings` of the account, when the caller has it (a batch
+    asks for many people)."""
+    found = settings(account) if found is None else found
     by_name = getattr(getattr(account, "ruleset", None), "by_name", None) or {}
     out: dict[str, str] = {}
     for s in segments:

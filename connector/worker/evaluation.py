@@ -292,11 +292,11 @@ def record_movements(
     moved = [(pid, diff) for pid, diff in diffs.items() if diff is not None and (diff.entered or diff.exited)]
     if not moved:
         return
-    split = holdout.split_segments(account)
+    found, split = holdout.settings(account), holdout.split_segments(account)
     pipe = account_pipeline(conn, account.id)
     sizes.record_many(pipe, account.id, [(pid, diff.entered, diff.exited) for pid, diff in moved], now)
     rows = [
-        (pid, diff.entered, diff.exited, holdout.arms_of(account, pid, split.intersection(diff.entered)))
+        (pid, diff.entered, diff.exited, holdout.arms_of(account, pid, split & diff.entered, found))
         for pid, diff in moved
     ]
     movement.record_many(pipe, account.id, ruleset.groups, rows, now)
