@@ -284,21 +284,33 @@ def _analytics(conn: redis.Redis) -> dict[bytes, Any]:
     return out
 
 
+def _engaged(
+    people: list[str], at: datetime, shapes: list[list[str]]
+) -> tuple[list[Event], dict[str, str], dict[str, list[str]]]:
+    """Per person a delivered, opened, clicked and unsubscribed email (every fifth without a
+    message id) and an order: the batch, event id → person, and person → segments held (the
+    ``shapes`` in turn)."""
+    batch: list[Event] = []
+    profile_of: dict[str, str] = {}
+    held: dict[str, list[str]] = {}
+    for n, pid in enumerate(people):
+        mail = {"message_id": f"m-{n % 4}"} if n % 5 else {}
+        for k, name in enumerate(("email_delivered", "email_opened", "email_clicked", "unsubscribed")):
+            batch.append(ev(f"{pid}-{k}", name, at=at + timedelta(hours=k), props=mail, user_id=pid))
+        batch.append(order(f"{pid}-o", 10.0 + n, at + timedelta(hours=5), user_id=pid))
+        for e in batch[-5:]:
+            profile_of[e.event_id] = pid
+        held[pid] = shapes[n % len(shapes)]
+    return batch, profile_of, held
+
+
 def test_a_batch_is_credited_as_each_person_alone_many_per_script_call(
     redis_client: redis.Redis, shop: Accounts
 ) -> None:
     account = acme(shop)
     at = NOW - timedelta(days=2)
     people = [f"p{n:02d}" for n in range(30)]
-    batch, profile_of, held = [], {}, {}
-    for n, pid in enumerate(people):
-        mail = {"message_id": f"m-{n % 4}"} if n % 5 else {}  # every fifth without a message id
-        for k, name in enumerate(("email_delivered", "email_opened", "email_clicked", "unsubscribed")):
-            batch.append(ev(f"{pid}-{k}", name, at=at + timedelta(hours=k), props=mail, user_id=pid))
-        batch.append(order(f"{pid}-o", 10.0 + n, at + timedelta(hours=5), user_id=pid))
-        for e in batch[-5:]:
-            profile_of[e.event_id] = pid
-        held[pid] = ["vip"] if n % 2 else ["vip", "lifecycle_new"]
+    batch, profile_of, held = _engaged(people, at, [["vip", "lifecycle_new"], ["vip"]])
 
     def entries() -> None:
         pipe = redis_client.pipeline()
@@ -352,15 +364,7 @@ def test_a_batch_credits_each_segment_to_the_persons_arm_as_each_person_alone(
     people = [f"p{n:02d}" for n in range(40)]
     names = split.ruleset.segment_names
     shapes = [["vip", "cart_abandoner"], ["cart_abandoner"], ["vip", "checkout_abandoner"], ["vip"]]
-    batch, profile_of, held = [], {}, {}
-    for n, pid in enumerate(people):
-        mail = {"message_id": f"m-{n % 4}"} if n % 5 else {}  # every fifth without a message id
-        for k, name in enumerate(("email_delivered", "email_opened", "email_clicked", "unsubscribed")):
-            batch.append(ev(f"{pid}-{k}", name, at=at + timedelta(hours=k), props=mail, user_id=pid))
-        batch.append(order(f"{pid}-o", 10.0 + n, at + timedelta(hours=5), user_id=pid))
-        for e in batch[-5:]:
-            profile_of[e.event_id] = pid
-        held[pid] = shapes[n % 4]
+    batch, profile_of, held = _engaged(people, at, shapes)
 
     def entries() -> None:
         pipe = redis_client.pipeline()
