@@ -391,12 +391,14 @@ class Publisher:
 # entry's field; then per line: its text, its receipt instant (epoch seconds, as the tombstones hold
 # the erasure's), n, and the n indices into KEYS of its tombstones.
 # Sent with EVAL (the connection has replies off: a NOSCRIPT could not be seen); a few hundred bytes
-# once per flush and account.
+# once per flush and account. Nothing it raised would be seen either, so a tombstone key that cannot
+# be read as one leaves out the deliveries naming it, not the account's whole flush.
 _FLUSH = """
 local erased = {}
 for i = 2, #KEYS do
-  local at = redis.call('GET', KEYS[i])
-  if at then erased[i] = tonumber(at) end
+  local at = redis.pcall('GET', KEYS[i])
+  if type(at) == 'table' then erased[i] = math.huge  -- not a tombstone's value: left out, unjudged
+  elseif at then erased[i] = tonumber(at) or math.huge end
 end
 local lines, i = {}, 4
 while i <= #ARGV do

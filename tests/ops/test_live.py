@@ -204,6 +204,29 @@ def test_after_an_account_is_erased_none_of_its_queued_deliveries_is_written(
     assert [e["outcome"] for e in entries(redis_client, "acme", 1)] == ["refused"]
 
 
+def test_a_tombstone_key_that_cannot_be_read_leaves_out_only_the_deliveries_naming_it(
+    redis_client: redis.Redis,
+) -> None:
+    """The flush's replies are not read, so an error would lose the account's whole flush unseen: a
+    key where a tombstone should be that holds something else leaves out the deliveries it names
+    (unjudged), and the others are written."""
+    from connector.profiles.erasure import tombstone_key
+
+    queue = EventQueue(redis_client, shards=1)
+    publisher = live.Publisher(redis_client, flush_seconds=3600)
+    live.watch(redis_client, "acme")
+    acme: Any = SimpleNamespace(id="acme")
+    received = datetime(2026, 12, 2, 9, 30, 1, tzinfo=UTC)
+    other = {"user_id": "someone-else-77", "email": "other.person@example.org"}
+    theirs = Event(**{**EVENT, "source_event_id": "theirs", "received_at": received})
+    another = Event(**{**EVENT, "source_event_id": "another", "identities": other, "received_at": received})
+    for event in (theirs, another):
+        publisher.delivered(acme, [event], queue.ingest("acme", [event], 3600), received)
+    redis_client.rpush(tombstone_key("acme", "email", "jane.doe@example.com"), "not a tombstone")
+    assert publisher.flush() == 2
+    assert [e["events"][0]["id"] for e in entries(redis_client, "acme", 1)] == [another.event_id]
+
+
 def test_the_flushing_thread_writes_what_was_queued_without_being_asked(redis_client: redis.Redis) -> None:
     publisher = live.Publisher(redis_client, flush_seconds=0)
     live.watch(redis_client, "acme")
