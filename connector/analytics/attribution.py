@@ -419,7 +419,8 @@ def record_batch(
         if pid is not None and kind_of(event) is not None:
             by_profile.setdefault(pid, []).append(event)
     days = conversion_days(account)
-    found, split = settings(account), split_segments(account)
+    found = settings(account)
+    split = split_segments(account, found)
     written = period(now)
     calls: list[tuple[list[str], list[Any]]] = []
     for pid, batch in by_profile.items():

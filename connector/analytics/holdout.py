@@ -25,11 +25,11 @@ def settings(account: Any) -> dict[str, SegmentMapping]:
     return out
 
 
-def split_segments(account: Any) -> frozenset[str]:
-    """The segments a person has an arm in: a holdout or variants in a destination mapping, or
-    variants in the rule (:func:`arms_of` answers for these only)."""
+def split_segments(account: Any, found: Mapping[str, SegmentMapping]) -> frozenset[str]:
+    """The segments a person has an arm in: a holdout or variants in a destination mapping
+    (``found``: :func:`settings`), or variants in the rule (:func:`arms_of` answers for these only)."""
     rules = getattr(getattr(account, "ruleset", None), "segments", ()) or ()
-    return frozenset(settings(account)) | {s.name for s in rules if s.variants}
+    return frozenset(found) | {s.name for s in rules if s.variants}
 
 
 def arms_of(

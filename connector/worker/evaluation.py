@@ -292,7 +292,8 @@ def record_movements(
     moved = [(pid, diff) for pid, diff in diffs.items() if diff is not None and (diff.entered or diff.exited)]
     if not moved:
         return
-    found, split = holdout.settings(account), holdout.split_segments(account)
+    found = holdout.settings(account)
+    split = holdout.split_segments(account, found)
     pipe = account_pipeline(conn, account.id)
     sizes.record_many(pipe, account.id, [(pid, diff.entered, diff.exited) for pid, diff in moved], now)
     rows = [
