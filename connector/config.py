@@ -274,6 +274,12 @@ def secret_problem(sender: str, value: str) -> str | None:
     return None
 
 
+def not_utf8(err: UnicodeDecodeError) -> str:
+    """A file that is not UTF-8, said with the first byte that is not and where it is."""
+    byte = err.object[err.start : err.start + 1].hex()
+    return f"not UTF-8: byte 0x{byte} at offset {err.start}; save the file as UTF-8"
+
+
 def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Account:
     env = os.environ if env is None else env
     file = str(path)
@@ -285,6 +291,8 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
         raise ConfigError(f"not valid YAML: {getattr(err, 'problem', err)}", file=file, path=where) from err
     except OSError as err:
         raise ConfigError(f"cannot read: {err.strerror}", file=file) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(not_utf8(err), file=file) from err
     if not isinstance(raw, dict):
         raise ConfigError("must be a mapping with an 'account' key", file=file)
     raw.setdefault("account", path.stem)

@@ -234,7 +234,11 @@ class AccountsProvider:
             signature = _signature(self.config_dir)
             if signature != self._signature or force:
                 self._signature = signature
-                self._reload()
+                try:
+                    self._reload()
+                except BaseException:
+                    self._signature = None  # the next look loads the directory again
+                    raise
                 self._served = self._accounts
             self._overlay_check()
             self._checked_at = self._monotonic()
@@ -263,6 +267,13 @@ class AccountsProvider:
                     "account file refused; its last valid version keeps serving",
                     extra={"file": file, "path": err.path, "reason": err.reason},
                 )
+            except Exception as err:  # one file's failure must not stop the others
+                # a failure the loader does not name (a bug, or a file it did not expect): the file
+                # is reported like a refused one, with the trace in the log, and never raised into
+                # the request, batch or scheduler tick that happened to look at the directory
+                reason = f"could not be loaded ({type(err).__name__}); the log has the details"
+                errors[file] = FileError(file=file, reason=reason, path=None)
+                log.exception("account file could not be loaded", extra={"file": file})
         accounts = self._combine(by_file, errors)
         self._by_file, self._errors, self._accounts = by_file, errors, accounts
         self.generation += 1

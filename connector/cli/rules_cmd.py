@@ -9,6 +9,7 @@ from typing import Any
 import click
 import yaml
 
+from connector.config import not_utf8
 from rules import RulesError, RuleSet, compile_rules
 
 ACCOUNT_KEYS = ("account", "senders", "rules", "destinations", "retention", "identity")
@@ -24,6 +25,8 @@ def check_rules_file(path: Path) -> RuleSet:
         raise RulesError(where, f"not valid YAML: {getattr(err, 'problem', err)}") from err
     except OSError as err:
         raise RulesError("", f"cannot read: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise RulesError("", not_utf8(err)) from err
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

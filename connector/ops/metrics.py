@@ -2,9 +2,10 @@
 
 Counters live in Redis hashes (``metrics:*``) so that every web and worker process adds to the
 same numbers; queue depths, the due index, its lateness (fired - due, the latest samples),
-paused destinations and dead letters are read live. :class:`RedisCollector` turns that state into
-metric families at each scrape (no per-process counters, so gunicorn's several workers need no
-multiprocess mode); ``prometheus_client`` writes the HELP and TYPE lines and escapes label values.
+paused destinations, dead letters and the account files that fail to load are read live.
+:class:`RedisCollector` turns that state into metric families at each scrape (no per-process
+counters, so gunicorn's several workers need no multiprocess mode); ``prometheus_client`` writes
+the HELP and TYPE lines and escapes label values.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from connector import sync
 from connector.ingest.queue import EventQueue
 from connector.ingest.web import REJECTED_KEY
 from connector.profiles.bounds import dropped
+from connector.runtime import config_errors
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
 
@@ -71,6 +73,7 @@ class RedisCollector(Collector):
         yield self._rejected()
         yield self._dropped()
         yield self._queue_depth()
+        yield self._config_errors()
         yield GaugeMetricFamily(
             "connector_due_pending",
             "Profiles waiting in the due index for a time-based re-evaluation.",
@@ -113,6 +116,17 @@ class RedisCollector(Collector):
             counts[name] = counts.get(name, 0) + value
         for name, value in sorted(counts.items()):
             family.add_metric([name], value)
+        return family
+
+    def _config_errors(self) -> Metric:
+        family = GaugeMetricFamily(
+            "connector_config_errors",
+            "Account files that fail to load (1 per file; the last valid version of each serves). "
+            "/readyz has the reasons.",
+            labels=["file"],
+        )
+        for problem in config_errors(self.queue.conn):
+            family.add_metric([problem.file], 1)
         return family
 
     def _queue_depth(self) -> Metric:

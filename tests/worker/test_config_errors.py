@@ -85,3 +85,54 @@ def test_readyz_stays_ready_and_reports_the_invalid_file(
     [problem] = body["config_errors"]
     assert problem["file"] == str(config_dir / "globex.yaml")
     assert problem["reason"].startswith("senders")  # the path inside the file, then the reason
+
+
+def test_a_file_that_is_not_utf8_is_reported_and_never_stops_the_worker_or_the_web(
+    client, redis_client: redis.Redis, config_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    drain(redis_client, 0, 2)
+    stray = config_dir / "zz.yaml"
+    stray.write_bytes(b"account: zz\n\xff\xfe: 1\n")
+
+    drain(redis_client, 2, 2)  # the batch is applied, not left failing in the stream
+    assert applied(redis_client) == 4
+    [problem] = runtime.config_errors(redis_client)
+    assert problem.file == str(stray)
+    assert problem.reason == "not UTF-8: byte 0xff at offset 12; save the file as UTF-8"
+
+    answer = client.get("/readyz")
+    assert answer.status_code == 200 and answer.get_json()["status"] == "degraded"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert f'connector_config_errors{{file="{stray}"}} 1.0' in metrics
+
+    # an edit of another, valid file is still taken while the stray file stays broken
+    (config_dir / "acme.yaml").write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
+    drain(redis_client, 4, 1)
+    acme = runtime.current().account("acme")
+    assert acme is not None and acme.dedupe_ttl_seconds == 96 * 3600
+
+    stray.unlink()
+    drain(redis_client, 5, 1)
+    assert runtime.config_errors(redis_client) == []
+    assert "connector_config_errors{" not in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_failure_the_loader_does_not_name_is_reported_for_that_file_only(
+    redis_client: redis.Redis, config_dir: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    drain(redis_client, 0, 1)
+    real = runtime.load_account_file
+
+    def load(path: Path, env=None):  # type: ignore[no-untyped-def]
+        if path.name == "globex.yaml":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(path, env)
+
+    monkeypatch.setattr(runtime, "load_account_file", load)
+    (config_dir / "globex.yaml").write_text(yaml.safe_dump({"account": "globex", "dedupe_ttl_hours": 12}))
+    drain(redis_client, 1, 2)
+    assert applied(redis_client) == 3
+    [problem] = runtime.config_errors(redis_client)
+    assert problem.file == str(config_dir / "globex.yaml")
+    assert problem.reason == "could not be loaded (RecursionError); the log has the details"
+    assert runtime.current().account("globex") is not None  # its last valid version serves
