@@ -34,12 +34,19 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}***@{netloc}", parts.path, parts.query, parts.fragment))
 
 
+# set by ``connector dev`` for its processes when it seeded the sample account's directory itself
+SEEDED_CONFIG_ENV = "CONNECTOR_DEV_SEEDED_CONFIG_DIR"
+
+
 def config_source() -> tuple[Path, str]:
     """The config directory and where it comes from: ``CONNECTOR_CONFIG_DIR``; else the running
     ``connector dev``'s (so creating ``config/accounts`` never switches a command away from the
     accounts ``scripts/dev`` runs); else ``config/accounts``."""
     explicit = os.environ.get("CONNECTOR_CONFIG_DIR")
     if explicit:
+        if explicit == os.environ.get(SEEDED_CONFIG_ENV):
+            seeded = "the sample account `connector dev` seeded; CONNECTOR_CONFIG_DIR was not set"
+            return Path(explicit), seeded
         return Path(explicit), "CONNECTOR_CONFIG_DIR"
     dev = devenv.running_dev()
     if dev is not None:

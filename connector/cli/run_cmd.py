@@ -20,7 +20,7 @@ import yaml
 from connector import runtime as process_runtime
 from connector.dev import devenv
 from connector.dev.embedded_redis import EmbeddedRedis
-from connector.settings import Settings
+from connector.settings import SEEDED_CONFIG_ENV, Settings
 
 
 def register(cli: click.Group) -> None:
@@ -198,6 +198,7 @@ def dev(port: int, web_workers: int, sandbox: bool, sandbox_ports: str) -> None:
         if not os.environ.get("CONNECTOR_CONFIG_DIR"):
             _seed_config(data_dir, fakes.destinations() if fakes else None)
             os.environ["CONNECTOR_CONFIG_DIR"] = str(devenv.config_dir().resolve())
+            os.environ[SEEDED_CONFIG_ENV] = os.environ["CONNECTOR_CONFIG_DIR"]
         # Invalid account files stop start-up before anything else is started.
         accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
         code = _run_with_redis(data_dir, port, web_workers, [a.id for a in accounts])

@@ -15,7 +15,7 @@ import pytest
 
 from connector.dev import devenv
 from connector.errors import ConfigError
-from connector.settings import Settings
+from connector.settings import SEEDED_CONFIG_ENV, Settings
 
 CONNECTOR = str(Path(sys.executable).parent / "connector")
 
@@ -122,3 +122,13 @@ def test_port_conflicts_name_the_flag_that_fixes_them(tmp_path: Path) -> None:
                               cwd=tmp_path, capture_output=True, timeout=60)  # fmt: skip
     assert done.returncode != 0 and b"--sandbox-ports" in done.stderr, done.stderr
     assert not (tmp_path / "data" / "dev.json").exists()
+
+
+def test_the_directory_connector_dev_seeded_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6391/0")
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", "/srv/data/accounts")
+    monkeypatch.setenv(SEEDED_CONFIG_ENV, "/srv/data/accounts")
+    described = Settings.from_env().describe()
+    assert "(from the sample account `connector dev` seeded; CONNECTOR_CONFIG_DIR was not set)" in described
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", "/etc/connector/accounts")  # set by the person: theirs
+    assert "(from CONNECTOR_CONFIG_DIR)" in Settings.from_env().describe()
