@@ -32,8 +32,8 @@ from connector.destinations import Destination, check_data_centre
 from connector.destinations import destinations as parse_destinations
 from connector.errors import ConfigError
 from connector.event import PRIVILEGED_TYPES
-from connector.suggest import did_you_mean, schema_problems
-from rules import EMPTY, RulesError, RuleSet, compile_rules
+from connector.suggest import NamedDict, did_you_mean, schema_problems
+from rules import EMPTY, RulesError, RuleSet, compile_rules, yamltext
 from rules.schema import flatten
 
 ACCOUNT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -153,11 +153,7 @@ class AccountSchema(Schema):
     account = fields.String(
         required=True, validate=validate.Regexp(ACCOUNT_ID, error="must match [a-z0-9_-]")
     )
-    senders = fields.Dict(
-        keys=fields.String(validate=validate.OneOf(SENDERS)),
-        values=fields.Nested(SenderSchema),
-        load_default=dict,
-    )
+    senders = NamedDict("sender type", SENDERS, values=fields.Nested(SenderSchema), load_default=dict)
     dedupe_ttl_hours = fields.Integer(load_default=72, validate=validate.Range(min=72))
     retention = fields.Nested(RetentionSchema, load_default=lambda: RetentionSchema().load({}))
     identity = fields.Nested(IdentitySchema, load_default=lambda: IdentitySchema().load({}))
@@ -284,7 +280,7 @@ def load_account_file(path: Path, env: Mapping[str, str] | None = None) -> Accou
     env = os.environ if env is None else env
     file = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yamltext.load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None

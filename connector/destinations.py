@@ -44,7 +44,7 @@ from adapters.ratelimit import RateLimiter
 from adapters.webhook import WebhookAdapter, WebhookConfig
 from connector.analytics.assign import CONTROL, TREATED, VARIANT_NAMES, is_control, variant_index
 from connector.errors import ConfigError
-from connector.suggest import schema_problems
+from connector.suggest import NamedDict, schema_problems, unknown
 from rules.schema import flatten
 
 TYPES = ("mailchimp", "hubspot", "klaviyo", "webhook")
@@ -83,6 +83,11 @@ def _timezone(name: str) -> None:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as err:
         raise ValidationError(f"unknown time zone {name!r}") from err
+
+
+def _known_type(kind: str) -> None:
+    if kind not in TYPES:
+        raise ValidationError(unknown("destination type", kind, TYPES))
 
 
 def _tri_state(value: object) -> None:
@@ -134,11 +139,7 @@ class MappingSchema(Schema):
     holdout = fields.Raw(load_default=0, validate=_percent)
     holdout_salt = fields.String(load_default="", validate=validate.Length(max=64))
     control_tag = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
-    variants = fields.Dict(
-        keys=fields.String(validate=validate.OneOf(VARIANT_NAMES[:8], error="variants are named a to h")),
-        values=fields.Nested(VariantSchema),
-        load_default=dict,
-    )
+    variants = NamedDict("variant", VARIANT_NAMES[:8], values=fields.Nested(VariantSchema), load_default=dict)
     # mailchimp: start a Customer Journey step when a person enters the segment
     journey = fields.Nested(JourneySchema, load_default=None)
 
@@ -147,7 +148,7 @@ class DestinationSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    type = fields.String(validate=validate.OneOf(TYPES), load_default=None)
+    type = fields.String(validate=_known_type, load_default=None)
     enabled = fields.Boolean(load_default=True)
     api_key_env = fields.String(
         required=True, validate=validate.Regexp(ENV_NAME, error="not a variable name")
@@ -311,8 +312,12 @@ def check_base_url(kind: str, url: str | None, sandbox: bool) -> str | None:
 
 def _check(file: str, path: str, kind: str, data: Mapping[str, Any]) -> None:
     """The checks across keys of one destination: its type, where its key may go, Mailchimp's ids."""
-    if kind not in TYPES:
-        raise ConfigError(f"type must be one of {', '.join(TYPES)}", file=file, path=f"{path}.type")
+    if kind not in TYPES:  # no `type:`, so the name is the type
+        raise ConfigError(
+            unknown("destination type", kind, TYPES) + " (or set `type:` to one of them)",
+            file=file,
+            path=path,
+        )
     if kind == "webhook":
         _check_webhook(file, path, data)
         return

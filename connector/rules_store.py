@@ -33,7 +33,8 @@ import rules
 from connector.clock import isoformat
 from connector.config import Account
 from connector.destinations import destinations as parse_destinations
-from rules import RuleSet
+from connector.unicode_text import replaced
+from rules import RuleSet, yamltext
 
 MAX_TEXT = 256 * 1024
 MAX_VERSIONS_LISTED = 500
@@ -78,7 +79,7 @@ def parse_text(text: str) -> dict[str, Any]:
     if len(text.encode()) > MAX_TEXT:
         raise InvalidRules("rules", f"longer than {MAX_TEXT} bytes")
     try:
-        raw = yaml.safe_load(text)
+        raw = yamltext.load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
@@ -147,16 +148,18 @@ class Version:
 
     @classmethod
     def from_record(cls, account: str, number: int, raw: bytes | str) -> Version:
+        """The stored version; a lone surrogate in its text or note (written by an earlier release)
+        reads as U+FFFD, so the version can be shown and written out."""
         data = json.loads(raw)
         return cls(
             account=account,
             number=number,
-            text=str(data["text"]),
+            text=replaced(str(data["text"])),
             rules=dict(data["rules"] or {}),
             based_on=str(data["based_on"]),
             created_at=str(data["created_at"]),
             created_by=str(data["created_by"]),
-            note=str(data.get("note") or ""),
+            note=replaced(str(data.get("note") or "")),
             published=tuple(data.get("published") or ()),
         )
 

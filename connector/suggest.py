@@ -1,32 +1,25 @@
-""" "Did you mean" for names a person typed: the closest known name, by :mod:`difflib`."""
+""" "Did you mean" for names a person typed: the closest known name (:mod:`rules.suggest`, which
+the rule compiler shares), and the same for the problems marshmallow reports."""
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields
 
+from rules.suggest import closest, did_you_mean, unknown, unknown_field
 
-def closest(name: str, known: Iterable[str]) -> str | None:
-    """The known name closest to ``name``, when one is close enough to be a likely typo."""
-    matches = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean `x`?)`` or an empty string."""
-    match = closest(name, known)
-    return f" (did you mean `{match}`?)" if match else ""
-
-
-def unknown(what: str, name: str, known: Iterable[str]) -> str:
-    """``unknown account `demp` (did you mean `demo`?); known: demo, shop``."""
-    names = sorted(set(known))
-    listed = ", ".join(names) if names else "none"
-    return f"unknown {what} `{name}`{did_you_mean(name, names)}; known: {listed}"
+__all__ = [
+    "UNKNOWN_FIELD",
+    "NamedDict",
+    "closest",
+    "did_you_mean",
+    "schema_problems",
+    "unknown",
+    "unknown_field",
+]
 
 
 UNKNOWN_FIELD = ("unknown field", "unknown field.")
@@ -81,3 +74,21 @@ def schema_problems(schema: Schema, problems: list[tuple[str, str]]) -> list[tup
         unknown_first.append((path, f"unknown field `{name}`{hint}"))
     # the right spelling of a mistyped key is reported missing: that is the same mistake
     return unknown_first + [(p, r) for p, r in others if p not in meant]
+
+
+class NamedDict(fields.Dict):
+    """A mapping whose keys are names from a known list (``senders: {segment: ...}``): an unknown
+    key is refused at its own path, ``unknown <what> `x` (did you mean `y`?); known: ...``, rather
+    than as marshmallow's ``x.key: Must be one of ...``."""
+
+    def __init__(self, what: str, known: Iterable[str], **kwargs: Any) -> None:
+        super().__init__(keys=fields.String(), **kwargs)
+        self.what = what
+        self.known = tuple(known)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, Mapping):
+            wrong = {str(k): [unknown(self.what, str(k), self.known)] for k in value if k not in self.known}
+            if wrong:
+                raise ValidationError(wrong)
+        return super()._deserialize(value, attr, data, **kwargs)

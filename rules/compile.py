@@ -27,7 +27,8 @@ from .conditions import (
 from .durations import DurationError, is_duration, longest, parse_duration
 from .errors import RulesError
 from .ruleset import EMPTY, RuleSet, Segment
-from .schema import RulesSchema, SegmentSchema, TemplateSchema, dumps, flatten
+from .schema import CONDITIONS, VALUES, RulesSchema, SegmentSchema, TemplateSchema, dumps, flatten
+from .suggest import did_you_mean, unknown
 from .templates import builtin_templates
 from .values import (
     ANY_EVENT,
@@ -159,9 +160,8 @@ def _instantiate(
         raise RulesError(prefix, f"template {template}: params must be a mapping")
     for name, value in overrides.items():
         if name not in declared:
-            known = ", ".join(sorted(declared)) or "none"
             raise RulesError(
-                f"{prefix}.params.{name}", f"unknown parameter of template {template} (known: {known})"
+                f"{prefix}.params.{name}", unknown(f"parameter of template {template}", str(name), declared)
             )
         problem = _check_param_values(declared[name], value)
         if problem:
@@ -257,14 +257,14 @@ class _Compiler:
             for i, part in enumerate(spec["parts"]):
                 ref = self.trait_ref(part["trait"])
                 if isinstance(ref, ProfileTrait) and part["trait"] not in self.trait_specs:
-                    raise origin.error(
-                        f"{path}.parts[{i}].trait", f"unknown computed trait {part['trait']!r}"
-                    )
+                    name = part["trait"]
+                    hint = did_you_mean(name, self.trait_specs)
+                    raise origin.error(f"{path}.parts[{i}].trait", f"unknown computed trait `{name}`{hint}")
                 parts.append((ref, part["weight"], part["max"]))
             return self.intern_value(Composite(parts, spec["scale"]))
         if kind == "trait":
             return self.trait_ref(spec["name"])
-        raise origin.error(path, f"unknown computed trait kind {kind!r}")
+        raise origin.error(path, unknown("computed trait kind", kind, VALUES))
 
     def compile_traits(self) -> list[tuple[str, Value]]:
         for name in self.trait_specs:
@@ -313,7 +313,7 @@ class _Compiler:
         elif op == "rank":
             made = self.rank(arg)
         else:  # the schema refuses unknown operators first
-            raise origin.error(here, f"unknown condition {op!r}")
+            raise origin.error(here, unknown("condition", op, CONDITIONS))
         return self.intern(made)
 
     def rank(self, arg: Mapping[str, Any]) -> Condition:
@@ -353,7 +353,7 @@ class _Compiler:
                 here, f"{op} cannot be used inside for_some (a segment is about the whole person)"
             )
         if arg not in self.segment_names:
-            raise origin.error(here, f"unknown segment {arg!r}")
+            raise origin.error(here, f"unknown segment `{arg}`{did_you_mean(arg, self.segment_names)}")
         self._current_refs.append((arg, here))
         return InSegment(arg, negate=op == "not_in_segment")
 
@@ -411,6 +411,7 @@ def compile_rules(
     if not isinstance(raw, Mapping):
         raise RulesError("", "rules must be a mapping with segments, traits, groups and include")
     lookup = _template_lookup(templates)
+    listed = raw.get("include")
     split, raw_variants = _split_variants(dict(raw), _Origin())
     data = _load(RulesSchema(), split, _Origin())
     _load_variants(data, raw_variants, _Origin())
@@ -420,9 +421,10 @@ def compile_rules(
         name = include["template"]
         source = lookup(name)
         if source is None:
-            raise RulesError(
-                f"include[{i}].template", f"unknown template {name!r} (known: {_known_templates()})"
-            )
+            # `include: [name]` or `include: [{template: name}]`: the path is where the name is written
+            written = listed[i] if isinstance(listed, list) and i < len(listed) else None
+            where = f"include[{i}]" if isinstance(written, str) else f"include[{i}].template"
+            raise RulesError(where, unknown("template", name, _template_names(templates)))
         parts.append(
             (_Origin(f"include[{i}]", name), _instantiate(name, source, include["params"], f"include[{i}]"))
         )
@@ -431,8 +433,9 @@ def compile_rules(
     return _build(parts, raw, tuple(used))
 
 
-def _known_templates() -> str:
-    return ", ".join(sorted(builtin_templates()))
+def _template_names(templates: TemplateSource | Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """The names an include may use: the given mapping's, else the built-in templates'."""
+    return list(templates) if isinstance(templates, Mapping) else list(builtin_templates())
 
 
 def _template_lookup(templates: TemplateSource | Mapping[str, Mapping[str, Any]] | None) -> TemplateSource:
@@ -495,7 +498,7 @@ class _Groups:
         for si, name in enumerate(group["segments"]):
             spath = f"{gpath}.segments[{si}]"
             if name not in self.matched:
-                raise origin.error(spath, f"unknown segment {name!r}")
+                raise origin.error(spath, f"unknown segment `{name}`{did_you_mean(name, self.matched)}")
             if name in self.group_of:
                 raise origin.error(
                     spath, f"segment {name!r} is already in exclusive group {self.group_of[name]!r}"

@@ -15,6 +15,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .durations import DurationError, Span, parse_duration
+from .suggest import closest, unknown, unknown_field
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 EVENT = re.compile(r"^(?:\*|[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127})$")
@@ -32,6 +33,26 @@ class Strict(Schema):
         unknown = RAISE
 
     error_messages = {"unknown": "unknown field"}
+
+    def handle_error(self, error: ValidationError, data: Any, *, many: bool, **kwargs: Any) -> None:
+        """Unknown keys first, each as ``unknown field `x` (did you mean `y`?)``; the right spelling
+        of a mistyped key is not also reported missing (it is the same mistake)."""
+        messages = error.messages
+        if many or not isinstance(messages, dict):
+            return
+        known = [f.data_key or name for name, f in self.load_fields.items()]
+        typos: dict[Any, Any] = {}
+        meant: set[str] = set()
+        for key, reason in messages.items():
+            if reason == [self.error_messages["unknown"]]:
+                typos[key] = [unknown_field(str(key), known)]
+                meant.add(closest(str(key), known) or "")
+        if not typos:
+            return
+        missing = [fields.Field.default_error_messages["required"]]
+        rest = {k: v for k, v in messages.items() if k not in typos and not (k in meant and v == missing)}
+        messages.clear()
+        messages.update({**typos, **rest})
 
 
 class Duration(fields.Field[Span]):
@@ -277,7 +298,7 @@ class ConditionField(fields.Field[tuple[str, Any]]):
         ((op, arg),) = value.items()
         loader = CONDITIONS.get(op)
         if loader is None:
-            raise ValidationError({op: [f"unknown condition {op!r} (known: {_known(CONDITIONS)})"]})
+            raise ValidationError({op: [unknown("condition", str(op), CONDITIONS)]})
         try:
             return (op, loader(arg))
         except ValidationError as err:
@@ -295,7 +316,7 @@ class ValueField(fields.Field[tuple[str, Any]]):
         ((kind, arg),) = value.items()
         loader = VALUES.get(kind)
         if loader is None:
-            raise ValidationError({kind: [f"unknown computed trait kind {kind!r} (known: {_known(VALUES)})"]})
+            raise ValidationError({kind: [unknown("computed trait kind", str(kind), VALUES)]})
         try:
             return (kind, loader(arg))
         except ValidationError as err:
@@ -476,9 +497,10 @@ class IncludeField(fields.Field[dict[str, Any]]):
             return {"template": value, "params": {}}
         if not isinstance(value, dict):
             raise ValidationError("must be a template name or {template: NAME, params: {...}}")
-        unknown = set(value) - {"template", "params"}
-        if unknown:
-            raise ValidationError({k: ["unknown field"] for k in sorted(unknown)})
+        extra = set(value) - {"template", "params"}
+        if extra:
+            known = ("template", "params")
+            raise ValidationError({k: [unknown_field(str(k), known)] for k in sorted(extra, key=str)})
         template = value.get("template")
         if not isinstance(template, str) or not template:
             raise ValidationError({"template": ["a template name is required"]})

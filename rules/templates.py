@@ -12,13 +12,14 @@ from typing import Any
 
 import yaml
 
+from . import yamltext
 from .errors import RulesError
 
 
 def parse_template_text(text: str, source: str = "template") -> dict[str, Any]:
     """Parse one template's YAML text (the only place rules/ reads YAML)."""
     try:
-        data = yaml.safe_load(text)
+        data = yamltext.load(text)
     except yaml.YAMLError as err:
         raise RulesError(source, f"not valid YAML: {err}") from err
     if not isinstance(data, dict) or not isinstance(data.get("template"), str):

@@ -4,13 +4,17 @@ Names are checked before anything is done: an account filter must be a configure
 that has dead letters, a kind one that has dead letters (or ``sync`` / ``events``), and ``resume``
 takes a configured destination of a configured account (or a pair that is paused now); an unknown
 name is refused with the closest known one.
+
+A replay or discard is recorded in the audit log (``deadletters.replay``, ``deadletters.discard``),
+one entry per account acted on (dead letters of no account under ``*``), as the admin API does.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 
 import click
 import redis
@@ -18,6 +22,7 @@ import redis
 from connector import clock, sync
 from connector import runtime as process_runtime
 from connector.destinations import destinations
+from connector.ops import audit
 from connector.suggest import unknown
 from connector.sync.deadletters import DeadLetter, DeadLetters
 
@@ -77,6 +82,36 @@ def _check_destination(conn: redis.Redis, account_id: str, destination: str) -> 
         )
 
 
+def _record(
+    conn: redis.Redis,
+    action: str,
+    selection: dict[str, str | None],
+    outcomes: Iterable[tuple[DeadLetter, str]],
+    now: datetime,
+) -> None:
+    """One audit entry per account acted on, with the selection and that account's outcomes; the
+    account filter's (or ``*``) when nothing matched."""
+    per_account: dict[str, dict[str, int]] = {}
+    for item, outcome in outcomes:
+        counts = per_account.setdefault(item.account or audit.ALL, {})
+        counts[outcome] = counts.get(outcome, 0) + 1
+    if not per_account:
+        per_account[selection.get("account") or audit.ALL] = {}
+    chosen = {k: v for k, v in selection.items() if v}
+    actor = audit.cli_actor()
+    for account, counts in sorted(per_account.items()):
+        audit.record(
+            conn,
+            actor,
+            action,
+            f"deadletters:{account}",
+            [account],
+            {"selection": chosen},
+            {"outcomes": counts},
+            now,
+        )
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(dlq)
 
@@ -132,11 +167,16 @@ def replay(kind: str | None, account: str | None, text: str | None) -> None:
     _check_filters(dead, kind, account)
     items = list(_select(dead, kind, account, text))
     outcomes: dict[str, int] = {}
+    done: list[tuple[DeadLetter, str]] = []
     now = clock.now()
-    with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
-        for item in bar:
-            outcome = sync.replay_dead_letter(conn, dead, item, now)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    try:
+        with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
+            for item in bar:
+                outcome = sync.replay_dead_letter(conn, dead, item, now)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                done.append((item, outcome))
+    finally:
+        _record(conn, "deadletters.replay", {"kind": kind, "account": account, "filter": text}, done, now)
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing matched"
     click.echo(f"replay done: {summary}")
 
@@ -159,15 +199,23 @@ def resume(account: str, destination: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def discard(kind: str | None, account: str | None, text: str | None, yes: bool) -> None:
     """Delete matching dead letters for good (the same filters as replay)."""
-    dead = DeadLetters(_conn())
+    conn = _conn()
+    dead = DeadLetters(conn)
     _check_filters(dead, kind, account)
     items = list(_select(dead, kind, account, text))
+    selection = {"kind": kind, "account": account, "filter": text}
     if not items:
+        _record(conn, "deadletters.discard", selection, [], clock.now())
         click.echo("discard done: nothing matched")
         return
     if not yes:
         click.confirm(f"discard {len(items)} dead letters for good?", abort=True, err=True)
-    with click.progressbar(items, label=f"discarding {len(items)}", file=sys.stderr) as bar:
-        for item in bar:
-            dead.remove(item)
+    done: list[tuple[DeadLetter, str]] = []
+    try:
+        with click.progressbar(items, label=f"discarding {len(items)}", file=sys.stderr) as bar:
+            for item in bar:
+                dead.remove(item)
+                done.append((item, "discarded"))
+    finally:
+        _record(conn, "deadletters.discard", selection, done, clock.now())
     click.echo(f"discard done: {len(items)} removed")

@@ -15,9 +15,11 @@ from connector.cli.accounts import known_account
 from connector.clock import isoformat
 from connector.config import Account
 from connector.destinations import destinations
+from connector.ops import audit
 from connector.profiles import erasure, identity
 from connector.worker.access import kept_beyond_profile
 from connector.worker.erasure import erase_person
+from connector.worker.ledger import Ledger
 
 RECENT_EVENTS = 20
 
@@ -26,14 +28,27 @@ def register(cli: click.Group) -> None:
     cli.add_command(profiles)
 
 
+def unicode_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option's value when it is text: bytes that are not UTF-8 (kept by Python as lone
+    surrogates) are refused naming the option, as no account or identity can hold them."""
+    del ctx, param
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            at = len(value[: err.start].encode("utf-8")) + 1  # what precedes it is text
+            raise click.BadParameter(f"is not valid UTF-8 text (byte {at} cannot be decoded)") from None
+    return value
+
+
 def _person_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option("--account", "account_id", required=True, help="Account id."),
-            click.option("--email", default=None),
-            click.option("--user-id", default=None),
-            click.option("--anonymous-id", default=None),
-            click.option("--profile-id", default=None, help="The profile id itself."),
+            click.option("--account", "account_id", required=True, help="Account id.", callback=unicode_text),
+            click.option("--email", default=None, callback=unicode_text),
+            click.option("--user-id", default=None, callback=unicode_text),
+            click.option("--anonymous-id", default=None, callback=unicode_text),
+            click.option("--profile-id", default=None, help="The profile id itself.", callback=unicode_text),
         ]
     ):
         fn = option(fn)
@@ -139,7 +154,8 @@ def export(
 ) -> None:
     """Everything kept about the person, as JSON (an access request): the profile (identities,
     traits, events), segment memberships and computed traits, the segment history, and per
-    destination what was sent there (applied version; tags, lists and fields the connector owns)."""
+    destination what was sent there (applied version; tags, lists and fields the connector owns).
+    Recorded in the audit log (person.export) with a digest, no identifier."""
     conn, queue_conn = _connections(account_id)
     account = _account(account_id)
     pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
@@ -147,6 +163,8 @@ def export(
     if document is None:
         raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
     document.update(kept_beyond_profile(conn, queue_conn, account, pid))
+    digest = erasure.profile_digest(account_id, pid)
+    audit.person_exported(queue_conn, audit.cli_actor(), account_id, digest, clock.now())
     click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
 
 
@@ -163,8 +181,8 @@ def delete(
     yes: bool,
 ) -> None:
     """Erase the person from everything the connector keeps, and from every destination (asks
-    first unless --yes); reports the ESP erasures it queued. The erasure is logged with a digest,
-    no identifier."""
+    first unless --yes); reports the ESP erasures it queued. The erasure is logged, and recorded in
+    the audit log (person.erase), with a digest, no identifier."""
     conn, queue_conn = _connections(account_id)
     account = _account(account_id)
     pid = _find(conn, account_id, email, user_id, anonymous_id, profile_id)
@@ -173,8 +191,13 @@ def delete(
         where = f" and ask {', '.join(targets)} to erase them" if targets else ""
         click.confirm(f"erase profile {pid} of account {account_id}{where}?", abort=True, err=True)
     now = clock.now()
+    state = Ledger(conn).state(account_id, pid)
     if not erase_person(conn, queue_conn, account, pid, now, "cli"):
         raise click.ClickException(f"profile {pid} does not exist (erased or merged)")
+    digest = erasure.profile_digest(account_id, pid)
+    audit.person_erased(
+        queue_conn, audit.cli_actor(), account_id, digest, state.segments if state else (), now
+    )
     click.echo(f"erased profile {pid} at {isoformat(now)}")
     queued = [name for name in targets if _erasure_waits(queue_conn, account_id, name, pid)]
     if queued:
@@ -193,9 +216,22 @@ def _erasure_waits(queue_conn: redis.Redis, account_id: str, destination: str, p
 @click.option("--limit", default=20, show_default=True)
 @_redis_errors
 def exports(account_id: str, limit: int) -> None:
-    """Exports produced for data requests (customers/data_request), newest first, as JSON."""
-    conn, _ = _connections(account_id)
-    click.echo(json.dumps(erasure.stored_exports(conn, account_id, limit), indent=2, sort_keys=True))
+    """Exports produced for data requests (customers/data_request), newest first, as JSON. Handing
+    them out is recorded in the audit log (exports.read) with how many, nothing of what they hold."""
+    conn, queue_conn = _connections(account_id)
+    found = erasure.stored_exports(conn, account_id, limit)
+    after = {"exports": len(found), "limit": limit}
+    audit.record(
+        queue_conn,
+        audit.cli_actor(),
+        "exports.read",
+        f"exports:{account_id}",
+        [account_id],
+        None,
+        after,
+        clock.now(),
+    )
+    click.echo(json.dumps(found, indent=2, sort_keys=True))
 
 
 @profiles.command("migrate-index")

@@ -10,7 +10,7 @@ import click
 import yaml
 
 from connector.config import not_utf8
-from rules import RulesError, RuleSet, compile_rules
+from rules import RulesError, RuleSet, compile_rules, yamltext
 
 ACCOUNT_KEYS = ("account", "senders", "rules", "destinations", "retention", "identity")
 
@@ -18,7 +18,7 @@ ACCOUNT_KEYS = ("account", "senders", "rules", "destinations", "retention", "ide
 def check_rules_file(path: Path) -> RuleSet:
     """Compile the rules in ``path``; raise RulesError whose path starts with the file's own structure."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yamltext.load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import rules
-from connector import clock, predict
+from connector import clock, predict, rules_store
 from connector import runtime as process_runtime
 from connector.cli.accounts import known_account
 from connector.cli.profiles_cmd import _find, _person_options, _redis_errors
@@ -19,6 +19,7 @@ from connector.cli.rules_cmd import check_rules_file
 from connector.clock import isoformat
 from connector.config import Account
 from connector.errors import MalformedPayload
+from connector.ops import audit
 from connector.profiles import load_profile
 from connector.suggest import did_you_mean
 from connector.worker import due
@@ -203,16 +204,40 @@ def rules_test(account_id: str, rules_file: Path, events_file: Path | None, show
     _print_dry_run(report, show)
 
 
+def _rules_in_force(rt: process_runtime.Runtime, account: Account) -> dict[str, Any]:
+    """Where the rules being published come from, as the audit log names them (as the admin API)."""
+    state = rt.provider.rules_in_force(account.id)
+    return {
+        "source": state.source if state is not None else "file",
+        "version": state.version if state is not None else None,
+        "rules_digest": rules_store.digest(account.rules),
+    }
+
+
 @click.command("publish")
 @click.option("--account", "account_id", required=True)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Show progress until done.")
 @_redis_errors
 def rules_publish(account_id: str, wait: bool) -> None:
-    """Re-evaluate every profile of ACCOUNT with the rules now in its file; push only differences."""
+    """Re-evaluate every profile of ACCOUNT with the rules now in its file; push only differences.
+    Recorded in the audit log (rules.publish)."""
     account = _account(account_id)
     rt = process_runtime.current()
     conn, queue_conn = rt.profile_redis, rt.queue_redis
-    key, total = publish(account, conn, queue_conn, clock.now())
+    now = clock.now()
+    in_force = _rules_in_force(rt, account)
+    key, total = publish(account, conn, queue_conn, now)
+    after = {**in_force, "progress": key.rsplit(":", 1)[-1], "profiles": total}
+    audit.record(
+        queue_conn,
+        audit.cli_actor(),
+        "rules.publish",
+        f"rules:{account_id}",
+        [account_id],
+        in_force,
+        after,
+        now,
+    )
     click.echo(f"re-evaluating {total} profiles of {account_id} in the background ({key})")
     if not wait or total == 0:
         return

@@ -17,6 +17,7 @@ import click
 from connector import clock
 from connector.config import SenderConfig, load_accounts
 from connector.dev import devenv
+from connector.errors import RequestRejected
 from connector.ingest.receivers import REGISTRY
 from connector.settings import config_source
 from connector.suggest import unknown
@@ -97,7 +98,12 @@ def sign(sender: str, body: BinaryIO, account_id: str, url: str | None, topic: s
         sys.exit(1)
     data = body.read()
     target = url or cfg.options.get("url") or _default_url(account_id, sender)
-    headers = _signed(sender, cfg, data, target)
+    try:
+        headers = _signed(sender, cfg, data, target)
+    except RequestRejected as err:  # a body the sender could not have signed (Segment: an empty batch)
+        name = getattr(body, "name", "-")
+        where = "stdin" if name in ("-", "<stdin>") else name
+        raise click.BadParameter(f"{where}: {err.message}", param_hint="BODY") from None
     headers.update(_extra_headers(sender, cfg, topic, headers))
     if sender == "mailchimp":
         receiver = REGISTRY[sender]

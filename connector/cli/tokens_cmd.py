@@ -43,7 +43,9 @@ def create(accounts: tuple[str, ...], role: str, expires: str, note: str) -> Non
         token, secret = tokens.create(rt.queue_redis, accounts, role, span, now, note)
     except tokens.TokenError as err:
         raise click.UsageError(str(err)) from err
-    audit.record(rt.queue_redis, "cli", "token.create", token.id, token.accounts, None, token.public(), now)
+    audit.record(
+        rt.queue_redis, audit.cli_actor(), "token.create", token.id, token.accounts, None, token.public(), now
+    )
     click.echo(f"token {token.id} ({role}, accounts {', '.join(token.accounts)}, expires {token.expires_at})")
     click.echo("shown once; keep it now:", err=True)
     click.echo(secret)
@@ -74,5 +76,7 @@ def revoke(token_id: str) -> None:
     if gone is None:
         raise click.ClickException(f"no token {token_id}")
     now = clock.now()
-    audit.record(rt.queue_redis, "cli", "token.revoke", gone.id, gone.accounts, gone.public(), None, now)
+    audit.record(
+        rt.queue_redis, audit.cli_actor(), "token.revoke", gone.id, gone.accounts, gone.public(), None, now
+    )
     click.echo(f"revoked {token_id}")

@@ -170,8 +170,14 @@ _BASE_URL_LINE = re.compile(
 
 def mark_sandbox_destinations(text: str, sandbox_urls: Collection[str]) -> str:
     """``text`` (an account file) with ``sandbox: true`` added to each destination whose base_url is
-    one of ``sandbox_urls`` and that does not set ``sandbox`` itself; comments and order are kept."""
-    data = yaml.safe_load(text)
+    one of ``sandbox_urls`` and that does not set ``sandbox`` itself; comments and order are kept.
+    A file that is not valid YAML is returned as it is (loading the account reports where)."""
+    from rules import yamltext  # here: the settings import this module, and need no rule engine
+
+    try:
+        data = yamltext.load(text)
+    except yaml.YAMLError:
+        return text
     dests = data.get("destinations") if isinstance(data, dict) else None
     if not isinstance(dests, dict):
         return text

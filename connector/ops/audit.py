@@ -1,16 +1,18 @@
-"""The audit log of changes made through the admin API and ``connector tokens``.
+"""The audit log of privileged actions, through the admin API and the command line.
 
-One entry per change, in the queue Redis stream ``api:audit``: who (``token``: the token id, or
-``cli`` for the command line), when (``at``), what (``action``, ``target``), on which accounts
-(``accounts``), and the state ``before`` and ``after`` (JSON). Capped at ``AUDIT_MAX`` entries;
-what the cap drops is counted as ``audit`` in ``metrics:dropped``.
+One entry per action, in the queue Redis stream ``api:audit``: who (``token``: the token id, or
+``cli:<operating system user>`` for the command line, :func:`cli_actor`), when (``at``), what
+(``action``, ``target``), on which accounts (``accounts``), and the state ``before`` and ``after``
+(JSON). Capped at ``AUDIT_MAX`` entries; what the cap drops is counted as ``audit`` in
+``metrics:dropped``.
 
-No secret and no personal identifier is written here: a token is named by its id, an erased
-person by a digest of the profile id.
+No secret and no personal identifier is written here: a token is named by its id, an erased or
+exported person by a digest of the profile id.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from connector.profiles.bounds import count_dropped
 AUDIT_KEY = "api:audit"
 AUDIT_MAX = 100_000
 ALL = "*"
+CLI = "cli"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ class Entry:
             "before": self.before,
             "after": self.after,
         }
+
+
+def cli_actor() -> str:
+    """Who acts through the command line: ``cli:<operating system user>`` (``cli`` when the
+    user cannot be told)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError, ImportError):
+        return CLI
+    return f"{CLI}:{user}" if user else CLI
 
 
 def record(
@@ -120,3 +133,19 @@ def read(
                 if len(out) == limit:
                     return out, entry.id
     return out, top[1:] if top != "+" else None
+
+
+def person_erased(
+    conn: redis.Redis, actor: str, account: str, digest: str, segments: Iterable[str], now: datetime
+) -> str:
+    """``person.erase``: the person named by ``digest`` (of the profile id), with the segments they
+    were in."""
+    before = {"profile_digest": digest, "segments": sorted(segments)}
+    return record(conn, actor, "person.erase", f"profile:{digest}", [account], before, {"erased": True}, now)
+
+
+def person_exported(conn: redis.Redis, actor: str, account: str, digest: str, now: datetime) -> str:
+    """``person.export``: everything kept about the person named by ``digest`` was handed out (an
+    access request). The entry holds the digest only, nothing of what was exported."""
+    after = {"profile_digest": digest, "exported": True}
+    return record(conn, actor, "person.export", f"profile:{digest}", [account], None, after, now)

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 import redis
 
 from connector.clock import isoformat
+from connector.unicode_text import replaced
 
 TOKENS_KEY = "api:tokens"
 ROLES = ("viewer", "editor", "admin")
@@ -125,7 +126,7 @@ def _load(raw: bytes | str) -> tuple[Token, str]:
         accounts=tuple(data["accounts"]),
         created_at=data["created_at"],
         expires_at=data["expires_at"],
-        note=data.get("note", ""),
+        note=replaced(data.get("note", "")),  # a lone surrogate (undecodable argv bytes) reads as U+FFFD
     )
     return token, str(data["sha256"])
 

@@ -51,7 +51,7 @@ def test_valid_file_loads_with_defaults_and_hides_secrets(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("data", "path", "reason"),
     [
-        ({"senders": {"segmnt": {"secret_env": "SEG_SECRET"}}}, "senders.segmnt.key", "Must be one of"),
+        ({"senders": {"segmnt": {"secret_env": "SEG_SECRET"}}}, "senders.segmnt", "unknown sender type"),
         ({"senders": {"segment": {}}}, "senders.segment.secret_env", "Missing data"),
         ({"senders": {"segment": {"secret_env": "not a name"}}}, SEG_ENV, "not an environment"),
         ({"senders": {"segment": {"secret_env": "UNSET_VAR"}}}, SEG_ENV, "UNSET_VAR is not set"),
@@ -59,7 +59,8 @@ def test_valid_file_loads_with_defaults_and_hides_secrets(tmp_path: Path) -> Non
         ({"retention": {"max_events": 0}}, "retention.max_events", "greater than or equal to 1"),
         ({"colour": "blue"}, "colour", "unknown field `colour`"),
         ({"senders": {"mandrill": {"secret_env": "SEG_SECRET"}}}, "senders.mandrill.url", "required"),
-        ({"destinations": {"crm": {"type": "sendgrid", "api_key_env": "X"}}}, "destinations.crm.type", "one"),
+        ({"destinations": {"crm": {"type": "sendgrid", "api_key_env": "X"}}}, "destinations.crm.type",
+         "unknown destination type `sendgrid`; known: hubspot, klaviyo, mailchimp, webhook"),
         ({"rules": {"segments": [{"name": "x", "when": {"count": {"event": "a", "within": "10 minutes"}}}]}},
          "rules.segments[0].when.count.within", "not a duration"),
     ],
@@ -412,3 +413,32 @@ def test_validate_warns_about_an_event_never_received_with_did_you_mean(
         "was never received by shop and no template uses it (did you mean `product_viewed`?); "
         "names seen: order_completed, product_viewed"
     ) in result.output
+
+
+def test_a_value_written_once_and_aliased_loads_and_a_bomb_is_refused_with_the_line(tmp_path: Path) -> None:
+    text = "senders:\n  segment: &seg {secret_env: SEG_SECRET}\n  rudderstack: *seg\n"
+    account = load_account_file(write(tmp_path, "shop", text), ENV)
+    assert set(account.senders) == {"segment", "rudderstack"}
+    lists = ", ".join(
+        ["&a0 [x, x, x, x, x, x, x, x, x, x]"]
+        + [f"&a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]" for n in range(1, 6)]
+    )
+    err = error(write(tmp_path, "shop", f"senders: {{}}\nx: [{lists}]\n"))
+    assert err.path == "line 2"
+    assert err.reason.startswith(
+        "not valid YAML: YAML aliases expand this document to more than 100,000 values"
+    )
+    _register()
+    found = CliRunner().invoke(cli, ["config", "validate", str(tmp_path)], env=ENV)
+    assert found.exit_code == 1
+    assert f"{tmp_path / 'shop.yaml'}: line 2: not valid YAML: YAML aliases expand" in found.output
+
+
+def test_the_sandbox_flag_leaves_a_file_it_cannot_read_as_it_is() -> None:
+    from connector.dev.devenv import mark_sandbox_destinations
+
+    broken = "destinations:\n  a: {base_url: [\n"
+    assert mark_sandbox_destinations(broken, {"http://127.0.0.1:9"}) == broken
+    aliased = "destinations:\n  a: &x\n    base_url: http://127.0.0.1:9\n  b: *x\n"
+    marked = mark_sandbox_destinations(aliased, {"http://127.0.0.1:9"})
+    assert marked == "destinations:\n  a: &x\n    base_url: http://127.0.0.1:9\n    sandbox: true\n  b: *x\n"

@@ -114,3 +114,32 @@ def test_an_unknown_account_is_named_with_did_you_mean(
     result = runner.invoke(cli, ["sign", "segment", str(body), "--account", "acmee"])
     assert result.exit_code == 1
     assert "unknown account `acmee` (did you mean `acme`?)" in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"[]", b"[", b"  [ ]", b"[" * 100 + b"]" * 100])
+def test_a_segment_batch_with_no_first_element_is_a_usage_error_naming_the_file(
+    runner: CliRunner, config_dir: Path, tmp_path: Path, content: bytes
+) -> None:
+    body = tmp_path / "b.json"
+    body.write_bytes(content)
+    result = runner.invoke(cli, ["sign", "segment", str(body), "--account", "acme"])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"Invalid value for BODY: {body}: " in result.stderr
+    assert "Traceback" not in result.output and "MalformedPayload" not in result.output
+    assert result.stdout == ""  # no headers for a body that cannot be signed
+    from_stdin = runner.invoke(cli, ["sign", "segment", "-", "--account", "acme"], input=content)
+    assert from_stdin.exit_code == 2 and "Invalid value for BODY: stdin: " in from_stdin.stderr
+
+
+def test_every_other_sender_signs_an_empty_or_invalid_body(
+    runner: CliRunner, config_dir: Path, tmp_path: Path
+) -> None:
+    for sender in set(listed_senders(runner)) - {"segment"}:
+        for content in (b"", b"[]", b"not json"):
+            body = tmp_path / "b.body"
+            body.write_bytes(content)
+            result = runner.invoke(
+                cli, ["sign", sender, str(body), "--account", "acme", "--url", "http://x/y"]
+            )
+            assert result.exit_code == 0, (sender, content, result.output)

@@ -13,7 +13,7 @@ from connector import clock
 from tests.conftest import FIXED_NOW
 from tests.helpers import stored_events
 from tests.ingest.signing import signed, tracking_headers
-from tests.ingest.test_fuzz_routes import SEGMENT_MESSAGE, TEMPLATES
+from tests.ingest.test_fuzz_routes import SEGMENT_MESSAGE, TEMPLATES, encode
 
 BAD_VALUES = [10**400, -(10**400), 10**64, 1e308, {"id": 1}, [1, 2]]
 GOOD_NUMBERS = [(2**63, str(2**63)), (10**64 - 1, "9" * 64), (42.0, "42"), (-7, "-7")]
@@ -107,3 +107,46 @@ def test_mailchimp_nested_identity_field_is_400(client, redis_client) -> None:  
     path, headers = signed("mailchimp", body)
     res = post(client, path, body, {**headers, "Content-Type": "application/x-www-form-urlencoded"})
     assert res.status_code == 400 and "data[id]" in res.json["message"], res.json
+
+
+CONTEXT_EMAIL = ("context", "traits", "email")
+KLAVIYO_EVENT = ("data", 0, "payload", "data")
+# (sender, template, path to the email field, shopify topic, what the 400 names)
+EMAIL_CASES = [
+    ("segment", [{**TRACK, "type": "identify"}], (0, "traits", "email"), None, "body[0].traits.email"),
+    ("segment", [TRACK], (0, *CONTEXT_EMAIL), None, "body[0].context.traits.email"),
+    ("segment", [{**TRACK, "context": {}}], (0, "properties", "email"), None, "body[0].properties.email"),
+    ("rudderstack", [TRACK], (0, *CONTEXT_EMAIL), None, "body[0].context.traits.email"),
+    ("shopify", TEMPLATES["shopify"], ("email",), "orders/create", "body.email"),
+    ("shopify", {"id": 5, "email": "a@example.com"}, ("email",), "customers/update", "body.email"),
+    ("hubspot", [{**TEMPLATES["hubspot"][0], "subscriptionType": "contact.propertyChange",
+                  "propertyName": "email"}], (0, "propertyValue"), None, "body[0].propertyValue"),
+    ("klaviyo", TEMPLATES["klaviyo"], (*KLAVIYO_EVENT, "attributes", "event_properties", "$email"),
+     None, "body.data[0].payload.data.attributes.event_properties.$email"),
+    ("standard_webhooks", TEMPLATES["standard_webhooks"], ("data", "email"), None, "body.data.email"),
+    ("mandrill", TEMPLATES["mandrill"], (0, "msg", "email"), None, "mandrill_events[0].msg.email"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sender", "template", "field", "topic", "named"), EMAIL_CASES, ids=[c[4] for c in EMAIL_CASES]
+)
+def test_an_email_that_is_a_list_or_an_object_is_refused_naming_the_field(  # type: ignore[no-untyped-def]
+    client, redis_client, sender, template, field, topic, named
+) -> None:
+    for value in (["a@example.com"], {"address": "a@example.com"}):
+        doc = _set(template, field, value)
+        body = encode(sender, doc, as_object=False)
+        path, headers = signed(sender, body, topic or "orders/create")
+        res = post(client, path, body, headers)
+        assert res.status_code == 400, (value, res.json)
+        assert f"{named} must be a string or a number" in res.json["message"], res.json
+    assert stored_events(redis_client) == []
+
+
+def test_an_email_that_is_a_number_is_left_out_as_before(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps([{**TRACK, "context": {"traits": {"email": 42}}}]).encode()
+    path, headers = signed("segment", body)
+    assert post(client, path, body, headers).status_code == 200
+    [event] = stored_events(redis_client)
+    assert "email" not in event["identities"] and event["identities"]["user_id"] == "u1"

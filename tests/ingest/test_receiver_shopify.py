@@ -240,3 +240,38 @@ def test_huge_customer_id_is_400(client, redis_client) -> None:  # type: ignore[
     body = json.dumps({"id": 10**70, "email": "a@example.com"}).encode()
     res = post(client, body, headers(body, "customers/update", webhook_id="wh-2"))
     assert res.status_code == 400 and "body.id" in res.json["message"]
+
+
+def test_an_email_that_is_a_list_or_an_object_is_400_naming_the_field(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Acknowledging it would lose it: the worker finds no address in it."""
+    no_top_email = {k: v for k, v in ORDER.items() if k != "email"}
+    customer = {"id": 77, "email": "b@example.com", "first_name": "B"}
+    checkout = {
+        "token": "ck1",
+        "email": "a@example.com",
+        "line_items": [],
+        "created_at": "2024-01-01T00:00:00Z",
+    }
+    cases = [
+        ("orders/create", ORDER, ("email",), "body.email"),
+        ("orders/paid", ORDER, ("email",), "body.email"),
+        ("orders/create", no_top_email, ("customer", "email"), "body.customer.email"),
+        ("checkouts/create", checkout, ("email",), "body.email"),
+        ("customers/update", customer, ("email",), "body.email"),
+    ]
+    for i, (topic, payload, field, named) in enumerate(cases):
+        for j, value in enumerate((["jon@example.com"], {"address": "jon@example.com"})):
+            doc = copy.deepcopy(payload)
+            target = doc
+            for key in field[:-1]:
+                target = target[key]
+            target[field[-1]] = value
+            body = json.dumps(doc).encode()
+            res = post(client, body, headers(body, topic, webhook_id=f"wh-{i}-{j}"))
+            assert res.status_code == 400, (topic, named, res.json)
+            assert res.json["error"] == "malformed_payload"
+            assert res.json["message"] == f"{named} must be a string or a number", res.json
+    assert stored_events(redis_client) == []
+    # the official vector still goes through
+    body = vector("shopify_orders_create")["body"].encode()
+    assert post(client, body, headers(body, "orders/create")).status_code == 200

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from connector.cli.main import _register, cli
 from connector.config import load_account_file
 from connector.errors import ConfigError
-from rules import RulesError, compile_rules, format_duration, parse_duration
+from rules import RulesError, compile_rules, format_duration, parse_duration, parse_template_text
 from rules.durations import DurationError
 
 
@@ -67,12 +67,15 @@ def test_error_names_the_path_inside_the_rules() -> None:
 def test_unknown_operator_is_refused() -> None:
     err = error_of({"segments": [seg("a", {"all": [COUNT, {"cnt": {"event": "x"}}]})]})
     assert err.path == "segments[0].when.all[1].cnt"
-    assert "unknown condition 'cnt'" in err.reason
+    assert err.reason.startswith("unknown condition `cnt` (did you mean `count`?); known: all, always, any")
 
 
 def test_unknown_field_is_refused() -> None:
     err = error_of({"segments": [seg("a", {"count": {"event": "x", "gte": 1, "whithin": "1d"}})]})
-    assert (err.path, err.reason) == ("segments[0].when.count.whithin", "unknown field")
+    assert (err.path, err.reason) == (
+        "segments[0].when.count.whithin",
+        "unknown field `whithin` (did you mean `within`?)",
+    )
 
 
 def test_unknown_comparison_inside_where_is_refused() -> None:
@@ -103,7 +106,7 @@ def test_sequence_needs_exactly_one_follow_up() -> None:
 
 def test_unknown_segment_reference_is_refused() -> None:
     err = error_of({"segments": [seg("a", {"in_segment": "nope"})]})
-    assert (err.path, err.reason) == ("segments[0].when.in_segment", "unknown segment 'nope'")
+    assert (err.path, err.reason) == ("segments[0].when.in_segment", "unknown segment `nope`")
 
 
 def test_reference_cycle_is_refused_with_its_location() -> None:
@@ -164,13 +167,13 @@ def test_unknown_computed_trait_kind_is_refused() -> None:
 
 def test_unknown_template_and_parameters_are_refused() -> None:
     err = error_of({"include": ["nope"]})
-    assert err.path == "include[0].template"
+    assert err.path == "include[0]"
     assert "cart_abandonment" in err.reason
     err = error_of({"include": [{"template": "cart_abandonment", "params": {"windw": "24h"}}]})
     assert err.path == "include[0].params.windw"
-    assert (
-        "unknown parameter of template cart_abandonment (known: checkout_window, keep_for, window)"
-        in err.reason
+    assert err.reason == (
+        "unknown parameter of template cart_abandonment `windw` (did you mean `window`?); "
+        "known: checkout_window, keep_for, window"
     )
     err = error_of({"include": [{"template": "cart_abandonment", "params": {"window": "24 hours"}}]})
     assert (err.path, err.reason) == (
@@ -333,3 +336,52 @@ def test_a_template_cannot_include_another() -> None:
     err = error_of({"include": ["mine"]}, templates={"mine": template})
     assert err.path == "include[0]"
     assert "cannot include" in err.reason
+
+
+ALIASED_RULES = (
+    "segments:\n"
+    "  - name: a\n"
+    "    when: {trait: {name: t, in: &few [x, y]}}\n"
+    "  - name: b\n"
+    "    when: {trait: {name: u, in: *few}}\n"
+)
+TOO_MANY = "YAML aliases expand this document to more than 100,000 values"
+
+
+def alias_bomb(indent: str = "") -> str:
+    """Five lines whose aliases stand for 10 ** 6 values (the values on the fifth line)."""
+    lists = ", ".join(
+        ["&a0 [x, x, x, x, x, x, x, x, x, x]"]
+        + [f"&a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]" for n in range(1, 6)]
+    )
+    lines = ["segments:", "  - name: a", "    when:", "      trait:", f"        {{name: t, in: [{lists}]}}"]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+def test_cli_validate_takes_a_few_aliases_and_refuses_too_many_with_the_line(tmp_path: Path) -> None:
+    fine = run_cli("rules", "validate", str(write(tmp_path, "rules.yaml", ALIASED_RULES)))
+    assert fine.exit_code == 0, fine.output
+    path = write(tmp_path, "bomb.yaml", alias_bomb())
+    result = run_cli("rules", "validate", str(path))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{path}: line 5: not valid YAML: {TOO_MANY}")
+    assert "Traceback" not in result.output
+
+
+def test_an_account_file_and_a_template_are_held_to_the_same_bound(tmp_path: Path) -> None:
+    account = "account: acme\nrules:\n" + "".join(f"  {line}\n" for line in ALIASED_RULES.splitlines())
+    loaded = load_account_file(write(tmp_path, "acme.yaml", account), env={})
+    assert {s.name for s in loaded.ruleset.segments} >= {"a", "b"}
+    with pytest.raises(ConfigError) as caught:
+        load_account_file(write(tmp_path, "acme.yaml", "account: acme\nrules:\n" + alias_bomb("  ")), env={})
+    assert caught.value.path == "line 7" and caught.value.reason.startswith(f"not valid YAML: {TOO_MANY}")
+    with pytest.raises(RulesError) as refused:
+        parse_template_text("template: t\n" + alias_bomb(), "mine.yaml")
+    assert refused.value.path == "mine.yaml" and TOO_MANY in refused.value.reason
+
+
+def test_an_alias_to_a_value_that_holds_it_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "loop.yaml", "segments:\n  - &me {name: a, when: {all: [*me]}}\n")
+    result = run_cli("rules", "validate", str(path))
+    assert result.exit_code == 1
+    assert "YAML alias refers to a value that holds it: write the value out" in result.output

@@ -96,7 +96,8 @@ def test_destination_config_errors_name_file_and_path(tmp_path: Path) -> None:
     assert info.value.path == "destinations.klaviyo.batch_delay_ms"
     with pytest.raises(ConfigError) as info:
         destinations(load(tmp_path, {"crm": {"api_key_env": "K"}}))
-    assert info.value.path == "destinations.crm.type"
+    assert info.value.path == "destinations.crm"  # the name is what is unknown: no `type:` was written
+    assert info.value.reason.startswith("unknown destination type `crm`; known: hubspot, klaviyo, mailchimp")
     with pytest.raises(ConfigError) as info:
         destinations(load(tmp_path, {"hubspot": {"api_key_env": "K", "timezone": "Mars/Base"}}))
     assert info.value.path == "destinations.hubspot.timezone"

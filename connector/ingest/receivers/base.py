@@ -328,6 +328,13 @@ def clean_identity(value: Any, what: str = "identity") -> str | None:
     raise MalformedPayload(f"{what} must be a string or a number")
 
 
+def email_value(value: Any) -> Any:
+    """An email field's value as :func:`identities` takes it: text as is, and an object or an array
+    too (refused there, naming the field: no address is one); a number or true/false, which no
+    sender means as an address, is left out."""
+    return value if isinstance(value, str | dict | list) else None
+
+
 def identities(
     where: str = "body", fields: Mapping[str, str] | None = None, /, **values: Any
 ) -> dict[str, str]:

@@ -24,6 +24,7 @@ from connector.ingest.receivers.base import (
     Proof,
     Receiver,
     check_timestamp,
+    email_value,
     hmac_digest,
     identities,
     matches_any,
@@ -145,7 +146,18 @@ class KlaviyoReceiver(Receiver):
         profile = _dict(_dict(relationships.get("profile")).get("data"))
         metric = _dict(_dict(relationships.get("metric")).get("data"))
         properties = dict(_dict(attributes.get("event_properties")))
-        email = properties.get("$email") or properties.get("email") or attributes.get("email")
+        email_field, email = next(
+            (
+                (field, value)
+                for field, value in (
+                    ("payload.data.attributes.event_properties.$email", properties.get("$email")),
+                    ("payload.data.attributes.event_properties.email", properties.get("email")),
+                    ("payload.data.attributes.email", attributes.get("email")),
+                )
+                if value
+            ),
+            ("payload.data.attributes.email", None),
+        )
         for key, value in (
             ("topic", topic),
             ("klaviyo_event_id", event.get("id")),
@@ -166,9 +178,9 @@ class KlaviyoReceiver(Receiver):
             received_at=now,
             identities=identities(
                 where,
-                {"klaviyo_profile_id": "payload.data.relationships.profile.data.id"},
+                {"klaviyo_profile_id": "payload.data.relationships.profile.data.id", "email": email_field},
                 klaviyo_profile_id=profile.get("id"),
-                email=email if isinstance(email, str) else None,
+                email=email_value(email),
             ),
             properties=properties,
             raw=item,

@@ -28,6 +28,7 @@ from connector.ingest.receivers.base import (
     Proof,
     Receiver,
     b64,
+    email_value,
     hmac_digest,
     identities,
     parse_json,
@@ -150,7 +151,11 @@ class MandrillReceiver(Receiver):
             original_name=original,
             occurred_at=parse_time(ts, f"{where}.ts") if ts not in (None, "") else now,
             received_at=now,
-            identities=identities(email=email if isinstance(email, str) else None),
+            identities=identities(
+                where,
+                {"email": "msg.email" if msg.get("email") else "reject.email"},
+                email=email_value(email),
+            ),
             properties=properties,
             raw=item,
         )

@@ -31,6 +31,7 @@ from connector.ingest.receivers.base import (
     Receiver,
     b64,
     clean_identity,
+    email_value,
     hmac_digest,
     identities,
     parse_time,
@@ -196,11 +197,13 @@ class ShopifyReceiver(Receiver):
 
 
 def _identities(topic: str, payload: dict[str, Any], customer: dict[str, Any]) -> dict[str, str]:
+    own = _family(topic) == "customer"  # the body is the customer
+    email_field = "email" if payload.get("email") or own else "customer.email"
     email = payload.get("email") or customer.get("email")
     ids = identities(
         "body",
-        {"shopify_customer_id": "id" if _family(topic) == "customer" else "customer.id"},
-        email=email if isinstance(email, str) else None,
+        {"shopify_customer_id": "id" if own else "customer.id", "email": email_field},
+        email=email_value(email),
         shopify_customer_id=customer.get("id") if customer else None,
     )
     if topic.startswith("carts/") and "shopify_customer_id" not in ids:

@@ -10,7 +10,7 @@ from typing import Any
 from connector.errors import MalformedPayload
 from connector.event import Event
 from connector.ingest.names import canonical
-from connector.ingest.receivers.base import identities, parse_time
+from connector.ingest.receivers.base import email_value, identities, parse_time
 
 SPEC_TYPES = ("track", "identify", "page", "screen", "group", "alias", "delete")
 _FIXED_NAMES = {
@@ -34,6 +34,20 @@ SPEC_FIELDS = {
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _email_fields(kind: str, message: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Where a message may carry the person's address (field, value), first found first: the
+    traits (an identify's or a group's own, else the context's), then the properties."""
+    context_traits = _dict(_dict(message.get("context")).get("traits"))
+    properties = _dict(message.get("properties"))
+    found = [
+        ("context.traits.email", context_traits.get("email")),
+        ("properties.email", properties.get("email")),
+    ]
+    if kind in ("identify", "group"):
+        found.insert(0, ("traits.email", _dict(message.get("traits")).get("email")))
+    return found
 
 
 def message_id(message: dict[str, Any]) -> str:
@@ -77,13 +91,16 @@ def normalize(
         name = _FIXED_NAMES[kind]
         if kind in ("page", "screen") and original:
             properties = {**properties, "name": original}
-    email = traits.get("email") or _dict(context.get("traits")).get("email") or properties.get("email")
+    email_field, email = next(
+        ((field, value) for field, value in _email_fields(kind, message) if value),
+        ("traits.email", None),
+    )
     ids = identities(
         where,
-        SPEC_FIELDS,
+        {**SPEC_FIELDS, "email": email_field},
         user_id=message.get("userId"),
         anonymous_id=message.get("anonymousId"),
-        email=email if isinstance(email, str) else None,
+        email=email_value(email),
         previous_id=message.get("previousId") if kind == "alias" else None,
         group_id=message.get("groupId") if kind == "group" else None,
     )

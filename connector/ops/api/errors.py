@@ -1,14 +1,22 @@
 """Errors of the admin API: always JSON ``{"error", "message"}`` (and ``errors`` per field for
-invalid input), never a 500 for bad input; Redis out of reach is a 503."""
+invalid input), never a 500 for bad input; Redis out of reach is a 503.
+
+Request bodies are parsed here too (:data:`PARSER`, the parser of every API blueprint): a JSON
+body whose strings are not valid Unicode (a lone surrogate escape such as ``\\ud800``) is a 422 (the
+answer every operation with a body declares for invalid input) before any schema sees it, so no
+such string is validated, stored or echoed."""
 
 from __future__ import annotations
 
 from typing import Any, NoReturn
 
 import redis
-from flask import Response, jsonify
+from flask import Request, Response, jsonify
 from flask_smorest import Blueprint, abort
+from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException
+
+from connector import unicode_text
 
 NAMES = {
     400: "bad_request",
@@ -66,7 +74,33 @@ def redis_error(err: redis.RedisError) -> Response:
     return answer(503, f"state store unavailable ({type(err).__name__}); try again")
 
 
+LONE_SURROGATE = "(a \\ud800-\\udfff escape that is not half of a pair)"
+
+
+class Parser(FlaskParser):
+    """webargs' Flask parser, refusing with a 422 a JSON body that holds a lone surrogate (saying
+    where) or that is nested too deep for Python's JSON reader."""
+
+    def _raw_load_json(self, req: Request) -> Any:
+        try:
+            data = super()._raw_load_json(req)
+        except RecursionError:
+            fail(422, "the JSON body is nested too deep to read")
+        found = unicode_text.first_in(data)
+        if found is not None:
+            where, code = found
+            reason = f"{where} holds the lone surrogate {code} {LONE_SURROGATE}"
+            fail(422, f"the JSON body is not valid Unicode: {reason}", errors={"json": {where: [reason]}})
+        return data
+
+
+PARSER = Parser()
+
+
 def install(blp: Blueprint) -> None:
+    """Answer ``blp``'s errors as JSON and parse its arguments with :data:`PARSER` (call it before
+    the blueprint's routes are declared: their arguments take the parser then)."""
+    blp.ARGUMENTS_PARSER = PARSER
     blp.register_error_handler(HTTPException, http_error)
     blp.register_error_handler(redis.RedisError, redis_error)
 

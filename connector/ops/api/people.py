@@ -168,12 +168,15 @@ class Export(MethodView):
     @blp.response(200, ExportSchema)
     def get(self, account_id: str, profile_id: str) -> dict[str, Any]:
         """Everything stored about the person (an access request): the profile, and what the worker and
-        the sync keep about them (memberships, computed traits, segment history, destinations)."""
+        the sync keep about them (memberships, computed traits, segment history, destinations).
+        Recorded in the audit log (``person.export``) with a digest of the profile id."""
         document = _find_profile(account_id, profile_id)
         rt = auth.runtime()
         document.update(
             kept_beyond_profile(rt.profile_redis, rt.queue_redis, auth.account(account_id), profile_id)
         )
+        digest = profile_digest(account_id, profile_id)
+        audit.person_exported(rt.queue_redis, auth.token().id, account_id, digest, clock.now())
         return {"profile_id": profile_id, "document": document}
 
 
@@ -200,15 +203,8 @@ class Erase(MethodView):
                 404,
                 f"no profile {profile_id!r} in account {account_id!r} (erased, merged or never seen)",
             )
-        digest = profile_digest(account_id, profile_id)
-        audit.record(
-            rt.queue_redis,
-            auth.token().id,
-            "person.erase",
-            f"profile:{digest}",
-            [account_id],
-            {"profile_digest": digest, "segments": sorted(state.segments) if state else []},
-            {"erased": True},
-            now,
+        segments = state.segments if state else ()
+        audit.person_erased(
+            rt.queue_redis, auth.token().id, account_id, profile_digest(account_id, profile_id), segments, now
         )
         return {"profile_id": profile_id, "erased": True, "at": isoformat(now)}

@@ -3,7 +3,9 @@ them). Every response is declared, so the document is the contract."""
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+import re
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from connector.ops import tokens
 
@@ -318,13 +320,20 @@ class TokenSchema(Schema):
 TokenPageSchema = _page(TokenSchema, "TokenPage")
 
 
+def _expiry(text: str) -> None:
+    """A duration (90d, 12h, 2w); its length (at most ten years) is checked as the CLI checks it
+    (``tokens.parse_expiry``), but a number of more than six digits is too long in any unit (a
+    million hours is over a century) and is answered here, without reading it."""
+    if not re.fullmatch(r"[0-9]+[hdw]", text):
+        raise ValidationError("a duration like 90d, 12h or 2w")
+    if len(text[:-1].lstrip("0")) > 6:
+        raise ValidationError(f"expiry {text[:40]!r} is longer than ten years")
+
+
 class TokenCreateSchema(Schema):
     accounts = fields.List(fields.String(validate=validate.Length(min=1, max=64)), required=True)
     role = fields.String(required=True, validate=validate.OneOf(tokens.ROLES))
-    expires = fields.String(
-        load_default=tokens.DEFAULT_EXPIRY,
-        validate=validate.Regexp(r"^[0-9]{1,6}[hdw]$", error="a duration like 90d, 12h or 2w"),
-    )
+    expires = fields.String(load_default=tokens.DEFAULT_EXPIRY, validate=_expiry)
     note = fields.String(load_default="", validate=validate.Length(max=200))
 
 

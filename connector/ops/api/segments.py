@@ -16,7 +16,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 import rules
-from connector import clock
+from connector import clock, unicode_text
 from connector.clock import isoformat
 from connector.config import Account
 from connector.ops.api import auth, errors
@@ -132,6 +132,17 @@ class SegmentOne(MethodView):
         return out
 
 
+def _could_be_given(bucket: object, after: object) -> bool:
+    """Whether ``[bucket, after]`` is a position a page could have ended at: a member as stored
+    (text that is valid Unicode, no lone surrogate) or SSCAN's cursor (ASCII digits) in the set of
+    the earlier layout."""
+    if type(bucket) is not int or not isinstance(after, str) or unicode_text.first_in(after) is not None:
+        return False
+    if bucket == -1 and not after.isascii():
+        return False
+    return sizes.Position(bucket, after).valid()
+
+
 def _cursor(text: str | None) -> sizes.Position | None:
     """The position an opaque cursor names (``next_cursor`` of a page: base64 of ``[bucket, after]``)."""
     if text is None:
@@ -140,7 +151,7 @@ def _cursor(text: str | None) -> sizes.Position | None:
         if len(text) > 200:
             raise ValueError(text)
         bucket, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode())
-        if type(bucket) is not int or not isinstance(after, str) or not sizes.Position(bucket, after).valid():
+        if not _could_be_given(bucket, after):
             raise ValueError(text)
     except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
         errors.fail(422, f"invalid cursor {text[:40]!r}: pass the next_cursor of the previous page")

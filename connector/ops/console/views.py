@@ -43,6 +43,8 @@ bp = Blueprint(
 PENDING_WARNING = 1000
 RECENT_DELIVERIES = 100
 CSV_PAGE = 500
+# a spreadsheet reads a cell starting with one of these as a formula (OWASP, "CSV Injection")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 RULE_VERSIONS_SHOWN = 20
 
 
@@ -245,6 +247,12 @@ def segment(account: str, name: str) -> Any:
     return render("segment.html", account=account, segment=one, members=members, q=q, report=report)
 
 
+def spreadsheet_safe(cell: str) -> str:
+    """The cell as a spreadsheet shows it as text: one that could start a formula gets a leading
+    ``'``. Emails are written by whoever holds a sender's write key, so no cell is trusted."""
+    return f"'{cell}" if cell.startswith(FORMULA_START) else cell
+
+
 def _csv_rows(account: str, name: str) -> Iterator[str]:
     out = io.StringIO()
     writer = csv.writer(out)
@@ -255,7 +263,9 @@ def _csv_rows(account: str, name: str) -> Iterator[str]:
             f"/accounts/{quote(account)}/segments/{quote(name)}/members", cursor=cursor, limit=CSV_PAGE
         )
         for member in page["items"]:
-            writer.writerow([member["profile_id"], member["email"] or ""])
+            writer.writerow(
+                [spreadsheet_safe(str(member["profile_id"])), spreadsheet_safe(member["email"] or "")]
+            )
         yield out.getvalue()
         out.seek(0)
         out.truncate()

@@ -3,6 +3,7 @@ audit log, and no secret in any answer."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,7 @@ import redis
 
 from connector import clock
 from connector.ops import audit, tokens
+from connector.profiles.erasure import profile_digest
 from connector.sync.deadletters import DeadLetters
 from connector.worker import sizes
 from tests.ops.api.conftest import SECRETS, Mint, bearer
@@ -219,6 +221,22 @@ def test_people_lookup_profile_timeline_explain_export(api: Any, mint: Mint, peo
     assert get(api, viewer, "/accounts/acme/people/0000000000000000").status_code == 404
 
 
+def test_an_access_export_is_audited_by_digest(
+    api: Any, mint: Mint, people: dict[str, str], redis_client: redis.Redis
+) -> None:
+    viewer = mint("viewer", "acme")
+    bob = people["bob@example.com"]
+    assert get(api, viewer, f"/accounts/acme/people/{bob}/export").status_code == 200
+    assert get(api, viewer, "/accounts/acme/people/0000000000000000/export").status_code == 404
+    (entry,) = get(api, viewer, "/audit").get_json()["items"]
+    digest = profile_digest("acme", bob)
+    assert entry["action"] == "person.export" and entry["accounts"] == ["acme"]
+    assert entry["token"] == viewer.split("_")[1]
+    assert entry["target"] == f"profile:{digest}" and entry["after"]["profile_digest"] == digest
+    assert bob not in json.dumps(entry) and "bob@example.com" not in json.dumps(entry)
+    assert get(api, mint("viewer", "globex"), "/audit").get_json()["items"] == []
+
+
 def test_erasure_needs_admin_and_confirmation_and_is_audited(
     api: Any, mint: Mint, people: dict[str, str], redis_client: redis.Redis
 ) -> None:
@@ -239,6 +257,9 @@ def test_erasure_needs_admin_and_confirmation_and_is_audited(
     (entry,) = get(api, admin, "/audit").get_json()["items"]
     assert entry["action"] == "person.erase" and entry["accounts"] == ["acme"]
     assert bob not in json.dumps(entry)  # a digest, not the profile id
+    digest = profile_digest("acme", bob)
+    assert entry["token"] == admin.split("_")[1] and entry["target"] == f"profile:{digest}"
+    assert entry["before"] == {"profile_digest": digest, "segments": ["vip"]}
     assert post(api, admin, f"/accounts/acme/people/{bob}/erase", {"confirm": bob}).status_code == 404
 
 
@@ -351,3 +372,42 @@ def test_no_answer_holds_a_secret_or_its_variable_name(
     for path, body in zip(paths, bodies, strict=True):
         for secret in SECRETS:
             assert secret not in body, f"{path} shows {secret}"
+
+
+def test_a_token_note_that_is_not_unicode_is_refused_and_nothing_is_stored(
+    api: Any, mint: Mint, redis_client: redis.Redis
+) -> None:
+    admin = mint("admin", "acme")
+    body = '{"accounts": ["acme"], "role": "viewer", "note": "ci \\ud800"}'
+    answer = api.post(V1 + "/tokens", headers=bearer(admin), data=body, content_type="application/json")
+    assert answer.status_code == 422
+    assert "note holds the lone surrogate \\ud800" in answer.get_json()["message"]
+    assert [t.note for t in tokens.tokens(redis_client)] == [""]  # the admin's own only
+
+
+def test_a_crafted_members_cursor_answers_422(api: Any, mint: Mint, people: dict[str, str]) -> None:
+    viewer = mint("viewer", "acme")
+    for position in ('[0,"\\ud800"]', '[-1,"\\u0661"]', '[-1,"\\ud800"]', '[true,""]'):
+        cursor = base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
+        answer = get(api, viewer, f"/accounts/acme/segments/vip/members?cursor={cursor}")
+        assert answer.status_code == 422, (position, answer.get_data(as_text=True))
+        assert answer.get_json()["message"].startswith("invalid cursor ")
+        assert "pass the next_cursor of the previous page" in answer.get_json()["message"]
+
+
+def test_a_body_nested_too_deep_answers_422(api: Any, mint: Mint) -> None:
+    body = '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    answer = api.post(
+        V1 + "/accounts/acme/rules/validate",
+        headers=bearer(mint("viewer", "acme")),
+        data=body,
+        content_type="application/json",
+    )
+    assert answer.status_code == 422
+    assert answer.get_json()["message"] == "the JSON body is nested too deep to read"
+
+
+def test_every_api_blueprint_parses_bodies_with_the_checking_parser() -> None:
+    from connector.ops.api import BLUEPRINTS, errors
+
+    assert [blp.name for blp in BLUEPRINTS if blp.ARGUMENTS_PARSER is not errors.PARSER] == []

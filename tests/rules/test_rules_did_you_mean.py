@@ -1,0 +1,89 @@
+"""The rule compiler names a mistyped name with the closest known one, at the path it is written at;
+``connector rules validate FILE`` shows the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from connector.cli.main import _register, cli
+from rules import RulesError, compile_rules
+
+COUNT = {"count": {"event": "order_completed", "gte": 1}}
+
+
+def error_of(raw: Any) -> RulesError:
+    with pytest.raises(RulesError) as caught:
+        compile_rules(raw)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "reason"),
+    [
+        ({"segmnts": []}, "segmnts", "unknown field `segmnts` (did you mean `segments`?)"),
+        ({"segments": [{"name": "a", "whn": COUNT}]},
+         "segments[0].whn", "unknown field `whn` (did you mean `when`?)"),
+        ({"segments": [{"name": "a", "when": {"cuont": COUNT["count"]}}]},
+         "segments[0].when.cuont", "unknown condition `cuont` (did you mean `count`?); known: all, always, "),
+        ({"segments": [{"name": "a", "when": {"count": {"event": "x", "gte": 1, "withn": "5m"}}}]},
+         "segments[0].when.count.withn", "unknown field `withn` (did you mean `within`?)"),
+        ({"segments": [{"name": "a", "when": {"count": {**COUNT["count"], "where": {"p": {"gtt": 1}}}}}]},
+         "segments[0].when.count.where.p.gtt", "unknown field `gtt` (did you mean `gt`?)"),
+        ({"traits": {"t": {"summ": {"event": "x", "property": "p"}}}},
+         "traits.t.summ", "unknown computed trait kind `summ` (did you mean `sum`?); known: avg, "),
+        ({"include": ["cart_abandonmnt"]},
+         "include[0]", "unknown template `cart_abandonmnt` (did you mean `cart_abandonment`?); known: "),
+        ({"include": [{"template": "vipp"}]},
+         "include[0].template", "unknown template `vipp` (did you mean `vip`?)"),
+        ({"include": [{"template": "vip", "parms": {}}]},
+         "include[0].parms", "unknown field `parms` (did you mean `params`?)"),
+        ({"segments": [{"name": "buyers", "when": COUNT}, {"name": "b", "when": {"in_segment": "buyer"}}]},
+         "segments[1].when.in_segment", "unknown segment `buyer` (did you mean `buyers`?)"),
+        ({"segments": [{"name": "buyers", "when": COUNT}], "groups": [{"name": "g", "segments": ["buyer"]}]},
+         "groups[0].segments[0]", "unknown segment `buyer` (did you mean `buyers`?)"),
+    ],
+)  # fmt: skip
+def test_a_typo_names_the_closest_known_name(raw: Any, path: str, reason: str) -> None:
+    err = error_of(raw)
+    assert err.path == path
+    assert err.reason.startswith(reason), err.reason
+
+
+def test_a_mistyped_required_key_is_reported_once() -> None:
+    err = error_of({"segments": [{"name": "a", "when": {"count": {"evnt": "x", "gte": 1}}}]})
+    assert (err.path, err.reason) == (
+        "segments[0].when.count.evnt",
+        "unknown field `evnt` (did you mean `event`?)",
+    )
+
+
+def test_a_name_far_from_any_known_one_lists_them_without_a_guess() -> None:
+    err = error_of({"segments": [{"name": "a", "when": {"zzzzzz": 1}}]})
+    assert err.reason.startswith("unknown condition `zzzzzz`; known: all, always, any")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("segmnts: []\n", "segmnts: unknown field `segmnts` (did you mean `segments`?)"),
+        ("segments:\n  - name: x\n    when: {cuont: {event: a, within: 5m, gte: 1}}\n",
+         "segments[0].when.cuont: unknown condition `cuont` (did you mean `count`?); known: "),
+        ("segments:\n  - name: x\n    when: {count: {event: a, withn: 5m, gte: 1}}\n",
+         "segments[0].when.count.withn: unknown field `withn` (did you mean `within`?)"),
+        ("include: [cart_abandonmnt]\n",
+         "include[0]: unknown template `cart_abandonmnt` (did you mean `cart_abandonment`?); known: "),
+    ],
+)  # fmt: skip
+def test_cli_rules_validate_shows_the_path_and_the_closest_name(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text, encoding="utf-8")
+    _register()
+    result = CliRunner().invoke(cli, ["rules", "validate", str(path)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{path}: {expected}"), result.output
