@@ -408,11 +408,17 @@ class ConfigProblem:
         return {"file": self.file, "reason": self.reason, "at": self.at}
 
 
+def shown_path(path: str) -> str:
+    """A file name as text that can be stored and shown: bytes of the name that are not UTF-8 (kept
+    by Python as lone surrogates) written as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError], now: datetime) -> bool:
     """Make ``config:errors`` hold exactly ``errors`` for the files of ``config_dir``; False when
     Redis could not be written (tried again with the next batch)."""
-    prefix = str(config_dir).rstrip("/") + "/"
-    current = {error.file: error for error in errors}
+    prefix = shown_path(str(config_dir)).rstrip("/") + "/"
+    current = {shown_path(error.file): error for error in errors}
     try:
         recorded = {f.decode() if isinstance(f, bytes) else str(f) for f in conn.hkeys(CONFIG_ERRORS_KEY)}
         pipe = conn.pipeline(transaction=False)

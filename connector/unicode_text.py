@@ -21,6 +21,18 @@ def replaced(text: str) -> str:
     return text if text.isascii() else LONE_SURROGATE.sub("\ufffd", text)
 
 
+def first_byte_not_text(text: str) -> int | None:
+    """Where, counted in bytes from 1, the first lone surrogate of ``text`` stands (what precedes it
+    is text); None when there is none."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return len(text[: err.start].encode("utf-8")) + 1
+    return None
+
+
 def _found(text: str) -> str | None:
     if text.isascii():
         return None

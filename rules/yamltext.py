@@ -28,6 +28,10 @@ TOO_MANY = (
     "(an alias repeats the whole value its anchor names)"
 )
 RECURSIVE = "YAML alias refers to a value that holds it: write the value out"
+# Far deeper than any rule (a condition in a segment in a list is about a dozen levels); PyYAML
+# builds nested values recursively, so a document nested thousands deep would exhaust the stack.
+MAX_DEPTH = 100
+TOO_DEEP = f"YAML nested more than {MAX_DEPTH} levels deep"
 
 
 def _children(node: Node) -> Iterator[Node]:
@@ -64,7 +68,19 @@ def expanded_size(root: Node, limit: int = MAX_VALUES) -> int:
 
 
 class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a document whose aliases expand past :data:`MAX_VALUES`."""
+    """PyYAML's safe loader, refusing a document nested deeper than :data:`MAX_DEPTH` or whose
+    aliases expand past :data:`MAX_VALUES`."""
+
+    depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ComposerError(None, None, TOO_DEEP, self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def compose_document(self) -> Node | None:
         node = super().compose_document()
@@ -74,8 +90,8 @@ class BoundedLoader(yaml.SafeLoader):
 
 
 def load(text: str) -> Any:
-    """The one document in ``text``; :class:`yaml.YAMLError` on a syntax error, or on aliases that
-    expand it past :data:`MAX_VALUES` values."""
+    """The one document in ``text``; :class:`yaml.YAMLError` on a syntax error, on nesting past
+    :data:`MAX_DEPTH` or on aliases that expand it past :data:`MAX_VALUES` values."""
     loader = BoundedLoader(text)
     try:
         return loader.get_single_data()

@@ -6,7 +6,9 @@ takes a configured destination of a configured account (or a pair that is paused
 name is refused with the closest known one.
 
 A replay or discard is recorded in the audit log (``deadletters.replay``, ``deadletters.discard``),
-one entry per account acted on (dead letters of no account under ``*``), as the admin API does.
+one entry per account acted on (dead letters of no account under ``*``), as the admin API does; a
+``--filter`` text is kept as a digest and its length only (:func:`connector.ops.audit.filter_digest`).
+A resume is recorded too (``destination.resume``): it restarts the pushes to the ESP.
 """
 
 from __future__ import annotations
@@ -89,15 +91,17 @@ def _record(
     outcomes: Iterable[tuple[DeadLetter, str]],
     now: datetime,
 ) -> None:
-    """One audit entry per account acted on, with the selection and that account's outcomes; the
-    account filter's (or ``*``) when nothing matched."""
+    """One audit entry per account acted on, with the selection (the text filter as a digest) and
+    that account's outcomes; the account filter's (or ``*``) when nothing matched."""
     per_account: dict[str, dict[str, int]] = {}
     for item, outcome in outcomes:
         counts = per_account.setdefault(item.account or audit.ALL, {})
         counts[outcome] = counts.get(outcome, 0) + 1
     if not per_account:
         per_account[selection.get("account") or audit.ALL] = {}
-    chosen = {k: v for k, v in selection.items() if v}
+    chosen: dict[str, object] = {k: v for k, v in selection.items() if v and k != "filter"}
+    if selection.get("filter"):
+        chosen.update(audit.filter_digest(selection["filter"] or ""))
     actor = audit.cli_actor()
     for account, counts in sorted(per_account.items()):
         audit.record(
@@ -185,10 +189,20 @@ def replay(kind: str | None, account: str | None, text: str | None) -> None:
 @click.argument("account")
 @click.argument("destination")
 def resume(account: str, destination: str) -> None:
-    """Lift the pause of a destination (after fixing its credentials) and flush it."""
+    """Lift the pause of a destination (after fixing its credentials) and flush it. Recorded in the
+    audit log (destination.resume)."""
     conn = _conn()
     _check_destination(conn, account, destination)
-    removed = sync.resume(conn, account, destination, clock.now())
+    now = clock.now()
+    pause = sync.paused(conn).get((account, destination))
+    removed = sync.resume(conn, account, destination, now)
+    # the pause's instant and HTTP status, not its reason: that is the ESP's own text
+    info = pause or {}
+    before = {"paused": removed, "since": info.get("at"), "status": info.get("status")}
+    target = f"destination:{account}/{destination}"
+    audit.record(
+        conn, audit.cli_actor(), "destination.resume", target, [account], before, {"paused": False}, now
+    )
     click.echo(f"{account}/{destination}: {'resumed' if removed else 'was not paused; flush armed'}")
 
 

@@ -1,10 +1,17 @@
 """``connector import --account A FILE``: history from Segment / RudderStack JSON lines or Shopify CSV
-exports, with a progress bar on stderr and a report of rejected lines (docs/import.md)."""
+exports, with a progress bar on stderr and a report of rejected lines (docs/import.md).
+
+An import with ``--push`` is recorded in the audit log (``import.push``): it queues the resulting
+segment changes for every destination at once, as a rules publish does. The entry holds the counts
+of the report, nothing of the file (neither its name nor its lines). Without ``--push`` nothing
+leaves the connector and the events are stored as a sender's would be: not recorded.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -14,6 +21,7 @@ from connector import clock
 from connector import runtime as process_runtime
 from connector.cli.accounts import known_account
 from connector.errors import ConnectorError
+from connector.ops import audit
 from connector.worker.importer import FORMATS, ImportFileError, Report, detect_format, import_file
 
 
@@ -48,6 +56,7 @@ def import_cmd(
     rt = process_runtime.current()
     account = known_account(account_id)
     now = clock.now()
+    report: Report | None = None
     try:
         fmt = fmt or detect_format(path)
         with click.progressbar(
@@ -73,12 +82,39 @@ def import_cmd(
         raise click.ClickException(f"{err}; run the import again (it is idempotent)") from err
     except redis.RedisError as err:
         raise click.ClickException(f"profile store unavailable: {type(err).__name__}") from err
+    finally:
+        if push and not dry_run:
+            _record_push(rt.queue_redis, account_id, report, now)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
         _print(report, show_rejected)
     if report.rejected_total and not report.events:
         sys.exit(1)
+
+
+def _record_push(conn: redis.Redis, account_id: str, report: Report | None, now: datetime) -> None:
+    """``import.push``: the report's counts, or ``finished: false`` for an import that stopped on an
+    error (the changes of profiles evaluated by then may be queued). When that import's error is
+    already on its way, a failing audit write is said on stderr instead of hiding it."""
+    after: dict[str, object] = {"finished": report is not None}
+    if report is not None:
+        after.update(
+            format=report.format,
+            events=report.events,
+            applied=report.applied,
+            profiles=report.profiles,
+            changed=report.changed,
+        )
+    try:
+        audit.record(
+            conn, audit.cli_actor(), "import.push", f"import:{account_id}", [account_id], None, after, now
+        )
+    except redis.RedisError as err:
+        if report is not None:
+            name = type(err).__name__
+            raise click.ClickException(f"imported, but not recorded in the audit log: {name}") from err
+        click.echo(f"not recorded in the audit log: {type(err).__name__}", err=True)
 
 
 def _print(report: Report, show_rejected: int) -> None:

@@ -11,7 +11,7 @@ import redis
 
 from connector import clock, sync
 from connector import runtime as process_runtime
-from connector.cli.accounts import known_account
+from connector.cli.accounts import known_account, text_option
 from connector.clock import isoformat
 from connector.config import Account
 from connector.destinations import destinations
@@ -28,27 +28,14 @@ def register(cli: click.Group) -> None:
     cli.add_command(profiles)
 
 
-def unicode_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """An option's value when it is text: bytes that are not UTF-8 (kept by Python as lone
-    surrogates) are refused naming the option, as no account or identity can hold them."""
-    del ctx, param
-    if value is not None:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            at = len(value[: err.start].encode("utf-8")) + 1  # what precedes it is text
-            raise click.BadParameter(f"is not valid UTF-8 text (byte {at} cannot be decoded)") from None
-    return value
-
-
 def _person_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option("--account", "account_id", required=True, help="Account id.", callback=unicode_text),
-            click.option("--email", default=None, callback=unicode_text),
-            click.option("--user-id", default=None, callback=unicode_text),
-            click.option("--anonymous-id", default=None, callback=unicode_text),
-            click.option("--profile-id", default=None, help="The profile id itself.", callback=unicode_text),
+            click.option("--account", "account_id", required=True, help="Account id.", callback=text_option),
+            click.option("--email", default=None, callback=text_option),
+            click.option("--user-id", default=None, callback=text_option),
+            click.option("--anonymous-id", default=None, callback=text_option),
+            click.option("--profile-id", default=None, help="The profile id itself.", callback=text_option),
         ]
     ):
         fn = option(fn)

@@ -8,6 +8,7 @@ import click
 
 from connector import clock
 from connector import runtime as process_runtime
+from connector.cli.accounts import text_option
 from connector.ops import audit, tokens
 
 
@@ -30,7 +31,7 @@ def tokens_group() -> None:
 )
 @click.option("--role", type=click.Choice(tokens.ROLES), required=True)
 @click.option("--expires", default=tokens.DEFAULT_EXPIRY, show_default=True, help="90d, 12h, 2w ...")
-@click.option("--note", default="", help="What the token is for (shown in lists).")
+@click.option("--note", default="", help="What the token is for (shown in lists).", callback=text_option)
 def create(accounts: tuple[str, ...], role: str, expires: str, note: str) -> None:
     """Create a token. The token is printed once; only its SHA-256 is kept."""
     rt = process_runtime.current()

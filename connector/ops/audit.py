@@ -1,19 +1,25 @@
-"""The audit log of privileged actions, through the admin API and the command line.
+"""The audit log of privileged actions, through the admin API, the console and the command line.
 
-One entry per action, in the queue Redis stream ``api:audit``: who (``token``: the token id, or
-``cli:<operating system user>`` for the command line, :func:`cli_actor`), when (``at``), what
-(``action``, ``target``), on which accounts (``accounts``), and the state ``before`` and ``after``
-(JSON). Capped at ``AUDIT_MAX`` entries; what the cap drops is counted as ``audit`` in
+One entry per action, in the queue Redis stream ``api:audit``: who (``token``: the id of the API or
+console session's token, or ``cli:<login>`` for the command line, :func:`cli_actor`), when (``at``),
+what (``action``, ``target``), on which accounts (``accounts``), and the state ``before`` and
+``after`` (JSON). Capped at ``AUDIT_MAX`` entries; what the cap drops is counted as ``audit`` in
 ``metrics:dropped``.
 
-No secret and no personal identifier is written here: a token is named by its id, an erased or
-exported person by a digest of the profile id.
+The operator's login or token id identifies who acted, and nothing else identifies anyone: no
+secret (a token is named by its id, never its secret) and no identifier of the people whose
+profiles the connector keeps (no profile id, email or other identity, nor anything an operator
+typed to find them). An erased or exported person is named by a digest of the profile id
+(:func:`connector.profiles.erasure.profile_digest`), a dead letter text filter by
+:func:`filter_digest`, a bulk export by its number of rows.
 """
 
 from __future__ import annotations
 
-import getpass
+import hashlib
 import json
+import os
+import pwd
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,13 +61,24 @@ class Entry:
 
 
 def cli_actor() -> str:
-    """Who acts through the command line: ``cli:<operating system user>`` (``cli`` when the
-    user cannot be told)."""
+    """Who acts through the command line: ``cli:<login>`` of the process's real user id, from the
+    password database (not LOGNAME or USER, which anyone can set); ``cli:uid:<n>`` when the id has
+    no entry there (a container run as an arbitrary uid)."""
+    uid = os.getuid()
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError, ImportError):
-        return CLI
-    return f"{CLI}:{user}" if user else CLI
+        login = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        login = ""
+    return f"{CLI}:{login}" if login else f"{CLI}:uid:{uid}"
+
+
+def filter_digest(text: str) -> dict[str, Any]:
+    """What the log keeps of a text filter an operator typed (dead letters are often found by
+    email): ``filter_sha256``, the first 16 hex digits of the SHA-256 of its UTF-8 bytes, and
+    ``filter_length`` in characters. Two entries with the same filter show the same digest; the
+    text itself is not kept."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return {"filter_sha256": digest, "filter_length": len(text)}
 
 
 def record(

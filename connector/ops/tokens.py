@@ -34,7 +34,8 @@ PREFIX = "sc_"
 DEFAULT_EXPIRY = "90d"
 MAX_EXPIRY = timedelta(days=3650)
 _TOKEN = re.compile(r"^sc_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
-_DURATION = re.compile(r"^(\d+)([hdw])$")
+_DURATION = re.compile(r"^([0-9]+)([hdw])$")
+_MOST_DIGITS = 6  # a million hours is over a century: longer numbers are too long in any unit
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
@@ -74,11 +75,11 @@ class Token:
 def parse_expiry(text: str) -> timedelta:
     """``90d``, ``12h``, ``2w``: how long a token lives (at most ten years)."""
     match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise TokenError(f"expiry {text!r} is not a duration like 90d, 12h or 2w")
-    span = int(match.group(1)) * _UNITS[match.group(2)]
-    if span > MAX_EXPIRY:
-        raise TokenError(f"expiry {text!r} is longer than ten years")
+    digits = match.group(1).lstrip("0") if match else ""
+    if match is None or not digits:
+        raise TokenError(f"expiry {text[:40]!r} is not a duration like 90d, 12h or 2w")
+    if len(digits) > _MOST_DIGITS or (span := int(digits) * _UNITS[match.group(2)]) > MAX_EXPIRY:
+        raise TokenError(f"expiry {text[:40]!r} is longer than ten years")
     return span
 
 

@@ -111,21 +111,36 @@ def test_mailchimp_nested_identity_field_is_400(client, redis_client) -> None:  
 
 CONTEXT_EMAIL = ("context", "traits", "email")
 KLAVIYO_EVENT = ("data", 0, "payload", "data")
-# (sender, template, path to the email field, shopify topic, what the 400 names)
+KLAVIYO_NO_EMAIL = _set(TEMPLATES["klaviyo"], (*KLAVIYO_EVENT, "attributes", "event_properties"), {})
+MANDRILL = TEMPLATES["mandrill"][0]
+# (sender, template, path to the email field, shopify topic, what the 400 names); a field read
+# first holding a list or an object is refused even when a later one holds an address
 EMAIL_CASES = [
     ("segment", [{**TRACK, "type": "identify"}], (0, "traits", "email"), None, "body[0].traits.email"),
     ("segment", [TRACK], (0, *CONTEXT_EMAIL), None, "body[0].context.traits.email"),
+    ("segment", [{**TRACK, "properties": {"email": "p@example.com"}}], (0, *CONTEXT_EMAIL), None,
+     "body[0].context.traits.email"),
     ("segment", [{**TRACK, "context": {}}], (0, "properties", "email"), None, "body[0].properties.email"),
     ("rudderstack", [TRACK], (0, *CONTEXT_EMAIL), None, "body[0].context.traits.email"),
+    ("rudderstack", [{**TRACK, "type": "group"}], (0, "traits", "email"), None, "body[0].traits.email"),
+    ("rudderstack", [{**TRACK, "context": {}}], (0, "properties", "email"), None,
+     "body[0].properties.email"),
     ("shopify", TEMPLATES["shopify"], ("email",), "orders/create", "body.email"),
     ("shopify", {"id": 5, "email": "a@example.com"}, ("email",), "customers/update", "body.email"),
     ("hubspot", [{**TEMPLATES["hubspot"][0], "subscriptionType": "contact.propertyChange",
                   "propertyName": "email"}], (0, "propertyValue"), None, "body[0].propertyValue"),
     ("klaviyo", TEMPLATES["klaviyo"], (*KLAVIYO_EVENT, "attributes", "event_properties", "$email"),
      None, "body.data[0].payload.data.attributes.event_properties.$email"),
+    ("klaviyo", KLAVIYO_NO_EMAIL, (*KLAVIYO_EVENT, "attributes", "event_properties", "email"),
+     None, "body.data[0].payload.data.attributes.event_properties.email"),
+    ("klaviyo", KLAVIYO_NO_EMAIL, (*KLAVIYO_EVENT, "attributes", "email"),
+     None, "body.data[0].payload.data.attributes.email"),
     ("standard_webhooks", TEMPLATES["standard_webhooks"], ("data", "email"), None, "body.data.email"),
     ("mandrill", TEMPLATES["mandrill"], (0, "msg", "email"), None, "mandrill_events[0].msg.email"),
+    ("mandrill", [{**MANDRILL, "msg": {}}], (0, "reject", "email"), None,
+     "mandrill_events[0].reject.email"),
 ]  # fmt: skip
+NOT_AN_ADDRESS = (["a@example.com"], {"address": "a@example.com"}, [], {})
 
 
 @pytest.mark.parametrize(
@@ -134,19 +149,53 @@ EMAIL_CASES = [
 def test_an_email_that_is_a_list_or_an_object_is_refused_naming_the_field(  # type: ignore[no-untyped-def]
     client, redis_client, sender, template, field, topic, named
 ) -> None:
-    for value in (["a@example.com"], {"address": "a@example.com"}):
+    for value in NOT_AN_ADDRESS:
         doc = _set(template, field, value)
         body = encode(sender, doc, as_object=False)
         path, headers = signed(sender, body, topic or "orders/create")
         res = post(client, path, body, headers)
         assert res.status_code == 400, (value, res.json)
-        assert f"{named} must be a string or a number" in res.json["message"], res.json
+        assert res.json["error"] == "malformed_payload", res.json
+        assert f"{named} must be a string (an email address)" in res.json["message"], (value, res.json)
     assert stored_events(redis_client) == []
 
 
-def test_an_email_that_is_a_number_is_left_out_as_before(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("call", "field", "named"),
+    [("identify", ("traits", "email"), "body.traits.email"),
+     ("track", CONTEXT_EMAIL, "body.context.traits.email"),
+     ("batch", ("properties", "email"), "batch[0].properties.email")],
+)  # fmt: skip
+def test_tracking_email_that_is_a_list_or_an_object_is_refused(  # type: ignore[no-untyped-def]
+    client, redis_client, call, field, named
+) -> None:
+    message = {k: v for k, v in SEGMENT_MESSAGE.items() if k != "type"}
+    if call == "batch":
+        message = {**message, "type": "track", "context": {}}
+    for value in NOT_AN_ADDRESS:
+        doc = _set(message, field, value)
+        if call == "batch":
+            doc = {"batch": [doc]}
+        res = post(client, f"/v1/{call}", json.dumps(doc).encode(), tracking_headers())
+        assert res.status_code == 400, (value, res.json)
+        assert f"{named} must be a string (an email address)" in res.json["message"], (value, res.json)
+    assert stored_events(redis_client) == []
+
+
+def test_an_email_that_is_a_number_is_left_out(client, redis_client) -> None:  # type: ignore[no-untyped-def]
     body = json.dumps([{**TRACK, "context": {"traits": {"email": 42}}}]).encode()
     path, headers = signed("segment", body)
     assert post(client, path, body, headers).status_code == 200
     [event] = stored_events(redis_client)
     assert "email" not in event["identities"] and event["identities"]["user_id"] == "u1"
+
+
+@pytest.mark.parametrize("unset", [None, "", 0, False])
+def test_an_email_field_left_unset_gives_way_to_the_next(client, redis_client, unset) -> None:  # type: ignore[no-untyped-def]
+    message = {**TRACK, "type": "identify", "traits": {"email": unset},
+               "context": {"traits": {"email": "B@Example.com"}}}  # fmt: skip
+    body = json.dumps([message]).encode()
+    path, headers = signed("segment", body)
+    assert post(client, path, body, headers).status_code == 200
+    [event] = stored_events(redis_client)
+    assert event["identities"]["email"] == "b@example.com"

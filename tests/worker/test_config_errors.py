@@ -3,6 +3,7 @@ serving, and the file and reason are reported (Redis ``config:errors``, ``/ready
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -136,3 +137,35 @@ def test_a_failure_the_loader_does_not_name_is_reported_for_that_file_only(
     assert problem.file == str(config_dir / "globex.yaml")
     assert problem.reason == "could not be loaded (RecursionError); the log has the details"
     assert runtime.current().account("globex") is not None  # its last valid version serves
+
+
+def test_a_refused_file_whose_name_is_not_utf8_is_reported_by_its_bytes(
+    client, redis_client: redis.Redis, config_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    drain(redis_client, 0, 1)
+    stray = config_dir / os.fsdecode(b"caf\xe9.yaml")
+    stray.write_text("senders: [unclosed\n")
+    drain(redis_client, 1, 2)
+    assert applied(redis_client) == 3
+    [problem] = runtime.config_errors(redis_client)
+    assert problem.file == f"{config_dir}/caf\\xe9.yaml"
+    assert "not valid YAML" in problem.reason
+    body = client.get("/readyz").get_json()
+    assert body["status"] == "degraded" and body["config_errors"][0]["file"] == problem.file
+    assert f'connector_config_errors{{file="{config_dir}/caf\\\\xe9.yaml"}} 1.0' in client.get(
+        "/metrics"
+    ).get_data(as_text=True)
+
+
+def test_the_scheduler_keeps_ticking_past_a_file_that_is_not_utf8(
+    redis_client: redis.Redis, config_dir: Path
+) -> None:
+    from connector.worker import scheduler
+
+    queue = EventQueue(redis_client, shards=1)
+    scheduler._overlap_check[0] = None
+    assert scheduler.tick(queue, NOW) >= 0
+    (config_dir / "zz.yaml").write_bytes(b"account: zz\n\xff\xfe: 1\n")
+    later = NOW + timedelta(seconds=scheduler.OVERLAP_SECONDS + 1)
+    assert scheduler.tick(queue, later) >= len(["acme", "globex"])  # each account's overlap job
+    assert [p.file for p in runtime.config_errors(redis_client)] == [str(config_dir / "zz.yaml")]

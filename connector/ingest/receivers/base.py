@@ -328,11 +328,27 @@ def clean_identity(value: Any, what: str = "identity") -> str | None:
     raise MalformedPayload(f"{what} must be a string or a number")
 
 
-def email_value(value: Any) -> Any:
-    """An email field's value as :func:`identities` takes it: text as is, and an object or an array
-    too (refused there, naming the field: no address is one); a number or true/false, which no
-    sender means as an address, is left out."""
-    return value if isinstance(value, str | dict | list) else None
+def email_text(value: Any, where: str, field: str) -> str | None:
+    """An email field's value as :func:`identities` takes it: text as is; a number or true/false,
+    which no sender means as an address, is left out (``None``). An object or an array, empty or
+    not, is refused naming ``{where}.{field}``: no address is one."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        name = f"{where}.{field}" if where else field
+        raise MalformedPayload(f"{name} must be a string (an email address)")
+    return None
+
+
+def first_email(where: str, candidates: Iterable[tuple[str, Any]]) -> str | None:
+    """The address of a sender that may put it in several fields, ``candidates`` being (field,
+    value) in the order they are read: the first value that is set, by :func:`email_text`. Absent,
+    empty text, ``0`` and false are not set (the next field is read); an empty object or array is
+    (refused like any other)."""
+    for field, value in candidates:
+        if value or isinstance(value, dict | list):
+            return email_text(value, where, field)
+    return None
 
 
 def identities(

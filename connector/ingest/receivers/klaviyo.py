@@ -24,7 +24,7 @@ from connector.ingest.receivers.base import (
     Proof,
     Receiver,
     check_timestamp,
-    email_value,
+    first_email,
     hmac_digest,
     identities,
     matches_any,
@@ -146,18 +146,13 @@ class KlaviyoReceiver(Receiver):
         profile = _dict(_dict(relationships.get("profile")).get("data"))
         metric = _dict(_dict(relationships.get("metric")).get("data"))
         properties = dict(_dict(attributes.get("event_properties")))
-        email_field, email = next(
-            (
-                (field, value)
-                for field, value in (
-                    ("payload.data.attributes.event_properties.$email", properties.get("$email")),
-                    ("payload.data.attributes.event_properties.email", properties.get("email")),
-                    ("payload.data.attributes.email", attributes.get("email")),
-                )
-                if value
-            ),
-            ("payload.data.attributes.email", None),
-        )
+        email = properties.get("$email")
+        if email is None:
+            email = properties.get("email")
+        if email is None:
+            email = attributes.get("email")
+        if not (email is None or (email and isinstance(email, str))):  # empty, or not text: read closely
+            email = _email(properties, attributes, where)
         for key, value in (
             ("topic", topic),
             ("klaviyo_event_id", event.get("id")),
@@ -178,13 +173,25 @@ class KlaviyoReceiver(Receiver):
             received_at=now,
             identities=identities(
                 where,
-                {"klaviyo_profile_id": "payload.data.relationships.profile.data.id", "email": email_field},
+                {"klaviyo_profile_id": "payload.data.relationships.profile.data.id"},
                 klaviyo_profile_id=profile.get("id"),
-                email=email_value(email),
+                email=email,
             ),
             properties=properties,
             raw=item,
         )
+
+
+def _email(properties: dict[str, Any], attributes: dict[str, Any], where: str) -> str | None:
+    """The person's address: the event's ``$email``, then its ``email``, then the event's own."""
+    return first_email(
+        f"{where}.payload.data.attributes",
+        (
+            ("event_properties.$email", properties.get("$email")),
+            ("event_properties.email", properties.get("email")),
+            ("email", attributes.get("email")),
+        ),
+    )
 
 
 def _occurred_at(attributes: dict[str, Any], now: datetime, where: str) -> datetime:

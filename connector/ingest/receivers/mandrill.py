@@ -28,7 +28,7 @@ from connector.ingest.receivers.base import (
     Proof,
     Receiver,
     b64,
-    email_value,
+    first_email,
     hmac_digest,
     identities,
     parse_json,
@@ -129,7 +129,13 @@ class MandrillReceiver(Receiver):
             original = f"{sync_type}_{action}" if action else sync_type
         msg = _dict(item.get("msg"))
         reject = _dict(item.get("reject"))
-        email = msg.get("email") or reject.get("email")
+        email = msg.get("email")
+        if email is None:
+            email = reject.get("email")
+        if not (email is None or (email and isinstance(email, str))):  # empty, or not text: read closely
+            email = first_email(
+                where, [("msg.email", msg.get("email")), ("reject.email", reject.get("email"))]
+            )
         properties: dict[str, Any] = {"event": original}
         if item.get("_id") not in (None, ""):
             properties["message_id"] = item["_id"]
@@ -151,11 +157,7 @@ class MandrillReceiver(Receiver):
             original_name=original,
             occurred_at=parse_time(ts, f"{where}.ts") if ts not in (None, "") else now,
             received_at=now,
-            identities=identities(
-                where,
-                {"email": "msg.email" if msg.get("email") else "reject.email"},
-                email=email_value(email),
-            ),
+            identities=identities(email=email),
             properties=properties,
             raw=item,
         )

@@ -31,7 +31,7 @@ from connector.ingest.receivers.base import (
     Receiver,
     b64,
     clean_identity,
-    email_value,
+    first_email,
     hmac_digest,
     identities,
     parse_time,
@@ -197,13 +197,17 @@ class ShopifyReceiver(Receiver):
 
 
 def _identities(topic: str, payload: dict[str, Any], customer: dict[str, Any]) -> dict[str, str]:
-    own = _family(topic) == "customer"  # the body is the customer
-    email_field = "email" if payload.get("email") or own else "customer.email"
-    email = payload.get("email") or customer.get("email")
+    email = payload.get("email")
+    if email is None:
+        email = customer.get("email")
+    if not (email is None or (email and isinstance(email, str))):  # empty, or not text: read closely
+        email = first_email(
+            "body", [("email", payload.get("email")), ("customer.email", customer.get("email"))]
+        )
     ids = identities(
         "body",
-        {"shopify_customer_id": "id" if own else "customer.id", "email": email_field},
-        email=email_value(email),
+        {"shopify_customer_id": "id" if _family(topic) == "customer" else "customer.id"},
+        email=email,
         shopify_customer_id=customer.get("id") if customer else None,
     )
     if topic.startswith("carts/") and "shopify_customer_id" not in ids:

@@ -10,7 +10,7 @@ from typing import Any
 from connector.errors import MalformedPayload
 from connector.event import Event
 from connector.ingest.names import canonical
-from connector.ingest.receivers.base import email_value, identities, parse_time
+from connector.ingest.receivers.base import first_email, identities, parse_time
 
 SPEC_TYPES = ("track", "identify", "page", "screen", "group", "alias", "delete")
 _FIXED_NAMES = {
@@ -28,7 +28,6 @@ SPEC_FIELDS = {
     "anonymous_id": "anonymousId",
     "previous_id": "previousId",
     "group_id": "groupId",
-    "email": "traits.email",
 }
 
 
@@ -36,18 +35,18 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _email_fields(kind: str, message: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Where a message may carry the person's address (field, value), first found first: the
-    traits (an identify's or a group's own, else the context's), then the properties."""
-    context_traits = _dict(_dict(message.get("context")).get("traits"))
-    properties = _dict(message.get("properties"))
-    found = [
-        ("context.traits.email", context_traits.get("email")),
+def _email(
+    kind: str, traits: dict[str, Any], context: dict[str, Any], properties: dict[str, Any], where: str
+) -> str | None:
+    """The person's address, read field by field: the traits (an identify's or a group's own,
+    then the context's), then the properties; a list or an object is refused naming its field."""
+    candidates = [
+        ("context.traits.email", _dict(context.get("traits")).get("email")),
         ("properties.email", properties.get("email")),
     ]
     if kind in ("identify", "group"):
-        found.insert(0, ("traits.email", _dict(message.get("traits")).get("email")))
-    return found
+        candidates.insert(0, ("traits.email", traits.get("email")))
+    return first_email(where, candidates)
 
 
 def message_id(message: dict[str, Any]) -> str:
@@ -91,16 +90,19 @@ def normalize(
         name = _FIXED_NAMES[kind]
         if kind in ("page", "screen") and original:
             properties = {**properties, "name": original}
-    email_field, email = next(
-        ((field, value) for field, value in _email_fields(kind, message) if value),
-        ("traits.email", None),
-    )
+    email = traits.get("email")
+    if email is None and kind in ("identify", "group"):
+        email = _dict(context.get("traits")).get("email")
+    if email is None:
+        email = properties.get("email")
+    if not (email is None or (email and isinstance(email, str))):  # empty, or not text: read closely
+        email = _email(kind, traits, context, properties, where)
     ids = identities(
         where,
-        {**SPEC_FIELDS, "email": email_field},
+        SPEC_FIELDS,
         user_id=message.get("userId"),
         anonymous_id=message.get("anonymousId"),
-        email=email_value(email),
+        email=email,
         previous_id=message.get("previousId") if kind == "alias" else None,
         group_id=message.get("groupId") if kind == "group" else None,
     )

@@ -97,14 +97,23 @@ def _selected(dead: DeadLetters, account_id: str, body: dict[str, Any]) -> list[
     return found
 
 
-def _record(action: str, account_id: str, selection: dict[str, Any], outcomes: dict[str, int]) -> None:
+def selection_recorded(body: dict[str, Any]) -> dict[str, Any]:
+    """The selection as the audit log keeps it: ``kind`` and ``ids`` as given, the text ``filter``
+    (often an email) as :func:`connector.ops.audit.filter_digest` only."""
+    out: dict[str, Any] = {k: body[k] for k in ("kind", "ids") if k in body}
+    if body.get("filter"):
+        out.update(audit.filter_digest(body["filter"]))
+    return out
+
+
+def _record(action: str, account_id: str, body: dict[str, Any], outcomes: dict[str, int]) -> None:
     audit.record(
         auth.runtime().queue_redis,
         auth.token().id,
         action,
         f"deadletters:{account_id}",
         [account_id],
-        {"selection": selection},
+        {"selection": selection_recorded(body)},
         {"outcomes": outcomes},
         clock.now(),
     )

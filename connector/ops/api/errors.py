@@ -8,6 +8,7 @@ such string is validated, stored or echoed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, NoReturn
 
 import redis
@@ -86,6 +87,10 @@ class Parser(FlaskParser):
             data = super()._raw_load_json(req)
         except RecursionError:
             fail(422, "the JSON body is nested too deep to read")
+        except json.JSONDecodeError:
+            raise  # webargs answers it: a 400 saying the body is not JSON
+        except ValueError as err:  # a number past Python's 4,300 digits, a value JSON cannot hold
+            fail(422, f"the JSON body cannot be read: {str(err).split(';')[0]}")
         found = unicode_text.first_in(data)
         if found is not None:
             where, code = found

@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from connector import clock
-from connector.ops import live, tokens
+from connector.ops import audit, live, tokens
 from connector.ops.console import session
 from connector.ops.console.charts import arm_bars, day_bars, sparkline
 from connector.ops.console.client import ApiError, call, get, post
@@ -254,24 +254,48 @@ def spreadsheet_safe(cell: str) -> str:
 
 
 def _csv_rows(account: str, name: str) -> Iterator[str]:
+    """The members, page by page. A bulk export of personal data: recorded in the audit log once,
+    when the stream ends (after its last page, or cut short: the browser went away, a page failed),
+    since only then is it known how many rows were handed out."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["profile_id", "email"])
     cursor: str | None = None
-    while True:
-        page = get(
-            f"/accounts/{quote(account)}/segments/{quote(name)}/members", cursor=cursor, limit=CSV_PAGE
-        )
-        for member in page["items"]:
-            writer.writerow(
-                [spreadsheet_safe(str(member["profile_id"])), spreadsheet_safe(member["email"] or "")]
+    rows, complete = 0, False
+    try:
+        while True:
+            page = get(
+                f"/accounts/{quote(account)}/segments/{quote(name)}/members", cursor=cursor, limit=CSV_PAGE
             )
-        yield out.getvalue()
-        out.seek(0)
-        out.truncate()
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return
+            for member in page["items"]:
+                writer.writerow(
+                    [spreadsheet_safe(str(member["profile_id"])), spreadsheet_safe(member["email"] or "")]
+                )
+            rows += len(page["items"])
+            cursor = page["next_cursor"]
+            complete = cursor is None
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+            if complete:
+                return
+    finally:
+        _record_export(account, name, rows, complete)
+
+
+def _record_export(account: str, name: str, rows: int, complete: bool) -> None:
+    """``segment.export`` by the session's token: how many rows were written and whether the last
+    page was, nothing of what they hold."""
+    audit.record(
+        runtime().queue_redis,
+        g.console_token.id,
+        "segment.export",
+        f"segment:{account}/{name}",
+        [account],
+        None,
+        {"rows": rows, "complete": complete},
+        clock.now(),
+    )
 
 
 @bp.route("/a/<account>/segments/<name>/members.csv")

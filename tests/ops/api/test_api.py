@@ -4,6 +4,7 @@ audit log, and no secret in any answer."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import timedelta
 from typing import Any
@@ -299,8 +300,19 @@ def test_dead_letters_list_show_replay_discard(api: Any, mint: Mint, redis_clien
     left = get(api, viewer, "/accounts/acme/deadletters").get_json()["items"]
     assert [i["id"] for i in left] == [ids[2]]
     assert DeadLetters(redis_client).get(other) is not None  # globex untouched
-    actions = [e["action"] for e in get(api, viewer, "/audit").get_json()["items"]]
-    assert actions == ["deadletters.discard", "deadletters.replay"]
+    by_email = post(
+        api, editor, "/accounts/acme/deadletters/discard", {"kind": "sync", "filter": "P2@x.test"}
+    )
+    assert by_email.get_json() == {"matched": 1, "outcomes": {"discarded": 1}}
+    entries = get(api, viewer, "/audit").get_json()["items"]
+    assert [e["action"] for e in entries] == ["deadletters.discard"] * 2 + ["deadletters.replay"]
+    # the filter text (an email, often) is kept as a digest and its length
+    assert [e["before"]["selection"] for e in entries] == [
+        {"kind": "sync", "filter_sha256": hashlib.sha256(b"P2@x.test").hexdigest()[:16], "filter_length": 9},
+        {"ids": [ids[1]]},
+        {"filter_sha256": hashlib.sha256(b"bad 1").hexdigest()[:16], "filter_length": 5},
+    ]
+    assert "x.test" not in json.dumps(entries).lower() and "bad 1" not in json.dumps(entries)
 
 
 # tokens and audit
@@ -405,6 +417,34 @@ def test_a_body_nested_too_deep_answers_422(api: Any, mint: Mint) -> None:
     )
     assert answer.status_code == 422
     assert answer.get_json()["message"] == "the JSON body is nested too deep to read"
+
+
+def test_a_body_with_a_number_too_long_to_read_answers_422(api: Any, mint: Mint) -> None:
+    answer = api.post(
+        V1 + "/accounts/acme/rules/validate",
+        headers=bearer(mint("viewer", "acme")),
+        data='{"text": "segments: []", "n": ' + "9" * 5000 + "}",
+        content_type="application/json",
+    )
+    assert answer.status_code == 422
+    assert answer.get_json()["message"] == (
+        "the JSON body cannot be read: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits"
+    )
+
+
+def test_deeply_nested_rules_text_is_refused_with_a_reason(api: Any, mint: Mint) -> None:
+    checked = api.post(
+        V1 + "/accounts/acme/rules/validate",
+        headers=bearer(mint("viewer", "acme")),
+        json={"text": "segments: " + "[" * 2000},
+    )
+    assert checked.status_code == 200
+    body = checked.get_json()
+    assert body["valid"] is False
+    assert (
+        body["reason"] == "not valid YAML or JSON: line 1 column 110: YAML nested more than 100 levels deep"
+    )
 
 
 def test_every_api_blueprint_parses_bodies_with_the_checking_parser() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import getpass
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def test_create_shows_the_token_once_list_hides_it_revoke_stops_it(
     assert api.get("/api/v1/accounts/acme", headers=bearer(secret)).status_code == 401
     assert runner.invoke(cli, ["tokens", "revoke", token_id]).exit_code != 0
     entries, _ = audit.read(redis_client, ("*",))
-    actor = f"cli:{getpass.getuser()}"
+    actor = audit.cli_actor()  # the real user of the process, whatever LOGNAME says
     assert [(e.token, e.action) for e in entries] == [(actor, "token.revoke"), (actor, "token.create")]
 
 
@@ -58,12 +58,28 @@ def test_create_shows_the_token_once_list_hides_it_revoke_stops_it(
         ["--account", "*", "--role", "editor"],
         ["--account", "nope", "--role", "viewer"],
         ["--account", "acme", "--role", "viewer", "--expires", "forever"],
+        ["--account", "acme", "--role", "viewer", "--expires", "99999999999999999999d"],
+        ["--account", "acme", "--role", "viewer", "--expires", "\u0665d"],
+        ["--account", "acme", "--role", "viewer", "--note", "ops \udce9"],
     ],
 )
 def test_refused_requests_say_why(runner: CliRunner, redis_client: redis.Redis, args: list[str]) -> None:
     answer = runner.invoke(cli, ["tokens", "create", *args])
-    assert answer.exit_code == 2 and "Error" in answer.output
+    assert answer.exit_code == 2 and "Error" in answer.output, answer.output
+    assert answer.exception is None or isinstance(answer.exception, SystemExit)
     assert tokens.tokens(redis_client) == []
+
+
+@pytest.mark.parametrize(
+    ("expires", "reason"),
+    [
+        ("99999999999999999999d", "expiry '99999999999999999999d' is longer than ten years"),
+        ("\u0665d", "expiry '\u0665d' is not a duration like 90d, 12h or 2w"),
+    ],
+)
+def test_an_expiry_is_judged_alike_by_the_cli_and_the_api(expires: str, reason: str) -> None:
+    with pytest.raises(tokens.TokenError, match="^" + re.escape(reason) + "$"):
+        tokens.parse_expiry(expires)
 
 
 def test_admin_token_for_several_accounts(runner: CliRunner, redis_client: redis.Redis) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 import re
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ import redis
 
 from connector import clock
 from connector.config import load_accounts
+from connector.ops import audit
+from connector.ops.console import views
 from connector.profiles import lookup
 from connector.sync.deadletters import DeadLetters
 from connector.worker import sizes
@@ -135,6 +138,41 @@ def test_the_csv_export_writes_formula_like_cells_as_text(
         ]
     )
     assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
+
+
+def test_the_csv_export_is_recorded_once_with_its_number_of_rows(
+    api: Any, mint: Mint, people: dict[str, str], redis_client: redis.Redis, monkeypatch: Any
+) -> None:
+    """Every member's email handed out: one audit entry per export, by the session's token, when
+    the stream ends (how many rows were written, whether the last page was), none of their content."""
+    for email in ("ann@example.com", "bob@example.com"):
+        pipe = redis_client.pipeline()
+        sizes.record_transitions(pipe, "acme", ["vip"], [], clock.now(), profile_id=people[email])
+        pipe.execute()
+    secret = mint("viewer", "acme")
+    token_id = secret.split("_")[1]
+    login(api, secret)
+    lines = api.get("/console/a/acme/segments/vip/members.csv").get_data(as_text=True).strip().splitlines()
+    assert len(lines) == 3
+    (entry,), _ = audit.read(redis_client, ("acme",))
+    assert (entry.action, entry.token, entry.target, entry.accounts) == (
+        "segment.export",
+        token_id,
+        "segment:acme/vip",
+        ("acme",),
+    )
+    assert (entry.before, entry.after) == (None, {"rows": 2, "complete": True})
+    logged = json.dumps(entry.as_dict())
+    assert all(email not in logged and pid not in logged for email, pid in people.items())
+    # a download cut short after its first page (of one row) is recorded with what was written
+    monkeypatch.setattr(views, "CSV_PAGE", 1)
+    res = api.get("/console/a/acme/segments/vip/members.csv", buffered=False)
+    first = next(iter(res.response))
+    assert first.count(b"@example.com") == 1
+    assert len(audit.read(redis_client, ("acme",))[0]) == 1  # nothing yet: the stream is open
+    res.close()
+    newest, *_ = audit.read(redis_client, ("acme",))[0]
+    assert (newest.action, newest.after) == ("segment.export", {"rows": 1, "complete": False})
 
 
 def test_a_viewer_cannot_replay_and_an_editor_can(
