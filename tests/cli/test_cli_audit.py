@@ -14,19 +14,17 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 from click.testing import CliRunner
 
 from connector import sync
 from connector.cli.main import _register, cli
 from connector.clock import isoformat
-from connector.config import Accounts, load_accounts
+from connector.config import Accounts
 from connector.ops import audit
 from connector.profiles import lookup
 from connector.profiles.erasure import profile_digest
 from connector.sync.deadletters import DeadLetters
-from tests.cli.test_operable import SHOP
-from tests.conftest import fresh_runtime
+from tests.cli.test_operable import install_shop
 from tests.profile_helpers import NOW, apply, ev
 from tests.sync.test_sync_dlq_cmd import dead_change
 
@@ -37,17 +35,9 @@ EMAIL = "bo@example.com"
 
 @pytest.fixture
 def shop(redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Accounts:
-    directory = tmp_path / "accounts"
-    directory.mkdir()
-    (directory / "shop.yaml").write_text(yaml.safe_dump(SHOP))
-    (directory / "other.yaml").write_text(yaml.safe_dump({**SHOP, "account": "other"}))
-    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
-    monkeypatch.setenv("SHOP_MC_KEY", "mc-key-us1")
-    monkeypatch.setenv("SHOP_KL_KEY", "pk_test")
     monkeypatch.setenv("LOGNAME", CLAIMED)
     monkeypatch.setenv("USER", CLAIMED)
-    fresh_runtime()
-    return load_accounts(directory)
+    return install_shop(tmp_path, monkeypatch, "other")
 
 
 @pytest.fixture

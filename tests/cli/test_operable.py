@@ -50,16 +50,22 @@ SHOP = {
 }
 
 
-@pytest.fixture
-def shop(redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Accounts:
+def install_shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *others: str) -> Accounts:
+    """The account ``shop`` (and copies of it named ``others``) as the CLI's configuration."""
     directory = tmp_path / "accounts"
     directory.mkdir()
-    (directory / "shop.yaml").write_text(yaml.safe_dump(SHOP))
+    for name in ("shop", *others):
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump({**SHOP, "account": name}))
     monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
     monkeypatch.setenv("SHOP_MC_KEY", "mc-key-us1")
     monkeypatch.setenv("SHOP_KL_KEY", "pk_test")
     fresh_runtime()
     return load_accounts(directory)
+
+
+@pytest.fixture
+def shop(redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Accounts:
+    return install_shop(tmp_path, monkeypatch)
 
 
 @pytest.fixture
