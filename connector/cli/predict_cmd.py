@@ -9,7 +9,7 @@ import click
 
 from connector import clock
 from connector import runtime as process_runtime
-from connector.cli.accounts import known_account
+from connector.cli.accounts import known_account, text_option
 
 
 def _minimum(repeat_customers: int, history_days: int) -> Any:
@@ -104,7 +104,7 @@ def report_cmd(
 
 @predict.command("explain")
 @click.option("--account", required=True)
-@click.option("--profile", "profile_id", required=True, help="Profile id.")
+@click.option("--profile", "profile_id", required=True, help="Profile id.", callback=text_option)
 def explain_cmd(account: str, profile_id: str) -> None:
     """A profile's predicted values with their inputs and the model version."""
     from connector.predict import explain, render_explain

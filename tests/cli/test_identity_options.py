@@ -34,3 +34,11 @@ def test_the_byte_named_is_the_first_that_cannot_be_decoded() -> None:
     _register()
     result = CliRunner().invoke(cli, ["segments", "history", "--account", "demo", "--email", "é\udced"])
     assert "(byte 3 cannot be decoded)" in result.output  # é is two bytes
+
+
+@pytest.mark.parametrize("value", NOT_UTF8)
+def test_predict_explain_refuses_a_profile_id_that_is_not_utf8(value: str) -> None:
+    _register()
+    result = CliRunner().invoke(cli, ["predict", "explain", "--account", "demo", "--profile", value])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--profile': is not valid UTF-8 text (byte " in result.output
