@@ -67,11 +67,11 @@ def schema_problems(schema: Schema, problems: list[tuple[str, str]]) -> list[tup
         parts = [p for p in re.split(r"\.|\[\d+\]", path) if p]
         holder = _schema_at(schema, parts) if parts else None
         name = parts[-1] if parts else path
-        match = closest(name, _field_names(holder)) if holder is not None else None
+        known = _field_names(holder) if holder is not None else []
+        match = closest(name, known)
         if match:
             meant.add(path[: len(path) - len(name)] + match)
-        hint = f" (did you mean `{match}`?)" if match else ""
-        unknown_first.append((path, f"unknown field `{name}`{hint}"))
+        unknown_first.append((path, unknown_field(name, known)))
     # the right spelling of a mistyped key is reported missing: that is the same mistake
     return unknown_first + [(p, r) for p, r in others if p not in meant]
 
