@@ -129,6 +129,8 @@ def _print(report: Report, show_rejected: int) -> None:
         )
         if report.rejected_by_store:
             click.echo(f"refused when stored: {report.rejected_by_store} (connector events rejected)")
+        if report.expired:
+            click.echo(f"older than the account's retention (max_age_days), not stored: {report.expired}")
         pushed = "queued for the destinations" if report.pushed else "not sent to the destinations (--push)"
         click.echo(f"segment changes: {pushed}")
     click.echo(f"rejected: {report.rejected_total}")

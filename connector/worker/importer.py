@@ -62,6 +62,7 @@ class Report:
     rejected_total: int = 0
     rejected: list[Rejection] = field(default_factory=list)  # the first MAX_KEPT_REJECTIONS
     rejected_by_store: int = 0  # refused when stored (blocked identity values ...): connector events rejected
+    expired: int = 0  # older than the account's retention: not stored
     by_name: dict[str, int] = field(default_factory=dict)
     profiles: int = 0
     changed: int = 0  # profiles whose ledger changed
@@ -138,6 +139,9 @@ def _rudderstack(message: dict[str, Any]) -> bool:
 # -- JSON lines (Segment / RudderStack) -------------------------------------------------------------
 
 
+TIME_KEYS = ("timestamp", "originalTimestamp", "receivedAt")
+
+
 def _message(account: str, source: str, line: bytes, now: datetime) -> Event | str:
     try:
         message = parse_json(line, "line")
@@ -146,6 +150,9 @@ def _message(account: str, source: str, line: bytes, now: datetime) -> Event | s
         return str(err)
     if event.type not in IMPORTED_TYPES:
         return f"type {event.type} is not imported (only {', '.join(IMPORTED_TYPES)})"
+    if all(message.get(key) in (None, "") for key in TIME_KEYS):
+        # the import's own instant would make the event new at every import of the file
+        return "no time: an imported message needs timestamp, originalTimestamp or receivedAt"
     return event
 
 
@@ -163,18 +170,29 @@ def parse_jsonl(
 def _rows(
     path: Path, required: tuple[str, ...], progress: Progress | None
 ) -> Iterator[tuple[int, dict[str, str]]]:
-    reader = csv.reader(_text_lines(path, progress))
-    header = next(reader, None)
-    if header is None:
-        raise ImportFileError(f"{path}: the file is empty")
-    missing = [name for name in required if name not in header]
-    if missing:
-        raise ImportFileError(f"{path}: missing column(s) {', '.join(missing)}")
-    start = reader.line_num + 1
-    for row in reader:
-        if any(cell.strip() for cell in row):
-            yield start, {name: (row[i].strip() if i < len(row) else "") for i, name in enumerate(header)}
+    # strict: a quote left open is an error, not a cell that runs on over the rows that follow it
+    reader = csv.reader(_text_lines(path, progress), strict=True)
+    start = 1
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ImportFileError(f"{path}: the file is empty")
+        missing = [name for name in required if name not in header]
+        if missing:
+            raise ImportFileError(f"{path}: missing column(s) {', '.join(missing)}")
         start = reader.line_num + 1
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield start, {name: (row[i].strip() if i < len(row) else "") for i, name in enumerate(header)}
+            start = reader.line_num + 1
+    except csv.Error as err:
+        # the quoting is broken from here on: nothing after it can be read as rows (what came before
+        # was imported, and importing the repaired file again adds only what is missing)
+        raise ImportFileError(
+            f"{path}: line {start}: not CSV from here on ({err}); a quote opened there is not closed"
+            if "end of data" in str(err) or "expected after" in str(err)
+            else f"{path}: line {start}: not CSV from here on ({err})"
+        ) from err
 
 
 def _number(text: str) -> float | int | None:
@@ -417,6 +435,7 @@ def import_file(
         report.applied += outcome.applied
         report.duplicates += outcome.duplicates
         report.rejected_by_store += outcome.rejected
+        report.expired += outcome.expired
         evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
         touched.profiles -= set(outcome.absorbed)
         touched.restate -= set(outcome.absorbed)

@@ -163,7 +163,7 @@ def test_rejected_lines_are_reported_with_their_line_numbers(
             {"type": "track", "userId": "u-3", "messageId": "x"},  # no event name
             "",
             {"type": "delete", "userId": "u-3", "messageId": "d"},
-            {"type": "track", "event": "Viewed", "messageId": "anon"},  # no identity
+            {"type": "track", "event": "Viewed", "messageId": "anon", "timestamp": "2024-05-01T12:00:00Z"},
             {"type": "track", "event": "Viewed", "userId": "u-3", "timestamp": "yesterday"},
         ],
     )
@@ -285,3 +285,53 @@ def test_segment_changes_reach_the_destinations_only_with_push(
     loud_pid = lookup(redis_client, "acme", "email", "loud@example.com")
     queued = pending(redis_client, "acme", "mailchimp")
     assert set(queued) == {loud_pid}
+
+
+def test_a_message_without_a_time_is_rejected_so_importing_again_adds_nothing(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    untimed = {"type": "track", "event": "Viewed", "userId": "u-9", "messageId": "m-untimed"}
+    path = write_lines(tmp_path / "t.jsonl", [untimed, track("m-timed", "Viewed", "u-9")])
+    for _ in range(2):
+        code, out = run("--account", account, "--no-progress", str(path))
+        assert code == 0, out
+        assert "line 1: no time: an imported message needs timestamp, originalTimestamp or receivedAt" in out
+    events = profile_of(redis_client, "user_id", "u-9").events
+    assert [e.name for e in events] == ["viewed"]  # the timed one, once
+
+
+def test_events_older_than_the_retention_are_counted_not_passed_over(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    old = {**track("m-old", "Viewed", "u-8"), "timestamp": "2019-01-01T00:00:00Z"}
+    path = write_lines(tmp_path / "old.jsonl", [old, track("m-new", "Viewed", "u-8")])
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0, out
+    assert "history events stored 1, already there 0" in out
+    assert "older than the account's retention (max_age_days), not stored: 1" in out
+    code, out = run("--account", account, "--no-progress", "--json", str(path))
+    assert json.loads(out)["expired"] == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "line"),
+    [
+        (['q1@example.com,11,"Ann', "q2@example.com,2,Bo", "q3@example.com,3,Cy"], 2),  # never closed
+        (["q1@example.com,11,Ann", 'q2@example.com,2,"Bo"x', "q3@example.com,3,Cy"], 3),  # closed wrongly
+        (["q1@example.com,11,Ann", "q2@example.com,2," + "A" * 200_000], 3),  # past the csv module's limit
+    ],
+)
+def test_a_csv_whose_quoting_breaks_stops_naming_the_line_and_never_merges_rows(
+    account: str, redis_client: redis.Redis, tmp_path: Path, rows: list[str], line: int
+) -> None:
+    path = tmp_path / "customers_export.csv"
+    path.write_text("\n".join(["Email,Customer ID,First Name", *rows]) + "\n")
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 1
+    assert f"{path}: line {line}: not CSV from here on (" in out
+    assert "Traceback" not in out
+    for n in (2, 3):  # no row after the break is taken, nor folded into another's cell
+        assert lookup(redis_client, "acme", "email", f"q{n}@example.com") is None
+    first = lookup(redis_client, "acme", "email", "q1@example.com")
+    if first is not None:
+        assert "q2@example.com" not in json.dumps(load_profile(redis_client, "acme", first).traits)
