@@ -23,7 +23,7 @@ import redis
 
 from connector import clock, sync
 from connector import runtime as process_runtime
-from connector.destinations import destinations
+from connector.destinations import TYPES, destinations
 from connector.ops import audit
 from connector.suggest import unknown
 from connector.sync.deadletters import DeadLetter, DeadLetters
@@ -44,7 +44,7 @@ def _select(
         for item in dead.list(k, limit=ALL):
             if account and item.account != account:
                 continue
-            if text and text.lower() not in item.to_json().lower():
+            if not item.matches(text):
                 continue
             yield item
             shown += 1
@@ -62,7 +62,7 @@ def _check_filters(dead: DeadLetters, kind: str | None, account: str | None) -> 
                 unknown("account", account, [*configured, *stored]), param_hint="--account"
             )
     if kind is not None:
-        kinds = set(dead.kinds()) | {k.partition(":")[0] for k in dead.kinds()} | {"sync", "events"}
+        kinds = dead.known_kinds(TYPES)
         if kind not in kinds:
             raise click.BadParameter(unknown("kind", kind, kinds), param_hint="--kind")
 
@@ -128,8 +128,8 @@ def dlq() -> None:
 @dlq.command("list")
 @click.option("--kind", help="events, sync, sync:<destination> ...")
 @click.option("--account")
-@click.option("--filter", "text", help="only items whose JSON contains this text")
-@click.option("--limit", default=100, show_default=True)
+@click.option("--filter", "text", help="only items holding this text (any field, any case)")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
 def list_(kind: str | None, account: str | None, text: str | None, limit: int) -> None:
     """Dead letters, oldest first, and destinations paused for bad credentials."""
     conn = _conn()
@@ -163,7 +163,7 @@ def show(item_id: str) -> None:
 @dlq.command("replay")
 @click.option("--kind", help="sync, sync:<destination> or events (other kinds cannot be replayed)")
 @click.option("--account")
-@click.option("--filter", "text", help="only items whose JSON contains this text")
+@click.option("--filter", "text", help="only items holding this text (any field, any case)")
 def replay(kind: str | None, account: str | None, text: str | None) -> None:
     """Put matching dead-lettered changes back in the sync queue, and events on their stream."""
     conn = _conn()
@@ -209,7 +209,7 @@ def resume(account: str, destination: str) -> None:
 @dlq.command("discard")
 @click.option("--kind", help="events, sync, sync:<destination> ...")
 @click.option("--account")
-@click.option("--filter", "text", help="only items whose JSON contains this text")
+@click.option("--filter", "text", help="only items holding this text (any field, any case)")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def discard(kind: str | None, account: str | None, text: str | None, yes: bool) -> None:
     """Delete matching dead letters for good (the same filters as replay)."""

@@ -34,7 +34,13 @@ def register(cli: click.Group) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Default: detected from the file.")
 @click.option("--dry-run", is_flag=True, help="Parse and validate only; store nothing.")
 @click.option("--push", is_flag=True, help="Send the resulting segment changes to the destinations.")
-@click.option("--show-rejected", default=20, show_default=True, help="Rejected lines listed in the report.")
+@click.option(
+    "--show-rejected",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Rejected lines listed in the report.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (every kept rejection).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,6 +76,33 @@ class DeadLetter:
     def to_json(self) -> str:
         return json.dumps(self.__dict__, default=str)
 
+    def matches(self, text: str | None) -> bool:
+        """Whether a text filter (the CLI's ``--filter``, the API's ``filter``) finds the item: in
+        any field or payload string as it reads (``jöe``, ``"isValid": false``) or in the payload's
+        JSON, ignoring case; no text matches every item."""
+        if not text:
+            return True
+        wanted = text.casefold()
+        payload = json.dumps(self.payload, ensure_ascii=False, default=str)
+        return any(
+            wanted in part.casefold()
+            for part in (self.id, self.kind, self.reason, self.at, self.account or "", payload)
+        ) or any(wanted in part.casefold() for part in _strings(self.payload))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a payload (keys and values, at any depth)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+
 
 def account_index(account: str | None, kind: str) -> str:
     return f"dlq:acct:{account or NO_ACCOUNT}:{kind}"
@@ -108,6 +135,14 @@ class DeadLetters:
 
     def kinds(self) -> list[str]:
         return sorted(k.decode() for k in self.conn.smembers("dlq:kinds"))
+
+    def known_kinds(self, destination_types: Iterable[str]) -> set[str]:
+        """The kinds a filter may name: every kind stored, each one's family (``sync`` of
+        ``sync:mailchimp``), ``events``, ``sync`` and ``sync:<type>`` of each destination type."""
+        stored = self.kinds()
+        return {*stored, *(k.partition(":")[0] for k in stored), "events", "sync"} | {
+            f"sync:{name}" for name in destination_types
+        }
 
     def list(self, kind: str | None = None, limit: int = 100) -> Iterator[DeadLetter]:
         for k in [kind] if kind else self.kinds():

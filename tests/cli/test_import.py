@@ -335,3 +335,9 @@ def test_a_csv_whose_quoting_breaks_stops_naming_the_line_and_never_merges_rows(
     first = lookup(redis_client, "acme", "email", "q1@example.com")
     if first is not None:
         assert "q2@example.com" not in json.dumps(load_profile(redis_client, "acme", first).traits)
+
+
+def test_a_negative_number_of_rejected_lines_to_show_is_a_usage_error(account: str, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "s.jsonl", [track("m1", "Viewed", "u-1")])
+    result = CliRunner().invoke(cli, ["import", "--account", account, "--show-rejected", "-1", str(path)])
+    assert result.exit_code == 2 and "--show-rejected" in result.output

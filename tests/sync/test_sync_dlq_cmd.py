@@ -127,3 +127,20 @@ def test_adapters_are_built_with_env_credentials_and_base_url(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         build_adapter(dests["klaviyo"], None, clock=lambda: 0.0, sleep=lambda s: None, env={})
     assert "KL" in str(info.value) and info.value.path == "destinations.klaviyo.api_key_env"
+
+
+@pytest.mark.parametrize("text", ["jöe", "JÖE@EXAMPLE", '"isValid": false', "Member In Compliance"])
+def test_the_text_filter_finds_text_as_it_reads_not_as_json_escapes_it(
+    runner: CliRunner, redis_client: redis.Redis, text: str
+) -> None:
+    found = dead_change(redis_client, "jöe", text='Member In Compliance State: {"isValid": false}')
+    other = dead_change(redis_client, "p2", text="Invalid Resource")
+    listed = runner.invoke(cli, ["dlq", "list", "--filter", text])
+    assert listed.exit_code == 0, listed.output
+    assert found in listed.output and other not in listed.output
+
+
+def test_a_limit_below_one_is_a_usage_error(runner: CliRunner, redis_client: redis.Redis) -> None:
+    dead_change(redis_client, "p1")
+    result = runner.invoke(cli, ["dlq", "list", "--limit", "0"])
+    assert result.exit_code == 2 and "--limit" in result.output

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from connector import clock, sync
+from connector.destinations import TYPES
 from connector.ops import audit
 from connector.ops.api import auth, errors
 from connector.ops.api.schemas import (
@@ -18,6 +19,7 @@ from connector.ops.api.schemas import (
     DeadLetterQuery,
     DeadLetterSelectSchema,
 )
+from connector.suggest import unknown
 from connector.sync.deadletters import DeadLetter, DeadLetters, account_index
 
 blp = Blueprint(
@@ -32,6 +34,9 @@ MAX_SELECTED = 10_000  # items one replay or discard handles
 
 
 def _kinds(dead: DeadLetters, kind: str | None) -> list[str]:
+    """The stored kinds ``kind`` selects; a kind no one could mean (a typo) is a 422, as in the CLI."""
+    if kind is not None and kind not in (known := dead.known_kinds(TYPES)):
+        errors.fail(422, unknown("kind", kind, known))
     return [k for k in dead.kinds() if kind is None or k == kind or k.startswith(f"{kind}:")]
 
 
@@ -58,7 +63,7 @@ def _items(
 
 
 def _matches(item: DeadLetter, text: str | None) -> bool:
-    return not text or text.lower() in item.to_json().lower()
+    return item.matches(text)
 
 
 def summary(item: DeadLetter) -> dict[str, Any]:

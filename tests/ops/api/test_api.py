@@ -472,3 +472,13 @@ def test_every_operation_with_a_json_body_refuses_a_lone_surrogate_before_anythi
             if answer.status_code != 422 or not message.startswith("the JSON body is not valid Unicode"):
                 wrong.append((method, path, answer.status_code, message))
     assert len(checked) >= 5 and wrong == []
+
+
+def test_a_dead_letter_kind_no_one_could_mean_is_a_422_naming_the_closest(api: Any, mint: Mint) -> None:
+    viewer = mint("viewer", "acme")
+    answer = get(api, viewer, "/accounts/acme/deadletters?kind=sync:mailchimpp")
+    assert answer.status_code == 422
+    assert answer.get_json()["message"].startswith(
+        "unknown kind `sync:mailchimpp` (did you mean `sync:mailchimp`?); known: events, sync, sync:hubspot"
+    )
+    assert get(api, viewer, "/accounts/acme/deadletters?kind=sync:klaviyo").status_code == 200  # none yet
