@@ -105,15 +105,20 @@ def admit_tracking(events: Sequence[Event], account: Account, where: Callable[[i
     storable(events, account, where, identity_required=True)
 
 
+def name_problem(event: Event) -> str | None:
+    """Why the workers would refuse the event's name (too long to keep), or None."""
+    if len(event.name) > MAX_NAME:
+        return f"the event name is {len(event.name)} characters, more than the {MAX_NAME} kept"
+    return None
+
+
 def storable(
     events: Sequence[Event], account: Account, where: Callable[[int], str], *, identity_required: bool
 ) -> None:
     """Refuse what the workers would refuse for a reason the sender can be told now."""
     for i, event in enumerate(events):
-        if len(event.name) > MAX_NAME:
-            raise MalformedPayload(
-                f"{where(i)}: the event name is {len(event.name)} characters, more than the {MAX_NAME} kept"
-            )
+        if (problem := name_problem(event)) is not None:
+            raise MalformedPayload(f"{where(i)}: {problem}")
         if identity_required:
             reason = _identity_problem(event, account)
             if reason:

@@ -28,6 +28,7 @@ import redis
 from connector.config import Account, SenderConfig
 from connector.errors import ConnectorError
 from connector.event import Event
+from connector.ingest.admission import name_problem
 from connector.ingest.receivers.base import WHOLE_BODY, Inbound, identities, parse_json
 from connector.ingest.receivers.shopify import TRAIT_FIELDS, ShopifyReceiver
 from connector.ingest.receivers.spec import normalize
@@ -385,6 +386,9 @@ def _valid(parsed: Iterable[Parsed], report: Report) -> Iterator[Event]:
             continue
         if not item.identities:
             report.reject(number, "no identity (userId, anonymousId or email)")
+            continue
+        if (problem := name_problem(item)) is not None:
+            report.reject(number, problem)
             continue
         report.events += 1
         report.by_name[item.name] = report.by_name.get(item.name, 0) + 1

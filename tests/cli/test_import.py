@@ -341,3 +341,15 @@ def test_a_negative_number_of_rejected_lines_to_show_is_a_usage_error(account: s
     path = write_lines(tmp_path / "s.jsonl", [track("m1", "Viewed", "u-1")])
     result = CliRunner().invoke(cli, ["import", "--account", account, "--show-rejected", "-1", str(path)])
     assert result.exit_code == 2 and "--show-rejected" in result.output
+
+
+def test_an_event_name_longer_than_the_workers_keep_is_rejected_as_live(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = write_lines(
+        tmp_path / "long.jsonl", [track("m-long", "E" * 300, "u-7"), track("m-ok", "Viewed", "u-7")]
+    )
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0, out
+    assert "line 1: the event name is 300 characters, more than the 200 kept" in out
+    assert [e.name for e in profile_of(redis_client, "user_id", "u-7").events] == ["viewed"]
