@@ -20,8 +20,8 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-# Far above any account or rule set (the bench account, every built-in template and three
-# destinations, is about 2,000 values), far below what takes a noticeable time to walk.
+# Far above any account or rule set (the bench account's file is 255 values, the eleven built-in
+# templates 834 together); rules standing for 100,000 values compile in under a tenth of a second.
 MAX_VALUES = 100_000
 TOO_MANY = (
     "YAML aliases expand this document to more than {limit:,} values: write it with fewer repeats "
