@@ -101,10 +101,32 @@ def _text_lines(path: Path, progress: Progress | None) -> Iterator[str]:
         yield text.lstrip("\ufeff") if number == 1 else text
 
 
+_NOT_TEXT = (  # (first bytes, what the file is and what to do)
+    (b"\x1f\x8b", "a gzip file: decompress it first (gunzip)"),
+    (b"PK\x03\x04", "a zip archive: extract the export from it first"),
+    (b"\xff\xfe", "UTF-16 text: save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text: save it as UTF-8"),
+)
+
+
+def check_text(path: Path) -> None:
+    """Refuse, saying what it is, a file that is no text to read lines from (compressed, archived,
+    UTF-16): its bytes would only come back as lines that cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise ImportFileError(f"{path}: cannot read: {err.strerror}") from err
+    for magic, what in _NOT_TEXT:
+        if head.startswith(magic):
+            raise ImportFileError(f"{path}: {what}")
+
+
 def detect_format(path: Path) -> str:
     """``shopify-customers`` / ``shopify-orders`` from a CSV header, else JSON lines: ``rudderstack``
     when the first message carries RudderStack's marks (``rudderId``, a RudderStack library), else
     ``segment``."""
+    check_text(path)
     with path.open("rb") as handle:
         first = b""
         for line in handle:
@@ -366,6 +388,7 @@ def parse_orders(
 def parse_file(
     path: Path, fmt: str, account: Account, now: datetime, progress: Progress | None = None
 ) -> Iterator[Parsed]:
+    check_text(path)
     if fmt in ("segment", "rudderstack"):
         return parse_jsonl(path, account.id, fmt, now, progress)
     if fmt == "shopify-customers":

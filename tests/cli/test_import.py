@@ -353,3 +353,24 @@ def test_an_event_name_longer_than_the_workers_keep_is_rejected_as_live(
     assert code == 0, out
     assert "line 1: the event name is 300 characters, more than the 200 kept" in out
     assert [e.name for e in profile_of(redis_client, "user_id", "u-7").events] == ["viewed"]
+
+
+@pytest.mark.parametrize(
+    ("make", "what"),
+    [
+        (
+            lambda text: __import__("gzip").compress(text.encode()),
+            "a gzip file: decompress it first (gunzip)",
+        ),
+        (lambda text: text.encode("utf-16"), "UTF-16 text: save it as UTF-8"),
+    ],
+)
+@pytest.mark.parametrize("fmt", [[], ["--format", "segment"]])
+def test_a_file_that_is_no_text_is_refused_saying_what_it_is(
+    account: str, tmp_path: Path, make: Any, what: str, fmt: list[str]
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(make(json.dumps(track("m1", "Viewed", "u-1")) + "\n"))
+    code, out = run("--account", account, "--no-progress", *fmt, str(path))
+    assert code == 1
+    assert out.strip().endswith(f"{path}: {what}")
