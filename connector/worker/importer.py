@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from connector import unicode_text
 from connector.config import Account, SenderConfig
 from connector.errors import ConnectorError
 from connector.event import Event
@@ -97,7 +98,7 @@ def _lines(path: Path, progress: Progress | None) -> Iterator[tuple[int, bytes]]
 
 def _text_lines(path: Path, progress: Progress | None) -> Iterator[str]:
     for number, line in _lines(path, progress):
-        text = line.decode("utf-8", errors="replace")
+        text = line.decode("utf-8", errors="surrogateescape")  # bytes that are not UTF-8: _undecodable
         yield text.lstrip("\ufeff") if number == 1 else text
 
 
@@ -287,11 +288,21 @@ def _customer(account: str, row: dict[str, str], now: datetime) -> Event | str:
     )
 
 
+def _undecodable(rows: Iterable[dict[str, str]]) -> str | None:
+    """Why rows read from the file cannot be taken: a cell holding bytes that are not UTF-8 (kept
+    as lone surrogates by the reading), or None."""
+    for row in rows:
+        for column, cell in row.items():
+            if (at := unicode_text.first_byte_not_text(cell)) is not None:
+                return f"{column}: byte {at} of the cell is not UTF-8 text; save the export as UTF-8"
+    return None
+
+
 def parse_customers(
     path: Path, account: str, now: datetime, progress: Progress | None = None
 ) -> Iterator[Parsed]:
     for number, row in _rows(path, ("Email",), progress):
-        yield number, _customer(account, row, now)
+        yield number, _undecodable([row]) or _customer(account, row, now)
 
 
 _ORDER_FIELDS = {
@@ -376,13 +387,13 @@ def parse_orders(
     first_line = 0
     for number, row in _rows(path, ("Name", "Email", "Created at", "Lineitem name"), progress):
         if rows and row["Name"] != rows[0]["Name"]:
-            yield first_line, _order(account, rows, now)
+            yield first_line, _undecodable(rows) or _order(account, rows, now)
             rows = []
         if not rows:
             first_line = number
         rows.append(row)
     if rows:
-        yield first_line, _order(account, rows, now)
+        yield first_line, _undecodable(rows) or _order(account, rows, now)
 
 
 def parse_file(

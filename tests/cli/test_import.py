@@ -374,3 +374,15 @@ def test_a_file_that_is_no_text_is_refused_saying_what_it_is(
     code, out = run("--account", account, "--no-progress", *fmt, str(path))
     assert code == 1
     assert out.strip().endswith(f"{path}: {what}")
+
+
+def test_a_csv_row_with_bytes_that_are_not_utf8_is_rejected_naming_the_column(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = tmp_path / "customers_export.csv"
+    path.write_bytes(b"Email,Customer ID,First Name\nlat@example.com,1,Ren\xe9\nok@example.com,2,Ann\n")
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 0, out
+    assert "line 2: First Name: byte 4 of the cell is not UTF-8 text; save the export as UTF-8" in out
+    assert lookup(redis_client, "acme", "email", "lat@example.com") is None
+    assert lookup(redis_client, "acme", "email", "ok@example.com") is not None
