@@ -2,16 +2,15 @@
 
 JSON may write a character as ``\\uXXXX``, and a code point from U+D800 to U+DFFF only makes sense
 as one half of a pair standing for a character above U+FFFF. A lone half decodes to a Python string
-that cannot be written as UTF-8 (nor stored, logged or shown). The admin API refuses bodies holding
-one (:func:`first_in`); readers of values stored before show them with each one replaced by U+FFFD
-(:func:`replaced`).
+that cannot be written as UTF-8 (nor stored, logged or shown); so do the bytes of a command-line
+argument that are not UTF-8. Such text is refused where it comes in (:func:`first_byte_not_text`;
+request bodies by :func:`connector.ingest.receivers.base.parse_json`), and readers of values stored
+before show them with each one replaced by U+FFFD (:func:`replaced`).
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
-from typing import Any
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -30,32 +29,4 @@ def first_byte_not_text(text: str) -> int | None:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         return len(text[: err.start].encode("utf-8")) + 1
-    return None
-
-
-def _found(text: str) -> str | None:
-    if text.isascii():
-        return None
-    match = LONE_SURROGATE.search(text)
-    return f"\\u{ord(match.group()):04x}" if match else None
-
-
-def first_in(value: Any) -> tuple[str, str] | None:
-    """A lone surrogate in a parsed JSON value (the outermost first): where it is (``note``,
-    ``items[2].name``, ``a key of ...``) and the code point as an escape (``\\ud800``); or None."""
-    todo: deque[tuple[str, Any]] = deque([("", value)])
-    while todo:
-        where, item = todo.popleft()
-        if isinstance(item, str):
-            code = _found(item)
-            if code is not None:
-                return where or "the body", code
-        elif isinstance(item, dict):
-            for key, inner in item.items():
-                code = _found(key)
-                if code is not None:
-                    return f"a key of {where or 'the body'}", code
-                todo.append((f"{where}.{key}" if where else key, inner))
-        elif isinstance(item, list):
-            todo.extend((f"{where}[{n}]", inner) for n, inner in enumerate(item))
     return None

@@ -1,10 +1,10 @@
 """Errors of the admin API: always JSON ``{"error", "message"}`` (and ``errors`` per field for
 invalid input), never a 500 for bad input; Redis out of reach is a 503.
 
-Request bodies are parsed here too (:data:`PARSER`, the parser of every API blueprint): a JSON
-body whose strings are not valid Unicode (a lone surrogate escape such as ``\\ud800``) is a 422 (the
-answer every operation with a body declares for invalid input) before any schema sees it, so no
-such string is validated, stored or echoed."""
+Request bodies are parsed here too (:data:`PARSER`, the parser of every API blueprint), by the
+webhooks' JSON reader: a body holding what no store can take (a lone surrogate escape such as
+``\\ud800``, nesting past its depth, an integer too long to read) is a 422 (the answer every
+operation with a body declares for invalid input) before any schema sees it."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from typing import Any, NoReturn
 import redis
 from flask import Request, Response, jsonify
 from flask_smorest import Blueprint, abort
-from webargs.flaskparser import FlaskParser
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 
-from connector import unicode_text
+from connector.errors import MalformedPayload
+from connector.ingest.receivers.base import parse_json
 
 NAMES = {
     400: "bad_request",
@@ -75,28 +77,21 @@ def redis_error(err: redis.RedisError) -> Response:
     return answer(503, f"state store unavailable ({type(err).__name__}); try again")
 
 
-LONE_SURROGATE = "(a \\ud800-\\udfff escape that is not half of a pair)"
-
-
 class Parser(FlaskParser):
-    """webargs' Flask parser, refusing with a 422 a JSON body that holds a lone surrogate (saying
-    where) or that is nested too deep for Python's JSON reader."""
+    """webargs' Flask parser, reading a JSON body as the webhooks' bodies are read
+    (:func:`connector.ingest.receivers.base.parse_json`): a body that is not JSON stays webargs' 400;
+    one nested too deep, holding an integer too long to read, a number out of range or a lone
+    surrogate escape is a 422 naming the problem and where it is."""
 
     def _raw_load_json(self, req: Request) -> Any:
+        if not is_json_request(req):
+            return core.missing
         try:
-            data = super()._raw_load_json(req)
-        except RecursionError:
-            fail(422, "the JSON body is nested too deep to read")
-        except json.JSONDecodeError:
-            raise  # webargs answers it: a 400 saying the body is not JSON
-        except ValueError as err:  # a number past Python's 4,300 digits, a value JSON cannot hold
-            fail(422, f"the JSON body cannot be read: {str(err).split(';')[0]}")
-        found = unicode_text.first_in(data)
-        if found is not None:
-            where, code = found
-            reason = f"{where} holds the lone surrogate {code} {LONE_SURROGATE}"
-            fail(422, f"the JSON body is not valid Unicode: {reason}", errors={"json": {where: [reason]}})
-        return data
+            return parse_json(req.get_data(cache=True), "body")
+        except MalformedPayload as err:
+            if isinstance(err.__cause__, json.JSONDecodeError | UnicodeDecodeError):
+                raise err.__cause__ from None  # webargs answers it: a 400 saying the body is not JSON
+            fail(422, f"the JSON body cannot be taken: {err}")
 
 
 PARSER = Parser()

@@ -136,7 +136,7 @@ def _could_be_given(bucket: object, after: object) -> bool:
     """Whether ``[bucket, after]`` is a position a page could have ended at: a member as stored
     (text that is valid Unicode, no lone surrogate) or SSCAN's cursor (ASCII digits) in the set of
     the earlier layout."""
-    if type(bucket) is not int or not isinstance(after, str) or unicode_text.first_in(after) is not None:
+    if type(bucket) is not int or not isinstance(after, str) or unicode_text.first_byte_not_text(after):
         return False
     if bucket == -1 and not after.isascii():
         return False
