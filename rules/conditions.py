@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from .durations import Span, format_duration, passed
+from .durations import Span, format_duration, passed, shifted
 from .values import (
     Index,
     Missing,
@@ -27,6 +27,7 @@ from .values import (
     event_refs,
     exported,
     iso,
+    per_group,
 )
 
 Result = tuple[bool | None, datetime | None, bool | None, bool]
@@ -144,7 +145,7 @@ class Compare(Condition):
                 if not check(value, arg):
                     return False
             return True
-        if isinstance(value, dict):
+        if isinstance(value, dict) and per_group(self.value):
             return self._any_group(value, t)
         if isinstance(value, Missing):
             if self.exists is not None:
@@ -177,7 +178,8 @@ class Compare(Condition):
         if instant is None:
             return None
         for op, age in self.dates:
-            old = t >= instant + age
+            edge = shifted(instant, age)
+            old = edge is not None and t >= edge
             if old != (op == "older_than"):
                 return False
         return verdict
@@ -190,8 +192,8 @@ class Compare(Condition):
             return None
         found: datetime | None = None
         for _, age in self.dates:
-            edge = instant + age
-            if edge > t:
+            edge = shifted(instant, age)
+            if edge is not None and edge > t:
                 found = earliest(found, edge)
         return found
 

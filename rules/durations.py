@@ -24,6 +24,11 @@ _MONTH_UNITS = {"mo": 1, "y": 12}
 _WHOLE = re.compile(r"^(?:\d+(?:mo|[smhdwy]))+$")
 _PART = re.compile(r"(\d+)(mo|[smhdwy])")
 _LONGEST_MONTH = timedelta(days=31)
+# The longest span a rule may use: a hundred years. Event times are kept between 1970 and 2200
+# (the receivers refuse others), so every window edge stays a representable instant.
+MAX_SECONDS = 36525 * 86400
+MAX_MONTHS = 1200
+_MAX_LONGEST = MAX_MONTHS * 31 * 86400  # months counted as 31 days, as `Months.longest` does
 
 
 class DurationError(ValueError):
@@ -73,18 +78,23 @@ Span = timedelta | Months
 
 def parse_duration(value: Any) -> Span:
     """Parse a duration string; raise :class:`DurationError` with a readable reason."""
+    shown = json.dumps(value) if isinstance(value, str) else repr(value)
     if isinstance(value, str) and _WHOLE.match(value.strip()):
         seconds = months = 0
+        too_long = f"{shown} is longer than 100 years, the longest span a rule may use"
         for n, unit in _PART.findall(value.strip()):
+            if len(n) > 12:
+                raise DurationError(too_long)
             if unit in _MONTH_UNITS:
                 months += int(n) * _MONTH_UNITS[unit]
             else:
                 seconds += int(n) * _UNITS[unit]
+        if seconds > MAX_SECONDS or months * 31 * 86400 + seconds > _MAX_LONGEST:
+            raise DurationError(too_long)
         if months > 0:
             return Months(months, timedelta(seconds=seconds))
         if seconds > 0:
             return timedelta(seconds=seconds)
-    shown = json.dumps(value) if isinstance(value, str) else repr(value)
     raise DurationError(f"{shown} is not a duration like 10m, 48h, 30d")
 
 
@@ -99,6 +109,15 @@ def is_duration(value: Any) -> bool:
 def longest(span: Span) -> timedelta:
     """A fixed duration at least as long as ``span`` wherever it starts."""
     return span.longest if isinstance(span, Months) else span
+
+
+def shifted(instant: datetime, span: Span) -> datetime | None:
+    """``instant + span``, or None when that is past the last instant a datetime can hold (a trait's
+    date may be any year; ``9999-12-31`` stands for "never" in many systems)."""
+    try:
+        return instant + span
+    except (OverflowError, ValueError):
+        return None
 
 
 def passed(times: Sequence[datetime], t: datetime, span: Span) -> int:

@@ -33,6 +33,7 @@ from .conditions import (
     unmatched,
 )
 from .dependencies import dependencies, reads, traits_read
+from .durations import shifted
 from .model import Profile
 from .ruleset import RuleSet
 from .values import ANY_EVENT, Composite, Computed, Index, Points, Ratio, Value, earliest, exported
@@ -338,10 +339,10 @@ def _dated(c: Compare, slot: int) -> Fn:
         if type(current) is datetime and current.tzinfo is not None:
             verdict = True
             for older, age in spans:
-                at = current + age
-                if (t >= at) != older:
+                at = shifted(current, age)
+                if (at is not None and t >= at) != older:
                     verdict = False
-                if at > t and (edge is None or at < edge):
+                if at is not None and at > t and (edge is None or at < edge):
                     edge = at
             return (verdict, edge, None, edge is None)
         edge = earliest(edge, dated(current, t))

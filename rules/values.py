@@ -91,8 +91,15 @@ def _ordered(a: Any, b: Any) -> tuple[Any, Any] | None:
 def _equal(a: Any, b: Any) -> bool:
     if a == b:
         return True
-    pair = _ordered(a, b)
-    return pair is not None and not isinstance(a, str) and pair[0] == pair[1]
+    pair = _ordered(a, b)  # a number and a number sent as text compare as numbers, both ways
+    return pair is not None and pair[0] == pair[1]
+
+
+def _distinct_key(value: Any) -> Any:
+    """What ``distinct`` tells values apart by: numbers (and numbers sent as text) by their value,
+    so ``1``, ``1.0`` and ``"1"`` count once, as ``eq`` and ``sum`` take them; anything else by its form."""
+    n = number(value)
+    return n if n is not None else repr(value)
 
 
 def _not_equal(actual: Any, arg: Any) -> bool:
@@ -425,8 +432,8 @@ class Aggregate(Value):
         if self.kind == "count":
             return len(records)
         if self.kind == "distinct":
-            seen = {repr(r.properties[prop]) for r in records if r.properties.get(prop) is not None}
-            return len(seen)
+            present = (r.properties[prop] for r in records if r.properties.get(prop) is not None)
+            return len({_distinct_key(value) for value in present})
         values = []
         for r in records:
             v = r.properties.get(prop)
@@ -744,6 +751,14 @@ class Composite(Value):
 
     def label(self) -> str:
         return f"composite score 0..{self.scale:g}"
+
+
+def per_group(value: Value) -> bool:
+    """Whether ``value`` gives one result per group (``group_by``): a map whose values are compared
+    one by one. Any other map (a trait holding an object) is one value, equal only to itself."""
+    if isinstance(value, Computed):
+        return value.expr is not None and per_group(value.expr)
+    return isinstance(value, Aggregate) and value.group_by is not None
 
 
 def exported(value: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rules.conditions import Compare
-from rules.values import Missing, ProfileTrait, compare
+from rules.values import Aggregate, Missing, ProfileTrait, Selector, Window, compare
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -18,7 +18,10 @@ DAY = timedelta(days=1)
     ("op", "actual", "arg", "expected"),
     [
         ("eq", 1, "1.0", True),
-        ("eq", "1.0", 1, False),  # a text is equal only to the same text
+        ("eq", "1.0", 1, True),  # a number sent as text compares as the number, both ways
+        ("eq", "1.0", "1", False),  # a text is equal only to the same text
+        ("ne", "42", 42, False),
+        ("in", "2", [1, 2], True),
         ("eq", "a", "a", True),
         ("ne", 2, 1, True),
         ("ne", 1, 1.0, False),
@@ -80,11 +83,10 @@ def _truth(ops: list[tuple[str, Any]], value: Any) -> bool | None:
         ([("exists", False)], 3, False),
         ([("exists", True), ("gt", 1)], 3, True),
         ([("exists", True), ("gt", 5)], 3, False),
-        # per-group values: true when some group's is
-        ([("gt", 3)], {"shoes": 5, "hats": 1}, True),
-        ([("gt", 3)], {"shoes": 1, "hats": Missing("no price")}, None),
-        ([("gt", 3)], {"shoes": 1, "hats": 2}, False),
-        ([("gt", 3)], {}, False),
+        # an object (Segment's `address` trait) is one value: not a number, equal only to itself
+        ([("gt", 3)], {"shoes": 5, "hats": 1}, None),
+        ([("eq", 5)], {"shoes": 5}, False),
+        ([("exists", True)], {}, True),
         # instants against ages
         ([("older_than", DAY)], NOW - 2 * DAY, True),
         ([("older_than", DAY)], NOW - DAY / 2, False),
@@ -99,3 +101,19 @@ def _truth(ops: list[tuple[str, Any]], value: Any) -> bool | None:
 )
 def test_condition_truth(ops: list[tuple[str, Any]], value: Any, expected: bool | None) -> None:
     assert _truth(ops, value) is expected
+
+
+@pytest.mark.parametrize(
+    ("ops", "value", "expected"),
+    [
+        ([("gt", 3)], {"shoes": 5, "hats": 1}, True),
+        ([("gt", 3)], {"shoes": 1, "hats": Missing("no price")}, None),
+        ([("gt", 3)], {"shoes": 1, "hats": 2}, False),
+        ([("gt", 3)], {}, False),
+    ],
+)
+def test_per_group_values_hold_when_some_group_does(
+    ops: list[tuple[str, Any]], value: Any, expected: bool | None
+) -> None:
+    per_category = Aggregate("sum", Selector("order_completed", None), Window(), "revenue", "category")
+    assert Compare(per_category, ops).truth(value, NOW) is expected

@@ -76,8 +76,37 @@ def test_numeric_trait_operators(ops: dict[str, Any], expected: bool) -> None:
     assert holds({"trait": {"name": "age", **ops}}, person(age=42)) is expected
 
 
-def test_numeric_text_is_compared_as_a_number() -> None:
-    assert holds({"trait": {"name": "age", "gte": 40}}, person(age="42"))
+@pytest.mark.parametrize(
+    ("ops", "expected"),
+    [
+        ({"gte": 40}, True),
+        ({"eq": 42}, True),  # equality too, as the ordering does: both sent by one sender or another
+        ({"ne": 42}, False),
+        ({"in": [41, 42]}, True),
+        ({"not_in": [42]}, False),
+        ({"eq": 43}, False),
+        ({"eq": "42"}, True),
+        ({"eq": "42.0"}, False),  # text against text stays text
+    ],
+)
+def test_numeric_text_is_compared_as_a_number(ops: dict[str, Any], expected: bool) -> None:
+    assert holds({"trait": {"name": "age", **ops}}, person(age="42")) is expected
+
+
+@pytest.mark.parametrize(
+    ("ops", "expected"),
+    [
+        ({"eq": "DE"}, False),
+        ({"ne": "DE"}, True),
+        ({"gt": 10}, False),
+        ({"exists": True}, True),
+        ({"eq": True}, False),
+    ],
+)
+def test_an_object_trait_is_one_value_not_one_per_group(ops: dict[str, Any], expected: bool) -> None:
+    # Segment's reserved `address` trait is an object; only a group_by result is compared group by group
+    for address in ({"city": "Berlin", "country": "DE", "zip": 12345}, {}):
+        assert holds({"trait": {"name": "address", **ops}}, person(address=address)) is expected
 
 
 def test_contains_on_a_list_trait() -> None:
@@ -196,6 +225,13 @@ def test_distinct_count_of_a_property() -> None:
         *(ev("product_viewed", timedelta(hours=h), sku=s) for h, s in ((1, "a"), (2, "b"), (3, "a")))
     )
     assert holds({"distinct": {"event": "product_viewed", "property": "sku", "eq": 2}}, profile)
+
+
+def test_distinct_counts_a_number_once_however_it_was_sent() -> None:
+    # one shop sends the SKU as a number, another as text: one product, as eq and sum take it
+    skus = (1, 1.0, "1", "sku-2", "2")
+    profile = person(*(ev("product_viewed", timedelta(hours=h + 1), sku=s) for h, s in enumerate(skus)))
+    assert holds({"distinct": {"event": "product_viewed", "property": "sku", "eq": 3}}, profile)
 
 
 def test_average_of_nothing_is_unknown_with_the_reason() -> None:

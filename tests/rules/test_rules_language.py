@@ -50,6 +50,26 @@ def test_bad_durations_are_refused_with_the_expected_shape(text: Any) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize(
+    "text", ["36526d", "5219w", "1201mo", "101y", "100y1d", "1200mo1s", "9" * 5000 + "d"]
+)
+def test_durations_past_a_hundred_years_are_refused(text: str) -> None:
+    # longer spans pushed window edges past the last instant a datetime holds: every evaluation failed
+    with pytest.raises(DurationError, match="is longer than 100 years, the longest span a rule may use"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["36525d", "100y", "1200mo", "1199mo30d"])
+def test_durations_up_to_a_hundred_years_are_taken(text: str) -> None:
+    parse_duration(text)
+
+
+def test_a_rule_with_a_span_past_a_hundred_years_is_refused_at_its_path() -> None:
+    err = error_of({"segments": [seg("s", {"count": {"event": "x", "within": "100000000d", "gte": 1}})]})
+    assert "segments[0].when.count.within" in str(err)
+    assert "longer than 100 years" in str(err)
+
+
 def test_durations_format() -> None:
     assert format_duration(timedelta(hours=48)) == "2d"
     assert format_duration(timedelta(minutes=90)) == "1h30m"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -128,3 +129,43 @@ def test_walking_time_forward_by_next_due_visits_every_change() -> None:
         latest = max(c for c in checkpoints if c <= hour)
         assert evaluate(profile, RULES, hour, explain=False).segments == due_walk[latest], hour
         hour += timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("instant", "within", "older_than"),
+    [
+        ("9999-12-31T23:59:59Z", True, False),  # "never" in many systems: in the future, not old
+        ("9999-12-31T00:00:00-05:00", True, False),
+        ("0001-01-01T00:00:00Z", False, True),
+    ],
+)
+def test_trait_dates_at_the_ends_of_the_calendar_are_compared_without_failing(
+    instant: str, within: bool, older_than: bool
+) -> None:
+    # the window's edge past year 9999 cannot be an instant: the evaluation failed for the profile
+    rules = compile_rules(
+        {
+            "segments": [
+                {"name": "recent", "when": {"trait": {"name": "renews_at", "within": "30d"}}},
+                {"name": "old", "when": {"trait": {"name": "renews_at", "older_than": "100y"}}},
+                {
+                    "name": "both",
+                    "when": {
+                        "all": [
+                            {"trait": {"name": "renews_at", "within": "30d"}},
+                            {"count": {"event": "order_completed", "within": "30d", "gte": 1}},
+                        ]
+                    },
+                },
+            ]
+        }
+    )
+    now = datetime(2026, 5, 1, tzinfo=UTC)
+    event = EventRecord("order_completed", now - timedelta(days=1), {}, "0" * 16)
+    profile = Profile("a", "p", {}, {"renews_at": instant}, [event])
+    result = evaluate(profile, rules, now)
+    assert ("recent" in result.segments) is within
+    assert ("old" in result.segments) is older_than
+    assert ("both" in result.segments) is within
+    # the order's window is the only change ahead, and only where the date is recent
+    assert result.next_due == (now + timedelta(days=29) if within else None)
