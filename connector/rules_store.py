@@ -99,7 +99,8 @@ def parse_text(text: str) -> dict[str, Any]:
 
 def compile_for(account: Account, raw: Mapping[str, Any]) -> RuleSet:
     """Compile ``raw`` as ``account``'s rules: InvalidRules with the path on any problem, including a
-    segment a destination of the account maps that the rules no longer define."""
+    segment a destination of the account maps that the rules no longer define (empty rules too: they
+    would take every member out of every mapped list and tag)."""
     try:
         ruleset = rules.compile_rules(dict(raw) or None)
     except rules.RulesError as err:
@@ -107,11 +108,11 @@ def compile_for(account: Account, raw: Mapping[str, Any]) -> RuleSet:
     known = set(ruleset.segment_names)
     for name, dest in parse_destinations(account).items():
         for segment in dest.segments:
-            if known and segment not in known:
+            if segment not in known:
                 raise InvalidRules(
                     "rules.segments",
                     f"destination {name} maps segment `{segment}`, which these rules do not define "
-                    f"(defined: {', '.join(sorted(known))})",
+                    f"(defined: {', '.join(sorted(known)) or 'none'})",
                 )
     return ruleset
 

@@ -55,6 +55,12 @@ def test_the_rules_in_force_come_from_the_file_at_first(api: Any, mint: Mint) ->
     assert "vip" in body["segments"] and body["file"].endswith("acme.yaml")
 
 
+EMPTY_RULES = (
+    "rules.segments: destination mailchimp maps segment `cart_abandoner`, which these rules do not define "
+    "(defined: none)"
+)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -74,6 +80,8 @@ def test_the_rules_in_force_come_from_the_file_at_first(api: Any, mint: Mint) ->
             "segments:\n  - name: other\n    when: {always: true}\n",
             "rules.segments: destination mailchimp maps segment `cart_abandoner`",
         ),
+        # empty rules would take every member out of every mapped list and tag
+        *((empty, EMPTY_RULES) for empty in ("", "segments: []\n", "rules:\n", "null\n")),
     ],
 )
 def test_invalid_rules_answer_422_with_the_path_and_the_reason(
