@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 
 from connector.ingest.receivers.shopify import signature
@@ -43,8 +42,8 @@ def test_orders_create_vector_normalized(client, redis_client) -> None:  # type:
     [event] = stored_events(redis_client)
     assert event["name"] == "order_completed"
     assert event["type"] == "track"
-    # the body has no updated_at: the dedupe id is the resource kind and a digest of the signed body
-    assert event["source_event_id"] == f"order:sha256:{hashlib.sha256(body).hexdigest()}"
+    # an order is created once: the dedupe id is the order, whatever its updated_at
+    assert event["source_event_id"] == "order:820982911946154508"
     assert event["identities"] == {"email": "jon@example.com", "shopify_customer_id": "115310627314723954"}
     props = event["properties"]
     assert props["revenue"] == 199.0 and props["currency"] == "USD"
@@ -143,10 +142,10 @@ def test_same_delivery_five_times_stored_once(client, redis_client) -> None:  # 
     assert [a.status_code for a in answers] == [200] * 5
     assert [a.json["accepted"] for a in answers] == [1, 0, 0, 0, 0]
     assert len(stored_events(redis_client)) == 1
-    # the topic header is unsigned: the same signed order under another order topic is the same
-    # resource at the same instant, so a duplicate
-    assert post(client, body, headers(body, "orders/paid", webhook_id="wh-9")).json["duplicates"] == 1
-    assert len(stored_events(redis_client)) == 1
+    # the same order delivered as paid is its payment, stored once as well
+    assert post(client, body, headers(body, "orders/paid", webhook_id="wh-9")).json["accepted"] == 1
+    assert post(client, body, headers(body, "orders/paid", webhook_id="wh-10")).json["duplicates"] == 1
+    assert len(stored_events(redis_client)) == 2
 
 
 def test_malformed_after_signature_is_400(client, redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -203,19 +202,42 @@ def test_order_body_is_not_a_checkout_cart_or_customer(client, redis_client) -> 
     assert stored_events(redis_client) == []
 
 
-def test_same_order_under_every_order_topic_stored_once(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_an_order_is_stored_as_created_once_and_as_paid_once(client, redis_client) -> None:  # type: ignore[no-untyped-def]
     body = json.dumps(ORDER).encode()
     answers = [
         post(client, body, headers(body, topic, webhook_id=f"wh-{i}"))
-        for i, topic in enumerate(["orders/create", "orders/paid", " ORDERS/CREATE ", "Orders/Paid"])
+        for i, topic in enumerate(["orders/paid", "orders/create", " ORDERS/CREATE ", "Orders/Paid"])
     ]
     assert [a.status_code for a in answers] == [200] * 4
-    assert [a.json["accepted"] for a in answers] == [1, 0, 0, 0]
-    [event] = stored_events(redis_client)
-    assert event["source_event_id"] == "order:820982911946154508@2024-01-01T00:00:00Z"
-    # a later update of the order (a new updated_at) is a new event
+    # the payment delivered first does not hide the order: templates count order_completed
+    assert [a.json["accepted"] for a in answers] == [1, 1, 0, 0]
+    stored = {e["name"]: e["source_event_id"] for e in stored_events(redis_client)}
+    assert stored == {
+        "order_paid": "order:820982911946154508/paid",
+        "order_completed": "order:820982911946154508",
+    }
+    # a later state of the order (a new updated_at) under either topic is the same order: no order is
+    # counted twice, whichever topic header a replayed signed body carries
     later = json.dumps({**ORDER, "updated_at": "2024-01-01T00:05:00Z"}).encode()
-    assert post(client, later, headers(later, "orders/paid", webhook_id="wh-9")).json["accepted"] == 1
+    for i, topic in enumerate(["orders/create", "orders/paid"]):
+        assert post(client, later, headers(later, topic, webhook_id=f"wh-l{i}")).json["duplicates"] == 1
+    assert len(stored_events(redis_client)) == 2
+
+
+def test_a_checkout_is_started_once_and_updated_at_each_change(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    at = "2024-01-01T00:00:00Z"
+    checkout = {"id": 5, "token": "ck", "email": "jon@example.com", "abandoned_checkout_url": "https://x",
+                "line_items": [], "created_at": at, "updated_at": at}  # fmt: skip
+    body = json.dumps(checkout).encode()
+    later = json.dumps({**checkout, "updated_at": "2024-01-01T00:05:00Z"}).encode()
+    sent = [(body, "checkouts/update"), (body, "checkouts/create"), (later, "checkouts/update"),
+            (later, "checkouts/create"), (later, "checkouts/update")]  # fmt: skip
+    answers = [
+        post(client, b, headers(b, t, webhook_id=f"wh-{i}")).json["accepted"] for i, (b, t) in enumerate(sent)
+    ]
+    assert answers == [1, 1, 1, 0, 0]
+    names = sorted(e["name"] for e in stored_events(redis_client))
+    assert names == ["checkout_started", "checkout_updated", "checkout_updated"]
 
 
 def test_money_strings_must_be_decimals(client, redis_client) -> None:  # type: ignore[no-untyped-def]

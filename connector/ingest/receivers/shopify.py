@@ -6,9 +6,9 @@ There is no timestamp in the signature, and the signature covers the body only: 
 shape of its topic (:func:`check_shape`: an order sent as ``customers/redact``, ``checkouts/create``
 or ``carts/update`` is refused), only the topics in :data:`TOPICS` are accepted (any other is a
 400 naming it), a compliance request must name the account's configured shop (``shop_domain``),
-and the dedupe id is taken from the body (:func:`dedupe_id`: the resource's kind, id and
-``updated_at``), never from the topic or webhook id headers: the same signed order delivered under
-``orders/create`` and ``orders/paid`` with one ``updated_at`` is stored once. ``X-Shopify-Event-Id``
+and the dedupe id is taken from the body and the topic's meaning (:func:`dedupe_id`), never from
+the webhook id headers: an order is stored as created once and as paid once, however often and
+under whichever order topic its body is delivered. ``X-Shopify-Event-Id``
 and ``X-Shopify-Webhook-Id`` are kept in the properties for correlation.
 """
 
@@ -323,15 +323,26 @@ def check_compliance_shop(topic: str, payload: dict[str, Any], sender: SenderCon
         raise EventNotAllowed(f"body.shop_domain of this {topic} is not this account's shop")
 
 
+# Things that happen once to a resource: its key is the resource alone, whatever its ``updated_at``
+ONCE = {"orders/create": "", "checkouts/create": "", "orders/paid": "/paid"}
+
+
 def dedupe_id(topic: str, payload: dict[str, Any], body: bytes) -> str:
     """What is signed, never an unsigned header: the resource's kind (checked against the body's
-    shape), its id and its ``updated_at``; a digest of the body when there is no such pair. A signed
-    body replayed with a new ``X-Shopify-Webhook-Id``, or under another topic of the same resource
-    (``orders/paid`` for an ``orders/create`` body), is therefore a duplicate."""
+    shape) and id, and what happened to it. An order is created once and paid once, a checkout
+    started once: those keys are the resource (``order:<id>``, ``order:<id>/paid``,
+    ``checkout:<id>``), so no delivery, retry or replay under any topic stores a second order, and
+    ``orders/create`` and ``orders/paid`` are both stored whichever arrives first. Updates (carts,
+    checkouts, customers) are keyed by the resource and its ``updated_at``; a digest of the body
+    when there is no such pair."""
     kind = _family(topic)
     resource = payload.get("id") if payload.get("id") not in (None, "") else payload.get("token")
     stamp = payload.get("updated_at")
-    if kind not in COMPLIANCE and resource not in (None, "") and stamp not in (None, ""):
+    if kind in COMPLIANCE or resource in (None, ""):
+        key = f"{kind}:sha256:{hashlib.sha256(body).hexdigest()}"
+    elif topic in ONCE:
+        key = f"{kind}:{_text(resource)}{ONCE[topic]}"
+    elif stamp not in (None, ""):
         key = f"{kind}:{_text(resource)}@{_text(stamp)}"
     else:
         key = f"{kind}:sha256:{hashlib.sha256(body).hexdigest()}"
