@@ -161,8 +161,14 @@ class DeadLetters:
         pipe.zrem(account_index(item.account, item.kind), item.id)
         pipe.execute()
 
-    def purge(self, doomed: Callable[[DeadLetter], bool], chunk: int = 500) -> int:
-        """Remove every item for which ``doomed`` is true (erasure); returns how many."""
+    def purge(
+        self,
+        doomed: Callable[[DeadLetter], bool],
+        chunk: int = 500,
+        scrub: Callable[[DeadLetter], DeadLetter | None] | None = None,
+    ) -> int:
+        """Remove every item for which ``doomed`` is true (erasure); returns how many. ``scrub``
+        gives a cleaned version of an item that stays (or None to leave it as it is)."""
         removed = 0
         for kind in self.kinds():
             ids = [i.decode() for i in self.conn.zrange(f"dlq:index:{kind}", 0, -1)]
@@ -175,4 +181,7 @@ class DeadLetters:
                     if doomed(item):
                         self.remove(item)
                         removed += 1
+                    elif scrub is not None and (clean := scrub(item)) is not None:
+                        # only where it still is (a replay may have taken it meanwhile)
+                        self.conn.set(f"dlq:item:{item.id}", clean.to_json(), xx=True, keepttl=True)
         return removed

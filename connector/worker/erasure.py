@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -516,16 +517,48 @@ def forget_live(
 
 def purge_dead_letters(queue_conn: redis.Redis, account_id: str, erased: Erased) -> int:
     """Remove the dead letters that name the person: sync changes of their profiles, and queue
-    items (of their account, or of no known account) holding any of their identifiers."""
+    items (of their account, or of no known account) holding any of their identifiers. Another
+    person's sync change stays (it is that person's data, still to be sent), with the erased
+    person's identifiers replaced by ``[erased]`` wherever its reason or payload quotes them (an
+    ESP refusing a whole batch names one contact in every change of it)."""
     needles = erased.needles
     pids = set(erased.profile_ids)
+
+    def change_of(item: DeadLetter) -> dict[str, Any] | None:
+        change = item.payload.get("change") if isinstance(item.payload, dict) else None
+        return change if isinstance(change, dict) else None
 
     def doomed(item: DeadLetter) -> bool:
         if item.account not in (account_id, None):
             return False
-        change = item.payload.get("change") if isinstance(item.payload, dict) else None
-        if isinstance(change, dict) and change.get("profile_id") in pids:
-            return True
-        return mentions(item.payload, needles)
+        change = change_of(item)
+        if change is not None:
+            return change.get("profile_id") in pids
+        return mentions(item.payload, needles) or mentions(item.reason, needles)
 
-    return DeadLetters(queue_conn).purge(doomed)
+    def scrub(item: DeadLetter) -> DeadLetter | None:
+        if item.account not in (account_id, None) or change_of(item) is None:
+            return None
+        if not (mentions(item.payload, needles) or mentions(item.reason, needles)):
+            return None
+        return replace(item, reason=redacted(item.reason, needles), payload=redacted(item.payload, needles))
+
+    return DeadLetters(queue_conn).purge(doomed, scrub=scrub)
+
+
+def redacted(value: Any, needles: Collection[str]) -> Any:
+    """``value`` with every occurrence of ``needles`` in its strings (ignoring case) replaced by
+    ``[erased]``, at any depth (keys too)."""
+    longest_first = sorted(needles, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, longest_first)), re.IGNORECASE)
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, str):
+            return pattern.sub("[erased]", item)
+        if isinstance(item, dict):
+            return {clean(k): clean(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [clean(v) for v in item]
+        return item
+
+    return clean(value) if needles else value

@@ -311,6 +311,31 @@ def test_bad_credentials_pause_the_destination_without_losing_changes(
     assert DeadLetters(redis_client).count("sync:mailchimp") == 0
 
 
+def test_erasure_keeps_another_persons_dead_letter_with_the_erased_identifiers_taken_out(
+    redis_client: redis.Redis,
+) -> None:
+    # an ESP refusing a whole batch names one contact in the reason of every change of it
+    letters = DeadLetters(redis_client)
+    reason = "400 P1@Example.com looks fake or invalid"
+    mine = letters.put("sync:mailchimp", reason, {"change": {"profile_id": "p1"}}, NOW, "acme")
+    payload = {"change": {"profile_id": "p2", "email": "p2@example.com"}, "error": {"detail": reason}}
+    theirs = letters.put("sync:mailchimp", reason, payload, NOW, "acme")
+    untouched = letters.put("sync:mailchimp", "400", {"change": {"profile_id": "p3"}}, NOW, "acme")
+    erased = Erased("acme", "p1", (), {"email": ["p1@example.com"]})
+    assert purge_dead_letters(redis_client, "acme", erased) == 1
+    assert letters.get(mine) is None
+    kept = letters.get(theirs)
+    assert kept is not None and kept.reason == "400 [erased] looks fake or invalid"
+    assert kept.payload == {
+        "change": {"profile_id": "p2", "email": "p2@example.com"},
+        "error": {"detail": "400 [erased] looks fake or invalid"},
+    }
+    kept_too = letters.get(untouched)
+    assert kept_too is not None and kept_too.reason == "400"
+    assert letters.count("sync:mailchimp") == 2
+    assert redis_client.ttl(f"dlq:item:{theirs}") == redis_client.ttl(f"dlq:item:{untouched}")
+
+
 def test_erasure_fans_out_and_is_recorded_without_personal_data(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
