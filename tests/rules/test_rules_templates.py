@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules import EventRecord, Profile, builtin_templates, compile_rules, evaluate, render
 from rules.templates import all_templates_rules
@@ -69,6 +71,11 @@ LIFECYCLE = compile_rules({"include": ["lifecycle"]})
         ([ev("order_completed", days(d)) for d in (100, 120)], "lifecycle_at_risk"),
         ([ev("order_completed", days(d)) for d in (200, 300)], "lifecycle_churned"),
         ([ev("order_completed", days(d)) for d in (5, 200)], "lifecycle_win_back"),
+        ([ev("order_completed", days(d)) for d in (5, 100)], "lifecycle_win_back"),  # after 95 days
+        ([ev("order_completed", days(d)) for d in (5, 125)], "lifecycle_win_back"),
+        ([ev("order_completed", days(d)) for d in (0, 95)], "lifecycle_win_back"),
+        ([ev("order_completed", days(d)) for d in (0, 90)], "lifecycle_win_back"),
+        ([ev("order_completed", days(d)) for d in (0, 89)], "lifecycle_developing"),
     ],
 )
 def test_lifecycle_stages_never_overlap(events: list[EventRecord], stage: str | None) -> None:
@@ -82,6 +89,36 @@ def test_lifecycle_moves_with_time_alone() -> None:
     assert evaluation.next_due == NOW + days(80)  # the last order becomes 90 days old
     assert in_group(LIFECYCLE, profile, "lifecycle", NOW + days(80)) == ["lifecycle_at_risk"]
     assert in_group(LIFECYCLE, profile, "lifecycle", NOW + days(170)) == ["lifecycle_churned"]
+
+
+def test_win_back_needs_a_gap_before_the_returning_order_not_before_now() -> None:
+    # a customer ordering every 65 days never goes 90 days without an order: never won back
+    profile = person(ev("order_completed", days(90)), ev("order_completed", days(25)))
+    for later in range(0, 40):
+        assert in_group(LIFECYCLE, profile, "lifecycle", NOW + days(later)) != ["lifecycle_win_back"]
+    # one returning after 100 days is won back from the order on, for win_back_within
+    back = person(ev("order_completed", days(110)), ev("order_completed", days(10)))
+    assert in_group(LIFECYCLE, back, "lifecycle") == ["lifecycle_win_back"]
+    assert in_group(LIFECYCLE, back, "lifecycle", NOW + days(20)) == ["lifecycle_developing"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=400), max_size=6), st.integers(min_value=0, max_value=400))
+def test_win_back_is_an_order_in_the_last_30_days_after_90_without(order_days: list[int], at: int) -> None:
+    # the definition, written out: some order less than 30 days ago came 90 days or more after the one before
+    orders = sorted(set(order_days))
+    now = NOW + days(at)
+    expected = any(
+        now - days(30) < NOW + days(r) <= now and i > 0 and r - orders[i - 1] >= 90
+        for i, r in enumerate(orders)
+    )
+    profile = Profile(
+        "acme",
+        "p1",
+        events=[EventRecord("order_completed", NOW + days(d), {}, f"o{d:04d}") for d in orders if d <= at],
+    )
+    rules = compile_rules({"include": ["lifecycle"]})
+    assert ("lifecycle_win_back" in evaluate(profile, rules, now, explain=False).segments) is expected
 
 
 def test_lifecycle_thresholds_are_parameters() -> None:
@@ -133,6 +170,21 @@ def test_browse_abandonment_and_high_intent() -> None:
     assert evaluation.segments == {"high_intent_category"}
     later = evaluate(person(*views), rules, NOW + timedelta(hours=2))
     assert later.segments == {"browse_abandoner"}
+
+
+@pytest.mark.parametrize("next_event", ["add_to_cart", "order_completed"])
+def test_browse_abandonment_ends_at_the_next_cart_or_order(next_event: str) -> None:
+    rules = compile_rules({"include": ["browse_abandonment"]})
+    view = ev("product_viewed", timedelta(hours=6), time_on_page=40)
+    assert evaluate(person(view), rules, NOW).segments == {"browse_abandoner"}
+    # a cart or an order after the window, but before keep_for ran out, ends the membership
+    followed = person(view, ev(next_event, timedelta(hours=1)))
+    assert evaluate(followed, rules, NOW).segments == frozenset()
+    # a new qualifying view starts it again
+    again = person(
+        view, ev(next_event, timedelta(hours=5)), ev("product_viewed", timedelta(hours=3), time_on_page=40)
+    )
+    assert evaluate(again, rules, NOW).segments == {"browse_abandoner"}
 
 
 def test_re_engagement_candidates() -> None:
