@@ -15,6 +15,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .durations import DurationError, Span, parse_duration
+from .names import canonical
 from .suggest import closest, unknown, unknown_field
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
@@ -71,13 +72,25 @@ class Name(fields.String):
 
 
 class EventName(fields.String):
-    """An event name, or ``*`` for any event."""
+    """An event name, or ``*`` for any event. Events are stored under their canonical name
+    (:func:`rules.names.canonical`: lower-case snake_case, the spec's names mapped), so a name in
+    any other form could never match and is refused with the name it is stored as."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(
-            validate=validate.Regexp(EVENT, error="must be an event name (letters, digits and _) or *"),
-            **kwargs,
+        super().__init__(validate=_stored_event_name, **kwargs)
+
+
+def _stored_event_name(value: str) -> None:
+    if value == "*":
+        return
+    stored = canonical(value) if value.strip() else ""
+    if stored and stored != "unnamed" and stored != value:
+        raise ValidationError(
+            f"`{value}` would never match: events are stored under lower-case snake_case names "
+            f"(the spec's names mapped); did you mean `{stored}`?"
         )
+    if not EVENT.match(value):
+        raise ValidationError("must be an event name (letters, digits and _) or *")
 
 
 class Pair(fields.Field[tuple[Any, Any]]):

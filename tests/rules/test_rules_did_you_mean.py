@@ -87,3 +87,22 @@ def test_cli_rules_validate_shows_the_path_and_the_closest_name(
     result = CliRunner().invoke(cli, ["rules", "validate", str(path)])
     assert result.exit_code == 1
     assert result.output.startswith(f"{path}: {expected}"), result.output
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("Order_Completed", "order_completed"),
+        ("orderCompleted", "order_completed"),
+        ("Order Completed", "order_completed"),  # Segment's spec name
+        ("Product Added", "add_to_cart"),
+        ("page.viewed", "page_viewed"),
+    ],
+)
+def test_an_event_name_that_could_never_match_names_the_stored_one(written: str, stored: str) -> None:
+    # the receivers store every event under its canonical name: any other form never matches
+    with pytest.raises(RulesError) as caught:
+        compile_rules({"segments": [{"name": "s", "when": {"count": {"event": written, "gte": 1}}}]})
+    assert caught.value.path == "segments[0].when.count.event"
+    assert f"`{written}` would never match" in caught.value.reason
+    assert caught.value.reason.endswith(f"did you mean `{stored}`?")

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 from connector.config import Account, SenderConfig
 from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentType
 from connector.event import Event
-from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
     WHOLE_BODY,
     Inbound,
@@ -41,6 +40,7 @@ from connector.ingest.receivers.base import (
     parse_time,
     require_object,
 )
+from rules.names import snake_case
 
 NAMES: dict[str, tuple[str, str]] = {
     "contact.creation": ("track", "contact_created"),

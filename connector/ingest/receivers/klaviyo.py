@@ -17,7 +17,6 @@ from connector.clock import to_utc
 from connector.config import Account, SenderConfig
 from connector.errors import MalformedPayload, Unauthorized
 from connector.event import Event
-from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
     WHOLE_BODY,
     Inbound,
@@ -34,6 +33,7 @@ from connector.ingest.receivers.base import (
     require_object,
     verify_with_secrets,
 )
+from rules.names import snake_case
 
 TOPIC_NAMES: dict[str, str] = {
     "event:klaviyo.opened_email": "email_opened",

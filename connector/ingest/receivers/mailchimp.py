@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from connector.config import Account, SenderConfig
 from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentType
 from connector.event import Event
-from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
     MAX_JSON_DEPTH,
     PROBE,
@@ -36,6 +35,7 @@ from connector.ingest.receivers.base import (
     matches_any,
     parse_time,
 )
+from rules.names import snake_case
 
 TYPES: dict[str, tuple[str, str]] = {
     "subscribe": ("track", "subscribed"),

@@ -20,7 +20,6 @@ from urllib.parse import parse_qsl, urlencode
 from connector.config import Account, SenderConfig
 from connector.errors import MalformedPayload, Unauthorized, UnsupportedContentType
 from connector.event import Event
-from connector.ingest.names import snake_case
 from connector.ingest.receivers.base import (
     PROBE,
     WHOLE_BODY,
@@ -35,6 +34,7 @@ from connector.ingest.receivers.base import (
     parse_time,
     verify_with_secrets,
 )
+from rules.names import snake_case
 
 NAMES: dict[str, str] = {
     "open": "email_opened",

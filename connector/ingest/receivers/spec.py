@@ -9,8 +9,8 @@ from typing import Any
 
 from connector.errors import MalformedPayload
 from connector.event import Event
-from connector.ingest.names import canonical
 from connector.ingest.receivers.base import first_email, identities, parse_time
+from rules.names import canonical
 
 SPEC_TYPES = ("track", "identify", "page", "screen", "group", "alias", "delete")
 _FIXED_NAMES = {

@@ -23,7 +23,6 @@ from adapters.webhook import sign as sign_standard_webhook
 from connector.config import Account, SenderConfig
 from connector.errors import Unauthorized
 from connector.event import Event
-from connector.ingest.names import canonical
 from connector.ingest.receivers.base import (
     Inbound,
     Proof,
@@ -37,6 +36,7 @@ from connector.ingest.receivers.base import (
     require_json,
     require_object,
 )
+from rules.names import canonical
 
 UNTYPED_NAME = "webhook_received"
 

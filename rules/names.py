@@ -1,4 +1,5 @@
-"""Event names: each sender's names mapped to the product's snake_case names.
+"""Event names: each sender's names mapped to the product's snake_case names (what the receivers
+store, and the only names a rule can match: see :class:`rules.schema.EventName`).
 
 Unknown names are kept (snake_cased), never rejected.
 """
