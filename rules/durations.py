@@ -111,6 +111,11 @@ def longest(span: Span) -> timedelta:
     return span.longest if isinstance(span, Months) else span
 
 
+def shortest(span: Span) -> timedelta:
+    """A fixed duration at most as long as ``span`` wherever it starts (months of 28 days)."""
+    return span.months * timedelta(days=28) + span.extra if isinstance(span, Months) else span
+
+
 def shifted(instant: datetime, span: Span) -> datetime | None:
     """``instant + span``, or None when that is past the last instant a datetime can hold (a trait's
     date may be any year; ``9999-12-31`` stands for "never" in many systems)."""

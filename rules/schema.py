@@ -14,7 +14,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from .durations import DurationError, Span, parse_duration
+from .durations import DurationError, Span, format_duration, longest, parse_duration, shortest
 from .names import canonical
 from .suggest import closest, unknown, unknown_field
 
@@ -176,6 +176,27 @@ def _comparison_fields(names: tuple[str, ...]) -> dict[str, fields.Field[Any]]:
 def _require_comparison(data: Mapping[str, Any], ops: tuple[str, ...]) -> None:
     if not any(op in data for op in ops):
         raise ValidationError(f"needs a comparison: one of {', '.join(ops)}")
+    _require_possible(data)
+
+
+def _require_possible(data: Mapping[str, Any]) -> None:
+    """Refuse a range nothing is ever in (most often its two ends swapped)."""
+    within, older = data.get("within"), data.get("older_than")
+    if within is not None and older is not None and longest(within) <= shortest(older):
+        shown_within, shown_older = format_duration(within), format_duration(older)
+        swapped = (
+            f"; did you mean within: {shown_older}, older_than: {shown_within}?" if within != older else ""
+        )
+        empty = f"nothing is less than {shown_within} and at least {shown_older} old: the window is empty"
+        raise ValidationError(empty + swapped, field_name="within")
+    pair = data.get("between")
+    if pair is not None and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair):
+        low, high = pair
+        if low > high:
+            swap = f"did you mean [{high}, {low}]?"
+            raise ValidationError(
+                f"nothing is between {low} and {high}: the low end comes first; {swap}", "between"
+            )
 
 
 class WhereField(fields.Field[dict[str, tuple[tuple[str, Any], ...]]]):

@@ -106,3 +106,42 @@ def test_an_event_name_that_could_never_match_names_the_stored_one(written: str,
     assert caught.value.path == "segments[0].when.count.event"
     assert f"`{written}` would never match" in caught.value.reason
     assert caught.value.reason.endswith(f"did you mean `{stored}`?")
+
+
+@pytest.mark.parametrize(
+    ("when", "path", "reason"),
+    [
+        (
+            {"count": {"event": "x", "within": "7d", "older_than": "30d", "gte": 1}},
+            "segments[0].when.count.within",
+            "nothing is less than 7d and at least 30d old: the window is empty; "
+            "did you mean within: 30d, older_than: 7d?",
+        ),
+        (
+            {"last": {"event": "x", "within": "7d", "older_than": "7d"}},
+            "segments[0].when.last.within",
+            "nothing is less than 7d and at least 7d old: the window is empty",
+        ),
+        (
+            {"trait": {"name": "age", "between": [7, 4]}},
+            "segments[0].when.trait.between",
+            "nothing is between 7 and 4: the low end comes first; did you mean [4, 7]?",
+        ),
+    ],
+)
+def test_a_range_nothing_is_ever_in_is_refused(when: dict[str, Any], path: str, reason: str) -> None:
+    with pytest.raises(RulesError) as caught:
+        compile_rules({"segments": [{"name": "s", "when": when}]})
+    assert (caught.value.path, caught.value.reason) == (path, reason)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"count": {"event": "x", "within": "30d", "older_than": "7d", "gte": 1}},
+        {"trait": {"name": "a", "within": "1mo", "older_than": "28d"}},  # empty in February only
+        {"trait": {"name": "age", "between": [4, 4]}},
+    ],
+)
+def test_ranges_something_can_be_in_are_taken(when: dict[str, Any]) -> None:
+    compile_rules({"segments": [{"name": "s", "when": when}]})
