@@ -55,6 +55,7 @@ DEFAULT_CONVERSION_DAYS = 7
 MESSAGE_PROPERTIES = ("message_id", "campaign_id", "flow_message_id")
 PERIOD_DAYS = 8
 PERIODS = 12
+MAX_CENTS = 10**14  # 10^12 in any currency: the ingest refuses larger amounts
 
 # KEYS: person hash, the messages hash of before (read only), the account's segment codes
 # (:func:`connector.analytics.keys.codes_key`). ARGV: kind (dl/op/ck/un/order), the event's credit
@@ -331,7 +332,8 @@ def cents(event: Event) -> int:
     for name in ("revenue", "total", "value"):
         value = event.properties.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return round(value * 100)
+            # an amount no order has (refused at ingest since) is no revenue, never a failed batch
+            return round(value * 100) if -MAX_CENTS <= value * 100 <= MAX_CENTS else 0
     return 0
 
 

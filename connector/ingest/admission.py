@@ -12,7 +12,8 @@ tracking API calls :func:`admit_tracking`.
    only) are refused unless the account opted in (``unsigned_batch_elements: accept``), and are
    never privileged.
 4. Nothing the workers would refuse for a reason known now is acknowledged (:func:`storable`):
-   an event name longer than the store keeps, or, on the Segment-spec routes where the spec
+   an event name longer than the store keeps, an amount no order has (:data:`MAX_AMOUNT`), or, on
+   the Segment-spec routes where the spec
    makes an identity mandatory, a message without a usable ``userId``/``anonymousId``/email.
 
 Every refusal is a 400 naming the element and the reason.
@@ -20,6 +21,7 @@ Every refusal is a 400 naming the element and the reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -105,10 +107,37 @@ def admit_tracking(events: Sequence[Event], account: Account, where: Callable[[i
     storable(events, account, where, identity_required=True)
 
 
-def name_problem(event: Event) -> str | None:
-    """Why the workers would refuse the event's name (too long to keep), or None."""
+# The properties that hold an amount of money (the spec's, and what the receivers map to them):
+# beyond ±10^12 in any currency no order is real, and such a number broke the sums the rules and
+# the analytics keep (an infinity, or a Redis integer overflow that failed a whole worker batch)
+AMOUNTS = ("revenue", "total", "value", "price", "subtotal", "tax", "shipping", "discount",
+           "total_tax", "total_discounts")  # fmt: skip
+MAX_AMOUNT = 10**12
+
+
+def event_problem(event: Event) -> str | None:
+    """Why the workers would refuse the event, or would keep it only to break a sum: a name too
+    long to keep, an amount beyond :data:`MAX_AMOUNT`. None when there is no such reason."""
     if len(event.name) > MAX_NAME:
         return f"the event name is {len(event.name)} characters, more than the {MAX_NAME} kept"
+    for name in AMOUNTS:
+        value = event.properties.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        amount = _amount(value)
+        if amount is not None and not -MAX_AMOUNT <= amount <= MAX_AMOUNT:
+            return f"properties.{name} is {value}, beyond the ±{MAX_AMOUNT:,} an amount may be"
+    return None
+
+
+def _amount(value: object) -> float | None:
+    if isinstance(value, int | float):
+        return float(value) if not isinstance(value, int) or abs(value) < 10**300 else math.inf
+    if isinstance(value, str) and len(value) <= 400:
+        try:
+            return float(value)
+        except ValueError:
+            return None
     return None
 
 
@@ -117,7 +146,7 @@ def storable(
 ) -> None:
     """Refuse what the workers would refuse for a reason the sender can be told now."""
     for i, event in enumerate(events):
-        if (problem := name_problem(event)) is not None:
+        if (problem := event_problem(event)) is not None:
             raise MalformedPayload(f"{where(i)}: {problem}")
         if identity_required:
             reason = _identity_problem(event, account)

@@ -29,7 +29,7 @@ from connector import unicode_text
 from connector.config import Account, SenderConfig
 from connector.errors import ConnectorError
 from connector.event import Event
-from connector.ingest.admission import name_problem
+from connector.ingest.admission import event_problem
 from connector.ingest.receivers.base import WHOLE_BODY, Inbound, identities, parse_json
 from connector.ingest.receivers.shopify import TRAIT_FIELDS, ShopifyReceiver
 from connector.ingest.receivers.spec import normalize
@@ -421,7 +421,7 @@ def _valid(parsed: Iterable[Parsed], report: Report) -> Iterator[Event]:
         if not item.identities:
             report.reject(number, "no identity (userId, anonymousId or email)")
             continue
-        if (problem := name_problem(item)) is not None:
+        if (problem := event_problem(item)) is not None:
             report.reject(number, problem)
             continue
         report.events += 1

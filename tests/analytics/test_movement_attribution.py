@@ -481,3 +481,21 @@ def test_message_state_of_the_layout_before_ages_out_by_the_same_rule(redis_clie
     fields = _fields(redis_client)
     assert not {(k.encode() if isinstance(k, str) else k) for k in aged_fields} & set(fields)
     assert {(k.encode() if isinstance(k, str) else k) for k in live_fields} <= set(fields)
+
+
+@pytest.mark.parametrize(
+    ("revenue", "expected"),
+    [
+        (19.99, 1999),
+        ("12", 0),
+        (float("inf"), 0),
+        (float("nan"), 0),
+        (1e307, 0),
+        (10**12, 10**14),
+        (-(10**13), 0),
+    ],
+)
+def test_an_order_amount_no_order_has_credits_no_revenue(revenue: object, expected: int) -> None:
+    # stored before the ingest refused such amounts: credited as nothing, never a failed batch
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    assert attribution.cents(_event("order_completed", 1, at, revenue=revenue)) == expected

@@ -124,6 +124,29 @@ def test_invalid_batch_element_is_400_naming_it(client, redis_client) -> None:  
     assert stored_events(redis_client) == []
 
 
+@pytest.mark.parametrize(
+    ("properties", "named"),
+    [
+        ({"revenue": 1e307}, "properties.revenue is 1e+307"),
+        ({"total": -(10**13)}, "properties.total is -10000000000000"),
+        ({"price": "1e300"}, "properties.price is 1e300"),
+        ({"revenue": 10**400}, "properties.revenue is"),
+    ],
+)
+def test_an_amount_no_order_has_is_refused(client, redis_client, properties, named) -> None:  # type: ignore[no-untyped-def]
+    # such a number broke the sums the rules and the analytics keep, failing the worker's whole batch
+    batch = {
+        "batch": [{"type": "track", "event": "Order Completed", "userId": "u", "properties": properties}]
+    }
+    res = post(client, "/v1/batch", batch)
+    assert res.status_code == 400, res.json
+    assert res.json["message"].startswith(f"batch[0]: {named}")
+    assert "beyond the ±1,000,000,000,000 an amount may be" in res.json["message"]
+    assert stored_events(redis_client) == []
+    ok = {"event": "Order Completed", "userId": "u", "properties": {"revenue": 10**12, "order_id": 10**18}}
+    assert post(client, "/v1/track", ok).status_code == 200
+
+
 def test_content_type_encoding_and_size(client, app, redis_client) -> None:  # type: ignore[no-untyped-def]
     msg = json.dumps({"event": "E", "userId": "u"}).encode()
     assert post(client, "/v1/track", msg, **{"Content-Type": "application/xml"}).status_code == 415
