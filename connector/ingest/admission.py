@@ -12,7 +12,8 @@ tracking API calls :func:`admit_tracking`.
    only) are refused unless the account opted in (``unsigned_batch_elements: accept``), and are
    never privileged.
 4. Nothing the workers would refuse for a reason known now is acknowledged (:func:`storable`):
-   an event name longer than the store keeps, an amount no order has (:data:`MAX_AMOUNT`), or, on
+   an event name longer than the store keeps, an amount no order has (:data:`MAX_AMOUNT`), a time
+   more than :data:`MAX_AHEAD` from now, or, on
    the Segment-spec routes where the spec
    makes an identity mandatory, a message without a usable ``userId``/``anonymousId``/email.
 
@@ -24,8 +25,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import ClassVar, Protocol
 
+from connector import clock
+from connector.clock import isoformat
 from connector.config import Account, SenderConfig
 from connector.errors import EventNotAllowed, MalformedPayload
 from connector.event import PRIVILEGED_TYPES, Event
@@ -113,6 +117,7 @@ def admit_tracking(events: Sequence[Event], account: Account, where: Callable[[i
 AMOUNTS = ("revenue", "total", "value", "price", "subtotal", "tax", "shipping", "discount",
            "total_tax", "total_discounts")  # fmt: skip
 MAX_AMOUNT = 10**12
+MAX_AHEAD = timedelta(hours=24)  # clocks a little ahead, or a day off, are taken
 
 
 def event_problem(event: Event) -> str | None:
@@ -120,6 +125,9 @@ def event_problem(event: Event) -> str | None:
     long to keep, an amount beyond :data:`MAX_AMOUNT`. None when there is no such reason."""
     if len(event.name) > MAX_NAME:
         return f"the event name is {len(event.name)} characters, more than the {MAX_NAME} kept"
+    if event.occurred_at > clock.now() + MAX_AHEAD:
+        # a time in the future would pin latest-wins traits and keep windows open until then
+        return f"the event's time {isoformat(event.occurred_at)} is more than 24 hours from now"
     for name in AMOUNTS:
         value = event.properties.get(name)
         if value is None or isinstance(value, bool):

@@ -37,7 +37,7 @@ from connector.errors import (
 from connector.event import Event
 from connector.ingest.admission import admit_tracking
 from connector.ingest.receivers.base import Inbound, parse_json, parse_time
-from connector.ingest.receivers.spec import normalize
+from connector.ingest.receivers.spec import message_id, normalize
 
 SOURCE = "tracking"
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
@@ -96,9 +96,14 @@ def find_account(accounts: Accounts, key: str | None, payload: Any) -> Account:
 
 
 def _with_timestamp(message: dict[str, Any], sent_at: Any, now: datetime, where: str) -> dict[str, Any]:
-    """Segment's clock-skew correction when the SDK sent no ``timestamp``."""
+    """Segment's clock-skew correction when the SDK sent no ``timestamp``. ``receivedAt`` is always
+    this receipt's (a client's would move the event's time); a message with its own time but no
+    ``messageId`` is named by a digest of what the client sent, so its retries are duplicates."""
     message = {k: v for k, v in message.items() if k != "writeKey"}
-    message.setdefault("receivedAt", isoformat(now))
+    timed = any(message.get(k) for k in ("timestamp", "originalTimestamp"))
+    if timed and message.get("messageId") in (None, ""):
+        message["messageId"] = message_id(message)
+    message["receivedAt"] = isoformat(now)
     if message.get("timestamp") in (None, ""):
         original = message.get("originalTimestamp")
         sent = message.get("sentAt", sent_at)

@@ -51,6 +51,7 @@ TURN_SECONDS = 0.5  # a drain runs at least this long before it gives the worker
 CLAIM_IDLE_MS = 60_000
 MAX_DELIVERIES = 5
 BACKOFF_CONSUMER = "backoff"
+ERRORS_TTL_SECONDS = 86400
 
 # Releases the shard's pump flag when the group has read every entry of the stream (entries still
 # pending belong to other consumers: live ones acknowledge them, dead ones are the scheduler's).
@@ -440,34 +441,86 @@ def _apply(
     entries: list[tuple[bytes, dict]],
     processor: Processor,
 ) -> int:
+    """Apply a batch; acknowledge it. A batch that fails again after a redelivery is applied one
+    event at a time, so one event that cannot be applied holds back (and, past
+    ``MAX_DELIVERIES``, dead-letters) only itself, with its error as the reason, never the others
+    of its batch (which may be other accounts')."""
     now = clock.now()
-    events: list[Event] = []
+    applied: list[tuple[bytes, Event]] = []
     ids = [entry_id for entry_id, _ in entries]
     poisoned, redelivered = _deliveries(conn, key, ids)
+    errors = _last_errors(conn, key, poisoned)
     for entry_id, fields in entries:
         raw = fields.get(STREAM_FIELD.encode(), b"")
         if entry_id in poisoned:
             reason = f"delivered more than {MAX_DELIVERIES} times without success"
+            if entry_id in errors:
+                reason += f" (last error: {errors[entry_id]})"
             dead.put("events", reason, _text(raw), now, account=_account_of(raw))
             continue
         try:
-            events.append(load_event(raw))
+            applied.append((entry_id, load_event(raw)))
         except UndecodableItem as err:
             log.warning("undecodable queue item", extra={"entry": entry_id.decode(), "reason": str(err)})
             dead.put("events", str(err), _text(raw), now)
-    if events:
+    failed: dict[bytes, BaseException] = {}
+    if applied:
         try:
             with pipeline.redelivery(redelivered):
-                processor(events, now)
-        except Exception:
-            # retried after CLAIM_IDLE_MS, not at once by the next drain (the worker is alive)
-            conn.xclaim(key, GROUP, BACKOFF_CONSUMER, min_idle_time=0, message_ids=ids, justid=True)
-            raise
+                processor([event for _, event in applied], now)
+        except Exception as err:
+            if not redelivered or len(applied) == 1:
+                failed = {entry_id: err for entry_id, _ in applied}
+            else:
+                failed = _one_by_one(applied, processor, now)
     pipe = conn.pipeline(transaction=False)
-    pipe.xack(key, GROUP, *ids)
-    pipe.xdel(key, *ids)
+    done = [entry_id for entry_id in ids if entry_id not in failed]
+    if done:
+        pipe.xack(key, GROUP, *done)
+        pipe.xdel(key, *done)
+        if redelivered:  # only an entry delivered before can have an error kept
+            pipe.hdel(_errors_key(key), *done)
+    if failed:
+        # retried after CLAIM_IDLE_MS, not at once by the next drain (the worker is alive)
+        pipe.xclaim(key, GROUP, BACKOFF_CONSUMER, min_idle_time=0, message_ids=list(failed), justid=True)
+        pipe.hset(_errors_key(key), mapping={i: _error_text(err) for i, err in failed.items()})
+        pipe.expire(_errors_key(key), ERRORS_TTL_SECONDS)
     pipe.execute()
-    return len(events)
+    if failed:
+        raise next(iter(failed.values()))
+    return len(applied)
+
+
+def _one_by_one(
+    applied: list[tuple[bytes, Event]], processor: Processor, now: datetime
+) -> dict[bytes, BaseException]:
+    """Apply each event alone (as redelivered); the ones that fail, with their errors."""
+    failed: dict[bytes, BaseException] = {}
+    for entry_id, event in applied:
+        try:
+            with pipeline.redelivery(True):
+                processor([event], now)
+        except Exception as err:
+            log.warning("event failed alone", extra={"entry": entry_id.decode(), "error": type(err).__name__})
+            failed[entry_id] = err
+    return failed
+
+
+def _errors_key(key: str) -> str:
+    """The last error of each entry of a stream that failed, for its dead letter's reason."""
+    return f"{key}:errors"
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:300]
+
+
+def _last_errors(conn: redis.Redis, key: str, ids: Set[bytes]) -> dict[bytes, str]:
+    if not ids:
+        return {}
+    order = list(ids)
+    found = conn.hmget(_errors_key(key), order)
+    return {i: v.decode("utf-8", "replace") for i, v in zip(order, found, strict=True) if v is not None}
 
 
 def _deliveries(conn: redis.Redis, key: str, ids: list[bytes]) -> tuple[set[bytes], bool]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from datetime import timedelta
 
 import pytest
 
@@ -145,6 +146,31 @@ def test_an_amount_no_order_has_is_refused(client, redis_client, properties, nam
     assert stored_events(redis_client) == []
     ok = {"event": "Order Completed", "userId": "u", "properties": {"revenue": 10**12, "order_id": 10**18}}
     assert post(client, "/v1/track", ok).status_code == 200
+
+
+def test_a_time_more_than_a_day_ahead_is_refused(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    # it would pin latest-wins traits and keep windows open until then
+    ahead = (FIXED_NOW + timedelta(hours=24, seconds=1)).isoformat()
+    res = post(client, "/v1/identify", {"userId": "u", "traits": {"first_name": "Ann"}, "timestamp": ahead})
+    assert res.status_code == 400
+    assert "more than 24 hours from now" in res.json["message"]
+    assert stored_events(redis_client) == []
+    within = (FIXED_NOW + timedelta(hours=23)).isoformat()
+    assert post(client, "/v1/identify", {"userId": "u", "timestamp": within}).status_code == 200
+
+
+def test_a_client_received_at_does_not_move_the_event(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    res = post(client, "/v1/track", {"event": "E", "userId": "u", "receivedAt": "2199-01-01T00:00:00Z"})
+    assert res.status_code == 200
+    [event] = stored_events(redis_client)
+    assert event["occurred_at"].startswith(FIXED_NOW.strftime("%Y-%m-%dT%H:%M"))
+
+
+def test_a_retry_without_message_id_is_a_duplicate_when_it_has_its_time(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    timed = {"event": "Order Completed", "userId": "u", "timestamp": "2023-12-31T10:00:00Z"}
+    answers = [post(client, "/v1/track", timed).json for _ in range(2)]
+    assert [(a["accepted"], a["duplicates"]) for a in answers] == [(1, 0), (0, 1)]
+    assert len(stored_events(redis_client)) == 1
 
 
 def test_content_type_encoding_and_size(client, app, redis_client) -> None:  # type: ignore[no-untyped-def]

@@ -61,3 +61,38 @@ def test_an_unreadable_dead_lettered_event_is_not_replayable_and_stays(redis_cli
     (item,) = dead.list("events")
     assert sync.replay_dead_letter(redis_client, dead, item, NOW) == "not replayable"
     assert dead.count("events") == 1
+
+
+def test_one_event_that_cannot_be_applied_holds_back_only_itself(
+    redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONNECTOR_EVENT_SHARDS", "1")
+    events = [ev(f"ok{i}", f"ok{i}", at=i, user_id=f"u-ok{i}") for i in range(3)]
+    events.insert(1, ev("poison", "poison", at=1, user_id="u-poison"))
+    assert EventQueue(redis_client, 1).ingest("acme", events, 3600).accepted == 4
+    monkeypatch.setattr(jobs, "CLAIM_IDLE_MS", 0)
+    monkeypatch.setattr(jobs, "MAX_DELIVERIES", 3)
+    applied: list[str] = []
+
+    def picky(batch: Any, now: Any) -> None:
+        if any(event.name == "poison" for event in batch):
+            raise Broken("cannot convert float infinity to integer")
+        applied.extend(event.name for event in batch)
+
+    with clock.frozen(NOW):
+        with pytest.raises(Broken):  # the batch fails once: retried whole (the cause may pass)
+            jobs.drain_events(0, processor=picky, conn=redis_client)
+        assert applied == []
+        with pytest.raises(Broken):  # again: each event alone, the others are applied and acknowledged
+            jobs.drain_events(0, processor=picky, conn=redis_client)
+        assert sorted(applied) == ["ok0", "ok1", "ok2"]
+        assert redis_client.xlen(stream_key(0)) == 1
+        with pytest.raises(Broken):
+            jobs.drain_events(0, processor=picky, conn=redis_client)
+        assert jobs.drain_events(0, processor=picky, conn=redis_client) == 0  # past the limit
+    dead = DeadLetters(redis_client)
+    [item] = dead.list("events")
+    assert item.account == "acme" and '"poison"' in item.payload
+    last = "last error: Broken: cannot convert float infinity to integer"
+    assert item.reason == f"delivered more than 3 times without success ({last})"
+    assert sorted(applied) == ["ok0", "ok1", "ok2"] and redis_client.xlen(stream_key(0)) == 0
