@@ -175,27 +175,68 @@ def _emails(account_id: str, pids: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _member(pid: str, email: str | None) -> dict[str, Any]:
+    return {"profile_id": pid, "email": email}
+
+
+class _Search:
+    """The members from a position whose email starts with ``prefix``: at most ``limit``, looking at
+    up to ``limit`` times :data:`SCAN_PER_PAGE` members."""
+
+    def __init__(self, account_id: str, name: str, prefix: str, limit: int) -> None:
+        self.account_id, self.name, self.prefix, self.limit = account_id, name, prefix, limit
+        self.emails: dict[str, str | None] = {}  # read once per request, even when a slice is read again
+
+    def _slice(self, start: sizes.Position | None, count: int) -> tuple[sizes.Position | None, list[str]]:
+        after, pids = sizes.members(auth.runtime().profile_redis, self.account_id, self.name, start, count)
+        self.emails.update(_emails(self.account_id, [p for p in pids if p not in self.emails]))
+        return after, pids
+
+    def _matches(self, pids: list[str], taken: list[str]) -> list[str]:
+        """The matches among ``pids``, each once, but those already ``taken``."""
+        found = dict.fromkeys(p for p in pids if (self.emails[p] or "").startswith(self.prefix))
+        return [p for p in found if p not in taken]
+
+    def page(self, start: sizes.Position | None) -> tuple[sizes.Position | None, list[dict[str, Any]]]:
+        """(where the next page starts, None at the end; the matches). A full page ends at its last
+        match: a slice holding more matches than the page has room for is read again up to the one
+        that fills it, so the next page starts right after it."""
+        out: list[str] = []
+        position, looked, budget = start, 0, self.limit * SCAN_PER_PAGE
+        while len(out) < self.limit and looked < budget:
+            want = min(self.limit, budget - looked)
+            after, pids = self._slice(position, want)
+            found = self._matches(pids, out)
+            room = self.limit - len(out)
+            if len(found) > room:
+                after, pids = self._slice(position, pids.index(found[room - 1]) + 1)
+                found = self._matches(pids, out)  # a set of the earlier layout (SSCAN) may give a few more
+            out += found
+            looked += len(pids)
+            position = after
+            if after is None or not pids:  # the end, or a stretch of empty buckets: the next page goes on
+                break
+        return position, [_member(pid, self.emails[pid]) for pid in out]
+
+
 @blp.route("/<string:name>/members")
 class Members(MethodView):
     @auth.access(blp, "viewer")
     @blp.arguments(MembersQuery, location="query")
     @blp.response(200, MemberPageSchema)
     def get(self, query: dict[str, Any], account_id: str, name: str) -> dict[str, Any]:
-        """One page of the segment's members. With ``q``, only those whose email starts with it: each
-        page looks at a bounded slice of the members, so a page may be short or empty while
-        next_cursor is not null; follow it until null."""
+        """One page of the segment's members. With ``q``, only those whose email starts with it, at
+        most ``limit``, the next page starting after the last one returned: each page looks at a
+        bounded slice of the members, so a page may be short or empty while next_cursor is not
+        null; follow it until null."""
         segment_or_404(auth.account(account_id), name)
         limit, prefix = query["limit"], (query.get("q") or "").strip().lower()
-        count = limit * SCAN_PER_PAGE if prefix else limit
-        cursor, pids = sizes.members(
-            auth.runtime().profile_redis, account_id, name, _cursor(query.get("cursor")), count
-        )
-        emails = _emails(account_id, pids)
-        items = [
-            {"profile_id": pid, "email": email}
-            for pid, email in emails.items()
-            if not prefix or (email is not None and email.startswith(prefix))
-        ]
+        start = _cursor(query.get("cursor"))
+        if prefix:
+            cursor, items = _Search(account_id, name, prefix, limit).page(start)
+            return {"items": items, "next_cursor": _cursor_text(cursor)}
+        cursor, pids = sizes.members(auth.runtime().profile_redis, account_id, name, start, limit)
+        items = [_member(pid, email) for pid, email in _emails(account_id, pids).items()]
         return {"items": items, "next_cursor": _cursor_text(cursor)}
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from flask import (
     Blueprint,
@@ -22,10 +25,11 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from connector import clock
+from connector import clock, unicode_text
 from connector.ops import audit, live, tokens
 from connector.ops.console import session
 from connector.ops.console.charts import arm_bars, day_bars, sparkline
@@ -46,6 +50,11 @@ CSV_PAGE = 500
 # a spreadsheet reads a cell starting with one of these as a formula (OWASP, "CSV Injection")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 RULE_VERSIONS_SHOWN = 20
+NEXT_LENGTH = 2000  # the longest address a login goes on to
+# the characters that change the direction of the text after them (Bidi_Control)
+BIDI_CONTROL = re.compile("([\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069])")
+# what JSON shows as an escape rather than as itself: those and the other invisible breaks and controls
+JSON_INVISIBLE = re.compile("[\u0080-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def runtime() -> Runtime:
@@ -99,6 +108,33 @@ def _context() -> dict[str, Any]:
     return {"sparkline": sparkline, "day_bars": day_bars, "arm_bars": arm_bars, "quote": quote}
 
 
+@bp.app_template_filter("pretty_json")
+def pretty_json(value: Any) -> str:
+    """``value`` as indented JSON with every character as itself (Hebrew, Arabic, an apostrophe;
+    the page escapes the HTML), but those that show nothing or turn the text around (U+202E, a line
+    separator, C1 controls), written as their ``\\uXXXX`` escape; a lone surrogate stored by an
+    earlier release shows as U+FFFD."""
+    text = json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+    return JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", unicode_text.replaced(text))
+
+
+@bp.app_template_filter("isolated")
+def isolated(value: Any) -> Markup:
+    """Text someone sent (an email, a trait, an event name) as HTML: escaped, in a ``<bdi>`` so its
+    direction does not spill onto the text around it, and each character that changes direction
+    (U+202E RIGHT-TO-LEFT OVERRIDE, ...) isolated on its own and marked with its code point
+    (console.css), so the text reads in the order it was written. The characters stay in the page:
+    what is copied from it is the value as stored."""
+    parts = BIDI_CONTROL.split(unicode_text.replaced(str(value)))
+    shown = Markup("").join(
+        Markup('<bdi class="ctl" data-cp="U+{:04X}">{}</bdi>').format(ord(part), part)
+        if n % 2
+        else escape(part)
+        for n, part in enumerate(parts)
+    )
+    return Markup('<bdi class="v">{}</bdi>').format(shown)
+
+
 def render(template: str, **values: Any) -> str:
     token = getattr(g, "console_token", None)
     return render_template(
@@ -115,9 +151,24 @@ def render(template: str, **values: Any) -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/console") and not target.startswith("//"):
-        return target
-    return url_for("console.home")
+    """Where a login goes on to: ``target`` (the page that sent the browser to log in) when it is a
+    plain path of the console on this site, else the console's home."""
+    return target if target and _console_path(target) else url_for("console.home")
+
+
+def _console_path(target: str) -> bool:
+    """Whether ``target`` is a path under ``/console`` of this site: not another site or scheme
+    (``//host``, ``https:``, a backslash, which browsers read as a slash), no control character,
+    written or percent-encoded (a header cannot hold a line break), no ``.`` or ``..`` segment."""
+    decoded = unquote(target)
+    if len(target) > NEXT_LENGTH or "\\" in decoded:
+        return False
+    if any(unicodedata.category(c) == "Cc" for c in target + decoded):
+        return False
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not (parts.path == "/console" or parts.path.startswith("/console/")):
+        return False
+    return not any(segment in (".", "..") for segment in unquote(parts.path).split("/"))
 
 
 @bp.route("/login", methods=["GET", "POST"])

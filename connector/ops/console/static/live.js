@@ -16,9 +16,56 @@
   var rowOfEvent = {};    // event id -> the delivery's row
   var rowOfProfile = {};  // profile id -> the row where it last landed
 
-  function cell(row, text, cls) {
+  // Text a sender wrote, as the pages show it (the "isolated" filter, connector/ops/console/views.py):
+  // in a <bdi>, so its direction does not spill onto the text around it, each character that changes
+  // direction (U+202E, ...) in a <bdi> of its own, marked with its code point by console.css.
+  var BIDI_CONTROL = /([\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069])/;
+
+  function isolated(text) {
+    var bdi = document.createElement("bdi");
+    bdi.className = "v";
+    String(text).split(BIDI_CONTROL).forEach(function (part, n) {
+      if (n % 2) {
+        var ctl = document.createElement("bdi");
+        ctl.className = "ctl";
+        ctl.dataset.cp = "U+" + ("000" + part.charCodeAt(0).toString(16).toUpperCase()).slice(-4);
+        ctl.textContent = part;
+        bdi.appendChild(ctl);
+      } else if (part) {
+        bdi.appendChild(document.createTextNode(part));
+      }
+    });
+    return bdi;
+  }
+
+  // parts: text, nodes (isolated values), links ({href, text}) and lists of those
+  function append(parent, parts) {
+    (Array.isArray(parts) ? parts : [parts]).forEach(function (p) {
+      if (p === null || p === undefined || p === "") return;
+      if (Array.isArray(p)) {
+        append(parent, p);
+      } else if (p.nodeType) {
+        parent.appendChild(p);
+      } else if (p.href) {
+        var a = document.createElement("a");
+        a.href = p.href;
+        a.textContent = p.text;
+        parent.appendChild(a);
+      } else {
+        parent.appendChild(document.createTextNode(String(p)));
+      }
+    });
+  }
+
+  function joined(values, separator) {
+    var out = [];
+    values.forEach(function (v, n) { if (n) out.push(separator); out.push(v); });
+    return out;
+  }
+
+  function cell(row, parts, cls) {
     var td = document.createElement("td");
-    td.textContent = text;
+    append(td, parts);
     if (cls) td.className = cls;
     row.appendChild(td);
     return td;
@@ -27,22 +74,22 @@
   function identities(events) {
     var out = [];
     events.forEach(function (e) {
-      Object.keys(e.identities || {}).forEach(function (k) { out.push(k + " " + e.identities[k]); });
+      Object.keys(e.identities || {}).forEach(function (k) { out.push([k + " ", isolated(e.identities[k])]); });
     });
-    return out.join(", ");
+    return joined(out, ", ");
   }
 
   function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
 
   function detail(d) {
-    if (d.outcome === "refused") return d.status + " " + (d.reason || "");
+    if (d.outcome === "refused") return [d.status + " ", isolated(d.reason || "")];
     if (d.outcome === "not_shown") {
       return plural(d.deliveries, "more delivery", "more deliveries") + " (" +
              plural(d.accepted, "event", "events") + " stored, " + d.duplicates + " duplicate), " + d.reason;
     }
-    var names = d.events.map(function (e) { return e.name; }).join(", ");
+    var names = joined(d.events.map(function (e) { return isolated(e.name); }), ", ");
     var more = d.event_count > d.events.length ? " (+" + (d.event_count - d.events.length) + " more)" : "";
-    return d.accepted + " stored, " + d.duplicates + " duplicate · " + names + more;
+    return [d.accepted + " stored, " + d.duplicates + " duplicate · ", names, more];
   }
 
   function visible(row) {
@@ -59,7 +106,7 @@
     cell(row, sent);
     cell(row, d.outcome.replace("_", " "), "outcome");
     var td = cell(row, what, "detail");
-    cell(row, idText, "small");
+    cell(row, idText, "small ids");
     row.hidden = !visible(row);
     body.insertBefore(row, body.firstChild);
     while (body.children.length > MAX_ROWS) body.removeChild(body.lastChild);
@@ -69,16 +116,7 @@
   function line(td, cls, parts) {
     var div = document.createElement("div");
     div.className = "sub " + cls;
-    parts.forEach(function (p) {
-      if (p && p.href) {
-        var a = document.createElement("a");
-        a.href = p.href;
-        a.textContent = p.text;
-        div.appendChild(a);
-      } else if (p) {
-        div.appendChild(document.createTextNode(p));
-      }
-    });
+    append(div, parts);
     td.appendChild(div);
   }
 
@@ -98,9 +136,11 @@
     if (p.entered.length) out.push("entered " + p.entered.join(", "));
     if (p.exited.length) out.push("exited " + p.exited.join(", "));
     var traits = Object.keys(p.traits || {});
-    if (traits.length) out.push("traits " + traits.map(function (k) { return k + "=" + p.traits[k]; }).join(", "));
+    if (traits.length) {
+      out.push(["traits ", joined(traits.map(function (k) { return [k + "=", isolated(p.traits[k])]; }), ", ")]);
+    }
     if (!out.length) out.push("no segment change");
-    return out.join("; ");
+    return joined(out, "; ");
   }
 
   function landed(d) {
@@ -109,23 +149,23 @@
       var td = null;
       (p.events || []).forEach(function (id) { td = td || rowOfEvent[id]; });
       if (!td) { loose.push(p); return; }
-      line(td, "landed", ["→ profile ", profileLink(p.profile), ": " + landedText(p)]);
+      line(td, "landed", ["→ profile ", profileLink(p.profile), ": ", landedText(p)]);
       rowOfProfile[p.profile] = td;
     });
     if (!loose.length) return;
     var more = d.profile_count > d.profiles.length ? " (+" + (d.profile_count - d.profiles.length) + " more)" : "";
     var td = newRow(d, d.sender || "", loose.length + " profile(s) updated" + more, "");
     loose.forEach(function (p) {
-      line(td, "landed", ["profile ", profileLink(p.profile), ": " + landedText(p)]);
+      line(td, "landed", ["profile ", profileLink(p.profile), ": ", landedText(p)]);
       rowOfProfile[p.profile] = td;
     });
   }
 
   function espText(d, r) {
-    var text = d.destination + ": " + r.status.replace("_", " ");
-    if (r.reason) text += " (" + r.reason + ")";
-    if (r.retry_at) text += ", retry at " + r.retry_at;
-    return text;
+    var out = [d.destination + ": " + r.status.replace("_", " ")];
+    if (r.reason) out.push(" (", isolated(r.reason), ")");
+    if (r.retry_at) out.push(", retry at " + r.retry_at);
+    return out;
   }
 
   function esp(d) {
@@ -139,7 +179,7 @@
     var counts = Object.keys(d.counts).map(function (k) { return d.counts[k] + " " + k.replace("_", " "); });
     var td = newRow(d, "", "→ " + d.destination + ": " + counts.join(", "), "");
     loose.forEach(function (r) {
-      line(td, "esp " + r.status, ["profile ", profileLink(r.profile), ": " + espText(d, r)]);
+      line(td, "esp " + r.status, ["profile ", profileLink(r.profile), ": ", espText(d, r)]);
     });
   }
 
