@@ -19,11 +19,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from connector import sync
+from connector import clock, sync
 from connector.ingest.queue import EventQueue
 from connector.ingest.web import REJECTED_KEY
 from connector.profiles.bounds import dropped
 from connector.runtime import config_errors
+from connector.sync import keys as sync_keys
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
 
@@ -83,6 +84,7 @@ class RedisCollector(Collector):
         if lateness is not None:
             yield lateness
         yield self._paused()
+        yield from self._sync_backlog()
         yield self._dead_letters()
 
     def _counters(self) -> Iterator[Metric]:
@@ -162,6 +164,45 @@ class RedisCollector(Collector):
         for account, destination in sorted(sync.paused(self.queue.conn)):
             family.add_metric([account, destination], 1)
         return family
+
+    def _sync_backlog(self) -> Iterator[Metric]:
+        """Per destination with changes waiting (``sync:due``): how many, how many failing, and in
+        how long the next send may go (a rate limit's wait, a retry's backoff, a daily quota)."""
+        waiting = GaugeMetricFamily(
+            "connector_sync_pending",
+            "Changes waiting to be sent to a destination (newest version per person).",
+            labels=["account", "destination"],
+        )
+        failing = GaugeMetricFamily(
+            "connector_sync_failing",
+            "People whose change a destination refused or failed, retried with backoff until dead-lettered.",
+            labels=["account", "destination"],
+        )
+        until = GaugeMetricFamily(
+            "connector_sync_next_send_seconds",
+            "Seconds until the next send to a destination with changes waiting (0: now; hours: a "
+            "rate limit's Retry-After or a daily quota).",
+            labels=["account", "destination"],
+        )
+        conn = self.queue.conn
+        due_at = [
+            (_text(m).partition(sync_keys.SEP), float(at))
+            for m, at in conn.zrange("sync:due", 0, -1, withscores=True)
+        ]
+        pipe = conn.pipeline(transaction=False)
+        for (account, _, destination), _at in due_at:
+            pipe.hlen(sync_keys.key(account, destination, "pending"))
+            pipe.hlen(sync_keys.key(account, destination, "failing"))
+        counts = pipe.execute() if due_at else []
+        now = clock.now().timestamp()
+        for n, ((account, _, destination), at) in enumerate(due_at):
+            labels = [account, destination]
+            waiting.add_metric(labels, int(counts[2 * n]))
+            failing.add_metric(labels, int(counts[2 * n + 1]))
+            until.add_metric(labels, max(0.0, at - now))
+        yield waiting
+        yield failing
+        yield until
 
     def _dead_letters(self) -> Metric:
         family = GaugeMetricFamily(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector import sync
+from connector import clock, sync
 from connector.profiles.bounds import count_dropped
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
@@ -28,6 +28,24 @@ def test_metrics_show_due_index_lateness_pauses_and_dead_letters(client, redis_c
     assert "connector_due_lateness_seconds_count 3" in text
     assert 'connector_destination_paused{account="acme",destination="mailchimp"} 1' in text
     assert 'connector_dead_letters{kind="sync:mailchimp"} 1' in text
+
+
+def test_metrics_show_each_destination_s_waiting_and_failing_changes_and_the_next_send(
+    client, redis_client: redis.Redis
+) -> None:  # type: ignore[no-untyped-def]
+    # an outage, a rate limit's Retry-After or a daily quota shows as changes waiting and a wait ahead
+    redis_client.hset("sync:acme:mailchimp:pending", mapping={"p1": "{}", "p2": "{}", "p3": "{}"})
+    redis_client.hset("sync:acme:mailchimp:failing", mapping={"p2": "{}"})
+    redis_client.zadd("sync:due", {"acme\x1fmailchimp": (NOW + timedelta(hours=8)).timestamp()})
+    redis_client.hset("sync:acme:klaviyo:pending", mapping={"p1": "{}"})
+    redis_client.zadd("sync:due", {"acme\x1fklaviyo": (NOW - timedelta(seconds=5)).timestamp()})
+    with clock.frozen(NOW):
+        text = client.get("/metrics").get_data(as_text=True)
+    assert 'connector_sync_pending{account="acme",destination="mailchimp"} 3.0' in text
+    assert 'connector_sync_failing{account="acme",destination="mailchimp"} 1.0' in text
+    assert 'connector_sync_next_send_seconds{account="acme",destination="mailchimp"} 28800.0' in text
+    assert 'connector_sync_pending{account="acme",destination="klaviyo"} 1.0' in text
+    assert 'connector_sync_next_send_seconds{account="acme",destination="klaviyo"} 0.0' in text
 
 
 def test_every_metric_has_help_and_type_lines_and_the_text_parses(client, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
@@ -53,6 +71,9 @@ def test_every_metric_has_help_and_type_lines_and_the_text_parses(client, redis_
         "connector_due_lateness_seconds": "summary",
         "connector_destination_paused": "gauge",
         "connector_dead_letters": "gauge",
+        "connector_sync_pending": "gauge",
+        "connector_sync_failing": "gauge",
+        "connector_sync_next_send_seconds": "gauge",
     }
     for name, kind in names.items():
         assert f"# TYPE {name} {kind}\n" in text
