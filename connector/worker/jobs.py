@@ -586,16 +586,23 @@ def reevaluate(
     profile_ids: list[str],
     due_scores: list[float] | None = None,
     progress_key: str | None = None,
+    restate: bool = False,
 ) -> int:
     """Re-evaluate profiles: those whose results change because time passed (from the due index),
-    or every profile of an account after its rules were published (``progress_key`` counts them)."""
+    or every profile of an account after its rules were published (``progress_key`` counts them);
+    ``restate``: their state goes to the destinations again, changed or not (mappings changed)."""
     rt = process_runtime.current()
     if progress_key:  # a publish: see the rules just published, whatever the last check was
         rt.provider.refresh_rules()
     flags = due.flags(rt.queue_redis, account_id, profile_ids) if due_scores else {}
     try:
         evaluation.evaluate_touched(
-            rt, account_id, set(profile_ids), clock.now(), reconcile=bool(flags) or _retried()
+            rt,
+            account_id,
+            set(profile_ids),
+            clock.now(),
+            restate=set(profile_ids) if restate else (),
+            reconcile=bool(flags) or _retried(),
         )
     except Exception:
         if due_scores:  # due again shortly, whatever becomes of this job's retries

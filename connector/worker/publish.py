@@ -7,7 +7,10 @@ progress counter; the ledger passes on only the differences to the destinations.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -21,6 +24,7 @@ from rq import Queue
 import rules
 from connector.clock import isoformat
 from connector.config import Account
+from connector.destinations import destinations as parse_destinations
 from connector.dev.embedded_redis import EmbeddedRedis
 from connector.errors import MalformedPayload, UndecodableItem
 from connector.event import Event, load_event
@@ -31,6 +35,8 @@ from connector.profiles.erasure import erase_account, erase_profile
 from connector.worker import jobs
 from connector.worker.jobs import BACKFILL_QUEUE
 from rules import Profile, RuleSet
+
+log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 500
 PROGRESS_TTL_SECONDS = 7 * 24 * 3600
@@ -134,8 +140,12 @@ def read_events(path: Path, account_id: str, now: datetime) -> list[Event]:
     return events
 
 
-def publish(account: Account, conn: redis.Redis, queue_conn: redis.Redis, now: datetime) -> tuple[str, int]:
-    """Queue the re-evaluation of every profile of the account; returns (progress key, total)."""
+def publish(
+    account: Account, conn: redis.Redis, queue_conn: redis.Redis, now: datetime, *, restate: bool = False
+) -> tuple[str, int]:
+    """Queue the re-evaluation of every profile of the account; returns (progress key, total).
+    ``restate``: every profile's state goes to the destinations again, changed or not (a mapping of
+    a destination changed: the sync sends only the contacts whose mapped state differs)."""
     key = f"publish:{account.id}:{uuid.uuid4().hex[:12]}"
     queue = Queue(BACKFILL_QUEUE, connection=queue_conn)
     queue_conn.hset(key, mapping={"started": isoformat(now), "done": 0, "total": 0})
@@ -145,21 +155,22 @@ def publish(account: Account, conn: redis.Redis, queue_conn: redis.Redis, now: d
     for pid in iter_profile_ids(conn, account.id):
         chunk.append(pid)
         if len(chunk) == PUBLISH_CHUNK:
-            total += _enqueue(queue, account.id, chunk, key)
+            total += _enqueue(queue, account.id, chunk, key, restate)
             chunk = []
     if chunk:
-        total += _enqueue(queue, account.id, chunk, key)
+        total += _enqueue(queue, account.id, chunk, key, restate)
     queue_conn.hset(key, "total", total)
     return key, total
 
 
-def _enqueue(queue: Queue, account_id: str, chunk: list[str], key: str) -> int:
+def _enqueue(queue: Queue, account_id: str, chunk: list[str], key: str, restate: bool) -> int:
     queue.enqueue(
         "connector.worker.jobs.reevaluate",
         account_id,
         list(chunk),
         None,
         key,
+        restate,
         result_ttl=0,
         failure_ttl=24 * 3600,
         retry=jobs.reevaluate_retry(),
@@ -172,3 +183,57 @@ def progress(queue_conn: redis.Redis, key: str) -> tuple[int, int]:
     done, total = queue_conn.hmget(key, "done", "total")
     # a chunk whose worker died after counting is run again (RQ's retry) and counted twice
     return min(int(done or 0), int(total or 0)) if total else int(done or 0), int(total or 0)
+
+
+def mapping_digest(account: Account) -> str:
+    """What the account's destinations do with a profile's state (their types, segment mappings,
+    fields, lists and options), not how they send it (batching, retries, the key's variable)."""
+    shown = {
+        name: [dest.type, dest.enabled, dest.segments, dest.fields, dest.options]
+        for name, dest in sorted(parse_destinations(account).items())
+    }
+    text = json.dumps(shown, sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, frozenset | set):
+        return sorted(value, key=str)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return str(value)
+
+
+# per process: each account as last looked at, and its mapping's digest (the account object is
+# kept, so the next tick recognises it unchanged without computing the digest again)
+_seen_mappings: dict[str, tuple[Account, str]] = {}
+
+
+def resend_changed_mappings(now: datetime) -> int:
+    """Scheduler task: when an account's destination mappings changed (a tag renamed, a segment
+    mapped to another list), every profile's state goes to the destinations again; the sync sends
+    only the contacts whose mapped state differs. The digest each account's mapping had is kept in
+    ``sync:{account}:mapping`` (swapped atomically: of two schedulers one sees the change); an
+    account met for the first time only records it. Returns how many accounts were queued."""
+    from connector import runtime as process_runtime
+
+    rt = process_runtime.current()
+    queued = 0
+    for account in rt.accounts:
+        seen = _seen_mappings.get(account.id)
+        if seen is not None and seen[0] is account:
+            continue
+        digest = mapping_digest(account)
+        _seen_mappings[account.id] = (account, digest)
+        if seen is not None and seen[1] == digest:
+            continue
+        before = rt.queue_redis.set(f"sync:{account.id}:mapping", digest, get=True)
+        if before is None or before.decode() == digest:
+            continue
+        key, total = publish(account, rt.profile_redis, rt.queue_redis, now, restate=True)
+        log.info(
+            "destination mappings changed: every profile's state goes to the destinations again",
+            extra={"account": account.id, "profiles": total, "progress": key},
+        )
+        queued += 1
+    return queued

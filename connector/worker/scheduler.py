@@ -8,7 +8,8 @@
   sleeps only until the next due instant, so time-based transitions fire when they fall due;
 * arms the flush of every destination whose retry backoff has come due (connector/sync.py);
 * runs every registered periodic task (``TASKS``: the daily training of the predictions, the
-  overlaps of the segments every ten minutes, the erasures left unfinished by an interruption).
+  overlaps of the segments every ten minutes, the erasures left unfinished by an interruption, the
+  state of every profile sent again when an account's destination mappings changed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from connector import runtime as process_runtime
 from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key, stream_key
 from connector.predict import jobs as predict_jobs
 from connector.runtime import Runtime
-from connector.worker import due, erasure, jobs
+from connector.worker import due, erasure, jobs, publish
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ TASKS: list[Task] = [
     predict_jobs.daily,  # each account's predictions, trained once a day
     refresh_overlaps,  # the overlaps of each account's segments, every ten minutes
     erasure.finish_unfinished,  # erasures interrupted midway (a process killed, a write failed)
+    publish.resend_changed_mappings,  # a destination's mapping changed: the new state to the ESPs
 ]
 
 
