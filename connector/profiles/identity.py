@@ -256,7 +256,7 @@ class Resolver:
             target = self._new_pid()
             self.state[target] = _State()
             self.result.created += 1
-        self._absorb(ranks, target, event_uid or self._uid(target))
+        self._absorb(ranks, target, event_uid or self._uid(target), ids.get("email"))
         for kind, value in ids.items():
             if self.index.get((kind, value)) is None:
                 self._link(kind, value, target)
@@ -293,15 +293,34 @@ class Resolver:
             pool = [p for p in ranks if self._uid(p) is not None] or list(ranks)
         return min(pool, key=lambda p: (ranks[p], p)) if pool else None
 
-    def _absorb(self, ranks: Mapping[str, int], target: str, target_uid: str | None) -> None:
-        """Merge the other profiles into ``target``; one with another user id is a conflict."""
+    def _absorb(
+        self, ranks: Mapping[str, int], target: str, target_uid: str | None, email: str | None
+    ) -> None:
+        """Merge the other profiles into ``target``; one with another user id is a conflict, and so
+        is one named only by an anonymous id (a device's cookie, which anyone may send with any
+        email through a public write key) when both it and ``target`` have an email."""
         for other in sorted(set(ranks) - {target}):
             other_uid = self._uid(other)
             if other_uid and target_uid and other_uid != target_uid:
                 self._conflict(other, target)
                 continue
+            if ranks[other] == _RANK["anonymous_id"] and self._both_have_emails(other, target, email):
+                self._conflict(other, target)
+                continue
             self._merge(other, target)
             target_uid = target_uid or other_uid
+
+    def _both_have_emails(self, other: str, target: str, email: str | None) -> bool:
+        if not self._has_email(other):
+            return False
+        return (email is not None and self.index.get(("email", email)) == target) or self._has_email(target)
+
+    def _has_email(self, pid: str) -> bool:
+        """Whether the profile holds an email (read from it: the index has no reverse lookup)."""
+        match = keys.identity_field("email", "*")
+        return any(
+            True for _ in self.conn.hscan_iter(keys.profile_key(self.account, pid), match=match, count=1000)
+        )
 
     def _uid(self, pid: str) -> str | None:
         st = self.state.get(pid)

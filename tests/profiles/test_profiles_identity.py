@@ -77,6 +77,39 @@ def test_profiles_with_different_user_ids_are_never_merged(redis_client, account
     assert redis_client.xlen("conflicts:acme") >= 1
 
 
+def test_a_device_id_alone_never_joins_two_customers_who_each_have_an_email(redis_client, accounts) -> None:
+    # two customers the shop knows, each with an order
+    apply(redis_client, accounts, ev("1", "order_completed", email="alice@example.com"))
+    apply(redis_client, accounts, ev("2", "order_completed", at=1, email="bob@example.com"))
+    # anyone holding the public write key names one device with each email in turn
+    apply(
+        redis_client,
+        accounts,
+        ev("3", "identify", type="identify", at=2, anonymous_id="dev", email="alice@example.com"),
+    )
+    outcome = apply(
+        redis_client,
+        accounts,
+        ev("4", "product_viewed", at=3, anonymous_id="dev", email="bob@example.com"),
+    )
+    alice = _profile(redis_client, "email", "alice@example.com")
+    bob = _profile(redis_client, "email", "bob@example.com")
+    assert alice.profile_id != bob.profile_id
+    assert alice.identities == {"anonymous_id": ("dev",), "email": ("alice@example.com",)}
+    assert bob.identities == {"email": ("bob@example.com",)}
+    assert [e.name for e in bob.events] == ["order_completed", "product_viewed"]
+    assert outcome.applied == 1 and redis_client.xlen("conflicts:acme") == 1
+    # a device whose profile has no email still joins the customer it identifies as
+    apply(redis_client, accounts, ev("5", at=4, anonymous_id="dev2"))
+    apply(
+        redis_client,
+        accounts,
+        ev("6", "identify", type="identify", at=5, anonymous_id="dev2", email="bob@example.com"),
+    )
+    assert lookup(redis_client, "acme", "anonymous_id", "dev2") == bob.profile_id
+    assert len(_profile(redis_client, "email", "bob@example.com").events) == 3
+
+
 def test_blocked_values_never_link(redis_client, accounts) -> None:
     apply(redis_client, accounts, ev("1", anonymous_id="null", email="c1@example.com"))
     apply(redis_client, accounts, ev("2", anonymous_id="null", email="c2@example.com"))
