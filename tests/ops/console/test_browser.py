@@ -91,14 +91,14 @@ def log_in(page: Any, base: str, secret: str) -> None:
     page.wait_for_url(re.compile(r".*/console/a/acme/$"))
 
 
-def order(base: str, n: int, revenue: float) -> None:
+def order(base: str, n: int, revenue: float, email: str | None = None) -> None:
     body = json.dumps(
         {
             "type": "track",
             "event": "Order Completed",
             "messageId": f"order-{n}",
             "userId": f"buyer-{n}",
-            "context": {"traits": {"email": f"buyer{n}@example.com"}},
+            "context": {"traits": {"email": email or f"buyer{n}@example.com"}},
             "properties": {"revenue": revenue},
             "timestamp": "2024-03-01T11:00:00Z",
         }

@@ -7,20 +7,16 @@ Screenshots go to the test's temporary directory, or to ``CONSOLE_SCREENSHOTS_DI
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 
 from connector import clock
-from connector.ingest.receivers.segment import sign
 from connector.sync.deadletters import DeadLetters
-from tests.conftest import ACME_ENV
 from tests.ops.api.conftest import Mint
-from tests.ops.console.test_browser import browser, log_in, page, server, shot
+from tests.ops.console.test_browser import browser, log_in, order, page, server, shot
 from tests.ops.console.test_console_values import RLO, odd_person
 
 __all__ = ["browser", "page", "server"]
@@ -58,26 +54,6 @@ def reads_in_order(page: Any, selector: str, needle: str) -> bool:
 
 def fits(page: Any) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth") <= WIDTH)
-
-
-def signed_order(base: str, n: int, email: str) -> None:
-    body = json.dumps(
-        {
-            "type": "track",
-            "event": "Order Completed",
-            "messageId": f"odd-order-{n}",
-            "userId": f"buyer-{n}",
-            "context": {"traits": {"email": email}},
-            "properties": {"revenue": 20.0},
-            "timestamp": "2024-03-01T11:00:00Z",
-        }
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-Signature": sign(ACME_ENV["ACME_SEGMENT_SECRET"].encode(), body),
-    }
-    answer = httpx.post(f"{base}/webhooks/acme/segment", content=body, headers=headers)
-    assert answer.status_code == 200, answer.text
 
 
 def test_a_value_with_a_right_to_left_override_reads_as_written(
@@ -146,7 +122,7 @@ def test_the_live_page_keeps_an_override_to_its_identity(
     log_in(page, server, mint("viewer", "acme"))
     page.click("text=Live events")
     page.wait_for_function("document.getElementById('live-state').textContent === 'live'")
-    signed_order(server, 1, f"{RLO}evil@example.com")
+    order(server, 1, 20.0, f"{RLO}evil@example.com")
     page.wait_for_selector("#live tbody tr.accepted")
     cell = "#live tbody tr.accepted td:nth-child(5)"  # the identities
     assert f"{RLO}***@example.com" in page.inner_text(cell)  # masked, the override kept
