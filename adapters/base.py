@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
@@ -19,7 +22,16 @@ import tenacity
 from tenacity import RetryCallState
 
 from .change import APPLIED, DEFERRED, FAILED, SKIPPED, Change, Moves, OwnedState, Result
-from .errors import WAIT, AdapterError, AuthError, PermanentError, RateLimited, TransientError
+from .errors import (
+    MAX_RETRY_AFTER,
+    WAIT,
+    AdapterError,
+    AuthError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    finite_wait,
+)
 from .ratelimit import Limits, RateLimiter, WaitTooLong
 
 log = logging.getLogger(__name__)
@@ -156,6 +168,33 @@ def json_body(response: httpx.Response) -> Any:
         return None
 
 
+def answer(response: httpx.Response, what: str, fields: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON object a success answered, read as the documented answer of ``what``.
+
+    A 2xx whose body is not a JSON object, or holds none of ``fields`` (when given), is not taken
+    as done, nor as empty: it raises a :class:`TransientError` (code ``unreadable_answer``), so the
+    contacts of the call are retried later, never counted applied. The message names the content
+    type and size, never the body (it may hold personal data).
+    """
+    data = json_body(response)
+    if isinstance(data, dict) and (not fields or any(f in data for f in fields)):
+        return data
+    kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+    status = response.status_code
+    raise TransientError(
+        f"{what}: the {status} answer is not the documented one ({kind}, {len(response.content)} bytes)",
+        status=status,
+        code="unreadable_answer",
+    )
+
+
+def unconfirmed(what: str, status: int) -> TransientError:
+    """A contact the ESP's answer does not account for: not done, retried later."""
+    return TransientError(
+        f"{what}: the {status} answer does not confirm this contact", status=status, code="unconfirmed"
+    )
+
+
 def status_error(response: httpx.Response, code: str | None, detail: str) -> AdapterError:
     """The generic mapping by status, once the ESP module has read its own error body."""
     status = response.status_code
@@ -169,14 +208,53 @@ def status_error(response: httpx.Response, code: str | None, detail: str) -> Ada
     return PermanentError(message, status=status, code=code, detail=detail)
 
 
+DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def retry_after_header(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` of a response in seconds, at most :data:`MAX_RETRY_AFTER`.
+
+    Two forms are read: a number of seconds (digits, optionally with a decimal part) and an HTTP
+    date, counted from the response's own ``Date`` (else from now). Anything else (``inf``,
+    ``nan``, ``1e309``, a negative number, text) is no ``Retry-After``: the caller's own backoff
+    applies. So no answer can block a credential for longer than the cap.
+    """
     raw = response.headers.get("Retry-After")
     if raw is None:
         return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
+    seconds = header_number(raw)
+    if seconds is not None:  # digits: possibly huge (even beyond a float), never negative
+        return min(seconds, MAX_RETRY_AFTER)
+    when = http_date(raw.strip())
+    if when is None:
         return None
+    sent = http_date(response.headers.get("Date", "")) or datetime.now(UTC)
+    return capped_wait((when - sent).total_seconds())
+
+
+def header_number(raw: str | None) -> float | None:
+    """A header value made of ASCII digits (optionally with a decimal part) as a number, which may
+    be ``inf`` when the digits go beyond a float; None for anything else."""
+    raw = (raw or "").strip()
+    return float(raw) if DELAY_SECONDS.fullmatch(raw) else None
+
+
+def capped_wait(seconds: float | None) -> float | None:
+    """A wait an ESP asked for, usable as one: finite, 0 … :data:`MAX_RETRY_AFTER` (None when it
+    is no number at all)."""
+    wait = finite_wait(seconds)
+    return None if wait is None else min(wait, MAX_RETRY_AFTER)
+
+
+def http_date(raw: str) -> datetime | None:
+    """An HTTP date (``Wed, 21 Oct 2015 07:28:00 GMT``) as an aware datetime; None if it is not one."""
+    if not raw or not any(c.isalpha() for c in raw):
+        return None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass

@@ -12,6 +12,7 @@ destination); any other error fails only the contacts of the call that met it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,17 @@ BURST = "BURST"
 DAILY = "DAILY"
 ABUSE = "ABUSE"
 WAIT = "WAIT"
+
+# The longest an ESP's own word (a ``Retry-After``, a rate-limit reset header, Mailchimp's
+# anti-abuse throttle) parks a credential or a contact: a longer value is taken as this long.
+MAX_RETRY_AFTER = 6 * 3600.0
+
+
+def finite_wait(seconds: float | None) -> float | None:
+    """``seconds`` as a usable wait: None when absent or not a finite number, never negative."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return max(0.0, float(seconds))
 
 
 class AdapterError(Exception):
@@ -71,6 +83,8 @@ class RateLimited(TransientError):
     ``DAILY`` (HubSpot daily quota: wait until the reset), ``ABUSE`` (Mailchimp "signed up to a
     lot of lists very recently": park that contact for hours) or ``WAIT`` (not sent: the shared
     limiter's next slot for the credential is further away than a request may wait in-process).
+    A ``retry_after`` that is not a finite number is no ``retry_after`` at all (the caller's own
+    backoff applies); a negative one is 0.
     """
 
     def __init__(
@@ -86,6 +100,14 @@ class RateLimited(TransientError):
         super().__init__(message, status=status, code=code, detail=detail)
         self.retry_after = retry_after
         self.scope = scope
+
+    @property
+    def retry_after(self) -> float | None:
+        return self._retry_after
+
+    @retry_after.setter
+    def retry_after(self, seconds: float | None) -> None:
+        self._retry_after = finite_wait(seconds)
 
     @property
     def stops_destination(self) -> bool:

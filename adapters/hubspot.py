@@ -20,6 +20,8 @@ Requests (see docs/destinations.md):
 * answers: an input counts as written only when a result names it (trace id or email) with a
   record id; a 207 error is matched by trace id, context ids or the email in its message; anything
   else fails transiently. A record id in ``recordIdsMissing`` fails that contact (retried by email).
+  A success whose body is not the documented answer (membership calls, property and contact reads)
+  fails the contacts of the call transiently rather than being read as empty.
 """
 
 from __future__ import annotations
@@ -38,19 +40,25 @@ from .base import (
     EspAdapter,
     EspClient,
     Transport,
+    answer,
     chunks,
     credential_key,
+    header_number,
     json_body,
     membership_plan,
     retry_after_header,
     status_error,
+    unconfirmed,
 )
 from .change import Change, OwnedState
-from .errors import DAILY, AdapterError, PermanentError, RateLimited, TransientError
+from .errors import DAILY, MAX_RETRY_AFTER, AdapterError, PermanentError, RateLimited, TransientError
 from .ratelimit import Limits, Window
 
 UPSERT_LIMIT = 100
 LIST_CHUNK = 1000
+# the fields of a membership call's answer (``recordsIdsAdded`` as the spec spells it, the docs'
+# ``recordIdsAdded`` too): one at least, or it is not that answer
+MEMBERSHIP_ANSWER = ("recordIdsMissing", "recordIdsRemoved", "recordsIdsAdded", "recordIdsAdded")
 OPTION_KEYS = ("label", "value", "description", "displayOrder", "hidden")
 # how the connector marks the tags property and the options it creates, in HubSpot's own UI
 MANAGED = "Managed by segment-connector"
@@ -210,8 +218,8 @@ class HubSpotAdapter(EspAdapter):
                 )
             wait = retry_after_header(response)
             if wait is None:
-                interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
-                wait = int(interval) / 1000 if interval and interval.isdigit() else 10.0
+                interval = header_number(response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
+                wait = 10.0 if interval is None else min(interval / 1000, MAX_RETRY_AFTER)
             return RateLimited(
                 f"429 {policy or 'rate limit'}", retry_after=wait, code=policy or None, detail=message
             )
@@ -246,7 +254,8 @@ class HubSpotAdapter(EspAdapter):
         if self._options is not None and fresh and tags <= self._options:
             return
         try:
-            data = json_body(self.client.request("GET", f"/crm/v3/properties/contacts/{prop}")) or {}
+            response = self.client.request("GET", f"/crm/v3/properties/contacts/{prop}")
+            data = answer(response, f"property {prop}", ("options",))
             options = [o for o in data.get("options") or [] if isinstance(o, dict)]
             known = {str(o.get("value")) for o in options}
         except PermanentError as err:
@@ -329,10 +338,11 @@ class HubSpotAdapter(EspAdapter):
                 "inputs": [{"id": e} for e in chunk],
                 "properties": ["email", prop],
             }
-            data = (
-                json_body(self.client.request("POST", "/crm/v3/objects/contacts/batch/read", json=body)) or {}
-            )
-            for item in data.get("results") or []:
+            response = self.client.request("POST", "/crm/v3/objects/contacts/batch/read", json=body)
+            results = answer(response, "contacts batch read", ("results",)).get("results")
+            for item in results if isinstance(results, list) else []:
+                if not isinstance(item, dict):
+                    continue
                 props = item.get("properties") or {}
                 email = str(props.get("email") or "").lower()
                 raw = props.get(prop) or ""
@@ -518,7 +528,9 @@ class HubSpotAdapter(EspAdapter):
             )
             record = data.get("id") if isinstance(data, dict) else None
             if record is None:
-                raise TransientError("HubSpot created the contact without answering its id")
+                raise TransientError(
+                    "HubSpot created the contact without answering its id", code="unconfirmed"
+                )
             batch.ids[change.profile_id] = str(record)
             return
         except PermanentError as err:
@@ -527,7 +539,11 @@ class HubSpotAdapter(EspAdapter):
             record = existing_id({"message": err.detail})
             if record is None:
                 raise
-        self.client.request("PATCH", f"/crm/v3/objects/contacts/{record}", json={"properties": props})
+        response = self.client.request(
+            "PATCH", f"/crm/v3/objects/contacts/{record}", json={"properties": props}
+        )
+        if answer(response, "contact update", ("id",)).get("id") is None:
+            raise unconfirmed("contact update", response.status_code)
         batch.ids[change.profile_id] = record
 
     def _lists(self, batch: BatchState) -> None:
@@ -543,10 +559,11 @@ class HubSpotAdapter(EspAdapter):
                     response = self.client.request(
                         "PUT", f"/crm/v3/lists/{list_id}/memberships/{action}", json=body
                     )
+                    moved = answer(response, f"list {list_id} {action}", MEMBERSHIP_ANSWER)
                 except AdapterError as err:
                     batch.fail_all((change for change, _ in chunk), err)
                     continue
-                self._members_moved(batch, chunk, list_id, joining, response)
+                self._members_moved(batch, chunk, list_id, joining, moved, response.status_code)
 
     @staticmethod
     def _members_moved(
@@ -554,12 +571,11 @@ class HubSpotAdapter(EspAdapter):
         chunk: Sequence[tuple[Change, str]],
         list_id: str,
         joining: bool,
-        response: httpx.Response,
+        moved: Mapping[str, Any],
+        status: int,
     ) -> None:
         """Record the confirmed moves; a record id in ``recordIdsMissing`` fails its contact."""
-        answer = json_body(response)
-        gone = answer.get("recordIdsMissing") if isinstance(answer, dict) else None
-        absent = set(_values(gone))
+        absent = set(_values(moved.get("recordIdsMissing")))
         action = "add" if joining else "remove"
         for change, record in chunk:
             if record not in absent:
@@ -572,7 +588,7 @@ class HubSpotAdapter(EspAdapter):
                 change,
                 TransientError(
                     f"HubSpot reports record {record} missing on list {list_id} {action}",
-                    status=response.status_code,
+                    status=status,
                     code="record_missing",
                 ),
             )

@@ -18,6 +18,8 @@ Requests (see docs/destinations.md), every one with ``Authorization: Klaviyo-API
   ``unique_id``, to start flows.
 * erasure: ``POST /api/data-privacy-deletion-jobs`` (202).
 * limits per endpoint (burst 1 s + steady 60 s); ``Retry-After`` honoured on 429.
+* answers: an import counts when its answer carries the profile id, a job when it carries the job
+  id; otherwise, or when a lookup or poll answer cannot be read, the contacts fail transiently.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ from .base import (
     EspAdapter,
     EspClient,
     Transport,
+    answer,
     chunks,
     credential_key,
+    header_number,
     json_body,
     membership_plan,
     status_error,
+    unconfirmed,
 )
 from .change import Change, OwnedState
-from .errors import AdapterError, PermanentError, TransientError
+from .errors import MAX_RETRY_AFTER, AdapterError, PermanentError, TransientError
 from .ratelimit import Limits, Window
 
 LIST_LIMIT = 1000
@@ -142,10 +147,12 @@ class KlaviyoAdapter(EspAdapter):
         client = getattr(self, "client", None)
         if client is None or client.t.limiter is None or response.status_code == 429:
             return
-        remaining = response.headers.get("RateLimit-Remaining")
-        reset = response.headers.get("RateLimit-Reset", "")
-        if remaining == "0" and reset.isdigit():
-            client.t.limiter.block_until(client.t.limiter_key, client.t.clock() + int(reset))
+        if response.headers.get("RateLimit-Remaining") != "0":
+            return
+        reset = header_number(response.headers.get("RateLimit-Reset"))
+        wait = None if reset is None else min(reset, MAX_RETRY_AFTER)
+        if wait is not None:
+            client.t.limiter.block_until(client.t.limiter_key, client.t.clock() + wait)
 
     # -- requests --------------------------------------------------------------------------
     def import_body(self, change: Change, owned: OwnedState, profile_id: str | None = None) -> dict[str, Any]:
@@ -194,9 +201,9 @@ class KlaviyoAdapter(EspAdapter):
                 json=self.import_body(change, owned, err.duplicate_id),
                 bucket="profile-import",
             )
-        data = (json_body(response) or {}).get("data") or {}
-        if not data.get("id"):
-            raise PermanentError("profile-import answered without a profile id", status=response.status_code)
+        data = answer(response, "profile-import", ("data",)).get("data")
+        if not isinstance(data, dict) or not data.get("id"):
+            raise unconfirmed("profile-import", response.status_code)
         return str(data["id"])
 
     def event(self, change: Change, segment: str, entered: bool) -> None:
@@ -420,10 +427,10 @@ class KlaviyoAdapter(EspAdapter):
         response = self.client.request(
             "POST", "/api/profile-bulk-import-jobs", json={"data": data}, bucket="bulk"
         )
-        job = (json_body(response) or {}).get("data") or {}
-        job_id = job.get("id")
-        if not job_id:
-            raise PermanentError("bulk import answered without a job id", status=response.status_code)
+        job = answer(response, "bulk import job", ("data",)).get("data")
+        job_id = job.get("id") if isinstance(job, dict) else None
+        if not isinstance(job, dict) or not job_id:
+            raise unconfirmed("bulk import job", response.status_code)
         attributes = job.get("attributes") or {}
         waited, pause = 0.0, min(self.config.bulk_first_poll_seconds, self.config.bulk_poll_seconds)
         while attributes.get("status") not in ("complete", "cancelled"):
@@ -433,7 +440,8 @@ class KlaviyoAdapter(EspAdapter):
             waited += pause
             pause = min(2 * pause, self.config.bulk_poll_seconds)
             polled = self.client.request("GET", f"/api/profile-bulk-import-jobs/{job_id}", bucket="profiles")
-            attributes = ((json_body(polled) or {}).get("data") or {}).get("attributes") or {}
+            state = answer(polled, "bulk import job status", ("data",)).get("data")
+            attributes = (state.get("attributes") if isinstance(state, dict) else None) or {}
         if attributes.get("status") == "cancelled" or int(attributes.get("failed_count") or 0) > 0:
             # which rows failed is not reliably reported: re-drive the whole chunk one by one
             status, failed = attributes.get("status"), attributes.get("failed_count")
@@ -502,8 +510,11 @@ class KlaviyoAdapter(EspAdapter):
         listed = json.dumps(list(emails), separators=(",", ":"))
         params = {"filter": f"any(email,{listed})", "page[size]": "100"}
         response = self.client.request("GET", "/api/profiles", params=params, bucket="profiles")
+        found = answer(response, "profile lookup", ("data",)).get("data")
         out = {}
-        for item in (json_body(response) or {}).get("data") or []:
+        for item in found if isinstance(found, list) else []:
+            if not isinstance(item, dict):
+                continue
             attributes = item.get("attributes") or {}
             email = str(attributes.get("email") or "").lower()
             if email and item.get("id"):

@@ -14,7 +14,10 @@ Requests (see docs/destinations.md):
   go in an update batch (``update_existing: true``) with **no** ``status`` and no ``status_if_new``.
   Members a batch reports in ``errors[]`` are re-driven one by one (``PUT`` member with
   ``status_if_new`` only, which leaves an existing member's status alone, + tags call), which gives
-  each its exact error. A change that only takes things away writes no member at all.
+  each its exact error; so is a whole batch refused with a 4xx that may be one member's fault. Each
+  email sent must be named by the answer (``new_members``, ``updated_members``, ``errors``): one
+  it does not name, or an answer that is not that JSON, is not written (retried later). A change
+  that only takes things away writes no member at all.
 * tag removals: ``POST /lists/{id}/members/{hash}/tags`` with ``inactive`` for the tags the
   connector set earlier and no longer wants (never any other tag); 404 (not in the audience) =
   nothing to remove.
@@ -43,20 +46,24 @@ from .base import (
     EspAdapter,
     EspClient,
     Transport,
+    answer,
     chunks,
     credential_key,
     json_body,
     status_error,
+    unconfirmed,
 )
 from .change import CONSENT_SUBSCRIBED, CONSENT_UNSUBSCRIBED, Change, OwnedState
-from .errors import ABUSE, AdapterError, PermanentError, RateLimited
+from .errors import ABUSE, MAX_RETRY_AFTER, AdapterError, PermanentError, RateLimited
 from .ratelimit import Limits
 
 BATCH_LIMIT = 500
-ABUSE_PARK_SECONDS = 6 * 3600
+ABUSE_PARK_SECONDS = MAX_RETRY_AFTER  # "signed up to a lot of lists very recently": 6 hours
 STATUSES_IF_NEW = ("transactional", "pending", "unsubscribed")
 MERGE_TAG = re.compile(r"[A-Z][A-Z0-9_]{0,9}")
 MERGE_FIELDS_PAGE = 1000  # the largest ``count`` Mailchimp accepts
+# the fields of a static segment call's answer: one at least, or it is not that answer
+SEGMENT_ANSWER = ("members_added", "members_removed", "total_added", "total_removed", "errors", "error_count")
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,26 @@ def invalid_merge_tags(names: Any) -> PermanentError | None:
         "or _, starting with a letter (e.g. CARTVAL); fix the destination's `fields` mapping"
     )
     return PermanentError(f"invalid merge tag: {detail}", code="invalid_merge_tag", detail=detail)
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list in an answer (anything else holds none)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def refused_for_a_member(err: AdapterError) -> bool:
+    """A whole batch subscribe refused with a 4xx that may be one member's fault, not the
+    credential's (401/403), a rate limit's or the audience's (404: it does not exist); a throttle
+    of one contact (anti-abuse) counts as a member's. Its contacts are sent again one by one."""
+    if isinstance(err, RateLimited):
+        return err.per_contact
+    status = err.status or 0
+    return (
+        isinstance(err, PermanentError)
+        and not err.stops_destination
+        and 400 <= status < 500
+        and status != 404
+    )
 
 
 def _already_member(item: Mapping[str, Any]) -> bool:
@@ -298,10 +325,10 @@ class MailchimpAdapter(EspAdapter):
                     f"/lists/{self.list_id}/merge-fields",
                     params={"count": MERGE_FIELDS_PAGE, "offset": offset},
                 )
-                data = json_body(response) or {}
-                page = data.get("merge_fields") or []
+                data = answer(response, "merge fields", ("merge_fields",))
+                page = _items(data.get("merge_fields"))
                 for item in page:
-                    if isinstance(item, dict) and item.get("tag"):
+                    if item.get("tag"):
                         tags[str(item["tag"])] = str(item.get("type") or "")
                 offset += len(page)
                 if not page or offset >= int(data.get("total_items") or 0):
@@ -319,7 +346,8 @@ class MailchimpAdapter(EspAdapter):
             if err.status == 400 and tag in self.merge_tags(refresh=True):
                 return
             raise
-        data = json_body(response) or {}
+        data = json_body(response)
+        data = data if isinstance(data, dict) else {}
         assert self._merge_tags is not None
         self._merge_tags[str(data.get("tag") or tag)] = str(data.get("type") or body["type"])
 
@@ -386,17 +414,30 @@ class MailchimpAdapter(EspAdapter):
         if (merge_trouble or trouble) and not self._merge_read_now:
             # the cached merge fields may be stale (one deleted in Mailchimp): read them again
             self._ensure_merge_fields(redrive, batch, refresh=True)
-        for change in batch.pending(redrive):
-            batch.attempt(change, partial(self._single_upsert, change, batch.before(change)))
+        self._one_by_one(redrive, batch)
+
+    def _one_by_one(self, changes: Sequence[Change], batch: BatchState) -> None:
+        """``PUT`` member (+ tags call) per contact, which gives each its own answer. After an
+        outage (a transient error that is not about one contact) the rest are not sent: they fail
+        with it and wait for the retry instead of each meeting it in turn."""
+        outage: AdapterError | None = None
+        for change in batch.pending(changes):
+            if outage is not None:
+                batch.fail(change, outage)
+            elif not batch.attempt(change, partial(self._single_upsert, change, batch.before(change))):
+                err = batch.errors[change.profile_id]
+                if err.retryable and not (isinstance(err, RateLimited) and err.per_contact):
+                    outage = err
 
     def _batch_call(
         self, changes: Sequence[Change], batch: BatchState, *, update_existing: bool
     ) -> tuple[list[Change], list[Change], bool]:
-        """One batch subscribe; returns (already members, failed items to re-drive, whether an
-        item failed on its merge fields)."""
+        """One batch subscribe; returns (already members, contacts to send one by one, whether a
+        failure concerned merge fields). A whole batch refused for what may be one member's fault
+        (see :func:`refused_for_a_member`) is sent again one contact at a time, so only that member
+        fails, with its own error."""
         if not changes:
             return [], [], False
-        by_email = {str(c.email).lower(): c for c in changes}
         members = []
         for change in changes:
             member = self.member(change, batch.before(change), status_if_new=not update_existing)
@@ -406,24 +447,49 @@ class MailchimpAdapter(EspAdapter):
         body = {"members": members, "update_existing": update_existing, "sync_tags": False}
         try:
             response = self.client.request("POST", f"/lists/{self.list_id}", json=body)
+            data = answer(response, "batch subscribe")
         except AdapterError as err:
+            if refused_for_a_member(err):
+                return [], list(changes), "merge field" in f"{err.message} {err.detail}".lower()
             batch.fail_all(changes, err)
             return [], [], False
-        data = json_body(response) or {}
+        return self._batch_answer(data, changes, batch, update_existing, response.status_code)
+
+    @staticmethod
+    def _batch_answer(
+        data: Mapping[str, Any],
+        changes: Sequence[Change],
+        batch: BatchState,
+        update_existing: bool,
+        status: int,
+    ) -> tuple[list[Change], list[Change], bool]:
+        """Each email sent must be accounted for by the answer: in ``new_members`` or
+        ``updated_members`` (written), or in ``errors``. One it does not name is not counted as
+        written: it fails transiently (retried later)."""
+        by_email = {str(c.email).lower(): c for c in changes}
+        written = {
+            str(item.get("email_address", "")).lower()
+            for key in ("new_members", "updated_members")
+            for item in _items(data.get(key))
+        }
         exists: list[Change] = []
         failed: list[Change] = []
         trouble = False
-        for item in data.get("errors") or []:
-            if not isinstance(item, dict):
+        reported: set[str] = set()
+        for item in _items(data.get("errors")):
+            email = str(item.get("email_address", "")).lower()
+            named = by_email.get(email)
+            if named is None or email in reported:
                 continue
-            named = by_email.get(str(item.get("email_address", "")).lower())
-            if named is None:
-                continue
+            reported.add(email)
             if not update_existing and _already_member(item):
                 exists.append(named)
             else:
                 failed.append(named)
                 trouble |= _merge_problem(item)
+        for email, change in by_email.items():
+            if email not in written and email not in reported:
+                batch.fail(change, unconfirmed("batch subscribe", status))
         return exists, failed, trouble
 
     def _remove_tags(self, changes: Sequence[Change], batch: BatchState) -> None:
@@ -467,7 +533,7 @@ class MailchimpAdapter(EspAdapter):
         key = name.casefold()
         if key not in self._tag_ids:
             response = self.client.request("GET", f"/lists/{self.list_id}/tag-search", params={"name": name})
-            tags = (json_body(response) or {}).get("tags") or []
+            tags = _items(answer(response, "tag search", ("tags",)).get("tags"))
             match = next((t for t in tags if str(t.get("name", "")).casefold() == key), None)
             if match is None:
                 return None
@@ -476,10 +542,14 @@ class MailchimpAdapter(EspAdapter):
 
     def _single_upsert(self, change: Change, owned: OwnedState) -> None:
         assert change.email
-        path = f"/lists/{self.list_id}/members/{subscriber_hash(change.email)}"
-        self.client.request(
+        key = subscriber_hash(change.email)
+        path = f"/lists/{self.list_id}/members/{key}"
+        response = self.client.request(
             "PUT", path, json=self.member(change, owned), params={"skip_merge_validation": "false"}
         )
+        data = answer(response, "member write", ("id", "email_address"))
+        if str(data.get("email_address", "")).lower() != change.email.lower() and data.get("id") != key:
+            raise unconfirmed("member write", response.status_code)
         if change.tags:
             self._set_tags(change, sorted(change.tags), [])
 
@@ -533,13 +603,14 @@ class MailchimpAdapter(EspAdapter):
         everyone = {str(c.email).lower(): c for c in [*add, *remove]}
         try:
             response = self.client.request("POST", f"/lists/{self.list_id}/segments/{seg}", json=body)
+            data = answer(response, f"static segment {seg}", SEGMENT_ANSWER)
         except AdapterError as err:
             batch.fail_all(everyone.values(), err)
             return {c.profile_id for c in everyone.values()}
-        data = json_body(response) or {}
         failed: dict[str, str] = {}
-        for item in data.get("errors") or []:
-            for email in item.get("email_addresses") or []:
+        for item in _items(data.get("errors")):
+            emails = item.get("email_addresses")
+            for email in emails if isinstance(emails, list) else []:
                 failed[str(email).lower()] = str(item.get("error", ""))
         if not failed:
             return set()

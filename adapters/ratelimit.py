@@ -10,7 +10,8 @@ never slows another:
   API key); a worker that dies holding a lease frees it after ``lease_seconds``.
 * **Adaptive**: a 429 halves the allowed rate of that key (down to ``min_factor``), and with it the
   number of concurrent leases, and blocks it for the ESP's ``Retry-After``; each success ramps the
-  factor back up by ``ramp``.
+  factor back up by ``ramp``. A block is a finite instant at most ``max_block_seconds`` ahead, and
+  the hash holding it expires after it (never sooner than two days after its last change).
 
 Time is injected (``clock`` returns epoch seconds, ``sleep`` waits), so tests never sleep.
 
@@ -21,6 +22,7 @@ Keys: ``rl:{key}`` (hash: factor, blocked_until), ``rl:{key}:w:{limit}/{seconds}
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +35,11 @@ local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local factor = tonumber(redis.call('HGET', KEYS[1], 'factor') or '1')
 local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked_until') or '0')
+if blocked == nil or blocked ~= blocked or blocked == math.huge or blocked == -math.huge then
+  -- not an instant (never written so; an older release could store inf): no block
+  redis.call('HDEL', KEYS[1], 'blocked_until')
+  blocked = 0
+end
 if blocked > now then return tostring(blocked - now) end
 local wait = 0
 for i = 1, n do
@@ -81,14 +88,23 @@ else
   factor = math.min(1, factor + tonumber(ARGV[2]))
 end
 redis.call('HSET', KEYS[1], 'factor', tostring(factor))
-if ARGV[3] ~= '' then
-  local until_ = tonumber(ARGV[3])
+local keep = 2 * 86400
+local until_ = tonumber(ARGV[3])
+if until_ ~= nil and until_ == until_ and until_ < math.huge then
   local cur = tonumber(redis.call('HGET', KEYS[1], 'blocked_until') or '0')
+  if cur == nil or cur ~= cur or cur == math.huge then cur = 0 end
   if until_ > cur then redis.call('HSET', KEYS[1], 'blocked_until', ARGV[3]) end
+  -- the hash outlives the block it holds
+  keep = math.max(keep, math.ceil(until_ - tonumber(ARGV[4])) + 60)
 end
-redis.call('EXPIRE', KEYS[1], 2 * 86400)
+redis.call('EXPIRE', KEYS[1], keep)
 return tostring(factor)
 """
+
+
+# The longest a key is ever blocked: past a daily quota's reset (a day, 25 h across a DST change),
+# so no stored block outlives what any ESP documents.
+MAX_BLOCK_SECONDS = 26 * 3600.0
 
 
 class WaitTooLong(Exception):
@@ -127,6 +143,7 @@ class RateLimiter:
         lease_poll_seconds: float = 0.05,
         min_factor: float = 1 / 16,
         ramp: float = 0.05,
+        max_block_seconds: float = MAX_BLOCK_SECONDS,
     ) -> None:
         self.conn = conn
         self.clock = clock
@@ -135,6 +152,7 @@ class RateLimiter:
         self.lease_poll_seconds = lease_poll_seconds
         self.min_factor = min_factor
         self.ramp = ramp
+        self.max_block_seconds = max_block_seconds
         self._acquire = conn.register_script(_ACQUIRE)
         self._lease = conn.register_script(_LEASE)
         self._adjust = conn.register_script(_ADJUST)
@@ -214,17 +232,25 @@ class RateLimiter:
 
     # -- adaptation ------------------------------------------------------------------------
     def penalize(self, key: str, retry_after: float | None = None) -> float:
-        """A 429: halve the allowed rate and block the key for ``retry_after`` seconds."""
-        until = "" if retry_after is None else str(self.clock() + max(0.0, retry_after))
-        return float(self._adjust(keys=[f"rl:{key}"], args=["penalize", self.min_factor, until]))
+        """A 429: halve the allowed rate and block the key for ``retry_after`` seconds (at most
+        ``max_block_seconds``; a value that is not a finite number blocks nothing)."""
+        now = self.clock()
+        wait = None if retry_after is None or not math.isfinite(retry_after) else max(0.0, retry_after)
+        until = "" if wait is None else repr(now + min(wait, self.max_block_seconds))
+        return float(self._adjust(keys=[f"rl:{key}"], args=["penalize", self.min_factor, until, now]))
 
     def reward(self, key: str) -> float:
         """A success: ramp the allowed rate back up (additive increase)."""
-        return float(self._adjust(keys=[f"rl:{key}"], args=["reward", self.ramp, ""]))
+        return float(self._adjust(keys=[f"rl:{key}"], args=["reward", self.ramp, "", self.clock()]))
 
     def block_until(self, key: str, until: float) -> None:
-        """No request on this key before ``until`` (epoch seconds), e.g. a daily quota reset."""
-        self._adjust(keys=[f"rl:{key}"], args=["reward", 0, str(until)])
+        """No request on this key before ``until`` (epoch seconds), e.g. a daily quota reset; at
+        most ``max_block_seconds`` from now, and nothing for an instant that is not a finite number."""
+        if not math.isfinite(until):
+            return
+        now = self.clock()
+        until = min(until, now + self.max_block_seconds)
+        self._adjust(keys=[f"rl:{key}"], args=["reward", 0, repr(until), now])
 
     def factor(self, key: str) -> float:
         raw = self.conn.hget(f"rl:{key}", "factor")
@@ -232,4 +258,5 @@ class RateLimiter:
 
     def blocked_for(self, key: str) -> float:
         raw = self.conn.hget(f"rl:{key}", "blocked_until")
-        return max(0.0, float(raw) - self.clock()) if raw is not None else 0.0
+        until = float(raw) if raw is not None else 0.0
+        return max(0.0, until - self.clock()) if math.isfinite(until) else 0.0

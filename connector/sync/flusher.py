@@ -157,7 +157,7 @@ class Flusher:
                 counts[outcome] = counts.get(outcome, 0) + n
             if not go_on:
                 break
-        self._schedule_next()
+        self._schedule_next(now.timestamp())
         return counts
 
     def _batch(self, ids: list[str], now: datetime, counts: dict[str, int]) -> bool:
@@ -293,8 +293,9 @@ class Flusher:
             return
         wait = backoff(attempts, self.rng)
         if isinstance(err, RateLimited) and err.retry_after is not None:
-            wait = max(wait, err.retry_after)
-        at = now.timestamp() + wait
+            wait = max(wait, err.retry_after)  # a finite number: RateLimited holds no other
+        # never past the retry window: the last attempt is at its end, then the dead letter
+        at = min(now.timestamp() + wait, first + self.dest.retry_seconds)
         record = {"first_failed_at": first, "attempts": attempts, "error": describe, "next_at": at}
         pipe = self.conn.pipeline(transaction=True)
         pipe.hset(self.k["failing"], change.profile_id, json.dumps(record))
@@ -359,8 +360,14 @@ class Flusher:
         length, _ = pipe.execute()
         count_dropped(self.conn, "sync_erasure_log", int(length) - ERASURE_LOG_MAX)
 
-    def _schedule_next(self) -> None:
-        first = self.conn.zrange(self.k["ready"], 0, 0, withscores=True)
+    def _schedule_next(self, now: float) -> None:
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.zrange(self.k["ready"], 0, 0, withscores=True)
+        pipe.zrangebyscore(self.k["ready"], "+inf", "+inf")
+        first, never = pipe.execute()
+        if never:  # no instant (stored so by an older release): due now, like any other retry
+            self.conn.zadd(self.k["ready"], {pid: now for pid in never}, xx=True)
+            first = self.conn.zrange(self.k["ready"], 0, 0, withscores=True)
         m = member(self.dest.account, self.dest.name)
         if first:
             self.conn.zadd("sync:due", {m: first[0][1]})

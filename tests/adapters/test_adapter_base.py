@@ -6,7 +6,16 @@ import httpx
 import pytest
 import redis
 
-from adapters.base import BatchState, EspAdapter, EspClient, RetryPolicy, Transport, status_error
+from adapters.base import (
+    BatchState,
+    EspAdapter,
+    EspClient,
+    RetryPolicy,
+    Transport,
+    header_number,
+    retry_after_header,
+    status_error,
+)
 from adapters.change import APPLIED, FAILED, SKIPPED, Change, OwnedState
 from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from adapters.ratelimit import Limits, RateLimiter, Window
@@ -301,3 +310,81 @@ def test_an_erasure_refused_for_bad_credentials_stops_the_batch() -> None:
     esp, _ = client([httpx.Response(401, text="API key invalid")], SimClock())
     with pytest.raises(AuthError):
         OneCallPerContact(esp).apply([contact("p0", erase=True), contact("p1")], {})
+
+
+# -- Retry-After: read strictly, capped --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("0", 0.0),
+        ("21600", 6 * 3600.0),
+        ("100000", 6 * 3600.0),  # more than the cap: the cap
+        ("9" * 400, 6 * 3600.0),  # digits beyond a float: the cap
+        ("inf", None),
+        ("Infinity", None),
+        ("nan", None),
+        ("1e309", None),
+        ("1e3", None),
+        ("-3", None),
+        ("+5", None),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_retry_after_is_finite_non_negative_seconds_at_most_six_hours(
+    header: str, seconds: float | None
+) -> None:
+    assert retry_after_header(httpx.Response(429, headers={"Retry-After": header})) == seconds
+
+
+def test_header_numbers_are_ascii_digits() -> None:
+    assert header_number(" 12 ") == 12.0 and header_number("0.5") == 0.5
+    for raw in ("²", "٣", "1_000", "0x10", "1e3", "", None):
+        assert header_number(raw) is None
+
+
+def test_retry_after_as_an_http_date_counts_from_the_responses_date() -> None:
+    sent = "Wed, 21 Oct 2015 07:28:00 GMT"
+
+    def wait(when: str) -> float | None:
+        return retry_after_header(httpx.Response(429, headers={"Retry-After": when, "Date": sent}))
+
+    assert wait("Wed, 21 Oct 2015 07:28:40 GMT") == 40.0
+    assert wait("Wed, 21 Oct 2015 07:00:00 GMT") == 0.0  # already past
+    assert wait("Thu, 22 Oct 2015 07:28:00 GMT") == 6 * 3600.0  # a day away: the cap
+    assert wait("Fri, 31 Dec 9999 23:59:59 GMT") == 6 * 3600.0
+    assert wait("Wed, 99 Oct 2015 07:28:00 GMT") is None  # not a date
+
+
+def test_a_retry_after_that_is_not_a_finite_number_is_none() -> None:
+    for value in (float("inf"), float("nan"), float("-inf")):
+        assert RateLimited("429", retry_after=value).retry_after is None
+    assert RateLimited("429", retry_after=-4).retry_after == 0.0
+
+
+def test_an_unreadable_retry_after_uses_the_backoff_and_blocks_nothing(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    for header in ("inf", "nan", "1e309"):
+        esp, seen = client(
+            [httpx.Response(429, headers={"Retry-After": header}), httpx.Response(204)], clock, limiter
+        )
+        esp.request("GET", "/x")
+        assert len(seen) == 2 and clock.slept[-1] <= 20.0  # retried in the call after a backoff
+        assert limiter.blocked_for("esp:k") == 0.0
+        assert redis_client.hget("rl:esp:k", "blocked_until") is None
+
+
+def test_a_huge_retry_after_blocks_the_key_six_hours_with_a_ttl(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
+    esp, seen = client([httpx.Response(429, headers={"Retry-After": "100000"})], clock, limiter)
+    with pytest.raises(RateLimited) as info:
+        esp.request("GET", "/x")
+    assert info.value.retry_after == 6 * 3600 and len(seen) == 1 and clock.slept == []
+    assert limiter.blocked_for("esp:k") == 6 * 3600
+    assert redis_client.ttl("rl:esp:k") > 6 * 3600

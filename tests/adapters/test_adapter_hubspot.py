@@ -741,3 +741,64 @@ def test_preserve_unowned_tags_must_be_true_false_or_auto(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match=r"destinations\.hubspot\.preserve_unowned_tags: must be true"):
         destinations(load_account_file(path))
+
+
+# -- answers that confirm (or not) what was sent ---------------------------------------------------
+
+NOT_JSON = httpx.Response(200, text="<html>OK</html>", headers={"Content-Type": "text/html"})
+
+
+def test_a_membership_answer_that_cannot_be_read_fails_its_contacts_transiently() -> None:
+    fake = FakeHubSpot()
+    fake.before = lambda r, b: NOT_JSON if "/memberships/" in r.url.path else None
+    result = adapter(fake, preserve_unowned_tags=False).apply(
+        [change("p1", tags=frozenset({"vip"}), lists=frozenset({"L"}))], {}
+    )[0]
+    assert result.status == FAILED and isinstance(result.error, TransientError)
+    assert result.error.code == "unreadable_answer"
+    assert result.owned is not None and result.owned.lists == frozenset()  # the upsert stands
+    assert result.owned.tags == {"vip"}
+
+
+def test_reads_that_cannot_be_read_are_not_taken_as_empty() -> None:
+    """The team's tags property read back unreadable would drop hand-set values; the property's
+    options read back unreadable would replace its option list: neither is written."""
+    for unreadable in ("/batch/read", "/properties/contacts/esp_tags"):
+        fake = FakeHubSpot()
+        fake.options = [{"label": "hand", "value": "hand"}]
+        fake.contacts["p1@example.com"] = {
+            "id": "7",
+            "properties": {"email": "p1@example.com", "esp_tags": "hand"},
+        }
+        fake.before = lambda r, b, path=unreadable: (
+            NOT_JSON if r.url.path.endswith(path) and r.method in ("GET", "POST") else None
+        )
+        result = adapter(fake, preserve_unowned_tags=True).apply([change("p1", tags=frozenset({"vip"}))], {})[
+            0
+        ]
+        assert result.status == FAILED and isinstance(result.error, TransientError), unreadable
+        assert not [c for c in fake.calls if c[1].endswith("batch/upsert")]
+        if unreadable.endswith("esp_tags"):
+            assert not [c for c in fake.calls if c[0] == "PATCH"]  # the option list stays as it was
+        assert fake.contacts["p1@example.com"]["properties"]["esp_tags"] == "hand"
+
+
+def test_an_update_answered_without_the_record_is_not_done() -> None:
+    fake = FakeHubSpot()
+
+    def route(request: httpx.Request, body: Any) -> httpx.Response | None:
+        if request.url.path.endswith("batch/upsert"):
+            return httpx.Response(
+                400, json={"status": "error", "category": "VALIDATION_ERROR", "message": "x"}
+            )
+        if request.url.path == "/crm/v3/objects/contacts" and request.method == "POST":
+            message = "Contact already exists. Existing ID: 512"
+            return httpx.Response(409, json={"status": "error", "category": "CONFLICT", "message": message})
+        if request.method == "PATCH":
+            return httpx.Response(200, text="")
+        return None
+
+    fake.before = route
+    results = adapter(fake, preserve_unowned_tags=False).apply([change("p1"), change("p2")], {})
+    for result in results:
+        assert result.status == FAILED and isinstance(result.error, TransientError)

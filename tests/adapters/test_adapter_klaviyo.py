@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from adapters.change import APPLIED, DEFERRED, FAILED, Change, OwnedState
-from adapters.errors import AuthError, PermanentError
+from adapters.errors import AuthError, PermanentError, TransientError
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig, map_error
 
 KEY = "pk_test_0123456789"
@@ -609,3 +609,42 @@ def test_a_slow_bulk_job_is_polled_ever_less_often_up_to_the_poll_interval() -> 
     results = ad.apply([change(f"p{i}", lists=frozenset({"L"})) for i in range(5)], {})
     assert {r.status for r in results} == {APPLIED}
     assert ad.slept == [0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+# -- answers that confirm (or not) what was sent ---------------------------------------------------
+
+NOT_JSON = httpx.Response(200, text="<html>OK</html>", headers={"Content-Type": "text/html"})
+
+
+@pytest.mark.parametrize(
+    "response",
+    [NOT_JSON, httpx.Response(200, json={"data": {"type": "profile"}}), httpx.Response(200, json=[])],
+    ids=["html", "no-id", "array"],
+)
+def test_an_import_answered_without_a_profile_is_retried_not_dead_lettered(response: httpx.Response) -> None:
+    fake = FakeKlaviyo()
+    fake.before = lambda r, b: response if r.url.path == "/api/profile-import" else None
+    result = adapter(fake, bulk_threshold=10).apply([change("p1", tags=frozenset({"vip"}))], {})[0]
+    assert result.status == FAILED and isinstance(result.error, TransientError)
+    assert result.error.retryable and result.owned is None
+
+
+def test_a_bulk_job_answered_without_a_job_is_retried_as_a_whole() -> None:
+    fake = FakeKlaviyo()
+    fake.before = lambda r, b: (
+        httpx.Response(202, json={"data": {}}) if r.url.path == "/api/profile-bulk-import-jobs" else None
+    )
+    results = adapter(fake, bulk_threshold=5).apply([change(f"p{i}") for i in range(6)], {})
+    assert all(r.status == FAILED and isinstance(r.error, TransientError) for r in results)
+    assert "/api/profile-import" not in [c[1] for c in fake.calls]  # not re-sent one by one
+
+
+def test_a_tags_lookup_that_cannot_be_read_sends_those_changes_one_by_one() -> None:
+    fake = FakeKlaviyo()
+    fake.profiles["p3@example.com"] = {"id": "01X3", "properties": {"esp_tags": ["hand"]}}
+    fake.before = lambda r, b: NOT_JSON if r.url.path == "/api/profiles" else None
+    changes = [change(f"p{i}", tags=frozenset({"vip"})) for i in range(6)]
+    results = adapter(fake, bulk_threshold=5).apply(changes, {})
+    assert all(r.status == APPLIED for r in results)
+    assert fake.profiles["p3@example.com"]["properties"]["esp_tags"] == ["hand", "vip"]  # hand value kept
+    assert "/api/profile-bulk-import-jobs" not in [c[1] for c in fake.calls]

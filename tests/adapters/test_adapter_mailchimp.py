@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
-from adapters.base import credential_key
+from adapters.base import RetryPolicy, credential_key
 from adapters.change import APPLIED, CONSENT_SUBSCRIBED, CONSENT_UNSUBSCRIBED, FAILED, Change, OwnedState
-from adapters.errors import AuthError, PermanentError, RateLimited
+from adapters.errors import AuthError, PermanentError, RateLimited, TransientError
 from adapters.mailchimp import MailchimpAdapter, MailchimpConfig, map_error, subscriber_hash
 from adapters.ratelimit import RateLimiter
 
@@ -250,10 +250,10 @@ def test_per_item_errors_are_redriven_one_by_one_and_compliance_is_permanent() -
         return httpx.Response(
             200,
             json={
-                "new_members": [],
+                "new_members": [{"email_address": "ok@example.com"}],
                 "updated_members": [],
                 "errors": errors,
-                "total_created": 0,
+                "total_created": 1,
                 "total_updated": 0,
                 "error_count": 2,
             },
@@ -578,3 +578,159 @@ def test_the_anti_abuse_throttle_parks_one_contact_and_leaves_the_key_open(redis
     assert isinstance(err, RateLimited) and err.scope == "ABUSE" and err.retry_after == 6 * 3600
     key = credential_key("mailchimp", KEY)
     assert limiter.blocked_for(key) == 0 and limiter.factor(key) == 1.0
+
+
+# -- answers that confirm (or not) what was sent ---------------------------------------------------
+
+
+def _batch_answer(new: list[str], errors: list[dict[str, str]] | None = None) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "new_members": [{"email_address": e, "status": "transactional"} for e in new],
+            "updated_members": [],
+            "errors": errors or [],
+            "total_created": len(new),
+            "total_updated": 0,
+            "error_count": len(errors or []),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(200, text="<html>OK</html>", headers={"Content-Type": "text/html"}),
+        httpx.Response(200, json={"total_created": 2}),
+        httpx.Response(200, json=["a@example.com"]),
+        httpx.Response(200),
+    ],
+    ids=["html", "no-lists", "array", "empty"],
+)
+def test_a_batch_answer_that_cannot_be_read_applies_nothing(response: httpx.Response) -> None:
+    fake = FakeMailchimp()
+    fake.overrides[("POST", f"/lists/{LIST}")] = lambda r, b: response
+    results = adapter(fake).apply([change("p1", tags=frozenset({"vip"})), change("p2")], {})
+    for result in results:
+        assert result.status == FAILED and isinstance(result.error, TransientError)
+        assert result.error.retryable and result.error.code in ("unreadable_answer", "unconfirmed")
+        assert result.owned is None  # nothing of it took effect
+    assert not [c for c in fake.calls if c[0] == "PUT"]  # not re-driven: retried later
+
+
+def test_only_the_emails_a_batch_answer_accounts_for_are_applied() -> None:
+    fake = FakeMailchimp()
+    errors = [{"email_address": "P3@example.com", "error": "bad", "error_code": "ERROR_GENERIC"}]
+    fake.overrides[("POST", f"/lists/{LIST}")] = lambda r, b: _batch_answer(["P1@Example.com"], errors)
+    results = {
+        r.profile_id: r
+        for r in adapter(fake).apply(
+            [change(p, tags=frozenset({"vip"}), lists=frozenset({"77"})) for p in ("p1", "p2", "p3")], {}
+        )
+    }
+    assert results["p1"].status == APPLIED  # named (in another case)
+    assert results["p2"].status == FAILED and isinstance(results["p2"].error, TransientError)
+    assert results["p2"].error.code == "unconfirmed" and results["p2"].owned is None
+    assert results["p3"].status == APPLIED  # reported in errors[]: re-driven on its own, which worked
+    assert [c[1] for c in fake.calls if c[0] == "PUT"] == [
+        f"/lists/{LIST}/members/{subscriber_hash('p3@example.com')}"
+    ]
+    segment = [c[2] for c in fake.calls if c[1] == f"/lists/{LIST}/segments/77"]
+    assert segment == [{"members_to_add": ["p1@example.com", "p3@example.com"], "members_to_remove": []}]
+
+
+def test_a_member_write_answer_that_does_not_name_the_member_is_not_done() -> None:
+    fake = FakeMailchimp()
+    errors = [{"email_address": "p1@example.com", "error": "oops", "error_code": "ERROR_GENERIC"}]
+    fake.overrides[("POST", f"/lists/{LIST}")] = lambda r, b: _batch_answer([], errors)
+    put = f"/lists/{LIST}/members/{subscriber_hash('p1@example.com')}"
+    fake.overrides[("PUT", put)] = lambda r, b: httpx.Response(
+        200, json={"id": "other", "email_address": "x@y.z"}
+    )
+    result = adapter(fake).apply([change("p1", tags=frozenset({"vip"}))], {})[0]
+    assert result.status == FAILED and isinstance(result.error, TransientError)
+    assert result.error.code == "unconfirmed"
+    assert not [c for c in fake.calls if c[1].endswith("/tags")]  # nothing more after it
+
+
+def test_a_static_segment_answer_that_cannot_be_read_is_retried_and_not_recorded() -> None:
+    fake = FakeMailchimp()
+    fake.overrides[("POST", f"/lists/{LIST}/segments/77")] = lambda r, b: httpx.Response(
+        200, text="OK", headers={"Content-Type": "text/plain"}
+    )
+    result = adapter(fake).apply([change("p1", tags=frozenset({"vip"}), lists=frozenset({"77"}))], {})[0]
+    assert result.status == FAILED and isinstance(result.error, TransientError)
+    assert result.error.code == "unreadable_answer" and "text/plain" in result.error.message
+    assert result.owned is not None and result.owned.lists == frozenset()  # the write stands, not the list
+    assert result.owned.tags == {"vip"}
+
+
+def test_merge_fields_or_tag_search_that_cannot_be_read_are_not_taken_as_empty() -> None:
+    fake = FakeMailchimp()
+    fake.overrides[("GET", f"/lists/{LIST}/merge-fields")] = lambda r, b: httpx.Response(200, text="x")
+    result = adapter(fake).apply([change("p1", fields={"CARTVAL": 3})], {})[0]
+    assert result.status == FAILED and isinstance(result.error, TransientError)
+    assert not [c for c in fake.calls if c[0] == "POST"]  # nothing created, nothing written
+
+    fake = FakeMailchimp()
+    fake.overrides[("GET", f"/lists/{LIST}/tag-search")] = lambda r, b: httpx.Response(200, json={})
+    owned = {f"p{i}": OwnedState(tags=frozenset({"gone"})) for i in range(20)}
+    results = adapter(fake).apply([change(f"p{i}") for i in range(20)], owned)
+    assert all(r.status == APPLIED for r in results)
+    # the tag was not taken for deleted: removed through the tags endpoint instead
+    assert len([c for c in fake.calls if c[1].endswith("/tags")]) == 20
+
+
+def test_a_whole_batch_refused_with_a_400_is_sent_again_one_by_one() -> None:
+    fake = FakeMailchimp()
+    reason = "bad@example.com looks fake or invalid, please enter a real email address."
+    fake.overrides[("POST", f"/lists/{LIST}")] = lambda r, b: problem(400, "Invalid Resource", reason)
+    put_bad = f"/lists/{LIST}/members/{subscriber_hash('bad@example.com')}"
+    fake.overrides[("PUT", put_bad)] = lambda r, b: problem(400, "Invalid Resource", reason)
+    changes = [change(p, tags=frozenset({"vip"})) for p in ("ok1", "bad", "ok2")]
+    changes.append(change("known", tags=frozenset({"vip"})))
+    results = {
+        r.profile_id: r for r in adapter(fake).apply(changes, {"known": OwnedState(tags=frozenset({"x"}))})
+    }
+    assert {p: r.status for p, r in results.items()} == {
+        "ok1": APPLIED,
+        "bad": FAILED,
+        "ok2": APPLIED,
+        "known": APPLIED,
+    }
+    bad = results["bad"].error
+    assert isinstance(bad, PermanentError) and bad.detail == reason
+    puts = [c[1] for c in fake.calls if c[0] == "PUT"]
+    assert len(puts) == 4  # each contact of both refused batches, on its own
+    assert results["ok1"].owned == OwnedState(tags=frozenset({"vip"}))
+
+
+@pytest.mark.parametrize(
+    ("status", "title"),
+    [(404, "Resource Not Found"), (401, "API Key Invalid"), (429, "Too Many Requests"), (500, "Oops")],
+)
+def test_a_batch_refused_for_the_audience_the_key_or_a_limit_is_not_sent_one_by_one(
+    status: int, title: str
+) -> None:
+    fake = FakeMailchimp()
+    fake.overrides[("POST", f"/lists/{LIST}")] = lambda r, b: problem(status, title, "no")
+    mc = adapter(fake, transport={"policy": RetryPolicy(attempts=1)})
+    try:
+        results = mc.apply([change("p1"), change("p2")], {})
+    except AuthError:
+        assert status == 401
+    else:
+        assert [r.status for r in results] == [FAILED, FAILED]
+    assert not [c for c in fake.calls if c[0] == "PUT"]
+
+
+def test_an_outage_while_sending_one_by_one_stops_the_sending() -> None:
+    fake = FakeMailchimp()
+    fake.overrides[("POST", f"/lists/{LIST}")] = lambda r, b: problem(400, "Invalid Resource", "one is bad")
+    for p in ("p0", "p1", "p2", "p3"):
+        path = f"/lists/{LIST}/members/{subscriber_hash(f'{p}@example.com')}"
+        fake.overrides[("PUT", path)] = lambda r, b: problem(503, "Service Unavailable", "down")
+    mc = adapter(fake, transport={"policy": RetryPolicy(attempts=1)})
+    results = mc.apply([change(f"p{i}") for i in range(4)], {})
+    assert all(r.status == FAILED and r.error is not None and r.error.retryable for r in results)
+    assert len([c for c in fake.calls if c[0] == "PUT"]) == 1

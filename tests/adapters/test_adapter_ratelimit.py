@@ -119,3 +119,28 @@ def test_a_429_also_lowers_the_concurrency_of_a_connection_limited_key(redis_cli
     for _ in range(10):  # successes ramp the factor back up
         rl.reward("mailchimp:slow")
     assert rl.try_lease("mailchimp:slow", 10) is not None  # a sixth connection again
+
+
+def test_a_block_is_a_finite_instant_and_the_hash_holding_it_expires_after_it(
+    redis_client: redis.Redis,
+) -> None:
+    clock = SimClock()
+    rl = limiter(redis_client, clock)
+    for bad in (float("inf"), float("nan"), float("-inf")):
+        rl.penalize("mailchimp:k", bad)
+        rl.block_until("mailchimp:k", bad)
+    assert redis_client.hget("rl:mailchimp:k", "blocked_until") is None
+    assert rl.try_take("mailchimp:k", Limits()) == 0
+    rl.block_until("mailchimp:k", clock.t + 30 * 86400)  # never more than a day and then some
+    blocked = float(redis_client.hget("rl:mailchimp:k", "blocked_until") or 0)
+    assert blocked == clock.t + rl.max_block_seconds <= clock.t + 26 * 3600
+    assert redis_client.ttl("rl:mailchimp:k") >= rl.max_block_seconds
+
+
+def test_an_infinite_block_stored_by_an_older_release_blocks_nothing(redis_client: redis.Redis) -> None:
+    clock = SimClock()
+    rl = limiter(redis_client, clock)
+    redis_client.hset("rl:mailchimp:k", "blocked_until", "inf")
+    assert rl.blocked_for("mailchimp:k") == 0.0
+    assert rl.try_take("mailchimp:k", Limits()) == 0
+    assert redis_client.hget("rl:mailchimp:k", "blocked_until") is None

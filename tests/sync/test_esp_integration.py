@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import pytest
 import redis
 import yaml
 
+from adapters.base import credential_key
 from adapters.change import CONSENT_UNKNOWN
 from adapters.klaviyo import KlaviyoAdapter
 from adapters.ratelimit import RateLimiter
@@ -651,3 +653,237 @@ def test_mailchimp_a_tag_written_by_a_change_whose_tag_removal_failed_is_still_r
     h.submit("mc1", 3, set())
     h.drive()
     assert fakes.mailchimp.tags_of(LIST, email) == set()
+
+
+# -- Retry-After that cannot be taken at its word -------------------------------------------------
+
+FIRST_WRITE = {
+    "mailchimp": f"^/lists/{LIST}$",
+    "hubspot": "^/crm/v3/objects/contacts/batch/upsert$",
+    "klaviyo": "^/api/profile-import$",
+}
+LIMITER_KEYS = {
+    "mailchimp": credential_key("mailchimp", ENV["ACME_MC_KEY"]),
+    "hubspot": credential_key("hubspot", ENV["ACME_HS_TOKEN"]),
+    "klaviyo": credential_key("klaviyo", ENV["ACME_KL_KEY"]),
+}
+
+
+def _assert_finite_retry_state(conn: redis.Redis, esp: str, now: float) -> None:
+    """What the failed attempt left in Redis: finite instants, within 6 hours, a block with a TTL."""
+    limiter_key = f"rl:{LIMITER_KEYS[esp]}"
+    blocked = conn.hget(limiter_key, "blocked_until")
+    if blocked is not None:
+        assert math.isfinite(float(blocked)) and float(blocked) <= now + 6 * 3600 + 1
+        assert conn.ttl(limiter_key) > 0
+    for raw in conn.hvals(f"sync:acme:{esp}:failing"):
+        record = json.loads(raw, parse_constant=lambda c: pytest.fail(f"{c} stored in the failing record"))
+        assert record["next_at"] <= now + 6 * 3600 + 1
+    for _, score in conn.zrange("sync:due", 0, -1, withscores=True):
+        assert math.isfinite(score) and score <= now + 6 * 3600 + 1
+    for _, score in conn.zrange(f"sync:acme:{esp}:ready", 0, -1, withscores=True):
+        assert math.isfinite(score) and score <= now + 6 * 3600 + 1
+
+
+@pytest.mark.parametrize("esp", ["mailchimp", "hubspot", "klaviyo"])
+@pytest.mark.parametrize("retry_after", ["inf", "nan", "1e309", "100000", "-3", "soon"])
+def test_a_429_with_a_huge_or_unreadable_retry_after_blocks_the_key_at_most_six_hours(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path, esp: str, retry_after: str
+) -> None:
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    fake = {"mailchimp": fakes.mailchimp, "hubspot": fakes.hubspot, "klaviyo": fakes.klaviyo}[esp]
+    fake.faults.storm(count=1, retry_after=retry_after, method="POST", path=FIRST_WRITE[esp])
+    h.submit("ra1", 1, {"vip"})
+    h.sim.advance(timedelta(seconds=1))
+    h.flushers[esp].flush(h.sim())
+    assert any(r.status == 429 and r.fault for r in fake.requests)  # the fault was met
+    _assert_finite_retry_state(redis_client, esp, h.now_ts())
+
+    h.drive()
+    assert sync.applied_version(redis_client, "acme", esp, "ra1") == 1
+    assert h.sim() - T0 <= timedelta(hours=6, minutes=1)
+    assert DeadLetters(redis_client).count(f"sync:{esp}") == 0
+    assert expected_tags(frozenset({"vip"})) <= _tags_at(fakes, esp, email_of("ra1"))
+
+
+def _tags_at(fakes: Fakes, esp: str, email: str) -> set[str]:
+    if esp == "mailchimp":
+        return fakes.mailchimp.tags_of(LIST, email)
+    if esp == "hubspot":
+        contact = fakes.hubspot.contact_by_email(email)
+        return set(filter(None, (contact.properties.get("esp_tags", "") if contact else "").split(";")))
+    profile = fakes.klaviyo.profile_by_email(email)
+    return set(profile.properties.get("esp_tags", []) if profile else [])
+
+
+# -- answers that do not confirm the write ----------------------------------------------------------
+
+NOT_JSON = "<html><body>OK</body></html>"
+
+
+def _still_to_do(h: Harness, esp: str, profile: str) -> dict[str, Any]:
+    """The contact's change is not applied and waits for a retry; returns its failing record."""
+    assert sync.applied_version(h.conn, "acme", esp, profile) is None
+    assert profile in sync.pending(h.conn, "acme", esp)
+    raw = h.conn.hget(f"sync:acme:{esp}:failing", profile)
+    assert raw is not None, f"{profile} is not retried"
+    return dict(json.loads(raw))
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (NOT_JSON, "text/html"),
+        ('{"total_created": 2}', "application/json"),  # JSON without the documented lists
+        ('{"new_members": [], "updated_members": [], "errors": []}', "application/json"),  # names nobody
+        ("[]", "application/json"),
+    ],
+    ids=["not-json", "no-fields", "nobody-confirmed", "array"],
+)
+def test_mailchimp_a_batch_subscribe_answer_that_confirms_nobody_is_retried_not_applied(
+    redis_client: redis.Redis,
+    sim: FrozenClock,
+    fakes: Fakes,
+    tmp_path: Path,
+    body: str,
+    content_type: str,
+) -> None:
+    mc = fakes.mailchimp
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    mc.faults.add(200, body=body, content_type=content_type, count=1, method="POST", path=f"^/lists/{LIST}$")
+    h.submit("c1", 1, {"vip"})
+    h.submit("c2", 1, {"vip", "cart_abandoner"})
+    h.sim.advance(timedelta(seconds=1))
+    counts = h.flushers["mailchimp"].flush(h.sim())
+    assert counts == {"retry": 2}
+    assert mc.member(LIST, email_of("c1")) is None  # nothing was stored ...
+    for profile in ("c1", "c2"):
+        record = _still_to_do(h, "mailchimp", profile)  # ... and nothing is counted applied
+        assert record["error"]["type"] == "TransientError"
+    h.drive()
+    assert_final_state(h, fakes)
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+
+def test_mailchimp_a_static_segment_answer_that_is_not_json_is_retried(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    mc = fakes.mailchimp
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    mc.faults.add(
+        200, body=NOT_JSON, content_type="text/html", count=1, method="POST", path=r"/segments/\d+$"
+    )
+    h.submit("s1", 1, {"cart_abandoner"})
+    h.sim.advance(timedelta(seconds=1))
+    h.flushers["mailchimp"].flush(h.sim())
+    assert "Cart" not in mc.tags_of(LIST, email_of("s1"))
+    _still_to_do(h, "mailchimp", "s1")
+    h.drive()
+    assert_final_state(h, fakes)
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+
+def test_mailchimp_a_refused_batch_is_sent_again_one_contact_at_a_time(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    """Mailchimp refuses a whole batch subscribe (400) because of one member: the others are
+    written one by one, and only that member is a dead letter, with its own reason."""
+    mc = fakes.mailchimp
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    h.submit("known", 1, {"vip"})  # in the ledger: the update batch
+    h.drive()
+    mc.forget(email_of("gone"))  # permanently deleted: Mailchimp refuses to import it again
+    reason = f"{email_of('gone')} was permanently deleted and cannot be re-imported."
+    mc.faults.add(400, code="Invalid Resource", message=reason, method="POST", path=f"^/lists/{LIST}$")
+    for profile in ("ok1", "gone", "ok2"):
+        h.submit(profile, 1, {"vip", "cart_abandoner"})
+    h.submit("known", 2, {"vip", "cart_abandoner"})
+    h.drive()
+
+    dead = list(DeadLetters(redis_client).list("sync:mailchimp"))
+    assert [d.payload["change"]["profile_id"] for d in dead] == ["gone"]
+    assert dead[0].payload["error"]["code"] == "Forgotten Email Not Subscribed"
+    for profile in ("ok1", "ok2", "known"):
+        assert mc.tags_of(LIST, email_of(profile)) == {"vip", "cart abandoner", "Cart"}, profile
+        assert sync.applied_version(redis_client, "acme", "mailchimp", profile) == h.final[profile][0]
+        assert email_of(profile) not in json.dumps([d.payload for d in dead])
+    batch_posts = [r for r in mc.requests if r.method == "POST" and r.path == f"/3.0/lists/{LIST}"]
+    assert batch_posts and all(r.status == 400 for r in batch_posts[1:])
+
+
+def test_mailchimp_a_batch_refused_for_bad_credentials_pauses_without_one_by_one(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    mc = fakes.mailchimp
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    mc.faults.add(403, code="Forbidden", message="User disabled", method="POST", path=f"^/lists/{LIST}$")
+    for profile in ("a1", "a2"):
+        h.submit(profile, 1, {"vip"})
+    h.sim.advance(timedelta(seconds=1))
+    assert h.flushers["mailchimp"].flush(h.sim()) == {"paused": 1}
+    assert not [r for r in mc.requests if r.method == "PUT"]
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+
+# HubSpot and Klaviyo read their answers the same way
+
+
+def test_hubspot_an_upsert_or_list_answer_that_is_not_json_is_retried(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    hs = fakes.hubspot
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    hs.faults.add(200, body=NOT_JSON, content_type="text/html", count=1, path="/batch/upsert$")
+    h.submit("h1", 1, {"vip"})
+    h.sim.advance(timedelta(seconds=1))
+    h.flushers["hubspot"].flush(h.sim())
+    _still_to_do(h, "hubspot", "h1")
+    h.drive()
+    hs.faults.add(200, body=NOT_JSON, content_type="text/html", count=1, path="/memberships/add$")
+    h.submit("h1", 2, {"vip", "cart_abandoner"})
+    h.sim.advance(timedelta(seconds=1))
+    h.flushers["hubspot"].flush(h.sim())
+    assert sync.applied_version(redis_client, "acme", "hubspot", "h1") == 1
+    assert email_of("h1") not in hs.emails_in_list("Cart")
+    h.drive()
+    assert_final_state(h, fakes)
+    assert DeadLetters(redis_client).count("sync:hubspot") == 0
+
+
+def test_hubspot_tags_read_back_with_an_unreadable_answer_are_not_taken_as_none(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    """The tags property is the team's own, so it is read before it is written: an answer that
+    cannot be read is retried rather than taken as "no tags", which would drop hand-set ones."""
+    hs = fakes.hubspot
+    account = standard_account(tmp_path, fakes, hubspot={"preserve_unowned_tags": True})
+    h = Harness(redis_client, sim, account)
+    h.submit("t1", 1, {"vip"})
+    h.drive()
+    contact = hs.contact_by_email(email_of("t1"))
+    assert contact is not None
+    hs.properties["esp_tags"]["options"].append({"label": "by hand", "value": "by hand"})
+    contact.properties["esp_tags"] = "vip;by hand"
+    hs.faults.add(200, body=NOT_JSON, content_type="text/html", count=1, path="/batch/read$")
+    h.submit("t1", 2, {"vip", "cart_abandoner"})
+    h.sim.advance(timedelta(seconds=1))
+    h.flushers["hubspot"].flush(h.sim())
+    assert sync.applied_version(redis_client, "acme", "hubspot", "t1") == 1
+    assert set(contact.properties["esp_tags"].split(";")) == {"vip", "by hand"}
+    h.drive()
+    assert set(contact.properties["esp_tags"].split(";")) == {"vip", "cart abandoner", "by hand"}
+
+
+def test_klaviyo_an_import_answer_without_a_profile_is_retried_not_dead_lettered(
+    redis_client: redis.Redis, sim: FrozenClock, fakes: Fakes, tmp_path: Path
+) -> None:
+    kl = fakes.klaviyo
+    h = Harness(redis_client, sim, standard_account(tmp_path, fakes))
+    kl.faults.add(200, body=NOT_JSON, content_type="text/html", count=1, path="^/api/profile-import$")
+    h.submit("k1", 1, {"vip"})
+    h.sim.advance(timedelta(seconds=1))
+    h.flushers["klaviyo"].flush(h.sim())
+    assert _still_to_do(h, "klaviyo", "k1")["error"]["type"] == "TransientError"
+    h.drive()
+    assert_final_state(h, fakes)
+    assert DeadLetters(redis_client).count("sync:klaviyo") == 0

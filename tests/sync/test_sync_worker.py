@@ -250,7 +250,8 @@ def test_retries_stop_after_the_retry_window_with_a_dead_letter(
         nxt = f.next_ready()
         if nxt is None:
             break
-        assert nxt - now.timestamp() >= 600  # Retry-After honoured
+        window_end = (NOW + timedelta(seconds=1, hours=24)).timestamp()
+        assert nxt - now.timestamp() >= 600 or nxt == window_end  # Retry-After honoured, in the window
         now = datetime.fromtimestamp(nxt, UTC)
     assert now - NOW >= timedelta(hours=24)
     assert now - NOW < timedelta(hours=25)
@@ -387,14 +388,15 @@ def test_with_the_mailchimp_adapter_end_to_end(redis_client: redis.Redis, tmp_pa
             )
         if request.url.path.endswith("/tags"):
             return httpx.Response(204)
+        written = [{"email_address": m["email_address"]} for m in body["members"]]
         return httpx.Response(
             200,
             json={
-                "new_members": [],
-                "updated_members": [],
+                "new_members": [] if body["update_existing"] else written,
+                "updated_members": written if body["update_existing"] else [],
                 "errors": [],
-                "total_created": 0,
-                "total_updated": 0,
+                "total_created": 0 if body["update_existing"] else len(written),
+                "total_updated": len(written) if body["update_existing"] else 0,
                 "error_count": 0,
             },
         )
@@ -599,3 +601,54 @@ def test_deferred_changes_go_with_the_next_batch_and_are_not_failures(
     assert all(esp.tags[f"p{i}"] == {"vip"} for i in range(10))
     assert not redis_client.hlen(sync.key("acme", "mailchimp", "failing"))
     assert DeadLetters(redis_client).count("sync:mailchimp") == 0
+
+
+def test_a_retry_is_never_scheduled_past_the_retry_window(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """An ESP asks for a wait longer than the window: the last attempt is at the window's end, then
+    the change is a dead letter (not parked for days)."""
+    acct = account(tmp_path, retry_hours=1)
+    esp = RecordingEsp()
+    esp.fail = RateLimited("429 daily", retry_after=20 * 3600, scope="DAILY")
+    f = flusher(redis_client, acct, esp)
+    submit(redis_client, acct, "p1", 1, ["vip"])
+    now = NOW + timedelta(seconds=1)
+    f.flush(now)
+    record = json.loads(redis_client.hget(sync.key("acme", "mailchimp", "failing"), "p1") or "{}")
+    assert record["next_at"] == now.timestamp() + 3600
+    assert f.next_ready() == now.timestamp() + 3600
+    assert redis_client.zscore("sync:due", sync.member("acme", "mailchimp")) == now.timestamp() + 3600
+    f.flush(now + timedelta(hours=1))
+    assert DeadLetters(redis_client).count("sync:mailchimp") == 1
+    assert sync.pending(redis_client, "acme", "mailchimp") == {}
+
+
+def test_a_wait_that_is_not_a_number_is_the_backoff(redis_client: redis.Redis, tmp_path: Path) -> None:
+    acct = account(tmp_path)
+    esp = RecordingEsp()
+    err = RateLimited("429", retry_after=None)
+    err.retry_after = float("inf")  # however it came to be
+    esp.fail = err
+    f = flusher(redis_client, acct, esp)
+    submit(redis_client, acct, "p1", 1, ["vip"])
+    now = NOW + timedelta(seconds=1)
+    f.flush(now)
+    raw = redis_client.hget(sync.key("acme", "mailchimp", "failing"), "p1") or b"{}"
+    assert "Infinity" not in raw.decode()
+    nxt = f.next_ready()
+    assert nxt is not None and nxt - now.timestamp() <= 1.0
+
+
+def test_a_retry_stored_without_an_instant_by_an_older_release_is_due_again(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    acct = account(tmp_path)
+    esp = RecordingEsp()
+    submit(redis_client, acct, "p1", 1, ["vip"])
+    redis_client.zadd(sync.key("acme", "mailchimp", "ready"), {"p1": float("inf")})
+    redis_client.zadd("sync:due", {sync.member("acme", "mailchimp"): float("inf")})
+    f = flusher(redis_client, acct, esp)
+    now = NOW + timedelta(seconds=1)
+    f.flush(now)
+    assert redis_client.zscore("sync:due", sync.member("acme", "mailchimp")) == now.timestamp()
+    f.flush(now)
+    assert esp.tags["p1"] == {"vip"}

@@ -84,7 +84,13 @@ class Fault:
     method: str | None = None
     path: str | None = None  # regular expression searched in the path
     email: str | None = None  # applies only when the raw body mentions this email
-    retry_after: int | None = None
+    # the Retry-After header sent with the fault, as given: seconds, or any text (an HTTP date,
+    # "inf", "1e309") for an ESP that sends something unexpected
+    retry_after: int | float | str | None = None
+    # answer ``status`` with this body (and ``content_type``) instead of carrying the request out:
+    # a 200 that is not JSON or lacks the documented fields, while nothing was stored
+    body: str | None = None
+    content_type: str = "application/json"
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def matches(self, now: float, method: str, path: str, body: bytes) -> bool:
@@ -130,11 +136,14 @@ class Faults:
         method: str | None = None,
         path: str | None = None,
         email: str | None = None,
-        retry_after: int | None = None,
+        retry_after: int | float | str | None = None,
+        body: str | None = None,
+        content_type: str = "application/json",
     ) -> Fault:
         """Schedule a fault. ``status`` 5xx is an outage, 429 a rate-limit storm (with ``retry_after``
         or without), 4xx with ``code``/``message`` a permanent error (e.g. Mailchimp's
-        ``Member In Compliance State`` for one ``email``)."""
+        ``Member In Compliance State`` for one ``email``). With ``body`` the fake answers ``status``
+        with that body and does nothing (e.g. a 200 whose body is not the documented answer)."""
         fault = Fault(
             status=status,
             code=code,
@@ -146,6 +155,8 @@ class Faults:
             path=path,
             email=email,
             retry_after=retry_after,
+            body=body,
+            content_type=content_type,
         )
         with self._lock:
             self._faults.append(fault)
@@ -155,7 +166,7 @@ class Faults:
         return self.add(status, start=start, end=end, **kw)
 
     def storm(
-        self, *, start: Any = None, end: Any = None, retry_after: int | None = None, **kw: Any
+        self, *, start: Any = None, end: Any = None, retry_after: int | float | str | None = None, **kw: Any
     ) -> Fault:
         return self.add(429, start=start, end=end, retry_after=retry_after, **kw)
 
@@ -296,9 +307,12 @@ class FakeESP:
                 fault = self.faults.take(now, request.method, path, request.get_data(cache=True))
                 if fault is not None:
                     fault_hit = True
-                    raise self.fault_error(fault)
-                response = handler(request, **params)
-                self.decorate(request, response, credential, path, now)
+                    if fault.body is None:
+                        raise self.fault_error(fault)
+                    response = Response(fault.body, status=fault.status, content_type=fault.content_type)
+                else:
+                    response = handler(request, **params)
+                    self.decorate(request, response, credential, path, now)
             finally:
                 after()
         except VendorError as err:
