@@ -2,7 +2,9 @@
 
 Segment's and RudderStack's analytics SDKs send here after changing their host. The write key is
 the HTTP Basic username (password empty) or ``writeKey`` in the body; it selects the account
-(``senders.tracking.secret_env``). An unknown or missing key is answered like a bad signature.
+(``senders.tracking.secret_env``). An unknown or missing key is answered like a bad signature, and
+nothing about the body is told before the key is known: a key in the header is checked before the
+body is decoded, and a body that cannot be decoded to find ``writeKey`` in it is a missing key.
 
 Bodies may be gzip-compressed (``Content-Encoding: gzip``); the decompressed size is bounded by
 the same limit as any body (413 above it). Single calls take their type from the path; a batch
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import zlib
 from datetime import datetime
 from typing import Any
@@ -31,6 +34,7 @@ from connector.config import Account, Accounts
 from connector.errors import (
     MalformedPayload,
     PayloadTooLarge,
+    RequestRejected,
     Unauthorized,
     UnsupportedContentType,
 )
@@ -38,6 +42,8 @@ from connector.event import Event
 from connector.ingest.admission import admit_tracking
 from connector.ingest.receivers.base import Inbound, parse_json, parse_time
 from connector.ingest.receivers.spec import message_id, normalize
+
+log = logging.getLogger(__name__)
 
 SOURCE = "tracking"
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
@@ -141,22 +147,37 @@ def messages_of(call: str, payload: Any, account: str, now: datetime) -> list[Ev
 def receive(
     call: str, inbound: Inbound, accounts: Accounts, limit: int, now: datetime
 ) -> tuple[Account, list[Event]]:
-    """One tracking call (``call`` already resolved from the path): its account and its events."""
-    body = decoded_body(inbound, limit)
-    key = basic_username(inbound)
-    account = find_account(accounts, key, None) if key is not None else None
-    if inbound.content_type not in CONTENT_TYPES:
-        if account is None:
-            raise Unauthorized("write key missing")
-        raise UnsupportedContentType(f"expected application/json, got {inbound.content_type}")
-    try:
-        payload = parse_json(body)
-    except MalformedPayload:
-        if account is None:
-            raise Unauthorized("write key missing") from None
-        raise
-    if account is None:
+    """One tracking call (``call`` already resolved from the path): its account and its events.
+
+    Nothing about the body is told before authentication: a request with Basic credentials has its
+    key checked before the body is decoded; one without has its body decoded to find ``writeKey``,
+    and any failure to decode it is answered as a missing key (the reason is logged)."""
+    if has_basic_credentials(inbound):
+        account = find_account(accounts, basic_username(inbound), None)
+        if inbound.content_type not in CONTENT_TYPES:
+            raise UnsupportedContentType(f"expected application/json, got {inbound.content_type}")
+        payload = parse_json(decoded_body(inbound, limit))
+    else:
+        payload = _unauthenticated_payload(inbound, limit)
         account = find_account(accounts, None, payload)
     events = messages_of(call, payload, account.id, now)
     admit_tracking(events, account, (lambda i: f"batch[{i}]") if call == "batch" else (lambda i: "body"))
     return account, events
+
+
+def has_basic_credentials(inbound: Inbound) -> bool:
+    """Whether the request names its write key in an ``Authorization: Basic`` header."""
+    scheme, _, _ = (inbound.header("Authorization") or "").strip().partition(" ")
+    return scheme.lower() == "basic"
+
+
+def _unauthenticated_payload(inbound: Inbound, limit: int) -> Any:
+    """The body of a request without Basic credentials, read only to find its ``writeKey``: a body
+    that cannot be read (content type, encoding, size, JSON) is a 401, as a missing key is."""
+    try:
+        if inbound.content_type not in CONTENT_TYPES:
+            raise UnsupportedContentType(f"expected application/json, got {inbound.content_type}")
+        return parse_json(decoded_body(inbound, limit))
+    except RequestRejected as err:
+        log.info("tracking body unread before authentication: %s", err.message)
+        raise Unauthorized("write key missing") from None

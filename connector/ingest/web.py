@@ -239,8 +239,9 @@ class Ingress:
             return Answer.json(404, {"error": "not_found", "message": f"no sender type {sender!r}"})
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in receiver.methods:
-            message = f"{sender} accepts {', '.join(receiver.methods)}"
-            return Answer.json(405, {"error": "method_not_allowed", "message": message})
+            allowed = ", ".join(receiver.methods)
+            message = f"{sender} accepts {allowed}"
+            return Answer.json(405, {"error": "method_not_allowed", "message": message}, [("Allow", allowed)])
         account = self.accounts().get(account_id)
         cfg = account.senders.get(sender) if account else None
         if account is None or cfg is None:
@@ -267,7 +268,8 @@ class Ingress:
         if call not in tracking.ROUTES:
             return Answer.json(404, {"error": "not_found", "message": f"no tracking call {call!r}"})
         if environ.get("REQUEST_METHOD") != "POST":
-            return Answer.json(405, {"error": "method_not_allowed", "message": "tracking calls accept POST"})
+            message = "tracking calls accept POST"
+            return Answer.json(405, {"error": "method_not_allowed", "message": message}, [("Allow", "POST")])
         inbound = self.inbound(environ, "POST")
         now = clock.now()
         account, events = tracking.receive(call, inbound, self.accounts(), self.max_body_bytes, now)

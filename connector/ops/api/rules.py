@@ -9,6 +9,7 @@ progress key. Every change is in the audit log, with the rules in force before a
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from typing import Any
 
@@ -20,8 +21,8 @@ from connector import clock, rules_store
 from connector.config import Account
 from connector.ops import audit
 from connector.ops.api import auth, errors
-from connector.ops.api.schemas import ErrorSchema
-from connector.runtime import RulesInForce
+from connector.ops.api.schemas import ErrorSchema, body_integer
+from connector.runtime import RulesInForce, shown_path
 from connector.worker import publish
 from rules import RuleSet
 
@@ -59,8 +60,8 @@ class DryRunBodySchema(Schema):
         validate=validate.Length(max=rules_store.MAX_TEXT),
         metadata={"description": "candidate rules (YAML or JSON); or give version"},
     )
-    version = fields.Integer(validate=validate.Range(min=1), metadata={"description": "a stored version"})
-    limit = fields.Integer(
+    version = body_integer(validate=validate.Range(min=1), metadata={"description": "a stored version"})
+    limit = body_integer(
         load_default=DRY_RUN_DEFAULT,
         validate=validate.Range(min=1, max=DRY_RUN_MAX),
         metadata={"description": "evaluate at most this many stored profiles"},
@@ -73,7 +74,10 @@ class RulesInForceSchema(Schema):
     version = fields.Integer(
         required=True, allow_none=True, metadata={"description": "the API version in force"}
     )
-    file = fields.String(required=True)
+    file = fields.String(
+        required=True,
+        metadata={"description": "the account file's name in the config directory (like acme.yaml)"},
+    )
     file_digest = fields.String(required=True)
     superseded_api_version = fields.Integer(
         required=True,
@@ -168,6 +172,12 @@ def _compile(account: Account, text: str) -> tuple[dict[str, Any], RuleSet]:
         )
 
 
+def file_name(account: Account) -> str:
+    """The account file as answered: its name in the config directory (an account file is one of the
+    directory's own files), never the server's path to it."""
+    return shown_path(os.path.basename(account.file))
+
+
 def _version_or_404(account_id: str, number: int) -> rules_store.Version:
     found = rules_store.get(auth.runtime().queue_redis, account_id, number)
     if found is None:
@@ -231,7 +241,7 @@ class Rules(MethodView):
             "account": account.id,
             "source": state.source,
             "version": state.version,
-            "file": account.file,
+            "file": file_name(account),
             "file_digest": state.file_digest,
             "superseded_api_version": state.superseded_version,
             "problem": state.problem,

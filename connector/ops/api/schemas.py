@@ -3,11 +3,15 @@ them). Every response is declared, so the document is the contract."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from connector.ops import tokens
 
 MAX_PAGE = 500
+INTEGER_TEXT = re.compile(r"-?[0-9]+")
 
 
 class ErrorSchema(Schema):
@@ -21,6 +25,29 @@ class Query(Schema):
         unknown = EXCLUDE
 
 
+def body_integer(**kwargs: Any) -> fields.Integer:
+    """An integer of a JSON body: a JSON integer only (``1.5``, ``"1"`` or ``true`` is refused, not
+    read as 1)."""
+    return fields.Integer(strict=True, **kwargs)
+
+
+class QueryInteger(fields.Integer):
+    """An integer of a query string: ASCII digits, after a minus sign for a negative one. Nothing
+    else is read as one (``int()`` would also read `` 5``, ``+5``, ``1_0`` or another script's
+    digits (U+0665 ARABIC-INDIC DIGIT FIVE) as a number)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, str) and INTEGER_TEXT.fullmatch(value):
+            try:
+                value = int(value)
+            except ValueError:  # more digits than Python reads
+                raise self.make_error("invalid", input=value) from None
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def cursor(pattern: str, example: str) -> fields.String:
     return fields.String(
         validate=validate.Regexp(pattern, error="not a cursor: pass the next_cursor of the previous page"),
@@ -30,7 +57,7 @@ def cursor(pattern: str, example: str) -> fields.String:
 
 class PageQuery(Query):
     cursor = cursor(r"^[0-9]{1,9}$", "50")
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE))
+    limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE))
 
 
 def _page(item: type[Schema] | Schema, name: str) -> type[Schema]:
@@ -144,8 +171,8 @@ class SegmentDetailSchema(SegmentSchema):
 
 
 class SegmentQuery(Query):
-    hours = fields.Integer(load_default=24, validate=validate.Range(min=1, max=336))
-    days = fields.Integer(load_default=30, validate=validate.Range(min=1, max=396))
+    hours = QueryInteger(load_default=24, validate=validate.Range(min=1, max=336))
+    days = QueryInteger(load_default=30, validate=validate.Range(min=1, max=396))
 
 
 class MembersQuery(PageQuery):
@@ -193,7 +220,7 @@ class PersonSchema(Schema):
 
 
 class TimelineQuery(Query):
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_PAGE))
+    limit = QueryInteger(load_default=100, validate=validate.Range(min=1, max=MAX_PAGE))
 
 
 class EventSchema(Schema):

@@ -10,13 +10,14 @@ import base64
 import binascii
 import functools
 import json
+import re
 from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 import rules
-from connector import clock, unicode_text
+from connector import clock
 from connector.clock import isoformat
 from connector.config import Account
 from connector.ops.api import auth, errors
@@ -132,13 +133,21 @@ class SegmentOne(MethodView):
         return out
 
 
+# A member as a page returns it from a bucket: the connector's profile ids are 16 hex digits, stored
+# as the decimal signed 64-bit integer of their bits (connector.buckets.pack_pid).
+_STORED_MEMBER = re.compile(r"0|-?[1-9][0-9]{0,18}")
+# SSCAN's cursor in the set of the earlier layout: a page passes it on only while it is not 0.
+_SCAN_CURSOR = re.compile(r"[1-9][0-9]{0,19}")
+
+
 def _could_be_given(bucket: object, after: object) -> bool:
-    """Whether ``[bucket, after]`` is a position a page could have ended at: a member as stored
-    (text that is valid Unicode, no lone surrogate) or SSCAN's cursor (ASCII digits) in the set of
-    the earlier layout."""
-    if type(bucket) is not int or not isinstance(after, str) or unicode_text.first_byte_not_text(after):
+    """Whether ``[bucket, after]`` is a position a page could have ended at: in a bucket (0 and up),
+    its start ('') or a member as stored; in the set of the earlier layout (-1), SSCAN's cursor."""
+    if type(bucket) is not int or not isinstance(after, str):
         return False
-    if bucket == -1 and not after.isascii():
+    if bucket == -1:
+        return _SCAN_CURSOR.fullmatch(after) is not None and int(after) < 2**64
+    if after and (_STORED_MEMBER.fullmatch(after) is None or not -(2**63) <= int(after) < 2**63):
         return False
     return sizes.Position(bucket, after).valid()
 

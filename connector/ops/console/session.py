@@ -5,14 +5,20 @@ so every web process signs alike and deleting the key logs everyone out. The coo
 SameSite=Lax, Secure on HTTPS, scoped to ``/console`` and lives 12 hours; the token inside it is
 checked by the API on every call, so a revoked or expired token ends the session at once.
 
+Logging out ends the session on the server too, so that a copy of the cookie is refused from then
+on: the session is recorded as ended (``console:ended:<digest>``, the SHA-256 of the session's own
+random value, never the value) until its cookie would have expired anyway.
+
 CSRF: every POST form carries the session's CSRF token (``csrf`` field), compared in constant time.
 The login form, which has no session yet, uses a double-submit cookie (``sc_console_login``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
+import time
 from typing import Any
 
 import redis
@@ -21,6 +27,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
 KEY = "console:key"
+ENDED_PREFIX = "console:ended:"  # + the SHA-256 of an ended session's random value
 COOKIE = "sc_console"
 LOGIN_COOKIE = "sc_console_login"
 MAX_AGE_SECONDS = 12 * 3600
@@ -42,16 +49,45 @@ def _serializer(conn: redis.Redis) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(_key(conn), salt="connector-console")
 
 
-def load(conn: redis.Redis) -> dict[str, Any] | None:
-    """The session of this request (``{"token", "csrf"}``), or None."""
+def _read(conn: redis.Redis) -> tuple[dict[str, Any], int] | None:
+    """The session this request's cookie holds, signed and not expired, with when it was signed."""
     raw = request.cookies.get(COOKIE)
     if not raw:
         return None
     try:
-        data = _serializer(conn).loads(raw, max_age=MAX_AGE_SECONDS)
+        data, signed_at = _serializer(conn).loads(raw, max_age=MAX_AGE_SECONDS, return_timestamp=True)
     except BadSignature:
         return None
-    return data if isinstance(data, dict) and "token" in data and "csrf" in data else None
+    if not isinstance(data, dict) or not isinstance(data.get("csrf"), str) or "token" not in data:
+        return None
+    return data, int(signed_at.timestamp())
+
+
+def _ended_key(data: dict[str, Any]) -> str:
+    """Where an ended session is recorded: by a digest of its CSRF token, the random value made for
+    that session alone and signed into its cookie (a cookie's text may vary where its signature's
+    base64 does not, the signed value cannot)."""
+    return ENDED_PREFIX + hashlib.sha256(data["csrf"].encode()).hexdigest()
+
+
+def load(conn: redis.Redis) -> dict[str, Any] | None:
+    """The session of this request (``{"token", "csrf"}``), or None (none, or one that has ended)."""
+    found = _read(conn)
+    if found is None or conn.exists(_ended_key(found[0])):
+        return None
+    return found[0]
+
+
+def close(conn: redis.Redis) -> None:
+    """Record this request's session as ended, until its cookie would have expired: its cookie, or
+    any copy of it, is refused from now on."""
+    found = _read(conn)
+    if found is None:
+        return
+    data, signed_at = found
+    # the signature's clock: a cookie is taken while at most MAX_AGE_SECONDS old, whole seconds
+    remaining = signed_at + MAX_AGE_SECONDS + 1 - int(time.time())
+    conn.set(_ended_key(data), "1", ex=max(1, remaining))
 
 
 def _cookie(response: Response, name: str, value: str, max_age: int) -> None:

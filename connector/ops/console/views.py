@@ -199,6 +199,7 @@ def login() -> Any:
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
+    session.close(runtime().queue_redis)
     response = redirect(url_for("console.login"))
     session.end(response)
     return response
