@@ -365,7 +365,7 @@ def _parse(account: AccountFile) -> dict[str, Destination]:
     out: dict[str, Destination] = {}
     for name, cfg in raw.items():
         path = f"destinations.{name}"
-        if not isinstance(name, str) or not NAME.match(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ConfigError("destination names must match [a-z0-9_-]", file=account.file, path=path)
         if not isinstance(cfg, dict):
             raise ConfigError("must be a mapping", file=account.file, path=path)

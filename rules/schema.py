@@ -64,11 +64,19 @@ class Duration(fields.Field[Span]):
             raise ValidationError(str(err)) from err
 
 
+NAME_MAX = 128  # the longest name NAME takes
+
+
+def _name(value: str) -> None:
+    if len(value) > NAME_MAX:
+        raise ValidationError(f"must be at most {NAME_MAX} characters long (this one has {len(value)})")
+    if not NAME.fullmatch(value):
+        raise ValidationError("must be a name of letters, digits and _ (then also . : -)")
+
+
 class Name(fields.String):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(
-            validate=validate.Regexp(NAME, error="must be a name of letters, digits and _"), **kwargs
-        )
+        super().__init__(validate=_name, **kwargs)
 
 
 class EventName(fields.String):
@@ -89,7 +97,7 @@ def _stored_event_name(value: str) -> None:
             f"`{value}` would never match: events are stored under lower-case snake_case names "
             f"(the spec's names mapped); did you mean `{stored}`?"
         )
-    if not EVENT.match(value):
+    if not EVENT.fullmatch(value):
         raise ValidationError("must be an event name (letters, digits and _) or *")
 
 
@@ -395,7 +403,7 @@ class ForSomeSchema(Strict):
 
 
 def _segment_name(arg: Any) -> Any:
-    if not isinstance(arg, str) or not NAME.match(arg):
+    if not isinstance(arg, str) or not NAME.fullmatch(arg):
         raise ValidationError("must be a segment name")
     return arg
 

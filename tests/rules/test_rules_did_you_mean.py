@@ -145,3 +145,16 @@ def test_a_range_nothing_is_ever_in_is_refused(when: dict[str, Any], path: str, 
 )
 def test_ranges_something_can_be_in_are_taken(when: dict[str, Any]) -> None:
     compile_rules({"segments": [{"name": "s", "when": when}]})
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("a" * 129, "must be at most 128 characters long (this one has 129)"),
+        ("vip\n", "must be a name of letters, digits and _ (then also . : -)"),
+    ],
+)
+def test_a_segment_name_is_refused_saying_why(name: str, reason: str) -> None:
+    with pytest.raises(RulesError) as caught:
+        compile_rules({"segments": [{"name": name, "when": {"always": True}}]})
+    assert (caught.value.path, caught.value.reason) == ("segments[0].name", reason)
