@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, redirect, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from connector import runtime as process_runtime
 from connector.ingest import web
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         runtime = process_runtime.install(Runtime.from_settings(settings))
     settings = runtime.settings
     app = Flask(__name__)
+    app.url_map.converters["int"] = AsciiInteger
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["CONNECTOR_SETTINGS"] = settings
     app.extensions["connector.runtime"] = runtime
@@ -52,6 +54,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         return redirect(url_for("console.home"))
 
     return app
+
+
+class AsciiInteger(IntegerConverter):
+    """``<int:...>`` of ASCII digits only (Werkzeug's takes any script's digits: an Arabic-Indic one
+    was read as 1)."""
+
+    regex = r"[0-9]+"
 
 
 def _response(answer: web.Answer) -> Response:

@@ -317,3 +317,11 @@ def test_a_note_stored_with_a_lone_surrogate_is_read_with_it_replaced(
     rules_store.create(redis_client, "acme", RAISED, raw, "digest", "t1", clock.now(), "raise \ud800 it")
     [item] = api.get(f"{URL}/versions", headers=editor).get_json()["items"]
     assert item["note"] == "raise \ufffd it"
+
+
+def test_a_version_written_in_another_script_s_digits_is_no_version(api: Any, editor: dict[str, str]) -> None:
+    # "\u0661" (ARABIC-INDIC DIGIT ONE) was read as version 1
+    text = "include: [vip, cart_abandonment, lifecycle]\n"
+    assert api.put(URL, json={"text": text}, headers=editor).status_code == 201
+    assert api.get(f"{URL}/versions/1", headers=editor).status_code == 200
+    assert api.get(f"{URL}/versions/\u0661", headers=editor).status_code == 404
