@@ -1,9 +1,11 @@
 """``connector dlq list | show ID | replay | discard [--kind K] [--account A] [--filter TEXT] | resume A D``.
 
 Names are checked before anything is done: an account filter must be a configured account or one
-that has dead letters, a kind one that has dead letters (or ``sync`` / ``events``), and ``resume``
-takes a configured destination of a configured account (or a pair that is paused now); an unknown
-name is refused with the closest known one.
+that has dead letters, a kind one that has dead letters, ``sync`` / ``events``, ``sync:<name>`` of a
+configured destination or ``sync:<type>`` of a type configured destinations are of (it selects the
+dead letters of every destination of that type, whatever its name), and ``resume`` takes a
+configured destination of a configured account (or a pair that is paused now); an unknown name is
+refused with the closest known one and the known ones.
 
 A replay or discard is recorded in the audit log (``deadletters.replay``, ``deadletters.discard``),
 one entry per account acted on (dead letters of no account under ``*``), as the admin API does; a
@@ -17,6 +19,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import NoReturn
 
 import click
 import redis
@@ -26,25 +29,40 @@ from connector import runtime as process_runtime
 from connector.destinations import TYPES, destinations
 from connector.ops import audit
 from connector.suggest import unknown
-from connector.sync.deadletters import DeadLetter, DeadLetters
+from connector.sync.control import NO_SUCH_DESTINATION
+from connector.sync.deadletters import DeadLetter, DeadLetters, Destinations, kinds_selected, selects
 
 ALL = 10**9
+MIN_PREFIX = 8  # the shortest beginning of an id `show` takes
+FIND_MOST = 10  # ids named when a beginning is ambiguous
 
 
 def _conn() -> redis.Redis:
     return process_runtime.current().queue_redis
 
 
+def _configured() -> Destinations:
+    """The configured destinations: account id → destination name → type."""
+    return {
+        account.id: {name: dest.type for name, dest in destinations(account).items()}
+        for account in process_runtime.current().accounts
+    }
+
+
 def _select(
-    dead: DeadLetters, kind: str | None, account: str | None, text: str | None, limit: int = ALL
+    dead: DeadLetters,
+    kind: str | None,
+    account: str | None,
+    text: str | None,
+    configured: Destinations,
+    limit: int = ALL,
 ) -> Iterator[DeadLetter]:
-    kinds = [k for k in dead.kinds() if kind is None or k == kind or k.startswith(f"{kind}:")]
     shown = 0
-    for k in kinds:
+    for k in kinds_selected(dead.kinds(), kind, configured):
         for item in dead.list(k, limit=ALL):
             if account and item.account != account:
                 continue
-            if not item.matches(text):
+            if not selects(kind, item, configured) or not item.matches(text):
                 continue
             yield item
             shown += 1
@@ -52,19 +70,39 @@ def _select(
                 return
 
 
-def _check_filters(dead: DeadLetters, kind: str | None, account: str | None) -> None:
-    """Refuse a kind or account filter that matches nothing anyone could mean (a typo)."""
+def _check_filters(dead: DeadLetters, kind: str | None, account: str | None) -> Destinations:
+    """Refuse a kind or account filter that matches nothing anyone could mean (a typo); the
+    configured destinations, which the kind filter reads."""
+    configured = _configured()
     if account is not None:
-        configured = [a.id for a in process_runtime.current().accounts]
         stored = {item.account for item in dead.list(limit=ALL) if item.account}
         if account not in configured and account not in stored:
             raise click.BadParameter(
                 unknown("account", account, [*configured, *stored]), param_hint="--account"
             )
     if kind is not None:
-        kinds = dead.known_kinds(TYPES)
+        kinds = dead.known_kinds(destinations=configured)
         if kind not in kinds:
             raise click.BadParameter(unknown("kind", kind, kinds), param_hint="--kind")
+        _say_type(kind, account, configured)
+    return configured
+
+
+def _say_type(kind: str, account: str | None, configured: Destinations) -> None:
+    """On stderr, which destinations a ``sync:<type>`` filter stands for when one of them is named
+    otherwise (``sync:hubspot`` selecting ``acme/crm``)."""
+    family, _, wanted = kind.partition(":")
+    if family != "sync" or wanted not in TYPES:
+        return
+    found = [
+        (a, name)
+        for a, by_name in sorted(configured.items())
+        for name, type_ in sorted(by_name.items())
+        if type_ == wanted and account in (None, a)
+    ]
+    if any(name != wanted for _, name in found):
+        listed = ", ".join(f"{a}/{name}" for a, name in found)
+        click.echo(f"--kind {kind}: the dead letters of the {wanted} destinations {listed}", err=True)
 
 
 def _check_destination(conn: redis.Redis, account_id: str, destination: str) -> None:
@@ -126,14 +164,14 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--kind", help="events, sync, sync:<destination> ...")
+@click.option("--kind", help="events, sync, sync:<destination name>, sync:<type> (all of that type) ...")
 @click.option("--account")
 @click.option("--filter", "text", help="only items holding this text (any field, any case)")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
 def list_(kind: str | None, account: str | None, text: str | None, limit: int) -> None:
     """Dead letters, oldest first, and destinations paused for bad credentials."""
     conn = _conn()
-    _check_filters(DeadLetters(conn), kind, account)
+    configured = _check_filters(DeadLetters(conn), kind, account)
     for (a, d), info in sorted(sync.paused(conn).items()):
         if account and a != account:
             continue
@@ -142,47 +180,83 @@ def list_(kind: str | None, account: str | None, text: str | None, limit: int) -
         )
     dead = DeadLetters(conn)
     count = 0
-    for item in _select(dead, kind, account, text, limit):
+    for item in _select(dead, kind, account, text, configured, limit):
         click.echo(f"{item.id}  {item.kind:<20} {item.account or '-':<16} {item.at}  {item.reason}")
         count += 1
-    totals = ", ".join(f"{k}: {dead.count(k)}" for k in dead.kinds()) or "none"
+    stored = {k: dead.count(k) for k in dead.kinds()}  # a kind stays known once its items are gone
+    totals = ", ".join(f"{k}: {n}" for k, n in stored.items() if n) or "none"
     click.echo(f"{count} shown; stored per kind: {totals}")
 
 
 @dlq.command("show")
-@click.argument("item_id")
+@click.argument("item_id", metavar="ID")
 def show(item_id: str) -> None:
-    """One dead letter with its error and payload."""
-    item = DeadLetters(_conn()).get(item_id)
-    if item is None:
-        click.echo(f"no dead letter {item_id}", err=True)
-        sys.exit(1)
+    """One dead letter with its error and payload. ID is its id, or the first 8 or more characters
+    of it when no other dead letter's id begins with them."""
+    dead = DeadLetters(_conn())
+    item = dead.get(item_id) or _by_prefix(dead, item_id)
     click.echo(json.dumps(item.__dict__, indent=2, default=str))
 
 
+def _by_prefix(dead: DeadLetters, prefix: str) -> DeadLetter:
+    """The one dead letter whose id begins with ``prefix``; exit 1 saying why there is none."""
+    wanted = prefix.strip().lower()
+    if len(wanted) < MIN_PREFIX:
+        _fail(f"no dead letter {prefix} (give its id, or at least its first {MIN_PREFIX} characters)")
+    found = dead.find(wanted, most=FIND_MOST)
+    if len(found) > 1:
+        listed = ", ".join(found) + ("" if len(found) < FIND_MOST else ", ...")
+        _fail(f"{prefix} is ambiguous: several dead letters begin with it ({listed}); give more of the id")
+    item = dead.get(found[0]) if found else None
+    if item is None:
+        _fail(f"no dead letter {prefix} (`connector dlq list` shows their ids)")
+    return item
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
 @dlq.command("replay")
-@click.option("--kind", help="sync, sync:<destination> or events (other kinds cannot be replayed)")
+@click.option(
+    "--kind",
+    help="sync, sync:<destination name>, sync:<type> (all of that type) or events "
+    "(other kinds cannot be replayed)",
+)
 @click.option("--account")
 @click.option("--filter", "text", help="only items holding this text (any field, any case)")
 def replay(kind: str | None, account: str | None, text: str | None) -> None:
     """Put matching dead-lettered changes back in the sync queue, and events on their stream."""
     conn = _conn()
     dead = DeadLetters(conn)
-    _check_filters(dead, kind, account)
-    items = list(_select(dead, kind, account, text))
+    configured = _check_filters(dead, kind, account)
+    items = list(_select(dead, kind, account, text, configured))
+
+    def exists(account_id: str, destination: str) -> bool:
+        return destination in configured.get(account_id, {})
+
     outcomes: dict[str, int] = {}
     done: list[tuple[DeadLetter, str]] = []
     now = clock.now()
     try:
         with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
             for item in bar:
-                outcome = sync.replay_dead_letter(conn, dead, item, now)
+                outcome = sync.replay_dead_letter(conn, dead, item, now, exists)
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 done.append((item, outcome))
     finally:
         _record(conn, "deadletters.replay", {"kind": kind, "account": account, "filter": text}, done, now)
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing matched"
     click.echo(f"replay done: {summary}")
+    gone = sorted({f"{i.account}/{i.kind.partition(':')[2]}" for i, o in done if o == NO_SUCH_DESTINATION})
+    if gone:
+        click.echo(
+            f"kept {outcomes[NO_SUCH_DESTINATION]} dead letters of destinations no longer in their "
+            f"account file ({', '.join(gone)}; renamed or removed): they can be replayed once the "
+            "destination is back under that name, or discarded",
+            err=True,
+        )
 
 
 @dlq.command("resume")
@@ -207,7 +281,7 @@ def resume(account: str, destination: str) -> None:
 
 
 @dlq.command("discard")
-@click.option("--kind", help="events, sync, sync:<destination> ...")
+@click.option("--kind", help="events, sync, sync:<destination name>, sync:<type> (all of that type) ...")
 @click.option("--account")
 @click.option("--filter", "text", help="only items holding this text (any field, any case)")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -215,8 +289,8 @@ def discard(kind: str | None, account: str | None, text: str | None, yes: bool) 
     """Delete matching dead letters for good (the same filters as replay)."""
     conn = _conn()
     dead = DeadLetters(conn)
-    _check_filters(dead, kind, account)
-    items = list(_select(dead, kind, account, text))
+    configured = _check_filters(dead, kind, account)
+    items = list(_select(dead, kind, account, text, configured))
     selection = {"kind": kind, "account": account, "filter": text}
     if not items:
         _record(conn, "deadletters.discard", selection, [], clock.now())

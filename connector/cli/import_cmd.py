@@ -43,7 +43,7 @@ def register(cli: click.Group) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (every kept rejection).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_cmd(
     account_id: str,
     fmt: str | None,
@@ -137,11 +137,20 @@ def _print(report: Report, show_rejected: int) -> None:
             click.echo(f"refused when stored: {report.rejected_by_store} (connector events rejected)")
         if report.expired:
             click.echo(f"older than the account's retention (max_age_days), not stored: {report.expired}")
-        pushed = "queued for the destinations" if report.pushed else "not sent to the destinations (--push)"
-        click.echo(f"segment changes: {pushed}")
+        click.echo(f"segment changes: {_pushed(report)}")
     click.echo(f"rejected: {report.rejected_total}")
     for item in report.rejected[:show_rejected]:
         click.echo(f"  line {item.line}: {item.reason}")
     hidden = report.rejected_total - min(show_rejected, len(report.rejected))
     if hidden > 0:
         click.echo(f"  ... {hidden} more (--json lists up to 10,000)")
+
+
+def _pushed(report: Report) -> str:
+    """What became of the segment changes: only profiles whose result changed are queued."""
+    if not report.pushed:
+        return "not sent to the destinations (--push)"
+    if not report.changed:
+        return "nothing queued (no profile changed)"
+    plural = "" if report.changed == 1 else "s"
+    return f"queued for the destinations (the {report.changed} changed profile{plural})"

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -113,7 +114,14 @@ def scheduler() -> None:
     from connector.worker import scheduler as sched
 
     configure_logging()
-    sched.run(process_runtime.current())
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    sched.run(process_runtime.current(), stop)
 
 
 # Segments of the sample account that the sandbox mirrors as lists (and tags) in each fake ESP.
@@ -157,6 +165,8 @@ def _start_sandbox(ports: dict[str, int]) -> Any:
         ) from err
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
+    # in dev.env too: every other command reads it, and sees the keys this run's processes use
+    devenv.record_dev_env({key: os.environ[key] for key in ENV})
     for esp in ("mailchimp", "hubspot", "klaviyo"):
         click.echo(f"sandbox {esp:<9} {sandbox.base_url(esp)}")
     return sandbox

@@ -10,9 +10,11 @@ the HELP and TYPE lines and escapes label values.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
+import redis
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,13 +23,14 @@ from prometheus_client.registry import Collector
 
 from connector import clock, sync
 from connector.ingest.queue import EventQueue
-from connector.ingest.web import REJECTED_KEY
+from connector.ingest.web import REJECTED_KEY, RETRY_AFTER_SECONDS, Answer
 from connector.profiles.bounds import dropped
 from connector.runtime import config_errors
 from connector.sync import keys as sync_keys
 from connector.sync.deadletters import DeadLetters
 from connector.worker import due
 
+log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 REGISTRY_KEY = "connector.ops.metrics.registry"
 
@@ -235,7 +238,22 @@ def install(app: Flask, queue: EventQueue, profile_conn: Any = None) -> None:
 
 @bp.route("/metrics")
 def metrics() -> Response:
-    """The text format (0.0.4) by default; OpenMetrics when the scraper asks for it (``Accept``)."""
+    """The text format (0.0.4) by default; OpenMetrics when the scraper asks for it (``Accept``).
+    With Redis out of reach, a 503 with the HTTP contract's JSON error body: the metrics are read
+    from Redis at each scrape."""
     registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encode(registry), content_type=content_type)
+    try:
+        body = encode(registry)
+    except redis.RedisError as err:
+        log.warning("metrics not read: Redis unavailable", extra={"error": type(err).__name__})
+        answer = Answer.json(
+            503,
+            {
+                "error": "unavailable",
+                "message": "the metrics cannot be read: Redis is unavailable; retry later",
+            },
+            [("Retry-After", RETRY_AFTER_SECONDS)],
+        )
+        return Response(answer.body, status=503, headers=answer.headers, mimetype="application/json")
+    return Response(body, content_type=content_type)

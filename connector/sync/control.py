@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,9 @@ from connector.sync.keys import SEP, Applied, decode_applied, key, legacy_applie
 from connector.sync.submit import arm, enqueue_change
 
 log = logging.getLogger(__name__)
+
+NO_SUCH_DESTINATION = "no such destination"  # a replay outcome: the dead letter stays
+NOT_REPLAYABLE = "not replayable"  # a replay outcome: the dead letter stays
 
 
 def pause(
@@ -115,18 +118,41 @@ def replay(conn: redis.Redis, payload: Mapping[str, Any], now: datetime) -> str:
     return "queued"
 
 
-def replay_dead_letter(conn: redis.Redis, dead: DeadLetters, item: DeadLetter, now: datetime) -> str:
+def replay_dead_letter(
+    conn: redis.Redis,
+    dead: DeadLetters,
+    item: DeadLetter,
+    now: datetime,
+    destination_exists: Callable[[str, str], bool] | None = None,
+) -> str:
     """Replay one dead letter: a sync change goes back in the queue (``queued``, or ``superseded``
     when a newer version is pending or applied), a stored event back on its shard's stream
-    (``queued``), and either leaves the dead letters; an event that cannot be read, and any other
-    kind, is ``not replayable`` and stays."""
+    (``queued``), and either leaves the dead letters. A sync change whose destination is no longer
+    in its account (renamed or removed; ``destination_exists``, by default the account files in
+    force) could never be sent: it is ``no such destination`` and stays. An event that cannot be
+    read, and any other kind, is ``not replayable`` and stays."""
     if item.kind == "events" and isinstance(item.payload, str):
         return _replay_event(conn, dead, item)
     if not item.kind.startswith("sync:") or not isinstance(item.payload, dict):
-        return "not replayable"
+        return NOT_REPLAYABLE
+    try:
+        change = Change.from_dict(item.payload["change"])
+    except (KeyError, TypeError, ValueError):
+        return NOT_REPLAYABLE
+    if not (destination_exists or configured_destination)(change.account, change.destination):
+        return NO_SUCH_DESTINATION
     outcome = replay(conn, item.payload, now)
     dead.remove(item)
     return outcome
+
+
+def configured_destination(account_id: str, destination: str) -> bool:
+    """Whether the account files in force give the account a destination of that name."""
+    from connector import runtime
+    from connector.destinations import destinations
+
+    account = runtime.current().account(account_id)
+    return account is not None and destination in destinations(account)
 
 
 def _replay_event(conn: redis.Redis, dead: DeadLetters, item: DeadLetter) -> str:
@@ -137,7 +163,7 @@ def _replay_event(conn: redis.Redis, dead: DeadLetters, item: DeadLetter) -> str
     try:
         event = load_event(item.payload)
     except UndecodableItem:
-        return "not replayable"
+        return NOT_REPLAYABLE
     EventQueue(conn, runtime.current().settings.event_shards).restore(event)
     dead.remove(item)
     return "queued"

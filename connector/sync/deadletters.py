@@ -1,6 +1,6 @@
 """Dead letters: items the connector could not process, kept with the reason.
 
-One store for every kind (``events`` for undecodable queue items, ``sync:<destination>`` for
+One store for every kind (``events`` for undecodable queue items, ``sync:<destination name>`` for
 changes an ESP refused...). Each item is a JSON document with ``kind``, ``reason``, ``at`` and
 ``payload``; an index per kind keeps them in arrival order.
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,10 @@ from connector.profiles.bounds import DROPPED_KEY
 DEFAULT_MAX = 100_000
 MAX_ENV = "CONNECTOR_DEADLETTER_MAX"
 NO_ACCOUNT = "-"
+_HEX = re.compile(r"[0-9a-f]+")  # what an id is made of (uuid4().hex)
+
+# The accounts' destinations, as the kind filters read them: account id → destination name → type.
+Destinations = Mapping[str, Mapping[str, str]]
 
 # KEYS: item, index, per-account index, kinds, dropped counter. ARGV: id, json, score, kind, max.
 _PUT = """
@@ -104,6 +109,34 @@ def _strings(value: Any) -> Iterator[str]:
             todo.extend(item)
 
 
+def selects(kind: str | None, item: DeadLetter, destinations: Destinations) -> bool:
+    """Whether a kind filter selects an item: no filter selects every item; a kind selects its own
+    items and, as a family, those of its members (``sync`` selects ``sync:crm``); ``sync:<type>``
+    also selects the items of every destination of that type in the item's account (``sync:hubspot``
+    selects ``sync:crm`` of an account whose ``crm`` is of type ``hubspot``), as ``destinations``
+    says. Items of a destination no longer in its account have no type: only their kind selects
+    them."""
+    if kind is None or item.kind == kind or item.kind.startswith(f"{kind}:"):
+        return True
+    family, _, wanted = kind.partition(":")
+    item_family, _, name = item.kind.partition(":")
+    if family != "sync" or item_family != "sync" or not wanted:
+        return False
+    return (destinations.get(item.account or "") or {}).get(name) == wanted
+
+
+def kinds_selected(stored: Iterable[str], kind: str | None, destinations: Destinations) -> list[str]:
+    """The stored kinds whose items ``kind`` may select (see :func:`selects`)."""
+    types = {type_ for by_name in destinations.values() for type_ in by_name.values()}
+    family, _, wanted = (kind or "").partition(":")
+    typed = family == "sync" and wanted in types
+    return [
+        k
+        for k in stored
+        if kind is None or k == kind or k.startswith(f"{kind}:") or (typed and k.startswith("sync:"))
+    ]
+
+
 def account_index(account: str | None, kind: str) -> str:
     return f"dlq:acct:{account or NO_ACCOUNT}:{kind}"
 
@@ -136,13 +169,32 @@ class DeadLetters:
     def kinds(self) -> list[str]:
         return sorted(k.decode() for k in self.conn.smembers("dlq:kinds"))
 
-    def known_kinds(self, destination_types: Iterable[str]) -> set[str]:
+    def known_kinds(
+        self, destination_types: Iterable[str] = (), destinations: Destinations | None = None
+    ) -> set[str]:
         """The kinds a filter may name: every kind stored, each one's family (``sync`` of
-        ``sync:mailchimp``), ``events``, ``sync`` and ``sync:<type>`` of each destination type."""
+        ``sync:mailchimp``), ``events``, ``sync``, and ``sync:<type>`` of each of
+        ``destination_types``. With ``destinations`` (the accounts' destinations), also
+        ``sync:<name>`` of each destination (it may have no dead letters yet) and ``sync:<type>`` of
+        each type they are of, which :func:`selects` maps to the destinations of that type."""
         stored = self.kinds()
-        return {*stored, *(k.partition(":")[0] for k in stored), "events", "sync"} | {
-            f"sync:{name}" for name in destination_types
-        }
+        named = {f"sync:{name}" for name in destination_types}
+        for by_name in (destinations or {}).values():
+            named |= {f"sync:{name}" for name in by_name} | {f"sync:{type_}" for type_ in by_name.values()}
+        return {*stored, *(k.partition(":")[0] for k in stored), "events", "sync", *named}
+
+    def find(self, prefix: str, most: int = 10) -> list[str]:
+        """The ids of stored items that begin with ``prefix`` (at most ``most``): ``show`` takes a
+        unique prefix of an id. Only hex digits can begin an id."""
+        if not prefix or not _HEX.fullmatch(prefix):
+            return []
+        found: set[str] = set()
+        for kind in self.kinds():
+            for raw, _ in self.conn.zscan_iter(f"dlq:index:{kind}", match=f"{prefix}*", count=1000):
+                found.add(raw.decode())
+                if len(found) >= most:
+                    return sorted(found)
+        return sorted(found)
 
     def list(self, kind: str | None = None, limit: int = 100) -> Iterator[DeadLetter]:
         for k in [kind] if kind else self.kinds():

@@ -14,6 +14,10 @@ What wakes a destination:
   dlq resume``, the scheduler's ``fire_due``): the dispatcher takes them as wake-ups and deletes
   them, so a ``connector worker`` that still serves ``sync`` and this process can run side by side.
 
+While Redis is out of reach the dispatcher backs off (:class:`RedisOutage`, which the scheduler
+shares): from half a second, doubling, to 30 s between attempts, with one warning when Redis goes
+away, one when it is back and one a minute in between.
+
 Nothing is held in the process: the changes, retries and dead letters are the sync's Redis keys, so a
 process killed with -9 loses nothing, and its destinations' locks expire within
 ``HELD_LOCK_TTL_MS`` for the next process (several can run: each destination is flushed by one of
@@ -45,6 +49,66 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25  # the longest the dispatcher sleeps without looking at sync:due
 BUSY_RETRY_SECONDS = 1.0  # a destination another process holds, or whose loop failed, waits this long
 FLUSH_JOB = "connector.sync.jobs.flush_job"
+OUTAGE_FIRST_SECONDS = 0.5  # the wait after the first failure to reach Redis, doubled after each next one
+OUTAGE_LONGEST_SECONDS = 30.0  # ... up to this
+OUTAGE_REMIND_SECONDS = 60.0  # while Redis stays out of reach, one warning this often
+
+
+@dataclass
+class RedisOutage:
+    """How a process's loop waits while Redis is out of reach (the ``sync`` dispatcher, the
+    scheduler): OUTAGE_FIRST_SECONDS after the first failure, twice as long after each next one, at
+    most OUTAGE_LONGEST_SECONDS, and back to the loop's own pace at the first success. It warns once
+    when Redis becomes unreachable, once when it is back, and once every OUTAGE_REMIND_SECONDS while
+    it stays away, never once per attempt."""
+
+    process: str
+    log: logging.Logger
+    monotonic: Callable[[], float] = clock.monotonic
+    delay: float = 0.0  # the current wait between attempts (0 while Redis answers)
+    since: float | None = None  # when the outage began (monotonic), None while Redis answers
+    attempts: int = 0  # failed attempts in this outage
+    _warned: float = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, err: Exception) -> float:
+        """Note a failure to reach Redis; the seconds to wait before the next attempt."""
+        now = self.monotonic()
+        self.attempts += 1
+        if self.since is None:
+            self.since = self._warned = now
+            self.delay = OUTAGE_FIRST_SECONDS
+            self.log.warning(
+                "%s: Redis is unavailable; retrying with backoff", self.process, extra=self._extra(err)
+            )
+            return self.delay
+        self.delay = min(OUTAGE_LONGEST_SECONDS, self.delay * 2)
+        if now - self._warned >= OUTAGE_REMIND_SECONDS:
+            self._warned = now
+            self.log.warning("%s: Redis is still unavailable", self.process, extra=self._extra(err))
+        return self.delay
+
+    def succeeded(self) -> None:
+        """Note that Redis answered: the outage, if any, is over."""
+        if self.since is None:
+            return
+        lasted = round(self.monotonic() - self.since, 1)
+        self.log.warning(
+            "%s: Redis is available again", self.process, extra={"seconds": lasted, "attempts": self.attempts}
+        )
+        self.since, self.delay, self.attempts = None, 0.0, 0
+
+    def _extra(self, err: Exception) -> dict[str, object]:
+        seconds = round(self.monotonic() - self.since, 1) if self.since is not None else 0.0
+        return {
+            "error": str(err) or type(err).__name__,
+            "seconds": seconds,
+            "attempts": self.attempts,
+            "retry_in_seconds": self.delay,
+        }
 
 
 @dataclass
@@ -63,6 +127,8 @@ class SyncRunner:
     stop: threading.Event = field(default_factory=threading.Event)
     sleep: Callable[[float], object] | None = None  # between batches; default: wait on ``stop``
     factory: AdapterFactory | None = None  # the destinations' adapters; default: the runtime's
+    pause: Callable[[float], object] | None = None  # the dispatcher's waits; default: wait on ``stop``
+    outage: RedisOutage = field(default_factory=lambda: RedisOutage("sync dispatcher", log))
     _running: dict[str, _Slot] = field(default_factory=dict)
     _waiting: list[str] = field(default_factory=list)
     _held_off: dict[str, float] = field(default_factory=dict)
@@ -76,23 +142,29 @@ class SyncRunner:
         rounds = 0
         while not self.stop.is_set() and (max_rounds is None or rounds < max_rounds):
             rounds += 1
-            try:
-                for name in self.wakeups():
-                    self.dispatch(name)
-                self.start_waiting()
-                timeout = self.next_wait()
-            except redis.RedisError as err:
-                log.warning("sync dispatcher: %s", err)
-                timeout = POLL_SECONDS
-            except Exception:  # a defect: logged, and the process keeps flushing
-                log.exception("sync dispatcher failed")
-                timeout = POLL_SECONDS
+            timeout = self.round()
             if max_rounds is not None and rounds >= max_rounds:
                 break
             self.wait(timeout)
         self.join()
         if self._woken_by:  # a flush job the last wait took: back on the queue for the next process
             self.conn.lpush(Queue(SYNC_QUEUE, connection=self.conn).key, *self._woken_by)
+
+    def round(self) -> float:
+        """Start the flushes that are due; the seconds until the next look (backing off while Redis
+        is out of reach)."""
+        try:
+            for name in self.wakeups():
+                self.dispatch(name)
+            self.start_waiting()
+            timeout = self.next_wait()
+        except redis.RedisError as err:
+            return self.outage.failed(err)
+        except Exception:  # a defect: logged, and the process keeps flushing
+            log.exception("sync dispatcher failed")
+            return POLL_SECONDS
+        self.outage.succeeded()
+        return timeout
 
     # -- what to flush ----------------------------------------------------------------------
     def wakeups(self) -> list[str]:
@@ -171,11 +243,14 @@ class SyncRunner:
         :meth:`take_jobs`)."""
         if timeout <= 0.001:
             return
+        pause = self.pause or self.stop.wait
+        if self.outage.down:  # Redis is out of reach: the backoff's wait, not a blocking pop
+            pause(timeout)
+            return
         try:
             found = self.conn.blpop([Queue(SYNC_QUEUE, connection=self.conn).key], timeout=timeout)
         except redis.RedisError as err:
-            log.warning("sync dispatcher: %s", err)
-            self.stop.wait(timeout)
+            pause(self.outage.failed(err))
             return
         if found is not None:
             self._woken_by.append(found[1])

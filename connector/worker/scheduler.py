@@ -15,11 +15,9 @@
 from __future__ import annotations
 
 import logging
-import signal
-import time
+import threading
 from collections.abc import Callable
 from datetime import datetime
-from types import FrameType
 
 import redis
 from rq import Queue
@@ -29,6 +27,7 @@ from connector import runtime as process_runtime
 from connector.ingest.queue import PUMP_TTL_SECONDS, EventQueue, pump_key, stream_key
 from connector.predict import jobs as predict_jobs
 from connector.runtime import Runtime
+from connector.sync.runner import RedisOutage
 from connector.worker import due, erasure, jobs, publish
 
 log = logging.getLogger(__name__)
@@ -184,23 +183,29 @@ def sleep_seconds(conn: redis.Redis, now: datetime) -> float:
     return max(FIRE_GAP_SECONDS, min(TICK_SECONDS, nxt - now.timestamp()))
 
 
-def run(runtime: Runtime, max_ticks: int | None = None) -> None:
-    queue = EventQueue(runtime.queue_redis, runtime.settings.event_shards)
-    stopping = False
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+def run(
+    rt: Runtime,
+    stop: threading.Event,
+    *,
+    max_ticks: int | None = None,
+    pause: Callable[[float], object] | None = None,
+    outage: RedisOutage | None = None,
+) -> None:
+    """The scheduler's loop until ``stop`` is set: a tick, then a wait until the next due instant,
+    at most a tick. While Redis is out of reach it backs off as the ``sync`` dispatcher does
+    (:class:`connector.sync.runner.RedisOutage`). ``pause``: the waits (default: on ``stop``, so a
+    signal ends the longest of them at once)."""
+    queue = EventQueue(rt.queue_redis, rt.settings.event_shards)
+    wait = pause or stop.wait
+    backoff = outage or RedisOutage("scheduler", log)
     ticks = 0
-    while not stopping and (max_ticks is None or ticks < max_ticks):
-        pause = TICK_SECONDS
+    while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
         try:
             tick(queue, clock.now())
-            pause = sleep_seconds(queue.conn, clock.now())
+            delay = sleep_seconds(queue.conn, clock.now())
         except redis.RedisError as err:
-            log.warning("scheduler tick failed: %s", err)
+            delay = backoff.failed(err)
+        else:
+            backoff.succeeded()
         ticks += 1
-        time.sleep(pause)
+        wait(delay)

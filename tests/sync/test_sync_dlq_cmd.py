@@ -18,6 +18,7 @@ from connector.config import load_account_file
 from connector.destinations import build_adapter, destinations
 from connector.errors import ConfigError
 from connector.sync.deadletters import DeadLetters
+from tests.conftest import fresh_runtime
 
 NOW = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -54,7 +55,24 @@ def test_list_show_and_paused(runner: CliRunner, redis_client: redis.Redis) -> N
     assert missing.exit_code == 1
 
 
-def test_replay_with_filters_and_progress(runner: CliRunner, redis_client: redis.Redis) -> None:
+@pytest.fixture
+def with_mailchimp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """acme and globex, each with a Mailchimp destination (a replay queues only for a destination
+    the account has)."""
+    directory = tmp_path / "accounts"
+    directory.mkdir()
+    mailchimp = {"api_key_env": "DLQ_MC_KEY", "list_id": "aud1", "segments": {"vip": {"tags": ["vip"]}}}
+    for account in ("acme", "globex"):
+        text = yaml.safe_dump({"account": account, "destinations": {"mailchimp": mailchimp}})
+        (directory / f"{account}.yaml").write_text(text)
+    monkeypatch.setenv("CONNECTOR_CONFIG_DIR", str(directory))
+    monkeypatch.setenv("DLQ_MC_KEY", "0123456789abcdef0123456789abcdef-us6")
+    fresh_runtime()
+
+
+def test_replay_with_filters_and_progress(
+    runner: CliRunner, redis_client: redis.Redis, with_mailchimp: None
+) -> None:
     dead_change(redis_client, "p1", text="Invalid Resource")
     dead_change(redis_client, "p2", text="Member In Compliance State")
     dead_change(redis_client, "p3", account="globex")

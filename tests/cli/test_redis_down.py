@@ -1,0 +1,102 @@
+"""What the processes say with Redis out of reach: ``connector scheduler`` backs off as the sync
+dispatcher does and warns once a minute, not at every tick; ``/metrics`` answers a 503 that says the
+metrics cannot be read, in the HTTP contract's JSON error body."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import redis
+
+from connector import runtime
+from connector.settings import Settings
+from connector.sync.runner import RedisOutage
+from connector.worker.scheduler import run as run_scheduler
+
+SCHEDULER_LOG = "connector.worker.scheduler"
+
+
+class FakeTime:
+    """A monotonic clock that moves only when something waits on it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pauses: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def down_runtime(settings: Settings) -> Iterator[runtime.Runtime]:
+    """A runtime whose Redis is a port nothing listens on (held, so nothing else takes it); the
+    test's own runtime keeps the test Redis."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{held.getsockname()[1]}/0"
+        down = replace(settings, queue_redis_url=url, profile_redis_url=url)
+        yield runtime.Runtime.from_settings(down, check_seconds=0)
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_scheduler_backs_off_while_redis_is_away_and_warns_once_a_minute(
+    down_runtime: runtime.Runtime, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeTime()
+    outage = RedisOutage("scheduler", logging.getLogger(SCHEDULER_LOG), monotonic=fake.monotonic)
+    with caplog.at_level(logging.WARNING):
+        run_scheduler(down_runtime, threading.Event(), max_ticks=20, pause=fake.pause, outage=outage)
+    assert fake.pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 14
+    said = warnings(caplog)
+    assert (
+        said
+        == ["scheduler: Redis is unavailable; retrying with backoff"]
+        + ["scheduler: Redis is still unavailable"] * 7
+    )
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # Redis is back: the tick's own pace, at most a tick
+        run_scheduler(runtime.current(), threading.Event(), max_ticks=1, pause=fake.pause, outage=outage)
+    assert warnings(caplog) == ["scheduler: Redis is available again"]
+    assert 0 < fake.pauses[-1] <= 0.2 and not outage.down
+
+
+def test_a_stop_ends_the_scheduler_before_its_next_tick(down_runtime: runtime.Runtime) -> None:
+    stop = threading.Event()
+    fake = FakeTime()
+
+    def pause(seconds: float) -> None:
+        fake.pause(seconds)
+        stop.set()  # SIGTERM during the wait
+
+    run_scheduler(down_runtime, stop, pause=pause)
+    assert fake.pauses == [0.5]
+
+
+def test_metrics_say_redis_is_unavailable_in_a_json_error(
+    down_runtime: runtime.Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    from connector.app import create_app
+
+    app = create_app(runtime=down_runtime)
+    app.config["TESTING"] = True
+    res = app.test_client().get("/metrics")
+    assert res.status_code == 503
+    assert res.mimetype == "application/json"
+    assert res.headers["Retry-After"] == "5"
+    body = res.get_json()
+    assert body["error"] == "unavailable"
+    assert body["message"] == "the metrics cannot be read: Redis is unavailable; retry later"
+    assert "accepted" not in body["message"]
