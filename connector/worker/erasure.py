@@ -518,9 +518,10 @@ def forget_live(
 def purge_dead_letters(queue_conn: redis.Redis, account_id: str, erased: Erased) -> int:
     """Remove the dead letters that name the person: sync changes of their profiles, and queue
     items (of their account, or of no known account) holding any of their identifiers. Another
-    person's sync change stays (it is that person's data, still to be sent), with the erased
-    person's identifiers replaced by ``[erased]`` wherever its reason or payload quotes them (an
-    ESP refusing a whole batch names one contact in every change of it)."""
+    person's sync change stays (it is that person's data, still to be sent): where its reason or
+    its error quotes the erased person's identifiers (an ESP refusing a whole batch names one
+    contact in every change of it), the quotes are replaced by ``[erased]``; the change itself
+    (the other person's profile, email and state) is left as it is, so a replay sends it."""
     needles = erased.needles
     pids = set(erased.profile_ids)
 
@@ -534,27 +535,36 @@ def purge_dead_letters(queue_conn: redis.Redis, account_id: str, erased: Erased)
         change = change_of(item)
         if change is not None:
             return change.get("profile_id") in pids
-        return mentions(item.payload, needles) or mentions(item.reason, needles)
+        # the reason read as a value, with the payload's rules: a short identifier only whole
+        return mentions(item.payload, needles) or mentions([item.reason], needles)
 
     def scrub(item: DeadLetter) -> DeadLetter | None:
         if item.account not in (account_id, None) or change_of(item) is None:
             return None
-        if not (mentions(item.payload, needles) or mentions(item.reason, needles)):
+        rest = {k: v for k, v in item.payload.items() if k != "change"}
+        if not (mentions(rest, needles) or mentions([item.reason], needles)):
             return None
-        return replace(item, reason=redacted(item.reason, needles), payload=redacted(item.payload, needles))
+        payload = {**redacted(rest, needles), "change": item.payload["change"]}
+        return replace(item, reason=redacted(item.reason, needles), payload=payload)
 
     return DeadLetters(queue_conn).purge(doomed, scrub=scrub)
 
 
 def redacted(value: Any, needles: Collection[str]) -> Any:
-    """``value`` with every occurrence of ``needles`` in its strings (ignoring case) replaced by
-    ``[erased]``, at any depth (keys too)."""
-    longest_first = sorted(needles, key=len, reverse=True)
-    pattern = re.compile("|".join(map(re.escape, longest_first)), re.IGNORECASE)
+    """``value`` with the erased person's identifiers replaced by ``[erased]`` in its strings, at any
+    depth, as :func:`connector.profiles.rejected.mentions` finds them: a string or number that is
+    one of them, and inside a string those of 6 characters or more (a short one, such as a user id
+    ``42``, would take digits out of every date and id around it)."""
+    long = sorted((n for n in needles if len(n) >= 6), key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, long)), re.IGNORECASE) if long else None
 
     def clean(item: Any) -> Any:
         if isinstance(item, str):
-            return pattern.sub("[erased]", item)
+            if item.lower() in needles:
+                return "[erased]"
+            return pattern.sub("[erased]", item) if pattern is not None else item
+        if isinstance(item, int | float) and not isinstance(item, bool) and str(item) in needles:
+            return "[erased]"
         if isinstance(item, dict):
             return {clean(k): clean(v) for k, v in item.items()}
         if isinstance(item, list | tuple):

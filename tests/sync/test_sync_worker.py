@@ -337,6 +337,25 @@ def test_erasure_keeps_another_persons_dead_letter_with_the_erased_identifiers_t
     assert redis_client.ttl(f"dlq:item:{theirs}") == redis_client.ttl(f"dlq:item:{untouched}")
 
 
+def test_erasing_a_short_identifier_takes_it_out_whole_never_digits_of_other_values(
+    redis_client: redis.Redis,
+) -> None:
+    letters = DeadLetters(redis_client)
+    change = {"profile_id": "f00d42beef000001", "email": "bob42@example.com", "at": "2024-01-01T00:00:42Z"}
+    theirs = letters.put(
+        "sync:hubspot", "batch refused: ann.lee@example.com", {"change": change}, NOW, "acme"
+    )
+    events = letters.put(
+        "events", "delivered more than 5 times without success", '{"name": "x"}', NOW, "acme"
+    )
+    erased = Erased("acme", "p1", (), {"email": ["ann.lee@example.com"], "user_id": ["42", "5"]})
+    assert purge_dead_letters(redis_client, "acme", erased) == 0
+    kept = letters.get(theirs)
+    assert kept is not None and kept.reason == "batch refused: [erased]"
+    assert kept.payload == {"change": change}  # the other person's change, to be replayed as it is
+    assert letters.get(events) is not None  # "5" in a reason's text is not the user id 5
+
+
 def test_erasure_fans_out_and_is_recorded_without_personal_data(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
