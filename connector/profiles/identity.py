@@ -45,6 +45,7 @@ MERGE_TRIES = 8
 INDEX_CAP = 40  # mean entries a bucket of the index is split at (a listpack holds 128)
 
 _RANK = {kind: rank for rank, kind in enumerate(keys.KIND_CODES)}
+_ANONYMOUS = _RANK["anonymous_id"]
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -252,6 +253,8 @@ class Resolver:
         ranks = self._ranks(ids, previous)
         event_uid = ids.get("user_id")
         target = self._choose(ranks, event_uid)
+        if target is not None and ranks[target] == _ANONYMOUS:
+            target = self._not_through_a_device(ranks, target, event_uid)
         if target is None:
             target = self._new_pid()
             self.state[target] = _State()
@@ -304,11 +307,23 @@ class Resolver:
             if other_uid and target_uid and other_uid != target_uid:
                 self._conflict(other, target)
                 continue
-            if ranks[other] == _RANK["anonymous_id"] and self._both_have_emails(other, target, email):
+            if _ANONYMOUS in (ranks[other], ranks[target]) and self._both_have_emails(other, target, email):
                 self._conflict(other, target)
                 continue
             self._merge(other, target)
             target_uid = target_uid or other_uid
+
+    def _not_through_a_device(self, ranks: Mapping[str, int], target: str, event_uid: str | None) -> str:
+        """``target`` was reached only through an anonymous id: when a profile the event names by a
+        stronger identity cannot be merged into it (both have an email), the event goes to that
+        one instead (the device's profile stays as it is)."""
+        if event_uid:
+            return target
+        named = sorted((p for p in ranks if ranks[p] < _ANONYMOUS), key=lambda p: (ranks[p], p))
+        for other in named:
+            if self._has_email(other) and self._has_email(target):
+                return other
+        return target
 
     def _both_have_emails(self, other: str, target: str, email: str | None) -> bool:
         if not self._has_email(other):
@@ -316,7 +331,11 @@ class Resolver:
         return (email is not None and self.index.get(("email", email)) == target) or self._has_email(target)
 
     def _has_email(self, pid: str) -> bool:
-        """Whether the profile holds an email (read from it: the index has no reverse lookup)."""
+        """Whether the profile holds an email: one this batch knows points to it (loaded, or linked
+        by an earlier event of the batch and not written yet), else one stored in it (the index
+        has no reverse lookup)."""
+        if any(kind == "email" and owner == pid for (kind, _), owner in self.index.items()):
+            return True
         match = keys.identity_field("email", "*")
         return any(
             True for _ in self.conn.hscan_iter(keys.profile_key(self.account, pid), match=match, count=1000)

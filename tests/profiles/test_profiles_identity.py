@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import pytest
 import redis
 
 from connector.config import Accounts
@@ -108,6 +109,32 @@ def test_a_device_id_alone_never_joins_two_customers_who_each_have_an_email(redi
     )
     assert lookup(redis_client, "acme", "anonymous_id", "dev2") == bob.profile_id
     assert len(_profile(redis_client, "email", "bob@example.com").events) == 3
+
+
+@pytest.mark.parametrize("one_batch", [False, True])
+def test_merge_protection_holds_in_one_batch_and_when_the_device_s_profile_has_a_user_id(
+    redis_client, accounts, one_batch: bool
+) -> None:
+    apply(redis_client, accounts, ev("1", "order_completed", user_id="u-alice", email="alice@example.com"))
+    apply(redis_client, accounts, ev("2", "order_completed", at=1, email="bob@example.com"))
+    calls = [
+        ev("3", "identify", type="identify", at=2, anonymous_id="dev", email="alice@example.com"),
+        ev("4", "product_viewed", at=3, anonymous_id="dev", email="bob@example.com"),
+        ev("5", "identify", type="identify", at=4, anonymous_id="dev2", email="mallory@example.com"),
+        ev("6", "product_viewed", at=5, anonymous_id="dev2", email="bob@example.com"),
+    ]
+    for batch in [calls] if one_batch else [[c] for c in calls]:
+        apply(redis_client, accounts, *batch)
+    owners = {
+        e: lookup(redis_client, "acme", "email", f"{e}@example.com") for e in ("alice", "bob", "mallory")
+    }
+    assert len(set(owners.values())) == 3, owners
+    # the events naming bob went to bob's profile, not to the device's
+    assert [e.name for e in _profile(redis_client, "email", "bob@example.com").events] == [
+        "order_completed",
+        "product_viewed",
+        "product_viewed",
+    ]
 
 
 def test_blocked_values_never_link(redis_client, accounts) -> None:
