@@ -24,6 +24,7 @@ from types import TracebackType
 
 import redis
 from rq import Queue, Retry, get_current_job
+from rq.timeouts import BaseTimeoutException
 
 from connector import clock, redis_conn
 from connector import runtime as process_runtime
@@ -37,6 +38,7 @@ from connector.ingest.queue import (
     pump_key,
     stream_key,
 )
+from connector.profiles.identity import LockTimeout
 from connector.runtime import Runtime
 from connector.sync.deadletters import DeadLetters
 from connector.sync.keys import SYNC_QUEUE
@@ -469,7 +471,7 @@ def _apply(
             with pipeline.redelivery(redelivered):
                 processor([event for _, event in applied], now)
         except Exception as err:
-            if not redelivered or len(applied) == 1:
+            if not redelivered or len(applied) == 1 or _not_the_events(err):
                 failed = {entry_id: err for entry_id, _ in applied}
             else:
                 failed = _one_by_one(applied, processor, now)
@@ -496,14 +498,23 @@ def _one_by_one(
 ) -> dict[bytes, BaseException]:
     """Apply each event alone (as redelivered); the ones that fail, with their errors."""
     failed: dict[bytes, BaseException] = {}
-    for entry_id, event in applied:
+    for n, (entry_id, event) in enumerate(applied):
         try:
             with pipeline.redelivery(True):
                 processor([event], now)
         except Exception as err:
+            if _not_the_events(err):  # Redis away, a lock not had, the job's time up: the rest waits
+                failed.update((later, err) for later, _ in applied[n:])
+                break
             log.warning("event failed alone", extra={"entry": entry_id.decode(), "error": type(err).__name__})
             failed[entry_id] = err
     return failed
+
+
+def _not_the_events(err: BaseException) -> bool:
+    """An error that says nothing about the events (Redis unreachable, the account's lock not
+    had, the job's time up): trying them one by one would only repeat it for each."""
+    return isinstance(err, redis.ConnectionError | redis.TimeoutError | LockTimeout | BaseTimeoutException)
 
 
 def _errors_key(key: str) -> str:

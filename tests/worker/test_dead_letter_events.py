@@ -96,3 +96,25 @@ def test_one_event_that_cannot_be_applied_holds_back_only_itself(
     last = "last error: Broken: cannot convert float infinity to integer"
     assert item.reason == f"delivered more than 3 times without success ({last})"
     assert sorted(applied) == ["ok0", "ok1", "ok2"] and redis_client.xlen(stream_key(0)) == 0
+
+
+def test_an_outage_is_not_tried_event_by_event(
+    redis_client: redis.Redis, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis away says nothing about the events: each alone would only wait out the same outage
+    monkeypatch.setenv("CONNECTOR_EVENT_SHARDS", "1")
+    events = [ev(f"out{i}", at=i, user_id=f"u-out{i}") for i in range(5)]
+    assert EventQueue(redis_client, 1).ingest("acme", events, 3600).accepted == 5
+    monkeypatch.setattr(jobs, "CLAIM_IDLE_MS", 0)
+    calls: list[int] = []
+
+    def away(batch: Any, now: Any) -> None:
+        calls.append(len(batch))
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+
+    with clock.frozen(NOW):
+        for _ in range(3):
+            with pytest.raises(redis.ConnectionError):
+                jobs.drain_events(0, processor=away, conn=redis_client)
+    assert calls == [5, 5, 5]
+    assert redis_client.xlen(stream_key(0)) == 5
