@@ -114,8 +114,10 @@ def admit_tracking(events: Sequence[Event], account: Account, where: Callable[[i
 # The properties that hold an amount of money (the spec's, and what the receivers map to them):
 # beyond ±10^12 in any currency no order is real, and such a number broke the sums the rules and
 # the analytics keep (an infinity, or a Redis integer overflow that failed a whole worker batch)
-AMOUNTS = ("revenue", "total", "value", "price", "subtotal", "tax", "shipping", "discount",
-           "total_tax", "total_discounts")  # fmt: skip
+# (``value`` is not among them: a generic property, often a score or a time in milliseconds; the
+# analytics read it as revenue only below the same bound)
+AMOUNTS = ("revenue", "total", "price", "subtotal", "tax", "shipping", "discount", "total_tax",
+           "total_discounts")  # fmt: skip
 MAX_AMOUNT = 10**12
 MAX_AHEAD = timedelta(hours=24)  # clocks a little ahead, or a day off, are taken
 

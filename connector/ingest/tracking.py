@@ -101,6 +101,9 @@ def find_account(accounts: Accounts, key: str | None, payload: Any) -> Account:
     return account
 
 
+RESTAMPED = ("sentAt", "receivedAt")
+
+
 def _with_timestamp(message: dict[str, Any], sent_at: Any, now: datetime, where: str) -> dict[str, Any]:
     """Segment's clock-skew correction when the SDK sent no ``timestamp``. ``receivedAt`` is always
     this receipt's (a client's would move the event's time); a message with its own time but no
@@ -108,7 +111,8 @@ def _with_timestamp(message: dict[str, Any], sent_at: Any, now: datetime, where:
     message = {k: v for k, v in message.items() if k != "writeKey"}
     timed = any(message.get(k) for k in ("timestamp", "originalTimestamp"))
     if timed and message.get("messageId") in (None, ""):
-        message["messageId"] = message_id(message)
+        # what a retry may change (an SDK stamps each send) is left out of what names it
+        message["messageId"] = message_id({k: v for k, v in message.items() if k not in RESTAMPED})
     message["receivedAt"] = isoformat(now)
     if message.get("timestamp") in (None, ""):
         original = message.get("originalTimestamp")
