@@ -6,6 +6,7 @@ included template name the ``include[i]`` entry and the template.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -24,7 +25,7 @@ from .conditions import (
     Sequence_,
     Unmatched,
 )
-from .durations import DurationError, is_duration, longest, parse_duration
+from .durations import DurationError, Months, format_duration, is_duration, longest, parse_duration
 from .errors import RulesError
 from .ruleset import EMPTY, RuleSet, Segment
 from .schema import CONDITIONS, VALUES, RulesSchema, SegmentSchema, TemplateSchema, dumps, flatten
@@ -167,6 +168,11 @@ def _instantiate(
         if problem:
             raise RulesError(f"{prefix}.params.{name}", problem)
     params = {**declared, **overrides}
+    for name, default in declared.items():
+        if isinstance(default, str) and _SUM.fullmatch(default):
+            if name in overrides:
+                raise RulesError(f"{prefix}.params.{name}", f"is {default}: set those parameters instead")
+            params[name] = _sum_of(default, params, f"{prefix}.params.{name}")
     body = {k: v for k, v in source.items() if k != "params"}
     origin = _Origin(prefix, template)
     try:
@@ -180,6 +186,30 @@ def _instantiate(
     if loaded["include"]:
         raise origin.error("include", "a template cannot include other templates")
     return loaded
+
+
+# a parameter that is the sum of others (``$win_back_within + $at_risk_after``): never set on its own
+_SUM = re.compile(r"\$\w+(?: \+ \$\w+)+")
+
+
+def _sum_of(expression: str, params: Mapping[str, Any], path: str) -> str:
+    """The duration ``expression`` adds up to with these parameters, spelled as a duration."""
+    months, extra = 0, timedelta(0)
+    for name in re.findall(r"\$(\w+)", expression):
+        try:
+            span = parse_duration(params.get(name))
+        except DurationError as err:
+            raise RulesError(path, f"{expression}: ${name} {err}") from None
+        if isinstance(span, Months):
+            months, extra = months + span.months, extra + span.extra
+        else:
+            extra += span
+    total = format_duration(Months(months, extra) if months else extra)
+    try:
+        parse_duration(total)  # the bound every span has
+    except DurationError as err:
+        raise RulesError(path, f"{expression}: {err}") from None
+    return total
 
 
 RANK_PREFIX = "predicted.rank."

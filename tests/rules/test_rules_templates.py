@@ -102,14 +102,33 @@ def test_win_back_needs_a_gap_before_the_returning_order_not_before_now() -> Non
     assert in_group(LIFECYCLE, back, "lifecycle", NOW + days(20)) == ["lifecycle_developing"]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=400), max_size=6), st.integers(min_value=0, max_value=400))
-def test_win_back_is_an_order_in_the_last_30_days_after_90_without(order_days: list[int], at: int) -> None:
-    # the definition, written out: some order less than 30 days ago came 90 days or more after the one before
+WIN_BACK_PARAMS = [(30, 90), (14, 180), (45, 60)]  # (win_back_within, at_risk_after) in days
+WIN_BACK_RULES = [
+    compile_rules(
+        {
+            "include": [
+                {"template": "lifecycle", "params": {"win_back_within": f"{w}d", "at_risk_after": f"{g}d"}}
+            ]
+        }
+    )
+    for w, g in WIN_BACK_PARAMS
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+    st.integers(min_value=0, max_value=400),
+    st.integers(min_value=0, max_value=len(WIN_BACK_PARAMS) - 1),
+)
+def test_win_back_is_a_recent_order_after_a_long_gap(order_days: list[int], at: int, which: int) -> None:
+    # the definition, written out: some order less than win_back_within ago came at_risk_after or
+    # more after the one before (the defaults: 30 and 90 days)
+    within, gap = WIN_BACK_PARAMS[which]
     orders = sorted(set(order_days))
     now = NOW + days(at)
     expected = any(
-        now - days(30) < NOW + days(r) <= now and i > 0 and r - orders[i - 1] >= 90
+        now - days(within) < NOW + days(r) <= now and i > 0 and r - orders[i - 1] >= gap
         for i, r in enumerate(orders)
     )
     profile = Profile(
@@ -117,8 +136,8 @@ def test_win_back_is_an_order_in_the_last_30_days_after_90_without(order_days: l
         "p1",
         events=[EventRecord("order_completed", NOW + days(d), {}, f"o{d:04d}") for d in orders if d <= at],
     )
-    rules = compile_rules({"include": ["lifecycle"]})
-    assert ("lifecycle_win_back" in evaluate(profile, rules, now, explain=False).segments) is expected
+    segments = evaluate(profile, WIN_BACK_RULES[which], now, explain=False).segments
+    assert ("lifecycle_win_back" in segments) is expected
 
 
 def test_lifecycle_thresholds_are_parameters() -> None:
@@ -235,3 +254,12 @@ def test_explanations_are_json_and_readable_for_every_template_segment() -> None
         text = render(explanation)
         assert text.startswith(f"{name}: {'IN' if explanation.member else 'OUT'}")
     json.dumps(evaluation.traits)
+
+
+def test_a_derived_parameter_follows_its_parts_and_is_not_set_alone() -> None:
+    from rules import RulesError
+
+    with pytest.raises(RulesError) as caught:
+        compile_rules({"include": [{"template": "lifecycle", "params": {"win_back_quiet_until": "99d"}}]})
+    assert caught.value.path == "include[0].params.win_back_quiet_until"
+    assert caught.value.reason == "is $win_back_within + $at_risk_after: set those parameters instead"
