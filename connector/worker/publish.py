@@ -22,6 +22,7 @@ import redis
 from rq import Queue
 
 import rules
+from connector import clock
 from connector.clock import isoformat
 from connector.config import Account
 from connector.destinations import destinations as parse_destinations
@@ -213,8 +214,10 @@ def resend_changed_mappings(now: datetime) -> int:
     """Scheduler task: when an account's destination mappings changed (a tag renamed, a segment
     mapped to another list), every profile's state goes to the destinations again; the sync sends
     only the contacts whose mapped state differs. The digest each account's mapping had is kept in
-    ``sync:{account}:mapping`` (swapped atomically: of two schedulers one sees the change); an
-    account met for the first time only records it. Returns how many accounts were queued."""
+    ``sync:{account}:mapping`` (swapped atomically: of two schedulers one sees the change), and the
+    work is a job on the ``backfill`` queue (:func:`restate_job`; its scan of the account's
+    profiles never holds up the scheduler's tick); an account met for the first time only records
+    it. Returns how many accounts were queued."""
     from connector import runtime as process_runtime
 
     rt = process_runtime.current()
@@ -224,16 +227,40 @@ def resend_changed_mappings(now: datetime) -> int:
         if seen is not None and seen[0] is account:
             continue
         digest = mapping_digest(account)
-        _seen_mappings[account.id] = (account, digest)
         if seen is not None and seen[1] == digest:
+            _seen_mappings[account.id] = (account, digest)
             continue
-        before = rt.queue_redis.set(f"sync:{account.id}:mapping", digest, get=True)
-        if before is None or before.decode() == digest:
-            continue
-        key, total = publish(account, rt.profile_redis, rt.queue_redis, now, restate=True)
-        log.info(
-            "destination mappings changed: every profile's state goes to the destinations again",
-            extra={"account": account.id, "profiles": total, "progress": key},
-        )
-        queued += 1
+        key = f"sync:{account.id}:mapping"
+        before = rt.queue_redis.set(key, digest, get=True)
+        if before is not None and before.decode() != digest:
+            try:
+                Queue(BACKFILL_QUEUE, connection=rt.queue_redis).enqueue(
+                    restate_job,
+                    account.id,
+                    result_ttl=0,
+                    failure_ttl=24 * 3600,
+                    retry=jobs.reevaluate_retry(),
+                )
+            except Exception:
+                rt.queue_redis.set(key, before)  # seen again at the next tick
+                raise
+            log.info(
+                "destination mappings changed: every profile's state goes again",
+                extra={"account": account.id},
+            )
+            queued += 1
+        _seen_mappings[account.id] = (account, digest)
     return queued
+
+
+def restate_job(account_id: str) -> int:
+    """RQ job: re-evaluate every profile of the account with its state sent again (its mappings
+    changed); how many profiles were queued."""
+    from connector import runtime as process_runtime
+
+    rt = process_runtime.current()
+    account = rt.account(account_id)
+    if account is None:
+        return 0
+    _, total = publish(account, rt.profile_redis, rt.queue_redis, clock.now(), restate=True)
+    return total
