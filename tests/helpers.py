@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -46,3 +48,26 @@ def before_sent(
 def script_call(conn: redis.Redis, source: str) -> bytes:
     """What a request that calls this script holds: ``EVALSHA`` and the script's digest (loaded now)."""
     return b"EVALSHA\r\n$40\r\n" + conn.script_load(source).encode()
+
+
+class FakeTime:
+    """A monotonic clock that moves only when something waits on it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pauses: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+@contextmanager
+def unreachable_redis_url() -> Iterator[str]:
+    """A Redis URL of a port nothing listens on (the socket holds the port, so nothing else takes it)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"redis://127.0.0.1:{held.getsockname()[1]}/0"

@@ -386,3 +386,39 @@ def test_a_csv_row_with_bytes_that_are_not_utf8_is_rejected_naming_the_column(
     assert "line 2: First Name: byte 4 of the cell is not UTF-8 text; save the export as UTF-8" in out
     assert lookup(redis_client, "acme", "email", "lat@example.com") is None
     assert lookup(redis_client, "acme", "email", "ok@example.com") is not None
+
+
+def test_the_help_names_the_file_alike_in_the_usage_line_and_the_text() -> None:
+    _register()
+    shown = CliRunner().invoke(cli, ["import", "--help"]).output
+    assert "Usage: cli import [OPTIONS] FILE" in shown and "from FILE" in shown
+    assert "PATH" not in shown
+    missing = CliRunner().invoke(cli, ["import", "--account", "acme", "no-such.jsonl"])
+    assert missing.exit_code == 2 and "Invalid value for 'FILE'" in missing.output
+
+
+def test_a_push_that_changed_nothing_says_nothing_was_queued(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    order = {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": "u-1",
+        "messageId": "m-1",
+        "timestamp": "2024-05-01T12:00:00Z",
+        "context": {"traits": {"email": "bo@example.com"}},
+        "properties": {"order_id": "1"},
+    }
+    path = tmp_path / "orders.jsonl"
+    path.write_text(json.dumps(order) + "\n")
+    code, first = run("--account", account, "--no-progress", "--push", str(path))
+    assert code == 0, first
+    assert "1 profiles evaluated, 1 changed" in first
+    assert "segment changes: queued for the destinations (the 1 changed profile)" in first
+    redis_client.delete(*redis_client.keys("sync:acme:mailchimp:*"))  # as if sent meanwhile
+    code, again = run("--account", account, "--no-progress", "--push", str(path))
+    assert code == 0, again
+    assert "1 profiles evaluated, 0 changed" in again
+    assert "segment changes: nothing queued (no profile changed)" in again
+    assert "queued for the destinations" not in again
+    assert pending(redis_client, "acme", "mailchimp") == {}

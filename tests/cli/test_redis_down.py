@@ -5,7 +5,6 @@ metrics cannot be read, in the HTTP contract's JSON error body."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,32 +16,16 @@ from connector import runtime
 from connector.settings import Settings
 from connector.sync.runner import RedisOutage
 from connector.worker.scheduler import run as run_scheduler
+from tests.helpers import FakeTime, unreachable_redis_url
 
 SCHEDULER_LOG = "connector.worker.scheduler"
-
-
-class FakeTime:
-    """A monotonic clock that moves only when something waits on it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.pauses: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def pause(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
 def down_runtime(settings: Settings) -> Iterator[runtime.Runtime]:
     """A runtime whose Redis is a port nothing listens on (held, so nothing else takes it); the
     test's own runtime keeps the test Redis."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        url = f"redis://127.0.0.1:{held.getsockname()[1]}/0"
+    with unreachable_redis_url() as url:
         down = replace(settings, queue_redis_url=url, profile_redis_url=url)
         yield runtime.Runtime.from_settings(down, check_seconds=0)
 

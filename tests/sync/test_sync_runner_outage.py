@@ -6,7 +6,6 @@ back, and starts again from half a second after the next outage. Waits go throug
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -14,30 +13,14 @@ import redis
 
 from connector.sync import runner as sync_runner
 from connector.sync.runner import RedisOutage, SyncRunner
-
-
-class FakeTime:
-    """A monotonic clock that moves only when something waits on it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.pauses: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def pause(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        self.now += seconds
+from tests.helpers import FakeTime, unreachable_redis_url
 
 
 @pytest.fixture
 def unreachable() -> Iterator[redis.Redis]:
     """A client of a port nothing listens on (the socket holds the port, so nothing else takes it),
     made as the processes make theirs (from a URL: a refused connection fails at once)."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        url = f"redis://127.0.0.1:{held.getsockname()[1]}/0"
+    with unreachable_redis_url() as url:
         client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0)
         yield client
         client.close()
