@@ -215,7 +215,8 @@ def retry_after_header(response: httpx.Response) -> float | None:
     """The ``Retry-After`` of a response in seconds, at most :data:`MAX_RETRY_AFTER`.
 
     Two forms are read: a number of seconds (digits, optionally with a decimal part) and an HTTP
-    date, counted from the response's own ``Date`` (else from now). Anything else (``inf``,
+    date, counted from the response's own ``Date`` (an HTTP date in an answer without one is not
+    taken: there is nothing here to count it from). Anything else (``inf``,
     ``nan``, ``1e309``, a negative number, text) is no ``Retry-After``: the caller's own backoff
     applies. So no answer can block a credential for longer than the cap.
     """
@@ -228,8 +229,8 @@ def retry_after_header(response: httpx.Response) -> float | None:
     when = http_date(raw.strip())
     if when is None:
         return None
-    sent = http_date(response.headers.get("Date", "")) or datetime.now(UTC)
-    return capped_wait((when - sent).total_seconds())
+    sent = http_date(response.headers.get("Date", ""))
+    return capped_wait((when - sent).total_seconds()) if sent is not None else None
 
 
 def header_number(raw: str | None) -> float | None:

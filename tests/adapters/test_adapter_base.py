@@ -358,6 +358,11 @@ def test_retry_after_as_an_http_date_counts_from_the_responses_date() -> None:
     assert wait("Thu, 22 Oct 2015 07:28:00 GMT") == 6 * 3600.0  # a day away: the cap
     assert wait("Fri, 31 Dec 9999 23:59:59 GMT") == 6 * 3600.0
     assert wait("Wed, 99 Oct 2015 07:28:00 GMT") is None  # not a date
+    # without the answer's own Date there is nothing to count from: the adapter's backoff applies
+    assert (
+        retry_after_header(httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:40 GMT"}))
+        is None
+    )
 
 
 def test_a_retry_after_that_is_not_a_finite_number_is_none() -> None:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from typing import Any
 
 import redis
 from flask import abort, current_app, g, request
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
+
+from connector import clock
 
 KEY = "console:key"
 ENDED_PREFIX = "console:ended:"  # + the SHA-256 of an ended session's random value
@@ -45,8 +46,15 @@ def _key(conn: redis.Redis) -> bytes:
     return cached
 
 
+class _Signer(TimestampSigner):
+    """Signs and ages cookies on the product's clock (:mod:`connector.clock`), not the OS's."""
+
+    def get_timestamp(self) -> int:
+        return int(clock.now().timestamp())
+
+
 def _serializer(conn: redis.Redis) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(_key(conn), salt="connector-console")
+    return URLSafeTimedSerializer(_key(conn), salt="connector-console", signer=_Signer)
 
 
 def _read(conn: redis.Redis) -> tuple[dict[str, Any], int] | None:
@@ -86,7 +94,7 @@ def close(conn: redis.Redis) -> None:
         return
     data, signed_at = found
     # the signature's clock: a cookie is taken while at most MAX_AGE_SECONDS old, whole seconds
-    remaining = signed_at + MAX_AGE_SECONDS + 1 - int(time.time())
+    remaining = signed_at + MAX_AGE_SECONDS + 1 - int(clock.now().timestamp())
     conn.set(_ended_key(data), "1", ex=max(1, remaining))
 
 

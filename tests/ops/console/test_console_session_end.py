@@ -4,11 +4,13 @@ digest, for as long as the cookie would have lived, and nothing of the session i
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from connector import clock
 from connector.ops.console import session
 from tests.ops.api.conftest import Mint
 from tests.ops.console.test_console import csrf_of, login
@@ -83,3 +85,17 @@ def test_the_rules_page_names_the_account_file_not_its_path(api: Any, mint: Mint
     html = api.get("/console/a/acme/rules").get_data(as_text=True)
     assert "<code>acme.yaml</code>" in html
     assert str(api_accounts) not in html and str(api_accounts.resolve()) not in html
+
+
+def test_a_session_ends_twelve_hours_after_login_on_the_product_s_clock(
+    api: Any, mint: Mint, redis_client: redis.Redis
+) -> None:
+    # signed and aged on connector.clock: a test moves time instead of waiting for it
+    start = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    with clock.frozen(start):
+        login(api, mint("viewer", "acme"))
+    with clock.frozen(start + timedelta(hours=12) - timedelta(seconds=1)):
+        assert api.get(HOME).status_code == 200
+    with clock.frozen(start + timedelta(hours=12, seconds=2)):
+        answer = api.get(HOME)
+    assert answer.status_code in (302, 303) and "/console/login" in answer.headers["Location"]
