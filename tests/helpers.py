@@ -50,19 +50,29 @@ def script_call(conn: redis.Redis, source: str) -> bytes:
     return b"EVALSHA\r\n$40\r\n" + conn.script_load(source).encode()
 
 
-class FakeTime:
-    """A monotonic clock that moves only when something waits on it."""
+class SimClock:
+    """A clock that moves only when something waits on it: called (or ``monotonic``) it gives
+    epoch seconds; ``sleep`` (or ``pause``) records the wait and moves it on. ``before_sleep``
+    runs before each wait (a fault a test injects while the code waits)."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.pauses: list[float] = []
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.t = start
+        self.slept: list[float] = []
+        self.before_sleep: Callable[[], None] | None = None
+
+    def __call__(self) -> float:
+        return self.t
 
     def monotonic(self) -> float:
-        return self.now
+        return self.t
 
-    def pause(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        self.now += seconds
+    def sleep(self, seconds: float) -> None:
+        if self.before_sleep is not None:
+            self.before_sleep()
+        self.slept.append(seconds)
+        self.t += seconds
+
+    pause = sleep
 
 
 @contextmanager

@@ -19,19 +19,7 @@ from adapters.base import (
 from adapters.change import APPLIED, FAILED, SKIPPED, Change, OwnedState
 from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from adapters.ratelimit import Limits, RateLimiter, Window
-
-
-class SimClock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.t += seconds
+from tests.helpers import SimClock
 
 
 def client(

@@ -22,6 +22,7 @@ from connector.destinations import build_adapter, destinations
 from connector.dev.sandbox import FakeHubSpot as SandboxHubSpot
 from connector.dev.sandbox import serving
 from connector.errors import ConfigError
+from tests.helpers import SimClock
 
 TOKEN = "pat-na1-test-token"
 Handler = Callable[[httpx.Request, Any], httpx.Response | None]
@@ -154,21 +155,11 @@ def not_found(message: str) -> httpx.Response:
     return httpx.Response(404, json={"status": "error", "category": "OBJECT_NOT_FOUND", "message": message})
 
 
-class SimClock:
-    def __init__(self) -> None:
-        self.t = datetime(2024, 3, 5, 22, 0, tzinfo=UTC).timestamp()
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.slept.append(s)
-        self.t += s
+EVENING = datetime(2024, 3, 5, 22, 0, tzinfo=UTC).timestamp()  # 23:00 in Paris (winter)
 
 
 def adapter(fake: FakeHubSpot, clock: SimClock | None = None, **kw: Any) -> HubSpotAdapter:
-    clock = clock or SimClock()
+    clock = clock or SimClock(EVENING)
     limiter = kw.pop("limiter", None)
     cfg = HubSpotConfig(token=TOKEN, base_url="https://api.hubapi.test", **kw)
     return HubSpotAdapter(
@@ -323,7 +314,7 @@ def test_whole_batch_400_redrives_singly_and_409_resolves_the_existing_id() -> N
 
 def test_daily_429_waits_for_the_reset_in_the_account_time_zone(redis_client: redis.Redis) -> None:
     fake = FakeHubSpot()
-    clock = SimClock()  # 22:00 UTC = 23:00 in Paris (winter)
+    clock = SimClock(EVENING)  # 22:00 UTC = 23:00 in Paris (winter)
     limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
 
     def daily(request: httpx.Request, body: Any) -> httpx.Response:
@@ -349,7 +340,7 @@ def test_daily_429_waits_for_the_reset_in_the_account_time_zone(redis_client: re
 
 def test_ten_secondly_429_waits_the_interval_and_retries() -> None:
     fake = FakeHubSpot()
-    clock = SimClock()
+    clock = SimClock(EVENING)
     hits = {"n": 0}
 
     def once(request: httpx.Request, body: Any) -> httpx.Response | None:
@@ -530,7 +521,7 @@ def test_per_day_counts_the_account_day_and_the_adaptive_factor_does_not_shrink_
     redis_client: redis.Redis,
 ) -> None:
     fake = FakeHubSpot()
-    clock = SimClock()  # 22:00 UTC, the account's time zone
+    clock = SimClock(EVENING)  # 22:00 UTC, the account's time zone
     limiter = RateLimiter(redis_client, clock=clock, sleep=clock.sleep)
     ad = adapter(fake, clock, limiter=limiter, per_day=6)
     # the tags property's lookup and creation, batch/read, batch/upsert
@@ -582,7 +573,7 @@ def sandbox() -> Iterator[tuple[SandboxHubSpot, HubSpotAdapter]]:
     fake.properties["esp_tags"] = {"type": "enumeration", "fieldType": "checkbox", "options": []}
     with serving(fake) as server:
         cfg = HubSpotConfig(token=TOKEN, base_url=server.url)
-        clock = SimClock()
+        clock = SimClock(EVENING)
         ad = HubSpotAdapter(cfg, clock=clock, sleep=clock.sleep)
         yield fake, ad
         ad.client.close()
@@ -626,7 +617,7 @@ def test_loopback_record_ids_missing_are_not_recorded_as_memberships(
 def test_a_contact_never_tagged_leaves_the_tags_property_alone() -> None:
     """A destination mapped to lists and fields only works on a portal without the tags property."""
     fake = FakeHubSpot()
-    clock = SimClock()
+    clock = SimClock(EVENING)
     ad = adapter(fake, clock)
     results = ad.apply([change("p1", tags=frozenset(), fields={"ltv": 5})], {})
     assert results[0].status == APPLIED
@@ -664,7 +655,7 @@ def test_the_connectors_own_property_is_written_whole_without_reading_it(
     loopback: tuple[SandboxHubSpot, str],
 ) -> None:
     fake, url = loopback
-    ad = loopback_adapter(url, SimClock())
+    ad = loopback_adapter(url, SimClock(EVENING))
     owned = {}
     for pid in ("p1", "p2"):
         result = ad.apply([change(pid, tags=frozenset({"vip"}))], {})[0]
@@ -683,7 +674,7 @@ def test_an_option_added_by_hand_makes_the_connector_read_first_and_keep_hand_se
     loopback: tuple[SandboxHubSpot, str],
 ) -> None:
     fake, url = loopback
-    clock = SimClock()
+    clock = SimClock(EVENING)
     ad = loopback_adapter(url, clock)
     first = ad.apply([change("p1", tags=frozenset({"vip"}))], {})[0]
     assert first.owned is not None
@@ -707,7 +698,7 @@ def test_a_property_the_team_made_is_read_first(loopback: tuple[SandboxHubSpot, 
         "options": [{"label": "hand", "value": "hand"}],
     }
     fake.write("p1@example.com", {"esp_tags": "hand"})
-    ad = loopback_adapter(url, SimClock())
+    ad = loopback_adapter(url, SimClock(EVENING))
     ad.apply([change("p1", tags=frozenset({"vip"}))], {})
     assert reads(fake) == 1
     assert tags_of(fake, "p1@example.com") == {"hand", "vip"}
@@ -722,7 +713,7 @@ def test_preserve_unowned_tags_set_explicitly_wins(
     loopback: tuple[SandboxHubSpot, str], setting: bool, expected_reads: int
 ) -> None:
     fake, url = loopback
-    ad = loopback_adapter(url, SimClock(), preserve_unowned_tags=setting)
+    ad = loopback_adapter(url, SimClock(EVENING), preserve_unowned_tags=setting)
     ad.apply([change("p1", tags=frozenset({"vip"}))], {})
     assert reads(fake) == expected_reads
 

@@ -16,6 +16,7 @@ from adapters.change import APPLIED, CONSENT_SUBSCRIBED, CONSENT_UNSUBSCRIBED, F
 from adapters.errors import AuthError, PermanentError, RateLimited, TransientError
 from adapters.mailchimp import MailchimpAdapter, MailchimpConfig, map_error, subscriber_hash
 from adapters.ratelimit import RateLimiter
+from tests.helpers import SimClock
 
 KEY = "0123456789abcdef0123456789abcdef-us6"
 LIST = "aud1"
@@ -482,22 +483,6 @@ def test_a_change_that_only_takes_away_writes_no_member_and_404_means_nothing_to
 
 
 # -- rate limits --------------------------------------------------------------------------------
-
-
-class SimClock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-        self.slept: list[float] = []
-        self.before_sleep: Callable[[], None] | None = None
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        if self.before_sleep is not None:
-            self.before_sleep()
-        self.slept.append(seconds)
-        self.t += seconds
 
 
 def _limited(fake: FakeMailchimp, conn: redis.Redis) -> tuple[MailchimpAdapter, RateLimiter, SimClock]:

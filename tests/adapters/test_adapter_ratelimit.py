@@ -5,19 +5,7 @@ from __future__ import annotations
 import redis
 
 from adapters.ratelimit import Limits, RateLimiter, Window
-
-
-class SimClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t = start
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.t += seconds
+from tests.helpers import SimClock
 
 
 def limiter(conn: redis.Redis, clock: SimClock, **kw: float) -> RateLimiter:

@@ -16,7 +16,7 @@ from connector import runtime
 from connector.settings import Settings
 from connector.sync.runner import RedisOutage
 from connector.worker.scheduler import run as run_scheduler
-from tests.helpers import FakeTime, unreachable_redis_url
+from tests.helpers import SimClock, unreachable_redis_url
 
 SCHEDULER_LOG = "connector.worker.scheduler"
 
@@ -37,11 +37,11 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_the_scheduler_backs_off_while_redis_is_away_and_warns_once_a_minute(
     down_runtime: runtime.Runtime, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeTime()
+    fake = SimClock()
     outage = RedisOutage("scheduler", logging.getLogger(SCHEDULER_LOG), monotonic=fake.monotonic)
     with caplog.at_level(logging.WARNING):
         run_scheduler(down_runtime, threading.Event(), max_ticks=20, pause=fake.pause, outage=outage)
-    assert fake.pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 14
+    assert fake.slept == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 14
     said = warnings(caplog)
     assert (
         said
@@ -53,19 +53,19 @@ def test_the_scheduler_backs_off_while_redis_is_away_and_warns_once_a_minute(
     with caplog.at_level(logging.WARNING):  # Redis is back: the tick's own pace, at most a tick
         run_scheduler(runtime.current(), threading.Event(), max_ticks=1, pause=fake.pause, outage=outage)
     assert warnings(caplog) == ["scheduler: Redis is available again"]
-    assert 0 < fake.pauses[-1] <= 0.2 and not outage.down
+    assert 0 < fake.slept[-1] <= 0.2 and not outage.down
 
 
 def test_a_stop_ends_the_scheduler_before_its_next_tick(down_runtime: runtime.Runtime) -> None:
     stop = threading.Event()
-    fake = FakeTime()
+    fake = SimClock()
 
     def pause(seconds: float) -> None:
         fake.pause(seconds)
         stop.set()  # SIGTERM during the wait
 
     run_scheduler(down_runtime, stop, pause=pause)
-    assert fake.pauses == [0.5]
+    assert fake.slept == [0.5]
 
 
 def test_metrics_say_redis_is_unavailable_in_a_json_error(

@@ -13,7 +13,7 @@ import redis
 
 from connector.sync import runner as sync_runner
 from connector.sync.runner import RedisOutage, SyncRunner
-from tests.helpers import FakeTime, unreachable_redis_url
+from tests.helpers import SimClock, unreachable_redis_url
 
 
 @pytest.fixture
@@ -33,12 +33,12 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_the_dispatcher_backs_off_while_redis_is_away_and_warns_once_a_minute(
     unreachable: redis.Redis, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeTime()
+    fake = SimClock()
     outage = RedisOutage("sync dispatcher", sync_runner.log, monotonic=fake.monotonic)
     runner = SyncRunner(unreachable, pause=fake.pause, outage=outage)
     with caplog.at_level(logging.WARNING, logger="connector.sync.runner"):
         runner.run(max_rounds=20)  # the last round ends the run before its wait
-    assert fake.pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 13
+    assert fake.slept == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 13
     said = warnings(caplog)
     assert said[0] == "sync dispatcher: Redis is unavailable; retrying with backoff"
     # 20 attempts over 421.5 s: the first warning, then one a minute
@@ -57,14 +57,14 @@ def test_the_dispatcher_backs_off_while_redis_is_away_and_warns_once_a_minute(
     runner.conn = unreachable  # a new outage starts from the shortest wait again
     with caplog.at_level(logging.WARNING, logger="connector.sync.runner"):
         runner.run(max_rounds=2)
-    assert fake.pauses[-1] == 0.5
+    assert fake.slept[-1] == 0.5
     assert warnings(caplog) == ["sync dispatcher: Redis is unavailable; retrying with backoff"]
 
 
 def test_a_failed_wait_for_flush_jobs_backs_off_as_well(
     unreachable: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake = FakeTime()
+    fake = SimClock()
     runner = SyncRunner(
         unreachable,
         pause=fake.pause,
@@ -73,5 +73,5 @@ def test_a_failed_wait_for_flush_jobs_backs_off_as_well(
     with caplog.at_level(logging.WARNING, logger="connector.sync.runner"):
         runner.wait(sync_runner.POLL_SECONDS)  # Redis went away while the dispatcher waited
         runner.run(max_rounds=3)
-    assert fake.pauses == [0.5, 1.0, 2.0]
+    assert fake.slept == [0.5, 1.0, 2.0]
     assert warnings(caplog) == ["sync dispatcher: Redis is unavailable; retrying with backoff"]
