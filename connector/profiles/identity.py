@@ -254,7 +254,7 @@ class Resolver:
         event_uid = ids.get("user_id")
         target = self._choose(ranks, event_uid)
         if target is not None and ranks[target] == _ANONYMOUS:
-            target = self._not_through_a_device(ranks, target, event_uid)
+            target = self._not_through_a_device(ranks, target, event_uid, ids.get("email"))
         if target is None:
             target = self._new_pid()
             self.state[target] = _State()
@@ -307,28 +307,40 @@ class Resolver:
             if other_uid and target_uid and other_uid != target_uid:
                 self._conflict(other, target)
                 continue
-            if _ANONYMOUS in (ranks[other], ranks[target]) and self._both_have_emails(other, target, email):
+            through_a_device = _ANONYMOUS in (ranks[other], ranks.get(target))
+            if through_a_device and self._both_have_emails(other, target, email):
                 self._conflict(other, target)
                 continue
             self._merge(other, target)
             target_uid = target_uid or other_uid
 
-    def _not_through_a_device(self, ranks: Mapping[str, int], target: str, event_uid: str | None) -> str:
+    def _not_through_a_device(
+        self, ranks: Mapping[str, int], target: str, event_uid: str | None, email: str | None
+    ) -> str | None:
         """``target`` was reached only through an anonymous id: when a profile the event names by a
         stronger identity cannot be merged into it (both have an email), the event goes to that
-        one instead (the device's profile stays as it is)."""
+        one instead (the device's profile stays as it is). An email no profile holds yet is not
+        added to a device's profile that has another one: the event makes a profile of its own
+        (None), or anyone could attach their address to a customer by naming the customer's
+        device, and receive the customer's segments, data and erasure."""
         if event_uid:
             return target
         named = sorted((p for p in ranks if ranks[p] < _ANONYMOUS), key=lambda p: (ranks[p], p))
         for other in named:
             if self._has_email(other) and self._has_email(target):
                 return other
+        if email is not None and self.index.get(("email", email)) is None and self._has_email(target):
+            return None
         return target
 
     def _both_have_emails(self, other: str, target: str, email: str | None) -> bool:
+        """Whether ``other`` has an email and ``target`` has one or is about to take the event's
+        (its own, or one no profile holds yet)."""
         if not self._has_email(other):
             return False
-        return (email is not None and self.index.get(("email", email)) == target) or self._has_email(target)
+        return (email is not None and self.index.get(("email", email)) in (target, None)) or self._has_email(
+            target
+        )
 
     def _has_email(self, pid: str) -> bool:
         """Whether the profile holds an email: one this batch knows points to it (loaded, or linked

@@ -220,3 +220,53 @@ def test_new_people_of_one_batch_get_distinct_random_ids(redis_client, accounts)
     pids = [lookup(redis_client, "acme", "anonymous_id", f"visitor-{n}") for n in range(150)]
     assert len(set(pids)) == 150
     assert all(pid is not None and re.fullmatch(r"[0-9a-f]{16}", pid) for pid in pids)
+
+
+@pytest.mark.parametrize("one_batch", [False, True])
+def test_a_new_email_is_not_attached_to_a_customer_through_their_device(
+    redis_client, accounts, one_batch: bool
+) -> None:
+    """With only the public write key: claim a customer's email on a device of one's own (which
+    links the device to the customer, as any identify does), then send a new address with that
+    device. The new address must not join the customer's profile: it would receive the customer's
+    segments and fields, and an access or erasure request for it would reach the customer."""
+    apply(
+        redis_client,
+        accounts,
+        ev(
+            "1",
+            "identify",
+            type="identify",
+            user_id="cust-42",
+            anonymous_id="laptop",
+            email="alice@example.com",
+        ),
+        ev("2", "order_completed", at=1, user_id="cust-42"),
+    )
+    calls = [
+        ev("3", "identify", type="identify", at=2, anonymous_id="dev", email="alice@example.com"),
+        ev("4", "identify", type="identify", at=3, anonymous_id="dev", email="mallory@example.com"),
+    ]
+    for batch in [calls] if one_batch else [[c] for c in calls]:
+        apply(redis_client, accounts, *batch)
+    alice = _profile(redis_client, "email", "alice@example.com")
+    mallory = _profile(redis_client, "email", "mallory@example.com")
+    assert alice.profile_id != mallory.profile_id
+    assert alice.identities == {
+        "anonymous_id": ("dev", "laptop"),
+        "email": ("alice@example.com",),
+        "user_id": ("cust-42",),
+    }
+    assert mallory.identities == {"email": ("mallory@example.com",)}
+    assert [e.name for e in alice.events] == ["order_completed"]
+    assert redis_client.xlen("conflicts:acme") == 1  # the device's profile was not merged: recorded
+    # an anonymous visitor's device (no email yet) still takes the email it identifies with
+    apply(redis_client, accounts, ev("5", at=4, anonymous_id="visitor"))
+    apply(
+        redis_client,
+        accounts,
+        ev("6", "identify", type="identify", at=5, anonymous_id="visitor", email="carol@example.com"),
+    )
+    carol = _profile(redis_client, "email", "carol@example.com")
+    assert carol.identities == {"anonymous_id": ("visitor",), "email": ("carol@example.com",)}
+    assert [e.name for e in carol.events] == ["product_viewed"]
