@@ -60,6 +60,7 @@ class Outcome:
     touched: set[str] = field(default_factory=set)
     absorbed: dict[str, str] = field(default_factory=dict)  # merged-away profile -> survivor
     history_dropped: int = 0  # history events removed by the retention bounds (age, count)
+    unnamed_properties: int = 0  # properties not kept: their key is new past the account's names cap
     # erasures asked for: (profile id, source); a profile id of None erases the whole account
     erasures: list[tuple[str | None, str]] = field(default_factory=list)
     applied_to: dict[str, str] = field(default_factory=dict)  # event id -> the profile it went to
@@ -158,11 +159,20 @@ def _prepare_all(
         props.append(kept_props)
         wanted.add(event.name)
         wanted.update(PROPERTY_PREFIX + key for key in kept_props or ())
-    codes = name_codes(conn).codes(account.id, wanted)
+    namer = name_codes(conn)
+    codes = namer.codes(account.id, wanted)
     kept: list[_Regular] = []
     prepared: list[Prepared] = []
     for item, kept_props in zip(regular, props, strict=True):
         event = item[0]
+        if event.name not in codes:
+            rejected.record(rejects, event, _PAST_CAP % (event.name, namer.cap), now)
+            outcome.rejected += 1
+            continue
+        if kept_props and len(codes) < len(wanted):
+            named = {k: v for k, v in kept_props.items() if PROPERTY_PREFIX + k in codes}
+            outcome.unnamed_properties += len(kept_props) - len(named)
+            kept_props = named
         try:
             ready = prepare(
                 event.occurred_at, event_ids[id(event)], codes[event.name], kept_props, event.traits, codes
@@ -174,6 +184,12 @@ def _prepare_all(
         prepared.append(ready)
         kept.append(item)
     return kept, prepared
+
+
+_PAST_CAP = (
+    "event name `%s` is new and the account has used up its %d event names and property keys "
+    '(docs/profiles.md, "Names")'
+)
 
 
 def _created_meanwhile(conn: redis.Redis, account: str, absent: list[str]) -> list[str]:

@@ -710,25 +710,36 @@ local function base36(n)
   return out
 end
 """
-# The codes of names (ARGV[2..]) in the dictionary KEYS[1] of generation ARGV[1], a new name given
-# the next code; false when the dictionary is of another generation.
+# The codes of names (ARGV[3..]) in the dictionary KEYS[1] of generation ARGV[1], a new name given
+# the next code while fewer than ARGV[2] codes were given (0: no cap), else '' (none);
+# false when the dictionary is of another generation.
 _CODES = (
     BASE36_LUA
     + """
 if redis.call('HGET', KEYS[1], '#gen') ~= ARGV[1] then return false end
+local cap = tonumber(ARGV[2])
 local out = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local field = 'n:' .. ARGV[i]
   local code = redis.call('HGET', KEYS[1], field)
   if not code then
-    code = base36(redis.call('HINCRBY', KEYS[1], '#seq', 1))
-    redis.call('HSET', KEYS[1], field, code, 'c:' .. code, ARGV[i])
+    if cap > 0 and tonumber(redis.call('HGET', KEYS[1], '#seq') or '0') >= cap then
+      code = ''
+    else
+      code = base36(redis.call('HINCRBY', KEYS[1], '#seq', 1))
+      redis.call('HSET', KEYS[1], field, code, 'c:' .. code, ARGV[i])
+    end
   end
   out[#out + 1] = code
 end
 return out
 """
 )
+# An account's event names and property keys together (``names:acct``): a sender may make up names
+# (a public write key is enough), and each one is kept for good. Events of a new name past it are
+# refused, properties of a new key are not kept (counted: ``property_names``). Segment tracks
+# 1,000 event names per source and warns past it; Amplitude keeps 2,000 event types per project.
+MAX_ACCOUNT_NAMES = 10_000
 
 
 class NameCodes:
@@ -739,9 +750,10 @@ class NameCodes:
     dictionary of a scope (by default the account's ``names:acct``); other parts keep their own
     dictionaries with it (the sync's ownership ledgers)."""
 
-    def __init__(self, conn: redis.Redis, key: Callable[[str], str] = keys.names_key) -> None:
+    def __init__(self, conn: redis.Redis, key: Callable[[str], str] = keys.names_key, cap: int = 0) -> None:
         self.conn = conn
         self._key = key
+        self.cap = cap  # names the dictionary takes at most (0: no cap); others get no code
         self._codes: dict[tuple[str, str], str] = {}
         self._names: dict[tuple[str, str], str] = {}
         self._gen: dict[str, bytes] = {}
@@ -757,8 +769,9 @@ class NameCodes:
                 self._gen.pop(account, None)
 
     def codes(self, account: str, names: set[str], checked: bool = False) -> dict[str, str]:
-        """Codes of these names (new ones are added). ``checked``: the caller compared the
-        generation already (:meth:`check`), so cached codes are answered without a round trip."""
+        """Codes of these names (new ones are added; past the cap a new name has none and is left
+        out). ``checked``: the caller compared the generation already (:meth:`check`), so cached
+        codes are answered without a round trip."""
         cache = self._codes  # read once: another thread's check may replace it meanwhile
         if checked and account in self._gen and all((account, n) in cache for n in names):
             return {n: cache[(account, n)] for n in names}
@@ -783,14 +796,17 @@ class NameCodes:
         # what is learnt here then goes with this one
         cache, names_of = self._codes, self._names
         out = {n: cache[(account, n)] for n in names if (account, n) in cache}
-        missing = sorted(n for n in names if n not in out)
+        # event names before property keys: near the cap, an event's name decides whether it is kept
+        missing = sorted((n for n in names if n not in out), key=_property_keys_last)
         if not missing:
             return out
-        found = cached_script(self.conn, _CODES)(keys=[key], args=[generation, *missing])
+        found = cached_script(self.conn, _CODES)(keys=[key], args=[generation, self.cap, *missing])
         if not found:  # no longer this generation
             return None
         for name, code in zip(missing, found, strict=True):
             text = code.decode() if isinstance(code, bytes) else str(code)
+            if not text:  # past the cap
+                continue
             out[name] = text
             cache[(account, name)] = text
             names_of[(account, text)] = name
@@ -805,6 +821,10 @@ class NameCodes:
                     self._names[(account, f[2:])] = value.decode()
             cached = self._names.get((account, code), f"unknown_{code}")
         return cached
+
+
+def _property_keys_last(name: str) -> tuple[bool, str]:
+    return name.startswith(PROPERTY_PREFIX), name
 
 
 def base36(n: int) -> str:
@@ -1021,7 +1041,7 @@ def name_codes(conn: redis.Redis) -> NameCodes:
     """One name-code cache per connection (process-wide)."""
     found = _NAMES.get(id(conn))
     if found is None or found.conn is not conn:
-        found = NameCodes(conn)
+        found = NameCodes(conn, cap=MAX_ACCOUNT_NAMES)
         _NAMES[id(conn)] = found
     return found
 

@@ -84,6 +84,7 @@ def apply_batch(
         _erase(conn, queue_conn, account, outcome, now)
         evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
         count_dropped(counters, "profile_history", outcome.history_dropped)
+        count_dropped(counters, "property_names", outcome.unnamed_properties)
         for name in ("applied", "duplicates", "rejected", "dropped", "expired", "erased", "exported"):
             value = getattr(outcome, name)
             if value:

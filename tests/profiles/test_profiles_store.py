@@ -181,3 +181,50 @@ def test_profile_keys_share_a_hash_tag(redis_client, accounts) -> None:
         k.decode() for k in redis_client.keys("*") if not k.startswith((b"metrics", b"due", b"q:"))
     ]
     assert all(":acme" in k or "{acme" in k for k in profile_store), profile_store
+
+
+def test_names_past_the_accounts_cap_are_refused_and_counted(redis_client, accounts) -> None:
+    """Made-up event names and property keys cannot grow the account's dictionary past its cap: a
+    new event name is rejected with its reason, a new property key is not kept (counted); names
+    already known keep working."""
+    from connector.profiles import rejected
+    from connector.profiles.store import MAX_ACCOUNT_NAMES, name_codes
+
+    assert name_codes(redis_client).cap == MAX_ACCOUNT_NAMES == 10_000
+    codes = name_codes(redis_client)
+    codes.cap = 4
+    try:
+        first = apply(redis_client, accounts, ev("1", "product_viewed", user_id="u1", props={"sku": "A1"}))
+        assert first.applied == 1  # two codes: the name and @sku
+        second = apply(
+            redis_client,
+            accounts,
+            ev("2", "order_completed", at=1, user_id="u1", props={"total": 5, "coupon": "X"}),
+            ev("3", "made_up_1", at=2, user_id="u1"),
+            ev("4", "product_viewed", at=3, user_id="u1", props={"sku": "B2", "size": "M"}),
+        )
+        # event names are coded before property keys: made_up_1 and order_completed take the last
+        # two codes; @coupon, @size and @total get none
+        assert (second.applied, second.rejected, second.unnamed_properties) == (3, 0, 3)
+        assert redis_client.hget("metrics:dropped", "property_names") == b"3"
+        third = apply(redis_client, accounts, ev("5", "made_up_2", at=4, user_id="u1"))
+        assert (third.applied, third.rejected) == (0, 1)
+        reasons = [(r.event.get("name"), r.reason) for r in rejected.latest(redis_client, "acme", 10)]
+        assert reasons == [
+            (
+                "made_up_2",
+                "event name `made_up_2` is new and the account has used up its 4 event names and "
+                'property keys (docs/profiles.md, "Names")',
+            )
+        ]
+        profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), NOW)
+        assert profile is not None
+        assert [(e.name, e.properties) for e in profile.events] == [
+            ("product_viewed", {"sku": "A1"}),
+            ("order_completed", {}),
+            ("made_up_1", {}),
+            ("product_viewed", {"sku": "B2"}),
+        ]
+        assert int(redis_client.hget("names:acme", "#seq")) == 4
+    finally:
+        codes.cap = MAX_ACCOUNT_NAMES
