@@ -167,12 +167,7 @@ def _instantiate(
         problem = _check_param_values(declared[name], value)
         if problem:
             raise RulesError(f"{prefix}.params.{name}", problem)
-    params = {**declared, **overrides}
-    for name, default in declared.items():
-        if isinstance(default, str) and _SUM.fullmatch(default):
-            if name in overrides:
-                raise RulesError(f"{prefix}.params.{name}", f"is {default}: set those parameters instead")
-            params[name] = _sum_of(default, params, f"{prefix}.params.{name}")
+    params = template_params(declared, overrides, prefix)
     body = {k: v for k, v in source.items() if k != "params"}
     origin = _Origin(prefix, template)
     try:
@@ -190,6 +185,20 @@ def _instantiate(
 
 # a parameter that is the sum of others (``$win_back_within + $at_risk_after``): never set on its own
 _SUM = re.compile(r"\$\w+(?: \+ \$\w+)+")
+
+
+def template_params(
+    declared: Mapping[str, Any], overrides: Mapping[str, Any], prefix: str = "include"
+) -> dict[str, Any]:
+    """A template's parameters in force: its defaults, the account's values, and the parameters
+    that are sums of others added up (RulesError when one of those is set on its own)."""
+    params = {**declared, **overrides}
+    for name, default in declared.items():
+        if isinstance(default, str) and _SUM.fullmatch(default):
+            if name in overrides:
+                raise RulesError(f"{prefix}.params.{name}", f"is {default}: set those parameters instead")
+            params[name] = _sum_of(default, params, f"{prefix}.params.{name}")
+    return params
 
 
 def _sum_of(expression: str, params: Mapping[str, Any], path: str) -> str:

@@ -16,7 +16,7 @@ import re
 from bisect import bisect_right
 from calendar import monthrange
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -95,6 +95,8 @@ def parse_duration(value: Any) -> Span:
             return Months(months, timedelta(seconds=seconds))
         if seconds > 0:
             return timedelta(seconds=seconds)
+    if isinstance(value, date):  # YAML reads 2023-01-01 as a date
+        raise DurationError(f"{value.isoformat()} is a date, not a duration like 10m, 48h, 30d")
     raise DurationError(f"{shown} is not a duration like 10m, 48h, 30d")
 
 

@@ -8,8 +8,9 @@ Both are looked up in :data:`CONDITIONS` / :data:`VALUES`, so an unknown one is 
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -107,6 +108,7 @@ class Pair(fields.Field[tuple[Any, Any]]):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[Any, Any]:
         if not isinstance(value, list) or len(value) != 2:
             raise ValidationError("must be a list of two values: [low, high]")
+        _finite(value)
         return (value[0], value[1])
 
 
@@ -116,13 +118,23 @@ class Scalars(fields.Field[tuple[Any, ...]]):
             raise ValidationError("must be a non-empty list of values")
         if any(isinstance(v, dict | list) for v in value):
             raise ValidationError("must be a list of plain values")
+        _finite(value)
         return tuple(value)
+
+
+def _finite(values: Iterable[Any]) -> None:
+    """Refuse NaN and infinities (YAML's ``.nan``, ``.inf``): nothing compares with NaN, everything
+    is below infinity, and neither can be written as JSON."""
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValidationError(f"must be a finite number, not {v!r}")
 
 
 class Scalar(fields.Field[Any]):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, dict | list) or value is None:
             raise ValidationError("must be a plain value (number, text, true/false)")
+        _finite((value,))
         return value
 
 
@@ -132,6 +144,7 @@ class Number(fields.Field[Any]):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(f"must be a number, not {value!r}")
+        _finite((value,))
         return value
 
 
@@ -149,6 +162,7 @@ class Numbers(fields.Field[tuple[Any, ...]]):
         bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int | float)]
         if bad:
             raise ValidationError(f"must be numbers, not {bad[0]!r}")
+        _finite(value)
         return tuple(value)
 
 
@@ -325,6 +339,16 @@ class SequenceConditionSchema(Strict):
     def _one_follow_up(self, data: dict[str, Any], **_: Any) -> None:
         if ("then" in data) == ("then_not" in data):
             raise ValidationError("needs exactly one of then (a funnel) or then_not (an absence)")
+        first_within, within = data.get("first_within"), data.get("within")
+        if "then_not" not in data or first_within is None or within is None:
+            return
+        if longest(first_within) <= shortest(within):
+            shown, gap = format_duration(first_within), format_duration(within)
+            raise ValidationError(
+                f"a first event at most {shown} old is never {gap} old, so nobody could ever be "
+                f"in it: first_within must be longer than within ({gap})",
+                "first_within",
+            )
 
 
 class ConditionField(fields.Field[tuple[str, Any]]):

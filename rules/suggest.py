@@ -9,10 +9,38 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+# the operators' names as people write them elsewhere (json-logic, SQL, other tools' segment builders)
+SYNONYMS = {
+    "equals": "eq",
+    "equal": "eq",
+    "is": "eq",
+    "==": "eq",
+    "=": "eq",
+    "not_equals": "ne",
+    "not_equal": "ne",
+    "neq": "ne",
+    "!=": "ne",
+    "greater_than": "gt",
+    ">": "gt",
+    ">=": "gte",
+    "less_than": "lt",
+    "<": "lt",
+    "<=": "lte",
+    "one_of": "in",
+    "not_one_of": "not_in",
+    "starts": "starts_with",
+    "begins_with": "starts_with",
+}
+
 
 def closest(name: str, known: Iterable[str]) -> str | None:
-    """The known name closest to ``name``, when one is close enough to be a likely typo."""
-    matches = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    """The known name closest to ``name``, when one is close enough to be a likely typo (or the
+    operator it is another tool's word for: ``equals`` is ``eq``)."""
+    names = sorted(set(known))
+    synonym = SYNONYMS.get(name.strip().lower())
+    if synonym is not None and synonym in names:
+        return synonym
+    matches = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 

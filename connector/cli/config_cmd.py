@@ -23,6 +23,7 @@ from connector.config import Account, Accounts, load_account_file
 from connector.destinations import destinations
 from connector.errors import ConfigError
 from connector.profiles.keys import names_key
+from connector.profiles.store import PROPERTY_PREFIX
 from connector.settings import config_source, redact, redis_source
 from connector.suggest import did_you_mean
 from rules import compile_rules
@@ -66,10 +67,11 @@ def template_events() -> frozenset[str]:
 
 
 def seen_names(conn: redis.Redis, account_id: str) -> set[str]:
-    """The event names the account has received (the workers' name codes)."""
+    """The event names the account has received (the workers' name codes, without the property
+    keys that share the dictionary)."""
     fields = conn.hkeys(names_key(account_id))
     names = (f.decode() if isinstance(f, bytes) else str(f) for f in fields)
-    return {n[2:] for n in names if n.startswith("n:")}
+    return {n[2:] for n in names if n.startswith("n:") and not n.startswith("n:" + PROPERTY_PREFIX)}
 
 
 def event_warnings(account: Account, seen: Iterable[str]) -> list[str]:

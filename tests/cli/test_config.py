@@ -397,7 +397,8 @@ def test_validate_warns_about_an_event_never_received_with_did_you_mean(
 ) -> None:
     from connector.profiles.store import NameCodes
 
-    NameCodes(redis_client).codes("shop", {"product_viewed", "order_completed"})  # what the workers record
+    # what the workers record: event names, and property keys (prefixed) in the same dictionary
+    NameCodes(redis_client).codes("shop", {"product_viewed", "order_completed", "@product_id", "@price"})
     typo = {
         "name": "shoe_browsers",
         "when": {"count": {"event": "prodcut_viewed", "within": "10m", "gte": 3}},

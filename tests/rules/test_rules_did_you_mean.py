@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,11 @@ def test_cli_rules_validate_shows_the_path_and_the_closest_name(
         ("Order Completed", "order_completed"),  # Segment's spec name
         ("Product Added", "add_to_cart"),
         ("page.viewed", "page_viewed"),
+        # the spec's names in snake_case are stored under the product's names too
+        ("product_added", "add_to_cart"),
+        ("productRemoved", "remove_from_cart"),
+        ("email_link_clicked", "email_clicked"),
+        ("email_marked_as_spam", "email_marked_spam"),
     ],
 )
 def test_an_event_name_that_could_never_match_names_the_stored_one(written: str, stored: str) -> None:
@@ -126,6 +132,44 @@ def test_an_event_name_that_could_never_match_names_the_stored_one(written: str,
             {"trait": {"name": "age", "between": [7, 4]}},
             "segments[0].when.trait.between",
             "nothing is between 7 and 4: the low end comes first; did you mean [4, 7]?",
+        ),
+        (
+            {
+                "sequence": {
+                    "first": {"event": "add_to_cart"},
+                    "then_not": {"event": "order_completed"},
+                    "within": "48h",
+                    "first_within": "1d",
+                }
+            },
+            "segments[0].when.sequence.first_within",
+            "a first event at most 1d old is never 2d old, so nobody could ever be in it: "
+            "first_within must be longer than within (2d)",
+        ),
+        (
+            {"count": {"event": "order_completed", "gte": float("nan")}},
+            "segments[0].when.count.gte",
+            "must be a finite number, not nan",
+        ),
+        (
+            {"sum": {"event": "order_completed", "property": "revenue", "lt": float("inf")}},
+            "segments[0].when.sum.lt",
+            "must be a finite number, not inf",
+        ),
+        (
+            {"trait": {"name": "score", "between": [0, float("-inf")]}},
+            "segments[0].when.trait.between",
+            "must be a finite number, not -inf",
+        ),
+        (
+            {"trait": {"name": "plan", "equals": "pro"}},
+            "segments[0].when.trait.equals",
+            "unknown field `equals` (did you mean `eq`?)",
+        ),
+        (
+            {"count": {"event": "x", "gte": 1, "within": date(2023, 1, 1)}},
+            "segments[0].when.count.within",
+            "2023-01-01 is a date, not a duration like 10m, 48h, 30d",
         ),
     ],
 )
@@ -158,3 +202,13 @@ def test_a_segment_name_is_refused_saying_why(name: str, reason: str) -> None:
     with pytest.raises(RulesError) as caught:
         compile_rules({"segments": [{"name": name, "when": {"always": True}}]})
     assert (caught.value.path, caught.value.reason) == ("segments[0].name", reason)
+
+
+def test_a_cart_template_whose_keep_for_ends_before_its_window_is_refused() -> None:
+    # every cart abandoner would leave and nobody could enter: cart recovery silently off
+    with pytest.raises(RulesError) as caught:
+        compile_rules(
+            {"include": [{"template": "cart_abandonment", "params": {"window": "48h", "keep_for": "1d"}}]}
+        )
+    assert "first_within must be longer than within (2d)" in caught.value.reason
+    assert caught.value.path.startswith("include[0]")

@@ -33,7 +33,7 @@ from connector.ops.api.schemas import (
 )
 from connector.profiles import load_profile
 from connector.worker import sizes
-from rules.compile import substitute
+from rules.compile import substitute, template_params
 
 blp = Blueprint(
     "api_segments",
@@ -70,7 +70,7 @@ def _definition(account: Account, segment: rules.Segment) -> Any:
         template = _templates().get(segment.origin, {})
         params = _included_params(account, segment.origin)
         try:  # the segment as it is evaluated: the template's defaults and the account's parameters in
-            in_force = substitute(written, {**(template.get("params") or {}), **params})
+            in_force = substitute(written, template_params(template.get("params") or {}, params))
         except rules.RulesError:
             in_force = None
         return {"template": segment.origin, "params": params, "segment": written, "in_force": in_force}

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -485,3 +486,25 @@ def test_a_dead_letter_kind_no_one_could_mean_is_a_422_naming_the_closest(api: A
         "unknown kind `sync:mailchimpp` (did you mean `sync:mailchimp`?); known: events, sync, sync:hubspot"
     )
     assert get(api, viewer, "/accounts/acme/deadletters?kind=sync:klaviyo").status_code == 200  # none yet
+
+
+def test_a_derived_template_parameter_is_shown_added_up(tmp_path: Path) -> None:
+    """The definition "as it is evaluated" spells a parameter that is the sum of others as the sum
+    (lifecycle's win-back quiet window: $win_back_within + $at_risk_after), not as its formula."""
+    from connector.config import load_accounts
+    from connector.ops.api.segments import _definition
+    from tests.conftest import write_accounts
+
+    directory = write_accounts(
+        tmp_path / "acc",
+        {
+            "account": "shop",
+            "rules": {"include": [{"template": "lifecycle", "params": {"at_risk_after": "60d"}}]},
+        },
+    )
+    account = load_accounts(directory).get("shop")
+    assert account is not None
+    shown = _definition(account, account.ruleset.by_name["lifecycle_win_back"])
+    text = json.dumps(shown["in_force"])
+    assert "$" not in text
+    assert '"90d"' in text  # 30d + 60d
