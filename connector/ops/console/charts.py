@@ -59,9 +59,10 @@ def arm_bars(arms: Mapping[str, Mapping[str, Any]], width: int = 360) -> Markup:
     if not rates:
         return Markup("")
     top, row, label = max([*rates.values(), 1e-9]), 18, 40
+    written = 56  # room after the longest bar for its rate ("100.0%")
     rows = []
     for i, (arm, rate) in enumerate(sorted(rates.items())):
-        length = (width - label - 60) * rate / top
+        length = (width - label - 30 - written) * rate / top
         name = escape(ARM_NAMES.get(arm, f"variant {arm}"))
         rows.append(
             f'<text x="0" y="{i * row + 13}">{name}</text>'

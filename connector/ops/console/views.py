@@ -378,6 +378,9 @@ def people(account: str) -> Any:
     return redirect(url_for("console.person", account=account, pid=found["profile_id"]))
 
 
+TIMELINE_LIMIT = 100  # events and ledger changes the person page lists
+
+
 @bp.route("/a/<account>/people/<pid>")
 def person(account: str, pid: str) -> Any:
     base = f"/accounts/{quote(account)}/people/{quote(pid)}"
@@ -385,7 +388,8 @@ def person(account: str, pid: str) -> Any:
         "person.html",
         account=account,
         person=get(base),
-        timeline=get(f"{base}/timeline", limit=100),
+        timeline=get(f"{base}/timeline", limit=TIMELINE_LIMIT),
+        timeline_limit=TIMELINE_LIMIT,
         explain=get(f"{base}/explain"),
     )
 

@@ -201,3 +201,35 @@ def test_values_are_isolated_and_direction_controls_marked(
     assert '<bdi class="v">דנה &lt;b&gt;כהן&lt;/b&gt;</bdi>' in person
     members = api.get("/console/a/acme/segments/vip").get_data(as_text=True)
     assert marked in members
+
+
+def test_the_timeline_shows_computed_trait_changes_and_says_when_it_is_cut(
+    api: Any, mint: Mint, api_accounts: Path, redis_client: redis.Redis
+) -> None:
+    pid = odd_person(redis_client, api_accounts, "erin@example.com")
+    accounts = load_accounts(api_accounts)
+    # a second order changes lifetime_revenue and no membership; then more events than the page lists
+    apply(
+        redis_client,
+        accounts,
+        ev("o2-erin", "order_completed", at=3, props={"revenue": 20.0}, email="erin@example.com"),
+    )
+    views = [ev(f"v-erin-{n}", "product_viewed", at=4 + n, email="erin@example.com") for n in range(100)]
+    apply(redis_client, accounts, *views)
+    login(api, mint("viewer", "acme"))
+    page = api.get(f"/console/a/acme/people/{pid}").get_data(as_text=True)
+    timeline = page[page.index('id="timeline"') :]
+    rows = re.findall(r'<tr class="transition">(.*?)</tr>', timeline, re.S)
+    trait_rows = [r for r in rows if "computed traits (v" in r]
+    assert trait_rows and "lifetime_revenue = 520" in re.sub(r"<[^>]+>", "", trait_rows[-1])
+    assert all("computed traits (v" in r or "entered" in r or "exited" in r for r in rows)  # no blank row
+    cut = page[page.index('id="timeline-cut"') :]
+    assert "The latest 100 of 103 events" in html.unescape(cut[: cut.index("</p>")])
+
+
+def test_a_rate_beside_the_longest_arm_bar_fits_in_the_chart() -> None:
+    from connector.ops.console.charts import arm_bars
+
+    svg = str(arm_bars({"c": {"conversion_rate": 0.015}, "t": {"conversion_rate": 0.0152}}, width=360))
+    label_x = max(float(x) for x in re.findall(r'<text x="([\d.]+)" y="[\d.]+">[\d.]+%</text>', svg))
+    assert label_x + 50 <= 360  # "100.0%" is about 45 px wide
