@@ -74,6 +74,26 @@ MAX_EVENTS_SHOWN = 5  # per delivery; a batch of 500 shows its first five and th
 DEFAULT_BACKLOG = 50
 DEFAULT_WINDOW_SECONDS = 0.0  # an answer sends what is new and ends; the client asks again
 MAX_WINDOW_SECONDS = 25.0  # a held answer (``window``) stays under gunicorn's 30 s worker timeout
+# Held answers running at once, over every web process: each takes a sync worker that also serves the
+# webhooks, so a quarter of the workers at most (at least one); past it an answer ends at once, as
+# with ``window=0`` (``X-Live-Window: 0``), and the client asks again as after any answer.
+HELD_KEY = "live:held"  # member: a token per held answer; score: when it ends at the latest (epoch s)
+HELD_MARGIN_SECONDS = 10  # a held answer of a worker killed meanwhile frees its place this long after
+_HOLD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+return 1
+"""
+
+
+def max_held() -> int:
+    """Held answers allowed at once: a quarter of the web workers (``WEB_CONCURRENCY``, by default
+    two per core, as in :mod:`connector.ops.gunicorn_conf`), at least one."""
+    workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1))
+    return max(1, workers // 4)
+
+
 RETRY_MS = 500  # how long the browser's EventSource waits before asking again
 BLOCK_MS = 1000  # a read waits this long for a new entry before the stream sends a keep-alive line
 READ_COUNT = 1000  # entries per read
@@ -631,14 +651,34 @@ def stream_response(
     last_id = last_event_id(request.headers.get("Last-Event-ID") or request.args.get("last_id"))
     backlog = int(number_arg("backlog", DEFAULT_BACKLOG, 0, MAXLEN))
     window = number_arg("window", window_seconds, 0, MAX_WINDOW_SECONDS)
+    token = _hold(conn, window) if window else None
+    if token is None:
+        window = 0.0
     frames = sse(conn, account_id, last_id, backlog=backlog, window_seconds=window)
     # an answer that ends at once goes out whole, with its length: one write, no chunked framing
-    body: Iterator[bytes] | bytes = frames if window else b"".join(frames)
+    body: Iterator[bytes] | bytes = _released(conn, token, frames) if token else b"".join(frames)
     return Response(
         body,
         mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Live-Window": f"{window:g}"},
     )
+
+
+def _hold(conn: redis.Redis, window: float) -> str | None:
+    """A place for one held answer of ``window`` seconds, or None when every place is taken."""
+    token = os.urandom(8).hex()
+    now = clock.now().timestamp()
+    ends = now + window + HELD_MARGIN_SECONDS
+    held = conn.eval(_HOLD, 1, HELD_KEY, now, ends, max_held(), token)
+    return token if held else None
+
+
+def _released(conn: redis.Redis, token: str, frames: Iterator[bytes]) -> Iterator[bytes]:
+    """The held answer's frames; its place is given back when it ends or the client leaves."""
+    try:
+        yield from frames
+    finally:
+        conn.zrem(HELD_KEY, token)
 
 
 # --- the API endpoint ---------------------------------------------------------------------

@@ -626,3 +626,28 @@ def test_every_delivery_is_shown_when_the_setting_says_0_and_a_negative_one_is_r
     monkeypatch.setenv("CONNECTOR_LIVE_SHOWN_PER_SECOND", "-1")
     with pytest.raises(ConfigError, match="CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0"):
         Settings.from_env()
+
+
+def test_held_answers_are_capped_so_they_never_take_the_workers_webhooks_need(
+    client: Any, app: Any, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer asking for held answers (``window``) gets at most a quarter of the web workers; past
+    that, the answer ends at once (``X-Live-Window: 0``) instead of holding a worker."""
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    assert live.max_held() == 1
+    auth = bearer(redis_client)
+    first = app.test_client().get(
+        "/api/v1/accounts/acme/live?window=20&backlog=0", headers=auth, buffered=False
+    )
+    assert first.headers["X-Live-Window"] == "20"
+    assert redis_client.zcard(live.HELD_KEY) == 1
+    second = client.get("/api/v1/accounts/acme/live?window=20&backlog=0", headers=auth)
+    assert (second.status_code, second.headers["X-Live-Window"]) == (200, "0")
+    assert second.get_data(as_text=True).startswith("retry: ")  # a whole answer, ended at once
+    first.close()  # the client leaves: its place is free again
+    assert redis_client.zcard(live.HELD_KEY) == 0
+    third = app.test_client().get(
+        "/api/v1/accounts/acme/live?window=20&backlog=0", headers=auth, buffered=False
+    )
+    assert third.headers["X-Live-Window"] == "20"
+    third.close()
