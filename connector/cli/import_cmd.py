@@ -22,7 +22,14 @@ from connector import runtime as process_runtime
 from connector.cli.accounts import known_account
 from connector.errors import ConnectorError
 from connector.ops import audit
-from connector.worker.importer import FORMATS, ImportFileError, Report, detect_format, import_file
+from connector.worker.importer import (
+    FORMATS,
+    ImportFileError,
+    ImportStopped,
+    Report,
+    detect_format,
+    import_file,
+)
 
 
 def register(cli: click.Group) -> None:
@@ -82,6 +89,15 @@ def import_cmd(
                 push=push,
                 progress=bar.update,
             )
+    except ImportStopped as err:  # part-way: what came before was imported and evaluated
+        report = err.report
+        if report.records:
+            _print(report, show_rejected)
+            raise click.ClickException(
+                f"{err}; the {report.events} events read before it were imported and their profiles "
+                "evaluated: import the repaired file again and only what is missing is added"
+            ) from err
+        raise click.ClickException(str(err)) from err
     except ImportFileError as err:
         raise click.ClickException(str(err)) from err
     except ConnectorError as err:  # a batch not applied after the redirects: safe to rerun

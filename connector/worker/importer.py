@@ -48,6 +48,15 @@ class ImportFileError(ConnectorError):
     """The file cannot be imported at all (unknown format, missing CSV columns)."""
 
 
+class ImportStopped(ImportFileError):
+    """The file stopped being readable part-way (broken CSV quoting) or the import was interrupted:
+    every event read before the stop was applied and its profiles evaluated (``report``)."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 @dataclass
 class Rejection:
     line: int
@@ -429,17 +438,6 @@ def _valid(parsed: Iterable[Parsed], report: Report) -> Iterator[Event]:
         yield item
 
 
-def _chunks(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
-    chunk: list[Event] = []
-    for event in events:
-        chunk.append(event)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 @dataclass
 class _Touched:
     profiles: set[str] = field(default_factory=set)
@@ -468,19 +466,47 @@ def import_file(
             pass
         return report
     touched = _Touched()
-    for chunk in _chunks(events, chunk_size):
-        outcome = apply_events(conn, queue_conn, account, chunk, now)
-        report.applied += outcome.applied
-        report.duplicates += outcome.duplicates
-        report.rejected_by_store += outcome.rejected
-        report.expired += outcome.expired
-        evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
-        touched.profiles -= set(outcome.absorbed)
-        touched.restate -= set(outcome.absorbed)
-        touched.profiles |= outcome.touched
-        touched.restate |= set(outcome.absorbed.values()) & outcome.touched
+    chunk: list[Event] = []
+    stop: str | None = None
+    try:
+        for event in events:
+            chunk.append(event)
+            if len(chunk) >= chunk_size:
+                _apply_chunk(conn, queue_conn, account, chunk, now, report, touched)
+                chunk = []
+    except ImportFileError as err:  # the file breaks here: what was read before it is imported
+        stop = str(err)
+    except KeyboardInterrupt:
+        stop = f"{path}: interrupted after {report.records} records"
+    # what was read before a stop is applied, and every profile touched is evaluated: a profile
+    # stored but never evaluated would stay out of its segments until its next event
+    if chunk:
+        _apply_chunk(conn, queue_conn, account, chunk, now, report, touched)
     _evaluate(account, touched, now, conn, queue_conn, push, chunk_size, report)
+    if stop is not None:
+        raise ImportStopped(stop, report)
     return report
+
+
+def _apply_chunk(
+    conn: redis.Redis,
+    queue_conn: redis.Redis,
+    account: Account,
+    chunk: list[Event],
+    now: datetime,
+    report: Report,
+    touched: _Touched,
+) -> None:
+    outcome = apply_events(conn, queue_conn, account, chunk, now)
+    report.applied += outcome.applied
+    report.duplicates += outcome.duplicates
+    report.rejected_by_store += outcome.rejected
+    report.expired += outcome.expired
+    evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
+    touched.profiles -= set(outcome.absorbed)
+    touched.restate -= set(outcome.absorbed)
+    touched.profiles |= outcome.touched
+    touched.restate |= set(outcome.absorbed.values()) & outcome.touched
 
 
 def _evaluate(

@@ -333,8 +333,10 @@ def test_a_csv_whose_quoting_breaks_stops_naming_the_line_and_never_merges_rows(
     for n in (2, 3):  # no row after the break is taken, nor folded into another's cell
         assert lookup(redis_client, "acme", "email", f"q{n}@example.com") is None
     first = lookup(redis_client, "acme", "email", "q1@example.com")
+    assert (first is not None) == (line > 2)  # the row before the break is imported
     if first is not None:
-        assert "q2@example.com" not in json.dumps(load_profile(redis_client, "acme", first).traits)
+        profile = load_profile(redis_client, "acme", first, T0)
+        assert profile is not None and "q2@example.com" not in json.dumps(profile.traits)
 
 
 def test_a_negative_number_of_rejected_lines_to_show_is_a_usage_error(account: str, tmp_path: Path) -> None:
@@ -422,3 +424,46 @@ def test_a_push_that_changed_nothing_says_nothing_was_queued(
     assert "segment changes: nothing queued (no profile changed)" in again
     assert "queued for the destinations" not in again
     assert pending(redis_client, "acme", "mailchimp") == {}
+
+
+def _evaluated(conn: redis.Redis, email: str) -> bool:
+    pid = lookup(conn, "acme", "email", email)
+    return pid is not None and bool(conn.exists(f"ledger:{{acme:{pid}}}"))
+
+
+def test_a_file_that_breaks_part_way_keeps_and_evaluates_every_row_before_it(
+    account: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """More rows than one chunk, then broken quoting: the rows before the break are all imported
+    (the last chunk was only partly filled) and every profile they touched is evaluated."""
+    rows = [f"r{n}@example.com,{1000 + n},Ann" for n in range(1_100)]
+    path = tmp_path / "customers_export.csv"
+    path.write_text("\n".join(["Email,Customer ID,First Name", *rows, 'bad@example.com,9,"Bo']) + "\n")
+    code, out = run("--account", account, "--no-progress", str(path))
+    assert code == 1
+    assert f"{path}: line 1102: not CSV from here on (" in out
+    assert "the 1100 events read before it were imported and their profiles evaluated" in out
+    assert "1100 profiles evaluated" in out
+    assert _evaluated(redis_client, "r0@example.com") and _evaluated(redis_client, "r1099@example.com")
+    assert lookup(redis_client, "acme", "email", "bad@example.com") is None
+
+
+def test_an_interrupted_import_keeps_and_evaluates_what_it_read(
+    account: str, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.worker import importer
+
+    parse = importer.parse_file
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        for n, event in enumerate(parse(*args, **kwargs)):
+            if n == 3:
+                raise KeyboardInterrupt  # Ctrl-C while the fourth record is read
+            yield event
+
+    monkeypatch.setattr(importer, "parse_file", interrupted)
+    messages = [track(f"m{n}", "Viewed", f"u-{n}", email=f"i{n}@example.com") for n in range(6)]
+    code, out = run("--account", account, "--no-progress", str(write_lines(tmp_path / "i.jsonl", messages)))
+    assert code == 1
+    assert "interrupted after" in out and "the 3 events read before it were imported" in out
+    assert [_evaluated(redis_client, f"i{n}@example.com") for n in range(6)] == [True] * 3 + [False] * 3
