@@ -30,7 +30,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from connector.analytics import settings as analytics_settings
 from connector.destinations import Destination, check_data_centre
 from connector.destinations import destinations as parse_destinations
-from connector.errors import ConfigError
+from connector.errors import ConfigError, env_name_shown
 from connector.event import PRIVILEGED_TYPES
 from connector.suggest import NamedDict, did_you_mean, schema_problems
 from rules import EMPTY, RulesError, RuleSet, compile_rules, yamltext
@@ -92,9 +92,14 @@ class _StringOrList(fields.Field):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
             raise ValidationError("must be an environment variable name or a non-empty list of them")
-        for name in items:
+        for n, name in enumerate(items):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValidationError(f"{name!r} is not an environment variable name")
+                which = f"item {n + 1}" if isinstance(value, list) else "the value"
+                # never echoed: a secret pasted here in place of its variable's name is the usual cause
+                raise ValidationError(
+                    f"{which} is not an environment variable name (letters, digits and _); the secret "
+                    "itself goes in the environment, never in this file"
+                )
         return list(items)
 
 
@@ -231,7 +236,9 @@ def _read_secrets(file: str, sender: str, names: list[str], env: Mapping[str, st
         value = env.get(name)
         if not value:
             raise ConfigError(
-                f"environment variable {name} is not set", file=file, path=f"senders.{sender}.secret_env"
+                f"environment variable {env_name_shown(name)} is not set",
+                file=file,
+                path=f"senders.{sender}.secret_env",
             )
         problem = secret_problem(sender, value)
         if problem:

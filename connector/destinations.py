@@ -43,7 +43,7 @@ from adapters.mailchimp import MERGE_TAG, STATUSES_IF_NEW, MailchimpAdapter, Mai
 from adapters.ratelimit import RateLimiter
 from adapters.webhook import WebhookAdapter, WebhookConfig
 from connector.analytics.assign import CONTROL, TREATED, VARIANT_NAMES, is_control, variant_index
-from connector.errors import ConfigError
+from connector.errors import ConfigError, env_name_shown
 from connector.suggest import NamedDict, schema_problems, unknown
 from rules.schema import flatten
 
@@ -494,7 +494,7 @@ def build_adapter(
     secret = env.get(destination.api_key_env)
     if not secret:
         raise ConfigError(
-            f"environment variable {destination.api_key_env} is not set",
+            f"environment variable {env_name_shown(destination.api_key_env)} is not set",
             path=f"destinations.{destination.name}.api_key_env",
         )
     o = destination.options

@@ -7,6 +7,8 @@ broken configuration.
 
 from __future__ import annotations
 
+import re
+
 import redis
 
 
@@ -81,3 +83,12 @@ class StateMoving(redis.exceptions.TryAgainError):
 
     Defined here, in a module that is never compiled: a class of a compiled module deriving from
     redis-py's exceptions, whose ``__init__`` sets attributes, is laid out without room for them."""
+
+
+def env_name_shown(name: str) -> str:
+    """An environment variable's name for a message: whole when it is written as such names are
+    (upper case), else its first three characters only, since a secret written in its place (a
+    ``pk_…`` key) would otherwise reach logs, ``/readyz`` and the dead-letter list."""
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+        return name
+    return f"{name[:3]}… (not shown whole: is a secret written where its variable's name belongs?)"

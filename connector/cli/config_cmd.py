@@ -21,7 +21,7 @@ import redis
 from connector import redis_conn
 from connector.config import Account, Accounts, load_account_file
 from connector.destinations import destinations
-from connector.errors import ConfigError
+from connector.errors import ConfigError, env_name_shown
 from connector.profiles.keys import names_key
 from connector.profiles.store import PROPERTY_PREFIX
 from connector.settings import config_source, redact, redis_source
@@ -41,7 +41,8 @@ def config() -> None:
 
 def _unset_keys(account: Account) -> list[str]:
     return [
-        f"{account.file}: destinations.{name}.api_key_env: environment variable {dest.api_key_env} is not set"
+        f"{account.file}: destinations.{name}.api_key_env: environment variable "
+        f"{env_name_shown(dest.api_key_env)} is not set"
         for name, dest in destinations(account).items()
         if not os.environ.get(dest.api_key_env)
     ]

@@ -54,9 +54,15 @@ def _free_cluster_port() -> int:
 
 class EmbeddedRedis:
     def __init__(
-        self, data_dir: Path, port: int | None = None, appendonly: bool = True, cluster: bool = False
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        cluster: bool = False,
+        binary: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.binary = binary  # another redis-server than the embedded one (benchmarks)
         self.cluster = cluster
         self.port = port or (_free_cluster_port() if cluster else _free_port())
         self.appendonly = appendonly
@@ -69,7 +75,7 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_binary(),
+            self.binary or redis_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir.resolve()),

@@ -72,6 +72,29 @@ def test_invalid_files_name_file_path_and_reason(tmp_path: Path, data: dict, pat
     assert reason in err.reason
 
 
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        (
+            {"senders": {"klaviyo": {"secret_env": "pk_live_8f3K!x9Qz2Lm7Vb4Tn6R"}}},
+            "senders.klaviyo.secret_env",
+        ),
+        ({"senders": {"segment": {"secret_env": ["SEG_SECRET", "sk-8f3K!x9Qz2Lm7Vb4"]}}}, SEG_ENV),
+        ({"senders": {"segment": {"secret_env": "pk_9f8e7d6c5b4a39281706f5e4"}}}, SEG_ENV),  # a name's shape
+    ],
+)
+def test_a_secret_written_in_place_of_its_variable_s_name_is_never_shown(
+    tmp_path: Path, data: dict[str, Any], path: str
+) -> None:
+    err = error(write(tmp_path, "shop", data))
+    assert err.path == path
+    written = data["senders"][next(iter(data["senders"]))]["secret_env"]
+    for value in written if isinstance(written, list) else [written]:
+        if value != "SEG_SECRET":
+            assert value not in str(err) and value[3:] not in err.reason
+    assert "not shown whole" in err.reason or "never in this file" in err.reason
+
+
 def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
     err = error(write(tmp_path, "shop", "senders:\n  segment: [unclosed\n"))
     assert err.path is not None and err.path.startswith("line ")
