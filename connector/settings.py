@@ -24,6 +24,23 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer") from err
 
 
+def _check_redis_url(url: str, source: str) -> None:
+    """A Redis URL redis-py would take, with a numbered database: a path such as ``/abc`` would
+    otherwise silently mean database 0, and a URL without a scheme fail later with a traceback."""
+    parts = urlsplit(url)
+    shown = redact(url)
+    schemes = ("redis", "rediss", "unix", *(s.removesuffix("://") for s in CLUSTER_SCHEMES))
+    if parts.scheme not in schemes:
+        raise ConfigError(
+            f"{source}: {shown!r} is not a Redis URL: it starts with one of "
+            + ", ".join(f"{s}://" for s in schemes)
+            + " (redis://127.0.0.1:6379/0)"
+        )
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ConfigError(f"{source}: {shown!r}: the database must be a number (redis://host:6379/0)")
+
+
 def redact(url: str) -> str:
     """A Redis URL without its password (for start-up lines and errors)."""
     parts = urlsplit(url)
@@ -113,6 +130,8 @@ class Settings:
         if shown < 0:
             raise ConfigError("CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0 (every delivery) or more")
         queue_url = queue_env or base
+        for url in {queue_url, profile_env or base}:
+            _check_redis_url(url, redis_from if url == base else "CONNECTOR_PROFILE_REDIS_URL")
         if queue_url.startswith(CLUSTER_SCHEMES):
             raise ConfigError(
                 "the queues (RQ) do not run on Redis Cluster: give CONNECTOR_PROFILE_REDIS_URL the "

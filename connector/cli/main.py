@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+import redis
 
 from connector import runtime as process_runtime
 from connector.errors import ConfigError
@@ -75,3 +76,6 @@ def main() -> None:
     except ConfigError as err:
         click.echo(f"config error: {err}", err=True)
         sys.exit(2)
+    except redis.RedisError as err:  # every command: a message, never a traceback
+        click.echo(f"Error: Redis unavailable ({type(err).__name__}: {err})", err=True)
+        sys.exit(1)

@@ -132,3 +132,42 @@ def test_the_directory_connector_dev_seeded_is_named_as_such(monkeypatch: pytest
     assert "(from the sample account `connector dev` seeded; CONNECTOR_CONFIG_DIR was not set)" in described
     monkeypatch.setenv("CONNECTOR_CONFIG_DIR", "/etc/connector/accounts")  # set by the person: theirs
     assert "(from CONNECTOR_CONFIG_DIR)" in Settings.from_env().describe()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["dlq", "list"], ["tokens", "list"], ["segments", "report", "--account", "demo", "--segment", "x"]],
+)
+def test_commands_with_redis_unreachable_say_so_without_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    from tests.helpers import unreachable_redis_url
+
+    config = tmp_path / "accounts"
+    config.mkdir()
+    (config / "demo.yaml").write_text("account: demo\nrules:\n  segments:\n  - {name: x, when: always}\n")
+    with unreachable_redis_url() as url:
+        env = {**_clean_env(tmp_path), "REDIS_URL": url, "CONNECTOR_CONFIG_DIR": str(config)}
+        done = subprocess.run([CONNECTOR, *command], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert (
+        b"Redis unavailable (ConnectionError" in done.stderr or b"unavailable: ConnectionError" in done.stderr
+    )
+    assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("localhost:6379", "is not a Redis URL: it starts with one of redis://"),
+        ("redis//127.0.0.1:6379", "is not a Redis URL"),
+        ("redis://127.0.0.1:6379/abc", "the database must be a number"),
+        ("redis://:hunter2secret@127.0.0.1:6379/x1", "the database must be a number"),
+    ],
+)
+def test_a_malformed_redis_url_is_refused_at_start_saying_why(tmp_path: Path, url: str, reason: str) -> None:
+    env = {**_clean_env(tmp_path), "REDIS_URL": url}
+    done = subprocess.run([CONNECTOR, "dlq", "list"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert reason.encode() in done.stderr
+    assert b"Traceback" not in done.stderr and b"hunter2secret" not in done.stderr
