@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 from yaml.composer import ComposerError
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 # Far above any account or rule set (the bench account's file is 255 values, the eleven built-in
 # templates 834 together); rules standing for 100,000 values compile in under a tenth of a second.
@@ -67,9 +67,32 @@ def expanded_size(root: Node, limit: int = MAX_VALUES) -> int:
     return sizes[id(root)]
 
 
+def check_unique_keys(root: Node) -> None:
+    """:class:`ComposerError` at a key written twice in one mapping: YAML keeps the later value
+    silently (a second ``senders:`` dropped the first one's senders)."""
+    seen_nodes: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, MappingNode):
+            first: dict[str, Node] = {}
+            for key, _ in node.value:
+                if not isinstance(key, ScalarNode) or key.value == "<<":
+                    continue
+                earlier = first.setdefault(key.value, key)
+                if earlier is not key:
+                    line = earlier.start_mark.line + 1
+                    problem = f"key `{key.value}` is written twice in this mapping (first at line {line})"
+                    raise ComposerError(None, None, problem, key.start_mark)
+        todo.extend(_children(node))
+
+
 class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a document nested deeper than :data:`MAX_DEPTH` or whose
-    aliases expand past :data:`MAX_VALUES`."""
+    """PyYAML's safe loader, refusing a document nested deeper than :data:`MAX_DEPTH`, whose
+    aliases expand past :data:`MAX_VALUES`, or with a key written twice in one mapping."""
 
     depth = 0
 
@@ -86,6 +109,7 @@ class BoundedLoader(yaml.SafeLoader):
         node = super().compose_document()
         if node is not None:
             expanded_size(node)
+            check_unique_keys(node)
         return node
 
 

@@ -100,6 +100,14 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
     assert err.path is not None and err.path.startswith("line ")
 
 
+def test_a_key_written_twice_is_refused_at_its_line(tmp_path: Path) -> None:
+    # YAML would keep the second `senders:` silently: the Segment sender gone, its webhooks 401
+    text = "senders:\n  segment: {secret_env: SEG_SECRET}\nrules: {}\nsenders:\n  shopify: {secret_env: SEG_SECRET}\n"
+    err = error(write(tmp_path, "shop", text))
+    assert err.path == "line 4"
+    assert "key `senders` is written twice in this mapping (first at line 1)" in err.reason
+
+
 def test_duplicate_write_keys_across_accounts_are_refused(tmp_path: Path) -> None:
     write(tmp_path, "a", {"senders": {"tracking": {"secret_env": "WRITE_KEY"}}})
     write(tmp_path, "b", {"senders": {"tracking": {"secret_env": "OTHER_KEY"}}})
