@@ -27,6 +27,7 @@ from connector.config import Account
 from connector.errors import ConnectorError
 from connector.event import PRIVILEGED_TYPES, Event
 from connector.profiles import identity, keys, rejected
+from connector.profiles.bounds import count_dropped
 from connector.profiles.erasure import store_export
 from connector.profiles.properties import kept_properties
 from connector.profiles.store import (
@@ -61,11 +62,19 @@ class Outcome:
     absorbed: dict[str, str] = field(default_factory=dict)  # merged-away profile -> survivor
     history_dropped: int = 0  # history events removed by the retention bounds (age, count)
     unnamed_properties: int = 0  # properties not kept: their key is new past the account's names cap
+    untraited: int = 0  # traits not kept: new to a profile that has the most it keeps (store.MAX_TRAITS)
     # erasures asked for: (profile id, source); a profile id of None erases the whole account
     erasures: list[tuple[str | None, str]] = field(default_factory=list)
     applied_to: dict[str, str] = field(default_factory=dict)  # event id -> the profile it went to
     # profile -> (its revision before this batch's first write, after its last)
     revisions: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def count_drops(counters: Any, outcome: Outcome) -> None:
+    """Add what the store's bounds dropped while applying to ``metrics:dropped`` (a pipeline)."""
+    count_dropped(counters, "profile_history", outcome.history_dropped)
+    count_dropped(counters, "property_names", outcome.unnamed_properties)
+    count_dropped(counters, "profile_traits", outcome.untraited)
 
 
 def _retention(account: Account) -> identity.Retention:
@@ -157,30 +166,31 @@ def _prepare_all(
             kept_properties(account.id, event.name, event.properties) if event.type in HISTORY_TYPES else None
         )
         props.append(kept_props)
-        wanted.add(event.name)
-        wanted.update(PROPERTY_PREFIX + key for key in kept_props or ())
+        if kept_props is not None:  # only the history stores names: identify, alias, group need none
+            wanted.add(event.name)
+            wanted.update(PROPERTY_PREFIX + key for key in kept_props)
     namer = name_codes(conn)
     codes = namer.codes(account.id, wanted)
     kept: list[_Regular] = []
     prepared: list[Prepared] = []
     for item, kept_props in zip(regular, props, strict=True):
         event = item[0]
-        if event.name not in codes:
+        if kept_props is not None and event.name not in codes:
             rejected.record(rejects, event, _PAST_CAP % (event.name, namer.cap), now)
             outcome.rejected += 1
             continue
+        unnamed = 0
         if kept_props and len(codes) < len(wanted):
             named = {k: v for k, v in kept_props.items() if PROPERTY_PREFIX + k in codes}
-            outcome.unnamed_properties += len(kept_props) - len(named)
-            kept_props = named
+            unnamed, kept_props = len(kept_props) - len(named), named
         try:
-            ready = prepare(
-                event.occurred_at, event_ids[id(event)], codes[event.name], kept_props, event.traits, codes
-            )
+            code = codes.get(event.name, "")  # none for an identify, alias or group: not in the history
+            ready = prepare(event.occurred_at, event_ids[id(event)], code, kept_props, event.traits, codes)
         except (TypeError, ValueError, OverflowError) as err:
             rejected.record(rejects, event, f"cannot be stored: {err}", now)
             outcome.rejected += 1
             continue
+        outcome.unnamed_properties += unnamed
         prepared.append(ready)
         kept.append(item)
     return kept, prepared
@@ -227,6 +237,7 @@ def _count_applied(
     stored = sum(1 for item in items if item.member)
     outcome.expired += stored - int(reply[1]) - int(reply[2])
     outcome.history_dropped += int(reply[3])
+    outcome.untraited += int(reply[6])
     outcome.touched.add(pid)
     after = int(reply[5])
     outcome.revisions[pid] = (outcome.revisions.get(pid, (after - 1, 0))[0], after)

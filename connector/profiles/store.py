@@ -220,9 +220,19 @@ function History:store(maxev)
 end
 """
 
+# Traits one profile keeps at most: its hash counts them (``tn``, from the first trait set after
+# the cap came in), and a trait it does not have yet is not kept past the cap (counted,
+# ``profile_traits``); traits it has keep taking new values. A sender with the public write key could
+# otherwise give one person millions of traits, which every later event of theirs loads.
+MAX_TRAITS = 1_000
+
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
 # account's retention (``dropped`` counts what it removed) and bumping the profile's revision.
-_PRELUDE_BODY = """
+_PRELUDE_BODY = (
+    f"""
+local MAX_TRAITS = {MAX_TRAITS}
+"""
+    + """
 local p, h = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', p, 'm', 'x')
 if st[1] then return {'m', st[1]} end
@@ -230,6 +240,7 @@ if st[2] then return {'x'} end
 local cutoff = tonumber(ARGV[1])
 local maxev = tonumber(ARGV[2])
 """
+)
 _PRELUDE = _LUA_HISTORY + _PRELUDE_BODY
 _RETAIN = """
 local dropped = hist:store(maxev)
@@ -323,24 +334,33 @@ if #codes > 0 then
   end
   if #out > 0 then put(out) end
 end
+local untraited = 0  -- new traits past the profile's cap, not kept
 if #names > 0 then
   local fields, out = {}, {}
   for j, name in ipairs(names) do fields[j] = 'o:' .. name end
   local cur = fetch(fields)
+  local tn
   for j, name in ipairs(names) do
     local b = best[name]
-    if (not cur[j]) or cur[j] < b[1] then
+    local keep = cur[j] and cur[j] < b[1]
+    if not cur[j] then  -- a trait the profile does not have yet: within the cap only
+      tn = tn or tonumber(redis.call('HGET', p, 'tn') or '0')
+      keep = tn < MAX_TRAITS
+      if keep then tn = tn + 1 else untraited = untraited + 1 end
+    end
+    if keep then
       out[#out + 1] = 'o:' .. name
       out[#out + 1] = b[1]
       out[#out + 1] = 't:' .. name
       out[#out + 1] = b[2]
     end
   end
+  if tn then out[#out + 1] = 'tn'; out[#out + 1] = tn end
   if #out > 0 then put(out) end
 end
 """
     + _RETAIN
-    + "return {'ok', added, dup, dropped, hist:plain(), rv}"
+    + "return {'ok', added, dup, dropped, hist:plain(), rv, untraited}"
 )
 APPLY = _LUA_HISTORY + _APPLY_BODY
 # APPLY for many profiles in one script call (per slot on a cluster): what a batch's apply runs
@@ -369,7 +389,14 @@ for f, v in pairs(src) do
   elseif kind == 'o:' then
     local name = string.sub(f, 3)
     local cur = redis.call('HGET', p, f)
-    if (not cur) or cur < v then redis.call('HSET', p, f, v, 't:' .. name, src['t:' .. name] or 'null') end
+    if not cur then  -- a trait this profile does not have: within its cap only
+      local tn = tonumber(redis.call('HGET', p, 'tn') or '0')
+      if tn < MAX_TRAITS then
+        redis.call('HSET', p, f, v, 't:' .. name, src['t:' .. name] or 'null', 'tn', tn + 1)
+      end
+    elseif cur < v then
+      redis.call('HSET', p, f, v, 't:' .. name, src['t:' .. name] or 'null')
+    end
   elseif f == 'k' then
     local cur = redis.call('HGET', p, 'k') or ''
     local add = ''

@@ -33,7 +33,7 @@ from connector.ingest.admission import event_problem
 from connector.ingest.receivers.base import WHOLE_BODY, Inbound, identities, parse_json
 from connector.ingest.receivers.shopify import TRAIT_FIELDS, ShopifyReceiver
 from connector.ingest.receivers.spec import normalize
-from connector.profiles.apply import apply_events
+from connector.profiles.apply import apply_events, count_drops
 from connector.worker import evaluation
 
 FORMATS = ("segment", "rudderstack", "shopify-customers", "shopify-orders")
@@ -498,6 +498,9 @@ def _apply_chunk(
     touched: _Touched,
 ) -> None:
     outcome = apply_events(conn, queue_conn, account, chunk, now)
+    counters = queue_conn.pipeline(transaction=False)
+    count_drops(counters, outcome)
+    counters.execute()
     report.applied += outcome.applied
     report.duplicates += outcome.duplicates
     report.rejected_by_store += outcome.rejected

@@ -24,8 +24,7 @@ from connector.analytics import attribution
 from connector.config import Account, Accounts
 from connector.event import Event
 from connector.profiles import rejected
-from connector.profiles.apply import HISTORY_TYPES, Outcome, apply_events
-from connector.profiles.bounds import count_dropped
+from connector.profiles.apply import HISTORY_TYPES, Outcome, apply_events, count_drops
 from connector.runtime import Runtime
 from connector.worker import erasure, evaluation
 
@@ -83,8 +82,7 @@ def apply_batch(
         outcomes[account_id] = outcome
         _erase(conn, queue_conn, account, outcome, now)
         evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
-        count_dropped(counters, "profile_history", outcome.history_dropped)
-        count_dropped(counters, "property_names", outcome.unnamed_properties)
+        count_drops(counters, outcome)
         for name in ("applied", "duplicates", "rejected", "dropped", "expired", "erased", "exported"):
             value = getattr(outcome, name)
             if value:

@@ -228,3 +228,36 @@ def test_names_past_the_accounts_cap_are_refused_and_counted(redis_client, accou
         assert int(redis_client.hget("names:acme", "#seq")) == 4
     finally:
         codes.cap = MAX_ACCOUNT_NAMES
+
+
+def test_a_profile_keeps_at_most_max_traits_and_counts_the_rest(redis_client, accounts, monkeypatch) -> None:
+    """One identify with more traits than a profile keeps (anyone with the public write key can send
+    one): the traits past the cap are not kept and are counted; the traits kept still take new values;
+    a merge brings no trait past the cap either."""
+    from connector.profiles.store import MAX_TRAITS
+
+    assert MAX_TRAITS == 1_000
+    many = {f"t{n:04d}": n for n in range(MAX_TRAITS + 250)}
+    outcome = apply(redis_client, accounts, ev("1", "identify", type="identify", user_id="u1", traits=many))
+    assert outcome.untraited == 250
+    assert redis_client.hget("metrics:dropped", "profile_traits") == b"250"
+    pid = lookup(redis_client, "acme", "user_id", "u1")
+    profile = load_profile(redis_client, "acme", pid, NOW)
+    assert profile is not None and len(profile.traits) == MAX_TRAITS
+    # a kept trait takes a new value; a new one is still refused
+    later = {"t0000": "changed", "brand_new": 1}
+    outcome = apply(
+        redis_client, accounts, ev("2", "identify", type="identify", at=1, user_id="u1", traits=later)
+    )
+    assert outcome.untraited == 1
+    profile = load_profile(redis_client, "acme", pid, NOW)
+    assert profile is not None and profile.traits["t0000"] == "changed" and "brand_new" not in profile.traits
+    # an anonymous visitor with traits of its own, then identified as u1: merged, no trait past the cap
+    apply(
+        redis_client,
+        accounts,
+        ev("3", "identify", type="identify", at=2, anonymous_id="a9", traits={"x9": 1}),
+    )
+    apply(redis_client, accounts, ev("4", "identify", type="identify", at=3, anonymous_id="a9", user_id="u1"))
+    profile = load_profile(redis_client, "acme", lookup(redis_client, "acme", "user_id", "u1"), NOW)
+    assert profile is not None and len(profile.traits) == MAX_TRAITS and "x9" not in profile.traits
