@@ -48,8 +48,6 @@ def snake_case(name: str) -> str:
 
 
 def canonical(name: str) -> str:
-    """The product's name for a sender's event name, whatever its spelling (``Product Added``,
-    ``product_added``, ``productAdded``: ``add_to_cart``); unknown names are kept, snake_cased."""
-    snake = snake_case(name)
-    mapped = SPEC_NAMES.get(snake.replace("_", " "))
-    return mapped if mapped is not None else snake
+    """The product's name for a sender's event name; unknown names are kept, snake_cased."""
+    mapped = SPEC_NAMES.get(name.strip().lower())
+    return mapped if mapped is not None else snake_case(name)
