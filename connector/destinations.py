@@ -474,7 +474,8 @@ def check_data_centre(destination: Destination, api_key: str) -> None:
         data_centre(api_key)
     except ValueError as err:
         raise ConfigError(
-            f"the key in environment variable {destination.api_key_env} does not end in a Mailchimp "
+            f"the key in environment variable {env_name_shown(destination.api_key_env)} does not end in a "
+            "Mailchimp "
             "data centre (like -us6), which names the API host; set base_url to use another host",
             path=f"destinations.{destination.name}.api_key_env",
         ) from err

@@ -91,4 +91,4 @@ def env_name_shown(name: str) -> str:
     ``pk_…`` key) would otherwise reach logs, ``/readyz`` and the dead-letter list."""
     if re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
         return name
-    return f"{name[:3]}… (not shown whole: is a secret written where its variable's name belongs?)"
+    return f"{name[:3]}… (name shortened)"

@@ -130,8 +130,8 @@ class Settings:
         if shown < 0:
             raise ConfigError("CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0 (every delivery) or more")
         queue_url = queue_env or base
-        for url in {queue_url, profile_env or base}:
-            _check_redis_url(url, redis_from if url == base else "CONNECTOR_PROFILE_REDIS_URL")
+        _check_redis_url(queue_url, "CONNECTOR_QUEUE_REDIS_URL" if queue_env else redis_from)
+        _check_redis_url(profile_env or base, "CONNECTOR_PROFILE_REDIS_URL" if profile_env else redis_from)
         if queue_url.startswith(CLUSTER_SCHEMES):
             raise ConfigError(
                 "the queues (RQ) do not run on Redis Cluster: give CONNECTOR_PROFILE_REDIS_URL the "

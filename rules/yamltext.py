@@ -78,11 +78,11 @@ def check_unique_keys(root: Node) -> None:
             continue
         seen_nodes.add(id(node))
         if isinstance(node, MappingNode):
-            first: dict[str, Node] = {}
+            first: dict[tuple[str, str], Node] = {}
             for key, _ in node.value:
                 if not isinstance(key, ScalarNode) or key.value == "<<":
                     continue
-                earlier = first.setdefault(key.value, key)
+                earlier = first.setdefault((key.tag, key.value), key)
                 if earlier is not key:
                     line = earlier.start_mark.line + 1
                     problem = f"key `{key.value}` is written twice in this mapping (first at line {line})"

@@ -90,11 +90,14 @@ def import_cmd(
                 progress=bar.update,
             )
     except ImportStopped as err:  # part-way: what came before was imported and evaluated
-        report = err.report
-        if report.records:
-            _print(report, show_rejected)
+        if err.report.records:
+            if as_json:
+                shown = {**err.report.as_dict(), "stopped": str(err)}
+                click.echo(json.dumps(shown, indent=2, sort_keys=True))
+            else:
+                _print(err.report, show_rejected)
             raise click.ClickException(
-                f"{err}; the {report.events} events read before it were imported and their profiles "
+                f"{err}; the {err.report.events} events read before it were imported and their profiles "
                 "evaluated: import the repaired file again and only what is missing is added"
             ) from err
         raise click.ClickException(str(err)) from err

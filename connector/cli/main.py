@@ -76,6 +76,6 @@ def main() -> None:
     except ConfigError as err:
         click.echo(f"config error: {err}", err=True)
         sys.exit(2)
-    except redis.RedisError as err:  # every command: a message, never a traceback
-        click.echo(f"Error: Redis unavailable ({type(err).__name__}: {err})", err=True)
+    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as err:
+        click.echo(f"Error: Redis unavailable ({type(err).__name__}: {err})", err=True)  # never a traceback
         sys.exit(1)

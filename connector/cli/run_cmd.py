@@ -262,7 +262,7 @@ def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:
     commands = {
         "web": [
             gunicorn, "--config", "python:connector.ops.gunicorn_conf",
-            "--bind", f"127.0.0.1:{port}", "--workers", str(web_workers), "connector.app:create_app()",
+            "--bind", f"127.0.0.1:{port}", "connector.app:create_app()",
         ],
         "worker": [connector, "worker"],
         "scheduler": [connector, "scheduler"],
@@ -282,7 +282,8 @@ def _supervise(port: int, web_workers: int, account_ids: list[str]) -> int:
         for name, cmd in commands.items():
             # Own sessions: Ctrl-C reaches only this supervisor, which stops them with SIGTERM
             # (gunicorn's graceful stop finishes requests in flight; SIGINT would cut them off).
-            children[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+            env = {**os.environ, "WEB_CONCURRENCY": str(web_workers)} if name == "web" else os.environ.copy()
+            children[name] = subprocess.Popen(cmd, env=env, start_new_session=True)
         click.echo(f"web: http://127.0.0.1:{port}  accounts: {', '.join(account_ids)}")
         click.echo(f"sample secrets: {devenv.dev_env_file()} (send a signed event: see README)")
         while not stopping:

@@ -4,7 +4,14 @@ import multiprocessing
 import os
 
 bind = os.environ.get("CONNECTOR_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+
+
+def web_workers() -> int:
+    """gunicorn's worker processes: ``WEB_CONCURRENCY``, by default two per core."""
+    return int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2)
+
+
+workers = web_workers()
 worker_class = "sync"
 keepalive = 5
 timeout = 30

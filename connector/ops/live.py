@@ -64,8 +64,9 @@ from connector.config import Account
 from connector.ingest import queue
 from connector.livefeed import mask, masked_identities
 from connector.ops.api import auth, errors
+from connector.ops.gunicorn_conf import web_workers
 from connector.profiles.erasure import tombstone_keys
-from connector.redis_conn import pipelined
+from connector.redis_conn import cached_script, pipelined
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ DEFAULT_BACKLOG = 50
 DEFAULT_WINDOW_SECONDS = 0.0  # an answer sends what is new and ends; the client asks again
 MAX_WINDOW_SECONDS = 25.0  # a held answer (``window``) stays under gunicorn's 30 s worker timeout
 # Held answers running at once, over every web process: each takes a sync worker that also serves the
-# webhooks, so a quarter of the workers at most (at least one); past it an answer ends at once, as
-# with ``window=0`` (``X-Live-Window: 0``), and the client asks again as after any answer.
+# webhooks, so a quarter of the workers at most (none below four); past it an answer ends at once,
+# as with ``window=0`` (``X-Live-Window: 0``), and the client asks again as after any answer.
 HELD_KEY = "live:held"  # member: a token per held answer; score: when it ends at the latest (epoch s)
 HELD_MARGIN_SECONDS = 10  # a held answer of a worker killed meanwhile frees its place this long after
 _HOLD = """
@@ -88,10 +89,8 @@ return 1
 
 
 def max_held() -> int:
-    """Held answers allowed at once: a quarter of the web workers (``WEB_CONCURRENCY``, by default
-    two per core, as in :mod:`connector.ops.gunicorn_conf`), at least one."""
-    workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1))
-    return max(1, workers // 4)
+    """Held answers allowed at once: a quarter of the web workers (none below four workers)."""
+    return web_workers() // 4
 
 
 RETRY_MS = 500  # how long the browser's EventSource waits before asking again
@@ -669,7 +668,7 @@ def _hold(conn: redis.Redis, window: float) -> str | None:
     token = os.urandom(8).hex()
     now = clock.now().timestamp()
     ends = now + window + HELD_MARGIN_SECONDS
-    held = conn.eval(_HOLD, 1, HELD_KEY, now, ends, max_held(), token)
+    held = cached_script(conn, _HOLD)(keys=[HELD_KEY], args=[now, ends, max_held(), token])
     return token if held else None
 
 

@@ -308,7 +308,7 @@ class Resolver:
                 self._conflict(other, target)
                 continue
             through_a_device = _ANONYMOUS in (ranks[other], ranks.get(target))
-            if through_a_device and self._both_have_emails(other, target, email):
+            if through_a_device and self._both_have_emails(other, target, email, target not in ranks):
                 self._conflict(other, target)
                 continue
             self._merge(other, target)
@@ -333,14 +333,13 @@ class Resolver:
             return None
         return target
 
-    def _both_have_emails(self, other: str, target: str, email: str | None) -> bool:
-        """Whether ``other`` has an email and ``target`` has one or is about to take the event's
-        (its own, or one no profile holds yet)."""
+    def _both_have_emails(self, other: str, target: str, email: str | None, made: bool) -> bool:
+        """Whether ``other`` has an email and ``target`` has one or is about to take the event's:
+        its own, or, for a profile the event ``made``, one no profile holds yet."""
         if not self._has_email(other):
             return False
-        return (email is not None and self.index.get(("email", email)) in (target, None)) or self._has_email(
-            target
-        )
+        takes = (target, None) if made else (target,)
+        return (email is not None and self.index.get(("email", email)) in takes) or self._has_email(target)
 
     def _has_email(self, pid: str) -> bool:
         """Whether the profile holds an email: one this batch knows points to it (loaded, or linked

@@ -633,6 +633,8 @@ def test_held_answers_are_capped_so_they_never_take_the_workers_webhooks_need(
 ) -> None:
     """A viewer asking for held answers (``window``) gets at most a quarter of the web workers; past
     that, the answer ends at once (``X-Live-Window: 0``) instead of holding a worker."""
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert live.max_held() == 0  # with fewer than four workers no answer is held
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     assert live.max_held() == 1
     auth = bearer(redis_client)
