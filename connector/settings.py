@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from connector.dev import devenv
 from connector.errors import ConfigError
 from connector.redis_conn import CLUSTER_SCHEMES
+from connector.sync import deadletters
 
 DEFAULT_CONFIG_DIR = Path("config/accounts")
 
@@ -129,6 +130,7 @@ class Settings:
         shown = _int("CONNECTOR_LIVE_SHOWN_PER_SECOND", 20)
         if shown < 0:
             raise ConfigError("CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0 (every delivery) or more")
+        deadletters.max_items()  # checked at start: a bad value would fail /metrics and the sync later
         queue_url = queue_env or base
         _check_redis_url(queue_url, "CONNECTOR_QUEUE_REDIS_URL" if queue_env else redis_from)
         _check_redis_url(profile_env or base, "CONNECTOR_PROFILE_REDIS_URL" if profile_env else redis_from)

@@ -13,6 +13,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from connector.errors import ConfigError
+from connector.suggest import unknown_field
 
 DEFAULT_CONVERSION_DAYS = 7
 
@@ -38,6 +39,8 @@ def load(raw: Any, file: str = "") -> dict[str, Any]:
         field = sorted(messages)[0] if isinstance(messages, dict) and messages else ""
         reason = messages.get(field, ["invalid"]) if isinstance(messages, dict) else ["invalid"]
         text = reason[0] if isinstance(reason, list) and reason else str(reason)
+        if field and field not in AnalyticsSchema().fields:  # a mistyped key
+            text = unknown_field(field, AnalyticsSchema().fields)
         raise ConfigError(str(text), file=file, path=f"analytics.{field}" if field else "analytics") from err
 
 

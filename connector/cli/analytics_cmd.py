@@ -12,6 +12,7 @@ from connector import runtime as process_runtime
 from connector.analytics import period
 from connector.analytics.report import segment_report
 from connector.cli.accounts import known_account
+from connector.suggest import unknown
 
 
 def register(cli: click.Group) -> None:
@@ -66,7 +67,7 @@ def report(account_id: str, segment_name: str | None, since: str, as_json: bool)
     account = known_account(account_id)
     names = account.ruleset.segment_names
     if segment_name is not None and segment_name not in names:
-        raise click.ClickException(f"no segment {segment_name!r} in account {account_id!r}")
+        raise click.ClickException(unknown(f"segment in account {account_id}", segment_name, names))
     now = clock.now()
     reports = [
         segment_report(rt.profile_redis, account_id, s, now, days)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from connector import clock
+from connector import clock, suggest
 from connector import runtime as process_runtime
 from connector.cli.accounts import text_option
 from connector.ops import audit, tokens
@@ -40,7 +40,8 @@ def create(accounts: tuple[str, ...], role: str, expires: str, note: str) -> Non
         span = tokens.parse_expiry(expires)
         unknown = [a for a in accounts if a != tokens.ALL_ACCOUNTS and rt.account(a) is None]
         if unknown:
-            raise tokens.TokenError(f"unknown account {unknown[0]!r}")
+            known = [a.id for a in rt.accounts]
+            raise tokens.TokenError(suggest.unknown("account", unknown[0], known))
         token, secret = tokens.create(rt.queue_redis, accounts, role, span, now, note)
     except tokens.TokenError as err:
         raise click.UsageError(str(err)) from err

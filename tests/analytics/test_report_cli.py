@@ -49,5 +49,16 @@ def test_report_prints_a_table_and_json(shop: redis.Redis) -> None:
 def test_a_bad_period_or_segment_is_named(shop: redis.Redis) -> None:
     bad = CliRunner().invoke(cli, ["segments", "report", "--account", "shop", "--since", "3w"])
     assert bad.exit_code == 2 and "since must be a number of days" in bad.output
-    missing = CliRunner().invoke(cli, ["segments", "report", "--account", "shop", "--segment", "nope"])
-    assert missing.exit_code == 1 and "no segment 'nope'" in missing.output
+    missing = CliRunner().invoke(cli, ["segments", "report", "--account", "shop", "--segment", "buyer"])
+    assert missing.exit_code == 1
+    assert "unknown segment in account shop `buyer` (did you mean `buyers`?); known: buyers" in missing.output
+
+
+def test_a_mistyped_analytics_setting_names_the_closest() -> None:
+    from connector.analytics import settings
+    from connector.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        settings.load({"conversoin_days": 5}, "shop.yaml")
+    assert caught.value.path == "analytics.conversoin_days"
+    assert "unknown field `conversoin_days` (did you mean `conversion_days`?)" in str(caught.value)

@@ -90,6 +90,12 @@ def test_the_dead_letter_cap_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CONNECTOR_DEADLETTER_MAX", "lots")
     with pytest.raises(ConfigError, match="CONNECTOR_DEADLETTER_MAX must be a whole number"):
         max_items()
+    # checked with the other settings at a process's start, not first at /metrics (a 500 there)
+    from connector.settings import Settings
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="CONNECTOR_DEADLETTER_MAX must be a whole number"):
+        Settings.from_env()
 
 
 def test_rejected_events_over_the_cap_are_counted(

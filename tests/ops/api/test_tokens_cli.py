@@ -51,6 +51,13 @@ def test_create_shows_the_token_once_list_hides_it_revoke_stops_it(
     assert [(e.token, e.action) for e in entries] == [(actor, "token.revoke"), (actor, "token.create")]
 
 
+def test_a_mistyped_account_names_the_closest(runner: CliRunner, redis_client: redis.Redis) -> None:
+    answer = runner.invoke(cli, ["tokens", "create", "--account", "acmee", "--role", "viewer"])
+    assert answer.exit_code == 2
+    assert "unknown account `acmee` (did you mean `acme`?)" in answer.output
+    assert tokens.tokens(redis_client) == []
+
+
 @pytest.mark.parametrize(
     "args",
     [
