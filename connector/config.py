@@ -376,7 +376,10 @@ class Accounts:
     def __init__(self, accounts: list[Account]) -> None:
         self._by_id: dict[str, Account] = {}
         self._by_write_key: dict[str, str] = {}
-        for account in accounts:
+        # of two files of one account (a backup copy beside it), the one named after the account is
+        # served and the other refused, whichever was read first: a running process, a fresh one and
+        # `connector config validate` agree
+        for account in sorted(accounts, key=_named_after_first):
             if account.id in self._by_id:
                 raise ConfigError(
                     f"account {account.id!r} is also defined in {self._by_id[account.id].file}",
@@ -412,6 +415,10 @@ class Accounts:
 def _digest(value: str) -> str:
     # Lookups by digest: the dict access time does not depend on how much of a guessed key matches.
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _named_after_first(account: Account) -> tuple[bool, str]:
+    return Path(account.file).stem != account.id, account.file
 
 
 def load_accounts(config_dir: Path, env: Mapping[str, str] | None = None) -> Accounts:

@@ -13,6 +13,8 @@ import redis
 import yaml
 
 from connector import runtime
+from connector.config import load_accounts
+from connector.errors import ConfigError
 from connector.runtime import AccountsProvider
 from connector.settings import Settings
 from tests.conftest import ACME, ACME_ENV, GLOBEX, write_accounts
@@ -73,6 +75,23 @@ def test_a_second_file_for_the_same_account_is_refused_not_the_first(directory: 
     assert provider.get("acme") is not None
     [error] = provider.errors
     assert error.file.endswith("zz-acme-copy.yaml") and "also defined" in error.reason
+
+
+def test_of_two_files_of_one_account_the_one_named_after_it_serves_before_and_after_a_restart(
+    directory: Path,
+) -> None:
+    # a backup copy whose name sorts first (acme.bak.yaml < acme.yaml), made while the process runs
+    provider = AccountsProvider(directory, ACME_ENV, check_seconds=0)
+    (directory / "acme.bak.yaml").write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
+    (directory / "acme.yaml").write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 100}))
+    for running in (provider, AccountsProvider(directory, ACME_ENV, check_seconds=0)):  # then restarted
+        served = running.get("acme")
+        assert served is not None and served.file == str(directory / "acme.yaml")
+        assert served.dedupe_ttl_seconds == 100 * 3600
+        [error] = running.errors
+        assert error.file == str(directory / "acme.bak.yaml") and "also defined" in error.reason
+    with pytest.raises(ConfigError, match="also defined in"):  # what `connector config validate` loads
+        load_accounts(directory, ACME_ENV)
 
 
 def test_a_removed_file_removes_its_account(directory: Path) -> None:
