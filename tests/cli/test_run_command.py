@@ -75,21 +75,30 @@ def dev_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def dev(dev_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def start_dev(
+    env: dict[str, str], cwd: Path, output: int = subprocess.PIPE
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """``connector dev`` on free ports, in its own process group (like a terminal's foreground
+    job): the process, its web URL and its sandbox ports."""
     port = free_port()
     sandbox = ",".join(str(free_port()) for _ in range(3))
     proc = subprocess.Popen(
         [CONNECTOR, "dev", "--port", str(port), "--sandbox-ports", sandbox],
-        env=dev_env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, like a terminal's foreground job
+        env=env,
+        cwd=cwd,
+        stdout=output,
+        stderr=subprocess.STDOUT if output == subprocess.PIPE else output,
+        start_new_session=True,
     )
+    return proc, f"http://127.0.0.1:{port}", sandbox
+
+
+@pytest.fixture
+def dev(dev_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    proc, base, sandbox = start_dev(dev_env, tmp_path)
     dev_env["TEST_SANDBOX_PORTS"] = sandbox  # for the test to read the fakes
     try:
-        yield proc, f"http://127.0.0.1:{port}"
+        yield proc, base
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ import pytest
 from connector.cli import run_cmd
 from connector.dev import devenv
 from connector.dev.sandbox.process import ENV
-from tests.cli.test_run_command import CONNECTOR, free_port, wait_ready
+from tests.cli.test_run_command import CONNECTOR, free_port, start_dev, wait_ready
 
 
 @pytest.fixture
@@ -55,18 +55,9 @@ def test_the_sandbox_keys_are_written_to_dev_env_with_the_generated_secrets(
 
 @pytest.fixture
 def running_dev(clean_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
-    port = free_port()
-    sandbox = ",".join(str(free_port()) for _ in range(3))
-    proc = subprocess.Popen(
-        [CONNECTOR, "dev", "--port", str(port), "--sandbox-ports", sandbox],
-        env=clean_env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc, base, _ = start_dev(clean_env, tmp_path, subprocess.DEVNULL)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_ready(base, proc)
         yield
     finally:
         if proc.poll() is None:
