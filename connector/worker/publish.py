@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from connector.profiles.erasure import erase_account, erase_profile
 from connector.worker import jobs
 from connector.worker.jobs import BACKFILL_QUEUE
 from rules import Profile, RuleSet
+from rules.dependencies import fingerprint as rules_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def publish(
     a destination changed: the sync sends only the contacts whose mapped state differs)."""
     key = f"publish:{account.id}:{uuid.uuid4().hex[:12]}"
     queue = Queue(BACKFILL_QUEUE, connection=queue_conn)
+    queue_conn.set(rules_key(account.id), rules_fingerprint(account.ruleset))
     queue_conn.hset(key, mapping={"started": isoformat(now), "done": 0, "total": 0})
     queue_conn.expire(key, PROGRESS_TTL_SECONDS)
     total = 0
@@ -205,52 +207,90 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-# per process: each account as last looked at, and its mapping's digest (the account object is
-# kept, so the next tick recognises it unchanged without computing the digest again)
-_seen_mappings: dict[str, tuple[Account, str]] = {}
+# per process and per kind ("mapping", "rules"): each account as last looked at, and its digest (the
+# account object is kept, so the next tick recognises it unchanged without computing the digest again)
+_seen: dict[str, dict[str, tuple[Account, str]]] = {"mapping": {}, "rules": {}}
+
+
+def rules_key(account_id: str) -> str:
+    """The fingerprint of the rules every profile of the account was last re-evaluated with."""
+    return f"rules:{account_id}:evaluated"
+
+
+def _queue_on_change(
+    kind: str, key_of: Callable[[str], str], digest_of: Callable[[Account], str], job: Callable[[str], int]
+) -> list[str]:
+    """For each account whose digest of ``kind`` differs from the one kept in ``key_of(account)``
+    (swapped atomically: of two schedulers one sees the change), queue ``job`` on the ``backfill``
+    queue (its scan of the account's profiles never holds up the scheduler's tick). An account met
+    for the first time only records its digest. Returns the accounts queued."""
+    from connector import runtime as process_runtime
+
+    rt = process_runtime.current()
+    seen_of_kind = _seen[kind]
+    queued: list[str] = []
+    for account in rt.accounts:
+        seen = seen_of_kind.get(account.id)
+        if seen is not None and seen[0] is account:
+            continue
+        digest = digest_of(account)
+        if seen is not None and seen[1] == digest:
+            seen_of_kind[account.id] = (account, digest)
+            continue
+        key = key_of(account.id)
+        before = rt.queue_redis.set(key, digest, get=True)
+        if before is not None and before.decode() != digest:
+            try:
+                Queue(BACKFILL_QUEUE, connection=rt.queue_redis).enqueue(
+                    job, account.id, result_ttl=0, failure_ttl=24 * 3600, retry=jobs.reevaluate_retry()
+                )
+            except Exception:
+                rt.queue_redis.set(key, before)  # seen again at the next tick
+                raise
+            queued.append(account.id)
+        seen_of_kind[account.id] = (account, digest)
+    return queued
 
 
 def resend_changed_mappings(now: datetime) -> int:
     """Scheduler task: when an account's destination mappings changed (a tag renamed, a segment
     mapped to another list), every profile's state goes to the destinations again; the sync sends
     only the contacts whose mapped state differs. The digest each account's mapping had is kept in
-    ``sync:{account}:mapping`` (swapped atomically: of two schedulers one sees the change), and the
-    work is a job on the ``backfill`` queue (:func:`restate_job`; its scan of the account's
-    profiles never holds up the scheduler's tick); an account met for the first time only records
-    it. Returns how many accounts were queued."""
+    ``sync:{account}:mapping``; the work is :func:`restate_job`. Returns how many accounts were
+    queued."""
+    queued = _queue_on_change("mapping", lambda a: f"sync:{a}:mapping", mapping_digest, restate_job)
+    for account_id in queued:
+        log.info(
+            "destination mappings changed: every profile's state goes again", extra={"account": account_id}
+        )
+    return len(queued)
+
+
+def reevaluate_changed_rules(now: datetime) -> int:
+    """Scheduler task: when the rules in force of an account changed without a publish (its file's
+    ``rules:`` edited and deployed, which also supersedes an API version), every profile is
+    re-evaluated with them, as a publish does, so memberships the new rules no longer hold end
+    without waiting for each person's next event. A publish records the fingerprint it re-evaluates
+    with in ``rules:{account}:evaluated``, so it is not re-evaluated twice. Returns how many
+    accounts were queued."""
+    queued = _queue_on_change("rules", rules_key, lambda a: rules_fingerprint(a.ruleset), reevaluate_job)
+    for account_id in queued:
+        log.info("the rules in force changed: every profile is re-evaluated", extra={"account": account_id})
+    return len(queued)
+
+
+def reevaluate_job(account_id: str) -> int:
+    """RQ job: re-evaluate every profile of the account with the rules in force (they changed
+    without a publish); how many profiles were queued."""
     from connector import runtime as process_runtime
 
     rt = process_runtime.current()
-    queued = 0
-    for account in rt.accounts:
-        seen = _seen_mappings.get(account.id)
-        if seen is not None and seen[0] is account:
-            continue
-        digest = mapping_digest(account)
-        if seen is not None and seen[1] == digest:
-            _seen_mappings[account.id] = (account, digest)
-            continue
-        key = f"sync:{account.id}:mapping"
-        before = rt.queue_redis.set(key, digest, get=True)
-        if before is not None and before.decode() != digest:
-            try:
-                Queue(BACKFILL_QUEUE, connection=rt.queue_redis).enqueue(
-                    restate_job,
-                    account.id,
-                    result_ttl=0,
-                    failure_ttl=24 * 3600,
-                    retry=jobs.reevaluate_retry(),
-                )
-            except Exception:
-                rt.queue_redis.set(key, before)  # seen again at the next tick
-                raise
-            log.info(
-                "destination mappings changed: every profile's state goes again",
-                extra={"account": account.id},
-            )
-            queued += 1
-        _seen_mappings[account.id] = (account, digest)
-    return queued
+    rt.provider.refresh_rules()
+    account = rt.account(account_id)
+    if account is None:
+        return 0
+    _, total = publish(account, rt.profile_redis, rt.queue_redis, clock.now())
+    return total
 
 
 def restate_job(account_id: str) -> int:

@@ -85,6 +85,7 @@ TASKS: list[Task] = [
     refresh_overlaps,  # the overlaps of each account's segments, every ten minutes
     erasure.finish_unfinished,  # erasures interrupted midway (a process killed, a write failed)
     publish.resend_changed_mappings,  # a destination's mapping changed: the new state to the ESPs
+    publish.reevaluate_changed_rules,  # the rules in force changed without a publish: re-evaluate
 ]
 
 

@@ -46,7 +46,7 @@ def test_a_renamed_tag_reaches_every_member_without_an_event(
     config_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MAP_MC_KEY", "mc-key-0123456789-us1")
-    monkeypatch.setattr(publish, "_seen_mappings", {})
+    monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
     account_with(config_dir, ["buyer"])
     events = [
         ev(f"o{i}", "order_completed", at=NOW - timedelta(hours=1), email=f"b{i}@example.com")
@@ -75,10 +75,43 @@ def test_a_change_of_how_a_destination_sends_does_not_resend(
     config_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MAP_MC_KEY", "mc-key-0123456789-us1")
-    monkeypatch.setattr(publish, "_seen_mappings", {})
+    monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
     acme = account_with(config_dir, ["buyer"])
     assert publish.resend_changed_mappings(NOW) == 0
     acme["destinations"]["mailchimp"]["batch_delay_ms"] = 100
     write_accounts(config_dir, acme)
     assert publish.resend_changed_mappings(NOW + timedelta(seconds=1)) == 0
     assert publish.resend_changed_mappings in scheduler.TASKS
+
+
+def test_rules_edited_in_the_file_end_memberships_without_an_event(
+    config_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAP_MC_KEY", "mc-key-0123456789-us1")
+    monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
+    acme = account_with(config_dir, ["buyer"])
+    events = [ev("o0", "order_completed", at=NOW - timedelta(hours=2), email="b0@example.com")]
+    events += [
+        ev(f"o1{i}", "order_completed", at=NOW - timedelta(hours=1 + i), email="b1@example.com")
+        for i in range(2)
+    ]
+    with clock.frozen(NOW):
+        apply_batch(events, NOW, load_accounts(config_dir), redis_client, redis_client)
+    assert len(pending_tags(redis_client)) == 2
+    redis_client.delete("sync:acme:mailchimp:pending")  # as if the sync had sent them
+    assert publish.reevaluate_changed_rules(NOW) == 0  # met for the first time: recorded only
+    assert publish.reevaluate_changed_rules(NOW) == 0  # unchanged
+    acme["rules"]["segments"][0]["description"] = "Ordered at least once."
+    write_accounts(config_dir, acme)
+    assert publish.reevaluate_changed_rules(NOW) == 0  # what the rules compute is the same
+
+    acme["rules"]["segments"][0]["when"]["count"]["gte"] = 2  # buyers: two orders now
+    write_accounts(config_dir, acme)
+    assert publish.resend_changed_mappings(NOW + timedelta(seconds=1)) == 0  # the mapping is the same
+    assert publish.reevaluate_changed_rules(NOW + timedelta(seconds=1)) == 1
+    assert publish.reevaluate_changed_rules(NOW + timedelta(seconds=2)) == 0  # once
+    with clock.frozen(NOW + timedelta(seconds=2)):
+        backfill(redis_client)
+    # only the one-order buyer's state changed: the tag comes off for them, nobody else is sent
+    assert list(pending_tags(redis_client).values()) == [[]]
+    assert publish.reevaluate_changed_rules in scheduler.TASKS

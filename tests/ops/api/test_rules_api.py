@@ -325,3 +325,37 @@ def test_a_version_written_in_another_script_s_digits_is_no_version(api: Any, ed
     assert api.put(URL, json={"text": text}, headers=editor).status_code == 201
     assert api.get(f"{URL}/versions/1", headers=editor).status_code == 200
     assert api.get(f"{URL}/versions/\u0661", headers=editor).status_code == 404
+
+
+def test_rules_a_file_deploy_puts_in_force_are_re_evaluated_without_a_publish(
+    api: Any,
+    editor: dict[str, str],
+    people: dict[str, str],
+    api_accounts: Path,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connector import clock
+    from connector.worker import publish
+
+    monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
+    ledger = Ledger(redis_client)
+    assert publish.reevaluate_changed_rules(clock.now()) == 0  # met for the first time: recorded only
+    number = draft(api, editor, SELF_WRITTEN)
+    assert api.post(f"{URL}/versions/{number}/publish", headers=editor).status_code == 202
+    run_backfill(redis_client)
+    # the publish re-evaluated with the version it put in force: the scheduler does not again
+    assert publish.reevaluate_changed_rules(clock.now()) == 0
+    assert "vip" in ledger.state("acme", people["ann@example.com"]).segments  # type: ignore[union-attr]
+
+    # a deploy from git raises the bar in the file: it supersedes the version and is in force at
+    # once, and ann (150) leaves vip with no event of hers
+    changed = acme_file()
+    changed["rules"] = yaml.safe_load(RAISED)
+    (api_accounts / "acme.yaml").write_text(yaml.safe_dump(changed))
+    assert publish.reevaluate_changed_rules(clock.now()) == 1
+    assert publish.reevaluate_changed_rules(clock.now()) == 0  # once
+    assert api.get(URL, headers=editor).get_json()["superseded_api_version"] == number
+    run_backfill(redis_client)
+    assert "vip" not in ledger.state("acme", people["ann@example.com"]).segments  # type: ignore[union-attr]
+    assert "vip" in ledger.state("acme", people["bob@example.com"]).segments  # type: ignore[union-attr]
