@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from functools import lru_cache
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import click
 import redis
 
-from connector import redis_conn
+from connector import event_names, redis_conn
 from connector.config import Account, Accounts, load_account_file
 from connector.destinations import destinations
 from connector.errors import ConfigError, env_name_shown
-from connector.profiles.keys import names_key
-from connector.profiles.store import PROPERTY_PREFIX
 from connector.settings import config_source, redact, redis_source
-from connector.suggest import did_you_mean
-from rules import compile_rules
-from rules.templates import all_templates_rules
 
 
 def register(cli: click.Group) -> None:
@@ -48,47 +41,12 @@ def _unset_keys(account: Account) -> list[str]:
     ]
 
 
-def _event_paths(node: Any, path: str = "rules") -> Iterator[tuple[str, str]]:
-    """(path, event name) of every ``event:`` a rules mapping names."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            here = f"{path}.{key}"
-            if key == "event" and isinstance(value, str):
-                yield here, value
-            else:
-                yield from _event_paths(value, here)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _event_paths(value, f"{path}[{i}]")
-
-
-@lru_cache(maxsize=1)
-def template_events() -> frozenset[str]:
-    return frozenset(compile_rules(all_templates_rules()).properties)
-
-
-def seen_names(conn: redis.Redis, account_id: str) -> set[str]:
-    """The event names the account has received (the workers' name codes, without the property
-    keys that share the dictionary)."""
-    fields = conn.hkeys(names_key(account_id))
-    names = (f.decode() if isinstance(f, bytes) else str(f) for f in fields)
-    return {n[2:] for n in names if n.startswith("n:") and not n.startswith("n:" + PROPERTY_PREFIX)}
-
-
 def event_warnings(account: Account, seen: Iterable[str]) -> list[str]:
-    """Rules on an event the account never received and no template uses: a likely typo."""
-    seen = set(seen)
-    known = seen | template_events()
-    listed = ", ".join(sorted(seen)) or "none yet"
-    out = []
-    for path, name in _event_paths(account.rules):
-        if name == "*" or name in known:
-            continue
-        out.append(
-            f"{account.file}: {path}: event `{name}` was never received by {account.id} and no "
-            f"template uses it{did_you_mean(name, known)}; names seen: {listed}"
-        )
-    return out
+    """Rules on an event the account never received and no template uses (connector.event_names)."""
+    return [
+        f"{account.file}: {path}: {message}"
+        for path, message in event_names.warnings(account.rules, account.id, seen)
+    ]
 
 
 def _redis() -> tuple[redis.Redis | None, str]:
@@ -114,7 +72,7 @@ def _warn_event_names(accounts: list[Account]) -> None:
     click.echo(note, err=True)
     for account in accounts if conn is not None else []:
         try:
-            seen = seen_names(conn, account.id)
+            seen = event_names.seen_names(conn, account.id)
         except redis.RedisError as err:
             click.echo(f"event names not checked: Redis unavailable ({type(err).__name__})", err=True)
             return

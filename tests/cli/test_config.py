@@ -450,6 +450,30 @@ def test_validate_warns_about_an_event_never_received_with_did_you_mean(
     ) in result.output
 
 
+def test_validate_says_which_stored_name_a_spec_name_in_snake_case_is_and_bounds_the_names_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: Any
+) -> None:
+    from connector.event_names import SEEN_SHOWN
+    from connector.profiles.store import NameCodes
+
+    NameCodes(redis_client).codes("shop", {f"custom_{n:03d}" for n in range(SEEN_SHOWN + 5)})
+    added = {"name": "adders", "when": {"count": {"event": "product_added", "gte": 1}}}
+    other = {"name": "others", "when": {"count": {"event": "custom_999", "gte": 1}}}
+    write(tmp_path, "shop", {"rules": {"segments": [added, other]}})
+    result = _validate(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (
+        ": rules.segments[0].when.count.event: event `product_added` was never received by shop: the "
+        "Segment spec's `Product Added` is stored as `add_to_cart`, so this rule matches only a sender "
+        "that sends `product_added` itself (did you mean `add_to_cart`?)"
+    ) in result.output
+    [listed] = [line for line in result.output.splitlines() if "custom_999" in line]
+    assert listed.endswith(", custom_019 and 5 more")
+
+    NameCodes(redis_client).codes("shop", {"product_added"})  # a sender sends that very name
+    assert "product_added" not in _validate(tmp_path).output
+
+
 def test_a_value_written_once_and_aliased_loads_and_a_bomb_is_refused_with_the_line(tmp_path: Path) -> None:
     text = "senders:\n  segment: &seg {secret_env: SEG_SECRET}\n  rudderstack: *seg\n"
     account = load_account_file(write(tmp_path, "shop", text), ENV)

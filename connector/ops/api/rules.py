@@ -13,11 +13,12 @@ import os
 import re
 from typing import Any
 
+import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from connector import clock, rules_store
+from connector import clock, event_names, rules_store
 from connector.config import Account
 from connector.ops import audit
 from connector.ops.api import auth, errors
@@ -91,12 +92,25 @@ class RulesInForceSchema(Schema):
     traits = fields.List(fields.String(), required=True)
 
 
+class WarningSchema(Schema):
+    path = fields.String(required=True)
+    message = fields.String(required=True)
+
+
 class ValidationSchema(Schema):
     valid = fields.Boolean(required=True)
     path = fields.String(required=True, allow_none=True)
     reason = fields.String(required=True, allow_none=True)
     segments = fields.List(fields.String(), required=True)
     traits = fields.List(fields.String(), required=True)
+    warnings = fields.List(
+        fields.Nested(WarningSchema),
+        required=True,
+        metadata={
+            "description": "valid rules on an event the account never received and no template uses "
+            "(a likely typo, or a Segment spec name stored under another one)"
+        },
+    )
 
 
 class PublishedSchema(Schema):
@@ -287,16 +301,35 @@ class Validate(MethodView):
         """Check rules without storing them: valid, or the path inside them and the reason."""
         account = auth.account(account_id)
         try:
-            ruleset = rules_store.compile_for(account, rules_store.parse_text(body["text"]))
+            raw = rules_store.parse_text(body["text"])
+            ruleset = rules_store.compile_for(account, raw)
         except rules_store.InvalidRules as err:
-            return {"valid": False, "path": err.path, "reason": err.reason, "segments": [], "traits": []}
+            return {
+                "valid": False,
+                "path": err.path,
+                "reason": err.reason,
+                "segments": [],
+                "traits": [],
+                "warnings": [],
+            }
         return {
             "valid": True,
             "path": None,
             "reason": None,
             "segments": list(ruleset.segment_names),
             "traits": list(ruleset.trait_names),
+            "warnings": _event_warnings(account, raw),
         }
+
+
+def _event_warnings(account: Account, raw: Any) -> list[dict[str, str]]:
+    try:
+        seen = event_names.seen_names(auth.runtime().profile_redis, account.id)
+    except redis.RedisError:
+        return []  # the names seen are out of reach: no warning rather than every name warned
+    return [
+        {"path": path, "message": message} for path, message in event_names.warnings(raw, account.id, seen)
+    ]
 
 
 @blp.route("/dry-run")

@@ -96,6 +96,25 @@ def test_invalid_rules_answer_422_with_the_path_and_the_reason(
     assert checked["valid"] is False and f"{checked['path']}: {checked['reason']}".startswith(message)
 
 
+def test_valid_rules_on_a_name_never_received_are_valid_with_a_warning(
+    api: Any, editor: dict[str, str], people: dict[str, str]
+) -> None:
+    text = SELF_WRITTEN + (
+        "  - name: adders\n    when: {count: {event: product_added, gte: 1}}\n"
+        "  - name: viewers\n    when: {count: {event: product_viewed, gte: 1}}\n"
+        "  - name: typo\n    when: {count: {event: prodcut_viewed, gte: 1}}\n"
+    )
+    checked = api.post(f"{URL}/validate", json={"text": text}, headers=editor).get_json()
+    assert checked["valid"] is True and checked["segments"][-3:] == ["adders", "viewers", "typo"]
+    first, second = checked["warnings"]
+    assert first["path"] == "rules.segments[2].when.count.event"
+    assert "`Product Added` is stored as `add_to_cart`" in first["message"]
+    assert second["path"] == "rules.segments[4].when.count.event"
+    assert "(did you mean `product_viewed`?)" in second["message"]
+    plain = api.post(f"{URL}/validate", json={"text": RAISED}, headers=editor).get_json()
+    assert plain["valid"] is True and plain["warnings"] == []
+
+
 def test_a_viewer_reads_and_validates_but_cannot_write_dry_run_or_publish(
     api: Any, mint: Mint, editor: dict[str, str]
 ) -> None:

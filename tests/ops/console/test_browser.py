@@ -251,10 +251,23 @@ def test_the_rule_editor_dry_runs_and_publishes_with_progress(
     page.wait_for_selector("#rules-status.bad")
     assert "rules.segments[0].when.count.gte: must be a number" in page.inner_text("#rules-status")
 
+    # valid, but on a name the spec's senders store under another one: said under the editor
+    page.fill(
+        "#rules-text",
+        "include:\n  - cart_abandonment\n  - template: vip\n    params: {threshold: 100}\n"
+        "segments:\n  - name: a\n    when: {count: {event: product_added, gte: 1}}\n",
+    )
+    warning = page.wait_for_selector("#rules-warnings li")
+    assert warning.inner_text().startswith("rules.segments[0].when.count.event: event `product_added`")
+    assert "`Product Added` is stored as `add_to_cart`" in warning.inner_text()
+    assert "good" in (page.get_attribute("#rules-status", "class") or "")
+    shot(page, "rules-warning", tmp_path)
+
     # raise the VIP threshold: the dry run shows the 150 buyer leaving, before anything is published
     page.fill(
         "#rules-text", "include:\n  - cart_abandonment\n  - template: vip\n    params: {threshold: 300}\n"
     )
+    page.wait_for_selector("#rules-warnings", state="hidden")
     page.wait_for_selector("#rules-status.good")
     assert page.is_disabled("#publish")
     page.click("#dry-run")

@@ -4,6 +4,7 @@
   var config = JSON.parse(document.getElementById("rules-config").textContent);
   var text = document.getElementById("rules-text");
   var status = document.getElementById("rules-status");
+  var warnings = document.getElementById("rules-warnings");
   var dryRun = document.getElementById("dry-run");
   var publish = document.getElementById("publish");
   var diff = document.getElementById("diff");
@@ -25,9 +26,21 @@
     status.className = "small " + (good ? "good" : "bad");
   }
 
+  function showWarnings(list) {
+    warnings.textContent = "";
+    (list || []).forEach(function (w) {
+      var item = document.createElement("li");
+      item.className = "alert warning small";
+      item.textContent = w.path + ": " + w.message;
+      warnings.appendChild(item);
+    });
+    warnings.hidden = !warnings.childNodes.length;
+  }
+
   function validate() {
     send("validate", { text: text.value }).then(function (answer) {
       var d = answer.data;
+      showWarnings(answer.ok ? d.warnings : []);
       if (!answer.ok) return show(d.error || "could not check the rules", false);
       if (d.valid) {
         show("Valid: " + d.segments.length + " segments (" + d.segments.join(", ") + "), " + d.traits.length + " computed traits.", true);
