@@ -43,6 +43,9 @@ def render(explanation: Explanation) -> str:
     group = explanation.detail.get("group")
     if group:
         head += f" (exclusive group {group})"
+    variant = explanation.detail.get("variant")
+    if variant:
+        head += f" (variant {variant})"
     if explanation.next_change is not None:
         head += f"; next change {iso(explanation.next_change)}"
     else:

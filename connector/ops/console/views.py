@@ -35,6 +35,7 @@ from connector.ops.console import session
 from connector.ops.console.charts import arm_bars, day_bars, sparkline
 from connector.ops.console.client import ApiError, call, get, post
 from connector.runtime import Runtime
+from rules.variants import NAMES as VARIANT_NAMES
 
 bp = Blueprint(
     "console",
@@ -116,6 +117,15 @@ def pretty_json(value: Any) -> str:
     earlier release shows as U+FFFD."""
     text = json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str)
     return JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", unicode_text.replaced(text))
+
+
+@bp.app_template_filter("param_value")
+def param_value(value: Any) -> str:
+    """A template parameter as written: a list of variants as each variant's value (``a 24h, b 48h``),
+    anything else as its JSON."""
+    if isinstance(value, list) and 2 <= len(value) <= len(VARIANT_NAMES):
+        return ", ".join(f"{VARIANT_NAMES[i]} {pretty_json(v).strip(chr(34))}" for i, v in enumerate(value))
+    return pretty_json(value).strip('"')
 
 
 @bp.app_template_filter("isolated")

@@ -248,3 +248,30 @@ def test_a_crafted_members_cursor_is_an_error_page_not_a_crash(api: Any, mint: M
         page = api.get(f"/console/a/acme/segments/vip?cursor={cursor}")
         assert page.status_code == 422
         assert "invalid cursor" in page.get_data(as_text=True)
+
+
+def test_a_segment_with_variants_shows_each_variants_value_and_a_person_their_variant(
+    api: Any, mint: Mint, api_accounts: Path, redis_client: redis.Redis
+) -> None:
+    from rules.variants import NAMES
+    from tests.conftest import write_accounts
+    from tests.ops.api.conftest import acme_file, globex_file
+
+    acme = acme_file()
+    acme["rules"]["include"][0] = {"template": "cart_abandonment", "params": {"window": ["24h", "48h"]}}
+    write_accounts(api_accounts, acme, globex_file())
+    accounts = load_accounts(api_accounts)
+    apply(redis_client, accounts, ev("v1", "checkout_started", at=0, email="vic@example.com"))
+    pid = lookup(redis_client, "acme", "email", "vic@example.com")
+    assert pid is not None
+    segment = accounts.get("acme").ruleset.by_name["cart_abandoner"]  # type: ignore[union-attr]
+    variant = NAMES[segment.variant_of("acme", pid)]
+    login(api, mint("viewer", "acme"))
+    page = api.get("/console/a/acme/segments/cart_abandoner").get_data(as_text=True)
+    assert "window = a 24h, b 48h" in page
+    person = api.get(f"/console/a/acme/people/{pid}").get_data(as_text=True)
+    assert re.search(rf"cart_abandoner</strong> <span class=\"pill\">variant {variant}</span>", person)
+    assert (
+        f"cart_abandoner: OUT (variant {variant})" in person
+        or f"cart_abandoner: IN (variant {variant})" in person
+    )
