@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +23,23 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as err:
         raise ConfigError(f"{name}={raw!r} is not an integer") from err
+
+
+METRICS_TOKEN_MIN = 16
+
+
+def _metrics_token() -> str | None:
+    """``CONNECTOR_METRICS_TOKEN``: unset, ``/metrics`` answers anyone (keep it internal); set, only a
+    scraper that sends it as a bearer token. Its value is never shown."""
+    token = os.environ.get("CONNECTOR_METRICS_TOKEN")
+    if token is None or token == "":
+        return None
+    if len(token) < METRICS_TOKEN_MIN or not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(
+            f"CONNECTOR_METRICS_TOKEN must be at least {METRICS_TOKEN_MIN} printable ASCII characters "
+            "without spaces (e.g. from `openssl rand -hex 24`)"
+        )
+    return token
 
 
 def _check_redis_url(url: str, source: str) -> None:
@@ -101,6 +118,7 @@ class Settings:
     redis_from: str = ""
     live_shown_per_second: int = 20  # 0: every stored delivery on the live stream (connector.ops.live)
     drain_lanes: int = 2  # threads a drain applies its shard's batches on (connector.worker.jobs)
+    metrics_token: str | None = field(default=None, repr=False)  # /metrics asks for it as a bearer token
 
     def describe(self) -> str:
         """Which config directory and which Redis this process uses, and why (passwords hidden)."""
@@ -151,4 +169,5 @@ class Settings:
             redis_from=redis_from,
             live_shown_per_second=shown,
             drain_lanes=lanes,
+            metrics_token=_metrics_token(),
         )

@@ -10,6 +10,7 @@ the HELP and TYPE lines and escapes label values.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -236,11 +237,34 @@ def install(app: Flask, queue: EventQueue, profile_conn: Any = None) -> None:
     app.register_blueprint(bp)
 
 
+def _refused() -> Response | None:
+    """With ``CONNECTOR_METRICS_TOKEN`` set, a scrape without that bearer token is a 401."""
+    token = current_app.config["CONNECTOR_SETTINGS"].metrics_token
+    if token is None:
+        return None
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    answer = Answer.json(
+        401,
+        {
+            "error": "unauthorized",
+            "message": "the metrics need the scrape token: send `Authorization: Bearer <token>` "
+            "(CONNECTOR_METRICS_TOKEN)",
+        },
+        [("WWW-Authenticate", 'Bearer realm="metrics"')],
+    )
+    return Response(answer.body, status=401, headers=answer.headers, mimetype="application/json")
+
+
 @bp.route("/metrics")
 def metrics() -> Response:
     """The text format (0.0.4) by default; OpenMetrics when the scraper asks for it (``Accept``).
     With Redis out of reach, a 503 with the HTTP contract's JSON error body: the metrics are read
     from Redis at each scrape."""
+    refused = _refused()
+    if refused is not None:
+        return refused
     registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     try:

@@ -135,3 +135,34 @@ def test_drops_counted_on_a_separate_profile_redis_are_shown(
     finally:
         profile.flushdb()
         profile.close()
+
+
+def test_with_a_scrape_token_the_metrics_answer_only_a_scraper_that_sends_it(
+    redis_client: redis.Redis, config_dir, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    import pytest
+
+    from connector import runtime
+    from connector.app import create_app
+    from connector.errors import ConfigError
+    from connector.settings import Settings
+    from tests.conftest import fresh_runtime
+
+    token = "scrape-" + "9f2c41d07be3a865"
+    monkeypatch.setenv("CONNECTOR_METRICS_TOKEN", token)
+    fresh_runtime()
+    client = create_app(runtime=runtime.current()).test_client()
+    redis_client.hincrby("metrics:ingest", "accepted:acme", 2)
+    for headers in ({}, {"Authorization": "Bearer " + token[:-1]}, {"Authorization": "Basic " + token}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+        assert refused.get_json()["error"] == "unauthorized" and token not in refused.get_data(as_text=True)
+        assert "acme" not in refused.get_data(as_text=True)
+    scraped = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert scraped.status_code == 200 and 'account="acme"' in scraped.get_data(as_text=True)
+    assert token not in repr(runtime.current().settings)
+
+    monkeypatch.setenv("CONNECTOR_METRICS_TOKEN", "short")
+    with pytest.raises(ConfigError, match="CONNECTOR_METRICS_TOKEN must be at least 16") as err:
+        Settings.from_env()
+    assert "short" not in str(err.value)
