@@ -52,11 +52,11 @@ DEFAULT_WORKER_QUEUES = tuple(name for name in WORKER_QUEUES if name != "sync")
 )
 def worker(burst: bool, queues: str) -> None:
     """RQ worker for stored events, re-evaluations, backfills and predictions (no fork per job: each
-    job is a batch)."""
-    from rq import Queue, SimpleWorker
-
+    job is a batch). While Redis is out of reach, at start or later, it waits for it with backoff."""
     from connector.ops.logs import configure_logging
-    from connector.worker import jobs
+    from connector.settings import redact
+    from connector.sync.runner import RedisOutage
+    from connector.worker import jobs, serving
 
     names = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = [name for name in names if name not in WORKER_QUEUES]
@@ -68,10 +68,10 @@ def worker(burst: bool, queues: str) -> None:
     configure_logging()
     _say_compiled()
     jobs.serve_queues(names)  # a drain gives its turn up only to work this worker would take
-    conn = process_runtime.current().queue_redis  # RQ jobs run on this process's runtime
+    rt = process_runtime.current()  # RQ jobs run on this process's runtime
     jobs.settle_heap()
-    served = [Queue(name, connection=conn) for name in names]
-    SimpleWorker(served, connection=conn).work(burst=burst, with_scheduler=False)
+    outage = RedisOutage("worker", serving.log, redis=redact(rt.settings.queue_redis_url))
+    serving.run(rt.queue_redis, names, threading.Event(), burst=burst, outage=outage)
 
 
 def _say_compiled() -> None:

@@ -65,6 +65,7 @@ class RedisOutage:
     process: str
     log: logging.Logger
     monotonic: Callable[[], float] = clock.monotonic
+    redis: str = ""  # the Redis waited for, named in the warnings (settings.redact: no password)
     delay: float = 0.0  # the current wait between attempts (0 while Redis answers)
     since: float | None = None  # when the outage began (monotonic), None while Redis answers
     attempts: int = 0  # failed attempts in this outage
@@ -103,12 +104,15 @@ class RedisOutage:
 
     def _extra(self, err: Exception) -> dict[str, object]:
         seconds = round(self.monotonic() - self.since, 1) if self.since is not None else 0.0
-        return {
+        extra: dict[str, object] = {
             "error": str(err) or type(err).__name__,
             "seconds": seconds,
             "attempts": self.attempts,
             "retry_in_seconds": self.delay,
         }
+        if self.redis:
+            extra["redis"] = self.redis
+        return extra
 
 
 @dataclass

@@ -138,7 +138,9 @@ def test_drops_counted_on_a_separate_profile_redis_are_shown(
 
 
 def test_with_a_scrape_token_the_metrics_answer_only_a_scraper_that_sends_it(
-    redis_client: redis.Redis, config_dir, monkeypatch  # type: ignore[no-untyped-def]
+    redis_client: redis.Redis,
+    config_dir,
+    monkeypatch,  # type: ignore[no-untyped-def]
 ) -> None:
     import pytest
 
