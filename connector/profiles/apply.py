@@ -63,6 +63,7 @@ class Outcome:
     history_dropped: int = 0  # history events removed by the retention bounds (age, count)
     unnamed_properties: int = 0  # properties not kept: their key is new past the account's names cap
     untraited: int = 0  # traits not kept: new to a profile that has the most it keeps (store.MAX_TRAITS)
+    unlinked: int = 0  # identifiers not linked to their profile: past identity.MAX_IDENTIFIERS
     # erasures asked for: (profile id, source); a profile id of None erases the whole account
     erasures: list[tuple[str | None, str]] = field(default_factory=list)
     applied_to: dict[str, str] = field(default_factory=dict)  # event id -> the profile it went to
@@ -75,6 +76,7 @@ def count_drops(counters: Any, outcome: Outcome) -> None:
     count_dropped(counters, "profile_history", outcome.history_dropped)
     count_dropped(counters, "property_names", outcome.unnamed_properties)
     count_dropped(counters, "profile_traits", outcome.untraited)
+    count_dropped(counters, "profile_identifiers", outcome.unlinked)
 
 
 def _retention(account: Account) -> identity.Retention:
@@ -119,6 +121,7 @@ def apply_events(
         for pid, ready in zip(resolution.targets, prepared, strict=True):
             groups.setdefault(pid, []).append(ready)
         outcome.absorbed.update(resolution.absorbed)
+        outcome.unlinked += resolution.unlinked
         event_of = {id(ready): item[0].event_id for item, ready in zip(regular, prepared, strict=True)}
         _apply_groups(conn, account, groups, now, outcome, event_of)
     for event, ids in requests:

@@ -41,6 +41,12 @@ TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
 CONFLICTS_KEPT = 1000
 MAX_IDENTITY_LENGTH = 500
 MERGE_TRIES = 8
+# Identifiers (of every kind together) one profile is linked to at most; counted in its hash (``in``,
+# the number of its ``i:`` fields). Past it a new identifier is not linked (counted,
+# ``profile_identifiers``) and no profile is merged into it; the identifiers it has keep working.
+# A sender with the public write key could otherwise give one person tens of thousands of anonymous
+# ids, which every merge, erasure, access export and person page of theirs reads.
+MAX_IDENTIFIERS = 1_000
 
 INDEX_CAP = 40  # mean entries a bucket of the index is split at (a listpack holds 128)
 
@@ -112,6 +118,7 @@ class _State:
     uid: str | None = None
     merged_into: str | None = None
     erased: bool = False
+    ids: int | None = None  # identifiers linked to it (its ``in``); None: not read yet
 
 
 @dataclass
@@ -123,7 +130,25 @@ class Resolution:
     conflicts: int = 0
     created: int = 0
     absorbed: dict[str, str] = field(default_factory=dict)  # merged-away profile -> survivor
+    # identifiers of the events not linked to their profile because of MAX_IDENTIFIERS: new to a
+    # profile that holds the most it keeps, or naming a profile that could not be merged into it
+    unlinked: int = 0
 
+
+# The identifiers a profile is linked to (KEYS: the profile): its ``in``, else (a profile stored
+# before the count came in) its ``i:`` fields counted once and kept in ``in``; 0 for a profile that
+# is not there or is a tombstone (nothing is written to it).
+_COUNT_IDENTIFIERS = """
+local st = redis.call('HMGET', KEYS[1], 'in', 'm', 'x')
+if st[1] then return tonumber(st[1]) end
+if st[2] or st[3] or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, 2) == 'i:' then n = n + 1 end
+end
+redis.call('HSET', KEYS[1], 'in', n)
+return n
+"""
 
 # HSET of one profile's fields (KEYS: the profile; ARGV: field, value pairs), many per script call;
 # 500 pairs per HSET (Lua's unpack stops at a few thousand values)
@@ -191,13 +216,14 @@ class Resolver:
         while todo:
             pipe = self.conn.pipeline(transaction=False)
             for pid in todo:
-                pipe.hmget(keys.profile_key(self.account, pid), "uid", "m", "x")
+                pipe.hmget(keys.profile_key(self.account, pid), "uid", "m", "x", "in")
             nxt = []
-            for pid, (uid, into, erased) in zip(todo, pipe.execute(), strict=True):
+            for pid, (uid, into, erased, ids) in zip(todo, pipe.execute(), strict=True):
                 st = _State(
                     uid=uid.decode() if uid else None,
                     merged_into=into.decode() if into else None,
                     erased=bool(erased),
+                    ids=int(ids) if ids is not None else None,
                 )
                 self.state[pid] = st
                 if st.merged_into:
@@ -219,7 +245,7 @@ class Resolver:
             if (int(length) > 1 or history) and into:
                 target = self._follow(into)
                 if target is not None:
-                    self._copy_into(pid, target)
+                    self.state.setdefault(target, _State()).ids = self._copy_into(pid, target)
 
     def _follow(self, pid: str | None) -> str | None:
         seen = set()
@@ -257,16 +283,18 @@ class Resolver:
             target = self._not_through_a_device(ranks, target, event_uid, ids.get("email"))
         if target is None:
             target = self._new_pid()
-            self.state[target] = _State()
+            self.state[target] = _State(ids=0)
             self.result.created += 1
-        self._absorb(ranks, target, event_uid or self._uid(target), ids.get("email"))
-        for kind, value in ids.items():
+        self._absorb(ranks, target, event_uid or self._uid(target), ids.get("email"), pairs)
+        # the strongest first: a profile with room for only some of them takes those
+        for kind, value in sorted(ids.items(), key=lambda pair: _RANK[pair[0]]):
             if self.index.get((kind, value)) is None:
                 self._link(kind, value, target)
         unknown_previous = previous and self.index.get(("user_id", previous)) is None
         if previous and unknown_previous and self.index.get(("anonymous_id", previous)) is None:
             self._link("anonymous_id", previous, target)
-        if event_uid and self._uid(target) is None:
+        # the user id is the profile's only once it is linked to it (not past the cap)
+        if event_uid and self._uid(target) is None and self.index.get(("user_id", event_uid)) == target:
             self.state[target].uid = event_uid
             self.uid_writes[target] = event_uid
         return target
@@ -297,11 +325,18 @@ class Resolver:
         return min(pool, key=lambda p: (ranks[p], p)) if pool else None
 
     def _absorb(
-        self, ranks: Mapping[str, int], target: str, target_uid: str | None, email: str | None
+        self,
+        ranks: Mapping[str, int],
+        target: str,
+        target_uid: str | None,
+        email: str | None,
+        named: set[tuple[str, str]],
     ) -> None:
         """Merge the other profiles into ``target``; one with another user id is a conflict, and so
         is one named only by an anonymous id (a device's cookie, which anyone may send with any
-        email through a public write key) when both it and ``target`` have an email."""
+        email through a public write key) when both it and ``target`` have an email, and one whose
+        identifiers would take ``target`` past :data:`MAX_IDENTIFIERS` (the event's identifiers
+        that name it stay with it, counted as not linked)."""
         for other in sorted(set(ranks) - {target}):
             other_uid = self._uid(other)
             if other_uid and target_uid and other_uid != target_uid:
@@ -310,6 +345,10 @@ class Resolver:
             through_a_device = _ANONYMOUS in (ranks[other], ranks.get(target))
             if through_a_device and self._both_have_emails(other, target, email, target not in ranks):
                 self._conflict(other, target)
+                continue
+            if not self._room(target, self._ids(other)):
+                self._conflict(other, target, why="identifiers")
+                self.result.unlinked += sum(1 for pair in named if self.index.get(pair) == other)
                 continue
             self._merge(other, target)
             target_uid = target_uid or other_uid
@@ -356,14 +395,35 @@ class Resolver:
         st = self.state.get(pid)
         return st.uid if st else None
 
+    def _ids(self, pid: str) -> int:
+        """How many identifiers the profile is linked to (read, or counted once, if not known yet)."""
+        st = self.state.setdefault(pid, _State())
+        if st.ids is None:
+            count = _script(self.conn, _COUNT_IDENTIFIERS)
+            st.ids = int(count(keys=[keys.profile_key(self.account, pid)], args=[]))
+        return st.ids
+
+    def _room(self, pid: str, more: int) -> bool:
+        """Whether the profile can be linked to ``more`` identifiers within MAX_IDENTIFIERS."""
+        return self._ids(pid) + more <= MAX_IDENTIFIERS
+
     def _link(self, kind: str, value: str, pid: str) -> None:
+        """Link a new identifier to the profile, unless that takes it past MAX_IDENTIFIERS (then the
+        identifier stays unknown, and is counted)."""
+        if not self._room(pid, 1):
+            self.result.unlinked += 1
+            return
+        self.state[pid].ids = self._ids(pid) + 1
         self.index[(kind, value)] = pid
         self.writes.append((kind, value, pid))
 
-    def _conflict(self, other: str, target: str) -> None:
+    def _conflict(self, other: str, target: str, why: str | None = None) -> None:
         self.result.conflicts += 1
         key = keys.conflicts_key(self.account)
-        self.conn.xadd(key, {"profile": target, "other": other, "at": str(int(self.now.timestamp()))})
+        entry = {"profile": target, "other": other, "at": str(int(self.now.timestamp()))}
+        if why is not None:
+            entry["why"] = why
+        self.conn.xadd(key, entry)
         # counted in the profile Redis; /metrics reads it there too when the two are split
         count_dropped(
             self.conn, "conflicts", int(self.conn.xtrim(key, maxlen=CONFLICTS_KEPT, approximate=True))
@@ -381,6 +441,8 @@ class Resolver:
             fields.setdefault(pid, {})[keys.identity_field(kind, value)] = ""
         for pid, uid in self.uid_writes.items():
             fields.setdefault(pid, {})["uid"] = uid
+        for pid in {pid for _, _, pid in self.writes}:  # the count of the identifiers linked to it
+            fields[pid]["in"] = str(self.state[pid].ids)
         write_index(self.conn, self.account, {(k, v): pid for k, v, pid in self.writes}, legacy=self.legacy)
         calls = [
             ("HSET", keys.profile_key(self.account, pid), [x for pair in mapping.items() for x in pair])
@@ -396,11 +458,12 @@ class Resolver:
     def _merge(self, loser: str, target: str) -> None:
         """Merge ``loser`` into ``target`` (both live)."""
         self.flush()
-        self._copy_into(loser, target, mark=True)
+        linked = self._copy_into(loser, target, mark=True)
         st = self.state.setdefault(loser, _State())
         st.merged_into = target
         tst = self.state.setdefault(target, _State())
         tst.uid = tst.uid or st.uid
+        tst.ids = linked
         for pair, pid in self.index.items():
             if pid == loser:
                 self.index[pair] = target
@@ -408,8 +471,9 @@ class Resolver:
         self.result.absorbed[loser] = target
         log.info("profiles merged", extra={"account": self.account, "profile": target, "merged": loser})
 
-    def _copy_into(self, loser: str, target: str, mark: bool = False) -> None:
-        """Copy a profile marked as merged into its target, re-point its identities, drop its data.
+    def _copy_into(self, loser: str, target: str, mark: bool = False) -> int:
+        """Copy a profile marked as merged into its target, re-point its identities, drop its data;
+        how many identifiers the target is linked to then.
 
         With ``mark``, first mark it (atomically with reading it). Idempotent: a merge cut short is
         finished by running this again."""
@@ -442,6 +506,7 @@ class Resolver:
             rewrite_histories(self.conn, self.account, [target], compress=False)
         else:
             raise ConnectorError(f"merge into {target}: its history changed under every attempt")
+        linked = int(reply[1])
         repoint = {}
         for f in fields:
             parsed = keys.parse_identity_field(f.decode())
@@ -459,6 +524,7 @@ class Resolver:
         pipe.hset(pkey, "m", target)
         pipe.expire(pkey, TOMBSTONE_TTL_SECONDS)
         pipe.execute()
+        return linked
 
 
 # -- the identity index: hashes of up to ~2 x INDEX_CAP identities (see connector.buckets) --------

@@ -8,7 +8,8 @@ atomically. The identity index and the per-account logs are separate keys.
                           with their ordering key ``o:<name>``), lifetime first/last occurrence per
                           event name (``f:<code>`` / ``l:<code>``), tombstones (``m`` merged into,
                           ``x`` erased), ``k`` ids of the latest identify/alias events
-                          (for erasing their dedupe markers)
+                          (for erasing their dedupe markers), ``in`` / ``tn`` how many identities
+                          / traits it holds (each capped)
   ``h:{acct:pid}``        string: the packed event history (see :mod:`.store`; a sorted set, score =
                           occurred_at in whole seconds, before the packed form)
   ``ix:{acct:ix}``        hash: the identity index's state (``b`` its buckets' level, split

@@ -366,7 +366,10 @@ APPLY = _LUA_HISTORY + _APPLY_BODY
 # APPLY for many profiles in one script call (per slot on a cluster): what a batch's apply runs
 APPLY_MANY = Batched(_APPLY_BODY, _LUA_HISTORY)
 
-# Copies another profile's data (history entries, then hash fields as pairs) into this one.
+# Copies another profile's data (history entries, then hash fields as pairs) into this one. Its
+# identifiers all come along (the caller checked the identifier cap before it marked the other one):
+# the identity index is re-pointed to this profile for every one of them. ``in`` counts them; the
+# reply is ``{'ok', in}``.
 MERGE = (
     _PRELUDE
     + """
@@ -380,10 +383,11 @@ for _ = 1, nm do
 end
 local src = {}
 while i <= #ARGV do src[ARGV[i]] = ARGV[i + 1]; i = i + 2 end
+local ni = 0  -- identifiers new to this profile
 for f, v in pairs(src) do
   local kind = string.sub(f, 1, 2)
   if kind == 'i:' then
-    redis.call('HSET', p, f, v)
+    ni = ni + redis.call('HSET', p, f, v)
   elseif f == 'uid' then
     redis.call('HSETNX', p, f, v)
   elseif kind == 'o:' then
@@ -415,9 +419,18 @@ for f, v in pairs(src) do
     if (not cur) or v > cur then redis.call('HSET', p, f, v) end
   end
 end
+if redis.call('HEXISTS', p, 'in') == 1 then
+  if ni > 0 then redis.call('HINCRBY', p, 'in', ni) end
+else  -- not counted yet (a profile stored before the count came in): count them all once
+  local n = 0
+  for _, f in ipairs(redis.call('HKEYS', p)) do
+    if string.sub(f, 1, 2) == 'i:' then n = n + 1 end
+  end
+  redis.call('HSET', p, 'in', n)
+end
 """
     + _RETAIN
-    + "return {'ok'}"
+    + "return {'ok', tonumber(redis.call('HGET', p, 'in'))}"
 )
 
 

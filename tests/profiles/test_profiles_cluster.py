@@ -87,6 +87,18 @@ def test_events_merges_and_erasure_on_a_cluster(
     assert stored_exports(cluster, "acme") == []  # erasure drops the exports that name the person
 
 
+def test_a_profile_stored_without_its_identifier_count_is_counted_on_a_cluster(
+    cluster: RedisCluster, redis_client: redis.Redis, accounts: Accounts
+) -> None:
+    apply_batch([ev("1", user_id="u1", anonymous_id="a1")], NOW, accounts, cluster, redis_client)
+    pid = lookup(cluster, "acme", "user_id", "u1")
+    assert pid is not None
+    cluster.hdel(f"p:{{acme:{pid}}}", "in")  # as stored before the count came in
+    apply_batch([ev("2", at=1, user_id="u1", anonymous_id="a2")], NOW, accounts, cluster, redis_client)
+    assert cluster.hget(f"p:{{acme:{pid}}}", "in") == b"3"
+    assert lookup(cluster, "acme", "anonymous_id", "a2") == pid
+
+
 def test_rules_and_the_membership_ledger_on_a_cluster(
     cluster: RedisCluster,
     cluster_url: str,
