@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from connector.analytics import movement, stats
-from connector.analytics.assign import CONTROL
+from connector.analytics.assign import CONTROL, TREATED
 from connector.analytics.keys import day_key, day_starts
 from connector.worker import sizes
 
@@ -92,12 +92,21 @@ def segment_report(conn: redis.Redis, account: str, segment: str, now: datetime,
         **performance(overall),
         "arms": {arm: performance(totals) for arm, totals in sorted(by_arm.items())},
     }
-    baseline = CONTROL if CONTROL in by_arm else (sorted(by_arm)[0] if len(by_arm) > 1 else None)
+    # entries of the treated arm while variants are counted too were made before the segment had
+    # variants (or after they were removed): another period, not an arm of the test
+    compared = {arm: t for arm, t in by_arm.items() if arm != TREATED or not _has_variants(by_arm)}
+    if len(compared) < len(by_arm):
+        report["not_compared"] = {TREATED: "entries made while the segment had no variants"}
+    baseline = CONTROL if CONTROL in compared else (sorted(compared)[0] if len(compared) > 1 else None)
     if baseline is not None:
         report["baseline"] = baseline
         report["comparisons"] = {
-            arm: compare(totals, by_arm[baseline])
-            for arm, totals in sorted(by_arm.items())
+            arm: compare(totals, compared[baseline])
+            for arm, totals in sorted(compared.items())
             if arm != baseline
         }
     return report
+
+
+def _has_variants(by_arm: Mapping[str, Any]) -> bool:
+    return any(arm not in (CONTROL, TREATED) for arm in by_arm)

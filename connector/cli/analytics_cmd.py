@@ -50,6 +50,8 @@ def _print(data: dict[str, Any]) -> None:
         )
         if c["warning"]:
             click.echo(f"  warning: {c['warning']}")
+    for arm, why in (data.get("not_compared") or {}).items():
+        click.echo(f"{arm} not compared: {why}")
 
 
 @click.command()

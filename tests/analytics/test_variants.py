@@ -189,3 +189,23 @@ def test_the_report_compares_the_variants(redis_client: redis.Redis) -> None:
     assert got["arms"]["a"]["members"] + got["arms"]["b"]["members"] == 400
     assert got["baseline"] == "a" and set(got["comparisons"]) == {"b"}
     assert "conversion_difference" in got["comparisons"]["b"]
+
+
+def test_entries_from_before_the_segment_had_variants_are_not_compared_with_a_variant(
+    redis_client: redis.Redis,
+) -> None:
+    account = _account({"tags": ["cart"]})
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(300):  # before the variants: the treated arm
+        movement.record_diff(pipe, "acme", {}, f"old{n}", ["cart"], [], T0, arms={"cart": "t"})
+    for n in range(400):
+        pid = f"p{n}"
+        movement.record_diff(
+            pipe, "acme", {}, pid, ["cart"], [], T0, arms=holdout.arms_of(account, pid, ["cart"])
+        )
+    pipe.execute()
+    got = report.segment_report(redis_client, "acme", "cart", T0 + timedelta(hours=1), 30)
+    assert set(got["arms"]) == {"a", "b", "t"} and got["arms"]["t"]["members"] == 300
+    assert got["baseline"] == "a" and set(got["comparisons"]) == {"b"}
+    assert got["not_compared"] == {"t": "entries made while the segment had no variants"}
+    assert got["members"] == 700

@@ -116,6 +116,14 @@ class ReportSchema(PerformanceSchema):
         required=True,
         metadata={"description": "each other arm against the baseline"},
     )
+    not_compared = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={
+            "description": "arms counted but not compared, and why (t: entries made while the segment "
+            "had no variants, beside variant arms)"
+        },
+    )
 
 
 class MoveSchema(Schema):
