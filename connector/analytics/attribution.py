@@ -12,7 +12,10 @@ The rule (docs/analytics.md):
 * ``order_completed``: credited to each segment the person entered within the account's conversion
   window (``analytics.conversion_days``, 7 by default) before the order (also when they left it
   since: a cart abandoner leaves that segment by ordering), on the entry's day: one conversion per
-  entry, the revenue of every such order.
+  entry, the revenue of every such order. Strictly before: an entry is recorded at the instant the
+  worker evaluated the person (whole seconds), which is never before the order that caused it, so
+  the order that put a person in a segment (a first order into ``vip`` or a first-time buyer stage)
+  is not a conversion of that segment.
 
 Membership at an instant uses the person's last entry and exit per segment
 (:func:`connector.analytics.movement.record_diff`); segments the ledger holds now without a
@@ -258,7 +261,7 @@ end
 -- an order: every segment entered within the window before it
 local revenue, window, marked = tonumber(ARGV[5]), tonumber(ARGV[6]), false
 for c, entered in pairs(e) do
-  if entered <= at and at - entered <= window then
+  if entered < at and at - entered <= window then
     local s = names_of({c})[1]
     if s then
       if not marked then remember(); marked = true end

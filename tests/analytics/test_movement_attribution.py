@@ -499,3 +499,18 @@ def test_an_order_amount_no_order_has_credits_no_revenue(revenue: object, expect
     # stored before the ingest refused such amounts: credited as nothing, never a failed batch
     at = datetime(2026, 1, 1, tzinfo=UTC)
     assert attribution.cents(_event("order_completed", 1, at, revenue=revenue)) == expected
+
+
+def test_the_order_that_put_a_person_in_a_segment_is_not_its_conversion(redis_client: redis.Redis) -> None:
+    """The worker records an entry at the instant it evaluated the person, in whole seconds: an order
+    and the entry it causes share that second (or the order is earlier); a later order converts."""
+    entered = T0 + timedelta(days=5)
+    movement.record_diff(redis_client, "acme", GROUPS, "p1", ["vip"], [], entered)
+    causing = _event("order_completed", 20, entered + timedelta(milliseconds=400), revenue=1500.0)
+    earlier = _event("order_completed", 21, entered - timedelta(seconds=30), revenue=800.0)
+    _apply(redis_client, [causing, earlier])
+    day = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", entered)).items()}
+    assert day == {"en:vip:t": "1"}
+    _apply(redis_client, [_event("order_completed", 22, entered + timedelta(seconds=1), revenue=60.0)])
+    day = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", entered)).items()}
+    assert (day["cv:vip:t"], day["rv:vip:t"]) == ("1", "6000")
