@@ -22,6 +22,9 @@ from connector.errors import UndecodableItem
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias", "delete", "data_request")
 # Types that erase a person or export them: only with proof (connector/ingest/admission.py).
 PRIVILEGED_TYPES = ("delete", "data_request")
+# Sources whose events came with an account's public write key (the tracking API), which anyone may
+# hold: they cannot merge two profiles that both have an email (docs/profiles.md).
+PUBLIC_SOURCES = frozenset({"tracking"})
 
 # Identity kinds a profile can be found by. Receivers may add source-specific ids
 # (``shopify_customer_id``, ``klaviyo_profile_id``, ``hubspot_contact_id``, ``mailchimp_member_id``...).

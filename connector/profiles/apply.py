@@ -25,7 +25,7 @@ import redis
 
 from connector.config import Account
 from connector.errors import ConnectorError
-from connector.event import PRIVILEGED_TYPES, Event
+from connector.event import PRIVILEGED_TYPES, PUBLIC_SOURCES, Event
 from connector.profiles import identity, keys, rejected
 from connector.profiles.bounds import count_dropped
 from connector.profiles.erasure import store_export
@@ -63,6 +63,7 @@ class Outcome:
     history_dropped: int = 0  # history events removed by the retention bounds (age, count)
     unnamed_properties: int = 0  # properties not kept: their key is new past the account's names cap
     untraited: int = 0  # traits not kept: new to a profile that has the most it keeps (store.MAX_TRAITS)
+    oversized_traits: int = 0  # trait values not kept: longer than store.MAX_TRAIT_BYTES
     unlinked: int = 0  # identifiers not linked to their profile: past identity.MAX_IDENTIFIERS
     # erasures asked for: (profile id, source); a profile id of None erases the whole account
     erasures: list[tuple[str | None, str]] = field(default_factory=list)
@@ -76,6 +77,7 @@ def count_drops(counters: Any, outcome: Outcome) -> None:
     count_dropped(counters, "profile_history", outcome.history_dropped)
     count_dropped(counters, "property_names", outcome.unnamed_properties)
     count_dropped(counters, "profile_traits", outcome.untraited)
+    count_dropped(counters, "trait_values", outcome.oversized_traits)
     count_dropped(counters, "profile_identifiers", outcome.unlinked)
 
 
@@ -115,7 +117,11 @@ def apply_events(
         rejected.trim(conn, queue_conn, account.id)
     if regular:
         resolution = identity.resolve(
-            conn, account.id, _retention(account), [(i, p) for _, i, p in regular], now
+            conn,
+            account.id,
+            _retention(account),
+            [(i, p, e.source in PUBLIC_SOURCES) for e, i, p in regular],
+            now,
         )
         groups: dict[str, list[Prepared]] = {}
         for pid, ready in zip(resolution.targets, prepared, strict=True):
@@ -241,6 +247,7 @@ def _count_applied(
     outcome.expired += stored - int(reply[1]) - int(reply[2])
     outcome.history_dropped += int(reply[3])
     outcome.untraited += int(reply[6])
+    outcome.oversized_traits += sum(item.oversized for item in items)
     outcome.touched.add(pid)
     after = int(reply[5])
     outcome.revisions[pid] = (outcome.revisions.get(pid, (after - 1, 0))[0], after)

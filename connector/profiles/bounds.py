@@ -2,8 +2,8 @@
 
 One hash in the queue Redis, ``metrics:dropped``: field = key family (``deadletters``,
 ``ledger_history``, ``rejected``, ``exports``, ``conflicts``, ``erasure_log``, ``sync_erasure_log``,
-``profile_history``, ``property_names``, ``profile_traits``, ``profile_identifiers``), value = entries
-dropped at the bound since the start. The metrics endpoint shows it as
+``profile_history``, ``property_names``, ``profile_traits``, ``trait_values``, ``profile_identifiers``),
+value = entries dropped at the bound since the start. The metrics endpoint shows it as
 ``connector_dropped_total{family=...}``. The table of families and bounds is in docs/architecture.md
 ("Bounded state").
 """

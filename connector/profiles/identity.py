@@ -119,6 +119,9 @@ class _State:
     merged_into: str | None = None
     erased: bool = False
     ids: int | None = None  # identifiers linked to it (its ``in``); None: not read yet
+    # its user id came from an event through the public write key (``uw`` = 1): a signed sender's
+    # event naming the profile with another user id takes it (see Resolver._choose)
+    uid_public: bool = False
 
 
 @dataclass
@@ -177,7 +180,7 @@ class Resolver:
         self.index: dict[tuple[str, str], str | None] = {}
         self.state: dict[str, _State] = {}
         self.writes: list[tuple[str, str, str]] = []  # (kind, value, pid)
-        self.uid_writes: dict[str, str] = {}
+        self.uid_writes: dict[str, tuple[str, str]] = {}  # pid -> (user id, its ``uw``; "": none)
         self.legacy: str | None = None  # the index's ``o`` (None: no index yet)
         self.result = Resolution()
         self._merge_script = cached_script(conn, MERGE)
@@ -216,14 +219,15 @@ class Resolver:
         while todo:
             pipe = self.conn.pipeline(transaction=False)
             for pid in todo:
-                pipe.hmget(keys.profile_key(self.account, pid), "uid", "m", "x", "in")
+                pipe.hmget(keys.profile_key(self.account, pid), "uid", "m", "x", "in", "uw")
             nxt = []
-            for pid, (uid, into, erased, ids) in zip(todo, pipe.execute(), strict=True):
+            for pid, (uid, into, erased, ids, uid_public) in zip(todo, pipe.execute(), strict=True):
                 st = _State(
                     uid=uid.decode() if uid else None,
                     merged_into=into.decode() if into else None,
                     erased=bool(erased),
                     ids=int(ids) if ids is not None else None,
+                    uid_public=uid_public == b"1",
                 )
                 self.state[pid] = st
                 if st.merged_into:
@@ -271,21 +275,24 @@ class Resolver:
             return None
         return found.pop()
 
-    def assign(self, ids: Mapping[str, str], previous: str | None = None) -> str:
+    def assign(self, ids: Mapping[str, str], previous: str | None = None, public: bool = False) -> str:
+        """The profile of an event's identities, made, chosen and merged as docs/profiles.md says.
+        ``public``: the event came through the account's public write key (the tracking API), which
+        anyone may hold: it never merges two profiles that both have an email."""
         pairs = set(ids.items())
         if previous:
             pairs |= {("anonymous_id", previous), ("user_id", previous)}
         self.load(pairs)
         ranks = self._ranks(ids, previous)
         event_uid = ids.get("user_id")
-        target = self._choose(ranks, event_uid)
+        target = self._choose(ranks, event_uid, public)
         if target is not None and ranks[target] == _ANONYMOUS:
             target = self._not_through_a_device(ranks, target, event_uid, ids.get("email"))
         if target is None:
             target = self._new_pid()
             self.state[target] = _State(ids=0)
             self.result.created += 1
-        self._absorb(ranks, target, event_uid or self._uid(target), ids.get("email"), pairs)
+        self._absorb(ranks, target, event_uid or self._uid(target), ids.get("email"), pairs, public)
         # the strongest first: a profile with room for only some of them takes those
         for kind, value in sorted(ids.items(), key=lambda pair: _RANK[pair[0]]):
             if self.index.get((kind, value)) is None:
@@ -293,10 +300,14 @@ class Resolver:
         unknown_previous = previous and self.index.get(("user_id", previous)) is None
         if previous and unknown_previous and self.index.get(("anonymous_id", previous)) is None:
             self._link("anonymous_id", previous, target)
-        # the user id is the profile's only once it is linked to it (not past the cap)
-        if event_uid and self._uid(target) is None and self.index.get(("user_id", event_uid)) == target:
-            self.state[target].uid = event_uid
-            self.uid_writes[target] = event_uid
+        # the user id is the profile's only once it is linked to it (not past the cap); a signed
+        # sender's replaces one that came through the public write key
+        if event_uid and self.index.get(("user_id", event_uid)) == target and event_uid != self._uid(target):
+            st = self.state[target]
+            if st.uid is None or (st.uid_public and not public):
+                # ``uw`` written only where it says something: set, or cleared on a replacement
+                self.uid_writes[target] = (event_uid, "1" if public else "0" if st.uid_public else "")
+                st.uid, st.uid_public = event_uid, public
         return target
 
     def _ranks(self, ids: Mapping[str, str], previous: str | None) -> dict[str, int]:
@@ -313,13 +324,16 @@ class Resolver:
                 ranks[pid] = min(ranks.get(pid, 99), rank)
         return ranks
 
-    def _choose(self, ranks: Mapping[str, int], event_uid: str | None) -> str | None:
-        """The surviving profile: the user id's own, else the best ranked one that may take it."""
+    def _choose(self, ranks: Mapping[str, int], event_uid: str | None, public: bool = False) -> str | None:
+        """The surviving profile: the user id's own, else the best ranked one that may take it: one
+        without a user id, or, for a signed sender's event, one whose user id came through the public
+        write key (anyone may send any user id with a customer's email there; the customer's own
+        signed events then still reach their profile)."""
         if event_uid:
             target = self.index.get(("user_id", event_uid))
             if target is not None:
                 return target
-            pool = [p for p in ranks if self._uid(p) is None]
+            pool = [p for p in ranks if self._uid(p) is None or (not public and self._uid_public(p))]
         else:
             pool = [p for p in ranks if self._uid(p) is not None] or list(ranks)
         return min(pool, key=lambda p: (ranks[p], p)) if pool else None
@@ -331,6 +345,7 @@ class Resolver:
         target_uid: str | None,
         email: str | None,
         named: set[tuple[str, str]],
+        public: bool = False,
     ) -> None:
         """Merge the other profiles into ``target``; one with another user id is a conflict, and so
         is one named only by an anonymous id (a device's cookie, which anyone may send with any
@@ -343,7 +358,9 @@ class Resolver:
                 self._conflict(other, target)
                 continue
             through_a_device = _ANONYMOUS in (ranks[other], ranks.get(target))
-            if through_a_device and self._both_have_emails(other, target, email, target not in ranks):
+            if (through_a_device or public) and self._both_have_emails(
+                other, target, email, target not in ranks
+            ):
                 self._conflict(other, target)
                 continue
             if not self._room(target, self._ids(other)):
@@ -395,6 +412,10 @@ class Resolver:
         st = self.state.get(pid)
         return st.uid if st else None
 
+    def _uid_public(self, pid: str) -> bool:
+        st = self.state.get(pid)
+        return st.uid_public if st else False
+
     def _ids(self, pid: str) -> int:
         """How many identifiers the profile is linked to (read, or counted once, if not known yet)."""
         st = self.state.setdefault(pid, _State())
@@ -439,8 +460,10 @@ class Resolver:
         fields: dict[str, dict[str, str]] = {}
         for kind, value, pid in self.writes:
             fields.setdefault(pid, {})[keys.identity_field(kind, value)] = ""
-        for pid, uid in self.uid_writes.items():
+        for pid, (uid, uid_public) in self.uid_writes.items():
             fields.setdefault(pid, {})["uid"] = uid
+            if uid_public:
+                fields[pid]["uw"] = uid_public
         for pid in {pid for _, _, pid in self.writes}:  # the count of the identifiers linked to it
             fields[pid]["in"] = str(self.state[pid].ids)
         write_index(self.conn, self.account, {(k, v): pid for k, v, pid in self.writes}, legacy=self.legacy)
@@ -768,19 +791,22 @@ def resolve(
     conn: redis.Redis,
     account: str,
     retention: Retention,
-    items: Sequence[tuple[Mapping[str, str], str | None]],
+    items: Sequence[tuple[Mapping[str, str], str | None, bool]],
     now: datetime,
 ) -> Resolution:
-    """Assign a profile id to each (identities, previous id) item.
+    """Assign a profile id to each (identities, previous id, public) item (``public``: the event
+    came through the public write key, see :meth:`Resolver.assign`).
 
     Items whose identities all already point to one live profile (a returning person, the common
     case) are resolved without the lock; the others, in order, under the account's lock."""
     pairs: set[tuple[str, str]] = set()
-    for ids, _ in items:
+    for ids, _, _ in items:
         pairs |= set(ids.items())
     reader = Resolver(conn, account, retention, now, locked=False)
     reader.load(pairs)
-    targets: list[str | None] = [reader.known(ids) if previous is None else None for ids, previous in items]
+    targets: list[str | None] = [
+        reader.known(ids) if previous is None else None for ids, previous, _ in items
+    ]
     slow = [n for n, target in enumerate(targets) if target is None]
     result = Resolution()
     if slow:
@@ -788,7 +814,7 @@ def resolve(
             resolver = Resolver(conn, account, retention, now)
             wanted: set[tuple[str, str]] = set()
             for n in slow:
-                ids, previous = items[n]
+                ids, previous, _ = items[n]
                 wanted |= set(ids.items())
                 if previous:
                     wanted |= {("anonymous_id", previous), ("user_id", previous)}

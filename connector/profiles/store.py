@@ -225,6 +225,13 @@ end
 # ``profile_traits``); traits it has keep taking new values. A sender with the public write key could
 # otherwise give one person millions of traits, which every later event of theirs loads.
 MAX_TRAITS = 1_000
+# The longest trait value kept, in bytes of its JSON (ASCII: one byte a character). A longer one is
+# left out by :func:`prepare` (counted, ``trait_values``): the profile keeps the value it had. With
+# MAX_TRAITS, a profile's traits stay under 2 MB, which bounds what every later event of theirs loads.
+MAX_TRAIT_BYTES = 2_048
+# The longest trait name kept, in characters (each name is two fields of the profile hash); a longer
+# one is left out and counted the same way.
+MAX_TRAIT_NAME = 200
 
 # Both scripts start by refusing a merged (m) or erased (x) profile, and end by applying the
 # account's retention (``dropped`` counts what it removed) and bumping the profile's revision.
@@ -711,6 +718,9 @@ class Prepared:
     order: str
     code: str
     traits: list[tuple[str, str]] = field(default_factory=list)
+    oversized: int = (
+        0  # traits left out: their JSON is longer than MAX_TRAIT_BYTES, or their name than MAX_TRAIT_NAME
+    )
 
     def args(self) -> list[bytes | str | int]:
         out: list[bytes | str | int] = [self.member, self.order, self.code, len(self.traits)]
@@ -731,10 +741,15 @@ def prepare(
     member = encode_member(ms, event_id, code, properties, codes) if properties is not None else b""
     if len(member) > MAX_ENTRY_BYTES:
         raise ValueError(f"properties over {MAX_ENTRY_BYTES} bytes")
-    encoded = [
-        (name, json.dumps(value, separators=(",", ":"), default=str)) for name, value in traits.items()
-    ]
-    return Prepared(member, order_key(occurred_at, event_id), code, sorted(encoded))
+    encoded = []
+    oversized = 0
+    for name, value in traits.items():
+        text = json.dumps(value, separators=(",", ":"), default=str)
+        if len(text) > MAX_TRAIT_BYTES or len(name) > MAX_TRAIT_NAME:
+            oversized += 1
+        else:
+            encoded.append((name, text))
+    return Prepared(member, order_key(occurred_at, event_id), code, sorted(encoded), oversized)
 
 
 CODES_TRIES = 3  # reads of a names dictionary replaced while being read (the store wiped)

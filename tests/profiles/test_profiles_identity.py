@@ -270,3 +270,133 @@ def test_a_new_email_is_not_attached_to_a_customer_through_their_device(
     carol = _profile(redis_client, "email", "carol@example.com")
     assert carol.identities == {"anonymous_id": ("visitor",), "email": ("carol@example.com",)}
     assert [e.name for e in carol.events] == ["product_viewed"]
+
+
+def test_the_public_write_key_never_joins_two_customers_who_each_have_an_email(
+    redis_client, accounts
+) -> None:
+    """``identify(userId: X, email: alice)`` then ``(X, email: bob)`` through the tracking API (whose
+    write key is public): alice's and bob's profiles stay apart; the same two calls from a signed
+    sender merge them, as on Segment."""
+    from dataclasses import replace
+
+    from connector.event import PUBLIC_SOURCES
+    from connector.ingest import tracking
+
+    assert tracking.SOURCE in PUBLIC_SOURCES
+
+    def public(event):  # type: ignore[no-untyped-def]
+        return replace(event, source=tracking.SOURCE)
+
+    orders = [
+        ev(
+            "o1",
+            "order_completed",
+            at=0,
+            props={"revenue": 500.0},
+            email="alice@example.com",
+            anonymous_id="da",
+        ),
+        ev(
+            "o2",
+            "order_completed",
+            at=1,
+            props={"revenue": 500.0},
+            email="bob@example.com",
+            anonymous_id="db",
+        ),
+    ]
+    apply(redis_client, accounts, *orders)
+    alice, bob = (lookup(redis_client, "acme", "email", f"{n}@example.com") for n in ("alice", "bob"))
+    claim = ev("x1", "identify", type="identify", at=2, user_id="evil-1", email="alice@example.com")
+    second = ev("x2", "identify", type="identify", at=3, user_id="evil-1", email="bob@example.com")
+    outcome = apply(redis_client, accounts, public(claim), public(second))
+    assert outcome.rejected == 0
+    assert lookup(redis_client, "acme", "email", "bob@example.com") == bob != alice
+    assert lookup(redis_client, "acme", "user_id", "evil-1") == alice
+    assert _profile(redis_client, "email", "bob@example.com").identities["email"] == ("bob@example.com",)
+    assert [e.name for e in _profile(redis_client, "email", "bob@example.com").events] == ["order_completed"]
+    [entry] = [fields for _, fields in redis_client.xrange(keys.conflicts_key("acme"))]
+    assert {entry[b"profile"].decode(), entry[b"other"].decode()} == {alice, bob}
+
+    # a new visitor logging in through the same API still joins the customer's profile
+    apply(redis_client, accounts, ev("e1", "order_completed", at=4, email="erin@example.com"))
+    apply(redis_client, accounts, public(ev("v1", at=4, anonymous_id="dc")))
+    login = ev(
+        "v2",
+        "identify",
+        type="identify",
+        at=5,
+        user_id="u-erin",
+        email="erin@example.com",
+        anonymous_id="dc",
+    )
+    apply(redis_client, accounts, public(login))
+    erin = lookup(redis_client, "acme", "email", "erin@example.com")
+    assert (
+        lookup(redis_client, "acme", "anonymous_id", "dc")
+        == erin
+        == lookup(redis_client, "acme", "user_id", "u-erin")
+    )
+    assert sorted(e.name for e in _profile(redis_client, "email", "erin@example.com").events) == [
+        "order_completed",
+        "product_viewed",
+    ]
+
+    # a signed sender's identify is trusted to join two known customers (bob's profile into frank's)
+    apply(redis_client, accounts, ev("f0", at=6, user_id="u-frank", email="frank@example.com"))
+    apply(
+        redis_client,
+        accounts,
+        ev("f1", "identify", type="identify", at=7, user_id="u-frank", email="bob@example.com"),
+    )
+    frank = lookup(redis_client, "acme", "user_id", "u-frank")
+    assert lookup(redis_client, "acme", "email", "bob@example.com") == frank
+    assert lookup(redis_client, "acme", "email", "frank@example.com") == frank
+
+
+def test_a_user_id_claimed_through_the_public_write_key_gives_way_to_the_customers_own(
+    redis_client, accounts
+) -> None:
+    """``identify(userId: evil, email: carol)`` through the tracking API gives carol's profile that
+    user id; carol's own order from a signed sender, with her real user id, still lands on her
+    profile (which then has her user id), not on a new one without her email."""
+    from dataclasses import replace
+
+    from connector.ingest import tracking
+
+    apply(
+        redis_client,
+        accounts,
+        ev("c1", "order_completed", at=0, props={"revenue": 700.0}, email="carol@example.com"),
+    )
+    carol = lookup(redis_client, "acme", "email", "carol@example.com")
+    claim = ev("x1", "identify", type="identify", at=1, user_id="evil-carol", email="carol@example.com")
+    apply(redis_client, accounts, replace(claim, source=tracking.SOURCE))
+    assert lookup(redis_client, "acme", "user_id", "evil-carol") == carol
+    assert redis_client.hmget(keys.profile_key("acme", carol), "uid", "uw") == [b"evil-carol", b"1"]
+
+    own = ev(
+        "c2",
+        "order_completed",
+        at=2,
+        props={"revenue": 700.0},
+        user_id="real-carol-42",
+        email="carol@example.com",
+    )
+    apply(redis_client, accounts, own)
+    assert lookup(redis_client, "acme", "user_id", "real-carol-42") == carol
+    assert redis_client.hmget(keys.profile_key("acme", carol), "uid", "uw") == [b"real-carol-42", b"0"]
+    assert [e.name for e in _profile(redis_client, "email", "carol@example.com").events] == [
+        "order_completed"
+    ] * 2
+
+    # her user id is her own now: another claim through the public key makes a profile of its own
+    again = ev("x2", "identify", type="identify", at=3, user_id="evil-2", email="carol@example.com")
+    apply(redis_client, accounts, replace(again, source=tracking.SOURCE))
+    assert lookup(redis_client, "acme", "user_id", "evil-2") not in (None, carol)
+    assert lookup(redis_client, "acme", "email", "carol@example.com") == carol
+    # and a signed sender's user id is never replaced by another signed one
+    other = ev("c3", "order_completed", at=4, user_id="someone-else", email="carol@example.com")
+    apply(redis_client, accounts, other)
+    assert redis_client.hget(keys.profile_key("acme", carol), "uid") == b"real-carol-42"
