@@ -71,6 +71,7 @@ def redact(url: str) -> str:
 
 # set by ``connector dev`` for its processes when it seeded the sample account's directory itself
 SEEDED_CONFIG_ENV = "CONNECTOR_DEV_SEEDED_CONFIG_DIR"
+EMBEDDED_REDIS_ENV = "CONNECTOR_DEV_EMBEDDED_REDIS_URL"  # the Redis `connector dev` started itself
 
 
 def config_source() -> tuple[Path, str]:
@@ -94,6 +95,8 @@ def redis_source() -> tuple[str, str]:
     Neither: a ConfigError naming REDIS_URL (no silent guess at a local Redis)."""
     explicit = os.environ.get("REDIS_URL")
     if explicit:
+        if explicit == os.environ.get(EMBEDDED_REDIS_ENV):
+            return explicit, "the embedded Redis `connector dev` started; REDIS_URL was not set"
         return explicit, "REDIS_URL"
     dev = devenv.running_dev()
     if dev is not None:

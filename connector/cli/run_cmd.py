@@ -21,7 +21,7 @@ import yaml
 from connector import runtime as process_runtime
 from connector.dev import devenv
 from connector.dev.embedded_redis import EmbeddedRedis
-from connector.settings import SEEDED_CONFIG_ENV, Settings
+from connector.settings import EMBEDDED_REDIS_ENV, SEEDED_CONFIG_ENV, Settings
 
 
 def register(cli: click.Group) -> None:
@@ -236,7 +236,7 @@ def _run_with_redis(data_dir: Path, port: int, web_workers: int, account_ids: li
     embedded: EmbeddedRedis | None = None
     if not os.environ.get("REDIS_URL"):
         embedded = EmbeddedRedis(data_dir / "redis").start()
-        os.environ["REDIS_URL"] = embedded.url
+        os.environ["REDIS_URL"] = os.environ[EMBEDDED_REDIS_ENV] = embedded.url
         click.echo(f"embedded redis: {embedded.url} (data in {data_dir / 'redis'})")
     try:
         settings = Settings.from_env()  # invalid settings stop start-up here

@@ -171,3 +171,16 @@ def test_a_malformed_redis_url_is_refused_at_start_saying_why(tmp_path: Path, ur
     assert done.returncode == 2, done.stderr
     assert reason.encode() in done.stderr
     assert b"Traceback" not in done.stderr and b"hunter2secret" not in done.stderr
+
+
+def test_the_redis_connector_dev_started_is_named_so_not_as_redis_url(
+    bare: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.settings import EMBEDDED_REDIS_ENV
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6392/0")
+    monkeypatch.setenv(EMBEDDED_REDIS_ENV, "redis://127.0.0.1:6392/0")
+    described = Settings.from_env().describe()
+    assert "(from the embedded Redis `connector dev` started; REDIS_URL was not set)" in described
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6393/0")  # set by hand: named as such
+    assert "(from REDIS_URL)" in Settings.from_env().describe()
