@@ -408,8 +408,8 @@ def _parse(account: AccountFile) -> dict[str, Destination]:
             retry_seconds=data["retry_hours"] * 3600,
             options=options,
         )
+    _check_variants(account, out)  # each mapping against its rule's variants, then against each other
     _check_holdouts(account.file, out)
-    _check_variants(account, out)
     return out
 
 
@@ -429,28 +429,64 @@ def _mapping(m: Mapping[str, Any]) -> SegmentMapping:
     )
 
 
+# (holdout percent, holdout salt, variant names): what every mapping of a segment must agree on
+_Shape = tuple[float, str, tuple[str, ...]]
+
+
+def _shape(m: SegmentMapping) -> _Shape:
+    return (m.holdout, m.holdout_salt if m.holdout else "", tuple(sorted(m.variants)))
+
+
+def _parts(shape: _Shape) -> list[str]:
+    holdout, salt, variants = shape
+    parts = [f"`holdout: {holdout:g}%`"] if holdout else []
+    parts += [f'`holdout_salt: "{salt}"`'] if salt else []
+    return parts + ([f"`variants` {', '.join(variants)}"] if variants else [])
+
+
+def _shown(shape: _Shape) -> str:
+    return ", ".join(_parts(shape)) or "no holdout or variants"
+
+
+def _wanted(want: _Shape, have: _Shape) -> str:
+    """What to write to match ``want``: its settings, and none of those ``have`` has beyond them."""
+    parts = _parts(want)
+    for value, mine, what in zip(want, have, ("holdout", "holdout_salt", "variants"), strict=True):
+        if mine and not value:
+            parts.append(f"no {what}")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def _check_holdouts(file: str, out: Mapping[str, Destination]) -> None:
-    """A segment's holdout and variants are the account's, not one destination's: every destination
-    that maps the segment with a holdout or variants states the same ones."""
-    seen: dict[str, tuple[str, tuple[float, str, tuple[str, ...]]]] = {}
+    """A segment's holdout and variants are the account's, not one destination's: once one
+    destination maps a segment with a holdout or variants, every destination that maps it (webhook
+    and disabled ones included) states the same ones. A mapping without them would push the control
+    group (or every arm alike) there: the holdout would hold nobody out."""
+    first: dict[str, tuple[str, _Shape]] = {}
     for name, dest in out.items():
         for seg, m in dest.segments.items():
-            if not m.holdout and not m.variants:
+            if (m.holdout or m.variants) and seg not in first:
+                first[seg] = (name, _shape(m))
+    for name, dest in out.items():
+        for seg, m in dest.segments.items():
+            if seg not in first or _shape(m) == first[seg][1]:
                 continue
-            shape = (m.holdout, m.holdout_salt, tuple(sorted(m.variants)))
-            first = seen.setdefault(seg, (name, shape))
-            if first[1] != shape:
-                raise ConfigError(
-                    f"holdout and variants of `{seg}` differ from those of destination {first[0]!r}: "
-                    "a segment has one control group and one set of variants",
-                    file=file,
-                    path=f"destinations.{name}.segments.{seg}",
-                )
+            other, want = first[seg]
+            there = f"`destinations.{other}.segments.{seg}`"
+            raise ConfigError(
+                f"`{seg}` has {_shown(want)} in {there} and {_shown(_shape(m))} here: write the same "
+                f"{_wanted(want, _shape(m))} as {there} (a segment has one control group and one set of "
+                "variants, stated by every destination that maps it: otherwise this destination reaches "
+                "the control group too, or every variant alike)",
+                file=file,
+                path=f"destinations.{name}.segments.{seg}",
+            )
 
 
 def _check_variants(account: Any, out: Mapping[str, Destination]) -> None:
     """A segment whose rules declare ``n`` variants (``within: [24h, 48h]``) is mapped with the
-    variants ``a`` .. the ``n``-th name, or with none (every variant gets the segment's tags)."""
+    variants ``a`` .. the ``n``-th name, or with none (every variant gets the segment's tags); the
+    same on every destination that maps it (:func:`_check_holdouts`)."""
     ruleset = getattr(account, "ruleset", None)
     by_name = getattr(ruleset, "by_name", {}) or {}
     for name, dest in out.items():

@@ -3,7 +3,8 @@
 Beyond loading every file (the start-up check), it reports as errors a destination whose API-key
 variable is unset (at run time that only pauses the destination), and as warnings the event names
 rules read that the account has never received (the names seen are kept in Redis, ``names:<account>``)
-and no built-in template uses, with the closest seen name.
+and no built-in template uses, with the closest seen name; ``trait:`` names close to a computed trait
+they are not, and destination ``fields:`` keys that are no computed trait (:mod:`connector.trait_names`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import click
 import redis
 
-from connector import event_names, redis_conn
+from connector import event_names, redis_conn, trait_names
 from connector.config import Account, Accounts, load_account_file
 from connector.destinations import destinations
 from connector.errors import ConfigError, env_name_shown
@@ -47,6 +48,16 @@ def event_warnings(account: Account, seen: Iterable[str]) -> list[str]:
         f"{account.file}: {path}: {message}"
         for path, message in event_names.warnings(account.rules, account.id, seen)
     ]
+
+
+def trait_warnings(account: Account) -> list[str]:
+    """``trait:`` names that look like a computed trait they are not, and ``fields:`` keys that are
+    no computed trait (connector.trait_names)."""
+    computed = account.ruleset.trait_names
+    found = trait_names.warnings(account.rules, account.id, computed)
+    if account.ruleset.segment_names or computed:  # a file without rules is not checked against them
+        found += trait_names.field_warnings(destinations(account), account.id, computed)
+    return [f"{account.file}: {path}: {message}" for path, message in found]
 
 
 def _redis() -> tuple[redis.Redis | None, str]:
@@ -80,6 +91,12 @@ def _warn_event_names(accounts: list[Account]) -> None:
             click.echo(f"WARNING {warning}", err=True)
 
 
+def _warn_trait_names(accounts: list[Account]) -> None:
+    for account in accounts:
+        for warning in trait_warnings(account):
+            click.echo(f"WARNING {warning}", err=True)
+
+
 @config.command("validate")
 @click.argument("directory", type=click.Path(path_type=Path), required=False)
 def validate(directory: Path | None) -> None:
@@ -104,6 +121,7 @@ def validate(directory: Path | None) -> None:
     for account in accounts:
         errors.extend(_unset_keys(account))
     _warn_event_names(accounts)
+    _warn_trait_names(accounts)
     for error in errors:
         click.echo(f"invalid: {error}", err=True)
     for account in accounts:

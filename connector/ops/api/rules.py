@@ -18,7 +18,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from connector import clock, event_names, rules_store
+from connector import clock, event_names, rules_store, trait_names
 from connector.config import Account
 from connector.ops import audit
 from connector.ops.api import auth, errors
@@ -108,7 +108,8 @@ class ValidationSchema(Schema):
         required=True,
         metadata={
             "description": "valid rules on an event the account never received and no template uses "
-            "(a likely typo, or a Segment spec name stored under another one)"
+            "(a likely typo, or a Segment spec name stored under another one), and `trait:` names "
+            "close to a computed trait of the rules that they are not (a likely typo)"
         },
     )
 
@@ -318,7 +319,7 @@ class Validate(MethodView):
             "reason": None,
             "segments": list(ruleset.segment_names),
             "traits": list(ruleset.trait_names),
-            "warnings": _event_warnings(account, raw),
+            "warnings": _event_warnings(account, raw) + _trait_warnings(account, raw, ruleset),
         }
 
 
@@ -329,6 +330,14 @@ def _event_warnings(account: Account, raw: Any) -> list[dict[str, str]]:
         return []  # the names seen are out of reach: no warning rather than every name warned
     return [
         {"path": path, "message": message} for path, message in event_names.warnings(raw, account.id, seen)
+    ]
+
+
+def _trait_warnings(account: Account, raw: Any, ruleset: RuleSet) -> list[dict[str, str]]:
+    """``trait:`` names close to a computed trait of these rules that they are not."""
+    return [
+        {"path": path, "message": message}
+        for path, message in trait_names.warnings(raw, account.id, ruleset.trait_names)
     ]
 
 
