@@ -82,26 +82,39 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def metrics(cal: Summary, hold: Holdout, holdout_days: float) -> dict[str, Any]:
-    fitted = train.fit(cal)
-    scores = train.score(fitted, cal)
-    churned = hold.orders == 0
-    expected = fitted.bgnbd.expected_purchases(holdout_days, cal.x, cal.t_x, cal.T)
-    predicted_value = expected * scores.spend
-    baseline_value = cal.total / np.maximum(cal.T, 1.0) * holdout_days
-    ordered = ~np.isnan(hold.first_after)
-    date_error = np.abs(hold.first_after[ordered] - scores.next_order[ordered]) / DAY
+def metrics(
+    cal: Summary,
+    hold: Holdout,
+    holdout_days: float,
+    fitted: train.Fitted | None = None,
+    scores: train.Scores | None = None,
+) -> dict[str, Any]:
+    """The measures over the calibration customers with a prediction (``scored``: the others, whose
+    values are not finite, would get none from a training either)."""
+    fitted = fitted or train.fit(cal)
+    scores = scores or train.score(fitted, cal)
+    keep = scores.scored
+    x, t_x, T = cal.x[keep], cal.t_x[keep], cal.T[keep]
+    churned = hold.orders[keep] == 0
+    revenue = hold.revenue[keep]
+    expected = fitted.bgnbd.expected_purchases(holdout_days, x, t_x, T)
+    predicted_value = expected * scores.spend[keep]
+    baseline_value = cal.total[keep] / np.maximum(T, 1.0) * holdout_days
+    first_after = hold.first_after[keep]
+    ordered = ~np.isnan(first_after)
+    date_error = np.abs(first_after[ordered] - scores.next_order[keep][ordered]) / DAY
     return {
         "params": fitted.params(),
+        "scored": int(keep.sum()),
         "churn_rate": round(float(churned.mean()), 4),
-        "churn_auc": _round(models.auc(1.0 - scores.p_active, churned)),
+        "churn_auc": _round(models.auc(1.0 - scores.p_active[keep], churned)),
         "churn_auc_no_order_probability": _round(
-            models.auc(fitted.bgnbd.p_no_purchase(holdout_days, cal.x, cal.t_x, cal.T), churned)
+            models.auc(fitted.bgnbd.p_no_purchase(holdout_days, x, t_x, T), churned)
         ),
-        "churn_auc_baseline_days_since_last_order": _round(models.auc(cal.recency_days, churned)),
-        "value_mae": round(float(np.abs(predicted_value - hold.revenue).mean()), 2),
-        "value_mae_baseline_average_spend": round(float(np.abs(baseline_value - hold.revenue).mean()), 2),
-        "value_deciles": _deciles(predicted_value, hold.revenue),
+        "churn_auc_baseline_days_since_last_order": _round(models.auc(cal.recency_days[keep], churned)),
+        "value_mae": round(float(np.abs(predicted_value - revenue).mean()), 2),
+        "value_mae_baseline_average_spend": round(float(np.abs(baseline_value - revenue).mean()), 2),
+        "value_deciles": _deciles(predicted_value, revenue),
         "next_order_customers": int(ordered.sum()),
         "next_order_error_days_median": round(float(np.median(date_error)), 1) if len(date_error) else None,
         "next_order_error_days_mean": round(float(date_error.mean()), 1) if len(date_error) else None,
@@ -120,6 +133,13 @@ def report(
     cal = hold.calibration
     out = Report(account, cutoff, holdout_days, len(cal))
     out.missing = (minimum or train.Minimum()).missing(cal, cutoff.timestamp())
-    if not out.missing:
-        out.metrics = metrics(cal, hold, holdout_days)
+    if out.missing:
+        return out
+    fitted = train.fit(cal)
+    scores = train.score(fitted, cal)
+    refused = train.refusal(fitted, cal, scores)
+    if refused is not None:  # a training would refuse this fit too
+        out.missing = [refused]
+        return out
+    out.metrics = metrics(cal, hold, holdout_days, fitted, scores)
     return out

@@ -1,13 +1,14 @@
 """From stored profiles to the models' inputs: each customer's orders summarised at a cutoff.
 
-An order is an ``order_completed`` event; its value is the numeric ``revenue`` property (absent or not
-a number: the order counts, with value 0). Orders on the same UTC calendar day are one purchase (their
-values added), as in the published BG/NBD applications: a split shipment is not a repeat purchase.
-Times are in days.
+An order is an ``order_completed`` event; its value is the numeric ``revenue`` property (absent, not
+a number, or not finite: the order counts, with value 0). Orders on the same UTC calendar day are one
+purchase (their values added), as in the published BG/NBD applications: a split shipment is not a
+repeat purchase. Times are in days.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +46,7 @@ class Summary:
 
 def _value(properties: object) -> float:
     value = properties.get(VALUE_PROPERTY) if isinstance(properties, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return 0.0
     return float(value)
 

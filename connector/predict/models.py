@@ -224,17 +224,27 @@ def rfm(recency_days: Array, orders: Array, monetary: Array) -> list[str]:
 
 def top_share(values: Array) -> Array:
     """Each value's position from the top as a share of the population: (1 + number of strictly larger
-    values) / n, so the largest has 1/n and ties share the better position. ``top: 10%`` is share <= 0.1."""
-    n = len(values)
+    values) / n, so the largest has 1/n and ties share the better position. ``top: 10%`` is share <= 0.1.
+
+    Only finite values are ranked, and n counts only them: a NaN or infinite value is no prediction, so
+    it gets NaN (no rank) and takes no position from the others."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full(len(values), np.nan)
+    finite = np.isfinite(values)
+    n = int(finite.sum())
     if n == 0:
-        return np.zeros(0)
-    ordered = np.sort(values)
-    larger = n - np.searchsorted(ordered, values, side="right")
-    return np.asarray((larger + 1) / n, dtype=np.float64)
+        return out
+    ordered = np.sort(values[finite])
+    larger = n - np.searchsorted(ordered, values[finite], side="right")
+    out[finite] = (larger + 1) / n
+    return out
 
 
 def auc(scores: Array, labels: NDArray[np.bool_]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); None with one class only."""
+    """Area under the ROC curve (Mann-Whitney, ties counted half) over the finite scores; None with one
+    class only."""
+    finite = np.isfinite(scores)
+    scores, labels = scores[finite], labels[finite]
     positives = int(labels.sum())
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:

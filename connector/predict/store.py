@@ -1,6 +1,8 @@
 """Predicted traits in Redis (profile Redis), one compact value per profile.
 
-  ``pred:{acct}:v``     hash: profile id -> packed record (:data:`RECORD`, 64 bytes) of one training
+  ``pred:{acct}:v``     hash: profile id -> packed record (:data:`RECORD`, 64 bytes) of one training, for
+                        each customer with a finite prediction (a record with a value that is not finite
+                        reads as none: :attr:`Record.usable`)
   ``pred:{acct}:meta``  hash: ``current`` -> generation; ``g:<n>`` -> JSON of that training (model
                         version, parameters, trained_at, counts); ``g:<n>`` of older trainings are kept
                         only while a record can still name them (the whole hash is swapped per training)
@@ -14,6 +16,7 @@ the previous training's records or the new one's, never a mix.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -101,6 +104,13 @@ class Record:
             (f[13], f[14], f[15], f[16]),
         )
 
+    @property
+    def usable(self) -> bool:
+        """Every value finite: a record with a NaN or infinite value (written before such fits were
+        refused) is no prediction."""
+        values = (self.p_active, self.expected_orders_90d, self.expected_order_value, self.predicted_clv)
+        return all(math.isfinite(v) for v in (*values, *self.shares))
+
     def traits(self) -> dict[str, Any]:
         """The computed traits rules see (names under ``predicted.``)."""
         out: dict[str, Any] = {
@@ -169,4 +179,5 @@ def records(conn: redis.Redis, account: str, profile_ids: Sequence[str]) -> dict
     if not profile_ids:
         return {}
     raws = conn.hmget(values_key(account), list(profile_ids))
-    return {pid: Record.unpack(raw) for pid, raw in zip(profile_ids, raws, strict=True) if raw is not None}
+    found = ((pid, Record.unpack(raw)) for pid, raw in zip(profile_ids, raws, strict=True) if raw is not None)
+    return {pid: record for pid, record in found if record.usable}
