@@ -6,6 +6,10 @@ of the whole token is stored, in the queue Redis hash ``api:tokens`` (field = id
 ``{id, sha256, role, accounts, created_at, expires_at, note}``). Checking a token is one HGET and
 a constant-time comparison. Revoking deletes the field.
 
+The console keeps no token: its session holds the token's id and stored digest, and the API acts
+for the token by them (:func:`by_id`), which answers as :func:`authenticate` does for the token
+itself: None once it is revoked or expired.
+
 Roles, each including the one before: ``viewer`` reads; ``editor`` also replays and discards dead
 letters; ``admin`` also erases people and manages tokens. ``accounts`` is a list of account ids,
 or ``["*"]``: every account, now and later (admin tokens only).
@@ -62,8 +66,11 @@ class Token:
     def allows(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
 
+    def expires(self) -> datetime:
+        return datetime.fromisoformat(self.expires_at.replace("Z", "+00:00"))
+
     def expired(self, now: datetime) -> bool:
-        return datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")) <= now
+        return self.expires() <= now
 
     def public(self) -> dict[str, object]:
         """What lists and the audit log show: everything but the secret (which is not kept)."""
@@ -83,7 +90,8 @@ def parse_expiry(text: str) -> timedelta:
     return span
 
 
-def _digest(token: str) -> str:
+def sha256(token: str) -> str:
+    """The digest a token is stored by (hex SHA-256 of the whole ``sc_...`` text)."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -113,7 +121,7 @@ def create(
     token_id = secrets.token_hex(6)
     secret = f"{PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     token = Token(token_id, role, chosen, isoformat(now), isoformat(now + expires_in), note[:200])
-    record = {**token.public(), "sha256": _digest(secret)}
+    record = {**token.public(), "sha256": sha256(secret)}
     if not conn.hsetnx(TOKENS_KEY, token_id, json.dumps(record)):
         raise TokenError("token id clash; try again")
     return token, secret
@@ -146,7 +154,20 @@ def authenticate(conn: redis.Redis, presented: str, now: datetime) -> Token | No
     if raw is None:
         return None
     token, digest = _load(raw)
-    if not hmac.compare_digest(digest, _digest(presented)) or token.expired(now):
+    if not hmac.compare_digest(digest, sha256(presented)) or token.expired(now):
+        return None
+    return token
+
+
+def by_id(conn: redis.Redis, token_id: str, digest: str, now: datetime) -> Token | None:
+    """The live token stored under ``token_id`` with ``digest`` (its :func:`sha256`), or None
+    (revoked, expired, or the id now names another token): how the console's session acts for the
+    token it logged in with without keeping it."""
+    raw = conn.hget(TOKENS_KEY, token_id)
+    if raw is None:
+        return None
+    token, stored = _load(raw)
+    if not hmac.compare_digest(stored, digest) or token.expired(now):
         return None
     return token
 

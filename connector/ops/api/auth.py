@@ -4,12 +4,20 @@ Every operation goes through :func:`access`: the token (``Authorization: Bearer 
 live (401 otherwise); an account in the path must be one the token covers and one that exists
 (404 otherwise, the same answer either way: another account's data is not confirmed to exist);
 the token's role must allow the operation (403).
+
+The console's in-process calls (``connector/ops/console/client.py``) send no token: its session
+keeps none. They carry :class:`ActingFor` in the WSGI environ (``ACTING_FOR``), the id and stored
+digest of the token the session logged in with, and are answered as that token's own requests
+would be (401 once it is revoked or expired). The environ of a request from the network holds
+only what the server puts there and ``HTTP_*`` headers, and this value is an object, never text:
+no client can send it.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app, g, request
@@ -29,6 +37,15 @@ DESCRIPTIONS = {
     404: "Not found, or not in the token's accounts.",
     503: "The state store (Redis) is out of reach.",
 }
+ACTING_FOR = "connector.api.acting_for"
+
+
+@dataclass(frozen=True)
+class ActingFor:
+    """The token an in-process call acts for: its id and :func:`tokens.sha256`, never the token."""
+
+    token_id: str
+    token_sha256: str
 
 
 def runtime() -> Runtime:
@@ -42,11 +59,15 @@ def token() -> tokens.Token:
 
 
 def _authenticate() -> tokens.Token:
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        errors.fail(401, "send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
-    found = tokens.authenticate(runtime().queue_redis, presented.strip(), clock.now())
+    acting = request.environ.get(ACTING_FOR)
+    if isinstance(acting, ActingFor):
+        found = tokens.by_id(runtime().queue_redis, acting.token_id, acting.token_sha256, clock.now())
+    else:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            errors.fail(401, "send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+        found = tokens.authenticate(runtime().queue_redis, presented.strip(), clock.now())
     if found is None:
         errors.fail(
             401,

@@ -1,8 +1,9 @@
 """The web console, ``/console``: server-rendered pages over the admin API (docs/console.md).
 
-Log in with an API token; the console keeps it in a signed, HttpOnly session cookie and makes
-every read and every change as an in-process call to ``/api/v1`` with that token, so roles,
-account scope and the audit log are the API's own. Every form carries a CSRF token.
+Log in with an API token; the console keeps the session in the queue Redis (the HttpOnly cookie
+holds only a random session id, never the token) and makes every read and every change as an
+in-process call to ``/api/v1`` acting for that token, so roles, account scope and the audit log are
+the API's own. Every form carries a CSRF token.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The console's calls to the admin API: in-process WSGI requests with the session's token.
+"""The console's calls to the admin API: in-process WSGI requests acting for the session's token.
 
 The console never reads Redis for what the API serves: each page asks ``/api/v1`` as any client
-would, so role checks, account scope and the audit log are the API's.
+would, so role checks, account scope and the audit log are the API's. The session keeps no token,
+so a call carries the token's id and digest in its WSGI environ (:class:`auth.ActingFor`), which
+the API checks as it checks a bearer token (revoked or expired: 401).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 
 from flask import Response, current_app, g
 from werkzeug.test import EnvironBuilder
+
+from connector.ops.api.auth import ACTING_FOR, ActingFor
 
 
 class ApiError(Exception):
@@ -30,12 +34,12 @@ def call(method: str, path: str, query: dict[str, Any] | None = None, body: Any 
         method=method,
         query_string=params,
         json=body,
-        headers=[("Authorization", f"Bearer {g.console['token']}")],
     )
     try:
         environ = builder.get_environ()
     finally:
         builder.close()
+    environ[ACTING_FOR] = ActingFor(g.console.token_id, g.console.token_sha256)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     response = Response.from_app(app.wsgi_app, environ)
     data = json.loads(response.get_data() or b"null")

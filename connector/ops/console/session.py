@@ -1,101 +1,107 @@
-"""The console's session: a signed cookie holding the API token and a CSRF token.
+"""The console's session: a random id in the cookie, everything else in the queue Redis.
 
-The signing key is 32 random bytes kept in the queue Redis (``console:key``, created on first use),
-so every web process signs alike and deleting the key logs everyone out. The cookie is HttpOnly,
-SameSite=Lax, Secure on HTTPS, scoped to ``/console`` and lives 12 hours; the token inside it is
-checked by the API on every call, so a revoked or expired token ends the session at once.
+The cookie (``sc_console``: HttpOnly, SameSite=Lax, Secure on HTTPS, scoped to ``/console``) holds
+only the session id, 32 random bytes (URL-safe base64): no API token, no token id, nothing the API
+takes. What the session needs is kept server-side, under ``console:session:<digest>`` (the SHA-256
+of the id, so Redis holds no value a cookie could be made from): the id of the API token it logged
+in with and that token's stored digest (the API acts for the token by them, never by the token:
+``connector/ops/api/auth.py``), the session's CSRF token and when it ends.
 
-Logging out ends the session on the server too, so that a copy of the cookie is refused from then
-on: the session is recorded as ended (``console:ended:<digest>``, the SHA-256 of the session's own
-random value, never the value) until its cookie would have expired anyway.
+A session ends 12 hours after login, or when its token expires if that comes first (the record's
+``expires_at`` on the product's clock, and its TTL); when its token is revoked or expired (checked
+on every request, as the API checks it on every call); and at logout, which deletes the record, so
+the cookie and any copy of it open nothing from then on. A cookie that names no live record is
+answered as no cookie at all, and removed from the browser.
 
-CSRF: every POST form carries the session's CSRF token (``csrf`` field), compared in constant time.
-The login form, which has no session yet, uses a double-submit cookie (``sc_console_login``).
+CSRF: every POST form carries the session's CSRF token (``csrf`` field; 32 random bytes kept in the
+record, so it is bound to the session), compared in constant time. The login form, which has no
+session yet, uses a double-submit cookie (``sc_console_login``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import math
+import re
 import secrets
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import redis
-from flask import abort, current_app, g, request
-from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
+from flask import abort, g, request
 from werkzeug.wrappers import Response
 
 from connector import clock
+from connector.ops import tokens
 
-KEY = "console:key"
-ENDED_PREFIX = "console:ended:"  # + the SHA-256 of an ended session's random value
+RECORD_PREFIX = "console:session:"  # + the SHA-256 of the session id
 COOKIE = "sc_console"
 LOGIN_COOKIE = "sc_console_login"
 MAX_AGE_SECONDS = 12 * 3600
 PATH = "/console"
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 
-def _key(conn: redis.Redis) -> bytes:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    cached: bytes | None = app.extensions.get("connector.console.key")
-    if cached is None:
-        conn.set(KEY, secrets.token_hex(32), nx=True)
-        raw = conn.get(KEY)
-        cached = raw if isinstance(raw, bytes) else str(raw).encode()
-        app.extensions["connector.console.key"] = cached
-    return cached
+@dataclass(frozen=True)
+class Session:
+    """The server-side record of one console session."""
+
+    token_id: str
+    token_sha256: str
+    csrf: str
+    expires_at: str
+
+    def ended(self, now: datetime) -> bool:
+        return datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")) <= now
 
 
-class _Signer(TimestampSigner):
-    """Signs and ages cookies on the product's clock (:mod:`connector.clock`), not the OS's."""
-
-    def get_timestamp(self) -> int:
-        return int(clock.now().timestamp())
+def record_key(session_id: str) -> str:
+    """Where the session ``session_id`` is kept: by its digest, never the id itself."""
+    return RECORD_PREFIX + hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def _serializer(conn: redis.Redis) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(_key(conn), salt="connector-console", signer=_Signer)
+def _cookie_key() -> str | None:
+    """The record key of this request's session cookie; None without one of the session id's form
+    (a cookie of an earlier format included)."""
+    raw = request.cookies.get(COOKIE, "")
+    return record_key(raw) if _SESSION_ID.fullmatch(raw) else None
 
 
-def _read(conn: redis.Redis) -> tuple[dict[str, Any], int] | None:
-    """The session this request's cookie holds, signed and not expired, with when it was signed."""
-    raw = request.cookies.get(COOKIE)
-    if not raw:
-        return None
+def _parse(raw: bytes | str) -> Session | None:
     try:
-        data, signed_at = _serializer(conn).loads(raw, max_age=MAX_AGE_SECONDS, return_timestamp=True)
-    except BadSignature:
+        data = json.loads(raw)
+        found = Session(data["token_id"], data["token_sha256"], data["csrf"], data["expires_at"])
+    except (ValueError, TypeError, KeyError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("csrf"), str) or "token" not in data:
+    return found if all(isinstance(v, str) for v in vars(found).values()) else None
+
+
+def load(conn: redis.Redis, now: datetime) -> tuple[Session, tokens.Token] | None:
+    """This request's session and the live token it acts for, or None: no session, an ended one,
+    or one whose token was revoked or expired (its record is deleted then)."""
+    key = _cookie_key()
+    if key is None:
         return None
-    return data, int(signed_at.timestamp())
-
-
-def _ended_key(data: dict[str, Any]) -> str:
-    """Where an ended session is recorded: by a digest of its CSRF token, the random value made for
-    that session alone and signed into its cookie (a cookie's text may vary where its signature's
-    base64 does not, the signed value cannot)."""
-    return ENDED_PREFIX + hashlib.sha256(data["csrf"].encode()).hexdigest()
-
-
-def load(conn: redis.Redis) -> dict[str, Any] | None:
-    """The session of this request (``{"token", "csrf"}``), or None (none, or one that has ended)."""
-    found = _read(conn)
-    if found is None or conn.exists(_ended_key(found[0])):
+    raw = conn.get(key)
+    found = _parse(raw) if raw is not None else None
+    token = None
+    if found is not None and not found.ended(now):
+        token = tokens.by_id(conn, found.token_id, found.token_sha256, now)
+    if found is None or token is None:
+        if raw is not None:
+            conn.delete(key)
         return None
-    return found[0]
+    return found, token
 
 
 def close(conn: redis.Redis) -> None:
-    """Record this request's session as ended, until its cookie would have expired: its cookie, or
-    any copy of it, is refused from now on."""
-    found = _read(conn)
-    if found is None:
-        return
-    data, signed_at = found
-    # the signature's clock: a cookie is taken while at most MAX_AGE_SECONDS old, whole seconds
-    remaining = signed_at + MAX_AGE_SECONDS + 1 - int(clock.now().timestamp())
-    conn.set(_ended_key(data), "1", ex=max(1, remaining))
+    """End this request's session: its record is deleted, so its cookie, or any copy of it, opens
+    nothing from now on."""
+    key = _cookie_key()
+    if key is not None:
+        conn.delete(key)
 
 
 def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
@@ -110,9 +116,16 @@ def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
     )
 
 
-def start(conn: redis.Redis, response: Response, token: str) -> None:
-    data = {"token": token, "csrf": secrets.token_urlsafe(24)}
-    _cookie(response, COOKIE, _serializer(conn).dumps(data), MAX_AGE_SECONDS)
+def start(conn: redis.Redis, response: Response, presented: str, token: tokens.Token, now: datetime) -> None:
+    """A new session for ``token`` (``presented`` is the token as typed, already authenticated: only
+    its digest is kept). A session the browser held before ends: a login replaces it."""
+    close(conn)
+    ends = min(now + timedelta(seconds=MAX_AGE_SECONDS), token.expires())
+    lifetime = max(1, math.ceil((ends - now).total_seconds()))
+    record = Session(token.id, tokens.sha256(presented), secrets.token_urlsafe(32), clock.isoformat(ends))
+    session_id = secrets.token_urlsafe(32)
+    conn.set(record_key(session_id), json.dumps(vars(record)), ex=lifetime)
+    _cookie(response, COOKIE, session_id, lifetime)
     response.delete_cookie(LOGIN_COOKIE, path=PATH)
 
 
@@ -130,11 +143,11 @@ def login_csrf(response: Response) -> str:
 def check_login_csrf() -> None:
     cookie = request.cookies.get(LOGIN_COOKIE, "")
     sent = request.form.get("csrf", "")
-    if not cookie or not hmac.compare_digest(cookie, sent):
+    if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
         abort(400, "the login form expired: reload the page and try again")
 
 
 def check_csrf() -> None:
-    expected = g.console["csrf"]
-    if not hmac.compare_digest(expected, request.form.get("csrf", "")):
+    expected: str = g.console.csrf
+    if not hmac.compare_digest(expected.encode(), request.form.get("csrf", "").encode()):
         abort(400, "this form is stale or did not come from the console (CSRF check failed)")

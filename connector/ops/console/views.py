@@ -70,12 +70,13 @@ def runtime() -> Runtime:
 def _session() -> BaseResponse | None:
     if request.endpoint in ("console.login", "console.static"):
         return None
-    conn = runtime().queue_redis
-    data = session.load(conn)
-    token = tokens.authenticate(conn, data["token"], clock.now()) if data else None
-    if data is None or token is None:
-        return redirect(url_for("console.login", next=request.full_path.rstrip("?")))
-    g.console, g.console_token = data, token
+    found = session.load(runtime().queue_redis, clock.now())
+    if found is None:
+        response = redirect(url_for("console.login", next=request.full_path.rstrip("?")))
+        if session.COOKIE in request.cookies:
+            session.end(response)  # ended, or of an earlier format: nothing to keep
+        return response
+    g.console, g.console_token = found
     if request.method == "POST":
         session.check_csrf()
     return None
@@ -91,7 +92,8 @@ def _headers(response: Response) -> Response:
 
 @bp.errorhandler(ApiError)
 def _api_error(err: ApiError) -> Any:
-    if err.status == 401:
+    if err.status == 401:  # the token was revoked or expired since the page began
+        session.close(runtime().queue_redis)
         response = redirect(url_for("console.login"))
         session.end(response)
         return response
@@ -150,7 +152,7 @@ def render(template: str, **values: Any) -> str:
     return render_template(
         f"console/{template}",
         token=token,
-        csrf=g.console["csrf"] if token else None,
+        csrf=g.console.csrf if token else None,
         may_edit=bool(token and token.allows("editor")),
         may_erase=bool(token and token.allows("admin")),
         **values,
@@ -188,9 +190,11 @@ def login() -> Any:
         session.check_login_csrf()
         presented = request.form.get("token", "").strip()
         conn = runtime().queue_redis
-        if tokens.authenticate(conn, presented, clock.now()) is not None:
+        now = clock.now()
+        token = tokens.authenticate(conn, presented, now)
+        if token is not None:
             response = redirect(_safe_next(request.form.get("next")))
-            session.start(conn, response, presented)
+            session.start(conn, response, presented, token, now)
             return response
         error, status = "That token is not valid (unknown, revoked or expired).", 401
     response = make_response("", status)

@@ -142,6 +142,9 @@ def test_a_walk_through_the_console(
     timeline = page.inner_text("#timeline")
     assert "order_completed" in timeline and "entered vip" in timeline
     assert "In vip" in page.inner_text("ul.explain")
+    # each condition on its own line, indented under the one it belongs to
+    assert page.locator("ul.explain ul.reasons li.d0").count() >= 3
+    assert page.locator("ul.explain ul.reasons li.d1").count() >= 1
     shot(page, "person", tmp_path)
 
     # live events: deliveries are recorded while the page is open; a refused one shows its reason
@@ -308,3 +311,39 @@ def test_past_the_deliveries_shown_a_second_the_live_page_shows_a_counted_row(
     assert 2 <= shown <= 4
     page.select_option("#f-outcome", "")
     shot(page, "live-counted", tmp_path)
+
+
+def test_a_worker_line_that_comes_before_its_delivery_goes_under_it_and_rows_keep_their_time_order(
+    page: Any, server: str, mint: Mint, redis_client: redis.Redis
+) -> None:
+    from connector import livefeed
+
+    log_in(page, server, mint("viewer", "acme"))
+    page.click("text=Live events")
+    page.wait_for_function("document.getElementById('live-state').textContent === 'live'")
+    landed = {
+        "kind": "landed", "at": "2026-12-03T20:00:00.700000Z", "sender": "segment", "outcome": "landed",
+        "profiles": [{"profile": "p-early", "sender": "segment", "events": ["ev-1"], "event_count": 1,
+                      "entered": ["vip"], "exited": [], "traits": {}}],
+        "profile_count": 1,
+    }  # fmt: skip
+
+    def delivery(at: str, event_id: str, outcome: str = "accepted") -> dict[str, Any]:
+        return {
+            "at": at, "sender": "segment", "outcome": outcome, "accepted": 1, "duplicates": 0,
+            "events": [{"id": event_id, "name": "order_completed", "identities": {}}], "event_count": 1,
+        }  # fmt: skip
+
+    # the worker wrote first; the three in one transaction, so the page reads them in one answer
+    # whatever the machine's load (a line still waiting past WAIT_MS gets a row of its own)
+    with redis_client.pipeline(transaction=True) as pipe:
+        for entry in (landed, delivery("2026-12-03T20:00:00.525000Z", "ev-2")):
+            livefeed.write(pipe, "acme", entry)  # type: ignore[arg-type]
+        livefeed.write(pipe, "acme", delivery("2026-12-03T20:00:00.452000Z", "ev-1"))  # type: ignore[arg-type]
+        pipe.execute()
+    sub = page.wait_for_selector("#live tbody tr.accepted .sub.landed")
+    assert "entered vip" in sub.inner_text()
+    rows = page.locator("#live tbody tr")
+    assert rows.count() == 2  # no row of its own for the worker's line
+    assert "ev-1" not in rows.nth(0).inner_text() and "entered vip" in rows.nth(1).inner_text()
+    assert rows.nth(0).locator("td").first.inner_text().endswith("00.525000Z")

@@ -3,7 +3,10 @@
 // profile each event landed on and the transitions it caused) and "esp" (the sync: what each ESP
 // request came to). A worker line goes under the delivery that carried its events (matched by event
 // id), an ESP line under the row where that profile last landed; what matches nothing gets a row of
-// its own, so the filters (sender, outcome) keep working on rows.
+// its own, so the filters (sender, outcome) keep working on rows. The worker may write its line
+// before the web process writes the delivery (deliveries are written every 100 ms): a worker line
+// whose delivery has not come waits for it up to WAIT_MS. Rows are kept newest first by their
+// instant, whatever order the entries come in.
 (function () {
   "use strict";
   var table = document.getElementById("live");
@@ -15,6 +18,8 @@
   var MAX_ROWS = 500;
   var rowOfEvent = {};    // event id -> the delivery's row
   var rowOfProfile = {};  // profile id -> the row where it last landed
+  var waiting = {};       // event id -> a worker line waiting for its delivery
+  var WAIT_MS = 3000;
 
   // Text a sender wrote, as the pages show it (the "isolated" filter, connector/ops/console/views.py):
   // in a <bdi>, so its direction does not spill onto the text around it, each character that changes
@@ -108,7 +113,11 @@
     var td = cell(row, what, "detail");
     cell(row, idText, "small ids");
     row.hidden = !visible(row);
-    body.insertBefore(row, body.firstChild);
+    var at = Date.parse(d.at) || 0;
+    row.dataset.at = String(at);
+    var next = body.firstChild;  // newest first: before the first row that is not later
+    while (next && Number(next.dataset.at) > at) next = next.nextSibling;
+    body.insertBefore(row, next);
     while (body.children.length > MAX_ROWS) body.removeChild(body.lastChild);
     return td;
   }
@@ -128,7 +137,36 @@
 
   function delivery(d) {
     var td = newRow(d, d.sender, detail(d), identities(d.events));
-    (d.events || []).forEach(function (e) { if (e.id) rowOfEvent[e.id] = td; });
+    (d.events || []).forEach(function (e) {
+      if (!e.id) return;
+      rowOfEvent[e.id] = td;
+      var held = waiting[e.id];
+      if (held && !held.done) {
+        settle(held);
+        clearTimeout(held.timer);
+        underDelivery(td, held.p);
+      }
+    });
+  }
+
+  function underDelivery(td, p) {
+    line(td, "landed", ["→ profile ", profileLink(p.profile), ": ", landedText(p)]);
+    rowOfProfile[p.profile] = td;
+  }
+
+  function settle(held) {
+    held.done = true;
+    held.p.events.forEach(function (id) { if (waiting[id] === held) delete waiting[id]; });
+  }
+
+  function wait(d, p) {
+    var held = { p: p, done: false };
+    p.events.forEach(function (id) { waiting[id] = held; });
+    held.timer = setTimeout(function () {
+      if (held.done) return;
+      settle(held);
+      looseRow(d, [p], true);
+    }, WAIT_MS);
   }
 
   function landedText(p) {
@@ -148,12 +186,17 @@
     d.profiles.forEach(function (p) {
       var td = null;
       (p.events || []).forEach(function (id) { td = td || rowOfEvent[id]; });
-      if (!td) { loose.push(p); return; }
-      line(td, "landed", ["→ profile ", profileLink(p.profile), ": ", landedText(p)]);
-      rowOfProfile[p.profile] = td;
+      if (td) underDelivery(td, p);
+      else if ((p.events || []).length) wait(d, p);
+      else loose.push(p);
     });
+    looseRow(d, loose);
+  }
+
+  function looseRow(d, loose, alone) {
     if (!loose.length) return;
-    var more = d.profile_count > d.profiles.length ? " (+" + (d.profile_count - d.profiles.length) + " more)" : "";
+    var more = !alone && d.profile_count > d.profiles.length ?
+      " (+" + (d.profile_count - d.profiles.length) + " more)" : "";
     var td = newRow(d, d.sender || "", loose.length + " profile(s) updated" + more, "");
     loose.forEach(function (p) {
       line(td, "landed", ["profile ", profileLink(p.profile), ": ", landedText(p)]);
