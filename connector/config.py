@@ -30,7 +30,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from connector.analytics import settings as analytics_settings
 from connector.destinations import Destination, check_data_centre
 from connector.destinations import destinations as parse_destinations
-from connector.errors import ConfigError, env_name_shown
+from connector.errors import ConfigError, env_name_shown, file_name_shown
 from connector.event import PRIVILEGED_TYPES
 from connector.suggest import NamedDict, did_you_mean, schema_problems
 from rules import EMPTY, RulesError, RuleSet, compile_rules, yamltext
@@ -381,8 +381,9 @@ class Accounts:
         # `connector config validate` agree
         for account in sorted(accounts, key=_named_after_first):
             if account.id in self._by_id:
+                other = file_name_shown(self._by_id[account.id].file)  # the file's name, never its path
                 raise ConfigError(
-                    f"account {account.id!r} is also defined in {self._by_id[account.id].file}",
+                    f"account {account.id!r} is also defined in {other}",
                     file=account.file,
                     path="account",
                 )

@@ -7,6 +7,7 @@ broken configuration.
 
 from __future__ import annotations
 
+import os
 import re
 
 import redis
@@ -86,9 +87,21 @@ class StateMoving(redis.exceptions.TryAgainError):
 
 
 def env_name_shown(name: str) -> str:
-    """An environment variable's name for a message: whole when it is written as such names are
-    (upper case), else its first three characters only, since a secret written in its place (a
-    ``pk_…`` key) would otherwise reach logs, ``/readyz`` and the dead-letter list."""
-    if re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+    """An environment variable's name for a message: whole when it looks like a name a person wrote
+    (upper-case letters, digits and ``_``, starting with a letter, and with an ``_`` or without a
+    digit: ``SEG_SECRET``, ``SHOPIFY2_SECRET``, ``MAILCHIMP``), else its first three characters only,
+    since a secret written in its place (a ``pk_…`` key, a random ``K7Q2M9X4…``) would otherwise
+    reach logs, ``/readyz`` and the dead-letter list."""
+    if _WRITTEN_NAME.fullmatch(name) and ("_" in name or not any(c.isdigit() for c in name)):
         return name
     return f"{name[:3]}… (name shortened)"
+
+
+_WRITTEN_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def file_name_shown(path: str) -> str:
+    """An account file as shown to callers (``/readyz``, ``/metrics``, a refusal's reason): its
+    name in the config directory (an account file is one of the directory's own files), never the
+    server's path to it. Bytes of the name that are not UTF-8 are written as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").rpartition("/")[2]

@@ -27,14 +27,16 @@ from adapters.ratelimit import RateLimiter
 from connector import clock, redis_conn, rules_store
 from connector.config import Account, Accounts, load_account_file
 from connector.destinations import Destination, build_adapter
-from connector.errors import ConfigError
+from connector.errors import ConfigError, file_name_shown
 from connector.settings import Settings
 from rules import RuleSet
 
 log = logging.getLogger(__name__)
 
 RELOAD_CHECK_SECONDS = 1.0
-CONFIG_ERRORS_KEY = "config:errors"  # hash: file -> JSON {"file", "reason", "at"}, one per invalid file
+# hash: the file's server path -> JSON {"file": its name, "reason", "at"}, one per invalid file; the
+# field keeps the path, so that a process replaces the entries of its own config directory only
+CONFIG_ERRORS_KEY = "config:errors"
 
 
 @dataclass(frozen=True)
@@ -416,7 +418,9 @@ def shown_path(path: str) -> str:
 
 def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError], now: datetime) -> bool:
     """Make ``config:errors`` hold exactly ``errors`` for the files of ``config_dir``; False when
-    Redis could not be written (tried again with the next batch)."""
+    Redis could not be written (tried again with the next batch). Entries are keyed by the file's
+    path, so that config directories sharing one Redis never remove each other's; each holds the
+    file's name only, which is what is shown."""
     prefix = shown_path(str(config_dir)).rstrip("/") + "/"
     current = {shown_path(error.file): error for error in errors}
     try:
@@ -427,7 +431,7 @@ def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError],
                 pipe.hdel(CONFIG_ERRORS_KEY, file)
         for file, error in current.items():
             reason = ": ".join(part for part in (error.path, error.reason) if part)
-            problem = ConfigProblem(file=file, reason=reason, at=clock.isoformat(now))
+            problem = ConfigProblem(file=file_name_shown(file), reason=reason, at=clock.isoformat(now))
             pipe.hset(CONFIG_ERRORS_KEY, file, json.dumps(problem.as_dict()))
         pipe.execute()
     except redis.RedisError as failure:
@@ -437,10 +441,13 @@ def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError],
 
 
 def config_errors(conn: redis.Redis) -> list[ConfigProblem]:
-    """The account files that are invalid now (the workers serve their last valid version), by
-    file. What ``/readyz`` reports and the metric ``connector_config_errors{file}`` counts."""
+    """The account files that are invalid now (the workers serve their last valid version), named
+    as in their config directory (``initech.yaml``). What ``/readyz`` reports and the metric
+    ``connector_config_errors{file}`` counts."""
     problems = []
     for raw in conn.hvals(CONFIG_ERRORS_KEY):
         data = json.loads(raw)
-        problems.append(ConfigProblem(file=str(data["file"]), reason=str(data["reason"]), at=str(data["at"])))
-    return sorted(problems, key=lambda p: p.file)
+        # an entry an earlier version recorded holds the server's path: shown by its name too
+        file = file_name_shown(str(data["file"]))
+        problems.append(ConfigProblem(file=file, reason=str(data["reason"]), at=str(data["at"])))
+    return sorted(problems, key=lambda p: (p.file, p.reason, p.at))

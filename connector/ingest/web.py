@@ -251,8 +251,9 @@ class Ingress:
             except Unauthorized:
                 pass
             else:
-                # e.g. a validation probe, answered the same whether or not the account exists
-                return accepted_answer("ok", 0, 0)
+                # a validation probe (nothing to store): answered as accept() answers it for an
+                # account with this sender, byte for byte, so it never tells whether one exists
+                return accepted_answer(outcome([], 0), 0, 0)
             raise Unauthorized("unknown account or sender")
         now = clock.now()
         try:
@@ -298,8 +299,13 @@ class Ingress:
                 "accepted",
                 extra={"account": account.id, "accepted": result.accepted, "duplicates": result.duplicates},
             )
-        status = "duplicate" if events and result.accepted == 0 else "accepted"
-        return render(status, result.accepted, result.duplicates)
+        return render(outcome(events, result.accepted), result.accepted, result.duplicates)
+
+
+def outcome(events: list[Any], accepted: int) -> str:
+    """The ``status`` of a 2xx: ``duplicate`` when every event of the request was seen before, else
+    ``accepted`` (a request with no events too: a validation probe, known account or not)."""
+    return "duplicate" if events and accepted == 0 else "accepted"
 
 
 def _read(stream: Any, size: int) -> bytes:

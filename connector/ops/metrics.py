@@ -127,12 +127,16 @@ class RedisCollector(Collector):
     def _config_errors(self) -> Metric:
         family = GaugeMetricFamily(
             "connector_config_errors",
-            "Account files that fail to load (1 per file; the last valid version of each serves). "
-            "/readyz has the reasons.",
+            "Account files that fail to load, by file name (1 per file; more when config "
+            "directories sharing this Redis hold files of one name; the last valid version of "
+            "each serves). /readyz has the reasons.",
             labels=["file"],
         )
+        counts: dict[str, int] = {}
         for problem in config_errors(self.queue.conn):
-            family.add_metric([problem.file], 1)
+            counts[problem.file] = counts.get(problem.file, 0) + 1
+        for file, count in sorted(counts.items()):
+            family.add_metric([file], count)
         return family
 
     def _queue_depth(self) -> Metric:

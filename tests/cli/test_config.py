@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from connector.cli.main import _register, cli
 from connector.config import load_account_file, load_accounts
-from connector.errors import ConfigError
+from connector.errors import ConfigError, env_name_shown
 
 SEG_ENV = "senders.segment.secret_env"
 WK = "write-key-0123456789"
@@ -81,6 +81,7 @@ def test_invalid_files_name_file_path_and_reason(tmp_path: Path, data: dict, pat
         ),
         ({"senders": {"segment": {"secret_env": ["SEG_SECRET", "sk-8f3K!x9Qz2Lm7Vb4"]}}}, SEG_ENV),
         ({"senders": {"segment": {"secret_env": "pk_9f8e7d6c5b4a39281706f5e4"}}}, SEG_ENV),  # a name's shape
+        ({"senders": {"segment": {"secret_env": "K7Q2M9X4P1Z8R3T6W5Y0"}}}, SEG_ENV),  # upper case, random
     ],
 )
 def test_a_secret_written_in_place_of_its_variable_s_name_is_never_shown(
@@ -93,6 +94,66 @@ def test_a_secret_written_in_place_of_its_variable_s_name_is_never_shown(
         if value != "SEG_SECRET":
             assert value not in str(err) and value[3:] not in err.reason
     assert "(name shortened)" in err.reason or "never in this file" in err.reason
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["SEG_SECRET", "SHOPIFY2_SECRET", "MAILCHIMP", "A", "DEMO_STANDARD_WEBHOOKS_SECRET", "KEY_1", "X_9"],
+)
+def test_a_variable_name_as_people_write_them_is_shown_whole(name: str) -> None:
+    assert env_name_shown(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "K7Q2M9X4P1Z8R3T6W5Y0",  # a random upper-case secret: digits and no underscore
+        "AKIA4EXAMPLE7KEY",
+        "S3CR3T",
+        "KEY2",
+        "_SEG_SECRET",  # not starting with a letter
+        "9SEG_SECRET",
+        "seg_secret",  # not upper case
+        "Seg_Secret",
+        "pk_live_8f3K",
+        "SEG-SECRET",  # not a name at all
+        "SEG SECRET",
+        "",
+    ],
+)
+def test_anything_else_is_shortened_to_three_characters(name: str) -> None:
+    shown = env_name_shown(name)
+    assert shown == f"{name[:3]}… (name shortened)"
+    assert name not in shown or len(name) <= 3
+
+
+def test_a_random_upper_case_secret_named_as_a_destination_s_key_variable_is_shortened(
+    tmp_path: Path,
+) -> None:
+    from connector.destinations import build_adapter, destinations
+
+    pasted = "K7Q2M9X4P1Z8R3T6W5Y0"
+    path = write(tmp_path, "shop", {"destinations": {"mailchimp": {"api_key_env": pasted, "list_id": "a1"}}})
+    [destination] = destinations(load_account_file(path, ENV)).values()
+    with pytest.raises(ConfigError) as info:  # what the sync reports (dead-letter list, log)
+        build_adapter(destination, None, clock=lambda: 0.0, sleep=lambda _: None, env={})
+    assert info.value.reason == "environment variable K7Q… (name shortened) is not set"
+
+
+def test_a_random_upper_case_secret_named_as_a_variable_never_reaches_readyz(
+    client, redis_client, config_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from connector import runtime
+
+    pasted = "K7Q2M9X4P1Z8R3T6W5Y0"
+    write(config_dir, "initech", {"senders": {"segment": {"secret_env": pasted}}})
+    runtime.current().accounts  # noqa: B018  (looks at the directory, publishes the errors)
+    ready = client.get("/readyz")
+    assert ready.get_json()["status"] == "degraded"
+    [problem] = ready.get_json()["config_errors"]
+    assert problem["file"] == "initech.yaml"
+    assert problem["reason"] == f"{SEG_ENV}: environment variable K7Q… (name shortened) is not set"
+    assert pasted[3:] not in ready.get_data(as_text=True)
 
 
 def test_broken_yaml_names_the_line(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ serving, and the file and reason are reported (Redis ``config:errors``, ``/ready
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_an_account_file_broken_while_running_keeps_its_last_valid_version_servi
     drain(redis_client, 3, 3)
     assert applied(redis_client) == 6  # still applied for acme, not rejected as an unknown account
     [problem] = runtime.config_errors(redis_client)
-    assert problem.file == str(acme_file)
+    assert problem.file == "acme.yaml"  # its name in the config directory, never the server's path
     assert "not valid YAML" in problem.reason
 
     acme_file.write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
@@ -84,7 +85,7 @@ def test_readyz_stays_ready_and_reports_the_invalid_file(
     body = answer.get_json()
     assert body["status"] == "degraded"
     [problem] = body["config_errors"]
-    assert problem["file"] == str(config_dir / "globex.yaml")
+    assert problem["file"] == "globex.yaml"
     assert problem["reason"].startswith("senders")  # the path inside the file, then the reason
 
 
@@ -98,13 +99,14 @@ def test_a_file_that_is_not_utf8_is_reported_and_never_stops_the_worker_or_the_w
     drain(redis_client, 2, 2)  # the batch is applied, not left failing in the stream
     assert applied(redis_client) == 4
     [problem] = runtime.config_errors(redis_client)
-    assert problem.file == str(stray)
+    assert problem.file == "zz.yaml"
     assert problem.reason == "not UTF-8: byte 0xff at offset 12; save the file as UTF-8"
 
     answer = client.get("/readyz")
     assert answer.status_code == 200 and answer.get_json()["status"] == "degraded"
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert f'connector_config_errors{{file="{stray}"}} 1.0' in metrics
+    assert 'connector_config_errors{file="zz.yaml"} 1.0' in metrics
+    assert str(config_dir) not in metrics
 
     # an edit of another, valid file is still taken while the stray file stays broken
     (config_dir / "acme.yaml").write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
@@ -134,7 +136,7 @@ def test_a_failure_the_loader_does_not_name_is_reported_for_that_file_only(
     drain(redis_client, 1, 2)
     assert applied(redis_client) == 3
     [problem] = runtime.config_errors(redis_client)
-    assert problem.file == str(config_dir / "globex.yaml")
+    assert problem.file == "globex.yaml"
     assert problem.reason == "could not be loaded (RecursionError); the log has the details"
     assert runtime.current().account("globex") is not None  # its last valid version serves
 
@@ -148,13 +150,13 @@ def test_a_refused_file_whose_name_is_not_utf8_is_reported_by_its_bytes(
     drain(redis_client, 1, 2)
     assert applied(redis_client) == 3
     [problem] = runtime.config_errors(redis_client)
-    assert problem.file == f"{config_dir}/caf\\xe9.yaml"
+    assert problem.file == "caf\\xe9.yaml"
     assert "not valid YAML" in problem.reason
     body = client.get("/readyz").get_json()
     assert body["status"] == "degraded" and body["config_errors"][0]["file"] == problem.file
-    assert f'connector_config_errors{{file="{config_dir}/caf\\\\xe9.yaml"}} 1.0' in client.get(
-        "/metrics"
-    ).get_data(as_text=True)
+    assert 'connector_config_errors{file="caf\\\\xe9.yaml"} 1.0' in client.get("/metrics").get_data(
+        as_text=True
+    )
 
 
 def test_the_scheduler_keeps_ticking_past_a_file_that_is_not_utf8(
@@ -168,4 +170,68 @@ def test_the_scheduler_keeps_ticking_past_a_file_that_is_not_utf8(
     (config_dir / "zz.yaml").write_bytes(b"account: zz\n\xff\xfe: 1\n")
     later = NOW + timedelta(seconds=scheduler.OVERLAP_SECONDS + 1)
     assert scheduler.tick(queue, later) >= len(["acme", "globex"])  # each account's overlap job
-    assert [p.file for p in runtime.config_errors(redis_client)] == [str(config_dir / "zz.yaml")]
+    assert [p.file for p in runtime.config_errors(redis_client)] == ["zz.yaml"]
+
+
+def test_errors_name_the_file_never_the_server_path(
+    client, redis_client: redis.Redis, config_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # the account's second file: refused, and its reason names the file it clashes with
+    (config_dir / "initech.yaml").write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
+    runtime.current().accounts  # noqa: B018  (looks at the directory, publishes the errors)
+    ready = client.get("/readyz").get_data(as_text=True)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert str(config_dir) not in ready and str(config_dir) not in metrics
+    [problem] = client.get("/readyz").get_json()["config_errors"]
+    assert problem["file"] == "initech.yaml"
+    assert problem["reason"] == "account: account 'acme' is also defined in acme.yaml"
+    assert 'connector_config_errors{file="initech.yaml"} 1.0' in metrics
+
+
+def test_two_config_directories_sharing_a_redis_keep_each_other_s_errors(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    from connector.runtime import FileError, publish_errors
+
+    first, second = tmp_path / "one" / "accounts", tmp_path / "two" / "accounts"
+
+    def broken(directory: Path, name: str) -> FileError:
+        return FileError(file=str(directory / name), reason="not valid YAML", path="line 2")
+
+    assert publish_errors(redis_client, first, [broken(first, "initech.yaml")], NOW)
+    assert publish_errors(
+        redis_client, second, [broken(second, "initech.yaml"), broken(second, "b.yaml")], NOW
+    )
+    problems = runtime.config_errors(redis_client)
+    assert [p.file for p in problems] == ["b.yaml", "initech.yaml", "initech.yaml"]
+    assert all(str(tmp_path) not in str(p.as_dict()) for p in problems)
+
+    # the first directory's file loads again: only its entry goes, the second directory's stay
+    assert publish_errors(redis_client, first, [], NOW)
+    assert [p.file for p in runtime.config_errors(redis_client)] == ["b.yaml", "initech.yaml"]
+    assert publish_errors(redis_client, second, [broken(second, "b.yaml")], NOW)
+    assert [p.file for p in runtime.config_errors(redis_client)] == ["b.yaml"]
+    assert publish_errors(redis_client, second, [], NOW)
+    assert runtime.config_errors(redis_client) == []
+
+
+def test_the_metric_counts_files_of_one_name_in_two_directories_once_per_name(
+    client, redis_client: redis.Redis, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from connector.runtime import FileError, publish_errors
+
+    for directory in (tmp_path / "one", tmp_path / "two"):
+        error = FileError(file=str(directory / "initech.yaml"), reason="not valid YAML")
+        assert publish_errors(redis_client, directory, [error], NOW)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    # one series per name (a scrape with the same series twice is refused): the number of files
+    assert metrics.count("connector_config_errors{") == 1
+    assert 'connector_config_errors{file="initech.yaml"} 2.0' in metrics
+
+
+def test_an_entry_recorded_with_the_server_path_is_shown_by_its_name(redis_client: redis.Redis) -> None:
+    # written by an earlier version of the connector (a rolling upgrade): shown by name all the same
+    entry = {"file": "/srv/connector/accounts/initech.yaml", "reason": "not valid YAML", "at": "x"}
+    redis_client.hset(runtime.CONFIG_ERRORS_KEY, entry["file"], json.dumps(entry))
+    [problem] = runtime.config_errors(redis_client)
+    assert problem.file == "initech.yaml"
