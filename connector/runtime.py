@@ -211,9 +211,10 @@ class AccountsProvider:
         self.refresh()
         return self.overlay.states.get(account_id) if self.overlay is not None else None
 
-    def refresh_rules(self) -> None:
-        """Look at the API rule versions now (a re-evaluation after a publish does, before it starts)."""
-        self.refresh()
+    def refresh_rules(self, *, force: bool = False) -> None:
+        """Look at the API rule versions now (a re-evaluation after a publish does, before it starts);
+        ``force``: the account files too, whenever they were last looked at."""
+        self.refresh(force=force)
         with self._lock:
             self._overlay_check()
 

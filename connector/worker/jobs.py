@@ -603,8 +603,8 @@ def reevaluate(
     or every profile of an account after its rules were published (``progress_key`` counts them);
     ``restate``: their state goes to the destinations again, changed or not (mappings changed)."""
     rt = process_runtime.current()
-    if progress_key:  # a publish: see the rules just published, whatever the last check was
-        rt.provider.refresh_rules()
+    if progress_key:  # a publish: see the rules just published or edited, whatever the last check was
+        rt.provider.refresh_rules(force=True)
     flags = due.flags(rt.queue_redis, account_id, profile_ids) if due_scores else {}
     try:
         evaluation.evaluate_touched(

@@ -150,7 +150,6 @@ def publish(
     a destination changed: the sync sends only the contacts whose mapped state differs)."""
     key = f"publish:{account.id}:{uuid.uuid4().hex[:12]}"
     queue = Queue(BACKFILL_QUEUE, connection=queue_conn)
-    queue_conn.set(rules_key(account.id), rules_fingerprint(account.ruleset))
     queue_conn.hset(key, mapping={"started": isoformat(now), "done": 0, "total": 0})
     queue_conn.expire(key, PROGRESS_TTL_SECONDS)
     total = 0
@@ -163,6 +162,8 @@ def publish(
     if chunk:
         total += _enqueue(queue, account.id, chunk, key, restate)
     queue_conn.hset(key, "total", total)
+    # once every chunk is queued: the rules every profile is now being re-evaluated with
+    queue_conn.set(rules_key(account.id), rules_fingerprint(account.ruleset))
     return key, total
 
 
@@ -218,17 +219,20 @@ def rules_key(account_id: str) -> str:
 
 
 def _queue_on_change(
-    kind: str, key_of: Callable[[str], str], digest_of: Callable[[Account], str], job: Callable[[str], int]
-) -> list[str]:
+    kind: str,
+    key_of: Callable[[str], str],
+    digest_of: Callable[[Account], str],
+    job: Callable[[str, str], int],
+) -> list[Account]:
     """For each account whose digest of ``kind`` differs from the one kept in ``key_of(account)``
-    (swapped atomically: of two schedulers one sees the change), queue ``job`` on the ``backfill``
-    queue (its scan of the account's profiles never holds up the scheduler's tick). An account met
-    for the first time only records its digest. Returns the accounts queued."""
+    (swapped atomically: of two schedulers one sees the change), queue ``job(account, digest)`` on
+    the ``backfill`` queue (its scan of the account's profiles never holds up the scheduler's tick).
+    An account met for the first time only records its digest. Returns the accounts queued."""
     from connector import runtime as process_runtime
 
     rt = process_runtime.current()
     seen_of_kind = _seen[kind]
-    queued: list[str] = []
+    queued: list[Account] = []
     for account in rt.accounts:
         seen = seen_of_kind.get(account.id)
         if seen is not None and seen[0] is account:
@@ -242,26 +246,42 @@ def _queue_on_change(
         if before is not None and before.decode() != digest:
             try:
                 Queue(BACKFILL_QUEUE, connection=rt.queue_redis).enqueue(
-                    job, account.id, result_ttl=0, failure_ttl=24 * 3600, retry=jobs.reevaluate_retry()
+                    job,
+                    account.id,
+                    digest,
+                    result_ttl=0,
+                    failure_ttl=24 * 3600,
+                    retry=jobs.reevaluate_retry(),
                 )
             except Exception:
-                rt.queue_redis.set(key, before)  # seen again at the next tick
+                seen_of_kind.pop(account.id, None)  # looked at again at the next tick
+                rt.queue_redis.set(key, before)
                 raise
-            queued.append(account.id)
+            queued.append(account)
         seen_of_kind[account.id] = (account, digest)
     return queued
+
+
+def _rules_digest(account: Account) -> str:
+    return rules_fingerprint(account.ruleset)
 
 
 def resend_changed_mappings(now: datetime) -> int:
     """Scheduler task: when an account's destination mappings changed (a tag renamed, a segment
     mapped to another list), every profile's state goes to the destinations again; the sync sends
     only the contacts whose mapped state differs. The digest each account's mapping had is kept in
-    ``sync:{account}:mapping``; the work is :func:`restate_job`. Returns how many accounts were
-    queued."""
+    ``sync:{account}:mapping``; the work is :func:`restate_job`, which re-evaluates with the rules
+    in force as well: rules changed in the same edit are recorded as taken care of, so the edit
+    re-evaluates the account once. Returns how many accounts were queued."""
+    from connector import runtime as process_runtime
+
     queued = _queue_on_change("mapping", lambda a: f"sync:{a}:mapping", mapping_digest, restate_job)
-    for account_id in queued:
+    for account in queued:
+        digest = _rules_digest(account)
+        process_runtime.current().queue_redis.set(rules_key(account.id), digest)
+        _seen["rules"][account.id] = (account, digest)
         log.info(
-            "destination mappings changed: every profile's state goes again", extra={"account": account_id}
+            "destination mappings changed: every profile's state goes again", extra={"account": account.id}
         )
     return len(queued)
 
@@ -273,34 +293,46 @@ def reevaluate_changed_rules(now: datetime) -> int:
     without waiting for each person's next event. A publish records the fingerprint it re-evaluates
     with in ``rules:{account}:evaluated``, so it is not re-evaluated twice. Returns how many
     accounts were queued."""
-    queued = _queue_on_change("rules", rules_key, lambda a: rules_fingerprint(a.ruleset), reevaluate_job)
-    for account_id in queued:
-        log.info("the rules in force changed: every profile is re-evaluated", extra={"account": account_id})
+    queued = _queue_on_change("rules", rules_key, _rules_digest, reevaluate_job)
+    for account in queued:
+        log.info("the rules in force changed: every profile is re-evaluated", extra={"account": account.id})
     return len(queued)
 
 
-def reevaluate_job(account_id: str) -> int:
+class RulesNotYetHere(RuntimeError):
+    """The worker does not see yet the rules the scheduler saw change (its look at the account files
+    is older, or its machine's files are not deployed yet): the job is retried."""
+
+
+def reevaluate_job(account_id: str, fingerprint: str | None = None) -> int:
     """RQ job: re-evaluate every profile of the account with the rules in force (they changed
-    without a publish); how many profiles were queued."""
+    without a publish), which must be the ones the scheduler saw (``fingerprint``): the account
+    files are looked at now, and rules of before are never re-evaluated with in their place; how
+    many profiles were queued."""
     from connector import runtime as process_runtime
 
     rt = process_runtime.current()
-    rt.provider.refresh_rules()
+    rt.provider.refresh_rules(force=True)
     account = rt.account(account_id)
     if account is None:
         return 0
+    if fingerprint is not None and _rules_digest(account) != fingerprint:
+        raise RulesNotYetHere(f"the rules of {account_id} in force here are not yet the edited ones")
     _, total = publish(account, rt.profile_redis, rt.queue_redis, clock.now())
     return total
 
 
-def restate_job(account_id: str) -> int:
+def restate_job(account_id: str, mapping: str | None = None) -> int:
     """RQ job: re-evaluate every profile of the account with its state sent again (its mappings
-    changed); how many profiles were queued."""
+    changed, to the ``mapping`` digest the scheduler saw); how many profiles were queued."""
     from connector import runtime as process_runtime
 
     rt = process_runtime.current()
+    rt.provider.refresh_rules(force=True)
     account = rt.account(account_id)
     if account is None:
         return 0
+    if mapping is not None and mapping_digest(account) != mapping:
+        raise RulesNotYetHere(f"the destination mappings of {account_id} here are not yet the edited ones")
     _, total = publish(account, rt.profile_redis, rt.queue_redis, clock.now(), restate=True)
     return total

@@ -115,3 +115,57 @@ def test_rules_edited_in_the_file_end_memberships_without_an_event(
     # only the one-order buyer's state changed: the tag comes off for them, nobody else is sent
     assert list(pending_tags(redis_client).values()) == [[]]
     assert publish.reevaluate_changed_rules in scheduler.TASKS
+
+
+def test_a_worker_that_looked_at_the_files_before_the_edit_re_evaluates_with_the_edited_rules(
+    config_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler and the worker look at the account files on timers of their own: a worker that
+    looked just before the edit takes the job with the rules it holds unless the job looks again."""
+    from connector import runtime
+    from connector.settings import Settings
+
+    monkeypatch.setenv("MAP_MC_KEY", "mc-key-0123456789-us1")
+    monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
+    acme = account_with(config_dir, ["buyer"])
+    events = [ev("o0", "order_completed", at=NOW - timedelta(hours=2), email="b0@example.com")]
+    events += [
+        ev(f"o1{i}", "order_completed", at=NOW - timedelta(hours=1 + i), email="b1@example.com")
+        for i in range(2)
+    ]
+    with clock.frozen(NOW):
+        apply_batch(events, NOW, load_accounts(config_dir), redis_client, redis_client)
+    redis_client.delete("sync:acme:mailchimp:pending")
+    scheduler_rt = runtime.current()
+    ticks = [0.0]
+    worker_rt = runtime.Runtime.from_settings(Settings.from_env(), check_seconds=1.0)
+    worker_rt.provider._monotonic = lambda: ticks[0]  # type: ignore[method-assign]
+    assert worker_rt.accounts.get("acme") is not None  # the worker's last look: before the edit
+    assert publish.reevaluate_changed_rules(NOW) == 0
+    acme["rules"]["segments"][0]["when"]["count"]["gte"] = 2
+    write_accounts(config_dir, acme)
+    assert publish.reevaluate_changed_rules(NOW) == 1
+    ticks[0] = 0.5  # half a second later, within its check interval, the worker takes the job
+    runtime.install(worker_rt)
+    try:
+        with clock.frozen(NOW + timedelta(seconds=1)):
+            backfill(redis_client)
+    finally:
+        runtime.install(scheduler_rt)
+    assert list(pending_tags(redis_client).values()) == [[]]  # the one-order buyer left
+    assert publish.reevaluate_changed_rules(NOW + timedelta(seconds=2)) == 0
+
+
+def test_an_edit_of_a_mapping_and_the_rules_together_re_evaluates_once(
+    config_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAP_MC_KEY", "mc-key-0123456789-us1")
+    monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
+    acme = account_with(config_dir, ["buyer"])
+    assert (publish.resend_changed_mappings(NOW), publish.reevaluate_changed_rules(NOW)) == (0, 0)
+    acme["rules"]["segments"][0]["when"]["count"]["gte"] = 2
+    acme["destinations"]["mailchimp"]["segments"]["buyers"]["tags"] = ["Buyer VIP"]
+    write_accounts(config_dir, acme)
+    assert publish.resend_changed_mappings(NOW) == 1
+    assert publish.reevaluate_changed_rules(NOW) == 0  # the restate re-evaluates with the new rules
+    assert redis_client.llen(f"rq:queue:{BACKFILL_QUEUE}") == 1

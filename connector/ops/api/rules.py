@@ -26,6 +26,7 @@ from connector.ops.api.schemas import ErrorSchema, body_integer
 from connector.runtime import RulesInForce, shown_path
 from connector.worker import publish
 from rules import RuleSet
+from rules.dependencies import fingerprint as rules_fingerprint
 
 blp = Blueprint(
     "api_rules",
@@ -415,6 +416,13 @@ def _publish(account: Account, version: rules_store.Version, action: str) -> dic
         )
     before = _in_force(account)
     rt = auth.runtime()
+    # the rules every profile is about to be re-evaluated with, recorded before they are in force:
+    # a scheduler that sees them in force meanwhile does not queue a second re-evaluation
+    try:
+        ruleset = rules_store.compile_for(account, version.rules)
+    except rules_store.InvalidRules as err:
+        errors.fail(409, f"version {version.number} does not compile with the account file now: {err}")
+    rt.queue_redis.set(publish.rules_key(account.id), rules_fingerprint(ruleset))
     rules_store.publish(rt.queue_redis, version, auth.token().id, clock.now())
     rt.provider.refresh_rules()
     now_account = auth.account(account.id)
