@@ -288,6 +288,8 @@ class Resolver:
         target = self._choose(ranks, event_uid, public)
         if target is not None and ranks[target] == _ANONYMOUS:
             target = self._not_through_a_device(ranks, target, event_uid, ids.get("email"))
+        if target is not None and event_uid:
+            target = self._not_through_a_claimed_user_id(target, event_uid, ids.get("email"), public)
         if target is None:
             target = self._new_pid()
             self.state[target] = _State(ids=0)
@@ -358,7 +360,8 @@ class Resolver:
                 self._conflict(other, target)
                 continue
             through_a_device = _ANONYMOUS in (ranks[other], ranks.get(target))
-            if (through_a_device or public) and self._both_have_emails(
+            claimed = self._uid_public(other) or self._uid_public(target)  # a user id of the public key
+            if (through_a_device or public or claimed) and self._both_have_emails(
                 other, target, email, target not in ranks
             ):
                 self._conflict(other, target)
@@ -387,6 +390,27 @@ class Resolver:
                 return other
         if email is not None and self.index.get(("email", email)) is None and self._has_email(target):
             return None
+        return target
+
+    def _not_through_a_claimed_user_id(
+        self, target: str, event_uid: str, email: str | None, public: bool
+    ) -> str | None:
+        """``target`` was found by a user id someone may have claimed through the public write key:
+        a signed sender's event naming it with the email of another customer goes to that customer
+        (the claimed id stays where it is, the two are not merged); a public event naming it by a
+        user id that is no longer its own (a signed sender's replaced it) does not add a new email
+        to it: the event makes a profile of its own (None)."""
+        owner = self.index.get(("email", email)) if email is not None else None
+        if (
+            not public
+            and self._uid_public(target)
+            and owner not in (None, target)
+            and self._has_email(target)
+        ):
+            return owner
+        own = self._uid(target)
+        if public and own not in (None, event_uid) and email is not None and owner is None:
+            return None if self._has_email(target) else target
         return target
 
     def _both_have_emails(self, other: str, target: str, email: str | None, made: bool) -> bool:

@@ -400,3 +400,48 @@ def test_a_user_id_claimed_through_the_public_write_key_gives_way_to_the_custome
     other = ev("c3", "order_completed", at=4, user_id="someone-else", email="carol@example.com")
     apply(redis_client, accounts, other)
     assert redis_client.hget(keys.profile_key("acme", carol), "uid") == b"real-carol-42"
+
+
+def test_a_customer_s_user_id_squatted_through_the_public_write_key_never_takes_their_profile(
+    redis_client, accounts
+) -> None:
+    """``identify(userId: real-carol-42, email: mallory)`` through the tracking API first: carol's
+    own signed order with that user id goes to her emailed profile, which is not merged into
+    mallory's; and after a signed takeover, the replaced provisional id adds no email to her."""
+    from dataclasses import replace
+
+    from connector.ingest import tracking
+
+    def public(event):  # type: ignore[no-untyped-def]
+        return replace(event, source=tracking.SOURCE)
+
+    apply(redis_client, accounts, ev("c1", "order_completed", at=0, email="carol@example.com"))
+    carol = lookup(redis_client, "acme", "email", "carol@example.com")
+    squat = ev("x1", "identify", type="identify", at=1, user_id="real-carol-42", email="mallory@example.net")
+    apply(redis_client, accounts, public(squat))
+    mallory = lookup(redis_client, "acme", "email", "mallory@example.net")
+    assert lookup(redis_client, "acme", "user_id", "real-carol-42") == mallory != carol
+    own = ev("c2", "order_completed", at=2, user_id="real-carol-42", email="carol@example.com")
+    apply(redis_client, accounts, own)
+    assert lookup(redis_client, "acme", "email", "carol@example.com") == carol
+    assert _profile(redis_client, "email", "carol@example.com").identities["email"] == ("carol@example.com",)
+    assert [e.name for e in _profile(redis_client, "email", "carol@example.com").events] == [
+        "order_completed"
+    ] * 2
+    assert [e.name for e in _profile(redis_client, "email", "mallory@example.net").events] == []
+
+    # dana: a provisional id replaced by her signed one, then reused through the public key
+    apply(redis_client, accounts, ev("d1", "order_completed", at=3, email="dana@example.com"))
+    dana = lookup(redis_client, "acme", "email", "dana@example.com")
+    claim = ev("x2", "identify", type="identify", at=4, user_id="evil-dana", email="dana@example.com")
+    apply(redis_client, accounts, public(claim))
+    apply(
+        redis_client,
+        accounts,
+        ev("d2", "order_completed", at=5, user_id="real-dana", email="dana@example.com"),
+    )
+    assert redis_client.hget(keys.profile_key("acme", dana), "uid") == b"real-dana"
+    attach = ev("x3", "identify", type="identify", at=6, user_id="evil-dana", email="mallory2@example.net")
+    apply(redis_client, accounts, public(attach))
+    assert _profile(redis_client, "email", "dana@example.com").identities["email"] == ("dana@example.com",)
+    assert lookup(redis_client, "acme", "email", "mallory2@example.net") not in (None, dana)
