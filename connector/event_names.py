@@ -10,7 +10,7 @@ admin API's rule validation (the console's editor) give the same warnings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -33,18 +33,29 @@ _SPEC_RENAMED: dict[str, tuple[str, str]] = {
 }
 
 
-def event_paths(node: Any, path: str = "rules") -> Iterator[tuple[str, str]]:
-    """(path, event name) of every ``event:`` a rules mapping names."""
+def named_paths(
+    node: Any, pick: Callable[[str, Any], tuple[str, str] | None], path: str = "rules"
+) -> Iterator[tuple[str, str]]:
+    """(path, name) of every entry of a rules mapping that ``pick(key, value)`` names: it gives the
+    rest of the path and the name, or None to look inside the value."""
     if isinstance(node, dict):
         for key, value in node.items():
             here = f"{path}.{key}"
-            if key == "event" and isinstance(value, str):
-                yield here, value
+            found = pick(key, value)
+            if found is not None:
+                yield here + found[0], found[1]
             else:
-                yield from event_paths(value, here)
+                yield from named_paths(value, pick, here)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from event_paths(value, f"{path}[{i}]")
+            yield from named_paths(value, pick, f"{path}[{i}]")
+
+
+def event_paths(node: Any, path: str = "rules") -> Iterator[tuple[str, str]]:
+    """(path, event name) of every ``event:`` a rules mapping names."""
+    return named_paths(
+        node, lambda key, value: ("", value) if key == "event" and isinstance(value, str) else None, path
+    )
 
 
 @lru_cache(maxsize=1)
@@ -59,11 +70,13 @@ def seen_names(conn: redis.Redis, account_id: str) -> set[str]:
     return {n[2:] for n in names if n.startswith("n:") and not n.startswith("n:" + PROPERTY_PREFIX)}
 
 
-def _listed(seen: set[str]) -> str:
-    if not seen:
-        return "none yet"
-    shown = sorted(seen)[:SEEN_SHOWN]
-    more = len(seen) - len(shown)
+def listed(names: Iterable[str], empty: str = "none yet") -> str:
+    """Names for a message: sorted, at most SEEN_SHOWN of them, and how many more."""
+    ordered = sorted(names)
+    if not ordered:
+        return empty
+    shown = ordered[:SEEN_SHOWN]
+    more = len(ordered) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
@@ -92,7 +105,7 @@ def warnings(rules_raw: Any, account_id: str, seen: Iterable[str]) -> list[tuple
             (
                 path,
                 f"event `{name}` was never received by {account_id} and no template uses it"
-                f"{did_you_mean(name, known)}; names seen: {_listed(seen)}",
+                f"{did_you_mean(name, known)}; names seen: {listed(seen)}",
             )
         )
     return out

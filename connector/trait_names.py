@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from connector.event_names import listed, named_paths
 from connector.suggest import closest, did_you_mean
 
 if TYPE_CHECKING:
     from connector.destinations import Destination
 
-SHOWN = 20  # computed traits listed in a warning, at most
 PREDICTED_PREFIX = "predicted."
 
 
@@ -35,24 +35,13 @@ def trait_paths(node: Any, path: str = "rules") -> Iterator[tuple[str, str]]:
     """(path, name) of every ``trait: {name: ...}`` a rules mapping holds: a condition, or a computed
     trait that is another trait. (A ``composite`` part's ``trait:`` must be a computed trait: an
     unknown one is refused when the rules compile.)"""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            here = f"{path}.{key}"
-            if key == "trait" and isinstance(value, dict) and isinstance(value.get("name"), str):
-                yield f"{here}.name", value["name"]
-            else:
-                yield from trait_paths(value, here)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from trait_paths(value, f"{path}[{i}]")
 
+    def pick(key: str, value: Any) -> tuple[str, str] | None:
+        if key == "trait" and isinstance(value, dict) and isinstance(value.get("name"), str):
+            return ".name", value["name"]
+        return None
 
-def _listed(names: Collection[str]) -> str:
-    if not names:
-        return "none"
-    shown = sorted(names)[:SHOWN]
-    more = len(names) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more else "")
+    return named_paths(node, pick, path)
 
 
 def warnings(rules_raw: Any, account_id: str, computed: Iterable[str]) -> list[tuple[str, str]]:
@@ -92,7 +81,7 @@ def field_warnings(
                     f"destinations.{name}.fields.{trait}",
                     f"`{trait}` is not a computed trait of {account_id}'s rules{did_you_mean(trait, known)}, "
                     f"so this field is never written (destinations write computed traits only); "
-                    f"computed traits: {_listed(known)}",
+                    f"computed traits: {listed(known, 'none')}",
                 )
             )
     return out
