@@ -304,11 +304,10 @@ class RulesNotYetHere(RuntimeError):
     is older, or its machine's files are not deployed yet): the job is retried."""
 
 
-def reevaluate_job(account_id: str, fingerprint: str | None = None) -> int:
-    """RQ job: re-evaluate every profile of the account with the rules in force (they changed
-    without a publish), which must be the ones the scheduler saw (``fingerprint``): the account
-    files are looked at now, and rules of before are never re-evaluated with in their place; how
-    many profiles were queued."""
+def _rerun(account_id: str, digest_of: Callable[[Account], str], expected: str | None, restate: bool) -> int:
+    """Re-evaluate every profile of the account as the scheduler saw it change: the account files
+    are looked at now, and the job is retried (never run with what was there before) while the
+    ``digest_of`` this process sees is not ``expected``; how many profiles were queued."""
     from connector import runtime as process_runtime
 
     rt = process_runtime.current()
@@ -316,23 +315,19 @@ def reevaluate_job(account_id: str, fingerprint: str | None = None) -> int:
     account = rt.account(account_id)
     if account is None:
         return 0
-    if fingerprint is not None and _rules_digest(account) != fingerprint:
-        raise RulesNotYetHere(f"the rules of {account_id} in force here are not yet the edited ones")
-    _, total = publish(account, rt.profile_redis, rt.queue_redis, clock.now())
+    if expected is not None and digest_of(account) != expected:
+        raise RulesNotYetHere(f"the account file of {account_id} in force here is not yet the edited one")
+    _, total = publish(account, rt.profile_redis, rt.queue_redis, clock.now(), restate=restate)
     return total
+
+
+def reevaluate_job(account_id: str, fingerprint: str | None = None) -> int:
+    """RQ job: re-evaluate every profile of the account with the rules in force (they changed
+    without a publish, to ``fingerprint``); how many profiles were queued."""
+    return _rerun(account_id, _rules_digest, fingerprint, False)
 
 
 def restate_job(account_id: str, mapping: str | None = None) -> int:
     """RQ job: re-evaluate every profile of the account with its state sent again (its mappings
     changed, to the ``mapping`` digest the scheduler saw); how many profiles were queued."""
-    from connector import runtime as process_runtime
-
-    rt = process_runtime.current()
-    rt.provider.refresh_rules(force=True)
-    account = rt.account(account_id)
-    if account is None:
-        return 0
-    if mapping is not None and mapping_digest(account) != mapping:
-        raise RulesNotYetHere(f"the destination mappings of {account_id} here are not yet the edited ones")
-    _, total = publish(account, rt.profile_redis, rt.queue_redis, clock.now(), restate=True)
-    return total
+    return _rerun(account_id, mapping_digest, mapping, True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 import redis
 
 from connector.config import Accounts
+from connector.event import Event
 from connector.profiles import keys, load_profile, lookup
 from connector.profiles import rejected as rejected_log
 from connector.profiles.identity import usable_identities
@@ -272,21 +274,23 @@ def test_a_new_email_is_not_attached_to_a_customer_through_their_device(
     assert [e.name for e in carol.events] == ["product_viewed"]
 
 
+def public(event: Event) -> Event:
+    """The event as the tracking API (the account's public write key) stores it."""
+    from connector.ingest import tracking
+
+    return replace(event, source=tracking.SOURCE)
+
+
 def test_the_public_write_key_never_joins_two_customers_who_each_have_an_email(
     redis_client, accounts
 ) -> None:
     """``identify(userId: X, email: alice)`` then ``(X, email: bob)`` through the tracking API (whose
     write key is public): alice's and bob's profiles stay apart; the same two calls from a signed
     sender merge them, as on Segment."""
-    from dataclasses import replace
-
     from connector.event import PUBLIC_SOURCES
     from connector.ingest import tracking
 
     assert tracking.SOURCE in PUBLIC_SOURCES
-
-    def public(event):  # type: ignore[no-untyped-def]
-        return replace(event, source=tracking.SOURCE)
 
     orders = [
         ev(
@@ -361,10 +365,6 @@ def test_a_user_id_claimed_through_the_public_write_key_gives_way_to_the_custome
     """``identify(userId: evil, email: carol)`` through the tracking API gives carol's profile that
     user id; carol's own order from a signed sender, with her real user id, still lands on her
     profile (which then has her user id), not on a new one without her email."""
-    from dataclasses import replace
-
-    from connector.ingest import tracking
-
     apply(
         redis_client,
         accounts,
@@ -372,7 +372,7 @@ def test_a_user_id_claimed_through_the_public_write_key_gives_way_to_the_custome
     )
     carol = lookup(redis_client, "acme", "email", "carol@example.com")
     claim = ev("x1", "identify", type="identify", at=1, user_id="evil-carol", email="carol@example.com")
-    apply(redis_client, accounts, replace(claim, source=tracking.SOURCE))
+    apply(redis_client, accounts, public(claim))
     assert lookup(redis_client, "acme", "user_id", "evil-carol") == carol
     assert redis_client.hmget(keys.profile_key("acme", carol), "uid", "uw") == [b"evil-carol", b"1"]
 
@@ -393,7 +393,7 @@ def test_a_user_id_claimed_through_the_public_write_key_gives_way_to_the_custome
 
     # her user id is her own now: another claim through the public key makes a profile of its own
     again = ev("x2", "identify", type="identify", at=3, user_id="evil-2", email="carol@example.com")
-    apply(redis_client, accounts, replace(again, source=tracking.SOURCE))
+    apply(redis_client, accounts, public(again))
     assert lookup(redis_client, "acme", "user_id", "evil-2") not in (None, carol)
     assert lookup(redis_client, "acme", "email", "carol@example.com") == carol
     # and a signed sender's user id is never replaced by another signed one
@@ -408,13 +408,6 @@ def test_a_customer_s_user_id_squatted_through_the_public_write_key_never_takes_
     """``identify(userId: real-carol-42, email: mallory)`` through the tracking API first: carol's
     own signed order with that user id goes to her emailed profile, which is not merged into
     mallory's; and after a signed takeover, the replaced provisional id adds no email to her."""
-    from dataclasses import replace
-
-    from connector.ingest import tracking
-
-    def public(event):  # type: ignore[no-untyped-def]
-        return replace(event, source=tracking.SOURCE)
-
     apply(redis_client, accounts, ev("c1", "order_completed", at=0, email="carol@example.com"))
     carol = lookup(redis_client, "acme", "email", "carol@example.com")
     squat = ev("x1", "identify", type="identify", at=1, user_id="real-carol-42", email="mallory@example.net")

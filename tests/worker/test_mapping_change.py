@@ -84,9 +84,10 @@ def test_a_change_of_how_a_destination_sends_does_not_resend(
     assert publish.resend_changed_mappings in scheduler.TASKS
 
 
-def test_rules_edited_in_the_file_end_memberships_without_an_event(
+def two_buyers(
     config_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> dict[str, Any]:
+    """The account (buyers: one order or more), a buyer of one order and one of two, applied."""
     monkeypatch.setenv("MAP_MC_KEY", "mc-key-0123456789-us1")
     monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
     acme = account_with(config_dir, ["buyer"])
@@ -97,6 +98,13 @@ def test_rules_edited_in_the_file_end_memberships_without_an_event(
     ]
     with clock.frozen(NOW):
         apply_batch(events, NOW, load_accounts(config_dir), redis_client, redis_client)
+    return acme
+
+
+def test_rules_edited_in_the_file_end_memberships_without_an_event(
+    config_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acme = two_buyers(config_dir, redis_client, monkeypatch)
     assert len(pending_tags(redis_client)) == 2
     redis_client.delete("sync:acme:mailchimp:pending")  # as if the sync had sent them
     assert publish.reevaluate_changed_rules(NOW) == 0  # met for the first time: recorded only
@@ -125,16 +133,7 @@ def test_a_worker_that_looked_at_the_files_before_the_edit_re_evaluates_with_the
     from connector import runtime
     from connector.settings import Settings
 
-    monkeypatch.setenv("MAP_MC_KEY", "mc-key-0123456789-us1")
-    monkeypatch.setattr(publish, "_seen", {"mapping": {}, "rules": {}})
-    acme = account_with(config_dir, ["buyer"])
-    events = [ev("o0", "order_completed", at=NOW - timedelta(hours=2), email="b0@example.com")]
-    events += [
-        ev(f"o1{i}", "order_completed", at=NOW - timedelta(hours=1 + i), email="b1@example.com")
-        for i in range(2)
-    ]
-    with clock.frozen(NOW):
-        apply_batch(events, NOW, load_accounts(config_dir), redis_client, redis_client)
+    acme = two_buyers(config_dir, redis_client, monkeypatch)
     redis_client.delete("sync:acme:mailchimp:pending")
     scheduler_rt = runtime.current()
     ticks = [0.0]
