@@ -7,6 +7,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from connector.errors import StoreUnavailable
+from connector.ops.metrics import scrape_token_given
 from connector.runtime import config_errors
 
 health = Blueprint("health", __name__)
@@ -27,12 +28,20 @@ def readyz() -> Response | tuple[Response, int]:
         superseded = current_app.extensions["connector.runtime"].rules_superseded()
     except redis.RedisError as err:
         raise StoreUnavailable("redis unreachable") from err
+    if not (problems or superseded):
+        return jsonify(status="ready")
+    # still 200 when degraded: the last valid accounts keep serving; a failing readiness would take
+    # every web pod out of rotation for a file the workers are coping with
+    if not scrape_token_given():  # which files and accounts: for the scrape token's holder only
+        return jsonify(
+            status="degraded",
+            config_error_count=len(problems),
+            rules_superseded_count=len(superseded),
+            details="the files and accounts are shown to a request with the scrape token "
+            "(CONNECTOR_METRICS_TOKEN) as a bearer token",
+        )
     if superseded:  # the file's changed rules replaced a version published through the API
         return jsonify(
             status="degraded", config_errors=[p.as_dict() for p in problems], rules_superseded=superseded
         )
-    if problems:
-        # still 200: the last valid accounts keep serving; a failing readiness would take every
-        # web pod out of rotation for a file the workers are coping with
-        return jsonify(status="degraded", config_errors=[p.as_dict() for p in problems])
-    return jsonify(status="ready")
+    return jsonify(status="degraded", config_errors=[p.as_dict() for p in problems])

@@ -241,13 +241,19 @@ def install(app: Flask, queue: EventQueue, profile_conn: Any = None) -> None:
     app.register_blueprint(bp)
 
 
-def _refused() -> Response | None:
-    """With ``CONNECTOR_METRICS_TOKEN`` set, a scrape without that bearer token is a 401."""
+def scrape_token_given() -> bool:
+    """Whether the request may read what names accounts and files: ``CONNECTOR_METRICS_TOKEN`` is
+    unset, or the request sends it as a bearer token."""
     token = current_app.config["CONNECTOR_SETTINGS"].metrics_token
     if token is None:
-        return None
+        return True
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _refused() -> Response | None:
+    """With ``CONNECTOR_METRICS_TOKEN`` set, a scrape without that bearer token is a 401."""
+    if scrape_token_given():
         return None
     answer = Answer.json(
         401,

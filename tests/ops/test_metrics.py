@@ -3,6 +3,7 @@ Prometheus text format written by prometheus_client (HELP and TYPE lines, escape
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import redis
@@ -163,6 +164,15 @@ def test_with_a_scrape_token_the_metrics_answer_only_a_scraper_that_sends_it(
     scraped = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
     assert scraped.status_code == 200 and 'account="acme"' in scraped.get_data(as_text=True)
     assert token not in repr(runtime.current().settings)
+
+    # /readyz stays open, and says which files and accounts only to the token's holder
+    redis_client.hset("config:errors", "/srv/cfg/initech.yaml", json.dumps(
+        {"file": "initech.yaml", "reason": "rules.segments: bad", "at": "2024-02-01T00:00:00Z"}))  # fmt: skip
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
+    assert ready.get_json()["config_error_count"] == 1 and "initech" not in ready.get_data(as_text=True)
+    detailed = client.get("/readyz", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert [e["file"] for e in detailed["config_errors"]] == ["initech.yaml"]
 
     monkeypatch.setenv("CONNECTOR_METRICS_TOKEN", "short")
     with pytest.raises(ConfigError, match="CONNECTOR_METRICS_TOKEN must be at least 16") as err:
