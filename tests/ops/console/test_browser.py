@@ -343,7 +343,7 @@ def test_a_worker_line_that_comes_before_its_delivery_goes_under_it_and_rows_kee
         pipe.execute()
     sub = page.wait_for_selector("#live tbody tr.accepted .sub.landed")
     assert "entered vip" in sub.inner_text()
-    rows = page.locator("#live tbody tr")
+    rows = page.locator("#live tbody tr", has_text="2026-12-03T20:00:00")  # these entries' rows
     assert rows.count() == 2  # no row of its own for the worker's line
     assert "ev-1" not in rows.nth(0).inner_text() and "entered vip" in rows.nth(1).inner_text()
     assert rows.nth(0).locator("td").first.inner_text().endswith("00.525000Z")
