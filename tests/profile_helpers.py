@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -45,3 +47,16 @@ def ev(
 def apply(conn: redis.Redis, accounts: Accounts, *events: Event, now: datetime = NOW) -> Outcome:
     outcomes = apply_batch(list(events), now, accounts, conn, conn)
     return outcomes.get(events[0].account) or Outcome()
+
+
+def import_segment_lines(
+    conn: redis.Redis, accounts: Accounts, folder: Path, lines: list[dict[str, Any]]
+) -> None:
+    """Segment JSON lines through ``connector import`` for acme (the importer's apply and counts)."""
+    from connector.worker.importer import import_file
+
+    path = folder / "people.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    account = accounts.get("acme")
+    assert account is not None
+    import_file(path, account, NOW, conn, conn, fmt="segment")

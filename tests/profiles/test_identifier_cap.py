@@ -4,15 +4,13 @@ not made; erasure still removes every index entry; imports count what the cap dr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import redis
 
 from connector.config import Accounts
 from connector.profiles import identity, keys, load_profile, lookup
-from connector.worker.importer import import_file
-from tests.profile_helpers import NOW, apply, ev
+from tests.profile_helpers import NOW, apply, ev, import_segment_lines
 
 CAP = identity.MAX_IDENTIFIERS
 
@@ -176,11 +174,7 @@ def test_an_import_counts_the_identifiers_it_could_not_link(redis_client, accoun
          "timestamp": "2024-01-01T00:00:00Z"}
         for k in range(CAP + 5)
     ]  # fmt: skip
-    path = tmp_path / "people.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    account = accounts.get("acme")
-    assert account is not None
-    import_file(path, account, NOW, redis_client, redis_client, fmt="segment")
+    import_segment_lines(redis_client, accounts, tmp_path, lines)
     pid = lookup(redis_client, "acme", "user_id", "imp")
     assert pid is not None and _identity_fields(redis_client, pid) == CAP
     assert _dropped(redis_client) == 6

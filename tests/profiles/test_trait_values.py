@@ -3,7 +3,6 @@ the value it had, the event's other traits are kept, and the drop is counted (wo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import redis
@@ -11,8 +10,7 @@ import redis
 from connector.config import Accounts
 from connector.profiles import keys, load_profile, lookup
 from connector.profiles.store import MAX_TRAIT_BYTES
-from connector.worker.importer import import_file
-from tests.profile_helpers import NOW, apply, ev
+from tests.profile_helpers import NOW, apply, ev, import_segment_lines
 
 
 def _dropped(conn: redis.Redis) -> int:
@@ -77,11 +75,7 @@ def test_an_import_counts_the_trait_values_it_did_not_keep(
         {"type": "identify", "userId": "imp", "messageId": "m2", "timestamp": "2024-01-01T00:01:00Z",
          "traits": {"blob": ["c" * 3_000], "city": "Lyon"}},
     ]  # fmt: skip
-    path = tmp_path / "people.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    account = accounts.get("acme")
-    assert account is not None
-    import_file(path, account, NOW, redis_client, redis_client, fmt="segment")
+    import_segment_lines(redis_client, accounts, tmp_path, lines)
     pid = lookup(redis_client, "acme", "user_id", "imp")
     profile = load_profile(redis_client, "acme", pid, NOW) if pid else None
     assert profile is not None and profile.traits == {"email": "imp@example.com", "city": "Lyon"}
