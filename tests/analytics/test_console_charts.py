@@ -50,7 +50,7 @@ def test_the_segment_page_shows_movement_and_the_holdout(viewer: Any) -> None:
     page = client.get("/console/a/acme/segments/cart_abandoner").get_data(as_text=True)
     holdout = page[page.index('id="holdout"') :]
     assert "control" in holdout and "treated" in holdout and "too few members" in holdout
-    assert re.search(r"t vs c: [+-][0-9.]+ pts\s+\[", holdout)
+    assert re.search(r"treated vs control: [+-][0-9.]+ pts\s+\[", holdout)
     movement_part = page[page.index('id="movement"') : page.index('id="holdout"')]
     assert "entered 300, exited 0 over 30 days" in movement_part
 

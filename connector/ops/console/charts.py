@@ -63,7 +63,7 @@ def arm_bars(arms: Mapping[str, Mapping[str, Any]], width: int = 360) -> Markup:
     rows = []
     for i, (arm, rate) in enumerate(sorted(rates.items())):
         length = (width - label - 30 - written) * rate / top
-        name = escape(ARM_NAMES.get(arm, f"variant {arm}"))
+        name = escape(arm_name(arm))
         rows.append(
             f'<text x="0" y="{i * row + 13}">{name}</text>'
             f'<rect x="{label + 30}" y="{i * row + 3}" width="{length:.1f}" height="{row - 6}" class="arm"/>'
@@ -78,3 +78,8 @@ def arm_bars(arms: Mapping[str, Mapping[str, Any]], width: int = 360) -> Markup:
 
 
 ARM_NAMES = {"c": "control", "t": "treated"}
+
+
+def arm_name(arm: str) -> str:
+    """An arm as the pages write it: ``control``, ``treated``, ``variant a`` ..."""
+    return ARM_NAMES.get(arm, f"variant {arm}")

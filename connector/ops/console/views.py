@@ -32,7 +32,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from connector import clock, unicode_text
 from connector.ops import audit, live, tokens
 from connector.ops.console import session
-from connector.ops.console.charts import arm_bars, day_bars, sparkline
+from connector.ops.console.charts import arm_bars, arm_name, day_bars, sparkline
 from connector.ops.console.client import ApiError, call, get, post
 from connector.runtime import Runtime
 from rules.variants import NAMES as VARIANT_NAMES
@@ -108,7 +108,13 @@ def _http_error(err: HTTPException) -> Any:
 
 @bp.app_context_processor
 def _context() -> dict[str, Any]:
-    return {"sparkline": sparkline, "day_bars": day_bars, "arm_bars": arm_bars, "quote": quote}
+    return {
+        "sparkline": sparkline,
+        "day_bars": day_bars,
+        "arm_bars": arm_bars,
+        "arm_name": arm_name,
+        "quote": quote,
+    }
 
 
 @bp.app_template_filter("pretty_json")

@@ -266,9 +266,22 @@ def test_a_segment_with_variants_shows_each_variants_value_and_a_person_their_va
     assert pid is not None
     segment = accounts.get("acme").ruleset.by_name["cart_abandoner"]  # type: ignore[union-attr]
     variant = NAMES[segment.variant_of("acme", pid)]
+    from connector.analytics import holdout, movement
+
+    account = accounts.get("acme")
+    pipe = redis_client.pipeline()
+    for n in range(4):  # entries before the variants (treated), and one per variant
+        movement.record_diff(
+            pipe, "acme", {}, f"old{n}", ["cart_abandoner"], [], clock.now(), arms={"cart_abandoner": "t"}
+        )
+        arms = holdout.arms_of(account, f"p{n}", ["cart_abandoner"])
+        movement.record_diff(pipe, "acme", {}, f"p{n}", ["cart_abandoner"], [], clock.now(), arms=arms)
+    pipe.execute()
     login(api, mint("viewer", "acme"))
     page = api.get("/console/a/acme/segments/cart_abandoner").get_data(as_text=True)
     assert "window = a 24h, b 48h" in page
+    assert "Treated not compared: entries made while the segment had no variants." in page
+    assert "variant b vs variant a:" in page and "treated vs" not in page
     person = api.get(f"/console/a/acme/people/{pid}").get_data(as_text=True)
     assert re.search(rf"cart_abandoner</strong> <span class=\"pill\">variant {variant}</span>", person)
     assert (
