@@ -266,13 +266,14 @@ return 0
 
 def mark_superseded(
     conn: redis.Redis, account_id: str, raw: bytes | str, file_digest: str, now: datetime
-) -> Pointer:
+) -> tuple[Pointer, bool]:
     """Record that the file's rules changed under the pointed version (only if the pointer is still
-    ``raw``: a publish in between wins). Returns the superseded pointer."""
+    ``raw``: a publish in between wins). Returns the superseded pointer, and whether this call
+    marked it (one process of all that see the change does)."""
     old = Pointer.parse(raw)
     assert old is not None
     new = Pointer(
         old.version, old.based_on, old.at, old.by, {"file_digest": file_digest, "at": isoformat(now)}
     )
-    conn.eval(_SUPERSEDE, 1, current_key(account_id), raw, new.as_json())
-    return new
+    won = bool(conn.eval(_SUPERSEDE, 1, current_key(account_id), raw, new.as_json()))
+    return new, won

@@ -28,6 +28,7 @@ from connector import clock, redis_conn, rules_store
 from connector.config import Account, Accounts, load_account_file
 from connector.destinations import Destination, build_adapter
 from connector.errors import ConfigError, file_name_shown
+from connector.ops import audit
 from connector.settings import Settings
 from rules import RuleSet
 
@@ -116,13 +117,36 @@ class RulesOverlay:
         if pointer is None:
             return RulesInForce("file", file_digest)
         if pointer.superseded is None and pointer.based_on != file_digest and raw is not None:
-            pointer = rules_store.mark_superseded(self._conn, account.id, raw, file_digest, self._now())
+            pointer, marked = rules_store.mark_superseded(
+                self._conn, account.id, raw, file_digest, self._now()
+            )
+            if marked:
+                self._record_superseded(account, pointer)
         if pointer.superseded is not None:
             return RulesInForce("file", file_digest, superseded_version=pointer.version)
         compiled = self._compile(account, pointer.version)
         if isinstance(compiled, str):
             return RulesInForce("file", file_digest, problem=compiled)
         return RulesInForce("api", file_digest, version=pointer.version)
+
+    def _record_superseded(self, account: Account, pointer: rules_store.Pointer) -> None:
+        """The one process that marked the pointer says so: a warning in its log and an entry in
+        the audit log (who: the account file), as a publish through the API leaves one."""
+        file_name = file_name_shown(account.file)
+        log.warning(
+            "the account file's rules changed: they are in force, API rules version superseded",
+            extra={"account": account.id, "superseded_version": pointer.version, "file": file_name},
+        )
+        audit.record(
+            self._conn,
+            f"file:{file_name}",
+            "rules.superseded",
+            f"rules:{account.id}",
+            [account.id],
+            {"source": "api", "version": pointer.version},
+            {"source": "file", "rules_digest": (pointer.superseded or {}).get("file_digest")},
+            self._now(),
+        )
 
     def _compile(self, account: Account, number: int) -> tuple[dict, RuleSet] | str:
         key = (account.id, number)
@@ -150,10 +174,8 @@ class RulesOverlay:
 
 def _log_state(account_id: str, state: RulesInForce) -> None:
     extra = {"account": account_id, "version": state.version, "superseded_version": state.superseded_version}
-    if state.superseded_version is not None:
-        log.warning(
-            "the account file's rules changed: they are in force, API rules version superseded", extra=extra
-        )
+    if state.superseded_version is not None:  # the warning is the marking process's (_record_superseded)
+        log.info("the account file's rules are in force; API rules version superseded", extra=extra)
     elif state.problem is not None:
         log.error(
             "API rules version not in force; the file's rules are", extra={**extra, "reason": state.problem}

@@ -28,20 +28,19 @@ def readyz() -> Response | tuple[Response, int]:
         superseded = current_app.extensions["connector.runtime"].rules_superseded()
     except redis.RedisError as err:
         raise StoreUnavailable("redis unreachable") from err
+    # a file's changed rules replacing an API version is a deploy doing its job, not a fault: it is
+    # reported (and recorded in the audit log once), the status stays ready
+    status = "degraded" if problems else "ready"
     if not (problems or superseded):
-        return jsonify(status="ready")
+        return jsonify(status=status)
     # still 200 when degraded: the last valid accounts keep serving; a failing readiness would take
     # every web pod out of rotation for a file the workers are coping with
     if not scrape_token_given():  # which files and accounts: for the scrape token's holder only
         return jsonify(
-            status="degraded",
+            status=status,
             config_error_count=len(problems),
             rules_superseded_count=len(superseded),
             details="the files and accounts are shown to a request with the scrape token "
             "(CONNECTOR_METRICS_TOKEN) as a bearer token",
         )
-    if superseded:  # the file's changed rules replaced a version published through the API
-        return jsonify(
-            status="degraded", config_errors=[p.as_dict() for p in problems], rules_superseded=superseded
-        )
-    return jsonify(status="degraded", config_errors=[p.as_dict() for p in problems])
+    return jsonify(status=status, config_errors=[p.as_dict() for p in problems], rules_superseded=superseded)

@@ -199,6 +199,7 @@ def test_another_process_sees_the_published_version_after_its_next_check_and_the
     api_accounts: Path,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
+    mint: Mint,
 ) -> None:
     ticks = [0.0]
     other = AccountsProvider(
@@ -234,6 +235,13 @@ def test_another_process_sees_the_published_version_after_its_next_check_and_the
     assert item["status"] == "superseded"
     ready = api.get("/readyz").get_json()
     assert ready["rules_superseded"] == [{"account": "acme", "version": number}]
+    assert ready["status"] == "ready"  # a deploy doing its job: reported, not a fault
+    # recorded once, by the process that marked it, though this one and the web's both saw it
+    entries = api.get("/api/v1/audit", headers=bearer(mint("viewer", "acme"))).get_json()["items"]
+    [entry] = [e for e in entries if e["action"] == "rules.superseded"]
+    assert entry["token"] == "file:acme.yaml" and entry["target"] == "rules:acme"
+    assert entry["before"] == {"source": "api", "version": number}
+    assert entry["after"]["source"] == "file" and entry["after"]["rules_digest"]
     # a version written against the old file's rules cannot be published again
     assert api.post(f"{URL}/versions/{number}/publish", headers=editor).status_code == 409
 
