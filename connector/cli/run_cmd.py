@@ -211,7 +211,8 @@ def dev(port: int, web_workers: int, sandbox: bool, sandbox_ports: str) -> None:
             os.environ[SEEDED_CONFIG_ENV] = os.environ["CONNECTOR_CONFIG_DIR"]
         # Invalid account files stop start-up before anything else is started.
         accounts = load_accounts(Path(os.environ["CONNECTOR_CONFIG_DIR"]))
-        code = _run_with_redis(data_dir, port, web_workers, [a.id for a in accounts])
+        fake_ports = {"mailchimp": mc, "hubspot": hs, "klaviyo": kl} if fakes is not None else None
+        code = _run_with_redis(data_dir, port, web_workers, [a.id for a in accounts], fake_ports)
     finally:
         if fakes is not None:
             fakes.stop()
@@ -230,7 +231,13 @@ def _check_port(port: int, flag: str) -> None:
             ) from None
 
 
-def _run_with_redis(data_dir: Path, port: int, web_workers: int, account_ids: list[str]) -> int:
+def _run_with_redis(
+    data_dir: Path,
+    port: int,
+    web_workers: int,
+    account_ids: list[str],
+    sandbox_ports: dict[str, int] | None = None,
+) -> int:
     """Start the embedded Redis unless REDIS_URL is set, record this run in ``dev.json`` for the
     other commands, supervise the processes, and clean up."""
     embedded: EmbeddedRedis | None = None
@@ -242,7 +249,7 @@ def _run_with_redis(data_dir: Path, port: int, web_workers: int, account_ids: li
         settings = Settings.from_env()  # invalid settings stop start-up here
         click.echo(f"connector dev: {settings.describe()}")
         web = f"http://127.0.0.1:{port}"
-        state = devenv.write_state(os.environ["REDIS_URL"], settings.config_dir, web)
+        state = devenv.write_state(os.environ["REDIS_URL"], settings.config_dir, web, sandbox_ports)
         click.echo(f"other commands find this run through {state.resolve()}")
         return _supervise(port, web_workers, account_ids)
     finally:

@@ -31,6 +31,31 @@ def _port_options(fn: Any) -> Any:
     return click.option("--host", default="127.0.0.1", show_default=True)(fn)
 
 
+def _looked_up_port_options(fn: Any) -> Any:
+    from connector.dev.sandbox import DEFAULT_PORTS
+
+    for esp in ("klaviyo", "hubspot", "mailchimp"):
+        fn = click.option(
+            f"--{esp}-port",
+            type=int,
+            default=None,
+            help=f"Port of the fake {esp} [default: the running `connector dev`'s, "
+            f"else {DEFAULT_PORTS[esp]}]",
+        )(fn)
+    return click.option("--host", default="127.0.0.1", show_default=True)(fn)
+
+
+def _ports_in_use(given: dict[str, int | None]) -> dict[str, int]:
+    """The ports given; for the others, those of the sandbox the running ``connector dev`` started
+    (``--sandbox-ports``), else the defaults."""
+    from connector.dev import devenv
+    from connector.dev.sandbox import DEFAULT_PORTS
+
+    running = devenv.running_dev()
+    started = running.sandbox_ports if running is not None and running.sandbox_ports else {}
+    return {esp: port or started.get(esp) or DEFAULT_PORTS[esp] for esp, port in given.items()}
+
+
 @click.group()
 def sandbox() -> None:
     """Fake Mailchimp, HubSpot and Klaviyo servers on loopback (no ESP account needed)."""
@@ -153,13 +178,16 @@ def _show_klaviyo(state: dict[str, Any]) -> list[str]:
 
 
 @sandbox.command("show")
-@_port_options
+@_looked_up_port_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw state of each fake as JSON.")
-def show(host: str, mailchimp_port: int, hubspot_port: int, klaviyo_port: int, as_json: bool) -> None:
-    """Print what each fake ESP holds: members, contacts and profiles with tags, lists and fields."""
+def show(
+    host: str, mailchimp_port: int | None, hubspot_port: int | None, klaviyo_port: int | None, as_json: bool
+) -> None:
+    """Print what each fake ESP holds: members, contacts and profiles with tags, lists and fields.
+    Without port options, the fakes of the running `connector dev` (its --sandbox-ports)."""
     from connector.dev.sandbox.process import fetch_state
 
-    ports = _ports(mailchimp_port, hubspot_port, klaviyo_port)
+    ports = _ports_in_use({"mailchimp": mailchimp_port, "hubspot": hubspot_port, "klaviyo": klaviyo_port})
     states: dict[str, Any] = {}
     missing = []
     for esp, port in ports.items():

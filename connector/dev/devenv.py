@@ -127,6 +127,7 @@ class RunningDev:
     config_dir: Path
     state_file: Path
     web_url: str | None = None
+    sandbox_ports: Mapping[str, int] | None = None  # the fake ESPs it started, by ESP
 
 
 def _alive(pid: int) -> bool:
@@ -146,26 +147,35 @@ def running_dev() -> RunningDev | None:
     try:
         data = json.loads(path.read_text())
         web = data.get("web_url")
+        fakes = data.get("sandbox_ports")
         dev = RunningDev(
             int(data["pid"]),
             str(data["redis_url"]),
             Path(data["config_dir"]),
             path,
             str(web) if web else None,
+            {str(esp): int(port) for esp, port in fakes.items()} if fakes else None,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return dev if _alive(dev.pid) else None
 
 
-def write_state(redis_url: str, config_dir: Path, web_url: str | None = None) -> Path:
-    """Record this process as the running ``connector dev`` (owner-only: the URL may hold a password)."""
+def write_state(
+    redis_url: str,
+    config_dir: Path,
+    web_url: str | None = None,
+    sandbox_ports: Mapping[str, int] | None = None,
+) -> Path:
+    """Record this process as the running ``connector dev`` (owner-only: the URL may hold a password),
+    with the ports of the sandbox ESPs it started (``connector sandbox show`` looks there)."""
     path = state_file()
     record = {
         "pid": os.getpid(),
         "redis_url": redis_url,
         "config_dir": str(config_dir.resolve()),
         "web_url": web_url,
+        "sandbox_ports": dict(sandbox_ports) if sandbox_ports else None,
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

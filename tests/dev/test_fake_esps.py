@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -993,6 +994,7 @@ def test_sandbox_serve_and_show() -> None:
     from click.testing import CliRunner
 
     from connector.cli.main import _register, cli
+    from connector.dev import devenv
     from connector.dev.sandbox import SANDBOX_MAILCHIMP_KEY, SANDBOX_MAILCHIMP_LIST
     from connector.dev.sandbox.process import start_sandbox
 
@@ -1018,6 +1020,17 @@ def test_sandbox_serve_and_show() -> None:
         raw = CliRunner().invoke(cli, ["sandbox", "show", "--json", *ports])
         state = json.loads(raw.output)
         assert state["klaviyo"]["lists"]["cart_abandoner"]["id"] == ids["klaviyo"]
+        # without port options: the fakes the running `connector dev` started (this process plays it)
+        started = {esp: server.port for esp, server in running.servers.items()}
+        assert set(started.values()).isdisjoint({8901, 8902, 8903})
+        devenv.write_state("redis://127.0.0.1:1/0", Path.cwd(), None, started)
+        try:
+            looked_up = CliRunner().invoke(cli, ["sandbox", "show"])
+        finally:
+            devenv.clear_state()
+        assert looked_up.exit_code == 0, looked_up.output
+        assert f"mailchimp (127.0.0.1:{started['mailchimp']})" in looked_up.output
+        assert "ann@example.com  status=transactional  tags: cart_abandoner" in looked_up.output
     finally:
         running.stop()
     down = CliRunner().invoke(cli, ["sandbox", "show", *ports])
