@@ -1004,6 +1004,8 @@ def test_sandbox_serve_and_show() -> None:
         dests = running.destinations()
         assert dests["hubspot"]["segments"]["cart_abandoner"]["lists"] == [ids["hubspot"]]
         assert dests["mailchimp"]["list_id"] == SANDBOX_MAILCHIMP_LIST
+        # a Mailchimp tag is the static segment of that name: the segment is mapped to it once
+        assert dests["mailchimp"]["segments"]["cart_abandoner"] == {"tags": ["cart_abandoner"]}
         mc_url = running.base_url("mailchimp")
         with httpx.Client(base_url=mc_url, auth=("u", SANDBOX_MAILCHIMP_KEY)) as client:
             _put_member_on(client, SANDBOX_MAILCHIMP_LIST, "ann@example.com")

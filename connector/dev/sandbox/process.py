@@ -54,12 +54,17 @@ class Sandbox:
             server.stop()
 
     def destinations(self) -> dict[str, Any]:
-        """The ``destinations:`` block of an account file that uses this sandbox (lists as tags too).
-        Each destination says ``sandbox: true``: its base_url is a loopback fake, not the vendor."""
+        """The ``destinations:`` block of an account file that uses this sandbox: each segment as a
+        tag, and on HubSpot and Klaviyo as a list too. On Mailchimp a tag is a static segment of
+        the audience, so the segment's tag is its list there: mapping both would write every change
+        twice to one object. Each destination says ``sandbox: true``: its base_url is a loopback
+        fake, not the vendor."""
         segments: dict[str, dict[str, dict[str, list[str]]]] = {"mailchimp": {}, "hubspot": {}, "klaviyo": {}}
         for name, ids in self.list_ids.items():
             for esp, list_id in ids.items():
-                segments[esp][name] = {"tags": [name], "lists": [list_id]}
+                segments[esp][name] = (
+                    {"tags": [name]} if esp == "mailchimp" else {"tags": [name], "lists": [list_id]}
+                )
         return {
             "mailchimp": {
                 "api_key_env": "SANDBOX_MAILCHIMP_KEY",
