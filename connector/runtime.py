@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -38,6 +38,11 @@ RELOAD_CHECK_SECONDS = 1.0
 # hash: the file's server path -> JSON {"file": its name, "reason", "at"}, one per invalid file; the
 # field keeps the path, so that a process replaces the entries of its own config directory only
 CONFIG_ERRORS_KEY = "config:errors"
+# A process serving a config directory with invalid files records them again this often; an entry
+# nobody recorded for CONFIG_ERRORS_STALE (its directory no longer served by any process, such as
+# an old deploy's) is no longer reported, and is removed.
+CONFIG_ERRORS_REFRESH = timedelta(seconds=60)
+CONFIG_ERRORS_STALE = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -325,6 +330,7 @@ class Runtime:
     provider: AccountsProvider
     _adapters: dict[str, Adapter] = field(default_factory=dict)
     _published: int = -1
+    _published_at: datetime | None = None
 
     @classmethod
     def from_settings(
@@ -349,10 +355,14 @@ class Runtime:
         """The accounts now (reloaded when a file changed); file errors are published to Redis
         (``config:errors``) whenever they change, for ``/readyz`` and the metrics."""
         accounts = self.provider.current()
-        if self._published != self.provider.generation and publish_errors(
-            self.queue_redis, self.provider.config_dir, self.provider.errors, clock.now()
+        now = clock.now()
+        due = self.provider.errors and (
+            self._published_at is None or now - self._published_at >= CONFIG_ERRORS_REFRESH
+        )
+        if (self._published != self.provider.generation or due) and publish_errors(
+            self.queue_redis, self.provider.config_dir, self.provider.errors, now
         ):
-            self._published = self.provider.generation
+            self._published, self._published_at = self.provider.generation, now
         return accounts
 
     def account(self, account_id: str) -> Account | None:
@@ -443,19 +453,23 @@ def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError],
     """Make ``config:errors`` hold exactly ``errors`` for the files of ``config_dir``; False when
     Redis could not be written (tried again with the next batch). Entries are keyed by the file's
     path, so that config directories sharing one Redis never remove each other's; each holds the
-    file's name only, which is what is shown."""
+    file's name only, which is what is shown, since when its reason holds (``at``) and when it was
+    last recorded (``seen``: see :data:`CONFIG_ERRORS_STALE`)."""
     prefix = shown_path(str(config_dir)).rstrip("/") + "/"
     current = {shown_path(error.file): error for error in errors}
     try:
-        recorded = {f.decode() if isinstance(f, bytes) else str(f) for f in conn.hkeys(CONFIG_ERRORS_KEY)}
+        recorded = {_text(f): _text(v) for f, v in conn.hgetall(CONFIG_ERRORS_KEY).items()}
         pipe = conn.pipeline(transaction=False)
         for file in recorded:
             if file.startswith(prefix) and file not in current:
                 pipe.hdel(CONFIG_ERRORS_KEY, file)
         for file, error in current.items():
             reason = ": ".join(part for part in (error.path, error.reason) if part)
-            problem = ConfigProblem(file=file_name_shown(file), reason=reason, at=clock.isoformat(now))
-            pipe.hset(CONFIG_ERRORS_KEY, file, json.dumps(problem.as_dict()))
+            at = _since(recorded.get(file), reason) or clock.isoformat(now)
+            problem = ConfigProblem(file=file_name_shown(file), reason=reason, at=at)
+            pipe.hset(
+                CONFIG_ERRORS_KEY, file, json.dumps({**problem.as_dict(), "seen": clock.isoformat(now)})
+            )
         pipe.execute()
     except redis.RedisError as failure:
         log.warning("could not record the config errors", extra={"error": type(failure).__name__})
@@ -463,14 +477,44 @@ def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError],
     return True
 
 
-def config_errors(conn: redis.Redis) -> list[ConfigProblem]:
+def _seen(data: dict) -> datetime:
+    """When an entry was last recorded; an entry without ``seen`` (an earlier version's, recorded
+    again at once by a process that still serves its directory) counts as never."""
+    try:
+        return datetime.fromisoformat(str(data["seen"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _since(raw: str | None, reason: str) -> str | None:
+    """When a recorded entry's reason began, if it is still ``reason``."""
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return (
+        str(data["at"]) if isinstance(data, dict) and data.get("reason") == reason and "at" in data else None
+    )
+
+
+def config_errors(conn: redis.Redis, now: datetime | None = None) -> list[ConfigProblem]:
     """The account files that are invalid now (the workers serve their last valid version), named
     as in their config directory (``initech.yaml``). What ``/readyz`` reports and the metric
     ``connector_config_errors{file}`` counts."""
-    problems = []
-    for raw in conn.hvals(CONFIG_ERRORS_KEY):
+    problems, stale = [], []
+    oldest = (now or clock.now()) - CONFIG_ERRORS_STALE
+    for key, raw in conn.hgetall(CONFIG_ERRORS_KEY).items():
         data = json.loads(raw)
+        if _seen(data) < oldest:  # no process serves its directory now
+            stale.append(key)
+            continue
         # an entry an earlier version recorded holds the server's path: shown by its name too
         file = file_name_shown(str(data["file"]))
         problems.append(ConfigProblem(file=file, reason=str(data["reason"]), at=str(data["at"])))
+    if stale:
+        conn.hdel(CONFIG_ERRORS_KEY, *stale)
     return sorted(problems, key=lambda p: (p.file, p.reason, p.at))

@@ -167,7 +167,8 @@ def test_with_a_scrape_token_the_metrics_answer_only_a_scraper_that_sends_it(
 
     # /readyz stays open, and says which files and accounts only to the token's holder
     redis_client.hset("config:errors", "/srv/cfg/initech.yaml", json.dumps(
-        {"file": "initech.yaml", "reason": "rules.segments: bad", "at": "2024-02-01T00:00:00Z"}))  # fmt: skip
+        {"file": "initech.yaml", "reason": "rules.segments: bad", "at": "2024-02-01T00:00:00Z",
+         "seen": clock.isoformat(clock.now())}))  # fmt: skip
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
     assert ready.get_json()["config_error_count"] == 1 and "initech" not in ready.get_data(as_text=True)

@@ -52,20 +52,20 @@ def test_an_account_file_broken_while_running_keeps_its_last_valid_version_servi
 ) -> None:
     drain(redis_client, 0, 3)
     assert applied(redis_client) == 3
-    assert runtime.config_errors(redis_client) == []
+    assert runtime.config_errors(redis_client, NOW) == []
 
     acme_file = config_dir / "acme.yaml"
     acme_file.write_text("account: acme\nsenders: [unclosed\n")
     drain(redis_client, 3, 3)
     assert applied(redis_client) == 6  # still applied for acme, not rejected as an unknown account
-    [problem] = runtime.config_errors(redis_client)
+    [problem] = runtime.config_errors(redis_client, NOW)
     assert problem.file == "acme.yaml"  # its name in the config directory, never the server's path
     assert "not valid YAML" in problem.reason
 
     acme_file.write_text(yaml.safe_dump({**ACME, "dedupe_ttl_hours": 96}))
     drain(redis_client, 6, 2)
     assert applied(redis_client) == 8
-    assert runtime.config_errors(redis_client) == []
+    assert runtime.config_errors(redis_client, NOW) == []
     acme = runtime.current().account("acme")
     assert acme is not None and acme.dedupe_ttl_seconds == 96 * 3600  # the repaired file serves
 
@@ -98,7 +98,7 @@ def test_a_file_that_is_not_utf8_is_reported_and_never_stops_the_worker_or_the_w
 
     drain(redis_client, 2, 2)  # the batch is applied, not left failing in the stream
     assert applied(redis_client) == 4
-    [problem] = runtime.config_errors(redis_client)
+    [problem] = runtime.config_errors(redis_client, NOW)
     assert problem.file == "zz.yaml"
     assert problem.reason == "not UTF-8: byte 0xff at offset 12; save the file as UTF-8"
 
@@ -116,7 +116,7 @@ def test_a_file_that_is_not_utf8_is_reported_and_never_stops_the_worker_or_the_w
 
     stray.unlink()
     drain(redis_client, 5, 1)
-    assert runtime.config_errors(redis_client) == []
+    assert runtime.config_errors(redis_client, NOW) == []
     assert "connector_config_errors{" not in client.get("/metrics").get_data(as_text=True)
 
 
@@ -135,7 +135,7 @@ def test_a_failure_the_loader_does_not_name_is_reported_for_that_file_only(
     (config_dir / "globex.yaml").write_text(yaml.safe_dump({"account": "globex", "dedupe_ttl_hours": 12}))
     drain(redis_client, 1, 2)
     assert applied(redis_client) == 3
-    [problem] = runtime.config_errors(redis_client)
+    [problem] = runtime.config_errors(redis_client, NOW)
     assert problem.file == "globex.yaml"
     assert problem.reason == "could not be loaded (RecursionError); the log has the details"
     assert runtime.current().account("globex") is not None  # its last valid version serves
@@ -149,7 +149,7 @@ def test_a_refused_file_whose_name_is_not_utf8_is_reported_by_its_bytes(
     stray.write_text("senders: [unclosed\n")
     drain(redis_client, 1, 2)
     assert applied(redis_client) == 3
-    [problem] = runtime.config_errors(redis_client)
+    [problem] = runtime.config_errors(redis_client, NOW)
     assert problem.file == "caf\\xe9.yaml"
     assert "not valid YAML" in problem.reason
     body = client.get("/readyz").get_json()
@@ -170,7 +170,7 @@ def test_the_scheduler_keeps_ticking_past_a_file_that_is_not_utf8(
     (config_dir / "zz.yaml").write_bytes(b"account: zz\n\xff\xfe: 1\n")
     later = NOW + timedelta(seconds=scheduler.OVERLAP_SECONDS + 1)
     assert scheduler.tick(queue, later) >= len(["acme", "globex"])  # each account's overlap job
-    assert [p.file for p in runtime.config_errors(redis_client)] == ["zz.yaml"]
+    assert [p.file for p in runtime.config_errors(redis_client, NOW)] == ["zz.yaml"]
 
 
 def test_errors_name_the_file_never_the_server_path(
@@ -202,17 +202,17 @@ def test_two_config_directories_sharing_a_redis_keep_each_other_s_errors(
     assert publish_errors(
         redis_client, second, [broken(second, "initech.yaml"), broken(second, "b.yaml")], NOW
     )
-    problems = runtime.config_errors(redis_client)
+    problems = runtime.config_errors(redis_client, NOW)
     assert [p.file for p in problems] == ["b.yaml", "initech.yaml", "initech.yaml"]
     assert all(str(tmp_path) not in str(p.as_dict()) for p in problems)
 
     # the first directory's file loads again: only its entry goes, the second directory's stay
     assert publish_errors(redis_client, first, [], NOW)
-    assert [p.file for p in runtime.config_errors(redis_client)] == ["b.yaml", "initech.yaml"]
+    assert [p.file for p in runtime.config_errors(redis_client, NOW)] == ["b.yaml", "initech.yaml"]
     assert publish_errors(redis_client, second, [broken(second, "b.yaml")], NOW)
-    assert [p.file for p in runtime.config_errors(redis_client)] == ["b.yaml"]
+    assert [p.file for p in runtime.config_errors(redis_client, NOW)] == ["b.yaml"]
     assert publish_errors(redis_client, second, [], NOW)
-    assert runtime.config_errors(redis_client) == []
+    assert runtime.config_errors(redis_client, NOW) == []
 
 
 def test_the_metric_counts_files_of_one_name_in_two_directories_once_per_name(
@@ -222,7 +222,7 @@ def test_the_metric_counts_files_of_one_name_in_two_directories_once_per_name(
 
     for directory in (tmp_path / "one", tmp_path / "two"):
         error = FileError(file=str(directory / "initech.yaml"), reason="not valid YAML")
-        assert publish_errors(redis_client, directory, [error], NOW)
+        assert publish_errors(redis_client, directory, [error], clock.now())  # the scrape's instant
     metrics = client.get("/metrics").get_data(as_text=True)
     # one series per name (a scrape with the same series twice is refused): the number of files
     assert metrics.count("connector_config_errors{") == 1
@@ -232,6 +232,39 @@ def test_the_metric_counts_files_of_one_name_in_two_directories_once_per_name(
 def test_an_entry_recorded_with_the_server_path_is_shown_by_its_name(redis_client: redis.Redis) -> None:
     # written by an earlier version of the connector (a rolling upgrade): shown by name all the same
     entry = {"file": "/srv/connector/accounts/initech.yaml", "reason": "not valid YAML", "at": "x"}
-    redis_client.hset(runtime.CONFIG_ERRORS_KEY, entry["file"], json.dumps(entry))
-    [problem] = runtime.config_errors(redis_client)
+    redis_client.hset(
+        runtime.CONFIG_ERRORS_KEY, entry["file"], json.dumps({**entry, "seen": "2024-01-01T00:59Z"})
+    )
+    [problem] = runtime.config_errors(redis_client, NOW)
     assert problem.file == "initech.yaml"
+    # one never recorded again since (no `seen`): no process of this version serves its directory
+    redis_client.hset(runtime.CONFIG_ERRORS_KEY, entry["file"], json.dumps(entry))
+    assert runtime.config_errors(redis_client, NOW) == []
+    assert not redis_client.exists(runtime.CONFIG_ERRORS_KEY)
+
+
+def test_errors_of_a_config_directory_no_process_serves_are_dropped_and_served_ones_kept(
+    client, redis_client: redis.Redis, config_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    old_deploy = Path("/srv/release-41/accounts")
+    left = runtime.FileError(file=str(old_deploy / "initech.yaml"), reason="not valid YAML", path=None)
+    with clock.frozen(NOW) as now:
+        assert runtime.publish_errors(redis_client, old_deploy, [left], now())
+        (config_dir / "globex.yaml").write_text(
+            yaml.safe_dump({"account": "globex", "senders": {"nope": {}}})
+        )
+        first = client.get("/readyz").get_json()
+        assert first["status"] == "degraded"
+        assert sorted(p["file"] for p in first["config_errors"]) == ["globex.yaml", "initech.yaml"]
+        since = next(p["at"] for p in first["config_errors"] if p["file"] == "globex.yaml")
+
+        now.advance(runtime.CONFIG_ERRORS_STALE - timedelta(seconds=1))
+        assert [p.file for p in runtime.config_errors(redis_client)] == ["globex.yaml", "initech.yaml"]
+
+        # nobody serves the old deploy's directory any more: its entry ends; this process's file,
+        # recorded afresh whenever asked, stays, with the instant its problem began
+        now.advance(timedelta(seconds=2))
+        later = client.get("/readyz").get_json()
+        assert [p["file"] for p in later["config_errors"]] == ["globex.yaml"]
+        assert later["config_errors"][0]["at"] == since
+        assert redis_client.hkeys(runtime.CONFIG_ERRORS_KEY) == [str(config_dir / "globex.yaml").encode()]
