@@ -368,6 +368,11 @@ class Runtime:
     def account(self, account_id: str) -> Account | None:
         return self.accounts.get(account_id)
 
+    def record_config_errors(self) -> None:
+        """Look at the files and record this directory's invalid ones afresh (``/readyz`` and
+        ``/metrics`` call it before reading ``config:errors``)."""
+        self.accounts  # noqa: B018 (the property records them)
+
     def rules_superseded(self) -> list[dict[str, object]]:
         """Accounts whose API rules version the file's changed rules replaced (``/readyz``)."""
         self.provider.refresh()

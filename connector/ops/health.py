@@ -24,7 +24,7 @@ def readyz() -> Response | tuple[Response, int]:
         queue_conn = current_app.extensions["connector.runtime"].queue_redis
         queue_conn.ping()
         current_app.extensions["connector.runtime"].profile_redis.ping()
-        current_app.extensions["connector.runtime"].accounts  # this process's files, recorded afresh
+        current_app.extensions["connector.runtime"].record_config_errors()
         problems = config_errors(queue_conn)
         superseded = current_app.extensions["connector.runtime"].rules_superseded()
     except redis.RedisError as err:

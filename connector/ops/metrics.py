@@ -278,7 +278,7 @@ def metrics() -> Response:
     registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     try:
-        current_app.extensions["connector.runtime"].accounts  # this process's invalid files, recorded afresh
+        current_app.extensions["connector.runtime"].record_config_errors()
         body = encode(registry)
     except redis.RedisError as err:
         log.warning("metrics not read: Redis unavailable", extra={"error": type(err).__name__})
