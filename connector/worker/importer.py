@@ -17,7 +17,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -472,8 +475,9 @@ def import_file(
         for event in events:
             chunk.append(event)
             if len(chunk) >= chunk_size:
-                _apply_chunk(conn, queue_conn, account, chunk, now, report, touched)
-                chunk = []
+                with _interrupt_after():  # a chunk is applied whole: applied twice, it would count duplicates
+                    _apply_chunk(conn, queue_conn, account, chunk, now, report, touched)
+                    chunk = []
     except ImportFileError as err:  # the file breaks here: what was read before it is imported
         stop = str(err)
     except KeyboardInterrupt:
@@ -486,6 +490,24 @@ def import_file(
     if stop is not None:
         raise ImportStopped(stop, report)
     return report
+
+
+@contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Ctrl-C (SIGINT) while inside is held until the end of the block, then raised: the chunk in
+    progress is applied whole, never cut part-way and applied again. Outside the main thread (where
+    signals cannot be handled) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _apply_chunk(

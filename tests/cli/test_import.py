@@ -467,3 +467,32 @@ def test_an_interrupted_import_keeps_and_evaluates_what_it_read(
     assert code == 1
     assert "interrupted after" in out and "the 3 events read before it were imported" in out
     assert [_evaluated(redis_client, f"i{n}@example.com") for n in range(6)] == [True] * 3 + [False] * 3
+
+
+def test_ctrl_c_while_a_chunk_is_applied_finishes_that_chunk_and_counts_no_duplicates(
+    account: str, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real SIGINT arriving while the first chunk of 1,000 is written: the chunk is applied
+    whole, once, then the import stops; nothing of it is applied again and counted as duplicates."""
+    import os
+    import signal
+
+    from connector.worker import importer
+
+    apply = importer.apply_events
+    calls: list[int] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        outcome = apply(*args, **kwargs)
+        calls.append(len(args[3]))
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the chunk's writes end
+        return outcome
+
+    monkeypatch.setattr(importer, "apply_events", interrupted)
+    messages = [track(f"c{n}", "Viewed", f"cu-{n}", email=f"c{n}@example.com") for n in range(1_200)]
+    code, out = run("--account", account, "--no-progress", str(write_lines(tmp_path / "c.jsonl", messages)))
+    assert code == 1 and "interrupted after" in out
+    assert calls == [1_000]  # applied once, not once more after the stop
+    assert "history events stored 1000, already there 0" in out
+    assert _evaluated(redis_client, "c999@example.com") and not _evaluated(redis_client, "c1000@example.com")
