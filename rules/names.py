@@ -7,6 +7,7 @@ Unknown names are kept (snake_cased), never rejected.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Segment / RudderStack e-commerce and email spec names, lower-cased.
 SPEC_NAMES: dict[str, str] = {
@@ -38,12 +39,17 @@ SPEC_NAMES: dict[str, str] = {
 }
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_NON_WORD = re.compile(r"[^0-9a-zA-Z]+")
+_NON_WORD = re.compile(r"[\W_]+")  # what is no letter or digit, of any script
 
 
 def snake_case(name: str) -> str:
-    """``Order Completed`` → ``order_completed``; ``addToCart`` → ``add_to_cart``."""
-    spaced = _CAMEL.sub("_", name.strip())
+    """``Order Completed`` → ``order_completed``; ``addToCart`` → ``add_to_cart``; letters of any
+    script are kept (``Größe gewählt`` → ``größe_gewählt``, ``購入完了`` as it is), composed (NFC),
+    lower-cased. A name with no letter or digit is ``unnamed``."""
+    text = name.strip()
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    spaced = _CAMEL.sub("_", text)
     return _NON_WORD.sub("_", spaced).strip("_").lower() or "unnamed"
 
 

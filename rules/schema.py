@@ -20,7 +20,7 @@ from .names import canonical
 from .suggest import closest, unknown, unknown_field
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
-EVENT = re.compile(r"^(?:\*|[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127})$")
+EVENT = re.compile(r"^(?:\*|\w[\w.:-]{0,127})$")  # \w: letters and digits of any script, and _
 COMPARE_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "not_in", "contains", "starts_with")
 NUMERIC_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "not_in")
 WHERE_OPS = (*COMPARE_OPS, "exists")
