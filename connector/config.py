@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,13 +373,15 @@ def _rules_path(path: str) -> str:
 class Accounts:
     """All accounts of a config directory, with the lookups the receivers need."""
 
-    def __init__(self, accounts: list[Account]) -> None:
+    def __init__(self, accounts: list[Account], serving: Collection[str] = ()) -> None:
         self._by_id: dict[str, Account] = {}
         self._by_write_key: dict[str, str] = {}
         # of two files of one account (a backup copy beside it), the one named after the account is
         # served and the other refused, whichever was read first: a running process, a fresh one and
-        # `connector config validate` agree
-        for account in sorted(accounts, key=_named_after_first):
+        # `connector config validate` agree. Of two accounts that claim one write key, the one whose
+        # file was ``serving`` already keeps it and the newcomer is refused (a running process:
+        # a copied file never takes an account's traffic away); else the first by file name
+        for account in sorted(accounts, key=lambda a: _named_after_first(a, serving)):
             if account.id in self._by_id:
                 other = file_name_shown(self._by_id[account.id].file)  # the file's name, never its path
                 raise ConfigError(
@@ -418,8 +420,8 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _named_after_first(account: Account) -> tuple[bool, str]:
-    return Path(account.file).stem != account.id, account.file
+def _named_after_first(account: Account, serving: Collection[str] = ()) -> tuple[bool, bool, str]:
+    return Path(account.file).stem != account.id, account.file not in serving, account.file
 
 
 def load_accounts(config_dir: Path, env: Mapping[str, str] | None = None) -> Accounts:

@@ -304,19 +304,25 @@ class AccountsProvider:
                 reason = f"could not be loaded ({type(err).__name__}); the log has the details"
                 errors[file] = FileError(file=file, reason=reason, path=None)
                 log.exception("account file could not be loaded", extra={"file": file})
-        accounts = self._combine(by_file, errors)
+        accounts = self._combine(by_file, errors, {a.file for a in self._accounts})
         self._by_file, self._errors, self._accounts = by_file, errors, accounts
         self.generation += 1
 
-    def _combine(self, by_file: dict[str, Account], errors: dict[str, FileError]) -> Accounts:
-        """All accounts; a file whose account clashes with another file's is refused, the others serve."""
+    @staticmethod
+    def _combine(by_file: dict[str, Account], errors: dict[str, FileError], serving: set[str]) -> Accounts:
+        """All accounts; a file whose account clashes with another file's is refused, the others
+        serve. Of two clashing files the one ``serving`` already wins (a copied file never takes
+        an account's traffic); each keeps its last valid version in ``by_file`` all the same, so
+        a refused file that serves again later, or an account whose file breaks after a clash,
+        still has it."""
+        candidates = dict(by_file)
         while True:
             try:
-                return Accounts(list(by_file.values()))
+                return Accounts(list(candidates.values()), serving)
             except ConfigError as err:
                 file = err.file or ""
                 errors[file] = FileError(file=file, reason=err.reason, path=err.path)
-                if by_file.pop(file, None) is None:
+                if candidates.pop(file, None) is None:
                     raise
 
 

@@ -94,6 +94,31 @@ def test_of_two_files_of_one_account_the_one_named_after_it_serves_before_and_af
         load_accounts(directory, ACME_ENV)
 
 
+def test_a_file_added_with_a_serving_account_s_write_key_is_refused_and_takes_nothing_from_it(
+    directory: Path,
+) -> None:
+    # `aaa.yaml` sorts before `acme.yaml` and claims acme's tracking write key while acme serves
+    provider = AccountsProvider(directory, ACME_ENV, check_seconds=0)
+    acme = provider.get("acme")
+    assert acme is not None
+    copied = {"account": "aaa", "senders": {"tracking": {"secret_env": "ACME_WRITE_KEY"}}}
+    (directory / "aaa.yaml").write_text(yaml.safe_dump(copied))
+    served_acme = provider.get("acme")
+    assert served_acme is not None and served_acme.file == acme.file and provider.get("aaa") is None
+    [error] = provider.errors
+    assert error.file == str(directory / "aaa.yaml") and "write key is already used" in error.reason
+    served = provider.current().by_write_key(ACME_ENV["ACME_WRITE_KEY"])
+    assert served is not None and served.id == "acme"  # its tracking traffic stays acme's
+
+    # acme's file breaks meanwhile: its last valid version still serves, the clash notwithstanding
+    (directory / "acme.yaml").write_text("account: acme\nsenders: [\n")
+    assert provider.get("acme") is served_acme
+    assert sorted(e.file for e in provider.errors) == [
+        str(directory / "aaa.yaml"),
+        str(directory / "acme.yaml"),
+    ]
+
+
 def test_a_removed_file_removes_its_account(directory: Path) -> None:
     provider = AccountsProvider(directory, ACME_ENV, check_seconds=0)
     assert provider.get("globex") is not None
