@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ import rules
 from connector.clock import isoformat
 from connector.config import Account
 from connector.destinations import destinations as parse_destinations
+from connector.errors import ConfigError
 from connector.unicode_text import replaced
 from rules import RuleSet, yamltext
 
@@ -105,8 +106,12 @@ def compile_for(account: Account, raw: Mapping[str, Any]) -> RuleSet:
         ruleset = rules.compile_rules(dict(raw) or None)
     except rules.RulesError as err:
         raise InvalidRules(_rules_path(err.path), err.reason) from None
+    try:  # the account's destinations against these rules, as a file's are at load (variants, holdouts)
+        dests = parse_destinations(replace(account, rules=dict(raw), ruleset=ruleset))
+    except ConfigError as err:
+        raise InvalidRules("rules.segments", f"with these rules, {err.path}: {err.reason}") from None
     known = set(ruleset.segment_names)
-    for name, dest in parse_destinations(account).items():
+    for name, dest in dests.items():
         for segment in dest.segments:
             if segment not in known:
                 raise InvalidRules(
