@@ -51,6 +51,7 @@ from connector.analytics.settings import conversion_days
 from connector.event import Event
 from connector.profiles.batched import Batched
 from connector.redis_conn import queued_script
+from rules.values import number
 
 ENGAGEMENT = {"email_delivered": "dl", "email_opened": "op", "email_clicked": "ck"}
 KINDS = (*ENGAGEMENT, "unsubscribed", "order_completed")
@@ -331,10 +332,12 @@ def message_of(event: Event) -> str:
 
 
 def cents(event: Event) -> int:
-    """The order's revenue in cents (``revenue``, else ``total``/``value``); 0 when absent."""
+    """The order's revenue in cents (``revenue``, else ``total``/``value``); 0 when absent. A number
+    sent as text (``"55.00"``) counts as the number, as it does in the rules' sums
+    (:func:`rules.values.number`), so a report's revenue and ``lifetime_revenue`` agree."""
     for name in ("revenue", "total", "value"):
-        value = event.properties.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        value = number(event.properties.get(name))
+        if value is not None:
             # an amount no order has (refused at ingest since) is no revenue, never a failed batch
             return round(value * 100) if -MAX_CENTS <= value * 100 <= MAX_CENTS else 0
     return 0

@@ -487,7 +487,11 @@ def test_message_state_of_the_layout_before_ages_out_by_the_same_rule(redis_clie
     ("revenue", "expected"),
     [
         (19.99, 1999),
-        ("12", 0),
+        ("12", 1200),  # a number sent as text counts, as in the rules' sums (lifetime_revenue)
+        ("55.00", 5500),
+        ("fifty", 0),
+        ("inf", 0),
+        ("1e307", 0),
         (float("inf"), 0),
         (float("nan"), 0),
         (1e307, 0),
