@@ -42,8 +42,19 @@ CONSENT_EVENTS = {
     "email_cleaned": "unsubscribed",
     "email_marked_spam": "unsubscribed",
 }
-# Traits that state it when no consent event is known (Segment/Shopify/Klaviyo conventions).
-CONSENT_TRAITS = ("email_consent", "marketing_consent", "accepts_marketing", "subscribed")
+# Traits that state it when no consent event is known (Segment/Shopify/Klaviyo conventions), the
+# first one set winning: Shopify's `email_marketing_consent` object (`{"state": "subscribed", ...}`,
+# what current API versions send) before its deprecated `accepts_marketing` boolean.
+CONSENT_TRAITS = (
+    "email_consent",
+    "marketing_consent",
+    "email_marketing_consent",
+    "accepts_marketing",
+    "subscribed",
+)
+# Shopify's consent states: `not_subscribed` (never asked or never agreed), `pending` (double opt-in
+# not confirmed), `redacted` and `invalid` give no consent either way.
+_CONSENT_STATES = {"subscribed": "subscribed", "unsubscribed": "unsubscribed"}
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,14 @@ def consent_of(profile: Profile) -> str:
         return latest[1]
     for trait in CONSENT_TRAITS:
         value = profile.traits.get(trait)
+        if isinstance(value, dict):  # Shopify's email_marketing_consent
+            value = value.get("state")
+            if isinstance(value, str):
+                return _CONSENT_STATES.get(value.lower(), "unknown")
         if isinstance(value, bool):
             return "subscribed" if value else "unsubscribed"
-        if isinstance(value, str) and value.lower() in ("subscribed", "unsubscribed"):
-            return value.lower()
+        if isinstance(value, str) and value.lower() in _CONSENT_STATES:
+            return _CONSENT_STATES[value.lower()]
     return "unknown"
 
 
