@@ -51,7 +51,8 @@ MIN_YEAR, MAX_YEAR = 1970, 2200  # the store's fixed-width time keys hold 13-dig
 
 @dataclass
 class Outcome:
-    applied: int = 0
+    applied: int = 0  # history events stored (track, page, screen)
+    identified: int = 0  # events applied that keep no history: identify, alias, group (traits, identities)
     duplicates: int = 0
     rejected: int = 0
     dropped: int = 0  # events of a profile erased meanwhile
@@ -244,6 +245,7 @@ def _count_applied(
     outcome.applied += int(reply[1])
     outcome.duplicates += int(reply[2])
     stored = sum(1 for item in items if item.member)
+    outcome.identified += len(items) - stored
     outcome.expired += stored - int(reply[1]) - int(reply[2])
     outcome.history_dropped += int(reply[3])
     outcome.untraited += int(reply[6])

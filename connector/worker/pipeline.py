@@ -83,7 +83,16 @@ def apply_batch(
         _erase(conn, queue_conn, account, outcome, now)
         evaluation.forget_absorbed(conn, queue_conn, account, outcome.absorbed, now)
         count_drops(counters, outcome)
-        for name in ("applied", "duplicates", "rejected", "dropped", "expired", "erased", "exported"):
+        for name in (
+            "applied",
+            "identified",
+            "duplicates",
+            "rejected",
+            "dropped",
+            "expired",
+            "erased",
+            "exported",
+        ):
             value = getattr(outcome, name)
             if value:
                 counters.hincrby("metrics:worker", f"{name}:{account_id}", value)
