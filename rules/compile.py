@@ -73,6 +73,8 @@ def _load(schema: Any, raw: Any, origin: _Origin) -> dict[str, Any]:
 
 def substitute(node: Any, params: Mapping[str, Any], path: str = "", template: str = "") -> Any:
     """A template's ``$name`` values replaced by its parameters (``RulesError`` for an unknown one)."""
+    if isinstance(node, str) and (path == "description" or path.endswith(".description")):
+        return _DESCRIBED.sub(lambda m: _shown_param(params, m), node)  # prose: `$name` shows its value
     if isinstance(node, str) and node.startswith("$"):
         name = node[1:]
         if name not in params:
@@ -85,6 +87,18 @@ def substitute(node: Any, params: Mapping[str, Any], path: str = "", template: s
     if isinstance(node, list):
         return [substitute(v, params, f"{path}[{i}]", template) for i, v in enumerate(node)]
     return node
+
+
+_DESCRIBED = re.compile(r"\$(\w+)")
+
+
+def _shown_param(params: Mapping[str, Any], found: re.Match[str]) -> str:
+    """A parameter's value as a description shows it (``30d``; a rule variant's values ``24h or
+    48h``); a name that is no parameter stays as written."""
+    value = params.get(found.group(1), found.group(0))
+    if isinstance(value, list):
+        return " or ".join(str(v) for v in value)
+    return str(value)
 
 
 def _check_param(default: Any, value: Any) -> str | None:

@@ -263,3 +263,23 @@ def test_a_derived_parameter_follows_its_parts_and_is_not_set_alone() -> None:
         compile_rules({"include": [{"template": "lifecycle", "params": {"win_back_quiet_until": "99d"}}]})
     assert caught.value.path == "include[0].params.win_back_quiet_until"
     assert caught.value.reason == "is $win_back_within + $at_risk_after: set those parameters instead"
+
+
+def test_a_template_s_descriptions_show_its_parameters_values_overrides_included() -> None:
+    rules = compile_rules(
+        {
+            "include": [
+                {"template": "lifecycle", "params": {"win_back_within": "14d"}},
+                {"template": "vip", "params": {"threshold": 300}},
+                {"template": "churn_risk"},
+            ]
+        }
+    )
+    described = {name: seg.description.strip() for name, seg in rules.by_name.items()}
+    assert described["lifecycle_win_back"] == (
+        "Ordered in the last 14d, and that order came at least 90d after the order before it."
+    )
+    assert described["lifecycle_loyal"] == "5 orders or more."
+    assert described["vip"] == "Lifetime revenue of 300 or more."
+    assert described["churn_risk_high"] == "Churn risk above 0.7."
+    assert not any("$" in text for text in described.values())
