@@ -524,6 +524,110 @@ class BatchState:
         return [self.results[c.profile_id] for c in self.changes]
 
 
+# ---------------------------------------------------------------------------------------------
+# Mapping check: does every ESP object the account file names exist? (read requests only)
+
+# The kinds of ESP objects a destination's mapping names (``AdapterError.target`` uses them too).
+AUDIENCE = "audience"  # Mailchimp: the destination's list_id
+STATIC_SEGMENT = "static segment"  # Mailchimp: a segment's `lists`
+LIST = "list"  # HubSpot, Klaviyo: a segment's `lists`
+TAG = "tag"  # every ESP: a segment's `tags` (Mailchimp tags, HubSpot options, Klaviyo values)
+MERGE_FIELD = "merge field"  # Mailchimp: `fields`
+PROPERTY = "property"  # HubSpot, Klaviyo: `fields`; HubSpot's tags property
+MAPPED_KINDS = (AUDIENCE, STATIC_SEGMENT, LIST, TAG, MERGE_FIELD, PROPERTY)
+
+# What a check found for one object. FOUND and CREATED are fine; the others are errors.
+FOUND = "ok"
+CREATED = "created_on_first_use"  # not there yet; the ESP or the connector creates it when first used
+MISSING = "missing"  # the ESP does not know it: every change that needs it would be refused
+UNUSABLE = "unusable"  # it exists, but the connector cannot use it (e.g. a DYNAMIC HubSpot list)
+UNCHECKED = "cannot_check"  # refused credentials, the ESP unreachable, an unreadable answer
+CHECK_STATUSES = (FOUND, CREATED, MISSING, UNUSABLE, UNCHECKED)
+
+# A check's requests are bounded: a short timeout, one retry, no long waits (it is interactive).
+CHECK_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+CHECK_POLICY = RetryPolicy(attempts=2, budget_seconds=15.0, max_inline_wait=5.0, max_slot_wait=10.0)
+
+
+@dataclass(frozen=True)
+class MappedObject:
+    """One ESP object a destination's mapping names: its kind (:data:`MAPPED_KINDS`) and id (a
+    list id, a tag's or a property's name)."""
+
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True)
+class ObjectCheck:
+    """What the ESP says about one :class:`MappedObject` (the shared shape of every adapter's
+    :meth:`EspAdapter.check_mapping`).
+
+    ``status`` is one of :data:`CHECK_STATUSES`; ``detail`` says why (the ESP's status and message
+    for a refusal, never a credential); ``existing`` holds the ESP's objects of that kind as
+    ``(id, name)`` when one is missing, for a did-you-mean (the adapters never guess one).
+    """
+
+    kind: str
+    id: str
+    status: str
+    detail: str = ""
+    existing: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def problem(self) -> bool:
+        return self.status not in (FOUND, CREATED)
+
+
+def refusal(err: AdapterError) -> str:
+    """An error as a check reports it: the ESP's status and message (never a credential)."""
+    if err.status is None or err.message.startswith(str(err.status)):
+        return err.message
+    return f"{err.message} (HTTP {err.status})"
+
+
+class Checker:
+    """Runs one adapter's check reads: once the credential is refused (or the ESP cannot be
+    reached) every later object is reported unchecked with that reason, without more requests."""
+
+    def __init__(self) -> None:
+        self.stopped: str | None = None
+        self._known: dict[int, tuple[tuple[str, str], ...]] = {}
+
+    def read(
+        self,
+        obj: MappedObject,
+        call: Callable[[], ObjectCheck],
+        existing: Callable[[], Iterable[tuple[str, str]]] | None = None,
+    ) -> ObjectCheck:
+        """``call`` checks ``obj``; a 404 (or a 400 refusing the id) is MISSING, with ``existing()``
+        (the ESP's objects of that kind, read once per callable; none when that read fails), any
+        other error UNCHECKED with its reason."""
+        if self.stopped is not None:
+            return ObjectCheck(obj.kind, obj.id, UNCHECKED, self.stopped)
+        try:
+            return call()
+        except AdapterError as err:
+            if isinstance(err, PermanentError) and not err.stops_destination and err.status in (400, 404):
+                known = self.known(existing) if existing is not None else ()
+                return ObjectCheck(obj.kind, obj.id, MISSING, f"not found: {refusal(err)}", known)
+            reason = refusal(err)
+            if isinstance(err, AuthError):
+                self.stopped = f"credentials refused: {reason}"
+            elif err.retryable and err.status is None:
+                self.stopped = f"ESP unreachable: {reason}"
+            return ObjectCheck(obj.kind, obj.id, UNCHECKED, self.stopped or reason)
+
+    def known(self, existing: Callable[[], Iterable[tuple[str, str]]]) -> tuple[tuple[str, str], ...]:
+        key = id(existing.__func__) if hasattr(existing, "__func__") else id(existing)
+        if key not in self._known:
+            try:
+                self._known[key] = tuple(existing())
+            except AdapterError:
+                self._known[key] = ()
+        return self._known[key]
+
+
 class EspAdapter:
     """The one ``apply`` of every ESP module (one module per ESP on this base), filled in with
     hooks: :meth:`check` (local checks before any call), :meth:`write` (the contacts' writes),
@@ -559,6 +663,12 @@ class EspAdapter:
 
     def delete_contact(self, email: str) -> None:
         raise NotImplementedError
+
+    def check_mapping(self, objects: Sequence[MappedObject]) -> list[ObjectCheck]:
+        """Whether each object the mapping names exists at the ESP, with read requests only (no
+        write, nothing created); one :class:`ObjectCheck` per object, in order. An ESP module
+        without a check reports each unchecked."""
+        return [ObjectCheck(o.kind, o.id, UNCHECKED, f"{self.name} has no check") for o in objects]
 
     def erase(self, change: Change) -> Result:
         if not change.email:

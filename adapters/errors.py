@@ -52,6 +52,15 @@ class AdapterError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+        # the ESP object the error is about, when the ESP refused a call on it (a list, a static
+        # segment, an audience, a property): (kind, id), kinds as in ``adapters.base.MAPPED_KINDS``
+        self.target: tuple[str, str] | None = None
+
+    def about(self, kind: str, object_id: str) -> AdapterError:
+        """Name the ESP object this error is about (the first one named stays); returns itself."""
+        if self.target is None:
+            self.target = (kind, str(object_id))
+        return self
 
     @property
     def stops_destination(self) -> bool:
@@ -61,13 +70,16 @@ class AdapterError(Exception):
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for dead letters and logs."""
-        return {
+        out: dict[str, Any] = {
             "type": type(self).__name__,
             "status": self.status,
             "code": self.code,
             "message": self.message,
             "detail": self.detail,
         }
+        if self.target is not None:
+            out["object"] = {"kind": self.target[0], "id": self.target[1]}
+        return out
 
 
 class TransientError(AdapterError):

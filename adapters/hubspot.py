@@ -30,15 +30,26 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 
 from .base import (
+    CREATED,
+    FOUND,
+    LIST,
+    PROPERTY,
+    TAG,
+    UNCHECKED,
+    UNUSABLE,
     BatchState,
+    Checker,
     EspAdapter,
     EspClient,
+    MappedObject,
+    ObjectCheck,
     Transport,
     answer,
     chunks,
@@ -67,6 +78,16 @@ PROPERTY_DESCRIPTION = (
     "at the contact's next sync; keep tags of your own in a property of your own."
 )
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
+# a write naming a contact property HubSpot does not have (the message may be JSON-escaped)
+_NO_PROPERTY = re.compile(r'Property \\?"([^"\\]+)\\?" does not exist')
+MEMBERSHIP_TYPES = ("MANUAL", "SNAPSHOT")  # the lists that accept membership calls
+LISTS_SEARCH_PAGE = 500
+
+
+def about_property(err: AdapterError, message: str) -> AdapterError:
+    """Name the property a refusal says does not exist (``PROPERTY_DOESNT_EXIST``)."""
+    match = _NO_PROPERTY.search(message)
+    return err.about(PROPERTY, match.group(1)) if match else err
 
 
 @dataclass(frozen=True)
@@ -223,7 +244,7 @@ class HubSpotAdapter(EspAdapter):
             return RateLimited(
                 f"429 {policy or 'rate limit'}", retry_after=wait, code=policy or None, detail=message
             )
-        return status_error(response, category, message)
+        return about_property(status_error(response, category, message), message)
 
     def observe(self, response: httpx.Response) -> None:
         limiter = self.client.t.limiter if hasattr(self, "client") else None
@@ -351,6 +372,91 @@ class HubSpotAdapter(EspAdapter):
                     {t for t in raw.split(";") if t},
                 )
         return out
+
+    # -- mapping check (read requests only) ------------------------------------------------
+    def check_mapping(self, objects: Sequence[MappedObject]) -> list[ObjectCheck]:
+        """Lists (``GET /crm/v3/lists/{id}``: MANUAL or SNAPSHOT), the tags property and its options
+        and the mapped contact properties (``GET /crm/v3/properties/contacts/{name}``). What the
+        connector creates itself (the tags property, its options, properties of computed traits
+        while ``create_properties`` is on) is not an error when missing."""
+        checker = Checker()
+        props: dict[str, dict[str, Any] | None] = {}
+        out: list[ObjectCheck] = []
+        for obj in objects:
+            if obj.kind == LIST:
+                out.append(checker.read(obj, partial(self._check_list, obj), self._lists_known))
+            elif obj.kind in (TAG, PROPERTY):
+                check = partial(self._check_property, obj, props)
+                out.append(checker.read(obj, check, self._properties_known))
+            else:
+                out.append(ObjectCheck(obj.kind, obj.id, UNCHECKED, f"HubSpot has no {obj.kind}"))
+        return out
+
+    def _check_list(self, obj: MappedObject) -> ObjectCheck:
+        data = answer(self.client.request("GET", f"/crm/v3/lists/{obj.id}"), "list", ("list",))
+        found = data["list"] if isinstance(data.get("list"), dict) else {}
+        name, kind = found.get("name") or obj.id, str(found.get("processingType") or "")
+        if kind and kind not in MEMBERSHIP_TYPES:
+            detail = f"`{name}` is a {kind} list: only MANUAL and SNAPSHOT lists take members"
+            return ObjectCheck(obj.kind, obj.id, UNUSABLE, detail)
+        return ObjectCheck(obj.kind, obj.id, FOUND, f"list {name}")
+
+    def _lists_known(self) -> list[tuple[str, str]]:
+        """Every contact list (``POST /crm/v3/lists/search``, a read), for a did-you-mean."""
+        out: list[tuple[str, str]] = []
+        for _ in range(10):  # at most 5,000 lists
+            body = {"query": "", "count": LISTS_SEARCH_PAGE, "offset": len(out)}
+            data = answer(self.client.request("POST", "/crm/v3/lists/search", json=body), "lists", ("lists",))
+            page = [item for item in data.get("lists") or [] if isinstance(item, dict)]
+            out += [(str(item.get("listId")), str(item.get("name") or "")) for item in page]
+            if not page or not data.get("hasMore"):
+                break
+        return out
+
+    def _property(self, name: str, props: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+        """The contact property ``name`` (read once per check), None when HubSpot has none."""
+        if name not in props:
+            try:
+                response = self.client.request("GET", f"/crm/v3/properties/contacts/{name}")
+                props[name] = answer(response, f"property {name}", ("name",))
+            except PermanentError as err:
+                if err.status != 404:
+                    raise
+                props[name] = None
+        return props[name]
+
+    def _check_property(self, obj: MappedObject, props: dict[str, dict[str, Any] | None]) -> ObjectCheck:
+        prop = self.config.tags_property
+        if obj.kind == TAG or obj.id == prop:
+            found = self._property(prop, props)
+            if found is None:
+                return ObjectCheck(
+                    obj.kind, obj.id, CREATED, f"the connector creates the property {prop} on first use"
+                )
+            if obj.kind == PROPERTY:
+                return ObjectCheck(obj.kind, obj.id, FOUND, f"{found.get('fieldType') or 'a'} property")
+            options = {str(o.get("value")) for o in found.get("options") or [] if isinstance(o, dict)}
+            if obj.id in options:
+                return ObjectCheck(obj.kind, obj.id, FOUND, f"an option of {prop}")
+            return ObjectCheck(
+                obj.kind, obj.id, CREATED, f"the connector adds it to {prop}'s options on first use"
+            )
+        found = self._property(obj.id, props)
+        if found is not None:
+            return ObjectCheck(obj.kind, obj.id, FOUND, f"{found.get('type') or 'a'} property")
+        if self.config.create_properties:
+            return ObjectCheck(
+                obj.kind, obj.id, CREATED, "the connector creates it on first write (create_properties)"
+            )
+        raise PermanentError(
+            f"404 OBJECT_NOT_FOUND: no contact property {obj.id} (create_properties is off)", status=404
+        )
+
+    def _properties_known(self) -> list[tuple[str, str]]:
+        """Every contact property (``GET /crm/v3/properties/contacts``), for a did-you-mean."""
+        data = answer(self.client.request("GET", "/crm/v3/properties/contacts"), "properties", ("results",))
+        items = [p for p in data.get("results") or [] if isinstance(p, dict) and p.get("name")]
+        return [(str(p["name"]), str(p.get("label") or "")) for p in items]
 
     # -- apply -----------------------------------------------------------------------------
     def properties(self, change: Change, owned: OwnedState, current: set[str] | None) -> dict[str, Any]:
@@ -497,7 +603,8 @@ class HubSpotAdapter(EspAdapter):
             message = str(item.get("message") or "")
             text = f"207 {category}: {message}"[:500]
             if category == "VALIDATION_ERROR" and "INVALID_OPTION" not in message:
-                batch.fail(change, PermanentError(text, status=207, code=category, detail=message))
+                refused = PermanentError(text, status=207, code=category, detail=message)
+                batch.fail(change, about_property(refused, message))
             elif redrive:
                 (options if "INVALID_OPTION" in message else again).append(change)
             else:
@@ -561,6 +668,8 @@ class HubSpotAdapter(EspAdapter):
                     )
                     moved = answer(response, f"list {list_id} {action}", MEMBERSHIP_ANSWER)
                 except AdapterError as err:
+                    if not err.retryable and (err.status == 404 or list_id in err.message):
+                        err.about(LIST, list_id)  # no such list, or one that takes no members
                     batch.fail_all((change for change, _ in chunk), err)
                     continue
                 self._members_moved(batch, chunk, list_id, joining, moved, response.status_code)

@@ -33,9 +33,18 @@ from typing import Any
 import httpx
 
 from .base import (
+    CREATED,
+    FOUND,
+    LIST,
+    PROPERTY,
+    TAG,
+    UNCHECKED,
     BatchState,
+    Checker,
     EspAdapter,
     EspClient,
+    MappedObject,
+    ObjectCheck,
     Transport,
     answer,
     chunks,
@@ -241,6 +250,53 @@ class KlaviyoAdapter(EspAdapter):
             return
         for change in batch.pending():
             batch.attempt(change, partial(self._events, change, batch.before(change)))
+
+    # -- mapping check (read requests only) ------------------------------------------------
+    def check_mapping(self, objects: Sequence[MappedObject]) -> list[ObjectCheck]:
+        """Lists (``GET /api/lists/{id}``); tags and fields are values of profile properties, which
+        Klaviyo creates with their first value: nothing to check there."""
+        checker = Checker()
+        out: list[ObjectCheck] = []
+        for obj in objects:
+            if obj.kind == LIST:
+                out.append(checker.read(obj, partial(self._check_list, obj), self._lists_known))
+            elif obj.kind == TAG:
+                detail = f"a value of the profile property {self.config.tags_property}: nothing to set up"
+                out.append(ObjectCheck(obj.kind, obj.id, CREATED, detail))
+            elif obj.kind == PROPERTY:
+                detail = "a profile property: Klaviyo creates it with its first value"
+                out.append(ObjectCheck(obj.kind, obj.id, CREATED, detail))
+            else:
+                out.append(ObjectCheck(obj.kind, obj.id, UNCHECKED, f"Klaviyo has no {obj.kind}"))
+        return out
+
+    def _check_list(self, obj: MappedObject) -> ObjectCheck:
+        response = self.client.request("GET", f"/api/lists/{obj.id}", bucket="profiles")
+        data = answer(response, "list", ("data",)).get("data")
+        attributes = (data.get("attributes") if isinstance(data, dict) else None) or {}
+        return ObjectCheck(obj.kind, obj.id, FOUND, f"list {attributes.get('name') or obj.id}")
+
+    def _lists_known(self) -> list[tuple[str, str]]:
+        """The account's lists (``GET /api/lists``, following ``links.next``), for a did-you-mean."""
+        out: list[tuple[str, str]] = []
+        params: dict[str, str] = {}
+        for _ in range(20):  # a few hundred lists at most
+            response = self.client.request("GET", "/api/lists", params=params, bucket="profiles")
+            data = answer(response, "lists", ("data",))
+            for item in data.get("data") or []:
+                if isinstance(item, dict) and item.get("id"):
+                    name = (item.get("attributes") or {}).get("name") or ""
+                    out.append((str(item["id"]), str(name)))
+            links = data.get("links")
+            cursor = (
+                httpx.URL(str(links.get("next"))).params.get("page[cursor]")
+                if isinstance(links, dict) and links.get("next")
+                else None
+            )
+            if not cursor:
+                break
+            params = {"page[cursor]": cursor}
+        return out
 
     def delete_contact(self, email: str) -> None:
         body = {
@@ -548,6 +604,8 @@ class KlaviyoAdapter(EspAdapter):
                 if chunk:
                     self._list_call(list_id, joining, chunk)
             except AdapterError as again:
+                if again.status == 404 and not again.retryable:  # the profiles are fresh: the list is gone
+                    again.about(LIST, list_id)
                 batch.fail_all((change for change, _ in chunk), again)
                 return
         for change, _ in chunk:

@@ -42,9 +42,20 @@ from typing import Any
 import httpx
 
 from .base import (
+    AUDIENCE,
+    CREATED,
+    FOUND,
+    MERGE_FIELD,
+    STATIC_SEGMENT,
+    TAG,
+    UNCHECKED,
+    UNUSABLE,
     BatchState,
+    Checker,
     EspAdapter,
     EspClient,
+    MappedObject,
+    ObjectCheck,
     Transport,
     answer,
     chunks,
@@ -64,6 +75,10 @@ MERGE_TAG = re.compile(r"[A-Z][A-Z0-9_]{0,9}")
 MERGE_FIELDS_PAGE = 1000  # the largest ``count`` Mailchimp accepts
 # the fields of a static segment call's answer: one at least, or it is not that answer
 SEGMENT_ANSWER = ("members_added", "members_removed", "total_added", "total_removed", "errors", "error_count")
+# where a 404 means the audience (list_id) does not exist: the audience itself, its merge fields,
+# a member upsert (PUT creates, so only the audience can be missing); and a static segment's path
+AUDIENCE_PATH = re.compile(r"^/lists/(?P<list>[^/]+)(?:/merge-fields|/members/[^/]+)?$")
+SEGMENT_PATH = re.compile(r"^/lists/[^/]+/segments/(?P<segment>[^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -190,6 +205,32 @@ def _merge_problem(item: Mapping[str, Any]) -> bool:
     return "merge field" in text
 
 
+class MailchimpClient(EspClient):
+    """The shared client; a 404 names the object it is about (the audience, a static segment), so a
+    dead letter can say which mapping the ESP refused."""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        bucket: str = "default",
+    ) -> httpx.Response:
+        try:
+            return super().request(method, path, json=json, params=params, bucket=bucket)
+        except PermanentError as err:
+            if err.status == 404:
+                segment = SEGMENT_PATH.match(path)
+                audience = AUDIENCE_PATH.match(path)
+                if segment is not None:
+                    err.about(STATIC_SEGMENT, segment["segment"])
+                elif audience is not None and (method != "GET" or "/members/" not in path):
+                    err.about(AUDIENCE, audience["list"])
+            raise
+
+
 class MailchimpAdapter(EspAdapter):
     name = "mailchimp"
     batch_size = BATCH_LIMIT
@@ -206,11 +247,10 @@ class MailchimpAdapter(EspAdapter):
             limiter_key=credential_key("mailchimp", config.api_key),
             error_mapper=map_error,
             buckets={"default": Limits(concurrency=config.concurrency)},
-            timeout=httpx.Timeout(120.0, connect=10.0),
             max_connections=config.concurrency,
-            **kw,
+            **{"timeout": httpx.Timeout(120.0, connect=10.0), **kw},
         )
-        self.client = EspClient(transport)
+        self.client = MailchimpClient(transport)
         self.list_id = config.list_id
         self._tag_ids: dict[str, str] = {}
         self._merge_tags: dict[str, str] | None = None  # merge tag → type, read once per adapter
@@ -312,6 +352,67 @@ class MailchimpAdapter(EspAdapter):
         self.client.request(
             "POST", f"/lists/{self.list_id}/members/{subscriber_hash(email)}/actions/delete-permanent"
         )
+
+    # -- mapping check (read requests only) ------------------------------------------------
+    def check_mapping(self, objects: Sequence[MappedObject]) -> list[ObjectCheck]:
+        """The audience (``GET /lists/{id}``), each static segment (``GET …/segments/{id}``: a
+        static one), tags (``GET …/tag-search``: a missing one is created on first use) and merge
+        fields (``GET …/merge-fields``: a missing one is created by the connector on first write)."""
+        checker = Checker()
+        self._merge_tags = None  # read afresh once for this check
+        audience = checker.read(MappedObject(AUDIENCE, self.list_id), self._check_audience, self._audiences)
+        out: list[ObjectCheck] = []
+        for obj in objects:
+            if obj.kind == AUDIENCE and obj.id == self.list_id:
+                out.append(audience)
+            elif audience.status != FOUND:
+                why = audience.detail if audience.status == UNCHECKED else "its audience does not exist"
+                out.append(ObjectCheck(obj.kind, obj.id, UNCHECKED, why))
+            else:
+                known = self._segments_known if obj.kind == STATIC_SEGMENT else None
+                out.append(checker.read(obj, partial(self._check_object, obj), known))
+        return out
+
+    def _check_audience(self) -> ObjectCheck:
+        response = self.client.request("GET", f"/lists/{self.list_id}", params={"fields": "id,name"})
+        data = answer(response, "audience", ("id",))
+        return ObjectCheck(AUDIENCE, self.list_id, FOUND, f"audience {data.get('name') or self.list_id}")
+
+    def _audiences(self) -> list[tuple[str, str]]:
+        response = self.client.request(
+            "GET", "/lists", params={"count": 1000, "fields": "lists.id,lists.name"}
+        )
+        lists = _items(answer(response, "audiences", ("lists",)).get("lists"))
+        return [(str(a.get("id")), str(a.get("name") or "")) for a in lists if a.get("id")]
+
+    def _segments_known(self) -> list[tuple[str, str]]:
+        path = f"/lists/{self.list_id}/segments"
+        response = self.client.request("GET", path, params={"count": 1000, "type": "static"})
+        segments = _items(answer(response, "static segments", ("segments",)).get("segments"))
+        return [(str(s.get("id")), str(s.get("name") or "")) for s in segments if s.get("id") is not None]
+
+    def _check_object(self, obj: MappedObject) -> ObjectCheck:
+        if obj.kind == STATIC_SEGMENT:
+            path = f"/lists/{self.list_id}/segments/{obj.id}"
+            data = answer(self.client.request("GET", path), "static segment", ("id",))
+            name, kind = data.get("name") or obj.id, str(data.get("type") or "static")
+            if kind != "static":
+                detail = f"`{name}` is a {kind} segment: only static segments (tags) take members"
+                return ObjectCheck(obj.kind, obj.id, UNUSABLE, detail)
+            return ObjectCheck(obj.kind, obj.id, FOUND, f"static segment {name}")
+        if obj.kind == TAG:
+            if self.tag_id(obj.id) is not None:
+                return ObjectCheck(obj.kind, obj.id, FOUND, "tag in the audience")
+            return ObjectCheck(
+                obj.kind, obj.id, CREATED, "not in the audience yet: Mailchimp creates a tag on first use"
+            )
+        if obj.kind == MERGE_FIELD:
+            if obj.id in self.merge_tags():
+                return ObjectCheck(obj.kind, obj.id, FOUND, "merge field in the audience")
+            return ObjectCheck(
+                obj.kind, obj.id, CREATED, "not in the audience yet: the connector creates it on first write"
+            )
+        return ObjectCheck(obj.kind, obj.id, UNCHECKED, f"Mailchimp has no {obj.kind}")
 
     # -- merge fields ----------------------------------------------------------------------
     def merge_tags(self, refresh: bool = False) -> dict[str, str]:

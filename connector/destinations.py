@@ -35,7 +35,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from adapters.base import Adapter
+from adapters.base import (
+    AUDIENCE,
+    LIST,
+    MERGE_FIELD,
+    PROPERTY,
+    STATIC_SEGMENT,
+    TAG,
+    Adapter,
+    RetryPolicy,
+)
 from adapters.change import CONSENT_UNKNOWN, Change
 from adapters.hubspot import HubSpotAdapter, HubSpotConfig
 from adapters.klaviyo import KlaviyoAdapter, KlaviyoConfig
@@ -213,6 +222,21 @@ class SegmentMapping:
 
 
 @dataclass(frozen=True)
+class MappedPath:
+    """One ESP object the account file names, and where: ``kind`` (``adapters.base.MAPPED_KINDS``)
+    and ``id`` at ``path`` (``destinations.mc.segments.vip.lists[0]``), for ``segment`` (None for
+    the audience, a field or the tags property)."""
+
+    kind: str
+    id: str
+    path: str
+    segment: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, "path": self.path, "segment": self.segment}
+
+
+@dataclass(frozen=True)
 class Destination:
     account: str
     name: str
@@ -225,6 +249,16 @@ class Destination:
     batch_size: int
     retry_seconds: float
     options: Mapping[str, Any] = field(default_factory=dict)
+    file: str = ""  # the account file it was read from
+    mapped: tuple[MappedPath, ...] = ()  # every ESP object its mapping names, in file order
+
+    def where(self, kind: str, object_id: str, segments: Iterable[str] = ()) -> list[MappedPath]:
+        """Where the file names the ESP object ``kind`` ``object_id``: those of ``segments`` when
+        some are (a dead letter's change), else every place; none when the file no longer names it."""
+        found = [m for m in self.mapped if m.kind == kind and m.id == object_id]
+        wanted = set(segments)
+        theirs = [m for m in found if m.segment in wanted]
+        return theirs or found
 
     def change(
         self,
@@ -407,10 +441,39 @@ def _parse(account: AccountFile) -> dict[str, Destination]:
             batch_size=size,
             retry_seconds=data["retry_hours"] * 3600,
             options=options,
+            file=account.file,
+            mapped=_mapped(kind, path, data),
         )
     _check_variants(account, out)  # each mapping against its rule's variants, then against each other
     _check_holdouts(account.file, out)
     return out
+
+
+def _mapped(kind: str, path: str, data: Mapping[str, Any]) -> tuple[MappedPath, ...]:
+    """The ESP objects a destination's settings name, with their paths (:class:`MappedPath`)."""
+    if kind == "webhook":
+        return ()
+    lists_kind, field_kind = (STATIC_SEGMENT, MERGE_FIELD) if kind == "mailchimp" else (LIST, PROPERTY)
+    out: list[MappedPath] = []
+    if kind == "mailchimp":
+        out.append(MappedPath(AUDIENCE, str(data["list_id"]), f"{path}.list_id"))
+    tagged = False
+    for seg, m in data["segments"].items():
+        at = f"{path}.segments.{seg}"
+        parts = [(at, m), *((f"{at}.variants.{v}", vm) for v, vm in m["variants"].items())]
+        for where, part in parts:
+            out += [MappedPath(TAG, t, f"{where}.tags[{i}]", seg) for i, t in enumerate(part["tags"])]
+            out += [
+                MappedPath(lists_kind, x, f"{where}.lists[{i}]", seg) for i, x in enumerate(part["lists"])
+            ]
+            tagged = tagged or bool(part["tags"])
+        if m["control_tag"]:
+            out.append(MappedPath(TAG, m["control_tag"], f"{at}.control_tag", seg))
+            tagged = True
+    if kind == "hubspot" and tagged:  # the checkbox property the tags are options of
+        out.append(MappedPath(PROPERTY, data["tags_property"], f"{path}.tags_property"))
+    out += [MappedPath(field_kind, str(f), f"{path}.fields.{trait}") for trait, f in data["fields_"].items()]
+    return tuple(out)
 
 
 def _mapping(m: Mapping[str, Any]) -> SegmentMapping:
@@ -525,8 +588,11 @@ def build_adapter(
     sleep: Callable[[float], None],
     env: Mapping[str, str] | None = None,
     http_transport: httpx.BaseTransport | None = None,
+    timeout: httpx.Timeout | None = None,
+    policy: RetryPolicy | None = None,
 ) -> Adapter:
-    """The adapter of a destination, with its credential read from the environment."""
+    """The adapter of a destination, with its credential read from the environment; ``timeout``
+    and ``policy`` replace the adapter's own (a mapping check's short ones)."""
     env = os.environ if env is None else env
     secret = env.get(destination.api_key_env)
     if not secret:
@@ -540,6 +606,8 @@ def build_adapter(
         "clock": clock,
         "sleep": sleep,
         "http_transport": http_transport,
+        **({"timeout": timeout} if timeout is not None else {}),
+        **({"policy": policy} if policy is not None else {}),
     }
     if destination.type == "webhook":
         triggers = tuple(o["triggers"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from collections.abc import Callable
 from datetime import datetime
@@ -91,6 +92,20 @@ if pending and tonumber(cjson.decode(pending)['version']) <= tonumber(ARGV[2]) t
 end
 return 0
 """
+
+
+def mapping_reason(mapping: dict[str, Any]) -> str:
+    """``acme/mc segment vip: static segment 99999 (acme.yaml: destinations.mc.segments.vip.lists[0])``:
+    a dead letter's mapping in words (the ESP's refusal follows it in the reason)."""
+    segments = mapping.get("segments") or []
+    who = f"{mapping['account']}/{mapping['destination']}"
+    if segments:
+        who += f" segment{'s' if len(segments) > 1 else ''} {', '.join(segments)}"
+    obj = mapping["object"]
+    file = os.path.basename(str(mapping.get("file") or "")) or "the account file"
+    paths = mapping.get("paths") or []
+    where = f"{file}: {', '.join(paths)}" if paths else f"named by no mapping of {file} now"
+    return f"{who}: {obj['kind']} {obj['id']} ({where}) refused by {mapping.get('type') or 'the ESP'}"
 
 
 def backoff(attempts: int, rng: Callable[[], float] = random.random) -> float:
@@ -328,6 +343,10 @@ class Flusher:
             "first_failed_at": first,
         }
         reason = f"{describe.get('type')}: {describe.get('message') or ''}"[:300]
+        mapping = self._mapping(change, err)
+        if mapping is not None:  # the ESP refused an object the mapping names: say which, and where
+            payload["mapping"] = mapping
+            reason = f"{mapping_reason(mapping)}: {reason}"[:700]
         self.dead.put(f"sync:{change.destination}", reason, payload, now, account=change.account)
         if change.erase:
             self._erased(change, Result(change.profile_id, change.version, FAILED, error=err), now)
@@ -344,6 +363,24 @@ class Flusher:
                 "error": describe.get("type"),
             },
         )
+
+    def _mapping(self, change: Change, err: Exception) -> dict[str, Any] | None:
+        """The mapping behind an error about one ESP object (``AdapterError.target``): the
+        account, destination, segments, the object and where the account file names it."""
+        target = err.target if isinstance(err, AdapterError) else None
+        if target is None:
+            return None
+        kind, object_id = target
+        places = self.dest.where(kind, object_id, change.segments)
+        return {
+            "account": self.dest.account,
+            "destination": self.dest.name,
+            "type": self.dest.type,
+            "object": {"kind": kind, "id": object_id},
+            "segments": sorted({p.segment for p in places if p.segment}),
+            "file": self.dest.file,
+            "paths": [p.path for p in places],
+        }
 
     def _erased(self, change: Change, result: Result, now: datetime) -> None:
         record = {

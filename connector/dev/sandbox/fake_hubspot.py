@@ -285,9 +285,11 @@ class FakeHubSpot(FakeESP):
         self.route("GET", contacts + "/(?P<key>[^/]+)", self.get_contact)
         self.route("PATCH", contacts + "/(?P<key>[^/]+)", self.patch_contact)
         self.route("POST", "/crm/v3/properties/contacts", self.create_property)
+        self.route("GET", "/crm/v3/properties/contacts", self.list_properties)
         self.route("GET", "/crm/v3/properties/contacts/(?P<name>[^/]+)", self.get_property)
         self.route("PATCH", "/crm/v3/properties/contacts/(?P<name>[^/]+)", self.patch_property)
         self.route("POST", "/crm/v3/lists", self.create_list)
+        self.route("POST", "/crm/v3/lists/search", self.search_lists)
         self.route("GET", "/crm/v3/lists/object-type-id/0-1/name/(?P<name>[^/]+)", self.get_list_by_name)
         self.route("GET", r"/crm/v3/lists/(?P<list_id>\d+)", self.get_list)
         self.route("GET", r"/crm/v3/lists/(?P<list_id>\d+)/memberships", self.get_memberships)
@@ -649,6 +651,11 @@ class FakeHubSpot(FakeESP):
             }
             return self.json(self.property_json(data["name"]), 201)
 
+    def list_properties(self, request: Request) -> Response:
+        """``GET /crm/v3/properties/contacts``: every contact property (``{"results": [...]}``)."""
+        with self.lock:
+            return self.json({"results": [self.property_json(name) for name in sorted(self.properties)]})
+
     def get_property(self, request: Request, name: str) -> Response:
         with self.lock:
             if name not in self.properties:
@@ -691,6 +698,28 @@ class FakeHubSpot(FakeESP):
             lst = HubList(id=str(self._next_id), name=data["name"], processing_type=data["processingType"])
             self.lists[lst.id] = lst
             return self.json({"list": self.list_json(lst)})
+
+    def search_lists(self, request: Request) -> Response:
+        """``POST /crm/v3/lists/search`` (a read): lists whose name holds ``query``, ``count`` (≤ 500)
+        from ``offset``; ``{"lists", "hasMore", "offset", "total"}``."""
+        data = self.object_body(
+            request,
+            {"query", "count", "offset", "processingTypes", "listIds", "additionalProperties", "sort"},
+        )
+        count, offset = data.get("count", 20), data.get("offset", 0)
+        if not isinstance(count, int) or not 0 < count <= 500 or not isinstance(offset, int) or offset < 0:
+            raise self.invalid("count must be 1 to 500 and offset at least 0")
+        query = str(data.get("query") or "").lower()
+        types = data.get("processingTypes") or []
+        with self.lock:
+            found = [
+                self.list_json(lst)
+                for lst in sorted(self.lists.values(), key=lambda lst: int(lst.id))
+                if query in lst.name.lower() and (not types or lst.processing_type in types)
+            ]
+        page = found[offset : offset + count]
+        body = {"lists": page, "hasMore": offset + count < len(found), "offset": offset + len(page)}
+        return self.json({**body, "total": len(found)})
 
     def get_list_by_name(self, request: Request, name: str) -> Response:
         with self.lock:

@@ -330,6 +330,7 @@ class FakeMailchimp(FakeESP):
         member = r"/lists/(?P<list_id>[^/]+)/members/(?P<key>[^/]+)"
         segment = r"/lists/(?P<list_id>[^/]+)/segments/(?P<seg_id>[^/]+)"
         self.route("GET", r"/ping", self.ping)
+        self.route("GET", r"/lists", self.get_lists)
         self.route("GET", r"/lists/(?P<list_id>[^/]+)", self.get_list)
         self.route("POST", r"/lists/(?P<list_id>[^/]+)", self.batch_subscribe)
         self.route("GET", r"/lists/(?P<list_id>[^/]+)/merge-fields", self.list_merge_fields)
@@ -602,6 +603,16 @@ class FakeMailchimp(FakeESP):
 
     def ping(self, request: Request) -> Response:
         return self.json({"health_status": "Everything's Chimpy!"})
+
+    def get_lists(self, request: Request) -> Response:
+        """``GET /lists``: the account's audiences (``count``/``offset``)."""
+        count, offset = self.paging(request)
+        with self.lock:
+            lists = [
+                {"id": a.id, "name": a.name, "stats": {"member_count": len(a.members)}}
+                for a in self.audiences.values()
+            ]
+        return self.json({"lists": lists[offset : offset + count], "total_items": len(lists)})
 
     def get_list(self, request: Request, list_id: str) -> Response:
         with self.lock:
