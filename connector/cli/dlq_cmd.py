@@ -28,6 +28,7 @@ from connector import clock, sync
 from connector import runtime as process_runtime
 from connector.destinations import TYPES, destinations
 from connector.ops import audit
+from connector.ops import deadletter_actions as actions
 from connector.suggest import unknown
 from connector.sync.control import NO_SUCH_DESTINATION
 from connector.sync.deadletters import DeadLetter, DeadLetters, Destinations, kinds_selected, selects
@@ -137,21 +138,9 @@ def _record(
         counts[outcome] = counts.get(outcome, 0) + 1
     if not per_account:
         per_account[selection.get("account") or audit.ALL] = {}
-    chosen: dict[str, object] = {k: v for k, v in selection.items() if v and k != "filter"}
-    if selection.get("filter"):
-        chosen.update(audit.filter_digest(selection["filter"] or ""))
     actor = audit.cli_actor()
     for account, counts in sorted(per_account.items()):
-        audit.record(
-            conn,
-            actor,
-            action,
-            f"deadletters:{account}",
-            [account],
-            {"selection": chosen},
-            {"outcomes": counts},
-            now,
-        )
+        actions.record(conn, actor, action, account, dict(selection), counts, now)
 
 
 def register(cli: click.Group) -> None:
@@ -236,20 +225,19 @@ def replay(kind: str | None, account: str | None, text: str | None) -> None:
     def exists(account_id: str, destination: str) -> bool:
         return destination in configured.get(account_id, {})
 
-    outcomes: dict[str, int] = {}
-    done: list[tuple[DeadLetter, str]] = []
+    done = actions.Run()
     now = clock.now()
     try:
         with click.progressbar(items, label=f"replaying {len(items)}", file=sys.stderr) as bar:
-            for item in bar:
-                outcome = sync.replay_dead_letter(conn, dead, item, now, exists)
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
-                done.append((item, outcome))
+            actions.run(conn, dead, actions.REPLAY, bar, now, exists, into=done)
     finally:
-        _record(conn, "deadletters.replay", {"kind": kind, "account": account, "filter": text}, done, now)
+        _record(conn, actions.REPLAY, {"kind": kind, "account": account, "filter": text}, done.done, now)
+    outcomes = done.outcomes
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing matched"
     click.echo(f"replay done: {summary}")
-    gone = sorted({f"{i.account}/{i.kind.partition(':')[2]}" for i, o in done if o == NO_SUCH_DESTINATION})
+    gone = sorted(
+        {f"{i.account}/{i.kind.partition(':')[2]}" for i, o in done.done if o == NO_SUCH_DESTINATION}
+    )
     if gone:
         click.echo(
             f"kept {outcomes[NO_SUCH_DESTINATION]} dead letters of destinations no longer in their "
@@ -293,17 +281,15 @@ def discard(kind: str | None, account: str | None, text: str | None, yes: bool) 
     items = list(_select(dead, kind, account, text, configured))
     selection = {"kind": kind, "account": account, "filter": text}
     if not items:
-        _record(conn, "deadletters.discard", selection, [], clock.now())
+        _record(conn, actions.DISCARD, selection, [], clock.now())
         click.echo("discard done: nothing matched")
         return
     if not yes:
         click.confirm(f"discard {len(items)} dead letters for good?", abort=True, err=True)
-    done: list[tuple[DeadLetter, str]] = []
+    done = actions.Run()
     try:
         with click.progressbar(items, label=f"discarding {len(items)}", file=sys.stderr) as bar:
-            for item in bar:
-                dead.remove(item)
-                done.append((item, "discarded"))
+            actions.run(conn, dead, actions.DISCARD, bar, clock.now(), into=done)
     finally:
-        _record(conn, "deadletters.discard", selection, done, clock.now())
+        _record(conn, actions.DISCARD, selection, done.done, clock.now())
     click.echo(f"discard done: {len(items)} removed")

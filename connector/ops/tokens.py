@@ -8,7 +8,10 @@ a constant-time comparison. Revoking deletes the field.
 
 The console keeps no token: its session holds the token's id and stored digest, and the API acts
 for the token by them (:func:`by_id`), which answers as :func:`authenticate` does for the token
-itself: None once it is revoked or expired.
+itself: None once it is revoked or expired. The console lists the record keys of the sessions a
+token logged in with in a set by the token's id (:func:`sessions_key`; record keys only, nothing
+that opens a session or the API), and :func:`revoke` deletes those records with the token, in one
+script: its sessions end at once, not at their next request.
 
 Roles, each including the one before: ``viewer`` reads; ``editor`` also replays and discards dead
 letters; ``admin`` also erases people and manages tokens. ``accounts`` is a list of account ids,
@@ -32,6 +35,8 @@ from connector.clock import isoformat
 from connector.unicode_text import replaced
 
 TOKENS_KEY = "api:tokens"
+SESSIONS_PREFIX = "console:sessions:"  # + token id: the record keys of the console sessions it opened
+SESSION_RECORD_PREFIX = "console:session:"  # what those keys begin with (connector.ops.console.session)
 ROLES = ("viewer", "editor", "admin")
 ALL_ACCOUNTS = "*"
 PREFIX = "sc_"
@@ -178,9 +183,27 @@ def tokens(conn: redis.Redis) -> list[Token]:
     return sorted(found, key=lambda t: (t.created_at, t.id))
 
 
+# KEYS: the tokens hash, the token's sessions set. ARGV: token id, the prefix of session record keys.
+# The token and every console session it opened go at once; only keys of session records are deleted.
+_REVOKE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if string.sub(key, 1, string.len(ARGV[2])) == ARGV[2] then redis.call('DEL', key) end
+end
+redis.call('DEL', KEYS[2])
+return raw
+"""
+
+
+def sessions_key(token_id: str) -> str:
+    """The set of the record keys of the console sessions logged in with the token ``token_id``."""
+    return f"{SESSIONS_PREFIX}{token_id}"
+
+
 def revoke(conn: redis.Redis, token_id: str) -> Token | None:
-    """Delete the token; the token it was, or None when there was none."""
-    raw = conn.hget(TOKENS_KEY, token_id)
-    if raw is None or not conn.hdel(TOKENS_KEY, token_id):
-        return None
-    return _load(raw)[0]
+    """Delete the token and the console sessions logged in with it (their records, listed under
+    :func:`sessions_key`), in one script; the token it was, or None when there was none."""
+    raw = conn.eval(_REVOKE, 2, TOKENS_KEY, sessions_key(token_id), token_id, SESSION_RECORD_PREFIX)
+    return _load(raw)[0] if raw else None

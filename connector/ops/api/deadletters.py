@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import math
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from connector import clock, sync
+from connector import clock
 from connector.destinations import TYPES
-from connector.ops import audit
+from connector.ops import deadletter_actions as actions
 from connector.ops.api import auth, errors
 from connector.ops.api.schemas import (
+    DeadLetterCountQuery,
+    DeadLetterCountSchema,
     DeadLetterDetailSchema,
     DeadLetterOutcomeSchema,
     DeadLetterPageSchema,
@@ -31,6 +38,10 @@ blp = Blueprint(
 errors.install(blp)
 SCAN_LIMIT = 5000  # items looked at per list request when a text filter is given
 MAX_SELECTED = 10_000  # items one replay or discard handles
+ALL_SECONDS = 10.0  # and, with all, about how long one answer of it acts before giving a next_cursor
+COUNT_LIMIT = 100_000  # items a count with a text filter reads
+READ_CHUNK = 500  # items read at once
+_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
 def _kinds(dead: DeadLetters, kind: str | None) -> list[str]:
@@ -91,7 +102,7 @@ class DeadLetterList(MethodView):
 
 def _selected(dead: DeadLetters, account_id: str, body: dict[str, Any]) -> list[DeadLetter]:
     if not any(body.get(k) for k in ("kind", "filter", "ids")):
-        errors.fail(422, "select what to act on: kind, filter or ids (an empty selection is refused)")
+        errors.fail(422, "select what to act on: kind, filter, ids, or all (an empty selection is refused)")
     ids = set(body.get("ids") or ())
     found = []
     for _, item in _items(dead, account_id, _kinds(dead, body.get("kind")), (0, 0)):
@@ -102,26 +113,188 @@ def _selected(dead: DeadLetters, account_id: str, body: dict[str, Any]) -> list[
     return found
 
 
-def selection_recorded(body: dict[str, Any]) -> dict[str, Any]:
-    """The selection as the audit log keeps it: ``kind`` and ``ids`` as given, the text ``filter``
-    (often an email) as :func:`connector.ops.audit.filter_digest` only."""
-    out: dict[str, Any] = {k: body[k] for k in ("kind", "ids") if k in body}
-    if body.get("filter"):
-        out.update(audit.filter_digest(body["filter"]))
-    return out
+# --- every matching dead letter ("all"), in batches ----------------------------------------
 
 
-def _record(action: str, account_id: str, body: dict[str, Any], outcomes: dict[str, int]) -> None:
-    audit.record(
-        auth.runtime().queue_redis,
+@dataclass(frozen=True)
+class Position:
+    """Where an ``all`` run is: after the item ``id`` stored at ``score`` of ``kind``, acting on
+    none stored after ``until``."""
+
+    kind: str
+    score: float
+    id: str
+    until: float
+
+    def cursor(self) -> str:
+        raw = json.dumps([self.kind, self.score, self.id, self.until]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def parse(cls, cursor: str) -> Position:
+        found: Position | None
+        try:
+            padded = cursor + "=" * (-len(cursor) % 4)
+            kind, score, item_id, until = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+            found = cls(kind, float(score), item_id, float(until))
+        except (ValueError, TypeError, UnicodeError):
+            found = None
+        if not (
+            found is not None
+            and isinstance(found.kind, str)
+            and isinstance(found.id, str)
+            and _ID.fullmatch(found.id)
+            and math.isfinite(found.score)
+            and math.isfinite(found.until)
+        ):
+            errors.fail(422, f"invalid cursor {cursor[:80]!r}: pass the next_cursor of the previous answer")
+        return found
+
+
+class Matching:
+    """The account's dead letters of ``kinds`` matching ``text``, stored up to ``until``, in order
+    (kinds by name, then by when stored, then by id) after ``after``. ``position`` is where the
+    last item taken is, ``read`` how many items were read (matching or not)."""
+
+    def __init__(
+        self,
+        dead: DeadLetters,
+        account_id: str,
+        kinds: list[str],
+        text: str | None,
+        until: float,
+        after: Position | None = None,
+    ) -> None:
+        self.dead, self.account_id, self.kinds, self.text = dead, account_id, sorted(kinds), text
+        self.until, self.after = until, after
+        self.position = after
+        self.read = 0
+
+    def _stored(self, kind: str) -> list[tuple[float, str]]:
+        """(score, id) of the kind's items after ``after``, up to ``until``, read at once: items
+        removed while the run goes do not move it."""
+        after = self.after if self.after is not None and self.after.kind == kind else None
+        rows = self.dead.conn.zrangebyscore(
+            account_index(self.account_id, kind),
+            repr(after.score) if after else "-inf",
+            repr(self.until),
+            withscores=True,
+        )
+        found = [(float(score), raw.decode()) for raw, score in rows]
+        return [row for row in found if after is None or row > (after.score, after.id)]
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        for kind in self.kinds:
+            if self.after is not None and kind < self.after.kind:
+                continue
+            stored = self._stored(kind)
+            for start in range(0, len(stored), READ_CHUNK):
+                part = stored[start : start + READ_CHUNK]
+                raws = self.dead.conn.mget([f"dlq:item:{item_id}" for _, item_id in part])
+                for (score, item_id), raw in zip(part, raws, strict=True):
+                    self.read += 1
+                    self.position = Position(kind, score, item_id, self.until)
+                    item = DeadLetter(**json.loads(raw)) if raw is not None else None
+                    if item is not None and item.matches(self.text):
+                        yield item
+
+
+def _newest(dead: DeadLetters, account_id: str, kinds: list[str]) -> float | None:
+    """When the newest of the account's dead letters of ``kinds`` was stored; None without any."""
+    scores = [
+        float(rows[0][1])
+        for kind in kinds
+        if (rows := dead.conn.zrevrange(account_index(account_id, kind), 0, 0, withscores=True))
+    ]
+    return max(scores) if scores else None
+
+
+def _count(
+    dead: DeadLetters, account_id: str, kinds: list[str], text: str | None, until: float
+) -> tuple[int, bool]:
+    """How many match, and whether all were looked at (a text filter reads at most COUNT_LIMIT)."""
+    if not text:
+        keys = [account_index(account_id, k) for k in kinds]
+        return sum(int(dead.conn.zcount(key, "-inf", repr(until))) for key in keys), True
+    matching = Matching(dead, account_id, kinds, text, until)
+    total = 0
+    items = iter(matching)
+    for _ in items:
+        total += 1
+        if matching.read >= COUNT_LIMIT:
+            return total, next(items, None) is None
+    return total, True
+
+
+@blp.route("/count")
+class DeadLetterCount(MethodView):
+    @auth.access(blp, "viewer")
+    @blp.arguments(DeadLetterCountQuery, location="query")
+    @blp.response(200, DeadLetterCountSchema)
+    def get(self, query: dict[str, Any], account_id: str) -> dict[str, Any]:
+        """How many of the account's dead letters match ``kind`` and ``filter``, all of them, not a
+        page: what a replay or discard with ``all`` (and ``until``) acts on. A text filter reads the
+        items, at most 100,000 (``complete`` is false past that)."""
+        dead = DeadLetters(auth.runtime().queue_redis)
+        kinds = _kinds(dead, query.get("kind"))
+        until = _newest(dead, account_id, kinds)
+        if until is None:
+            return {"matching": 0, "complete": True, "until": None}
+        matching, complete = _count(dead, account_id, kinds, query.get("filter"), until)
+        return {"matching": matching, "complete": complete, "until": until}
+
+
+def _check_all(body: dict[str, Any]) -> None:
+    if body.get("all"):
+        if body.get("ids"):
+            errors.fail(422, "all acts on every dead letter matching kind and filter: send ids without it")
+    elif "cursor" in body or "until" in body:
+        errors.fail(422, "cursor and until go with all: true (every matching dead letter)")
+
+
+def _act_on_all(action: str, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One batch of an ``all`` run: matching items in order from the cursor, until they run out,
+    MAX_SELECTED were handled or ALL_SECONDS passed; one audit entry for the batch."""
+    conn = auth.runtime().queue_redis
+    dead = DeadLetters(conn)
+    kinds = _kinds(dead, body.get("kind"))
+    after = Position.parse(body["cursor"]) if body.get("cursor") else None
+    until = after.until if after else body.get("until", _newest(dead, account_id, kinds))
+    now = clock.now()
+    done = actions.Run()
+    nxt = None
+    if until is not None:
+        matching = Matching(dead, account_id, kinds, body.get("filter"), until, after)
+        stop = actions.budget(MAX_SELECTED, ALL_SECONDS)
+        actions.run(conn, dead, action, matching, now, stop=stop, into=done)
+        if done.stopped and matching.position is not None:
+            nxt = matching.position.cursor()
+    selection = {"all": True, "kind": body.get("kind"), "filter": body.get("filter"), "until": until}
+    actions.record(
+        conn,
         auth.token().id,
         action,
-        f"deadletters:{account_id}",
-        [account_id],
-        {"selection": selection_recorded(body)},
-        {"outcomes": outcomes},
-        clock.now(),
+        account_id,
+        selection,
+        done.outcomes,
+        now,
+        matched=len(done.done),
+        continued=after is not None,
+        finished=nxt is None,
     )
+    return {"matched": len(done.done), "outcomes": done.outcomes, "next_cursor": nxt}
+
+
+def _act(action: str, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    _check_all(body)
+    if body.get("all"):
+        return _act_on_all(action, account_id, body)
+    conn = auth.runtime().queue_redis
+    dead = DeadLetters(conn)
+    items = _selected(dead, account_id, body)
+    done = actions.run(conn, dead, action, items, clock.now())
+    actions.record(conn, auth.token().id, action, account_id, body, done.outcomes, clock.now())
+    return {"matched": len(items), "outcomes": done.outcomes}
 
 
 @blp.route("/replay")
@@ -131,17 +304,9 @@ class Replay(MethodView):
     @blp.response(200, DeadLetterOutcomeSchema)
     def post(self, body: dict[str, Any], account_id: str) -> dict[str, Any]:
         """Put the selected sync dead letters back in the sync queue and events on their stream
-        (others are not replayable)."""
-        conn = auth.runtime().queue_redis
-        dead = DeadLetters(conn)
-        items = _selected(dead, account_id, body)
-        outcomes: dict[str, int] = {}
-        now = clock.now()
-        for item in items:
-            outcome = sync.replay_dead_letter(conn, dead, item, now)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        _record("deadletters.replay", account_id, body, outcomes)
-        return {"matched": len(items), "outcomes": outcomes}
+        (others are not replayable). With ``all``: every one matching ``kind`` and ``filter``, a
+        batch an answer (``next_cursor`` goes on)."""
+        return _act(actions.REPLAY, account_id, body)
 
 
 @blp.route("/discard")
@@ -150,14 +315,9 @@ class Discard(MethodView):
     @blp.arguments(DeadLetterSelectSchema)
     @blp.response(200, DeadLetterOutcomeSchema)
     def post(self, body: dict[str, Any], account_id: str) -> dict[str, Any]:
-        """Delete the selected dead letters."""
-        dead = DeadLetters(auth.runtime().queue_redis)
-        items = _selected(dead, account_id, body)
-        for item in items:
-            dead.remove(item)
-        outcomes = {"discarded": len(items)} if items else {}
-        _record("deadletters.discard", account_id, body, outcomes)
-        return {"matched": len(items), "outcomes": outcomes}
+        """Delete the selected dead letters. With ``all``: every one matching ``kind`` and
+        ``filter``, a batch an answer (``next_cursor`` goes on)."""
+        return _act(actions.DISCARD, account_id, body)
 
 
 @blp.route("/<string:kind>/<string:item_id>")

@@ -323,11 +323,57 @@ class DeadLetterSelectSchema(Schema):
     ids = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=1000)
     )
+    all = fields.Boolean(
+        truthy={True},
+        falsy={False},
+        metadata={
+            "description": "every dead letter of the account matching kind and filter (both optional), "
+            "not only a page: acted on in batches, each answer's next_cursor going on"
+        },
+    )
+    until = fields.Float(
+        allow_nan=False,
+        metadata={
+            "description": "with all: only dead letters stored up to this instant (GET .../count's until)"
+        },
+    )
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=600),
+        metadata={"description": "with all: the next_cursor of the previous answer"},
+    )
 
 
 class DeadLetterOutcomeSchema(Schema):
     matched = fields.Integer(required=True)
     outcomes = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    next_cursor = fields.String(
+        allow_none=True,
+        metadata={"description": "with all: where to go on (send the same body with it), null once done"},
+    )
+
+
+class DeadLetterCountQuery(Query):
+    kind = fields.String(
+        validate=validate.Length(min=1, max=200), metadata={"description": "sync, sync:<dest>"}
+    )
+    filter = fields.String(
+        validate=validate.Length(min=1, max=200), metadata={"description": "text in the item"}
+    )
+
+
+class DeadLetterCountSchema(Schema):
+    matching = fields.Integer(required=True, metadata={"description": "dead letters matching"})
+    complete = fields.Boolean(
+        required=True, metadata={"description": "false when counting stopped (matching is a lower bound)"}
+    )
+    until = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "when the newest dead letter of the kinds counted was stored (epoch seconds; "
+            "null: none): pass it to replay or discard with all, so none stored later is acted on"
+        },
+    )
 
 
 # tokens and audit

@@ -8,10 +8,13 @@ in with and that token's stored digest (the API acts for the token by them, neve
 ``connector/ops/api/auth.py``), the session's CSRF token and when it ends.
 
 A session ends 12 hours after login, or when its token expires if that comes first (the record's
-``expires_at`` on the product's clock, and its TTL); when its token is revoked or expired (checked
-on every request, as the API checks it on every call); and at logout, which deletes the record, so
-the cookie and any copy of it open nothing from then on. A cookie that names no live record is
-answered as no cookie at all, and removed from the browser.
+``expires_at`` on the product's clock, and its TTL); when its token is revoked: the record keys of
+a token's sessions are listed in ``console:sessions:<token id>`` (:func:`connector.ops.tokens.sessions_key`;
+a set of record keys, so nothing in it opens a session, with the TTL of the longest of them), and
+revoking the token deletes them with it, at once; and at logout, which deletes the record, so the
+cookie and any copy of it open nothing from then on. Every request also checks that the token is
+still live (as the API checks it on every call), a second line behind the revocation's delete. A
+cookie that names no live record is answered as no cookie at all, and removed from the browser.
 
 CSRF: every POST form carries the session's CSRF token (``csrf`` field; 32 random bytes kept in the
 record, so it is bound to the session), compared in constant time. The login form, which has no
@@ -36,12 +39,27 @@ from werkzeug.wrappers import Response
 from connector import clock
 from connector.ops import tokens
 
-RECORD_PREFIX = "console:session:"  # + the SHA-256 of the session id
+RECORD_PREFIX = tokens.SESSION_RECORD_PREFIX  # + the SHA-256 of the session id
 COOKIE = "sc_console"
 LOGIN_COOKIE = "sc_console_login"
 MAX_AGE_SECONDS = 12 * 3600
 PATH = "/console"
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+# KEYS: the record, the token's sessions set, the tokens hash. ARGV: record JSON, lifetime, token id,
+# token digest. The record is written only while the token it is for is stored (a revocation between
+# the login's check and now leaves nothing behind), listed in the token's set (whose records that
+# ended are dropped from it), and the set lives as long as its longest session.
+_START = """
+local token = redis.call('HGET', KEYS[3], ARGV[3])
+if not token or not string.find(token, ARGV[4], 1, true) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', key) == 0 then redis.call('SREM', KEYS[2], key) end
+end
+redis.call('SADD', KEYS[2], KEYS[1])
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -91,9 +109,18 @@ def load(conn: redis.Redis, now: datetime) -> tuple[Session, tokens.Token] | Non
         token = tokens.by_id(conn, found.token_id, found.token_sha256, now)
     if found is None or token is None:
         if raw is not None:
-            conn.delete(key)
+            _forget(conn, key, found)
         return None
     return found, token
+
+
+def _forget(conn: redis.Redis, key: str, found: Session | None) -> None:
+    """Delete the record ``key`` and its place in its token's sessions set."""
+    pipe = conn.pipeline(transaction=True)
+    pipe.delete(key)
+    if found is not None:
+        pipe.srem(tokens.sessions_key(found.token_id), key)
+    pipe.execute()
 
 
 def close(conn: redis.Redis) -> None:
@@ -101,7 +128,8 @@ def close(conn: redis.Redis) -> None:
     nothing from now on."""
     key = _cookie_key()
     if key is not None:
-        conn.delete(key)
+        raw = conn.get(key)
+        _forget(conn, key, _parse(raw) if raw is not None else None)
 
 
 def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
@@ -116,17 +144,23 @@ def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
     )
 
 
-def start(conn: redis.Redis, response: Response, presented: str, token: tokens.Token, now: datetime) -> None:
+def start(conn: redis.Redis, response: Response, presented: str, token: tokens.Token, now: datetime) -> bool:
     """A new session for ``token`` (``presented`` is the token as typed, already authenticated: only
-    its digest is kept). A session the browser held before ends: a login replaces it."""
+    its digest is kept), listed under the token's sessions set; False, and no session, when the
+    token was revoked since it was checked. A session the browser held before ends: a login
+    replaces it."""
     close(conn)
     ends = min(now + timedelta(seconds=MAX_AGE_SECONDS), token.expires())
     lifetime = max(1, math.ceil((ends - now).total_seconds()))
-    record = Session(token.id, tokens.sha256(presented), secrets.token_urlsafe(32), clock.isoformat(ends))
+    digest = tokens.sha256(presented)
+    record = Session(token.id, digest, secrets.token_urlsafe(32), clock.isoformat(ends))
     session_id = secrets.token_urlsafe(32)
-    conn.set(record_key(session_id), json.dumps(vars(record)), ex=lifetime)
+    keys = [record_key(session_id), tokens.sessions_key(token.id), tokens.TOKENS_KEY]
+    if not conn.eval(_START, len(keys), *keys, json.dumps(vars(record)), lifetime, token.id, digest):
+        return False
     _cookie(response, COOKIE, session_id, lifetime)
     response.delete_cookie(LOGIN_COOKIE, path=PATH)
+    return True
 
 
 def end(response: Response) -> None:

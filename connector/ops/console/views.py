@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -198,9 +199,8 @@ def login() -> Any:
         conn = runtime().queue_redis
         now = clock.now()
         token = tokens.authenticate(conn, presented, now)
-        if token is not None:
-            response = redirect(_safe_next(request.form.get("next")))
-            session.start(conn, response, presented, token, now)
+        response = redirect(_safe_next(request.form.get("next")))
+        if token is not None and session.start(conn, response, presented, token, now):
             return response
         error, status = "That token is not valid (unknown, revoked or expired).", 401
     response = make_response("", status)
@@ -453,14 +453,18 @@ def live_stream(account: str) -> Any:
 @bp.route("/a/<account>/deadletters")
 def deadletters(account: str) -> Any:
     kind, text = request.args.get("kind", ""), request.args.get("filter", "")
-    page = get(
-        f"/accounts/{quote(account)}/deadletters",
+    base = f"/accounts/{quote(account)}/deadletters"
+    page = get(base, kind=kind, filter=text, cursor=request.args.get("cursor"), limit=50)
+    count = get(f"{base}/count", kind=kind, filter=text)
+    return render(
+        "deadletters.html",
+        account=account,
+        page=page,
         kind=kind,
         filter=text,
-        cursor=request.args.get("cursor"),
-        limit=50,
+        count=count,
+        select_page=request.args.get("select") == "page",
     )
-    return render("deadletters.html", account=account, page=page, kind=kind, filter=text)
 
 
 @bp.route("/a/<account>/deadletters/<kind>/<item_id>")
@@ -477,9 +481,73 @@ def deadletters_act(account: str, action: str) -> Any:
     if not ids:
         abort(422, "choose at least one dead letter")
     result = post(f"/accounts/{quote(account)}/deadletters/{action}", {"ids": ids})
-    outcomes = ", ".join(f"{n} {what}" for what, n in sorted(result["outcomes"].items())) or "nothing"
-    message = f"{action.capitalize()}: {result['matched']} selected; {outcomes}."
+    message = f"{action.capitalize()}: {result['matched']} selected; {_outcomes(result['outcomes'])}."
     return render("done.html", account=account, title=action.capitalize(), message=message)
+
+
+def _outcomes(outcomes: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {what}" for what, n in sorted(outcomes.items())) or "nothing"
+
+
+def _form_number(name: str, kind: type[int] | type[float]) -> Any:
+    """A number the console's own form carried (a count, an instant); 422 for anything else."""
+    raw = request.form.get(name, "")
+    try:
+        value = kind(raw) if raw else None
+    except ValueError:
+        abort(422, f"{name} is not a number: reload the dead letters and try again")
+    if value is not None and (not math.isfinite(value) or value < 0):
+        abort(422, f"{name} is not a number: reload the dead letters and try again")
+    return value
+
+
+def _carried_outcomes() -> dict[str, int]:
+    """The outcomes of the earlier batches of an "all matching" run, as its form carried them."""
+    try:
+        raw = json.loads(request.form.get("outcomes") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+
+
+@bp.route("/a/<account>/deadletters/<action>/all", methods=["POST"])
+def deadletters_all(account: str, action: str) -> Any:
+    """Every dead letter matching the page's filters, not only the page: first a confirmation
+    stating how many (counted now, and bound to those: none stored later is included), then the
+    API's "all" replay or discard, a batch a request, each next batch posted by the page (by
+    itself with JavaScript, with a button without) until none is left."""
+    if action not in ("replay", "discard"):
+        abort(404)
+    if not g.console_token.allows("editor"):  # the API refuses it too; no confirmation to offer
+        abort(403, "replaying and discarding dead letters need an editor token")
+    kind, text = request.form.get("kind", ""), request.form.get("filter", "")
+    base = f"/accounts/{quote(account)}/deadletters"
+    values = {"account": account, "action": action, "kind": kind, "filter": text}
+    if request.form.get("step") != "run":
+        count = get(f"{base}/count", kind=kind, filter=text)
+        return render("deadletters_all.html", step="confirm", count=count, **values)
+    body: dict[str, Any] = {"all": True, "kind": kind or None, "filter": text or None}
+    body["until"], body["cursor"] = _form_number("until", float), request.form.get("cursor") or None
+    result = post(f"{base}/{action}", {k: v for k, v in body.items() if v is not None})
+    outcomes = _carried_outcomes()
+    for what, n in result["outcomes"].items():
+        outcomes[what] = outcomes.get(what, 0) + n
+    done = (_form_number("done", int) or 0) + result["matched"]
+    total = max(_form_number("total", int) or 0, done)
+    step = "more" if result["next_cursor"] else "done"
+    return render(
+        "deadletters_all.html",
+        step=step,
+        done=done,
+        total=total,
+        until=body["until"],
+        cursor=result["next_cursor"],
+        outcomes=outcomes,
+        outcomes_text=_outcomes(outcomes),
+        **values,
+    )
 
 
 # --- rules --------------------------------------------------------------------------------

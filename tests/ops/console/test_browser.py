@@ -15,6 +15,7 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +348,62 @@ def test_a_worker_line_that_comes_before_its_delivery_goes_under_it_and_rows_kee
     assert rows.count() == 2  # no row of its own for the worker's line
     assert "ev-1" not in rows.nth(0).inner_text() and "entered vip" in rows.nth(1).inner_text()
     assert rows.nth(0).locator("td").first.inner_text().endswith("00.525000Z")
+
+
+def test_select_all_on_the_page_and_replay_all_matching_after_a_confirmation_with_the_count(
+    page: Any,
+    server: str,
+    mint: Mint,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    api_clock: clock.FrozenClock,
+) -> None:
+    from connector.ops.api import deadletters as api_deadletters
+
+    monkeypatch.setattr(api_deadletters, "MAX_SELECTED", 25)  # three batches: the page goes on by itself
+    dead = DeadLetters(redis_client)
+
+    def put(n: int, reason: str) -> str:
+        change = {"account": "acme", "destination": "mailchimp", "profile_id": f"p{n}", "version": n}
+        return dead.put("sync:mailchimp", f"{reason} (#{n})", {"change": change}, clock.now(), account="acme")
+
+    throttled = [put(n, "429 too many requests") for n in range(60)]  # more than a page (50)
+    refused = [put(100 + n, "400 invalid email") for n in range(5)]
+    log_in(page, server, mint("editor", "acme"))
+    page.click("text=Dead letters")
+    page.fill("input[name=filter]", "too many")  # no hex digit: no id holds it
+    page.click("text=Filter")
+    assert "60 dead letters match these filters; this page shows 50" in page.inner_text("#dl-matching")
+
+    # select all on this page: every box of the page, and a note that 60 match in all
+    select_all = page.locator("#dl-select-all")
+    assert select_all.is_visible()
+    select_all.check()
+    assert page.locator('#deadletters input[name="ids"]:checked').count() == 50
+    assert "All 50 dead letters on this page are selected; 60 match in all" in page.inner_text(
+        "#dl-page-note"
+    )
+    page.locator('#deadletters input[name="ids"]').first.uncheck()
+    assert page.evaluate("document.getElementById('dl-select-all').indeterminate") is True
+    assert page.locator("#dl-page-note").is_hidden()
+    select_all.check()
+    shot(page, "deadletters-bulk", tmp_path)
+
+    # replay all 60 matching (not only the 50 shown), after a confirmation stating the count
+    page.click("#dl-replay-all")
+    assert page.inner_text("h1") == "Replay all 60 matching?"
+    assert "Replay 60 dead letters of acme matching text" in page.inner_text("#dl-confirm-text")
+    shot(page, "deadletters-confirm", tmp_path)
+    api_clock.advance(timedelta(seconds=1))
+    put(999, "429 too many requests (after the count)")  # stored after the confirmation: left alone
+    page.click("#dl-confirm")
+    done = page.wait_for_selector("#dl-done", timeout=20000)  # three batches, each a page
+    assert "Replay: all 60 matching dead letters; 60 queued." in done.inner_text()
+    assert not any(dead.get(i) for i in throttled)
+    assert all(dead.get(i) for i in refused)
+    left = [i.reason for i in dead.list(limit=100)]
+    assert sorted(left) == sorted(
+        [f"400 invalid email (#{100 + n})" for n in range(5)]
+        + ["429 too many requests (after the count) (#999)"]
+    )
