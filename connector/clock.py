@@ -7,20 +7,46 @@ the scheduler) read it from here. Tests pin it with :func:`frozen` (in-process) 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from connector.errors import ConfigError
+
 Clock = Callable[[], datetime]
+
+OFFSET_ENV = "CONNECTOR_CLOCK_OFFSET_SECONDS"
+OFFSET_MAX_SECONDS = 100 * 366 * 86400  # ±100 years: any test's needs, far from datetime's limits
+
+
+def offset_seconds() -> float:
+    """``CONNECTOR_CLOCK_OFFSET_SECONDS`` as a number (0 when unset). A value that is not a finite
+    number of seconds within ±100 years is a :class:`ConfigError` naming the variable (checked at a
+    process's start with the other settings), never a ``ValueError`` from the first clock read."""
+    raw = os.environ.get(OFFSET_ENV)
+    if raw is None or raw.strip() == "":
+        return 0.0
+    shown = raw if len(raw) <= 40 else raw[:40] + "..."
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{OFFSET_ENV}={shown!r} is not a number of seconds") from None
+    if not math.isfinite(value) or abs(value) > OFFSET_MAX_SECONDS:
+        raise ConfigError(
+            f"{OFFSET_ENV}={shown!r} must be a finite number of seconds between "
+            f"-{OFFSET_MAX_SECONDS} and {OFFSET_MAX_SECONDS} (about 100 years)"
+        )
+    return value
 
 
 def _system_now() -> datetime:
-    offset = os.environ.get("CONNECTOR_CLOCK_OFFSET_SECONDS")
     current = datetime.now(UTC)
+    offset = offset_seconds()
     if offset:
-        current += timedelta(seconds=float(offset))
+        current += timedelta(seconds=offset)
     return current
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from connector import clock
 from connector.dev import devenv
 from connector.errors import ConfigError
 from connector.redis_conn import CLUSTER_SCHEMES
@@ -23,6 +24,56 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as err:
         raise ConfigError(f"{name}={raw!r} is not an integer") from err
+
+
+MAX_BODY_BYTES_MIN = 1024  # 1 KiB: below it, ordinary webhooks (a Shopify order: several KiB) do not fit
+MAX_BODY_BYTES_MAX = 1024**3  # 1 GiB: a body is held in memory whole; far beyond it zlib refuses the limit
+
+
+def _max_body_bytes() -> int:
+    """``CONNECTOR_MAX_BODY_BYTES``: 0 or a negative number would answer every body 413 while
+    ``/readyz`` says ready; one past 64 bits would fail every gzipped tracking call with a 500."""
+    value = _int("CONNECTOR_MAX_BODY_BYTES", 1024 * 1024)
+    if not MAX_BODY_BYTES_MIN <= value <= MAX_BODY_BYTES_MAX:
+        raise ConfigError(
+            f"CONNECTOR_MAX_BODY_BYTES must be at least {MAX_BODY_BYTES_MIN} (1 KiB) and at most "
+            f"{MAX_BODY_BYTES_MAX} (1 GiB), got {value} (the default is 1048576, 1 MiB)"
+        )
+    return value
+
+
+def _public_url() -> str | None:
+    """``CONNECTOR_PUBLIC_URL``: the base that the request's path (and query) is appended to for the
+    URL HubSpot and Mandrill sign, so an absolute http(s) URL with a host, optionally a path; a
+    value that is not one would make every signature check fail."""
+    raw = os.environ.get("CONNECTOR_PUBLIC_URL")
+    if raw is None or raw == "":
+        return None
+    problem = _public_url_problem(raw)
+    if problem is not None:
+        shown = raw if len(raw) <= 200 else raw[:200] + "..."
+        if "@" in shown:  # a user and password have no place in it and are not shown
+            shown = "..." + shown[shown.rindex("@") :]
+        raise ConfigError(
+            f"CONNECTOR_PUBLIC_URL={shown!r} {problem} "
+            "(https://hooks.example.com, optionally with a path: https://example.com/connector)"
+        )
+    return raw
+
+
+def _public_url_problem(raw: str) -> str | None:
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as err:
+        return f"is not a valid URL ({err})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an absolute http:// or https:// URL with a host"
+    if parts.query or parts.fragment or raw.endswith(("?", "#")):
+        return "must not have a query or fragment: the request's path is appended to it"
+    return None
 
 
 METRICS_TOKEN_MIN = 16
@@ -152,6 +203,7 @@ class Settings:
         if shown < 0:
             raise ConfigError("CONNECTOR_LIVE_SHOWN_PER_SECOND must be 0 (every delivery) or more")
         deadletters.max_items()  # checked at start: a bad value would fail /metrics and the sync later
+        clock.offset_seconds()  # likewise: a bad value would fail every clock read later
         queue_url = queue_env or base
         _check_redis_url(queue_url, "CONNECTOR_QUEUE_REDIS_URL" if queue_env else redis_from)
         _check_redis_url(profile_env or base, "CONNECTOR_PROFILE_REDIS_URL" if profile_env else redis_from)
@@ -164,9 +216,9 @@ class Settings:
             queue_redis_url=queue_url,
             profile_redis_url=profile_env or base,
             config_dir=config_dir,
-            max_body_bytes=_int("CONNECTOR_MAX_BODY_BYTES", 1024 * 1024),
+            max_body_bytes=_max_body_bytes(),
             event_shards=shards,
-            public_url=(os.environ.get("CONNECTOR_PUBLIC_URL") or None),
+            public_url=_public_url(),
             data_dir=devenv.data_dir(),
             config_from=config_from,
             redis_from=redis_from,

@@ -11,6 +11,10 @@ from connector import runtime as process_runtime
 from connector.cli.accounts import known_account
 from connector.profiles import rejected
 
+# The stream keeps about ``rejected.KEPT`` events, so any larger --limit shows them all; Redis would
+# refuse a count beyond its 64-bit range, so no more than this is asked for.
+LIMIT_SENT_MAX = 1_000_000
+
 
 def register(cli: click.Group) -> None:
     cli.add_command(events)
@@ -23,14 +27,16 @@ def events() -> None:
 
 @events.command("rejected")
 @click.option("--account", "account_id", required=True)
-@click.option("--limit", default=20, show_default=True)
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many (at least 1)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one document).")
 def rejected_cmd(account_id: str, limit: int, as_json: bool) -> None:
     """Events that had no usable identity (or could not be stored), newest first."""
     known_account(account_id)
     conn = process_runtime.current().profile_redis
     try:
-        items = rejected.latest(conn, account_id, limit)
+        items = rejected.latest(conn, account_id, min(limit, LIMIT_SENT_MAX))
         total = rejected.count(conn, account_id)
     except redis.RedisError as err:
         raise click.ClickException(f"profile store unavailable: {type(err).__name__}") from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import click
@@ -22,11 +23,39 @@ def _account(account: str) -> None:
     known_account(account)
 
 
+# connector.predict.backtest.HOLDOUT_DAYS_MAX, not imported: that would load numpy for every command
+HOLDOUT_DAYS_MAX = 3650
+
+
+class _HoldoutDays(click.FloatRange):
+    """Days above 0 and at most ``HOLDOUT_DAYS_MAX``; ``nan`` is refused too (FloatRange lets it pass,
+    as no comparison with it is true)."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, max=HOLDOUT_DAYS_MAX, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        days = super().convert(value, param, ctx)
+        if math.isnan(days):
+            self.fail(f"{value!r} is not a number of days in the range 0<x<={HOLDOUT_DAYS_MAX}.", param, ctx)
+        return days
+
+
 MIN_OPTIONS = [
     click.option(
-        "--min-repeat-customers", default=100, show_default=True, help="Customers with a repeat order."
+        "--min-repeat-customers",
+        default=100,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Customers with a repeat order (at least 1).",
     ),
-    click.option("--min-days", default=180, show_default=True, help="Days of order history."),
+    click.option(
+        "--min-days",
+        default=180,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Days of order history (at least 1).",
+    ),
 ]
 
 
@@ -67,7 +96,13 @@ def train_cmd(account: str, min_repeat_customers: int, min_days: int) -> None:
 
 @predict.command("report")
 @click.option("--account", required=True)
-@click.option("--holdout-days", default=90.0, show_default=True)
+@click.option(
+    "--holdout-days",
+    default=90.0,
+    show_default=True,
+    type=_HoldoutDays(),
+    help=f"Days at the end held out (above 0, at most {HOLDOUT_DAYS_MAX}).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @_with_minimum
 def report_cmd(

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,8 @@ from connector.predict import features, models, train
 from connector.predict.features import DAY, Summary
 from connector.profiles import iter_profile_ids
 from connector.profiles.store import load_profiles
+
+HOLDOUT_DAYS_MAX = 3650  # ten years: a longer holdout leaves no history to fit on
 
 
 @dataclass
@@ -128,6 +131,8 @@ def report(
     holdout_days: float = 90.0,
     minimum: train.Minimum | None = None,
 ) -> Report:
+    if not (math.isfinite(holdout_days) and 0 < holdout_days <= HOLDOUT_DAYS_MAX):
+        raise ValueError(f"holdout_days must be above 0 and at most {HOLDOUT_DAYS_MAX}, got {holdout_days!r}")
     cutoff = now - timedelta(days=holdout_days)
     hold = holdout_split(conn, account, cutoff, now)
     cal = hold.calibration
