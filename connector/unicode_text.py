@@ -11,6 +11,7 @@ before show them with each one replaced by U+FFFD (:func:`replaced`).
 from __future__ import annotations
 
 import re
+import unicodedata
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -30,3 +31,30 @@ def first_byte_not_text(text: str) -> int | None:
     except UnicodeEncodeError as err:
         return len(text[: err.start].encode("utf-8")) + 1
     return None
+
+
+# Characters that steer a terminal or the direction of text rather than show: C0 and C1 controls
+# (ESC, CR, LF, BEL, NUL ...) and the bidirectional overrides and isolates (U+202A-U+202E,
+# U+2066-U+2069). In a text an operator's terminal prints (a token's note), they could clear the
+# screen, set its title or forge lines.
+_BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def _steering(char: str) -> bool:
+    return char in _BIDI or unicodedata.category(char) == "Cc"
+
+
+def first_control(text: str) -> str | None:
+    """``U+001B at 3`` for the first control or direction character of ``text``, None when none."""
+    for at, char in enumerate(text, 1):
+        if _steering(char):
+            return f"U+{ord(char):04X} at {at}"
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with each control or direction character written as its escape (``\\x1b``,
+    ``\\u202e``), for a terminal."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(char.encode("unicode_escape").decode() if _steering(char) else char for char in text)

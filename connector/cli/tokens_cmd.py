@@ -10,6 +10,7 @@ from connector import clock, suggest
 from connector import runtime as process_runtime
 from connector.cli.accounts import text_option
 from connector.ops import audit, tokens
+from connector.unicode_text import printable
 
 
 def register(cli: click.Group) -> None:
@@ -65,7 +66,8 @@ def list_(as_json: bool) -> None:
     for t in found:
         state = "EXPIRED" if t.expired(now) else "live"
         accounts = ",".join(t.accounts)
-        click.echo(f"{t.id}  {t.role:<6} {state:<7} expires {t.expires_at}  {accounts}  {t.note}".rstrip())
+        note = printable(t.note)  # a note stored before they were refused may hold terminal controls
+        click.echo(f"{t.id}  {t.role:<6} {state:<7} expires {t.expires_at}  {accounts}  {note}".rstrip())
     click.echo(f"{len(found)} token(s)")
 
 

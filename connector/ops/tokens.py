@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 import redis
 
 from connector.clock import isoformat
-from connector.unicode_text import replaced
+from connector.unicode_text import first_control, replaced
 
 TOKENS_KEY = "api:tokens"
 SESSIONS_PREFIX = "console:sessions:"  # + token id: the record keys of the console sessions it opened
@@ -122,6 +122,9 @@ def create(
     """A new token and its secret form, which is shown once and never stored."""
     if role not in ROLES:
         raise TokenError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    steering = first_control(note)
+    if steering is not None:
+        raise TokenError(f"note: control and text-direction characters are not allowed ({steering})")
     chosen = _accounts(accounts, role)
     token_id = secrets.token_hex(6)
     secret = f"{PREFIX}{token_id}_{secrets.token_urlsafe(32)}"

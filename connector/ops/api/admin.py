@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask.views import MethodView
@@ -35,6 +36,26 @@ def _within(token: tokens.Token, accounts: tuple[str, ...]) -> bool:
     )
 
 
+def _within_creator(expires: str | None, now: datetime) -> timedelta:
+    """How long the new token lives: a token made through the API expires no later than the token
+    making it, so a leaked short-lived admin token cannot mint lasting access. Not given: the
+    default, shortened to the creator's remaining life."""
+    ends = datetime.fromisoformat(auth.token().expires_at.replace("Z", "+00:00"))
+    left = max(ends - now, timedelta(0))
+    if expires is None:
+        return min(tokens.parse_expiry(tokens.DEFAULT_EXPIRY), left)
+    span = tokens.parse_expiry(expires)
+    if span > left:
+        most = (
+            f"{left // timedelta(days=1)}d" if left >= timedelta(days=1) else f"{left // timedelta(hours=1)}h"
+        )
+        raise tokens.TokenError(
+            f"expires: a token cannot outlive the token creating it, which expires at "
+            f"{auth.token().expires_at}: ask for {most} or less, or create it with `connector tokens create`"
+        )
+    return span
+
+
 @blp.route("/tokens")
 class Tokens(MethodView):
     @auth.access(blp, "admin")
@@ -58,7 +79,7 @@ class Tokens(MethodView):
         if unknown:
             errors.fail(404, f"no account {unknown[0]!r}")
         try:
-            span = tokens.parse_expiry(body["expires"])
+            span = _within_creator(body["expires"], now)
             token, secret = tokens.create(rt.queue_redis, wanted, body["role"], span, now, body["note"])
         except tokens.TokenError as err:
             errors.fail(422, str(err))

@@ -402,7 +402,8 @@ def _expiry(text: str) -> None:
 class TokenCreateSchema(Schema):
     accounts = fields.List(fields.String(validate=validate.Length(min=1, max=64)), required=True)
     role = fields.String(required=True, validate=validate.OneOf(tokens.ROLES))
-    expires = fields.String(load_default=tokens.DEFAULT_EXPIRY, validate=_expiry)
+    # not given: 90d, or what is left of the creating token's life when that is shorter
+    expires = fields.String(load_default=None, validate=_expiry)
     note = fields.String(load_default="", validate=validate.Length(max=200))
 
 

@@ -323,7 +323,7 @@ def test_dead_letters_list_show_replay_discard(api: Any, mint: Mint, redis_clien
 def test_tokens_through_the_api_are_audited_and_scoped(
     api: Any, mint: Mint, redis_client: redis.Redis
 ) -> None:
-    admin = mint("admin", "acme")
+    admin = mint("admin", "acme", expires=timedelta(days=7))
     made = api.post(
         V1 + "/tokens", headers=bearer(admin), json={"accounts": ["acme"], "role": "viewer", "expires": "2d"}
     )
