@@ -96,11 +96,15 @@ local function aged(written)
 end
 local state = redis.call('HGETALL', person)
 local h, e, x, r, packs, flags, counted, stale, earlier = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local entered_in = {}  -- segment code -> the arm its last entry was made in (when recorded)
 local dup = false
 for i = 1, #state, 2 do
   local f, v = state[i], state[i + 1]
   local c, gone = string.sub(f, 1, 1), false
-  if c == 'E' then e[string.sub(f, 2)] = tonumber(v)
+  if c == 'E' then
+    local t, arm = string.match(v, '^(%d+)(%a*)$')
+    e[string.sub(f, 2)] = tonumber(t)
+    if arm ~= nil and arm ~= '' then entered_in[string.sub(f, 2)] = arm end
   elseif c == 'X' then x[string.sub(f, 2)] = tonumber(v)
   elseif c == 'R' then r[string.sub(f, 2)] = tonumber(v)
   elseif c == '*' then
@@ -188,10 +192,13 @@ local function remember()
 end
 local arms = {}
 for s, a in string.gmatch(ARGV[8], '([^,=]+)=([^,]+)') do arms[s] = a end
+-- each segment's credit goes to the arm its entry was made in (a holdout added or changed since
+-- moves no credit between arms); an entry recorded before arms were kept: the person's arm now
 local function credit(t, metric, segs, by, float)
   local key = ARGV[7] .. math.floor(t / 86400)
   for _, s in ipairs(segs) do
-    local field = metric .. ':' .. s .. ':' .. (arms[s] or 't')
+    local c = code[s]
+    local field = metric .. ':' .. s .. ':' .. ((c and entered_in[c]) or arms[s] or 't')
     if float then redis.call('HINCRBYFLOAT', key, field, by) else redis.call('HINCRBY', key, field, by) end
   end
   redis.call('EXPIRE', key, ARGV[11])

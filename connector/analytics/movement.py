@@ -69,11 +69,14 @@ def record_diff(
 # (keys.codes_key), the migration hash of each group named in ARGV, then each profile's person
 # hash. ARGV: counters ttl, person ttl, instant (epoch s), number of groups G, number of counters C,
 # C triples (key position: 1 the day's, 2 + g group g's; field; increment), then per profile:
-# number entered, the segments entered, number exited, the segments exited.
+# number entered, each segment entered followed by the arm it was entered in, number exited, the
+# segments exited.
 #
-# Per segment the person hash holds E<code> (last entry), X<code> (last exit) and R<code> (revenue
-# credited to the entry; attribution.py). An entry drops the exit and the revenue (an exit before
-# the last entry says nothing a missing one does not). Fields of the layout of before
+# Per segment the person hash holds E<code> (last entry: its instant, then the arm it was entered
+# in, `1764639067c`; an entry recorded before arms were kept has the instant only), X<code> (last
+# exit) and R<code> (revenue credited to the entry; attribution.py). An entry drops the exit and
+# the revenue (an exit before the last entry says nothing a missing one does not). Fields of the
+# layout of before
 # (e:/x:/r:<name>) are left to the credit script, which reads them under the ones written here.
 _RECORD_MANY = (
     SEGMENT_CODE_LUA
@@ -95,14 +98,14 @@ while i <= #ARGV do
   p = p + 1
   local person, fields, gone = KEYS[2 + ngroups + p], {}, {}
   local n = tonumber(ARGV[i])
-  for j = i + 1, i + n do
+  for j = i + 1, i + 2 * n, 2 do
     local c = code_of(ARGV[j])
     fields[#fields + 1] = 'E' .. c
-    fields[#fields + 1] = stamp
+    fields[#fields + 1] = stamp .. ARGV[j + 1]  -- the instant, then the arm entered in
     gone[#gone + 1] = 'X' .. c
     gone[#gone + 1] = 'R' .. c
   end
-  i = i + n + 1
+  i = i + 2 * n + 1
   n = tonumber(ARGV[i])
   for j = i + 1, i + n do
     fields[#fields + 1] = 'X' .. code_of(ARGV[j])
@@ -156,8 +159,11 @@ def record_many(
     ]
     for (group, field), count in sorted(counts.items()):
         args += [position[group], field, count]
-    for _, came, left, _ in rows:
-        args += [len(came), *came, len(left), *left]
+    for _, came, left, arms in rows:
+        args.append(len(came))
+        for segment in came:
+            args += [segment, (arms or {}).get(segment, TREATED)]
+        args += [len(left), *left]
     queued_script(pipe, _RECORD_MANY)(keys=keys, args=args, client=pipe)
 
 

@@ -131,6 +131,26 @@ def test_control_members_are_counted_in_their_arm(redis_client: redis.Redis) -> 
     assert row["en:cart:c"] == "1" and row["cv:cart:c"] == "1" and row["rv:cart:c"] == "1000"
 
 
+def test_a_conversion_goes_to_the_arm_the_entry_was_made_in_not_the_person_s_arm_now(
+    redis_client: redis.Redis,
+) -> None:
+    # entered before the segment had a holdout (treated); a holdout added since puts the person in
+    # control, then they order: the entry's arm converts, the control arm gains nothing
+    movement.record_diff(redis_client, "acme", {}, "p7", ["cart"], [], T0, arms={})
+    order = _event("order_completed", 1, T0 + timedelta(hours=5), revenue=199)
+    attribution.record(redis_client, "acme", "p7", [order], ["cart"], {"cart": "c"})
+    row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
+    assert row["en:cart:t"] == "1" and row["cv:cart:t"] == "1" and row["rv:cart:t"] == "19900"
+    assert not any(field.endswith(":c") for field in row)
+    # an entry recorded before arms were kept (the instant only) goes to the person's arm now
+    code = _code(redis_client, "cart")
+    redis_client.hset(person_key("acme", "p8"), "E" + code.decode(), int(T0.timestamp()))
+    late = _event("order_completed", 2, T0 + timedelta(hours=6), revenue=5)
+    attribution.record(redis_client, "acme", "p8", [late], ["cart"], {"cart": "c"})
+    row = {k.decode(): v.decode() for k, v in redis_client.hgetall(day_key("acme", T0)).items()}
+    assert row["cv:cart:c"] == "1" and row["rv:cart:c"] == "500"
+
+
 def test_the_report_compares_treated_and_control(redis_client: redis.Redis) -> None:
     from connector.analytics import report
 
@@ -259,14 +279,14 @@ def test_entries_and_exits_over_the_layout_of_before(redis_client: redis.Redis) 
     stamp = str(t0).encode()
     assert _fields(redis_client) == {
         **{k.encode(): str(x).encode() for k, x in old.items()},
-        b"E" + c: stamp,
+        b"E" + c: stamp + b"t",  # the instant, then the arm entered in (treated)
         b"X" + v: stamp,
     }
     order = _event("order_completed", 1, T0 + timedelta(hours=1), revenue=10.0)
     attribution.record(redis_client, "acme", "p1", [order], ["cart", "new"], {}, now=NOW)
     n = _code(redis_client, "new")
     assert _fields(redis_client) == {
-        b"E" + c: stamp,
+        b"E" + c: stamp + b"t",
         b"R" + c: b"1000",  # a new entry: its own revenue, not the 700 of the entry before
         b"E" + v: str(t0 - 40).encode(),
         b"R" + v: b"1300",  # the same entry as before (left since): its revenue goes on
