@@ -38,22 +38,63 @@ _HEX = re.compile(r"[0-9a-f]+")  # what an id is made of (uuid4().hex)
 # The accounts' destinations, as the kind filters read them: account id → destination name → type.
 Destinations = Mapping[str, Mapping[str, str]]
 
-# KEYS: item, index, per-account index, kinds, dropped counter. ARGV: id, json, score, kind, max.
+# KEYS: item, index, per-account index, kinds, dropped counter, the kind's latest-per-person hash.
+# ARGV: id, json, score, kind, max, the person's field in that hash ('' for an item of nobody's).
+# A person's new item replaces their earlier one of the kind (a sync change holds the complete
+# desired state: the newer one is all a replay needs); the items the cap drops leave the hash.
 _PUT = """
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[4])
+local replaced = 0
+if ARGV[6] ~= '' then
+  local prev = redis.call('HGET', KEYS[6], ARGV[6])
+  if prev and prev ~= ARGV[1] then
+    replaced = redis.call('DEL', 'dlq:item:' .. prev)
+    redis.call('ZREM', KEYS[2], prev)
+    redis.call('ZREM', KEYS[3], prev)
+  end
+  redis.call('HSET', KEYS[6], ARGV[6], ARGV[1])
+end
 local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[5])
-if over <= 0 then return 0 end
+if over <= 0 then return {0, replaced} end
 local oldest = redis.call('ZPOPMIN', KEYS[3], over)
 for i = 1, #oldest, 2 do
+  local raw = redis.call('GET', 'dlq:item:' .. oldest[i])
+  if raw then
+    local ok, item = pcall(cjson.decode, raw)
+    local who = ok and type(item) == 'table' and type(item.payload) == 'table' and item.payload.person
+    if type(who) == 'string' and redis.call('HGET', KEYS[6], who) == oldest[i] then
+      redis.call('HDEL', KEYS[6], who)
+    end
+  end
   redis.call('DEL', 'dlq:item:' .. oldest[i])
   redis.call('ZREM', KEYS[2], oldest[i])
 end
 redis.call('HINCRBY', KEYS[5], 'deadletters', over)
-return over
+return {over, replaced}
 """
+
+# KEYS: item, index, per-account index, the kind's latest-per-person hash. ARGV: id, person field.
+_REMOVE = """
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[4], ARGV[2]) == ARGV[1] then
+  redis.call('HDEL', KEYS[4], ARGV[2])
+end
+return 0
+"""
+
+
+def latest_key(kind: str) -> str:
+    """The person's latest item of ``kind`` (field: :func:`person_field`)."""
+    return f"dlq:latest:{kind}"
+
+
+def person_field(account: str | None, profile_id: str) -> str:
+    return f"{account or NO_ACCOUNT}|{profile_id}"
 
 
 def max_items() -> int:
@@ -146,9 +187,23 @@ class DeadLetters:
         self.conn = conn
         self.max_per_account = max_per_account or max_items()
         self._put = conn.register_script(_PUT)
+        self._remove = conn.register_script(_REMOVE)
 
-    def put(self, kind: str, reason: str, payload: Any, now: datetime, account: str | None = None) -> str:
-        """Store an item; past the cap the oldest of its account and kind is dropped (counted)."""
+    def put(
+        self,
+        kind: str,
+        reason: str,
+        payload: Any,
+        now: datetime,
+        account: str | None = None,
+        person: str | None = None,
+    ) -> str:
+        """Store an item; past the cap the oldest of its account and kind is dropped (counted).
+        With ``person`` (a profile id), the item replaces that person's earlier item of the kind,
+        which a newer complete desired state makes obsolete (``payload["person"]`` names them)."""
+        field = person_field(account, person) if person else ""
+        if field:
+            payload = {**payload, "person": field}
         item = DeadLetter(uuid.uuid4().hex, kind, reason, isoformat(now), payload, account)
         self._put(
             keys=[
@@ -157,8 +212,9 @@ class DeadLetters:
                 account_index(account, kind),
                 "dlq:kinds",
                 DROPPED_KEY,
+                latest_key(kind),
             ],
-            args=[item.id, item.to_json(), now.timestamp(), kind, self.max_per_account],
+            args=[item.id, item.to_json(), now.timestamp(), kind, self.max_per_account, field],
         )
         return item.id
 
@@ -207,11 +263,16 @@ class DeadLetters:
         return int(self.conn.zcard(f"dlq:index:{kind}"))
 
     def remove(self, item: DeadLetter) -> None:
-        pipe = self.conn.pipeline(transaction=True)
-        pipe.delete(f"dlq:item:{item.id}")
-        pipe.zrem(f"dlq:index:{item.kind}", item.id)
-        pipe.zrem(account_index(item.account, item.kind), item.id)
-        pipe.execute()
+        person = item.payload.get("person") if isinstance(item.payload, dict) else None
+        self._remove(
+            keys=[
+                f"dlq:item:{item.id}",
+                f"dlq:index:{item.kind}",
+                account_index(item.account, item.kind),
+                latest_key(item.kind),
+            ],
+            args=[item.id, person if isinstance(person, str) else ""],
+        )
 
     def purge(
         self,

@@ -347,7 +347,14 @@ class Flusher:
         if mapping is not None:  # the ESP refused an object the mapping names: say which, and where
             payload["mapping"] = mapping
             reason = f"{mapping_reason(mapping)}: {reason}"[:700]
-        self.dead.put(f"sync:{change.destination}", reason, payload, now, account=change.account)
+        self.dead.put(
+            f"sync:{change.destination}",
+            reason,
+            payload,
+            now,
+            account=change.account,
+            person=change.profile_id,
+        )
         if change.erase:
             self._erased(change, Result(change.profile_id, change.version, FAILED, error=err), now)
         self._drop(change)
