@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from connector import sync
 from connector.config import Account, SenderConfig
 from connector.destinations import Destination, destinations
+from connector.errors import file_name_shown
 from connector.ingest.web import REJECTED_KEY
 from connector.ops.api import auth, errors
 from connector.ops.api.schemas import AccountPageSchema, AccountSchema, PageQuery
@@ -148,7 +149,17 @@ def detail(account: Account) -> dict[str, Any]:
         "segments": list(account.ruleset.segment_names),
         "traits": list(account.ruleset.trait_names),
         "counters": _counters(account.id),
+        "file_error": file_error(account),
     }
+
+
+def file_error(account: Account) -> dict[str, Any] | None:
+    """Why the account's file, as it is now on disk, is refused (its last valid version serves
+    meanwhile): the file's name, the path inside it and the reason; None when it loads."""
+    for error in auth.runtime().provider.errors:
+        if error.file == account.file:
+            return {"file": file_name_shown(error.file), "path": error.path, "reason": error.reason}
+    return None
 
 
 @blp.route("")

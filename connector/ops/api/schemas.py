@@ -134,6 +134,12 @@ class CountersSchema(Schema):
     sync = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
 
 
+class FileErrorSchema(Schema):
+    file = fields.String(required=True)
+    path = fields.String(required=True, allow_none=True)
+    reason = fields.String(required=True)
+
+
 class AccountSchema(Schema):
     id = fields.String(required=True)
     senders = fields.List(fields.Nested(SenderSchema), required=True)
@@ -141,6 +147,12 @@ class AccountSchema(Schema):
     segments = fields.List(fields.String(), required=True)
     traits = fields.List(fields.String(), required=True)
     counters = fields.Nested(CountersSchema, required=True)
+    file_error = fields.Nested(
+        FileErrorSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "why the account file on disk is refused; its last valid version serves"},
+    )
 
 
 # segments

@@ -249,6 +249,17 @@ def attention(detail: dict[str, Any], refusals: dict[str, list[dict[str, Any]]])
     deliveries among the latest live entries (refusals are always recorded there, stored
     deliveries only while someone watches), long pending queues."""
     items: list[tuple[int, str, str]] = []
+    problem = detail.get("file_error")
+    if problem:
+        where = f"{problem['path']}: " if problem.get("path") else ""
+        items.append(
+            (
+                0,
+                "critical",
+                f"The account file {problem['file']} is refused ({where}{problem['reason']}): its last "
+                "valid version is in force until the file is mended",
+            )
+        )
     for dest in detail["destinations"]:
         health = dest["health"]
         if health["paused"]:
@@ -557,7 +568,8 @@ def deadletters_all(account: str, action: str) -> Any:
 def rules_page(account: str) -> Any:
     base = f"/accounts/{quote(account)}/rules"
     versions = get(f"{base}/versions")["items"][:RULE_VERSIONS_SHOWN]
-    return render("rules.html", account=account, rules=get(base), versions=versions)
+    refused = get(f"/accounts/{quote(account)}").get("file_error")
+    return render("rules.html", account=account, rules=get(base), versions=versions, file_error=refused)
 
 
 def _json_answer(method: str, path: str, body: Any = None) -> Any:

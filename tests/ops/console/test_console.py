@@ -288,3 +288,26 @@ def test_a_segment_with_variants_shows_each_variants_value_and_a_person_their_va
         f"cart_abandoner: OUT (variant {variant})" in person
         or f"cart_abandoner: IN (variant {variant})" in person
     )
+
+
+def test_an_account_file_refused_on_disk_is_named_on_the_overview_the_rules_page_and_the_api(
+    api: Any, mint: Mint, api_accounts: Path
+) -> None:
+    secret = mint("viewer", "acme")
+    before = api.get("/api/v1/accounts/acme", headers={"Authorization": f"Bearer {secret}"}).get_json()
+    assert before["file_error"] is None  # served, then broken on disk
+    acme = api_accounts / "acme.yaml"
+    acme.write_text(acme.read_text().replace("include:", "include: {oops: 1}\n  old_include:", 1))
+    detail = api.get("/api/v1/accounts/acme", headers={"Authorization": f"Bearer {secret}"}).get_json()
+    problem = detail["file_error"]
+    assert (
+        problem["file"] == "acme.yaml" and problem["reason"] and str(api_accounts) not in json.dumps(problem)
+    )
+    assert detail["segments"]  # the last valid version still serves
+    assert login(api, secret).status_code == 302
+    overview = api.get("/console/a/acme/").get_data(as_text=True)
+    assert (
+        "The account file acme.yaml is refused" in overview and "last valid version is in force" in overview
+    )
+    rules = api.get("/console/a/acme/rules").get_data(as_text=True)
+    assert "as it is on disk is refused" in rules
