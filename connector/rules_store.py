@@ -3,9 +3,12 @@
 Per account:
 
 * ``rules:{account}:versions``: hash, version number -> JSON record: the text as written (YAML or
-  JSON of the ``rules:`` section), the parsed mapping, ``based_on`` (the digest of the file's
-  ``rules:`` section the version was written against), who and when created it, and each time it
-  was published (who, when).
+  JSON of the ``rules:`` section, at most ``MAX_TEXT`` bytes), the parsed mapping, ``based_on``
+  (the digest of the file's ``rules:`` section the version was written against), who and when
+  created it, and the latest ``MAX_PUBLISHED`` times it was published (who, when). At most
+  ``MAX_VERSIONS`` versions are kept, and the one the pointer names: writing a version drops the
+  oldest others (:data:`_PRUNE`, counted as ``rule_versions`` in ``metrics:dropped``); a dropped
+  version is gone (:func:`dropped` tells it from one that never was).
 * ``rules:{account}:seq``: the last version number given.
 * ``rules:{account}:current``: the pointer to the version in force, JSON ``{"version", "based_on",
   "at", "by", "superseded"}``. ``superseded`` is set (``{"file_digest", "at"}``) once a process
@@ -34,11 +37,39 @@ from connector.clock import isoformat
 from connector.config import Account
 from connector.destinations import destinations as parse_destinations
 from connector.errors import ConfigError
+from connector.profiles.bounds import count_dropped
 from connector.unicode_text import replaced
 from rules import RuleSet, yamltext
 
-MAX_TEXT = 256 * 1024
+MAX_TEXT = 64 * 1024  # bytes of UTF-8 of a rules text; the largest templates are about 3 KB
+MAX_VERSIONS = 50  # versions kept per account, besides the one the pointer names
 MAX_VERSIONS_LISTED = 500
+MAX_PUBLISHED = 20  # publish records kept per version (the latest)
+TEXT_TOO_LONG = f"longer than {MAX_TEXT} bytes ({MAX_TEXT // 1024} KiB) of UTF-8, the limit of a rules text"
+
+# past MAX_VERSIONS (ARGV[1]) versions, drop the oldest but the one the pointer names, at once with
+# reading the pointer (a publish writes the version and the pointer in one transaction)
+_PRUNE = """
+local keep = -1
+local raw = redis.call('GET', KEYS[2])
+if raw then keep = tonumber(cjson.decode(raw)['version']) end
+local excess = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[1])
+if redis.call('HEXISTS', KEYS[1], string.format('%d', keep)) == 1 then excess = excess - 1 end
+if excess <= 0 then return {} end
+local numbers = {}
+for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local n = tonumber(name)
+  if n and n ~= keep then table.insert(numbers, n) end
+end
+table.sort(numbers)
+local gone = {}
+for i = 1, math.min(excess, #numbers) do
+  local name = string.format('%d', numbers[i])
+  redis.call('HDEL', KEYS[1], name)
+  table.insert(gone, name)
+end
+return gone
+"""
 
 
 def versions_key(account_id: str) -> str:
@@ -77,8 +108,8 @@ def _rules_path(path: str) -> str:
 def parse_text(text: str) -> dict[str, Any]:
     """The mapping of a ``rules:`` section written as YAML or JSON (JSON is YAML). A document whose
     only key is ``rules`` is the section itself."""
-    if len(text.encode()) > MAX_TEXT:
-        raise InvalidRules("rules", f"longer than {MAX_TEXT} bytes")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT:
+        raise InvalidRules("rules", TEXT_TOO_LONG)
     try:
         raw = yamltext.load(text)
     except yaml.YAMLError as err:
@@ -216,11 +247,28 @@ def create(
     now: datetime,
     note: str = "",
 ) -> Version:
-    """Store a new (draft) version; it is not in force until published."""
+    """Store a new (draft) version; it is not in force until published. Past ``MAX_VERSIONS``
+    versions the oldest ones but the one in force are dropped."""
     number = int(conn.incr(seq_key(account_id)))
     version = Version(account_id, number, text, raw, based_on, isoformat(now), by, note)
     conn.hset(versions_key(account_id), str(number), version.as_record())
+    prune(conn, account_id, MAX_VERSIONS)
     return version
+
+
+def prune(conn: redis.Redis, account_id: str, keep: int) -> list[int]:
+    """Keep the newest ``keep`` versions besides the one the pointer names (kept too), dropping the
+    oldest others; the numbers dropped."""
+    found = conn.eval(_PRUNE, 2, versions_key(account_id), current_key(account_id), keep)
+    gone = sorted(int(n) for n in found)
+    count_dropped(conn, "rule_versions", len(gone))
+    return gone
+
+
+def dropped(conn: redis.Redis, account_id: str, number: int) -> bool:
+    """Whether version ``number`` was written once and is no longer kept."""
+    last = conn.get(seq_key(account_id))
+    return 1 <= number <= int(last or 0) and not conn.hexists(versions_key(account_id), str(number))
 
 
 def get(conn: redis.Redis, account_id: str, number: int) -> Version | None:
@@ -251,7 +299,8 @@ def pointers(conn: redis.Redis, account_ids: Iterable[str]) -> dict[str, bytes |
 def publish(conn: redis.Redis, version: Version, by: str, now: datetime) -> Pointer:
     """Make ``version`` the one in force (for every process at its next check)."""
     at = isoformat(now)
-    record = Version(**{**version.__dict__, "published": (*version.published, {"at": at, "by": by})})
+    published = (*version.published, {"at": at, "by": by})[-MAX_PUBLISHED:]
+    record = Version(**{**version.__dict__, "published": published})
     new = Pointer(version=version.number, based_on=version.based_on, at=at, by=by)
     pipe = conn.pipeline(transaction=True)
     pipe.hset(versions_key(version.account), str(version.number), record.as_record())

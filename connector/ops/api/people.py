@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -16,6 +18,7 @@ from connector.ops.api import auth, errors
 from connector.ops.api.schemas import (
     ErasedSchema,
     EraseSchema,
+    ErrorSchema,
     ExplainSchema,
     ExportSchema,
     PeopleQuery,
@@ -36,6 +39,10 @@ blp = Blueprint(
 )
 errors.install(blp)
 KINDS = ("email", "user_id", "anonymous_id")
+# access exports one token may make per minute (a fixed window of the clock's minute): an access
+# request is a person's, answered one at a time; a flood of them, each an audit entry of the
+# account, would push the account's earlier entries out of its audit stream
+EXPORTS_PER_MINUTE = 30
 
 
 def _find_profile(account_id: str, profile_id: str) -> dict[str, Any]:
@@ -162,16 +169,44 @@ class Explain(MethodView):
         }
 
 
+def export_key(token_id: str, now: datetime) -> str:
+    return f"api:exports:{token_id}:{int(now.timestamp()) // 60}"
+
+
+def _count_export(conn: redis.Redis, token_id: str, now: datetime) -> None:
+    """Count one access export of the token in this minute; a 429 with Retry-After (the seconds
+    left of the minute) past :data:`EXPORTS_PER_MINUTE`."""
+    key = export_key(token_id, now)
+    pipe = conn.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, 120)
+    made, _ = pipe.execute()
+    if int(made) > EXPORTS_PER_MINUTE:
+        wait = 60 - int(now.timestamp()) % 60
+        errors.fail(
+            429,
+            f"more than {EXPORTS_PER_MINUTE} access exports a minute by this token: try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
 @blp.route("/<string:profile_id>/export")
 class Export(MethodView):
     @auth.access(blp, "viewer")
     @blp.response(200, ExportSchema)
+    @blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description=f"More than {EXPORTS_PER_MINUTE} access exports a minute by the token (Retry-After).",
+    )
     def get(self, account_id: str, profile_id: str) -> dict[str, Any]:
         """Everything stored about the person (an access request): the profile, and what the worker and
         the sync keep about them (memberships, computed traits, segment history, destinations).
-        Recorded in the audit log (``person.export``) with a digest of the profile id."""
+        Recorded in the audit log (``person.export``) with a digest of the profile id. At most
+        ``EXPORTS_PER_MINUTE`` per token and minute (then a 429 with Retry-After)."""
         document = _find_profile(account_id, profile_id)
         rt = auth.runtime()
+        _count_export(rt.queue_redis, auth.token().id, clock.now())
         document.update(
             kept_beyond_profile(rt.profile_redis, rt.queue_redis, auth.account(account_id), profile_id)
         )

@@ -11,12 +11,13 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from connector import clock, event_names, rules_store, trait_names
 from connector.config import Account
@@ -45,11 +46,26 @@ PROGRESS_KEY = re.compile(r"^[0-9a-f]{12}$")
 # shapes
 
 
+def _text_bytes(text: str) -> None:
+    if len(text.encode("utf-8", "surrogatepass")) > rules_store.MAX_TEXT:
+        raise ValidationError(rules_store.TEXT_TOO_LONG)
+
+
+# a rules text: at most MAX_TEXT bytes of UTF-8 (so at most as many characters, which the contract says)
+TEXT_LIMIT: list[Callable[[Any], Any]] = [
+    validate.Length(max=rules_store.MAX_TEXT, error=rules_store.TEXT_TOO_LONG),
+    _text_bytes,
+]
+
+
 class RulesTextSchema(Schema):
     text = fields.String(
         required=True,
-        validate=validate.Length(max=rules_store.MAX_TEXT),
-        metadata={"description": "the rules: section as YAML or JSON (segments, traits, include ...)"},
+        validate=TEXT_LIMIT,
+        metadata={
+            "description": "the rules: section as YAML or JSON (segments, traits, include ...), "
+            f"at most {rules_store.MAX_TEXT} bytes of UTF-8"
+        },
     )
 
 
@@ -59,7 +75,7 @@ class NewVersionSchema(RulesTextSchema):
 
 class DryRunBodySchema(Schema):
     text = fields.String(
-        validate=validate.Length(max=rules_store.MAX_TEXT),
+        validate=TEXT_LIMIT,
         metadata={"description": "candidate rules (YAML or JSON); or give version"},
     )
     version = body_integer(validate=validate.Range(min=1), metadata={"description": "a stored version"})
@@ -195,7 +211,14 @@ def file_name(account: Account) -> str:
 
 
 def _version_or_404(account_id: str, number: int) -> rules_store.Version:
-    found = rules_store.get(auth.runtime().queue_redis, account_id, number)
+    conn = auth.runtime().queue_redis
+    found = rules_store.get(conn, account_id, number)
+    if found is None and rules_store.dropped(conn, account_id, number):
+        errors.fail(
+            404,
+            f"rules version {number} of account {account_id!r} is no longer kept: only the newest "
+            f"{rules_store.MAX_VERSIONS} versions and the one in force are",
+        )
     if found is None:
         errors.fail(404, f"no rules version {number} in account {account_id!r}")
     return found
@@ -274,7 +297,8 @@ class Rules(MethodView):
         422, schema=ErrorSchema, description="Invalid rules: the path inside them and the reason."
     )
     def put(self, body: dict[str, Any], account_id: str) -> dict[str, Any]:
-        """A new version of the rules, validated and stored as a draft (not in force until published)."""
+        """A new version of the rules, validated and stored as a draft (not in force until published).
+        The newest ``MAX_VERSIONS`` versions and the one in force are kept; older ones are dropped."""
         account = auth.account(account_id)
         raw, _ = _compile(account, body["text"])
         conn = auth.runtime().queue_redis
@@ -288,8 +312,12 @@ class Rules(MethodView):
             clock.now(),
             body["note"],
         )
+        # the text is in the version (kept or not): the entry names it by digest and size only
         _record(
-            "rules.draft", account.id, _in_force(account), {"version": version.number, "text": version.text}
+            "rules.draft",
+            account.id,
+            _in_force(account),
+            {"version": version.number, **audit.text_digest(version.text)},
         )
         return _describe(version, rules_store.pointer(conn, account.id))
 
