@@ -200,7 +200,7 @@ def _erasure_waits(queue_conn: redis.Redis, account_id: str, destination: str, p
 
 @profiles.command("exports")
 @click.option("--account", "account_id", required=True)
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1, max=10_000))
 @_redis_errors
 def exports(account_id: str, limit: int) -> None:
     """Exports produced for data requests (customers/data_request), newest first, as JSON. Handing

@@ -62,6 +62,13 @@ def test_a_limit_below_1_is_a_usage_error(runner: CliRunner, value: str) -> None
     assert "profile store unavailable" not in result.output
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "99999999999999999999"])
+def test_the_exports_limit_out_of_range_is_a_usage_error(runner: CliRunner, value: str) -> None:
+    result = runner.invoke(cli, ["profiles", "exports", "--account", "demo", "--limit", value])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--limit': {value} is not in the range 1<=x<=10000." in result.output
+
+
 @pytest.fixture
 def shop(redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Accounts:
     return install_shop(tmp_path, monkeypatch)
