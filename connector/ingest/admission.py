@@ -72,12 +72,19 @@ def allowed_privileged(receiver: Receiver, sender: SenderConfig) -> frozenset[st
 
 
 def admit(
-    receiver: Receiver, events: Sequence[Event], account: Account, sender: SenderConfig, proof: Proof
+    receiver: Receiver,
+    events: Sequence[Event],
+    account: Account,
+    sender: SenderConfig,
+    proof: Proof,
+    single: bool = False,
 ) -> None:
+    """``single``: the body is one message, not an array of them: its refusals name ``body``."""
     allowed = allowed_privileged(receiver, sender)
     accept_unsigned = sender.options.get("unsigned_batch_elements") == ACCEPT
+    named: Callable[[int], str] = (lambda _: "body") if single else receiver.where
     for i, event in enumerate(events):
-        where = receiver.where(i)
+        where = named(i)
         if event.type not in receiver.event_types:
             raise EventNotAllowed(f"{where}: {receiver.name} does not deliver {event.type!r} events")
         if proof.covered is not None and i >= proof.covered:
@@ -97,7 +104,7 @@ def admit(
                 f"{where} is a {event.type!r} event, which this account does not allow from "
                 f"{receiver.name} (senders.{receiver.name}.privileged)"
             )
-    storable(events, account, receiver.where, identity_required=receiver.identity_required)
+    storable(events, account, named, identity_required=receiver.identity_required)
 
 
 def admit_tracking(events: Sequence[Event], account: Account, where: Callable[[int], str]) -> None:

@@ -377,6 +377,10 @@ def test_messages_the_worker_cannot_attach_are_400(client, redis_client) -> None
         assert res.json["message"].startswith("batch[0]: ") and reason in res.json["message"]
         res = segment(client, json.dumps(payload).encode())
         assert res.status_code == 400, payload
+        # one message is named `body`; an element of an array body by its index
+        assert res.json["message"].startswith("body: ") and reason in res.json["message"]
+        res = segment(client, json.dumps([payload]).encode())
+        assert res.status_code == 400 and res.json["message"].startswith("body[0]: "), payload
     assert stored_events(redis_client) == []
 
 

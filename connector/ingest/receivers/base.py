@@ -91,7 +91,8 @@ class Receiver:
         if proof.probe:
             return []
         events = self.parse(inbound, account, sender, now, proof)
-        admission.admit(self, events, account, sender, proof)
+        single = self.element == Receiver.element and not inbound.body.lstrip().startswith(b"[")
+        admission.admit(self, events, account, sender, proof, single)
         return events
 
     def verify(self, inbound: Inbound, sender: SenderConfig, now: datetime) -> Proof:
