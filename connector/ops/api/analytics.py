@@ -41,7 +41,7 @@ def _days(value: str) -> None:
 
 SINCE = fields.String(
     load_default="30d",
-    validate=[validate.Regexp(r"^[0-9]{1,3}d$", error="a number of days like 30d"), _days],
+    validate=_days,  # one reason, naming the range and the value
     metadata={"description": "the period: days from 1d to 396d (like 30d)"},
 )
 

@@ -147,6 +147,15 @@ def test_bad_parameters_are_a_422_naming_them(app: Any, mint: Mint, url: str, wh
     assert where in got.get_json()["message"]
 
 
+def test_a_period_that_is_no_number_of_days_is_named_once(app: Any, mint: Mint) -> None:
+    got = app.test_client().get(
+        "/api/v1/accounts/acme/segments/vip/report?since=2w", headers=bearer(mint("viewer", "acme"))
+    )
+    message = got.get_json()["message"]
+    assert got.status_code == 422 and message.count("since must be a number of days") == 1, message
+    assert "from 1d to 396d" in message and "'2w'" in message
+
+
 @pytest.mark.parametrize(
     "url",
     [
