@@ -154,6 +154,14 @@ def history(
         parts = [f"+{s}" for s in entry["entered"]] + [f"-{s}" for s in entry["exited"]]
         parts += [f"{k}={v}" for k, v in sorted(entry["traits"].items())]
         click.echo(f"  v{entry['version']:<4} {entry['at']}  {' '.join(parts)}")
+    listed = {entry["version"] for entry in entries}
+    if any(v not in listed for v in range(max(1, state.version - 99), state.version + 1)):
+        # a version is also taken when whom the ESPs address changes (an email) or profiles merge,
+        # to send the same state again; the history keeps changes of segments and traits only
+        click.echo(
+            "  (versions not listed changed no segment and no computed trait: the person's email "
+            "changed, or profiles merged, and the same state was sent again)"
+        )
 
 
 def _print_dry_run(report: DryRun, show: int) -> None:

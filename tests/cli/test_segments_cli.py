@@ -96,6 +96,20 @@ def test_segments_history_lists_entries(loaded: str) -> None:
     assert sorted(data["history"][0]["entered"]) == ["browsers", "buyers"]
 
 
+def test_segments_history_says_why_a_version_is_not_listed(loaded: str, redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    state = ledger.state("acme", loaded)
+    assert state is not None
+    code, out = run("segments", "history", "--account", "acme", "--profile-id", loaded)
+    assert code == 0 and "versions not listed" not in out  # every version is a change so far
+    # the person's email changes: a new version, with the same segments, sent again to the ESPs
+    later, revision = T0 + timedelta(hours=1), 10**6  # a later evaluation than the one recorded
+    ledger.record("acme", loaded, frozenset(state.segments), state.traits, later, revision, contact="x")
+    code, out = run("segments", "history", "--account", "acme", "--profile-id", loaded)
+    assert code == 0 and f"version {state.version + 1}," in out
+    assert f"v{state.version + 1} " not in out and "versions not listed changed no segment" in out
+
+
 def test_rules_test_reports_who_enters_and_exits(loaded: str, tmp_path: Path) -> None:
     candidate = tmp_path / "new.yaml"
     views3 = {"count": {"event": "product_viewed", "within": "7d", "gte": 3}}
