@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -29,7 +29,7 @@ from adapters.base import (
     MappedObject,
     ObjectCheck,
 )
-from connector.destinations import Destination, MappedPath, build_adapter, destinations
+from connector.destinations import AccountFile, Destination, MappedPath, build_adapter, destinations
 from connector.errors import ConfigError
 from connector.suggest import closest
 
@@ -47,17 +47,6 @@ LABELS = {
     UNUSABLE: "UNUSABLE",
     UNCHECKED: "CANNOT CHECK",
 }
-
-
-class AccountLike(Protocol):
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def file(self) -> str: ...
-
-    @property
-    def destinations(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -179,7 +168,7 @@ def _no_answer(m: MappedPath) -> ObjectCheck:
     return ObjectCheck(m.kind, m.id, UNCHECKED, "the adapter gave no answer for it")
 
 
-def check_account(account: AccountLike, **kw: Any) -> tuple[list[MappingCheck], list[str]]:
+def check_account(account: AccountFile, **kw: Any) -> tuple[list[MappingCheck], list[str]]:
     """(each mapping's check, notes on the destinations not checked: disabled, mapping nothing)."""
     results: list[MappingCheck] = []
     notes: list[str] = []
