@@ -91,7 +91,9 @@ class RulesOverlay:
         self._conn = conn
         self._now = now
         self._raw: dict[str, bytes | None] = {}
-        self._compiled: dict[tuple[str, int], tuple[dict, RuleSet] | str] = {}
+        # per (account, version, digest of the account's destinations): a version is checked against
+        # the destinations it would serve with (variants, holdouts), so a changed mapping checks it anew
+        self._compiled: dict[tuple[str, int, str], tuple[dict, RuleSet] | str] = {}
         self.states: dict[str, RulesInForce] = {}
         self._failing = False
 
@@ -154,7 +156,7 @@ class RulesOverlay:
         )
 
     def _compile(self, account: Account, number: int) -> tuple[dict, RuleSet] | str:
-        key = (account.id, number)
+        key = (account.id, number, rules_store.digest(account.destinations))
         if key not in self._compiled:
             version = rules_store.get(self._conn, account.id, number)
             if version is None:
@@ -170,7 +172,7 @@ class RulesOverlay:
         state = self.states.get(account.id)
         if state is None or state.version is None:
             return account
-        compiled = self._compiled.get((account.id, state.version))
+        compiled = self._compiled.get((account.id, state.version, rules_store.digest(account.destinations)))
         if not isinstance(compiled, tuple):
             return account
         raw, ruleset = compiled
@@ -488,6 +490,15 @@ def publish_errors(conn: redis.Redis, config_dir: Path, errors: list[FileError],
     return True
 
 
+# KEYS: the hash. ARGV: field, value as read, ... Removes each field still holding that value.
+_DROP_UNCHANGED = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
+"""
+
+
 def _seen(data: dict) -> datetime:
     """When an entry was last recorded; an entry without ``seen`` (an earlier version's, recorded
     again at once by a process that still serves its directory) counts as never."""
@@ -521,11 +532,11 @@ def config_errors(conn: redis.Redis, now: datetime | None = None) -> list[Config
     for key, raw in conn.hgetall(CONFIG_ERRORS_KEY).items():
         data = json.loads(raw)
         if _seen(data) < oldest:  # no process serves its directory now
-            stale.append(key)
+            stale += [key, raw]
             continue
         # an entry an earlier version recorded holds the server's path: shown by its name too
         file = file_name_shown(str(data["file"]))
         problems.append(ConfigProblem(file=file, reason=str(data["reason"]), at=str(data["at"])))
-    if stale:
-        conn.hdel(CONFIG_ERRORS_KEY, *stale)
+    if stale:  # only as read: an entry a process recorded again meanwhile stays
+        conn.eval(_DROP_UNCHANGED, 1, CONFIG_ERRORS_KEY, *stale)
     return sorted(problems, key=lambda p: (p.file, p.reason, p.at))

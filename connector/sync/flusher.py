@@ -19,7 +19,7 @@ from adapters.change import APPLIED, DEFERRED, FAILED, Change, OwnedState, Resul
 from adapters.errors import AdapterError, AuthError, PermanentError, RateLimited, TransientError
 from connector import clock, livefeed
 from connector.destinations import Destination
-from connector.errors import ConfigError
+from connector.errors import ConfigError, file_name_shown
 from connector.profiles.bounds import count_dropped
 from connector.sync import applied
 from connector.sync.applied import pack_pid
@@ -385,7 +385,7 @@ class Flusher:
             "type": self.dest.type,
             "object": {"kind": kind, "id": object_id},
             "segments": sorted({p.segment for p in places if p.segment}),
-            "file": self.dest.file,
+            "file": file_name_shown(self.dest.file),  # its name in the config directory, never its path
             "paths": [p.path for p in places],
         }
 

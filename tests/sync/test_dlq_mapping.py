@@ -85,6 +85,7 @@ def test_a_missing_list_dead_letters_name_the_mapping(
         "PermanentError: 404 Resource Not Found"
     )
     assert mc_item.payload["mapping"]["paths"] == ["destinations.mailchimp.segments.vip.lists[0]"]
+    assert mc_item.payload["mapping"]["file"] == "acme.yaml"  # its name, never the server's path
     assert mc_item.payload["error"]["object"] == {"kind": "static segment", "id": "99999"}
     hs_reason = items["sync:crm"][0].reason
     assert "acme/crm segment vip: list 999 (acme.yaml: destinations.crm.segments.vip.lists[0])" in hs_reason

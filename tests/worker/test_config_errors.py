@@ -8,6 +8,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import redis
 import yaml
 
@@ -268,3 +269,19 @@ def test_errors_of_a_config_directory_no_process_serves_are_dropped_and_served_o
         assert [p["file"] for p in later["config_errors"]] == ["globex.yaml"]
         assert later["config_errors"][0]["at"] == since
         assert redis_client.hkeys(runtime.CONFIG_ERRORS_KEY) == [str(config_dir / "globex.yaml").encode()]
+
+
+def test_a_stale_entry_recorded_again_while_it_was_read_is_not_removed(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = Path("/srv/accounts")
+    error = runtime.FileError(file=str(where / "initech.yaml"), reason="not valid YAML", path=None)
+    assert runtime.publish_errors(redis_client, where, [error], NOW)
+    snapshot = redis_client.hgetall(runtime.CONFIG_ERRORS_KEY)  # what a reader got, stale by then
+    later = NOW + runtime.CONFIG_ERRORS_STALE + timedelta(minutes=1)
+    assert runtime.publish_errors(redis_client, where, [error], later)  # recorded again meanwhile
+    monkeypatch.setattr(redis_client, "hgetall", lambda key: snapshot)
+    assert runtime.config_errors(redis_client, later) == []  # the snapshot's entry is stale
+    monkeypatch.undo()
+    [kept] = runtime.config_errors(redis_client, later)  # the entry recorded meanwhile stays
+    assert kept.file == "initech.yaml"

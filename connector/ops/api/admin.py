@@ -40,18 +40,21 @@ def _within_creator(expires: str | None, now: datetime) -> timedelta:
     """How long the new token lives: a token made through the API expires no later than the token
     making it, so a leaked short-lived admin token cannot mint lasting access. Not given: the
     default, shortened to the creator's remaining life."""
-    ends = datetime.fromisoformat(auth.token().expires_at.replace("Z", "+00:00"))
-    left = max(ends - now, timedelta(0))
+    creator = auth.token()
+    left = max(creator.expires() - now, timedelta(0))
     if expires is None:
         return min(tokens.parse_expiry(tokens.DEFAULT_EXPIRY), left)
     span = tokens.parse_expiry(expires)
     if span > left:
-        most = (
-            f"{left // timedelta(days=1)}d" if left >= timedelta(days=1) else f"{left // timedelta(hours=1)}h"
-        )
+        if left >= timedelta(days=1):
+            advice = f"ask for {left // timedelta(days=1)}d or less"
+        elif left >= timedelta(hours=1):
+            advice = f"ask for {left // timedelta(hours=1)}h or less"
+        else:  # no duration of whole hours fits: leave it out, the token gets what is left
+            advice = "leave `expires` out (the new token then lives as long as this one)"
         raise tokens.TokenError(
-            f"expires: a token cannot outlive the token creating it, which expires at "
-            f"{auth.token().expires_at}: ask for {most} or less, or create it with `connector tokens create`"
+            "expires: a token cannot outlive the token creating it, which expires at "
+            f"{creator.expires_at}: {advice}, or create it with `connector tokens create`"
         )
     return span
 

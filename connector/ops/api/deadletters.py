@@ -164,11 +164,14 @@ class Matching:
         text: str | None,
         until: float,
         after: Position | None = None,
+        most: int | None = None,
     ) -> None:
         self.dead, self.account_id, self.kinds, self.text = dead, account_id, sorted(kinds), text
         self.until, self.after = until, after
         self.position = after
         self.read = 0
+        self.most = most  # items read at most; ``cut`` tells whether some were left unread
+        self.cut = False
 
     def _stored(self, kind: str) -> list[tuple[float, str]]:
         """(score, id) of the kind's items after ``after``, up to ``until``, read at once: items
@@ -190,6 +193,10 @@ class Matching:
             stored = self._stored(kind)
             for start in range(0, len(stored), READ_CHUNK):
                 part = stored[start : start + READ_CHUNK]
+                if self.most is not None and len(part) > self.most - self.read:
+                    part, self.cut = part[: self.most - self.read], True  # the rest is left unread
+                if not part:
+                    return
                 raws = self.dead.conn.mget([f"dlq:item:{item_id}" for _, item_id in part])
                 for (score, item_id), raw in zip(part, raws, strict=True):
                     self.read += 1
@@ -216,14 +223,9 @@ def _count(
     if not text:
         keys = [account_index(account_id, k) for k in kinds]
         return sum(int(dead.conn.zcount(key, "-inf", repr(until))) for key in keys), True
-    matching = Matching(dead, account_id, kinds, text, until)
-    total = 0
-    items = iter(matching)
-    for _ in items:
-        total += 1
-        if matching.read >= COUNT_LIMIT:
-            return total, next(items, None) is None
-    return total, True
+    matching = Matching(dead, account_id, kinds, text, until, most=COUNT_LIMIT)
+    total = sum(1 for _ in matching)
+    return total, not matching.cut
 
 
 @blp.route("/count")

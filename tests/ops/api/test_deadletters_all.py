@@ -221,3 +221,15 @@ def test_a_count_with_a_text_filter_stops_at_its_limit_and_says_so(
     monkeypatch.setattr(api_deadletters, "COUNT_LIMIT", 8)
     counted = get(api, mint("viewer", "acme"), "/accounts/acme/deadletters/count?filter=throttled").get_json()
     assert counted["matching"] == 8 and counted["complete"] is True
+    # a filter that matches nothing reads no more than the limit either, and says it stopped
+    monkeypatch.setattr(api_deadletters, "COUNT_LIMIT", 5)
+    read: list[int] = []
+    mget = redis_client.__class__.mget
+
+    def counted_mget(self: Any, keys: Any, *args: Any) -> Any:
+        read.append(sum(1 for k in keys if str(k).startswith("dlq:item:")))
+        return mget(self, keys, *args)
+
+    monkeypatch.setattr(redis_client.__class__, "mget", counted_mget)
+    counted = get(api, mint("viewer", "acme"), "/accounts/acme/deadletters/count?filter=nowhere").get_json()
+    assert counted["matching"] == 0 and counted["complete"] is False and sum(read) <= 5

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from connector import clock, rules_store, runtime
+from connector.destinations import destinations as parse_destinations
 from connector.runtime import AccountsProvider, RulesOverlay
 from tests.conftest import ACME_ENV, fresh_runtime, write_accounts
 from tests.ops.api.conftest import DEST_ENV, Mint, acme_file, bearer
@@ -68,3 +69,34 @@ def test_a_version_whose_variants_the_mappings_do_not_name_is_refused_and_a_stor
 
 def account_now() -> Any:
     return clock.now()
+
+
+def test_a_mapping_edited_under_a_published_version_checks_the_version_anew(
+    api: Any, editor: dict[str, str], api_accounts: Path, redis_client: redis.Redis
+) -> None:
+    # the file's rules have no variants, the published version three; the mapping names none: valid
+    fresh_runtime()
+    number = api.put(URL, json={"text": THREE}, headers=editor).get_json()["version"]
+    assert api.post(f"{URL}/versions/{number}/publish", headers=editor).status_code == 202
+    ticks = [0.0]
+    provider = AccountsProvider(
+        api_accounts,
+        {**ACME_ENV, **DEST_ENV},
+        check_seconds=1.0,
+        monotonic=lambda: ticks[0],
+        overlay=RulesOverlay(redis_client),
+    )
+    served = provider.get("acme")
+    assert served is not None and served.ruleset.by_name["cart_abandoner"].variants  # the version's
+    # only the mapping changes: two variants, which the file's own rules accept and the version's not
+    edited = acme_file()
+    edited["destinations"]["mailchimp"]["segments"]["cart_abandoner"] = {
+        "variants": {"a": {"tags": ["cart 24h"]}, "b": {"tags": ["cart 48h"]}}
+    }
+    write_accounts(api_accounts, edited)
+    ticks[0] = 2.0
+    served = provider.get("acme")  # never a ConfigError out of the provider
+    assert served is not None and served.rules == edited["rules"]
+    assert parse_destinations(served)["mailchimp"].segments["cart_abandoner"].variants
+    state = provider.overlay.states["acme"]  # type: ignore[union-attr]
+    assert state.source == "file" and state.problem is not None and "3 variants" in state.problem

@@ -86,3 +86,12 @@ def test_a_note_with_terminal_controls_is_refused(api: Any, mint: Mint, redis_cl
         assert answer.status_code == 422, answer.get_data(as_text=True)
         assert "control and text-direction characters are not allowed" in answer.get_json()["message"]
     assert len(tokens.tokens(redis_client)) == 1
+
+
+def test_with_less_than_an_hour_left_the_advice_is_to_leave_the_expiry_out(api: Any, mint: Mint) -> None:
+    admin = mint("admin", "acme", expires=timedelta(minutes=40))
+    body = {"accounts": ["acme"], "role": "viewer", "expires": "1h"}
+    answer = api.post(V1 + "/tokens", headers=bearer(admin), json=body)
+    assert answer.status_code == 422 and "leave `expires` out" in answer.get_json()["message"]
+    del body["expires"]
+    assert api.post(V1 + "/tokens", headers=bearer(admin), json=body).status_code == 201
