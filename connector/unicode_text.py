@@ -33,15 +33,16 @@ def first_byte_not_text(text: str) -> int | None:
     return None
 
 
-# Characters that steer a terminal or the direction of text rather than show: C0 and C1 controls
-# (ESC, CR, LF, BEL, NUL ...) and the bidirectional overrides and isolates (U+202A-U+202E,
-# U+2066-U+2069). In a text an operator's terminal prints (a token's note), they could clear the
-# screen, set its title or forge lines.
-_BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+# Characters that steer a terminal or the direction or lines of text rather than show: C0 and C1
+# controls (ESC, CR, LF, BEL, NUL ...), every Bidi_Control character (the marks U+061C, U+200E,
+# U+200F, the embeddings and overrides U+202A-U+202E, the isolates U+2066-U+2069) and the line and
+# paragraph separators (U+2028, U+2029). In a text an operator's terminal prints (a token's note),
+# they could clear the screen, set its title, reorder what is shown or forge lines.
+_BIDI = frozenset(chr(c) for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 
 
 def _steering(char: str) -> bool:
-    return char in _BIDI or unicodedata.category(char) == "Cc"
+    return char in _BIDI or unicodedata.category(char) in ("Cc", "Zl", "Zp")
 
 
 def first_control(text: str) -> str | None:

@@ -329,15 +329,23 @@ class DeadLetterDetailSchema(DeadLetterSchema):
     payload = fields.Raw(required=True, allow_none=True)
 
 
+class JsonBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only: ``1``, ``1.0`` and ``"true"`` are refused (``1 == True`` in
+    Python, so a set of truthy values would take them)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class DeadLetterSelectSchema(Schema):
     kind = fields.String(validate=validate.Length(min=1, max=200))
     filter = fields.String(validate=validate.Length(min=1, max=200))
     ids = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=1000)
     )
-    all = fields.Boolean(
-        truthy={True},
-        falsy={False},
+    all = JsonBoolean(
         metadata={
             "description": "every dead letter of the account matching kind and filter (both optional), "
             "not only a page: acted on in batches, each answer's next_cursor going on"

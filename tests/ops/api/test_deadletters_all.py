@@ -178,6 +178,9 @@ BAD = [
     ({"all": True, "cursor": "WyJzeW5jIiwgMSwgIm5vdC1oZXgiLCAyXQ"}, "invalid cursor"),  # id not hex
     ({"all": True, "kind": "sync:mailchimpp"}, "sync:mailchimp"),
     ({"all": "yes"}, "all"),
+    ({"all": 1}, "all"),  # 1 == True in Python: never read as true, which would act on everything
+    ({"all": 1.0}, "all"),
+    ({"all": 0, "kind": "sync"}, "all"),
     ({"all": True, "filter": "x" * 201}, "filter"),
     ({"all": True, "until": "soon"}, "until"),
     ({}, "select what to act on"),

@@ -79,7 +79,9 @@ def test_a_token_cannot_outlive_the_token_creating_it(
 
 def test_a_note_with_terminal_controls_is_refused(api: Any, mint: Mint, redis_client: redis.Redis) -> None:
     admin = mint("admin", "acme")
-    for note in ("\u001b[2J\u001b]0;pwned\u0007", "ok\r\nb11c7d2a0f97  admin  *", "inv\u202eoice"):
+    notes = ["\u001b[2J\u001b]0;pwned\u0007", "ok\r\nb11c7d2a0f97  admin  *", "inv\u202eoice"]
+    notes += ["rlm\u200fx", "lrm\u200ex", "alm\u061cx", "line\u2028x", "para\u2029x"]
+    for note in notes:
         answer = api.post(
             V1 + "/tokens", headers=bearer(admin), json={"accounts": ["acme"], "role": "viewer", "note": note}
         )
