@@ -612,11 +612,14 @@ class Checker:
                 known = self.known(existing) if existing is not None else ()
                 return ObjectCheck(obj.kind, obj.id, MISSING, f"not found: {refusal(err)}", known)
             reason = refusal(err)
+            # the objects after it are not asked, and their lines name no other object's request
             if isinstance(err, AuthError):
-                self.stopped = f"credentials refused: {reason}"
+                self.stopped = "credentials refused (on an earlier read): not asked"
+                reason = f"credentials refused: {reason}"
             elif err.retryable and err.status is None:
-                self.stopped = f"ESP unreachable: {reason}"
-            return ObjectCheck(obj.kind, obj.id, UNCHECKED, self.stopped or reason)
+                self.stopped = "ESP unreachable (on an earlier read): not asked"
+                reason = f"ESP unreachable: {reason}"
+            return ObjectCheck(obj.kind, obj.id, UNCHECKED, reason)
 
     def known(self, existing: Callable[[], Iterable[tuple[str, str]]]) -> tuple[tuple[str, str], ...]:
         key = id(existing.__func__) if hasattr(existing, "__func__") else id(existing)

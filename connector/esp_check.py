@@ -98,7 +98,8 @@ def suggestion(wanted: str, existing: Sequence[tuple[str, str]]) -> str | None:
     close (a name written where the id belongs finds its id)."""
     by_name = {name: object_id for object_id, name in existing if name}
     names = {object_id: name for object_id, name in existing}
-    match = closest(wanted, [*names, *by_name])
+    same_letters = [key for key in [*names, *by_name] if key.casefold() == wanted.casefold()]
+    match = same_letters[0] if same_letters else closest(wanted, [*names, *by_name])  # `sb325b`: `SB325B`
     if match is None:
         return None
     object_id = match if match in names else by_name[match]

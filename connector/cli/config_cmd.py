@@ -121,6 +121,25 @@ def _warn_trait_names(accounts: list[Account]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON document.")
 def validate(directory: Path | None, esps: bool, account_id: str | None, as_json: bool) -> None:
     """Check every account file in DIRECTORY (default: the config directory the processes use)."""
+    try:
+        _validate(directory, esps, account_id, as_json)
+    except click.UsageError as err:  # with --json, stdout still holds one document saying why
+        if as_json:
+            click.echo(json.dumps({"valid": False, "usage_error": err.format_message(), "exit_code": 2}))
+        raise
+    except _NothingToCheck as err:
+        click.echo(f"invalid: {err}", err=True)
+        if as_json:
+            doc = {"valid": False, "errors": [str(err)], "exit_code": esp_check.EXIT_INVALID}
+            click.echo(json.dumps(doc, indent=2))
+        sys.exit(esp_check.EXIT_INVALID)
+
+
+class _NothingToCheck(Exception):
+    """The directory is missing or holds no account file."""
+
+
+def _validate(directory: Path | None, esps: bool, account_id: str | None, as_json: bool) -> None:
     if account_id is not None and not esps:
         raise click.BadParameter(
             "selects the account whose ESPs --esps checks: add --esps", param_hint="--account"
@@ -156,12 +175,10 @@ def _validate_files(directory: Path) -> tuple[list[Account], list[str]]:
     """The loaded accounts and the errors (the start-up check, and unset API-key variables); a
     missing or empty directory ends the command (exit 1)."""
     if not directory.is_dir():
-        click.echo(f"invalid: {directory}: config directory does not exist", err=True)
-        sys.exit(esp_check.EXIT_INVALID)
+        raise _NothingToCheck(f"{directory}: config directory does not exist")
     files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     if not files:
-        click.echo(f"invalid: {directory} holds no accounts (no .yaml files)", err=True)
-        sys.exit(esp_check.EXIT_INVALID)
+        raise _NothingToCheck(f"{directory} holds no accounts (no .yaml files)")
     accounts, errors = _load(files)
     if not errors:
         try:

@@ -182,7 +182,10 @@ def test_refused_credentials_cannot_be_checked(
     assert result.exit_code == 3, result.output
     lines = [x for x in result.stdout.splitlines() if "acme/klaviyo  list" in x or "acme/crm  list" in x]
     assert len(lines) == 2
-    assert all(x.startswith("CANNOT CHECK") and "credentials refused" in x and "401" in x for x in lines)
+    assert all(x.startswith("CANNOT CHECK") and "credentials refused" in x for x in lines)
+    for esp in ("acme/klaviyo", "acme/crm"):  # the first refused read says the ESP's answer
+        first = next(x for x in result.stdout.splitlines() if x.startswith("CANNOT CHECK") and esp in x)
+        assert "401" in first, first
     assert "pk_wrong_key_000" not in result.output and "pat-na1-wrong" not in result.output
     # after the refusal nothing more is asked of that ESP
     assert len([r for r in fakes.hubspot.requests if r.status == 401]) == 1
@@ -203,6 +206,32 @@ def test_unset_key_unreachable_esp_and_bad_input(
     assert kl["status"] == "cannot_check" and "unreachable" in kl["detail"]
     unknown = validate(runner, directory, "--account", "acmee")
     assert unknown.exit_code == 2 and "did you mean `acme`" in unknown.output
+    as_json = validate(runner, directory, "--account", "acmee", "--json")  # stdout still one document
+    said = json.loads(as_json.stdout)
+    assert as_json.exit_code == 2 and said["exit_code"] == 2 and "did you mean `acme`" in said["usage_error"]
+    empty = runner.invoke(cli, ["config", "validate", str(tmp_path / "nowhere"), "--esps", "--json"])
+    assert empty.exit_code == 1 and json.loads(empty.stdout)["errors"][0].endswith("does not exist")
     assert "Traceback" not in unknown.output
     alone = runner.invoke(cli, ["config", "validate", str(directory), "--account", "acme"])
     assert alone.exit_code == 2 and "--esps" in alone.output
+
+
+def test_a_mistyped_case_finds_its_id_and_later_lines_name_no_other_request() -> None:
+    from adapters.base import LIST, UNCHECKED, Checker, MappedObject
+    from adapters.errors import TransientError
+    from connector.esp_check import suggestion
+
+    # Klaviyo's ids are upper case letters and digits: a lower-cased one is found whatever difflib says
+    assert suggestion("sb325b", [("SB3CE0", "cart_abandoner"), ("SB325B", "checkout_abandoner")]) == (
+        "`SB325B` (checkout_abandoner)"
+    )
+
+    def down() -> Any:
+        raise TransientError("connection error: ConnectError on GET /api/lists/SB3CE0")
+
+    checker = Checker()
+    first = checker.read(MappedObject(LIST, "SB3CE0"), down)
+    later = checker.read(MappedObject(LIST, "SB325B"), down)
+    assert first.status == later.status == UNCHECKED
+    assert "ESP unreachable" in first.detail and "SB3CE0" in first.detail
+    assert "ESP unreachable" in later.detail and "SB3CE0" not in later.detail and "not asked" in later.detail
