@@ -108,3 +108,8 @@ def to_utc(value: datetime) -> datetime:
 
 def isoformat(value: datetime) -> str:
     return to_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def from_isoformat(text: str) -> datetime:
+    """An instant :func:`isoformat` wrote (``Z`` or an offset), aware UTC; ValueError when it is none."""
+    return to_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))

@@ -503,7 +503,7 @@ def _seen(data: dict) -> datetime:
     """When an entry was last recorded; an entry without ``seen`` (an earlier version's, recorded
     again at once by a process that still serves its directory) counts as never."""
     try:
-        return datetime.fromisoformat(str(data["seen"]).replace("Z", "+00:00"))
+        return clock.from_isoformat(str(data["seen"]))
     except (KeyError, ValueError):
         return datetime.min.replace(tzinfo=UTC)
 

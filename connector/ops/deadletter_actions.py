@@ -11,7 +11,6 @@ ends on an error (the command line records in ``finally``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any
 
 import redis
 
-from connector import sync
+from connector import clock, sync
 from connector.ops import audit
 from connector.sync.deadletters import DeadLetter, DeadLetters
 
@@ -87,8 +86,8 @@ def run(
 
 def budget(most: int, seconds: float) -> Callable[[int], bool]:
     """A ``stop`` for :func:`run`: after ``most`` items, or once ``seconds`` have passed."""
-    deadline = time.monotonic() + seconds
-    return lambda handled: handled >= most or time.monotonic() >= deadline
+    deadline = clock.monotonic() + seconds
+    return lambda handled: handled >= most or clock.monotonic() >= deadline
 
 
 def selection_recorded(selection: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 
 import redis
 
-from connector.clock import isoformat
+from connector.clock import from_isoformat, isoformat
 from connector.unicode_text import first_control, replaced
 
 TOKENS_KEY = "api:tokens"
@@ -72,7 +72,7 @@ class Token:
         return ROLES.index(self.role) >= ROLES.index(role)
 
     def expires(self) -> datetime:
-        return datetime.fromisoformat(self.expires_at.replace("Z", "+00:00"))
+        return from_isoformat(self.expires_at)
 
     def expired(self, now: datetime) -> bool:
         return self.expires() <= now

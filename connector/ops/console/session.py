@@ -72,7 +72,7 @@ class Session:
     expires_at: str
 
     def ended(self, now: datetime) -> bool:
-        return datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")) <= now
+        return clock.from_isoformat(self.expires_at) <= now
 
 
 def record_key(session_id: str) -> str:
