@@ -283,3 +283,14 @@ def test_a_template_s_descriptions_show_its_parameters_values_overrides_included
     assert described["vip"] == "Lifetime revenue of 300 or more."
     assert described["churn_risk_high"] == "Churn risk above 0.7."
     assert not any("$" in text for text in described.values())
+
+
+def test_every_built_in_segment_is_described_with_its_values() -> None:
+    from rules.templates import builtin_templates
+
+    rules = compile_rules({"include": [{"template": name} for name in builtin_templates()]})
+    described = {name: seg.description.strip() for name, seg in rules.by_name.items()}
+    assert sorted(name for name, text in described.items() if not text) == []
+    assert [name for name, text in described.items() if "$" in text] == []
+    assert described["cart_abandoner"].startswith("Added to cart and did not order within 48h.")
+    assert "at least 3 delivered" in described["re_engagement_candidate"]
