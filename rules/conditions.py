@@ -15,7 +15,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .durations import Span, format_duration, passed, shifted
+from .model import EventRecord
 from .values import (
+    ANY_EVENT,
     Index,
     Missing,
     Selector,
@@ -248,7 +250,7 @@ class Compare(Condition):
 class Sequence_(Condition):
     """Did A, then B within T (a funnel), or did A, then not B within T (an absence)."""
 
-    __slots__ = ("first", "first_within", "gap", "key", "last_only", "negate", "then")
+    __slots__ = ("first", "first_within", "gap", "key", "last_only", "negate", "overlap", "then")
 
     def __init__(
         self,
@@ -266,6 +268,11 @@ class Sequence_(Condition):
         self.first_within = first_within
         self.last_only = last_only
         self.key = repr(("seq", first.key, then.key, gap, negate, first_within, last_only))
+        # an A record may itself match B's selector (the same event name, other filters): B is then a
+        # later record than that A, never the A itself
+        self.overlap = first.key != then.key and (
+            first.event == then.event or ANY_EVENT in (first.event, then.event)
+        )
 
     def _candidates(self, ix: Index, t: datetime) -> range:
         times = (ix.cache.get(self.first.key) or ix.select(self.first))[1]
@@ -277,8 +284,8 @@ class Sequence_(Condition):
     def _witness(self, ix: Index, t: datetime, candidates: range | None = None) -> int | None:
         """Index of the A event that makes the condition true at ``t``, if any (among ``candidates``,
         by default ``_candidates(ix, t)``)."""
-        a_times = (ix.cache.get(self.first.key) or ix.select(self.first))[1]
-        b_times = (ix.cache.get(self.then.key) or ix.select(self.then))[1]
+        a_records, a_times = ix.cache.get(self.first.key) or ix.select(self.first)
+        b_records, b_times = ix.cache.get(self.then.key) or ix.select(self.then)
         same = self.first.key == self.then.key
         if candidates is None:
             candidates = self._candidates(ix, t)
@@ -289,6 +296,8 @@ class Sequence_(Condition):
                 followed = i + 1 < len(a_times) and a_times[i + 1] < end
             else:
                 j = bisect_left(b_times, start)
+                if self.overlap:
+                    j = _after_record(b_records, b_times, j, a_records[i])
                 followed = j < len(b_times) and b_times[j] < end
             if self.negate:
                 if t >= end and not followed:
@@ -366,9 +375,9 @@ class Sequence_(Condition):
             start = a_records[shown].occurred_at
             events = event_refs([a_records[shown]])
             j = bisect_left(b_times, start)
-            follow = [
-                r for r in b_records[j:] if r.occurred_at < start + self.gap and r is not a_records[shown]
-            ]
+            if self.overlap or self.first.key == self.then.key:
+                j = _after_record(b_records, b_times, j, a_records[shown])
+            follow = [r for r in b_records[j:] if r.occurred_at < start + self.gap]
             events += event_refs(follow[:1])
             if self.negate and t < start + self.gap and not follow:
                 reason = f"waiting: the window closes at {iso(start + self.gap)}"
@@ -377,6 +386,19 @@ class Sequence_(Condition):
             elif not self.negate and not follow:
                 reason = f"no {self.then.label()} within {format_duration(self.gap)} after it"
         return self._node(ctx, text, events=events, reason=reason)
+
+
+def _after_record(
+    records: Sequence[EventRecord], times: Sequence[datetime], j: int, record: EventRecord
+) -> int:
+    """The first of ``records`` (from ``j``, the first at ``record``'s time) that comes after
+    ``record`` in the history's order, when ``record`` is among them; ``j`` when it is not."""
+    k = j
+    while k < len(times) and times[k] == times[j]:
+        if records[k] is record:
+            return k + 1
+        k += 1
+    return j
 
 
 class InSegment(Condition):

@@ -49,6 +49,23 @@ def earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return b
 
 
+# Sums and averages of amounts sent as decimals (revenue 500.64) are kept to this many places: the
+# binary floats' error (500.64 + 468.93 + 30.43 = 999.9999999999999) never decides a threshold.
+DECIMAL_PLACES = 9
+
+
+def _decimal_places(value: float) -> float:
+    return round(value, DECIMAL_PLACES)
+
+
+def _total(values: Sequence[int | float]) -> int | float:
+    """The sum of ``values``: exact for integers, for floats correctly rounded (``math.fsum``) and
+    kept to :data:`DECIMAL_PLACES`."""
+    if all(type(v) is int for v in values):
+        return sum(values)
+    return _decimal_places(math.fsum(values))
+
+
 def number(value: Any) -> float | int | None:
     if isinstance(value, bool):
         return None
@@ -443,11 +460,11 @@ class Aggregate(Value):
                     continue
             values.append(v)
         if self.kind == "sum":
-            return sum(values)
+            return _total(values)
         if not values:
             return Missing(f"no {self.sel.event} with a numeric {prop} {self.window.label()}")
         if self.kind == "avg":
-            return sum(values) / len(values)
+            return _decimal_places(math.fsum(values) / len(values))
         return min(values) if self.kind == "min" else max(values)
 
     def edges_after(self, ix: Index, t: datetime) -> datetime | None:

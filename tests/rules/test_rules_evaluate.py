@@ -220,6 +220,23 @@ def test_property_aggregates(kind: str, ops: dict[str, Any], expected: bool) -> 
     assert holds({kind: {"event": "order_completed", "property": "revenue", **ops}}, profile) is expected
 
 
+def test_amounts_sent_as_decimals_add_up_to_the_decimal_total() -> None:
+    # as binary floats 500.64 + 468.93 + 30.43 is 999.9999999999999
+    profile = person(
+        *(
+            ev("order_completed", timedelta(days=d + 1), revenue=r)
+            for d, r in enumerate((500.64, "468.93", 30.43))
+        )
+    )
+    assert holds({"sum": {"event": "order_completed", "property": "revenue", "gte": 1000}}, profile)
+    assert holds({"sum": {"event": "order_completed", "property": "revenue", "eq": 1000}}, profile)
+    tenths = person(
+        *(ev("order_completed", timedelta(days=d + 1), revenue=r) for d, r in enumerate((0.1, 0.2)))
+    )
+    assert holds({"avg": {"event": "order_completed", "property": "revenue", "eq": 0.15}}, tenths)
+    assert holds({"sum": {"event": "order_completed", "property": "revenue", "eq": 0.3}}, tenths)
+
+
 def test_distinct_count_of_a_property() -> None:
     profile = person(
         *(ev("product_viewed", timedelta(hours=h), sku=s) for h, s in ((1, "a"), (2, "b"), (3, "a")))
@@ -352,6 +369,42 @@ def test_funnel_of_the_same_event_needs_two_of_them() -> None:
     assert holds(
         when, person(ev("order_completed", timedelta(days=3)), ev("order_completed", timedelta(days=1)))
     )
+
+
+def test_a_first_event_that_also_matches_then_is_not_its_own_follow_up() -> None:
+    """A big order then any order: the big order itself is not the reorder; a page view of
+    /pricing then no page view: the pricing view itself is not the page view that follows."""
+    reorder = {
+        "sequence": {
+            "first": {"event": "order_completed", "where": {"revenue": {"gte": 200}}},
+            "then": {"event": "order_completed"},
+            "within": "30d",
+        }
+    }
+    big = ev("order_completed", timedelta(days=3), revenue=250)
+    assert not holds(reorder, person(big))
+    assert "no order_completed within 30d after it" in render(explained(reorder, person(big)))
+    assert holds(reorder, person(big, ev("order_completed", timedelta(days=1), revenue=20)))
+    # an earlier small order does not follow it
+    assert not holds(reorder, person(ev("order_completed", timedelta(days=4), revenue=20), big))
+
+    left = {
+        "sequence": {
+            "first": {"event": "page_viewed", "where": {"path": "/pricing"}},
+            "then_not": {"event": "page_viewed"},
+            "within": "30m",
+        }
+    }
+    pricing = ev("page_viewed", timedelta(minutes=55), path="/pricing")
+    assert holds(left, person(pricing))
+    waiting = evaluate(person(pricing), rules_for(left), NOW - timedelta(minutes=50))
+    assert "s" not in waiting.segments
+    assert waiting.next_due == NOW - timedelta(minutes=25)
+    assert not holds(left, person(pricing, ev("page_viewed", timedelta(minutes=40), path="/")))
+
+    # any event then a page view: the page view that is the first event does not follow itself
+    anything = {"sequence": {"first": {"event": "*"}, "then": {"event": "page_viewed"}, "within": "1h"}}
+    assert not holds(anything, person(ev("page_viewed", timedelta(minutes=10), path="/")))
 
 
 # -- composition and references ----------------------------------------------------------------------
