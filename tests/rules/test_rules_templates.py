@@ -293,4 +293,4 @@ def test_every_built_in_segment_is_described_with_its_values() -> None:
     assert sorted(name for name, text in described.items() if not text) == []
     assert [name for name, text in described.items() if "$" in text] == []
     assert described["cart_abandoner"].startswith("Added to cart and did not order within 48h.")
-    assert "at least 3 delivered" in described["re_engagement_candidate"]
+    assert "at least 3 emails delivered" in described["re_engagement_candidate"]
