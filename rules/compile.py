@@ -7,7 +7,7 @@ included template name the ``include[i]`` entry and the template.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
@@ -183,6 +183,12 @@ def _instantiate(
             raise RulesError(f"{prefix}.params.{name}", problem)
     params = template_params(declared, overrides, prefix)
     body = {k: v for k, v in source.items() if k != "params"}
+    varied = {n for n, v in overrides.items() if isinstance(v, list) and not isinstance(declared[n], list)}
+    for name, where in _varied_uses(body, varied, ""):
+        raise RulesError(
+            f"{prefix}.params.{name}",
+            f"cannot have variants: template {template} uses it at {where}, {_why_not_varied(where)}",
+        )
     origin = _Origin(prefix, template)
     try:
         substituted = substitute(body, params, "", template)
@@ -195,6 +201,28 @@ def _instantiate(
     if loaded["include"]:
         raise origin.error("include", "a template cannot include other templates")
     return loaded
+
+
+def _varied_uses(node: Any, varied: set[str], path: str) -> Iterator[tuple[str, str]]:
+    """Where a parameter given variants (a list) is used other than as a segment's window or
+    threshold: (parameter, path) pairs."""
+    if isinstance(node, str) and node.startswith("$") and node[1:] in varied:
+        key = path.rsplit(".", 1)[-1]
+        if path.startswith("traits.") or key not in variant_lists.KEYS:
+            yield node[1:], path
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _varied_uses(v, varied, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _varied_uses(v, varied, f"{path}[{i}]")
+
+
+def _why_not_varied(where: str) -> str:
+    if where.startswith("traits."):
+        return "in a computed trait, which has one definition for everyone (variants are per segment)"
+    keys = ", ".join(sorted(variant_lists.KEYS))
+    return f"where variants are not taken (a segment's {keys} take them)"
 
 
 # a parameter that is the sum of others (``$win_back_within + $at_risk_after``): never set on its own
@@ -211,6 +239,12 @@ def template_params(
         if isinstance(default, str) and _SUM.fullmatch(default):
             if name in overrides:
                 raise RulesError(f"{prefix}.params.{name}", f"is {default}: set those parameters instead")
+            for part in re.findall(r"\$(\w+)", default):
+                if isinstance(overrides.get(part), list):
+                    raise RulesError(
+                        f"{prefix}.params.{part}",
+                        f"cannot have variants: {name} is {default}, one value for everyone",
+                    )
             params[name] = _sum_of(default, params, f"{prefix}.params.{name}")
     return params
 

@@ -95,6 +95,39 @@ def test_a_template_parameter_list_gives_the_template_segments_using_it_variants
 
 
 @pytest.mark.parametrize(
+    ("template", "params", "name", "reason"),
+    [
+        (
+            "re_engagement",
+            {"window": ["30d", "60d"]},
+            "window",
+            "uses it at traits.email_open_rate_30d.ratio.numerator.count.within, in a computed trait",
+        ),
+        ("engagement", {"email_window": ["30d", "60d"]}, "email_window", "in a computed trait"),
+        (
+            "lifecycle",
+            {"at_risk_after": ["60d", "90d"]},
+            "at_risk_after",
+            "win_back_quiet_until is $win_back_within + $at_risk_after",
+        ),
+        (
+            "value_tiers",
+            {"top": ["5%", "10%"]},
+            "top",
+            "at segments[0].when.rank.top, where variants are not",
+        ),
+    ],
+)
+def test_a_template_parameter_that_cannot_vary_is_named_with_where_it_is_used(
+    template: str, params: dict[str, Any], name: str, reason: str
+) -> None:
+    with pytest.raises(rules.RulesError) as err:
+        rules.compile_rules({"include": [{"template": template, "params": params}]})
+    assert err.value.path == f"include[0].params.{name}"
+    assert err.value.reason.startswith("cannot have variants:") and reason in err.value.reason
+
+
+@pytest.mark.parametrize(
     ("rule", "path", "reason"),
     [
         (
