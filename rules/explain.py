@@ -48,6 +48,8 @@ def render(explanation: Explanation) -> str:
         head += f" (variant {variant})"
     if explanation.next_change is not None:
         head += f"; next change {iso(explanation.next_change)}"
+        if not explanation.detail.get("next_change_exact", True):
+            head += " at the earliest"
     else:
         head += "; no change without a new event"
     return "\n".join([head, *("  " + r for r in explanation.reasons)])

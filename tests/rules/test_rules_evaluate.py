@@ -643,3 +643,17 @@ def test_odd_values_never_raise(junk: Any) -> None:
     assert (full.segments, full.traits, full.next_due) == (quick.segments, quick.traits, quick.next_due)
     for explanation in full.explanations.values():
         assert render(explanation)
+
+
+def test_a_next_change_past_the_walk_cap_is_said_to_be_a_lower_bound() -> None:
+    # a page view every 5 minutes for 33 hours: more window exits than the engine walks through
+    views = [ev("page_viewed", timedelta(days=29) - timedelta(minutes=5 * i)) for i in range(400)]
+    when = {"count": {"event": "page_viewed", "within": "30d", "gte": 1}}
+    explanation = explained(when, person(*views))
+    leaves = views[-1].occurred_at + timedelta(days=30)  # the newest view leaves the window
+    assert explanation.next_change is not None and explanation.next_change < leaves
+    assert render(explanation).splitlines()[0].endswith(" at the earliest")
+    # a short history is exact, and said without it
+    few = explained(when, person(*views[:3]))
+    assert few.next_change == views[2].occurred_at + timedelta(days=30)
+    assert not render(few).splitlines()[0].endswith(" at the earliest")
