@@ -289,7 +289,7 @@ class _Compiler:
 
     # -- shared pieces -------------------------------------------------------------------------
     def selector(self, spec: Mapping[str, Any]) -> Selector:
-        made = Selector(spec["event"], spec.get("where"))
+        made = Selector(spec["event"], spec.get("where"), spec.get("except_"))
         props = self.properties.setdefault(made.event, set())
         props.update(made.props)
         return self.selectors.setdefault(made.key, made)
@@ -381,7 +381,7 @@ class _Compiler:
             ops = [(k, v) for k, v in arg.items() if k != "name"]
             made = Compare(self.trait_ref(arg["name"]), ops)
         elif op in ("count", "sum", "avg", "min", "max", "distinct"):
-            window_keys = {"event", "where", "within", "older_than", "group_by", "property"}
+            window_keys = {"event", "where", "except_", "within", "older_than", "group_by", "property"}
             ops = [(k, v) for k, v in arg.items() if k not in window_keys]
             made = Compare(self.aggregate(op, arg), ops)
         elif op in ("first", "last"):

@@ -258,12 +258,32 @@ class WhereField(fields.Field[dict[str, tuple[tuple[str, Any], ...]]]):
 _WHERE_SCHEMA = Strict.from_dict(_comparison_fields(WHERE_OPS))()
 
 
-class EventSpec(Strict):
+class Excepted(fields.List[str]):
+    """``except: [names]`` beside ``event: "*"``: any event but events of these names (emails sent
+    to the person are no activity of theirs)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        nonempty = validate.Length(min=1, error="needs at least one event name")
+        super().__init__(EventName(), data_key="except", validate=nonempty, **kwargs)
+
+
+class _AnyEventBut(Strict):
+    except_ = Excepted()
+
+    @validates_schema
+    def _except_with_any_event(self, data: dict[str, Any], **_: Any) -> None:
+        if "except_" in data and data.get("event") != "*":
+            raise ValidationError('goes with event: "*" only (any event but these)', "except")
+        if "*" in data.get("except_", ()):
+            raise ValidationError("lists event names; * would leave no event", "except")
+
+
+class EventSpec(_AnyEventBut):
     event = EventName(required=True)
     where = WhereField()
 
 
-class _Window(Strict):
+class _Window(_AnyEventBut):
     event = EventName(required=True)
     where = WhereField()
     within = Duration()
@@ -314,7 +334,7 @@ TraitConditionSchema = _with_check(
 )
 
 RecencyConditionSchema = _with_check(
-    Strict.from_dict(
+    _AnyEventBut.from_dict(
         {
             "event": EventName(required=True),
             "where": WhereField(),

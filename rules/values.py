@@ -228,14 +228,22 @@ def _numeric_filters(
 
 
 class Selector:
-    """An event name (or ``*`` for any event) with property filters."""
+    """An event name (or ``*`` for any event, ``excluded``: but events of these names) with property
+    filters."""
 
-    __slots__ = ("event", "key", "numeric", "props", "where")
+    __slots__ = ("event", "excluded", "key", "numeric", "props", "where")
 
-    def __init__(self, event: str, where: Mapping[str, tuple[tuple[str, Any], ...]] | None) -> None:
+    def __init__(
+        self,
+        event: str,
+        where: Mapping[str, tuple[tuple[str, Any], ...]] | None,
+        excluded: Iterable[str] | None = None,
+    ) -> None:
         self.event = event
         self.where = tuple(sorted((where or {}).items()))
-        self.key = repr((event, self.where))
+        self.excluded = frozenset(excluded or ())
+        but = (tuple(sorted(self.excluded)),) if self.excluded else ()
+        self.key = repr((event, self.where, *but))
         self.props = frozenset(prop for prop, _ in self.where)
         self.numeric = _numeric_filters(self.where)
 
@@ -263,10 +271,13 @@ class Selector:
         return True
 
     def label(self) -> str:
+        name = self.event
+        if self.excluded:
+            name = f"any event but {', '.join(sorted(self.excluded))}"
         if not self.where:
-            return self.event
+            return name
         filters = ", ".join(f"{prop} {describe_ops(ops)}" for prop, ops in self.where)
-        return f"{self.event} where {filters}"
+        return f"{name} where {filters}"
 
 
 def _sort_key(record: EventRecord) -> tuple[datetime, str]:
@@ -331,6 +342,10 @@ class Index:
         if hit is None:
             names = self._names if self._names is not None else self._build()
             hit = self._all if sel.event == ANY_EVENT else names.get(sel.event, _NOTHING)
+            if sel.excluded:
+                excluded = sel.excluded
+                kept = [r for r in hit[0] if r.name not in excluded]
+                hit = (kept, [r.occurred_at for r in kept])
             if sel.where:
                 records = [r for r in hit[0] if sel.matches(r.properties)]
                 hit = (records, [r.occurred_at for r in records])

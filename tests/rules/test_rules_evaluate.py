@@ -657,3 +657,45 @@ def test_a_next_change_past_the_walk_cap_is_said_to_be_a_lower_bound() -> None:
     few = explained(when, person(*views[:3]))
     assert few.next_change == views[2].occurred_at + timedelta(days=30)
     assert not render(few).splitlines()[0].endswith(" at the earliest")
+
+
+def test_any_event_but_some_names() -> None:
+    when = {"last": {"event": "*", "except": ["email_delivered", "email_bounced"], "within": "7d"}}
+    browsed_long_ago = ev("page_viewed", timedelta(days=30))
+    mailed = [ev("email_delivered", timedelta(days=d)) for d in (1, 3)] + [
+        ev("email_bounced", timedelta(days=2))
+    ]
+    assert not holds(when, person(browsed_long_ago, *mailed))
+    assert holds(when, person(browsed_long_ago, *mailed, ev("email_opened", timedelta(days=2))))
+    assert "last any event but email_bounced, email_delivered within 7d" in render(
+        explained(when, person(browsed_long_ago, *mailed))
+    )
+    counted = {"count": {"event": "*", "except": ["email_delivered"], "within": "7d", "gte": 2}}
+    assert not holds(counted, person(*mailed))
+    assert holds(counted, person(*mailed, ev("page_viewed", timedelta(days=1))))
+    funnel = {
+        "sequence": {
+            "first": {"event": "*", "except": ["email_delivered", "email_bounced"]},
+            "then_not": {"event": "x"},
+            "within": "1h",
+        }
+    }
+    assert not holds(funnel, person(*mailed))
+    assert holds(funnel, person(*mailed, ev("page_viewed", timedelta(days=1))))
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "reason"),
+    [
+        ({"event": "order_completed", "except": ["x"]}, "except", 'goes with event: "*" only'),
+        ({"event": "*", "except": []}, "except", "needs at least one event name"),
+        ({"event": "*", "except": ["*"]}, "except", "* would leave no event"),
+        ({"event": "*", "except": ["Email Delivered"]}, "except[0]", "did you mean `email_delivered`?"),
+    ],
+)
+def test_except_is_checked(spec: dict[str, Any], path: str, reason: str) -> None:
+    from rules import RulesError
+
+    with pytest.raises(RulesError) as err:
+        rules_for({"last": {**spec, "within": "7d"}})
+    assert err.value.path == f"segments[0].when.last.{path}" and reason in err.value.reason

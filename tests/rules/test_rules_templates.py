@@ -294,3 +294,29 @@ def test_every_built_in_segment_is_described_with_its_values() -> None:
     assert [name for name, text in described.items() if "$" in text] == []
     assert described["cart_abandoner"].startswith("Added to cart and did not order within 48h.")
     assert "at least 3 emails delivered" in described["re_engagement_candidate"]
+
+
+def test_activity_and_lifecycle_count_the_person_s_own_events_only() -> None:
+    """A newsletter reaches someone who last browsed 200 days ago: delivered (and bounced) emails are
+    no activity of theirs, so they are churned, not recently active; their first own event decides
+    whether they are new."""
+    now = datetime(2024, 6, 1, 12, tzinfo=UTC)
+    ruleset = compile_rules({"include": ["activity", "lifecycle"]})
+
+    def at(name: str, days: int, n: int) -> EventRecord:
+        return EventRecord(name=name, occurred_at=now - timedelta(days=days), event_id=f"e{n}")
+
+    mailed = [at("email_delivered", d, d) for d in range(1, 50, 7)] + [at("email_bounced", 2, 99)]
+    lapsed = Profile(account="acme", profile_id="p1", events=[at("page_viewed", 200, 100), *mailed])
+    assert sorted(evaluate(lapsed, ruleset, now).segments) == ["activity_churned"]
+    subscriber = Profile(
+        account="acme", profile_id="p2", events=[at("email_delivered", 100, 1), at("page_viewed", 3, 2)]
+    )
+    assert sorted(evaluate(subscriber, ruleset, now).segments) == ["lifecycle_new", "recently_active"]
+    only_mailed = Profile(account="acme", profile_id="p3", events=mailed)
+    assert evaluate(only_mailed, ruleset, now).segments == frozenset()
+    # an account may count more (or fewer) names as not the person's
+    quieter = compile_rules(
+        {"include": [{"template": "activity", "params": {"not_activity": ["page_viewed"]}}]}
+    )
+    assert sorted(evaluate(lapsed, quieter, now).segments) == ["recently_active"]
