@@ -37,6 +37,9 @@ KIND_CODES: dict[str, str] = {
     "klaviyo_profile_id": "k",
     "hubspot_contact_id": "h",
     "mailchimp_member_id": "m",
+    # a Shopify cart's token: a cart webhook without a customer carries only it; the checkout and the
+    # order made from the cart carry it too (``cart_token``), which joins the cart to the customer
+    "shopify_cart_token": "c",
     "anonymous_id": "a",
 }
 KNOWN_KINDS = tuple(k for k in KIND_CODES if k != "anonymous_id")

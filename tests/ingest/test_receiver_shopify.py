@@ -61,7 +61,7 @@ def test_topics_mapping(settings, tmp_path, redis_client) -> None:  # type: igno
         "checkouts/create": ({"token": "ck1", "email": "a@example.com", "created_at": "2024-01-01T00:00:00Z",
                               "line_items": []}, "checkout_started", "track"),
         "checkouts/update": ({"token": "ck1", "email": "a@example.com", "updated_at": "2024-01-02T00:00:00Z",
-                              "line_items": []}, "checkout_updated", "track"),
+                              "cart_token": "cart-tok", "line_items": []}, "checkout_updated", "track"),
         "carts/create": ({"id": "c1", "token": "cart-tok", "line_items": []}, "cart_updated", "track"),
         "carts/update": ({"id": "c1", "token": "cart-tok", "line_items": [],
                           "updated_at": "2024-01-02T00:00:00Z"}, "cart_updated", "track"),
@@ -84,6 +84,12 @@ def test_topics_mapping(settings, tmp_path, redis_client) -> None:  # type: igno
     assert events["orders/paid"]["properties"]["revenue"] == 5.5
     assert events["orders/paid"]["properties"]["currency"] == "EUR"
     assert events["carts/update"]["identities"] == {"shopify_cart_token": "cart-tok"}
+    # the checkout made from that cart carries its token: the cart's events join the customer
+    assert events["checkouts/update"]["identities"] == {
+        "email": "a@example.com",
+        "shopify_cart_token": "cart-tok",
+    }
+    assert events["checkouts/create"]["identities"] == {"email": "a@example.com"}
     assert events["customers/create"]["identities"] == {"email": "b@example.com", "shopify_customer_id": "77"}
     assert events["customers/create"]["traits"]["first_name"] == "B"
     assert events["customers/redact"]["identities"]["shopify_customer_id"] == "191167"

@@ -438,3 +438,25 @@ def test_a_customer_s_user_id_squatted_through_the_public_write_key_never_takes_
     apply(redis_client, accounts, public(attach))
     assert _profile(redis_client, "email", "dana@example.com").identities["email"] == ("dana@example.com",)
     assert lookup(redis_client, "acme", "email", "mallory2@example.net") not in (None, dana)
+
+
+def test_a_shopify_cart_is_kept_and_joins_the_customer_at_its_checkout(redis_client, accounts) -> None:
+    """A cart webhook without a customer carries only the cart's token: its events are stored on a
+    profile of their own, which the checkout made from the cart (email and ``cart_token``) joins to
+    the customer."""
+    apply(redis_client, accounts, ev("o1", "order_completed", at=0, email="dora@example.com"))
+    dora = lookup(redis_client, "acme", "email", "dora@example.com")
+    for n in range(2):
+        apply(redis_client, accounts, ev(f"c{n}", "cart_updated", at=1 + n, shopify_cart_token="tok-7f3a"))
+    cart = lookup(redis_client, "acme", "shopify_cart_token", "tok-7f3a")
+    assert cart is not None and cart != dora
+    assert rejected_log.count(redis_client, "acme") == 0
+    checkout = ev("k1", "checkout_started", at=3, email="dora@example.com", shopify_cart_token="tok-7f3a")
+    apply(redis_client, accounts, checkout)
+    assert lookup(redis_client, "acme", "shopify_cart_token", "tok-7f3a") == dora
+    assert [e.name for e in _profile(redis_client, "email", "dora@example.com").events] == [
+        "order_completed",
+        "cart_updated",
+        "cart_updated",
+        "checkout_started",
+    ]
