@@ -10,6 +10,12 @@ why the hot path does without it: ``bench/ingest`` measures both.
 
 The JSON error bodies are written by :func:`error_answer`, which Flask's error handlers use
 too, so a route answers the same whichever side serves it.
+
+The tracking API is called by analytics.js from the pages of any site, so ``/v1/<call>`` (and it
+alone: never the webhooks, the admin API ``/api/v1``, the console or health) answers CORS: every
+answer says ``Access-Control-Allow-Origin: *`` and an ``OPTIONS`` preflight is answered 204. No
+answer allows credentials: the write key travels in the ``Authorization`` header or the body, never
+in a cookie, so a page's cookies are never sent along (see :func:`preflight_answer`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from http import HTTPStatus
@@ -71,21 +78,62 @@ def accepted_answer(status: str, accepted: int, duplicates: int) -> Answer:
     return Answer(200, body.encode())
 
 
-def error_answer(err: Exception) -> Answer:
-    """The contract's answer to an error raised while serving a request (DESIGN.md §5)."""
+def _error(err: Exception) -> tuple[int, dict[str, Any], Headers | None]:
     if isinstance(err, Unauthorized):
         # The reason is logged for operators; the sender learns nothing that helps an attacker.
         log.info("rejected: %s", err.message)
-        return Answer.json(401, {"error": "unauthorized"})
+        return 401, {"error": "unauthorized"}, None
     if isinstance(err, RequestRejected):
-        return Answer.json(err.status, {"error": err.code, "message": err.message})
+        return err.status, {"error": err.code, "message": err.message}, None
     if isinstance(err, StoreUnavailable | redis.RedisError):
         log.warning("store unavailable: %s", err if isinstance(err, StoreUnavailable) else type(err).__name__)
         message = "storage is unavailable; nothing was accepted, retry later"
-        retry = [("Retry-After", RETRY_AFTER_SECONDS)]
-        return Answer.json(503, {"error": "unavailable", "message": message}, retry)
+        return 503, {"error": "unavailable", "message": message}, [("Retry-After", RETRY_AFTER_SECONDS)]
     log.exception("internal error", exc_info=err)
-    return Answer.json(500, {"error": "internal", "message": "internal error"})
+    return 500, {"error": "internal", "message": "internal error"}, None
+
+
+def error_answer(err: Exception) -> Answer:
+    """The contract's answer to an error raised while serving a request (DESIGN.md §5)."""
+    return Answer.json(*_error(err))
+
+
+def tracking_error_answer(err: Exception) -> Answer:
+    """:func:`error_answer` of the tracking API: a body with a ``message`` also has ``code`` (the same
+    as ``error``), the two fields Segment's and RudderStack's Python SDKs read from an error; without
+    ``code`` RudderStack's fails with a ``KeyError`` and retries a refused batch as a network error."""
+    status, payload, headers = _error(err)
+    if status == 401:  # the same for every key and body: nothing about which was wrong
+        payload = {**payload, "message": TRACKING_UNAUTHORIZED}
+    if "message" in payload:
+        payload = {"error": payload["error"], "code": payload["error"], "message": payload["message"]}
+    return Answer.json(status, payload, headers)
+
+
+TRACKING_UNAUTHORIZED = "unknown or missing write key"
+
+
+# A preflight's answer may be cached this long (Chromium keeps one at most 2 hours).
+PREFLIGHT_MAX_AGE = "7200"
+CORS_ANY_ORIGIN = ("Access-Control-Allow-Origin", "*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def preflight_answer(environ: dict[str, Any]) -> Answer:
+    """The answer to a CORS preflight (``OPTIONS``) of a tracking call: POST, with the request
+    headers the browser asks for (analytics.js sends ``Authorization`` and ``X-Retry-Count``, and a
+    site may configure more), from any origin. ``Access-Control-Allow-Credentials`` is never sent,
+    so a browser refuses a request that would carry cookies (``credentials: 'include'``)."""
+    asked = (environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS") or "").split(",")
+    names = [name.strip() for name in asked if _HEADER_NAME.fullmatch(name.strip())]
+    headers = [
+        ("Access-Control-Allow-Methods", "POST"),
+        ("Access-Control-Max-Age", PREFLIGHT_MAX_AGE),
+        ("Vary", "Access-Control-Request-Headers"),
+    ]
+    if names:
+        headers.append(("Access-Control-Allow-Headers", ", ".join(names)))
+    return Answer(204, b"", headers)
 
 
 def _status_line(code: int) -> str:
@@ -95,7 +143,7 @@ def _status_line(code: int) -> str:
         return f"{code} UNKNOWN"
 
 
-_STATUS_LINES = {code: _status_line(code) for code in (200, 400, 401, 404, 405, 413, 415, 500, 503)}
+_STATUS_LINES = {code: _status_line(code) for code in (200, 204, 400, 401, 404, 405, 413, 415, 500, 503)}
 
 
 def _wsgi_text(value: str) -> str:
@@ -142,21 +190,24 @@ class Ingress:
         handler: Callable[..., Answer],
         *route: str,
     ) -> Iterable[bytes]:
+        tracking_call = handler == self._tracking
         try:
             answer = handler(environ, *(_wsgi_text(part) for part in route))
         except Exception as err:  # every error becomes the contract's JSON answer, never a traceback
-            answer = error_answer(err)
+            answer = tracking_error_answer(err) if tracking_call else error_answer(err)
         if 400 <= answer.status < 500:
-            self.count_rejection(route[-1] if handler == self._webhook else "tracking", answer.status)
+            self.count_rejection("tracking" if tracking_call else route[-1], answer.status)
         status = _STATUS_LINES.get(answer.status) or _status_line(answer.status)
-        start_response(
-            status,
-            [
+        headers = answer.headers
+        if answer.status != 204:  # a 204 has no body, and no Content-Length (RFC 9110, 8.6)
+            headers = [
                 ("Content-Type", "application/json"),
                 ("Content-Length", str(len(answer.body))),
-                *answer.headers,
-            ],
-        )
+                *headers,
+            ]
+        if tracking_call:
+            headers = [*headers, CORS_ANY_ORIGIN]
+        start_response(status, headers)
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [answer.body]
 
     def count_rejection(self, sender: str, status: int) -> None:
@@ -268,6 +319,8 @@ class Ingress:
         call = tracking.SHORT.get(call, call)
         if call not in tracking.ROUTES:
             return Answer.json(404, {"error": "not_found", "message": f"no tracking call {call!r}"})
+        if environ.get("REQUEST_METHOD") == "OPTIONS":
+            return preflight_answer(environ)
         if environ.get("REQUEST_METHOD") != "POST":
             message = "tracking calls accept POST"
             return Answer.json(405, {"error": "method_not_allowed", "message": message}, [("Allow", "POST")])

@@ -102,7 +102,12 @@ def test_unknown_or_missing_write_key_is_401(client, redis_client) -> None:  # t
         post(client, "/v1/track", b"{broken", key=None),
     ]
     assert [a.status_code for a in answers] == [401] * len(answers)
-    assert all(a.json == {"error": "unauthorized"} for a in answers)
+    unauthorized = {
+        "error": "unauthorized",
+        "code": "unauthorized",
+        "message": "unknown or missing write key",
+    }
+    assert all(a.json == unauthorized for a in answers)
     assert stored_events(redis_client) == []
 
 
@@ -208,3 +213,95 @@ def test_gzip_with_a_second_member_or_trailing_data_is_400(client, redis_client)
         assert reason in res.json["message"]
     assert stored_events(redis_client) == []
     assert post(client, "/v1/batch", first, **{"Content-Encoding": "gzip"}).json["accepted"] == 1
+
+
+PREFLIGHT = {
+    "Origin": "https://shop.example.com",
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization,content-type,x-retry-count",
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch", "/v1/t", "/v1/b"])
+def test_a_cors_preflight_of_a_tracking_call_is_answered(client, redis_client, path) -> None:  # type: ignore[no-untyped-def]
+    # analytics.js names its write key in an Authorization header: the browser asks first
+    res = client.options(path, headers=PREFLIGHT)
+    assert res.status_code == 204
+    assert res.data == b""
+    assert "Content-Length" not in res.headers and "Content-Type" not in res.headers
+    assert res.headers["Access-Control-Allow-Origin"] == "*"
+    assert res.headers["Access-Control-Allow-Methods"] == "POST"
+    assert res.headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-retry-count"
+    assert res.headers["Access-Control-Max-Age"] == "7200"
+    assert "Access-Control-Allow-Credentials" not in res.headers
+    assert stored_events(redis_client) == []
+
+
+def test_a_preflight_is_told_only_well_formed_header_names(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    asked = {**PREFLIGHT, "Access-Control-Request-Headers": "authorization, x-a b, ,x-site-header"}
+    res = client.options("/v1/track", headers=asked)
+    assert res.headers["Access-Control-Allow-Headers"] == "authorization, x-site-header"
+    res = client.options("/v1/track", headers={"Origin": "https://shop.example.com"})
+    assert res.status_code == 204 and "Access-Control-Allow-Headers" not in res.headers
+
+
+def test_every_tracking_answer_may_be_read_by_any_origin(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    origin = {"Origin": "https://shop.example.com"}
+    answers = {
+        200: post(client, "/v1/t", {"event": "E", "userId": "u", "writeKey": KEY}, key=None, **origin),
+        401: post(client, "/v1/track", {"event": "E", "userId": "u"}, key="nope", **origin),
+        400: post(client, "/v1/track", {"userId": "u"}, **origin),
+        415: post(client, "/v1/track", b"{}", **{"Content-Type": "application/xml"}, **origin),
+        404: client.post("/v1/nope", data=b"{}", headers=origin),
+        405: client.get("/v1/track", headers=origin),
+    }
+    for status, res in answers.items():
+        assert res.status_code == status, res.json
+        assert res.headers["Access-Control-Allow-Origin"] == "*", status
+        assert "Access-Control-Allow-Credentials" not in res.headers
+    assert client.options("/v1/nope", headers=PREFLIGHT).headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_cors_is_answered_on_the_tracking_api_only(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    # the admin API, the console, the webhooks and health stay closed to other origins' pages
+    origin = {"Origin": "https://shop.example.com"}
+    answers = [
+        client.get("/api/v1/accounts", headers={**origin, "Authorization": "Bearer x"}),
+        client.options("/api/v1/accounts", headers=PREFLIGHT),
+        client.get("/console/", headers=origin),
+        client.options("/console/", headers=PREFLIGHT),
+        client.options("/webhooks/acme/segment", headers=PREFLIGHT),
+        client.post("/webhooks/acme/segment", data=b"{}", headers=origin),
+        client.get("/healthz", headers=origin),
+        client.options("/v1/track/extra", headers=PREFLIGHT),
+    ]
+    assert [
+        name for res in answers for name, _ in res.headers if name.lower().startswith("access-control")
+    ] == []
+
+
+def test_tracking_errors_name_their_code_as_the_sdks_read_it(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    res = post(client, "/v1/batch", {"batch": [{"type": "track", "userId": "u"}]})
+    assert res.status_code == 400
+    assert res.json == {
+        "error": "malformed_payload",
+        "code": "malformed_payload",
+        "message": "batch[0].event is required for a track call",
+    }
+    res = post(client, "/v1/track", b"{}", **{"Content-Type": "application/xml"})
+    assert (res.status_code, res.json["code"]) == (415, res.json["error"])
+    # a webhook's error keeps the contract's body
+    assert "code" not in client.post("/webhooks/acme/segment", data=b"{}").json
+
+
+def test_an_identify_with_its_traits_in_the_context_keeps_them(client, redis_client) -> None:  # type: ignore[no-untyped-def]
+    # RudderStack's SDKs send an identify's traits in context.traits only
+    traits = {"email": "Jane.Doe@example.com", "plan": "pro"}
+    post(client, "/v1/identify", {"userId": "u1", "messageId": "r1", "context": {"traits": traits}})
+    # traits of its own win over the context's
+    own = {"userId": "u2", "messageId": "r2", "traits": {"plan": "team"}, "context": {"traits": traits}}
+    post(client, "/v1/identify", own)
+    events = {e["source_event_id"]: e for e in stored_events(redis_client)}
+    assert events["r1"]["traits"] == traits
+    assert events["r1"]["identities"] == {"user_id": "u1", "email": "jane.doe@example.com"}
+    assert events["r2"]["traits"] == {"plan": "team"}

@@ -16,7 +16,7 @@ from tests.conftest import FIXED_NOW
 from tests.helpers import stored_events
 
 KEY = "acme-write-key-7f3a"
-UNAUTHORIZED = {"error": "unauthorized"}
+UNAUTHORIZED = {"error": "unauthorized", "code": "unauthorized", "message": "unknown or missing write key"}
 
 
 def basic(userpass: str) -> dict[str, str]:

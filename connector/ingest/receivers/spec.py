@@ -80,6 +80,9 @@ def normalize(
     context = _dict(message.get("context"))
     properties = _dict(message.get("properties"))
     traits = _dict(message.get("traits")) if kind in ("identify", "group") else _dict(context.get("traits"))
+    if kind == "identify" and not traits:
+        # RudderStack's SDKs send an identify's traits in context.traits only
+        traits = _dict(context.get("traits"))
     if kind == "track":
         original = message.get("event")
         if not isinstance(original, str) or not original.strip():
