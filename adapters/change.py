@@ -32,6 +32,9 @@ class Change:
     erase: bool = False  # the person was erased: ask the ESP to delete them
     # the person's other addresses, deleted too on erasure (a profile may have had several)
     erase_emails: tuple[str, ...] = ()
+    # the person's addresses other than ``email``: when the contact's state was applied under one of
+    # them (an email change, a merge), the connector's tags and lists are taken off that contact
+    other_emails: tuple[str, ...] = ()
     # The account's segment names behind this state (Klaviyo "Segment Entered/Exited" events).
     segments: frozenset[str] = frozenset()
 
@@ -50,6 +53,7 @@ class Change:
             "erase": self.erase,
             "segments": sorted(self.segments),
             **({"erase_emails": list(self.erase_emails)} if self.erase_emails else {}),
+            **({"other_emails": list(self.other_emails)} if self.other_emails else {}),
         }
 
     @classmethod
@@ -68,6 +72,7 @@ class Change:
             erase=bool(data.get("erase", False)),
             segments=frozenset(data.get("segments", ())),
             erase_emails=tuple(str(e) for e in data.get("erase_emails", ())),
+            other_emails=tuple(str(e) for e in data.get("other_emails", ())),
         )
 
 
@@ -84,6 +89,9 @@ class OwnedState:
     fields: frozenset[str] = frozenset()
     segments: frozenset[str] = frozenset()
     remote_id: str | None = None
+    # which address the state was applied under (``connector.sync.keys.contact_key``); None: not
+    # known (a ledger written before it was kept)
+    email_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from connector.sync.keys import (
     DIGEST_BYTES,
     ERASURE_LOG_MAX,
     Applied,
+    contact_key,
     key,
     member,
     profile_digest,
@@ -182,6 +184,11 @@ class Flusher:
             return True
         if self.adapter is None:
             raise ConfigError(f"no adapter for destination {self.dest.name}")
+        moved = self._moved(changes, owned)
+        if moved:
+            changes, go_on = self._leave(self.adapter, moved, changes, now, counts)
+            if not changes or not go_on:
+                return go_on
         try:
             results = self.adapter.apply(changes, owned)
         except Exception as err:  # sorted out by _failed: nothing of the batch is lost
@@ -218,6 +225,86 @@ class Flusher:
                 changes.append(change)
                 owned[change.profile_id] = state.owned or OwnedState()
         return changes, owned
+
+    def _moved(
+        self, changes: list[Change], owned: dict[str, OwnedState]
+    ) -> dict[str, tuple[Change, OwnedState]]:
+        """Changes whose contact's state was applied under another of the person's addresses (an
+        email change, a merge): per profile, the change that takes the connector's tags, lists and
+        fields off the contact of that address, and its ledger. The change itself then starts from
+        an empty ledger (the ESP's id it holds is the other contact's). An address that is no longer
+        the person's is not written to: its contact keeps what the connector set (logged)."""
+        moved: dict[str, tuple[Change, OwnedState]] = {}
+        for change in changes:
+            old = owned[change.profile_id]
+            if change.erase or old.email_key is None or change.email is None:
+                continue
+            if old.email_key == contact_key(change.email):
+                continue
+            owned[change.profile_id] = OwnedState()
+            if not (old.tags or old.lists or old.fields or old.segments):
+                continue
+            earlier = next((e for e in change.other_emails if contact_key(e) == old.email_key), None)
+            if earlier is None:
+                log.warning(
+                    "contact moved from an address that is no longer the person's; its tags stay there",
+                    extra={"account": change.account, "destination": change.destination},
+                )
+                continue
+            leave = Change(
+                account=change.account,
+                destination=change.destination,
+                profile_id=change.profile_id,
+                version=change.version,
+                email=earlier,
+                fields={name: None for name in old.fields},
+            )
+            moved[change.profile_id] = (leave, old)
+        return moved
+
+    def _leave(
+        self,
+        adapter: Adapter,
+        moved: dict[str, tuple[Change, OwnedState]],
+        changes: list[Change],
+        now: datetime,
+        counts: dict[str, int],
+    ) -> tuple[list[Change], bool]:
+        """Take the connector's state off the contacts the people of ``moved`` left (one request
+        batch), then the changes to send: those whose leaving was confirmed, and every other one. A
+        change whose leaving failed is retried (or dead-lettered) as a whole, the earlier contact's
+        ledger kept, so the next attempt leaves it first again."""
+        leaves = [leave for leave, _ in moved.values()]
+        by_pid = {c.profile_id: c for c in changes}
+        try:
+            results = adapter.apply(leaves, {pid: old for pid, (_, old) in moved.items()})
+        except Exception as err:  # as a failed batch: the moved changes wait, the others go on
+            go_on = self._failed([by_pid[pid] for pid in moved], err, now, counts)
+            return [c for c in changes if c.profile_id not in moved], go_on
+        held: set[str] = set(moved)
+        for result in results:
+            pid = result.profile_id
+            if pid not in moved:
+                continue
+            if result.status == APPLIED:
+                held.discard(pid)
+                self._count(counts, "left_earlier_contact")
+            elif result.status == FAILED:
+                problem = result.error or TransientError("no result from the adapter", code="no_result")
+                if result.owned is not None:  # what is still set on the earlier contact
+                    self._own(pid, replace(result.owned, email_key=moved[pid][1].email_key))
+                if isinstance(problem, AdapterError) and problem.retryable:
+                    self._retry(by_pid[pid], problem, now, counts)
+                else:
+                    self._dead(by_pid[pid], problem, now, counts)
+        # deferred (or forgotten by the adapter): still pending and ready, a later batch leaves first
+        return [c for c in changes if c.profile_id not in held], True
+
+    def _own(self, profile_id: str, owned: OwnedState) -> None:
+        """Store a contact's ledger only (part of a change took effect)."""
+        keys = [self.k["applied"], self.k["owned"], self.k["digest"]]
+        tail = self._tail(Applied(owned=owned))
+        run_script(self.conn, _OWN, keys, [profile_id, tail, pack_pid(profile_id)])
 
     def _failed(self, changes: list[Change], err: Exception, now: datetime, counts: dict[str, int]) -> bool:
         """The whole batch failed; False when the destination must stop."""
@@ -258,9 +345,7 @@ class Flusher:
             if result.owned is not None and not change.erase:
                 # part of the change took effect: what it set is the connector's own from now on,
                 # and the contact no longer matches the digest of the last applied state
-                keys = [self.k["applied"], self.k["owned"], self.k["digest"]]
-                tail = self._tail(Applied(owned=result.owned))
-                run_script(self.conn, _OWN, keys, [change.profile_id, tail, pack_pid(change.profile_id)])
+                self._own(change.profile_id, _keyed(result.owned, change))
             if isinstance(err, AdapterError) and err.retryable:
                 self._retry(change, err, now, counts)
             else:
@@ -288,7 +373,7 @@ class Flusher:
             current = applied_states(self.conn, self.dest.account, self.dest.name, [change.profile_id])
             state = Applied(owned=current.get(change.profile_id, Applied()).owned)
         else:
-            state = Applied(digest=short_digest(change), owned=owned or OwnedState())
+            state = Applied(digest=short_digest(change), owned=_keyed(owned or OwnedState(), change))
         args = [change.profile_id, change.version, self._tail(state), pack_pid(change.profile_id)]
         run_script(self.conn, _COMMIT, keys, args)
         if change.erase:  # the ESP erased the contact: nothing of the person stays here
@@ -435,3 +520,8 @@ class Flusher:
     def next_ready(self) -> float | None:
         first = self.conn.zrange(self.k["ready"], 0, 0, withscores=True)
         return float(first[0][1]) if first else None
+
+
+def _keyed(owned: OwnedState, change: Change) -> OwnedState:
+    """The ledger, marked with the address the change was applied under."""
+    return replace(owned, email_key=contact_key(change.email)) if change.email else owned

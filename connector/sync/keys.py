@@ -24,6 +24,7 @@ Keys (queue Redis), ``{a}`` = account, ``{d}`` = destination:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -83,9 +84,17 @@ _SCRIPTS: dict[str, Any] = {}
 
 def state_digest(change: Change) -> str:
     body = change.to_dict()
-    for volatile in ("version", "identities"):
+    for volatile in ("version", "identities", "other_emails"):
         body.pop(volatile, None)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def contact_key(email: str) -> str:
+    """A short key of the address a contact's state was applied under (kept in its ledger, ``e``):
+    8 characters of a digest of the lower-cased address, which tells a change of address from none;
+    the address itself is not kept here."""
+    digest = hashlib.blake2b(email.strip().lower().encode(), digest_size=6).digest()
+    return base64.urlsafe_b64encode(digest).decode()
 
 
 DIGEST_BYTES = 6  # see Applied: the odds of two states with one digest
@@ -102,10 +111,11 @@ class Applied:
     ``sync:{a}:{d}:applied:<n>``): ``<version>`` then ``~`` and the first 6 bytes of the state
     digest (when the contact matches the last applied state), then ``|`` and the ownership ledger
     (when the connector set anything): ``;``-separated parts ``t`` tags, ``l`` lists, ``f``
-    fields, ``s`` segments (each a ``,``-separated list of name codes), ``r`` the ESP's contact id
-    (last, verbatim). A version of -1 means none was applied yet (a partly applied first change).
-    Scripts read the version as the leading integer. Values written before hold ``#`` and 8 bytes
-    of digest; they are read as they are (the digest compared on its length).
+    fields, ``s`` segments (each a ``,``-separated list of name codes), ``e`` the key of the address
+    it was applied under (:func:`contact_key`), ``r`` the ESP's contact id (last, verbatim). A
+    version of -1 means none was applied yet (a partly applied first change). Scripts read the
+    version as the leading integer. Values written before hold ``#`` and 8 bytes of digest; they are
+    read as they are (the digest compared on its length).
 
     The digest only tells a change that would not alter the contact from one that would, per
     contact (no birthday problem): a change wrongly taken for unchanged needs its 48 bits to match
@@ -131,6 +141,8 @@ class Applied:
             for letter, attr in _OWNED_PARTS
             if getattr(self.owned, attr)
         ]
+        if self.owned.email_key is not None:
+            parts.append("e" + self.owned.email_key)
         if self.owned.remote_id is not None:
             parts.append("r" + self.owned.remote_id)
         return out + b"|" + ";".join(parts).encode()
@@ -162,6 +174,9 @@ def _decode_owned(text: str, name_of: Any) -> OwnedState:
             found["remote_id"] = text[1:]
             break
         part, _, text = text.partition(";")
+        if part[:1] == "e":
+            found["email_key"] = part[1:]
+            continue
         found[letters[part[0]]] = frozenset(name_of(code) for code in part[1:].split(",") if code)
     return OwnedState(**found)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -113,6 +113,8 @@ class Submission:
     email: str | None
     consent: str
     identities: Mapping[str, str] | None = None
+    # the person's addresses other than ``email`` (Change.other_emails)
+    other_emails: tuple[str, ...] = ()
 
 
 def submit(
@@ -156,6 +158,8 @@ def submit_many(
             change = dest.change(
                 item.profile_id, item.version, segments, item.traits, item.email, consent, known
             )
+            if item.other_emails:
+                change = replace(change, other_emails=item.other_emails)
             changes.append((change, now.timestamp() + dest.batch_delay_seconds))
             owners.append(n)
     queued: list[list[str]] = [[] for _ in submissions]

@@ -377,6 +377,7 @@ def _state(
     profile: Profile, version: int, segments: Collection[str], traits: Mapping[str, Any], email: str | None
 ) -> Submission:
     identities = {kind: values[0] for kind, values in profile.identities.items() if values}
+    others = tuple(e for e in profile.identities.get("email", ()) if e != email)
     return Submission(
         profile.profile_id,
         version,
@@ -385,6 +386,7 @@ def _state(
         email,
         consent_of(profile),
         identities=identities,
+        other_emails=others,
     )
 
 

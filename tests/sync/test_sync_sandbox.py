@@ -197,3 +197,44 @@ def test_a_backfill_uses_few_requests(
         f"DELETE /api/lists/{lists['klaviyo']}/relationships/profiles",
     ], kl
     assert all(p["lists"] == [] for p in apps["klaviyo"].snapshot()["profiles"].values())
+
+
+def test_a_person_whose_address_changes_leaves_the_earlier_contact_at_all_three_fakes(
+    redis_client: redis.Redis, tmp_path: Path, fakes: dict[str, Any]
+) -> None:
+    """An email change (or a merge that makes another address the person's): the tags, lists and
+    fields the connector set on the contact of the earlier address are taken off it, and the
+    contact of the new address gets the whole state, its HubSpot list included."""
+    from connector.sync.submit import Submission, submit_many
+
+    urls = fakes["urls"]
+    acct = account(tmp_path, urls, setup_lists(urls))
+    old, new = "rosa.earlier@example.com", "rosa.now@example.com"
+    sync.submit(redis_client, acct, "p1", 1, ["cart_abandoner"], {"cart_value": 40}, old, "unknown", NOW)
+    assert all(
+        c == {"applied": 1} for c in flush_all(redis_client, acct, NOW + timedelta(seconds=1)).values()
+    )
+
+    moved = Submission("p1", 2, ["cart_abandoner"], {"cart_value": 40}, new, "unknown", other_emails=(old,))
+    submit_many(redis_client, acct, [moved], NOW + timedelta(seconds=2))
+    counts = flush_all(redis_client, acct, NOW + timedelta(seconds=3))
+    assert all(c == {"applied": 1, "left_earlier_contact": 1} for c in counts.values()), counts
+    apps = fakes["apps"]
+    mc = apps["mailchimp"].snapshot()["lists"][SANDBOX_MAILCHIMP_LIST]["members"]
+    assert mc[old]["tags"] == [] and mc[old]["merge_fields"].get("CARTVAL") in (None, "")
+    assert "cart abandoner" in mc[new]["tags"] and "Cart list" in mc[new]["tags"]
+    hs = apps["hubspot"].snapshot()["contacts"]
+    assert hs[old]["properties"]["esp_tags"] == "" and hs[old]["lists"] == []
+    assert hs[new]["properties"]["esp_tags"] == "cart abandoner" and hs[new]["lists"] == ["Cart abandoners"]
+    kl = apps["klaviyo"].snapshot()["profiles"]
+    assert kl[old]["properties"].get("esp_tags") == [] and kl[old]["lists"] == []
+    assert kl[new]["properties"]["esp_tags"] == ["cart abandoner"] and kl[new]["lists"] == ["Cart abandoners"]
+
+    # leaving the segment later takes it off the new contact; the earlier one is not asked again
+    left = Submission("p1", 3, [], {}, new, "unknown", other_emails=(old,))
+    submit_many(redis_client, acct, [left], NOW + timedelta(seconds=4))
+    counts = flush_all(redis_client, acct, NOW + timedelta(seconds=5))
+    assert all(c == {"applied": 1} for c in counts.values()), counts
+    hs = apps["hubspot"].snapshot()["contacts"]
+    assert hs[new]["properties"]["esp_tags"] == "" and hs[new]["lists"] == []
+    assert apps["mailchimp"].snapshot()["lists"][SANDBOX_MAILCHIMP_LIST]["members"][new]["tags"] == []
