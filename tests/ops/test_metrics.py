@@ -179,3 +179,36 @@ def test_with_a_scrape_token_the_metrics_answer_only_a_scraper_that_sends_it(
     with pytest.raises(ConfigError, match="CONNECTOR_METRICS_TOKEN must be at least 16") as err:
         Settings.from_env()
     assert "short" not in str(err.value)
+
+
+def test_readyz_is_degraded_while_a_destination_is_paused(
+    redis_client: redis.Redis,
+    config_dir,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """A destination whose credential variable went missing (or whose key the ESP refuses) is paused
+    and its changes wait: readiness says so, and which one to the scrape token's holder."""
+    from connector import runtime
+    from connector.app import create_app
+    from connector.sync.control import pause, resume
+    from tests.conftest import fresh_runtime
+
+    token = "scrape-" + "4be1c07d93a2f586"
+    monkeypatch.setenv("CONNECTOR_METRICS_TOKEN", token)
+    fresh_runtime()
+    client = create_app(runtime=runtime.current()).test_client()
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+    at = datetime(2024, 2, 1, tzinfo=UTC)
+    reason = "environment variable ACME_KLAVIYO_KEY is not set"
+    pause(redis_client, "acme", "klaviyo", reason, None, at)
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
+    assert ready.get_json()["destinations_paused_count"] == 1 and "klaviyo" not in ready.get_data(
+        as_text=True
+    )
+    detailed = client.get("/readyz", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert detailed["destinations_paused"] == [
+        {"account": "acme", "destination": "klaviyo", "reason": reason, "since": "2024-02-01T00:00:00Z"}
+    ]
+    resume(redis_client, "acme", "klaviyo", at)
+    assert client.get("/readyz").get_json() == {"status": "ready"}
