@@ -198,6 +198,11 @@ def rules_test(account_id: str, rules_file: Path, events_file: Path | None, show
     except rules.RulesError as err:
         click.echo(f"{rules_file}: {err.path + ': ' if err.path else ''}{err.reason}", err=True)
         sys.exit(1)
+    try:  # as a publish through the API or the console would check them
+        rules_store.check_destinations(account, candidate)
+    except rules_store.InvalidRules as err:
+        click.echo(f"{rules_file}: cannot be published for {account_id}: {err.path}: {err.reason}", err=True)
+        sys.exit(1)
     now = clock.now()
     if events_file is not None:
         try:

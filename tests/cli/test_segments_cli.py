@@ -171,3 +171,25 @@ def test_rules_publish_reevaluates_everyone_in_the_background(
     assert state is not None and state.segments == {"loyal"}
     key = next(iter(redis_client.scan_iter("publish:acme:*")))
     assert redis_client.hget(key, "done") == b"1"
+
+
+def test_rules_test_refuses_rules_a_publish_would_refuse(
+    config_dir: Path, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A dry run of rules that drop a segment a destination maps says so, as the API's and the
+    console's checks do, instead of previewing rules that can never be published."""
+    mailchimp = {
+        "api_key_env": "ACME_MC_KEY",
+        "list_id": "a1b2c3",
+        "segments": {"buyers": {"tags": ["Buyers"]}},
+    }
+    write_accounts(config_dir, {**ACME, "rules": RULES, "destinations": {"mailchimp": mailchimp}}, GLOBEX)
+    candidate = tmp_path / "carts.yaml"
+    candidate.write_text(yaml.safe_dump({"include": ["cart_abandonment"]}))
+    code, out = run("rules", "test", "--account", "acme", "--rules", str(candidate))
+    assert code == 1
+    assert (
+        f"{candidate}: cannot be published for acme: rules.segments: destination mailchimp maps segment"
+        in out
+    )
+    assert "`buyers`, which these rules do not define" in out
