@@ -5,6 +5,7 @@ state stored before (one hash per destination, or three) still read and moved on
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import redis
 from adapters.change import OwnedState
 from connector import sync
 from connector.sync import applied
-from connector.sync.keys import Applied, decode_applied, run_script, short_digest, state_digest
+from connector.sync.keys import Applied, contact_key, decode_applied, run_script, short_digest, state_digest
 from tests.sync.test_sync_worker import NOW, RecordingEsp, account, flusher, submit
 
 
@@ -35,6 +36,7 @@ def test_applied_state_is_one_small_field_with_coded_names(redis_client: redis.R
         fields=frozenset({"LTV"}),
         segments=frozenset({"cart_abandoner", "vip"}),
         remote_id="r1",
+        email_key=contact_key("p1@example.com"),  # the address it was set under, as a short key
     )
     # the same desired state again is recognised by the short digest: no call
     submit(redis_client, acct, "p1", 2, ["cart_abandoner", "vip"], traits={"ltv": 42})
@@ -78,7 +80,9 @@ def test_state_stored_before_the_compact_form_is_read_and_rewritten(
     assert esp.owned_seen[0]["p2"].remote_id == "r8" and esp.owned_seen[0]["p2"].tags == {"vip"}
     for legacy in ("owned", "digest"):
         assert not redis_client.exists(sync.key("acme", "mailchimp", legacy))
-    assert sync.owned_state(redis_client, "acme", "mailchimp", "p1") == OwnedState.from_dict(old_owned)
+    # rewritten compact, with the key of the address it was applied under from then on
+    keyed = replace(OwnedState.from_dict(old_owned), email_key=contact_key("p1@example.com"))
+    assert sync.owned_state(redis_client, "acme", "mailchimp", "p1") == keyed
     assert sync.applied_version(redis_client, "acme", "mailchimp", "p1") == 2
 
 
@@ -129,7 +133,7 @@ def test_a_value_of_before_is_read_and_moved_to_its_bucket(redis_client: redis.R
     assert flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=1)) == {"unchanged": 1}
     assert not redis_client.exists(BASE)
     [raw] = applied.read(redis_client, BASE, ["p1"])
-    assert raw == b"2~" + digest[:6] + b"|rr9"
+    assert raw == b"2~" + digest[:6] + b"|e" + contact_key("p1@example.com").encode() + b";rr9"
     long = b"3~abcdef|t" + b",".join(str(n).encode() for n in range(40))
     run_script(redis_client, _SET, [BASE], ["p1", applied.pack_pid("p1"), long])
     assert redis_client.hget(BASE, "p1") == long and _buckets(redis_client) == []
