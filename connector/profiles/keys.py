@@ -37,8 +37,9 @@ KIND_CODES: dict[str, str] = {
     "klaviyo_profile_id": "k",
     "hubspot_contact_id": "h",
     "mailchimp_member_id": "m",
-    # a Shopify cart's token: a cart webhook without a customer carries only it; the checkout and the
-    # order made from the cart carry it too (``cart_token``), which joins the cart to the customer
+    # a Shopify cart's token: a cart webhook without a customer carries only it. Not linked from the
+    # checkout or order made from the cart: anyone at the shop's checkout can type any address with
+    # a cart, so the token would join customers (a device's identity, kept on its own profile)
     "shopify_cart_token": "c",
     "anonymous_id": "a",
 }

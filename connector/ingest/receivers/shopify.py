@@ -214,11 +214,6 @@ def _identities(topic: str, payload: dict[str, Any], customer: dict[str, Any]) -
         token = clean_identity(payload.get("token") or payload.get("id"), "body.token")
         if token:
             ids["shopify_cart_token"] = token
-    elif topic.startswith(("checkouts/", "orders/")) and isinstance(payload.get("cart_token"), str):
-        # the cart this checkout or order was made from: its cart events join the customer
-        token = clean_identity(payload["cart_token"], "body.cart_token")
-        if token:
-            ids["shopify_cart_token"] = token
     return ids
 
 
