@@ -63,7 +63,11 @@ def _total(values: Sequence[int | float]) -> int | float:
     kept to :data:`DECIMAL_PLACES`."""
     if all(type(v) is int for v in values):
         return sum(values)
-    return _decimal_places(math.fsum(values))
+    try:
+        total = math.fsum(values)
+    except (OverflowError, ValueError):  # past a float's range, or infinite: as a plain sum gives it
+        return sum(values)
+    return _decimal_places(total)
 
 
 def number(value: Any) -> float | int | None:
@@ -479,7 +483,8 @@ class Aggregate(Value):
         if not values:
             return Missing(f"no {self.sel.event} with a numeric {prop} {self.window.label()}")
         if self.kind == "avg":
-            return _decimal_places(math.fsum(values) / len(values))
+            total = _total(values)
+            return _decimal_places(total / len(values)) if math.isfinite(total) else total / len(values)
         return min(values) if self.kind == "min" else max(values)
 
     def edges_after(self, ix: Index, t: datetime) -> datetime | None:

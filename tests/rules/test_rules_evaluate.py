@@ -609,6 +609,8 @@ def test_naive_now_is_taken_as_utc() -> None:
 
 
 JUNK = [None, "", "x", "12", 3, -1.5, float("nan"), True, [], [1, "a"], {"a": 1}, "2024-13-45", "2024-05-01"]
+# amounts whose sum leaves a float's range (two of them are summed below)
+JUNK += ["1e308", float("inf"), -float("inf"), 1e308]
 
 
 @pytest.mark.parametrize("junk", JUNK, ids=repr)
@@ -633,6 +635,7 @@ def test_odd_values_never_raise(junk: Any) -> None:
     )
     profile = person(
         ev("order_completed", timedelta(days=1), revenue=junk),
+        ev("order_completed", timedelta(days=2), revenue=junk),
         ev("product_viewed", timedelta(minutes=1), category=junk, time_on_page=junk),
         ev("product_viewed", timedelta(minutes=2), category=junk, time_on_page=junk),
         ev("product_viewed", timedelta(minutes=3), category=junk),
