@@ -161,6 +161,7 @@ class Moves:
             fields=write.fields,
             segments=before.segments,
             remote_id=remote_id or before.remote_id,
+            email_key=before.email_key,
         )
         return None if after == before else after
 

@@ -235,14 +235,17 @@ class Flusher:
         an empty ledger (the ESP's id it holds is the other contact's). An address that is no longer
         the person's is not written to: its contact keeps what the connector set (logged)."""
         moved: dict[str, tuple[Change, OwnedState]] = {}
+        if self.dest.type == "webhook":  # a webhook's receiver knows the person by profile id
+            return moved
         for change in changes:
             old = owned[change.profile_id]
             if change.erase or old.email_key is None or change.email is None:
                 continue
             if old.email_key == contact_key(change.email):
                 continue
-            owned[change.profile_id] = OwnedState()
-            if not (old.tags or old.lists or old.fields or old.segments):
+            # an address change is no segment change: the segments stay (no exit and entry events)
+            owned[change.profile_id] = OwnedState(segments=old.segments)
+            if not (old.tags or old.lists or old.fields):
                 continue
             earlier = next((e for e in change.other_emails if contact_key(e) == old.email_key), None)
             if earlier is None:
@@ -258,6 +261,7 @@ class Flusher:
                 version=change.version,
                 email=earlier,
                 fields={name: None for name in old.fields},
+                segments=old.segments,
             )
             moved[change.profile_id] = (leave, old)
         return moved
@@ -271,9 +275,12 @@ class Flusher:
         counts: dict[str, int],
     ) -> tuple[list[Change], bool]:
         """Take the connector's state off the contacts the people of ``moved`` left (one request
-        batch), then the changes to send: those whose leaving was confirmed, and every other one. A
-        change whose leaving failed is retried (or dead-lettered) as a whole, the earlier contact's
-        ledger kept, so the next attempt leaves it first again."""
+        batch), then the changes to send: those whose leaving is done, and every other one. A leaving
+        that went through is recorded at once (the ledger then names the new address, so a retry of
+        the change does not leave again). One the ESP refuses for good (the earlier contact deleted,
+        archived, forgotten) is given up, logged and counted, and the change goes on: the person's
+        new contact is never held back by the old one. One that may succeed later (an outage, a
+        rate limit) holds its change, retried with the ledger of the earlier contact kept."""
         leaves = [leave for leave, _ in moved.values()]
         by_pid = {c.profile_id: c for c in changes}
         try:
@@ -284,20 +291,32 @@ class Flusher:
         held: set[str] = set(moved)
         for result in results:
             pid = result.profile_id
-            if pid not in moved:
+            if pid not in moved or result.status == DEFERRED:  # pending: a later batch leaves first
                 continue
-            if result.status == APPLIED:
-                held.discard(pid)
-                self._count(counts, "left_earlier_contact")
-            elif result.status == FAILED:
-                problem = result.error or TransientError("no result from the adapter", code="no_result")
+            problem = result.error or TransientError("no result from the adapter", code="no_result")
+            if result.status == FAILED and isinstance(problem, AdapterError) and problem.retryable:
                 if result.owned is not None:  # what is still set on the earlier contact
                     self._own(pid, replace(result.owned, email_key=moved[pid][1].email_key))
-                if isinstance(problem, AdapterError) and problem.retryable:
-                    self._retry(by_pid[pid], problem, now, counts)
-                else:
-                    self._dead(by_pid[pid], problem, now, counts)
-        # deferred (or forgotten by the adapter): still pending and ready, a later batch leaves first
+                self._retry(by_pid[pid], problem, now, counts)
+                continue
+            held.discard(pid)
+            if result.status == FAILED:
+                self._count(counts, "earlier_contact_refused")
+                log.warning(
+                    "the earlier contact of a person whose address changed was refused; its tags stay",
+                    extra={
+                        "account": self.dest.account,
+                        "destination": self.dest.name,
+                        "error": type(problem).__name__,
+                    },
+                )
+            else:
+                self._count(counts, "left_earlier_contact")
+            new_key = contact_key(by_pid[pid].email or "")
+            self._own(pid, OwnedState(segments=moved[pid][1].segments, email_key=new_key))
+        forgotten = TransientError("no result from the adapter", code="no_result")
+        for pid in held - {r.profile_id for r in results}:
+            self._retry(by_pid[pid], forgotten, now, counts)
         return [c for c in changes if c.profile_id not in held], True
 
     def _own(self, profile_id: str, owned: OwnedState) -> None:
