@@ -113,6 +113,12 @@ def tracking_error_answer(err: Exception) -> Answer:
 TRACKING_UNAUTHORIZED = "unknown or missing write key"
 
 
+def tracking_refusal(status: int, error: str, message: str, headers: Headers | None = None) -> Answer:
+    """A refusal of the tracking API written where it is decided, in the same form as
+    :func:`tracking_error_answer`'s."""
+    return Answer.json(status, {"error": error, "code": error, "message": message}, headers)
+
+
 # A preflight's answer may be cached this long (Chromium keeps one at most 2 hours).
 PREFLIGHT_MAX_AGE = "7200"
 CORS_ANY_ORIGIN = ("Access-Control-Allow-Origin", "*")
@@ -318,12 +324,12 @@ class Ingress:
     def _tracking(self, environ: dict[str, Any], call: str) -> Answer:
         call = tracking.SHORT.get(call, call)
         if call not in tracking.ROUTES:
-            return Answer.json(404, {"error": "not_found", "message": f"no tracking call {call!r}"})
+            return tracking_refusal(404, "not_found", f"no tracking call {call!r}")
         if environ.get("REQUEST_METHOD") == "OPTIONS":
             return preflight_answer(environ)
         if environ.get("REQUEST_METHOD") != "POST":
             message = "tracking calls accept POST"
-            return Answer.json(405, {"error": "method_not_allowed", "message": message}, [("Allow", "POST")])
+            return tracking_refusal(405, "method_not_allowed", message, [("Allow", "POST")])
         inbound = self.inbound(environ, "POST")
         now = clock.now()
         account, events = tracking.receive(call, inbound, self.accounts(), self.max_body_bytes, now)

@@ -29,4 +29,8 @@ def test_a_tracking_call_takes_post(client, redis_client, path, method) -> None:
     assert res.status_code == 405
     assert res.headers["Allow"] == "POST"
     if method != "HEAD":
-        assert res.json == {"error": "method_not_allowed", "message": "tracking calls accept POST"}
+        assert res.json == {
+            "error": "method_not_allowed",
+            "code": "method_not_allowed",
+            "message": "tracking calls accept POST",
+        }
