@@ -351,8 +351,10 @@ class Flusher:
     @staticmethod
     def _unchanged(change: Change, state: Applied) -> bool:
         if state.owned is None:
-            # never sent, and nothing to send: enter → exit inside one batch window
-            return not change.tags and not change.lists and all(v is None for v in change.fields.values())
+            # never sent, and nothing to send: enter → exit inside one batch window (segments count:
+            # a webhook destination's change carries nothing else)
+            nothing = not change.tags and not change.lists and not change.segments
+            return nothing and all(v is None for v in change.fields.values())
         return state.digest is not None and state.digest[:DIGEST_BYTES] == short_digest(change)
 
     def _record(self, change: Change, result: Result, now: datetime, counts: dict[str, int]) -> None:

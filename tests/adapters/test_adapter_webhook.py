@@ -177,3 +177,39 @@ def test_mailchimp_journey_step_is_triggered_once_on_entry() -> None:
         )
         assert second.status == APPLIED
     assert fake.journey_triggers == [("12", "34", "ann@example.com")]
+
+
+def test_a_contact_s_first_entry_is_sent_through_the_sync(receiver: Any, redis_client: Any) -> None:
+    """A webhook destination's change carries segments only (no tag, list or field): a contact's
+    first entry must not be taken for "nothing to send" and dropped as unchanged."""
+    from datetime import UTC, datetime, timedelta
+
+    from connector import sync
+
+    app, server = receiver
+    account = type(
+        "A",
+        (),
+        {
+            "id": "acme",
+            "file": "acme.yaml",
+            "destinations": {
+                "hook": {
+                    "type": "webhook",
+                    "api_key_env": "HOOK_SECRET",
+                    "url": server.url,
+                    "sandbox": True,
+                    "segments": {"cart": {}},
+                }
+            },
+        },
+    )()
+    dest = destinations(account)["hook"]
+    now = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    assert sync.submit(redis_client, account, "p1", 1, ["cart"], {}, "ann@example.com", "unknown", now) == [
+        "hook"
+    ]
+    counts = sync.Flusher(redis_client, dest, _adapter(server.url)).flush(now + timedelta(seconds=2))
+    assert counts == {"applied": 1}
+    [(_, body)] = app.requests
+    assert json.loads(body)["type"] == "segment.entered" and json.loads(body)["data"]["segment"] == "cart"
