@@ -65,9 +65,29 @@ def _total(values: Sequence[int | float]) -> int | float:
         return sum(values)
     try:
         total = math.fsum(values)
-    except (OverflowError, ValueError):  # past a float's range, or infinite: as a plain sum gives it
-        return sum(values)
+    except (OverflowError, ValueError):  # past a float's range, or infinite: a sum of floats
+        return _float_sum(values)
     return _decimal_places(total)
+
+
+def _float_sum(values: Sequence[int | float]) -> float:
+    """The sum as floats, an integer past a float's range counted as infinite."""
+    out = 0.0
+    for v in values:
+        try:
+            out += float(v)
+        except OverflowError:
+            out += math.inf if v > 0 else -math.inf
+    return out
+
+
+def _mean(values: Sequence[int | float]) -> float:
+    total = _total(values)
+    try:
+        mean = total / len(values)
+    except OverflowError:  # an integer sum past a float's range
+        return math.inf if total > 0 else -math.inf
+    return _decimal_places(mean) if math.isfinite(mean) else mean
 
 
 def number(value: Any) -> float | int | None:
@@ -483,8 +503,7 @@ class Aggregate(Value):
         if not values:
             return Missing(f"no {self.sel.event} with a numeric {prop} {self.window.label()}")
         if self.kind == "avg":
-            total = _total(values)
-            return _decimal_places(total / len(values)) if math.isfinite(total) else total / len(values)
+            return _mean(values)
         return min(values) if self.kind == "min" else max(values)
 
     def edges_after(self, ix: Index, t: datetime) -> datetime | None:

@@ -610,7 +610,7 @@ def test_naive_now_is_taken_as_utc() -> None:
 
 JUNK = [None, "", "x", "12", 3, -1.5, float("nan"), True, [], [1, "a"], {"a": 1}, "2024-13-45", "2024-05-01"]
 # amounts whose sum leaves a float's range (two of them are summed below)
-JUNK += ["1e308", float("inf"), -float("inf"), 1e308]
+JUNK += ["1e308", float("inf"), -float("inf"), 1e308, 10**400, -(10**400)]
 
 
 @pytest.mark.parametrize("junk", JUNK, ids=repr)
