@@ -137,16 +137,16 @@ def compile_for(account: Account, raw: Mapping[str, Any]) -> RuleSet:
         ruleset = rules.compile_rules(dict(raw) or None)
     except rules.RulesError as err:
         raise InvalidRules(_rules_path(err.path), err.reason) from None
-    check_destinations(account, ruleset, raw)
+    check_destinations(account, ruleset)
     return ruleset
 
 
-def check_destinations(account: Account, ruleset: RuleSet, raw: Mapping[str, Any] | None = None) -> None:
+def check_destinations(account: Account, ruleset: RuleSet) -> None:
     """InvalidRules when the account's destinations do not fit these rules, as a file's are checked at
     load (variants, holdouts): a mapped segment the rules do not define, a variant mapping that is not
     the rules' variants."""
     try:
-        dests = parse_destinations(replace(account, rules=dict(raw or account.rules), ruleset=ruleset))
+        dests = parse_destinations(replace(account, ruleset=ruleset))
     except ConfigError as err:
         raise InvalidRules("rules.segments", f"with these rules, {err.path}: {err.reason}") from None
     known = set(ruleset.segment_names)

@@ -103,11 +103,9 @@ def tracking_error_answer(err: Exception) -> Answer:
     as ``error``), the two fields Segment's and RudderStack's Python SDKs read from an error; without
     ``code`` RudderStack's fails with a ``KeyError`` and retries a refused batch as a network error."""
     status, payload, headers = _error(err)
-    if status == 401:  # the same for every key and body: nothing about which was wrong
-        payload = {**payload, "message": TRACKING_UNAUTHORIZED}
-    if "message" in payload:
-        payload = {"error": payload["error"], "code": payload["error"], "message": payload["message"]}
-    return Answer.json(status, payload, headers)
+    # a 401 is the same for every key and body: nothing about which was wrong
+    message = TRACKING_UNAUTHORIZED if status == 401 else payload["message"]
+    return tracking_refusal(status, payload["error"], message, headers)
 
 
 TRACKING_UNAUTHORIZED = "unknown or missing write key"

@@ -288,12 +288,13 @@ class Flusher:
         except Exception as err:  # as a failed batch: the moved changes wait, the others go on
             go_on = self._failed([by_pid[pid] for pid in moved], err, now, counts)
             return [c for c in changes if c.profile_id not in moved], go_on
+        forgotten = TransientError("no result from the adapter", code="no_result")
         held: set[str] = set(moved)
         for result in results:
             pid = result.profile_id
             if pid not in moved or result.status == DEFERRED:  # pending: a later batch leaves first
                 continue
-            problem = result.error or TransientError("no result from the adapter", code="no_result")
+            problem = result.error or forgotten
             if result.status == FAILED and isinstance(problem, AdapterError) and problem.retryable:
                 if result.owned is not None:  # what is still set on the earlier contact
                     self._own(pid, replace(result.owned, email_key=moved[pid][1].email_key))
@@ -314,7 +315,6 @@ class Flusher:
                 self._count(counts, "left_earlier_contact")
             new_key = contact_key(by_pid[pid].email or "")
             self._own(pid, OwnedState(segments=moved[pid][1].segments, email_key=new_key))
-        forgotten = TransientError("no result from the adapter", code="no_result")
         for pid in held - {r.profile_id for r in results}:
             self._retry(by_pid[pid], forgotten, now, counts)
         return [c for c in changes if c.profile_id not in held], True
