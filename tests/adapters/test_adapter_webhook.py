@@ -96,25 +96,21 @@ def test_a_retry_and_a_replay_carry_the_same_webhook_id() -> None:
     assert ids == {message_id("acme", "cart", "p1", 3, "entered")}
 
 
+def _hook_account(url: str, cart: dict[str, Any]) -> Any:
+    """An account with one webhook destination mapping the segment ``cart`` as given."""
+    hook = {
+        "type": "webhook",
+        "api_key_env": "HOOK_SECRET",
+        "url": url,
+        "sandbox": True,
+        "segments": {"cart": cart},
+    }
+    return type("A", (), {"id": "acme", "file": "acme.yaml", "destinations": {"hook": hook}})()
+
+
 def test_a_control_member_never_triggers(receiver: Any) -> None:
     app, server = receiver
-    account = type(
-        "A",
-        (),
-        {
-            "id": "acme",
-            "file": "acme.yaml",
-            "destinations": {
-                "hook": {
-                    "type": "webhook",
-                    "api_key_env": "HOOK_SECRET",
-                    "url": server.url,
-                    "sandbox": True,
-                    "segments": {"cart": {"holdout": 50}},
-                }
-            },
-        },
-    )()
+    account = _hook_account(server.url, {"holdout": 50})
     dest = destinations(account)["hook"]
     people = [f"p{n}" for n in range(40)]
     control = [p for p in people if assign.is_control("acme", "cart", p, 50)]
@@ -187,23 +183,7 @@ def test_a_contact_s_first_entry_is_sent_through_the_sync(receiver: Any, redis_c
     from connector import sync
 
     app, server = receiver
-    account = type(
-        "A",
-        (),
-        {
-            "id": "acme",
-            "file": "acme.yaml",
-            "destinations": {
-                "hook": {
-                    "type": "webhook",
-                    "api_key_env": "HOOK_SECRET",
-                    "url": server.url,
-                    "sandbox": True,
-                    "segments": {"cart": {}},
-                }
-            },
-        },
-    )()
+    account = _hook_account(server.url, {})
     dest = destinations(account)["hook"]
     now = datetime(2024, 1, 1, 12, tzinfo=UTC)
     assert sync.submit(redis_client, account, "p1", 1, ["cart"], {}, "ann@example.com", "unknown", now) == [

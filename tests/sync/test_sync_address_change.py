@@ -47,40 +47,46 @@ class AddressedEsp:
         return out
 
 
-def _move(conn: redis.Redis, tmp_path: Path, esp: AddressedEsp) -> None:
-    """Ines is a VIP under her earlier address, then her address changes."""
+def _move(conn: redis.Redis, tmp_path: Path) -> AddressedEsp:
+    """Ines is a VIP under her earlier address, then her address changes; the ESP she is at."""
+    esp = AddressedEsp()
     acct = account(tmp_path)
     sync.submit(conn, acct, "p1", 1, ["vip"], {}, EARLIER, "unknown", NOW)
     assert flusher(conn, acct, esp).flush(NOW + timedelta(seconds=1)) == {"applied": 1}
     assert esp.tags == {EARLIER: {"vip"}}
     moved = Submission("p1", 2, ["vip"], {}, NOW_ADDRESS, "unknown", other_emails=(EARLIER,))
     submit_many(conn, acct, [moved], NOW + timedelta(seconds=2))
+    return esp
+
+
+def _ledger(conn: redis.Redis) -> OwnedState:
+    owned = sync.owned_state(conn, "acme", "mailchimp", "p1")
+    assert owned is not None
+    return owned
 
 
 def test_a_leaving_the_esp_refuses_for_good_does_not_hold_the_new_contact_back(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    esp = AddressedEsp()
-    _move(redis_client, tmp_path, esp)
+    esp = _move(redis_client, tmp_path)
     esp.refuse[EARLIER] = PermanentError("404 Resource Not Found: the member was deleted", status=404)
     counts = flusher(redis_client, account(tmp_path), esp).flush(NOW + timedelta(seconds=3))
     assert counts == {"earlier_contact_refused": 1, "applied": 1}
     assert esp.tags[NOW_ADDRESS] == {"vip"}
-    owned = sync.owned_state(redis_client, "acme", "mailchimp", "p1")
-    assert owned is not None and owned.email_key == contact_key(NOW_ADDRESS) and owned.tags == {"vip"}
+    assert _ledger(redis_client).email_key == contact_key(NOW_ADDRESS) and _ledger(redis_client).tags == {
+        "vip"
+    }
 
 
 def test_a_leaving_that_may_succeed_later_holds_the_change_and_is_retried(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    esp = AddressedEsp()
-    _move(redis_client, tmp_path, esp)
+    esp = _move(redis_client, tmp_path)
     esp.fail_once[EARLIER] = TransientError("503 Service Unavailable", status=503)
     acct = account(tmp_path)
     assert flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=3)) == {"retry": 1}
     assert esp.calls[-1] == [(EARLIER, frozenset())] and NOW_ADDRESS not in esp.tags
-    owned = sync.owned_state(redis_client, "acme", "mailchimp", "p1")
-    assert owned is not None and owned.email_key == contact_key(EARLIER)  # still the earlier contact's
+    assert _ledger(redis_client).email_key == contact_key(EARLIER)  # still the earlier contact's
     counts = flusher(redis_client, acct, esp).flush(NOW + timedelta(minutes=5))
     assert counts == {"left_earlier_contact": 1, "applied": 1}
     assert esp.tags == {EARLIER: set(), NOW_ADDRESS: {"vip"}}
@@ -89,8 +95,7 @@ def test_a_leaving_that_may_succeed_later_holds_the_change_and_is_retried(
 def test_a_leaving_done_is_not_repeated_when_the_change_itself_fails(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    esp = AddressedEsp()
-    _move(redis_client, tmp_path, esp)
+    esp = _move(redis_client, tmp_path)
     esp.fail_once[NOW_ADDRESS] = TransientError("503 Service Unavailable", status=503)
     acct = account(tmp_path)
     counts = flusher(redis_client, acct, esp).flush(NOW + timedelta(seconds=3))
