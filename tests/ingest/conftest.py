@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+from connector.dev.sandbox.server import WSGIApp
+from connector.dev.sandbox.server import serving as serving_thread
 
 
 @contextmanager
 def serving(wsgi: WSGIApp) -> Iterator[str]:
-    """``wsgi`` served by werkzeug in a thread on an ephemeral loopback port: its base URL."""
-    http = make_server("127.0.0.1", 0, wsgi, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{http.server_port}"
-    finally:
-        http.shutdown()
-        thread.join(5)
-        http.server_close()
+    """``wsgi`` served in a thread on an ephemeral loopback port (the sandbox's server): its base URL."""
+    with serving_thread(wsgi) as server:
+        yield server.url
 
 
 @pytest.fixture
